@@ -1,0 +1,1 @@
+//! What a packet does: connect, publish routing, subscribe, retained.

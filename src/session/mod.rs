@@ -1,0 +1,1 @@
+//! Per-client state: QoS flows, packet ids, inflight, queues, will.

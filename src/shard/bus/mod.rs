@@ -1,0 +1,2 @@
+//! The cross-shard bus.
+pub mod spsc;
