@@ -156,8 +156,8 @@ impl Session {
 
     /// The next free packet identifier, or `None` if all 65,535 are in flight.
     pub fn alloc_pid(&mut self) -> Option<PacketId> {
-        for _ in 0..self.inflight.len() + 1 {
-            self.next_pid = self.next_pid.wrapping_add(1);
+        for _ in 0..=self.inflight.len() {
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
             let pid = NonZeroU16::new(self.next_pid)?;
             if !self.inflight.iter().any(|f| f.pid == pid) {
                 return Some(pid);
@@ -340,7 +340,8 @@ mod tests {
         assert_eq!(s.window(&LIMITS), 2);
         s.client_receive_max = 1;
         assert_eq!(s.window(&LIMITS), 1);
-        s.track(s.alloc_pid().expect("pid"), out(QoS::AtLeastOnce));
+        let pid = s.alloc_pid().expect("pid");
+        s.track(pid, out(QoS::AtLeastOnce));
         assert!(!s.window_open(&LIMITS));
     }
 }

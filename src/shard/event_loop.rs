@@ -404,17 +404,16 @@ impl Shard {
                     Err(e) => return would_block_or_closed(e),
                 }
             } else {
-                let at = sock.rx.end();
                 let spare = sock.rx.spare(want);
                 let r = sock.stream.read(spare);
                 match r {
                     Ok(0) => return ReadEnd::Closed,
                     Ok(n) => {
-                        sock.rx.filled(at, n);
+                        sock.rx.filled(n);
                         n
                     }
                     Err(e) => {
-                        sock.rx.filled(at, 0);
+                        sock.rx.filled(0);
                         return would_block_or_closed(e);
                     }
                 }

@@ -19,6 +19,8 @@ const RETAIN_CAPACITY_MAX: usize = 16 * 1024;
 pub struct RxBuf {
     data: Vec<u8>,
     start: usize,
+    /// Where the region handed out by `spare` begins.
+    spare_at: usize,
 }
 
 impl RxBuf {
@@ -61,6 +63,7 @@ impl RxBuf {
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         self.compact();
         let len = self.data.len();
+        self.spare_at = len;
         let want = len + min.max(4096);
         if self.data.capacity() < want {
             self.data.reserve(want - len);
@@ -71,13 +74,9 @@ impl RxBuf {
     }
 
     /// After `spare`: keep `n` of the spare bytes as received data and drop the rest.
-    pub fn filled(&mut self, spare_start: usize, n: usize) {
-        self.data.truncate(spare_start + n);
-    }
-
-    /// Length of the held bytes including the consumed prefix (the offset `spare` starts at).
-    pub fn end(&self) -> usize {
-        self.data.len()
+    pub fn filled(&mut self, n: usize) {
+        let end = (self.spare_at + n).min(self.data.len());
+        self.data.truncate(end);
     }
 
     fn compact(&mut self) {
@@ -98,6 +97,7 @@ impl RxBuf {
         RxBuf {
             data: bytes,
             start: 0,
+            spare_at: 0,
         }
     }
 }
@@ -127,13 +127,12 @@ mod tests {
                 oracle.extend(bytes);
             } else if op == 1 {
                 let n = (next() % 200) as usize;
-                let at = buf.end();
                 let spare = buf.spare(n);
                 let k = n.min(spare.len());
                 for (i, b) in spare[..k].iter_mut().enumerate() {
                     *b = (i * 7) as u8;
                 }
-                buf.filled(at, k);
+                buf.filled(k);
                 oracle.extend((0..k).map(|i| (i * 7) as u8));
             } else {
                 let n = (next() as usize) % (buf.len() + 1);
