@@ -71,6 +71,7 @@ impl Broker {
 
     /// The session lost its connection: end it, or keep it until it expires.
     fn detach(&mut self, s: usize, now_ms: u64) {
+        self.share_member_offline(s, now_ms);
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };

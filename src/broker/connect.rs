@@ -158,6 +158,7 @@ impl Broker {
                 keep_alive
             ));
         }
+        self.share_member_online(s);
         self.resend_inflight(s, now_ms);
         self.pump(s, now_ms);
         Verdict::Continue
@@ -248,7 +249,6 @@ impl Broker {
         let mut props = Properties {
             assigned_client_identifier: assigned,
             server_keep_alive: ka,
-            shared_subscription_available: Some(0),
             ..Properties::default()
         };
         if self.cfg.max_topic_alias > 0 {

@@ -133,8 +133,9 @@ impl Broker {
                 self.outbox.push((to, Cast::Publish(msg.clone())));
             }
         }
+        let shared = self.dispatch_shared(&msg, now_ms);
         let local = self.route_local(&msg, now_ms);
-        local || remote
+        local || remote || shared
     }
 
     /// Update the retained replica: an empty payload clears the topic.
@@ -188,6 +189,7 @@ impl Broker {
                 qos: h.qos,
                 retain: h.retain_as_published && msg.retain,
                 sub_ids: h.sub_ids,
+                share: None,
             };
             self.deliver(h.session, out, now_ms);
         }
@@ -405,6 +407,24 @@ impl Broker {
                     },
                 ));
             }
+            Cast::Share {
+                from,
+                group,
+                filter,
+                member,
+                op,
+                seq,
+            } => {
+                self.apply_share(&group, &filter, member, op);
+                self.outbox.push((
+                    from,
+                    Cast::InterestAck {
+                        from: self.shard_id,
+                        seq,
+                    },
+                ));
+            }
+            Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
             Cast::InterestAck { from, seq } => {
                 if let Some(a) = self.acked_seq.get_mut(from) {
                     *a = (*a).max(seq);
