@@ -302,9 +302,13 @@ impl Broker {
         }
         let v5_connected = link.version == Version::V5 && link.state == LinkState::Connected;
         if let (Some(r), true) = (reason, v5_connected) {
+            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29].
             let d = protocol::Disconnect {
                 reason: r,
-                properties: protocol::Properties::default(),
+                properties: protocol::Properties {
+                    reason_string: Some(why),
+                    ..protocol::Properties::default()
+                },
             };
             self.send(key, &Packet::Disconnect(d));
         }
