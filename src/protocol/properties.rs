@@ -687,3 +687,92 @@ impl PartialEq for SubscriptionIds<'_> {
 }
 
 impl Eq for SubscriptionIds<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode, put_varint, DecodeError, Decoded, Packet, Version};
+    use super::*;
+
+    /// A 5.0 PUBACK carrying `n` copies of the User Property ("k", "v").
+    fn puback_with_user_properties(n: usize) -> Vec<u8> {
+        let mut block = Vec::new();
+        for _ in 0..n {
+            block.extend_from_slice(&[id::USER_PROPERTY, 0, 1, b'k', 0, 1, b'v']);
+        }
+        let mut body = vec![0, 1, 0];
+        put_varint(&mut body, block.len());
+        body.extend_from_slice(&block);
+        let mut out = vec![0x40];
+        put_varint(&mut out, body.len());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn user_property_flood_is_capped() {
+        let ok = puback_with_user_properties(REPEATED_PROPERTIES_MAX);
+        let Ok(Decoded::Packet {
+            packet: Packet::PubAck(a),
+            ..
+        }) = decode(&ok, Version::V5, usize::MAX)
+        else {
+            panic!("cap-sized block refused");
+        };
+        assert_eq!(a.properties.user_properties.len(), REPEATED_PROPERTIES_MAX);
+        // CVE-2021-41039: 10,000 user properties are refused after a bounded scan.
+        let flood = puback_with_user_properties(10_000);
+        let err = decode(&flood, Version::V5, usize::MAX);
+        assert_eq!(
+            err,
+            Err(DecodeError::TooManyProperties {
+                id: id::USER_PROPERTY
+            })
+        );
+        assert_eq!(err.map(|_| ()).unwrap_err().reason_code().to_u8(), 0x83);
+    }
+
+    #[test]
+    fn wire_and_slice_lists_compare_by_items() {
+        let block = [
+            id::USER_PROPERTY,
+            0,
+            1,
+            b'a',
+            0,
+            1,
+            b'b',
+            id::SUBSCRIPTION_IDENTIFIER,
+            5,
+        ];
+        assert_eq!(
+            UserProperties::Wire(&block),
+            UserProperties::Slice(&[("a", "b")])
+        );
+        assert_ne!(UserProperties::Wire(&block), UserProperties::Slice(&[]));
+        assert_eq!(SubscriptionIds::Wire(&block), SubscriptionIds::Slice(&[5]));
+        assert!(SubscriptionIds::Wire(&[id::USER_PROPERTY, 0, 0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn every_allowed_property_is_known() {
+        for kind in [
+            PropKind::Connect,
+            PropKind::Will,
+            PropKind::ConnAck,
+            PropKind::Publish,
+            PropKind::Ack,
+            PropKind::Subscribe,
+            PropKind::SubAck,
+            PropKind::Unsubscribe,
+            PropKind::UnsubAck,
+            PropKind::Disconnect,
+            PropKind::Auth,
+        ] {
+            for id in 0..64u8 {
+                if kind.allowed() & (1 << id) != 0 {
+                    assert!(is_known(id), "{kind:?} allows unknown {id:#x}");
+                }
+            }
+        }
+    }
+}
