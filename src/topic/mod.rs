@@ -57,26 +57,15 @@ pub fn valid_topic_name(topic: &str) -> bool {
 /// `#` only as the whole last level [MQTT-4.7.1-2]; `+` only as a whole level [MQTT-4.7.1-3].
 pub fn valid_filter(filter: &str) -> bool {
     let b = filter.as_bytes();
-    if b.is_empty() || b.len() > TOPIC_BYTES_MAX {
+    if b.is_empty() || b.len() > TOPIC_BYTES_MAX || !levels_within_max(b) {
         return false;
     }
-    let mut levels = 1usize;
-    for (i, &c) in b.iter().enumerate() {
-        let ok = match c {
-            b'/' => {
-                levels += 1;
-                levels <= TOPIC_LEVELS_MAX
-            }
-            b'+' => starts_level(b, i) && ends_level(b, i),
-            b'#' => starts_level(b, i) && i + 1 == b.len(),
-            0 => false,
-            _ => true,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Wildcards are rare, so jump between them instead of matching on every byte.
+    memchr::memchr3_iter(b'+', b'#', 0, b).all(|i| match b.get(i) {
+        Some(b'+') => starts_level(b, i) && ends_level(b, i),
+        Some(b'#') => starts_level(b, i) && i + 1 == b.len(),
+        _ => false,
+    })
 }
 
 fn starts_level(b: &[u8], i: usize) -> bool {
@@ -87,10 +76,10 @@ fn ends_level(b: &[u8], i: usize) -> bool {
     matches!(b.get(i + 1), None | Some(&b'/'))
 }
 
+/// Counts every `/` rather than stopping at the limit: this loop vectorises (tens of bytes
+/// per cycle), which beats an early-exit memchr loop for the short names that dominate.
 fn levels_within_max(b: &[u8]) -> bool {
-    memchr::memchr_iter(b'/', b)
-        .nth(TOPIC_LEVELS_MAX - 1)
-        .is_none()
+    b.iter().filter(|&&c| c == b'/').count() < TOPIC_LEVELS_MAX
 }
 
 /// Whether the topic filter `filter` matches the topic name `topic`, per MQTT §4.7.
@@ -396,6 +385,30 @@ mod tests {
         assert_eq!(split("a//b"), ["a", "", "b"]);
         assert_eq!(split("/"), ["", ""]);
         assert_eq!(split(""), [""]);
+    }
+
+    /// The rules of [`valid_filter`] written level by level, as the spec states them.
+    fn naive_valid_filter(f: &str) -> bool {
+        let levels: Vec<&str> = f.split('/').collect();
+        let last = levels.len() - 1;
+        !f.is_empty()
+            && !f.contains('\0')
+            && levels.len() <= TOPIC_LEVELS_MAX
+            && levels.iter().enumerate().all(|(i, l)| {
+                (!l.contains('#') || (*l == "#" && i == last)) && (!l.contains('+') || *l == "+")
+            })
+    }
+
+    fn naive_valid_topic_name(t: &str) -> bool {
+        !t.is_empty() && !t.contains(['+', '#', '\0']) && t.split('/').count() <= TOPIC_LEVELS_MAX
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn validation_matches_naive_rules(s in "[a/+#\0$]{0,12}") {
+            proptest::prop_assert_eq!(valid_filter(&s), naive_valid_filter(&s), "{:?}", s);
+            proptest::prop_assert_eq!(valid_topic_name(&s), naive_valid_topic_name(&s), "{:?}", s);
+        }
     }
 
     #[test]
