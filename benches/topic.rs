@@ -5,7 +5,9 @@
 //! the oracle, so the numbers in docs/decisions/0002-topic-trie.md have a baseline.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use shardmq::topic::{matches, parse_filter, valid_filter, valid_topic_name, FilterTrie, TopicTree};
+use shardmq::topic::{
+    matches, parse_filter, valid_filter, valid_topic_name, FilterTrie, TopicTree,
+};
 
 /// Deterministic xorshift64*, so every run benches the same workload.
 struct Rng(u64);
@@ -42,7 +44,11 @@ fn filter(rng: &mut Rng) -> String {
 fn topic(rng: &mut Rng) -> String {
     let kind = KINDS[rng.below(4) as usize];
     let metric = METRICS[rng.below(2) as usize];
-    format!("site{}/dev{}/{kind}/{metric}", rng.below(10), rng.below(300))
+    format!(
+        "site{}/dev{}/{kind}/{metric}",
+        rng.below(10),
+        rng.below(300)
+    )
 }
 
 fn trie_match(c: &mut Criterion) {
@@ -62,7 +68,10 @@ fn trie_match(c: &mut Criterion) {
     for t in &topics {
         trie.for_each_match(t, |_, _| total += 1);
     }
-    eprintln!("trie_match: {FILTERS} filters, {:.2} matches per topic", total as f64 / 64.0);
+    eprintln!(
+        "trie_match: {FILTERS} filters, {:.2} matches per topic",
+        total as f64 / 64.0
+    );
 
     let mut g = c.benchmark_group("trie_match");
     g.throughput(Throughput::Elements(1));
@@ -116,7 +125,12 @@ fn retained_match(c: &mut Criterion) {
         })
     });
     g.bench_function("linear_scan_baseline", |b| {
-        b.iter(|| topics.iter().filter(|t| matches(black_box("a/+/c"), t)).count())
+        b.iter(|| {
+            topics
+                .iter()
+                .filter(|t| matches(black_box("a/+/c"), t))
+                .count()
+        })
     });
     g.finish();
 }
@@ -124,7 +138,9 @@ fn retained_match(c: &mut Criterion) {
 fn validation(c: &mut Criterion) {
     let deep = format!("{}/#", vec!["level"; 32].join("/"));
     let mut g = c.benchmark_group("valid_filter");
-    g.bench_function("typical", |b| b.iter(|| valid_filter(black_box("site3/dev42/+/status"))));
+    g.bench_function("typical", |b| {
+        b.iter(|| valid_filter(black_box("site3/dev42/+/status")))
+    });
     g.bench_function("33_levels", |b| b.iter(|| valid_filter(black_box(&deep))));
     g.finish();
     c.bench_function("valid_topic_name", |b| {
@@ -134,7 +150,12 @@ fn validation(c: &mut Criterion) {
         b.iter(|| parse_filter(black_box("$share/workers/site3/dev42/+/status")))
     });
     c.bench_function("matches", |b| {
-        b.iter(|| matches(black_box("site3/+/temp/#"), black_box("site3/dev42/temp/value")))
+        b.iter(|| {
+            matches(
+                black_box("site3/+/temp/#"),
+                black_box("site3/dev42/temp/value"),
+            )
+        })
     });
 }
 

@@ -9,6 +9,7 @@
 //!   one member of each matching group.
 //! - Offline members get no new messages; when a member disconnects, its unacknowledged
 //!   shared deliveries go to another online member when there is one.
+//!
 //! Must not touch: normal subscriptions, sockets.
 
 use std::sync::Arc;
