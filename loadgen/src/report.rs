@@ -185,6 +185,7 @@ impl Summary {
             opt(b.map(|b| b.peak_rss_kib as f64), 0),
         );
         kv("rss_per_conn_b", opt(b.and_then(|b| b.rss_per_conn_b), 0));
+        kv("connected", opt(c.map(|c| c.connected as f64), 0));
         kv("connect_s", opt(c.map(|c| c.secs), 3));
         kv(
             "connects_per_s",
@@ -231,8 +232,9 @@ impl Summary {
         if let Some(c) = &self.connect {
             let _ = writeln!(
                 s,
-                "  connected {} in {:.3} s ({:.0} connects/s)",
+                "  connected {} of {} in {:.3} s ({:.0} connects/s)",
                 c.connected,
+                self.conns,
                 c.secs,
                 c.connected as f64 / c.secs.max(1e-9)
             );

@@ -211,6 +211,9 @@ struct Timeline {
     cpu_after: Option<ProcSample>,
     peak_rss_kib: u64,
     rss_per_conn_b: Option<f64>,
+    /// Set when setup did not complete (storm, conns): the time it was given.
+    setup_secs: Option<f64>,
+    connected: usize,
 }
 
 struct Monitor<'a> {
@@ -236,7 +239,10 @@ impl Monitor<'_> {
     }
 
     fn phases(&mut self, plan: &Plan, base: Option<ProcSample>) -> Result<Timeline, String> {
-        self.wait_setup()?;
+        let setup = Instant::now();
+        let complete = self.wait_setup()?;
+        let setup_secs = setup.elapsed().as_secs_f64();
+        let connected = self.shared.connected.load(Ordering::Relaxed);
         let setup_cpu = matches!(self.args.scenario, Scenario::Storm | Scenario::Conns);
         let before = if setup_cpu { base } else { self.sample() };
         let held = self.run_phase();
@@ -247,8 +253,8 @@ impl Monitor<'_> {
         self.drain(plan.fanout);
         let after = self.sample();
         let per_conn = match (self.args.scenario, base, held) {
-            (Scenario::Conns, Some(b), Some(h)) if self.total > 0 => {
-                Some((h.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / self.total as f64)
+            (Scenario::Conns, Some(b), Some(h)) if connected > 0 => {
+                Some((h.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / connected as f64)
             }
             _ => None,
         };
@@ -260,10 +266,14 @@ impl Monitor<'_> {
             cpu_after: after,
             peak_rss_kib: self.peak_rss.max(after.map_or(0, |a| a.hwm_kib)),
             rss_per_conn_b: per_conn,
+            setup_secs: (!complete).then_some(setup_secs),
+            connected,
         })
     }
 
-    fn wait_setup(&mut self) -> Result<(), String> {
+    /// Waits until every thread has set up its connections. Ok(false) when the deadline
+    /// passed in a scenario that reports partial set-up (storm, conns).
+    fn wait_setup(&mut self) -> Result<bool, String> {
         let start = Instant::now();
         let deadline = Duration::from_secs_f64(self.args.setup_timeout.max(0.1));
         let mut next_print = Duration::from_secs(1);
@@ -273,6 +283,9 @@ impl Monitor<'_> {
             }
             let el = start.elapsed();
             if el > deadline {
+                if matches!(self.args.scenario, Scenario::Storm | Scenario::Conns) {
+                    return Ok(false);
+                }
                 return Err(format!(
                     "setup timed out after {:.1} s: {} of {} connected",
                     el.as_secs_f64(),
@@ -289,9 +302,9 @@ impl Monitor<'_> {
                     self.total
                 );
             }
-            thread::sleep(Duration::from_millis(2));
+            thread::sleep(Duration::from_millis(1));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The run phase; returns the broker sample taken at its end (for `conns`).
@@ -401,8 +414,10 @@ fn summarize(
     let times = Percentiles::from_ns(&hist);
     if matches!(args.scenario, Scenario::Storm | Scenario::Conns) {
         s.connect = Some(ConnectStats {
-            secs: ready_ns.saturating_sub(setup_start_ns) as f64 / 1e9,
-            connected: plan.specs.len() as u64 - s.failures.min(plan.specs.len() as u64),
+            secs: t
+                .setup_secs
+                .unwrap_or(ready_ns.saturating_sub(setup_start_ns) as f64 / 1e9),
+            connected: t.connected as u64,
             times: if args.scenario == Scenario::Storm {
                 times
             } else {
