@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         "shardmq version {} starting",
         env!("CARGO_PKG_VERSION")
     ));
+    for w in &config.warnings {
+        log(format_args!("Warning: {w}"));
+    }
     let shards = config.shards;
     let print_bound = config.print_bound;
     let running = match shardmq::shard::run(config) {
