@@ -38,6 +38,10 @@ pub struct FileSettings {
     pub receive_maximum: Option<u16>,
     /// `response_information` (shardmq).
     pub response_information: Option<String>,
+    /// `scram_credentials` (shardmq): the SCRAM-SHA-256 credentials file.
+    pub scram_credentials: Option<std::path::PathBuf>,
+    /// `allow_anonymous`.
+    pub allow_anonymous: Option<bool>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
 }
@@ -170,9 +174,10 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "max_write_buffer" => s.max_write_buffer = Some(number(key, value)?),
         "receive_maximum" => s.receive_maximum = Some(number(key, value)?),
         "response_information" => s.response_information = Some(value.to_string()),
+        "scram_credentials" => s.scram_credentials = Some(value.into()),
         "allow_anonymous" => match value {
-            "true" => {}
-            "false" => return Err("allow_anonymous false needs password authentication, which shardmq does not have yet; refusing to start an open broker".into()),
+            "true" => s.allow_anonymous = Some(true),
+            "false" => s.allow_anonymous = Some(false),
             _ => return Err(format!("allow_anonymous: expected true or false, got '{value}'")),
         },
         "persistence" => match value {
@@ -267,7 +272,6 @@ mod tests {
             "password_file /etc/p\n",
             "acl_file /etc/a\n",
             "certfile c.pem\n",
-            "allow_anonymous false\n",
         ] {
             let e = parse(text, "s.conf").expect_err(text);
             assert_eq!(e.line, 1);

@@ -87,6 +87,12 @@ pub struct Args {
     /// Response Information sent to 5.0 clients that ask for it (the client id is appended).
     #[arg(long, value_name = "PREFIX")]
     pub response_information: Option<String>,
+    /// SCRAM-SHA-256 credentials file for MQTT 5 enhanced authentication (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub scram_credentials: Option<PathBuf>,
+    /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
@@ -127,6 +133,10 @@ pub struct Config {
     pub print_bound: bool,
     /// Warnings from reading the configuration, to print at start-up.
     pub warnings: Vec<String>,
+    /// SCRAM-SHA-256 credentials, when enhanced authentication is enabled.
+    pub scram_credentials: Option<std::sync::Arc<crate::auth::ScramCredentials>>,
+    /// Accept clients that do not authenticate.
+    pub allow_anonymous: bool,
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -182,6 +192,23 @@ impl Config {
             .connect_timeout
             .or(f.connect_timeout)
             .unwrap_or(defaults::CONNECT_TIMEOUT);
+        let scram_credentials = match a
+            .scram_credentials
+            .as_ref()
+            .or(f.scram_credentials.as_ref())
+        {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::auth::ScramCredentials::load(path).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let allow_anonymous = a
+            .allow_anonymous
+            .or(f.allow_anonymous)
+            .unwrap_or(scram_credentials.is_none());
+        if !allow_anonymous && scram_credentials.is_none() {
+            return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
+        }
         Ok(Config {
             binds,
             shards,
@@ -215,6 +242,8 @@ impl Config {
             response_information: a.response_information.or(f.response_information),
             print_bound: a.print_bound,
             warnings: f.warnings,
+            scram_credentials,
+            allow_anonymous,
         })
     }
 
