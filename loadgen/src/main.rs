@@ -1,1 +1,120 @@
-fn main() {}
+//! `shardmq-loadgen`: a mio-based MQTT load generator for shardmq, Mosquitto and rumqttd.
+//!
+//! Owns: the command line (clap derive) and the exit status. `scenario` builds and runs a
+//! scenario, `engine` is one load thread's poll loop, `client` one connection's state
+//! machine, `stats` the shared counters and /proc sampling, `report` the output, `proto`
+//! the re-exported project codec.
+
+mod client;
+mod engine;
+mod proto;
+mod report;
+mod scenario;
+mod stats;
+
+use clap::{Parser, ValueEnum};
+
+/// The traffic pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N publishers → N subscribers, one topic per pair.
+    Pairs,
+    /// 1 publisher → N subscribers on one topic.
+    Fanout,
+    /// N publishers → 1 subscriber on a wildcard.
+    Fanin,
+    /// N pairs at a fixed open-loop rate; end-to-end percentiles.
+    Latency,
+    /// N idle connections held for the duration, then released.
+    Conns,
+    /// N clients connecting at once: connects/s and time to all connected.
+    Storm,
+}
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mqtt {
+    /// MQTT 3.1.1.
+    #[value(name = "3.1.1", alias = "3", alias = "4")]
+    V311,
+    /// MQTT 5.0.
+    #[value(name = "5", alias = "5.0")]
+    V5,
+}
+
+/// Command line.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "MQTT load generator (loopback only)")]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Size: pairs (pairs, latency), subscribers (fanout), publishers (fanin),
+    /// connections (conns, storm). Defaults: 8, 1000, 1000, 1, 10000, 10000.
+    #[arg(short = 'n', long)]
+    pub count: Option<usize>,
+    /// Broker host (must resolve to a loopback address).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(short, long, default_value_t = 1883)]
+    pub port: u16,
+    /// QoS of publishes and subscriptions.
+    #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes (the first 20 carry publisher id, sequence and timestamp).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(20..=1_000_000))]
+    pub payload: u32,
+    /// Protocol version.
+    #[arg(long, value_enum, default_value = "5")]
+    pub mqtt: Mqtt,
+    /// Seconds of load (or of holding connections in `conns`).
+    #[arg(short, long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Open-loop offered rate, messages/s over all publishers (default for `latency`:
+    /// 10000). Without it, runs are closed-loop.
+    #[arg(short, long)]
+    pub rate: Option<f64>,
+    /// Closed-loop window: messages a publisher may have sent but not yet delivered.
+    /// Also bounds QoS 1/2 messages in flight.
+    #[arg(short, long, default_value_t = 100)]
+    pub window: u64,
+    /// Load threads.
+    #[arg(short, long, default_value_t = 1)]
+    pub threads: usize,
+    /// Broker PID: report its CPU time and peak RSS from /proc.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Source addresses 127.0.0.1..=127.0.0.K used in rotation (more port space).
+    #[arg(long, default_value_t = 4)]
+    pub src_addrs: u8,
+    /// TCP/MQTT handshakes in flight per thread while setting up (storm: all at once).
+    #[arg(long, default_value_t = 512)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for connecting and subscribing.
+    #[arg(long, default_value_t = 60.0)]
+    pub setup_timeout: f64,
+    /// After the run, wait for messages in flight until deliveries stall this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// No per-second progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    match scenario::run(&args) {
+        Ok(summary) => {
+            print!("{}", summary.human());
+            println!("{}", summary.result_line());
+            if summary.failures > 0 {
+                std::process::exit(2);
+            }
+        }
+        Err(e) => {
+            eprintln!("shardmq-loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -53,24 +53,33 @@ impl Broker {
         } else {
             None
         };
-        let Some(s) = link.session else { return };
-        let still_ours = self.sessions.get(s).is_some_and(|x| x.link == Some(key));
-        if let (Some(w), true) = (will, still_ours || link.state == LinkState::Closing) {
-            let session_ends = self.sessions.get(s).is_none_or(|x| x.expiry_s == 0);
-            if w.delay_s == 0 || session_ends || !still_ours {
+        let s = link.session;
+        let still_ours =
+            s.is_some_and(|s| self.sessions.get(s).is_some_and(|x| x.link == Some(key)));
+        if let Some(w) = will {
+            let session_ends = s
+                .and_then(|s| self.sessions.get(s))
+                .is_none_or(|x| x.expiry_s == 0);
+            if w.delay_s == 0 || (still_ours && session_ends) {
                 self.publish_message(Arc::new(w.msg), now_ms);
-            } else if let Some(sess) = self.sessions.get_mut(s) {
-                sess.will = Some(w);
+            } else if still_ours {
+                // Published when the delay runs out, unless the session resumes first.
+                if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
+                    sess.will = Some(w);
+                }
             }
+            // Otherwise the session was taken over and lives on: a delayed Will is cancelled
+            // by that resumption [MQTT-3.1.3-9].
         }
-        if !still_ours {
+        let (Some(s), true) = (s, still_ours) else {
             return;
-        }
+        };
         self.detach(s, now_ms);
     }
 
     /// The session lost its connection: end it, or keep it until it expires.
     fn detach(&mut self, s: usize, now_ms: u64) {
+        self.share_member_offline(s, now_ms);
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };

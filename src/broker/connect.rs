@@ -146,7 +146,20 @@ impl Broker {
         });
         self.attach(key, s, c, keep_alive, will, &id, now_ms);
         let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);
-        self.send_connack_ok(key, present, assigned.then_some(&*id), ka_override);
+        let response = match (
+            &self.cfg.response_information,
+            c.properties.request_response_information,
+        ) {
+            (Some(prefix), Some(1)) => Some(format!("{prefix}{id}")),
+            _ => None,
+        };
+        self.send_connack_ok(
+            key,
+            present,
+            assigned.then_some(&*id),
+            ka_override,
+            response.as_deref(),
+        );
         if self.cfg.verbose {
             log(format_args!(
                 "New client connected from {} as {id} (p{}, c{}, k{}).",
@@ -158,6 +171,7 @@ impl Broker {
                 keep_alive
             ));
         }
+        self.share_member_online(s);
         self.resend_inflight(s, now_ms);
         self.pump(s, now_ms);
         Verdict::Continue
@@ -223,6 +237,7 @@ impl Broker {
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize);
         link.problem_info = c.properties.request_problem_information != Some(0);
+        link.aliases_out_max = c.properties.topic_alias_maximum.unwrap_or(0);
         let gen = link.gen;
         if let Some(t) = link.timer.take() {
             self.timers.cancel(t);
@@ -244,15 +259,19 @@ impl Broker {
         present: bool,
         assigned: Option<&str>,
         ka: Option<u16>,
+        response: Option<&str>,
     ) {
         let mut props = Properties {
             assigned_client_identifier: assigned,
             server_keep_alive: ka,
-            shared_subscription_available: Some(0),
+            response_information: response,
             ..Properties::default()
         };
         if self.cfg.max_topic_alias > 0 {
             props.topic_alias_maximum = Some(self.cfg.max_topic_alias);
+        }
+        if self.cfg.receive_maximum != u16::MAX {
+            props.receive_maximum = Some(self.cfg.receive_maximum);
         }
         if self.cfg.max_packet_size <= protocol::REMAINING_LENGTH_MAX {
             props.maximum_packet_size = u32::try_from(self.cfg.max_packet_size).ok();

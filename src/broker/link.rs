@@ -58,6 +58,10 @@ pub struct Link {
     pub close_reason: Option<ReasonCode>,
     /// Client id, once known (for logs).
     pub client_id: Option<Box<str>>,
+    /// Outbound topic aliases (5.0): topic → alias, at most `aliases_out_max` of them.
+    pub aliases_out: std::collections::HashMap<Box<str>, u16>,
+    /// The client's Topic Alias Maximum (0 = none).
+    pub aliases_out_max: u16,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<StoredWill>,
 }
@@ -83,6 +87,8 @@ impl Link {
             close_reason: None,
             client_id: None,
             will: None,
+            aliases_out: std::collections::HashMap::new(),
+            aliases_out_max: 0,
         }
     }
 

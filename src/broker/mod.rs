@@ -12,6 +12,7 @@ mod close;
 mod connect;
 pub mod link;
 mod publish;
+pub mod shared;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +44,23 @@ pub enum Cast {
         /// Sequence number of the change at `from`.
         seq: u64,
     },
+    /// Shard `from` changed a share group's membership; answer with `InterestAck`.
+    Share {
+        /// The member's shard.
+        from: usize,
+        /// Group name.
+        group: Box<str>,
+        /// Topic filter.
+        filter: Box<str>,
+        /// The member.
+        member: shared::ShareMember,
+        /// What changed.
+        op: shared::ShareOp,
+        /// Sequence number of the change at `from` (shared with interest changes).
+        seq: u64,
+    },
+    /// A message for one member of a share group whose session lives on the receiver.
+    ShareDeliver(Box<shared::ShareDelivery>),
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
         /// The acknowledging shard.
@@ -127,6 +145,7 @@ pub struct Broker {
     sessions: Slab<Session>,
     by_client: HashMap<Box<str>, usize>,
     subs: FilterTrie<Subscribers>,
+    shared: FilterTrie<shared::ShareGroups>,
     interest: FilterTrie<u64>,
     retained: TopicTree<Arc<Message>>,
     /// Timers of this shard.
@@ -173,6 +192,7 @@ impl Broker {
             sessions: Slab::new(),
             by_client: HashMap::new(),
             subs: FilterTrie::new(),
+            shared: FilterTrie::new(),
             interest: FilterTrie::new(),
             retained: TopicTree::new(),
             timers: TimerWheel::new(now_ms),
@@ -282,9 +302,13 @@ impl Broker {
         }
         let v5_connected = link.version == Version::V5 && link.state == LinkState::Connected;
         if let (Some(r), true) = (reason, v5_connected) {
+            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29].
             let d = protocol::Disconnect {
                 reason: r,
-                properties: protocol::Properties::default(),
+                properties: protocol::Properties {
+                    reason_string: Some(why),
+                    ..protocol::Properties::default()
+                },
             };
             self.send(key, &Packet::Disconnect(d));
         }

@@ -31,6 +31,26 @@ impl Broker {
             return self.protocol_error(key, "PUBLISH without a session");
         };
         let origin = self.sessions.get(s).map_or(0, |x| x.uid);
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(p.payload).is_err()
+        {
+            // [MQTT-3.3.2-4] allows refusing it: 0x99 in the ack, or DISCONNECT for QoS 0.
+            return match p.packet_id {
+                Some(pid) if p.qos == QoS::ExactlyOnce => {
+                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::PayloadFormatInvalid);
+                    Verdict::Continue
+                }
+                Some(pid) => {
+                    self.send_ack(key, Packet::PubAck, pid, ReasonCode::PayloadFormatInvalid);
+                    Verdict::Continue
+                }
+                None => self.close(
+                    key,
+                    Some(ReasonCode::PayloadFormatInvalid),
+                    "payload is not UTF-8",
+                ),
+            };
+        }
         match (p.qos, p.packet_id) {
             (QoS::ExactlyOnce, Some(pid)) => {
                 let Some(sess) = self.sessions.get_mut(s) else {
@@ -41,7 +61,9 @@ impl Broker {
                     self.send_ack(key, Packet::PubRec, pid, ReasonCode::Success);
                     return Verdict::Continue;
                 }
-                if sess.awaiting_rel.len() >= AWAITING_REL_MAX {
+                if sess.awaiting_rel.len()
+                    >= usize::from(self.cfg.receive_maximum).min(AWAITING_REL_MAX)
+                {
                     return self.close(
                         key,
                         Some(ReasonCode::ReceiveMaximumExceeded),
@@ -133,8 +155,9 @@ impl Broker {
                 self.outbox.push((to, Cast::Publish(msg.clone())));
             }
         }
+        let shared = self.dispatch_shared(&msg, now_ms);
         let local = self.route_local(&msg, now_ms);
-        local || remote
+        local || remote || shared
     }
 
     /// Update the retained replica: an empty payload clears the topic.
@@ -188,6 +211,7 @@ impl Broker {
                 qos: h.qos,
                 retain: h.retain_as_published && msg.retain,
                 sub_ids: h.sub_ids,
+                share: None,
             };
             self.deliver(h.session, out, now_ms);
         }
@@ -290,11 +314,13 @@ impl Broker {
             props.message_expiry_interval = msg.remaining_expiry_s(now_ms);
             props.subscription_identifiers = SubscriptionIds::Slice(&out.sub_ids);
         }
+        let (topic, alias, learn) = outbound_alias(link, &msg.topic);
+        props.topic_alias = alias;
         let p = Publish {
             dup,
             qos: out.qos,
             retain: out.retain,
-            topic: &msg.topic,
+            topic,
             packet_id: pid,
             properties: props,
             payload: &msg.payload,
@@ -312,6 +338,9 @@ impl Broker {
             return;
         }
         protocol::encode_publish(link.tx.buf(), link.version, &p);
+        if let (true, Some(a)) = (learn, alias) {
+            link.aliases_out.insert(msg.topic.clone(), a);
+        }
         self.stats.publish_out += 1;
         if !link.dirty {
             link.dirty = true;
@@ -405,6 +434,24 @@ impl Broker {
                     },
                 ));
             }
+            Cast::Share {
+                from,
+                group,
+                filter,
+                member,
+                op,
+                seq,
+            } => {
+                self.apply_share(&group, &filter, member, op);
+                self.outbox.push((
+                    from,
+                    Cast::InterestAck {
+                        from: self.shard_id,
+                        seq,
+                    },
+                ));
+            }
+            Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
             Cast::InterestAck { from, seq } => {
                 if let Some(a) = self.acked_seq.get_mut(from) {
                     *a = (*a).max(seq);
@@ -414,6 +461,27 @@ impl Broker {
         }
     }
 }
+
+/// The topic to send and the Topic Alias to attach (5.0): a known alias sends an empty
+/// topic; a new topic takes the next free alias while any are left; aliases are never
+/// re-bound, so the client's map can never disagree with ours.
+/// The third value says the alias is new: record it once the packet is really written.
+fn outbound_alias<'m>(link: &super::Link, topic: &'m str) -> (&'m str, Option<u16>, bool) {
+    if link.aliases_out_max == 0 || link.version != Version::V5 {
+        return (topic, None, false);
+    }
+    if let Some(&a) = link.aliases_out.get(topic) {
+        return ("", Some(a), false);
+    }
+    let used = link.aliases_out.len();
+    if used >= usize::from(link.aliases_out_max) || used >= ALIASES_OUT_MAX {
+        return (topic, None, false);
+    }
+    (topic, Some(used as u16 + 1), true)
+}
+
+/// Outbound aliases kept per connection whatever the client allows (memory bound).
+const ALIASES_OUT_MAX: usize = 1024;
 
 /// PUBACK/PUBREC reason: 0x10 when no subscriber matched (3.x sends no reason at all).
 fn matched_code(matched: bool) -> ReasonCode {

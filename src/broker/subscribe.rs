@@ -1,5 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
+use super::shared::ShareOp;
 use super::{Broker, Cast, PendingSubAck, Subscriber, Subscribers, Verdict};
 use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
 use crate::session::{Outgoing, SubState};
@@ -39,10 +40,18 @@ impl Broker {
                     }
                     req.options.qos as u8
                 }
-                Ok(FilterKind::Shared(_)) => refusal(
-                    version,
-                    protocol::ReasonCode::SharedSubscriptionsNotSupported,
-                ),
+                Ok(FilterKind::Shared(sh)) => {
+                    if req.options.no_local && version == Version::V5 {
+                        // [MQTT-3.8.3-4]: No Local on a shared subscription is a Protocol Error.
+                        return self.protocol_error(key, "No Local on a shared subscription");
+                    }
+                    let state = SubState {
+                        options: req.options,
+                        sub_id,
+                    };
+                    self.add_shared(s, req.filter, sh.group, sh.filter, state);
+                    req.options.qos as u8
+                }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
             };
             codes.push(code);
@@ -90,6 +99,36 @@ impl Broker {
             }
         }
         existed
+    }
+
+    /// Record a shared subscription in the session and in every shard's membership.
+    fn add_shared(&mut self, s: usize, full: &str, group: &str, filter: &str, state: SubState) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.subs.insert(full.into(), state);
+        let uid = sess.uid;
+        let member = self.member(s, uid, state.options, state.sub_id, true);
+        self.share_update(group, filter, member, ShareOp::Join);
+    }
+
+    /// Remove session `s`'s subscription `full` (normal or shared) from the routing state.
+    pub(super) fn unroute(&mut self, s: usize, uid: u64, full: &str) {
+        match topic::parse_filter(full) {
+            Ok(FilterKind::Shared(sh)) => {
+                let member = self.member(
+                    s,
+                    uid,
+                    protocol::SubscriptionOptions::default(),
+                    None,
+                    false,
+                );
+                self.share_update(sh.group, sh.filter, member, ShareOp::Leave);
+            }
+            _ => {
+                self.remove_from_trie(s, full);
+            }
+        }
     }
 
     /// Remove session `s`'s subscription to `filter` from the trie. Returns whether it was there.
@@ -192,6 +231,7 @@ impl Broker {
                 qos: msg.qos.min(state.options.qos),
                 retain: true,
                 sub_ids: state.sub_id.into_iter().collect(),
+                share: None,
                 msg,
             };
             self.deliver(s, out, now_ms);
@@ -211,7 +251,8 @@ impl Broker {
                 .and_then(|x| x.subs.remove(filter))
                 .is_some();
             if had {
-                self.remove_from_trie(s, filter);
+                let uid = self.sessions.get(s).map_or(0, |x| x.uid);
+                self.unroute(s, uid, filter);
             }
             let code = if had {
                 protocol::ReasonCode::Success

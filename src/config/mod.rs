@@ -53,6 +53,12 @@ pub struct Args {
     /// Topic Alias Maximum offered to 5.0 clients.
     #[arg(long, default_value_t = 10)]
     pub max_topic_alias: u16,
+    /// Receive Maximum offered to 5.0 clients: QoS 2 messages awaiting PUBREL per client.
+    #[arg(long, default_value_t = 65535)]
+    pub receive_maximum: u16,
+    /// Response Information sent to 5.0 clients that ask for it (the client id is appended).
+    #[arg(long, value_name = "PREFIX")]
+    pub response_information: Option<String>,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
@@ -85,6 +91,10 @@ pub struct Config {
     pub max_write_buffer: usize,
     /// Topic Alias Maximum offered to clients.
     pub max_topic_alias: u16,
+    /// Receive Maximum offered to clients.
+    pub receive_maximum: u16,
+    /// Response Information prefix, if any.
+    pub response_information: Option<String>,
     /// Print bound addresses on stdout.
     pub print_bound: bool,
 }
@@ -111,6 +121,9 @@ impl Config {
         if a.max_inflight_messages == 0 {
             return Err("--max-inflight-messages must be at least 1".into());
         }
+        if a.receive_maximum == 0 {
+            return Err("--receive-maximum must be at least 1".into());
+        }
         if a.max_packet_size < 16 {
             return Err("--max-packet-size must be at least 16 bytes".into());
         }
@@ -132,6 +145,8 @@ impl Config {
             connect_timeout_ms: u64::from(a.connect_timeout.max(1)) * 1000,
             max_write_buffer: a.max_write_buffer.max(4096),
             max_topic_alias: a.max_topic_alias,
+            receive_maximum: a.receive_maximum,
+            response_information: a.response_information,
             print_bound: a.print_bound,
         })
     }

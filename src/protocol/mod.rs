@@ -7,20 +7,47 @@
 //! it, "need more bytes", or a typed error naming the broken rule. Encoding appends to a
 //! caller's `Vec<u8>` and never allocates on its own. Must not touch: sockets, clocks,
 //! sessions, threads. No `unsafe`.
+//!
+//! Rules that need state or direction are the broker's: a second CONNECT, a client-sent
+//! CONNACK, a Subscription Identifier in a client's PUBLISH, topic alias ranges, filter
+//! syntax. See docs/decisions/0001-codec.md.
 
+mod ack;
+mod connect;
+pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+mod header;
 pub mod packet;
 pub mod properties;
+#[cfg(test)]
+mod proptests;
+mod publish;
 pub mod reason;
+mod subscribe;
+#[cfg(test)]
+mod testutil;
+mod wire;
 
+pub use error::DecodeError;
 pub use packet::*;
-pub use properties::{Properties, SubscriptionIds, UserProperties};
+pub use properties::{
+    Properties, SubscriptionIds, SubscriptionIdsIter, UserProperties, UserPropertiesIter,
+    REPEATED_PROPERTIES_MAX,
+};
+pub use publish::encode_publish;
 pub use reason::ReasonCode;
+pub use subscribe::{StrListIter, SubscriptionIter};
+pub use wire::{put_varint, varint_len};
+
+use header::Frame;
 
 /// The largest remaining length a variable byte integer can express (256 MiB - 1).
 pub const REMAINING_LENGTH_MAX: usize = 268_435_455;
 
 /// The outcome of a successful `decode` call.
-#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // see `Packet`: boxing would allocate per decode
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// The buffer holds no complete packet yet; `needed` is the total number of bytes
     /// (counted from the start of the buffer) that must be present before trying again.
@@ -37,54 +64,103 @@ pub enum Decoded<'a> {
     },
 }
 
-// ---- TEMPORARY: signatures only, replaced by the codec branch on merge ----
-/// A decoding error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError;
-impl DecodeError {
-    /// The reason code.
-    pub fn reason_code(&self) -> ReasonCode {
-        ReasonCode::MalformedPacket
+/// Decode the packet at the start of `buf`.
+///
+/// `version` is the connection's negotiated version; CONNECT ignores it and uses the level
+/// it carries. The size of the whole packet is checked against `max_packet_size` from the
+/// fixed header alone, before the body has arrived (`PacketTooLarge`, 0x95). `Incomplete`
+/// gives the total number of bytes needed from the start of `buf`. Never allocates and
+/// never panics.
+#[inline]
+pub fn decode(
+    buf: &[u8],
+    version: Version,
+    max_packet_size: usize,
+) -> Result<Decoded<'_>, DecodeError> {
+    let header = match header::frame(buf, version, max_packet_size)? {
+        Frame::Incomplete(needed) => return Ok(Decoded::Incomplete { needed }),
+        Frame::Header(h) => h,
+    };
+    let len = header.total();
+    let Some(body) = buf.get(header.header_len..len) else {
+        return Ok(Decoded::Incomplete { needed: len });
+    };
+    let packet = decode_body(header.first, body, version)?;
+    Ok(Decoded::Packet { packet, len })
+}
+
+/// Decode a body whose framing and first byte were already checked.
+#[inline]
+fn decode_body(first: u8, body: &[u8], version: Version) -> Result<Packet<'_>, DecodeError> {
+    let type_id = first >> 4;
+    Ok(match type_id {
+        3 => Packet::Publish(publish::decode_publish(first, body, version)?),
+        1 => Packet::Connect(connect::decode_connect(body)?),
+        2 => Packet::ConnAck(connect::decode_connack(body, version)?),
+        4 => Packet::PubAck(ack::decode_ack(type_id, body, version)?),
+        5 => Packet::PubRec(ack::decode_ack(type_id, body, version)?),
+        6 => Packet::PubRel(ack::decode_ack(type_id, body, version)?),
+        7 => Packet::PubComp(ack::decode_ack(type_id, body, version)?),
+        8 => Packet::Subscribe(subscribe::decode_subscribe(body, version)?),
+        9 => Packet::SubAck(subscribe::decode_suback(body, version)?),
+        10 => Packet::Unsubscribe(subscribe::decode_unsubscribe(body, version)?),
+        11 => Packet::UnsubAck(subscribe::decode_unsuback(body, version)?),
+        12 => {
+            ack::decode_empty(body)?;
+            Packet::PingReq
+        }
+        13 => {
+            ack::decode_empty(body)?;
+            Packet::PingResp
+        }
+        14 => Packet::Disconnect(ack::decode_disconnect(body, version)?),
+        15 => Packet::Auth(ack::decode_auth(body)?),
+        _ => return Err(DecodeError::ReservedPacketType { type_id }),
+    })
+}
+
+/// Append `packet` encoded for `version` to `out`, reserving its exact size once.
+///
+/// Before 5.0 properties are omitted and a CONNACK reason is written as its 3.x return
+/// code. CONNECT is written in the version it names; AUTH always in the 5.0 form. In 5.0,
+/// acks, DISCONNECT and AUTH use the short form when Success and without properties.
+/// Field lengths beyond the wire limits (strings over 65,535 bytes, packets over 256 MiB)
+/// are the caller's to avoid.
+pub fn encode(packet: &Packet<'_>, version: Version, out: &mut Vec<u8>) {
+    match packet {
+        Packet::Connect(c) => connect::encode_connect(out, c),
+        Packet::ConnAck(a) => connect::encode_connack(out, a, version),
+        Packet::Publish(p) => encode_publish(out, version, p),
+        Packet::PubAck(a) => ack::encode_ack(out, 4, a, version),
+        Packet::PubRec(a) => ack::encode_ack(out, 5, a, version),
+        Packet::PubRel(a) => ack::encode_ack(out, 6, a, version),
+        Packet::PubComp(a) => ack::encode_ack(out, 7, a, version),
+        Packet::Subscribe(s) => subscribe::encode_subscribe(out, s, version),
+        Packet::SubAck(s) => subscribe::encode_suback(out, s, version),
+        Packet::Unsubscribe(u) => subscribe::encode_unsubscribe(out, u, version),
+        Packet::UnsubAck(u) => subscribe::encode_unsuback(out, u, version),
+        Packet::PingReq => out.extend_from_slice(&[0xc0, 0]),
+        Packet::PingResp => out.extend_from_slice(&[0xd0, 0]),
+        Packet::Disconnect(d) => ack::encode_tail_only(out, 14, d.reason, &d.properties, version),
+        Packet::Auth(a) => ack::encode_tail_only(out, 15, a.reason, &a.properties, version),
     }
 }
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("malformed")
-    }
-}
-/// Decode.
-pub fn decode(_buf: &[u8], _v: Version, _max: usize) -> Result<Decoded<'_>, DecodeError> {
-    Err(DecodeError)
-}
-/// Encode.
-pub fn encode(_p: &Packet<'_>, _v: Version, _out: &mut Vec<u8>) {}
-/// Encoded length.
-pub fn encoded_len(_p: &Packet<'_>, _v: Version) -> usize {
-    0
-}
-/// Encode a publish.
-pub fn encode_publish(_out: &mut Vec<u8>, _v: Version, _p: &Publish<'_>) {}
-impl<'a> SubscriptionList<'a> {
-    /// Iterate.
-    pub fn iter(&self) -> impl Iterator<Item = Subscription<'a>> + 'a {
-        std::iter::empty()
-    }
-}
-impl<'a> StrList<'a> {
-    /// Iterate.
-    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
-        std::iter::empty()
-    }
-}
-impl<'a> UserProperties<'a> {
-    /// Iterate.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        std::iter::empty()
-    }
-}
-impl SubscriptionIds<'_> {
-    /// Iterate.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        std::iter::empty()
+
+/// The exact number of bytes `encode` appends for `packet`, fixed header included.
+pub fn encoded_len(packet: &Packet<'_>, version: Version) -> usize {
+    match packet {
+        Packet::Connect(c) => connect::connect_len(c),
+        Packet::ConnAck(a) => connect::connack_len(a, version),
+        Packet::Publish(p) => publish::publish_len(p, version),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            ack::ack_len(a, version)
+        }
+        Packet::Subscribe(s) => subscribe::subscribe_len(s, version),
+        Packet::SubAck(s) => subscribe::suback_len(s, version),
+        Packet::Unsubscribe(u) => subscribe::unsubscribe_len(u, version),
+        Packet::UnsubAck(u) => subscribe::unsuback_len(u, version),
+        Packet::PingReq | Packet::PingResp => 2,
+        Packet::Disconnect(d) => ack::tail_only_len(14, d.reason, &d.properties, version),
+        Packet::Auth(a) => ack::tail_only_len(15, a.reason, &a.properties, version),
     }
 }

@@ -76,7 +76,10 @@ impl QoS {
 }
 
 /// Every control packet, borrowing from its source buffer.
-#[derive(Debug, Clone)]
+// CONNECT is the largest variant; boxing it would allocate per decode, and a `Packet`
+// lives only on the stack between decode and dispatch.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// Client → server: open a session.
     Connect(Connect<'a>),
@@ -162,7 +165,7 @@ pub fn packet_name(type_id: u8) -> &'static str {
 }
 
 /// CONNECT. The version is read from the packet itself, never from the caller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect<'a> {
     /// Protocol level and name.
     pub version: Version,
@@ -183,7 +186,7 @@ pub struct Connect<'a> {
 }
 
 /// The Will carried in CONNECT.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will<'a> {
     /// Will Topic (a topic name: no wildcards).
     pub topic: &'a str,
@@ -199,7 +202,7 @@ pub struct Will<'a> {
 
 /// CONNACK. In 3.x the one-byte return code is mapped to and from the matching 5.0 reason
 /// code (1 ↔ 0x84, 2 ↔ 0x85, 3 ↔ 0x88, 4 ↔ 0x86, 5 ↔ 0x87).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck<'a> {
     /// Session Present flag.
     pub session_present: bool,
@@ -210,7 +213,7 @@ pub struct ConnAck<'a> {
 }
 
 /// PUBLISH.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish<'a> {
     /// DUP flag: this may be a redelivery.
     pub dup: bool,
@@ -229,7 +232,7 @@ pub struct Publish<'a> {
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack<'a> {
     /// The packet being acknowledged.
     pub packet_id: PacketId,
@@ -301,7 +304,7 @@ pub struct Subscription<'a> {
 }
 
 /// SUBSCRIBE.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe<'a> {
     /// Packet identifier.
     pub packet_id: PacketId,
@@ -322,7 +325,7 @@ pub enum SubscriptionList<'a> {
 }
 
 /// UNSUBSCRIBE.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe<'a> {
     /// Packet identifier.
     pub packet_id: PacketId,
@@ -342,7 +345,7 @@ pub enum StrList<'a> {
 }
 
 /// SUBACK: one code per filter (3.x: 0, 1, 2 or 0x80; 5.0: any SUBACK reason code).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck<'a> {
     /// Packet identifier of the SUBSCRIBE.
     pub packet_id: PacketId,
@@ -353,7 +356,7 @@ pub struct SubAck<'a> {
 }
 
 /// UNSUBACK.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnsubAck<'a> {
     /// Packet identifier of the UNSUBSCRIBE.
     pub packet_id: PacketId,
@@ -364,7 +367,7 @@ pub struct UnsubAck<'a> {
 }
 
 /// DISCONNECT.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect<'a> {
     /// 5.0 reason code; `NormalDisconnection` in 3.x.
     pub reason: ReasonCode,
@@ -373,7 +376,7 @@ pub struct Disconnect<'a> {
 }
 
 /// AUTH (5.0 only).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth<'a> {
     /// 0x00 Success, 0x18 Continue authentication or 0x19 Re-authenticate.
     pub reason: ReasonCode,

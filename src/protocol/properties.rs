@@ -6,6 +6,13 @@
 //! unless repeatable, with every string valid UTF-8. Repeated properties are kept as the
 //! validated wire bytes of the whole property block and iterated on demand, so decoding
 //! never allocates. Must not touch: anything outside the property block.
+//!
+//! Limit: at most `REPEATED_PROPERTIES_MAX` User Properties (and as many Subscription
+//! Identifiers) per block, so a flood of them (CVE-2021-41039) is refused after a bounded,
+//! linear scan; every other property may appear once, so a block holds a bounded count.
+
+use super::error::DecodeError;
+use super::wire::{bin_len, put_bin, put_varint, varint_len, Reader};
 
 /// Property identifiers (MQTT 5.0 §2.2.2.2).
 #[allow(missing_docs)]
@@ -41,7 +48,7 @@ pub mod id {
 
 /// Every MQTT 5.0 property. `Default` is "no properties", which is also what every 3.x
 /// packet carries.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Properties<'a> {
     /// 0x01, PUBLISH and Will: 0 = bytes, 1 = UTF-8.
     pub payload_format_indicator: Option<u8>,
@@ -128,5 +135,644 @@ pub enum SubscriptionIds<'a> {
 impl Default for SubscriptionIds<'_> {
     fn default() -> Self {
         SubscriptionIds::Slice(&[])
+    }
+}
+
+/// The most User Properties, and separately the most Subscription Identifiers, one
+/// property block may carry. More is refused with 0x83 (our limit, not the spec's).
+pub const REPEATED_PROPERTIES_MAX: usize = 1024;
+
+/// Which packet a property block belongs to: decides which ids are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PropKind {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    /// PUBACK, PUBREC, PUBREL, PUBCOMP.
+    Ack,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+const fn bits(ids: &[u8]) -> u64 {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < ids.len() {
+        mask |= 1u64 << ids[i];
+        i += 1;
+    }
+    mask
+}
+
+impl PropKind {
+    /// The property ids allowed in this packet (MQTT 5.0 §2.2.2.2), one bit per id.
+    fn allowed(self) -> u64 {
+        use id::*;
+        const MESSAGE: u64 = bits(&[
+            PAYLOAD_FORMAT_INDICATOR,
+            MESSAGE_EXPIRY_INTERVAL,
+            CONTENT_TYPE,
+            RESPONSE_TOPIC,
+            CORRELATION_DATA,
+            USER_PROPERTY,
+        ]);
+        const ACK: u64 = bits(&[REASON_STRING, USER_PROPERTY]);
+        match self {
+            PropKind::Connect => bits(&[
+                SESSION_EXPIRY_INTERVAL,
+                AUTHENTICATION_METHOD,
+                AUTHENTICATION_DATA,
+                REQUEST_PROBLEM_INFORMATION,
+                REQUEST_RESPONSE_INFORMATION,
+                RECEIVE_MAXIMUM,
+                TOPIC_ALIAS_MAXIMUM,
+                USER_PROPERTY,
+                MAXIMUM_PACKET_SIZE,
+            ]),
+            PropKind::Will => MESSAGE | bits(&[WILL_DELAY_INTERVAL]),
+            PropKind::ConnAck => bits(&[
+                SESSION_EXPIRY_INTERVAL,
+                ASSIGNED_CLIENT_IDENTIFIER,
+                SERVER_KEEP_ALIVE,
+                AUTHENTICATION_METHOD,
+                AUTHENTICATION_DATA,
+                RESPONSE_INFORMATION,
+                SERVER_REFERENCE,
+                REASON_STRING,
+                RECEIVE_MAXIMUM,
+                TOPIC_ALIAS_MAXIMUM,
+                MAXIMUM_QOS,
+                RETAIN_AVAILABLE,
+                USER_PROPERTY,
+                MAXIMUM_PACKET_SIZE,
+                WILDCARD_SUBSCRIPTION_AVAILABLE,
+                SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+                SHARED_SUBSCRIPTION_AVAILABLE,
+            ]),
+            PropKind::Publish => MESSAGE | bits(&[SUBSCRIPTION_IDENTIFIER, TOPIC_ALIAS]),
+            PropKind::Ack | PropKind::SubAck | PropKind::UnsubAck => ACK,
+            PropKind::Subscribe => bits(&[SUBSCRIPTION_IDENTIFIER, USER_PROPERTY]),
+            PropKind::Unsubscribe => bits(&[USER_PROPERTY]),
+            PropKind::Disconnect => ACK | bits(&[SESSION_EXPIRY_INTERVAL, SERVER_REFERENCE]),
+            PropKind::Auth => ACK | bits(&[AUTHENTICATION_METHOD, AUTHENTICATION_DATA]),
+        }
+    }
+}
+
+/// One property value as it sits on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Byte(u8),
+    U16(u16),
+    U32(u32),
+    Varint(u32),
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Pair(&'a str, &'a str),
+}
+
+impl Value<'_> {
+    /// Encoded size including the one-byte identifier.
+    fn len(&self) -> usize {
+        1 + match self {
+            Value::Byte(_) => 1,
+            Value::U16(_) => 2,
+            Value::U32(_) => 4,
+            Value::Varint(v) => varint_len(*v as usize),
+            Value::Str(s) => bin_len(s.as_bytes()),
+            Value::Bin(b) => bin_len(b),
+            Value::Pair(k, v) => bin_len(k.as_bytes()) + bin_len(v.as_bytes()),
+        }
+    }
+
+    fn put(&self, id: u8, out: &mut Vec<u8>) {
+        out.push(id);
+        match self {
+            Value::Byte(v) => out.push(*v),
+            Value::U16(v) => out.extend_from_slice(&v.to_be_bytes()),
+            Value::U32(v) => out.extend_from_slice(&v.to_be_bytes()),
+            Value::Varint(v) => put_varint(out, *v as usize),
+            Value::Str(s) => put_bin(out, s.as_bytes()),
+            Value::Bin(b) => put_bin(out, b),
+            Value::Pair(k, v) => {
+                put_bin(out, k.as_bytes());
+                put_bin(out, v.as_bytes());
+            }
+        }
+    }
+}
+
+/// Read the value of property `id` (already known to be allowed, hence known).
+fn read_value<'a>(r: &mut Reader<'a>, id: u8) -> Result<Value<'a>, DecodeError> {
+    use id::*;
+    Ok(match id {
+        SERVER_KEEP_ALIVE | RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM | TOPIC_ALIAS => {
+            Value::U16(r.u16()?)
+        }
+        MESSAGE_EXPIRY_INTERVAL
+        | SESSION_EXPIRY_INTERVAL
+        | WILL_DELAY_INTERVAL
+        | MAXIMUM_PACKET_SIZE => Value::U32(r.u32()?),
+        SUBSCRIPTION_IDENTIFIER => Value::Varint(r.varint()? as u32),
+        RESPONSE_TOPIC => {
+            let topic = r.topic_name()?;
+            if topic.is_empty() {
+                return Err(DecodeError::EmptyTopicName);
+            }
+            Value::Str(topic)
+        }
+        CONTENT_TYPE
+        | ASSIGNED_CLIENT_IDENTIFIER
+        | AUTHENTICATION_METHOD
+        | RESPONSE_INFORMATION
+        | SERVER_REFERENCE
+        | REASON_STRING => Value::Str(r.str()?),
+        CORRELATION_DATA | AUTHENTICATION_DATA => Value::Bin(r.binary()?),
+        USER_PROPERTY => Value::Pair(r.str()?, r.str()?),
+        _ => Value::Byte(r.u8()?),
+    })
+}
+
+/// Range rules: flags are 0 or 1; maxima, aliases and identifiers are never 0 (0x82).
+fn check_value(id: u8, value: Value<'_>) -> Result<(), DecodeError> {
+    let ok = match value {
+        Value::Byte(v) => v <= 1,
+        Value::U16(v) => v != 0 || id == id::TOPIC_ALIAS_MAXIMUM || id == id::SERVER_KEEP_ALIVE,
+        Value::U32(v) => v != 0 || id != id::MAXIMUM_PACKET_SIZE,
+        Value::Varint(v) => v != 0,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DecodeError::InvalidPropertyValue { id })
+    }
+}
+
+/// Store a single-valued property. Repeatable ones are kept as the block, not here.
+fn store<'a>(p: &mut Properties<'a>, id: u8, value: Value<'a>) {
+    use id::*;
+    match (id, value) {
+        (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => p.payload_format_indicator = Some(v),
+        (MESSAGE_EXPIRY_INTERVAL, Value::U32(v)) => p.message_expiry_interval = Some(v),
+        (CONTENT_TYPE, Value::Str(v)) => p.content_type = Some(v),
+        (RESPONSE_TOPIC, Value::Str(v)) => p.response_topic = Some(v),
+        (CORRELATION_DATA, Value::Bin(v)) => p.correlation_data = Some(v),
+        (SESSION_EXPIRY_INTERVAL, Value::U32(v)) => p.session_expiry_interval = Some(v),
+        (ASSIGNED_CLIENT_IDENTIFIER, Value::Str(v)) => p.assigned_client_identifier = Some(v),
+        (SERVER_KEEP_ALIVE, Value::U16(v)) => p.server_keep_alive = Some(v),
+        (AUTHENTICATION_METHOD, Value::Str(v)) => p.authentication_method = Some(v),
+        (AUTHENTICATION_DATA, Value::Bin(v)) => p.authentication_data = Some(v),
+        (REQUEST_PROBLEM_INFORMATION, Value::Byte(v)) => p.request_problem_information = Some(v),
+        (WILL_DELAY_INTERVAL, Value::U32(v)) => p.will_delay_interval = Some(v),
+        (REQUEST_RESPONSE_INFORMATION, Value::Byte(v)) => p.request_response_information = Some(v),
+        (RESPONSE_INFORMATION, Value::Str(v)) => p.response_information = Some(v),
+        (SERVER_REFERENCE, Value::Str(v)) => p.server_reference = Some(v),
+        (REASON_STRING, Value::Str(v)) => p.reason_string = Some(v),
+        (RECEIVE_MAXIMUM, Value::U16(v)) => p.receive_maximum = Some(v),
+        (TOPIC_ALIAS_MAXIMUM, Value::U16(v)) => p.topic_alias_maximum = Some(v),
+        (TOPIC_ALIAS, Value::U16(v)) => p.topic_alias = Some(v),
+        (MAXIMUM_QOS, Value::Byte(v)) => p.maximum_qos = Some(v),
+        (RETAIN_AVAILABLE, Value::Byte(v)) => p.retain_available = Some(v),
+        (MAXIMUM_PACKET_SIZE, Value::U32(v)) => p.maximum_packet_size = Some(v),
+        (WILDCARD_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
+            p.wildcard_subscription_available = Some(v)
+        }
+        (SUBSCRIPTION_IDENTIFIER_AVAILABLE, Value::Byte(v)) => {
+            p.subscription_identifier_available = Some(v)
+        }
+        (SHARED_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
+            p.shared_subscription_available = Some(v)
+        }
+        _ => {}
+    }
+}
+
+/// Counts of what a block holds so far, for the duplicate and flood rules.
+#[derive(Default)]
+struct Seen {
+    once: u64,
+    user: usize,
+    sub_ids: usize,
+}
+
+impl Seen {
+    fn note(&mut self, id: u8, kind: PropKind) -> Result<(), DecodeError> {
+        let count = match id {
+            id::USER_PROPERTY => &mut self.user,
+            id::SUBSCRIPTION_IDENTIFIER if kind == PropKind::Publish => &mut self.sub_ids,
+            _ => {
+                let bit = 1u64 << id;
+                if self.once & bit != 0 {
+                    return Err(DecodeError::DuplicateProperty { id });
+                }
+                self.once |= bit;
+                return Ok(());
+            }
+        };
+        *count += 1;
+        if *count > REPEATED_PROPERTIES_MAX {
+            return Err(DecodeError::TooManyProperties { id });
+        }
+        Ok(())
+    }
+}
+
+/// Decode a property block (length prefix included) for a packet of `kind`.
+#[inline]
+pub(crate) fn decode_properties<'a>(
+    r: &mut Reader<'a>,
+    kind: PropKind,
+) -> Result<Properties<'a>, DecodeError> {
+    let len = r.varint()?;
+    let block = r.bytes(len)?;
+    if block.is_empty() {
+        return Ok(Properties::default());
+    }
+    decode_block(block, kind)
+}
+
+fn decode_block(block: &[u8], kind: PropKind) -> Result<Properties<'_>, DecodeError> {
+    let mut props = Properties::default();
+    let allowed = kind.allowed();
+    let mut seen = Seen::default();
+    let mut r = Reader::new(block);
+    while !r.is_empty() {
+        let id = r.u8()?;
+        if id >= 64 || allowed & (1u64 << id) == 0 {
+            return Err(DecodeError::InvalidPropertyId { id });
+        }
+        seen.note(id, kind)?;
+        let value = read_value(&mut r, id)?;
+        check_value(id, value)?;
+        store(&mut props, id, value);
+    }
+    if seen.user > 0 {
+        props.user_properties = UserProperties::Wire(block);
+    }
+    if seen.once & (1u64 << id::SUBSCRIPTION_IDENTIFIER) != 0 || seen.sub_ids > 0 {
+        props.subscription_identifiers = SubscriptionIds::Wire(block);
+    }
+    if props.authentication_data.is_some() && props.authentication_method.is_none() {
+        return Err(DecodeError::AuthDataWithoutMethod);
+    }
+    Ok(props)
+}
+
+/// Call `f` for every property present, in identifier order.
+fn for_each<'a>(p: &Properties<'a>, mut f: impl FnMut(u8, Value<'a>)) {
+    use id::*;
+    let byte = |id, v: Option<u8>| v.map(Value::Byte).map(|v| (id, v));
+    let singles = [
+        byte(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator),
+        p.message_expiry_interval
+            .map(|v| (MESSAGE_EXPIRY_INTERVAL, Value::U32(v))),
+        p.content_type.map(|v| (CONTENT_TYPE, Value::Str(v))),
+        p.response_topic.map(|v| (RESPONSE_TOPIC, Value::Str(v))),
+        p.correlation_data
+            .map(|v| (CORRELATION_DATA, Value::Bin(v))),
+        p.session_expiry_interval
+            .map(|v| (SESSION_EXPIRY_INTERVAL, Value::U32(v))),
+        p.assigned_client_identifier
+            .map(|v| (ASSIGNED_CLIENT_IDENTIFIER, Value::Str(v))),
+        p.server_keep_alive
+            .map(|v| (SERVER_KEEP_ALIVE, Value::U16(v))),
+        p.authentication_method
+            .map(|v| (AUTHENTICATION_METHOD, Value::Str(v))),
+        p.authentication_data
+            .map(|v| (AUTHENTICATION_DATA, Value::Bin(v))),
+        byte(REQUEST_PROBLEM_INFORMATION, p.request_problem_information),
+        p.will_delay_interval
+            .map(|v| (WILL_DELAY_INTERVAL, Value::U32(v))),
+        byte(REQUEST_RESPONSE_INFORMATION, p.request_response_information),
+        p.response_information
+            .map(|v| (RESPONSE_INFORMATION, Value::Str(v))),
+        p.server_reference
+            .map(|v| (SERVER_REFERENCE, Value::Str(v))),
+        p.reason_string.map(|v| (REASON_STRING, Value::Str(v))),
+        p.receive_maximum.map(|v| (RECEIVE_MAXIMUM, Value::U16(v))),
+        p.topic_alias_maximum
+            .map(|v| (TOPIC_ALIAS_MAXIMUM, Value::U16(v))),
+        p.topic_alias.map(|v| (TOPIC_ALIAS, Value::U16(v))),
+        byte(MAXIMUM_QOS, p.maximum_qos),
+        byte(RETAIN_AVAILABLE, p.retain_available),
+        p.maximum_packet_size
+            .map(|v| (MAXIMUM_PACKET_SIZE, Value::U32(v))),
+        byte(
+            WILDCARD_SUBSCRIPTION_AVAILABLE,
+            p.wildcard_subscription_available,
+        ),
+        byte(
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            p.subscription_identifier_available,
+        ),
+        byte(
+            SHARED_SUBSCRIPTION_AVAILABLE,
+            p.shared_subscription_available,
+        ),
+    ];
+    for (id, v) in singles.into_iter().flatten() {
+        f(id, v);
+    }
+    for v in p.subscription_identifiers.iter() {
+        f(SUBSCRIPTION_IDENTIFIER, Value::Varint(v));
+    }
+    for (k, v) in p.user_properties.iter() {
+        f(USER_PROPERTY, Value::Pair(k, v));
+    }
+}
+
+impl Properties<'_> {
+    /// Bytes of the property block's content, without its length prefix.
+    pub fn content_len(&self) -> usize {
+        let mut n = 0;
+        for_each(self, |_, v| n += v.len());
+        n
+    }
+
+    /// True when no property is set (3.x packets, or a bare 5.0 packet).
+    pub fn is_empty(&self) -> bool {
+        self.content_len() == 0
+    }
+}
+
+/// Encoded size of a property block with content `content` bytes, prefix included.
+#[inline]
+pub(crate) fn block_len(content: usize) -> usize {
+    varint_len(content) + content
+}
+
+/// Append a property block: its length `content` (from `content_len`), then the content.
+pub(crate) fn put_properties(out: &mut Vec<u8>, p: &Properties<'_>, content: usize) {
+    put_varint(out, content);
+    if content > 0 {
+        for_each(p, |id, v| v.put(id, out));
+    }
+}
+
+/// Iterates a validated property block; stops at the first byte that does not parse
+/// (which a block built by `decode` never has).
+#[derive(Debug, Clone)]
+struct BlockIter<'a> {
+    r: Reader<'a>,
+}
+
+impl<'a> Iterator for BlockIter<'a> {
+    type Item = (u8, Value<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let id = self.r.u8().ok()?;
+        // Unknown ids never reach a decoded block; stop rather than guess a width.
+        let parsed = if is_known(id) {
+            read_value(&mut self.r, id).ok()
+        } else {
+            None
+        };
+        if parsed.is_none() {
+            self.r = Reader::new(&[]);
+        }
+        parsed.map(|v| (id, v))
+    }
+}
+
+/// True for the 27 property identifiers MQTT 5.0 defines.
+fn is_known(id: u8) -> bool {
+    const KNOWN: u64 = bits(&[
+        id::PAYLOAD_FORMAT_INDICATOR,
+        id::MESSAGE_EXPIRY_INTERVAL,
+        id::CONTENT_TYPE,
+        id::RESPONSE_TOPIC,
+        id::CORRELATION_DATA,
+        id::SUBSCRIPTION_IDENTIFIER,
+        id::SESSION_EXPIRY_INTERVAL,
+        id::ASSIGNED_CLIENT_IDENTIFIER,
+        id::SERVER_KEEP_ALIVE,
+        id::AUTHENTICATION_METHOD,
+        id::AUTHENTICATION_DATA,
+        id::REQUEST_PROBLEM_INFORMATION,
+        id::WILL_DELAY_INTERVAL,
+        id::REQUEST_RESPONSE_INFORMATION,
+        id::RESPONSE_INFORMATION,
+        id::SERVER_REFERENCE,
+        id::REASON_STRING,
+        id::RECEIVE_MAXIMUM,
+        id::TOPIC_ALIAS_MAXIMUM,
+        id::TOPIC_ALIAS,
+        id::MAXIMUM_QOS,
+        id::RETAIN_AVAILABLE,
+        id::USER_PROPERTY,
+        id::MAXIMUM_PACKET_SIZE,
+        id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+        id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        id::SHARED_SUBSCRIPTION_AVAILABLE,
+    ]);
+    id < 64 && KNOWN & (1u64 << id) != 0
+}
+
+#[derive(Debug, Clone)]
+enum PairsInner<'a> {
+    Wire(BlockIter<'a>),
+    Slice(std::slice::Iter<'a, (&'a str, &'a str)>),
+}
+
+/// Iterator over User Properties as (name, value), in order.
+#[derive(Debug, Clone)]
+pub struct UserPropertiesIter<'a>(PairsInner<'a>);
+
+impl<'a> Iterator for UserPropertiesIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            PairsInner::Slice(it) => it.next().copied(),
+            PairsInner::Wire(it) => it.find_map(|(_, v)| match v {
+                Value::Pair(k, v) => Some((k, v)),
+                _ => None,
+            }),
+        }
+    }
+}
+
+impl<'a> UserProperties<'a> {
+    /// The (name, value) pairs in wire order.
+    pub fn iter(&self) -> UserPropertiesIter<'a> {
+        match *self {
+            UserProperties::Wire(block) => UserPropertiesIter(PairsInner::Wire(BlockIter {
+                r: Reader::new(block),
+            })),
+            UserProperties::Slice(s) => UserPropertiesIter(PairsInner::Slice(s.iter())),
+        }
+    }
+
+    /// True when there is no User Property.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The number of User Properties (a scan for the wire form).
+    pub fn len(&self) -> usize {
+        match self {
+            UserProperties::Slice(s) => s.len(),
+            UserProperties::Wire(_) => self.iter().count(),
+        }
+    }
+}
+
+impl PartialEq for UserProperties<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for UserProperties<'_> {}
+
+#[derive(Debug, Clone)]
+enum IdsInner<'a> {
+    Wire(BlockIter<'a>),
+    Slice(std::slice::Iter<'a, u32>),
+}
+
+/// Iterator over Subscription Identifiers, in order.
+#[derive(Debug, Clone)]
+pub struct SubscriptionIdsIter<'a>(IdsInner<'a>);
+
+impl Iterator for SubscriptionIdsIter<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match &mut self.0 {
+            IdsInner::Slice(it) => it.next().copied(),
+            IdsInner::Wire(it) => it.find_map(|(_, v)| match v {
+                Value::Varint(v) => Some(v),
+                _ => None,
+            }),
+        }
+    }
+}
+
+impl<'a> SubscriptionIds<'a> {
+    /// The identifiers in wire order.
+    pub fn iter(&self) -> SubscriptionIdsIter<'a> {
+        match *self {
+            SubscriptionIds::Wire(block) => SubscriptionIdsIter(IdsInner::Wire(BlockIter {
+                r: Reader::new(block),
+            })),
+            SubscriptionIds::Slice(s) => SubscriptionIdsIter(IdsInner::Slice(s.iter())),
+        }
+    }
+
+    /// True when there is no Subscription Identifier.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The number of identifiers (a scan for the wire form).
+    pub fn len(&self) -> usize {
+        match self {
+            SubscriptionIds::Slice(s) => s.len(),
+            SubscriptionIds::Wire(_) => self.iter().count(),
+        }
+    }
+}
+
+impl PartialEq for SubscriptionIds<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SubscriptionIds<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode, put_varint, DecodeError, Decoded, Packet, Version};
+    use super::*;
+
+    /// A 5.0 PUBACK carrying `n` copies of the User Property ("k", "v").
+    fn puback_with_user_properties(n: usize) -> Vec<u8> {
+        let mut block = Vec::new();
+        for _ in 0..n {
+            block.extend_from_slice(&[id::USER_PROPERTY, 0, 1, b'k', 0, 1, b'v']);
+        }
+        let mut body = vec![0, 1, 0];
+        put_varint(&mut body, block.len());
+        body.extend_from_slice(&block);
+        let mut out = vec![0x40];
+        put_varint(&mut out, body.len());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn user_property_flood_is_capped() {
+        let ok = puback_with_user_properties(REPEATED_PROPERTIES_MAX);
+        let Ok(Decoded::Packet {
+            packet: Packet::PubAck(a),
+            ..
+        }) = decode(&ok, Version::V5, usize::MAX)
+        else {
+            panic!("cap-sized block refused");
+        };
+        assert_eq!(a.properties.user_properties.len(), REPEATED_PROPERTIES_MAX);
+        // CVE-2021-41039: 10,000 user properties are refused after a bounded scan.
+        let flood = puback_with_user_properties(10_000);
+        let err = decode(&flood, Version::V5, usize::MAX);
+        assert_eq!(
+            err,
+            Err(DecodeError::TooManyProperties {
+                id: id::USER_PROPERTY
+            })
+        );
+        assert_eq!(err.map(|_| ()).unwrap_err().reason_code().to_u8(), 0x83);
+    }
+
+    #[test]
+    fn wire_and_slice_lists_compare_by_items() {
+        let block = [
+            id::USER_PROPERTY,
+            0,
+            1,
+            b'a',
+            0,
+            1,
+            b'b',
+            id::SUBSCRIPTION_IDENTIFIER,
+            5,
+        ];
+        assert_eq!(
+            UserProperties::Wire(&block),
+            UserProperties::Slice(&[("a", "b")])
+        );
+        assert_ne!(UserProperties::Wire(&block), UserProperties::Slice(&[]));
+        assert_eq!(SubscriptionIds::Wire(&block), SubscriptionIds::Slice(&[5]));
+        assert!(SubscriptionIds::Wire(&[id::USER_PROPERTY, 0, 0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn every_allowed_property_is_known() {
+        for kind in [
+            PropKind::Connect,
+            PropKind::Will,
+            PropKind::ConnAck,
+            PropKind::Publish,
+            PropKind::Ack,
+            PropKind::Subscribe,
+            PropKind::SubAck,
+            PropKind::Unsubscribe,
+            PropKind::UnsubAck,
+            PropKind::Disconnect,
+            PropKind::Auth,
+        ] {
+            for id in 0..64u8 {
+                if kind.allowed() & (1 << id) != 0 {
+                    assert!(is_known(id), "{kind:?} allows unknown {id:#x}");
+                }
+            }
+        }
     }
 }

@@ -186,4 +186,48 @@ impl ReasonCode {
             _ => return None,
         })
     }
+
+    /// The code `byte` means in packet type `packet_type` (2 = CONNACK … 15 = AUTH) in
+    /// 5.0, or `None` if that packet may not carry it (MQTT 5.0 §3.x.2.1 tables).
+    /// 0x00 resolves to the name it has in that packet.
+    pub fn for_packet(packet_type: u8, byte: u8) -> Option<ReasonCode> {
+        if !allowed_in(packet_type, byte) {
+            return None;
+        }
+        match (packet_type, byte) {
+            (14, 0x00) => Some(ReasonCode::NormalDisconnection),
+            (9, 0x00) => Some(ReasonCode::GrantedQoS0),
+            _ => ReasonCode::from_u8(byte),
+        }
+    }
+}
+
+/// True if the 5.0 packet `packet_type` may carry reason code `byte`.
+fn allowed_in(packet_type: u8, byte: u8) -> bool {
+    const CONNACK: &[u8] = &[
+        0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95,
+        0x97, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    ];
+    const PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
+    const PUBREL: &[u8] = &[0x00, 0x92];
+    const SUBACK: &[u8] = &[
+        0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+    ];
+    const UNSUBACK: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
+    const DISCONNECT: &[u8] = &[
+        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94,
+        0x95, 0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    ];
+    const AUTH: &[u8] = &[0x00, 0x18, 0x19];
+    let list = match packet_type {
+        2 => CONNACK,
+        4 | 5 => PUBACK,
+        6 | 7 => PUBREL,
+        9 => SUBACK,
+        11 => UNSUBACK,
+        14 => DISCONNECT,
+        15 => AUTH,
+        _ => return false,
+    };
+    list.contains(&byte)
 }

@@ -33,6 +33,9 @@ pub struct Outgoing {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (5.0).
     pub sub_ids: SubIds,
+    /// `$share/{group}/{filter}` when delivered through a shared subscription, so it can
+    /// move to another member if this one goes away.
+    pub share: Option<Arc<str>>,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -251,6 +254,30 @@ impl Session {
         Ok(())
     }
 
+    /// Remove and return every in-flight or queued delivery that came through a shared
+    /// subscription (its member is going away; another member should have it).
+    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+        let mut taken = Vec::new();
+        self.inflight.retain(|f| {
+            let shared = f.out.share.is_some() && f.state != FlightState::AwaitComp;
+            if shared {
+                taken.push(f.out.clone());
+            }
+            !shared
+        });
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for out in self.queue.drain(..) {
+            if out.share.is_some() {
+                self.queue_bytes -= out.msg.weight();
+                taken.push(out);
+            } else {
+                kept.push_back(out);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
     /// Drop the session's delivery state (Clean Start, or the session ended).
     pub fn clear_state(&mut self) {
         self.subs.clear();
@@ -283,6 +310,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: SubIds::new(),
+            share: None,
         }
     }
 
