@@ -4,7 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use shardmq::broker::log;
 use shardmq::config::{Args, Config};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(Args::parse()) {
@@ -14,11 +17,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = shardmq::broker::log;
-    log(format_args!(
-        "shardmq version {} starting",
-        env!("CARGO_PKG_VERSION")
-    ));
+    // Installed before anything is announced, so a signal sent as soon as the broker says
+    // it is listening is always a clean shutdown, never the default "die".
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardmq: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    log(format_args!("shardmq version {version} starting"));
     for w in &config.warnings {
         log(format_args!("Warning: {w}"));
     }
@@ -39,33 +48,11 @@ fn main() -> ExitCode {
     }
     let _ = std::io::stdout().flush();
     log(format_args!(
-        "shardmq version {} running with {shards} shard(s)",
-        env!("CARGO_PKG_VERSION")
+        "shardmq version {version} running with {shards} shard(s)"
     ));
-    wait_for_signal();
-    log(format_args!(
-        "shardmq version {} terminating",
-        env!("CARGO_PKG_VERSION")
-    ));
+    let _ = signals.forever().next();
+    log(format_args!("shardmq version {version} terminating"));
     running.stop();
     running.join();
     ExitCode::SUCCESS
-}
-
-/// Block until SIGINT or SIGTERM.
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            let _ = signals.forever().next();
-        }
-        Err(e) => {
-            shardmq::broker::log(format_args!(
-                "cannot install signal handlers ({e}); running until killed"
-            ));
-            loop {
-                std::thread::park();
-            }
-        }
-    }
 }

@@ -159,7 +159,7 @@ impl Config {
         let shards = a.shards.or(f.shards).unwrap_or(cores);
         if shards == 0 || shards > SHARDS_MAX {
             return Err(format!(
-                "shards must be between 1 and {SHARDS_MAX}, got {shards}"
+                "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
             ));
         }
         let max_inflight = a
@@ -167,21 +167,21 @@ impl Config {
             .or(f.max_inflight_messages)
             .unwrap_or(defaults::MAX_INFLIGHT_MESSAGES);
         if max_inflight == 0 {
-            return Err("max-inflight-messages must be at least 1".into());
+            return Err("--max-inflight-messages must be at least 1".into());
         }
         let receive_maximum = a
             .receive_maximum
             .or(f.receive_maximum)
             .unwrap_or(defaults::RECEIVE_MAXIMUM);
         if receive_maximum == 0 {
-            return Err("receive-maximum must be at least 1".into());
+            return Err("--receive-maximum must be at least 1".into());
         }
         let max_packet_size = a
             .max_packet_size
             .or(f.max_packet_size)
             .unwrap_or(defaults::MAX_PACKET_SIZE);
         if max_packet_size < 16 {
-            return Err("max-packet-size must be at least 16 bytes".into());
+            return Err("--max-packet-size must be at least 16 bytes".into());
         }
         let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
             (false, _) => a.bind,
