@@ -10,7 +10,11 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
-    let config = match Config::from_args(Args::parse()) {
+    let args = Args::parse();
+    if let Some(user) = &args.scram_entry {
+        return print_scram_entry(user);
+    }
+    let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shardmq: {e}");
@@ -55,4 +59,24 @@ fn main() -> ExitCode {
     running.stop();
     running.join();
     ExitCode::SUCCESS
+}
+
+/// `--scram-entry USER`: read a password line from stdin, print the credentials-file line.
+fn print_scram_entry(user: &str) -> ExitCode {
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        eprintln!("shardmq: cannot read the password from standard input: {e}");
+        return ExitCode::from(2);
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    match shardmq::auth::scram_entry(user, password, 4096) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -93,6 +93,10 @@ pub struct Args {
     /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
     #[arg(long, value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Print a credentials-file line for USER, with the password read from standard input
+    /// (its first line), and exit. Keeps the password out of the process list.
+    #[arg(long, value_name = "USER")]
+    pub scram_entry: Option<String>,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
