@@ -53,6 +53,9 @@ struct Sock {
     rx: RxBuf,
     /// Queued on `read_again` (budget hit or paused), so edge-triggered input is not lost.
     pending_read: bool,
+    /// Not being read because its own output is over the limit (the client does not read
+    /// what we send it); resumed by `flush_one` once the output drains, not by polling.
+    paused_on_output: bool,
 }
 
 /// The running broker: its shard threads and how to stop them.
@@ -319,6 +322,7 @@ impl Shard {
             stream,
             rx: RxBuf::from_vec(rx),
             pending_read: false,
+            paused_on_output: false,
         });
         if let Some(id) = id {
             self.broker.set_assigned_id(key, id);
@@ -339,7 +343,11 @@ impl Shard {
     }
 
     fn read_or_defer(&mut self, key: usize, now: u64) {
-        if self.reads_paused(key) {
+        if self.output_full(key) {
+            if let Some(s) = self.socks.get_mut(key) {
+                s.paused_on_output = true;
+            }
+        } else if self.bus.staged() > BUS_STAGED_MAX {
             self.defer_read(key);
         } else if let ReadEnd::Closed = self.read_conn(key, now) {
             self.broker_close(key);
@@ -357,14 +365,10 @@ impl Shard {
     }
 
     /// Reading stops while the bus is backed up or the client does not read its own output.
-    fn reads_paused(&self, key: usize) -> bool {
+    /// The client is not reading its own output: stop reading its input too.
+    fn output_full(&self, key: usize) -> bool {
         let max = self.broker.config().max_write_buffer;
-        self.bus.staged() > BUS_STAGED_MAX
-            || self
-                .broker
-                .links
-                .get(key)
-                .is_some_and(|l| l.tx.pending() > max)
+        self.broker.links.get(key).is_some_and(|l| l.tx.pending() > max)
     }
 
     fn broker_close(&mut self, key: usize) {
@@ -382,7 +386,8 @@ impl Shard {
     fn read_conn(&mut self, key: usize, now: u64) -> ReadEnd {
         let mut budget = READ_BYTES_PER_TURN_MAX;
         loop {
-            if budget == 0 || self.reads_paused(key) {
+            if budget == 0 || self.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
+                // Back through `read_or_defer` next turn, which sorts out why.
                 self.defer_read(key);
                 return ReadEnd::Open;
             }
@@ -531,14 +536,17 @@ impl Shard {
             Ok(Flushed::All) => {
                 let now = self.broker.now_ms;
                 self.broker.on_drained(key, now);
-                if self.socks.get(key).is_some_and(|s| s.pending_read) {
-                    return;
-                }
-                // Reads may have been paused on this client's output: look again.
-                self.defer_read(key);
             }
             Ok(Flushed::Partial) => {}
-            Err(_) => self.broker_close(key),
+            Err(_) => {
+                self.broker_close(key);
+                return;
+            }
+        }
+        let resume = !self.output_full(key)
+            && self.socks.get_mut(key).is_some_and(|s| std::mem::take(&mut s.paused_on_output));
+        if resume {
+            self.defer_read(key);
         }
     }
 
