@@ -141,6 +141,43 @@ pub(crate) fn split_level(s: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A topic name known to satisfy [`valid_topic_name`], borrowed from the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicName<'a>(&'a str);
+
+impl<'a> TopicName<'a> {
+    /// `Some` if `topic` is a valid topic name.
+    pub fn new(topic: &'a str) -> Option<Self> {
+        valid_topic_name(topic).then_some(TopicName(topic))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// A topic filter known to satisfy [`valid_filter`] (not `$share`: see [`parse_filter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicFilter<'a>(&'a str);
+
+impl<'a> TopicFilter<'a> {
+    /// `Some` if `filter` is a valid topic filter.
+    pub fn new(filter: &'a str) -> Option<Self> {
+        valid_filter(filter).then_some(TopicFilter(filter))
+    }
+
+    /// The filter.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// Whether this filter matches `topic` (see [`matches`]).
+    pub fn matches(&self, topic: TopicName<'_>) -> bool {
+        matches(self.0, topic.0)
+    }
+}
+
 /// A shared subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2), borrowed from the
 /// SUBSCRIBE packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,6 +413,16 @@ mod tests {
             assert_eq!(parse_filter(filter), want, "parse_filter({filter:?})");
         }
         assert_eq!(parse_filter("$share/g/a/b").map(|k| k.filter()), Ok("a/b"));
+    }
+
+    #[test]
+    fn newtypes_only_hold_valid_strings() {
+        assert_eq!(TopicName::new("a/b").map(|t| t.as_str()), Some("a/b"));
+        assert_eq!(TopicName::new("a/+"), None);
+        assert_eq!(TopicFilter::new("a/+").map(|f| f.as_str()), Some("a/+"));
+        assert_eq!(TopicFilter::new("a#"), None);
+        let (f, t) = (TopicFilter::new("#"), TopicName::new("$SYS/x"));
+        assert_eq!(f.zip(t).map(|(f, t)| f.matches(t)), Some(false));
     }
 
     #[test]
