@@ -134,7 +134,7 @@ impl<'a> Iterator for Levels<'a> {
 /// Splits off the first level: `("a", Some("b/c"))` for `a/b/c`, `("a", None)` for `a`.
 #[inline]
 pub(crate) fn split_level(s: &str) -> (&str, Option<&str>) {
-    match memchr::memchr(b'/', s.as_bytes()) {
+    match find_slash(s.as_bytes()) {
         // `/` is ASCII, so both sides of it are char boundaries.
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
@@ -177,6 +177,23 @@ impl<'a> TopicFilter<'a> {
         matches(self.0, topic.0)
     }
 }
+
+/// The first `/` in `b`. Levels are usually a few bytes long, where a plain loop costs fewer
+/// instructions than memchr's dispatch, so the first [`SLASH_SCAN_BYTES`] are scanned
+/// directly and memchr takes over for long levels (measured: docs/decisions/0002).
+#[inline]
+fn find_slash(b: &[u8]) -> Option<usize> {
+    let (head, tail) = b.split_at(b.len().min(SLASH_SCAN_BYTES));
+    match head.iter().position(|&c| c == b'/') {
+        Some(i) => Some(i),
+        // The last level of a short name ends here without a memchr call.
+        None if tail.is_empty() => None,
+        None => memchr::memchr(b'/', tail).map(|i| i + head.len()),
+    }
+}
+
+/// How many bytes of a level [`find_slash`] scans byte by byte before calling memchr.
+const SLASH_SCAN_BYTES: usize = 16;
 
 /// A shared subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2), borrowed from the
 /// SUBSCRIBE packet.
