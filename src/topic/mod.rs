@@ -444,11 +444,23 @@ mod tests {
 
     #[test]
     fn levels_split_like_the_spec() {
-        let split = |s| levels(s).collect::<Vec<_>>();
+        fn split(s: &str) -> Vec<&str> {
+            levels(s).collect()
+        }
         assert_eq!(split("a/b"), ["a", "b"]);
         assert_eq!(split("a//b"), ["a", "", "b"]);
         assert_eq!(split("/"), ["", ""]);
         assert_eq!(split(""), [""]);
+        // Around the byte-scan / memchr boundary of `find_slash`.
+        for n in [0, 1, 15, 16, 17, 40] {
+            let long = format!(
+                "{}/b/{}/{}",
+                "a".repeat(n),
+                "c".repeat(n),
+                "/".repeat(n % 3)
+            );
+            assert_eq!(split(&long), long.split('/').collect::<Vec<_>>(), "{long}");
+        }
     }
 
     /// The rules of [`valid_filter`] written level by level, as the spec states them.
