@@ -217,6 +217,12 @@ fn icount(spec: &str) {
                 sink += usize::from(valid_filter(black_box("site3/dev42/+/status")));
             }
         }
+        "valid_filter_deep" => {
+            let deep = format!("{}/#", vec!["level"; 32].join("/"));
+            for _ in 0..iters {
+                sink += usize::from(valid_filter(black_box(&deep)));
+            }
+        }
         _ => eprintln!("unknown bench {name}"),
     }
     black_box(sink);
