@@ -368,7 +368,10 @@ impl Shard {
     /// The client is not reading its own output: stop reading its input too.
     fn output_full(&self, key: usize) -> bool {
         let max = self.broker.config().max_write_buffer;
-        self.broker.links.get(key).is_some_and(|l| l.tx.pending() > max)
+        self.broker
+            .links
+            .get(key)
+            .is_some_and(|l| l.tx.pending() > max)
     }
 
     fn broker_close(&mut self, key: usize) {
@@ -544,7 +547,10 @@ impl Shard {
             }
         }
         let resume = !self.output_full(key)
-            && self.socks.get_mut(key).is_some_and(|s| std::mem::take(&mut s.paused_on_output));
+            && self
+                .socks
+                .get_mut(key)
+                .is_some_and(|s| std::mem::take(&mut s.paused_on_output));
         if resume {
             self.defer_read(key);
         }
