@@ -174,6 +174,10 @@ struct Shard {
     inbox: Vec<BusMsg>,
     read_again: Vec<usize>,
     accept_again: bool,
+    /// An inbound ring was left non-empty by the drain budget: poll without sleeping.
+    inbox_again: bool,
+    /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
+    accept_error_logged_ms: u64,
 }
 
 impl Shard {
@@ -200,6 +204,8 @@ impl Shard {
             inbox: Vec::new(),
             read_again: Vec::new(),
             accept_again: false,
+            inbox_again: false,
+            accept_error_logged_ms: 0,
         }
     }
 
@@ -225,7 +231,11 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
-        if !self.read_again.is_empty() || self.accept_again || self.bus.staged() > 0 {
+        if !self.read_again.is_empty()
+            || self.accept_again
+            || self.inbox_again
+            || self.bus.staged() > 0
+        {
             return Duration::ZERO;
         }
         let next = self.broker.timers.next_deadline_ms().unwrap_or(u64::MAX);
@@ -273,16 +283,28 @@ impl Shard {
         Ok(())
     }
 
+    /// Accept from every listener until WouldBlock or the budget. A listener left with a
+    /// backlog is retried next turn: edge-triggered polling would not report it again.
     fn accept_all(&mut self, now: u64) {
         for i in 0..self.listeners.len() {
-            for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let mut budget = ACCEPTS_PER_TURN_MAX;
+            loop {
+                if budget == 0 {
+                    self.accept_again = true;
+                    break;
+                }
+                budget -= 1;
                 match self.listeners[i].accept() {
                     Ok((stream, peer)) => self.adopt(stream, peer, Vec::new(), None, now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        // EMFILE and friends: leave the rest in the backlog for a later turn.
-                        crate::broker::log(format_args!("accept failed: {e}"));
+                        // EMFILE and friends: the rest stays in the backlog until the next
+                        // connection event. Logged at most once a second.
+                        if now >= self.accept_error_logged_ms + 1000 {
+                            self.accept_error_logged_ms = now;
+                            crate::broker::log(format_args!("accept failed: {e}"));
+                        }
                         break;
                     }
                 }
@@ -515,7 +537,7 @@ impl Shard {
 
     fn drain_bus(&mut self, now: u64) {
         let mut inbox = std::mem::take(&mut self.inbox);
-        self.bus.drain(&mut inbox);
+        self.inbox_again = self.bus.drain(&mut inbox);
         for msg in inbox.drain(..) {
             match msg {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
