@@ -301,8 +301,10 @@ impl Shard {
                     Err(e) => {
                         // EMFILE and friends: the rest stays in the backlog until the next
                         // connection event. Logged at most once a second.
-                        if now >= self.accept_error_logged_ms + 1000 {
-                            self.accept_error_logged_ms = now;
+                        if self.accept_error_logged_ms == 0
+                            || now >= self.accept_error_logged_ms + 1000
+                        {
+                            self.accept_error_logged_ms = now.max(1);
                             crate::broker::log(format_args!("accept failed: {e}"));
                         }
                         break;
