@@ -312,6 +312,7 @@ impl Engine {
 
     fn error(&mut self, msg: String) {
         self.out.failures += 1;
+        self.shared.failures.fetch_add(1, Ordering::Relaxed);
         if self.out.errors.len() < MAX_ERRORS {
             self.out.errors.push(msg);
         }
