@@ -1,1 +1,364 @@
-//! What a packet does: connect, publish routing, subscribe, retained.
+//! What a packet does: connect, publish routing, subscribe, retained messages, wills.
+//!
+//! Owns: one shard's MQTT state: its links, its sessions (those whose client id hashes to
+//! this shard), the local subscription trie, the replicated interest trie (filter → set of
+//! shards with subscribers) and the retained replica. Invariants: a session lives only on
+//! its home shard `home_shard(client_id)`; a SUBACK is released only once every peer shard
+//! has applied the interest change it caused, so a publish accepted anywhere after the
+//! SUBACK reaches the new subscriber. Must not touch: sockets, polls, threads: it writes
+//! into link buffers and queues `Cast`s for the event loop to carry.
+
+mod close;
+mod connect;
+pub mod link;
+mod publish;
+pub mod shared;
+mod subscribe;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use slab::Slab;
+
+use crate::config::Config;
+use crate::protocol::{self, Packet, ReasonCode, Version};
+use crate::session::{Limits, Message, Session, SubIds};
+use crate::shard::timer::TimerWheel;
+use crate::topic::retained::TopicTree;
+use crate::topic::trie::FilterTrie;
+pub use link::{Link, LinkState};
+
+/// A message between shards at the broker level.
+#[derive(Debug)]
+pub enum Cast {
+    /// Route to local subscribers (and update the retained replica if it is retained).
+    Publish(Arc<Message>),
+    /// Shard `from` gained (`add`) or lost interest in `filter`; answer with `InterestAck`.
+    Interest {
+        /// The shard whose subscriptions changed.
+        from: usize,
+        /// The topic filter.
+        filter: Box<str>,
+        /// Gained or lost.
+        add: bool,
+        /// Sequence number of the change at `from`.
+        seq: u64,
+    },
+    /// Shard `from` changed a share group's membership; answer with `InterestAck`.
+    Share {
+        /// The member's shard.
+        from: usize,
+        /// Group name.
+        group: Box<str>,
+        /// Topic filter.
+        filter: Box<str>,
+        /// The member.
+        member: shared::ShareMember,
+        /// What changed.
+        op: shared::ShareOp,
+        /// Sequence number of the change at `from` (shared with interest changes).
+        seq: u64,
+    },
+    /// A message for one member of a share group whose session lives on the receiver.
+    ShareDeliver(Box<shared::ShareDelivery>),
+    /// Shard `from` has applied every interest change up to `seq` of the receiver.
+    InterestAck {
+        /// The acknowledging shard.
+        from: usize,
+        /// Highest applied sequence number.
+        seq: u64,
+    },
+}
+
+/// What the event loop must do with a connection after a packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep reading.
+    Continue,
+    /// Close it at the end of the turn (the link is already `Closing`).
+    Close,
+    /// Move it, unread bytes and all, to shard `home`.
+    Handoff {
+        /// The session's home shard.
+        home: usize,
+    },
+}
+
+/// One local subscription in the trie.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscriber {
+    /// Sessions slab key.
+    pub session: usize,
+    /// Options granted.
+    pub options: protocol::SubscriptionOptions,
+    /// Subscription Identifier (5.0).
+    pub sub_id: Option<u32>,
+}
+
+/// Subscribers of one filter.
+pub type Subscribers = smallvec::SmallVec<[Subscriber; 2]>;
+
+/// Counters of one shard.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// PUBLISH packets received from clients.
+    pub publish_in: u64,
+    /// PUBLISH packets written to clients.
+    pub publish_out: u64,
+    /// QoS 0 deliveries dropped because the subscriber's buffer was full.
+    pub dropped_qos0: u64,
+    /// Deliveries dropped because a session queue was full.
+    pub dropped_queue: u64,
+    /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+}
+
+/// A SUBACK held back until every peer shard has applied the interest it depends on.
+#[derive(Debug)]
+struct PendingSubAck {
+    seq: u64,
+    link: usize,
+    gen: u32,
+    bytes: Vec<u8>,
+    retained: Vec<(Box<str>, crate::session::SubState)>,
+}
+
+/// One match of a publish, merged per session (overlapping subscriptions → one delivery).
+#[derive(Debug, Clone)]
+struct Hit {
+    session: usize,
+    qos: protocol::QoS,
+    retain_as_published: bool,
+    sub_ids: SubIds,
+}
+
+/// One shard's broker state.
+pub struct Broker {
+    /// This shard's index.
+    pub shard_id: usize,
+    /// Number of shards.
+    pub shards: usize,
+    cfg: Arc<Config>,
+    limits: Limits,
+    /// Connections of this shard (same keys as the event loop's sockets).
+    pub links: Slab<Link>,
+    sessions: Slab<Session>,
+    by_client: HashMap<Box<str>, usize>,
+    subs: FilterTrie<Subscribers>,
+    shared: FilterTrie<shared::ShareGroups>,
+    interest: FilterTrie<u64>,
+    retained: TopicTree<Arc<Message>>,
+    /// Timers of this shard.
+    pub timers: TimerWheel,
+    /// Casts for other shards: (destination, message).
+    pub outbox: Vec<(usize, Cast)>,
+    /// Links with bytes to flush.
+    pub dirty: Vec<usize>,
+    /// Links to close at the end of the turn.
+    pub closing: Vec<usize>,
+    pending_subacks: VecDeque<PendingSubAck>,
+    interest_seq: u64,
+    acked_seq: Vec<u64>,
+    next_gen: u32,
+    next_uid: u64,
+    route_seq: u64,
+    hits: Vec<Hit>,
+    /// Counters.
+    pub stats: Stats,
+    fired: Vec<u64>,
+    /// The shard clock at the start of this turn (ms).
+    pub now_ms: u64,
+}
+
+/// The home shard of a client id: FNV-1a, stable across runs and threads.
+pub fn home_shard(client_id: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+impl Broker {
+    /// Empty state for shard `shard_id` of `shards`.
+    pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker {
+        Broker {
+            shard_id,
+            shards,
+            limits: cfg.session_limits(),
+            cfg,
+            links: Slab::new(),
+            sessions: Slab::new(),
+            by_client: HashMap::new(),
+            subs: FilterTrie::new(),
+            shared: FilterTrie::new(),
+            interest: FilterTrie::new(),
+            retained: TopicTree::new(),
+            timers: TimerWheel::new(now_ms),
+            outbox: Vec::new(),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            pending_subacks: VecDeque::new(),
+            interest_seq: 0,
+            acked_seq: vec![0; shards],
+            next_gen: 0,
+            next_uid: 0,
+            route_seq: 0,
+            hits: Vec::new(),
+            stats: Stats::default(),
+            fired: Vec::new(),
+            now_ms,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Sessions held by this shard.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handle one decoded packet from link `key`.
+    pub fn handle(&mut self, key: usize, packet: &Packet<'_>, now_ms: u64) -> Verdict {
+        let Some(link) = self.links.get_mut(key) else {
+            return Verdict::Close;
+        };
+        link.last_rx_ms = now_ms;
+        match link.state {
+            LinkState::Closing => return Verdict::Close,
+            LinkState::ExpectConnect => {
+                return match packet {
+                    Packet::Connect(c) => self.on_connect(key, c, now_ms),
+                    _ => self.close(key, None, "first packet was not CONNECT"),
+                };
+            }
+            LinkState::Connected => {}
+        }
+        self.log_packet(key, packet);
+        match packet {
+            Packet::Publish(p) => self.on_publish(key, p, now_ms),
+            Packet::PubAck(a) => self.on_puback(key, a.packet_id, now_ms),
+            Packet::PubRec(a) => self.on_pubrec(key, a, now_ms),
+            Packet::PubRel(a) => self.on_pubrel(key, a.packet_id),
+            Packet::PubComp(a) => self.on_pubcomp(key, a.packet_id, now_ms),
+            Packet::Subscribe(s) => self.on_subscribe(key, s, now_ms),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(key, u),
+            Packet::PingReq => {
+                self.send(key, &Packet::PingResp);
+                Verdict::Continue
+            }
+            Packet::Disconnect(d) => self.on_disconnect(key, d),
+            Packet::Connect(_) => self.protocol_error(key, "second CONNECT"),
+            Packet::Auth(_) => self.protocol_error(key, "AUTH without an authentication method"),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_error(key, "server-only packet from a client")
+            }
+        }
+    }
+
+    /// A packet from link `key` failed to decode: answer per its version and close.
+    pub fn decode_error(&mut self, key: usize, err: &protocol::DecodeError) -> Verdict {
+        let Some(link) = self.links.get(key) else {
+            return Verdict::Close;
+        };
+        let reason = err.reason_code();
+        let why = format!("bad packet: {err}");
+        match link.state {
+            LinkState::ExpectConnect => {
+                // Only an unsupported protocol version is answered: the client then knows to
+                // retry with another level [MQTT-3.1.2-2]. 3.x gets return code 1 for it.
+                if reason == ReasonCode::UnsupportedProtocolVersion {
+                    self.send_connack(key, false, reason, None);
+                }
+                self.close(key, None, &why)
+            }
+            _ => self.close(key, Some(reason), &why),
+        }
+    }
+
+    /// Append `packet` to link `key`'s output buffer.
+    fn send(&mut self, key: usize, packet: &Packet<'_>) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        protocol::encode(packet, link.version, link.tx.buf());
+        if !link.dirty {
+            link.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Mark link `key` closing. With `reason` and a 5.0 client, send DISCONNECT first.
+    fn close(&mut self, key: usize, reason: Option<ReasonCode>, why: &str) -> Verdict {
+        let Some(link) = self.links.get_mut(key) else {
+            return Verdict::Close;
+        };
+        if link.state == LinkState::Closing {
+            return Verdict::Close;
+        }
+        let v5_connected = link.version == Version::V5 && link.state == LinkState::Connected;
+        if let (Some(r), true) = (reason, v5_connected) {
+            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29].
+            let d = protocol::Disconnect {
+                reason: r,
+                properties: protocol::Properties {
+                    reason_string: Some(why),
+                    ..protocol::Properties::default()
+                },
+            };
+            self.send(key, &Packet::Disconnect(d));
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return Verdict::Close;
+        };
+        link.state = LinkState::Closing;
+        link.close_reason = reason;
+        if self.cfg.verbose {
+            log(format_args!(
+                "Client {} ({}) closing: {why}.",
+                link.client_id.as_deref().unwrap_or("<unknown>"),
+                link.peer
+            ));
+        }
+        self.closing.push(key);
+        Verdict::Close
+    }
+
+    fn protocol_error(&mut self, key: usize, why: &str) -> Verdict {
+        self.close(key, Some(ReasonCode::ProtocolError), why)
+    }
+
+    fn log_packet(&self, key: usize, packet: &Packet<'_>) {
+        if !self.cfg.verbose {
+            return;
+        }
+        let Some(link) = self.links.get(key) else {
+            return;
+        };
+        let id = link.client_id.as_deref().unwrap_or("<unknown>");
+        match packet {
+            Packet::Publish(p) => log(format_args!(
+                "Received PUBLISH from {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+                u8::from(p.dup),
+                p.qos as u8,
+                u8::from(p.retain),
+                p.packet_id.map_or(0, |m| m.get()),
+                p.topic,
+                p.payload.len()
+            )),
+            other => log(format_args!("Received {} from {id}", other.name())),
+        }
+    }
+}
+
+/// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
+pub fn log(args: std::fmt::Arguments<'_>) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!("{secs}: {args}");
+}

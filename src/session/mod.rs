@@ -1,1 +1,375 @@
-//! Per-client state: QoS flows, packet ids, inflight, queues, will.
+//! Per-client state: QoS flows, packet ids, in-flight window, offline queue, will.
+//!
+//! Owns: everything the specification says a session remembers between connections
+//! (subscriptions, unacknowledged QoS 1/2 deliveries, queued messages, QoS 2 packet ids
+//! awaiting PUBREL) plus the Will of the current connection. Invariants: at most `window`
+//! messages are in flight; the queue never holds more than `queue_max` messages or
+//! `queue_bytes_max` bytes (the overflow is dropped and counted); packet ids in flight are
+//! unique. Must not touch: sockets, the bus, encoding: the broker decides what to send and
+//! this module only keeps the books.
+
+pub mod message;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::protocol::{PacketId, QoS, SubscriptionOptions};
+pub use message::{ForwardedProps, Message};
+
+/// Subscription identifiers attached to one delivery (usually none or one).
+pub type SubIds = SmallVec<[u32; 2]>;
+
+/// One delivery to this session: the shared message plus per-subscriber choices.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Delivery QoS: min(message QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (5.0).
+    pub sub_ids: SubIds,
+    /// `$share/{group}/{filter}` when delivered through a shared subscription, so it can
+    /// move to another member if this one goes away.
+    pub share: Option<Arc<str>>,
+}
+
+/// Where an outbound QoS 1/2 delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlightState {
+    /// QoS 1 PUBLISH sent, PUBACK awaited.
+    AwaitAck,
+    /// QoS 2 PUBLISH sent, PUBREC awaited.
+    AwaitRec,
+    /// PUBREL sent, PUBCOMP awaited.
+    AwaitComp,
+}
+
+/// An unacknowledged outbound delivery.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Its packet identifier.
+    pub pid: PacketId,
+    /// What was sent.
+    pub out: Outgoing,
+    /// The step awaited.
+    pub state: FlightState,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubState {
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (5.0).
+    pub sub_id: Option<u32>,
+}
+
+/// The Will of the current connection, kept until a normal DISCONNECT discards it.
+#[derive(Debug)]
+pub struct StoredWill {
+    /// The message to publish.
+    pub msg: Message,
+    /// Will Delay Interval (5.0), seconds.
+    pub delay_s: u32,
+}
+
+/// Why an acknowledgement did not match.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckError {
+    /// No delivery with that packet id awaits this acknowledgement.
+    NotFound,
+}
+
+/// Session limits taken from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// In-flight window (also capped by the client's Receive Maximum).
+    pub window: u16,
+    /// Queued messages at most.
+    pub queue_max: usize,
+    /// Queued bytes at most.
+    pub queue_bytes_max: usize,
+}
+
+/// A client's session.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: Box<str>,
+    /// Unique per session incarnation on this broker (No Local, stale-event checks).
+    pub uid: u64,
+    /// Session Expiry Interval in seconds: 0 ends it with the connection, `u32::MAX` never.
+    pub expiry_s: u32,
+    /// The connection currently attached (a link key of the home shard).
+    pub link: Option<usize>,
+    /// Subscriptions by full filter (including any `$share/group/` prefix).
+    pub subs: BTreeMap<Box<str>, SubState>,
+    /// Unacknowledged outbound QoS 1/2 deliveries, oldest first.
+    pub inflight: VecDeque<InFlight>,
+    /// Deliveries waiting for the window or for the client to reconnect.
+    pub queue: VecDeque<Outgoing>,
+    queue_bytes: usize,
+    /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
+    pub awaiting_rel: HashSet<u16>,
+    next_pid: u16,
+    /// A Will waiting out its Will Delay Interval after the connection ended.
+    pub will: Option<StoredWill>,
+    /// Timer publishing `will` (shard timer wheel).
+    pub will_timer: Option<crate::shard::timer::TimerId>,
+    /// Timer ending the session after its expiry interval.
+    pub expiry_timer: Option<crate::shard::timer::TimerId>,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+    /// The client's Receive Maximum (5.0), 65,535 when not given.
+    pub client_receive_max: u16,
+    /// Marker used by routing to merge overlapping subscriptions into one delivery.
+    pub route_mark: u64,
+    /// Index into the routing scratch list for the current mark.
+    pub route_slot: u32,
+}
+
+impl Session {
+    /// A fresh, empty session.
+    pub fn new(client_id: &str, uid: u64, expiry_s: u32) -> Session {
+        Session {
+            client_id: client_id.into(),
+            uid,
+            expiry_s,
+            link: None,
+            subs: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            awaiting_rel: HashSet::new(),
+            next_pid: 0,
+            will: None,
+            will_timer: None,
+            expiry_timer: None,
+            dropped: 0,
+            client_receive_max: u16::MAX,
+            route_mark: 0,
+            route_slot: 0,
+        }
+    }
+
+    /// The next free packet identifier, or `None` if all 65,535 are in flight.
+    pub fn alloc_pid(&mut self) -> Option<PacketId> {
+        for _ in 0..=self.inflight.len() {
+            self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
+            let pid = NonZeroU16::new(self.next_pid)?;
+            if !self.inflight.iter().any(|f| f.pid == pid) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// The effective in-flight window.
+    pub fn window(&self, limits: &Limits) -> usize {
+        usize::from(limits.window.min(self.client_receive_max).max(1))
+    }
+
+    /// True if another QoS 1/2 delivery may be sent now.
+    pub fn window_open(&self, limits: &Limits) -> bool {
+        self.inflight.len() < self.window(limits)
+    }
+
+    /// Record a sent QoS 1/2 delivery.
+    pub fn track(&mut self, pid: PacketId, out: Outgoing) {
+        let state = match out.qos {
+            QoS::ExactlyOnce => FlightState::AwaitRec,
+            _ => FlightState::AwaitAck,
+        };
+        self.inflight.push_back(InFlight { pid, out, state });
+    }
+
+    /// Queue a delivery; false (and counted) when the queue is full.
+    pub fn enqueue(&mut self, out: Outgoing, limits: &Limits) -> bool {
+        let w = out.msg.weight();
+        if self.queue.len() >= limits.queue_max || self.queue_bytes + w > limits.queue_bytes_max {
+            self.dropped += 1;
+            return false;
+        }
+        self.queue_bytes += w;
+        self.queue.push_back(out);
+        true
+    }
+
+    /// Take the oldest queued delivery.
+    pub fn dequeue(&mut self) -> Option<Outgoing> {
+        let out = self.queue.pop_front()?;
+        self.queue_bytes -= out.msg.weight();
+        Some(out)
+    }
+
+    /// Put a delivery back at the head of the queue (it could not be sent after all).
+    pub fn requeue_front(&mut self, out: Outgoing) {
+        self.queue_bytes += out.msg.weight();
+        self.queue.push_front(out);
+    }
+
+    /// Bytes held by the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue_bytes
+    }
+
+    fn position(&self, pid: PacketId, state: FlightState) -> Result<usize, AckError> {
+        self.inflight
+            .iter()
+            .position(|f| f.pid == pid && f.state == state)
+            .ok_or(AckError::NotFound)
+    }
+
+    /// PUBACK received: the QoS 1 delivery is complete.
+    pub fn on_puback(&mut self, pid: PacketId) -> Result<(), AckError> {
+        let i = self.position(pid, FlightState::AwaitAck)?;
+        self.inflight.remove(i);
+        Ok(())
+    }
+
+    /// PUBREC received: answer with PUBREL. A failure reason code (5.0) ends the flow.
+    pub fn on_pubrec(&mut self, pid: PacketId, failed: bool) -> Result<(), AckError> {
+        let i = match self.position(pid, FlightState::AwaitRec) {
+            Ok(i) => i,
+            // A repeated PUBREC after our PUBREL: answer again with PUBREL.
+            Err(_) => return self.position(pid, FlightState::AwaitComp).map(|_| ()),
+        };
+        if failed {
+            self.inflight.remove(i);
+        } else if let Some(f) = self.inflight.get_mut(i) {
+            f.state = FlightState::AwaitComp;
+        }
+        Ok(())
+    }
+
+    /// PUBCOMP received: the QoS 2 delivery is complete.
+    pub fn on_pubcomp(&mut self, pid: PacketId) -> Result<(), AckError> {
+        let i = self.position(pid, FlightState::AwaitComp)?;
+        self.inflight.remove(i);
+        Ok(())
+    }
+
+    /// Remove and return every in-flight or queued delivery that came through a shared
+    /// subscription (its member is going away; another member should have it).
+    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+        let mut taken = Vec::new();
+        self.inflight.retain(|f| {
+            let shared = f.out.share.is_some() && f.state != FlightState::AwaitComp;
+            if shared {
+                taken.push(f.out.clone());
+            }
+            !shared
+        });
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for out in self.queue.drain(..) {
+            if out.share.is_some() {
+                self.queue_bytes -= out.msg.weight();
+                taken.push(out);
+            } else {
+                kept.push_back(out);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Drop the session's delivery state (Clean Start, or the session ended).
+    pub fn clear_state(&mut self) {
+        self.subs.clear();
+        self.inflight.clear();
+        self.queue.clear();
+        self.queue_bytes = 0;
+        self.awaiting_rel.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: Box::new([1, 2, 3]),
+            qos,
+            retain: false,
+            props: None,
+            expires_at_ms: None,
+            origin: 0,
+        })
+    }
+
+    fn out(qos: QoS) -> Outgoing {
+        Outgoing {
+            msg: msg(qos),
+            qos,
+            retain: false,
+            sub_ids: SubIds::new(),
+            share: None,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        window: 2,
+        queue_max: 3,
+        queue_bytes_max: 1 << 20,
+    };
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_zero() {
+        let mut s = Session::new("c", 1, 0);
+        s.next_pid = u16::MAX - 1;
+        let a = s.alloc_pid().expect("pid");
+        s.track(a, out(QoS::AtLeastOnce));
+        let b = s.alloc_pid().expect("pid");
+        assert_eq!(a.get(), u16::MAX);
+        assert_eq!(b.get(), 1);
+        s.next_pid = u16::MAX - 1;
+        assert_ne!(s.alloc_pid(), Some(a));
+    }
+
+    #[test]
+    fn qos2_flow_and_wrong_acks() {
+        let mut s = Session::new("c", 1, 0);
+        let pid = s.alloc_pid().expect("pid");
+        s.track(pid, out(QoS::ExactlyOnce));
+        assert_eq!(s.on_puback(pid), Err(AckError::NotFound));
+        assert_eq!(s.on_pubcomp(pid), Err(AckError::NotFound));
+        assert_eq!(s.on_pubrec(pid, false), Ok(()));
+        assert_eq!(
+            s.on_pubrec(pid, false),
+            Ok(()),
+            "a repeated PUBREC is answered again"
+        );
+        assert_eq!(s.on_pubcomp(pid), Ok(()));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn queue_is_bounded_and_counts_drops() {
+        let mut s = Session::new("c", 1, u32::MAX);
+        for _ in 0..5 {
+            s.enqueue(out(QoS::AtLeastOnce), &LIMITS);
+        }
+        assert_eq!(s.queue.len(), 3);
+        assert_eq!(s.dropped, 2);
+        let first = s.dequeue().expect("queued");
+        assert_eq!(s.queued_bytes(), 2 * first.msg.weight());
+    }
+
+    #[test]
+    fn window_honours_client_receive_maximum() {
+        let mut s = Session::new("c", 1, 0);
+        assert_eq!(s.window(&LIMITS), 2);
+        s.client_receive_max = 1;
+        assert_eq!(s.window(&LIMITS), 1);
+        let pid = s.alloc_pid().expect("pid");
+        s.track(pid, out(QoS::AtLeastOnce));
+        assert!(!s.window_open(&LIMITS));
+    }
+}

@@ -1,2 +1,147 @@
-//! The cross-shard bus.
+//! The cross-shard bus: one bounded SPSC ring per ordered pair of shards, plus a doorbell.
+//!
+//! Owns: moving `BusMsg`s between shard threads. Invariants: per ordered pair of shards
+//! messages arrive in the order sent; a peer's doorbell (its `mio::Waker`) is rung only when
+//! a push found its ring empty, so a busy peer is never woken per message; a full ring never
+//! blocks the sender: messages wait in a local staging queue and the sender stops reading
+//! its sockets until they drain (backpressure, not memory growth). Must not touch: MQTT.
+
 pub mod spsc;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::broker::Cast;
+
+/// Slots per ring.
+pub const RING_SLOTS: usize = 4096;
+/// Messages taken from one inbound ring per turn.
+pub const DRAIN_PER_PEER_MAX: usize = 1024;
+
+/// A connection moving to its home shard after CONNECT.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The socket, already deregistered from the sender's poll.
+    pub stream: mio::net::TcpStream,
+    /// Unread bytes, starting with the CONNECT packet.
+    pub rx: Vec<u8>,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// A client id the accepting shard assigned (empty client id in CONNECT).
+    pub assigned_id: Option<Box<str>>,
+}
+
+/// What travels between shards.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// A broker-level message (publish, interest change, ack).
+    Cast(Cast),
+    /// A connection handed to its home shard.
+    Handoff(Box<Handoff>),
+}
+
+/// Ring producer toward one peer.
+type Tx = spsc::Producer<BusMsg>;
+/// Ring consumer from one peer.
+type Rx = spsc::Consumer<BusMsg>;
+
+/// One shard's ends of the mesh.
+pub struct Bus {
+    id: usize,
+    outs: Vec<Option<Tx>>,
+    ins: Vec<Option<Rx>>,
+    staging: Vec<VecDeque<BusMsg>>,
+    wakers: Arc<Vec<Arc<mio::Waker>>>,
+    staged: usize,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("id", &self.id)
+            .field("staged", &self.staged)
+            .finish()
+    }
+}
+
+/// Build the full mesh for `wakers.len()` shards; element `i` belongs to shard `i`.
+pub fn mesh(wakers: Arc<Vec<Arc<mio::Waker>>>) -> Vec<Bus> {
+    let n = wakers.len();
+    let mut outs: Vec<Vec<Option<Tx>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut ins: Vec<Vec<Option<Rx>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (p, c) = spsc::channel(RING_SLOTS);
+                outs[from][to] = Some(p);
+                ins[to][from] = Some(c);
+            }
+        }
+    }
+    outs.into_iter()
+        .zip(ins)
+        .enumerate()
+        .map(|(id, (outs, ins))| Bus {
+            id,
+            outs,
+            ins,
+            staging: (0..n).map(|_| VecDeque::new()).collect(),
+            wakers: wakers.clone(),
+            staged: 0,
+        })
+        .collect()
+}
+
+impl Bus {
+    /// Queue `msg` for shard `to` (sent by `flush`).
+    pub fn send(&mut self, to: usize, msg: BusMsg) {
+        debug_assert_ne!(to, self.id);
+        if let Some(q) = self.staging.get_mut(to) {
+            q.push_back(msg);
+            self.staged += 1;
+        }
+    }
+
+    /// Messages staged but not yet in a ring.
+    pub fn staged(&self) -> usize {
+        self.staged
+    }
+
+    /// Move staged messages into the rings, then ring each peer that was found idle.
+    pub fn flush(&mut self) {
+        if self.staged == 0 {
+            return;
+        }
+        for to in 0..self.staging.len() {
+            let Some(out) = self.outs[to].as_mut() else {
+                continue;
+            };
+            let mut ring = false;
+            while let Some(msg) = self.staging[to].pop_front() {
+                match out.push(msg) {
+                    Ok(was_empty) => {
+                        ring |= was_empty;
+                        self.staged -= 1;
+                    }
+                    Err(msg) => {
+                        self.staging[to].push_front(msg);
+                        ring = true;
+                        break;
+                    }
+                }
+            }
+            if ring {
+                // A failed wake leaves the peer to its poll timeout; it cannot lose messages.
+                let _ = self.wakers[to].wake();
+            }
+        }
+    }
+
+    /// Take up to `DRAIN_PER_PEER_MAX` messages from every inbound ring.
+    pub fn drain(&mut self, out: &mut Vec<BusMsg>) {
+        for rx in self.ins.iter_mut().flatten() {
+            rx.pop_batch(out, DRAIN_PER_PEER_MAX);
+        }
+    }
+}

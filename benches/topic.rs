@@ -1,0 +1,163 @@
+//! Criterion benches for `src/topic`, one group per hot function:
+//! `trie_match` (FilterTrie::for_each_match, per publish), `retained_match`
+//! (TopicTree::for_each_matching, per subscribe), `valid_filter` and friends (per SUBSCRIBE /
+//! PUBLISH / ACL check). Each structure is also timed against a linear scan with `matches`,
+//! the oracle, so the numbers in docs/decisions/0002-topic-trie.md have a baseline.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use shardmq::topic::{
+    matches, parse_filter, valid_filter, valid_topic_name, FilterTrie, TopicTree,
+};
+
+/// Deterministic xorshift64*, so every run benches the same workload.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+const FILTERS: usize = 10_000;
+const KINDS: [&str; 4] = ["temp", "hum", "power", "door"];
+const METRICS: [&str; 2] = ["value", "status"];
+
+/// A filter from an IoT-like scheme `site/dev/kind/metric`: 60% exact, 15% `+` on the last
+/// level, 15% `#` below a device, 10% `+` on the first two levels.
+fn filter(rng: &mut Rng) -> String {
+    let site = rng.below(10);
+    let dev = rng.below(300);
+    let kind = KINDS[rng.below(4) as usize];
+    let metric = METRICS[rng.below(2) as usize];
+    match rng.below(20) {
+        0..=11 => format!("site{site}/dev{dev}/{kind}/{metric}"),
+        12..=14 => format!("site{site}/dev{dev}/{kind}/+"),
+        15..=17 => format!("site{site}/dev{dev}/#"),
+        18 => format!("+/dev{dev}/{kind}/{metric}"),
+        _ => format!("site{site}/+/{kind}/{metric}"),
+    }
+}
+
+fn topic(rng: &mut Rng) -> String {
+    let kind = KINDS[rng.below(4) as usize];
+    let metric = METRICS[rng.below(2) as usize];
+    format!(
+        "site{}/dev{}/{kind}/{metric}",
+        rng.below(10),
+        rng.below(300)
+    )
+}
+
+fn trie_match(c: &mut Criterion) {
+    let mut rng = Rng(0x5eed);
+    let mut trie = FilterTrie::new();
+    let mut filters = Vec::new();
+    while trie.len() < FILTERS {
+        let f = filter(&mut rng);
+        let n = trie.len();
+        trie.entry_or_insert_with(&f, || n);
+        if trie.len() > n {
+            filters.push(f);
+        }
+    }
+    let topics: Vec<String> = (0..64).map(|_| topic(&mut rng)).collect();
+    let mut total = 0usize;
+    for t in &topics {
+        trie.for_each_match(t, |_, _| total += 1);
+    }
+    eprintln!(
+        "trie_match: {FILTERS} filters, {:.2} matches per topic",
+        total as f64 / 64.0
+    );
+
+    let mut g = c.benchmark_group("trie_match");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("10k_filters_4_levels", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % topics.len();
+            let mut n = 0usize;
+            trie.for_each_match(black_box(&topics[i]), |_, v| n += v);
+            n
+        })
+    });
+    g.bench_function("linear_scan_baseline", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % topics.len();
+            let t = black_box(&topics[i]);
+            filters.iter().filter(|f| matches(f, t)).count()
+        })
+    });
+    g.finish();
+}
+
+fn retained_match(c: &mut Criterion) {
+    let firsts = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    let mut tree = TopicTree::new();
+    let mut topics = Vec::new();
+    for first in firsts {
+        for mid in 0..1000 {
+            for last in firsts {
+                let t = format!("{first}/{mid}/{last}");
+                tree.insert(&t, topics.len());
+                topics.push(t);
+            }
+        }
+    }
+    let mut g = c.benchmark_group("retained_match");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("a_plus_c_100k_topics", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            tree.for_each_matching(black_box("a/+/c"), |t, _| n += t.len());
+            n
+        })
+    });
+    g.bench_function("exact_100k_topics", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            tree.for_each_matching(black_box("e/512/c"), |t, _| n += t.len());
+            n
+        })
+    });
+    g.bench_function("linear_scan_baseline", |b| {
+        b.iter(|| {
+            topics
+                .iter()
+                .filter(|t| matches(black_box("a/+/c"), t))
+                .count()
+        })
+    });
+    g.finish();
+}
+
+fn validation(c: &mut Criterion) {
+    let deep = format!("{}/#", vec!["level"; 32].join("/"));
+    let mut g = c.benchmark_group("valid_filter");
+    g.bench_function("typical", |b| {
+        b.iter(|| valid_filter(black_box("site3/dev42/+/status")))
+    });
+    g.bench_function("33_levels", |b| b.iter(|| valid_filter(black_box(&deep))));
+    g.finish();
+    c.bench_function("valid_topic_name", |b| {
+        b.iter(|| valid_topic_name(black_box("site3/dev42/temp/value")))
+    });
+    c.bench_function("parse_filter", |b| {
+        b.iter(|| parse_filter(black_box("$share/workers/site3/dev42/+/status")))
+    });
+    c.bench_function("matches", |b| {
+        b.iter(|| {
+            matches(
+                black_box("site3/+/temp/#"),
+                black_box("site3/dev42/temp/value"),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, trie_match, retained_match, validation);
+criterion_main!(benches);

@@ -1,0 +1,246 @@
+//! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
+
+use std::sync::Arc;
+
+use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
+use super::{log, Broker, LinkState, Verdict};
+use crate::protocol::{Disconnect, ReasonCode, Version};
+use crate::shard::timer::TimerId;
+
+/// Timers handled per turn; the rest wait for the next turn.
+const TIMERS_PER_TURN_MAX: usize = 4096;
+
+impl Broker {
+    pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
+        let Some(link) = self.links.get_mut(key) else {
+            return Verdict::Close;
+        };
+        // 0x04 asks for the Will anyway; any other normal DISCONNECT discards it.
+        link.publish_will = d.reason == ReasonCode::DisconnectWithWillMessage;
+        let s = link.session;
+        if let (Some(new), Some(s)) = (d.properties.session_expiry_interval, s) {
+            let Some(sess) = self.sessions.get_mut(s) else {
+                return Verdict::Close;
+            };
+            if sess.expiry_s == 0 && new != 0 {
+                // [MQTT-3.14.2-2]: a session that was to end cannot be revived at DISCONNECT.
+                return self.protocol_error(key, "session expiry set at DISCONNECT after 0");
+            }
+            sess.expiry_s = new;
+        }
+        self.close(key, None, "client sent DISCONNECT")
+    }
+
+    /// The event loop closed link `key`'s socket: publish or schedule its Will, detach or
+    /// end its session, forget the link.
+    pub fn on_closed(&mut self, key: usize, now_ms: u64) {
+        let Some(mut link) = self.links.try_remove(key) else {
+            return;
+        };
+        if let Some(t) = link.timer.take() {
+            self.timers.cancel(t);
+        }
+        if self.cfg.verbose && link.state != LinkState::ExpectConnect {
+            log(format_args!(
+                "Client {} disconnected{}.",
+                link.client_id.as_deref().unwrap_or("<unknown>"),
+                link.close_reason
+                    .map_or(String::new(), |r| format!(" (reason 0x{:02x})", r.to_u8()))
+            ));
+        }
+        let will = if link.publish_will {
+            link.will.take()
+        } else {
+            None
+        };
+        let s = link.session;
+        let still_ours =
+            s.is_some_and(|s| self.sessions.get(s).is_some_and(|x| x.link == Some(key)));
+        if let Some(w) = will {
+            let session_ends = s
+                .and_then(|s| self.sessions.get(s))
+                .is_none_or(|x| x.expiry_s == 0);
+            if w.delay_s == 0 || (still_ours && session_ends) {
+                self.publish_message(Arc::new(w.msg), now_ms);
+            } else if still_ours {
+                // Published when the delay runs out, unless the session resumes first.
+                if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
+                    sess.will = Some(w);
+                }
+            }
+            // Otherwise the session was taken over and lives on: a delayed Will is cancelled
+            // by that resumption [MQTT-3.1.3-9].
+        }
+        let (Some(s), true) = (s, still_ours) else {
+            return;
+        };
+        self.detach(s, now_ms);
+    }
+
+    /// The session lost its connection: end it, or keep it until it expires.
+    fn detach(&mut self, s: usize, now_ms: u64) {
+        self.share_member_offline(s, now_ms);
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.link = None;
+        let (expiry_s, uid) = (sess.expiry_s, sess.uid);
+        let will_delay = sess.will.as_ref().map(|w| w.delay_s);
+        if expiry_s == 0 {
+            self.end_session(s);
+            return;
+        }
+        let gen = (uid & 0x00ff_ffff) as u32;
+        if expiry_s != u32::MAX {
+            let at = now_ms + u64::from(expiry_s) * 1000;
+            let t = self
+                .timers
+                .insert(at, timer_key(TIMER_SESSION_EXPIRY, gen, s));
+            if let Some(sess) = self.sessions.get_mut(s) {
+                sess.expiry_timer = Some(t);
+            }
+        }
+        if let Some(delay) = will_delay {
+            let at = now_ms + u64::from(delay.min(expiry_s)) * 1000;
+            let t = self.timers.insert(at, timer_key(TIMER_WILL, gen, s));
+            if let Some(sess) = self.sessions.get_mut(s) {
+                sess.will_timer = Some(t);
+            }
+        }
+    }
+
+    /// Cancel a session's expiry and delayed-Will timers (it was resumed).
+    pub(super) fn cancel_session_timers(&mut self, s: usize) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let timers: [Option<TimerId>; 2] = [sess.expiry_timer.take(), sess.will_timer.take()];
+        for t in timers.into_iter().flatten() {
+            self.timers.cancel(t);
+        }
+    }
+
+    /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
+    pub(super) fn end_session(&mut self, s: usize) {
+        self.cancel_session_timers(s);
+        let Some(mut sess) = self.sessions.try_remove(s) else {
+            return;
+        };
+        self.by_client.remove(&sess.client_id);
+        let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
+        for f in filters {
+            self.remove_from_trie(s, &f);
+        }
+        if let Some(w) = sess.will.take() {
+            let now = self.timers_now();
+            self.publish_message(Arc::new(w.msg), now);
+        }
+    }
+
+    fn timers_now(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Fire due timers: keepalive and CONNECT deadlines, delayed Wills, session expiry.
+    pub fn on_timers(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.advance(now_ms, &mut fired);
+        for key in fired.drain(..).take(TIMERS_PER_TURN_MAX) {
+            let kind = key >> 56;
+            let gen = ((key >> 32) & 0x00ff_ffff) as u32;
+            let index = (key & 0xffff_ffff) as usize;
+            match kind {
+                TIMER_LINK => self.link_timer(index, gen, now_ms),
+                TIMER_WILL => self.will_timer(index, gen, now_ms),
+                TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
+                _ => {}
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn link_timer(&mut self, key: usize, gen: u32, now_ms: u64) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        if link.gen & 0x00ff_ffff != gen {
+            return;
+        }
+        link.timer = None;
+        match link.state {
+            LinkState::ExpectConnect => {
+                self.close(key, None, "no CONNECT in time");
+            }
+            LinkState::Connected if link.keepalive_ms > 0 => {
+                let due = link.last_rx_ms + link.keepalive_ms;
+                if now_ms >= due {
+                    // [MQTT-3.1.2-22]: silent for 1.5 × Keep Alive; the Will is published.
+                    self.close(key, Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
+                } else {
+                    let t = self.timers.insert(due, timer_key(TIMER_LINK, gen, key));
+                    if let Some(link) = self.links.get_mut(key) {
+                        link.timer = Some(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn session_matches(&self, s: usize, gen: u32) -> bool {
+        self.sessions
+            .get(s)
+            .is_some_and(|x| (x.uid & 0x00ff_ffff) as u32 == gen && x.link.is_none())
+    }
+
+    fn will_timer(&mut self, s: usize, gen: u32, now_ms: u64) {
+        if !self.session_matches(s, gen) {
+            return;
+        }
+        let will = self.sessions.get_mut(s).and_then(|x| {
+            x.will_timer = None;
+            x.will.take()
+        });
+        if let Some(w) = will {
+            self.publish_message(Arc::new(w.msg), now_ms);
+        }
+    }
+
+    fn expiry_timer(&mut self, s: usize, gen: u32) {
+        if self.session_matches(s, gen) {
+            if let Some(x) = self.sessions.get_mut(s) {
+                x.expiry_timer = None;
+            }
+            self.end_session(s);
+        }
+    }
+
+    /// Link `key`'s buffer drained below its limit: send what its session queued.
+    pub fn on_drained(&mut self, key: usize, now_ms: u64) {
+        let s = self.links.get(key).and_then(|l| l.session);
+        if let Some(s) = s {
+            let queued = self.sessions.get(s).is_some_and(|x| !x.queue.is_empty());
+            if queued {
+                self.pump(s, now_ms);
+            }
+        }
+    }
+
+    /// Shutting down: tell 5.0 clients why (0x8B) before the sockets close.
+    pub fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.links.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let v5 = self
+                .links
+                .get(key)
+                .is_some_and(|l| l.version == Version::V5);
+            let reason = v5.then_some(ReasonCode::ServerShuttingDown);
+            if let Some(l) = self.links.get_mut(key) {
+                // A shutdown is not the client's failure: no Will.
+                l.publish_will = false;
+            }
+            self.close(key, reason, "server shutting down");
+        }
+    }
+}

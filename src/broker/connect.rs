@@ -1,0 +1,313 @@
+//! CONNECT: client identifiers, the home shard, takeover, session resumption, CONNACK.
+
+use super::{home_shard, log, Broker, LinkState, Verdict};
+use crate::protocol::{self, Connect, Packet, Properties, ReasonCode, Version};
+use crate::session::{FlightState, Message, Session, StoredWill};
+
+/// Link timer key kinds (top byte of a timer key).
+pub(super) const TIMER_LINK: u64 = 1;
+/// Session expiry timer.
+pub(super) const TIMER_SESSION_EXPIRY: u64 = 2;
+/// Delayed Will timer.
+pub(super) const TIMER_WILL: u64 = 3;
+
+/// Pack a timer key: kind, 24-bit generation, 32-bit index.
+pub(super) fn timer_key(kind: u64, gen: u32, index: usize) -> u64 {
+    (kind << 56) | (u64::from(gen & 0x00ff_ffff) << 32) | (index as u64 & 0xffff_ffff)
+}
+
+impl Broker {
+    /// A new connection on this shard; arms its CONNECT deadline.
+    pub fn accept(&mut self, peer: std::net::SocketAddr, now_ms: u64) -> usize {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let key = self.links.insert(super::Link::new(gen, peer, now_ms));
+        let deadline = now_ms + self.cfg.connect_timeout_ms;
+        let id = self
+            .timers
+            .insert(deadline, timer_key(TIMER_LINK, gen, key));
+        if let Some(link) = self.links.get_mut(key) {
+            link.timer = Some(id);
+        }
+        if self.cfg.verbose {
+            log(format_args!(
+                "New connection from {peer} on shard {}.",
+                self.shard_id
+            ));
+        }
+        key
+    }
+
+    /// Give a handed-over link the client id its accepting shard assigned.
+    pub fn set_assigned_id(&mut self, key: usize, id: Box<str>) {
+        if let Some(link) = self.links.get_mut(key) {
+            link.client_id = Some(id);
+        }
+    }
+
+    /// The client id a link was handed over with, if one was assigned.
+    pub fn take_assigned_id(&mut self, key: usize) -> Option<Box<str>> {
+        self.links.get_mut(key).and_then(|l| l.client_id.take())
+    }
+
+    pub(super) fn on_connect(&mut self, key: usize, c: &Connect<'_>, now_ms: u64) -> Verdict {
+        if let Some(link) = self.links.get_mut(key) {
+            link.version = c.version;
+        }
+        let id: Box<str> = if c.client_id.is_empty() {
+            if let Some(id) = self.take_assigned_id(key) {
+                id
+            } else if !c.clean_start && c.version != Version::V5 {
+                // [MQTT-3.1.3-8]: an empty id needs Clean Session = 1 in 3.x.
+                return self.refuse(key, ReasonCode::ClientIdentifierNotValid, "empty client id");
+            } else {
+                self.assign_id()
+            }
+        } else {
+            c.client_id.into()
+        };
+        let home = home_shard(&id, self.shards);
+        if home != self.shard_id {
+            return Verdict::Handoff { home };
+        }
+        if let Some(v) = self.check_connect(c) {
+            return self.refuse(key, v, "CONNECT refused");
+        }
+        self.accept_connect(key, c, id, now_ms)
+    }
+
+    /// A reason to refuse an otherwise well-formed CONNECT.
+    fn check_connect(&self, c: &Connect<'_>) -> Option<ReasonCode> {
+        if c.version != Version::V5 && c.keep_alive > self.cfg.max_keepalive {
+            // 3.x cannot be told a lower keepalive; Mosquitto refuses with "identifier rejected".
+            return Some(ReasonCode::ClientIdentifierNotValid);
+        }
+        if c.properties.authentication_method.is_some() {
+            return Some(ReasonCode::BadAuthenticationMethod);
+        }
+        None
+    }
+
+    /// A fresh client id that hashes to this shard, so the connection stays here.
+    fn assign_id(&mut self) -> Box<str> {
+        loop {
+            self.next_uid += 1;
+            let id = format!(
+                "shardmq-{:x}-{:x}",
+                self.shard_id,
+                self.next_uid.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            );
+            if home_shard(&id, self.shards) == self.shard_id {
+                return id.into();
+            }
+        }
+    }
+
+    fn refuse(&mut self, key: usize, reason: ReasonCode, why: &str) -> Verdict {
+        self.send_connack(key, false, reason, None);
+        self.close(key, None, why)
+    }
+
+    fn accept_connect(
+        &mut self,
+        key: usize,
+        c: &Connect<'_>,
+        id: Box<str>,
+        now_ms: u64,
+    ) -> Verdict {
+        let assigned = c.client_id.is_empty();
+        let expiry_s = match c.version {
+            Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+            _ if c.clean_start => 0,
+            _ => u32::MAX,
+        };
+        let (s, present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        let keep_alive = if c.version == Version::V5 && c.keep_alive > self.cfg.max_keepalive {
+            self.cfg.max_keepalive
+        } else {
+            c.keep_alive
+        };
+        let will = c.will.as_ref().map(|w| StoredWill {
+            msg: Message::from_publish(
+                &protocol::Publish {
+                    dup: false,
+                    qos: w.qos,
+                    retain: w.retain,
+                    topic: w.topic,
+                    packet_id: None,
+                    properties: w.properties,
+                    payload: w.payload,
+                },
+                w.topic,
+                now_ms,
+                self.sessions.get(s).map_or(0, |x| x.uid),
+            ),
+            delay_s: w.properties.will_delay_interval.unwrap_or(0),
+        });
+        self.attach(key, s, c, keep_alive, will, &id, now_ms);
+        let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);
+        let response = match (
+            &self.cfg.response_information,
+            c.properties.request_response_information,
+        ) {
+            (Some(prefix), Some(1)) => Some(format!("{prefix}{id}")),
+            _ => None,
+        };
+        self.send_connack_ok(
+            key,
+            present,
+            assigned.then_some(&*id),
+            ka_override,
+            response.as_deref(),
+        );
+        if self.cfg.verbose {
+            log(format_args!(
+                "New client connected from {} as {id} (p{}, c{}, k{}).",
+                self.links
+                    .get(key)
+                    .map_or_else(|| "?".to_string(), |l| l.peer.to_string()),
+                c.version.level(),
+                u8::from(c.clean_start),
+                keep_alive
+            ));
+        }
+        self.share_member_online(s);
+        self.resend_inflight(s, now_ms);
+        self.pump(s, now_ms);
+        Verdict::Continue
+    }
+
+    /// Find the session for `id` (disconnecting a connection that holds it) or make one.
+    /// Returns the session key and whether an existing session was resumed.
+    fn take_over_or_create(&mut self, id: &str, clean: bool, expiry_s: u32) -> (usize, bool) {
+        if let Some(&s) = self.by_client.get(id) {
+            if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
+                if let Some(l) = self.links.get_mut(old) {
+                    l.session = None;
+                }
+                self.close(
+                    old,
+                    Some(ReasonCode::SessionTakenOver),
+                    "session taken over",
+                );
+            }
+            self.cancel_session_timers(s);
+            if !clean {
+                if let Some(sess) = self.sessions.get_mut(s) {
+                    sess.expiry_s = expiry_s;
+                }
+                return (s, true);
+            }
+            self.end_session(s);
+        }
+        self.next_uid += 1;
+        let uid = ((self.shard_id as u64) << 56) | self.next_uid;
+        let s = self.sessions.insert(Session::new(id, uid, expiry_s));
+        self.by_client.insert(id.into(), s);
+        (s, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        &mut self,
+        key: usize,
+        s: usize,
+        c: &Connect<'_>,
+        keep_alive: u16,
+        will: Option<StoredWill>,
+        id: &str,
+        now_ms: u64,
+    ) {
+        if let Some(sess) = self.sessions.get_mut(s) {
+            sess.link = Some(key);
+            sess.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+            // A Will still waiting out its delay is cancelled by the reconnect [MQTT-3.1.3-9].
+            sess.will = None;
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.state = LinkState::Connected;
+        link.session = Some(s);
+        link.client_id = Some(id.into());
+        link.will = will;
+        link.keepalive_ms = u64::from(keep_alive) * 1500;
+        link.client_max_packet = c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize);
+        link.problem_info = c.properties.request_problem_information != Some(0);
+        link.aliases_out_max = c.properties.topic_alias_maximum.unwrap_or(0);
+        let gen = link.gen;
+        if let Some(t) = link.timer.take() {
+            self.timers.cancel(t);
+        }
+        if link.keepalive_ms > 0 {
+            let t = self
+                .timers
+                .insert(now_ms + link.keepalive_ms, timer_key(TIMER_LINK, gen, key));
+            if let Some(link) = self.links.get_mut(key) {
+                link.timer = Some(t);
+            }
+        }
+    }
+
+    /// CONNACK accepting the connection, with the 5.0 properties we advertise.
+    fn send_connack_ok(
+        &mut self,
+        key: usize,
+        present: bool,
+        assigned: Option<&str>,
+        ka: Option<u16>,
+        response: Option<&str>,
+    ) {
+        let mut props = Properties {
+            assigned_client_identifier: assigned,
+            server_keep_alive: ka,
+            response_information: response,
+            ..Properties::default()
+        };
+        if self.cfg.max_topic_alias > 0 {
+            props.topic_alias_maximum = Some(self.cfg.max_topic_alias);
+        }
+        if self.cfg.receive_maximum != u16::MAX {
+            props.receive_maximum = Some(self.cfg.receive_maximum);
+        }
+        if self.cfg.max_packet_size <= protocol::REMAINING_LENGTH_MAX {
+            props.maximum_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
+        }
+        self.send_connack(key, present, ReasonCode::Success, Some(props));
+    }
+
+    pub(super) fn send_connack(
+        &mut self,
+        key: usize,
+        present: bool,
+        reason: ReasonCode,
+        props: Option<Properties<'_>>,
+    ) {
+        let ack = protocol::ConnAck {
+            session_present: present,
+            reason,
+            properties: props.unwrap_or_default(),
+        };
+        self.send(key, &Packet::ConnAck(ack));
+    }
+
+    /// On resumption, resend every unacknowledged delivery: PUBLISH with DUP, or PUBREL.
+    fn resend_inflight(&mut self, s: usize, now_ms: u64) {
+        let Some(sess) = self.sessions.get(s) else {
+            return;
+        };
+        let Some(key) = sess.link else { return };
+        let flights: Vec<_> = sess.inflight.iter().cloned().collect();
+        for f in flights {
+            match f.state {
+                FlightState::AwaitComp => {
+                    self.send(key, &Packet::PubRel(protocol::Ack::new(f.pid)));
+                }
+                _ => self.write_publish(key, &f.out, Some(f.pid), true, now_ms),
+            }
+        }
+    }
+}

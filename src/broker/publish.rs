@@ -1,0 +1,493 @@
+//! PUBLISH in and out: topic aliases, QoS flows, routing to local sessions and peer shards.
+
+use std::sync::Arc;
+
+use super::{Broker, Cast, Hit, Verdict};
+use crate::protocol::{
+    self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode, SubscriptionIds,
+    UserProperties, Version,
+};
+use crate::session::{Message, Outgoing};
+use crate::topic;
+
+/// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
+pub const AWAITING_REL_MAX: usize = 65_535;
+
+impl Broker {
+    pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
+        self.stats.publish_in += 1;
+        let topic = match self.resolve_alias(key, p) {
+            Ok(t) => t,
+            Err(v) => return v,
+        };
+        if !topic::valid_topic_name(&topic) {
+            return self.close(
+                key,
+                Some(ReasonCode::TopicNameInvalid),
+                "invalid topic name",
+            );
+        }
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return self.protocol_error(key, "PUBLISH without a session");
+        };
+        let origin = self.sessions.get(s).map_or(0, |x| x.uid);
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(p.payload).is_err()
+        {
+            // [MQTT-3.3.2-4] allows refusing it: 0x99 in the ack, or DISCONNECT for QoS 0.
+            return match p.packet_id {
+                Some(pid) if p.qos == QoS::ExactlyOnce => {
+                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::PayloadFormatInvalid);
+                    Verdict::Continue
+                }
+                Some(pid) => {
+                    self.send_ack(key, Packet::PubAck, pid, ReasonCode::PayloadFormatInvalid);
+                    Verdict::Continue
+                }
+                None => self.close(
+                    key,
+                    Some(ReasonCode::PayloadFormatInvalid),
+                    "payload is not UTF-8",
+                ),
+            };
+        }
+        match (p.qos, p.packet_id) {
+            (QoS::ExactlyOnce, Some(pid)) => {
+                let Some(sess) = self.sessions.get_mut(s) else {
+                    return Verdict::Close;
+                };
+                if sess.awaiting_rel.contains(&pid.get()) {
+                    // A resend of a message already routed: acknowledge, never route twice.
+                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::Success);
+                    return Verdict::Continue;
+                }
+                if sess.awaiting_rel.len()
+                    >= usize::from(self.cfg.receive_maximum).min(AWAITING_REL_MAX)
+                {
+                    return self.close(
+                        key,
+                        Some(ReasonCode::ReceiveMaximumExceeded),
+                        "too many QoS 2",
+                    );
+                }
+                sess.awaiting_rel.insert(pid.get());
+                let matched = self.route_new(p, &topic, now_ms, origin);
+                self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                let matched = self.route_new(p, &topic, now_ms, origin);
+                self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
+            }
+            _ => {
+                self.route_new(p, &topic, now_ms, origin);
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// The topic of a PUBLISH after applying (and learning) a 5.0 Topic Alias.
+    fn resolve_alias(&mut self, key: usize, p: &Publish<'_>) -> Result<Box<str>, Verdict> {
+        let Some(alias) = p.properties.topic_alias else {
+            return Ok(p.topic.into());
+        };
+        let max = self.cfg.max_topic_alias;
+        if alias == 0 || alias > max {
+            return Err(self.close(
+                key,
+                Some(ReasonCode::TopicAliasInvalid),
+                "topic alias out of range",
+            ));
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return Err(Verdict::Close);
+        };
+        let slot = usize::from(alias - 1);
+        if link.aliases_in.len() < usize::from(max) {
+            link.aliases_in.resize(usize::from(max), None);
+        }
+        if !p.topic.is_empty() {
+            link.aliases_in[slot] = Some(p.topic.into());
+            return Ok(p.topic.into());
+        }
+        match link.aliases_in[slot].clone() {
+            Some(t) => Ok(t),
+            None => Err(self.protocol_error(key, "unknown topic alias")),
+        }
+    }
+
+    fn send_ack(
+        &mut self,
+        key: usize,
+        kind: fn(Ack<'static>) -> Packet<'static>,
+        pid: PacketId,
+        reason: ReasonCode,
+    ) {
+        let ack = Ack {
+            packet_id: pid,
+            reason,
+            properties: Properties::default(),
+        };
+        self.send(key, &kind(ack));
+    }
+
+    /// Accept a message from a client: retain it, route it here and to interested shards.
+    /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
+    fn route_new(&mut self, p: &Publish<'_>, topic: &str, now_ms: u64, origin: u64) -> bool {
+        let msg = Arc::new(Message::from_publish(p, topic, now_ms, origin));
+        self.publish_message(msg, now_ms)
+    }
+
+    /// Route a message that originates on this shard (client publish or Will).
+    pub(super) fn publish_message(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let mut mask = 0u64;
+        self.interest.for_each_match(&msg.topic, |_, m| mask |= *m);
+        mask &= !(1u64 << self.shard_id);
+        let remote = mask != 0;
+        if msg.retain {
+            // Every shard keeps a replica of the retained store.
+            mask = ((1u128 << self.shards) - 1) as u64 & !(1u64 << self.shard_id);
+        }
+        for to in 0..self.shards {
+            if mask & (1u64 << to) != 0 {
+                self.outbox.push((to, Cast::Publish(msg.clone())));
+            }
+        }
+        let shared = self.dispatch_shared(&msg, now_ms);
+        let local = self.route_local(&msg, now_ms);
+        local || remote || shared
+    }
+
+    /// Update the retained replica: an empty payload clears the topic.
+    pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            self.retained.insert(&msg.topic, msg.clone());
+        }
+    }
+
+    /// Deliver to this shard's subscribers; overlapping subscriptions of one session give
+    /// one delivery at the highest granted QoS carrying every Subscription Identifier.
+    pub(super) fn route_local(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        self.route_seq += 1;
+        let seq = self.route_seq;
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        let sessions = &mut self.sessions;
+        self.subs.for_each_match(&msg.topic, |_, list| {
+            for sub in list {
+                let Some(sess) = sessions.get_mut(sub.session) else {
+                    continue;
+                };
+                if sub.options.no_local && sess.uid == msg.origin {
+                    continue;
+                }
+                let qos = msg.qos.min(sub.options.qos);
+                if sess.route_mark == seq {
+                    if let Some(h) = hits.get_mut(sess.route_slot as usize) {
+                        h.qos = h.qos.max(qos);
+                        h.retain_as_published |= sub.options.retain_as_published;
+                        h.sub_ids.extend(sub.sub_id);
+                    }
+                    continue;
+                }
+                sess.route_mark = seq;
+                sess.route_slot = hits.len() as u32;
+                hits.push(Hit {
+                    session: sub.session,
+                    qos,
+                    retain_as_published: sub.options.retain_as_published,
+                    sub_ids: sub.sub_id.into_iter().collect(),
+                });
+            }
+        });
+        let matched = !hits.is_empty();
+        for h in hits.drain(..) {
+            let out = Outgoing {
+                msg: msg.clone(),
+                qos: h.qos,
+                retain: h.retain_as_published && msg.retain,
+                sub_ids: h.sub_ids,
+                share: None,
+            };
+            self.deliver(h.session, out, now_ms);
+        }
+        self.hits = hits;
+        matched
+    }
+
+    /// Hand one delivery to a session: write it now, queue it, or drop it (counted).
+    pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
+        let max_buf = self.cfg.max_write_buffer;
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let link = sess
+            .link
+            .filter(|&k| self.links.get(k).is_some_and(|l| l.is_connected()));
+        let Some(key) = link else {
+            if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, &self.limits) {
+                self.stats.dropped_queue += 1;
+            }
+            return;
+        };
+        let buffer_full = self
+            .links
+            .get(key)
+            .is_some_and(|l| l.tx.pending() >= max_buf);
+        if out.qos == QoS::AtMostOnce {
+            if buffer_full {
+                self.stats.dropped_qos0 += 1;
+            } else {
+                self.write_publish(key, &out, None, false, now_ms);
+            }
+            return;
+        }
+        if buffer_full || !sess.queue.is_empty() || !sess.window_open(&self.limits) {
+            if !sess.enqueue(out, &self.limits) {
+                self.stats.dropped_queue += 1;
+            }
+            return;
+        }
+        let Some(pid) = sess.alloc_pid() else { return };
+        sess.track(pid, out.clone());
+        self.write_publish(key, &out, Some(pid), false, now_ms);
+    }
+
+    /// Move queued deliveries into the window while the link can take them.
+    pub(super) fn pump(&mut self, s: usize, now_ms: u64) {
+        let max_buf = self.cfg.max_write_buffer;
+        loop {
+            let Some(sess) = self.sessions.get_mut(s) else {
+                return;
+            };
+            let Some(key) = sess.link else { return };
+            let Some(link) = self.links.get(key) else {
+                return;
+            };
+            if !link.is_connected()
+                || link.tx.pending() >= max_buf
+                || !sess.window_open(&self.limits)
+            {
+                return;
+            }
+            let Some(out) = sess.dequeue() else { return };
+            if out.msg.expired(now_ms) {
+                continue;
+            }
+            let Some(pid) = sess.alloc_pid() else {
+                sess.requeue_front(out);
+                return;
+            };
+            sess.track(pid, out.clone());
+            self.write_publish(key, &out, Some(pid), false, now_ms);
+        }
+    }
+
+    /// Encode one PUBLISH into link `key`'s buffer. A message over the client's Maximum
+    /// Packet Size is dropped as if sent [MQTT-3.1.2-25]; the caller's books stay as they are
+    /// and its acknowledgement will simply never come for QoS > 0, so it is released here.
+    pub(super) fn write_publish(
+        &mut self,
+        key: usize,
+        out: &Outgoing,
+        pid: Option<PacketId>,
+        dup: bool,
+        now_ms: u64,
+    ) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let msg = &out.msg;
+        let mut props = Properties::default();
+        if link.version == Version::V5 {
+            if let Some(f) = msg.props.as_deref() {
+                props.payload_format_indicator = f.payload_format_indicator;
+                props.content_type = f.content_type.as_deref();
+                props.response_topic = f.response_topic.as_deref();
+                props.correlation_data = f.correlation_data.as_deref();
+                props.user_properties = UserProperties::Wire(&f.user_properties);
+            }
+            props.message_expiry_interval = msg.remaining_expiry_s(now_ms);
+            props.subscription_identifiers = SubscriptionIds::Slice(&out.sub_ids);
+        }
+        let (topic, alias, learn) = outbound_alias(link, &msg.topic);
+        props.topic_alias = alias;
+        let p = Publish {
+            dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic,
+            packet_id: pid,
+            properties: props,
+            payload: &msg.payload,
+        };
+        if link.client_max_packet != usize::MAX
+            && protocol::encoded_len(&Packet::Publish(p.clone()), link.version)
+                > link.client_max_packet
+        {
+            self.stats.dropped_too_large += 1;
+            if let (Some(pid), Some(s)) = (pid, link.session) {
+                if let Some(sess) = self.sessions.get_mut(s) {
+                    sess.inflight.retain(|f| f.pid != pid);
+                }
+            }
+            return;
+        }
+        protocol::encode_publish(link.tx.buf(), link.version, &p);
+        if let (true, Some(a)) = (learn, alias) {
+            link.aliases_out.insert(msg.topic.clone(), a);
+        }
+        self.stats.publish_out += 1;
+        if !link.dirty {
+            link.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    pub(super) fn on_puback(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        if let Some(sess) = self.sessions.get_mut(s) {
+            // An unknown id is tolerated: it may be a late ack of a resent message.
+            let _ = sess.on_puback(pid);
+        }
+        self.pump(s, now_ms);
+        Verdict::Continue
+    }
+
+    pub(super) fn on_pubrec(&mut self, key: usize, a: &Ack<'_>, now_ms: u64) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        let failed = a.reason.is_error();
+        let found = self
+            .sessions
+            .get_mut(s)
+            .map(|x| x.on_pubrec(a.packet_id, failed));
+        match found {
+            Some(Ok(())) if failed => self.pump(s, now_ms),
+            Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
+            _ => self.send_ack(
+                key,
+                Packet::PubRel,
+                a.packet_id,
+                ReasonCode::PacketIdentifierNotFound,
+            ),
+        }
+        Verdict::Continue
+    }
+
+    pub(super) fn on_pubrel(&mut self, key: usize, pid: PacketId) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        let known = self
+            .sessions
+            .get_mut(s)
+            .is_some_and(|x| x.awaiting_rel.remove(&pid.get()));
+        let reason = if known {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send_ack(key, Packet::PubComp, pid, reason);
+        Verdict::Continue
+    }
+
+    pub(super) fn on_pubcomp(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        if let Some(sess) = self.sessions.get_mut(s) {
+            let _ = sess.on_pubcomp(pid);
+        }
+        self.pump(s, now_ms);
+        Verdict::Continue
+    }
+
+    /// A bus message from another shard.
+    pub fn on_cast(&mut self, cast: Cast, now_ms: u64) {
+        match cast {
+            Cast::Publish(msg) => {
+                if msg.retain {
+                    self.store_retained(&msg);
+                }
+                self.route_local(&msg, now_ms);
+            }
+            Cast::Interest {
+                from,
+                filter,
+                add,
+                seq,
+            } => {
+                self.apply_interest(from, &filter, add);
+                self.outbox.push((
+                    from,
+                    Cast::InterestAck {
+                        from: self.shard_id,
+                        seq,
+                    },
+                ));
+            }
+            Cast::Share {
+                from,
+                group,
+                filter,
+                member,
+                op,
+                seq,
+            } => {
+                self.apply_share(&group, &filter, member, op);
+                self.outbox.push((
+                    from,
+                    Cast::InterestAck {
+                        from: self.shard_id,
+                        seq,
+                    },
+                ));
+            }
+            Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
+            Cast::InterestAck { from, seq } => {
+                if let Some(a) = self.acked_seq.get_mut(from) {
+                    *a = (*a).max(seq);
+                }
+                self.release_subacks(now_ms);
+            }
+        }
+    }
+}
+
+/// The topic to send and the Topic Alias to attach (5.0): a known alias sends an empty
+/// topic; a new topic takes the next free alias while any are left; aliases are never
+/// re-bound, so the client's map can never disagree with ours.
+/// The third value says the alias is new: record it once the packet is really written.
+fn outbound_alias<'m>(link: &super::Link, topic: &'m str) -> (&'m str, Option<u16>, bool) {
+    if link.aliases_out_max == 0 || link.version != Version::V5 {
+        return (topic, None, false);
+    }
+    if let Some(&a) = link.aliases_out.get(topic) {
+        return ("", Some(a), false);
+    }
+    let used = link.aliases_out.len();
+    if used >= usize::from(link.aliases_out_max) || used >= ALIASES_OUT_MAX {
+        return (topic, None, false);
+    }
+    (topic, Some(used as u16 + 1), true)
+}
+
+/// Outbound aliases kept per connection whatever the client allows (memory bound).
+const ALIASES_OUT_MAX: usize = 1024;
+
+/// PUBACK/PUBREC reason: 0x10 when no subscriber matched (3.x sends no reason at all).
+fn matched_code(matched: bool) -> ReasonCode {
+    if matched {
+        ReasonCode::Success
+    } else {
+        ReasonCode::NoMatchingSubscribers
+    }
+}

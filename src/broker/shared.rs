@@ -1,0 +1,353 @@
+//! Shared subscriptions `$share/{group}/{filter}` (MQTT 5 §4.8.2, also offered to 3.x).
+//!
+//! Owns: the replicated group membership and the choice of one member per message.
+//! Invariants:
+//! - Every shard holds the same membership (members join, leave and go offline through
+//!   `Cast::Share`, acknowledged like interest changes, so a SUBACK means every shard knows
+//!   the new member).
+//! - Only the shard where a message enters the broker picks a member, so each message reaches
+//!   one member of each matching group.
+//! - Offline members get no new messages; when a member disconnects, its unacknowledged
+//!   shared deliveries go to another online member when there is one.
+//!
+//! Must not touch: normal subscriptions, sockets.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::{Broker, Cast};
+use crate::protocol::{QoS, SubscriptionOptions};
+use crate::session::{Message, Outgoing, SubIds};
+
+/// How often a shared delivery may bounce to another member before it is kept or dropped.
+const REDISPATCH_MAX: u8 = 4;
+
+/// One member of a share group, wherever its session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareMember {
+    /// The member session's home shard.
+    pub shard: usize,
+    /// Sessions slab key on that shard.
+    pub session: usize,
+    /// Session uid (guards against a reused slab key).
+    pub uid: u64,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier.
+    pub sub_id: Option<u32>,
+    /// Connected right now.
+    pub online: bool,
+}
+
+/// What happened to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareOp {
+    /// Subscribed (or re-subscribed with new options).
+    Join,
+    /// Unsubscribed, or its session ended.
+    Leave,
+    /// Connected or disconnected.
+    Online(bool),
+}
+
+/// Members of one group for one filter.
+#[derive(Debug)]
+pub struct ShareGroup {
+    /// `$share/{group}/{filter}`, shared by every delivery that must find its way back.
+    pub key: Arc<str>,
+    /// Group name.
+    pub name: Box<str>,
+    /// Members in join order.
+    pub members: Vec<ShareMember>,
+    /// Round-robin position (a `Cell`: matching walks the trie by shared reference).
+    pub cursor: std::cell::Cell<usize>,
+}
+
+/// The groups of one filter.
+pub type ShareGroups = SmallVec<[ShareGroup; 1]>;
+
+/// A shared delivery sent to the member's shard.
+#[derive(Debug)]
+pub struct ShareDelivery {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Chosen member.
+    pub member: ShareMember,
+    /// The group key, for another choice if the member is gone.
+    pub key: Arc<str>,
+    /// Bounces so far.
+    pub hops: u8,
+}
+
+impl ShareGroup {
+    /// The next online member after the cursor, skipping `exclude` (a session uid).
+    fn pick(&self, exclude: u64) -> Option<ShareMember> {
+        let n = self.members.len();
+        let start = self.cursor.get();
+        for i in 0..n {
+            let m = self.members[(start + i) % n];
+            if m.online && m.uid != exclude {
+                self.cursor.set((start + i + 1) % n);
+                return Some(m);
+            }
+        }
+        None
+    }
+}
+
+/// Split `$share/{group}/{filter}` (already validated at subscribe time).
+fn split_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("$share/")?.split_once('/')
+}
+
+impl Broker {
+    /// A local session joins, leaves or changes online state in a group: apply it here and
+    /// tell every other shard (acknowledged like interest changes).
+    pub(super) fn share_update(
+        &mut self,
+        group: &str,
+        filter: &str,
+        member: ShareMember,
+        op: ShareOp,
+    ) {
+        self.apply_share(group, filter, member, op);
+        if self.shards == 1 {
+            return;
+        }
+        self.interest_seq += 1;
+        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+            self.outbox.push((
+                to,
+                Cast::Share {
+                    from: self.shard_id,
+                    group: group.into(),
+                    filter: filter.into(),
+                    member,
+                    op,
+                    seq: self.interest_seq,
+                },
+            ));
+        }
+    }
+
+    /// Apply a membership change to this shard's replica.
+    pub(super) fn apply_share(
+        &mut self,
+        group: &str,
+        filter: &str,
+        member: ShareMember,
+        op: ShareOp,
+    ) {
+        let same = |m: &ShareMember| m.shard == member.shard && m.uid == member.uid;
+        if op == ShareOp::Join {
+            let groups = self.shared.entry_or_insert_with(filter, ShareGroups::new);
+            let g = match groups.iter().position(|g| &*g.name == group) {
+                Some(i) => &mut groups[i],
+                None => {
+                    groups.push(ShareGroup {
+                        key: format!("$share/{group}/{filter}").into(),
+                        name: group.into(),
+                        members: Vec::new(),
+                        cursor: std::cell::Cell::new(0),
+                    });
+                    let last = groups.len() - 1;
+                    &mut groups[last]
+                }
+            };
+            match g.members.iter_mut().find(|m| same(m)) {
+                Some(m) => *m = member,
+                None => g.members.push(member),
+            }
+            return;
+        }
+        let Some(groups) = self.shared.get_mut(filter) else {
+            return;
+        };
+        let Some(gi) = groups.iter().position(|g| &*g.name == group) else {
+            return;
+        };
+        let g = &mut groups[gi];
+        match op {
+            ShareOp::Online(on) => g
+                .members
+                .iter_mut()
+                .filter(|m| same(m))
+                .for_each(|m| m.online = on),
+            _ => g.members.retain(|m| !same(m)),
+        }
+        if g.members.is_empty() {
+            groups.remove(gi);
+            if groups.is_empty() {
+                self.shared.remove(filter);
+            }
+        }
+    }
+
+    /// Choose one member of every group matching the message and send it there.
+    /// Returns whether any group matched.
+    pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
+        self.shared.for_each_match(&msg.topic, |_, groups| {
+            for g in groups.iter() {
+                if let Some(m) = g.pick(0) {
+                    picks.push((m, g.key.clone()));
+                }
+            }
+        });
+        let matched = !picks.is_empty();
+        for (member, key) in picks {
+            self.send_share(
+                ShareDelivery {
+                    msg: msg.clone(),
+                    member,
+                    key,
+                    hops: 0,
+                },
+                now_ms,
+            );
+        }
+        matched
+    }
+
+    fn send_share(&mut self, d: ShareDelivery, now_ms: u64) {
+        if d.member.shard == self.shard_id {
+            self.on_share_delivery(d, now_ms);
+        } else {
+            self.outbox
+                .push((d.member.shard, Cast::ShareDeliver(Box::new(d))));
+        }
+    }
+
+    /// A shared delivery for a session of this shard: deliver, or bounce to another member.
+    pub(super) fn on_share_delivery(&mut self, d: ShareDelivery, now_ms: u64) {
+        let m = d.member;
+        let online = self.sessions.get(m.session).is_some_and(|s| {
+            s.uid == m.uid
+                && s.link
+                    .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
+        });
+        if !online {
+            self.redispatch(d.msg, &d.key, m.uid, d.hops, now_ms);
+            return;
+        }
+        let out = Outgoing {
+            qos: d.msg.qos.min(m.options.qos),
+            retain: m.options.retain_as_published && d.msg.retain,
+            sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
+            share: Some(d.key),
+            msg: d.msg,
+        };
+        self.deliver(m.session, out, now_ms);
+    }
+
+    /// Send a shared message to another online member of its group than `exclude`.
+    /// Returns false when there is none (the caller keeps or drops it).
+    pub(super) fn redispatch(
+        &mut self,
+        msg: Arc<Message>,
+        key: &Arc<str>,
+        exclude: u64,
+        hops: u8,
+        now_ms: u64,
+    ) -> bool {
+        if hops >= REDISPATCH_MAX {
+            return false;
+        }
+        let Some((group, filter)) = split_key(key) else {
+            return false;
+        };
+        let pick = self
+            .shared
+            .get(filter)
+            .and_then(|gs| gs.iter().find(|g| &*g.name == group))
+            .and_then(|g| g.pick(exclude));
+        let Some(member) = pick else { return false };
+        self.send_share(
+            ShareDelivery {
+                msg,
+                member,
+                key: key.clone(),
+                hops: hops + 1,
+            },
+            now_ms,
+        );
+        true
+    }
+
+    /// A session lost its connection: it goes offline in its groups, and its unacknowledged
+    /// or queued shared deliveries move to other members [MQTT-4.8.2-5 ff.].
+    pub(super) fn share_member_offline(&mut self, s: usize, now_ms: u64) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let uid = sess.uid;
+        let shared: Vec<(Box<str>, crate::session::SubState)> = sess
+            .subs
+            .iter()
+            .filter(|(f, _)| f.starts_with("$share/"))
+            .map(|(f, st)| (f.clone(), *st))
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        let moved = sess.take_shared();
+        for (key, st) in &shared {
+            if let Some((group, filter)) = split_key(key) {
+                let member = self.member(s, uid, st.options, st.sub_id, false);
+                self.share_update(group, filter, member, ShareOp::Online(false));
+            }
+        }
+        for out in moved {
+            let Some(key) = out.share.clone() else {
+                continue;
+            };
+            if !self.redispatch(out.msg.clone(), &key, uid, 0, now_ms) {
+                if let Some(sess) = self.sessions.get_mut(s) {
+                    if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
+                        self.stats.dropped_queue += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A session (re)connected: it is online again in every group it belongs to.
+    pub(super) fn share_member_online(&mut self, s: usize) {
+        let Some(sess) = self.sessions.get(s) else {
+            return;
+        };
+        let uid = sess.uid;
+        let shared: Vec<(Box<str>, crate::session::SubState)> = sess
+            .subs
+            .iter()
+            .filter(|(f, _)| f.starts_with("$share/"))
+            .map(|(f, st)| (f.clone(), *st))
+            .collect();
+        for (key, st) in shared {
+            if let Some((group, filter)) = split_key(&key) {
+                let member = self.member(s, uid, st.options, st.sub_id, true);
+                self.share_update(group, filter, member, ShareOp::Online(true));
+            }
+        }
+    }
+
+    /// This shard's member record for session `s`.
+    pub(super) fn member(
+        &self,
+        s: usize,
+        uid: u64,
+        options: SubscriptionOptions,
+        sub_id: Option<u32>,
+        online: bool,
+    ) -> ShareMember {
+        ShareMember {
+            shard: self.shard_id,
+            session: s,
+            uid,
+            options,
+            sub_id,
+            online,
+        }
+    }
+}

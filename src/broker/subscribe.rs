@@ -1,0 +1,281 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
+
+use super::shared::ShareOp;
+use super::{Broker, Cast, PendingSubAck, Subscriber, Subscribers, Verdict};
+use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
+use crate::session::{Outgoing, SubState};
+use crate::topic::{self, FilterKind};
+
+/// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
+pub const FILTERS_PER_PACKET_MAX: usize = 1024;
+
+impl Broker {
+    pub(super) fn on_subscribe(&mut self, key: usize, sub: &Subscribe<'_>, now_ms: u64) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        let version = self.links.get(key).map_or(Version::V3_1_1, |l| l.version);
+        let sub_id = sub.properties.subscription_identifiers.iter().next();
+        let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
+        let mut retained = Vec::new();
+        for (i, req) in sub.filters.iter().enumerate() {
+            if i >= FILTERS_PER_PACKET_MAX {
+                codes.push(refusal(version, protocol::ReasonCode::QuotaExceeded));
+                continue;
+            }
+            let code = match topic::parse_filter(req.filter) {
+                Ok(FilterKind::Normal(f)) => {
+                    let state = SubState {
+                        options: req.options,
+                        sub_id,
+                    };
+                    let existed = self.add_subscription(s, f, state);
+                    let send = match req.options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                    if send {
+                        retained.push((Box::<str>::from(f), state));
+                    }
+                    req.options.qos as u8
+                }
+                Ok(FilterKind::Shared(sh)) => {
+                    if req.options.no_local && version == Version::V5 {
+                        // [MQTT-3.8.3-4]: No Local on a shared subscription is a Protocol Error.
+                        return self.protocol_error(key, "No Local on a shared subscription");
+                    }
+                    let state = SubState {
+                        options: req.options,
+                        sub_id,
+                    };
+                    self.add_shared(s, req.filter, sh.group, sh.filter, state);
+                    req.options.qos as u8
+                }
+                Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
+            };
+            codes.push(code);
+        }
+        let ack = protocol::SubAck {
+            packet_id: sub.packet_id,
+            properties: Properties::default(),
+            codes: &codes,
+        };
+        let mut bytes = Vec::new();
+        protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
+        let gen = self.links.get(key).map_or(0, |l| l.gen);
+        self.pending_subacks.push_back(PendingSubAck {
+            seq: self.interest_seq,
+            link: key,
+            gen,
+            bytes,
+            retained,
+        });
+        self.release_subacks(now_ms);
+        Verdict::Continue
+    }
+
+    /// Record a subscription in the session and the trie. Returns whether it existed.
+    fn add_subscription(&mut self, s: usize, filter: &str, state: SubState) -> bool {
+        let existed = self
+            .sessions
+            .get_mut(s)
+            .and_then(|x| x.subs.insert(filter.into(), state))
+            .is_some();
+        let entry = Subscriber {
+            session: s,
+            options: state.options,
+            sub_id: state.sub_id,
+        };
+        match self.subs.get_mut(filter) {
+            Some(list) => match list.iter_mut().find(|x| x.session == s) {
+                Some(x) => *x = entry,
+                None => list.push(entry),
+            },
+            None => {
+                self.subs
+                    .entry_or_insert_with(filter, || Subscribers::from_elem(entry, 1));
+                self.broadcast_interest(filter, true);
+            }
+        }
+        existed
+    }
+
+    /// Record a shared subscription in the session and in every shard's membership.
+    fn add_shared(&mut self, s: usize, full: &str, group: &str, filter: &str, state: SubState) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.subs.insert(full.into(), state);
+        let uid = sess.uid;
+        let member = self.member(s, uid, state.options, state.sub_id, true);
+        self.share_update(group, filter, member, ShareOp::Join);
+    }
+
+    /// Remove session `s`'s subscription `full` (normal or shared) from the routing state.
+    pub(super) fn unroute(&mut self, s: usize, uid: u64, full: &str) {
+        match topic::parse_filter(full) {
+            Ok(FilterKind::Shared(sh)) => {
+                let member = self.member(
+                    s,
+                    uid,
+                    protocol::SubscriptionOptions::default(),
+                    None,
+                    false,
+                );
+                self.share_update(sh.group, sh.filter, member, ShareOp::Leave);
+            }
+            _ => {
+                self.remove_from_trie(s, full);
+            }
+        }
+    }
+
+    /// Remove session `s`'s subscription to `filter` from the trie. Returns whether it was there.
+    pub(super) fn remove_from_trie(&mut self, s: usize, filter: &str) -> bool {
+        let Some(list) = self.subs.get_mut(filter) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|x| x.session != s);
+        let removed = list.len() != before;
+        if list.is_empty() {
+            self.subs.remove(filter);
+            self.broadcast_interest(filter, false);
+        }
+        removed
+    }
+
+    fn broadcast_interest(&mut self, filter: &str, add: bool) {
+        self.apply_interest(self.shard_id, filter, add);
+        if self.shards == 1 {
+            return;
+        }
+        self.interest_seq += 1;
+        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+            self.outbox.push((
+                to,
+                Cast::Interest {
+                    from: self.shard_id,
+                    filter: filter.into(),
+                    add,
+                    seq: self.interest_seq,
+                },
+            ));
+        }
+    }
+
+    /// Apply shard `from`'s interest change to the replicated interest trie.
+    pub(super) fn apply_interest(&mut self, from: usize, filter: &str, add: bool) {
+        let bit = 1u64 << from;
+        if add {
+            *self.interest.entry_or_insert_with(filter, || 0) |= bit;
+        } else if let Some(mask) = self.interest.get_mut(filter) {
+            *mask &= !bit;
+            if *mask == 0 {
+                self.interest.remove(filter);
+            }
+        }
+    }
+
+    /// Send every held SUBACK whose interest changes all peers have applied, followed by
+    /// the retained messages its filters match.
+    pub(super) fn release_subacks(&mut self, now_ms: u64) {
+        let me = self.shard_id;
+        let applied = (0..self.shards)
+            .filter(|&p| p != me)
+            .map(|p| self.acked_seq[p])
+            .min()
+            .unwrap_or(u64::MAX);
+        while self
+            .pending_subacks
+            .front()
+            .is_some_and(|p| p.seq <= applied)
+        {
+            let Some(p) = self.pending_subacks.pop_front() else {
+                break;
+            };
+            let live = self
+                .links
+                .get(p.link)
+                .is_some_and(|l| l.gen == p.gen && l.is_connected());
+            if !live {
+                continue;
+            }
+            if let Some(link) = self.links.get_mut(p.link) {
+                link.tx.buf().extend_from_slice(&p.bytes);
+                if !link.dirty {
+                    link.dirty = true;
+                    self.dirty.push(p.link);
+                }
+            }
+            let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
+                continue;
+            };
+            for (filter, state) in &p.retained {
+                self.send_retained(s, filter, state, now_ms);
+            }
+        }
+    }
+
+    /// Deliver the retained messages matching `filter` to session `s`, RETAIN set.
+    fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
+        let mut found = Vec::new();
+        self.retained.for_each_matching(filter, |_, m| {
+            if !m.expired(now_ms) {
+                found.push(m.clone());
+            }
+        });
+        for msg in found {
+            let out = Outgoing {
+                qos: msg.qos.min(state.options.qos),
+                retain: true,
+                sub_ids: state.sub_id.into_iter().collect(),
+                share: None,
+                msg,
+            };
+            self.deliver(s, out, now_ms);
+        }
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, key: usize, u: &Unsubscribe<'_>) -> Verdict {
+        let Some(s) = self.links.get(key).and_then(|l| l.session) else {
+            return Verdict::Close;
+        };
+        let version = self.links.get(key).map_or(Version::V3_1_1, |l| l.version);
+        let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
+        for filter in u.filters.iter().take(FILTERS_PER_PACKET_MAX) {
+            let had = self
+                .sessions
+                .get_mut(s)
+                .and_then(|x| x.subs.remove(filter))
+                .is_some();
+            if had {
+                let uid = self.sessions.get(s).map_or(0, |x| x.uid);
+                self.unroute(s, uid, filter);
+            }
+            let code = if had {
+                protocol::ReasonCode::Success
+            } else {
+                protocol::ReasonCode::NoSubscriptionExisted
+            };
+            codes.push(code.to_u8());
+        }
+        let ack = protocol::UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            codes: if version == Version::V5 { &codes } else { &[] },
+        };
+        self.send(key, &Packet::UnsubAck(ack));
+        Verdict::Continue
+    }
+}
+
+/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
+fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
+    if version == Version::V5 {
+        reason.to_u8()
+    } else {
+        0x80
+    }
+}

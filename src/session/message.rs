@@ -1,0 +1,117 @@
+//! `Message`: an application message once it has been accepted from a publisher.
+//!
+//! Owns: the immutable, reference-counted form of a PUBLISH that crosses shards and sits in
+//! session queues. Invariant: never mutated after creation, so an `Arc<Message>` is the only
+//! thing shards share. Must not touch: per-subscriber state (packet id, DUP, granted QoS,
+//! topic alias), which is chosen at delivery time.
+
+use crate::protocol::{Properties, Publish, QoS};
+
+/// MQTT 5 properties that travel with the message to subscribers, unchanged.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ForwardedProps {
+    /// Payload Format Indicator.
+    pub payload_format_indicator: Option<u8>,
+    /// Content Type.
+    pub content_type: Option<Box<str>>,
+    /// Response Topic.
+    pub response_topic: Option<Box<str>>,
+    /// Correlation Data.
+    pub correlation_data: Option<Box<[u8]>>,
+    /// User Properties in order, kept as their wire encoding (0x26 entries) so every
+    /// delivery copies them with one `extend_from_slice` and no per-delivery allocation.
+    pub user_properties: Box<[u8]>,
+}
+
+impl ForwardedProps {
+    /// The forwardable properties of an incoming PUBLISH, or `None` when it has none (all
+    /// 3.x publishes and most 5.0 ones), so plain messages carry no extra allocation.
+    pub fn from_publish(p: &Properties<'_>) -> Option<Box<ForwardedProps>> {
+        let mut users = p.user_properties.iter().peekable();
+        if p.payload_format_indicator.is_none()
+            && p.content_type.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && users.peek().is_none()
+        {
+            return None;
+        }
+        Some(Box::new(ForwardedProps {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.map(Into::into),
+            response_topic: p.response_topic.map(Into::into),
+            correlation_data: p.correlation_data.map(Into::into),
+            user_properties: encode_user_properties(users),
+        }))
+    }
+}
+
+/// The wire form of User Properties: repeated `0x26, name, value` (MQTT strings).
+fn encode_user_properties<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Box<[u8]> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.push(crate::protocol::properties::id::USER_PROPERTY);
+        for s in [k, v] {
+            // Both strings came from a decoded packet, so each fits in u16.
+            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+        }
+    }
+    out.into_boxed_slice()
+}
+
+/// An accepted application message.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name.
+    pub topic: Box<str>,
+    /// Payload.
+    pub payload: Box<[u8]>,
+    /// QoS the publisher sent it with (the ceiling for every delivery).
+    pub qos: QoS,
+    /// The publisher's RETAIN flag.
+    pub retain: bool,
+    /// 5.0 properties to forward.
+    pub props: Option<Box<ForwardedProps>>,
+    /// Absolute expiry on the shard clock (ms), from Message Expiry Interval.
+    pub expires_at_ms: Option<u64>,
+    /// Unique id of the publishing session (for No Local); 0 for none.
+    pub origin: u64,
+}
+
+impl Message {
+    /// Build a message from a decoded PUBLISH whose topic alias has been resolved.
+    pub fn from_publish(p: &Publish<'_>, topic: &str, now_ms: u64, origin: u64) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: p.payload.into(),
+            qos: p.qos,
+            retain: p.retain,
+            props: ForwardedProps::from_publish(&p.properties),
+            expires_at_ms: p
+                .properties
+                .message_expiry_interval
+                .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+            origin,
+        }
+    }
+
+    /// True once the message has outlived its Message Expiry Interval.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|t| now_ms >= t)
+    }
+
+    /// Remaining expiry interval in whole seconds (rounded up), for forwarding.
+    pub fn remaining_expiry_s(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at_ms.map(|t| {
+            let ms = t.saturating_sub(now_ms);
+            u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Approximate heap bytes held, for queue accounting.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+}

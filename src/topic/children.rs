@@ -1,0 +1,245 @@
+//! The exact-level children of one trie node: level string → child node.
+//!
+//! Owns: the choice of layout per node. Few children (the common case below the first
+//! couple of levels) live in a small unsorted `Vec` scanned linearly: one cache line per
+//! entry, no hashing. Past [`SMALL_CHILDREN_MAX`] the node switches to a `HashMap` with a
+//! fast seeded hasher, and drops back to the `Vec` at [`SMALL_CHILDREN_MIN`] (hysteresis, so
+//! sub/unsub churn at the boundary does not rebuild the map each time).
+//! Invariant: each level appears at most once. Must not touch: wildcard children (`+`, `#`
+//! have their own slots in the nodes that use them) and the nodes' own contents.
+//! Why these numbers: docs/decisions/0002-topic-trie.md.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+/// Above this many children a node switches from the linear `Vec` to a `HashMap`.
+pub(crate) const SMALL_CHILDREN_MAX: usize = 8;
+/// At or below this many children a map-backed node switches back to the `Vec`.
+pub(crate) const SMALL_CHILDREN_MIN: usize = 4;
+
+type Map<N> = HashMap<Box<str>, N, LevelHash>;
+
+/// Level → child, as a small `Vec` or a boxed map (boxed: keeps the node 48 bytes).
+#[derive(Debug)]
+pub(crate) enum Children<N> {
+    Small(Vec<(Box<str>, N)>),
+    Map(Box<Map<N>>),
+}
+
+impl<N> Children<N> {
+    pub(crate) fn new() -> Self {
+        Children::Small(Vec::new())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Children::Small(v) => v.len(),
+            Children::Map(m) => m.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, level: &str) -> Option<&N> {
+        match self {
+            Children::Small(v) => v.iter().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Map(m) => m.get(level),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, level: &str) -> Option<&mut N> {
+        match self {
+            Children::Small(v) => v.iter_mut().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Map(m) => m.get_mut(level),
+        }
+    }
+
+    /// The child for `level`, created with `make` if absent.
+    pub(crate) fn get_or_insert_with(&mut self, level: &str, make: impl FnOnce() -> N) -> &mut N {
+        if let Children::Small(v) = self {
+            if v.len() >= SMALL_CHILDREN_MAX && !v.iter().any(|(k, _)| &**k == level) {
+                self.grow();
+            }
+        }
+        match self {
+            Children::Small(v) => {
+                let i = match v.iter().position(|(k, _)| &**k == level) {
+                    Some(i) => i,
+                    None => {
+                        v.push((level.into(), make()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            // The owned key is allocated even when the child exists; this runs at
+            // subscribe time only, and avoids a second lookup.
+            Children::Map(m) => m.entry(level.into()).or_insert_with(make),
+        }
+    }
+
+    /// Removes and returns the child for `level`.
+    pub(crate) fn remove(&mut self, level: &str) -> Option<N> {
+        let removed = match self {
+            Children::Small(v) => {
+                let i = v.iter().position(|(k, _)| &**k == level)?;
+                Some(v.swap_remove(i).1)
+            }
+            Children::Map(m) => m.remove(level),
+        };
+        if let Children::Map(m) = self {
+            if m.len() <= SMALL_CHILDREN_MIN {
+                self.shrink();
+            }
+        }
+        removed
+    }
+
+    pub(crate) fn iter(&self) -> ChildIter<'_, N> {
+        match self {
+            Children::Small(v) => ChildIter::Small(v.iter()),
+            Children::Map(m) => ChildIter::Map(m.iter()),
+        }
+    }
+
+    fn grow(&mut self) {
+        if let Children::Small(v) = self {
+            let mut m = Map::with_capacity_and_hasher(v.len() * 2, LevelHash::new());
+            m.extend(v.drain(..));
+            *self = Children::Map(Box::new(m));
+        }
+    }
+
+    fn shrink(&mut self) {
+        if let Children::Map(m) = self {
+            let v: Vec<_> = m.drain().collect();
+            *self = Children::Small(v);
+        }
+    }
+}
+
+/// Iterator over `(level, child)` pairs, in no particular order.
+pub(crate) enum ChildIter<'a, N> {
+    Small(std::slice::Iter<'a, (Box<str>, N)>),
+    Map(std::collections::hash_map::Iter<'a, Box<str>, N>),
+}
+
+impl<'a, N> Iterator for ChildIter<'a, N> {
+    type Item = (&'a str, &'a N);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            ChildIter::Small(it) => it.next().map(|(k, n)| (&**k, n)),
+            ChildIter::Map(it) => it.next().map(|(k, n)| (&**k, n)),
+        }
+    }
+}
+
+/// A per-map random seed for [`LevelHasher`]. Levels are attacker-chosen (any client can
+/// subscribe), so a fixed-seed hash would let one client craft colliding levels offline.
+#[derive(Debug, Clone)]
+pub(crate) struct LevelHash {
+    seed: u64,
+}
+
+impl LevelHash {
+    fn new() -> Self {
+        // std's RandomState draws its keys from the OS once per thread, then increments.
+        LevelHash {
+            seed: RandomState::new().hash_one(0x5eed_u64),
+        }
+    }
+}
+
+impl BuildHasher for LevelHash {
+    type Hasher = LevelHasher;
+
+    fn build_hasher(&self) -> LevelHasher {
+        LevelHasher { h: self.seed }
+    }
+}
+
+/// A small word-at-a-time hasher (folded 64×64→128 multiply, as in wyhash/foldhash):
+/// a few ns for a typical 4–16 byte level, where SipHash-1-3 takes ~15–20 ns.
+#[derive(Debug)]
+pub(crate) struct LevelHasher {
+    h: u64,
+}
+
+const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+const MUL2: u64 = 0xa076_1d64_78bd_642f;
+
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Hasher for LevelHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.h = fold_mul(self.h ^ u64::from_le_bytes(w), MUL);
+        }
+        let tail = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..tail.len()].copy_from_slice(tail);
+        let len_tag = (bytes.len() as u64).rotate_left(56);
+        self.h = fold_mul(self.h ^ u64::from_le_bytes(w), MUL2 ^ len_tag);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.h = fold_mul(self.h ^ u64::from(i), MUL);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_map_and_shrinks_back() {
+        let mut c: Children<usize> = Children::new();
+        for i in 0..=SMALL_CHILDREN_MAX {
+            *c.get_or_insert_with(&i.to_string(), || i) += 0;
+        }
+        assert!(matches!(c, Children::Map(_)));
+        assert_eq!(c.len(), SMALL_CHILDREN_MAX + 1);
+        for i in 0..=SMALL_CHILDREN_MAX {
+            assert_eq!(c.get(&i.to_string()), Some(&i));
+        }
+        for i in 0..SMALL_CHILDREN_MAX - SMALL_CHILDREN_MIN {
+            assert_eq!(c.remove(&i.to_string()), Some(i));
+            assert!(matches!(c, Children::Map(_)));
+        }
+        assert_eq!(
+            c.remove(&(SMALL_CHILDREN_MAX - SMALL_CHILDREN_MIN).to_string()),
+            Some(SMALL_CHILDREN_MAX - SMALL_CHILDREN_MIN)
+        );
+        assert!(matches!(c, Children::Small(_)));
+        assert_eq!(c.len(), SMALL_CHILDREN_MIN);
+        assert_eq!(c.iter().count(), SMALL_CHILDREN_MIN);
+        assert_eq!(c.remove("missing"), None);
+    }
+
+    #[test]
+    fn existing_child_is_not_replaced() {
+        let mut c: Children<u32> = Children::new();
+        *c.get_or_insert_with("a", || 1) = 7;
+        assert_eq!(*c.get_or_insert_with("a", || 2), 7);
+        assert_eq!(c.get_mut("a").copied(), Some(7));
+    }
+}

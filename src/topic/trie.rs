@@ -1,0 +1,450 @@
+//! The subscription index of one shard: topic filter → one value, matched once per publish.
+//!
+//! Owns: a trie over filter levels. Each node has its exact-level children
+//! ([`Children`]: small `Vec`, or a seeded `HashMap` when wide), a `+` child slot and a `#`
+//! slot. `#` is always the last level of a valid filter, so the `#` slot holds an entry,
+//! never a node. Every stored value sits in an [`Entry`] next to its full filter string, so
+//! [`FilterTrie::for_each_match`] can hand the filter to the callback without building it.
+//!
+//! Invariants:
+//! * Every stored filter is valid ([`valid_filter`]), hence the trie is at most
+//!   [`TOPIC_LEVELS_MAX`] deep, and every recursive walk here is bounded by that depth (a
+//!   walk only descends into nodes that exist), whatever the length of the topic.
+//! * No node without an entry, a `+` child or exact children survives a `remove`: churn
+//!   does not leak memory. `len` counts entries.
+//! * `for_each_match` allocates nothing and reports each matching filter exactly once.
+//!
+//! Must not touch: subscriber sets, sessions, the bus. Single-threaded; not `Sync` by intent.
+//! Layout rationale and numbers: docs/decisions/0002-topic-trie.md.
+
+use super::children::Children;
+#[cfg(doc)]
+use super::TOPIC_LEVELS_MAX;
+use super::{split_level, valid_filter};
+
+/// A stored filter and its value.
+#[derive(Debug)]
+struct Entry<V> {
+    filter: Box<str>,
+    value: V,
+}
+
+/// One trie node: 48 bytes whatever `V` is, so a small-children `Vec` is one cache line
+/// per child (16-byte key + node).
+#[derive(Debug)]
+struct Node<V> {
+    children: Children<Node<V>>,
+    plus: Option<Box<Node<V>>>,
+    /// The filter ending at this node.
+    value: Option<Box<Entry<V>>>,
+    /// The filter ending at this node followed by `/#` (or `#` alone at the root).
+    hash: Option<Box<Entry<V>>>,
+}
+
+impl<V> Node<V> {
+    fn new() -> Self {
+        Node {
+            children: Children::new(),
+            plus: None,
+            value: None,
+            hash: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.value.is_none()
+            && self.hash.is_none()
+            && self.plus.is_none()
+            && self.children.is_empty()
+    }
+}
+
+/// Maps topic filters to one value each and finds every filter matching a topic name.
+///
+/// Filters are stored as given: validate them (and strip `$share/{group}/`) first with
+/// [`super::parse_filter`]. Not thread-safe, by design: each shard owns its own.
+#[derive(Debug)]
+pub struct FilterTrie<V> {
+    root: Node<V>,
+    len: usize,
+}
+
+impl<V> Default for FilterTrie<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> FilterTrie<V> {
+    /// An empty trie.
+    pub fn new() -> Self {
+        FilterTrie {
+            root: Node::new(),
+            len: 0,
+        }
+    }
+
+    /// The number of filters stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no filter is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value stored for exactly this filter (no wildcard matching: `a/+` finds only the
+    /// filter `a/+`).
+    pub fn get(&self, filter: &str) -> Option<&V> {
+        let mut node = &self.root;
+        let mut rest = Some(filter);
+        while let Some(s) = rest {
+            let (level, next) = split_level(s);
+            match level {
+                "#" if next.is_none() => return node.hash.as_ref().map(|e| &e.value),
+                "+" => node = node.plus.as_deref()?,
+                _ => node = node.children.get(level)?,
+            }
+            rest = next;
+        }
+        node.value.as_ref().map(|e| &e.value)
+    }
+
+    /// The value stored for exactly this filter, mutably.
+    pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
+        let mut node = &mut self.root;
+        let mut rest = Some(filter);
+        while let Some(s) = rest {
+            let (level, next) = split_level(s);
+            match level {
+                "#" if next.is_none() => return node.hash.as_mut().map(|e| &mut e.value),
+                "+" => node = node.plus.as_deref_mut()?,
+                _ => node = node.children.get_mut(level)?,
+            }
+            rest = next;
+        }
+        node.value.as_mut().map(|e| &mut e.value)
+    }
+
+    /// The value for `filter`, inserted with `make` if the filter is not stored yet.
+    ///
+    /// # Panics
+    /// If `filter` is not [`valid_filter`]. The caller validates (SUBSCRIBE decoding does),
+    /// and the trie's bounded depth, which every walk relies on, depends on it.
+    pub fn entry_or_insert_with(&mut self, filter: &str, make: impl FnOnce() -> V) -> &mut V {
+        assert!(valid_filter(filter), "FilterTrie: invalid filter");
+        let mut node = &mut self.root;
+        let mut rest = Some(filter);
+        let mut ends_with_hash = false;
+        while let Some(s) = rest {
+            let (level, next) = split_level(s);
+            match level {
+                "#" => ends_with_hash = true,
+                "+" => node = node.plus.get_or_insert_with(|| Box::new(Node::new())),
+                _ => node = node.children.get_or_insert_with(level, Node::new),
+            }
+            rest = next;
+        }
+        let slot = if ends_with_hash {
+            &mut node.hash
+        } else {
+            &mut node.value
+        };
+        if slot.is_none() {
+            self.len += 1;
+        }
+        let entry = slot.get_or_insert_with(|| {
+            Box::new(Entry {
+                filter: filter.into(),
+                value: make(),
+            })
+        });
+        &mut entry.value
+    }
+
+    /// Removes `filter` and returns its value, pruning every node left empty.
+    pub fn remove(&mut self, filter: &str) -> Option<V> {
+        let removed = remove_in(&mut self.root, Some(filter))?;
+        self.len -= 1;
+        Some(removed.value)
+    }
+
+    /// Calls `f(filter, value)` once for every stored filter matching the topic name
+    /// `topic` (per [`super::matches`], including the `$` rule). Allocates nothing; the
+    /// recursion depth is bounded by the trie depth, not by the topic.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &V)) {
+        let root = &self.root;
+        let (level, next) = split_level(topic);
+        if !topic.starts_with('$') {
+            emit(&root.hash, &mut f);
+            if let Some(plus) = root.plus.as_deref() {
+                match_in(plus, next, &mut f);
+            }
+        }
+        if let Some(child) = root.children.get(level) {
+            match_in(child, next, &mut f);
+        }
+    }
+
+    /// Every `(filter, value)` pair, in no particular order. Allocates each filter string;
+    /// meant for rebuilding and replication, not for the publish path.
+    pub fn iter(&self) -> impl Iterator<Item = (String, &V)> {
+        let mut entries = Vec::with_capacity(self.len);
+        collect(&self.root, &mut entries);
+        entries
+            .into_iter()
+            .map(|e| (e.filter.to_string(), &e.value))
+    }
+
+    /// The number of nodes including the root, to check that `remove` prunes.
+    #[cfg(test)]
+    fn node_count(&self) -> usize {
+        count_nodes(&self.root)
+    }
+}
+
+#[inline]
+fn emit<V>(slot: &Option<Box<Entry<V>>>, f: &mut impl FnMut(&str, &V)) {
+    if let Some(e) = slot {
+        f(&e.filter, &e.value);
+    }
+}
+
+/// `node` has consumed the topic levels before `rest` (`None`: all of them).
+fn match_in<V>(node: &Node<V>, rest: Option<&str>, f: &mut impl FnMut(&str, &V)) {
+    // `x/#` matches `x` itself as well as everything below it.
+    emit(&node.hash, f);
+    let Some(s) = rest else {
+        emit(&node.value, f);
+        return;
+    };
+    let (level, next) = split_level(s);
+    if let Some(plus) = node.plus.as_deref() {
+        match_in(plus, next, f);
+    }
+    if let Some(child) = node.children.get(level) {
+        match_in(child, next, f);
+    }
+}
+
+/// Removes the entry for `rest` below `node`; prunes the child it came through if emptied.
+fn remove_in<V>(node: &mut Node<V>, rest: Option<&str>) -> Option<Entry<V>> {
+    let Some(s) = rest else {
+        return node.value.take().map(|e| *e);
+    };
+    let (level, next) = split_level(s);
+    match level {
+        "#" if next.is_none() => node.hash.take().map(|e| *e),
+        "+" => {
+            let plus = node.plus.as_deref_mut()?;
+            let removed = remove_in(plus, next)?;
+            if plus.is_empty() {
+                node.plus = None;
+            }
+            Some(removed)
+        }
+        _ => {
+            let child = node.children.get_mut(level)?;
+            let removed = remove_in(child, next)?;
+            if child.is_empty() {
+                node.children.remove(level);
+            }
+            Some(removed)
+        }
+    }
+}
+
+fn collect<'a, V>(node: &'a Node<V>, out: &mut Vec<&'a Entry<V>>) {
+    out.extend(node.value.as_deref());
+    out.extend(node.hash.as_deref());
+    if let Some(plus) = node.plus.as_deref() {
+        collect(plus, out);
+    }
+    for (_, child) in node.children.iter() {
+        collect(child, out);
+    }
+}
+
+#[cfg(test)]
+fn count_nodes<V>(node: &Node<V>) -> usize {
+    let plus = node.plus.as_deref().map_or(0, count_nodes);
+    1 + plus
+        + node
+            .children
+            .iter()
+            .map(|(_, c)| count_nodes(c))
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{levels, matches, valid_topic_name, TOPIC_LEVELS_MAX};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn matched(trie: &FilterTrie<usize>, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.for_each_match(topic, |filter, &v| {
+            assert_eq!(trie.get(filter), Some(&v));
+            out.push(filter.to_string());
+        });
+        out.sort();
+        out
+    }
+
+    fn oracle(filters: &[String], topic: &str) -> Vec<String> {
+        let mut out: Vec<String> = filters
+            .iter()
+            .filter(|f| matches(f, topic))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn trie_of(filters: &[&str]) -> FilterTrie<usize> {
+        let mut trie = FilterTrie::new();
+        for (i, f) in filters.iter().enumerate() {
+            *trie.entry_or_insert_with(f, || i) = i;
+        }
+        trie
+    }
+
+    #[test]
+    fn spec_examples_through_the_trie() {
+        let filters = [
+            "sport/tennis/player1/#",
+            "sport/#",
+            "+/+",
+            "/+",
+            "+",
+            "#",
+            "$SYS/#",
+            "+/monitor/Clients",
+        ];
+        let trie = trie_of(&filters);
+        let owned: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        for topic in [
+            "sport",
+            "sport/tennis/player1",
+            "sport/tennis/player1/ranking",
+            "/finance",
+            "finance",
+            "$SYS/x",
+            "$SYS/monitor/Clients",
+            "a/monitor/Clients",
+        ] {
+            assert_eq!(
+                matched(&trie, topic),
+                oracle(&owned, topic),
+                "topic {topic}"
+            );
+        }
+        assert_eq!(matched(&trie, "$SYS/x"), vec!["$SYS/#".to_string()]);
+    }
+
+    #[test]
+    fn get_insert_remove_exact() {
+        let mut trie = trie_of(&["a/+", "a/#", "a", "#", "+"]);
+        assert_eq!(trie.len(), 5);
+        assert_eq!(trie.get("a/+"), Some(&0));
+        assert_eq!(trie.get("a/b"), None);
+        assert_eq!(trie.get("a/#/x"), None);
+        *trie.get_mut("a").unwrap() += 10;
+        assert_eq!(trie.get("a"), Some(&12));
+        assert_eq!(*trie.entry_or_insert_with("a", || 99), 12);
+        assert_eq!(trie.remove("a/b"), None);
+        assert_eq!(trie.remove("a/#"), Some(1));
+        assert_eq!(trie.remove("a/#"), None);
+        let mut all: Vec<_> = trie.iter().map(|(f, &v)| (f, v)).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("#".into(), 3),
+                ("+".into(), 4),
+                ("a".into(), 12),
+                ("a/+".into(), 0)
+            ]
+        );
+        for f in ["#", "+", "a", "a/+"] {
+            assert!(trie.remove(f).is_some());
+        }
+        assert!(trie.is_empty());
+        assert_eq!(trie.node_count(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid filter")]
+    fn insert_rejects_invalid_filter() {
+        FilterTrie::new().entry_or_insert_with("a/#/b", || 0);
+    }
+
+    #[test]
+    fn deep_topic_does_not_recurse_past_the_trie() {
+        let deep_filter = vec!["+"; TOPIC_LEVELS_MAX].join("/");
+        let trie = trie_of(&["#", "+/#", &deep_filter, "a"]);
+        let huge = "/".repeat(65_535);
+        assert!(!valid_topic_name(&huge));
+        assert_eq!(matched(&trie, &huge), ["#", "+/#"]);
+        let max_topic = vec!["x"; TOPIC_LEVELS_MAX].join("/");
+        assert_eq!(levels(&max_topic).count(), TOPIC_LEVELS_MAX);
+        assert_eq!(matched(&trie, &max_topic).len(), 3);
+    }
+
+    const FILTER_LEVELS: [&str; 7] = ["a", "b", "", "$sys", "+", "#", "a"];
+    const TOPIC_LEVELS: [&str; 4] = ["a", "b", "", "$sys"];
+
+    fn joined(alphabet: &'static [&'static str], max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(alphabet), 1..=max).prop_map(|v| v.join("/"))
+    }
+
+    fn filter_strategy() -> impl Strategy<Value = String> {
+        joined(&FILTER_LEVELS, 4).prop_filter("valid filter", |f| valid_filter(f))
+    }
+
+    fn topic_strategy() -> impl Strategy<Value = String> {
+        joined(&TOPIC_LEVELS, 5).prop_filter("valid topic", |t| valid_topic_name(t))
+    }
+
+    fn check_all(trie: &FilterTrie<usize>, stored: &[String], topics: &[String]) {
+        assert_eq!(trie.len(), stored.len());
+        for t in topics {
+            assert_eq!(matched(trie, t), oracle(stored, t), "topic {t:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn trie_matches_linear_scan(
+            filters in prop::collection::vec(filter_strategy(), 0..40),
+            topics in prop::collection::vec(topic_strategy(), 1..20),
+            keep in prop::collection::vec(any::<bool>(), 40),
+        ) {
+            let mut trie = FilterTrie::new();
+            let mut stored: Vec<String> = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                trie.entry_or_insert_with(f, || i);
+                if !stored.contains(f) {
+                    stored.push(f.clone());
+                }
+            }
+            check_all(&trie, &stored, &topics);
+            let (kept, dropped): (Vec<_>, Vec<_>) =
+                stored.iter().cloned().zip(keep.iter().cycle()).partition(|(_, k)| **k);
+            for (f, _) in &dropped {
+                prop_assert!(trie.remove(f).is_some());
+                prop_assert!(trie.remove(f).is_none());
+            }
+            let kept: Vec<String> = kept.into_iter().map(|(f, _)| f).collect();
+            check_all(&trie, &kept, &topics);
+            for f in &kept {
+                prop_assert!(trie.remove(f).is_some());
+            }
+            prop_assert!(trie.is_empty());
+            prop_assert_eq!(trie.node_count(), 1);
+        }
+    }
+}
