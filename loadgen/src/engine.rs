@@ -223,6 +223,7 @@ impl Engine {
             params: &self.params,
             shared: &self.shared,
             hist: &mut self.out.hist,
+            now_ns: 0,
         };
         let outcome = match conn.on_readable(&mut ctx) {
             Ok(o) => o,
@@ -265,6 +266,7 @@ impl Engine {
             params: &self.params,
             shared: &self.shared,
             hist: &mut self.out.hist,
+            now_ns: 0,
         };
         let mut added = 0;
         for &key in &self.publishers {
