@@ -336,21 +336,30 @@ impl Conn {
     }
 
     /// Reads and handles packets until the socket would block or the budget runs out.
+    ///
+    /// A read shorter than the free space means the socket's receive queue was empty at
+    /// that moment; with edge-triggered epoll, data arriving later raises a new event, so
+    /// the extra read that would only return `WouldBlock` is skipped.
     pub fn on_readable(&mut self, ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         let mut out = Outcome::default();
         for _ in 0..READS_PER_TURN {
             self.make_room();
-            match self.sock.read(&mut self.rbuf[self.rend..]) {
+            let space = self.rbuf.len() - self.rend;
+            let drained = match self.sock.read(&mut self.rbuf[self.rend..]) {
                 Ok(0) => return Err("closed by broker".into()),
                 Ok(n) => {
                     self.rend += n;
                     ctx.now_ns = ctx.shared.now_ns();
+                    n < space
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("read: {e}")),
-            }
+            };
             self.parse_all(ctx, &mut out)?;
+            if drained {
+                return Ok(out);
+            }
         }
         out.more = true;
         Ok(out)
