@@ -588,7 +588,11 @@ fn unsubscribe_stops_delivery(shards: usize) {
 
 fn retained_store_replace_clear_and_wildcards(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("ret", 4, shards);
+    let ids = spread_ids("ret", 3, shards);
+    let mut probes = [
+        probe(b.addr(), &ids[1], shards, "r/#"),
+        probe(b.addr(), &ids[2], shards, "r/#"),
+    ];
     let mut publ = RawClient::clean(b.addr(), &ids[0]);
     publ.publish("r/1", b"v1", 1, true);
     publ.publish("r/1", b"v2", 1, true); // replaces v1
@@ -596,15 +600,31 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
     publ.publish("r/2/deep", b"d", 0, true);
     publ.publish("r/3", b"gone", 1, true);
     publ.publish("r/3", b"", 1, true); // clears r/3
+    // Wait until the subscribers' home shards have routed all six (see `probe`).
+    for p in &mut probes {
+        for _ in 0..6 {
+            let m = p.expect_publish(WAIT);
+            assert!(!m.retain, "live delivery has RETAIN=0: {m:?}");
+        }
+    }
+    // Everything that arrives until the line goes quiet, sorted (the order of retained
+    // messages of different topics is not specified).
     let retained_of = |sub: &mut RawClient, n: usize| {
-        let mut v: Vec<(String, String, u8, bool)> = (0..n)
-            .map(|_| {
-                let m = sub.expect_publish_acked(WAIT);
-                (m.topic.clone(), m.text(), m.qos, m.retain)
-            })
-            .collect();
+        let mut v: Vec<(String, String, u8, bool)> = Vec::new();
+        for _ in 0..n {
+            let m = sub.expect_publish_acked(WAIT);
+            v.push((m.topic.clone(), m.text(), m.qos, m.retain));
+        }
+        while let Ok(g) = sub.try_packet(QUIET) {
+            match g {
+                Got::Publish(m) => {
+                    sub.ack(&m);
+                    v.push((m.topic.clone(), m.text(), m.qos, m.retain));
+                }
+                other => panic!("[{}] unexpected {other:?}", sub.id),
+            }
+        }
         v.sort();
-        sub.expect_nothing(QUIET);
         v
     };
     let mut s1 = RawClient::clean(b.addr(), &ids[1]);
@@ -628,7 +648,13 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
     );
     // Clear r/1; an exact subscription now finds nothing, r/2 is still there.
     publ.publish("r/1", b"", 1, true);
-    let mut s3 = RawClient::clean(b.addr(), &ids[3]);
+    // The live subscribers get the clearing message itself (empty, RETAIN=0). Once s1 has
+    // it, s1's home shard has applied the clear to its retained replica.
+    for s in [&mut s1, &mut s2] {
+        let m = s.expect_publish_acked(WAIT);
+        assert_eq!((m.topic.as_str(), m.payload.len(), m.retain), ("r/1", 0, false));
+    }
+    let mut s3 = RawClient::clean(b.addr(), &id_on("ret-late", 1, shards));
     assert_eq!(s3.subscribe_many(&[("r/1", 1), ("r/3", 1)]), vec![1, 1]);
     s3.expect_nothing(QUIET);
     s3.subscribe("r/2", 0);
@@ -638,7 +664,7 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
 
 fn retained_flag_cleared_on_live_delivery(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("rl", 3, shards);
+    let ids = spread_ids("rl", 2, shards);
     let mut live = RawClient::clean(b.addr(), &ids[0]);
     live.subscribe("rl/t", 1);
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
@@ -649,7 +675,9 @@ fn retained_flag_cleared_on_live_delivery(shards: usize) {
         !m.retain,
         "live delivery to an existing subscriber has RETAIN=0"
     );
-    let mut late = RawClient::clean(b.addr(), &ids[2]);
+    // On the live subscriber's shard, which has now routed the message.
+    let shard = shardmq::broker::home_shard(&ids[0], shards);
+    let mut late = RawClient::clean(b.addr(), &id_on("rl-late", shard, shards));
     late.subscribe("rl/t", 1);
     let m = late.expect_publish_acked(WAIT);
     assert!(m.retain, "delivery at subscribe time has RETAIN=1");
@@ -731,7 +759,7 @@ fn no_will_after_disconnect(shards: usize) {
 
 fn retained_will_reaches_later_subscriber(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("wr", 3, shards);
+    let ids = spread_ids("wr", 2, shards);
     let mut watcher = RawClient::clean(b.addr(), &ids[0]);
     watcher.subscribe("will/ret", 2);
     let (c, _) = RawClient::connect_v311(
@@ -744,7 +772,9 @@ fn retained_will_reaches_later_subscriber(shards: usize) {
     c.drop_tcp();
     let m = watcher.expect_publish_acked(WAIT);
     assert_eq!((m.payload.as_slice(), m.qos), (&b"last words"[..], 2));
-    let mut late = RawClient::clean(b.addr(), &ids[2]);
+    // On the watcher's shard, which has now routed the will.
+    let shard = shardmq::broker::home_shard(&ids[0], shards);
+    let mut late = RawClient::clean(b.addr(), &id_on("wr-late", shard, shards));
     late.subscribe("will/#", 2);
     let m = late.expect_publish_acked(WAIT);
     assert_eq!(
@@ -788,9 +818,14 @@ fn offline_queue_is_bounded(shards: usize) {
     let (mut sub, _) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
     sub.subscribe("qb/t", 1);
     sub.disconnect();
+    let mut p = probe(b.addr(), &ids[0], shards, "qb/t");
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
     for i in 0..10u8 {
         publ.publish("qb/t", &[i], 1, false);
+    }
+    // The subscriber's home shard has routed all ten while it was offline.
+    for i in 0..10u8 {
+        assert_eq!(p.expect_publish(WAIT).payload, vec![i]);
     }
     let (mut sub, present) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
     assert!(present);
@@ -878,7 +913,11 @@ fn rumqttc_qos_roundtrip(shards: usize) {
 fn rumqttc_retained_and_will(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
     let ids = spread_ids("rr", 3, shards);
-    let (pc, mut pconn, _) = rumq_connect(rumq_options(b.addr(), &ids[0], true));
+    // Publisher and subscriber of the retained message share a home shard, so the PUBACK
+    // means the message is stored where the subscriber will look (wills cross shards).
+    let shard = shardmq::broker::home_shard(&ids[1], shards);
+    let retainer = id_on("rr-pub", shard, shards);
+    let (pc, mut pconn, _) = rumq_connect(rumq_options(b.addr(), &retainer, true));
     pc.publish(
         "rr/status",
         rumqttc::QoS::AtLeastOnce,
