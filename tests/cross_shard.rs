@@ -142,7 +142,10 @@ fn retained_replicated_to_every_shard(shards: usize) {
     for (i, first) in firsts.iter_mut().enumerate() {
         // The live clearing message reached this subscriber, so its shard applied the clear.
         let m = first.expect_publish_acked(WAIT);
-        assert_eq!((m.topic.as_str(), m.payload.len(), m.retain), ("rs/a", 0, false));
+        assert_eq!(
+            (m.topic.as_str(), m.payload.len(), m.retain),
+            ("rs/a", 0, false)
+        );
         let shard = shardmq::broker::home_shard(&first.id, shards);
         let mut late = RawClient::clean(b.addr(), &id_on(&format!("rs-late{i}"), shard, shards));
         late.subscribe("rs/#", 2);
