@@ -187,6 +187,9 @@ impl Broker {
     /// Choose one member of every group matching the message and send it there.
     /// Returns whether any group matched.
     pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        if self.shared.is_empty() {
+            return false;
+        }
         let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
         self.shared.for_each_match(&msg.topic, |_, groups| {
             for g in groups.iter() {

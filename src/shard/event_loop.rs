@@ -39,6 +39,10 @@ const ACCEPTS_PER_TURN_MAX: usize = 512;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
+/// Largest first packet (CONNECT) from a client nobody has authenticated yet: a Will
+/// payload bigger than this is refused, so unauthenticated sockets cannot make the broker
+/// buffer hundreds of megabytes each.
+const CONNECT_PACKET_MAX: usize = 1024 * 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 
@@ -430,12 +434,11 @@ impl Shard {
         let Some(sock) = self.socks.get(key) else {
             return 0;
         };
-        let version = self
-            .broker
-            .links
-            .get(key)
-            .map_or(protocol::Version::V3_1_1, |l| l.version);
-        let max = self.broker.config().max_packet_size;
+        let Some(link) = self.broker.links.get(key) else {
+            return 0;
+        };
+        let max = packet_size_max(self.broker.config(), link);
+        let version = link.version;
         match protocol::decode(sock.rx.readable(), version, max) {
             Ok(Decoded::Incomplete { needed }) => needed.saturating_sub(sock.rx.len()),
             _ => 0,
@@ -579,6 +582,14 @@ impl Shard {
     }
 }
 
+/// The packet size limit for a link: lower until CONNECT has been accepted.
+fn packet_size_max(cfg: &Config, link: &crate::broker::Link) -> usize {
+    match link.state {
+        crate::broker::LinkState::ExpectConnect => cfg.max_packet_size.min(CONNECT_PACKET_MAX),
+        _ => cfg.max_packet_size,
+    }
+}
+
 fn would_block_or_closed(e: io::Error) -> ReadEnd {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ReadEnd::Open,
@@ -598,7 +609,6 @@ enum Outcome {
 
 /// Decode and handle every complete packet at the start of `buf`.
 fn decode_all(broker: &mut Broker, key: usize, buf: &[u8], now: u64) -> (usize, Outcome) {
-    let max = broker.config().max_packet_size;
     let mut used = 0;
     loop {
         let Some(link) = broker.links.get(key) else {
@@ -608,6 +618,7 @@ fn decode_all(broker: &mut Broker, key: usize, buf: &[u8], now: u64) -> (usize, 
             return (used, Outcome::Close);
         }
         let version = link.version;
+        let max = packet_size_max(broker.config(), link);
         match protocol::decode(&buf[used..], version, max) {
             Ok(Decoded::Incomplete { .. }) => return (used, Outcome::More),
             Ok(Decoded::Packet { packet, len }) => match broker.handle(key, &packet, now) {

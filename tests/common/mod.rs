@@ -135,9 +135,13 @@ impl Broker {
 
     /// Send SIGTERM and wait (bounded) for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        signal(child.id(), libc::SIGTERM);
-        wait_exit(child, within)
+        signal(self.pid(), libc::SIGTERM);
+        self.wait(within)
+    }
+
+    /// Wait (bounded) for the process to exit on its own; its exit status.
+    pub fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
+        wait_exit(self.child.as_mut()?, within)
     }
 }
 

@@ -1,0 +1,202 @@
+//! Routing between shards: fan-out and fan-in across home shards, the SUBACK-then-publish
+//! guarantee of interest replication, retained replicas, unsubscribe propagation and many
+//! concurrent handovers. Each runs with 1 and 4 shards (1 shard is the reference).
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+
+fn fanout_reaches_subscribers_on_every_shard(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("fo", 9, shards);
+    let mut subs: Vec<RawClient> = ids[1..]
+        .iter()
+        .map(|id| {
+            let mut c = RawClient::clean(b.addr(), id);
+            c.subscribe("fo/+", 1);
+            c
+        })
+        .collect();
+    let mut publ = RawClient::clean(b.addr(), &ids[0]);
+    for i in 0..50u32 {
+        publ.publish("fo/t", &i.to_be_bytes(), 1, false);
+    }
+    for s in &mut subs {
+        for i in 0..50u32 {
+            let m = s.expect_publish_acked(WAIT);
+            assert_eq!(m.payload, i.to_be_bytes(), "[{}] message {i}", s.id);
+        }
+        s.expect_nothing(std::time::Duration::from_millis(50));
+    }
+}
+
+fn fanin_keeps_per_publisher_order(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("fi", 9, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("fi/t", 1);
+    let addr = b.addr();
+    let handles: Vec<_> = ids[1..]
+        .iter()
+        .enumerate()
+        .map(|(p, id)| {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let mut c = RawClient::clean(addr, &id);
+                for i in 0..40u8 {
+                    c.publish("fi/t", &[p as u8, i], 1, false);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("publisher thread");
+    }
+    let mut next = [0u8; 8];
+    for _ in 0..8 * 40 {
+        let m = sub.expect_publish_acked(WAIT);
+        let (p, i) = (usize::from(m.payload[0]), m.payload[1]);
+        assert_eq!(i, next[p], "publisher {p}: out of order");
+        next[p] += 1;
+    }
+    assert_eq!(next, [40; 8]);
+    sub.expect_nothing(QUIET);
+}
+
+fn publish_right_after_suback_is_delivered(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    // Publishers already connected on every shard; fresh subscriptions on every shard.
+    let pubs_ids = spread_ids("sap", 4, shards);
+    let mut pubs: Vec<RawClient> = pubs_ids
+        .iter()
+        .map(|id| RawClient::clean(b.addr(), id))
+        .collect();
+    let sub_ids = spread_ids("sas", 4, shards);
+    let mut subs: Vec<RawClient> = sub_ids
+        .iter()
+        .map(|id| RawClient::clean(b.addr(), id))
+        .collect();
+    for round in 0..10 {
+        for (si, s) in subs.iter_mut().enumerate() {
+            let topic = format!("sa/{round}/{si}");
+            s.subscribe(&topic, 0);
+            // The SUBACK is out: a QoS 0 publish from any shard must now reach it.
+            for p in pubs.iter_mut() {
+                let from = p.id.clone();
+                p.publish(&topic, from.as_bytes(), 0, false);
+            }
+            let mut from: Vec<String> = (0..pubs.len())
+                .map(|_| s.expect_publish(WAIT).text())
+                .collect();
+            from.sort();
+            let mut want = pubs_ids.clone();
+            want.sort();
+            assert_eq!(from, want, "round {round}, subscriber {si}");
+        }
+    }
+}
+
+fn retained_replicated_to_every_shard(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("rs", 5, shards);
+    let mut publ = RawClient::clean(b.addr(), &ids[0]);
+    publ.publish("rs/a", b"A", 1, true);
+    publ.publish("rs/b", b"B", 2, true);
+    publ.publish("rs/b", b"B2", 2, true);
+    for id in &ids[1..] {
+        let mut s = RawClient::clean(b.addr(), id);
+        s.subscribe("rs/#", 2);
+        let mut got: Vec<(String, String, bool)> = (0..2)
+            .map(|_| {
+                let m = s.expect_publish_acked(WAIT);
+                (m.topic.clone(), m.text(), m.retain)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("rs/a".into(), "A".into(), true),
+                ("rs/b".into(), "B2".into(), true)
+            ],
+            "[{id}]"
+        );
+    }
+    // Cleared from another shard: gone everywhere.
+    let mut clearer = RawClient::clean(b.addr(), &ids[2]);
+    clearer.publish("rs/a", b"", 1, true);
+    for id in &ids[1..] {
+        let mut s = RawClient::clean(b.addr(), &format!("{id}-late"));
+        s.subscribe("rs/#", 2);
+        let m = s.expect_publish_acked(WAIT);
+        assert_eq!((m.topic.as_str(), m.text().as_str()), ("rs/b", "B2"));
+        s.expect_nothing(std::time::Duration::from_millis(100));
+    }
+}
+
+fn unsubscribe_propagates_to_other_shards(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("us", 4, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe_many(&[("us/x", 1), ("us/sentinel", 1)]);
+    let mut pubs: Vec<RawClient> = ids[1..]
+        .iter()
+        .map(|id| RawClient::clean(b.addr(), id))
+        .collect();
+    for p in pubs.iter_mut() {
+        p.publish("us/x", b"before", 1, false);
+        assert_eq!(sub.expect_publish_acked(WAIT).payload, b"before");
+    }
+    sub.unsubscribe(&["us/x"]);
+    for p in pubs.iter_mut() {
+        p.publish("us/x", b"after", 1, false);
+        p.publish("us/sentinel", b"s", 1, false);
+        let m = sub.expect_publish_acked(WAIT);
+        assert_eq!(
+            m.topic, "us/sentinel",
+            "[{}] delivered after UNSUBSCRIBE",
+            p.id
+        );
+    }
+}
+
+fn many_concurrent_connections_are_handed_over(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let addr: SocketAddr = b.addr();
+    let handles: Vec<_> = (0..40)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let id = format!("hand-{i}");
+                let mut c = RawClient::clean(addr, &id);
+                c.subscribe(&format!("hand/{i}"), 1);
+                c
+            })
+        })
+        .collect();
+    let mut clients: Vec<RawClient> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let mut publ = RawClient::clean(addr, "hand-publisher");
+    for i in 0..clients.len() {
+        publ.publish(&format!("hand/{i}"), format!("{i}").as_bytes(), 1, false);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let m = c.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.clone(), m.text()),
+            (format!("hand/{i}"), format!("{i}"))
+        );
+    }
+}
+
+shard_tests!(
+    fanout_reaches_subscribers_on_every_shard,
+    fanin_keeps_per_publisher_order,
+    publish_right_after_suback_is_delivered,
+    retained_replicated_to_every_shard,
+    unsubscribe_propagates_to_other_shards,
+    many_concurrent_connections_are_handed_over,
+);
