@@ -481,10 +481,70 @@ fn retain_as_published(shards: usize) {
     publ.publish("rap/t", b"", 1, true);
 }
 
+/// Let a retained message reach every shard's replica before subscribing, so the
+/// retained-handling tests do not depend on the race `retained_before_subscribe_arrives_once`
+/// checks.
+fn settle_retained() {
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// A retained message acknowledged (PUBACK) before a SUBSCRIBE is not a live message for
+/// that subscription: it arrives exactly once, as a retained message (RETAIN 1), after
+/// the SUBACK. With shards, the subscriber's shard may learn of the message after the
+/// subscription is in its trie.
+fn retained_before_subscribe_arrives_once(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut publ = Client5::clean(b.addr(), &on("rbp", 3, shards));
+    for round in 0..5 {
+        let topic = format!("rb/{round}");
+        publ.publish(&topic, b"kept", 1, true);
+        let mut c = Client5::clean(b.addr(), &on(&format!("rbs{round}"), 0, shards));
+        let p = c.next_pid();
+        let subs = [shardmq::protocol::Subscription {
+            filter: &topic,
+            options: opts(1, false, false, 0),
+        }];
+        c.send(&shardmq::protocol::Packet::Subscribe(
+            shardmq::protocol::Subscribe {
+                packet_id: std::num::NonZeroU16::new(p).expect("pid"),
+                properties: Properties::default(),
+                filters: shardmq::protocol::SubscriptionList::Slice(&subs),
+            },
+        ));
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(400);
+        while let Ok(g) = c.recv(deadline.saturating_duration_since(Instant::now())) {
+            if let P5::Publish(m) = &g {
+                c.ack(m);
+            }
+            got.push(g);
+        }
+        let publishes: Vec<(bool, bool)> = got
+            .iter()
+            .filter_map(|g| match g {
+                P5::Publish(m) => Some((m.retain, m.payload == b"kept")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            publishes,
+            vec![(true, true)],
+            "round {round}: want one retained delivery, got {:?}",
+            briefs(&got)
+        );
+        assert!(
+            matches!(got.first(), Some(P5::SubAck { .. })),
+            "round {round}: SUBACK first, got {:?}",
+            briefs(&got)
+        );
+    }
+}
+
 fn retain_handling(shards: usize) {
     let b = common::Broker::with_shards(shards, &[]);
     let mut publ = Client5::clean(b.addr(), &on("rhp", 3, shards));
     publ.publish("rh/t", b"kept", 1, true);
+    settle_retained();
     // 0: at every subscribe.
     let mut c0 = Client5::clean(b.addr(), &on("rh0", 0, shards));
     for _ in 0..2 {
@@ -556,6 +616,7 @@ fn subscription_identifiers(shards: usize) {
     // Retained messages carry it too.
     publ.publish("sid/r", b"ret", 1, true);
     c.expect_publish_acked(WAIT);
+    settle_retained();
     let mut c2 = Client5::clean(b.addr(), &on("sid2", 2, shards));
     c2.subscribe_id("sid/r", 1, 42);
     let m = c2.expect_publish_acked(WAIT);
@@ -956,6 +1017,7 @@ shard_tests!(
     no_local,
     retain_as_published,
     retain_handling,
+    retained_before_subscribe_arrives_once,
     subscription_maximum_qos,
     subscription_identifiers,
     will_delay_cancelled_by_reconnect,

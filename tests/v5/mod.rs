@@ -147,6 +147,37 @@ pub enum P5 {
     Other(&'static str),
 }
 
+impl P5 {
+    /// A one-line summary for assertion messages.
+    pub fn brief(&self) -> String {
+        match self {
+            P5::Publish(m) => format!(
+                "PUBLISH({} {:?} q{} r{} d{} pid {:?})",
+                m.topic,
+                m.text(),
+                m.qos,
+                u8::from(m.retain),
+                u8::from(m.dup),
+                m.pid
+            ),
+            P5::ConnAck {
+                present, reason, ..
+            } => {
+                format!("CONNACK(present {present}, 0x{reason:02x})")
+            }
+            P5::PubAck { pid, reason, .. } => format!("PUBACK({pid}, 0x{reason:02x})"),
+            P5::SubAck { pid, codes, .. } => format!("SUBACK({pid}, {codes:02x?})"),
+            P5::Disconnect { reason, .. } => format!("DISCONNECT(0x{reason:02x})"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Summaries of several packets.
+pub fn briefs(ps: &[P5]) -> Vec<String> {
+    ps.iter().map(P5::brief).collect()
+}
+
 fn own(p: &Packet<'_>) -> P5 {
     match p {
         Packet::ConnAck(c) => P5::ConnAck {
