@@ -87,6 +87,12 @@ impl Broker {
 
     /// A reason to refuse an otherwise well-formed CONNECT.
     fn check_connect(&self, c: &Connect<'_>) -> Option<ReasonCode> {
+        if c.will
+            .as_ref()
+            .is_some_and(|w| !crate::topic::valid_topic_name(w.topic))
+        {
+            return Some(ReasonCode::TopicNameInvalid);
+        }
         if c.version != Version::V5 && c.keep_alive > self.cfg.max_keepalive {
             // 3.x cannot be told a lower keepalive; Mosquitto refuses with "identifier rejected".
             return Some(ReasonCode::ClientIdentifierNotValid);
