@@ -157,6 +157,11 @@ fn stalled_qos1_subscriber_gets_window_plus_queue(shards: usize) {
     let ids = spread_ids("bq", 2, shards);
     let mut sub = RawClient::clean(b.addr(), &ids[0]);
     sub.subscribe("bq/t", 1);
+    // A QoS 0 probe on the subscriber's home shard: once it has every message, that shard
+    // has routed them all (the bus is FIFO per pair of shards).
+    let home = shardmq::broker::home_shard(&ids[0], shards);
+    let mut probe = RawClient::clean(b.addr(), &id_on("bq-probe", home, shards));
+    probe.subscribe("bq/t", 0);
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
     // 2000 QoS 1 messages, pipelined: the publisher gets every PUBACK although the
     // subscriber acknowledges nothing.
@@ -168,6 +173,9 @@ fn stalled_qos1_subscriber_gets_window_plus_queue(shards: usize) {
         assert_eq!(publ.expect_packet(WAIT), Got::PubAck(i));
     }
     assert!(t0.elapsed() < Duration::from_secs(20));
+    for i in 1..=2000u16 {
+        assert_eq!(probe.expect_publish(WAIT).payload, i.to_be_bytes());
+    }
     // Window (10) sent, queue (50) kept, the rest dropped: exactly messages 1..=60 arrive.
     let first: Vec<Msg> = (0..10).map(|_| sub.expect_publish(WAIT)).collect();
     sub.expect_nothing(QUIET);

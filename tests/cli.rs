@@ -97,6 +97,22 @@ fn sigterm_exits_cleanly() {
 }
 
 #[test]
+fn sigterm_right_after_listening_exits_cleanly() {
+    // `listening ADDR` tells a supervisor the broker is up; a SIGTERM from then on must be
+    // a clean shutdown, not the default action of the signal.
+    for round in 0..5 {
+        let mut b = Broker::start(&["--shards", "1"]);
+        let st = b
+            .terminate(Duration::from_secs(5))
+            .expect("broker still running 5 s after SIGTERM");
+        assert!(
+            st.success(),
+            "round {round}: SIGTERM just after `listening` gave {st:?}"
+        );
+    }
+}
+
+#[test]
 fn sigint_exits_cleanly() {
     let mut b = Broker::start(&["--shards", "1"]);
     signal(b.pid(), libc::SIGINT);

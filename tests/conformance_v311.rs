@@ -588,7 +588,11 @@ fn unsubscribe_stops_delivery(shards: usize) {
 
 fn retained_store_replace_clear_and_wildcards(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("ret", 4, shards);
+    let ids = spread_ids("ret", 3, shards);
+    let mut probes = [
+        probe(b.addr(), &ids[1], shards, "r/#"),
+        probe(b.addr(), &ids[2], shards, "r/#"),
+    ];
     let mut publ = RawClient::clean(b.addr(), &ids[0]);
     publ.publish("r/1", b"v1", 1, true);
     publ.publish("r/1", b"v2", 1, true); // replaces v1
@@ -596,15 +600,31 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
     publ.publish("r/2/deep", b"d", 0, true);
     publ.publish("r/3", b"gone", 1, true);
     publ.publish("r/3", b"", 1, true); // clears r/3
+                                       // Wait until the subscribers' home shards have routed all six (see `probe`).
+    for p in &mut probes {
+        for _ in 0..6 {
+            let m = p.expect_publish(WAIT);
+            assert!(!m.retain, "live delivery has RETAIN=0: {m:?}");
+        }
+    }
+    // Everything that arrives until the line goes quiet, sorted (the order of retained
+    // messages of different topics is not specified).
     let retained_of = |sub: &mut RawClient, n: usize| {
-        let mut v: Vec<(String, String, u8, bool)> = (0..n)
-            .map(|_| {
-                let m = sub.expect_publish_acked(WAIT);
-                (m.topic.clone(), m.text(), m.qos, m.retain)
-            })
-            .collect();
+        let mut v: Vec<(String, String, u8, bool)> = Vec::new();
+        for _ in 0..n {
+            let m = sub.expect_publish_acked(WAIT);
+            v.push((m.topic.clone(), m.text(), m.qos, m.retain));
+        }
+        while let Ok(g) = sub.try_packet(QUIET) {
+            match g {
+                Got::Publish(m) => {
+                    sub.ack(&m);
+                    v.push((m.topic.clone(), m.text(), m.qos, m.retain));
+                }
+                other => panic!("[{}] unexpected {other:?}", sub.id),
+            }
+        }
         v.sort();
-        sub.expect_nothing(QUIET);
         v
     };
     let mut s1 = RawClient::clean(b.addr(), &ids[1]);
@@ -628,7 +648,16 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
     );
     // Clear r/1; an exact subscription now finds nothing, r/2 is still there.
     publ.publish("r/1", b"", 1, true);
-    let mut s3 = RawClient::clean(b.addr(), &ids[3]);
+    // The live subscribers get the clearing message itself (empty, RETAIN=0). Once s1 has
+    // it, s1's home shard has applied the clear to its retained replica.
+    for s in [&mut s1, &mut s2] {
+        let m = s.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.payload.len(), m.retain),
+            ("r/1", 0, false)
+        );
+    }
+    let mut s3 = RawClient::clean(b.addr(), &id_on("ret-late", 1, shards));
     assert_eq!(s3.subscribe_many(&[("r/1", 1), ("r/3", 1)]), vec![1, 1]);
     s3.expect_nothing(QUIET);
     s3.subscribe("r/2", 0);
@@ -638,7 +667,7 @@ fn retained_store_replace_clear_and_wildcards(shards: usize) {
 
 fn retained_flag_cleared_on_live_delivery(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("rl", 3, shards);
+    let ids = spread_ids("rl", 2, shards);
     let mut live = RawClient::clean(b.addr(), &ids[0]);
     live.subscribe("rl/t", 1);
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
@@ -649,7 +678,9 @@ fn retained_flag_cleared_on_live_delivery(shards: usize) {
         !m.retain,
         "live delivery to an existing subscriber has RETAIN=0"
     );
-    let mut late = RawClient::clean(b.addr(), &ids[2]);
+    // On the live subscriber's shard, which has now routed the message.
+    let shard = shardmq::broker::home_shard(&ids[0], shards);
+    let mut late = RawClient::clean(b.addr(), &id_on("rl-late", shard, shards));
     late.subscribe("rl/t", 1);
     let m = late.expect_publish_acked(WAIT);
     assert!(m.retain, "delivery at subscribe time has RETAIN=1");
@@ -731,7 +762,7 @@ fn no_will_after_disconnect(shards: usize) {
 
 fn retained_will_reaches_later_subscriber(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
-    let ids = spread_ids("wr", 3, shards);
+    let ids = spread_ids("wr", 2, shards);
     let mut watcher = RawClient::clean(b.addr(), &ids[0]);
     watcher.subscribe("will/ret", 2);
     let (c, _) = RawClient::connect_v311(
@@ -744,7 +775,9 @@ fn retained_will_reaches_later_subscriber(shards: usize) {
     c.drop_tcp();
     let m = watcher.expect_publish_acked(WAIT);
     assert_eq!((m.payload.as_slice(), m.qos), (&b"last words"[..], 2));
-    let mut late = RawClient::clean(b.addr(), &ids[2]);
+    // On the watcher's shard, which has now routed the will.
+    let shard = shardmq::broker::home_shard(&ids[0], shards);
+    let mut late = RawClient::clean(b.addr(), &id_on("wr-late", shard, shards));
     late.subscribe("will/#", 2);
     let m = late.expect_publish_acked(WAIT);
     assert_eq!(
@@ -788,9 +821,14 @@ fn offline_queue_is_bounded(shards: usize) {
     let (mut sub, _) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
     sub.subscribe("qb/t", 1);
     sub.disconnect();
+    let mut p = probe(b.addr(), &ids[0], shards, "qb/t");
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
     for i in 0..10u8 {
         publ.publish("qb/t", &[i], 1, false);
+    }
+    // The subscriber's home shard has routed all ten while it was offline.
+    for i in 0..10u8 {
+        assert_eq!(p.expect_publish(WAIT).payload, vec![i]);
     }
     let (mut sub, present) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
     assert!(present);
@@ -878,7 +916,11 @@ fn rumqttc_qos_roundtrip(shards: usize) {
 fn rumqttc_retained_and_will(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
     let ids = spread_ids("rr", 3, shards);
-    let (pc, mut pconn, _) = rumq_connect(rumq_options(b.addr(), &ids[0], true));
+    // Publisher and subscriber of the retained message share a home shard, so the PUBACK
+    // means the message is stored where the subscriber will look (wills cross shards).
+    let shard = shardmq::broker::home_shard(&ids[1], shards);
+    let retainer = id_on("rr-pub", shard, shards);
+    let (pc, mut pconn, _) = rumq_connect(rumq_options(b.addr(), &retainer, true));
     pc.publish(
         "rr/status",
         rumqttc::QoS::AtLeastOnce,
@@ -914,7 +956,178 @@ fn rumqttc_retained_and_will(shards: usize) {
     assert!(!m.retain);
 }
 
+// ---------------------------------------------------------------------------------------
+// Framing: coalesced, fragmented and large packets
+// ---------------------------------------------------------------------------------------
+
+fn connect_subscribe_publish_in_one_write(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    // Several ids so that with 4 shards some connections are handed over with the bytes
+    // that followed CONNECT in the same segment.
+    for (i, id) in spread_ids("burst", 4, shards).iter().enumerate() {
+        let mut bytes = connect_v311_bytes(id);
+        let topic = format!("burst/{i}");
+        let mut sub = vec![0x00, 0x05];
+        mqtt_str(topic.as_bytes(), &mut sub);
+        sub.push(1);
+        bytes.extend(frame(0x82, &sub));
+        bytes.extend(publish_bytes(0x32, topic.as_bytes(), Some(6), b"to myself"));
+        bytes.extend([0xC0, 0x00]); // PINGREQ
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        c.send_bytes(&bytes);
+        assert_eq!(
+            c.expect_packet(WAIT),
+            Got::ConnAck {
+                present: false,
+                code: 0
+            }
+        );
+        // SUBACK, PUBACK, PINGRESP and the delivery of its own message, in any order: a
+        // server may deliver before the SUBACK [MQTT 3.1.1 §3.8.4].
+        let mut got: Vec<Got> = (0..4).map(|_| c.expect_packet(WAIT)).collect();
+        let publish = got
+            .iter()
+            .position(|g| matches!(g, Got::Publish(_)))
+            .map(|i| got.remove(i));
+        for want in [
+            Got::SubAck {
+                pid: 5,
+                codes: vec![1],
+            },
+            Got::PubAck(6),
+            Got::PingResp,
+        ] {
+            assert!(got.contains(&want), "[{id}] missing {want:?} in {got:?}");
+        }
+        match publish {
+            Some(Got::Publish(m)) => {
+                assert_eq!(
+                    (m.topic.as_str(), m.payload.as_slice()),
+                    (topic.as_str(), &b"to myself"[..])
+                );
+                c.ack(&m);
+            }
+            other => panic!("[{id}] no delivery of its own publish: {other:?}"),
+        }
+    }
+}
+
+fn fragmented_and_large_packets(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("frag", 2, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("frag/#", 1);
+    // The publisher sends everything one byte per write, CONNECT included.
+    let mut publ = RawClient::connect(b.addr());
+    publ.id = ids[1].clone();
+    let dribble = |c: &mut RawClient, bytes: &[u8]| {
+        for byte in bytes {
+            c.send_bytes(std::slice::from_ref(byte));
+        }
+    };
+    dribble(&mut publ, &connect_v311_bytes(&ids[1]));
+    assert_eq!(
+        publ.expect_packet(WAIT),
+        Got::ConnAck {
+            present: false,
+            code: 0
+        }
+    );
+    dribble(
+        &mut publ,
+        &publish_bytes(0x32, b"frag/small", Some(1), b"dribbled"),
+    );
+    assert_eq!(publ.expect_packet(WAIT), Got::PubAck(1));
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(m.payload, b"dribbled");
+    // Large payloads (crossing the 64 KiB read buffer and 2-, 3- and 4-byte lengths),
+    // pipelined in one write, each with a recognisable pattern.
+    let mut rng = Rng::new(42);
+    let sizes = [
+        0usize, 1, 127, 128, 16_383, 16_384, 65_535, 65_536, 200_000, 2_100_000, 3,
+    ];
+    let mut all = Vec::new();
+    let mut payloads = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let payload = rng.bytes(n);
+        all.extend(publish_bytes(
+            0x32,
+            format!("frag/{i}").as_bytes(),
+            Some(10 + i as u16),
+            &payload,
+        ));
+        payloads.push(payload);
+    }
+    publ.send_bytes(&all);
+    for i in 0..sizes.len() {
+        assert_eq!(publ.expect_packet(WAIT), Got::PubAck(10 + i as u16));
+    }
+    for (i, payload) in payloads.iter().enumerate() {
+        let m = sub.expect_publish_acked(WAIT);
+        assert_eq!(m.topic, format!("frag/{i}"));
+        assert!(
+            m.payload == *payload,
+            "payload {i} ({} bytes) corrupted",
+            payload.len()
+        );
+    }
+}
+
+fn packets_over_max_packet_size_close_the_connection(shards: usize) {
+    let b = Broker::with_shards(shards, &["--max-packet-size", "1024"]);
+    let ids = spread_ids("mps", 2, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("mps/t", 0);
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    publ.publish("mps/t", &[7; 900], 0, false);
+    assert_eq!(sub.expect_publish(WAIT).payload.len(), 900);
+    // Only the header is needed to refuse it: the body is never sent.
+    publ.send_bytes(&[0x30, 0x80, 0x80, 0x04]);
+    publ.expect_closed(WAIT);
+    sub.ping();
+}
+
+fn pubrel_for_unknown_id_gets_pubcomp(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut c = RawClient::clean(b.addr(), &id_on("relu", 1, shards));
+    c.send_bytes(&[0x62, 0x02, 0x00, 0x63]);
+    assert_eq!(c.expect_packet(WAIT), Got::PubComp(0x63));
+    // A PUBACK / PUBREC / PUBCOMP for nothing is tolerated.
+    c.send_bytes(&[0x40, 0x02, 0x00, 0x01, 0x70, 0x02, 0x00, 0x02]);
+    c.ping();
+}
+
+fn resubscribe_replaces_the_subscription(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("rsb", 2, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("rsb/t", 2);
+    sub.subscribe("rsb/t", 0);
+    // The same filter twice in one SUBSCRIBE: still one subscription.
+    assert_eq!(
+        sub.subscribe_many(&[("rsb/u", 1), ("rsb/u", 1)]),
+        vec![1, 1]
+    );
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    publ.publish("rsb/t", b"t", 2, false);
+    let m = sub.expect_publish(WAIT);
+    assert_eq!(
+        (m.topic.as_str(), m.qos),
+        ("rsb/t", 0),
+        "QoS of the newer subscription"
+    );
+    publ.publish("rsb/u", b"u", 1, false);
+    assert_eq!(sub.expect_publish_acked(WAIT).topic, "rsb/u");
+    sub.expect_nothing(QUIET);
+}
+
 shard_tests!(
+    connect_subscribe_publish_in_one_write,
+    fragmented_and_large_packets,
+    packets_over_max_packet_size_close_the_connection,
+    pubrel_for_unknown_id_gets_pubcomp,
+    resubscribe_replaces_the_subscription,
     first_packet_must_be_connect,
     second_connect_is_a_violation,
     bad_protocol_level_gets_return_code_1,

@@ -101,10 +101,21 @@ fn publish_right_after_suback_is_delivered(shards: usize) {
 fn retained_replicated_to_every_shard(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
     let ids = spread_ids("rs", 5, shards);
+    let mut probes: Vec<RawClient> = ids[1..]
+        .iter()
+        .map(|id| probe(b.addr(), id, shards, "rs/#"))
+        .collect();
     let mut publ = RawClient::clean(b.addr(), &ids[0]);
     publ.publish("rs/a", b"A", 1, true);
     publ.publish("rs/b", b"B", 2, true);
     publ.publish("rs/b", b"B2", 2, true);
+    // Every shard has routed (and stored) all three.
+    for p in &mut probes {
+        for _ in 0..3 {
+            p.expect_publish(WAIT);
+        }
+    }
+    let mut firsts = Vec::new();
     for id in &ids[1..] {
         let mut s = RawClient::clean(b.addr(), id);
         s.subscribe("rs/#", 2);
@@ -123,16 +134,29 @@ fn retained_replicated_to_every_shard(shards: usize) {
             ],
             "[{id}]"
         );
+        firsts.push(s);
     }
     // Cleared from another shard: gone everywhere.
-    let mut clearer = RawClient::clean(b.addr(), &ids[2]);
+    let mut clearer = RawClient::clean(b.addr(), &id_on("rs-clearer", 2, shards));
     clearer.publish("rs/a", b"", 1, true);
-    for id in &ids[1..] {
-        let mut s = RawClient::clean(b.addr(), &format!("{id}-late"));
-        s.subscribe("rs/#", 2);
-        let m = s.expect_publish_acked(WAIT);
-        assert_eq!((m.topic.as_str(), m.text().as_str()), ("rs/b", "B2"));
-        s.expect_nothing(std::time::Duration::from_millis(100));
+    for (i, first) in firsts.iter_mut().enumerate() {
+        // The live clearing message reached this subscriber, so its shard applied the clear.
+        let m = first.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.payload.len(), m.retain),
+            ("rs/a", 0, false)
+        );
+        let shard = shardmq::broker::home_shard(&first.id, shards);
+        let mut late = RawClient::clean(b.addr(), &id_on(&format!("rs-late{i}"), shard, shards));
+        late.subscribe("rs/#", 2);
+        let m = late.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.text().as_str(), m.retain),
+            ("rs/b", "B2", true),
+            "[{}] on shard {shard}",
+            late.id
+        );
+        late.expect_nothing(std::time::Duration::from_millis(100));
     }
 }
 
@@ -192,7 +216,30 @@ fn many_concurrent_connections_are_handed_over(shards: usize) {
     }
 }
 
+/// A PUBACK means the broker owns the message: a client that subscribes after its
+/// publisher got the PUBACK must see the retained message exactly once, as retained
+/// (RETAIN=1), never as a live delivery (which would mean the message reached the
+/// subscriber's shard only after the subscription, so it happened "after" its own PUBACK).
+fn acked_retained_message_is_not_delivered_live_to_later_subscriber(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut publ = RawClient::clean(b.addr(), &id_on("ackp", 0, shards));
+    for round in 0..40 {
+        let topic = format!("ack/{round}");
+        publ.publish(&topic, b"r", 1, true);
+        let sub_id = id_on(&format!("acks{round}"), 1 + round % 3, shards);
+        let mut sub = RawClient::clean(b.addr(), &sub_id);
+        sub.subscribe(&topic, 1);
+        let m = sub.expect_publish_acked(WAIT);
+        assert!(
+            m.retain,
+            "round {round}: the message acknowledged before SUBSCRIBE arrived as a live \
+             delivery (RETAIN=0): it reached the subscriber's shard after the subscription"
+        );
+    }
+}
+
 shard_tests!(
+    acked_retained_message_is_not_delivered_live_to_later_subscriber,
     fanout_reaches_subscribers_on_every_shard,
     fanin_keeps_per_publisher_order,
     publish_right_after_suback_is_delivered,

@@ -191,6 +191,17 @@ pub fn spread_ids(prefix: &str, n: usize, shards: usize) -> Vec<String> {
         .collect()
 }
 
+/// A QoS 0 subscriber to `filter` on the home shard of client id `of`. Routing between
+/// shards is asynchronous (a publisher's PUBACK does not wait for other shards), so a test
+/// that must know a shard has routed some messages waits until this probe has them: the
+/// bus is FIFO per pair of shards.
+pub fn probe(addr: SocketAddr, of: &str, shards: usize, filter: &str) -> RawClient {
+    let home = shardmq::broker::home_shard(of, shards);
+    let mut p = RawClient::clean(addr, &id_on(&format!("probe-{of}"), home, shards));
+    p.subscribe(filter, 0);
+    p
+}
+
 // ---------------------------------------------------------------------------------------
 // What a raw client receives, owned
 // ---------------------------------------------------------------------------------------
