@@ -305,6 +305,11 @@ fn topic_alias_above_maximum_0x94(shards: usize) {
         c.send_bytes(&publish_with_alias_bytes("tar/t", a));
         c.expect_disconnect_reason(0x94);
     }
+    // --max-topic-alias 0: any alias is above the maximum.
+    let b = common::Broker::with_shards(shards, &["--max-topic-alias", "0"]);
+    let mut c = Client5::clean(b.addr(), &on("tarz", 1, shards));
+    c.send_bytes(&publish_with_alias_bytes("tar/t", 1));
+    c.expect_disconnect_reason(0x94);
 }
 
 fn topic_alias_zero_0x94(shards: usize) {
@@ -321,6 +326,71 @@ fn topic_alias_unknown_is_protocol_error(shards: usize) {
     c.ping();
     c.send_bytes(&publish_with_alias_bytes("", 2));
     c.expect_disconnect_reason(0x82);
+    // An empty topic without any alias.
+    let mut c = Client5::clean(b.addr(), &on("tau2", 2, shards));
+    c.send_publish("", b"x", 1, false, Some(1), Properties::default());
+    c.expect_disconnect_reason(0x82);
+}
+
+fn topic_aliases_are_per_connection(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    // Inbound: an alias learnt on one connection means nothing on the next.
+    let id = on("tapc", 1, shards);
+    let (mut c, _) = Client5::open(b.addr(), &Conn5::new(&id).expiry(60));
+    c.publish_props("tapc/a", b"1", 1, false, alias(1));
+    c.disconnect();
+    let (mut c, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(60));
+    assert!(ack.present);
+    c.send_bytes(&publish_with_alias_bytes("", 1));
+    c.expect_disconnect_reason(0x82);
+    // Outbound: the first delivery on a new connection names the topic again.
+    let sid = on("tapcs", 0, shards);
+    let o = Conn5::new(&sid).expiry(60).alias_max(5);
+    let (mut sub, _) = Client5::open(b.addr(), &o);
+    sub.subscribe("tapc/#", 1);
+    let mut publ = Client5::clean(b.addr(), &on("tapcp", 2, shards));
+    publ.publish("tapc/x", b"1", 1, false);
+    publ.publish("tapc/x", b"2", 1, false);
+    let got: Vec<(String, Option<u16>)> = sub
+        .collect(2)
+        .into_iter()
+        .map(|m| (m.topic, m.props.topic_alias))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("tapc/x".into(), Some(1)), (String::new(), Some(1))]
+    );
+    sub.disconnect();
+    let (mut sub, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    publ.publish("tapc/x", b"3", 1, false);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        (m.topic.as_str(), m.props.topic_alias),
+        ("tapc/x", Some(1)),
+        "a new connection starts with no aliases"
+    );
+}
+
+fn subscription_identifier_from_client_is_protocol_error(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut sub = Client5::clean(b.addr(), &on("sicw", 0, shards));
+    sub.subscribe("sic/t", 1);
+    let mut c = Client5::clean(b.addr(), &on("sic", 1, shards));
+    let ids = [5u32];
+    c.send_publish(
+        "sic/t",
+        b"x",
+        1,
+        false,
+        Some(1),
+        Properties {
+            subscription_identifiers: shardmq::protocol::SubscriptionIds::Slice(&ids),
+            ..Properties::default()
+        },
+    );
+    c.expect_disconnect_reason(0x82);
+    sub.expect_nothing(Duration::from_millis(200));
 }
 
 fn topic_alias_server_to_client(shards: usize) {
@@ -413,9 +483,25 @@ fn server_receive_maximum_enforced(shards: usize) {
     let b = common::Broker::with_shards(shards, &["--receive-maximum", "2"]);
     let (mut c, ack) = Client5::open(b.addr(), &Conn5::new(&on("srm", 1, shards)));
     assert_eq!(ack.props.receive_maximum, Some(2));
-    for pid in 1..=3u16 {
+    // A completed flow frees its slot.
+    for _ in 0..3 {
+        c.publish("srm/t", b"done", 2, false);
+    }
+    // Two awaiting PUBREL fill the window; a resend of one of them is not a new message.
+    for pid in 11..=12u16 {
         c.send_publish("srm/t", b"q2", 2, false, Some(pid), Properties::default());
     }
+    c.send_publish("srm/t", b"q2", 2, false, Some(12), Properties::default());
+    for pid in [11, 12, 12] {
+        c.expect_where(
+            WAIT,
+            "PUBREC",
+            |g| matches!(g, P5::PubRec { pid: p, .. } if *p == pid),
+        );
+    }
+    c.ping();
+    // The third distinct one exceeds the server's Receive Maximum.
+    c.send_publish("srm/t", b"q2", 2, false, Some(13), Properties::default());
     c.expect_disconnect_reason(0x93);
 }
 
@@ -993,6 +1079,209 @@ fn v311_and_v5_interoperate(shards: usize) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// More Will, session and delivery cases
+// ---------------------------------------------------------------------------------------
+
+fn immediate_will(topic: &str) -> Will5 {
+    Will5 {
+        topic: topic.to_string(),
+        payload: b"will".to_vec(),
+        qos: 1,
+        ..Will5::default()
+    }
+}
+
+fn will_sent_on_disconnect_with_will_message(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("w4w", 0, shards));
+    watch.subscribe("w4/#", 1);
+    let (c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("w4a", 1, shards)).will(immediate_will("w4/a")),
+    );
+    c.disconnect_with(ReasonCode::DisconnectWithWillMessage, None);
+    let m = watch.expect_publish_acked(WAIT);
+    assert_eq!(m.topic, "w4/a", "0x04 asks for the Will");
+    let (c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("w4b", 2, shards)).will(immediate_will("w4/b")),
+    );
+    c.disconnect_with(ReasonCode::NormalDisconnection, None);
+    let mut publ = Client5::clean(b.addr(), &on("w4p", 3, shards));
+    sentinel(&mut publ, &mut watch, "w4/sentinel");
+}
+
+fn will_delay_capped_by_session_expiry(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wcw", 0, shards));
+    watch.subscribe("wc/#", 1);
+    let mut w = immediate_will("wc/t");
+    w.delay_s = Some(60);
+    let (c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("wcc", 1, shards)).expiry(1).will(w),
+    );
+    let t0 = Instant::now();
+    c.drop_tcp();
+    let m = watch.expect_publish_acked(Duration::from_secs(5));
+    assert_eq!(m.topic, "wc/t");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "sent after {:?}: before the 1 s session expiry",
+        t0.elapsed()
+    );
+}
+
+fn will_on_takeover(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wtw", 0, shards));
+    watch.subscribe("wt/#", 1);
+    // Taken over by a Clean Start connection: the old session ends, its Will goes out.
+    let id = on("wtc", 1, shards);
+    let (mut old, _) = Client5::open(b.addr(), &Conn5::new(&id).will(immediate_will("wt/a")));
+    let (_new, _) = Client5::open(b.addr(), &Conn5::new(&id));
+    old.expect_disconnect_reason(0x8E);
+    assert_eq!(watch.expect_publish_acked(WAIT).topic, "wt/a");
+    // Taken over by a resuming connection while the Will waits out its delay: cancelled.
+    let id = on("wtd", 2, shards);
+    let mut w = immediate_will("wt/b");
+    w.delay_s = Some(1);
+    let (mut old, _) = Client5::open(b.addr(), &Conn5::new(&id).expiry(30).will(w));
+    let (_new, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(30));
+    assert!(ack.present);
+    old.expect_disconnect_reason(0x8E);
+    std::thread::sleep(Duration::from_millis(1300));
+    let mut publ = Client5::clean(b.addr(), &on("wtp", 3, shards));
+    sentinel(&mut publ, &mut watch, "wt/sentinel");
+}
+
+fn retained_message_expiry(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut publ = Client5::clean(b.addr(), &on("rep", 1, shards));
+    let expiring = |s| Properties {
+        message_expiry_interval: Some(s),
+        ..Properties::default()
+    };
+    publ.publish_props("rex/short", b"short", 1, true, expiring(1));
+    publ.publish_props("rex/long", b"long", 1, true, expiring(60));
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut c = Client5::clean(b.addr(), &on("res", 0, shards));
+    c.subscribe("rex/#", 1);
+    let m = c.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.payload, b"long",
+        "the expired retained message is not sent"
+    );
+    let left = m.props.message_expiry_interval.expect("expiry forwarded");
+    assert!(
+        (50..=58).contains(&left),
+        "retained interval reduced: {left}"
+    );
+    c.expect_nothing(Duration::from_millis(300));
+    publ.publish("rex/long", b"", 1, true);
+}
+
+fn redelivery_keeps_properties(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("rdk", 0, shards);
+    let o = Conn5::new(&id).expiry(60);
+    let (mut sub, _) = Client5::open(b.addr(), &o);
+    sub.subscribe_id("rdk/#", 1, 21);
+    let mut publ = Client5::clean(b.addr(), &on("rdkp", 1, shards));
+    let users = [("trace", "42"), ("trace", "43")];
+    publ.publish_props(
+        "rdk/t",
+        b"again",
+        1,
+        false,
+        Properties {
+            user_properties: UserProperties::Slice(&users),
+            content_type: Some("text/plain"),
+            ..Properties::default()
+        },
+    );
+    let first = sub.expect_publish(WAIT);
+    assert!(!first.dup);
+    sub.drop_tcp();
+    let (mut sub, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    let again = sub.expect_publish_acked(WAIT);
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.pid, first.pid, "same packet id");
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(again.props.user_properties, first.props.user_properties);
+    assert_eq!(again.props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(again.props.subscription_identifiers, vec![21]);
+}
+
+fn session_expiry_replaced_on_reconnect(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("ser", 2, shards);
+    let (c, _) = Client5::open(b.addr(), &Conn5::new(&id).expiry(60));
+    c.disconnect();
+    let (c, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(1));
+    assert!(ack.present);
+    c.disconnect();
+    std::thread::sleep(Duration::from_millis(1600));
+    let (_c, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(1));
+    assert!(
+        !ack.present,
+        "the interval of the latest CONNECT (1 s) applies"
+    );
+}
+
+fn overlapping_subscriptions_one_delivery(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut c = Client5::clean(b.addr(), &on("ov", 0, shards));
+    c.subscribe("ov/+", 0);
+    c.subscribe("ov/#", 1);
+    let mut publ = Client5::clean(b.addr(), &on("ovp", 1, shards));
+    publ.publish("ov/t", b"once", 2, false);
+    let m = c.expect_publish_acked(WAIT);
+    assert_eq!(m.qos, 1, "the highest granted QoS");
+    c.expect_nothing(Duration::from_millis(300));
+}
+
+fn second_connect_0x82(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("sc", 1, shards);
+    let mut c = Client5::clean(b.addr(), &id);
+    c.send(&shardmq::protocol::Packet::Connect(
+        shardmq::protocol::Connect {
+            version: shardmq::protocol::Version::V5,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: &id,
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        },
+    ));
+    c.expect_disconnect_reason(0x82);
+}
+
+fn qos0_invalid_payload_format_disconnects(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut sub = Client5::clean(b.addr(), &on("pf0s", 0, shards));
+    sub.subscribe("pf0/t", 0);
+    let mut c = Client5::clean(b.addr(), &on("pf0", 1, shards));
+    c.send_publish(
+        "pf0/t",
+        &[0xff],
+        0,
+        false,
+        None,
+        Properties {
+            payload_format_indicator: Some(1),
+            ..Properties::default()
+        },
+    );
+    c.expect_disconnect_reason(0x99);
+    sub.expect_nothing(Duration::from_millis(200));
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1009,6 +1298,8 @@ shard_tests!(
     topic_alias_zero_0x94,
     topic_alias_unknown_is_protocol_error,
     topic_alias_server_to_client,
+    topic_aliases_are_per_connection,
+    subscription_identifier_from_client_is_protocol_error,
     topic_alias_server_respects_client_maximum,
     client_receive_maximum_bounds_inflight,
     server_receive_maximum_enforced,
@@ -1035,4 +1326,13 @@ shard_tests!(
     malformed_after_connect_0x81,
     server_shutdown_0x8b,
     v311_and_v5_interoperate,
+    will_sent_on_disconnect_with_will_message,
+    will_delay_capped_by_session_expiry,
+    will_on_takeover,
+    retained_message_expiry,
+    redelivery_keeps_properties,
+    session_expiry_replaced_on_reconnect,
+    overlapping_subscriptions_one_delivery,
+    second_connect_0x82,
+    qos0_invalid_payload_format_disconnects,
 );

@@ -611,8 +611,9 @@ impl Client5 {
                 }
                 Ok(g) => skipped.push(g),
                 Err(e) => panic!(
-                    "[{}] expected DISCONNECT within {timeout:?}, got {e:?} after {skipped:?}",
-                    self.id
+                    "[{}] expected DISCONNECT within {timeout:?}, got {e:?} after {:?}",
+                    self.id,
+                    briefs(&skipped)
                 ),
             }
         }
