@@ -1282,6 +1282,66 @@ fn qos0_invalid_payload_format_disconnects(shards: usize) {
     sub.expect_nothing(Duration::from_millis(200));
 }
 
+/// Request Problem Information 0: no Reason String (nor User Property) on anything but
+/// PUBLISH, CONNACK and DISCONNECT.
+fn request_problem_information_zero(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut o = Conn5::new(&on("rpi", 1, shards));
+    o.request_problem_information = Some(0);
+    let (mut c, _) = Client5::open(b.addr(), &o);
+    let p = c.next_pid();
+    c.send_publish(
+        "rpi/t",
+        &[0xff],
+        1,
+        false,
+        Some(p),
+        Properties {
+            payload_format_indicator: Some(1),
+            ..Properties::default()
+        },
+    );
+    let subs = [shardmq::protocol::Subscription {
+        filter: "rpi/#/x",
+        options: opts(0, false, false, 0),
+    }];
+    c.send(&shardmq::protocol::Packet::Subscribe(
+        shardmq::protocol::Subscribe {
+            packet_id: std::num::NonZeroU16::new(50).expect("pid"),
+            properties: Properties::default(),
+            filters: shardmq::protocol::SubscriptionList::Slice(&subs),
+        },
+    ));
+    c.send(&shardmq::protocol::Packet::Unsubscribe(
+        shardmq::protocol::Unsubscribe {
+            packet_id: std::num::NonZeroU16::new(51).expect("pid"),
+            properties: Properties::default(),
+            filters: shardmq::protocol::StrList::Slice(&["rpi/none"]),
+        },
+    ));
+    c.send(&shardmq::protocol::Packet::PingReq);
+    let mut seen = Vec::new();
+    loop {
+        let g = c.expect(WAIT);
+        if g == P5::PingResp {
+            break;
+        }
+        let props = match &g {
+            P5::PubAck { props, .. } | P5::SubAck { props, .. } | P5::UnsubAck { props, .. } => {
+                props
+            }
+            _ => continue,
+        };
+        assert_eq!(props.reason_string, None, "{}", g.brief());
+        assert!(props.user_properties.is_empty(), "{}", g.brief());
+        seen.push(g.brief());
+    }
+    assert_eq!(
+        seen,
+        vec!["PUBACK(1, 0x99)", "SUBACK(50, [8f])", "UNSUBACK(51, [11])"]
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1335,4 +1395,5 @@ shard_tests!(
     overlapping_subscriptions_one_delivery,
     second_connect_0x82,
     qos0_invalid_payload_format_disconnects,
+    request_problem_information_zero,
 );

@@ -167,6 +167,7 @@ impl P5 {
             }
             P5::PubAck { pid, reason, .. } => format!("PUBACK({pid}, 0x{reason:02x})"),
             P5::SubAck { pid, codes, .. } => format!("SUBACK({pid}, {codes:02x?})"),
+            P5::UnsubAck { pid, codes, .. } => format!("UNSUBACK({pid}, {codes:02x?})"),
             P5::Disconnect { reason, .. } => format!("DISCONNECT(0x{reason:02x})"),
             other => format!("{other:?}"),
         }
@@ -260,6 +261,7 @@ pub struct Conn5 {
     pub maximum_packet_size: Option<u32>,
     pub topic_alias_maximum: Option<u16>,
     pub request_response_information: Option<u8>,
+    pub request_problem_information: Option<u8>,
     pub will: Option<Will5>,
 }
 
@@ -274,6 +276,7 @@ impl Conn5 {
             maximum_packet_size: None,
             topic_alias_maximum: None,
             request_response_information: None,
+            request_problem_information: None,
             will: None,
         }
     }
@@ -398,6 +401,7 @@ impl Client5 {
                 maximum_packet_size: o.maximum_packet_size,
                 topic_alias_maximum: o.topic_alias_maximum,
                 request_response_information: o.request_response_information,
+                request_problem_information: o.request_problem_information,
                 ..Properties::default()
             },
         };
