@@ -155,6 +155,7 @@ impl Broker {
                     self.sessions.get(s).map_or(0, |x| x.uid),
                 ),
                 delay_s: w.properties.will_delay_interval.unwrap_or(0),
+                expiry_s: w.properties.message_expiry_interval,
             })
         });
         self.attach(key, s, c, keep_alive, will, &id, now_ms);

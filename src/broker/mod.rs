@@ -312,14 +312,19 @@ impl Broker {
         }
         let v5_connected = link.version == Version::V5 && link.state == LinkState::Connected;
         if let (Some(r), true) = (reason, v5_connected) {
-            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29].
-            let d = protocol::Disconnect {
+            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29], but never
+            // past the client's Maximum Packet Size [MQTT-3.1.2-24]: then it is left out.
+            let max = link.client_max_packet;
+            let mut d = protocol::Disconnect {
                 reason: r,
                 properties: protocol::Properties {
                     reason_string: Some(why),
                     ..protocol::Properties::default()
                 },
             };
+            if protocol::encoded_len(&Packet::Disconnect(d.clone()), Version::V5) > max {
+                d.properties.reason_string = None;
+            }
             self.send(key, &Packet::Disconnect(d));
         }
         let Some(link) = self.links.get_mut(key) else {

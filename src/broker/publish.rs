@@ -233,6 +233,9 @@ impl Broker {
 
     /// Hand one delivery to a session: write it now, queue it, or drop it (counted).
     pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
+        if out.msg.expired(now_ms) {
+            return;
+        }
         let max_buf = self.cfg.max_write_buffer;
         let Some(sess) = self.sessions.get_mut(s) else {
             return;

@@ -72,10 +72,23 @@ pub struct SubState {
 /// The Will of the current connection, kept until a normal DISCONNECT discards it.
 #[derive(Debug)]
 pub struct StoredWill {
-    /// The message to publish.
+    /// The message to publish (its expiry is set when it is published).
     pub msg: Message,
     /// Will Delay Interval (5.0), seconds.
     pub delay_s: u32,
+    /// The Will's Message Expiry Interval (5.0), seconds; it runs from publication.
+    pub expiry_s: Option<u32>,
+}
+
+impl StoredWill {
+    /// The message as published at `now_ms`: its expiry counts from now, not from CONNECT.
+    pub fn into_message(self, now_ms: u64) -> Message {
+        let mut msg = self.msg;
+        msg.expires_at_ms = self
+            .expiry_s
+            .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+        msg
+    }
 }
 
 /// Why an acknowledgement did not match.
