@@ -581,12 +581,15 @@ fn settle_retained() {
 fn retained_before_subscribe_arrives_once(shards: usize) {
     let b = common::Broker::with_shards(shards, &[]);
     let mut publ = Client5::clean(b.addr(), &on("rbp", 3, shards));
-    for round in 0..5 {
+    // Connected up front, so the SUBSCRIBE follows the PUBACK as closely as possible.
+    let mut subs: Vec<Client5> = (0..10)
+        .map(|r| Client5::clean(b.addr(), &on(&format!("rbs{r}"), 0, shards)))
+        .collect();
+    for (round, c) in subs.iter_mut().enumerate() {
         let topic = format!("rb/{round}");
         publ.publish(&topic, b"kept", 1, true);
-        let mut c = Client5::clean(b.addr(), &on(&format!("rbs{round}"), 0, shards));
         let p = c.next_pid();
-        let subs = [shardmq::protocol::Subscription {
+        let filters = [shardmq::protocol::Subscription {
             filter: &topic,
             options: opts(1, false, false, 0),
         }];
@@ -594,16 +597,29 @@ fn retained_before_subscribe_arrives_once(shards: usize) {
             shardmq::protocol::Subscribe {
                 packet_id: std::num::NonZeroU16::new(p).expect("pid"),
                 properties: Properties::default(),
-                filters: shardmq::protocol::SubscriptionList::Slice(&subs),
+                filters: shardmq::protocol::SubscriptionList::Slice(&filters),
             },
         ));
+        // Everything until the SUBACK and one PUBLISH, then a short quiet window.
         let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_millis(400);
-        while let Ok(g) = c.recv(deadline.saturating_duration_since(Instant::now())) {
-            if let P5::Publish(m) = &g {
-                c.ack(m);
+        let deadline = Instant::now() + WAIT;
+        let mut quiet_from: Option<Instant> = None;
+        loop {
+            let until = quiet_from.map_or(deadline, |t| t + Duration::from_millis(150));
+            match c.recv(until.saturating_duration_since(Instant::now())) {
+                Ok(g) => {
+                    if let P5::Publish(m) = &g {
+                        c.ack(m);
+                    }
+                    got.push(g);
+                    let suback = got.iter().any(|g| matches!(g, P5::SubAck { .. }));
+                    let publish = got.iter().any(|g| matches!(g, P5::Publish(_)));
+                    if suback && publish && quiet_from.is_none() {
+                        quiet_from = Some(Instant::now());
+                    }
+                }
+                Err(_) => break,
             }
-            got.push(g);
         }
         let publishes: Vec<(bool, bool)> = got
             .iter()
