@@ -715,6 +715,16 @@ fn subscription_identifiers(shards: usize) {
     let mut ids = c.expect_publish_acked(WAIT).props.subscription_identifiers;
     ids.sort_unstable();
     assert_eq!(ids, vec![8, 9]);
+    // Resubscribing without one removes it; the largest identifier works.
+    c.subscribe("sid/+", 1);
+    c.subscribe_id("sid/#", 1, 268_435_455);
+    publ.publish("sid/y", b"max", 1, false);
+    assert_eq!(
+        c.expect_publish_acked(WAIT).props.subscription_identifiers,
+        vec![268_435_455]
+    );
+    c.subscribe_id("sid/#", 1, 9);
+    c.subscribe_id("sid/+", 1, 8);
     // Retained messages carry it too.
     publ.publish("sid/r", b"ret", 1, true);
     c.expect_publish_acked(WAIT);
@@ -1358,6 +1368,63 @@ fn request_problem_information_zero(shards: usize) {
     );
 }
 
+/// The Will is kept only by a DISCONNECT with 0x00 [MQTT-3.1.2-10]: a client DISCONNECT
+/// with an error reason code still gets it published.
+fn will_sent_on_client_error_disconnect(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wew", 0, shards));
+    watch.subscribe("we/#", 1);
+    let (c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("wec", 1, shards)).will(immediate_will("we/err")),
+    );
+    c.disconnect_with(ReasonCode::UnspecifiedError, None);
+    let m = watch.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.topic, "we/err",
+        "DISCONNECT 0x80 does not discard the Will"
+    );
+}
+
+/// A server that closes the connection for a client's error publishes its Will.
+fn will_sent_when_server_disconnects_for_error(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wsw", 0, shards));
+    watch.subscribe("ws/#", 1);
+    let (mut c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("wsc", 1, shards)).will(immediate_will("ws/err")),
+    );
+    c.send_bytes(&publish_with_alias_bytes("ws/x", 11));
+    c.expect_disconnect_reason(0x94);
+    assert_eq!(watch.expect_publish_acked(WAIT).topic, "ws/err");
+}
+
+/// A PUBREC with an error reason ends the QoS 2 flow: no PUBREL, and the in-flight slot
+/// is free again.
+fn pubrec_error_ends_flow(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("pre", 0, shards)).receive_max(1));
+    sub.subscribe("pre/t", 2);
+    let mut publ = Client5::clean(b.addr(), &on("prep", 1, shards));
+    publ.publish("pre/t", b"1", 2, false);
+    publ.publish("pre/t", b"2", 2, false);
+    let m1 = sub.expect_publish(WAIT);
+    assert_eq!(m1.payload, b"1");
+    sub.send(&shardmq::protocol::Packet::PubRec(shardmq::protocol::Ack {
+        packet_id: std::num::NonZeroU16::new(m1.pid.expect("pid")).expect("pid"),
+        reason: ReasonCode::UnspecifiedError,
+        properties: Properties::default(),
+    }));
+    let m2 = sub.expect_publish(WAIT);
+    assert_eq!(
+        m2.payload, b"2",
+        "the refused message freed the window (no PUBREL first)"
+    );
+    sub.ack(&m2);
+    sub.expect_nothing(Duration::from_millis(200));
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1412,4 +1479,7 @@ shard_tests!(
     second_connect_0x82,
     qos0_invalid_payload_format_disconnects,
     request_problem_information_zero,
+    will_sent_on_client_error_disconnect,
+    will_sent_when_server_disconnects_for_error,
+    pubrec_error_ends_flow,
 );

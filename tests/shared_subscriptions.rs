@@ -312,6 +312,19 @@ fn shared_rumqttc(shards: usize) {
     }
 }
 
+fn puback_success_with_only_shared_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut publ = Client5::clean(b.addr(), &id_on("pap", 2, shards));
+    assert_eq!(publ.publish("pa/t", b"x", 1, false), 0x10);
+    let mut m = member(b.addr(), "pam", 0, shards, "$share/pa/pa/t");
+    assert_eq!(
+        publ.publish("pa/t", b"y", 1, false),
+        0x00,
+        "a group member matches"
+    );
+    assert_eq!(m.expect_publish_acked(WAIT).payload, b"y");
+}
+
 shard_tests!(
     one_member_per_message,
     balanced_across_shards,
@@ -324,4 +337,5 @@ shard_tests!(
     shared_options_and_identifier,
     v311_and_v5_members_share,
     shared_rumqttc,
+    puback_success_with_only_shared_member,
 );
