@@ -843,6 +843,44 @@ fn offline_queue_is_bounded(shards: usize) {
     sentinel(&mut publ, &mut sub, "qb/t");
 }
 
+fn offline_queue_is_bounded_in_bytes(shards: usize) {
+    let b = Broker::with_shards(shards, &["--max-queued-bytes", "4000"]);
+    let ids = spread_ids("qbb", 2, shards);
+    let (mut sub, _) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
+    sub.subscribe("qbb/t", 1);
+    sub.disconnect();
+    let mut p = probe(b.addr(), &ids[0], shards, "qbb/t");
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    for i in 0..20u8 {
+        publ.publish("qbb/t", &[i; 1000], 1, false);
+    }
+    for _ in 0..20 {
+        p.expect_publish(WAIT);
+    }
+    let (mut sub, present) = RawClient::connect_v311(b.addr(), &ids[0], false, 60, None);
+    assert!(present);
+    // 20 kB were published into a 4 kB queue: a prefix of at most 4 messages survives.
+    let mut got = Vec::new();
+    while let Ok(g) = sub.try_packet(QUIET) {
+        match g {
+            Got::Publish(m) => {
+                sub.ack(&m);
+                got.push(m.payload[0]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        !got.is_empty() && got.len() <= 4,
+        "queued {got:?} under a 4000-byte bound"
+    );
+    assert_eq!(
+        got,
+        (0..got.len() as u8).collect::<Vec<_>>(),
+        "the oldest are kept, in order"
+    );
+}
+
 fn clean_session_discards_everything(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
     let ids = spread_ids("cs", 2, shards);
@@ -1034,6 +1072,31 @@ fn fragmented_and_large_packets(shards: usize) {
             code: 0
         }
     );
+    // Dribbled CONNECT + SUBSCRIBE for clients of every shard (handover of partial input).
+    for id in spread_ids("dribble", 4, shards) {
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        let mut bytes = connect_v311_bytes(&id);
+        let mut body = vec![0x00, 0x02];
+        mqtt_str(b"frag/none", &mut body);
+        body.push(2);
+        bytes.extend(frame(0x82, &body));
+        dribble(&mut c, &bytes);
+        assert_eq!(
+            c.expect_packet(WAIT),
+            Got::ConnAck {
+                present: false,
+                code: 0
+            }
+        );
+        assert_eq!(
+            c.expect_packet(WAIT),
+            Got::SubAck {
+                pid: 2,
+                codes: vec![2]
+            }
+        );
+    }
     dribble(
         &mut publ,
         &publish_bytes(0x32, b"frag/small", Some(1), b"dribbled"),
@@ -1160,6 +1223,7 @@ shard_tests!(
     retained_will_reaches_later_subscriber,
     persistent_session_keeps_subscriptions_and_queues,
     offline_queue_is_bounded,
+    offline_queue_is_bounded_in_bytes,
     clean_session_discards_everything,
     rumqttc_qos_roundtrip,
     rumqttc_retained_and_will,

@@ -238,7 +238,63 @@ fn acked_retained_message_is_not_delivered_live_to_later_subscriber(shards: usiz
     }
 }
 
+fn interest_survives_while_any_subscriber_remains(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("int", 4, shards);
+    // Two subscribers of one filter on shard 1 and one on shard 2; the publisher on shard 0.
+    let same_shard = id_on("int-twin", 1, shards);
+    let mut a = RawClient::clean(b.addr(), &ids[1]);
+    let mut twin = RawClient::clean(b.addr(), &same_shard);
+    let mut c = RawClient::clean(b.addr(), &ids[2]);
+    for s in [&mut a, &mut twin, &mut c] {
+        s.subscribe_many(&[("int/#", 1), ("int-sentinel", 1)]);
+    }
+    let mut publ = RawClient::clean(b.addr(), &ids[0]);
+    let mut round = 0u8;
+    let mut check = |publ: &mut RawClient, who: &mut [&mut RawClient]| {
+        round += 1;
+        publ.publish("int/x", &[round], 1, false);
+        for s in who.iter_mut() {
+            let m = s.expect_publish_acked(WAIT);
+            assert_eq!(
+                (m.topic.as_str(), m.payload.clone()),
+                ("int/x", vec![round]),
+                "[{}]",
+                s.id
+            );
+        }
+    };
+    check(&mut publ, &mut [&mut a, &mut twin, &mut c]);
+    a.unsubscribe(&["int/#"]);
+    check(&mut publ, &mut [&mut twin, &mut c]);
+    c.unsubscribe(&["int/#"]);
+    check(&mut publ, &mut [&mut twin]);
+    // The last one leaves by disconnecting (clean session ends).
+    twin.disconnect();
+    // Subscribe / unsubscribe / subscribe again quickly: the final state wins everywhere.
+    for i in 0..10 {
+        a.subscribe("int/#", 1);
+        a.unsubscribe(&["int/#"]);
+        a.subscribe("int/#", 1);
+        check(&mut publ, &mut [&mut a]);
+        a.unsubscribe(&["int/#"]);
+        publ.publish("int/x", b"nobody", 1, false);
+        publ.publish("int-sentinel", &[i], 1, false);
+        let m = a.expect_publish_acked(WAIT);
+        assert_eq!(
+            m.topic, "int-sentinel",
+            "round {i}: delivered after UNSUBSCRIBE"
+        );
+        let m = c.expect_publish_acked(WAIT);
+        assert_eq!(
+            m.topic, "int-sentinel",
+            "round {i}: delivered after UNSUBSCRIBE"
+        );
+    }
+}
+
 shard_tests!(
+    interest_survives_while_any_subscriber_remains,
     acked_retained_message_is_not_delivered_live_to_later_subscriber,
     fanout_reaches_subscribers_on_every_shard,
     fanin_keeps_per_publisher_order,

@@ -223,6 +223,7 @@ impl Engine {
             params: &self.params,
             shared: &self.shared,
             hist: &mut self.out.hist,
+            now_ns: 0,
         };
         let outcome = match conn.on_readable(&mut ctx) {
             Ok(o) => o,
@@ -265,6 +266,7 @@ impl Engine {
             params: &self.params,
             shared: &self.shared,
             hist: &mut self.out.hist,
+            now_ns: 0,
         };
         let mut added = 0;
         for &key in &self.publishers {
@@ -312,6 +314,7 @@ impl Engine {
 
     fn error(&mut self, msg: String) {
         self.out.failures += 1;
+        self.shared.failures.fetch_add(1, Ordering::Relaxed);
         if self.out.errors.len() < MAX_ERRORS {
             self.out.errors.push(msg);
         }

@@ -190,7 +190,13 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         .into_iter()
         .map(|h| h.join().map_err(|_| "load thread panicked".to_string()))
         .collect::<Result<_, _>>()?;
-    let timeline = timeline?;
+    let timeline =
+        timeline.map_err(
+            |e| match outs.iter().flat_map(|o| o.errors.first()).next() {
+                Some(first) => format!("{e}; first error: {first}"),
+                None => e,
+            },
+        )?;
     Ok(summarize(
         args,
         &plan,
@@ -303,6 +309,14 @@ impl Monitor<'_> {
                 );
             }
             thread::sleep(Duration::from_millis(1));
+        }
+        let failed = self.shared.failures.load(Ordering::Relaxed);
+        let partial_ok = matches!(self.args.scenario, Scenario::Storm | Scenario::Conns);
+        if failed > 0 && !partial_ok {
+            return Err(format!(
+                "{failed} of {} connections failed during setup",
+                self.total
+            ));
         }
         Ok(true)
     }

@@ -97,6 +97,8 @@ pub struct Shared {
     pub ready_threads: AtomicUsize,
     /// Set when a thread gives up (setup failure).
     pub failed: AtomicBool,
+    /// Connections that failed (refused, reset, malformed input).
+    pub failures: AtomicUsize,
     /// Connections that received a successful CONNACK.
     pub connected: AtomicUsize,
     /// Messages published during the run.
@@ -116,6 +118,7 @@ impl Shared {
             run_start_ns: AtomicU64::new(0),
             ready_threads: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
+            failures: AtomicUsize::new(0),
             connected: AtomicUsize::new(0),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
