@@ -325,6 +325,52 @@ fn puback_success_with_only_shared_member(shards: usize) {
     assert_eq!(m.expect_publish_acked(WAIT).payload, b"y");
 }
 
+/// A member whose session outlives its connection is offline (gets nothing) until it
+/// resumes, then shares again.
+fn persistent_member_offline_then_back(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("pma", 0, shards);
+    let o = Conn5::new(&id).expiry(60);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/pm/pm/t", 1);
+    let other = member(b.addr(), "pmb", 1, shards, "$share/pm/pm/t");
+    a.disconnect();
+    let mut publ = Client5::clean(b.addr(), &id_on("pmp", 2, shards));
+    let sent = publish_n(&mut publ, "pm/t", 6);
+    let mut rest = vec![other];
+    assert_exactly_once(&gather(&mut rest, 6), &sent);
+    let (a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    let mut both = vec![a, rest.remove(0)];
+    // The first member may have been handed messages queued while it was away: none are
+    // expected, since the other member was online.
+    let sent = publish_n(&mut publ, "pm/t", 10);
+    let got = gather(&mut both, 10);
+    assert_exactly_once(&got, &sent);
+    assert!(
+        !got[0].is_empty(),
+        "the resumed member shares again: {got:?}"
+    );
+}
+
+/// A member whose session is replaced by a Clean Start takeover leaves the group: a
+/// publish to the filter then has no matching subscriber (0x10), and nothing arrives.
+fn taken_over_member_leaves_group(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("tom", 0, shards);
+    let mut old = member(b.addr(), "tom", 0, shards, "$share/to/to/t");
+    let (mut new, ack) = Client5::open(b.addr(), &Conn5::new(&id));
+    assert!(!ack.present);
+    old.expect_disconnect_reason(0x8E);
+    let mut publ = Client5::clean(b.addr(), &id_on("top", 1, shards));
+    assert_eq!(
+        publ.publish("to/t", b"x", 1, false),
+        0x10,
+        "the old session's membership must end with it"
+    );
+    new.expect_nothing(Duration::from_millis(200));
+}
+
 shard_tests!(
     one_member_per_message,
     balanced_across_shards,
@@ -338,4 +384,6 @@ shard_tests!(
     v311_and_v5_members_share,
     shared_rumqttc,
     puback_success_with_only_shared_member,
+    persistent_member_offline_then_back,
+    taken_over_member_leaves_group,
 );
