@@ -1425,6 +1425,61 @@ fn pubrec_error_ends_flow(shards: usize) {
     sub.expect_nothing(Duration::from_millis(200));
 }
 
+/// Messages queued while offline are released within the Receive Maximum of the
+/// resuming connection.
+fn receive_maximum_applies_to_queued_on_resume(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("rmq", 0, shards);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&id).expiry(60));
+    sub.subscribe("rmq/t", 1);
+    sub.disconnect();
+    let mut publ = Client5::clean(b.addr(), &on("rmqp", 1, shards));
+    for i in 1..=3u8 {
+        publ.publish("rmq/t", &[b'0' + i], 1, false);
+    }
+    let o = Conn5::new(&id).clean(false).expiry(60).receive_max(1);
+    let (mut sub, ack) = Client5::open(b.addr(), &o);
+    assert!(ack.present);
+    for i in 1..=3u8 {
+        let m = sub.expect_publish(WAIT);
+        assert_eq!(m.payload, [b'0' + i]);
+        sub.expect_nothing(Duration::from_millis(200));
+        sub.ack(&m);
+    }
+}
+
+/// rumqttc v5 with Clean Start 0 and a Session Expiry Interval: the session and a QoS 1
+/// message queued while away survive a reconnect.
+fn session_resume_rumqttc(shards: usize) {
+    use rq::mqttbytes::v5::ConnectProperties;
+    use rq::mqttbytes::QoS as RQ;
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("rqs", 0, shards);
+    let opts = || {
+        let mut o = rq_options(b.addr(), &id);
+        o.set_clean_start(false);
+        let mut p = ConnectProperties::new();
+        p.session_expiry_interval = Some(60);
+        o.set_connect_properties(p);
+        o
+    };
+    let (c, mut conn, ack) = rq_connect(opts());
+    assert!(!ack.session_present);
+    c.subscribe("rqs/t", RQ::AtLeastOnce).unwrap();
+    rq_suback(&mut conn);
+    c.disconnect().unwrap();
+    let _ = conn.recv_timeout(Duration::from_millis(200));
+    drop(conn);
+    let mut publ = Client5::clean(b.addr(), &on("rqsp", 1, shards));
+    // Queued for the detached session (or, if the DISCONNECT is still in flight, in flight
+    // to the old connection and resent on resumption): either way it must arrive.
+    assert_eq!(publ.publish("rqs/t", b"queued", 1, false), 0x00);
+    let (_c, mut conn, ack) = rq_connect(opts());
+    assert!(ack.session_present, "rumqttc resumes its session");
+    let m = rq_publish(&mut conn);
+    assert_eq!(&m.payload[..], b"queued");
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1482,4 +1537,6 @@ shard_tests!(
     will_sent_on_client_error_disconnect,
     will_sent_when_server_disconnects_for_error,
     pubrec_error_ends_flow,
+    receive_maximum_applies_to_queued_on_resume,
+    session_resume_rumqttc,
 );
