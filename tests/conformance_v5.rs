@@ -517,6 +517,71 @@ fn client_maximum_packet_size(shards: usize) {
     sub.expect_nothing(Duration::from_millis(300));
 }
 
+/// Encoded size of a QoS 1 PUBLISH without properties (as the server sends it).
+fn qos1_publish_len(topic: &str, payload: &[u8]) -> usize {
+    shardmq::protocol::encoded_len(
+        &shardmq::protocol::Packet::Publish(shardmq::protocol::Publish {
+            dup: false,
+            qos: shardmq::protocol::QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: std::num::NonZeroU16::new(1),
+            properties: Properties::default(),
+            payload,
+        }),
+        shardmq::protocol::Version::V5,
+    )
+}
+
+/// The largest payload whose QoS 1 PUBLISH on `topic` is at most `limit` bytes.
+fn largest_payload(topic: &str, limit: usize) -> usize {
+    let n = (0..limit)
+        .rev()
+        .find(|&n| qos1_publish_len(topic, &vec![0; n]) <= limit)
+        .expect("some payload fits");
+    assert_eq!(
+        qos1_publish_len(topic, &vec![0; n]),
+        limit,
+        "an exact fit exists"
+    );
+    n
+}
+
+/// Maximum Packet Size counts the whole packet: exactly the limit passes, one byte more
+/// does not, in both directions.
+fn maximum_packet_size_boundary(shards: usize) {
+    let b = common::Broker::with_shards(shards, &["--max-packet-size", "500"]);
+    let limit = 200usize;
+    let (mut sub, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("mpb", 0, shards)).max_packet(limit as u32),
+    );
+    sub.subscribe("mpb/t", 1);
+    let fits = largest_payload("mpb/t", limit);
+    let mut publ = Client5::clean(b.addr(), &on("mpbp", 1, shards));
+    publ.publish("mpb/t", &vec![b'a'; fits + 1], 1, false);
+    publ.publish("mpb/t", &vec![b'b'; fits], 1, false);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.payload,
+        vec![b'b'; fits],
+        "exactly {limit} bytes is allowed"
+    );
+    sub.expect_nothing(Duration::from_millis(200));
+    // Server side: 500 bytes accepted, 501 refused.
+    let fits = largest_payload("mpb/t", 500);
+    assert_eq!(publ.publish("mpb/t", &vec![b'c'; fits], 1, false), 0x00);
+    publ.send_publish(
+        "mpb/t",
+        &vec![b'd'; fits + 1],
+        1,
+        false,
+        Some(999),
+        Properties::default(),
+    );
+    publ.expect_disconnect_reason(0x95);
+}
+
 fn server_maximum_packet_size(shards: usize) {
     let b = common::Broker::with_shards(shards, &["--max-packet-size", "1024"]);
     let (mut c, ack) = Client5::open(b.addr(), &Conn5::new(&on("smps", 2, shards)));
@@ -1503,6 +1568,7 @@ shard_tests!(
     server_receive_maximum_enforced,
     client_maximum_packet_size,
     server_maximum_packet_size,
+    maximum_packet_size_boundary,
     no_local,
     retain_as_published,
     retain_handling,
