@@ -371,6 +371,99 @@ fn taken_over_member_leaves_group(shards: usize) {
     new.expect_nothing(Duration::from_millis(200));
 }
 
+/// A member that refuses a message (PUBACK ≥ 0x80) ends its delivery: no other member
+/// gets it [MQTT-4.8.2-6].
+fn refused_message_not_sent_to_another_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut ms = [
+        member(b.addr(), "rfa", 0, shards, "$share/rf/rf/t"),
+        member(b.addr(), "rfb", 1, shards, "$share/rf/rf/t"),
+    ];
+    let mut publ = Client5::clean(b.addr(), &id_on("rfp", 2, shards));
+    publ.publish("rf/t", b"no", 1, false);
+    let deadline = Instant::now() + WAIT;
+    let (who, m) =
+        loop {
+            assert!(Instant::now() < deadline, "nobody got the message");
+            if let Some(hit) = ms.iter_mut().enumerate().find_map(|(i, c)| {
+                match c.recv(Duration::from_millis(20)) {
+                    Ok(P5::Publish(m)) => Some((i, m)),
+                    _ => None,
+                }
+            }) {
+                break hit;
+            }
+        };
+    ms[who].send(&shardmq::protocol::Packet::PubAck(shardmq::protocol::Ack {
+        packet_id: std::num::NonZeroU16::new(m.pid.expect("pid")).expect("pid"),
+        reason: shardmq::protocol::ReasonCode::UnspecifiedError,
+        properties: shardmq::protocol::Properties::default(),
+    }));
+    for c in ms.iter_mut() {
+        c.expect_nothing(Duration::from_millis(300));
+    }
+}
+
+/// Unacknowledged messages moved to another member when their member went away are not
+/// resent to it when its session resumes (each message goes to one member).
+fn moved_messages_not_resent_to_resumed_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("mva", 0, shards);
+    let o = Conn5::new(&id).expiry(60).receive_max(10);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/mv/mv/t", 1);
+    let mut publ = Client5::clean(b.addr(), &id_on("mvp", 2, shards));
+    // Only member: it takes all 4 without acknowledging.
+    publish_n(&mut publ, "mv/t", 4);
+    let held: Vec<String> = (0..4).map(|_| a.expect_publish(WAIT).text()).collect();
+    let other = member(b.addr(), "mvb", 1, shards, "$share/mv/mv/t");
+    a.drop_tcp();
+    let mut rest = vec![other];
+    let mut moved = gather(&mut rest, 4).remove(0);
+    moved.sort();
+    let mut held_sorted = held.clone();
+    held_sorted.sort();
+    assert_eq!(
+        moved, held_sorted,
+        "the gone member's messages went to the other"
+    );
+    let (mut a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    a.expect_nothing(Duration::from_millis(400));
+}
+
+/// A QoS 2 message past PUBREC belongs to its member: when that member's connection
+/// breaks it is not given to another member, and the flow completes on resumption.
+fn qos2_past_pubrec_stays_with_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("q2a", 0, shards);
+    let o = Conn5::new(&id).expiry(60);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/q2/q2/t", 2);
+    let mut publ = Client5::clean(b.addr(), &id_on("q2p", 2, shards));
+    publ.publish("q2/t", b"once", 2, false);
+    let m = a.expect_publish(WAIT);
+    let pid = m.pid.expect("pid");
+    a.send(&shardmq::protocol::Packet::PubRec(
+        shardmq::protocol::Ack::new(std::num::NonZeroU16::new(pid).expect("pid")),
+    ));
+    a.expect_where(
+        WAIT,
+        "PUBREL",
+        |g| matches!(g, P5::PubRel { pid: p, .. } if *p == pid),
+    );
+    let mut other = Client5::clean(b.addr(), &id_on("q2b", 1, shards));
+    other.subscribe("$share/q2/q2/t", 2);
+    a.drop_tcp();
+    other.expect_nothing(Duration::from_millis(400));
+    let (mut a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    match a.expect(WAIT) {
+        P5::PubRel { pid: p, .. } => assert_eq!(p, pid),
+        other => panic!("want the PUBREL resent, got {}", other.brief()),
+    }
+}
+
 shard_tests!(
     one_member_per_message,
     balanced_across_shards,
@@ -386,4 +479,7 @@ shard_tests!(
     puback_success_with_only_shared_member,
     persistent_member_offline_then_back,
     taken_over_member_leaves_group,
+    refused_message_not_sent_to_another_member,
+    moved_messages_not_resent_to_resumed_member,
+    qos2_past_pubrec_stays_with_member,
 );
