@@ -16,6 +16,10 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 impl Broker {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
         self.stats.publish_in += 1;
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
+            return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
+        }
         let topic = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
