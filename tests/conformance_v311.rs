@@ -1185,7 +1185,35 @@ fn resubscribe_replaces_the_subscription(shards: usize) {
     sub.expect_nothing(QUIET);
 }
 
+fn rumqttc_persistent_session(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("rp", 2, shards);
+    let (c, mut conn, present) = rumq_connect(rumq_options(b.addr(), &ids[0], false));
+    assert!(!present);
+    c.subscribe("rp/t", rumqttc::QoS::AtLeastOnce).unwrap();
+    rumq_suback(&mut conn);
+    c.disconnect().unwrap();
+    rumq_event_until(&mut conn, WAIT, "outgoing DISCONNECT", |ev| {
+        matches!(ev, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)).then_some(())
+    });
+    drop(c);
+    drop(conn);
+    let mut p = probe(b.addr(), &ids[0], shards, "rp/t");
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    publ.publish("rp/t", b"while away", 1, false);
+    p.expect_publish(WAIT);
+    let (_c, mut conn, present) = rumq_connect(rumq_options(b.addr(), &ids[0], false));
+    assert!(present, "rumqttc: persistent session must be present");
+    let m = rumq_publish(&mut conn, WAIT);
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("rp/t", &b"while away"[..])
+    );
+    assert_eq!(m.qos, rumqttc::QoS::AtLeastOnce);
+}
+
 shard_tests!(
+    rumqttc_persistent_session,
     connect_subscribe_publish_in_one_write,
     fragmented_and_large_packets,
     packets_over_max_packet_size_close_the_connection,
