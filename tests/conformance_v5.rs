@@ -1242,6 +1242,17 @@ fn will_on_takeover(shards: usize) {
     let (_new, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(30));
     assert!(ack.present);
     old.expect_disconnect_reason(0x8E);
+    // A detached session whose Will waits out a long delay, ended by a Clean Start
+    // connection: the session ends, so the Will goes out now.
+    let id3 = on("wte", 3, shards);
+    let mut w = immediate_will("wt/c");
+    w.delay_s = Some(60);
+    let (gone, _) = Client5::open(b.addr(), &Conn5::new(&id3).expiry(30).will(w));
+    gone.drop_tcp();
+    std::thread::sleep(Duration::from_millis(100));
+    let (_fresh, ack) = Client5::open(b.addr(), &Conn5::new(&id3));
+    assert!(!ack.present);
+    assert_eq!(watch.expect_publish_acked(WAIT).topic, "wt/c");
     std::thread::sleep(Duration::from_millis(1300));
     let mut publ = Client5::clean(b.addr(), &on("wtp", 3, shards));
     sentinel(&mut publ, &mut watch, "wt/sentinel");
@@ -1545,6 +1556,38 @@ fn session_resume_rumqttc(shards: usize) {
     assert_eq!(&m.payload[..], b"queued");
 }
 
+/// The server never sends a packet larger than the client's Maximum Packet Size, not even
+/// a DISCONNECT: its Reason String is dropped when it would not fit [MQTT-3.1.2-24/25].
+fn server_disconnect_within_client_maximum(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("sdm", 1, shards);
+    let (mut c, _) = Client5::open(b.addr(), &Conn5::new(&id).max_packet(16));
+    c.send(&shardmq::protocol::Packet::Connect(
+        shardmq::protocol::Connect {
+            version: shardmq::protocol::Version::V5,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: &id,
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        },
+    ));
+    let got = c.wait_closed(WAIT);
+    assert!(
+        c.sizes.iter().all(|&n| n <= 16),
+        "packets of {:?} bytes for a client with Maximum Packet Size 16: {:?}",
+        c.sizes,
+        briefs(&got)
+    );
+    assert!(
+        matches!(got.as_slice(), [] | [P5::Disconnect { reason: 0x82, .. }]),
+        "{:?}",
+        briefs(&got)
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1605,4 +1648,5 @@ shard_tests!(
     pubrec_error_ends_flow,
     receive_maximum_applies_to_queued_on_resume,
     session_resume_rumqttc,
+    server_disconnect_within_client_maximum,
 );

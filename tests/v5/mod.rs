@@ -343,6 +343,8 @@ pub struct Client5 {
     stash: VecDeque<P5>,
     next_pid: u16,
     pub id: String,
+    /// Size in bytes of every packet received so far, in order.
+    pub sizes: Vec<usize>,
 }
 
 impl Client5 {
@@ -356,6 +358,7 @@ impl Client5 {
             stash: VecDeque::new(),
             next_pid: 0,
             id: String::new(),
+            sizes: Vec::new(),
         }
     }
 
@@ -461,6 +464,7 @@ impl Client5 {
                 Ok(Decoded::Packet { packet, len }) => {
                     let got = own(&packet);
                     self.buf.drain(..len);
+                    self.sizes.push(len);
                     return Ok(got);
                 }
                 Ok(Decoded::Incomplete { .. }) => {}
