@@ -1588,6 +1588,28 @@ fn server_disconnect_within_client_maximum(shards: usize) {
     );
 }
 
+/// A Will's Message Expiry Interval is its lifetime once published, not counted from the
+/// CONNECT that carried it [MQTT-3.1.3.2.4].
+fn will_message_expiry_starts_at_publication(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wmw", 0, shards));
+    watch.subscribe("wm/#", 1);
+    let mut w = immediate_will("wm/t");
+    w.message_expiry_s = Some(2);
+    w.payload_format_indicator = Some(1);
+    let (c, _) = Client5::open(b.addr(), &Conn5::new(&on("wmc", 1, shards)).will(w));
+    std::thread::sleep(Duration::from_millis(2300));
+    c.drop_tcp();
+    let m = watch.expect_publish_acked(WAIT);
+    assert_eq!(m.topic, "wm/t");
+    assert_eq!(m.props.payload_format_indicator, Some(1));
+    assert_eq!(
+        m.props.message_expiry_interval,
+        Some(2),
+        "the Will's 2 s lifetime starts when it is published"
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1649,4 +1671,5 @@ shard_tests!(
     receive_maximum_applies_to_queued_on_resume,
     session_resume_rumqttc,
     server_disconnect_within_client_maximum,
+    will_message_expiry_starts_at_publication,
 );

@@ -243,6 +243,8 @@ pub struct Will5 {
     pub qos: u8,
     pub retain: bool,
     pub delay_s: Option<u32>,
+    pub message_expiry_s: Option<u32>,
+    pub payload_format_indicator: Option<u8>,
     pub content_type: Option<String>,
     pub response_topic: Option<String>,
     pub correlation_data: Option<Vec<u8>>,
@@ -383,6 +385,8 @@ impl Client5 {
             retain: w.retain,
             properties: Properties {
                 will_delay_interval: w.delay_s,
+                message_expiry_interval: w.message_expiry_s,
+                payload_format_indicator: w.payload_format_indicator,
                 content_type: w.content_type.as_deref(),
                 response_topic: w.response_topic.as_deref(),
                 correlation_data: w.correlation_data.as_deref(),
