@@ -1610,6 +1610,30 @@ fn will_message_expiry_starts_at_publication(shards: usize) {
     );
 }
 
+/// A QoS 2 delivery occupies its Receive Maximum slot until PUBCOMP, not just PUBREC.
+fn client_receive_maximum_counts_qos2_until_pubcomp(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("rm2", 0, shards)).receive_max(1));
+    sub.subscribe("rm2/t", 2);
+    let mut publ = Client5::clean(b.addr(), &on("rm2p", 1, shards));
+    publ.publish("rm2/t", b"1", 2, false);
+    publ.publish("rm2/t", b"2", 2, false);
+    let m1 = sub.expect_publish(WAIT);
+    let pid = std::num::NonZeroU16::new(m1.pid.expect("pid")).expect("pid");
+    sub.send(&shardmq::protocol::Packet::PubRec(
+        shardmq::protocol::Ack::new(pid),
+    ));
+    match sub.expect(WAIT) {
+        P5::PubRel { pid: p, .. } => assert_eq!(p, pid.get()),
+        other => panic!("want PUBREL, got {}", other.brief()),
+    }
+    sub.expect_nothing(Duration::from_millis(300));
+    sub.send(&shardmq::protocol::Packet::PubComp(
+        shardmq::protocol::Ack::new(pid),
+    ));
+    assert_eq!(sub.expect_publish_acked(WAIT).payload, b"2");
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1672,4 +1696,5 @@ shard_tests!(
     session_resume_rumqttc,
     server_disconnect_within_client_maximum,
     will_message_expiry_starts_at_publication,
+    client_receive_maximum_counts_qos2_until_pubcomp,
 );
