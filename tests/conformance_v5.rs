@@ -1634,6 +1634,31 @@ fn client_receive_maximum_counts_qos2_until_pubcomp(shards: usize) {
     assert_eq!(sub.expect_publish_acked(WAIT).payload, b"2");
 }
 
+/// A message that expires while queued behind a full in-flight window of an online client
+/// is dropped, not sent late.
+fn message_expiry_while_window_full(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("mew", 0, shards)).receive_max(1));
+    sub.subscribe("mew/t", 1);
+    let mut publ = Client5::clean(b.addr(), &on("mewp", 1, shards));
+    publ.publish("mew/t", b"first", 1, false);
+    let expiring = Properties {
+        message_expiry_interval: Some(1),
+        ..Properties::default()
+    };
+    publ.publish_props("mew/t", b"stale", 1, false, expiring);
+    publ.publish("mew/t", b"last", 1, false);
+    let first = sub.expect_publish(WAIT);
+    assert_eq!(first.payload, b"first");
+    std::thread::sleep(Duration::from_millis(1500));
+    sub.ack(&first);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.payload, b"last",
+        "the message that expired in the queue is skipped"
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1697,4 +1722,5 @@ shard_tests!(
     server_disconnect_within_client_maximum,
     will_message_expiry_starts_at_publication,
     client_receive_maximum_counts_qos2_until_pubcomp,
+    message_expiry_while_window_full,
 );
