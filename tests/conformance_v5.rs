@@ -1659,6 +1659,56 @@ fn message_expiry_while_window_full(shards: usize) {
     );
 }
 
+/// Topic aliases both ways with rumqttc's v5 client: it publishes with an alias (topic,
+/// then empty topic) and receives aliased deliveries it resolves itself.
+fn topic_aliases_rumqttc(shards: usize) {
+    use rq::mqttbytes::v5::{PubAckReason, PublishProperties};
+    use rq::mqttbytes::QoS as RQ;
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut so = rq_options(b.addr(), &on("tars", 0, shards));
+    so.set_topic_alias_max(Some(5));
+    let (sub, mut sconn, _) = rq_connect(so);
+    sub.subscribe("tar/#", RQ::AtLeastOnce).unwrap();
+    rq_suback(&mut sconn);
+    let mut raw = Client5::clean(b.addr(), &on("tarr", 2, shards));
+    raw.subscribe("tar/#", 1);
+    let (publ, mut pconn, ack) = rq_connect(rq_options(b.addr(), &on("tarp", 1, shards)));
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), Some(10));
+    let alias = || PublishProperties {
+        topic_alias: Some(3),
+        ..PublishProperties::default()
+    };
+    for (topic, payload) in [("tar/long/topic/name", "1"), ("", "2"), ("", "3")] {
+        publ.publish_with_properties(topic, RQ::AtLeastOnce, false, payload, alias())
+            .unwrap();
+        assert_eq!(rq_puback(&mut pconn), PubAckReason::Success);
+    }
+    for want in ["1", "2", "3"] {
+        let m = rq_publish(&mut sconn);
+        assert_eq!(
+            &m.topic[..],
+            b"tar/long/topic/name",
+            "rumqttc resolved the alias"
+        );
+        assert_eq!(&m.payload[..], want.as_bytes());
+    }
+    // What went over the wire to an alias-capable client: topic once, then alias only.
+    let wire: Vec<(String, Option<u16>)> = raw
+        .collect(3)
+        .into_iter()
+        .map(|m| (m.topic, m.props.topic_alias))
+        .collect();
+    assert_eq!(
+        wire,
+        vec![
+            ("tar/long/topic/name".to_string(), None),
+            ("tar/long/topic/name".to_string(), None),
+            ("tar/long/topic/name".to_string(), None),
+        ],
+        "the raw client set no Topic Alias Maximum: full topics"
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1723,4 +1773,5 @@ shard_tests!(
     will_message_expiry_starts_at_publication,
     client_receive_maximum_counts_qos2_until_pubcomp,
     message_expiry_while_window_full,
+    topic_aliases_rumqttc,
 );
