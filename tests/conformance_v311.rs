@@ -743,6 +743,78 @@ fn will_on_protocol_violation(shards: usize) {
     }
 }
 
+/// CONNECT (with a will) immediately followed by DISCONNECT or by EOF, in one write: with
+/// 4 shards these connections are handed over together with what followed CONNECT.
+fn connect_then_immediate_disconnect_or_eof(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut watcher = RawClient::clean(b.addr(), &id_on("imm-watch", 0, shards));
+    watcher.subscribe("imm/#", 1);
+    let mut publ = RawClient::clean(b.addr(), &id_on("imm-pub", 0, shards));
+    for id in spread_ids("imm", 4, shards) {
+        let connect = |flags_will: bool| {
+            let mut body = Vec::new();
+            mqtt_str(b"MQTT", &mut body);
+            body.push(4);
+            body.push(if flags_will { 0x02 | 0x04 | 0x08 } else { 0x02 });
+            body.extend_from_slice(&60u16.to_be_bytes());
+            mqtt_str(id.as_bytes(), &mut body);
+            mqtt_str(format!("imm/{id}").as_bytes(), &mut body);
+            mqtt_str(b"will", &mut body);
+            frame(0x10, &body)
+        };
+        // CONNECT + DISCONNECT: CONNACK, close, no will.
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        let mut bytes = connect(true);
+        bytes.extend([0xE0, 0x00]);
+        c.send_bytes(&bytes);
+        let got = c.wait_closed(WAIT);
+        assert_eq!(
+            got,
+            vec![Got::ConnAck {
+                present: false,
+                code: 0
+            }],
+            "[{id}]"
+        );
+        sentinel(&mut publ, &mut watcher, &format!("imm/{id}/sentinel"));
+        // CONNECT + EOF: the will is published.
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        c.send_bytes(&connect(true));
+        let _ = c.stream().shutdown(std::net::Shutdown::Write);
+        let m = watcher.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic, m.payload),
+            (format!("imm/{id}"), b"will".to_vec()),
+            "[{id}]"
+        );
+        c.wait_closed(WAIT);
+    }
+}
+
+fn no_will_when_connect_is_refused(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut watcher = RawClient::clean(b.addr(), &id_on("ref-watch", 1, shards));
+    watcher.subscribe("ref/will", 1);
+    let mut c = RawClient::connect(b.addr());
+    c.send_connect(&ConnectOpts {
+        clean: false,
+        will: Some(("ref/will", b"refused", 1, false)),
+        ..ConnectOpts::v311("")
+    });
+    assert_eq!(
+        c.expect_packet(WAIT),
+        Got::ConnAck {
+            present: false,
+            code: 2
+        }
+    );
+    c.expect_closed(WAIT);
+    let mut publ = RawClient::clean(b.addr(), &id_on("ref-pub", 2, shards));
+    sentinel(&mut publ, &mut watcher, "ref/will");
+}
+
 fn no_will_after_disconnect(shards: usize) {
     let b = Broker::with_shards(shards, &[]);
     let ids = spread_ids("wnd", 3, shards);
@@ -1248,6 +1320,8 @@ shard_tests!(
     will_on_socket_close,
     will_on_protocol_violation,
     no_will_after_disconnect,
+    connect_then_immediate_disconnect_or_eof,
+    no_will_when_connect_is_refused,
     retained_will_reaches_later_subscriber,
     persistent_session_keeps_subscriptions_and_queues,
     offline_queue_is_bounded,
