@@ -170,6 +170,27 @@ fn session_present_flag(shards: usize) {
     }
 }
 
+fn keepalive_above_max_keepalive_is_refused(shards: usize) {
+    let b = Broker::with_shards(shards, &["--max-keepalive", "10"]);
+    for id in spread_ids("mka", 4, shards) {
+        // 3.x cannot be told a lower keepalive: refused, then closed.
+        let mut c = RawClient::connect(b.addr());
+        c.send_connect(&ConnectOpts {
+            keep_alive: 60,
+            ..ConnectOpts::v311(&id)
+        });
+        match c.expect_packet(WAIT) {
+            Got::ConnAck { code, present } => {
+                assert!(code != 0 && !present, "[{id}] keepalive 60 > 10 accepted")
+            }
+            other => panic!("[{id}] expected a refusing CONNACK, got {other:?}"),
+        }
+        c.expect_closed(WAIT);
+        let (mut ok, _) = RawClient::connect_v311(b.addr(), &id, true, 10, None);
+        ok.ping();
+    }
+}
+
 fn connect_timeout_closes_silent_sockets(shards: usize) {
     let b = Broker::with_shards(shards, &["--connect-timeout", "1"]);
     let t0 = Instant::now();
@@ -470,6 +491,35 @@ fn order_preserved_for_1000_qos1_messages(shards: usize) {
         let m = sub.expect_publish_acked(WAIT);
         assert_eq!(m.payload, i.to_be_bytes(), "message {i} out of order");
         assert_eq!(m.qos, 1);
+    }
+    sub.expect_nothing(Duration::from_millis(100));
+}
+
+fn order_preserved_for_qos2_messages(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("ord2", 2, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("ord2/t", 2);
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    const N: u16 = 300;
+    // Pipelined QoS 2: every PUBLISH, then the PUBREC → PUBREL exchanges, then PUBCOMPs.
+    for i in 1..=N {
+        publ.send_publish("ord2/t", &i.to_be_bytes(), 2, false, false, Some(i));
+    }
+    for i in 1..=N {
+        assert_eq!(publ.expect_packet(WAIT), Got::PubRec(i));
+        publ.send_bytes(&[0x62, 0x02, (i >> 8) as u8, i as u8]);
+    }
+    for i in 1..=N {
+        assert_eq!(publ.expect_packet(WAIT), Got::PubComp(i));
+    }
+    for i in 1..=N {
+        let m = sub.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.payload, m.qos),
+            (i.to_be_bytes().to_vec(), 2),
+            "message {i}"
+        );
     }
     sub.expect_nothing(Duration::from_millis(100));
 }
@@ -1311,6 +1361,8 @@ shard_tests!(
     pubrel_resent_on_reconnect,
     inflight_window_limits_unacked_deliveries,
     order_preserved_for_1000_qos1_messages,
+    order_preserved_for_qos2_messages,
+    keepalive_above_max_keepalive_is_refused,
     wildcards_match_per_spec,
     invalid_filters_refused_valid_ones_granted,
     publish_to_wildcard_topic_closes,
