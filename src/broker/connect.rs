@@ -149,7 +149,7 @@ impl Broker {
                     properties: w.properties,
                     payload: w.payload,
                 },
-                w.topic,
+                w.topic.into(),
                 now_ms,
                 self.sessions.get(s).map_or(0, |x| x.uid),
             ),

@@ -16,11 +16,16 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 impl Broker {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
         self.stats.publish_in += 1;
-        let topic = match self.resolve_alias(key, p) {
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
+            return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
+        }
+        let (topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
-        if !topic::valid_topic_name(&topic) {
+        // A topic seen before on this link (repeated, or bound to an alias) was checked then.
+        if fresh && !topic::valid_topic_name(&topic) {
             return self.close(
                 key,
                 Some(ReasonCode::TopicNameInvalid),
@@ -86,9 +91,13 @@ impl Broker {
     }
 
     /// The topic of a PUBLISH after applying (and learning) a 5.0 Topic Alias.
-    fn resolve_alias(&mut self, key: usize, p: &Publish<'_>) -> Result<Box<str>, Verdict> {
+    fn resolve_alias(&mut self, key: usize, p: &Publish<'_>) -> Result<(Arc<str>, bool), Verdict> {
         let Some(alias) = p.properties.topic_alias else {
-            return Ok(p.topic.into());
+            return self
+                .links
+                .get_mut(key)
+                .map(|l| l.intern_topic(p.topic))
+                .ok_or(Verdict::Close);
         };
         let max = self.cfg.max_topic_alias;
         if alias == 0 || alias > max {
@@ -106,11 +115,12 @@ impl Broker {
             link.aliases_in.resize(usize::from(max), None);
         }
         if !p.topic.is_empty() {
-            link.aliases_in[slot] = Some(p.topic.into());
-            return Ok(p.topic.into());
+            let (topic, fresh) = link.intern_topic(p.topic);
+            link.aliases_in[slot] = Some(topic.clone());
+            return Ok((topic, fresh));
         }
         match link.aliases_in[slot].clone() {
-            Some(t) => Ok(t),
+            Some(t) => Ok((t, false)),
             None => Err(self.protocol_error(key, "unknown topic alias")),
         }
     }
@@ -132,8 +142,8 @@ impl Broker {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
-    fn route_new(&mut self, p: &Publish<'_>, topic: &str, now_ms: u64, origin: u64) -> bool {
-        let msg = Arc::new(Message::from_publish(p, topic, now_ms, origin));
+    fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
+        let msg = Arc::new(Message::from_publish(p, topic.clone(), now_ms, origin));
         self.publish_message(msg, now_ms)
     }
 
