@@ -65,7 +65,7 @@ pub struct Link {
     /// Client id, once known (for logs).
     pub client_id: Option<Box<str>>,
     /// Outbound topic aliases (5.0): topic → alias, at most `aliases_out_max` of them.
-    pub aliases_out: std::collections::HashMap<Arc<str>, u16>,
+    pub aliases_out: Option<Box<std::collections::HashMap<Arc<str>, u16>>>,
     /// The client's Topic Alias Maximum (0 = none).
     pub aliases_out_max: u16,
     /// An enhanced-authentication exchange in progress.
@@ -75,7 +75,7 @@ pub struct Link {
     /// The server-final SCRAM message, sent in CONNACK once the CONNECT completes.
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
-    pub will: Option<StoredWill>,
+    pub will: Option<Box<StoredWill>>,
 }
 
 impl Link {
@@ -103,7 +103,7 @@ impl Link {
             auth: None,
             username: None,
             auth_final: None,
-            aliases_out: std::collections::HashMap::new(),
+            aliases_out: None,
             aliases_out_max: 0,
         }
     }

@@ -351,7 +351,9 @@ impl Broker {
         }
         protocol::encode_publish(link.tx.buf(), link.version, &p);
         if let (true, Some(a)) = (learn, alias) {
-            link.aliases_out.insert(msg.topic.clone(), a);
+            link.aliases_out
+                .get_or_insert_with(Default::default)
+                .insert(msg.topic.clone(), a);
         }
         self.stats.publish_out += 1;
         if !link.dirty {
@@ -482,10 +484,10 @@ fn outbound_alias<'m>(link: &super::Link, topic: &'m str) -> (&'m str, Option<u1
     if link.aliases_out_max == 0 || link.version != Version::V5 {
         return (topic, None, false);
     }
-    if let Some(&a) = link.aliases_out.get(topic) {
+    if let Some(&a) = link.aliases_out.as_ref().and_then(|m| m.get(topic)) {
         return ("", Some(a), false);
     }
-    let used = link.aliases_out.len();
+    let used = link.aliases_out.as_ref().map_or(0, |m| m.len());
     if used >= usize::from(link.aliases_out_max) || used >= ALIASES_OUT_MAX {
         return (topic, None, false);
     }

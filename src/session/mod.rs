@@ -10,7 +10,7 @@
 
 pub mod message;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 
@@ -115,10 +115,10 @@ pub struct Session {
     pub queue: VecDeque<Outgoing>,
     queue_bytes: usize,
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
-    pub awaiting_rel: HashSet<u16>,
+    pub awaiting_rel: BTreeSet<u16>,
     next_pid: u16,
     /// A Will waiting out its Will Delay Interval after the connection ended.
-    pub will: Option<StoredWill>,
+    pub will: Option<Box<StoredWill>>,
     /// Timer publishing `will` (shard timer wheel).
     pub will_timer: Option<crate::shard::timer::TimerId>,
     /// Timer ending the session after its expiry interval.
@@ -145,7 +145,7 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
-            awaiting_rel: HashSet::new(),
+            awaiting_rel: BTreeSet::new(),
             next_pid: 0,
             will: None,
             will_timer: None,
