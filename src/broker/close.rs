@@ -151,6 +151,7 @@ impl Broker {
             match kind {
                 TIMER_LINK => self.link_timer(index, gen, now_ms),
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
+                super::sys::TIMER_SYS => self.sys_timer(now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }

@@ -40,21 +40,19 @@ impl Broker {
             && std::str::from_utf8(p.payload).is_err()
         {
             // [MQTT-3.3.2-4] allows refusing it: 0x99 in the ack, or DISCONNECT for QoS 0.
-            return match p.packet_id {
-                Some(pid) if p.qos == QoS::ExactlyOnce => {
-                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::PayloadFormatInvalid);
-                    Verdict::Continue
-                }
-                Some(pid) => {
-                    self.send_ack(key, Packet::PubAck, pid, ReasonCode::PayloadFormatInvalid);
-                    Verdict::Continue
-                }
-                None => self.close(
-                    key,
-                    Some(ReasonCode::PayloadFormatInvalid),
-                    "payload is not UTF-8",
-                ),
-            };
+            if self.nack_publish(key, p, ReasonCode::PayloadFormatInvalid) {
+                return Verdict::Continue;
+            }
+            return self.close(
+                key,
+                Some(ReasonCode::PayloadFormatInvalid),
+                "payload is not UTF-8",
+            );
+        }
+        if super::sys::is_sys_topic(&topic) {
+            // Only the broker publishes under $SYS: refused (0x87 for 5.0), never routed.
+            self.nack_publish(key, p, ReasonCode::NotAuthorized);
+            return Verdict::Continue;
         }
         match (p.qos, p.packet_id) {
             (QoS::ExactlyOnce, Some(pid)) => {
@@ -123,6 +121,17 @@ impl Broker {
             Some(t) => Ok((t, false)),
             None => Err(self.protocol_error(key, "unknown topic alias")),
         }
+    }
+
+    /// Answer a refused QoS 1/2 PUBLISH with `reason` (3.x clients see a plain ack, the only
+    /// answer they know). Returns false for QoS 0, which has no acknowledgement.
+    fn nack_publish(&mut self, key: usize, p: &Publish<'_>, reason: ReasonCode) -> bool {
+        match (p.qos, p.packet_id) {
+            (QoS::ExactlyOnce, Some(pid)) => self.send_ack(key, Packet::PubRec, pid, reason),
+            (QoS::AtLeastOnce, Some(pid)) => self.send_ack(key, Packet::PubAck, pid, reason),
+            _ => return false,
+        }
+        true
     }
 
     fn send_ack(
@@ -469,6 +478,7 @@ impl Broker {
                 ));
             }
             Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
+            Cast::Sys { from, report } => self.on_sys_report(from, *report),
             Cast::InterestAck { from, seq } => {
                 if let Some(a) = self.acked_seq.get_mut(from) {
                     *a = (*a).max(seq);

@@ -31,6 +31,8 @@ pub mod defaults {
     pub const MAX_TOPIC_ALIAS: u16 = 10;
     /// Receive Maximum offered.
     pub const RECEIVE_MAXIMUM: u16 = 65535;
+    /// Seconds between `$SYS` updates, as Mosquitto's `sys_interval`.
+    pub const SYS_INTERVAL: u32 = 10;
 }
 
 /// Command-line arguments of `shardmq`.
@@ -93,6 +95,9 @@ pub struct Args {
     /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
     #[arg(long, value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Seconds between `$SYS/broker/...` updates; 0 turns them off [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub sys_interval: Option<u32>,
     /// Print a credentials-file line for USER, with the password read from standard input
     /// (its first line), and exit. Keeps the password out of the process list.
     #[arg(long, value_name = "USER")]
@@ -141,6 +146,8 @@ pub struct Config {
     pub scram_credentials: Option<std::sync::Arc<crate::auth::ScramCredentials>>,
     /// Accept clients that do not authenticate.
     pub allow_anonymous: bool,
+    /// Seconds between `$SYS` updates (0 = off).
+    pub sys_interval_s: u32,
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -248,6 +255,10 @@ impl Config {
             warnings: f.warnings,
             scram_credentials,
             allow_anonymous,
+            sys_interval_s: a
+                .sys_interval
+                .or(f.sys_interval)
+                .unwrap_or(defaults::SYS_INTERVAL),
         })
     }
 

@@ -452,6 +452,7 @@ impl Shard {
                     Ok(0) => return ReadEnd::Closed,
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
+                        self.broker.stats.bytes_in += n as u64;
                         match self.process_scratch(key, n, now) {
                             Some(end) => return end,
                             None => continue,
@@ -466,6 +467,7 @@ impl Shard {
                     Ok(0) => return ReadEnd::Closed,
                     Ok(n) => {
                         sock.rx.filled(n);
+                        self.broker.stats.bytes_in += n as u64;
                         n
                     }
                     Err(e) => {
@@ -579,7 +581,10 @@ impl Shard {
         let Some(link) = self.broker.links.get_mut(key) else {
             return;
         };
-        match link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX) {
+        let before = link.tx.pending();
+        let flushed = link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX);
+        self.broker.stats.bytes_out += (before - link.tx.pending()) as u64;
+        match flushed {
             Ok(Flushed::All) => {
                 let now = self.broker.now_ms;
                 self.broker.on_drained(key, now);
