@@ -35,7 +35,6 @@ impl Broker {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return self.protocol_error(key, "PUBLISH without a session");
         };
-        let origin = self.sessions.get(s).map_or(0, |x| x.uid);
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(p.payload).is_err()
         {
@@ -54,6 +53,20 @@ impl Broker {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// Route an accepted PUBLISH and acknowledge it per its QoS; a QoS 2 resend is only
+    /// acknowledged (the message was routed when it first came).
+    fn accept_publish(
+        &mut self,
+        key: usize,
+        s: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+    ) -> Verdict {
+        let origin = self.sessions.get(s).map_or(0, |x| x.uid);
         match (p.qos, p.packet_id) {
             (QoS::ExactlyOnce, Some(pid)) => {
                 let Some(sess) = self.sessions.get_mut(s) else {
@@ -74,15 +87,15 @@ impl Broker {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                let matched = self.route_new(p, &topic, now_ms, origin);
+                let matched = self.route_new(p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(p, &topic, now_ms, origin);
+                let matched = self.route_new(p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
-                self.route_new(p, &topic, now_ms, origin);
+                self.route_new(p, topic, now_ms, origin);
             }
         }
         Verdict::Continue
