@@ -196,6 +196,17 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Fuzzing entry point (`fuzz/fuzz_targets/config_file.rs`): any bytes parse to settings
+/// or to an error naming a line, never a panic.
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = parse(text, "fuzz.conf") {
+            assert!(e.line >= 1, "a parse error names its line: {e}");
+        }
+    }
+}
+
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
     value
         .parse()
