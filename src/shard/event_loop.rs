@@ -372,7 +372,10 @@ impl Shard {
             self.broker.set_assigned_id(key, id);
         }
         if self.socks.get(key).is_some_and(|s| !s.rx.is_empty()) {
-            self.process_rx(key, now);
+            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                self.broker_close(key);
+                return;
+            }
         }
         self.defer_read(key);
     }
@@ -408,7 +411,6 @@ impl Shard {
         }
     }
 
-    /// Reading stops while the bus is backed up or the client does not read its own output.
     /// The client is not reading its own output: stop reading its input too.
     fn output_full(&self, key: usize) -> bool {
         let max = self.broker.config().max_write_buffer;
