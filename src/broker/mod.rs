@@ -140,6 +140,9 @@ struct PendingSubAck {
 #[derive(Debug, Clone)]
 struct Hit {
     session: usize,
+    /// The session's link, read while its cache line is hot: QoS 0 deliveries go straight
+    /// to the link without touching the session again.
+    link: Option<usize>,
     qos: protocol::QoS,
     retain_as_published: bool,
     sub_ids: SubIds,

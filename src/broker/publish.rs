@@ -232,6 +232,7 @@ impl Broker {
                 sess.route_slot = hits.len() as u32;
                 hits.push(Hit {
                     session: sub.session,
+                    link: sess.link,
                     qos,
                     retain_as_published: sub.options.retain_as_published,
                     sub_ids: sub.sub_id.into_iter().collect(),
@@ -239,7 +240,8 @@ impl Broker {
             }
         });
         let matched = !hits.is_empty();
-        for h in hits.drain(..) {
+        let live = !msg.expired(now_ms);
+        for h in hits.drain(..).filter(|_| live) {
             let out = Outgoing {
                 msg: msg.clone(),
                 qos: h.qos,
@@ -247,7 +249,12 @@ impl Broker {
                 sub_ids: h.sub_ids,
                 share: None,
             };
-            self.deliver(h.session, out, now_ms);
+            match (out.qos, h.link) {
+                (QoS::AtMostOnce, Some(key)) => self.deliver_qos0(key, &out, now_ms),
+                // QoS 0 to an offline session is not kept [MQTT-3.1.2-5 allows dropping].
+                (QoS::AtMostOnce, None) => {}
+                _ => self.deliver(h.session, out, now_ms),
+            }
         }
         self.hits = hits;
         matched
@@ -292,6 +299,19 @@ impl Broker {
         let Some(pid) = sess.alloc_pid() else { return };
         sess.track(pid, out.clone());
         self.write_publish(key, &out, Some(pid), false, now_ms);
+    }
+
+    /// A QoS 0 delivery straight to a connected link: written, or dropped (counted) when the
+    /// link's buffer is over its limit. No session state is involved.
+    fn deliver_qos0(&mut self, key: usize, out: &Outgoing, now_ms: u64) {
+        let max_buf = self.cfg.max_write_buffer;
+        match self.links.get(key) {
+            Some(l) if l.is_connected() && l.tx.pending() < max_buf => {
+                self.write_publish(key, out, None, false, now_ms);
+            }
+            Some(l) if l.is_connected() => self.stats.dropped_qos0 += 1,
+            _ => {}
+        }
     }
 
     /// Move queued deliveries into the window while the link can take them.
