@@ -70,6 +70,9 @@ impl Broker {
         if home != self.shard_id {
             return Verdict::Handoff { home };
         }
+        if let Some((reference, permanent)) = self.cfg.redirect.clone() {
+            return self.redirect(key, c.version, &reference, permanent);
+        }
         if let Some(v) = self.check_connect(c) {
             return self.refuse(key, v, "CONNECT refused");
         }
@@ -113,6 +116,28 @@ impl Broker {
                 return id.into();
             }
         }
+    }
+
+    /// Server redirection (MQTT 5 §4.11): CONNACK 0x9C or 0x9D naming the other server;
+    /// 3.x has no such code, so its clients are told the server is unavailable.
+    fn redirect(
+        &mut self,
+        key: usize,
+        version: Version,
+        reference: &str,
+        permanent: bool,
+    ) -> Verdict {
+        let reason = match (version, permanent) {
+            (Version::V5, false) => ReasonCode::UseAnotherServer,
+            (Version::V5, true) => ReasonCode::ServerMoved,
+            _ => ReasonCode::ServerUnavailable,
+        };
+        let props = Properties {
+            server_reference: Some(reference),
+            ..Properties::default()
+        };
+        self.send_connack(key, false, reason, Some(props));
+        self.close(key, None, "redirected")
     }
 
     pub(super) fn refuse(&mut self, key: usize, reason: ReasonCode, why: &str) -> Verdict {

@@ -95,6 +95,13 @@ pub struct Args {
     /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
     #[arg(long, value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Send every connecting client elsewhere: 5.0 clients get CONNACK 0x9C (Use another
+    /// server) with this Server Reference, 3.x clients "server unavailable" (for maintenance).
+    #[arg(long, value_name = "REF")]
+    pub redirect: Option<String>,
+    /// With --redirect: the move is permanent (0x9D Server moved).
+    #[arg(long, requires = "redirect")]
+    pub redirect_permanent: bool,
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off [default: 10].
     #[arg(long, value_name = "SECS")]
     pub sys_interval: Option<u32>,
@@ -148,6 +155,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// Seconds between `$SYS` updates (0 = off).
     pub sys_interval_s: u32,
+    /// Where to send connecting clients instead of serving them, and whether for good.
+    pub redirect: Option<(String, bool)>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -253,6 +262,7 @@ impl Config {
             ),
             scram_credentials,
             sys_interval_s: pick(a.sys_interval, f.sys_interval, defaults::SYS_INTERVAL),
+            redirect: a.redirect.map(|r| (r, a.redirect_permanent)),
         };
         c.validate()?;
         Ok(c)
