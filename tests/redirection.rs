@@ -3,9 +3,7 @@
 //! and the connection is closed; 3.x clients, which have no such code, get "server
 //! unavailable" (return code 3).
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 mod v5;
 
 use common::{Broker, RawClient, WAIT};
