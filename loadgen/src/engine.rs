@@ -63,15 +63,18 @@ struct Engine {
     shared: Arc<Shared>,
     out: ThreadOut,
     storm: bool,
+    deadline: Instant,
 }
 
-/// Runs one load thread to completion.
+/// Runs one load thread to completion: until the monitor sets STOP, and in any case no
+/// later than `deadline`.
 pub fn run(
     specs: Vec<ConnSpec>,
     params: Arc<Params>,
     shared: Arc<Shared>,
     concurrency: usize,
     storm: bool,
+    deadline: Instant,
 ) -> ThreadOut {
     let hist = Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("static bounds");
     let out = ThreadOut {
@@ -109,6 +112,7 @@ pub fn run(
         shared,
         out,
         storm,
+        deadline,
     };
     engine.run_loop();
     engine.finish()
@@ -121,7 +125,7 @@ impl Engine {
         let mut last_ping = Instant::now();
         loop {
             let ph = self.shared.phase();
-            if ph == phase::STOP {
+            if ph == phase::STOP || Instant::now() > self.deadline {
                 break;
             }
             self.start_connects();
