@@ -30,20 +30,11 @@ fn backoff(spins: &mut u32) {
     }
 }
 
-/// Pin the calling thread to `cpu` if the machine has it; otherwise run unpinned.
-/// (Benches are outside the crate's `unsafe` rule; this is the one libc call they need.)
+/// Pin the calling thread to the `cpu`-th CPU this process may use, if there is one;
+/// otherwise run unpinned.
 fn pin_to_cpu(cpu: usize) {
-    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpu >= available {
-        return;
-    }
-    // SAFETY: `cpu_set_t` is plain data for which all-zero is the valid empty set;
-    // `CPU_SET` writes within it for `cpu < CPU_SETSIZE`; `sched_setaffinity(0, ..)` reads
-    // `size_of::<cpu_set_t>()` bytes from a valid pointer and affects only this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if let Some(core) = core_affinity::get_core_ids().and_then(|ids| ids.get(cpu).copied()) {
+        core_affinity::set_for_current(core);
     }
 }
 

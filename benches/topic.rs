@@ -4,7 +4,7 @@
 //! PUBLISH / ACL check). Each structure is also timed against a linear scan with `matches`,
 //! the oracle, so the numbers in docs/decisions/0002-topic-trie.md have a baseline.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use shardmq::topic::{
     matches, parse_filter, valid_filter, valid_topic_name, FilterTrie, TopicTree,
 };
@@ -51,7 +51,13 @@ fn topic(rng: &mut Rng) -> String {
     )
 }
 
-fn trie_match(c: &mut Criterion) {
+struct TrieWorkload {
+    trie: FilterTrie<usize>,
+    filters: Vec<String>,
+    topics: Vec<String>,
+}
+
+fn trie_workload() -> TrieWorkload {
     let mut rng = Rng(0x5eed);
     let mut trie = FilterTrie::new();
     let mut filters = Vec::new();
@@ -64,6 +70,19 @@ fn trie_match(c: &mut Criterion) {
         }
     }
     let topics: Vec<String> = (0..64).map(|_| topic(&mut rng)).collect();
+    TrieWorkload {
+        trie,
+        filters,
+        topics,
+    }
+}
+
+fn trie_match(c: &mut Criterion) {
+    let TrieWorkload {
+        trie,
+        filters,
+        topics,
+    } = trie_workload();
     let mut total = 0usize;
     for t in &topics {
         trie.for_each_match(t, |_, _| total += 1);
@@ -95,7 +114,8 @@ fn trie_match(c: &mut Criterion) {
     g.finish();
 }
 
-fn retained_match(c: &mut Criterion) {
+/// 100k retained topics `{a..j}/{0..1000}/{a..j}`: `a/+/c` matches 1,000 of them.
+fn retained_workload() -> (TopicTree<usize>, Vec<String>) {
     let firsts = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     let mut tree = TopicTree::new();
     let mut topics = Vec::new();
@@ -108,6 +128,11 @@ fn retained_match(c: &mut Criterion) {
             }
         }
     }
+    (tree, topics)
+}
+
+fn retained_match(c: &mut Criterion) {
+    let (tree, topics) = retained_workload();
     let mut g = c.benchmark_group("retained_match");
     g.throughput(Throughput::Elements(1));
     g.bench_function("a_plus_c_100k_topics", |b| {
@@ -159,5 +184,57 @@ fn validation(c: &mut Criterion) {
     });
 }
 
+/// Instruction-count mode, immune to the noise of a shared machine: with
+/// `TOPIC_BENCH_ICOUNT=<bench>:<iterations>` the binary builds the workload, runs the hot
+/// function that many times and exits. Run it under `valgrind --tool=cachegrind
+/// --cache-sim=no` with 0 and with N iterations; the difference over N is instructions per
+/// call.
+fn icount(spec: &str) {
+    let (name, iters) = spec.split_once(':').unwrap_or((spec, "0"));
+    let iters: usize = iters.parse().unwrap_or(0);
+    let mut sink = 0usize;
+    match name {
+        "trie_match" => {
+            let w = trie_workload();
+            for i in 0..iters {
+                let t = black_box(&w.topics[i % w.topics.len()]);
+                w.trie.for_each_match(t, |_, v| sink += v);
+            }
+        }
+        "retained_match" => {
+            let (tree, _) = retained_workload();
+            for _ in 0..iters {
+                tree.for_each_matching(black_box("a/+/c"), |t, _| sink += t.len());
+            }
+        }
+        "valid_topic_name" => {
+            for _ in 0..iters {
+                sink += usize::from(valid_topic_name(black_box("site3/dev42/temp/value")));
+            }
+        }
+        "valid_filter" => {
+            for _ in 0..iters {
+                sink += usize::from(valid_filter(black_box("site3/dev42/+/status")));
+            }
+        }
+        "valid_filter_deep" => {
+            let deep = format!("{}/#", vec!["level"; 32].join("/"));
+            for _ in 0..iters {
+                sink += usize::from(valid_filter(black_box(&deep)));
+            }
+        }
+        _ => eprintln!("unknown bench {name}"),
+    }
+    black_box(sink);
+}
+
 criterion_group!(benches, trie_match, retained_match, validation);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("TOPIC_BENCH_ICOUNT") {
+        icount(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod protocol;

@@ -169,7 +169,7 @@ impl Broker {
         }
         link.timer = None;
         match link.state {
-            LinkState::ExpectConnect => {
+            LinkState::ExpectConnect | LinkState::AwaitAuth => {
                 self.close(key, None, "no CONNECT in time");
             }
             LinkState::Connected if link.keepalive_ms > 0 => {

@@ -73,17 +73,29 @@ impl Broker {
         if let Some(v) = self.check_connect(c) {
             return self.refuse(key, v, "CONNECT refused");
         }
-        self.accept_connect(key, c, id, now_ms)
+        if let Some(link) = self.links.get_mut(key) {
+            link.client_id = Some(id);
+        }
+        if c.properties.authentication_method.is_some() {
+            return self.start_auth(key, c);
+        }
+        if self.cfg.scram_credentials.is_some() && !self.cfg.allow_anonymous {
+            return self.refuse(key, ReasonCode::NotAuthorized, "anonymous client refused");
+        }
+        self.complete_connect(key, c, now_ms)
     }
 
     /// A reason to refuse an otherwise well-formed CONNECT.
     fn check_connect(&self, c: &Connect<'_>) -> Option<ReasonCode> {
+        if c.will
+            .as_ref()
+            .is_some_and(|w| !crate::topic::valid_topic_name(w.topic))
+        {
+            return Some(ReasonCode::TopicNameInvalid);
+        }
         if c.version != Version::V5 && c.keep_alive > self.cfg.max_keepalive {
             // 3.x cannot be told a lower keepalive; Mosquitto refuses with "identifier rejected".
             return Some(ReasonCode::ClientIdentifierNotValid);
-        }
-        if c.properties.authentication_method.is_some() {
-            return Some(ReasonCode::BadAuthenticationMethod);
         }
         None
     }
@@ -103,18 +115,17 @@ impl Broker {
         }
     }
 
-    fn refuse(&mut self, key: usize, reason: ReasonCode, why: &str) -> Verdict {
+    pub(super) fn refuse(&mut self, key: usize, reason: ReasonCode, why: &str) -> Verdict {
         self.send_connack(key, false, reason, None);
         self.close(key, None, why)
     }
 
-    fn accept_connect(
-        &mut self,
-        key: usize,
-        c: &Connect<'_>,
-        id: Box<str>,
-        now_ms: u64,
-    ) -> Verdict {
+    /// Accept a CONNECT that passed every check (and authentication, if it asked for it):
+    /// take over or create the session, attach it, send CONNACK, resume deliveries.
+    pub(super) fn complete_connect(&mut self, key: usize, c: &Connect<'_>, now_ms: u64) -> Verdict {
+        let Some(id) = self.links.get(key).and_then(|l| l.client_id.clone()) else {
+            return self.close(key, None, "CONNECT without a client id");
+        };
         let assigned = c.client_id.is_empty();
         let expiry_s = match c.version {
             Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
@@ -275,6 +286,11 @@ impl Broker {
         }
         if self.cfg.max_packet_size <= protocol::REMAINING_LENGTH_MAX {
             props.maximum_packet_size = u32::try_from(self.cfg.max_packet_size).ok();
+        }
+        let auth_final = self.links.get_mut(key).and_then(|l| l.auth_final.take());
+        if let Some(data) = auth_final.as_deref() {
+            props.authentication_method = Some(crate::auth::SCRAM_SHA_256);
+            props.authentication_data = Some(data);
         }
         self.send_connack(key, present, ReasonCode::Success, Some(props));
     }

@@ -17,6 +17,8 @@ use crate::shard::txbuf::TxBuf;
 pub enum LinkState {
     /// Accepted; the first packet must be CONNECT.
     ExpectConnect,
+    /// CONNECT received with an Authentication Method; only AUTH may follow.
+    AwaitAuth,
     /// CONNACK sent; any packet but CONNECT.
     Connected,
     /// Being closed at the end of this turn; input is ignored.
@@ -62,6 +64,12 @@ pub struct Link {
     pub aliases_out: std::collections::HashMap<Box<str>, u16>,
     /// The client's Topic Alias Maximum (0 = none).
     pub aliases_out_max: u16,
+    /// An enhanced-authentication exchange in progress.
+    pub auth: Option<Box<super::auth::AuthFlow>>,
+    /// The user proved by enhanced authentication.
+    pub username: Option<Box<str>>,
+    /// The server-final SCRAM message, sent in CONNACK once the CONNECT completes.
+    pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<StoredWill>,
 }
@@ -87,6 +95,9 @@ impl Link {
             close_reason: None,
             client_id: None,
             will: None,
+            auth: None,
+            username: None,
+            auth_final: None,
             aliases_out: std::collections::HashMap::new(),
             aliases_out_max: 0,
         }

@@ -8,6 +8,7 @@
 //! SUBACK reaches the new subscriber. Must not touch: sockets, polls, threads: it writes
 //! into link buffers and queues `Cast`s for the event loop to carry.
 
+mod auth;
 mod close;
 mod connect;
 pub mod link;
@@ -236,6 +237,15 @@ impl Broker {
                     _ => self.close(key, None, "first packet was not CONNECT"),
                 };
             }
+            LinkState::AwaitAuth => {
+                return match packet {
+                    Packet::Auth(a) => self.on_auth(key, a, now_ms),
+                    _ => self.protocol_error(
+                        key,
+                        "only AUTH may follow a CONNECT with an Authentication Method",
+                    ),
+                };
+            }
             LinkState::Connected => {}
         }
         self.log_packet(key, packet);
@@ -253,7 +263,7 @@ impl Broker {
             }
             Packet::Disconnect(d) => self.on_disconnect(key, d),
             Packet::Connect(_) => self.protocol_error(key, "second CONNECT"),
-            Packet::Auth(_) => self.protocol_error(key, "AUTH without an authentication method"),
+            Packet::Auth(a) => self.on_auth(key, a, now_ms),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_error(key, "server-only packet from a client")
             }

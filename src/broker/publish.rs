@@ -143,7 +143,9 @@ impl Broker {
             self.store_retained(&msg);
         }
         let mut mask = 0u64;
-        self.interest.for_each_match(&msg.topic, |_, m| mask |= *m);
+        if self.shards > 1 && !self.interest.is_empty() {
+            self.interest.for_each_match(&msg.topic, |_, m| mask |= *m);
+        }
         mask &= !(1u64 << self.shard_id);
         let remote = mask != 0;
         if msg.retain {

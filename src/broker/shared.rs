@@ -112,23 +112,15 @@ impl Broker {
         op: ShareOp,
     ) {
         self.apply_share(group, filter, member, op);
-        if self.shards == 1 {
-            return;
-        }
-        self.interest_seq += 1;
-        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
-            self.outbox.push((
-                to,
-                Cast::Share {
-                    from: self.shard_id,
-                    group: group.into(),
-                    filter: filter.into(),
-                    member,
-                    op,
-                    seq: self.interest_seq,
-                },
-            ));
-        }
+        let from = self.shard_id;
+        self.broadcast_acked(|seq| Cast::Share {
+            from,
+            group: group.into(),
+            filter: filter.into(),
+            member,
+            op,
+            seq,
+        });
     }
 
     /// Apply a membership change to this shard's replica.
@@ -187,6 +179,9 @@ impl Broker {
     /// Choose one member of every group matching the message and send it there.
     /// Returns whether any group matched.
     pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        if self.shared.is_empty() {
+            return false;
+        }
         let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
         self.shared.for_each_match(&msg.topic, |_, groups| {
             for g in groups.iter() {
@@ -278,44 +273,40 @@ impl Broker {
     /// A session lost its connection: it goes offline in its groups, and its unacknowledged
     /// or queued shared deliveries move to other members [MQTT-4.8.2-5 ff.].
     pub(super) fn share_member_offline(&mut self, s: usize, now_ms: u64) {
+        if !self.set_share_online(s, false) {
+            return;
+        }
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
         let uid = sess.uid;
-        let shared: Vec<(Box<str>, crate::session::SubState)> = sess
-            .subs
-            .iter()
-            .filter(|(f, _)| f.starts_with("$share/"))
-            .map(|(f, st)| (f.clone(), *st))
-            .collect();
-        if shared.is_empty() {
-            return;
-        }
-        let moved = sess.take_shared();
-        for (key, st) in &shared {
-            if let Some((group, filter)) = split_key(key) {
-                let member = self.member(s, uid, st.options, st.sub_id, false);
-                self.share_update(group, filter, member, ShareOp::Online(false));
-            }
-        }
-        for out in moved {
+        for out in sess.take_shared() {
             let Some(key) = out.share.clone() else {
                 continue;
             };
-            if !self.redispatch(out.msg.clone(), &key, uid, 0, now_ms) {
-                if let Some(sess) = self.sessions.get_mut(s) {
-                    if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
-                        self.stats.dropped_queue += 1;
-                    }
-                }
+            if self.redispatch(out.msg.clone(), &key, uid, 0, now_ms) {
+                continue;
+            }
+            // Nobody else can take it: it stays with this session for its return.
+            let Some(sess) = self.sessions.get_mut(s) else {
+                return;
+            };
+            if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
+                self.stats.dropped_queue += 1;
             }
         }
     }
 
     /// A session (re)connected: it is online again in every group it belongs to.
     pub(super) fn share_member_online(&mut self, s: usize) {
+        self.set_share_online(s, true);
+    }
+
+    /// Tell every shard that session `s` is on- or offline in each of its share groups.
+    /// Returns whether it belongs to any.
+    fn set_share_online(&mut self, s: usize, online: bool) -> bool {
         let Some(sess) = self.sessions.get(s) else {
-            return;
+            return false;
         };
         let uid = sess.uid;
         let shared: Vec<(Box<str>, crate::session::SubState)> = sess
@@ -324,12 +315,13 @@ impl Broker {
             .filter(|(f, _)| f.starts_with("$share/"))
             .map(|(f, st)| (f.clone(), *st))
             .collect();
-        for (key, st) in shared {
-            if let Some((group, filter)) = split_key(&key) {
-                let member = self.member(s, uid, st.options, st.sub_id, true);
-                self.share_update(group, filter, member, ShareOp::Online(true));
+        for (key, st) in &shared {
+            if let Some((group, filter)) = split_key(key) {
+                let member = self.member(s, uid, st.options, st.sub_id, online);
+                self.share_update(group, filter, member, ShareOp::Online(online));
             }
         }
+        !shared.is_empty()
     }
 
     /// This shard's member record for session `s`.

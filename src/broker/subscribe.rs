@@ -148,20 +148,25 @@ impl Broker {
 
     fn broadcast_interest(&mut self, filter: &str, add: bool) {
         self.apply_interest(self.shard_id, filter, add);
+        let from = self.shard_id;
+        self.broadcast_acked(|seq| Cast::Interest {
+            from,
+            filter: filter.into(),
+            add,
+            seq,
+        });
+    }
+
+    /// Send a routing-state change to every other shard under the next sequence number;
+    /// SUBACKs queued from now on wait until every peer has acknowledged it.
+    pub(super) fn broadcast_acked(&mut self, make: impl Fn(u64) -> Cast) {
         if self.shards == 1 {
             return;
         }
         self.interest_seq += 1;
+        let seq = self.interest_seq;
         for to in (0..self.shards).filter(|&t| t != self.shard_id) {
-            self.outbox.push((
-                to,
-                Cast::Interest {
-                    from: self.shard_id,
-                    filter: filter.into(),
-                    add,
-                    seq: self.interest_seq,
-                },
-            ));
+            self.outbox.push((to, make(seq)));
         }
     }
 

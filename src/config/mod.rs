@@ -1,12 +1,37 @@
-//! Settings: the command line, turned into one `Config` read once at start-up.
+//! Settings: the command line and an optional Mosquitto-style file, turned into one `Config`.
 //!
 //! Owns: every tunable and its default. Invariant: a `Config` is validated when built and
-//! then only read; it is handed to each shard by value (`Arc`), never a global. Must not
-//! touch: sockets or threads.
+//! then only read; it is handed to each shard by value (`Arc`), never a global. The command
+//! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
+
+pub mod file;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
+
+/// Defaults, shared by `--help` and the file.
+pub mod defaults {
+    /// In-flight window per client.
+    pub const MAX_INFLIGHT_MESSAGES: u16 = 20;
+    /// Queue bound per session, messages.
+    pub const MAX_QUEUED_MESSAGES: usize = 1000;
+    /// Queue bound per session, bytes.
+    pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+    /// Largest packet accepted.
+    pub const MAX_PACKET_SIZE: usize = crate::protocol::REMAINING_LENGTH_MAX + 5;
+    /// Largest Keep Alive accepted.
+    pub const MAX_KEEPALIVE: u16 = 65535;
+    /// Seconds to send CONNECT.
+    pub const CONNECT_TIMEOUT: u32 = 10;
+    /// Output buffer limit per connection.
+    pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+    /// Topic Alias Maximum offered.
+    pub const MAX_TOPIC_ALIAS: u16 = 10;
+    /// Receive Maximum offered.
+    pub const RECEIVE_MAXIMUM: u16 = 65535;
+}
 
 /// Command-line arguments of `shardmq`.
 #[derive(Debug, Parser)]
@@ -16,6 +41,9 @@ use clap::Parser;
     about = "A shard-per-core MQTT 3.1 / 3.1.1 / 5.0 broker"
 )]
 pub struct Args {
+    /// Configuration file in mosquitto.conf syntax (the subset documented in docs/configuration.md).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: 127.0.0.1:1883, local only, like Mosquitto.
     #[arg(long = "bind", value_name = "ADDR:PORT")]
     pub bind: Vec<SocketAddr>,
@@ -28,37 +56,47 @@ pub struct Args {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
-    /// Maximum in-flight QoS 1/2 messages per client.
-    #[arg(long, default_value_t = 20)]
-    pub max_inflight_messages: u16,
-    /// Maximum queued QoS 1/2 messages per client (beyond the in-flight window).
-    #[arg(long, default_value_t = 1000)]
-    pub max_queued_messages: usize,
-    /// Maximum queued bytes per client.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
-    pub max_queued_bytes: usize,
-    /// Maximum packet size accepted from clients, bytes.
-    #[arg(long, default_value_t = crate::protocol::REMAINING_LENGTH_MAX + 5)]
-    pub max_packet_size: usize,
-    /// Largest Keep Alive accepted, seconds (5.0 clients are told; 3.x clients above it are refused).
-    #[arg(long, default_value_t = 65535)]
-    pub max_keepalive: u16,
-    /// Seconds a new connection may take to send CONNECT.
-    #[arg(long, default_value_t = 10)]
-    pub connect_timeout: u32,
+    /// Maximum in-flight QoS 1/2 messages per client [default: 20].
+    #[arg(long)]
+    pub max_inflight_messages: Option<u16>,
+    /// Maximum queued QoS 1/2 messages per client beyond the in-flight window [default: 1000].
+    #[arg(long)]
+    pub max_queued_messages: Option<usize>,
+    /// Maximum queued bytes per client [default: 67108864].
+    #[arg(long)]
+    pub max_queued_bytes: Option<usize>,
+    /// Maximum packet size accepted from clients, bytes [default: 268435460].
+    #[arg(long)]
+    pub max_packet_size: Option<usize>,
+    /// Largest Keep Alive accepted, seconds (5.0 clients are told; 3.x clients above it are refused) [default: 65535].
+    #[arg(long)]
+    pub max_keepalive: Option<u16>,
+    /// Seconds a new connection may take to send CONNECT [default: 10].
+    #[arg(long)]
+    pub connect_timeout: Option<u32>,
     /// Per-connection output buffer limit, bytes: past it QoS 0 deliveries are dropped and
-    /// QoS 1/2 deliveries wait in the session queue.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_write_buffer: usize,
-    /// Topic Alias Maximum offered to 5.0 clients.
-    #[arg(long, default_value_t = 10)]
-    pub max_topic_alias: u16,
-    /// Receive Maximum offered to 5.0 clients: QoS 2 messages awaiting PUBREL per client.
-    #[arg(long, default_value_t = 65535)]
-    pub receive_maximum: u16,
+    /// QoS 1/2 deliveries wait in the session queue [default: 1048576].
+    #[arg(long)]
+    pub max_write_buffer: Option<usize>,
+    /// Topic Alias Maximum offered to 5.0 clients [default: 10].
+    #[arg(long)]
+    pub max_topic_alias: Option<u16>,
+    /// Receive Maximum offered to 5.0 clients: QoS 2 messages awaiting PUBREL per client [default: 65535].
+    #[arg(long)]
+    pub receive_maximum: Option<u16>,
     /// Response Information sent to 5.0 clients that ask for it (the client id is appended).
     #[arg(long, value_name = "PREFIX")]
     pub response_information: Option<String>,
+    /// SCRAM-SHA-256 credentials file for MQTT 5 enhanced authentication (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub scram_credentials: Option<PathBuf>,
+    /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// Print a credentials-file line for USER, with the password read from standard input
+    /// (its first line), and exit. Keeps the password out of the process list.
+    #[arg(long, value_name = "USER")]
+    pub scram_entry: Option<String>,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
@@ -97,6 +135,12 @@ pub struct Config {
     pub response_information: Option<String>,
     /// Print bound addresses on stdout.
     pub print_bound: bool,
+    /// Warnings from reading the configuration, to print at start-up.
+    pub warnings: Vec<String>,
+    /// SCRAM-SHA-256 credentials, when enhanced authentication is enabled.
+    pub scram_credentials: Option<std::sync::Arc<crate::auth::ScramCredentials>>,
+    /// Accept clients that do not authenticate.
+    pub allow_anonymous: bool,
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -109,45 +153,101 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Validate arguments into a configuration.
+    /// Validate arguments (and the file they name) into a configuration.
     pub fn from_args(a: Args) -> Result<Config, String> {
+        let f = match &a.config {
+            Some(path) => file::load(path).map_err(|e| e.to_string())?,
+            None => file::FileSettings::default(),
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = a.shards.unwrap_or(cores);
+        let shards = a.shards.or(f.shards).unwrap_or(cores);
         if shards == 0 || shards > SHARDS_MAX {
             return Err(format!(
                 "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
             ));
         }
-        if a.max_inflight_messages == 0 {
+        let max_inflight = a
+            .max_inflight_messages
+            .or(f.max_inflight_messages)
+            .unwrap_or(defaults::MAX_INFLIGHT_MESSAGES);
+        if max_inflight == 0 {
             return Err("--max-inflight-messages must be at least 1".into());
         }
-        if a.receive_maximum == 0 {
+        let receive_maximum = a
+            .receive_maximum
+            .or(f.receive_maximum)
+            .unwrap_or(defaults::RECEIVE_MAXIMUM);
+        if receive_maximum == 0 {
             return Err("--receive-maximum must be at least 1".into());
         }
-        if a.max_packet_size < 16 {
+        let max_packet_size = a
+            .max_packet_size
+            .or(f.max_packet_size)
+            .unwrap_or(defaults::MAX_PACKET_SIZE);
+        if max_packet_size < 16 {
             return Err("--max-packet-size must be at least 16 bytes".into());
         }
-        let binds = if a.bind.is_empty() {
-            vec![SocketAddr::from(([127, 0, 0, 1], 1883))]
-        } else {
-            a.bind
+        let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
+            (false, _) => a.bind,
+            (true, false) => f.binds,
+            (true, true) => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
         };
+        let connect_timeout = a
+            .connect_timeout
+            .or(f.connect_timeout)
+            .unwrap_or(defaults::CONNECT_TIMEOUT);
+        let scram_credentials = match a
+            .scram_credentials
+            .as_ref()
+            .or(f.scram_credentials.as_ref())
+        {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::auth::ScramCredentials::load(path).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let allow_anonymous = a
+            .allow_anonymous
+            .or(f.allow_anonymous)
+            .unwrap_or(scram_credentials.is_none());
+        if !allow_anonymous && scram_credentials.is_none() {
+            return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
+        }
         Ok(Config {
             binds,
             shards,
             verbose: a.verbose,
             pin: !a.no_pin,
-            max_inflight: a.max_inflight_messages,
-            max_queued_messages: a.max_queued_messages,
-            max_queued_bytes: a.max_queued_bytes,
-            max_packet_size: a.max_packet_size,
-            max_keepalive: a.max_keepalive,
-            connect_timeout_ms: u64::from(a.connect_timeout.max(1)) * 1000,
-            max_write_buffer: a.max_write_buffer.max(4096),
-            max_topic_alias: a.max_topic_alias,
-            receive_maximum: a.receive_maximum,
-            response_information: a.response_information,
+            max_inflight,
+            max_queued_messages: a
+                .max_queued_messages
+                .or(f.max_queued_messages)
+                .unwrap_or(defaults::MAX_QUEUED_MESSAGES),
+            max_queued_bytes: a
+                .max_queued_bytes
+                .or(f.max_queued_bytes)
+                .unwrap_or(defaults::MAX_QUEUED_BYTES),
+            max_packet_size,
+            max_keepalive: a
+                .max_keepalive
+                .or(f.max_keepalive)
+                .unwrap_or(defaults::MAX_KEEPALIVE),
+            connect_timeout_ms: u64::from(connect_timeout.max(1)) * 1000,
+            max_write_buffer: a
+                .max_write_buffer
+                .or(f.max_write_buffer)
+                .unwrap_or(defaults::MAX_WRITE_BUFFER)
+                .max(4096),
+            max_topic_alias: a
+                .max_topic_alias
+                .or(f.max_topic_alias)
+                .unwrap_or(defaults::MAX_TOPIC_ALIAS),
+            receive_maximum,
+            response_information: a.response_information.or(f.response_information),
             print_bound: a.print_bound,
+            warnings: f.warnings,
+            scram_credentials,
+            allow_anonymous,
         })
     }
 
@@ -179,5 +279,33 @@ mod tests {
         assert!(Config::from_args(a).is_err());
         let a = Args::parse_from(["shardmq", "--shards", "65"]);
         assert!(Config::from_args(a).is_err());
+    }
+
+    #[test]
+    fn command_line_wins_over_file_and_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("shardmq-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("m.conf");
+        std::fs::write(
+            &path,
+            "listener 1999 127.0.0.1\nmax_queued_messages 7\nmax_inflight_messages 3\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let c = Config::from_args(Args::parse_from([
+            "shardmq",
+            "-c",
+            p,
+            "--max-inflight-messages",
+            "9",
+        ]))
+        .expect("valid");
+        assert_eq!(c.binds, vec![SocketAddr::from(([127, 0, 0, 1], 1999))]);
+        assert_eq!(c.max_queued_messages, 7);
+        assert_eq!(c.max_inflight, 9);
+        std::fs::write(&path, "max_queued_messages 7\nbogus 1\n").expect("write");
+        let e = Config::from_args(Args::parse_from(["shardmq", "-c", p])).expect_err("bad file");
+        assert!(e.ends_with("m.conf:2: unknown option 'bogus'"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -424,67 +424,69 @@ fn decode_block(block: &[u8], kind: PropKind) -> Result<Properties<'_>, DecodeEr
     Ok(props)
 }
 
-/// Call `f` for every property present, in identifier order.
+/// Call `f` for every property present, in identifier order. Straight-line: this runs on
+/// every encode, so it must cost one branch per absent property and nothing else.
+#[inline]
 fn for_each<'a>(p: &Properties<'a>, mut f: impl FnMut(u8, Value<'a>)) {
     use id::*;
-    let byte = |id, v: Option<u8>| v.map(Value::Byte).map(|v| (id, v));
-    let singles = [
-        byte(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator),
-        p.message_expiry_interval
-            .map(|v| (MESSAGE_EXPIRY_INTERVAL, Value::U32(v))),
-        p.content_type.map(|v| (CONTENT_TYPE, Value::Str(v))),
-        p.response_topic.map(|v| (RESPONSE_TOPIC, Value::Str(v))),
-        p.correlation_data
-            .map(|v| (CORRELATION_DATA, Value::Bin(v))),
-        p.session_expiry_interval
-            .map(|v| (SESSION_EXPIRY_INTERVAL, Value::U32(v))),
-        p.assigned_client_identifier
-            .map(|v| (ASSIGNED_CLIENT_IDENTIFIER, Value::Str(v))),
-        p.server_keep_alive
-            .map(|v| (SERVER_KEEP_ALIVE, Value::U16(v))),
-        p.authentication_method
-            .map(|v| (AUTHENTICATION_METHOD, Value::Str(v))),
-        p.authentication_data
-            .map(|v| (AUTHENTICATION_DATA, Value::Bin(v))),
-        byte(REQUEST_PROBLEM_INFORMATION, p.request_problem_information),
-        p.will_delay_interval
-            .map(|v| (WILL_DELAY_INTERVAL, Value::U32(v))),
-        byte(REQUEST_RESPONSE_INFORMATION, p.request_response_information),
-        p.response_information
-            .map(|v| (RESPONSE_INFORMATION, Value::Str(v))),
-        p.server_reference
-            .map(|v| (SERVER_REFERENCE, Value::Str(v))),
-        p.reason_string.map(|v| (REASON_STRING, Value::Str(v))),
-        p.receive_maximum.map(|v| (RECEIVE_MAXIMUM, Value::U16(v))),
-        p.topic_alias_maximum
-            .map(|v| (TOPIC_ALIAS_MAXIMUM, Value::U16(v))),
-        p.topic_alias.map(|v| (TOPIC_ALIAS, Value::U16(v))),
-        byte(MAXIMUM_QOS, p.maximum_qos),
-        byte(RETAIN_AVAILABLE, p.retain_available),
-        p.maximum_packet_size
-            .map(|v| (MAXIMUM_PACKET_SIZE, Value::U32(v))),
-        byte(
-            WILDCARD_SUBSCRIPTION_AVAILABLE,
-            p.wildcard_subscription_available,
-        ),
-        byte(
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            p.subscription_identifier_available,
-        ),
-        byte(
-            SHARED_SUBSCRIPTION_AVAILABLE,
-            p.shared_subscription_available,
-        ),
-    ];
-    for (id, v) in singles.into_iter().flatten() {
-        f(id, v);
+    macro_rules! emit {
+        ($field:ident, $id:expr, $variant:ident) => {
+            if let Some(v) = p.$field {
+                f($id, Value::$variant(v));
+            }
+        };
     }
+    emit!(payload_format_indicator, PAYLOAD_FORMAT_INDICATOR, Byte);
+    emit!(message_expiry_interval, MESSAGE_EXPIRY_INTERVAL, U32);
+    emit!(content_type, CONTENT_TYPE, Str);
+    emit!(response_topic, RESPONSE_TOPIC, Str);
+    emit!(correlation_data, CORRELATION_DATA, Bin);
     for v in p.subscription_identifiers.iter() {
         f(SUBSCRIPTION_IDENTIFIER, Value::Varint(v));
     }
+    emit!(session_expiry_interval, SESSION_EXPIRY_INTERVAL, U32);
+    emit!(assigned_client_identifier, ASSIGNED_CLIENT_IDENTIFIER, Str);
+    emit!(server_keep_alive, SERVER_KEEP_ALIVE, U16);
+    emit!(authentication_method, AUTHENTICATION_METHOD, Str);
+    emit!(authentication_data, AUTHENTICATION_DATA, Bin);
+    emit!(
+        request_problem_information,
+        REQUEST_PROBLEM_INFORMATION,
+        Byte
+    );
+    emit!(will_delay_interval, WILL_DELAY_INTERVAL, U32);
+    emit!(
+        request_response_information,
+        REQUEST_RESPONSE_INFORMATION,
+        Byte
+    );
+    emit!(response_information, RESPONSE_INFORMATION, Str);
+    emit!(server_reference, SERVER_REFERENCE, Str);
+    emit!(reason_string, REASON_STRING, Str);
+    emit!(receive_maximum, RECEIVE_MAXIMUM, U16);
+    emit!(topic_alias_maximum, TOPIC_ALIAS_MAXIMUM, U16);
+    emit!(topic_alias, TOPIC_ALIAS, U16);
+    emit!(maximum_qos, MAXIMUM_QOS, Byte);
+    emit!(retain_available, RETAIN_AVAILABLE, Byte);
     for (k, v) in p.user_properties.iter() {
         f(USER_PROPERTY, Value::Pair(k, v));
     }
+    emit!(maximum_packet_size, MAXIMUM_PACKET_SIZE, U32);
+    emit!(
+        wildcard_subscription_available,
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+        Byte
+    );
+    emit!(
+        subscription_identifier_available,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        Byte
+    );
+    emit!(
+        shared_subscription_available,
+        SHARED_SUBSCRIPTION_AVAILABLE,
+        Byte
+    );
 }
 
 impl Properties<'_> {

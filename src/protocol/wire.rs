@@ -71,10 +71,61 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<VarintRead, DecodeError> {
     Err(DecodeError::VarintTooLong)
 }
 
+const LO_BYTES: u64 = 0x0101_0101_0101_0101;
+const HI_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// True if some byte of `v` is zero (exact for the word as a whole).
+#[inline(always)]
+fn has_zero_byte(v: u64) -> bool {
+    v.wrapping_sub(LO_BYTES) & !v & HI_BITS != 0
+}
+
+/// `'#'` (0x23) and `'+'` (0x2B) differ only in bit 3: OR-ing it in maps both to 0x2B.
+const WILDCARD_FOLD: u64 = LO_BYTES * 0x08;
+const WILDCARD: u64 = LO_BYTES * 0x2B;
+
+/// True if some byte of `v` is U+0000.
+#[inline(always)]
+fn word_has_nul(v: u64) -> bool {
+    has_zero_byte(v)
+}
+
+/// True if some byte of `v` is U+0000, `'+'` or `'#'`.
+#[inline(always)]
+fn word_has_nul_or_wildcard(v: u64) -> bool {
+    has_zero_byte(v) | has_zero_byte((v | WILDCARD_FOLD) ^ WILDCARD)
+}
+
+/// True if `word` holds for some 8-byte window covering `bytes` (SWAR). Strings shorter
+/// than a word are padded with 0x01, which neither predicate matches; longer ones end with
+/// an overlapping last word instead of a byte loop. No call and no setup, so it beats
+/// memchr on the short strings MQTT carries.
+#[inline(always)]
+fn any_word(bytes: &[u8], word: impl Fn(u64) -> bool) -> bool {
+    let load = |chunk: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+    if bytes.len() < 8 {
+        let mut padded = [0x01u8; 8];
+        if let Some(head) = padded.get_mut(..bytes.len()) {
+            head.copy_from_slice(bytes);
+        }
+        return word(u64::from_le_bytes(padded));
+    }
+    let mut chunks = bytes.chunks_exact(8);
+    let mut hit = false;
+    for chunk in &mut chunks {
+        hit |= word(load(chunk));
+    }
+    if !chunks.remainder().is_empty() {
+        let tail = bytes.get(bytes.len() - 8..).unwrap_or_default();
+        hit |= word(load(tail));
+    }
+    hit
+}
+
 /// Check a UTF-8 string field: valid UTF-8 and no U+0000 [MQTT-1.5.4-1/2].
 #[inline]
 pub(crate) fn check_str(bytes: &[u8]) -> Result<&str, DecodeError> {
-    if memchr::memchr(0, bytes).is_some() {
+    if any_word(bytes, word_has_nul) {
         return Err(DecodeError::NullCharacter);
     }
     std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
@@ -83,10 +134,11 @@ pub(crate) fn check_str(bytes: &[u8]) -> Result<&str, DecodeError> {
 /// Check a topic name: a string without `+`, `#` or U+0000 (emptiness is the caller's rule).
 #[inline]
 pub(crate) fn check_topic_name(bytes: &[u8]) -> Result<&str, DecodeError> {
-    if let Some(at) = memchr::memchr3(0, b'+', b'#', bytes) {
-        return Err(match bytes.get(at) {
-            Some(0) => DecodeError::NullCharacter,
-            _ => DecodeError::WildcardInTopicName,
+    if any_word(bytes, word_has_nul_or_wildcard) {
+        return Err(if bytes.contains(&0) {
+            DecodeError::NullCharacter
+        } else {
+            DecodeError::WildcardInTopicName
         });
     }
     std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
@@ -268,6 +320,23 @@ mod tests {
         let padded = read_varint(&[0x80, 0x00]);
         assert!(matches!(padded, Err(DecodeError::VarintNotMinimal)));
         assert!(matches!(read_varint(&[0xff, 0xff]), Ok(VarintRead::Short)));
+    }
+
+    #[test]
+    fn word_scan_matches_a_naive_scan() {
+        let hay: Vec<u8> = (0u8..=255).chain(0u8..=255).collect();
+        for start in 0..300 {
+            for len in 0..40 {
+                let s = &hay[start..start + len];
+                let naive = s.iter().any(|&x| x == 0 || x == b'+' || x == b'#');
+                assert_eq!(
+                    any_word(s, word_has_nul_or_wildcard),
+                    naive,
+                    "{start}+{len}"
+                );
+                assert_eq!(any_word(s, word_has_nul), s.contains(&0), "{start}+{len}");
+            }
+        }
     }
 
     #[test]

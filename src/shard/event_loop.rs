@@ -39,6 +39,10 @@ const ACCEPTS_PER_TURN_MAX: usize = 512;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
+/// Largest first packet (CONNECT) from a client nobody has authenticated yet: a Will
+/// payload bigger than this is refused, so unauthenticated sockets cannot make the broker
+/// buffer hundreds of megabytes each.
+const CONNECT_PACKET_MAX: usize = 1024 * 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 
@@ -49,6 +53,9 @@ struct Sock {
     rx: RxBuf,
     /// Queued on `read_again` (budget hit or paused), so edge-triggered input is not lost.
     pending_read: bool,
+    /// Not being read because its own output is over the limit (the client does not read
+    /// what we send it); resumed by `flush_one` once the output drains, not by polling.
+    paused_on_output: bool,
 }
 
 /// The running broker: its shard threads and how to stop them.
@@ -167,6 +174,10 @@ struct Shard {
     inbox: Vec<BusMsg>,
     read_again: Vec<usize>,
     accept_again: bool,
+    /// An inbound ring was left non-empty by the drain budget: poll without sleeping.
+    inbox_again: bool,
+    /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
+    accept_error_logged_ms: u64,
 }
 
 impl Shard {
@@ -193,6 +204,8 @@ impl Shard {
             inbox: Vec::new(),
             read_again: Vec::new(),
             accept_again: false,
+            inbox_again: false,
+            accept_error_logged_ms: 0,
         }
     }
 
@@ -218,7 +231,11 @@ impl Shard {
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
-        if !self.read_again.is_empty() || self.accept_again || self.bus.staged() > 0 {
+        if !self.read_again.is_empty()
+            || self.accept_again
+            || self.inbox_again
+            || self.bus.staged() > 0
+        {
             return Duration::ZERO;
         }
         let next = self.broker.timers.next_deadline_ms().unwrap_or(u64::MAX);
@@ -266,16 +283,30 @@ impl Shard {
         Ok(())
     }
 
+    /// Accept from every listener until WouldBlock or the budget. A listener left with a
+    /// backlog is retried next turn: edge-triggered polling would not report it again.
     fn accept_all(&mut self, now: u64) {
         for i in 0..self.listeners.len() {
-            for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let mut budget = ACCEPTS_PER_TURN_MAX;
+            loop {
+                if budget == 0 {
+                    self.accept_again = true;
+                    break;
+                }
+                budget -= 1;
                 match self.listeners[i].accept() {
                     Ok((stream, peer)) => self.adopt(stream, peer, Vec::new(), None, now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        // EMFILE and friends: leave the rest in the backlog for a later turn.
-                        crate::broker::log(format_args!("accept failed: {e}"));
+                        // EMFILE and friends: the rest stays in the backlog until the next
+                        // connection event. Logged at most once a second.
+                        if self.accept_error_logged_ms == 0
+                            || now >= self.accept_error_logged_ms + 1000
+                        {
+                            self.accept_error_logged_ms = now.max(1);
+                            crate::broker::log(format_args!("accept failed: {e}"));
+                        }
                         break;
                     }
                 }
@@ -315,6 +346,7 @@ impl Shard {
             stream,
             rx: RxBuf::from_vec(rx),
             pending_read: false,
+            paused_on_output: false,
         });
         if let Some(id) = id {
             self.broker.set_assigned_id(key, id);
@@ -335,7 +367,11 @@ impl Shard {
     }
 
     fn read_or_defer(&mut self, key: usize, now: u64) {
-        if self.reads_paused(key) {
+        if self.output_full(key) {
+            if let Some(s) = self.socks.get_mut(key) {
+                s.paused_on_output = true;
+            }
+        } else if self.bus.staged() > BUS_STAGED_MAX {
             self.defer_read(key);
         } else if let ReadEnd::Closed = self.read_conn(key, now) {
             self.broker_close(key);
@@ -353,14 +389,13 @@ impl Shard {
     }
 
     /// Reading stops while the bus is backed up or the client does not read its own output.
-    fn reads_paused(&self, key: usize) -> bool {
+    /// The client is not reading its own output: stop reading its input too.
+    fn output_full(&self, key: usize) -> bool {
         let max = self.broker.config().max_write_buffer;
-        self.bus.staged() > BUS_STAGED_MAX
-            || self
-                .broker
-                .links
-                .get(key)
-                .is_some_and(|l| l.tx.pending() > max)
+        self.broker
+            .links
+            .get(key)
+            .is_some_and(|l| l.tx.pending() > max)
     }
 
     fn broker_close(&mut self, key: usize) {
@@ -378,7 +413,8 @@ impl Shard {
     fn read_conn(&mut self, key: usize, now: u64) -> ReadEnd {
         let mut budget = READ_BYTES_PER_TURN_MAX;
         loop {
-            if budget == 0 || self.reads_paused(key) {
+            if budget == 0 || self.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
+                // Back through `read_or_defer` next turn, which sorts out why.
                 self.defer_read(key);
                 return ReadEnd::Open;
             }
@@ -430,12 +466,11 @@ impl Shard {
         let Some(sock) = self.socks.get(key) else {
             return 0;
         };
-        let version = self
-            .broker
-            .links
-            .get(key)
-            .map_or(protocol::Version::V3_1_1, |l| l.version);
-        let max = self.broker.config().max_packet_size;
+        let Some(link) = self.broker.links.get(key) else {
+            return 0;
+        };
+        let max = packet_size_max(self.broker.config(), link);
+        let version = link.version;
         match protocol::decode(sock.rx.readable(), version, max) {
             Ok(Decoded::Incomplete { needed }) => needed.saturating_sub(sock.rx.len()),
             _ => 0,
@@ -504,7 +539,7 @@ impl Shard {
 
     fn drain_bus(&mut self, now: u64) {
         let mut inbox = std::mem::take(&mut self.inbox);
-        self.bus.drain(&mut inbox);
+        self.inbox_again = self.bus.drain(&mut inbox);
         for msg in inbox.drain(..) {
             match msg {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
@@ -528,14 +563,20 @@ impl Shard {
             Ok(Flushed::All) => {
                 let now = self.broker.now_ms;
                 self.broker.on_drained(key, now);
-                if self.socks.get(key).is_some_and(|s| s.pending_read) {
-                    return;
-                }
-                // Reads may have been paused on this client's output: look again.
-                self.defer_read(key);
             }
             Ok(Flushed::Partial) => {}
-            Err(_) => self.broker_close(key),
+            Err(_) => {
+                self.broker_close(key);
+                return;
+            }
+        }
+        let resume = !self.output_full(key)
+            && self
+                .socks
+                .get_mut(key)
+                .is_some_and(|s| std::mem::take(&mut s.paused_on_output));
+        if resume {
+            self.defer_read(key);
         }
     }
 
@@ -579,6 +620,14 @@ impl Shard {
     }
 }
 
+/// The packet size limit for a link: lower until CONNECT has been accepted.
+fn packet_size_max(cfg: &Config, link: &crate::broker::Link) -> usize {
+    match link.state {
+        crate::broker::LinkState::ExpectConnect => cfg.max_packet_size.min(CONNECT_PACKET_MAX),
+        _ => cfg.max_packet_size,
+    }
+}
+
 fn would_block_or_closed(e: io::Error) -> ReadEnd {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ReadEnd::Open,
@@ -598,7 +647,6 @@ enum Outcome {
 
 /// Decode and handle every complete packet at the start of `buf`.
 fn decode_all(broker: &mut Broker, key: usize, buf: &[u8], now: u64) -> (usize, Outcome) {
-    let max = broker.config().max_packet_size;
     let mut used = 0;
     loop {
         let Some(link) = broker.links.get(key) else {
@@ -608,6 +656,7 @@ fn decode_all(broker: &mut Broker, key: usize, buf: &[u8], now: u64) -> (usize, 
             return (used, Outcome::Close);
         }
         let version = link.version;
+        let max = packet_size_max(broker.config(), link);
         match protocol::decode(&buf[used..], version, max) {
             Ok(Decoded::Incomplete { .. }) => return (used, Outcome::More),
             Ok(Decoded::Packet { packet, len }) => match broker.handle(key, &packet, now) {

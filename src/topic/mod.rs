@@ -57,15 +57,48 @@ pub fn valid_topic_name(topic: &str) -> bool {
 /// `#` only as the whole last level [MQTT-4.7.1-2]; `+` only as a whole level [MQTT-4.7.1-3].
 pub fn valid_filter(filter: &str) -> bool {
     let b = filter.as_bytes();
-    if b.is_empty() || b.len() > TOPIC_BYTES_MAX || !levels_within_max(b) {
+    if b.is_empty() || b.len() > TOPIC_BYTES_MAX {
         return false;
     }
-    // Wildcards are rare, so jump between them instead of matching on every byte.
-    memchr::memchr3_iter(b'+', b'#', 0, b).all(|i| match b.get(i) {
-        Some(b'+') => starts_level(b, i) && ends_level(b, i),
-        Some(b'#') => starts_level(b, i) && i + 1 == b.len(),
-        _ => false,
-    })
+    // Short filters (nearly all) are cheapest in one byte loop; long ones in SIMD passes.
+    if b.len() <= FILTER_SCAN_BYTES {
+        filter_ok_bytewise(b)
+    } else {
+        filter_ok_simd(b)
+    }
+}
+
+/// Up to this length [`valid_filter`] checks byte by byte (measured: docs/decisions/0002).
+const FILTER_SCAN_BYTES: usize = 64;
+
+fn filter_ok_bytewise(b: &[u8]) -> bool {
+    let mut slashes = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        let ok = match c {
+            b'/' => {
+                slashes += 1;
+                slashes < TOPIC_LEVELS_MAX
+            }
+            b'+' => starts_level(b, i) && ends_level(b, i),
+            b'#' => starts_level(b, i) && i + 1 == b.len(),
+            0 => false,
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Wildcards are rare, so count `/` in one vectorised pass, then jump between wildcards.
+fn filter_ok_simd(b: &[u8]) -> bool {
+    levels_within_max(b)
+        && memchr::memchr3_iter(b'+', b'#', 0, b).all(|i| match b.get(i) {
+            Some(b'+') => starts_level(b, i) && ends_level(b, i),
+            Some(b'#') => starts_level(b, i) && i + 1 == b.len(),
+            _ => false,
+        })
 }
 
 fn starts_level(b: &[u8], i: usize) -> bool {
@@ -134,12 +167,66 @@ impl<'a> Iterator for Levels<'a> {
 /// Splits off the first level: `("a", Some("b/c"))` for `a/b/c`, `("a", None)` for `a`.
 #[inline]
 pub(crate) fn split_level(s: &str) -> (&str, Option<&str>) {
-    match memchr::memchr(b'/', s.as_bytes()) {
+    match find_slash(s.as_bytes()) {
         // `/` is ASCII, so both sides of it are char boundaries.
         Some(i) => (&s[..i], Some(&s[i + 1..])),
         None => (s, None),
     }
 }
+
+/// A topic name known to satisfy [`valid_topic_name`], borrowed from the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicName<'a>(&'a str);
+
+impl<'a> TopicName<'a> {
+    /// `Some` if `topic` is a valid topic name.
+    pub fn new(topic: &'a str) -> Option<Self> {
+        valid_topic_name(topic).then_some(TopicName(topic))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// A topic filter known to satisfy [`valid_filter`] (not `$share`: see [`parse_filter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicFilter<'a>(&'a str);
+
+impl<'a> TopicFilter<'a> {
+    /// `Some` if `filter` is a valid topic filter.
+    pub fn new(filter: &'a str) -> Option<Self> {
+        valid_filter(filter).then_some(TopicFilter(filter))
+    }
+
+    /// The filter.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// Whether this filter matches `topic` (see [`matches`]).
+    pub fn matches(&self, topic: TopicName<'_>) -> bool {
+        matches(self.0, topic.0)
+    }
+}
+
+/// The first `/` in `b`. Levels are usually a few bytes long, where a plain loop costs fewer
+/// instructions than memchr's dispatch, so the first [`SLASH_SCAN_BYTES`] are scanned
+/// directly and memchr takes over for long levels (measured: docs/decisions/0002).
+#[inline]
+fn find_slash(b: &[u8]) -> Option<usize> {
+    let (head, tail) = b.split_at(b.len().min(SLASH_SCAN_BYTES));
+    match head.iter().position(|&c| c == b'/') {
+        Some(i) => Some(i),
+        // The last level of a short name ends here without a memchr call.
+        None if tail.is_empty() => None,
+        None => memchr::memchr(b'/', tail).map(|i| i + head.len()),
+    }
+}
+
+/// How many bytes of a level [`find_slash`] scans byte by byte before calling memchr.
+const SLASH_SCAN_BYTES: usize = 16;
 
 /// A shared subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2), borrowed from the
 /// SUBSCRIBE packet.
@@ -379,12 +466,34 @@ mod tests {
     }
 
     #[test]
+    fn newtypes_only_hold_valid_strings() {
+        assert_eq!(TopicName::new("a/b").map(|t| t.as_str()), Some("a/b"));
+        assert_eq!(TopicName::new("a/+"), None);
+        assert_eq!(TopicFilter::new("a/+").map(|f| f.as_str()), Some("a/+"));
+        assert_eq!(TopicFilter::new("a#"), None);
+        let (f, t) = (TopicFilter::new("#"), TopicName::new("$SYS/x"));
+        assert_eq!(f.zip(t).map(|(f, t)| f.matches(t)), Some(false));
+    }
+
+    #[test]
     fn levels_split_like_the_spec() {
-        let split = |s| levels(s).collect::<Vec<_>>();
+        fn split(s: &str) -> Vec<&str> {
+            levels(s).collect()
+        }
         assert_eq!(split("a/b"), ["a", "b"]);
         assert_eq!(split("a//b"), ["a", "", "b"]);
         assert_eq!(split("/"), ["", ""]);
         assert_eq!(split(""), [""]);
+        // Around the byte-scan / memchr boundary of `find_slash`.
+        for n in [0, 1, 15, 16, 17, 40] {
+            let long = format!(
+                "{}/b/{}/{}",
+                "a".repeat(n),
+                "c".repeat(n),
+                "/".repeat(n % 3)
+            );
+            assert_eq!(split(&long), long.split('/').collect::<Vec<_>>(), "{long}");
+        }
     }
 
     /// The rules of [`valid_filter`] written level by level, as the spec states them.
@@ -405,7 +514,9 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn validation_matches_naive_rules(s in "[a/+#\0$]{0,12}") {
+        fn validation_matches_naive_rules(s in "[a/+#\0$]{0,12}", long in proptest::bool::ANY) {
+            // `long` pushes the input past FILTER_SCAN_BYTES, onto the other code path.
+            let s = if long { format!("{}/{s}", "x".repeat(FILTER_SCAN_BYTES)) } else { s };
             proptest::prop_assert_eq!(valid_filter(&s), naive_valid_filter(&s), "{:?}", s);
             proptest::prop_assert_eq!(valid_topic_name(&s), naive_valid_topic_name(&s), "{:?}", s);
         }

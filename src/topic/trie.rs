@@ -376,6 +376,13 @@ mod tests {
     }
 
     #[test]
+    fn node_stays_small_whatever_the_value() {
+        // The layout the decision record measured: a small-children entry is one cache line.
+        assert_eq!(std::mem::size_of::<Node<[u64; 8]>>(), 48);
+        assert_eq!(std::mem::size_of::<(Box<str>, Node<u8>)>(), 64);
+    }
+
+    #[test]
     #[should_panic(expected = "invalid filter")]
     fn insert_rejects_invalid_filter() {
         FilterTrie::new().entry_or_insert_with("a/#/b", || 0);

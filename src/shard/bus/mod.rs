@@ -138,10 +138,14 @@ impl Bus {
         }
     }
 
-    /// Take up to `DRAIN_PER_PEER_MAX` messages from every inbound ring.
-    pub fn drain(&mut self, out: &mut Vec<BusMsg>) {
+    /// Take up to `DRAIN_PER_PEER_MAX` messages from every inbound ring. Returns true if a
+    /// ring may still hold messages: the caller must not sleep then, because its peers ring
+    /// the doorbell only when they find a ring empty.
+    pub fn drain(&mut self, out: &mut Vec<BusMsg>) -> bool {
+        let mut more = false;
         for rx in self.ins.iter_mut().flatten() {
-            rx.pop_batch(out, DRAIN_PER_PEER_MAX);
+            more |= rx.pop_batch(out, DRAIN_PER_PEER_MAX) == DRAIN_PER_PEER_MAX;
         }
+        more
     }
 }

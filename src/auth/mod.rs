@@ -1,0 +1,50 @@
+//! Credential checking for MQTT 5 enhanced authentication.
+//!
+//! Owns: the one supported Authentication Method, [`SCRAM_SHA_256`] (RFC 5802 / RFC 7677),
+//! as pure byte-in/byte-out state machines ([`ScramServer`], and [`ScramClient`] for tests
+//! and the load generator), and the credentials file that feeds it ([`ScramCredentials`]).
+//!
+//! Invariants: the broker holds no plaintext password, only salt, iteration count, StoredKey
+//! and ServerKey; an unknown user and a wrong password fail identically, at the final step;
+//! every input is bounded by the `*_MAX` limits below and no input panics.
+//!
+//! Must not touch: packets, properties, reason codes, sockets, clocks, shards. The caller
+//! carries Authentication Data in and out of CONNECT / AUTH / CONNACK and maps
+//! [`ScramError::is_bad_credentials`] to 0x86 (Bad user name or password), anything else to
+//! a protocol error; an unsupported method is the caller's 0x8C. Rationale and the file
+//! format: `docs/decisions/0004-enhanced-auth.md`.
+
+pub mod credentials;
+mod keys;
+pub mod scram;
+
+pub use credentials::{scram_entry, CredentialsError, ScramCredentials, ScramEntry};
+pub use scram::{ScramClient, ScramError, ScramServer};
+
+/// The Authentication Method name (MQTT 5 property 0x15) this module implements.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// Largest SCRAM message accepted (client-first, server-first, client-final, server-final).
+pub const SCRAM_MESSAGE_BYTES_MAX: usize = 4096;
+/// Longest username, after unescaping, in messages and in the credentials file.
+pub const USERNAME_BYTES_MAX: usize = 256;
+/// Longest password the client helper and [`scram_entry`] accept.
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// Longest nonce (client part, or client and server parts together).
+pub const NONCE_BYTES_MAX: usize = 512;
+/// Random bytes in a generated nonce (base64-encoded to 24 characters).
+pub const SERVER_NONCE_RANDOM_BYTES: usize = 18;
+/// Fewest PBKDF2 iterations accepted: RFC 7677 §4 minimum; fewer is too weak.
+pub const ITERATIONS_MIN: u32 = 4096;
+/// Most PBKDF2 iterations accepted: bounds the CPU a client (or tooling) spends.
+pub const ITERATIONS_MAX: u32 = 10_000_000;
+/// Shortest salt accepted in the credentials file.
+pub const SALT_BYTES_MIN: usize = 8;
+/// Longest salt accepted anywhere.
+pub const SALT_BYTES_MAX: usize = 64;
+/// Largest credentials file.
+pub const CREDENTIALS_FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Longest credentials-file line.
+pub const CREDENTIALS_LINE_BYTES_MAX: usize = 1024;
+/// Longest `e=` server error text the client keeps.
+pub const SERVER_ERROR_BYTES_MAX: usize = 256;
