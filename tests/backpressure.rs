@@ -194,7 +194,88 @@ fn stalled_qos1_subscriber_gets_window_plus_queue(shards: usize) {
     sub.expect_nothing(QUIET);
 }
 
+/// A client subscribed to its own topic that publishes without reading: the broker stops
+/// reading it once its output is over the limit (its writes then block), keeps memory
+/// bounded, and resumes reading as soon as the client drains its output.
+fn self_subscribed_client_that_stops_reading_is_paused_then_resumed(shards: usize) {
+    let b = Broker::with_shards(shards, &["--max-write-buffer", "65536"]);
+    let mut c = RawClient::clean(b.addr(), &id_on("selfloop", 1, shards));
+    c.subscribe("loop/#", 0);
+    let mut writer = c.stream().try_clone().expect("clone stream");
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = written.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut payload = vec![0x5Au8; PAYLOAD];
+        for i in 0..N {
+            payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            if writer
+                .write_all(&publish_bytes(0x30, b"loop/x", None, &payload))
+                .is_err()
+            {
+                return;
+            }
+            progress.store(i + 1, Ordering::Release);
+        }
+        let _ = writer.write_all(&[0xC0, 0x00]);
+        let _ = done_tx.send(());
+    });
+    // Wait until the writer stalls (the broker stopped reading) or finishes.
+    let rss_before = b.rss_kib();
+    let mut last = (0, Instant::now());
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = written.load(Ordering::Acquire);
+        if now == N {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+    }
+    let stalled_at = written.load(Ordering::Acquire);
+    let rss_stalled = b.rss_kib();
+    assert!(
+        stalled_at < N,
+        "the broker kept reading a client that never reads ({N} × 1 KiB accepted)"
+    );
+    // Now read: the broker must resume reading the client's input.
+    let mut seqs = Vec::new();
+    loop {
+        match c.try_packet(Duration::from_secs(10)) {
+            Ok(Got::Publish(m)) => {
+                seqs.push(u32::from_be_bytes(m.payload[..4].try_into().expect("seq")))
+            }
+            Ok(Got::PingResp) => break,
+            other => panic!(
+                "after {} deliveries (writer at {}): {other:?}",
+                seqs.len(),
+                written.load(Ordering::Acquire)
+            ),
+        }
+    }
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the writer finished");
+    assert!(!seqs.is_empty());
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "deliveries out of order"
+    );
+    let growth_mib = rss_stalled.saturating_sub(rss_before) / 1024;
+    assert!(
+        growth_mib < 16,
+        "RSS grew {growth_mib} MiB while the client stalled"
+    );
+    RawClient::clean(b.addr(), &id_on("selfloop-after", 2, shards)).ping();
+}
+
 shard_tests!(
+    self_subscribed_client_that_stops_reading_is_paused_then_resumed,
     stalled_subscriber_is_bounded_and_does_not_block_others,
     stalled_qos1_subscriber_gets_window_plus_queue,
 );

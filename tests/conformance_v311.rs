@@ -170,6 +170,27 @@ fn session_present_flag(shards: usize) {
     }
 }
 
+fn keepalive_above_max_keepalive_is_refused(shards: usize) {
+    let b = Broker::with_shards(shards, &["--max-keepalive", "10"]);
+    for id in spread_ids("mka", 4, shards) {
+        // 3.x cannot be told a lower keepalive: refused, then closed.
+        let mut c = RawClient::connect(b.addr());
+        c.send_connect(&ConnectOpts {
+            keep_alive: 60,
+            ..ConnectOpts::v311(&id)
+        });
+        match c.expect_packet(WAIT) {
+            Got::ConnAck { code, present } => {
+                assert!(code != 0 && !present, "[{id}] keepalive 60 > 10 accepted")
+            }
+            other => panic!("[{id}] expected a refusing CONNACK, got {other:?}"),
+        }
+        c.expect_closed(WAIT);
+        let (mut ok, _) = RawClient::connect_v311(b.addr(), &id, true, 10, None);
+        ok.ping();
+    }
+}
+
 fn connect_timeout_closes_silent_sockets(shards: usize) {
     let b = Broker::with_shards(shards, &["--connect-timeout", "1"]);
     let t0 = Instant::now();
@@ -474,6 +495,35 @@ fn order_preserved_for_1000_qos1_messages(shards: usize) {
     sub.expect_nothing(Duration::from_millis(100));
 }
 
+fn order_preserved_for_qos2_messages(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("ord2", 2, shards);
+    let mut sub = RawClient::clean(b.addr(), &ids[0]);
+    sub.subscribe("ord2/t", 2);
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    const N: u16 = 300;
+    // Pipelined QoS 2: every PUBLISH, then the PUBREC → PUBREL exchanges, then PUBCOMPs.
+    for i in 1..=N {
+        publ.send_publish("ord2/t", &i.to_be_bytes(), 2, false, false, Some(i));
+    }
+    for i in 1..=N {
+        assert_eq!(publ.expect_packet(WAIT), Got::PubRec(i));
+        publ.send_bytes(&[0x62, 0x02, (i >> 8) as u8, i as u8]);
+    }
+    for i in 1..=N {
+        assert_eq!(publ.expect_packet(WAIT), Got::PubComp(i));
+    }
+    for i in 1..=N {
+        let m = sub.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.payload, m.qos),
+            (i.to_be_bytes().to_vec(), 2),
+            "message {i}"
+        );
+    }
+    sub.expect_nothing(Duration::from_millis(100));
+}
+
 // ---------------------------------------------------------------------------------------
 // Wildcards and filters
 // ---------------------------------------------------------------------------------------
@@ -485,7 +535,7 @@ fn wildcards_match_per_spec(shards: usize) {
     let codes = sub.subscribe_many(&[("sport/#", 1), ("a/+/c", 1), ("+/x", 1), ("end", 1)]);
     assert_eq!(codes, vec![1, 1, 1, 1]);
     let mut all = RawClient::clean(b.addr(), &ids[2]);
-    assert_eq!(all.subscribe_many(&[("#", 1), ("$SYS/#", 1)]), vec![1, 1]);
+    assert_eq!(all.subscribe_many(&[("#", 1), ("$foo/#", 1)]), vec![1, 1]);
     let mut publ = RawClient::clean(b.addr(), &ids[1]);
     let cases: &[(&str, bool)] = &[
         ("sport", true),
@@ -525,12 +575,12 @@ fn wildcards_match_per_spec(shards: usize) {
     let mut want: Vec<&str> = cases
         .iter()
         .map(|c| c.0)
-        .filter(|t| !t.starts_with("$foo"))
+        .filter(|t| !t.starts_with("$SYS"))
         .collect();
     want.push("end");
     assert_eq!(
         seen, want,
-        "`#` must skip $-topics; `$SYS/#` must match $SYS/x"
+        "`#` must skip $-topics; `$foo/#` must match $foo/x; a client's $SYS publish is dropped"
     );
     all.expect_nothing(QUIET);
 }
@@ -741,6 +791,78 @@ fn will_on_protocol_violation(shards: usize) {
         let m = watcher.expect_publish_acked(WAIT);
         assert_eq!(m.payload, b"violated", "after {g:02x?}");
     }
+}
+
+/// CONNECT (with a will) immediately followed by DISCONNECT or by EOF, in one write: with
+/// 4 shards these connections are handed over together with what followed CONNECT.
+fn connect_then_immediate_disconnect_or_eof(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut watcher = RawClient::clean(b.addr(), &id_on("imm-watch", 0, shards));
+    watcher.subscribe("imm/#", 1);
+    let mut publ = RawClient::clean(b.addr(), &id_on("imm-pub", 0, shards));
+    for id in spread_ids("imm", 4, shards) {
+        let connect = |flags_will: bool| {
+            let mut body = Vec::new();
+            mqtt_str(b"MQTT", &mut body);
+            body.push(4);
+            body.push(if flags_will { 0x02 | 0x04 | 0x08 } else { 0x02 });
+            body.extend_from_slice(&60u16.to_be_bytes());
+            mqtt_str(id.as_bytes(), &mut body);
+            mqtt_str(format!("imm/{id}").as_bytes(), &mut body);
+            mqtt_str(b"will", &mut body);
+            frame(0x10, &body)
+        };
+        // CONNECT + DISCONNECT: CONNACK, close, no will.
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        let mut bytes = connect(true);
+        bytes.extend([0xE0, 0x00]);
+        c.send_bytes(&bytes);
+        let got = c.wait_closed(WAIT);
+        assert_eq!(
+            got,
+            vec![Got::ConnAck {
+                present: false,
+                code: 0
+            }],
+            "[{id}]"
+        );
+        sentinel(&mut publ, &mut watcher, &format!("imm/{id}/sentinel"));
+        // CONNECT + EOF: the will is published.
+        let mut c = RawClient::connect(b.addr());
+        c.id = id.clone();
+        c.send_bytes(&connect(true));
+        let _ = c.stream().shutdown(std::net::Shutdown::Write);
+        let m = watcher.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic, m.payload),
+            (format!("imm/{id}"), b"will".to_vec()),
+            "[{id}]"
+        );
+        c.wait_closed(WAIT);
+    }
+}
+
+fn no_will_when_connect_is_refused(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let mut watcher = RawClient::clean(b.addr(), &id_on("ref-watch", 1, shards));
+    watcher.subscribe("ref/will", 1);
+    let mut c = RawClient::connect(b.addr());
+    c.send_connect(&ConnectOpts {
+        clean: false,
+        will: Some(("ref/will", b"refused", 1, false)),
+        ..ConnectOpts::v311("")
+    });
+    assert_eq!(
+        c.expect_packet(WAIT),
+        Got::ConnAck {
+            present: false,
+            code: 2
+        }
+    );
+    c.expect_closed(WAIT);
+    let mut publ = RawClient::clean(b.addr(), &id_on("ref-pub", 2, shards));
+    sentinel(&mut publ, &mut watcher, "ref/will");
 }
 
 fn no_will_after_disconnect(shards: usize) {
@@ -1185,7 +1307,35 @@ fn resubscribe_replaces_the_subscription(shards: usize) {
     sub.expect_nothing(QUIET);
 }
 
+fn rumqttc_persistent_session(shards: usize) {
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("rp", 2, shards);
+    let (c, mut conn, present) = rumq_connect(rumq_options(b.addr(), &ids[0], false));
+    assert!(!present);
+    c.subscribe("rp/t", rumqttc::QoS::AtLeastOnce).unwrap();
+    rumq_suback(&mut conn);
+    c.disconnect().unwrap();
+    rumq_event_until(&mut conn, WAIT, "outgoing DISCONNECT", |ev| {
+        matches!(ev, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)).then_some(())
+    });
+    drop(c);
+    drop(conn);
+    let mut p = probe(b.addr(), &ids[0], shards, "rp/t");
+    let mut publ = RawClient::clean(b.addr(), &ids[1]);
+    publ.publish("rp/t", b"while away", 1, false);
+    p.expect_publish(WAIT);
+    let (_c, mut conn, present) = rumq_connect(rumq_options(b.addr(), &ids[0], false));
+    assert!(present, "rumqttc: persistent session must be present");
+    let m = rumq_publish(&mut conn, WAIT);
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("rp/t", &b"while away"[..])
+    );
+    assert_eq!(m.qos, rumqttc::QoS::AtLeastOnce);
+}
+
 shard_tests!(
+    rumqttc_persistent_session,
     connect_subscribe_publish_in_one_write,
     fragmented_and_large_packets,
     packets_over_max_packet_size_close_the_connection,
@@ -1211,6 +1361,8 @@ shard_tests!(
     pubrel_resent_on_reconnect,
     inflight_window_limits_unacked_deliveries,
     order_preserved_for_1000_qos1_messages,
+    order_preserved_for_qos2_messages,
+    keepalive_above_max_keepalive_is_refused,
     wildcards_match_per_spec,
     invalid_filters_refused_valid_ones_granted,
     publish_to_wildcard_topic_closes,
@@ -1220,6 +1372,8 @@ shard_tests!(
     will_on_socket_close,
     will_on_protocol_violation,
     no_will_after_disconnect,
+    connect_then_immediate_disconnect_or_eof,
+    no_will_when_connect_is_refused,
     retained_will_reaches_later_subscriber,
     persistent_session_keeps_subscriptions_and_queues,
     offline_queue_is_bounded,

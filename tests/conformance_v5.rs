@@ -517,6 +517,71 @@ fn client_maximum_packet_size(shards: usize) {
     sub.expect_nothing(Duration::from_millis(300));
 }
 
+/// Encoded size of a QoS 1 PUBLISH without properties (as the server sends it).
+fn qos1_publish_len(topic: &str, payload: &[u8]) -> usize {
+    shardmq::protocol::encoded_len(
+        &shardmq::protocol::Packet::Publish(shardmq::protocol::Publish {
+            dup: false,
+            qos: shardmq::protocol::QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: std::num::NonZeroU16::new(1),
+            properties: Properties::default(),
+            payload,
+        }),
+        shardmq::protocol::Version::V5,
+    )
+}
+
+/// The largest payload whose QoS 1 PUBLISH on `topic` is at most `limit` bytes.
+fn largest_payload(topic: &str, limit: usize) -> usize {
+    let n = (0..limit)
+        .rev()
+        .find(|&n| qos1_publish_len(topic, &vec![0; n]) <= limit)
+        .expect("some payload fits");
+    assert_eq!(
+        qos1_publish_len(topic, &vec![0; n]),
+        limit,
+        "an exact fit exists"
+    );
+    n
+}
+
+/// Maximum Packet Size counts the whole packet: exactly the limit passes, one byte more
+/// does not, in both directions.
+fn maximum_packet_size_boundary(shards: usize) {
+    let b = common::Broker::with_shards(shards, &["--max-packet-size", "500"]);
+    let limit = 200usize;
+    let (mut sub, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("mpb", 0, shards)).max_packet(limit as u32),
+    );
+    sub.subscribe("mpb/t", 1);
+    let fits = largest_payload("mpb/t", limit);
+    let mut publ = Client5::clean(b.addr(), &on("mpbp", 1, shards));
+    publ.publish("mpb/t", &vec![b'a'; fits + 1], 1, false);
+    publ.publish("mpb/t", &vec![b'b'; fits], 1, false);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.payload,
+        vec![b'b'; fits],
+        "exactly {limit} bytes is allowed"
+    );
+    sub.expect_nothing(Duration::from_millis(200));
+    // Server side: 500 bytes accepted, 501 refused.
+    let fits = largest_payload("mpb/t", 500);
+    assert_eq!(publ.publish("mpb/t", &vec![b'c'; fits], 1, false), 0x00);
+    publ.send_publish(
+        "mpb/t",
+        &vec![b'd'; fits + 1],
+        1,
+        false,
+        Some(999),
+        Properties::default(),
+    );
+    publ.expect_disconnect_reason(0x95);
+}
+
 fn server_maximum_packet_size(shards: usize) {
     let b = common::Broker::with_shards(shards, &["--max-packet-size", "1024"]);
     let (mut c, ack) = Client5::open(b.addr(), &Conn5::new(&on("smps", 2, shards)));
@@ -581,12 +646,15 @@ fn settle_retained() {
 fn retained_before_subscribe_arrives_once(shards: usize) {
     let b = common::Broker::with_shards(shards, &[]);
     let mut publ = Client5::clean(b.addr(), &on("rbp", 3, shards));
-    for round in 0..5 {
+    // Connected up front, so the SUBSCRIBE follows the PUBACK as closely as possible.
+    let mut subs: Vec<Client5> = (0..10)
+        .map(|r| Client5::clean(b.addr(), &on(&format!("rbs{r}"), 0, shards)))
+        .collect();
+    for (round, c) in subs.iter_mut().enumerate() {
         let topic = format!("rb/{round}");
         publ.publish(&topic, b"kept", 1, true);
-        let mut c = Client5::clean(b.addr(), &on(&format!("rbs{round}"), 0, shards));
         let p = c.next_pid();
-        let subs = [shardmq::protocol::Subscription {
+        let filters = [shardmq::protocol::Subscription {
             filter: &topic,
             options: opts(1, false, false, 0),
         }];
@@ -594,16 +662,29 @@ fn retained_before_subscribe_arrives_once(shards: usize) {
             shardmq::protocol::Subscribe {
                 packet_id: std::num::NonZeroU16::new(p).expect("pid"),
                 properties: Properties::default(),
-                filters: shardmq::protocol::SubscriptionList::Slice(&subs),
+                filters: shardmq::protocol::SubscriptionList::Slice(&filters),
             },
         ));
+        // Everything until the SUBACK and one PUBLISH, then a short quiet window.
         let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_millis(400);
-        while let Ok(g) = c.recv(deadline.saturating_duration_since(Instant::now())) {
-            if let P5::Publish(m) = &g {
-                c.ack(m);
+        let deadline = Instant::now() + WAIT;
+        let mut quiet_from: Option<Instant> = None;
+        loop {
+            let until = quiet_from.map_or(deadline, |t| t + Duration::from_millis(150));
+            match c.recv(until.saturating_duration_since(Instant::now())) {
+                Ok(g) => {
+                    if let P5::Publish(m) = &g {
+                        c.ack(m);
+                    }
+                    got.push(g);
+                    let suback = got.iter().any(|g| matches!(g, P5::SubAck { .. }));
+                    let publish = got.iter().any(|g| matches!(g, P5::Publish(_)));
+                    if suback && publish && quiet_from.is_none() {
+                        quiet_from = Some(Instant::now());
+                    }
+                }
+                Err(_) => break,
             }
-            got.push(g);
         }
         let publishes: Vec<(bool, bool)> = got
             .iter()
@@ -699,6 +780,16 @@ fn subscription_identifiers(shards: usize) {
     let mut ids = c.expect_publish_acked(WAIT).props.subscription_identifiers;
     ids.sort_unstable();
     assert_eq!(ids, vec![8, 9]);
+    // Resubscribing without one removes it; the largest identifier works.
+    c.subscribe("sid/+", 1);
+    c.subscribe_id("sid/#", 1, 268_435_455);
+    publ.publish("sid/y", b"max", 1, false);
+    assert_eq!(
+        c.expect_publish_acked(WAIT).props.subscription_identifiers,
+        vec![268_435_455]
+    );
+    c.subscribe_id("sid/#", 1, 9);
+    c.subscribe_id("sid/+", 1, 8);
     // Retained messages carry it too.
     publ.publish("sid/r", b"ret", 1, true);
     c.expect_publish_acked(WAIT);
@@ -1151,6 +1242,17 @@ fn will_on_takeover(shards: usize) {
     let (_new, ack) = Client5::open(b.addr(), &Conn5::new(&id).clean(false).expiry(30));
     assert!(ack.present);
     old.expect_disconnect_reason(0x8E);
+    // A detached session whose Will waits out a long delay, ended by a Clean Start
+    // connection: the session ends, so the Will goes out now.
+    let id3 = on("wte", 3, shards);
+    let mut w = immediate_will("wt/c");
+    w.delay_s = Some(60);
+    let (gone, _) = Client5::open(b.addr(), &Conn5::new(&id3).expiry(30).will(w));
+    gone.drop_tcp();
+    std::thread::sleep(Duration::from_millis(100));
+    let (_fresh, ack) = Client5::open(b.addr(), &Conn5::new(&id3));
+    assert!(!ack.present);
+    assert_eq!(watch.expect_publish_acked(WAIT).topic, "wt/c");
     std::thread::sleep(Duration::from_millis(1300));
     let mut publ = Client5::clean(b.addr(), &on("wtp", 3, shards));
     sentinel(&mut publ, &mut watch, "wt/sentinel");
@@ -1342,6 +1444,271 @@ fn request_problem_information_zero(shards: usize) {
     );
 }
 
+/// The Will is kept only by a DISCONNECT with 0x00 [MQTT-3.1.2-10]: a client DISCONNECT
+/// with an error reason code still gets it published.
+fn will_sent_on_client_error_disconnect(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wew", 0, shards));
+    watch.subscribe("we/#", 1);
+    let (c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("wec", 1, shards)).will(immediate_will("we/err")),
+    );
+    c.disconnect_with(ReasonCode::UnspecifiedError, None);
+    let m = watch.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.topic, "we/err",
+        "DISCONNECT 0x80 does not discard the Will"
+    );
+}
+
+/// A server that closes the connection for a client's error publishes its Will.
+fn will_sent_when_server_disconnects_for_error(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wsw", 0, shards));
+    watch.subscribe("ws/#", 1);
+    let (mut c, _) = Client5::open(
+        b.addr(),
+        &Conn5::new(&on("wsc", 1, shards)).will(immediate_will("ws/err")),
+    );
+    c.send_bytes(&publish_with_alias_bytes("ws/x", 11));
+    c.expect_disconnect_reason(0x94);
+    assert_eq!(watch.expect_publish_acked(WAIT).topic, "ws/err");
+}
+
+/// A PUBREC with an error reason ends the QoS 2 flow: no PUBREL, and the in-flight slot
+/// is free again.
+fn pubrec_error_ends_flow(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("pre", 0, shards)).receive_max(1));
+    sub.subscribe("pre/t", 2);
+    let mut publ = Client5::clean(b.addr(), &on("prep", 1, shards));
+    publ.publish("pre/t", b"1", 2, false);
+    publ.publish("pre/t", b"2", 2, false);
+    let m1 = sub.expect_publish(WAIT);
+    assert_eq!(m1.payload, b"1");
+    sub.send(&shardmq::protocol::Packet::PubRec(shardmq::protocol::Ack {
+        packet_id: std::num::NonZeroU16::new(m1.pid.expect("pid")).expect("pid"),
+        reason: ReasonCode::UnspecifiedError,
+        properties: Properties::default(),
+    }));
+    let m2 = sub.expect_publish(WAIT);
+    assert_eq!(
+        m2.payload, b"2",
+        "the refused message freed the window (no PUBREL first)"
+    );
+    sub.ack(&m2);
+    sub.expect_nothing(Duration::from_millis(200));
+}
+
+/// Messages queued while offline are released within the Receive Maximum of the
+/// resuming connection.
+fn receive_maximum_applies_to_queued_on_resume(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("rmq", 0, shards);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&id).expiry(60));
+    sub.subscribe("rmq/t", 1);
+    sub.disconnect();
+    let mut publ = Client5::clean(b.addr(), &on("rmqp", 1, shards));
+    for i in 1..=3u8 {
+        publ.publish("rmq/t", &[b'0' + i], 1, false);
+    }
+    let o = Conn5::new(&id).clean(false).expiry(60).receive_max(1);
+    let (mut sub, ack) = Client5::open(b.addr(), &o);
+    assert!(ack.present);
+    for i in 1..=3u8 {
+        let m = sub.expect_publish(WAIT);
+        assert_eq!(m.payload, [b'0' + i]);
+        sub.expect_nothing(Duration::from_millis(200));
+        sub.ack(&m);
+    }
+}
+
+/// rumqttc v5 with Clean Start 0 and a Session Expiry Interval: the session and a QoS 1
+/// message queued while away survive a reconnect.
+fn session_resume_rumqttc(shards: usize) {
+    use rq::mqttbytes::v5::ConnectProperties;
+    use rq::mqttbytes::QoS as RQ;
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("rqs", 0, shards);
+    let opts = || {
+        let mut o = rq_options(b.addr(), &id);
+        o.set_clean_start(false);
+        let mut p = ConnectProperties::new();
+        p.session_expiry_interval = Some(60);
+        o.set_connect_properties(p);
+        o
+    };
+    let (c, mut conn, ack) = rq_connect(opts());
+    assert!(!ack.session_present);
+    c.subscribe("rqs/t", RQ::AtLeastOnce).unwrap();
+    rq_suback(&mut conn);
+    c.disconnect().unwrap();
+    let _ = conn.recv_timeout(Duration::from_millis(200));
+    drop(conn);
+    let mut publ = Client5::clean(b.addr(), &on("rqsp", 1, shards));
+    // Queued for the detached session (or, if the DISCONNECT is still in flight, in flight
+    // to the old connection and resent on resumption): either way it must arrive.
+    assert_eq!(publ.publish("rqs/t", b"queued", 1, false), 0x00);
+    let (_c, mut conn, ack) = rq_connect(opts());
+    assert!(ack.session_present, "rumqttc resumes its session");
+    let m = rq_publish(&mut conn);
+    assert_eq!(&m.payload[..], b"queued");
+}
+
+/// The server never sends a packet larger than the client's Maximum Packet Size, not even
+/// a DISCONNECT: its Reason String is dropped when it would not fit [MQTT-3.1.2-24/25].
+fn server_disconnect_within_client_maximum(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = on("sdm", 1, shards);
+    let (mut c, _) = Client5::open(b.addr(), &Conn5::new(&id).max_packet(16));
+    c.send(&shardmq::protocol::Packet::Connect(
+        shardmq::protocol::Connect {
+            version: shardmq::protocol::Version::V5,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: &id,
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        },
+    ));
+    let got = c.wait_closed(WAIT);
+    assert!(
+        c.sizes.iter().all(|&n| n <= 16),
+        "packets of {:?} bytes for a client with Maximum Packet Size 16: {:?}",
+        c.sizes,
+        briefs(&got)
+    );
+    assert!(
+        matches!(got.as_slice(), [] | [P5::Disconnect { reason: 0x82, .. }]),
+        "{:?}",
+        briefs(&got)
+    );
+}
+
+/// A Will's Message Expiry Interval is its lifetime once published, not counted from the
+/// CONNECT that carried it [MQTT-3.1.3.2.4].
+fn will_message_expiry_starts_at_publication(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut watch = Client5::clean(b.addr(), &on("wmw", 0, shards));
+    watch.subscribe("wm/#", 1);
+    let mut w = immediate_will("wm/t");
+    w.message_expiry_s = Some(2);
+    w.payload_format_indicator = Some(1);
+    let (c, _) = Client5::open(b.addr(), &Conn5::new(&on("wmc", 1, shards)).will(w));
+    std::thread::sleep(Duration::from_millis(2300));
+    c.drop_tcp();
+    let m = watch.expect_publish_acked(WAIT);
+    assert_eq!(m.topic, "wm/t");
+    assert_eq!(m.props.payload_format_indicator, Some(1));
+    assert_eq!(
+        m.props.message_expiry_interval,
+        Some(2),
+        "the Will's 2 s lifetime starts when it is published"
+    );
+}
+
+/// A QoS 2 delivery occupies its Receive Maximum slot until PUBCOMP, not just PUBREC.
+fn client_receive_maximum_counts_qos2_until_pubcomp(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("rm2", 0, shards)).receive_max(1));
+    sub.subscribe("rm2/t", 2);
+    let mut publ = Client5::clean(b.addr(), &on("rm2p", 1, shards));
+    publ.publish("rm2/t", b"1", 2, false);
+    publ.publish("rm2/t", b"2", 2, false);
+    let m1 = sub.expect_publish(WAIT);
+    let pid = std::num::NonZeroU16::new(m1.pid.expect("pid")).expect("pid");
+    sub.send(&shardmq::protocol::Packet::PubRec(
+        shardmq::protocol::Ack::new(pid),
+    ));
+    match sub.expect(WAIT) {
+        P5::PubRel { pid: p, .. } => assert_eq!(p, pid.get()),
+        other => panic!("want PUBREL, got {}", other.brief()),
+    }
+    sub.expect_nothing(Duration::from_millis(300));
+    sub.send(&shardmq::protocol::Packet::PubComp(
+        shardmq::protocol::Ack::new(pid),
+    ));
+    assert_eq!(sub.expect_publish_acked(WAIT).payload, b"2");
+}
+
+/// A message that expires while queued behind a full in-flight window of an online client
+/// is dropped, not sent late.
+fn message_expiry_while_window_full(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let (mut sub, _) = Client5::open(b.addr(), &Conn5::new(&on("mew", 0, shards)).receive_max(1));
+    sub.subscribe("mew/t", 1);
+    let mut publ = Client5::clean(b.addr(), &on("mewp", 1, shards));
+    publ.publish("mew/t", b"first", 1, false);
+    let expiring = Properties {
+        message_expiry_interval: Some(1),
+        ..Properties::default()
+    };
+    publ.publish_props("mew/t", b"stale", 1, false, expiring);
+    publ.publish("mew/t", b"last", 1, false);
+    let first = sub.expect_publish(WAIT);
+    assert_eq!(first.payload, b"first");
+    std::thread::sleep(Duration::from_millis(1500));
+    sub.ack(&first);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        m.payload, b"last",
+        "the message that expired in the queue is skipped"
+    );
+}
+
+/// Topic aliases both ways with rumqttc's v5 client: it publishes with an alias (topic,
+/// then empty topic) and receives aliased deliveries it resolves itself.
+fn topic_aliases_rumqttc(shards: usize) {
+    use rq::mqttbytes::v5::{PubAckReason, PublishProperties};
+    use rq::mqttbytes::QoS as RQ;
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut so = rq_options(b.addr(), &on("tars", 0, shards));
+    so.set_topic_alias_max(Some(5));
+    let (sub, mut sconn, _) = rq_connect(so);
+    sub.subscribe("tar/#", RQ::AtLeastOnce).unwrap();
+    rq_suback(&mut sconn);
+    let mut raw = Client5::clean(b.addr(), &on("tarr", 2, shards));
+    raw.subscribe("tar/#", 1);
+    let (publ, mut pconn, ack) = rq_connect(rq_options(b.addr(), &on("tarp", 1, shards)));
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), Some(10));
+    let alias = || PublishProperties {
+        topic_alias: Some(3),
+        ..PublishProperties::default()
+    };
+    for (topic, payload) in [("tar/long/topic/name", "1"), ("", "2"), ("", "3")] {
+        publ.publish_with_properties(topic, RQ::AtLeastOnce, false, payload, alias())
+            .unwrap();
+        assert_eq!(rq_puback(&mut pconn), PubAckReason::Success);
+    }
+    for want in ["1", "2", "3"] {
+        let m = rq_publish(&mut sconn);
+        assert_eq!(
+            &m.topic[..],
+            b"tar/long/topic/name",
+            "rumqttc resolved the alias"
+        );
+        assert_eq!(&m.payload[..], want.as_bytes());
+    }
+    // What went over the wire to an alias-capable client: topic once, then alias only.
+    let wire: Vec<(String, Option<u16>)> = raw
+        .collect(3)
+        .into_iter()
+        .map(|m| (m.topic, m.props.topic_alias))
+        .collect();
+    assert_eq!(
+        wire,
+        vec![
+            ("tar/long/topic/name".to_string(), None),
+            ("tar/long/topic/name".to_string(), None),
+            ("tar/long/topic/name".to_string(), None),
+        ],
+        "the raw client set no Topic Alias Maximum: full topics"
+    );
+}
+
 shard_tests!(
     connack_defaults_advertised,
     connack_configured_limits,
@@ -1365,6 +1732,7 @@ shard_tests!(
     server_receive_maximum_enforced,
     client_maximum_packet_size,
     server_maximum_packet_size,
+    maximum_packet_size_boundary,
     no_local,
     retain_as_published,
     retain_handling,
@@ -1396,4 +1764,14 @@ shard_tests!(
     second_connect_0x82,
     qos0_invalid_payload_format_disconnects,
     request_problem_information_zero,
+    will_sent_on_client_error_disconnect,
+    will_sent_when_server_disconnects_for_error,
+    pubrec_error_ends_flow,
+    receive_maximum_applies_to_queued_on_resume,
+    session_resume_rumqttc,
+    server_disconnect_within_client_maximum,
+    will_message_expiry_starts_at_publication,
+    client_receive_maximum_counts_qos2_until_pubcomp,
+    message_expiry_while_window_full,
+    topic_aliases_rumqttc,
 );

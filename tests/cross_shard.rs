@@ -293,7 +293,97 @@ fn interest_survives_while_any_subscriber_remains(shards: usize) {
     }
 }
 
+/// The reference matcher of MQTT 3.1.1 §4.7, written independently of the broker's.
+fn model_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let f: Vec<&str> = filter.split('/').collect();
+    let t: Vec<&str> = topic.split('/').collect();
+    for (i, level) in f.iter().enumerate() {
+        if *level == "#" {
+            return true;
+        }
+        match t.get(i) {
+            Some(tl) if *level == "+" || level == tl => {}
+            _ => return false,
+        }
+    }
+    f.len() == t.len()
+}
+
+/// Random subscribe / unsubscribe / publish rounds over clients on every shard, checked
+/// against a model: each client gets exactly one copy of each message any of its filters
+/// matches, and nothing else.
+fn random_subscriptions_match_a_model(shards: usize) {
+    const FILTERS: &[&str] = &[
+        "#", "+", "a", "a/#", "a/+", "a/b", "+/b", "a/+/c", "+/+/+", "$s/#", "a/b/#", "+/#", "/+",
+        "+/+", "a/b/c/d",
+    ];
+    const TOPICS: &[&str] = &[
+        "a", "a/b", "a/c", "a/b/c", "x/b", "b", "/a", "$s/x", "a/b/c/d", "a//c", "$s", "/",
+    ];
+    let b = Broker::with_shards(shards, &[]);
+    let ids = spread_ids("model", 6, shards);
+    let mut clients: Vec<RawClient> = ids
+        .iter()
+        .map(|id| {
+            let mut c = RawClient::clean(b.addr(), id);
+            c.subscribe("sync", 1);
+            c
+        })
+        .collect();
+    let mut subs: Vec<std::collections::BTreeSet<&str>> = vec![Default::default(); clients.len()];
+    let mut publ = RawClient::clean(b.addr(), &id_on("model-pub", 0, shards));
+    let mut rng = Rng::new(7 + shards as u64);
+    let mut counter = 0u32;
+    for round in 0..40u32 {
+        for _ in 0..4 {
+            let c = rng.below(clients.len());
+            let f = FILTERS[rng.below(FILTERS.len())];
+            if subs[c].contains(f) && rng.below(2) == 0 {
+                clients[c].unsubscribe(&[f]);
+                subs[c].remove(f);
+            } else {
+                clients[c].subscribe(f, 1);
+                subs[c].insert(f);
+            }
+        }
+        let mut expected: Vec<Vec<u32>> = vec![Vec::new(); clients.len()];
+        for _ in 0..6 {
+            counter += 1;
+            let t = TOPICS[rng.below(TOPICS.len())];
+            publ.publish(t, &counter.to_be_bytes(), 1, false);
+            for (c, fs) in subs.iter().enumerate() {
+                if fs.iter().any(|f| model_matches(f, t)) {
+                    expected[c].push(counter);
+                }
+            }
+        }
+        publ.publish("sync", &round.to_be_bytes(), 1, false);
+        for (c, client) in clients.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            loop {
+                let m = client.expect_publish_acked(WAIT);
+                if m.topic == "sync" && m.payload == round.to_be_bytes() {
+                    break;
+                }
+                got.push(u32::from_be_bytes(
+                    m.payload[..4].try_into().expect("counter"),
+                ));
+            }
+            got.sort_unstable();
+            assert_eq!(
+                got, expected[c],
+                "round {round}, client {} with filters {:?}",
+                client.id, subs[c]
+            );
+        }
+    }
+}
+
 shard_tests!(
+    random_subscriptions_match_a_model,
     interest_survives_while_any_subscriber_remains,
     acked_retained_message_is_not_delivered_live_to_later_subscriber,
     fanout_reaches_subscribers_on_every_shard,

@@ -41,7 +41,13 @@ fn takeover_closes_first_and_publishes_its_will(shards: usize) {
         assert_eq!(w.text(), want, "round {round}: the old connection's will");
         // The subscription moved with the session.
         publ.publish("tk/data", format!("d{round}").as_bytes(), 1, false);
-        let m = second.expect_publish_acked(WAIT);
+        let mut m = second.expect_publish_acked(WAIT);
+        if round > 0 && m.dup && m.text() == format!("d{}", round - 1) {
+            // The old connection's PUBACK and this CONNECT came on different sockets; when
+            // the CONNECT is handled first, the unacknowledged message is resent with DUP=1
+            // on the new connection (at-least-once). Anything else is a failure.
+            m = second.expect_publish_acked(WAIT);
+        }
         assert_eq!(m.text(), format!("d{round}"));
         first = second;
     }

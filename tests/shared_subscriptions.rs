@@ -312,6 +312,158 @@ fn shared_rumqttc(shards: usize) {
     }
 }
 
+fn puback_success_with_only_shared_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut publ = Client5::clean(b.addr(), &id_on("pap", 2, shards));
+    assert_eq!(publ.publish("pa/t", b"x", 1, false), 0x10);
+    let mut m = member(b.addr(), "pam", 0, shards, "$share/pa/pa/t");
+    assert_eq!(
+        publ.publish("pa/t", b"y", 1, false),
+        0x00,
+        "a group member matches"
+    );
+    assert_eq!(m.expect_publish_acked(WAIT).payload, b"y");
+}
+
+/// A member whose session outlives its connection is offline (gets nothing) until it
+/// resumes, then shares again.
+fn persistent_member_offline_then_back(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("pma", 0, shards);
+    let o = Conn5::new(&id).expiry(60);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/pm/pm/t", 1);
+    let other = member(b.addr(), "pmb", 1, shards, "$share/pm/pm/t");
+    a.disconnect();
+    let mut publ = Client5::clean(b.addr(), &id_on("pmp", 2, shards));
+    let sent = publish_n(&mut publ, "pm/t", 6);
+    let mut rest = vec![other];
+    assert_exactly_once(&gather(&mut rest, 6), &sent);
+    let (a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    let mut both = vec![a, rest.remove(0)];
+    // The first member may have been handed messages queued while it was away: none are
+    // expected, since the other member was online.
+    let sent = publish_n(&mut publ, "pm/t", 10);
+    let got = gather(&mut both, 10);
+    assert_exactly_once(&got, &sent);
+    assert!(
+        !got[0].is_empty(),
+        "the resumed member shares again: {got:?}"
+    );
+}
+
+/// A member whose session is replaced by a Clean Start takeover leaves the group: a
+/// publish to the filter then has no matching subscriber (0x10), and nothing arrives.
+fn taken_over_member_leaves_group(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("tom", 0, shards);
+    let mut old = member(b.addr(), "tom", 0, shards, "$share/to/to/t");
+    let (mut new, ack) = Client5::open(b.addr(), &Conn5::new(&id));
+    assert!(!ack.present);
+    old.expect_disconnect_reason(0x8E);
+    let mut publ = Client5::clean(b.addr(), &id_on("top", 1, shards));
+    assert_eq!(
+        publ.publish("to/t", b"x", 1, false),
+        0x10,
+        "the old session's membership must end with it"
+    );
+    new.expect_nothing(Duration::from_millis(200));
+}
+
+/// A member that refuses a message (PUBACK ≥ 0x80) ends its delivery: no other member
+/// gets it [MQTT-4.8.2-6].
+fn refused_message_not_sent_to_another_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let mut ms = [
+        member(b.addr(), "rfa", 0, shards, "$share/rf/rf/t"),
+        member(b.addr(), "rfb", 1, shards, "$share/rf/rf/t"),
+    ];
+    let mut publ = Client5::clean(b.addr(), &id_on("rfp", 2, shards));
+    publ.publish("rf/t", b"no", 1, false);
+    let deadline = Instant::now() + WAIT;
+    let (who, m) =
+        loop {
+            assert!(Instant::now() < deadline, "nobody got the message");
+            if let Some(hit) = ms.iter_mut().enumerate().find_map(|(i, c)| {
+                match c.recv(Duration::from_millis(20)) {
+                    Ok(P5::Publish(m)) => Some((i, m)),
+                    _ => None,
+                }
+            }) {
+                break hit;
+            }
+        };
+    ms[who].send(&shardmq::protocol::Packet::PubAck(shardmq::protocol::Ack {
+        packet_id: std::num::NonZeroU16::new(m.pid.expect("pid")).expect("pid"),
+        reason: shardmq::protocol::ReasonCode::UnspecifiedError,
+        properties: shardmq::protocol::Properties::default(),
+    }));
+    for c in ms.iter_mut() {
+        c.expect_nothing(Duration::from_millis(300));
+    }
+}
+
+/// Unacknowledged messages moved to another member when their member went away are not
+/// resent to it when its session resumes (each message goes to one member).
+fn moved_messages_not_resent_to_resumed_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("mva", 0, shards);
+    let o = Conn5::new(&id).expiry(60).receive_max(10);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/mv/mv/t", 1);
+    let mut publ = Client5::clean(b.addr(), &id_on("mvp", 2, shards));
+    // Only member: it takes all 4 without acknowledging.
+    publish_n(&mut publ, "mv/t", 4);
+    let held: Vec<String> = (0..4).map(|_| a.expect_publish(WAIT).text()).collect();
+    let other = member(b.addr(), "mvb", 1, shards, "$share/mv/mv/t");
+    a.drop_tcp();
+    let mut rest = vec![other];
+    let mut moved = gather(&mut rest, 4).remove(0);
+    moved.sort();
+    let mut held_sorted = held.clone();
+    held_sorted.sort();
+    assert_eq!(
+        moved, held_sorted,
+        "the gone member's messages went to the other"
+    );
+    let (mut a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    a.expect_nothing(Duration::from_millis(400));
+}
+
+/// A QoS 2 message past PUBREC belongs to its member: when that member's connection
+/// breaks it is not given to another member, and the flow completes on resumption.
+fn qos2_past_pubrec_stays_with_member(shards: usize) {
+    let b = common::Broker::with_shards(shards, &[]);
+    let id = id_on("q2a", 0, shards);
+    let o = Conn5::new(&id).expiry(60);
+    let (mut a, _) = Client5::open(b.addr(), &o);
+    a.subscribe("$share/q2/q2/t", 2);
+    let mut publ = Client5::clean(b.addr(), &id_on("q2p", 2, shards));
+    publ.publish("q2/t", b"once", 2, false);
+    let m = a.expect_publish(WAIT);
+    let pid = m.pid.expect("pid");
+    a.send(&shardmq::protocol::Packet::PubRec(
+        shardmq::protocol::Ack::new(std::num::NonZeroU16::new(pid).expect("pid")),
+    ));
+    a.expect_where(
+        WAIT,
+        "PUBREL",
+        |g| matches!(g, P5::PubRel { pid: p, .. } if *p == pid),
+    );
+    let mut other = Client5::clean(b.addr(), &id_on("q2b", 1, shards));
+    other.subscribe("$share/q2/q2/t", 2);
+    a.drop_tcp();
+    other.expect_nothing(Duration::from_millis(400));
+    let (mut a, ack) = Client5::open(b.addr(), &o.clone().clean(false));
+    assert!(ack.present);
+    match a.expect(WAIT) {
+        P5::PubRel { pid: p, .. } => assert_eq!(p, pid),
+        other => panic!("want the PUBREL resent, got {}", other.brief()),
+    }
+}
+
 shard_tests!(
     one_member_per_message,
     balanced_across_shards,
@@ -324,4 +476,10 @@ shard_tests!(
     shared_options_and_identifier,
     v311_and_v5_members_share,
     shared_rumqttc,
+    puback_success_with_only_shared_member,
+    persistent_member_offline_then_back,
+    taken_over_member_leaves_group,
+    refused_message_not_sent_to_another_member,
+    moved_messages_not_resent_to_resumed_member,
+    qos2_past_pubrec_stays_with_member,
 );

@@ -48,3 +48,46 @@ pub const CREDENTIALS_FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const CREDENTIALS_LINE_BYTES_MAX: usize = 1024;
 /// Longest `e=` server error text the client keeps.
 pub const SERVER_ERROR_BYTES_MAX: usize = 256;
+
+/// Fuzzing entry points (`fuzz/fuzz_targets/scram.rs`, `credentials.rs`).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{ScramCredentials, ScramServer};
+
+    /// The RFC 7677 example user ("user" / "pencil"), so fuzzed exchanges reach `finish`.
+    const RFC_LINE: &str = "user:SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+
+    /// Split `data` at its first byte into a client-first and a client-final message and
+    /// run a server exchange on them: errors are fine, panics are not.
+    pub fn fuzz_exchange(data: &[u8]) {
+        let Ok(creds) = ScramCredentials::parse(RFC_LINE, "fuzz") else {
+            return;
+        };
+        let Some((&cut, rest)) = data.split_first() else {
+            return;
+        };
+        let (first, last) = rest.split_at(usize::from(cut).min(rest.len()));
+        if let Ok((server, _)) = ScramServer::start(&creds, first) {
+            let _ = server.finish(last);
+        }
+    }
+
+    /// Parse any bytes as a credentials file: a set of users or an error naming a line.
+    pub fn fuzz_credentials(data: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = ScramCredentials::parse(text, "fuzz");
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_fuzzed_exchange_has_a_real_user_to_reach() {
+            let creds = ScramCredentials::parse(RFC_LINE, "fuzz").expect("RFC 7677 line");
+            assert!(creds.get("user").is_some());
+            fuzz_exchange(b"\x1en,,n=user,r=rOprNGfwEbeRWgbNEkqOc=biws,r=x,p=AAAA");
+        }
+    }
+}

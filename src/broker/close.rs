@@ -15,8 +15,9 @@ impl Broker {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
         };
-        // 0x04 asks for the Will anyway; any other normal DISCONNECT discards it.
-        link.publish_will = d.reason == ReasonCode::DisconnectWithWillMessage;
+        // Only a DISCONNECT with 0x00 discards the Will [MQTT-3.1.2-10]; 0x04 or any error
+        // code from the client leaves it to be published.
+        link.publish_will = d.reason.to_u8() != 0x00;
         let s = link.session;
         if let (Some(new), Some(s)) = (d.properties.session_expiry_interval, s) {
             let Some(sess) = self.sessions.get_mut(s) else {
@@ -61,7 +62,7 @@ impl Broker {
                 .and_then(|s| self.sessions.get(s))
                 .is_none_or(|x| x.expiry_s == 0);
             if w.delay_s == 0 || (still_ours && session_ends) {
-                self.publish_message(Arc::new(w.msg), now_ms);
+                self.publish_message(Arc::new(w.into_message(now_ms)), now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
                 if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
@@ -129,16 +130,13 @@ impl Broker {
         self.by_client.remove(&sess.client_id);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
-            self.remove_from_trie(s, &f);
+            // Normal filters leave the trie; shared ones leave their group on every shard.
+            self.unroute(s, sess.uid, &f);
         }
         if let Some(w) = sess.will.take() {
-            let now = self.timers_now();
-            self.publish_message(Arc::new(w.msg), now);
+            let now = self.now_ms;
+            self.publish_message(Arc::new(w.into_message(now)), now);
         }
-    }
-
-    fn timers_now(&self) -> u64 {
-        self.now_ms
     }
 
     /// Fire due timers: keepalive and CONNECT deadlines, delayed Wills, session expiry.
@@ -153,6 +151,7 @@ impl Broker {
             match kind {
                 TIMER_LINK => self.link_timer(index, gen, now_ms),
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
+                super::sys::TIMER_SYS => self.sys_timer(now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }
@@ -203,7 +202,7 @@ impl Broker {
             x.will.take()
         });
         if let Some(w) = will {
-            self.publish_message(Arc::new(w.msg), now_ms);
+            self.publish_message(Arc::new(w.into_message(now_ms)), now_ms);
         }
     }
 

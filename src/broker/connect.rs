@@ -138,22 +138,25 @@ impl Broker {
         } else {
             c.keep_alive
         };
-        let will = c.will.as_ref().map(|w| StoredWill {
-            msg: Message::from_publish(
-                &protocol::Publish {
-                    dup: false,
-                    qos: w.qos,
-                    retain: w.retain,
-                    topic: w.topic,
-                    packet_id: None,
-                    properties: w.properties,
-                    payload: w.payload,
-                },
-                w.topic,
-                now_ms,
-                self.sessions.get(s).map_or(0, |x| x.uid),
-            ),
-            delay_s: w.properties.will_delay_interval.unwrap_or(0),
+        let will = c.will.as_ref().map(|w| {
+            Box::new(StoredWill {
+                msg: Message::from_publish(
+                    &protocol::Publish {
+                        dup: false,
+                        qos: w.qos,
+                        retain: w.retain,
+                        topic: w.topic,
+                        packet_id: None,
+                        properties: w.properties,
+                        payload: w.payload,
+                    },
+                    w.topic.into(),
+                    now_ms,
+                    self.sessions.get(s).map_or(0, |x| x.uid),
+                ),
+                delay_s: w.properties.will_delay_interval.unwrap_or(0),
+                expiry_s: w.properties.message_expiry_interval,
+            })
         });
         self.attach(key, s, c, keep_alive, will, &id, now_ms);
         let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);
@@ -225,7 +228,7 @@ impl Broker {
         s: usize,
         c: &Connect<'_>,
         keep_alive: u16,
-        will: Option<StoredWill>,
+        will: Option<Box<StoredWill>>,
         id: &str,
         now_ms: u64,
     ) {

@@ -6,6 +6,7 @@
 //! touch: the socket itself, which the event loop keeps beside it under the same key.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::protocol::{ReasonCode, Version};
 use crate::session::StoredWill;
@@ -51,7 +52,10 @@ pub struct Link {
     /// The client's Maximum Packet Size (5.0).
     pub client_max_packet: usize,
     /// Inbound topic aliases (5.0), index = alias - 1.
-    pub aliases_in: Vec<Option<Box<str>>>,
+    pub aliases_in: Vec<Option<Arc<str>>>,
+    /// The topic of this client's last PUBLISH: most publishers repeat theirs, so the
+    /// shared topic string is reused instead of allocated per message.
+    pub last_topic: Option<Arc<str>>,
     /// The keepalive / connect-timeout timer.
     pub timer: Option<TimerId>,
     /// Reason Strings and User Properties may be sent on errors (5.0).
@@ -61,7 +65,7 @@ pub struct Link {
     /// Client id, once known (for logs).
     pub client_id: Option<Box<str>>,
     /// Outbound topic aliases (5.0): topic → alias, at most `aliases_out_max` of them.
-    pub aliases_out: std::collections::HashMap<Box<str>, u16>,
+    pub aliases_out: Option<Box<std::collections::HashMap<Arc<str>, u16>>>,
     /// The client's Topic Alias Maximum (0 = none).
     pub aliases_out_max: u16,
     /// An enhanced-authentication exchange in progress.
@@ -71,7 +75,7 @@ pub struct Link {
     /// The server-final SCRAM message, sent in CONNACK once the CONNECT completes.
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
-    pub will: Option<StoredWill>,
+    pub will: Option<Box<StoredWill>>,
 }
 
 impl Link {
@@ -90,6 +94,7 @@ impl Link {
             publish_will: true,
             client_max_packet: usize::MAX,
             aliases_in: Vec::new(),
+            last_topic: None,
             timer: None,
             problem_info: true,
             close_reason: None,
@@ -98,8 +103,21 @@ impl Link {
             auth: None,
             username: None,
             auth_final: None,
-            aliases_out: std::collections::HashMap::new(),
+            aliases_out: None,
             aliases_out_max: 0,
+        }
+    }
+
+    /// The shared string for `topic`, reusing the previous one when it is the same; the
+    /// flag says it is new (and so not yet validated).
+    pub fn intern_topic(&mut self, topic: &str) -> (Arc<str>, bool) {
+        match &self.last_topic {
+            Some(t) if **t == *topic => (t.clone(), false),
+            _ => {
+                let t: Arc<str> = topic.into();
+                self.last_topic = Some(t.clone());
+                (t, true)
+            }
         }
     }
 

@@ -15,6 +15,7 @@ pub mod link;
 mod publish;
 pub mod shared;
 mod subscribe;
+pub mod sys;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -62,6 +63,13 @@ pub enum Cast {
     },
     /// A message for one member of a share group whose session lives on the receiver.
     ShareDeliver(Box<shared::ShareDelivery>),
+    /// Shard `from`'s statistics for `$SYS` (sent to shard 0).
+    Sys {
+        /// The reporting shard.
+        from: usize,
+        /// Its figures.
+        report: Box<sys::SysReport>,
+    },
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
         /// The acknowledging shard.
@@ -112,6 +120,10 @@ pub struct Stats {
     pub dropped_queue: u64,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub dropped_too_large: u64,
+    /// Bytes read from client sockets (counted by the event loop).
+    pub bytes_in: u64,
+    /// Bytes written to client sockets (counted by the event loop).
+    pub bytes_out: u64,
 }
 
 /// A SUBACK held back until every peer shard has applied the interest it depends on.
@@ -169,6 +181,8 @@ pub struct Broker {
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     pub now_ms: u64,
+    /// Latest `$SYS` report of every shard (used on shard 0).
+    sys_reports: Vec<sys::SysReport>,
 }
 
 /// The home shard of a client id: FNV-1a, stable across runs and threads.
@@ -184,7 +198,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl Broker {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker {
-        Broker {
+        let mut b = Broker {
             shard_id,
             shards,
             limits: cfg.session_limits(),
@@ -210,7 +224,10 @@ impl Broker {
             stats: Stats::default(),
             fired: Vec::new(),
             now_ms,
-        }
+            sys_reports: vec![sys::SysReport::default(); shards],
+        };
+        b.arm_sys_timer(now_ms);
+        b
     }
 
     /// The configuration.
@@ -312,14 +329,19 @@ impl Broker {
         }
         let v5_connected = link.version == Version::V5 && link.state == LinkState::Connected;
         if let (Some(r), true) = (reason, v5_connected) {
-            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29].
-            let d = protocol::Disconnect {
+            // A Reason String is always allowed on DISCONNECT [MQTT-3.1.2-29], but never
+            // past the client's Maximum Packet Size [MQTT-3.1.2-24]: then it is left out.
+            let max = link.client_max_packet;
+            let mut d = protocol::Disconnect {
                 reason: r,
                 properties: protocol::Properties {
                     reason_string: Some(why),
                     ..protocol::Properties::default()
                 },
             };
+            if protocol::encoded_len(&Packet::Disconnect(d.clone()), Version::V5) > max {
+                d.properties.reason_string = None;
+            }
             self.send(key, &Packet::Disconnect(d));
         }
         let Some(link) = self.links.get_mut(key) else {

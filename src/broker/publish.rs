@@ -16,11 +16,16 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 impl Broker {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
         self.stats.publish_in += 1;
-        let topic = match self.resolve_alias(key, p) {
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
+            return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
+        }
+        let (topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
-        if !topic::valid_topic_name(&topic) {
+        // A topic seen before on this link (repeated, or bound to an alias) was checked then.
+        if fresh && !topic::valid_topic_name(&topic) {
             return self.close(
                 key,
                 Some(ReasonCode::TopicNameInvalid),
@@ -30,27 +35,38 @@ impl Broker {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return self.protocol_error(key, "PUBLISH without a session");
         };
-        let origin = self.sessions.get(s).map_or(0, |x| x.uid);
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(p.payload).is_err()
         {
             // [MQTT-3.3.2-4] allows refusing it: 0x99 in the ack, or DISCONNECT for QoS 0.
-            return match p.packet_id {
-                Some(pid) if p.qos == QoS::ExactlyOnce => {
-                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::PayloadFormatInvalid);
-                    Verdict::Continue
-                }
-                Some(pid) => {
-                    self.send_ack(key, Packet::PubAck, pid, ReasonCode::PayloadFormatInvalid);
-                    Verdict::Continue
-                }
-                None => self.close(
-                    key,
-                    Some(ReasonCode::PayloadFormatInvalid),
-                    "payload is not UTF-8",
-                ),
-            };
+            if self.nack_publish(key, p, ReasonCode::PayloadFormatInvalid) {
+                return Verdict::Continue;
+            }
+            return self.close(
+                key,
+                Some(ReasonCode::PayloadFormatInvalid),
+                "payload is not UTF-8",
+            );
         }
+        if super::sys::is_sys_topic(&topic) {
+            // Only the broker publishes under $SYS: refused (0x87 for 5.0), never routed.
+            self.nack_publish(key, p, ReasonCode::NotAuthorized);
+            return Verdict::Continue;
+        }
+        self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// Route an accepted PUBLISH and acknowledge it per its QoS; a QoS 2 resend is only
+    /// acknowledged (the message was routed when it first came).
+    fn accept_publish(
+        &mut self,
+        key: usize,
+        s: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+    ) -> Verdict {
+        let origin = self.sessions.get(s).map_or(0, |x| x.uid);
         match (p.qos, p.packet_id) {
             (QoS::ExactlyOnce, Some(pid)) => {
                 let Some(sess) = self.sessions.get_mut(s) else {
@@ -71,24 +87,28 @@ impl Broker {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                let matched = self.route_new(p, &topic, now_ms, origin);
+                let matched = self.route_new(p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(p, &topic, now_ms, origin);
+                let matched = self.route_new(p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
-                self.route_new(p, &topic, now_ms, origin);
+                self.route_new(p, topic, now_ms, origin);
             }
         }
         Verdict::Continue
     }
 
     /// The topic of a PUBLISH after applying (and learning) a 5.0 Topic Alias.
-    fn resolve_alias(&mut self, key: usize, p: &Publish<'_>) -> Result<Box<str>, Verdict> {
+    fn resolve_alias(&mut self, key: usize, p: &Publish<'_>) -> Result<(Arc<str>, bool), Verdict> {
         let Some(alias) = p.properties.topic_alias else {
-            return Ok(p.topic.into());
+            return self
+                .links
+                .get_mut(key)
+                .map(|l| l.intern_topic(p.topic))
+                .ok_or(Verdict::Close);
         };
         let max = self.cfg.max_topic_alias;
         if alias == 0 || alias > max {
@@ -106,13 +126,25 @@ impl Broker {
             link.aliases_in.resize(usize::from(max), None);
         }
         if !p.topic.is_empty() {
-            link.aliases_in[slot] = Some(p.topic.into());
-            return Ok(p.topic.into());
+            let (topic, fresh) = link.intern_topic(p.topic);
+            link.aliases_in[slot] = Some(topic.clone());
+            return Ok((topic, fresh));
         }
         match link.aliases_in[slot].clone() {
-            Some(t) => Ok(t),
+            Some(t) => Ok((t, false)),
             None => Err(self.protocol_error(key, "unknown topic alias")),
         }
+    }
+
+    /// Answer a refused QoS 1/2 PUBLISH with `reason` (3.x clients see a plain ack, the only
+    /// answer they know). Returns false for QoS 0, which has no acknowledgement.
+    fn nack_publish(&mut self, key: usize, p: &Publish<'_>, reason: ReasonCode) -> bool {
+        match (p.qos, p.packet_id) {
+            (QoS::ExactlyOnce, Some(pid)) => self.send_ack(key, Packet::PubRec, pid, reason),
+            (QoS::AtLeastOnce, Some(pid)) => self.send_ack(key, Packet::PubAck, pid, reason),
+            _ => return false,
+        }
+        true
     }
 
     fn send_ack(
@@ -132,8 +164,8 @@ impl Broker {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
-    fn route_new(&mut self, p: &Publish<'_>, topic: &str, now_ms: u64, origin: u64) -> bool {
-        let msg = Arc::new(Message::from_publish(p, topic, now_ms, origin));
+    fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
+        let msg = Arc::new(Message::from_publish(p, topic.clone(), now_ms, origin));
         self.publish_message(msg, now_ms)
     }
 
@@ -223,6 +255,9 @@ impl Broker {
 
     /// Hand one delivery to a session: write it now, queue it, or drop it (counted).
     pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
+        if out.msg.expired(now_ms) {
+            return;
+        }
         let max_buf = self.cfg.max_write_buffer;
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
@@ -341,7 +376,9 @@ impl Broker {
         }
         protocol::encode_publish(link.tx.buf(), link.version, &p);
         if let (true, Some(a)) = (learn, alias) {
-            link.aliases_out.insert(msg.topic.clone(), a);
+            link.aliases_out
+                .get_or_insert_with(Default::default)
+                .insert(msg.topic.clone(), a);
         }
         self.stats.publish_out += 1;
         if !link.dirty {
@@ -454,6 +491,7 @@ impl Broker {
                 ));
             }
             Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
+            Cast::Sys { from, report } => self.on_sys_report(from, *report),
             Cast::InterestAck { from, seq } => {
                 if let Some(a) = self.acked_seq.get_mut(from) {
                     *a = (*a).max(seq);
@@ -472,10 +510,10 @@ fn outbound_alias<'m>(link: &super::Link, topic: &'m str) -> (&'m str, Option<u1
     if link.aliases_out_max == 0 || link.version != Version::V5 {
         return (topic, None, false);
     }
-    if let Some(&a) = link.aliases_out.get(topic) {
+    if let Some(&a) = link.aliases_out.as_ref().and_then(|m| m.get(topic)) {
         return ("", Some(a), false);
     }
-    let used = link.aliases_out.len();
+    let used = link.aliases_out.as_ref().map_or(0, |m| m.len());
     if used >= usize::from(link.aliases_out_max) || used >= ALIASES_OUT_MAX {
         return (topic, None, false);
     }

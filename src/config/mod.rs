@@ -31,6 +31,8 @@ pub mod defaults {
     pub const MAX_TOPIC_ALIAS: u16 = 10;
     /// Receive Maximum offered.
     pub const RECEIVE_MAXIMUM: u16 = 65535;
+    /// Seconds between `$SYS` updates, as Mosquitto's `sys_interval`.
+    pub const SYS_INTERVAL: u32 = 10;
 }
 
 /// Command-line arguments of `shardmq`.
@@ -93,6 +95,9 @@ pub struct Args {
     /// Accept clients that do not authenticate [default: true, or false with --scram-credentials].
     #[arg(long, value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Seconds between `$SYS/broker/...` updates; 0 turns them off [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub sys_interval: Option<u32>,
     /// Print a credentials-file line for USER, with the password read from standard input
     /// (its first line), and exit. Keeps the password out of the process list.
     #[arg(long, value_name = "USER")]
@@ -141,6 +146,25 @@ pub struct Config {
     pub scram_credentials: Option<std::sync::Arc<crate::auth::ScramCredentials>>,
     /// Accept clients that do not authenticate.
     pub allow_anonymous: bool,
+    /// Seconds between `$SYS` updates (0 = off).
+    pub sys_interval_s: u32,
+}
+
+/// The command line's value, else the file's, else the default.
+fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
+    cli.or(file).unwrap_or(default)
+}
+
+/// The SCRAM credentials file, loaded and checked, if one is named.
+fn load_credentials(
+    path: Option<&PathBuf>,
+) -> Result<Option<std::sync::Arc<crate::auth::ScramCredentials>>, String> {
+    path.map(|p| {
+        crate::auth::ScramCredentials::load(p)
+            .map(std::sync::Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .transpose()
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -153,102 +177,108 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Validate arguments (and the file they name) into a configuration.
+    /// Validate arguments (and the file they name) into a configuration. The command line
+    /// wins over the file, the file over the defaults.
     pub fn from_args(a: Args) -> Result<Config, String> {
         let f = match &a.config {
             Some(path) => file::load(path).map_err(|e| e.to_string())?,
             None => file::FileSettings::default(),
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = a.shards.or(f.shards).unwrap_or(cores);
-        if shards == 0 || shards > SHARDS_MAX {
-            return Err(format!(
-                "--shards must be between 1 and {SHARDS_MAX}, got {shards}"
-            ));
-        }
-        let max_inflight = a
-            .max_inflight_messages
-            .or(f.max_inflight_messages)
-            .unwrap_or(defaults::MAX_INFLIGHT_MESSAGES);
-        if max_inflight == 0 {
-            return Err("--max-inflight-messages must be at least 1".into());
-        }
-        let receive_maximum = a
-            .receive_maximum
-            .or(f.receive_maximum)
-            .unwrap_or(defaults::RECEIVE_MAXIMUM);
-        if receive_maximum == 0 {
-            return Err("--receive-maximum must be at least 1".into());
-        }
-        let max_packet_size = a
-            .max_packet_size
-            .or(f.max_packet_size)
-            .unwrap_or(defaults::MAX_PACKET_SIZE);
-        if max_packet_size < 16 {
-            return Err("--max-packet-size must be at least 16 bytes".into());
-        }
+        let scram_credentials = load_credentials(
+            a.scram_credentials
+                .as_ref()
+                .or(f.scram_credentials.as_ref()),
+        )?;
         let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
             (false, _) => a.bind,
             (true, false) => f.binds,
             (true, true) => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
         };
-        let connect_timeout = a
-            .connect_timeout
-            .or(f.connect_timeout)
-            .unwrap_or(defaults::CONNECT_TIMEOUT);
-        let scram_credentials = match a
-            .scram_credentials
-            .as_ref()
-            .or(f.scram_credentials.as_ref())
-        {
-            Some(path) => Some(std::sync::Arc::new(
-                crate::auth::ScramCredentials::load(path).map_err(|e| e.to_string())?,
-            )),
-            None => None,
-        };
-        let allow_anonymous = a
-            .allow_anonymous
-            .or(f.allow_anonymous)
-            .unwrap_or(scram_credentials.is_none());
-        if !allow_anonymous && scram_credentials.is_none() {
-            return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
-        }
-        Ok(Config {
+        let connect_timeout = pick(
+            a.connect_timeout,
+            f.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+        );
+        let c = Config {
             binds,
-            shards,
+            shards: pick(a.shards, f.shards, cores),
             verbose: a.verbose,
             pin: !a.no_pin,
-            max_inflight,
-            max_queued_messages: a
-                .max_queued_messages
-                .or(f.max_queued_messages)
-                .unwrap_or(defaults::MAX_QUEUED_MESSAGES),
-            max_queued_bytes: a
-                .max_queued_bytes
-                .or(f.max_queued_bytes)
-                .unwrap_or(defaults::MAX_QUEUED_BYTES),
-            max_packet_size,
-            max_keepalive: a
-                .max_keepalive
-                .or(f.max_keepalive)
-                .unwrap_or(defaults::MAX_KEEPALIVE),
+            max_inflight: pick(
+                a.max_inflight_messages,
+                f.max_inflight_messages,
+                defaults::MAX_INFLIGHT_MESSAGES,
+            ),
+            max_queued_messages: pick(
+                a.max_queued_messages,
+                f.max_queued_messages,
+                defaults::MAX_QUEUED_MESSAGES,
+            ),
+            max_queued_bytes: pick(
+                a.max_queued_bytes,
+                f.max_queued_bytes,
+                defaults::MAX_QUEUED_BYTES,
+            ),
+            max_packet_size: pick(
+                a.max_packet_size,
+                f.max_packet_size,
+                defaults::MAX_PACKET_SIZE,
+            ),
+            max_keepalive: pick(a.max_keepalive, f.max_keepalive, defaults::MAX_KEEPALIVE),
             connect_timeout_ms: u64::from(connect_timeout.max(1)) * 1000,
-            max_write_buffer: a
-                .max_write_buffer
-                .or(f.max_write_buffer)
-                .unwrap_or(defaults::MAX_WRITE_BUFFER)
-                .max(4096),
-            max_topic_alias: a
-                .max_topic_alias
-                .or(f.max_topic_alias)
-                .unwrap_or(defaults::MAX_TOPIC_ALIAS),
-            receive_maximum,
+            max_write_buffer: pick(
+                a.max_write_buffer,
+                f.max_write_buffer,
+                defaults::MAX_WRITE_BUFFER,
+            )
+            .max(4096),
+            max_topic_alias: pick(
+                a.max_topic_alias,
+                f.max_topic_alias,
+                defaults::MAX_TOPIC_ALIAS,
+            ),
+            receive_maximum: pick(
+                a.receive_maximum,
+                f.receive_maximum,
+                defaults::RECEIVE_MAXIMUM,
+            ),
             response_information: a.response_information.or(f.response_information),
             print_bound: a.print_bound,
             warnings: f.warnings,
+            allow_anonymous: pick(
+                a.allow_anonymous,
+                f.allow_anonymous,
+                scram_credentials.is_none(),
+            ),
             scram_credentials,
-            allow_anonymous,
-        })
+            sys_interval_s: pick(a.sys_interval, f.sys_interval, defaults::SYS_INTERVAL),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The checks no single option can make alone.
+    fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(format!(
+                "--shards must be between 1 and {SHARDS_MAX}, got {}",
+                self.shards
+            ));
+        }
+        if self.max_inflight == 0 {
+            return Err("--max-inflight-messages must be at least 1".into());
+        }
+        if self.receive_maximum == 0 {
+            return Err("--receive-maximum must be at least 1".into());
+        }
+        if self.max_packet_size < 16 {
+            return Err("--max-packet-size must be at least 16 bytes".into());
+        }
+        if !self.allow_anonymous && self.scram_credentials.is_none() {
+            return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
+        }
+        Ok(())
     }
 
     /// The session limits derived from this configuration.

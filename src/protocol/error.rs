@@ -123,6 +123,10 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            // [MQTT-3.3.2-8]: Topic Alias 0 is answered with 0x94, not the generic 0x82.
+            InvalidPropertyValue {
+                id: crate::protocol::properties::id::TOPIC_ALIAS,
+            } => ReasonCode::TopicAliasInvalid,
             UnsupportedProtocolName | UnsupportedProtocolLevel { .. } => {
                 ReasonCode::UnsupportedProtocolVersion
             }

@@ -164,3 +164,60 @@ pub fn encoded_len(packet: &Packet<'_>, version: Version) -> usize {
         Packet::Auth(a) => ack::tail_only_len(15, a.reason, &a.properties, version),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_cap_applies_before_the_body_arrives() {
+        // Two bytes of a PUBLISH claiming 127 more: 129 > 100, refused now.
+        let err = decode(&[0x30, 0x7f], Version::V5, 100);
+        assert_eq!(
+            err,
+            Err(DecodeError::PacketTooLarge {
+                size: 129,
+                max: 100
+            })
+        );
+        assert_eq!(
+            DecodeError::PacketTooLarge {
+                size: 129,
+                max: 100
+            }
+            .reason_code()
+            .to_u8(),
+            0x95
+        );
+        // Exactly at the cap is fine, and asks for the whole packet.
+        let partial = decode(&[0x30, 0x7f, 0, 1], Version::V5, 129);
+        assert_eq!(partial, Ok(Decoded::Incomplete { needed: 129 }));
+    }
+
+    #[test]
+    fn decode_reports_the_length_and_leaves_the_next_packet() {
+        let stream = [0xc0, 0x00, 0xd0, 0x00];
+        let first = decode(&stream, Version::V3_1_1, 1024);
+        assert_eq!(
+            first,
+            Ok(Decoded::Packet {
+                packet: Packet::PingReq,
+                len: 2
+            })
+        );
+        let second = decode(stream.get(2..).unwrap_or_default(), Version::V3_1_1, 1024);
+        assert_eq!(
+            second,
+            Ok(Decoded::Packet {
+                packet: Packet::PingResp,
+                len: 2
+            })
+        );
+    }
+
+    #[test]
+    fn errors_display_their_reason_code() {
+        let text = DecodeError::DuplicateProperty { id: 0x23 }.to_string();
+        assert!(text.contains("0x82"), "{text}");
+    }
+}

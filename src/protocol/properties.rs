@@ -267,7 +267,7 @@ impl Value<'_> {
     }
 }
 
-/// Read the value of property `id` (already known to be allowed, hence known).
+/// Read the value of known property `id` from a validated block, for iteration.
 fn read_value<'a>(r: &mut Reader<'a>, id: u8) -> Result<Value<'a>, DecodeError> {
     use id::*;
     Ok(match id {
@@ -298,59 +298,59 @@ fn read_value<'a>(r: &mut Reader<'a>, id: u8) -> Result<Value<'a>, DecodeError> 
     })
 }
 
-/// Range rules: flags are 0 or 1; maxima, aliases and identifiers are never 0 (0x82).
-fn check_value(id: u8, value: Value<'_>) -> Result<(), DecodeError> {
-    let ok = match value {
-        Value::Byte(v) => v <= 1,
-        Value::U16(v) => v != 0 || id == id::TOPIC_ALIAS_MAXIMUM || id == id::SERVER_KEEP_ALIVE,
-        Value::U32(v) => v != 0 || id != id::MAXIMUM_PACKET_SIZE,
-        Value::Varint(v) => v != 0,
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(DecodeError::InvalidPropertyValue { id })
-    }
-}
-
-/// Store a single-valued property. Repeatable ones are kept as the block, not here.
-fn store<'a>(p: &mut Properties<'a>, id: u8, value: Value<'a>) {
+/// Read the value of property `id` straight into `p`, applying its range rule: flags are
+/// 0 or 1, maxima, aliases and identifiers are never 0 (0x82). One match, no intermediate
+/// value: this runs for every property of every packet.
+fn read_into<'a>(r: &mut Reader<'a>, p: &mut Properties<'a>, id: u8) -> Result<(), DecodeError> {
     use id::*;
-    match (id, value) {
-        (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => p.payload_format_indicator = Some(v),
-        (MESSAGE_EXPIRY_INTERVAL, Value::U32(v)) => p.message_expiry_interval = Some(v),
-        (CONTENT_TYPE, Value::Str(v)) => p.content_type = Some(v),
-        (RESPONSE_TOPIC, Value::Str(v)) => p.response_topic = Some(v),
-        (CORRELATION_DATA, Value::Bin(v)) => p.correlation_data = Some(v),
-        (SESSION_EXPIRY_INTERVAL, Value::U32(v)) => p.session_expiry_interval = Some(v),
-        (ASSIGNED_CLIENT_IDENTIFIER, Value::Str(v)) => p.assigned_client_identifier = Some(v),
-        (SERVER_KEEP_ALIVE, Value::U16(v)) => p.server_keep_alive = Some(v),
-        (AUTHENTICATION_METHOD, Value::Str(v)) => p.authentication_method = Some(v),
-        (AUTHENTICATION_DATA, Value::Bin(v)) => p.authentication_data = Some(v),
-        (REQUEST_PROBLEM_INFORMATION, Value::Byte(v)) => p.request_problem_information = Some(v),
-        (WILL_DELAY_INTERVAL, Value::U32(v)) => p.will_delay_interval = Some(v),
-        (REQUEST_RESPONSE_INFORMATION, Value::Byte(v)) => p.request_response_information = Some(v),
-        (RESPONSE_INFORMATION, Value::Str(v)) => p.response_information = Some(v),
-        (SERVER_REFERENCE, Value::Str(v)) => p.server_reference = Some(v),
-        (REASON_STRING, Value::Str(v)) => p.reason_string = Some(v),
-        (RECEIVE_MAXIMUM, Value::U16(v)) => p.receive_maximum = Some(v),
-        (TOPIC_ALIAS_MAXIMUM, Value::U16(v)) => p.topic_alias_maximum = Some(v),
-        (TOPIC_ALIAS, Value::U16(v)) => p.topic_alias = Some(v),
-        (MAXIMUM_QOS, Value::Byte(v)) => p.maximum_qos = Some(v),
-        (RETAIN_AVAILABLE, Value::Byte(v)) => p.retain_available = Some(v),
-        (MAXIMUM_PACKET_SIZE, Value::U32(v)) => p.maximum_packet_size = Some(v),
-        (WILDCARD_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
-            p.wildcard_subscription_available = Some(v)
+    let bad = DecodeError::InvalidPropertyValue { id };
+    let flag = |v: u8| if v <= 1 { Ok(Some(v)) } else { Err(bad) };
+    let nonzero_u16 = |v: u16| if v != 0 { Ok(Some(v)) } else { Err(bad) };
+    match id {
+        PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = flag(r.u8()?)?,
+        MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(r.u32()?),
+        CONTENT_TYPE => p.content_type = Some(r.str()?),
+        RESPONSE_TOPIC => match r.topic_name()? {
+            "" => return Err(DecodeError::EmptyTopicName),
+            topic => p.response_topic = Some(topic),
+        },
+        CORRELATION_DATA => p.correlation_data = Some(r.binary()?),
+        // Subscription Identifiers stay in the block (they may repeat); check the value.
+        SUBSCRIPTION_IDENTIFIER => {
+            if r.varint()? == 0 {
+                return Err(bad);
+            }
         }
-        (SUBSCRIPTION_IDENTIFIER_AVAILABLE, Value::Byte(v)) => {
-            p.subscription_identifier_available = Some(v)
+        SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(r.u32()?),
+        ASSIGNED_CLIENT_IDENTIFIER => p.assigned_client_identifier = Some(r.str()?),
+        SERVER_KEEP_ALIVE => p.server_keep_alive = Some(r.u16()?),
+        AUTHENTICATION_METHOD => p.authentication_method = Some(r.str()?),
+        AUTHENTICATION_DATA => p.authentication_data = Some(r.binary()?),
+        REQUEST_PROBLEM_INFORMATION => p.request_problem_information = flag(r.u8()?)?,
+        WILL_DELAY_INTERVAL => p.will_delay_interval = Some(r.u32()?),
+        REQUEST_RESPONSE_INFORMATION => p.request_response_information = flag(r.u8()?)?,
+        RESPONSE_INFORMATION => p.response_information = Some(r.str()?),
+        SERVER_REFERENCE => p.server_reference = Some(r.str()?),
+        REASON_STRING => p.reason_string = Some(r.str()?),
+        RECEIVE_MAXIMUM => p.receive_maximum = nonzero_u16(r.u16()?)?,
+        TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(r.u16()?),
+        TOPIC_ALIAS => p.topic_alias = nonzero_u16(r.u16()?)?,
+        MAXIMUM_QOS => p.maximum_qos = flag(r.u8()?)?,
+        RETAIN_AVAILABLE => p.retain_available = flag(r.u8()?)?,
+        USER_PROPERTY => {
+            r.str()?;
+            r.str()?;
         }
-        (SHARED_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
-            p.shared_subscription_available = Some(v)
-        }
-        _ => {}
+        MAXIMUM_PACKET_SIZE => match r.u32()? {
+            0 => return Err(bad),
+            v => p.maximum_packet_size = Some(v),
+        },
+        WILDCARD_SUBSCRIPTION_AVAILABLE => p.wildcard_subscription_available = flag(r.u8()?)?,
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE => p.subscription_identifier_available = flag(r.u8()?)?,
+        SHARED_SUBSCRIPTION_AVAILABLE => p.shared_subscription_available = flag(r.u8()?)?,
+        _ => return Err(DecodeError::InvalidPropertyId { id }),
     }
+    Ok(())
 }
 
 /// Counts of what a block holds so far, for the duplicate and flood rules.
@@ -408,9 +408,7 @@ fn decode_block(block: &[u8], kind: PropKind) -> Result<Properties<'_>, DecodeEr
             return Err(DecodeError::InvalidPropertyId { id });
         }
         seen.note(id, kind)?;
-        let value = read_value(&mut r, id)?;
-        check_value(id, value)?;
-        store(&mut props, id, value);
+        read_into(&mut r, &mut props, id)?;
     }
     if seen.user > 0 {
         props.user_properties = UserProperties::Wire(block);

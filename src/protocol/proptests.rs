@@ -78,7 +78,8 @@ fn id() -> impl Strategy<Value = u16> {
     1..=u16::MAX
 }
 
-fn model() -> impl Strategy<Value = Model> {
+/// PUBLISH and CONNECT: the packets with the most fields.
+fn message_model() -> impl Strategy<Value = Model> {
     let qos = 0u8..=2;
     prop_oneof![
         (
@@ -119,7 +120,14 @@ fn model() -> impl Strategy<Value = Model> {
                     pass,
                     expiry,
                 }
-            }),
+            })
+    ]
+}
+
+/// Every packet type.
+fn model() -> impl Strategy<Value = Model> {
+    prop_oneof![
+        message_model(),
         (
             any::<bool>(),
             prop::sample::select(vec![0u8, 0x84, 0x85, 0x86, 0x87, 0x88])
@@ -213,6 +221,68 @@ fn build<'a>(m: &'a Model, p: &'a Parts<'a>, v5: bool) -> Packet<'a> {
         ..Properties::default()
     };
     match m {
+        Model::Publish { .. } => build_publish(m, props, v5),
+        Model::Connect { .. } => build_connect(m, props, v5),
+        Model::ConnAck {
+            session_present,
+            code,
+        } => {
+            let reason = ReasonCode::from_u8(*code).unwrap_or(ReasonCode::Success);
+            let reason = if v5 {
+                reason
+            } else {
+                ReasonCode::from_v3_connack(reason.to_v3_connack()).unwrap_or(reason)
+            };
+            Packet::ConnAck(ConnAck {
+                session_present: *session_present && !reason.is_error(),
+                reason,
+                properties: props,
+            })
+        }
+        Model::Ack { type_id, id, code } => {
+            let a = Ack {
+                packet_id: pid(*id),
+                reason: reason(*type_id, *code, v5),
+                properties: props,
+            };
+            match type_id {
+                4 => Packet::PubAck(a),
+                5 => Packet::PubRec(a),
+                6 => Packet::PubRel(a),
+                _ => Packet::PubComp(a),
+            }
+        }
+        Model::Subscribe { .. }
+        | Model::SubAck { .. }
+        | Model::Unsubscribe { .. }
+        | Model::UnsubAck { .. } => build_list(m, p, props, v5),
+        Model::Ping(req) => {
+            if *req {
+                Packet::PingReq
+            } else {
+                Packet::PingResp
+            }
+        }
+        Model::Disconnect { code, expiry } => Packet::Disconnect(Disconnect {
+            reason: reason(14, *code, v5),
+            properties: Properties {
+                session_expiry_interval: expiry.filter(|_| v5),
+                ..props
+            },
+        }),
+        Model::Auth { code, method } => Packet::Auth(Auth {
+            reason: reason(15, *code, true),
+            properties: Properties {
+                authentication_method: method.as_deref(),
+                ..props
+            },
+        }),
+    }
+}
+
+/// The PUBLISH of `m` (which must be `Model::Publish`).
+fn build_publish<'a>(m: &'a Model, props: Properties<'a>, v5: bool) -> Packet<'a> {
+    match m {
         Model::Publish {
             flags: (dup, qos, retain),
             topic,
@@ -241,6 +311,13 @@ fn build<'a>(m: &'a Model, p: &'a Parts<'a>, v5: bool) -> Packet<'a> {
                 payload,
             })
         }
+        _ => Packet::PingReq,
+    }
+}
+
+/// The CONNECT of `m` (which must be `Model::Connect`).
+fn build_connect<'a>(m: &'a Model, props: Properties<'a>, v5: bool) -> Packet<'a> {
+    match m {
         Model::Connect {
             clean,
             keep_alive,
@@ -278,35 +355,13 @@ fn build<'a>(m: &'a Model, p: &'a Parts<'a>, v5: bool) -> Packet<'a> {
                 properties,
             })
         }
-        Model::ConnAck {
-            session_present,
-            code,
-        } => {
-            let reason = ReasonCode::from_u8(*code).unwrap_or(ReasonCode::Success);
-            let reason = if v5 {
-                reason
-            } else {
-                ReasonCode::from_v3_connack(reason.to_v3_connack()).unwrap_or(reason)
-            };
-            Packet::ConnAck(ConnAck {
-                session_present: *session_present && !reason.is_error(),
-                reason,
-                properties: props,
-            })
-        }
-        Model::Ack { type_id, id, code } => {
-            let a = Ack {
-                packet_id: pid(*id),
-                reason: reason(*type_id, *code, v5),
-                properties: props,
-            };
-            match type_id {
-                4 => Packet::PubAck(a),
-                5 => Packet::PubRec(a),
-                6 => Packet::PubRel(a),
-                _ => Packet::PubComp(a),
-            }
-        }
+        _ => Packet::PingReq,
+    }
+}
+
+/// The SUBSCRIBE, SUBACK, UNSUBSCRIBE or UNSUBACK of `m`.
+fn build_list<'a>(m: &'a Model, p: &'a Parts<'a>, props: Properties<'a>, v5: bool) -> Packet<'a> {
+    match m {
         Model::Subscribe { id, .. } => {
             let properties = Properties {
                 subscription_identifiers: SubscriptionIds::Slice(if v5 { &p.ids } else { &[] }),
@@ -333,27 +388,7 @@ fn build<'a>(m: &'a Model, p: &'a Parts<'a>, v5: bool) -> Packet<'a> {
             properties: props,
             codes: if v5 { codes } else { &[] },
         }),
-        Model::Ping(req) => {
-            if *req {
-                Packet::PingReq
-            } else {
-                Packet::PingResp
-            }
-        }
-        Model::Disconnect { code, expiry } => Packet::Disconnect(Disconnect {
-            reason: reason(14, *code, v5),
-            properties: Properties {
-                session_expiry_interval: expiry.filter(|_| v5),
-                ..props
-            },
-        }),
-        Model::Auth { code, method } => Packet::Auth(Auth {
-            reason: reason(15, *code, true),
-            properties: Properties {
-                authentication_method: method.as_deref(),
-                ..props
-            },
-        }),
+        _ => Packet::PingResp,
     }
 }
 

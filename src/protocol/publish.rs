@@ -256,7 +256,7 @@ mod tests {
             V5,
             &[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x00],
             E::InvalidPropertyValue { id: 0x23 },
-            0x82,
+            0x94,
         ),
         (
             "duplicate alias",

@@ -5,6 +5,8 @@
 //! thing shards share. Must not touch: per-subscriber state (packet id, DUP, granted QoS,
 //! topic alias), which is chosen at delivery time.
 
+use std::sync::Arc;
+
 use crate::protocol::{Properties, Publish, QoS};
 
 /// MQTT 5 properties that travel with the message to subscribers, unchanged.
@@ -65,7 +67,7 @@ fn encode_user_properties<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -
 #[derive(Debug)]
 pub struct Message {
     /// Topic name.
-    pub topic: Box<str>,
+    pub topic: Arc<str>,
     /// Payload.
     pub payload: Box<[u8]>,
     /// QoS the publisher sent it with (the ceiling for every delivery).
@@ -82,9 +84,9 @@ pub struct Message {
 
 impl Message {
     /// Build a message from a decoded PUBLISH whose topic alias has been resolved.
-    pub fn from_publish(p: &Publish<'_>, topic: &str, now_ms: u64, origin: u64) -> Message {
+    pub fn from_publish(p: &Publish<'_>, topic: Arc<str>, now_ms: u64, origin: u64) -> Message {
         Message {
-            topic: topic.into(),
+            topic,
             payload: p.payload.into(),
             qos: p.qos,
             retain: p.retain,

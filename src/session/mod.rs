@@ -10,7 +10,7 @@
 
 pub mod message;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 
@@ -72,10 +72,23 @@ pub struct SubState {
 /// The Will of the current connection, kept until a normal DISCONNECT discards it.
 #[derive(Debug)]
 pub struct StoredWill {
-    /// The message to publish.
+    /// The message to publish (its expiry is set when it is published).
     pub msg: Message,
     /// Will Delay Interval (5.0), seconds.
     pub delay_s: u32,
+    /// The Will's Message Expiry Interval (5.0), seconds; it runs from publication.
+    pub expiry_s: Option<u32>,
+}
+
+impl StoredWill {
+    /// The message as published at `now_ms`: its expiry counts from now, not from CONNECT.
+    pub fn into_message(self, now_ms: u64) -> Message {
+        let mut msg = self.msg;
+        msg.expires_at_ms = self
+            .expiry_s
+            .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+        msg
+    }
 }
 
 /// Why an acknowledgement did not match.
@@ -115,10 +128,10 @@ pub struct Session {
     pub queue: VecDeque<Outgoing>,
     queue_bytes: usize,
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
-    pub awaiting_rel: HashSet<u16>,
+    pub awaiting_rel: BTreeSet<u16>,
     next_pid: u16,
     /// A Will waiting out its Will Delay Interval after the connection ended.
-    pub will: Option<StoredWill>,
+    pub will: Option<Box<StoredWill>>,
     /// Timer publishing `will` (shard timer wheel).
     pub will_timer: Option<crate::shard::timer::TimerId>,
     /// Timer ending the session after its expiry interval.
@@ -145,7 +158,7 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
-            awaiting_rel: HashSet::new(),
+            awaiting_rel: BTreeSet::new(),
             next_pid: 0,
             will: None,
             will_timer: None,

@@ -251,6 +251,9 @@ impl Shard {
         }
         let now = self.now_ms();
         self.broker.now_ms = now;
+        // Causality: whatever peers pushed before this poll returned (a retained message
+        // whose PUBACK a client has already seen, say) is applied before any socket input.
+        self.drain_bus(now);
         for ev in events.iter() {
             let Token(t) = ev.token();
             if ev.token() == WAKER {
@@ -261,7 +264,7 @@ impl Shard {
                 continue;
             }
             if ev.is_writable() {
-                self.flush_one(t);
+                self.mark_dirty(t);
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 self.read_or_defer(t, now);
@@ -271,16 +274,33 @@ impl Shard {
             self.accept_all(now);
         }
         self.retry_reads(now);
-        self.drain_bus(now);
         self.broker.on_timers(now);
+        // The other half of causality: casts reach the rings before any client can see an
+        // acknowledgement written in the same turn.
+        self.push_outbox();
         self.flush_dirty();
         self.close_pending(now);
+        self.push_outbox();
         self.flush_dirty();
+        Ok(())
+    }
+
+    /// Move the broker's casts into the bus rings and ring idle peers.
+    fn push_outbox(&mut self) {
         for (to, cast) in self.broker.outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
         }
         self.bus.flush();
-        Ok(())
+    }
+
+    /// Queue link `key` for this turn's flush (a writable edge, or new output).
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(l) = self.broker.links.get_mut(key) {
+            if !l.dirty {
+                l.dirty = true;
+                self.broker.dirty.push(key);
+            }
+        }
     }
 
     /// Accept from every listener until WouldBlock or the budget. A listener left with a
@@ -352,7 +372,10 @@ impl Shard {
             self.broker.set_assigned_id(key, id);
         }
         if self.socks.get(key).is_some_and(|s| !s.rx.is_empty()) {
-            self.process_rx(key, now);
+            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                self.broker_close(key);
+                return;
+            }
         }
         self.defer_read(key);
     }
@@ -388,7 +411,6 @@ impl Shard {
         }
     }
 
-    /// Reading stops while the bus is backed up or the client does not read its own output.
     /// The client is not reading its own output: stop reading its input too.
     fn output_full(&self, key: usize) -> bool {
         let max = self.broker.config().max_write_buffer;
@@ -432,6 +454,7 @@ impl Shard {
                     Ok(0) => return ReadEnd::Closed,
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
+                        self.broker.stats.bytes_in += n as u64;
                         match self.process_scratch(key, n, now) {
                             Some(end) => return end,
                             None => continue,
@@ -446,6 +469,7 @@ impl Shard {
                     Ok(0) => return ReadEnd::Closed,
                     Ok(n) => {
                         sock.rx.filled(n);
+                        self.broker.stats.bytes_in += n as u64;
                         n
                     }
                     Err(e) => {
@@ -559,7 +583,10 @@ impl Shard {
         let Some(link) = self.broker.links.get_mut(key) else {
             return;
         };
-        match link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX) {
+        let before = link.tx.pending();
+        let flushed = link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX);
+        self.broker.stats.bytes_out += (before - link.tx.pending()) as u64;
+        match flushed {
             Ok(Flushed::All) => {
                 let now = self.broker.now_ms;
                 self.broker.on_drained(key, now);

@@ -243,6 +243,8 @@ pub struct Will5 {
     pub qos: u8,
     pub retain: bool,
     pub delay_s: Option<u32>,
+    pub message_expiry_s: Option<u32>,
+    pub payload_format_indicator: Option<u8>,
     pub content_type: Option<String>,
     pub response_topic: Option<String>,
     pub correlation_data: Option<Vec<u8>>,
@@ -343,6 +345,8 @@ pub struct Client5 {
     stash: VecDeque<P5>,
     next_pid: u16,
     pub id: String,
+    /// Size in bytes of every packet received so far, in order.
+    pub sizes: Vec<usize>,
 }
 
 impl Client5 {
@@ -356,6 +360,7 @@ impl Client5 {
             stash: VecDeque::new(),
             next_pid: 0,
             id: String::new(),
+            sizes: Vec::new(),
         }
     }
 
@@ -380,6 +385,8 @@ impl Client5 {
             retain: w.retain,
             properties: Properties {
                 will_delay_interval: w.delay_s,
+                message_expiry_interval: w.message_expiry_s,
+                payload_format_indicator: w.payload_format_indicator,
                 content_type: w.content_type.as_deref(),
                 response_topic: w.response_topic.as_deref(),
                 correlation_data: w.correlation_data.as_deref(),
@@ -461,6 +468,7 @@ impl Client5 {
                 Ok(Decoded::Packet { packet, len }) => {
                     let got = own(&packet);
                     self.buf.drain(..len);
+                    self.sizes.push(len);
                     return Ok(got);
                 }
                 Ok(Decoded::Incomplete { .. }) => {}
