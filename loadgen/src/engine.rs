@@ -21,6 +21,8 @@ use crate::stats::{phase, Shared};
 
 /// Keepalive in seconds announced in CONNECT; pings go out at half of it.
 pub const KEEP_ALIVE: u16 = 60;
+/// Open-loop pacing granularity: the most a message waits for its scheduled send.
+const OPEN_LOOP_TICK: Duration = Duration::from_micros(50);
 /// At most this many errors are kept verbatim per thread.
 const MAX_ERRORS: usize = 5;
 
@@ -59,19 +61,23 @@ struct Engine {
     dirty: Vec<usize>,
     again: Vec<usize>,
     publishers: Vec<usize>,
+    last_tick: Instant,
     params: Arc<Params>,
     shared: Arc<Shared>,
     out: ThreadOut,
     storm: bool,
+    deadline: Instant,
 }
 
-/// Runs one load thread to completion.
+/// Runs one load thread to completion: until the monitor sets STOP, and in any case no
+/// later than `deadline`.
 pub fn run(
     specs: Vec<ConnSpec>,
     params: Arc<Params>,
     shared: Arc<Shared>,
     concurrency: usize,
     storm: bool,
+    deadline: Instant,
 ) -> ThreadOut {
     let hist = Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("static bounds");
     let out = ThreadOut {
@@ -105,10 +111,12 @@ pub fn run(
         dirty: Vec::new(),
         again: Vec::new(),
         publishers: Vec::new(),
+        last_tick: Instant::now(),
         params,
         shared,
         out,
         storm,
+        deadline,
     };
     engine.run_loop();
     engine.finish()
@@ -121,7 +129,7 @@ impl Engine {
         let mut last_ping = Instant::now();
         loop {
             let ph = self.shared.phase();
-            if ph == phase::STOP {
+            if ph == phase::STOP || Instant::now() > self.deadline {
                 break;
             }
             self.start_connects();
@@ -260,8 +268,17 @@ impl Engine {
         }
     }
 
+    /// Adds publishes to every ready publisher. Open loop spins but releases messages in
+    /// ticks of `OPEN_LOOP_TICK`, so each write carries a batch rather than one message
+    /// (timestamps stay the scheduled send times).
     fn top_up(&mut self) {
         let now = Instant::now();
+        if self.params.rate_per_pub.is_some() {
+            if now.duration_since(self.last_tick) < OPEN_LOOP_TICK {
+                return;
+            }
+            self.last_tick = now;
+        }
         let ctx = Ctx {
             params: &self.params,
             shared: &self.shared,

@@ -50,7 +50,8 @@ pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Size: pairs (pairs, latency), subscribers (fanout), publishers (fanin),
-    /// connections (conns, storm). Defaults: 8, 1000, 1000, 1, 10000, 10000.
+    /// connections (conns, storm). Defaults: 8, 1000, 1000, 1, 10000, 10000. 0 means as
+    /// many as the open-file limit allows.
     #[arg(short = 'n', long)]
     pub count: Option<usize>,
     /// Broker host (must resolve to a loopback address).

@@ -43,6 +43,16 @@ pub fn default_count(s: Scenario) -> usize {
     }
 }
 
+/// The largest size whose connections fit in `fd_limit` descriptors (64 kept spare).
+pub fn max_count(s: Scenario, fd_limit: u64) -> usize {
+    let conns = fd_limit.saturating_sub(64) as usize;
+    match s {
+        Scenario::Pairs | Scenario::Latency => conns / 2,
+        Scenario::Fanout | Scenario::Fanin => conns.saturating_sub(1),
+        Scenario::Conns | Scenario::Storm => conns,
+    }
+}
+
 /// Builds the connection specs of scenario `s` with size `n`; `tag` keeps topics and client
 /// ids of concurrent or successive runs apart.
 pub fn plan(s: Scenario, n: usize, tag: &str, src_addrs: u8) -> Plan {
@@ -143,13 +153,15 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
 /// Runs the scenario described by `args` and returns its summary.
 pub fn run(args: &Args) -> Result<Summary, String> {
     let broker = resolve(&args.host, args.port)?;
-    let n = args
-        .count
-        .unwrap_or_else(|| default_count(args.scenario))
-        .max(1);
+    let limit = fd_limit();
+    let n = match args.count {
+        Some(0) => max_count(args.scenario, limit),
+        Some(n) => n,
+        None => default_count(args.scenario),
+    }
+    .max(1);
     let tag = format!("lg{}", std::process::id());
     let plan = plan(args.scenario, n, &tag, args.src_addrs);
-    let limit = fd_limit();
     if plan.specs.len() as u64 + 64 > limit {
         return Err(format!(
             "{} connections need more descriptors than the limit of {limit} (keep 64 spare)",
@@ -170,12 +182,15 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         buckets[i % threads].push(spec);
     }
     let base = args.broker_pid.and_then(sample_proc);
+    // A hard stop for the load threads even if this monitor never reached STOP.
+    let deadline = Instant::now()
+        + Duration::from_secs_f64(args.setup_timeout.max(0.1) + args.duration.max(0.0) + 60.0);
     let setup_start_ns = shared.now_ns();
     let handles: Vec<_> = buckets
         .into_iter()
         .map(|specs| {
             let (p, s) = (params.clone(), shared.clone());
-            thread::spawn(move || engine::run(specs, p, s, concurrency, storm))
+            thread::spawn(move || engine::run(specs, p, s, concurrency, storm, deadline))
         })
         .collect();
     let mon = Monitor {
@@ -470,6 +485,8 @@ mod tests {
             matches!(&i.specs[0].role, Role::Subscriber { filter, count: 5, .. } if filter == "t/in/+")
         );
         assert_eq!(i.specs[3].src, Some(Ipv4Addr::new(127, 0, 0, 4)));
+        assert_eq!(max_count(Scenario::Fanout, 20_000), 19_935);
+        assert_eq!(max_count(Scenario::Pairs, 20_000), 9_968);
         let c = plan(Scenario::Storm, 7, "t", 1);
         assert_eq!((c.specs.len(), c.publishers), (7, 0));
     }
