@@ -1,7 +1,5 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
-use std::sync::Arc;
-
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
 use super::{log, Broker, LinkState, Verdict};
 use crate::protocol::{Disconnect, ReasonCode, Version};
@@ -62,7 +60,7 @@ impl Broker {
                 .and_then(|s| self.sessions.get(s))
                 .is_none_or(|x| x.expiry_s == 0);
             if w.delay_s == 0 || (still_ours && session_ends) {
-                self.publish_message(Arc::new(w.into_message(now_ms)), now_ms);
+                self.publish_message(w.into_message(now_ms), now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
                 if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
@@ -135,7 +133,7 @@ impl Broker {
         }
         if let Some(w) = sess.will.take() {
             let now = self.now_ms;
-            self.publish_message(Arc::new(w.into_message(now)), now);
+            self.publish_message(w.into_message(now), now);
         }
     }
 
@@ -202,7 +200,7 @@ impl Broker {
             x.will.take()
         });
         if let Some(w) = will {
-            self.publish_message(Arc::new(w.into_message(now_ms)), now_ms);
+            self.publish_message(w.into_message(now_ms), now_ms);
         }
     }
 

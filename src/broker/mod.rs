@@ -186,6 +186,11 @@ pub struct Broker {
     pub now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// Lamport clock ordering retained updates across shards.
+    lamport: u64,
+    /// Stamps of recently deleted retained topics, so an older update in flight cannot
+    /// bring one back.
+    tombstones: HashMap<Arc<str>, u64>,
 }
 
 /// The home shard of a client id: FNV-1a, stable across runs and threads.
@@ -228,6 +233,8 @@ impl Broker {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            lamport: 0,
+            tombstones: HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b

@@ -10,6 +10,11 @@ use crate::protocol::{
 use crate::session::{Message, Outgoing};
 use crate::topic;
 
+/// Low bits of a retained stamp that hold the shard id (shards ≤ 64).
+const STAMP_SHARD_BITS: u32 = 6;
+/// Deleted retained topics remembered with their stamp at most.
+const TOMBSTONES_MAX: usize = 65_536;
+
 /// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
 pub const AWAITING_REL_MAX: usize = 65_535;
 
@@ -165,12 +170,18 @@ impl Broker {
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
     fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
-        let msg = Arc::new(Message::from_publish(p, topic.clone(), now_ms, origin));
+        let msg = Message::from_publish(p, topic.clone(), now_ms, origin);
         self.publish_message(msg, now_ms)
     }
 
-    /// Route a message that originates on this shard (client publish or Will).
-    pub(super) fn publish_message(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
+    /// Route a message that originates on this shard (client publish, Will, `$SYS`). A
+    /// retained one is stamped here, once, for every replica to order it by.
+    pub(super) fn publish_message(&mut self, mut msg: Message, now_ms: u64) -> bool {
+        if msg.retain {
+            self.lamport += 1;
+            msg.retain_stamp = (self.lamport << STAMP_SHARD_BITS) | self.shard_id as u64;
+        }
+        let msg = Arc::new(msg);
         if msg.retain {
             self.store_retained(&msg);
         }
@@ -195,10 +206,28 @@ impl Broker {
     }
 
     /// Update the retained replica: an empty payload clears the topic.
+    /// Apply a retained update to this shard's replica: last writer wins by stamp, so every
+    /// replica ends with the same message whatever order concurrent updates arrive in, and
+    /// an update causally after another (its shard had seen the other) always wins.
     pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
+        self.lamport = self.lamport.max(msg.retain_stamp >> STAMP_SHARD_BITS);
+        let held = match self.retained.get(&msg.topic) {
+            Some(m) => Some(m.retain_stamp),
+            None => self.tombstones.get(&*msg.topic).copied(),
+        };
+        if held.is_some_and(|h| h >= msg.retain_stamp) {
+            return;
+        }
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
+            if self.tombstones.len() >= TOMBSTONES_MAX {
+                // Tombstones only guard against an older update overtaking a deletion in
+                // flight between shards (microseconds); forgetting them is safe in practice.
+                self.tombstones.clear();
+            }
+            self.tombstones.insert(msg.topic.clone(), msg.retain_stamp);
         } else {
+            self.tombstones.remove(&*msg.topic);
             self.retained.insert(&msg.topic, msg.clone());
         }
     }
@@ -549,5 +578,84 @@ fn matched_code(matched: bool) -> ReasonCode {
         ReasonCode::Success
     } else {
         ReasonCode::NoMatchingSubscribers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn retained(stamp: u64, payload: &[u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "status/door".into(),
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            props: None,
+            expires_at_ms: None,
+            origin: 0,
+            retain_stamp: stamp,
+        })
+    }
+
+    fn held(b: &Broker) -> Option<Vec<u8>> {
+        b.retained.get("status/door").map(|m| m.payload.to_vec())
+    }
+
+    /// Two replicas receive the same concurrent updates (and a deletion) in opposite
+    /// orders and must end up holding the same message: the one with the highest stamp.
+    #[test]
+    fn replicas_converge_whatever_the_arrival_order() {
+        let cfg = Arc::new(Config::default());
+        let updates = [
+            retained(5 << 6 | 1, b"open"),
+            retained(5 << 6, b"shut"),
+            retained(6 << 6 | 1, b""),
+        ];
+        let orders: [[usize; 3]; 3] = [[0, 1, 2], [2, 1, 0], [1, 2, 0]];
+        let finals: Vec<Option<Vec<u8>>> = orders
+            .iter()
+            .map(|order| {
+                let mut b = Broker::new(0, 2, cfg.clone(), 0);
+                for &i in order {
+                    b.store_retained(&updates[i]);
+                }
+                held(&b)
+            })
+            .collect();
+        assert_eq!(
+            finals,
+            vec![None, None, None],
+            "the deletion has the highest stamp"
+        );
+        let mut b = Broker::new(0, 2, cfg.clone(), 0);
+        b.store_retained(&updates[1]);
+        b.store_retained(&updates[0]);
+        assert_eq!(
+            held(&b),
+            Some(b"open".to_vec()),
+            "same clock: the higher shard id wins"
+        );
+        b.store_retained(&updates[1]);
+        assert_eq!(
+            held(&b),
+            Some(b"open".to_vec()),
+            "an older update never overwrites"
+        );
+    }
+
+    /// A shard that has seen a stamp publishes after it: causally later updates win.
+    #[test]
+    fn local_updates_follow_what_the_shard_has_seen() {
+        let cfg = Arc::new(Config::default());
+        let mut b = Broker::new(0, 2, cfg, 0);
+        b.store_retained(&retained(40 << 6 | 1, b"remote"));
+        let local = Message {
+            payload: b"local".to_vec().into_boxed_slice(),
+            ..Arc::try_unwrap(retained(0, b"")).expect("unique")
+        };
+        b.publish_message(local, 0);
+        assert_eq!(held(&b), Some(b"local".to_vec()));
     }
 }

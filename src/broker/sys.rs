@@ -7,8 +7,6 @@
 //! `$SYS` (their publishes there are refused, never routed or retained), and the figures
 //! are at most one interval old. Must not touch: the counters' owners; it only reads them.
 
-use std::sync::Arc;
-
 use super::connect::timer_key;
 use super::{Broker, Cast, Stats};
 use crate::protocol::QoS;
@@ -126,8 +124,9 @@ impl Broker {
                 props: None,
                 expires_at_ms: None,
                 origin: 0,
+                retain_stamp: 0,
             };
-            self.publish_message(Arc::new(msg), now_ms);
+            self.publish_message(msg, now_ms);
         }
     }
 }

@@ -80,6 +80,9 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// Unique id of the publishing session (for No Local); 0 for none.
     pub origin: u64,
+    /// For a retained message: its place in the total order of retained updates (Lamport
+    /// clock, shard id in the low bits), set by the shard it enters on; 0 otherwise.
+    pub retain_stamp: u64,
 }
 
 impl Message {
@@ -96,6 +99,7 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
             origin,
+            retain_stamp: 0,
         }
     }
 

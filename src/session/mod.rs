@@ -314,6 +314,7 @@ mod tests {
             props: None,
             expires_at_ms: None,
             origin: 0,
+            retain_stamp: 0,
         })
     }
 
