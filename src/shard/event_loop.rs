@@ -234,6 +234,7 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.broker.timers_backlog()
             || self.bus.staged() > 0
         {
             return Duration::ZERO;
