@@ -3,7 +3,7 @@
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
 use super::{log, Broker, LinkState, Verdict};
 use crate::protocol::{Disconnect, ReasonCode, Version};
-use crate::shard::timer::TimerId;
+use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;

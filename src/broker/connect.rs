@@ -38,26 +38,12 @@ impl Broker {
         key
     }
 
-    /// Give a handed-over link the client id its accepting shard assigned.
-    pub fn set_assigned_id(&mut self, key: usize, id: Box<str>) {
-        if let Some(link) = self.links.get_mut(key) {
-            link.client_id = Some(id);
-        }
-    }
-
-    /// The client id a link was handed over with, if one was assigned.
-    pub fn take_assigned_id(&mut self, key: usize) -> Option<Box<str>> {
-        self.links.get_mut(key).and_then(|l| l.client_id.take())
-    }
-
     pub(super) fn on_connect(&mut self, key: usize, c: &Connect<'_>, now_ms: u64) -> Verdict {
         if let Some(link) = self.links.get_mut(key) {
             link.version = c.version;
         }
         let id: Box<str> = if c.client_id.is_empty() {
-            if let Some(id) = self.take_assigned_id(key) {
-                id
-            } else if !c.clean_start && c.version != Version::V5 {
+            if !c.clean_start && c.version != Version::V5 {
                 // [MQTT-3.1.3-8]: an empty id needs Clean Session = 1 in 3.x.
                 return self.refuse(key, ReasonCode::ClientIdentifierNotValid, "empty client id");
             } else {

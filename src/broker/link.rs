@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::protocol::{ReasonCode, Version};
 use crate::session::StoredWill;
-use crate::shard::timer::TimerId;
-use crate::shard::txbuf::TxBuf;
+use crate::timer::TimerId;
+use crate::txbuf::TxBuf;
 
 /// What the connection awaits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

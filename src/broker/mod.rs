@@ -7,6 +7,7 @@
 //! has applied the interest change it caused, so a publish accepted anywhere after the
 //! SUBACK reaches the new subscriber. Must not touch: sockets, polls, threads: it writes
 //! into link buffers and queues `Cast`s for the event loop to carry.
+#![forbid(unsafe_code)]
 
 mod auth;
 mod close;
@@ -23,9 +24,10 @@ use std::sync::Arc;
 use slab::Slab;
 
 use crate::config::Config;
+pub(crate) use crate::log::log;
 use crate::protocol::{self, Packet, ReasonCode, Version};
 use crate::session::{Limits, Message, Session, SubIds};
-use crate::shard::timer::TimerWheel;
+use crate::timer::TimerWheel;
 use crate::topic::retained::TopicTree;
 use crate::topic::trie::FilterTrie;
 pub use link::{Link, LinkState};
@@ -193,6 +195,15 @@ pub struct Broker {
     tombstones: HashMap<Arc<str>, u64>,
 }
 
+/// The session limits derived from the configuration (config knows no sessions).
+fn session_limits(cfg: &Config) -> Limits {
+    Limits {
+        window: cfg.max_inflight,
+        queue_max: cfg.max_queued_messages,
+        queue_bytes_max: cfg.max_queued_bytes,
+    }
+}
+
 /// The home shard of a client id: FNV-1a, stable across runs and threads.
 pub fn home_shard(client_id: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -209,7 +220,7 @@ impl Broker {
         let mut b = Broker {
             shard_id,
             shards,
-            limits: cfg.session_limits(),
+            limits: session_limits(&cfg),
             cfg,
             links: Slab::new(),
             sessions: Slab::new(),
@@ -395,12 +406,4 @@ impl Broker {
             other => log(format_args!("Received {} from {id}", other.name())),
         }
     }
-}
-
-/// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
-pub fn log(args: std::fmt::Arguments<'_>) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    eprintln!("{secs}: {args}");
 }

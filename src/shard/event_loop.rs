@@ -6,6 +6,7 @@
 //! outbox; every step has a budget so one busy client or peer cannot starve the rest.
 //! Invariant: `socks` and the broker's `links` hold the same keys at all times. Must not
 //! touch: MQTT semantics (it calls the broker) or other shards' state (only the bus).
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -18,12 +19,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::bus::{self, Bus, BusMsg, Handoff};
+use super::bus::{self, Bus};
 use super::ring::RxBuf;
-use super::txbuf::Flushed;
+use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Verdict};
 use crate::config::Config;
 use crate::protocol::{self, Decoded};
+use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -167,7 +169,7 @@ struct Shard {
     listeners: Vec<TcpListener>,
     socks: Slab<Sock>,
     broker: Broker,
-    bus: Bus,
+    bus: Bus<BusMsg>,
     scratch: Vec<u8>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
@@ -185,7 +187,7 @@ impl Shard {
         id: usize,
         poll: Poll,
         listeners: Vec<TcpListener>,
-        bus: Bus,
+        bus: Bus<BusMsg>,
         cfg: Arc<Config>,
         stop: Arc<AtomicBool>,
         epoch: Instant,
@@ -221,7 +223,7 @@ impl Shard {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.turn(&mut events) {
-                crate::broker::log(format_args!("shard {}: poll failed: {e}", self.id));
+                crate::log::log(format_args!("shard {}: poll failed: {e}", self.id));
                 break;
             }
         }
@@ -316,7 +318,7 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].accept() {
-                    Ok((stream, peer)) => self.adopt(stream, peer, Vec::new(), None, now),
+                    Ok((stream, peer)) => self.adopt(stream, peer, Vec::new(), now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -326,7 +328,7 @@ impl Shard {
                             || now >= self.accept_error_logged_ms + 1000
                         {
                             self.accept_error_logged_ms = now.max(1);
-                            crate::broker::log(format_args!("accept failed: {e}"));
+                            crate::log::log(format_args!("accept failed: {e}"));
                         }
                         break;
                     }
@@ -336,14 +338,7 @@ impl Shard {
     }
 
     /// Register a socket (accepted here or handed over) and process any bytes it came with.
-    fn adopt(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        rx: Vec<u8>,
-        id: Option<Box<str>>,
-        now: u64,
-    ) {
+    fn adopt(&mut self, mut stream: TcpStream, peer: SocketAddr, rx: Vec<u8>, now: u64) {
         let _ = stream.set_nodelay(true);
         let key = self.broker.accept(peer, now);
         let entry = self.socks.vacant_entry();
@@ -369,9 +364,6 @@ impl Shard {
             pending_read: false,
             paused_on_output: false,
         });
-        if let Some(id) = id {
-            self.broker.set_assigned_id(key, id);
-        }
         if self.socks.get(key).is_some_and(|s| !s.rx.is_empty()) {
             if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
                 self.broker_close(key);
@@ -557,7 +549,6 @@ impl Shard {
             stream: sock.stream,
             rx: rest,
             peer,
-            assigned_id: None,
         };
         self.bus.send(home, BusMsg::Handoff(Box::new(h)));
     }
@@ -570,7 +561,7 @@ impl Shard {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
                 BusMsg::Handoff(h) => {
                     let h = *h;
-                    self.adopt(h.stream, h.peer, h.rx, h.assigned_id, now);
+                    self.adopt(h.stream, h.peer, h.rx, now);
                 }
             }
         }

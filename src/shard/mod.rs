@@ -4,10 +4,34 @@
 //! its sockets, its `Broker` state and its end of every bus ring. Invariant: nothing here
 //! is shared mutably between shards; the only cross-thread traffic is `bus` messages and
 //! the shutdown flag. Must not touch: MQTT semantics, which live in `broker`.
+#[allow(unsafe_code)]
 pub mod bus;
 pub mod event_loop;
+#[allow(unsafe_code)]
 pub mod ring;
-pub mod timer;
-pub mod txbuf;
 
 pub use event_loop::{run, Running};
+
+use std::net::SocketAddr;
+
+use crate::broker::Cast;
+
+/// A connection moving to its home shard after CONNECT.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The socket, already deregistered from the sender's poll.
+    pub stream: mio::net::TcpStream,
+    /// Unread bytes, starting with the CONNECT packet.
+    pub rx: Vec<u8>,
+    /// Peer address.
+    pub peer: SocketAddr,
+}
+
+/// What travels between shards on the bus.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// A broker-level message (publish, interest change, ack).
+    Cast(Cast),
+    /// A connection handed to its home shard.
+    Handoff(Box<Handoff>),
+}
