@@ -19,4 +19,5 @@ pub mod session;
 pub mod shard;
 pub mod timer;
 pub mod topic;
+pub mod transport;
 pub mod txbuf;

@@ -1,14 +1,14 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::{log, Broker, LinkState, Verdict};
+use super::{log, Broker, Conn, Link, LinkState, Verdict};
 use crate::protocol::{Disconnect, ReasonCode, Version};
 use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;
 
-impl Broker {
+impl<X> Broker<X> {
     pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
@@ -30,12 +30,16 @@ impl Broker {
         self.close(key, None, "client sent DISCONNECT")
     }
 
-    /// The event loop closed link `key`'s socket: publish or schedule its Will, detach or
-    /// end its session, forget the link.
-    pub fn on_closed(&mut self, key: usize, now_ms: u64) {
-        let Some(mut link) = self.links.try_remove(key) else {
-            return;
-        };
+    /// The shard is done with connection `key` (closed, or handed to another shard):
+    /// publish or schedule its Will, detach or end its session, forget the link. Returns
+    /// the shard's part of the connection, for it to close or move.
+    pub fn on_closed(&mut self, key: usize, now_ms: u64) -> Option<X> {
+        let Conn { mut link, io, .. } = self.links.remove(key)?;
+        self.forget_link(key, &mut link, now_ms);
+        Some(io)
+    }
+
+    fn forget_link(&mut self, key: usize, link: &mut Link, now_ms: u64) {
         if let Some(t) = link.timer.take() {
             self.timers.cancel(t);
         }
@@ -264,19 +268,21 @@ mod tests {
     fn ten_thousand_timers_fired_at_once_are_all_handled() {
         const LINKS: usize = 10_000;
         let cfg = Arc::new(Config::default());
-        let mut b = Broker::new(0, 1, cfg.clone(), 0);
+        let mut b = Broker::<()>::new(0, 1, cfg.clone(), 0);
         let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
         for _ in 0..LINKS {
-            b.accept(peer, 0);
+            b.accept(peer, (), 0);
         }
         let due = cfg.connect_timeout_ms;
         let mut turns = 0;
         let mut closing = 0;
+        let mut keys = Vec::new();
         loop {
             b.on_timers(due);
             turns += 1;
-            closing += b.closing.len();
-            for key in std::mem::take(&mut b.closing) {
+            b.effects().take_closing(&mut keys);
+            closing += keys.len();
+            for &key in &keys {
                 b.on_closed(key, due);
             }
             if !b.timers_backlog() {
@@ -286,6 +292,6 @@ mod tests {
         }
         assert_eq!(closing, LINKS, "every CONNECT deadline fired");
         assert_eq!(turns, LINKS.div_ceil(TIMERS_PER_TURN_MAX));
-        assert_eq!(b.links.len(), 0);
+        assert!(b.links().is_empty());
     }
 }

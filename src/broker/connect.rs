@@ -16,12 +16,17 @@ pub(super) fn timer_key(kind: u64, gen: u32, index: usize) -> u64 {
     (kind << 56) | (u64::from(gen & 0x00ff_ffff) << 32) | (index as u64 & 0xffff_ffff)
 }
 
-impl Broker {
-    /// A new connection on this shard; arms its CONNECT deadline.
-    pub fn accept(&mut self, peer: std::net::SocketAddr, now_ms: u64) -> usize {
+impl<X> Broker<X> {
+    /// A new connection on this shard, with the shard's part `io`; arms its CONNECT
+    /// deadline and returns its key.
+    pub fn accept(&mut self, peer: std::net::SocketAddr, io: X, now_ms: u64) -> usize {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let key = self.links.insert(super::Link::new(gen, peer, now_ms));
+        let key = self.links.insert(super::Conn {
+            link: super::Link::new(gen, peer, now_ms),
+            tx: crate::txbuf::TxBuf::default(),
+            io,
+        });
         let deadline = now_ms + self.cfg.connect_timeout_ms;
         let id = self
             .timers

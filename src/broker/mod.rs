@@ -12,6 +12,8 @@
 mod auth;
 mod close;
 mod connect;
+pub mod effects;
+pub mod ingest;
 pub mod link;
 mod publish;
 pub mod shared;
@@ -30,7 +32,9 @@ use crate::session::{Limits, Message, Session, SubIds};
 use crate::timer::TimerWheel;
 use crate::topic::retained::TopicTree;
 use crate::topic::trie::FilterTrie;
-pub use link::{Link, LinkState};
+pub use effects::Effects;
+pub use ingest::Ingested;
+pub use link::{Conn, Link, LinkState, Links};
 
 /// A message between shards at the broker level.
 #[derive(Debug)]
@@ -150,16 +154,17 @@ struct Hit {
     sub_ids: SubIds,
 }
 
-/// One shard's broker state.
-pub struct Broker {
+/// One shard's broker state. `X` is the shard's part of each connection (see
+/// [`link::Links`]); the broker never looks inside it.
+pub struct Broker<X> {
     /// This shard's index.
     pub shard_id: usize,
     /// Number of shards.
     pub shards: usize,
     cfg: Arc<Config>,
     limits: Limits,
-    /// Connections of this shard (same keys as the event loop's sockets).
-    pub links: Slab<Link>,
+    /// Connections of this shard.
+    links: Links<X>,
     sessions: Slab<Session>,
     by_client: HashMap<Box<str>, usize>,
     subs: FilterTrie<Subscribers>,
@@ -168,12 +173,8 @@ pub struct Broker {
     retained: TopicTree<Arc<Message>>,
     /// Timers of this shard.
     pub timers: TimerWheel,
-    /// Casts for other shards: (destination, message).
-    pub outbox: Vec<(usize, Cast)>,
-    /// Links with bytes to flush.
-    pub dirty: Vec<usize>,
-    /// Links to close at the end of the turn.
-    pub closing: Vec<usize>,
+    /// What this turn asks of the shard: casts, flushes, closes, counters.
+    fx: Effects,
     pending_subacks: VecDeque<PendingSubAck>,
     interest_seq: u64,
     acked_seq: Vec<u64>,
@@ -181,8 +182,6 @@ pub struct Broker {
     next_uid: u64,
     route_seq: u64,
     hits: Vec<Hit>,
-    /// Counters.
-    pub stats: Stats,
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     pub now_ms: u64,
@@ -214,15 +213,15 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
     (h % shards.max(1) as u64) as usize
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
-    pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker {
+    pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
         let mut b = Broker {
             shard_id,
             shards,
             limits: session_limits(&cfg),
             cfg,
-            links: Slab::new(),
+            links: Links::default(),
             sessions: Slab::new(),
             by_client: HashMap::new(),
             subs: FilterTrie::new(),
@@ -230,9 +229,7 @@ impl Broker {
             interest: FilterTrie::new(),
             retained: TopicTree::new(),
             timers: TimerWheel::new(now_ms),
-            outbox: Vec::new(),
-            dirty: Vec::new(),
-            closing: Vec::new(),
+            fx: Effects::default(),
             pending_subacks: VecDeque::new(),
             interest_seq: 0,
             acked_seq: vec![0; shards],
@@ -240,7 +237,6 @@ impl Broker {
             next_uid: 0,
             route_seq: 0,
             hits: Vec::new(),
-            stats: Stats::default(),
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
@@ -254,6 +250,27 @@ impl Broker {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// This shard's connections.
+    pub fn links(&self) -> &Links<X> {
+        &self.links
+    }
+
+    /// This shard's connections, mutably: the shard reaches its own part (`io`) and the
+    /// write buffer here. Marking a link dirty or closing goes through [`Broker::effects`].
+    pub fn links_mut(&mut self) -> &mut Links<X> {
+        &mut self.links
+    }
+
+    /// What the broker has asked of the shard so far this turn.
+    pub fn effects(&mut self) -> &mut Effects {
+        &mut self.fx
+    }
+
+    /// The connections and the effects together (they borrow apart).
+    pub fn links_and_effects(&mut self) -> (&mut Links<X>, &mut Effects) {
+        (&mut self.links, &mut self.fx)
     }
 
     /// Sessions held by this shard.
@@ -330,14 +347,11 @@ impl Broker {
 
     /// Append `packet` to link `key`'s output buffer.
     fn send(&mut self, key: usize, packet: &Packet<'_>) {
-        let Some(link) = self.links.get_mut(key) else {
+        let Some(c) = self.links.conn_mut(key) else {
             return;
         };
-        protocol::encode(packet, link.version, link.tx.buf());
-        if !link.dirty {
-            link.dirty = true;
-            self.dirty.push(key);
-        }
+        protocol::encode(packet, c.link.version, c.tx.buf());
+        self.fx.mark_dirty(key, &mut c.link);
     }
 
     /// Mark link `key` closing. With `reason` and a 5.0 client, send DISCONNECT first.
@@ -368,7 +382,7 @@ impl Broker {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
         };
-        link.state = LinkState::Closing;
+        self.fx.mark_closing(key, link);
         link.close_reason = reason;
         if self.cfg.verbose {
             log(format_args!(
@@ -377,7 +391,6 @@ impl Broker {
                 link.peer
             ));
         }
-        self.closing.push(key);
         Verdict::Close
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Broker, Cast, Hit, Verdict};
+use super::{Broker, Cast, Conn, Hit, Verdict};
 use crate::protocol::{
     self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode, SubscriptionIds,
     UserProperties, Version,
@@ -18,9 +18,9 @@ const TOMBSTONES_MAX: usize = 65_536;
 /// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
 pub const AWAITING_REL_MAX: usize = 65_535;
 
-impl Broker {
+impl<X> Broker<X> {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
-        self.stats.publish_in += 1;
+        self.fx.stats.publish_in += 1;
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
             return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
@@ -197,7 +197,7 @@ impl Broker {
         }
         for to in 0..self.shards {
             if mask & (1u64 << to) != 0 {
-                self.outbox.push((to, Cast::Publish(msg.clone())));
+                self.fx.outbox.push((to, Cast::Publish(msg.clone())));
             }
         }
         let shared = self.dispatch_shared(&msg, now_ms);
@@ -303,17 +303,17 @@ impl Broker {
             .filter(|&k| self.links.get(k).is_some_and(|l| l.is_connected()));
         let Some(key) = link else {
             if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, &self.limits) {
-                self.stats.dropped_queue += 1;
+                self.fx.stats.dropped_queue += 1;
             }
             return;
         };
         let buffer_full = self
             .links
-            .get(key)
-            .is_some_and(|l| l.tx.pending() >= max_buf);
+            .conn(key)
+            .is_some_and(|c| c.tx.pending() >= max_buf);
         if out.qos == QoS::AtMostOnce {
             if buffer_full {
-                self.stats.dropped_qos0 += 1;
+                self.fx.stats.dropped_qos0 += 1;
             } else {
                 self.write_publish(key, &out, None, false, now_ms);
             }
@@ -321,7 +321,7 @@ impl Broker {
         }
         if buffer_full || !sess.queue.is_empty() || !sess.window_open(&self.limits) {
             if !sess.enqueue(out, &self.limits) {
-                self.stats.dropped_queue += 1;
+                self.fx.stats.dropped_queue += 1;
             }
             return;
         }
@@ -334,11 +334,11 @@ impl Broker {
     /// link's buffer is over its limit. No session state is involved.
     fn deliver_qos0(&mut self, key: usize, out: &Outgoing, now_ms: u64) {
         let max_buf = self.cfg.max_write_buffer;
-        match self.links.get(key) {
-            Some(l) if l.is_connected() && l.tx.pending() < max_buf => {
+        match self.links.conn(key) {
+            Some(c) if c.link.is_connected() && c.tx.pending() < max_buf => {
                 self.write_publish(key, out, None, false, now_ms);
             }
-            Some(l) if l.is_connected() => self.stats.dropped_qos0 += 1,
+            Some(c) if c.link.is_connected() => self.fx.stats.dropped_qos0 += 1,
             _ => {}
         }
     }
@@ -351,11 +351,11 @@ impl Broker {
                 return;
             };
             let Some(key) = sess.link else { return };
-            let Some(link) = self.links.get(key) else {
+            let Some(c) = self.links.conn(key) else {
                 return;
             };
-            if !link.is_connected()
-                || link.tx.pending() >= max_buf
+            if !c.link.is_connected()
+                || c.tx.pending() >= max_buf
                 || !sess.window_open(&self.limits)
             {
                 return;
@@ -384,7 +384,7 @@ impl Broker {
         dup: bool,
         now_ms: u64,
     ) {
-        let Some(link) = self.links.get_mut(key) else {
+        let Some(Conn { link, tx, .. }) = self.links.conn_mut(key) else {
             return;
         };
         let msg = &out.msg;
@@ -415,7 +415,7 @@ impl Broker {
             && protocol::encoded_len(&Packet::Publish(p.clone()), link.version)
                 > link.client_max_packet
         {
-            self.stats.dropped_too_large += 1;
+            self.fx.stats.dropped_too_large += 1;
             if let (Some(pid), Some(s)) = (pid, link.session) {
                 if let Some(sess) = self.sessions.get_mut(s) {
                     sess.inflight.retain(|f| f.pid != pid);
@@ -423,17 +423,14 @@ impl Broker {
             }
             return;
         }
-        protocol::encode_publish(link.tx.buf(), link.version, &p);
+        protocol::encode_publish(tx.buf(), link.version, &p);
         if let (true, Some(a)) = (learn, alias) {
             link.aliases_out
                 .get_or_insert_with(Default::default)
                 .insert(msg.topic.clone(), a);
         }
-        self.stats.publish_out += 1;
-        if !link.dirty {
-            link.dirty = true;
-            self.dirty.push(key);
-        }
+        self.fx.stats.publish_out += 1;
+        self.fx.mark_dirty(key, link);
     }
 
     pub(super) fn on_puback(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {
@@ -514,7 +511,7 @@ impl Broker {
                 seq,
             } => {
                 self.apply_interest(from, &filter, add);
-                self.outbox.push((
+                self.fx.outbox.push((
                     from,
                     Cast::InterestAck {
                         from: self.shard_id,
@@ -531,7 +528,7 @@ impl Broker {
                 seq,
             } => {
                 self.apply_share(&group, &filter, member, op);
-                self.outbox.push((
+                self.fx.outbox.push((
                     from,
                     Cast::InterestAck {
                         from: self.shard_id,
@@ -599,7 +596,7 @@ mod tests {
         })
     }
 
-    fn held(b: &Broker) -> Option<Vec<u8>> {
+    fn held(b: &Broker<()>) -> Option<Vec<u8>> {
         b.retained.get("status/door").map(|m| m.payload.to_vec())
     }
 
@@ -617,7 +614,7 @@ mod tests {
         let finals: Vec<Option<Vec<u8>>> = orders
             .iter()
             .map(|order| {
-                let mut b = Broker::new(0, 2, cfg.clone(), 0);
+                let mut b = Broker::<()>::new(0, 2, cfg.clone(), 0);
                 for &i in order {
                     b.store_retained(&updates[i]);
                 }
@@ -629,7 +626,7 @@ mod tests {
             vec![None, None, None],
             "the deletion has the highest stamp"
         );
-        let mut b = Broker::new(0, 2, cfg.clone(), 0);
+        let mut b = Broker::<()>::new(0, 2, cfg.clone(), 0);
         b.store_retained(&updates[1]);
         b.store_retained(&updates[0]);
         assert_eq!(
@@ -649,7 +646,7 @@ mod tests {
     #[test]
     fn local_updates_follow_what_the_shard_has_seen() {
         let cfg = Arc::new(Config::default());
-        let mut b = Broker::new(0, 2, cfg, 0);
+        let mut b = Broker::<()>::new(0, 2, cfg, 0);
         b.store_retained(&retained(40 << 6 | 1, b"remote"));
         let local = Message {
             payload: b"local".to_vec().into_boxed_slice(),

@@ -101,7 +101,7 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix("$share/")?.split_once('/')
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// A local session joins, leaves or changes online state in a group: apply it here and
     /// tell every other shard (acknowledged like interest changes).
     pub(super) fn share_update(
@@ -209,7 +209,8 @@ impl Broker {
         if d.member.shard == self.shard_id {
             self.on_share_delivery(d, now_ms);
         } else {
-            self.outbox
+            self.fx
+                .outbox
                 .push((d.member.shard, Cast::ShareDeliver(Box::new(d))));
         }
     }
@@ -292,7 +293,7 @@ impl Broker {
                 return;
             };
             if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
-                self.stats.dropped_queue += 1;
+                self.fx.stats.dropped_queue += 1;
             }
         }
     }

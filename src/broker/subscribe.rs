@@ -9,7 +9,7 @@ use crate::topic::{self, FilterKind};
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
 pub const FILTERS_PER_PACKET_MAX: usize = 1024;
 
-impl Broker {
+impl<X> Broker<X> {
     pub(super) fn on_subscribe(&mut self, key: usize, sub: &Subscribe<'_>, now_ms: u64) -> Verdict {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return Verdict::Close;
@@ -166,7 +166,7 @@ impl Broker {
         self.interest_seq += 1;
         let seq = self.interest_seq;
         for to in (0..self.shards).filter(|&t| t != self.shard_id) {
-            self.outbox.push((to, make(seq)));
+            self.fx.outbox.push((to, make(seq)));
         }
     }
 
@@ -207,12 +207,9 @@ impl Broker {
             if !live {
                 continue;
             }
-            if let Some(link) = self.links.get_mut(p.link) {
-                link.tx.buf().extend_from_slice(&p.bytes);
-                if !link.dirty {
-                    link.dirty = true;
-                    self.dirty.push(p.link);
-                }
+            if let Some(c) = self.links.conn_mut(p.link) {
+                c.tx.buf().extend_from_slice(&p.bytes);
+                self.fx.mark_dirty(p.link, &mut c.link);
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
                 continue;

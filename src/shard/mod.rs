@@ -6,26 +6,15 @@
 //! the shutdown flag. Must not touch: MQTT semantics, which live in `broker`.
 #[allow(unsafe_code)]
 pub mod bus;
+pub mod conn;
 pub mod event_loop;
 #[allow(unsafe_code)]
 pub mod ring;
 
 pub use event_loop::{run, Running};
 
-use std::net::SocketAddr;
-
 use crate::broker::Cast;
-
-/// A connection moving to its home shard after CONNECT.
-#[derive(Debug)]
-pub struct Handoff {
-    /// The socket, already deregistered from the sender's poll.
-    pub stream: mio::net::TcpStream,
-    /// Unread bytes, starting with the CONNECT packet.
-    pub rx: Vec<u8>,
-    /// Peer address.
-    pub peer: SocketAddr,
-}
+pub use conn::Handoff;
 
 /// What travels between shards on the bus.
 #[derive(Debug)]
