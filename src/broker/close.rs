@@ -126,10 +126,9 @@ impl<X> Broker<X> {
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
     pub(super) fn end_session(&mut self, s: usize) {
         self.cancel_session_timers(s);
-        let Some(mut sess) = self.sessions.try_remove(s) else {
+        let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
-        self.by_client.remove(&sess.client_id);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.

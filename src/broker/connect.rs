@@ -1,8 +1,8 @@
 //! CONNECT: client identifiers, the home shard, takeover, session resumption, CONNACK.
 
-use super::{home_shard, log, Broker, LinkState, Verdict};
+use super::{deliver, home_shard, log, Broker, LinkState, Verdict};
 use crate::protocol::{self, Connect, Packet, Properties, ReasonCode, Version};
-use crate::session::{FlightState, Message, Session, StoredWill};
+use crate::session::{FlightState, Message, StoredWill};
 
 /// Link timer key kinds (top byte of a timer key).
 pub(super) const TIMER_LINK: u64 = 1;
@@ -97,11 +97,11 @@ impl<X> Broker<X> {
     /// A fresh client id that hashes to this shard, so the connection stays here.
     fn assign_id(&mut self) -> Box<str> {
         loop {
-            self.next_uid += 1;
+            let nonce = self.sessions.next_nonce();
             let id = format!(
                 "shardmq-{:x}-{:x}",
                 self.shard_id,
-                self.next_uid.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             );
             if home_shard(&id, self.shards) == self.shard_id {
                 return id.into();
@@ -210,7 +210,7 @@ impl<X> Broker<X> {
     /// Find the session for `id` (disconnecting a connection that holds it) or make one.
     /// Returns the session key and whether an existing session was resumed.
     fn take_over_or_create(&mut self, id: &str, clean: bool, expiry_s: u32) -> (usize, bool) {
-        if let Some(&s) = self.by_client.get(id) {
+        if let Some(s) = self.sessions.find(id) {
             if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
                 if let Some(l) = self.links.get_mut(old) {
                     l.session = None;
@@ -230,11 +230,7 @@ impl<X> Broker<X> {
             }
             self.end_session(s);
         }
-        self.next_uid += 1;
-        let uid = ((self.shard_id as u64) << 56) | self.next_uid;
-        let s = self.sessions.insert(Session::new(id, uid, expiry_s));
-        self.by_client.insert(id.into(), s);
-        (s, false)
+        (self.sessions.create(id, expiry_s), false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -341,7 +337,14 @@ impl<X> Broker<X> {
                 FlightState::AwaitComp => {
                     self.send(key, &Packet::PubRel(protocol::Ack::new(f.pid)));
                 }
-                _ => self.write_publish(key, &f.out, Some(f.pid), true, now_ms),
+                _ => {
+                    let (_, sessions, mut sink) = self.parts();
+                    if !deliver::write_publish(&mut sink, key, &f.out, Some(f.pid), true, now_ms) {
+                        if let Some(sess) = sessions.get_mut(s) {
+                            sess.inflight.retain(|x| x.pid != f.pid);
+                        }
+                    }
+                }
             }
         }
     }

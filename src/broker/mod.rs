@@ -12,29 +12,34 @@
 mod auth;
 mod close;
 mod connect;
+mod deliver;
 pub mod effects;
+pub mod gate;
 pub mod ingest;
 pub mod link;
 mod publish;
+pub mod retained;
+pub mod routes;
+pub mod sessions;
 pub mod shared;
 mod subscribe;
 pub mod sys;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-
-use slab::Slab;
 
 use crate::config::Config;
 pub(crate) use crate::log::log;
 use crate::protocol::{self, Packet, ReasonCode, Version};
-use crate::session::{Limits, Message, Session, SubIds};
+use crate::session::{Limits, Message, SubIds};
 use crate::timer::TimerWheel;
-use crate::topic::retained::TopicTree;
-use crate::topic::trie::FilterTrie;
+use deliver::Sink;
 pub use effects::Effects;
+use gate::SubAckGate;
 pub use ingest::Ingested;
 pub use link::{Conn, Link, LinkState, Links};
+use retained::RetainedReplica;
+use routes::Routes;
+use sessions::Sessions;
 
 /// A message between shards at the broker level.
 #[derive(Debug)]
@@ -132,19 +137,9 @@ pub struct Stats {
     pub bytes_out: u64,
 }
 
-/// A SUBACK held back until every peer shard has applied the interest it depends on.
-#[derive(Debug)]
-struct PendingSubAck {
-    seq: u64,
-    link: usize,
-    gen: u32,
-    bytes: Vec<u8>,
-    retained: Vec<(Box<str>, crate::session::SubState)>,
-}
-
 /// One match of a publish, merged per session (overlapping subscriptions → one delivery).
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     session: usize,
     /// The session's link, read while its cache line is hot: QoS 0 deliveries go straight
     /// to the link without touching the session again.
@@ -154,8 +149,8 @@ struct Hit {
     sub_ids: SubIds,
 }
 
-/// One shard's broker state. `X` is the shard's part of each connection (see
-/// [`link::Links`]); the broker never looks inside it.
+/// One shard's broker state: a coordinator over parts that own their state. `X` is the
+/// shard's part of each connection (see [`link::Links`]); the broker never looks inside.
 pub struct Broker<X> {
     /// This shard's index.
     pub shard_id: usize,
@@ -165,33 +160,24 @@ pub struct Broker<X> {
     limits: Limits,
     /// Connections of this shard.
     links: Links<X>,
-    sessions: Slab<Session>,
-    by_client: HashMap<Box<str>, usize>,
-    subs: FilterTrie<Subscribers>,
-    shared: FilterTrie<shared::ShareGroups>,
-    interest: FilterTrie<u64>,
-    retained: TopicTree<Arc<Message>>,
+    /// Sessions whose home is this shard.
+    sessions: Sessions,
+    /// Local trie, interest, share groups.
+    routes: Routes,
+    /// This shard's replica of the retained store.
+    retained: RetainedReplica,
+    /// SUBACKs waiting for peers to apply routing changes.
+    gate: SubAckGate,
     /// Timers of this shard.
     pub timers: TimerWheel,
     /// What this turn asks of the shard: casts, flushes, closes, counters.
     fx: Effects,
-    pending_subacks: VecDeque<PendingSubAck>,
-    interest_seq: u64,
-    acked_seq: Vec<u64>,
     next_gen: u32,
-    next_uid: u64,
-    route_seq: u64,
-    hits: Vec<Hit>,
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     pub now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
-    /// Lamport clock ordering retained updates across shards.
-    lamport: u64,
-    /// Stamps of recently deleted retained topics, so an older update in flight cannot
-    /// bring one back.
-    tombstones: HashMap<Arc<str>, u64>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -222,29 +208,30 @@ impl<X> Broker<X> {
             limits: session_limits(&cfg),
             cfg,
             links: Links::default(),
-            sessions: Slab::new(),
-            by_client: HashMap::new(),
-            subs: FilterTrie::new(),
-            shared: FilterTrie::new(),
-            interest: FilterTrie::new(),
-            retained: TopicTree::new(),
+            sessions: Sessions::new(shard_id),
+            routes: Routes::default(),
+            retained: RetainedReplica::default(),
+            gate: SubAckGate::new(shard_id, shards),
             timers: TimerWheel::new(now_ms),
             fx: Effects::default(),
-            pending_subacks: VecDeque::new(),
-            interest_seq: 0,
-            acked_seq: vec![0; shards],
             next_gen: 0,
-            next_uid: 0,
-            route_seq: 0,
-            hits: Vec::new(),
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
-            lamport: 0,
-            tombstones: HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b
+    }
+
+    /// The parts a delivery needs, borrowed apart: routes, sessions, and where to write.
+    fn parts(&mut self) -> (&mut Routes, &mut Sessions, Sink<'_, X>) {
+        let sink = Sink {
+            links: &mut self.links,
+            fx: &mut self.fx,
+            limits: &self.limits,
+            max_buf: self.cfg.max_write_buffer,
+        };
+        (&mut self.routes, &mut self.sessions, sink)
     }
 
     /// The configuration.

@@ -133,7 +133,10 @@ impl<X> Broker<X> {
     ) {
         let same = |m: &ShareMember| m.shard == member.shard && m.uid == member.uid;
         if op == ShareOp::Join {
-            let groups = self.shared.entry_or_insert_with(filter, ShareGroups::new);
+            let groups = self
+                .routes
+                .share_groups_mut()
+                .entry_or_insert_with(filter, ShareGroups::new);
             let g = match groups.iter().position(|g| &*g.name == group) {
                 Some(i) => &mut groups[i],
                 None => {
@@ -153,7 +156,7 @@ impl<X> Broker<X> {
             }
             return;
         }
-        let Some(groups) = self.shared.get_mut(filter) else {
+        let Some(groups) = self.routes.share_groups_mut().get_mut(filter) else {
             return;
         };
         let Some(gi) = groups.iter().position(|g| &*g.name == group) else {
@@ -171,7 +174,7 @@ impl<X> Broker<X> {
         if g.members.is_empty() {
             groups.remove(gi);
             if groups.is_empty() {
-                self.shared.remove(filter);
+                self.routes.share_groups_mut().remove(filter);
             }
         }
     }
@@ -179,17 +182,19 @@ impl<X> Broker<X> {
     /// Choose one member of every group matching the message and send it there.
     /// Returns whether any group matched.
     pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        if self.shared.is_empty() {
+        if self.routes.share_groups().is_empty() {
             return false;
         }
         let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
-        self.shared.for_each_match(&msg.topic, |_, groups| {
-            for g in groups.iter() {
-                if let Some(m) = g.pick(0) {
-                    picks.push((m, g.key.clone()));
+        self.routes
+            .share_groups()
+            .for_each_match(&msg.topic, |_, groups| {
+                for g in groups.iter() {
+                    if let Some(m) = g.pick(0) {
+                        picks.push((m, g.key.clone()));
+                    }
                 }
-            }
-        });
+            });
         let matched = !picks.is_empty();
         for (member, key) in picks {
             self.send_share(
@@ -254,7 +259,8 @@ impl<X> Broker<X> {
             return false;
         };
         let pick = self
-            .shared
+            .routes
+            .share_groups()
             .get(filter)
             .and_then(|gs| gs.iter().find(|g| &*g.name == group))
             .and_then(|g| g.pick(exclude));
