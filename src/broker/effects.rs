@@ -72,3 +72,34 @@ impl Effects {
         std::mem::swap(&mut self.closing, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link::new(1, ([127, 0, 0, 1], 1).into(), 0)
+    }
+
+    /// A link is queued once per flush, and once for closing, however often it is marked.
+    #[test]
+    fn marks_are_deduplicated() {
+        let mut fx = Effects::default();
+        let mut l = link();
+        fx.mark_dirty(4, &mut l);
+        fx.mark_dirty(4, &mut l);
+        let mut keys = Vec::new();
+        fx.take_dirty(&mut keys);
+        assert_eq!(keys, [4]);
+        fx.mark_dirty(4, &mut l);
+        assert!(!fx.has_dirty(), "still queued until flushed");
+        Effects::flushed(&mut l);
+        fx.mark_dirty(4, &mut l);
+        assert!(fx.has_dirty());
+        assert!(fx.mark_closing(4, &mut l));
+        assert!(!fx.mark_closing(4, &mut l));
+        assert_eq!(l.state, LinkState::Closing);
+        fx.take_closing(&mut keys);
+        assert_eq!(keys, [4]);
+    }
+}

@@ -93,3 +93,39 @@ impl SubAckGate {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SUBACKs leave in order, each only once every peer acknowledged its sequence.
+    #[test]
+    fn released_in_order_once_every_peer_has_acked() {
+        let mut g = SubAckGate::new(0, 3);
+        assert_eq!(g.next_seq(), Some(1));
+        g.hold(10, 0, vec![1], Vec::new());
+        assert_eq!(g.next_seq(), Some(2));
+        g.hold(11, 0, vec![2], Vec::new());
+        assert!(g.pop_released().is_none(), "nobody acked yet");
+        g.acked(1, 2);
+        assert!(g.pop_released().is_none(), "shard 2 has not acked");
+        g.acked(2, 1);
+        assert_eq!(g.pop_released().map(|p| p.link), Some(10));
+        assert!(
+            g.pop_released().is_none(),
+            "shard 2 is at 1, the second needs 2"
+        );
+        g.acked(2, 1);
+        g.acked(2, 2);
+        assert_eq!(g.pop_released().map(|p| p.link), Some(11));
+    }
+
+    /// With no peers there is nothing to wait for.
+    #[test]
+    fn single_shard_releases_at_once() {
+        let mut g = SubAckGate::new(0, 1);
+        assert_eq!(g.next_seq(), None);
+        g.hold(3, 0, Vec::new(), Vec::new());
+        assert_eq!(g.pop_released().map(|p| p.link), Some(3));
+    }
+}

@@ -24,6 +24,8 @@ pub mod sessions;
 pub mod shared;
 mod subscribe;
 pub mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -152,10 +154,8 @@ pub(crate) struct Hit {
 /// One shard's broker state: a coordinator over parts that own their state. `X` is the
 /// shard's part of each connection (see [`link::Links`]); the broker never looks inside.
 pub struct Broker<X> {
-    /// This shard's index.
-    pub shard_id: usize,
-    /// Number of shards.
-    pub shards: usize,
+    shard_id: usize,
+    shards: usize,
     cfg: Arc<Config>,
     limits: Limits,
     /// Connections of this shard.
@@ -169,13 +169,13 @@ pub struct Broker<X> {
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
     /// Timers of this shard.
-    pub timers: TimerWheel,
+    timers: TimerWheel,
     /// What this turn asks of the shard: casts, flushes, closes, counters.
     fx: Effects,
     next_gen: u32,
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
-    pub now_ms: u64,
+    now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
 }
@@ -221,6 +221,26 @@ impl<X> Broker<X> {
         };
         b.arm_sys_timer(now_ms);
         b
+    }
+
+    /// A turn starts at `now_ms` (shard clock; never goes backwards).
+    pub fn begin_turn(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The shard clock as of the current turn (ms).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// When the next timer is due (shard clock, ms), for the poll timeout.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.timers.next_deadline_ms()
+    }
+
+    /// This shard's index.
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
     }
 
     /// The parts a delivery needs, borrowed apart: routes, sessions, and where to write.

@@ -227,7 +227,7 @@ impl Shard {
         {
             return Duration::ZERO;
         }
-        let next = self.broker.timers.next_deadline_ms().unwrap_or(u64::MAX);
+        let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
         Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
     }
 
@@ -239,7 +239,7 @@ impl Shard {
             Err(e) => return Err(e),
         }
         let now = self.now_ms();
-        self.broker.now_ms = now;
+        self.broker.begin_turn(now);
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
@@ -494,7 +494,7 @@ impl Shard {
         let Some(peer) = self.broker.links().get(key).map(|l| l.peer) else {
             return;
         };
-        let Some(mut io) = self.broker.on_closed(key, self.broker.now_ms) else {
+        let Some(mut io) = self.broker.on_closed(key, self.broker.now_ms()) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut io.transport);
@@ -538,7 +538,7 @@ impl Shard {
         match flushed {
             // Bytes still inside the transport wait for the next writable edge.
             Ok(Flushed::All) if !c.io.transport.wants_write() => {
-                let now = self.broker.now_ms;
+                let now = self.broker.now_ms();
                 self.broker.on_drained(key, now);
             }
             Ok(_) => {}
