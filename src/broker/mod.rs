@@ -1,12 +1,27 @@
 //! What a packet does: connect, publish routing, subscribe, retained messages, wills.
 //!
-//! Owns: one shard's MQTT state: its links, its sessions (those whose client id hashes to
-//! this shard), the local subscription trie, the replicated interest trie (filter → set of
-//! shards with subscribers) and the retained replica. Invariants: a session lives only on
-//! its home shard `home_shard(client_id)`; a SUBACK is released only once every peer shard
-//! has applied the interest change it caused, so a publish accepted anywhere after the
-//! SUBACK reaches the new subscriber. Must not touch: sockets, polls, threads: it writes
-//! into link buffers and queues `Cast`s for the event loop to carry.
+//! Owns: one shard's MQTT state, in parts that own their own state:
+//! - [`Links`] (`link`): the connection table, one slab of `Conn { link, tx, io: X }`;
+//!   `X` is the shard's part (transport, receive buffer) and is never looked into here.
+//! - [`sessions::Sessions`]: sessions whose client id hashes to this shard.
+//! - [`routes::Routes`]: the local trie, the replicated interest trie (filter → shards)
+//!   and the replicated share-group membership.
+//! - [`retained::RetainedReplica`], [`gate::SubAckGate`], the timer wheel.
+//! - [`Effects`]: what a step asks of the shard (casts, links to flush, links to close,
+//!   counters); the only way a link is marked dirty or closing.
+//!
+//! `Broker` coordinates the parts for the cold paths (connect, subscribe, close, timers);
+//! the per-message path (`deliver`) is free functions over exactly the parts it touches.
+//! Entry points for a driver (event loop, simulation, fuzzer): [`Broker::accept`],
+//! [`Broker::ingest`], [`Broker::on_cast`], [`Broker::on_timers`], [`Broker::writable`],
+//! [`Broker::close_link`], [`Broker::on_closed`], then [`Broker::effects`] and the `tx` of
+//! each dirty link in [`Broker::links_mut`].
+//!
+//! Invariants: a session lives only on its home shard `home_shard(client_id)`; a SUBACK is
+//! released only once every peer shard has applied the interest change it caused, so a
+//! publish accepted anywhere after the SUBACK reaches the new subscriber. Must not touch:
+//! sockets, polls, threads, shard or transport types: it writes into link buffers and
+//! records effects for the driver to carry out.
 #![forbid(unsafe_code)]
 
 mod auth;
