@@ -58,8 +58,8 @@ impl<X> Broker<X> {
                     Verdict::Handoff { home } => return (used, Ingested::Handoff(home)),
                 },
                 Err(e) => {
+                    // Answers per the version where one is due, and marks the link closing.
                     self.decode_error(key, &e);
-                    self.close_link(key);
                     return (used, Ingested::Close);
                 }
             }
