@@ -250,6 +250,16 @@ impl Broker {
         self.sessions.len()
     }
 
+    /// Sessions held by this shard, for read-only figures (metrics, the admin lists).
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter().map(|(_, s)| s)
+    }
+
+    /// Retained messages in this shard's replica.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
     /// Handle one decoded packet from link `key`.
     pub fn handle(&mut self, key: usize, packet: &Packet<'_>, now_ms: u64) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
