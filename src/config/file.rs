@@ -44,6 +44,10 @@ pub struct FileSettings {
     pub allow_anonymous: Option<bool>,
     /// `sys_interval`.
     pub sys_interval: Option<u32>,
+    /// `admin_listener PORT [ADDRESS]` (shardmq): the address defaults to 127.0.0.1.
+    pub admin_listener: Option<SocketAddr>,
+    /// `admin_password_file` (shardmq): HTTP basic auth for the admin listener.
+    pub admin_password_file: Option<std::path::PathBuf>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
 }
@@ -129,6 +133,8 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         let value = value.trim();
         match key {
             "listener" => s.binds.push(listener(value).map_err(err)?),
+            "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
+            "admin_password_file" => s.admin_password_file = Some(value.into()),
             "port" => port = Some(number(key, value).map_err(err)?),
             "bind_address" => {
                 bind_address =
@@ -158,6 +164,23 @@ fn listener(value: &str) -> Result<SocketAddr, String> {
     };
     if let Some(extra) = parts.next() {
         return Err(format!("listener: unexpected '{extra}'"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `admin_listener PORT [ADDRESS]`: unlike MQTT listeners, loopback unless told otherwise,
+/// since the admin listener shows every client.
+fn admin_listener(value: &str) -> Result<SocketAddr, String> {
+    let mut parts = value.split_whitespace();
+    let port: u16 = number("admin_listener", parts.next().unwrap_or(""))?;
+    let ip = match parts.next() {
+        Some(a) => a
+            .parse()
+            .map_err(|_| format!("admin_listener: '{a}' is not an IP address"))?,
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    if let Some(extra) = parts.next() {
+        return Err(format!("admin_listener: unexpected '{extra}'"));
     }
     Ok(SocketAddr::new(ip, port))
 }

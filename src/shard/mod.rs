@@ -6,6 +6,7 @@
 //! the shutdown flag. Must not touch: MQTT semantics, which live in `broker`.
 pub mod bus;
 pub mod event_loop;
+pub mod figures;
 pub mod ring;
 pub mod timer;
 pub mod txbuf;
