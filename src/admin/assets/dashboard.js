@@ -40,7 +40,7 @@ function loadBar(fraction) {
   bar.className = "bar";
   bar.style.width = Math.round(Math.min(1, Math.max(0, fraction)) * 80) + "px";
   span.appendChild(bar);
-  span.appendChild(document.createTextNode((fraction * 100).toFixed(1) + " %"));
+  span.appendChild(document.createTextNode((fraction * 100).toFixed(2) + " %"));
   return span;
 }
 
@@ -49,6 +49,8 @@ function drawChart() {
   const ctx = c.getContext("2d");
   const w = c.width, h = c.height, pad = 30;
   ctx.clearRect(0, 0, w, h);
+  ctx.setLineDash([]);
+  ctx.lineWidth = 1;
   const max = Math.max(1, ...points.map(p => Math.max(p.in, p.out)));
   ctx.strokeStyle = "#e2e8f0";
   ctx.fillStyle = "#718096";
@@ -62,6 +64,8 @@ function drawChart() {
   for (const [key, color] of [["in", css.getPropertyValue("--in")], ["out", css.getPropertyValue("--out")]]) {
     ctx.strokeStyle = color.trim() || "#000";
     ctx.lineWidth = 2;
+    // Dashed "out" over solid "in": with one subscriber per message they coincide.
+    ctx.setLineDash(key === "out" ? [6, 4] : []);
     ctx.beginPath();
     points.forEach((p, i) => {
       const x = pad + 20 + (w - pad - 25) * (i + CHART_POINTS_MAX - points.length) / (CHART_POINTS_MAX - 1);
