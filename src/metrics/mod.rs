@@ -14,6 +14,7 @@ mod hist;
 mod snapshot;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -110,8 +111,10 @@ impl Figure {
     }
 }
 
-/// One shard's figures. Written only by that shard (see the module invariant).
+/// One shard's figures. Written only by that shard (see the module invariant). Aligned so
+/// two shards' figures never share a cache line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct ShardMetrics {
     /// Turns completed; non-zero once the shard runs.
     pub turns: Figure,
@@ -191,39 +194,20 @@ impl ShardMetrics {
     }
 }
 
-/// Readiness: every shard has run a turn and nothing holds the gate (the store recovering).
-#[derive(Debug, Default)]
-pub struct Readiness {
-    holds: AtomicUsize,
-}
-
-/// A reason not to be ready yet; dropping it (or `release`) lifts it.
+/// A reason not to be ready yet (the store recovering, say); dropping it lifts it.
 #[derive(Debug)]
-pub struct ReadyHold<'a> {
-    gate: &'a Readiness,
+pub struct ReadyHold {
+    metrics: Arc<Metrics>,
 }
 
-impl Readiness {
-    /// Hold readiness back until the returned value is released or dropped.
-    pub fn hold(&self) -> ReadyHold<'_> {
-        self.holds.fetch_add(1, Ordering::SeqCst);
-        ReadyHold { gate: self }
-    }
-
-    /// True when nothing holds the gate.
-    pub fn open(&self) -> bool {
-        self.holds.load(Ordering::SeqCst) == 0
-    }
-}
-
-impl ReadyHold<'_> {
+impl ReadyHold {
     /// Lift this hold.
     pub fn release(self) {}
 }
 
-impl Drop for ReadyHold<'_> {
+impl Drop for ReadyHold {
     fn drop(&mut self) {
-        self.gate.holds.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.ready_holds.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -233,8 +217,8 @@ pub struct Metrics {
     shards: Box<[ShardMetrics]>,
     /// The clock figures are measured against.
     pub epoch: Instant,
-    /// Held by parts that must finish before the broker is ready (store recovery).
-    pub readiness: Readiness,
+    /// Holds taken by parts that must finish before the broker is ready.
+    ready_holds: AtomicUsize,
     /// Until when (ns since `epoch`) shards should build client and subscription lists.
     lists_wanted_until_ns: AtomicU64,
     /// Set when the broker starts draining: `/readyz` turns false.
@@ -247,7 +231,7 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::new(shards)).collect(),
             epoch: Instant::now(),
-            readiness: Readiness::default(),
+            ready_holds: AtomicUsize::new(0),
             lists_wanted_until_ns: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         }
@@ -280,6 +264,15 @@ impl Metrics {
         now_ns < self.lists_wanted_until_ns.load(Ordering::Relaxed)
     }
 
+    /// Hold readiness back until the returned value is released or dropped. Take it before
+    /// the shards start (the store does, for its recovery), so `/readyz` never says ready early.
+    pub fn hold_ready(self: &Arc<Self>) -> ReadyHold {
+        self.ready_holds.fetch_add(1, Ordering::SeqCst);
+        ReadyHold {
+            metrics: self.clone(),
+        }
+    }
+
     /// Every shard has completed a turn.
     pub fn all_shards_running(&self) -> bool {
         self.shards.iter().all(|s| s.turns.get() > 0)
@@ -287,7 +280,9 @@ impl Metrics {
 
     /// Ready to serve: all shards run, no hold, not stopping.
     pub fn ready(&self) -> bool {
-        self.all_shards_running() && self.readiness.open() && !self.stopping.load(Ordering::Relaxed)
+        self.all_shards_running()
+            && self.ready_holds.load(Ordering::SeqCst) == 0
+            && !self.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -297,13 +292,13 @@ mod tests {
 
     #[test]
     fn ready_needs_every_shard_and_no_hold() {
-        let m = Metrics::new(2);
+        let m = Arc::new(Metrics::new(2));
         assert!(!m.ready());
         m.shards()[0].record_turn(10);
         assert!(!m.ready(), "shard 1 has not run");
         m.shards()[1].record_turn(10);
         assert!(m.ready());
-        let hold = m.readiness.hold();
+        let hold = m.hold_ready();
         assert!(!m.ready(), "a hold keeps it unready");
         hold.release();
         assert!(m.ready());
