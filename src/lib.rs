@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod log_sink;
 pub mod metrics;
 pub mod protocol;
 pub mod session;

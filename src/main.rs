@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = shardmq::log_sink::init(&config.log) {
+        eprintln!("shardmq: {e}");
+        return ExitCode::from(2);
+    }
     // Installed before anything is announced, so a signal sent as soon as the broker says
     // it is listening is always a clean shutdown, never the default "die".
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {

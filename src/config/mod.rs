@@ -203,6 +203,8 @@ pub struct Config {
     pub admin: AdminListen,
     /// Password file protecting the admin listener with HTTP basic auth.
     pub admin_password_file: Option<PathBuf>,
+    /// Where the log goes and what it holds.
+    pub log: crate::log_sink::Settings,
     /// The figures board shards write and the admin listener reads (shared, not settings:
     /// one board per running broker, sized for `shards`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -225,6 +227,23 @@ fn load_credentials(
     .transpose()
 }
 
+/// The log settings: the file's, with `-v` adding every level (as `mosquitto -v` does).
+fn log_settings(f: &file::FileSettings, verbose: bool) -> crate::log_sink::Settings {
+    let d = crate::log_sink::Settings::default();
+    crate::log_sink::Settings {
+        dests: f.log_dests.clone().unwrap_or(d.dests),
+        levels: match (verbose, f.log_types) {
+            (true, _) => crate::log_sink::LevelSet::ALL,
+            (false, Some(t)) => t,
+            (false, None) => d.levels,
+        },
+        timestamp: f.log_timestamp.unwrap_or(d.timestamp),
+        timestamp_format: f.log_timestamp_format.clone(),
+        format: f.log_format.unwrap_or(d.format),
+        connection_messages: f.connection_messages.unwrap_or(d.connection_messages),
+    }
+}
+
 /// The largest shard count: shard sets are 64-bit masks.
 pub const SHARDS_MAX: usize = 64;
 
@@ -242,6 +261,7 @@ impl Config {
             Some(path) => file::load(path).map_err(|e| e.to_string())?,
             None => file::FileSettings::default(),
         };
+        let log = log_settings(&f, a.verbose);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials
@@ -318,6 +338,7 @@ impl Config {
                 .or(f.admin_listener.map(AdminListen::Explicit))
                 .unwrap_or(AdminListen::Default(defaults::ADMIN_LISTENER)),
             admin_password_file: f.admin_password_file,
+            log,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
         };
         c.validate()?;
