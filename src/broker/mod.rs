@@ -407,10 +407,8 @@ impl Broker {
     }
 }
 
-/// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
+/// Write one line to the configured log (`log_sink`): by default stderr, prefixed with Unix
+/// seconds, as `mosquitto -v` does.
 pub fn log(args: std::fmt::Arguments<'_>) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    eprintln!("{secs}: {args}");
+    crate::log_sink::emit_line(args);
 }
