@@ -1,8 +1,9 @@
 //! shardmq: a shard-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
 //!
 //! Dependency order (a module uses only modules to its left):
-//! `log`, `protocol`, `topic`, `timer`, `txbuf`, `auth`, `config` → `session` → `broker` →
-//! `transport` → `shard` (conn, event loop, bus) → `main`.
+//! `log_sink`, `log`, `protocol`, `topic`, `timer`, `txbuf`, `auth`, `metrics`, `config` →
+//! `session` → `broker` → `transport` → `shard` (conn, event loop, bus, figures) → `admin` →
+//! `main`.
 //! Nothing left of `transport` sees mio, sockets or threads, and nothing left of `shard`
 //! names a shard type. `unsafe` is denied everywhere and allowed only in `shard::ring` and
 //! `shard::bus::spsc`; every other module forbids it.
@@ -10,10 +11,13 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod log;
+pub mod log_sink;
+pub mod metrics;
 pub mod protocol;
 pub mod session;
 pub mod shard;

@@ -5,9 +5,8 @@
 #![forbid(unsafe_code)]
 
 /// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
+///
+/// The line goes to the configured destination (`log_sink`: stderr by default).
 pub fn log(args: std::fmt::Arguments<'_>) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    eprintln!("{secs}: {args}");
+    crate::log_sink::emit_line(args);
 }

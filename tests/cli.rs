@@ -36,6 +36,7 @@ fn help_lists_the_flags() {
         "--max-queued-messages",
         "--max-write-buffer",
         "--verbose",
+        "--admin",
     ] {
         assert!(
             text.contains(flag),

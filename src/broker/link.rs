@@ -198,4 +198,9 @@ impl<X> Links<X> {
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Link)> {
         self.slab.iter().map(|(k, c)| (k, &c.link))
     }
+
+    /// Every key with its whole connection (read-only figures look at the write buffer).
+    pub fn conns(&self) -> impl Iterator<Item = (usize, &Conn<X>)> {
+        self.slab.iter()
+    }
 }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use crate::config::Config;
 pub(crate) use crate::log::log;
 use crate::protocol::{self, Packet, ReasonCode, Version};
-use crate::session::{Limits, Message, SubIds};
+use crate::session::{Limits, Message, Session, SubIds};
 use crate::timer::TimerWheel;
 use deliver::Sink;
 pub use effects::Effects;
@@ -298,6 +298,21 @@ impl<X> Broker<X> {
     /// Sessions held by this shard.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Sessions held by this shard, for read-only figures (metrics, the admin lists).
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter().map(|(_, s)| s)
+    }
+
+    /// This shard's counters so far (read-only figures).
+    pub fn stats(&self) -> &Stats {
+        &self.fx.stats
+    }
+
+    /// Retained messages in this shard's replica.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
     }
 
     /// Handle one decoded packet from link `key`.

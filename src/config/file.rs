@@ -44,6 +44,22 @@ pub struct FileSettings {
     pub allow_anonymous: Option<bool>,
     /// `sys_interval`.
     pub sys_interval: Option<u32>,
+    /// `admin_listener PORT [ADDRESS]` (shardmq): the address defaults to 127.0.0.1.
+    pub admin_listener: Option<SocketAddr>,
+    /// `admin_password_file` (shardmq): HTTP basic auth for the admin listener.
+    pub admin_password_file: Option<std::path::PathBuf>,
+    /// `log_dest` lines (`None`: not given; the default applies).
+    pub log_dests: Option<Vec<crate::log_sink::Dest>>,
+    /// `log_type` lines (`None`: not given).
+    pub log_types: Option<crate::log_sink::LevelSet>,
+    /// `log_timestamp`.
+    pub log_timestamp: Option<bool>,
+    /// `log_timestamp_format` (strftime).
+    pub log_timestamp_format: Option<String>,
+    /// `log_format text|json` (shardmq).
+    pub log_format: Option<crate::log_sink::Format>,
+    /// `connection_messages`.
+    pub connection_messages: Option<bool>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
 }
@@ -71,16 +87,8 @@ impl std::fmt::Display for FileError {
 
 /// Lines longer than this are refused (a configuration line, not a data file).
 const LINE_BYTES_MAX: usize = 4096;
-/// Mosquitto options we accept and ignore, because shardmq always logs to stderr.
-const IGNORED: &[&str] = &[
-    "log_dest",
-    "log_type",
-    "log_timestamp",
-    "log_timestamp_format",
-    "connection_messages",
-    "pid_file",
-    "user",
-];
+/// Mosquitto options we accept and ignore.
+const IGNORED: &[&str] = &["pid_file", "user"];
 /// Mosquitto options that would make the broker stricter than we can yet be.
 const UNSUPPORTED_SECURITY: &[&str] = &[
     "password_file",
@@ -129,6 +137,8 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         let value = value.trim();
         match key {
             "listener" => s.binds.push(listener(value).map_err(err)?),
+            "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
+            "admin_password_file" => s.admin_password_file = Some(value.into()),
             "port" => port = Some(number(key, value).map_err(err)?),
             "bind_address" => {
                 bind_address =
@@ -162,6 +172,23 @@ fn listener(value: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// `admin_listener PORT [ADDRESS]`: unlike MQTT listeners, loopback unless told otherwise,
+/// since the admin listener shows every client.
+fn admin_listener(value: &str) -> Result<SocketAddr, String> {
+    let mut parts = value.split_whitespace();
+    let port: u16 = number("admin_listener", parts.next().unwrap_or(""))?;
+    let ip = match parts.next() {
+        Some(a) => a
+            .parse()
+            .map_err(|_| format!("admin_listener: '{a}' is not an IP address"))?,
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    if let Some(extra) = parts.next() {
+        return Err(format!("admin_listener: unexpected '{extra}'"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
 fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
     match key {
         "shards" => s.shards = Some(number(key, value)?),
@@ -187,13 +214,55 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
             "true" => return Err("persistence true: shardmq keeps sessions and retained messages in memory only for now".into()),
             _ => return Err(format!("persistence: expected true or false, got '{value}'")),
         },
-        k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored: shardmq logs to stderr")),
+        k if k.starts_with("log_") || k == "connection_messages" => apply_log(s, k, value)?,
+        k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored")),
         k if UNSUPPORTED_SECURITY.contains(&k) => {
             return Err(format!("'{k}' is not supported yet; refusing to start without the protection it asks for"))
         }
         k => return Err(format!("unknown option '{k}'")),
     }
     Ok(())
+}
+
+/// The logging options (Mosquitto's, plus `log_format`).
+fn apply_log(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
+    use crate::log_sink::{Dest, Format, LevelSet};
+    match key {
+        "log_dest" => {
+            let dests = s.log_dests.get_or_insert_with(Vec::new);
+            if let Some(d) = Dest::parse(value)? {
+                dests.push(d);
+            }
+        }
+        "log_type" => s.log_types.get_or_insert(LevelSet::NONE).add(value)?,
+        "log_timestamp" => s.log_timestamp = Some(boolean(key, value)?),
+        "connection_messages" => s.connection_messages = Some(boolean(key, value)?),
+        "log_timestamp_format" => {
+            if !crate::log_sink::valid_timestamp_format(value) {
+                return Err(format!(
+                    "log_timestamp_format: '{value}' is not a valid strftime format"
+                ));
+            }
+            s.log_timestamp_format = Some(value.to_string());
+        }
+        "log_format" => {
+            s.log_format = Some(match value {
+                "text" => Format::Text,
+                "json" => Format::Json,
+                _ => return Err(format!("log_format: expected text or json, got '{value}'")),
+            })
+        }
+        k => return Err(format!("unknown option '{k}'")),
+    }
+    Ok(())
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{key}: expected true or false, got '{value}'")),
+    }
 }
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/config_file.rs`): any bytes parse to settings
@@ -234,7 +303,8 @@ mod tests {
         assert_eq!(s.max_inflight_messages, Some(10));
         assert_eq!(s.max_queued_messages, Some(5));
         assert_eq!(s.shards, Some(2));
-        assert_eq!(s.warnings.len(), 1);
+        assert_eq!(s.log_types, Some(crate::log_sink::LevelSet::ALL));
+        assert!(s.warnings.is_empty());
     }
 
     #[test]
@@ -276,6 +346,44 @@ mod tests {
                 "{text}"
             );
             assert_eq!(e.to_string(), format!("b.conf:{line}: {problem}"));
+        }
+    }
+
+    #[test]
+    fn logging_options_are_read_and_checked() {
+        use crate::log_sink::{Dest, Format, Level};
+        let s = parse(
+            "log_dest stdout\nlog_dest file /tmp/x.log\nlog_type error\nlog_type warning\nlog_timestamp false\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\nlog_format json\nconnection_messages false\n",
+            "l.conf",
+        )
+        .expect("valid");
+        assert_eq!(
+            s.log_dests,
+            Some(vec![Dest::Stdout, Dest::File("/tmp/x.log".into())])
+        );
+        let types = s.log_types.expect("types");
+        assert!(types.has(Level::Error) && types.has(Level::Warning) && !types.has(Level::Notice));
+        assert_eq!(s.log_timestamp, Some(false));
+        assert_eq!(s.log_format, Some(Format::Json));
+        assert_eq!(s.connection_messages, Some(false));
+        for (text, problem) in [
+            (
+                "log_dest carrier-pigeon\n",
+                "log_dest: unknown destination 'carrier-pigeon'",
+            ),
+            ("log_type chatter\n", "log_type: unknown type 'chatter'"),
+            (
+                "log_timestamp_format %Q\n",
+                "log_timestamp_format: '%Q' is not a valid strftime format",
+            ),
+            (
+                "log_format xml\n",
+                "log_format: expected text or json, got 'xml'",
+            ),
+            ("log_colour red\n", "unknown option 'log_colour'"),
+        ] {
+            let e = parse(text, "l.conf").expect_err(text);
+            assert_eq!((e.line, e.problem.as_str()), (1, problem), "{text}");
         }
     }
 

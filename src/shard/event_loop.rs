@@ -239,6 +239,7 @@ impl Shard {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+        let busy_from = Instant::now();
         let now = self.now_ms();
         self.broker.begin_turn(now);
         // Causality: whatever peers pushed before this poll returned (a retained message
@@ -272,6 +273,7 @@ impl Shard {
         self.close_pending(now);
         self.push_outbox();
         self.flush_dirty();
+        super::figures::end_turn(&self.broker, &self.bus, busy_from);
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 pub mod bus;
 pub mod conn;
 pub mod event_loop;
+pub mod figures;
 #[allow(unsafe_code)]
 pub mod ring;
 

@@ -44,6 +44,7 @@ macro_rules! shard_tests {
 pub struct Broker {
     child: Option<Child>,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -55,10 +56,12 @@ impl Broker {
     /// Start the broker on an ephemeral port with `args` added; wait for `listening ADDR`.
     pub fn start(args: &[&str]) -> Broker {
         let mut cmd = Command::new(Self::bin());
-        cmd.args(["--bind", "127.0.0.1:0", "--print-bound", "--no-pin"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        cmd.args(["--bind", "127.0.0.1:0", "--print-bound", "--no-pin"]);
+        // Parallel tests must never compete for the admin listener's default port.
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "off"]);
+        }
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         // Set SHARDMQ_TEST_LOG=1 to see the broker's stderr (add `-v` for packet logs).
         if std::env::var_os("SHARDMQ_TEST_LOG").is_some() {
             cmd.stderr(Stdio::inherit());
@@ -76,24 +79,30 @@ impl Broker {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
+        // With an admin listener asked for, its `admin ADDR` line follows the listeners'.
+        let want_admin = args.windows(2).any(|w| w[0] == "--admin" && w[1] != "off");
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || (want_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("listening ") {
-                        break a.trim().parse::<SocketAddr>().expect("bound address");
+                        addr = addr.or(Some(a.trim().parse().expect("bound address")));
+                    } else if let Some(a) = line.strip_prefix("admin ") {
+                        admin = Some(a.trim().parse().expect("admin address"));
                     }
                 }
                 Err(_) => {
                     let _ = child.kill();
                     let status = child.wait();
-                    panic!("broker did not print `listening ADDR` within 10 s ({status:?})");
+                    panic!("broker did not print its addresses within 10 s ({status:?})");
                 }
             }
-        };
+        }
         Broker {
             child: Some(child),
-            addr,
+            addr: addr.expect("loop ends with an address"),
+            admin,
         }
     }
 
@@ -108,6 +117,11 @@ impl Broker {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when started with `--admin ADDR:PORT`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The child's process id.

@@ -87,6 +87,14 @@ impl<M: Send> Bus<M> {
         self.staged
     }
 
+    /// Load toward peer `to`: (messages in its ring as the producer last saw it, an upper
+    /// bound; messages staged for it).
+    pub fn peer_load(&self, to: usize) -> (usize, usize) {
+        let ring = self.outs.get(to).and_then(Option::as_ref);
+        let depth = ring.map_or(0, |p| p.capacity() - p.free_slots());
+        (depth, self.staging.get(to).map_or(0, VecDeque::len))
+    }
+
     /// Move staged messages into the rings, then ring each peer that was found idle.
     pub fn flush(&mut self) {
         if self.staged == 0 {

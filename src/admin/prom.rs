@@ -1,0 +1,378 @@
+//! `/metrics`: the figures board in the Prometheus text exposition format (0.0.4).
+//!
+//! Owns: metric names, help texts and labels (`docs/operations.md` lists them). Invariants:
+//! names follow `RESEARCH.md` §5.2 (`shardmq_` prefix, `_total` on counters, base units);
+//! labels are only `shard`, `reason`, `result`, `state`, `from_shard`/`to_shard` and
+//! `version`, never a client id or a topic. Must not touch: anything but the board.
+
+use std::fmt::Write;
+
+use crate::metrics::{DropReason, Metrics, RefuseReason, ShardMetrics, TURN_BUCKETS_NS};
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const NS_PER_S: f64 = 1e9;
+
+/// One family written per shard: name, type, help, how to read the shard's value.
+type PerShard = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> u64,
+);
+
+const PER_SHARD: &[PerShard] = &[
+    (
+        "shardmq_connections",
+        "gauge",
+        "Client sockets owned by the shard, in any state.",
+        |s| s.connections.get(),
+    ),
+    (
+        "shardmq_connections_opened_total",
+        "counter",
+        "Connections accepted.",
+        |s| s.connections_accepted.get(),
+    ),
+    (
+        "shardmq_subscriptions",
+        "gauge",
+        "Subscriptions held by the shard's sessions.",
+        |s| s.subscriptions.get(),
+    ),
+    (
+        "shardmq_queued_messages",
+        "gauge",
+        "Messages waiting in session queues.",
+        |s| s.queued_messages.get(),
+    ),
+    (
+        "shardmq_inflight_messages",
+        "gauge",
+        "QoS 1/2 deliveries awaiting acknowledgement.",
+        |s| s.inflight_messages.get(),
+    ),
+    (
+        "shardmq_messages_received_total",
+        "counter",
+        "PUBLISH packets received from clients.",
+        |s| s.messages_received.get(),
+    ),
+    (
+        "shardmq_messages_sent_total",
+        "counter",
+        "PUBLISH packets written to clients.",
+        |s| s.messages_sent.get(),
+    ),
+    (
+        "shardmq_bytes_received_total",
+        "counter",
+        "Bytes read from client sockets.",
+        |s| s.bytes_received.get(),
+    ),
+    (
+        "shardmq_bytes_sent_total",
+        "counter",
+        "Bytes written to client sockets.",
+        |s| s.bytes_sent.get(),
+    ),
+    (
+        "shardmq_bus_staged_messages",
+        "gauge",
+        "Cross-shard messages waiting for room in a ring.",
+        |s| s.bus_staged.get(),
+    ),
+    (
+        "shardmq_loop_turns_total",
+        "counter",
+        "Event-loop turns completed.",
+        |s| s.turns.get(),
+    ),
+];
+
+/// Render every family.
+pub fn render(m: &Metrics) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let shards = m.shards();
+    family(
+        &mut o,
+        "shardmq_build_info",
+        "gauge",
+        "Always 1; the version is a label.",
+    );
+    let _ = writeln!(
+        o,
+        "shardmq_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut o,
+        "shardmq_uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+    );
+    let _ = writeln!(
+        o,
+        "shardmq_uptime_seconds {}",
+        m.epoch.elapsed().as_secs_f64()
+    );
+    family(
+        &mut o,
+        "shardmq_ready",
+        "gauge",
+        "1 when every shard runs and nothing holds readiness back.",
+    );
+    let _ = writeln!(o, "shardmq_ready {}", u8::from(m.ready()));
+    family(
+        &mut o,
+        "shardmq_shards",
+        "gauge",
+        "Shards (event-loop threads).",
+    );
+    let _ = writeln!(o, "shardmq_shards {}", shards.len());
+    for (name, kind, help, get) in PER_SHARD {
+        family(&mut o, name, kind, help);
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", get(s));
+        }
+    }
+    sessions(&mut o, shards);
+    labelled(&mut o, shards);
+    retained(&mut o, shards);
+    bus(&mut o, shards);
+    turn_time(&mut o, shards);
+    o
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn sessions(o: &mut String, shards: &[ShardMetrics]) {
+    family(
+        o,
+        "shardmq_sessions",
+        "gauge",
+        "Sessions held, by whether a client is connected.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let online = s.clients_connected.get();
+        let offline = s.sessions.get().saturating_sub(online);
+        let _ = writeln!(
+            o,
+            "shardmq_sessions{{shard=\"{i}\",state=\"online\"}} {online}"
+        );
+        let _ = writeln!(
+            o,
+            "shardmq_sessions{{shard=\"{i}\",state=\"offline\"}} {offline}"
+        );
+    }
+}
+
+/// The counters with a `reason` or `result` label.
+fn labelled(o: &mut String, shards: &[ShardMetrics]) {
+    family(
+        o,
+        "shardmq_messages_dropped_total",
+        "counter",
+        "Deliveries dropped, by reason.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for r in DropReason::ALL {
+            let v = s.dropped[r as usize].get();
+            let _ = writeln!(
+                o,
+                "shardmq_messages_dropped_total{{shard=\"{i}\",reason=\"{}\"}} {v}",
+                r.label()
+            );
+        }
+    }
+    family(
+        o,
+        "shardmq_connections_refused_total",
+        "counter",
+        "CONNECTs refused, by reason.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for r in RefuseReason::ALL {
+            let v = s.connections_refused[r as usize].get();
+            let _ = writeln!(
+                o,
+                "shardmq_connections_refused_total{{shard=\"{i}\",reason=\"{}\"}} {v}",
+                r.label()
+            );
+        }
+    }
+    family(
+        o,
+        "shardmq_auth_attempts_total",
+        "counter",
+        "Authentications, by result (failures only so far).",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "shardmq_auth_attempts_total{{shard=\"{i}\",result=\"failure\"}} {}",
+            s.auth_failures.get()
+        );
+    }
+    family(
+        o,
+        "shardmq_tls_handshakes_total",
+        "counter",
+        "TLS handshakes, by result.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "shardmq_tls_handshakes_total{{shard=\"{i}\",result=\"success\"}} {}",
+            s.tls_handshakes.get()
+        );
+        let _ = writeln!(
+            o,
+            "shardmq_tls_handshakes_total{{shard=\"{i}\",result=\"failure\"}} {}",
+            s.tls_failures.get()
+        );
+    }
+}
+
+/// Every shard holds a replica of all retained messages: the node's count is the largest
+/// replica, not the sum.
+fn retained(o: &mut String, shards: &[ShardMetrics]) {
+    family(
+        o,
+        "shardmq_retained_messages",
+        "gauge",
+        "Retained messages (every shard holds all of them).",
+    );
+    let n = shards
+        .iter()
+        .map(|s| s.retained_messages.get())
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(o, "shardmq_retained_messages {n}");
+}
+
+fn bus(o: &mut String, shards: &[ShardMetrics]) {
+    family(
+        o,
+        "shardmq_bus_queue_depth",
+        "gauge",
+        "Messages in the ring from one shard to another.",
+    );
+    for (from, s) in shards.iter().enumerate() {
+        for (to, d) in s
+            .bus_ring_depth
+            .iter()
+            .enumerate()
+            .filter(|(to, _)| *to != from)
+        {
+            let _ = writeln!(
+                o,
+                "shardmq_bus_queue_depth{{from_shard=\"{from}\",to_shard=\"{to}\"}} {}",
+                d.get()
+            );
+        }
+    }
+    family(
+        o,
+        "shardmq_bus_staged_to_messages",
+        "gauge",
+        "Messages staged from one shard for another's full ring.",
+    );
+    for (from, s) in shards.iter().enumerate() {
+        for (to, d) in s
+            .bus_staged_to
+            .iter()
+            .enumerate()
+            .filter(|(to, _)| *to != from)
+        {
+            let _ = writeln!(
+                o,
+                "shardmq_bus_staged_to_messages{{from_shard=\"{from}\",to_shard=\"{to}\"}} {}",
+                d.get()
+            );
+        }
+    }
+}
+
+/// Turn work time as a histogram, and busy time as a counter: `rate()` of the counter is
+/// the busy fraction.
+fn turn_time(o: &mut String, shards: &[ShardMetrics]) {
+    family(
+        o,
+        "shardmq_loop_busy_seconds_total",
+        "counter",
+        "Time the shard spent working (rate = busy fraction).",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let v = s.busy_ns.get() as f64 / NS_PER_S;
+        let _ = writeln!(o, "shardmq_loop_busy_seconds_total{{shard=\"{i}\"}} {v}");
+    }
+    family(
+        o,
+        "shardmq_loop_turn_seconds",
+        "histogram",
+        "Work time of one event-loop turn.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let h = &s.turn_time;
+        let cumulative = h.cumulative();
+        for (le, n) in TURN_BUCKETS_NS.iter().zip(cumulative) {
+            let le = *le as f64 / NS_PER_S;
+            let _ = writeln!(
+                o,
+                "shardmq_loop_turn_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let count = cumulative[TURN_BUCKETS_NS.len()];
+        let _ = writeln!(
+            o,
+            "shardmq_loop_turn_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "shardmq_loop_turn_seconds_sum{{shard=\"{i}\"}} {}",
+            h.sum_ns() as f64 / NS_PER_S
+        );
+        let _ = writeln!(
+            o,
+            "shardmq_loop_turn_seconds_count{{shard=\"{i}\"}} {count}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_declared_once_and_every_sample_belongs_to_one() {
+        let m = Metrics::new(2);
+        m.shards()[1].messages_received.set(7);
+        m.shards()[0].record_turn(20_000);
+        let text = render(&m);
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(declared.insert(name.to_string()), "{name} declared twice");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| declared.contains(*b)))
+                    .unwrap_or(name);
+                assert!(declared.contains(base), "sample {line} has no family");
+            }
+        }
+        assert!(text.contains("shardmq_messages_received_total{shard=\"1\"} 7\n"));
+        assert!(text.contains("shardmq_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1\n"));
+        assert!(text.contains("shardmq_loop_turn_seconds_count{shard=\"0\"} 1\n"));
+        assert!(
+            !text.contains("from_shard=\"0\",to_shard=\"0\""),
+            "no self-pair"
+        );
+    }
+}
