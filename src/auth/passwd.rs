@@ -166,6 +166,7 @@ fn argon2_matches(phc: &str, password: &[u8]) -> bool {
 /// A loaded password file: who may log in, and with what.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
+    generation: u64,
     users: HashMap<String, Hash>,
     /// Verified instead of a real entry for unknown users, so they cost the same time.
     decoy: Option<Hash>,
@@ -203,7 +204,11 @@ impl PasswordFile {
             users.insert(user, hash);
         }
         let decoy = users.values().next().map(decoy_of);
-        Ok(PasswordFile { users, decoy })
+        Ok(PasswordFile {
+            generation: crate::auth::acl::next_generation(),
+            users,
+            decoy,
+        })
     }
 
     /// Check `password` for `user`. Costs one hash computation whatever the answer.
@@ -219,6 +224,11 @@ impl PasswordFile {
                 Verdict::UnknownUser
             }
         }
+    }
+
+    /// This load's generation number (unique in the process; keys [`super::VerifyCache`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Is `user` in the file?
