@@ -1,16 +1,21 @@
 //! `shardmq`: command line → `Config` → shard threads → wait for a signal → shut down.
 
+mod passwd_cmd;
+
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use shardmq::broker::log;
-use shardmq::config::{Args, Config};
+use shardmq::config::{Args, Command, Config};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd(p)) = &args.command {
+        return passwd_cmd::run(p);
+    }
     if let Some(user) = &args.scram_entry {
         return print_scram_entry(user);
     }

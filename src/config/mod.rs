@@ -5,6 +5,9 @@
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 
 pub mod file;
+mod passwd_args;
+
+pub use passwd_args::{PasswdAction, PasswdArgs};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +115,25 @@ pub struct Args {
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
+
+    // --- Mosquitto password and ACL files (issue 10) ---
+    /// Mosquitto password file (`mosquitto_passwd` format; see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// A subcommand instead of running the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    // --- end of the password and ACL block ---
+}
+
+/// Subcommands of `shardmq`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Manage a Mosquitto-compatible password file (mosquitto_passwd's flags).
+    Passwd(PasswdArgs),
 }
 
 /// Validated broker settings.
