@@ -4,6 +4,7 @@
 //! then only read; it is handed to each shard by value (`Arc`), never a global. The command
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 
+pub mod auth_files;
 pub mod file;
 mod passwd_args;
 
@@ -179,6 +180,16 @@ pub struct Config {
     pub sys_interval_s: u32,
     /// Where to send connecting clients instead of serving them, and whether for good.
     pub redirect: Option<(String, bool)>,
+
+    // --- Mosquitto password and ACL files (issue 10) ---
+    /// The global `password_file` and `acl_file`, loaded (or, with per-listener settings,
+    /// those of the default listener).
+    pub auth_files: auth_files::AuthFiles,
+    /// `per_listener_settings`.
+    pub per_listener_settings: bool,
+    /// Each listener's own files and `allow_anonymous`, with per-listener settings.
+    pub listener_auth: Vec<auth_files::ListenerAuth>,
+    // --- end of the password and ACL block ---
 }
 
 /// The command line's value, else the file's, else the default.
@@ -221,6 +232,7 @@ impl Config {
                 .as_ref()
                 .or(f.scram_credentials.as_ref()),
         )?;
+        let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
         let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
             (false, _) => a.bind,
             (true, false) => f.binds,
@@ -280,11 +292,14 @@ impl Config {
             allow_anonymous: pick(
                 a.allow_anonymous,
                 f.allow_anonymous,
-                scram_credentials.is_none(),
+                scram_credentials.is_none() && auth_files.password_path.is_none(),
             ),
             scram_credentials,
             sys_interval_s: pick(a.sys_interval, f.sys_interval, defaults::SYS_INTERVAL),
             redirect: a.redirect.map(|r| (r, a.redirect_permanent)),
+            auth_files,
+            per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            listener_auth,
         };
         c.validate()?;
         Ok(c)
@@ -307,6 +322,11 @@ impl Config {
         if self.max_packet_size < 16 {
             return Err("--max-packet-size must be at least 16 bytes".into());
         }
+        auth_files::refuse_until_enforced(
+            &self.auth_files,
+            &self.listener_auth,
+            self.per_listener_settings,
+        )?;
         if !self.allow_anonymous && self.scram_credentials.is_none() {
             return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
         }
@@ -368,6 +388,33 @@ mod tests {
         std::fs::write(&path, "max_queued_messages 7\nbogus 1\n").expect("write");
         let e = Config::from_args(Args::parse_from(["shardmq", "-c", p])).expect_err("bad file");
         assert!(e.ends_with("m.conf:2: unknown option 'bogus'"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn password_and_acl_files_are_validated_then_refused_until_enforced() {
+        let dir = std::env::temp_dir().join(format!("shardmq-cfg-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let acl = dir.join("a.acl");
+        let pw = dir.join("pw");
+        std::fs::write(&acl, "topic read a/#\nbogus\n").expect("write");
+        std::fs::write(&pw, "alice:plaintext\n").expect("write");
+        let run = |args: &[&str]| {
+            let mut all = vec!["shardmq"];
+            all.extend_from_slice(args);
+            Config::from_args(Args::parse_from(all)).expect_err("refused")
+        };
+        let (acl_s, pw_s) = (acl.to_str().expect("utf-8"), pw.to_str().expect("utf-8"));
+        assert!(run(&["--acl-file", acl_s])
+            .ends_with("a.acl:2: unknown keyword 'bogus' (expected user, topic or pattern)"));
+        assert!(run(&["--password-file", pw_s]).contains("pw:1: user 'alice': plaintext password"));
+        std::fs::write(&acl, "topic read a/#\n").expect("write");
+        let e = run(&["--acl-file", acl_s]);
+        assert!(e.contains("does not enforce them yet"), "{e}");
+        let conf = dir.join("m.conf");
+        std::fs::write(&conf, format!("acl_file {acl_s}\n")).expect("write");
+        let e = run(&["-c", conf.to_str().expect("utf-8")]);
+        assert!(e.contains("does not enforce them yet"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
