@@ -388,3 +388,25 @@ fn decode_hash(b64: &str) -> Result<[u8; HASH_BYTES], String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/password_file.rs`): any bytes load to a file or
+/// to an error naming a line; every loaded hash re-encodes to a line that parses the same.
+/// (Verification is not fuzzed: a fuzzed iteration count makes it arbitrarily slow.)
+#[doc(hidden)]
+pub fn fuzz_parse(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match PasswordFile::parse(text, "fuzz.pw") {
+        Ok(f) => {
+            for (user, hash) in &f.users {
+                let again = parse_line(&format!("{user}:{}", hash.encode()));
+                assert!(
+                    matches!(again, Ok(Some((ref u, ref h))) if u == user && h == hash),
+                    "re-encoded entry for {user} parses back"
+                );
+            }
+        }
+        Err(e) => assert!(e.line >= 1 || e.problem.contains("16 MiB"), "{e}"),
+    }
+}

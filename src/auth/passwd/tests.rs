@@ -131,3 +131,12 @@ fn mosquitto_sha512_construction_is_password_then_salt() {
     let f = PasswordFile::parse(&line, "t").expect("valid");
     assert_eq!(f.verify("u", b"pw"), Verdict::Ok);
 }
+
+#[test]
+fn the_fuzz_entry_accepts_its_seeds_and_junk() {
+    fuzz_parse(DEBIAN_FILE.as_bytes());
+    fuzz_parse(b"u:$7$1$AAAAAAAAAAAAAAAA$\n\xff");
+    fuzz_parse(b"::::\n$6$:$7$\n");
+    crate::auth::acl::fuzz_parse(b"user a\ntopic read +/#\npattern %u/%c\n");
+    crate::auth::acl::fuzz_parse(b"topic deny\n");
+}
