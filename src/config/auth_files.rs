@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The password and ACL files named by the configuration, loaded and validated at start.
 //!
 //! Owns: [`AuthFiles`] (paths and loaded contents, global and per listener) and the rule

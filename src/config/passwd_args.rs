@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The arguments of `shardmq passwd`, `mosquitto_passwd`'s flags (the command itself is in
 //! `src/passwd_cmd.rs`, beside `main.rs`).
 //!
