@@ -2,7 +2,8 @@
 //!
 //! Owns, beside SCRAM (below): Mosquitto's `password_file` ([`passwd`], [`passwd_edit`] for
 //! `shardmq passwd`) and `acl_file` ([`acl`], with the per-link decision cache
-//! [`AclCache`]), and the per-shard cache of successful password checks ([`VerifyCache`]).
+//! [`AclCache`]), the per-shard cache of successful password checks ([`VerifyCache`]) and
+//! the per-address failed-login delay ([`LoginThrottle`]).
 //! All of them are pure data and functions: the hashing worker that keeps PBKDF2 off the
 //! shard loops is `crate::verifier`, right of `broker`. See `docs/security.md`.
 //!
@@ -27,6 +28,7 @@ mod keys;
 pub mod passwd;
 pub mod passwd_edit;
 pub mod scram;
+pub mod throttle;
 pub mod verify_cache;
 
 pub use credentials::{scram_entry, CredentialsError, ScramCredentials, ScramEntry};
@@ -35,6 +37,7 @@ pub use scram::{ScramClient, ScramError, ScramServer};
 pub use acl::{Acl, AclCache, Client};
 pub use file_error::AuthFileError;
 pub use passwd::{PasswordFile, Verdict};
+pub use throttle::LoginThrottle;
 pub use verify_cache::VerifyCache;
 
 /// The Authentication Method name (MQTT 5 property 0x15) this module implements.
