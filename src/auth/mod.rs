@@ -7,8 +7,8 @@
 //! All of them are pure data and functions: the hashing worker that keeps PBKDF2 off the
 //! shard loops is `crate::verifier`, right of `broker`. See `docs/security.md`.
 //!
-//! For MQTT 5 enhanced authentication it owns the one supported Authentication Method, [`SCRAM_SHA_256`] (RFC 5802 / RFC 7677),
-//! as pure byte-in/byte-out state machines ([`ScramServer`], and [`ScramClient`] for tests
+//! For MQTT 5 enhanced authentication it owns the one supported Authentication Method,
+//! [`SCRAM_SHA_256`] (RFC 5802 / RFC 7677), as pure byte-in/byte-out state machines ([`ScramServer`], and [`ScramClient`] for tests
 //! and the load generator), and the credentials file that feeds it ([`ScramCredentials`]).
 //!
 //! Invariants: the broker holds no plaintext password, only salt, iteration count, StoredKey
