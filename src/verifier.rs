@@ -180,45 +180,50 @@ impl VerifierClient {
 mod tests {
     use super::*;
     use crate::auth::passwd::Hash;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn file() -> Arc<PasswordFile> {
         let h = Hash::new_pbkdf2(b"pw", 64, 1000).expect("hash");
         Arc::new(PasswordFile::parse(&format!("alice:{}\n", h.encode()), "t").expect("valid"))
     }
 
-    /// Wait (bounded) for `n` answers.
-    fn answers(c: &mut VerifierClient, n: usize) -> Vec<Answer> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut out = Vec::new();
-        while out.len() < n {
-            assert!(Instant::now() < deadline, "answers within 10 s");
-            match c.try_answer() {
-                Some(a) => out.push(a),
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
-        out
+    /// A doorbell that a test can wait on.
+    fn doorbell() -> (Wake, crossbeam_channel::Receiver<()>) {
+        let (tx, rx) = unbounded();
+        (
+            Arc::new(move || {
+                let _ = tx.send(());
+            }),
+            rx,
+        )
+    }
+
+    /// Wait for `n` answers: each ring (within 10 s) means one answer is queued.
+    fn answers(
+        c: &mut VerifierClient,
+        bell: &crossbeam_channel::Receiver<()>,
+        n: usize,
+    ) -> Vec<Answer> {
+        (0..n)
+            .map(|_| {
+                bell.recv_timeout(Duration::from_secs(10))
+                    .expect("a ring within 10 s");
+                c.try_answer().expect("an answer behind every ring")
+            })
+            .collect()
     }
 
     #[test]
     fn answers_come_back_with_their_token_and_ring_the_doorbell() {
         let pool = VerifierPool::start(2, 16).expect("threads");
-        let rings = Arc::new(AtomicUsize::new(0));
-        let r = Arc::clone(&rings);
-        let mut c = pool.client(
-            Arc::new(move || {
-                r.fetch_add(1, Ordering::SeqCst);
-            }),
-            8,
-        );
+        let (bell, rings) = doorbell();
+        let mut c = pool.client(bell, 8);
         let f = file();
         c.submit(1, Arc::clone(&f), "alice", b"pw").expect("queued");
         c.submit(2, Arc::clone(&f), "alice", b"nope")
             .expect("queued");
         c.submit(3, Arc::clone(&f), "bob", b"pw").expect("queued");
-        let mut got: Vec<(u64, Verdict)> = answers(&mut c, 3)
+        let mut got: Vec<(u64, Verdict)> = answers(&mut c, &rings, 3)
             .into_iter()
             .map(|a| (a.token, a.verdict))
             .collect();
@@ -231,7 +236,7 @@ mod tests {
                 (3, Verdict::UnknownUser)
             ]
         );
-        assert_eq!(rings.load(Ordering::SeqCst), 3);
+        assert!(rings.try_recv().is_err(), "one ring per answer");
         assert_eq!(c.pending(), 0);
         drop(c);
         pool.join();
@@ -240,7 +245,8 @@ mod tests {
     #[test]
     fn a_storm_is_refused_busy_not_queued_without_bound() {
         let pool = VerifierPool::start(1, 4).expect("threads");
-        let mut c = pool.client(Arc::new(|| {}), 3);
+        let (bell, rings) = doorbell();
+        let mut c = pool.client(bell, 3);
         let f = file();
         let mut refused = 0;
         for t in 0..100 {
@@ -249,12 +255,12 @@ mod tests {
             }
         }
         assert_eq!(refused, 97, "at most pending_max in flight");
-        let _ = answers(&mut c, 3);
+        let _ = answers(&mut c, &rings, 3);
         assert!(
             c.submit(200, f, "alice", b"x").is_ok(),
             "room again once answered"
         );
-        let _ = answers(&mut c, 1);
+        let _ = answers(&mut c, &rings, 1);
         drop(c);
         pool.join();
     }
