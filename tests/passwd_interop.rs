@@ -14,8 +14,11 @@ const SHARDMQ: &str = env!("CARGO_BIN_EXE_shardmq");
 
 /// The binary, or `None` after printing why the test is skipped.
 fn tool(name: &str) -> Option<PathBuf> {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
+    // PATH, then the sbin directories a non-root PATH often lacks (mosquitto lives there).
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let sbin = ["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from);
+    for dir in std::env::split_paths(&path).chain(sbin) {
+        let p = dir.join(name);
         if p.exists() {
             return Some(p);
         }
