@@ -25,3 +25,4 @@ pub mod timer;
 pub mod topic;
 pub mod transport;
 pub mod txbuf;
+pub mod verifier;

@@ -1,5 +1,7 @@
 //! `shardmq`: command line → `Config` → shard threads → wait for a signal → shut down.
 
+mod passwd_cmd;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -12,6 +14,9 @@ use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Passwd(p)) = &args.command {
+        return passwd_cmd::run(p);
+    }
     if let Some(user) = &args.scram_entry {
         return print_scram_entry(user);
     }

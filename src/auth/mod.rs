@@ -1,7 +1,14 @@
-//! Credential checking for MQTT 5 enhanced authentication.
+//! Who may connect and what they may do: credential checking and access control.
 //!
-//! Owns: the one supported Authentication Method, [`SCRAM_SHA_256`] (RFC 5802 / RFC 7677),
-//! as pure byte-in/byte-out state machines ([`ScramServer`], and [`ScramClient`] for tests
+//! Owns, beside SCRAM (below): Mosquitto's `password_file` ([`passwd`], [`passwd_edit`] for
+//! `shardmq passwd`) and `acl_file` ([`acl`], with the per-link decision cache
+//! [`AclCache`]), the per-shard cache of successful password checks ([`VerifyCache`]) and
+//! the per-address failed-login delay ([`LoginThrottle`]).
+//! All of them are pure data and functions: the hashing worker that keeps PBKDF2 off the
+//! shard loops is `crate::verifier`, right of `broker`. See `docs/security.md`.
+//!
+//! For MQTT 5 enhanced authentication it owns the one supported Authentication Method,
+//! [`SCRAM_SHA_256`] (RFC 5802 / RFC 7677), as pure byte-in/byte-out state machines ([`ScramServer`], and [`ScramClient`] for tests
 //! and the load generator), and the credentials file that feeds it ([`ScramCredentials`]).
 //!
 //! Invariants: the broker holds no plaintext password, only salt, iteration count, StoredKey
@@ -15,12 +22,24 @@
 //! format: `docs/decisions/0004-enhanced-auth.md`.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod credentials;
+pub mod file_error;
 mod keys;
+pub mod passwd;
+pub mod passwd_edit;
 pub mod scram;
+pub mod throttle;
+pub mod verify_cache;
 
 pub use credentials::{scram_entry, CredentialsError, ScramCredentials, ScramEntry};
 pub use scram::{ScramClient, ScramError, ScramServer};
+
+pub use acl::{Acl, AclCache, Client};
+pub use file_error::AuthFileError;
+pub use passwd::{PasswordFile, Verdict};
+pub use throttle::LoginThrottle;
+pub use verify_cache::VerifyCache;
 
 /// The Authentication Method name (MQTT 5 property 0x15) this module implements.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";

@@ -5,11 +5,13 @@
 //! anyway), or an error naming the file, the line and the problem. A security option we
 //! do not implement yet (`password_file`, `acl_file`, TLS files, `allow_anonymous false`)
 //! is an error, never silently ignored: ignoring it would run an open broker where the
-//! operator asked for a closed one. Must not touch: sockets, defaults (those live in
+//! operator asked for a closed one. `password_file`, `acl_file`, `allow_anonymous` and
+//! `per_listener_settings` are parsed here (the files themselves are loaded and validated
+//! by `Config`). Must not touch: sockets, defaults (those live in
 //! `Config`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Settings read from a file; `None` means "not set here".
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,6 +64,30 @@ pub struct FileSettings {
     pub connection_messages: Option<bool>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
+
+    // --- Mosquitto password and ACL files (issue 10) ---
+    /// `password_file` (global, or for the default listener with per-listener settings).
+    pub password_file: Option<PathBuf>,
+    /// `acl_file` (global, or for the default listener with per-listener settings).
+    pub acl_file: Option<PathBuf>,
+    /// `per_listener_settings`.
+    pub per_listener_settings: Option<bool>,
+    /// With `per_listener_settings true`: the security settings after each `listener`.
+    pub listener_security: Vec<ListenerSecurity>,
+    // --- end of the password and ACL block ---
+}
+
+/// The security settings of one listener (`per_listener_settings true`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListenerSecurity {
+    /// Index into `binds` of the `listener` line these follow.
+    pub bind_index: usize,
+    /// `password_file` for this listener.
+    pub password_file: Option<PathBuf>,
+    /// `acl_file` for this listener.
+    pub acl_file: Option<PathBuf>,
+    /// `allow_anonymous` for this listener.
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A configuration file problem: where and what.
@@ -91,8 +117,6 @@ const LINE_BYTES_MAX: usize = 4096;
 const IGNORED: &[&str] = &["pid_file", "user"];
 /// Mosquitto options that would make the broker stricter than we can yet be.
 const UNSUPPORTED_SECURITY: &[&str] = &[
-    "password_file",
-    "acl_file",
     "psk_file",
     "cafile",
     "capath",
@@ -146,6 +170,9 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
                         err(format!("bind_address: '{value}' is not an IP address"))
                     })?)
             }
+            "password_file" | "acl_file" | "allow_anonymous" | "per_listener_settings" => {
+                security(&mut s, key, value).map_err(err)?
+            }
             _ => apply(&mut s, key, value).map_err(err)?,
         }
     }
@@ -154,6 +181,51 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         s.binds.push(SocketAddr::new(ip, p));
     }
     Ok(s)
+}
+
+/// The password and ACL keys. With `per_listener_settings true`, a key after a `listener`
+/// line belongs to that listener; before any, to the default one (as in Mosquitto).
+fn security(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
+    let flag = |v: &str| match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{key}: expected true or false, got '{v}'")),
+    };
+    if key == "per_listener_settings" {
+        if !s.binds.is_empty() {
+            return Err("per_listener_settings must come before the first listener".into());
+        }
+        s.per_listener_settings = Some(flag(value)?);
+        return Ok(());
+    }
+    if value.is_empty() {
+        return Err(format!("{key}: missing value"));
+    }
+    let per_listener = s.per_listener_settings == Some(true) && !s.binds.is_empty();
+    if per_listener {
+        let index = s.binds.len() - 1;
+        if s.listener_security.last().map(|l| l.bind_index) != Some(index) {
+            s.listener_security.push(ListenerSecurity {
+                bind_index: index,
+                ..ListenerSecurity::default()
+            });
+        }
+        let Some(l) = s.listener_security.last_mut() else {
+            return Err("internal: no listener block".into());
+        };
+        match key {
+            "password_file" => l.password_file = Some(value.into()),
+            "acl_file" => l.acl_file = Some(value.into()),
+            _ => l.allow_anonymous = Some(flag(value)?),
+        }
+        return Ok(());
+    }
+    match key {
+        "password_file" => s.password_file = Some(value.into()),
+        "acl_file" => s.acl_file = Some(value.into()),
+        _ => s.allow_anonymous = Some(flag(value)?),
+    }
+    Ok(())
 }
 
 /// `listener PORT [ADDRESS]`: without an address Mosquitto listens on every interface.
@@ -204,11 +276,6 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
-        "allow_anonymous" => match value {
-            "true" => s.allow_anonymous = Some(true),
-            "false" => s.allow_anonymous = Some(false),
-            _ => return Err(format!("allow_anonymous: expected true or false, got '{value}'")),
-        },
         "persistence" => match value {
             "false" => {}
             "true" => return Err("persistence true: shardmq keeps sessions and retained messages in memory only for now".into()),
@@ -389,13 +456,39 @@ mod tests {
 
     #[test]
     fn security_options_we_lack_are_refused_not_ignored() {
-        for text in [
-            "password_file /etc/p\n",
-            "acl_file /etc/a\n",
-            "certfile c.pem\n",
-        ] {
+        for text in ["certfile c.pem\n", "psk_file p\n"] {
             let e = parse(text, "s.conf").expect_err(text);
             assert_eq!(e.line, 1);
         }
+    }
+
+    #[test]
+    fn password_and_acl_keys_parse_globally_and_per_listener() {
+        let s = parse(
+            "password_file /etc/p\nacl_file /etc/a\nallow_anonymous false\n",
+            "s.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.password_file, Some(PathBuf::from("/etc/p")));
+        assert_eq!(s.acl_file, Some(PathBuf::from("/etc/a")));
+        assert_eq!(s.allow_anonymous, Some(false));
+        assert!(s.listener_security.is_empty());
+        let s = parse(
+            "per_listener_settings true\nlistener 1883\nallow_anonymous true\nlistener 8883\npassword_file p2\nacl_file a2\nallow_anonymous false\n",
+            "s.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.password_file, None);
+        let l = &s.listener_security;
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].bind_index, l[0].allow_anonymous), (0, Some(true)));
+        assert_eq!(l[1].bind_index, 1);
+        assert_eq!(l[1].password_file, Some(PathBuf::from("p2")));
+        assert_eq!(l[1].acl_file, Some(PathBuf::from("a2")));
+        assert_eq!(l[1].allow_anonymous, Some(false));
+        let e = parse("listener 1\nper_listener_settings true\n", "s.conf").expect_err("late");
+        assert_eq!(e.line, 2);
+        let e = parse("password_file\n", "s.conf").expect_err("empty");
+        assert_eq!(e.problem, "password_file: missing value");
     }
 }

@@ -5,7 +5,11 @@
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 #![forbid(unsafe_code)]
 
+pub mod auth_files;
 pub mod file;
+mod passwd_args;
+
+pub use passwd_args::{PasswdAction, PasswdArgs};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +73,8 @@ pub enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Manage a Mosquitto-compatible password file (mosquitto_passwd's flags).
+    Passwd(PasswdArgs),
 }
 
 /// Command-line arguments of `shardmq`.
@@ -155,6 +161,15 @@ pub struct Args {
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
+
+    // --- Mosquitto password and ACL files (issue 10) ---
+    /// Mosquitto password file (`mosquitto_passwd` format; see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    // --- end of the password and ACL block ---
 }
 
 /// Validated broker settings.
@@ -209,6 +224,16 @@ pub struct Config {
     /// The figures board shards write and the admin listener reads (shared, not settings:
     /// one board per running broker, sized for `shards`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+
+    // --- Mosquitto password and ACL files (issue 10) ---
+    /// The global `password_file` and `acl_file`, loaded (or, with per-listener settings,
+    /// those of the default listener).
+    pub auth_files: auth_files::AuthFiles,
+    /// `per_listener_settings`.
+    pub per_listener_settings: bool,
+    /// Each listener's own files and `allow_anonymous`, with per-listener settings.
+    pub listener_auth: Vec<auth_files::ListenerAuth>,
+    // --- end of the password and ACL block ---
 }
 
 /// The command line's value, else the file's, else the default.
@@ -269,6 +294,7 @@ impl Config {
                 .as_ref()
                 .or(f.scram_credentials.as_ref()),
         )?;
+        let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
         let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
             (false, _) => a.bind,
             (true, false) => f.binds,
@@ -329,7 +355,7 @@ impl Config {
             allow_anonymous: pick(
                 a.allow_anonymous,
                 f.allow_anonymous,
-                scram_credentials.is_none(),
+                scram_credentials.is_none() && auth_files.password_path.is_none(),
             ),
             scram_credentials,
             sys_interval_s: pick(a.sys_interval, f.sys_interval, defaults::SYS_INTERVAL),
@@ -341,6 +367,9 @@ impl Config {
             admin_password_file: f.admin_password_file,
             log,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
+            auth_files,
+            per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            listener_auth,
         };
         c.validate()?;
         Ok(c)
@@ -366,6 +395,11 @@ impl Config {
         if self.admin_password_file.is_some() && self.admin != AdminListen::Off {
             return Err("admin_password_file is not supported until the password-file loader lands; refusing to run the admin listener unprotected (use --admin off)".into());
         }
+        auth_files::refuse_until_enforced(
+            &self.auth_files,
+            &self.listener_auth,
+            self.per_listener_settings,
+        )?;
         if !self.allow_anonymous && self.scram_credentials.is_none() {
             return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
         }
@@ -418,6 +452,33 @@ mod tests {
         std::fs::write(&path, "max_queued_messages 7\nbogus 1\n").expect("write");
         let e = Config::from_args(Args::parse_from(["shardmq", "-c", p])).expect_err("bad file");
         assert!(e.ends_with("m.conf:2: unknown option 'bogus'"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn password_and_acl_files_are_validated_then_refused_until_enforced() {
+        let dir = std::env::temp_dir().join(format!("shardmq-cfg-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let acl = dir.join("a.acl");
+        let pw = dir.join("pw");
+        std::fs::write(&acl, "topic read a/#\nbogus\n").expect("write");
+        std::fs::write(&pw, "alice:plaintext\n").expect("write");
+        let run = |args: &[&str]| {
+            let mut all = vec!["shardmq"];
+            all.extend_from_slice(args);
+            Config::from_args(Args::parse_from(all)).expect_err("refused")
+        };
+        let (acl_s, pw_s) = (acl.to_str().expect("utf-8"), pw.to_str().expect("utf-8"));
+        assert!(run(&["--acl-file", acl_s])
+            .ends_with("a.acl:2: unknown keyword 'bogus' (expected user, topic or pattern)"));
+        assert!(run(&["--password-file", pw_s]).contains("pw:1: user 'alice': plaintext password"));
+        std::fs::write(&acl, "topic read a/#\n").expect("write");
+        let e = run(&["--acl-file", acl_s]);
+        assert!(e.contains("does not enforce them yet"), "{e}");
+        let conf = dir.join("m.conf");
+        std::fs::write(&conf, format!("acl_file {acl_s}\n")).expect("write");
+        let e = run(&["-c", conf.to_str().expect("utf-8")]);
+        assert!(e.contains("does not enforce them yet"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
