@@ -13,3 +13,4 @@ pub mod protocol;
 pub mod session;
 pub mod shard;
 pub mod topic;
+pub mod transport;
