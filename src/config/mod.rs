@@ -5,6 +5,7 @@
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 
 pub mod file;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +110,24 @@ pub struct Args {
     /// (its first line), and exit. Keeps the password out of the process list.
     #[arg(long, value_name = "USER")]
     pub scram_entry: Option<String>,
+    /// Port of the default listener (127.0.0.1), as `mosquitto -p` [default: 1883].
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// TLS: the server certificate chain (PEM) of the command-line listener.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) for client certificates.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: clients must present a certificate signed by --tls-ca (mutual TLS).
+    #[arg(long, requires = "tls_ca")]
+    pub require_certificate: bool,
+    /// Speak MQTT over WebSocket on the command-line listener.
+    #[arg(long)]
+    pub websocket: bool,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
@@ -157,6 +176,8 @@ pub struct Config {
     pub sys_interval_s: u32,
     /// Where to send connecting clients instead of serving them, and whether for good.
     pub redirect: Option<(String, bool)>,
+    /// Every listener with its options, validated (`binds` are their addresses).
+    pub listeners: Vec<listener::Listener>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -174,6 +195,66 @@ fn load_credentials(
             .map_err(|e| e.to_string())
     })
     .transpose()
+}
+
+/// The listeners asked for: `--bind` addresses (or, with no file listener, the default one
+/// on `-p`'s port) carrying the command line's TLS and WebSocket flags; else the file's.
+fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::ListenerSpec>, String> {
+    let cli_flags = a.tls_cert.is_some() || a.websocket;
+    if a.bind.is_empty() && !f.listeners.is_empty() {
+        if cli_flags || a.port.is_some() {
+            return Err("-p, --tls-* and --websocket set up the command-line listener; with listeners in the file, add --bind or configure them there".into());
+        }
+        return Ok(f.listeners.clone());
+    }
+    if a.port.is_some() && !a.bind.is_empty() {
+        return Err("-p sets the port of the default listener; --bind takes ADDR:PORT".into());
+    }
+    let port = a.port.unwrap_or(listener::DEFAULT_PORT);
+    let addrs = match a.bind.is_empty() {
+        // Phase 2 adds ::1 (listener::DEFAULT_ADDRESSES) once a missing IPv6 loopback can
+        // be tolerated at bind time.
+        true => vec![SocketAddr::new(listener::DEFAULT_ADDRESSES[0], port)],
+        false => a.bind.clone(),
+    };
+    let mut specs = Vec::new();
+    for addr in addrs {
+        let mut s = listener::spec(addr, true, 0);
+        let flags = [
+            ("certfile", a.tls_cert.as_ref()),
+            ("keyfile", a.tls_key.as_ref()),
+            ("cafile", a.tls_ca.as_ref()),
+        ];
+        for (key, path) in flags {
+            if let Some(p) = path {
+                listener::apply(&mut s, key, &p.display().to_string(), 0)?;
+            }
+        }
+        s.require_certificate = a.require_certificate;
+        if a.websocket {
+            s.protocol = listener::Protocol::WebSockets;
+        }
+        specs.push(s);
+    }
+    Ok(specs)
+}
+
+/// Listeners are parsed and checked in full, but the shards serve plain MQTT over TCP only
+/// until the transports are wired in: refuse to start rather than serve less than asked.
+fn refuse_unserved(listeners: &[listener::Listener], file: &str) -> Result<(), String> {
+    for l in listeners {
+        if let Some(feature) = l.unserved_feature() {
+            let at = match l.line {
+                0 => String::new(),
+                n => format!("{file}:{n}: "),
+            };
+            return Err(format!(
+                "{at}listener {}: {feature} is configured and checks out, but shardmq does not serve it yet",
+                l.addr
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -199,11 +280,23 @@ impl Config {
                 .as_ref()
                 .or(f.scram_credentials.as_ref()),
         )?;
-        let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
-            (false, _) => a.bind,
-            (true, false) => f.binds,
-            (true, true) => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-        };
+        // Listeners: the command line's, else the file's, else the default.
+        let file_name = a
+            .config
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string());
+        let frame_max = pick(
+            a.max_packet_size,
+            f.max_packet_size,
+            defaults::MAX_PACKET_SIZE,
+        );
+        let specs = listener_specs(&a, &f)?;
+        let listeners = specs
+            .iter()
+            .map(|s| s.validate(&file_name, frame_max as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        refuse_unserved(&listeners, &file_name)?;
+        let binds = listeners.iter().map(|l| l.addr).collect();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -263,6 +356,7 @@ impl Config {
             scram_credentials,
             sys_interval_s: pick(a.sys_interval, f.sys_interval, defaults::SYS_INTERVAL),
             redirect: a.redirect.map(|r| (r, a.redirect_permanent)),
+            listeners,
         };
         c.validate()?;
         Ok(c)

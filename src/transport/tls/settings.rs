@@ -328,10 +328,10 @@ fn load_roots(o: &TlsOptions) -> Result<RootCertStore, SettingsError> {
         }
     }
     if roots.is_empty() {
-        let option = if o.capath.is_some() {
-            "capath"
-        } else {
-            "cafile"
+        let option = match (&o.capath, &o.cafile) {
+            (Some(_), _) => "capath",
+            (None, Some(_)) => "cafile",
+            (None, None) => "require_certificate",
         };
         return Err(err(
             option,

@@ -384,7 +384,7 @@ fn ciphers_map_to_rustls_suites_and_unknown_ones_are_named() {
                 cafile: None,
                 ..base.clone()
             },
-            "cafile",
+            "require_certificate",
             "needs CA certificates",
         ),
         (
