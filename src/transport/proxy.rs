@@ -490,4 +490,25 @@ mod tests {
             fuzz_parse(&more);
         }
     }
+
+    #[test]
+    fn fuzz_seeds_parse() {
+        let v2 = include_bytes!("../../fuzz/corpus/proxy/v2_tcp4_ssl_cn");
+        assert_eq!(
+            parse(v2, ProxyVersion::V2),
+            done(Some("10.0.0.1:12345"), Some("device-7"), v2.len())
+        );
+        let v1 = include_bytes!("../../fuzz/corpus/proxy/v1_tcp4");
+        assert_eq!(
+            parse(v1, ProxyVersion::V1),
+            done(Some("192.168.0.1:56324"), None, v1.len())
+        );
+        for seed in [
+            &v1[..],
+            v2,
+            include_bytes!("../../fuzz/corpus/proxy/v1_unknown"),
+        ] {
+            fuzz_parse(seed);
+        }
+    }
 }

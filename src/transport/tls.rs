@@ -76,6 +76,10 @@ impl TlsStream {
     /// alert is queued, so flush with `write_tls` and close. After any call, check
     /// `wants_write` (the handshake answers through it).
     pub fn read(&mut self, src: &mut impl Read, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            // `Ok(0)` would read as the end of the stream.
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
         let mut ciphertext = 0usize;
         loop {
             match self.conn.reader().read(out) {
@@ -99,6 +103,22 @@ impl TlsStream {
                 .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
+    }
+
+    /// Take ciphertext read before this stream existed: the bytes after a PROXY header.
+    /// Only before the handshake completes (no plaintext can be pending then), and at most
+    /// `CIPHERTEXT_BYTES_PER_CALL_MAX`.
+    pub fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
+        if !self.is_handshaking() || ciphertext.len() > CIPHERTEXT_BYTES_PER_CALL_MAX {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        while !ciphertext.is_empty() {
+            self.conn.read_tls(&mut ciphertext)?;
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        Ok(())
     }
 
     /// Queue plaintext for sending; returns how much was taken (0 when the queue is full:

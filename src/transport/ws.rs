@@ -446,9 +446,7 @@ impl WsFramer {
         };
         let start = dst.len();
         dst.extend_from_slice(&input[..n]);
-        for (i, b) in dst[start..].iter_mut().enumerate() {
-            *b ^= f.mask[(f.mask_at + i) % 4];
-        }
+        unmask(&mut dst[start..], f.mask, f.mask_at);
         f.mask_at = (f.mask_at + n) % 4;
         f.remaining -= n as u64;
         self.frame = Some(f);
@@ -484,6 +482,25 @@ impl WsFramer {
                 Ok(())
             }
         }
+    }
+}
+
+/// XOR `buf` with `mask`, starting at mask position `at`, a word at a time.
+fn unmask(buf: &mut [u8], mask: [u8; 4], at: usize) {
+    let m = [
+        mask[at % 4],
+        mask[(at + 1) % 4],
+        mask[(at + 2) % 4],
+        mask[(at + 3) % 4],
+    ];
+    let word = u32::from_ne_bytes(m);
+    let mut words = buf.chunks_exact_mut(4);
+    for w in &mut words {
+        let v = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) ^ word;
+        w.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (b, k) in words.into_remainder().iter_mut().zip(m) {
+        *b ^= k;
     }
 }
 

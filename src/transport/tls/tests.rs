@@ -441,3 +441,22 @@ fn subject_escapes_follow_rfc2253() {
     assert_eq!(rfc2253_escape("#1"), "\\#1");
     assert_eq!(identity_of(b"not a certificate"), None);
 }
+
+#[test]
+fn bytes_read_before_the_stream_existed_are_fed_in() {
+    let dir = Dir::new("feed");
+    let ca = ca("test CA");
+    let cfg = server_config(&setup(&dir, &ca)).expect("config");
+    let mut s = TlsStream::new(cfg).expect("server");
+    let mut c = client(&ca, None, BOTH);
+    // The ClientHello arrived behind a PROXY header and was read with it.
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).expect("client hello");
+    s.feed(&hello).expect("fed");
+    assert!(s.wants_write(), "the ServerHello is ready");
+    assert_eq!(exchange(&mut c, &mut s).as_deref(), Ok(&b"hello"[..]));
+    assert_eq!(
+        s.feed(b"x").map_err(|e| e.kind()),
+        Err(io::ErrorKind::InvalidInput)
+    );
+}

@@ -337,3 +337,15 @@ fn server_frames_decode_with_tungstenite_as_a_raw_client() {
     }
     let _ = Control::Ping;
 }
+
+#[test]
+fn fuzz_seed_reassembles_around_ping_and_close() {
+    let seed = include_bytes!("../../../fuzz/corpus/ws/fragments_ping_close");
+    let mut s = WsFramer::new(WsConfig::default());
+    let mut rx = Vec::new();
+    s.feed(UPGRADE, &mut rx).expect("upgrade");
+    s.feed(&seed[1..], &mut rx).expect("frames");
+    assert_eq!(rx, b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00");
+    assert_eq!(s.phase(), Phase::Closed);
+    fuzz_feed(seed);
+}
