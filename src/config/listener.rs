@@ -8,6 +8,7 @@
 //! an address of the family `socket_domain` asks for); every problem names the file and
 //! the line of the option at fault. Must not touch: sockets (phase 2 binds them in
 //! `shard`), the global options (those live in `file.rs`).
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

@@ -197,6 +197,25 @@ fn load_credentials(
     .transpose()
 }
 
+/// Every listener, validated; refused if the shards cannot serve it yet.
+fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Listener>, String> {
+    let file_name = a
+        .config
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    let frame_max = pick(
+        a.max_packet_size,
+        f.max_packet_size,
+        defaults::MAX_PACKET_SIZE,
+    );
+    let listeners = listener_specs(a, f)?
+        .iter()
+        .map(|s| s.validate(&file_name, frame_max as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    refuse_unserved(&listeners, &file_name)?;
+    Ok(listeners)
+}
+
 /// The listeners asked for: `--bind` addresses (or, with no file listener, the default one
 /// on `-p`'s port) carrying the command line's TLS and WebSocket flags; else the file's.
 fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::ListenerSpec>, String> {
@@ -280,22 +299,7 @@ impl Config {
                 .as_ref()
                 .or(f.scram_credentials.as_ref()),
         )?;
-        // Listeners: the command line's, else the file's, else the default.
-        let file_name = a
-            .config
-            .as_ref()
-            .map_or(String::new(), |p| p.display().to_string());
-        let frame_max = pick(
-            a.max_packet_size,
-            f.max_packet_size,
-            defaults::MAX_PACKET_SIZE,
-        );
-        let specs = listener_specs(&a, &f)?;
-        let listeners = specs
-            .iter()
-            .map(|s| s.validate(&file_name, frame_max as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        refuse_unserved(&listeners, &file_name)?;
+        let listeners = build_listeners(&a, &f)?;
         let binds = listeners.iter().map(|l| l.addr).collect();
         let connect_timeout = pick(
             a.connect_timeout,

@@ -460,3 +460,28 @@ fn bytes_read_before_the_stream_existed_are_fed_in() {
         Err(io::ErrorKind::InvalidInput)
     );
 }
+
+#[test]
+fn a_client_hello_one_byte_at_a_time_waits_without_spinning() {
+    let dir = Dir::new("slow");
+    let ca = ca("test CA");
+    let mut s = TlsStream::new(server_config(&setup(&dir, &ca)).expect("config")).expect("server");
+    let mut c = client(&ca, None, BOTH);
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).expect("client hello");
+    let mut wire = Wire::default();
+    for (i, b) in hello.iter().enumerate() {
+        wire.0.push_back(*b);
+        // Each readable edge costs one pass: the byte is taken, then WouldBlock.
+        let e = s
+            .read(&mut wire, &mut [0u8; 64])
+            .expect_err("nothing to hand out");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "byte {i}");
+        assert!(wire.0.is_empty());
+        assert!(
+            s.is_handshaking(),
+            "byte {i}: the caller's timer still decides"
+        );
+        assert_eq!(s.wants_write(), i + 1 == hello.len(), "byte {i}");
+    }
+}
