@@ -16,7 +16,7 @@
 //! Must not touch: sockets, TLS, MQTT packets.
 #![forbid(unsafe_code)]
 
-use std::io::Cursor;
+use std::io::{self, Cursor, Read, Write};
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -49,6 +49,11 @@ pub const FRAME_BYTES_MAX: u64 = 256 * 1024 * 1024 + 5;
 /// Output (handshake answer, pongs, close) waiting for the socket; a client that pings and
 /// never reads is refused past it.
 pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// The largest binary frame `WsIo::write` makes; a longer write is taken in parts.
+pub const WRITE_FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Socket reads one `WsIo::read` makes that yield no MQTT byte (pings, empty frames)
+/// before it gives the turn back with `Interrupted`.
+const READS_PER_CALL_MAX: usize = 64;
 /// Headers taken from the upgrade request.
 const HEADERS_MAX: usize = 32;
 /// The longest frame header (RFC 6455 §5.2).
@@ -175,6 +180,59 @@ impl WsFramer {
             self.phase = Phase::Closed;
         }
         r
+    }
+
+    /// `feed` without a copy: `buf` holds bytes just read; the MQTT bytes they carry are
+    /// unmasked and moved to `buf[..k]` (they never lie after their own frame bytes), and
+    /// `k` is returned. This keeps the TCP read path: read into the scratch buffer, call
+    /// this, decode `scratch[..k]` in place. During the upgrade (once per connection) it
+    /// goes through `feed`.
+    pub fn feed_in_place(&mut self, buf: &mut [u8]) -> Result<usize, WsError> {
+        if self.phase != Phase::Open {
+            let mut rx = Vec::new();
+            let input = buf.to_vec();
+            self.feed(&input, &mut rx)?;
+            buf[..rx.len()].copy_from_slice(&rx);
+            return Ok(rx.len());
+        }
+        let r = self.frames_in_place(buf);
+        if r.is_err() {
+            self.phase = Phase::Closed;
+        }
+        r
+    }
+
+    fn frames_in_place(&mut self, buf: &mut [u8]) -> Result<usize, WsError> {
+        let (mut r, mut w) = (0, 0);
+        while r < buf.len() && self.phase == Phase::Open {
+            match self.frame {
+                None => r += self.take_header(&buf[r..])?,
+                Some(mut f) if f.kind == Kind::Data => {
+                    let left = buf.len() - r;
+                    let n = usize::try_from(f.remaining).map_or(left, |x| x.min(left));
+                    buf.copy_within(r..r + n, w);
+                    unmask(&mut buf[w..w + n], f.mask, f.mask_at);
+                    f.mask_at = (f.mask_at + n) % 4;
+                    f.remaining -= n as u64;
+                    self.frame = Some(f);
+                    (r, w) = (r + n, w + n);
+                    if f.remaining == 0 {
+                        self.end_frame(f)?;
+                    }
+                }
+                // Control payloads go to their own small buffer, never to `rx`.
+                Some(f) => r += self.take_payload(f, &buf[r..], &mut Vec::new())?,
+            }
+        }
+        Ok(w)
+    }
+
+    /// A `Read + Write` view over `inner` (the socket, or a `TlsIo` for WSS): reads return
+    /// MQTT bytes, writes are framed as binary frames. Answers owed to the peer (upgrade,
+    /// pongs, close) are written as they arise; whatever the socket does not take waits
+    /// in `output()` (watch `wants_write`).
+    pub fn io<'a, S: Read + Write>(&'a mut self, inner: &'a mut S) -> WsIo<'a, S> {
+        WsIo { ws: self, inner }
     }
 
     /// Frame `payload` (MQTT bytes) as one binary frame into `out`. Server frames are not
@@ -482,6 +540,78 @@ impl WsFramer {
                 Ok(())
             }
         }
+    }
+}
+
+/// `WsFramer::io`: the framer and the stream under it as one `Read + Write`.
+#[derive(Debug)]
+pub struct WsIo<'a, S> {
+    ws: &'a mut WsFramer,
+    inner: &'a mut S,
+}
+
+impl<S: Read + Write> WsIo<'_, S> {
+    /// Write queued output; `WouldBlock` if some is left.
+    fn drain(&mut self) -> io::Result<()> {
+        while self.ws.wants_write() {
+            match self.inner.write(self.ws.output())? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => self.ws.consume_output(n),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: Read + Write> Read for WsIo<'_, S> {
+    /// MQTT bytes into `buf`. `Ok(0)`: the stream ended or a Close arrived (its echo is
+    /// queued). `InvalidData`: refused (the answer is queued); flush and close.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        for _ in 0..READS_PER_CALL_MAX {
+            let n = self.inner.read(buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let fed = self.ws.feed_in_place(&mut buf[..n]);
+            match self.drain() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock && fed.is_ok() => return Err(e),
+                _ => {}
+            }
+            match fed {
+                Ok(0) if self.ws.phase() == Phase::Closed => return Ok(0),
+                Ok(0) => {}
+                Ok(k) => return Ok(k),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Err(io::ErrorKind::Interrupted.into())
+    }
+}
+
+impl<S: Read + Write> Write for WsIo<'_, S> {
+    /// Frames up to `WRITE_FRAME_BYTES_MAX` of `data` once earlier output has gone out.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.drain()?;
+        if self.ws.phase() != Phase::Open {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        let n = data.len().min(WRITE_FRAME_BYTES_MAX);
+        WsFramer::encode_binary(&data[..n], &mut self.ws.out);
+        match self.drain() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
+        self.inner.flush()
     }
 }
 

@@ -485,3 +485,73 @@ fn a_client_hello_one_byte_at_a_time_waits_without_spinning() {
         assert_eq!(s.wants_write(), i + 1 == hello.len(), "byte {i}");
     }
 }
+
+/// Both directions of a socket in memory.
+#[derive(Default)]
+struct Duplex {
+    rx: Wire,
+    tx: Wire,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rx.read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn websocket_over_tls_stacks_the_two_views() {
+    use crate::transport::ws::{WsConfig, WsFramer};
+    let dir = Dir::new("wss");
+    let ca = ca("test CA");
+    let mut tls = TlsStream::new(server_config(&setup(&dir, &ca)).expect("config")).expect("tls");
+    let mut ws = WsFramer::new(WsConfig::default());
+    let mut c = client(&ca, None, BOTH);
+    let upgrade = b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    c.writer().write_all(upgrade).expect("queue");
+    // A masked binary frame (mask 1,2,3,4) carrying PINGREQ (0xc0 0x00).
+    c.writer()
+        .write_all(&[0x82, 0x82, 1, 2, 3, 4, 0xc0 ^ 1, 2])
+        .expect("queue");
+    let mut sock = Duplex::default();
+    let mut scratch = [0u8; 4096];
+    let mut mqtt = Vec::new();
+    let mut from_server = Vec::new();
+    for _ in 0..10 {
+        while c.wants_write() {
+            c.write_tls(&mut sock.rx).expect("client out");
+        }
+        match ws.io(&mut tls.io(&mut sock)).read(&mut scratch) {
+            Ok(n) => mqtt.extend_from_slice(&scratch[..n]),
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}"),
+        }
+        let _ = tls.write_tls(&mut sock);
+        while !sock.tx.0.is_empty() {
+            c.read_tls(&mut sock.tx).expect("client in");
+            c.process_new_packets().expect("records");
+        }
+        let _ = c.reader().read_to_end(&mut from_server);
+        if !mqtt.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(mqtt, [0xc0, 0x00]);
+    assert!(from_server.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    from_server.clear();
+    ws.io(&mut tls.io(&mut sock))
+        .write_all(&[0xd0, 0x00])
+        .expect("PINGRESP");
+    c.read_tls(&mut sock.tx).expect("client in");
+    c.process_new_packets().expect("records");
+    let _ = c.reader().read_to_end(&mut from_server);
+    assert_eq!(from_server, [0x82, 0x02, 0xd0, 0x00]);
+}

@@ -349,3 +349,124 @@ fn fuzz_seed_reassembles_around_ping_and_close() {
     assert_eq!(s.phase(), Phase::Closed);
     fuzz_feed(seed);
 }
+
+/// Client frames (masked) for the differential test: fragments, a ping, an empty
+/// continuation, a long frame with a 16-bit length.
+fn client_frames() -> (Vec<u8>, Vec<u8>) {
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    let frames: [(u8, Vec<u8>); 5] = [
+        (0x02, b"\x30\x0b\x00\x03a/b".to_vec()),
+        (0x89, b"ping".to_vec()),
+        (0x00, Vec::new()),
+        (0x80, (0..300u16).map(|i| (i % 251) as u8).collect()),
+        (0x82, b"\xc0\x00".to_vec()),
+    ];
+    for (i, (b0, payload)) in frames.iter().enumerate() {
+        let mask = [0x11 * i as u8 + 1, 0x5a, 0xa5, 0x0f];
+        wire.push(*b0);
+        if payload.len() < 126 {
+            wire.push(0x80 | payload.len() as u8);
+        } else {
+            wire.push(0x80 | 126);
+            wire.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        wire.extend_from_slice(&mask);
+        wire.extend(payload.iter().enumerate().map(|(j, b)| b ^ mask[j % 4]));
+        if b0 & 0x0f != 0x09 {
+            want.extend_from_slice(payload);
+        }
+    }
+    (wire, want)
+}
+
+#[test]
+fn in_place_matches_feed_at_every_split_point() {
+    let (frames, want) = client_frames();
+    let stream = [UPGRADE, &frames].concat();
+    for cut in 0..stream.len() {
+        let mut copy = WsFramer::new(WsConfig::default());
+        let mut rx = Vec::new();
+        copy.feed(&stream[..cut], &mut rx).expect("a");
+        copy.feed(&stream[cut..], &mut rx).expect("b");
+        assert_eq!(rx, want, "feed, cut {cut}");
+        let mut inplace = WsFramer::new(WsConfig::default());
+        let mut got = Vec::new();
+        for part in [&stream[..cut], &stream[cut..]] {
+            let mut buf = part.to_vec();
+            let k = inplace.feed_in_place(&mut buf).expect("in place");
+            got.extend_from_slice(&buf[..k]);
+        }
+        assert_eq!(got, want, "in place, cut {cut}");
+        assert_eq!(inplace.output(), copy.output(), "same answers, cut {cut}");
+    }
+}
+
+#[test]
+fn io_view_reads_mqtt_bytes_and_writes_binary_frames() {
+    let mut server = WsFramer::new(WsConfig::default());
+    let mut sock = Pipe::default();
+    let req = ClientRequestBuilder::new("ws://localhost/mqtt".parse().expect("uri"))
+        .with_sub_protocol("mqtt");
+    let mut mid = match tungstenite::client::client(req, Pipe::default()) {
+        Err(tungstenite::HandshakeError::Interrupted(mid)) => mid,
+        _ => panic!("the client should wait for the answer"),
+    };
+    sock.inbound = std::mem::take(&mut mid.get_mut().get_mut().outbound);
+    let mut scratch = [0u8; 4096];
+    let e = server
+        .io(&mut sock)
+        .read(&mut scratch)
+        .expect_err("only the upgrade so far");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    mid.get_mut().get_mut().inbound = std::mem::take(&mut sock.outbound);
+    let (mut client, _) = mid.handshake().expect("101");
+    client
+        .write(Message::Frame(Frame::message(
+            vec![0x10, 1],
+            OpCode::Data(Data::Binary),
+            false,
+        )))
+        .expect("w");
+    client
+        .write(Message::Frame(Frame::ping(vec![7])))
+        .expect("w");
+    client
+        .write(Message::Frame(Frame::message(
+            vec![0],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .expect("w");
+    sock.inbound.extend(take_sent(&mut client));
+    // Both fragments in one read, the ping answered on the way.
+    let n = server.io(&mut sock).read(&mut scratch).expect("bytes");
+    assert_eq!(&scratch[..n], [0x10, 1, 0]);
+    let e = server
+        .io(&mut sock)
+        .read(&mut scratch)
+        .expect_err("drained");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    let big = vec![5u8; WRITE_FRAME_BYTES_MAX + 10];
+    server.io(&mut sock).write_all(&big).expect("framed");
+    client
+        .get_mut()
+        .inbound
+        .extend(std::mem::take(&mut sock.outbound));
+    assert!(matches!(client.read().expect("pong"), Message::Pong(p) if p[..] == [7]));
+    let mut got = 0;
+    while got < big.len() {
+        match client.read().expect("frame") {
+            Message::Binary(b) => got += b.len(),
+            m => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(got, big.len());
+    client.close(None).expect("close");
+    sock.inbound.extend(take_sent(&mut client));
+    assert_eq!(server.io(&mut sock).read(&mut scratch).expect("end"), 0);
+    assert_eq!(
+        server.io(&mut sock).write(b"x").map_err(|e| e.kind()),
+        Err(io::ErrorKind::NotConnected)
+    );
+}
