@@ -11,6 +11,7 @@
 //! Spec: <https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>.
 #![forbid(unsafe_code)]
 
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Which header a listener requires (`enable_proxy_protocol 1|2`).
@@ -63,6 +64,70 @@ pub fn parse(buf: &[u8], version: ProxyVersion) -> Parsed {
         ProxyVersion::V1 => parse_v1(buf),
         ProxyVersion::V2 => parse_v2(buf),
     }
+}
+
+/// A header read from the socket, and the bytes that came after it in the same reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The client's address, or `None` to keep the socket's peer address.
+    pub addr: Option<SocketAddr>,
+    /// v2: a client certificate CN the proxy verified.
+    pub tlv_cn: Option<String>,
+    /// Bytes read past the header: the first bytes of TLS, HTTP or MQTT. The next layer
+    /// takes them before reading the socket again (`TlsStream::feed`, or returned first
+    /// by the variant's `read`).
+    pub rest: Vec<u8>,
+}
+
+/// The start of a connection on a listener with `enable_proxy_protocol`: reads the header
+/// from the socket, holding at most `HEADER_BYTES_MAX` bytes.
+#[derive(Debug)]
+pub struct Pending {
+    version: ProxyVersion,
+    buf: Vec<u8>,
+}
+
+impl Pending {
+    /// A connection just accepted on a listener that requires `version`.
+    pub fn new(version: ProxyVersion) -> Self {
+        Pending {
+            version,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Read until the header is whole: `Ok(Some(header))`, or `WouldBlock` (wait for the
+    /// next readable edge). `InvalidData`: no valid header, close. `UnexpectedEof`: the
+    /// peer closed first.
+    pub fn read_header(&mut self, src: &mut impl Read) -> io::Result<Header> {
+        let mut chunk = [0u8; 512];
+        loop {
+            let room = (HEADER_BYTES_MAX - self.buf.len()).min(chunk.len());
+            let n = src.read(&mut chunk[..room.max(1)])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            match parse(&self.buf, self.version) {
+                Parsed::Incomplete if self.buf.len() < HEADER_BYTES_MAX => {}
+                Parsed::Incomplete => return Err(invalid("PROXY header too long")),
+                Parsed::Invalid(why) => return Err(invalid(why)),
+                Parsed::Done {
+                    addr,
+                    tlv_cn,
+                    consumed,
+                } => {
+                    let rest = self.buf.split_off(consumed);
+                    self.buf = Vec::new();
+                    return Ok(Header { addr, tlv_cn, rest });
+                }
+            }
+        }
+    }
+}
+
+fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/proxy.rs`): no panic, and `consumed` within `data`.
@@ -510,5 +575,64 @@ mod tests {
         ] {
             fuzz_parse(seed);
         }
+    }
+
+    /// Hands out `data` in reads of `step` bytes, then WouldBlock.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.data.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn pending_reads_the_header_and_keeps_what_follows() {
+        let mut input = include_bytes!("../../fuzz/corpus/proxy/v2_tcp4_ssl_cn").to_vec();
+        input.extend_from_slice(b"\x16\x03\x01");
+        for step in [1, 7, 4096] {
+            let mut p = Pending::new(ProxyVersion::V2);
+            let mut src = Trickle { data: &input, step };
+            let h = loop {
+                match p.read_header(&mut src) {
+                    Ok(h) => break h,
+                    Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "step {step}"),
+                }
+            };
+            assert_eq!(h.addr, Some("10.0.0.1:12345".parse().expect("addr")));
+            assert_eq!(h.tlv_cn.as_deref(), Some("device-7"));
+            // What came past the header, then what is still in the socket: nothing lost.
+            assert_eq!(
+                [&h.rest[..], src.data].concat(),
+                b"\x16\x03\x01",
+                "step {step}"
+            );
+            assert_eq!(h.rest.is_empty(), step == 1, "step {step}");
+        }
+        let mut p = Pending::new(ProxyVersion::V1);
+        let e = p.read_header(&mut Trickle {
+            data: b"\x10\x0c\x00\x04MQTT",
+            step: 64,
+        });
+        assert_eq!(e.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        let e = Pending::new(ProxyVersion::V1).read_header(&mut &b""[..]);
+        assert_eq!(e.map_err(|e| e.kind()), Err(io::ErrorKind::UnexpectedEof));
+        let mut junk = Pending::new(ProxyVersion::V1);
+        let long = [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 5000]].concat();
+        let e = junk.read_header(&mut Trickle {
+            data: &long,
+            step: 100,
+        });
+        assert_eq!(e.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        assert!(junk.buf.len() <= V1_BYTES_MAX + 100);
     }
 }

@@ -142,6 +142,16 @@ impl TlsStream {
         Ok(written)
     }
 
+    /// Write pending ciphertext to `dst`; `Ok(true)` when none is left, `Ok(false)` when the
+    /// socket is full (wait for its writable edge).
+    pub fn send_pending(&mut self, dst: &mut impl Write) -> io::Result<bool> {
+        match self.write_tls(dst) {
+            Ok(_) => Ok(!self.wants_write()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Queue a close_notify alert (then `write_tls` and shut the socket).
     pub fn close(&mut self) {
         self.conn.send_close_notify();
@@ -181,24 +191,30 @@ impl<S: Read + Write> Read for TlsIo<'_, S> {
 }
 
 impl<S: Read + Write> Write for TlsIo<'_, S> {
-    /// Takes what fits in the plaintext queue and pushes ciphertext to the socket.
-    /// `WouldBlock` when the queue is full and the socket takes nothing.
+    /// Encrypts what fits in the plaintext queue and pushes it to the socket. Takes
+    /// nothing (`WouldBlock`) while ciphertext from before still waits for the socket, so
+    /// what this layer holds stays at one write's worth and backpressure shows in the
+    /// caller's buffer.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let flushed = self.tls.write_tls(self.socket);
-        let n = self.tls.write_plaintext(data)?;
-        match self.tls.write_tls(self.socket) {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
-            _ => {}
+        if data.is_empty() {
+            return Ok(0);
         }
-        match (n, flushed) {
-            (0, Err(e)) => Err(e),
-            (0, Ok(_)) => Err(io::ErrorKind::WouldBlock.into()),
-            (n, _) => Ok(n),
+        if !self.tls.send_pending(self.socket)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.write_plaintext(data)?;
+        self.tls.send_pending(self.socket)?;
+        match n {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.tls.write_tls(self.socket).map(|_| ())
+        match self.tls.send_pending(self.socket)? {
+            true => Ok(()),
+            false => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 

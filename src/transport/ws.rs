@@ -551,6 +551,17 @@ pub struct WsIo<'a, S> {
 }
 
 impl<S: Read + Write> WsIo<'_, S> {
+    /// Write this layer's output, then the inner layer's (`flush`: TLS records for WSS).
+    /// `Ok(true)` when nothing is left anywhere, `Ok(false)` when the socket is full.
+    pub fn send_pending(&mut self) -> io::Result<bool> {
+        let r = self.drain().and_then(|()| self.inner.flush());
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Write queued output; `WouldBlock` if some is left.
     fn drain(&mut self) -> io::Result<()> {
         while self.ws.wants_write() {

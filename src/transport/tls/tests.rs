@@ -555,3 +555,44 @@ fn websocket_over_tls_stacks_the_two_views() {
     let _ = c.reader().read_to_end(&mut from_server);
     assert_eq!(from_server, [0x82, 0x02, 0xd0, 0x00]);
 }
+
+/// A socket whose buffers are full both ways.
+struct Choked;
+
+impl Read for Choked {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Write for Choked {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn writes_are_refused_while_earlier_ciphertext_waits_for_the_socket() {
+    let dir = Dir::new("choked");
+    let ca = ca("test CA");
+    let mut s = TlsStream::new(server_config(&setup(&dir, &ca)).expect("config")).expect("server");
+    let mut c = client(&ca, None, BOTH);
+    exchange(&mut c, &mut s).expect("handshake");
+    let _ = s.send_pending(&mut Wire::default());
+    assert!(!s.wants_write());
+    assert_eq!(s.io(&mut Choked).write(b"abc").expect("taken"), 3);
+    assert!(s.wants_write());
+    let e = s.io(&mut Choked).write(b"def").expect_err("refused");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    assert_eq!(s.send_pending(&mut Choked).expect("full"), false);
+    let mut out = Wire::default();
+    assert!(s.send_pending(&mut out).expect("drained"));
+    c.read_tls(&mut out).expect("in");
+    c.process_new_packets().expect("records");
+    let mut got = [0u8; 3];
+    c.reader().read_exact(&mut got).expect("plaintext");
+    assert_eq!(&got, b"abc");
+}
