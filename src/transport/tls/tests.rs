@@ -587,7 +587,7 @@ fn writes_are_refused_while_earlier_ciphertext_waits_for_the_socket() {
     assert!(s.wants_write());
     let e = s.io(&mut Choked).write(b"def").expect_err("refused");
     assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-    assert_eq!(s.send_pending(&mut Choked).expect("full"), false);
+    assert!(!s.send_pending(&mut Choked).expect("full"));
     let mut out = Wire::default();
     assert!(s.send_pending(&mut out).expect("drained"));
     c.read_tls(&mut out).expect("in");
