@@ -62,6 +62,9 @@ pub struct FileSettings {
     pub log_format: Option<crate::log_sink::Format>,
     /// `connection_messages`.
     pub connection_messages: Option<bool>,
+    /// Every listener with its own options (`listener.rs`), in file order; the `port` /
+    /// `bind_address` one last. `binds` holds the same addresses.
+    pub listeners: Vec<super::listener::ListenerSpec>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
 
@@ -118,12 +121,6 @@ const IGNORED: &[&str] = &["pid_file", "user"];
 /// Mosquitto options that would make the broker stricter than we can yet be.
 const UNSUPPORTED_SECURITY: &[&str] = &[
     "psk_file",
-    "cafile",
-    "capath",
-    "certfile",
-    "keyfile",
-    "require_certificate",
-    "use_identity_as_username",
     "plugin",
     "auth_plugin",
 ];
@@ -144,6 +141,8 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
     let mut s = FileSettings::default();
     let mut port: Option<u16> = None;
     let mut bind_address: Option<IpAddr> = None;
+    // Options before any `listener` line belong to the `port` listener, as in Mosquitto.
+    let mut before_any = super::listener::spec(SocketAddr::from(([0, 0, 0, 0], 0)), false, 0);
     for (i, raw) in text.lines().enumerate() {
         let err = |problem: String| FileError {
             file: name.to_string(),
@@ -160,10 +159,22 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let value = value.trim();
         match key {
-            "listener" => s.binds.push(listener(value).map_err(err)?),
             "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
             "admin_password_file" => s.admin_password_file = Some(value.into()),
-            "port" => port = Some(number(key, value).map_err(err)?),
+            "listener" => {
+                let addr = listener(value).map_err(err)?;
+                s.binds.push(addr);
+                let given = value.split_whitespace().nth(1).is_some();
+                s.listeners.push(super::listener::spec(addr, given, i + 1));
+            }
+            k if super::listener::is_listener_key(k) => {
+                let current = s.listeners.last_mut().unwrap_or(&mut before_any);
+                super::listener::apply(current, k, value, i + 1).map_err(err)?
+            }
+            "port" => {
+                port = Some(number(key, value).map_err(err)?);
+                before_any.line = i + 1;
+            }
             "bind_address" => {
                 bind_address =
                     Some(value.parse().map_err(|_| {
@@ -179,6 +190,15 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
     if let Some(p) = port {
         let ip = bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         s.binds.push(SocketAddr::new(ip, p));
+        before_any.addr = SocketAddr::new(ip, p);
+        before_any.address_given = bind_address.is_some();
+        s.listeners.push(before_any);
+    } else if let Some(&(key, line)) = before_any.lines.first() {
+        return Err(FileError {
+            file: name.to_string(),
+            line,
+            problem: format!("'{key}' must follow a listener line (or port)"),
+        });
     }
     Ok(s)
 }

@@ -10,6 +10,7 @@ pub mod file;
 mod passwd_args;
 
 pub use passwd_args::{PasswdAction, PasswdArgs};
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,6 +159,24 @@ pub struct Args {
     /// A subcommand instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Port of the default listener (127.0.0.1), as `mosquitto -p` [default: 1883].
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// TLS: the server certificate chain (PEM) of the command-line listener.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) for client certificates.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: clients must present a certificate signed by --tls-ca (mutual TLS).
+    #[arg(long, requires = "tls_ca")]
+    pub require_certificate: bool,
+    /// Speak MQTT over WebSocket on the command-line listener.
+    #[arg(long)]
+    pub websocket: bool,
     /// Print the bound address(es) to stdout once listening (used by tests with port 0).
     #[arg(long, hide = true)]
     pub print_bound: bool,
@@ -234,6 +253,8 @@ pub struct Config {
     /// Each listener's own files and `allow_anonymous`, with per-listener settings.
     pub listener_auth: Vec<auth_files::ListenerAuth>,
     // --- end of the password and ACL block ---
+    /// Every listener with its options, validated (`binds` are their addresses).
+    pub listeners: Vec<listener::Listener>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -270,6 +291,85 @@ fn log_settings(f: &file::FileSettings, verbose: bool) -> crate::log_sink::Setti
     }
 }
 
+/// Every listener, validated; refused if the shards cannot serve it yet.
+fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Listener>, String> {
+    let file_name = a
+        .config
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string());
+    let frame_max = pick(
+        a.max_packet_size,
+        f.max_packet_size,
+        defaults::MAX_PACKET_SIZE,
+    );
+    let listeners = listener_specs(a, f)?
+        .iter()
+        .map(|s| s.validate(&file_name, frame_max as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    refuse_unserved(&listeners, &file_name)?;
+    Ok(listeners)
+}
+
+/// The listeners asked for: `--bind` addresses (or, with no file listener, the default one
+/// on `-p`'s port) carrying the command line's TLS and WebSocket flags; else the file's.
+fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::ListenerSpec>, String> {
+    let cli_flags = a.tls_cert.is_some() || a.websocket;
+    if a.bind.is_empty() && !f.listeners.is_empty() {
+        if cli_flags || a.port.is_some() {
+            return Err("-p, --tls-* and --websocket set up the command-line listener; with listeners in the file, add --bind or configure them there".into());
+        }
+        return Ok(f.listeners.clone());
+    }
+    if a.port.is_some() && !a.bind.is_empty() {
+        return Err("-p sets the port of the default listener; --bind takes ADDR:PORT".into());
+    }
+    let port = a.port.unwrap_or(listener::DEFAULT_PORT);
+    let addrs = match a.bind.is_empty() {
+        // Phase 2 adds ::1 (listener::DEFAULT_ADDRESSES) once a missing IPv6 loopback can
+        // be tolerated at bind time.
+        true => vec![SocketAddr::new(listener::DEFAULT_ADDRESSES[0], port)],
+        false => a.bind.clone(),
+    };
+    let mut specs = Vec::new();
+    for addr in addrs {
+        let mut s = listener::spec(addr, true, 0);
+        let flags = [
+            ("certfile", a.tls_cert.as_ref()),
+            ("keyfile", a.tls_key.as_ref()),
+            ("cafile", a.tls_ca.as_ref()),
+        ];
+        for (key, path) in flags {
+            if let Some(p) = path {
+                listener::apply(&mut s, key, &p.display().to_string(), 0)?;
+            }
+        }
+        s.require_certificate = a.require_certificate;
+        if a.websocket {
+            s.protocol = listener::Protocol::WebSockets;
+        }
+        specs.push(s);
+    }
+    Ok(specs)
+}
+
+/// Listeners are parsed and checked in full, but the shards serve plain MQTT over TCP only
+/// until the transports are wired in: refuse to start rather than serve less than asked.
+fn refuse_unserved(listeners: &[listener::Listener], file: &str) -> Result<(), String> {
+    for l in listeners {
+        if let Some(feature) = l.unserved_feature() {
+            let at = match l.line {
+                0 => String::new(),
+                n => format!("{file}:{n}: "),
+            };
+            return Err(format!(
+                "{at}listener {}: {feature} is configured and checks out, but shardmq does not serve it yet",
+                l.addr
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The largest shard count: shard sets are 64-bit masks.
 pub const SHARDS_MAX: usize = 64;
 
@@ -295,11 +395,8 @@ impl Config {
                 .or(f.scram_credentials.as_ref()),
         )?;
         let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
-        let binds = match (a.bind.is_empty(), f.binds.is_empty()) {
-            (false, _) => a.bind,
-            (true, false) => f.binds,
-            (true, true) => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-        };
+        let listeners = build_listeners(&a, &f)?;
+        let binds = listeners.iter().map(|l| l.addr).collect();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -370,6 +467,7 @@ impl Config {
             auth_files,
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
             listener_auth,
+            listeners,
         };
         c.validate()?;
         Ok(c)

@@ -54,7 +54,10 @@
 //! returned by `read`; the address it carries is for the shard to pass on to the link.
 #![forbid(unsafe_code)]
 
+pub mod proxy;
 mod tcp;
+pub mod tls;
+pub mod ws;
 
 use std::io;
 use std::net::SocketAddr;
