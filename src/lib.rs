@@ -1,8 +1,9 @@
 //! shardmq: a shard-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
 //!
 //! Dependency order (a module uses only modules to its left):
-//! `protocol`, `topic` → `shard::{ring, bus, timer}` → `session` → `broker` → `shard` event loop.
-//! Nothing left of `shard` sees mio, sockets or threads.
+//! `protocol`, `topic`, `store` → `shard::{ring, bus, timer}` → `session` → `broker` → `shard` event loop.
+//! Nothing left of `shard` sees mio or sockets, and only `store` starts threads (one sync
+//! thread per shard log, so that `fdatasync` never blocks a shard).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -12,4 +13,5 @@ pub mod config;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod store;
 pub mod topic;
