@@ -46,7 +46,31 @@ pub struct FileSettings {
     pub sys_interval: Option<u32>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
+    /// The store's lines (issue 11).
+    pub persistence: PersistenceFile,
 }
+
+/// The store's lines, as Mosquitto names them; `None` means "not set here".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PersistenceFile {
+    /// `persistence true|false`.
+    pub enabled: Option<bool>,
+    /// `persistence_location DIR`.
+    pub location: Option<std::path::PathBuf>,
+    /// `autosave_interval SECS`: the checkpoint period.
+    pub autosave_interval: Option<u32>,
+    /// `persistence_sync always|never` (shardmq): `true` for `always`.
+    pub sync_always: Option<bool>,
+}
+
+/// The store's keys, parsed by [`persistence`].
+const PERSISTENCE_KEYS: &[&str] = &[
+    "persistence",
+    "persistence_location",
+    "autosave_interval",
+    "autosave_on_changes",
+    "persistence_sync",
+];
 
 /// A configuration file problem: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,20 +204,62 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "allow_anonymous" => match value {
             "true" => s.allow_anonymous = Some(true),
             "false" => s.allow_anonymous = Some(false),
-            _ => return Err(format!("allow_anonymous: expected true or false, got '{value}'")),
+            _ => {
+                return Err(format!(
+                    "allow_anonymous: expected true or false, got '{value}'"
+                ))
+            }
         },
-        "persistence" => match value {
-            "false" => {}
-            "true" => return Err("persistence true: shardmq keeps sessions and retained messages in memory only for now".into()),
-            _ => return Err(format!("persistence: expected true or false, got '{value}'")),
-        },
-        k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored: shardmq logs to stderr")),
+        k if PERSISTENCE_KEYS.contains(&k) => {
+            persistence(&mut s.persistence, &mut s.warnings, k, value)?
+        }
+        k if IGNORED.contains(&k) => s
+            .warnings
+            .push(format!("'{k}' ignored: shardmq logs to stderr")),
         k if UNSUPPORTED_SECURITY.contains(&k) => {
-            return Err(format!("'{k}' is not supported yet; refusing to start without the protection it asks for"))
+            return Err(format!(
+                "'{k}' is not supported yet; refusing to start without the protection it asks for"
+            ))
         }
         k => return Err(format!("unknown option '{k}'")),
     }
     Ok(())
+}
+
+/// The store's keys. Whether the broker may honour them is `Config`'s decision.
+fn persistence(
+    p: &mut PersistenceFile,
+    warnings: &mut Vec<String>,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    match key {
+        "persistence" => p.enabled = Some(boolean(key, value)?),
+        "persistence_location" if value.is_empty() => {
+            return Err("persistence_location: expected a directory".into())
+        }
+        "persistence_location" => p.location = Some(value.into()),
+        "autosave_interval" => p.autosave_interval = Some(number(key, value)?),
+        "autosave_on_changes" => warnings.push(
+            "'autosave_on_changes' ignored: shardmq logs every change and checkpoints by time and log size".into(),
+        ),
+        _ => {
+            p.sync_always = Some(match value {
+                "always" => true,
+                "never" => false,
+                _ => return Err(format!("{key}: expected always or never, got '{value}'")),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{key}: expected true or false, got '{value}'")),
+    }
 }
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/config_file.rs`): any bytes parse to settings
@@ -276,6 +342,48 @@ mod tests {
                 "{text}"
             );
             assert_eq!(e.to_string(), format!("b.conf:{line}: {problem}"));
+        }
+    }
+
+    #[test]
+    fn persistence_lines_parse() {
+        let s = parse(
+            "persistence true\npersistence_location /var/lib/shardmq/\nautosave_interval 60\nautosave_on_changes 100\npersistence_sync never\n",
+            "p.conf",
+        )
+        .expect("valid");
+        let want = PersistenceFile {
+            enabled: Some(true),
+            location: Some("/var/lib/shardmq/".into()),
+            autosave_interval: Some(60),
+            sync_always: Some(false),
+        };
+        assert_eq!(s.persistence, want);
+        assert_eq!(
+            s.warnings.len(),
+            1,
+            "autosave_on_changes is accepted with a warning"
+        );
+        for (text, problem) in [
+            (
+                "persistence maybe\n",
+                "persistence: expected true or false, got 'maybe'",
+            ),
+            (
+                "persistence_sync sometimes\n",
+                "persistence_sync: expected always or never, got 'sometimes'",
+            ),
+            (
+                "autosave_interval soon\n",
+                "autosave_interval: 'soon' is not a valid number here",
+            ),
+            (
+                "persistence_location\n",
+                "persistence_location: expected a directory",
+            ),
+        ] {
+            let e = parse(text, "p.conf").expect_err(text);
+            assert_eq!((e.line, e.problem.as_str()), (1, problem));
         }
     }
 
