@@ -169,6 +169,12 @@ impl LiveState {
                     }
                 }
             }
+            other => self.apply_incoming(other),
+        }
+    }
+
+    fn apply_incoming(&mut self, r: Record<'static>) {
+        match r {
             Record::IncomingQos2Set {
                 client_id,
                 packet_id,

@@ -193,3 +193,25 @@ fn checkpoints_delete_covered_segments_and_bound_disk_use() {
     r.state.orphans = expect.orphans;
     assert_eq!(r.state, expect);
 }
+
+/// The phase-2 pattern: hold each ack at the LSN of its records, release on wake-up.
+#[test]
+fn held_acks_are_released_only_once_their_records_are_durable() {
+    let data = Scratch::new("hold");
+    let (mut wal, rx) = open(data.path(), WalOptions::default());
+    let mut held = crate::store::AckHold::default();
+    for packet_id in 1..=5u16 {
+        let lsn = wal.append(&client_session(u64::from(packet_id)));
+        held.hold(lsn, packet_id);
+    }
+    assert_eq!(
+        held.release(wal.durable_lsn()),
+        None,
+        "nothing durable before end_turn"
+    );
+    wal.end_turn().expect("write");
+    wait_durable(&wal, &rx, 5);
+    let released: Vec<u16> = std::iter::from_fn(|| held.release(wal.durable_lsn())).collect();
+    assert_eq!(released, vec![1, 2, 3, 4, 5]);
+    assert!(held.is_empty());
+}
