@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use shardmq::store::{MessageProps, MsgId, Record, StoredMessage, Wal, WalOptions};
 
-/// Records per turn to try: one publish per turn, a busy turn, a very busy one.
-const CASES: [u64; 4] = [1, 8, 64, 512];
+/// (records per turn, turn period in µs; 0 = back to back): saturating cases, then a
+/// paced one at 100k records/s, about one busy shard's QoS 1 publish rate.
+const CASES: [(u64, u64); 5] = [(1, 0), (8, 0), (64, 0), (512, 0), (10, 100)];
 /// Payload of each stored message, bytes.
 const PAYLOAD_BYTES: usize = 100;
 /// Bound on pending (lsn, time) samples kept for the latency figure.
@@ -26,9 +27,15 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     fdatasync_alone();
-    println!("records/turn  records/s  fsyncs/s  records/fsync  durable-latency p50/p99 (ms)");
-    for k in CASES {
-        run(k, Duration::from_secs(secs));
+    println!(
+        "records/turn  period  records/s  fsyncs/s  records/fsync  durable-latency p50/p99 (ms)"
+    );
+    for (k, period_us) in CASES {
+        run(
+            k,
+            Duration::from_micros(period_us),
+            Duration::from_secs(secs),
+        );
     }
 }
 
@@ -62,7 +69,7 @@ fn fdatasync_alone() {
     let _ = std::fs::remove_file(&path);
 }
 
-fn run(per_turn: u64, length: Duration) {
+fn run(per_turn: u64, period: Duration, length: Duration) {
     let dir = std::env::temp_dir().join(format!("shardmq-gc-{}-{per_turn}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let syncs = Arc::new(AtomicU64::new(0));
@@ -90,7 +97,13 @@ fn run(per_turn: u64, length: Duration) {
     let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut latencies = Vec::new();
     let start = Instant::now();
+    let mut next_turn = start;
     while start.elapsed() < length {
+        // Paced: wait for the next turn's start, noting wake-ups meanwhile.
+        while !period.is_zero() && Instant::now() < next_turn {
+            let _ = rx.recv_timeout(next_turn.saturating_duration_since(Instant::now()));
+        }
+        next_turn += period;
         for _ in 0..per_turn {
             wal.append(&rec);
         }
@@ -119,7 +132,8 @@ fn run(per_turn: u64, length: Duration) {
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     println!(
-        "{per_turn:>12}  {:>9.0}  {:>8.0}  {:>13.1}  {:.2} / {:.2}",
+        "{per_turn:>12}  {:>4}µs  {:>9.0}  {:>8.0}  {:>13.1}  {:.2} / {:.2}",
+        period.as_micros(),
         records as f64 / elapsed,
         fsyncs as f64 / elapsed,
         records as f64 / fsyncs as f64,
