@@ -107,9 +107,13 @@ fn run_child_and_kill(dir: &Path, run: u64) -> u64 {
             }
         }
     });
-    let first = rx
-        .recv_timeout(Duration::from_millis(FIRST_REPORT_TIMEOUT_MS))
-        .expect("the child reports a durable LSN");
+    let first = rx.recv_timeout(Duration::from_millis(FIRST_REPORT_TIMEOUT_MS));
+    let Ok(first) = first else {
+        // Do not leave the child running behind a failed test.
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the child reported no durable LSN within {FIRST_REPORT_TIMEOUT_MS} ms");
+    };
     std::thread::sleep(kill_delay(run));
     // `Child::kill` sends SIGKILL to this child's PID: no destructor or flush runs.
     child.kill().expect("kill -9 the child");
