@@ -2,7 +2,7 @@
 //!
 //! **Owns** the files under `<data_dir>/shard-<k>/`: append-only segments `NNNNNNNN.wal`
 //! and one `checkpoint` file, plus `<data_dir>/incoming/` while a new shard layout is
-//! being installed. It knows records, not MQTT: the engine says what happened
+//! being installed, and `<data_dir>/lock` (one broker per store). It knows records, not MQTT: the engine says what happened
 //! ([`Record`]), the store makes it durable and hands it back after a crash.
 //!
 //! **Invariants kept:**
@@ -25,6 +25,7 @@
 pub mod frame;
 pub mod hold;
 pub mod layout;
+pub mod lock;
 pub mod record;
 pub mod state;
 pub mod wal;
@@ -35,6 +36,7 @@ pub(crate) mod testutil;
 pub use frame::CutReason;
 pub use hold::AckHold;
 pub use layout::{install, recover_all, CutReport, Recovered};
+pub use lock::StoreLock;
 pub use record::{
     DeliveryState, MessageProps, MsgId, Record, SessionInfo, StoredMessage, Subscription, Will,
 };
@@ -54,6 +56,8 @@ pub enum StoreError {
     Io(&'static str, std::io::Error),
     /// The directory holds a log that must be recovered (and a layout installed) first.
     NeedsRecovery(std::path::PathBuf),
+    /// Another running broker holds this data directory (its lock file).
+    Locked(std::path::PathBuf),
     /// The sync thread failed an `fdatasync`: nothing after [`Wal::durable_lsn`] is durable
     /// and the log takes no more writes.
     SyncFailed,
@@ -65,6 +69,13 @@ impl std::fmt::Display for StoreError {
             StoreError::Io(what, e) => write!(f, "store: {what}: {e}"),
             StoreError::NeedsRecovery(p) => {
                 write!(f, "store: {} holds a log; recover it first", p.display())
+            }
+            StoreError::Locked(p) => {
+                write!(
+                    f,
+                    "store: {} is held by another running broker",
+                    p.display()
+                )
             }
             StoreError::SyncFailed => write!(f, "store: fdatasync failed; the log is closed"),
         }
