@@ -7,6 +7,9 @@
 //! Nothing left of `transport` sees mio, sockets or threads, and nothing left of `shard`
 //! names a shard type. `unsafe` is denied everywhere and allowed only in `shard::ring` and
 //! `shard::bus::spsc`; every other module forbids it.
+//! `protocol`, `topic`, `store` → `shard::{ring, bus, timer}` → `session` → `broker` → `shard` event loop.
+//! Nothing left of `shard` sees mio or sockets, and only `store` starts threads (one sync
+//! thread per shard log, so that `fdatasync` never blocks a shard).
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -22,6 +25,7 @@ pub mod protocol;
 pub mod session;
 pub mod shard;
 pub mod timer;
+pub mod store;
 pub mod topic;
 pub mod transport;
 pub mod txbuf;

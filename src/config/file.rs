@@ -67,6 +67,8 @@ pub struct FileSettings {
     pub listeners: Vec<super::listener::ListenerSpec>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
+    /// The store's lines (issue 11).
+    pub persistence: PersistenceFile,
 
     // --- Mosquitto password and ACL files (issue 10) ---
     /// `password_file` (global, or for the default listener with per-listener settings).
@@ -92,6 +94,28 @@ pub struct ListenerSecurity {
     /// `allow_anonymous` for this listener.
     pub allow_anonymous: Option<bool>,
 }
+
+/// The store's lines, as Mosquitto names them; `None` means "not set here".
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PersistenceFile {
+    /// `persistence true|false`.
+    pub enabled: Option<bool>,
+    /// `persistence_location DIR`.
+    pub location: Option<std::path::PathBuf>,
+    /// `autosave_interval SECS`: the checkpoint period.
+    pub autosave_interval: Option<u32>,
+    /// `persistence_sync always|never` (shardmq): `true` for `always`.
+    pub sync_always: Option<bool>,
+}
+
+/// The store's keys, parsed by [`persistence`].
+const PERSISTENCE_KEYS: &[&str] = &[
+    "persistence",
+    "persistence_location",
+    "autosave_interval",
+    "autosave_on_changes",
+    "persistence_sync",
+];
 
 /// A configuration file problem: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,11 +320,9 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
-        "persistence" => match value {
-            "false" => {}
-            "true" => return Err("persistence true: shardmq keeps sessions and retained messages in memory only for now".into()),
-            _ => return Err(format!("persistence: expected true or false, got '{value}'")),
-        },
+        k if PERSISTENCE_KEYS.contains(&k) => {
+            persistence(&mut s.persistence, &mut s.warnings, k, value)?
+        }
         k if k.starts_with("log_") || k == "connection_messages" => apply_log(s, k, value)?,
         k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored")),
         k if UNSUPPORTED_SECURITY.contains(&k) => {
@@ -350,6 +372,34 @@ fn boolean(key: &str, value: &str) -> Result<bool, String> {
         "false" => Ok(false),
         _ => Err(format!("{key}: expected true or false, got '{value}'")),
     }
+}
+
+/// The store's keys. Whether the broker may honour them is `Config`'s decision.
+fn persistence(
+    p: &mut PersistenceFile,
+    warnings: &mut Vec<String>,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    match key {
+        "persistence" => p.enabled = Some(boolean(key, value)?),
+        "persistence_location" if value.is_empty() => {
+            return Err("persistence_location: expected a directory".into())
+        }
+        "persistence_location" => p.location = Some(value.into()),
+        "autosave_interval" => p.autosave_interval = Some(number(key, value)?),
+        "autosave_on_changes" => warnings.push(
+            "'autosave_on_changes' ignored: shardmq logs every change and checkpoints by time and log size".into(),
+        ),
+        _ => {
+            p.sync_always = Some(match value {
+                "always" => true,
+                "never" => false,
+                _ => return Err(format!("{key}: expected always or never, got '{value}'")),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/config_file.rs`): any bytes parse to settings
@@ -471,6 +521,48 @@ mod tests {
         ] {
             let e = parse(text, "l.conf").expect_err(text);
             assert_eq!((e.line, e.problem.as_str()), (1, problem), "{text}");
+        }
+    }
+
+    #[test]
+    fn persistence_lines_parse() {
+        let s = parse(
+            "persistence true\npersistence_location /var/lib/shardmq/\nautosave_interval 60\nautosave_on_changes 100\npersistence_sync never\n",
+            "p.conf",
+        )
+        .expect("valid");
+        let want = PersistenceFile {
+            enabled: Some(true),
+            location: Some("/var/lib/shardmq/".into()),
+            autosave_interval: Some(60),
+            sync_always: Some(false),
+        };
+        assert_eq!(s.persistence, want);
+        assert_eq!(
+            s.warnings.len(),
+            1,
+            "autosave_on_changes is accepted with a warning"
+        );
+        for (text, problem) in [
+            (
+                "persistence maybe\n",
+                "persistence: expected true or false, got 'maybe'",
+            ),
+            (
+                "persistence_sync sometimes\n",
+                "persistence_sync: expected always or never, got 'sometimes'",
+            ),
+            (
+                "autosave_interval soon\n",
+                "autosave_interval: 'soon' is not a valid number here",
+            ),
+            (
+                "persistence_location\n",
+                "persistence_location: expected a directory",
+            ),
+        ] {
+            let e = parse(text, "p.conf").expect_err(text);
+            assert_eq!((e.line, e.problem.as_str()), (1, problem));
         }
     }
 

@@ -39,6 +39,14 @@ pub mod defaults {
     pub const RECEIVE_MAXIMUM: u16 = 65535;
     /// Seconds between `$SYS` updates, as Mosquitto's `sys_interval`.
     pub const SYS_INTERVAL: u32 = 10;
+    /// Whether the store is on when nothing says. Issue 11 makes it `true`; it stays
+    /// `false` until the broker writes to the store (phase 2), so that neither `--help`
+    /// nor the broker claims a durability it does not have yet.
+    pub const PERSISTENCE: bool = false;
+    /// The store's directory, relative to the working directory.
+    pub const PERSISTENCE_LOCATION: &str = "shardmq-data/";
+    /// Seconds between checkpoints of the store (`autosave_interval`).
+    pub const AUTOSAVE_INTERVAL: u32 = 300;
     /// The admin listener (metrics, health, API, dashboard): loopback only.
     pub const ADMIN_LISTENER: std::net::SocketAddr =
         std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18083);
@@ -189,6 +197,55 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub acl_file: Option<PathBuf>,
     // --- end of the password and ACL block ---
+    /// Directory of the store (write-ahead logs and checkpoints) [default: shardmq-data/].
+    /// Not available yet: the broker keeps state in memory until the store is wired in.
+    #[arg(long, alias = "persistence-location", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep sessions and messages in memory only (today's behaviour).
+    #[arg(long)]
+    pub no_persistence: bool,
+}
+
+/// The store's settings (issue 11), resolved from the command line, the file and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    /// Whether the broker keeps a store.
+    pub enabled: bool,
+    /// The store's directory.
+    pub location: PathBuf,
+    /// Seconds between checkpoints.
+    pub autosave_interval_s: u32,
+    /// `fdatasync` before acknowledging (`persistence_sync always`).
+    pub sync_always: bool,
+}
+
+impl Persistence {
+    /// Resolve the store's settings. Until the broker writes to the store, any request for
+    /// persistence (`persistence true`, a location without `persistence false`, or
+    /// `--data-dir` without `--no-persistence`) is refused rather than silently ignored.
+    fn resolve(a: &Args, f: &file::PersistenceFile) -> Result<Persistence, String> {
+        let asked = f.enabled == Some(true)
+            || (a.data_dir.is_some() && !a.no_persistence)
+            || (f.location.is_some() && f.enabled != Some(false) && !a.no_persistence);
+        if asked {
+            return Err("persistence: shardmq keeps sessions and retained messages in memory only for now; remove 'persistence true' / '--data-dir' or add 'persistence false' / '--no-persistence'".into());
+        }
+        let enabled = if a.no_persistence {
+            false
+        } else {
+            f.enabled.unwrap_or(defaults::PERSISTENCE)
+        };
+        Ok(Persistence {
+            enabled,
+            location: a
+                .data_dir
+                .clone()
+                .or_else(|| f.location.clone())
+                .unwrap_or_else(|| defaults::PERSISTENCE_LOCATION.into()),
+            autosave_interval_s: f.autosave_interval.unwrap_or(defaults::AUTOSAVE_INTERVAL),
+            sync_always: f.sync_always.unwrap_or(true),
+        })
+    }
 }
 
 /// Validated broker settings.
@@ -255,6 +312,8 @@ pub struct Config {
     // --- end of the password and ACL block ---
     /// Every listener with its options, validated (`binds` are their addresses).
     pub listeners: Vec<listener::Listener>,
+    /// The store's settings (parsed only until the broker writes to the store).
+    pub persistence: Persistence,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -388,6 +447,7 @@ impl Config {
             None => file::FileSettings::default(),
         };
         let log = log_settings(&f, a.verbose);
+        let persistence = Persistence::resolve(&a, &f.persistence)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials
@@ -468,6 +528,7 @@ impl Config {
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
             listener_auth,
             listeners,
+            persistence,
         };
         c.validate()?;
         Ok(c)
@@ -523,6 +584,36 @@ mod tests {
         assert!(Config::from_args(a).is_err());
         let a = Args::parse_from(["shardmq", "--shards", "65"]);
         assert!(Config::from_args(a).is_err());
+    }
+
+    #[test]
+    fn persistence_is_parsed_but_refused_until_the_broker_uses_it() {
+        let c = Config::default();
+        assert!(
+            !c.persistence.enabled,
+            "no durability is claimed before phase 2"
+        );
+        assert_eq!(c.persistence.location, PathBuf::from("shardmq-data/"));
+        let a = Args::parse_from(["shardmq", "--no-persistence", "--data-dir", "d"]);
+        let c = Config::from_args(a).expect("memory mode with a location is fine");
+        assert_eq!(
+            (c.persistence.enabled, c.persistence.location),
+            (false, "d".into())
+        );
+        let e = Config::from_args(Args::parse_from(["shardmq", "--persistence-location", "d"]));
+        assert!(e.expect_err("asks for persistence").contains("memory only"));
+        let f = file::PersistenceFile {
+            enabled: Some(false),
+            location: Some("x".into()),
+            ..Default::default()
+        };
+        let a = Args::parse_from(["shardmq"]);
+        assert!(Persistence::resolve(&a, &f).is_ok());
+        let f = file::PersistenceFile {
+            enabled: Some(true),
+            ..Default::default()
+        };
+        assert!(Persistence::resolve(&a, &f).is_err());
     }
 
     #[test]

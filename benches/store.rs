@@ -1,0 +1,87 @@
+//! Benchmarks for the store's hot path (`store::frame`, `store::wal`): what a shard pays
+//! per record on the publish path, before any `fdatasync` (which runs on the sync thread).
+//!
+//! `store_encode_frame`: encode one `MessageStored` (100-byte payload, 5.0 properties
+//! absent) into a reused batch. `store_append`: `Wal::append` of a message plus the session
+//! reference, with `end_turn` (one `write`) every 64 records, sync thread running.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use shardmq::store::frame::encode_frame;
+use shardmq::store::{MessageProps, MsgId, Record, StoredMessage, Wal, WalOptions};
+
+/// Records per simulated loop turn.
+const RECORDS_PER_TURN: u64 = 64;
+
+fn message(id: u64) -> Record<'static> {
+    Record::MessageStored {
+        id: MsgId(id),
+        msg: StoredMessage {
+            topic: Cow::Borrowed("sensors/building-7/floor-3/temperature"),
+            payload: Cow::Owned(vec![0x5a; 100]),
+            qos: 1,
+            retain: false,
+            expires_at_unix_ms: None,
+            props: MessageProps::default(),
+        },
+    }
+}
+
+fn store_encode_frame(c: &mut Criterion) {
+    let rec = message(1);
+    let mut batch = Vec::with_capacity(1 << 20);
+    let mut group = c.benchmark_group("store_encode_frame");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("message_100b", |b| {
+        let mut lsn = 0;
+        b.iter(|| {
+            if batch.len() > (1 << 20) - 512 {
+                batch.clear();
+            }
+            lsn += 1;
+            encode_frame(&mut batch, lsn, black_box(&rec));
+        })
+    });
+    group.finish();
+}
+
+fn store_append(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("shardmq-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Ok(mut wal) = Wal::open(&dir.join("shard-0"), WalOptions::default(), || {}) else {
+        eprintln!("store_append: cannot open a log under {}", dir.display());
+        return;
+    };
+    let rec = message(1);
+    let queued = Record::DeliveryQueued {
+        client_id: Cow::Borrowed("client-0001"),
+        msg: MsgId(1),
+        qos: 1,
+    };
+    let mut group = c.benchmark_group("store_append");
+    group.throughput(Throughput::Elements(2));
+    group.bench_function("message_and_reference", |b| {
+        b.iter(|| {
+            black_box(wal.append(black_box(&rec)));
+            let lsn = wal.append(black_box(&queued));
+            if lsn % RECORDS_PER_TURN == 0 && wal.end_turn().is_err() {
+                eprintln!("store_append: write failed");
+            }
+        })
+    });
+    group.finish();
+    drop(wal);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .measurement_time(std::time::Duration::from_secs(2))
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .sample_size(20);
+    targets = store_encode_frame, store_append
+}
+criterion_main!(benches);

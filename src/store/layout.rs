@@ -1,0 +1,322 @@
+//! The data directory as a whole: recovery of every shard's log, and installing a new
+//! shard layout.
+//!
+//! Owns: `<data_dir>/shard-<k>/` as a set, and `<data_dir>/incoming/` (a layout being
+//! installed). Recovery reads **all** shard directories, whatever their number, each in
+//! its own thread, and merges what they hold; the engine splits the result by home shard
+//! ([`LiveState::split`]) and [`install`]s it as fresh per-shard checkpoints, after which
+//! each shard opens an empty log ([`super::Wal::open`]).
+//!
+//! Invariant: the install is all-or-nothing across shards. New checkpoints are written and
+//! synced under `incoming/`, then `incoming/COMPLETE` is written and synced; only then are
+//! the old shard directories replaced. A crash before `COMPLETE` leaves the old layout (and
+//! the next recovery deletes `incoming/`); a crash after it is finished by the next
+//! recovery. Must not touch: files outside the data directory; the engine's types.
+
+use std::path::{Path, PathBuf};
+
+use super::frame::{scan, Cut, CutReason, FileHeader, FileKind, FILE_HEADER_BYTES};
+use super::state::LiveState;
+use super::wal::{
+    encode_checkpoint, list_segments, segment_name, write_checkpoint, CHECKPOINT_FILE,
+};
+use super::{create_dir_private, io, sync_dir, Lsn, StoreError};
+
+const INCOMING_DIR: &str = "incoming";
+const COMPLETE_FILE: &str = "COMPLETE";
+const SHARD_PREFIX: &str = "shard-";
+
+/// Where recovery cut a file, and how much it dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutReport {
+    /// The file.
+    pub file: PathBuf,
+    /// Offset of the first byte not kept.
+    pub offset: u64,
+    /// Bytes dropped from this file (the rest of it).
+    pub bytes_dropped: u64,
+    /// Why.
+    pub reason: CutReason,
+}
+
+impl std::fmt::Display for CutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: cut at offset {} ({}), {} bytes dropped",
+            self.file.display(),
+            self.offset,
+            self.reason,
+            self.bytes_dropped
+        )
+    }
+}
+
+/// The merged state of every shard directory, and what recovery had to cut.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Live state, message ids unique across it, tombstones and dead messages dropped.
+    pub state: LiveState,
+    /// Every cut, in shard order.
+    pub cuts: Vec<CutReport>,
+    /// Shard directories read.
+    pub shards_read: usize,
+    /// Records applied (checkpoints and logs).
+    pub records: u64,
+    /// Sessions found in more than one shard directory (the first one is kept).
+    pub conflicts: u64,
+}
+
+/// The path of shard `k`'s directory.
+pub fn shard_dir(data_dir: &Path, k: usize) -> PathBuf {
+    data_dir.join(format!("{SHARD_PREFIX}{k}"))
+}
+
+/// Recover every `shard-<k>` directory under `data_dir` (finishing or discarding an
+/// interrupted install first) and merge them. A missing `data_dir` recovers as empty.
+pub fn recover_all(data_dir: &Path) -> Result<Recovered, StoreError> {
+    if !data_dir.exists() {
+        return Ok(Recovered::default());
+    }
+    settle(data_dir)?;
+    let dirs = shard_dirs(data_dir)?;
+    let results: Vec<Result<ShardRecovery, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| scope.spawn(move || recover_shard(d)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Io(
+                        "recover shard",
+                        std::io::Error::other("panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut out = Recovered {
+        shards_read: dirs.len(),
+        ..Recovered::default()
+    };
+    for r in results {
+        let r = r?;
+        out.records += r.records;
+        out.cuts.extend(r.cuts);
+        out.conflicts += out.state.merge(r.state);
+    }
+    out.state.finish();
+    Ok(out)
+}
+
+/// The `shard-<k>` directories under `data_dir`, by `k`.
+fn shard_dirs(data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(data_dir).map_err(io("list data directory"))? {
+        let entry = entry.map_err(io("list data directory"))?;
+        if let (Some(k), true) = (shard_index(&entry.path()), entry.path().is_dir()) {
+            dirs.push((k, entry.path()));
+        }
+    }
+    dirs.sort();
+    Ok(dirs.into_iter().map(|(_, p)| p).collect())
+}
+
+/// One shard directory's state (its own message ids), cuts, and records applied.
+struct ShardRecovery {
+    state: LiveState,
+    cuts: Vec<CutReport>,
+    records: u64,
+}
+
+/// Replay one shard directory: its checkpoint, then every segment record after the
+/// checkpoint's LSN, stopping at the first damage (everything after it is dropped too).
+fn recover_shard(dir: &Path) -> Result<ShardRecovery, StoreError> {
+    let mut r = ShardRecovery {
+        state: LiveState::default(),
+        cuts: Vec::new(),
+        records: 0,
+    };
+    let upto = read_checkpoint(dir, &mut r)?;
+    let mut expected = upto + 1;
+    let segments = list_segments(dir)?;
+    for (i, n) in segments.iter().enumerate() {
+        let path = dir.join(segment_name(*n));
+        let buf = std::fs::read(&path).map_err(io("read segment"))?;
+        match replay_segment(&buf, expected, &mut r) {
+            Ok(next) => expected = next,
+            Err(cut) => {
+                r.cuts.push(report(&path, &buf, cut));
+                for later in &segments[i + 1..] {
+                    let path = dir.join(segment_name(*later));
+                    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    r.cuts.push(CutReport {
+                        file: path,
+                        offset: 0,
+                        bytes_dropped: len,
+                        reason: CutReason::LsnGap { expected, found: 0 },
+                    });
+                }
+                break;
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Apply the records of one segment with LSN ≥ `expected`; returns the next LSN expected.
+fn replay_segment(buf: &[u8], expected: Lsn, r: &mut ShardRecovery) -> Result<Lsn, Cut> {
+    let header = FileHeader::decode(buf).map_err(|reason| Cut { offset: 0, reason })?;
+    if header.kind != FileKind::Segment {
+        return Err(Cut {
+            offset: 0,
+            reason: CutReason::BadHeader("not a segment"),
+        });
+    }
+    if header.lsn > expected {
+        return Err(Cut {
+            offset: 0,
+            reason: CutReason::LsnGap {
+                expected,
+                found: header.lsn,
+            },
+        });
+    }
+    let (next, cut) = scan(buf, FILE_HEADER_BYTES, header.lsn, |lsn, rec| {
+        if lsn >= expected {
+            r.state.apply(rec);
+            r.records += 1;
+        }
+    });
+    match cut {
+        Some(c) => Err(c),
+        None => Ok(next.max(expected)),
+    }
+}
+
+/// Apply the checkpoint in `dir`, if any; returns the LSN it covers (0 without one). A
+/// damaged checkpoint keeps its valid prefix and is reported.
+fn read_checkpoint(dir: &Path, r: &mut ShardRecovery) -> Result<Lsn, StoreError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let buf = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::Io("read checkpoint", e)),
+    };
+    let header = match FileHeader::decode(&buf) {
+        Ok(h) if h.kind == FileKind::Checkpoint => h,
+        Ok(_) => {
+            let reason = CutReason::BadHeader("not a checkpoint");
+            r.cuts.push(report(&path, &buf, Cut { offset: 0, reason }));
+            return Ok(0);
+        }
+        Err(reason) => {
+            r.cuts.push(report(&path, &buf, Cut { offset: 0, reason }));
+            return Ok(0);
+        }
+    };
+    let (_, cut) = scan(&buf, FILE_HEADER_BYTES, 1, |_, rec| {
+        r.state.apply(rec);
+        r.records += 1;
+    });
+    if let Some(c) = cut {
+        r.cuts.push(report(&path, &buf, c));
+    }
+    Ok(header.lsn)
+}
+
+fn report(path: &Path, buf: &[u8], cut: Cut) -> CutReport {
+    CutReport {
+        file: path.to_path_buf(),
+        offset: cut.offset as u64,
+        bytes_dropped: (buf.len() - cut.offset) as u64,
+        reason: cut.reason,
+    }
+}
+
+/// Replace the shard directories under `data_dir` with one per element of `parts`, each
+/// holding only a checkpoint of that state (LSN 0), all-or-nothing (see the module doc).
+pub fn install(data_dir: &Path, parts: &[LiveState]) -> Result<(), StoreError> {
+    create_dir_private(data_dir)?;
+    let incoming = data_dir.join(INCOMING_DIR);
+    if incoming.exists() {
+        std::fs::remove_dir_all(&incoming).map_err(io("remove stale incoming directory"))?;
+    }
+    create_dir_private(&incoming)?;
+    for (k, part) in parts.iter().enumerate() {
+        let dir = shard_dir(&incoming, k);
+        create_dir_private(&dir)?;
+        write_checkpoint(&dir, &encode_checkpoint(0, part.records()))?;
+    }
+    sync_dir(&incoming)?;
+    super::create_private(&incoming.join(COMPLETE_FILE))
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{}", parts.len())?;
+            f.sync_all()
+        })
+        .map_err(io("write install marker"))?;
+    sync_dir(&incoming)?;
+    sync_dir(data_dir)?;
+    finish_install(data_dir)
+}
+
+/// Finish an install whose `COMPLETE` marker is durable, or discard one without it.
+fn settle(data_dir: &Path) -> Result<(), StoreError> {
+    let incoming = data_dir.join(INCOMING_DIR);
+    if incoming.join(COMPLETE_FILE).exists() {
+        finish_install(data_dir)
+    } else if incoming.exists() {
+        std::fs::remove_dir_all(&incoming).map_err(io("remove unfinished install"))?;
+        sync_dir(data_dir)
+    } else {
+        Ok(())
+    }
+}
+
+/// Swap the old shard directories for the new ones. Idempotent: a crash part-way through
+/// is finished by running it again (the marker, naming the new shard count, stays until
+/// the end; a `shard-<k>` with `k` below it and no `incoming/shard-<k>` was moved already).
+fn finish_install(data_dir: &Path) -> Result<(), StoreError> {
+    let incoming = data_dir.join(INCOMING_DIR);
+    let marker =
+        std::fs::read_to_string(incoming.join(COMPLETE_FILE)).map_err(io("read install marker"))?;
+    let n: usize = marker.trim().parse().map_err(|_| {
+        StoreError::Io(
+            "read install marker",
+            std::io::Error::other("not a shard count"),
+        )
+    })?;
+    for old in shard_dirs(data_dir)? {
+        let k = shard_index(&old).unwrap_or(usize::MAX);
+        if k >= n {
+            std::fs::remove_dir_all(&old).map_err(io("remove old shard directory"))?;
+        }
+    }
+    for k in 0..n {
+        let new = shard_dir(&incoming, k);
+        if new.exists() {
+            let target = shard_dir(data_dir, k);
+            if target.exists() {
+                std::fs::remove_dir_all(&target).map_err(io("remove old shard directory"))?;
+            }
+            std::fs::rename(&new, &target).map_err(io("move shard directory"))?;
+        }
+    }
+    sync_dir(data_dir)?;
+    std::fs::remove_dir_all(&incoming).map_err(io("remove incoming directory"))?;
+    sync_dir(data_dir)
+}
+
+fn shard_index(dir: &Path) -> Option<usize> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix(SHARD_PREFIX)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

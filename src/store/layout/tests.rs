@@ -1,0 +1,231 @@
+use std::io::Write;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::frame::encode_frame;
+use crate::store::record::Record;
+use crate::store::testutil::{arb_record, session, Scratch};
+use crate::store::wal::{SyncMode, Wal, WalOptions};
+
+fn never(segment_bytes_max: u64) -> WalOptions {
+    WalOptions {
+        segment_bytes_max,
+        sync: SyncMode::Never,
+        ..WalOptions::default()
+    }
+}
+
+/// Write `records` to shard `k`'s log, one turn per record.
+fn write_log(data: &Path, k: usize, records: &[Record<'static>], segment_bytes_max: u64) {
+    let mut wal = Wal::open(&shard_dir(data, k), never(segment_bytes_max), || {}).expect("open");
+    for r in records {
+        wal.append(r);
+        wal.end_turn().expect("write");
+    }
+}
+
+fn sessions(prefix: &str, n: usize) -> Vec<Record<'static>> {
+    (0..n)
+        .map(|i| session(&format!("{prefix}{i}"), i % 2 == 0))
+        .collect()
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let n = list_segments(dir)
+        .expect("list")
+        .into_iter()
+        .last()
+        .expect("a segment");
+    dir.join(segment_name(n))
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported() {
+    let data = Scratch::new("torn");
+    write_log(data.path(), 0, &sessions("c", 10), 1 << 20);
+    let seg = last_segment(&shard_dir(data.path(), 0));
+    let len = std::fs::metadata(&seg).expect("stat").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open");
+    f.set_len(len - 3).expect("truncate");
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(r.records, 9);
+    assert_eq!(r.cuts.len(), 1);
+    let cut = &r.cuts[0];
+    assert_eq!((&cut.file, cut.reason), (&seg, CutReason::Torn));
+    assert_eq!(cut.offset + cut.bytes_dropped, len - 3);
+    assert!(cut.to_string().contains("bytes dropped"));
+}
+
+#[test]
+fn a_flipped_bit_drops_the_rest_of_the_log_including_later_segments() {
+    let data = Scratch::new("flip");
+    write_log(data.path(), 0, &sessions("c", 40), 400);
+    let dir = shard_dir(data.path(), 0);
+    let segs = list_segments(&dir).expect("list");
+    assert!(segs.len() >= 4, "{segs:?}");
+    let victim = dir.join(segment_name(segs[1]));
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x04;
+    std::fs::write(&victim, &bytes).expect("write");
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(r.cuts[0].file, victim);
+    assert_eq!(r.cuts[0].reason, CutReason::Checksum);
+    assert_eq!(
+        r.cuts.len(),
+        segs.len() - 1,
+        "every later segment is reported dropped"
+    );
+    // Sessions kept are exactly a prefix: c0 .. c(k-1).
+    let k = r.state.sessions.len();
+    assert!(k > 0 && k < 40);
+    assert_eq!(r.records as usize, k);
+    for i in 0..k {
+        assert!(
+            r.state.sessions.contains_key(&format!("c{i}")),
+            "c{i} of {k}"
+        );
+    }
+}
+
+#[test]
+fn recovery_merges_any_number_of_shards_and_install_redistributes() {
+    let data = Scratch::new("reshard");
+    for k in 0..3 {
+        write_log(data.path(), k, &sessions(&format!("s{k}-"), 5), 1 << 20);
+    }
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(
+        (r.shards_read, r.state.sessions.len(), r.conflicts),
+        (3, 15, 0)
+    );
+    let home = |c: &str| c.bytes().map(usize::from).sum::<usize>();
+    let parts = r.state.clone().split(2, home, home);
+    install(data.path(), &parts).expect("install");
+    assert!(
+        !shard_dir(data.path(), 2).exists(),
+        "the third shard directory is gone"
+    );
+    for (k, part) in parts.iter().enumerate() {
+        // Each new shard opens an empty log after its installed checkpoint.
+        let mut wal = Wal::open(&shard_dir(data.path(), k), never(1 << 20), || {}).expect("open");
+        assert_eq!(wal.last_lsn(), 0);
+        wal.append(&session(&format!("new{k}"), false));
+        wal.end_turn().expect("write");
+        assert!(part.sessions.keys().all(|c| home(c) % 2 == k));
+    }
+    let again = recover_all(data.path()).expect("recover");
+    assert_eq!(again.shards_read, 2);
+    assert_eq!(again.state.sessions.len(), 17);
+    for (c, s) in &r.state.sessions {
+        assert_eq!(again.state.sessions.get(c), Some(s));
+    }
+}
+
+#[test]
+fn an_interrupted_install_is_rolled_back_or_finished() {
+    let data = Scratch::new("install");
+    write_log(data.path(), 0, &sessions("old", 3), 1 << 20);
+    // Without the marker: discarded, the old layout stands.
+    let stray = data.path().join("incoming").join("shard-0");
+    std::fs::create_dir_all(&stray).expect("mkdir");
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(r.state.sessions.len(), 3);
+    assert!(!data.path().join("incoming").exists());
+    // With the marker, half moved: finished.
+    let mut next = LiveState::default();
+    for rec in sessions("new", 2) {
+        next.apply(rec);
+    }
+    let parts = [next, LiveState::default()];
+    let incoming = data.path().join("incoming");
+    for (k, p) in parts.iter().enumerate() {
+        let d = shard_dir(&incoming, k);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        crate::store::wal::write_checkpoint(
+            &d,
+            &crate::store::wal::encode_checkpoint(0, p.records()),
+        )
+        .expect("checkpoint");
+    }
+    let mut marker = std::fs::File::create(incoming.join("COMPLETE")).expect("marker");
+    writeln!(marker, "2").expect("marker");
+    std::fs::remove_dir_all(shard_dir(data.path(), 0)).expect("rm");
+    std::fs::rename(shard_dir(&incoming, 0), shard_dir(data.path(), 0)).expect("mv");
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(r.shards_read, 2);
+    assert_eq!(
+        r.state.sessions.keys().collect::<Vec<_>>(),
+        vec!["new0", "new1"]
+    );
+}
+
+#[test]
+fn a_damaged_checkpoint_keeps_its_prefix_and_says_so() {
+    let data = Scratch::new("badckpt");
+    let mut st = LiveState::default();
+    for rec in sessions("c", 6) {
+        st.apply(rec);
+    }
+    install(data.path(), &[st]).expect("install");
+    let path = shard_dir(data.path(), 0).join(CHECKPOINT_FILE);
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("truncate");
+    let r = recover_all(data.path()).expect("recover");
+    assert_eq!(r.state.sessions.len(), 5);
+    assert_eq!(r.cuts.len(), 1);
+    assert_eq!(r.cuts[0].file, path);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Random records in a log whose tail is cut and bit-flipped at random: recovery gives
+    /// the state of exactly the records before the damage, never one built from garbage.
+    #[test]
+    fn recovery_keeps_the_longest_valid_prefix(
+        records in proptest::collection::vec(arb_record(), 1..40),
+        cut_at in any::<prop::sample::Index>(),
+        flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
+    ) {
+        let data = Scratch::new("prop");
+        write_log(data.path(), 0, &records, 1 << 20);
+        let seg = last_segment(&shard_dir(data.path(), 0));
+        let bytes = std::fs::read(&seg).expect("read");
+        let mut ends = Vec::new();
+        let mut framed = bytes[..FILE_HEADER_BYTES].to_vec();
+        for (i, r) in records.iter().enumerate() {
+            encode_frame(&mut framed, i as u64 + 1, r);
+            ends.push(framed.len());
+        }
+        prop_assert_eq!(&framed, &bytes);
+        let body = bytes.len() - FILE_HEADER_BYTES;
+        let mut damaged = bytes[..FILE_HEADER_BYTES + cut_at.index(body + 1)].to_vec();
+        let mut first_bad = damaged.len();
+        if let (Some((at, bit)), true) = (flip, damaged.len() > FILE_HEADER_BYTES) {
+            let i = FILE_HEADER_BYTES + at.index(damaged.len() - FILE_HEADER_BYTES);
+            damaged[i] ^= 1 << bit;
+            first_bad = i;
+        }
+        std::fs::write(&seg, &damaged).expect("write");
+        let kept = ends.iter().take_while(|&&e| e <= first_bad).count();
+        let r = recover_all(data.path()).expect("recover");
+        let mut expect = LiveState::default();
+        for rec in &records[..kept] {
+            expect.apply(rec.clone());
+        }
+        let mut merged = LiveState::default();
+        merged.merge(expect);
+        merged.finish();
+        prop_assert_eq!(r.records as usize, kept);
+        prop_assert_eq!(r.state, merged);
+        // A cut is reported when bytes remain after the last frame kept (a truncation
+        // exactly at a frame boundary is just a shorter log).
+        let kept_end = if kept == 0 { FILE_HEADER_BYTES } else { ends[kept - 1] };
+        prop_assert_eq!(r.cuts.len(), usize::from(damaged.len() > kept_end));
+    }
+}

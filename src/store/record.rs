@@ -1,0 +1,682 @@
+//! The records of the write-ahead log and their binary encoding.
+//!
+//! Owns: the [`Record`] enum (everything issue 11 persists) and its body encoding, which
+//! [`super::frame`] wraps in a length + CRC32C frame. Invariants: `decode(encode(r)) == r`
+//! for every record; decoding any byte string returns a record or a typed [`DecodeError`],
+//! never panics and never allocates more than the input's length (every length prefix is
+//! checked against the bytes that remain before anything is allocated). Must not touch:
+//! files, MQTT packets, the engine's types (the engine converts to and from these).
+//!
+//! Layout: one tag byte, then fields in declaration order. Integers are little-endian;
+//! strings and byte strings are a `u32` length then the bytes; `Option` is a `0`/`1` byte
+//! then the value. The format version lives in the segment and checkpoint headers
+//! ([`super::FORMAT_VERSION`]); a new field means a new tag or a new version, never a
+//! reinterpretation of an old one.
+
+use std::borrow::Cow;
+use std::num::NonZeroU16;
+
+/// A message's id within one shard's log: assigned by the engine, unique per shard, never
+/// reused while a reference to it may survive (a counter seeded from recovery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId(pub u64);
+
+/// MQTT 5 properties that travel with a message, as the engine forwards them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProps<'a> {
+    /// Payload Format Indicator.
+    pub payload_format_indicator: Option<u8>,
+    /// Content Type.
+    pub content_type: Option<Cow<'a, str>>,
+    /// Response Topic.
+    pub response_topic: Option<Cow<'a, str>>,
+    /// Correlation Data.
+    pub correlation_data: Option<Cow<'a, [u8]>>,
+    /// User Properties in their wire encoding (repeated `0x26, name, value`).
+    pub user_properties: Cow<'a, [u8]>,
+}
+
+/// An application message, stored once however many sessions refer to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage<'a> {
+    /// Topic name.
+    pub topic: Cow<'a, str>,
+    /// Payload.
+    pub payload: Cow<'a, [u8]>,
+    /// The publisher's QoS (0, 1 or 2).
+    pub qos: u8,
+    /// The publisher's RETAIN flag.
+    pub retain: bool,
+    /// Message expiry as wall-clock time (ms since the Unix epoch), so that it survives a
+    /// restart; the engine converts from and to its monotonic shard clock.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Forwarded properties.
+    pub props: MessageProps<'a>,
+}
+
+/// A session's Will.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will<'a> {
+    /// Will Topic.
+    pub topic: Cow<'a, str>,
+    /// Will Payload.
+    pub payload: Cow<'a, [u8]>,
+    /// Will QoS.
+    pub qos: u8,
+    /// Will Retain.
+    pub retain: bool,
+    /// Will Delay Interval, seconds.
+    pub delay_s: u32,
+    /// Message Expiry Interval of the Will, seconds (relative: it starts at publication).
+    pub expiry_interval_s: Option<u32>,
+    /// Forwarded properties.
+    pub props: MessageProps<'a>,
+}
+
+/// A persistent session as created by CONNECT with Clean Start 0 (or a 5.0 session with a
+/// non-zero expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo<'a> {
+    /// Client Identifier (the session's key, and its home shard's hash input).
+    pub client_id: Cow<'a, str>,
+    /// Protocol level of the connection that created it (3, 4 or 5).
+    pub protocol: u8,
+    /// Session Expiry Interval, seconds (`u32::MAX`: never).
+    pub expiry_interval_s: u32,
+    /// The Will, if any.
+    pub will: Option<Will<'a>>,
+}
+
+/// One subscription of a session, with every option and its identifier. A subscription
+/// with a share group is that session's membership of the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription<'a> {
+    /// `Some(group)` for `$share/group/filter`.
+    pub share_group: Option<Cow<'a, str>>,
+    /// Topic filter (without the `$share/group/` prefix).
+    pub filter: Cow<'a, str>,
+    /// Maximum QoS granted.
+    pub qos: u8,
+    /// No Local.
+    pub no_local: bool,
+    /// Retain As Published.
+    pub retain_as_published: bool,
+    /// Retain Handling (0, 1 or 2).
+    pub retain_handling: u8,
+    /// Subscription Identifier.
+    pub identifier: Option<u32>,
+}
+
+/// Where an outbound delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting in the session queue: no packet id yet.
+    Queued,
+    /// PUBLISH sent with a packet id, awaiting PUBACK (QoS 1) or PUBREC (QoS 2).
+    InFlight,
+    /// QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP.
+    PubrelSent,
+}
+
+/// One log record. `Record<'static>` is the owned form that decoding returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// A persistent session was created, or its parameters replaced (reconnect).
+    SessionCreated(SessionInfo<'a>),
+    /// The session's connection ended; its expiry counts from `at_unix_ms`.
+    SessionDisconnected {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Wall-clock time of the disconnect, ms since the Unix epoch.
+        at_unix_ms: u64,
+    },
+    /// The session is gone (clean start, expiry, or a takeover with clean start).
+    SessionEnded {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+    },
+    /// A subscription was added or replaced (same share group and filter).
+    SubscriptionAdded {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The subscription.
+        sub: Subscription<'a>,
+    },
+    /// A subscription was removed.
+    SubscriptionRemoved {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Share group, if it was a shared subscription.
+        share_group: Option<Cow<'a, str>>,
+        /// Topic filter.
+        filter: Cow<'a, str>,
+    },
+    /// A message was stored under `id` (once per shard log, before any reference to it).
+    MessageStored {
+        /// Its id in this shard's log.
+        id: MsgId,
+        /// The message.
+        msg: StoredMessage<'a>,
+    },
+    /// A reference to `msg` joined the back of the session's queue.
+    DeliveryQueued {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The message.
+        msg: MsgId,
+        /// QoS of this delivery (the granted one).
+        qos: u8,
+    },
+    /// A delivery got a packet id (`InFlight`, the oldest queued reference to `msg`), or an
+    /// in-flight one moved on (`PubrelSent`, found by packet id).
+    DeliverySent {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The message.
+        msg: MsgId,
+        /// Packet id used on the wire.
+        packet_id: NonZeroU16,
+        /// The new state (`InFlight` or `PubrelSent`).
+        state: DeliveryState,
+    },
+    /// An in-flight delivery completed: PUBACK (QoS 1) or PUBCOMP (QoS 2).
+    DeliveryDone {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Its packet id.
+        packet_id: NonZeroU16,
+    },
+    /// The oldest queued (not in-flight) reference to `msg` was dropped: expiry, overflow.
+    DeliveryDropped {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The message.
+        msg: MsgId,
+    },
+    /// Inbound QoS 2: PUBREC sent for `packet_id`, PUBREL awaited.
+    IncomingQos2Set {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Packet id.
+        packet_id: NonZeroU16,
+    },
+    /// Inbound QoS 2: PUBREL received (PUBCOMP to be sent).
+    IncomingQos2Cleared {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Packet id.
+        packet_id: NonZeroU16,
+    },
+    /// The retained message of `topic` is now `msg` (stored before in this log).
+    RetainedSet {
+        /// Topic name.
+        topic: Cow<'a, str>,
+        /// The message.
+        msg: MsgId,
+        /// Lamport stamp of the update: the highest stamp wins when logs merge.
+        stamp: u64,
+    },
+    /// The retained message of `topic` was cleared.
+    RetainedCleared {
+        /// Topic name.
+        topic: Cow<'a, str>,
+        /// Lamport stamp of the update.
+        stamp: u64,
+    },
+}
+
+/// Why a record body did not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The body ended inside a field.
+    Truncated,
+    /// No record has this tag.
+    UnknownTag(u8),
+    /// A string is not UTF-8.
+    BadUtf8,
+    /// A field holds a value it cannot hold.
+    BadValue(&'static str),
+    /// Bytes remain after the record.
+    TrailingBytes,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "record truncated"),
+            DecodeError::UnknownTag(t) => write!(f, "unknown record tag {t}"),
+            DecodeError::BadUtf8 => write!(f, "string is not UTF-8"),
+            DecodeError::BadValue(what) => write!(f, "bad value: {what}"),
+            DecodeError::TrailingBytes => write!(f, "bytes after the record"),
+        }
+    }
+}
+
+mod tag {
+    pub const SESSION_CREATED: u8 = 1;
+    pub const SESSION_DISCONNECTED: u8 = 2;
+    pub const SESSION_ENDED: u8 = 3;
+    pub const SUBSCRIPTION_ADDED: u8 = 4;
+    pub const SUBSCRIPTION_REMOVED: u8 = 5;
+    pub const MESSAGE_STORED: u8 = 6;
+    pub const DELIVERY_QUEUED: u8 = 7;
+    pub const DELIVERY_SENT: u8 = 8;
+    pub const DELIVERY_DONE: u8 = 9;
+    pub const DELIVERY_DROPPED: u8 = 10;
+    pub const INCOMING_QOS2_SET: u8 = 11;
+    pub const INCOMING_QOS2_CLEARED: u8 = 12;
+    pub const RETAINED_SET: u8 = 13;
+    pub const RETAINED_CLEARED: u8 = 14;
+}
+
+impl Record<'_> {
+    /// Append this record's body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = Enc(out);
+        match self {
+            Record::SessionCreated(s) => {
+                e.u8(tag::SESSION_CREATED);
+                e.session(s);
+            }
+            Record::SessionDisconnected {
+                client_id,
+                at_unix_ms,
+            } => {
+                e.u8(tag::SESSION_DISCONNECTED);
+                e.str(client_id);
+                e.u64(*at_unix_ms);
+            }
+            Record::SessionEnded { client_id } => {
+                e.u8(tag::SESSION_ENDED);
+                e.str(client_id);
+            }
+            Record::SubscriptionAdded { client_id, sub } => {
+                e.u8(tag::SUBSCRIPTION_ADDED);
+                e.str(client_id);
+                e.subscription(sub);
+            }
+            Record::SubscriptionRemoved {
+                client_id,
+                share_group,
+                filter,
+            } => {
+                e.u8(tag::SUBSCRIPTION_REMOVED);
+                e.str(client_id);
+                e.opt_str(share_group.as_deref());
+                e.str(filter);
+            }
+            Record::MessageStored { id, msg } => {
+                e.u8(tag::MESSAGE_STORED);
+                e.u64(id.0);
+                e.message(msg);
+            }
+            _ => self.encode_references(&mut e),
+        }
+    }
+
+    fn encode_references(&self, e: &mut Enc<'_>) {
+        match self {
+            Record::DeliveryQueued {
+                client_id,
+                msg,
+                qos,
+            } => {
+                e.u8(tag::DELIVERY_QUEUED);
+                e.str(client_id);
+                e.u64(msg.0);
+                e.u8(*qos);
+            }
+            Record::DeliverySent {
+                client_id,
+                msg,
+                packet_id,
+                state,
+            } => {
+                e.u8(tag::DELIVERY_SENT);
+                e.str(client_id);
+                e.u64(msg.0);
+                e.u16(packet_id.get());
+                e.u8(state_byte(*state));
+            }
+            Record::DeliveryDone {
+                client_id,
+                packet_id,
+            } => e.client_packet(tag::DELIVERY_DONE, client_id, *packet_id),
+            Record::DeliveryDropped { client_id, msg } => {
+                e.u8(tag::DELIVERY_DROPPED);
+                e.str(client_id);
+                e.u64(msg.0);
+            }
+            Record::IncomingQos2Set {
+                client_id,
+                packet_id,
+            } => e.client_packet(tag::INCOMING_QOS2_SET, client_id, *packet_id),
+            Record::IncomingQos2Cleared {
+                client_id,
+                packet_id,
+            } => e.client_packet(tag::INCOMING_QOS2_CLEARED, client_id, *packet_id),
+            Record::RetainedSet { topic, msg, stamp } => {
+                e.u8(tag::RETAINED_SET);
+                e.str(topic);
+                e.u64(msg.0);
+                e.u64(*stamp);
+            }
+            Record::RetainedCleared { topic, stamp } => {
+                e.u8(tag::RETAINED_CLEARED);
+                e.str(topic);
+                e.u64(*stamp);
+            }
+            _ => unreachable!("encode handles the session, subscription and message records"),
+        }
+    }
+
+    /// Decode one record body (the whole of `buf`).
+    pub fn decode(buf: &[u8]) -> Result<Record<'static>, DecodeError> {
+        let mut d = Dec { buf, pos: 0 };
+        let t = d.u8()?;
+        let r = match t {
+            tag::SESSION_CREATED => Record::SessionCreated(d.session()?),
+            tag::SESSION_DISCONNECTED => Record::SessionDisconnected {
+                client_id: d.string()?,
+                at_unix_ms: d.u64()?,
+            },
+            tag::SESSION_ENDED => Record::SessionEnded {
+                client_id: d.string()?,
+            },
+            tag::SUBSCRIPTION_ADDED => Record::SubscriptionAdded {
+                client_id: d.string()?,
+                sub: d.subscription()?,
+            },
+            tag::SUBSCRIPTION_REMOVED => Record::SubscriptionRemoved {
+                client_id: d.string()?,
+                share_group: d.opt_string()?,
+                filter: d.string()?,
+            },
+            tag::MESSAGE_STORED => Record::MessageStored {
+                id: MsgId(d.u64()?),
+                msg: d.message()?,
+            },
+            _ => d.references(t)?,
+        };
+        if d.pos != buf.len() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(r)
+    }
+
+    /// Make an owned copy.
+    pub fn into_owned(self) -> Record<'static> {
+        // Encoding is total and decoding inverts it, so a failure here is a bug in this
+        // file that the round-trip tests catch; an owned copy through the codec keeps one
+        // definition of every field instead of a second hand-written clone.
+        let mut buf = Vec::new();
+        self.encode(&mut buf);
+        Record::decode(&buf).unwrap_or_else(|e| unreachable!("record codec round trip: {e}"))
+    }
+}
+
+fn state_byte(s: DeliveryState) -> u8 {
+    match s {
+        DeliveryState::Queued => 0,
+        DeliveryState::InFlight => 1,
+        DeliveryState::PubrelSent => 2,
+    }
+}
+
+struct Enc<'b>(&'b mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Every byte string the engine hands us came from one MQTT packet, which is
+        // smaller than 256 MiB, so its length fits in u32.
+        self.u32(u32::try_from(b.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        self.opt(s, |e, s| e.str(s));
+    }
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                f(self, v);
+            }
+        }
+    }
+    fn client_packet(&mut self, t: u8, client_id: &str, packet_id: NonZeroU16) {
+        self.u8(t);
+        self.str(client_id);
+        self.u16(packet_id.get());
+    }
+    fn props(&mut self, p: &MessageProps<'_>) {
+        self.opt(p.payload_format_indicator, |e, v| e.u8(v));
+        self.opt_str(p.content_type.as_deref());
+        self.opt_str(p.response_topic.as_deref());
+        self.opt(p.correlation_data.as_deref(), |e, v| e.bytes(v));
+        self.bytes(&p.user_properties);
+    }
+    fn message(&mut self, m: &StoredMessage<'_>) {
+        self.str(&m.topic);
+        self.bytes(&m.payload);
+        self.u8(m.qos);
+        self.bool(m.retain);
+        self.opt(m.expires_at_unix_ms, |e, v| e.u64(v));
+        self.props(&m.props);
+    }
+    fn session(&mut self, s: &SessionInfo<'_>) {
+        self.str(&s.client_id);
+        self.u8(s.protocol);
+        self.u32(s.expiry_interval_s);
+        self.opt(s.will.as_ref(), |e, w| {
+            e.str(&w.topic);
+            e.bytes(&w.payload);
+            e.u8(w.qos);
+            e.bool(w.retain);
+            e.u32(w.delay_s);
+            e.opt(w.expiry_interval_s, |e, v| e.u32(v));
+            e.props(&w.props);
+        });
+    }
+    fn subscription(&mut self, s: &Subscription<'_>) {
+        self.opt_str(s.share_group.as_deref());
+        self.str(&s.filter);
+        self.u8(s.qos);
+        self.bool(s.no_local);
+        self.bool(s.retain_as_published);
+        self.u8(s.retain_handling);
+        self.opt(s.identifier, |e, v| e.u32(v));
+    }
+}
+
+struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::BadValue("boolean")),
+        }
+    }
+    fn qos(&mut self) -> Result<u8, DecodeError> {
+        match self.u8()? {
+            q @ 0..=2 => Ok(q),
+            _ => Err(DecodeError::BadValue("QoS")),
+        }
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn packet_id(&mut self) -> Result<NonZeroU16, DecodeError> {
+        NonZeroU16::new(self.u16()?).ok_or(DecodeError::BadValue("packet id 0"))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn bytes(&mut self) -> Result<Cow<'static, [u8]>, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        // `take` checks `n` against what remains before the copy allocates.
+        Ok(Cow::Owned(self.take(n)?.to_vec()))
+    }
+    fn string(&mut self) -> Result<Cow<'static, str>, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        let raw = self.take(n)?;
+        let s = std::str::from_utf8(raw).map_err(|_| DecodeError::BadUtf8)?;
+        Ok(Cow::Owned(s.to_owned()))
+    }
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, DecodeError>) -> OptResult<T> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => f(self).map(Some),
+            _ => Err(DecodeError::BadValue("option flag")),
+        }
+    }
+    fn opt_string(&mut self) -> OptResult<Cow<'static, str>> {
+        self.opt(Self::string)
+    }
+    fn props(&mut self) -> Result<MessageProps<'static>, DecodeError> {
+        Ok(MessageProps {
+            payload_format_indicator: self.opt(Self::u8)?,
+            content_type: self.opt_string()?,
+            response_topic: self.opt_string()?,
+            correlation_data: self.opt(Self::bytes)?,
+            user_properties: self.bytes()?,
+        })
+    }
+    fn message(&mut self) -> Result<StoredMessage<'static>, DecodeError> {
+        Ok(StoredMessage {
+            topic: self.string()?,
+            payload: self.bytes()?,
+            qos: self.qos()?,
+            retain: self.bool()?,
+            expires_at_unix_ms: self.opt(Self::u64)?,
+            props: self.props()?,
+        })
+    }
+    fn will(&mut self) -> Result<Will<'static>, DecodeError> {
+        Ok(Will {
+            topic: self.string()?,
+            payload: self.bytes()?,
+            qos: self.qos()?,
+            retain: self.bool()?,
+            delay_s: self.u32()?,
+            expiry_interval_s: self.opt(Self::u32)?,
+            props: self.props()?,
+        })
+    }
+    fn session(&mut self) -> Result<SessionInfo<'static>, DecodeError> {
+        Ok(SessionInfo {
+            client_id: self.string()?,
+            protocol: self.u8()?,
+            expiry_interval_s: self.u32()?,
+            will: self.opt(Self::will)?,
+        })
+    }
+    fn subscription(&mut self) -> Result<Subscription<'static>, DecodeError> {
+        Ok(Subscription {
+            share_group: self.opt_string()?,
+            filter: self.string()?,
+            qos: self.qos()?,
+            no_local: self.bool()?,
+            retain_as_published: self.bool()?,
+            retain_handling: match self.u8()? {
+                h @ 0..=2 => h,
+                _ => return Err(DecodeError::BadValue("retain handling")),
+            },
+            identifier: self.opt(Self::u32)?,
+        })
+    }
+    fn state(&mut self) -> Result<DeliveryState, DecodeError> {
+        match self.u8()? {
+            0 => Ok(DeliveryState::Queued),
+            1 => Ok(DeliveryState::InFlight),
+            2 => Ok(DeliveryState::PubrelSent),
+            _ => Err(DecodeError::BadValue("delivery state")),
+        }
+    }
+    fn references(&mut self, t: u8) -> Result<Record<'static>, DecodeError> {
+        Ok(match t {
+            tag::DELIVERY_QUEUED => Record::DeliveryQueued {
+                client_id: self.string()?,
+                msg: MsgId(self.u64()?),
+                qos: self.qos()?,
+            },
+            tag::DELIVERY_SENT => Record::DeliverySent {
+                client_id: self.string()?,
+                msg: MsgId(self.u64()?),
+                packet_id: self.packet_id()?,
+                state: self.state()?,
+            },
+            tag::DELIVERY_DONE => Record::DeliveryDone {
+                client_id: self.string()?,
+                packet_id: self.packet_id()?,
+            },
+            tag::DELIVERY_DROPPED => Record::DeliveryDropped {
+                client_id: self.string()?,
+                msg: MsgId(self.u64()?),
+            },
+            tag::INCOMING_QOS2_SET => Record::IncomingQos2Set {
+                client_id: self.string()?,
+                packet_id: self.packet_id()?,
+            },
+            tag::INCOMING_QOS2_CLEARED => Record::IncomingQos2Cleared {
+                client_id: self.string()?,
+                packet_id: self.packet_id()?,
+            },
+            tag::RETAINED_SET => Record::RetainedSet {
+                topic: self.string()?,
+                msg: MsgId(self.u64()?),
+                stamp: self.u64()?,
+            },
+            tag::RETAINED_CLEARED => Record::RetainedCleared {
+                topic: self.string()?,
+                stamp: self.u64()?,
+            },
+            other => return Err(DecodeError::UnknownTag(other)),
+        })
+    }
+}
+
+type OptResult<T> = Result<Option<T>, DecodeError>;
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,78 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::testutil::{arb_record, samples};
+
+fn encoded(r: &Record<'_>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    r.encode(&mut buf);
+    buf
+}
+
+#[test]
+fn every_record_round_trips() {
+    for r in samples() {
+        let buf = encoded(&r);
+        assert_eq!(Record::decode(&buf).as_ref(), Ok(&r), "{r:?}");
+        assert_eq!(r.clone().into_owned(), r);
+    }
+}
+
+#[test]
+fn every_strict_prefix_is_truncated_never_a_record() {
+    for r in samples() {
+        let buf = encoded(&r);
+        for cut in 0..buf.len() {
+            let got = Record::decode(&buf[..cut]);
+            assert!(got.is_err(), "prefix {cut} of {r:?} decoded to {got:?}");
+        }
+        let mut long = buf.clone();
+        long.push(0);
+        assert_eq!(Record::decode(&long), Err(DecodeError::TrailingBytes));
+    }
+}
+
+#[test]
+fn malformed_bodies_give_typed_errors() {
+    let cases: &[(&[u8], DecodeError)] = &[
+        (&[], DecodeError::Truncated),
+        (&[0], DecodeError::UnknownTag(0)),
+        (&[99], DecodeError::UnknownTag(99)),
+        // SessionEnded whose client id claims 4 GiB: refused before any allocation.
+        (&[3, 0xff, 0xff, 0xff, 0xff, b'a'], DecodeError::Truncated),
+        // SessionEnded with a client id that is not UTF-8.
+        (&[3, 1, 0, 0, 0, 0xff], DecodeError::BadUtf8),
+        // DeliveryDone with packet id 0.
+        (
+            &[9, 1, 0, 0, 0, b'c', 0, 0],
+            DecodeError::BadValue("packet id 0"),
+        ),
+        // DeliveryQueued with QoS 3.
+        (
+            &[7, 1, 0, 0, 0, b'c', 1, 0, 0, 0, 0, 0, 0, 0, 3],
+            DecodeError::BadValue("QoS"),
+        ),
+        // SubscriptionRemoved with an option flag of 2.
+        (
+            &[5, 1, 0, 0, 0, b'c', 2],
+            DecodeError::BadValue("option flag"),
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(Record::decode(bytes), Err(*want), "{bytes:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_records_round_trip(r in arb_record()) {
+        prop_assert_eq!(Record::decode(&encoded(&r)), Ok(r));
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let _ = Record::decode(&bytes);
+    }
+}

@@ -1,0 +1,395 @@
+//! The live state a log describes: what replaying its records leaves behind.
+//!
+//! Owns: [`LiveState`] (sessions with their subscriptions, deliveries and inbound QoS 2
+//! ids; stored messages; retained entries), the rules that apply each [`Record`] to it,
+//! merging the states of several shards and splitting one by home shard. Invariants after
+//! [`LiveState::finish`]: every delivery and retained entry refers to a stored message,
+//! and every stored message is referred to (unreferenced ones are dropped). Message ids
+//! are unique within one state. Must not touch: files, the engine's own session types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU16;
+
+use super::record::{DeliveryState, MsgId, Record, SessionInfo, StoredMessage, Subscription};
+
+/// One outbound delivery of a session, in queue order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message.
+    pub msg: MsgId,
+    /// QoS of this delivery.
+    pub qos: u8,
+    /// Packet id once sent.
+    pub packet_id: Option<NonZeroU16>,
+    /// Where it stands.
+    pub state: DeliveryState,
+}
+
+/// A persistent session as recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// Parameters from the last CONNECT.
+    pub info: SessionInfo<'static>,
+    /// When its connection ended (`None`: it was connected when the log stopped; the
+    /// engine treats it as disconnected at recovery and runs its Will delay from then).
+    pub disconnected_at_unix_ms: Option<u64>,
+    /// Subscriptions by (share group, filter).
+    pub subscriptions: BTreeMap<(Option<String>, String), Subscription<'static>>,
+    /// Outbound deliveries, oldest first: in-flight ones carry packet ids.
+    pub deliveries: Vec<Delivery>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub incoming_qos2: BTreeSet<NonZeroU16>,
+}
+
+/// A retained entry: a message, or a tombstone kept while merging (highest stamp wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// The message, or `None` for a clear.
+    pub msg: Option<MsgId>,
+    /// Lamport stamp.
+    pub stamp: u64,
+}
+
+/// Everything a log (or several merged) says is alive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveState {
+    /// Sessions by client id.
+    pub sessions: BTreeMap<String, SessionState>,
+    /// Stored messages by id.
+    pub messages: BTreeMap<MsgId, StoredMessage<'static>>,
+    /// Retained entries by topic.
+    pub retained: BTreeMap<String, Retained>,
+    /// Records that referred to a session or message the state does not have (the engine
+    /// logs only persistent sessions' records, so a non-zero count is worth a warning).
+    pub orphans: u64,
+}
+
+impl LiveState {
+    /// Apply one record.
+    pub fn apply(&mut self, r: Record<'static>) {
+        match r {
+            Record::SessionCreated(info) => self.session_created(info),
+            Record::SessionDisconnected {
+                client_id,
+                at_unix_ms,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.disconnected_at_unix_ms = Some(at_unix_ms);
+                }
+            }
+            Record::SessionEnded { client_id } => {
+                self.sessions.remove(client_id.as_ref());
+            }
+            Record::SubscriptionAdded { client_id, sub } => {
+                if let Some(s) = self.session(&client_id) {
+                    let key = (
+                        sub.share_group.as_deref().map(str::to_owned),
+                        sub.filter.to_string(),
+                    );
+                    s.subscriptions.insert(key, sub);
+                }
+            }
+            Record::SubscriptionRemoved {
+                client_id,
+                share_group,
+                filter,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.subscriptions
+                        .remove(&(share_group.map(|g| g.into_owned()), filter.into_owned()));
+                }
+            }
+            Record::MessageStored { id, msg } => {
+                self.messages.insert(id, msg);
+            }
+            Record::RetainedSet { topic, msg, stamp } => {
+                self.retain(topic.into_owned(), Some(msg), stamp)
+            }
+            Record::RetainedCleared { topic, stamp } => {
+                self.retain(topic.into_owned(), None, stamp)
+            }
+            other => self.apply_delivery(other),
+        }
+    }
+
+    fn apply_delivery(&mut self, r: Record<'static>) {
+        match r {
+            Record::DeliveryQueued {
+                client_id,
+                msg,
+                qos,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries.push(Delivery {
+                        msg,
+                        qos,
+                        packet_id: None,
+                        state: DeliveryState::Queued,
+                    });
+                }
+            }
+            Record::DeliverySent {
+                client_id,
+                msg,
+                packet_id,
+                state,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    let by_id = s
+                        .deliveries
+                        .iter()
+                        .position(|d| d.packet_id == Some(packet_id));
+                    let slot = by_id.or_else(|| {
+                        s.deliveries
+                            .iter()
+                            .position(|d| d.msg == msg && d.packet_id.is_none())
+                    });
+                    if let Some(i) = slot {
+                        s.deliveries[i].packet_id = Some(packet_id);
+                        s.deliveries[i].state = state;
+                    }
+                }
+            }
+            Record::DeliveryDone {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries.retain(|d| d.packet_id != Some(packet_id));
+                }
+            }
+            Record::DeliveryDropped { client_id, msg } => {
+                if let Some(s) = self.session(&client_id) {
+                    let at = s
+                        .deliveries
+                        .iter()
+                        .position(|d| d.msg == msg && d.packet_id.is_none());
+                    if let Some(i) = at {
+                        s.deliveries.remove(i);
+                    }
+                }
+            }
+            other => self.apply_incoming(other),
+        }
+    }
+
+    fn apply_incoming(&mut self, r: Record<'static>) {
+        match r {
+            Record::IncomingQos2Set {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.incoming_qos2.insert(packet_id);
+                }
+            }
+            Record::IncomingQos2Cleared {
+                client_id,
+                packet_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.incoming_qos2.remove(&packet_id);
+                }
+            }
+            _ => unreachable!("apply handles every other record"),
+        }
+    }
+
+    fn session_created(&mut self, info: SessionInfo<'static>) {
+        let key = info.client_id.to_string();
+        match self.sessions.get_mut(&key) {
+            Some(s) => {
+                s.info = info;
+                s.disconnected_at_unix_ms = None;
+            }
+            None => {
+                self.sessions.insert(
+                    key,
+                    SessionState {
+                        info,
+                        disconnected_at_unix_ms: None,
+                        subscriptions: BTreeMap::new(),
+                        deliveries: Vec::new(),
+                        incoming_qos2: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn session(&mut self, client_id: &str) -> Option<&mut SessionState> {
+        let s = self.sessions.get_mut(client_id);
+        if s.is_none() {
+            self.orphans += 1;
+        }
+        s
+    }
+
+    fn retain(&mut self, topic: String, msg: Option<MsgId>, stamp: u64) {
+        let entry = self
+            .retained
+            .entry(topic)
+            .or_insert(Retained { msg, stamp });
+        if stamp >= entry.stamp {
+            *entry = Retained { msg, stamp };
+        }
+    }
+
+    /// Drop tombstones, deliveries of messages the state lacks, and unreferenced messages.
+    pub fn finish(&mut self) {
+        self.retained.retain(|_, r| r.msg.is_some());
+        let mut missing = 0u64;
+        for s in self.sessions.values_mut() {
+            let before = s.deliveries.len();
+            s.deliveries.retain(|d| self.messages.contains_key(&d.msg));
+            missing += (before - s.deliveries.len()) as u64;
+        }
+        let before = self.retained.len();
+        self.retained
+            .retain(|_, r| r.msg.is_some_and(|m| self.messages.contains_key(&m)));
+        missing += (before - self.retained.len()) as u64;
+        self.orphans += missing;
+        let mut used = BTreeSet::new();
+        for s in self.sessions.values() {
+            used.extend(s.deliveries.iter().map(|d| d.msg));
+        }
+        used.extend(self.retained.values().filter_map(|r| r.msg));
+        self.messages.retain(|id, _| used.contains(id));
+    }
+
+    /// The next message id free in this state.
+    pub fn next_msg_id(&self) -> MsgId {
+        MsgId(self.messages.keys().next_back().map_or(1, |m| m.0 + 1))
+    }
+
+    /// Fold `other` (another shard's state, with its own message ids) into this one:
+    /// its messages get fresh ids; a session both hold keeps this state's copy (counted
+    /// in the return value); retained entries keep the highest stamp, tombstones included.
+    pub fn merge(&mut self, mut other: LiveState) -> u64 {
+        let first = self.next_msg_id().0;
+        let mut renumber = BTreeMap::new();
+        for (next, (id, m)) in (first..).zip(std::mem::take(&mut other.messages)) {
+            renumber.insert(id, MsgId(next));
+            self.messages.insert(MsgId(next), m);
+        }
+        let map = |id: MsgId| renumber.get(&id).copied().unwrap_or(MsgId(u64::MAX));
+        let mut conflicts = 0;
+        for (client, mut s) in other.sessions {
+            if self.sessions.contains_key(&client) {
+                conflicts += 1;
+                continue;
+            }
+            for d in &mut s.deliveries {
+                d.msg = map(d.msg);
+            }
+            self.sessions.insert(client, s);
+        }
+        for (topic, r) in other.retained {
+            self.retain(topic, r.msg.map(map), r.stamp);
+        }
+        self.orphans += other.orphans;
+        conflicts
+    }
+
+    /// Split into `n` states: each session goes to `client_shard(client_id)`, each
+    /// retained entry to `retained_shard(topic)` (both taken modulo `n`), and each message
+    /// to every state that refers to it.
+    pub fn split(
+        self,
+        n: usize,
+        client_shard: impl Fn(&str) -> usize,
+        retained_shard: impl Fn(&str) -> usize,
+    ) -> Vec<LiveState> {
+        let n = n.max(1);
+        let mut parts = vec![LiveState::default(); n];
+        let messages = self.messages;
+        let give = |part: &mut LiveState, id: MsgId| {
+            if let Some(m) = messages.get(&id) {
+                part.messages.entry(id).or_insert_with(|| m.clone());
+            }
+        };
+        for (client, s) in self.sessions {
+            let part = &mut parts[client_shard(&client) % n];
+            for d in &s.deliveries {
+                give(part, d.msg);
+            }
+            part.sessions.insert(client, s);
+        }
+        for (topic, r) in self.retained {
+            let part = &mut parts[retained_shard(&topic) % n];
+            if let Some(id) = r.msg {
+                give(part, id);
+            }
+            part.retained.insert(topic, r);
+        }
+        parts
+    }
+
+    /// Records that rebuild this state when applied to an empty one, messages first.
+    pub fn records(&self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let messages = self.messages.iter().map(|(id, m)| Record::MessageStored {
+            id: *id,
+            msg: m.clone(),
+        });
+        let sessions = self.sessions.values().flat_map(session_records);
+        let retained = self.retained.iter().map(|(topic, r)| match r.msg {
+            Some(msg) => Record::RetainedSet {
+                topic: topic.as_str().into(),
+                msg,
+                stamp: r.stamp,
+            },
+            None => Record::RetainedCleared {
+                topic: topic.as_str().into(),
+                stamp: r.stamp,
+            },
+        });
+        messages.chain(sessions).chain(retained)
+    }
+}
+
+/// The records of one session: created, disconnected, subscriptions, deliveries, QoS 2 ids.
+fn session_records(s: &SessionState) -> Vec<Record<'_>> {
+    let client = || std::borrow::Cow::Borrowed(s.info.client_id.as_ref());
+    let mut out = vec![Record::SessionCreated(s.info.clone())];
+    if let Some(at) = s.disconnected_at_unix_ms {
+        out.push(Record::SessionDisconnected {
+            client_id: client(),
+            at_unix_ms: at,
+        });
+    }
+    out.extend(
+        s.subscriptions
+            .values()
+            .map(|sub| Record::SubscriptionAdded {
+                client_id: client(),
+                sub: sub.clone(),
+            }),
+    );
+    for d in &s.deliveries {
+        out.push(Record::DeliveryQueued {
+            client_id: client(),
+            msg: d.msg,
+            qos: d.qos,
+        });
+        if let Some(packet_id) = d.packet_id {
+            out.push(Record::DeliverySent {
+                client_id: client(),
+                msg: d.msg,
+                packet_id,
+                state: d.state,
+            });
+        }
+    }
+    out.extend(
+        s.incoming_qos2
+            .iter()
+            .map(|&packet_id| Record::IncomingQos2Set {
+                client_id: client(),
+                packet_id,
+            }),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+use std::borrow::Cow;
+
+use super::*;
+use crate::store::testutil::{message, pid, session};
+
+fn c(s: &str) -> Cow<'static, str> {
+    Cow::Owned(s.to_owned())
+}
+
+fn sub(filter: &str, group: Option<&str>) -> Subscription<'static> {
+    Subscription {
+        share_group: group.map(c),
+        filter: c(filter),
+        qos: 1,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: 0,
+        identifier: Some(5),
+    }
+}
+
+fn replay(records: Vec<Record<'static>>) -> LiveState {
+    let mut s = LiveState::default();
+    for r in records {
+        s.apply(r);
+    }
+    s
+}
+
+/// A session with a subscription, a shared subscription, a queued, an in-flight and a
+/// PUBREL-sent delivery, an inbound QoS 2 id and a retained message.
+fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
+    let m = |i: u64| MsgId(base + i);
+    vec![
+        session(client, true),
+        Record::SubscriptionAdded {
+            client_id: c(client),
+            sub: sub("a/#", None),
+        },
+        Record::SubscriptionAdded {
+            client_id: c(client),
+            sub: sub("b", Some("g")),
+        },
+        Record::SubscriptionAdded {
+            client_id: c(client),
+            sub: sub("gone", None),
+        },
+        Record::SubscriptionRemoved {
+            client_id: c(client),
+            share_group: None,
+            filter: c("gone"),
+        },
+        Record::MessageStored {
+            id: m(1),
+            msg: message("a/1", b"one", false),
+        },
+        Record::MessageStored {
+            id: m(2),
+            msg: message("a/2", b"two", false),
+        },
+        Record::MessageStored {
+            id: m(3),
+            msg: message("a/3", b"three", true),
+        },
+        Record::MessageStored {
+            id: m(4),
+            msg: message("a/4", b"acked", false),
+        },
+        Record::DeliveryQueued {
+            client_id: c(client),
+            msg: m(4),
+            qos: 1,
+        },
+        Record::DeliveryQueued {
+            client_id: c(client),
+            msg: m(1),
+            qos: 1,
+        },
+        Record::DeliveryQueued {
+            client_id: c(client),
+            msg: m(2),
+            qos: 2,
+        },
+        Record::DeliveryQueued {
+            client_id: c(client),
+            msg: m(3),
+            qos: 1,
+        },
+        Record::DeliverySent {
+            client_id: c(client),
+            msg: m(4),
+            packet_id: pid(7),
+            state: DeliveryState::InFlight,
+        },
+        Record::DeliveryDone {
+            client_id: c(client),
+            packet_id: pid(7),
+        },
+        Record::DeliverySent {
+            client_id: c(client),
+            msg: m(1),
+            packet_id: pid(8),
+            state: DeliveryState::InFlight,
+        },
+        Record::DeliverySent {
+            client_id: c(client),
+            msg: m(2),
+            packet_id: pid(9),
+            state: DeliveryState::InFlight,
+        },
+        Record::DeliverySent {
+            client_id: c(client),
+            msg: m(2),
+            packet_id: pid(9),
+            state: DeliveryState::PubrelSent,
+        },
+        Record::IncomingQos2Set {
+            client_id: c(client),
+            packet_id: pid(3),
+        },
+        Record::IncomingQos2Set {
+            client_id: c(client),
+            packet_id: pid(4),
+        },
+        Record::IncomingQos2Cleared {
+            client_id: c(client),
+            packet_id: pid(3),
+        },
+        Record::RetainedSet {
+            topic: c("a/3"),
+            msg: m(3),
+            stamp: base + 10,
+        },
+        Record::SessionDisconnected {
+            client_id: c(client),
+            at_unix_ms: 1000,
+        },
+    ]
+}
+
+#[test]
+fn records_build_the_expected_session() {
+    let mut s = replay(busy("c1", 0));
+    s.finish();
+    let sess = &s.sessions["c1"];
+    assert_eq!(sess.subscriptions.len(), 2);
+    assert!(sess
+        .subscriptions
+        .contains_key(&(Some("g".into()), "b".into())));
+    let got: Vec<_> = sess
+        .deliveries
+        .iter()
+        .map(|d| (d.msg.0, d.packet_id.map(|p| p.get()), d.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some(8), DeliveryState::InFlight),
+            (2, Some(9), DeliveryState::PubrelSent),
+            (3, None, DeliveryState::Queued),
+        ]
+    );
+    assert_eq!(
+        sess.incoming_qos2
+            .iter()
+            .map(|p| p.get())
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(sess.disconnected_at_unix_ms, Some(1000));
+    // Message 4 was acknowledged and nothing else refers to it.
+    assert_eq!(
+        s.messages.keys().map(|m| m.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(s.retained["a/3"].msg, Some(MsgId(3)));
+    assert_eq!(s.orphans, 0);
+}
+
+#[test]
+fn records_of_a_state_rebuild_it() {
+    let mut s = replay(busy("c1", 0));
+    s.apply(Record::SessionCreated(match session("c2", false) {
+        Record::SessionCreated(i) => i,
+        _ => unreachable!(),
+    }));
+    s.finish();
+    let rebuilt = replay(s.records().map(Record::into_owned).collect());
+    assert_eq!(rebuilt, s);
+}
+
+#[test]
+fn ending_a_session_drops_its_messages_and_counts_orphans() {
+    let mut recs = busy("c1", 0);
+    recs.push(Record::SessionEnded { client_id: c("c1") });
+    recs.push(Record::DeliveryQueued {
+        client_id: c("c1"),
+        msg: MsgId(1),
+        qos: 1,
+    });
+    let mut s = replay(recs);
+    s.finish();
+    assert!(s.sessions.is_empty());
+    // Only the retained message survives.
+    assert_eq!(s.messages.keys().map(|m| m.0).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(s.orphans, 1);
+}
+
+#[test]
+fn merge_renumbers_messages_and_keeps_the_newest_retained() {
+    let mut a = replay(busy("c1", 0));
+    let mut b = replay(busy("c2", 0)); // the same message ids, in another shard's log
+    b.apply(Record::RetainedCleared {
+        topic: c("a/3"),
+        stamp: 99,
+    });
+    a.apply(Record::RetainedSet {
+        topic: c("x"),
+        msg: MsgId(1),
+        stamp: 50,
+    });
+    b.apply(Record::MessageStored {
+        id: MsgId(9),
+        msg: message("x", b"newer", false),
+    });
+    b.apply(Record::RetainedSet {
+        topic: c("x"),
+        msg: MsgId(9),
+        stamp: 51,
+    });
+    let conflicts = a.merge(b.clone());
+    assert_eq!(conflicts, 0);
+    assert_eq!(a.merge(replay(busy("c2", 0))), 1, "c2 twice is a conflict");
+    a.finish();
+    assert!(
+        !a.retained.contains_key("a/3"),
+        "the clear at stamp 99 wins"
+    );
+    let x = a.retained["x"]
+        .msg
+        .and_then(|m| a.messages.get(&m))
+        .map(|m| m.payload.to_vec());
+    assert_eq!(x, Some(b"newer".to_vec()));
+    let payloads = |client: &str| -> Vec<Vec<u8>> {
+        a.sessions[client]
+            .deliveries
+            .iter()
+            .map(|d| a.messages[&d.msg].payload.to_vec())
+            .collect()
+    };
+    assert_eq!(payloads("c1"), payloads("c2"));
+    assert_eq!(
+        payloads("c1"),
+        vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+    );
+}
+
+#[test]
+fn split_sends_sessions_home_with_their_messages() {
+    let mut s = replay(busy("c1", 0));
+    s.merge(replay(busy("c2", 0)));
+    s.finish();
+    let parts = s.clone().split(3, |c| if c == "c1" { 1 } else { 5 }, |_| 0);
+    assert_eq!(parts.len(), 3);
+    assert!(parts[1].sessions.contains_key("c1"));
+    assert!(parts[2].sessions.contains_key("c2"));
+    assert_eq!(parts[0].retained.len(), 1);
+    for p in &parts {
+        let mut q = p.clone();
+        q.finish();
+        assert_eq!(
+            &q, p,
+            "each part is self-contained: nothing dangling, nothing extra"
+        );
+    }
+    let total: usize = parts.iter().map(|p| p.sessions.len()).sum();
+    assert_eq!(total, 2);
+}

@@ -1,0 +1,215 @@
+//! Test helpers shared by the store's unit tests: one sample of every record, a proptest
+//! strategy for random records, and a scratch directory removed on drop.
+
+use std::borrow::Cow;
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use super::record::*;
+
+/// A packet id from a literal that is not zero.
+pub fn pid(n: u16) -> NonZeroU16 {
+    NonZeroU16::new(n.max(1)).unwrap_or(NonZeroU16::MIN)
+}
+
+fn props(full: bool) -> MessageProps<'static> {
+    if !full {
+        return MessageProps::default();
+    }
+    MessageProps {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(Cow::Owned(vec![0, 1, 2])),
+        user_properties: Cow::Owned(vec![0x26, 0, 1, b'k', 0, 1, b'v']),
+    }
+}
+
+/// A message on `topic` with `payload`.
+pub fn message(topic: &str, payload: &[u8], full: bool) -> StoredMessage<'static> {
+    StoredMessage {
+        topic: Cow::Owned(topic.to_owned()),
+        payload: Cow::Owned(payload.to_vec()),
+        qos: 1,
+        retain: full,
+        expires_at_unix_ms: full.then_some(1_800_000_000_000),
+        props: props(full),
+    }
+}
+
+/// A session record for `client`.
+pub fn session(client: &str, with_will: bool) -> Record<'static> {
+    Record::SessionCreated(SessionInfo {
+        client_id: Cow::Owned(client.to_owned()),
+        protocol: 5,
+        expiry_interval_s: 3600,
+        will: with_will.then(|| Will {
+            topic: "will/t".into(),
+            payload: Cow::Owned(b"gone".to_vec()),
+            qos: 2,
+            retain: true,
+            delay_s: 30,
+            expiry_interval_s: Some(60),
+            props: props(true),
+        }),
+    })
+}
+
+/// One record of every kind (and both shapes of the optional parts).
+pub fn samples() -> Vec<Record<'static>> {
+    let c = || Cow::Borrowed("client-1");
+    vec![
+        session("client-1", false),
+        session("client-1", true),
+        Record::SessionDisconnected {
+            client_id: c(),
+            at_unix_ms: 1_700_000_000_123,
+        },
+        Record::SessionEnded { client_id: c() },
+        Record::SubscriptionAdded {
+            client_id: c(),
+            sub: Subscription {
+                share_group: None,
+                filter: "a/+/c".into(),
+                qos: 1,
+                no_local: false,
+                retain_as_published: true,
+                retain_handling: 2,
+                identifier: Some(268_435_455),
+            },
+        },
+        Record::SubscriptionAdded {
+            client_id: c(),
+            sub: Subscription {
+                share_group: Some("g1".into()),
+                filter: "#".into(),
+                qos: 2,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: 0,
+                identifier: None,
+            },
+        },
+        Record::SubscriptionRemoved {
+            client_id: c(),
+            share_group: Some("g1".into()),
+            filter: "#".into(),
+        },
+        Record::SubscriptionRemoved {
+            client_id: c(),
+            share_group: None,
+            filter: "a/+/c".into(),
+        },
+        Record::MessageStored {
+            id: MsgId(7),
+            msg: message("a/b/c", b"hello", true),
+        },
+        Record::MessageStored {
+            id: MsgId(u64::MAX),
+            msg: message("x", b"", false),
+        },
+        Record::DeliveryQueued {
+            client_id: c(),
+            msg: MsgId(7),
+            qos: 1,
+        },
+        Record::DeliverySent {
+            client_id: c(),
+            msg: MsgId(7),
+            packet_id: pid(1),
+            state: DeliveryState::InFlight,
+        },
+        Record::DeliverySent {
+            client_id: c(),
+            msg: MsgId(7),
+            packet_id: pid(65535),
+            state: DeliveryState::PubrelSent,
+        },
+        Record::DeliveryDone {
+            client_id: c(),
+            packet_id: pid(9),
+        },
+        Record::DeliveryDropped {
+            client_id: c(),
+            msg: MsgId(7),
+        },
+        Record::IncomingQos2Set {
+            client_id: c(),
+            packet_id: pid(3),
+        },
+        Record::IncomingQos2Cleared {
+            client_id: c(),
+            packet_id: pid(3),
+        },
+        Record::RetainedSet {
+            topic: "a/b".into(),
+            msg: MsgId(7),
+            stamp: 42,
+        },
+        Record::RetainedCleared {
+            topic: "a/b".into(),
+            stamp: 43,
+        },
+    ]
+}
+
+/// A strategy for arbitrary records: samples with random strings, ids and payloads.
+pub fn arb_record() -> impl Strategy<Value = Record<'static>> {
+    let n = samples().len();
+    (
+        0..n,
+        "[a-z/]{0,12}",
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any::<u64>(),
+        1..=u16::MAX,
+    )
+        .prop_map(|(i, s, payload, id, p)| {
+            let mut r = samples().swap_remove(i);
+            match &mut r {
+                Record::MessageStored { id: mid, msg } => {
+                    *mid = MsgId(id);
+                    msg.topic = Cow::Owned(s);
+                    msg.payload = Cow::Owned(payload);
+                }
+                Record::SessionEnded { client_id } | Record::DeliveryDropped { client_id, .. } => {
+                    *client_id = Cow::Owned(s)
+                }
+                Record::DeliveryDone { packet_id, .. } => *packet_id = pid(p),
+                Record::RetainedSet { topic, stamp, .. } => {
+                    *topic = Cow::Owned(s);
+                    *stamp = id;
+                }
+                _ => {}
+            }
+            r
+        })
+}
+
+/// A directory under the system temporary directory, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A fresh, empty directory named after `name`, this process and a counter.
+    pub fn new(name: &str) -> Scratch {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("shardmq-store-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create scratch dir");
+        Scratch(p)
+    }
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

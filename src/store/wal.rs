@@ -1,0 +1,495 @@
+//! One shard's write-ahead log: group commit on the shard, `fdatasync` on a sync thread.
+//!
+//! Owns: the shard directory's segment files while the broker runs, the in-memory batch of
+//! the current loop turn, and the sync thread. The shard calls [`Wal::append`] during a
+//! turn (encoding only), [`Wal::end_turn`] once at its end (one `write` of the whole batch),
+//! and reads [`Wal::durable_lsn`] when the sync thread's callback wakes it.
+//!
+//! Invariants: segments hold whole batches, so a segment's header names its first LSN and
+//! the segment before it holds every LSN below that. The sync thread learns of new
+//! segments through a channel *before* the written LSN that needs them is published, and
+//! syncs the previous segment and the directory before moving on, so "durable up to L"
+//! covers every file holding an LSN ≤ L. After a failed `fdatasync` the durable LSN never
+//! moves again ([`Wal::failed`]). Must not touch: anything outside its shard directory.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::frame::{encode_frame, FileHeader, FileKind, FILE_HEADER_BYTES};
+use super::record::Record;
+use super::{create_private, io, sync_dir, Lsn, StoreError};
+
+/// Default segment size before rolling to a new file, bytes.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The sync thread rechecks for work at least this often, even without a wake-up.
+const SYNC_PARK_MS: u64 = 100;
+/// File name of a shard's checkpoint.
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
+
+/// When records count as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// After `fdatasync` (survives power loss). The default.
+    Always,
+    /// After `write` (survives `kill -9`, not power loss).
+    Never,
+}
+
+/// When to write a checkpoint: whichever bound is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Log bytes written since the last checkpoint.
+    pub log_bytes_max: u64,
+    /// Time since the last checkpoint, seconds (`autosave_interval`); 0 = by size only.
+    pub interval_s: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            log_bytes_max: 4 * SEGMENT_BYTES_DEFAULT,
+            interval_s: 300,
+        }
+    }
+}
+
+/// How a log is run.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOptions {
+    /// Roll to a new segment once one reaches this size, bytes.
+    pub segment_bytes_max: u64,
+    /// `fdatasync` or not.
+    pub sync: SyncMode,
+    /// Checkpoint policy.
+    pub checkpoint: CheckpointPolicy,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            sync: SyncMode::Always,
+            checkpoint: CheckpointPolicy::default(),
+        }
+    }
+}
+
+/// What the shard and its sync thread share: three atomics.
+struct Shared {
+    written: AtomicU64,
+    durable: AtomicU64,
+    failed: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// A segment the sync thread must switch to, after syncing the current one.
+struct Roll {
+    file: File,
+}
+
+/// The file name of segment number `n`.
+pub fn segment_name(n: u64) -> String {
+    format!("{n:08}.wal")
+}
+
+/// The segment number of a file name, if it is one.
+pub fn segment_number(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() < 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The sorted segment numbers in `dir`.
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("list shard directory"))? {
+        let entry = entry.map_err(io("list shard directory"))?;
+        if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// One shard's log, owned by the shard thread.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    file: File,
+    segment_no: u64,
+    segment_bytes: u64,
+    batch: Vec<u8>,
+    next_lsn: Lsn,
+    shared: Arc<Shared>,
+    rolls: crossbeam_channel::Sender<Roll>,
+    sync_thread: Option<JoinHandle<()>>,
+    log_bytes_since_checkpoint: u64,
+    last_checkpoint: Instant,
+    checkpoint_job: Option<JoinHandle<Result<(), StoreError>>>,
+}
+
+impl Wal {
+    /// Open the log in `dir`, which holds at most a checkpoint (a freshly installed layout,
+    /// see [`super::install`]); logging continues after the checkpoint's LSN. `on_durable`
+    /// runs on the sync thread each time [`Wal::durable_lsn`] advances (the shard passes
+    /// its waker). A directory that still holds segments is refused: recover it first.
+    pub fn open(
+        dir: &Path,
+        opts: WalOptions,
+        on_durable: impl Fn() + Send + 'static,
+    ) -> Result<Wal, StoreError> {
+        super::create_dir_private(dir)?;
+        if !list_segments(dir)?.is_empty() {
+            return Err(StoreError::NeedsRecovery(dir.to_path_buf()));
+        }
+        let start = checkpoint_lsn(dir)?;
+        let shared = Arc::new(Shared {
+            written: AtomicU64::new(start),
+            durable: AtomicU64::new(start),
+            failed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let segment_no = 1;
+        let file = new_segment(dir, segment_no, start + 1)?;
+        sync_dir(dir)?;
+        let (rolls, roll_rx) = crossbeam_channel::unbounded();
+        let sync_thread = match opts.sync {
+            SyncMode::Always => {
+                let file = file.try_clone().map_err(io("clone segment handle"))?;
+                let (s, d) = (Arc::clone(&shared), dir.to_path_buf());
+                let t = std::thread::Builder::new()
+                    .name("shardmq-sync".into())
+                    .spawn(move || sync_loop(&s, file, &roll_rx, &d, &on_durable))
+                    .map_err(io("spawn sync thread"))?;
+                Some(t)
+            }
+            SyncMode::Never => None,
+        };
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            file,
+            segment_no,
+            segment_bytes: FILE_HEADER_BYTES as u64,
+            batch: Vec::new(),
+            next_lsn: start + 1,
+            shared,
+            rolls,
+            sync_thread,
+            log_bytes_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            checkpoint_job: None,
+        })
+    }
+
+    /// Add `record` to this turn's batch and return its LSN. Encoding only: no I/O.
+    pub fn append(&mut self, record: &Record<'_>) -> Lsn {
+        let lsn = self.next_lsn;
+        encode_frame(&mut self.batch, lsn, record);
+        self.next_lsn += 1;
+        lsn
+    }
+
+    /// The LSN of the last record appended (0 before any).
+    pub fn last_lsn(&self) -> Lsn {
+        self.next_lsn - 1
+    }
+
+    /// Bytes appended this turn and not yet written.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// End of a loop turn: write the batch with one `write` (rolling the segment first if
+    /// it would pass its size), then hand its LSN to the sync thread. On an error (ENOSPC)
+    /// the file is cut back to where it was and the batch kept for the next call, so no ack
+    /// waiting on it is ever released; the caller should refuse new QoS > 0 work meanwhile.
+    pub fn end_turn(&mut self) -> Result<(), StoreError> {
+        if self.failed() {
+            return Err(StoreError::SyncFailed);
+        }
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let header = FILE_HEADER_BYTES as u64;
+        let len = self.batch.len() as u64;
+        if self.segment_bytes > header && self.segment_bytes + len > self.opts.segment_bytes_max {
+            self.roll()?;
+        }
+        if let Err(e) = self.file.write_all(&self.batch) {
+            // O_APPEND: the next write lands at the end, so a partial frame must go first.
+            let _ = self.file.set_len(self.segment_bytes);
+            return Err(StoreError::Io("write log batch", e));
+        }
+        self.segment_bytes += len;
+        self.log_bytes_since_checkpoint += len;
+        self.batch.clear();
+        let written = self.last_lsn();
+        match self.opts.sync {
+            SyncMode::Always => {
+                self.shared.written.store(written, Ordering::Release);
+                if let Some(t) = &self.sync_thread {
+                    t.thread().unpark();
+                }
+            }
+            SyncMode::Never => self.shared.durable.store(written, Ordering::Release),
+        }
+        Ok(())
+    }
+
+    /// Start segment `segment_no + 1` at the next LSN to be written.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        // Batches are whole in a segment: the new one starts after the last written LSN.
+        let first = self.written_lsn() + 1;
+        let n = self.segment_no + 1;
+        let file = new_segment(&self.dir, n, first)?;
+        if self.opts.sync == SyncMode::Always {
+            let clone = file.try_clone().map_err(io("clone segment handle"))?;
+            // The receiver lives as long as the sync thread; if it is gone the log has
+            // failed and `failed()` says so on the next call.
+            let _ = self.rolls.send(Roll { file: clone });
+        }
+        self.file = file;
+        self.segment_no = n;
+        self.segment_bytes = FILE_HEADER_BYTES as u64;
+        Ok(())
+    }
+
+    fn written_lsn(&self) -> Lsn {
+        match self.opts.sync {
+            SyncMode::Always => self.shared.written.load(Ordering::Acquire),
+            SyncMode::Never => self.shared.durable.load(Ordering::Acquire),
+        }
+    }
+
+    /// Every record with an LSN ≤ this is durable. Read it when the callback fires.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Whether an `fdatasync` failed: the durable LSN will not move again.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Whether the checkpoint policy asks for a checkpoint now (and none is running).
+    pub fn checkpoint_due(&self, now: Instant) -> bool {
+        let p = self.opts.checkpoint;
+        let by_time =
+            p.interval_s > 0 && now.duration_since(self.last_checkpoint).as_secs() >= p.interval_s;
+        self.checkpoint_job.is_none()
+            && self.log_bytes_since_checkpoint > 0
+            && (self.log_bytes_since_checkpoint >= p.log_bytes_max || by_time)
+    }
+
+    /// Log bytes written since the last checkpoint began.
+    pub fn log_bytes_since_checkpoint(&self) -> u64 {
+        self.log_bytes_since_checkpoint
+    }
+
+    /// Start a checkpoint of `live`, the records describing the engine's whole state as of
+    /// [`Wal::last_lsn`] (call it between turns, after [`Wal::end_turn`]). Encoding happens
+    /// here; writing, `fsync`, rename and deleting the segments it covers happen on a
+    /// background thread. Returns `Ok(false)` if one is still running or the batch is not
+    /// empty (nothing done).
+    pub fn checkpoint<'r>(
+        &mut self,
+        live: impl IntoIterator<Item = Record<'r>>,
+    ) -> Result<bool, StoreError> {
+        self.poll_checkpoint()?;
+        if self.checkpoint_job.is_some() || !self.batch.is_empty() {
+            return Ok(false);
+        }
+        let upto = self.last_lsn();
+        let bytes = encode_checkpoint(upto, live);
+        // Segments below the one the next write goes to hold only LSNs ≤ upto.
+        if self.segment_bytes > FILE_HEADER_BYTES as u64 {
+            self.roll()?;
+        }
+        let keep_from = self.segment_no;
+        let dir = self.dir.clone();
+        let job = std::thread::Builder::new()
+            .name("shardmq-checkpoint".into())
+            .spawn(move || {
+                write_checkpoint(&dir, &bytes)?;
+                delete_segments_before(&dir, keep_from)
+            })
+            .map_err(io("spawn checkpoint thread"))?;
+        self.checkpoint_job = Some(job);
+        self.log_bytes_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(true)
+    }
+
+    /// Whether a checkpoint is running; reaps a finished one and returns its error, if any.
+    pub fn poll_checkpoint(&mut self) -> Result<bool, StoreError> {
+        match self.checkpoint_job.take() {
+            Some(job) if job.is_finished() => match job.join() {
+                Ok(result) => result.map(|()| false),
+                Err(_) => Err(StoreError::Io(
+                    "checkpoint thread",
+                    std::io::Error::other("panicked"),
+                )),
+            },
+            Some(job) => {
+                self.checkpoint_job = Some(job);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Wait (up to `timeout`) until the running checkpoint, if any, finishes.
+    pub fn wait_checkpoint(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + timeout;
+        while self.poll_checkpoint()? {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Best effort at shutdown: write what is batched, let the sync thread sync it.
+        let _ = self.end_turn();
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.sync_thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        if let Some(job) = self.checkpoint_job.take() {
+            let _ = job.join();
+        }
+    }
+}
+
+/// The sync thread: whenever the written LSN passes the synced one, switch through any
+/// new segments (syncing each one left), `fdatasync` the current one, publish the LSN and
+/// call back. Exits on stop once everything written is synced, or on the first failure.
+fn sync_loop(
+    shared: &Shared,
+    mut file: File,
+    rolls: &crossbeam_channel::Receiver<Roll>,
+    dir: &Path,
+    on_durable: &dyn Fn(),
+) {
+    let mut synced = shared.durable.load(Ordering::Acquire);
+    loop {
+        let written = shared.written.load(Ordering::Acquire);
+        if written > synced {
+            let result = sync_through(&mut file, rolls, dir);
+            if result.is_err() {
+                shared.failed.store(true, Ordering::Release);
+                on_durable();
+                return;
+            }
+            synced = written;
+            shared.durable.store(synced, Ordering::Release);
+            on_durable();
+            continue;
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::park_timeout(Duration::from_millis(SYNC_PARK_MS));
+    }
+}
+
+fn sync_through(
+    file: &mut File,
+    rolls: &crossbeam_channel::Receiver<Roll>,
+    dir: &Path,
+) -> Result<(), StoreError> {
+    let mut rolled = false;
+    while let Ok(next) = rolls.try_recv() {
+        file.sync_data().map_err(io("fdatasync segment"))?;
+        *file = next.file;
+        rolled = true;
+    }
+    if rolled {
+        sync_dir(dir)?;
+    }
+    file.sync_data().map_err(io("fdatasync segment"))
+}
+
+/// Create segment `n` whose first record will be `first_lsn`, with its header written.
+fn new_segment(dir: &Path, n: u64, first_lsn: Lsn) -> Result<File, StoreError> {
+    let mut f = create_private(&dir.join(segment_name(n))).map_err(io("create segment"))?;
+    let header = FileHeader {
+        kind: FileKind::Segment,
+        lsn: first_lsn,
+    };
+    f.write_all(&header.encode())
+        .map_err(io("write segment header"))?;
+    Ok(f)
+}
+
+/// The LSN the checkpoint in `dir` covers, or 0 without one.
+fn checkpoint_lsn(dir: &Path) -> Result<Lsn, StoreError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let mut head = [0u8; FILE_HEADER_BYTES];
+    match File::open(&path) {
+        Ok(mut f) => {
+            use std::io::Read;
+            f.read_exact(&mut head).map_err(io("read checkpoint"))?;
+            match FileHeader::decode(&head) {
+                Ok(h) if h.kind == FileKind::Checkpoint => Ok(h.lsn),
+                _ => Err(StoreError::NeedsRecovery(dir.to_path_buf())),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StoreError::Io("open checkpoint", e)),
+    }
+}
+
+/// A checkpoint file's bytes: a header naming `upto`, then the records framed with LSNs
+/// 1, 2, … (their own sequence, so a torn or flipped checkpoint is caught like a log).
+pub fn encode_checkpoint<'r>(upto: Lsn, live: impl IntoIterator<Item = Record<'r>>) -> Vec<u8> {
+    let header = FileHeader {
+        kind: FileKind::Checkpoint,
+        lsn: upto,
+    };
+    let mut bytes = header.encode().to_vec();
+    for (i, r) in live.into_iter().enumerate() {
+        encode_frame(&mut bytes, i as u64 + 1, &r);
+    }
+    bytes
+}
+
+/// Write a checkpoint: temporary file, `fsync`, rename over the old one, `fsync` the
+/// directory. A crash at any point leaves the old checkpoint or the new one, whole.
+pub fn write_checkpoint(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = dir.join(CHECKPOINT_TMP_FILE);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = create_private(&tmp).map_err(io("create checkpoint"))?;
+    f.write_all(bytes).map_err(io("write checkpoint"))?;
+    f.sync_all().map_err(io("fsync checkpoint"))?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE)).map_err(io("rename checkpoint"))?;
+    sync_dir(dir)
+}
+
+/// Delete every segment numbered below `keep_from` (a synced checkpoint covers them).
+fn delete_segments_before(dir: &Path, keep_from: u64) -> Result<(), StoreError> {
+    for n in list_segments(dir)? {
+        if n < keep_from {
+            std::fs::remove_file(dir.join(segment_name(n))).map_err(io("delete segment"))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests;
