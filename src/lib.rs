@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod protocol;

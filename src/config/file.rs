@@ -46,6 +46,8 @@ pub struct FileSettings {
     pub sys_interval: Option<u32>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
+    /// `connection` blocks (bridges), validated.
+    pub bridges: Vec<super::bridge::BridgeConfig>,
 }
 
 /// A configuration file problem: where and what.
@@ -104,7 +106,25 @@ pub fn load(path: &Path) -> Result<FileSettings, FileError> {
         line: 0,
         problem: format!("cannot read: {e}"),
     })?;
-    parse(&text, &name)
+    let s = parse(&text, &name)?;
+    refuse_bridges_until_they_run(&s, &name)?;
+    Ok(s)
+}
+
+/// Bridges are parsed and validated, but this build does not run them yet: refusing to
+/// start is better than a broker that silently forwards nothing.
+fn refuse_bridges_until_they_run(s: &FileSettings, name: &str) -> Result<(), FileError> {
+    match s.bridges.first() {
+        Some(b) => Err(FileError {
+            file: name.to_string(),
+            line: b.line,
+            problem: format!(
+                "connection '{}': bridges are not run by this build yet; refusing to start",
+                b.name
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Parse configuration text; `name` is used in errors.
@@ -112,6 +132,7 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
     let mut s = FileSettings::default();
     let mut port: Option<u16> = None;
     let mut bind_address: Option<IpAddr> = None;
+    let mut bridges = super::bridge::BridgeParser::default();
     for (i, raw) in text.lines().enumerate() {
         let err = |problem: String| FileError {
             file: name.to_string(),
@@ -127,6 +148,10 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         }
         let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let value = value.trim();
+        if super::bridge::is_bridge_key(key) {
+            bridges.line(key, value, i + 1).map_err(err)?;
+            continue;
+        }
         match key {
             "listener" => s.binds.push(listener(value).map_err(err)?),
             "port" => port = Some(number(key, value).map_err(err)?),
@@ -143,6 +168,11 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         let ip = bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         s.binds.push(SocketAddr::new(ip, p));
     }
+    s.bridges = bridges.finish().map_err(|(line, problem)| FileError {
+        file: name.to_string(),
+        line,
+        problem,
+    })?;
     Ok(s)
 }
 
@@ -277,6 +307,21 @@ mod tests {
             );
             assert_eq!(e.to_string(), format!("b.conf:{line}: {problem}"));
         }
+    }
+
+    #[test]
+    fn bridge_blocks_are_parsed_and_refused_at_start() {
+        let text = "listener 1883\nconnection cloud\naddress 127.0.0.1:1884\ntopic # both 1\n";
+        let s = parse(text, "b.conf").expect("valid");
+        assert_eq!(s.bridges.len(), 1);
+        assert_eq!(s.bridges[0].name, "cloud");
+        let e = refuse_bridges_until_they_run(&s, "b.conf").expect_err("not run yet");
+        assert_eq!(e.line, 2);
+        let e = parse("connection c\naddress h\ntopic a/#/b\n", "b.conf").expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "b.conf:3: topic: 'a/#/b' is not a valid topic filter"
+        );
     }
 
     #[test]

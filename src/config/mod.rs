@@ -4,6 +4,7 @@
 //! then only read; it is handed to each shard by value (`Arc`), never a global. The command
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 
+pub mod bridge;
 pub mod file;
 
 use std::net::SocketAddr;
