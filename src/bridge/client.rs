@@ -307,6 +307,11 @@ impl Bridge {
         (self.queue.len(), self.inflight.len())
     }
 
+    /// Up, and every subscription sent on this connection has its SUBACK.
+    pub fn subscribed(&self) -> bool {
+        self.is_up() && self.subscribing.is_empty()
+    }
+
     /// Connected and CONNACK accepted.
     pub fn is_up(&self) -> bool {
         matches!(self.link, Link::Connected(_))
