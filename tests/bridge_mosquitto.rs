@@ -37,12 +37,22 @@ impl Mosquitto {
         let dir =
             std::env::temp_dir().join(format!("shardmq-bridge-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        // Started as root, mosquitto drops to its own user, which must write its database.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Mosquitto::start_in(port, dir)
+    }
+
+    /// Start on `port` with its configuration and persistence in `dir` (kept across a
+    /// restart, so sessions survive a clean stop).
+    fn start_in(port: u16, dir: std::path::PathBuf) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("write conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/log\nlog_type all\n",
+            dir.display(),
+            dir.display()
+        );
+        std::fs::write(&conf, text).expect("write conf");
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -63,11 +73,33 @@ impl Mosquitto {
     }
 }
 
+impl Mosquitto {
+    /// Stop with SIGTERM (Mosquitto saves its sessions), by PID, and wait, bounded.
+    fn stop(mut self) -> (u16, std::path::PathBuf) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "mosquitto {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kept = (self.port, std::mem::take(&mut self.dir));
+        drop(self);
+        kept
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -178,7 +210,17 @@ fn config(text: &str) -> BridgeConfig {
 
 /// Turn both drivers until `done` holds, at most `WAIT`.
 fn run_until(a: &mut Driver, b: &mut Driver, what: &str, done: impl Fn(&Driver, &Driver) -> bool) {
-    let deadline = Instant::now() + WAIT;
+    run_within(WAIT, a, b, what, done)
+}
+
+fn run_within(
+    limit: Duration,
+    a: &mut Driver,
+    b: &mut Driver,
+    what: &str,
+    done: impl Fn(&Driver, &Driver) -> bool,
+) {
+    let deadline = Instant::now() + limit;
     while !done(a, b) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         a.turn();
@@ -272,5 +314,85 @@ fn connect_subscribe_and_qos1_round_trips_through_mosquitto() {
         .local
         .iter()
         .any(|p| p.topic == "$SYS/broker/connection/site-bridge/state" && p.payload == b"1"));
+    drop(broker);
+}
+
+/// The numbers carried by `site/out/N` messages at the cloud side, in arrival order.
+fn arrivals(cloud: &Driver) -> Vec<u32> {
+    let msgs = cloud
+        .local
+        .iter()
+        .filter(|p| p.topic.starts_with("site/out/"));
+    msgs.filter_map(|p| std::str::from_utf8(&p.payload).ok()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn queued_and_in_flight_qos1_messages_survive_a_remote_restart_in_order() {
+    const BEFORE: u32 = 100;
+    const WHILE_DOWN: u32 = 100;
+    let broker = Mosquitto::start();
+    let port = broker.port;
+    let mut site = Driver::new(&format!(
+        "connection site\naddress 127.0.0.1:{port}\ntopic out/# out 1 \"\" site/\nremote_clientid site-r\nrestart_timeout 1\nnotifications false"
+    ));
+    let mut cloud = Driver::new(&format!(
+        "connection cloud\naddress 127.0.0.1:{port}\ntopic site/# in 1\nremote_clientid cloud-r\nrestart_timeout 1\nnotifications false\nbridge_protocol_version mqttv50"
+    ));
+    run_until(&mut site, &mut cloud, "both subscribed", |a, b| {
+        a.bridge.subscribed() && b.bridge.subscribed()
+    });
+    let offer = |d: &mut Driver, n: u32| {
+        let now = d.now();
+        let p: Arc<[u8]> = Arc::from(n.to_string().as_bytes());
+        let got = d
+            .bridge
+            .offer(now, &format!("out/{n}"), &p, QoS::AtLeastOnce, false, false);
+        assert!(matches!(got, Offer::Accepted(Some(_))), "{n}: {got:?}");
+    };
+    for n in 0..BEFORE {
+        offer(&mut site, n);
+    }
+    // Write the first window, then stop the remote before its PUBACKs are read.
+    site.flush(site.now());
+    assert!(
+        site.bridge.depth().1 > 0,
+        "messages are in flight when the remote goes"
+    );
+    let (port, dir) = broker.stop();
+    run_until(&mut site, &mut cloud, "both see the remote gone", |a, b| {
+        !a.bridge.is_up() && !b.bridge.is_up()
+    });
+    // The window (20 of 100) is in flight: these are the ones resent with DUP.
+    assert_eq!(
+        site.bridge.depth().1,
+        20,
+        "a full window in flight while the remote is down"
+    );
+    for n in BEFORE..BEFORE + WHILE_DOWN {
+        offer(&mut site, n);
+    }
+    let broker = Mosquitto::start_in(port, dir);
+    let total = BEFORE + WHILE_DOWN;
+    run_within(
+        WAIT * 3,
+        &mut site,
+        &mut cloud,
+        "every message at the cloud side",
+        |a, b| {
+            a.bridge.depth() == (0, 0)
+                && arrivals(b).iter().filter(|&&n| n == total - 1).count() > 0
+        },
+    );
+    // In order per publisher; a repeat (from a resend) only ever repeats an earlier number.
+    let mut seen = Vec::new();
+    for n in arrivals(&cloud) {
+        if !seen.contains(&n) {
+            assert_eq!(n, seen.len() as u32, "out of order: {:?}", arrivals(&cloud));
+            seen.push(n);
+        }
+    }
+    assert_eq!(seen.len() as u32, total, "all arrived");
+    assert!(site.bridge.stats().connects >= 2, "the site reconnected");
     drop(broker);
 }
