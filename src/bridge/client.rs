@@ -9,16 +9,16 @@
 //! back. Must not touch: sockets, clocks, the broker.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+
+mod flows;
 
 use super::backoff::Backoff;
 use super::queue::{ForwardQueue, OutMessage, Queued, Record, Restored};
 use super::topics::Mapper;
 use crate::config::bridge::{Address, BridgeConfig};
 use crate::protocol::{
-    decode, encode, encoded_len, Ack, ConnAck, Connect, Decoded, Packet, PacketId, Properties,
-    Publish, QoS, ReasonCode, SubAck, Subscribe, Subscription, SubscriptionList,
-    SubscriptionOptions, Version, Will,
+    decode, encode, Ack, ConnAck, Connect, Decoded, Packet, PacketId, Properties, QoS, ReasonCode,
+    Version, Will,
 };
 
 /// How long a TCP (or TLS) connect may take before the next address is tried, ms.
@@ -264,6 +264,8 @@ impl Bridge {
     /// Messages that were sent go back in flight under their packet id, to be resent with
     /// DUP; the rest are queued in order.
     pub fn restore(&mut self, restored: Restored) {
+        self.inbound_qos2
+            .extend(restored.inbound_held.into_iter().map(|id| (id, true)));
         let mut queued = Vec::new();
         for (seq, (msg, id, received)) in restored.messages {
             match id {
@@ -564,7 +566,10 @@ impl Bridge {
             Packet::PubRec(a) => self.pubrec(now_ms, &a),
             Packet::PubComp(a) => self.acked(a.packet_id, Stage::Comp, a.reason),
             Packet::PubRel(a) => {
-                self.inbound_qos2.remove(&a.packet_id);
+                if self.inbound_qos2.remove(&a.packet_id) == Some(true) {
+                    let packet_id = a.packet_id;
+                    self.records.push(Record::InboundReleased { packet_id });
+                }
                 self.send(now_ms, &Packet::PubComp(Ack::new(a.packet_id)));
             }
             Packet::SubAck(s) => self.suback(&s),
@@ -612,332 +617,18 @@ impl Bridge {
         self.failures_in_row = 0;
         self.backoff.reset();
         if !a.session_present {
-            self.inbound_qos2.clear();
+            // The remote forgot its side: our held ids mean nothing any more.
+            for (packet_id, held) in self.inbound_qos2.drain() {
+                if held {
+                    self.records.push(Record::InboundReleased { packet_id });
+                }
+            }
         }
         self.resend_inflight(now_ms, a.session_present);
         self.subscribe(now_ms);
         self.notify_remote_up(now_ms);
         let addr = self.set.addresses[self.cursor].to_string();
         self.set_up(true, &format!("connected to {addr}"));
-    }
-
-    /// After a reconnect: every PUBLISH not acknowledged goes again with DUP and its packet
-    /// id; a QoS 2 message the remote already has gets its PUBREL again, or, when the remote
-    /// kept no session, counts as delivered (it had the message, resending would repeat it).
-    fn resend_inflight(&mut self, now_ms: u64, session_present: bool) {
-        let items: Vec<Inflight> = self.inflight.drain(..).collect();
-        for item in items {
-            if item.stage == Stage::Comp {
-                if session_present {
-                    self.send(now_ms, &Packet::PubRel(Ack::new(item.id)));
-                    self.inflight.push_back(item);
-                } else {
-                    self.finish(item.seq, true);
-                }
-                continue;
-            }
-            self.write_publish(now_ms, &item.msg, Some(item.id), true);
-            self.inflight.push_back(item);
-        }
-    }
-
-    fn subscribe(&mut self, now_ms: u64) {
-        let no_local = self.set.version.is_v5();
-        for (filter, qos) in self.mapper.remote_filters() {
-            let Some(id) = self.alloc_id() else { break };
-            let subs = [Subscription {
-                filter: &filter,
-                options: SubscriptionOptions {
-                    qos,
-                    no_local,
-                    retain_as_published: no_local,
-                    ..SubscriptionOptions::default()
-                },
-            }];
-            let s = Subscribe {
-                packet_id: id,
-                properties: Properties::default(),
-                filters: SubscriptionList::Slice(&subs),
-            };
-            self.send(now_ms, &Packet::Subscribe(s));
-            self.subscribing.push(id);
-        }
-    }
-
-    fn suback(&mut self, s: &SubAck<'_>) {
-        self.subscribing.retain(|id| *id != s.packet_id);
-        if s.codes.iter().any(|&c| c >= 0x80) {
-            self.actions.push_back(Action::Log(format!(
-                "the remote refused a subscription (code 0x{:02x})",
-                s.codes.iter().copied().max().unwrap_or(0x80)
-            )));
-        }
-    }
-
-    fn notify_remote_up(&mut self, now_ms: u64) {
-        let Some(topic) = self
-            .set
-            .notification_topic
-            .clone()
-            .filter(|_| self.set.notify_remote)
-        else {
-            return;
-        };
-        let Some(id) = self.alloc_id() else { return };
-        let msg = OutMessage {
-            topic: topic.into(),
-            payload: Arc::from(&b"1"[..]),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-        };
-        self.write_publish(now_ms, &msg, Some(id), false);
-        self.inflight.push_back(Inflight {
-            seq: None,
-            id,
-            msg,
-            stage: Stage::Ack,
-        });
-    }
-
-    /// A local message matching the bridge's filters. `from_this_bridge`: it was brought
-    /// in by this bridge (the broker knows each message's origin); such a message is never
-    /// sent back.
-    pub fn offer(
-        &mut self,
-        now_ms: u64,
-        topic: &str,
-        payload: &Arc<[u8]>,
-        qos: QoS,
-        retain: bool,
-        from_this_bridge: bool,
-    ) -> Offer {
-        if from_this_bridge {
-            self.stats.loops_prevented += 1;
-            return Offer::Loop;
-        }
-        let Some((remote, qos)) = self.mapper.outgoing(topic, qos) else {
-            return Offer::NotMatched;
-        };
-        if qos == QoS::AtMostOnce && !self.is_up() {
-            self.stats.dropped_offline += 1;
-            return Offer::Dropped;
-        }
-        let msg = OutMessage {
-            topic: remote.into(),
-            payload: Arc::clone(payload),
-            qos,
-            retain: retain && self.set.outgoing_retain,
-        };
-        match self.queue.push(msg.clone()) {
-            Err(_) => Offer::Dropped,
-            Ok(seq) => {
-                if let Some(seq) = seq {
-                    self.records.push(Record::Enqueued { seq, msg });
-                }
-                self.pump(now_ms);
-                Offer::Accepted(seq)
-            }
-        }
-    }
-
-    /// Move queued messages to the wire while the window and the output bound allow.
-    fn pump(&mut self, now_ms: u64) {
-        let Link::Connected(c) = self.link else {
-            return;
-        };
-        while self.out.len() < self.limits.out_bytes_max {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let qos = front.msg.qos.min(c.max_qos);
-            if qos != QoS::AtMostOnce && self.inflight.len() >= c.window {
-                break;
-            }
-            let Some(Queued { seq, mut msg }) = self.queue.pop() else {
-                break;
-            };
-            msg.qos = qos;
-            msg.retain &= c.retain_ok;
-            self.send_queued(now_ms, seq, msg, c.out_packet_max);
-        }
-    }
-
-    fn send_queued(&mut self, now_ms: u64, seq: Option<u64>, msg: OutMessage, max: usize) {
-        let id = if msg.qos == QoS::AtMostOnce {
-            None
-        } else {
-            self.alloc_id()
-        };
-        let p = publish(&msg, id, false);
-        if encoded_len(&Packet::Publish(p), self.set.version) > max {
-            self.stats.dropped_too_large += 1;
-            return self.finish(seq, false);
-        }
-        self.write_publish(now_ms, &msg, id, false);
-        match id {
-            None => {
-                self.stats.forwarded += 1;
-                self.finish(seq, false);
-            }
-            Some(id) => {
-                if let Some(seq) = seq {
-                    self.records.push(Record::Sent { seq, packet_id: id });
-                }
-                let stage = if msg.qos == QoS::ExactlyOnce {
-                    Stage::Rec
-                } else {
-                    Stage::Ack
-                };
-                self.inflight.push_back(Inflight {
-                    seq,
-                    id,
-                    msg,
-                    stage,
-                });
-            }
-        }
-    }
-
-    fn write_publish(&mut self, now_ms: u64, msg: &OutMessage, id: Option<PacketId>, dup: bool) {
-        self.send(now_ms, &Packet::Publish(publish(msg, id, dup)));
-    }
-
-    fn send(&mut self, now_ms: u64, packet: &Packet<'_>) {
-        encode(packet, self.set.version, &mut self.out);
-        if let Link::Connected(ref mut c) = self.link {
-            c.last_tx_ms = now_ms;
-        }
-    }
-
-    /// A QoS 1 PUBACK or QoS 2 PUBCOMP for `id`.
-    fn acked(&mut self, id: PacketId, stage: Stage, reason: ReasonCode) {
-        let Some(i) = self
-            .inflight
-            .iter()
-            .position(|f| f.id == id && f.stage == stage)
-        else {
-            return;
-        };
-        let Some(item) = self.inflight.remove(i) else {
-            return;
-        };
-        if reason.is_error() {
-            self.stats.refused_by_remote += 1;
-        } else {
-            self.stats.forwarded += u64::from(item.seq.is_some());
-        }
-        self.finish(item.seq, false);
-    }
-
-    fn pubrec(&mut self, now_ms: u64, a: &Ack<'_>) {
-        let Some(item) = self.inflight.iter_mut().find(|f| f.id == a.packet_id) else {
-            // Not ours (any more): answer so the remote can finish its side.
-            return self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
-        };
-        if a.reason.is_error() {
-            return self.acked(a.packet_id, Stage::Rec, a.reason);
-        }
-        item.stage = Stage::Comp;
-        if let Some(seq) = item.seq {
-            self.records.push(Record::Received { seq });
-        }
-        self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
-    }
-
-    fn finish(&mut self, seq: Option<u64>, delivered: bool) {
-        if delivered {
-            self.stats.forwarded += 1;
-        }
-        if let Some(seq) = seq {
-            self.records.push(Record::Done { seq });
-        }
-    }
-
-    fn inbound(&mut self, now_ms: u64, p: &Publish<'_>) {
-        self.stats.received += 1;
-        let local = self.mapper.incoming(p.topic);
-        let ack = p.packet_id.map(|packet_id| InboundAck {
-            generation: self.generation,
-            packet_id,
-            qos: p.qos,
-        });
-        if let Some(InboundAck {
-            packet_id,
-            qos: QoS::ExactlyOnce,
-            ..
-        }) = ack
-        {
-            if let Some(&accepted) = self.inbound_qos2.get(&packet_id) {
-                if accepted {
-                    self.send(now_ms, &Packet::PubRec(Ack::new(packet_id)));
-                }
-                return; // a resend of a message already brought in
-            }
-        }
-        let Some(topic) = local else {
-            // Not ours (an old subscription of a kept session): acknowledge and drop.
-            if let Some(a) = ack {
-                self.inbound_qos2.insert(a.packet_id, false);
-                self.local_accepted(now_ms, a);
-            }
-            return;
-        };
-        if let Some(a) = ack.filter(|a| a.qos == QoS::ExactlyOnce) {
-            self.inbound_qos2.insert(a.packet_id, false);
-        }
-        self.actions.push_back(Action::Local(LocalPublish {
-            topic,
-            payload: p.payload.to_vec(),
-            qos: p.qos,
-            retain: p.retain,
-            ack,
-        }));
-    }
-
-    /// The local broker has accepted (and, with persistence, stored) an inbound QoS 1/2
-    /// message: acknowledge it to the remote.
-    pub fn local_accepted(&mut self, now_ms: u64, ack: InboundAck) {
-        match ack.qos {
-            QoS::AtLeastOnce if ack.generation == self.generation && self.is_up() => {
-                self.send(now_ms, &Packet::PubAck(Ack::new(ack.packet_id)));
-            }
-            QoS::ExactlyOnce => {
-                let Some(accepted) = self.inbound_qos2.get_mut(&ack.packet_id) else {
-                    return;
-                };
-                *accepted = true;
-                if self.is_up() {
-                    self.send(now_ms, &Packet::PubRec(Ack::new(ack.packet_id)));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A free packet id: not in flight and not awaiting a SUBACK.
-    fn alloc_id(&mut self) -> Option<PacketId> {
-        for _ in 0..=u16::MAX {
-            let candidate = PacketId::new(self.next_id);
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            let Some(id) = candidate else { continue };
-            let busy = self.inflight.iter().any(|f| f.id == id) || self.subscribing.contains(&id);
-            if !busy {
-                return Some(id);
-            }
-        }
-        None
-    }
-}
-
-fn publish(msg: &OutMessage, id: Option<PacketId>, dup: bool) -> Publish<'_> {
-    Publish {
-        dup: dup && id.is_some(),
-        qos: msg.qos,
-        retain: msg.retain,
-        topic: &msg.topic,
-        packet_id: id,
-        properties: Properties::default(),
-        payload: &msg.payload,
     }
 }
 

@@ -5,11 +5,11 @@
 //! plain stream that describes every change to QoS 1/2 forwarding state. Invariant: every
 //! QoS 1/2 message the queue accepts gets a sequence number, strictly increasing, and an
 //! `Enqueued` record before anything else is recorded about it; `Done` is the last record
-//! for a sequence number. Replaying the records of a log in order (`Restored::replay`)
+//! for a sequence number. Inbound QoS 2 ids are recorded from PUBREC to PUBREL. Replaying the records of a log in order (`Restored::replay`)
 //! rebuilds exactly what was not `Done`. Must not touch: the store itself (phase 2 appends
 //! the records), sockets, packets.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::protocol::{PacketId, QoS};
@@ -60,6 +60,17 @@ pub enum Record {
     Done {
         /// Sequence number.
         seq: u64,
+    },
+    /// Inbound QoS 2: the message with this remote packet id was accepted locally and
+    /// PUBREC sent; a resend must not be brought in again.
+    InboundHeld {
+        /// The remote's packet id.
+        packet_id: PacketId,
+    },
+    /// Inbound QoS 2: PUBREL arrived; the id is free again.
+    InboundReleased {
+        /// The remote's packet id.
+        packet_id: PacketId,
     },
 }
 
@@ -157,6 +168,8 @@ impl ForwardQueue {
 pub struct Restored {
     /// By sequence number: (message, packet id if sent, PUBREC received).
     pub messages: BTreeMap<u64, (OutMessage, Option<PacketId>, bool)>,
+    /// Inbound QoS 2 ids held (PUBREC sent, PUBREL not yet received).
+    pub inbound_held: BTreeSet<PacketId>,
 }
 
 impl Restored {
@@ -181,6 +194,12 @@ impl Restored {
                 }
                 Record::Done { seq } => {
                     r.messages.remove(&seq);
+                }
+                Record::InboundHeld { packet_id } => {
+                    r.inbound_held.insert(packet_id);
+                }
+                Record::InboundReleased { packet_id } => {
+                    r.inbound_held.remove(&packet_id);
                 }
             }
         }
@@ -242,8 +261,15 @@ mod tests {
             Record::Received { seq: 2 },
             Record::Done { seq: 1 },
             Record::Done { seq: 99 },
+            Record::InboundHeld { packet_id: id(7) },
+            Record::InboundHeld { packet_id: id(8) },
+            Record::InboundReleased { packet_id: id(7) },
         ];
         let r = Restored::replay(records);
+        assert_eq!(
+            r.inbound_held.iter().copied().collect::<Vec<_>>(),
+            vec![id(8)]
+        );
         let got: Vec<_> = r.messages.iter().map(|(s, m)| (*s, m.1, m.2)).collect();
         assert_eq!(got, vec![(2, Some(id(2)), true), (3, None, false)]);
         let mut q = ForwardQueue::new(10, 1000);

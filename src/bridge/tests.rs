@@ -242,6 +242,33 @@ fn inbound_messages_are_renamed_and_acknowledged_once_accepted_locally() {
     b.receive(5, &[0x62, 2, 0, 9]);
     assert_eq!(written(&mut b, 5), [0x70, 2, 0, 9]);
     assert_eq!(b.stats().received, 3);
+    let id9 = PacketId::new(9).expect("9");
+    assert_eq!(
+        b.take_records(),
+        vec![
+            Record::InboundHeld { packet_id: id9 },
+            Record::InboundReleased { packet_id: id9 }
+        ]
+    );
+}
+
+#[test]
+fn a_restored_inbound_qos2_id_is_not_brought_in_again() {
+    let id9 = PacketId::new(9).expect("9");
+    let mut b =
+        bridge("connection c\naddress h\ntopic # in 2\nremote_clientid br\nnotifications false");
+    b.restore(Restored::replay([Record::InboundHeld { packet_id: id9 }]));
+    b.tick(0);
+    let _ = actions(&mut b);
+    b.socket_connected(0);
+    let _ = written(&mut b, 0);
+    b.receive(0, &CONNACK_SESSION);
+    let _ = actions(&mut b);
+    let _ = written(&mut b, 0);
+    // The remote resends the QoS 2 message it has not seen PUBREC for: answered, not injected.
+    b.receive(1, &[0x3c, 6, 0, 1, b't', 0, 9, b'w']);
+    assert!(actions(&mut b).is_empty());
+    assert_eq!(written(&mut b, 1), [0x50, 2, 0, 9]);
 }
 
 #[test]
