@@ -396,3 +396,53 @@ fn queued_and_in_flight_qos1_messages_survive_a_remote_restart_in_order() {
     assert!(site.bridge.stats().connects >= 2, "the site reconnected");
     drop(broker);
 }
+
+/// `both` on the same topic: the remote does not send the bridge's own messages back,
+/// through the bridge bit (3.1.1 `try_private`) or No Local (5.0), while another client's
+/// message on that topic still comes in.
+#[test]
+fn both_directions_do_not_echo_through_mosquitto() {
+    let broker = Mosquitto::start();
+    let port = broker.port;
+    for version in ["mqttv311", "mqttv50"] {
+        let mut site = Driver::new(&format!(
+            "connection site\naddress 127.0.0.1:{port}\ntopic echo/# both 1\nremote_clientid site-{version}\nnotifications false\nbridge_protocol_version {version}"
+        ));
+        let mut other = Driver::new(&format!(
+            "connection other\naddress 127.0.0.1:{port}\ntopic echo/# out 1\nremote_clientid other-{version}\nnotifications false"
+        ));
+        run_until(&mut site, &mut other, "both up", |a, b| {
+            a.bridge.subscribed() && b.bridge.is_up()
+        });
+        let mine: Arc<[u8]> = Arc::from(&b"mine"[..]);
+        let now = site.now();
+        site.bridge
+            .offer(now, "echo/a", &mine, QoS::AtLeastOnce, false, false);
+        let theirs: Arc<[u8]> = Arc::from(&b"theirs"[..]);
+        let now = other.now();
+        other
+            .bridge
+            .offer(now, "echo/b", &theirs, QoS::AtLeastOnce, false, false);
+        // Mosquitto handles one client's packets in order; by the time the other
+        // client's message has come in, the site's own would have been sent back.
+        run_until(
+            &mut site,
+            &mut other,
+            "the other client's message",
+            |a, b| {
+                a.bridge.stats().forwarded == 1
+                    && a.local.iter().any(|p| p.payload == b"theirs")
+                    && b.bridge.stats().forwarded == 1
+            },
+        );
+        // Quiet window for anything late, then: nothing of ours came back.
+        let quiet = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < quiet {
+            site.turn();
+            std::thread::sleep(TURN);
+        }
+        let echoed: Vec<_> = site.local.iter().filter(|p| p.payload == b"mine").collect();
+        assert!(echoed.is_empty(), "{version}: echoed back: {echoed:?}");
+    }
+    drop(broker);
+}
