@@ -80,6 +80,8 @@ pub struct FileSettings {
     /// With `per_listener_settings true`: the security settings after each `listener`.
     pub listener_security: Vec<ListenerSecurity>,
     // --- end of the password and ACL block ---
+    /// `connection` blocks (bridges), validated.
+    pub bridges: Vec<super::bridge::BridgeConfig>,
 }
 
 /// The security settings of one listener (`per_listener_settings true`).
@@ -157,7 +159,25 @@ pub fn load(path: &Path) -> Result<FileSettings, FileError> {
         line: 0,
         problem: format!("cannot read: {e}"),
     })?;
-    parse(&text, &name)
+    let s = parse(&text, &name)?;
+    refuse_bridges_until_they_run(&s, &name)?;
+    Ok(s)
+}
+
+/// Bridges are parsed and validated, but this build does not run them yet: refusing to
+/// start is better than a broker that silently forwards nothing.
+fn refuse_bridges_until_they_run(s: &FileSettings, name: &str) -> Result<(), FileError> {
+    match s.bridges.first() {
+        Some(b) => Err(FileError {
+            file: name.to_string(),
+            line: b.line,
+            problem: format!(
+                "connection '{}': bridges are not run by this build yet; refusing to start",
+                b.name
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Parse configuration text; `name` is used in errors.
@@ -167,6 +187,7 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
     let mut bind_address: Option<IpAddr> = None;
     // Options before any `listener` line belong to the `port` listener, as in Mosquitto.
     let mut before_any = super::listener::spec(SocketAddr::from(([0, 0, 0, 0], 0)), false, 0);
+    let mut bridges = super::bridge::BridgeParser::default();
     for (i, raw) in text.lines().enumerate() {
         let err = |problem: String| FileError {
             file: name.to_string(),
@@ -182,6 +203,10 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         }
         let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let value = value.trim();
+        if super::bridge::is_bridge_key(key) {
+            bridges.line(key, value, i + 1).map_err(err)?;
+            continue;
+        }
         match key {
             "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
             "admin_password_file" => s.admin_password_file = Some(value.into()),
@@ -224,6 +249,11 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
             problem: format!("'{key}' must follow a listener line (or port)"),
         });
     }
+    s.bridges = bridges.finish().map_err(|(line, problem)| FileError {
+        file: name.to_string(),
+        line,
+        problem,
+    })?;
     Ok(s)
 }
 
@@ -522,6 +552,21 @@ mod tests {
             let e = parse(text, "l.conf").expect_err(text);
             assert_eq!((e.line, e.problem.as_str()), (1, problem), "{text}");
         }
+    }
+
+    #[test]
+    fn bridge_blocks_are_parsed_and_refused_at_start() {
+        let text = "listener 1883\nconnection cloud\naddress 127.0.0.1:1884\ntopic # both 1\n";
+        let s = parse(text, "b.conf").expect("valid");
+        assert_eq!(s.bridges.len(), 1);
+        assert_eq!(s.bridges[0].name, "cloud");
+        let e = refuse_bridges_until_they_run(&s, "b.conf").expect_err("not run yet");
+        assert_eq!(e.line, 2);
+        let e = parse("connection c\naddress h\ntopic a/#/b\n", "b.conf").expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "b.conf:3: topic: 'a/#/b' is not a valid topic filter"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth_files;
+pub mod bridge;
 pub mod file;
 mod passwd_args;
 

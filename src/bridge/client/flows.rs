@@ -1,0 +1,351 @@
+//! The message flows of a connected bridge: resending, subscribing, forwarding out through
+//! the window, and bringing remote messages in.
+//!
+//! Owns: no state of its own (the fields are `Bridge`'s); split from `client.rs` to keep
+//! files short. Invariant: as in `client.rs`. Must not touch: sockets, clocks, the broker.
+
+use std::sync::Arc;
+
+use super::{Action, Bridge, InboundAck, Inflight, Link, LocalPublish, Offer, Stage};
+use crate::bridge::queue::{OutMessage, Queued, Record};
+use crate::protocol::{
+    encode, encoded_len, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode, SubAck,
+    Subscribe, Subscription, SubscriptionList, SubscriptionOptions,
+};
+
+impl Bridge {
+    /// After a reconnect: every PUBLISH not acknowledged goes again with DUP and its packet
+    /// id; a QoS 2 message the remote already has gets its PUBREL again, or, when the remote
+    /// kept no session, counts as delivered (it had the message, resending would repeat it).
+    pub(super) fn resend_inflight(&mut self, now_ms: u64, session_present: bool) {
+        let items: Vec<Inflight> = self.inflight.drain(..).collect();
+        for item in items {
+            if item.stage == Stage::Comp {
+                if session_present {
+                    self.send(now_ms, &Packet::PubRel(Ack::new(item.id)));
+                    self.inflight.push_back(item);
+                } else {
+                    self.finish(item.seq, true);
+                }
+                continue;
+            }
+            self.write_publish(now_ms, &item.msg, Some(item.id), true);
+            self.inflight.push_back(item);
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, now_ms: u64) {
+        let no_local = self.set.version.is_v5();
+        for (filter, qos) in self.mapper.remote_filters() {
+            let Some(id) = self.alloc_id() else { break };
+            let subs = [Subscription {
+                filter: &filter,
+                options: SubscriptionOptions {
+                    qos,
+                    no_local,
+                    retain_as_published: no_local,
+                    ..SubscriptionOptions::default()
+                },
+            }];
+            let s = Subscribe {
+                packet_id: id,
+                properties: Properties::default(),
+                filters: SubscriptionList::Slice(&subs),
+            };
+            self.send(now_ms, &Packet::Subscribe(s));
+            self.subscribing.push(id);
+        }
+    }
+
+    pub(super) fn suback(&mut self, s: &SubAck<'_>) {
+        self.subscribing.retain(|id| *id != s.packet_id);
+        if s.codes.iter().any(|&c| c >= 0x80) {
+            self.actions.push_back(Action::Log(format!(
+                "the remote refused a subscription (code 0x{:02x})",
+                s.codes.iter().copied().max().unwrap_or(0x80)
+            )));
+        }
+    }
+
+    pub(super) fn notify_remote_up(&mut self, now_ms: u64) {
+        let Some(topic) = self
+            .set
+            .notification_topic
+            .clone()
+            .filter(|_| self.set.notify_remote)
+        else {
+            return;
+        };
+        let Some(id) = self.alloc_id() else { return };
+        let msg = OutMessage {
+            topic: topic.into(),
+            payload: Arc::from(&b"1"[..]),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        };
+        self.write_publish(now_ms, &msg, Some(id), false);
+        self.inflight.push_back(Inflight {
+            seq: None,
+            id,
+            msg,
+            stage: Stage::Ack,
+        });
+    }
+
+    /// A local message matching the bridge's filters. `from_this_bridge`: it was brought
+    /// in by this bridge (the broker knows each message's origin); such a message is never
+    /// sent back.
+    pub fn offer(
+        &mut self,
+        now_ms: u64,
+        topic: &str,
+        payload: &Arc<[u8]>,
+        qos: QoS,
+        retain: bool,
+        from_this_bridge: bool,
+    ) -> Offer {
+        if from_this_bridge {
+            self.stats.loops_prevented += 1;
+            return Offer::Loop;
+        }
+        let Some((remote, qos)) = self.mapper.outgoing(topic, qos) else {
+            return Offer::NotMatched;
+        };
+        if qos == QoS::AtMostOnce && !self.is_up() {
+            self.stats.dropped_offline += 1;
+            return Offer::Dropped;
+        }
+        let msg = OutMessage {
+            topic: remote.into(),
+            payload: Arc::clone(payload),
+            qos,
+            retain: retain && self.set.outgoing_retain,
+        };
+        match self.queue.push(msg.clone()) {
+            Err(_) => Offer::Dropped,
+            Ok(seq) => {
+                if let Some(seq) = seq {
+                    self.records.push(Record::Enqueued { seq, msg });
+                }
+                self.pump(now_ms);
+                Offer::Accepted(seq)
+            }
+        }
+    }
+
+    /// Move queued messages to the wire while the window and the output bound allow.
+    pub(super) fn pump(&mut self, now_ms: u64) {
+        let Link::Connected(c) = self.link else {
+            return;
+        };
+        while self.out.len() < self.limits.out_bytes_max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            let qos = front.msg.qos.min(c.max_qos);
+            if qos != QoS::AtMostOnce && self.inflight.len() >= c.window {
+                break;
+            }
+            let Some(Queued { seq, mut msg }) = self.queue.pop() else {
+                break;
+            };
+            msg.qos = qos;
+            msg.retain &= c.retain_ok;
+            self.send_queued(now_ms, seq, msg, c.out_packet_max);
+        }
+    }
+
+    pub(super) fn send_queued(
+        &mut self,
+        now_ms: u64,
+        seq: Option<u64>,
+        msg: OutMessage,
+        max: usize,
+    ) {
+        let id = if msg.qos == QoS::AtMostOnce {
+            None
+        } else {
+            self.alloc_id()
+        };
+        let p = publish(&msg, id, false);
+        if encoded_len(&Packet::Publish(p), self.set.version) > max {
+            self.stats.dropped_too_large += 1;
+            return self.finish(seq, false);
+        }
+        self.write_publish(now_ms, &msg, id, false);
+        match id {
+            None => {
+                self.stats.forwarded += 1;
+                self.finish(seq, false);
+            }
+            Some(id) => {
+                if let Some(seq) = seq {
+                    self.records.push(Record::Sent { seq, packet_id: id });
+                }
+                let stage = if msg.qos == QoS::ExactlyOnce {
+                    Stage::Rec
+                } else {
+                    Stage::Ack
+                };
+                self.inflight.push_back(Inflight {
+                    seq,
+                    id,
+                    msg,
+                    stage,
+                });
+            }
+        }
+    }
+
+    pub(super) fn write_publish(
+        &mut self,
+        now_ms: u64,
+        msg: &OutMessage,
+        id: Option<PacketId>,
+        dup: bool,
+    ) {
+        self.send(now_ms, &Packet::Publish(publish(msg, id, dup)));
+    }
+
+    pub(super) fn send(&mut self, now_ms: u64, packet: &Packet<'_>) {
+        encode(packet, self.set.version, &mut self.out);
+        if let Link::Connected(ref mut c) = self.link {
+            c.last_tx_ms = now_ms;
+        }
+    }
+
+    /// A QoS 1 PUBACK or QoS 2 PUBCOMP for `id`.
+    pub(super) fn acked(&mut self, id: PacketId, stage: Stage, reason: ReasonCode) {
+        let Some(i) = self
+            .inflight
+            .iter()
+            .position(|f| f.id == id && f.stage == stage)
+        else {
+            return;
+        };
+        let Some(item) = self.inflight.remove(i) else {
+            return;
+        };
+        if reason.is_error() {
+            self.stats.refused_by_remote += 1;
+        } else {
+            self.stats.forwarded += u64::from(item.seq.is_some());
+        }
+        self.finish(item.seq, false);
+    }
+
+    pub(super) fn pubrec(&mut self, now_ms: u64, a: &Ack<'_>) {
+        let Some(item) = self.inflight.iter_mut().find(|f| f.id == a.packet_id) else {
+            // Not ours (any more): answer so the remote can finish its side.
+            return self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
+        };
+        if a.reason.is_error() {
+            return self.acked(a.packet_id, Stage::Rec, a.reason);
+        }
+        item.stage = Stage::Comp;
+        if let Some(seq) = item.seq {
+            self.records.push(Record::Received { seq });
+        }
+        self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
+    }
+
+    pub(super) fn finish(&mut self, seq: Option<u64>, delivered: bool) {
+        if delivered {
+            self.stats.forwarded += 1;
+        }
+        if let Some(seq) = seq {
+            self.records.push(Record::Done { seq });
+        }
+    }
+
+    pub(super) fn inbound(&mut self, now_ms: u64, p: &Publish<'_>) {
+        self.stats.received += 1;
+        let local = self.mapper.incoming(p.topic);
+        let ack = p.packet_id.map(|packet_id| InboundAck {
+            generation: self.generation,
+            packet_id,
+            qos: p.qos,
+        });
+        if let Some(InboundAck {
+            packet_id,
+            qos: QoS::ExactlyOnce,
+            ..
+        }) = ack
+        {
+            if let Some(&accepted) = self.inbound_qos2.get(&packet_id) {
+                if accepted {
+                    self.send(now_ms, &Packet::PubRec(Ack::new(packet_id)));
+                }
+                return; // a resend of a message already brought in
+            }
+        }
+        let Some(topic) = local else {
+            // Not ours (an old subscription of a kept session): acknowledge and drop.
+            if let Some(a) = ack {
+                self.inbound_qos2.insert(a.packet_id, false);
+                self.local_accepted(now_ms, a);
+            }
+            return;
+        };
+        if let Some(a) = ack.filter(|a| a.qos == QoS::ExactlyOnce) {
+            self.inbound_qos2.insert(a.packet_id, false);
+        }
+        self.actions.push_back(Action::Local(LocalPublish {
+            topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos,
+            retain: p.retain,
+            ack,
+        }));
+    }
+
+    /// The local broker has accepted (and, with persistence, stored) an inbound QoS 1/2
+    /// message: acknowledge it to the remote.
+    pub fn local_accepted(&mut self, now_ms: u64, ack: InboundAck) {
+        match ack.qos {
+            QoS::AtLeastOnce if ack.generation == self.generation && self.is_up() => {
+                self.send(now_ms, &Packet::PubAck(Ack::new(ack.packet_id)));
+            }
+            QoS::ExactlyOnce => {
+                let Some(accepted) = self.inbound_qos2.get_mut(&ack.packet_id) else {
+                    return;
+                };
+                if !*accepted {
+                    *accepted = true;
+                    let packet_id = ack.packet_id;
+                    self.records.push(Record::InboundHeld { packet_id });
+                }
+                if self.is_up() {
+                    self.send(now_ms, &Packet::PubRec(Ack::new(ack.packet_id)));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A free packet id: not in flight and not awaiting a SUBACK.
+    pub(super) fn alloc_id(&mut self) -> Option<PacketId> {
+        for _ in 0..=u16::MAX {
+            let candidate = PacketId::new(self.next_id);
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            let Some(id) = candidate else { continue };
+            let busy = self.inflight.iter().any(|f| f.id == id) || self.subscribing.contains(&id);
+            if !busy {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+pub(super) fn publish(msg: &OutMessage, id: Option<PacketId>, dup: bool) -> Publish<'_> {
+    Publish {
+        dup: dup && id.is_some(),
+        qos: msg.qos,
+        retain: msg.retain,
+        topic: &msg.topic,
+        packet_id: id,
+        properties: Properties::default(),
+        payload: &msg.payload,
+    }
+}

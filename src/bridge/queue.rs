@@ -1,0 +1,283 @@
+//! The forwarding queue of one bridge and the records through which the store keeps it.
+//!
+//! Owns: messages accepted for the remote and not yet handed to the wire, in order, within
+//! a bound of messages and bytes; the count of what the bound refused; and `Record`, the
+//! plain stream that describes every change to QoS 1/2 forwarding state. Invariant: every
+//! QoS 1/2 message the queue accepts gets a sequence number, strictly increasing, and an
+//! `Enqueued` record before anything else is recorded about it; `Done` is the last record
+//! for a sequence number. Inbound QoS 2 ids are recorded from PUBREC to PUBREL. Replaying the records of a log in order (`Restored::replay`)
+//! rebuilds exactly what was not `Done`. Must not touch: the store itself (phase 2 appends
+//! the records), sockets, packets.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::protocol::{PacketId, QoS};
+
+/// A message bound for the remote, already renamed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    /// The remote topic.
+    pub topic: Arc<str>,
+    /// The payload, shared with the local message it came from.
+    pub payload: Arc<[u8]>,
+    /// The QoS to send at (already the lower of message and rule).
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+}
+
+impl OutMessage {
+    /// Bytes counted against the queue bound.
+    pub fn weight(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// One change to the durable forwarding state. Only QoS 1/2 messages are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A message entered the queue.
+    Enqueued {
+        /// Its sequence number.
+        seq: u64,
+        /// The message.
+        msg: OutMessage,
+    },
+    /// It was written to the remote under this packet id (resend with DUP after a restart).
+    Sent {
+        /// Sequence number.
+        seq: u64,
+        /// Packet id used.
+        packet_id: PacketId,
+    },
+    /// QoS 2: the remote answered PUBREC (resend PUBREL, never the PUBLISH).
+    Received {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Finished: acknowledged by the remote, refused by it, or dropped as too large.
+    Done {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Inbound QoS 2: the message with this remote packet id was accepted locally and
+    /// PUBREC sent; a resend must not be brought in again.
+    InboundHeld {
+        /// The remote's packet id.
+        packet_id: PacketId,
+    },
+    /// Inbound QoS 2: PUBREL arrived; the id is free again.
+    InboundReleased {
+        /// The remote's packet id.
+        packet_id: PacketId,
+    },
+}
+
+/// A queued message with its sequence number (`None`: QoS 0 or a notification, never
+/// recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Sequence number, for QoS 1/2.
+    pub seq: Option<u64>,
+    /// The message.
+    pub msg: OutMessage,
+}
+
+/// The bounded queue in front of the in-flight window.
+#[derive(Debug)]
+pub struct ForwardQueue {
+    items: VecDeque<Queued>,
+    bytes: usize,
+    messages_max: usize,
+    bytes_max: usize,
+    next_seq: u64,
+    /// Messages refused because the queue was full.
+    pub dropped: u64,
+}
+
+impl ForwardQueue {
+    /// An empty queue with these bounds.
+    pub fn new(messages_max: usize, bytes_max: usize) -> Self {
+        ForwardQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+            messages_max,
+            bytes_max,
+            next_seq: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Append `msg`; the sequence number it got (QoS 1/2), or `Err` (counted) when full.
+    pub fn push(&mut self, msg: OutMessage) -> Result<Option<u64>, OutMessage> {
+        if self.items.len() >= self.messages_max || self.bytes + msg.weight() > self.bytes_max {
+            self.dropped += 1;
+            return Err(msg);
+        }
+        let seq = (msg.qos != QoS::AtMostOnce).then(|| {
+            self.next_seq += 1;
+            self.next_seq - 1
+        });
+        self.bytes += msg.weight();
+        self.items.push_back(Queued { seq, msg });
+        Ok(seq)
+    }
+
+    /// Put back restored messages at the front, before anything newer; sequence numbers go
+    /// on from the highest restored one.
+    pub fn restore(&mut self, items: Vec<Queued>) {
+        for q in items.into_iter().rev() {
+            self.next_seq = self.next_seq.max(q.seq.map_or(0, |s| s + 1));
+            self.bytes += q.msg.weight();
+            self.items.push_front(q);
+        }
+    }
+
+    /// The oldest message.
+    pub fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    /// Take the oldest message.
+    pub fn pop(&mut self) -> Option<Queued> {
+        let q = self.items.pop_front()?;
+        self.bytes -= q.msg.weight();
+        Some(q)
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Bytes waiting (topics + payloads).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// What a replayed record stream leaves: messages in sequence order, with the packet id
+/// they were sent under and whether the remote already has them (QoS 2 PUBREC).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// By sequence number: (message, packet id if sent, PUBREC received).
+    pub messages: BTreeMap<u64, (OutMessage, Option<PacketId>, bool)>,
+    /// Inbound QoS 2 ids held (PUBREC sent, PUBREL not yet received).
+    pub inbound_held: BTreeSet<PacketId>,
+}
+
+impl Restored {
+    /// Fold records, oldest first. Records for unknown sequence numbers are ignored (their
+    /// `Enqueued` was checkpointed away together with their `Done`).
+    pub fn replay(records: impl IntoIterator<Item = Record>) -> Restored {
+        let mut r = Restored::default();
+        for rec in records {
+            match rec {
+                Record::Enqueued { seq, msg } => {
+                    r.messages.insert(seq, (msg, None, false));
+                }
+                Record::Sent { seq, packet_id } => {
+                    if let Some(m) = r.messages.get_mut(&seq) {
+                        m.1 = Some(packet_id);
+                    }
+                }
+                Record::Received { seq } => {
+                    if let Some(m) = r.messages.get_mut(&seq) {
+                        m.2 = true;
+                    }
+                }
+                Record::Done { seq } => {
+                    r.messages.remove(&seq);
+                }
+                Record::InboundHeld { packet_id } => {
+                    r.inbound_held.insert(packet_id);
+                }
+                Record::InboundReleased { packet_id } => {
+                    r.inbound_held.remove(&packet_id);
+                }
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, qos: QoS) -> OutMessage {
+        OutMessage {
+            topic: topic.into(),
+            payload: Arc::from(&b"12345"[..]),
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn bounded_by_messages_and_bytes_with_drops_counted() {
+        let mut q = ForwardQueue::new(2, 100);
+        assert_eq!(q.push(msg("a", QoS::AtLeastOnce)), Ok(Some(1)));
+        assert_eq!(q.push(msg("b", QoS::AtMostOnce)), Ok(None));
+        assert!(q.push(msg("c", QoS::AtLeastOnce)).is_err());
+        assert_eq!((q.len(), q.bytes(), q.dropped), (2, 12, 1));
+        let mut q = ForwardQueue::new(10, 8);
+        assert!(q.push(msg("abc", QoS::AtLeastOnce)).is_ok());
+        assert!(q.push(msg("d", QoS::AtLeastOnce)).is_err());
+        assert_eq!(q.pop().map(|x| x.seq), Some(Some(1)));
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn replay_keeps_what_is_not_done_in_order() {
+        let id = |n| PacketId::new(n).expect("non-zero");
+        let records = vec![
+            Record::Enqueued {
+                seq: 1,
+                msg: msg("a", QoS::AtLeastOnce),
+            },
+            Record::Enqueued {
+                seq: 2,
+                msg: msg("b", QoS::ExactlyOnce),
+            },
+            Record::Enqueued {
+                seq: 3,
+                msg: msg("c", QoS::AtLeastOnce),
+            },
+            Record::Sent {
+                seq: 1,
+                packet_id: id(1),
+            },
+            Record::Sent {
+                seq: 2,
+                packet_id: id(2),
+            },
+            Record::Received { seq: 2 },
+            Record::Done { seq: 1 },
+            Record::Done { seq: 99 },
+            Record::InboundHeld { packet_id: id(7) },
+            Record::InboundHeld { packet_id: id(8) },
+            Record::InboundReleased { packet_id: id(7) },
+        ];
+        let r = Restored::replay(records);
+        assert_eq!(
+            r.inbound_held.iter().copied().collect::<Vec<_>>(),
+            vec![id(8)]
+        );
+        let got: Vec<_> = r.messages.iter().map(|(s, m)| (*s, m.1, m.2)).collect();
+        assert_eq!(got, vec![(2, Some(id(2)), true), (3, None, false)]);
+        let mut q = ForwardQueue::new(10, 1000);
+        q.restore(vec![Queued {
+            seq: Some(3),
+            msg: msg("c", QoS::AtLeastOnce),
+        }]);
+        assert_eq!(q.push(msg("d", QoS::AtLeastOnce)), Ok(Some(4)));
+        assert_eq!(q.pop().and_then(|x| x.seq), Some(3));
+    }
+}
