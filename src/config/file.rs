@@ -145,11 +145,7 @@ const LINE_BYTES_MAX: usize = 4096;
 /// Mosquitto options we accept and ignore.
 const IGNORED: &[&str] = &["pid_file", "user"];
 /// Mosquitto options that would make the broker stricter than we can yet be.
-const UNSUPPORTED_SECURITY: &[&str] = &[
-    "psk_file",
-    "plugin",
-    "auth_plugin",
-];
+const UNSUPPORTED_SECURITY: &[&str] = &["psk_file", "plugin", "auth_plugin"];
 
 /// Read and parse `path`.
 pub fn load(path: &Path) -> Result<FileSettings, FileError> {
@@ -356,7 +352,9 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         k if k.starts_with("log_") || k == "connection_messages" => apply_log(s, k, value)?,
         k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored")),
         k if UNSUPPORTED_SECURITY.contains(&k) => {
-            return Err(format!("'{k}' is not supported yet; refusing to start without the protection it asks for"))
+            return Err(format!(
+                "'{k}' is not supported yet; refusing to start without the protection it asks for"
+            ))
         }
         k => return Err(format!("unknown option '{k}'")),
     }

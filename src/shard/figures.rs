@@ -99,7 +99,11 @@ fn lists<X>(broker: &Broker<X>, now_ns: u64) -> ShardLists {
         taken_at_ns: now_ns.max(1),
         ..ShardLists::default()
     };
-    for (_, conn) in broker.links().conns().filter(|(_, c)| c.link.is_connected()) {
+    for (_, conn) in broker
+        .links()
+        .conns()
+        .filter(|(_, c)| c.link.is_connected())
+    {
         let link = &conn.link;
         out.clients_total += 1;
         if out.clients.len() >= LIST_ENTRIES_PER_SHARD_MAX {

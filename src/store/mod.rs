@@ -19,7 +19,7 @@
 //! **Must not touch:** MQTT packets, sessions, the broker, mio or the shard loop. The
 //! engine converts its state to and from [`Record`]s and passes a wake-up callback.
 //!
-//! Files are created with mode 0600. See `docs/decisions/0005-store.md`.
+//! Files are created with mode 0600. See `docs/decisions/0010-store.md`.
 #![forbid(unsafe_code)]
 
 pub mod frame;
