@@ -12,4 +12,5 @@ pub mod config;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod sim;
 pub mod topic;
