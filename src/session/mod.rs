@@ -267,12 +267,15 @@ impl Session {
         Ok(())
     }
 
-    /// Remove and return every in-flight or queued delivery that came through a shared
-    /// subscription (its member is going away; another member should have it).
+    /// Remove and return every queued delivery, and every QoS 1 one in flight, that came
+    /// through a shared subscription (its member is going away; another member should have
+    /// it). A QoS 2 delivery already sent stays in flight for the member's return, resent
+    /// under the same packet id [MQTT-4.8.2-4]: the client may already hold it under that
+    /// id, and sending it elsewhere (or back later under a new id) would deliver it twice.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut taken = Vec::new();
         self.inflight.retain(|f| {
-            let shared = f.out.share.is_some() && f.state != FlightState::AwaitComp;
+            let shared = f.out.share.is_some() && f.state == FlightState::AwaitAck;
             if shared {
                 taken.push(f.out.clone());
             }
