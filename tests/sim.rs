@@ -1,6 +1,6 @@
 //! The deterministic simulation over many seeds (see docs/simulation.md).
 //!
-//! `SHARDMQ_SIM_SEEDS=N` runs seeds 0..N (default below); `SHARDMQ_SIM_SEED=S` runs only
+//! `SHARDMQ_SIM_SEEDS=N` runs N seeds (default below) from `SHARDMQ_SIM_FIRST_SEED` (0); `SHARDMQ_SIM_SEED=S` runs only
 //! seed `S`; `SHARDMQ_SIM_STEPS=K` changes the length of the chaotic phase;
 //! `SHARDMQ_SIM_VERBOSE=1` prints every event as it happens. A failure
 //! prints the seed, what broke, the last events and the command that replays it.
@@ -13,7 +13,7 @@ use shardmq::sim::{replay_command, run_seed, SimConfig, Summary};
 const SEEDS_DEFAULT: u64 = 1000;
 
 /// Seeds that once failed, kept so the bugs they found stay fixed.
-const REGRESSION_SEEDS: &[u64] = &[];
+const REGRESSION_SEEDS: &[u64] = &[81, 136, 14522];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -47,7 +47,13 @@ fn many_seeds_keep_every_promise() {
         Some(s) => vec![s],
         None => {
             let n = env_u64("SHARDMQ_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
-            REGRESSION_SEEDS.iter().copied().chain(0..n).collect()
+            let first = env_u64("SHARDMQ_SIM_FIRST_SEED").unwrap_or(0);
+            let last = first.saturating_add(n);
+            REGRESSION_SEEDS
+                .iter()
+                .copied()
+                .chain(first..last)
+                .collect()
         }
     };
     let mut delivered = 0;
@@ -82,6 +88,20 @@ fn a_seed_replays_exactly() {
     let a = run(5, &cfg).unwrap_or_else(|r| panic!("{r}"));
     let b = run(6, &cfg).unwrap_or_else(|r| panic!("{r}"));
     assert_ne!(a.digest, b.digest, "different seeds gave the same run");
+}
+
+#[test]
+fn committed_fuzz_inputs_keep_every_promise() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sim_schedule");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).expect("the sim_schedule corpus") {
+        let path = entry.expect("corpus entry").path();
+        let data = std::fs::read(&path).expect("corpus file");
+        let run = panic::catch_unwind(|| shardmq::sim::fuzz_schedule(&data));
+        assert!(run.is_ok(), "fuzz input {} failed (above)", path.display());
+        ran += 1;
+    }
+    assert!(ran >= 3, "expected the committed seed inputs, found {ran}");
 }
 
 #[test]

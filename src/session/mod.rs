@@ -379,6 +379,32 @@ mod tests {
         assert_eq!(s.queued_bytes(), 2 * first.msg.weight());
     }
 
+    /// A departing member's QoS 1 deliveries may move to another member, but a QoS 2 one
+    /// already sent stays in flight under its packet id (the client may hold it already).
+    #[test]
+    fn take_shared_leaves_sent_qos2_in_flight() {
+        let mut s = Session::new("c", 1, u32::MAX);
+        let shared = |qos| Outgoing {
+            share: Some("$share/g/t".into()),
+            ..out(qos)
+        };
+        let p1 = s.alloc_pid().expect("pid");
+        s.track(p1, shared(QoS::AtLeastOnce));
+        let p2 = s.alloc_pid().expect("pid");
+        s.track(p2, shared(QoS::ExactlyOnce));
+        s.enqueue(shared(QoS::ExactlyOnce), &LIMITS);
+        let taken = s.take_shared();
+        let qos: Vec<QoS> = taken.iter().map(|o| o.qos).collect();
+        assert_eq!(
+            qos,
+            vec![QoS::AtLeastOnce, QoS::ExactlyOnce],
+            "queued ones move too"
+        );
+        assert_eq!(s.inflight.len(), 1);
+        assert_eq!(s.inflight[0].pid, p2);
+        assert!(s.queue.is_empty());
+    }
+
     #[test]
     fn window_honours_client_receive_maximum() {
         let mut s = Session::new("c", 1, 0);

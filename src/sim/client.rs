@@ -61,12 +61,12 @@ impl Role {
     }
 }
 
-/// Where an outgoing QoS 1/2 publish stands.
+/// The acknowledgement an outgoing QoS 1/2 publish awaits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    AwaitAck,
-    AwaitRec,
-    AwaitComp,
+    Ack,
+    Rec,
+    Comp,
 }
 
 /// One of the client's own publishes, kept until its flow completes.
@@ -181,7 +181,7 @@ impl Client {
         send(net, conn, self.version, &Packet::Connect(c));
         for o in &self.outgoing {
             match o.stage {
-                Stage::AwaitComp => {
+                Stage::Comp => {
                     send(net, conn, self.version, &Packet::PubRel(Ack::new(o.pid)));
                 }
                 _ => {
@@ -247,9 +247,9 @@ impl Client {
             retain,
             payload,
             stage: if qos == QoS::ExactlyOnce {
-                Stage::AwaitRec
+                Stage::Rec
             } else {
-                Stage::AwaitAck
+                Stage::Ack
             },
         };
         send(
@@ -333,9 +333,9 @@ impl Client {
                     &Packet::PubComp(Ack::new(a.packet_id)),
                 );
             }
-            Packet::PubAck(a) => self.on_ack(a, Stage::AwaitAck, conn, net, oracle),
-            Packet::PubRec(a) => self.on_ack(a, Stage::AwaitRec, conn, net, oracle),
-            Packet::PubComp(a) => self.on_ack(a, Stage::AwaitComp, conn, net, oracle),
+            Packet::PubAck(a) => self.on_ack(a, Stage::Ack, conn, net, oracle),
+            Packet::PubRec(a) => self.on_ack(a, Stage::Rec, conn, net, oracle),
+            Packet::PubComp(a) => self.on_ack(a, Stage::Comp, conn, net, oracle),
             Packet::Disconnect(_) | Packet::PingResp | Packet::UnsubAck(_) => {}
             other => oracle.violation(format!(
                 "{} got a {} from the broker",
@@ -428,7 +428,7 @@ impl Client {
     ) {
         // A PUBCOMP 0x92 answers a PUBREL resent after the broker had already released the
         // id (its first PUBCOMP was lost with the connection): the flow is complete.
-        if a.reason.is_error() && stage != Stage::AwaitComp {
+        if a.reason.is_error() && stage != Stage::Comp {
             oracle.violation(format!(
                 "{} publish {} refused: {:?}",
                 self.id, a.packet_id, a.reason
@@ -443,13 +443,13 @@ impl Client {
         };
         let o = &mut self.outgoing[i];
         match (stage, o.stage) {
-            (Stage::AwaitAck, Stage::AwaitAck) | (Stage::AwaitComp, Stage::AwaitComp) => {
+            (Stage::Ack, Stage::Ack) | (Stage::Comp, Stage::Comp) => {
                 oracle.acked(self.index, o.seq);
                 self.outgoing.remove(i);
             }
-            (Stage::AwaitRec, Stage::AwaitRec | Stage::AwaitComp) => {
+            (Stage::Rec, Stage::Rec | Stage::Comp) => {
                 oracle.acked(self.index, o.seq);
-                o.stage = Stage::AwaitComp;
+                o.stage = Stage::Comp;
                 send(
                     net,
                     conn,

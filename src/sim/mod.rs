@@ -147,6 +147,8 @@ struct World {
     cluster: Cluster,
     net: Net,
     clients: Vec<Client>,
+    /// Per client: a connection that broke before CONNACK and the broker has not closed.
+    stale: Vec<Option<net::ConnId>>,
     oracle: Oracle,
     now_ms: u64,
     step: u64,
@@ -169,7 +171,7 @@ impl World {
         let shards = rng.range(1, cfg.shards_max.max(1) as u64) as usize;
         let n = rng.range(3, cfg.clients_max.max(3) as u64) as usize;
         let share = rng.chance(500);
-        let clients = (0..n).map(|i| make_client(i, n, share, &mut rng)).collect();
+        let clients: Vec<Client> = (0..n).map(|i| make_client(i, n, share, &mut rng)).collect();
         let config = Config {
             verbose: false,
             ..Config::default()
@@ -178,6 +180,7 @@ impl World {
             rng,
             cluster: Cluster::new(shards, config, 0),
             net: Net::default(),
+            stale: vec![None; clients.len()],
             clients,
             oracle: Oracle::default(),
             now_ms: 0,
@@ -260,6 +263,16 @@ impl World {
         if self.clients[c].conn.is_some() {
             return;
         }
+        // A connection that broke before its CONNACK may still have its CONNECT read and
+        // handed to the home shard; arriving after a newer one, it would rightly take the
+        // session over and replay older publishes. The client waits for the broker to
+        // close it, as a client backing off would.
+        if let Some(old) = self.stale[c] {
+            if self.net.conns.get(old).is_some_and(|k| !k.closed) {
+                return;
+            }
+            self.stale[c] = None;
+        }
         let conn = self.net.open(c);
         let shard = self.rng.index(self.cluster.shards());
         self.log(format!(
@@ -294,15 +307,21 @@ impl World {
         self.digest = fnv(fnv(self.digest, &(c as u64).to_be_bytes()), &bytes);
         self.clients[c].receive(&bytes, self.step, &mut self.net, &mut self.oracle);
         if self.verbose {
-            for d in self.oracle.deliveries[before..].to_vec() {
-                self.log(format!(
-                    "client {c} gets {}:{} at {:?}{}{} on conn {conn}",
-                    d.publisher,
-                    d.seq,
-                    d.qos,
-                    if d.retain { " retained" } else { "" },
-                    if d.app { "" } else { " (repeat)" }
-                ));
+            let seen: Vec<String> = self.oracle.deliveries[before..]
+                .iter()
+                .map(|d| {
+                    format!(
+                        "client {c} gets {}:{} at {:?}{}{} on conn {conn}",
+                        d.publisher,
+                        d.seq,
+                        d.qos,
+                        if d.retain { " retained" } else { "" },
+                        if d.app { "" } else { " (repeat)" }
+                    )
+                })
+                .collect();
+            for line in seen {
+                self.log(line);
             }
         }
     }
@@ -341,6 +360,9 @@ impl World {
             return;
         };
         self.log(format!("network of client {c} fails (conn {conn})"));
+        if !self.clients[c].connected {
+            self.stale[c] = Some(conn);
+        }
         self.net.break_conn(conn);
         self.clients[c].lost();
         self.disrupted(c);
@@ -468,6 +490,7 @@ impl World {
                 .unwrap_or_default();
             self.clients
                 .push(Client::new(first + s, id, Version::V5, Role::Checker, 0));
+            self.stale.push(None);
         }
         self.settle()?;
         let mut expected = BTreeMap::new();
