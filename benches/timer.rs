@@ -1,4 +1,4 @@
-//! Benchmarks for the shard timer wheel (`shard::timer`), at 100k pending timers, about a
+//! Benchmarks for the shard timer wheel (`timer`), at 100k pending timers, about a
 //! busy shard's keepalive and retransmission load.
 //!
 //! `timer_insert_cancel`: one insert plus one cancel against a loaded wheel (a keepalive
@@ -7,7 +7,7 @@
 //! nothing is due, the cost every loop turn pays.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use shardmq::shard::timer::TimerWheel;
+use shardmq::timer::TimerWheel;
 use std::hint::black_box;
 
 const TIMERS: u64 = 100_000;

@@ -1,16 +1,25 @@
 //! shardmq: a shard-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
 //!
 //! Dependency order (a module uses only modules to its left):
-//! `protocol`, `topic` → `shard::{ring, bus, timer}` → `session` → `broker` → `shard` event loop.
-//! Nothing left of `shard` sees mio, sockets or threads.
+//! `log`, `protocol`, `topic`, `timer`, `txbuf`, `auth`, `config` → `session` → `broker` →
+//! `transport` → `shard` (conn, event loop, bus) → `main`.
+//! Nothing left of `transport` sees mio, sockets or threads, and nothing left of `shard`
+//! names a shard type. `sim` drives `broker` in one thread with no transport or shard (a
+//! deterministic simulation for tests and fuzzing). `unsafe` is denied everywhere and allowed only in `shard::ring` and
+//! `shard::bus::spsc`; every other module forbids it.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod log;
 pub mod protocol;
 pub mod session;
 pub mod shard;
 pub mod sim;
+pub mod timer;
 pub mod topic;
+pub mod transport;
+pub mod txbuf;

@@ -13,6 +13,7 @@
 //! [`ScramError::is_bad_credentials`] to 0x86 (Bad user name or password), anything else to
 //! a protocol error; an unsupported method is the caller's 0x8C. Rationale and the file
 //! format: `docs/decisions/0004-enhanced-auth.md`.
+#![forbid(unsafe_code)]
 
 pub mod credentials;
 mod keys;

@@ -20,7 +20,7 @@ pub struct AuthFlow {
     connect: Vec<u8>,
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// CONNECT named an Authentication Method: start the exchange (or refuse it).
     pub(super) fn start_auth(&mut self, key: usize, c: &Connect<'_>) -> Verdict {
         let Some(creds) = self.cfg.scram_credentials.clone() else {

@@ -1,14 +1,14 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::{log, Broker, LinkState, Verdict};
+use super::{log, Broker, Conn, Link, LinkState, Verdict};
 use crate::protocol::{Disconnect, ReasonCode, Version};
-use crate::shard::timer::TimerId;
+use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;
 
-impl Broker {
+impl<X> Broker<X> {
     pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
@@ -30,12 +30,16 @@ impl Broker {
         self.close(key, None, "client sent DISCONNECT")
     }
 
-    /// The event loop closed link `key`'s socket: publish or schedule its Will, detach or
-    /// end its session, forget the link.
-    pub fn on_closed(&mut self, key: usize, now_ms: u64) {
-        let Some(mut link) = self.links.try_remove(key) else {
-            return;
-        };
+    /// The shard is done with connection `key` (closed, or handed to another shard):
+    /// publish or schedule its Will, detach or end its session, forget the link. Returns
+    /// the shard's part of the connection, for it to close or move.
+    pub fn on_closed(&mut self, key: usize, now_ms: u64) -> Option<X> {
+        let Conn { mut link, io, .. } = self.links.remove(key)?;
+        self.forget_link(key, &mut link, now_ms);
+        Some(io)
+    }
+
+    fn forget_link(&mut self, key: usize, link: &mut Link, now_ms: u64) {
         if let Some(t) = link.timer.take() {
             self.timers.cancel(t);
         }
@@ -122,10 +126,9 @@ impl Broker {
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
     pub(super) fn end_session(&mut self, s: usize) {
         self.cancel_session_timers(s);
-        let Some(mut sess) = self.sessions.try_remove(s) else {
+        let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
-        self.by_client.remove(&sess.client_id);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.
@@ -138,11 +141,15 @@ impl Broker {
     }
 
     /// Fire due timers: keepalive and CONNECT deadlines, delayed Wills, session expiry.
+    /// At most `TIMERS_PER_TURN_MAX` are handled per call; the rest stay queued, in the
+    /// order they fired, for the next turn ([`Broker::timers_backlog`] tells the event
+    /// loop not to sleep meanwhile). None is ever dropped.
     pub fn on_timers(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.advance(now_ms, &mut fired);
-        for key in fired.drain(..).take(TIMERS_PER_TURN_MAX) {
+        let n = fired.len().min(TIMERS_PER_TURN_MAX);
+        for key in fired.drain(..n) {
             let kind = key >> 56;
             let gen = ((key >> 32) & 0x00ff_ffff) as u32;
             let index = (key & 0xffff_ffff) as usize;
@@ -155,6 +162,11 @@ impl Broker {
             }
         }
         self.fired = fired;
+    }
+
+    /// True when timers fired but did not fit this turn's budget: poll without sleeping.
+    pub fn timers_backlog(&self) -> bool {
+        !self.fired.is_empty()
     }
 
     fn link_timer(&mut self, key: usize, gen: u32, now_ms: u64) {
@@ -239,5 +251,46 @@ impl Broker {
             }
             self.close(key, reason, "server shutting down");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A fleet that lost its network at once: 10,000 CONNECT deadlines fire in the same
+    /// millisecond. Every one must be handled, spread over turns, none lost.
+    #[test]
+    fn ten_thousand_timers_fired_at_once_are_all_handled() {
+        const LINKS: usize = 10_000;
+        let cfg = Arc::new(Config::default());
+        let mut b = Broker::<()>::new(0, 1, cfg.clone(), 0);
+        let peer: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        for _ in 0..LINKS {
+            b.accept(peer, (), 0);
+        }
+        let due = cfg.connect_timeout_ms;
+        let mut turns = 0;
+        let mut closing = 0;
+        let mut keys = Vec::new();
+        loop {
+            b.on_timers(due);
+            turns += 1;
+            b.effects().take_closing(&mut keys);
+            closing += keys.len();
+            for &key in &keys {
+                b.on_closed(key, due);
+            }
+            if !b.timers_backlog() {
+                break;
+            }
+            assert!(turns <= LINKS, "the backlog never drains");
+        }
+        assert_eq!(closing, LINKS, "every CONNECT deadline fired");
+        assert_eq!(turns, LINKS.div_ceil(TIMERS_PER_TURN_MAX));
+        assert!(b.links().is_empty());
     }
 }

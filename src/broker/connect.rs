@@ -1,8 +1,8 @@
 //! CONNECT: client identifiers, the home shard, takeover, session resumption, CONNACK.
 
-use super::{home_shard, log, Broker, LinkState, Verdict};
+use super::{deliver, home_shard, log, Broker, LinkState, Verdict};
 use crate::protocol::{self, Connect, Packet, Properties, ReasonCode, Version};
-use crate::session::{FlightState, Message, Session, StoredWill};
+use crate::session::{FlightState, Message, StoredWill};
 
 /// Link timer key kinds (top byte of a timer key).
 pub(super) const TIMER_LINK: u64 = 1;
@@ -16,12 +16,17 @@ pub(super) fn timer_key(kind: u64, gen: u32, index: usize) -> u64 {
     (kind << 56) | (u64::from(gen & 0x00ff_ffff) << 32) | (index as u64 & 0xffff_ffff)
 }
 
-impl Broker {
-    /// A new connection on this shard; arms its CONNECT deadline.
-    pub fn accept(&mut self, peer: std::net::SocketAddr, now_ms: u64) -> usize {
+impl<X> Broker<X> {
+    /// A new connection on this shard, with the shard's part `io`; arms its CONNECT
+    /// deadline and returns its key.
+    pub fn accept(&mut self, peer: std::net::SocketAddr, io: X, now_ms: u64) -> usize {
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
-        let key = self.links.insert(super::Link::new(gen, peer, now_ms));
+        let key = self.links.insert(super::Conn {
+            link: super::Link::new(gen, peer, now_ms),
+            tx: crate::txbuf::TxBuf::default(),
+            io,
+        });
         let deadline = now_ms + self.cfg.connect_timeout_ms;
         let id = self
             .timers
@@ -38,26 +43,12 @@ impl Broker {
         key
     }
 
-    /// Give a handed-over link the client id its accepting shard assigned.
-    pub fn set_assigned_id(&mut self, key: usize, id: Box<str>) {
-        if let Some(link) = self.links.get_mut(key) {
-            link.client_id = Some(id);
-        }
-    }
-
-    /// The client id a link was handed over with, if one was assigned.
-    pub fn take_assigned_id(&mut self, key: usize) -> Option<Box<str>> {
-        self.links.get_mut(key).and_then(|l| l.client_id.take())
-    }
-
     pub(super) fn on_connect(&mut self, key: usize, c: &Connect<'_>, now_ms: u64) -> Verdict {
         if let Some(link) = self.links.get_mut(key) {
             link.version = c.version;
         }
         let id: Box<str> = if c.client_id.is_empty() {
-            if let Some(id) = self.take_assigned_id(key) {
-                id
-            } else if !c.clean_start && c.version != Version::V5 {
+            if !c.clean_start && c.version != Version::V5 {
                 // [MQTT-3.1.3-8]: an empty id needs Clean Session = 1 in 3.x.
                 return self.refuse(key, ReasonCode::ClientIdentifierNotValid, "empty client id");
             } else {
@@ -106,11 +97,11 @@ impl Broker {
     /// A fresh client id that hashes to this shard, so the connection stays here.
     fn assign_id(&mut self) -> Box<str> {
         loop {
-            self.next_uid += 1;
+            let nonce = self.sessions.next_nonce();
             let id = format!(
                 "shardmq-{:x}-{:x}",
                 self.shard_id,
-                self.next_uid.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             );
             if home_shard(&id, self.shards) == self.shard_id {
                 return id.into();
@@ -219,7 +210,7 @@ impl Broker {
     /// Find the session for `id` (disconnecting a connection that holds it) or make one.
     /// Returns the session key and whether an existing session was resumed.
     fn take_over_or_create(&mut self, id: &str, clean: bool, expiry_s: u32) -> (usize, bool) {
-        if let Some(&s) = self.by_client.get(id) {
+        if let Some(s) = self.sessions.find(id) {
             if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
                 if let Some(l) = self.links.get_mut(old) {
                     l.session = None;
@@ -239,11 +230,7 @@ impl Broker {
             }
             self.end_session(s);
         }
-        self.next_uid += 1;
-        let uid = ((self.shard_id as u64) << 56) | self.next_uid;
-        let s = self.sessions.insert(Session::new(id, uid, expiry_s));
-        self.by_client.insert(id.into(), s);
-        (s, false)
+        (self.sessions.create(id, expiry_s), false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -350,7 +337,14 @@ impl Broker {
                 FlightState::AwaitComp => {
                     self.send(key, &Packet::PubRel(protocol::Ack::new(f.pid)));
                 }
-                _ => self.write_publish(key, &f.out, Some(f.pid), true, now_ms),
+                _ => {
+                    let (_, sessions, mut sink) = self.parts();
+                    if !deliver::write_publish(&mut sink, key, &f.out, Some(f.pid), true, now_ms) {
+                        if let Some(sess) = sessions.get_mut(s) {
+                            sess.inflight.retain(|x| x.pid != f.pid);
+                        }
+                    }
+                }
             }
         }
     }

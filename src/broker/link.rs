@@ -1,17 +1,23 @@
-//! `Link`: the protocol side of one connection, as the broker sees it.
+//! `Link` and the connection table: one connection, as the broker sees it.
 //!
-//! Owns: per-connection MQTT state that dies with the socket (version, keepalive, the
-//! output buffer, topic aliases, negotiated limits). Invariant: a link in `Connected`
-//! always names a session on this shard, and that session names the link back. Must not
-//! touch: the socket itself, which the event loop keeps beside it under the same key.
+//! Owns: per-connection MQTT state that dies with the socket (version, keepalive, topic
+//! aliases, negotiated limits) and the table [`Links`] of this shard's connections, one
+//! slab of [`Conn`]: the link, its write buffer, and the shard's own part `X` (the
+//! transport and receive buffer in the event loop; whatever a simulation wants in tests).
+//! Invariant: a link in `Connected` always names a session on this shard, and that session
+//! names the link back; a key names one connection from `insert` to `remove`. Must not
+//! touch: `X`. The broker is generic over it and never looks inside, so it never names a
+//! shard or transport type and the connection state lives in a single slab.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::protocol::{ReasonCode, Version};
 use crate::session::StoredWill;
-use crate::shard::timer::TimerId;
-use crate::shard::txbuf::TxBuf;
+use slab::Slab;
+
+use crate::timer::TimerId;
+use crate::txbuf::TxBuf;
 
 /// What the connection awaits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +47,10 @@ pub struct Link {
     pub keepalive_ms: u64,
     /// Last time a packet arrived (shard clock, ms).
     pub last_rx_ms: u64,
-    /// Encoded packets waiting for the socket.
-    pub tx: TxBuf,
     /// Peer address, for logs.
     pub peer: SocketAddr,
-    /// True while queued on the broker's dirty list.
-    pub dirty: bool,
+    /// True while queued on the dirty list (set and cleared only by `Effects`).
+    pub(super) dirty: bool,
     /// Publish the Will when the connection ends (cleared by DISCONNECT 0x00).
     pub publish_will: bool,
     /// The client's Maximum Packet Size (5.0).
@@ -88,7 +92,6 @@ impl Link {
             session: None,
             keepalive_ms: 0,
             last_rx_ms: now_ms,
-            tx: TxBuf::default(),
             peer,
             dirty: false,
             publish_will: true,
@@ -124,5 +127,75 @@ impl Link {
     /// True when deliveries may be written to this link.
     pub fn is_connected(&self) -> bool {
         self.state == LinkState::Connected
+    }
+}
+
+/// One connection: the broker's part (link state, write buffer) and the shard's part `X`.
+#[derive(Debug)]
+pub struct Conn<X> {
+    /// Protocol state.
+    pub link: Link,
+    /// Encoded packets waiting for the transport.
+    pub tx: TxBuf,
+    /// The shard's part (transport, receive buffer), opaque to the broker.
+    pub io: X,
+}
+
+/// This shard's connections, keyed by a small integer (the poll token in the event loop).
+#[derive(Debug)]
+pub struct Links<X> {
+    slab: Slab<Conn<X>>,
+}
+
+impl<X> Default for Links<X> {
+    fn default() -> Self {
+        Links { slab: Slab::new() }
+    }
+}
+
+impl<X> Links<X> {
+    /// The link of connection `key`.
+    pub fn get(&self, key: usize) -> Option<&Link> {
+        self.slab.get(key).map(|c| &c.link)
+    }
+
+    /// The link of connection `key`, mutably.
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut Link> {
+        self.slab.get_mut(key).map(|c| &mut c.link)
+    }
+
+    /// The whole connection `key`.
+    pub fn conn(&self, key: usize) -> Option<&Conn<X>> {
+        self.slab.get(key)
+    }
+
+    /// The whole connection `key`, mutably (fields borrow apart: link, tx, io).
+    pub fn conn_mut(&mut self, key: usize) -> Option<&mut Conn<X>> {
+        self.slab.get_mut(key)
+    }
+
+    /// Add a connection; returns its key.
+    pub fn insert(&mut self, conn: Conn<X>) -> usize {
+        self.slab.insert(conn)
+    }
+
+    /// Remove connection `key`.
+    pub fn remove(&mut self, key: usize) -> Option<Conn<X>> {
+        self.slab.try_remove(key)
+    }
+
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Every key with its link.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Link)> {
+        self.slab.iter().map(|(k, c)| (k, &c.link))
     }
 }

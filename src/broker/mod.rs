@@ -1,34 +1,62 @@
 //! What a packet does: connect, publish routing, subscribe, retained messages, wills.
 //!
-//! Owns: one shard's MQTT state: its links, its sessions (those whose client id hashes to
-//! this shard), the local subscription trie, the replicated interest trie (filter → set of
-//! shards with subscribers) and the retained replica. Invariants: a session lives only on
-//! its home shard `home_shard(client_id)`; a SUBACK is released only once every peer shard
-//! has applied the interest change it caused, so a publish accepted anywhere after the
-//! SUBACK reaches the new subscriber. Must not touch: sockets, polls, threads: it writes
-//! into link buffers and queues `Cast`s for the event loop to carry.
+//! Owns: one shard's MQTT state, in parts that own their own state:
+//! - [`Links`] (`link`): the connection table, one slab of `Conn { link, tx, io: X }`;
+//!   `X` is the shard's part (transport, receive buffer) and is never looked into here.
+//! - [`sessions::Sessions`]: sessions whose client id hashes to this shard.
+//! - [`routes::Routes`]: the local trie, the replicated interest trie (filter → shards)
+//!   and the replicated share-group membership.
+//! - [`retained::RetainedReplica`], [`gate::SubAckGate`], the timer wheel.
+//! - [`Effects`]: what a step asks of the shard (casts, links to flush, links to close,
+//!   counters); the only way a link is marked dirty or closing.
+//!
+//! `Broker` coordinates the parts for the cold paths (connect, subscribe, close, timers);
+//! the per-message path (`deliver`) is free functions over exactly the parts it touches.
+//! Entry points for a driver (event loop, simulation, fuzzer): [`Broker::accept`],
+//! [`Broker::ingest`], [`Broker::on_cast`], [`Broker::on_timers`], [`Broker::writable`],
+//! [`Broker::close_link`], [`Broker::on_closed`], then [`Broker::effects`] and the `tx` of
+//! each dirty link in [`Broker::links_mut`].
+//!
+//! Invariants: a session lives only on its home shard `home_shard(client_id)`; a SUBACK is
+//! released only once every peer shard has applied the interest change it caused, so a
+//! publish accepted anywhere after the SUBACK reaches the new subscriber. Must not touch:
+//! sockets, polls, threads, shard or transport types: it writes into link buffers and
+//! records effects for the driver to carry out.
+#![forbid(unsafe_code)]
 
 mod auth;
 mod close;
 mod connect;
+mod deliver;
+pub mod effects;
+pub mod gate;
+pub mod ingest;
 pub mod link;
 mod publish;
+pub mod retained;
+pub mod routes;
+pub mod sessions;
 pub mod shared;
 mod subscribe;
 pub mod sys;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use slab::Slab;
-
 use crate::config::Config;
+pub(crate) use crate::log::log;
 use crate::protocol::{self, Packet, ReasonCode, Version};
-use crate::session::{Limits, Message, Session, SubIds};
-use crate::shard::timer::TimerWheel;
-use crate::topic::retained::TopicTree;
-use crate::topic::trie::FilterTrie;
-pub use link::{Link, LinkState};
+use crate::session::{Limits, Message, SubIds};
+use crate::timer::TimerWheel;
+use deliver::Sink;
+pub use effects::Effects;
+use gate::SubAckGate;
+pub use ingest::Ingested;
+pub use link::{Conn, Link, LinkState, Links};
+use retained::RetainedReplica;
+use routes::Routes;
+use sessions::Sessions;
 
 /// A message between shards at the broker level.
 #[derive(Debug)]
@@ -126,19 +154,9 @@ pub struct Stats {
     pub bytes_out: u64,
 }
 
-/// A SUBACK held back until every peer shard has applied the interest it depends on.
-#[derive(Debug)]
-struct PendingSubAck {
-    seq: u64,
-    link: usize,
-    gen: u32,
-    bytes: Vec<u8>,
-    retained: Vec<(Box<str>, crate::session::SubState)>,
-}
-
 /// One match of a publish, merged per session (overlapping subscriptions → one delivery).
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     session: usize,
     /// The session's link, read while its cache line is hot: QoS 0 deliveries go straight
     /// to the link without touching the session again.
@@ -148,49 +166,42 @@ struct Hit {
     sub_ids: SubIds,
 }
 
-/// One shard's broker state.
-pub struct Broker {
-    /// This shard's index.
-    pub shard_id: usize,
-    /// Number of shards.
-    pub shards: usize,
+/// One shard's broker state: a coordinator over parts that own their state. `X` is the
+/// shard's part of each connection (see [`link::Links`]); the broker never looks inside.
+pub struct Broker<X> {
+    shard_id: usize,
+    shards: usize,
     cfg: Arc<Config>,
     limits: Limits,
-    /// Connections of this shard (same keys as the event loop's sockets).
-    pub links: Slab<Link>,
-    sessions: Slab<Session>,
-    by_client: HashMap<Box<str>, usize>,
-    subs: FilterTrie<Subscribers>,
-    shared: FilterTrie<shared::ShareGroups>,
-    interest: FilterTrie<u64>,
-    retained: TopicTree<Arc<Message>>,
+    /// Connections of this shard.
+    links: Links<X>,
+    /// Sessions whose home is this shard.
+    sessions: Sessions,
+    /// Local trie, interest, share groups.
+    routes: Routes,
+    /// This shard's replica of the retained store.
+    retained: RetainedReplica,
+    /// SUBACKs waiting for peers to apply routing changes.
+    gate: SubAckGate,
     /// Timers of this shard.
-    pub timers: TimerWheel,
-    /// Casts for other shards: (destination, message).
-    pub outbox: Vec<(usize, Cast)>,
-    /// Links with bytes to flush.
-    pub dirty: Vec<usize>,
-    /// Links to close at the end of the turn.
-    pub closing: Vec<usize>,
-    pending_subacks: VecDeque<PendingSubAck>,
-    interest_seq: u64,
-    acked_seq: Vec<u64>,
+    timers: TimerWheel,
+    /// What this turn asks of the shard: casts, flushes, closes, counters.
+    fx: Effects,
     next_gen: u32,
-    next_uid: u64,
-    route_seq: u64,
-    hits: Vec<Hit>,
-    /// Counters.
-    pub stats: Stats,
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
-    pub now_ms: u64,
+    now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
-    /// Lamport clock ordering retained updates across shards.
-    lamport: u64,
-    /// Stamps of recently deleted retained topics, so an older update in flight cannot
-    /// bring one back.
-    tombstones: HashMap<Arc<str>, u64>,
+}
+
+/// The session limits derived from the configuration (config knows no sessions).
+fn session_limits(cfg: &Config) -> Limits {
+    Limits {
+        window: cfg.max_inflight,
+        queue_max: cfg.max_queued_messages,
+        queue_bytes_max: cfg.max_queued_bytes,
+    }
 }
 
 /// The home shard of a client id: FNV-1a, stable across runs and threads.
@@ -203,46 +214,85 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
     (h % shards.max(1) as u64) as usize
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
-    pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker {
+    pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
         let mut b = Broker {
             shard_id,
             shards,
-            limits: cfg.session_limits(),
+            limits: session_limits(&cfg),
             cfg,
-            links: Slab::new(),
-            sessions: Slab::new(),
-            by_client: HashMap::new(),
-            subs: FilterTrie::new(),
-            shared: FilterTrie::new(),
-            interest: FilterTrie::new(),
-            retained: TopicTree::new(),
+            links: Links::default(),
+            sessions: Sessions::new(shard_id),
+            routes: Routes::default(),
+            retained: RetainedReplica::default(),
+            gate: SubAckGate::new(shard_id, shards),
             timers: TimerWheel::new(now_ms),
-            outbox: Vec::new(),
-            dirty: Vec::new(),
-            closing: Vec::new(),
-            pending_subacks: VecDeque::new(),
-            interest_seq: 0,
-            acked_seq: vec![0; shards],
+            fx: Effects::default(),
             next_gen: 0,
-            next_uid: 0,
-            route_seq: 0,
-            hits: Vec::new(),
-            stats: Stats::default(),
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
-            lamport: 0,
-            tombstones: HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b
     }
 
+    /// A turn starts at `now_ms` (shard clock; never goes backwards).
+    pub fn begin_turn(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The shard clock as of the current turn (ms).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// When the next timer is due (shard clock, ms), for the poll timeout.
+    pub fn next_timer_ms(&self) -> Option<u64> {
+        self.timers.next_deadline_ms()
+    }
+
+    /// This shard's index.
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
+    }
+
+    /// The parts a delivery needs, borrowed apart: routes, sessions, and where to write.
+    fn parts(&mut self) -> (&mut Routes, &mut Sessions, Sink<'_, X>) {
+        let sink = Sink {
+            links: &mut self.links,
+            fx: &mut self.fx,
+            limits: &self.limits,
+            max_buf: self.cfg.max_write_buffer,
+        };
+        (&mut self.routes, &mut self.sessions, sink)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// This shard's connections.
+    pub fn links(&self) -> &Links<X> {
+        &self.links
+    }
+
+    /// This shard's connections, mutably: the shard reaches its own part (`io`) and the
+    /// write buffer here. Marking a link dirty or closing goes through [`Broker::effects`].
+    pub fn links_mut(&mut self) -> &mut Links<X> {
+        &mut self.links
+    }
+
+    /// What the broker has asked of the shard so far this turn.
+    pub fn effects(&mut self) -> &mut Effects {
+        &mut self.fx
+    }
+
+    /// The connections and the effects together (they borrow apart).
+    pub fn links_and_effects(&mut self) -> (&mut Links<X>, &mut Effects) {
+        (&mut self.links, &mut self.fx)
     }
 
     /// Sessions held by this shard.
@@ -319,14 +369,11 @@ impl Broker {
 
     /// Append `packet` to link `key`'s output buffer.
     fn send(&mut self, key: usize, packet: &Packet<'_>) {
-        let Some(link) = self.links.get_mut(key) else {
+        let Some(c) = self.links.conn_mut(key) else {
             return;
         };
-        protocol::encode(packet, link.version, link.tx.buf());
-        if !link.dirty {
-            link.dirty = true;
-            self.dirty.push(key);
-        }
+        protocol::encode(packet, c.link.version, c.tx.buf());
+        self.fx.mark_dirty(key, &mut c.link);
     }
 
     /// Mark link `key` closing. With `reason` and a 5.0 client, send DISCONNECT first.
@@ -357,7 +404,7 @@ impl Broker {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
         };
-        link.state = LinkState::Closing;
+        self.fx.mark_closing(key, link);
         link.close_reason = reason;
         if self.cfg.verbose {
             log(format_args!(
@@ -366,7 +413,6 @@ impl Broker {
                 link.peer
             ));
         }
-        self.closing.push(key);
         Verdict::Close
     }
 
@@ -395,12 +441,4 @@ impl Broker {
             other => log(format_args!("Received {} from {id}", other.name())),
         }
     }
-}
-
-/// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
-pub fn log(args: std::fmt::Arguments<'_>) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    eprintln!("{secs}: {args}");
 }

@@ -101,7 +101,7 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix("$share/")?.split_once('/')
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// A local session joins, leaves or changes online state in a group: apply it here and
     /// tell every other shard (acknowledged like interest changes).
     pub(super) fn share_update(
@@ -133,7 +133,10 @@ impl Broker {
     ) {
         let same = |m: &ShareMember| m.shard == member.shard && m.uid == member.uid;
         if op == ShareOp::Join {
-            let groups = self.shared.entry_or_insert_with(filter, ShareGroups::new);
+            let groups = self
+                .routes
+                .share_groups_mut()
+                .entry_or_insert_with(filter, ShareGroups::new);
             let g = match groups.iter().position(|g| &*g.name == group) {
                 Some(i) => &mut groups[i],
                 None => {
@@ -153,7 +156,7 @@ impl Broker {
             }
             return;
         }
-        let Some(groups) = self.shared.get_mut(filter) else {
+        let Some(groups) = self.routes.share_groups_mut().get_mut(filter) else {
             return;
         };
         let Some(gi) = groups.iter().position(|g| &*g.name == group) else {
@@ -171,7 +174,7 @@ impl Broker {
         if g.members.is_empty() {
             groups.remove(gi);
             if groups.is_empty() {
-                self.shared.remove(filter);
+                self.routes.share_groups_mut().remove(filter);
             }
         }
     }
@@ -179,17 +182,19 @@ impl Broker {
     /// Choose one member of every group matching the message and send it there.
     /// Returns whether any group matched.
     pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        if self.shared.is_empty() {
+        if self.routes.share_groups().is_empty() {
             return false;
         }
         let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
-        self.shared.for_each_match(&msg.topic, |_, groups| {
-            for g in groups.iter() {
-                if let Some(m) = g.pick(0) {
-                    picks.push((m, g.key.clone()));
+        self.routes
+            .share_groups()
+            .for_each_match(&msg.topic, |_, groups| {
+                for g in groups.iter() {
+                    if let Some(m) = g.pick(0) {
+                        picks.push((m, g.key.clone()));
+                    }
                 }
-            }
-        });
+            });
         let matched = !picks.is_empty();
         for (member, key) in picks {
             self.send_share(
@@ -209,7 +214,8 @@ impl Broker {
         if d.member.shard == self.shard_id {
             self.on_share_delivery(d, now_ms);
         } else {
-            self.outbox
+            self.fx
+                .outbox
                 .push((d.member.shard, Cast::ShareDeliver(Box::new(d))));
         }
     }
@@ -253,7 +259,8 @@ impl Broker {
             return false;
         };
         let pick = self
-            .shared
+            .routes
+            .share_groups()
             .get(filter)
             .and_then(|gs| gs.iter().find(|g| &*g.name == group))
             .and_then(|g| g.pick(exclude));
@@ -292,7 +299,7 @@ impl Broker {
                 return;
             };
             if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
-                self.stats.dropped_queue += 1;
+                self.fx.stats.dropped_queue += 1;
             }
         }
     }

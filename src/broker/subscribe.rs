@@ -1,7 +1,7 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
 use super::shared::ShareOp;
-use super::{Broker, Cast, PendingSubAck, Subscriber, Subscribers, Verdict};
+use super::{Broker, Cast, Subscriber, Verdict};
 use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
 use crate::session::{Outgoing, SubState};
 use crate::topic::{self, FilterKind};
@@ -9,7 +9,7 @@ use crate::topic::{self, FilterKind};
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
 pub const FILTERS_PER_PACKET_MAX: usize = 1024;
 
-impl Broker {
+impl<X> Broker<X> {
     pub(super) fn on_subscribe(&mut self, key: usize, sub: &Subscribe<'_>, now_ms: u64) -> Verdict {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return Verdict::Close;
@@ -64,13 +64,7 @@ impl Broker {
         let mut bytes = Vec::new();
         protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
         let gen = self.links.get(key).map_or(0, |l| l.gen);
-        self.pending_subacks.push_back(PendingSubAck {
-            seq: self.interest_seq,
-            link: key,
-            gen,
-            bytes,
-            retained,
-        });
+        self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
     }
@@ -87,16 +81,8 @@ impl Broker {
             options: state.options,
             sub_id: state.sub_id,
         };
-        match self.subs.get_mut(filter) {
-            Some(list) => match list.iter_mut().find(|x| x.session == s) {
-                Some(x) => *x = entry,
-                None => list.push(entry),
-            },
-            None => {
-                self.subs
-                    .entry_or_insert_with(filter, || Subscribers::from_elem(entry, 1));
-                self.broadcast_interest(filter, true);
-            }
+        if self.routes.add_local(filter, entry) {
+            self.broadcast_interest(filter, true);
         }
         existed
     }
@@ -133,14 +119,8 @@ impl Broker {
 
     /// Remove session `s`'s subscription to `filter` from the trie. Returns whether it was there.
     pub(super) fn remove_from_trie(&mut self, s: usize, filter: &str) -> bool {
-        let Some(list) = self.subs.get_mut(filter) else {
-            return false;
-        };
-        let before = list.len();
-        list.retain(|x| x.session != s);
-        let removed = list.len() != before;
-        if list.is_empty() {
-            self.subs.remove(filter);
+        let (removed, last) = self.routes.remove_local(s, filter);
+        if last {
             self.broadcast_interest(filter, false);
         }
         removed
@@ -160,46 +140,23 @@ impl Broker {
     /// Send a routing-state change to every other shard under the next sequence number;
     /// SUBACKs queued from now on wait until every peer has acknowledged it.
     pub(super) fn broadcast_acked(&mut self, make: impl Fn(u64) -> Cast) {
-        if self.shards == 1 {
+        let Some(seq) = self.gate.next_seq() else {
             return;
-        }
-        self.interest_seq += 1;
-        let seq = self.interest_seq;
+        };
         for to in (0..self.shards).filter(|&t| t != self.shard_id) {
-            self.outbox.push((to, make(seq)));
+            self.fx.outbox.push((to, make(seq)));
         }
     }
 
     /// Apply shard `from`'s interest change to the replicated interest trie.
     pub(super) fn apply_interest(&mut self, from: usize, filter: &str, add: bool) {
-        let bit = 1u64 << from;
-        if add {
-            *self.interest.entry_or_insert_with(filter, || 0) |= bit;
-        } else if let Some(mask) = self.interest.get_mut(filter) {
-            *mask &= !bit;
-            if *mask == 0 {
-                self.interest.remove(filter);
-            }
-        }
+        self.routes.apply_interest(from, filter, add);
     }
 
     /// Send every held SUBACK whose interest changes all peers have applied, followed by
     /// the retained messages its filters match.
     pub(super) fn release_subacks(&mut self, now_ms: u64) {
-        let me = self.shard_id;
-        let applied = (0..self.shards)
-            .filter(|&p| p != me)
-            .map(|p| self.acked_seq[p])
-            .min()
-            .unwrap_or(u64::MAX);
-        while self
-            .pending_subacks
-            .front()
-            .is_some_and(|p| p.seq <= applied)
-        {
-            let Some(p) = self.pending_subacks.pop_front() else {
-                break;
-            };
+        while let Some(p) = self.gate.pop_released() {
             let live = self
                 .links
                 .get(p.link)
@@ -207,12 +164,9 @@ impl Broker {
             if !live {
                 continue;
             }
-            if let Some(link) = self.links.get_mut(p.link) {
-                link.tx.buf().extend_from_slice(&p.bytes);
-                if !link.dirty {
-                    link.dirty = true;
-                    self.dirty.push(p.link);
-                }
+            if let Some(c) = self.links.conn_mut(p.link) {
+                c.tx.buf().extend_from_slice(&p.bytes);
+                self.fx.mark_dirty(p.link, &mut c.link);
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
                 continue;

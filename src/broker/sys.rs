@@ -33,7 +33,7 @@ pub fn is_sys_topic(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
-impl Broker {
+impl<X> Broker<X> {
     /// Arm the first statistics timer (called once at start).
     pub(super) fn arm_sys_timer(&mut self, now_ms: u64) {
         let interval = u64::from(self.cfg.sys_interval_s) * 1000;
@@ -50,7 +50,7 @@ impl Broker {
             self.on_sys_report(0, report);
             self.publish_sys(now_ms);
         } else {
-            self.outbox.push((
+            self.fx.outbox.push((
                 0,
                 Cast::Sys {
                     from: self.shard_id,
@@ -66,7 +66,7 @@ impl Broker {
             clients_connected: self.links.iter().filter(|(_, l)| l.is_connected()).count() as u64,
             sessions: self.sessions.len() as u64,
             subscriptions: self.sessions.iter().map(|(_, s)| s.subs.len() as u64).sum(),
-            stats: self.stats,
+            stats: self.fx.stats,
         }
     }
 

@@ -3,6 +3,7 @@
 //! Owns: every tunable and its default. Invariant: a `Config` is validated when built and
 //! then only read; it is handed to each shard by value (`Arc`), never a global. The command
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
+#![forbid(unsafe_code)]
 
 pub mod file;
 
@@ -289,15 +290,6 @@ impl Config {
             return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
         }
         Ok(())
-    }
-
-    /// The session limits derived from this configuration.
-    pub fn session_limits(&self) -> crate::session::Limits {
-        crate::session::Limits {
-            window: self.max_inflight,
-            queue_max: self.max_queued_messages,
-            queue_bytes_max: self.max_queued_bytes,
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! `queue_bytes_max` bytes (the overflow is dropped and counted); packet ids in flight are
 //! unique. Must not touch: sockets, the bus, encoding: the broker decides what to send and
 //! this module only keeps the books.
+#![forbid(unsafe_code)]
 
 pub mod message;
 
@@ -133,9 +134,9 @@ pub struct Session {
     /// A Will waiting out its Will Delay Interval after the connection ended.
     pub will: Option<Box<StoredWill>>,
     /// Timer publishing `will` (shard timer wheel).
-    pub will_timer: Option<crate::shard::timer::TimerId>,
+    pub will_timer: Option<crate::timer::TimerId>,
     /// Timer ending the session after its expiry interval.
-    pub expiry_timer: Option<crate::shard::timer::TimerId>,
+    pub expiry_timer: Option<crate::timer::TimerId>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// The client's Receive Maximum (5.0), 65,535 when not given.

@@ -1,11 +1,13 @@
 //! One shard's thread: the `mio` poll loop and the sockets it owns.
 //!
-//! Owns: the poll, this shard's listener handles, the sockets (`Sock`, keyed like the
-//! broker's links), the scratch read buffer and this shard's bus ends. One turn is:
-//! poll → accept → read and decode in place → bus inbox → timers → flush → close → bus
-//! outbox; every step has a budget so one busy client or peer cannot starve the rest.
-//! Invariant: `socks` and the broker's `links` hold the same keys at all times. Must not
-//! touch: MQTT semantics (it calls the broker) or other shards' state (only the bus).
+//! Owns: the poll, this shard's listener handles, the scratch read buffer and this shard's
+//! bus ends; through the broker's connection table, each connection's transport and
+//! receive buffer (`conn::ConnIo`). One turn is: poll → bus inbox → read and decode in
+//! place → accept → timers → bus outbox → flush → close; every step has a budget so one
+//! busy client or peer cannot starve the rest. Invariant: the poll token of a transport is
+//! its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
+//! `LinkState` (it asks the broker to close a link), other shards' state (only the bus).
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -14,16 +16,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
 
-use super::bus::{self, Bus, BusMsg, Handoff};
-use super::ring::RxBuf;
-use super::txbuf::Flushed;
-use crate::broker::{Broker, Verdict};
+use super::bus::{self, Bus};
+use super::conn::ConnIo;
+use super::{BusMsg, Handoff};
+use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
-use crate::protocol::{self, Decoded};
+use crate::log::log;
+use crate::transport::Transport;
+use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -39,24 +42,8 @@ const ACCEPTS_PER_TURN_MAX: usize = 512;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
-/// Largest first packet (CONNECT) from a client nobody has authenticated yet: a Will
-/// payload bigger than this is refused, so unauthenticated sockets cannot make the broker
-/// buffer hundreds of megabytes each.
-const CONNECT_PACKET_MAX: usize = 1024 * 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
-
-/// A socket owned by this shard.
-#[derive(Debug)]
-struct Sock {
-    stream: TcpStream,
-    rx: RxBuf,
-    /// Queued on `read_again` (budget hit or paused), so edge-triggered input is not lost.
-    pending_read: bool,
-    /// Not being read because its own output is over the limit (the client does not read
-    /// what we send it); resumed by `flush_one` once the output drains, not by polling.
-    paused_on_output: bool,
-}
 
 /// The running broker: its shard threads and how to stop them.
 pub struct Running {
@@ -165,14 +152,15 @@ struct Shard {
     id: usize,
     poll: Poll,
     listeners: Vec<TcpListener>,
-    socks: Slab<Sock>,
-    broker: Broker,
-    bus: Bus,
+    broker: Broker<ConnIo>,
+    bus: Bus<BusMsg>,
     scratch: Vec<u8>,
     stop: Arc<AtomicBool>,
     epoch: Instant,
     inbox: Vec<BusMsg>,
     read_again: Vec<usize>,
+    /// Reused lists of keys taken from the broker's effects.
+    keys: Vec<usize>,
     accept_again: bool,
     /// An inbound ring was left non-empty by the drain budget: poll without sleeping.
     inbox_again: bool,
@@ -185,7 +173,7 @@ impl Shard {
         id: usize,
         poll: Poll,
         listeners: Vec<TcpListener>,
-        bus: Bus,
+        bus: Bus<BusMsg>,
         cfg: Arc<Config>,
         stop: Arc<AtomicBool>,
         epoch: Instant,
@@ -195,7 +183,6 @@ impl Shard {
             id,
             poll,
             listeners,
-            socks: Slab::new(),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -203,6 +190,7 @@ impl Shard {
             epoch,
             inbox: Vec::new(),
             read_again: Vec::new(),
+            keys: Vec::new(),
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
@@ -221,7 +209,7 @@ impl Shard {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.turn(&mut events) {
-                crate::broker::log(format_args!("shard {}: poll failed: {e}", self.id));
+                log(format_args!("shard {}: poll failed: {e}", self.id));
                 break;
             }
         }
@@ -234,11 +222,12 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.broker.timers_backlog()
             || self.bus.staged() > 0
         {
             return Duration::ZERO;
         }
-        let next = self.broker.timers.next_deadline_ms().unwrap_or(u64::MAX);
+        let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
         Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
     }
 
@@ -250,7 +239,7 @@ impl Shard {
             Err(e) => return Err(e),
         }
         let now = self.now_ms();
-        self.broker.now_ms = now;
+        self.broker.begin_turn(now);
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
@@ -264,7 +253,7 @@ impl Shard {
                 continue;
             }
             if ev.is_writable() {
-                self.mark_dirty(t);
+                self.broker.writable(t);
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 self.read_or_defer(t, now);
@@ -287,20 +276,10 @@ impl Shard {
 
     /// Move the broker's casts into the bus rings and ring idle peers.
     fn push_outbox(&mut self) {
-        for (to, cast) in self.broker.outbox.drain(..) {
+        for (to, cast) in self.broker.effects().outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
         }
         self.bus.flush();
-    }
-
-    /// Queue link `key` for this turn's flush (a writable edge, or new output).
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(l) = self.broker.links.get_mut(key) {
-            if !l.dirty {
-                l.dirty = true;
-                self.broker.dirty.push(key);
-            }
-        }
     }
 
     /// Accept from every listener until WouldBlock or the budget. A listener left with a
@@ -315,7 +294,9 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].accept() {
-                    Ok((stream, peer)) => self.adopt(stream, peer, Vec::new(), None, now),
+                    Ok((stream, peer)) => {
+                        self.adopt(Transport::tcp(stream), peer, Vec::new(), now);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -325,7 +306,7 @@ impl Shard {
                             || now >= self.accept_error_logged_ms + 1000
                         {
                             self.accept_error_logged_ms = now.max(1);
-                            crate::broker::log(format_args!("accept failed: {e}"));
+                            log(format_args!("accept failed: {e}"));
                         }
                         break;
                     }
@@ -334,46 +315,34 @@ impl Shard {
         }
     }
 
-    /// Register a socket (accepted here or handed over) and process any bytes it came with.
-    fn adopt(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        rx: Vec<u8>,
-        id: Option<Box<str>>,
-        now: u64,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let key = self.broker.accept(peer, now);
-        let entry = self.socks.vacant_entry();
-        if entry.key() != key
-            || self
-                .poll
+    /// Register a transport (accepted here or handed over) and process any bytes it came
+    /// with.
+    fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+        let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        let registered = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
+            self.poll
                 .registry()
                 .register(
-                    &mut stream,
+                    &mut c.io.transport,
                     Token(key),
                     Interest::READABLE | Interest::WRITABLE,
                 )
-                .is_err()
-        {
-            // The two slabs move in lockstep; a mismatch is a bug, so refuse the socket.
-            debug_assert_eq!(entry.key(), key, "socks and links out of step");
+                .is_ok()
+        });
+        if !registered {
+            // Not registered: forget it now (never through the closing list, whose keys
+            // must name live connections).
             self.broker.on_closed(key, now);
             return;
         }
-        entry.insert(Sock {
-            stream,
-            rx: RxBuf::from_vec(rx),
-            pending_read: false,
-            paused_on_output: false,
-        });
-        if let Some(id) = id {
-            self.broker.set_assigned_id(key, id);
-        }
-        if self.socks.get(key).is_some_and(|s| !s.rx.is_empty()) {
+        let partial = self
+            .broker
+            .links()
+            .conn(key)
+            .is_some_and(|c| !c.io.rx.is_empty());
+        if partial {
             if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
-                self.broker_close(key);
+                self.broker.close_link(key);
                 return;
             }
         }
@@ -381,52 +350,32 @@ impl Shard {
     }
 
     fn defer_read(&mut self, key: usize) {
-        if let Some(s) = self.socks.get_mut(key) {
-            if !s.pending_read {
-                s.pending_read = true;
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            if !c.io.pending_read {
+                c.io.pending_read = true;
                 self.read_again.push(key);
             }
         }
     }
 
     fn read_or_defer(&mut self, key: usize, now: u64) {
-        if self.output_full(key) {
-            if let Some(s) = self.socks.get_mut(key) {
-                s.paused_on_output = true;
+        if self.broker.output_full(key) {
+            if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                c.io.paused_on_output = true;
             }
         } else if self.bus.staged() > BUS_STAGED_MAX {
             self.defer_read(key);
         } else if let ReadEnd::Closed = self.read_conn(key, now) {
-            self.broker_close(key);
+            self.broker.close_link(key);
         }
     }
 
     fn retry_reads(&mut self, now: u64) {
         let again = std::mem::take(&mut self.read_again);
         for key in again {
-            if let Some(s) = self.socks.get_mut(key) {
-                s.pending_read = false;
+            if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                c.io.pending_read = false;
                 self.read_or_defer(key, now);
-            }
-        }
-    }
-
-    /// The client is not reading its own output: stop reading its input too.
-    fn output_full(&self, key: usize) -> bool {
-        let max = self.broker.config().max_write_buffer;
-        self.broker
-            .links
-            .get(key)
-            .is_some_and(|l| l.tx.pending() > max)
-    }
-
-    fn broker_close(&mut self, key: usize) {
-        if let Some(l) = self.broker.links.get(key) {
-            if l.state != crate::broker::LinkState::Closing {
-                self.broker.closing.push(key);
-                if let Some(l) = self.broker.links.get_mut(key) {
-                    l.state = crate::broker::LinkState::Closing;
-                }
             }
         }
     }
@@ -435,108 +384,105 @@ impl Shard {
     fn read_conn(&mut self, key: usize, now: u64) -> ReadEnd {
         let mut budget = READ_BYTES_PER_TURN_MAX;
         loop {
-            if budget == 0 || self.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
+            if budget == 0 || self.broker.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
                 // Back through `read_or_defer` next turn, which sorts out why.
                 self.defer_read(key);
                 return ReadEnd::Open;
             }
-            let partial = self.socks.get(key).is_some_and(|s| !s.rx.is_empty());
-            let want = if partial {
-                self.needed(key).min(SCRATCH_BYTES)
-            } else {
-                0
+            let step = match self.broker.links().conn(key) {
+                None => return ReadEnd::Closed,
+                Some(c) if c.io.rx.is_empty() => self.read_scratch(key, now),
+                Some(_) => self.read_partial(key, now),
             };
-            let Some(sock) = self.socks.get_mut(key) else {
-                return ReadEnd::Closed;
-            };
-            let n = if sock.rx.is_empty() {
-                match sock.stream.read(&mut self.scratch) {
-                    Ok(0) => return ReadEnd::Closed,
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        self.broker.stats.bytes_in += n as u64;
-                        match self.process_scratch(key, n, now) {
-                            Some(end) => return end,
-                            None => continue,
-                        }
-                    }
-                    Err(e) => return would_block_or_closed(e),
-                }
-            } else {
-                let spare = sock.rx.spare(want);
-                let r = sock.stream.read(spare);
-                match r {
-                    Ok(0) => return ReadEnd::Closed,
-                    Ok(n) => {
-                        sock.rx.filled(n);
-                        self.broker.stats.bytes_in += n as u64;
-                        n
-                    }
-                    Err(e) => {
-                        sock.rx.filled(0);
-                        return would_block_or_closed(e);
-                    }
-                }
-            };
-            budget = budget.saturating_sub(n);
-            if let Some(end) = self.process_rx(key, now) {
-                return end;
+            match step {
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(end) => return end,
             }
         }
     }
 
-    /// Bytes still missing for the partial packet held by `key`, from its header.
-    fn needed(&self, key: usize) -> usize {
-        let Some(sock) = self.socks.get(key) else {
-            return 0;
+    /// No partial packet held: read into the shared scratch buffer and decode from there.
+    /// `Ok(bytes read)` to go on, `Err(end)` to stop.
+    fn read_scratch(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(ReadEnd::Closed);
         };
-        let Some(link) = self.broker.links.get(key) else {
-            return 0;
+        let n = match c.io.transport.read(&mut self.scratch) {
+            Ok(0) => return Err(ReadEnd::Closed),
+            Ok(n) => n,
+            Err(e) => return Err(would_block_or_closed(e)),
         };
-        let max = packet_size_max(self.broker.config(), link);
-        let version = link.version;
-        match protocol::decode(sock.rx.readable(), version, max) {
-            Ok(Decoded::Incomplete { needed }) => needed.saturating_sub(sock.rx.len()),
-            _ => 0,
+        self.broker.effects().stats.bytes_in += n as u64;
+        match self.process_scratch(key, n, now) {
+            Some(end) => Err(end),
+            None => Ok(n),
         }
     }
 
-    /// Decode from the scratch buffer; keep a trailing partial packet in the socket's RxBuf.
+    /// A partial packet is held: read what it still needs into its own buffer.
+    fn read_partial(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
+        let want = self
+            .broker
+            .links()
+            .conn(key)
+            .map_or(0, |c| self.broker.bytes_needed(key, c.io.rx.readable()))
+            .min(SCRATCH_BYTES);
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(ReadEnd::Closed);
+        };
+        let io = &mut c.io;
+        let spare = io.rx.spare(want);
+        let n = match io.transport.read(spare) {
+            Ok(0) => return Err(ReadEnd::Closed),
+            Ok(n) => n,
+            Err(e) => {
+                io.rx.filled(0);
+                return Err(would_block_or_closed(e));
+            }
+        };
+        io.rx.filled(n);
+        self.broker.effects().stats.bytes_in += n as u64;
+        match self.process_rx(key, now) {
+            Some(end) => Err(end),
+            None => Ok(n),
+        }
+    }
+
+    /// Decode from the scratch buffer; keep a trailing partial packet in the link's RxBuf.
     fn process_scratch(&mut self, key: usize, n: usize, now: u64) -> Option<ReadEnd> {
-        let Shard {
-            scratch,
-            broker,
-            socks,
-            ..
-        } = self;
-        let (used, outcome) = decode_all(broker, key, &scratch[..n], now);
+        let (used, outcome) = self.broker.ingest(key, &self.scratch[..n], now);
         match outcome {
-            Outcome::More => {
-                if let Some(sock) = socks.get_mut(key) {
-                    sock.rx.extend(&scratch[used..n]);
+            Ingested::More => {
+                if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                    c.io.rx.extend(&self.scratch[used..n]);
                 }
                 None
             }
-            Outcome::Close => Some(ReadEnd::Closed),
-            Outcome::Handoff(home) => {
-                let rest = scratch[used..n].to_vec();
+            Ingested::Close => Some(ReadEnd::Closed),
+            Ingested::Handoff(home) => {
+                let rest = self.scratch[used..n].to_vec();
                 self.handoff(key, home, rest);
                 Some(ReadEnd::Open)
             }
         }
     }
 
-    /// Decode what the socket's RxBuf holds.
+    /// Decode what the link's RxBuf holds. The buffer is taken out while the broker
+    /// handles its packets (they borrow from it) and put back after.
     fn process_rx(&mut self, key: usize, now: u64) -> Option<ReadEnd> {
-        let Shard { broker, socks, .. } = self;
-        let sock = socks.get_mut(key)?;
-        let (used, outcome) = decode_all(broker, key, sock.rx.readable(), now);
-        sock.rx.consume(used);
+        let mut rx = std::mem::take(&mut self.broker.links_mut().conn_mut(key)?.io.rx);
+        let (used, outcome) = self.broker.ingest(key, rx.readable(), now);
+        rx.consume(used);
         match outcome {
-            Outcome::More => None,
-            Outcome::Close => Some(ReadEnd::Closed),
-            Outcome::Handoff(home) => {
-                let rest = sock.rx.take_unread();
+            Ingested::More => {
+                if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                    c.io.rx = rx;
+                }
+                None
+            }
+            Ingested::Close => Some(ReadEnd::Closed),
+            Ingested::Handoff(home) => {
+                let rest = rx.take_unread();
                 self.handoff(key, home, rest);
                 Some(ReadEnd::Open)
             }
@@ -545,18 +491,17 @@ impl Shard {
 
     /// Move connection `key` to shard `home`; its CONNECT is the first of `rest`.
     fn handoff(&mut self, key: usize, home: usize, rest: Vec<u8>) {
-        let Some(mut sock) = self.socks.try_remove(key) else {
+        let Some(peer) = self.broker.links().get(key).map(|l| l.peer) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut sock.stream);
-        let peer = self.broker.links.get(key).map(|l| l.peer);
-        self.broker.on_closed(key, self.broker.now_ms);
-        let Some(peer) = peer else { return };
+        let Some(mut io) = self.broker.on_closed(key, self.broker.now_ms()) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut io.transport);
         let h = Handoff {
-            stream: sock.stream,
+            transport: io.transport,
             rx: rest,
             peer,
-            assigned_id: None,
         };
         self.bus.send(home, BusMsg::Handoff(Box::new(h)));
     }
@@ -569,39 +514,46 @@ impl Shard {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
                 BusMsg::Handoff(h) => {
                     let h = *h;
-                    self.adopt(h.stream, h.peer, h.rx, h.assigned_id, now);
+                    self.adopt(h.transport, h.peer, h.rx, now);
                 }
             }
         }
         self.inbox = inbox;
     }
 
+    /// Write the transport's own output, then the link's buffer, within the budget.
     fn flush_one(&mut self, key: usize) {
-        let Some(sock) = self.socks.get_mut(key) else {
+        let (links, fx) = self.broker.links_and_effects();
+        let Some(c) = links.conn_mut(key) else {
             return;
         };
-        let Some(link) = self.broker.links.get_mut(key) else {
-            return;
+        Effects::flushed(&mut c.link);
+        let before = c.tx.pending();
+        let flushed = match c.io.transport.send_pending() {
+            Ok(true) => c.tx.flush_to(&mut c.io.transport, FLUSH_BYTES_PER_TURN_MAX),
+            Ok(false) => Ok(Flushed::Partial),
+            Err(e) => Err(e),
         };
-        let before = link.tx.pending();
-        let flushed = link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX);
-        self.broker.stats.bytes_out += (before - link.tx.pending()) as u64;
+        fx.stats.bytes_out += (before - c.tx.pending()) as u64;
         match flushed {
-            Ok(Flushed::All) => {
-                let now = self.broker.now_ms;
+            // Bytes still inside the transport wait for the next writable edge.
+            Ok(Flushed::All) if !c.io.transport.wants_write() => {
+                let now = self.broker.now_ms();
                 self.broker.on_drained(key, now);
             }
-            Ok(Flushed::Partial) => {}
+            Ok(_) => {}
             Err(_) => {
-                self.broker_close(key);
+                self.broker.close_link(key);
                 return;
             }
         }
-        let resume = !self.output_full(key)
+        let output_full = self.broker.output_full(key);
+        let resume = !output_full
             && self
-                .socks
-                .get_mut(key)
-                .is_some_and(|s| std::mem::take(&mut s.paused_on_output));
+                .broker
+                .links_mut()
+                .conn_mut(key)
+                .is_some_and(|c| std::mem::take(&mut c.io.paused_on_output));
         if resume {
             self.defer_read(key);
         }
@@ -610,48 +562,41 @@ impl Shard {
     /// Flush every link that was written to this turn (two rounds: draining a buffer can
     /// let a session queue refill it).
     fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.keys);
         for _ in 0..2 {
-            let dirty = std::mem::take(&mut self.broker.dirty);
+            self.broker.effects().take_dirty(&mut dirty);
             for &key in &dirty {
-                if let Some(l) = self.broker.links.get_mut(key) {
-                    l.dirty = false;
-                }
                 self.flush_one(key);
             }
-            let mut dirty = dirty;
-            dirty.clear();
-            if self.broker.dirty.is_empty() {
-                self.broker.dirty = dirty;
+            if !self.broker.effects().has_dirty() {
                 break;
             }
         }
+        dirty.clear();
+        self.keys = dirty;
     }
 
-    /// Close every link the broker marked: last bytes out, socket shut, state released.
+    /// Close every link the broker marked: last bytes out, transport shut, state released.
     fn close_pending(&mut self, now: u64) {
-        while !self.broker.closing.is_empty() {
-            let closing = std::mem::take(&mut self.broker.closing);
-            for key in closing {
-                if let (Some(sock), Some(link)) =
-                    (self.socks.get_mut(key), self.broker.links.get_mut(key))
-                {
-                    let _ = link.tx.flush_to(&mut sock.stream, FLUSH_BYTES_PER_TURN_MAX);
+        let mut closing = std::mem::take(&mut self.keys);
+        while self.broker.effects().has_closing() {
+            self.broker.effects().take_closing(&mut closing);
+            for &key in &closing {
+                if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                    let t = &mut c.io.transport;
+                    if let Ok(true) = t.send_pending() {
+                        let _ = c.tx.flush_to(t, FLUSH_BYTES_PER_TURN_MAX);
+                    }
+                    let _ = t.send_pending();
                 }
-                if let Some(mut sock) = self.socks.try_remove(key) {
-                    let _ = self.poll.registry().deregister(&mut sock.stream);
-                    let _ = sock.stream.shutdown(std::net::Shutdown::Both);
+                if let Some(mut io) = self.broker.on_closed(key, now) {
+                    let _ = self.poll.registry().deregister(&mut io.transport);
+                    io.transport.shutdown();
                 }
-                self.broker.on_closed(key, now);
             }
         }
-    }
-}
-
-/// The packet size limit for a link: lower until CONNECT has been accepted.
-fn packet_size_max(cfg: &Config, link: &crate::broker::Link) -> usize {
-    match link.state {
-        crate::broker::LinkState::ExpectConnect => cfg.max_packet_size.min(CONNECT_PACKET_MAX),
-        _ => cfg.max_packet_size,
+        closing.clear();
+        self.keys = closing;
     }
 }
 
@@ -659,42 +604,5 @@ fn would_block_or_closed(e: io::Error) -> ReadEnd {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ReadEnd::Open,
         _ => ReadEnd::Closed,
-    }
-}
-
-/// Where decoding a buffer stopped.
-enum Outcome {
-    /// Need more bytes; everything before `used` was consumed.
-    More,
-    /// Close the connection.
-    Close,
-    /// Hand the connection (from `used` on) to this shard.
-    Handoff(usize),
-}
-
-/// Decode and handle every complete packet at the start of `buf`.
-fn decode_all(broker: &mut Broker, key: usize, buf: &[u8], now: u64) -> (usize, Outcome) {
-    let mut used = 0;
-    loop {
-        let Some(link) = broker.links.get(key) else {
-            return (used, Outcome::Close);
-        };
-        if link.state == crate::broker::LinkState::Closing {
-            return (used, Outcome::Close);
-        }
-        let version = link.version;
-        let max = packet_size_max(broker.config(), link);
-        match protocol::decode(&buf[used..], version, max) {
-            Ok(Decoded::Incomplete { .. }) => return (used, Outcome::More),
-            Ok(Decoded::Packet { packet, len }) => match broker.handle(key, &packet, now) {
-                Verdict::Continue => used += len,
-                Verdict::Close => return (used + len, Outcome::Close),
-                Verdict::Handoff { home } => return (used, Outcome::Handoff(home)),
-            },
-            Err(e) => {
-                broker.decode_error(key, &e);
-                return (used, Outcome::Close);
-            }
-        }
     }
 }

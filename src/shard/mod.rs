@@ -4,10 +4,23 @@
 //! its sockets, its `Broker` state and its end of every bus ring. Invariant: nothing here
 //! is shared mutably between shards; the only cross-thread traffic is `bus` messages and
 //! the shutdown flag. Must not touch: MQTT semantics, which live in `broker`.
+#[allow(unsafe_code)]
 pub mod bus;
+pub mod conn;
 pub mod event_loop;
+#[allow(unsafe_code)]
 pub mod ring;
-pub mod timer;
-pub mod txbuf;
 
 pub use event_loop::{run, Running};
+
+use crate::broker::Cast;
+pub use conn::Handoff;
+
+/// What travels between shards on the bus.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// A broker-level message (publish, interest change, ack).
+    Cast(Cast),
+    /// A connection handed to its home shard.
+    Handoff(Box<Handoff>),
+}

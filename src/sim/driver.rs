@@ -1,14 +1,15 @@
 //! The adapter between the simulation and the broker: N shards driven in one thread.
 //!
 //! Owns: one `Broker` per shard, the simulated bus between them (one FIFO per ordered pair,
-//! as the SPSC rings are), and which simulated connection each broker link stands for.
-//! A shard's `turn` follows `shard::event_loop`'s turn step by step (bus inbox, socket
-//! reads, timers, outbox, flush, close, outbox, flush), with the simulation choosing what
-//! the kernel would: how many bytes a read returns, how many a write takes, how many bus
-//! messages a drain takes. Invariant: every key of `Host::socks` is a live broker link and
-//! the reverse; the broker's clock is only ever the `now` passed in. Must not touch: the
-//! clients or the oracle. This is the one file that knows the broker's interface, so it is
-//! what changes when that interface does.
+//! as the SPSC rings are), and each link's shard part (`Io`: which simulated connection it
+//! is, and its undecoded input). A shard's `turn` follows `shard::event_loop`'s turn step
+//! by step (bus inbox, reads, timers, outbox, flush, close, outbox, flush) through the
+//! interface the broker offers any driver (`docs/architecture.md`, "Driving a shard core
+//! without mio"), with the simulation choosing what the kernel would: how many bytes a read
+//! returns, how many a write takes, how many bus messages a drain takes. Invariant: the
+//! broker's clock is only ever the `now` passed in. Must not touch: the clients or the
+//! oracle. This is the one file that knows the broker's interface, so it is what changes
+//! when that interface does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
@@ -17,19 +18,14 @@ use std::sync::Arc;
 
 use super::net::{ConnId, Net};
 use super::rng::Source;
-use crate::broker::{Broker, Cast, LinkState, Verdict};
+use crate::broker::{Broker, Cast, Effects, Ingested, LinkState};
 use crate::config::Config;
-use crate::protocol::{self, Decoded};
-use crate::shard::txbuf::Flushed;
+use crate::txbuf::Flushed;
 
-/// Largest first packet before CONNECT is accepted (as `event_loop::CONNECT_PACKET_MAX`).
-const CONNECT_PACKET_MAX: usize = 1024 * 1024;
 /// Bus messages taken from one peer per turn when the drain is not cut short.
 const DRAIN_PER_PEER_MAX: usize = 1024;
 /// Bytes one flush writes at most (as `event_loop::FLUSH_BYTES_PER_TURN_MAX`).
 const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
-/// Packets decoded from one read at most, so a bug that never consumes cannot spin.
-const PACKETS_PER_READ_MAX: usize = 4096;
 
 /// What crosses between simulated shards.
 #[derive(Debug)]
@@ -42,18 +38,12 @@ enum SimMsg {
     },
 }
 
-/// A simulated socket on one shard.
+/// The shard's part of a link: the simulated socket.
 #[derive(Debug)]
-struct Sock {
+pub struct Io {
     conn: ConnId,
     /// Read but not yet decoded (a partial packet), like `RxBuf`.
     rx: Vec<u8>,
-}
-
-/// One shard: its broker and its sockets.
-struct Host {
-    broker: Broker,
-    socks: BTreeMap<usize, Sock>,
 }
 
 /// A writer that takes at most `room` bytes, then would block (a full socket buffer).
@@ -84,9 +74,11 @@ impl Write for Pipe<'_> {
 
 /// The simulated broker: every shard, and the bus between them.
 pub struct Cluster {
-    hosts: Vec<Host>,
+    brokers: Vec<Broker<Io>>,
     /// `bus[from * n + to]`, in send order.
     bus: Vec<VecDeque<SimMsg>>,
+    /// Scratch list of link keys (dirty or closing).
+    keys: Vec<usize>,
     /// When false, every read, write and drain takes all it can (settling the run).
     pub chaos: bool,
 }
@@ -95,22 +87,20 @@ impl Cluster {
     /// `shards` brokers sharing `cfg`, their clocks at `now_ms`.
     pub fn new(shards: usize, cfg: Config, now_ms: u64) -> Cluster {
         let cfg = Arc::new(Config { shards, ..cfg });
-        let hosts = (0..shards)
-            .map(|id| Host {
-                broker: Broker::new(id, shards, cfg.clone(), now_ms),
-                socks: BTreeMap::new(),
-            })
+        let brokers = (0..shards)
+            .map(|id| Broker::new(id, shards, cfg.clone(), now_ms))
             .collect();
         Cluster {
-            hosts,
+            brokers,
             bus: (0..shards * shards).map(|_| VecDeque::new()).collect(),
+            keys: Vec::new(),
             chaos: true,
         }
     }
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.hosts.len()
+        self.brokers.len()
     }
 
     /// Shard `shard` accepts connection `conn` (as `accept_all` → `adopt`).
@@ -120,27 +110,29 @@ impl Cluster {
 
     /// The earliest timer deadline of any shard.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.hosts
-            .iter()
-            .filter_map(|h| h.broker.timers.next_deadline_ms())
-            .min()
+        self.brokers.iter().filter_map(|b| b.next_timer_ms()).min()
     }
 
     /// True when no bus message waits and no shard has output or closes pending.
-    pub fn idle(&self) -> bool {
+    pub fn idle(&mut self) -> bool {
         self.bus.iter().all(VecDeque::is_empty)
-            && self.hosts.iter().all(|h| {
-                h.broker.closing.is_empty()
-                    && h.broker.dirty.is_empty()
-                    && h.broker.links.iter().all(|(_, l)| l.tx.is_empty())
+            && self.brokers.iter_mut().all(|b| {
+                let fx = b.effects();
+                if fx.has_dirty() || fx.has_closing() {
+                    return false;
+                }
+                let links = b.links();
+                links
+                    .iter()
+                    .all(|(k, _)| links.conn(k).is_none_or(|c| c.tx.is_empty()))
             })
     }
 
     /// Connected links per client id over all shards (a client id must have at most one).
     pub fn connected_ids(&self) -> BTreeMap<String, usize> {
         let mut ids = BTreeMap::new();
-        for h in &self.hosts {
-            for (_, l) in h.broker.links.iter() {
+        for b in &self.brokers {
+            for (_, l) in b.links().iter() {
                 if let (LinkState::Connected, Some(id)) = (l.state, l.client_id.as_deref()) {
                     *ids.entry(id.to_string()).or_insert(0) += 1;
                 }
@@ -149,37 +141,29 @@ impl Cluster {
         ids
     }
 
-    /// Sessions each shard holds.
-    pub fn session_counts(&self) -> Vec<usize> {
-        self.hosts
-            .iter()
-            .map(|h| h.broker.session_count())
-            .collect()
-    }
-
     /// Deliveries any shard dropped for a full session queue.
-    pub fn dropped_queue(&self) -> u64 {
-        self.hosts
-            .iter()
-            .map(|h| h.broker.stats.dropped_queue)
+    pub fn dropped_queue(&mut self) -> u64 {
+        self.brokers
+            .iter_mut()
+            .map(|b| b.effects().stats.dropped_queue)
             .sum()
     }
 
     /// One turn of shard `i`, in `event_loop::Shard::turn`'s order.
     pub fn turn(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
-        if i >= self.hosts.len() {
+        if i >= self.brokers.len() {
             return;
         }
-        self.hosts[i].broker.now_ms = now_ms;
+        self.brokers[i].begin_turn(now_ms);
         self.drain_bus(i, now_ms, net, rng);
         self.writable_edges(i, rng);
-        let keys: Vec<usize> = self.hosts[i].socks.keys().copied().collect();
+        let keys: Vec<usize> = self.brokers[i].links().iter().map(|(k, _)| k).collect();
         for key in keys {
             if !self.chaos || rng.chance(700) {
                 self.read(i, key, now_ms, net, rng);
             }
         }
-        self.hosts[i].broker.on_timers(now_ms);
+        self.brokers[i].on_timers(now_ms);
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);
         self.close_pending(i, now_ms, net);
@@ -188,7 +172,7 @@ impl Cluster {
     }
 
     fn drain_bus(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
-        let n = self.hosts.len();
+        let n = self.brokers.len();
         for from in (0..n).filter(|&f| f != i) {
             // Sometimes a short budget, so a turn reads sockets with messages still queued.
             let budget = if self.chaos && rng.chance(125) {
@@ -201,7 +185,7 @@ impl Cluster {
                     break;
                 };
                 match msg {
-                    SimMsg::Cast(c) => self.hosts[i].broker.on_cast(c, now_ms),
+                    SimMsg::Cast(c) => self.brokers[i].on_cast(c, now_ms),
                     SimMsg::Handoff { conn, rx } => {
                         if net.conns.get(conn).is_some_and(|c| !c.closed) {
                             self.adopt(i, conn, rx, now_ms);
@@ -212,51 +196,49 @@ impl Cluster {
         }
     }
 
-    /// A socket with output waiting reports writable again (not always at once).
+    /// A socket with output waiting reports writable again (not always at once; a link
+    /// already queued for flushing is not queued twice).
     fn writable_edges(&mut self, i: usize, rng: &mut Source) {
-        let host = &mut self.hosts[i];
-        let keys: Vec<usize> = host.socks.keys().copied().collect();
-        for key in keys {
-            let Some(l) = host.broker.links.get_mut(key) else {
-                continue;
-            };
-            if !l.tx.is_empty() && !l.dirty && (!self.chaos || rng.chance(500)) {
-                l.dirty = true;
-                host.broker.dirty.push(key);
+        let b = &mut self.brokers[i];
+        let waiting: Vec<usize> = b
+            .links()
+            .iter()
+            .filter(|&(k, _)| b.links().conn(k).is_some_and(|c| !c.tx.is_empty()))
+            .map(|(k, _)| k)
+            .collect();
+        for key in waiting {
+            if !self.chaos || rng.chance(500) {
+                b.writable(key);
             }
         }
     }
 
     fn adopt(&mut self, i: usize, conn: ConnId, rx: Vec<u8>, now_ms: u64) {
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, (conn % 65_536) as u16));
-        let host = &mut self.hosts[i];
-        let key = host.broker.accept(peer, now_ms);
-        let fresh = host.socks.insert(key, Sock { conn, rx }).is_none();
-        debug_assert!(fresh, "a new link reused a live socket key");
-        if self.hosts[i]
-            .socks
-            .get(&key)
-            .is_some_and(|s| !s.rx.is_empty())
-        {
-            self.decode(i, key, now_ms);
+        let pending = !rx.is_empty();
+        let key = self.brokers[i].accept(peer, Io { conn, rx }, now_ms);
+        if pending {
+            self.ingest(i, key, now_ms);
         }
     }
 
     /// Read what the "kernel" returns (a random prefix of what arrived) and decode it.
     fn read(&mut self, i: usize, key: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
-        let host = &mut self.hosts[i];
-        let (Some(sock), Some(link)) = (host.socks.get_mut(&key), host.broker.links.get(key))
-        else {
+        let b = &mut self.brokers[i];
+        if b.output_full(key) {
+            return;
+        }
+        let Some(c) = b.links_mut().conn_mut(key) else {
             return;
         };
-        let Some(conn) = net.conns.get_mut(sock.conn) else {
+        let Some(conn) = net.conns.get_mut(c.io.conn) else {
             return;
         };
         if conn.broken {
-            broker_close(&mut host.broker, key);
+            b.close_link(key);
             return;
         }
-        if conn.to_broker.is_empty() || link.tx.pending() > host.broker.config().max_write_buffer {
+        if conn.to_broker.is_empty() {
             return;
         }
         let n = if self.chaos {
@@ -264,80 +246,47 @@ impl Cluster {
         } else {
             conn.to_broker.len()
         };
-        sock.rx.extend(conn.to_broker.drain(..n));
-        self.decode(i, key, now_ms);
+        c.io.rx.extend(conn.to_broker.drain(..n));
+        self.ingest(i, key, now_ms);
     }
 
-    /// Decode and handle every whole packet of socket `key`'s buffer (`decode_all`).
-    fn decode(&mut self, i: usize, key: usize, now_ms: u64) {
-        let Host { broker, socks } = &mut self.hosts[i];
-        let Some(sock) = socks.get_mut(&key) else {
+    /// Hand link `key`'s buffered input to the broker; keep the unconsumed tail.
+    fn ingest(&mut self, i: usize, key: usize, now_ms: u64) {
+        let b = &mut self.brokers[i];
+        let Some(c) = b.links_mut().conn_mut(key) else {
             return;
         };
-        let mut used = 0;
-        let mut end = None;
-        for _ in 0..PACKETS_PER_READ_MAX {
-            let Some(link) = broker.links.get(key) else {
-                end = Some(None);
-                break;
-            };
-            if link.state == LinkState::Closing {
-                end = Some(None);
-                break;
-            }
-            let max = match link.state {
-                LinkState::ExpectConnect => broker.config().max_packet_size.min(CONNECT_PACKET_MAX),
-                _ => broker.config().max_packet_size,
-            };
-            match protocol::decode(&sock.rx[used..], link.version, max) {
-                Ok(Decoded::Incomplete { .. }) => break,
-                Ok(Decoded::Packet { packet, len }) => match broker.handle(key, &packet, now_ms) {
-                    Verdict::Continue => used += len,
-                    Verdict::Close => {
-                        used += len;
-                        end = Some(None);
-                        break;
-                    }
-                    Verdict::Handoff { home } => {
-                        end = Some(Some(home));
-                        break;
-                    }
-                },
-                Err(e) => {
-                    broker.decode_error(key, &e);
-                    end = Some(None);
-                    break;
+        let mut rx = std::mem::take(&mut c.io.rx);
+        let (used, end) = b.ingest(key, &rx, now_ms);
+        rx.drain(..used);
+        match end {
+            Ingested::Handoff(home) => self.handoff(i, key, home, rx),
+            Ingested::More | Ingested::Close => {
+                if let Some(c) = self.brokers[i].links_mut().conn_mut(key) {
+                    c.io.rx = rx;
                 }
             }
         }
-        sock.rx.drain(..used);
-        match end {
-            None => {}
-            Some(None) => broker_close(broker, key),
-            Some(Some(home)) => self.handoff(i, key, home),
-        }
     }
 
-    /// Move socket `key` to shard `home`, its unread bytes with it (`event_loop::handoff`).
-    fn handoff(&mut self, i: usize, key: usize, home: usize) {
-        let n = self.hosts.len();
-        let host = &mut self.hosts[i];
-        let Some(sock) = host.socks.remove(&key) else {
+    /// Move link `key` to shard `home`, its unread bytes with it (`event_loop::handoff`).
+    fn handoff(&mut self, i: usize, key: usize, home: usize, rest: Vec<u8>) {
+        let n = self.brokers.len();
+        let now = self.brokers[i].now_ms();
+        let Some(io) = self.brokers[i].on_closed(key, now) else {
             return;
         };
-        let now = host.broker.now_ms;
-        host.broker.on_closed(key, now);
         if let Some(q) = self.bus.get_mut(i * n + home) {
             q.push_back(SimMsg::Handoff {
-                conn: sock.conn,
-                rx: sock.rx,
+                conn: io.conn,
+                rx: rest,
             });
         }
     }
 
     fn push_outbox(&mut self, i: usize) {
-        let n = self.hosts.len();
-        let casts: Vec<(usize, Cast)> = self.hosts[i].broker.outbox.drain(..).collect();
+        let n = self.brokers.len();
+        let casts: Vec<(usize, Cast)> = self.brokers[i].effects().outbox.drain(..).collect();
         for (to, cast) in casts {
             if let Some(q) = self.bus.get_mut(i * n + to) {
                 q.push_back(SimMsg::Cast(cast));
@@ -347,12 +296,10 @@ impl Cluster {
 
     /// Flush every link written to (two rounds, as `flush_dirty`).
     fn flush_dirty(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
+        let mut keys = std::mem::take(&mut self.keys);
         for _ in 0..2 {
-            let dirty = std::mem::take(&mut self.hosts[i].broker.dirty);
-            for key in dirty {
-                if let Some(l) = self.hosts[i].broker.links.get_mut(key) {
-                    l.dirty = false;
-                }
+            self.brokers[i].effects().take_dirty(&mut keys);
+            for &key in &keys {
                 let room = if self.chaos && rng.chance(200) {
                     rng.range(0, 64) as usize
                 } else {
@@ -360,19 +307,21 @@ impl Cluster {
                 };
                 self.flush_one(i, key, room, now_ms, net);
             }
-            if self.hosts[i].broker.dirty.is_empty() {
+            if !self.brokers[i].effects().has_dirty() {
                 break;
             }
         }
+        keys.clear();
+        self.keys = keys;
     }
 
     fn flush_one(&mut self, i: usize, key: usize, room: usize, now_ms: u64, net: &mut Net) {
-        let host = &mut self.hosts[i];
-        let (Some(sock), Some(link)) = (host.socks.get(&key), host.broker.links.get_mut(key))
-        else {
+        let b = &mut self.brokers[i];
+        let Some(c) = b.links_mut().conn_mut(key) else {
             return;
         };
-        let Some(conn) = net.conns.get_mut(sock.conn) else {
+        Effects::flushed(&mut c.link);
+        let Some(conn) = net.conns.get_mut(c.io.conn) else {
             return;
         };
         let mut pipe = Pipe {
@@ -380,48 +329,38 @@ impl Cluster {
             room,
             broken: conn.broken,
         };
-        match link.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX) {
-            Ok(Flushed::All) => host.broker.on_drained(key, now_ms),
+        match c.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX) {
+            Ok(Flushed::All) => b.on_drained(key, now_ms),
             Ok(Flushed::Partial) => {}
-            Err(_) => broker_close(&mut host.broker, key),
+            Err(_) => b.close_link(key),
         }
     }
 
     /// Close every link the broker marked: last bytes out, socket gone, state released.
     fn close_pending(&mut self, i: usize, now_ms: u64, net: &mut Net) {
-        let host = &mut self.hosts[i];
-        while !host.broker.closing.is_empty() {
-            for key in std::mem::take(&mut host.broker.closing) {
-                if let (Some(sock), Some(link)) =
-                    (host.socks.get(&key), host.broker.links.get_mut(key))
-                {
-                    if let Some(conn) = net.conns.get_mut(sock.conn) {
+        let mut keys = std::mem::take(&mut self.keys);
+        let b = &mut self.brokers[i];
+        while b.effects().has_closing() {
+            b.effects().take_closing(&mut keys);
+            for &key in &keys {
+                if let Some(c) = b.links_mut().conn_mut(key) {
+                    if let Some(conn) = net.conns.get_mut(c.io.conn) {
                         let mut pipe = Pipe {
                             out: &mut conn.to_client,
                             room: FLUSH_BYTES_PER_TURN_MAX,
                             broken: conn.broken,
                         };
-                        let _ = link.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX);
+                        let _ = c.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX);
                     }
                 }
-                if let Some(sock) = host.socks.remove(&key) {
-                    if let Some(conn) = net.conns.get_mut(sock.conn) {
+                if let Some(io) = b.on_closed(key, now_ms) {
+                    if let Some(conn) = net.conns.get_mut(io.conn) {
                         conn.closed = true;
                     }
                 }
-                host.broker.on_closed(key, now_ms);
             }
         }
-    }
-}
-
-/// Mark link `key` closing (as `event_loop::broker_close`).
-fn broker_close(broker: &mut Broker, key: usize) {
-    let Some(l) = broker.links.get_mut(key) else {
-        return;
-    };
-    if l.state != LinkState::Closing {
-        l.state = LinkState::Closing;
-        broker.closing.push(key);
+        keys.clear();
+        self.keys = keys;
     }
 }

@@ -457,7 +457,7 @@ impl World {
         )]))
     }
 
-    fn settled(&self) -> bool {
+    fn settled(&mut self) -> bool {
         self.net.quiet() && self.cluster.idle() && self.unsettled().is_empty()
     }
 

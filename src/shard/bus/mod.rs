@@ -1,62 +1,40 @@
 //! The cross-shard bus: one bounded SPSC ring per ordered pair of shards, plus a doorbell.
 //!
-//! Owns: moving `BusMsg`s between shard threads. Invariants: per ordered pair of shards
+//! Owns: moving messages between shard threads; it is generic over the message type `M`
+//! and knows nothing of what the messages mean. Invariants: per ordered pair of shards
 //! messages arrive in the order sent; a peer's doorbell (its `mio::Waker`) is rung only when
 //! a push found its ring empty, so a busy peer is never woken per message; a full ring never
 //! blocks the sender: messages wait in a local staging queue and the sender stops reading
 //! its sockets until they drain (backpressure, not memory growth). Must not touch: MQTT.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 pub mod spsc;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
-
-use crate::broker::Cast;
 
 /// Slots per ring.
 pub const RING_SLOTS: usize = 4096;
 /// Messages taken from one inbound ring per turn.
 pub const DRAIN_PER_PEER_MAX: usize = 1024;
 
-/// A connection moving to its home shard after CONNECT.
-#[derive(Debug)]
-pub struct Handoff {
-    /// The socket, already deregistered from the sender's poll.
-    pub stream: mio::net::TcpStream,
-    /// Unread bytes, starting with the CONNECT packet.
-    pub rx: Vec<u8>,
-    /// Peer address.
-    pub peer: SocketAddr,
-    /// A client id the accepting shard assigned (empty client id in CONNECT).
-    pub assigned_id: Option<Box<str>>,
-}
-
-/// What travels between shards.
-#[derive(Debug)]
-pub enum BusMsg {
-    /// A broker-level message (publish, interest change, ack).
-    Cast(Cast),
-    /// A connection handed to its home shard.
-    Handoff(Box<Handoff>),
-}
-
 /// Ring producer toward one peer.
-type Tx = spsc::Producer<BusMsg>;
+type Tx<M> = spsc::Producer<M>;
 /// Ring consumer from one peer.
-type Rx = spsc::Consumer<BusMsg>;
+type Rx<M> = spsc::Consumer<M>;
 
 /// One shard's ends of the mesh.
-pub struct Bus {
+pub struct Bus<M: Send> {
     id: usize,
-    outs: Vec<Option<Tx>>,
-    ins: Vec<Option<Rx>>,
-    staging: Vec<VecDeque<BusMsg>>,
+    outs: Vec<Option<Tx<M>>>,
+    ins: Vec<Option<Rx<M>>>,
+    staging: Vec<VecDeque<M>>,
     wakers: Arc<Vec<Arc<mio::Waker>>>,
     staged: usize,
 }
 
-impl std::fmt::Debug for Bus {
+impl<M: Send> std::fmt::Debug for Bus<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bus")
             .field("id", &self.id)
@@ -66,10 +44,11 @@ impl std::fmt::Debug for Bus {
 }
 
 /// Build the full mesh for `wakers.len()` shards; element `i` belongs to shard `i`.
-pub fn mesh(wakers: Arc<Vec<Arc<mio::Waker>>>) -> Vec<Bus> {
+pub fn mesh<M: Send>(wakers: Arc<Vec<Arc<mio::Waker>>>) -> Vec<Bus<M>> {
     let n = wakers.len();
-    let mut outs: Vec<Vec<Option<Tx>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut ins: Vec<Vec<Option<Rx>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut outs: Vec<Vec<Option<Tx<M>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut ins: Vec<Vec<Option<Rx<M>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
             if from != to {
@@ -93,9 +72,9 @@ pub fn mesh(wakers: Arc<Vec<Arc<mio::Waker>>>) -> Vec<Bus> {
         .collect()
 }
 
-impl Bus {
+impl<M: Send> Bus<M> {
     /// Queue `msg` for shard `to` (sent by `flush`).
-    pub fn send(&mut self, to: usize, msg: BusMsg) {
+    pub fn send(&mut self, to: usize, msg: M) {
         debug_assert_ne!(to, self.id);
         if let Some(q) = self.staging.get_mut(to) {
             q.push_back(msg);
@@ -141,7 +120,7 @@ impl Bus {
     /// Take up to `DRAIN_PER_PEER_MAX` messages from every inbound ring. Returns true if a
     /// ring may still hold messages: the caller must not sleep then, because its peers ring
     /// the doorbell only when they find a ring empty.
-    pub fn drain(&mut self, out: &mut Vec<BusMsg>) -> bool {
+    pub fn drain(&mut self, out: &mut Vec<M>) -> bool {
         let mut more = false;
         for rx in self.ins.iter_mut().flatten() {
             more |= rx.pop_batch(out, DRAIN_PER_PEER_MAX) == DRAIN_PER_PEER_MAX;

@@ -4,6 +4,7 @@
 //! the peer has not been sent yet, in order. Deliveries append; the event loop writes what
 //! it can at the end of the turn and keeps the rest for the next writable event. Must not
 //! touch: sockets (the caller passes a writer), MQTT semantics.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Write};
 

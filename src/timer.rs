@@ -23,6 +23,7 @@
 //! O(fired + moved × [`LEVELS`]), independent of how far time jumped.
 //!
 //! **Must not touch:** clocks, sockets, sessions or the bus.
+#![forbid(unsafe_code)]
 
 use slab::Slab;
 

@@ -1,0 +1,229 @@
+//! The per-message hot path: matching a publish locally and writing deliveries.
+//!
+//! Owns: no state. These are free functions over exactly the state they touch (the
+//! routes, the sessions, and a [`Sink`]: connections, effects and limits), so the hot path
+//! reads as what it changes and cannot reach the rest of the broker. Invariants: a QoS 0
+//! delivery never touches its session; a QoS 1/2 delivery is written only inside the
+//! session's window with nothing queued ahead of it, otherwise it is queued (or dropped,
+//! counted) — per-session order holds; nothing here allocates per delivery beyond the
+//! reference-count of the shared message. Must not touch: sockets, the bus (routing to
+//! other shards is the caller's), retained state.
+
+use std::sync::Arc;
+
+use super::effects::Effects;
+use super::link::{Conn, Link, Links};
+use super::routes::Routes;
+use super::sessions::Sessions;
+use crate::protocol::{
+    self, Packet, PacketId, Properties, Publish, QoS, SubscriptionIds, UserProperties, Version,
+};
+use crate::session::{Limits, Message, Outgoing};
+
+/// Outbound aliases kept per connection whatever the client allows (memory bound).
+const ALIASES_OUT_MAX: usize = 1024;
+
+/// Where deliveries are written, and the limits they obey.
+pub(super) struct Sink<'a, X> {
+    /// The connections.
+    pub links: &'a mut Links<X>,
+    /// Flushes and counters.
+    pub fx: &'a mut Effects,
+    /// Session window and queue bounds.
+    pub limits: &'a Limits,
+    /// `--max-write-buffer`, bytes.
+    pub max_buf: usize,
+}
+
+/// Deliver `msg` to this shard's matching sessions. Returns whether any matched.
+pub(super) fn route_local<X>(
+    routes: &mut Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    msg: &Arc<Message>,
+    now_ms: u64,
+) -> bool {
+    let mut hits = routes.match_local(sessions, msg);
+    let matched = !hits.is_empty();
+    let live = !msg.expired(now_ms);
+    for h in hits.drain(..).filter(|_| live) {
+        let out = Outgoing {
+            msg: msg.clone(),
+            qos: h.qos,
+            retain: h.retain_as_published && msg.retain,
+            sub_ids: h.sub_ids,
+            share: None,
+        };
+        match (out.qos, h.link) {
+            (QoS::AtMostOnce, Some(key)) => deliver_qos0(sink, key, &out, now_ms),
+            // QoS 0 to an offline session is not kept [MQTT-3.1.2-5 allows dropping].
+            (QoS::AtMostOnce, None) => {}
+            _ => deliver(sessions, sink, h.session, out, now_ms),
+        }
+    }
+    routes.recycle(hits);
+    matched
+}
+
+/// Hand one delivery to session `s`: write it now, queue it, or drop it (counted).
+pub(super) fn deliver<X>(
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    s: usize,
+    out: Outgoing,
+    now_ms: u64,
+) {
+    if out.msg.expired(now_ms) {
+        return;
+    }
+    let Some(sess) = sessions.get_mut(s) else {
+        return;
+    };
+    let link = sess.link.and_then(|k| {
+        sink.links
+            .conn(k)
+            .filter(|c| c.link.is_connected())
+            .map(|c| (k, c.tx.pending() >= sink.max_buf))
+    });
+    let Some((key, buffer_full)) = link else {
+        if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, sink.limits) {
+            sink.fx.stats.dropped_queue += 1;
+        }
+        return;
+    };
+    if out.qos == QoS::AtMostOnce {
+        if buffer_full {
+            sink.fx.stats.dropped_qos0 += 1;
+        } else {
+            write_publish(sink, key, &out, None, false, now_ms);
+        }
+        return;
+    }
+    if buffer_full || !sess.queue.is_empty() || !sess.window_open(sink.limits) {
+        if !sess.enqueue(out, sink.limits) {
+            sink.fx.stats.dropped_queue += 1;
+        }
+        return;
+    }
+    let Some(pid) = sess.alloc_pid() else { return };
+    sess.track(pid, out.clone());
+    if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
+        sess.inflight.retain(|f| f.pid != pid);
+    }
+}
+
+/// A QoS 0 delivery straight to a connected link: written, or dropped (counted) when the
+/// link's buffer is over its limit. No session state is involved.
+fn deliver_qos0<X>(sink: &mut Sink<'_, X>, key: usize, out: &Outgoing, now_ms: u64) {
+    match sink.links.conn(key) {
+        Some(c) if c.link.is_connected() && c.tx.pending() < sink.max_buf => {
+            write_publish(sink, key, out, None, false, now_ms);
+        }
+        Some(c) if c.link.is_connected() => sink.fx.stats.dropped_qos0 += 1,
+        _ => {}
+    }
+}
+
+/// Move session `s`'s queued deliveries into its window while its link can take them.
+pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize, now_ms: u64) {
+    loop {
+        let Some(sess) = sessions.get_mut(s) else {
+            return;
+        };
+        let Some(key) = sess.link else { return };
+        let Some(c) = sink.links.conn(key) else {
+            return;
+        };
+        if !c.link.is_connected()
+            || c.tx.pending() >= sink.max_buf
+            || !sess.window_open(sink.limits)
+        {
+            return;
+        }
+        let Some(out) = sess.dequeue() else { return };
+        if out.msg.expired(now_ms) {
+            continue;
+        }
+        let Some(pid) = sess.alloc_pid() else {
+            sess.requeue_front(out);
+            return;
+        };
+        sess.track(pid, out.clone());
+        if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
+            sess.inflight.retain(|f| f.pid != pid);
+        }
+    }
+}
+
+/// Encode one PUBLISH into link `key`'s buffer. Returns false when it was dropped for
+/// exceeding the client's Maximum Packet Size [MQTT-3.1.2-25]: it counts as sent, and the
+/// caller releases its in-flight slot, since its acknowledgement will never come.
+pub(super) fn write_publish<X>(
+    sink: &mut Sink<'_, X>,
+    key: usize,
+    out: &Outgoing,
+    pid: Option<PacketId>,
+    dup: bool,
+    now_ms: u64,
+) -> bool {
+    let Some(Conn { link, tx, .. }) = sink.links.conn_mut(key) else {
+        return true;
+    };
+    let msg = &out.msg;
+    let mut props = Properties::default();
+    if link.version == Version::V5 {
+        if let Some(f) = msg.props.as_deref() {
+            props.payload_format_indicator = f.payload_format_indicator;
+            props.content_type = f.content_type.as_deref();
+            props.response_topic = f.response_topic.as_deref();
+            props.correlation_data = f.correlation_data.as_deref();
+            props.user_properties = UserProperties::Wire(&f.user_properties);
+        }
+        props.message_expiry_interval = msg.remaining_expiry_s(now_ms);
+        props.subscription_identifiers = SubscriptionIds::Slice(&out.sub_ids);
+    }
+    let (topic, alias, learn) = outbound_alias(link, &msg.topic);
+    props.topic_alias = alias;
+    let p = Publish {
+        dup,
+        qos: out.qos,
+        retain: out.retain,
+        topic,
+        packet_id: pid,
+        properties: props,
+        payload: &msg.payload,
+    };
+    if link.client_max_packet != usize::MAX
+        && protocol::encoded_len(&Packet::Publish(p.clone()), link.version) > link.client_max_packet
+    {
+        sink.fx.stats.dropped_too_large += 1;
+        return false;
+    }
+    protocol::encode_publish(tx.buf(), link.version, &p);
+    if let (true, Some(a)) = (learn, alias) {
+        link.aliases_out
+            .get_or_insert_with(Default::default)
+            .insert(msg.topic.clone(), a);
+    }
+    sink.fx.stats.publish_out += 1;
+    sink.fx.mark_dirty(key, link);
+    true
+}
+
+/// The topic to send and the Topic Alias to attach (5.0): a known alias sends an empty
+/// topic; a new topic takes the next free alias while any are left; aliases are never
+/// re-bound, so the client's map can never disagree with ours.
+/// The third value says the alias is new: record it once the packet is really written.
+fn outbound_alias<'m>(link: &Link, topic: &'m str) -> (&'m str, Option<u16>, bool) {
+    if link.aliases_out_max == 0 || link.version != Version::V5 {
+        return (topic, None, false);
+    }
+    if let Some(&a) = link.aliases_out.as_ref().and_then(|m| m.get(topic)) {
+        return ("", Some(a), false);
+    }
+    let used = link.aliases_out.as_ref().map_or(0, |m| m.len());
+    if used >= usize::from(link.aliases_out_max) || used >= ALIASES_OUT_MAX {
+        return (topic, None, false);
+    }
+    (topic, Some(used as u16 + 1), true)
+}

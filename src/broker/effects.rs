@@ -1,0 +1,105 @@
+//! `Effects`: what one turn of the broker asks of the world outside it.
+//!
+//! Owns: the casts for other shards (the outbox), the links written to this turn (to be
+//! flushed), the links to close at the end of the turn, and the shard's counters.
+//! Invariants: a link is on the dirty list at most once (its `dirty` flag says it is), and
+//! on the closing list at most once (its state is `Closing` exactly when it is there, or
+//! has been and is waiting for the shard to close it); *this type is the only place that
+//! marks a link dirty or closing*, so "who flushes" and "who closes" have one answer.
+//! Must not touch: sockets. The event loop (or a simulation) takes these lists after each
+//! step and carries them out; a broker function never flushes or closes anything itself.
+
+use super::link::{Link, LinkState};
+use super::{Cast, Stats};
+
+/// The broker's requests to the shard, gathered over a turn.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Casts for other shards: (destination, message), in the order made.
+    pub outbox: Vec<(usize, Cast)>,
+    dirty: Vec<usize>,
+    closing: Vec<usize>,
+    /// Counters of this shard.
+    pub stats: Stats,
+}
+
+impl Effects {
+    /// Link `key` has new output (or the socket became writable): flush it this turn.
+    pub fn mark_dirty(&mut self, key: usize, link: &mut Link) {
+        if !link.dirty {
+            link.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Close link `key` at the end of the turn; input from it is ignored from now on.
+    /// Returns false if it was already closing.
+    pub fn mark_closing(&mut self, key: usize, link: &mut Link) -> bool {
+        if link.state == LinkState::Closing {
+            return false;
+        }
+        link.state = LinkState::Closing;
+        self.closing.push(key);
+        true
+    }
+
+    /// True when some link waits to be flushed.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Move the links to flush into `out` (emptied first). Their flags stay set until each
+    /// is flushed and [`Effects::flushed`] is called: a link written to again meanwhile is
+    /// not queued twice.
+    pub fn take_dirty(&mut self, out: &mut Vec<usize>) {
+        out.clear();
+        std::mem::swap(&mut self.dirty, out);
+    }
+
+    /// Link `key` is about to be flushed: new output after this queues it again.
+    pub fn flushed(link: &mut Link) {
+        link.dirty = false;
+    }
+
+    /// True when some link waits to be closed.
+    pub fn has_closing(&self) -> bool {
+        !self.closing.is_empty()
+    }
+
+    /// Move the links to close into `out` (emptied first).
+    pub fn take_closing(&mut self, out: &mut Vec<usize>) {
+        out.clear();
+        std::mem::swap(&mut self.closing, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link::new(1, ([127, 0, 0, 1], 1).into(), 0)
+    }
+
+    /// A link is queued once per flush, and once for closing, however often it is marked.
+    #[test]
+    fn marks_are_deduplicated() {
+        let mut fx = Effects::default();
+        let mut l = link();
+        fx.mark_dirty(4, &mut l);
+        fx.mark_dirty(4, &mut l);
+        let mut keys = Vec::new();
+        fx.take_dirty(&mut keys);
+        assert_eq!(keys, [4]);
+        fx.mark_dirty(4, &mut l);
+        assert!(!fx.has_dirty(), "still queued until flushed");
+        Effects::flushed(&mut l);
+        fx.mark_dirty(4, &mut l);
+        assert!(fx.has_dirty());
+        assert!(fx.mark_closing(4, &mut l));
+        assert!(!fx.mark_closing(4, &mut l));
+        assert_eq!(l.state, LinkState::Closing);
+        fx.take_closing(&mut keys);
+        assert_eq!(keys, [4]);
+    }
+}

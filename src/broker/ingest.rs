@@ -1,0 +1,103 @@
+//! The broker's entry points for bytes and connection events: what the event loop (or a
+//! simulation, or a fuzzer) calls, with no socket anywhere.
+//!
+//! Owns: the decode loop over a connection's input (whole packets decoded in place from
+//! the caller's buffer, each handed to the broker) and the per-link packet size cap.
+//! Invariant: bytes are consumed only as whole packets, so the caller keeps exactly the
+//! unconsumed tail; a link that is closing consumes nothing more. Must not touch: the
+//! transport or the receive buffer, which the caller owns.
+
+use super::{Broker, Link, LinkState, Verdict};
+use crate::config::Config;
+use crate::protocol::{self, Decoded};
+
+/// Largest first packet (CONNECT) from a client nobody has authenticated yet: a Will
+/// payload bigger than this is refused, so unauthenticated sockets cannot make the broker
+/// buffer hundreds of megabytes each.
+pub const CONNECT_PACKET_MAX: usize = 1024 * 1024;
+
+/// Where decoding a connection's input stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// Need more bytes; everything before `used` was consumed.
+    More,
+    /// Close the connection (it is marked closing in the effects).
+    Close,
+    /// Move the connection, bytes from `used` on (starting with its CONNECT), to shard
+    /// `home`; call [`Broker::on_closed`] here and [`Broker::accept`] + `ingest` there.
+    Handoff(usize),
+}
+
+/// The packet size limit for a link: lower until CONNECT has been accepted.
+fn packet_size_max(cfg: &Config, link: &Link) -> usize {
+    match link.state {
+        LinkState::ExpectConnect => cfg.max_packet_size.min(CONNECT_PACKET_MAX),
+        _ => cfg.max_packet_size,
+    }
+}
+
+impl<X> Broker<X> {
+    /// Decode and handle every complete packet at the start of `buf`, input of link `key`.
+    /// Returns how many bytes were consumed and why it stopped.
+    pub fn ingest(&mut self, key: usize, buf: &[u8], now_ms: u64) -> (usize, Ingested) {
+        let mut used = 0;
+        loop {
+            let Some(link) = self.links.get(key) else {
+                return (used, Ingested::Close);
+            };
+            if link.state == LinkState::Closing {
+                return (used, Ingested::Close);
+            }
+            let version = link.version;
+            let max = packet_size_max(&self.cfg, link);
+            match protocol::decode(&buf[used..], version, max) {
+                Ok(Decoded::Incomplete { .. }) => return (used, Ingested::More),
+                Ok(Decoded::Packet { packet, len }) => match self.handle(key, &packet, now_ms) {
+                    Verdict::Continue => used += len,
+                    Verdict::Close => return (used + len, Ingested::Close),
+                    Verdict::Handoff { home } => return (used, Ingested::Handoff(home)),
+                },
+                Err(e) => {
+                    self.decode_error(key, &e);
+                    self.close_link(key);
+                    return (used, Ingested::Close);
+                }
+            }
+        }
+    }
+
+    /// Bytes still missing for the partial packet `partial` that link `key` holds, from
+    /// its fixed header (0 when unknown): lets the caller read exactly that much.
+    pub fn bytes_needed(&self, key: usize, partial: &[u8]) -> usize {
+        let Some(link) = self.links.get(key) else {
+            return 0;
+        };
+        let max = packet_size_max(&self.cfg, link);
+        match protocol::decode(partial, link.version, max) {
+            Ok(Decoded::Incomplete { needed }) => needed.saturating_sub(partial.len()),
+            _ => 0,
+        }
+    }
+
+    /// The transport of link `key` ended (EOF, error): close it at the end of the turn,
+    /// with its Will unless the client had sent DISCONNECT.
+    pub fn close_link(&mut self, key: usize) {
+        if let Some(link) = self.links.get_mut(key) {
+            self.fx.mark_closing(key, link);
+        }
+    }
+
+    /// Link `key` can take output again (a writable edge): flush it this turn.
+    pub fn writable(&mut self, key: usize) {
+        if let Some(link) = self.links.get_mut(key) {
+            self.fx.mark_dirty(key, link);
+        }
+    }
+
+    /// True when link `key`'s own output is over `--max-write-buffer`: the client is not
+    /// reading, so it is not read either.
+    pub fn output_full(&self, key: usize) -> bool {
+        let max = self.cfg.max_write_buffer;
+        self.links.conn(key).is_some_and(|c| c.tx.pending() > max)
+    }
+}

@@ -1,0 +1,82 @@
+//! `RetainedReplica`: this shard's copy of every retained message.
+//!
+//! Owns: the retained topic tree, the tombstones of recent deletions and the Lamport clock
+//! that orders retained updates across shards. Invariant: the replica keeps, per topic,
+//! the update with the highest stamp it has seen (last writer wins), so every replica
+//! converges whatever order concurrent updates arrive in; an update stamped on a shard
+//! after it saw another always carries a higher stamp. Must not touch: subscriptions,
+//! sessions, links.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::session::Message;
+use crate::topic::retained::TopicTree;
+
+/// Low bits of a retained stamp that hold the shard id (shards ≤ 64).
+const STAMP_SHARD_BITS: u32 = 6;
+/// Deleted retained topics remembered with their stamp at most.
+const TOMBSTONES_MAX: usize = 65_536;
+
+/// One shard's replica of the retained store.
+#[derive(Default)]
+pub struct RetainedReplica {
+    tree: TopicTree<Arc<Message>>,
+    /// Stamps of recently deleted topics, so an older update in flight cannot bring one
+    /// back.
+    tombstones: HashMap<Arc<str>, u64>,
+    lamport: u64,
+}
+
+impl RetainedReplica {
+    /// The stamp for a retained update entering the broker on shard `shard_id`.
+    pub fn next_stamp(&mut self, shard_id: usize) -> u64 {
+        self.lamport += 1;
+        (self.lamport << STAMP_SHARD_BITS) | shard_id as u64
+    }
+
+    /// Apply a retained update (an empty payload deletes the topic) if its stamp is newer
+    /// than what the replica holds for the topic.
+    pub fn store(&mut self, msg: &Arc<Message>) {
+        self.lamport = self.lamport.max(msg.retain_stamp >> STAMP_SHARD_BITS);
+        let held = match self.tree.get(&msg.topic) {
+            Some(m) => Some(m.retain_stamp),
+            None => self.tombstones.get(&*msg.topic).copied(),
+        };
+        if held.is_some_and(|h| h >= msg.retain_stamp) {
+            return;
+        }
+        if msg.payload.is_empty() {
+            self.tree.remove(&msg.topic);
+            if self.tombstones.len() >= TOMBSTONES_MAX {
+                // Tombstones only guard against an older update overtaking a deletion in
+                // flight between shards (microseconds); forgetting them is safe in practice.
+                self.tombstones.clear();
+            }
+            self.tombstones.insert(msg.topic.clone(), msg.retain_stamp);
+        } else {
+            self.tombstones.remove(&*msg.topic);
+            self.tree.insert(&msg.topic, msg.clone());
+        }
+    }
+
+    /// The retained message of `topic`.
+    pub fn get(&self, topic: &str) -> Option<&Arc<Message>> {
+        self.tree.get(topic)
+    }
+
+    /// Every retained message whose topic matches `filter`.
+    pub fn for_each_matching(&self, filter: &str, f: impl FnMut(&str, &Arc<Message>)) {
+        self.tree.for_each_matching(filter, f);
+    }
+
+    /// Retained messages held.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// True when none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
