@@ -94,6 +94,9 @@ pub struct Client {
     pub role: Role,
     /// Keep Alive it asks for, seconds.
     pub keep_alive: u16,
+    /// Every connection starts a new session (Clean Start 1, no expiry), which the client
+    /// starts afresh too: it subscribes again and gives up its unfinished publishes.
+    pub clean: bool,
     /// The connection in use.
     pub conn: Option<ConnId>,
     /// A successful CONNACK arrived on `conn`.
@@ -137,6 +140,7 @@ impl Client {
             version,
             role,
             keep_alive,
+            clean: false,
             conn: None,
             connected: false,
             ever_connected: false,
@@ -160,13 +164,20 @@ impl Client {
         self.conn = Some(conn);
         self.connected = false;
         self.rx.clear();
+        if self.clean {
+            self.subscribed = false;
+            self.qos2_in.clear();
+            for o in self.outgoing.drain(..) {
+                oracle.abandoned(self.index, o.seq);
+            }
+        }
         let props = Properties {
-            session_expiry_interval: Some(u32::MAX),
+            session_expiry_interval: (!self.clean).then_some(u32::MAX),
             ..Properties::default()
         };
         let c = Connect {
             version: self.version,
-            clean_start: false,
+            clean_start: self.clean,
             keep_alive: self.keep_alive,
             client_id: &self.id,
             will: None,
@@ -320,7 +331,7 @@ impl Client {
                 }
                 if !self.subscribed {
                     self.subscribed = true;
-                    oracle.subscribed(self.index, step);
+                    oracle.subscribed(self.index, step, self.clean);
                 }
             }
             Packet::Publish(p) => self.on_publish(p, conn, step, net, oracle),
@@ -356,7 +367,12 @@ impl Client {
             oracle.violation(format!("{} CONNACK refused: {:?}", self.id, a.reason));
             return;
         }
-        if self.ever_connected && !a.session_present {
+        if self.clean && a.session_present {
+            oracle.violation(format!(
+                "{} asked for a clean start but CONNACK says Session Present 1",
+                self.id
+            ));
+        } else if !self.clean && self.ever_connected && !a.session_present {
             oracle.violation(format!(
                 "{} resumed a session that never expires but CONNACK says Session Present 0",
                 self.id

@@ -7,7 +7,8 @@
 //! a promise broken on the wire. Must not touch: the broker, the network.
 //!
 //! The promises checked at the end of a run (every client connected again, nothing in
-//! flight), for persistent sessions that never expire:
+//! flight), for persistent sessions that never expire, and for clean sessions from their
+//! last SUBACK on (a message its publisher gave up at a clean start is owed to nobody):
 //! - QoS 1 at least once: a message published at QoS ≥ 1 after a subscriber saw its SUBACK
 //!   reaches that subscriber at least once, if the subscription grants QoS ≥ 1.
 //! - QoS 2 exactly once: a client hands a QoS 2 delivery to its application at most once,
@@ -46,6 +47,8 @@ pub struct MsgRec {
     pub acked: bool,
     /// Times the publisher sent it again on a new connection.
     pub resent: u32,
+    /// Its publisher gave it up unacknowledged (a clean start): it may or may not arrive.
+    pub abandoned: bool,
 }
 
 /// One PUBLISH a client received.
@@ -122,6 +125,7 @@ impl Oracle {
                 first_sent: step,
                 acked: qos == QoS::AtMostOnce,
                 resent: 0,
+                abandoned: false,
             },
         );
     }
@@ -133,6 +137,13 @@ impl Oracle {
         }
     }
 
+    /// A client gave a message up when it started a clean session.
+    pub fn abandoned(&mut self, publisher: usize, seq: u32) {
+        if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
+            m.abandoned = true;
+        }
+    }
+
     /// The broker acknowledged a message.
     pub fn acked(&mut self, publisher: usize, seq: u32) {
         if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
@@ -140,9 +151,14 @@ impl Oracle {
         }
     }
 
-    /// A client's subscription was acknowledged.
-    pub fn subscribed(&mut self, client: usize, step: u64) {
-        self.suback_step.entry(client).or_insert(step);
+    /// A client's subscription was acknowledged; with `fresh` (a clean session) what is
+    /// owed counts from this SUBACK, else from the first one.
+    pub fn subscribed(&mut self, client: usize, step: u64, fresh: bool) {
+        if fresh {
+            self.suback_step.insert(client, step);
+        } else {
+            self.suback_step.entry(client).or_insert(step);
+        }
     }
 
     /// A client received a PUBLISH.
@@ -163,7 +179,7 @@ impl Oracle {
 
     /// Every check that needs the run to be over; `subs` are the subscriptions to check.
     pub fn check_end(&mut self, subs: &[Sub]) {
-        for m in self.msgs.iter().filter(|(_, m)| !m.acked) {
+        for m in self.msgs.iter().filter(|(_, m)| !m.acked && !m.abandoned) {
             let what = format!("message {}:{} was never acknowledged", m.0 .0, m.0 .1);
             if self.violations.len() < VIOLATIONS_MAX {
                 self.violations.push(what);
@@ -189,7 +205,9 @@ impl Oracle {
     fn owed(&self, filter: &str, qos: QoS, since: u64) -> Vec<((usize, u32), QoS)> {
         self.msgs
             .iter()
-            .filter(|(_, m)| m.first_sent > since && topic::matches(filter, &m.topic))
+            .filter(|(_, m)| {
+                m.first_sent > since && !m.abandoned && topic::matches(filter, &m.topic)
+            })
             .map(|(k, m)| (*k, m.qos.min(qos)))
             .filter(|(_, q)| *q != QoS::AtMostOnce)
             .collect()
@@ -313,26 +331,48 @@ impl Oracle {
         }
     }
 
-    /// The retained messages `checker` saw must be exactly `expected` (publisher → seq),
-    /// each once.
-    pub fn check_retained(
-        &mut self,
-        checker: usize,
-        shard: usize,
-        expected: &BTreeMap<usize, u32>,
-    ) {
-        let mut got: Vec<(usize, u32)> = self
+    /// The retained messages `checker` (homed on `shard`) saw: one per publisher, its last
+    /// retained message, or a later one it gave up at a clean start (which the broker may
+    /// have taken); none only if all of a publisher's were given up.
+    pub fn check_retained(&mut self, checker: usize, shard: usize) {
+        let mut allowed: BTreeMap<usize, (BTreeSet<u32>, bool)> = BTreeMap::new();
+        for (&(p, seq), m) in self.msgs.iter().rev().filter(|(_, m)| m.retain) {
+            let e = allowed.entry(p).or_insert((BTreeSet::new(), false));
+            if e.1 {
+                continue;
+            }
+            e.0.insert(seq);
+            e.1 = !m.abandoned;
+        }
+        let mut got: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for d in self
             .deliveries
             .iter()
             .filter(|d| d.client == checker && d.retain)
-            .map(|d| (d.publisher, d.seq))
-            .collect();
-        got.sort_unstable();
-        let want: Vec<(usize, u32)> = expected.iter().map(|(&p, &s)| (p, s)).collect();
-        if got != want {
-            self.violation(format!(
-                "retained replica of shard {shard}: expected {want:?}, a subscriber there got {got:?}"
+        {
+            got.entry(d.publisher).or_default().push(d.seq);
+        }
+        let mut errors = Vec::new();
+        for (p, (seqs, certain)) in &allowed {
+            let ok = match got.get(p).map(Vec::as_slice) {
+                Some([one]) => seqs.contains(one),
+                None => !certain,
+                Some(_) => false,
+            };
+            if !ok {
+                errors.push(format!(
+                    "retained replica of shard {shard}: publisher {p} should hold one of {seqs:?}, a subscriber there got {:?}",
+                    got.get(p)
+                ));
+            }
+        }
+        if let Some(p) = got.keys().find(|p| !allowed.contains_key(p)) {
+            errors.push(format!(
+                "retained replica of shard {shard}: publisher {p} never retained anything"
             ));
+        }
+        for e in errors {
+            self.violation(e);
         }
     }
 }
