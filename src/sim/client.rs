@@ -47,6 +47,8 @@ pub enum Role {
     },
     /// Reads the retained store at the end: subscribes to `r/#`, never publishes.
     Checker,
+    /// Watches the Wills: subscribes to `w/#` at QoS 1 (and publishes too).
+    Watcher,
 }
 
 impl Role {
@@ -57,6 +59,7 @@ impl Role {
             Role::Subscriber { filter, qos } => Some((filter.clone(), *qos)),
             Role::Member { qos } => Some(("$share/g/t/#".to_string(), *qos)),
             Role::Checker => Some(("r/#".to_string(), QoS::AtLeastOnce)),
+            Role::Watcher => Some(("w/#".to_string(), QoS::AtLeastOnce)),
         }
     }
 }
@@ -97,6 +100,10 @@ pub struct Client {
     /// Every connection starts a new session (Clean Start 1, no expiry), which the client
     /// starts afresh too: it subscribes again and gives up its unfinished publishes.
     pub clean: bool,
+    /// Every CONNECT carries a Will (QoS 1 on `w/<index>`, no delay).
+    pub has_will: bool,
+    /// The sequence number of the Will of the current connection.
+    will_seq: Option<u32>,
     /// The connection in use.
     pub conn: Option<ConnId>,
     /// A successful CONNACK arrived on `conn`.
@@ -141,6 +148,8 @@ impl Client {
             role,
             keep_alive,
             clean: false,
+            has_will: false,
+            will_seq: None,
             conn: None,
             connected: false,
             ever_connected: false,
@@ -160,7 +169,7 @@ impl Client {
 
     /// Start a session on the new connection `conn`: CONNECT, then every unfinished flow
     /// again (PUBLISH with DUP, or PUBREL), in the order first sent.
-    pub fn connect(&mut self, conn: ConnId, net: &mut Net, oracle: &mut Oracle) {
+    pub fn connect(&mut self, conn: ConnId, step: u64, net: &mut Net, oracle: &mut Oracle) {
         self.conn = Some(conn);
         self.connected = false;
         self.rx.clear();
@@ -175,12 +184,27 @@ impl Client {
             session_expiry_interval: (!self.clean).then_some(u32::MAX),
             ..Properties::default()
         };
+        let will_topic = format!("w/{}", self.index);
+        self.will_seq = None;
+        let mut will_payload = Vec::new();
+        if self.has_will {
+            let seq = self.next_payload(0, &mut will_payload);
+            oracle.published(self.index, seq, &will_topic, QoS::AtLeastOnce, false, step);
+            oracle.will(self.index, seq);
+            self.will_seq = Some(seq);
+        }
         let c = Connect {
             version: self.version,
             clean_start: self.clean,
             keep_alive: self.keep_alive,
             client_id: &self.id,
-            will: None,
+            will: self.will_seq.map(|_| protocol::Will {
+                topic: &will_topic,
+                payload: &will_payload,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+            }),
             username: None,
             password: None,
             properties: if self.version.is_v5() {
@@ -203,8 +227,28 @@ impl Client {
         }
     }
 
+    /// The current connection ended without DISCONNECT after its CONNACK: its Will is due.
+    pub fn will_due(&mut self, oracle: &mut Oracle) {
+        if let (true, Some(seq)) = (self.connected, self.will_seq.take()) {
+            oracle.will_due(self.index, seq);
+        }
+    }
+
+    /// The next sequence number, and its payload (with `padding` bytes) in `payload`.
+    fn next_payload(&mut self, padding: usize, payload: &mut Vec<u8>) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        payload.clear();
+        payload.extend_from_slice(&PAYLOAD_MAGIC);
+        payload.extend_from_slice(&(self.index as u32).to_be_bytes());
+        payload.extend_from_slice(&seq.to_be_bytes());
+        payload.resize(10 + padding, b'.');
+        seq
+    }
+
     /// The connection ended (closed by the broker, broken, or given up).
     pub fn lost(&mut self) {
+        self.will_seq = None;
         self.conn = None;
         self.connected = false;
         self.rx.clear();
@@ -238,13 +282,8 @@ impl Client {
         oracle: &mut Oracle,
     ) {
         let Some(conn) = self.conn else { return };
-        let seq = self.next_seq;
-        self.next_seq += 1;
         let mut payload = Vec::with_capacity(10 + padding);
-        payload.extend_from_slice(&PAYLOAD_MAGIC);
-        payload.extend_from_slice(&(self.index as u32).to_be_bytes());
-        payload.extend_from_slice(&seq.to_be_bytes());
-        payload.resize(10 + padding, b'.');
+        let seq = self.next_payload(padding, &mut payload);
         oracle.published(self.index, seq, &topic, qos, retain, step);
         let pid = match qos {
             QoS::AtMostOnce => None,

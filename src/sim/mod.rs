@@ -278,7 +278,7 @@ impl World {
             "client {c} connects (conn {conn}) via shard {shard}"
         ));
         self.cluster.accept(shard, conn, self.now_ms);
-        self.clients[c].connect(conn, &mut self.net, &mut self.oracle);
+        self.clients[c].connect(conn, self.step, &mut self.net, &mut self.oracle);
     }
 
     fn client_read(&mut self, c: usize) {
@@ -291,6 +291,7 @@ impl World {
         if k.to_client.is_empty() {
             if k.closed {
                 self.log(format!("client {c} sees conn {conn} closed"));
+                self.clients[c].will_due(&mut self.oracle);
                 self.clients[c].lost();
                 self.disrupted(c);
             }
@@ -363,6 +364,7 @@ impl World {
             self.stale[c] = Some(conn);
         }
         self.net.break_conn(conn);
+        self.clients[c].will_due(&mut self.oracle);
         self.clients[c].lost();
         self.disrupted(c);
     }
@@ -392,6 +394,7 @@ impl World {
         if let Some(k) = self.net.conns.get_mut(old) {
             k.abandoned = true;
         }
+        self.clients[c].will_due(&mut self.oracle);
         self.clients[c].lost();
         self.disrupted(c);
         self.connect(c);
@@ -509,6 +512,12 @@ impl World {
                     qos: *qos,
                     shared: false,
                 }),
+                Role::Watcher => Some(Sub {
+                    client: cl.index,
+                    filter: "w/#".to_string(),
+                    qos: QoS::AtLeastOnce,
+                    shared: false,
+                }),
                 Role::Member { qos } => Some(Sub {
                     client: cl.index,
                     filter: "t/#".to_string(),
@@ -565,6 +574,8 @@ fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
     };
     let role = if share && i < 2 {
         Role::Member { qos }
+    } else if rng.chance(120) {
+        Role::Watcher
     } else if rng.chance(250) {
         Role::Publisher
     } else {
@@ -579,6 +590,7 @@ fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
     let clean = !matches!(role, Role::Member { .. }) && rng.chance(300);
     let mut c = Client::new(i, format!("c{i}"), version, role, keep_alive);
     c.clean = clean;
+    c.has_will = rng.chance(300);
     c
 }
 

@@ -23,6 +23,9 @@
 //!   member is online goes to nobody (`docs/architecture.md`: offline members get no new
 //!   messages).
 //! - Retained: every shard's replica ends with each topic's last accepted message.
+//! - Wills: the Will of a connection that ended without DISCONNECT after its CONNACK (its
+//!   network failed, the broker closed it, or its client took the session over) reaches a
+//!   `w/#` subscriber that saw its SUBACK before that CONNECT was sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +52,10 @@ pub struct MsgRec {
     pub resent: u32,
     /// Its publisher gave it up unacknowledged (a clean start): it may or may not arrive.
     pub abandoned: bool,
+    /// A Will: the broker publishes it only if its connection ends without DISCONNECT.
+    pub will: bool,
+    /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published.
+    pub due: bool,
 }
 
 /// One PUBLISH a client received.
@@ -126,6 +133,8 @@ impl Oracle {
                 acked: qos == QoS::AtMostOnce,
                 resent: 0,
                 abandoned: false,
+                will: false,
+                due: false,
             },
         );
     }
@@ -134,6 +143,21 @@ impl Oracle {
     pub fn resent(&mut self, publisher: usize, seq: u32) {
         if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
             m.resent += 1;
+        }
+    }
+
+    /// Message `seq` is the Will of a client's new connection, not a PUBLISH.
+    pub fn will(&mut self, publisher: usize, seq: u32) {
+        if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
+            m.will = true;
+            m.acked = true;
+        }
+    }
+
+    /// The connection of Will `seq` ended without DISCONNECT: the Will must be published.
+    pub fn will_due(&mut self, publisher: usize, seq: u32) {
+        if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
+            m.due = true;
         }
     }
 
@@ -206,7 +230,10 @@ impl Oracle {
         self.msgs
             .iter()
             .filter(|(_, m)| {
-                m.first_sent > since && !m.abandoned && topic::matches(filter, &m.topic)
+                m.first_sent > since
+                    && !m.abandoned
+                    && (!m.will || m.due)
+                    && topic::matches(filter, &m.topic)
             })
             .map(|(k, m)| (*k, m.qos.min(qos)))
             .filter(|(_, q)| *q != QoS::AtMostOnce)
