@@ -40,6 +40,8 @@ const OUTSTANDING_MAX: usize = 16;
 const PADDING_BYTES_MAX: u64 = 300;
 /// Largest single step of the clock, ms.
 const TIME_STEP_MS_MAX: u64 = 3000;
+/// Client ids tried to find one homed on a given shard (one in `shards` is).
+const CHECKER_ID_TRIES_MAX: usize = 100_000;
 /// Most recent events kept for a failure report.
 const TRACE_EVENTS_MAX: usize = 40;
 
@@ -486,7 +488,7 @@ impl World {
         let shards = self.cluster.shards();
         let first = self.clients.len();
         for s in 0..shards {
-            let id = (0..)
+            let id = (0..CHECKER_ID_TRIES_MAX)
                 .map(|i| format!("k{s}-{i}"))
                 .find(|id| crate::broker::home_shard(id, shards) == s)
                 .unwrap_or_default();
