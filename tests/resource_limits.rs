@@ -75,6 +75,54 @@ fn silent_sockets_are_closed_by_the_connect_timeout() {
     canary(&b, "silent");
 }
 
+/// Raise this process's open-file limit (inherited by the broker it starts) to hold `fds`.
+fn allow_open_files(fds: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(got, 0, "getrlimit");
+    assert!(
+        lim.rlim_max >= fds,
+        "this test needs {fds} open files; the hard limit is {}",
+        lim.rlim_max
+    );
+    if lim.rlim_cur < fds {
+        lim.rlim_cur = fds;
+        // SAFETY: as above.
+        let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(set, 0, "setrlimit");
+    }
+}
+
+/// A fleet that lost its network at once: more CONNECT deadlines expire together than one
+/// turn handles (4,096 timers). The broker is stopped while they all pass, so they fire in
+/// the same turn when it resumes; every socket must still be closed (an earlier version
+/// dropped every timer past the per-turn budget, leaving those sockets open for good).
+#[test]
+fn more_deadlines_than_one_turn_handles_all_fire() {
+    const SOCKETS: usize = 5_000;
+    allow_open_files(2 * SOCKETS as u64 + 512);
+    let b = Broker::start(&["--shards", "1", "--connect-timeout", "1"]);
+    let mut socks: Vec<RawClient> = (0..SOCKETS).map(|_| RawClient::connect(b.addr())).collect();
+    // Accepts are in arrival order: once a later client has its CONNACK, every silent
+    // socket before it has been accepted and has its deadline armed.
+    let _last = RawClient::clean(b.addr(), "deadline-fence");
+    let armed = Instant::now();
+    common::signal(b.pid(), libc::SIGSTOP);
+    // Not a hope but the point of the test: the deadlines must all pass while the broker
+    // is stopped, so that they fire in one turn.
+    std::thread::sleep(Duration::from_millis(1_300).saturating_sub(armed.elapsed()));
+    common::signal(b.pid(), libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in &mut socks {
+        s.expect_closed(deadline.saturating_duration_since(Instant::now()));
+    }
+    canary(&b, "deadlines");
+}
+
 #[test]
 fn concurrent_connects_with_one_client_id_leave_exactly_one_survivor() {
     let b = Broker::start(&["--shards", "4"]);

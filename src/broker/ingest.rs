@@ -7,7 +7,7 @@
 //! unconsumed tail; a link that is closing consumes nothing more. Must not touch: the
 //! transport or the receive buffer, which the caller owns.
 
-use super::{Broker, Link, LinkState, Verdict};
+use super::{Broker, Effects, Link, LinkState, Verdict};
 use crate::config::Config;
 use crate::protocol::{self, Decoded};
 
@@ -58,8 +58,8 @@ impl<X> Broker<X> {
                     Verdict::Handoff { home } => return (used, Ingested::Handoff(home)),
                 },
                 Err(e) => {
+                    // Answers per the version where one is due, and marks the link closing.
                     self.decode_error(key, &e);
-                    self.close_link(key);
                     return (used, Ingested::Close);
                 }
             }
@@ -92,6 +92,22 @@ impl<X> Broker<X> {
         if let Some(link) = self.links.get_mut(key) {
             self.fx.mark_dirty(key, link);
         }
+    }
+
+    /// For drivers without a socket (a simulation, a test): move everything link `key` has
+    /// to send to the end of `out`, as a flush that wrote it all would, re-arm its dirty
+    /// mark, and let its session queue refill the buffer (which may mark it dirty again).
+    pub fn drain_output(&mut self, key: usize, out: &mut Vec<u8>) {
+        let Some(c) = self.links.conn_mut(key) else {
+            return;
+        };
+        Effects::flushed(&mut c.link);
+        let before = c.tx.pending();
+        // Writing to a Vec cannot fail or block.
+        let _ = c.tx.flush_to(out, usize::MAX);
+        self.fx.stats.bytes_out += before as u64;
+        let now = self.now_ms;
+        self.on_drained(key, now);
     }
 
     /// True when link `key`'s own output is over `--max-write-buffer`: the client is not

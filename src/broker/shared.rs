@@ -10,12 +10,17 @@
 //! - Offline members get no new messages; when a member disconnects, its unacknowledged
 //!   shared deliveries go to another online member when there is one.
 //!
-//! Must not touch: normal subscriptions, sockets.
+//! The per-message part (choosing a member, delivering, bouncing) is free functions over
+//! exactly what it touches: the routes (read only: the round-robin cursor is a `Cell`),
+//! the sessions and the delivery `Sink`. Must not touch: normal subscriptions, sockets.
 
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::deliver::{self, Sink};
+use super::routes::Routes;
+use super::sessions::Sessions;
 use super::{Broker, Cast};
 use crate::protocol::{QoS, SubscriptionOptions};
 use crate::session::{Message, Outgoing, SubIds};
@@ -182,99 +187,30 @@ impl<X> Broker<X> {
     /// Choose one member of every group matching the message and send it there.
     /// Returns whether any group matched.
     pub(super) fn dispatch_shared(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        if self.routes.share_groups().is_empty() {
-            return false;
-        }
-        let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
-        self.routes
-            .share_groups()
-            .for_each_match(&msg.topic, |_, groups| {
-                for g in groups.iter() {
-                    if let Some(m) = g.pick(0) {
-                        picks.push((m, g.key.clone()));
-                    }
-                }
-            });
-        let matched = !picks.is_empty();
-        for (member, key) in picks {
-            self.send_share(
-                ShareDelivery {
-                    msg: msg.clone(),
-                    member,
-                    key,
-                    hops: 0,
-                },
-                now_ms,
-            );
-        }
-        matched
+        let me = self.shard_id;
+        let (routes, sessions, mut sink) = self.parts();
+        dispatch(routes, sessions, &mut sink, me, msg, now_ms)
     }
 
-    fn send_share(&mut self, d: ShareDelivery, now_ms: u64) {
-        if d.member.shard == self.shard_id {
-            self.on_share_delivery(d, now_ms);
-        } else {
-            self.fx
-                .outbox
-                .push((d.member.shard, Cast::ShareDeliver(Box::new(d))));
-        }
-    }
-
-    /// A shared delivery for a session of this shard: deliver, or bounce to another member.
+    /// A shared delivery for a session of this shard (from the bus).
     pub(super) fn on_share_delivery(&mut self, d: ShareDelivery, now_ms: u64) {
-        let m = d.member;
-        let online = self.sessions.get(m.session).is_some_and(|s| {
-            s.uid == m.uid
-                && s.link
-                    .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
-        });
-        if !online {
-            self.redispatch(d.msg, &d.key, m.uid, d.hops, now_ms);
-            return;
-        }
-        let out = Outgoing {
-            qos: d.msg.qos.min(m.options.qos),
-            retain: m.options.retain_as_published && d.msg.retain,
-            sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
-            share: Some(d.key),
-            msg: d.msg,
-        };
-        self.deliver(m.session, out, now_ms);
+        let me = self.shard_id;
+        let (routes, sessions, mut sink) = self.parts();
+        deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
     }
 
     /// Send a shared message to another online member of its group than `exclude`.
     /// Returns false when there is none (the caller keeps or drops it).
-    pub(super) fn redispatch(
-        &mut self,
-        msg: Arc<Message>,
-        key: &Arc<str>,
-        exclude: u64,
-        hops: u8,
-        now_ms: u64,
-    ) -> bool {
-        if hops >= REDISPATCH_MAX {
-            return false;
-        }
-        let Some((group, filter)) = split_key(key) else {
-            return false;
+    fn redispatch(&mut self, msg: Arc<Message>, key: &Arc<str>, exclude: u64, now_ms: u64) -> bool {
+        let me = self.shard_id;
+        let (routes, sessions, mut sink) = self.parts();
+        let bounce = Bounce {
+            msg,
+            key,
+            exclude,
+            hops: 0,
         };
-        let pick = self
-            .routes
-            .share_groups()
-            .get(filter)
-            .and_then(|gs| gs.iter().find(|g| &*g.name == group))
-            .and_then(|g| g.pick(exclude));
-        let Some(member) = pick else { return false };
-        self.send_share(
-            ShareDelivery {
-                msg,
-                member,
-                key: key.clone(),
-                hops: hops + 1,
-            },
-            now_ms,
-        );
-        true
+        redispatch(routes, sessions, &mut sink, me, bounce, now_ms)
     }
 
     /// A session lost its connection: it goes offline in its groups, and its unacknowledged
@@ -291,7 +227,7 @@ impl<X> Broker<X> {
             let Some(key) = out.share.clone() else {
                 continue;
             };
-            if self.redispatch(out.msg.clone(), &key, uid, 0, now_ms) {
+            if self.redispatch(out.msg.clone(), &key, uid, now_ms) {
                 continue;
             }
             // Nobody else can take it: it stays with this session for its return.
@@ -349,4 +285,134 @@ impl<X> Broker<X> {
             online,
         }
     }
+}
+
+/// Choose one member of every group matching `msg` and send it there (the shard where a
+/// message enters the broker is the only one that chooses). Returns whether any matched.
+fn dispatch<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    msg: &Arc<Message>,
+    now_ms: u64,
+) -> bool {
+    if routes.share_groups().is_empty() {
+        return false;
+    }
+    let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
+    routes
+        .share_groups()
+        .for_each_match(&msg.topic, |_, groups| {
+            for g in groups.iter() {
+                if let Some(m) = g.pick(0) {
+                    picks.push((m, g.key.clone()));
+                }
+            }
+        });
+    let matched = !picks.is_empty();
+    for (member, key) in picks {
+        let d = ShareDelivery {
+            msg: msg.clone(),
+            member,
+            key,
+            hops: 0,
+        };
+        send_share(routes, sessions, sink, me, d, now_ms);
+    }
+    matched
+}
+
+/// Deliver here if the member lives on this shard, otherwise cast it to its shard.
+fn send_share<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    d: ShareDelivery,
+    now_ms: u64,
+) {
+    if d.member.shard == me {
+        deliver_shared(routes, sessions, sink, me, d, now_ms);
+    } else {
+        let to = d.member.shard;
+        sink.fx.outbox.push((to, Cast::ShareDeliver(Box::new(d))));
+    }
+}
+
+/// A shared delivery for a session of this shard: deliver, or bounce to another member.
+fn deliver_shared<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    d: ShareDelivery,
+    now_ms: u64,
+) {
+    let m = d.member;
+    let online = sessions.get(m.session).is_some_and(|s| {
+        s.uid == m.uid
+            && s.link
+                .is_some_and(|k| sink.links.get(k).is_some_and(|l| l.is_connected()))
+    });
+    if !online {
+        let bounce = Bounce {
+            msg: d.msg,
+            key: &d.key,
+            exclude: m.uid,
+            hops: d.hops,
+        };
+        redispatch(routes, sessions, sink, me, bounce, now_ms);
+        return;
+    }
+    let out = Outgoing {
+        qos: d.msg.qos.min(m.options.qos),
+        retain: m.options.retain_as_published && d.msg.retain,
+        sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
+        share: Some(d.key),
+        msg: d.msg,
+    };
+    deliver::deliver(sessions, sink, m.session, out, now_ms);
+}
+
+/// A shared message looking for another member of its group.
+struct Bounce<'k> {
+    msg: Arc<Message>,
+    key: &'k Arc<str>,
+    /// The member (session uid) it must not go to.
+    exclude: u64,
+    /// Bounces so far.
+    hops: u8,
+}
+
+/// Send a shared message to another online member of its group. Returns false when there
+/// is none, or it has bounced `REDISPATCH_MAX` times (the caller keeps or drops it).
+fn redispatch<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    b: Bounce<'_>,
+    now_ms: u64,
+) -> bool {
+    if b.hops >= REDISPATCH_MAX {
+        return false;
+    }
+    let Some((group, filter)) = split_key(b.key) else {
+        return false;
+    };
+    let pick = routes
+        .share_groups()
+        .get(filter)
+        .and_then(|gs| gs.iter().find(|g| &*g.name == group))
+        .and_then(|g| g.pick(b.exclude));
+    let Some(member) = pick else { return false };
+    let d = ShareDelivery {
+        msg: b.msg,
+        member,
+        key: b.key.clone(),
+        hops: b.hops + 1,
+    };
+    send_share(routes, sessions, sink, me, d, now_ms);
+    true
 }

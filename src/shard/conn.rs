@@ -2,7 +2,7 @@
 //!
 //! Owns: per connection, the [`Transport`] (socket and stream layer) and the receive
 //! buffer, plus two read-scheduling flags. The table itself is the broker's
-//! [`Links`](crate::broker::Links), one slab whose entries are `Conn { link, tx, io }`
+//! `crate::broker::Links`, one slab whose entries are `Conn { link, tx, io }`
 //! with `io` = [`ConnIo`]: the link state and write buffer are the broker's, the transport
 //! and receive buffer are the shard's, all under one key, so nothing has to be kept in
 //! step. Invariant: a transport is registered with this shard's poll under its key for

@@ -25,7 +25,7 @@ use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
 use crate::log::log;
-use crate::transport::Transport;
+use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
@@ -100,7 +100,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
             let mut l = TcpListener::from_std(l.try_clone()?);
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            mine.push(l);
+            mine.push((l, ListenerKind::Tcp));
         }
         let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
@@ -151,7 +151,8 @@ enum ReadEnd {
 struct Shard {
     id: usize,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// Each listening socket with what it speaks.
+    listeners: Vec<(TcpListener, ListenerKind)>,
     broker: Broker<ConnIo>,
     bus: Bus<BusMsg>,
     scratch: Vec<u8>,
@@ -172,7 +173,7 @@ impl Shard {
     fn new(
         id: usize,
         poll: Poll,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<(TcpListener, ListenerKind)>,
         bus: Bus<BusMsg>,
         cfg: Arc<Config>,
         stop: Arc<AtomicBool>,
@@ -293,9 +294,10 @@ impl Shard {
                     break;
                 }
                 budget -= 1;
-                match self.listeners[i].accept() {
+                match self.listeners[i].0.accept() {
                     Ok((stream, peer)) => {
-                        self.adopt(Transport::tcp(stream), peer, Vec::new(), now);
+                        let transport = self.listeners[i].1.wrap(stream);
+                        self.adopt(transport, peer, Vec::new(), now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -1,9 +1,11 @@
-//! The event loop: poll, connections, buffers, timers, the bus.
+//! The event loop: poll, connections' transports and receive buffers, the bus.
 //!
-//! Owns: threads, sockets and `mio`. Each shard is one thread running `event_loop`; it owns
-//! its sockets, its `Broker` state and its end of every bus ring. Invariant: nothing here
-//! is shared mutably between shards; the only cross-thread traffic is `bus` messages and
-//! the shutdown flag. Must not touch: MQTT semantics, which live in `broker`.
+//! Owns: threads and `mio`. Each shard is one thread running `event_loop`; it owns its
+//! poll, its `Broker` core (whose connection table holds this module's `conn::ConnIo` for
+//! each connection) and its end of every bus ring. Invariant: nothing here is shared
+//! mutably between shards; the only cross-thread traffic is `BusMsg`s and the shutdown
+//! flag. Must not touch: MQTT semantics, which live in `broker`, nor a link's state, which
+//! only the broker's `Effects` change.
 #[allow(unsafe_code)]
 pub mod bus;
 pub mod conn;

@@ -45,6 +45,9 @@
 //!   home shard moves whole; the receiving shard registers it and reads on.
 //! - **Closing** ([`Transport::shutdown`]): end the stream (TLS: close_notify, then FIN).
 //!
+//! A listener's [`ListenerKind`] decides which variant wraps each socket it accepts, so a
+//! new transport is one variant in each enum plus its listener configuration.
+//!
 //! A variant is a socket plus a sans-IO state machine (`tls.rs`, `ws.rs`, `proxy.rs`): the
 //! state machine takes and produces bytes, and the variant's methods above are the only
 //! place where it meets the socket. A PROXY header is consumed before the first byte is
@@ -57,6 +60,23 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use tcp::Tcp;
+
+/// What a listener speaks: decides the [`Transport`] wrapped around each accepted socket.
+/// A TLS listener will carry its (shared, immutable) server configuration here.
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    /// Plain MQTT over TCP.
+    Tcp,
+}
+
+impl ListenerKind {
+    /// The transport for a socket this listener accepted.
+    pub fn wrap(&self, stream: mio::net::TcpStream) -> Transport {
+        match self {
+            ListenerKind::Tcp => Transport::tcp(stream),
+        }
+    }
+}
 
 /// The byte stream of one connection. See the module documentation for the contract.
 #[derive(Debug)]
@@ -148,5 +168,59 @@ impl mio::event::Source for Transport {
         match self {
             Transport::Tcp(t) => t.stream.deregister(registry),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Read until `n` bytes or EOF, retrying `WouldBlock` until a bounded deadline.
+    fn read_n(t: &mut Transport, n: usize) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < n {
+            match t.read(&mut buf) {
+                Ok(0) => return (got, true),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no bytes within 5 s");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+        (got, false)
+    }
+
+    /// The TCP variant keeps the contract: bytes both ways in order, `WouldBlock` when
+    /// nothing is there, `Ok(0)` at the peer's close, never output of its own.
+    #[test]
+    fn tcp_passes_bytes_through_and_reports_close() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        let bound = Some(Duration::from_secs(5));
+        client.set_read_timeout(bound).expect("read timeout");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        let mut t = ListenerKind::Tcp.wrap(mio::net::TcpStream::from_std(server));
+        let mut buf = [0u8; 8];
+        let idle = t.read(&mut buf).map_err(|e| e.kind());
+        assert_eq!(idle, Err(io::ErrorKind::WouldBlock));
+        client.write_all(b"\x10\x0cMQTT").expect("client write");
+        assert_eq!(read_n(&mut t, 6), (b"\x10\x0cMQTT".to_vec(), false));
+        assert_eq!(t.write(b"\x20\x02\x00\x00").expect("write"), 4);
+        assert!(!t.wants_write());
+        assert!(t.send_pending().expect("nothing pending"));
+        let mut answer = [0u8; 4];
+        client.read_exact(&mut answer).expect("client read");
+        assert_eq!(&answer, b"\x20\x02\x00\x00");
+        drop(client);
+        assert_eq!(read_n(&mut t, 1), (Vec::new(), true), "EOF is Ok(0)");
     }
 }
