@@ -221,7 +221,11 @@ impl World {
         }
         Ok(Summary {
             shards: self.cluster.shards(),
-            clients: subs.len(),
+            clients: self
+                .clients
+                .iter()
+                .filter(|c| c.role != Role::Checker)
+                .count(),
             published: self.oracle.msgs.len(),
             delivered: self.oracle.deliveries.len(),
             connections: self.net.conns.len(),
