@@ -141,6 +141,14 @@ impl Cluster {
         ids
     }
 
+    /// Per shard: (sessions held, links open).
+    pub fn census(&self) -> Vec<(usize, usize)> {
+        self.brokers
+            .iter()
+            .map(|b| (b.session_count(), b.links().len()))
+            .collect()
+    }
+
     /// Deliveries any shard dropped for a full session queue.
     pub fn dropped_queue(&mut self) -> u64 {
         self.brokers

@@ -535,6 +535,24 @@ impl World {
             .collect()
     }
 
+    /// Nothing leaks: with every client connected and nothing in flight, each shard holds
+    /// exactly one session and one link per client homed there (clean sessions that ended
+    /// are gone, handed-over and closed connections left no link behind).
+    fn check_census(&mut self) {
+        let shards = self.cluster.shards();
+        let mut want = vec![0usize; shards];
+        for cl in &self.clients {
+            want[crate::broker::home_shard(&cl.id, shards)] += 1;
+        }
+        for (s, (&n, (sessions, links))) in want.iter().zip(self.cluster.census()).enumerate() {
+            if sessions != n || links != n {
+                self.oracle.violation(format!(
+                    "shard {s} holds {sessions} sessions and {links} links for {n} clients"
+                ));
+            }
+        }
+    }
+
     /// Takeover: each client id has one connection at the end, and every connection its
     /// client gave up on was closed by the broker.
     fn check_connections(&mut self) {
@@ -555,6 +573,7 @@ impl World {
                 "conn {i} was taken over but the broker kept it open"
             ));
         }
+        self.check_census();
         if self.cluster.dropped_queue() > 0 {
             self.oracle.violation(format!(
                 "{} deliveries dropped for full queues (the run is too big for its limits)",
