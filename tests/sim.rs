@@ -12,10 +12,10 @@ use shardmq::sim::{replay_command, run_seed, SimConfig, Summary};
 /// Seeds run by a plain `cargo test` (debug build, about 30 s on a 2-core machine).
 const SEEDS_DEFAULT: u64 = 1000;
 
-/// Seeds that once failed, kept so what they found stays fixed: 13, 36 and 136 delivered a
-/// QoS 2 message twice to a share-group member (`Session::take_shared`); 14522 caught the
-/// simulation itself modelling a stale CONNECT wrongly (docs/simulation.md).
-const REGRESSION_SEEDS: &[u64] = &[13, 36, 136, 14522];
+/// Seeds that once failed, kept so what they found stays fixed: 4, 35 and 100 delivered a
+/// QoS 2 message twice to a share-group member before `Session::take_shared` kept it in
+/// flight (re-find such seeds whenever the schedule changes: docs/simulation.md).
+const REGRESSION_SEEDS: &[u64] = &[4, 35, 100];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
