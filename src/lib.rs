@@ -5,7 +5,8 @@
 //! `session` → `broker` → `transport` → `shard` (conn, event loop, bus, figures) → `admin` →
 //! `main`.
 //! Nothing left of `transport` sees mio, sockets or threads, and nothing left of `shard`
-//! names a shard type. `unsafe` is denied everywhere and allowed only in `shard::ring` and
+//! names a shard type. `sim` drives `broker` in one thread with no transport or shard (a
+//! deterministic simulation for tests and fuzzing). `unsafe` is denied everywhere and allowed only in `shard::ring` and
 //! `shard::bus::spsc`; every other module forbids it.
 //! `protocol`, `topic`, `store` → `shard::{ring, bus, timer}` → `session` → `broker` → `shard` event loop.
 //! Nothing left of `shard` sees mio or sockets, and only `store` starts threads (one sync
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+pub mod sim;
 pub mod store;
 pub mod timer;
 pub mod topic;
