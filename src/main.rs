@@ -9,7 +9,7 @@ use clap::Parser;
 use shardmq::admin::{self, Started};
 use shardmq::config::{Args, Command, Config};
 use shardmq::log::log;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     }
     // Installed before anything is announced, so a signal sent as soon as the broker says
     // it is listening is always a clean shutdown, never the default "die".
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: cannot install signal handlers: {e}");
@@ -89,7 +89,19 @@ fn main() -> ExitCode {
     log(format_args!(
         "shardmq version {version} running with {shards} shard(s)"
     ));
-    let _ = signals.forever().next();
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            break;
+        }
+        // SIGHUP: re-read the password and ACL files; a file that does not load changes
+        // nothing (the old ones stay in force) and is reported with its line.
+        match running.reload_auth() {
+            Ok(()) => log(format_args!("Reloaded the password and ACL files.")),
+            Err(e) => log(format_args!(
+                "Error: reload failed, the previous files stay in force: {e}"
+            )),
+        }
+    }
     log(format_args!("shardmq version {version} terminating"));
     metrics
         .stopping

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use super::access;
 use super::effects::Effects;
 use super::link::{Conn, Link, Links};
 use super::routes::Routes;
@@ -33,6 +34,8 @@ pub(super) struct Sink<'a, X> {
     pub limits: &'a Limits,
     /// `--max-write-buffer`, bytes.
     pub max_buf: usize,
+    /// The password and ACL files in force: every delivery is a read decision.
+    pub auth: &'a super::access::AuthState,
 }
 
 /// Deliver `msg` to this shard's matching sessions. Returns whether any matched.
@@ -55,7 +58,11 @@ pub(super) fn route_local<X>(
             share: None,
         };
         match (out.qos, h.link) {
-            (QoS::AtMostOnce, Some(key)) => deliver_qos0(sink, key, &out, now_ms),
+            (QoS::AtMostOnce, Some(key)) => {
+                if access::may_read_link(sink, key, &msg.topic) {
+                    deliver_qos0(sink, key, &out, now_ms);
+                }
+            }
             // QoS 0 to an offline session is not kept [MQTT-3.1.2-5 allows dropping].
             (QoS::AtMostOnce, None) => {}
             _ => deliver(sessions, sink, h.session, out, now_ms),
@@ -73,7 +80,7 @@ pub(super) fn deliver<X>(
     out: Outgoing,
     now_ms: u64,
 ) {
-    if out.msg.expired(now_ms) {
+    if out.msg.expired(now_ms) || !access::may_read(sessions, sink, s, &out.msg.topic) {
         return;
     }
     let Some(sess) = sessions.get_mut(s) else {
@@ -141,7 +148,8 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
             return;
         }
         let Some(out) = sess.dequeue() else { return };
-        if out.msg.expired(now_ms) {
+        if out.msg.expired(now_ms) || !access::may_read_link(sink, key, &out.msg.topic) {
+            // Expired, or the read right was revoked (reload) since it was queued.
             continue;
         }
         let Some(pid) = sess.alloc_pid() else {

@@ -48,6 +48,10 @@ impl<X> Broker<X> {
             if link.state == LinkState::Closing {
                 return (used, Ingested::Close);
             }
+            if link.pending_connect.is_some() {
+                // The CONNECT's password is being checked: what follows waits for it.
+                return (used, Ingested::More);
+            }
             let version = link.version;
             let max = packet_size_max(&self.cfg, link);
             match protocol::decode(&buf[used..], version, max) {

@@ -24,6 +24,7 @@
 //! records effects for the driver to carry out.
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod auth;
 mod close;
 mod connect;
@@ -32,6 +33,7 @@ pub mod effects;
 pub mod gate;
 pub mod ingest;
 pub mod link;
+pub mod login;
 mod publish;
 pub mod retained;
 pub mod routes;
@@ -152,6 +154,10 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to client sockets (counted by the event loop).
     pub bytes_out: u64,
+    /// Logins refused: bad password, unknown user, anonymous or not authorized.
+    pub auth_failures: u64,
+    /// Operations refused by the ACL: PUBLISH and SUBSCRIBE (deliveries are not counted).
+    pub acl_denied: u64,
 }
 
 /// One match of a publish, merged per session (overlapping subscriptions → one delivery).
@@ -193,6 +199,12 @@ pub struct Broker<X> {
     now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// Password and ACL files in force (swapped whole on reload, between turns).
+    auth: Arc<access::AuthState>,
+    /// Successful password checks of this shard (`None` if no random key was available).
+    verify_cache: Option<crate::auth::VerifyCache>,
+    /// Failed logins per source address.
+    throttle: crate::auth::LoginThrottle,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -217,6 +229,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
+        let auth = Arc::new(access::AuthState::from_config(&cfg));
         let mut b = Broker {
             shard_id,
             shards,
@@ -233,6 +246,9 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            auth,
+            verify_cache: crate::auth::VerifyCache::new().ok(),
+            throttle: crate::auth::LoginThrottle::new(),
         };
         b.arm_sys_timer(now_ms);
         b
@@ -265,6 +281,7 @@ impl<X> Broker<X> {
             fx: &mut self.fx,
             limits: &self.limits,
             max_buf: self.cfg.max_write_buffer,
+            auth: &self.auth,
         };
         (&mut self.routes, &mut self.sessions, sink)
     }

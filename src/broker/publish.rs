@@ -50,7 +50,41 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        if self.auth.any_acl() && !self.may_publish(key, &topic) {
+            // 5.0: PUBACK/PUBREC 0x87; 3.x: acknowledged and dropped, as Mosquitto does.
+            self.nack_publish(key, p, ReasonCode::NotAuthorized);
+            return Verdict::Continue;
+        }
         self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// May link `key` publish to `topic` (its listener's ACL, through its cache)? A refusal
+    /// is counted, and logged once per connection.
+    fn may_publish(&mut self, key: usize, topic: &str) -> bool {
+        let Some(link) = self.links.get_mut(key) else {
+            return false;
+        };
+        let Some(acl) = self.auth.acl(link.listener) else {
+            return true;
+        };
+        let client = crate::auth::Client {
+            username: link.username.as_deref(),
+            client_id: link.client_id.as_deref().unwrap_or(""),
+        };
+        if link.acl_cache.can_publish(acl, client, topic) {
+            return true;
+        }
+        self.fx.stats.acl_denied += 1;
+        if !std::mem::replace(&mut link.publish_denied_logged, true) {
+            super::log(format_args!(
+                "Client {} (user {}) from {} denied PUBLISH to '{}' (further refusals on this connection are not logged).",
+                client.client_id.escape_debug(),
+                client.username.unwrap_or("<anonymous>").escape_debug(),
+                link.peer,
+                topic.escape_debug()
+            ));
+        }
+        false
     }
 
     /// Route an accepted PUBLISH and acknowledge it per its QoS; a QoS 2 resend is only

@@ -23,7 +23,17 @@ impl<X> Broker<X> {
                 codes.push(refusal(version, protocol::ReasonCode::QuotaExceeded));
                 continue;
             }
-            let code = match topic::parse_filter(req.filter) {
+            let parsed = topic::parse_filter(req.filter);
+            let plain = match &parsed {
+                Ok(FilterKind::Normal(f)) => Some(*f),
+                Ok(FilterKind::Shared(sh)) => Some(sh.filter),
+                Err(_) => None,
+            };
+            if plain.is_some_and(|f| !self.may_subscribe(key, f)) {
+                codes.push(refusal(version, protocol::ReasonCode::NotAuthorized));
+                continue;
+            }
+            let code = match parsed {
                 Ok(FilterKind::Normal(f)) => {
                     let state = SubState {
                         options: req.options,
@@ -67,6 +77,33 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// May link `key` subscribe to `filter` (`$share/g/` stripped) under its listener's ACL?
+    /// A refusal is counted and logged.
+    fn may_subscribe(&mut self, key: usize, filter: &str) -> bool {
+        let Some(link) = self.links.get(key) else {
+            return false;
+        };
+        let Some(acl) = self.auth.acl(link.listener) else {
+            return true;
+        };
+        let client = crate::auth::Client {
+            username: link.username.as_deref(),
+            client_id: link.client_id.as_deref().unwrap_or(""),
+        };
+        if acl.can_subscribe(client, filter) {
+            return true;
+        }
+        self.fx.stats.acl_denied += 1;
+        super::log(format_args!(
+            "Client {} (user {}) from {} denied SUBSCRIBE to '{}'.",
+            client.client_id.escape_debug(),
+            client.username.unwrap_or("<anonymous>").escape_debug(),
+            link.peer,
+            filter.escape_debug()
+        ));
+        false
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.

@@ -145,6 +145,10 @@ pub struct Session {
     pub route_mark: u64,
     /// Index into the routing scratch list for the current mark.
     pub route_slot: u32,
+    /// The user of the connection that last attached (`None`: anonymous), for the ACL.
+    pub username: Option<Box<str>>,
+    /// The listener that connection came through: its ACL decides deliveries.
+    pub listener: usize,
 }
 
 impl Session {
@@ -168,6 +172,8 @@ impl Session {
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
+            username: None,
+            listener: 0,
         }
     }
 

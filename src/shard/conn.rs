@@ -30,6 +30,9 @@ pub struct ConnIo {
     /// Not being read because its own output is over the limit (the client does not read
     /// what we send it); resumed by a flush that drains it, not by polling.
     pub(super) paused_on_output: bool,
+    /// Not being read because its CONNECT waits for a password check; resumed by the
+    /// verifier's answer.
+    pub(super) paused_on_auth: bool,
 }
 
 impl ConnIo {
@@ -40,6 +43,7 @@ impl ConnIo {
             rx: RxBuf::from_vec(rx),
             pending_read: false,
             paused_on_output: false,
+            paused_on_auth: false,
         }
     }
 }
@@ -57,4 +61,6 @@ pub struct Handoff {
     pub rx: Vec<u8>,
     /// Peer address.
     pub peer: SocketAddr,
+    /// Index of the listener that accepted it (its security settings apply).
+    pub listener: usize,
 }

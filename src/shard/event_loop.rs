@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::log::log;
 use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
+use crate::verifier::{VerifierClient, VerifierPool};
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -44,6 +45,12 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+/// Password-hashing threads shared by every shard.
+const VERIFIER_THREADS: usize = 2;
+/// Password checks queued for those threads; past it a login is refused as busy.
+const VERIFY_QUEUE_MAX: usize = 1024;
+/// Password checks one shard may have in flight.
+const VERIFY_PENDING_PER_SHARD_MAX: usize = 512;
 
 /// The running broker: its shard threads and how to stop them.
 pub struct Running {
@@ -52,6 +59,8 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wakers: Arc<Vec<Arc<Waker>>>,
+    verifier: Option<VerifierPool>,
+    reload: Arc<super::reload::AuthSlot>,
 }
 
 impl Running {
@@ -68,6 +77,20 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+        if let Some(v) = self.verifier {
+            v.join();
+        }
+    }
+
+    /// Re-read the password and ACL files (SIGHUP) and put them in force on every shard
+    /// at its next turn. On error (a file that does not load) the old ones stay in force
+    /// and the error, naming file and line, is returned.
+    pub fn reload_auth(&self) -> Result<(), String> {
+        self.reload.reload()?;
+        for w in self.wakers.iter() {
+            let _ = w.wake();
+        }
+        Ok(())
     }
 }
 
@@ -94,6 +117,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let epoch = Instant::now();
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
+    let verifier = VerifierPool::start(VERIFIER_THREADS, VERIFY_QUEUE_MAX)?;
+    let reload = Arc::new(super::reload::AuthSlot::new(cfg.clone()));
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = Vec::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -102,7 +127,16 @@ pub fn run(cfg: Config) -> io::Result<Running> {
                 .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
             mine.push((l, ListenerKind::Tcp));
         }
-        let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let waker = wakers[id].clone();
+        let client = verifier.client(
+            Arc::new(move || {
+                let _ = waker.wake();
+            }),
+            VERIFY_PENDING_PER_SHARD_MAX,
+        );
+        let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        shard.verifier = Some(client);
+        shard.reload = Some(reload.clone());
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -115,6 +149,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         threads,
         stop,
         wakers,
+        verifier: Some(verifier),
+        reload,
     })
 }
 
@@ -167,6 +203,13 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// This shard's handle on the password-hashing threads.
+    verifier: Option<VerifierClient>,
+    /// Where reloaded security settings arrive, and the version this shard has.
+    reload: Option<Arc<super::reload::AuthSlot>>,
+    reload_seen: u64,
+    /// Verifier answers were left for the next turn: poll without sleeping.
+    verify_again: bool,
 }
 
 impl Shard {
@@ -195,6 +238,10 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            verifier: None,
+            reload: None,
+            reload_seen: 0,
+            verify_again: false,
         }
     }
 
@@ -223,6 +270,7 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.verify_again
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
         {
@@ -242,6 +290,7 @@ impl Shard {
         let busy_from = Instant::now();
         let now = self.now_ms();
         self.broker.begin_turn(now);
+        self.take_reload();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
@@ -265,7 +314,9 @@ impl Shard {
             self.accept_all(now);
         }
         self.retry_reads(now);
+        self.verify_answers(now);
         self.broker.on_timers(now);
+        self.submit_checks(now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
@@ -299,7 +350,7 @@ impl Shard {
                 match self.listeners[i].0.accept() {
                     Ok((stream, peer)) => {
                         let transport = self.listeners[i].1.wrap(stream);
-                        self.adopt(transport, peer, Vec::new(), now);
+                        self.adopt(transport, peer, Vec::new(), i, now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -321,8 +372,16 @@ impl Shard {
 
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
-    fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+    fn adopt(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        rx: Vec<u8>,
+        listener: usize,
+        now: u64,
+    ) {
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        self.broker.set_listener(key, listener);
         let registered = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
             self.poll
                 .registry()
@@ -363,7 +422,11 @@ impl Shard {
     }
 
     fn read_or_defer(&mut self, key: usize, now: u64) {
-        if self.broker.output_full(key) {
+        if self.broker.input_paused(key) {
+            if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                c.io.paused_on_auth = true;
+            }
+        } else if self.broker.output_full(key) {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.paused_on_output = true;
             }
@@ -495,7 +558,8 @@ impl Shard {
 
     /// Move connection `key` to shard `home`; its CONNECT is the first of `rest`.
     fn handoff(&mut self, key: usize, home: usize, rest: Vec<u8>) {
-        let Some(peer) = self.broker.links().get(key).map(|l| l.peer) else {
+        let Some((peer, listener)) = self.broker.links().get(key).map(|l| (l.peer, l.listener))
+        else {
             return;
         };
         let Some(mut io) = self.broker.on_closed(key, self.broker.now_ms()) else {
@@ -506,6 +570,7 @@ impl Shard {
             transport: io.transport,
             rx: rest,
             peer,
+            listener,
         };
         self.bus.send(home, BusMsg::Handoff(Box::new(h)));
     }
@@ -518,7 +583,7 @@ impl Shard {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
                 BusMsg::Handoff(h) => {
                     let h = *h;
-                    self.adopt(h.transport, h.peer, h.rx, now);
+                    self.adopt(h.transport, h.peer, h.rx, h.listener, now);
                 }
             }
         }
@@ -601,6 +666,67 @@ impl Shard {
         }
         closing.clear();
         self.keys = closing;
+    }
+}
+
+impl Shard {
+    /// Put reloaded security settings in force, at the start of a turn (one turn sees one
+    /// version).
+    fn take_reload(&mut self) {
+        let Some(slot) = &self.reload else { return };
+        if let Some((version, auth)) = slot.newer_than(self.reload_seen) {
+            self.reload_seen = version;
+            self.broker.set_auth(auth);
+        }
+    }
+
+    /// Hand this turn's password checks to the verifier; a saturated one refuses at once.
+    fn submit_checks(&mut self, now: u64) {
+        let requests = std::mem::take(&mut self.broker.effects().verify);
+        for r in requests {
+            let sent = match self.verifier.as_mut() {
+                Some(v) => v.submit(r.token, r.file, &r.user, &r.password).is_ok(),
+                None => false,
+            };
+            if !sent {
+                self.broker.on_verified(r.token, None, now);
+            }
+        }
+    }
+
+    /// Take the verifier's answers (a bounded number per turn) and resume the links whose
+    /// CONNECT they completed: their input waited in the receive buffer and the socket.
+    fn verify_answers(&mut self, now: u64) {
+        self.verify_again = false;
+        for _ in 0..crate::broker::login::VERIFY_ANSWERS_PER_TURN_MAX {
+            let Some(a) = self.verifier.as_mut().and_then(|v| v.try_answer()) else {
+                return;
+            };
+            self.broker
+                .on_verified(a.token, Some((a.verdict, a.generation)), now);
+            let key = (a.token >> 32) as usize;
+            if self.broker.input_paused(key) {
+                continue;
+            }
+            let Some(c) = self.broker.links_mut().conn_mut(key) else {
+                continue;
+            };
+            c.io.paused_on_auth = false;
+            let buffered = self
+                .broker
+                .links()
+                .conn(key)
+                .is_some_and(|c| !c.io.rx.is_empty());
+            if buffered {
+                if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                    self.broker.close_link(key);
+                    continue;
+                }
+            }
+            self.defer_read(key);
+        }
+        // Budget spent: answers may wait whose doorbell has rung already.
+        self.verify_again = true;
     }
 }
 
