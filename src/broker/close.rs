@@ -190,14 +190,13 @@ impl<X> Broker<X> {
             return;
         }
         link.timer = None;
-        match link.state {
-            LinkState::ExpectConnect | LinkState::AwaitAuth => {
-                if !self.delayed_refusal(key) {
-                    self.close(key, None, "no CONNECT in time");
-                }
+        let (state, keepalive_ms, last_rx_ms) = (link.state, link.keepalive_ms, link.last_rx_ms);
+        match state {
+            LinkState::ExpectConnect | LinkState::AwaitAuth if !self.delayed_refusal(key) => {
+                self.close(key, None, "no CONNECT in time");
             }
-            LinkState::Connected if link.keepalive_ms > 0 => {
-                let due = link.last_rx_ms + link.keepalive_ms;
+            LinkState::Connected if keepalive_ms > 0 => {
+                let due = last_rx_ms + keepalive_ms;
                 if now_ms >= due {
                     // [MQTT-3.1.2-22]: silent for 1.5 × Keep Alive; the Will is published.
                     self.close(key, Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
