@@ -299,7 +299,7 @@ fn wait_until(mut f: impl FnMut() -> bool) {
 #[test]
 fn a4_retained_messages_follow_the_readers_rights() {
     let dir = scratch("a4");
-    let (b, _, _) = broker_with_acl(
+    let (b, _, acl) = broker_with_acl(
         &dir,
         "user alice\ntopic read r/#\ntopic deny r/secret\nuser bob\ntopic write r/#\n",
         2,
@@ -317,6 +317,16 @@ fn a4_retained_messages_follow_the_readers_rights() {
         alice.subscribe_opts(&[("r/secret", opts(1, false, false, 0))], None),
         vec![0x87]
     );
+    // The publisher loses its right (SIGHUP): its retained message is no longer given out.
+    write(
+        &acl,
+        "user alice\ntopic read r/#\ntopic deny r/secret\nuser bob\ntopic write q/#\n",
+    );
+    common::signal(b.pid(), libc::SIGHUP);
+    wait_until(|| bob.publish("r/probe", b"p", 1, false) == 0x87);
+    let mut alice = login5(a, "alice-4b", "alice", "wonder", 0);
+    alice.subscribe("r/#", 1);
+    alice.expect_nothing(common::QUIET);
 }
 
 /// A5: shared subscriptions are checked on their filter; malformed ones refused; a later

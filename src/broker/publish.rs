@@ -118,15 +118,15 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                let matched = self.route_new(p, topic, now_ms, origin);
+                let matched = self.route_new(key, p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(p, topic, now_ms, origin);
+                let matched = self.route_new(key, p, topic, now_ms, origin);
                 self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
-                self.route_new(p, topic, now_ms, origin);
+                self.route_new(key, p, topic, now_ms, origin);
             }
         }
         Verdict::Continue
@@ -195,8 +195,25 @@ impl<X> Broker<X> {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
-    fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
-        let msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+    fn route_new(
+        &mut self,
+        key: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+        origin: u64,
+    ) -> bool {
+        let mut msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+        if p.retain && self.auth.any_acl() {
+            // Kept so the publisher's right is checked again whenever it is delivered.
+            msg.publisher = self.links.get(key).map(|l| {
+                Arc::new(crate::session::message::Publisher {
+                    username: l.username.clone(),
+                    client_id: l.client_id.clone().unwrap_or_default(),
+                    listener: l.listener,
+                })
+            });
+        }
         self.publish_message(msg, now_ms)
     }
 
@@ -384,6 +401,7 @@ mod tests {
             expires_at_ms: None,
             origin: 0,
             retain_stamp: stamp,
+            publisher: None,
         })
     }
 

@@ -217,8 +217,9 @@ impl<X> Broker<X> {
     /// Deliver the retained messages matching `filter` to session `s`, RETAIN set.
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
         let mut found = Vec::new();
+        let auth = &self.auth;
         self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) {
+            if !m.expired(now_ms) && publisher_may_still(auth, m) {
                 found.push(m.clone());
             }
         });
@@ -268,6 +269,22 @@ impl<X> Broker<X> {
 }
 
 /// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
+/// May the publisher of retained message `m` still publish it under the ACL in force?
+/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.)
+fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
+    let Some(p) = m.publisher.as_deref() else {
+        return true;
+    };
+    let Some(acl) = auth.acl(p.listener) else {
+        return true;
+    };
+    let who = crate::auth::Client {
+        username: p.username.as_deref(),
+        client_id: &p.client_id,
+    };
+    acl.can_publish(who, &m.topic)
+}
+
 fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
     if version == Version::V5 {
         reason.to_u8()

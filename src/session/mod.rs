@@ -325,6 +325,7 @@ mod tests {
             expires_at_ms: None,
             origin: 0,
             retain_stamp: 0,
+            publisher: None,
         })
     }
 

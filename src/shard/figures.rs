@@ -58,6 +58,7 @@ fn copy_counters<X>(m: &ShardMetrics, broker: &Broker<X>, bus: &Bus<BusMsg>) {
     m.dropped[DropReason::Qos0Backpressure as usize].set(s.dropped_qos0);
     m.dropped[DropReason::QueueFull as usize].set(s.dropped_queue);
     m.dropped[DropReason::TooLarge as usize].set(s.dropped_too_large);
+    m.auth_failures.set(s.auth_failures);
     m.bus_staged.set(bus.staged() as u64);
     for (peer, (depth, staged)) in m
         .bus_ring_depth
