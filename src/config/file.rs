@@ -46,6 +46,8 @@ pub struct FileSettings {
     pub sys_interval: Option<u32>,
     /// Warnings to print (accepted but ignored lines).
     pub warnings: Vec<String>,
+    /// The `cluster_*` lines (`super::cluster`).
+    pub cluster: super::cluster::ClusterKeys,
 }
 
 /// A configuration file problem: where and what.
@@ -190,6 +192,11 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         k if IGNORED.contains(&k) => s.warnings.push(format!("'{k}' ignored: shardmq logs to stderr")),
         k if UNSUPPORTED_SECURITY.contains(&k) => {
             return Err(format!("'{k}' is not supported yet; refusing to start without the protection it asks for"))
+        }
+        k if k.starts_with("cluster_") => {
+            if !s.cluster.apply(k, value)? {
+                return Err(format!("unknown option '{k}'"));
+            }
         }
         k => return Err(format!("unknown option '{k}'")),
     }

@@ -4,6 +4,7 @@
 //! then only read; it is handed to each shard by value (`Arc`), never a global. The command
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 
+pub mod cluster;
 pub mod file;
 
 use std::net::SocketAddr;
@@ -193,6 +194,9 @@ impl Config {
             Some(path) => file::load(path).map_err(|e| e.to_string())?,
             None => file::FileSettings::default(),
         };
+        if cluster::ClusterConfig::from_keys(&f.cluster)?.is_some() {
+            return Err("cluster options are valid, but this build does not run the cluster link yet (it is not wired into the shards); refusing to start a node that would silently stay single".into());
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials

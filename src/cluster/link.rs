@@ -1,0 +1,673 @@
+//! The link thread: one NATS connection per node, on a current-thread tokio runtime.
+//!
+//! Owns: the thread, its runtime, the NATS client and every task on it (one per NATS
+//! subscription, one bucket opener, the registry workers and the retained writer and
+//! watcher), the interest table (filter, group) → local subscription count, and the
+//! duplicate filter for inbound messages. Invariant: every queue between the node and the
+//! link, and inside the link, is bounded, and each drop is counted in `LinkStats`; the node
+//! is woken once per batch of `FromLink` messages it has to read. Must not touch: anything
+//! of the node's but the two queues and the wake-up callback.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::{jetstream, Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle as TaskHandle;
+
+use super::envelope::{self, Envelope};
+use super::kv::{self, Buckets};
+use super::subject::{self, Prefix};
+use super::{FromLink, LinkStats, Route, ToLink};
+use crate::config::cluster::{ClusterConfig, NatsAuth};
+
+/// Capacity of the node → link queue.
+pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
+/// Capacity of the link → node queue.
+pub const FROM_LINK_MESSAGES_MAX: usize = 65_536;
+/// `ToLink` messages handled per turn of the link loop, so inbound NATS traffic is not
+/// starved by a busy node (and the reverse: `INBOUND_BATCH_MAX`).
+const TO_LINK_BATCH_MAX: usize = 1024;
+/// Inbound NATS messages handled per turn.
+const INBOUND_BATCH_MAX: usize = 1024;
+/// Capacity of the queue from the subscription tasks to the link loop.
+const INBOUND_MESSAGES_MAX: usize = 65_536;
+/// Messages async-nats buffers per subscription before it reports a slow consumer.
+const SUBSCRIPTION_MESSAGES_MAX: usize = 8192;
+/// Distinct (filter, group) interests; past it new ones are refused and counted.
+const INTERESTS_MAX: usize = 100_000;
+/// Recent sequence numbers remembered per origin node, to drop the second copy a node
+/// gets when two of its filters' subjects match one message (`a/+` and `a/#`).
+const DEDUP_WINDOW_MESSAGES: usize = 4096;
+/// Origins remembered; past it the duplicate filter starts afresh.
+const ORIGINS_MAX: usize = 256;
+/// Registry workers: claims for different client ids run in parallel, claims for one
+/// client id stay in order (they go to the worker its key hashes to).
+const REGISTRY_WORKERS: usize = 4;
+/// Capacity of each registry worker's queue and of the retained writer's queue.
+const KV_QUEUE_MAX: usize = 4096;
+/// Pause between attempts to open the buckets while JetStream is unreachable.
+const KV_RETRY_MS: u64 = 500;
+
+type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// The node's side of the link: a clonable sender for the shards.
+#[derive(Clone)]
+pub struct LinkSender {
+    tx: Sender<ToLink>,
+    notify: Arc<Notify>,
+    stats: Arc<LinkStats>,
+}
+
+impl LinkSender {
+    /// Queue `m` for the link and wake it; `false` (counted) when the queue is full.
+    pub fn send(&self, m: ToLink) -> bool {
+        match self.tx.try_send(m) {
+            Ok(()) => {
+                self.notify.notify_one();
+                true
+            }
+            Err(_) => {
+                LinkStats::add(&self.stats.to_link_dropped);
+                false
+            }
+        }
+    }
+}
+
+/// A running link: its sender, its output queue, its counters and its thread.
+pub struct LinkHandle {
+    sender: LinkSender,
+    rx: Receiver<FromLink>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LinkHandle {
+    /// Start the link thread for `cfg`. `wake` is called (from the link thread) after
+    /// messages were queued for the node.
+    pub fn start(cfg: ClusterConfig, wake: Wake) -> std::io::Result<LinkHandle> {
+        let prefix = Prefix::new(&cfg.name)
+            .map_err(|_| std::io::Error::other("cluster name is not a valid subject token"))?;
+        let (to_tx, to_rx) = bounded(TO_LINK_MESSAGES_MAX);
+        let (from_tx, from_rx) = bounded(FROM_LINK_MESSAGES_MAX);
+        let stats = Arc::new(LinkStats::default());
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Out {
+            tx: from_tx,
+            wake,
+            stats: stats.clone(),
+        };
+        let (n, s) = (notify.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("cluster-link".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(run(cfg, prefix, to_rx, n, s, out)),
+                    Err(e) => eprintln!("cluster link: cannot build its runtime: {e}"),
+                }
+            })?;
+        Ok(LinkHandle {
+            sender: LinkSender {
+                tx: to_tx,
+                notify,
+                stats,
+            },
+            rx: from_rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for a shard.
+    pub fn sender(&self) -> LinkSender {
+        self.sender.clone()
+    }
+
+    /// The queue of what the link reports; drain it when woken.
+    pub fn receiver(&self) -> &Receiver<FromLink> {
+        &self.rx
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.sender.stats
+    }
+
+    /// Stop the thread and wait for it; its NATS connection closes with it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.sender.notify.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The link → node queue, shared by the link's tasks.
+#[derive(Clone)]
+struct Out {
+    tx: Sender<FromLink>,
+    wake: Wake,
+    stats: Arc<LinkStats>,
+}
+
+impl Out {
+    /// Queue without waking (the caller wakes once per batch).
+    fn push(&self, m: FromLink) -> bool {
+        let ok = self.tx.try_send(m).is_ok();
+        if !ok {
+            LinkStats::add(&self.stats.from_link_dropped);
+        }
+        ok
+    }
+
+    fn push_wake(&self, m: FromLink) {
+        if self.push(m) {
+            (self.wake)();
+        }
+    }
+}
+
+/// What a NATS subscription's messages are for.
+enum Tag {
+    Deliver(Route),
+    Takeover,
+}
+
+type Inbound = (Arc<Tag>, async_nats::Message);
+
+/// The link loop's own state; only the loop touches it.
+struct State {
+    node: String,
+    prefix: Prefix,
+    client: Client,
+    out: Out,
+    inbound_tx: mpsc::Sender<Inbound>,
+    interests: HashMap<(String, Option<String>), Interest>,
+    seq: u64,
+    seen: HashMap<String, Window>,
+    registry: Vec<mpsc::Sender<RegistryOp>>,
+    retained: mpsc::Sender<Bytes>,
+}
+
+struct Interest {
+    count: usize,
+    tasks: Vec<TaskHandle<()>>,
+}
+
+#[derive(Default)]
+struct Window {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+enum RegistryOp {
+    Claim { client_id: String, token: u64 },
+    Release { client_id: String },
+}
+
+async fn run(
+    cfg: ClusterConfig,
+    prefix: Prefix,
+    inbox: Receiver<ToLink>,
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    out: Out,
+) {
+    let client = match connect(&cfg, out.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cluster link: cannot configure the NATS client: {e}");
+            return;
+        }
+    };
+    let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
+    let (registry, retained) = start_kv(&cfg, &prefix, &client, &out);
+    let mut st = State {
+        node: cfg.node.clone(),
+        prefix,
+        client,
+        out,
+        inbound_tx,
+        interests: HashMap::new(),
+        seq: start_seq(),
+        seen: HashMap::new(),
+        registry,
+        retained,
+    };
+    let takeover = st.prefix.control(&format!("takeover.{}", st.node));
+    st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
+    while !stop.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = notify.notified() => st.drain(&inbox, &notify).await,
+            Some(first) = inbound_rx.recv() => {
+                st.inbound(first);
+                for _ in 1..INBOUND_BATCH_MAX {
+                    match inbound_rx.try_recv() {
+                        Ok(m) => st.inbound(m),
+                        Err(_) => break,
+                    }
+                }
+                (st.out.wake)();
+            }
+        }
+    }
+}
+
+/// Sequence numbers start at the clock in nanoseconds, so a restarted node's numbers are
+/// new to the duplicate filters of the others.
+fn start_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+}
+
+async fn connect(cfg: &ClusterConfig, out: Out) -> Result<Client, async_nats::Error> {
+    let mut o = ConnectOptions::new()
+        .name(format!("shardmq {}", cfg.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
+        .event_callback(move |e| {
+            let out = out.clone();
+            async move {
+                match e {
+                    Event::Connected => out.push_wake(FromLink::Up),
+                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    _ => {}
+                }
+            }
+        });
+    if let Some(ca) = &cfg.cafile {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    o = match &cfg.auth {
+        NatsAuth::None => o,
+        NatsAuth::Creds(path) => o.credentials_file(path).await?,
+        NatsAuth::UserPassword(u, p) => o.user_and_password(u.clone(), p.clone()),
+    };
+    let addrs = cfg
+        .nats
+        .iter()
+        .map(|u| u.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(o.connect(addrs).await?)
+}
+
+impl State {
+    async fn drain(&mut self, inbox: &Receiver<ToLink>, notify: &Notify) {
+        for _ in 0..TO_LINK_BATCH_MAX {
+            match inbox.try_recv() {
+                Ok(m) => self.handle(m).await,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+        // Budget spent with work left: come back after the inbound side had a turn.
+        notify.notify_one();
+    }
+
+    async fn handle(&mut self, m: ToLink) {
+        match m {
+            ToLink::Interest { filter, group } => self.interest(filter, group).await,
+            ToLink::NoInterest { filter, group } => self.no_interest(filter, group),
+            ToLink::Publish(e) => self.publish(*e).await,
+            ToLink::Claim { client_id, token } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Claim { client_id, token })
+            }
+            ToLink::Release { client_id } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Release { client_id })
+            }
+        }
+    }
+
+    fn registry_op(&self, i: usize, op: RegistryOp) {
+        let Some(tx) = self.registry.get(i) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) =
+            tx.try_send(op)
+        {
+            LinkStats::add(&self.out.stats.nats_errors);
+            if let RegistryOp::Claim { client_id, token } = op {
+                self.out
+                    .push_wake(FromLink::ClaimFailed { token, client_id });
+            }
+        }
+    }
+
+    async fn interest(&mut self, filter: String, group: Option<String>) {
+        let key = (filter, group);
+        if let Some(i) = self.interests.get_mut(&key) {
+            i.count += 1;
+            return;
+        }
+        let (filter, group) = key;
+        let subjects = match subject::filter_to_subjects(&self.prefix, &filter) {
+            Ok(s) if crate::topic::valid_filter(&filter) => s,
+            _ => {
+                LinkStats::add(&self.out.stats.too_large);
+                return;
+            }
+        };
+        if self.interests.len() >= INTERESTS_MAX {
+            LinkStats::add(&self.out.stats.interest_dropped);
+            return;
+        }
+        let queue = group.as_deref().map(|g| subject::queue_group(g, &filter));
+        let tag = Arc::new(Tag::Deliver(match &group {
+            None => Route::Plain,
+            Some(g) => Route::Shared {
+                group: g.clone(),
+                filter: filter.clone(),
+            },
+        }));
+        let mut tasks = Vec::with_capacity(subjects.len());
+        for s in &subjects {
+            if let Some(t) = self.subscribe(s, queue.clone(), tag.clone()).await {
+                tasks.push(t);
+            }
+        }
+        self.interests
+            .insert((filter, group), Interest { count: 1, tasks });
+    }
+
+    fn no_interest(&mut self, filter: String, group: Option<String>) {
+        let key = (filter, group);
+        let Some(i) = self.interests.get_mut(&key) else {
+            return;
+        };
+        i.count -= 1;
+        if i.count == 0 {
+            if let Some(i) = self.interests.remove(&key) {
+                // Dropping a subscriber (with its task) unsubscribes on NATS.
+                i.tasks.iter().for_each(TaskHandle::abort);
+            }
+        }
+    }
+
+    /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue: Option<String>,
+        tag: Arc<Tag>,
+    ) -> Option<TaskHandle<()>> {
+        let sub = match queue {
+            None => self.client.subscribe(subject.to_string()).await,
+            Some(q) => self.client.queue_subscribe(subject.to_string(), q).await,
+        };
+        let sub = match sub {
+            Ok(s) => s,
+            Err(_) => {
+                LinkStats::add(&self.out.stats.nats_errors);
+                return None;
+            }
+        };
+        let tx = self.inbound_tx.clone();
+        let stats = self.out.stats.clone();
+        Some(tokio::spawn(forward(sub, tag, tx, stats)))
+    }
+
+    async fn publish(&mut self, mut e: Envelope) {
+        e.origin.clone_from(&self.node);
+        e.seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let stats = &self.out.stats;
+        let (Ok(subject), Ok(bytes)) = (
+            subject::topic_to_subject(&self.prefix, &e.topic),
+            envelope::encode(&e),
+        ) else {
+            LinkStats::add(&stats.too_large);
+            return;
+        };
+        let bytes = Bytes::from(bytes);
+        if e.retain && self.retained.try_send(bytes.clone()).is_err() {
+            LinkStats::add(&stats.nats_errors);
+        }
+        match self.client.publish(subject, bytes).await {
+            Ok(()) => LinkStats::add(&stats.published),
+            Err(_) => LinkStats::add(&stats.nats_errors),
+        }
+    }
+
+    fn inbound(&mut self, (tag, m): Inbound) {
+        let stats = &self.out.stats;
+        let route = match &*tag {
+            Tag::Takeover => return self.takeover(&m.payload),
+            Tag::Deliver(r) => r,
+        };
+        let Ok(e) = envelope::decode(&m.payload) else {
+            LinkStats::add(&stats.malformed);
+            return;
+        };
+        // Plain deliveries of our own messages were made locally; a shared one came back
+        // because NATS chose this node for the group.
+        let fresh = match route {
+            Route::Plain => e.origin != self.node && first_copy(&mut self.seen, &e),
+            Route::Shared { .. } => true,
+        };
+        if !fresh {
+            LinkStats::add(&stats.duplicates);
+            return;
+        }
+        LinkStats::add(&stats.received);
+        self.out.push(FromLink::Message {
+            route: route.clone(),
+            envelope: Box::new(e),
+        });
+    }
+
+    fn takeover(&self, payload: &[u8]) {
+        let parsed = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|t| t.split_once('\n'));
+        match parsed {
+            Some((by, client_id)) => {
+                self.out.push(FromLink::TakenOver {
+                    client_id: client_id.to_string(),
+                    by: by.to_string(),
+                });
+            }
+            None => LinkStats::add(&self.out.stats.malformed),
+        }
+    }
+}
+
+async fn forward(
+    mut sub: Subscriber,
+    tag: Arc<Tag>,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<LinkStats>,
+) {
+    while let Some(m) = sub.next().await {
+        if tx.try_send((tag.clone(), m)).is_err() {
+            LinkStats::add(&stats.from_link_dropped);
+        }
+    }
+}
+
+/// Whether this is the first copy of `e` seen from its origin (within the window).
+fn first_copy(seen: &mut HashMap<String, Window>, e: &Envelope) -> bool {
+    if !seen.contains_key(&e.origin) && seen.len() >= ORIGINS_MAX {
+        seen.clear();
+    }
+    let w = seen.entry(e.origin.clone()).or_default();
+    if !w.set.insert(e.seq) {
+        return false;
+    }
+    w.order.push_back(e.seq);
+    if w.order.len() > DEDUP_WINDOW_MESSAGES {
+        if let Some(old) = w.order.pop_front() {
+            w.set.remove(&old);
+        }
+    }
+    true
+}
+
+/// The registry worker for a client id.
+fn worker(client_id: &str) -> usize {
+    let h = client_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(h % REGISTRY_WORKERS as u64).unwrap_or(0)
+}
+
+/// Start the task that opens the buckets (retrying until JetStream answers) and then runs
+/// the registry workers, the retained writer and the retained watcher. Returns their
+/// queues, which fill (bounded) until the buckets are open.
+fn start_kv(
+    cfg: &ClusterConfig,
+    prefix: &Prefix,
+    client: &Client,
+    out: &Out,
+) -> (Vec<mpsc::Sender<RegistryOp>>, mpsc::Sender<Bytes>) {
+    let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
+    let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
+    for _ in 0..REGISTRY_WORKERS {
+        let (tx, rx) = mpsc::channel(KV_QUEUE_MAX);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let (retained_tx, retained_rx) = mpsc::channel(KV_QUEUE_MAX);
+    let ctx = KvCtx {
+        node: cfg.node.clone(),
+        prefix: prefix.clone(),
+        client: client.clone(),
+        out: out.clone(),
+    };
+    let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
+    tokio::spawn(async move {
+        let js = jetstream::new(ctx.client.clone());
+        let buckets = loop {
+            match kv::open(&js, &name, replicas).await {
+                Ok(b) => break b,
+                Err(_) => {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+                }
+            }
+        };
+        for rx in receivers {
+            tokio::spawn(registry_worker(ctx.clone(), buckets.clone(), rx));
+        }
+        tokio::spawn(retained_writer(ctx.clone(), buckets.clone(), retained_rx));
+        tokio::spawn(retained_watcher(ctx, buckets));
+    });
+    (senders, retained_tx)
+}
+
+/// What the KV tasks share.
+#[derive(Clone)]
+struct KvCtx {
+    node: String,
+    prefix: Prefix,
+    client: Client,
+    out: Out,
+}
+
+async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<RegistryOp>) {
+    while let Some(op) = rx.recv().await {
+        match op {
+            RegistryOp::Claim { client_id, token } => {
+                let reply = match kv::claim(&b.sessions, &ctx.node, &client_id).await {
+                    Ok(previous) => {
+                        if let Some(old) = &previous {
+                            notify_takeover(&ctx, old, &client_id).await;
+                        }
+                        FromLink::Claimed {
+                            token,
+                            client_id,
+                            previous,
+                        }
+                    }
+                    Err(_) => {
+                        LinkStats::add(&ctx.out.stats.nats_errors);
+                        FromLink::ClaimFailed { token, client_id }
+                    }
+                };
+                ctx.out.push_wake(reply);
+            }
+            RegistryOp::Release { client_id } => {
+                if kv::release(&b.sessions, &ctx.node, &client_id)
+                    .await
+                    .is_err()
+                {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                }
+            }
+        }
+    }
+}
+
+/// Tell node `old` that this node took `client_id` over.
+async fn notify_takeover(ctx: &KvCtx, old: &str, client_id: &str) {
+    let subject = ctx.prefix.control(&format!("takeover.{old}"));
+    let payload = Bytes::from(format!("{}\n{client_id}", ctx.node));
+    let sent = ctx.client.publish(subject, payload).await.is_ok();
+    if !sent || ctx.client.flush().await.is_err() {
+        LinkStats::add(&ctx.out.stats.nats_errors);
+    }
+}
+
+/// Write retained envelopes in the order they were published (an empty payload is kept
+/// as a tombstone: the watcher needs its topic to report the deletion).
+async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(bytes) = rx.recv().await {
+        let Ok(e) = envelope::decode(&bytes) else {
+            continue;
+        };
+        if b.retained.put(kv::key(&e.topic), bytes).await.is_err() {
+            LinkStats::add(&ctx.out.stats.nats_errors);
+        }
+    }
+}
+
+/// Report the retained bucket: every topic's latest envelope, then each change.
+async fn retained_watcher(ctx: KvCtx, b: Buckets) {
+    let mut watch = match b.retained.watch_with_history(">").await {
+        Ok(w) => w,
+        Err(_) => {
+            LinkStats::add(&ctx.out.stats.nats_errors);
+            return;
+        }
+    };
+    while let Some(entry) = watch.next().await {
+        let Ok(entry) = entry else {
+            LinkStats::add(&ctx.out.stats.nats_errors);
+            continue;
+        };
+        let Ok(e) = envelope::decode(&entry.value) else {
+            LinkStats::add(&ctx.out.stats.malformed);
+            continue;
+        };
+        let message = (!e.payload.is_empty()).then(|| Box::new(e.clone()));
+        ctx.out.push_wake(FromLink::Retained {
+            topic: e.topic,
+            message,
+        });
+    }
+}
