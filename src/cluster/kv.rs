@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 /// Compare-and-set attempts before a claim is reported as failed: each failure means
 /// another node wrote the same key in between, so this only runs out under a storm.
 const CLAIM_ATTEMPTS_MAX: usize = 8;
+/// JetStream's duplicate window for KV streams, as the NATS clients set it.
+const KV_DUPLICATE_WINDOW_S: u64 = 120;
 /// Largest registry value read back (node name, newline, client id).
 const REGISTRY_VALUE_BYTES_MAX: usize = 64 * 1024 + 64;
 
@@ -56,14 +58,23 @@ async fn open_one(
     if let Ok(store) = js.get_key_value(bucket.as_str()).await {
         return Ok(store);
     }
-    let config = kv::Config {
-        bucket,
-        history: 1,
+    // The stream a KV bucket is, created directly: `create_key_value` first reads the
+    // account information, whose 2.9 form async-nats 0.46 no longer parses.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
         num_replicas: replicas,
         storage: jetstream::stream::StorageType::File,
+        duplicate_window: std::time::Duration::from_secs(KV_DUPLICATE_WINDOW_S),
         ..Default::default()
     };
-    Ok(js.create_key_value(config).await?)
+    js.get_or_create_stream(config).await?;
+    Ok(js.get_key_value(bucket).await?)
 }
 
 /// The key of `text` (a client id or a topic): 32 hex digits of its SHA-256.

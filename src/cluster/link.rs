@@ -19,8 +19,7 @@ use async_nats::{jetstream, Client, ConnectOptions, Event, ServerAddr, Subscribe
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle as TaskHandle;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
 use super::kv::{self, Buckets};
@@ -53,6 +52,10 @@ const ORIGINS_MAX: usize = 256;
 const REGISTRY_WORKERS: usize = 4;
 /// Capacity of each registry worker's queue and of the retained writer's queue.
 const KV_QUEUE_MAX: usize = 4096;
+/// Longest wait for a subscription task to confirm its UNSUB is queued.
+const UNSUBSCRIBE_WAIT_MS: u64 = 5000;
+/// Pause between checks for the first connection to NATS.
+const CONNECT_POLL_MS: u64 = 20;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
 
@@ -214,8 +217,11 @@ struct State {
 
 struct Interest {
     count: usize,
-    tasks: Vec<TaskHandle<()>>,
+    /// One per NATS subscription: ask its task to unsubscribe, and hear when it has.
+    stops: Vec<Stop>,
 }
+
+type Stop = oneshot::Sender<oneshot::Sender<()>>;
 
 #[derive(Default)]
 struct Window {
@@ -243,6 +249,14 @@ async fn run(
             return;
         }
     };
+    // Subscriptions made before the first connection are not replayed by async-nats
+    // (those made later are, on every reconnect), so nothing starts before it.
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(CONNECT_POLL_MS)).await;
+    }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
     let (registry, retained) = start_kv(&cfg, &prefix, &client, &out);
     let mut st = State {
@@ -258,7 +272,8 @@ async fn run(
         retained,
     };
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
-    st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
+    // Held for the link's life: dropping it would end the subscription.
+    let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
     while !stop.load(Ordering::Acquire) {
         tokio::select! {
             _ = notify.notified() => st.drain(&inbox, &notify).await,
@@ -331,7 +346,7 @@ impl State {
     async fn handle(&mut self, m: ToLink) {
         match m {
             ToLink::Interest { filter, group } => self.interest(filter, group).await,
-            ToLink::NoInterest { filter, group } => self.no_interest(filter, group),
+            ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
             ToLink::Publish(e) => self.publish(*e).await,
             ToLink::Claim { client_id, token } => {
                 let i = worker(&client_id);
@@ -363,6 +378,9 @@ impl State {
         let key = (filter, group);
         if let Some(i) = self.interests.get_mut(&key) {
             i.count += 1;
+            let (filter, group) = key;
+            self.out
+                .push_wake(FromLink::InterestReady { filter, group });
             return;
         }
         let (filter, group) = key;
@@ -385,37 +403,51 @@ impl State {
                 filter: filter.clone(),
             },
         }));
-        let mut tasks = Vec::with_capacity(subjects.len());
+        let mut stops = Vec::with_capacity(subjects.len());
         for s in &subjects {
             if let Some(t) = self.subscribe(s, queue.clone(), tag.clone()).await {
-                tasks.push(t);
+                stops.push(t);
             }
         }
-        self.interests
-            .insert((filter, group), Interest { count: 1, tasks });
+        // A PING/PONG round trip: the server has processed the SUBs before it answers.
+        if self.client.flush().await.is_err() {
+            LinkStats::add(&self.out.stats.nats_errors);
+        }
+        self.interests.insert(
+            (filter.clone(), group.clone()),
+            Interest { count: 1, stops },
+        );
+        self.out
+            .push_wake(FromLink::InterestReady { filter, group });
     }
 
-    fn no_interest(&mut self, filter: String, group: Option<String>) {
+    /// After the last local subscriber, unsubscribe and wait until each UNSUB is queued
+    /// on the connection, so a later flush proves the server has dropped the interest.
+    async fn no_interest(&mut self, filter: String, group: Option<String>) {
         let key = (filter, group);
         let Some(i) = self.interests.get_mut(&key) else {
             return;
         };
         i.count -= 1;
-        if i.count == 0 {
-            if let Some(i) = self.interests.remove(&key) {
-                // Dropping a subscriber (with its task) unsubscribes on NATS.
-                i.tasks.iter().for_each(TaskHandle::abort);
+        if i.count > 0 {
+            return;
+        }
+        let Some(i) = self.interests.remove(&key) else {
+            return;
+        };
+        for stop in i.stops {
+            let (ack_tx, ack_rx) = oneshot::channel();
+            if stop.send(ack_tx).is_ok() {
+                let wait = Duration::from_millis(UNSUBSCRIBE_WAIT_MS);
+                if !matches!(tokio::time::timeout(wait, ack_rx).await, Ok(Ok(()))) {
+                    LinkStats::add(&self.out.stats.nats_errors);
+                }
             }
         }
     }
 
     /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
-    async fn subscribe(
-        &self,
-        subject: &str,
-        queue: Option<String>,
-        tag: Arc<Tag>,
-    ) -> Option<TaskHandle<()>> {
+    async fn subscribe(&self, subject: &str, queue: Option<String>, tag: Arc<Tag>) -> Option<Stop> {
         let sub = match queue {
             None => self.client.subscribe(subject.to_string()).await,
             Some(q) => self.client.queue_subscribe(subject.to_string(), q).await,
@@ -429,7 +461,9 @@ impl State {
         };
         let tx = self.inbound_tx.clone();
         let stats = self.out.stats.clone();
-        Some(tokio::spawn(forward(sub, tag, tx, stats)))
+        let (stop_tx, stop_rx) = oneshot::channel();
+        tokio::spawn(forward(sub, tag, tx, stats, stop_rx));
+        Some(stop_tx)
     }
 
     async fn publish(&mut self, mut e: Envelope) {
@@ -497,15 +531,32 @@ impl State {
     }
 }
 
+/// Pass a subscription's messages to the link loop until told to unsubscribe.
 async fn forward(
     mut sub: Subscriber,
     tag: Arc<Tag>,
     tx: mpsc::Sender<Inbound>,
     stats: Arc<LinkStats>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
 ) {
-    while let Some(m) = sub.next().await {
-        if tx.try_send((tag.clone(), m)).is_err() {
-            LinkStats::add(&stats.from_link_dropped);
+    loop {
+        tokio::select! {
+            m = sub.next() => {
+                let Some(m) = m else { return };
+                if tx.try_send((tag.clone(), m)).is_err() {
+                    LinkStats::add(&stats.from_link_dropped);
+                }
+            }
+            // A dropped `Stop` (the interest is gone) also ends the subscription.
+            ack = &mut stop => {
+                if sub.unsubscribe().await.is_err() {
+                    LinkStats::add(&stats.nats_errors);
+                }
+                if let Ok(ack) = ack {
+                    let _ = ack.send(());
+                }
+                return;
+            }
         }
     }
 }
@@ -562,10 +613,15 @@ fn start_kv(
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
+        let mut reported = false;
         let buckets = loop {
             match kv::open(&js, &name, replicas).await {
                 Ok(b) => break b,
-                Err(_) => {
+                Err(e) => {
+                    if !reported {
+                        eprintln!("cluster link: cannot open the JetStream buckets yet: {e}");
+                        reported = true;
+                    }
                     LinkStats::add(&ctx.out.stats.nats_errors);
                     tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
                 }
@@ -612,12 +668,14 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                 ctx.out.push_wake(reply);
             }
             RegistryOp::Release { client_id } => {
-                if kv::release(&b.sessions, &ctx.node, &client_id)
-                    .await
-                    .is_err()
-                {
+                let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
+                if removed.is_err() {
                     LinkStats::add(&ctx.out.stats.nats_errors);
                 }
+                ctx.out.push_wake(FromLink::Released {
+                    client_id,
+                    removed: removed.unwrap_or(false),
+                });
             }
         }
     }

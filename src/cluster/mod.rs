@@ -80,6 +80,14 @@ pub enum FromLink {
     Up,
     /// Lost the NATS connection; the client reconnects by itself.
     Down,
+    /// The interest sent as `ToLink::Interest` is registered with the NATS server this node
+    /// is connected to (for a single server: messages published from now on will come).
+    InterestReady {
+        /// As sent.
+        filter: String,
+        /// As sent.
+        group: Option<String>,
+    },
     /// A message from another node.
     Message {
         /// Plain or shared delivery.
@@ -102,6 +110,14 @@ pub enum FromLink {
         token: u64,
         /// MQTT client id.
         client_id: String,
+    },
+    /// The answer to `ToLink::Release`.
+    Released {
+        /// MQTT client id.
+        client_id: String,
+        /// Whether the entry was removed (`false`: another node owns it, nobody does, or
+        /// NATS failed, which `nats_errors` counts).
+        removed: bool,
     },
     /// Another node took `client_id` over: disconnect it here with 0x8E.
     TakenOver {

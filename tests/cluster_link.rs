@@ -1,0 +1,380 @@
+//! The cluster link against a real `nats-server` with JetStream: links stand for nodes.
+//!
+//! Each test starts its own server on a free loopback port with a temporary store and
+//! kills it (by PID) when done. Without `nats-server` on PATH the tests print why and pass.
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardmq::cluster::{Envelope, FromLink, LinkHandle, LinkStats, Route, ToLink};
+use shardmq::config::cluster::{ClusterConfig, NatsAuth};
+use shardmq::protocol::QoS;
+
+const WAIT: Duration = Duration::from_secs(15);
+const QUIET: Duration = Duration::from_millis(300);
+
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// `None` (with the reason printed) when `nats-server` is not installed.
+    fn start() -> Option<NatsServer> {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = NatsServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Node {
+    link: LinkHandle,
+    wakes: Arc<AtomicUsize>,
+}
+
+fn node(server: &NatsServer, cluster: &str, name: &str) -> Node {
+    let cfg = ClusterConfig {
+        name: cluster.into(),
+        node: name.into(),
+        nats: vec![format!("nats://127.0.0.1:{}", server.port)],
+        cafile: None,
+        auth: NatsAuth::None,
+        kv_replicas: 1,
+    };
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let w = wakes.clone();
+    let link = LinkHandle::start(
+        cfg,
+        Arc::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .unwrap();
+    let n = Node { link, wakes };
+    n.expect(|m| matches!(m, FromLink::Up));
+    n
+}
+
+impl Node {
+    fn send(&self, m: ToLink) {
+        assert!(self.link.sender().send(m));
+    }
+
+    /// The first message satisfying `pred` within `WAIT`; others are skipped.
+    #[track_caller]
+    fn expect(&self, pred: impl Fn(&FromLink) -> bool) -> FromLink {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.link.receiver().recv_timeout(left) {
+                Ok(m) if pred(&m) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("nothing matching arrived: {e}"),
+            }
+        }
+    }
+
+    /// Every message arriving until `QUIET` passes without one.
+    fn rest(&self) -> Vec<FromLink> {
+        std::iter::from_fn(|| self.link.receiver().recv_timeout(QUIET).ok()).collect()
+    }
+
+    fn interest(&self, filter: &str, group: Option<&str>) {
+        let (filter, group) = (filter.to_string(), group.map(str::to_string));
+        self.send(ToLink::Interest {
+            filter: filter.clone(),
+            group: group.clone(),
+        });
+        self.expect(|m| {
+            matches!(m, FromLink::InterestReady { filter: f, group: g } if *f == filter && *g == group)
+        });
+    }
+
+    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        self.send(ToLink::Publish(Box::new(Envelope {
+            origin: String::new(),
+            seq: 0,
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+            retain,
+            expiry_secs: None,
+            props: None,
+            payload: payload.to_vec(),
+        })));
+    }
+
+    #[track_caller]
+    fn claim(&self, client_id: &str, token: u64) -> Option<String> {
+        self.send(ToLink::Claim {
+            client_id: client_id.into(),
+            token,
+        });
+        match self.expect(|m| matches!(m, FromLink::Claimed { token: t, .. } if *t == token)) {
+            FromLink::Claimed { previous, .. } => previous,
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl Node {
+    /// Whether the registry entry was removed.
+    #[track_caller]
+    fn release(&self, client_id: &str) -> bool {
+        self.send(ToLink::Release {
+            client_id: client_id.into(),
+        });
+        match self
+            .expect(|m| matches!(m, FromLink::Released { client_id: c, .. } if c == client_id))
+        {
+            FromLink::Released { removed, .. } => removed,
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn message(m: &FromLink) -> Option<(&Route, &Envelope)> {
+    match m {
+        FromLink::Message { route, envelope } => Some((route, envelope)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_message_crosses_to_the_node_with_interest_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t1", "A"), node(&server, "t1", "B"));
+    // Two overlapping filters on B: NATS sends B two copies, B passes on one.
+    b.interest("a/+", None);
+    b.interest("a/#", None);
+    a.interest("a/#", None);
+    a.publish("c/d", b"nobody", false);
+    a.publish("a/b", b"x", false);
+    let got = b.expect(|m| message(m).is_some());
+    let (route, e) = message(&got).unwrap();
+    assert_eq!(*route, Route::Plain);
+    assert_eq!(
+        (e.topic.as_str(), &e.payload[..], e.origin.as_str()),
+        ("a/b", &b"x"[..], "A")
+    );
+    assert_eq!(e.qos, QoS::AtLeastOnce);
+    assert!(
+        b.rest().iter().all(|m| message(m).is_none()),
+        "one copy only"
+    );
+    assert!(
+        a.rest().iter().all(|m| message(m).is_none()),
+        "A never gets its own"
+    );
+    let stats = b.link.stats();
+    assert_eq!(LinkStats::get(&stats.received), 1);
+    assert_eq!(LinkStats::get(&stats.duplicates), 1);
+    assert_eq!(
+        LinkStats::get(&a.link.stats().duplicates),
+        1,
+        "own echo dropped"
+    );
+    assert!(b.wakes.load(Ordering::Relaxed) > 0);
+    // Without interest, nothing arrives.
+    b.send(ToLink::NoInterest {
+        filter: "a/+".into(),
+        group: None,
+    });
+    b.send(ToLink::NoInterest {
+        filter: "a/#".into(),
+        group: None,
+    });
+    b.interest("z", None); // a round trip after the unsubscriptions
+    a.publish("a/b", b"late", false);
+    assert!(b.rest().iter().all(|m| message(m).is_none()));
+}
+
+#[test]
+fn the_session_registry_moves_a_client_id_by_compare_and_set() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server, "t2", "A"),
+        node(&server, "t2", "B"),
+        node(&server, "t2", "C"),
+    );
+    assert_eq!(a.claim("dev1", 1), None);
+    assert_eq!(a.claim("dev1", 2), None, "reconnect to the same node");
+    assert_eq!(b.claim("dev1", 3), Some("A".into()));
+    let taken = a.expect(|m| matches!(m, FromLink::TakenOver { .. }));
+    assert_eq!(
+        taken,
+        FromLink::TakenOver {
+            client_id: "dev1".into(),
+            by: "B".into()
+        }
+    );
+    // A's late release must not remove B's entry.
+    assert!(!a.release("dev1"));
+    assert_eq!(c.claim("dev1", 4), Some("B".into()));
+    assert!(c.release("dev1"));
+    assert_eq!(a.claim("dev1", 5), None, "released by its owner");
+
+    // Two nodes claiming at once: one wins first, the other sees it as the previous owner.
+    b.send(ToLink::Claim {
+        client_id: "dev2".into(),
+        token: 6,
+    });
+    c.send(ToLink::Claim {
+        client_id: "dev2".into(),
+        token: 7,
+    });
+    let pb = match b.expect(|m| matches!(m, FromLink::Claimed { token: 6, .. })) {
+        FromLink::Claimed { previous, .. } => previous,
+        _ => unreachable!(),
+    };
+    let pc = match c.expect(|m| matches!(m, FromLink::Claimed { token: 7, .. })) {
+        FromLink::Claimed { previous, .. } => previous,
+        _ => unreachable!(),
+    };
+    let answers = [pb, pc];
+    assert!(
+        answers == [None, Some("B".into())] || answers == [Some("C".into()), None],
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn retained_messages_are_in_the_bucket_for_every_node() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server, "t3", "A");
+    a.publish("r/1", b"v1", true);
+    a.publish("r/2", b"v2", true);
+    a.publish("r/2", b"", true);
+    // B starts afterwards and still learns the bucket's content.
+    let b = node(&server, "t3", "B");
+    let want = |topic: &'static str| move |m: &FromLink| matches!(m, FromLink::Retained { topic: t, .. } if t == topic);
+    match b.expect(want("r/1")) {
+        FromLink::Retained {
+            message: Some(e), ..
+        } => {
+            assert_eq!(
+                (&e.payload[..], e.origin.as_str(), e.retain),
+                (&b"v1"[..], "A", true)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        b.expect(want("r/2")),
+        FromLink::Retained { message: None, .. }
+    ));
+    // And a live change.
+    a.publish("r/1", b"", true);
+    assert!(matches!(
+        b.expect(want("r/1")),
+        FromLink::Retained { message: None, .. }
+    ));
+}
+
+#[test]
+fn a_shared_subscription_gets_each_message_once_across_nodes() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let nodes = [
+        node(&server, "t4", "A"),
+        node(&server, "t4", "B"),
+        node(&server, "t4", "C"),
+    ];
+    for n in &nodes {
+        n.interest("s/#", Some("g"));
+    }
+    // Another group on another filter gets its own copy of each.
+    nodes[1].interest("s/+", Some("g"));
+    const N: usize = 40;
+    for i in 0..N {
+        nodes[0].publish("s/x", format!("{i}").as_bytes(), false);
+    }
+    // Wait for every copy (N per filter), then make sure no extra one follows.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 2 * N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} arrived",
+            seen.len(),
+            2 * N
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            while let Ok(m) = n.link.receiver().recv_timeout(Duration::from_millis(5)) {
+                seen.push((i, m));
+            }
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        seen.extend(n.rest().into_iter().map(|m| (i, m)));
+    }
+    let mut per_filter = std::collections::HashMap::<String, Vec<Vec<u8>>>::new();
+    let mut members = std::collections::HashSet::new();
+    for (i, m) in &seen {
+        if let Some((Route::Shared { group, filter }, e)) = message(m) {
+            assert_eq!(group, "g");
+            per_filter
+                .entry(filter.clone())
+                .or_default()
+                .push(e.payload.clone());
+            members.insert(*i);
+        }
+    }
+    for filter in ["s/#", "s/+"] {
+        let mut got = per_filter.remove(filter).unwrap_or_default();
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..N).map(|i| format!("{i}").into_bytes()).collect();
+        want.sort();
+        assert_eq!(got, want, "{filter}: each message exactly once");
+    }
+    assert!(
+        members.len() >= 2,
+        "NATS spreads a queue group over its members"
+    );
+}
