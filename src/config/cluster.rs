@@ -252,4 +252,43 @@ mod tests {
             .is_err());
         assert!(ClusterKeys::default().apply("cluster_name", "").is_err());
     }
+
+    #[test]
+    fn the_file_reads_cluster_lines_and_rejects_unknown_ones() {
+        let text = "listener 1883\ncluster_name prod\ncluster_node a\ncluster_nats nats://127.0.0.1:4222\n";
+        let s = super::super::file::parse(text, "c.conf").unwrap();
+        assert_eq!(s.cluster.name.as_deref(), Some("prod"));
+        assert!(ClusterConfig::from_keys(&s.cluster).unwrap().is_some());
+        let e = super::super::file::parse("cluster_colour red\n", "c.conf").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem.as_str()),
+            (1, "unknown option 'cluster_colour'")
+        );
+        let e = super::super::file::parse("cluster_kv_replicas 0\n", "c.conf").unwrap_err();
+        assert!(e.problem.contains("1..=5"), "{}", e.problem);
+    }
+
+    #[test]
+    fn a_node_with_cluster_options_refuses_to_start_until_the_link_is_wired() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.conf");
+        let p = path.to_str().unwrap();
+        let args = || super::super::Args::parse_from(["shardmq", "-c", p]);
+        std::fs::write(
+            &path,
+            "cluster_name c\ncluster_node n\ncluster_nats nats://127.0.0.1\n",
+        )
+        .unwrap();
+        let e = super::super::Config::from_args(args()).unwrap_err();
+        assert!(e.contains("refusing to start"), "{e}");
+        std::fs::write(&path, "cluster_name c\n").unwrap();
+        let e = super::super::Config::from_args(args()).unwrap_err();
+        assert!(e.contains("cluster_node is required"), "{e}");
+        std::fs::write(&path, "listener 1999 127.0.0.1\n").unwrap();
+        assert!(
+            super::super::Config::from_args(args()).is_ok(),
+            "no cluster: as before"
+        );
+    }
 }
