@@ -60,6 +60,28 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Kill the server and start it again on the same port and store.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -341,9 +363,15 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
     while seen.len() < 2 * N {
         assert!(
             Instant::now() < deadline,
-            "only {} of {} arrived",
+            "only {} of {} arrived: {:?}",
             seen.len(),
-            2 * N
+            2 * N,
+            seen.iter()
+                .map(|(i, m)| match message(m) {
+                    Some((r, e)) => format!("{i}:{r:?}:{}", String::from_utf8_lossy(&e.payload)),
+                    None => format!("{i}:{m:?}"),
+                })
+                .collect::<Vec<_>>()
         );
         for (i, n) in nodes.iter().enumerate() {
             while let Ok(m) = n.link.receiver().recv_timeout(Duration::from_millis(5)) {
@@ -377,4 +405,31 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
         members.len() >= 2,
         "NATS spreads a queue group over its members"
     );
+}
+
+#[test]
+fn the_link_reconnects_with_its_interest_and_retained_watch() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t5", "A"), node(&server, "t5", "B"));
+    b.interest("r/#", None);
+    let retained = |topic: &'static str| move |m: &FromLink| matches!(m, FromLink::Retained { topic: t, message: Some(_) } if t == topic);
+    a.publish("keep/1", b"k", true);
+    b.expect(retained("keep/1"));
+    server.restart();
+    for n in [&a, &b] {
+        n.expect(|m| matches!(m, FromLink::Down));
+        n.expect(|m| matches!(m, FromLink::Up));
+    }
+    // A new interest's round trip comes after the replayed subscriptions.
+    b.interest("other", None);
+    a.publish("r/x", b"after", false);
+    let got = b.expect(|m| message(m).is_some());
+    assert_eq!(message(&got).unwrap().1.payload, b"after");
+    // The retained watch resumed, and the bucket survived the restart (file storage).
+    a.publish("keep/2", b"k2", true);
+    b.expect(retained("keep/2"));
+    let c = node(&server, "t5", "C");
+    c.expect(retained("keep/1"));
 }

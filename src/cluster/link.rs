@@ -54,6 +54,10 @@ const REGISTRY_WORKERS: usize = 4;
 const KV_QUEUE_MAX: usize = 4096;
 /// Longest wait for a subscription task to confirm its UNSUB is queued.
 const UNSUBSCRIBE_WAIT_MS: u64 = 5000;
+/// Longest wait for a publish to be queued on the connection.
+const PUBLISH_WAIT_MS: u64 = 1000;
+/// Longest wait for a PING/PONG round trip (or a SUB to be queued).
+const FLUSH_WAIT_MS: u64 = 5000;
 /// Pause between checks for the first connection to NATS.
 const CONNECT_POLL_MS: u64 = 20;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
@@ -311,6 +315,7 @@ async fn connect(cfg: &ClusterConfig, out: Out) -> Result<Client, async_nats::Er
                 match e {
                     Event::Connected => out.push_wake(FromLink::Up),
                     Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
                 }
             }
@@ -410,7 +415,7 @@ impl State {
             }
         }
         // A PING/PONG round trip: the server has processed the SUBs before it answers.
-        if self.client.flush().await.is_err() {
+        if !within(FLUSH_WAIT_MS, self.client.flush()).await {
             LinkStats::add(&self.out.stats.nats_errors);
         }
         self.interests.insert(
@@ -448,13 +453,17 @@ impl State {
 
     /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
     async fn subscribe(&self, subject: &str, queue: Option<String>, tag: Arc<Tag>) -> Option<Stop> {
+        let wait = Duration::from_millis(FLUSH_WAIT_MS);
         let sub = match queue {
-            None => self.client.subscribe(subject.to_string()).await,
-            Some(q) => self.client.queue_subscribe(subject.to_string(), q).await,
+            None => tokio::time::timeout(wait, self.client.subscribe(subject.to_string())).await,
+            Some(q) => {
+                let sub = self.client.queue_subscribe(subject.to_string(), q);
+                tokio::time::timeout(wait, sub).await
+            }
         };
         let sub = match sub {
-            Ok(s) => s,
-            Err(_) => {
+            Ok(Ok(s)) => s,
+            _ => {
                 LinkStats::add(&self.out.stats.nats_errors);
                 return None;
             }
@@ -482,9 +491,16 @@ impl State {
         if e.retain && self.retained.try_send(bytes.clone()).is_err() {
             LinkStats::add(&stats.nats_errors);
         }
-        match self.client.publish(subject, bytes).await {
-            Ok(()) => LinkStats::add(&stats.published),
-            Err(_) => LinkStats::add(&stats.nats_errors),
+        // While NATS is unreachable the client's command queue would fill and block this
+        // loop; the message is lost for remote subscribers either way (docs/cluster.md).
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            LinkStats::add(&stats.down_dropped);
+            return;
+        }
+        if within(PUBLISH_WAIT_MS, self.client.publish(subject, bytes)).await {
+            LinkStats::add(&stats.published);
+        } else {
+            LinkStats::add(&stats.nats_errors);
         }
     }
 
@@ -529,6 +545,14 @@ impl State {
             None => LinkStats::add(&self.out.stats.malformed),
         }
     }
+}
+
+/// Whether `op` succeeded within `ms`.
+async fn within<T, E>(ms: u64, op: impl std::future::Future<Output = Result<T, E>>) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(ms), op).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Pass a subscription's messages to the link loop until told to unsubscribe.
@@ -685,8 +709,8 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
 async fn notify_takeover(ctx: &KvCtx, old: &str, client_id: &str) {
     let subject = ctx.prefix.control(&format!("takeover.{old}"));
     let payload = Bytes::from(format!("{}\n{client_id}", ctx.node));
-    let sent = ctx.client.publish(subject, payload).await.is_ok();
-    if !sent || ctx.client.flush().await.is_err() {
+    let sent = within(PUBLISH_WAIT_MS, ctx.client.publish(subject, payload)).await;
+    if !sent || !within(FLUSH_WAIT_MS, ctx.client.flush()).await {
         LinkStats::add(&ctx.out.stats.nats_errors);
     }
 }
@@ -704,28 +728,38 @@ async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) 
     }
 }
 
-/// Report the retained bucket: every topic's latest envelope, then each change.
+/// Report the retained bucket: every topic's latest envelope, then each change. A watch
+/// that ends (the server restarted, a consumer was lost) is resumed after the last
+/// revision seen, so no change is missed and none is reported twice.
 async fn retained_watcher(ctx: KvCtx, b: Buckets) {
-    let mut watch = match b.retained.watch_with_history(">").await {
-        Ok(w) => w,
-        Err(_) => {
-            LinkStats::add(&ctx.out.stats.nats_errors);
-            return;
+    let mut last_revision = 0u64;
+    loop {
+        let watch = if last_revision == 0 {
+            b.retained.watch_with_history(">").await
+        } else {
+            b.retained.watch_all_from_revision(last_revision + 1).await
+        };
+        match watch {
+            Ok(mut w) => {
+                while let Some(Ok(entry)) = w.next().await {
+                    last_revision = last_revision.max(entry.revision);
+                    report_retained(&ctx, &entry.value);
+                }
+            }
+            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
         }
-    };
-    while let Some(entry) = watch.next().await {
-        let Ok(entry) = entry else {
-            LinkStats::add(&ctx.out.stats.nats_errors);
-            continue;
-        };
-        let Ok(e) = envelope::decode(&entry.value) else {
-            LinkStats::add(&ctx.out.stats.malformed);
-            continue;
-        };
-        let message = (!e.payload.is_empty()).then(|| Box::new(e.clone()));
-        ctx.out.push_wake(FromLink::Retained {
-            topic: e.topic,
-            message,
-        });
+        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
     }
+}
+
+fn report_retained(ctx: &KvCtx, value: &[u8]) {
+    let Ok(e) = envelope::decode(value) else {
+        LinkStats::add(&ctx.out.stats.malformed);
+        return;
+    };
+    let message = (!e.payload.is_empty()).then(|| Box::new(e.clone()));
+    ctx.out.push_wake(FromLink::Retained {
+        topic: e.topic,
+        message,
+    });
 }

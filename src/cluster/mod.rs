@@ -146,6 +146,8 @@ pub struct LinkStats {
     pub from_link_dropped: AtomicU64,
     /// Messages published to NATS.
     pub published: AtomicU64,
+    /// Messages not sent because NATS was unreachable.
+    pub down_dropped: AtomicU64,
     /// Messages not sent: subject or envelope too large for NATS.
     pub too_large: AtomicU64,
     /// Messages received from other nodes and passed on.
