@@ -5,6 +5,8 @@
 //! any has all it needs (cluster name, node name, at least one NATS URL) or does not start.
 //! Must not touch: sockets, the NATS client (that is `crate::cluster`).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use crate::cluster::subject::valid_cluster_name;
