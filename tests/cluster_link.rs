@@ -252,6 +252,14 @@ fn a_message_crosses_to_the_node_with_interest_once() {
         group: None,
     });
     b.interest("z", None); // a round trip after the unsubscriptions
+    let long = format!("{}/#", "a".repeat(4000));
+    for bad in ["a/#/b", long.as_str()] {
+        b.send(ToLink::Interest {
+            filter: bad.into(),
+            group: None,
+        });
+        b.expect(|m| matches!(m, FromLink::InterestRefused { filter, .. } if filter == bad));
+    }
     a.publish("a/b", b"late", false);
     assert!(b.rest().iter().all(|m| message(m).is_none()));
 }

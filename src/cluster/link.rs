@@ -390,16 +390,20 @@ impl State {
         }
         let (filter, group) = key;
         let subjects = match subject::filter_to_subjects(&self.prefix, &filter) {
-            Ok(s) if crate::topic::valid_filter(&filter) => s,
+            Ok(s)
+                if crate::topic::valid_filter(&filter) && self.interests.len() < INTERESTS_MAX =>
+            {
+                s
+            }
             _ => {
-                LinkStats::add(&self.out.stats.too_large);
+                // Invalid, too long for a subject, or the table is full: this subscription
+                // stays local (counted), and the node is told so.
+                LinkStats::add(&self.out.stats.interest_dropped);
+                self.out
+                    .push_wake(FromLink::InterestRefused { filter, group });
                 return;
             }
         };
-        if self.interests.len() >= INTERESTS_MAX {
-            LinkStats::add(&self.out.stats.interest_dropped);
-            return;
-        }
         let queue = group.as_deref().map(|g| subject::queue_group(g, &filter));
         let tag = Arc::new(Tag::Deliver(match &group {
             None => Route::Plain,

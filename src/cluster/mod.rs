@@ -88,6 +88,15 @@ pub enum FromLink {
         /// As sent.
         group: Option<String>,
     },
+    /// The interest sent as `ToLink::Interest` was not registered: the filter is invalid,
+    /// maps to a subject longer than NATS accepts, or the interest table is full. Local
+    /// subscribers of it get only local messages; a matching `NoInterest` is still fine.
+    InterestRefused {
+        /// As sent.
+        filter: String,
+        /// As sent.
+        group: Option<String>,
+    },
     /// A message from another node.
     Message {
         /// Plain or shared delivery.
@@ -158,7 +167,7 @@ pub struct LinkStats {
     pub malformed: AtomicU64,
     /// NATS publish/subscribe/KV operations that failed.
     pub nats_errors: AtomicU64,
-    /// Interest changes refused because the interest table is full.
+    /// Interests refused: invalid filter, subject too long, or the table full.
     pub interest_dropped: AtomicU64,
 }
 
