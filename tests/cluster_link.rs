@@ -16,6 +16,9 @@ use shardmq::protocol::QoS;
 
 const WAIT: Duration = Duration::from_secs(15);
 const QUIET: Duration = Duration::from_millis(300);
+/// Bound for what waits on JetStream re-electing stream leaders after a server is lost
+/// (measured here: up to about 20 s on a loaded two-core machine).
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
 
 struct NatsServer {
     child: Child,
@@ -99,13 +102,20 @@ struct Node {
 }
 
 fn node(server: &NatsServer, cluster: &str, name: &str) -> Node {
+    node_on(&[server.port], 1, cluster, name)
+}
+
+fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node {
     let cfg = ClusterConfig {
         name: cluster.into(),
         node: name.into(),
-        nats: vec![format!("nats://127.0.0.1:{}", server.port)],
+        nats: ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect(),
         cafile: None,
         auth: NatsAuth::None,
-        kv_replicas: 1,
+        kv_replicas,
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
@@ -129,7 +139,12 @@ impl Node {
     /// The first message satisfying `pred` within `WAIT`; others are skipped.
     #[track_caller]
     fn expect(&self, pred: impl Fn(&FromLink) -> bool) -> FromLink {
-        let deadline = Instant::now() + WAIT;
+        self.expect_within(WAIT, pred)
+    }
+
+    #[track_caller]
+    fn expect_within(&self, wait: Duration, pred: impl Fn(&FromLink) -> bool) -> FromLink {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.link.receiver().recv_timeout(left) {
@@ -443,4 +458,134 @@ fn the_link_reconnects_with_its_interest_and_retained_watch() {
     b.expect(retained("keep/2"));
     let c = node(&server, "t5", "C");
     c.expect(retained("keep/1"));
+}
+
+/// Three clustered NATS servers with JetStream; killed by PID on drop.
+struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> Option<NatsCluster> {
+        let probe = NatsServer::start()?; // skips (and says so) without nats-server
+        drop(probe);
+        let dir = tempfile::tempdir().unwrap();
+        // Hold all six listeners at once so the ports differ, then free them for the servers.
+        let holders: Vec<_> = (0..6)
+            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+            .collect();
+        let ports: Vec<u16> = holders
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(holders);
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats-route://127.0.0.1:{}", ports[3 + j]))
+                .collect();
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: smq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                ports[i],
+                dir.path().join(format!("n{i}")).display(),
+                ports[3 + i],
+                routes.join(", ")
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            servers.push(Some(child));
+        }
+        Some(NatsCluster {
+            servers,
+            ports: ports[..3].to_vec(),
+            _dir: dir,
+        })
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        (0..self.servers.len()).for_each(|i| self.kill(i));
+    }
+}
+
+/// Claim until the registry answers (a bucket may be electing a leader), within
+/// `FAILOVER_WAIT`.
+#[track_caller]
+fn claim_eventually(n: &Node, client_id: &str, token: &mut u64) -> Option<String> {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    loop {
+        *token += 1;
+        n.send(ToLink::Claim {
+            client_id: client_id.into(),
+            token: *token,
+        });
+        let t = *token;
+        match n.expect(|m| matches!(m, FromLink::Claimed { token, .. } | FromLink::ClaimFailed { token, .. } if *token == t)) {
+            FromLink::Claimed { previous, .. } => return previous,
+            _ => assert!(Instant::now() < deadline, "the registry never answered"),
+        }
+    }
+}
+
+/// Publish until one arrives at `to` (interest crosses between NATS servers
+/// asynchronously: the window `docs/cluster.md` states), within `FAILOVER_WAIT`.
+#[track_caller]
+fn deliver_eventually(from: &Node, to: &Node, topic: &str) {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    loop {
+        from.publish(topic, b"p", false);
+        if let Ok(m) = to.link.receiver().recv_timeout(Duration::from_millis(100)) {
+            if message(&m).is_some_and(|(_, e)| e.topic == topic) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing crossed to {topic}");
+    }
+}
+
+#[test]
+fn a_three_server_nats_cluster_survives_the_loss_of_one_server() {
+    let Some(mut nats) = NatsCluster::start() else {
+        return;
+    };
+    let p = nats.ports.clone();
+    // A knows server 0, B server 1: messages cross a NATS route.
+    let a = node_on(&p[..1], 3, "t6", "A");
+    let b = node_on(&p[1..2], 3, "t6", "B");
+    b.interest("x/#", None);
+    deliver_eventually(&a, &b, "x/1");
+    let mut token = 0;
+    assert_eq!(claim_eventually(&a, "dev", &mut token), None);
+    assert_eq!(claim_eventually(&b, "dev", &mut token), Some("A".into()));
+    // Lose B's server: B reconnects to a server it learnt from the cluster, the buckets
+    // keep two replicas of three, messages still cross.
+    nats.kill(1);
+    b.expect(|m| matches!(m, FromLink::Down));
+    b.expect(|m| matches!(m, FromLink::Up));
+    deliver_eventually(&a, &b, "x/2");
+    assert_eq!(claim_eventually(&a, "dev", &mut token), Some("B".into()));
+    // The retained write is retried while its bucket elects a leader; B's watch resumes.
+    a.publish("keep", b"r", true);
+    b.expect_within(
+        FAILOVER_WAIT,
+        |m| matches!(m, FromLink::Retained { topic, message: Some(_) } if topic == "keep"),
+    );
 }

@@ -60,6 +60,8 @@ const PUBLISH_WAIT_MS: u64 = 1000;
 const FLUSH_WAIT_MS: u64 = 5000;
 /// Pause between checks for the first connection to NATS.
 const CONNECT_POLL_MS: u64 = 20;
+/// Attempts to write one retained message (`KV_RETRY_MS` apart) before it is dropped.
+const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
 
@@ -246,7 +248,8 @@ async fn run(
     stop: Arc<AtomicBool>,
     out: Out,
 ) {
-    let client = match connect(&cfg, out.clone()).await {
+    let reconnected = Arc::new(Notify::new());
+    let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cluster link: cannot configure the NATS client: {e}");
@@ -262,7 +265,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(CONNECT_POLL_MS)).await;
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
-    let (registry, retained) = start_kv(&cfg, &prefix, &client, &out);
+    let (registry, retained) = start_kv(&cfg, &prefix, &client, &out, reconnected);
     let mut st = State {
         node: cfg.node.clone(),
         prefix,
@@ -303,7 +306,13 @@ fn start_seq() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
-async fn connect(cfg: &ClusterConfig, out: Out) -> Result<Client, async_nats::Error> {
+/// A client that reports its connection state to the node, and each (re)connection to the
+/// retained watcher through `reconnected`.
+async fn connect(
+    cfg: &ClusterConfig,
+    out: Out,
+    reconnected: Arc<Notify>,
+) -> Result<Client, async_nats::Error> {
     let mut o = ConnectOptions::new()
         .name(format!("shardmq {}", cfg.node))
         .retry_on_initial_connect()
@@ -311,9 +320,13 @@ async fn connect(cfg: &ClusterConfig, out: Out) -> Result<Client, async_nats::Er
         .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
         .event_callback(move |e| {
             let out = out.clone();
+            let reconnected = reconnected.clone();
             async move {
                 match e {
-                    Event::Connected => out.push_wake(FromLink::Up),
+                    Event::Connected => {
+                        reconnected.notify_one();
+                        out.push_wake(FromLink::Up);
+                    }
                     Event::Disconnected => out.push_wake(FromLink::Down),
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
@@ -623,6 +636,7 @@ fn start_kv(
     prefix: &Prefix,
     client: &Client,
     out: &Out,
+    reconnected: Arc<Notify>,
 ) -> (Vec<mpsc::Sender<RegistryOp>>, mpsc::Sender<Bytes>) {
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
@@ -659,7 +673,7 @@ fn start_kv(
             tokio::spawn(registry_worker(ctx.clone(), buckets.clone(), rx));
         }
         tokio::spawn(retained_writer(ctx.clone(), buckets.clone(), retained_rx));
-        tokio::spawn(retained_watcher(ctx, buckets));
+        tokio::spawn(retained_watcher(ctx, buckets, reconnected));
     });
     (senders, retained_tx)
 }
@@ -726,16 +740,26 @@ async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) 
         let Ok(e) = envelope::decode(&bytes) else {
             continue;
         };
-        if b.retained.put(kv::key(&e.topic), bytes).await.is_err() {
+        // A bucket electing a new leader (a NATS server was lost) refuses writes for a
+        // few seconds; retry within a bound rather than lose the update.
+        let key = kv::key(&e.topic);
+        let mut attempts = 0;
+        while b.retained.put(key.as_str(), bytes.clone()).await.is_err() {
             LinkStats::add(&ctx.out.stats.nats_errors);
+            attempts += 1;
+            if attempts == RETAINED_PUT_ATTEMPTS_MAX {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
         }
     }
 }
 
 /// Report the retained bucket: every topic's latest envelope, then each change. A watch
-/// that ends (the server restarted, a consumer was lost) is resumed after the last
-/// revision seen, so no change is missed and none is reported twice.
-async fn retained_watcher(ctx: KvCtx, b: Buckets) {
+/// that ends, or any reconnection (its consumer may have lived on a server now gone), makes
+/// it resume after the last revision seen, so no change is missed and none is reported
+/// twice.
+async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
     let mut last_revision = 0u64;
     loop {
         let watch = if last_revision == 0 {
@@ -744,12 +768,16 @@ async fn retained_watcher(ctx: KvCtx, b: Buckets) {
             b.retained.watch_all_from_revision(last_revision + 1).await
         };
         match watch {
-            Ok(mut w) => {
-                while let Some(Ok(entry)) = w.next().await {
-                    last_revision = last_revision.max(entry.revision);
-                    report_retained(&ctx, &entry.value);
+            Ok(mut w) => loop {
+                tokio::select! {
+                    entry = w.next() => {
+                        let Some(Ok(entry)) = entry else { break };
+                        last_revision = last_revision.max(entry.revision);
+                        report_retained(&ctx, &entry.value);
+                    }
+                    _ = reconnected.notified() => break,
                 }
-            }
+            },
             Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
         }
         tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
