@@ -1,12 +1,12 @@
 //! The link thread: one NATS connection per node, on a current-thread tokio runtime.
 //!
 //! Owns: the thread, its runtime, the NATS client and every task on it (one per NATS
-//! subscription, one bucket opener, the registry workers and the retained writer and
-//! watcher), the interest table (filter, group) → local subscription count, and the
-//! duplicate filter for inbound messages. Invariant: every queue between the node and the
-//! link, and inside the link, is bounded, and each drop is counted in `LinkStats`; the node
-//! is woken once per batch of `FromLink` messages it has to read. Must not touch: anything
-//! of the node's but the two queues and the wake-up callback.
+//! subscription; the JetStream tasks are in `tasks`), the interest table (filter, group) →
+//! local subscription count, and the duplicate filter for inbound messages. Invariant:
+//! every queue between the node and the link, and inside the link, is bounded, and each
+//! drop is counted in `LinkStats`; the node is woken once per batch of `FromLink` messages
+//! it has to read. Must not touch: anything of the node's but the two queues and the
+//! wake-up callback.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -15,17 +15,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use async_nats::{jetstream, Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
-use super::kv::{self, Buckets};
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
+use tasks::{start_kv, worker, RegistryOp};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -47,23 +47,16 @@ const INTERESTS_MAX: usize = 100_000;
 const DEDUP_WINDOW_MESSAGES: usize = 4096;
 /// Origins remembered; past it the duplicate filter starts afresh.
 const ORIGINS_MAX: usize = 256;
-/// Registry workers: claims for different client ids run in parallel, claims for one
-/// client id stay in order (they go to the worker its key hashes to).
-const REGISTRY_WORKERS: usize = 4;
-/// Capacity of each registry worker's queue and of the retained writer's queue.
-const KV_QUEUE_MAX: usize = 4096;
 /// Longest wait for a subscription task to confirm its UNSUB is queued.
 const UNSUBSCRIBE_WAIT_MS: u64 = 5000;
 /// Longest wait for a publish to be queued on the connection.
-const PUBLISH_WAIT_MS: u64 = 1000;
+pub(super) const PUBLISH_WAIT_MS: u64 = 1000;
 /// Longest wait for a PING/PONG round trip (or a SUB to be queued).
-const FLUSH_WAIT_MS: u64 = 5000;
+pub(super) const FLUSH_WAIT_MS: u64 = 5000;
 /// Pause between checks for the first connection to NATS.
 const CONNECT_POLL_MS: u64 = 20;
-/// Attempts to write one retained message (`KV_RETRY_MS` apart) before it is dropped.
-const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
-/// Pause between attempts to open the buckets while JetStream is unreachable.
-const KV_RETRY_MS: u64 = 500;
+
+mod tasks;
 
 type Wake = Arc<dyn Fn() + Send + Sync>;
 
@@ -176,7 +169,7 @@ impl Drop for LinkHandle {
 
 /// The link → node queue, shared by the link's tasks.
 #[derive(Clone)]
-struct Out {
+pub(super) struct Out {
     tx: Sender<FromLink>,
     wake: Wake,
     stats: Arc<LinkStats>,
@@ -192,7 +185,7 @@ impl Out {
         ok
     }
 
-    fn push_wake(&self, m: FromLink) {
+    pub(super) fn push_wake(&self, m: FromLink) {
         if self.push(m) {
             (self.wake)();
         }
@@ -233,11 +226,6 @@ type Stop = oneshot::Sender<oneshot::Sender<()>>;
 struct Window {
     set: HashSet<u64>,
     order: VecDeque<u64>,
-}
-
-enum RegistryOp {
-    Claim { client_id: String, token: u64 },
-    Release { client_id: String },
 }
 
 async fn run(
@@ -565,7 +553,10 @@ impl State {
 }
 
 /// Whether `op` succeeded within `ms`.
-async fn within<T, E>(ms: u64, op: impl std::future::Future<Output = Result<T, E>>) -> bool {
+pub(super) async fn within<T, E>(
+    ms: u64,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_millis(ms), op).await,
         Ok(Ok(_))
@@ -618,180 +609,4 @@ fn first_copy(seen: &mut HashMap<String, Window>, e: &Envelope) -> bool {
         }
     }
     true
-}
-
-/// The registry worker for a client id.
-fn worker(client_id: &str) -> usize {
-    let h = client_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    usize::try_from(h % REGISTRY_WORKERS as u64).unwrap_or(0)
-}
-
-/// Start the task that opens the buckets (retrying until JetStream answers) and then runs
-/// the registry workers, the retained writer and the retained watcher. Returns their
-/// queues, which fill (bounded) until the buckets are open.
-fn start_kv(
-    cfg: &ClusterConfig,
-    prefix: &Prefix,
-    client: &Client,
-    out: &Out,
-    reconnected: Arc<Notify>,
-) -> (Vec<mpsc::Sender<RegistryOp>>, mpsc::Sender<Bytes>) {
-    let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
-    let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
-    for _ in 0..REGISTRY_WORKERS {
-        let (tx, rx) = mpsc::channel(KV_QUEUE_MAX);
-        senders.push(tx);
-        receivers.push(rx);
-    }
-    let (retained_tx, retained_rx) = mpsc::channel(KV_QUEUE_MAX);
-    let ctx = KvCtx {
-        node: cfg.node.clone(),
-        prefix: prefix.clone(),
-        client: client.clone(),
-        out: out.clone(),
-    };
-    let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
-    tokio::spawn(async move {
-        let js = jetstream::new(ctx.client.clone());
-        let mut reported = false;
-        let buckets = loop {
-            match kv::open(&js, &name, replicas).await {
-                Ok(b) => break b,
-                Err(e) => {
-                    if !reported {
-                        eprintln!("cluster link: cannot open the JetStream buckets yet: {e}");
-                        reported = true;
-                    }
-                    LinkStats::add(&ctx.out.stats.nats_errors);
-                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
-                }
-            }
-        };
-        for rx in receivers {
-            tokio::spawn(registry_worker(ctx.clone(), buckets.clone(), rx));
-        }
-        tokio::spawn(retained_writer(ctx.clone(), buckets.clone(), retained_rx));
-        tokio::spawn(retained_watcher(ctx, buckets, reconnected));
-    });
-    (senders, retained_tx)
-}
-
-/// What the KV tasks share.
-#[derive(Clone)]
-struct KvCtx {
-    node: String,
-    prefix: Prefix,
-    client: Client,
-    out: Out,
-}
-
-async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<RegistryOp>) {
-    while let Some(op) = rx.recv().await {
-        match op {
-            RegistryOp::Claim { client_id, token } => {
-                let reply = match kv::claim(&b.sessions, &ctx.node, &client_id).await {
-                    Ok(previous) => {
-                        if let Some(old) = &previous {
-                            notify_takeover(&ctx, old, &client_id).await;
-                        }
-                        FromLink::Claimed {
-                            token,
-                            client_id,
-                            previous,
-                        }
-                    }
-                    Err(_) => {
-                        LinkStats::add(&ctx.out.stats.nats_errors);
-                        FromLink::ClaimFailed { token, client_id }
-                    }
-                };
-                ctx.out.push_wake(reply);
-            }
-            RegistryOp::Release { client_id } => {
-                let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
-                if removed.is_err() {
-                    LinkStats::add(&ctx.out.stats.nats_errors);
-                }
-                ctx.out.push_wake(FromLink::Released {
-                    client_id,
-                    removed: removed.unwrap_or(false),
-                });
-            }
-        }
-    }
-}
-
-/// Tell node `old` that this node took `client_id` over.
-async fn notify_takeover(ctx: &KvCtx, old: &str, client_id: &str) {
-    let subject = ctx.prefix.control(&format!("takeover.{old}"));
-    let payload = Bytes::from(format!("{}\n{client_id}", ctx.node));
-    let sent = within(PUBLISH_WAIT_MS, ctx.client.publish(subject, payload)).await;
-    if !sent || !within(FLUSH_WAIT_MS, ctx.client.flush()).await {
-        LinkStats::add(&ctx.out.stats.nats_errors);
-    }
-}
-
-/// Write retained envelopes in the order they were published (an empty payload is kept
-/// as a tombstone: the watcher needs its topic to report the deletion).
-async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(bytes) = rx.recv().await {
-        let Ok(e) = envelope::decode(&bytes) else {
-            continue;
-        };
-        // A bucket electing a new leader (a NATS server was lost) refuses writes for a
-        // few seconds; retry within a bound rather than lose the update.
-        let key = kv::key(&e.topic);
-        let mut attempts = 0;
-        while b.retained.put(key.as_str(), bytes.clone()).await.is_err() {
-            LinkStats::add(&ctx.out.stats.nats_errors);
-            attempts += 1;
-            if attempts == RETAINED_PUT_ATTEMPTS_MAX {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
-        }
-    }
-}
-
-/// Report the retained bucket: every topic's latest envelope, then each change. A watch
-/// that ends, or any reconnection (its consumer may have lived on a server now gone), makes
-/// it resume after the last revision seen, so no change is missed and none is reported
-/// twice.
-async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
-    let mut last_revision = 0u64;
-    loop {
-        let watch = if last_revision == 0 {
-            b.retained.watch_with_history(">").await
-        } else {
-            b.retained.watch_all_from_revision(last_revision + 1).await
-        };
-        match watch {
-            Ok(mut w) => loop {
-                tokio::select! {
-                    entry = w.next() => {
-                        let Some(Ok(entry)) = entry else { break };
-                        last_revision = last_revision.max(entry.revision);
-                        report_retained(&ctx, &entry.value);
-                    }
-                    _ = reconnected.notified() => break,
-                }
-            },
-            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
-        }
-        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
-    }
-}
-
-fn report_retained(ctx: &KvCtx, value: &[u8]) {
-    let Ok(e) = envelope::decode(value) else {
-        LinkStats::add(&ctx.out.stats.malformed);
-        return;
-    };
-    let message = (!e.payload.is_empty()).then(|| Box::new(e.clone()));
-    ctx.out.push_wake(FromLink::Retained {
-        topic: e.topic,
-        message,
-    });
 }
