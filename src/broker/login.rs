@@ -144,7 +144,6 @@ impl<X> Broker<X> {
         let Some(pending) = link.pending_connect.take() else {
             return;
         };
-        let (listener, peer) = (link.listener, link.peer);
         let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
         let Ok(protocol::Decoded::Packet {
             packet: Packet::Connect(c),
@@ -154,49 +153,60 @@ impl<X> Broker<X> {
             self.close(key, None, "stored CONNECT unreadable");
             return;
         };
-        let user = c.username.unwrap_or_default();
-        let password = c.password.unwrap_or_default();
         match answer {
             None => {
                 self.refuse_login(key, &c, Refusal::Busy, "password checks saturated");
             }
             Some((Check::Ok, generation)) => {
-                let current = self.auth.password_file(listener).cloned();
-                match current {
-                    Some(f) if f.generation() != generation => {
-                        // Reloaded while it was checked: check again against the new file.
-                        let again = PendingConnect {
-                            connect: pending.connect.clone(),
-                            refusal: None,
-                        };
-                        if let Some(link) = self.links.get_mut(key) {
-                            link.pending_connect = Some(Box::new(again));
-                        }
-                        self.fx.verify.push(VerifyRequest {
-                            token,
-                            file: f,
-                            user: user.to_string(),
-                            password: password.to_vec(),
-                        });
-                        return;
-                    }
-                    None => {
-                        self.refuse_login(key, &c, Refusal::NotAuthorized, "no password file");
-                        return;
-                    }
-                    Some(_) => {}
-                }
-                if let Some(vc) = self.verify_cache.as_mut() {
-                    vc.insert(generation, user, password);
-                }
-                self.throttle.on_success(peer.ip());
-                if let Some(link) = self.links.get_mut(key) {
-                    link.username = Some(user.into());
-                }
-                self.complete_connect(key, &c, now_ms);
+                self.passed_login(key, token, &c, &pending.connect, generation, now_ms);
             }
             Some((_, _)) => self.failed_login(key, &c, now_ms),
         }
+    }
+
+    /// The password was right for the file of generation `generation`: connect, unless
+    /// the file was reloaded meanwhile (then check again against the new one).
+    fn passed_login(
+        &mut self,
+        key: usize,
+        token: u64,
+        c: &Connect<'_>,
+        connect: &[u8],
+        generation: u64,
+        now_ms: u64,
+    ) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let (listener, peer) = (link.listener, link.peer);
+        let user = c.username.unwrap_or_default();
+        let password = c.password.unwrap_or_default();
+        match self.auth.password_file(listener).cloned() {
+            Some(f) if f.generation() != generation => {
+                link.pending_connect = Some(Box::new(PendingConnect {
+                    connect: connect.to_vec(),
+                    refusal: None,
+                }));
+                self.fx.verify.push(VerifyRequest {
+                    token,
+                    file: f,
+                    user: user.to_string(),
+                    password: password.to_vec(),
+                });
+                return;
+            }
+            None => {
+                self.refuse_login(key, c, Refusal::NotAuthorized, "no password file");
+                return;
+            }
+            Some(_) => {}
+        }
+        if let Some(vc) = self.verify_cache.as_mut() {
+            vc.insert(generation, user, password);
+        }
+        self.throttle.on_success(peer.ip());
+        link.username = Some(user.into());
+        self.complete_connect(key, c, now_ms);
     }
 
     /// A wrong password or unknown user: count it for the address and refuse after the
