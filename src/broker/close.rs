@@ -156,7 +156,7 @@ impl<X> Broker<X> {
             match kind {
                 TIMER_LINK => self.link_timer(index, gen, now_ms),
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
-                super::sys::TIMER_SYS => self.sys_timer(now_ms),
+                super::sys::TIMER_SYS => self.sys_timer(gen, now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }
@@ -221,6 +221,7 @@ impl<X> Broker<X> {
             if let Some(x) = self.sessions.get_mut(s) {
                 x.expiry_timer = None;
             }
+            self.fx.stats.sessions_expired += 1;
             self.end_session(s);
         }
     }

@@ -317,6 +317,9 @@ impl<X> Broker<X> {
         reason: ReasonCode,
         props: Option<Properties<'_>>,
     ) {
+        if reason != ReasonCode::Success {
+            self.fx.stats.connections_refused[super::RefuseReason::of(reason) as usize] += 1;
+        }
         let ack = protocol::ConnAck {
             session_present: present,
             reason,

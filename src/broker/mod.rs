@@ -15,7 +15,7 @@
 //! Entry points for a driver (event loop, simulation, fuzzer): [`Broker::accept`],
 //! [`Broker::ingest`], [`Broker::on_cast`], [`Broker::on_timers`], [`Broker::writable`],
 //! [`Broker::close_link`], [`Broker::on_closed`], then [`Broker::effects`] and the `tx` of
-//! each dirty link in [`Broker::links_mut`].
+//! each dirty link in [`Broker::links_mut`]; [`Broker::reload`] between turns (SIGHUP).
 //!
 //! Invariants: a session lives only on its home shard `home_shard(client_id)`; a SUBACK is
 //! released only once every peer shard has applied the interest change it caused, so a
@@ -33,6 +33,7 @@ pub mod gate;
 pub mod ingest;
 pub mod link;
 mod publish;
+mod reload;
 pub mod retained;
 pub mod routes;
 pub mod sessions;
@@ -152,6 +153,87 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to client sockets (counted by the event loop).
     pub bytes_out: u64,
+    /// MQTT packets decoded from clients, every kind.
+    pub packets_in: u64,
+    /// MQTT packets written to clients, every kind.
+    pub packets_out: u64,
+    /// PUBLISH packets received, by QoS.
+    pub publish_in_qos: [u64; 3],
+    /// Payload bytes of PUBLISH packets received, by QoS.
+    pub publish_in_bytes_qos: [u64; 3],
+    /// PUBLISH packets written, by QoS.
+    pub publish_out_qos: [u64; 3],
+    /// Payload bytes of PUBLISH packets written, by QoS.
+    pub publish_out_bytes_qos: [u64; 3],
+    /// Connections this shard accepted (handed-over ones are counted where accepted).
+    pub connections_accepted: u64,
+    /// CONNECTs refused, by [`RefuseReason`].
+    pub connections_refused: [u64; RefuseReason::COUNT],
+    /// Failed authentications (bad credentials, a failed AUTH exchange): the auth part
+    /// increments it.
+    pub auth_failures: u64,
+    /// TLS handshakes completed: the listeners part increments it.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: the listeners part increments it.
+    pub tls_handshake_failures: u64,
+    /// Sessions that ended because their expiry interval ran out.
+    pub sessions_expired: u64,
+}
+
+/// Why a CONNECT was refused (the `reason` label of `connections_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// Unsupported protocol version.
+    Protocol,
+    /// Client identifier not valid.
+    ClientId,
+    /// Bad user name or password, not authorized, bad authentication method.
+    NotAuthorized,
+    /// Server unavailable, busy, moved, use another server (redirects, maintenance).
+    Unavailable,
+    /// Anything else (malformed, quota, keep alive too long...).
+    Other,
+}
+
+impl RefuseReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 5;
+    /// Every reason, in index order.
+    pub const ALL: [RefuseReason; RefuseReason::COUNT] = [
+        RefuseReason::Protocol,
+        RefuseReason::ClientId,
+        RefuseReason::NotAuthorized,
+        RefuseReason::Unavailable,
+        RefuseReason::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefuseReason::Protocol => "protocol_version",
+            RefuseReason::ClientId => "client_id",
+            RefuseReason::NotAuthorized => "not_authorized",
+            RefuseReason::Unavailable => "unavailable",
+            RefuseReason::Other => "other",
+        }
+    }
+
+    /// The reason of a refusing CONNACK code.
+    pub fn of(code: ReasonCode) -> RefuseReason {
+        match code {
+            ReasonCode::UnsupportedProtocolVersion => RefuseReason::Protocol,
+            ReasonCode::ClientIdentifierNotValid => RefuseReason::ClientId,
+            ReasonCode::BadUserNameOrPassword
+            | ReasonCode::NotAuthorized
+            | ReasonCode::BadAuthenticationMethod
+            | ReasonCode::Banned => RefuseReason::NotAuthorized,
+            ReasonCode::ServerUnavailable
+            | ReasonCode::ServerBusy
+            | ReasonCode::ServerMoved
+            | ReasonCode::UseAnotherServer => RefuseReason::Unavailable,
+            _ => RefuseReason::Other,
+        }
+    }
 }
 
 /// One match of a publish, merged per session (overlapping subscriptions → one delivery).
@@ -191,8 +273,8 @@ pub struct Broker<X> {
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     now_ms: u64,
-    /// Latest `$SYS` report of every shard (used on shard 0).
-    sys_reports: Vec<sys::SysReport>,
+    /// `$SYS`: the timer's generation, and on shard 0 every shard's latest report.
+    sys: sys::SysState,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -232,7 +314,7 @@ impl<X> Broker<X> {
             next_gen: 0,
             fired: Vec::new(),
             now_ms,
-            sys_reports: vec![sys::SysReport::default(); shards],
+            sys: sys::SysState::new(shards),
         };
         b.arm_sys_timer(now_ms);
         b
@@ -388,6 +470,7 @@ impl<X> Broker<X> {
             return;
         };
         protocol::encode(packet, c.link.version, c.tx.buf());
+        self.fx.stats.packets_out += 1;
         self.fx.mark_dirty(key, &mut c.link);
     }
 

@@ -9,6 +9,7 @@ pub mod auth_files;
 pub mod bridge;
 pub mod file;
 mod passwd_args;
+pub mod reload;
 
 pub use passwd_args::{PasswdAction, PasswdArgs};
 pub mod listener;
