@@ -131,18 +131,14 @@ fn reload(
     let r = match shardmq::config::reload::reread(current, argv) {
         Ok(r) => r,
         Err(e) => {
-            log(format_args!(
-                "Error: reload refused, keeping the running configuration: {e}"
-            ));
+            refused(current, &e);
             return;
         }
     };
     let log_out = match shardmq::log_sink::prepare(&r.config.log) {
         Ok(p) => p,
         Err(e) => {
-            log(format_args!(
-                "Error: reload refused, keeping the running configuration: {e}"
-            ));
+            refused(current, &e);
             return;
         }
     };
@@ -150,9 +146,7 @@ fn reload(
     let (opened, closed) = match running.reload(next.clone()) {
         Ok(x) => x,
         Err(e) => {
-            log(format_args!(
-                "Error: reload refused, keeping the running configuration: {e}"
-            ));
+            refused(current, &e);
             return;
         }
     };
@@ -173,8 +167,19 @@ fn reload(
         }
     }
     let _ = std::io::stdout().flush();
+    let m = &next.metrics;
+    m.reloads_applied.set(m.reloads_applied.get() + 1);
     log(format_args!("Configuration reloaded."));
     *current = (*next).clone();
+}
+
+/// A reload that cannot be applied: logged and counted; the running configuration stays.
+fn refused(current: &Config, e: &dyn std::fmt::Display) {
+    let m = &current.metrics;
+    m.reloads_refused.set(m.reloads_refused.get() + 1);
+    log(format_args!(
+        "Error: reload refused, keeping the running configuration: {e}"
+    ));
 }
 
 /// `shardmq check -c FILE`: validate the file (and the files it names) without starting.

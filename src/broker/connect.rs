@@ -318,7 +318,7 @@ impl<X> Broker<X> {
         props: Option<Properties<'_>>,
     ) {
         if reason != ReasonCode::Success {
-            self.fx.stats.connections_refused[super::RefuseReason::of(reason) as usize] += 1;
+            self.fx.stats.connections_refused[super::refuse_reason(reason) as usize] += 1;
         }
         let ack = protocol::ConnAck {
             session_present: present,

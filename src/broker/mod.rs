@@ -47,6 +47,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 pub(crate) use crate::log::log;
+pub use crate::metrics::RefuseReason;
 use crate::protocol::{self, Packet, ReasonCode, Version};
 use crate::session::{Limits, Message, Session, SubIds};
 use crate::timer::TimerWheel;
@@ -167,8 +168,8 @@ pub struct Stats {
     pub publish_out_bytes_qos: [u64; 3],
     /// Connections this shard accepted (handed-over ones are counted where accepted).
     pub connections_accepted: u64,
-    /// CONNECTs refused, by [`RefuseReason`].
-    pub connections_refused: [u64; RefuseReason::COUNT],
+    /// CONNECTs refused, by [`RefuseReason`] (see [`refuse_reason`]).
+    pub connections_refused: [u64; RefuseReason::ALL.len()],
     /// Failed authentications (bad credentials, a failed AUTH exchange): the auth part
     /// increments it.
     pub auth_failures: u64,
@@ -180,59 +181,22 @@ pub struct Stats {
     pub sessions_expired: u64,
 }
 
-/// Why a CONNECT was refused (the `reason` label of `connections_refused`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefuseReason {
-    /// Unsupported protocol version.
-    Protocol,
-    /// Client identifier not valid.
-    ClientId,
-    /// Bad user name or password, not authorized, bad authentication method.
-    NotAuthorized,
-    /// Server unavailable, busy, moved, use another server (redirects, maintenance).
-    Unavailable,
-    /// Anything else (malformed, quota, keep alive too long...).
-    Other,
-}
-
-impl RefuseReason {
-    /// Number of reasons.
-    pub const COUNT: usize = 5;
-    /// Every reason, in index order.
-    pub const ALL: [RefuseReason; RefuseReason::COUNT] = [
-        RefuseReason::Protocol,
-        RefuseReason::ClientId,
-        RefuseReason::NotAuthorized,
-        RefuseReason::Unavailable,
-        RefuseReason::Other,
-    ];
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            RefuseReason::Protocol => "protocol_version",
-            RefuseReason::ClientId => "client_id",
-            RefuseReason::NotAuthorized => "not_authorized",
-            RefuseReason::Unavailable => "unavailable",
-            RefuseReason::Other => "other",
-        }
-    }
-
-    /// The reason of a refusing CONNACK code.
-    pub fn of(code: ReasonCode) -> RefuseReason {
-        match code {
-            ReasonCode::UnsupportedProtocolVersion => RefuseReason::Protocol,
-            ReasonCode::ClientIdentifierNotValid => RefuseReason::ClientId,
-            ReasonCode::BadUserNameOrPassword
-            | ReasonCode::NotAuthorized
-            | ReasonCode::BadAuthenticationMethod
-            | ReasonCode::Banned => RefuseReason::NotAuthorized,
-            ReasonCode::ServerUnavailable
-            | ReasonCode::ServerBusy
-            | ReasonCode::ServerMoved
-            | ReasonCode::UseAnotherServer => RefuseReason::Unavailable,
-            _ => RefuseReason::Other,
-        }
+/// The `reason` label of a refusing CONNACK code.
+pub fn refuse_reason(code: ReasonCode) -> RefuseReason {
+    match code {
+        ReasonCode::UnsupportedProtocolVersion
+        | ReasonCode::ClientIdentifierNotValid
+        | ReasonCode::ProtocolError
+        | ReasonCode::MalformedPacket => RefuseReason::Protocol,
+        ReasonCode::BadUserNameOrPassword
+        | ReasonCode::NotAuthorized
+        | ReasonCode::BadAuthenticationMethod
+        | ReasonCode::Banned => RefuseReason::NotAuthorized,
+        ReasonCode::ServerUnavailable
+        | ReasonCode::ServerBusy
+        | ReasonCode::ServerMoved
+        | ReasonCode::UseAnotherServer => RefuseReason::Unavailable,
+        _ => RefuseReason::Limit,
     }
 }
 
@@ -395,6 +359,11 @@ impl<X> Broker<X> {
     /// Retained messages in this shard's replica.
     pub fn retained_count(&self) -> usize {
         self.retained.len()
+    }
+
+    /// Payload bytes of the retained messages in this shard's replica.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.bytes()
     }
 
     /// Handle one decoded packet from link `key`.
