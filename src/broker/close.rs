@@ -1,7 +1,9 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::{log, Broker, Conn, Link, LinkState, Verdict};
+use super::{Broker, Conn, Link, LinkState, Verdict};
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{Disconnect, ReasonCode, Version};
 use crate::timer::TimerId;
 
@@ -43,13 +45,14 @@ impl<X> Broker<X> {
         if let Some(t) = link.timer.take() {
             self.timers.cancel(t);
         }
-        if self.cfg.verbose && link.state != LinkState::ExpectConnect {
-            log(format_args!(
+        if crate::log_sink::connection_messages() && link.state != LinkState::ExpectConnect {
+            log_at!(
+                Level::Notice,
                 "Client {} disconnected{}.",
                 link.client_id.as_deref().unwrap_or("<unknown>"),
                 link.close_reason
                     .map_or(String::new(), |r| format!(" (reason 0x{:02x})", r.to_u8()))
-            ));
+            );
         }
         let will = if link.publish_will {
             link.will.take()

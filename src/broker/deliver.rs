@@ -210,6 +210,9 @@ pub(super) fn write_publish<X>(
     st.packets_out += 1;
     st.publish_out_qos[p.qos as usize] += 1;
     st.publish_out_bytes_qos[p.qos as usize] += p.payload.len() as u64;
+    if crate::log_sink::enabled(crate::log::Level::Debug) {
+        super::log_packet_line("Sending", "to", link, &Packet::Publish(p));
+    }
     sink.fx.mark_dirty(key, link);
     true
 }

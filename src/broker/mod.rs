@@ -46,7 +46,8 @@ mod tests;
 use std::sync::Arc;
 
 use crate::config::Config;
-pub(crate) use crate::log::log;
+use crate::log::Level;
+use crate::log_at;
 pub use crate::metrics::RefuseReason;
 use crate::protocol::{self, Packet, ReasonCode, Version};
 use crate::session::{Limits, Message, Session, SubIds};
@@ -440,6 +441,9 @@ impl<X> Broker<X> {
         };
         protocol::encode(packet, c.link.version, c.tx.buf());
         self.fx.stats.packets_out += 1;
+        if crate::log_sink::enabled(Level::Debug) {
+            log_packet_line("Sending", "to", &c.link, packet);
+        }
         self.fx.mark_dirty(key, &mut c.link);
     }
 
@@ -473,12 +477,13 @@ impl<X> Broker<X> {
         };
         self.fx.mark_closing(key, link);
         link.close_reason = reason;
-        if self.cfg.verbose {
-            log(format_args!(
+        if crate::log_sink::connection_messages() {
+            log_at!(
+                Level::Notice,
                 "Client {} ({}) closing: {why}.",
                 link.client_id.as_deref().unwrap_or("<unknown>"),
                 link.peer
-            ));
+            );
         }
         Verdict::Close
     }
@@ -487,25 +492,33 @@ impl<X> Broker<X> {
         self.close(key, Some(ReasonCode::ProtocolError), why)
     }
 
+    /// `Received ... from ...` at debug level, as `mosquitto -v` writes it.
     fn log_packet(&self, key: usize, packet: &Packet<'_>) {
-        if !self.cfg.verbose {
+        if !crate::log_sink::enabled(Level::Debug) {
             return;
         }
         let Some(link) = self.links.get(key) else {
             return;
         };
-        let id = link.client_id.as_deref().unwrap_or("<unknown>");
-        match packet {
-            Packet::Publish(p) => log(format_args!(
-                "Received PUBLISH from {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                u8::from(p.dup),
-                p.qos as u8,
-                u8::from(p.retain),
-                p.packet_id.map_or(0, |m| m.get()),
-                p.topic,
-                p.payload.len()
-            )),
-            other => log(format_args!("Received {} from {id}", other.name())),
-        }
+        log_packet_line("Received", "from", link, packet);
+    }
+}
+
+/// One packet trace line: `Sending PUBLISH to id (d0, q1, r0, m3, 'a/b', ... (5 bytes))`,
+/// `Received SUBSCRIBE from id`. Callers check that debug is enabled first.
+pub(crate) fn log_packet_line(verb: &str, dir: &str, link: &Link, packet: &Packet<'_>) {
+    let id = link.client_id.as_deref().unwrap_or("<unknown>");
+    match packet {
+        Packet::Publish(p) => log_at!(
+            Level::Debug,
+            "{verb} PUBLISH {dir} {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+            u8::from(p.dup),
+            p.qos as u8,
+            u8::from(p.retain),
+            p.packet_id.map_or(0, |m| m.get()),
+            p.topic,
+            p.payload.len()
+        ),
+        other => log_at!(Level::Debug, "{verb} {} {dir} {id}", other.name()),
     }
 }

@@ -27,7 +27,8 @@ use super::conn::ConnIo;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
-use crate::log::log;
+use crate::log::Level;
+use crate::log_at;
 use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
 
@@ -343,10 +344,11 @@ impl Shard {
             let _ = self.poll.registry().deregister(l);
         }
         if let Err(e) = register_listeners(&self.poll, &mut listeners) {
-            log(format_args!(
-                "Error: shard {}: cannot watch the listeners after a reload: {e}",
+            log_at!(
+                Level::Error,
+                "shard {}: cannot watch the listeners after a reload: {e}",
                 self.id
-            ));
+            );
         }
         self.listeners = listeners;
         // Edge-triggered: a backlog that built up meanwhile would not be reported again.
@@ -366,7 +368,7 @@ impl Shard {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.turn(&mut events) {
-                log(format_args!("shard {}: poll failed: {e}", self.id));
+                log_at!(Level::Error, "shard {}: poll failed: {e}", self.id);
                 break;
             }
         }
@@ -468,7 +470,7 @@ impl Shard {
                             || now >= self.accept_error_logged_ms + 1000
                         {
                             self.accept_error_logged_ms = now.max(1);
-                            log(format_args!("accept failed: {e}"));
+                            log_at!(Level::Error, "accept failed: {e}");
                         }
                         break;
                     }
