@@ -30,6 +30,7 @@ mod connect;
 mod deliver;
 pub mod effects;
 pub mod gate;
+pub mod hot_topics;
 pub mod ingest;
 pub mod link;
 mod publish;
@@ -240,6 +241,8 @@ pub struct Broker<X> {
     now_ms: u64,
     /// `$SYS`: the timer's generation, and on shard 0 every shard's latest report.
     sys: sys::SysState,
+    /// Sampled publish counts per topic (the dashboard's busiest topics).
+    hot: hot_topics::HotTopics,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -280,6 +283,7 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys: sys::SysState::new(shards),
+            hot: hot_topics::HotTopics::default(),
         };
         b.arm_sys_timer(now_ms);
         b
@@ -360,6 +364,11 @@ impl<X> Broker<X> {
     /// Retained messages in this shard's replica.
     pub fn retained_count(&self) -> usize {
         self.retained.len()
+    }
+
+    /// The busiest topics published to on this shard (sampled estimates, busiest first).
+    pub fn hot_topics(&self, n: usize) -> Vec<(Arc<str>, u64)> {
+        self.hot.top(n)
     }
 
     /// Payload bytes of the retained messages in this shard's replica.

@@ -53,6 +53,7 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
     }
 

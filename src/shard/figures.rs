@@ -141,6 +141,7 @@ fn lists<X>(broker: &Broker<X>, now_ns: u64) -> ShardLists {
             pending_bytes: conn.tx.pending(),
         });
     }
+    out.topics = broker.hot_topics(crate::broker::hot_topics::HOT_TOPICS_MAX);
     for s in &sessions {
         for (filter, st) in &s.subs {
             out.subscriptions_total += 1;
