@@ -205,7 +205,14 @@ pub(super) fn write_publish<X>(
             .get_or_insert_with(Default::default)
             .insert(msg.topic.clone(), a);
     }
-    sink.fx.stats.publish_out += 1;
+    let st = &mut sink.fx.stats;
+    st.publish_out += 1;
+    st.packets_out += 1;
+    st.publish_out_qos[p.qos as usize] += 1;
+    st.publish_out_bytes_qos[p.qos as usize] += p.payload.len() as u64;
+    if crate::log_sink::enabled(crate::log::Level::Debug) {
+        super::log_packet_line("Sending", "to", link, &Packet::Publish(p));
+    }
     sink.fx.mark_dirty(key, link);
     true
 }

@@ -2,6 +2,8 @@
 
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
 use crate::session::{Outgoing, SubState};
 use crate::topic::{self, FilterKind};
@@ -54,6 +56,9 @@ impl<X> Broker<X> {
                 }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
             };
+            if code < 0x80 {
+                self.log_subscription(key, Level::Subscribe, req.filter, code);
+            }
             codes.push(code);
         }
         let ack = protocol::SubAck {
@@ -67,6 +72,21 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// `client qos filter` (subscribe) or `client filter` (unsubscribe), as Mosquitto's
+    /// `log_type subscribe|unsubscribe` lines.
+    fn log_subscription(&self, key: usize, level: Level, filter: &str, qos: u8) {
+        if !crate::log_sink::enabled(level) {
+            return;
+        }
+        let id = self.links.get(key).and_then(|l| l.client_id.as_deref());
+        let id = id.unwrap_or("<unknown>");
+        if level == Level::Subscribe {
+            log_at!(level, "{id} {qos} {filter}");
+        } else {
+            log_at!(level, "{id} {filter}");
+        }
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.
@@ -212,6 +232,7 @@ impl<X> Broker<X> {
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
                 self.unroute(s, uid, filter);
+                self.log_subscription(key, Level::Unsubscribe, filter, 0);
             }
             let code = if had {
                 protocol::ReasonCode::Success

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod file;
 mod passwd_args;
+pub mod reload;
 
 pub use passwd_args::{PasswdAction, PasswdArgs};
 pub mod listener;

@@ -4,8 +4,10 @@
 //! bus ends; through the broker's connection table, each connection's transport and
 //! receive buffer (`conn::ConnIo`). One turn is: poll → bus inbox → read and decode in
 //! place → accept → timers → bus outbox → flush → close; every step has a budget so one
-//! busy client or peer cannot starve the rest. Invariant: the poll token of a transport is
-//! its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
+//! busy client or peer cannot starve the rest. A SIGHUP reload arrives as a `Control` on
+//! the shard's own channel and is applied at the start of a turn, between polls
+//! (`Shard::apply_config`), never in the middle of a packet. Invariant: the poll token of
+//! a transport is its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
 //! `LinkState` (it asks the broker to close a link), other shards' state (only the bus).
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -24,7 +27,8 @@ use super::conn::ConnIo;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
-use crate::log::log;
+use crate::log::Level;
+use crate::log_at;
 use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
 
@@ -42,8 +46,31 @@ const ACCEPTS_PER_TURN_MAX: usize = 512;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
+/// Control messages waiting per shard (reloads; a sender past it waits for the shard).
+const CONTROL_QUEUE_MAX: usize = 16;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+
+/// A control message from the main thread to one shard, read at a turn boundary.
+pub enum Control {
+    /// Apply a new configuration: `listeners` is the whole new listening set (this shard's
+    /// handles to the sockets the main thread bound or kept), in configuration order.
+    Reload {
+        /// The new configuration.
+        cfg: Arc<Config>,
+        /// Every listener, with what it speaks.
+        listeners: Vec<(TcpListener, ListenerKind)>,
+    },
+}
+
+/// One listening socket the broker holds.
+struct Bound {
+    /// The address as configured (the listener's identity across reloads; port 0 stays 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    socket: std::net::TcpListener,
+}
 
 /// The running broker: its shard threads and how to stop them.
 pub struct Running {
@@ -52,6 +79,10 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wakers: Arc<Vec<Arc<Waker>>>,
+    /// Each shard's control channel.
+    ctl: Vec<Sender<Control>>,
+    /// The listening sockets, in configuration order.
+    bound: Vec<Bound>,
 }
 
 impl Running {
@@ -61,6 +92,65 @@ impl Running {
         for w in self.wakers.iter() {
             let _ = w.wake();
         }
+    }
+
+    /// Apply `cfg` (already validated, see `config::reload`) to every shard at its next
+    /// turn boundary. Listeners whose address is still configured keep their socket (and
+    /// their backlog); new ones are bound here first, so a bind failure rejects the reload
+    /// whole and nothing changes; removed ones close once every shard has let go. Returns
+    /// the addresses newly opened and those closed.
+    pub fn reload(&mut self, cfg: Arc<Config>) -> io::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let mut next: Vec<Bound> = Vec::new();
+        let mut opened = Vec::new();
+        let mut kept = vec![false; self.bound.len()];
+        for l in &cfg.listeners {
+            // Several `listener 0` lines share a configured address: match them in order.
+            let same = self
+                .bound
+                .iter()
+                .enumerate()
+                .find(|(i, b)| !kept[*i] && b.configured == l.addr);
+            if let Some((i, _)) = same {
+                kept[i] = true;
+            }
+            match same.map(|(_, b)| b) {
+                Some(b) => next.push(Bound {
+                    configured: b.configured,
+                    local: b.local,
+                    socket: b.socket.try_clone()?,
+                }),
+                None => {
+                    let socket = bind(l.addr)?;
+                    let local = socket.local_addr()?;
+                    opened.push(local);
+                    next.push(Bound {
+                        configured: l.addr,
+                        local,
+                        socket,
+                    });
+                }
+            }
+        }
+        let closed = self
+            .bound
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| !**k)
+            .map(|(b, _)| b.local)
+            .collect();
+        let mut per_shard = Vec::new();
+        for _ in &self.ctl {
+            per_shard.push(shard_listeners(&cfg, &next)?);
+        }
+        for ((tx, w), listeners) in self.ctl.iter().zip(self.wakers.iter()).zip(per_shard) {
+            let cfg = cfg.clone();
+            // A shard that has stopped no longer needs it.
+            let _ = tx.send(Control::Reload { cfg, listeners });
+            let _ = w.wake();
+        }
+        self.addrs = next.iter().map(|b| b.local).collect();
+        self.bound = next;
+        Ok((opened, closed))
     }
 
     /// Wait for every shard thread to finish.
@@ -74,14 +164,16 @@ impl Running {
 /// Bind the listeners and start one thread per shard.
 pub fn run(cfg: Config) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for addr in &cfg.binds {
-        listeners.push(bind(*addr)?);
+        let socket = bind(*addr)?;
+        bound.push(Bound {
+            configured: *addr,
+            local: socket.local_addr()?,
+            socket,
+        });
     }
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<io::Result<Vec<_>>>()?;
+    let addrs = bound.iter().map(|b| b.local).collect();
     let mut polls = Vec::new();
     let mut wakers = Vec::new();
     for _ in 0..cfg.shards {
@@ -94,15 +186,14 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let epoch = Instant::now();
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
+    let mut ctl = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
-        let mut mine = Vec::new();
-        for (i, l) in listeners.iter().enumerate() {
-            let mut l = TcpListener::from_std(l.try_clone()?);
-            poll.registry()
-                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            mine.push((l, ListenerKind::Tcp));
-        }
-        let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let mut mine = shard_listeners(&cfg, &bound)?;
+        register_listeners(&poll, &mut mine)?;
+        let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+        ctl.push(tx);
+        let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        shard.ctl = rx;
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -115,7 +206,37 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         threads,
         stop,
         wakers,
+        ctl,
+        bound,
     })
+}
+
+/// One shard's handles to the listening sockets, each with what it speaks.
+fn shard_listeners(cfg: &Config, bound: &[Bound]) -> io::Result<Vec<(TcpListener, ListenerKind)>> {
+    bound
+        .iter()
+        .map(|b| {
+            let l = TcpListener::from_std(b.socket.try_clone()?);
+            Ok((l, listener_kind(cfg, b.configured)))
+        })
+        .collect()
+}
+
+/// What the listener configured at `addr` speaks (the listeners' wiring extends this).
+fn listener_kind(_cfg: &Config, _addr: SocketAddr) -> ListenerKind {
+    ListenerKind::Tcp
+}
+
+/// Register each listener under `LISTENER_BASE + its index`.
+fn register_listeners(
+    poll: &Poll,
+    listeners: &mut [(TcpListener, ListenerKind)],
+) -> io::Result<()> {
+    for (i, (l, _)) in listeners.iter_mut().enumerate() {
+        poll.registry()
+            .register(l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+    }
+    Ok(())
 }
 
 /// A non-blocking listener with a deep backlog. One socket serves every shard: each shard
@@ -167,6 +288,8 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// Control messages from the main thread (reload).
+    ctl: Receiver<Control>,
 }
 
 impl Shard {
@@ -195,7 +318,42 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            ctl: crossbeam_channel::never(),
         }
+    }
+
+    /// Apply the control messages waiting (at most a few per turn; they are rare).
+    fn apply_control(&mut self) {
+        while let Ok(msg) = self.ctl.try_recv() {
+            match msg {
+                Control::Reload { cfg, listeners } => self.apply_config(cfg, listeners),
+            }
+        }
+    }
+
+    /// A reload, at a turn boundary: swap the listening set (connections are untouched:
+    /// they belong to the broker's table, not to a listener), then hand the configuration
+    /// to the broker, which applies what can change live. Shard-side parts that keep
+    /// configuration of their own (a listener's TLS settings, say) take it from here.
+    pub(crate) fn apply_config(
+        &mut self,
+        cfg: Arc<Config>,
+        mut listeners: Vec<(TcpListener, ListenerKind)>,
+    ) {
+        for (l, _) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        if let Err(e) = register_listeners(&self.poll, &mut listeners) {
+            log_at!(
+                Level::Error,
+                "shard {}: cannot watch the listeners after a reload: {e}",
+                self.id
+            );
+        }
+        self.listeners = listeners;
+        // Edge-triggered: a backlog that built up meanwhile would not be reported again.
+        self.accept_again = true;
+        self.broker.reload(cfg);
     }
 
     fn now_ms(&self) -> u64 {
@@ -210,7 +368,7 @@ impl Shard {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.turn(&mut events) {
-                log(format_args!("shard {}: poll failed: {e}", self.id));
+                log_at!(Level::Error, "shard {}: poll failed: {e}", self.id);
                 break;
             }
         }
@@ -242,6 +400,7 @@ impl Shard {
         let busy_from = Instant::now();
         let now = self.now_ms();
         self.broker.begin_turn(now);
+        self.apply_control();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
@@ -298,6 +457,7 @@ impl Shard {
                 budget -= 1;
                 match self.listeners[i].0.accept() {
                     Ok((stream, peer)) => {
+                        self.broker.effects().stats.connections_accepted += 1;
                         let transport = self.listeners[i].1.wrap(stream);
                         self.adopt(transport, peer, Vec::new(), now);
                     }
@@ -310,7 +470,7 @@ impl Shard {
                             || now >= self.accept_error_logged_ms + 1000
                         {
                             self.accept_error_logged_ms = now.max(1);
-                            log(format_args!("accept failed: {e}"));
+                            log_at!(Level::Error, "accept failed: {e}");
                         }
                         break;
                     }
