@@ -9,7 +9,7 @@ use clap::Parser;
 use shardmq::admin::{self, Started};
 use shardmq::config::{Args, Command, Config};
 use shardmq::log::log;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     }
     // Installed before anything is announced, so a signal sent as soon as the broker says
     // it is listening is always a clean shutdown, never the default "die".
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: cannot install signal handlers: {e}");
@@ -89,7 +89,13 @@ fn main() -> ExitCode {
     log(format_args!(
         "shardmq version {version} running with {shards} shard(s)"
     ));
-    let _ = signals.forever().next();
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            break;
+        }
+        // SIGHUP: new TLS handshakes use the certificate files as they are now.
+        shardmq::shard::listeners::reload_tls(&running.tls_reload);
+    }
     log(format_args!("shardmq version {version} terminating"));
     metrics
         .stopping

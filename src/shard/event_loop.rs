@@ -23,6 +23,7 @@ use super::bus::{self, Bus};
 use super::conn::ConnIo;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
+use crate::config::listener::Listener;
 use crate::config::Config;
 use crate::log::log;
 use crate::transport::{ListenerKind, Transport};
@@ -49,6 +50,8 @@ const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 pub struct Running {
     /// Addresses actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
+    /// The TLS listeners' certificate settings, to reload (`listeners::reload_tls`).
+    pub tls_reload: Vec<super::listeners::TlsReload>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wakers: Arc<Vec<Arc<Waker>>>,
@@ -75,8 +78,22 @@ impl Running {
 pub fn run(cfg: Config) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut listeners = Vec::new();
-    for addr in &cfg.binds {
-        listeners.push(bind(*addr)?);
+    let mut kinds = Vec::new();
+    let mut tls_reload = Vec::new();
+    for l in &cfg.listeners {
+        let Some(sock) = bind_listener(l)? else {
+            continue;
+        };
+        let kind = super::listeners::kind_of(l);
+        if let (Some((opts, _)), Some(swap)) = (&l.tls, &kind.tls) {
+            tls_reload.push(super::listeners::TlsReload {
+                addr: l.addr,
+                options: opts.clone(),
+                config: swap.clone(),
+            });
+        }
+        listeners.push(sock);
+        kinds.push(kind);
     }
     let addrs = listeners
         .iter()
@@ -96,11 +113,11 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let mut threads = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = Vec::new();
-        for (i, l) in listeners.iter().enumerate() {
+        for (i, (l, kind)) in listeners.iter().zip(&kinds).enumerate() {
             let mut l = TcpListener::from_std(l.try_clone()?);
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            mine.push((l, ListenerKind::Tcp));
+            mine.push((l, kind.clone()));
         }
         let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
@@ -112,21 +129,40 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     }
     Ok(Running {
         addrs,
+        tls_reload,
         threads,
         stop,
         wakers,
     })
 }
 
+/// Bind one configured listener. `Ok(None)`: the default listener's `::1` on a host
+/// without IPv6 (logged; the IPv4 loopback serves alone), the one failure tolerated.
+fn bind_listener(l: &Listener) -> io::Result<Option<std::net::TcpListener>> {
+    match bind(l.addr, l.bind_interface.as_deref()) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if l.optional => {
+            log(format_args!("not listening on {}: {e}", l.addr));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A non-blocking listener with a deep backlog. One socket serves every shard: each shard
 /// polls its own handle to it, so no other process can silently share the port the way
 /// SO_REUSEPORT would allow.
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if let Some(name) = interface {
+        s.bind_device(Some(name.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("bind_interface {name} for {addr}: {e}"))
+        })?;
     }
     s.bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -297,10 +333,12 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].0.accept() {
-                    Ok((stream, peer)) => {
-                        let transport = self.listeners[i].1.wrap(stream);
-                        self.adopt(transport, peer, Vec::new(), now);
-                    }
+                    Ok((stream, peer)) => match self.listeners[i].1.wrap(stream) {
+                        Ok(Some(transport)) => self.adopt(transport, peer, Vec::new(), now),
+                        // At the listener's max_connections: dropping the socket closes it.
+                        Ok(None) => {}
+                        Err(e) => log(format_args!("connection from {peer} refused: {e}")),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -323,6 +361,10 @@ impl Shard {
     /// with.
     fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        if self.name_from_certificate(key).is_err() {
+            self.broker.on_closed(key, now);
+            return;
+        }
         let registered = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
             self.poll
                 .registry()
@@ -414,12 +456,65 @@ impl Shard {
         let n = match c.io.transport.read(&mut self.scratch) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
-            Err(e) => return Err(would_block_or_closed(e)),
+            Err(e) => return Err(self.read_failed(key, e)),
         };
         self.broker.effects().stats.bytes_in += n as u64;
+        if self.first_bytes(key).is_err() {
+            return Err(ReadEnd::Closed);
+        }
         match self.process_scratch(key, n, now) {
             Some(end) => Err(end),
             None => Ok(n),
+        }
+    }
+
+    /// A read error: `WouldBlock` waits for the next edge; `Interrupted` (a transport's
+    /// own per-call budget spent on handshake or control bytes) reads again next turn, like
+    /// the shard's own budget; anything else closes.
+    fn read_failed(&mut self, key: usize, e: io::Error) -> ReadEnd {
+        if e.kind() == io::ErrorKind::Interrupted {
+            self.defer_read(key);
+        }
+        would_block_or_closed(e)
+    }
+
+    /// Application bytes arrived, perhaps for the first time: a PROXY header's client
+    /// address becomes the link's peer, and a TLS handshake that has just completed may
+    /// name the user. `Err`: the connection must close.
+    fn first_bytes(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if let Some(addr) = c.io.transport.take_proxied_addr() {
+            c.link.peer = addr;
+        }
+        self.name_from_certificate(key)
+    }
+
+    /// With `use_identity_as_username` / `use_subject_as_username`, the verified client
+    /// certificate names the link's user once the handshake is done (again on the home
+    /// shard after a handover: the link there is new). `Err`: it has no such name, and
+    /// Mosquitto refuses such a client too.
+    fn name_from_certificate(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if !c.io.name_pending || c.io.transport.is_handshaking() {
+            return Ok(());
+        }
+        c.io.name_pending = false;
+        match c.io.transport.cert_username() {
+            Some(name) => {
+                c.link.username = Some(name.into());
+                Ok(())
+            }
+            None => {
+                log(format_args!(
+                    "{}: client certificate has no usable name; closing",
+                    c.link.peer
+                ));
+                Err(())
+            }
         }
     }
 
@@ -441,7 +536,7 @@ impl Shard {
             Ok(n) => n,
             Err(e) => {
                 io.rx.filled(0);
-                return Err(would_block_or_closed(e));
+                return Err(self.read_failed(key, e));
             }
         };
         io.rx.filled(n);
