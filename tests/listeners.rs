@@ -127,14 +127,21 @@ fn pki(dir: &Dir) -> Ca {
 struct Proc {
     child: Child,
     addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
     /// Start `shardmq ARGS --print-bound` and wait for `listeners` addresses.
     fn start(args: &[&str], listeners: usize) -> Proc {
+        let admin: &[&str] = if args.contains(&"--admin") {
+            &[]
+        } else {
+            &["--admin", "off"]
+        };
         let mut child = Command::new(Broker::bin())
-            .args(["--print-bound", "--no-pin", "--admin", "off"])
+            .args(["--print-bound", "--no-pin"])
+            .args(admin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -160,12 +167,16 @@ impl Proc {
         });
         let deadline = Instant::now() + WAIT;
         let mut addrs = Vec::new();
-        while addrs.len() < listeners {
+        let mut admin = None;
+        let want_admin = args.windows(2).any(|w| w[0] == "--admin" && w[1] != "off");
+        while addrs.len() < listeners || (want_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("listening ") {
                         addrs.push(a.trim().parse().expect("bound address"));
+                    } else if let Some(a) = line.strip_prefix("admin ") {
+                        admin = Some(a.trim().parse().expect("admin address"));
                     }
                 }
                 Err(_) => {
@@ -181,6 +192,7 @@ impl Proc {
         Proc {
             child,
             addrs,
+            admin,
             stderr: lines,
         }
     }
@@ -425,6 +437,95 @@ fn mutual_tls_refuses_bad_client_certificates() {
     );
     // Nothing the refused clients sent was processed as MQTT.
     assert_eq!(tls_sub_one(&port, &ca, good, "bad/#", "1"), None);
+}
+
+/// `GET path` from the admin listener: the body.
+fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// `use_identity_as_username` / `use_subject_as_username`: the client certificate names
+/// the user (no username in CONNECT), also after the connection moved to its home shard.
+#[test]
+fn client_certificate_names_the_user() {
+    let d = Dir::new("ident");
+    pki(&d);
+    let (cert, key, ca) = (d.path("server.pem"), d.path("server.key"), d.path("ca.pem"));
+    let conf = d.write(
+        "m.conf",
+        &format!(
+            "listener 0 127.0.0.1\ncertfile {cert}\nkeyfile {key}\ncafile {ca}\nrequire_certificate true\nuse_identity_as_username true\n\
+             listener 0 127.0.0.1\ncertfile {cert}\nkeyfile {key}\ncafile {ca}\nrequire_certificate true\nuse_subject_as_username true\n"
+        ),
+    );
+    let b = Proc::start(&["-c", &conf, "--shards", "2", "--admin", "127.0.0.1:0"], 2);
+    let admin = b.admin.expect("admin address");
+    let (c, k) = (d.path("good.pem"), d.path("good.key"));
+    let mut subs = Vec::new();
+    let clients = [
+        (0, id_on("cn", 0, 2), "dev1"),
+        (0, id_on("cn", 1, 2), "dev1"),
+        (1, id_on("subject", 1, 2), "CN=dev1,O=Acme"),
+    ];
+    for (listener, id, _) in &clients {
+        let port = b.port(*listener);
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            &ca,
+            "--cert",
+            &c,
+            "--key",
+            &k,
+            "-t",
+            "never",
+            "-i",
+            id,
+            "-W",
+            "20",
+        ];
+        subs.push(
+            Command::new("mosquitto_sub")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn mosquitto_sub"),
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = admin_get(admin, "/api/v1/clients");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let rows = v["clients"].as_array().cloned().unwrap_or_default();
+        let named = |id: &str, user: &str| {
+            rows.iter()
+                .any(|r| r["client_id"] == id && r["username"] == user)
+        };
+        if clients.iter().all(|(_, id, user)| named(id, user)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "usernames never matched: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut s in subs {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }
 
 /// paho-mqtt over TCP, TLS, WebSocket and WSS on one broker with two shards: a TCP publish
