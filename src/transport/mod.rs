@@ -1,7 +1,7 @@
 //! Byte streams under MQTT: the [`Transport`] of one connection.
 //!
-//! **Owns** the socket of a connection and whatever stream layer sits on it (today plain
-//! TCP; next TLS, WebSocket framing, a PROXY protocol header). **Invariant:** above this
+//! **Owns** the socket of a connection and whatever stream layers sit on it: a PROXY
+//! protocol header at its start, TLS, WebSocket framing (`Tcp`, `Tls`, `Ws`, `Wss`). **Invariant:** above this
 //! module there are only application bytes, the MQTT byte stream, in order, exactly as
 //! the client sent them; below it only the socket. **Must not touch:** MQTT packets,
 //! links, sessions or the bus. Only `shard` names this module; the broker never does.
@@ -48,10 +48,18 @@
 //! A listener's [`ListenerKind`] decides which variant wraps each socket it accepts, so a
 //! new transport is one variant in each enum plus its listener configuration.
 //!
-//! A variant is a socket plus a sans-IO state machine (`tls.rs`, `ws.rs`, `proxy.rs`): the
-//! state machine takes and produces bytes, and the variant's methods above are the only
-//! place where it meets the socket. A PROXY header is consumed before the first byte is
-//! returned by `read`; the address it carries is for the shard to pass on to the link.
+//! A variant is a socket plus sans-IO state machines (`tls.rs`, `ws.rs`, `proxy.rs`): the
+//! state machines take and produce bytes, and the variant's methods above are the only
+//! place where they meet the socket, stacked as views: TLS reads
+//! `tls.io(&mut sock)`, WebSocket `ws.io(&mut sock)`, WSS `ws.io(&mut tls.io(&mut sock))`.
+//! `read` may also answer `Interrupted`: a layer spent its per-call budget on bytes that
+//! carried no application byte (handshake records, pings); the shard reads again next
+//! turn. `InvalidData` means refused, with the alert or Close already queued: the shard
+//! flushes and closes. A PROXY header is consumed inside [`Tcp`] before the first byte
+//! reaches any layer above (so TLS and WebSocket see only what follows it); the address it
+//! carries is taken by the shard ([`Transport::take_proxied_addr`]) for the link's `peer`.
+//! A listener's `max_connections` slot ([`Slot`]) lives in the socket and is given back
+//! when the transport is dropped, on whichever shard that happens.
 #![forbid(unsafe_code)]
 
 pub mod proxy;
