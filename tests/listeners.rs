@@ -860,3 +860,46 @@ fn sighup_reloads_certificates() {
         assert!(Instant::now() < deadline, "early subscriber lost");
     }
 }
+
+/// `mount_point`: a mounted listener's clients publish and subscribe under the prefix
+/// without seeing it; clients of other listeners see the full topics.
+#[test]
+fn mount_point_prefixes_in_and_strips_out() {
+    let d = Dir::new("mount");
+    let conf = d.write(
+        "m.conf",
+        "listener 0 127.0.0.1\nlistener 0 127.0.0.1\nmount_point site/\n",
+    );
+    let b = Proc::start(&["-c", &conf, "--shards", "2"], 2);
+    let mut m = RawClient::clean(b.addrs[1], &id_on("mounted", 1, 2));
+    m.subscribe("a/#", 1);
+    m.subscribe("$share/g/c/#", 1);
+    let mut t = RawClient::clean(b.addrs[0], &id_on("plain", 0, 2));
+    t.subscribe("site/b/#", 1);
+    // Routes to the other shard are set up asynchronously: publish until one arrives.
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        t.publish("site/a/1", b"in", 1, false);
+        if let Ok(g) = m.try_packet(Duration::from_millis(300)) {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached the mounted client"
+        );
+    };
+    assert!(format!("{first:?}").contains("\"a/1\""), "{first:?}");
+    while m.try_packet(Duration::from_millis(300)).is_ok() {}
+    // Outside the mount point: never delivered; then the shared subscription under it.
+    t.publish("a/2", b"outside", 1, false);
+    t.publish("site/c/3", b"shared", 1, false);
+    let got = m.expect_publish(WAIT);
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice()),
+        ("c/3", &b"shared"[..])
+    );
+    // The mounted client's publish lands under the prefix.
+    m.publish("b/1", b"out", 1, false);
+    let got = t.expect_publish(WAIT);
+    assert_eq!(got.topic, "site/b/1");
+}

@@ -137,14 +137,6 @@ pub struct Listener {
     pub optional: bool,
 }
 
-impl Listener {
-    /// What this listener asks for that the shards do not serve yet; `None` when all of
-    /// it is served.
-    pub fn unserved_feature(&self) -> Option<&'static str> {
-        self.mount_point.is_some().then_some("mount_point")
-    }
-}
-
 /// Whether `key` is a per-listener option.
 pub fn is_listener_key(key: &str) -> bool {
     matches!(

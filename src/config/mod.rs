@@ -372,7 +372,6 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
             l.optional = l.addr.is_ipv6();
         }
     }
-    refuse_unserved(&listeners, &file_name)?;
     Ok(listeners)
 }
 
@@ -417,24 +416,6 @@ fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::List
         specs.push(s);
     }
     Ok(specs)
-}
-
-/// Listeners are parsed and checked in full; refuse to start rather than serve less than
-/// asked when one asks for what the shards do not serve yet (`mount_point`).
-fn refuse_unserved(listeners: &[listener::Listener], file: &str) -> Result<(), String> {
-    for l in listeners {
-        if let Some(feature) = l.unserved_feature() {
-            let at = match l.line {
-                0 => String::new(),
-                n => format!("{file}:{n}: "),
-            };
-            return Err(format!(
-                "{at}listener {}: {feature} is configured and checks out, but shardmq does not serve it yet",
-                l.addr
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The largest shard count: shard sets are 64-bit masks.

@@ -360,7 +360,11 @@ impl Shard {
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
     fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+        let mount = transport.mount_point();
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            c.link.mount = mount;
+        }
         if self.name_from_certificate(key).is_err() {
             self.broker.on_closed(key, now);
             return;

@@ -34,6 +34,7 @@ pub fn kind_of(listener: &Listener) -> ListenerKind {
         limit: listener
             .max_connections
             .map(|max| (Arc::new(AtomicUsize::new(0)), max)),
+        mount: listener.mount_point.as_deref().map(Arc::from),
     }
 }
 

@@ -96,6 +96,8 @@ pub struct ListenerKind {
     pub proxy: Option<ProxyVersion>,
     /// `max_connections`: the listener's open connections (all shards) and their limit.
     pub limit: Option<(Arc<AtomicUsize>, usize)>,
+    /// `mount_point`, for the links of this listener's connections.
+    pub mount: Option<Arc<str>>,
 }
 
 impl ListenerKind {
@@ -117,6 +119,7 @@ impl ListenerKind {
         if let Some(v) = self.proxy {
             sock.expect_proxy(v);
         }
+        sock.mount = self.mount.clone();
         let tls = match &self.tls {
             Some(cfg) => {
                 let stream = TlsStream::new(cfg.load_full()).map_err(io::Error::other)?;
@@ -231,6 +234,11 @@ impl Transport {
     /// The client address a PROXY header carried, once it has been read (taken once).
     pub fn take_proxied_addr(&mut self) -> Option<SocketAddr> {
         self.socket_mut().take_proxied_addr()
+    }
+
+    /// The listener's `mount_point`, for the link (set again on every shard it moves to).
+    pub fn mount_point(&self) -> Option<Arc<str>> {
+        self.socket().mount.clone()
     }
 
     /// Whether a TLS handshake is still under way (no application byte can flow yet).

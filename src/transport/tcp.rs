@@ -50,6 +50,8 @@ pub struct Tcp {
     proxied: Option<SocketAddr>,
     /// The listener's connection count, if it has a limit.
     _slot: Option<Slot>,
+    /// The listener's `mount_point` (the shard copies it to the link).
+    pub(super) mount: Option<Arc<str>>,
 }
 
 impl Tcp {
@@ -63,6 +65,7 @@ impl Tcp {
             prefix: Vec::new(),
             proxied: None,
             _slot: None,
+            mount: None,
         }
     }
 
