@@ -439,6 +439,67 @@ fn mutual_tls_refuses_bad_client_certificates() {
     assert_eq!(tls_sub_one(&port, &ca, good, "bad/#", "1"), None);
 }
 
+/// The same refusals over secure WebSocket, with paho-mqtt.
+#[test]
+fn mutual_tls_over_wss_refuses_bad_client_certificates() {
+    let d = Dir::new("mwss");
+    pki(&d);
+    let conf = d.write(
+        "m.conf",
+        &format!(
+            "listener 0 127.0.0.1\nprotocol websockets\ncertfile {}\nkeyfile {}\ncafile {}\nrequire_certificate true\n",
+            d.path("server.pem"),
+            d.path("server.key"),
+            d.path("ca.pem")
+        ),
+    );
+    let b = Proc::start(&["-c", &conf], 1);
+    let (port, ca) = (b.port(0), d.path("ca.pem"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/listeners/paho_cert.py");
+    let connect = |name: Option<&str>| {
+        let files = name.map(|n| (d.path(&format!("{n}.pem")), d.path(&format!("{n}.key"))));
+        let mut args = vec![script, port.as_str(), ca.as_str()];
+        if let Some((c, k)) = &files {
+            args.extend([c.as_str(), k.as_str()]);
+        }
+        ok(run("python3", &args, Duration::from_secs(20)).0)
+    };
+    assert!(connect(Some("good")), "good certificate refused over WSS");
+    for bad in [Some("expired"), Some("selfsigned"), Some("otherca"), None] {
+        assert!(!connect(bad), "{bad:?} accepted over WSS");
+    }
+}
+
+/// `bind_interface lo`: the listener is bound to the loopback device and serves on it.
+#[test]
+fn bind_interface_loopback() {
+    let d = Dir::new("iface");
+    let conf = d.write("m.conf", "listener 0 127.0.0.1\nbind_interface lo\n");
+    let mut child = Command::new(Broker::bin())
+        .args(["--print-bound", "--no-pin", "--admin", "off", "-c", &conf])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // SO_BINDTODEVICE may need CAP_NET_RAW: then the broker must refuse to start, naming it.
+    if let Some(st) = wait_exit(&mut child, Duration::from_millis(500)) {
+        let mut err = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err);
+        assert!(!st.success() && err.contains("bind_interface lo"), "{err}");
+        eprintln!("bind_interface not permitted here; refusal checked");
+        return;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let b = Proc::start(&["-c", &conf], 1);
+    let mut c = RawClient::clean(b.addrs[0], "on-lo");
+    c.ping();
+}
+
 /// `GET path` from the admin listener: the body.
 fn admin_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
