@@ -583,6 +583,27 @@ fn client_certificate_names_the_user() {
         assert!(Instant::now() < deadline, "usernames never matched: {body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The handshakes are counted; a plain MQTT CONNECT on the TLS port is a refused one.
+    let mut plain = TcpStream::connect(b.addrs[0]).expect("connect");
+    plain
+        .write_all(&connect_v311_bytes("plain"))
+        .expect("send connect");
+    time_to_close(&mut plain, WAIT);
+    let total = |result: &str| -> u64 {
+        admin_get(admin, "/metrics")
+            .lines()
+            .filter(|l| {
+                l.starts_with("shardmq_tls_handshakes_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + WAIT;
+    while total("success") < 3 || total("failure") < 1 {
+        assert!(Instant::now() < deadline, "TLS handshakes not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for mut s in subs {
         let _ = s.kill();
         let _ = s.wait();

@@ -32,6 +32,8 @@ pub struct ConnIo {
     pub(super) paused_on_output: bool,
     /// The client certificate will name the user once the TLS handshake is done.
     pub(super) name_pending: bool,
+    /// A TLS handshake not yet counted (as completed or failed) in the shard's figures.
+    pub(super) tls_pending: bool,
 }
 
 impl ConnIo {
@@ -39,6 +41,7 @@ impl ConnIo {
     pub fn new(transport: Transport, rx: Vec<u8>) -> ConnIo {
         ConnIo {
             name_pending: transport.names_user(),
+            tls_pending: transport.is_handshaking(),
             transport,
             rx: RxBuf::from_vec(rx),
             pending_read: false,

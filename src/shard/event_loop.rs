@@ -203,6 +203,9 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// TLS handshakes completed and failed on this shard.
+    tls_handshakes: u64,
+    tls_failures: u64,
 }
 
 impl Shard {
@@ -231,6 +234,8 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            tls_handshakes: 0,
+            tls_failures: 0,
         }
     }
 
@@ -479,6 +484,15 @@ impl Shard {
         if e.kind() == io::ErrorKind::Interrupted {
             self.defer_read(key);
         }
+        if e.kind() == io::ErrorKind::InvalidData {
+            let handshaking = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
+                c.io.transport.is_handshaking() && std::mem::take(&mut c.io.tls_pending)
+            });
+            if handshaking {
+                self.tls_failures += 1;
+                self.publish_tls_figures();
+            }
+        }
         would_block_or_closed(e)
     }
 
@@ -492,7 +506,20 @@ impl Shard {
         if let Some(addr) = c.io.transport.take_proxied_addr() {
             c.link.peer = addr;
         }
+        if std::mem::take(&mut c.io.tls_pending) {
+            // Application bytes only flow once the handshake is done.
+            self.tls_handshakes += 1;
+            self.publish_tls_figures();
+        }
         self.name_from_certificate(key)
+    }
+
+    /// This shard's TLS handshake counts, for `/metrics`.
+    fn publish_tls_figures(&self) {
+        if let Some(m) = self.broker.config().metrics.shard(self.id) {
+            m.tls_handshakes.set(self.tls_handshakes);
+            m.tls_failures.set(self.tls_failures);
+        }
     }
 
     /// With `use_identity_as_username` / `use_subject_as_username`, the verified client
