@@ -157,6 +157,7 @@ impl<X> Broker<X> {
         } else {
             c.keep_alive
         };
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         let will = c.will.as_ref().map(|w| {
             Box::new(StoredWill {
                 msg: Message::from_publish(
@@ -169,7 +170,9 @@ impl<X> Broker<X> {
                         properties: w.properties,
                         payload: w.payload,
                     },
-                    w.topic.into(),
+                    super::link::mounted(mount.as_deref(), w.topic)
+                        .as_ref()
+                        .into(),
                     now_ms,
                     self.sessions.get(s).map_or(0, |x| x.uid),
                 ),

@@ -20,10 +20,14 @@ impl<X> Broker<X> {
             // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
             return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
         }
-        let (topic, fresh) = match self.resolve_alias(key, p) {
+        let (mut topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
+        if let Some(m) = self.links.get(key).and_then(|l| l.mount.as_deref()) {
+            // A mounted listener's clients publish under its mount point.
+            topic = Arc::from(super::link::mounted(Some(m), &topic).as_ref());
+        }
         // A topic seen before on this link (repeated, or bound to an alias) was checked then.
         if fresh && !topic::valid_topic_name(&topic) {
             return self.close(

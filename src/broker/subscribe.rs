@@ -20,12 +20,14 @@ impl<X> Broker<X> {
         let sub_id = sub.properties.subscription_identifiers.iter().next();
         let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
         let mut retained = Vec::new();
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         for (i, req) in sub.filters.iter().enumerate() {
             if i >= FILTERS_PER_PACKET_MAX {
                 codes.push(refusal(version, protocol::ReasonCode::QuotaExceeded));
                 continue;
             }
-            let code = match topic::parse_filter(req.filter) {
+            let full = super::link::mounted(mount.as_deref(), req.filter);
+            let code = match topic::parse_filter(&full) {
                 Ok(FilterKind::Normal(f)) => {
                     let state = SubState {
                         options: req.options,
@@ -51,7 +53,7 @@ impl<X> Broker<X> {
                         options: req.options,
                         sub_id,
                     };
-                    self.add_shared(s, req.filter, sh.group, sh.filter, state);
+                    self.add_shared(s, &full, sh.group, sh.filter, state);
                     req.options.qos as u8
                 }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
@@ -223,16 +225,18 @@ impl<X> Broker<X> {
         };
         let version = self.links.get(key).map_or(Version::V3_1_1, |l| l.version);
         let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         for filter in u.filters.iter().take(FILTERS_PER_PACKET_MAX) {
+            let filter = super::link::mounted(mount.as_deref(), filter);
             let had = self
                 .sessions
                 .get_mut(s)
-                .and_then(|x| x.subs.remove(filter))
+                .and_then(|x| x.subs.remove(&*filter))
                 .is_some();
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
-                self.unroute(s, uid, filter);
-                self.log_subscription(key, Level::Unsubscribe, filter, 0);
+                self.unroute(s, uid, &filter);
+                self.log_subscription(key, Level::Unsubscribe, &filter, 0);
             }
             let code = if had {
                 protocol::ReasonCode::Success

@@ -166,9 +166,9 @@ pub struct ShardMetrics {
     pub dropped: [Figure; 3],
     /// Failed authentications.
     pub auth_failures: Figure,
-    /// TLS handshakes completed (zero until TLS lands).
+    /// TLS handshakes completed (counted when the first application bytes arrive).
     pub tls_handshakes: Figure,
-    /// TLS handshakes failed (zero until TLS lands).
+    /// TLS handshakes refused (a TLS error before the handshake completed).
     pub tls_failures: Figure,
     /// Bus messages staged for a full ring, total.
     pub bus_staged: Figure,

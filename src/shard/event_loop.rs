@@ -26,6 +26,7 @@ use super::bus::{self, Bus};
 use super::conn::ConnIo;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
+use crate::config::listener::Listener;
 use crate::config::Config;
 use crate::log::Level;
 use crate::log_at;
@@ -70,6 +71,8 @@ struct Bound {
     /// The address actually bound.
     local: SocketAddr,
     socket: std::net::TcpListener,
+    /// What it speaks: built once per listener, shared by every shard's handle.
+    kind: ListenerKind,
 }
 
 /// The running broker: its shard threads and how to stop them.
@@ -113,20 +116,28 @@ impl Running {
             if let Some((i, _)) = same {
                 kept[i] = true;
             }
+            // New TLS settings and options come from the new configuration; a kept
+            // listener keeps counting its open connections against max_connections.
+            let mut kind = super::listeners::kind_of(l);
             match same.map(|(_, b)| b) {
-                Some(b) => next.push(Bound {
-                    configured: b.configured,
-                    local: b.local,
-                    socket: b.socket.try_clone()?,
-                }),
+                Some(b) => {
+                    kind.keep_count_of(&b.kind);
+                    next.push(Bound {
+                        configured: b.configured,
+                        local: b.local,
+                        socket: b.socket.try_clone()?,
+                        kind,
+                    })
+                }
                 None => {
-                    let socket = bind(l.addr)?;
+                    let socket = bind(l.addr, l.bind_interface.as_deref())?;
                     let local = socket.local_addr()?;
                     opened.push(local);
                     next.push(Bound {
                         configured: l.addr,
                         local,
                         socket,
+                        kind,
                     });
                 }
             }
@@ -140,7 +151,7 @@ impl Running {
             .collect();
         let mut per_shard = Vec::new();
         for _ in &self.ctl {
-            per_shard.push(shard_listeners(&cfg, &next)?);
+            per_shard.push(shard_listeners(&next)?);
         }
         for ((tx, w), listeners) in self.ctl.iter().zip(self.wakers.iter()).zip(per_shard) {
             let cfg = cfg.clone();
@@ -165,12 +176,15 @@ impl Running {
 pub fn run(cfg: Config) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
-    for addr in &cfg.binds {
-        let socket = bind(*addr)?;
+    for l in &cfg.listeners {
+        let Some(socket) = bind_listener(l)? else {
+            continue;
+        };
         bound.push(Bound {
-            configured: *addr,
+            configured: l.addr,
             local: socket.local_addr()?,
             socket,
+            kind: super::listeners::kind_of(l),
         });
     }
     let addrs = bound.iter().map(|b| b.local).collect();
@@ -188,7 +202,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
-        let mut mine = shard_listeners(&cfg, &bound)?;
+        let mut mine = shard_listeners(&bound)?;
         register_listeners(&poll, &mut mine)?;
         let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
         ctl.push(tx);
@@ -211,20 +225,17 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     })
 }
 
-/// One shard's handles to the listening sockets, each with what it speaks.
-fn shard_listeners(cfg: &Config, bound: &[Bound]) -> io::Result<Vec<(TcpListener, ListenerKind)>> {
+/// One shard's handles to the listening sockets, each with what it speaks. The kinds are
+/// clones of one per listener, so every shard shares its `max_connections` count and its
+/// TLS configuration.
+fn shard_listeners(bound: &[Bound]) -> io::Result<Vec<(TcpListener, ListenerKind)>> {
     bound
         .iter()
         .map(|b| {
             let l = TcpListener::from_std(b.socket.try_clone()?);
-            Ok((l, listener_kind(cfg, b.configured)))
+            Ok((l, b.kind.clone()))
         })
         .collect()
-}
-
-/// What the listener configured at `addr` speaks (the listeners' wiring extends this).
-fn listener_kind(_cfg: &Config, _addr: SocketAddr) -> ListenerKind {
-    ListenerKind::Tcp
 }
 
 /// Register each listener under `LISTENER_BASE + its index`.
@@ -239,15 +250,33 @@ fn register_listeners(
     Ok(())
 }
 
+/// Bind one configured listener. `Ok(None)`: the default listener's `::1` on a host
+/// without IPv6 (logged; the IPv4 loopback serves alone), the one failure tolerated.
+fn bind_listener(l: &Listener) -> io::Result<Option<std::net::TcpListener>> {
+    match bind(l.addr, l.bind_interface.as_deref()) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if l.optional => {
+            log_at!(Level::Warning, "not listening on {}: {e}", l.addr);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A non-blocking listener with a deep backlog. One socket serves every shard: each shard
 /// polls its own handle to it, so no other process can silently share the port the way
 /// SO_REUSEPORT would allow.
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if let Some(name) = interface {
+        s.bind_device(Some(name.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("bind_interface {name} for {addr}: {e}"))
+        })?;
     }
     s.bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -456,11 +485,15 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].0.accept() {
-                    Ok((stream, peer)) => {
-                        self.broker.effects().stats.connections_accepted += 1;
-                        let transport = self.listeners[i].1.wrap(stream);
-                        self.adopt(transport, peer, Vec::new(), now);
-                    }
+                    Ok((stream, peer)) => match self.listeners[i].1.wrap(stream) {
+                        Ok(Some(transport)) => {
+                            self.broker.effects().stats.connections_accepted += 1;
+                            self.adopt(transport, peer, Vec::new(), now)
+                        }
+                        // At the listener's max_connections: dropping the socket closes it.
+                        Ok(None) => {}
+                        Err(e) => log_at!(Level::Notice, "connection from {peer} refused: {e}"),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -482,7 +515,15 @@ impl Shard {
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
     fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+        let mount = transport.mount_point();
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            c.link.mount = mount;
+        }
+        if self.name_from_certificate(key).is_err() {
+            self.broker.on_closed(key, now);
+            return;
+        }
         let registered = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
             self.poll
                 .registry()
@@ -574,12 +615,78 @@ impl Shard {
         let n = match c.io.transport.read(&mut self.scratch) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
-            Err(e) => return Err(would_block_or_closed(e)),
+            Err(e) => return Err(self.read_failed(key, e)),
         };
         self.broker.effects().stats.bytes_in += n as u64;
+        if self.first_bytes(key).is_err() {
+            return Err(ReadEnd::Closed);
+        }
         match self.process_scratch(key, n, now) {
             Some(end) => Err(end),
             None => Ok(n),
+        }
+    }
+
+    /// A read error: `WouldBlock` waits for the next edge; `Interrupted` (a transport's
+    /// own per-call budget spent on handshake or control bytes) reads again next turn, like
+    /// the shard's own budget; anything else closes.
+    fn read_failed(&mut self, key: usize, e: io::Error) -> ReadEnd {
+        if e.kind() == io::ErrorKind::Interrupted {
+            self.defer_read(key);
+        }
+        if e.kind() == io::ErrorKind::InvalidData {
+            let handshaking = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
+                c.io.transport.is_handshaking() && std::mem::take(&mut c.io.tls_pending)
+            });
+            if handshaking {
+                self.broker.effects().stats.tls_handshake_failures += 1;
+            }
+        }
+        would_block_or_closed(e)
+    }
+
+    /// Application bytes arrived, perhaps for the first time: a PROXY header's client
+    /// address becomes the link's peer, and a TLS handshake that has just completed may
+    /// name the user. `Err`: the connection must close.
+    fn first_bytes(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if let Some(addr) = c.io.transport.take_proxied_addr() {
+            c.link.peer = addr;
+        }
+        if std::mem::take(&mut c.io.tls_pending) {
+            // Application bytes only flow once the handshake is done.
+            self.broker.effects().stats.tls_handshakes += 1;
+        }
+        self.name_from_certificate(key)
+    }
+
+    /// With `use_identity_as_username` / `use_subject_as_username`, the verified client
+    /// certificate names the link's user once the handshake is done (again on the home
+    /// shard after a handover: the link there is new). `Err`: it has no such name, and
+    /// Mosquitto refuses such a client too.
+    fn name_from_certificate(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if !c.io.name_pending || c.io.transport.is_handshaking() {
+            return Ok(());
+        }
+        c.io.name_pending = false;
+        match c.io.transport.cert_username() {
+            Some(name) => {
+                c.link.username = Some(name.into());
+                Ok(())
+            }
+            None => {
+                log_at!(
+                    Level::Notice,
+                    "{}: client certificate has no usable name; closing",
+                    c.link.peer
+                );
+                Err(())
+            }
         }
     }
 
@@ -601,7 +708,7 @@ impl Shard {
             Ok(n) => n,
             Err(e) => {
                 io.rx.filled(0);
-                return Err(would_block_or_closed(e));
+                return Err(self.read_failed(key, e));
             }
         };
         io.rx.filled(n);
