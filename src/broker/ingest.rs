@@ -57,15 +57,36 @@ impl<X> Broker<X> {
             match protocol::decode(&buf[used..], version, max) {
                 Ok(Decoded::Incomplete { .. }) => return (used, Ingested::More),
                 Ok(Decoded::Packet { packet, len }) => match self.handle(key, &packet, now_ms) {
-                    Verdict::Continue => used += len,
-                    Verdict::Close => return (used + len, Ingested::Close),
+                    Verdict::Continue => {
+                        self.fx.stats.packets_in += 1;
+                        used += len;
+                    }
+                    Verdict::Close => {
+                        self.fx.stats.packets_in += 1;
+                        return (used + len, Ingested::Close);
+                    }
+                    // Counted by the home shard, which decodes it again.
                     Verdict::Handoff { home } => return (used, Ingested::Handoff(home)),
                 },
                 Err(e) => {
                     // Answers per the version where one is due, and marks the link closing.
+                    self.note_connect_version(key, &buf[used..]);
                     self.decode_error(key, &e);
                     return (used, Ingested::Close);
                 }
+            }
+        }
+    }
+
+    /// A first packet that failed to decode but is a whole CONNECT naming 5.0 makes the
+    /// link 5.0, so that the refusal is a 5.0 CONNACK with the reason code.
+    fn note_connect_version(&mut self, key: usize, buf: &[u8]) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        if link.state == LinkState::ExpectConnect {
+            if let Some(v @ protocol::Version::V5) = protocol::connect_version(buf) {
+                link.version = v;
             }
         }
     }

@@ -32,6 +32,20 @@ pub enum LinkState {
     Closing,
 }
 
+/// `topic` (or a filter) under `mount`: `mount` + `topic`; a shared subscription keeps its
+/// `$share/GROUP/` in front. Borrowed unchanged without a mount point.
+pub fn mounted<'a>(mount: Option<&str>, topic: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some(m) = mount else {
+        return std::borrow::Cow::Borrowed(topic);
+    };
+    if let Some(rest) = topic.strip_prefix("$share/") {
+        if let Some((group, filter)) = rest.split_once('/') {
+            return std::borrow::Cow::Owned(format!("$share/{group}/{m}{filter}"));
+        }
+    }
+    std::borrow::Cow::Owned(format!("{m}{topic}"))
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Link {
@@ -89,6 +103,9 @@ pub struct Link {
     pub pending_connect: Option<Box<PendingConnect>>,
     /// A refused PUBLISH was logged already (refusals are logged once per connection).
     pub publish_denied_logged: bool,
+    /// The listener's `mount_point`: topics of this client live under it (prefixed on the
+    /// way in, stripped on the way out).
+    pub mount: Option<Arc<str>>,
 }
 
 /// A CONNECT kept while the verifier checks its password, then until its refusal is due.
@@ -130,6 +147,7 @@ impl Link {
             acl_cache: crate::auth::AclCache::new(),
             pending_connect: None,
             publish_denied_logged: false,
+            mount: None,
         }
     }
 

@@ -16,7 +16,7 @@ use super::access::AuthState;
 use super::connect::{timer_key, TIMER_LINK};
 use super::effects::VerifyRequest;
 use super::link::PendingConnect;
-use super::{log, Broker, LinkState, Verdict};
+use super::{Broker, LinkState, Verdict};
 use crate::auth::Verdict as Check;
 use crate::protocol::{self, Connect, Packet, ReasonCode, Version};
 
@@ -285,9 +285,10 @@ pub(super) fn log_refusal(
     peer: std::net::SocketAddr,
     why: &str,
 ) {
-    log(format_args!(
+    crate::log_at!(
+        crate::log::Level::Notice,
         "Client {} (user {}) from {peer} refused: {why}.",
         client_id.unwrap_or("<unknown>").escape_debug(),
         user.unwrap_or("<anonymous>").escape_debug(),
-    ));
+    );
 }

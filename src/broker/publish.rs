@@ -12,15 +12,22 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 
 impl<X> Broker<X> {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
-        self.fx.stats.publish_in += 1;
+        let st = &mut self.fx.stats;
+        st.publish_in += 1;
+        st.publish_in_qos[p.qos as usize] += 1;
+        st.publish_in_bytes_qos[p.qos as usize] += p.payload.len() as u64;
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
             return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
         }
-        let (topic, fresh) = match self.resolve_alias(key, p) {
+        let (mut topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
+        if let Some(m) = self.links.get(key).and_then(|l| l.mount.as_deref()) {
+            // A mounted listener's clients publish under its mount point.
+            topic = Arc::from(super::link::mounted(Some(m), &topic).as_ref());
+        }
         // A topic seen before on this link (repeated, or bound to an alias) was checked then.
         if fresh && !topic::valid_topic_name(&topic) {
             return self.close(
@@ -55,6 +62,7 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
     }
 
@@ -76,13 +84,14 @@ impl<X> Broker<X> {
         }
         self.fx.stats.acl_denied += 1;
         if !std::mem::replace(&mut link.publish_denied_logged, true) {
-            super::log(format_args!(
+            crate::log_at!(
+                crate::log::Level::Notice,
                 "Client {} (user {}) from {} denied PUBLISH to '{}' (further refusals on this connection are not logged).",
                 client.client_id.escape_debug(),
                 client.username.unwrap_or("<anonymous>").escape_debug(),
                 link.peer,
                 topic.escape_debug()
-            ));
+            );
         }
         false
     }
