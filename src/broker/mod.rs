@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod bridges;
 mod close;
 mod connect;
 mod deliver;
@@ -193,6 +194,8 @@ pub struct Broker<X> {
     now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// The bridges' local filters: which messages go to which bridge's shard.
+    bridges: bridges::BridgeRoutes,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -217,6 +220,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
+        let bridges = bridges::BridgeRoutes::new(&cfg.bridges, shard_id, shards);
         let mut b = Broker {
             shard_id,
             shards,
@@ -233,6 +237,7 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            bridges,
         };
         b.arm_sys_timer(now_ms);
         b

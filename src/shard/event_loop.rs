@@ -30,6 +30,8 @@ use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Bridges' sockets take the tokens just below the listeners'.
+const BRIDGE_BASE: usize = LISTENER_BASE - 1024;
 /// Events taken from one poll call.
 const EVENTS_PER_TURN_MAX: usize = 1024;
 /// Bytes read from one socket per turn before others get their go.
@@ -167,6 +169,8 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    bridges: super::bridges::Bridges,
 }
 
 impl Shard {
@@ -184,6 +188,7 @@ impl Shard {
             id,
             poll,
             listeners,
+            bridges: super::bridges::Bridges::new(&cfg, id, BRIDGE_BASE, 0),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -225,10 +230,12 @@ impl Shard {
             || self.inbox_again
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
+            || self.bridges.busy()
         {
             return Duration::ZERO;
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
+        let next = next.min(self.bridges.next_deadline_ms().unwrap_or(u64::MAX));
         Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
     }
 
@@ -254,6 +261,9 @@ impl Shard {
                 self.accept_again = true;
                 continue;
             }
+            if t >= BRIDGE_BASE && self.bridges.event(t) {
+                continue;
+            }
             if ev.is_writable() {
                 self.broker.writable(t);
             }
@@ -266,6 +276,8 @@ impl Shard {
         }
         self.retry_reads(now);
         self.broker.on_timers(now);
+        self.bridges
+            .step(&mut self.broker, self.poll.registry(), now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
