@@ -101,12 +101,38 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Start shardmq with `conf` (bridge blocks) written into `dir`.
-fn shardmq(dir: &Dir, conf: &str, shards: usize) -> Broker {
+/// Start shardmq with `conf` (bridge blocks) written into `dir`, plus `args`.
+fn shardmq(dir: &Dir, conf: &str, shards: usize, args: &[&str]) -> Broker {
     let path = dir.0.join(format!("shardmq-{}.conf", free_port()));
     std::fs::write(&path, conf).expect("write conf");
     let path = path.display().to_string();
-    Broker::with_shards(shards, &["-c", &path])
+    let mut all = vec!["-c", path.as_str()];
+    all.extend_from_slice(args);
+    Broker::with_shards(shards, &all)
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: the body. Bounded by `WAIT`.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .expect("a body")
+}
+
+/// The value of the metric line starting with `sample` (name and labels).
+fn metric(text: &str, sample: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Wait until `c` (subscribed to the state topic) sees the state `want` ("1" or "0").
@@ -155,7 +181,9 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
          restart_timeout 1\nkeepalive_interval 5\n\
          topic out/# out 1 \"\" site/\ntopic cmd/# in 1 local/ \"\"\n"
     );
-    let s = shardmq(&dir, &conf, 2);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let s = shardmq(&dir, &conf, 2, &["--sys-interval", "1", "--admin", &admin]);
+    let admin: SocketAddr = admin.parse().expect("admin address");
     let state = "$SYS/broker/connection/site1/state";
     let mut watch = state_watcher(s.addr(), "watch", state);
 
@@ -232,7 +260,7 @@ fn shardmq_to_shardmq_both_without_loops() {
          restart_timeout 1\ntopic loop/# both 1\n",
         remote.addr()
     );
-    let a = shardmq(&dir, &conf, 3);
+    let a = shardmq(&dir, &conf, 3, &[]);
     let _watch = state_watcher(a.addr(), "watch", "$SYS/broker/connection/a-to-b/state");
     let mut on_a = RawClient::clean(a.addr(), "on-a");
     on_a.subscribe("loop/#", 1);

@@ -109,6 +109,11 @@ pub struct Inbound<'a> {
 }
 
 impl<X> Broker<X> {
+    /// Messages routed to this shard's bridges that the shard has not offered yet.
+    pub fn pending_bridge_offers(&self) -> bool {
+        !self.fx.bridge_offers.is_empty()
+    }
+
     /// Publish a message brought in by bridge `i` (or its state notification) as if a
     /// local client had sent it, tagged with the bridge's origin. Returns false (and
     /// routes nothing) when the topic is not a valid topic name.

@@ -28,6 +28,8 @@ use crate::broker::Broker;
 use crate::config::bridge::Address;
 use crate::config::Config;
 use crate::log::log;
+use crate::metrics::{BridgeFigures, LISTS_INTERVAL_MS};
+use crate::protocol::QoS;
 
 /// Bytes read from one bridge socket per turn.
 const READ_BYTES_PER_TURN_MAX: usize = 256 * 1024;
@@ -63,6 +65,14 @@ pub struct Bridges {
     runs: Vec<Run>,
     token_base: usize,
     scratch: Vec<u8>,
+    /// When the figures were last published to the metrics board, and the `up` states
+    /// they showed (a change is published at once).
+    figures_at_ms: u64,
+    figures_up: Vec<bool>,
+    /// When the bridges' `$SYS` topics were last published.
+    sys_at_ms: u64,
+    /// `$SYS` interval, ms (0: off).
+    sys_interval_ms: u64,
 }
 
 impl Bridges {
@@ -99,6 +109,10 @@ impl Bridges {
             runs,
             token_base,
             scratch: vec![0; 64 * 1024],
+            figures_at_ms: 0,
+            figures_up: Vec::new(),
+            sys_at_ms: now_ms,
+            sys_interval_ms: u64::from(cfg.sys_interval_s) * 1000,
         }
     }
 
@@ -133,11 +147,6 @@ impl Bridges {
         self.runs.iter().any(|r| r.read_again)
     }
 
-    /// Each bridge's name, figures and counters, for `$SYS` and metrics.
-    pub fn figures(&self) -> impl Iterator<Item = (&str, &Bridge)> {
-        self.runs.iter().map(|r| (r.name.as_str(), &r.bridge))
-    }
-
     /// One turn of every bridge: offers, input, timers, actions, output.
     pub fn step(&mut self, broker: &mut Broker<ConnIo>, registry: &Registry, now: u64) {
         if self.runs.is_empty() {
@@ -163,6 +172,47 @@ impl Bridges {
             // A write error ends the connection: the bridge's next move is acted on now.
             run.perform(broker, registry, token, now);
         }
+        self.report(broker, now);
+    }
+
+    /// Publish the figures to the metrics board (every `LISTS_INTERVAL_MS`, and at once on
+    /// a state change) and, every `$SYS` interval, under `$SYS/broker/bridge/NAME/`.
+    fn report(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
+        let up: Vec<bool> = self.runs.iter().map(|r| r.bridge.is_up()).collect();
+        if up != self.figures_up || now >= self.figures_at_ms + LISTS_INTERVAL_MS {
+            self.figures_at_ms = now;
+            self.figures_up = up;
+            let figures: Vec<BridgeFigures> = self.runs.iter().map(Run::figures).collect();
+            if let Some(m) = broker.config().metrics.shard(broker.shard_id()) {
+                m.bridges.store(Arc::new(figures));
+            }
+        }
+        if self.sys_interval_ms == 0 || now < self.sys_at_ms + self.sys_interval_ms {
+            return;
+        }
+        self.sys_at_ms = now;
+        for run in &self.runs {
+            let f = run.figures();
+            let values = [
+                ("queued", f.queued),
+                ("inflight", f.inflight),
+                ("messages/forwarded", f.forwarded),
+                ("messages/received", f.received),
+                ("messages/dropped", f.dropped.iter().sum()),
+                ("connects", f.connects),
+            ];
+            for (leaf, v) in values {
+                let topic = format!("$SYS/broker/bridge/{}/{leaf}", run.name);
+                let payload = v.to_string();
+                let m = Inbound {
+                    topic: &topic,
+                    payload: payload.as_bytes(),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                };
+                broker.publish_from_bridge(run.index, &m, now);
+            }
+        }
     }
 
     /// Offer the messages the broker routed to this shard's bridges.
@@ -184,6 +234,23 @@ impl Bridges {
 }
 
 impl Run {
+    fn figures(&self) -> BridgeFigures {
+        let (queued, inflight) = self.bridge.depth();
+        let st = self.bridge.stats();
+        BridgeFigures {
+            name: self.name.clone(),
+            up: self.bridge.is_up(),
+            queued: queued as u64,
+            inflight: inflight as u64,
+            forwarded: st.forwarded,
+            received: st.received,
+            dropped: [st.dropped_full, st.dropped_offline, st.dropped_too_large],
+            loops_prevented: st.loops_prevented,
+            connects: st.connects,
+            failures: st.failures,
+        }
+    }
+
     /// A probe's connect finished (or failed): report it and drop the probe.
     fn poll_probe(&mut self, now: u64, registry: &Registry) {
         if !std::mem::take(&mut self.probe_ready) {

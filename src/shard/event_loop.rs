@@ -231,6 +231,7 @@ impl Shard {
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
             || self.bridges.busy()
+            || self.broker.pending_bridge_offers()
         {
             return Duration::ZERO;
         }
