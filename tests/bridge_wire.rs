@@ -222,6 +222,28 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
             false,
         );
     }
+    // Status while down: `$SYS` and the metrics show the bridge down with its queue.
+    let mut sys = RawClient::clean(s.addr(), "sys");
+    sys.subscribe("$SYS/broker/bridge/cloud/queued", 0);
+    sys.expect_where(
+        WAIT,
+        "queue depth in $SYS",
+        |g| matches!(g, Got::Publish(m) if seq_of(m) >= 300),
+    );
+    // The board is refreshed every second: poll it, bounded.
+    let deadline = Instant::now() + WAIT;
+    let queued = |t: &str| metric(t, "shardmq_bridge_queued_messages{bridge=\"cloud\"}");
+    let mut text = http_get(admin, "/metrics");
+    while !queued(&text).is_some_and(|q| q >= 300) {
+        assert!(Instant::now() < deadline, "queue depth never shown: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = http_get(admin, "/metrics");
+    }
+    assert_eq!(
+        metric(&text, "shardmq_bridge_up{bridge=\"cloud\"}"),
+        Some(0),
+        "{text}"
+    );
     let _m = Mosquitto::start(port, &dir);
     await_state(&mut watch, state, b"1");
 
