@@ -321,3 +321,170 @@ fn shardmq_to_shardmq_both_without_loops() {
     on_a.expect_nothing(Duration::from_millis(500));
     on_b.expect_nothing(Duration::from_millis(300));
 }
+
+/// Run `openssl` with `args` in `dir`; it must succeed.
+fn openssl(dir: &Dir, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA `NAME.pem` (key `NAME.key`) in `dir`.
+fn make_ca(dir: &Dir, name: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+        ],
+    );
+}
+
+/// A TLS mosquitto: `tls_port` (certificate for 127.0.0.1 signed by `ca`) and a plain
+/// `port` for the test's own clients.
+fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
+    make_ca(dir, "ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.0.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["ca.pem", "srv.pem", "srv.key"] {
+        let mode = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(dir.0.join(f), mode).expect("chmod");
+    }
+    let d = dir.0.display();
+    let text = format!(
+        "per_listener_settings false\nallow_anonymous true\nlistener {port} 127.0.0.1\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/srv.pem\nkeyfile {d}/srv.key\n"
+    );
+    let conf = dir.0.join("tls.conf");
+    std::fs::write(&conf, text).expect("write conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Over TLS: with the remote's CA the bridge comes up and forwards; with another CA it
+/// does not, and the log and the state topic say so.
+#[test]
+fn tls_bridge_and_a_bad_certificate() {
+    let dir = Dir::new("tls");
+    let (tls_port, port) = (free_port(), free_port());
+    let remote = tls_mosquitto(&dir, tls_port, port);
+    let _remote = Mosquitto { child: remote };
+    make_ca(&dir, "other");
+    let d = dir.0.display();
+    let good = format!(
+        "connection good\naddress 127.0.0.1:{tls_port}\nremote_clientid good\n\
+         bridge_cafile {d}/ca.pem\nrestart_timeout 1\ntopic t/# out 1 \"\" tls/\n"
+    );
+    let s = shardmq(&dir, &good, 1, &[]);
+    let _w = state_watcher(s.addr(), "w", "$SYS/broker/connection/good/state");
+    let maddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut sub = RawClient::clean(maddr, "sub");
+    sub.subscribe("tls/#", 1);
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("t/x", b"over tls", 1, false);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("tls/t/x", &b"over tls"[..])
+    );
+
+    let log = dir.0.join("bad.log");
+    let bad = format!(
+        "log_dest file {}\nconnection bad\naddress 127.0.0.1:{tls_port}\nremote_clientid bad\n\
+         bridge_cafile {d}/other.pem\nrestart_timeout 1\ntopic t/# out 1\n",
+        log.display()
+    );
+    let b = shardmq(&dir, &bad, 1, &[]);
+    let state = "$SYS/broker/connection/bad/state";
+    let mut w = RawClient::clean(b.addr(), "w");
+    w.subscribe(state, 0);
+    await_state(&mut w, state, b"0");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Bridge bad") && text.contains("certificate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate error logged: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.expect_nothing(Duration::from_millis(500));
+}

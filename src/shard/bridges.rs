@@ -14,13 +14,14 @@
 //! broker (it calls `Broker::publish_from_bridge`), client connections, other shards.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::bridge_tls::{self, Stream};
 use super::conn::ConnIo;
 use crate::bridge::{Action, Bridge, Limits, LocalPublish};
 use crate::broker::bridges::{bridge_owner, origin_bridge, Inbound};
@@ -49,7 +50,9 @@ struct Run {
     index: usize,
     name: String,
     bridge: Bridge,
-    sock: Option<TcpStream>,
+    /// TLS client settings, when the bridge has `bridge_cafile`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    sock: Option<Stream>,
     /// `sock` is a connect in progress (no `socket_connected` yet).
     connecting: bool,
     probe: Option<TcpStream>,
@@ -76,9 +79,15 @@ pub struct Bridges {
 }
 
 impl Bridges {
-    /// The bridges of `cfg` that shard `shard` of `cfg.shards` runs; their tokens start
-    /// at `token_base`.
-    pub fn new(cfg: &Config, shard: usize, token_base: usize, now_ms: u64) -> Bridges {
+    /// The bridges of `cfg` that shard `shard` of `cfg.shards` runs, with their TLS
+    /// settings from [`tls_configs`]; their tokens start at `token_base`.
+    pub fn new(
+        cfg: &Config,
+        tls: &[TlsConfig],
+        shard: usize,
+        token_base: usize,
+        now_ms: u64,
+    ) -> Bridges {
         let host = hostname();
         let limits = Limits {
             max_inflight: cfg.max_inflight,
@@ -97,6 +106,7 @@ impl Bridges {
                 index,
                 name: b.name.clone(),
                 bridge: Bridge::new(b, &host, limits, seed ^ index as u64, now_ms),
+                tls: tls.get(index).cloned().flatten(),
                 sock: None,
                 connecting: false,
                 probe: None,
@@ -113,6 +123,19 @@ impl Bridges {
             figures_up: Vec::new(),
             sys_at_ms: now_ms,
             sys_interval_ms: u64::from(cfg.sys_interval_s) * 1000,
+        }
+    }
+
+    /// No bridges (until [`Bridges::new`] replaces it).
+    pub fn none(token_base: usize) -> Bridges {
+        Bridges {
+            runs: Vec::new(),
+            token_base,
+            scratch: Vec::new(),
+            figures_at_ms: 0,
+            figures_up: Vec::new(),
+            sys_at_ms: 0,
+            sys_interval_ms: 0,
         }
     }
 
@@ -278,12 +301,14 @@ impl Run {
             return;
         };
         if self.connecting {
-            match connect_outcome(s) {
+            match connect_outcome(&s.tcp) {
                 None => return,
                 Some(Err(e)) => return self.lost(now, registry, &e.to_string()),
                 Some(Ok(())) => {
                     self.connecting = false;
-                    let _ = s.set_nodelay(true);
+                    let _ = s.tcp.set_nodelay(true);
+                    // With TLS, CONNECT waits in the client connection until the
+                    // handshake is done; a handshake failure ends the socket.
                     self.bridge.socket_connected(now);
                 }
             }
@@ -299,7 +324,7 @@ impl Run {
                 self.read_again = true;
                 return;
             }
-            match s.read(scratch) {
+            match s.read_plain(scratch) {
                 Ok(0) => return self.lost(now, registry, "closed by the remote"),
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -320,8 +345,8 @@ impl Run {
 
     fn drop_sock(&mut self, registry: &Registry) {
         if let Some(mut s) = self.sock.take() {
-            let _ = registry.deregister(&mut s);
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = registry.deregister(&mut s.tcp);
+            let _ = s.tcp.shutdown(std::net::Shutdown::Both);
         }
         self.connecting = false;
     }
@@ -355,7 +380,11 @@ impl Run {
 
     fn connect(&mut self, addr: &Address, registry: &Registry, token: Token, now: u64) {
         self.drop_sock(registry);
-        match open(addr, registry, token) {
+        let opened = open(addr, registry, token).and_then(|tcp| match &self.tls {
+            Some(c) => Stream::tls(tcp, c.clone(), &addr.host),
+            None => Ok(Stream::plain(tcp)),
+        });
+        match opened {
             Ok(s) => {
                 self.sock = Some(s);
                 self.connecting = true;
@@ -404,6 +433,12 @@ impl Run {
 
     /// Write the bridge's output until WouldBlock or the budget.
     fn flush(&mut self, registry: &Registry, now: u64) {
+        if self.connecting {
+            return;
+        }
+        if let Some(Err(e)) = self.sock.as_mut().map(Stream::flush_tls) {
+            return self.lost(now, registry, &e.to_string());
+        }
         let mut budget = WRITE_BYTES_PER_TURN_MAX;
         while budget > 0 && !self.connecting && !self.bridge.output().is_empty() {
             let Some(s) = self.sock.as_mut() else {
@@ -411,7 +446,7 @@ impl Run {
             };
             let out = self.bridge.output();
             let n = out.len().min(budget);
-            match s.write(&out[..n]) {
+            match s.write_plain(&out[..n]) {
                 Ok(0) => return self.lost(now, registry, "connection closed while writing"),
                 Ok(n) => {
                     budget -= n;
@@ -423,6 +458,21 @@ impl Run {
             }
         }
     }
+}
+
+/// A bridge's TLS client settings (`None`: plain TCP).
+pub type TlsConfig = Option<Arc<rustls::ClientConfig>>;
+
+/// Every bridge's TLS client settings, built once at start-up (bridge `i` at index `i`);
+/// the first bridge whose files cannot be used is an error naming it and its line.
+pub fn tls_configs(cfg: &Config) -> Result<Vec<TlsConfig>, String> {
+    cfg.bridges
+        .iter()
+        .map(|b| {
+            bridge_tls::client_config(&b.tls)
+                .map_err(|e| format!("connection '{}' (line {}): {e}", b.name, b.line))
+        })
+        .collect()
 }
 
 /// Start a non-blocking connect to `addr`, registered under `token`. The name is resolved

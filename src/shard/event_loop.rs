@@ -92,6 +92,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let bridge_tls = super::bridges::tls_configs(&cfg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
     let cpus = allowed_cpus();
@@ -105,6 +107,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
             mine.push((l, ListenerKind::Tcp));
         }
         let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let shard = shard.with_bridges(&bridge_tls);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -188,7 +191,7 @@ impl Shard {
             id,
             poll,
             listeners,
-            bridges: super::bridges::Bridges::new(&cfg, id, BRIDGE_BASE, 0),
+            bridges: super::bridges::Bridges::none(BRIDGE_BASE),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -201,6 +204,14 @@ impl Shard {
             inbox_again: false,
             accept_error_logged_ms: 0,
         }
+    }
+
+    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
+        let now = self.now_ms();
+        self.bridges =
+            super::bridges::Bridges::new(self.broker.config(), tls, self.id, BRIDGE_BASE, now);
+        self
     }
 
     fn now_ms(&self) -> u64 {
