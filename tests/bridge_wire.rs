@@ -187,8 +187,10 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let state = "$SYS/broker/connection/site1/state";
     let mut watch = state_watcher(s.addr(), "watch", state);
 
-    // In: mosquitto cmd/valve → shardmq local/cmd/valve.
-    let mut local_sub = RawClient::clean(s.addr(), "local-sub");
+    // In: mosquitto cmd/... → shardmq local/cmd/..., to a subscriber on the shard that
+    // does not run the bridge (bridge 0 is on shard 0).
+    let sub_id = common::id_on("local-sub", 1, 2);
+    let mut local_sub = RawClient::clean(s.addr(), &sub_id);
     local_sub.subscribe("local/#", 1);
     let mut remote_pub = RawClient::clean(maddr, "remote-pub");
     // The bridge subscribes right after CONNACK; wait for it by retrying a marker.
@@ -200,9 +202,26 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
         }
         assert!(Instant::now() < deadline, "nothing came in over the bridge");
     }
+    for i in 0..200u32 {
+        remote_pub.publish("cmd/seq", i.to_string().as_bytes(), 1, false);
+    }
+    let mut came_in = Vec::new();
+    while came_in.len() < 200 {
+        let m = local_sub.expect_publish_acked(WAIT);
+        if m.topic == "local/cmd/seq" {
+            came_in.push(seq_of(&m));
+        }
+    }
+    assert_eq!(
+        came_in,
+        (0..200).collect::<Vec<_>>(),
+        "QoS 1 in order, once each"
+    );
 
-    // Out, with the remote alive then killed: 0..300 while up, kill, 300..600 while down.
-    let mut publisher = RawClient::clean(s.addr(), "publisher");
+    // Out, with the remote alive then killed: 0..300 while up, kill, 300..600 while down,
+    // from a publisher on the other shard.
+    let pub_id = common::id_on("publisher", 1, 2);
+    let mut publisher = RawClient::clean(s.addr(), &pub_id);
     for i in 0..300u32 {
         publisher.publish(
             &format!("out/{}", i % 7),
