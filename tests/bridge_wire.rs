@@ -507,3 +507,63 @@ fn tls_bridge_and_a_bad_certificate() {
     }
     w.expect_nothing(Duration::from_millis(500));
 }
+
+/// Wrong credentials: the remote refuses the CONNECT; the log names the refusal and the
+/// state topic says `0`.
+#[test]
+fn wrong_credentials_are_reported() {
+    let dir = Dir::new("auth");
+    let port = free_port();
+    let pw = dir.0.join("pw");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["site", "right"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mosquitto_passwd is installed");
+    assert!(st.success(), "mosquitto_passwd");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let conf = dir.0.join("auth.conf");
+    let text = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+        pw.display()
+    );
+    std::fs::write(&conf, text).expect("write conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    let _m = Mosquitto { child };
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = dir.0.join("shardmq.log");
+    let bridge = format!(
+        "log_dest file {}\nconnection cloud\naddress 127.0.0.1:{port}\nremote_clientid site\n\
+         remote_username site\nremote_password wrong\nrestart_timeout 1\ntopic t/# out 1\n",
+        log.display()
+    );
+    let s = shardmq(&dir, &bridge, 1, &[]);
+    let state = "$SYS/broker/connection/site/state";
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe(state, 0);
+    await_state(&mut w, state, b"0");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Bridge cloud") && text.contains("CONNACK refused") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.expect_nothing(Duration::from_millis(500));
+}
