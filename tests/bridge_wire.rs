@@ -567,3 +567,111 @@ fn wrong_credentials_are_reported() {
     }
     w.expect_nothing(Duration::from_millis(500));
 }
+
+/// A scripted remote: reads packets from the bridge's connection.
+struct FakeRemote {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// What the scripted remote saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Connect,
+    Publish {
+        payload: Vec<u8>,
+        dup: bool,
+        pid: u16,
+    },
+    Other(String),
+}
+
+impl FakeRemote {
+    fn accept(l: &TcpListener) -> FakeRemote {
+        l.set_nonblocking(false).expect("blocking");
+        let (sock, _) = l.accept().expect("the bridge connects");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        FakeRemote {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    fn next(&mut self) -> Seen {
+        use shardmq::protocol::{decode, Decoded, Packet, Version};
+        use std::io::Read;
+        loop {
+            if let Ok(Decoded::Packet { packet, len }) = decode(&self.buf, Version::V3_1_1, 1 << 20)
+            {
+                let seen = match packet {
+                    Packet::Connect(_) => Seen::Connect,
+                    Packet::Publish(p) => Seen::Publish {
+                        payload: p.payload.to_vec(),
+                        dup: p.dup,
+                        pid: p.packet_id.map_or(0, |x| x.get()),
+                    },
+                    other => Seen::Other(other.name().to_string()),
+                };
+                self.buf.drain(..len);
+                return seen;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.sock.read(&mut chunk).expect("read from the bridge");
+            assert!(n > 0, "the bridge closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// CONNACK accepted, with Session Present.
+    fn connack(&mut self) {
+        use std::io::Write;
+        self.sock
+            .write_all(&[0x20, 0x02, 0x01, 0x00])
+            .expect("CONNACK");
+    }
+}
+
+/// The remote drops the connection with a QoS 1 message unacknowledged: after the
+/// reconnect the bridge sends it again with DUP and the same packet id, before the next.
+#[test]
+fn in_flight_message_is_resent_with_dup_after_the_remote_drops() {
+    let dir = Dir::new("dup");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let conf = format!(
+        "connection fake\naddress 127.0.0.1:{port}\nremote_clientid fake\ntry_private false\n\
+         notifications false\nrestart_timeout 1\ntopic t/# out 1\n"
+    );
+    let s = shardmq(&dir, &conf, 2, &[]);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("t/a", b"first", 1, false);
+    let first = r.next();
+    let Seen::Publish {
+        dup: false, pid, ..
+    } = first
+    else {
+        panic!("expected a first PUBLISH, got {first:?}");
+    };
+    // Acknowledged locally, never by the remote: the remote goes away.
+    drop(r);
+    p.publish("t/a", b"second", 1, false);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    assert_eq!(
+        r.next(),
+        Seen::Publish {
+            payload: b"first".to_vec(),
+            dup: true,
+            pid
+        },
+        "resent with DUP and its packet id"
+    );
+    let Seen::Publish { payload, dup, .. } = r.next() else {
+        panic!("the queued message follows");
+    };
+    assert_eq!((payload.as_slice(), dup), (&b"second"[..], false));
+}
