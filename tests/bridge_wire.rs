@@ -640,12 +640,16 @@ fn in_flight_message_is_resent_with_dup_after_the_remote_drops() {
     let port = l.local_addr().expect("addr").port();
     let conf = format!(
         "connection fake\naddress 127.0.0.1:{port}\nremote_clientid fake\ntry_private false\n\
-         notifications false\nrestart_timeout 1\ntopic t/# out 1\n"
+         notifications_local_only true\nrestart_timeout 1\ntopic t/# out 1\n"
     );
     let s = shardmq(&dir, &conf, 2, &[]);
+    let state = "$SYS/broker/connection/fake/state";
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe(state, 0);
     let mut r = FakeRemote::accept(&l);
     assert_eq!(r.next(), Seen::Connect);
     r.connack();
+    await_state(&mut w, state, b"1");
     let mut p = RawClient::clean(s.addr(), "p");
     p.publish("t/a", b"first", 1, false);
     let first = r.next();
@@ -655,8 +659,10 @@ fn in_flight_message_is_resent_with_dup_after_the_remote_drops() {
     else {
         panic!("expected a first PUBLISH, got {first:?}");
     };
-    // Acknowledged locally, never by the remote: the remote goes away.
+    // Acknowledged locally, never by the remote: the remote goes away. Once the bridge
+    // has seen it go, the next message waits in the queue.
     drop(r);
+    await_state(&mut w, state, b"0");
     p.publish("t/a", b"second", 1, false);
     let mut r = FakeRemote::accept(&l);
     assert_eq!(r.next(), Seen::Connect);
