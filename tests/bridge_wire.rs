@@ -681,3 +681,55 @@ fn in_flight_message_is_resent_with_dup_after_the_remote_drops() {
     };
     assert_eq!((payload.as_slice(), dup), (&b"second"[..], false));
 }
+
+/// QoS 0, 1 and 2 both ways between two shardmq over a 3.1.1 bridge with prefixes: each
+/// arrives once, at the lower of its QoS and the rule's, with the topic renamed.
+#[test]
+fn shardmq_to_shardmq_every_qos_both_ways() {
+    let dir = Dir::new("qos");
+    let remote = Broker::with_shards(2, &[]);
+    let conf = format!(
+        "connection peer\naddress {}\nremote_clientid qos-peer\nrestart_timeout 1\n\
+         topic up/# out 2 site/ hq/\ntopic down/# in 2 site/ hq/\n",
+        remote.addr()
+    );
+    let a = shardmq(&dir, &conf, 2, &[]);
+    let _w = state_watcher(a.addr(), "w", "$SYS/broker/connection/qos-peer/state");
+    let mut on_a = RawClient::clean(a.addr(), "on-a");
+    on_a.subscribe("site/down/#", 2);
+    let mut on_b = RawClient::clean(remote.addr(), "on-b");
+    on_b.subscribe("hq/up/#", 2);
+    // In first, retried until the bridge's subscription on the remote is in place.
+    let mut pub_b = RawClient::clean(remote.addr(), "pub-b");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        pub_b.publish("hq/down/probe", b"p", 1, false);
+        if let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+            on_a.ack(&m);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    while let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(500)) {
+        on_a.ack(&m);
+    }
+    let mut pub_a = RawClient::clean(a.addr(), "pub-a");
+    for q in 0..=2u8 {
+        let t = format!("site/up/q{q}");
+        pub_a.publish(&t, &[q], q, false);
+        let m = on_b.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.qos, &m.payload[..]),
+            (&format!("hq/up/q{q}")[..], q, &[q][..])
+        );
+        let t = format!("hq/down/q{q}");
+        pub_b.publish(&t, &[q], q, false);
+        let m = on_a.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.qos, &m.payload[..]),
+            (&format!("site/down/q{q}")[..], q, &[q][..])
+        );
+    }
+    on_a.expect_nothing(Duration::from_millis(300));
+    on_b.expect_nothing(Duration::from_millis(300));
+}
