@@ -159,6 +159,75 @@ fn seq_of(m: &common::Msg) -> u32 {
         .expect("a numbered payload")
 }
 
+/// QoS 1 `out/N` messages numbered `range`, each acknowledged by shardmq.
+fn publish_numbered(publisher: &mut RawClient, range: std::ops::Range<u32>) {
+    for i in range {
+        let topic = format!("out/{}", i % 7);
+        publisher.publish(&topic, i.to_string().as_bytes(), 1, false);
+    }
+}
+
+/// In: mosquitto (`maddr`) cmd/... → shardmq (`addr`) local/cmd/..., to a subscriber on
+/// the shard that does not run the bridge (bridge 0 is on shard 0): 200 QoS 1 messages in
+/// order. Returns the remote publisher, still connected.
+fn bring_in_200_in_order(addr: SocketAddr, maddr: SocketAddr) -> RawClient {
+    let sub_id = common::id_on("local-sub", 1, 2);
+    let mut local_sub = RawClient::clean(addr, &sub_id);
+    local_sub.subscribe("local/#", 1);
+    let mut remote_pub = RawClient::clean(maddr, "remote-pub");
+    // The bridge subscribes right after CONNACK; wait for it by retrying a marker.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        remote_pub.publish("cmd/valve", b"open", 1, false);
+        if local_sub.try_packet(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    for i in 0..200u32 {
+        remote_pub.publish("cmd/seq", i.to_string().as_bytes(), 1, false);
+    }
+    let mut came_in = Vec::new();
+    while came_in.len() < 200 {
+        let m = local_sub.expect_publish_acked(WAIT);
+        if m.topic == "local/cmd/seq" {
+            came_in.push(seq_of(&m));
+        }
+    }
+    assert_eq!(
+        came_in,
+        (0..200).collect::<Vec<_>>(),
+        "QoS 1 in order, once each"
+    );
+
+    remote_pub
+}
+
+/// While the remote is down, `$SYS` and the metrics show the bridge down with its queue.
+fn status_shows_down_with_queue(addr: SocketAddr, admin: SocketAddr) {
+    let mut sys = RawClient::clean(addr, "sys");
+    sys.subscribe("$SYS/broker/bridge/cloud/queued", 0);
+    sys.expect_where(
+        WAIT,
+        "queue depth in $SYS",
+        |g| matches!(g, Got::Publish(m) if seq_of(m) >= 300),
+    );
+    // The board is refreshed every second: poll it, bounded.
+    let deadline = Instant::now() + WAIT;
+    let queued = |t: &str| metric(t, "shardmq_bridge_queued_messages{bridge=\"cloud\"}");
+    let mut text = http_get(admin, "/metrics");
+    while queued(&text).is_none_or(|q| q < 300) {
+        assert!(Instant::now() < deadline, "queue depth never shown: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = http_get(admin, "/metrics");
+    }
+    assert_eq!(
+        metric(&text, "shardmq_bridge_up{bridge=\"cloud\"}"),
+        Some(0),
+        "{text}"
+    );
+}
+
 /// Both directions with prefixes against mosquitto, QoS 1 in order; then the remote is
 /// killed with SIGKILL mid-stream: what was published meanwhile arrives, in order, once it
 /// is back.
@@ -187,82 +256,18 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let state = "$SYS/broker/connection/site1/state";
     let mut watch = state_watcher(s.addr(), "watch", state);
 
-    // In: mosquitto cmd/... → shardmq local/cmd/..., to a subscriber on the shard that
-    // does not run the bridge (bridge 0 is on shard 0).
-    let sub_id = common::id_on("local-sub", 1, 2);
-    let mut local_sub = RawClient::clean(s.addr(), &sub_id);
-    local_sub.subscribe("local/#", 1);
-    let mut remote_pub = RawClient::clean(maddr, "remote-pub");
-    // The bridge subscribes right after CONNACK; wait for it by retrying a marker.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        remote_pub.publish("cmd/valve", b"open", 1, false);
-        if local_sub.try_packet(Duration::from_millis(200)).is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing came in over the bridge");
-    }
-    for i in 0..200u32 {
-        remote_pub.publish("cmd/seq", i.to_string().as_bytes(), 1, false);
-    }
-    let mut came_in = Vec::new();
-    while came_in.len() < 200 {
-        let m = local_sub.expect_publish_acked(WAIT);
-        if m.topic == "local/cmd/seq" {
-            came_in.push(seq_of(&m));
-        }
-    }
-    assert_eq!(
-        came_in,
-        (0..200).collect::<Vec<_>>(),
-        "QoS 1 in order, once each"
-    );
+    let remote_pub = bring_in_200_in_order(s.addr(), maddr);
 
     // Out, with the remote alive then killed: 0..300 while up, kill, 300..600 while down,
     // from a publisher on the other shard.
     let pub_id = common::id_on("publisher", 1, 2);
     let mut publisher = RawClient::clean(s.addr(), &pub_id);
-    for i in 0..300u32 {
-        publisher.publish(
-            &format!("out/{}", i % 7),
-            i.to_string().as_bytes(),
-            1,
-            false,
-        );
-    }
+    publish_numbered(&mut publisher, 0..300);
     drop(remote_pub);
     m.kill9();
     await_state(&mut watch, state, b"0");
-    for i in 300..600u32 {
-        publisher.publish(
-            &format!("out/{}", i % 7),
-            i.to_string().as_bytes(),
-            1,
-            false,
-        );
-    }
-    // Status while down: `$SYS` and the metrics show the bridge down with its queue.
-    let mut sys = RawClient::clean(s.addr(), "sys");
-    sys.subscribe("$SYS/broker/bridge/cloud/queued", 0);
-    sys.expect_where(
-        WAIT,
-        "queue depth in $SYS",
-        |g| matches!(g, Got::Publish(m) if seq_of(m) >= 300),
-    );
-    // The board is refreshed every second: poll it, bounded.
-    let deadline = Instant::now() + WAIT;
-    let queued = |t: &str| metric(t, "shardmq_bridge_queued_messages{bridge=\"cloud\"}");
-    let mut text = http_get(admin, "/metrics");
-    while queued(&text).is_none_or(|q| q < 300) {
-        assert!(Instant::now() < deadline, "queue depth never shown: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-        text = http_get(admin, "/metrics");
-    }
-    assert_eq!(
-        metric(&text, "shardmq_bridge_up{bridge=\"cloud\"}"),
-        Some(0),
-        "{text}"
-    );
+    publish_numbered(&mut publisher, 300..600);
+    status_shows_down_with_queue(s.addr(), admin);
     let _m = Mosquitto::start(port, &dir);
     await_state(&mut watch, state, b"1");
 
