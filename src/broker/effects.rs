@@ -21,6 +21,8 @@ pub struct Effects {
     closing: Vec<usize>,
     /// Counters of this shard.
     pub stats: Stats,
+    /// Messages for this shard's bridges: (bridge index, message), in routing order.
+    pub bridge_offers: Vec<(usize, std::sync::Arc<crate::session::Message>)>,
     /// Password checks for the shard's verifier (answers go to `Broker::on_verified`).
     pub verify: Vec<VerifyRequest>,
 }

@@ -26,6 +26,7 @@
 
 pub mod access;
 mod auth;
+pub mod bridges;
 mod close;
 mod connect;
 mod deliver;
@@ -253,6 +254,8 @@ pub struct Broker<X> {
     sys: sys::SysState,
     /// Sampled publish counts per topic (the dashboard's busiest topics).
     hot: hot_topics::HotTopics,
+    /// The bridges' local filters: which messages go to which bridge's shard.
+    bridges: bridges::BridgeRoutes,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -278,6 +281,7 @@ impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
         let auth = Arc::new(access::AuthState::from_config(&cfg));
+        let bridges = bridges::BridgeRoutes::new(&cfg.bridges, shard_id, shards);
         let mut b = Broker {
             shard_id,
             shards,
@@ -298,6 +302,7 @@ impl<X> Broker<X> {
             throttle: crate::auth::LoginThrottle::new(),
             sys: sys::SysState::new(shards),
             hot: hot_topics::HotTopics::default(),
+            bridges,
         };
         b.arm_sys_timer(now_ms);
         b

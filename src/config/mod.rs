@@ -317,6 +317,8 @@ pub struct Config {
     pub listeners: Vec<listener::Listener>,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
+    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    pub bridges: Vec<bridge::BridgeConfig>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -523,6 +525,7 @@ impl Config {
             listener_auth,
             listeners,
             persistence,
+            bridges: f.bridges,
         };
         c.validate()?;
         Ok(c)

@@ -36,6 +36,8 @@ use crate::verifier::{VerifierClient, VerifierPool};
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Bridges' sockets take the tokens just below the listeners'.
+const BRIDGE_BASE: usize = LISTENER_BASE - 1024;
 /// Events taken from one poll call.
 const EVENTS_PER_TURN_MAX: usize = 1024;
 /// Bytes read from one socket per turn before others get their go.
@@ -207,6 +209,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let bridge_tls = super::bridges::tls_configs(&cfg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
     let cpus = allowed_cpus();
@@ -228,6 +232,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
+        let shard = shard.with_bridges(&bridge_tls);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -344,6 +349,8 @@ struct Shard {
     verify_again: bool,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
+    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    bridges: super::bridges::Bridges,
 }
 
 impl Shard {
@@ -361,6 +368,7 @@ impl Shard {
             id,
             poll,
             listeners,
+            bridges: super::bridges::Bridges::none(BRIDGE_BASE),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -376,6 +384,14 @@ impl Shard {
             verify_again: false,
             ctl: crossbeam_channel::never(),
         }
+    }
+
+    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
+        let now = self.now_ms();
+        self.bridges =
+            super::bridges::Bridges::new(self.broker.config(), tls, self.id, BRIDGE_BASE, now);
+        self
     }
 
     /// Apply the control messages waiting (at most a few per turn; they are rare).
@@ -440,10 +456,13 @@ impl Shard {
             || self.verify_again
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
+            || self.bridges.busy()
+            || self.broker.pending_bridge_offers()
         {
             return Duration::ZERO;
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
+        let next = next.min(self.bridges.next_deadline_ms().unwrap_or(u64::MAX));
         Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
     }
 
@@ -470,6 +489,9 @@ impl Shard {
                 self.accept_again = true;
                 continue;
             }
+            if t >= BRIDGE_BASE && self.bridges.event(t) {
+                continue;
+            }
             if ev.is_writable() {
                 self.broker.writable(t);
             }
@@ -484,6 +506,8 @@ impl Shard {
         self.verify_answers(now);
         self.broker.on_timers(now);
         self.submit_checks(now);
+        self.bridges
+            .step(&mut self.broker, self.poll.registry(), now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
