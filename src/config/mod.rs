@@ -26,8 +26,12 @@ pub mod defaults {
     pub const MAX_QUEUED_MESSAGES: usize = 1000;
     /// Queue bound per session, bytes.
     pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
-    /// Largest packet accepted.
-    pub const MAX_PACKET_SIZE: usize = crate::protocol::REMAINING_LENGTH_MAX + 5;
+    /// Largest packet accepted, bytes: 2 MiB. The protocol's 256 MiB let 100 clients make
+    /// the broker hold gigabytes of half-received packets; Mosquitto 2.1 moved its
+    /// `max_packet_size` default from unlimited to 2,000,000 for the same reason (EMQX
+    /// uses 1 MB). Telemetry, JSON and small images fit; firmware goes in chunks or with
+    /// `max_packet_size` raised. Advertised to 5.0 clients in CONNACK.
+    pub const MAX_PACKET_SIZE: usize = 2 * 1024 * 1024;
     /// Largest Keep Alive accepted.
     pub const MAX_KEEPALIVE: u16 = 65535;
     /// Seconds to send CONNECT.
@@ -119,7 +123,7 @@ pub struct Args {
     /// Maximum queued bytes per client [default: 67108864].
     #[arg(long)]
     pub max_queued_bytes: Option<usize>,
-    /// Maximum packet size accepted from clients, bytes [default: 268435460].
+    /// Maximum packet size accepted from clients, bytes [default: 2097152].
     #[arg(long)]
     pub max_packet_size: Option<usize>,
     /// Largest Keep Alive accepted, seconds (5.0 clients are told; 3.x clients above it are refused) [default: 65535].

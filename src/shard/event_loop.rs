@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::bus::{self, Bus};
 use super::conn::ConnIo;
+use super::linger::Lingering;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
@@ -167,6 +168,8 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// Closed connections draining their input so the peer reads our last packet.
+    lingering: Lingering,
 }
 
 impl Shard {
@@ -195,6 +198,7 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            lingering: Lingering::default(),
         }
     }
 
@@ -217,6 +221,7 @@ impl Shard {
         self.broker.shutdown();
         self.flush_dirty();
         self.close_pending(self.now_ms());
+        self.lingering.clear();
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
@@ -229,7 +234,9 @@ impl Shard {
             return Duration::ZERO;
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
-        Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
+        let linger = self.lingering.due_in_ms(now).unwrap_or(u64::MAX);
+        let ms = next.saturating_sub(now).min(linger);
+        Duration::from_millis(ms.min(POLL_TIMEOUT_MAX_MS))
     }
 
     fn turn(&mut self, events: &mut Events) -> io::Result<()> {
@@ -273,6 +280,7 @@ impl Shard {
         self.close_pending(now);
         self.push_outbox();
         self.flush_dirty();
+        self.lingering.tick(now, &mut self.scratch);
         super::figures::end_turn(&self.broker, &self.bus, busy_from);
         Ok(())
     }
@@ -595,7 +603,7 @@ impl Shard {
                 }
                 if let Some(mut io) = self.broker.on_closed(key, now) {
                     let _ = self.poll.registry().deregister(&mut io.transport);
-                    io.transport.shutdown();
+                    self.lingering.start(io.transport, now);
                 }
             }
         }

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod conn;
 pub mod event_loop;
 pub mod figures;
+pub mod linger;
 #[allow(unsafe_code)]
 pub mod ring;
 

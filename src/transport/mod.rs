@@ -116,6 +116,14 @@ impl Transport {
         }
     }
 
+    /// Half-close: send FIN (after any pending output) but keep reading, for a lingering
+    /// close that lets the peer read our last packet before the socket goes.
+    pub fn shutdown_write(&mut self) {
+        match self {
+            Transport::Tcp(t) => t.shutdown_write(),
+        }
+    }
+
     /// The remote address as the socket reports it.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
