@@ -174,3 +174,67 @@ fn a_client_writing_after_its_disconnect_still_reads_the_reason() {
     c.expect_disconnect_reason(0x93);
     canary(&b, "linger");
 }
+
+// ---- item 3: subscription quota, filter length and depth --------------------------------
+
+/// Subscribe `client` (3.1.1) to `n` distinct filters `{prefix}/{i}` at QoS 0, in packets
+/// of up to 1,000; returns every SUBACK code.
+fn subscribe_n(client: &mut RawClient, prefix: &str, range: std::ops::Range<usize>) -> Vec<u8> {
+    let filters: Vec<String> = range.map(|i| format!("{prefix}/{i}")).collect();
+    let mut codes = Vec::new();
+    for chunk in filters.chunks(1_000) {
+        let list: Vec<(&str, u8)> = chunk.iter().map(|f| (f.as_str(), 0)).collect();
+        codes.extend(client.subscribe_many(&list));
+    }
+    codes
+}
+
+/// The default quota is 10,000 subscriptions per session: the 10,001st new filter gets
+/// 0x80 (3.x), re-subscribing to one already held still succeeds, and after an
+/// UNSUBSCRIBE there is room again.
+#[test]
+fn subscriptions_past_the_default_quota_are_refused() {
+    let b = Broker::start(&["--shards", "2"]);
+    let mut c = RawClient::clean(b.addr(), "many-subs");
+    let codes = subscribe_n(&mut c, "q", 0..10_000);
+    assert!(codes.iter().all(|&c| c == 0), "the first 10,000 granted");
+    assert_eq!(c.subscribe_many(&[("q/extra", 1)]), vec![0x80]);
+    assert_eq!(c.subscribe_many(&[("q/7", 1)]), vec![1], "a held filter");
+    c.unsubscribe(&["q/0"]);
+    assert_eq!(c.subscribe_many(&[("q/extra", 1)]), vec![1]);
+    canary(&b, "quota");
+}
+
+/// With MQTT 5 the refusals carry their reason: 0x97 Quota exceeded past
+/// `--max-subscriptions-per-client`, 0x8F for a filter over `--max-filter-length` or
+/// `--max-topic-levels` (shared subscriptions included).
+#[test]
+fn subscription_limits_answer_5_0_clients_with_their_reason() {
+    let b = Broker::start(&[
+        "--shards",
+        "1",
+        "--max-subscriptions-per-client",
+        "3",
+        "--max-filter-length",
+        "64",
+        "--max-topic-levels",
+        "4",
+    ]);
+    let mut c = Client5::clean(b.addr(), "limits5");
+    let o = v5::opts(1, false, false, 0);
+    let long = "x".repeat(65);
+    let codes = c.subscribe_opts(
+        &[
+            ("a/b/c/d", o),
+            ("a/b/c/d/e", o),
+            (long.as_str(), o),
+            ("$share/g/a/b/c/d/e", o),
+            ("s/1", o),
+            ("$share/g/s/2", o),
+            ("s/3", o),
+        ],
+        None,
+    );
+    assert_eq!(codes, vec![1, 0x8F, 0x8F, 0x8F, 1, 1, 0x97]);
+    canary(&b, "limits5");
+}

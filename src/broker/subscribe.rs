@@ -2,7 +2,9 @@
 
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
-use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
+use crate::protocol::{
+    self, Packet, Properties, ReasonCode, RetainHandling, Subscribe, Unsubscribe, Version,
+};
 use crate::session::{Outgoing, SubState};
 use crate::topic::{self, FilterKind};
 
@@ -23,7 +25,12 @@ impl<X> Broker<X> {
                 codes.push(refusal(version, protocol::ReasonCode::QuotaExceeded));
                 continue;
             }
-            let code = match topic::parse_filter(req.filter) {
+            let parsed = topic::parse_filter(req.filter);
+            if let Some(refused) = parsed.ok().and_then(|k| self.over_limit(s, req.filter, &k)) {
+                codes.push(refusal(version, refused));
+                continue;
+            }
+            let code = match parsed {
                 Ok(FilterKind::Normal(f)) => {
                     let state = SubState {
                         options: req.options,
@@ -67,6 +74,19 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// Why SUBSCRIBE to `full` (parsed as `kind`) is refused by the resource limits, if it
+    /// is: too long or deep (0x8F), or a new subscription past the session's quota (0x97).
+    fn over_limit(&self, s: usize, full: &str, kind: &FilterKind<'_>) -> Option<ReasonCode> {
+        let limits = &self.cfg.limits;
+        if full.len() > limits.max_filter_length || !limits.filter_within(kind.filter()) {
+            return Some(ReasonCode::TopicFilterInvalid);
+        }
+        let subs = &self.sessions.get(s)?.subs;
+        let new = !subs.contains_key(full);
+        (new && subs.len() >= limits.max_subscriptions_per_client)
+            .then_some(ReasonCode::QuotaExceeded)
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.

@@ -8,6 +8,7 @@
 pub mod auth_files;
 pub mod bridge;
 pub mod file;
+pub mod limits;
 mod passwd_args;
 
 pub use passwd_args::{PasswdAction, PasswdArgs};
@@ -209,6 +210,9 @@ pub struct Args {
     /// Keep sessions and messages in memory only (today's behaviour).
     #[arg(long)]
     pub no_persistence: bool,
+    /// Resource limits (issue 12).
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 /// The store's settings (issue 11), resolved from the command line, the file and defaults.
@@ -319,6 +323,8 @@ pub struct Config {
     pub listeners: Vec<listener::Listener>,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
+    /// Subscription, filter and connection limits (issue 12).
+    pub limits: limits::ResourceLimits,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -534,6 +540,7 @@ impl Config {
             listener_auth,
             listeners,
             persistence,
+            limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
         };
         c.validate()?;
         Ok(c)
