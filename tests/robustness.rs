@@ -238,3 +238,57 @@ fn subscription_limits_answer_5_0_clients_with_their_reason() {
     assert_eq!(codes, vec![1, 0x8F, 0x8F, 0x8F, 1, 1, 0x97]);
     canary(&b, "limits5");
 }
+
+// ---- item 2: work for one client bounded per turn ---------------------------------------
+
+/// An anonymous client with 100,000 subscriptions (2,000,000 with the full counts) drops
+/// its connection. Its shard removes them in slices across turns, so a canary on the same
+/// shard keeps a QoS 1 round trip under 250 ms throughout (it froze for seconds when the
+/// whole removal ran in one turn), and the subscriptions are all gone in the end.
+#[test]
+fn a_client_with_huge_subscriptions_leaving_does_not_stall_its_shard() {
+    let n = count(100_000, 2_000_000);
+    let b = Broker::start(&[
+        "--shards",
+        "1",
+        "--max-subscriptions-per-client",
+        "0",
+        "--sys-interval",
+        "1",
+    ]);
+    let mut big = RawClient::clean(b.addr(), "big");
+    let codes = subscribe_n(&mut big, "big", 0..n);
+    assert!(codes.iter().all(|&c| c == 0));
+    let mut sub = RawClient::clean(b.addr(), "canary-sub");
+    sub.subscribe_many(&[("canary/t", 1), ("$SYS/broker/subscriptions/count", 0)]);
+    let mut publ = RawClient::clean(b.addr(), "canary-pub");
+    big.drop_tcp();
+    // The client id is free again at once; its new subscription outlives the old ones.
+    let mut again = RawClient::clean(b.addr(), "big");
+    again.subscribe("big/0", 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut worst, mut probes) = (Duration::ZERO, 0);
+    let mut count_now = String::new();
+    // Probe until `$SYS` reports only the canary's two subscriptions and the new `big/0`.
+    while count_now != "3" {
+        assert!(Instant::now() < deadline, "subscriptions still {count_now}");
+        let t0 = Instant::now();
+        publ.publish("canary/t", b"probe", 1, false);
+        loop {
+            let m = sub.expect_publish_acked(WAIT);
+            if m.topic == "canary/t" {
+                break;
+            }
+            count_now = m.text();
+        }
+        worst = worst.max(t0.elapsed());
+        probes += 1;
+    }
+    publ.publish("big/0", b"still here", 1, false);
+    assert_eq!(again.expect_publish_acked(WAIT).text(), "still here");
+    eprintln!("{n} subscriptions removed; canary worst round trip {worst:?} over {probes} probes");
+    assert!(
+        worst < Duration::from_millis(250),
+        "canary waited {worst:?} while {n} subscriptions were removed"
+    );
+}

@@ -227,6 +227,14 @@ impl Session {
         self.queue.push_front(out);
     }
 
+    /// Drop everything queued or in flight (the session is ending), releasing its memory.
+    pub fn clear_queues(&mut self) {
+        self.queue = VecDeque::new();
+        self.queue_bytes = 0;
+        self.inflight = VecDeque::new();
+        self.awaiting_rel = BTreeSet::new();
+    }
+
     /// Bytes held by the queue.
     pub fn queued_bytes(&self) -> usize {
         self.queue_bytes
