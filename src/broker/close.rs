@@ -260,7 +260,10 @@ impl<X> Broker<X> {
     pub fn on_drained(&mut self, key: usize, now_ms: u64) {
         let s = self.links.get(key).and_then(|l| l.session);
         if let Some(s) = s {
-            let queued = self.sessions.get(s).is_some_and(|x| !x.queue.is_empty());
+            let queued = self
+                .sessions
+                .get(s)
+                .is_some_and(|x| !x.queue.is_empty() || !x.retained_backlog.is_empty());
             if queued {
                 self.pump(s, now_ms);
             }

@@ -155,6 +155,51 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
     }
 }
 
+/// Write session `s`'s owed retained messages while its link has room: QoS 0 ones while
+/// the buffer is under its limit, QoS 1/2 ones only into an open window with nothing
+/// queued ahead, so none is ever dropped; the rest waits for the next drain or ack.
+pub(super) fn pump_retained<X>(
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    s: usize,
+    now_ms: u64,
+) {
+    loop {
+        let Some(sess) = sessions.get_mut(s) else {
+            return;
+        };
+        let Some(key) = sess.link else { return };
+        let room = sink
+            .links
+            .conn(key)
+            .is_some_and(|c| c.link.is_connected() && c.tx.pending() < sink.max_buf);
+        if !room {
+            return;
+        }
+        let window = sess.queue.is_empty() && sess.window_open(sink.limits);
+        let Some(batch) = sess.retained_backlog.front_mut() else {
+            return;
+        };
+        let Some(msg) = batch.msgs.pop_front() else {
+            sess.retained_backlog.pop_front();
+            continue;
+        };
+        let qos = msg.qos.min(batch.qos);
+        if qos != QoS::AtMostOnce && !window {
+            batch.msgs.push_front(msg);
+            return;
+        }
+        let out = Outgoing {
+            qos,
+            retain: true,
+            sub_ids: batch.sub_id.into_iter().collect(),
+            share: None,
+            msg,
+        };
+        deliver(sessions, sink, s, out, now_ms);
+    }
+}
+
 /// Encode one PUBLISH into link `key`'s buffer. Returns false when it was dropped for
 /// exceeding the client's Maximum Packet Size [MQTT-3.1.2-25]: it counts as sent, and the
 /// caller releases its in-flight slot, since its acknowledgement will never come.

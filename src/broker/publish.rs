@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
 use crate::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
-use crate::session::{Message, Outgoing};
+use crate::session::Message;
 use crate::topic;
 
 /// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
@@ -201,16 +201,16 @@ impl<X> Broker<X> {
         deliver::route_local(routes, sessions, &mut sink, msg, now_ms)
     }
 
-    /// Hand one delivery to session `s` (see `deliver::deliver`).
-    pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
-        let (_, sessions, mut sink) = self.parts();
-        deliver::deliver(sessions, &mut sink, s, out, now_ms);
-    }
-
     /// Move session `s`'s queued deliveries into its window (see `deliver::pump`).
     pub(super) fn pump(&mut self, s: usize, now_ms: u64) {
         let (_, sessions, mut sink) = self.parts();
         deliver::pump(sessions, &mut sink, s, now_ms);
+        if sessions
+            .get(s)
+            .is_some_and(|x| !x.retained_backlog.is_empty())
+        {
+            deliver::pump_retained(sessions, &mut sink, s, now_ms);
+        }
     }
 
     pub(super) fn on_puback(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {

@@ -5,7 +5,7 @@ use super::{Broker, Cast, Subscriber, Verdict};
 use crate::protocol::{
     self, Packet, Properties, ReasonCode, RetainHandling, Subscribe, Unsubscribe, Version,
 };
-use crate::session::{Outgoing, SubState};
+use crate::session::{RetainedBacklog, SubState};
 use crate::topic::{self, FilterKind};
 
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
@@ -197,24 +197,27 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Deliver the retained messages matching `filter` to session `s`, RETAIN set.
+    /// Owe session `s` the retained messages matching `filter` (RETAIN set) and send what
+    /// its link takes now; the rest follows as the buffer drains (`pump_retained`).
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
-        let mut found = Vec::new();
+        let mut msgs = std::collections::VecDeque::new();
         self.retained.for_each_matching(filter, |_, m| {
             if !m.expired(now_ms) {
-                found.push(m.clone());
+                msgs.push_back(m.clone());
             }
         });
-        for msg in found {
-            let out = Outgoing {
-                qos: msg.qos.min(state.options.qos),
-                retain: true,
-                sub_ids: state.sub_id.into_iter().collect(),
-                share: None,
-                msg,
-            };
-            self.deliver(s, out, now_ms);
+        if msgs.is_empty() {
+            return;
         }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.retained_backlog.push_back(RetainedBacklog {
+            msgs,
+            qos: state.options.qos,
+            sub_id: state.sub_id,
+        });
+        self.pump(s, now_ms);
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, u: &Unsubscribe<'_>) -> Verdict {
