@@ -80,6 +80,8 @@ pub struct Link {
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<Box<StoredWill>>,
+    /// When a QoS 0 drop to this connection was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
 }
 
 impl Link {
@@ -108,6 +110,7 @@ impl Link {
             auth_final: None,
             aliases_out: None,
             aliases_out_max: 0,
+            drop_logged_ms: 0,
         }
     }
 

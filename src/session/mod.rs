@@ -155,6 +155,8 @@ pub struct Session {
     pub expiry_timer: Option<crate::timer::TimerId>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// When a queue drop was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
     /// The client's Receive Maximum (5.0), 65,535 when not given.
     pub client_receive_max: u16,
     /// Marker used by routing to merge overlapping subscriptions into one delivery.
@@ -182,6 +184,7 @@ impl Session {
             will_timer: None,
             expiry_timer: None,
             dropped: 0,
+            drop_logged_ms: 0,
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
