@@ -385,3 +385,27 @@ fn slow_qos1_subscribers_lose_nothing_by_default() {
     all.expect_nothing(Duration::from_millis(300));
     canary(&b, "lossless");
 }
+
+// ---- item 11: keepalive 0, connection limits --------------------------------------------
+
+/// Keep Alive 0 asks for no keepalive at all, which exceeds any configured
+/// `max_keepalive` (Mosquitto 2's rule): a 5.0 client is told the limit as its Server Keep
+/// Alive and closed when silent past it (0x8D); a 3.x client cannot be told, so it is
+/// refused (return code 2). Under the default limit a 3.x client with Keep Alive 0 is
+/// still accepted.
+#[test]
+fn keepalive_zero_is_bounded_by_max_keepalive() {
+    let b = Broker::start(&["--shards", "1", "--max-keepalive", "1"]);
+    let (mut c, ack) = Client5::open(b.addr(), &Conn5::new("ka0-v5").keep_alive(0));
+    assert_eq!(ack.props.server_keep_alive, Some(1));
+    c.expect_disconnect_reason(0x8D);
+    let o = common::ConnectOpts {
+        keep_alive: 0,
+        ..common::ConnectOpts::v311("ka0-v3")
+    };
+    let (_c, _, code) = RawClient::handshake(b.addr(), &o);
+    assert_eq!(code, 2, "3.x Keep Alive 0 under max_keepalive 1");
+    let d = Broker::start(&["--shards", "1"]);
+    let (_c, _, code) = RawClient::handshake(d.addr(), &o);
+    assert_eq!(code, 0, "3.x Keep Alive 0 under the default limit");
+}
