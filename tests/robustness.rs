@@ -409,3 +409,50 @@ fn keepalive_zero_is_bounded_by_max_keepalive() {
     let (_c, _, code) = RawClient::handshake(d.addr(), &o);
     assert_eq!(code, 0, "3.x Keep Alive 0 under the default limit");
 }
+
+/// Whether a full 3.1.1 CONNECT on `addr` is accepted (false: closed without CONNACK).
+fn connects(addr: std::net::SocketAddr, id: &str) -> Option<RawClient> {
+    let mut c = RawClient::connect(addr);
+    c.send_connect(&common::ConnectOpts::v311(id));
+    match c.try_packet(WAIT) {
+        Ok(common::Got::ConnAck { code: 0, .. }) => Some(c),
+        Err(common::WaitError::Closed) => None,
+        other => panic!("[{id}] neither CONNACK nor close: {other:?}"),
+    }
+}
+
+/// `--max-connections 5` over two shards: the sixth socket is closed at accept; once a
+/// client leaves there is room again.
+#[test]
+fn max_connections_is_global_and_released_on_close() {
+    let b = Broker::start(&["--shards", "2", "--max-connections", "5"]);
+    let mut open: Vec<RawClient> = (0..5)
+        .map(|i| connects(b.addr(), &format!("mc-{i}")).expect("within the limit"))
+        .collect();
+    assert!(
+        connects(b.addr(), "mc-over").is_none(),
+        "the sixth is refused"
+    );
+    open.pop().expect("five").disconnect();
+    let deadline = Instant::now() + WAIT;
+    while connects(b.addr(), "mc-again").is_none() {
+        assert!(Instant::now() < deadline, "room never came back");
+    }
+}
+
+/// `--max-connection-rate 5`: a burst of 30 connections from one address within a second
+/// or two gets at most 5 per second through, and the rest are closed at accept.
+#[test]
+fn connection_rate_is_limited_per_source_address() {
+    let b = Broker::start(&["--shards", "1", "--max-connection-rate", "5"]);
+    let t0 = Instant::now();
+    let accepted = (0..30)
+        .filter_map(|i| connects(b.addr(), &format!("rate-{i}")))
+        .count();
+    let seconds = t0.elapsed().as_secs() + 1;
+    assert!(accepted >= 5, "only {accepted} accepted");
+    assert!(
+        accepted as u64 <= 5 * seconds,
+        "{accepted} accepted in {seconds} s"
+    );
+}

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
 use super::conn::ConnIo;
 use super::linger::Lingering;
@@ -93,6 +94,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let wakers = Arc::new(wakers);
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
+    // Connections open broker-wide, for `max_connections`.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
@@ -103,7 +106,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
                 .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
             mine.push((l, ListenerKind::Tcp));
         }
-        let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        shard.admission = Admission::new(open.clone(), &cfg.limits);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -170,6 +174,10 @@ struct Shard {
     accept_error_logged_ms: u64,
     /// Closed connections draining their input so the peer reads our last packet.
     lingering: Lingering,
+    /// `max_connections` and the per-address connection rate.
+    admission: Admission,
+    /// When a refusal at accept was last logged (ms).
+    refusal_logged_ms: u64,
 }
 
 impl Shard {
@@ -183,6 +191,7 @@ impl Shard {
         epoch: Instant,
     ) -> Shard {
         let shards = cfg.shards;
+        let cfg_limits = cfg.limits;
         Shard {
             id,
             poll,
@@ -199,6 +208,8 @@ impl Shard {
             inbox_again: false,
             accept_error_logged_ms: 0,
             lingering: Lingering::default(),
+            admission: Admission::new(Arc::default(), &cfg_limits),
+            refusal_logged_ms: 0,
         }
     }
 
@@ -306,6 +317,11 @@ impl Shard {
                 budget -= 1;
                 match self.listeners[i].0.accept() {
                     Ok((stream, peer)) => {
+                        if let Err(why) = self.admission.admit(peer.ip(), i, now) {
+                            // Dropping the stream closes it before any byte is read.
+                            self.log_refusal(peer, why, now);
+                            continue;
+                        }
                         let transport = self.listeners[i].1.wrap(stream);
                         self.adopt(transport, peer, Vec::new(), now);
                     }
@@ -327,6 +343,21 @@ impl Shard {
         }
     }
 
+    /// Log a refusal at accept, at most once a second per shard.
+    fn log_refusal(&mut self, peer: SocketAddr, why: Refused, now: u64) {
+        if self.refusal_logged_ms != 0 && now < self.refusal_logged_ms + 1000 {
+            return;
+        }
+        self.refusal_logged_ms = now.max(1);
+        let what = match why {
+            Refused::MaxConnections => {
+                format!("max_connections reached ({} open)", self.admission.open())
+            }
+            Refused::RateLimited => "max_connection_rate exceeded by its address".to_string(),
+        };
+        log(format_args!("Refused connection from {peer}: {what}."));
+    }
+
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
     fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
@@ -345,6 +376,7 @@ impl Shard {
             // Not registered: forget it now (never through the closing list, whose keys
             // must name live connections).
             self.broker.on_closed(key, now);
+            self.admission.release();
             return;
         }
         let partial = self
@@ -604,6 +636,7 @@ impl Shard {
                 if let Some(mut io) = self.broker.on_closed(key, now) {
                     let _ = self.poll.registry().deregister(&mut io.transport);
                     self.lingering.start(io.transport, now);
+                    self.admission.release();
                 }
             }
         }

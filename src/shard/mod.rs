@@ -6,6 +6,7 @@
 //! mutably between shards; the only cross-thread traffic is `BusMsg`s and the shutdown
 //! flag. Must not touch: MQTT semantics, which live in `broker`, nor a link's state, which
 //! only the broker's `Effects` change.
+pub mod admission;
 #[allow(unsafe_code)]
 pub mod bus;
 pub mod conn;
