@@ -456,3 +456,42 @@ fn connection_rate_is_limited_per_source_address() {
         "{accepted} accepted in {seconds} s"
     );
 }
+
+// ---- item 5: slow dribble ----------------------------------------------------------------
+
+/// 2,000 sockets (10,000 with the full counts) each hold a partial CONNECT of a few bytes,
+/// as a dribbling attacker's would: each costs the broker under 1.5 KiB of RSS (a 4 KiB
+/// receive buffer each before), and the sockets are all closed by the CONNECT deadline.
+#[test]
+fn dribbling_sockets_hold_small_buffers() {
+    let n = count(2_000, 10_000);
+    let b = Broker::start(&["--shards", "2", "--connect-timeout", "3"]);
+    // Warm-up: the first connections allocate the broker's per-shard tables.
+    drop(RawClient::clean(b.addr(), "warm-up"));
+    let before = b.rss_kib();
+    let mut socks: Vec<RawClient> = (0..n).map(|_| RawClient::connect(b.addr())).collect();
+    // A byte, then two more once the broker holds the first: the second read is the one
+    // that used to reserve a page.
+    for s in &mut socks {
+        s.send_bytes(&[0x10]);
+    }
+    wait_broker_read_all(&b, WAIT);
+    for s in &mut socks {
+        s.send_bytes(&[0x20, 0x00]);
+    }
+    wait_broker_read_all(&b, WAIT);
+    let grown = b.rss_kib().saturating_sub(before);
+    eprintln!(
+        "{n} dribbling sockets: +{grown} KiB ({} B each)",
+        grown * 1024 / n as u64
+    );
+    assert!(
+        grown * 1024 < n as u64 * 1536,
+        "{n} dribbling sockets cost {grown} KiB"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in &mut socks {
+        s.expect_closed(deadline.saturating_duration_since(Instant::now()));
+    }
+    canary(&b, "dribble");
+}
