@@ -495,3 +495,121 @@ fn dribbling_sockets_hold_small_buffers() {
     }
     canary(&b, "dribble");
 }
+
+// ---- item 8: the global memory budget ---------------------------------------------------
+
+/// The latest `$SYS/broker/heap/current` (bytes accounted against `memory_limit`) that
+/// `watcher` has received, waiting for one.
+fn heap_now(watcher: &mut RawClient) -> u64 {
+    let m = watcher.expect_where(
+        Duration::from_secs(3),
+        "heap/current",
+        |g| matches!(g, common::Got::Publish(m) if m.topic == "$SYS/broker/heap/current"),
+    );
+    match m {
+        common::Got::Publish(m) => m.text().parse().expect("a number"),
+        _ => unreachable!(),
+    }
+}
+
+/// `--memory-limit 4 MiB` and a subscriber that does not read while 6 MiB of QoS 1
+/// messages are published to it: near the limit the publisher is no longer read (its
+/// PUBACKs stop; TCP holds the rest), the accounted memory never passes the limit, and
+/// once the subscriber reads, everything flows again and arrives, none dropped.
+#[test]
+fn memory_limit_pauses_publishers_without_loss() {
+    const LIMIT: u64 = 4 * 1024 * 1024;
+    const N: usize = 600;
+    let b = Broker::start(&[
+        "--shards",
+        "1",
+        "--memory-limit",
+        "4194304",
+        "--sys-interval",
+        "1",
+    ]);
+    let mut watcher = RawClient::clean(b.addr(), "mem-watch");
+    watcher.subscribe("$SYS/broker/heap/current", 0);
+    let mut hog = RawClient::clean(b.addr(), "hog");
+    hog.subscribe("hog/#", 1);
+    let mut publ = RawClient::clean(b.addr(), "mem-pub");
+    let mut writer = publ.stream().try_clone().expect("clone stream");
+    let payload = vec![0x33u8; 10_000];
+    let burst: Vec<u8> = (1..=N as u16)
+        .flat_map(|pid| common::publish_bytes(0x32, b"hog/t", Some(pid), &payload))
+        .collect();
+    let sending = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(&burst).is_ok()
+    });
+    let mut acked = 0;
+    while let Ok(common::Got::PubAck(_)) = publ.try_packet(Duration::from_secs(1)) {
+        acked += 1;
+    }
+    assert!(
+        acked < N,
+        "all {N} acknowledged: the publisher was never paused"
+    );
+    for _ in 0..2 {
+        let heap = heap_now(&mut watcher);
+        assert!(
+            heap <= LIMIT,
+            "accounted {heap} bytes past the {LIMIT}-byte limit"
+        );
+    }
+    let got = hog.collect_acked(N, WAIT);
+    assert_eq!(got.len(), N);
+    while acked < N {
+        publ.expect_where(WAIT, "PUBACK", |g| matches!(g, common::Got::PubAck(_)));
+        acked += 1;
+    }
+    assert!(
+        sending.join().expect("writer thread"),
+        "the burst was written"
+    );
+}
+
+/// Near `memory_limit` new subscriptions get 0x80 (3.x) and new connections CONNACK 3
+/// (server unavailable); once memory is released both are accepted again.
+#[test]
+fn memory_limit_refuses_new_subscriptions_and_connections() {
+    let b = Broker::start(&[
+        "--shards",
+        "1",
+        "--memory-limit",
+        "4194304",
+        "--max-subscriptions-per-client",
+        "0",
+    ]);
+    let mut big = RawClient::clean(b.addr(), "mem-subs");
+    let mut refused_at = None;
+    for chunk in 0..30 {
+        let codes = subscribe_n(&mut big, "m", chunk * 1_000..(chunk + 1) * 1_000);
+        if codes.contains(&0x80) {
+            refused_at = Some(chunk);
+            break;
+        }
+        // Let the budget account this chunk (every 100 ms) before the next.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        refused_at.is_some(),
+        "30,000 subscriptions never neared 4 MiB"
+    );
+    let o = common::ConnectOpts::v311("mem-late");
+    let (_c, _, code) = RawClient::handshake(b.addr(), &o);
+    assert_eq!(code, 3, "CONNACK near the memory limit");
+    big.disconnect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_c, _, code) = RawClient::handshake(b.addr(), &o);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the memory was freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

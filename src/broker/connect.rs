@@ -67,6 +67,13 @@ impl<X> Broker<X> {
         if let Some(v) = self.check_connect(c) {
             return self.refuse(key, v, "CONNECT refused");
         }
+        if self.pressure >= super::memory::MemoryPressure::Refuse {
+            let reason = match c.version {
+                Version::V5 => ReasonCode::QuotaExceeded,
+                _ => ReasonCode::ServerUnavailable,
+            };
+            return self.refuse(key, reason, "memory_limit reached");
+        }
         if let Some(link) = self.links.get_mut(key) {
             link.client_id = Some(id);
         }

@@ -82,6 +82,8 @@ pub struct Link {
     pub will: Option<Box<StoredWill>>,
     /// When a QoS 0 drop to this connection was last logged (ms; 0: never).
     pub drop_logged_ms: u64,
+    /// The client has sent a PUBLISH: under memory pressure it is not read.
+    pub published: bool,
 }
 
 impl Link {
@@ -111,6 +113,7 @@ impl Link {
             aliases_out: None,
             aliases_out_max: 0,
             drop_logged_ms: 0,
+            published: false,
         }
     }
 

@@ -32,6 +32,7 @@ pub mod effects;
 pub mod gate;
 pub mod ingest;
 pub mod link;
+pub mod memory;
 mod publish;
 pub mod retained;
 pub mod routes;
@@ -193,6 +194,10 @@ pub struct Broker<X> {
     now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// Where the broker stands against `memory_limit` (set by the driver).
+    pressure: memory::MemoryPressure,
+    /// Accounted bytes, broker-wide, as last reported by the driver.
+    memory_used: u64,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -233,6 +238,8 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            pressure: memory::MemoryPressure::Normal,
+            memory_used: 0,
         };
         b.arm_sys_timer(now_ms);
         b

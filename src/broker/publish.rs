@@ -29,6 +29,12 @@ impl<X> Broker<X> {
                 "invalid topic name",
             );
         }
+        if fresh {
+            // A publisher: the first to stop being read when memory runs short.
+            if let Some(l) = self.links.get_mut(key) {
+                l.published = true;
+            }
+        }
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return self.protocol_error(key, "PUBLISH without a session");
         };

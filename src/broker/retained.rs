@@ -26,6 +26,8 @@ pub struct RetainedReplica {
     /// back.
     tombstones: HashMap<Arc<str>, u64>,
     lamport: u64,
+    /// Sum of the held messages' weights.
+    bytes: usize,
 }
 
 impl RetainedReplica {
@@ -46,6 +48,9 @@ impl RetainedReplica {
         if held.is_some_and(|h| h >= msg.retain_stamp) {
             return;
         }
+        if let Some(old) = self.tree.get(&msg.topic) {
+            self.bytes -= old.weight();
+        }
         if msg.payload.is_empty() {
             self.tree.remove(&msg.topic);
             if self.tombstones.len() >= TOMBSTONES_MAX {
@@ -57,7 +62,14 @@ impl RetainedReplica {
         } else {
             self.tombstones.remove(&*msg.topic);
             self.tree.insert(&msg.topic, msg.clone());
+            self.bytes += msg.weight();
         }
+    }
+
+    /// Bytes of the retained messages held (topic + payload + overhead each; the payloads
+    /// are shared by every shard's replica, so shard 0 alone counts them in the budget).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The retained message of `topic`.

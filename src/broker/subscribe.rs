@@ -85,7 +85,8 @@ impl<X> Broker<X> {
         }
         let subs = &self.sessions.get(s)?.subs;
         let new = !subs.contains_key(full);
-        (new && subs.len() >= limits.max_subscriptions_per_client)
+        let full_memory = self.pressure >= super::memory::MemoryPressure::Refuse;
+        (new && (subs.len() >= limits.max_subscriptions_per_client || full_memory))
             .then_some(ReasonCode::QuotaExceeded)
     }
 

@@ -92,7 +92,7 @@ impl<X> Broker<X> {
             t.stats.dropped_too_large += r.stats.dropped_too_large;
         }
         let dropped = t.stats.dropped_qos0 + t.stats.dropped_queue + t.stats.dropped_too_large;
-        let values: [(&str, String); 15] = [
+        let values: [(&str, String); 17] = [
             (
                 "version",
                 format!("shardmq version {}", env!("CARGO_PKG_VERSION")),
@@ -114,6 +114,9 @@ impl<X> Broker<X> {
             ("bytes/sent", t.stats.bytes_out.to_string()),
             ("subscriptions/count", t.subscriptions.to_string()),
             ("retained messages/count", self.retained.len().to_string()),
+            // Mosquitto's name; here the bytes accounted against `memory_limit`.
+            ("heap/current", self.memory_used.to_string()),
+            ("memory/limit", self.cfg.limits.memory_limit.to_string()),
         ];
         for (name, value) in values {
             let msg = Message {

@@ -1,5 +1,6 @@
 //! Resource limits a client cannot push past (issue 12): how many subscriptions, how long
-//! and deep a filter, how many connections, how fast one address may connect.
+//! and deep a filter, how many connections, how fast one address may connect, and the
+//! memory the whole broker may account for (`memory_limit`).
 //!
 //! Owns: these options' command-line flags, their `mosquitto.conf` lines and their
 //! defaults, resolved into [`ResourceLimits`]. Invariant: every limit has a finite default
@@ -25,6 +26,10 @@ pub mod defaults {
     /// New connections per second from one source address (0: no limit). Generous, for
     /// NAT: it stops a reconnect storm from one host, not a fleet behind one gateway.
     pub const MAX_CONNECTION_RATE: u32 = 0;
+    /// Share of the machine's memory (or of the cgroup's limit, if lower) that
+    /// `memory_limit` defaults to, percent: the rest is for the kernel's socket buffers,
+    /// the allocator's slack and other processes.
+    pub const MEMORY_LIMIT_PERCENT: u64 = 50;
 }
 
 /// The command-line flags of these limits (flattened into `Args`).
@@ -48,6 +53,11 @@ pub struct LimitArgs {
     /// at accept. 0 = no limit [default: 0].
     #[arg(long, value_name = "PER_SEC")]
     pub max_connection_rate: Option<u32>,
+    /// Memory the broker may account for (queues, buffers, partial packets, retained
+    /// messages, subscriptions), bytes; 0 = no limit [default: half the machine's or
+    /// cgroup's memory].
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
 }
 
 /// The same options as read from a configuration file (`None`: not given there).
@@ -63,6 +73,8 @@ pub struct LimitFile {
     pub max_connections: Option<usize>,
     /// `max_connection_rate`.
     pub max_connection_rate: Option<u32>,
+    /// `memory_limit` (Mosquitto's word).
+    pub memory_limit: Option<u64>,
 }
 
 /// The file keys of this module.
@@ -72,6 +84,7 @@ pub const FILE_KEYS: &[&str] = &[
     "max_topic_levels",
     "global_max_connections",
     "max_connection_rate",
+    "memory_limit",
 ];
 
 impl LimitFile {
@@ -92,6 +105,7 @@ impl LimitFile {
                 self.max_connection_rate =
                     Some(u32::try_from(n()?).map_err(|_| format!("{key}: too large"))?)
             }
+            "memory_limit" => self.memory_limit = Some(n()? as u64),
             _ => return Err(format!("unknown option '{key}'")),
         }
         Ok(())
@@ -111,6 +125,8 @@ pub struct ResourceLimits {
     pub max_connections: usize,
     /// New connections per second per source address (0: none).
     pub max_connection_rate: u32,
+    /// Bytes the broker may account for (0: no limit).
+    pub memory_limit: u64,
 }
 
 impl Default for ResourceLimits {
@@ -157,6 +173,10 @@ impl ResourceLimits {
                 .max_connection_rate
                 .or(f.max_connection_rate)
                 .unwrap_or(defaults::MAX_CONNECTION_RATE),
+            memory_limit: a
+                .memory_limit
+                .or(f.memory_limit)
+                .unwrap_or_else(default_memory_limit),
         })
     }
 
@@ -168,6 +188,29 @@ impl ResourceLimits {
     }
 }
 
+/// [`defaults::MEMORY_LIMIT_PERCENT`] of the machine's memory, or of the cgroup (v2)
+/// limit when that is lower; 0 (no limit) if neither can be read.
+fn default_memory_limit() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let machine = match (total, cgroup) {
+        (Some(t), Some(c)) => t.min(c),
+        (Some(t), None) => t,
+        (None, Some(c)) => c,
+        (None, None) => return 0,
+    };
+    machine / 100 * defaults::MEMORY_LIMIT_PERCENT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +220,7 @@ mod tests {
         let l = ResourceLimits::default();
         assert_eq!(l.max_subscriptions_per_client, 10_000);
         assert_eq!(l.max_connections, usize::MAX);
+        assert!(l.memory_limit > 0, "half the machine's memory by default");
         let a = LimitArgs {
             max_subscriptions_per_client: Some(0),
             ..LimitArgs::default()

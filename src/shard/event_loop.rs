@@ -23,7 +23,9 @@ use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
 use super::conn::ConnIo;
 use super::linger::Lingering;
+use super::memory::MemoryBudget;
 use super::{BusMsg, Handoff};
+use crate::broker::memory::MemoryPressure;
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::Config;
 use crate::log::log;
@@ -94,8 +96,9 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let wakers = Arc::new(wakers);
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    // Connections open broker-wide, for `max_connections`.
+    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let memory_board = super::memory::board(cfg.shards);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
@@ -108,6 +111,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         }
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -178,6 +182,8 @@ struct Shard {
     admission: Admission,
     /// When a refusal at accept was last logged (ms).
     refusal_logged_ms: u64,
+    /// This shard's part of `memory_limit`.
+    memory: MemoryBudget,
 }
 
 impl Shard {
@@ -210,6 +216,7 @@ impl Shard {
             lingering: Lingering::default(),
             admission: Admission::new(Arc::default(), &cfg_limits),
             refusal_logged_ms: 0,
+            memory: MemoryBudget::new(id, super::memory::board(1), 0),
         }
     }
 
@@ -292,6 +299,9 @@ impl Shard {
         self.push_outbox();
         self.flush_dirty();
         self.lingering.tick(now, &mut self.scratch);
+        if self.memory.tick(&mut self.broker, now) {
+            self.resume_publishers();
+        }
         super::figures::end_turn(&self.broker, &self.bus, busy_from);
         Ok(())
     }
@@ -402,7 +412,42 @@ impl Shard {
         }
     }
 
+    /// Memory is below the pause mark again: read the publishers paused for it.
+    fn resume_publishers(&mut self) {
+        for key in std::mem::take(&mut self.memory.paused) {
+            let was = self
+                .broker
+                .links_mut()
+                .conn_mut(key)
+                .is_some_and(|c| std::mem::take(&mut c.io.paused_on_memory));
+            if was {
+                self.defer_read(key);
+            }
+        }
+    }
+
+    /// Under memory pressure, a publisher is not read (TCP back-pressure) until the budget
+    /// resumes it. True when `key` was paused.
+    fn paused_for_memory(&mut self, key: usize) -> bool {
+        if self.broker.memory_pressure() < MemoryPressure::PausePublishers {
+            return false;
+        }
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return false;
+        };
+        if !c.link.published {
+            return false;
+        }
+        if !std::mem::replace(&mut c.io.paused_on_memory, true) {
+            self.memory.paused.push(key);
+        }
+        true
+    }
+
     fn read_or_defer(&mut self, key: usize, now: u64) {
+        if self.paused_for_memory(key) {
+            return;
+        }
         if self.broker.output_full(key) {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.paused_on_output = true;

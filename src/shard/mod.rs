@@ -13,6 +13,7 @@ pub mod conn;
 pub mod event_loop;
 pub mod figures;
 pub mod linger;
+pub mod memory;
 #[allow(unsafe_code)]
 pub mod ring;
 
