@@ -6,7 +6,6 @@
 //! (see `docs/robustness.md` for their results).
 
 mod common;
-#[allow(dead_code)]
 mod v5;
 
 use std::time::{Duration, Instant};

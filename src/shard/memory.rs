@@ -32,7 +32,7 @@ pub const ACCOUNT_INTERVAL_MS: u64 = 100;
 /// Bytes one subscription costs, filter text included: the session's map entry, the trie
 /// node share and the subscriber entry (measured, see docs/robustness.md). A constant, so
 /// that accounting a session is O(1) whatever its subscriptions.
-pub const SUBSCRIPTION_BYTES: u64 = 320;
+pub const SUBSCRIPTION_BYTES: u64 = 1024;
 /// Bytes of one in-flight delivery's record (its message is counted by weight).
 pub const INFLIGHT_BYTES: u64 = 64;
 /// Bytes one retained topic costs in a replica's index, beyond its shared message.
