@@ -612,3 +612,67 @@ fn memory_limit_refuses_new_subscriptions_and_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---- item 1, keepalive variant: timers past one turn's budget ---------------------------
+
+/// Raise this process's open-file limit (inherited by the broker it starts) to hold `fds`.
+fn allow_open_files(fds: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(got, 0, "getrlimit");
+    assert!(lim.rlim_max >= fds, "this test needs {fds} open files");
+    if lim.rlim_cur < fds {
+        lim.rlim_cur = fds;
+        // SAFETY: as above.
+        let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(set, 0, "setrlimit");
+    }
+}
+
+/// 6,000 silent clients with Keep Alive 4 and a Will each; the broker is stopped past
+/// their deadlines, so more keepalive timers fire at once than one turn handles (4,096).
+/// Every Will must still be published (an earlier version lost the excess for good).
+#[test]
+fn keepalive_deadlines_past_one_turn_all_publish_their_wills() {
+    const CLIENTS: usize = 6_000;
+    allow_open_files(2 * CLIENTS as u64 + 512);
+    let b = Broker::start(&["--shards", "1"]);
+    let mut watcher = RawClient::clean(b.addr(), "will-watch");
+    watcher.subscribe("will/#", 0);
+    let t0 = Instant::now();
+    let silent: Vec<RawClient> = (0..CLIENTS)
+        .map(|i| {
+            let (topic, id) = (format!("will/{i}"), format!("silent-{i}"));
+            let o = common::ConnectOpts {
+                keep_alive: 4,
+                will: Some((topic.as_str(), b"gone".as_slice(), 0, false)),
+                ..common::ConnectOpts::v311(&id)
+            };
+            RawClient::connect_with(b.addr(), &o).0
+        })
+        .collect();
+    let connected = Instant::now();
+    common::signal(b.pid(), libc::SIGSTOP);
+    // Clients connected in the first 2 s may expire before the stop; the rest, far more
+    // than one turn's 4,096 on any machine that connects 6,000 clients in under 4 s, fire
+    // together.
+    eprintln!("{CLIENTS} clients connected in {:?}", connected - t0);
+    // The point of the test: every deadline (6 s after its CONNECT) passes while stopped.
+    std::thread::sleep(Duration::from_millis(6_200).saturating_sub(connected.elapsed()));
+    common::signal(b.pid(), libc::SIGCONT);
+    let mut wills = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wills.len() < CLIENTS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {CLIENTS} wills",
+            wills.len()
+        );
+        wills.insert(watcher.expect_publish(WAIT).topic);
+    }
+    drop(silent);
+}
