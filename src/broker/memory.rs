@@ -43,7 +43,8 @@ impl MemoryPressure {
 }
 
 impl<X> Broker<X> {
-    /// The driver's latest accounting: `used` bytes broker-wide, at `level`.
+    /// The driver's latest accounting: `used` bytes broker-wide (as last walked, for the
+    /// figures), at `level` (from the driver's estimate, which may run ahead of `used`).
     pub fn set_memory(&mut self, used: u64, level: MemoryPressure) {
         self.memory_used = used;
         if level == self.pressure {

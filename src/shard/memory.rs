@@ -8,10 +8,10 @@
 //! backlogs, and the retained store (shard 0 counts the shared payloads; every shard its
 //! own index). The sum over all shards sets the broker's [`MemoryPressure`].
 //!
-//! Between two walks, every byte read from a client since the last walk is added to the
-//! figure (a conservative guess: what is read becomes, at most, about that much memory
-//! until it is delivered), so a fast publisher cannot overshoot the budget in the 100 ms
-//! between walks. Each turn stores this shard's figure and sums the board: one store and
+//! Between two walks, twice every byte read from a client since the last walk is added to
+//! the figure (a conservative guess: a message read is held once as the message and once
+//! encoded in a subscriber's buffer), so a fast publisher cannot overshoot the budget in
+//! the 100 ms between walks. Each turn stores this shard's figure and sums the board: one store and
 //! N loads.
 //!
 //! Invariant: the walk is O(connections + sessions) once per interval, never per message;
@@ -38,12 +38,16 @@ pub const INFLIGHT_BYTES: u64 = 64;
 /// Bytes one retained topic costs in a replica's index, beyond its shared message.
 pub const RETAINED_INDEX_BYTES: u64 = 96;
 
-/// One slot per shard.
+/// Bytes of memory assumed per byte read between two walks.
+pub const READ_GROWTH_FACTOR: u64 = 2;
+
+/// Two slots per shard: its estimate (last walk + what it read since, which sets the
+/// level) and its last walk alone (what is reported).
 pub type MemoryBoard = Arc<[AtomicU64]>;
 
 /// A board for `shards` shards.
 pub fn board(shards: usize) -> MemoryBoard {
-    (0..shards).map(|_| AtomicU64::new(0)).collect()
+    (0..2 * shards).map(|_| AtomicU64::new(0)).collect()
 }
 
 /// This shard's part of the budget.
@@ -87,13 +91,19 @@ impl MemoryBudget {
             self.walked = account(broker, self.id);
             self.read_at_walk = read;
         }
-        let mine = self.walked + read.saturating_sub(self.read_at_walk);
-        if let Some(slot) = self.board.get(self.id) {
+        let mine = self.walked + READ_GROWTH_FACTOR * read.saturating_sub(self.read_at_walk);
+        if let Some(slot) = self.board.get(2 * self.id) {
             slot.store(mine, Ordering::Relaxed);
         }
-        let used: u64 = self.board.iter().map(|s| s.load(Ordering::Relaxed)).sum();
-        let level = MemoryPressure::of(used, self.limit);
-        broker.set_memory(used, level);
+        if let Some(slot) = self.board.get(2 * self.id + 1) {
+            slot.store(self.walked, Ordering::Relaxed);
+        }
+        let sum = |parity: usize| -> u64 {
+            let slots = self.board.iter().skip(parity).step_by(2);
+            slots.map(|s| s.load(Ordering::Relaxed)).sum()
+        };
+        let level = MemoryPressure::of(sum(0), self.limit);
+        broker.set_memory(sum(1), level);
         level < MemoryPressure::PausePublishers && !self.paused.is_empty()
     }
 }
