@@ -32,6 +32,20 @@ pub enum LinkState {
     Closing,
 }
 
+/// `topic` (or a filter) under `mount`: `mount` + `topic`; a shared subscription keeps its
+/// `$share/GROUP/` in front. Borrowed unchanged without a mount point.
+pub fn mounted<'a>(mount: Option<&str>, topic: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some(m) = mount else {
+        return std::borrow::Cow::Borrowed(topic);
+    };
+    if let Some(rest) = topic.strip_prefix("$share/") {
+        if let Some((group, filter)) = rest.split_once('/') {
+            return std::borrow::Cow::Owned(format!("$share/{group}/{m}{filter}"));
+        }
+    }
+    std::borrow::Cow::Owned(format!("{m}{topic}"))
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Link {
@@ -84,6 +98,9 @@ pub struct Link {
     pub drop_logged_ms: u64,
     /// The client has sent a PUBLISH: under memory pressure it is not read.
     pub published: bool,
+    /// The listener's `mount_point`: topics of this client live under it (prefixed on the
+    /// way in, stripped on the way out).
+    pub mount: Option<Arc<str>>,
 }
 
 impl Link {
@@ -114,6 +131,7 @@ impl Link {
             aliases_out_max: 0,
             drop_logged_ms: 0,
             published: false,
+            mount: None,
         }
     }
 

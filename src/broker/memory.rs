@@ -51,13 +51,14 @@ impl<X> Broker<X> {
             return;
         }
         if self.shard_id == 0 || level > self.pressure {
-            super::log(format_args!(
+            crate::log_at!(
+                crate::log::Level::Warning,
                 "shard {}: memory {} MiB of memory_limit {} MiB: {:?}",
                 self.shard_id,
                 used >> 20,
                 self.cfg.limits.memory_limit >> 20,
                 level
-            ));
+            );
         }
         self.limits = session_limits(&self.cfg);
         if level == MemoryPressure::Full {
@@ -71,9 +72,11 @@ impl<X> Broker<X> {
         self.pressure
     }
 
-    /// Bytes of retained messages held by this shard's replica.
-    pub fn retained_bytes(&self) -> usize {
-        self.retained.bytes()
+    /// Bytes of retained messages held by this shard's replica: payloads plus a
+    /// message's fixed overhead each (the payloads are shared by every replica, so only
+    /// shard 0 counts this in the budget).
+    pub fn retained_budget_bytes(&self) -> usize {
+        self.retained.bytes() + self.retained.len() * 64
     }
 }
 

@@ -26,7 +26,7 @@ pub struct RetainedReplica {
     /// back.
     tombstones: HashMap<Arc<str>, u64>,
     lamport: u64,
-    /// Sum of the held messages' weights.
+    /// Payload bytes held (for `$SYS/broker/store/messages/bytes`).
     bytes: usize,
 }
 
@@ -48,11 +48,10 @@ impl RetainedReplica {
         if held.is_some_and(|h| h >= msg.retain_stamp) {
             return;
         }
-        if let Some(old) = self.tree.get(&msg.topic) {
-            self.bytes -= old.weight();
-        }
         if msg.payload.is_empty() {
-            self.tree.remove(&msg.topic);
+            if let Some(old) = self.tree.remove(&msg.topic) {
+                self.bytes -= old.payload.len();
+            }
             if self.tombstones.len() >= TOMBSTONES_MAX {
                 // Tombstones only guard against an older update overtaking a deletion in
                 // flight between shards (microseconds); forgetting them is safe in practice.
@@ -61,15 +60,11 @@ impl RetainedReplica {
             self.tombstones.insert(msg.topic.clone(), msg.retain_stamp);
         } else {
             self.tombstones.remove(&*msg.topic);
-            self.tree.insert(&msg.topic, msg.clone());
-            self.bytes += msg.weight();
+            self.bytes += msg.payload.len();
+            if let Some(old) = self.tree.insert(&msg.topic, msg.clone()) {
+                self.bytes -= old.payload.len();
+            }
         }
-    }
-
-    /// Bytes of the retained messages held (topic + payload + overhead each; the payloads
-    /// are shared by every shard's replica, so shard 0 alone counts them in the budget).
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// The retained message of `topic`.
@@ -85,6 +80,11 @@ impl RetainedReplica {
     /// Retained messages held.
     pub fn len(&self) -> usize {
         self.tree.len()
+    }
+
+    /// Payload bytes of the retained messages held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when none are held.

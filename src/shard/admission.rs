@@ -57,8 +57,8 @@ impl Admission {
     /// May a socket from `peer`, accepted on listener `listener`, become a connection? If
     /// so it is counted until [`Admission::release`].
     ///
-    /// `listener` is the hook for per-listener `max_connections` (listener wiring, issue
-    /// 9): a per-listener count checks here, next to the global one.
+    /// `listener` is the listener's index, for limits per listener (the listener's own
+    /// `max_connections` is checked when its transport is made, right after this).
     pub fn admit(&mut self, peer: IpAddr, listener: usize, now_ms: u64) -> Result<(), Refused> {
         let _ = listener;
         if !self.rate_ok(peer, now_ms / 1000) {

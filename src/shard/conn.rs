@@ -32,12 +32,18 @@ pub struct ConnIo {
     pub(super) paused_on_output: bool,
     /// Not being read because it publishes and memory is short; resumed by the budget.
     pub(super) paused_on_memory: bool,
+    /// The client certificate will name the user once the TLS handshake is done.
+    pub(super) name_pending: bool,
+    /// A TLS handshake not yet counted (as completed or failed) in the shard's figures.
+    pub(super) tls_pending: bool,
 }
 
 impl ConnIo {
     /// A connection's shard part, with `rx` already received (a handed-over CONNECT).
     pub fn new(transport: Transport, rx: Vec<u8>) -> ConnIo {
         ConnIo {
+            name_pending: transport.names_user(),
+            tls_pending: transport.is_handshaking(),
             transport,
             rx: RxBuf::from_vec(rx),
             pending_read: false,

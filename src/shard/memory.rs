@@ -119,7 +119,7 @@ pub fn account(broker: &Broker<ConnIo>, id: usize) -> u64 {
     let sessions: u64 = broker.sessions().map(session_bytes).sum();
     let retained = broker.retained_count() as u64 * RETAINED_INDEX_BYTES
         + if id == 0 {
-            broker.retained_bytes() as u64
+            broker.retained_budget_bytes() as u64
         } else {
             0
         };

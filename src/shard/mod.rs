@@ -13,11 +13,12 @@ pub mod conn;
 pub mod event_loop;
 pub mod figures;
 pub mod linger;
+pub mod listeners;
 pub mod memory;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, Running};
+pub use event_loop::{run, Control, Running};
 
 use crate::broker::Cast;
 pub use conn::Handoff;
