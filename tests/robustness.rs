@@ -497,13 +497,13 @@ fn dribbling_sockets_hold_small_buffers() {
 
 // ---- item 8: the global memory budget ---------------------------------------------------
 
-/// The latest `$SYS/broker/heap/current` (bytes accounted against `memory_limit`) that
+/// The latest `$SYS/broker/memory/accounted` (bytes accounted against `memory_limit`) that
 /// `watcher` has received, waiting for one.
 fn heap_now(watcher: &mut RawClient) -> u64 {
     let m = watcher.expect_where(
         Duration::from_secs(3),
-        "heap/current",
-        |g| matches!(g, common::Got::Publish(m) if m.topic == "$SYS/broker/heap/current"),
+        "memory/accounted",
+        |g| matches!(g, common::Got::Publish(m) if m.topic == "$SYS/broker/memory/accounted"),
     );
     match m {
         common::Got::Publish(m) => m.text().parse().expect("a number"),
@@ -528,7 +528,7 @@ fn memory_limit_pauses_publishers_without_loss() {
         "1",
     ]);
     let mut watcher = RawClient::clean(b.addr(), "mem-watch");
-    watcher.subscribe("$SYS/broker/heap/current", 0);
+    watcher.subscribe("$SYS/broker/memory/accounted", 0);
     let mut hog = RawClient::clean(b.addr(), "hog");
     hog.subscribe("hog/#", 1);
     let mut publ = RawClient::clean(b.addr(), "mem-pub");
