@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod bridges;
 mod close;
 mod connect;
 mod deliver;
@@ -248,6 +249,8 @@ pub struct Broker<X> {
     pressure: memory::MemoryPressure,
     /// Accounted bytes, broker-wide, as last reported by the driver.
     memory_used: u64,
+    /// The bridges' local filters: which messages go to which bridge's shard.
+    bridges: bridges::BridgeRoutes,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -272,6 +275,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
+        let bridges = bridges::BridgeRoutes::new(&cfg.bridges, shard_id, shards);
         let mut b = Broker {
             shard_id,
             shards,
@@ -291,6 +295,7 @@ impl<X> Broker<X> {
             hot: hot_topics::HotTopics::default(),
             pressure: memory::MemoryPressure::Normal,
             memory_used: 0,
+            bridges,
         };
         b.arm_sys_timer(now_ms);
         b

@@ -192,7 +192,8 @@ impl<X> Broker<X> {
         }
         let mut mask = 0u64;
         if self.shards > 1 {
-            mask = self.routes.remote_mask(&msg.topic, self.shard_id);
+            mask = self.routes.remote_mask(&msg.topic, self.shard_id)
+                | self.bridges.remote_mask(&msg.topic, self.shard_id);
         }
         let remote = mask != 0;
         if msg.retain {
@@ -210,9 +211,11 @@ impl<X> Broker<X> {
     }
 
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
+    /// This shard's bridges are offered it too (see `bridges::BridgeRoutes`).
     pub(super) fn route_local(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        let bridged = self.bridges.offer(msg, &mut self.fx);
         let (routes, sessions, mut sink) = self.parts();
-        deliver::route_local(routes, sessions, &mut sink, msg, now_ms)
+        deliver::route_local(routes, sessions, &mut sink, msg, now_ms) || bridged
     }
 
     /// Move session `s`'s queued deliveries into its window (see `deliver::pump`).

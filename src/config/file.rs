@@ -159,25 +159,7 @@ pub fn load(path: &Path) -> Result<FileSettings, FileError> {
         line: 0,
         problem: format!("cannot read: {e}"),
     })?;
-    let s = parse(&text, &name)?;
-    refuse_bridges_until_they_run(&s, &name)?;
-    Ok(s)
-}
-
-/// Bridges are parsed and validated, but this build does not run them yet: refusing to
-/// start is better than a broker that silently forwards nothing.
-fn refuse_bridges_until_they_run(s: &FileSettings, name: &str) -> Result<(), FileError> {
-    match s.bridges.first() {
-        Some(b) => Err(FileError {
-            file: name.to_string(),
-            line: b.line,
-            problem: format!(
-                "connection '{}': bridges are not run by this build yet; refusing to start",
-                b.name
-            ),
-        }),
-        None => Ok(()),
-    }
+    parse(&text, &name)
 }
 
 /// Parse configuration text; `name` is used in errors.
@@ -563,13 +545,12 @@ mod tests {
     }
 
     #[test]
-    fn bridge_blocks_are_parsed_and_refused_at_start() {
+    fn bridge_blocks_are_parsed() {
         let text = "listener 1883\nconnection cloud\naddress 127.0.0.1:1884\ntopic # both 1\n";
         let s = parse(text, "b.conf").expect("valid");
         assert_eq!(s.bridges.len(), 1);
         assert_eq!(s.bridges[0].name, "cloud");
-        let e = refuse_bridges_until_they_run(&s, "b.conf").expect_err("not run yet");
-        assert_eq!(e.line, 2);
+        assert_eq!(s.bridges[0].line, 2);
         let e = parse("connection c\naddress h\ntopic a/#/b\n", "b.conf").expect_err("bad");
         assert_eq!(
             e.to_string(),

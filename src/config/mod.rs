@@ -329,6 +329,8 @@ pub struct Config {
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
     pub limits: limits::ResourceLimits,
+    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    pub bridges: Vec<bridge::BridgeConfig>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -536,6 +538,7 @@ impl Config {
             listeners,
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
+            bridges: f.bridges,
         };
         c.validate()?;
         Ok(c)

@@ -39,6 +39,8 @@ use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Bridges' sockets take the tokens just below the listeners'.
+const BRIDGE_BASE: usize = LISTENER_BASE - 1024;
 /// Events taken from one poll call.
 const EVENTS_PER_TURN_MAX: usize = 1024;
 /// Bytes read from one socket per turn before others get their go.
@@ -200,6 +202,8 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let bridge_tls = super::bridges::tls_configs(&cfg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
     // Connections open broker-wide, for `max_connections`; memory accounted per shard.
@@ -217,6 +221,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         shard.ctl = rx;
         shard.admission = Admission::new(open.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
+        let shard = shard.with_bridges(&bridge_tls);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -336,6 +341,8 @@ struct Shard {
     memory: MemoryBudget,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
+    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    bridges: super::bridges::Bridges,
 }
 
 impl Shard {
@@ -354,6 +361,7 @@ impl Shard {
             id,
             poll,
             listeners,
+            bridges: super::bridges::Bridges::none(BRIDGE_BASE),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -371,6 +379,14 @@ impl Shard {
             memory: MemoryBudget::new(id, super::memory::board(1), 0),
             ctl: crossbeam_channel::never(),
         }
+    }
+
+    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
+        let now = self.now_ms();
+        self.bridges =
+            super::bridges::Bridges::new(self.broker.config(), tls, self.id, BRIDGE_BASE, now);
+        self
     }
 
     /// Apply the control messages waiting (at most a few per turn; they are rare).
@@ -435,10 +451,13 @@ impl Shard {
             || self.inbox_again
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
+            || self.bridges.busy()
+            || self.broker.pending_bridge_offers()
         {
             return Duration::ZERO;
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
+        let next = next.min(self.bridges.next_deadline_ms().unwrap_or(u64::MAX));
         let linger = self.lingering.due_in_ms(now).unwrap_or(u64::MAX);
         let ms = next.saturating_sub(now).min(linger);
         Duration::from_millis(ms.min(POLL_TIMEOUT_MAX_MS))
@@ -467,6 +486,9 @@ impl Shard {
                 self.accept_again = true;
                 continue;
             }
+            if t >= BRIDGE_BASE && self.bridges.event(t) {
+                continue;
+            }
             if ev.is_writable() {
                 self.broker.writable(t);
             }
@@ -479,6 +501,8 @@ impl Shard {
         }
         self.retry_reads(now);
         self.broker.on_timers(now);
+        self.bridges
+            .step(&mut self.broker, self.poll.registry(), now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
