@@ -61,6 +61,11 @@ impl Broker {
         if !args.contains(&"--admin") {
             cmd.args(["--admin", "off"]);
         }
+        // Tests never write a store into the repository or share one: a test that wants
+        // persistence passes its own fresh `--data-dir`.
+        if !args.contains(&"--data-dir") {
+            cmd.arg("--no-persistence");
+        }
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         // Set SHARDMQ_TEST_LOG=1 to see the broker's stderr (add `-v` for packet logs).
         if std::env::var_os("SHARDMQ_TEST_LOG").is_some() {
