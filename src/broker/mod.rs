@@ -31,7 +31,9 @@ mod deliver;
 pub mod effects;
 pub mod gate;
 pub mod ingest;
+pub mod journal;
 pub mod link;
+mod persist;
 mod publish;
 pub mod retained;
 pub mod routes;
@@ -97,6 +99,21 @@ pub enum Cast {
         from: usize,
         /// Its figures.
         report: Box<sys::SysReport>,
+    },
+    /// Every publish shard `from` sent before this is applied; answer `BarrierDone` once
+    /// this shard's log holds them durably (persistence only).
+    Barrier {
+        /// The sending shard.
+        from: usize,
+        /// Its barrier sequence number.
+        seq: u64,
+    },
+    /// Shard `from` has made everything before the receiver's barrier `seq` durable.
+    BarrierDone {
+        /// The answering shard.
+        from: usize,
+        /// The barrier answered.
+        seq: u64,
     },
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
@@ -193,6 +210,8 @@ pub struct Broker<X> {
     now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// The store's log, when persistence is on.
+    journal: Option<journal::Journal>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -233,6 +252,7 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            journal: None,
         };
         b.arm_sys_timer(now_ms);
         b
@@ -265,6 +285,7 @@ impl<X> Broker<X> {
             fx: &mut self.fx,
             limits: &self.limits,
             max_buf: self.cfg.max_write_buffer,
+            journal: self.journal.as_mut(),
         };
         (&mut self.routes, &mut self.sessions, sink)
     }

@@ -37,6 +37,8 @@ pub struct Outgoing {
     /// `$share/{group}/{filter}` when delivered through a shared subscription, so it can
     /// move to another member if this one goes away.
     pub share: Option<Arc<str>>,
+    /// The message's id in this shard's store log (`MsgId`), 0 when it is not stored.
+    pub sid: u64,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -145,6 +147,8 @@ pub struct Session {
     pub route_mark: u64,
     /// Index into the routing scratch list for the current mark.
     pub route_slot: u32,
+    /// The session is in the store (persistent, persistence on): its changes are logged.
+    pub logged: bool,
 }
 
 impl Session {
@@ -168,6 +172,7 @@ impl Session {
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
+            logged: false,
         }
     }
 
@@ -326,6 +331,7 @@ mod tests {
             retain: false,
             sub_ids: SubIds::new(),
             share: None,
+            sid: 0,
         }
     }
 

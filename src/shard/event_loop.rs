@@ -71,8 +71,25 @@ impl Running {
     }
 }
 
-/// Bind the listeners and start one thread per shard.
+/// What a shard starts from when persistence is on: its part of the recovered store.
+pub struct StoreStart {
+    /// The store's directory (its layout installed for this shard count).
+    pub dir: std::path::PathBuf,
+    /// Each shard's part, in shard order.
+    pub parts: Vec<crate::store::LiveState>,
+    /// Every retained message, for every shard's replica.
+    pub retained: Vec<crate::broker::journal::RetainedEntry>,
+    /// How each shard's log runs.
+    pub opts: crate::store::WalOptions,
+}
+
+/// Bind the listeners and start one thread per shard (memory only).
 pub fn run(cfg: Config) -> io::Result<Running> {
+    run_with_store(cfg, None)
+}
+
+/// Bind the listeners and start one thread per shard, each with its log if `store`.
+pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut listeners = Vec::new();
     for addr in &cfg.binds {
@@ -102,7 +119,10 @@ pub fn run(cfg: Config) -> io::Result<Running> {
                 .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
             mine.push((l, ListenerKind::Tcp));
         }
-        let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        if let Some(st) = store.as_mut() {
+            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+        }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -116,6 +136,28 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         stop,
         wakers,
     })
+}
+
+/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+fn open_journal(
+    broker: &mut Broker<ConnIo>,
+    id: usize,
+    st: &mut StoreStart,
+    waker: Arc<Waker>,
+) -> io::Result<()> {
+    let dir = crate::store::layout::shard_dir(&st.dir, id);
+    let wal = crate::store::Wal::open(&dir, st.opts, move || {
+        let _ = waker.wake();
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
+    broker.attach_journal(journal);
+    broker.restore(&part, &st.retained, 0);
+    Ok(())
 }
 
 /// A non-blocking listener with a deep backlog. One socket serves every shard: each shard
@@ -217,6 +259,8 @@ impl Shard {
         self.broker.shutdown();
         self.flush_dirty();
         self.close_pending(self.now_ms());
+        // The sessions' disconnect records reach the log before the shard ends.
+        self.broker.journal_end_turn(self.now_ms());
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
@@ -266,6 +310,8 @@ impl Shard {
         }
         self.retry_reads(now);
         self.broker.on_timers(now);
+        // Held acks whose records are durable go out; this turn's records are written.
+        self.broker.journal_end_turn(now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();

@@ -14,7 +14,7 @@ pub mod figures;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, Running};
+pub use event_loop::{run, run_with_store, Running, StoreStart};
 
 use crate::broker::Cast;
 pub use conn::Handoff;
