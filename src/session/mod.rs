@@ -273,12 +273,15 @@ impl Session {
         Ok(())
     }
 
-    /// Remove and return every in-flight or queued delivery that came through a shared
-    /// subscription (its member is going away; another member should have it).
+    /// Remove and return every queued delivery, and every QoS 1 one in flight, that came
+    /// through a shared subscription (its member is going away; another member should have
+    /// it). A QoS 2 delivery already sent stays in flight for the member's return, resent
+    /// under the same packet id [MQTT-4.8.2-4]: the client may already hold it under that
+    /// id, and sending it elsewhere (or back later under a new id) would deliver it twice.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut taken = Vec::new();
         self.inflight.retain(|f| {
-            let shared = f.out.share.is_some() && f.state != FlightState::AwaitComp;
+            let shared = f.out.share.is_some() && f.state == FlightState::AwaitAck;
             if shared {
                 taken.push(f.out.clone());
             }
@@ -381,6 +384,32 @@ mod tests {
         assert_eq!(s.dropped, 2);
         let first = s.dequeue().expect("queued");
         assert_eq!(s.queued_bytes(), 2 * first.msg.weight());
+    }
+
+    /// A departing member's QoS 1 deliveries may move to another member, but a QoS 2 one
+    /// already sent stays in flight under its packet id (the client may hold it already).
+    #[test]
+    fn take_shared_leaves_sent_qos2_in_flight() {
+        let mut s = Session::new("c", 1, u32::MAX);
+        let shared = |qos| Outgoing {
+            share: Some("$share/g/t".into()),
+            ..out(qos)
+        };
+        let p1 = s.alloc_pid().expect("pid");
+        s.track(p1, shared(QoS::AtLeastOnce));
+        let p2 = s.alloc_pid().expect("pid");
+        s.track(p2, shared(QoS::ExactlyOnce));
+        s.enqueue(shared(QoS::ExactlyOnce), &LIMITS);
+        let taken = s.take_shared();
+        let qos: Vec<QoS> = taken.iter().map(|o| o.qos).collect();
+        assert_eq!(
+            qos,
+            vec![QoS::AtLeastOnce, QoS::ExactlyOnce],
+            "queued ones move too"
+        );
+        assert_eq!(s.inflight.len(), 1);
+        assert_eq!(s.inflight[0].pid, p2);
+        assert!(s.queue.is_empty());
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! The adapter between the simulation and the broker: N shards driven in one thread.
+//!
+//! Owns: one `Broker` per shard, the simulated bus between them (one FIFO per ordered pair,
+//! as the SPSC rings are), and each link's shard part (`Io`: which simulated connection it
+//! is, and its undecoded input). A shard's `turn` follows `shard::event_loop`'s turn step
+//! by step (bus inbox, reads, timers, outbox, flush, close, outbox, flush) through the
+//! interface the broker offers any driver (`docs/architecture.md`, "Driving a shard core
+//! without mio"), with the simulation choosing what the kernel would: how many bytes a read
+//! returns, how many a write takes, how many bus messages a drain takes. Invariant: the
+//! broker's clock is only ever the `now` passed in. Must not touch: the clients or the
+//! oracle. This is the one file that knows the broker's interface, so it is what changes
+//! when that interface does.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use super::net::{ConnId, Net};
+use super::rng::Source;
+use crate::broker::{Broker, Cast, Effects, Ingested, LinkState};
+use crate::config::Config;
+use crate::txbuf::Flushed;
+
+/// Bus messages taken from one peer per turn when the drain is not cut short.
+const DRAIN_PER_PEER_MAX: usize = 1024;
+/// Bytes one flush writes at most (as `event_loop::FLUSH_BYTES_PER_TURN_MAX`).
+const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
+
+/// What crosses between simulated shards.
+#[derive(Debug)]
+enum SimMsg {
+    Cast(Cast),
+    /// A connection moving to its session's home shard, unread bytes first.
+    Handoff {
+        conn: ConnId,
+        rx: Vec<u8>,
+    },
+}
+
+/// The shard's part of a link: the simulated socket.
+#[derive(Debug)]
+pub struct Io {
+    conn: ConnId,
+    /// Read but not yet decoded (a partial packet), like `RxBuf`.
+    rx: Vec<u8>,
+}
+
+/// A writer that takes at most `room` bytes, then would block (a full socket buffer).
+struct Pipe<'a> {
+    out: &'a mut Vec<u8>,
+    room: usize,
+    broken: bool,
+}
+
+impl Write for Pipe<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = b.len().min(self.room);
+        self.out.extend_from_slice(&b[..n]);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The simulated broker: every shard, and the bus between them.
+pub struct Cluster {
+    brokers: Vec<Broker<Io>>,
+    /// `bus[from * n + to]`, in send order.
+    bus: Vec<VecDeque<SimMsg>>,
+    /// Scratch list of link keys (dirty or closing).
+    keys: Vec<usize>,
+    /// When false, every read, write and drain takes all it can (settling the run).
+    pub chaos: bool,
+}
+
+impl Cluster {
+    /// `shards` brokers sharing `cfg`, their clocks at `now_ms`.
+    pub fn new(shards: usize, cfg: Config, now_ms: u64) -> Cluster {
+        let cfg = Arc::new(Config { shards, ..cfg });
+        let brokers = (0..shards)
+            .map(|id| Broker::new(id, shards, cfg.clone(), now_ms))
+            .collect();
+        Cluster {
+            brokers,
+            bus: (0..shards * shards).map(|_| VecDeque::new()).collect(),
+            keys: Vec::new(),
+            chaos: true,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.brokers.len()
+    }
+
+    /// Shard `shard` accepts connection `conn` (as `accept_all` → `adopt`).
+    pub fn accept(&mut self, shard: usize, conn: ConnId, now_ms: u64) {
+        self.adopt(shard, conn, Vec::new(), now_ms);
+    }
+
+    /// The earliest timer deadline of any shard.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.brokers.iter().filter_map(|b| b.next_timer_ms()).min()
+    }
+
+    /// True when no bus message waits and no shard has output or closes pending.
+    pub fn idle(&mut self) -> bool {
+        self.bus.iter().all(VecDeque::is_empty)
+            && self.brokers.iter_mut().all(|b| {
+                let fx = b.effects();
+                if fx.has_dirty() || fx.has_closing() {
+                    return false;
+                }
+                let links = b.links();
+                links
+                    .iter()
+                    .all(|(k, _)| links.conn(k).is_none_or(|c| c.tx.is_empty()))
+            })
+    }
+
+    /// Connected links per client id over all shards (a client id must have at most one).
+    pub fn connected_ids(&self) -> BTreeMap<String, usize> {
+        let mut ids = BTreeMap::new();
+        for b in &self.brokers {
+            for (_, l) in b.links().iter() {
+                if let (LinkState::Connected, Some(id)) = (l.state, l.client_id.as_deref()) {
+                    *ids.entry(id.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        ids
+    }
+
+    /// Per shard: (sessions held, links open).
+    pub fn census(&self) -> Vec<(usize, usize)> {
+        self.brokers
+            .iter()
+            .map(|b| (b.session_count(), b.links().len()))
+            .collect()
+    }
+
+    /// Deliveries any shard dropped for a full session queue.
+    pub fn dropped_queue(&mut self) -> u64 {
+        self.brokers
+            .iter_mut()
+            .map(|b| b.effects().stats.dropped_queue)
+            .sum()
+    }
+
+    /// One turn of shard `i`, in `event_loop::Shard::turn`'s order.
+    pub fn turn(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
+        if i >= self.brokers.len() {
+            return;
+        }
+        self.brokers[i].begin_turn(now_ms);
+        self.drain_bus(i, now_ms, net, rng);
+        self.writable_edges(i, rng);
+        let keys: Vec<usize> = self.brokers[i].links().iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if !self.chaos || rng.chance(700) {
+                self.read(i, key, now_ms, net, rng);
+            }
+        }
+        self.brokers[i].on_timers(now_ms);
+        self.push_outbox(i);
+        self.flush_dirty(i, now_ms, net, rng);
+        self.close_pending(i, now_ms, net);
+        self.push_outbox(i);
+        self.flush_dirty(i, now_ms, net, rng);
+    }
+
+    fn drain_bus(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
+        let n = self.brokers.len();
+        for from in (0..n).filter(|&f| f != i) {
+            // Sometimes a short budget, so a turn reads sockets with messages still queued.
+            let budget = if self.chaos && rng.chance(125) {
+                rng.range(1, 4) as usize
+            } else {
+                DRAIN_PER_PEER_MAX
+            };
+            for _ in 0..budget {
+                let Some(msg) = self.bus[from * n + i].pop_front() else {
+                    break;
+                };
+                match msg {
+                    SimMsg::Cast(c) => self.brokers[i].on_cast(c, now_ms),
+                    SimMsg::Handoff { conn, rx } => {
+                        if net.conns.get(conn).is_some_and(|c| !c.closed) {
+                            self.adopt(i, conn, rx, now_ms);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A socket with output waiting reports writable again (not always at once; a link
+    /// already queued for flushing is not queued twice).
+    fn writable_edges(&mut self, i: usize, rng: &mut Source) {
+        let b = &mut self.brokers[i];
+        let waiting: Vec<usize> = b
+            .links()
+            .iter()
+            .filter(|&(k, _)| b.links().conn(k).is_some_and(|c| !c.tx.is_empty()))
+            .map(|(k, _)| k)
+            .collect();
+        for key in waiting {
+            if !self.chaos || rng.chance(500) {
+                b.writable(key);
+            }
+        }
+    }
+
+    fn adopt(&mut self, i: usize, conn: ConnId, rx: Vec<u8>, now_ms: u64) {
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, (conn % 65_536) as u16));
+        let pending = !rx.is_empty();
+        let key = self.brokers[i].accept(peer, Io { conn, rx }, now_ms);
+        if pending {
+            self.ingest(i, key, now_ms);
+        }
+    }
+
+    /// Read what the "kernel" returns (a random prefix of what arrived) and decode it.
+    fn read(&mut self, i: usize, key: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
+        let b = &mut self.brokers[i];
+        if b.output_full(key) {
+            return;
+        }
+        let Some(c) = b.links_mut().conn_mut(key) else {
+            return;
+        };
+        let Some(conn) = net.conns.get_mut(c.io.conn) else {
+            return;
+        };
+        if conn.broken {
+            b.close_link(key);
+            return;
+        }
+        if conn.to_broker.is_empty() {
+            return;
+        }
+        let n = if self.chaos {
+            rng.range(1, conn.to_broker.len() as u64) as usize
+        } else {
+            conn.to_broker.len()
+        };
+        c.io.rx.extend(conn.to_broker.drain(..n));
+        self.ingest(i, key, now_ms);
+    }
+
+    /// Hand link `key`'s buffered input to the broker; keep the unconsumed tail.
+    fn ingest(&mut self, i: usize, key: usize, now_ms: u64) {
+        let b = &mut self.brokers[i];
+        let Some(c) = b.links_mut().conn_mut(key) else {
+            return;
+        };
+        let mut rx = std::mem::take(&mut c.io.rx);
+        let (used, end) = b.ingest(key, &rx, now_ms);
+        rx.drain(..used);
+        match end {
+            Ingested::Handoff(home) => self.handoff(i, key, home, rx),
+            Ingested::More | Ingested::Close => {
+                if let Some(c) = self.brokers[i].links_mut().conn_mut(key) {
+                    c.io.rx = rx;
+                }
+            }
+        }
+    }
+
+    /// Move link `key` to shard `home`, its unread bytes with it (`event_loop::handoff`).
+    fn handoff(&mut self, i: usize, key: usize, home: usize, rest: Vec<u8>) {
+        let n = self.brokers.len();
+        let now = self.brokers[i].now_ms();
+        let Some(io) = self.brokers[i].on_closed(key, now) else {
+            return;
+        };
+        if let Some(q) = self.bus.get_mut(i * n + home) {
+            q.push_back(SimMsg::Handoff {
+                conn: io.conn,
+                rx: rest,
+            });
+        }
+    }
+
+    fn push_outbox(&mut self, i: usize) {
+        let n = self.brokers.len();
+        let casts: Vec<(usize, Cast)> = self.brokers[i].effects().outbox.drain(..).collect();
+        for (to, cast) in casts {
+            if let Some(q) = self.bus.get_mut(i * n + to) {
+                q.push_back(SimMsg::Cast(cast));
+            }
+        }
+    }
+
+    /// Flush every link written to (two rounds, as `flush_dirty`).
+    fn flush_dirty(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
+        let mut keys = std::mem::take(&mut self.keys);
+        for _ in 0..2 {
+            self.brokers[i].effects().take_dirty(&mut keys);
+            for &key in &keys {
+                let room = if self.chaos && rng.chance(200) {
+                    rng.range(0, 64) as usize
+                } else {
+                    FLUSH_BYTES_PER_TURN_MAX
+                };
+                self.flush_one(i, key, room, now_ms, net);
+            }
+            if !self.brokers[i].effects().has_dirty() {
+                break;
+            }
+        }
+        keys.clear();
+        self.keys = keys;
+    }
+
+    fn flush_one(&mut self, i: usize, key: usize, room: usize, now_ms: u64, net: &mut Net) {
+        let b = &mut self.brokers[i];
+        let Some(c) = b.links_mut().conn_mut(key) else {
+            return;
+        };
+        Effects::flushed(&mut c.link);
+        let Some(conn) = net.conns.get_mut(c.io.conn) else {
+            return;
+        };
+        let mut pipe = Pipe {
+            out: &mut conn.to_client,
+            room,
+            broken: conn.broken,
+        };
+        match c.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX) {
+            Ok(Flushed::All) => b.on_drained(key, now_ms),
+            Ok(Flushed::Partial) => {}
+            Err(_) => b.close_link(key),
+        }
+    }
+
+    /// Close every link the broker marked: last bytes out, socket gone, state released.
+    fn close_pending(&mut self, i: usize, now_ms: u64, net: &mut Net) {
+        let mut keys = std::mem::take(&mut self.keys);
+        let b = &mut self.brokers[i];
+        while b.effects().has_closing() {
+            b.effects().take_closing(&mut keys);
+            for &key in &keys {
+                if let Some(c) = b.links_mut().conn_mut(key) {
+                    if let Some(conn) = net.conns.get_mut(c.io.conn) {
+                        let mut pipe = Pipe {
+                            out: &mut conn.to_client,
+                            room: FLUSH_BYTES_PER_TURN_MAX,
+                            broken: conn.broken,
+                        };
+                        let _ = c.tx.flush_to(&mut pipe, FLUSH_BYTES_PER_TURN_MAX);
+                    }
+                }
+                if let Some(io) = b.on_closed(key, now_ms) {
+                    if let Some(conn) = net.conns.get_mut(io.conn) {
+                        conn.closed = true;
+                    }
+                }
+            }
+        }
+        keys.clear();
+        self.keys = keys;
+    }
+}

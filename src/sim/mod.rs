@@ -1,0 +1,642 @@
+#![forbid(unsafe_code)]
+//! A deterministic simulation of the whole broker in one thread.
+//!
+//! Owns: a world of N shards (`driver`), simulated clients (`client`) over a simulated
+//! network (`net`), a scheduler that picks, from one seeded stream of choices (`rng`),
+//! what happens next (a shard's turn, a client reading what arrived or publishing, time
+//! passing, a connection breaking, a clean disconnect, a client taking its own session
+//! over), and the oracle (`oracle`) that checks the protocol's promises at the end.
+//! Invariant: a run is a pure function of its seed (or fuzz input): no clock, no thread,
+//! no OS randomness, no hash-order dependence; so a failing seed replays exactly. Must not
+//! touch: sockets, threads, the wall clock. Only `driver` knows the broker's interface.
+//!
+//! A run: a chaotic phase of `steps` choices, then a settling phase (no more failures,
+//! every client connects again, everything in flight is delivered), then one extra client
+//! per shard reads that shard's retained store, then the oracle's checks.
+//! `docs/simulation.md` says how to run many seeds and how to replay one.
+
+pub mod client;
+pub mod driver;
+pub mod net;
+pub mod oracle;
+pub mod rng;
+
+use std::fmt;
+
+use client::{Client, Role};
+use driver::Cluster;
+use net::Net;
+use oracle::{Oracle, Sub};
+use rng::Source;
+
+use crate::config::Config;
+use crate::protocol::{QoS, Version};
+
+/// Rounds of the settling phase before the run is declared stuck.
+const SETTLE_ROUNDS_MAX: usize = 2000;
+/// A client's own publishes awaiting acknowledgement at most.
+const OUTSTANDING_MAX: usize = 16;
+/// Largest padding added to a payload, bytes.
+const PADDING_BYTES_MAX: u64 = 300;
+/// Largest single step of the clock, ms.
+const TIME_STEP_MS_MAX: u64 = 3000;
+/// Client ids tried to find one homed on a given shard (one in `shards` is).
+const CHECKER_ID_TRIES_MAX: usize = 100_000;
+/// Most recent events kept for a failure report.
+const TRACE_EVENTS_MAX: usize = 40;
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy)]
+pub struct SimConfig {
+    /// Choices made in the chaotic phase.
+    pub steps: u64,
+    /// Shards at most (each seed picks 1..=this).
+    pub shards_max: usize,
+    /// Clients at most (each seed picks 3..=this).
+    pub clients_max: usize,
+    /// Print every event to stderr as it happens (for replaying one seed).
+    pub verbose: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            steps: 400,
+            shards_max: 4,
+            clients_max: 7,
+            verbose: false,
+        }
+    }
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Shards simulated.
+    pub shards: usize,
+    /// Clients simulated (checkers excluded).
+    pub clients: usize,
+    /// Messages published.
+    pub published: usize,
+    /// PUBLISH packets clients received.
+    pub delivered: usize,
+    /// Connections opened.
+    pub connections: usize,
+    /// A digest of everything clients saw, in order: equal for equal seeds.
+    pub digest: u64,
+}
+
+/// A run that broke a promise (or got stuck).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The seed, when the run came from one.
+    pub seed: Option<u64>,
+    /// What went wrong, first first.
+    pub violations: Vec<String>,
+    /// The last events before the end.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.seed {
+            Some(s) => writeln!(f, "simulation seed {s} failed:")?,
+            None => writeln!(f, "simulation failed:")?,
+        }
+        for v in &self.violations {
+            writeln!(f, "  - {v}")?;
+        }
+        writeln!(f, "last events:")?;
+        for t in &self.trace {
+            writeln!(f, "  {t}")?;
+        }
+        if let Some(s) = self.seed {
+            writeln!(f, "replay: {}", replay_command(s))?;
+        }
+        Ok(())
+    }
+}
+
+/// The command that replays `seed` exactly.
+pub fn replay_command(seed: u64) -> String {
+    format!("SHARDMQ_SIM_SEED={seed} cargo test --test sim -- --nocapture")
+}
+
+/// Run the simulation for `seed`.
+pub fn run_seed(seed: u64, cfg: &SimConfig) -> Result<Summary, Failure> {
+    let mut w = World::new(Source::seeded(seed), cfg);
+    w.run(cfg.steps).map_err(|mut f| {
+        f.seed = Some(seed);
+        f
+    })
+}
+
+/// The fuzz entry point: the fuzzer's bytes are the schedule. Panics on a broken promise.
+pub fn fuzz_schedule(data: &[u8]) {
+    let cfg = SimConfig::default();
+    let mut w = World::new(Source::bytes(data), &cfg);
+    // The schedule ends where the input does; a short input is a short run.
+    let steps = (data.len() as u64 / 2).min(cfg.steps * 4);
+    if let Err(f) = w.run(steps) {
+        panic!("{f}");
+    }
+}
+
+/// Everything in one simulated run.
+struct World {
+    rng: Source,
+    cluster: Cluster,
+    net: Net,
+    clients: Vec<Client>,
+    /// Per client: a connection that broke before CONNACK and the broker has not closed.
+    stale: Vec<Option<net::ConnId>>,
+    oracle: Oracle,
+    now_ms: u64,
+    step: u64,
+    trace: std::collections::VecDeque<String>,
+    digest: u64,
+    verbose: bool,
+}
+
+/// FNV-1a over `bytes`, continuing from `h`.
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl World {
+    fn new(mut rng: Source, cfg: &SimConfig) -> World {
+        let shards = rng.range(1, cfg.shards_max.max(1) as u64) as usize;
+        let n = rng.range(3, cfg.clients_max.max(3) as u64) as usize;
+        let share = rng.chance(500);
+        let clients: Vec<Client> = (0..n).map(|i| make_client(i, n, share, &mut rng)).collect();
+        let config = Config {
+            verbose: false,
+            ..Config::default()
+        };
+        World {
+            rng,
+            cluster: Cluster::new(shards, config, 0),
+            net: Net::default(),
+            stale: vec![None; clients.len()],
+            clients,
+            oracle: Oracle::default(),
+            now_ms: 0,
+            step: 0,
+            trace: std::collections::VecDeque::new(),
+            digest: 0xcbf2_9ce4_8422_2325,
+            verbose: cfg.verbose,
+        }
+    }
+
+    fn log(&mut self, event: String) {
+        if self.trace.len() == TRACE_EVENTS_MAX {
+            self.trace.pop_front();
+        }
+        let line = format!("[{} t={}ms] {event}", self.step, self.now_ms);
+        if self.verbose {
+            eprintln!("{line}");
+        }
+        self.trace.push_back(line);
+    }
+
+    fn run(&mut self, steps: u64) -> Result<Summary, Failure> {
+        for _ in 0..steps {
+            if self.rng.exhausted() {
+                break;
+            }
+            self.step += 1;
+            self.chaos_step();
+        }
+        self.settle()?;
+        self.check_retained()?;
+        let subs = self.subscriptions();
+        self.oracle.check_end(&subs);
+        self.check_connections();
+        if !self.oracle.violations.is_empty() {
+            return Err(self.failure(Vec::new()));
+        }
+        Ok(Summary {
+            shards: self.cluster.shards(),
+            clients: self
+                .clients
+                .iter()
+                .filter(|c| c.role != Role::Checker)
+                .count(),
+            published: self.oracle.msgs.len(),
+            delivered: self.oracle.deliveries.len(),
+            connections: self.net.conns.len(),
+            digest: self.digest,
+        })
+    }
+
+    fn failure(&self, mut extra: Vec<String>) -> Failure {
+        let mut violations = self.oracle.violations.clone();
+        violations.append(&mut extra);
+        Failure {
+            seed: None,
+            violations,
+            trace: self.trace.iter().cloned().collect(),
+        }
+    }
+
+    /// One choice of the chaotic phase.
+    fn chaos_step(&mut self) {
+        let pick = self.rng.below(100);
+        let c = self.rng.index(self.clients.len());
+        match pick {
+            0..=29 => {
+                let s = self.rng.index(self.cluster.shards());
+                self.cluster
+                    .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+            }
+            30..=54 => self.client_read(c),
+            55..=69 => self.publish(c),
+            70..=79 => self.connect(c),
+            80..=81 => self.break_conn(c),
+            82..=83 => self.disconnect(c),
+            84 => self.take_over(c),
+            85..=89 => self.advance_time(),
+            _ => self.drain_abandoned(),
+        }
+    }
+
+    fn connect(&mut self, c: usize) {
+        if self.clients[c].conn.is_some() {
+            return;
+        }
+        // A connection that broke before its CONNACK may still have its CONNECT read and
+        // handed to the home shard; arriving after a newer one, it would rightly take the
+        // session over and replay older publishes. The client waits for the broker to
+        // close it, as a client backing off would.
+        if let Some(old) = self.stale[c] {
+            if self.net.conns.get(old).is_some_and(|k| !k.closed) {
+                return;
+            }
+            self.stale[c] = None;
+        }
+        let conn = self.net.open(c);
+        let shard = self.rng.index(self.cluster.shards());
+        self.log(format!(
+            "client {c} connects (conn {conn}) via shard {shard}"
+        ));
+        self.cluster.accept(shard, conn, self.now_ms);
+        self.clients[c].connect(conn, self.step, &mut self.net, &mut self.oracle);
+    }
+
+    fn client_read(&mut self, c: usize) {
+        let Some(conn) = self.clients[c].conn else {
+            return;
+        };
+        let Some(k) = self.net.conns.get_mut(conn) else {
+            return;
+        };
+        if k.to_client.is_empty() {
+            if k.closed {
+                self.log(format!("client {c} sees conn {conn} closed"));
+                self.clients[c].will_due(&mut self.oracle);
+                self.clients[c].lost();
+                self.disrupted(c);
+            }
+            return;
+        }
+        let n = if self.cluster.chaos {
+            self.rng.range(1, k.to_client.len() as u64) as usize
+        } else {
+            k.to_client.len()
+        };
+        let bytes: Vec<u8> = k.to_client.drain(..n).collect();
+        let before = self.oracle.deliveries.len();
+        self.digest = fnv(fnv(self.digest, &(c as u64).to_be_bytes()), &bytes);
+        self.clients[c].receive(&bytes, self.step, &mut self.net, &mut self.oracle);
+        if self.verbose {
+            let seen: Vec<String> = self.oracle.deliveries[before..]
+                .iter()
+                .map(|d| {
+                    format!(
+                        "client {c} gets {}:{} at {:?}{}{} on conn {conn}",
+                        d.publisher,
+                        d.seq,
+                        d.qos,
+                        if d.retain { " retained" } else { "" },
+                        if d.app { "" } else { " (repeat)" }
+                    )
+                })
+                .collect();
+            for line in seen {
+                self.log(line);
+            }
+        }
+    }
+
+    fn publish(&mut self, c: usize) {
+        let cl = &self.clients[c];
+        if cl.conn.is_none() || cl.outstanding() >= OUTSTANDING_MAX || cl.role == Role::Checker {
+            return;
+        }
+        let (topic, qos, retain) = if self.rng.chance(150) {
+            (format!("r/{c}"), QoS::AtLeastOnce, true)
+        } else {
+            let qos = match self.rng.below(3) {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            (format!("t/{c}"), qos, false)
+        };
+        let padding = self.rng.below(PADDING_BYTES_MAX + 1) as usize;
+        self.log(format!("client {c} publishes on {topic} at {qos:?}"));
+        let cl = &mut self.clients[c];
+        cl.publish(
+            topic,
+            qos,
+            retain,
+            padding,
+            self.step,
+            &mut self.net,
+            &mut self.oracle,
+        );
+    }
+
+    fn break_conn(&mut self, c: usize) {
+        let Some(conn) = self.clients[c].conn else {
+            return;
+        };
+        self.log(format!("network of client {c} fails (conn {conn})"));
+        if !self.clients[c].connected {
+            self.stale[c] = Some(conn);
+        }
+        self.net.break_conn(conn);
+        self.clients[c].will_due(&mut self.oracle);
+        self.clients[c].lost();
+        self.disrupted(c);
+    }
+
+    /// A client gives a connection up (DISCONNECT, or a takeover) only once it has seen
+    /// CONNACK on it: before that its CONNECT may still be on its way to the session's home
+    /// shard and would, arriving late, legitimately take over the newer connection.
+    fn may_give_up(&self, c: usize) -> bool {
+        self.clients[c].conn.is_some() && self.clients[c].connected
+    }
+
+    fn disconnect(&mut self, c: usize) {
+        if !self.may_give_up(c) {
+            return;
+        }
+        self.log(format!("client {c} sends DISCONNECT"));
+        self.clients[c].disconnect(&mut self.net);
+        self.disrupted(c);
+    }
+
+    /// The client connects again while its old connection is still open.
+    fn take_over(&mut self, c: usize) {
+        let Some(old) = self.clients[c].conn.filter(|_| self.may_give_up(c)) else {
+            return;
+        };
+        self.log(format!("client {c} takes its session over from conn {old}"));
+        if let Some(k) = self.net.conns.get_mut(old) {
+            k.abandoned = true;
+        }
+        self.clients[c].will_due(&mut self.oracle);
+        self.clients[c].lost();
+        self.disrupted(c);
+        self.connect(c);
+    }
+
+    fn disrupted(&mut self, c: usize) {
+        if matches!(self.clients[c].role, Role::Member { .. }) {
+            self.oracle.member_disrupted = true;
+        }
+    }
+
+    fn advance_time(&mut self) {
+        let by = if self.rng.chance(300) {
+            self.cluster
+                .next_deadline_ms()
+                .map_or(1, |d| d.saturating_sub(self.now_ms).max(1))
+        } else {
+            self.rng.range(1, TIME_STEP_MS_MAX)
+        };
+        self.now_ms += by.min(60_000);
+        self.log(format!("clock +{by} ms"));
+    }
+
+    /// Abandoned connections are read and what arrives is ignored.
+    fn drain_abandoned(&mut self) {
+        for i in 0..self.net.conns.len() {
+            let k = &mut self.net.conns[i];
+            if !k.abandoned || k.to_client.is_empty() {
+                continue;
+            }
+            let bytes = std::mem::take(&mut k.to_client);
+            if self.verbose {
+                let what = describe(&bytes);
+                self.log(format!("abandoned conn {i} drops {what}"));
+            }
+        }
+    }
+
+    /// Stop the chaos; let every client connect and everything in flight arrive.
+    fn settle(&mut self) -> Result<(), Failure> {
+        self.cluster.chaos = false;
+        self.log("settling".to_string());
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            for c in 0..self.clients.len() {
+                self.connect(c);
+            }
+            for s in 0..self.cluster.shards() {
+                self.cluster
+                    .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+            }
+            self.drain_abandoned();
+            for c in 0..self.clients.len() {
+                self.client_read(c);
+            }
+            if self.settled() {
+                return Ok(());
+            }
+        }
+        Err(self.failure(vec![format!(
+            "did not settle in {SETTLE_ROUNDS_MAX} rounds: {}",
+            self.unsettled()
+        )]))
+    }
+
+    fn settled(&mut self) -> bool {
+        self.net.quiet() && self.cluster.idle() && self.unsettled().is_empty()
+    }
+
+    /// Which clients still wait for something, for the report.
+    fn unsettled(&self) -> String {
+        let mut out = String::new();
+        for cl in &self.clients {
+            let wants_sub = cl.role.subscription().is_some() && !cl.subscribed;
+            if !cl.connected || cl.outstanding() > 0 || wants_sub {
+                out.push_str(&format!(
+                    "client {} (connected {}, outstanding {}, subscribed {}); ",
+                    cl.index,
+                    cl.connected,
+                    cl.outstanding(),
+                    cl.subscribed
+                ));
+            }
+        }
+        out
+    }
+
+    /// One checker per shard, homed there, reads its retained replica.
+    fn check_retained(&mut self) -> Result<(), Failure> {
+        let shards = self.cluster.shards();
+        let first = self.clients.len();
+        for s in 0..shards {
+            let id = (0..CHECKER_ID_TRIES_MAX)
+                .map(|i| format!("k{s}-{i}"))
+                .find(|id| crate::broker::home_shard(id, shards) == s)
+                .unwrap_or_default();
+            self.clients
+                .push(Client::new(first + s, id, Version::V5, Role::Checker, 0));
+            self.stale.push(None);
+        }
+        self.settle()?;
+        for s in 0..shards {
+            self.oracle.check_retained(first + s, s);
+        }
+        Ok(())
+    }
+
+    /// The subscriptions the oracle checks.
+    fn subscriptions(&self) -> Vec<Sub> {
+        self.clients
+            .iter()
+            .filter_map(|cl| match &cl.role {
+                Role::Subscriber { filter, qos } => Some(Sub {
+                    client: cl.index,
+                    filter: filter.clone(),
+                    qos: *qos,
+                    shared: false,
+                }),
+                Role::Watcher => Some(Sub {
+                    client: cl.index,
+                    filter: "w/#".to_string(),
+                    qos: QoS::AtLeastOnce,
+                    shared: false,
+                }),
+                Role::Member { qos } => Some(Sub {
+                    client: cl.index,
+                    filter: "t/#".to_string(),
+                    qos: *qos,
+                    shared: true,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Nothing leaks: with every client connected and nothing in flight, each shard holds
+    /// exactly one session and one link per client homed there (clean sessions that ended
+    /// are gone, handed-over and closed connections left no link behind).
+    fn check_census(&mut self) {
+        let shards = self.cluster.shards();
+        let mut want = vec![0usize; shards];
+        for cl in &self.clients {
+            want[crate::broker::home_shard(&cl.id, shards)] += 1;
+        }
+        for (s, (&n, (sessions, links))) in want.iter().zip(self.cluster.census()).enumerate() {
+            if sessions != n || links != n {
+                self.oracle.violation(format!(
+                    "shard {s} holds {sessions} sessions and {links} links for {n} clients"
+                ));
+            }
+        }
+    }
+
+    /// Takeover: each client id has one connection at the end, and every connection its
+    /// client gave up on was closed by the broker.
+    fn check_connections(&mut self) {
+        for (id, n) in self.cluster.connected_ids() {
+            if n > 1 {
+                self.oracle
+                    .violation(format!("client id {id} has {n} connected links"));
+            }
+        }
+        let open: Vec<usize> = (0..self.net.conns.len())
+            .filter(|&i| {
+                let k = &self.net.conns[i];
+                k.abandoned && k.is_open()
+            })
+            .collect();
+        for i in open {
+            self.oracle.violation(format!(
+                "conn {i} was taken over but the broker kept it open"
+            ));
+        }
+        self.check_census();
+        if self.cluster.dropped_queue() > 0 {
+            self.oracle.violation(format!(
+                "{} deliveries dropped for full queues (the run is too big for its limits)",
+                self.cluster.dropped_queue()
+            ));
+        }
+    }
+}
+
+/// Client `i` of `n`: the first two are share-group members when `share`.
+fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
+    let version = match rng.below(3) {
+        0 => Version::V3_1,
+        1 => Version::V3_1_1,
+        _ => Version::V5,
+    };
+    let qos = if rng.chance(200) {
+        QoS::AtMostOnce
+    } else if rng.chance(500) {
+        QoS::AtLeastOnce
+    } else {
+        QoS::ExactlyOnce
+    };
+    let role = if share && i < 2 {
+        Role::Member { qos }
+    } else if rng.chance(120) {
+        Role::Watcher
+    } else if rng.chance(250) {
+        Role::Publisher
+    } else {
+        let filter = match rng.below(3) {
+            0 => "t/#".to_string(),
+            1 => "t/+".to_string(),
+            _ => format!("t/{}", rng.below(n as u64)),
+        };
+        Role::Subscriber { filter, qos }
+    };
+    let keep_alive = if rng.chance(200) { 5 } else { 0 };
+    let clean = !matches!(role, Role::Member { .. }) && rng.chance(300);
+    let mut c = Client::new(i, format!("c{i}"), version, role, keep_alive);
+    c.clean = clean;
+    c.has_will = rng.chance(300);
+    c
+}
+
+/// The packets in `bytes` as far as they decode whole (for verbose traces).
+fn describe(bytes: &[u8]) -> String {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(crate::protocol::Decoded::Packet { packet, len }) =
+        crate::protocol::decode(&bytes[at..], Version::V5, usize::MAX)
+    {
+        at += len;
+        match &packet {
+            crate::protocol::Packet::Publish(p) => match client::parse_payload(p.payload) {
+                Some((who, seq)) => out.push(format!("PUBLISH {who}:{seq}")),
+                None => out.push("PUBLISH ?".to_string()),
+            },
+            other => out.push(other.name().to_string()),
+        }
+    }
+    if at < bytes.len() {
+        out.push(format!("{} more bytes", bytes.len() - at));
+    }
+    out.join(", ")
+}
