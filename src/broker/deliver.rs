@@ -115,7 +115,7 @@ pub(super) fn deliver<X>(
     }
     let Some(pid) = sess.alloc_pid() else { return };
     log_delivery(sink, sess, &out, None);
-    send_tracked(sess, sink, key, out, pid, now_ms);
+    send_tracked(sess, s, sink, key, out, pid, now_ms);
 }
 
 /// Queue a delivery (logged when stored), or drop it (counted) when the queue is full.
@@ -165,9 +165,12 @@ pub(super) fn log_done(journal: Option<&mut Journal>, sess: &Session, pid: Packe
     }
 }
 
-/// Send a QoS 1/2 delivery under `pid`, in flight until acknowledged.
+/// Send a QoS 1/2 delivery under `pid`, in flight until acknowledged. A stored QoS 2
+/// delivery waits until its packet id is durable: sent twice under two ids (once before
+/// a crash, once after) it would be delivered twice.
 fn send_tracked<X>(
     sess: &mut Session,
+    s: usize,
     sink: &mut Sink<'_, X>,
     key: usize,
     out: Outgoing,
@@ -175,6 +178,20 @@ fn send_tracked<X>(
     now_ms: u64,
 ) {
     log_delivery(sink, sess, &out, Some(pid));
+    let gen = sink.links.get(key).map_or(0, |l| l.gen);
+    if let (Some(j), true) = (
+        sink.journal.as_deref_mut(),
+        out.sid != 0 && out.qos == QoS::ExactlyOnce,
+    ) {
+        sess.track(pid, out);
+        j.hold(super::journal::HeldAck::Publish {
+            link: key,
+            gen,
+            session: s,
+            pid,
+        });
+        return;
+    }
     sess.track(pid, out.clone());
     if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
         sess.inflight.retain(|f| f.pid != pid);
@@ -224,7 +241,7 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
             sess.requeue_front(out);
             return;
         };
-        send_tracked(sess, sink, key, out, pid, now_ms);
+        send_tracked(sess, s, sink, key, out, pid, now_ms);
     }
 }
 

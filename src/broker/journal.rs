@@ -21,7 +21,7 @@ use std::time::Instant;
 use smallvec::SmallVec;
 
 use super::gate::PendingSubAck;
-use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
+use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionOptions, Version};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{LiveState, Lsn, MessageProps, MsgId, Record, StoredMessage, Subscription, Wal};
 
@@ -42,6 +42,18 @@ pub enum HeldAck {
     },
     /// A SUBACK the gate released, with the retained messages that follow it.
     SubAck(PendingSubAck),
+    /// An outbound QoS 2 PUBLISH of a stored session, sent once its `DeliverySent` record
+    /// is durable (so that after a crash it is resent under the same packet id, with DUP).
+    Publish {
+        /// Link key.
+        link: usize,
+        /// Link generation.
+        gen: u32,
+        /// Session key.
+        session: usize,
+        /// Its packet id.
+        pid: PacketId,
+    },
 }
 
 /// The acks of one turn, with what they wait for.
@@ -72,6 +84,8 @@ pub struct Journal {
     /// Unix time (ms) at shard clock 0.
     unix_epoch_ms: u64,
     error_logged: bool,
+    /// Reused encoding buffer for held packets.
+    scratch: Vec<u8>,
 }
 
 impl Journal {
@@ -92,6 +106,7 @@ impl Journal {
             notes: VecDeque::new(),
             unix_epoch_ms,
             error_logged: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -130,6 +145,14 @@ impl Journal {
     /// Hold `ack` until this turn's records (and its publishes to peers) are durable.
     pub fn hold(&mut self, ack: HeldAck) {
         self.turn.push(ack);
+    }
+
+    /// Hold `packet`, encoded for `version`, for link `link` of generation `gen`.
+    pub fn hold_packet(&mut self, link: usize, gen: u32, version: Version, packet: &Packet<'_>) {
+        self.scratch.clear();
+        protocol::encode(packet, version, &mut self.scratch);
+        let bytes = SmallVec::from_slice(&self.scratch);
+        self.turn.push(HeldAck::Bytes { link, gen, bytes });
     }
 
     /// A publish cast went to peer `to` this turn.

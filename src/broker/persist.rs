@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
 use super::connect::{timer_key, TIMER_SESSION_EXPIRY, TIMER_WILL};
+use super::deliver;
 use super::gate::PendingSubAck;
 use super::journal::{self, HeldAck, Journal};
 use super::{Broker, Cast};
-use crate::protocol::{self, Packet};
+use crate::protocol::{self, Packet, PacketId};
 use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubIds, SubState};
 use crate::store::{
     DeliveryState, LiveState, MsgId, Record, SessionInfo, SessionState, StoredMessage, Will,
@@ -41,17 +40,10 @@ impl<X> Broker<X> {
             return;
         };
         let (gen, version) = (link.gen, link.version);
-        let Some(j) = self.journal.as_mut() else {
-            self.send(key, packet);
-            return;
-        };
-        let mut buf = Vec::new();
-        protocol::encode(packet, version, &mut buf);
-        j.hold(HeldAck::Bytes {
-            link: key,
-            gen,
-            bytes: SmallVec::from_slice(&buf),
-        });
+        match self.journal.as_mut() {
+            Some(j) => j.hold_packet(key, gen, version, packet),
+            None => self.send(key, packet),
+        }
     }
 
     /// Hold a SUBACK the gate released until durable; `false` with persistence off.
@@ -120,6 +112,37 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::SubAck(p) => self.send_suback(p, now_ms),
+            HeldAck::Publish {
+                link,
+                gen,
+                session,
+                pid,
+            } => self.send_held_publish(link, gen, session, pid, now_ms),
+        }
+    }
+
+    /// Send a held QoS 2 PUBLISH if its link and its delivery are still there.
+    fn send_held_publish(&mut self, key: usize, gen: u32, s: usize, pid: PacketId, now_ms: u64) {
+        let live = self
+            .links
+            .get(key)
+            .is_some_and(|l| l.gen == gen && l.is_connected() && l.session == Some(s));
+        let Some(sess) = self.sessions.get(s).filter(|_| live) else {
+            return;
+        };
+        let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
+            return;
+        };
+        if f.state != FlightState::AwaitRec {
+            return;
+        }
+        let out = f.out.clone();
+        let (_, sessions, mut sink) = self.parts();
+        if !deliver::write_publish(&mut sink, key, &out, Some(pid), false, now_ms) {
+            if let Some(sess) = sessions.get_mut(s) {
+                sess.inflight.retain(|x| x.pid != pid);
+                deliver::log_done(sink.journal.as_deref_mut(), sess, pid);
+            }
         }
     }
 
