@@ -179,15 +179,15 @@ fn send_tracked<X>(
 ) {
     log_delivery(sink, sess, &out, Some(pid));
     let gen = sink.links.get(key).map_or(0, |l| l.gen);
-    if let (Some(j), true) = (
-        sink.journal.as_deref_mut(),
-        out.sid != 0 && out.qos == QoS::ExactlyOnce,
-    ) {
+    let hold = out.sid != 0 && (out.qos == QoS::ExactlyOnce || sess.held_out > 0);
+    if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
         sess.track(pid, out);
+        sess.held_out += 1;
         j.hold(super::journal::HeldAck::Publish {
             link: key,
             gen,
             session: s,
+            uid: sess.uid,
             pid,
         });
         return;

@@ -51,6 +51,8 @@ pub enum HeldAck {
         gen: u32,
         /// Session key.
         session: usize,
+        /// The session's uid (a reused key is another session).
+        uid: u64,
         /// Its packet id.
         pid: PacketId,
     },

@@ -371,7 +371,8 @@ impl<X> Broker<X> {
             Packet::Subscribe(s) => self.on_subscribe(key, s, now_ms),
             Packet::Unsubscribe(u) => self.on_unsubscribe(key, u),
             Packet::PingReq => {
-                self.send(key, &Packet::PingResp);
+                // After any held ack: the link's answers keep their order.
+                self.send_durable(key, &Packet::PingResp);
                 Verdict::Continue
             }
             Packet::Disconnect(d) => self.on_disconnect(key, d),

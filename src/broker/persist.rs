@@ -116,12 +116,18 @@ impl<X> Broker<X> {
                 link,
                 gen,
                 session,
+                uid,
                 pid,
-            } => self.send_held_publish(link, gen, session, pid, now_ms),
+            } => {
+                if let Some(sess) = self.sessions.get_mut(session).filter(|x| x.uid == uid) {
+                    sess.held_out = sess.held_out.saturating_sub(1);
+                    self.send_held_publish(link, gen, session, pid, now_ms);
+                }
+            }
         }
     }
 
-    /// Send a held QoS 2 PUBLISH if its link and its delivery are still there.
+    /// Send a held PUBLISH if its link and its delivery (not yet acknowledged) are there.
     fn send_held_publish(&mut self, key: usize, gen: u32, s: usize, pid: PacketId, now_ms: u64) {
         let live = self
             .links
@@ -133,7 +139,7 @@ impl<X> Broker<X> {
         let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
             return;
         };
-        if f.state != FlightState::AwaitRec {
+        if f.state == FlightState::AwaitComp {
             return;
         }
         let out = f.out.clone();

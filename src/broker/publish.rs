@@ -138,8 +138,14 @@ impl<X> Broker<X> {
     /// answer they know). Returns false for QoS 0, which has no acknowledgement.
     fn nack_publish(&mut self, key: usize, p: &Publish<'_>, reason: ReasonCode) -> bool {
         match (p.qos, p.packet_id) {
-            (QoS::ExactlyOnce, Some(pid)) => self.send_ack(key, Packet::PubRec, pid, reason),
-            (QoS::AtLeastOnce, Some(pid)) => self.send_ack(key, Packet::PubAck, pid, reason),
+            // Held like the successful ones: acks keep the order of the PUBLISHes
+            // [MQTT-4.6.0-2].
+            (QoS::ExactlyOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubRec, pid, reason)
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubAck, pid, reason)
+            }
             _ => return false,
         }
         true

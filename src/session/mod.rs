@@ -149,6 +149,9 @@ pub struct Session {
     pub route_slot: u32,
     /// The session is in the store (persistent, persistence on): its changes are logged.
     pub logged: bool,
+    /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
+    /// wait behind them, so the session's order holds.
+    pub held_out: u32,
 }
 
 impl Session {
@@ -173,6 +176,7 @@ impl Session {
             route_mark: 0,
             route_slot: 0,
             logged: false,
+            held_out: 0,
         }
     }
 
