@@ -227,6 +227,10 @@ impl<X> Broker<X> {
                 }
             }
         }
+        if st.subscriptions.values().any(|x| x.share_group.is_some()) {
+            // Restored sessions are offline: their groups send to other members.
+            self.share_member_offline(s, now_ms);
+        }
         let limits = self.limits;
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
