@@ -3,6 +3,8 @@
 //! fresh `--data-dir` under the system temporary directory.
 
 mod common;
+#[path = "v5/mod.rs"]
+mod v5;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -311,4 +313,36 @@ fn an_unacknowledged_qos2_delivery_is_resent_under_its_packet_id_after_kill_9() 
     );
     sub.ack(&again);
     sub.expect_nothing(QUIET);
+}
+
+#[test]
+fn message_expiry_counts_wall_clock_time_across_a_restart() {
+    let dir = DataDir::new("expiry");
+    let mut b = start(&dir, 1);
+    let sub = v5::Conn5::new("exp-sub").clean(false).expiry(3600);
+    let (mut s, _) = v5::Client5::open(b.addr(), &sub);
+    s.subscribe("e/#", 1);
+    s.drop_tcp();
+    let mut p = v5::Client5::clean(b.addr(), "exp-pub");
+    for (topic, secs) in [("e/short", 1), ("e/long", 600)] {
+        let props = shardmq::protocol::Properties {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        };
+        p.publish_props(topic, topic.as_bytes(), 1, false, props);
+    }
+    kill9(&mut b);
+    // The broker is down while the short message's second runs out (wall clock).
+    std::thread::sleep(Duration::from_millis(1500));
+    let b = start(&dir, 2);
+    let (mut s, ack) = v5::Client5::open(b.addr(), &sub);
+    assert!(ack.present);
+    let m = s.expect_publish_acked(WAIT);
+    assert_eq!(m.text(), "e/long", "the expired message is gone");
+    let left = m.props.message_expiry_interval.unwrap_or(0);
+    assert!(
+        (590..=599).contains(&left),
+        "expiry counted on: {left} s left"
+    );
+    s.expect_nothing(QUIET);
 }
