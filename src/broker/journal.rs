@@ -28,6 +28,9 @@ use crate::store::{LiveState, Lsn, MessageProps, MsgId, Record, StoredMessage, S
 /// A retained message of the recovered store: topic, message, stamp.
 pub type RetainedEntry = (String, StoredMessage<'static>, u64);
 
+/// Shadow messages below which unreferenced ones are not swept (they are at checkpoints).
+const GC_MESSAGES_MIN: usize = 4096;
+
 /// An acknowledgement held until the records it vouches for are durable.
 #[derive(Debug)]
 pub enum HeldAck {
@@ -88,6 +91,8 @@ pub struct Journal {
     error_logged: bool,
     /// Reused encoding buffer for held packets.
     scratch: Vec<u8>,
+    /// Shadow message count at which unreferenced messages are dropped next.
+    gc_at: usize,
 }
 
 impl Journal {
@@ -109,6 +114,7 @@ impl Journal {
             unix_epoch_ms,
             error_logged: false,
             scratch: Vec::new(),
+            gc_at: GC_MESSAGES_MIN,
         }
     }
 
@@ -126,6 +132,11 @@ impl Journal {
     pub fn log(&mut self, r: Record<'_>) {
         self.wal.append(&r);
         self.shadow.apply(r.into_owned());
+        if self.shadow.messages.len() >= self.gc_at {
+            // Amortised: the next sweep waits until the live count has doubled.
+            drop_unreferenced(&mut self.shadow);
+            self.gc_at = (self.shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
+        }
     }
 
     /// The id of `msg` in this shard's log, storing it first if it is not the message
