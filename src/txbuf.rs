@@ -86,7 +86,7 @@ mod tests {
     impl Write for Trickle {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % self.every == 0 {
+            if self.calls.is_multiple_of(self.every) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = b.len().min(self.chunk);

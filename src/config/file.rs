@@ -82,6 +82,8 @@ pub struct FileSettings {
     // --- end of the password and ACL block ---
     /// `connection` blocks (bridges), validated.
     pub bridges: Vec<super::bridge::BridgeConfig>,
+    /// The `cluster_*` lines (`super::cluster`).
+    pub cluster: super::cluster::ClusterKeys,
 }
 
 /// The security settings of one listener (`per_listener_settings true`).
@@ -355,6 +357,11 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
             return Err(format!(
                 "'{k}' is not supported yet; refusing to start without the protection it asks for"
             ))
+        }
+        k if k.starts_with("cluster_") => {
+            if !s.cluster.apply(k, value)? {
+                return Err(format!("unknown option '{k}'"));
+            }
         }
         k => return Err(format!("unknown option '{k}'")),
     }

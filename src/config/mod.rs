@@ -7,6 +7,7 @@
 
 pub mod auth_files;
 pub mod bridge;
+pub mod cluster;
 pub mod file;
 mod passwd_args;
 
@@ -441,6 +442,9 @@ impl Config {
         };
         let log = log_settings(&f, a.verbose);
         let persistence = Persistence::resolve(&a, &f.persistence)?;
+        if cluster::ClusterConfig::from_keys(&f.cluster)?.is_some() {
+            return Err("cluster options are valid, but this build does not run the cluster link yet (it is not wired into the shards); refusing to start a node that would silently stay single".into());
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials

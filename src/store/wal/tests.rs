@@ -31,7 +31,7 @@ fn wait_durable(wal: &Wal, rx: &mpsc::Receiver<()>, lsn: Lsn) {
 }
 
 fn client_session(i: u64) -> Record<'static> {
-    session(&format!("c{i}"), i % 3 == 0)
+    session(&format!("c{i}"), i.is_multiple_of(3))
 }
 
 #[test]

@@ -1,0 +1,612 @@
+//! The link thread: one NATS connection per node, on a current-thread tokio runtime.
+//!
+//! Owns: the thread, its runtime, the NATS client and every task on it (one per NATS
+//! subscription; the JetStream tasks are in `tasks`), the interest table (filter, group) →
+//! local subscription count, and the duplicate filter for inbound messages. Invariant:
+//! every queue between the node and the link, and inside the link, is bounded, and each
+//! drop is counted in `LinkStats`; the node is woken once per batch of `FromLink` messages
+//! it has to read. Must not touch: anything of the node's but the two queues and the
+//! wake-up callback.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::envelope::{self, Envelope};
+use super::subject::{self, Prefix};
+use super::{FromLink, LinkStats, Route, ToLink};
+use crate::config::cluster::{ClusterConfig, NatsAuth};
+use tasks::{start_kv, worker, RegistryOp};
+
+/// Capacity of the node → link queue.
+pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
+/// Capacity of the link → node queue.
+pub const FROM_LINK_MESSAGES_MAX: usize = 65_536;
+/// `ToLink` messages handled per turn of the link loop, so inbound NATS traffic is not
+/// starved by a busy node (and the reverse: `INBOUND_BATCH_MAX`).
+const TO_LINK_BATCH_MAX: usize = 1024;
+/// Inbound NATS messages handled per turn.
+const INBOUND_BATCH_MAX: usize = 1024;
+/// Capacity of the queue from the subscription tasks to the link loop.
+const INBOUND_MESSAGES_MAX: usize = 65_536;
+/// Messages async-nats buffers per subscription before it reports a slow consumer.
+const SUBSCRIPTION_MESSAGES_MAX: usize = 8192;
+/// Distinct (filter, group) interests; past it new ones are refused and counted.
+const INTERESTS_MAX: usize = 100_000;
+/// Recent sequence numbers remembered per origin node, to drop the second copy a node
+/// gets when two of its filters' subjects match one message (`a/+` and `a/#`).
+const DEDUP_WINDOW_MESSAGES: usize = 4096;
+/// Origins remembered; past it the duplicate filter starts afresh.
+const ORIGINS_MAX: usize = 256;
+/// Longest wait for a subscription task to confirm its UNSUB is queued.
+const UNSUBSCRIBE_WAIT_MS: u64 = 5000;
+/// Longest wait for a publish to be queued on the connection.
+pub(super) const PUBLISH_WAIT_MS: u64 = 1000;
+/// Longest wait for a PING/PONG round trip (or a SUB to be queued).
+pub(super) const FLUSH_WAIT_MS: u64 = 5000;
+/// Pause between checks for the first connection to NATS.
+const CONNECT_POLL_MS: u64 = 20;
+
+mod tasks;
+
+type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// The node's side of the link: a clonable sender for the shards.
+#[derive(Clone)]
+pub struct LinkSender {
+    tx: Sender<ToLink>,
+    notify: Arc<Notify>,
+    stats: Arc<LinkStats>,
+}
+
+impl LinkSender {
+    /// Queue `m` for the link and wake it; `false` (counted) when the queue is full.
+    pub fn send(&self, m: ToLink) -> bool {
+        match self.tx.try_send(m) {
+            Ok(()) => {
+                self.notify.notify_one();
+                true
+            }
+            Err(_) => {
+                LinkStats::add(&self.stats.to_link_dropped);
+                false
+            }
+        }
+    }
+}
+
+/// A running link: its sender, its output queue, its counters and its thread.
+pub struct LinkHandle {
+    sender: LinkSender,
+    rx: Receiver<FromLink>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LinkHandle {
+    /// Start the link thread for `cfg`. `wake` is called (from the link thread) after
+    /// messages were queued for the node.
+    pub fn start(cfg: ClusterConfig, wake: Wake) -> std::io::Result<LinkHandle> {
+        let prefix = Prefix::new(&cfg.name)
+            .map_err(|_| std::io::Error::other("cluster name is not a valid subject token"))?;
+        let (to_tx, to_rx) = bounded(TO_LINK_MESSAGES_MAX);
+        let (from_tx, from_rx) = bounded(FROM_LINK_MESSAGES_MAX);
+        let stats = Arc::new(LinkStats::default());
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Out {
+            tx: from_tx,
+            wake,
+            stats: stats.clone(),
+        };
+        let (n, s) = (notify.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("cluster-link".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => rt.block_on(run(cfg, prefix, to_rx, n, s, out)),
+                    Err(e) => eprintln!("cluster link: cannot build its runtime: {e}"),
+                }
+            })?;
+        Ok(LinkHandle {
+            sender: LinkSender {
+                tx: to_tx,
+                notify,
+                stats,
+            },
+            rx: from_rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for a shard.
+    pub fn sender(&self) -> LinkSender {
+        self.sender.clone()
+    }
+
+    /// The queue of what the link reports; drain it when woken.
+    pub fn receiver(&self) -> &Receiver<FromLink> {
+        &self.rx
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &LinkStats {
+        &self.sender.stats
+    }
+
+    /// Stop the thread and wait for it; its NATS connection closes with it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.sender.notify.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The link → node queue, shared by the link's tasks.
+#[derive(Clone)]
+pub(super) struct Out {
+    tx: Sender<FromLink>,
+    wake: Wake,
+    stats: Arc<LinkStats>,
+}
+
+impl Out {
+    /// Queue without waking (the caller wakes once per batch).
+    fn push(&self, m: FromLink) -> bool {
+        let ok = self.tx.try_send(m).is_ok();
+        if !ok {
+            LinkStats::add(&self.stats.from_link_dropped);
+        }
+        ok
+    }
+
+    pub(super) fn push_wake(&self, m: FromLink) {
+        if self.push(m) {
+            (self.wake)();
+        }
+    }
+}
+
+/// What a NATS subscription's messages are for.
+enum Tag {
+    Deliver(Route),
+    Takeover,
+}
+
+type Inbound = (Arc<Tag>, async_nats::Message);
+
+/// The link loop's own state; only the loop touches it.
+struct State {
+    node: String,
+    prefix: Prefix,
+    client: Client,
+    out: Out,
+    inbound_tx: mpsc::Sender<Inbound>,
+    interests: HashMap<(String, Option<String>), Interest>,
+    seq: u64,
+    seen: HashMap<String, Window>,
+    registry: Vec<mpsc::Sender<RegistryOp>>,
+    retained: mpsc::Sender<Bytes>,
+}
+
+struct Interest {
+    count: usize,
+    /// One per NATS subscription: ask its task to unsubscribe, and hear when it has.
+    stops: Vec<Stop>,
+}
+
+type Stop = oneshot::Sender<oneshot::Sender<()>>;
+
+#[derive(Default)]
+struct Window {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+async fn run(
+    cfg: ClusterConfig,
+    prefix: Prefix,
+    inbox: Receiver<ToLink>,
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    out: Out,
+) {
+    let reconnected = Arc::new(Notify::new());
+    let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cluster link: cannot configure the NATS client: {e}");
+            return;
+        }
+    };
+    // Subscriptions made before the first connection are not replayed by async-nats
+    // (those made later are, on every reconnect), so nothing starts before it.
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(CONNECT_POLL_MS)).await;
+    }
+    let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
+    let (registry, retained) = start_kv(&cfg, &prefix, &client, &out, reconnected);
+    let mut st = State {
+        node: cfg.node.clone(),
+        prefix,
+        client,
+        out,
+        inbound_tx,
+        interests: HashMap::new(),
+        seq: start_seq(),
+        seen: HashMap::new(),
+        registry,
+        retained,
+    };
+    let takeover = st.prefix.control(&format!("takeover.{}", st.node));
+    // Held for the link's life: dropping it would end the subscription.
+    let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
+    while !stop.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = notify.notified() => st.drain(&inbox, &notify).await,
+            Some(first) = inbound_rx.recv() => {
+                st.inbound(first);
+                for _ in 1..INBOUND_BATCH_MAX {
+                    match inbound_rx.try_recv() {
+                        Ok(m) => st.inbound(m),
+                        Err(_) => break,
+                    }
+                }
+                (st.out.wake)();
+            }
+        }
+    }
+}
+
+/// Sequence numbers start at the clock in nanoseconds, so a restarted node's numbers are
+/// new to the duplicate filters of the others.
+fn start_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+}
+
+/// A client that reports its connection state to the node, and each (re)connection to the
+/// retained watcher through `reconnected`.
+async fn connect(
+    cfg: &ClusterConfig,
+    out: Out,
+    reconnected: Arc<Notify>,
+) -> Result<Client, async_nats::Error> {
+    let mut o = ConnectOptions::new()
+        .name(format!("shardmq {}", cfg.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
+        .event_callback(move |e| {
+            let out = out.clone();
+            let reconnected = reconnected.clone();
+            async move {
+                match e {
+                    Event::Connected => {
+                        reconnected.notify_one();
+                        out.push_wake(FromLink::Up);
+                    }
+                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
+                    _ => {}
+                }
+            }
+        });
+    if let Some(ca) = &cfg.cafile {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    o = match &cfg.auth {
+        NatsAuth::None => o,
+        NatsAuth::Creds(path) => o.credentials_file(path).await?,
+        NatsAuth::UserPassword(u, p) => o.user_and_password(u.clone(), p.clone()),
+    };
+    let addrs = cfg
+        .nats
+        .iter()
+        .map(|u| u.parse::<ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(o.connect(addrs).await?)
+}
+
+impl State {
+    async fn drain(&mut self, inbox: &Receiver<ToLink>, notify: &Notify) {
+        for _ in 0..TO_LINK_BATCH_MAX {
+            match inbox.try_recv() {
+                Ok(m) => self.handle(m).await,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+        // Budget spent with work left: come back after the inbound side had a turn.
+        notify.notify_one();
+    }
+
+    async fn handle(&mut self, m: ToLink) {
+        match m {
+            ToLink::Interest { filter, group } => self.interest(filter, group).await,
+            ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
+            ToLink::Publish(e) => self.publish(*e).await,
+            ToLink::Claim { client_id, token } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Claim { client_id, token })
+            }
+            ToLink::Release { client_id } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Release { client_id })
+            }
+        }
+    }
+
+    fn registry_op(&self, i: usize, op: RegistryOp) {
+        let Some(tx) = self.registry.get(i) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) =
+            tx.try_send(op)
+        {
+            LinkStats::add(&self.out.stats.nats_errors);
+            if let RegistryOp::Claim { client_id, token } = op {
+                self.out
+                    .push_wake(FromLink::ClaimFailed { token, client_id });
+            }
+        }
+    }
+
+    async fn interest(&mut self, filter: String, group: Option<String>) {
+        let key = (filter, group);
+        if let Some(i) = self.interests.get_mut(&key) {
+            i.count += 1;
+            let (filter, group) = key;
+            self.out
+                .push_wake(FromLink::InterestReady { filter, group });
+            return;
+        }
+        let (filter, group) = key;
+        let subjects = match subject::filter_to_subjects(&self.prefix, &filter) {
+            Ok(s)
+                if crate::topic::valid_filter(&filter) && self.interests.len() < INTERESTS_MAX =>
+            {
+                s
+            }
+            _ => {
+                // Invalid, too long for a subject, or the table is full: this subscription
+                // stays local (counted), and the node is told so.
+                LinkStats::add(&self.out.stats.interest_dropped);
+                self.out
+                    .push_wake(FromLink::InterestRefused { filter, group });
+                return;
+            }
+        };
+        let queue = group.as_deref().map(|g| subject::queue_group(g, &filter));
+        let tag = Arc::new(Tag::Deliver(match &group {
+            None => Route::Plain,
+            Some(g) => Route::Shared {
+                group: g.clone(),
+                filter: filter.clone(),
+            },
+        }));
+        let mut stops = Vec::with_capacity(subjects.len());
+        for s in &subjects {
+            if let Some(t) = self.subscribe(s, queue.clone(), tag.clone()).await {
+                stops.push(t);
+            }
+        }
+        // A PING/PONG round trip: the server has processed the SUBs before it answers.
+        if !within(FLUSH_WAIT_MS, self.client.flush()).await {
+            LinkStats::add(&self.out.stats.nats_errors);
+        }
+        self.interests.insert(
+            (filter.clone(), group.clone()),
+            Interest { count: 1, stops },
+        );
+        self.out
+            .push_wake(FromLink::InterestReady { filter, group });
+    }
+
+    /// After the last local subscriber, unsubscribe and wait until each UNSUB is queued
+    /// on the connection, so a later flush proves the server has dropped the interest.
+    async fn no_interest(&mut self, filter: String, group: Option<String>) {
+        let key = (filter, group);
+        let Some(i) = self.interests.get_mut(&key) else {
+            return;
+        };
+        i.count -= 1;
+        if i.count > 0 {
+            return;
+        }
+        let Some(i) = self.interests.remove(&key) else {
+            return;
+        };
+        for stop in i.stops {
+            let (ack_tx, ack_rx) = oneshot::channel();
+            if stop.send(ack_tx).is_ok() {
+                let wait = Duration::from_millis(UNSUBSCRIBE_WAIT_MS);
+                if !matches!(tokio::time::timeout(wait, ack_rx).await, Ok(Ok(()))) {
+                    LinkStats::add(&self.out.stats.nats_errors);
+                }
+            }
+        }
+    }
+
+    /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
+    async fn subscribe(&self, subject: &str, queue: Option<String>, tag: Arc<Tag>) -> Option<Stop> {
+        let wait = Duration::from_millis(FLUSH_WAIT_MS);
+        let sub = match queue {
+            None => tokio::time::timeout(wait, self.client.subscribe(subject.to_string())).await,
+            Some(q) => {
+                let sub = self.client.queue_subscribe(subject.to_string(), q);
+                tokio::time::timeout(wait, sub).await
+            }
+        };
+        let sub = match sub {
+            Ok(Ok(s)) => s,
+            _ => {
+                LinkStats::add(&self.out.stats.nats_errors);
+                return None;
+            }
+        };
+        let tx = self.inbound_tx.clone();
+        let stats = self.out.stats.clone();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        tokio::spawn(forward(sub, tag, tx, stats, stop_rx));
+        Some(stop_tx)
+    }
+
+    async fn publish(&mut self, mut e: Envelope) {
+        e.origin.clone_from(&self.node);
+        e.seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let stats = &self.out.stats;
+        let (Ok(subject), Ok(bytes)) = (
+            subject::topic_to_subject(&self.prefix, &e.topic),
+            envelope::encode(&e),
+        ) else {
+            LinkStats::add(&stats.too_large);
+            return;
+        };
+        let bytes = Bytes::from(bytes);
+        if e.retain && self.retained.try_send(bytes.clone()).is_err() {
+            LinkStats::add(&stats.nats_errors);
+        }
+        // While NATS is unreachable the client's command queue would fill and block this
+        // loop; the message is lost for remote subscribers either way (docs/cluster.md).
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            LinkStats::add(&stats.down_dropped);
+            return;
+        }
+        if within(PUBLISH_WAIT_MS, self.client.publish(subject, bytes)).await {
+            LinkStats::add(&stats.published);
+        } else {
+            LinkStats::add(&stats.nats_errors);
+        }
+    }
+
+    fn inbound(&mut self, (tag, m): Inbound) {
+        let stats = &self.out.stats;
+        let route = match &*tag {
+            Tag::Takeover => return self.takeover(&m.payload),
+            Tag::Deliver(r) => r,
+        };
+        let Ok(e) = envelope::decode(&m.payload) else {
+            LinkStats::add(&stats.malformed);
+            return;
+        };
+        // Plain deliveries of our own messages were made locally; a shared one came back
+        // because NATS chose this node for the group.
+        let fresh = match route {
+            Route::Plain => e.origin != self.node && first_copy(&mut self.seen, &e),
+            Route::Shared { .. } => true,
+        };
+        if !fresh {
+            LinkStats::add(&stats.duplicates);
+            return;
+        }
+        LinkStats::add(&stats.received);
+        self.out.push(FromLink::Message {
+            route: route.clone(),
+            envelope: Box::new(e),
+        });
+    }
+
+    fn takeover(&self, payload: &[u8]) {
+        let parsed = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|t| t.split_once('\n'));
+        match parsed {
+            Some((by, client_id)) => {
+                self.out.push(FromLink::TakenOver {
+                    client_id: client_id.to_string(),
+                    by: by.to_string(),
+                });
+            }
+            None => LinkStats::add(&self.out.stats.malformed),
+        }
+    }
+}
+
+/// Whether `op` succeeded within `ms`.
+pub(super) async fn within<T, E>(
+    ms: u64,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(ms), op).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Pass a subscription's messages to the link loop until told to unsubscribe.
+async fn forward(
+    mut sub: Subscriber,
+    tag: Arc<Tag>,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<LinkStats>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
+    loop {
+        tokio::select! {
+            m = sub.next() => {
+                let Some(m) = m else { return };
+                if tx.try_send((tag.clone(), m)).is_err() {
+                    LinkStats::add(&stats.from_link_dropped);
+                }
+            }
+            // A dropped `Stop` (the interest is gone) also ends the subscription.
+            ack = &mut stop => {
+                if sub.unsubscribe().await.is_err() {
+                    LinkStats::add(&stats.nats_errors);
+                }
+                if let Ok(ack) = ack {
+                    let _ = ack.send(());
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Whether this is the first copy of `e` seen from its origin (within the window).
+fn first_copy(seen: &mut HashMap<String, Window>, e: &Envelope) -> bool {
+    if !seen.contains_key(&e.origin) && seen.len() >= ORIGINS_MAX {
+        seen.clear();
+    }
+    let w = seen.entry(e.origin.clone()).or_default();
+    if !w.set.insert(e.seq) {
+        return false;
+    }
+    w.order.push_back(e.seq);
+    if w.order.len() > DEDUP_WINDOW_MESSAGES {
+        if let Some(old) = w.order.pop_front() {
+            w.set.remove(&old);
+        }
+    }
+    true
+}

@@ -1,0 +1,183 @@
+//! The cluster link: several shardmq nodes as one broker, over NATS (`docs/cluster.md`,
+//! `docs/decisions/0006-cluster.md`).
+//!
+//! Owns: the node's one NATS connection, run on a dedicated thread with its own
+//! current-thread tokio runtime; the mapping between MQTT topics and NATS subjects
+//! (`subject`); the wire form of messages between nodes (`envelope`); the JetStream
+//! buckets for the session registry and retained messages (`kv`). Invariant: the shards
+//! never run async code or block on NATS: they exchange plain values with the link through
+//! bounded queues (`ToLink` in, `FromLink` out) and a wake-up callback, and every queue
+//! counts what it drops. Must not touch: shard, broker or session internals. The link
+//! learns local interest only from `ToLink` messages and reports only through `FromLink`.
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod kv;
+pub mod link;
+pub mod subject;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use envelope::Envelope;
+pub use link::{LinkHandle, LinkSender};
+
+/// What the node tells the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToLink {
+    /// One more local subscription to `filter` (the part after `$share/G/` for a shared
+    /// one, with `group: Some(G)`). The link counts them and subscribes on NATS for the
+    /// first one.
+    Interest {
+        /// A valid MQTT filter.
+        filter: String,
+        /// The share group, for `$share/G/filter`.
+        group: Option<String>,
+    },
+    /// One local subscription fewer; the link unsubscribes on NATS after the last.
+    NoInterest {
+        /// As in `Interest`.
+        filter: String,
+        /// As in `Interest`.
+        group: Option<String>,
+    },
+    /// A message accepted on this node: sent to the nodes that want it; if it is retained,
+    /// also written to the retained bucket (an empty payload deletes). The link sets
+    /// `origin` and `seq`.
+    Publish(Box<Envelope>),
+    /// A client connected here: record this node as its owner (compare-and-set). Answered
+    /// by `FromLink::Claimed` or `FromLink::ClaimFailed` with the same `token`.
+    Claim {
+        /// MQTT client id.
+        client_id: String,
+        /// Echoed in the answer.
+        token: u64,
+    },
+    /// A session owned here ended: remove the registry entry if it still names this node.
+    Release {
+        /// MQTT client id.
+        client_id: String,
+    },
+}
+
+/// Where an inbound message goes on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To this node's non-shared subscribers whose filters match the topic.
+    Plain,
+    /// To one local member of share group `group` on `filter`: NATS chose this node.
+    Shared {
+        /// The share group.
+        group: String,
+        /// Its filter.
+        filter: String,
+    },
+}
+
+/// What the link tells the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromLink {
+    /// Connected (or reconnected) to NATS.
+    Up,
+    /// Lost the NATS connection; the client reconnects by itself.
+    Down,
+    /// The interest sent as `ToLink::Interest` is registered with the NATS server this node
+    /// is connected to (for a single server: messages published from now on will come).
+    InterestReady {
+        /// As sent.
+        filter: String,
+        /// As sent.
+        group: Option<String>,
+    },
+    /// The interest sent as `ToLink::Interest` was not registered: the filter is invalid,
+    /// maps to a subject longer than NATS accepts, or the interest table is full. Local
+    /// subscribers of it get only local messages; a matching `NoInterest` is still fine.
+    InterestRefused {
+        /// As sent.
+        filter: String,
+        /// As sent.
+        group: Option<String>,
+    },
+    /// A message from another node.
+    Message {
+        /// Plain or shared delivery.
+        route: Route,
+        /// The message.
+        envelope: Box<Envelope>,
+    },
+    /// The registry now names this node for `client_id`.
+    Claimed {
+        /// As sent in `ToLink::Claim`.
+        token: u64,
+        /// MQTT client id.
+        client_id: String,
+        /// The node that held it before, if another: it has been told to let go.
+        previous: Option<String>,
+    },
+    /// The registry could not be updated (NATS down, or too many concurrent claims).
+    ClaimFailed {
+        /// As sent in `ToLink::Claim`.
+        token: u64,
+        /// MQTT client id.
+        client_id: String,
+    },
+    /// The answer to `ToLink::Release`.
+    Released {
+        /// MQTT client id.
+        client_id: String,
+        /// Whether the entry was removed (`false`: another node owns it, nobody does, or
+        /// NATS failed, which `nats_errors` counts).
+        removed: bool,
+    },
+    /// Another node took `client_id` over: disconnect it here with 0x8E.
+    TakenOver {
+        /// MQTT client id.
+        client_id: String,
+        /// The node that owns it now.
+        by: String,
+    },
+    /// The retained bucket changed (first the whole bucket at start, then each update):
+    /// `Some` sets the topic's retained message, `None` clears it.
+    Retained {
+        /// The topic.
+        topic: String,
+        /// The new retained message.
+        message: Option<Box<Envelope>>,
+    },
+}
+
+/// Counters of the link, read by `$SYS`/metrics. Only the link thread and `LinkSender`s
+/// write them.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// `ToLink` messages dropped because the link's inbox was full.
+    pub to_link_dropped: AtomicU64,
+    /// `FromLink` messages dropped because the node's inbox was full.
+    pub from_link_dropped: AtomicU64,
+    /// Messages published to NATS.
+    pub published: AtomicU64,
+    /// Messages not sent because NATS was unreachable.
+    pub down_dropped: AtomicU64,
+    /// Messages not sent: subject or envelope too large for NATS.
+    pub too_large: AtomicU64,
+    /// Messages received from other nodes and passed on.
+    pub received: AtomicU64,
+    /// Inbound messages that were our own, or a copy already passed on.
+    pub duplicates: AtomicU64,
+    /// Inbound bytes that were not a valid envelope or subject.
+    pub malformed: AtomicU64,
+    /// NATS publish/subscribe/KV operations that failed.
+    pub nats_errors: AtomicU64,
+    /// Interests refused: invalid filter, subject too long, or the table full.
+    pub interest_dropped: AtomicU64,
+}
+
+impl LinkStats {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter's value.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

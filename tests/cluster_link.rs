@@ -1,0 +1,591 @@
+//! The cluster link against a real `nats-server` with JetStream: links stand for nodes.
+//!
+//! Each test starts its own server on a loopback port it picks, with a temporary store, and
+//! kills it (by PID) when done. Without `nats-server` on PATH the tests print why and pass.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardmq::cluster::{Envelope, FromLink, LinkHandle, LinkStats, Route, ToLink};
+use shardmq::config::cluster::{ClusterConfig, NatsAuth};
+use shardmq::protocol::QoS;
+
+const WAIT: Duration = Duration::from_secs(15);
+const QUIET: Duration = Duration::from_millis(300);
+/// Bound for what waits on JetStream re-electing stream leaders after a server is lost
+/// (measured here: up to about 20 s on a loaded two-core machine).
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
+
+struct NatsServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// `None` (with the reason printed) when `nats-server` is not installed. The server
+    /// picks its own free port (`-p -1`) and we read it from its log, so two tests can
+    /// never race for one port.
+    fn start() -> Option<NatsServer> {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = spawn(&dir, None);
+        Some(NatsServer { child, port, dir })
+    }
+
+    /// Kill the server and start it again on the same port and store.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.dir, Some(self.port)).0;
+    }
+}
+
+/// Start `nats-server -js` on `port` (or one it picks) and wait until it listens.
+fn spawn(dir: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
+    let wanted = port.map_or("-1".to_string(), |p| p.to_string());
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &wanted, "-js", "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log to its end, so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                let _ = tx.send(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok()),
+                );
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(WAIT)
+        .ok()
+        .flatten()
+        .expect("nats-server did not listen");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not accept");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Node {
+    link: LinkHandle,
+    wakes: Arc<AtomicUsize>,
+}
+
+fn node(server: &NatsServer, cluster: &str, name: &str) -> Node {
+    node_on(&[server.port], 1, cluster, name)
+}
+
+fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node {
+    let cfg = ClusterConfig {
+        name: cluster.into(),
+        node: name.into(),
+        nats: ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect(),
+        cafile: None,
+        auth: NatsAuth::None,
+        kv_replicas,
+    };
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let w = wakes.clone();
+    let link = LinkHandle::start(
+        cfg,
+        Arc::new(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        }),
+    )
+    .unwrap();
+    let n = Node { link, wakes };
+    n.expect(|m| matches!(m, FromLink::Up));
+    n
+}
+
+impl Node {
+    fn send(&self, m: ToLink) {
+        assert!(self.link.sender().send(m));
+    }
+
+    /// The first message satisfying `pred` within `WAIT`; others are skipped.
+    #[track_caller]
+    fn expect(&self, pred: impl Fn(&FromLink) -> bool) -> FromLink {
+        self.expect_within(WAIT, pred)
+    }
+
+    #[track_caller]
+    fn expect_within(&self, wait: Duration, pred: impl Fn(&FromLink) -> bool) -> FromLink {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.link.receiver().recv_timeout(left) {
+                Ok(m) if pred(&m) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("nothing matching arrived: {e}"),
+            }
+        }
+    }
+
+    /// Every message arriving until `QUIET` passes without one.
+    fn rest(&self) -> Vec<FromLink> {
+        std::iter::from_fn(|| self.link.receiver().recv_timeout(QUIET).ok()).collect()
+    }
+
+    fn interest(&self, filter: &str, group: Option<&str>) {
+        let (filter, group) = (filter.to_string(), group.map(str::to_string));
+        self.send(ToLink::Interest {
+            filter: filter.clone(),
+            group: group.clone(),
+        });
+        self.expect(|m| {
+            matches!(m, FromLink::InterestReady { filter: f, group: g } if *f == filter && *g == group)
+        });
+    }
+
+    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        self.send(ToLink::Publish(Box::new(Envelope {
+            origin: String::new(),
+            seq: 0,
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+            retain,
+            expiry_secs: None,
+            props: None,
+            payload: payload.to_vec(),
+        })));
+    }
+
+    #[track_caller]
+    fn claim(&self, client_id: &str, token: u64) -> Option<String> {
+        self.send(ToLink::Claim {
+            client_id: client_id.into(),
+            token,
+        });
+        match self.expect(|m| matches!(m, FromLink::Claimed { token: t, .. } if *t == token)) {
+            FromLink::Claimed { previous, .. } => previous,
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl Node {
+    /// Whether the registry entry was removed.
+    #[track_caller]
+    fn release(&self, client_id: &str) -> bool {
+        self.send(ToLink::Release {
+            client_id: client_id.into(),
+        });
+        match self
+            .expect(|m| matches!(m, FromLink::Released { client_id: c, .. } if c == client_id))
+        {
+            FromLink::Released { removed, .. } => removed,
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn message(m: &FromLink) -> Option<(&Route, &Envelope)> {
+    match m {
+        FromLink::Message { route, envelope } => Some((route, envelope)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_message_crosses_to_the_node_with_interest_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t1", "A"), node(&server, "t1", "B"));
+    // Two overlapping filters on B: NATS sends B two copies, B passes on one.
+    b.interest("a/+", None);
+    b.interest("a/#", None);
+    a.interest("a/#", None);
+    a.publish("c/d", b"nobody", false);
+    a.publish("a/b", b"x", false);
+    let got = b.expect(|m| message(m).is_some());
+    let (route, e) = message(&got).unwrap();
+    assert_eq!(*route, Route::Plain);
+    assert_eq!(
+        (e.topic.as_str(), &e.payload[..], e.origin.as_str()),
+        ("a/b", &b"x"[..], "A")
+    );
+    assert_eq!(e.qos, QoS::AtLeastOnce);
+    assert!(
+        b.rest().iter().all(|m| message(m).is_none()),
+        "one copy only"
+    );
+    assert!(
+        a.rest().iter().all(|m| message(m).is_none()),
+        "A never gets its own"
+    );
+    let stats = b.link.stats();
+    assert_eq!(LinkStats::get(&stats.received), 1);
+    assert_eq!(LinkStats::get(&stats.duplicates), 1);
+    assert_eq!(
+        LinkStats::get(&a.link.stats().duplicates),
+        1,
+        "own echo dropped"
+    );
+    assert!(b.wakes.load(Ordering::Relaxed) > 0);
+    // Without interest, nothing arrives.
+    b.send(ToLink::NoInterest {
+        filter: "a/+".into(),
+        group: None,
+    });
+    b.send(ToLink::NoInterest {
+        filter: "a/#".into(),
+        group: None,
+    });
+    b.interest("z", None); // a round trip after the unsubscriptions
+    let long = format!("{}/#", "a".repeat(4000));
+    for bad in ["a/#/b", long.as_str()] {
+        b.send(ToLink::Interest {
+            filter: bad.into(),
+            group: None,
+        });
+        b.expect(|m| matches!(m, FromLink::InterestRefused { filter, .. } if filter == bad));
+    }
+    a.publish("a/b", b"late", false);
+    assert!(b.rest().iter().all(|m| message(m).is_none()));
+}
+
+#[test]
+fn the_session_registry_moves_a_client_id_by_compare_and_set() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server, "t2", "A"),
+        node(&server, "t2", "B"),
+        node(&server, "t2", "C"),
+    );
+    assert_eq!(a.claim("dev1", 1), None);
+    assert_eq!(a.claim("dev1", 2), None, "reconnect to the same node");
+    assert_eq!(b.claim("dev1", 3), Some("A".into()));
+    let taken = a.expect(|m| matches!(m, FromLink::TakenOver { .. }));
+    assert_eq!(
+        taken,
+        FromLink::TakenOver {
+            client_id: "dev1".into(),
+            by: "B".into()
+        }
+    );
+    // A's late release must not remove B's entry.
+    assert!(!a.release("dev1"));
+    assert_eq!(c.claim("dev1", 4), Some("B".into()));
+    assert!(c.release("dev1"));
+    assert_eq!(a.claim("dev1", 5), None, "released by its owner");
+
+    // Two nodes claiming at once: one wins first, the other sees it as the previous owner.
+    b.send(ToLink::Claim {
+        client_id: "dev2".into(),
+        token: 6,
+    });
+    c.send(ToLink::Claim {
+        client_id: "dev2".into(),
+        token: 7,
+    });
+    let pb = match b.expect(|m| matches!(m, FromLink::Claimed { token: 6, .. })) {
+        FromLink::Claimed { previous, .. } => previous,
+        _ => unreachable!(),
+    };
+    let pc = match c.expect(|m| matches!(m, FromLink::Claimed { token: 7, .. })) {
+        FromLink::Claimed { previous, .. } => previous,
+        _ => unreachable!(),
+    };
+    let answers = [pb, pc];
+    assert!(
+        answers == [None, Some("B".into())] || answers == [Some("C".into()), None],
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn retained_messages_are_in_the_bucket_for_every_node() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server, "t3", "A");
+    a.publish("r/1", b"v1", true);
+    a.publish("r/2", b"v2", true);
+    a.publish("r/2", b"", true);
+    // B starts afterwards and still learns the bucket's content.
+    let b = node(&server, "t3", "B");
+    let want = |topic: &'static str| move |m: &FromLink| matches!(m, FromLink::Retained { topic: t, .. } if t == topic);
+    match b.expect(want("r/1")) {
+        FromLink::Retained {
+            message: Some(e), ..
+        } => {
+            assert_eq!(
+                (&e.payload[..], e.origin.as_str(), e.retain),
+                (&b"v1"[..], "A", true)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // B may start while A's writes are still landing: it sees v2 then its deletion, or
+    // only the deletion, and ends with none.
+    b.expect(|m| matches!(m, FromLink::Retained { topic, message: None } if topic == "r/2"));
+    // And a live change.
+    a.publish("r/1", b"", true);
+    assert!(matches!(
+        b.expect(want("r/1")),
+        FromLink::Retained { message: None, .. }
+    ));
+}
+
+#[test]
+fn a_shared_subscription_gets_each_message_once_across_nodes() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let nodes = [
+        node(&server, "t4", "A"),
+        node(&server, "t4", "B"),
+        node(&server, "t4", "C"),
+    ];
+    for n in &nodes {
+        n.interest("s/#", Some("g"));
+    }
+    // Another group on another filter gets its own copy of each.
+    nodes[1].interest("s/+", Some("g"));
+    const N: usize = 40;
+    for i in 0..N {
+        nodes[0].publish("s/x", format!("{i}").as_bytes(), false);
+    }
+    // Wait for every copy (N per filter), then make sure no extra one follows.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 2 * N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} arrived: {:?}",
+            seen.len(),
+            2 * N,
+            seen.iter()
+                .map(|(i, m)| match message(m) {
+                    Some((r, e)) => format!("{i}:{r:?}:{}", String::from_utf8_lossy(&e.payload)),
+                    None => format!("{i}:{m:?}"),
+                })
+                .collect::<Vec<_>>()
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            while let Ok(m) = n.link.receiver().recv_timeout(Duration::from_millis(5)) {
+                seen.push((i, m));
+            }
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        seen.extend(n.rest().into_iter().map(|m| (i, m)));
+    }
+    let mut per_filter = std::collections::HashMap::<String, Vec<Vec<u8>>>::new();
+    let mut members = std::collections::HashSet::new();
+    for (i, m) in &seen {
+        if let Some((Route::Shared { group, filter }, e)) = message(m) {
+            assert_eq!(group, "g");
+            per_filter
+                .entry(filter.clone())
+                .or_default()
+                .push(e.payload.clone());
+            members.insert(*i);
+        }
+    }
+    for filter in ["s/#", "s/+"] {
+        let mut got = per_filter.remove(filter).unwrap_or_default();
+        got.sort();
+        let mut want: Vec<Vec<u8>> = (0..N).map(|i| format!("{i}").into_bytes()).collect();
+        want.sort();
+        assert_eq!(got, want, "{filter}: each message exactly once");
+    }
+    assert!(
+        members.len() >= 2,
+        "NATS spreads a queue group over its members"
+    );
+}
+
+#[test]
+fn the_link_reconnects_with_its_interest_and_retained_watch() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t5", "A"), node(&server, "t5", "B"));
+    b.interest("r/#", None);
+    let retained = |topic: &'static str| move |m: &FromLink| matches!(m, FromLink::Retained { topic: t, message: Some(_) } if t == topic);
+    a.publish("keep/1", b"k", true);
+    b.expect(retained("keep/1"));
+    server.restart();
+    for n in [&a, &b] {
+        n.expect(|m| matches!(m, FromLink::Down));
+        n.expect(|m| matches!(m, FromLink::Up));
+    }
+    // A new interest's round trip comes after the replayed subscriptions.
+    b.interest("other", None);
+    a.publish("r/x", b"after", false);
+    let got = b.expect(|m| message(m).is_some());
+    assert_eq!(message(&got).unwrap().1.payload, b"after");
+    // The retained watch resumed, and the bucket survived the restart (file storage).
+    a.publish("keep/2", b"k2", true);
+    b.expect(retained("keep/2"));
+    let c = node(&server, "t5", "C");
+    c.expect(retained("keep/1"));
+}
+
+/// Three clustered NATS servers with JetStream; killed by PID on drop.
+struct NatsCluster {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> Option<NatsCluster> {
+        let probe = NatsServer::start()?; // skips (and says so) without nats-server
+        drop(probe);
+        let dir = tempfile::tempdir().unwrap();
+        // Hold all six listeners at once so the ports differ, then free them for the servers.
+        let holders: Vec<_> = (0..6)
+            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+            .collect();
+        let ports: Vec<u16> = holders
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(holders);
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats-route://127.0.0.1:{}", ports[3 + j]))
+                .collect();
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: smq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                ports[i],
+                dir.path().join(format!("n{i}")).display(),
+                ports[3 + i],
+                routes.join(", ")
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            servers.push(Some(child));
+        }
+        Some(NatsCluster {
+            servers,
+            ports: ports[..3].to_vec(),
+            _dir: dir,
+        })
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        (0..self.servers.len()).for_each(|i| self.kill(i));
+    }
+}
+
+/// Claim until the registry answers (a bucket may be electing a leader), within
+/// `FAILOVER_WAIT`.
+#[track_caller]
+fn claim_eventually(n: &Node, client_id: &str, token: &mut u64) -> Option<String> {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    loop {
+        *token += 1;
+        n.send(ToLink::Claim {
+            client_id: client_id.into(),
+            token: *token,
+        });
+        let t = *token;
+        match n.expect(|m| matches!(m, FromLink::Claimed { token, .. } | FromLink::ClaimFailed { token, .. } if *token == t)) {
+            FromLink::Claimed { previous, .. } => return previous,
+            _ => assert!(Instant::now() < deadline, "the registry never answered"),
+        }
+    }
+}
+
+/// Publish until one arrives at `to` (interest crosses between NATS servers
+/// asynchronously: the window `docs/cluster.md` states), within `FAILOVER_WAIT`.
+#[track_caller]
+fn deliver_eventually(from: &Node, to: &Node, topic: &str) {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    loop {
+        from.publish(topic, b"p", false);
+        if let Ok(m) = to.link.receiver().recv_timeout(Duration::from_millis(100)) {
+            if message(&m).is_some_and(|(_, e)| e.topic == topic) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing crossed to {topic}");
+    }
+}
+
+#[test]
+fn a_three_server_nats_cluster_survives_the_loss_of_one_server() {
+    let Some(mut nats) = NatsCluster::start() else {
+        return;
+    };
+    let p = nats.ports.clone();
+    // A knows server 0, B server 1: messages cross a NATS route.
+    let a = node_on(&p[..1], 3, "t6", "A");
+    let b = node_on(&p[1..2], 3, "t6", "B");
+    b.interest("x/#", None);
+    deliver_eventually(&a, &b, "x/1");
+    let mut token = 0;
+    assert_eq!(claim_eventually(&a, "dev", &mut token), None);
+    assert_eq!(claim_eventually(&b, "dev", &mut token), Some("A".into()));
+    // Lose B's server: B reconnects to a server it learnt from the cluster, the buckets
+    // keep two replicas of three, messages still cross.
+    nats.kill(1);
+    b.expect(|m| matches!(m, FromLink::Down));
+    b.expect(|m| matches!(m, FromLink::Up));
+    deliver_eventually(&a, &b, "x/2");
+    assert_eq!(claim_eventually(&a, "dev", &mut token), Some("B".into()));
+    // The retained write is retried while its bucket elects a leader; B's watch resumes.
+    a.publish("keep", b"r", true);
+    b.expect_within(
+        FAILOVER_WAIT,
+        |m| matches!(m, FromLink::Retained { topic, message: Some(_) } if topic == "keep"),
+    );
+}
