@@ -235,6 +235,11 @@ impl Journal {
         }
     }
 
+    /// Whether records or acks wait for the next `end_turn`.
+    pub fn unwritten(&self) -> bool {
+        self.wal.batch_bytes() > 0 || !self.turn.is_empty()
+    }
+
     /// Acks still held (for figures and tests).
     pub fn held(&self) -> usize {
         self.turn.len() + self.epochs.iter().map(|e| e.acks.len()).sum::<usize>()

@@ -28,6 +28,12 @@ impl<X> Broker<X> {
         self.journal = Some(j);
     }
 
+    /// Records appended after this turn's write (closes at the end of a turn): the shard
+    /// must not sleep before writing them.
+    pub fn journal_unwritten(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::unwritten)
+    }
+
     /// Acks the journal still holds (0 with persistence off).
     pub fn held_acks(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::held)

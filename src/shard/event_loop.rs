@@ -268,6 +268,7 @@ impl Shard {
             || self.accept_again
             || self.inbox_again
             || self.broker.timers_backlog()
+            || self.broker.journal_unwritten()
             || self.bus.staged() > 0
         {
             return Duration::ZERO;
