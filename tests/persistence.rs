@@ -273,7 +273,9 @@ fn disk_use_stays_bounded_under_churn() {
 }
 
 fn churn_conf(dir: &DataDir) -> String {
-    let p = dir.0.with_extension("conf");
+    // Inside the store directory, so that it goes with it.
+    std::fs::create_dir_all(&dir.0).expect("store dir");
+    let p = dir.0.join("churn.conf");
     std::fs::write(&p, "autosave_interval 1\n").expect("conf");
     p.to_string_lossy().into_owned()
 }
