@@ -111,6 +111,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
     let epoch = Instant::now();
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
+    let mut built = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = Vec::new();
         for (i, l) in listeners.iter().enumerate() {
@@ -124,6 +125,16 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
             open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        built.push((shard, cpu));
+    }
+    if store.is_some() {
+        // Every restored subscription's interest is on the rings before any shard runs:
+        // a shard's first turn drains its inbox before it accepts or fires a timer.
+        for (shard, _) in &mut built {
+            shard.push_outbox();
+        }
+    }
+    for (id, (shard, cpu)) in built.into_iter().enumerate() {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
