@@ -260,7 +260,7 @@ impl Journal {
 
     fn report(&mut self, e: &crate::store::StoreError) {
         if !std::mem::replace(&mut self.error_logged, true) {
-            super::log(format_args!(
+            crate::log::log(format_args!(
                 "Error: {e}; acknowledgements wait until the store can write again"
             ));
         }

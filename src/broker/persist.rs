@@ -320,7 +320,7 @@ impl<X> Broker<X> {
 
 impl<X> Broker<X> {
     /// Log a logged session's subscription `full` added (`Some`) or removed (`None`).
-    pub(super) fn log_subscription(&mut self, s: usize, full: &str, state: Option<&SubState>) {
+    pub(super) fn journal_subscription(&mut self, s: usize, full: &str, state: Option<&SubState>) {
         let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
             return;
         };

@@ -12,15 +12,22 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 
 impl<X> Broker<X> {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
-        self.fx.stats.publish_in += 1;
+        let st = &mut self.fx.stats;
+        st.publish_in += 1;
+        st.publish_in_qos[p.qos as usize] += 1;
+        st.publish_in_bytes_qos[p.qos as usize] += p.payload.len() as u64;
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
             return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
         }
-        let (topic, fresh) = match self.resolve_alias(key, p) {
+        let (mut topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
+        if let Some(m) = self.links.get(key).and_then(|l| l.mount.as_deref()) {
+            // A mounted listener's clients publish under its mount point.
+            topic = Arc::from(super::link::mounted(Some(m), &topic).as_ref());
+        }
         // A topic seen before on this link (repeated, or bound to an alias) was checked then.
         if fresh && !topic::valid_topic_name(&topic) {
             return self.close(
@@ -50,6 +57,7 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
     }
 
