@@ -11,6 +11,11 @@ use crate::timer::TimerId;
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;
 
+/// Subscriptions of ended sessions removed per turn: a session with more is retired and
+/// taken apart over several turns, so one client's 2,000,000 filters cannot freeze the
+/// shard (every other client and timer waits while a turn runs).
+pub const UNROUTES_PER_TURN_MAX: usize = 1024;
+
 impl<X> Broker<X> {
     pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
@@ -103,6 +108,7 @@ impl<X> Broker<X> {
             self.end_session(s);
             return;
         }
+        self.log_detached(s);
         let gen = (uid & 0x00ff_ffff) as u32;
         if expiry_s != u32::MAX {
             let at = now_ms + u64::from(expiry_s) * 1000;
@@ -136,9 +142,14 @@ impl<X> Broker<X> {
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
     pub(super) fn end_session(&mut self, s: usize) {
         self.cancel_session_timers(s);
+        if self.sessions.get(s).map_or(0, |x| x.subs.len()) > UNROUTES_PER_TURN_MAX {
+            self.retire_session(s);
+            return;
+        }
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
+        self.log_session_ended(&sess);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.
@@ -153,6 +164,26 @@ impl<X> Broker<X> {
                 let now = self.now_ms;
                 self.publish_message(w.into_message(now), now);
             }
+        }
+    }
+
+    /// End a session with many subscriptions over several turns: its pending Will goes
+    /// now, its filters leave the routes [`UNROUTES_PER_TURN_MAX`] at a time.
+    fn retire_session(&mut self, s: usize) {
+        if let Some(w) = self.sessions.get_mut(s).and_then(|x| x.will.take()) {
+            let now = self.now_ms;
+            self.publish_message(w.into_message(now), now);
+        }
+        self.sessions.retire(s);
+    }
+
+    /// Remove up to [`UNROUTES_PER_TURN_MAX`] subscriptions of retiring sessions.
+    fn unroute_retiring(&mut self) {
+        for _ in 0..UNROUTES_PER_TURN_MAX {
+            let Some((s, uid, filter)) = self.sessions.next_retiring_filter() else {
+                return;
+            };
+            self.unroute(s, uid, &filter);
         }
     }
 
@@ -178,11 +209,13 @@ impl<X> Broker<X> {
             }
         }
         self.fired = fired;
+        self.unroute_retiring();
     }
 
-    /// True when timers fired but did not fit this turn's budget: poll without sleeping.
+    /// True when timers fired but did not fit this turn's budget, or retiring sessions
+    /// still hold subscriptions: poll without sleeping.
     pub fn timers_backlog(&self) -> bool {
-        !self.fired.is_empty()
+        !self.fired.is_empty() || self.sessions.has_retiring()
     }
 
     fn link_timer(&mut self, key: usize, gen: u32, now_ms: u64) {
@@ -280,7 +313,10 @@ impl<X> Broker<X> {
     pub fn on_drained(&mut self, key: usize, now_ms: u64) {
         let s = self.links.get(key).and_then(|l| l.session);
         if let Some(s) = s {
-            let queued = self.sessions.get(s).is_some_and(|x| !x.queue.is_empty());
+            let queued = self
+                .sessions
+                .get(s)
+                .is_some_and(|x| !x.queue.is_empty() || !x.retained_backlog.is_empty());
             if queued {
                 self.pump(s, now_ms);
             }

@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use super::access;
 use super::effects::Effects;
+use super::journal::Journal;
 use super::link::{Conn, Link, Links};
 use super::routes::Routes;
 use super::sessions::Sessions;
 use crate::protocol::{
     self, Packet, PacketId, Properties, Publish, QoS, SubscriptionIds, UserProperties, Version,
 };
-use crate::session::{Limits, Message, Outgoing};
+use crate::session::{Limits, Message, Outgoing, Session};
+use crate::store::{DeliveryState, MsgId, Record};
 
 /// Outbound aliases kept per connection whatever the client allows (memory bound).
 const ALIASES_OUT_MAX: usize = 1024;
@@ -36,6 +38,8 @@ pub(super) struct Sink<'a, X> {
     pub max_buf: usize,
     /// The password and ACL files in force: every delivery is a read decision.
     pub auth: &'a super::access::AuthState,
+    /// The store's log, when persistence is on.
+    pub journal: Option<&'a mut Journal>,
 }
 
 /// Deliver `msg` to this shard's matching sessions. Returns whether any matched.
@@ -56,6 +60,7 @@ pub(super) fn route_local<X>(
             retain: h.retain_as_published && msg.retain,
             sub_ids: h.sub_ids,
             share: None,
+            sid: 0,
         };
         match (out.qos, h.link) {
             (QoS::AtMostOnce, Some(key)) => {
@@ -77,7 +82,7 @@ pub(super) fn deliver<X>(
     sessions: &mut Sessions,
     sink: &mut Sink<'_, X>,
     s: usize,
-    out: Outgoing,
+    mut out: Outgoing,
     now_ms: u64,
 ) {
     if out.msg.expired(now_ms) || !access::may_read(sessions, sink, s, &out.msg.topic) {
@@ -86,6 +91,11 @@ pub(super) fn deliver<X>(
     let Some(sess) = sessions.get_mut(s) else {
         return;
     };
+    if sess.logged && out.qos != QoS::AtMostOnce {
+        if let Some(j) = sink.journal.as_deref_mut() {
+            out.sid = j.store_msg(&out.msg, now_ms).0;
+        }
+    }
     let link = sess.link.and_then(|k| {
         sink.links
             .conn(k)
@@ -93,29 +103,110 @@ pub(super) fn deliver<X>(
             .map(|c| (k, c.tx.pending() >= sink.max_buf))
     });
     let Some((key, buffer_full)) = link else {
-        if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, sink.limits) {
-            sink.fx.stats.dropped_queue += 1;
+        if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 {
+            enqueue(sess, sink, out, now_ms);
         }
         return;
     };
     if out.qos == QoS::AtMostOnce {
         if buffer_full {
             sink.fx.stats.dropped_qos0 += 1;
+            if let Some(c) = sink.links.conn_mut(key) {
+                log_qos0_drop(&mut c.link, sink.max_buf, now_ms);
+            }
         } else {
             write_publish(sink, key, &out, None, false, now_ms);
         }
         return;
     }
     if buffer_full || !sess.queue.is_empty() || !sess.window_open(sink.limits) {
-        if !sess.enqueue(out, sink.limits) {
-            sink.fx.stats.dropped_queue += 1;
-        }
+        enqueue(sess, sink, out, now_ms);
         return;
     }
     let Some(pid) = sess.alloc_pid() else { return };
+    log_delivery(sink, sess, &out, None);
+    send_tracked(sess, s, sink, key, out, pid, now_ms);
+}
+
+/// Queue a delivery (logged when stored), or drop it (counted) when the queue is full.
+fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms: u64) {
+    let (sid, qos) = (out.sid, out.qos);
+    if !sess.enqueue(out, sink.limits) {
+        sink.fx.stats.dropped_queue += 1;
+        log_queue_drop(sess, sink.limits, now_ms);
+        return;
+    }
+    if let (Some(j), true) = (sink.journal.as_deref_mut(), sid != 0) {
+        j.log(Record::DeliveryQueued {
+            client_id: (&*sess.client_id).into(),
+            msg: MsgId(sid),
+            qos: qos as u8,
+        });
+    }
+}
+
+/// Log a stored delivery's step: queued then sent (`pid`), or only queued (`None`).
+fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, pid: Option<PacketId>) {
+    let Some(j) = sink.journal.as_deref_mut().filter(|_| out.sid != 0) else {
+        return;
+    };
+    let client_id = &*sess.client_id;
+    match pid {
+        None => j.log(Record::DeliveryQueued {
+            client_id: client_id.into(),
+            msg: MsgId(out.sid),
+            qos: out.qos as u8,
+        }),
+        Some(packet_id) => j.log(Record::DeliverySent {
+            client_id: client_id.into(),
+            msg: MsgId(out.sid),
+            packet_id,
+            state: DeliveryState::InFlight,
+        }),
+    }
+}
+
+/// Log that session `client_id`'s delivery `pid` is over (acknowledged, or never sendable).
+pub(super) fn log_done(journal: Option<&mut Journal>, sess: &Session, pid: PacketId) {
+    if let (Some(j), true) = (journal, sess.logged) {
+        j.log(Record::DeliveryDone {
+            client_id: (&*sess.client_id).into(),
+            packet_id: pid,
+        });
+    }
+}
+
+/// Send a QoS 1/2 delivery under `pid`, in flight until acknowledged. A stored QoS 2
+/// delivery waits until its packet id is durable: sent twice under two ids (once before
+/// a crash, once after) it would be delivered twice.
+fn send_tracked<X>(
+    sess: &mut Session,
+    s: usize,
+    sink: &mut Sink<'_, X>,
+    key: usize,
+    out: Outgoing,
+    pid: PacketId,
+    now_ms: u64,
+) {
+    log_delivery(sink, sess, &out, Some(pid));
+    let gen = sink.links.get(key).map_or(0, |l| l.gen);
+    let hold = out.sid != 0 && (out.qos == QoS::ExactlyOnce || sess.held_out > 0);
+    if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
+        sess.track(pid, out);
+        sess.held_out += 1;
+        j.hold(super::journal::HeldAck::Publish {
+            link: key,
+            gen,
+            session: s,
+            uid: sess.uid,
+            pid,
+        });
+        return;
+    }
     sess.track(pid, out.clone());
     if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
         sess.inflight.retain(|f| f.pid != pid);
+        log_done(sink.journal.as_deref_mut(), sess, pid);
     }
 }
 
@@ -126,8 +217,50 @@ fn deliver_qos0<X>(sink: &mut Sink<'_, X>, key: usize, out: &Outgoing, now_ms: u
         Some(c) if c.link.is_connected() && c.tx.pending() < sink.max_buf => {
             write_publish(sink, key, out, None, false, now_ms);
         }
-        Some(c) if c.link.is_connected() => sink.fx.stats.dropped_qos0 += 1,
-        _ => {}
+        Some(_) => {
+            if let Some(c) = sink.links.conn_mut(key).filter(|c| c.link.is_connected()) {
+                sink.fx.stats.dropped_qos0 += 1;
+                log_qos0_drop(&mut c.link, sink.max_buf, now_ms);
+            }
+        }
+        None => {}
+    }
+}
+
+/// Drops are counted always, but logged at most once a minute per client.
+const DROP_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// True (and `last_ms` moved on) when a drop may be logged now.
+fn drop_log_due(last_ms: &mut u64, now_ms: u64) -> bool {
+    if *last_ms != 0 && now_ms < *last_ms + DROP_LOG_INTERVAL_MS {
+        return false;
+    }
+    *last_ms = now_ms.max(1);
+    true
+}
+
+/// Log (rate-limited) that a full session queue dropped a delivery.
+fn log_queue_drop(sess: &mut crate::session::Session, limits: &Limits, now_ms: u64) {
+    if drop_log_due(&mut sess.drop_logged_ms, now_ms) {
+        crate::log::log(format_args!(
+            "Client {}: queue full ({} messages, {} bytes; limits {} / {}), {} message(s) dropped so far",
+            sess.client_id,
+            sess.queue.len(),
+            sess.queued_bytes(),
+            limits.queue_max,
+            limits.queue_bytes_max,
+            sess.dropped
+        ));
+    }
+}
+
+/// Log (rate-limited) that a QoS 0 delivery was dropped at a full write buffer.
+fn log_qos0_drop(link: &mut Link, max_buf: usize, now_ms: u64) {
+    if drop_log_due(&mut link.drop_logged_ms, now_ms) {
+        crate::log::log(format_args!(
+            "Client {}: not reading; QoS 0 messages dropped past its {max_buf}-byte write buffer",
+            link.client_id.as_deref().unwrap_or("<unknown>")
+        ));
     }
 }
 
@@ -150,16 +283,65 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
         let Some(out) = sess.dequeue() else { return };
         if out.msg.expired(now_ms) || !access::may_read_link(sink, key, &out.msg.topic) {
             // Expired, or the read right was revoked (reload) since it was queued.
+            if let (Some(j), true) = (sink.journal.as_deref_mut(), out.sid != 0) {
+                j.log(Record::DeliveryDropped {
+                    client_id: (&*sess.client_id).into(),
+                    msg: MsgId(out.sid),
+                });
+            }
             continue;
         }
         let Some(pid) = sess.alloc_pid() else {
             sess.requeue_front(out);
             return;
         };
-        sess.track(pid, out.clone());
-        if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
-            sess.inflight.retain(|f| f.pid != pid);
+        send_tracked(sess, s, sink, key, out, pid, now_ms);
+    }
+}
+
+/// Write session `s`'s owed retained messages while its link has room: QoS 0 ones while
+/// the buffer is under its limit, QoS 1/2 ones only into an open window with nothing
+/// queued ahead, so none is ever dropped; the rest waits for the next drain or ack.
+pub(super) fn pump_retained<X>(
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    s: usize,
+    now_ms: u64,
+) {
+    loop {
+        let Some(sess) = sessions.get_mut(s) else {
+            return;
+        };
+        let Some(key) = sess.link else { return };
+        let room = sink
+            .links
+            .conn(key)
+            .is_some_and(|c| c.link.is_connected() && c.tx.pending() < sink.max_buf);
+        if !room {
+            return;
         }
+        let window = sess.queue.is_empty() && sess.window_open(sink.limits);
+        let Some(batch) = sess.retained_backlog.front_mut() else {
+            return;
+        };
+        let Some(msg) = batch.msgs.pop_front() else {
+            sess.retained_backlog.pop_front();
+            continue;
+        };
+        let qos = msg.qos.min(batch.qos);
+        if qos != QoS::AtMostOnce && !window {
+            batch.msgs.push_front(msg);
+            return;
+        }
+        let out = Outgoing {
+            qos,
+            retain: true,
+            sub_ids: batch.sub_id.into_iter().collect(),
+            share: None,
+            sid: 0,
+            msg,
+        };
+        deliver(sessions, sink, s, out, now_ms);
     }
 }
 
@@ -254,4 +436,21 @@ fn outbound_alias<'m>(link: &Link, topic: &'m str) -> (&'m str, Option<u16>, boo
         return (topic, None, false);
     }
     (topic, Some(used as u16 + 1), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_logged_at_most_once_a_minute() {
+        let mut last = 0;
+        assert!(
+            drop_log_due(&mut last, 0),
+            "the first drop is logged, even at 0 ms"
+        );
+        assert!(!drop_log_due(&mut last, 59_000));
+        assert!(drop_log_due(&mut last, 60_001));
+        assert!(!drop_log_due(&mut last, 61_000));
+    }
 }

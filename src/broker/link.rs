@@ -103,6 +103,10 @@ pub struct Link {
     pub pending_connect: Option<Box<PendingConnect>>,
     /// A refused PUBLISH was logged already (refusals are logged once per connection).
     pub publish_denied_logged: bool,
+    /// When a QoS 0 drop to this connection was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
+    /// The client has sent a PUBLISH: under memory pressure it is not read.
+    pub published: bool,
     /// The listener's `mount_point`: topics of this client live under it (prefixed on the
     /// way in, stripped on the way out).
     pub mount: Option<Arc<str>>,
@@ -147,6 +151,8 @@ impl Link {
             acl_cache: crate::auth::AclCache::new(),
             pending_connect: None,
             publish_denied_logged: false,
+            drop_logged_ms: 0,
+            published: false,
             mount: None,
         }
     }

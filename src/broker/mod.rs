@@ -34,8 +34,11 @@ pub mod effects;
 pub mod gate;
 pub mod hot_topics;
 pub mod ingest;
+pub mod journal;
 pub mod link;
 pub mod login;
+pub mod memory;
+mod persist;
 mod publish;
 mod reload;
 pub mod retained;
@@ -104,6 +107,21 @@ pub enum Cast {
         from: usize,
         /// Its figures.
         report: Box<sys::SysReport>,
+    },
+    /// Every publish shard `from` sent before this is applied; answer `BarrierDone` once
+    /// this shard's log holds them durably (persistence only).
+    Barrier {
+        /// The sending shard.
+        from: usize,
+        /// Its barrier sequence number.
+        seq: u64,
+    },
+    /// Shard `from` has made everything before the receiver's barrier `seq` durable.
+    BarrierDone {
+        /// The answering shard.
+        from: usize,
+        /// The barrier answered.
+        seq: u64,
     },
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
@@ -254,8 +272,14 @@ pub struct Broker<X> {
     sys: sys::SysState,
     /// Sampled publish counts per topic (the dashboard's busiest topics).
     hot: hot_topics::HotTopics,
+    /// Where the broker stands against `memory_limit` (set by the driver).
+    pressure: memory::MemoryPressure,
+    /// Accounted bytes, broker-wide, as last reported by the driver.
+    memory_used: u64,
     /// The bridges' local filters: which messages go to which bridge's shard.
     bridges: bridges::BridgeRoutes,
+    /// The store's log, when persistence is on.
+    journal: Option<journal::Journal>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -302,7 +326,10 @@ impl<X> Broker<X> {
             throttle: crate::auth::LoginThrottle::new(),
             sys: sys::SysState::new(shards),
             hot: hot_topics::HotTopics::default(),
+            pressure: memory::MemoryPressure::Normal,
+            memory_used: 0,
             bridges,
+            journal: None,
         };
         b.arm_sys_timer(now_ms);
         b
@@ -336,6 +363,7 @@ impl<X> Broker<X> {
             limits: &self.limits,
             max_buf: self.cfg.max_write_buffer,
             auth: &self.auth,
+            journal: self.journal.as_mut(),
         };
         (&mut self.routes, &mut self.sessions, sink)
     }
@@ -431,7 +459,8 @@ impl<X> Broker<X> {
             Packet::Subscribe(s) => self.on_subscribe(key, s, now_ms),
             Packet::Unsubscribe(u) => self.on_unsubscribe(key, u),
             Packet::PingReq => {
-                self.send(key, &Packet::PingResp);
+                // After any held ack: the link's answers keep their order.
+                self.send_durable(key, &Packet::PingResp);
                 Verdict::Continue
             }
             Packet::Disconnect(d) => self.on_disconnect(key, d),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
 use crate::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
-use crate::session::{Message, Outgoing};
+use crate::session::Message;
 use crate::topic;
 
 /// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
@@ -35,6 +35,12 @@ impl<X> Broker<X> {
                 Some(ReasonCode::TopicNameInvalid),
                 "invalid topic name",
             );
+        }
+        if fresh {
+            // A publisher: the first to stop being read when memory runs short.
+            if let Some(l) = self.links.get_mut(key) {
+                l.published = true;
+            }
         }
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return self.protocol_error(key, "PUBLISH without a session");
@@ -114,7 +120,7 @@ impl<X> Broker<X> {
                 };
                 if sess.awaiting_rel.contains(&pid.get()) {
                     // A resend of a message already routed: acknowledge, never route twice.
-                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::Success);
+                    self.send_ack_durable(key, Packet::PubRec, pid, ReasonCode::Success);
                     return Verdict::Continue;
                 }
                 if sess.awaiting_rel.len()
@@ -127,12 +133,13 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
+                self.log_incoming(s, pid, true);
                 let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
+                self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
                 let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
+                self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
                 self.route_new(key, p, topic, now_ms, origin);
@@ -180,8 +187,14 @@ impl<X> Broker<X> {
     /// answer they know). Returns false for QoS 0, which has no acknowledgement.
     fn nack_publish(&mut self, key: usize, p: &Publish<'_>, reason: ReasonCode) -> bool {
         match (p.qos, p.packet_id) {
-            (QoS::ExactlyOnce, Some(pid)) => self.send_ack(key, Packet::PubRec, pid, reason),
-            (QoS::AtLeastOnce, Some(pid)) => self.send_ack(key, Packet::PubAck, pid, reason),
+            // Held like the successful ones: acks keep the order of the PUBLISHes
+            // [MQTT-4.6.0-2].
+            (QoS::ExactlyOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubRec, pid, reason)
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubAck, pid, reason)
+            }
             _ => return false,
         }
         true
@@ -200,6 +213,22 @@ impl<X> Broker<X> {
             properties: Properties::default(),
         };
         self.send(key, &kind(ack));
+    }
+
+    /// Like `send_ack`, once this turn's records are durable (persistence on).
+    fn send_ack_durable(
+        &mut self,
+        key: usize,
+        kind: fn(Ack<'static>) -> Packet<'static>,
+        pid: PacketId,
+        reason: ReasonCode,
+    ) {
+        let ack = Ack {
+            packet_id: pid,
+            reason,
+            properties: Properties::default(),
+        };
+        self.send_durable(key, &kind(ack));
     }
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
@@ -235,6 +264,7 @@ impl<X> Broker<X> {
         let msg = Arc::new(msg);
         if msg.retain {
             self.retained.store(&msg);
+            self.log_retained(&msg);
         }
         let mut mask = 0u64;
         if self.shards > 1 {
@@ -264,16 +294,16 @@ impl<X> Broker<X> {
         deliver::route_local(routes, sessions, &mut sink, msg, now_ms) || bridged
     }
 
-    /// Hand one delivery to session `s` (see `deliver::deliver`).
-    pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
-        let (_, sessions, mut sink) = self.parts();
-        deliver::deliver(sessions, &mut sink, s, out, now_ms);
-    }
-
     /// Move session `s`'s queued deliveries into its window (see `deliver::pump`).
     pub(super) fn pump(&mut self, s: usize, now_ms: u64) {
         let (_, sessions, mut sink) = self.parts();
         deliver::pump(sessions, &mut sink, s, now_ms);
+        if sessions
+            .get(s)
+            .is_some_and(|x| !x.retained_backlog.is_empty())
+        {
+            deliver::pump_retained(sessions, &mut sink, s, now_ms);
+        }
     }
 
     pub(super) fn on_puback(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {
@@ -282,7 +312,9 @@ impl<X> Broker<X> {
         };
         if let Some(sess) = self.sessions.get_mut(s) {
             // An unknown id is tolerated: it may be a late ack of a resent message.
-            let _ = sess.on_puback(pid);
+            if sess.on_puback(pid).is_ok() {
+                deliver::log_done(self.journal.as_mut(), sess, pid);
+            }
         }
         self.pump(s, now_ms);
         Verdict::Continue
@@ -297,6 +329,15 @@ impl<X> Broker<X> {
             .sessions
             .get_mut(s)
             .map(|x| x.on_pubrec(a.packet_id, failed));
+        let logged = match (&found, self.sessions.get(s)) {
+            (Some(Ok(())), Some(x)) if x.logged && self.journal.is_some() => {
+                Some(x.client_id.clone())
+            }
+            _ => None,
+        };
+        if let Some(id) = logged {
+            self.log_pubrec(true, &id, a.packet_id, failed);
+        }
         match found {
             Some(Ok(())) if failed => self.pump(s, now_ms),
             Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
@@ -319,11 +360,12 @@ impl<X> Broker<X> {
             .get_mut(s)
             .is_some_and(|x| x.awaiting_rel.remove(&pid.get()));
         let reason = if known {
+            self.log_incoming(s, pid, false);
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.send_ack(key, Packet::PubComp, pid, reason);
+        self.send_ack_durable(key, Packet::PubComp, pid, reason);
         Verdict::Continue
     }
 
@@ -332,7 +374,9 @@ impl<X> Broker<X> {
             return Verdict::Close;
         };
         if let Some(sess) = self.sessions.get_mut(s) {
-            let _ = sess.on_pubcomp(pid);
+            if sess.on_pubcomp(pid).is_ok() {
+                deliver::log_done(self.journal.as_mut(), sess, pid);
+            }
         }
         self.pump(s, now_ms);
         Verdict::Continue
@@ -381,6 +425,8 @@ impl<X> Broker<X> {
             }
             Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
             Cast::Sys { from, report } => self.on_sys_report(from, *report),
+            Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
+            Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),
             Cast::InterestAck { from, seq } => {
                 self.gate.acked(from, seq);
                 self.release_subacks(now_ms);

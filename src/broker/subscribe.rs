@@ -4,8 +4,10 @@ use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
-use crate::session::{Outgoing, SubState};
+use crate::protocol::{
+    self, Packet, Properties, ReasonCode, RetainHandling, Subscribe, Unsubscribe, Version,
+};
+use crate::session::{RetainedBacklog, SubState};
 use crate::topic::{self, FilterKind};
 
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
@@ -35,6 +37,14 @@ impl<X> Broker<X> {
             };
             if plain.is_some_and(|f| !self.may_subscribe(key, f)) {
                 codes.push(refusal(version, protocol::ReasonCode::NotAuthorized));
+                continue;
+            }
+            if let Some(refused) = parsed
+                .as_ref()
+                .ok()
+                .and_then(|k| self.over_limit(s, &full, k))
+            {
+                codes.push(refusal(version, refused));
                 continue;
             }
             let code = match parsed {
@@ -114,6 +124,20 @@ impl<X> Broker<X> {
         false
     }
 
+    /// Why SUBSCRIBE to `full` (parsed as `kind`) is refused by the resource limits, if it
+    /// is: too long or deep (0x8F), or a new subscription past the session's quota (0x97).
+    fn over_limit(&self, s: usize, full: &str, kind: &FilterKind<'_>) -> Option<ReasonCode> {
+        let limits = &self.cfg.limits;
+        if full.len() > limits.max_filter_length || !limits.filter_within(kind.filter()) {
+            return Some(ReasonCode::TopicFilterInvalid);
+        }
+        let subs = &self.sessions.get(s)?.subs;
+        let new = !subs.contains_key(full);
+        let full_memory = self.pressure >= super::memory::MemoryPressure::Refuse;
+        (new && (subs.len() >= limits.max_subscriptions_per_client || full_memory))
+            .then_some(ReasonCode::QuotaExceeded)
+    }
+
     /// `client qos filter` (subscribe) or `client filter` (unsubscribe), as Mosquitto's
     /// `log_type subscribe|unsubscribe` lines.
     fn log_subscription(&self, key: usize, level: Level, filter: &str, qos: u8) {
@@ -130,12 +154,13 @@ impl<X> Broker<X> {
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.
-    fn add_subscription(&mut self, s: usize, filter: &str, state: SubState) -> bool {
+    pub(super) fn add_subscription(&mut self, s: usize, filter: &str, state: SubState) -> bool {
         let existed = self
             .sessions
             .get_mut(s)
             .and_then(|x| x.subs.insert(filter.into(), state))
             .is_some();
+        self.journal_subscription(s, filter, Some(&state));
         let entry = Subscriber {
             session: s,
             options: state.options,
@@ -148,7 +173,15 @@ impl<X> Broker<X> {
     }
 
     /// Record a shared subscription in the session and in every shard's membership.
-    fn add_shared(&mut self, s: usize, full: &str, group: &str, filter: &str, state: SubState) {
+    pub(super) fn add_shared(
+        &mut self,
+        s: usize,
+        full: &str,
+        group: &str,
+        filter: &str,
+        state: SubState,
+    ) {
+        self.journal_subscription(s, full, Some(&state));
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
@@ -217,19 +250,28 @@ impl<X> Broker<X> {
     /// the retained messages its filters match.
     pub(super) fn release_subacks(&mut self, now_ms: u64) {
         while let Some(p) = self.gate.pop_released() {
+            if let Err(p) = self.hold_suback(p) {
+                self.send_suback(p, now_ms);
+            }
+        }
+    }
+
+    /// Write a released SUBACK, then the retained messages its filters match.
+    pub(super) fn send_suback(&mut self, p: super::gate::PendingSubAck, now_ms: u64) {
+        {
             let live = self
                 .links
                 .get(p.link)
                 .is_some_and(|l| l.gen == p.gen && l.is_connected());
             if !live {
-                continue;
+                return;
             }
             if let Some(c) = self.links.conn_mut(p.link) {
                 c.tx.buf().extend_from_slice(&p.bytes);
                 self.fx.mark_dirty(p.link, &mut c.link);
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
-                continue;
+                return;
             };
             for (filter, state) in &p.retained {
                 self.send_retained(s, filter, state, now_ms);
@@ -237,25 +279,28 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Deliver the retained messages matching `filter` to session `s`, RETAIN set.
+    /// Owe session `s` the retained messages matching `filter` (RETAIN set) and send what
+    /// its link takes now; the rest follows as the buffer drains (`pump_retained`).
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
-        let mut found = Vec::new();
+        let mut msgs = std::collections::VecDeque::new();
         let auth = &self.auth;
         self.retained.for_each_matching(filter, |_, m| {
             if !m.expired(now_ms) && publisher_may_still(auth, m) {
-                found.push(m.clone());
+                msgs.push_back(m.clone());
             }
         });
-        for msg in found {
-            let out = Outgoing {
-                qos: msg.qos.min(state.options.qos),
-                retain: true,
-                sub_ids: state.sub_id.into_iter().collect(),
-                share: None,
-                msg,
-            };
-            self.deliver(s, out, now_ms);
+        if msgs.is_empty() {
+            return;
         }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.retained_backlog.push_back(RetainedBacklog {
+            msgs,
+            qos: state.options.qos,
+            sub_id: state.sub_id,
+        });
+        self.pump(s, now_ms);
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, u: &Unsubscribe<'_>) -> Verdict {
@@ -276,6 +321,7 @@ impl<X> Broker<X> {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
                 self.unroute(s, uid, &filter);
                 self.log_subscription(key, Level::Unsubscribe, &filter, 0);
+                self.journal_subscription(s, &filter, None);
             }
             let code = if had {
                 protocol::ReasonCode::Success
@@ -289,7 +335,7 @@ impl<X> Broker<X> {
             properties: Properties::default(),
             codes: if version == Version::V5 { &codes } else { &[] },
         };
-        self.send(key, &Packet::UnsubAck(ack));
+        self.send_durable(key, &Packet::UnsubAck(ack));
         Verdict::Continue
     }
 }

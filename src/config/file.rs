@@ -69,6 +69,8 @@ pub struct FileSettings {
     pub warnings: Vec<String>,
     /// The store's lines (issue 11).
     pub persistence: PersistenceFile,
+    /// The resource limits' lines (issue 12).
+    pub limits: super::limits::LimitFile,
 
     // --- Mosquitto password and ACL files (issue 10) ---
     /// `password_file` (global, or for the default listener with per-listener settings).
@@ -330,6 +332,7 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
+        k if super::limits::FILE_KEYS.contains(&k) => s.limits.apply(k, value)?,
         k if PERSISTENCE_KEYS.contains(&k) => {
             persistence(&mut s.persistence, &mut s.warnings, k, value)?
         }

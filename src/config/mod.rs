@@ -9,6 +9,7 @@ pub mod auth_files;
 pub mod bridge;
 pub mod cluster;
 pub mod file;
+pub mod limits;
 mod passwd_args;
 pub mod reload;
 
@@ -24,12 +25,18 @@ use clap::Parser;
 pub mod defaults {
     /// In-flight window per client.
     pub const MAX_INFLIGHT_MESSAGES: u16 = 20;
-    /// Queue bound per session, messages.
-    pub const MAX_QUEUED_MESSAGES: usize = 1000;
+    /// Queue bound per session, messages: far above the byte bound for ordinary
+    /// messages, so the bytes decide (Mosquitto's 1,000 lost 7,072 of 10,000 messages to a
+    /// subscriber slower than its publisher); it only caps floods of tiny messages.
+    pub const MAX_QUEUED_MESSAGES: usize = 100_000;
     /// Queue bound per session, bytes.
     pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
-    /// Largest packet accepted.
-    pub const MAX_PACKET_SIZE: usize = crate::protocol::REMAINING_LENGTH_MAX + 5;
+    /// Largest packet accepted, bytes: 2 MiB. The protocol's 256 MiB let 100 clients make
+    /// the broker hold gigabytes of half-received packets; Mosquitto 2.1 moved its
+    /// `max_packet_size` default from unlimited to 2,000,000 for the same reason (EMQX
+    /// uses 1 MB). Telemetry, JSON and small images fit; firmware goes in chunks or with
+    /// `max_packet_size` raised. Advertised to 5.0 clients in CONNACK.
+    pub const MAX_PACKET_SIZE: usize = 2 * 1024 * 1024;
     /// Largest Keep Alive accepted.
     pub const MAX_KEEPALIVE: u16 = 65535;
     /// Seconds to send CONNECT.
@@ -45,7 +52,7 @@ pub mod defaults {
     /// Whether the store is on when nothing says. Issue 11 makes it `true`; it stays
     /// `false` until the broker writes to the store (phase 2), so that neither `--help`
     /// nor the broker claims a durability it does not have yet.
-    pub const PERSISTENCE: bool = false;
+    pub const PERSISTENCE: bool = true;
     /// The store's directory, relative to the working directory.
     pub const PERSISTENCE_LOCATION: &str = "shardmq-data/";
     /// Seconds between checkpoints of the store (`autosave_interval`).
@@ -115,13 +122,13 @@ pub struct Args {
     /// Maximum in-flight QoS 1/2 messages per client [default: 20].
     #[arg(long)]
     pub max_inflight_messages: Option<u16>,
-    /// Maximum queued QoS 1/2 messages per client beyond the in-flight window [default: 1000].
+    /// Maximum queued QoS 1/2 messages per client beyond the in-flight window [default: 100000].
     #[arg(long)]
     pub max_queued_messages: Option<usize>,
     /// Maximum queued bytes per client [default: 67108864].
     #[arg(long)]
     pub max_queued_bytes: Option<usize>,
-    /// Maximum packet size accepted from clients, bytes [default: 268435460].
+    /// Maximum packet size accepted from clients, bytes [default: 2097152].
     #[arg(long)]
     pub max_packet_size: Option<usize>,
     /// Largest Keep Alive accepted, seconds (5.0 clients are told; 3.x clients above it are refused) [default: 65535].
@@ -201,12 +208,14 @@ pub struct Args {
     pub acl_file: Option<PathBuf>,
     // --- end of the password and ACL block ---
     /// Directory of the store (write-ahead logs and checkpoints) [default: shardmq-data/].
-    /// Not available yet: the broker keeps state in memory until the store is wired in.
     #[arg(long, alias = "persistence-location", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Keep sessions and messages in memory only (today's behaviour).
+    /// Keep sessions and messages in memory only (nothing survives a restart).
     #[arg(long)]
     pub no_persistence: bool,
+    /// Resource limits (issue 12).
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 /// The store's settings (issue 11), resolved from the command line, the file and defaults.
@@ -223,16 +232,9 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Resolve the store's settings. Until the broker writes to the store, any request for
-    /// persistence (`persistence true`, a location without `persistence false`, or
-    /// `--data-dir` without `--no-persistence`) is refused rather than silently ignored.
+    /// Resolve the store's settings: on by default, `--no-persistence` or
+    /// `persistence false` turn it off.
     fn resolve(a: &Args, f: &file::PersistenceFile) -> Result<Persistence, String> {
-        let asked = f.enabled == Some(true)
-            || (a.data_dir.is_some() && !a.no_persistence)
-            || (f.location.is_some() && f.enabled != Some(false) && !a.no_persistence);
-        if asked {
-            return Err("persistence: shardmq keeps sessions and retained messages in memory only for now; remove 'persistence true' / '--data-dir' or add 'persistence false' / '--no-persistence'".into());
-        }
         let enabled = if a.no_persistence {
             false
         } else {
@@ -317,6 +319,8 @@ pub struct Config {
     pub listeners: Vec<listener::Listener>,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
+    /// Subscription, filter and connection limits (issue 12).
+    pub limits: limits::ResourceLimits,
     /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
     pub bridges: Vec<bridge::BridgeConfig>,
 }
@@ -525,6 +529,7 @@ impl Config {
             listener_auth,
             listeners,
             persistence,
+            limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,
         };
         c.validate()?;
@@ -580,7 +585,7 @@ mod tests {
         ];
         assert_eq!(c.binds, both);
         assert_eq!(c.max_inflight, 20);
-        assert_eq!(c.max_queued_messages, 1000);
+        assert_eq!(c.max_queued_messages, 100_000);
     }
 
     #[test]
@@ -592,12 +597,9 @@ mod tests {
     }
 
     #[test]
-    fn persistence_is_parsed_but_refused_until_the_broker_uses_it() {
-        let c = Config::default();
-        assert!(
-            !c.persistence.enabled,
-            "no durability is claimed before phase 2"
-        );
+    fn persistence_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::from_args(Args::parse_from(["shardmq"])).expect("defaults");
+        assert!(c.persistence.enabled, "on by default");
         assert_eq!(c.persistence.location, PathBuf::from("shardmq-data/"));
         let a = Args::parse_from(["shardmq", "--no-persistence", "--data-dir", "d"]);
         let c = Config::from_args(a).expect("memory mode with a location is fine");
@@ -605,20 +607,19 @@ mod tests {
             (c.persistence.enabled, c.persistence.location),
             (false, "d".into())
         );
-        let e = Config::from_args(Args::parse_from(["shardmq", "--persistence-location", "d"]));
-        assert!(e.expect_err("asks for persistence").contains("memory only"));
+        let c = Config::from_args(Args::parse_from(["shardmq", "--persistence-location", "d"]))
+            .expect("a location");
+        assert_eq!(
+            (c.persistence.enabled, c.persistence.location),
+            (true, "d".into())
+        );
         let f = file::PersistenceFile {
             enabled: Some(false),
             location: Some("x".into()),
             ..Default::default()
         };
         let a = Args::parse_from(["shardmq"]);
-        assert!(Persistence::resolve(&a, &f).is_ok());
-        let f = file::PersistenceFile {
-            enabled: Some(true),
-            ..Default::default()
-        };
-        assert!(Persistence::resolve(&a, &f).is_err());
+        assert!(!Persistence::resolve(&a, &f).expect("resolves").enabled);
     }
 
     #[test]

@@ -37,6 +37,22 @@ pub struct Outgoing {
     /// `$share/{group}/{filter}` when delivered through a shared subscription, so it can
     /// move to another member if this one goes away.
     pub share: Option<Arc<str>>,
+    /// The message's id in this shard's store log (`MsgId`), 0 when it is not stored.
+    pub sid: u64,
+}
+
+/// Retained messages matched by one SUBSCRIBE and not yet written: a snapshot taken at
+/// subscribe time (8 bytes per message, the payloads are shared), written as the link's
+/// buffer drains and the window opens, never dropped for lack of room.
+#[derive(Debug)]
+pub struct RetainedBacklog {
+    /// The messages still to send, in the order found.
+    pub msgs: VecDeque<Arc<Message>>,
+    /// The granted QoS of the subscription (each delivery takes the lower of this and
+    /// the message's).
+    pub qos: QoS,
+    /// The subscription's identifier (5.0).
+    pub sub_id: Option<u32>,
 }
 
 /// Where an outbound QoS 1/2 delivery stands.
@@ -127,6 +143,8 @@ pub struct Session {
     pub inflight: VecDeque<InFlight>,
     /// Deliveries waiting for the window or for the client to reconnect.
     pub queue: VecDeque<Outgoing>,
+    /// Retained messages owed to subscriptions, oldest SUBSCRIBE first.
+    pub retained_backlog: VecDeque<RetainedBacklog>,
     queue_bytes: usize,
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
     pub awaiting_rel: BTreeSet<u16>,
@@ -139,6 +157,8 @@ pub struct Session {
     pub expiry_timer: Option<crate::timer::TimerId>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// When a queue drop was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
     /// The client's Receive Maximum (5.0), 65,535 when not given.
     pub client_receive_max: u16,
     /// Marker used by routing to merge overlapping subscriptions into one delivery.
@@ -149,6 +169,11 @@ pub struct Session {
     pub username: Option<Box<str>>,
     /// The listener that connection came through: its ACL decides deliveries.
     pub listener: usize,
+    /// The session is in the store (persistent, persistence on): its changes are logged.
+    pub logged: bool,
+    /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
+    /// wait behind them, so the session's order holds.
+    pub held_out: u32,
 }
 
 impl Session {
@@ -162,6 +187,7 @@ impl Session {
             subs: BTreeMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            retained_backlog: VecDeque::new(),
             queue_bytes: 0,
             awaiting_rel: BTreeSet::new(),
             next_pid: 0,
@@ -169,11 +195,14 @@ impl Session {
             will_timer: None,
             expiry_timer: None,
             dropped: 0,
+            drop_logged_ms: 0,
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
             username: None,
             listener: 0,
+            logged: false,
+            held_out: 0,
         }
     }
 
@@ -231,6 +260,15 @@ impl Session {
     pub fn requeue_front(&mut self, out: Outgoing) {
         self.queue_bytes += out.msg.weight();
         self.queue.push_front(out);
+    }
+
+    /// Drop everything queued or in flight (the session is ending), releasing its memory.
+    pub fn clear_queues(&mut self) {
+        self.queue = VecDeque::new();
+        self.queue_bytes = 0;
+        self.inflight = VecDeque::new();
+        self.awaiting_rel = BTreeSet::new();
+        self.retained_backlog = VecDeque::new();
     }
 
     /// Bytes held by the queue.
@@ -336,6 +374,7 @@ mod tests {
             retain: false,
             sub_ids: SubIds::new(),
             share: None,
+            sid: 0,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct ConnIo {
     /// Not being read because its CONNECT waits for a password check; resumed by the
     /// verifier's answer.
     pub(super) paused_on_auth: bool,
+    /// Not being read because it publishes and memory is short; resumed by the budget.
+    pub(super) paused_on_memory: bool,
     /// The client certificate will name the user once the TLS handshake is done.
     pub(super) name_pending: bool,
     /// A TLS handshake not yet counted (as completed or failed) in the shard's figures.
@@ -50,6 +52,7 @@ impl ConnIo {
             pending_read: false,
             paused_on_output: false,
             paused_on_auth: false,
+            paused_on_memory: false,
         }
     }
 }

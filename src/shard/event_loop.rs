@@ -22,9 +22,13 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
 use super::conn::ConnIo;
+use super::linger::Lingering;
+use super::memory::MemoryBudget;
 use super::{BusMsg, Handoff};
+use crate::broker::memory::MemoryPressure;
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::listener::Listener;
 use crate::config::Config;
@@ -185,8 +189,25 @@ impl Running {
     }
 }
 
-/// Bind the listeners and start one thread per shard.
+/// What a shard starts from when persistence is on: its part of the recovered store.
+pub struct StoreStart {
+    /// The store's directory (its layout installed for this shard count).
+    pub dir: std::path::PathBuf,
+    /// Each shard's part, in shard order.
+    pub parts: Vec<crate::store::LiveState>,
+    /// Every retained message, for every shard's replica.
+    pub retained: Vec<crate::broker::journal::RetainedEntry>,
+    /// How each shard's log runs.
+    pub opts: crate::store::WalOptions,
+}
+
+/// Bind the listeners and start one thread per shard (memory only).
 pub fn run(cfg: Config) -> io::Result<Running> {
+    run_with_store(cfg, None)
+}
+
+/// Bind the listeners and start one thread per shard, each with its log if `store`.
+pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -213,10 +234,14 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
+    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let memory_board = super::memory::board(cfg.shards);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
     let verifier = VerifierPool::start(VERIFIER_THREADS, VERIFY_QUEUE_MAX)?;
+    let mut built = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = shard_listeners(&bound)?;
         register_listeners(&poll, &mut mine)?;
@@ -232,8 +257,23 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
-        let shard = shard.with_bridges(&bridge_tls);
+        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
+        let mut shard = shard.with_bridges(&bridge_tls);
+        if let Some(st) = store.as_mut() {
+            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+        }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        built.push((shard, cpu));
+    }
+    if store.is_some() {
+        // Every restored subscription's interest is on the rings before any shard runs:
+        // a shard's first turn drains its inbox before it accepts or fires a timer.
+        for (shard, _) in &mut built {
+            shard.push_outbox();
+        }
+    }
+    for (id, (shard, cpu)) in built.into_iter().enumerate() {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -249,6 +289,28 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         ctl,
         bound,
     })
+}
+
+/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+fn open_journal(
+    broker: &mut Broker<ConnIo>,
+    id: usize,
+    st: &mut StoreStart,
+    waker: Arc<Waker>,
+) -> io::Result<()> {
+    let dir = crate::store::layout::shard_dir(&st.dir, id);
+    let wal = crate::store::Wal::open(&dir, st.opts, move || {
+        let _ = waker.wake();
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
+    broker.attach_journal(journal);
+    broker.restore(&part, &st.retained, 0);
+    Ok(())
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are
@@ -347,6 +409,14 @@ struct Shard {
     verifier: Option<VerifierClient>,
     /// Verifier answers were left for the next turn: poll without sleeping.
     verify_again: bool,
+    /// Closed connections draining their input so the peer reads our last packet.
+    lingering: Lingering,
+    /// `max_connections` and the per-address connection rate.
+    admission: Admission,
+    /// When a refusal at accept was last logged (ms).
+    refusal_logged_ms: u64,
+    /// This shard's part of `memory_limit`.
+    memory: MemoryBudget,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
     /// The bridges this shard runs (bridge `i` on shard `i mod N`).
@@ -364,6 +434,7 @@ impl Shard {
         epoch: Instant,
     ) -> Shard {
         let shards = cfg.shards;
+        let cfg_limits = cfg.limits;
         Shard {
             id,
             poll,
@@ -382,6 +453,10 @@ impl Shard {
             accept_error_logged_ms: 0,
             verifier: None,
             verify_again: false,
+            lingering: Lingering::default(),
+            admission: Admission::new(Arc::default(), &cfg_limits),
+            refusal_logged_ms: 0,
+            memory: MemoryBudget::new(id, super::memory::board(1), 0),
             ctl: crossbeam_channel::never(),
         }
     }
@@ -447,6 +522,9 @@ impl Shard {
         self.broker.shutdown();
         self.flush_dirty();
         self.close_pending(self.now_ms());
+        self.lingering.clear();
+        // The sessions' disconnect records reach the log before the shard ends.
+        self.broker.journal_end_turn(self.now_ms());
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
@@ -455,6 +533,7 @@ impl Shard {
             || self.inbox_again
             || self.verify_again
             || self.broker.timers_backlog()
+            || self.broker.journal_unwritten()
             || self.bus.staged() > 0
             || self.bridges.busy()
             || self.broker.pending_bridge_offers()
@@ -463,7 +542,9 @@ impl Shard {
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
         let next = next.min(self.bridges.next_deadline_ms().unwrap_or(u64::MAX));
-        Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
+        let linger = self.lingering.due_in_ms(now).unwrap_or(u64::MAX);
+        let ms = next.saturating_sub(now).min(linger);
+        Duration::from_millis(ms.min(POLL_TIMEOUT_MAX_MS))
     }
 
     fn turn(&mut self, events: &mut Events) -> io::Result<()> {
@@ -508,6 +589,8 @@ impl Shard {
         self.submit_checks(now);
         self.bridges
             .step(&mut self.broker, self.poll.registry(), now);
+        // Held acks whose records are durable go out; this turn's records are written.
+        self.broker.journal_end_turn(now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
@@ -515,6 +598,10 @@ impl Shard {
         self.close_pending(now);
         self.push_outbox();
         self.flush_dirty();
+        self.lingering.tick(now, &mut self.scratch);
+        if self.memory.tick(&mut self.broker, now) {
+            self.resume_publishers();
+        }
         super::figures::end_turn(&self.broker, &self.bus, busy_from);
         Ok(())
     }
@@ -539,15 +626,25 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].0.accept() {
-                    Ok((stream, peer)) => match self.listeners[i].1.wrap(stream) {
-                        Ok(Some(transport)) => {
-                            self.broker.effects().stats.connections_accepted += 1;
-                            self.adopt(transport, peer, Vec::new(), i, now)
+                    Ok((stream, peer)) => {
+                        if let Err(why) = self.admission.admit(peer.ip(), i, now) {
+                            // Dropping the stream closes it before any byte is read.
+                            self.log_refusal(peer, why, now);
+                            continue;
                         }
-                        // At the listener's max_connections: dropping the socket closes it.
-                        Ok(None) => {}
-                        Err(e) => log_at!(Level::Notice, "connection from {peer} refused: {e}"),
-                    },
+                        match self.listeners[i].1.wrap(stream) {
+                            Ok(Some(transport)) => {
+                                self.broker.effects().stats.connections_accepted += 1;
+                                self.adopt(transport, peer, Vec::new(), i, now)
+                            }
+                            // At the listener's max_connections: dropping the socket closes it.
+                            Ok(None) => self.admission.release(),
+                            Err(e) => {
+                                self.admission.release();
+                                log_at!(Level::Notice, "connection from {peer} refused: {e}");
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -564,6 +661,21 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Log a refusal at accept, at most once a second per shard.
+    fn log_refusal(&mut self, peer: SocketAddr, why: Refused, now: u64) {
+        if self.refusal_logged_ms != 0 && now < self.refusal_logged_ms + 1000 {
+            return;
+        }
+        self.refusal_logged_ms = now.max(1);
+        let what = match why {
+            Refused::MaxConnections => {
+                format!("max_connections reached ({} open)", self.admission.open())
+            }
+            Refused::RateLimited => "max_connection_rate exceeded by its address".to_string(),
+        };
+        log_at!(Level::Notice, "Refused connection from {peer}: {what}.");
     }
 
     /// Register a transport (accepted here or handed over) and process any bytes it came
@@ -600,6 +712,7 @@ impl Shard {
             // Not registered: forget it now (never through the closing list, whose keys
             // must name live connections).
             self.broker.on_closed(key, now);
+            self.admission.release();
             return;
         }
         let partial = self
@@ -625,7 +738,42 @@ impl Shard {
         }
     }
 
+    /// Memory is below the pause mark again: read the publishers paused for it.
+    fn resume_publishers(&mut self) {
+        for key in std::mem::take(&mut self.memory.paused) {
+            let was = self
+                .broker
+                .links_mut()
+                .conn_mut(key)
+                .is_some_and(|c| std::mem::take(&mut c.io.paused_on_memory));
+            if was {
+                self.defer_read(key);
+            }
+        }
+    }
+
+    /// Under memory pressure, a publisher is not read (TCP back-pressure) until the budget
+    /// resumes it. True when `key` was paused.
+    fn paused_for_memory(&mut self, key: usize) -> bool {
+        if self.broker.memory_pressure() < MemoryPressure::PausePublishers {
+            return false;
+        }
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return false;
+        };
+        if !c.link.published {
+            return false;
+        }
+        if !std::mem::replace(&mut c.io.paused_on_memory, true) {
+            self.memory.paused.push(key);
+        }
+        true
+    }
+
     fn read_or_defer(&mut self, key: usize, now: u64) {
+        if self.paused_for_memory(key) {
+            return;
+        }
         if self.broker.input_paused(key) {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.paused_on_auth = true;
@@ -930,7 +1078,8 @@ impl Shard {
                 }
                 if let Some(mut io) = self.broker.on_closed(key, now) {
                     let _ = self.poll.registry().deregister(&mut io.transport);
-                    io.transport.shutdown();
+                    self.lingering.start(io.transport, now);
+                    self.admission.release();
                 }
             }
         }

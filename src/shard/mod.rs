@@ -6,6 +6,7 @@
 //! Invariant: nothing here is shared mutably between shards; the only cross-thread
 //! traffic is `BusMsg`s and the shutdown flag. Must not touch: MQTT semantics, which live in `broker`, nor a link's state, which
 //! only the broker's `Effects` change.
+pub mod admission;
 pub mod bridge_tls;
 pub mod bridges;
 #[allow(unsafe_code)]
@@ -13,11 +14,13 @@ pub mod bus;
 pub mod conn;
 pub mod event_loop;
 pub mod figures;
+pub mod linger;
 pub mod listeners;
+pub mod memory;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, Control, Running};
+pub use event_loop::{run, run_with_store, Control, Running, StoreStart};
 
 use crate::broker::Cast;
 pub use conn::Handoff;
