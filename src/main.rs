@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     let shards = config.shards;
     let print_bound = config.print_bound;
     let config_admin = config.admin;
+    let admin_password_file = config.admin_password_file.clone();
     let metrics = config.metrics.clone();
     let mut current = config.clone();
     // `/readyz` stays not-ready until the store is recovered and every shard runs.
@@ -75,7 +76,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = match admin::start(config_admin, metrics.clone(), None) {
+    let admin_check = match admin_credentials(admin_password_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            log(format_args!("Error: {e}"));
+            running.stop();
+            running.join();
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match admin::start(config_admin, metrics.clone(), admin_check) {
         Ok(Started::Running(a)) => Some(a),
         Ok(Started::Skipped(warning)) => {
             log(format_args!("Warning: {warning}"));
@@ -132,6 +142,21 @@ fn main() -> ExitCode {
         a.stop();
     }
     ExitCode::SUCCESS
+}
+
+/// The admin listener's HTTP basic auth from `admin_password_file` (the MQTT password
+/// file's format), checked on the admin thread, never on a shard.
+fn admin_credentials(
+    path: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<dyn admin::CredentialCheck>>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let file = shardmq::auth::passwd::PasswordFile::load(path).map_err(|e| e.to_string())?;
+    let check = move |user: &str, password: &str| {
+        file.verify(user, password.as_bytes()) == shardmq::auth::passwd::Verdict::Ok
+    };
+    Ok(Some(std::sync::Arc::new(check)))
 }
 
 /// SIGHUP: read the configuration again and apply it, or keep the running one whole.

@@ -226,3 +226,34 @@ fn check_validates_a_file_without_starting() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `admin_password_file` (a file made by `shardmq passwd`) guards the admin listener of a
+/// running broker; the probes stay open for health checkers.
+#[test]
+fn admin_password_file_guards_the_running_admin_listener() {
+    let dir = std::env::temp_dir().join(format!("shardmq-admin-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pw = dir.join("admin.pw");
+    let made = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["passwd", "-c", "-b"])
+        .arg(&pw)
+        .args(["ops", "pw"])
+        .status()
+        .expect("run shardmq passwd");
+    assert!(made.success(), "shardmq passwd failed");
+    let conf = dir.join("admin.conf");
+    std::fs::write(&conf, format!("admin_password_file {}\n", pw.display())).expect("conf");
+    let conf = conf.to_string_lossy().into_owned();
+    let b = Broker::with_shards(1, &["-c", &conf, "--admin", "127.0.0.1:0"]);
+    let admin = b.admin_addr().expect("admin address printed");
+    assert_eq!(get(admin, "/api/v1/stats", None).0, 401);
+    assert_eq!(
+        get(admin, "/metrics", Some("b3BzOndyb25n")).0,
+        401,
+        "ops:wrong"
+    );
+    assert_eq!(get(admin, "/metrics", Some("b3BzOnB3")).0, 200, "ops:pw");
+    assert_eq!(get(admin, "/healthz", None).0, 200);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -553,8 +553,9 @@ impl Config {
         if self.max_packet_size < 16 {
             return Err("--max-packet-size must be at least 16 bytes".into());
         }
-        if self.admin_password_file.is_some() && self.admin != AdminListen::Off {
-            return Err("admin_password_file is not supported until the password-file loader lands; refusing to run the admin listener unprotected (use --admin off)".into());
+        if let Some(p) = &self.admin_password_file {
+            // Checked here so that a bad file stops the start (and `check`) with its line.
+            crate::auth::passwd::PasswordFile::load(p).map_err(|e| e.to_string())?;
         }
         let has_password_file = self.auth_files.password_file.is_some()
             || self
