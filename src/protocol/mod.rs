@@ -29,6 +29,7 @@ mod subscribe;
 mod testutil;
 mod wire;
 
+pub use ack::encode_plain_ack;
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{
@@ -70,8 +71,9 @@ pub enum Decoded<'a> {
 /// it carries. The size of the whole packet is checked against `max_packet_size` from the
 /// fixed header alone, before the body has arrived (`PacketTooLarge`, 0x95). `Incomplete`
 /// gives the total number of bytes needed from the start of `buf`. Never allocates and
-/// never panics.
-#[inline]
+/// never panics. Always inlined, so the (large) packet is built in the caller's frame
+/// rather than copied out of this one.
+#[inline(always)]
 pub fn decode(
     buf: &[u8],
     version: Version,
@@ -90,7 +92,7 @@ pub fn decode(
 }
 
 /// Decode a body whose framing and first byte were already checked.
-#[inline]
+#[inline(always)]
 fn decode_body(first: u8, body: &[u8], version: Version) -> Result<Packet<'_>, DecodeError> {
     let type_id = first >> 4;
     Ok(match type_id {
