@@ -106,9 +106,9 @@ pub(super) fn deliver<X>(
         return;
     }
     let Some(pid) = sess.alloc_pid() else { return };
-    sess.track(pid, out.clone());
-    if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
-        sess.inflight.retain(|f| f.pid != pid);
+    let out = sess.track(pid, out);
+    if !write_publish(sink, key, out, Some(pid), false, now_ms) {
+        sess.inflight.pop_back();
     }
 }
 
@@ -148,9 +148,9 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
             sess.requeue_front(out);
             return;
         };
-        sess.track(pid, out.clone());
-        if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
-            sess.inflight.retain(|f| f.pid != pid);
+        let out = sess.track(pid, out);
+        if !write_publish(sink, key, out, Some(pid), false, now_ms) {
+            sess.inflight.pop_back();
         }
     }
 }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use crate::config::Config;
 pub(crate) use crate::log::log;
 use crate::protocol::{self, Packet, ReasonCode, Version};
-use crate::session::{Limits, Message, Session, SubIds};
+use crate::session::{Limits, Message, MessagePool, Session, SubIds};
 use crate::timer::TimerWheel;
 use deliver::Sink;
 pub use effects::Effects;
@@ -193,6 +193,8 @@ pub struct Broker<X> {
     now_ms: u64,
     /// Latest `$SYS` report of every shard (used on shard 0).
     sys_reports: Vec<sys::SysReport>,
+    /// Message allocations kept for reuse.
+    msg_pool: MessagePool,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -233,6 +235,7 @@ impl<X> Broker<X> {
             fired: Vec::new(),
             now_ms,
             sys_reports: vec![sys::SysReport::default(); shards],
+            msg_pool: MessagePool::default(),
         };
         b.arm_sys_timer(now_ms);
         b

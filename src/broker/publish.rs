@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
-use crate::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
+use crate::protocol::{self, Ack, Packet, PacketId, Publish, QoS, ReasonCode};
 use crate::session::{Message, Outgoing};
 use crate::topic;
 
@@ -151,19 +151,29 @@ impl<X> Broker<X> {
         pid: PacketId,
         reason: ReasonCode,
     ) {
-        let ack = Ack {
-            packet_id: pid,
-            reason,
-            properties: Properties::default(),
+        // The packet type of `kind` (folded away where `kind` is a constant).
+        let type_id = match kind(Ack::new(pid)) {
+            Packet::PubAck(_) => 4,
+            Packet::PubRec(_) => 5,
+            Packet::PubRel(_) => 6,
+            _ => 7,
         };
-        self.send(key, &kind(ack));
+        let Some(c) = self.links.conn_mut(key) else {
+            return;
+        };
+        protocol::encode_plain_ack(c.tx.buf(), type_id, pid, reason, c.link.version);
+        self.fx.mark_dirty(key, &mut c.link);
     }
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
     fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
-        let msg = Message::from_publish(p, topic.clone(), now_ms, origin);
-        self.publish_message(msg, now_ms)
+        if p.retain {
+            let msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+            return self.publish_message(msg, now_ms);
+        }
+        let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+        self.publish_shared(msg, now_ms)
     }
 
     /// Route a message that originates on this shard (client publish, Will, `$SYS`). A
@@ -172,7 +182,12 @@ impl<X> Broker<X> {
         if msg.retain {
             msg.retain_stamp = self.retained.next_stamp(self.shard_id);
         }
-        let msg = Arc::new(msg);
+        self.publish_shared(Arc::new(msg), now_ms)
+    }
+
+    /// Route a stamped message: retain it, send it to interested shards, deliver it here.
+    /// The shard's reference goes back to the pool (kept if no delivery holds it).
+    fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
         if msg.retain {
             self.retained.store(&msg);
         }
@@ -192,6 +207,7 @@ impl<X> Broker<X> {
         }
         let shared = self.dispatch_shared(&msg, now_ms);
         let local = self.route_local(&msg, now_ms);
+        self.msg_pool.put(msg);
         local || remote || shared
     }
 
@@ -217,11 +233,16 @@ impl<X> Broker<X> {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return Verdict::Close;
         };
-        if let Some(sess) = self.sessions.get_mut(s) {
-            // An unknown id is tolerated: it may be a late ack of a resent message.
-            let _ = sess.on_puback(pid);
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return Verdict::Continue;
+        };
+        // An unknown id is tolerated: it may be a late ack of a resent message.
+        if let Ok(msg) = sess.take_puback(pid) {
+            self.msg_pool.put(msg);
         }
-        self.pump(s, now_ms);
+        if !sess.queue.is_empty() {
+            self.pump(s, now_ms);
+        }
         Verdict::Continue
     }
 
