@@ -59,9 +59,23 @@ impl<X> Broker<X> {
                 },
                 Err(e) => {
                     // Answers per the version where one is due, and marks the link closing.
+                    self.note_connect_version(key, &buf[used..]);
                     self.decode_error(key, &e);
                     return (used, Ingested::Close);
                 }
+            }
+        }
+    }
+
+    /// A first packet that failed to decode but is a whole CONNECT naming 5.0 makes the
+    /// link 5.0, so that the refusal is a 5.0 CONNACK with the reason code.
+    fn note_connect_version(&mut self, key: usize, buf: &[u8]) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        if link.state == LinkState::ExpectConnect {
+            if let Some(v @ protocol::Version::V5) = protocol::connect_version(buf) {
+                link.version = v;
             }
         }
     }

@@ -374,9 +374,11 @@ impl<X> Broker<X> {
         let why = format!("bad packet: {err}");
         match link.state {
             LinkState::ExpectConnect => {
-                // Only an unsupported protocol version is answered: the client then knows to
-                // retry with another level [MQTT-3.1.2-2]. 3.x gets return code 1 for it.
-                if reason == ReasonCode::UnsupportedProtocolVersion {
+                // An unsupported protocol version is answered, so the client knows to retry
+                // with another level [MQTT-3.1.2-2] (3.x gets return code 1 for it), and so
+                // is any error in a CONNECT that names 5.0 [MQTT-4.13.1-1]. Other 3.x errors
+                // and errors before the version is known are a plain close.
+                if reason == ReasonCode::UnsupportedProtocolVersion || link.version.is_v5() {
                     self.send_connack(key, false, reason, None);
                 }
                 self.close(key, None, &why)

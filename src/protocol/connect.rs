@@ -37,6 +37,11 @@ fn read_version(r: &mut Reader<'_>) -> Result<Version, DecodeError> {
     }
 }
 
+/// The version a CONNECT body names, if it names one we speak.
+pub(crate) fn peek_version(body: &[u8]) -> Option<Version> {
+    read_version(&mut Reader::new(body)).ok()
+}
+
 fn parse_flags(byte: u8, version: Version) -> Result<Flags, DecodeError> {
     if byte & 0b0000_0001 != 0 {
         return Err(DecodeError::ConnectReservedFlag);

@@ -91,6 +91,19 @@ pub fn decode(
     Ok(Decoded::Packet { packet, len })
 }
 
+/// The version a complete, well-framed CONNECT at the start of `buf` names, even when the
+/// rest of its body is malformed; `None` for anything else. Lets the broker answer a broken
+/// 5.0 CONNECT with a 5.0 CONNACK carrying the reason code [MQTT-4.13.1-1].
+pub fn connect_version(buf: &[u8]) -> Option<Version> {
+    let Ok(Frame::Header(header)) = header::frame(buf, Version::V3_1_1, usize::MAX) else {
+        return None;
+    };
+    if header.first != 0x10 {
+        return None;
+    }
+    connect::peek_version(buf.get(header.header_len..header.total())?)
+}
+
 /// Decode a body whose framing and first byte were already checked.
 #[inline(always)]
 fn decode_body(first: u8, body: &[u8], version: Version) -> Result<Packet<'_>, DecodeError> {
@@ -215,6 +228,25 @@ mod tests {
                 len: 2
             })
         );
+    }
+
+    #[test]
+    fn connect_version_needs_a_whole_well_framed_connect() {
+        // 5.0 CONNECT with the reserved flag bit set: malformed, but it names 5.0.
+        let v5 = [
+            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 60, 0, 0, 0,
+        ];
+        assert!(decode(&v5, Version::V3_1_1, 1024).is_err());
+        assert_eq!(connect_version(&v5), Some(Version::V5));
+        // Not yet complete, not a CONNECT, header flags wrong, unknown level: no version.
+        assert_eq!(connect_version(&v5[..v5.len() - 1]), None);
+        assert_eq!(connect_version(&[0x30, 0x03, 0, 1, b'a']), None);
+        let mut flags = v5;
+        flags[0] = 0x11;
+        assert_eq!(connect_version(&flags), None);
+        let mut level = v5;
+        level[8] = 6;
+        assert_eq!(connect_version(&level), None);
     }
 
     #[test]
