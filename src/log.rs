@@ -1,12 +1,27 @@
 //! The log line: Unix seconds, a colon, the message, on stderr, as `mosquitto -v` writes.
 //!
-//! Owns: nothing but the format. Invariant: one call writes one whole line. Must not
-//! touch: broker or shard state; anything may call it.
+//! Owns: the logging entry points the engine calls. Invariant: one call writes one whole
+//! line, at the level the caller names; [`log_at!`](crate::log_at) checks the level
+//! before its arguments are evaluated or formatted, so a disabled level costs one relaxed
+//! atomic load and nothing else (no allocation, no formatting) on the publish path. Must
+//! not touch: broker or shard state; anything may call it.
 #![forbid(unsafe_code)]
 
-/// Write one line to stderr prefixed with Unix seconds, as `mosquitto -v` does.
-///
-/// The line goes to the configured destination (`log_sink`: stderr by default).
+pub use crate::log_sink::Level;
+
+/// Write one line at `level` if that level is enabled; the arguments are not evaluated
+/// otherwise: `log_at!(Level::Debug, "Sending PUBLISH to {id}")`.
+#[macro_export]
+macro_rules! log_at {
+    ($level:expr, $($arg:tt)+) => {
+        if $crate::log_sink::enabled($level) {
+            $crate::log_sink::emit($level, format_args!($($arg)+));
+        }
+    };
+}
+
+/// Write one line whose level is read from how it starts (`Error:`, `Warning:`, else a
+/// notice): for the start-up and shutdown messages of `main`. The engine uses `log_at!`.
 pub fn log(args: std::fmt::Arguments<'_>) {
     crate::log_sink::emit_line(args);
 }

@@ -1,10 +1,12 @@
 //! Where log lines go and what they look like: Mosquitto's `log_dest`, `log_type`,
 //! `log_timestamp`, `log_timestamp_format`, plus `log_format json`.
 //!
-//! Owns: the process's log destinations (opened once by `init`) and the line format.
-//! Invariants: a line is formatted only when its level is enabled, and written whole, in
-//! one `write` per destination; a destination that fails to write is skipped, never a
-//! panic. Before `init` (tests, tools) lines go to stderr as `SECS: text`, as before.
+//! Owns: the process's log destinations (opened by `init`, replaced whole by `reload` on
+//! SIGHUP) and the line format. Invariants: a line is formatted only when its level is
+//! enabled — the check is one relaxed atomic load (`enabled`), so a disabled level costs
+//! no allocation and no formatting on the publish path; a line is written whole, in one
+//! `write` per destination; a destination that fails to write is skipped, never a panic.
+//! Before `init` (tests, tools) lines go to stderr as `SECS: text`, as before.
 //! Must not touch: what is logged (callers decide), sockets other than the syslog one.
 #![forbid(unsafe_code)]
 
@@ -12,7 +14,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 
 /// The syslog socket.
 const SYSLOG_PATH: &str = "/dev/log";
@@ -63,7 +68,7 @@ impl Level {
         }
     }
 
-    fn bit(self) -> u8 {
+    const fn bit(self) -> u8 {
         1 << self as u8
     }
 
@@ -216,11 +221,15 @@ struct Sink {
     outs: Vec<Out>,
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
+static SINK: ArcSwapOption<Sink> = ArcSwapOption::const_empty();
+/// The enabled levels (a `LevelSet`), read before anything is formatted. Every level is on
+/// until `init`, so tools and tests see every line on stderr.
+static LEVELS: AtomicU8 = AtomicU8::new(LevelSet::ALL.0);
+/// `connection_messages`.
+static CONNECTION_MESSAGES: AtomicBool = AtomicBool::new(true);
 
-/// Open the destinations of `settings`; from then on every line goes there. Called once,
-/// at start-up, before the shards run; a second call is refused.
-pub fn init(settings: &Settings) -> Result<(), String> {
+/// Open the destinations of `settings`.
+fn open(settings: &Settings) -> Result<Sink, String> {
     let mut outs = Vec::new();
     for d in &settings.dests {
         outs.push(match d {
@@ -238,28 +247,65 @@ pub fn init(settings: &Settings) -> Result<(), String> {
                 .map_err(|e| format!("log_dest syslog: cannot reach {SYSLOG_PATH}: {e}"))?,
         });
     }
-    let sink = Sink {
+    Ok(Sink {
         settings: settings.clone(),
         outs,
-    };
-    SINK.set(sink)
-        .map_err(|_| "the log is already set up".to_string())
+    })
 }
 
-/// Whether lines of level `l` are written (callers may skip building costly ones).
+fn install(sink: Sink) {
+    LEVELS.store(sink.settings.levels.0, Ordering::Relaxed);
+    CONNECTION_MESSAGES.store(sink.settings.connection_messages, Ordering::Relaxed);
+    SINK.store(Some(Arc::new(sink)));
+}
+
+/// Open the destinations of `settings`; from then on every line goes there. Called once,
+/// at start-up, before the shards run; a second call is refused (use `reload`).
+pub fn init(settings: &Settings) -> Result<(), String> {
+    if SINK.load().is_some() {
+        return Err("the log is already set up".to_string());
+    }
+    install(open(settings)?);
+    Ok(())
+}
+
+/// Log settings whose destinations are open, ready to replace the running ones.
+pub struct Prepared(Sink);
+
+/// Open the destinations of `settings` for a reload (SIGHUP), without switching to them
+/// yet: an error (a file that cannot be opened, say) leaves the running log as it is.
+pub fn prepare(settings: &Settings) -> Result<Prepared, String> {
+    open(settings).map(Prepared)
+}
+
+/// Switch to prepared settings. Lines being written meanwhile go whole to the old
+/// destinations or whole to the new ones.
+pub fn switch(p: Prepared) {
+    install(p.0);
+}
+
+/// Whether lines of level `l` are written: check it before building a costly line.
+#[inline]
 pub fn enabled(l: Level) -> bool {
-    SINK.get().is_none_or(|s| s.settings.levels.has(l))
+    LEVELS.load(Ordering::Relaxed) & l.bit() != 0
+}
+
+/// Whether connection and disconnection lines are written (`connection_messages`).
+#[inline]
+pub fn connection_messages() -> bool {
+    CONNECTION_MESSAGES.load(Ordering::Relaxed)
 }
 
 /// Write one line at level `l`.
 pub fn emit(l: Level, args: std::fmt::Arguments<'_>) {
-    let Some(sink) = SINK.get() else {
+    if !enabled(l) {
+        return;
+    }
+    let guard = SINK.load();
+    let Some(sink) = guard.as_ref() else {
         eprintln!("{}: {args}", unix_secs());
         return;
     };
-    if !sink.settings.levels.has(l) {
-        return;
-    }
     let line = format_line(&sink.settings, l, args);
     for out in &sink.outs {
         // A log that cannot be written is not a reason to stop serving.
@@ -277,7 +323,7 @@ pub fn emit(l: Level, args: std::fmt::Arguments<'_>) {
 
 /// Write one line, its level read from how it starts (`Level::of_line`).
 pub fn emit_line(args: std::fmt::Arguments<'_>) {
-    if SINK.get().is_none() {
+    if SINK.load().is_none() {
         eprintln!("{}: {args}", unix_secs());
         return;
     }

@@ -9,10 +9,12 @@ use clap::Parser;
 use shardmq::admin::{self, Started};
 use shardmq::config::{Args, Command, Config};
 use shardmq::log::log;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
+    // Kept for SIGHUP, which reads the same command line and file again.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let args = Args::parse();
     if let Some(Command::Passwd(p)) = &args.command {
         return passwd_cmd::run(p);
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
     }
     // Installed before anything is announced, so a signal sent as soon as the broker says
     // it is listening is always a clean shutdown, never the default "die".
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: cannot install signal handlers: {e}");
@@ -52,7 +54,8 @@ fn main() -> ExitCode {
     let print_bound = config.print_bound;
     let config_admin = config.admin;
     let metrics = config.metrics.clone();
-    let running = match shardmq::shard::run(config) {
+    let mut current = config.clone();
+    let mut running = match shardmq::shard::run(config) {
         Ok(r) => r,
         Err(e) => {
             log(format_args!("Error: {e}"));
@@ -89,8 +92,24 @@ fn main() -> ExitCode {
     log(format_args!(
         "shardmq version {version} running with {shards} shard(s)"
     ));
-    let _ = signals.forever().next();
+    while let Some(sig) = signals.forever().next() {
+        if sig != SIGHUP {
+            break;
+        }
+        reload(&mut current, &argv, &mut running);
+    }
     log(format_args!("shardmq version {version} terminating"));
+    // A second SIGINT/SIGTERM while draining: exit at once.
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig != SIGHUP {
+                log(format_args!(
+                    "Warning: second signal while shutting down; exiting now"
+                ));
+                std::process::exit(1);
+            }
+        }
+    });
     metrics
         .stopping
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -100,6 +119,67 @@ fn main() -> ExitCode {
         a.stop();
     }
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: read the configuration again and apply it, or keep the running one whole.
+fn reload(
+    current: &mut Config,
+    argv: &[std::ffi::OsString],
+    running: &mut shardmq::shard::Running,
+) {
+    log(format_args!("Reloading config."));
+    let r = match shardmq::config::reload::reread(current, argv) {
+        Ok(r) => r,
+        Err(e) => {
+            refused(current, &e);
+            return;
+        }
+    };
+    let log_out = match shardmq::log_sink::prepare(&r.config.log) {
+        Ok(p) => p,
+        Err(e) => {
+            refused(current, &e);
+            return;
+        }
+    };
+    let next = std::sync::Arc::new(r.config);
+    let (opened, closed) = match running.reload(next.clone()) {
+        Ok(x) => x,
+        Err(e) => {
+            refused(current, &e);
+            return;
+        }
+    };
+    shardmq::log_sink::switch(log_out);
+    for w in &next.warnings {
+        log(format_args!("Warning: {w}"));
+    }
+    for line in &r.needs_restart {
+        log(format_args!("Warning: {line}"));
+    }
+    for addr in &closed {
+        log(format_args!("Closing listen socket on {addr}."));
+    }
+    for addr in &opened {
+        log(format_args!("Opening listen socket on {addr}."));
+        if next.print_bound {
+            println!("listening {addr}");
+        }
+    }
+    let _ = std::io::stdout().flush();
+    let m = &next.metrics;
+    m.reloads_applied.set(m.reloads_applied.get() + 1);
+    log(format_args!("Configuration reloaded."));
+    *current = (*next).clone();
+}
+
+/// A reload that cannot be applied: logged and counted; the running configuration stays.
+fn refused(current: &Config, e: &dyn std::fmt::Display) {
+    let m = &current.metrics;
+    m.reloads_refused.set(m.reloads_refused.get() + 1);
+    log(format_args!(
+        "Error: reload refused, keeping the running configuration: {e}"
+    ));
 }
 
 /// `shardmq check -c FILE`: validate the file (and the files it names) without starting.

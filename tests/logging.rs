@@ -46,7 +46,8 @@ fn json_lines_go_to_the_log_file() {
     assert!(
         lines
             .iter()
-            .all(|v| v["level"] == "notice" || v["level"] == "warning"),
+            .all(|v| ["notice", "warning", "debug"]
+                .contains(&v["level"].as_str().unwrap_or_default())),
         "{text}"
     );
     assert!(
@@ -72,4 +73,67 @@ fn log_type_filters_levels() {
     let text = std::fs::read_to_string(&log).expect("log file created");
     assert_eq!(text, "", "only errors were asked for");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run a broker with `conf_text` (plus `log_dest file`), have one client subscribe,
+/// publish at QoS 1 and unsubscribe; return the log.
+fn traffic_log(name: &str, conf_text: &str) -> String {
+    let dir = temp_dir(name);
+    let log = dir.join("b.log");
+    let conf = dir.join("b.conf");
+    std::fs::write(
+        &conf,
+        format!("log_dest file {}\n{conf_text}", log.display()),
+    )
+    .expect("write conf");
+    let mut b = Broker::start(&["--shards", "2", "-c", conf.to_str().expect("utf-8")]);
+    let mut c = RawClient::clean(b.addr(), "log-sub");
+    c.subscribe("a/b", 1);
+    c.publish("a/b", b"hello", 1, false);
+    c.expect_publish_acked(WAIT);
+    c.unsubscribe(&["a/b"]);
+    c.disconnect();
+    let st = b.terminate(Duration::from_secs(5)).expect("exits");
+    assert!(st.success(), "{st:?}");
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    let _ = std::fs::remove_dir_all(&dir);
+    text
+}
+
+#[test]
+fn debug_subscribe_and_connection_lines_carry_their_levels() {
+    let text = traffic_log("all", "log_type all\nlog_format json\n");
+    let level_of = |needle: &str| -> String {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+            .find(|v| v["msg"].as_str().is_some_and(|m| m.contains(needle)))
+            .map(|v| v["level"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("no line with {needle:?} in {text}"))
+    };
+    assert_eq!(level_of("New client connected from"), "notice");
+    assert_eq!(
+        level_of("Received PUBLISH from log-sub (d0, q1, r0, m"),
+        "debug"
+    );
+    assert_eq!(
+        level_of("Sending PUBLISH to log-sub (d0, q1, r0, m"),
+        "debug"
+    );
+    assert_eq!(level_of("Sending PUBACK to log-sub"), "debug");
+    assert_eq!(level_of("Sending CONNACK to log-sub"), "debug");
+    assert_eq!(level_of("log-sub 1 a/b"), "subscribe");
+    assert_eq!(level_of("log-sub a/b"), "unsubscribe");
+    assert_eq!(level_of("Client log-sub disconnected"), "notice");
+}
+
+#[test]
+fn connection_messages_false_and_default_levels_leave_out_what_is_off() {
+    let text = traffic_log("quiet", "connection_messages false\n");
+    assert!(text.contains("starting"), "{text}");
+    for absent in ["New client", "disconnected", "PUBLISH", "a/b"] {
+        assert!(!text.contains(absent), "{absent:?} in {text}");
+    }
+    let text = traffic_log("conn", "log_type notice\n");
+    assert!(text.contains("New client connected from"), "{text}");
+    assert!(!text.contains("Sending"), "{text}");
 }

@@ -87,6 +87,8 @@ pub struct Params {
     pub rate_per_pub: Option<f64>,
     /// Keep Alive sent in CONNECT.
     pub keep_alive: u16,
+    /// `--tls`: the client configuration (the CA from `--cafile`); `None` for plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Where a connection is in its life.
@@ -187,6 +189,8 @@ pub struct Conn {
     template: Vec<u8>,
     /// Per-publisher sequence tracking (subscriber).
     pub tracks: Vec<SeqTrack>,
+    /// The TLS session (`--tls`): `wbuf` is its plaintext, `rbuf` gets its plaintext.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 /// A PUBLISH of `p.payload` zero bytes to `topic` encoded by the project's codec, with
@@ -242,6 +246,15 @@ impl Conn {
     /// Starts connecting `spec` to the broker.
     pub fn open(spec: ConnSpec, params: &Params) -> io::Result<Conn> {
         let sock = open_socket(params.broker, spec.src)?;
+        let tls = match &params.tls {
+            Some(cfg) => {
+                let name = rustls_pki_types::ServerName::from(params.broker.ip());
+                let c =
+                    rustls::ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
+                Some(Box::new(c))
+            }
+            None => None,
+        };
         let now = Instant::now();
         let window = params.window.max(1);
         Ok(Conn {
@@ -265,12 +278,13 @@ impl Conn {
             stalls: 0,
             template: Vec::new(),
             tracks: Vec::new(),
+            tls,
         })
     }
 
     /// True if bytes wait to be written.
     pub fn wants_write(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        self.wpos < self.wbuf.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Handles writability: finishes the TCP connect (queuing CONNECT) if pending.
@@ -314,6 +328,9 @@ impl Conn {
         if self.state == State::Connecting {
             return Ok(false);
         }
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         while self.wpos < self.wbuf.len() {
             match self.sock.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err("write: connection closed".into()),
@@ -335,6 +352,62 @@ impl Conn {
         Ok(false)
     }
 
+    /// `flush` over TLS: plaintext from `wbuf` into the session, records to the socket.
+    fn flush_tls(&mut self) -> Result<bool, String> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            if self.wpos < self.wbuf.len() {
+                let n = tls
+                    .writer()
+                    .write(&self.wbuf[self.wpos..])
+                    .map_err(|e| format!("tls write: {e}"))?;
+                self.wpos += n;
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut self.sock) {
+                Ok(0) => return Err("write: connection closed".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            return Ok(!tls.wants_write());
+        }
+        if self.wpos > WBUF_HIGH {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+        Ok(false)
+    }
+
+    /// Application bytes into `rbuf[rend..]`: from the socket, or decrypted by the session.
+    fn read_app(&mut self) -> io::Result<usize> {
+        let buf = &mut self.rbuf[self.rend..];
+        let Some(tls) = self.tls.as_mut() else {
+            return self.sock.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut self.sock)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
     /// Reads and handles packets until the socket would block or the budget runs out.
     ///
     /// A read shorter than the free space means the socket's receive queue was empty at
@@ -345,12 +418,13 @@ impl Conn {
         for _ in 0..READS_PER_TURN {
             self.make_room();
             let space = self.rbuf.len() - self.rend;
-            let drained = match self.sock.read(&mut self.rbuf[self.rend..]) {
+            let drained = match self.read_app() {
                 Ok(0) => return Err("closed by broker".into()),
                 Ok(n) => {
                     self.rend += n;
                     ctx.now_ns = ctx.shared.now_ns();
-                    n < space
+                    // TLS may hold records still undecrypted: read on to WouldBlock.
+                    n < space && self.tls.is_none()
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -617,6 +691,7 @@ mod tests {
             window: 10,
             fanout: 1,
             rate_per_pub: None,
+            tls: None,
             keep_alive: 60,
         }
     }

@@ -101,6 +101,13 @@ pub struct Args {
     /// No per-second progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Connect over TLS (rustls), verifying the broker's certificate against `--cafile`
+    /// for the broker's IP address. The handshake is part of the connect time (`storm`).
+    #[arg(long, requires = "cafile")]
+    pub tls: bool,
+    /// CA certificates (PEM) for `--tls`.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<std::path::PathBuf>,
 }
 
 fn main() {

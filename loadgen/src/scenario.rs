@@ -147,7 +147,30 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
         fanout: plan.fanout.max(1),
         rate_per_pub: rate.map(|r| r / plan.publishers.max(1) as f64),
         keep_alive: KEEP_ALIVE,
+        tls: None,
     }
+}
+
+/// The TLS client configuration for `--tls`: TLS 1.2 and 1.3 (ring), the CA from `cafile`.
+fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let path = cafile.ok_or("--tls needs --cafile")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("--cafile {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("--cafile {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--cafile {}: {e}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 /// Runs the scenario described by `args` and returns its summary.
@@ -168,7 +191,11 @@ pub fn run(args: &Args) -> Result<Summary, String> {
             plan.specs.len()
         ));
     }
-    let params = Arc::new(params(args, broker, &plan));
+    let mut params = params(args, broker, &plan);
+    if args.tls {
+        params.tls = Some(tls_config(args.cafile.as_deref())?);
+    }
+    let params = Arc::new(params);
     let shared = Arc::new(Shared::new(plan.publishers));
     let threads = args.threads.clamp(1, plan.specs.len().max(1));
     let storm = args.scenario == Scenario::Storm;

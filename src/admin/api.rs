@@ -16,6 +16,8 @@ use crate::metrics::{Metrics, ShardLists, LISTS_INTERVAL_MS};
 pub const JSON: &str = "application/json";
 /// Entries returned when no `limit` is given.
 const LIMIT_DEFAULT: usize = 100;
+/// Topics returned by `/api/v1/topics` unless `limit` says.
+const TOPICS_DEFAULT: usize = 10;
 /// Entries returned at most.
 const LIMIT_MAX: usize = 10_000;
 /// Longest wait for shards to publish fresh lists, ms.
@@ -140,6 +142,30 @@ pub fn subscriptions(m: &Metrics, query: &str) -> String {
         }
     }
     json!({ "total": total, "returned": out.len(), "subscriptions": out }).to_string()
+}
+
+/// `/api/v1/topics?limit=N`: the busiest topics over every shard, busiest first, with
+/// estimated publish counts (sampled, decaying: a ranking, not an exact count).
+pub fn topics(m: &Metrics, query: &str) -> String {
+    let limit = param(query, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TOPICS_DEFAULT)
+        .min(LIMIT_MAX);
+    let mut merged: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let lists = fresh_lists(m);
+    for l in &lists {
+        for (t, n) in &l.topics {
+            *merged.entry(t).or_default() += n;
+        }
+    }
+    let mut v: Vec<(&str, u64)> = merged.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    v.truncate(limit);
+    let out: Vec<_> = v
+        .iter()
+        .map(|(t, n)| json!({ "topic": t, "messages": n }))
+        .collect();
+    json!({ "returned": out.len(), "sampled": true, "topics": out }).to_string()
 }
 
 /// Every shard's lists, fresh (taken within two intervals) unless the wait ran out.

@@ -6,12 +6,14 @@
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("assets/dashboard.css");
+const LIVE_JS: &str = include_str!("assets/live.js");
 
 /// The embedded file at `path`, if any.
 pub fn get(path: &str) -> Option<(&'static str, &'static str)> {
     match path {
         "/" | "/index.html" => Some(("text/html; charset=utf-8", INDEX_HTML)),
         "/dashboard.js" => Some(("text/javascript; charset=utf-8", DASHBOARD_JS)),
+        "/live.js" => Some(("text/javascript; charset=utf-8", LIVE_JS)),
         "/dashboard.css" => Some(("text/css; charset=utf-8", DASHBOARD_CSS)),
         "/favicon.ico" => Some(("image/svg+xml", FAVICON_SVG)),
         _ => None,

@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use crate::metrics::{DropReason, Metrics, RefuseReason, ShardMetrics, TURN_BUCKETS_NS};
+use crate::metrics::{DropReason, Figure, Metrics, RefuseReason, ShardMetrics, TURN_BUCKETS_NS};
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -54,16 +54,28 @@ const PER_SHARD: &[PerShard] = &[
         |s| s.inflight_messages.get(),
     ),
     (
-        "shardmq_messages_received_total",
+        "shardmq_packets_received_total",
         "counter",
-        "PUBLISH packets received from clients.",
-        |s| s.messages_received.get(),
+        "MQTT packets of every kind received from clients.",
+        |s| s.packets_received.get(),
     ),
     (
-        "shardmq_messages_sent_total",
+        "shardmq_packets_sent_total",
         "counter",
-        "PUBLISH packets written to clients.",
-        |s| s.messages_sent.get(),
+        "MQTT packets of every kind written to clients.",
+        |s| s.packets_sent.get(),
+    ),
+    (
+        "shardmq_queued_bytes",
+        "gauge",
+        "Bytes of the messages waiting in session queues.",
+        |s| s.queued_bytes.get(),
+    ),
+    (
+        "shardmq_sessions_expired_total",
+        "counter",
+        "Sessions ended by their expiry interval.",
+        |s| s.sessions_expired.get(),
     ),
     (
         "shardmq_bytes_received_total",
@@ -138,7 +150,9 @@ pub fn render(m: &Metrics) -> String {
         }
     }
     sessions(&mut o, shards);
+    by_qos(&mut o, shards);
     labelled(&mut o, shards);
+    reloads(&mut o, m);
     retained(&mut o, shards);
     bus(&mut o, shards);
     turn_time(&mut o, shards);
@@ -168,6 +182,66 @@ fn sessions(o: &mut String, shards: &[ShardMetrics]) {
             "shardmq_sessions{{shard=\"{i}\",state=\"offline\"}} {offline}"
         );
     }
+}
+
+/// One counter family with a `qos` label.
+type ByQos = (
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &[Figure; 3],
+);
+
+const BY_QOS: &[ByQos] = &[
+    (
+        "shardmq_messages_received_total",
+        "PUBLISH packets received from clients, by QoS.",
+        |s| &s.messages_received_qos,
+    ),
+    (
+        "shardmq_messages_sent_total",
+        "PUBLISH packets written to clients, by QoS.",
+        |s| &s.messages_sent_qos,
+    ),
+    (
+        "shardmq_payload_bytes_received_total",
+        "Payload bytes of the PUBLISH packets received, by QoS.",
+        |s| &s.payload_bytes_received_qos,
+    ),
+    (
+        "shardmq_payload_bytes_sent_total",
+        "Payload bytes of the PUBLISH packets written, by QoS.",
+        |s| &s.payload_bytes_sent_qos,
+    ),
+];
+
+fn by_qos(o: &mut String, shards: &[ShardMetrics]) {
+    for (name, help, get) in BY_QOS {
+        family(o, name, "counter", help);
+        for (i, s) in shards.iter().enumerate() {
+            for (q, f) in get(s).iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{i}\",qos=\"{q}\"}} {}", f.get());
+            }
+        }
+    }
+}
+
+fn reloads(o: &mut String, m: &Metrics) {
+    family(
+        o,
+        "shardmq_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP), by result.",
+    );
+    let _ = writeln!(
+        o,
+        "shardmq_config_reloads_total{{result=\"success\"}} {}",
+        m.reloads_applied.get()
+    );
+    let _ = writeln!(
+        o,
+        "shardmq_config_reloads_total{{result=\"failure\"}} {}",
+        m.reloads_refused.get()
+    );
 }
 
 /// The counters with a `reason` or `result` label.
@@ -252,6 +326,18 @@ fn retained(o: &mut String, shards: &[ShardMetrics]) {
         .max()
         .unwrap_or(0);
     let _ = writeln!(o, "shardmq_retained_messages {n}");
+    family(
+        o,
+        "shardmq_retained_bytes",
+        "gauge",
+        "Payload bytes of the retained messages (every shard holds all of them).",
+    );
+    let n = shards
+        .iter()
+        .map(|s| s.retained_bytes.get())
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(o, "shardmq_retained_bytes {n}");
 }
 
 fn bus(o: &mut String, shards: &[ShardMetrics]) {
@@ -350,7 +436,7 @@ mod tests {
     #[test]
     fn every_family_is_declared_once_and_every_sample_belongs_to_one() {
         let m = Metrics::new(2);
-        m.shards()[1].messages_received.set(7);
+        m.shards()[1].messages_received_qos[1].set(7);
         m.shards()[0].record_turn(20_000);
         let text = render(&m);
         let mut declared = std::collections::HashSet::new();
@@ -367,7 +453,7 @@ mod tests {
                 assert!(declared.contains(base), "sample {line} has no family");
             }
         }
-        assert!(text.contains("shardmq_messages_received_total{shard=\"1\"} 7\n"));
+        assert!(text.contains("shardmq_messages_received_total{shard=\"1\",qos=\"1\"} 7\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_count{shard=\"0\"} 1\n"));
         assert!(

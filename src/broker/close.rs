@@ -1,7 +1,9 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::{log, Broker, Conn, Link, LinkState, Verdict};
+use super::{Broker, Conn, Link, LinkState, Verdict};
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{Disconnect, ReasonCode, Version};
 use crate::timer::TimerId;
 
@@ -43,13 +45,14 @@ impl<X> Broker<X> {
         if let Some(t) = link.timer.take() {
             self.timers.cancel(t);
         }
-        if self.cfg.verbose && link.state != LinkState::ExpectConnect {
-            log(format_args!(
+        if crate::log_sink::connection_messages() && link.state != LinkState::ExpectConnect {
+            log_at!(
+                Level::Notice,
                 "Client {} disconnected{}.",
                 link.client_id.as_deref().unwrap_or("<unknown>"),
                 link.close_reason
                     .map_or(String::new(), |r| format!(" (reason 0x{:02x})", r.to_u8()))
-            ));
+            );
         }
         let will = if link.publish_will {
             link.will.take()
@@ -156,7 +159,7 @@ impl<X> Broker<X> {
             match kind {
                 TIMER_LINK => self.link_timer(index, gen, now_ms),
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
-                super::sys::TIMER_SYS => self.sys_timer(now_ms),
+                super::sys::TIMER_SYS => self.sys_timer(gen, now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }
@@ -221,6 +224,7 @@ impl<X> Broker<X> {
             if let Some(x) = self.sessions.get_mut(s) {
                 x.expiry_timer = None;
             }
+            self.fx.stats.sessions_expired += 1;
             self.end_session(s);
         }
     }

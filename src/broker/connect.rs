@@ -1,6 +1,8 @@
 //! CONNECT: client identifiers, the home shard, takeover, session resumption, CONNACK.
 
-use super::{deliver, home_shard, log, Broker, LinkState, Verdict};
+use super::{deliver, home_shard, Broker, LinkState, Verdict};
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{self, Connect, Packet, Properties, ReasonCode, Version};
 use crate::session::{FlightState, Message, StoredWill};
 
@@ -34,11 +36,12 @@ impl<X> Broker<X> {
         if let Some(link) = self.links.get_mut(key) {
             link.timer = Some(id);
         }
-        if self.cfg.verbose {
-            log(format_args!(
+        if crate::log_sink::connection_messages() {
+            log_at!(
+                Level::Notice,
                 "New connection from {peer} on shard {}.",
                 self.shard_id
-            ));
+            );
         }
         key
     }
@@ -154,6 +157,7 @@ impl<X> Broker<X> {
         } else {
             c.keep_alive
         };
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         let will = c.will.as_ref().map(|w| {
             Box::new(StoredWill {
                 msg: Message::from_publish(
@@ -166,7 +170,9 @@ impl<X> Broker<X> {
                         properties: w.properties,
                         payload: w.payload,
                     },
-                    w.topic.into(),
+                    super::link::mounted(mount.as_deref(), w.topic)
+                        .as_ref()
+                        .into(),
                     now_ms,
                     self.sessions.get(s).map_or(0, |x| x.uid),
                 ),
@@ -190,16 +196,17 @@ impl<X> Broker<X> {
             ka_override,
             response.as_deref(),
         );
-        if self.cfg.verbose {
-            log(format_args!(
-                "New client connected from {} as {id} (p{}, c{}, k{}).",
-                self.links
-                    .get(key)
-                    .map_or_else(|| "?".to_string(), |l| l.peer.to_string()),
+        if crate::log_sink::connection_messages() {
+            let peer = self.links.get(key).map(|l| l.peer);
+            log_at!(
+                Level::Notice,
+                "New client connected from {} as {id} (p{}, c{}, k{}{}).",
+                peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
                 c.version.level(),
                 u8::from(c.clean_start),
-                keep_alive
-            ));
+                keep_alive,
+                c.username.map_or(String::new(), |u| format!(", u'{u}'"))
+            );
         }
         self.share_member_online(s);
         self.resend_inflight(s, now_ms);
@@ -317,6 +324,9 @@ impl<X> Broker<X> {
         reason: ReasonCode,
         props: Option<Properties<'_>>,
     ) {
+        if reason != ReasonCode::Success {
+            self.fx.stats.connections_refused[super::refuse_reason(reason) as usize] += 1;
+        }
         let ack = protocol::ConnAck {
             session_present: present,
             reason,

@@ -182,7 +182,14 @@ pub(super) fn write_publish<X>(
         props.message_expiry_interval = msg.remaining_expiry_s(now_ms);
         props.subscription_identifiers = SubscriptionIds::Slice(&out.sub_ids);
     }
-    let (topic, alias, learn) = outbound_alias(link, &msg.topic);
+    // A mounted client sees its topics without the mount point (its subscriptions are all
+    // under it, so every message it gets starts with it).
+    let unmounted = link
+        .mount
+        .as_deref()
+        .and_then(|m| msg.topic.strip_prefix(m))
+        .unwrap_or(&msg.topic);
+    let (topic, alias, learn) = outbound_alias(link, unmounted);
     props.topic_alias = alias;
     let p = Publish {
         dup,
@@ -203,9 +210,22 @@ pub(super) fn write_publish<X>(
     if let (true, Some(a)) = (learn, alias) {
         link.aliases_out
             .get_or_insert_with(Default::default)
-            .insert(msg.topic.clone(), a);
+            .insert(
+                match link.mount {
+                    Some(_) => Arc::from(unmounted),
+                    None => msg.topic.clone(),
+                },
+                a,
+            );
     }
-    sink.fx.stats.publish_out += 1;
+    let st = &mut sink.fx.stats;
+    st.publish_out += 1;
+    st.packets_out += 1;
+    st.publish_out_qos[p.qos as usize] += 1;
+    st.publish_out_bytes_qos[p.qos as usize] += p.payload.len() as u64;
+    if crate::log_sink::enabled(crate::log::Level::Debug) {
+        super::log_packet_line("Sending", "to", link, &Packet::Publish(p));
+    }
     sink.fx.mark_dirty(key, link);
     true
 }

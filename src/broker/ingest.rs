@@ -53,8 +53,15 @@ impl<X> Broker<X> {
             match protocol::decode(&buf[used..], version, max) {
                 Ok(Decoded::Incomplete { .. }) => return (used, Ingested::More),
                 Ok(Decoded::Packet { packet, len }) => match self.handle(key, &packet, now_ms) {
-                    Verdict::Continue => used += len,
-                    Verdict::Close => return (used + len, Ingested::Close),
+                    Verdict::Continue => {
+                        self.fx.stats.packets_in += 1;
+                        used += len;
+                    }
+                    Verdict::Close => {
+                        self.fx.stats.packets_in += 1;
+                        return (used + len, Ingested::Close);
+                    }
+                    // Counted by the home shard, which decodes it again.
                     Verdict::Handoff { home } => return (used, Ingested::Handoff(home)),
                 },
                 Err(e) => {

@@ -32,6 +32,20 @@ pub enum LinkState {
     Closing,
 }
 
+/// `topic` (or a filter) under `mount`: `mount` + `topic`; a shared subscription keeps its
+/// `$share/GROUP/` in front. Borrowed unchanged without a mount point.
+pub fn mounted<'a>(mount: Option<&str>, topic: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some(m) = mount else {
+        return std::borrow::Cow::Borrowed(topic);
+    };
+    if let Some(rest) = topic.strip_prefix("$share/") {
+        if let Some((group, filter)) = rest.split_once('/') {
+            return std::borrow::Cow::Owned(format!("$share/{group}/{m}{filter}"));
+        }
+    }
+    std::borrow::Cow::Owned(format!("{m}{topic}"))
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Link {
@@ -80,6 +94,9 @@ pub struct Link {
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<Box<StoredWill>>,
+    /// The listener's `mount_point`: topics of this client live under it (prefixed on the
+    /// way in, stripped on the way out).
+    pub mount: Option<Arc<str>>,
 }
 
 impl Link {
@@ -108,6 +125,7 @@ impl Link {
             auth_final: None,
             aliases_out: None,
             aliases_out_max: 0,
+            mount: None,
         }
     }
 

@@ -15,7 +15,7 @@
 //! Entry points for a driver (event loop, simulation, fuzzer): [`Broker::accept`],
 //! [`Broker::ingest`], [`Broker::on_cast`], [`Broker::on_timers`], [`Broker::writable`],
 //! [`Broker::close_link`], [`Broker::on_closed`], then [`Broker::effects`] and the `tx` of
-//! each dirty link in [`Broker::links_mut`].
+//! each dirty link in [`Broker::links_mut`]; [`Broker::reload`] between turns (SIGHUP).
 //!
 //! Invariants: a session lives only on its home shard `home_shard(client_id)`; a SUBACK is
 //! released only once every peer shard has applied the interest change it caused, so a
@@ -30,9 +30,11 @@ mod connect;
 mod deliver;
 pub mod effects;
 pub mod gate;
+pub mod hot_topics;
 pub mod ingest;
 pub mod link;
 mod publish;
+mod reload;
 pub mod retained;
 pub mod routes;
 pub mod sessions;
@@ -45,7 +47,9 @@ mod tests;
 use std::sync::Arc;
 
 use crate::config::Config;
-pub(crate) use crate::log::log;
+use crate::log::Level;
+use crate::log_at;
+pub use crate::metrics::RefuseReason;
 use crate::protocol::{self, Packet, ReasonCode, Version};
 use crate::session::{Limits, Message, MessagePool, Session, SubIds};
 use crate::timer::TimerWheel;
@@ -152,6 +156,50 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to client sockets (counted by the event loop).
     pub bytes_out: u64,
+    /// MQTT packets decoded from clients, every kind.
+    pub packets_in: u64,
+    /// MQTT packets written to clients, every kind.
+    pub packets_out: u64,
+    /// PUBLISH packets received, by QoS.
+    pub publish_in_qos: [u64; 3],
+    /// Payload bytes of PUBLISH packets received, by QoS.
+    pub publish_in_bytes_qos: [u64; 3],
+    /// PUBLISH packets written, by QoS.
+    pub publish_out_qos: [u64; 3],
+    /// Payload bytes of PUBLISH packets written, by QoS.
+    pub publish_out_bytes_qos: [u64; 3],
+    /// Connections this shard accepted (handed-over ones are counted where accepted).
+    pub connections_accepted: u64,
+    /// CONNECTs refused, by [`RefuseReason`] (see [`refuse_reason`]).
+    pub connections_refused: [u64; RefuseReason::ALL.len()],
+    /// Failed authentications (bad credentials, a failed AUTH exchange): the auth part
+    /// increments it.
+    pub auth_failures: u64,
+    /// TLS handshakes completed: the listeners part increments it.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: the listeners part increments it.
+    pub tls_handshake_failures: u64,
+    /// Sessions that ended because their expiry interval ran out.
+    pub sessions_expired: u64,
+}
+
+/// The `reason` label of a refusing CONNACK code.
+pub fn refuse_reason(code: ReasonCode) -> RefuseReason {
+    match code {
+        ReasonCode::UnsupportedProtocolVersion
+        | ReasonCode::ClientIdentifierNotValid
+        | ReasonCode::ProtocolError
+        | ReasonCode::MalformedPacket => RefuseReason::Protocol,
+        ReasonCode::BadUserNameOrPassword
+        | ReasonCode::NotAuthorized
+        | ReasonCode::BadAuthenticationMethod
+        | ReasonCode::Banned => RefuseReason::NotAuthorized,
+        ReasonCode::ServerUnavailable
+        | ReasonCode::ServerBusy
+        | ReasonCode::ServerMoved
+        | ReasonCode::UseAnotherServer => RefuseReason::Unavailable,
+        _ => RefuseReason::Limit,
+    }
 }
 
 /// One match of a publish, merged per session (overlapping subscriptions → one delivery).
@@ -191,8 +239,10 @@ pub struct Broker<X> {
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     now_ms: u64,
-    /// Latest `$SYS` report of every shard (used on shard 0).
-    sys_reports: Vec<sys::SysReport>,
+    /// `$SYS`: the timer's generation, and on shard 0 every shard's latest report.
+    sys: sys::SysState,
+    /// Sampled publish counts per topic (the dashboard's busiest topics).
+    hot: hot_topics::HotTopics,
     /// Message allocations kept for reuse.
     msg_pool: MessagePool,
 }
@@ -234,7 +284,8 @@ impl<X> Broker<X> {
             next_gen: 0,
             fired: Vec::new(),
             now_ms,
-            sys_reports: vec![sys::SysReport::default(); shards],
+            sys: sys::SysState::new(shards),
+            hot: hot_topics::HotTopics::default(),
             msg_pool: MessagePool::default(),
         };
         b.arm_sys_timer(now_ms);
@@ -318,6 +369,16 @@ impl<X> Broker<X> {
         self.retained.len()
     }
 
+    /// The busiest topics published to on this shard (sampled estimates, busiest first).
+    pub fn hot_topics(&self, n: usize) -> Vec<(Arc<str>, u64)> {
+        self.hot.top(n)
+    }
+
+    /// Payload bytes of the retained messages in this shard's replica.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.bytes()
+    }
+
     /// Handle one decoded packet from link `key`.
     pub fn handle(&mut self, key: usize, packet: &Packet<'_>, now_ms: u64) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
@@ -393,6 +454,10 @@ impl<X> Broker<X> {
             return;
         };
         protocol::encode(packet, c.link.version, c.tx.buf());
+        self.fx.stats.packets_out += 1;
+        if crate::log_sink::enabled(Level::Debug) {
+            log_packet_line("Sending", "to", &c.link, packet);
+        }
         self.fx.mark_dirty(key, &mut c.link);
     }
 
@@ -426,12 +491,13 @@ impl<X> Broker<X> {
         };
         self.fx.mark_closing(key, link);
         link.close_reason = reason;
-        if self.cfg.verbose {
-            log(format_args!(
+        if crate::log_sink::connection_messages() {
+            log_at!(
+                Level::Notice,
                 "Client {} ({}) closing: {why}.",
                 link.client_id.as_deref().unwrap_or("<unknown>"),
                 link.peer
-            ));
+            );
         }
         Verdict::Close
     }
@@ -440,25 +506,33 @@ impl<X> Broker<X> {
         self.close(key, Some(ReasonCode::ProtocolError), why)
     }
 
+    /// `Received ... from ...` at debug level, as `mosquitto -v` writes it.
     fn log_packet(&self, key: usize, packet: &Packet<'_>) {
-        if !self.cfg.verbose {
+        if !crate::log_sink::enabled(Level::Debug) {
             return;
         }
         let Some(link) = self.links.get(key) else {
             return;
         };
-        let id = link.client_id.as_deref().unwrap_or("<unknown>");
-        match packet {
-            Packet::Publish(p) => log(format_args!(
-                "Received PUBLISH from {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
-                u8::from(p.dup),
-                p.qos as u8,
-                u8::from(p.retain),
-                p.packet_id.map_or(0, |m| m.get()),
-                p.topic,
-                p.payload.len()
-            )),
-            other => log(format_args!("Received {} from {id}", other.name())),
-        }
+        log_packet_line("Received", "from", link, packet);
+    }
+}
+
+/// One packet trace line: `Sending PUBLISH to id (d0, q1, r0, m3, 'a/b', ... (5 bytes))`,
+/// `Received SUBSCRIBE from id`. Callers check that debug is enabled first.
+pub(crate) fn log_packet_line(verb: &str, dir: &str, link: &Link, packet: &Packet<'_>) {
+    let id = link.client_id.as_deref().unwrap_or("<unknown>");
+    match packet {
+        Packet::Publish(p) => log_at!(
+            Level::Debug,
+            "{verb} PUBLISH {dir} {id} (d{}, q{}, r{}, m{}, '{}', ... ({} bytes))",
+            u8::from(p.dup),
+            p.qos as u8,
+            u8::from(p.retain),
+            p.packet_id.map_or(0, |m| m.get()),
+            p.topic,
+            p.payload.len()
+        ),
+        other => log_at!(Level::Debug, "{verb} {} {dir} {id}", other.name()),
     }
 }

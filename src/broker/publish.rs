@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
-use crate::protocol::{self, Ack, Packet, PacketId, Publish, QoS, ReasonCode};
+use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 use crate::session::{Message, Outgoing};
 use crate::topic;
 
@@ -12,15 +12,22 @@ pub const AWAITING_REL_MAX: usize = 65_535;
 
 impl<X> Broker<X> {
     pub(super) fn on_publish(&mut self, key: usize, p: &Publish<'_>, now_ms: u64) -> Verdict {
-        self.fx.stats.publish_in += 1;
+        let st = &mut self.fx.stats;
+        st.publish_in += 1;
+        st.publish_in_qos[p.qos as usize] += 1;
+        st.publish_in_bytes_qos[p.qos as usize] += p.payload.len() as u64;
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]: only the server attaches Subscription Identifiers.
             return self.protocol_error(key, "Subscription Identifier in a client PUBLISH");
         }
-        let (topic, fresh) = match self.resolve_alias(key, p) {
+        let (mut topic, fresh) = match self.resolve_alias(key, p) {
             Ok(t) => t,
             Err(v) => return v,
         };
+        if let Some(m) = self.links.get(key).and_then(|l| l.mount.as_deref()) {
+            // A mounted listener's clients publish under its mount point.
+            topic = Arc::from(super::link::mounted(Some(m), &topic).as_ref());
+        }
         // A topic seen before on this link (repeated, or bound to an alias) was checked then.
         if fresh && !topic::valid_topic_name(&topic) {
             return self.close(
@@ -50,6 +57,7 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
     }
 
@@ -151,6 +159,15 @@ impl<X> Broker<X> {
         pid: PacketId,
         reason: ReasonCode,
     ) {
+        if crate::log_sink::enabled(crate::log::Level::Debug) {
+            // Logged packets go the general way, which builds the whole packet to log it.
+            let ack = Ack {
+                packet_id: pid,
+                reason,
+                properties: Properties::default(),
+            };
+            return self.send(key, &kind(ack));
+        }
         // The packet type of `kind` (folded away where `kind` is a constant).
         let type_id = match kind(Ack::new(pid)) {
             Packet::PubAck(_) => 4,
@@ -161,7 +178,9 @@ impl<X> Broker<X> {
         let Some(c) = self.links.conn_mut(key) else {
             return;
         };
+        // The same bytes `send` writes for this ack, without building its properties.
         protocol::encode_plain_ack(c.tx.buf(), type_id, pid, reason, c.link.version);
+        self.fx.stats.packets_out += 1;
         self.fx.mark_dirty(key, &mut c.link);
     }
 

@@ -26,6 +26,8 @@ pub struct RetainedReplica {
     /// back.
     tombstones: HashMap<Arc<str>, u64>,
     lamport: u64,
+    /// Payload bytes held (for `$SYS/broker/store/messages/bytes`).
+    bytes: usize,
 }
 
 impl RetainedReplica {
@@ -47,7 +49,9 @@ impl RetainedReplica {
             return;
         }
         if msg.payload.is_empty() {
-            self.tree.remove(&msg.topic);
+            if let Some(old) = self.tree.remove(&msg.topic) {
+                self.bytes -= old.payload.len();
+            }
             if self.tombstones.len() >= TOMBSTONES_MAX {
                 // Tombstones only guard against an older update overtaking a deletion in
                 // flight between shards (microseconds); forgetting them is safe in practice.
@@ -56,7 +60,10 @@ impl RetainedReplica {
             self.tombstones.insert(msg.topic.clone(), msg.retain_stamp);
         } else {
             self.tombstones.remove(&*msg.topic);
-            self.tree.insert(&msg.topic, msg.clone());
+            self.bytes += msg.payload.len();
+            if let Some(old) = self.tree.insert(&msg.topic, msg.clone()) {
+                self.bytes -= old.payload.len();
+            }
         }
     }
 
@@ -73,6 +80,11 @@ impl RetainedReplica {
     /// Retained messages held.
     pub fn len(&self) -> usize {
         self.tree.len()
+    }
+
+    /// Payload bytes of the retained messages held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when none are held.

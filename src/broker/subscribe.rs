@@ -2,6 +2,8 @@
 
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
 use crate::session::{Outgoing, SubState};
 use crate::topic::{self, FilterKind};
@@ -18,12 +20,14 @@ impl<X> Broker<X> {
         let sub_id = sub.properties.subscription_identifiers.iter().next();
         let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
         let mut retained = Vec::new();
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         for (i, req) in sub.filters.iter().enumerate() {
             if i >= FILTERS_PER_PACKET_MAX {
                 codes.push(refusal(version, protocol::ReasonCode::QuotaExceeded));
                 continue;
             }
-            let code = match topic::parse_filter(req.filter) {
+            let full = super::link::mounted(mount.as_deref(), req.filter);
+            let code = match topic::parse_filter(&full) {
                 Ok(FilterKind::Normal(f)) => {
                     let state = SubState {
                         options: req.options,
@@ -49,11 +53,14 @@ impl<X> Broker<X> {
                         options: req.options,
                         sub_id,
                     };
-                    self.add_shared(s, req.filter, sh.group, sh.filter, state);
+                    self.add_shared(s, &full, sh.group, sh.filter, state);
                     req.options.qos as u8
                 }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
             };
+            if code < 0x80 {
+                self.log_subscription(key, Level::Subscribe, req.filter, code);
+            }
             codes.push(code);
         }
         let ack = protocol::SubAck {
@@ -67,6 +74,21 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// `client qos filter` (subscribe) or `client filter` (unsubscribe), as Mosquitto's
+    /// `log_type subscribe|unsubscribe` lines.
+    fn log_subscription(&self, key: usize, level: Level, filter: &str, qos: u8) {
+        if !crate::log_sink::enabled(level) {
+            return;
+        }
+        let id = self.links.get(key).and_then(|l| l.client_id.as_deref());
+        let id = id.unwrap_or("<unknown>");
+        if level == Level::Subscribe {
+            log_at!(level, "{id} {qos} {filter}");
+        } else {
+            log_at!(level, "{id} {filter}");
+        }
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.
@@ -203,15 +225,18 @@ impl<X> Broker<X> {
         };
         let version = self.links.get(key).map_or(Version::V3_1_1, |l| l.version);
         let mut codes: smallvec::SmallVec<[u8; 16]> = smallvec::SmallVec::new();
+        let mount = self.links.get(key).and_then(|l| l.mount.clone());
         for filter in u.filters.iter().take(FILTERS_PER_PACKET_MAX) {
+            let filter = super::link::mounted(mount.as_deref(), filter);
             let had = self
                 .sessions
                 .get_mut(s)
-                .and_then(|x| x.subs.remove(filter))
+                .and_then(|x| x.subs.remove(&*filter))
                 .is_some();
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
-                self.unroute(s, uid, filter);
+                self.unroute(s, uid, &filter);
+                self.log_subscription(key, Level::Unsubscribe, &filter, 0);
             }
             let code = if had {
                 protocol::ReasonCode::Success

@@ -41,8 +41,7 @@ pub enum CertUsername {
 }
 
 /// The default listener's addresses when nothing is configured: both loopbacks, as
-/// Mosquitto does. Phase 2 binds both and tolerates `::1` being unavailable (a host
-/// without IPv6); until then only the first is bound (see `Config::binds`).
+/// Mosquitto does; `::1` being unavailable (a host without IPv6) is tolerated.
 pub const DEFAULT_ADDRESSES: [IpAddr; 2] = [
     IpAddr::V4(Ipv4Addr::LOCALHOST),
     IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -133,28 +132,9 @@ pub struct Listener {
     pub ws: Option<WsConfig>,
     /// The `listener` line (0: command line or default), for messages.
     pub line: usize,
-}
-
-impl Listener {
-    /// What this listener needs beyond plain TCP, which the shards do not serve yet; `None`
-    /// when it is plain MQTT over TCP.
-    pub fn unserved_feature(&self) -> Option<&'static str> {
-        if self.tls.is_some() {
-            Some("TLS")
-        } else if self.protocol == Protocol::WebSockets {
-            Some("websockets")
-        } else if self.proxy.is_some() {
-            Some("enable_proxy_protocol")
-        } else if self.bind_interface.is_some() {
-            Some("bind_interface")
-        } else if self.mount_point.is_some() {
-            Some("mount_point")
-        } else if self.max_connections.is_some() {
-            Some("max_connections")
-        } else {
-            None
-        }
-    }
+    /// The default listener's `::1`: a host without IPv6 cannot bind it, which is logged
+    /// and tolerated (for this listener only).
+    pub optional: bool,
 }
 
 /// Whether `key` is a per-listener option.
@@ -413,6 +393,7 @@ impl ListenerSpec {
                 ..WsConfig::default()
             }),
             line: self.line,
+            optional: false,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod bridge;
 pub mod cluster;
 pub mod file;
 mod passwd_args;
+pub mod reload;
 
 pub use passwd_args::{PasswdAction, PasswdArgs};
 pub mod listener;
@@ -363,11 +364,16 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
         f.max_packet_size,
         defaults::MAX_PACKET_SIZE,
     );
-    let listeners = listener_specs(a, f)?
+    let mut listeners = listener_specs(a, f)?
         .iter()
         .map(|s| s.validate(&file_name, frame_max as u64))
         .collect::<Result<Vec<_>, _>>()?;
-    refuse_unserved(&listeners, &file_name)?;
+    if a.bind.is_empty() && f.listeners.is_empty() {
+        // The default listener: its IPv6 loopback may be missing on this host.
+        for l in &mut listeners {
+            l.optional = l.addr.is_ipv6();
+        }
+    }
     Ok(listeners)
 }
 
@@ -386,9 +392,10 @@ fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::List
     }
     let port = a.port.unwrap_or(listener::DEFAULT_PORT);
     let addrs = match a.bind.is_empty() {
-        // Phase 2 adds ::1 (listener::DEFAULT_ADDRESSES) once a missing IPv6 loopback can
-        // be tolerated at bind time.
-        true => vec![SocketAddr::new(listener::DEFAULT_ADDRESSES[0], port)],
+        true => listener::DEFAULT_ADDRESSES
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect(),
         false => a.bind.clone(),
     };
     let mut specs = Vec::new();
@@ -411,24 +418,6 @@ fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::List
         specs.push(s);
     }
     Ok(specs)
-}
-
-/// Listeners are parsed and checked in full, but the shards serve plain MQTT over TCP only
-/// until the transports are wired in: refuse to start rather than serve less than asked.
-fn refuse_unserved(listeners: &[listener::Listener], file: &str) -> Result<(), String> {
-    for l in listeners {
-        if let Some(feature) = l.unserved_feature() {
-            let at = match l.line {
-                0 => String::new(),
-                n => format!("{file}:{n}: "),
-            };
-            return Err(format!(
-                "{at}listener {}: {feature} is configured and checks out, but shardmq does not serve it yet",
-                l.addr
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The largest shard count: shard sets are 64-bit masks.
@@ -578,7 +567,11 @@ mod tests {
     #[test]
     fn defaults_listen_locally_like_mosquitto() {
         let c = Config::default();
-        assert_eq!(c.binds, vec![SocketAddr::from(([127, 0, 0, 1], 1883))]);
+        let both = vec![
+            SocketAddr::from(([127, 0, 0, 1], 1883)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1883)),
+        ];
+        assert_eq!(c.binds, both);
         assert_eq!(c.max_inflight, 20);
         assert_eq!(c.max_queued_messages, 1000);
     }

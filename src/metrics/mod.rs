@@ -138,6 +138,24 @@ pub struct ShardMetrics {
     pub retained_messages: Figure,
     /// PUBLISH packets received from clients.
     pub messages_received: Figure,
+    /// PUBLISH packets received, by QoS.
+    pub messages_received_qos: [Figure; 3],
+    /// PUBLISH packets written, by QoS.
+    pub messages_sent_qos: [Figure; 3],
+    /// Payload bytes received in PUBLISH packets, by QoS.
+    pub payload_bytes_received_qos: [Figure; 3],
+    /// Payload bytes written in PUBLISH packets, by QoS.
+    pub payload_bytes_sent_qos: [Figure; 3],
+    /// MQTT packets of every kind received.
+    pub packets_received: Figure,
+    /// MQTT packets of every kind written.
+    pub packets_sent: Figure,
+    /// Bytes of the messages waiting in session queues.
+    pub queued_bytes: Figure,
+    /// Payload bytes of the retained messages in this shard's replica.
+    pub retained_bytes: Figure,
+    /// Sessions ended by their expiry interval.
+    pub sessions_expired: Figure,
     /// PUBLISH packets written to clients.
     pub messages_sent: Figure,
     /// Bytes read from client sockets.
@@ -148,9 +166,9 @@ pub struct ShardMetrics {
     pub dropped: [Figure; 3],
     /// Failed authentications.
     pub auth_failures: Figure,
-    /// TLS handshakes completed (zero until TLS lands).
+    /// TLS handshakes completed (counted when the first application bytes arrive).
     pub tls_handshakes: Figure,
-    /// TLS handshakes failed (zero until TLS lands).
+    /// TLS handshakes refused (a TLS error before the handshake completed).
     pub tls_failures: Figure,
     /// Bus messages staged for a full ring, total.
     pub bus_staged: Figure,
@@ -223,6 +241,10 @@ pub struct Metrics {
     lists_wanted_until_ns: AtomicU64,
     /// Set when the broker starts draining: `/readyz` turns false.
     pub stopping: AtomicBool,
+    /// Configuration reloads applied (written by the main thread only).
+    pub reloads_applied: Figure,
+    /// Configuration reloads refused (written by the main thread only).
+    pub reloads_refused: Figure,
 }
 
 impl Metrics {
@@ -234,6 +256,8 @@ impl Metrics {
             ready_holds: AtomicUsize::new(0),
             lists_wanted_until_ns: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            reloads_applied: Figure::default(),
+            reloads_refused: Figure::default(),
         }
     }
 

@@ -55,4 +55,7 @@ pub struct ShardLists {
     pub subscriptions: Vec<SubscriptionInfo>,
     /// How many subscriptions there were.
     pub subscriptions_total: usize,
+    /// The busiest topics published to on this shard, busiest first: (topic, estimated
+    /// publishes, sampled and decaying; see `broker::hot_topics`).
+    pub topics: Vec<(std::sync::Arc<str>, u64)>,
 }

@@ -30,12 +30,18 @@ pub struct ConnIo {
     /// Not being read because its own output is over the limit (the client does not read
     /// what we send it); resumed by a flush that drains it, not by polling.
     pub(super) paused_on_output: bool,
+    /// The client certificate will name the user once the TLS handshake is done.
+    pub(super) name_pending: bool,
+    /// A TLS handshake not yet counted (as completed or failed) in the shard's figures.
+    pub(super) tls_pending: bool,
 }
 
 impl ConnIo {
     /// A connection's shard part, with `rx` already received (a handed-over CONNECT).
     pub fn new(transport: Transport, rx: Vec<u8>) -> ConnIo {
         ConnIo {
+            name_pending: transport.names_user(),
+            tls_pending: transport.is_handshaking(),
             transport,
             rx: RxBuf::from_vec(rx),
             pending_read: false,

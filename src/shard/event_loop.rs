@@ -4,8 +4,10 @@
 //! bus ends; through the broker's connection table, each connection's transport and
 //! receive buffer (`conn::ConnIo`). One turn is: poll → bus inbox → read and decode in
 //! place → accept → timers → bus outbox → flush → close; every step has a budget so one
-//! busy client or peer cannot starve the rest. Invariant: the poll token of a transport is
-//! its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
+//! busy client or peer cannot starve the rest. A SIGHUP reload arrives as a `Control` on
+//! the shard's own channel and is applied at the start of a turn, between polls
+//! (`Shard::apply_config`), never in the middle of a packet. Invariant: the poll token of
+//! a transport is its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
 //! `LinkState` (it asks the broker to close a link), other shards' state (only the bus).
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -23,8 +26,10 @@ use super::bus::{self, Bus};
 use super::conn::ConnIo;
 use super::{BusMsg, Handoff};
 use crate::broker::{Broker, Effects, Ingested};
+use crate::config::listener::Listener;
 use crate::config::Config;
-use crate::log::log;
+use crate::log::Level;
+use crate::log_at;
 use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
 
@@ -42,8 +47,33 @@ const ACCEPTS_PER_TURN_MAX: usize = 512;
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
+/// Control messages waiting per shard (reloads; a sender past it waits for the shard).
+const CONTROL_QUEUE_MAX: usize = 16;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+
+/// A control message from the main thread to one shard, read at a turn boundary.
+pub enum Control {
+    /// Apply a new configuration: `listeners` is the whole new listening set (this shard's
+    /// handles to the sockets the main thread bound or kept), in configuration order.
+    Reload {
+        /// The new configuration.
+        cfg: Arc<Config>,
+        /// Every listener, with what it speaks.
+        listeners: Vec<(TcpListener, ListenerKind)>,
+    },
+}
+
+/// One listening socket the broker holds.
+struct Bound {
+    /// The address as configured (the listener's identity across reloads; port 0 stays 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    socket: std::net::TcpListener,
+    /// What it speaks: built once per listener, shared by every shard's handle.
+    kind: ListenerKind,
+}
 
 /// The running broker: its shard threads and how to stop them.
 pub struct Running {
@@ -52,6 +82,10 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wakers: Arc<Vec<Arc<Waker>>>,
+    /// Each shard's control channel.
+    ctl: Vec<Sender<Control>>,
+    /// The listening sockets, in configuration order.
+    bound: Vec<Bound>,
 }
 
 impl Running {
@@ -61,6 +95,73 @@ impl Running {
         for w in self.wakers.iter() {
             let _ = w.wake();
         }
+    }
+
+    /// Apply `cfg` (already validated, see `config::reload`) to every shard at its next
+    /// turn boundary. Listeners whose address is still configured keep their socket (and
+    /// their backlog); new ones are bound here first, so a bind failure rejects the reload
+    /// whole and nothing changes; removed ones close once every shard has let go. Returns
+    /// the addresses newly opened and those closed.
+    pub fn reload(&mut self, cfg: Arc<Config>) -> io::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let mut next: Vec<Bound> = Vec::new();
+        let mut opened = Vec::new();
+        let mut kept = vec![false; self.bound.len()];
+        for l in &cfg.listeners {
+            // Several `listener 0` lines share a configured address: match them in order.
+            let same = self
+                .bound
+                .iter()
+                .enumerate()
+                .find(|(i, b)| !kept[*i] && b.configured == l.addr);
+            if let Some((i, _)) = same {
+                kept[i] = true;
+            }
+            // New TLS settings and options come from the new configuration; a kept
+            // listener keeps counting its open connections against max_connections.
+            let mut kind = super::listeners::kind_of(l);
+            match same.map(|(_, b)| b) {
+                Some(b) => {
+                    kind.keep_count_of(&b.kind);
+                    next.push(Bound {
+                        configured: b.configured,
+                        local: b.local,
+                        socket: b.socket.try_clone()?,
+                        kind,
+                    })
+                }
+                None => {
+                    let socket = bind(l.addr, l.bind_interface.as_deref())?;
+                    let local = socket.local_addr()?;
+                    opened.push(local);
+                    next.push(Bound {
+                        configured: l.addr,
+                        local,
+                        socket,
+                        kind,
+                    });
+                }
+            }
+        }
+        let closed = self
+            .bound
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| !**k)
+            .map(|(b, _)| b.local)
+            .collect();
+        let mut per_shard = Vec::new();
+        for _ in &self.ctl {
+            per_shard.push(shard_listeners(&next)?);
+        }
+        for ((tx, w), listeners) in self.ctl.iter().zip(self.wakers.iter()).zip(per_shard) {
+            let cfg = cfg.clone();
+            // A shard that has stopped no longer needs it.
+            let _ = tx.send(Control::Reload { cfg, listeners });
+            let _ = w.wake();
+        }
+        self.addrs = next.iter().map(|b| b.local).collect();
+        self.bound = next;
+        Ok((opened, closed))
     }
 
     /// Wait for every shard thread to finish.
@@ -74,14 +175,19 @@ impl Running {
 /// Bind the listeners and start one thread per shard.
 pub fn run(cfg: Config) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
-    let mut listeners = Vec::new();
-    for addr in &cfg.binds {
-        listeners.push(bind(*addr)?);
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let Some(socket) = bind_listener(l)? else {
+            continue;
+        };
+        bound.push(Bound {
+            configured: l.addr,
+            local: socket.local_addr()?,
+            socket,
+            kind: super::listeners::kind_of(l),
+        });
     }
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<io::Result<Vec<_>>>()?;
+    let addrs = bound.iter().map(|b| b.local).collect();
     let mut polls = Vec::new();
     let mut wakers = Vec::new();
     for _ in 0..cfg.shards {
@@ -94,15 +200,14 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let epoch = Instant::now();
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
+    let mut ctl = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
-        let mut mine = Vec::new();
-        for (i, l) in listeners.iter().enumerate() {
-            let mut l = TcpListener::from_std(l.try_clone()?);
-            poll.registry()
-                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
-            mine.push((l, ListenerKind::Tcp));
-        }
-        let shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        let mut mine = shard_listeners(&bound)?;
+        register_listeners(&poll, &mut mine)?;
+        let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
+        ctl.push(tx);
+        let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
+        shard.ctl = rx;
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -115,18 +220,63 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         threads,
         stop,
         wakers,
+        ctl,
+        bound,
     })
+}
+
+/// One shard's handles to the listening sockets, each with what it speaks. The kinds are
+/// clones of one per listener, so every shard shares its `max_connections` count and its
+/// TLS configuration.
+fn shard_listeners(bound: &[Bound]) -> io::Result<Vec<(TcpListener, ListenerKind)>> {
+    bound
+        .iter()
+        .map(|b| {
+            let l = TcpListener::from_std(b.socket.try_clone()?);
+            Ok((l, b.kind.clone()))
+        })
+        .collect()
+}
+
+/// Register each listener under `LISTENER_BASE + its index`.
+fn register_listeners(
+    poll: &Poll,
+    listeners: &mut [(TcpListener, ListenerKind)],
+) -> io::Result<()> {
+    for (i, (l, _)) in listeners.iter_mut().enumerate() {
+        poll.registry()
+            .register(l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+    }
+    Ok(())
+}
+
+/// Bind one configured listener. `Ok(None)`: the default listener's `::1` on a host
+/// without IPv6 (logged; the IPv4 loopback serves alone), the one failure tolerated.
+fn bind_listener(l: &Listener) -> io::Result<Option<std::net::TcpListener>> {
+    match bind(l.addr, l.bind_interface.as_deref()) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if l.optional => {
+            log_at!(Level::Warning, "not listening on {}: {e}", l.addr);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A non-blocking listener with a deep backlog. One socket serves every shard: each shard
 /// polls its own handle to it, so no other process can silently share the port the way
 /// SO_REUSEPORT would allow.
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind(addr: SocketAddr, interface: Option<&str>) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if let Some(name) = interface {
+        s.bind_device(Some(name.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("bind_interface {name} for {addr}: {e}"))
+        })?;
     }
     s.bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -167,6 +317,8 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// Control messages from the main thread (reload).
+    ctl: Receiver<Control>,
 }
 
 impl Shard {
@@ -195,7 +347,42 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            ctl: crossbeam_channel::never(),
         }
+    }
+
+    /// Apply the control messages waiting (at most a few per turn; they are rare).
+    fn apply_control(&mut self) {
+        while let Ok(msg) = self.ctl.try_recv() {
+            match msg {
+                Control::Reload { cfg, listeners } => self.apply_config(cfg, listeners),
+            }
+        }
+    }
+
+    /// A reload, at a turn boundary: swap the listening set (connections are untouched:
+    /// they belong to the broker's table, not to a listener), then hand the configuration
+    /// to the broker, which applies what can change live. Shard-side parts that keep
+    /// configuration of their own (a listener's TLS settings, say) take it from here.
+    pub(crate) fn apply_config(
+        &mut self,
+        cfg: Arc<Config>,
+        mut listeners: Vec<(TcpListener, ListenerKind)>,
+    ) {
+        for (l, _) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        if let Err(e) = register_listeners(&self.poll, &mut listeners) {
+            log_at!(
+                Level::Error,
+                "shard {}: cannot watch the listeners after a reload: {e}",
+                self.id
+            );
+        }
+        self.listeners = listeners;
+        // Edge-triggered: a backlog that built up meanwhile would not be reported again.
+        self.accept_again = true;
+        self.broker.reload(cfg);
     }
 
     fn now_ms(&self) -> u64 {
@@ -210,7 +397,7 @@ impl Shard {
         let mut events = Events::with_capacity(EVENTS_PER_TURN_MAX);
         while !self.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.turn(&mut events) {
-                log(format_args!("shard {}: poll failed: {e}", self.id));
+                log_at!(Level::Error, "shard {}: poll failed: {e}", self.id);
                 break;
             }
         }
@@ -242,6 +429,7 @@ impl Shard {
         let busy_from = Instant::now();
         let now = self.now_ms();
         self.broker.begin_turn(now);
+        self.apply_control();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
@@ -297,10 +485,15 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].0.accept() {
-                    Ok((stream, peer)) => {
-                        let transport = self.listeners[i].1.wrap(stream);
-                        self.adopt(transport, peer, Vec::new(), now);
-                    }
+                    Ok((stream, peer)) => match self.listeners[i].1.wrap(stream) {
+                        Ok(Some(transport)) => {
+                            self.broker.effects().stats.connections_accepted += 1;
+                            self.adopt(transport, peer, Vec::new(), now)
+                        }
+                        // At the listener's max_connections: dropping the socket closes it.
+                        Ok(None) => {}
+                        Err(e) => log_at!(Level::Notice, "connection from {peer} refused: {e}"),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -310,7 +503,7 @@ impl Shard {
                             || now >= self.accept_error_logged_ms + 1000
                         {
                             self.accept_error_logged_ms = now.max(1);
-                            log(format_args!("accept failed: {e}"));
+                            log_at!(Level::Error, "accept failed: {e}");
                         }
                         break;
                     }
@@ -322,7 +515,15 @@ impl Shard {
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
     fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+        let mount = transport.mount_point();
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            c.link.mount = mount;
+        }
+        if self.name_from_certificate(key).is_err() {
+            self.broker.on_closed(key, now);
+            return;
+        }
         let registered = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
             self.poll
                 .registry()
@@ -414,12 +615,78 @@ impl Shard {
         let n = match c.io.transport.read(&mut self.scratch) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
-            Err(e) => return Err(would_block_or_closed(e)),
+            Err(e) => return Err(self.read_failed(key, e)),
         };
         self.broker.effects().stats.bytes_in += n as u64;
+        if self.first_bytes(key).is_err() {
+            return Err(ReadEnd::Closed);
+        }
         match self.process_scratch(key, n, now) {
             Some(end) => Err(end),
             None => Ok(n),
+        }
+    }
+
+    /// A read error: `WouldBlock` waits for the next edge; `Interrupted` (a transport's
+    /// own per-call budget spent on handshake or control bytes) reads again next turn, like
+    /// the shard's own budget; anything else closes.
+    fn read_failed(&mut self, key: usize, e: io::Error) -> ReadEnd {
+        if e.kind() == io::ErrorKind::Interrupted {
+            self.defer_read(key);
+        }
+        if e.kind() == io::ErrorKind::InvalidData {
+            let handshaking = self.broker.links_mut().conn_mut(key).is_some_and(|c| {
+                c.io.transport.is_handshaking() && std::mem::take(&mut c.io.tls_pending)
+            });
+            if handshaking {
+                self.broker.effects().stats.tls_handshake_failures += 1;
+            }
+        }
+        would_block_or_closed(e)
+    }
+
+    /// Application bytes arrived, perhaps for the first time: a PROXY header's client
+    /// address becomes the link's peer, and a TLS handshake that has just completed may
+    /// name the user. `Err`: the connection must close.
+    fn first_bytes(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if let Some(addr) = c.io.transport.take_proxied_addr() {
+            c.link.peer = addr;
+        }
+        if std::mem::take(&mut c.io.tls_pending) {
+            // Application bytes only flow once the handshake is done.
+            self.broker.effects().stats.tls_handshakes += 1;
+        }
+        self.name_from_certificate(key)
+    }
+
+    /// With `use_identity_as_username` / `use_subject_as_username`, the verified client
+    /// certificate names the link's user once the handshake is done (again on the home
+    /// shard after a handover: the link there is new). `Err`: it has no such name, and
+    /// Mosquitto refuses such a client too.
+    fn name_from_certificate(&mut self, key: usize) -> Result<(), ()> {
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return Err(());
+        };
+        if !c.io.name_pending || c.io.transport.is_handshaking() {
+            return Ok(());
+        }
+        c.io.name_pending = false;
+        match c.io.transport.cert_username() {
+            Some(name) => {
+                c.link.username = Some(name.into());
+                Ok(())
+            }
+            None => {
+                log_at!(
+                    Level::Notice,
+                    "{}: client certificate has no usable name; closing",
+                    c.link.peer
+                );
+                Err(())
+            }
         }
     }
 
@@ -441,7 +708,7 @@ impl Shard {
             Ok(n) => n,
             Err(e) => {
                 io.rx.filled(0);
-                return Err(would_block_or_closed(e));
+                return Err(self.read_failed(key, e));
             }
         };
         io.rx.filled(n);

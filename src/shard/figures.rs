@@ -53,6 +53,23 @@ fn copy_counters<X>(m: &ShardMetrics, broker: &Broker<X>, bus: &Bus<BusMsg>) {
     m.retained_messages.set(broker.retained_count() as u64);
     m.messages_received.set(s.publish_in);
     m.messages_sent.set(s.publish_out);
+    for q in 0..3 {
+        m.messages_received_qos[q].set(s.publish_in_qos[q]);
+        m.messages_sent_qos[q].set(s.publish_out_qos[q]);
+        m.payload_bytes_received_qos[q].set(s.publish_in_bytes_qos[q]);
+        m.payload_bytes_sent_qos[q].set(s.publish_out_bytes_qos[q]);
+    }
+    for (f, v) in m.connections_refused.iter().zip(s.connections_refused) {
+        f.set(v);
+    }
+    m.connections_accepted.set(s.connections_accepted);
+    m.auth_failures.set(s.auth_failures);
+    m.tls_handshakes.set(s.tls_handshakes);
+    m.tls_failures.set(s.tls_handshake_failures);
+    m.packets_received.set(s.packets_in);
+    m.packets_sent.set(s.packets_out);
+    m.sessions_expired.set(s.sessions_expired);
+    m.retained_bytes.set(broker.retained_bytes() as u64);
     m.bytes_received.set(s.bytes_in);
     m.bytes_sent.set(s.bytes_out);
     m.dropped[DropReason::Qos0Backpressure as usize].set(s.dropped_qos0);
@@ -78,15 +95,17 @@ fn copy_costly<X>(m: &ShardMetrics, broker: &Broker<X>) {
         .iter()
         .filter(|(_, l)| l.is_connected())
         .count();
-    let (mut subs, mut queued, mut inflight) = (0, 0, 0);
+    let (mut subs, mut queued, mut inflight, mut queued_bytes) = (0, 0, 0, 0);
     for s in broker.sessions() {
         subs += s.subs.len();
         queued += s.queue.len();
+        queued_bytes += s.queued_bytes();
         inflight += s.inflight.len();
     }
     m.clients_connected.set(connected as u64);
     m.subscriptions.set(subs as u64);
     m.queued_messages.set(queued as u64);
+    m.queued_bytes.set(queued_bytes as u64);
     m.inflight_messages.set(inflight as u64);
 }
 
@@ -122,6 +141,7 @@ fn lists<X>(broker: &Broker<X>, now_ns: u64) -> ShardLists {
             pending_bytes: conn.tx.pending(),
         });
     }
+    out.topics = broker.hot_topics(crate::broker::hot_topics::HOT_TOPICS_MAX);
     for s in &sessions {
         for (filter, st) in &s.subs {
             out.subscriptions_total += 1;

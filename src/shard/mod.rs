@@ -11,10 +11,11 @@ pub mod bus;
 pub mod conn;
 pub mod event_loop;
 pub mod figures;
+pub mod listeners;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, Running};
+pub use event_loop::{run, Control, Running};
 
 use crate::broker::Cast;
 pub use conn::Handoff;

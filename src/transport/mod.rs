@@ -1,7 +1,7 @@
 //! Byte streams under MQTT: the [`Transport`] of one connection.
 //!
-//! **Owns** the socket of a connection and whatever stream layer sits on it (today plain
-//! TCP; next TLS, WebSocket framing, a PROXY protocol header). **Invariant:** above this
+//! **Owns** the socket of a connection and whatever stream layers sit on it: a PROXY
+//! protocol header at its start, TLS, WebSocket framing (`Tcp`, `Tls`, `Ws`, `Wss`). **Invariant:** above this
 //! module there are only application bytes, the MQTT byte stream, in order, exactly as
 //! the client sent them; below it only the socket. **Must not touch:** MQTT packets,
 //! links, sessions or the bus. Only `shard` names this module; the broker never does.
@@ -48,10 +48,18 @@
 //! A listener's [`ListenerKind`] decides which variant wraps each socket it accepts, so a
 //! new transport is one variant in each enum plus its listener configuration.
 //!
-//! A variant is a socket plus a sans-IO state machine (`tls.rs`, `ws.rs`, `proxy.rs`): the
-//! state machine takes and produces bytes, and the variant's methods above are the only
-//! place where it meets the socket. A PROXY header is consumed before the first byte is
-//! returned by `read`; the address it carries is for the shard to pass on to the link.
+//! A variant is a socket plus sans-IO state machines (`tls.rs`, `ws.rs`, `proxy.rs`): the
+//! state machines take and produce bytes, and the variant's methods above are the only
+//! place where they meet the socket, stacked as views: TLS reads
+//! `tls.io(&mut sock)`, WebSocket `ws.io(&mut sock)`, WSS `ws.io(&mut tls.io(&mut sock))`.
+//! `read` may also answer `Interrupted`: a layer spent its per-call budget on bytes that
+//! carried no application byte (handshake records, pings); the shard reads again next
+//! turn. `InvalidData` means refused, with the alert or Close already queued: the shard
+//! flushes and closes. A PROXY header is consumed inside [`Tcp`] before the first byte
+//! reaches any layer above (so TLS and WebSocket see only what follows it); the address it
+//! carries is taken by the shard ([`Transport::take_proxied_addr`]) for the link's `peer`.
+//! A listener's `max_connections` slot ([`Slot`]) lives in the socket and is given back
+//! when the transport is dropped, on whichever shard that happens.
 #![forbid(unsafe_code)]
 
 pub mod proxy;
@@ -59,26 +67,94 @@ mod tcp;
 pub mod tls;
 pub mod ws;
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
-pub use tcp::Tcp;
+use arc_swap::ArcSwap;
+
+pub use tcp::{Slot, Tcp};
+
+use crate::config::listener::CertUsername;
+use proxy::ProxyVersion;
+use tls::TlsStream;
+use ws::{WsConfig, WsFramer};
 
 /// What a listener speaks: decides the [`Transport`] wrapped around each accepted socket.
-/// A TLS listener will carry its (shared, immutable) server configuration here.
-#[derive(Debug, Clone)]
-pub enum ListenerKind {
-    /// Plain MQTT over TCP.
-    Tcp,
+/// Shared (cloned) by every shard's handle to the listener.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerKind {
+    /// TLS: the server configuration, swapped whole when certificates are reloaded (new
+    /// handshakes use the new one; sessions already made keep theirs).
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Whether a verified client certificate names the user (TLS only).
+    pub naming: CertUsername,
+    /// WebSocket framing (over TLS when `tls` is set too).
+    pub ws: Option<WsConfig>,
+    /// The PROXY header every connection must start with.
+    pub proxy: Option<ProxyVersion>,
+    /// `max_connections`: the listener's open connections (all shards) and their limit.
+    pub limit: Option<(Arc<AtomicUsize>, usize)>,
+    /// `mount_point`, for the links of this listener's connections.
+    pub mount: Option<Arc<str>>,
 }
 
 impl ListenerKind {
-    /// The transport for a socket this listener accepted.
-    pub fn wrap(&self, stream: mio::net::TcpStream) -> Transport {
-        match self {
-            ListenerKind::Tcp => Transport::tcp(stream),
+    /// Plain MQTT over TCP, unlimited.
+    pub fn tcp() -> ListenerKind {
+        ListenerKind::default()
+    }
+
+    /// Across a reload: count against the connections `old` already holds open (the same
+    /// listener, kept), so a reload neither frees nor loses `max_connections` slots.
+    pub fn keep_count_of(&mut self, old: &ListenerKind) {
+        if let (Some((count, _)), Some((old_count, _))) = (&mut self.limit, &old.limit) {
+            *count = old_count.clone();
         }
     }
+
+    /// The transport for a socket this listener accepted. `Ok(None)`: the listener is at
+    /// its `max_connections` (drop the socket: that closes it).
+    pub fn wrap(&self, stream: mio::net::TcpStream) -> io::Result<Option<Transport>> {
+        let mut sock = Tcp::new(stream);
+        if let Some((count, max)) = &self.limit {
+            match Slot::take(count, *max) {
+                Some(slot) => sock.hold(slot),
+                None => return Ok(None),
+            }
+        }
+        if let Some(v) = self.proxy {
+            sock.expect_proxy(v);
+        }
+        sock.mount = self.mount.clone();
+        let tls = match &self.tls {
+            Some(cfg) => {
+                let stream = TlsStream::new(cfg.load_full()).map_err(io::Error::other)?;
+                Some(Box::new(TlsConn {
+                    stream,
+                    naming: self.naming,
+                }))
+            }
+            None => None,
+        };
+        let ws = self.ws.clone().map(|c| Box::new(WsFramer::new(c)));
+        Ok(Some(match (tls, ws) {
+            (None, None) => Transport::Tcp(sock),
+            (Some(t), None) => Transport::Tls(sock, t),
+            (None, Some(w)) => Transport::Ws(sock, w),
+            (Some(t), Some(w)) => Transport::Wss(sock, t, w),
+        }))
+    }
+}
+
+/// A TLS session and what its listener makes of the client's certificate.
+#[derive(Debug)]
+pub struct TlsConn {
+    /// The session.
+    pub stream: TlsStream,
+    /// Whether the certificate names the user.
+    pub naming: CertUsername,
 }
 
 /// The byte stream of one connection. See the module documentation for the contract.
@@ -86,6 +162,12 @@ impl ListenerKind {
 pub enum Transport {
     /// Plain TCP.
     Tcp(Tcp),
+    /// MQTT over TLS.
+    Tls(Tcp, Box<TlsConn>),
+    /// MQTT over WebSocket.
+    Ws(Tcp, Box<WsFramer>),
+    /// MQTT over WebSocket over TLS.
+    Wss(Tcp, Box<TlsConn>, Box<WsFramer>),
 }
 
 impl Transport {
@@ -94,11 +176,28 @@ impl Transport {
         Transport::Tcp(Tcp::new(stream))
     }
 
+    fn socket(&self) -> &Tcp {
+        match self {
+            Transport::Tcp(s) | Transport::Tls(s, _) | Transport::Ws(s, _) => s,
+            Transport::Wss(s, _, _) => s,
+        }
+    }
+
+    fn socket_mut(&mut self) -> &mut Tcp {
+        match self {
+            Transport::Tcp(s) | Transport::Tls(s, _) | Transport::Ws(s, _) => s,
+            Transport::Wss(s, _, _) => s,
+        }
+    }
+
     /// True while the transport holds output of its own that the socket has not taken
     /// (never for TCP): the connection must be flushed again on its next writable edge.
     pub fn wants_write(&self) -> bool {
         match self {
             Transport::Tcp(_) => false,
+            Transport::Tls(_, t) => t.stream.wants_write(),
+            Transport::Ws(_, w) => w.wants_write(),
+            Transport::Wss(_, t, w) => t.stream.wants_write() || w.wants_write(),
         }
     }
 
@@ -106,36 +205,100 @@ impl Transport {
     pub fn send_pending(&mut self) -> io::Result<bool> {
         match self {
             Transport::Tcp(_) => Ok(true),
+            Transport::Tls(s, t) => t.stream.send_pending(s),
+            Transport::Ws(s, w) => w.io(s).send_pending(),
+            Transport::Wss(s, t, w) => w.io(&mut t.stream.io(s)).send_pending(),
         }
     }
 
-    /// End the stream in both directions; errors do not matter any more.
+    /// End the stream in both directions (WebSocket Close, TLS close_notify, then FIN);
+    /// errors do not matter any more.
     pub fn shutdown(&mut self) {
         match self {
-            Transport::Tcp(t) => t.shutdown(),
+            Transport::Tcp(_) => {}
+            Transport::Tls(s, t) => {
+                t.stream.close();
+                let _ = t.stream.send_pending(s);
+            }
+            Transport::Ws(s, w) => {
+                w.close();
+                let _ = w.io(s).send_pending();
+            }
+            Transport::Wss(s, t, w) => {
+                w.close();
+                let _ = w.io(&mut t.stream.io(s)).send_pending();
+                t.stream.close();
+                let _ = t.stream.send_pending(s);
+            }
         }
+        self.socket_mut().shutdown();
     }
 
     /// The remote address as the socket reports it.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.socket().peer_addr()
+    }
+
+    /// The client address a PROXY header carried, once it has been read (taken once).
+    pub fn take_proxied_addr(&mut self) -> Option<SocketAddr> {
+        self.socket_mut().take_proxied_addr()
+    }
+
+    /// The listener's `mount_point`, for the link (set again on every shard it moves to).
+    pub fn mount_point(&self) -> Option<Arc<str>> {
+        self.socket().mount.clone()
+    }
+
+    /// Whether a TLS handshake is still under way (no application byte can flow yet).
+    pub fn is_handshaking(&self) -> bool {
         match self {
-            Transport::Tcp(t) => t.peer_addr(),
+            Transport::Tls(_, t) | Transport::Wss(_, t, _) => t.stream.is_handshaking(),
+            _ => false,
+        }
+    }
+
+    /// Whether this connection's client certificate names its user
+    /// (`use_identity_as_username`, `use_subject_as_username`).
+    pub fn names_user(&self) -> bool {
+        match self {
+            Transport::Tls(_, t) | Transport::Wss(_, t, _) => t.naming != CertUsername::No,
+            _ => false,
+        }
+    }
+
+    /// The username the verified client certificate gives, after the handshake: its CN or
+    /// its subject, as the listener says. `None` when the certificate has no such name.
+    pub fn cert_username(&self) -> Option<String> {
+        let (Transport::Tls(_, t) | Transport::Wss(_, t, _)) = self else {
+            return None;
+        };
+        let id = t.stream.peer_identity()?;
+        match t.naming {
+            CertUsername::No => None,
+            CertUsername::Cn => id.cn,
+            CertUsername::Subject => Some(id.subject),
         }
     }
 }
 
-impl io::Read for Transport {
+impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Transport::Tcp(t) => t.read(buf),
+            Transport::Tcp(s) => s.read(buf),
+            Transport::Tls(s, t) => t.stream.io(s).read(buf),
+            Transport::Ws(s, w) => w.io(s).read(buf),
+            Transport::Wss(s, t, w) => w.io(&mut t.stream.io(s)).read(buf),
         }
     }
 }
 
-impl io::Write for Transport {
+impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Transport::Tcp(t) => t.write(buf),
+            Transport::Tcp(s) => s.write(buf),
+            Transport::Tls(s, t) => t.stream.io(s).write(buf),
+            Transport::Ws(s, w) => w.io(s).write(buf),
+            Transport::Wss(s, t, w) => w.io(&mut t.stream.io(s)).write(buf),
         }
     }
 
@@ -151,9 +314,9 @@ impl mio::event::Source for Transport {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        match self {
-            Transport::Tcp(t) => t.stream.register(registry, token, interests),
-        }
+        self.socket_mut()
+            .stream
+            .register(registry, token, interests)
     }
 
     fn reregister(
@@ -162,15 +325,13 @@ impl mio::event::Source for Transport {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        match self {
-            Transport::Tcp(t) => t.stream.reregister(registry, token, interests),
-        }
+        self.socket_mut()
+            .stream
+            .reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        match self {
-            Transport::Tcp(t) => t.stream.deregister(registry),
-        }
+        self.socket_mut().stream.deregister(registry)
     }
 }
 
@@ -211,7 +372,10 @@ mod tests {
         client.set_read_timeout(bound).expect("read timeout");
         let (server, _) = listener.accept().expect("accept");
         server.set_nonblocking(true).expect("nonblocking");
-        let mut t = ListenerKind::Tcp.wrap(mio::net::TcpStream::from_std(server));
+        let mut t = ListenerKind::tcp()
+            .wrap(mio::net::TcpStream::from_std(server))
+            .expect("wrap")
+            .expect("no limit");
         let mut buf = [0u8; 8];
         let idle = t.read(&mut buf).map_err(|e| e.kind());
         assert_eq!(idle, Err(io::ErrorKind::WouldBlock));

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,65 @@ def publish_for(port, seconds, rate_hz, count):
     pub.disconnect()
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MosquittoWs:
+    """Debian's mosquitto with a TCP and a WebSocket listener: the live view's MQTT-over-
+    WebSocket client is checked against it while shardmq's own WebSocket listener is not
+    wired in yet (its `protocol websockets` is refused at start-up)."""
+
+    def __init__(self, profile):
+        self.tcp, self.ws = free_port(), free_port()
+        conf = os.path.join(profile, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n"
+                    "allow_anonymous true\n" % (self.tcp, self.ws))
+        self.proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.ws), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("mosquitto did not open its WebSocket listener")
+                time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def check_live_view(page, profile):
+    """Subscribe from the page over WebSocket; a message published over TCP shows up."""
+    mq = MosquittoWs(profile)
+    try:
+        page.eval("document.getElementById('live-url').value = 'ws://127.0.0.1:%d/mqtt';"
+                  "document.getElementById('live-filter').value = 'live/#';"
+                  "document.getElementById('live-go').click()" % mq.ws)
+        page.wait_for("the live view to subscribe", text("live-status") + " === 'subscribed'")
+        pub = mqtt_client("live-pub", mq.tcp)
+        pub.publish("live/a b", "héllo <b>".encode(), qos=1).wait_for_publish(WAIT_S)
+        pub.loop_stop()
+        page.wait_for("the live message",
+                      "[...document.querySelectorAll('#live tbody tr td')].slice(1)"
+                      ".map(td => td.textContent).join('|') === 'live/a b|héllo <b>'")
+        assert page.eval("document.querySelectorAll('#live b').length") == 0, "payload is text"
+    finally:
+        page.eval("liveStop()")
+        mq.stop()
+
+
 def main():
     binary = sys.argv[1]
     shot = sys.argv[2] if len(sys.argv) > 2 else "target/dashboard.png"
@@ -124,6 +184,9 @@ def main():
             t.start()
             page.wait_for("a message rate", "parseFloat(%s) > 0" % text("rate-in"))
             page.wait_for("two clients", "document.querySelectorAll('#clients-table tbody tr').length === 2")
+            page.wait_for("the busiest topic",
+                          "document.querySelector('#topics tbody tr td') &&"
+                          " document.querySelector('#topics tbody tr td').textContent === 'dash/t'")
             time.sleep(3)  # a few seconds of chart for the screenshot (not a wait for a result)
             img = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             os.makedirs(os.path.dirname(shot) or ".", exist_ok=True)
@@ -137,6 +200,7 @@ def main():
             page.wait_for("the search to filter",
                           "[...document.querySelectorAll('#clients-table tbody tr td:first-child')]"
                           ".map(td => td.textContent).join() === 'dash-sub'")
+            check_live_view(page, profile)
             shards = page.eval("document.querySelectorAll('#shards tbody tr').length")
             assert shards == 2, shards
             page.call("Runtime.evaluate", expression="1")  # flush pending events

@@ -2,6 +2,7 @@
 
 Usage: python3 tests/admin/metrics_check.py path/to/shardmq
 """
+import socket
 import sys
 import threading
 
@@ -45,14 +46,29 @@ def main():
             pub.publish("m/one", PAYLOAD, qos=1).wait_for_publish(10)
         pub.publish("m/kept", b"r", qos=1, retain=True).wait_for_publish(10)
         assert done.wait(10), "subscriber got %d messages" % len(got)
+        # A CONNECT with protocol level 7: refused with "unacceptable protocol version".
+        with socket.create_connection(("127.0.0.1", b.mqtt_port), timeout=10) as s:
+            s.sendall(bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([7, 2, 0, 60, 0, 0]))
+            assert s.recv(4) == bytes([0x20, 2, 0, 1])
 
         sent = QOS0 + QOS1 + 1
         fams = b.wait_until("figures of the traffic", lambda: (
             lambda f: f if total(f, "shardmq_messages_sent_total") == sent
-            and total(f, "shardmq_subscriptions") == 1 else None)(families(b.get("/metrics"))))
+            and total(f, "shardmq_subscriptions") == 1
+            and total(f, "shardmq_connections_refused_total") == 1 else None)(families(b.get("/metrics"))))
 
         assert fams["shardmq_messages_received"].type == "counter"
         assert total(fams, "shardmq_messages_received_total") == sent
+        assert total(fams, "shardmq_messages_received_total", qos="0") == QOS0
+        assert total(fams, "shardmq_messages_received_total", qos="1") == QOS1 + 1
+        assert total(fams, "shardmq_messages_sent_total", qos="1") == QOS1 + 1
+        assert total(fams, "shardmq_payload_bytes_received_total", qos="0") == QOS0 * len(PAYLOAD)
+        assert total(fams, "shardmq_payload_bytes_sent_total") == (QOS0 + QOS1) * len(PAYLOAD) + 1
+        assert total(fams, "shardmq_connections_refused_total", reason="protocol") == 1
+        assert total(fams, "shardmq_connections_opened_total") == 3
+        assert total(fams, "shardmq_packets_received_total") >= sent + 2 + QOS1
+        assert total(fams, "shardmq_retained_bytes") == 1
+        assert total(fams, "shardmq_config_reloads_total") == 0
         assert total(fams, "shardmq_bytes_received_total") >= sent * len(b"m/zero") + (QOS0 + QOS1) * len(PAYLOAD)
         assert total(fams, "shardmq_bytes_sent_total") >= (QOS0 + QOS1) * len(PAYLOAD)
         assert total(fams, "shardmq_retained_messages") == 1

@@ -6,6 +6,7 @@ const STATS_EVERY_MS = 1000;
 const CLIENTS_EVERY_MS = 3000;
 const CHART_POINTS_MAX = 120;
 const CLIENTS_SHOWN_MAX = 200;
+const TOPICS_SHOWN_MAX = 10;
 
 const points = []; // {in, out} per second, oldest first
 let last = null;   // previous stats sample: {t, totals, per_shard}
@@ -151,6 +152,23 @@ async function pollClients() {
   clientsTimer = setTimeout(pollClients, CLIENTS_EVERY_MS);
 }
 
+function showTopics(t) {
+  const body = $("topics").tBodies[0];
+  body.replaceChildren();
+  for (const x of t.topics) body.appendChild(row([x.topic, fmt(x.messages)]));
+}
+
+let topicsTimer = null;
+async function pollTopics() {
+  try {
+    showTopics(await getJson("/api/v1/topics?limit=" + TOPICS_SHOWN_MAX));
+  } catch (e) {
+    $("topics").tBodies[0].replaceChildren(row(["topics unavailable: " + e.message, ""]));
+  }
+  topicsTimer = setTimeout(pollTopics, CLIENTS_EVERY_MS);
+}
+
 $("search").addEventListener("input", () => { clearTimeout(clientsTimer); clientsTimer = setTimeout(pollClients, 250); });
 pollStats();
 pollClients();
+pollTopics();

@@ -1,5 +1,5 @@
 //! Listener blocks: options land on the right listener, problems name file:line, TLS files
-//! are loaded, and what is not served yet is refused at start.
+//! are loaded, and every listener option is accepted at start.
 
 use std::path::PathBuf;
 
@@ -74,9 +74,8 @@ fn options_attach_to_the_listener_above_them() {
         (ws.path.as_deref(), ws.frame_bytes_max),
         (Some("/mqtt"), 1000)
     );
-    assert_eq!(l.unserved_feature(), Some("websockets"));
     let plain = a.validate("m.conf", 1000).expect("valid");
-    assert_eq!(plain.unserved_feature(), Some("max_connections"));
+    assert_eq!(plain.max_connections, Some(10));
 }
 
 #[test]
@@ -115,7 +114,6 @@ fn tls_listener_loads_its_files_and_errors_point_at_the_bad_line() {
     assert_eq!(ls[0].cert_username, CertUsername::Cn);
     let (opts, _config) = ls[0].tls.as_ref().expect("tls");
     assert_eq!(opts.version, TlsVersion::Tls13);
-    assert_eq!(ls[0].unserved_feature(), Some("TLS"));
 
     let cases = [
         (format!("listener 8883\ncertfile {c}\nkeyfile {k}\nciphers ECDHE-RSA-AES128-GCM-SHA256:NOPE\n"), "m.conf:4: ciphers: unknown or weak cipher suite 'NOPE'"),
@@ -146,22 +144,26 @@ fn port_line_listener_takes_options_before_any_listener() {
 }
 
 #[test]
-fn start_is_refused_for_what_is_not_served_yet_naming_the_listener() {
-    let d = Files::new("refuse");
+fn every_listener_option_is_served() {
+    let d = Files::new("served");
     let conf = d.conf(
-        "listener 1883 127.0.0.1\n\nlistener 8883 127.0.0.1\ncertfile $D/c.pem\nkeyfile $D/k.pem\n",
+        "listener 1883 127.0.0.1\n\nlistener 8883 127.0.0.1\ncertfile $D/c.pem\nkeyfile $D/k.pem\nmount_point site/\nmax_connections 5\nenable_proxy_protocol 2\n",
     );
-    let e = Config::from_args(Args::parse_from(["shardmq", "-c", &conf]))
-        .expect_err("TLS not served yet");
-    assert!(e.ends_with("m.conf:3: listener 127.0.0.1:8883: TLS is configured and checks out, but shardmq does not serve it yet"), "{e}");
-    let e = Config::from_args(Args::parse_from([
+    let c = Config::from_args(Args::parse_from(["shardmq", "-c", &conf])).expect("served");
+    let l = &c.listeners[1];
+    assert!(l.tls.is_some());
+    assert_eq!(
+        (l.mount_point.as_deref(), l.max_connections),
+        (Some("site/"), Some(5))
+    );
+    let c = Config::from_args(Args::parse_from([
         "shardmq",
         "--bind",
         "127.0.0.1:0",
         "--websocket",
     ]))
-    .expect_err("ws");
-    assert!(e.contains("websockets is configured"), "{e}");
+    .expect("websockets served");
+    assert!(c.listeners[0].ws.is_some());
     let bad_cert = Args::parse_from([
         "shardmq",
         "--tls-cert",
@@ -176,9 +178,19 @@ fn start_is_refused_for_what_is_not_served_yet_naming_the_listener() {
 #[test]
 fn default_listener_and_dash_p() {
     let c = Config::from_args(Args::parse_from(["shardmq", "-p", "1999"])).expect("valid");
-    assert_eq!(c.binds, vec![SocketAddr::from(([127, 0, 0, 1], 1999))]);
-    assert_eq!(c.listeners.len(), 1);
-    assert_eq!(c.listeners[0].unserved_feature(), None);
+    let both = vec![
+        SocketAddr::from(([127, 0, 0, 1], 1999)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1999)),
+    ];
+    assert_eq!(c.binds, both);
+    assert_eq!(c.listeners.len(), 2);
+    // Only the IPv6 loopback of the default listener may be missing at bind time.
+    assert_eq!(
+        (c.listeners[0].optional, c.listeners[1].optional),
+        (false, true)
+    );
+    let bound = Config::from_args(Args::parse_from(["shardmq", "--bind", "[::1]:0"]));
+    assert!(!bound.expect("valid").listeners[0].optional);
     let e = Config::from_args(Args::parse_from([
         "shardmq",
         "-p",
