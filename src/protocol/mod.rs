@@ -71,9 +71,8 @@ pub enum Decoded<'a> {
 /// it carries. The size of the whole packet is checked against `max_packet_size` from the
 /// fixed header alone, before the body has arrived (`PacketTooLarge`, 0x95). `Incomplete`
 /// gives the total number of bytes needed from the start of `buf`. Never allocates and
-/// never panics. Always inlined, so the (large) packet is built in the caller's frame
-/// rather than copied out of this one.
-#[inline(always)]
+/// never panics.
+#[inline]
 pub fn decode(
     buf: &[u8],
     version: Version,
@@ -105,7 +104,7 @@ pub fn connect_version(buf: &[u8]) -> Option<Version> {
 }
 
 /// Decode a body whose framing and first byte were already checked.
-#[inline(always)]
+#[inline]
 fn decode_body(first: u8, body: &[u8], version: Version) -> Result<Packet<'_>, DecodeError> {
     let type_id = first >> 4;
     Ok(match type_id {
