@@ -33,7 +33,12 @@ impl TxBuf {
         self.data.len() - self.sent
     }
 
-    /// True when nothing waits.
+    /// Bytes of memory the buffer holds (for the memory budget).
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
+    /// True when nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.pending() == 0
     }

@@ -1174,7 +1174,8 @@ fn connect_subscribe_publish_in_one_write(shards: usize) {
 }
 
 fn fragmented_and_large_packets(shards: usize) {
-    let b = Broker::with_shards(shards, &[]);
+    // A 4-byte remaining length needs a packet over 2 MiB, the default maximum.
+    let b = Broker::with_shards(shards, &["--max-packet-size", "4194304"]);
     let ids = spread_ids("frag", 2, shards);
     let mut sub = RawClient::clean(b.addr(), &ids[0]);
     sub.subscribe("frag/#", 1);

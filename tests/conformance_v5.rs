@@ -31,8 +31,9 @@ fn connack_defaults_advertised(shards: usize) {
     assert_eq!(p.topic_alias_maximum, Some(10), "default --max-topic-alias");
     assert_eq!(p.receive_maximum, None, "Receive Maximum 65535 is not sent");
     assert_eq!(
-        p.maximum_packet_size, None,
-        "no Maximum Packet Size by default"
+        p.maximum_packet_size,
+        Some(2 * 1024 * 1024),
+        "the default Maximum Packet Size (2 MiB) is advertised"
     );
     assert_eq!(p.server_keep_alive, None, "keep alive 60 accepted as is");
     assert_eq!(

@@ -96,7 +96,7 @@ fn mosquitto_sub_sees_the_whole_tree() {
     // Retained values arrive at once: -C stops after that many, -W bounds the wait.
     let out = std::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port, "-t", "$SYS/#", "-v"])
-        .args(["-C", "43", "-W", "10", "-i", "sys-mosquitto-sub"])
+        .args(["-C", "45", "-W", "10", "-i", "sys-mosquitto-sub"])
         .output()
         .expect("run mosquitto_sub");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -117,6 +117,8 @@ fn mosquitto_sub_sees_the_whole_tree() {
         "subscriptions/count",
         "retained messages/count",
         "heap/current",
+        "memory/accounted",
+        "memory/limit",
         "publish/messages/received",
         "publish/messages/sent",
         "publish/bytes/received",

@@ -156,7 +156,88 @@ pub fn render(m: &Metrics) -> String {
     retained(&mut o, shards);
     bus(&mut o, shards);
     turn_time(&mut o, shards);
+    bridges(&mut o, shards);
     o
+}
+
+/// A label value, escaped as the exposition format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Bridge families, labelled by bridge name (each bridge is on one shard).
+fn bridges(o: &mut String, shards: &[ShardMetrics]) {
+    let all: Vec<_> = shards.iter().map(|s| s.bridges.load_full()).collect();
+    let each = || all.iter().flat_map(|v| v.iter());
+    type Get = fn(&crate::metrics::BridgeFigures) -> u64;
+    let families: [(&str, &str, &str, Get); 7] = [
+        (
+            "shardmq_bridge_up",
+            "gauge",
+            "1 while the bridge is connected.",
+            |b| u64::from(b.up),
+        ),
+        (
+            "shardmq_bridge_queued_messages",
+            "gauge",
+            "Messages waiting in the bridge's queue.",
+            |b| b.queued,
+        ),
+        (
+            "shardmq_bridge_inflight_messages",
+            "gauge",
+            "QoS 1/2 messages sent, not yet completed.",
+            |b| b.inflight,
+        ),
+        (
+            "shardmq_bridge_messages_forwarded_total",
+            "counter",
+            "Messages completed by the remote.",
+            |b| b.forwarded,
+        ),
+        (
+            "shardmq_bridge_messages_received_total",
+            "counter",
+            "Messages brought in from the remote.",
+            |b| b.received,
+        ),
+        (
+            "shardmq_bridge_connects_total",
+            "counter",
+            "Connections made.",
+            |b| b.connects,
+        ),
+        (
+            "shardmq_bridge_failures_total",
+            "counter",
+            "Connection attempts or connections that failed.",
+            |b| b.failures,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        family(o, name, kind, help);
+        for b in each() {
+            let _ = writeln!(o, "{name}{{bridge=\"{}\"}} {}", label(&b.name), get(b));
+        }
+    }
+    let name = "shardmq_bridge_messages_dropped_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Messages the bridge dropped, by reason.",
+    );
+    for b in each() {
+        for (reason, v) in ["queue_full", "offline_qos0", "too_large"]
+            .iter()
+            .zip(b.dropped)
+        {
+            let bridge = label(&b.name);
+            let _ = writeln!(o, "{name}{{bridge=\"{bridge}\",reason=\"{reason}\"}} {v}");
+        }
+    }
 }
 
 fn family(o: &mut String, name: &str, kind: &str, help: &str) {

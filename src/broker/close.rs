@@ -10,6 +10,11 @@ use crate::timer::TimerId;
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;
 
+/// Subscriptions of ended sessions removed per turn: a session with more is retired and
+/// taken apart over several turns, so one client's 2,000,000 filters cannot freeze the
+/// shard (every other client and timer waits while a turn runs).
+pub const UNROUTES_PER_TURN_MAX: usize = 1024;
+
 impl<X> Broker<X> {
     pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
@@ -129,6 +134,10 @@ impl<X> Broker<X> {
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
     pub(super) fn end_session(&mut self, s: usize) {
         self.cancel_session_timers(s);
+        if self.sessions.get(s).map_or(0, |x| x.subs.len()) > UNROUTES_PER_TURN_MAX {
+            self.retire_session(s);
+            return;
+        }
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
@@ -140,6 +149,26 @@ impl<X> Broker<X> {
         if let Some(w) = sess.will.take() {
             let now = self.now_ms;
             self.publish_message(w.into_message(now), now);
+        }
+    }
+
+    /// End a session with many subscriptions over several turns: its pending Will goes
+    /// now, its filters leave the routes [`UNROUTES_PER_TURN_MAX`] at a time.
+    fn retire_session(&mut self, s: usize) {
+        if let Some(w) = self.sessions.get_mut(s).and_then(|x| x.will.take()) {
+            let now = self.now_ms;
+            self.publish_message(w.into_message(now), now);
+        }
+        self.sessions.retire(s);
+    }
+
+    /// Remove up to [`UNROUTES_PER_TURN_MAX`] subscriptions of retiring sessions.
+    fn unroute_retiring(&mut self) {
+        for _ in 0..UNROUTES_PER_TURN_MAX {
+            let Some((s, uid, filter)) = self.sessions.next_retiring_filter() else {
+                return;
+            };
+            self.unroute(s, uid, &filter);
         }
     }
 
@@ -165,11 +194,13 @@ impl<X> Broker<X> {
             }
         }
         self.fired = fired;
+        self.unroute_retiring();
     }
 
-    /// True when timers fired but did not fit this turn's budget: poll without sleeping.
+    /// True when timers fired but did not fit this turn's budget, or retiring sessions
+    /// still hold subscriptions: poll without sleeping.
     pub fn timers_backlog(&self) -> bool {
-        !self.fired.is_empty()
+        !self.fired.is_empty() || self.sessions.has_retiring()
     }
 
     fn link_timer(&mut self, key: usize, gen: u32, now_ms: u64) {
@@ -233,7 +264,10 @@ impl<X> Broker<X> {
     pub fn on_drained(&mut self, key: usize, now_ms: u64) {
         let s = self.links.get(key).and_then(|l| l.session);
         if let Some(s) = s {
-            let queued = self.sessions.get(s).is_some_and(|x| !x.queue.is_empty());
+            let queued = self
+                .sessions
+                .get(s)
+                .is_some_and(|x| !x.queue.is_empty() || !x.retained_backlog.is_empty());
             if queued {
                 self.pump(s, now_ms);
             }

@@ -70,6 +70,13 @@ impl<X> Broker<X> {
         if let Some(v) = self.check_connect(c) {
             return self.refuse(key, v, "CONNECT refused");
         }
+        if self.pressure >= super::memory::MemoryPressure::Refuse {
+            let reason = match c.version {
+                Version::V5 => ReasonCode::QuotaExceeded,
+                _ => ReasonCode::ServerUnavailable,
+            };
+            return self.refuse(key, reason, "memory_limit reached");
+        }
         if let Some(link) = self.links.get_mut(key) {
             link.client_id = Some(id);
         }
@@ -90,7 +97,7 @@ impl<X> Broker<X> {
         {
             return Some(ReasonCode::TopicNameInvalid);
         }
-        if c.version != Version::V5 && c.keep_alive > self.cfg.max_keepalive {
+        if c.version != Version::V5 && keepalive_refused_v3(c.keep_alive, self.cfg.max_keepalive) {
             // 3.x cannot be told a lower keepalive; Mosquitto refuses with "identifier rejected".
             return Some(ReasonCode::ClientIdentifierNotValid);
         }
@@ -152,11 +159,7 @@ impl<X> Broker<X> {
             _ => u32::MAX,
         };
         let (s, present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
-        let keep_alive = if c.version == Version::V5 && c.keep_alive > self.cfg.max_keepalive {
-            self.cfg.max_keepalive
-        } else {
-            c.keep_alive
-        };
+        let keep_alive = granted_keepalive(c.version, c.keep_alive, self.cfg.max_keepalive);
         let mount = self.links.get(key).and_then(|l| l.mount.clone());
         let will = c.will.as_ref().map(|w| {
             Box::new(StoredWill {
@@ -357,5 +360,56 @@ impl<X> Broker<X> {
                 }
             }
         }
+    }
+}
+
+/// The default `max_keepalive`, which also stands for "not configured".
+const KEEPALIVE_MAX_DEFAULT_S: u16 = 65_535;
+
+/// Mosquitto 2's rule: Keep Alive 0 (none) exceeds every limit but `max_keepalive 0`
+/// (which means no limit). A 5.0 client is told the limit as its Server Keep Alive; a 3.x
+/// client that asks for more than a configured limit, or for none under one, is refused.
+/// Unlike Mosquitto, a 3.x client with Keep Alive 0 is accepted under the *default*
+/// limit (Mosquitto 2.0.12 refusing it broke many small clients), and still closed after
+/// 1.5 × 65,535 s of silence, so no idle connection lives forever.
+fn granted_keepalive(version: Version, asked_s: u16, max_s: u16) -> u16 {
+    let over = max_s != 0 && (asked_s == 0 || asked_s > max_s);
+    match (version, over) {
+        (_, false) => asked_s,
+        (Version::V5, true) => max_s,
+        (_, true) if asked_s == 0 => KEEPALIVE_MAX_DEFAULT_S,
+        (_, true) => asked_s,
+    }
+}
+
+/// Whether a 3.x CONNECT's Keep Alive is refused under `max_keepalive` (see
+/// [`granted_keepalive`]).
+fn keepalive_refused_v3(asked_s: u16, max_s: u16) -> bool {
+    match (asked_s, max_s) {
+        (_, 0) => false,
+        (0, KEEPALIVE_MAX_DEFAULT_S) => false,
+        (0, _) => true,
+        (a, m) => a > m,
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_zero_follows_max_keepalive() {
+        let v3 = Version::V3_1_1;
+        assert_eq!(granted_keepalive(Version::V5, 0, 60), 60);
+        assert_eq!(granted_keepalive(Version::V5, 0, 0), 0);
+        assert_eq!(granted_keepalive(Version::V5, 0, 65_535), 65_535);
+        assert_eq!(granted_keepalive(Version::V5, 30, 60), 30);
+        assert_eq!(granted_keepalive(v3, 0, 65_535), 65_535);
+        assert_eq!(granted_keepalive(v3, 0, 0), 0);
+        assert!(keepalive_refused_v3(0, 60));
+        assert!(keepalive_refused_v3(61, 60));
+        assert!(!keepalive_refused_v3(0, 65_535));
+        assert!(!keepalive_refused_v3(0, 0));
+        assert!(!keepalive_refused_v3(60, 60));
     }
 }

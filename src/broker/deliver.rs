@@ -88,12 +88,16 @@ pub(super) fn deliver<X>(
     let Some((key, buffer_full)) = link else {
         if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, sink.limits) {
             sink.fx.stats.dropped_queue += 1;
+            log_queue_drop(sess, sink.limits, now_ms);
         }
         return;
     };
     if out.qos == QoS::AtMostOnce {
         if buffer_full {
             sink.fx.stats.dropped_qos0 += 1;
+            if let Some(c) = sink.links.conn_mut(key) {
+                log_qos0_drop(&mut c.link, sink.max_buf, now_ms);
+            }
         } else {
             write_publish(sink, key, &out, None, false, now_ms);
         }
@@ -102,6 +106,7 @@ pub(super) fn deliver<X>(
     if buffer_full || !sess.queue.is_empty() || !sess.window_open(sink.limits) {
         if !sess.enqueue(out, sink.limits) {
             sink.fx.stats.dropped_queue += 1;
+            log_queue_drop(sess, sink.limits, now_ms);
         }
         return;
     }
@@ -119,8 +124,50 @@ fn deliver_qos0<X>(sink: &mut Sink<'_, X>, key: usize, out: &Outgoing, now_ms: u
         Some(c) if c.link.is_connected() && c.tx.pending() < sink.max_buf => {
             write_publish(sink, key, out, None, false, now_ms);
         }
-        Some(c) if c.link.is_connected() => sink.fx.stats.dropped_qos0 += 1,
-        _ => {}
+        Some(_) => {
+            if let Some(c) = sink.links.conn_mut(key).filter(|c| c.link.is_connected()) {
+                sink.fx.stats.dropped_qos0 += 1;
+                log_qos0_drop(&mut c.link, sink.max_buf, now_ms);
+            }
+        }
+        None => {}
+    }
+}
+
+/// Drops are counted always, but logged at most once a minute per client.
+const DROP_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// True (and `last_ms` moved on) when a drop may be logged now.
+fn drop_log_due(last_ms: &mut u64, now_ms: u64) -> bool {
+    if *last_ms != 0 && now_ms < *last_ms + DROP_LOG_INTERVAL_MS {
+        return false;
+    }
+    *last_ms = now_ms.max(1);
+    true
+}
+
+/// Log (rate-limited) that a full session queue dropped a delivery.
+fn log_queue_drop(sess: &mut crate::session::Session, limits: &Limits, now_ms: u64) {
+    if drop_log_due(&mut sess.drop_logged_ms, now_ms) {
+        crate::log::log(format_args!(
+            "Client {}: queue full ({} messages, {} bytes; limits {} / {}), {} message(s) dropped so far",
+            sess.client_id,
+            sess.queue.len(),
+            sess.queued_bytes(),
+            limits.queue_max,
+            limits.queue_bytes_max,
+            sess.dropped
+        ));
+    }
+}
+
+/// Log (rate-limited) that a QoS 0 delivery was dropped at a full write buffer.
+fn log_qos0_drop(link: &mut Link, max_buf: usize, now_ms: u64) {
+    if drop_log_due(&mut link.drop_logged_ms, now_ms) {
+        crate::log::log(format_args!(
+            "Client {}: not reading; QoS 0 messages dropped past its {max_buf}-byte write buffer",
+            link.client_id.as_deref().unwrap_or("<unknown>")
+        ));
     }
 }
 
@@ -152,6 +199,51 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
         if !write_publish(sink, key, out, Some(pid), false, now_ms) {
             sess.inflight.pop_back();
         }
+    }
+}
+
+/// Write session `s`'s owed retained messages while its link has room: QoS 0 ones while
+/// the buffer is under its limit, QoS 1/2 ones only into an open window with nothing
+/// queued ahead, so none is ever dropped; the rest waits for the next drain or ack.
+pub(super) fn pump_retained<X>(
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    s: usize,
+    now_ms: u64,
+) {
+    loop {
+        let Some(sess) = sessions.get_mut(s) else {
+            return;
+        };
+        let Some(key) = sess.link else { return };
+        let room = sink
+            .links
+            .conn(key)
+            .is_some_and(|c| c.link.is_connected() && c.tx.pending() < sink.max_buf);
+        if !room {
+            return;
+        }
+        let window = sess.queue.is_empty() && sess.window_open(sink.limits);
+        let Some(batch) = sess.retained_backlog.front_mut() else {
+            return;
+        };
+        let Some(msg) = batch.msgs.pop_front() else {
+            sess.retained_backlog.pop_front();
+            continue;
+        };
+        let qos = msg.qos.min(batch.qos);
+        if qos != QoS::AtMostOnce && !window {
+            batch.msgs.push_front(msg);
+            return;
+        }
+        let out = Outgoing {
+            qos,
+            retain: true,
+            sub_ids: batch.sub_id.into_iter().collect(),
+            share: None,
+            msg,
+        };
+        deliver(sessions, sink, s, out, now_ms);
     }
 }
 
@@ -246,4 +338,21 @@ fn outbound_alias<'m>(link: &Link, topic: &'m str) -> (&'m str, Option<u16>, boo
         return (topic, None, false);
     }
     (topic, Some(used as u16 + 1), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_logged_at_most_once_a_minute() {
+        let mut last = 0;
+        assert!(
+            drop_log_due(&mut last, 0),
+            "the first drop is logged, even at 0 ms"
+        );
+        assert!(!drop_log_due(&mut last, 59_000));
+        assert!(drop_log_due(&mut last, 60_001));
+        assert!(!drop_log_due(&mut last, 61_000));
+    }
 }

@@ -21,6 +21,8 @@ pub struct Effects {
     closing: Vec<usize>,
     /// Counters of this shard.
     pub stats: Stats,
+    /// Messages for this shard's bridges: (bridge index, message), in routing order.
+    pub bridge_offers: Vec<(usize, std::sync::Arc<crate::session::Message>)>,
 }
 
 impl Effects {

@@ -28,6 +28,14 @@ pub enum Ingested {
     Handoff(usize),
 }
 
+/// The first byte of a CONNECT: type 1, flags 0 [MQTT-2.1.3-1].
+const CONNECT_FIRST_BYTE: u8 = 0x10;
+
+/// True when `buf` starts with a byte that cannot begin a CONNECT.
+fn not_a_connect(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|&b| b != CONNECT_FIRST_BYTE)
+}
+
 /// The packet size limit for a link: lower until CONNECT has been accepted.
 fn packet_size_max(cfg: &Config, link: &Link) -> usize {
     match link.state {
@@ -46,6 +54,12 @@ impl<X> Broker<X> {
                 return (used, Ingested::Close);
             };
             if link.state == LinkState::Closing {
+                return (used, Ingested::Close);
+            }
+            if link.state == LinkState::ExpectConnect && not_a_connect(&buf[used..]) {
+                // [MQTT-3.1.0-1]: decided on the first byte, not after a body that may
+                // never come (or only at the CONNECT deadline).
+                self.close(key, None, "first packet is not CONNECT");
                 return (used, Ingested::Close);
             }
             let version = link.version;

@@ -94,6 +94,10 @@ pub struct Link {
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<Box<StoredWill>>,
+    /// When a QoS 0 drop to this connection was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
+    /// The client has sent a PUBLISH: under memory pressure it is not read.
+    pub published: bool,
     /// The listener's `mount_point`: topics of this client live under it (prefixed on the
     /// way in, stripped on the way out).
     pub mount: Option<Arc<str>>,
@@ -125,6 +129,8 @@ impl Link {
             auth_final: None,
             aliases_out: None,
             aliases_out_max: 0,
+            drop_logged_ms: 0,
+            published: false,
             mount: None,
         }
     }

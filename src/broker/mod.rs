@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod bridges;
 mod close;
 mod connect;
 mod deliver;
@@ -33,6 +34,7 @@ pub mod gate;
 pub mod hot_topics;
 pub mod ingest;
 pub mod link;
+pub mod memory;
 mod publish;
 mod reload;
 pub mod retained;
@@ -243,6 +245,12 @@ pub struct Broker<X> {
     sys: sys::SysState,
     /// Sampled publish counts per topic (the dashboard's busiest topics).
     hot: hot_topics::HotTopics,
+    /// Where the broker stands against `memory_limit` (set by the driver).
+    pressure: memory::MemoryPressure,
+    /// Accounted bytes, broker-wide, as last reported by the driver.
+    memory_used: u64,
+    /// The bridges' local filters: which messages go to which bridge's shard.
+    bridges: bridges::BridgeRoutes,
     /// Message allocations kept for reuse.
     msg_pool: MessagePool,
 }
@@ -269,6 +277,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
+        let bridges = bridges::BridgeRoutes::new(&cfg.bridges, shard_id, shards);
         let mut b = Broker {
             shard_id,
             shards,
@@ -286,6 +295,9 @@ impl<X> Broker<X> {
             now_ms,
             sys: sys::SysState::new(shards),
             hot: hot_topics::HotTopics::default(),
+            pressure: memory::MemoryPressure::Normal,
+            memory_used: 0,
+            bridges,
             msg_pool: MessagePool::default(),
         };
         b.arm_sys_timer(now_ms);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
 use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
-use crate::session::{Message, Outgoing};
+use crate::session::Message;
 use crate::topic;
 
 /// Inbound QoS 2 messages awaiting PUBREL per session: the server's Receive Maximum.
@@ -35,6 +35,12 @@ impl<X> Broker<X> {
                 Some(ReasonCode::TopicNameInvalid),
                 "invalid topic name",
             );
+        }
+        if fresh {
+            // A publisher: the first to stop being read when memory runs short.
+            if let Some(l) = self.links.get_mut(key) {
+                l.published = true;
+            }
         }
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return self.protocol_error(key, "PUBLISH without a session");
@@ -212,7 +218,8 @@ impl<X> Broker<X> {
         }
         let mut mask = 0u64;
         if self.shards > 1 {
-            mask = self.routes.remote_mask(&msg.topic, self.shard_id);
+            mask = self.routes.remote_mask(&msg.topic, self.shard_id)
+                | self.bridges.remote_mask(&msg.topic, self.shard_id);
         }
         let remote = mask != 0;
         if msg.retain {
@@ -231,21 +238,23 @@ impl<X> Broker<X> {
     }
 
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
+    /// This shard's bridges are offered it too (see `bridges::BridgeRoutes`).
     pub(super) fn route_local(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        let bridged = self.bridges.offer(msg, &mut self.fx);
         let (routes, sessions, mut sink) = self.parts();
-        deliver::route_local(routes, sessions, &mut sink, msg, now_ms)
-    }
-
-    /// Hand one delivery to session `s` (see `deliver::deliver`).
-    pub(super) fn deliver(&mut self, s: usize, out: Outgoing, now_ms: u64) {
-        let (_, sessions, mut sink) = self.parts();
-        deliver::deliver(sessions, &mut sink, s, out, now_ms);
+        deliver::route_local(routes, sessions, &mut sink, msg, now_ms) || bridged
     }
 
     /// Move session `s`'s queued deliveries into its window (see `deliver::pump`).
     pub(super) fn pump(&mut self, s: usize, now_ms: u64) {
         let (_, sessions, mut sink) = self.parts();
         deliver::pump(sessions, &mut sink, s, now_ms);
+        if sessions
+            .get(s)
+            .is_some_and(|x| !x.retained_backlog.is_empty())
+        {
+            deliver::pump_retained(sessions, &mut sink, s, now_ms);
+        }
     }
 
     pub(super) fn on_puback(&mut self, key: usize, pid: PacketId, now_ms: u64) -> Verdict {

@@ -4,9 +4,13 @@
 //! map. Invariants: a client id names at most one session, and the map and the slab agree
 //! (both change only here); a session's `uid` is unique on this broker for its lifetime
 //! (shard id in the top byte, a counter below), so a reused slab key is never mistaken
-//! for the session that held it. Must not touch: links, routes, the bus.
+//! for the session that held it. A session ended with more subscriptions than one turn
+//! may remove is *retiring*: out of the client-id map (a new session may take the id at
+//! once), inert (no link, expiry 0, nothing queued, so no delivery reaches it), and kept in
+//! the slab, so its key is not reused while the trie still names it, until the broker has
+//! taken its last filter. Must not touch: links, routes, the bus.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use slab::Slab;
 
@@ -19,6 +23,8 @@ pub struct Sessions {
     by_client: HashMap<Box<str>, usize>,
     next_uid: u64,
     shard_id: usize,
+    /// Retiring sessions, oldest first.
+    retiring: VecDeque<usize>,
 }
 
 impl Sessions {
@@ -29,6 +35,7 @@ impl Sessions {
             by_client: HashMap::new(),
             next_uid: 0,
             shard_id,
+            retiring: VecDeque::new(),
         }
     }
 
@@ -53,6 +60,44 @@ impl Sessions {
         let s = self.slab.insert(Session::new(id, uid, expiry_s));
         self.by_client.insert(id.into(), s);
         s
+    }
+
+    /// Retire session `s`: give up its client id and make it inert; its subscriptions are
+    /// then taken one at a time with [`Sessions::next_retiring_filter`].
+    pub fn retire(&mut self, s: usize) {
+        let Some(sess) = self.slab.get_mut(s) else {
+            return;
+        };
+        if self.by_client.get(&sess.client_id) == Some(&s) {
+            self.by_client.remove(&sess.client_id);
+        }
+        sess.link = None;
+        sess.expiry_s = 0;
+        sess.will = None;
+        sess.clear_queues();
+        self.retiring.push_back(s);
+    }
+
+    /// The next subscription of the oldest retiring session, as (session, uid, filter),
+    /// removed from it; a session left with none is removed from the slab.
+    pub fn next_retiring_filter(&mut self) -> Option<(usize, u64, Box<str>)> {
+        while let Some(&s) = self.retiring.front() {
+            let Some(sess) = self.slab.get_mut(s) else {
+                self.retiring.pop_front();
+                continue;
+            };
+            if let Some((filter, _)) = sess.subs.pop_first() {
+                return Some((s, sess.uid, filter));
+            }
+            self.slab.remove(s);
+            self.retiring.pop_front();
+        }
+        None
+    }
+
+    /// True while some retiring session still has subscriptions to remove.
+    pub fn has_retiring(&self) -> bool {
+        !self.retiring.is_empty()
     }
 
     /// Remove session `s` and its client id.

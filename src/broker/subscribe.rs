@@ -4,8 +4,10 @@ use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::{self, Packet, Properties, RetainHandling, Subscribe, Unsubscribe, Version};
-use crate::session::{Outgoing, SubState};
+use crate::protocol::{
+    self, Packet, Properties, ReasonCode, RetainHandling, Subscribe, Unsubscribe, Version,
+};
+use crate::session::{RetainedBacklog, SubState};
 use crate::topic::{self, FilterKind};
 
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
@@ -27,7 +29,16 @@ impl<X> Broker<X> {
                 continue;
             }
             let full = super::link::mounted(mount.as_deref(), req.filter);
-            let code = match topic::parse_filter(&full) {
+            let parsed = topic::parse_filter(&full);
+            if let Some(refused) = parsed
+                .as_ref()
+                .ok()
+                .and_then(|k| self.over_limit(s, &full, k))
+            {
+                codes.push(refusal(version, refused));
+                continue;
+            }
+            let code = match parsed {
                 Ok(FilterKind::Normal(f)) => {
                     let state = SubState {
                         options: req.options,
@@ -74,6 +85,20 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// Why SUBSCRIBE to `full` (parsed as `kind`) is refused by the resource limits, if it
+    /// is: too long or deep (0x8F), or a new subscription past the session's quota (0x97).
+    fn over_limit(&self, s: usize, full: &str, kind: &FilterKind<'_>) -> Option<ReasonCode> {
+        let limits = &self.cfg.limits;
+        if full.len() > limits.max_filter_length || !limits.filter_within(kind.filter()) {
+            return Some(ReasonCode::TopicFilterInvalid);
+        }
+        let subs = &self.sessions.get(s)?.subs;
+        let new = !subs.contains_key(full);
+        let full_memory = self.pressure >= super::memory::MemoryPressure::Refuse;
+        (new && (subs.len() >= limits.max_subscriptions_per_client || full_memory))
+            .then_some(ReasonCode::QuotaExceeded)
     }
 
     /// `client qos filter` (subscribe) or `client filter` (unsubscribe), as Mosquitto's
@@ -199,24 +224,27 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Deliver the retained messages matching `filter` to session `s`, RETAIN set.
+    /// Owe session `s` the retained messages matching `filter` (RETAIN set) and send what
+    /// its link takes now; the rest follows as the buffer drains (`pump_retained`).
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
-        let mut found = Vec::new();
+        let mut msgs = std::collections::VecDeque::new();
         self.retained.for_each_matching(filter, |_, m| {
             if !m.expired(now_ms) {
-                found.push(m.clone());
+                msgs.push_back(m.clone());
             }
         });
-        for msg in found {
-            let out = Outgoing {
-                qos: msg.qos.min(state.options.qos),
-                retain: true,
-                sub_ids: state.sub_id.into_iter().collect(),
-                share: None,
-                msg,
-            };
-            self.deliver(s, out, now_ms);
+        if msgs.is_empty() {
+            return;
         }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.retained_backlog.push_back(RetainedBacklog {
+            msgs,
+            qos: state.options.qos,
+            sub_id: state.sub_id,
+        });
+        self.pump(s, now_ms);
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, u: &Unsubscribe<'_>) -> Verdict {

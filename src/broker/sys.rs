@@ -269,6 +269,9 @@ impl<X> Broker<X> {
             ("subscriptions/count", t.subscriptions.to_string()),
             ("retained messages/count", retained.to_string()),
             ("heap/current", resident_bytes().to_string()),
+            // Bytes accounted against `memory_limit` (shardmq's own), and the limit.
+            ("memory/accounted", self.memory_used.to_string()),
+            ("memory/limit", self.cfg.limits.memory_limit.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

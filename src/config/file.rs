@@ -69,6 +69,8 @@ pub struct FileSettings {
     pub warnings: Vec<String>,
     /// The store's lines (issue 11).
     pub persistence: PersistenceFile,
+    /// The resource limits' lines (issue 12).
+    pub limits: super::limits::LimitFile,
 
     // --- Mosquitto password and ACL files (issue 10) ---
     /// `password_file` (global, or for the default listener with per-listener settings).
@@ -157,25 +159,7 @@ pub fn load(path: &Path) -> Result<FileSettings, FileError> {
         line: 0,
         problem: format!("cannot read: {e}"),
     })?;
-    let s = parse(&text, &name)?;
-    refuse_bridges_until_they_run(&s, &name)?;
-    Ok(s)
-}
-
-/// Bridges are parsed and validated, but this build does not run them yet: refusing to
-/// start is better than a broker that silently forwards nothing.
-fn refuse_bridges_until_they_run(s: &FileSettings, name: &str) -> Result<(), FileError> {
-    match s.bridges.first() {
-        Some(b) => Err(FileError {
-            file: name.to_string(),
-            line: b.line,
-            problem: format!(
-                "connection '{}': bridges are not run by this build yet; refusing to start",
-                b.name
-            ),
-        }),
-        None => Ok(()),
-    }
+    parse(&text, &name)
 }
 
 /// Parse configuration text; `name` is used in errors.
@@ -348,6 +332,7 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
+        k if super::limits::FILE_KEYS.contains(&k) => s.limits.apply(k, value)?,
         k if PERSISTENCE_KEYS.contains(&k) => {
             persistence(&mut s.persistence, &mut s.warnings, k, value)?
         }
@@ -560,13 +545,12 @@ mod tests {
     }
 
     #[test]
-    fn bridge_blocks_are_parsed_and_refused_at_start() {
+    fn bridge_blocks_are_parsed() {
         let text = "listener 1883\nconnection cloud\naddress 127.0.0.1:1884\ntopic # both 1\n";
         let s = parse(text, "b.conf").expect("valid");
         assert_eq!(s.bridges.len(), 1);
         assert_eq!(s.bridges[0].name, "cloud");
-        let e = refuse_bridges_until_they_run(&s, "b.conf").expect_err("not run yet");
-        assert_eq!(e.line, 2);
+        assert_eq!(s.bridges[0].line, 2);
         let e = parse("connection c\naddress h\ntopic a/#/b\n", "b.conf").expect_err("bad");
         assert_eq!(
             e.to_string(),

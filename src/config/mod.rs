@@ -9,6 +9,7 @@ pub mod auth_files;
 pub mod bridge;
 pub mod cluster;
 pub mod file;
+pub mod limits;
 mod passwd_args;
 pub mod reload;
 
@@ -24,12 +25,18 @@ use clap::Parser;
 pub mod defaults {
     /// In-flight window per client.
     pub const MAX_INFLIGHT_MESSAGES: u16 = 20;
-    /// Queue bound per session, messages.
-    pub const MAX_QUEUED_MESSAGES: usize = 1000;
+    /// Queue bound per session, messages: far above the byte bound for ordinary
+    /// messages, so the bytes decide (Mosquitto's 1,000 lost 7,072 of 10,000 messages to a
+    /// subscriber slower than its publisher); it only caps floods of tiny messages.
+    pub const MAX_QUEUED_MESSAGES: usize = 100_000;
     /// Queue bound per session, bytes.
     pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
-    /// Largest packet accepted.
-    pub const MAX_PACKET_SIZE: usize = crate::protocol::REMAINING_LENGTH_MAX + 5;
+    /// Largest packet accepted, bytes: 2 MiB. The protocol's 256 MiB let 100 clients make
+    /// the broker hold gigabytes of half-received packets; Mosquitto 2.1 moved its
+    /// `max_packet_size` default from unlimited to 2,000,000 for the same reason (EMQX
+    /// uses 1 MB). Telemetry, JSON and small images fit; firmware goes in chunks or with
+    /// `max_packet_size` raised. Advertised to 5.0 clients in CONNACK.
+    pub const MAX_PACKET_SIZE: usize = 2 * 1024 * 1024;
     /// Largest Keep Alive accepted.
     pub const MAX_KEEPALIVE: u16 = 65535;
     /// Seconds to send CONNECT.
@@ -115,13 +122,13 @@ pub struct Args {
     /// Maximum in-flight QoS 1/2 messages per client [default: 20].
     #[arg(long)]
     pub max_inflight_messages: Option<u16>,
-    /// Maximum queued QoS 1/2 messages per client beyond the in-flight window [default: 1000].
+    /// Maximum queued QoS 1/2 messages per client beyond the in-flight window [default: 100000].
     #[arg(long)]
     pub max_queued_messages: Option<usize>,
     /// Maximum queued bytes per client [default: 67108864].
     #[arg(long)]
     pub max_queued_bytes: Option<usize>,
-    /// Maximum packet size accepted from clients, bytes [default: 268435460].
+    /// Maximum packet size accepted from clients, bytes [default: 2097152].
     #[arg(long)]
     pub max_packet_size: Option<usize>,
     /// Largest Keep Alive accepted, seconds (5.0 clients are told; 3.x clients above it are refused) [default: 65535].
@@ -207,6 +214,9 @@ pub struct Args {
     /// Keep sessions and messages in memory only (today's behaviour).
     #[arg(long)]
     pub no_persistence: bool,
+    /// Resource limits (issue 12).
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 /// The store's settings (issue 11), resolved from the command line, the file and defaults.
@@ -317,6 +327,10 @@ pub struct Config {
     pub listeners: Vec<listener::Listener>,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
+    /// Subscription, filter and connection limits (issue 12).
+    pub limits: limits::ResourceLimits,
+    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    pub bridges: Vec<bridge::BridgeConfig>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -523,6 +537,8 @@ impl Config {
             listener_auth,
             listeners,
             persistence,
+            limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
+            bridges: f.bridges,
         };
         c.validate()?;
         Ok(c)
@@ -573,7 +589,7 @@ mod tests {
         ];
         assert_eq!(c.binds, both);
         assert_eq!(c.max_inflight, 20);
-        assert_eq!(c.max_queued_messages, 1000);
+        assert_eq!(c.max_queued_messages, 100_000);
     }
 
     #[test]

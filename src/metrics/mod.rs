@@ -186,6 +186,34 @@ pub struct ShardMetrics {
     pub lists_at_ns: Figure,
     /// Latest client and subscription lists, refreshed while someone asks for them.
     pub lists: ArcSwap<ShardLists>,
+    /// The bridges this shard runs, refreshed at most every `LISTS_INTERVAL_MS` and on
+    /// every state change.
+    pub bridges: ArcSwap<Vec<BridgeFigures>>,
+}
+
+/// One bridge's state and counters, as its shard last published them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BridgeFigures {
+    /// `connection NAME`.
+    pub name: String,
+    /// Connected, CONNACK accepted.
+    pub up: bool,
+    /// Messages waiting in the forwarding queue.
+    pub queued: u64,
+    /// QoS 1/2 messages sent and not yet completed by the remote.
+    pub inflight: u64,
+    /// Messages completed by the remote.
+    pub forwarded: u64,
+    /// Messages brought in from the remote.
+    pub received: u64,
+    /// Dropped: queue full, QoS 0 while down, too large.
+    pub dropped: [u64; 3],
+    /// Offers refused because the message came in over this bridge.
+    pub loops_prevented: u64,
+    /// Connections made, and attempts or connections that failed.
+    pub connects: u64,
+    /// Failed attempts or connections.
+    pub failures: u64,
 }
 
 impl ShardMetrics {

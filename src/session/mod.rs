@@ -39,6 +39,20 @@ pub struct Outgoing {
     pub share: Option<Arc<str>>,
 }
 
+/// Retained messages matched by one SUBSCRIBE and not yet written: a snapshot taken at
+/// subscribe time (8 bytes per message, the payloads are shared), written as the link's
+/// buffer drains and the window opens, never dropped for lack of room.
+#[derive(Debug)]
+pub struct RetainedBacklog {
+    /// The messages still to send, in the order found.
+    pub msgs: VecDeque<Arc<Message>>,
+    /// The granted QoS of the subscription (each delivery takes the lower of this and
+    /// the message's).
+    pub qos: QoS,
+    /// The subscription's identifier (5.0).
+    pub sub_id: Option<u32>,
+}
+
 /// Where an outbound QoS 1/2 delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlightState {
@@ -128,6 +142,8 @@ pub struct Session {
     pub inflight: VecDeque<InFlight>,
     /// Deliveries waiting for the window or for the client to reconnect.
     pub queue: VecDeque<Outgoing>,
+    /// Retained messages owed to subscriptions, oldest SUBSCRIBE first.
+    pub retained_backlog: VecDeque<RetainedBacklog>,
     queue_bytes: usize,
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
     pub awaiting_rel: BTreeSet<u16>,
@@ -144,6 +160,8 @@ pub struct Session {
     pub expiry_timer: Option<crate::timer::TimerId>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// When a queue drop was last logged (ms; 0: never).
+    pub drop_logged_ms: u64,
     /// The client's Receive Maximum (5.0), 65,535 when not given.
     pub client_receive_max: u16,
     /// Marker used by routing to merge overlapping subscriptions into one delivery.
@@ -163,6 +181,7 @@ impl Session {
             subs: BTreeMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            retained_backlog: VecDeque::new(),
             queue_bytes: 0,
             awaiting_rel: BTreeSet::new(),
             next_pid: 0,
@@ -171,6 +190,7 @@ impl Session {
             will_timer: None,
             expiry_timer: None,
             dropped: 0,
+            drop_logged_ms: 0,
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
@@ -250,6 +270,15 @@ impl Session {
     pub fn requeue_front(&mut self, out: Outgoing) {
         self.queue_bytes += out.msg.weight();
         self.queue.push_front(out);
+    }
+
+    /// Drop everything queued or in flight (the session is ending), releasing its memory.
+    pub fn clear_queues(&mut self) {
+        self.queue = VecDeque::new();
+        self.queue_bytes = 0;
+        self.inflight = VecDeque::new();
+        self.awaiting_rel = BTreeSet::new();
+        self.retained_backlog = VecDeque::new();
     }
 
     /// Bytes held by the queue.

@@ -30,6 +30,8 @@ pub struct ConnIo {
     /// Not being read because its own output is over the limit (the client does not read
     /// what we send it); resumed by a flush that drains it, not by polling.
     pub(super) paused_on_output: bool,
+    /// Not being read because it publishes and memory is short; resumed by the budget.
+    pub(super) paused_on_memory: bool,
     /// The client certificate will name the user once the TLS handshake is done.
     pub(super) name_pending: bool,
     /// A TLS handshake not yet counted (as completed or failed) in the shard's figures.
@@ -46,6 +48,7 @@ impl ConnIo {
             rx: RxBuf::from_vec(rx),
             pending_read: false,
             paused_on_output: false,
+            paused_on_memory: false,
         }
     }
 }

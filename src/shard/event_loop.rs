@@ -22,9 +22,13 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
 use super::conn::ConnIo;
+use super::linger::Lingering;
+use super::memory::MemoryBudget;
 use super::{BusMsg, Handoff};
+use crate::broker::memory::MemoryPressure;
 use crate::broker::{Broker, Effects, Ingested};
 use crate::config::listener::Listener;
 use crate::config::Config;
@@ -35,6 +39,8 @@ use crate::txbuf::Flushed;
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Bridges' sockets take the tokens just below the listeners'.
+const BRIDGE_BASE: usize = LISTENER_BASE - 1024;
 /// Events taken from one poll call.
 const EVENTS_PER_TURN_MAX: usize = 1024;
 /// Bytes read from one socket per turn before others get their go.
@@ -196,8 +202,13 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let bridge_tls = super::bridges::tls_configs(&cfg)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
+    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let memory_board = super::memory::board(cfg.shards);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
@@ -208,6 +219,9 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         ctl.push(tx);
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
+        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
+        let shard = shard.with_bridges(&bridge_tls);
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         threads.push(
             std::thread::Builder::new()
@@ -317,8 +331,18 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// Closed connections draining their input so the peer reads our last packet.
+    lingering: Lingering,
+    /// `max_connections` and the per-address connection rate.
+    admission: Admission,
+    /// When a refusal at accept was last logged (ms).
+    refusal_logged_ms: u64,
+    /// This shard's part of `memory_limit`.
+    memory: MemoryBudget,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
+    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    bridges: super::bridges::Bridges,
 }
 
 impl Shard {
@@ -332,10 +356,12 @@ impl Shard {
         epoch: Instant,
     ) -> Shard {
         let shards = cfg.shards;
+        let cfg_limits = cfg.limits;
         Shard {
             id,
             poll,
             listeners,
+            bridges: super::bridges::Bridges::none(BRIDGE_BASE),
             broker: Broker::new(id, shards, cfg, 0),
             bus,
             scratch: vec![0; SCRATCH_BYTES],
@@ -347,8 +373,20 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            lingering: Lingering::default(),
+            admission: Admission::new(Arc::default(), &cfg_limits),
+            refusal_logged_ms: 0,
+            memory: MemoryBudget::new(id, super::memory::board(1), 0),
             ctl: crossbeam_channel::never(),
         }
+    }
+
+    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
+        let now = self.now_ms();
+        self.bridges =
+            super::bridges::Bridges::new(self.broker.config(), tls, self.id, BRIDGE_BASE, now);
+        self
     }
 
     /// Apply the control messages waiting (at most a few per turn; they are rare).
@@ -404,6 +442,7 @@ impl Shard {
         self.broker.shutdown();
         self.flush_dirty();
         self.close_pending(self.now_ms());
+        self.lingering.clear();
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
@@ -412,11 +451,16 @@ impl Shard {
             || self.inbox_again
             || self.broker.timers_backlog()
             || self.bus.staged() > 0
+            || self.bridges.busy()
+            || self.broker.pending_bridge_offers()
         {
             return Duration::ZERO;
         }
         let next = self.broker.next_timer_ms().unwrap_or(u64::MAX);
-        Duration::from_millis(next.saturating_sub(now).min(POLL_TIMEOUT_MAX_MS))
+        let next = next.min(self.bridges.next_deadline_ms().unwrap_or(u64::MAX));
+        let linger = self.lingering.due_in_ms(now).unwrap_or(u64::MAX);
+        let ms = next.saturating_sub(now).min(linger);
+        Duration::from_millis(ms.min(POLL_TIMEOUT_MAX_MS))
     }
 
     fn turn(&mut self, events: &mut Events) -> io::Result<()> {
@@ -442,6 +486,9 @@ impl Shard {
                 self.accept_again = true;
                 continue;
             }
+            if t >= BRIDGE_BASE && self.bridges.event(t) {
+                continue;
+            }
             if ev.is_writable() {
                 self.broker.writable(t);
             }
@@ -454,6 +501,8 @@ impl Shard {
         }
         self.retry_reads(now);
         self.broker.on_timers(now);
+        self.bridges
+            .step(&mut self.broker, self.poll.registry(), now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();
@@ -461,6 +510,10 @@ impl Shard {
         self.close_pending(now);
         self.push_outbox();
         self.flush_dirty();
+        self.lingering.tick(now, &mut self.scratch);
+        if self.memory.tick(&mut self.broker, now) {
+            self.resume_publishers();
+        }
         super::figures::end_turn(&self.broker, &self.bus, busy_from);
         Ok(())
     }
@@ -485,15 +538,25 @@ impl Shard {
                 }
                 budget -= 1;
                 match self.listeners[i].0.accept() {
-                    Ok((stream, peer)) => match self.listeners[i].1.wrap(stream) {
-                        Ok(Some(transport)) => {
-                            self.broker.effects().stats.connections_accepted += 1;
-                            self.adopt(transport, peer, Vec::new(), now)
+                    Ok((stream, peer)) => {
+                        if let Err(why) = self.admission.admit(peer.ip(), i, now) {
+                            // Dropping the stream closes it before any byte is read.
+                            self.log_refusal(peer, why, now);
+                            continue;
                         }
-                        // At the listener's max_connections: dropping the socket closes it.
-                        Ok(None) => {}
-                        Err(e) => log_at!(Level::Notice, "connection from {peer} refused: {e}"),
-                    },
+                        match self.listeners[i].1.wrap(stream) {
+                            Ok(Some(transport)) => {
+                                self.broker.effects().stats.connections_accepted += 1;
+                                self.adopt(transport, peer, Vec::new(), now)
+                            }
+                            // At the listener's max_connections: dropping the socket closes it.
+                            Ok(None) => self.admission.release(),
+                            Err(e) => {
+                                self.admission.release();
+                                log_at!(Level::Notice, "connection from {peer} refused: {e}");
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -510,6 +573,21 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Log a refusal at accept, at most once a second per shard.
+    fn log_refusal(&mut self, peer: SocketAddr, why: Refused, now: u64) {
+        if self.refusal_logged_ms != 0 && now < self.refusal_logged_ms + 1000 {
+            return;
+        }
+        self.refusal_logged_ms = now.max(1);
+        let what = match why {
+            Refused::MaxConnections => {
+                format!("max_connections reached ({} open)", self.admission.open())
+            }
+            Refused::RateLimited => "max_connection_rate exceeded by its address".to_string(),
+        };
+        log_at!(Level::Notice, "Refused connection from {peer}: {what}.");
     }
 
     /// Register a transport (accepted here or handed over) and process any bytes it came
@@ -538,6 +616,7 @@ impl Shard {
             // Not registered: forget it now (never through the closing list, whose keys
             // must name live connections).
             self.broker.on_closed(key, now);
+            self.admission.release();
             return;
         }
         let partial = self
@@ -563,7 +642,42 @@ impl Shard {
         }
     }
 
+    /// Memory is below the pause mark again: read the publishers paused for it.
+    fn resume_publishers(&mut self) {
+        for key in std::mem::take(&mut self.memory.paused) {
+            let was = self
+                .broker
+                .links_mut()
+                .conn_mut(key)
+                .is_some_and(|c| std::mem::take(&mut c.io.paused_on_memory));
+            if was {
+                self.defer_read(key);
+            }
+        }
+    }
+
+    /// Under memory pressure, a publisher is not read (TCP back-pressure) until the budget
+    /// resumes it. True when `key` was paused.
+    fn paused_for_memory(&mut self, key: usize) -> bool {
+        if self.broker.memory_pressure() < MemoryPressure::PausePublishers {
+            return false;
+        }
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return false;
+        };
+        if !c.link.published {
+            return false;
+        }
+        if !std::mem::replace(&mut c.io.paused_on_memory, true) {
+            self.memory.paused.push(key);
+        }
+        true
+    }
+
     fn read_or_defer(&mut self, key: usize, now: u64) {
+        if self.paused_for_memory(key) {
+            return;
+        }
         if self.broker.output_full(key) {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.paused_on_output = true;
@@ -862,7 +976,8 @@ impl Shard {
                 }
                 if let Some(mut io) = self.broker.on_closed(key, now) {
                     let _ = self.poll.registry().deregister(&mut io.transport);
-                    io.transport.shutdown();
+                    self.lingering.start(io.transport, now);
+                    self.admission.release();
                 }
             }
         }

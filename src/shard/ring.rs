@@ -14,6 +14,11 @@
 /// Capacity kept across reads; a larger buffer (a big packet) is released once drained.
 const RETAIN_CAPACITY_MAX: usize = 16 * 1024;
 
+/// Smallest region `spare` offers when the caller does not know how much is coming (the
+/// fixed header is still incomplete): a connection dribbling a byte at a time holds a few
+/// dozen bytes, not a page.
+const SPARE_BYTES_MIN: usize = 64;
+
 /// A compacting receive buffer.
 #[derive(Debug, Default)]
 pub struct RxBuf {
@@ -42,7 +47,13 @@ impl RxBuf {
     /// Append bytes (a partial packet left over in the shard's scratch buffer).
     pub fn extend(&mut self, bytes: &[u8]) {
         self.compact();
+        self.data.reserve_exact(bytes.len());
         self.data.extend_from_slice(bytes);
+    }
+
+    /// Bytes of memory this buffer holds (its capacity), for the memory accounting.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
     }
 
     /// Mark `n` unread bytes as consumed.
@@ -59,14 +70,15 @@ impl RxBuf {
     }
 
     /// A writable region of at least `min` bytes after the unread data; call `filled`
-    /// with the number of bytes written into it.
+    /// with the number of bytes written into it. The buffer grows by exactly what is asked
+    /// (no doubling), so it never holds much more than the bytes that actually arrived.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         self.compact();
         let len = self.data.len();
         self.spare_at = len;
-        let want = len + min.max(4096);
+        let want = len + min.max(SPARE_BYTES_MIN);
         if self.data.capacity() < want {
-            self.data.reserve(want - len);
+            self.data.reserve_exact(want - len);
         }
         let cap = self.data.capacity();
         self.data.resize(cap, 0);
@@ -140,6 +152,24 @@ mod tests {
                 oracle.drain(..n);
             }
             assert_eq!(buf.readable(), oracle.iter().copied().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn grows_with_the_bytes_that_arrive_not_by_doubling() {
+        let mut buf = RxBuf::default();
+        buf.extend(&[0x30]);
+        assert!(buf.capacity() < SPARE_BYTES_MIN, "{}", buf.capacity());
+        let spare = buf.spare(0);
+        assert!(spare.len() <= 2 * SPARE_BYTES_MIN, "{}", spare.len());
+        buf.filled(1);
+        let mut held = buf.len();
+        for _ in 0..100 {
+            let s = buf.spare(10_000);
+            s[..10_000].fill(7);
+            buf.filled(10_000);
+            held += 10_000;
+            assert!(buf.capacity() <= held + 10_000 + SPARE_BYTES_MIN);
         }
     }
 

@@ -214,6 +214,12 @@ impl Transport {
     /// End the stream in both directions (WebSocket Close, TLS close_notify, then FIN);
     /// errors do not matter any more.
     pub fn shutdown(&mut self) {
+        self.end_stream();
+        self.socket_mut().shutdown();
+    }
+
+    /// Close the stream layer (TLS close_notify, WebSocket close frame) and push it out.
+    fn end_stream(&mut self) {
         match self {
             Transport::Tcp(_) => {}
             Transport::Tls(s, t) => {
@@ -231,7 +237,13 @@ impl Transport {
                 let _ = t.stream.send_pending(s);
             }
         }
-        self.socket_mut().shutdown();
+    }
+
+    /// Half-close: send FIN (after any pending output) but keep reading, for a lingering
+    /// close that lets the peer read our last packet before the socket goes.
+    pub fn shutdown_write(&mut self) {
+        self.end_stream();
+        self.socket_mut().shutdown_write();
     }
 
     /// The remote address as the socket reports it.

@@ -88,6 +88,10 @@ impl Tcp {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    pub(super) fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     pub(super) fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
     }

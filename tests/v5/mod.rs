@@ -452,6 +452,11 @@ impl Client5 {
         let _ = self.stream.write_all(b);
     }
 
+    /// Send raw bytes and report whether the write succeeded.
+    pub fn try_send_bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.stream.write_all(b)
+    }
+
     /// Close the TCP connection without DISCONNECT.
     pub fn drop_tcp(self) {
         let _ = self.stream.shutdown(Shutdown::Both);

@@ -1,0 +1,197 @@
+//! `BridgeRoutes`: which local messages the bridges must see, and messages they bring in.
+//!
+//! Owns: the bridges' local filters (`out`/`both` rules) as two tries built once from the
+//! configuration (the same on every shard, so nothing is replicated at run time): every
+//! filter → the shards owning a bridge that wants it (bridge `i` lives on shard
+//! `i mod N`), and this shard's own bridges' filters → the bridges that want them. A
+//! message that matches a bridge is cast to its owner shard like one for a subscriber; on
+//! the owner, `route_local` adds it to `Effects::bridge_offers` for the shard to offer.
+//!
+//! Invariants: a message reaches each bridge's offer list at most once (on the owner shard
+//! only, whether it entered there or came over the bus); a message a bridge brought in
+//! carries that bridge's origin (`bridge_origin`), which no session uid ever equals, so
+//! the bridge recognises it and does not send it back. Must not touch: bridge clients
+//! or sockets (the shard owns them), sessions, the subscription trie.
+
+use std::sync::Arc;
+
+use super::{Broker, Effects};
+use crate::bridge::Mapper;
+use crate::config::bridge::BridgeConfig;
+use crate::protocol::QoS;
+use crate::session::Message;
+use crate::topic::trie::FilterTrie;
+
+/// Origins at and above this value name bridges (session uids stay below 2^62).
+const BRIDGE_ORIGIN_BASE: u64 = u64::MAX - 64;
+
+/// The origin tag of messages brought in by bridge `i`.
+pub fn bridge_origin(i: usize) -> u64 {
+    BRIDGE_ORIGIN_BASE + i as u64
+}
+
+/// The bridge whose origin tag `origin` is, if it is one.
+pub fn origin_bridge(origin: u64) -> Option<usize> {
+    (origin >= BRIDGE_ORIGIN_BASE).then(|| (origin - BRIDGE_ORIGIN_BASE) as usize)
+}
+
+/// The shard that runs bridge `i` of a broker with `shards` shards.
+pub fn bridge_owner(i: usize, shards: usize) -> usize {
+    i % shards.max(1)
+}
+
+/// The bridges' local filters, as seen from one shard.
+#[derive(Default)]
+pub struct BridgeRoutes {
+    /// Filter → bitmask of the shards owning a bridge that offers it.
+    owners: FilterTrie<u64>,
+    /// Filter → bitmask of this shard's bridges that offer it.
+    mine: FilterTrie<u64>,
+}
+
+impl BridgeRoutes {
+    /// The filters of `bridges` for shard `me` of `shards`.
+    pub fn new(bridges: &[BridgeConfig], me: usize, shards: usize) -> BridgeRoutes {
+        let mut r = BridgeRoutes::default();
+        for (i, b) in bridges.iter().enumerate().take(64) {
+            let owner = bridge_owner(i, shards);
+            for (filter, _qos) in Mapper::new(b.topics.clone()).local_filters() {
+                *r.owners.entry_or_insert_with(&filter, || 0) |= 1u64 << owner;
+                if owner == me {
+                    *r.mine.entry_or_insert_with(&filter, || 0) |= 1u64 << i;
+                }
+            }
+        }
+        r
+    }
+
+    /// The shards (other than `me`) that run a bridge wanting `topic`.
+    pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
+        let mut mask = 0u64;
+        if !self.owners.is_empty() {
+            self.owners.for_each_match(topic, |_, m| mask |= *m);
+        }
+        mask & !(1u64 << me)
+    }
+
+    /// Add `msg` to the offer list of each of this shard's bridges that wants it. Returns
+    /// whether any does.
+    pub fn offer(&self, msg: &Arc<Message>, fx: &mut Effects) -> bool {
+        if self.mine.is_empty() {
+            return false;
+        }
+        let mut bridges = 0u64;
+        self.mine.for_each_match(&msg.topic, |_, m| bridges |= *m);
+        let any = bridges != 0;
+        let mut i = 0;
+        while bridges != 0 {
+            if bridges & 1 != 0 {
+                fx.bridge_offers.push((i, msg.clone()));
+            }
+            bridges >>= 1;
+            i += 1;
+        }
+        any
+    }
+}
+
+/// A message a bridge brings in, renamed to its local topic.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    /// Local topic.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// QoS as received.
+    pub qos: QoS,
+    /// RETAIN as received.
+    pub retain: bool,
+}
+
+impl<X> Broker<X> {
+    /// Messages routed to this shard's bridges that the shard has not offered yet.
+    pub fn pending_bridge_offers(&self) -> bool {
+        !self.fx.bridge_offers.is_empty()
+    }
+
+    /// Publish a message brought in by bridge `i` (or its state notification) as if a
+    /// local client had sent it, tagged with the bridge's origin. Returns false (and
+    /// routes nothing) when the topic is not a valid topic name.
+    pub fn publish_from_bridge(&mut self, i: usize, m: &Inbound<'_>, now_ms: u64) -> bool {
+        if !crate::topic::valid_topic_name(m.topic) {
+            return false;
+        }
+        self.fx.stats.publish_in += 1;
+        let msg = Message {
+            topic: Arc::from(m.topic),
+            payload: m.payload.into(),
+            qos: m.qos,
+            retain: m.retain,
+            props: None,
+            expires_at_ms: None,
+            origin: bridge_origin(i),
+            retain_stamp: 0,
+        };
+        self.publish_message(msg, now_ms);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::bridge::BridgeParser;
+
+    fn bridges(text: &str) -> Vec<BridgeConfig> {
+        let mut p = BridgeParser::default();
+        for (n, line) in text.lines().enumerate() {
+            let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+            p.line(k, v, n + 1).expect("valid line");
+        }
+        p.finish().expect("valid bridges")
+    }
+
+    fn msg(topic: &str, origin: u64) -> Arc<Message> {
+        Arc::new(Message {
+            topic: topic.into(),
+            payload: Box::new([]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: None,
+            expires_at_ms: None,
+            origin,
+            retain_stamp: 0,
+        })
+    }
+
+    #[test]
+    fn owner_shards_and_offers() {
+        let b = bridges(
+            "connection a\naddress 127.0.0.1\ntopic s/# out 1 site/\n\
+             connection b\naddress 127.0.0.1\ntopic s/x both 1\ntopic cmd/# in 1",
+        );
+        let on0 = BridgeRoutes::new(&b, 0, 2);
+        let on1 = BridgeRoutes::new(&b, 1, 2);
+        assert_eq!(on0.remote_mask("site/s/x", 0), 0, "bridge a is on shard 0");
+        assert_eq!(
+            on1.remote_mask("site/s/x", 1),
+            1,
+            "from shard 1 it goes to 0"
+        );
+        assert_eq!(on0.remote_mask("s/x", 0), 2, "bridge b is on shard 1");
+        assert_eq!(on0.remote_mask("cmd/go", 0), 0, "`in` rules offer nothing");
+        let mut fx = Effects::default();
+        assert!(on1.offer(&msg("s/x", 0), &mut fx));
+        assert!(!on1.offer(&msg("site/s/x", 0), &mut fx));
+        assert!(on0.offer(&msg("site/s/x", 0), &mut fx));
+        let got: Vec<usize> = fx.bridge_offers.iter().map(|(i, _)| *i).collect();
+        assert_eq!(got, vec![1, 0]);
+    }
+
+    #[test]
+    fn bridge_origins_are_never_session_uids() {
+        assert_eq!(origin_bridge(bridge_origin(63)), Some(63));
+        assert_eq!(origin_bridge((63u64 << 56) | 0xff_ffff_ffff), None);
+        assert_eq!(origin_bridge(0), None);
+    }
+}

@@ -1,0 +1,740 @@
+//! Bridges run by the broker, black box: a shardmq process with `connection` blocks in
+//! its configuration file, against Debian's `mosquitto` and against a second shardmq, over
+//! loopback. Every child process is stopped by its PID when its guard drops.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, Got, RawClient};
+
+/// Bound on every wait in this file.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A scratch directory removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!(
+            "shardmq-bridgewire-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        // Started as root, mosquitto drops to its own user, which must write its database.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A mosquitto process on `port` with its database in `dir`; killed on drop.
+struct Mosquitto {
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start(port: u16, dir: &Dir) -> Mosquitto {
+        let conf = dir.0.join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 3600\nmax_queued_messages 100000\nlog_dest file {}/log\nlog_type all\n",
+            dir.0.display(),
+            dir.0.display()
+        );
+        std::fs::write(&conf, text).expect("write conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (.ci/run installs it)");
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child }
+    }
+
+    /// SIGTERM (mosquitto saves its sessions), bounded wait.
+    fn stop(mut self) {
+        common::signal(self.child.id(), libc::SIGTERM);
+        assert!(
+            common::wait_exit(&mut self.child, WAIT).is_some(),
+            "mosquitto stops"
+        );
+    }
+
+    /// SIGKILL: nothing saved since the last save.
+    fn kill9(mut self) {
+        common::signal(self.child.id(), libc::SIGKILL);
+        assert!(
+            common::wait_exit(&mut self.child, WAIT).is_some(),
+            "mosquitto dies"
+        );
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start shardmq with `conf` (bridge blocks) written into `dir`, plus `args`.
+fn shardmq(dir: &Dir, conf: &str, shards: usize, args: &[&str]) -> Broker {
+    let path = dir.0.join(format!("shardmq-{}.conf", free_port()));
+    std::fs::write(&path, conf).expect("write conf");
+    let path = path.display().to_string();
+    let mut all = vec!["-c", path.as_str()];
+    all.extend_from_slice(args);
+    Broker::with_shards(shards, &all)
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: the body. Bounded by `WAIT`.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .expect("a body")
+}
+
+/// The value of the metric line starting with `sample` (name and labels).
+fn metric(text: &str, sample: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait until `c` (subscribed to the state topic) sees the state `want` ("1" or "0").
+fn await_state(c: &mut RawClient, topic: &str, want: &[u8]) {
+    c.expect_where(
+        WAIT,
+        "bridge state",
+        |g| matches!(g, Got::Publish(m) if m.topic == topic && m.payload == want),
+    );
+}
+
+/// A subscriber to the bridge's state topic on `addr`, returning once the bridge is up.
+fn state_watcher(addr: SocketAddr, id: &str, topic: &str) -> RawClient {
+    let mut w = RawClient::clean(addr, id);
+    w.subscribe(topic, 0);
+    await_state(&mut w, topic, b"1");
+    w
+}
+
+fn seq_of(m: &common::Msg) -> u32 {
+    std::str::from_utf8(&m.payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("a numbered payload")
+}
+
+/// QoS 1 `out/N` messages numbered `range`, each acknowledged by shardmq.
+fn publish_numbered(publisher: &mut RawClient, range: std::ops::Range<u32>) {
+    for i in range {
+        let topic = format!("out/{}", i % 7);
+        publisher.publish(&topic, i.to_string().as_bytes(), 1, false);
+    }
+}
+
+/// In: mosquitto (`maddr`) cmd/... → shardmq (`addr`) local/cmd/..., to a subscriber on
+/// the shard that does not run the bridge (bridge 0 is on shard 0): 200 QoS 1 messages in
+/// order. Returns the remote publisher, still connected.
+fn bring_in_200_in_order(addr: SocketAddr, maddr: SocketAddr) -> RawClient {
+    let sub_id = common::id_on("local-sub", 1, 2);
+    let mut local_sub = RawClient::clean(addr, &sub_id);
+    local_sub.subscribe("local/#", 1);
+    let mut remote_pub = RawClient::clean(maddr, "remote-pub");
+    // The bridge subscribes right after CONNACK; wait for it by retrying a marker.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        remote_pub.publish("cmd/valve", b"open", 1, false);
+        if local_sub.try_packet(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    for i in 0..200u32 {
+        remote_pub.publish("cmd/seq", i.to_string().as_bytes(), 1, false);
+    }
+    let mut came_in = Vec::new();
+    while came_in.len() < 200 {
+        let m = local_sub.expect_publish_acked(WAIT);
+        if m.topic == "local/cmd/seq" {
+            came_in.push(seq_of(&m));
+        }
+    }
+    assert_eq!(
+        came_in,
+        (0..200).collect::<Vec<_>>(),
+        "QoS 1 in order, once each"
+    );
+
+    remote_pub
+}
+
+/// While the remote is down, `$SYS` and the metrics show the bridge down with its queue.
+fn status_shows_down_with_queue(addr: SocketAddr, admin: SocketAddr) {
+    let mut sys = RawClient::clean(addr, "sys");
+    sys.subscribe("$SYS/broker/bridge/cloud/queued", 0);
+    sys.expect_where(
+        WAIT,
+        "queue depth in $SYS",
+        |g| matches!(g, Got::Publish(m) if seq_of(m) >= 300),
+    );
+    // The board is refreshed every second: poll it, bounded.
+    let deadline = Instant::now() + WAIT;
+    let queued = |t: &str| metric(t, "shardmq_bridge_queued_messages{bridge=\"cloud\"}");
+    let mut text = http_get(admin, "/metrics");
+    while queued(&text).is_none_or(|q| q < 300) {
+        assert!(Instant::now() < deadline, "queue depth never shown: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+        text = http_get(admin, "/metrics");
+    }
+    assert_eq!(
+        metric(&text, "shardmq_bridge_up{bridge=\"cloud\"}"),
+        Some(0),
+        "{text}"
+    );
+}
+
+/// Both directions with prefixes against mosquitto, QoS 1 in order; then the remote is
+/// killed with SIGKILL mid-stream: what was published meanwhile arrives, in order, once it
+/// is back.
+#[test]
+fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
+    let dir = Dir::new("mq");
+    let port = free_port();
+    // The remote's subscriber keeps a session that mosquitto has saved (SIGTERM), so the
+    // restarted remote queues for it whatever the bridge delivers before it reconnects.
+    let m = Mosquitto::start(port, &dir);
+    let maddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (mut sink, _) = RawClient::connect_v311(maddr, "sink", false, 60, None);
+    sink.subscribe("site/#", 1);
+    sink.disconnect();
+    m.stop();
+    let m = Mosquitto::start(port, &dir);
+
+    let conf = format!(
+        "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\ncleansession false\n\
+         restart_timeout 1\nkeepalive_interval 5\n\
+         topic out/# out 1 \"\" site/\ntopic cmd/# in 1 local/ \"\"\n"
+    );
+    let admin = format!("127.0.0.1:{}", free_port());
+    let s = shardmq(&dir, &conf, 2, &["--sys-interval", "1", "--admin", &admin]);
+    let admin: SocketAddr = admin.parse().expect("admin address");
+    let state = "$SYS/broker/connection/site1/state";
+    let mut watch = state_watcher(s.addr(), "watch", state);
+
+    let remote_pub = bring_in_200_in_order(s.addr(), maddr);
+
+    // Out, with the remote alive then killed: 0..300 while up, kill, 300..600 while down,
+    // from a publisher on the other shard.
+    let pub_id = common::id_on("publisher", 1, 2);
+    let mut publisher = RawClient::clean(s.addr(), &pub_id);
+    publish_numbered(&mut publisher, 0..300);
+    drop(remote_pub);
+    m.kill9();
+    await_state(&mut watch, state, b"0");
+    publish_numbered(&mut publisher, 300..600);
+    status_shows_down_with_queue(s.addr(), admin);
+    let _m = Mosquitto::start(port, &dir);
+    await_state(&mut watch, state, b"1");
+
+    let (mut sink, present) = RawClient::connect_v311(maddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let mut got = Vec::new();
+    while got.last().copied() != Some(599) {
+        let msg = sink.expect_publish_acked(WAIT);
+        assert!(
+            msg.topic.starts_with("site/out/"),
+            "prefix rewritten: {}",
+            msg.topic
+        );
+        got.push(seq_of(&msg));
+    }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {got:?}"
+    );
+    let down: Vec<u32> = got.into_iter().filter(|&i| i >= 300).collect();
+    assert_eq!(
+        down,
+        (300..600).collect::<Vec<_>>(),
+        "everything queued while down"
+    );
+}
+
+/// shardmq ↔ shardmq over an MQTT 5 bridge with `both` on one pattern: each message is
+/// seen exactly once on each side (No Local and the origin tag stop the loop).
+#[test]
+fn shardmq_to_shardmq_both_without_loops() {
+    let dir = Dir::new("ss");
+    let remote = Broker::with_shards(2, &[]);
+    let conf = format!(
+        "connection peer\naddress {}\nremote_clientid a-to-b\nbridge_protocol_version mqttv50\n\
+         restart_timeout 1\ntopic loop/# both 1\n",
+        remote.addr()
+    );
+    let a = shardmq(&dir, &conf, 3, &[]);
+    let _watch = state_watcher(a.addr(), "watch", "$SYS/broker/connection/a-to-b/state");
+    let mut on_a = RawClient::clean(a.addr(), "on-a");
+    on_a.subscribe("loop/#", 1);
+    let mut on_b = RawClient::clean(remote.addr(), "on-b");
+    on_b.subscribe("loop/#", 1);
+    // B → A first: it proves the bridge's remote subscription is in place.
+    let mut pub_b = RawClient::clean(remote.addr(), "pub-b");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        pub_b.publish("loop/probe", b"p", 1, false);
+        on_b.expect_publish_acked(WAIT);
+        if let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+            on_a.ack(&m);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    // Earlier probes may still be on their way to A: let them land.
+    while let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(500)) {
+        assert_eq!(m.topic, "loop/probe");
+        on_a.ack(&m);
+    }
+    let mut pub_a = RawClient::clean(a.addr(), "pub-a");
+    pub_a.publish("loop/from-a", b"a", 1, false);
+    pub_b.publish("loop/from-b", b"b", 1, false);
+    let mut seen_a: Vec<String> = Vec::new();
+    let mut seen_b: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        seen_a.push(on_a.expect_publish_acked(WAIT).topic);
+        seen_b.push(on_b.expect_publish_acked(WAIT).topic);
+    }
+    seen_a.sort();
+    seen_b.sort();
+    assert_eq!(seen_a, vec!["loop/from-a", "loop/from-b"]);
+    assert_eq!(seen_b, vec!["loop/from-a", "loop/from-b"]);
+    on_a.expect_nothing(Duration::from_millis(500));
+    on_b.expect_nothing(Duration::from_millis(300));
+}
+
+/// Run `openssl` with `args` in `dir`; it must succeed.
+fn openssl(dir: &Dir, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA `NAME.pem` (key `NAME.key`) in `dir`.
+fn make_ca(dir: &Dir, name: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+        ],
+    );
+}
+
+/// A TLS mosquitto: `tls_port` (certificate for 127.0.0.1 signed by `ca`) and a plain
+/// `port` for the test's own clients.
+fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
+    make_ca(dir, "ca");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.0.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["ca.pem", "srv.pem", "srv.key"] {
+        let mode = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(dir.0.join(f), mode).expect("chmod");
+    }
+    let d = dir.0.display();
+    let text = format!(
+        "per_listener_settings false\nallow_anonymous true\nlistener {port} 127.0.0.1\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/srv.pem\nkeyfile {d}/srv.key\n"
+    );
+    let conf = dir.0.join("tls.conf");
+    std::fs::write(&conf, text).expect("write conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Over TLS: with the remote's CA the bridge comes up and forwards; with another CA it
+/// does not, and the log and the state topic say so.
+#[test]
+fn tls_bridge_and_a_bad_certificate() {
+    let dir = Dir::new("tls");
+    let (tls_port, port) = (free_port(), free_port());
+    let remote = tls_mosquitto(&dir, tls_port, port);
+    let _remote = Mosquitto { child: remote };
+    make_ca(&dir, "other");
+    let d = dir.0.display();
+    let good = format!(
+        "connection good\naddress 127.0.0.1:{tls_port}\nremote_clientid good\n\
+         bridge_cafile {d}/ca.pem\nrestart_timeout 1\ntopic t/# out 1 \"\" tls/\n"
+    );
+    let s = shardmq(&dir, &good, 1, &[]);
+    let _w = state_watcher(s.addr(), "w", "$SYS/broker/connection/good/state");
+    let maddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut sub = RawClient::clean(maddr, "sub");
+    sub.subscribe("tls/#", 1);
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("t/x", b"over tls", 1, false);
+    let m = sub.expect_publish_acked(WAIT);
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("tls/t/x", &b"over tls"[..])
+    );
+
+    let log = dir.0.join("bad.log");
+    let bad = format!(
+        "log_dest file {}\nconnection bad\naddress 127.0.0.1:{tls_port}\nremote_clientid bad\n\
+         bridge_cafile {d}/other.pem\nrestart_timeout 1\ntopic t/# out 1\n",
+        log.display()
+    );
+    let b = shardmq(&dir, &bad, 1, &[]);
+    let state = "$SYS/broker/connection/bad/state";
+    let mut w = RawClient::clean(b.addr(), "w");
+    w.subscribe(state, 0);
+    await_state(&mut w, state, b"0");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Bridge bad") && text.contains("certificate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate error logged: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.expect_nothing(Duration::from_millis(500));
+}
+
+/// Wrong credentials: the remote refuses the CONNECT; the log names the refusal and the
+/// state topic says `0`.
+#[test]
+fn wrong_credentials_are_reported() {
+    let dir = Dir::new("auth");
+    let port = free_port();
+    let pw = dir.0.join("pw");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["site", "right"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mosquitto_passwd is installed");
+    assert!(st.success(), "mosquitto_passwd");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let conf = dir.0.join("auth.conf");
+    let text = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+        pw.display()
+    );
+    std::fs::write(&conf, text).expect("write conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    let _m = Mosquitto { child };
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = dir.0.join("shardmq.log");
+    let bridge = format!(
+        "log_dest file {}\nconnection cloud\naddress 127.0.0.1:{port}\nremote_clientid site\n\
+         remote_username site\nremote_password wrong\nrestart_timeout 1\ntopic t/# out 1\n",
+        log.display()
+    );
+    let s = shardmq(&dir, &bridge, 1, &[]);
+    let state = "$SYS/broker/connection/site/state";
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe(state, 0);
+    await_state(&mut w, state, b"0");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Bridge cloud") && text.contains("CONNACK refused") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    w.expect_nothing(Duration::from_millis(500));
+}
+
+/// A scripted remote: reads packets from the bridge's connection.
+struct FakeRemote {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// What the scripted remote saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Connect,
+    Publish {
+        payload: Vec<u8>,
+        dup: bool,
+        pid: u16,
+    },
+    Other(String),
+}
+
+impl FakeRemote {
+    fn accept(l: &TcpListener) -> FakeRemote {
+        l.set_nonblocking(false).expect("blocking");
+        let (sock, _) = l.accept().expect("the bridge connects");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        FakeRemote {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    fn next(&mut self) -> Seen {
+        use shardmq::protocol::{decode, Decoded, Packet, Version};
+        use std::io::Read;
+        loop {
+            if let Ok(Decoded::Packet { packet, len }) = decode(&self.buf, Version::V3_1_1, 1 << 20)
+            {
+                let seen = match packet {
+                    Packet::Connect(_) => Seen::Connect,
+                    Packet::Publish(p) => Seen::Publish {
+                        payload: p.payload.to_vec(),
+                        dup: p.dup,
+                        pid: p.packet_id.map_or(0, |x| x.get()),
+                    },
+                    other => Seen::Other(other.name().to_string()),
+                };
+                self.buf.drain(..len);
+                return seen;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.sock.read(&mut chunk).expect("read from the bridge");
+            assert!(n > 0, "the bridge closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// CONNACK accepted, with Session Present.
+    fn connack(&mut self) {
+        use std::io::Write;
+        self.sock
+            .write_all(&[0x20, 0x02, 0x01, 0x00])
+            .expect("CONNACK");
+    }
+}
+
+/// The remote drops the connection with a QoS 1 message unacknowledged: after the
+/// reconnect the bridge sends it again with DUP and the same packet id, before the next.
+#[test]
+fn in_flight_message_is_resent_with_dup_after_the_remote_drops() {
+    let dir = Dir::new("dup");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let conf = format!(
+        "connection fake\naddress 127.0.0.1:{port}\nremote_clientid fake\ntry_private false\n\
+         notifications_local_only true\nrestart_timeout 1\ntopic t/# out 1\n"
+    );
+    let s = shardmq(&dir, &conf, 2, &[]);
+    let state = "$SYS/broker/connection/fake/state";
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe(state, 0);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    await_state(&mut w, state, b"1");
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("t/a", b"first", 1, false);
+    let first = r.next();
+    let Seen::Publish {
+        dup: false, pid, ..
+    } = first
+    else {
+        panic!("expected a first PUBLISH, got {first:?}");
+    };
+    // Acknowledged locally, never by the remote: the remote goes away. Once the bridge
+    // has seen it go, the next message waits in the queue.
+    drop(r);
+    await_state(&mut w, state, b"0");
+    p.publish("t/a", b"second", 1, false);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    assert_eq!(
+        r.next(),
+        Seen::Publish {
+            payload: b"first".to_vec(),
+            dup: true,
+            pid
+        },
+        "resent with DUP and its packet id"
+    );
+    let Seen::Publish { payload, dup, .. } = r.next() else {
+        panic!("the queued message follows");
+    };
+    assert_eq!((payload.as_slice(), dup), (&b"second"[..], false));
+}
+
+/// QoS 0, 1 and 2 both ways between two shardmq over a 3.1.1 bridge with prefixes: each
+/// arrives once, at the lower of its QoS and the rule's, with the topic renamed.
+#[test]
+fn shardmq_to_shardmq_every_qos_both_ways() {
+    let dir = Dir::new("qos");
+    let remote = Broker::with_shards(2, &[]);
+    let conf = format!(
+        "connection peer\naddress {}\nremote_clientid qos-peer\nrestart_timeout 1\n\
+         topic up/# out 2 site/ hq/\ntopic down/# in 2 site/ hq/\n",
+        remote.addr()
+    );
+    let a = shardmq(&dir, &conf, 2, &[]);
+    let _w = state_watcher(a.addr(), "w", "$SYS/broker/connection/qos-peer/state");
+    let mut on_a = RawClient::clean(a.addr(), "on-a");
+    on_a.subscribe("site/down/#", 2);
+    let mut on_b = RawClient::clean(remote.addr(), "on-b");
+    on_b.subscribe("hq/up/#", 2);
+    // In first, retried until the bridge's subscription on the remote is in place.
+    let mut pub_b = RawClient::clean(remote.addr(), "pub-b");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        pub_b.publish("hq/down/probe", b"p", 1, false);
+        if let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+            on_a.ack(&m);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    while let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(500)) {
+        on_a.ack(&m);
+    }
+    let mut pub_a = RawClient::clean(a.addr(), "pub-a");
+    for q in 0..=2u8 {
+        let t = format!("site/up/q{q}");
+        pub_a.publish(&t, &[q], q, false);
+        let m = on_b.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.qos, &m.payload[..]),
+            (&format!("hq/up/q{q}")[..], q, &[q][..])
+        );
+        let t = format!("hq/down/q{q}");
+        pub_b.publish(&t, &[q], q, false);
+        let m = on_a.expect_publish_acked(WAIT);
+        assert_eq!(
+            (m.topic.as_str(), m.qos, &m.payload[..]),
+            (&format!("site/down/q{q}")[..], q, &[q][..])
+        );
+    }
+    on_a.expect_nothing(Duration::from_millis(300));
+    on_b.expect_nothing(Duration::from_millis(300));
+}
