@@ -9,6 +9,8 @@ use clap::Parser;
 use shardmq::admin::{self, Started};
 use shardmq::config::{Args, Command, Config};
 use shardmq::log::log;
+use shardmq::shard::StoreStart;
+use shardmq::store::{self, CheckpointPolicy, StoreLock, SyncMode, WalOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -55,7 +57,18 @@ fn main() -> ExitCode {
     let config_admin = config.admin;
     let metrics = config.metrics.clone();
     let mut current = config.clone();
-    let mut running = match shardmq::shard::run(config) {
+    // `/readyz` stays not-ready until the store is recovered and every shard runs.
+    let recovering = metrics.hold_ready();
+    let (store, _lock) = match open_store(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            log(format_args!("Error: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = shardmq::shard::run_with_store(config, store);
+    drop(recovering);
+    let mut running = match running {
         Ok(r) => r,
         Err(e) => {
             log(format_args!("Error: {e}"));
@@ -180,6 +193,69 @@ fn refused(current: &Config, e: &dyn std::fmt::Display) {
     log(format_args!(
         "Error: reload refused, keeping the running configuration: {e}"
     ));
+}
+
+/// With persistence on: lock the store, recover it, lay it out for this shard count and
+/// return each shard's part. The lock is held until the broker exits.
+fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>), String> {
+    let p = &config.persistence;
+    if !p.enabled {
+        return Ok((None, None));
+    }
+    let dir = p.location.clone();
+    let lock = StoreLock::acquire(&dir).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let rec = store::recover_all(&dir).map_err(|e| e.to_string())?;
+    for cut in &rec.cuts {
+        log(format_args!(
+            "Warning: store: {} cut at byte {} ({} bytes dropped): {:?}",
+            cut.file.display(),
+            cut.offset,
+            cut.bytes_dropped,
+            cut.reason
+        ));
+    }
+    let state = rec.state;
+    let retained = state
+        .retained
+        .iter()
+        .filter_map(|(t, r)| {
+            let m = state.messages.get(&r.msg?)?;
+            Some((t.clone(), m.clone(), r.stamp))
+        })
+        .collect();
+    let n = config.shards;
+    log(format_args!(
+        "Store {}: {} session(s), {} message(s), {} retained, {} record(s) read in {} ms",
+        dir.display(),
+        state.sessions.len(),
+        state.messages.len(),
+        state.retained.len(),
+        rec.records,
+        started.elapsed().as_millis()
+    ));
+    let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
+    let parts = state.split(n, shard_of, shard_of);
+    store::install(&dir, &parts).map_err(|e| e.to_string())?;
+    let opts = WalOptions {
+        sync: if p.sync_always {
+            SyncMode::Always
+        } else {
+            SyncMode::Never
+        },
+        checkpoint: CheckpointPolicy {
+            interval_s: u64::from(p.autosave_interval_s),
+            ..CheckpointPolicy::default()
+        },
+        ..WalOptions::default()
+    };
+    let start = StoreStart {
+        dir,
+        parts,
+        retained,
+        opts,
+    };
+    Ok((Some(start), Some(lock)))
 }
 
 /// `shardmq check -c FILE`: validate the file (and the files it names) without starting.

@@ -111,6 +111,7 @@ fn taken_default_port_is_skipped_with_a_warning() {
             "127.0.0.1:0",
             "--print-bound",
             "--no-pin",
+            "--no-persistence",
             "--shards",
             "1",
         ])
@@ -151,6 +152,7 @@ fn explicit_admin_address_that_cannot_bind_is_an_error() {
             "--bind",
             "127.0.0.1:0",
             "--no-pin",
+            "--no-persistence",
             "--shards",
             "1",
             "--admin",

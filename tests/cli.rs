@@ -127,7 +127,14 @@ fn sigint_exits_cleanly() {
 fn bind_to_an_address_in_use_fails_clearly() {
     let b = Broker::start(&["--shards", "1"]);
     let addr = b.addr().to_string();
-    let out = run(&["--bind", &addr, "--shards", "1", "--no-pin"]);
+    let out = run(&[
+        "--bind",
+        &addr,
+        "--shards",
+        "1",
+        "--no-pin",
+        "--no-persistence",
+    ]);
     assert!(!out.status.success(), "second broker on {addr} must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&addr), "error should name {addr}: {err:?}");

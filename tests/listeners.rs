@@ -140,7 +140,7 @@ impl Proc {
             &["--admin", "off"]
         };
         let mut child = Command::new(Broker::bin())
-            .args(["--print-bound", "--no-pin"])
+            .args(["--print-bound", "--no-pin", "--no-persistence"])
             .args(admin)
             .args(args)
             .stdin(Stdio::null())
@@ -476,7 +476,15 @@ fn bind_interface_loopback() {
     let d = Dir::new("iface");
     let conf = d.write("m.conf", "listener 0 127.0.0.1\nbind_interface lo\n");
     let mut child = Command::new(Broker::bin())
-        .args(["--print-bound", "--no-pin", "--admin", "off", "-c", &conf])
+        .args([
+            "--print-bound",
+            "--no-pin",
+            "--no-persistence",
+            "--admin",
+            "off",
+            "-c",
+            &conf,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

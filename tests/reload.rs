@@ -37,7 +37,13 @@ fn lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 impl Proc {
     fn start(conf: &Path) -> (Proc, SocketAddr) {
         let mut child = Command::new(common::Broker::bin())
-            .args(["--print-bound", "--no-pin", "--admin", "off"])
+            .args([
+                "--print-bound",
+                "--no-pin",
+                "--no-persistence",
+                "--admin",
+                "off",
+            ])
             .arg("-c")
             .arg(conf)
             .stdin(Stdio::null())

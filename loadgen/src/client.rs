@@ -87,6 +87,9 @@ pub struct Params {
     pub rate_per_pub: Option<f64>,
     /// Keep Alive sent in CONNECT.
     pub keep_alive: u16,
+    /// Connect with persistent sessions (Clean Start 0; 5.0: Session Expiry 1 h), so a
+    /// broker with a store logs their messages.
+    pub persistent: bool,
     /// `--tls`: the client configuration (the CA from `--cafile`); `None` for plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -308,10 +311,13 @@ impl Conn {
         let mut properties = Properties::default();
         if params.version.is_v5() {
             properties.receive_maximum = Some(65_535);
+            if params.persistent {
+                properties.session_expiry_interval = Some(3600);
+            }
         }
         let connect = Connect {
             version: params.version,
-            clean_start: true,
+            clean_start: !params.persistent,
             keep_alive: params.keep_alive,
             client_id: &self.spec.client_id,
             will: None,
@@ -693,6 +699,7 @@ mod tests {
             rate_per_pub: None,
             tls: None,
             keep_alive: 60,
+            persistent: false,
         }
     }
 

@@ -60,6 +60,10 @@ pub struct Args {
     /// Broker port.
     #[arg(short, long, default_value_t = 1883)]
     pub port: u16,
+    /// Persistent sessions (Clean Start 0; 5.0 Session Expiry 1 h): with a broker store,
+    /// QoS 1/2 messages to the subscribers are logged before they are acknowledged.
+    #[arg(long)]
+    pub persistent: bool,
     /// QoS of publishes and subscriptions.
     #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,

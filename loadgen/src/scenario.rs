@@ -147,6 +147,7 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
         fanout: plan.fanout.max(1),
         rate_per_pub: rate.map(|r| r / plan.publishers.max(1) as f64),
         keep_alive: KEEP_ALIVE,
+        persistent: args.persistent,
         tls: None,
     }
 }

@@ -101,6 +101,7 @@ impl<X> Broker<X> {
             self.end_session(s);
             return;
         }
+        self.log_detached(s);
         let gen = (uid & 0x00ff_ffff) as u32;
         if expiry_s != u32::MAX {
             let at = now_ms + u64::from(expiry_s) * 1000;
@@ -141,6 +142,7 @@ impl<X> Broker<X> {
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
+        self.log_session_ended(&sess);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.

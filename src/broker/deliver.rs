@@ -12,13 +12,15 @@
 use std::sync::Arc;
 
 use super::effects::Effects;
+use super::journal::Journal;
 use super::link::{Conn, Link, Links};
 use super::routes::Routes;
 use super::sessions::Sessions;
 use crate::protocol::{
     self, Packet, PacketId, Properties, Publish, QoS, SubscriptionIds, UserProperties, Version,
 };
-use crate::session::{Limits, Message, Outgoing};
+use crate::session::{Limits, Message, Outgoing, Session};
+use crate::store::{DeliveryState, MsgId, Record};
 
 /// Outbound aliases kept per connection whatever the client allows (memory bound).
 const ALIASES_OUT_MAX: usize = 1024;
@@ -33,6 +35,8 @@ pub(super) struct Sink<'a, X> {
     pub limits: &'a Limits,
     /// `--max-write-buffer`, bytes.
     pub max_buf: usize,
+    /// The store's log, when persistence is on.
+    pub journal: Option<&'a mut Journal>,
 }
 
 /// Deliver `msg` to this shard's matching sessions. Returns whether any matched.
@@ -53,6 +57,7 @@ pub(super) fn route_local<X>(
             retain: h.retain_as_published && msg.retain,
             sub_ids: h.sub_ids,
             share: None,
+            sid: 0,
         };
         match (out.qos, h.link) {
             (QoS::AtMostOnce, Some(key)) => deliver_qos0(sink, key, &out, now_ms),
@@ -70,7 +75,7 @@ pub(super) fn deliver<X>(
     sessions: &mut Sessions,
     sink: &mut Sink<'_, X>,
     s: usize,
-    out: Outgoing,
+    mut out: Outgoing,
     now_ms: u64,
 ) {
     if out.msg.expired(now_ms) {
@@ -79,6 +84,11 @@ pub(super) fn deliver<X>(
     let Some(sess) = sessions.get_mut(s) else {
         return;
     };
+    if sess.logged && out.qos != QoS::AtMostOnce {
+        if let Some(j) = sink.journal.as_deref_mut() {
+            out.sid = j.store_msg(&out.msg, now_ms).0;
+        }
+    }
     let link = sess.link.and_then(|k| {
         sink.links
             .conn(k)
@@ -86,9 +96,8 @@ pub(super) fn deliver<X>(
             .map(|c| (k, c.tx.pending() >= sink.max_buf))
     });
     let Some((key, buffer_full)) = link else {
-        if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 && !sess.enqueue(out, sink.limits) {
-            sink.fx.stats.dropped_queue += 1;
-            log_queue_drop(sess, sink.limits, now_ms);
+        if out.qos != QoS::AtMostOnce && sess.expiry_s > 0 {
+            enqueue(sess, sink, out, now_ms);
         }
         return;
     };
@@ -104,16 +113,93 @@ pub(super) fn deliver<X>(
         return;
     }
     if buffer_full || !sess.queue.is_empty() || !sess.window_open(sink.limits) {
-        if !sess.enqueue(out, sink.limits) {
-            sink.fx.stats.dropped_queue += 1;
-            log_queue_drop(sess, sink.limits, now_ms);
-        }
+        enqueue(sess, sink, out, now_ms);
         return;
     }
     let Some(pid) = sess.alloc_pid() else { return };
+    log_delivery(sink, sess, &out, None);
+    send_tracked(sess, s, sink, key, out, pid, now_ms);
+}
+
+/// Queue a delivery (logged when stored), or drop it (counted) when the queue is full.
+fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms: u64) {
+    let (sid, qos) = (out.sid, out.qos);
+    if !sess.enqueue(out, sink.limits) {
+        sink.fx.stats.dropped_queue += 1;
+        log_queue_drop(sess, sink.limits, now_ms);
+        return;
+    }
+    if let (Some(j), true) = (sink.journal.as_deref_mut(), sid != 0) {
+        j.log(Record::DeliveryQueued {
+            client_id: (&*sess.client_id).into(),
+            msg: MsgId(sid),
+            qos: qos as u8,
+        });
+    }
+}
+
+/// Log a stored delivery's step: queued then sent (`pid`), or only queued (`None`).
+fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, pid: Option<PacketId>) {
+    let Some(j) = sink.journal.as_deref_mut().filter(|_| out.sid != 0) else {
+        return;
+    };
+    let client_id = &*sess.client_id;
+    match pid {
+        None => j.log(Record::DeliveryQueued {
+            client_id: client_id.into(),
+            msg: MsgId(out.sid),
+            qos: out.qos as u8,
+        }),
+        Some(packet_id) => j.log(Record::DeliverySent {
+            client_id: client_id.into(),
+            msg: MsgId(out.sid),
+            packet_id,
+            state: DeliveryState::InFlight,
+        }),
+    }
+}
+
+/// Log that session `client_id`'s delivery `pid` is over (acknowledged, or never sendable).
+pub(super) fn log_done(journal: Option<&mut Journal>, sess: &Session, pid: PacketId) {
+    if let (Some(j), true) = (journal, sess.logged) {
+        j.log(Record::DeliveryDone {
+            client_id: (&*sess.client_id).into(),
+            packet_id: pid,
+        });
+    }
+}
+
+/// Send a QoS 1/2 delivery under `pid`, in flight until acknowledged. A stored QoS 2
+/// delivery waits until its packet id is durable: sent twice under two ids (once before
+/// a crash, once after) it would be delivered twice.
+fn send_tracked<X>(
+    sess: &mut Session,
+    s: usize,
+    sink: &mut Sink<'_, X>,
+    key: usize,
+    out: Outgoing,
+    pid: PacketId,
+    now_ms: u64,
+) {
+    log_delivery(sink, sess, &out, Some(pid));
+    let gen = sink.links.get(key).map_or(0, |l| l.gen);
+    let hold = out.sid != 0 && (out.qos == QoS::ExactlyOnce || sess.held_out > 0);
+    if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
+        sess.track(pid, out);
+        sess.held_out += 1;
+        j.hold(super::journal::HeldAck::Publish {
+            link: key,
+            gen,
+            session: s,
+            uid: sess.uid,
+            pid,
+        });
+        return;
+    }
     let out = sess.track(pid, out);
     if !write_publish(sink, key, out, Some(pid), false, now_ms) {
         sess.inflight.pop_back();
+        log_done(sink.journal.as_deref_mut(), sess, pid);
     }
 }
 
@@ -189,16 +275,19 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
         }
         let Some(out) = sess.dequeue() else { return };
         if out.msg.expired(now_ms) {
+            if let (Some(j), true) = (sink.journal.as_deref_mut(), out.sid != 0) {
+                j.log(Record::DeliveryDropped {
+                    client_id: (&*sess.client_id).into(),
+                    msg: MsgId(out.sid),
+                });
+            }
             continue;
         }
         let Some(pid) = sess.alloc_pid() else {
             sess.requeue_front(out);
             return;
         };
-        let out = sess.track(pid, out);
-        if !write_publish(sink, key, out, Some(pid), false, now_ms) {
-            sess.inflight.pop_back();
-        }
+        send_tracked(sess, s, sink, key, out, pid, now_ms);
     }
 }
 
@@ -241,6 +330,7 @@ pub(super) fn pump_retained<X>(
             retain: true,
             sub_ids: batch.sub_id.into_iter().collect(),
             share: None,
+            sid: 0,
             msg,
         };
         deliver(sessions, sink, s, out, now_ms);

@@ -33,8 +33,10 @@ pub mod effects;
 pub mod gate;
 pub mod hot_topics;
 pub mod ingest;
+pub mod journal;
 pub mod link;
 pub mod memory;
+mod persist;
 mod publish;
 mod reload;
 pub mod retained;
@@ -103,6 +105,21 @@ pub enum Cast {
         from: usize,
         /// Its figures.
         report: Box<sys::SysReport>,
+    },
+    /// Every publish shard `from` sent before this is applied; answer `BarrierDone` once
+    /// this shard's log holds them durably (persistence only).
+    Barrier {
+        /// The sending shard.
+        from: usize,
+        /// Its barrier sequence number.
+        seq: u64,
+    },
+    /// Shard `from` has made everything before the receiver's barrier `seq` durable.
+    BarrierDone {
+        /// The answering shard.
+        from: usize,
+        /// The barrier answered.
+        seq: u64,
     },
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
@@ -251,6 +268,8 @@ pub struct Broker<X> {
     memory_used: u64,
     /// The bridges' local filters: which messages go to which bridge's shard.
     bridges: bridges::BridgeRoutes,
+    /// The store's log, when persistence is on.
+    journal: Option<journal::Journal>,
     /// Message allocations kept for reuse.
     msg_pool: MessagePool,
 }
@@ -298,6 +317,7 @@ impl<X> Broker<X> {
             pressure: memory::MemoryPressure::Normal,
             memory_used: 0,
             bridges,
+            journal: None,
             msg_pool: MessagePool::default(),
         };
         b.arm_sys_timer(now_ms);
@@ -331,6 +351,7 @@ impl<X> Broker<X> {
             fx: &mut self.fx,
             limits: &self.limits,
             max_buf: self.cfg.max_write_buffer,
+            journal: self.journal.as_mut(),
         };
         (&mut self.routes, &mut self.sessions, sink)
     }
@@ -426,7 +447,8 @@ impl<X> Broker<X> {
             Packet::Subscribe(s) => self.on_subscribe(key, s, now_ms),
             Packet::Unsubscribe(u) => self.on_unsubscribe(key, u),
             Packet::PingReq => {
-                self.send(key, &Packet::PingResp);
+                // After any held ack: the link's answers keep their order.
+                self.send_durable(key, &Packet::PingResp);
                 Verdict::Continue
             }
             Packet::Disconnect(d) => self.on_disconnect(key, d),

@@ -85,7 +85,7 @@ impl<X> Broker<X> {
                 };
                 if sess.awaiting_rel.contains(&pid.get()) {
                     // A resend of a message already routed: acknowledge, never route twice.
-                    self.send_ack(key, Packet::PubRec, pid, ReasonCode::Success);
+                    self.send_ack_durable(key, Packet::PubRec, pid, ReasonCode::Success);
                     return Verdict::Continue;
                 }
                 if sess.awaiting_rel.len()
@@ -98,12 +98,13 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
+                self.log_incoming(s, pid, true);
                 let matched = self.route_new(p, topic, now_ms, origin);
-                self.send_ack(key, Packet::PubRec, pid, matched_code(matched));
+                self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
                 let matched = self.route_new(p, topic, now_ms, origin);
-                self.send_ack(key, Packet::PubAck, pid, matched_code(matched));
+                self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
                 self.route_new(p, topic, now_ms, origin);
@@ -151,8 +152,14 @@ impl<X> Broker<X> {
     /// answer they know). Returns false for QoS 0, which has no acknowledgement.
     fn nack_publish(&mut self, key: usize, p: &Publish<'_>, reason: ReasonCode) -> bool {
         match (p.qos, p.packet_id) {
-            (QoS::ExactlyOnce, Some(pid)) => self.send_ack(key, Packet::PubRec, pid, reason),
-            (QoS::AtLeastOnce, Some(pid)) => self.send_ack(key, Packet::PubAck, pid, reason),
+            // Held like the successful ones: acks keep the order of the PUBLISHes
+            // [MQTT-4.6.0-2].
+            (QoS::ExactlyOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubRec, pid, reason)
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.send_ack_durable(key, Packet::PubAck, pid, reason)
+            }
             _ => return false,
         }
         true
@@ -190,6 +197,22 @@ impl<X> Broker<X> {
         self.fx.mark_dirty(key, &mut c.link);
     }
 
+    /// Like `send_ack`, once this turn's records are durable (persistence on).
+    fn send_ack_durable(
+        &mut self,
+        key: usize,
+        kind: fn(Ack<'static>) -> Packet<'static>,
+        pid: PacketId,
+        reason: ReasonCode,
+    ) {
+        let ack = Ack {
+            packet_id: pid,
+            reason,
+            properties: Properties::default(),
+        };
+        self.send_durable(key, &kind(ack));
+    }
+
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
     fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
@@ -215,6 +238,7 @@ impl<X> Broker<X> {
     fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
         if msg.retain {
             self.retained.store(&msg);
+            self.log_retained(&msg);
         }
         let mut mask = 0u64;
         if self.shards > 1 {
@@ -266,6 +290,7 @@ impl<X> Broker<X> {
         };
         // An unknown id is tolerated: it may be a late ack of a resent message.
         if let Ok(msg) = sess.take_puback(pid) {
+            deliver::log_done(self.journal.as_mut(), sess, pid);
             self.msg_pool.put(msg);
         }
         if !sess.queue.is_empty() {
@@ -283,6 +308,15 @@ impl<X> Broker<X> {
             .sessions
             .get_mut(s)
             .map(|x| x.on_pubrec(a.packet_id, failed));
+        let logged = match (&found, self.sessions.get(s)) {
+            (Some(Ok(())), Some(x)) if x.logged && self.journal.is_some() => {
+                Some(x.client_id.clone())
+            }
+            _ => None,
+        };
+        if let Some(id) = logged {
+            self.log_pubrec(true, &id, a.packet_id, failed);
+        }
         match found {
             Some(Ok(())) if failed => self.pump(s, now_ms),
             Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
@@ -305,11 +339,12 @@ impl<X> Broker<X> {
             .get_mut(s)
             .is_some_and(|x| x.awaiting_rel.remove(&pid.get()));
         let reason = if known {
+            self.log_incoming(s, pid, false);
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.send_ack(key, Packet::PubComp, pid, reason);
+        self.send_ack_durable(key, Packet::PubComp, pid, reason);
         Verdict::Continue
     }
 
@@ -318,7 +353,9 @@ impl<X> Broker<X> {
             return Verdict::Close;
         };
         if let Some(sess) = self.sessions.get_mut(s) {
-            let _ = sess.on_pubcomp(pid);
+            if sess.on_pubcomp(pid).is_ok() {
+                deliver::log_done(self.journal.as_mut(), sess, pid);
+            }
         }
         self.pump(s, now_ms);
         Verdict::Continue
@@ -367,6 +404,8 @@ impl<X> Broker<X> {
             }
             Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
             Cast::Sys { from, report } => self.on_sys_report(from, *report),
+            Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
+            Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),
             Cast::InterestAck { from, seq } => {
                 self.gate.acked(from, seq);
                 self.release_subacks(now_ms);

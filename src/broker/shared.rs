@@ -370,6 +370,7 @@ fn deliver_shared<X>(
         retain: m.options.retain_as_published && d.msg.retain,
         sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
         share: Some(d.key),
+        sid: 0,
         msg: d.msg,
     };
     deliver::deliver(sessions, sink, m.session, out, now_ms);

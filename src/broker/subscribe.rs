@@ -117,12 +117,13 @@ impl<X> Broker<X> {
     }
 
     /// Record a subscription in the session and the trie. Returns whether it existed.
-    fn add_subscription(&mut self, s: usize, filter: &str, state: SubState) -> bool {
+    pub(super) fn add_subscription(&mut self, s: usize, filter: &str, state: SubState) -> bool {
         let existed = self
             .sessions
             .get_mut(s)
             .and_then(|x| x.subs.insert(filter.into(), state))
             .is_some();
+        self.journal_subscription(s, filter, Some(&state));
         let entry = Subscriber {
             session: s,
             options: state.options,
@@ -135,7 +136,15 @@ impl<X> Broker<X> {
     }
 
     /// Record a shared subscription in the session and in every shard's membership.
-    fn add_shared(&mut self, s: usize, full: &str, group: &str, filter: &str, state: SubState) {
+    pub(super) fn add_shared(
+        &mut self,
+        s: usize,
+        full: &str,
+        group: &str,
+        filter: &str,
+        state: SubState,
+    ) {
+        self.journal_subscription(s, full, Some(&state));
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
@@ -204,19 +213,28 @@ impl<X> Broker<X> {
     /// the retained messages its filters match.
     pub(super) fn release_subacks(&mut self, now_ms: u64) {
         while let Some(p) = self.gate.pop_released() {
+            if let Err(p) = self.hold_suback(p) {
+                self.send_suback(p, now_ms);
+            }
+        }
+    }
+
+    /// Write a released SUBACK, then the retained messages its filters match.
+    pub(super) fn send_suback(&mut self, p: super::gate::PendingSubAck, now_ms: u64) {
+        {
             let live = self
                 .links
                 .get(p.link)
                 .is_some_and(|l| l.gen == p.gen && l.is_connected());
             if !live {
-                continue;
+                return;
             }
             if let Some(c) = self.links.conn_mut(p.link) {
                 c.tx.buf().extend_from_slice(&p.bytes);
                 self.fx.mark_dirty(p.link, &mut c.link);
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
-                continue;
+                return;
             };
             for (filter, state) in &p.retained {
                 self.send_retained(s, filter, state, now_ms);
@@ -265,6 +283,7 @@ impl<X> Broker<X> {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
                 self.unroute(s, uid, &filter);
                 self.log_subscription(key, Level::Unsubscribe, &filter, 0);
+                self.journal_subscription(s, &filter, None);
             }
             let code = if had {
                 protocol::ReasonCode::Success
@@ -278,7 +297,7 @@ impl<X> Broker<X> {
             properties: Properties::default(),
             codes: if version == Version::V5 { &codes } else { &[] },
         };
-        self.send(key, &Packet::UnsubAck(ack));
+        self.send_durable(key, &Packet::UnsubAck(ack));
         Verdict::Continue
     }
 }

@@ -52,7 +52,7 @@ pub mod defaults {
     /// Whether the store is on when nothing says. Issue 11 makes it `true`; it stays
     /// `false` until the broker writes to the store (phase 2), so that neither `--help`
     /// nor the broker claims a durability it does not have yet.
-    pub const PERSISTENCE: bool = false;
+    pub const PERSISTENCE: bool = true;
     /// The store's directory, relative to the working directory.
     pub const PERSISTENCE_LOCATION: &str = "shardmq-data/";
     /// Seconds between checkpoints of the store (`autosave_interval`).
@@ -208,10 +208,9 @@ pub struct Args {
     pub acl_file: Option<PathBuf>,
     // --- end of the password and ACL block ---
     /// Directory of the store (write-ahead logs and checkpoints) [default: shardmq-data/].
-    /// Not available yet: the broker keeps state in memory until the store is wired in.
     #[arg(long, alias = "persistence-location", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Keep sessions and messages in memory only (today's behaviour).
+    /// Keep sessions and messages in memory only (nothing survives a restart).
     #[arg(long)]
     pub no_persistence: bool,
     /// Resource limits (issue 12).
@@ -233,16 +232,9 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    /// Resolve the store's settings. Until the broker writes to the store, any request for
-    /// persistence (`persistence true`, a location without `persistence false`, or
-    /// `--data-dir` without `--no-persistence`) is refused rather than silently ignored.
+    /// Resolve the store's settings: on by default, `--no-persistence` or
+    /// `persistence false` turn it off.
     fn resolve(a: &Args, f: &file::PersistenceFile) -> Result<Persistence, String> {
-        let asked = f.enabled == Some(true)
-            || (a.data_dir.is_some() && !a.no_persistence)
-            || (f.location.is_some() && f.enabled != Some(false) && !a.no_persistence);
-        if asked {
-            return Err("persistence: shardmq keeps sessions and retained messages in memory only for now; remove 'persistence true' / '--data-dir' or add 'persistence false' / '--no-persistence'".into());
-        }
         let enabled = if a.no_persistence {
             false
         } else {
@@ -601,12 +593,9 @@ mod tests {
     }
 
     #[test]
-    fn persistence_is_parsed_but_refused_until_the_broker_uses_it() {
-        let c = Config::default();
-        assert!(
-            !c.persistence.enabled,
-            "no durability is claimed before phase 2"
-        );
+    fn persistence_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::from_args(Args::parse_from(["shardmq"])).expect("defaults");
+        assert!(c.persistence.enabled, "on by default");
         assert_eq!(c.persistence.location, PathBuf::from("shardmq-data/"));
         let a = Args::parse_from(["shardmq", "--no-persistence", "--data-dir", "d"]);
         let c = Config::from_args(a).expect("memory mode with a location is fine");
@@ -614,20 +603,19 @@ mod tests {
             (c.persistence.enabled, c.persistence.location),
             (false, "d".into())
         );
-        let e = Config::from_args(Args::parse_from(["shardmq", "--persistence-location", "d"]));
-        assert!(e.expect_err("asks for persistence").contains("memory only"));
+        let c = Config::from_args(Args::parse_from(["shardmq", "--persistence-location", "d"]))
+            .expect("a location");
+        assert_eq!(
+            (c.persistence.enabled, c.persistence.location),
+            (true, "d".into())
+        );
         let f = file::PersistenceFile {
             enabled: Some(false),
             location: Some("x".into()),
             ..Default::default()
         };
         let a = Args::parse_from(["shardmq"]);
-        assert!(Persistence::resolve(&a, &f).is_ok());
-        let f = file::PersistenceFile {
-            enabled: Some(true),
-            ..Default::default()
-        };
-        assert!(Persistence::resolve(&a, &f).is_err());
+        assert!(!Persistence::resolve(&a, &f).expect("resolves").enabled);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Outgoing {
     /// `$share/{group}/{filter}` when delivered through a shared subscription, so it can
     /// move to another member if this one goes away.
     pub share: Option<Arc<str>>,
+    /// The message's id in this shard's store log (`MsgId`), 0 when it is not stored.
+    pub sid: u64,
 }
 
 /// Retained messages matched by one SUBSCRIBE and not yet written: a snapshot taken at
@@ -168,6 +170,11 @@ pub struct Session {
     pub route_mark: u64,
     /// Index into the routing scratch list for the current mark.
     pub route_slot: u32,
+    /// The session is in the store (persistent, persistence on): its changes are logged.
+    pub logged: bool,
+    /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
+    /// wait behind them, so the session's order holds.
+    pub held_out: u32,
 }
 
 impl Session {
@@ -194,6 +201,8 @@ impl Session {
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
+            logged: false,
+            held_out: 0,
         }
     }
 
@@ -388,6 +397,7 @@ mod tests {
             retain: false,
             sub_ids: SubIds::new(),
             share: None,
+            sid: 0,
         }
     }
 

@@ -178,8 +178,25 @@ impl Running {
     }
 }
 
-/// Bind the listeners and start one thread per shard.
+/// What a shard starts from when persistence is on: its part of the recovered store.
+pub struct StoreStart {
+    /// The store's directory (its layout installed for this shard count).
+    pub dir: std::path::PathBuf,
+    /// Each shard's part, in shard order.
+    pub parts: Vec<crate::store::LiveState>,
+    /// Every retained message, for every shard's replica.
+    pub retained: Vec<crate::broker::journal::RetainedEntry>,
+    /// How each shard's log runs.
+    pub opts: crate::store::WalOptions,
+}
+
+/// Bind the listeners and start one thread per shard (memory only).
 pub fn run(cfg: Config) -> io::Result<Running> {
+    run_with_store(cfg, None)
+}
+
+/// Bind the listeners and start one thread per shard, each with its log if `store`.
+pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -212,6 +229,7 @@ pub fn run(cfg: Config) -> io::Result<Running> {
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
+    let mut built = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = shard_listeners(&bound)?;
         register_listeners(&poll, &mut mine)?;
@@ -221,8 +239,21 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         shard.ctl = rx;
         shard.admission = Admission::new(open.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
-        let shard = shard.with_bridges(&bridge_tls);
+        let mut shard = shard.with_bridges(&bridge_tls);
+        if let Some(st) = store.as_mut() {
+            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+        }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        built.push((shard, cpu));
+    }
+    if store.is_some() {
+        // Every restored subscription's interest is on the rings before any shard runs:
+        // a shard's first turn drains its inbox before it accepts or fires a timer.
+        for (shard, _) in &mut built {
+            shard.push_outbox();
+        }
+    }
+    for (id, (shard, cpu)) in built.into_iter().enumerate() {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -237,6 +268,28 @@ pub fn run(cfg: Config) -> io::Result<Running> {
         ctl,
         bound,
     })
+}
+
+/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+fn open_journal(
+    broker: &mut Broker<ConnIo>,
+    id: usize,
+    st: &mut StoreStart,
+    waker: Arc<Waker>,
+) -> io::Result<()> {
+    let dir = crate::store::layout::shard_dir(&st.dir, id);
+    let wal = crate::store::Wal::open(&dir, st.opts, move || {
+        let _ = waker.wake();
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
+    broker.attach_journal(journal);
+    broker.restore(&part, &st.retained, 0);
+    Ok(())
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are
@@ -443,6 +496,8 @@ impl Shard {
         self.flush_dirty();
         self.close_pending(self.now_ms());
         self.lingering.clear();
+        // The sessions' disconnect records reach the log before the shard ends.
+        self.broker.journal_end_turn(self.now_ms());
     }
 
     fn poll_timeout(&self, now: u64) -> Duration {
@@ -450,6 +505,7 @@ impl Shard {
             || self.accept_again
             || self.inbox_again
             || self.broker.timers_backlog()
+            || self.broker.journal_unwritten()
             || self.bus.staged() > 0
             || self.bridges.busy()
             || self.broker.pending_bridge_offers()
@@ -503,6 +559,8 @@ impl Shard {
         self.broker.on_timers(now);
         self.bridges
             .step(&mut self.broker, self.poll.registry(), now);
+        // Held acks whose records are durable go out; this turn's records are written.
+        self.broker.journal_end_turn(now);
         // The other half of causality: casts reach the rings before any client can see an
         // acknowledgement written in the same turn.
         self.push_outbox();

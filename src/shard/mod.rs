@@ -20,7 +20,7 @@ pub mod memory;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, Control, Running};
+pub use event_loop::{run, run_with_store, Control, Running, StoreStart};
 
 use crate::broker::Cast;
 pub use conn::Handoff;

@@ -17,7 +17,7 @@ class Broker:
     def __init__(self, binary, shards=2, extra=()):
         self.binary = binary
         self.args = [binary, "--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                     "--print-bound", "--no-pin", "--shards", str(shards), *extra]
+                     "--print-bound", "--no-pin", "--no-persistence", "--shards", str(shards), *extra]
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,

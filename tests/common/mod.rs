@@ -45,6 +45,8 @@ pub struct Broker {
     child: Option<Child>,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
+    /// The temporary store this harness made for it (removed on drop).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl Broker {
@@ -60,6 +62,19 @@ impl Broker {
         // Parallel tests must never compete for the admin listener's default port.
         if !args.contains(&"--admin") {
             cmd.args(["--admin", "off"]);
+        }
+        // Tests never write a store into the repository or share one: a test that wants
+        // persistence passes its own fresh `--data-dir`. SHARDMQ_TEST_PERSIST=1 runs the
+        // others with persistence on too, each in a fresh temporary store.
+        let mut data_dir = None;
+        if !args.contains(&"--data-dir") {
+            if std::env::var_os("SHARDMQ_TEST_PERSIST").is_some() {
+                let dir = fresh_data_dir();
+                cmd.arg("--data-dir").arg(&dir);
+                data_dir = Some(dir);
+            } else {
+                cmd.arg("--no-persistence");
+            }
         }
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         // Set SHARDMQ_TEST_LOG=1 to see the broker's stderr (add `-v` for packet logs).
@@ -103,6 +118,7 @@ impl Broker {
             child: Some(child),
             addr: addr.expect("loop ends with an address"),
             admin,
+            data_dir,
         }
     }
 
@@ -165,7 +181,17 @@ impl Drop for Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(d) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
+}
+
+/// A store directory no other broker of this run uses.
+fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("shardmq-test-{}-{n}", std::process::id()))
 }
 
 /// Send `sig` to process `pid`.

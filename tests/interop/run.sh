@@ -19,7 +19,7 @@ ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 start_broker() {
-  "$bin" --bind 127.0.0.1:0 --admin off --print-bound --no-pin --shards "$1" >"$work/out" 2>"$work/err" &
+  "$bin" --bind 127.0.0.1:0 --admin off --print-bound --no-pin --no-persistence --shards "$1" >"$work/out" 2>"$work/err" &
   pid=$!
   for _ in $(seq 100); do
     if grep -q '^listening ' "$work/out"; then break; fi

@@ -1,0 +1,378 @@
+//! `Journal`: this shard's write-ahead log as the broker uses it (issue 11, phase 2).
+//!
+//! Owns: the shard's [`Wal`], a shadow [`LiveState`] (every record appended is applied to
+//! it, so a checkpoint is the shadow's records), the per-shard message ids, the acks held
+//! until durable, and the cross-shard durability barriers. Invariants:
+//! * an ack held in turn T is released only when this shard's log is durable up to the
+//!   last record of turn T **and** every peer shard this shard sent a publish to by the end
+//!   of turn T has reported its own log durable past those publishes (a `Barrier` cast
+//!   follows them on the FIFO ring; the peer answers `BarrierDone` once durable);
+//! * acks leave in the order they were held;
+//! * a message is stored (`MessageStored`) at most once per shard per routing, however
+//!   many of this shard's sessions queue it.
+//!
+//! Must not touch: sockets, sessions' delivery logic (the broker calls [`Journal::log`]
+//! at the points where state changes), other shards' logs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use super::gate::PendingSubAck;
+use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionOptions, Version};
+use crate::session::{ForwardedProps, Message, SubState};
+use crate::store::{LiveState, Lsn, MessageProps, MsgId, Record, StoredMessage, Subscription, Wal};
+
+/// A retained message of the recovered store: topic, message, stamp.
+pub type RetainedEntry = (String, StoredMessage<'static>, u64);
+
+/// Shadow messages below which unreferenced ones are not swept (they are at checkpoints).
+const GC_MESSAGES_MIN: usize = 4096;
+
+/// An acknowledgement held until the records it vouches for are durable.
+#[derive(Debug)]
+pub enum HeldAck {
+    /// An encoded PUBACK, PUBREC, PUBCOMP or UNSUBACK for link `link` of generation `gen`.
+    Bytes {
+        /// Link key.
+        link: usize,
+        /// Link generation (a reused key is another link).
+        gen: u32,
+        /// The packet.
+        bytes: SmallVec<[u8; 16]>,
+    },
+    /// A SUBACK the gate released, with the retained messages that follow it.
+    SubAck(PendingSubAck),
+    /// An outbound QoS 2 PUBLISH of a stored session, sent once its `DeliverySent` record
+    /// is durable (so that after a crash it is resent under the same packet id, with DUP).
+    Publish {
+        /// Link key.
+        link: usize,
+        /// Link generation.
+        gen: u32,
+        /// Session key.
+        session: usize,
+        /// The session's uid (a reused key is another session).
+        uid: u64,
+        /// Its packet id.
+        pid: PacketId,
+    },
+}
+
+/// The acks of one turn, with what they wait for.
+struct Epoch {
+    lsn: Lsn,
+    /// Barrier sequence each peer must have reported durable.
+    required: Vec<u64>,
+    acks: Vec<HeldAck>,
+}
+
+/// This shard's log, shadow state, held acks and barriers.
+pub struct Journal {
+    wal: Wal,
+    shadow: LiveState,
+    next_msg: u64,
+    /// The message stored last, so that its other local deliveries refer to it.
+    last_msg: Option<(Arc<Message>, MsgId)>,
+    /// Acks held during the current turn.
+    turn: Vec<HeldAck>,
+    epochs: VecDeque<Epoch>,
+    /// Peers that were sent a publish this turn.
+    sent_to: Vec<bool>,
+    barrier_seq: u64,
+    required: Vec<u64>,
+    peer_done: Vec<u64>,
+    /// Barriers received: answer `(to, seq)` once `lsn` is durable.
+    notes: VecDeque<(Lsn, usize, u64)>,
+    /// Unix time (ms) at shard clock 0.
+    unix_epoch_ms: u64,
+    error_logged: bool,
+    /// Reused encoding buffer for held packets.
+    scratch: Vec<u8>,
+    /// Shadow message count at which unreferenced messages are dropped next.
+    gc_at: usize,
+}
+
+impl Journal {
+    /// A journal over `wal`, whose checkpoint holds `shadow`, for a broker of `shards`.
+    pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
+        let next_msg = shadow.next_msg_id().0;
+        Journal {
+            wal,
+            shadow,
+            next_msg,
+            last_msg: None,
+            turn: Vec::new(),
+            epochs: VecDeque::new(),
+            sent_to: vec![false; shards],
+            barrier_seq: 0,
+            required: vec![0; shards],
+            peer_done: vec![0; shards],
+            notes: VecDeque::new(),
+            unix_epoch_ms,
+            error_logged: false,
+            scratch: Vec::new(),
+            gc_at: GC_MESSAGES_MIN,
+        }
+    }
+
+    /// Wall-clock time (Unix ms) of shard-clock time `now_ms`.
+    pub fn unix_ms(&self, now_ms: u64) -> u64 {
+        self.unix_epoch_ms.saturating_add(now_ms)
+    }
+
+    /// Shard-clock time of wall-clock time `unix_ms` (saturating at 0).
+    pub fn shard_ms(&self, unix_ms: u64) -> u64 {
+        unix_ms.saturating_sub(self.unix_epoch_ms)
+    }
+
+    /// Append `r` to this turn's batch and apply it to the shadow.
+    pub fn log(&mut self, r: Record<'_>) {
+        self.wal.append(&r);
+        self.shadow.apply(r.into_owned());
+        if self.shadow.messages.len() >= self.gc_at {
+            // Amortised: the next sweep waits until the live count has doubled.
+            drop_unreferenced(&mut self.shadow);
+            self.gc_at = (self.shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
+        }
+    }
+
+    /// The id of `msg` in this shard's log, storing it first if it is not the message
+    /// stored last.
+    pub fn store_msg(&mut self, msg: &Arc<Message>, now_ms: u64) -> MsgId {
+        if let Some((m, id)) = &self.last_msg {
+            if Arc::ptr_eq(m, msg) {
+                return *id;
+            }
+        }
+        let id = MsgId(self.next_msg);
+        self.next_msg += 1;
+        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
+        self.log(Record::MessageStored { id, msg: stored });
+        self.last_msg = Some((msg.clone(), id));
+        id
+    }
+
+    /// Hold `ack` until this turn's records (and its publishes to peers) are durable.
+    pub fn hold(&mut self, ack: HeldAck) {
+        self.turn.push(ack);
+    }
+
+    /// Hold `packet`, encoded for `version`, for link `link` of generation `gen`.
+    pub fn hold_packet(&mut self, link: usize, gen: u32, version: Version, packet: &Packet<'_>) {
+        self.scratch.clear();
+        protocol::encode(packet, version, &mut self.scratch);
+        let bytes = SmallVec::from_slice(&self.scratch);
+        self.turn.push(HeldAck::Bytes { link, gen, bytes });
+    }
+
+    /// A publish cast went to peer `to` this turn.
+    pub fn sent_publish(&mut self, to: usize) {
+        if let Some(s) = self.sent_to.get_mut(to) {
+            *s = true;
+        }
+    }
+
+    /// Peer `from` sent barrier `seq`: every publish it sent before is applied here.
+    pub fn barrier(&mut self, from: usize, seq: u64) {
+        self.notes.push_back((self.wal.last_lsn(), from, seq));
+    }
+
+    /// Peer `from` has made everything before its barrier `seq` durable.
+    pub fn barrier_done(&mut self, from: usize, seq: u64) {
+        if let Some(d) = self.peer_done.get_mut(from) {
+            *d = (*d).max(seq);
+        }
+    }
+
+    /// End of a turn: seal its acks, write the batch, and return the barriers to send
+    /// (`(peer, seq)`) in `barriers` and the barrier answers in `answers`.
+    pub fn end_turn(&mut self, barriers: &mut Vec<(usize, u64)>, answers: &mut Vec<(usize, u64)>) {
+        if self.sent_to.iter().any(|&s| s) {
+            self.barrier_seq += 1;
+            for (p, sent) in self.sent_to.iter_mut().enumerate() {
+                if std::mem::take(sent) {
+                    self.required[p] = self.barrier_seq;
+                    barriers.push((p, self.barrier_seq));
+                }
+            }
+        }
+        if !self.turn.is_empty() {
+            self.epochs.push_back(Epoch {
+                lsn: self.wal.last_lsn(),
+                required: self.required.clone(),
+                acks: std::mem::take(&mut self.turn),
+            });
+        }
+        self.last_msg = None;
+        if let Err(e) = self.wal.end_turn() {
+            self.report(&e);
+        }
+        let durable = self.wal.durable_lsn();
+        while self.notes.front().is_some_and(|n| n.0 <= durable) {
+            if let Some((_, to, seq)) = self.notes.pop_front() {
+                answers.push((to, seq));
+            }
+        }
+        self.checkpoint_if_due();
+    }
+
+    /// The next batch of acks that may go out now, if any.
+    pub fn released(&mut self) -> Option<Vec<HeldAck>> {
+        let durable = self.wal.durable_lsn();
+        let e = self.epochs.front()?;
+        let peers_ok = e
+            .required
+            .iter()
+            .zip(&self.peer_done)
+            .all(|(need, done)| done >= need);
+        if e.lsn <= durable && peers_ok {
+            self.epochs.pop_front().map(|e| e.acks)
+        } else {
+            None
+        }
+    }
+
+    /// Whether records or acks wait for the next `end_turn`.
+    pub fn unwritten(&self) -> bool {
+        self.wal.batch_bytes() > 0 || !self.turn.is_empty()
+    }
+
+    /// Acks still held (for figures and tests).
+    pub fn held(&self) -> usize {
+        self.turn.len() + self.epochs.iter().map(|e| e.acks.len()).sum::<usize>()
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        if let Err(e) = self.wal.poll_checkpoint() {
+            self.report(&e);
+        }
+        if !self.wal.checkpoint_due(Instant::now()) {
+            return;
+        }
+        drop_unreferenced(&mut self.shadow);
+        if let Err(e) = self.wal.checkpoint(self.shadow.records()) {
+            self.report(&e);
+        }
+    }
+
+    fn report(&mut self, e: &crate::store::StoreError) {
+        if !std::mem::replace(&mut self.error_logged, true) {
+            crate::log::log(format_args!(
+                "Error: {e}; acknowledgements wait until the store can write again"
+            ));
+        }
+    }
+}
+
+/// Drop the shadow's messages no delivery or retained entry refers to (tombstones stay:
+/// they order retained updates across shards' logs).
+fn drop_unreferenced(s: &mut LiveState) {
+    let mut used = std::collections::BTreeSet::new();
+    for sess in s.sessions.values() {
+        used.extend(sess.deliveries.iter().map(|d| d.msg));
+    }
+    used.extend(s.retained.values().filter_map(|r| r.msg));
+    s.messages.retain(|id, _| used.contains(id));
+}
+
+/// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).
+pub fn to_stored(msg: &Message, unix_now_ms: u64, now_ms: u64) -> StoredMessage<'_> {
+    let props = msg.props.as_deref().map(|p| MessageProps {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.as_deref().map(Into::into),
+        response_topic: p.response_topic.as_deref().map(Into::into),
+        correlation_data: p.correlation_data.as_deref().map(Into::into),
+        user_properties: (&*p.user_properties).into(),
+    });
+    StoredMessage {
+        topic: (&*msg.topic).into(),
+        payload: (&*msg.payload).into(),
+        qos: msg.qos as u8,
+        retain: msg.retain,
+        expires_at_unix_ms: msg
+            .expires_at_ms
+            .map(|t| unix_now_ms.saturating_add(t.saturating_sub(now_ms))),
+        props: props.unwrap_or_default(),
+    }
+}
+
+/// The message of a stored one, its expiry on the shard clock (`unix_now_ms` is `now_ms`).
+pub fn from_stored(m: &StoredMessage<'_>, unix_now_ms: u64, now_ms: u64, stamp: u64) -> Message {
+    let p = &m.props;
+    let has_props = p.payload_format_indicator.is_some()
+        || p.content_type.is_some()
+        || p.response_topic.is_some()
+        || p.correlation_data.is_some()
+        || !p.user_properties.is_empty();
+    Message {
+        topic: Arc::from(&*m.topic),
+        payload: m.payload.as_ref().into(),
+        qos: qos(m.qos),
+        retain: m.retain,
+        props: has_props.then(|| {
+            Box::new(ForwardedProps {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type.as_deref().map(Into::into),
+                response_topic: p.response_topic.as_deref().map(Into::into),
+                correlation_data: p.correlation_data.as_deref().map(Into::into),
+                user_properties: p.user_properties.as_ref().into(),
+            })
+        }),
+        expires_at_ms: m
+            .expires_at_unix_ms
+            .map(|t| now_ms.saturating_add(t.saturating_sub(unix_now_ms))),
+        origin: 0,
+        retain_stamp: stamp,
+    }
+}
+
+/// QoS of a stored byte (anything unknown is treated as 2, the safest).
+pub fn qos(b: u8) -> QoS {
+    match b {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// The stored form of a subscription `full` (`$share/g/f` or a filter).
+pub fn to_subscription<'a>(full: &'a str, st: &SubState) -> Subscription<'a> {
+    let (group, filter) = match full.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
+        Some((g, f)) => (Some(g.into()), f),
+        None => (None, full),
+    };
+    let o = st.options;
+    Subscription {
+        share_group: group,
+        filter: filter.into(),
+        qos: o.qos as u8,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: match o.retain_handling {
+            RetainHandling::SendAtSubscribe => 0,
+            RetainHandling::SendIfNew => 1,
+            RetainHandling::DoNotSend => 2,
+        },
+        identifier: st.sub_id,
+    }
+}
+
+/// The session's form of a stored subscription.
+pub fn from_subscription(s: &Subscription<'_>) -> SubState {
+    SubState {
+        options: SubscriptionOptions {
+            qos: qos(s.qos),
+            no_local: s.no_local,
+            retain_as_published: s.retain_as_published,
+            retain_handling: match s.retain_handling {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                _ => RetainHandling::DoNotSend,
+            },
+        },
+        sub_id: s.identifier,
+    }
+}

@@ -1,0 +1,447 @@
+//! The broker's side of the store: logging state changes, holding acks, restoring state.
+//!
+//! Owns no state of its own: it drives the shard's [`Journal`] from the broker's cold
+//! paths (sessions, subscriptions, retained messages, inbound QoS 2) and installs a
+//! recovered part of the store at start-up. Invariant: with persistence off every function
+//! here is a no-op or sends at once, so the broker behaves exactly as in memory mode. Must
+//! not touch: sockets, the log's files (the journal owns them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::connect::{timer_key, TIMER_SESSION_EXPIRY, TIMER_WILL};
+use super::deliver;
+use super::gate::PendingSubAck;
+use super::journal::{self, HeldAck, Journal};
+use super::{Broker, Cast};
+use crate::protocol::{self, Packet, PacketId};
+use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubIds, SubState};
+use crate::store::{
+    DeliveryState, LiveState, MsgId, Record, SessionInfo, SessionState, StoredMessage, Will,
+};
+
+pub use super::journal::RetainedEntry;
+
+impl<X> Broker<X> {
+    /// Use `j` as this shard's log from now on (persistence on).
+    pub fn attach_journal(&mut self, j: Journal) {
+        self.journal = Some(j);
+    }
+
+    /// Records appended after this turn's write (closes at the end of a turn): the shard
+    /// must not sleep before writing them.
+    pub fn journal_unwritten(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::unwritten)
+    }
+
+    /// Acks the journal still holds (0 with persistence off).
+    pub fn held_acks(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::held)
+    }
+
+    /// Send `packet` to link `key` once this turn's records are durable (at once with
+    /// persistence off).
+    pub(super) fn send_durable(&mut self, key: usize, packet: &Packet<'_>) {
+        let Some(link) = self.links.get(key) else {
+            return;
+        };
+        let (gen, version) = (link.gen, link.version);
+        match self.journal.as_mut() {
+            Some(j) => j.hold_packet(key, gen, version, packet),
+            None => self.send(key, packet),
+        }
+    }
+
+    /// Hold a SUBACK the gate released until durable; `false` with persistence off.
+    pub(super) fn hold_suback(&mut self, p: PendingSubAck) -> Result<(), PendingSubAck> {
+        match self.journal.as_mut() {
+            Some(j) => {
+                j.hold(HeldAck::SubAck(p));
+                Ok(())
+            }
+            None => Err(p),
+        }
+    }
+
+    /// End of the shard's turn: barriers to peers, the batch written, durable acks sent.
+    pub fn journal_end_turn(&mut self, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        for (to, c) in &self.fx.outbox {
+            if matches!(c, Cast::Publish(_) | Cast::ShareDeliver(_)) {
+                j.sent_publish(*to);
+            }
+        }
+        let (mut barriers, mut answers) = (Vec::new(), Vec::new());
+        j.end_turn(&mut barriers, &mut answers);
+        let from = self.shard_id;
+        for (to, seq) in barriers {
+            self.fx.outbox.push((to, Cast::Barrier { from, seq }));
+        }
+        for (to, seq) in answers {
+            self.fx.outbox.push((to, Cast::BarrierDone { from, seq }));
+        }
+        while let Some(acks) = self.journal.as_mut().and_then(Journal::released) {
+            for ack in acks {
+                self.send_held(ack, now_ms);
+            }
+        }
+    }
+
+    /// A barrier cast from a peer (see [`Journal`]).
+    pub(super) fn on_barrier(&mut self, from: usize, seq: u64, done: bool) {
+        if let Some(j) = self.journal.as_mut() {
+            if done {
+                j.barrier_done(from, seq);
+            } else {
+                j.barrier(from, seq);
+            }
+        } else if !done {
+            // No log here: everything is as durable as it will ever be.
+            let me = self.shard_id;
+            self.fx
+                .outbox
+                .push((from, Cast::BarrierDone { from: me, seq }));
+        }
+    }
+
+    fn send_held(&mut self, ack: HeldAck, now_ms: u64) {
+        match ack {
+            HeldAck::Bytes { link, gen, bytes } => {
+                let Some(c) = self.links.conn_mut(link) else {
+                    return;
+                };
+                if c.link.gen == gen && c.link.is_connected() {
+                    c.tx.buf().extend_from_slice(&bytes);
+                    self.fx.mark_dirty(link, &mut c.link);
+                }
+            }
+            HeldAck::SubAck(p) => self.send_suback(p, now_ms),
+            HeldAck::Publish {
+                link,
+                gen,
+                session,
+                uid,
+                pid,
+            } => {
+                if let Some(sess) = self.sessions.get_mut(session).filter(|x| x.uid == uid) {
+                    sess.held_out = sess.held_out.saturating_sub(1);
+                    self.send_held_publish(link, gen, session, pid, now_ms);
+                }
+            }
+        }
+    }
+
+    /// Send a held PUBLISH if its link and its delivery (not yet acknowledged) are there.
+    fn send_held_publish(&mut self, key: usize, gen: u32, s: usize, pid: PacketId, now_ms: u64) {
+        let live = self
+            .links
+            .get(key)
+            .is_some_and(|l| l.gen == gen && l.is_connected() && l.session == Some(s));
+        let Some(sess) = self.sessions.get(s).filter(|_| live) else {
+            return;
+        };
+        let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
+            return;
+        };
+        if f.state == FlightState::AwaitComp {
+            return;
+        }
+        let out = f.out.clone();
+        let (_, sessions, mut sink) = self.parts();
+        if !deliver::write_publish(&mut sink, key, &out, Some(pid), false, now_ms) {
+            if let Some(sess) = sessions.get_mut(s) {
+                sess.inflight.retain(|x| x.pid != pid);
+                deliver::log_done(sink.journal.as_deref_mut(), sess, pid);
+            }
+        }
+    }
+
+    /// Log a persistent session's parameters (CONNECT of a session with an expiry).
+    pub(super) fn log_session(&mut self, s: usize, protocol: u8, will: Option<&StoredWill>) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get_mut(s)) else {
+            return;
+        };
+        if sess.expiry_s == 0 {
+            return;
+        }
+        sess.logged = true;
+        let unix = j.unix_ms(self.now_ms);
+        let will = will.map(|w| {
+            let m = journal::to_stored(&w.msg, unix, self.now_ms);
+            Will {
+                topic: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                delay_s: w.delay_s,
+                expiry_interval_s: w.expiry_s,
+                props: m.props,
+            }
+        });
+        j.log(Record::SessionCreated(SessionInfo {
+            client_id: (&*sess.client_id).into(),
+            protocol,
+            expiry_interval_s: sess.expiry_s,
+            will,
+        }));
+    }
+
+    /// Install this shard's part of the recovered store: its sessions (offline, their
+    /// in-flight messages resent with DUP when they reconnect), their subscriptions, and
+    /// every retained message. Nothing is logged: the part is already the log's checkpoint.
+    pub fn restore(&mut self, part: &LiveState, retained: &[RetainedEntry], now_ms: u64) {
+        let Some(j) = self.journal.take() else {
+            return;
+        };
+        let unix = j.unix_ms(now_ms);
+        let mut msgs: HashMap<MsgId, Arc<Message>> = HashMap::new();
+        for (id, m) in &part.messages {
+            msgs.insert(*id, Arc::new(journal::from_stored(m, unix, now_ms, 0)));
+        }
+        for st in part.sessions.values() {
+            self.restore_session(st, &msgs, unix, now_ms);
+        }
+        for (_, m, stamp) in retained {
+            let msg = Arc::new(journal::from_stored(m, unix, now_ms, *stamp));
+            self.retained.store(&msg);
+        }
+        self.journal = Some(j);
+    }
+
+    fn restore_session(
+        &mut self,
+        st: &SessionState,
+        msgs: &HashMap<MsgId, Arc<Message>>,
+        unix: u64,
+        now_ms: u64,
+    ) {
+        let info = &st.info;
+        let s = self
+            .sessions
+            .create(&info.client_id, info.expiry_interval_s);
+        for sub in st.subscriptions.values() {
+            let state = journal::from_subscription(sub);
+            match &sub.share_group {
+                Some(g) => {
+                    let full = format!("$share/{g}/{}", sub.filter);
+                    self.add_shared(s, &full, g, &sub.filter, state);
+                }
+                None => {
+                    self.add_subscription(s, &sub.filter, state);
+                }
+            }
+        }
+        if st.subscriptions.values().any(|x| x.share_group.is_some()) {
+            // Restored sessions are offline: their groups send to other members.
+            self.share_member_offline(s, now_ms);
+        }
+        let limits = self.limits;
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.logged = true;
+        sess.awaiting_rel = st.incoming_qos2.iter().map(|p| p.get()).collect();
+        for d in &st.deliveries {
+            let Some(msg) = msgs.get(&d.msg) else {
+                continue;
+            };
+            let out = Outgoing {
+                msg: msg.clone(),
+                qos: journal::qos(d.qos),
+                retain: false,
+                sub_ids: SubIds::new(),
+                share: None,
+                sid: d.msg.0,
+            };
+            match d.packet_id {
+                Some(pid) => sess.inflight.push_back(InFlight {
+                    pid,
+                    state: match (d.state, out.qos) {
+                        (DeliveryState::PubrelSent, _) => FlightState::AwaitComp,
+                        (_, protocol::QoS::ExactlyOnce) => FlightState::AwaitRec,
+                        _ => FlightState::AwaitAck,
+                    },
+                    out,
+                }),
+                None => {
+                    sess.enqueue(out, &limits);
+                }
+            }
+        }
+        let offline_ms = st
+            .disconnected_at_unix_ms
+            .map_or(0, |at| unix.saturating_sub(at));
+        self.restore_timers(s, info, offline_ms, unix, now_ms);
+    }
+
+    /// Arm a restored session's expiry and delayed-Will timers, counting the time it has
+    /// been offline; what is already due fires on the first turn.
+    fn restore_timers(
+        &mut self,
+        s: usize,
+        info: &SessionInfo<'_>,
+        offline_ms: u64,
+        unix: u64,
+        now_ms: u64,
+    ) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        let gen = (sess.uid & 0x00ff_ffff) as u32;
+        let due = |after_s: u32| now_ms + (u64::from(after_s) * 1000).saturating_sub(offline_ms);
+        if info.expiry_interval_s != u32::MAX {
+            let at = due(info.expiry_interval_s);
+            let t = self
+                .timers
+                .insert(at, timer_key(TIMER_SESSION_EXPIRY, gen, s));
+            sess.expiry_timer = Some(t);
+        }
+        if let Some(w) = &info.will {
+            let stored = StoredMessage {
+                topic: w.topic.clone(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                expires_at_unix_ms: None,
+                props: w.props.clone(),
+            };
+            sess.will = Some(Box::new(StoredWill {
+                msg: journal::from_stored(&stored, unix, now_ms, 0),
+                delay_s: w.delay_s,
+                expiry_s: w.expiry_interval_s,
+            }));
+            let at = due(w.delay_s.min(info.expiry_interval_s));
+            sess.will_timer = Some(self.timers.insert(at, timer_key(TIMER_WILL, gen, s)));
+        }
+    }
+}
+
+impl<X> Broker<X> {
+    /// Log a logged session's subscription `full` added (`Some`) or removed (`None`).
+    pub(super) fn journal_subscription(&mut self, s: usize, full: &str, state: Option<&SubState>) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
+            return;
+        };
+        if !sess.logged {
+            return;
+        }
+        let client_id = (&*sess.client_id).into();
+        let none = SubState {
+            options: Default::default(),
+            sub_id: None,
+        };
+        let sub = journal::to_subscription(full, state.unwrap_or(&none));
+        j.log(match state {
+            Some(_) => Record::SubscriptionAdded { client_id, sub },
+            None => Record::SubscriptionRemoved {
+                client_id,
+                share_group: sub.share_group,
+                filter: sub.filter,
+            },
+        });
+    }
+
+    /// Log the session's end, if it was logged.
+    pub(super) fn log_session_ended(&mut self, sess: &crate::session::Session) {
+        if let (Some(j), true) = (self.journal.as_mut(), sess.logged) {
+            j.log(Record::SessionEnded {
+                client_id: (&*sess.client_id).into(),
+            });
+        }
+    }
+
+    /// A logged session lost its connection: its parameters (the Will still pending, the
+    /// expiry as the DISCONNECT left it) and the wall-clock time.
+    pub(super) fn log_detached(&mut self, s: usize) {
+        let Some(sess) = self.sessions.get_mut(s).filter(|x| x.logged) else {
+            return;
+        };
+        let will = sess.will.take();
+        self.log_session(s, 5, will.as_deref());
+        let at_unix_ms = self.journal.as_ref().map_or(0, |j| j.unix_ms(self.now_ms));
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.will = will;
+        let client_id = (&*sess.client_id).into();
+        if let Some(j) = self.journal.as_mut() {
+            j.log(Record::SessionDisconnected {
+                client_id,
+                at_unix_ms,
+            });
+        }
+    }
+
+    /// Log a retained update that entered the broker on this shard.
+    pub(super) fn log_retained(&mut self, msg: &Arc<Message>) {
+        let now = self.now_ms;
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let topic = (&*msg.topic).into();
+        let stamp = msg.retain_stamp;
+        if msg.payload.is_empty() {
+            j.log(Record::RetainedCleared { topic, stamp });
+        } else {
+            let id = j.store_msg(msg, now);
+            j.log(Record::RetainedSet {
+                topic,
+                msg: id,
+                stamp,
+            });
+        }
+    }
+
+    /// Log a logged session's inbound QoS 2 id set (PUBREC) or cleared (PUBREL).
+    pub(super) fn log_incoming(&mut self, s: usize, pid: crate::protocol::PacketId, set: bool) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
+            return;
+        };
+        if !sess.logged {
+            return;
+        }
+        let client_id = (&*sess.client_id).into();
+        j.log(if set {
+            Record::IncomingQos2Set {
+                client_id,
+                packet_id: pid,
+            }
+        } else {
+            Record::IncomingQos2Cleared {
+                client_id,
+                packet_id: pid,
+            }
+        });
+    }
+}
+
+impl<X> Broker<X> {
+    /// Log a PUBREC received for delivery `pid`: PUBREL sent, or (`failed`) the end.
+    pub(super) fn log_pubrec(
+        &mut self,
+        logged: bool,
+        client_id: &str,
+        pid: crate::protocol::PacketId,
+        failed: bool,
+    ) {
+        let Some(j) = self.journal.as_mut().filter(|_| logged) else {
+            return;
+        };
+        let client_id = client_id.into();
+        j.log(if failed {
+            Record::DeliveryDone {
+                client_id,
+                packet_id: pid,
+            }
+        } else {
+            Record::DeliverySent {
+                client_id,
+                msg: MsgId(0),
+                packet_id: pid,
+                state: DeliveryState::PubrelSent,
+            }
+        });
+    }
+}
