@@ -131,6 +131,7 @@ impl<X> Broker<X> {
             expires_at_ms: None,
             origin: bridge_origin(i),
             retain_stamp: 0,
+            publisher: None,
         };
         self.publish_message(msg, now_ms);
         true
@@ -161,6 +162,7 @@ mod tests {
             expires_at_ms: None,
             origin,
             retain_stamp: 0,
+            publisher: None,
         })
     }
 

@@ -5,6 +5,7 @@ use super::{Broker, Conn, Link, LinkState, Verdict};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Disconnect, ReasonCode, Version};
+use crate::session::StoredWill;
 use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
@@ -71,7 +72,13 @@ impl<X> Broker<X> {
             let session_ends = s
                 .and_then(|s| self.sessions.get(s))
                 .is_none_or(|x| x.expiry_s == 0);
-            if w.delay_s == 0 || (still_ours && session_ends) {
+            let client = crate::auth::Client {
+                username: link.username.as_deref(),
+                client_id: link.client_id.as_deref().unwrap_or(""),
+            };
+            if !self.may_publish_will(client, link.listener, &w) {
+                // Rights revoked since CONNECT: the Will is not published.
+            } else if w.delay_s == 0 || (still_ours && session_ends) {
                 self.publish_message(w.into_message(now_ms), now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
@@ -149,8 +156,14 @@ impl<X> Broker<X> {
             self.unroute(s, sess.uid, &f);
         }
         if let Some(w) = sess.will.take() {
-            let now = self.now_ms;
-            self.publish_message(w.into_message(now), now);
+            let client = crate::auth::Client {
+                username: sess.username.as_deref(),
+                client_id: &sess.client_id,
+            };
+            if self.may_publish_will(client, sess.listener, &w) {
+                let now = self.now_ms;
+                self.publish_message(w.into_message(now), now);
+            }
         }
     }
 
@@ -213,12 +226,13 @@ impl<X> Broker<X> {
             return;
         }
         link.timer = None;
-        match link.state {
-            LinkState::ExpectConnect | LinkState::AwaitAuth => {
+        let (state, keepalive_ms, last_rx_ms) = (link.state, link.keepalive_ms, link.last_rx_ms);
+        match state {
+            LinkState::ExpectConnect | LinkState::AwaitAuth if !self.delayed_refusal(key) => {
                 self.close(key, None, "no CONNECT in time");
             }
-            LinkState::Connected if link.keepalive_ms > 0 => {
-                let due = link.last_rx_ms + link.keepalive_ms;
+            LinkState::Connected if keepalive_ms > 0 => {
+                let due = last_rx_ms + keepalive_ms;
                 if now_ms >= due {
                     // [MQTT-3.1.2-22]: silent for 1.5 × Keep Alive; the Will is published.
                     self.close(key, Some(ReasonCode::KeepAliveTimeout), "keepalive timeout");
@@ -231,6 +245,30 @@ impl<X> Broker<X> {
             }
             _ => {}
         }
+    }
+
+    /// May a Will be published now, under the ACL in force (rights may have been revoked
+    /// since CONNECT)? A refusal is logged.
+    fn may_publish_will(
+        &self,
+        client: crate::auth::Client<'_>,
+        listener: usize,
+        w: &StoredWill,
+    ) -> bool {
+        let Some(acl) = self.auth.acl(listener) else {
+            return true;
+        };
+        if acl.can_publish(client, &w.msg.topic) {
+            return true;
+        }
+        crate::log_at!(
+            crate::log::Level::Notice,
+            "Client {} (user {}): Will to '{}' not published, not authorized.",
+            client.client_id.escape_debug(),
+            client.username.unwrap_or("<anonymous>").escape_debug(),
+            w.msg.topic.escape_debug()
+        );
+        false
     }
 
     fn session_matches(&self, s: usize, gen: u32) -> bool {
@@ -247,7 +285,16 @@ impl<X> Broker<X> {
             x.will_timer = None;
             x.will.take()
         });
-        if let Some(w) = will {
+        let permitted = |b: &Self, w: &StoredWill| {
+            b.sessions.get(s).is_some_and(|x| {
+                let client = crate::auth::Client {
+                    username: x.username.as_deref(),
+                    client_id: &x.client_id,
+                };
+                b.may_publish_will(client, x.listener, w)
+            })
+        };
+        if let Some(w) = will.filter(|w| permitted(self, w)) {
             self.publish_message(w.into_message(now_ms), now_ms);
         }
     }

@@ -83,10 +83,7 @@ impl<X> Broker<X> {
         if c.properties.authentication_method.is_some() {
             return self.start_auth(key, c);
         }
-        if self.cfg.scram_credentials.is_some() && !self.cfg.allow_anonymous {
-            return self.refuse(key, ReasonCode::NotAuthorized, "anonymous client refused");
-        }
-        self.complete_connect(key, c, now_ms)
+        self.login(key, c, now_ms)
     }
 
     /// A reason to refuse an otherwise well-formed CONNECT.
@@ -152,6 +149,9 @@ impl<X> Broker<X> {
         let Some(id) = self.links.get(key).and_then(|l| l.client_id.clone()) else {
             return self.close(key, None, "CONNECT without a client id");
         };
+        if let Some(why) = self.identity_refusal(key, c, &id) {
+            return self.refuse_login(key, c, super::login::Refusal::NotAuthorized, why);
+        }
         let assigned = c.client_id.is_empty();
         let expiry_s = match c.version {
             Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
@@ -218,6 +218,30 @@ impl<X> Broker<X> {
         Verdict::Continue
     }
 
+    /// Why an authenticated CONNECT may still not proceed: its Will topic is not writable
+    /// under the ACL, or its client id belongs to a session of another user (never handed
+    /// over, whatever the clean-start flag says).
+    fn identity_refusal(&mut self, key: usize, c: &Connect<'_>, id: &str) -> Option<&'static str> {
+        let link = self.links.get(key)?;
+        let user = link.username.as_deref();
+        if let (Some(w), Some(acl)) = (&c.will, self.auth.acl(link.listener)) {
+            let client = crate::auth::Client {
+                username: user,
+                client_id: id,
+            };
+            if !acl.can_publish(client, w.topic) {
+                return Some("Will topic not authorized");
+            }
+        }
+        if self.auth.enforcing() {
+            let owner = self.sessions.find(id).and_then(|s| self.sessions.get(s));
+            if owner.is_some_and(|s| s.username.as_deref() != user) {
+                return Some("client id in use by another user");
+            }
+        }
+        None
+    }
+
     /// Find the session for `id` (disconnecting a connection that holds it) or make one.
     /// Returns the session key and whether an existing session was resumed.
     fn take_over_or_create(&mut self, id: &str, clean: bool, expiry_s: u32) -> (usize, bool) {
@@ -264,6 +288,10 @@ impl<X> Broker<X> {
         let Some(link) = self.links.get_mut(key) else {
             return;
         };
+        if let Some(sess) = self.sessions.get_mut(s) {
+            sess.username.clone_from(&link.username);
+            sess.listener = link.listener;
+        }
         link.state = LinkState::Connected;
         link.session = Some(s);
         link.client_id = Some(id.into());

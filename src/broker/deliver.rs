@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use super::access;
 use super::effects::Effects;
 use super::journal::Journal;
 use super::link::{Conn, Link, Links};
@@ -35,6 +36,8 @@ pub(super) struct Sink<'a, X> {
     pub limits: &'a Limits,
     /// `--max-write-buffer`, bytes.
     pub max_buf: usize,
+    /// The password and ACL files in force: every delivery is a read decision.
+    pub auth: &'a super::access::AuthState,
     /// The store's log, when persistence is on.
     pub journal: Option<&'a mut Journal>,
 }
@@ -60,7 +63,11 @@ pub(super) fn route_local<X>(
             sid: 0,
         };
         match (out.qos, h.link) {
-            (QoS::AtMostOnce, Some(key)) => deliver_qos0(sink, key, &out, now_ms),
+            (QoS::AtMostOnce, Some(key)) => {
+                if access::may_read_link(sink, key, &msg.topic) {
+                    deliver_qos0(sink, key, &out, now_ms);
+                }
+            }
             // QoS 0 to an offline session is not kept [MQTT-3.1.2-5 allows dropping].
             (QoS::AtMostOnce, None) => {}
             _ => deliver(sessions, sink, h.session, out, now_ms),
@@ -78,7 +85,7 @@ pub(super) fn deliver<X>(
     mut out: Outgoing,
     now_ms: u64,
 ) {
-    if out.msg.expired(now_ms) {
+    if out.msg.expired(now_ms) || !access::may_read(sessions, sink, s, &out.msg.topic) {
         return;
     }
     let Some(sess) = sessions.get_mut(s) else {
@@ -274,7 +281,8 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
             return;
         }
         let Some(out) = sess.dequeue() else { return };
-        if out.msg.expired(now_ms) {
+        if out.msg.expired(now_ms) || !access::may_read_link(sink, key, &out.msg.topic) {
+            // Expired, or the read right was revoked (reload) since it was queued.
             if let (Some(j), true) = (sink.journal.as_deref_mut(), out.sid != 0) {
                 j.log(Record::DeliveryDropped {
                     client_id: (&*sess.client_id).into(),

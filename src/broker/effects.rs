@@ -23,6 +23,27 @@ pub struct Effects {
     pub stats: Stats,
     /// Messages for this shard's bridges: (bridge index, message), in routing order.
     pub bridge_offers: Vec<(usize, std::sync::Arc<crate::session::Message>)>,
+    /// Password checks for the shard's verifier (answers go to `Broker::on_verified`).
+    pub verify: Vec<VerifyRequest>,
+}
+
+/// One password to check off the shard loop.
+pub struct VerifyRequest {
+    /// Names the link (key and generation); handed back with the answer.
+    pub token: u64,
+    /// The password file in force when the CONNECT came.
+    pub file: std::sync::Arc<crate::auth::PasswordFile>,
+    /// The username.
+    pub user: String,
+    /// The password (kept only until the check is submitted).
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "VerifyRequest({:x}, user {:?})", self.token, self.user)
+    }
 }
 
 impl Effects {

@@ -56,6 +56,10 @@ impl<X> Broker<X> {
             if link.state == LinkState::Closing {
                 return (used, Ingested::Close);
             }
+            if link.pending_connect.is_some() {
+                // The CONNECT's password is being checked: what follows waits for it.
+                return (used, Ingested::More);
+            }
             if link.state == LinkState::ExpectConnect && not_a_connect(&buf[used..]) {
                 // [MQTT-3.1.0-1]: decided on the first byte, not after a body that may
                 // never come (or only at the CONNECT deadline).

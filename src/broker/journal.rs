@@ -326,6 +326,9 @@ pub fn from_stored(m: &StoredMessage<'_>, unix_now_ms: u64, now_ms: u64, stamp: 
             .map(|t| now_ms.saturating_add(t.saturating_sub(unix_now_ms))),
         origin: 0,
         retain_stamp: stamp,
+        // Not stored: after a restart a retained message is checked against its readers'
+        // rights only (docs/security.md).
+        publisher: None,
     }
 }
 

@@ -94,6 +94,15 @@ pub struct Link {
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<Box<StoredWill>>,
+    /// Index of the listener (bind) that accepted the connection: its security settings
+    /// apply.
+    pub listener: usize,
+    /// ACL decisions already made for this connection's identity.
+    pub acl_cache: crate::auth::AclCache,
+    /// A CONNECT waiting for its password check (input is not read meanwhile).
+    pub pending_connect: Option<Box<PendingConnect>>,
+    /// A refused PUBLISH was logged already (refusals are logged once per connection).
+    pub publish_denied_logged: bool,
     /// When a QoS 0 drop to this connection was last logged (ms; 0: never).
     pub drop_logged_ms: u64,
     /// The client has sent a PUBLISH: under memory pressure it is not read.
@@ -101,6 +110,15 @@ pub struct Link {
     /// The listener's `mount_point`: topics of this client live under it (prefixed on the
     /// way in, stripped on the way out).
     pub mount: Option<Arc<str>>,
+}
+
+/// A CONNECT kept while the verifier checks its password, then until its refusal is due.
+#[derive(Debug)]
+pub struct PendingConnect {
+    /// The CONNECT, re-encoded (it borrowed from the receive buffer).
+    pub connect: Vec<u8>,
+    /// Set once the check failed: the CONNACK to send when the throttle delay runs out.
+    pub refusal: Option<ReasonCode>,
 }
 
 impl Link {
@@ -129,6 +147,10 @@ impl Link {
             auth_final: None,
             aliases_out: None,
             aliases_out_max: 0,
+            listener: 0,
+            acl_cache: crate::auth::AclCache::new(),
+            pending_connect: None,
+            publish_denied_logged: false,
             drop_logged_ms: 0,
             published: false,
             mount: None,

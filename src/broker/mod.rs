@@ -24,6 +24,7 @@
 //! records effects for the driver to carry out.
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod auth;
 pub mod bridges;
 mod close;
@@ -35,6 +36,7 @@ pub mod hot_topics;
 pub mod ingest;
 pub mod journal;
 pub mod link;
+pub mod login;
 pub mod memory;
 mod persist;
 mod publish;
@@ -175,6 +177,8 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes written to client sockets (counted by the event loop).
     pub bytes_out: u64,
+    /// Operations refused by the ACL: PUBLISH and SUBSCRIBE (deliveries are not counted).
+    pub acl_denied: u64,
     /// MQTT packets decoded from clients, every kind.
     pub packets_in: u64,
     /// MQTT packets written to clients, every kind.
@@ -258,6 +262,12 @@ pub struct Broker<X> {
     fired: Vec<u64>,
     /// The shard clock at the start of this turn (ms).
     now_ms: u64,
+    /// Password and ACL files in force (swapped whole on reload, between turns).
+    auth: Arc<access::AuthState>,
+    /// Successful password checks of this shard (`None` if no random key was available).
+    verify_cache: Option<crate::auth::VerifyCache>,
+    /// Failed logins per source address.
+    throttle: crate::auth::LoginThrottle,
     /// `$SYS`: the timer's generation, and on shard 0 every shard's latest report.
     sys: sys::SysState,
     /// Sampled publish counts per topic (the dashboard's busiest topics).
@@ -296,6 +306,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> usize {
 impl<X> Broker<X> {
     /// Empty state for shard `shard_id` of `shards`.
     pub fn new(shard_id: usize, shards: usize, cfg: Arc<Config>, now_ms: u64) -> Broker<X> {
+        let auth = Arc::new(access::AuthState::from_config(&cfg));
         let bridges = bridges::BridgeRoutes::new(&cfg.bridges, shard_id, shards);
         let mut b = Broker {
             shard_id,
@@ -312,6 +323,9 @@ impl<X> Broker<X> {
             next_gen: 0,
             fired: Vec::new(),
             now_ms,
+            auth,
+            verify_cache: crate::auth::VerifyCache::new().ok(),
+            throttle: crate::auth::LoginThrottle::new(),
             sys: sys::SysState::new(shards),
             hot: hot_topics::HotTopics::default(),
             pressure: memory::MemoryPressure::Normal,
@@ -351,6 +365,7 @@ impl<X> Broker<X> {
             fx: &mut self.fx,
             limits: &self.limits,
             max_buf: self.cfg.max_write_buffer,
+            auth: &self.auth,
             journal: self.journal.as_mut(),
         };
         (&mut self.routes, &mut self.sessions, sink)

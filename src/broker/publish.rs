@@ -63,8 +63,43 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        if self.auth.any_acl() && !self.may_publish(key, &topic) {
+            // 5.0: PUBACK/PUBREC 0x87; 3.x: acknowledged and dropped, as Mosquitto does.
+            self.nack_publish(key, p, ReasonCode::NotAuthorized);
+            return Verdict::Continue;
+        }
         self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// May link `key` publish to `topic` (its listener's ACL, through its cache)? A refusal
+    /// is counted, and logged once per connection.
+    fn may_publish(&mut self, key: usize, topic: &str) -> bool {
+        let Some(link) = self.links.get_mut(key) else {
+            return false;
+        };
+        let Some(acl) = self.auth.acl(link.listener) else {
+            return true;
+        };
+        let client = crate::auth::Client {
+            username: link.username.as_deref(),
+            client_id: link.client_id.as_deref().unwrap_or(""),
+        };
+        if link.acl_cache.can_publish(acl, client, topic) {
+            return true;
+        }
+        self.fx.stats.acl_denied += 1;
+        if !std::mem::replace(&mut link.publish_denied_logged, true) {
+            crate::log_at!(
+                crate::log::Level::Notice,
+                "Client {} (user {}) from {} denied PUBLISH to '{}' (further refusals on this connection are not logged).",
+                client.client_id.escape_debug(),
+                client.username.unwrap_or("<anonymous>").escape_debug(),
+                link.peer,
+                topic.escape_debug()
+            );
+        }
+        false
     }
 
     /// Route an accepted PUBLISH and acknowledge it per its QoS; a QoS 2 resend is only
@@ -99,15 +134,15 @@ impl<X> Broker<X> {
                 }
                 sess.awaiting_rel.insert(pid.get());
                 self.log_incoming(s, pid, true);
-                let matched = self.route_new(p, topic, now_ms, origin);
+                let matched = self.route_new(key, p, topic, now_ms, origin);
                 self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(p, topic, now_ms, origin);
+                let matched = self.route_new(key, p, topic, now_ms, origin);
                 self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
-                self.route_new(p, topic, now_ms, origin);
+                self.route_new(key, p, topic, now_ms, origin);
             }
         }
         Verdict::Continue
@@ -215,13 +250,30 @@ impl<X> Broker<X> {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
-    fn route_new(&mut self, p: &Publish<'_>, topic: &Arc<str>, now_ms: u64, origin: u64) -> bool {
-        if p.retain {
-            let msg = Message::from_publish(p, topic.clone(), now_ms, origin);
-            return self.publish_message(msg, now_ms);
+    fn route_new(
+        &mut self,
+        key: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+        origin: u64,
+    ) -> bool {
+        if !p.retain {
+            let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            return self.publish_shared(msg, now_ms);
         }
-        let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
-        self.publish_shared(msg, now_ms)
+        let mut msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+        if self.auth.any_acl() {
+            // Kept so the publisher's right is checked again whenever it is delivered.
+            msg.publisher = self.links.get(key).map(|l| {
+                Arc::new(crate::session::message::Publisher {
+                    username: l.username.clone(),
+                    client_id: l.client_id.clone().unwrap_or_default(),
+                    listener: l.listener,
+                })
+            });
+        }
+        self.publish_message(msg, now_ms)
     }
 
     /// Route a message that originates on this shard (client publish, Will, `$SYS`). A
@@ -438,6 +490,7 @@ mod tests {
             expires_at_ms: None,
             origin: 0,
             retain_stamp: stamp,
+            publisher: None,
         })
     }
 

@@ -28,6 +28,10 @@ impl<X> Broker<X> {
         if sys_changed {
             self.rearm_sys_timer(self.now_ms);
         }
+        // Password and ACL files (re-read by the reload, so with new generations: every
+        // cached decision and password check misses from now on), `allow_anonymous`,
+        // per-listener settings. Connected clients stay; deliveries are decided anew.
+        self.set_auth(Arc::new(super::access::AuthState::from_config(&self.cfg)));
         // Hooks of the parts with settings of their own go here (auth files, bridges): each
         // takes what it needs from `self.cfg`.
     }

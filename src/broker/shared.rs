@@ -355,7 +355,8 @@ fn deliver_shared<X>(
             && s.link
                 .is_some_and(|k| sink.links.get(k).is_some_and(|l| l.is_connected()))
     });
-    if !online {
+    // A member that may not read the topic is passed over like an offline one.
+    if !online || !super::access::may_read(sessions, sink, m.session, &d.msg.topic) {
         let bounce = Bounce {
             msg: d.msg,
             key: &d.key,

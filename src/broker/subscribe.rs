@@ -30,6 +30,15 @@ impl<X> Broker<X> {
             }
             let full = super::link::mounted(mount.as_deref(), req.filter);
             let parsed = topic::parse_filter(&full);
+            let plain = match &parsed {
+                Ok(FilterKind::Normal(f)) => Some(*f),
+                Ok(FilterKind::Shared(sh)) => Some(sh.filter),
+                Err(_) => None,
+            };
+            if plain.is_some_and(|f| !self.may_subscribe(key, f)) {
+                codes.push(refusal(version, protocol::ReasonCode::NotAuthorized));
+                continue;
+            }
             if let Some(refused) = parsed
                 .as_ref()
                 .ok()
@@ -85,6 +94,34 @@ impl<X> Broker<X> {
         self.gate.hold(key, gen, bytes, retained);
         self.release_subacks(now_ms);
         Verdict::Continue
+    }
+
+    /// May link `key` subscribe to `filter` (`$share/g/` stripped) under its listener's ACL?
+    /// A refusal is counted and logged.
+    fn may_subscribe(&mut self, key: usize, filter: &str) -> bool {
+        let Some(link) = self.links.get(key) else {
+            return false;
+        };
+        let Some(acl) = self.auth.acl(link.listener) else {
+            return true;
+        };
+        let client = crate::auth::Client {
+            username: link.username.as_deref(),
+            client_id: link.client_id.as_deref().unwrap_or(""),
+        };
+        if acl.can_subscribe(client, filter) {
+            return true;
+        }
+        self.fx.stats.acl_denied += 1;
+        crate::log_at!(
+            crate::log::Level::Notice,
+            "Client {} (user {}) from {} denied SUBSCRIBE to '{}'.",
+            client.client_id.escape_debug(),
+            client.username.unwrap_or("<anonymous>").escape_debug(),
+            link.peer,
+            filter.escape_debug()
+        );
+        false
     }
 
     /// Why SUBSCRIBE to `full` (parsed as `kind`) is refused by the resource limits, if it
@@ -246,8 +283,9 @@ impl<X> Broker<X> {
     /// its link takes now; the rest follows as the buffer drains (`pump_retained`).
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
         let mut msgs = std::collections::VecDeque::new();
+        let auth = &self.auth;
         self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) {
+            if !m.expired(now_ms) && publisher_may_still(auth, m) {
                 msgs.push_back(m.clone());
             }
         });
@@ -303,6 +341,22 @@ impl<X> Broker<X> {
 }
 
 /// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
+/// May the publisher of retained message `m` still publish it under the ACL in force?
+/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.)
+fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
+    let Some(p) = m.publisher.as_deref() else {
+        return true;
+    };
+    let Some(acl) = auth.acl(p.listener) else {
+        return true;
+    };
+    let who = crate::auth::Client {
+        username: p.username.as_deref(),
+        client_id: &p.client_id,
+    };
+    acl.can_publish(who, &m.topic)
+}
+
 fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
     if version == Version::V5 {
         reason.to_u8()

@@ -295,6 +295,7 @@ impl<X> Broker<X> {
                 expires_at_ms: None,
                 origin: 0,
                 retain_stamp: 0,
+                publisher: None,
             };
             self.publish_message(msg, now_ms);
         }

@@ -86,19 +86,6 @@ pub fn load(a: &Args, f: &FileSettings) -> Result<(AuthFiles, Vec<ListenerAuth>)
     Ok((global, listeners))
 }
 
-/// Until the broker enforces these files (issue 10, phase 2), naming one must not start an
-/// open broker: refuse, after validating them so the operator can fix the files first.
-pub fn refuse_until_enforced(
-    global: &AuthFiles,
-    listeners: &[ListenerAuth],
-    per_listener: bool,
-) -> Result<(), String> {
-    if global.is_set() || per_listener || listeners.iter().any(|l| l.files.is_set()) {
-        return Err("password_file / acl_file / per_listener_settings: the files are valid, but this build does not enforce them yet; refusing to start rather than run without them".into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -556,13 +556,17 @@ impl Config {
         if self.admin_password_file.is_some() && self.admin != AdminListen::Off {
             return Err("admin_password_file is not supported until the password-file loader lands; refusing to run the admin listener unprotected (use --admin off)".into());
         }
-        auth_files::refuse_until_enforced(
-            &self.auth_files,
-            &self.listener_auth,
-            self.per_listener_settings,
-        )?;
-        if !self.allow_anonymous && self.scram_credentials.is_none() {
-            return Err("allow_anonymous false needs credentials (--scram-credentials); refusing to start a broker nobody can use".into());
+        let has_password_file = self.auth_files.password_file.is_some()
+            || self
+                .listener_auth
+                .iter()
+                .any(|l| l.files.password_file.is_some());
+        if !self.allow_anonymous
+            && self.scram_credentials.is_none()
+            && !has_password_file
+            && !self.per_listener_settings
+        {
+            return Err("allow_anonymous false needs credentials (password_file or --scram-credentials); refusing to start a broker nobody can use".into());
         }
         Ok(())
     }
@@ -647,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn password_and_acl_files_are_validated_then_refused_until_enforced() {
+    fn password_and_acl_files_are_validated_and_loaded() {
         let dir = std::env::temp_dir().join(format!("shardmq-cfg-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let acl = dir.join("a.acl");
@@ -664,12 +668,13 @@ mod tests {
             .ends_with("a.acl:2: unknown keyword 'bogus' (expected user, topic or pattern)"));
         assert!(run(&["--password-file", pw_s]).contains("pw:1: user 'alice': plaintext password"));
         std::fs::write(&acl, "topic read a/#\n").expect("write");
-        let e = run(&["--acl-file", acl_s]);
-        assert!(e.contains("does not enforce them yet"), "{e}");
+        let c = Config::from_args(Args::parse_from(["shardmq", "--acl-file", acl_s]))
+            .expect("valid ACL starts");
+        assert!(c.auth_files.acl.is_some());
         let conf = dir.join("m.conf");
-        std::fs::write(&conf, format!("acl_file {acl_s}\n")).expect("write");
+        std::fs::write(&conf, format!("acl_file {acl_s}\nallow_anonymous false\n")).expect("write");
         let e = run(&["-c", conf.to_str().expect("utf-8")]);
-        assert!(e.contains("does not enforce them yet"), "{e}");
+        assert!(e.contains("allow_anonymous false needs credentials"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -89,6 +89,21 @@ pub struct Message {
     /// For a retained message: its place in the total order of retained updates (Lamport
     /// clock, shard id in the low bits), set by the shard it enters on; 0 otherwise.
     pub retain_stamp: u64,
+    /// Who published it, kept only on retained messages when an ACL is in force: a
+    /// retained message is delivered only while its publisher may still publish it
+    /// (Mosquitto CVE-2018-12546).
+    pub publisher: Option<Arc<Publisher>>,
+}
+
+/// The identity a message was published under, as the ACL sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// Username (`None`: anonymous).
+    pub username: Option<Box<str>>,
+    /// Client id.
+    pub client_id: Box<str>,
+    /// Listener (bind index) whose ACL applies.
+    pub listener: usize,
 }
 
 impl Message {
@@ -117,6 +132,7 @@ impl Message {
                 .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
             origin,
             retain_stamp: 0,
+            publisher: None,
         }
     }
 

@@ -170,6 +170,10 @@ pub struct Session {
     pub route_mark: u64,
     /// Index into the routing scratch list for the current mark.
     pub route_slot: u32,
+    /// The user of the connection that last attached (`None`: anonymous), for the ACL.
+    pub username: Option<Box<str>>,
+    /// The listener that connection came through: its ACL decides deliveries.
+    pub listener: usize,
     /// The session is in the store (persistent, persistence on): its changes are logged.
     pub logged: bool,
     /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
@@ -201,6 +205,8 @@ impl Session {
             client_receive_max: u16::MAX,
             route_mark: 0,
             route_slot: 0,
+            username: None,
+            listener: 0,
             logged: false,
             held_out: 0,
         }
@@ -387,6 +393,7 @@ mod tests {
             expires_at_ms: None,
             origin: 0,
             retain_stamp: 0,
+            publisher: None,
         })
     }
 

@@ -30,6 +30,9 @@ pub struct ConnIo {
     /// Not being read because its own output is over the limit (the client does not read
     /// what we send it); resumed by a flush that drains it, not by polling.
     pub(super) paused_on_output: bool,
+    /// Not being read because its CONNECT waits for a password check; resumed by the
+    /// verifier's answer.
+    pub(super) paused_on_auth: bool,
     /// Not being read because it publishes and memory is short; resumed by the budget.
     pub(super) paused_on_memory: bool,
     /// The client certificate will name the user once the TLS handshake is done.
@@ -48,6 +51,7 @@ impl ConnIo {
             rx: RxBuf::from_vec(rx),
             pending_read: false,
             paused_on_output: false,
+            paused_on_auth: false,
             paused_on_memory: false,
         }
     }
@@ -66,4 +70,6 @@ pub struct Handoff {
     pub rx: Vec<u8>,
     /// Peer address.
     pub peer: SocketAddr,
+    /// Index of the listener that accepted it (its security settings apply).
+    pub listener: usize,
 }

@@ -36,6 +36,7 @@ use crate::log::Level;
 use crate::log_at;
 use crate::transport::{ListenerKind, Transport};
 use crate::txbuf::Flushed;
+use crate::verifier::{VerifierClient, VerifierPool};
 
 const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -57,6 +58,12 @@ const BUS_STAGED_MAX: usize = 64 * 1024;
 const CONTROL_QUEUE_MAX: usize = 16;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+/// Password-hashing threads shared by every shard.
+const VERIFIER_THREADS: usize = 2;
+/// Password checks queued for those threads; past it a login is refused as busy.
+const VERIFY_QUEUE_MAX: usize = 1024;
+/// Password checks one shard may have in flight.
+const VERIFY_PENDING_PER_SHARD_MAX: usize = 512;
 
 /// A control message from the main thread to one shard, read at a turn boundary.
 pub enum Control {
@@ -88,6 +95,7 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wakers: Arc<Vec<Arc<Waker>>>,
+    verifier: Option<VerifierPool>,
     /// Each shard's control channel.
     ctl: Vec<Sender<Control>>,
     /// The listening sockets, in configuration order.
@@ -175,6 +183,9 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+        if let Some(v) = self.verifier {
+            v.join();
+        }
     }
 }
 
@@ -229,14 +240,23 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
+    let verifier = VerifierPool::start(VERIFIER_THREADS, VERIFY_QUEUE_MAX)?;
     let mut built = Vec::new();
     for (id, (poll, bus)) in polls.into_iter().zip(bus::mesh(wakers.clone())).enumerate() {
         let mut mine = shard_listeners(&bound)?;
         register_listeners(&poll, &mut mine)?;
         let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE_MAX);
         ctl.push(tx);
+        let waker = wakers[id].clone();
+        let client = verifier.client(
+            Arc::new(move || {
+                let _ = waker.wake();
+            }),
+            VERIFY_PENDING_PER_SHARD_MAX,
+        );
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
+        shard.verifier = Some(client);
         shard.admission = Admission::new(open.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
@@ -265,6 +285,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         threads,
         stop,
         wakers,
+        verifier: Some(verifier),
         ctl,
         bound,
     })
@@ -384,6 +405,10 @@ struct Shard {
     inbox_again: bool,
     /// When an accept error was last logged (ms), to keep an fd shortage from flooding logs.
     accept_error_logged_ms: u64,
+    /// This shard's handle on the password-hashing threads.
+    verifier: Option<VerifierClient>,
+    /// Verifier answers were left for the next turn: poll without sleeping.
+    verify_again: bool,
     /// Closed connections draining their input so the peer reads our last packet.
     lingering: Lingering,
     /// `max_connections` and the per-address connection rate.
@@ -426,6 +451,8 @@ impl Shard {
             accept_again: false,
             inbox_again: false,
             accept_error_logged_ms: 0,
+            verifier: None,
+            verify_again: false,
             lingering: Lingering::default(),
             admission: Admission::new(Arc::default(), &cfg_limits),
             refusal_logged_ms: 0,
@@ -504,6 +531,7 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.verify_again
             || self.broker.timers_backlog()
             || self.broker.journal_unwritten()
             || self.bus.staged() > 0
@@ -556,7 +584,9 @@ impl Shard {
             self.accept_all(now);
         }
         self.retry_reads(now);
+        self.verify_answers(now);
         self.broker.on_timers(now);
+        self.submit_checks(now);
         self.bridges
             .step(&mut self.broker, self.poll.registry(), now);
         // Held acks whose records are durable go out; this turn's records are written.
@@ -605,7 +635,7 @@ impl Shard {
                         match self.listeners[i].1.wrap(stream) {
                             Ok(Some(transport)) => {
                                 self.broker.effects().stats.connections_accepted += 1;
-                                self.adopt(transport, peer, Vec::new(), now)
+                                self.adopt(transport, peer, Vec::new(), i, now)
                             }
                             // At the listener's max_connections: dropping the socket closes it.
                             Ok(None) => self.admission.release(),
@@ -650,9 +680,17 @@ impl Shard {
 
     /// Register a transport (accepted here or handed over) and process any bytes it came
     /// with.
-    fn adopt(&mut self, transport: Transport, peer: SocketAddr, rx: Vec<u8>, now: u64) {
+    fn adopt(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        rx: Vec<u8>,
+        listener: usize,
+        now: u64,
+    ) {
         let mount = transport.mount_point();
         let key = self.broker.accept(peer, ConnIo::new(transport, rx), now);
+        self.broker.set_listener(key, listener);
         if let Some(c) = self.broker.links_mut().conn_mut(key) {
             c.link.mount = mount;
         }
@@ -736,7 +774,11 @@ impl Shard {
         if self.paused_for_memory(key) {
             return;
         }
-        if self.broker.output_full(key) {
+        if self.broker.input_paused(key) {
+            if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                c.io.paused_on_auth = true;
+            }
+        } else if self.broker.output_full(key) {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.paused_on_output = true;
             }
@@ -934,7 +976,8 @@ impl Shard {
 
     /// Move connection `key` to shard `home`; its CONNECT is the first of `rest`.
     fn handoff(&mut self, key: usize, home: usize, rest: Vec<u8>) {
-        let Some(peer) = self.broker.links().get(key).map(|l| l.peer) else {
+        let Some((peer, listener)) = self.broker.links().get(key).map(|l| (l.peer, l.listener))
+        else {
             return;
         };
         let Some(mut io) = self.broker.on_closed(key, self.broker.now_ms()) else {
@@ -945,6 +988,7 @@ impl Shard {
             transport: io.transport,
             rx: rest,
             peer,
+            listener,
         };
         self.bus.send(home, BusMsg::Handoff(Box::new(h)));
     }
@@ -957,7 +1001,7 @@ impl Shard {
                 BusMsg::Cast(c) => self.broker.on_cast(c, now),
                 BusMsg::Handoff(h) => {
                     let h = *h;
-                    self.adopt(h.transport, h.peer, h.rx, now);
+                    self.adopt(h.transport, h.peer, h.rx, h.listener, now);
                 }
             }
         }
@@ -1041,6 +1085,57 @@ impl Shard {
         }
         closing.clear();
         self.keys = closing;
+    }
+}
+
+impl Shard {
+    /// Hand this turn's password checks to the verifier; a saturated one refuses at once.
+    fn submit_checks(&mut self, now: u64) {
+        let requests = std::mem::take(&mut self.broker.effects().verify);
+        for r in requests {
+            let sent = match self.verifier.as_mut() {
+                Some(v) => v.submit(r.token, r.file, &r.user, &r.password).is_ok(),
+                None => false,
+            };
+            if !sent {
+                self.broker.on_verified(r.token, None, now);
+            }
+        }
+    }
+
+    /// Take the verifier's answers (a bounded number per turn) and resume the links whose
+    /// CONNECT they completed: their input waited in the receive buffer and the socket.
+    fn verify_answers(&mut self, now: u64) {
+        self.verify_again = false;
+        for _ in 0..crate::broker::login::VERIFY_ANSWERS_PER_TURN_MAX {
+            let Some(a) = self.verifier.as_mut().and_then(|v| v.try_answer()) else {
+                return;
+            };
+            self.broker
+                .on_verified(a.token, Some((a.verdict, a.generation)), now);
+            let key = (a.token >> 32) as usize;
+            if self.broker.input_paused(key) {
+                continue;
+            }
+            let Some(c) = self.broker.links_mut().conn_mut(key) else {
+                continue;
+            };
+            c.io.paused_on_auth = false;
+            let buffered = self
+                .broker
+                .links()
+                .conn(key)
+                .is_some_and(|c| !c.io.rx.is_empty());
+            if buffered {
+                if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                    self.broker.close_link(key);
+                    continue;
+                }
+            }
+            self.defer_read(key);
+        }
+        // Budget spent: answers may wait whose doorbell has rung already.
+        self.verify_again = true;
     }
 }
 

@@ -635,6 +635,16 @@ impl RawClient {
 
     /// Send CONNECT as described, without waiting for CONNACK.
     pub fn send_connect(&mut self, o: &ConnectOpts<'_>) {
+        self.send_connect_login(o, None, None);
+    }
+
+    /// Send CONNECT as described with a username and password, without waiting.
+    pub fn send_connect_login(
+        &mut self,
+        o: &ConnectOpts<'_>,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) {
         self.version = o.version;
         self.id = o.id.to_string();
         let will = o.will.map(|(topic, payload, q, retain)| Will {
@@ -650,11 +660,26 @@ impl RawClient {
             keep_alive: o.keep_alive,
             client_id: o.id,
             will,
-            username: None,
-            password: None,
+            username,
+            password,
             properties: Properties::default(),
         };
         self.send(&Packet::Connect(c));
+    }
+
+    /// Connect with a username and password; returns the client and the CONNACK code.
+    pub fn handshake_login(
+        addr: SocketAddr,
+        o: &ConnectOpts<'_>,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> (RawClient, u8) {
+        let mut c = RawClient::connect(addr);
+        c.send_connect_login(o, username, password);
+        match c.expect_packet(WAIT) {
+            Got::ConnAck { code, .. } => (c, code),
+            other => panic!("[{}] expected CONNACK, got {other:?}", o.id),
+        }
     }
 
     /// Connect and wait for CONNACK; returns (session present, return code).

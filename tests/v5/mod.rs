@@ -265,6 +265,8 @@ pub struct Conn5 {
     pub request_response_information: Option<u8>,
     pub request_problem_information: Option<u8>,
     pub will: Option<Will5>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl Conn5 {
@@ -280,7 +282,14 @@ impl Conn5 {
             request_response_information: None,
             request_problem_information: None,
             will: None,
+            username: None,
+            password: None,
         }
+    }
+    pub fn login(mut self, user: &str, password: &str) -> Self {
+        self.username = Some(user.to_string());
+        self.password = Some(password.as_bytes().to_vec());
+        self
     }
     pub fn clean(mut self, c: bool) -> Self {
         self.clean = c;
@@ -400,8 +409,8 @@ impl Client5 {
             keep_alive: o.keep_alive,
             client_id: &o.id,
             will,
-            username: None,
-            password: None,
+            username: o.username.as_deref(),
+            password: o.password.as_deref(),
             properties: Properties {
                 session_expiry_interval: o.session_expiry,
                 receive_maximum: o.receive_maximum,
