@@ -203,9 +203,9 @@ fn send_tracked<X>(
         });
         return;
     }
-    sess.track(pid, out.clone());
-    if !write_publish(sink, key, &out, Some(pid), false, now_ms) {
-        sess.inflight.retain(|f| f.pid != pid);
+    let out = sess.track(pid, out);
+    if !write_publish(sink, key, out, Some(pid), false, now_ms) {
+        sess.inflight.pop_back();
         log_done(sink.journal.as_deref_mut(), sess, pid);
     }
 }

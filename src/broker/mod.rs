@@ -57,7 +57,7 @@ use crate::log::Level;
 use crate::log_at;
 pub use crate::metrics::RefuseReason;
 use crate::protocol::{self, Packet, ReasonCode, Version};
-use crate::session::{Limits, Message, Session, SubIds};
+use crate::session::{Limits, Message, MessagePool, Session, SubIds};
 use crate::timer::TimerWheel;
 use deliver::Sink;
 pub use effects::Effects;
@@ -280,6 +280,8 @@ pub struct Broker<X> {
     bridges: bridges::BridgeRoutes,
     /// The store's log, when persistence is on.
     journal: Option<journal::Journal>,
+    /// Message allocations kept for reuse.
+    msg_pool: MessagePool,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -330,6 +332,7 @@ impl<X> Broker<X> {
             memory_used: 0,
             bridges,
             journal: None,
+            msg_pool: MessagePool::default(),
         };
         b.arm_sys_timer(now_ms);
         b

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{deliver, Broker, Cast, Verdict};
-use crate::protocol::{Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
+use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 use crate::session::Message;
 use crate::topic;
 
@@ -207,12 +207,29 @@ impl<X> Broker<X> {
         pid: PacketId,
         reason: ReasonCode,
     ) {
-        let ack = Ack {
-            packet_id: pid,
-            reason,
-            properties: Properties::default(),
+        if crate::log_sink::enabled(crate::log::Level::Debug) {
+            // Logged packets go the general way, which builds the whole packet to log it.
+            let ack = Ack {
+                packet_id: pid,
+                reason,
+                properties: Properties::default(),
+            };
+            return self.send(key, &kind(ack));
+        }
+        // The packet type of `kind` (folded away where `kind` is a constant).
+        let type_id = match kind(Ack::new(pid)) {
+            Packet::PubAck(_) => 4,
+            Packet::PubRec(_) => 5,
+            Packet::PubRel(_) => 6,
+            _ => 7,
         };
-        self.send(key, &kind(ack));
+        let Some(c) = self.links.conn_mut(key) else {
+            return;
+        };
+        // The same bytes `send` writes for this ack, without building its properties.
+        protocol::encode_plain_ack(c.tx.buf(), type_id, pid, reason, c.link.version);
+        self.fx.stats.packets_out += 1;
+        self.fx.mark_dirty(key, &mut c.link);
     }
 
     /// Like `send_ack`, once this turn's records are durable (persistence on).
@@ -241,8 +258,12 @@ impl<X> Broker<X> {
         now_ms: u64,
         origin: u64,
     ) -> bool {
+        if !p.retain {
+            let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            return self.publish_shared(msg, now_ms);
+        }
         let mut msg = Message::from_publish(p, topic.clone(), now_ms, origin);
-        if p.retain && self.auth.any_acl() {
+        if self.auth.any_acl() {
             // Kept so the publisher's right is checked again whenever it is delivered.
             msg.publisher = self.links.get(key).map(|l| {
                 Arc::new(crate::session::message::Publisher {
@@ -261,7 +282,12 @@ impl<X> Broker<X> {
         if msg.retain {
             msg.retain_stamp = self.retained.next_stamp(self.shard_id);
         }
-        let msg = Arc::new(msg);
+        self.publish_shared(Arc::new(msg), now_ms)
+    }
+
+    /// Route a stamped message: retain it, send it to interested shards, deliver it here.
+    /// The shard's reference goes back to the pool (kept if no delivery holds it).
+    fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
         if msg.retain {
             self.retained.store(&msg);
             self.log_retained(&msg);
@@ -283,6 +309,7 @@ impl<X> Broker<X> {
         }
         let shared = self.dispatch_shared(&msg, now_ms);
         let local = self.route_local(&msg, now_ms);
+        self.msg_pool.put(msg);
         local || remote || shared
     }
 
@@ -310,13 +337,17 @@ impl<X> Broker<X> {
         let Some(s) = self.links.get(key).and_then(|l| l.session) else {
             return Verdict::Close;
         };
-        if let Some(sess) = self.sessions.get_mut(s) {
-            // An unknown id is tolerated: it may be a late ack of a resent message.
-            if sess.on_puback(pid).is_ok() {
-                deliver::log_done(self.journal.as_mut(), sess, pid);
-            }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return Verdict::Continue;
+        };
+        // An unknown id is tolerated: it may be a late ack of a resent message.
+        if let Ok(msg) = sess.take_puback(pid) {
+            deliver::log_done(self.journal.as_mut(), sess, pid);
+            self.msg_pool.put(msg);
         }
-        self.pump(s, now_ms);
+        if !sess.queue.is_empty() {
+            self.pump(s, now_ms);
+        }
         Verdict::Continue
     }
 

@@ -11,7 +11,7 @@
 use super::sessions::Sessions;
 use super::shared::ShareGroups;
 use super::{Hit, Subscriber, Subscribers};
-use crate::session::Message;
+use crate::session::{Message, SubIds};
 use crate::topic::trie::FilterTrie;
 
 /// This shard's routing state.
@@ -120,12 +120,16 @@ impl Routes {
                 }
                 sess.route_mark = seq;
                 sess.route_slot = hits.len() as u32;
+                let mut sub_ids = SubIds::new();
+                if let Some(id) = sub.sub_id {
+                    sub_ids.push(id);
+                }
                 hits.push(Hit {
                     session: sub.session,
                     link: sess.link,
                     qos,
                     retain_as_published: sub.options.retain_as_published,
-                    sub_ids: sub.sub_id.into_iter().collect(),
+                    sub_ids,
                 });
             }
         });

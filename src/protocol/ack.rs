@@ -6,7 +6,7 @@
 //! shortest form the specification allows. Must not touch: what an ack means to a session.
 
 use super::error::DecodeError;
-use super::packet::{Ack, Auth, Disconnect, Version};
+use super::packet::{Ack, Auth, Disconnect, PacketId, Version};
 use super::properties::{block_len, decode_properties, put_properties, PropKind, Properties};
 use super::reason::ReasonCode;
 use super::wire::{put_header, put_u16, total_len, Reader};
@@ -125,6 +125,29 @@ pub(crate) fn encode_ack(out: &mut Vec<u8>, type_id: u8, a: &Ack<'_>, version: V
     put_tail(out, a.reason, &a.properties, props, tail);
 }
 
+/// Append an ack of type `type_id` (4..=7) with packet id `pid`, `reason` and no
+/// properties: the same bytes as [`encode_ack`], with the four-byte short form (3.x, or 5.0
+/// Success) written without looking at properties. The hot path of every QoS 1/2 flow.
+pub fn encode_plain_ack(
+    out: &mut Vec<u8>,
+    type_id: u8,
+    pid: PacketId,
+    reason: ReasonCode,
+    version: Version,
+) {
+    if !version.is_v5() || reason.to_u8() == 0 {
+        let [hi, lo] = pid.get().to_be_bytes();
+        out.extend_from_slice(&[ack_first(type_id), 2, hi, lo]);
+        return;
+    }
+    let ack = Ack {
+        packet_id: pid,
+        reason,
+        properties: Properties::default(),
+    };
+    encode_ack(out, type_id, &ack, version);
+}
+
 /// Encoded size of an ack.
 pub(crate) fn ack_len(a: &Ack<'_>, version: Version) -> usize {
     total_len(2 + tail_len(a.reason, props_content(&a.properties, version), version))
@@ -162,13 +185,34 @@ pub(crate) fn tail_only_len(
 mod tests {
     use super::super::properties::UserProperties;
     use super::super::testutil::{expect_errors, expect_packet, round_trip, Case};
-    use super::super::{Packet, PacketId};
+    use super::super::Packet;
     use super::*;
     use DecodeError as E;
     use Version::{V3_1, V3_1_1, V5};
 
     fn id(n: u16) -> PacketId {
         PacketId::new(n).unwrap_or(PacketId::MIN)
+    }
+
+    /// The plain-ack shortcut writes exactly what the general encoder writes.
+    #[test]
+    fn plain_ack_matches_encode() {
+        let reasons = [ReasonCode::Success, ReasonCode::NoMatchingSubscribers];
+        for version in [V3_1, V3_1_1, V5] {
+            for type_id in 4..=7 {
+                for reason in reasons {
+                    let ack = Ack {
+                        packet_id: id(258),
+                        reason,
+                        properties: Properties::default(),
+                    };
+                    let (mut general, mut plain) = (Vec::new(), Vec::new());
+                    encode_ack(&mut general, type_id, &ack, version);
+                    encode_plain_ack(&mut plain, type_id, id(258), reason, version);
+                    assert_eq!(plain, general, "{version:?} type {type_id} {reason:?}");
+                }
+            }
+        }
     }
 
     fn with_props(reason: ReasonCode) -> Ack<'static> {

@@ -29,6 +29,7 @@ mod subscribe;
 mod testutil;
 mod wire;
 
+pub use ack::encode_plain_ack;
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{

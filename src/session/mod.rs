@@ -18,7 +18,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
-pub use message::{ForwardedProps, Message};
+pub use message::{ForwardedProps, Message, MessagePool};
 
 /// Subscription identifiers attached to one delivery (usually none or one).
 pub type SubIds = SmallVec<[u32; 2]>;
@@ -139,7 +139,8 @@ pub struct Session {
     pub link: Option<usize>,
     /// Subscriptions by full filter (including any `$share/group/` prefix).
     pub subs: BTreeMap<Box<str>, SubState>,
-    /// Unacknowledged outbound QoS 1/2 deliveries, oldest first.
+    /// Unacknowledged outbound QoS 1/2 deliveries, oldest first. Add to it only through
+    /// [`Session::track`], which keeps the packet id allocator's books.
     pub inflight: VecDeque<InFlight>,
     /// Deliveries waiting for the window or for the client to reconnect.
     pub queue: VecDeque<Outgoing>,
@@ -149,6 +150,10 @@ pub struct Session {
     /// Inbound QoS 2 packet ids routed and awaiting PUBREL.
     pub awaiting_rel: BTreeSet<u16>,
     next_pid: u16,
+    /// False while every packet id in flight is at most `next_pid`, so the next one up is
+    /// free without a scan; true after the ids wrapped (or an id above `next_pid` was
+    /// tracked) until a scan finds them all below again.
+    pid_wrapped: bool,
     /// A Will waiting out its Will Delay Interval after the connection ended.
     pub will: Option<Box<StoredWill>>,
     /// Timer publishing `will` (shard timer wheel).
@@ -191,6 +196,7 @@ impl Session {
             queue_bytes: 0,
             awaiting_rel: BTreeSet::new(),
             next_pid: 0,
+            pid_wrapped: false,
             will: None,
             will_timer: None,
             expiry_timer: None,
@@ -206,12 +212,27 @@ impl Session {
         }
     }
 
-    /// The next free packet identifier, or `None` if all 65,535 are in flight.
+    /// The next free packet identifier, or `None` if all 65,535 are in flight. Ids are
+    /// handed out in increasing order, skipping those in flight; until they wrap, the next
+    /// one up cannot be in flight and is taken without looking at the window.
     pub fn alloc_pid(&mut self) -> Option<PacketId> {
+        if !self.pid_wrapped {
+            if let Some(next) = self.next_pid.checked_add(1) {
+                self.next_pid = next;
+                return NonZeroU16::new(next);
+            }
+            self.pid_wrapped = true;
+        }
         for _ in 0..=self.inflight.len() {
             self.next_pid = self.next_pid.checked_add(1).unwrap_or(1);
             let pid = NonZeroU16::new(self.next_pid)?;
-            if !self.inflight.iter().any(|f| f.pid == pid) {
+            let (mut taken, mut highest) = (false, 0);
+            for f in &self.inflight {
+                taken |= f.pid == pid;
+                highest = highest.max(f.pid.get());
+            }
+            if !taken {
+                self.pid_wrapped = highest >= self.next_pid;
                 return Some(pid);
             }
         }
@@ -228,13 +249,17 @@ impl Session {
         self.inflight.len() < self.window(limits)
     }
 
-    /// Record a sent QoS 1/2 delivery.
-    pub fn track(&mut self, pid: PacketId, out: Outgoing) {
+    /// Record a QoS 1/2 delivery about to be sent; returns it, for writing.
+    pub fn track(&mut self, pid: PacketId, out: Outgoing) -> &Outgoing {
         let state = match out.qos {
             QoS::ExactlyOnce => FlightState::AwaitRec,
             _ => FlightState::AwaitAck,
         };
+        if pid.get() > self.next_pid {
+            self.pid_wrapped = true;
+        }
         self.inflight.push_back(InFlight { pid, out, state });
+        &self.inflight[self.inflight.len() - 1].out
     }
 
     /// Queue a delivery; false (and counted) when the queue is full.
@@ -285,9 +310,14 @@ impl Session {
 
     /// PUBACK received: the QoS 1 delivery is complete.
     pub fn on_puback(&mut self, pid: PacketId) -> Result<(), AckError> {
+        self.take_puback(pid).map(drop)
+    }
+
+    /// As [`Session::on_puback`], returning the delivered message (for reuse).
+    pub fn take_puback(&mut self, pid: PacketId) -> Result<Arc<Message>, AckError> {
         let i = self.position(pid, FlightState::AwaitAck)?;
-        self.inflight.remove(i);
-        Ok(())
+        let f = self.inflight.remove(i).ok_or(AckError::NotFound)?;
+        Ok(f.out.msg)
     }
 
     /// PUBREC received: answer with PUBREL. A failure reason code (5.0) ends the flow.
