@@ -72,11 +72,7 @@ impl<X> Broker<X> {
             let session_ends = s
                 .and_then(|s| self.sessions.get(s))
                 .is_none_or(|x| x.expiry_s == 0);
-            let client = crate::auth::Client {
-                username: link.username.as_deref(),
-                client_id: link.client_id.as_deref().unwrap_or(""),
-            };
-            if !self.may_publish_will(client, link.listener, &w) {
+            if !self.may_publish_will(link.acl_client(), link.listener, &w) {
                 // Rights revoked since CONNECT: the Will is not published.
             } else if w.delay_s == 0 || (still_ours && session_ends) {
                 self.publish_message(w.into_message(now_ms), now_ms);
@@ -156,11 +152,7 @@ impl<X> Broker<X> {
             self.unroute(s, sess.uid, &f);
         }
         if let Some(w) = sess.will.take() {
-            let client = crate::auth::Client {
-                username: sess.username.as_deref(),
-                client_id: &sess.client_id,
-            };
-            if self.may_publish_will(client, sess.listener, &w) {
+            if self.may_publish_will(sess.acl_client(), sess.listener, &w) {
                 let now = self.now_ms;
                 self.publish_message(w.into_message(now), now);
             }
@@ -286,13 +278,9 @@ impl<X> Broker<X> {
             x.will.take()
         });
         let permitted = |b: &Self, w: &StoredWill| {
-            b.sessions.get(s).is_some_and(|x| {
-                let client = crate::auth::Client {
-                    username: x.username.as_deref(),
-                    client_id: &x.client_id,
-                };
-                b.may_publish_will(client, x.listener, w)
-            })
+            b.sessions
+                .get(s)
+                .is_some_and(|x| b.may_publish_will(x.acl_client(), x.listener, w))
         };
         if let Some(w) = will.filter(|w| permitted(self, w)) {
             self.publish_message(w.into_message(now_ms), now_ms);

@@ -174,6 +174,14 @@ impl Link {
     pub fn is_connected(&self) -> bool {
         self.state == LinkState::Connected
     }
+
+    /// Who this connection is, for ACL decisions.
+    pub fn acl_client(&self) -> crate::auth::Client<'_> {
+        crate::auth::Client {
+            username: self.username.as_deref(),
+            client_id: self.client_id.as_deref().unwrap_or(""),
+        }
+    }
 }
 
 /// One connection: the broker's part (link state, write buffer) and the shard's part `X`.

@@ -105,10 +105,7 @@ impl<X> Broker<X> {
         let Some(acl) = self.auth.acl(link.listener) else {
             return true;
         };
-        let client = crate::auth::Client {
-            username: link.username.as_deref(),
-            client_id: link.client_id.as_deref().unwrap_or(""),
-        };
+        let client = link.acl_client();
         if acl.can_subscribe(client, filter) {
             return true;
         }

@@ -182,6 +182,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// Who this session is (as of the connection that last attached), for ACL decisions.
+    pub fn acl_client(&self) -> crate::auth::Client<'_> {
+        crate::auth::Client {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+        }
+    }
+
     /// A fresh, empty session.
     pub fn new(client_id: &str, uid: u64, expiry_s: u32) -> Session {
         Session {
