@@ -56,6 +56,8 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
 const CONTROL_QUEUE_MAX: usize = 16;
+/// Casts the outbox keeps room for once drained (it grows with a turn's burst).
+const OUTBOX_IDLE_CAPACITY_MAX: usize = 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 /// Password-hashing threads shared by every shard.
@@ -608,8 +610,13 @@ impl Shard {
 
     /// Move the broker's casts into the bus rings and ring idle peers.
     fn push_outbox(&mut self) {
-        for (to, cast) in self.broker.effects().outbox.drain(..) {
+        let outbox = &mut self.broker.effects().outbox;
+        for (to, cast) in outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
+        }
+        // A burst (a SUBSCRIBE of many filters) gives back what it grew the outbox by.
+        if outbox.capacity() > OUTBOX_IDLE_CAPACITY_MAX {
+            outbox.shrink_to(OUTBOX_IDLE_CAPACITY_MAX);
         }
         self.bus.flush();
     }
