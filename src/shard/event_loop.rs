@@ -236,8 +236,8 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Open connections and accept rates, broker-wide; memory accounted per shard.
+    let admission = super::admission::AdmissionBoard::new(&cfg.limits);
     let memory_board = super::memory::board(cfg.shards);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
@@ -259,7 +259,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
-        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.admission = Admission::new(admission.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
         if let Some(st) = store.as_mut() {
