@@ -155,7 +155,7 @@ impl<X> Broker<X> {
         let existed = self
             .sessions
             .get_mut(s)
-            .and_then(|x| x.subs.insert(filter.into(), state))
+            .and_then(|x| x.add_sub(filter, state))
             .is_some();
         self.journal_subscription(s, filter, Some(&state));
         let entry = Subscriber {
@@ -182,7 +182,7 @@ impl<X> Broker<X> {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        sess.subs.insert(full.into(), state);
+        sess.add_sub(full, state);
         let uid = sess.uid;
         let member = self.member(s, uid, state.options, state.sub_id, true);
         self.share_update(group, filter, member, ShareOp::Join);
@@ -312,7 +312,7 @@ impl<X> Broker<X> {
             let had = self
                 .sessions
                 .get_mut(s)
-                .and_then(|x| x.subs.remove(&*filter))
+                .and_then(|x| x.remove_sub(&filter))
                 .is_some();
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);
