@@ -239,6 +239,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
     // Open connections and accept rates, broker-wide; memory accounted per shard.
     let admission = super::admission::AdmissionBoard::new(&cfg.limits);
     let memory_board = super::memory::board(cfg.shards);
+    cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
