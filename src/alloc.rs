@@ -2,7 +2,7 @@
 //!
 //! Owns: the choice of allocator ([`Global`], installed by `main`: jemalloc, built with
 //! background purging on, so that memory freed when clients leave goes back to the OS
-//! within its decay time (10 s) even on an idle broker; docs/decisions/0011-allocator.md
+//! within its decay time (10 s) even on an idle broker; docs/decisions/0012-allocator.md
 //! has the measurements against glibc and mimalloc), and the process-wide memory figures
 //! read on demand for `/metrics`. Invariant: nothing here runs on a shard's per-message
 //! path; reading the figures costs a few syscalls or allocator calls, once per scrape.
