@@ -49,7 +49,11 @@ def sane(fams, name, shard):
 
 
 def value(fams, name, shard):
-    return [s.value for s in fams[name].samples if s.labels.get("shard") == shard][0]
+    """The sample called `name` for `shard` (counter families drop `_total` from their name)."""
+    found = [s.value for f in fams.values() for s in f.samples
+             if s.name == name and s.labels.get("shard") == shard]
+    assert len(found) == 1, (name, shard, found)
+    return found[0]
 
 
 def checkpointed(b, pubs):
