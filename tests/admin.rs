@@ -331,6 +331,17 @@ fn admin_listener_speaks_https_with_its_certificate() {
     );
     let (code, _) = curl(&[&format!("http://{admin}/healthz")]);
     assert_ne!(code, 0, "no plain HTTP on an HTTPS listener");
+    let (code, body) = curl(&["--cacert", &ca, &url]);
+    assert_eq!(code, 0, "{body}");
+    let tls_failures = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shardmq_admin_connections_dropped_total{reason=\"tls\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("tls failure count");
+    assert!(
+        tls_failures >= 1,
+        "the plain HTTP attempt is a TLS failure: {tls_failures}"
+    );
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -464,6 +475,25 @@ fn admin_listener_bounds_threads_and_request_size_under_a_slowloris() {
         assert!(got.is_some(), "a slow connection outlived its deadline");
     }
     assert_eq!(get(admin, "/healthz", None).0, 200, "serves again");
+    let (_, text) = get(admin, "/metrics", None);
+    let figure = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics"))
+    };
+    let busy = figure("shardmq_admin_connections_dropped_total{reason=\"busy\"}");
+    let deadline = figure("shardmq_admin_connections_dropped_total{reason=\"deadline\"}");
+    assert!(
+        busy >= (slow_n - WORKERS - QUEUED_MAX) as u64,
+        "busy {busy}"
+    );
+    assert_eq!(
+        busy + deadline,
+        slow_n as u64,
+        "each slow connection counted once"
+    );
+    assert!(figure("shardmq_admin_requests_total") >= 2);
     let mut big = TcpStream::connect_timeout(&admin, WAIT).expect("connect");
     let mut head = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
     head.resize(HEAD_BYTES_MAX, b'a');

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 pub use auth::{basic_credentials, CredentialCheck};
 pub(crate) use server::Reply;
+pub use server::ServerFigures;
 use server::{Head, Server};
 
 use crate::config::AdminListen;
@@ -67,6 +68,8 @@ impl Admin {
 struct Ctx {
     metrics: Arc<Metrics>,
     auth: Option<Arc<dyn CredentialCheck>>,
+    /// The listener's own counters.
+    server: Arc<ServerFigures>,
 }
 
 /// Bind and start the admin listener as `listen` asks; HTTPS when `tls` is given.
@@ -90,9 +93,15 @@ pub fn start(
         }
         Err(e) => return Err(format!("cannot start the admin listener on {addr}: {e}")),
     };
-    let ctx = Ctx { metrics, auth };
+    let figures = Arc::new(ServerFigures::default());
+    let ctx = Ctx {
+        metrics,
+        auth,
+        server: figures.clone(),
+    };
     let https = tls.is_some();
-    let server = Server::start(listener, tls, Arc::new(move |h: &Head| answer(h, &ctx)))
+    let handler = Arc::new(move |h: &Head| answer(h, &ctx));
+    let server = Server::start(listener, tls, handler, figures)
         .map_err(|e| format!("admin listener: {e}"))?;
     Ok(Started::Running(Admin { server, tls: https }))
 }
@@ -128,7 +137,11 @@ fn authorised(h: &Head, path: &str, ctx: &Ctx) -> bool {
 fn route(path: &str, query: &str, ctx: &Ctx) -> Reply {
     let m = &ctx.metrics;
     match path {
-        "/metrics" => Reply::new(200, prom::CONTENT_TYPE, prom::render(m)),
+        "/metrics" => {
+            let mut text = prom::render(m);
+            prom::render_admin(&mut text, &ctx.server);
+            Reply::new(200, prom::CONTENT_TYPE, text)
+        }
         "/healthz" => Reply::text(200, "ok\n"),
         "/readyz" if m.ready() => Reply::text(200, "ready\n"),
         "/readyz" => Reply::text(503, "not ready\n"),

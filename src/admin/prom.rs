@@ -163,6 +163,35 @@ pub fn render(m: &Metrics) -> String {
     o
 }
 
+/// The admin listener's own families (it is not a shard: no `shard` label).
+pub fn render_admin(o: &mut String, f: &super::ServerFigures) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    family(
+        o,
+        "shardmq_admin_requests_total",
+        "counter",
+        "Requests the admin listener answered.",
+    );
+    let _ = writeln!(o, "shardmq_admin_requests_total {}", get(&f.requests));
+    family(
+        o,
+        "shardmq_admin_connections_dropped_total",
+        "counter",
+        "Admin connections closed without an answer: busy (every worker busy, queue full), deadline, tls.",
+    );
+    for (reason, v) in [
+        ("busy", &f.turned_away),
+        ("deadline", &f.timed_out),
+        ("tls", &f.tls_failures),
+    ] {
+        let _ = writeln!(
+            o,
+            "shardmq_admin_connections_dropped_total{{reason=\"{reason}\"}} {}",
+            get(v)
+        );
+    }
+}
+
 /// A label value, escaped as the exposition format wants.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

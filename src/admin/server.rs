@@ -13,7 +13,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,6 +81,24 @@ impl Reply {
     }
 }
 
+/// What the admin listener counts about its own connections (written by its threads with
+/// `fetch_add`: they are not on any shard's path).
+#[derive(Debug, Default)]
+pub struct ServerFigures {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Connections closed at accept: every worker busy and the queue full.
+    pub turned_away: AtomicU64,
+    /// Connections closed at their deadline.
+    pub timed_out: AtomicU64,
+    /// Connections whose TLS handshake or records failed.
+    pub tls_failures: AtomicU64,
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
 /// What answers a request (runs on a worker thread).
 pub type Handler = dyn Fn(&Head) -> Reply + Send + Sync;
 
@@ -97,6 +115,7 @@ impl Server {
         listener: TcpListener,
         tls: Option<Arc<ServerConfig>>,
         handler: Arc<Handler>,
+        figures: Arc<ServerFigures>,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -104,10 +123,11 @@ impl Server {
         let mut threads = Vec::with_capacity(WORKERS + 1);
         for i in 0..WORKERS {
             let (rx, tls, handler) = (rx.clone(), tls.clone(), handler.clone());
+            let f = figures.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("admin-{i}"))
-                    .spawn(move || work(&rx, tls.as_ref(), &*handler))?,
+                    .spawn(move || work(&rx, tls.as_ref(), &*handler, &f))?,
             );
         }
         let s = stop.clone();
@@ -115,7 +135,7 @@ impl Server {
         threads.push(
             std::thread::Builder::new()
                 .name("admin".into())
-                .spawn(move || accept_loop(&listener, &tx, &s, plain))?,
+                .spawn(move || accept_loop(&listener, &tx, &s, plain, &figures))?,
         );
         Ok(Server {
             addr,
@@ -157,6 +177,7 @@ fn accept_loop(
     tx: &crossbeam_channel::Sender<Accepted>,
     stop: &AtomicBool,
     plain: bool,
+    figures: &ServerFigures,
 ) {
     loop {
         let accepted = listener.accept();
@@ -166,7 +187,10 @@ fn accept_loop(
         match accepted {
             Ok((sock, _)) => match tx.try_send((sock, Instant::now())) {
                 Ok(()) => {}
-                Err(TrySendError::Full((sock, _))) => turn_away(sock, plain),
+                Err(TrySendError::Full((sock, _))) => {
+                    bump(&figures.turned_away);
+                    turn_away(sock, plain);
+                }
                 Err(TrySendError::Disconnected(_)) => return,
             },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -189,10 +213,31 @@ fn turn_away(sock: TcpStream, plain: bool) {
 /// A connection and when it was accepted.
 type Accepted = (TcpStream, Instant);
 
-fn work(rx: &Receiver<Accepted>, tls: Option<&Arc<ServerConfig>>, handler: &Handler) {
+fn work(
+    rx: &Receiver<Accepted>,
+    tls: Option<&Arc<ServerConfig>>,
+    handler: &Handler,
+    figures: &ServerFigures,
+) {
     while let Ok((sock, at)) = rx.recv() {
-        // A client that misbehaves or goes away is its own problem; the worker moves on.
-        let _ = serve(sock, at + CONNECTION_DEADLINE, tls, handler);
+        // A client that misbehaves or goes away is its own problem; the worker counts it
+        // and moves on.
+        match serve(sock, at + CONNECTION_DEADLINE, tls, handler) {
+            Ok(()) => bump(&figures.requests),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                bump(&figures.timed_out)
+            }
+            // rustls reports a failed handshake or a bad record as InvalidData.
+            Err(e) if tls.is_some() && e.kind() == io::ErrorKind::InvalidData => {
+                bump(&figures.tls_failures)
+            }
+            Err(_) => {}
+        }
     }
 }
 
