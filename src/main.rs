@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         if sig != SIGHUP {
             break;
         }
-        reload(&mut current, &argv, &mut running);
+        reload(&mut current, &argv, &mut running, admin.as_ref());
     }
     log(format_args!("shardmq version {version} terminating"));
     // A second SIGINT/SIGTERM while draining: exit at once.
@@ -171,6 +171,7 @@ fn reload(
     current: &mut Config,
     argv: &[std::ffi::OsString],
     running: &mut shardmq::shard::Running,
+    admin: Option<&admin::Admin>,
 ) {
     info(format_args!("Reloading config."));
     let r = match shardmq::config::reload::reread(current, argv) {
@@ -212,6 +213,10 @@ fn reload(
         }
     }
     let _ = std::io::stdout().flush();
+    if let (Some(a), Some(t)) = (admin, &next.admin_tls) {
+        // The same files, read again: a renewed certificate serves the next connections.
+        a.set_tls(t.server.clone());
+    }
     let m = &next.metrics;
     m.reloads_applied.set(m.reloads_applied.get() + 1);
     info(format_args!("Configuration reloaded."));

@@ -294,7 +294,8 @@ fn curl(args: &[&str]) -> (i32, String) {
 }
 
 /// `admin_certfile`/`admin_keyfile`: the admin listener speaks HTTPS only, and a client
-/// that verifies the CA (curl) gets the figures; one that does not trust it is refused.
+/// that verifies the CA (curl) gets the figures; one that does not trust it is refused. A
+/// certificate renewed in the same files is served after SIGHUP.
 #[test]
 fn admin_listener_speaks_https_with_its_certificate() {
     let dir = std::env::temp_dir().join(format!("shardmq-admin-tls-{}", std::process::id()));
@@ -341,6 +342,25 @@ fn admin_listener_speaks_https_with_its_certificate() {
     assert!(
         tls_failures >= 1,
         "the plain HTTP attempt is a TLS failure: {tls_failures}"
+    );
+    // A renewed certificate (here from another CA) in the same files: SIGHUP serves it.
+    std::fs::rename(dir.join("ca.pem"), dir.join("old-ca.pem")).expect("keep the old CA");
+    admin_pki(&dir);
+    signal(b.pid(), libc::SIGHUP);
+    let deadline = Instant::now() + WAIT * 2;
+    while curl(&["--cacert", &ca, &url]).0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let old = dir.join("old-ca.pem").to_string_lossy().into_owned();
+    // 60 (not trusted) or 35 (the same CA name, a signature that does not verify).
+    let (code, _) = curl(&["--cacert", &old, &url]);
+    assert!(
+        code == 60 || code == 35,
+        "the old certificate is gone: curl exit {code}"
     );
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);

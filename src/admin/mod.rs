@@ -58,6 +58,12 @@ impl Admin {
         self.tls
     }
 
+    /// Serve new connections with this TLS configuration (a reload re-read the same
+    /// `admin_certfile`/`admin_keyfile`); false if the listener speaks plain HTTP.
+    pub fn set_tls(&self, cfg: Arc<rustls::ServerConfig>) -> bool {
+        self.server.set_tls(cfg)
+    }
+
     /// Stop serving and wait for its threads.
     pub fn stop(self) {
         self.server.stop();

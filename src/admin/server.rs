@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, TrySendError};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
@@ -102,11 +103,15 @@ fn bump(a: &AtomicU64) {
 /// What answers a request (runs on a worker thread).
 pub type Handler = dyn Fn(&Head) -> Reply + Send + Sync;
 
+/// The TLS configuration the workers use, replaceable while running (certificate renewal).
+pub type SharedTls = Arc<ArcSwap<ServerConfig>>;
+
 /// The running listener.
 pub struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    tls: Option<SharedTls>,
 }
 
 impl Server {
@@ -118,6 +123,7 @@ impl Server {
         figures: Arc<ServerFigures>,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
+        let tls: Option<SharedTls> = tls.map(|c| Arc::new(ArcSwap::new(c)));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded::<Accepted>(QUEUED_MAX);
         let mut threads = Vec::with_capacity(WORKERS + 1);
@@ -141,7 +147,20 @@ impl Server {
             addr,
             stop,
             threads,
+            tls,
         })
+    }
+
+    /// Serve new connections with `cfg` (a renewed certificate); false when this listener
+    /// speaks plain HTTP (switching needs a restart).
+    pub fn set_tls(&self, cfg: Arc<ServerConfig>) -> bool {
+        match &self.tls {
+            Some(t) => {
+                t.store(cfg);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The bound address.
@@ -215,14 +234,15 @@ type Accepted = (TcpStream, Instant);
 
 fn work(
     rx: &Receiver<Accepted>,
-    tls: Option<&Arc<ServerConfig>>,
+    tls: Option<&SharedTls>,
     handler: &Handler,
     figures: &ServerFigures,
 ) {
     while let Ok((sock, at)) = rx.recv() {
         // A client that misbehaves or goes away is its own problem; the worker counts it
         // and moves on.
-        match serve(sock, at + CONNECTION_DEADLINE, tls, handler) {
+        let cfg = tls.map(|t| t.load_full());
+        match serve(sock, at + CONNECTION_DEADLINE, cfg.as_ref(), handler) {
             Ok(()) => bump(&figures.requests),
             Err(e)
                 if matches!(

@@ -61,7 +61,9 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
     new.persistence = running.persistence.clone();
     new.admin = running.admin;
     new.admin_password_file = running.admin_password_file.clone();
-    new.admin_tls = running.admin_tls.clone();
+    if new.admin_tls != running.admin_tls {
+        new.admin_tls = running.admin_tls.clone();
+    }
     new.pin = running.pin;
     new.print_bound = running.print_bound;
     // One figures board per running broker: the shards and the admin listener hold it.
