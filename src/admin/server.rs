@@ -169,11 +169,14 @@ impl Server {
     }
 
     /// Stop accepting, let the workers finish what they hold (each within its deadline),
-    /// and wait for every thread.
+    /// and wait for every thread. If the accept cannot be woken (our own connection
+    /// refused), the threads are left to end with the process rather than waited for.
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the blocking accept with a connection of our own.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), CONNECTION_DEADLINE);
+        if TcpStream::connect_timeout(&wake_addr(self.addr), CONNECTION_DEADLINE).is_err() {
+            return;
+        }
         for t in self.threads {
             let _ = t.join();
         }
