@@ -15,7 +15,7 @@
 //! `max_connections`: there is no CONNECT yet to answer.
 #![forbid(unsafe_code)]
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -82,9 +82,7 @@ impl RateTable {
         let count_mask = (1u64 << RATE_COUNT_BITS) - 1;
         let sec = sec & ((1 << (64 - RATE_COUNT_BITS - RATE_TAG_BITS)) - 1);
         for (row, key) in self.keys.iter().enumerate() {
-            let mut h = key.build_hasher();
-            peer.hash(&mut h);
-            let hash = h.finish();
+            let hash = key.hash_one(peer);
             let tag = hash >> (64 - RATE_TAG_BITS);
             let stamp = (sec << RATE_TAG_BITS | tag) << RATE_COUNT_BITS;
             let i = row * RATE_SLOTS_PER_ROW + (hash as usize % RATE_SLOTS_PER_ROW);
