@@ -111,7 +111,10 @@ fn a_packet_over_the_default_maximum_size_is_refused_from_its_header() {
 
 /// Partial packets cost the bytes that arrived, not twice that (the receive buffer used to
 /// grow by doubling and zero-fill its whole capacity): 40 clients each send 1 MiB of a
-/// 1.5 MiB PUBLISH, and the broker's RSS grows by less than 1.4 × the bytes received.
+/// 1.5 MiB PUBLISH, and the broker's RSS settles at less than 1.4 × the bytes received
+/// above its baseline. Settles: a buffer that grows moves to a larger extent, and the
+/// allocator returns the pages of the smaller one within its decay time (10 s), so RSS is
+/// polled for up to 15 s; buffers that really held twice the bytes never get under.
 #[test]
 fn partial_packets_hold_about_the_bytes_received() {
     const CLIENTS: usize = 40;
@@ -131,12 +134,19 @@ fn partial_packets_hold_about_the_bytes_received() {
         c.send_bytes(&body);
     }
     wait_broker_read_all(&b, Duration::from_secs(20));
-    let grown_kib = b.rss_kib().saturating_sub(before);
     let received_kib = (CLIENTS * SENT_BYTES / 1024) as u64;
-    assert!(
-        grown_kib * 10 < received_kib * 14,
-        "RSS grew {grown_kib} KiB holding {received_kib} KiB of partial packets"
-    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let grown_kib = b.rss_kib().saturating_sub(before);
+        if grown_kib * 10 < received_kib * 14 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS grew {grown_kib} KiB holding {received_kib} KiB of partial packets"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     drop(clients);
     canary(&b, "partial");
 }
