@@ -159,7 +159,7 @@ static EMPTY: AuthFiles = AuthFiles {
 
 /// May connected link `key` receive a message on `topic`? Decided through its cache.
 #[inline]
-pub(super) fn may_read_link<X>(sink: &mut Sink<'_, X>, key: usize, topic: &str) -> bool {
+pub(super) fn may_read_link<X>(sink: &mut Sink<'_, X>, key: usize, topic: &Arc<str>) -> bool {
     if !sink.auth.any_acl() {
         return true;
     }
@@ -184,7 +184,7 @@ pub(super) fn may_read<X>(
     sessions: &Sessions,
     sink: &mut Sink<'_, X>,
     s: usize,
-    topic: &str,
+    topic: &Arc<str>,
 ) -> bool {
     if !sink.auth.any_acl() {
         return true;
