@@ -317,6 +317,8 @@ pub struct Config {
     // --- end of the password and ACL block ---
     /// Every listener with its options, validated (`binds` are their addresses).
     pub listeners: Vec<listener::Listener>,
+    /// The next unused listener id (`listener::Listener::id`; kept across reloads).
+    pub listener_ids_next: usize,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
@@ -379,6 +381,9 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
         for l in &mut listeners {
             l.optional = l.addr.is_ipv6();
         }
+    }
+    for (i, l) in listeners.iter_mut().enumerate() {
+        l.id = i;
     }
     Ok(listeners)
 }
@@ -457,6 +462,7 @@ impl Config {
         let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
         let listeners = build_listeners(&a, &f)?;
         let binds = listeners.iter().map(|l| l.addr).collect();
+        let listener_ids_next = listeners.len();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -528,6 +534,7 @@ impl Config {
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
             listener_auth,
             listeners,
+            listener_ids_next,
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,
