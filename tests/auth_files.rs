@@ -329,6 +329,45 @@ fn a4_retained_messages_follow_the_readers_rights() {
     alice.expect_nothing(common::QUIET);
 }
 
+/// `check_retain_source false` (Mosquitto's default): a retained message stays available
+/// to readers after its publisher lost the right to publish it.
+#[test]
+fn check_retain_source_false_keeps_retained_after_the_publisher_lost_its_right() {
+    let dir = scratch("retain-source");
+    let pw = password_file(&dir, USERS);
+    let acl = write(
+        &dir.join("acl"),
+        "user alice\ntopic read r/#\nuser bob\ntopic write r/#\n",
+    );
+    let conf = write(&dir.join("c.conf"), "check_retain_source false\n");
+    let b = Broker::with_shards(
+        2,
+        &[
+            "-c",
+            s(&conf),
+            "--password-file",
+            s(&pw),
+            "--acl-file",
+            s(&acl),
+            "--allow-anonymous",
+            "false",
+        ],
+    );
+    let a = b.addr();
+    let mut bob = login5(a, "bob-rs", "bob", "builder", 0);
+    bob.publish("r/open", b"o", 1, true);
+    write(
+        &acl,
+        "user alice\ntopic read r/#\nuser bob\ntopic write q/#\n",
+    );
+    common::signal(b.pid(), libc::SIGHUP);
+    wait_until(|| bob.publish("r/probe", b"p", 1, false) == 0x87);
+    let mut alice = login5(a, "alice-rs", "alice", "wonder", 0);
+    alice.subscribe("r/#", 1);
+    let m = alice.expect_publish_acked(WAIT);
+    assert_eq!((m.topic.as_str(), m.retain), ("r/open", true));
+}
+
 /// A5: shared subscriptions are checked on their filter; malformed ones refused; a later
 /// publish still works.
 #[test]

@@ -312,6 +312,9 @@ pub struct Config {
     pub auth_files: auth_files::AuthFiles,
     /// `per_listener_settings`.
     pub per_listener_settings: bool,
+    /// `check_retain_source` (default true, stricter than Mosquitto's false): a retained
+    /// message is sent to a new subscriber only while its publisher may still publish it.
+    pub check_retain_source: bool,
     /// Each listener's own files and `allow_anonymous`, with per-listener settings.
     pub listener_auth: Vec<auth_files::ListenerAuth>,
     // --- end of the password and ACL block ---
@@ -532,6 +535,7 @@ impl Config {
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
             auth_files,
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            check_retain_source: f.check_retain_source.unwrap_or(true),
             listener_auth,
             listeners,
             listener_ids_next,
