@@ -4,8 +4,8 @@
 //!
 //! Owns: the rules of one loaded file, indexed for matching (one [`FilterTrie`] per user and
 //! one for anonymous clients; patterns in a short list, deny first, bucketed by a literal
-//! first level so a decision substitutes only the patterns that could match), and a generation
-//! number unique to this load. Format (Mosquitto's `aclfile__parse`):
+//! first level so a decision substitutes only the patterns that could match), and a
+//! generation number unique to this load. Format (Mosquitto's `aclfile__parse`):
 //!
 //! ```text
 //! # lines before the first `user` apply to anonymous clients (no username)
