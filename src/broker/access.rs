@@ -198,3 +198,72 @@ pub(super) fn may_read<X>(
     };
     acl.can_read(client, topic)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::reload::reread;
+    use crate::config::Args;
+    use clap::Parser;
+    use std::ffi::OsString;
+
+    fn anon() -> Client<'static> {
+        Client {
+            username: None,
+            client_id: "c",
+        }
+    }
+
+    #[test]
+    fn settings_follow_listener_ids_and_a_removed_listener_gets_nothing() {
+        let dir = std::env::temp_dir().join(format!("shardmq-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let (acl_a, acl_b) = (dir.join("a.acl"), dir.join("b.acl"));
+        std::fs::write(&acl_a, "topic readwrite a/#\n").expect("write");
+        std::fs::write(&acl_b, "topic readwrite b/#\n").expect("write");
+        let block = |ip: &str, acl: &std::path::Path, anon: bool| {
+            format!(
+                "listener 0 {ip}\nacl_file {}\nallow_anonymous {anon}\n",
+                acl.display()
+            )
+        };
+        let a = block("127.0.0.1", &acl_a, true);
+        let b = block("127.0.0.2", &acl_b, false);
+        let conf = dir.join("c.conf");
+        let write = |text: String| {
+            std::fs::write(&conf, format!("per_listener_settings true\n{text}")).expect("write")
+        };
+        write(format!("{a}{b}"));
+        let argv: Vec<OsString> = [
+            "shardmq",
+            "-c",
+            conf.to_str().expect("utf-8"),
+            "--admin",
+            "off",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let running = Config::from_args(Args::parse_from(&argv)).expect("valid");
+        let reads = |st: &AuthState, id: usize, topic: &str| {
+            st.acl(id).is_some_and(|acl| acl.can_read(anon(), topic))
+        };
+        let st = AuthState::from_config(&running);
+        assert!(reads(&st, 0, "a/x") && st.allow_anonymous(0));
+        assert!(reads(&st, 1, "b/x") && !st.allow_anonymous(1));
+        // Swapped blocks: ids 0 and 1 keep their own files.
+        write(format!("{b}{a}"));
+        let swapped = reread(&running, &argv).expect("valid").config;
+        let st = AuthState::from_config(&swapped);
+        assert!(reads(&st, 0, "a/x") && !reads(&st, 0, "b/x") && st.allow_anonymous(0));
+        assert!(reads(&st, 1, "b/x") && !reads(&st, 1, "a/x") && !st.allow_anonymous(1));
+        // Listener 0 removed: its clients and sessions get nothing.
+        write(b.clone());
+        let removed = reread(&swapped, &argv).expect("valid").config;
+        let st = AuthState::from_config(&removed);
+        assert!(!reads(&st, 0, "a/x") && !reads(&st, 0, "b/x"));
+        assert!(!st.allow_anonymous(0) && st.password_file(0).is_none());
+        assert!(reads(&st, 1, "b/x"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
