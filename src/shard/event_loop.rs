@@ -638,7 +638,8 @@ impl Shard {
                         match self.listeners[i].1.wrap(stream) {
                             Ok(Some(transport)) => {
                                 self.broker.effects().stats.connections_accepted += 1;
-                                self.adopt(transport, peer, Vec::new(), i, now)
+                                let id = self.listeners[i].1.id;
+                                self.adopt(transport, peer, Vec::new(), id, now)
                             }
                             // At the listener's max_connections: dropping the socket closes it.
                             Ok(None) => self.admission.release(),
