@@ -2,7 +2,9 @@
 //!
 //! Owns: one non-blocking `mio` TCP stream; the PROXY header stage of a listener that
 //! requires one (`enable_proxy_protocol`), the bytes read past that header, the client
-//! address it carried, and the listener's connection slot (released when this is dropped,
+//! address it carried (and, behind a TLS-terminating proxy, the client certificate CN it
+//! vouched for, refusing a header without one when the listener requires it), and the
+//! listener's connection slot (released when this is dropped,
 //! wherever the connection has moved). Invariant: after the PROXY header, bytes pass
 //! through unchanged, the ones read past the header first; nothing else is buffered here,
 //! and nothing is ever written on the socket's behalf. Must not touch: MQTT, TLS, WebSocket
