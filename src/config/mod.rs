@@ -584,12 +584,18 @@ impl Config {
                 .listener_auth
                 .iter()
                 .any(|l| l.files.password_file.is_some());
+        // Client certificates (or a proxy's verified CN) that name users are credentials too.
+        let certificates_name_users = self
+            .listeners
+            .iter()
+            .any(|l| l.cert_username != listener::CertUsername::No);
         if !self.allow_anonymous
             && self.scram_credentials.is_none()
             && !has_password_file
+            && !certificates_name_users
             && !self.per_listener_settings
         {
-            return Err("allow_anonymous false needs credentials (password_file or --scram-credentials); refusing to start a broker nobody can use".into());
+            return Err("allow_anonymous false needs credentials (password_file, --scram-credentials or use_identity_as_username); refusing to start a broker nobody can use".into());
         }
         Ok(())
     }

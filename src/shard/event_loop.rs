@@ -888,7 +888,8 @@ impl Shard {
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(());
         };
-        if !c.io.name_pending || c.io.transport.is_handshaking() {
+        let t = &c.io.transport;
+        if !c.io.name_pending || t.is_handshaking() || t.awaits_proxy_header() {
             return Ok(());
         }
         c.io.name_pending = false;
