@@ -67,7 +67,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = shardmq::shard::run_with_store(config, store);
+    let cluster = config.cluster.clone().map(shardmq::cluster::node::starter);
+    if let Some(c) = &config.cluster {
+        log(format_args!(
+            "cluster {}: node {} joining through {}",
+            c.name,
+            c.node,
+            c.nats.join(",")
+        ));
+    }
+    let running = shardmq::shard::run_node(config, store, cluster);
     drop(recovering);
     let mut running = match running {
         Ok(r) => r,

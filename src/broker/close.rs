@@ -220,7 +220,9 @@ impl<X> Broker<X> {
         link.timer = None;
         let (state, keepalive_ms, last_rx_ms) = (link.state, link.keepalive_ms, link.last_rx_ms);
         match state {
-            LinkState::ExpectConnect | LinkState::AwaitAuth if !self.delayed_refusal(key) => {
+            LinkState::ExpectConnect | LinkState::AwaitAuth
+                if !self.claim_expired(key) && !self.delayed_refusal(key) =>
+            {
                 self.close(key, None, "no CONNECT in time");
             }
             LinkState::Connected if keepalive_ms > 0 => {

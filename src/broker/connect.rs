@@ -105,8 +105,13 @@ impl<X> Broker<X> {
     fn assign_id(&mut self) -> Box<str> {
         loop {
             let nonce = self.sessions.next_nonce();
+            // In a cluster the node's name keeps ids apart across nodes.
+            let node = self
+                .cluster
+                .as_deref()
+                .map_or(String::new(), |n| format!("{n}-"));
             let id = format!(
-                "shardmq-{:x}-{:x}",
+                "shardmq-{node}{:x}-{:x}",
                 self.shard_id,
                 nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             );
@@ -151,6 +156,9 @@ impl<X> Broker<X> {
         };
         if let Some(why) = self.identity_refusal(key, c, &id) {
             return self.refuse_login(key, c, super::login::Refusal::NotAuthorized, why);
+        }
+        if self.needs_claim(key, c) {
+            return self.claim(key, c, &id);
         }
         let assigned = c.client_id.is_empty();
         let expiry_s = match c.version {

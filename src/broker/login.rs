@@ -115,6 +115,7 @@ impl<X> Broker<X> {
             link.pending_connect = Some(Box::new(PendingConnect {
                 connect,
                 refusal: None,
+                claim: false,
             }));
         }
         self.fx.verify.push(VerifyRequest {
@@ -137,7 +138,7 @@ impl<X> Broker<X> {
         let waiting = link
             .pending_connect
             .as_ref()
-            .is_some_and(|p| p.refusal.is_none());
+            .is_some_and(|p| p.refusal.is_none() && !p.claim);
         if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
             return;
         }
@@ -186,6 +187,7 @@ impl<X> Broker<X> {
                 link.pending_connect = Some(Box::new(PendingConnect {
                     connect: connect.to_vec(),
                     refusal: None,
+                    claim: false,
                 }));
                 self.fx.verify.push(VerifyRequest {
                     token,
@@ -230,6 +232,7 @@ impl<X> Broker<X> {
         link.pending_connect = Some(Box::new(PendingConnect {
             connect: Vec::new(),
             refusal: Some(refusal_code(Refusal::BadCredentials, c.version)),
+            claim: false,
         }));
         let gen = link.gen;
         let old = link.timer.take();

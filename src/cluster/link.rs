@@ -69,6 +69,28 @@ pub struct LinkSender {
 }
 
 impl LinkSender {
+    /// Queue every message of `batch` for the link and wake it once; those that do not
+    /// fit are dropped and counted. Returns how many were queued.
+    pub fn send_all(&self, batch: impl IntoIterator<Item = ToLink>) -> usize {
+        let mut queued = 0;
+        for m in batch {
+            if self.tx.try_send(m).is_ok() {
+                queued += 1;
+            } else {
+                LinkStats::add(&self.stats.to_link_dropped);
+            }
+        }
+        if queued > 0 {
+            self.notify.notify_one();
+        }
+        queued
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &Arc<LinkStats> {
+        &self.stats
+    }
+
     /// Queue `m` for the link and wake it; `false` (counted) when the queue is full.
     pub fn send(&self, m: ToLink) -> bool {
         match self.tx.try_send(m) {
@@ -355,6 +377,14 @@ impl State {
             ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
             ToLink::Publish(e) => self.publish(*e).await,
             ToLink::Claim { client_id, token } => {
+                if self.client.connection_state() != async_nats::connection::State::Connected {
+                    // The registry cannot be reached now: refuse at once rather than
+                    // let the client wait out the node's deadline.
+                    LinkStats::add(&self.out.stats.nats_errors);
+                    self.out
+                        .push_wake(FromLink::ClaimFailed { token, client_id });
+                    return;
+                }
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Claim { client_id, token })
             }

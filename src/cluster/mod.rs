@@ -14,6 +14,7 @@
 pub mod envelope;
 pub mod kv;
 pub mod link;
+pub mod node;
 pub mod subject;
 
 use std::sync::atomic::{AtomicU64, Ordering};

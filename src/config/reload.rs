@@ -52,7 +52,9 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         "bridges (connection blocks)",
         new.bridges != running.bridges,
     );
+    keep("cluster settings", new.cluster != running.cluster);
     new.bridges = running.bridges.clone();
+    new.cluster = running.cluster.clone();
     new.shards = running.shards;
     new.persistence = running.persistence.clone();
     new.admin = running.admin;
