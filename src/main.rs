@@ -67,7 +67,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cluster = config.cluster.clone().map(shardmq::cluster::node::starter);
+    let cluster = config
+        .cluster
+        .clone()
+        .map(|c| shardmq::cluster::node::starter(c, config.metrics.clone()));
     if let Some(c) = &config.cluster {
         log(format_args!(
             "cluster {}: node {} joining through {}",

@@ -101,6 +101,11 @@ impl Nats {
 
     /// Start shardmq node `name` of cluster `cluster`, attached to NATS server `server`.
     fn node(&self, cluster: &str, name: &str, server: usize) -> Broker {
+        self.node_with(cluster, name, server, &[])
+    }
+
+    /// As `node`, with more command-line arguments.
+    fn node_with(&self, cluster: &str, name: &str, server: usize, extra: &[&str]) -> Broker {
         let path = self.dir.path().join(format!("{cluster}-{name}.conf"));
         let conf = format!(
             "cluster_name {cluster}\ncluster_node {name}\ncluster_nats nats://127.0.0.1:{}\ncluster_kv_replicas 3\n",
@@ -108,7 +113,9 @@ impl Nats {
         );
         std::fs::write(&path, conf).unwrap();
         let p = path.to_str().unwrap();
-        Broker::start(&["-c", p, "--shards", SHARDS])
+        let mut args = vec!["-c", p, "--shards", SHARDS];
+        args.extend_from_slice(extra);
+        Broker::start(&args)
     }
 }
 
@@ -247,10 +254,11 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
         return;
     };
     // Each node on its own NATS server: every cross-node message crosses a NATS route.
+    let admin = ["--admin", "127.0.0.1:0"];
     let nodes: Vec<Broker> = ["A", "B", "C"]
         .iter()
         .enumerate()
-        .map(|(i, n)| nats.node("one", n, i))
+        .map(|(i, n)| nats.node_with("one", n, i, &admin))
         .collect();
     let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
 
@@ -296,6 +304,36 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
 
     shared_across_nodes(a, b, &mut publ);
     takeover_across_nodes(a, b, c);
+
+    // The link's counters on /metrics: C sent, A received.
+    let figure = |node: &Broker, name: &str| -> u64 {
+        let body = metrics(node.admin_addr().expect("admin listener"));
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("shardmq_cluster_{name}_total ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no shardmq_cluster_{name}_total in {body}"))
+    };
+    assert!(figure(&nodes[2], "published") >= 20);
+    assert!(figure(&nodes[0], "received") >= 20);
+    assert_eq!(figure(&nodes[0], "malformed"), 0);
+}
+
+/// The body of GET /metrics from an admin listener.
+fn metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// `$share/g/s/#` with members on A and B: each of C's messages reaches exactly one.

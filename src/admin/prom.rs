@@ -157,7 +157,20 @@ pub fn render(m: &Metrics) -> String {
     bus(&mut o, shards);
     turn_time(&mut o, shards);
     bridges(&mut o, shards);
+    cluster(&mut o, m);
     o
+}
+
+/// The cluster link's counters, `shardmq_cluster_<name>_total` (a cluster node only).
+fn cluster(o: &mut String, m: &Metrics) {
+    let Some(f) = m.cluster.get() else {
+        return;
+    };
+    for (name, help, value) in (f.0)() {
+        let name = format!("shardmq_cluster_{name}_total");
+        family(o, &name, "counter", help);
+        let _ = writeln!(o, "{name} {value}");
+    }
 }
 
 /// A label value, escaped as the exposition format wants.

@@ -181,4 +181,61 @@ impl LinkStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Every counter as (name, help, value), for `$SYS` and `/metrics`.
+    pub fn figures(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let g = Self::get;
+        vec![
+            (
+                "published",
+                "Messages this node sent to other nodes through NATS.",
+                g(&self.published),
+            ),
+            (
+                "received",
+                "Messages from other nodes passed to the shards.",
+                g(&self.received),
+            ),
+            (
+                "duplicates",
+                "Inbound copies dropped: this node's own, or already passed on.",
+                g(&self.duplicates),
+            ),
+            (
+                "down_dropped",
+                "Messages not sent while NATS was unreachable.",
+                g(&self.down_dropped),
+            ),
+            (
+                "too_large",
+                "Messages kept local: envelope or subject too large for NATS.",
+                g(&self.too_large),
+            ),
+            (
+                "malformed",
+                "Inbound bytes that were not a valid envelope, subject or topic.",
+                g(&self.malformed),
+            ),
+            (
+                "nats_errors",
+                "NATS publish, subscribe and JetStream operations that failed.",
+                g(&self.nats_errors),
+            ),
+            (
+                "interest_dropped",
+                "Filters kept local: invalid subject, too long, or table full.",
+                g(&self.interest_dropped),
+            ),
+            (
+                "to_link_dropped",
+                "Messages dropped because the link's queue was full.",
+                g(&self.to_link_dropped),
+            ),
+            (
+                "from_link_dropped",
+                "Messages dropped because the node's queue was full.",
+                g(&self.from_link_dropped),
+            ),
+        ]
+    }
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
+use std::sync::Arc;
 
 use super::envelope::Envelope;
 use super::link::{LinkHandle, LinkSender};
@@ -19,14 +20,20 @@ use crate::broker::cluster::{FromCluster, ToCluster};
 use crate::config::cluster::ClusterConfig;
 use crate::log::Level;
 use crate::log_at;
+use crate::metrics::{ClusterFigures, Metrics};
 use crate::protocol::QoS;
 use crate::session::Message;
 use crate::shard::cluster_port::{ClusterPort, ClusterStart, Wake};
 
-/// What `ClusterStart` needs: the link's configuration.
-pub fn starter(cfg: ClusterConfig) -> ClusterStart {
+/// What `ClusterStart` needs: the link's configuration, and the figures board its
+/// counters are shown on (`$SYS/broker/cluster/…`, `shardmq_cluster_…`).
+pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
     Box::new(move |wake: Wake, shards: usize| {
         let handle = LinkHandle::start(cfg, wake)?;
+        let stats = handle.sender().stats().clone();
+        let _ = metrics
+            .cluster
+            .set(ClusterFigures(Box::new(move || stats.figures())));
         let mut ports: Vec<Box<dyn ClusterPort>> = Vec::with_capacity(shards);
         let sender = handle.sender();
         let mut gateway = Some(handle);
@@ -214,7 +221,6 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn a_message_survives_the_trip_through_an_envelope() {
