@@ -319,7 +319,11 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
     // No loops: B's clients published nothing, so B sent nothing to NATS, however much
     // it received from it.
     assert!(figure(&nodes[1], "received") > 0);
-    assert_eq!(figure(&nodes[1], "published"), 0, "B re-published what it received");
+    assert_eq!(
+        figure(&nodes[1], "published"),
+        0,
+        "B re-published what it received"
+    );
 }
 
 /// The body of GET /metrics from an admin listener.

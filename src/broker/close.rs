@@ -101,6 +101,7 @@ impl<X> Broker<X> {
         let (expiry_s, uid) = (sess.expiry_s, sess.uid);
         let will_delay = sess.will.as_ref().map(|w| w.delay_s);
         if expiry_s == 0 {
+            self.release_claim(s);
             self.end_session(s);
             return;
         }
@@ -295,6 +296,7 @@ impl<X> Broker<X> {
                 x.expiry_timer = None;
             }
             self.fx.stats.sessions_expired += 1;
+            self.release_claim(s);
             self.end_session(s);
         }
     }

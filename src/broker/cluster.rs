@@ -52,6 +52,12 @@ pub enum ToCluster {
         /// When it was handed over (shard clock).
         now_ms: u64,
     },
+    /// The session of `client_id` ended here: drop its registry entry if it still names
+    /// this node (a claim by another node meanwhile is left alone).
+    Release {
+        /// MQTT client id.
+        client_id: Box<str>,
+    },
     /// Record this node as the owner of `client_id`; answered with `FromCluster::Claimed`.
     Claim {
         /// MQTT client id.
@@ -271,6 +277,18 @@ impl<X> Broker<X> {
             "cluster session registry did not answer",
         );
         true
+    }
+
+    /// Session `s` ends on this node with no connection (clean disconnect, expiry): its
+    /// registry entry goes, so the bucket holds only live sessions.
+    pub(super) fn release_claim(&mut self, s: usize) {
+        if self.cluster.is_none() {
+            return;
+        }
+        if let Some(sess) = self.sessions.get(s) {
+            let client_id = sess.client_id.clone();
+            self.tell_cluster(ToCluster::Release { client_id });
+        }
     }
 
     /// Whether CONNECT `c` must wait for the registry before it completes on link `key`.

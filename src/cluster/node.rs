@@ -97,6 +97,9 @@ fn to_link(m: ToCluster) -> ToLink {
             group: group.map(Into::into),
         },
         ToCluster::Publish { msg, now_ms } => ToLink::Publish(Box::new(envelope_of(&msg, now_ms))),
+        ToCluster::Release { client_id } => ToLink::Release {
+            client_id: client_id.into(),
+        },
         ToCluster::Claim { client_id, token } => ToLink::Claim {
             client_id: client_id.into(),
             token,
