@@ -304,6 +304,7 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
 
     shared_across_nodes(a, b, &mut publ);
     takeover_across_nodes(a, b, c);
+    handover_across_nodes(a, b, &mut publ);
 
     // The link's counters on /metrics: C sent, A received.
     let figure = |node: &Broker, name: &str| -> u64 {
@@ -412,6 +413,54 @@ fn takeover_across_nodes(a: SocketAddr, b: SocketAddr, c: SocketAddr) {
     let mut back = connect(a, "mover3");
     new3.wait_closed(WAIT);
     back.ping();
+}
+
+/// A persistent 5.0 session offline on A with three queued QoS 1 messages reconnects on
+/// B: Session Present, the queued messages, and its subscription, now routed to B.
+fn handover_across_nodes(a: SocketAddr, b: SocketAddr, publ: &mut RawClient) {
+    let o = Conn5::new("hand").clean(false).expiry(300);
+    let (mut first, _) = open5(a, &o);
+    first.subscribe_id("h/#", 1, 9);
+    first.disconnect();
+    // A probe beside the session on A: once it has q2, A has queued q0..q2 for "hand"
+    // (the gateway sends both, and the later takeover notice, in one order).
+    let mut probe = connect(a, "h-probe");
+    probe.subscribe("h/#", 1);
+    await_route(publ, &mut [&mut probe], "h/p");
+    for i in 0..3 {
+        publ.publish("h/x", format!("q{i}").as_bytes(), 1, false);
+    }
+    assert_eq!(exactly(&mut probe, 3), ["q0", "q1", "q2"]);
+    probe.disconnect();
+
+    let (mut moved, ack) = open5(b, &o);
+    assert!(ack.present, "the session came with the client: {ack:?}");
+    let mut queued = Vec::new();
+    while queued.len() < 3 {
+        let m = moved.expect_publish_acked(WAIT);
+        if m.text() != "probe" {
+            queued.push(m.text());
+        }
+    }
+    assert_eq!(queued, ["q0", "q1", "q2"], "the queued messages followed");
+    // Its subscription is B's now: C's messages reach it there, with its identifier.
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the moved subscription never got a message"
+        );
+        publ.publish("h/live", b"live", 1, false);
+        match moved.recv(Duration::from_millis(100)) {
+            Ok(v5::P5::Publish(m)) if m.text() == "live" => {
+                moved.ack(&m);
+                assert_eq!(m.props.subscription_identifiers, [9]);
+                break;
+            }
+            Ok(v5::P5::Publish(m)) => moved.ack(&m),
+            _ => {}
+        }
+    }
 }
 
 /// `Client5::open`, retried while the node's registry is not ready.

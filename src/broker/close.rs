@@ -222,7 +222,7 @@ impl<X> Broker<X> {
         let (state, keepalive_ms, last_rx_ms) = (link.state, link.keepalive_ms, link.last_rx_ms);
         match state {
             LinkState::ExpectConnect | LinkState::AwaitAuth
-                if !self.claim_expired(key) && !self.delayed_refusal(key) =>
+                if !self.claim_expired(key, now_ms) && !self.delayed_refusal(key) =>
             {
                 self.close(key, None, "no CONNECT in time");
             }

@@ -28,8 +28,23 @@ use super::link::PendingConnect;
 use super::{home_shard, Broker, Cast, LinkState, Verdict};
 use crate::log::Level;
 use crate::log_at;
+use crate::protocol::QoS;
 use crate::protocol::{self, Connect, Packet, ReasonCode};
-use crate::session::Message;
+use crate::session::{FlightState, Message, Outgoing, SubState};
+
+/// A session's state as it moves to another node: its subscriptions (full filters, with
+/// `$share/G/`) and the messages owed to the client (unacknowledged ones first, then the
+/// queue), each with its delivery QoS.
+#[derive(Debug, Default)]
+pub struct SessionHandover {
+    /// The old node had a session for the client id (otherwise the rest is empty and the
+    /// new session is not "present").
+    pub exists: bool,
+    /// Subscriptions.
+    pub subs: Vec<(Box<str>, SubState)>,
+    /// Messages owed.
+    pub queued: Vec<(Arc<Message>, QoS)>,
+}
 
 /// What a shard tells the cluster link.
 #[derive(Debug)]
@@ -57,6 +72,17 @@ pub enum ToCluster {
     Release {
         /// MQTT client id.
         client_id: Box<str>,
+    },
+    /// Node `to` took `client_id` over: send it the session's state.
+    Handover {
+        /// The new owner.
+        to: Box<str>,
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: SessionHandover,
+        /// When it was taken (shard clock, for the messages' expiry).
+        now_ms: u64,
     },
     /// Record this node as the owner of `client_id`; answered with `FromCluster::Claimed`.
     Claim {
@@ -93,6 +119,15 @@ pub enum FromCluster {
         client_id: Box<str>,
         /// Whether the registry now names this node.
         ok: bool,
+        /// Another node held it before (it has been told to hand the state over).
+        previous: bool,
+    },
+    /// The state of a session taken over from another node.
+    SessionState {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: SessionHandover,
     },
     /// Node `by` took `client_id` over: disconnect it here (0x8E) and end its session.
     TakenOver {
@@ -114,6 +149,15 @@ pub enum ClusterCast {
         token: u64,
         /// As in `FromCluster::Claimed`.
         ok: bool,
+        /// As in `FromCluster::Claimed`.
+        previous: bool,
+    },
+    /// As `FromCluster::SessionState`, for the client id's home shard.
+    State {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: Box<SessionHandover>,
     },
     /// As `FromCluster::TakenOver`, for the client id's home shard.
     TakenOver {
@@ -126,6 +170,9 @@ pub enum ClusterCast {
 
 /// The shard that receives from the link.
 pub const GATEWAY_SHARD: usize = 0;
+/// Longest wait for a session's state from its old node after the claim, before the
+/// CONNECT completes with a new session.
+pub const HANDOVER_WAIT_MS: u64 = 3000;
 /// Longest wait for the session registry at CONNECT before the client is refused with
 /// 0x88 (the registry unreachable: NATS down, or JetStream without quorum).
 pub const CLAIM_WAIT_MS: u64 = 5000;
@@ -186,7 +233,22 @@ impl<X> Broker<X> {
                 token,
                 client_id,
                 ok,
-            } => self.send_home(&client_id, ClusterCast::Claimed { token, ok }, now_ms),
+                previous,
+            } => {
+                let c = ClusterCast::Claimed {
+                    token,
+                    ok,
+                    previous,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::SessionState { client_id, state } => {
+                let c = ClusterCast::State {
+                    client_id: client_id.clone(),
+                    state: Box::new(state),
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
             FromCluster::TakenOver { client_id, by } => {
                 let c = ClusterCast::TakenOver {
                     client_id: client_id.clone(),
@@ -211,8 +273,15 @@ impl<X> Broker<X> {
     pub(super) fn on_cluster_cast(&mut self, c: ClusterCast, now_ms: u64) {
         match c {
             ClusterCast::Retain(msg) => self.retained.store(&msg),
-            ClusterCast::Claimed { token, ok } => self.on_claim_answer(token, ok, now_ms),
-            ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by),
+            ClusterCast::Claimed {
+                token,
+                ok,
+                previous,
+            } => self.on_claim_answer(token, ok, previous, now_ms),
+            ClusterCast::State { client_id, state } => {
+                self.on_session_state(&client_id, *state, now_ms)
+            }
+            ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
         }
     }
 
@@ -240,6 +309,7 @@ impl<X> Broker<X> {
             connect,
             refusal: None,
             claim: true,
+            handover: false,
         }));
         let gen = link.gen;
         let token = ((key as u64) << 32) | u64::from(gen);
@@ -263,10 +333,19 @@ impl<X> Broker<X> {
 
     /// The link timer of link `key` fired: if it still waits for the registry, refuse it
     /// (0x88) and return true.
-    pub(super) fn claim_expired(&mut self, key: usize) -> bool {
+    pub(super) fn claim_expired(&mut self, key: usize, now_ms: u64) -> bool {
         let Some(link) = self.links.get_mut(key) else {
             return false;
         };
+        if link.pending_connect.as_ref().is_some_and(|p| p.handover) {
+            // The old node did not send the state in time: a new session.
+            let token = ((key as u64) << 32) | u64::from(link.gen);
+            if let Some(id) = link.client_id.clone() {
+                self.awaiting_state.remove(&id);
+            }
+            self.finish_handover(token, None, now_ms);
+            return true;
+        }
         if !link.pending_connect.as_ref().is_some_and(|p| p.claim) {
             return false;
         }
@@ -302,7 +381,7 @@ impl<X> Broker<X> {
     /// The registry's answer for link `token`: complete its CONNECT, or refuse it (0x88 /
     /// 3.x "server unavailable") when the registry could not be reached: two nodes must
     /// never both believe they hold one client id.
-    fn on_claim_answer(&mut self, token: u64, ok: bool, now_ms: u64) {
+    fn on_claim_answer(&mut self, token: u64, ok: bool, previous: bool, now_ms: u64) {
         let key = (token >> 32) as usize;
         let gen = token as u32;
         let Some(link) = self.links.get_mut(key) else {
@@ -335,15 +414,152 @@ impl<X> Broker<X> {
             return;
         }
         link.claimed = true;
+        if previous && !c.clean_start {
+            // The old node was told to send the session's state: wait for it (bounded).
+            link.pending_connect = Some(Box::new(PendingConnect {
+                connect: pending.connect,
+                refusal: None,
+                claim: false,
+                handover: true,
+            }));
+            self.fx.resume.retain(|&k| k != key);
+            self.rearm_link_timer(key, now_ms + HANDOVER_WAIT_MS);
+            if let Some(id) = self.links.get(key).and_then(|l| l.client_id.clone()) {
+                self.awaiting_state.insert(id, token);
+            }
+            return;
+        }
         self.complete_connect(key, &c, now_ms);
     }
 
-    /// Node `by` owns `client_id` now: disconnect its connection here with 0x8E (a plain
-    /// close for 3.x) and end its session here; the session's state is not handed over.
-    fn on_taken_over(&mut self, client_id: &str, by: &str) {
-        let Some(s) = self.sessions.find(client_id) else {
+    /// Replace link `key`'s timer with one due at `at`.
+    fn rearm_link_timer(&mut self, key: usize, at: u64) {
+        let Some(link) = self.links.get_mut(key) else {
             return;
         };
+        let gen = link.gen;
+        if let Some(t) = link.timer.take() {
+            self.timers.cancel(t);
+        }
+        let t = self.timers.insert(at, timer_key(TIMER_LINK, gen, key));
+        if let Some(link) = self.links.get_mut(key) {
+            link.timer = Some(t);
+        }
+    }
+
+    /// The state of a session this node took over: complete the CONNECT waiting for it
+    /// with the session rebuilt (Session Present 1).
+    fn on_session_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
+        let Some(token) = self.awaiting_state.remove(client_id) else {
+            return;
+        };
+        self.finish_handover(token, Some(state), now_ms);
+    }
+
+    /// Complete the CONNECT of link `token` that waited for a session's state, with it
+    /// (`Some`) or without (it did not come in time).
+    fn finish_handover(&mut self, token: u64, state: Option<SessionHandover>, now_ms: u64) {
+        let key = (token >> 32) as usize;
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let waiting = link.pending_connect.as_ref().is_some_and(|p| p.handover);
+        if link.gen != token as u32 || link.state != LinkState::ExpectConnect || !waiting {
+            return;
+        }
+        let Some(pending) = link.pending_connect.take() else {
+            return;
+        };
+        self.fx.resume.push(key);
+        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
+        let Ok(protocol::Decoded::Packet {
+            packet: Packet::Connect(c),
+            ..
+        }) = decoded
+        else {
+            self.close(key, None, "stored CONNECT unreadable");
+            return;
+        };
+        self.handover_in = state.map(Box::new);
+        self.complete_connect(key, &c, now_ms);
+        self.handover_in = None;
+    }
+
+    /// Rebuild session `s` from the state its old node sent: its subscriptions join the
+    /// routes (and the cluster's interest), its messages wait in its queue.
+    pub(super) fn install_handover(&mut self, s: usize, h: SessionHandover) {
+        for (full, st) in &h.subs {
+            match crate::topic::parse_filter(full) {
+                Ok(crate::topic::FilterKind::Shared(sh)) => {
+                    self.add_shared(s, full, sh.group, sh.filter, *st)
+                }
+                Ok(_) => {
+                    self.add_subscription(s, full, *st);
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        for (msg, qos) in h.queued {
+            let out = Outgoing {
+                msg,
+                qos,
+                retain: false,
+                sub_ids: Default::default(),
+                share: None,
+                sid: 0,
+            };
+            if !sess.enqueue(out, &self.limits) {
+                self.fx.stats.dropped_queue += 1;
+            }
+        }
+    }
+
+    /// The state of session `s`, for the node taking it over.
+    fn session_state(&self, s: usize) -> SessionHandover {
+        let Some(sess) = self.sessions.get(s) else {
+            return SessionHandover::default();
+        };
+        let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
+        // A QoS 2 delivery awaiting PUBCOMP has reached the client: not owed again.
+        let unacked = sess
+            .inflight
+            .iter()
+            .filter(|f| f.state != FlightState::AwaitComp)
+            .map(|f| &f.out);
+        let queued = unacked
+            .chain(sess.queue.iter())
+            .map(|o| (o.msg.clone(), o.qos))
+            .collect();
+        SessionHandover {
+            exists: true,
+            subs,
+            queued,
+        }
+    }
+
+    /// Node `by` owns `client_id` now: disconnect its connection here with 0x8E (a plain
+    /// close for 3.x), send its state to `by`, and end it here.
+    fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
+        let Some(s) = self.sessions.find(client_id) else {
+            // Nothing to hand over; say so, so the new node need not wait.
+            self.tell_cluster(ToCluster::Handover {
+                to: by.into(),
+                client_id: client_id.into(),
+                state: SessionHandover::default(),
+                now_ms,
+            });
+            return;
+        };
+        let state = self.session_state(s);
+        self.tell_cluster(ToCluster::Handover {
+            to: by.into(),
+            client_id: client_id.into(),
+            state,
+            now_ms,
+        });
         if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
             if let Some(l) = self.links.get_mut(old) {
                 l.session = None;

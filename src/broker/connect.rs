@@ -166,7 +166,12 @@ impl<X> Broker<X> {
             _ if c.clean_start => 0,
             _ => u32::MAX,
         };
-        let (s, present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        let (s, mut present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        if let Some(h) = self.handover_in.take() {
+            // The session came from another node (cluster): it is present.
+            present = h.exists;
+            self.install_handover(s, *h);
+        }
         let keep_alive = granted_keepalive(c.version, c.keep_alive, self.cfg.max_keepalive);
         let mount = self.links.get(key).and_then(|l| l.mount.clone());
         let will = c.will.as_ref().map(|w| {

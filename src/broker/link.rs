@@ -124,6 +124,8 @@ pub struct PendingConnect {
     pub refusal: Option<ReasonCode>,
     /// Waiting for the cluster's session registry rather than the password check.
     pub claim: bool,
+    /// Claimed; waiting for the session's state from its old node (cluster).
+    pub handover: bool,
 }
 
 impl Link {

@@ -116,6 +116,7 @@ impl<X> Broker<X> {
                 connect,
                 refusal: None,
                 claim: false,
+                handover: false,
             }));
         }
         self.fx.verify.push(VerifyRequest {
@@ -188,6 +189,7 @@ impl<X> Broker<X> {
                     connect: connect.to_vec(),
                     refusal: None,
                     claim: false,
+                    handover: false,
                 }));
                 self.fx.verify.push(VerifyRequest {
                     token,
@@ -233,6 +235,7 @@ impl<X> Broker<X> {
             connect: Vec::new(),
             refusal: Some(refusal_code(Refusal::BadCredentials, c.version)),
             claim: false,
+            handover: false,
         }));
         let gen = link.gen;
         let old = link.timer.take();

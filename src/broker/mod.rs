@@ -287,6 +287,10 @@ pub struct Broker<X> {
     msg_pool: MessagePool,
     /// This node's name when it runs in a cluster whose link the shard carries.
     cluster: Option<Box<str>>,
+    /// Links waiting for a session's state from its old node: client id → link token.
+    awaiting_state: std::collections::HashMap<Box<str>, u64>,
+    /// The state to install in the session `complete_connect` is making (a handover).
+    handover_in: Option<Box<cluster::SessionHandover>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -339,6 +343,8 @@ impl<X> Broker<X> {
             journal: None,
             msg_pool: MessagePool::default(),
             cluster: None,
+            awaiting_state: std::collections::HashMap::new(),
+            handover_in: None,
         };
         b.arm_sys_timer(now_ms);
         b

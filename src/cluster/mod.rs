@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod handover;
 pub mod kv;
 pub mod link;
 pub mod node;
@@ -52,6 +53,16 @@ pub enum ToLink {
         client_id: String,
         /// Echoed in the answer.
         token: u64,
+    },
+    /// Another node took `client_id` over: send it the session's state (its encoding,
+    /// `handover`) on `smq.<cluster>.c.state.<to>`.
+    Handover {
+        /// The new owner (a node name).
+        to: String,
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state.
+        state: Vec<u8>,
     },
     /// A session owned here ended: remove the registry entry if it still names this node.
     Release {
@@ -120,6 +131,13 @@ pub enum FromLink {
         token: u64,
         /// MQTT client id.
         client_id: String,
+    },
+    /// The state of a session this node took over, from its old node.
+    SessionState {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state (`handover`).
+        state: Vec<u8>,
     },
     /// The answer to `ToLink::Release`.
     Released {

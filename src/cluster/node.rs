@@ -97,6 +97,16 @@ fn to_link(m: ToCluster) -> ToLink {
             group: group.map(Into::into),
         },
         ToCluster::Publish { msg, now_ms } => ToLink::Publish(Box::new(envelope_of(&msg, now_ms))),
+        ToCluster::Handover {
+            to,
+            client_id,
+            state,
+            now_ms,
+        } => ToLink::Handover {
+            to: to.into(),
+            client_id: client_id.into(),
+            state: super::handover::encode(&state, now_ms),
+        },
         ToCluster::Release { client_id } => ToLink::Release {
             client_id: client_id.into(),
         },
@@ -183,17 +193,30 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
             Some(FromCluster::Retained { msg })
         }
         FromLink::Claimed {
-            token, client_id, ..
+            token,
+            client_id,
+            previous,
         } => Some(FromCluster::Claimed {
             token,
             client_id: client_id.into(),
             ok: true,
+            previous: previous.is_some(),
         }),
         FromLink::ClaimFailed { token, client_id } => Some(FromCluster::Claimed {
             token,
             client_id: client_id.into(),
             ok: false,
+            previous: false,
         }),
+        FromLink::SessionState { client_id, state } => {
+            let Some(state) = super::handover::decode(&state, now_ms) else {
+                return malformed();
+            };
+            Some(FromCluster::SessionState {
+                client_id: client_id.into(),
+                state,
+            })
+        }
         FromLink::TakenOver { client_id, by } => Some(FromCluster::TakenOver {
             client_id: client_id.into(),
             by: by.into(),
