@@ -2,8 +2,9 @@
 //!
 //! Owns: the plain values a shard exchanges with the cluster link ([`ToCluster`] out,
 //! [`FromCluster`] in; the broker never sees NATS), the session-registry step of CONNECT
-//! (claim the client id, then complete), and what news from the link does here: a message
-//! from another node, a retained update from the bucket, a takeover by another node.
+//! (claim the client id, wait for a moved session's state, then complete), and what news
+//! from the link does here: a message from another node, a retained update from the
+//! bucket, a takeover by another node (which gets the session's [`SessionHandover`]).
 //!
 //! Invariants:
 //! - A message that came from the cluster is never handed back to it: only messages that
@@ -16,8 +17,10 @@
 //!   watch reports (this node's own included) is stamped again on the gateway and applied
 //!   to every replica, so all nodes converge on the bucket's last value. A message from
 //!   another node never touches the retained replica itself (`retain_stamp` 0).
-//! - A CONNECT completes only after the registry names this node (`Claimed`); meanwhile
-//!   the link reads no input (`pending_connect` with `claim`), like a password check.
+//! - A CONNECT completes only after the registry names this node (`Claimed`), and, when it
+//!   displaced another node's persistent session, after that session's state came or
+//!   `HANDOVER_WAIT_MS` passed; meanwhile the link reads no input (`pending_connect` with
+//!   `claim` or `handover`), like a password check. Every wait has a deadline.
 //!
 //! Must not touch: threads, queues or the link itself; the shard carries these values.
 
