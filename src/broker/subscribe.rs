@@ -79,6 +79,13 @@ impl<X> Broker<X> {
                 }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
             };
+            // `mosquitto -v` lists each filter under its "Received SUBSCRIBE" line.
+            log_at!(
+                Level::Debug,
+                "\t{} (QoS {})",
+                req.filter,
+                req.options.qos as u8
+            );
             if code < 0x80 {
                 self.log_subscription(key, Level::Subscribe, req.filter, code);
             }
@@ -284,6 +291,12 @@ impl<X> Broker<X> {
             if let Some(c) = self.links.conn_mut(p.link) {
                 c.tx.buf().extend_from_slice(&p.bytes);
                 self.fx.mark_dirty(p.link, &mut c.link);
+                // Encoded when the SUBSCRIBE was handled, written now: `mosquitto -v`'s line.
+                log_at!(
+                    Level::Debug,
+                    "Sending SUBACK to {}",
+                    c.link.client_id.as_deref().unwrap_or("<unknown>")
+                );
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
                 return;
@@ -299,8 +312,9 @@ impl<X> Broker<X> {
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
         let mut msgs = std::collections::VecDeque::new();
         let auth = &self.auth;
+        let check_source = self.cfg.check_retain_source;
         self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) && publisher_may_still(auth, m) {
+            if !m.expired(now_ms) && (!check_source || publisher_may_still(auth, m)) {
                 msgs.push_back(m.clone());
             }
         });
@@ -355,9 +369,11 @@ impl<X> Broker<X> {
     }
 }
 
-/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 /// May the publisher of retained message `m` still publish it under the ACL in force?
-/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.)
+/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.) As in
+/// Mosquitto's `check_retain_source`, a message without a recorded publisher (from the
+/// broker, a bridge, or recovered from the store, which does not keep the publisher yet)
+/// passes.
 fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
     let Some(p) = m.publisher.as_deref() else {
         return true;
@@ -372,6 +388,7 @@ fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Mess
     acl.can_publish(who, &m.topic)
 }
 
+/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
     if version == Version::V5 {
         reason.to_u8()

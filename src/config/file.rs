@@ -50,6 +50,10 @@ pub struct FileSettings {
     pub admin_listener: Option<SocketAddr>,
     /// `admin_password_file` (shardmq): HTTP basic auth for the admin listener.
     pub admin_password_file: Option<std::path::PathBuf>,
+    /// `admin_certfile` (shardmq), with its line: HTTPS on the admin listener.
+    pub admin_certfile: Option<(std::path::PathBuf, usize)>,
+    /// `admin_keyfile` (shardmq), with its line.
+    pub admin_keyfile: Option<(std::path::PathBuf, usize)>,
     /// `log_dest` lines (`None`: not given; the default applies).
     pub log_dests: Option<Vec<crate::log_sink::Dest>>,
     /// `log_type` lines (`None`: not given).
@@ -81,6 +85,8 @@ pub struct FileSettings {
     pub per_listener_settings: Option<bool>,
     /// With `per_listener_settings true`: the security settings after each `listener`.
     pub listener_security: Vec<ListenerSecurity>,
+    /// `check_retain_source`.
+    pub check_retain_source: Option<bool>,
     // --- end of the password and ACL block ---
     /// `connection` blocks (bridges), validated.
     pub bridges: Vec<super::bridge::BridgeConfig>,
@@ -192,6 +198,8 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         match key {
             "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
             "admin_password_file" => s.admin_password_file = Some(value.into()),
+            "admin_certfile" => s.admin_certfile = Some((value.into(), i + 1)),
+            "admin_keyfile" => s.admin_keyfile = Some((value.into(), i + 1)),
             "listener" => {
                 let addr = listener(value).map_err(err)?;
                 s.binds.push(addr);
@@ -332,6 +340,7 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
+        "check_retain_source" => s.check_retain_source = Some(boolean(key, value)?),
         k if super::limits::FILE_KEYS.contains(&k) => s.limits.apply(k, value)?,
         k if PERSISTENCE_KEYS.contains(&k) => {
             persistence(&mut s.persistence, &mut s.warnings, k, value)?

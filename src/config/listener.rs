@@ -135,6 +135,39 @@ pub struct Listener {
     /// The default listener's `::1`: a host without IPv6 cannot bind it, which is logged
     /// and tolerated (for this listener only).
     pub optional: bool,
+    /// The listener's identity, stable across reloads: links and sessions name their
+    /// listener by it (its security settings apply), so reordering `listener` blocks never
+    /// hands one listener's settings to another's clients. The position in the file at
+    /// start; a reload keeps the id of each listener it keeps (same configured address,
+    /// matched in order, as the shards keep its socket) and gives new ones ids never used
+    /// before ([`assign_ids`]).
+    pub id: usize,
+}
+
+/// Give `next` (a reloaded configuration's listeners) the ids of the `running` listeners
+/// they continue, matched as the shards keep sockets: same configured address, in order
+/// (several `listener 0` lines share one). Listeners without a match get fresh ids from
+/// `ids_next`. Returns the new `ids_next` (ids are never reused, so a session of a removed
+/// listener never inherits a new listener's settings).
+pub fn assign_ids(running: &[Listener], next: &mut [Listener], mut ids_next: usize) -> usize {
+    let mut taken = vec![false; running.len()];
+    for l in next.iter_mut() {
+        let same = running
+            .iter()
+            .enumerate()
+            .find(|(i, r)| !taken[*i] && r.addr == l.addr);
+        match same {
+            Some((i, r)) => {
+                taken[i] = true;
+                l.id = r.id;
+            }
+            None => {
+                l.id = ids_next;
+                ids_next += 1;
+            }
+        }
+    }
+    ids_next
 }
 
 /// Whether `key` is a per-listener option.
@@ -394,6 +427,8 @@ impl ListenerSpec {
             }),
             line: self.line,
             optional: false,
+            // Set by the caller, which knows the position (and, on reload, the history).
+            id: 0,
         })
     }
 

@@ -5,6 +5,7 @@
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 #![forbid(unsafe_code)]
 
+pub mod admin_tls;
 pub mod auth_files;
 pub mod bridge;
 pub mod cluster;
@@ -300,6 +301,8 @@ pub struct Config {
     pub admin: AdminListen,
     /// Password file protecting the admin listener with HTTP basic auth.
     pub admin_password_file: Option<PathBuf>,
+    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS.
+    pub admin_tls: Option<admin_tls::AdminTls>,
     /// Where the log goes and what it holds.
     pub log: crate::log_sink::Settings,
     /// The figures board shards write and the admin listener reads (shared, not settings:
@@ -312,11 +315,16 @@ pub struct Config {
     pub auth_files: auth_files::AuthFiles,
     /// `per_listener_settings`.
     pub per_listener_settings: bool,
+    /// `check_retain_source` (default true, stricter than Mosquitto's false): a retained
+    /// message is sent to a new subscriber only while its publisher may still publish it.
+    pub check_retain_source: bool,
     /// Each listener's own files and `allow_anonymous`, with per-listener settings.
     pub listener_auth: Vec<auth_files::ListenerAuth>,
     // --- end of the password and ACL block ---
     /// Every listener with its options, validated (`binds` are their addresses).
     pub listeners: Vec<listener::Listener>,
+    /// The next unused listener id (`listener::Listener::id`; kept across reloads).
+    pub listener_ids_next: usize,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
@@ -382,6 +390,9 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
         for l in &mut listeners {
             l.optional = l.addr.is_ipv6();
         }
+    }
+    for (i, l) in listeners.iter_mut().enumerate() {
+        l.id = i;
     }
     Ok(listeners)
 }
@@ -457,7 +468,15 @@ impl Config {
         )?;
         let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
         let listeners = build_listeners(&a, &f)?;
+        let admin_tls = admin_tls::load(
+            &a.config
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            f.admin_certfile.as_ref(),
+            f.admin_keyfile.as_ref(),
+        )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
+        let listener_ids_next = listeners.len();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -523,12 +542,15 @@ impl Config {
                 .or(f.admin_listener.map(AdminListen::Explicit))
                 .unwrap_or(AdminListen::Default(defaults::ADMIN_LISTENER)),
             admin_password_file: f.admin_password_file,
+            admin_tls,
             log,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
             auth_files,
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            check_retain_source: f.check_retain_source.unwrap_or(true),
             listener_auth,
             listeners,
+            listener_ids_next,
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,

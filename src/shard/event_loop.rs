@@ -344,6 +344,9 @@ fn open_journal(
         let _ = waker.wake();
     })
     .map_err(|e| io::Error::other(e.to_string()))?;
+    if let Some(m) = broker.config().metrics.shard(id) {
+        m.store.store(Some(wal.figures()));
+    }
     let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -735,7 +738,8 @@ impl Shard {
                         match self.listeners[i].1.wrap(stream) {
                             Ok(Some(transport)) => {
                                 self.broker.effects().stats.connections_accepted += 1;
-                                self.adopt(transport, peer, Vec::new(), i, now)
+                                let id = self.listeners[i].1.id;
+                                self.adopt(transport, peer, Vec::new(), id, now)
                             }
                             // At the listener's max_connections: dropping the socket closes it.
                             Ok(None) => self.admission.release(),

@@ -31,5 +31,6 @@ pub fn kind_of(listener: &Listener) -> ListenerKind {
             .max_connections
             .map(|max| (Arc::new(AtomicUsize::new(0)), max)),
         mount: listener.mount_point.as_deref().map(Arc::from),
+        id: listener.id,
     }
 }

@@ -98,6 +98,9 @@ pub struct ListenerKind {
     pub limit: Option<(Arc<AtomicUsize>, usize)>,
     /// `mount_point`, for the links of this listener's connections.
     pub mount: Option<Arc<str>>,
+    /// The listener's id (`config::listener::Listener::id`), stable across reloads: the
+    /// links of its connections name it to find their security settings.
+    pub id: usize,
 }
 
 impl ListenerKind {
