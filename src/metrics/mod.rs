@@ -308,6 +308,19 @@ impl Drop for ReadyHold {
     }
 }
 
+/// Reads the cluster link's counters: (name, help, value), names in snake case.
+pub type ClusterFiguresFn = dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync;
+
+/// The cluster link's counters, installed once when the node runs in a cluster (the link
+/// writes them; readers only load).
+pub struct ClusterFigures(pub Box<ClusterFiguresFn>);
+
+impl std::fmt::Debug for ClusterFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterFigures")
+    }
+}
+
 /// Every shard's figures, plus what the admin side tells the shards.
 #[derive(Debug)]
 pub struct Metrics {
@@ -326,6 +339,8 @@ pub struct Metrics {
     pub reloads_refused: Figure,
     /// `memory_limit` in bytes, 0 for none (written at start-up only).
     pub memory_limit: Figure,
+    /// The cluster link's counters (a node in a cluster only).
+    pub cluster: std::sync::OnceLock<ClusterFigures>,
 }
 
 impl Metrics {
@@ -340,6 +355,7 @@ impl Metrics {
             reloads_applied: Figure::default(),
             reloads_refused: Figure::default(),
             memory_limit: Figure::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
