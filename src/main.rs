@@ -240,7 +240,8 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
             cut.reason
         ));
     }
-    let state = rec.state;
+    let mut state = rec.state;
+    let bridges = std::mem::take(&mut state.bridges);
     let retained = state
         .retained
         .iter()
@@ -260,7 +261,16 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
         started.elapsed().as_millis()
     ));
     let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
-    let parts = state.split(n, shard_of, shard_of);
+    let mut parts = state.split(n, shard_of, shard_of);
+    let owner = |name: &str| {
+        let i = config.bridges.iter().position(|b| b.name == name)?;
+        Some(shardmq::broker::bridges::bridge_owner(i, n))
+    };
+    for (name, lost) in store::state::place_bridges(&mut parts, bridges, owner) {
+        log(format_args!(
+            "Warning: store: bridge '{name}' is no longer configured; its {lost} stored message(s) are dropped"
+        ));
+    }
     store::install(&dir, &parts).map_err(|e| e.to_string())?;
     let opts = WalOptions {
         sync: if p.sync_always {

@@ -97,6 +97,18 @@ pub struct InboundAck {
     qos: QoS,
 }
 
+impl InboundAck {
+    /// The remote's packet id.
+    pub fn packet_id(&self) -> PacketId {
+        self.packet_id
+    }
+
+    /// The QoS the message came at (1 or 2).
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+}
+
 /// What `offer` did with a local message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::protocol::{PacketId, QoS};
+use crate::store::{BridgeOp, BridgeState, MessageProps, StoredMessage};
 
 /// A message bound for the remote, already renamed for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +208,64 @@ impl Restored {
     }
 }
 
+impl Record {
+    /// The store's form of this record.
+    pub fn to_op(&self) -> BridgeOp<'_> {
+        match self {
+            Record::Enqueued { seq, msg } => BridgeOp::Enqueued {
+                seq: *seq,
+                msg: StoredMessage {
+                    topic: (*msg.topic).into(),
+                    payload: (*msg.payload).into(),
+                    qos: msg.qos as u8,
+                    retain: msg.retain,
+                    expires_at_unix_ms: None,
+                    props: MessageProps::default(),
+                },
+            },
+            Record::Sent { seq, packet_id } => BridgeOp::Sent {
+                seq: *seq,
+                packet_id: *packet_id,
+            },
+            Record::Received { seq } => BridgeOp::Received { seq: *seq },
+            Record::Done { seq } => BridgeOp::Done { seq: *seq },
+            Record::InboundHeld { packet_id } => BridgeOp::InboundHeld {
+                packet_id: *packet_id,
+            },
+            Record::InboundReleased { packet_id } => BridgeOp::InboundReleased {
+                packet_id: *packet_id,
+            },
+        }
+    }
+}
+
+impl Restored {
+    /// What the store recovered for one bridge. A stored QoS outside 1..=2 is read as 1
+    /// (only QoS 1/2 messages are ever recorded).
+    pub fn from_state(st: &BridgeState) -> Restored {
+        let messages = st
+            .messages
+            .iter()
+            .map(|(&seq, m)| {
+                let msg = OutMessage {
+                    topic: Arc::from(&*m.msg.topic),
+                    payload: Arc::from(&*m.msg.payload),
+                    qos: match m.msg.qos {
+                        2 => QoS::ExactlyOnce,
+                        _ => QoS::AtLeastOnce,
+                    },
+                    retain: m.msg.retain,
+                };
+                (seq, (msg, m.packet_id, m.received))
+            })
+            .collect();
+        Restored {
+            messages,
+            inbound_held: st.inbound_held.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +296,7 @@ mod tests {
     #[test]
     fn replay_keeps_what_is_not_done_in_order() {
         let id = |n| PacketId::new(n).expect("non-zero");
-        let records = vec![
+        let records = [
             Record::Enqueued {
                 seq: 1,
                 msg: msg("a", QoS::AtLeastOnce),
@@ -265,13 +324,25 @@ mod tests {
             Record::InboundHeld { packet_id: id(8) },
             Record::InboundReleased { packet_id: id(7) },
         ];
-        let r = Restored::replay(records);
+        let r = Restored::replay(records.iter().cloned());
         assert_eq!(
             r.inbound_held.iter().copied().collect::<Vec<_>>(),
             vec![id(8)]
         );
         let got: Vec<_> = r.messages.iter().map(|(s, m)| (*s, m.1, m.2)).collect();
         assert_eq!(got, vec![(2, Some(id(2)), true), (3, None, false)]);
+        let mut st = BridgeState::default();
+        for rec in &records {
+            let op = rec.to_op();
+            let stored = crate::store::Record::Bridge {
+                bridge: "b".into(),
+                op,
+            };
+            if let crate::store::Record::Bridge { op, .. } = stored.into_owned() {
+                st.apply(op);
+            }
+        }
+        assert_eq!(Restored::from_state(&st), r, "the store's fold is the same");
         let mut q = ForwardQueue::new(10, 1000);
         q.restore(vec![Queued {
             seq: Some(3),

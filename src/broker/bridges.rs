@@ -15,11 +15,13 @@
 
 use std::sync::Arc;
 
+use super::journal::HeldAck;
 use super::{Broker, Effects};
 use crate::bridge::Mapper;
 use crate::config::bridge::BridgeConfig;
 use crate::protocol::QoS;
 use crate::session::Message;
+use crate::store::{BridgeOp, Record};
 use crate::topic::trie::FilterTrie;
 
 /// Origins at and above this value name bridges (session uids stay below 2^62).
@@ -109,9 +111,45 @@ pub struct Inbound<'a> {
 }
 
 impl<X> Broker<X> {
-    /// Messages routed to this shard's bridges that the shard has not offered yet.
+    /// Messages routed to this shard's bridges that the shard has not offered yet, or
+    /// released inbound acknowledgements it has not passed on.
     pub fn pending_bridge_offers(&self) -> bool {
-        !self.fx.bridge_offers.is_empty()
+        !self.fx.bridge_offers.is_empty() || !self.fx.bridge_acks.is_empty()
+    }
+
+    /// Whether bridge records go to a log (persistence on).
+    pub fn logs_bridges(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Append a change to bridge `name`'s forwarding state to this turn's batch. A local
+    /// publisher's acknowledgement held this turn (or a peer's barrier answered after it)
+    /// then covers it.
+    pub fn log_bridge(&mut self, name: &str, op: BridgeOp<'_>) {
+        if let Some(j) = self.journal.as_mut() {
+            j.log(Record::Bridge {
+                bridge: name.into(),
+                op,
+            });
+        }
+    }
+
+    /// Hold the acknowledgement of a message bridge `i` just brought in until this turn's
+    /// records (and the peers it was published to) are durable; it comes back in
+    /// `Effects::bridge_acks`. False with persistence off: acknowledge at once.
+    pub fn hold_bridge_ack(&mut self, i: usize) -> bool {
+        match self.journal.as_mut() {
+            Some(j) => {
+                j.hold(HeldAck::Bridge { bridge: i });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take the released inbound acknowledgements (bridge indices, oldest first).
+    pub fn take_bridge_acks(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.fx.bridge_acks)
     }
 
     /// Publish a message brought in by bridge `i` (or its state notification) as if a

@@ -14,6 +14,7 @@
 //! broker (it calls `Broker::publish_from_bridge`), client connections, other shards.
 #![forbid(unsafe_code)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use mio::{Interest, Registry, Token};
 
 use super::bridge_tls::{self, Stream};
 use super::conn::ConnIo;
-use crate::bridge::{Action, Bridge, Limits, LocalPublish};
+use crate::bridge::{Action, Bridge, InboundAck, Limits, LocalPublish, Restored};
 use crate::broker::bridges::{bridge_owner, origin_bridge, Inbound};
 use crate::broker::Broker;
 use crate::config::bridge::Address;
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::log::log;
 use crate::metrics::{BridgeFigures, LISTS_INTERVAL_MS};
 use crate::protocol::QoS;
+use crate::store::{BridgeOp, BridgeState};
 
 /// Bytes read from one bridge socket per turn.
 const READ_BYTES_PER_TURN_MAX: usize = 256 * 1024;
@@ -61,6 +63,9 @@ struct Run {
     probe_ready: bool,
     /// The read budget ran out: read again next turn.
     read_again: bool,
+    /// Inbound acknowledgements the log holds until the local publish is durable, oldest
+    /// first (released one per `Effects::bridge_acks` entry).
+    held_acks: VecDeque<InboundAck>,
 }
 
 /// This shard's bridges.
@@ -113,6 +118,7 @@ impl Bridges {
                 sock_ready: false,
                 probe_ready: false,
                 read_again: false,
+                held_acks: VecDeque::new(),
             })
             .collect();
         Bridges {
@@ -136,6 +142,24 @@ impl Bridges {
             figures_up: Vec::new(),
             sys_at_ms: 0,
             sys_interval_ms: 0,
+        }
+    }
+
+    /// Give each bridge its forwarding state recovered from the store (before the first
+    /// turn): queued messages wait in order, sent ones are resent with DUP.
+    pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>) {
+        for run in &mut self.runs {
+            let Some(st) = stored.remove(&run.name) else {
+                continue;
+            };
+            let n = st.messages.len();
+            run.bridge.restore(Restored::from_state(&st));
+            if n > 0 {
+                log(format_args!(
+                    "Bridge {}: {n} message(s) restored from the store",
+                    run.name
+                ));
+            }
         }
     }
 
@@ -175,6 +199,7 @@ impl Bridges {
         if self.runs.is_empty() {
             return;
         }
+        self.release_acks(broker, now);
         self.offer(broker, now);
         for slot in 0..self.runs.len() {
             let token = self.token_base + slot * TOKENS_PER_BRIDGE;
@@ -196,6 +221,34 @@ impl Bridges {
             run.perform(broker, registry, token, now);
         }
         self.report(broker, now);
+        self.log_records(broker);
+    }
+
+    /// Append every bridge's new forwarding records to this turn's batch (dropped with
+    /// persistence off). Runs before the journal's end of turn, so the acknowledgement of
+    /// a local publish queued here waits for its record.
+    fn log_records(&mut self, broker: &mut Broker<ConnIo>) {
+        let logs = broker.logs_bridges();
+        for run in &mut self.runs {
+            for r in run.bridge.take_records() {
+                if logs {
+                    broker.log_bridge(&run.name, r.to_op());
+                }
+            }
+        }
+    }
+
+    /// Pass on the inbound acknowledgements the log released (each is the oldest held one
+    /// of its bridge).
+    fn release_acks(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
+        for i in broker.take_bridge_acks() {
+            let Some(run) = self.runs.iter_mut().find(|r| r.index == i) else {
+                continue;
+            };
+            if let Some(ack) = run.held_acks.pop_front() {
+                run.bridge.local_accepted(now, ack);
+            }
+        }
     }
 
     /// Publish the figures to the metrics board (every `LISTS_INTERVAL_MS`, and at once on
@@ -426,7 +479,18 @@ impl Run {
                 self.name, p.topic
             ));
         }
-        if let Some(ack) = p.ack {
+        let Some(ack) = p.ack else {
+            return;
+        };
+        if ack.qos() == QoS::ExactlyOnce {
+            // In the same batch as the local publish: after a crash a resend is answered,
+            // never brought in twice (the bridge's own later record repeats it harmlessly).
+            let packet_id = ack.packet_id();
+            broker.log_bridge(&self.name, BridgeOp::InboundHeld { packet_id });
+        }
+        if broker.hold_bridge_ack(self.index) {
+            self.held_acks.push_back(ack);
+        } else {
             self.bridge.local_accepted(now, ack);
         }
     }

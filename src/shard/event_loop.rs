@@ -261,7 +261,8 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
         if let Some(st) = store.as_mut() {
-            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            shard.bridges.restore(bridges);
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
@@ -291,13 +292,14 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
     })
 }
 
-/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+/// Open shard `id`'s log and install its part of the recovered store in `broker`; the
+/// bridges' part is returned for the shard's bridges.
 fn open_journal(
     broker: &mut Broker<ConnIo>,
     id: usize,
     st: &mut StoreStart,
     waker: Arc<Waker>,
-) -> io::Result<()> {
+) -> io::Result<std::collections::BTreeMap<String, crate::store::BridgeState>> {
     let dir = crate::store::layout::shard_dir(&st.dir, id);
     let wal = crate::store::Wal::open(&dir, st.opts, move || {
         let _ = waker.wake();
@@ -310,7 +312,7 @@ fn open_journal(
     let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
     broker.attach_journal(journal);
     broker.restore(&part, &st.retained, 0);
-    Ok(())
+    Ok(part.bridges)
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are
