@@ -738,3 +738,165 @@ fn shardmq_to_shardmq_every_qos_both_ways() {
     on_a.expect_nothing(Duration::from_millis(300));
     on_b.expect_nothing(Duration::from_millis(300));
 }
+
+/// SIGKILL, then a bounded wait for the exit.
+fn kill9(b: &mut Broker) {
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "shardmq dies");
+}
+
+/// The central broker of the store-and-forward tests, on a fixed port, with a store.
+enum Remote {
+    Shardmq(Broker),
+    Mosquitto(Mosquitto),
+}
+
+impl Remote {
+    fn start(mosquitto: bool, dir: &Dir, port: u16) -> Remote {
+        if mosquitto {
+            return Remote::Mosquitto(Mosquitto::start(port, dir));
+        }
+        let bind = format!("127.0.0.1:{port}");
+        let data = dir.0.join("remote-data").display().to_string();
+        Remote::Shardmq(Broker::start(&["--bind", &bind, "--data-dir", &data]))
+    }
+
+    /// A clean stop: the remote keeps its sessions.
+    fn stop(self) {
+        match self {
+            Remote::Shardmq(mut b) => {
+                assert!(b.terminate(WAIT).is_some(), "remote shardmq stops");
+            }
+            Remote::Mosquitto(m) => m.stop(),
+        }
+    }
+}
+
+/// Every (publisher letter, number) in `got`, split by publisher, in arrival order.
+fn by_publisher(got: &[common::Msg], letter: char) -> Vec<u32> {
+    got.iter()
+        .filter_map(|m| m.text().strip_prefix(letter)?.parse().ok())
+        .collect()
+}
+
+/// QoS 1 messages queued for an unreachable remote, from publishers on both shards (the
+/// bridge's own and the other one), are acknowledged, survive `kill -9` of shardmq, and
+/// reach the remote in order per publisher once it is up.
+fn queued_messages_survive_kill9(mosquitto: bool) {
+    const N: u32 = 200;
+    let dir = Dir::new(if mosquitto { "sf-mq" } else { "sf-smq" });
+    let port = free_port();
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The remote's subscriber keeps a session, so the restarted remote queues for it.
+    let r = Remote::start(mosquitto, &dir, port);
+    let (mut sink, _) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    sink.subscribe("site/#", 1);
+    sink.disconnect();
+    r.stop();
+
+    let data = dir.0.join("site-data").display().to_string();
+    let conf = format!(
+        "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\n\
+         cleansession false\nrestart_timeout 1\ntopic out/# out 1 \"\" site/\n"
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut pa = RawClient::clean(s.addr(), &common::id_on("pa", 0, 2));
+    let mut pb = RawClient::clean(s.addr(), &common::id_on("pb", 1, 2));
+    for i in 0..N {
+        // `publish` returns once shardmq has acknowledged the message.
+        pa.publish("out/a", format!("a{i}").as_bytes(), 1, false);
+        pb.publish("out/b", format!("b{i}").as_bytes(), 1, false);
+    }
+    kill9(&mut s);
+    drop((pa, pb, s));
+
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let _r = Remote::start(mosquitto, &dir, port);
+    let mut watch = RawClient::clean(s.addr(), "watch");
+    let state = "$SYS/broker/connection/site1/state";
+    watch.subscribe(state, 0);
+    await_state(&mut watch, state, b"1");
+    let (mut sink, present) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let mut got = Vec::new();
+    let done = |got: &[common::Msg]| {
+        by_publisher(got, 'a').last() == Some(&(N - 1))
+            && by_publisher(got, 'b').last() == Some(&(N - 1))
+    };
+    while !done(&got) {
+        got.push(sink.expect_publish_acked(WAIT));
+    }
+    let all: Vec<u32> = (0..N).collect();
+    assert_eq!(
+        by_publisher(&got, 'a'),
+        all,
+        "publisher on the bridge's shard"
+    );
+    assert_eq!(by_publisher(&got, 'b'), all, "publisher on the other shard");
+    assert!(got.iter().all(|m| m.topic.starts_with("site/out/")));
+}
+
+#[test]
+fn queued_messages_survive_kill9_of_shardmq_to_a_shardmq_remote() {
+    queued_messages_survive_kill9(false);
+}
+
+#[test]
+fn queued_messages_survive_kill9_of_shardmq_to_a_mosquitto_remote() {
+    queued_messages_survive_kill9(true);
+}
+
+/// Messages in flight to the remote (sent, never acknowledged) when shardmq is killed
+/// are sent again after the restart, first, in order, with DUP and their packet ids.
+#[test]
+fn in_flight_messages_are_resent_with_dup_after_kill9_of_shardmq() {
+    let dir = Dir::new("sf-dup");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let data = dir.0.join("site-data").display().to_string();
+    let conf = format!(
+        "connection fake\naddress 127.0.0.1:{port}\nremote_clientid fake\ntry_private false\n\
+         notifications_local_only true\nrestart_timeout 1\ntopic t/# out 1\n"
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    let mut p = RawClient::clean(s.addr(), &common::id_on("p", 1, 2));
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let payload = format!("m{i}").into_bytes();
+        p.publish("t/a", &payload, 1, false);
+        match r.next() {
+            Seen::Publish {
+                payload: got,
+                dup: false,
+                pid,
+            } => {
+                assert_eq!(got, payload);
+                sent.push(pid);
+            }
+            other => panic!("expected a PUBLISH, got {other:?}"),
+        }
+    }
+    kill9(&mut s);
+    drop((r, p, s));
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    for (i, pid) in sent.iter().enumerate() {
+        let want = Seen::Publish {
+            payload: format!("m{i}").into_bytes(),
+            dup: true,
+            pid: *pid,
+        };
+        assert_eq!(r.next(), want, "resent with DUP and its packet id");
+    }
+    let mut p = RawClient::clean(s.addr(), "p2");
+    p.publish("t/a", b"new", 1, false);
+    let Seen::Publish { payload, dup, .. } = r.next() else {
+        panic!("the new message follows");
+    };
+    assert_eq!((payload.as_slice(), dup), (&b"new"[..], false));
+}
