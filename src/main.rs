@@ -263,8 +263,8 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
     let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
     let mut parts = state.split(n, shard_of, shard_of);
     let owner = |name: &str| {
-        let i = config.bridges.iter().position(|b| b.name == name)?;
-        Some(shardmq::broker::bridges::bridge_owner(i, n))
+        let configured = config.bridges.iter().any(|b| b.name == name);
+        configured.then(|| shardmq::broker::bridges::bridge_owner(name, n))
     };
     for (name, lost) in store::state::place_bridges(&mut parts, bridges, owner) {
         log(format_args!(

@@ -900,3 +900,86 @@ fn in_flight_messages_are_resent_with_dup_after_kill9_of_shardmq() {
     };
     assert_eq!((payload.as_slice(), dup), (&b"new"[..], false));
 }
+
+/// Wait (bounded) until the log file holds `needle` at least `n` times.
+fn await_log(log: &std::path::Path, needle: &str, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP adds, changes and removes bridges: an added one connects and forwards, a changed
+/// one reconnects to its new address, a removed one disconnects (its state goes to 0 on
+/// both sides) and forwards nothing more; a bad bridge block keeps the running ones.
+#[test]
+fn bridges_are_added_changed_and_removed_by_sighup() {
+    let dir = Dir::new("hup");
+    // The first remote is mosquitto, which takes the bridge's state topic under `$SYS`.
+    let port = free_port();
+    let _m = Mosquitto::start(port, &dir);
+    let r1_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let r2 = Broker::with_shards(1, &[]);
+    let mut sink1 = RawClient::clean(r1_addr, "sink1");
+    sink1.subscribe("a/#", 1);
+    sink1.subscribe("b/#", 1);
+    let mut sink2 = RawClient::clean(r2.addr(), "sink2");
+    sink2.subscribe("a/#", 1);
+    let mut r1_state = RawClient::clean(r1_addr, "r1-state");
+    r1_state.subscribe("$SYS/broker/connection/two/state", 0);
+    let log = dir.0.join("site.log");
+    let head = format!("log_dest file {}\n", log.display());
+    let one = |to: SocketAddr| {
+        format!("connection one\naddress {to}\nremote_clientid one\nrestart_timeout 1\ntopic a/# out 1\n")
+    };
+    let two = format!(
+        "connection two\naddress {r1_addr}\nremote_clientid two\nrestart_timeout 1\ntopic b/# out 1\n"
+    );
+    let path = dir.0.join("site.conf");
+    std::fs::write(&path, format!("{head}{}", one(r1_addr))).expect("write conf");
+    let path_arg = path.display().to_string();
+    let s = Broker::with_shards(2, &["-c", &path_arg]);
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe("$SYS/broker/connection/+/state", 0);
+    await_state(&mut w, "$SYS/broker/connection/one/state", b"1");
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("a/1", b"before", 1, false);
+    assert_eq!(sink1.expect_publish_acked(WAIT).text(), "before");
+
+    // Change `one` to the second remote, add `two` to the first.
+    std::fs::write(&path, format!("{head}{}{two}", one(r2.addr()))).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_state(&mut w, "$SYS/broker/connection/two/state", b"1");
+    await_state(&mut r1_state, "$SYS/broker/connection/two/state", b"1");
+    p.publish("b/1", b"added", 1, false);
+    p.publish("a/1", b"changed", 1, false);
+    assert_eq!(sink1.expect_publish_acked(WAIT).text(), "added");
+    assert_eq!(sink2.expect_publish_acked(WAIT).text(), "changed");
+    sink1.expect_nothing(Duration::from_millis(300));
+    await_log(&log, "Bridge one: changed by the reload", 1);
+
+    // Remove `two`: state 0 here and on its remote, nothing forwarded any more.
+    std::fs::write(&path, format!("{head}{}", one(r2.addr()))).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_state(&mut w, "$SYS/broker/connection/two/state", b"0");
+    await_state(&mut r1_state, "$SYS/broker/connection/two/state", b"0");
+    await_log(&log, "Bridge two: removed by the reload", 1);
+    p.publish("b/1", b"removed", 1, false);
+    sink1.expect_nothing(Duration::from_millis(500));
+
+    // A bad block: the reload is refused whole and `one` keeps forwarding.
+    let bad = format!(
+        "{head}{}connection three\ntopic c/# out 1\n",
+        one(r2.addr())
+    );
+    std::fs::write(&path, bad).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_log(&log, "reload refused", 1);
+    p.publish("a/1", b"kept", 1, false);
+    assert_eq!(sink2.expect_publish_acked(WAIT).text(), "kept");
+}

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 mod flows;
+mod retire;
 
 use super::backoff::Backoff;
 use super::queue::{ForwardQueue, OutMessage, Queued, Record, Restored};

@@ -2,8 +2,8 @@
 //!
 //! Owns: the bridges' local filters (`out`/`both` rules) as two tries built once from the
 //! configuration (the same on every shard, so nothing is replicated at run time): every
-//! filter → the shards owning a bridge that wants it (bridge `i` lives on shard
-//! `i mod N`), and this shard's own bridges' filters → the bridges that want them. A
+//! filter → the shards owning a bridge that wants it (a bridge lives on the shard its
+//! name hashes to, [`bridge_owner`]), and this shard's own bridges' filters → the bridges that want them. A
 //! message that matches a bridge is cast to its owner shard like one for a subscriber; on
 //! the owner, `route_local` adds it to `Effects::bridge_offers` for the shard to offer.
 //!
@@ -37,9 +37,11 @@ pub fn origin_bridge(origin: u64) -> Option<usize> {
     (origin >= BRIDGE_ORIGIN_BASE).then(|| (origin - BRIDGE_ORIGIN_BASE) as usize)
 }
 
-/// The shard that runs bridge `i` of a broker with `shards` shards.
-pub fn bridge_owner(i: usize, shards: usize) -> usize {
-    i % shards.max(1)
+/// The shard that runs the bridge named `name` in a broker with `shards` shards: a hash
+/// of the name, so that adding or removing other bridges by a reload never moves it (its
+/// socket and queue stay where they are).
+pub fn bridge_owner(name: &str, shards: usize) -> usize {
+    super::home_shard(name, shards)
 }
 
 /// The bridges' local filters, as seen from one shard.
@@ -56,7 +58,7 @@ impl BridgeRoutes {
     pub fn new(bridges: &[BridgeConfig], me: usize, shards: usize) -> BridgeRoutes {
         let mut r = BridgeRoutes::default();
         for (i, b) in bridges.iter().enumerate().take(64) {
-            let owner = bridge_owner(i, shards);
+            let owner = bridge_owner(&b.name, shards);
             for (filter, _qos) in Mapper::new(b.topics.clone()).local_filters() {
                 *r.owners.entry_or_insert_with(&filter, || 0) |= 1u64 << owner;
                 if owner == me {
@@ -134,13 +136,14 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Hold the acknowledgement of a message bridge `i` just brought in until this turn's
-    /// records (and the peers it was published to) are durable; it comes back in
-    /// `Effects::bridge_acks`. False with persistence off: acknowledge at once.
-    pub fn hold_bridge_ack(&mut self, i: usize) -> bool {
+    /// Hold the acknowledgement of a message the bridge run `uid` (the shard's id for it)
+    /// just brought in until this turn's records (and the peers it was published to) are
+    /// durable; `uid` comes back in `Effects::bridge_acks`. False with persistence off:
+    /// acknowledge at once.
+    pub fn hold_bridge_ack(&mut self, uid: usize) -> bool {
         match self.journal.as_mut() {
             Some(j) => {
-                j.hold(HeldAck::Bridge { bridge: i });
+                j.hold(HeldAck::Bridge { bridge: uid });
                 true
             }
             None => false,

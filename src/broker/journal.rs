@@ -59,10 +59,10 @@ pub enum HeldAck {
         /// Its packet id.
         pid: PacketId,
     },
-    /// The acknowledgement to the remote of a QoS 1/2 message bridge `bridge` brought in
-    /// (the shard keeps the acks of each bridge in order; this releases the oldest).
+    /// The acknowledgement to the remote of a QoS 1/2 message a bridge brought in (the
+    /// shard keeps the acks of each bridge in order; this releases the oldest).
     Bridge {
-        /// Bridge index.
+        /// The shard's id for the bridge's run.
         bridge: usize,
     },
 }

@@ -321,7 +321,7 @@ pub struct Config {
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
     pub limits: limits::ResourceLimits,
-    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    /// `connection` blocks: the bridges, in file order (each runs on the shard its name hashes to).
     pub bridges: Vec<bridge::BridgeConfig>,
 }
 

@@ -1,6 +1,6 @@
 //! The bridges a shard runs: their sockets, timers and actions.
 //!
-//! Owns: for each bridge `i` with `i mod N` = this shard, the sans-IO client
+//! Owns: for each bridge whose name hashes to this shard (`bridge_owner`), the sans-IO client
 //! (`bridge::Bridge`), its outgoing TCP stream (registered with the shard's poll under
 //! `token_base + 2 × slot`) and its probe stream (`+ 1`). Each turn, [`Bridges::step`]
 //! offers the messages the broker routed to these bridges, reads and writes their
@@ -27,7 +27,7 @@ use super::conn::ConnIo;
 use crate::bridge::{Action, Bridge, InboundAck, Limits, LocalPublish, Restored};
 use crate::broker::bridges::{bridge_owner, origin_bridge, Inbound};
 use crate::broker::Broker;
-use crate::config::bridge::Address;
+use crate::config::bridge::{Address, BridgeConfig};
 use crate::config::Config;
 use crate::log::log;
 use crate::metrics::{BridgeFigures, LISTS_INTERVAL_MS};
@@ -48,9 +48,13 @@ pub const TOKENS_PER_BRIDGE: usize = 2;
 
 /// One running bridge.
 struct Run {
-    /// Its index in the configuration (origin tag, owner shard).
+    /// Its index in the configuration (origin tag).
     index: usize,
+    /// Its id on this shard (held inbound acknowledgements name it).
+    uid: usize,
     name: String,
+    /// Its block, to tell a changed one at a reload.
+    cfg: BridgeConfig,
     bridge: Bridge,
     /// TLS client settings, when the bridge has `bridge_cafile`.
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -81,6 +85,15 @@ pub struct Bridges {
     sys_at_ms: u64,
     /// `$SYS` interval, ms (0: off).
     sys_interval_ms: u64,
+    /// This shard's index.
+    shard: usize,
+    /// This machine's host name (default client ids).
+    host: String,
+    /// Back-off jitter seed.
+    seed: u64,
+    /// The last run id given (ids are never reused, so a released ack never reaches a
+    /// bridge that replaced the one it was held for).
+    next_uid: usize,
 }
 
 impl Bridges {
@@ -93,42 +106,134 @@ impl Bridges {
         token_base: usize,
         now_ms: u64,
     ) -> Bridges {
-        let host = hostname();
-        let limits = Limits {
-            max_inflight: cfg.max_inflight,
-            packet_in_bytes_max: cfg.max_packet_size,
-            out_bytes_max: OUT_BYTES_MAX,
-        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let runs = cfg
-            .bridges
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bridge_owner(*i, cfg.shards) == shard)
-            .map(|(index, b)| Run {
-                index,
-                name: b.name.clone(),
-                bridge: Bridge::new(b, &host, limits, seed ^ index as u64, now_ms),
-                tls: tls.get(index).cloned().flatten(),
-                sock: None,
-                connecting: false,
-                probe: None,
-                sock_ready: false,
-                probe_ready: false,
-                read_again: false,
-                held_acks: VecDeque::new(),
-            })
-            .collect();
-        Bridges {
-            runs,
+        let mut b = Bridges {
+            runs: Vec::new(),
             token_base,
             scratch: vec![0; 64 * 1024],
             figures_at_ms: 0,
             figures_up: Vec::new(),
             sys_at_ms: now_ms,
             sys_interval_ms: u64::from(cfg.sys_interval_s) * 1000,
+            shard,
+            host: hostname(),
+            seed,
+            next_uid: 0,
+        };
+        for (index, c) in mine(cfg, shard) {
+            let run = b.build(cfg, index, c, tls, now_ms);
+            b.runs.push(run);
+        }
+        b
+    }
+
+    /// A new run for bridge `index` of `cfg`.
+    fn build(
+        &mut self,
+        cfg: &Config,
+        index: usize,
+        c: &BridgeConfig,
+        tls: &[TlsConfig],
+        now_ms: u64,
+    ) -> Run {
+        let limits = Limits {
+            max_inflight: cfg.max_inflight,
+            packet_in_bytes_max: cfg.max_packet_size,
+            out_bytes_max: OUT_BYTES_MAX,
+        };
+        self.next_uid += 1;
+        let seed = self.seed ^ self.next_uid as u64;
+        Run {
+            index,
+            uid: self.next_uid,
+            name: c.name.clone(),
+            cfg: c.clone(),
+            bridge: Bridge::new(c, &self.host, limits, seed, now_ms),
+            tls: tls.get(index).cloned().flatten(),
+            sock: None,
+            connecting: false,
+            probe: None,
+            sock_ready: false,
+            probe_ready: false,
+            read_again: false,
+            held_acks: VecDeque::new(),
+        }
+    }
+
+    /// A reload, between turns: keep each bridge whose block is unchanged; replace a
+    /// changed one by a new bridge with the new settings that carries the old one's queue
+    /// and in-flight messages over (it disconnects and connects again); add new ones;
+    /// retire removed ones (DISCONNECT, state topic 0) and drop their queues, logged.
+    pub fn reconfigure(
+        &mut self,
+        broker: &mut Broker<ConnIo>,
+        registry: &Registry,
+        tls: &[TlsConfig],
+        now: u64,
+    ) {
+        let cfg = broker.config().clone();
+        self.sys_interval_ms = u64::from(cfg.sys_interval_s) * 1000;
+        let mut old = std::mem::take(&mut self.runs);
+        for (index, c) in mine(&cfg, self.shard) {
+            let Some(at) = old.iter().position(|r| r.name == c.name) else {
+                log(format_args!("Bridge {}: added by the reload", c.name));
+                let run = self.build(&cfg, index, c, tls, now);
+                self.runs.push(run);
+                continue;
+            };
+            let mut run = old.swap_remove(at);
+            let tls_now = tls.get(index).cloned().flatten();
+            if run.cfg == *c {
+                run.index = index;
+                run.tls = tls_now;
+                self.runs.push(run);
+                continue;
+            }
+            let held = run.retire(broker, registry, now);
+            let n = held.messages.len();
+            let mut fresh = self.build(&cfg, index, c, tls, now);
+            fresh.bridge.restore(held);
+            log(format_args!(
+                "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
+                c.name
+            ));
+            self.runs.push(fresh);
+        }
+        for mut run in old {
+            let held = run.retire(broker, registry, now);
+            for &seq in held.messages.keys() {
+                broker.log_bridge(&run.name, BridgeOp::Done { seq });
+            }
+            for &packet_id in &held.inbound_held {
+                broker.log_bridge(&run.name, BridgeOp::InboundReleased { packet_id });
+            }
+            log(format_args!(
+                "Bridge {}: removed by the reload; {} queued message(s) dropped",
+                run.name,
+                held.messages.len()
+            ));
+        }
+        self.retoken(registry);
+        // Figures are published again at the next step (the list changed).
+        self.figures_up.clear();
+    }
+
+    /// Register every kept socket under its (possibly new) slot's tokens.
+    fn retoken(&mut self, registry: &Registry) {
+        for (slot, run) in self.runs.iter_mut().enumerate() {
+            let token = self.token_base + slot * TOKENS_PER_BRIDGE;
+            let both = Interest::READABLE | Interest::WRITABLE;
+            if let Some(s) = run.sock.as_mut() {
+                let _ = registry.reregister(&mut s.tcp, Token(token), both);
+            }
+            if let Some(p) = run.probe.as_mut() {
+                let _ = registry.reregister(p, Token(token + 1), both);
+            }
+            // Look at both again next step: an event may have come under the old token.
+            run.sock_ready = run.sock.is_some();
+            run.probe_ready = run.probe.is_some();
         }
     }
 
@@ -142,6 +247,10 @@ impl Bridges {
             figures_up: Vec::new(),
             sys_at_ms: 0,
             sys_interval_ms: 0,
+            shard: 0,
+            host: String::new(),
+            seed: 0,
+            next_uid: 0,
         }
     }
 
@@ -242,7 +351,7 @@ impl Bridges {
     /// of its bridge).
     fn release_acks(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
         for i in broker.take_bridge_acks() {
-            let Some(run) = self.runs.iter_mut().find(|r| r.index == i) else {
+            let Some(run) = self.runs.iter_mut().find(|r| r.uid == i) else {
                 continue;
             };
             if let Some(ack) = run.held_acks.pop_front() {
@@ -309,7 +418,29 @@ impl Bridges {
     }
 }
 
+/// The bridges of `cfg` that shard `shard` runs, with their configuration index.
+fn mine(cfg: &Config, shard: usize) -> impl Iterator<Item = (usize, &BridgeConfig)> + '_ {
+    cfg.bridges
+        .iter()
+        .enumerate()
+        .filter(move |(_, b)| bridge_owner(&b.name, cfg.shards) == shard)
+}
+
 impl Run {
+    /// Stop this bridge for good: its last words to the remote are written (best effort),
+    /// its sockets closed, and what it held is returned.
+    fn retire(&mut self, broker: &mut Broker<ConnIo>, registry: &Registry, now: u64) -> Restored {
+        let held = self.bridge.retire(now);
+        // Only local publishes and logs are left to perform; no connect follows a retire.
+        self.perform(broker, registry, Token(usize::MAX), now);
+        self.flush(registry, now);
+        self.drop_sock(registry);
+        if let Some(mut p) = self.probe.take() {
+            let _ = registry.deregister(&mut p);
+        }
+        held
+    }
+
     fn figures(&self) -> BridgeFigures {
         let (queued, inflight) = self.bridge.depth();
         let st = self.bridge.stats();
@@ -488,7 +619,7 @@ impl Run {
             let packet_id = ack.packet_id();
             broker.log_bridge(&self.name, BridgeOp::InboundHeld { packet_id });
         }
-        if broker.hold_bridge_ack(self.index) {
+        if broker.hold_bridge_ack(self.uid) {
             self.held_acks.push_back(ack);
         } else {
             self.bridge.local_accepted(now, ack);
