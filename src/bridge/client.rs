@@ -13,6 +13,8 @@ use std::collections::{HashMap, VecDeque};
 mod flows;
 mod retire;
 
+pub use flows::Offered;
+
 use super::backoff::Backoff;
 use super::queue::{ForwardQueue, OutMessage, Queued, Record, Restored};
 use super::topics::Mapper;
@@ -21,6 +23,7 @@ use crate::protocol::{
     decode, encode, Ack, ConnAck, Connect, Decoded, Packet, PacketId, Properties, QoS, ReasonCode,
     Version, Will,
 };
+use crate::session::ForwardedProps;
 
 /// How long a TCP (or TLS) connect may take before the next address is tried, ms.
 pub const SOCKET_CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -88,6 +91,12 @@ pub struct LocalPublish {
     pub retain: bool,
     /// For QoS 1/2: hand back to `local_accepted` once the broker has it (durably).
     pub ack: Option<InboundAck>,
+    /// The bridge's own state notification (not from the remote: no ACL applies).
+    pub own: bool,
+    /// MQTT 5 properties that travel with the message (5.0 remotes).
+    pub props: Option<Box<ForwardedProps>>,
+    /// Message Expiry Interval left, seconds (5.0 remotes).
+    pub expiry_s: Option<u32>,
 }
 
 /// The token of an inbound QoS 1/2 message awaiting local acceptance.
@@ -144,6 +153,8 @@ pub struct Stats {
     pub connects: u64,
     /// Connection attempts or connections that failed.
     pub failures: u64,
+    /// Dropped: their Message Expiry Interval ran out before they could be sent.
+    pub expired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,6 +532,9 @@ impl Bridge {
                 qos: QoS::AtLeastOnce,
                 retain: true,
                 ack: None,
+                own: true,
+                props: None,
+                expiry_s: None,
             }));
         }
         self.actions.push_back(Action::State {

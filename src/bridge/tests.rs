@@ -453,6 +453,8 @@ fn restored_records_resend_what_was_in_flight_under_the_same_id() {
         payload: payload(b"p"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        props: None,
+        expires_at_ms: None,
     };
     let records = vec![
         Record::Enqueued {

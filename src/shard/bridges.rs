@@ -24,7 +24,7 @@ use mio::{Interest, Registry, Token};
 
 use super::bridge_tls::{self, Stream};
 use super::conn::ConnIo;
-use crate::bridge::{Action, Bridge, InboundAck, Limits, LocalPublish, Restored};
+use crate::bridge::{Action, Bridge, Clock, InboundAck, Limits, LocalPublish, Offered, Restored};
 use crate::broker::bridges::{bridge_owner, origin_bridge, Inbound};
 use crate::broker::Broker;
 use crate::config::bridge::{Address, BridgeConfig};
@@ -55,6 +55,11 @@ struct Run {
     name: String,
     /// Its block, to tell a changed one at a reload.
     cfg: BridgeConfig,
+    /// Its client id on the local broker (`local_clientid`): the ACL identity of what it
+    /// brings in and of what it reads to send out.
+    local_id: String,
+    /// A refused local publish was logged (once per run).
+    refusal_logged: bool,
     bridge: Bridge,
     /// TLS client settings, when the bridge has `bridge_cafile`.
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -150,6 +155,8 @@ impl Bridges {
             uid: self.next_uid,
             name: c.name.clone(),
             cfg: c.clone(),
+            local_id: c.local_client_id(&self.host),
+            refusal_logged: false,
             bridge: Bridge::new(c, &self.host, limits, seed, now_ms),
             tls: tls.get(index).cloned().flatten(),
             sock: None,
@@ -256,13 +263,13 @@ impl Bridges {
 
     /// Give each bridge its forwarding state recovered from the store (before the first
     /// turn): queued messages wait in order, sent ones are resent with DUP.
-    pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>) {
+    pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>, now_ms: u64) {
         for run in &mut self.runs {
             let Some(st) = stored.remove(&run.name) else {
                 continue;
             };
             let n = st.messages.len();
-            run.bridge.restore(Restored::from_state(&st));
+            run.bridge.restore(Restored::from_state(&st, clock(now_ms)));
             if n > 0 {
                 log(format_args!(
                     "Bridge {}: {n} message(s) restored from the store",
@@ -330,18 +337,20 @@ impl Bridges {
             run.perform(broker, registry, token, now);
         }
         self.report(broker, now);
-        self.log_records(broker);
+        self.log_records(broker, now);
     }
 
     /// Append every bridge's new forwarding records to this turn's batch (dropped with
     /// persistence off). Runs before the journal's end of turn, so the acknowledgement of
     /// a local publish queued here waits for its record.
-    fn log_records(&mut self, broker: &mut Broker<ConnIo>) {
+    fn log_records(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
         let logs = broker.logs_bridges();
+        let mut at = None;
         for run in &mut self.runs {
             for r in run.bridge.take_records() {
                 if logs {
-                    broker.log_bridge(&run.name, r.to_op());
+                    let c = *at.get_or_insert_with(|| clock(now));
+                    broker.log_bridge(&run.name, r.to_op(c));
                 }
             }
         }
@@ -394,8 +403,12 @@ impl Bridges {
                     payload: payload.as_bytes(),
                     qos: QoS::AtMostOnce,
                     retain: true,
+                    client_id: None,
+                    props: None,
+                    expiry_s: None,
                 };
-                broker.publish_from_bridge(run.index, &m, now);
+                // The bridge's own figures: a valid topic, and no ACL applies.
+                let _ = broker.publish_from_bridge(run.index, m, now);
             }
         }
     }
@@ -407,10 +420,20 @@ impl Bridges {
             let Some(run) = self.runs.iter_mut().find(|r| r.index == *i) else {
                 continue;
             };
+            if !broker.bridge_may_read(&run.local_id, &msg.topic) {
+                continue;
+            }
             let payload: Arc<[u8]> = Arc::from(&msg.payload[..]);
             let looped = origin_bridge(msg.origin) == Some(*i);
-            run.bridge
-                .offer(now, &msg.topic, &payload, msg.qos, msg.retain, looped);
+            let m = Offered {
+                topic: &msg.topic,
+                payload: &payload,
+                qos: msg.qos,
+                retain: msg.retain,
+                props: msg.props.as_deref(),
+                expires_at_ms: msg.expires_at_ms,
+            };
+            run.bridge.offer_message(now, &m, looped);
         }
         let mut offers = offers;
         offers.clear();
@@ -603,12 +626,17 @@ impl Run {
             payload: &p.payload,
             qos: p.qos,
             retain: p.retain,
+            client_id: (!p.own).then_some(self.local_id.as_str()),
+            props: p.props,
+            expiry_s: p.expiry_s,
         };
-        if !broker.publish_from_bridge(self.index, &m, now) {
-            log(format_args!(
-                "Bridge {}: dropped a message for the invalid local topic '{}'",
-                self.name, p.topic
-            ));
+        if let Err(why) = broker.publish_from_bridge(self.index, m, now) {
+            if !std::mem::replace(&mut self.refusal_logged, true) {
+                log(format_args!(
+                    "Bridge {}: dropped a message for '{}' ({why}; further ones are not logged)",
+                    self.name, p.topic
+                ));
+            }
         }
         let Some(ack) = p.ack else {
             return;
@@ -694,6 +722,14 @@ fn connect_outcome(s: &TcpStream) -> Option<io::Result<()>> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => None,
         Err(e) => Some(Err(e)),
     }
+}
+
+/// The shard clock `now_ms` with the wall clock now.
+fn clock(now_ms: u64) -> Clock {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Clock { now_ms, unix_ms }
 }
 
 /// This machine's host name (for the default client ids), or `localhost`.

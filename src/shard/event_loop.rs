@@ -273,7 +273,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         let mut shard = shard.with_bridges(&bridge_tls);
         if let Some(st) = store.as_mut() {
             let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
-            shard.bridges.restore(bridges);
+            shard.bridges.restore(bridges, 0);
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));

@@ -25,6 +25,8 @@ impl Bridge {
                         payload: std::sync::Arc::from(&b"0"[..]),
                         qos: QoS::AtMostOnce,
                         retain: true,
+                        props: None,
+                        expires_at_ms: None,
                     };
                     self.write_publish(now_ms, &msg, None, false);
                 }
