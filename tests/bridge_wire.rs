@@ -226,6 +226,24 @@ fn status_shows_down_with_queue(addr: SocketAddr, admin: SocketAddr) {
         Some(0),
         "{text}"
     );
+    // The dashboard's JSON: the same figures, by bridge.
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/api/v1/bridges")).expect("JSON");
+    let cloud = &api["bridges"][0];
+    assert_eq!(cloud["name"], "cloud", "{api}");
+    assert_eq!(cloud["up"], false, "{api}");
+    assert!(cloud["queued"].as_u64().is_some_and(|q| q >= 300), "{api}");
+    assert!(
+        cloud["forwarded"].as_u64().is_some_and(|f| f >= 300),
+        "{api}"
+    );
+    let page = http_get(admin, "/");
+    assert!(
+        page.contains("id=\"bridges\""),
+        "the dashboard has a bridges panel"
+    );
+    let js = http_get(admin, "/dashboard.js");
+    assert!(js.contains("/api/v1/bridges"), "and fills it from the API");
 }
 
 /// Both directions with prefixes against mosquitto, QoS 1 in order; then the remote is
