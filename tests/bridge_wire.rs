@@ -233,10 +233,7 @@ fn status_shows_down_with_queue(addr: SocketAddr, admin: SocketAddr) {
     assert_eq!(cloud["name"], "cloud", "{api}");
     assert_eq!(cloud["up"], false, "{api}");
     assert!(cloud["queued"].as_u64().is_some_and(|q| q >= 300), "{api}");
-    assert!(
-        cloud["forwarded"].as_u64().is_some_and(|f| f >= 300),
-        "{api}"
-    );
+    assert!(cloud["forwarded"].as_u64().is_some_and(|f| f > 0), "{api}");
     let page = http_get(admin, "/");
     assert!(
         page.contains("id=\"bridges\""),
