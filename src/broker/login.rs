@@ -56,8 +56,9 @@ impl<X> Broker<X> {
         self.auth = auth;
     }
 
-    /// Link `key` was accepted on listener `listener` (index into the binds): its
-    /// security settings apply.
+    /// Link `key` was accepted on the listener with id `listener`
+    /// (`config::listener::Listener::id`, stable across reloads): its security settings
+    /// apply.
     pub fn set_listener(&mut self, key: usize, listener: usize) {
         if let Some(link) = self.links.get_mut(key) {
             link.listener = listener;
@@ -115,6 +116,8 @@ impl<X> Broker<X> {
             link.pending_connect = Some(Box::new(PendingConnect {
                 connect,
                 refusal: None,
+                claim: false,
+                handover: false,
             }));
         }
         self.fx.verify.push(VerifyRequest {
@@ -137,7 +140,7 @@ impl<X> Broker<X> {
         let waiting = link
             .pending_connect
             .as_ref()
-            .is_some_and(|p| p.refusal.is_none());
+            .is_some_and(|p| p.refusal.is_none() && !p.claim);
         if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
             return;
         }
@@ -186,6 +189,8 @@ impl<X> Broker<X> {
                 link.pending_connect = Some(Box::new(PendingConnect {
                     connect: connect.to_vec(),
                     refusal: None,
+                    claim: false,
+                    handover: false,
                 }));
                 self.fx.verify.push(VerifyRequest {
                     token,
@@ -230,6 +235,8 @@ impl<X> Broker<X> {
         link.pending_connect = Some(Box::new(PendingConnect {
             connect: Vec::new(),
             refusal: Some(refusal_code(Refusal::BadCredentials, c.version)),
+            claim: false,
+            handover: false,
         }));
         let gen = link.gen;
         let old = link.timer.take();

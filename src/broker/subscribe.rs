@@ -1,5 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
+use super::cluster::ToCluster;
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
@@ -189,8 +190,15 @@ impl<X> Broker<X> {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        sess.subs.insert(full.into(), state);
+        let new = sess.subs.insert(full.into(), state).is_none();
         let uid = sess.uid;
+        if new {
+            self.tell_cluster(ToCluster::Interest {
+                filter: filter.into(),
+                group: Some(group.into()),
+                add: true,
+            });
+        }
         let member = self.member(s, uid, state.options, state.sub_id, true);
         self.share_update(group, filter, member, ShareOp::Join);
     }
@@ -207,6 +215,11 @@ impl<X> Broker<X> {
                     false,
                 );
                 self.share_update(sh.group, sh.filter, member, ShareOp::Leave);
+                self.tell_cluster(ToCluster::Interest {
+                    filter: sh.filter.into(),
+                    group: Some(sh.group.into()),
+                    add: false,
+                });
             }
             _ => {
                 self.remove_from_trie(s, full);
@@ -225,6 +238,11 @@ impl<X> Broker<X> {
 
     fn broadcast_interest(&mut self, filter: &str, add: bool) {
         self.apply_interest(self.shard_id, filter, add);
+        self.tell_cluster(ToCluster::Interest {
+            filter: filter.into(),
+            group: None,
+            add,
+        });
         let from = self.shard_id;
         self.broadcast_acked(|seq| Cast::Interest {
             from,
@@ -294,8 +312,9 @@ impl<X> Broker<X> {
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
         let mut msgs = std::collections::VecDeque::new();
         let auth = &self.auth;
+        let check_source = self.cfg.check_retain_source;
         self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) && publisher_may_still(auth, m) {
+            if !m.expired(now_ms) && (!check_source || publisher_may_still(auth, m)) {
                 msgs.push_back(m.clone());
             }
         });
@@ -350,9 +369,11 @@ impl<X> Broker<X> {
     }
 }
 
-/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 /// May the publisher of retained message `m` still publish it under the ACL in force?
-/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.)
+/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.) As in
+/// Mosquitto's `check_retain_source`, a message without a recorded publisher (from the
+/// broker, a bridge, or recovered from the store, which does not keep the publisher yet)
+/// passes.
 fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
     let Some(p) = m.publisher.as_deref() else {
         return true;
@@ -367,6 +388,7 @@ fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Mess
     acl.can_publish(who, &m.topic)
 }
 
+/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
     if version == Version::V5 {
         reason.to_u8()

@@ -315,17 +315,25 @@ pub struct Config {
     pub auth_files: auth_files::AuthFiles,
     /// `per_listener_settings`.
     pub per_listener_settings: bool,
+    /// `check_retain_source` (default true, stricter than Mosquitto's false): a retained
+    /// message is sent to a new subscriber only while its publisher may still publish it.
+    pub check_retain_source: bool,
     /// Each listener's own files and `allow_anonymous`, with per-listener settings.
     pub listener_auth: Vec<auth_files::ListenerAuth>,
     // --- end of the password and ACL block ---
     /// Every listener with its options, validated (`binds` are their addresses).
     pub listeners: Vec<listener::Listener>,
+    /// The next unused listener id (`listener::Listener::id`; kept across reloads).
+    pub listener_ids_next: usize,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
     pub limits: limits::ResourceLimits,
     /// `connection` blocks: the bridges, in file order (each runs on the shard its name hashes to).
     pub bridges: Vec<bridge::BridgeConfig>,
+    /// The `cluster_*` lines: this node's place in a cluster over NATS (`None`: a single
+    /// node, no NATS client runs).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -382,6 +390,9 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
         for l in &mut listeners {
             l.optional = l.addr.is_ipv6();
         }
+    }
+    for (i, l) in listeners.iter_mut().enumerate() {
+        l.id = i;
     }
     Ok(listeners)
 }
@@ -448,9 +459,7 @@ impl Config {
         };
         let log = log_settings(&f, a.verbose);
         let persistence = Persistence::resolve(&a, &f.persistence)?;
-        if cluster::ClusterConfig::from_keys(&f.cluster)?.is_some() {
-            return Err("cluster options are valid, but this build does not run the cluster link yet (it is not wired into the shards); refusing to start a node that would silently stay single".into());
-        }
+        let cluster = cluster::ClusterConfig::from_keys(&f.cluster)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials
@@ -467,6 +476,7 @@ impl Config {
             f.admin_keyfile.as_ref(),
         )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
+        let listener_ids_next = listeners.len();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -537,11 +547,14 @@ impl Config {
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
             auth_files,
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            check_retain_source: f.check_retain_source.unwrap_or(true),
             listener_auth,
             listeners,
+            listener_ids_next,
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,
+            cluster,
         };
         c.validate()?;
         Ok(c)
@@ -573,12 +586,18 @@ impl Config {
                 .listener_auth
                 .iter()
                 .any(|l| l.files.password_file.is_some());
+        // Client certificates (or a proxy's verified CN) that name users are credentials too.
+        let certificates_name_users = self
+            .listeners
+            .iter()
+            .any(|l| l.cert_username != listener::CertUsername::No);
         if !self.allow_anonymous
             && self.scram_credentials.is_none()
             && !has_password_file
+            && !certificates_name_users
             && !self.per_listener_settings
         {
-            return Err("allow_anonymous false needs credentials (password_file or --scram-credentials); refusing to start a broker nobody can use".into());
+            return Err("allow_anonymous false needs credentials (password_file, --scram-credentials or use_identity_as_username); refusing to start a broker nobody can use".into());
         }
         Ok(())
     }
