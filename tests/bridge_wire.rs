@@ -837,8 +837,9 @@ fn by_publisher(got: &[common::Msg], letter: char) -> Vec<u32> {
 }
 
 /// QoS 1 messages queued for an unreachable remote, from publishers on both shards (the
-/// bridge's own and the other one), are acknowledged, survive `kill -9` of shardmq, and
-/// reach the remote in order per publisher once it is up.
+/// bridge's own and the other one), are acknowledged, survive `kill -9` of shardmq (and a
+/// renamed `connection` with the same `local_clientid`), and reach the remote in order
+/// per publisher once it is up.
 fn queued_messages_survive_kill9(mosquitto: bool) {
     const N: u32 = 200;
     let dir = Dir::new(if mosquitto { "sf-mq" } else { "sf-smq" });
@@ -854,7 +855,8 @@ fn queued_messages_survive_kill9(mosquitto: bool) {
     let data = dir.0.join("site-data").display().to_string();
     let conf = format!(
         "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\n\
-         cleansession false\nrestart_timeout 1\ntopic out/# out 1 \"\" site/\n"
+         local_clientid site1-local\ncleansession false\nrestart_timeout 1\n\
+         topic out/# out 1 \"\" site/\n"
     );
     let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
     let mut pa = RawClient::clean(s.addr(), &common::id_on("pa", 0, 2));
@@ -867,7 +869,10 @@ fn queued_messages_survive_kill9(mosquitto: bool) {
     kill9(&mut s);
     drop((pa, pb, s));
 
-    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    // The queue belongs to the local client id (as in Mosquitto): it survives a renamed
+    // `connection` too.
+    let renamed = conf.replace("connection cloud", "connection cloud-renamed");
+    let s = shardmq(&dir, &renamed, 2, &["--data-dir", &data]);
     let _r = Remote::start(mosquitto, &dir, port);
     let mut watch = RawClient::clean(s.addr(), "watch");
     let state = "$SYS/broker/connection/site1/state";
@@ -1089,66 +1094,4 @@ fn mqtt5_properties_cross_an_mqttv50_bridge_both_ways() {
     let text = reader.join().unwrap_or_default();
     assert!(status.is_some_and(|s| s.success()), "{text}");
     assert_eq!(text.trim(), "OK");
-}
-
-/// `local_clientid` is the bridge's identity on the local broker (Mosquitto's meaning):
-/// the global ACL decides, for that client id, what it may publish locally (in) and read
-/// to send out (out). With the default local id, `in/site7/` and `out/site7/` would be
-/// refused too.
-#[test]
-fn local_clientid_is_the_bridges_acl_identity() {
-    let dir = Dir::new("lcid");
-    let central = Broker::with_shards(1, &[]);
-    let acl = dir.0.join("acl");
-    std::fs::write(
-        &acl,
-        "topic read $SYS/#\ntopic read in/#\ntopic write out/#\n\
-         pattern write in/%c/#\npattern read out/%c/#\n",
-    )
-    .expect("write acl");
-    let conf = format!(
-        "acl_file {}\nconnection cloud\naddress {}\nremote_clientid lcid\nlocal_clientid site7\n\
-         restart_timeout 1\ntopic x in 1 in/site7/ r/\ntopic y in 1 in/other/ r/\n\
-         topic out/# out 1\n",
-        acl.display(),
-        central.addr()
-    );
-    let s = shardmq(&dir, &conf, 2, &[]);
-    let _w = state_watcher(s.addr(), "w", "$SYS/broker/connection/lcid/state");
-    let mut local = RawClient::clean(s.addr(), "local-sub");
-    local.subscribe("in/#", 1);
-    let mut remote_pub = RawClient::clean(central.addr(), "rp");
-    // The bridge subscribes on the remote right after CONNACK: retry until one is in.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        remote_pub.publish("r/x", b"first", 1, false);
-        if let Ok(Got::Publish(m)) = local.try_packet(Duration::from_millis(200)) {
-            local.ack(&m);
-            assert_eq!(m.topic, "in/site7/x");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing came in over the bridge");
-    }
-    while let Ok(Got::Publish(m)) = local.try_packet(Duration::from_millis(300)) {
-        local.ack(&m);
-    }
-    // In order from one remote publisher: a denied `y` would arrive before `after`.
-    remote_pub.publish("r/y", b"denied", 1, false);
-    remote_pub.publish("r/x", b"after", 1, false);
-    let m = local.expect_publish_acked(WAIT);
-    assert_eq!(
-        (m.topic.as_str(), m.text().as_str()),
-        ("in/site7/x", "after")
-    );
-    // Out: the bridge reads only `out/site7/...`.
-    let mut sink = RawClient::clean(central.addr(), "sink");
-    sink.subscribe("out/#", 1);
-    let mut p = RawClient::clean(s.addr(), "p");
-    p.publish("out/zzz/1", b"unreadable", 1, false);
-    p.publish("out/site7/1", b"readable", 1, false);
-    let m = sink.expect_publish_acked(WAIT);
-    assert_eq!(
-        (m.topic.as_str(), m.text().as_str()),
-        ("out/site7/1", "readable")
-    );
 }

@@ -91,8 +91,6 @@ pub struct LocalPublish {
     pub retain: bool,
     /// For QoS 1/2: hand back to `local_accepted` once the broker has it (durably).
     pub ack: Option<InboundAck>,
-    /// The bridge's own state notification (not from the remote: no ACL applies).
-    pub own: bool,
     /// MQTT 5 properties that travel with the message (5.0 remotes).
     pub props: Option<Box<ForwardedProps>>,
     /// Message Expiry Interval left, seconds (5.0 remotes).
@@ -532,7 +530,6 @@ impl Bridge {
                 qos: QoS::AtLeastOnce,
                 retain: true,
                 ack: None,
-                own: true,
                 props: None,
                 expiry_s: None,
             }));

@@ -110,9 +110,6 @@ pub struct Inbound<'a> {
     pub qos: QoS,
     /// RETAIN as received.
     pub retain: bool,
-    /// The bridge's `local_clientid`, whose ACL rights apply (`None`: the bridge's own
-    /// state or figures, published by the broker itself).
-    pub client_id: Option<&'a str>,
     /// MQTT 5 properties from the remote.
     pub props: Option<Box<ForwardedProps>>,
     /// Message Expiry Interval left, seconds.
@@ -124,15 +121,12 @@ pub struct Inbound<'a> {
 pub enum Refused {
     /// Not a valid topic name.
     InvalidTopic,
-    /// The ACL does not let the bridge's `local_clientid` publish it.
-    Denied,
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Refused::InvalidTopic => "not a valid topic name",
-            Refused::Denied => "denied by the ACL for its local_clientid",
         })
     }
 }
@@ -181,10 +175,10 @@ impl<X> Broker<X> {
     }
 
     /// Publish a message brought in by bridge `i` (or its state notification) as if a
-    /// local client had sent it, tagged with the bridge's origin. Nothing is routed when
-    /// the topic is not a valid topic name, or when the ACL (the global one: a bridge
-    /// comes through no listener) denies the bridge's `local_clientid` the right to
-    /// publish it.
+    /// local client had sent it, tagged with the bridge's origin. Like Mosquitto's
+    /// bridges, it is not checked against the ACL (the remote decided who may publish
+    /// it); local subscribers still read only what their rights allow. Nothing is routed
+    /// when the topic is not a valid topic name.
     pub fn publish_from_bridge(
         &mut self,
         i: usize,
@@ -193,23 +187,6 @@ impl<X> Broker<X> {
     ) -> Result<(), Refused> {
         if !crate::topic::valid_topic_name(m.topic) {
             return Err(Refused::InvalidTopic);
-        }
-        let mut publisher = None;
-        if let (Some(acl), Some(id)) = (self.auth.acl(usize::MAX), m.client_id) {
-            let client = crate::auth::Client {
-                username: None,
-                client_id: id,
-            };
-            if !acl.can_publish(client, m.topic) {
-                self.fx.stats.acl_denied += 1;
-                return Err(Refused::Denied);
-            }
-            // Kept so a retained copy is checked against its publisher's right again.
-            publisher = Some(Arc::new(crate::session::message::Publisher {
-                username: None,
-                client_id: id.into(),
-                listener: usize::MAX,
-            }));
         }
         self.fx.stats.publish_in += 1;
         let msg = Message {
@@ -223,23 +200,10 @@ impl<X> Broker<X> {
                 .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
             origin: bridge_origin(i),
             retain_stamp: 0,
-            publisher,
+            publisher: None,
         };
         self.publish_message(msg, now_ms);
         Ok(())
-    }
-
-    /// May the bridge whose local client id is `client_id` read `topic` (to send it out)?
-    /// Always with no ACL.
-    pub fn bridge_may_read(&self, client_id: &str, topic: &str) -> bool {
-        let Some(acl) = self.auth.acl(usize::MAX) else {
-            return true;
-        };
-        let client = crate::auth::Client {
-            username: None,
-            client_id,
-        };
-        acl.can_read(client, topic)
     }
 }
 

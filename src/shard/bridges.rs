@@ -55,8 +55,8 @@ struct Run {
     name: String,
     /// Its block, to tell a changed one at a reload.
     cfg: BridgeConfig,
-    /// Its client id on the local broker (`local_clientid`): the ACL identity of what it
-    /// brings in and of what it reads to send out.
+    /// Its client id on the local broker (`local_clientid`): the key of its stored
+    /// forwarding state, as Mosquitto keeps a bridge's queue in that client's session.
     local_id: String,
     /// A refused local publish was logged (once per run).
     refusal_logged: bool,
@@ -170,8 +170,9 @@ impl Bridges {
     }
 
     /// A reload, between turns: keep each bridge whose block is unchanged; replace a
-    /// changed one by a new bridge with the new settings that carries the old one's queue
-    /// and in-flight messages over (it disconnects and connects again); add new ones;
+    /// changed one (same name, or renamed with the same `local_clientid`) by a new bridge
+    /// with the new settings that carries the old one's queue and in-flight messages over
+    /// (it disconnects and connects again); add new ones;
     /// retire removed ones (DISCONNECT, state topic 0) and drop their queues, logged.
     pub fn reconfigure(
         &mut self,
@@ -184,7 +185,11 @@ impl Bridges {
         self.sys_interval_ms = u64::from(cfg.sys_interval_s) * 1000;
         let mut old = std::mem::take(&mut self.runs);
         for (index, c) in mine(&cfg, self.shard) {
-            let Some(at) = old.iter().position(|r| r.name == c.name) else {
+            // Same name, or a renamed block with the same local client id (its queue).
+            let local_id = c.local_client_id(&self.host);
+            let at = old.iter().position(|r| r.name == c.name);
+            let at = at.or_else(|| old.iter().position(|r| r.local_id == local_id));
+            let Some(at) = at else {
                 log(format_args!("Bridge {}: added by the reload", c.name));
                 let run = self.build(&cfg, index, c, tls, now);
                 self.runs.push(run);
@@ -201,6 +206,10 @@ impl Bridges {
             let held = run.retire(broker, registry, now);
             let n = held.messages.len();
             let mut fresh = self.build(&cfg, index, c, tls, now);
+            if fresh.local_id != run.local_id {
+                // The stored state is keyed by local client id: move it to the new one.
+                rekey(broker, &run.local_id, &fresh.local_id, &held, now);
+            }
             fresh.bridge.restore(held);
             log(format_args!(
                 "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
@@ -211,10 +220,10 @@ impl Bridges {
         for mut run in old {
             let held = run.retire(broker, registry, now);
             for &seq in held.messages.keys() {
-                broker.log_bridge(&run.name, BridgeOp::Done { seq });
+                broker.log_bridge(&run.local_id, BridgeOp::Done { seq });
             }
             for &packet_id in &held.inbound_held {
-                broker.log_bridge(&run.name, BridgeOp::InboundReleased { packet_id });
+                broker.log_bridge(&run.local_id, BridgeOp::InboundReleased { packet_id });
             }
             log(format_args!(
                 "Bridge {}: removed by the reload; {} queued message(s) dropped",
@@ -265,7 +274,7 @@ impl Bridges {
     /// turn): queued messages wait in order, sent ones are resent with DUP.
     pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>, now_ms: u64) {
         for run in &mut self.runs {
-            let Some(st) = stored.remove(&run.name) else {
+            let Some(st) = stored.remove(&run.local_id) else {
                 continue;
             };
             let n = st.messages.len();
@@ -350,7 +359,7 @@ impl Bridges {
             for r in run.bridge.take_records() {
                 if logs {
                     let c = *at.get_or_insert_with(|| clock(now));
-                    broker.log_bridge(&run.name, r.to_op(c));
+                    broker.log_bridge(&run.local_id, r.to_op(c));
                 }
             }
         }
@@ -403,11 +412,10 @@ impl Bridges {
                     payload: payload.as_bytes(),
                     qos: QoS::AtMostOnce,
                     retain: true,
-                    client_id: None,
                     props: None,
                     expiry_s: None,
                 };
-                // The bridge's own figures: a valid topic, and no ACL applies.
+                // The bridge's own figures: always a valid topic.
                 let _ = broker.publish_from_bridge(run.index, m, now);
             }
         }
@@ -420,9 +428,6 @@ impl Bridges {
             let Some(run) = self.runs.iter_mut().find(|r| r.index == *i) else {
                 continue;
             };
-            if !broker.bridge_may_read(&run.local_id, &msg.topic) {
-                continue;
-            }
             let payload: Arc<[u8]> = Arc::from(&msg.payload[..]);
             let looped = origin_bridge(msg.origin) == Some(*i);
             let m = Offered {
@@ -438,6 +443,29 @@ impl Bridges {
         let mut offers = offers;
         offers.clear();
         broker.effects().bridge_offers = offers;
+    }
+}
+
+/// Move a bridge's stored forwarding state from key `from` to key `to` in the log.
+fn rekey(broker: &mut Broker<ConnIo>, from: &str, to: &str, held: &Restored, now: u64) {
+    let c = clock(now);
+    for (&seq, (msg, packet_id, received)) in &held.messages {
+        broker.log_bridge(from, BridgeOp::Done { seq });
+        let enq = crate::bridge::Record::Enqueued {
+            seq,
+            msg: msg.clone(),
+        };
+        broker.log_bridge(to, enq.to_op(c));
+        if let Some(packet_id) = *packet_id {
+            broker.log_bridge(to, BridgeOp::Sent { seq, packet_id });
+        }
+        if *received {
+            broker.log_bridge(to, BridgeOp::Received { seq });
+        }
+    }
+    for &packet_id in &held.inbound_held {
+        broker.log_bridge(from, BridgeOp::InboundReleased { packet_id });
+        broker.log_bridge(to, BridgeOp::InboundHeld { packet_id });
     }
 }
 
@@ -626,7 +654,6 @@ impl Run {
             payload: &p.payload,
             qos: p.qos,
             retain: p.retain,
-            client_id: (!p.own).then_some(self.local_id.as_str()),
             props: p.props,
             expiry_s: p.expiry_s,
         };
@@ -645,7 +672,7 @@ impl Run {
             // In the same batch as the local publish: after a crash a resend is answered,
             // never brought in twice (the bridge's own later record repeats it harmlessly).
             let packet_id = ack.packet_id();
-            broker.log_bridge(&self.name, BridgeOp::InboundHeld { packet_id });
+            broker.log_bridge(&self.local_id, BridgeOp::InboundHeld { packet_id });
         }
         if broker.hold_bridge_ack(self.uid) {
             self.held_acks.push_back(ack);
@@ -733,7 +760,7 @@ fn clock(now_ms: u64) -> Clock {
 }
 
 /// This machine's host name (for the default client ids), or `localhost`.
-fn hostname() -> String {
+pub fn hostname() -> String {
     // std has no gethostname: the kernel's view, as `hostname` prints it.
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

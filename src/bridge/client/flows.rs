@@ -372,7 +372,6 @@ impl Bridge {
             qos: p.qos,
             retain: p.retain,
             ack,
-            own: false,
             props: ForwardedProps::from_publish(&p.properties),
             expiry_s: p.properties.message_expiry_interval,
         }));
