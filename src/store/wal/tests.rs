@@ -80,7 +80,7 @@ fn segments_roll_whole_batches_and_recover_in_order() {
         wal.end_turn().expect("write");
     }
     wait_durable(&wal, &rx, 100);
-    let segments = list_segments(&shard_dir(data.path(), 0)).expect("list");
+    let segments = list_segments(&crate::store::OsDisk, &shard_dir(data.path(), 0)).expect("list");
     assert!(
         segments.len() >= 5,
         "expected several segments, got {segments:?}"
