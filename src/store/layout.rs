@@ -255,6 +255,11 @@ pub fn install_on(disk: &dyn Disk, data_dir: &Path, parts: &[LiveState]) -> Resu
     let mkdir = |d: &Path| disk.create_dir_all(d).map_err(io("create directory"));
     let sync = |d: &Path| disk.sync_dir(d).map_err(io("fsync directory"));
     mkdir(data_dir)?;
+    // The data directory's own entry: without this a power cut after the first start
+    // could lose the whole store (found by the power-cut test).
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync(parent)?;
+    }
     let incoming = data_dir.join(INCOMING_DIR);
     if disk.exists(&incoming) {
         disk.remove_dir_all(&incoming)
