@@ -235,6 +235,16 @@ impl Journal {
         }
     }
 
+    /// Manual mode ([`crate::store::Background::Manual`]): run one round of the sync
+    /// thread's work (`sync`), or a checkpoint write waiting for it. True if anything ran.
+    pub fn background_step(&mut self, sync: bool) -> bool {
+        if sync {
+            self.wal.sync_step()
+        } else {
+            self.wal.run_background()
+        }
+    }
+
     /// Whether records or acks wait for the next `end_turn`.
     pub fn unwritten(&self) -> bool {
         self.wal.batch_bytes() > 0 || !self.turn.is_empty()

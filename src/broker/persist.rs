@@ -34,6 +34,14 @@ impl<X> Broker<X> {
         self.journal.as_ref().is_some_and(Journal::unwritten)
     }
 
+    /// Manual mode: one round of the log's sync (`sync`) or checkpoint work; see
+    /// [`Journal::background_step`].
+    pub fn journal_background(&mut self, sync: bool) -> bool {
+        self.journal
+            .as_mut()
+            .is_some_and(|j| j.background_step(sync))
+    }
+
     /// Acks the journal still holds (0 with persistence off).
     pub fn held_acks(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::held)
@@ -270,6 +278,11 @@ impl<X> Broker<X> {
                 }
             }
         }
+        // New packet ids start above the restored ones: the allocator's fast path takes
+        // every id above `next_pid` as free (found by the power-cut simulation: a new
+        // delivery reused a restored in-flight id and was never sent).
+        let highest = sess.inflight.iter().map(|f| f.pid.get()).max().unwrap_or(0);
+        sess.ids_used_up_to(highest);
         let offline_ms = st
             .disconnected_at_unix_ms
             .map_or(0, |at| unix.saturating_sub(at));
