@@ -59,6 +59,21 @@ pub enum HeldAck {
         /// Its packet id.
         pid: PacketId,
     },
+    /// Log an inbound QoS 2 id (the PUBREC behind it follows).
+    Incoming(HeldIncoming),
+}
+
+/// An inbound QoS 2 packet id to log as taken once the PUBREC that follows it is
+/// released: only then is the routing of its message durable everywhere, so a resent
+/// PUBLISH recognised by this id after a crash was never lost (see `docs/persistence.md`).
+#[derive(Debug)]
+pub struct HeldIncoming {
+    /// Session key.
+    pub session: usize,
+    /// The session's uid (a reused key is another session).
+    pub uid: u64,
+    /// The packet id.
+    pub pid: PacketId,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -89,6 +104,14 @@ pub struct Journal {
     /// Unix time (ms) at shard clock 0.
     unix_epoch_ms: u64,
     error_logged: bool,
+    /// Since when (shard ms) the log cannot write (a write failed, or an `fdatasync`).
+    stalled_since_ms: Option<u64>,
+    /// Log writes that failed (each retry counts).
+    pub write_errors: u64,
+    /// QoS 1/2 publishes refused, or connections closed, while the log could not write.
+    pub refused: u64,
+    /// `refused` when the stall began, for the log line at its end.
+    refused_at_stall: u64,
     /// Reused encoding buffer for held packets.
     scratch: Vec<u8>,
     /// Shadow message count at which unreferenced messages are dropped next.
@@ -113,6 +136,10 @@ impl Journal {
             notes: VecDeque::new(),
             unix_epoch_ms,
             error_logged: false,
+            stalled_since_ms: None,
+            write_errors: 0,
+            refused: 0,
+            refused_at_stall: 0,
             scratch: Vec::new(),
             gc_at: GC_MESSAGES_MIN,
         }
@@ -189,7 +216,12 @@ impl Journal {
 
     /// End of a turn: seal its acks, write the batch, and return the barriers to send
     /// (`(peer, seq)`) in `barriers` and the barrier answers in `answers`.
-    pub fn end_turn(&mut self, barriers: &mut Vec<(usize, u64)>, answers: &mut Vec<(usize, u64)>) {
+    pub fn end_turn(
+        &mut self,
+        now_ms: u64,
+        barriers: &mut Vec<(usize, u64)>,
+        answers: &mut Vec<(usize, u64)>,
+    ) {
         if self.sent_to.iter().any(|&s| s) {
             self.barrier_seq += 1;
             for (p, sent) in self.sent_to.iter_mut().enumerate() {
@@ -207,8 +239,9 @@ impl Journal {
             });
         }
         self.last_msg = None;
-        if let Err(e) = self.wal.end_turn() {
-            self.report(&e);
+        match self.wal.end_turn() {
+            Err(e) => self.stall(now_ms, &e),
+            Ok(()) => self.unstall(now_ms),
         }
         let durable = self.wal.durable_lsn();
         while self.notes.front().is_some_and(|n| n.0 <= durable) {
@@ -245,9 +278,65 @@ impl Journal {
         }
     }
 
-    /// Whether records or acks wait for the next `end_turn`.
+    /// Whether records or acks wait for the next `end_turn` (not while the log cannot
+    /// write: the shard then retries on its next turn, at least once a second, instead of
+    /// spinning on a full disk).
     pub fn unwritten(&self) -> bool {
-        self.wal.batch_bytes() > 0 || !self.turn.is_empty()
+        self.stalled_since_ms.is_none() && (self.wal.batch_bytes() > 0 || !self.turn.is_empty())
+    }
+
+    /// Whether the log cannot write now: new QoS 1/2 publishes are refused.
+    pub fn stalled(&self) -> bool {
+        self.stalled_since_ms.is_some()
+    }
+
+    /// Bytes appended and not yet written (they grow while the log is stalled).
+    pub fn unwritten_bytes(&self) -> usize {
+        self.wal.batch_bytes()
+    }
+
+    /// Whether link `link` (generation `gen`) has an ack held: a refusal must then wait
+    /// behind it, to keep the acks in the order of the PUBLISHes.
+    pub fn holds_for(&self, link: usize, gen: u32) -> bool {
+        let mine = |a: &HeldAck| match a {
+            HeldAck::Bytes {
+                link: l, gen: g, ..
+            }
+            | HeldAck::Publish {
+                link: l, gen: g, ..
+            } => *l == link && *g == gen,
+            HeldAck::SubAck(p) => p.link == link && p.gen == gen,
+            HeldAck::Incoming(_) => false,
+        };
+        self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
+    }
+
+    /// A write failed: from now on QoS 1/2 publishes are refused until one succeeds.
+    fn stall(&mut self, now_ms: u64, e: &crate::store::StoreError) {
+        self.write_errors += 1;
+        if self.stalled_since_ms.is_none() {
+            self.stalled_since_ms = Some(now_ms);
+            self.refused_at_stall = self.refused;
+            let permanent = if self.wal.failed() {
+                " An fdatasync failed: the log stays closed until the broker is restarted."
+            } else {
+                ""
+            };
+            crate::log::log(format_args!(
+                "Error: {e}. Nothing more is acknowledged until the store can write again: new QoS 1/2 publishes are refused (MQTT 5: reason 0x97 Quota exceeded; 3.x: acknowledgements wait).{permanent}"
+            ));
+        }
+    }
+
+    /// A write succeeded: if the log was stalled, say so and accept publishes again.
+    fn unstall(&mut self, now_ms: u64) {
+        if let Some(since) = self.stalled_since_ms.take() {
+            crate::log::log(format_args!(
+                "Notice: store: writing again after {} ms; {} publish(es) refused meanwhile.",
+                now_ms.saturating_sub(since),
+                self.refused - self.refused_at_stall
+            ));
+        }
     }
 
     /// Acks still held (for figures and tests).

@@ -22,6 +22,10 @@ use crate::store::{
 
 pub use super::journal::RetainedEntry;
 
+/// While the store cannot write, 3.x publishers are paused by their held acks until this
+/// many bytes wait unwritten; past it, a 3.x connection that publishes QoS 1/2 is closed.
+pub const STALL_UNWRITTEN_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 impl<X> Broker<X> {
     /// Use `j` as this shard's log from now on (persistence on).
     pub fn attach_journal(&mut self, j: Journal) {
@@ -40,6 +44,62 @@ impl<X> Broker<X> {
         self.journal
             .as_mut()
             .is_some_and(|j| j.background_step(sync))
+    }
+
+    /// Whether the store cannot write now (new QoS 1/2 publishes are refused).
+    pub fn store_stalled(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::stalled)
+    }
+
+    /// (failed log writes, publishes refused while the store could not write).
+    pub fn store_errors(&self) -> (u64, u64) {
+        self.journal
+            .as_ref()
+            .map_or((0, 0), |j| (j.write_errors, j.refused))
+    }
+
+    /// A new QoS 1/2 PUBLISH while the store cannot write: never acknowledged as a
+    /// success. 5.0 gets PUBACK/PUBREC 0x97 Quota exceeded (at once, unless an earlier ack
+    /// of the link is held: then behind it). 3.x has no refusal: the publish is taken and
+    /// its ack held until the store writes again (the client's in-flight window pauses
+    /// it); past [`STALL_UNWRITTEN_BYTES_MAX`] unwritten bytes its connection is closed
+    /// instead (nothing was acknowledged, so it resends after reconnecting).
+    /// Returns `None` when the publish should go ahead.
+    pub(super) fn refuse_while_stalled(
+        &mut self,
+        key: usize,
+        p: &crate::protocol::Publish<'_>,
+    ) -> Option<super::Verdict> {
+        let Some(link) = self.links.get(key) else {
+            return Some(super::Verdict::Close);
+        };
+        let (gen, v5) = (link.gen, link.version == protocol::Version::V5);
+        let j = self.journal.as_mut()?;
+        if !v5 && j.unwritten_bytes() < STALL_UNWRITTEN_BYTES_MAX {
+            return None;
+        }
+        j.refused += 1;
+        if !v5 {
+            return Some(self.close(key, None, "store cannot write"));
+        }
+        let held = j.holds_for(key, gen);
+        let reason = protocol::ReasonCode::QuotaExceeded;
+        let ack = |pid| protocol::Ack {
+            packet_id: pid,
+            reason,
+            properties: protocol::Properties::default(),
+        };
+        let packet = match (p.qos, p.packet_id) {
+            (protocol::QoS::ExactlyOnce, Some(pid)) => Packet::PubRec(ack(pid)),
+            (_, Some(pid)) => Packet::PubAck(ack(pid)),
+            _ => return None,
+        };
+        if held {
+            self.send_durable(key, &packet);
+        } else {
+            self.send(key, &packet);
+        }
+        Some(super::Verdict::Continue)
     }
 
     /// Acks the journal still holds (0 with persistence off).
@@ -82,7 +142,7 @@ impl<X> Broker<X> {
             }
         }
         let (mut barriers, mut answers) = (Vec::new(), Vec::new());
-        j.end_turn(&mut barriers, &mut answers);
+        j.end_turn(now_ms, &mut barriers, &mut answers);
         let from = self.shard_id;
         for (to, seq) in barriers {
             self.fx.outbox.push((to, Cast::Barrier { from, seq }));
@@ -126,6 +186,15 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::SubAck(p) => self.send_suback(p, now_ms),
+            HeldAck::Incoming(h) => {
+                let taken = self
+                    .sessions
+                    .get(h.session)
+                    .is_some_and(|x| x.uid == h.uid && x.awaiting_rel.contains(&h.pid.get()));
+                if taken {
+                    self.log_incoming(h.session, h.pid, true);
+                }
+            }
             HeldAck::Publish {
                 link,
                 gen,
@@ -404,6 +473,21 @@ impl<X> Broker<X> {
                 msg: id,
                 stamp,
             });
+        }
+    }
+
+    /// Log session `s`'s inbound QoS 2 id `pid` as taken once this turn's acks are
+    /// released (just before its PUBREC), not now: see [`journal::HeldIncoming`].
+    pub(super) fn hold_incoming(&mut self, s: usize, pid: crate::protocol::PacketId) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
+            return;
+        };
+        if sess.logged {
+            j.hold(HeldAck::Incoming(journal::HeldIncoming {
+                session: s,
+                uid: sess.uid,
+                pid,
+            }));
         }
     }
 

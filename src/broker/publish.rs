@@ -68,8 +68,21 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        if p.qos != QoS::AtMostOnce && self.store_stalled() && !self.qos2_resend(s, p) {
+            if let Some(v) = self.refuse_while_stalled(key, p) {
+                return v;
+            }
+        }
         self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// Whether `p` resends a QoS 2 message session `s` already took (only acknowledged).
+    fn qos2_resend(&self, s: usize, p: &Publish<'_>) -> bool {
+        match (p.qos, p.packet_id, self.sessions.get(s)) {
+            (QoS::ExactlyOnce, Some(pid), Some(sess)) => sess.awaiting_rel.contains(&pid.get()),
+            _ => false,
+        }
     }
 
     /// May link `key` publish to `topic` (its listener's ACL, through its cache)? A refusal
@@ -133,8 +146,8 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                self.log_incoming(s, pid, true);
                 let matched = self.route_new(key, p, topic, now_ms, origin);
+                self.hold_incoming(s, pid);
                 self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
