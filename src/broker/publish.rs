@@ -379,11 +379,19 @@ impl<X> Broker<X> {
             }
             _ => None,
         };
+        let stored = logged.is_some();
         if let Some(id) = logged {
             self.log_pubrec(true, &id, a.packet_id, failed);
         }
         match found {
             Some(Ok(())) if failed => self.pump(s, now_ms),
+            // A stored delivery's PUBREL waits until "PUBREL sent" is durable: a client
+            // that saw it forgets the packet id, so a crash that restored the delivery as
+            // unacknowledged would resend the PUBLISH as a new message (found by the
+            // power-cut simulation, seed 2003).
+            Some(Ok(())) if stored => {
+                self.send_ack_durable(key, Packet::PubRel, a.packet_id, ReasonCode::Success)
+            }
             Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
             _ => self.send_ack(
                 key,
