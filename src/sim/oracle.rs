@@ -177,6 +177,8 @@ impl Oracle {
     pub fn power_cut(&mut self) {
         for m in self.msgs.values_mut() {
             m.in_doubt |= m.qos == QoS::ExactlyOnce && !m.acked && !m.will;
+            // A Will due before the cut may be lost with it (docs/persistence.md).
+            m.in_doubt |= m.will && m.due;
         }
     }
 
@@ -249,7 +251,7 @@ impl Oracle {
             .filter(|(_, m)| {
                 m.first_sent > since
                     && !m.abandoned
-                    && (!m.will || m.due)
+                    && (!m.will || (m.due && !m.in_doubt))
                     && topic::matches(filter, &m.topic)
             })
             .map(|(k, m)| (*k, m.qos.min(qos)))
