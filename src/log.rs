@@ -25,3 +25,9 @@ macro_rules! log_at {
 pub fn log(args: std::fmt::Arguments<'_>) {
     crate::log_sink::emit_line(args);
 }
+
+/// Write one `information` line: the level Mosquitto gives start-up, the configuration
+/// file read, listen sockets opened and closed, and reloads (`log_type information`).
+pub fn info(args: std::fmt::Arguments<'_>) {
+    crate::log_sink::emit(Level::Information, args);
+}

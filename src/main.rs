@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use shardmq::admin::{self, Started};
 use shardmq::config::{Args, Command, Config};
-use shardmq::log::log;
+use shardmq::log::{info, log};
 use shardmq::shard::StoreStart;
 use shardmq::store::{self, CheckpointPolicy, StoreLock, SyncMode, WalOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     if let Some(Command::Check { config }) = &args.command {
         return check(config);
     }
+    let config_file = args.config.clone();
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -48,7 +49,11 @@ fn main() -> ExitCode {
         }
     };
     let version = env!("CARGO_PKG_VERSION");
-    log(format_args!("shardmq version {version} starting"));
+    info(format_args!("shardmq version {version} starting"));
+    match &config_file {
+        Some(f) => info(format_args!("Config loaded from {}.", f.display())),
+        None => info(format_args!("Using default config.")),
+    }
     for w in &config.warnings {
         log(format_args!("Warning: {w}"));
     }
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
     let print_bound = config.print_bound;
     let config_admin = config.admin;
     let admin_password_file = config.admin_password_file.clone();
+    let admin_tls = config.admin_tls.as_ref().map(|t| t.server.clone());
     let metrics = config.metrics.clone();
     let mut current = config.clone();
     // `/readyz` stays not-ready until the store is recovered and every shard runs.
@@ -85,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let admin = match admin::start(config_admin, metrics.clone(), admin_check) {
+    let admin = match admin::start(config_admin, metrics.clone(), admin_check, admin_tls) {
         Ok(Started::Running(a)) => Some(a),
         Ok(Started::Skipped(warning)) => {
             log(format_args!("Warning: {warning}"));
@@ -100,13 +106,14 @@ fn main() -> ExitCode {
         }
     };
     for addr in &running.addrs {
-        log(format_args!("Opening listen socket on {addr}."));
+        info(format_args!("Opening listen socket on {addr}."));
         if print_bound {
             println!("listening {addr}");
         }
     }
     if let Some(a) = &admin {
-        log(format_args!("Admin listener on http://{}/", a.addr()));
+        let scheme = if a.tls() { "https" } else { "http" };
+        info(format_args!("Admin listener on {scheme}://{}/", a.addr()));
         if print_bound {
             println!("admin {}", a.addr());
         }
@@ -119,7 +126,7 @@ fn main() -> ExitCode {
         if sig != SIGHUP {
             break;
         }
-        reload(&mut current, &argv, &mut running);
+        reload(&mut current, &argv, &mut running, admin.as_ref());
     }
     log(format_args!("shardmq version {version} terminating"));
     // A second SIGINT/SIGTERM while draining: exit at once.
@@ -164,8 +171,9 @@ fn reload(
     current: &mut Config,
     argv: &[std::ffi::OsString],
     running: &mut shardmq::shard::Running,
+    admin: Option<&admin::Admin>,
 ) {
-    log(format_args!("Reloading config."));
+    info(format_args!("Reloading config."));
     let r = match shardmq::config::reload::reread(current, argv) {
         Ok(r) => r,
         Err(e) => {
@@ -196,18 +204,22 @@ fn reload(
         log(format_args!("Warning: {line}"));
     }
     for addr in &closed {
-        log(format_args!("Closing listen socket on {addr}."));
+        info(format_args!("Closing listen socket on {addr}."));
     }
     for addr in &opened {
-        log(format_args!("Opening listen socket on {addr}."));
+        info(format_args!("Opening listen socket on {addr}."));
         if next.print_bound {
             println!("listening {addr}");
         }
     }
     let _ = std::io::stdout().flush();
+    if let (Some(a), Some(t)) = (admin, &next.admin_tls) {
+        // The same files, read again: a renewed certificate serves the next connections.
+        a.set_tls(t.server.clone());
+    }
     let m = &next.metrics;
     m.reloads_applied.set(m.reloads_applied.get() + 1);
-    log(format_args!("Configuration reloaded."));
+    info(format_args!("Configuration reloaded."));
     *current = (*next).clone();
 }
 

@@ -186,6 +186,7 @@ fn basic_auth_guards_everything_but_the_probes() {
         AdminListen::Explicit("127.0.0.1:0".parse().expect("addr")),
         metrics,
         Some(Arc::new(check)),
+        None,
     )
     .expect("start");
     let shardmq::admin::Started::Running(admin) = started else {
@@ -256,4 +257,287 @@ fn admin_password_file_guards_the_running_admin_listener() {
     assert_eq!(get(admin, "/healthz", None).0, 200);
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it, written to
+/// `dir` as `ca.pem`, `admin.pem` and `admin.key`.
+fn admin_pki(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Admin test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    std::fs::write(dir.join("admin.pem"), leaf.pem()).expect("write");
+    std::fs::write(dir.join("admin.key"), key.serialize_pem()).expect("write");
+}
+
+/// curl with a 10 s bound: (exit code, body).
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `admin_certfile`/`admin_keyfile`: the admin listener speaks HTTPS only, and a client
+/// that verifies the CA (curl) gets the figures; one that does not trust it is refused. A
+/// certificate renewed in the same files is served after SIGHUP.
+#[test]
+fn admin_listener_speaks_https_with_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("shardmq-admin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    admin_pki(&dir);
+    let conf = dir.join("admin.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin_certfile {}\nadmin_keyfile {}\n",
+            dir.join("admin.pem").display(),
+            dir.join("admin.key").display()
+        ),
+    )
+    .expect("conf");
+    let conf_s = conf.to_string_lossy().into_owned();
+    let b = Broker::with_shards(1, &["-c", &conf_s, "--admin", "127.0.0.1:0"]);
+    let admin = b.admin_addr().expect("admin address printed");
+    let ca = dir.join("ca.pem").to_string_lossy().into_owned();
+    let url = format!("https://{admin}/metrics");
+    let (code, body) = curl(&["--cacert", &ca, &url]);
+    assert_eq!(code, 0, "curl over TLS failed: {body}");
+    assert!(body.contains("# TYPE shardmq_build_info gauge"), "{body}");
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{}/healthz", admin.port()),
+    ]);
+    assert_eq!((code, body.as_str()), (0, "ok\n"), "by name too");
+    let (code, _) = curl(&[&url]);
+    assert_eq!(
+        code, 60,
+        "a client that does not trust the CA refuses the certificate"
+    );
+    let (code, _) = curl(&[&format!("http://{admin}/healthz")]);
+    assert_ne!(code, 0, "no plain HTTP on an HTTPS listener");
+    let (code, body) = curl(&["--cacert", &ca, &url]);
+    assert_eq!(code, 0, "{body}");
+    let tls_failures = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shardmq_admin_connections_dropped_total{reason=\"tls\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("tls failure count");
+    assert!(
+        tls_failures >= 1,
+        "the plain HTTP attempt is a TLS failure: {tls_failures}"
+    );
+    // A renewed certificate (here from another CA) in the same files: SIGHUP serves it.
+    std::fs::rename(dir.join("ca.pem"), dir.join("old-ca.pem")).expect("keep the old CA");
+    admin_pki(&dir);
+    signal(b.pid(), libc::SIGHUP);
+    let deadline = Instant::now() + WAIT * 2;
+    while curl(&["--cacert", &ca, &url]).0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let old = dir.join("old-ca.pem").to_string_lossy().into_owned();
+    // 60 (not trusted) or 35 (the same CA name, a signature that does not verify).
+    let (code, _) = curl(&["--cacert", &old, &url]);
+    assert!(
+        code == 60 || code == 35,
+        "the old certificate is gone: curl exit {code}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bad admin TLS settings stop `shardmq check` (and a start) with the file and line.
+#[test]
+fn admin_tls_settings_are_checked_with_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("shardmq-admin-tls-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    admin_pki(&dir);
+    let pem = dir.join("admin.pem").display().to_string();
+    let cases = [
+        (
+            format!("\nadmin_certfile {pem}\n"),
+            ":2: admin_certfile needs admin_keyfile",
+        ),
+        (
+            format!("admin_keyfile {pem}\nadmin_certfile {pem}\n"),
+            ":1: admin_keyfile: ",
+        ),
+        (
+            format!(
+                "admin_certfile {}\nadmin_keyfile {}\n",
+                dir.join("missing.pem").display(),
+                dir.join("admin.key").display()
+            ),
+            ":1: admin_certfile: ",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let conf = dir.join(format!("bad{i}.conf"));
+        std::fs::write(&conf, text).expect("conf");
+        let out = Command::new(Broker::bin())
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .expect("run check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.conf{want}")),
+            "{text}: want {want:?} in {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Threads of process `pid`, from /proc.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads line")
+}
+
+/// Read from `s` until the server closes it (or `within` passes): what it sent.
+fn until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A slowloris on the admin port (many connections, each sending a request head a few
+/// bytes at a time) holds no more threads than the fixed pool; connections past the
+/// pool and its queue are turned away at once, the slow ones are cut at their deadline,
+/// and the listener answers again afterwards. An oversized head is refused with 431.
+#[test]
+fn admin_listener_bounds_threads_and_request_size_under_a_slowloris() {
+    use shardmq::admin::server::{CONNECTION_DEADLINE, HEAD_BYTES_MAX, QUEUED_MAX, WORKERS};
+    let b = Broker::with_shards(1, &["--admin", "127.0.0.1:0"]);
+    let admin = b.admin_addr().expect("admin address printed");
+    assert_eq!(get(admin, "/healthz", None).0, 200);
+    let before = threads_of(b.pid());
+    let slow_n = WORKERS + QUEUED_MAX + 20;
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..slow_n)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&admin, WAIT).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+                .expect("first bytes");
+            s
+        })
+        .collect();
+    // Drip a byte on each for a while: a slowloris keeps every connection busy.
+    for _ in 0..3 {
+        for s in &mut slow {
+            let _ = s.write_all(b"a");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The fixed pool: no thread per connection (a little slack for the broker's own).
+    let during = threads_of(b.pid());
+    assert!(
+        during <= before + 2,
+        "{during} threads with {slow_n} slow connections, {before} before"
+    );
+    // Still open now (within the deadline): at most the pool and its queue.
+    let mut open = 0;
+    for s in &mut slow {
+        s.set_nonblocking(true).expect("nonblocking");
+        let r = s.read(&mut [0u8; 64]);
+        if matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            open += 1;
+        }
+        s.set_nonblocking(false).expect("blocking");
+    }
+    assert!(
+        started.elapsed() < CONNECTION_DEADLINE,
+        "the drip took too long to judge"
+    );
+    assert!(
+        (WORKERS..=WORKERS + QUEUED_MAX).contains(&open),
+        "{open} of {slow_n} connections held open"
+    );
+    // Every one is closed by the server by its deadline (counted from its accept).
+    for s in &mut slow {
+        let left = (CONNECTION_DEADLINE + WAIT).saturating_sub(started.elapsed());
+        let got = until_closed(s, left.max(Duration::from_millis(1)));
+        assert!(got.is_some(), "a slow connection outlived its deadline");
+    }
+    assert_eq!(get(admin, "/healthz", None).0, 200, "serves again");
+    let (_, text) = get(admin, "/metrics", None);
+    let figure = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in /metrics"))
+    };
+    let busy = figure("shardmq_admin_connections_dropped_total{reason=\"busy\"}");
+    let deadline = figure("shardmq_admin_connections_dropped_total{reason=\"deadline\"}");
+    assert!(
+        busy >= (slow_n - WORKERS - QUEUED_MAX) as u64,
+        "busy {busy}"
+    );
+    assert_eq!(
+        busy + deadline,
+        slow_n as u64,
+        "each slow connection counted once"
+    );
+    assert!(figure("shardmq_admin_requests_total") >= 2);
+    let mut big = TcpStream::connect_timeout(&admin, WAIT).expect("connect");
+    let mut head = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+    head.resize(HEAD_BYTES_MAX, b'a');
+    big.write_all(&head).expect("send the head");
+    let got = until_closed(&mut big, WAIT).expect("closed");
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+}
+
+/// The store's figures after QoS 1 traffic, read with Prometheus' own text parser
+/// (`prometheus_client`): counts grow, histograms are well formed, per shard.
+#[test]
+fn store_figures_parse_with_prometheus_client() {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/admin/store_metrics_check.py"
+        ))
+        .arg(Broker::bin())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -46,7 +46,7 @@ fn json_lines_go_to_the_log_file() {
     assert!(
         lines
             .iter()
-            .all(|v| ["notice", "warning", "debug"]
+            .all(|v| ["notice", "information", "warning", "debug"]
                 .contains(&v["level"].as_str().unwrap_or_default())),
         "{text}"
     );
@@ -124,6 +124,32 @@ fn debug_subscribe_and_connection_lines_carry_their_levels() {
     assert_eq!(level_of("log-sub 1 a/b"), "subscribe");
     assert_eq!(level_of("log-sub a/b"), "unsubscribe");
     assert_eq!(level_of("Client log-sub disconnected"), "notice");
+    // What `mosquitto -v` prints around a SUBSCRIBE: each filter, then the SUBACK.
+    assert_eq!(level_of("Received SUBSCRIBE from log-sub"), "debug");
+    assert_eq!(level_of("\ta/b (QoS 1)"), "debug");
+    assert_eq!(level_of("Sending SUBACK to log-sub"), "debug");
+    // Mosquitto's `information` lines: start-up, the file read, listen sockets.
+    assert_eq!(level_of("starting"), "information");
+    assert_eq!(level_of("Config loaded from"), "information");
+    assert_eq!(level_of("Opening listen socket on"), "information");
+}
+
+/// `log_type information` alone: start-up, configuration and listener lines, as Mosquitto
+/// writes them at that level; connection lines (notice) and packets (debug) stay out.
+#[test]
+fn information_alone_shows_start_up_and_listeners_only() {
+    let text = traffic_log("info", "log_type information\n");
+    for present in ["starting", "Config loaded from", "Opening listen socket on"] {
+        assert!(text.contains(present), "{present:?} missing from {text}");
+    }
+    for absent in [
+        "New client connected",
+        "Sending",
+        "disconnected",
+        "terminating",
+    ] {
+        assert!(!text.contains(absent), "{absent:?} in {text}");
+    }
 }
 
 #[test]

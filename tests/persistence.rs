@@ -392,7 +392,11 @@ fn a_full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     let mut p1 = v5::Client5::clean(b.addr(), "full-pub1");
     let mut p2 = v5::Client5::clean(b.addr(), "full-pub2");
     let (mut p3, _) = RawClient::connect_v311(b.addr(), "full-pub3", true, 60, None);
-    assert_eq!(p1.publish("full/a", b"a", 1, false), 0, "before the disk fills");
+    assert_eq!(
+        p1.publish("full/a", b"a", 1, false),
+        0,
+        "before the disk fills"
+    );
 
     std::fs::write(&switch, b"full").expect("create the fault switch");
     // The write of this publish's record fails: its PUBACK waits.
@@ -403,7 +407,11 @@ fn a_full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
         "a publish whose record could not be written was acknowledged"
     );
     // The store is known to be full now: a new 5.0 publish is refused at once.
-    assert_eq!(p2.publish("full/c", b"c", 1, false), 0x97, "0x97 Quota exceeded");
+    assert_eq!(
+        p2.publish("full/c", b"c", 1, false),
+        0x97,
+        "0x97 Quota exceeded"
+    );
     // 3.1.1 has no refusal: the ack waits (the client's window pauses it).
     let v3_pid = p3.next_pid();
     p3.send_publish("full/d", b"d", 1, false, false, Some(v3_pid));
@@ -413,9 +421,11 @@ fn a_full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     );
 
     std::fs::remove_file(&switch).expect("remove the fault switch");
-    let ack = p1.expect_where(WAIT, "the held PUBACK", |g| {
-        matches!(g, v5::P5::PubAck { pid, .. } if *pid == held)
-    });
+    let ack = p1.expect_where(
+        WAIT,
+        "the held PUBACK",
+        |g| matches!(g, v5::P5::PubAck { pid, .. } if *pid == held),
+    );
     assert!(
         matches!(ack, v5::P5::PubAck { reason: 0, .. }),
         "once space returned the held publish was acknowledged: {ack:?}"
@@ -438,6 +448,9 @@ fn a_full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
         .iter()
         .map(|t| t.to_string())
         .collect();
-    assert_eq!(got, want, "every acknowledged message, and not the refused one");
+    assert_eq!(
+        got, want,
+        "every acknowledged message, and not the refused one"
+    );
     let _ = std::fs::remove_file(&switch);
 }

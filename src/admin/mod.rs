@@ -1,12 +1,13 @@
 //! The admin HTTP listener: Prometheus metrics, health, a small JSON API and the dashboard.
 //!
-//! Owns: one listening socket, the `tiny_http` server on it and one thread (`admin`) that
-//! answers requests one by one. Invariants: it only *reads* the figures board
+//! Owns: the admin listener (`server`: accept, a fixed pool of workers, optional TLS) and
+//! what each request means (`route`). Invariants: it only *reads* the figures board
 //! (`metrics::Metrics`) that shards publish into, so a scrape never takes a lock a shard
 //! could wait for and never stalls a shard; every answer is built from figures at most one
-//! turn old (lists: at most `LISTS_INTERVAL_MS` old). A listener at the *default* address
-//! that cannot bind is skipped with a warning (several brokers on one machine still start);
-//! an explicitly requested one that cannot bind is an error. Must not touch: shard state,
+//! turn old (lists: at most `LISTS_INTERVAL_MS` old); the threads and memory it uses are
+//! bounded whatever clients do (see `server`). A listener at the *default* address that
+//! cannot bind is skipped with a warning (several brokers on one machine still start); an
+//! explicitly requested one that cannot bind is an error. Must not touch: shard state,
 //! sockets other than its own, MQTT.
 #![forbid(unsafe_code)]
 
@@ -14,15 +15,15 @@ mod api;
 mod assets;
 mod auth;
 mod prom;
+pub mod server;
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-
-use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use auth::{basic_credentials, CredentialCheck};
+pub(crate) use server::Reply;
+pub use server::ServerFigures;
+use server::{Head, Server};
 
 use crate::config::AdminListen;
 use crate::metrics::Metrics;
@@ -42,23 +43,30 @@ pub enum Started {
 
 /// The running admin listener.
 pub struct Admin {
-    addr: SocketAddr,
-    server: Arc<Server>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
+    tls: bool,
 }
 
 impl Admin {
     /// The bound address (port 0 resolved).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
-    /// Stop serving and wait for the thread.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Whether it speaks HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Serve new connections with this TLS configuration (a reload re-read the same
+    /// `admin_certfile`/`admin_keyfile`); false if the listener speaks plain HTTP.
+    pub fn set_tls(&self, cfg: Arc<rustls::ServerConfig>) -> bool {
+        self.server.set_tls(cfg)
+    }
+
+    /// Stop serving and wait for its threads.
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 
@@ -66,13 +74,16 @@ impl Admin {
 struct Ctx {
     metrics: Arc<Metrics>,
     auth: Option<Arc<dyn CredentialCheck>>,
+    /// The listener's own counters.
+    server: Arc<ServerFigures>,
 }
 
-/// Bind and start the admin listener as `listen` asks.
+/// Bind and start the admin listener as `listen` asks; HTTPS when `tls` is given.
 pub fn start(
     listen: AdminListen,
     metrics: Arc<Metrics>,
     auth: Option<Arc<dyn CredentialCheck>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Started, String> {
     let (addr, explicit) = match listen {
         AdminListen::Off => return Ok(Started::Off),
@@ -88,109 +99,55 @@ pub fn start(
         }
         Err(e) => return Err(format!("cannot start the admin listener on {addr}: {e}")),
     };
-    let addr = listener
-        .local_addr()
+    let figures = Arc::new(ServerFigures::default());
+    let ctx = Ctx {
+        metrics,
+        auth,
+        server: figures.clone(),
+    };
+    let https = tls.is_some();
+    let handler = Arc::new(move |h: &Head| answer(h, &ctx));
+    let server = Server::start(listener, tls, handler, figures)
         .map_err(|e| format!("admin listener: {e}"))?;
-    let server =
-        Server::from_listener(listener, None).map_err(|e| format!("admin listener: {e}"))?;
-    let server = Arc::new(server);
-    let ctx = Ctx { metrics, auth };
-    let s = server.clone();
-    let thread = std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || serve(&s, &ctx))
-        .map_err(|e| format!("admin listener thread: {e}"))?;
-    Ok(Started::Running(Admin {
-        addr,
-        server,
-        thread: Some(thread),
-    }))
+    Ok(Started::Running(Admin { server, tls: https }))
 }
 
-/// Answer requests until `unblock`.
-fn serve(server: &Server, ctx: &Ctx) {
-    loop {
-        match server.recv() {
-            Ok(req) => {
-                // A client that went away mid-answer is its own problem.
-                let _ = answer(req, ctx);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A response body with its content type.
-pub(crate) struct Reply {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
-            status,
-            content_type,
-            body: body.into(),
-        }
-    }
-
-    fn text(status: u16, body: &str) -> Reply {
-        Reply::new(status, "text/plain; charset=utf-8", body)
-    }
-}
-
-/// `r` with one more header (the names and values here are constant ASCII).
-fn with_header<R: io::Read>(r: Response<R>, name: &str, value: &str) -> Response<R> {
-    match Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-        Ok(h) => r.with_header(h),
-        Err(()) => r,
-    }
-}
-
-fn answer(req: Request, ctx: &Ctx) -> io::Result<()> {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let reply = if url.len() > URL_BYTES_MAX {
+fn answer(h: &Head, ctx: &Ctx) -> Reply {
+    let (path, query) = h.target.split_once('?').unwrap_or((&h.target, ""));
+    if h.target.len() > URL_BYTES_MAX {
         Reply::text(414, "URL too long\n")
-    } else if !matches!(req.method(), Method::Get | Method::Head) {
-        Reply::text(405, "only GET\n")
-    } else if !authorised(&req, path, ctx) {
-        let r = Response::from_string("authentication required\n").with_status_code(401);
-        return req.respond(with_header(
-            r,
-            "WWW-Authenticate",
-            "Basic realm=\"shardmq admin\"",
-        ));
+    } else if h.method != "GET" && h.method != "HEAD" {
+        Reply::text(405, "only GET\n").with_header("Allow", "GET, HEAD")
+    } else if !authorised(h, path, ctx) {
+        Reply::text(401, "authentication required\n")
+            .with_header("WWW-Authenticate", "Basic realm=\"shardmq admin\"")
     } else {
         route(path, query, ctx)
-    };
-    let r = Response::from_data(reply.body).with_status_code(reply.status);
-    let r = with_header(r, "Content-Type", reply.content_type);
-    req.respond(with_header(r, "Cache-Control", "no-store"))
+    }
 }
 
 /// Probes stay open (they reveal nothing); everything else needs the password when one is set.
-fn authorised(req: &Request, path: &str, ctx: &Ctx) -> bool {
+fn authorised(h: &Head, path: &str, ctx: &Ctx) -> bool {
     let Some(check) = &ctx.auth else {
         return true;
     };
     if path == "/healthz" || path == "/readyz" {
         return true;
     }
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| basic_credentials(h.value.as_str()))
+    h.authorization
+        .as_deref()
+        .and_then(basic_credentials)
         .is_some_and(|(user, pass)| check.check(&user, &pass))
 }
 
 fn route(path: &str, query: &str, ctx: &Ctx) -> Reply {
     let m = &ctx.metrics;
     match path {
-        "/metrics" => Reply::new(200, prom::CONTENT_TYPE, prom::render(m)),
+        "/metrics" => {
+            let mut text = prom::render(m);
+            prom::render_admin(&mut text, &ctx.server);
+            Reply::new(200, prom::CONTENT_TYPE, text)
+        }
         "/healthz" => Reply::text(200, "ok\n"),
         "/readyz" if m.ready() => Reply::text(200, "ready\n"),
         "/readyz" => Reply::text(503, "not ready\n"),

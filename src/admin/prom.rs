@@ -7,7 +7,9 @@
 
 use std::fmt::Write;
 
-use crate::metrics::{DropReason, Figure, Metrics, RefuseReason, ShardMetrics, TURN_BUCKETS_NS};
+use crate::metrics::{
+    DropReason, Figure, Histogram, Metrics, RefuseReason, ShardMetrics, StoreFigures,
+};
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -156,8 +158,38 @@ pub fn render(m: &Metrics) -> String {
     retained(&mut o, shards);
     bus(&mut o, shards);
     turn_time(&mut o, shards);
+    store(&mut o, shards);
     bridges(&mut o, shards);
     o
+}
+
+/// The admin listener's own families (it is not a shard: no `shard` label).
+pub fn render_admin(o: &mut String, f: &super::ServerFigures) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    family(
+        o,
+        "shardmq_admin_requests_total",
+        "counter",
+        "Requests the admin listener answered.",
+    );
+    let _ = writeln!(o, "shardmq_admin_requests_total {}", get(&f.requests));
+    family(
+        o,
+        "shardmq_admin_connections_dropped_total",
+        "counter",
+        "Admin connections closed without an answer: busy (every worker busy, queue full), deadline, tls.",
+    );
+    for (reason, v) in [
+        ("busy", &f.turned_away),
+        ("deadline", &f.timed_out),
+        ("tls", &f.tls_failures),
+    ] {
+        let _ = writeln!(
+            o,
+            "shardmq_admin_connections_dropped_total{{reason=\"{reason}\"}} {}",
+            get(v)
+        );
+    }
 }
 
 /// A label value, escaped as the exposition format wants.
@@ -510,29 +542,121 @@ fn turn_time(o: &mut String, shards: &[ShardMetrics]) {
         "Work time of one event-loop turn.",
     );
     for (i, s) in shards.iter().enumerate() {
-        let h = &s.turn_time;
-        let cumulative = h.cumulative();
-        for (le, n) in TURN_BUCKETS_NS.iter().zip(cumulative) {
-            let le = *le as f64 / NS_PER_S;
-            let _ = writeln!(
-                o,
-                "shardmq_loop_turn_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {n}"
-            );
+        histogram(
+            o,
+            "shardmq_loop_turn_seconds",
+            &format!("shard=\"{i}\""),
+            &s.turn_time,
+            NS_PER_S,
+        );
+    }
+}
+
+/// The samples of one histogram series: bounds and sum divided by `scale` (`NS_PER_S` for
+/// times observed in ns, 1 for sizes).
+fn histogram(o: &mut String, name: &str, labels: &str, h: &Histogram, scale: f64) {
+    let cumulative = h.cumulative();
+    for (le, n) in h.bounds().iter().zip(&cumulative) {
+        let le = *le as f64 / scale;
+        let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let count = cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_sum{{{labels}}} {}", h.sum() as f64 / scale);
+    let _ = writeln!(o, "{name}_count{{{labels}}} {count}");
+}
+
+/// Histogram families of the write-ahead logs: name, help, which one, scale.
+type StoreHist = (
+    &'static str,
+    &'static str,
+    fn(&StoreFigures) -> &Histogram,
+    f64,
+);
+
+const STORE_HISTOGRAMS: &[StoreHist] = &[
+    (
+        "shardmq_persist_write_seconds",
+        "Time of one group commit's write to the log.",
+        |f| &f.write_time,
+        NS_PER_S,
+    ),
+    (
+        "shardmq_persist_fsync_seconds",
+        "Time of one fdatasync round of the log's sync thread.",
+        |f| &f.sync_time,
+        NS_PER_S,
+    ),
+    (
+        "shardmq_persist_batch_records",
+        "Records per group commit.",
+        |f| &f.batch_records,
+        1.0,
+    ),
+    (
+        "shardmq_persist_batch_bytes",
+        "Bytes per group commit.",
+        |f| &f.batch_bytes,
+        1.0,
+    ),
+    (
+        "shardmq_persist_checkpoint_seconds",
+        "Duration of a checkpoint, from encoding to the covered segments deleted.",
+        |f| &f.checkpoint_time,
+        NS_PER_S,
+    ),
+];
+
+/// Gauge and counter families of the write-ahead logs: name, type, help, value.
+type StoreFig = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StoreFigures) -> u64,
+);
+
+const STORE_FIGURES: &[StoreFig] = &[
+    (
+        "shardmq_persist_disk_bytes",
+        "gauge",
+        "Bytes of the shard's log segments and checkpoint on disk.",
+        |f| f.disk_bytes.get(),
+    ),
+    (
+        "shardmq_persist_checkpoint_bytes",
+        "gauge",
+        "Size of the shard's latest checkpoint file.",
+        |f| f.checkpoint_bytes.get(),
+    ),
+    (
+        "shardmq_persist_checkpoint_failures_total",
+        "counter",
+        "Checkpoints that failed.",
+        |f| f.checkpoint_failures.get(),
+    ),
+];
+
+/// The write-ahead log families, for the shards that have a log (none without persistence).
+fn store(o: &mut String, shards: &[ShardMetrics]) {
+    let logs: Vec<(usize, std::sync::Arc<StoreFigures>)> = shards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.store.load_full()?)))
+        .collect();
+    if logs.is_empty() {
+        return;
+    }
+    for (name, help, get, scale) in STORE_HISTOGRAMS {
+        family(o, name, "histogram", help);
+        for (i, f) in &logs {
+            histogram(o, name, &format!("shard=\"{i}\""), get(f), *scale);
         }
-        let count = cumulative[TURN_BUCKETS_NS.len()];
-        let _ = writeln!(
-            o,
-            "shardmq_loop_turn_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            o,
-            "shardmq_loop_turn_seconds_sum{{shard=\"{i}\"}} {}",
-            h.sum_ns() as f64 / NS_PER_S
-        );
-        let _ = writeln!(
-            o,
-            "shardmq_loop_turn_seconds_count{{shard=\"{i}\"}} {count}"
-        );
+    }
+    for (name, kind, help, get) in STORE_FIGURES {
+        family(o, name, kind, help);
+        for (i, f) in &logs {
+            let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", get(f));
+        }
     }
 }
 
@@ -545,6 +669,10 @@ mod tests {
         let m = Metrics::new(2);
         m.shards()[1].messages_received_qos[1].set(7);
         m.shards()[0].record_turn(20_000);
+        let log = std::sync::Arc::new(StoreFigures::default());
+        log.batch_records.observe(3);
+        log.sync_time.observe(2_000_000);
+        m.shards()[1].store.store(Some(log));
         let text = render(&m);
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {
@@ -563,6 +691,13 @@ mod tests {
         assert!(text.contains("shardmq_messages_received_total{shard=\"1\",qos=\"1\"} 7\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_count{shard=\"0\"} 1\n"));
+        assert!(text.contains("shardmq_persist_batch_records_bucket{shard=\"1\",le=\"4\"} 1\n"));
+        assert!(text.contains("shardmq_persist_batch_records_bucket{shard=\"1\",le=\"2\"} 0\n"));
+        assert!(text.contains("shardmq_persist_fsync_seconds_sum{shard=\"1\"} 0.002\n"));
+        assert!(
+            !text.contains("shardmq_persist_disk_bytes{shard=\"0\"}"),
+            "shard 0 has no log"
+        );
         assert!(
             !text.contains("from_shard=\"0\",to_shard=\"0\""),
             "no self-pair"

@@ -78,6 +78,13 @@ impl<X> Broker<X> {
                 }
                 Err(_) => refusal(version, protocol::ReasonCode::TopicFilterInvalid),
             };
+            // `mosquitto -v` lists each filter under its "Received SUBSCRIBE" line.
+            log_at!(
+                Level::Debug,
+                "\t{} (QoS {})",
+                req.filter,
+                req.options.qos as u8
+            );
             if code < 0x80 {
                 self.log_subscription(key, Level::Subscribe, req.filter, code);
             }
@@ -266,6 +273,12 @@ impl<X> Broker<X> {
             if let Some(c) = self.links.conn_mut(p.link) {
                 c.tx.buf().extend_from_slice(&p.bytes);
                 self.fx.mark_dirty(p.link, &mut c.link);
+                // Encoded when the SUBSCRIBE was handled, written now: `mosquitto -v`'s line.
+                log_at!(
+                    Level::Debug,
+                    "Sending SUBACK to {}",
+                    c.link.client_id.as_deref().unwrap_or("<unknown>")
+                );
             }
             let Some(s) = self.links.get(p.link).and_then(|l| l.session) else {
                 return;

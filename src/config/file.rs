@@ -50,6 +50,10 @@ pub struct FileSettings {
     pub admin_listener: Option<SocketAddr>,
     /// `admin_password_file` (shardmq): HTTP basic auth for the admin listener.
     pub admin_password_file: Option<std::path::PathBuf>,
+    /// `admin_certfile` (shardmq), with its line: HTTPS on the admin listener.
+    pub admin_certfile: Option<(std::path::PathBuf, usize)>,
+    /// `admin_keyfile` (shardmq), with its line.
+    pub admin_keyfile: Option<(std::path::PathBuf, usize)>,
     /// `log_dest` lines (`None`: not given; the default applies).
     pub log_dests: Option<Vec<crate::log_sink::Dest>>,
     /// `log_type` lines (`None`: not given).
@@ -192,6 +196,8 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
         match key {
             "admin_listener" => s.admin_listener = Some(admin_listener(value).map_err(err)?),
             "admin_password_file" => s.admin_password_file = Some(value.into()),
+            "admin_certfile" => s.admin_certfile = Some((value.into(), i + 1)),
+            "admin_keyfile" => s.admin_keyfile = Some((value.into(), i + 1)),
             "listener" => {
                 let addr = listener(value).map_err(err)?;
                 s.binds.push(addr);

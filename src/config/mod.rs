@@ -5,6 +5,7 @@
 //! line wins over the file, the file over the defaults. Must not touch: sockets or threads.
 #![forbid(unsafe_code)]
 
+pub mod admin_tls;
 pub mod auth_files;
 pub mod bridge;
 pub mod cluster;
@@ -300,6 +301,8 @@ pub struct Config {
     pub admin: AdminListen,
     /// Password file protecting the admin listener with HTTP basic auth.
     pub admin_password_file: Option<PathBuf>,
+    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS.
+    pub admin_tls: Option<admin_tls::AdminTls>,
     /// Where the log goes and what it holds.
     pub log: crate::log_sink::Settings,
     /// The figures board shards write and the admin listener reads (shared, not settings:
@@ -456,6 +459,13 @@ impl Config {
         )?;
         let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
         let listeners = build_listeners(&a, &f)?;
+        let admin_tls = admin_tls::load(
+            &a.config
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            f.admin_certfile.as_ref(),
+            f.admin_keyfile.as_ref(),
+        )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
         let connect_timeout = pick(
             a.connect_timeout,
@@ -522,6 +532,7 @@ impl Config {
                 .or(f.admin_listener.map(AdminListen::Explicit))
                 .unwrap_or(AdminListen::Default(defaults::ADMIN_LISTENER)),
             admin_password_file: f.admin_password_file,
+            admin_tls,
             log,
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
             auth_files,

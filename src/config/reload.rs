@@ -45,6 +45,10 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         "admin_password_file",
         new.admin_password_file != running.admin_password_file,
     );
+    keep(
+        "admin_certfile/admin_keyfile",
+        new.admin_tls != running.admin_tls,
+    );
     keep("core pinning", new.pin != running.pin);
     // Bridges are built once per shard at start-up (their owner shards, sockets and
     // queues); until a reload moves them, a changed `connection` block waits for a restart.
@@ -57,6 +61,9 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
     new.persistence = running.persistence.clone();
     new.admin = running.admin;
     new.admin_password_file = running.admin_password_file.clone();
+    if new.admin_tls != running.admin_tls {
+        new.admin_tls = running.admin_tls.clone();
+    }
     new.pin = running.pin;
     new.print_bound = running.print_bound;
     // One figures board per running broker: the shards and the admin listener hold it.

@@ -1,9 +1,9 @@
 //! A fixed-bucket histogram of atomics with a single writer.
 //!
-//! Owns: bucket counts, the sum and the count of one series. Invariant: only one thread
-//! observes (load + store, no locked instruction); any thread may read. A reader can see
-//! a sum one observation ahead of the buckets: Prometheus tolerates that, a scrape never
-//! waits. Must not touch: anything else.
+//! Owns: bucket counts, the sum and the count of one series, and the (static) bucket
+//! bounds it was made with. Invariant: only one thread observes (load + store, no locked
+//! instruction); any thread may read. A reader can see a sum one observation ahead of the
+//! buckets: Prometheus tolerates that, a scrape never waits. Must not touch: anything else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,37 +22,62 @@ pub const TURN_BUCKETS_NS: [u64; 10] = [
 ];
 
 /// Counts per bucket (not cumulative; the last is +Inf), plus sum and count.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; TURN_BUCKETS_NS.len() + 1],
-    sum_ns: AtomicU64,
+    bounds: &'static [u64],
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
     count: AtomicU64,
 }
 
+impl Default for Histogram {
+    /// The turn-time histogram (`TURN_BUCKETS_NS`).
+    fn default() -> Self {
+        Histogram::new(&TURN_BUCKETS_NS)
+    }
+}
+
 impl Histogram {
+    /// A histogram with these upper bounds (ascending), plus +Inf.
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending bounds");
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
     /// Record one value (owner only).
-    pub fn observe(&self, ns: u64) {
-        let i = TURN_BUCKETS_NS.partition_point(|&le| le < ns);
+    pub fn observe(&self, v: u64) {
+        let i = self.bounds.partition_point(|&le| le < v);
         bump(&self.buckets[i]);
-        self.sum_ns
-            .store(self.sum_ns.load(Ordering::Relaxed) + ns, Ordering::Relaxed);
+        self.sum
+            .store(self.sum.load(Ordering::Relaxed) + v, Ordering::Relaxed);
         bump(&self.count);
     }
 
-    /// Cumulative counts for each bound in `TURN_BUCKETS_NS`, then +Inf.
-    pub fn cumulative(&self) -> [u64; TURN_BUCKETS_NS.len() + 1] {
-        let mut out = [0; TURN_BUCKETS_NS.len() + 1];
-        let mut acc = 0;
-        for (o, b) in out.iter_mut().zip(&self.buckets) {
-            acc += b.load(Ordering::Relaxed);
-            *o = acc;
-        }
-        out
+    /// The upper bounds, without +Inf.
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
     }
 
-    /// Sum of the observations, ns.
-    pub fn sum_ns(&self) -> u64 {
-        self.sum_ns.load(Ordering::Relaxed)
+    /// Cumulative counts for each bound in `bounds()`, then +Inf.
+    pub fn cumulative(&self) -> Vec<u64> {
+        let mut acc = 0;
+        self.buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect()
+    }
+
+    /// Sum of the observations (in the unit observed: ns for times).
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
     }
 
     /// Number of observations.
@@ -76,11 +101,23 @@ mod tests {
             h.observe(ns);
         }
         let c = h.cumulative();
+        assert_eq!(c.len(), TURN_BUCKETS_NS.len() + 1);
         assert_eq!(c[0], 2, "1 ns and exactly 10 µs are ≤ 10 µs");
         assert_eq!(c[1], 3);
         assert_eq!(c[TURN_BUCKETS_NS.len() - 1], 3);
         assert_eq!(c[TURN_BUCKETS_NS.len()], 4, "+Inf holds everything");
         assert_eq!(h.count(), 4);
-        assert_eq!(h.sum_ns(), 1 + 10_000 + 10_001 + 600_000_000);
+        assert_eq!(h.sum(), 1 + 10_000 + 10_001 + 600_000_000);
+    }
+
+    #[test]
+    fn other_bounds_are_kept() {
+        static B: [u64; 2] = [1, 4];
+        let h = Histogram::new(&B);
+        for v in [1, 2, 5] {
+            h.observe(v);
+        }
+        assert_eq!(h.bounds(), &B);
+        assert_eq!(h.cumulative(), vec![1, 2, 3]);
     }
 }

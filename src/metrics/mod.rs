@@ -12,15 +12,20 @@
 
 mod hist;
 mod snapshot;
+mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 pub use hist::{Histogram, TURN_BUCKETS_NS};
 pub use snapshot::{ClientInfo, ShardLists, SubscriptionInfo};
+pub use store::{
+    StoreFigures, BATCH_BYTES_BUCKETS, BATCH_RECORDS_BUCKETS, CHECKPOINT_BUCKETS_NS,
+    STORE_TIME_BUCKETS_NS,
+};
 
 /// Entries per shard in a client or subscription list snapshot.
 pub const LIST_ENTRIES_PER_SHARD_MAX: usize = 1000;
@@ -194,6 +199,9 @@ pub struct ShardMetrics {
     /// The bridges this shard runs, refreshed at most every `LISTS_INTERVAL_MS` and on
     /// every state change.
     pub bridges: ArcSwap<Vec<BridgeFigures>>,
+    /// The shard's write-ahead log figures, installed when the shard opens its log (none
+    /// without persistence). The log's threads write them; see `StoreFigures`.
+    pub store: ArcSwapOption<StoreFigures>,
 }
 
 /// One bridge's state and counters, as its shard last published them.

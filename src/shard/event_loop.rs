@@ -304,6 +304,9 @@ fn open_journal(
         let _ = waker.wake();
     })
     .map_err(|e| io::Error::other(e.to_string()))?;
+    if let Some(m) = broker.config().metrics.shard(id) {
+        m.store.store(Some(wal.figures()));
+    }
     let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -10,7 +10,10 @@
 //! segments through a channel *before* the written LSN that needs them is published, and
 //! syncs the previous segment and the directory before moving on, so "durable up to L"
 //! covers every file holding an LSN ≤ L. After a failed `fdatasync` the durable LSN never
-//! moves again ([`Wal::failed`]). Must not touch: anything outside its shard directory.
+//! moves again ([`Wal::failed`]). The log publishes its figures (write and sync times,
+//! batch sizes, checkpoints, bytes on disk) into a [`StoreFigures`] with one writer per
+//! field: the shard thread, or the sync thread for the sync time. Must not touch: anything
+//! outside its shard directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +25,7 @@ use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{encode_frame, FileHeader, FileKind, FILE_HEADER_BYTES};
 use super::record::Record;
 use super::{io, Lsn, StoreError};
+use crate::metrics::StoreFigures;
 
 /// Default segment size before rolling to a new file, bytes.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -99,6 +103,8 @@ struct Shared {
     durable: AtomicU64,
     failed: AtomicBool,
     stop: AtomicBool,
+    /// The sync thread writes `sync_time` only.
+    figures: Arc<StoreFigures>,
 }
 
 /// A segment the sync thread must switch to, after syncing the current one.
@@ -106,17 +112,18 @@ struct Roll {
     file: Box<dyn DiskFile>,
 }
 
-/// Background work of a checkpoint: write, sync, rename, delete covered segments.
-type CheckpointWork = Box<dyn FnOnce() -> Result<(), StoreError> + Send>;
+/// Background work of a checkpoint: write, sync, rename, delete covered segments (returns
+/// the bytes they held).
+type CheckpointWork = Box<dyn FnOnce() -> Result<u64, StoreError> + Send>;
 
 /// A checkpoint being written.
 enum Job {
     /// On its own thread.
-    Thread(JoinHandle<Result<(), StoreError>>),
+    Thread(JoinHandle<Result<u64, StoreError>>),
     /// Waiting for [`Wal::run_background`] (manual mode).
     Deferred(CheckpointWork),
     /// Run by [`Wal::run_background`], with its result.
-    Done(Result<(), StoreError>),
+    Done(Result<u64, StoreError>),
 }
 
 /// What the sync thread does, also run by hand in manual mode.
@@ -144,7 +151,10 @@ impl Syncer {
         if written <= self.synced || shared.failed.load(Ordering::Acquire) {
             return Progress::Idle;
         }
-        if sync_through(&*self.disk, &mut self.file, &self.rolls, &self.dir).is_err() {
+        let began = Instant::now();
+        let result = sync_through(&*self.disk, &mut self.file, &self.rolls, &self.dir);
+        shared.figures.sync_time.observe(nanos(began.elapsed()));
+        if result.is_err() {
             shared.failed.store(true, Ordering::Release);
             return Progress::Failed;
         }
@@ -198,6 +208,14 @@ pub struct Wal {
     log_bytes_since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpoint_job: Option<Job>,
+    /// When the running checkpoint started, and the size of its file.
+    checkpoint_started: (Instant, u64),
+    /// Records in `batch`.
+    batch_records: u64,
+    /// Bytes of the segments and the checkpoint file in `dir`.
+    disk_bytes: u64,
+    /// Bytes of the checkpoint file in `dir`.
+    checkpoint_file_bytes: u64,
 }
 
 impl Wal {
@@ -225,12 +243,15 @@ impl Wal {
             return Err(StoreError::NeedsRecovery(dir.to_path_buf()));
         }
         let start = checkpoint_lsn(&*disk, dir)?;
+        let checkpoint_file_bytes = disk.len(&dir.join(CHECKPOINT_FILE)).unwrap_or(0);
         let shared = Arc::new(Shared {
             written: AtomicU64::new(start),
             durable: AtomicU64::new(start),
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            figures: Arc::new(StoreFigures::default()),
         });
+        shared.figures.checkpoint_bytes.set(checkpoint_file_bytes);
         let segment_no = 1;
         let file = new_segment(&*disk, dir, segment_no, start + 1)?;
         disk.sync_dir(dir).map_err(io("fsync directory"))?;
@@ -270,7 +291,23 @@ impl Wal {
             log_bytes_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             checkpoint_job: None,
-        })
+            checkpoint_started: (Instant::now(), 0),
+            batch_records: 0,
+            disk_bytes: checkpoint_file_bytes + FILE_HEADER_BYTES as u64,
+            checkpoint_file_bytes,
+        }
+        .published())
+    }
+
+    /// `self`, with its starting figures published.
+    fn published(self) -> Wal {
+        self.shared.figures.disk_bytes.set(self.disk_bytes);
+        self
+    }
+
+    /// This log's figures, for the metrics board (read them; only the log writes them).
+    pub fn figures(&self) -> Arc<StoreFigures> {
+        Arc::clone(&self.shared.figures)
     }
 
     /// Manual mode: run one round of the sync thread's work now. True if the durable LSN
@@ -301,6 +338,7 @@ impl Wal {
         let lsn = self.next_lsn;
         encode_frame(&mut self.batch, lsn, record);
         self.next_lsn += 1;
+        self.batch_records += 1;
         lsn
     }
 
@@ -330,6 +368,7 @@ impl Wal {
         if self.segment_bytes > header && self.segment_bytes + len > self.opts.segment_bytes_max {
             self.roll()?;
         }
+        let began = Instant::now();
         if let Err(e) = self.file.append(&self.batch) {
             // O_APPEND: the next write lands at the end, so a partial frame must go first.
             let _ = self.file.set_len(self.segment_bytes);
@@ -338,6 +377,7 @@ impl Wal {
         self.segment_bytes += len;
         self.log_bytes_since_checkpoint += len;
         self.batch.clear();
+        self.record_batch(began, len);
         let written = self.last_lsn();
         match self.opts.sync {
             SyncMode::Always => {
@@ -349,6 +389,17 @@ impl Wal {
             SyncMode::Never => self.shared.durable.store(written, Ordering::Release),
         }
         Ok(())
+    }
+
+    /// Publish the figures of a batch written with one `write` that began at `began`.
+    fn record_batch(&mut self, began: Instant, len: u64) {
+        let f = &self.shared.figures;
+        f.write_time.observe(nanos(began.elapsed()));
+        f.batch_records
+            .observe(std::mem::take(&mut self.batch_records));
+        f.batch_bytes.observe(len);
+        self.disk_bytes += len;
+        f.disk_bytes.set(self.disk_bytes);
     }
 
     /// Start segment `segment_no + 1` at the next LSN to be written.
@@ -366,6 +417,8 @@ impl Wal {
         self.file = file;
         self.segment_no = n;
         self.segment_bytes = FILE_HEADER_BYTES as u64;
+        self.disk_bytes += FILE_HEADER_BYTES as u64;
+        self.shared.figures.disk_bytes.set(self.disk_bytes);
         Ok(())
     }
 
@@ -414,8 +467,10 @@ impl Wal {
         if self.checkpoint_job.is_some() || !self.batch.is_empty() {
             return Ok(false);
         }
+        let began = Instant::now();
         let upto = self.last_lsn();
         let bytes = encode_checkpoint(upto, live);
+        self.checkpoint_started = (began, bytes.len() as u64);
         // Segments below the one the next write goes to hold only LSNs ≤ upto.
         if self.segment_bytes > FILE_HEADER_BYTES as u64 {
             self.roll()?;
@@ -444,20 +499,44 @@ impl Wal {
     /// Whether a checkpoint is running; reaps a finished one and returns its error, if any.
     pub fn poll_checkpoint(&mut self) -> Result<bool, StoreError> {
         match self.checkpoint_job.take() {
-            Some(Job::Thread(job)) if job.is_finished() => match job.join() {
-                Ok(result) => result.map(|()| false),
-                Err(_) => Err(StoreError::Io(
-                    "checkpoint thread",
-                    std::io::Error::other("panicked"),
-                )),
-            },
-            Some(Job::Done(result)) => result.map(|()| false),
+            Some(Job::Thread(job)) if job.is_finished() => {
+                let result = match job.join() {
+                    Ok(result) => result,
+                    Err(_) => Err(StoreError::Io(
+                        "checkpoint thread",
+                        std::io::Error::other("panicked"),
+                    )),
+                };
+                self.record_checkpoint(result.as_ref().ok().copied());
+                result.map(|_| false)
+            }
+            Some(Job::Done(result)) => {
+                self.record_checkpoint(result.as_ref().ok().copied());
+                result.map(|_| false)
+            }
             Some(job) => {
                 self.checkpoint_job = Some(job);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Publish the figures of a checkpoint that finished, having deleted segments of
+    /// `deleted` bytes, or failed (`None`).
+    fn record_checkpoint(&mut self, deleted: Option<u64>) {
+        let f = &self.shared.figures;
+        let Some(deleted) = deleted else {
+            f.checkpoint_failures.set(f.checkpoint_failures.get() + 1);
+            return;
+        };
+        let (began, size) = self.checkpoint_started;
+        f.checkpoint_time.observe(nanos(began.elapsed()));
+        f.checkpoint_bytes.set(size);
+        self.disk_bytes = (self.disk_bytes + size)
+            .saturating_sub(deleted)
+            .saturating_sub(std::mem::replace(&mut self.checkpoint_file_bytes, size));
+        f.disk_bytes.set(self.disk_bytes);
     }
 
     /// Wait (up to `timeout`) until the running checkpoint, if any, finishes.
@@ -587,15 +666,24 @@ pub fn write_checkpoint(disk: &dyn Disk, dir: &Path, bytes: &[u8]) -> Result<(),
     disk.sync_dir(dir).map_err(io("fsync directory"))
 }
 
-/// Delete every segment numbered below `keep_from` (a synced checkpoint covers them).
-fn delete_segments_before(disk: &dyn Disk, dir: &Path, keep_from: u64) -> Result<(), StoreError> {
+/// Delete every segment numbered below `keep_from` (a synced checkpoint covers them);
+/// returns the bytes they held.
+fn delete_segments_before(disk: &dyn Disk, dir: &Path, keep_from: u64) -> Result<u64, StoreError> {
+    let mut freed = 0;
     for n in list_segments(disk, dir)? {
         if n < keep_from {
-            disk.remove_file(&dir.join(segment_name(n)))
-                .map_err(io("delete segment"))?;
+            let path = dir.join(segment_name(n));
+            freed += disk.len(&path).unwrap_or(0);
+            disk.remove_file(&path).map_err(io("delete segment"))?;
         }
     }
-    disk.sync_dir(dir).map_err(io("fsync directory"))
+    disk.sync_dir(dir).map_err(io("fsync directory"))?;
+    Ok(freed)
+}
+
+/// A duration in ns, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

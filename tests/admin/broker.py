@@ -14,10 +14,14 @@ WAIT_S = 10
 
 
 class Broker:
-    def __init__(self, binary, shards=2, extra=()):
+    def __init__(self, binary, shards=2, extra=(), data_dir=None, bind=True):
+        """Without `data_dir`, no persistence; with it, the store lives there. Without
+        `bind`, the listeners are those of the configuration file in `extra`."""
         self.binary = binary
-        self.args = [binary, "--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                     "--print-bound", "--no-pin", "--no-persistence", "--shards", str(shards), *extra]
+        store = ["--no-persistence"] if data_dir is None else ["--data-dir", data_dir]
+        listen = ["--bind", "127.0.0.1:0"] if bind else []
+        self.args = [binary, *listen, "--admin", "127.0.0.1:0",
+                     "--print-bound", "--no-pin", *store, "--shards", str(shards), *extra]
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
@@ -25,18 +29,24 @@ class Broker:
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(l) for l in self.proc.stdout],
                          daemon=True).start()
-        self.mqtt_port = self.admin = None
+        self.ports, self.admin = [], None
         deadline = time.monotonic() + WAIT_S
-        while self.mqtt_port is None or self.admin is None:
+        # Every "listening" line comes before the "admin" one.
+        while self.admin is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.proc.kill()
                 raise RuntimeError("broker did not print its addresses")
             line = lines.get(timeout=left).strip()
             if line.startswith("listening "):
-                self.mqtt_port = int(line.rsplit(":", 1)[1])
+                self.ports.append(int(line.rsplit(":", 1)[1]))
             elif line.startswith("admin "):
                 self.admin = "http://" + line.split(" ", 1)[1]
+        if not self.ports:
+            self.proc.kill()
+            raise RuntimeError("broker printed no listener")
+        # The command line's listener (--bind); `ports` has the configured ones too.
+        self.mqtt_port = self.ports[0]
         return self
 
     def __exit__(self, *exc):

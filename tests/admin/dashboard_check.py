@@ -110,57 +110,34 @@ def free_port():
         return s.getsockname()[1]
 
 
-class MosquittoWs:
-    """Debian's mosquitto with a TCP and a WebSocket listener: the live view's MQTT-over-
-    WebSocket client is checked against it while shardmq's own WebSocket listener is not
-    wired in yet (its `protocol websockets` is refused at start-up)."""
-
-    def __init__(self, profile):
-        self.tcp, self.ws = free_port(), free_port()
-        conf = os.path.join(profile, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n"
-                    "allow_anonymous true\n" % (self.tcp, self.ws))
-        self.proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.ws), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("mosquitto did not open its WebSocket listener")
-                time.sleep(0.1)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=WAIT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def ws_config(profile):
+    """A configuration with a TCP listener and a WebSocket one on free loopback ports."""
+    tcp, ws = free_port(), free_port()
+    conf = os.path.join(profile, "shardmq.conf")
+    with open(conf, "w") as f:
+        f.write("listener %d 127.0.0.1\nlistener %d 127.0.0.1\nprotocol websockets\n" % (tcp, ws))
+    return conf, tcp, ws
 
 
-def check_live_view(page, profile):
-    """Subscribe from the page over WebSocket; a message published over TCP shows up."""
-    mq = MosquittoWs(profile)
+def check_live_view(page, tcp, ws):
+    """Subscribe from the page over shardmq's own WebSocket listener; a message published
+    over TCP shows up in the page."""
     try:
         page.eval("document.getElementById('live-url').value = 'ws://127.0.0.1:%d/mqtt';"
                   "document.getElementById('live-filter').value = 'live/#';"
-                  "document.getElementById('live-go').click()" % mq.ws)
+                  "document.getElementById('live-go').click()" % ws)
         page.wait_for("the live view to subscribe", text("live-status") + " === 'subscribed'")
-        pub = mqtt_client("live-pub", mq.tcp)
+        pub = mqtt_client("live-pub", tcp)
         pub.publish("live/a b", "héllo <b>".encode(), qos=1).wait_for_publish(WAIT_S)
+        pub.publish("live/n", b"2", qos=0)
         pub.loop_stop()
-        page.wait_for("the live message",
-                      "[...document.querySelectorAll('#live tbody tr td')].slice(1)"
-                      ".map(td => td.textContent).join('|') === 'live/a b|héllo <b>'")
+        page.wait_for("the live messages",
+                      "[...document.querySelectorAll('#live tbody tr')].map(tr => [...tr.cells]"
+                      ".slice(1).map(td => td.textContent).join('|')).sort().join(',')"
+                      " === 'live/a b|héllo <b>,live/n|2'")
         assert page.eval("document.querySelectorAll('#live b').length") == 0, "payload is text"
     finally:
         page.eval("liveStop()")
-        mq.stop()
 
 
 def main():
@@ -169,7 +146,10 @@ def main():
     profile = tempfile.mkdtemp(prefix="shardmq-chromium-")
     chromium = None
     try:
-        with Broker(binary, shards=2) as b:
+        conf, tcp, ws = ws_config(profile)
+        with Broker(binary, shards=2, extra=("-c", conf), bind=False) as b:
+            assert sorted(b.ports) == sorted([tcp, ws]), (b.ports, tcp, ws)
+            b.mqtt_port = tcp
             sub = mqtt_client("dash-sub", b.mqtt_port)
             sub.subscribe("dash/#", qos=0)
             chromium, ws_url = start_chromium(profile)
@@ -200,7 +180,7 @@ def main():
             page.wait_for("the search to filter",
                           "[...document.querySelectorAll('#clients-table tbody tr td:first-child')]"
                           ".map(td => td.textContent).join() === 'dash-sub'")
-            check_live_view(page, profile)
+            check_live_view(page, tcp, ws)
             shards = page.eval("document.querySelectorAll('#shards tbody tr').length")
             assert shards == 2, shards
             page.call("Runtime.evaluate", expression="1")  # flush pending events

@@ -55,6 +55,8 @@ def main():
         fams = b.wait_until("figures of the traffic", lambda: (
             lambda f: f if total(f, "shardmq_messages_sent_total") == sent
             and total(f, "shardmq_subscriptions") == 1
+            # Walked once a second on each shard, independently: wait for both.
+            and total(f, "shardmq_sessions", state="online") == 2
             and total(f, "shardmq_connections_refused_total") == 1 else None)(families(b.get("/metrics"))))
 
         assert fams["shardmq_messages_received"].type == "counter"

@@ -6,4 +6,5 @@ set -euo pipefail
 bin=${1:?usage: run.sh path/to/shardmq}
 here=$(cd "$(dirname "$0")" && pwd)
 python3 "$here/metrics_check.py" "$bin"
+python3 "$here/store_metrics_check.py" "$bin"
 python3 "$here/dashboard_check.py" "$bin" target/dashboard.png

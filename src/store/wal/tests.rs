@@ -46,6 +46,16 @@ fn durability_is_reported_through_the_callback_and_the_atomic() {
     wait_durable(&wal, &rx, 10);
     assert_eq!(wal.durable_lsn(), 10);
     assert!(!wal.failed());
+    let f = wal.figures();
+    assert_eq!((f.write_time.count(), f.batch_records.sum()), (1, 10));
+    assert_eq!(
+        f.batch_bytes.sum(),
+        f.disk_bytes.get() - FILE_HEADER_BYTES as u64
+    );
+    assert!(
+        f.sync_time.count() >= 1,
+        "the sync thread timed its fdatasync"
+    );
     drop(wal);
     let r = recover_all(data.path()).expect("recover");
     assert_eq!(r.state.sessions.len(), 10);
@@ -182,6 +192,15 @@ fn checkpoints_delete_covered_segments_and_bound_disk_use() {
     }
     wait_durable(&wal, &rx, wal.last_lsn());
     assert!(checkpoints >= 10, "{checkpoints} checkpoints");
+    let f = wal.figures();
+    assert_eq!(f.checkpoint_time.count(), checkpoints);
+    assert_eq!(f.batch_records.count(), 400, "one group commit per turn");
+    assert_eq!(f.checkpoint_failures.get(), 0);
+    assert_eq!(
+        f.disk_bytes.get(),
+        dir_bytes(&shard_dir(data.path(), 0)),
+        "bytes on disk are tracked exactly"
+    );
     // Live state ≈ 20 × 150 B; log since a checkpoint ≤ 8 KiB plus one segment's slack.
     assert!(max_bytes < 24 * 1024, "directory grew to {max_bytes} bytes");
     drop(wal);
