@@ -371,7 +371,7 @@ fn power_cuts_never_lose_what_was_reported_durable() {
             let (again, state) = PowerRun::start(disk.clone());
             let got: std::collections::BTreeSet<String> = state.sessions.keys().cloned().collect();
             let first_ok = (durable - base) as usize;
-            let matched = after[first_ok..].iter().any(|s| *s == got);
+            let matched = after[first_ok..].contains(&got);
             assert!(
                 matched,
                 "seed {seed}, cut {cut}: recovered {} sessions, not the state after any LSN \
