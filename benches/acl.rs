@@ -34,9 +34,20 @@ fn acl(c: &mut Criterion) {
     c.bench_function("acl_can_publish_uncached_1000_rules", |b| {
         b.iter(|| acl.can_publish(black_box(client), black_box(topic)))
     });
+    // A link reuses one shared string for a repeated topic: answered by its address.
+    let shared: std::sync::Arc<str> = topic.into();
     let mut cache = AclCache::new();
     c.bench_function("acl_can_publish_cached_1000_rules", |b| {
-        b.iter(|| cache.can_publish(&acl, black_box(client), black_box(topic)))
+        b.iter(|| cache.can_publish(&acl, black_box(client), black_box(&shared)))
+    });
+    // The same topic in a new string each time (another publisher): answered by contents.
+    let copies: Vec<std::sync::Arc<str>> = (0..64).map(|_| topic.into()).collect();
+    let mut i = 0;
+    c.bench_function("acl_can_publish_cached_by_contents_1000_rules", |b| {
+        b.iter(|| {
+            i = (i + 1) % copies.len();
+            cache.can_publish(&acl, black_box(client), black_box(&copies[i]))
+        })
     });
 }
 

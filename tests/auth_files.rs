@@ -329,6 +329,45 @@ fn a4_retained_messages_follow_the_readers_rights() {
     alice.expect_nothing(common::QUIET);
 }
 
+/// `check_retain_source false` (Mosquitto's default): a retained message stays available
+/// to readers after its publisher lost the right to publish it.
+#[test]
+fn check_retain_source_false_keeps_retained_after_the_publisher_lost_its_right() {
+    let dir = scratch("retain-source");
+    let pw = password_file(&dir, USERS);
+    let acl = write(
+        &dir.join("acl"),
+        "user alice\ntopic read r/#\nuser bob\ntopic write r/#\n",
+    );
+    let conf = write(&dir.join("c.conf"), "check_retain_source false\n");
+    let b = Broker::with_shards(
+        2,
+        &[
+            "-c",
+            s(&conf),
+            "--password-file",
+            s(&pw),
+            "--acl-file",
+            s(&acl),
+            "--allow-anonymous",
+            "false",
+        ],
+    );
+    let a = b.addr();
+    let mut bob = login5(a, "bob-rs", "bob", "builder", 0);
+    bob.publish("r/open", b"o", 1, true);
+    write(
+        &acl,
+        "user alice\ntopic read r/#\nuser bob\ntopic write q/#\n",
+    );
+    common::signal(b.pid(), libc::SIGHUP);
+    wait_until(|| bob.publish("r/probe", b"p", 1, false) == 0x87);
+    let mut alice = login5(a, "alice-rs", "alice", "wonder", 0);
+    alice.subscribe("r/#", 1);
+    let m = alice.expect_publish_acked(WAIT);
+    assert_eq!((m.topic.as_str(), m.retain), ("r/open", true));
+}
+
 /// A5: shared subscriptions are checked on their filter; malformed ones refused; a later
 /// publish still works.
 #[test]
@@ -543,6 +582,20 @@ fn paho_subscribe_failure_case() {
 /// Start a broker on a configuration file whose listeners use port 0; returns the child
 /// and the bound addresses in listener order.
 fn start_conf(conf: &Path, listeners: usize) -> (ChildGuard, Vec<SocketAddr>) {
+    let (guard, addrs, _) = start_conf_lines(conf, listeners);
+    (guard, addrs)
+}
+
+/// As [`start_conf`], also returning the rest of the broker's output lines (a reload
+/// prints the listeners it opens).
+fn start_conf_lines(
+    conf: &Path,
+    listeners: usize,
+) -> (
+    ChildGuard,
+    Vec<SocketAddr>,
+    std::sync::mpsc::Receiver<String>,
+) {
     let mut child = Command::new(SHARDMQ)
         .args(["-c", s(conf), "--print-bound", "--no-pin", "--admin", "off"])
         .stdin(Stdio::null())
@@ -568,7 +621,7 @@ fn start_conf(conf: &Path, listeners: usize) -> (ChildGuard, Vec<SocketAddr>) {
             addrs.push(a.trim().parse().expect("address"));
         }
     }
-    (guard, addrs)
+    (guard, addrs, rx)
 }
 
 struct ChildGuard(Child);
@@ -612,6 +665,72 @@ fn per_listener_settings_enforce_each_listeners_files() {
     anon.publish("b/1", b"y", 0, false);
     assert_eq!(anon.expect_publish(WAIT).topic, "b/1");
     a.expect_nothing(common::QUIET);
+}
+
+/// Per-listener settings follow the listener, not its position: a reload that swaps the
+/// two `listener` blocks leaves every connected client under its own listener's ACL.
+#[test]
+fn per_listener_settings_survive_a_reload_that_reorders_listeners() {
+    let dir = scratch("reorder");
+    let acl_a = write(&dir.join("acl-a"), "topic readwrite a/#\n");
+    let acl_b = write(&dir.join("acl-b"), "topic readwrite b/#\n");
+    let block = |ip: &str, acl: &Path| {
+        format!(
+            "listener 0 {ip}\nacl_file {}\nallow_anonymous true\n",
+            s(acl)
+        )
+    };
+    let head = "per_listener_settings true\nshards 1\n";
+    let conf = write(
+        &dir.join("r.conf"),
+        &format!(
+            "{head}{}{}",
+            block("127.0.0.1", &acl_a),
+            block("127.0.0.2", &acl_b)
+        ),
+    );
+    let (b, addrs, lines) = start_conf_lines(&conf, 2);
+    let mut x = RawClient::clean(addrs[0], "x-on-a");
+    assert_eq!(x.subscribe_many(&[("a/#", 0)]), vec![0]);
+    let mut y = RawClient::clean(addrs[1], "y-on-b");
+    assert_eq!(y.subscribe_many(&[("#", 0)]), vec![0]);
+    // Swapped, and a third listener whose first CONNACK shows the reload is applied.
+    write(
+        &conf,
+        &format!(
+            "{head}{}{}{}",
+            block("127.0.0.2", &acl_b),
+            block("127.0.0.1", &acl_a),
+            block("127.0.0.3", &acl_a)
+        ),
+    );
+    common::signal(b.0.id(), libc::SIGHUP);
+    let third: SocketAddr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reload opens the third listener");
+        if let Some(a) = line.strip_prefix("listening ") {
+            break a.trim().parse().expect("address");
+        }
+    };
+    RawClient::clean(third, "probe").disconnect();
+    x.publish("a/x", b"from x", 0, false);
+    assert_eq!(
+        x.expect_publish(WAIT).topic,
+        "a/x",
+        "x keeps listener A's rights"
+    );
+    y.publish("b/y", b"from y", 0, false);
+    assert_eq!(
+        y.expect_publish(WAIT).topic,
+        "b/y",
+        "y keeps listener B's rights"
+    );
+    y.expect_nothing(common::QUIET);
+    let mut x2 = RawClient::clean(addrs[0], "x2-on-a");
+    x2.publish("a/z", b"new client on A", 0, false);
+    assert_eq!(x.expect_publish(WAIT).topic, "a/z");
+    y.expect_nothing(common::QUIET);
 }
 
 /// 1,000 wrong passwords (checked against a `mosquitto_passwd` file) while a canary QoS 1 client

@@ -346,6 +346,48 @@ fn shardmq_to_shardmq_both_without_loops() {
     on_b.expect_nothing(Duration::from_millis(300));
 }
 
+/// Bridged-in messages are trusted like Mosquitto's bridges (no write check against the
+/// ACL: the remote broker decided who may publish them), and local subscribers still read
+/// only what their own rights allow.
+#[test]
+fn bridged_in_messages_skip_the_write_check_but_not_the_readers() {
+    let dir = Dir::new("acl");
+    let remote = Broker::with_shards(1, &[]);
+    // Nobody may publish under in/ locally; anonymous readers may read in/ok only.
+    let acl = dir.0.join("acl");
+    std::fs::write(&acl, "topic read in/ok\ntopic read $SYS/#\n").expect("write acl");
+    let conf = format!(
+        "acl_file {}\nallow_anonymous true\nconnection peer\naddress {}\n\
+         remote_clientid acl-bridge\nrestart_timeout 1\ntopic in/# in 0\n",
+        acl.display(),
+        remote.addr()
+    );
+    let a = shardmq(&dir, &conf, 2, &[]);
+    let mut on_a = RawClient::clean(a.addr(), "on-a");
+    on_a.subscribe("in/#", 0);
+    let mut local = RawClient::clean(a.addr(), "local-writer");
+    local.publish("in/ok", b"local", 0, false);
+    local.ping();
+    let mut pub_b = RawClient::clean(remote.addr(), "pub-b");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        pub_b.publish("in/ok", b"probe", 0, false);
+        if let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+            assert_eq!((m.topic.as_str(), m.text().as_str()), ("in/ok", "probe"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    while let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(500)) {
+        assert_eq!(m.text(), "probe", "the local writer was refused");
+    }
+    pub_b.publish("in/secret", b"not for on-a", 0, false);
+    pub_b.publish("in/ok", b"after", 0, false);
+    let m = on_a.expect_publish(WAIT);
+    assert_eq!((m.topic.as_str(), m.text().as_str()), ("in/ok", "after"));
+    on_a.expect_nothing(Duration::from_millis(500));
+}
+
 /// Run `openssl` with `args` in `dir`; it must succeed.
 fn openssl(dir: &Dir, args: &[&str]) {
     let st = Command::new("openssl")

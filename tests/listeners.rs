@@ -865,6 +865,90 @@ fn proxy_protocol_header_sets_the_peer() {
     assert!(time_to_close(&mut bare, WAIT) < Duration::from_secs(2));
 }
 
+/// A PROXY v2 header from 192.0.2.9:12345, with a `PP2_TYPE_SSL` TLV when `ssl` is
+/// `(client flags, verify result, CN)`, as HAProxy sends after terminating TLS.
+fn proxy_v2(ssl: Option<(u8, u32, &str)>) -> Vec<u8> {
+    let mut body = vec![192, 0, 2, 9, 127, 0, 0, 1, 0x30, 0x39, 0x07, 0x5b];
+    if let Some((client, verify, cn)) = ssl {
+        let mut v = vec![client];
+        v.extend(verify.to_be_bytes());
+        v.push(0x22); // PP2_SUBTYPE_SSL_CN
+        v.extend((cn.len() as u16).to_be_bytes());
+        v.extend(cn.as_bytes());
+        body.push(0x20); // PP2_TYPE_SSL
+        body.extend((v.len() as u16).to_be_bytes());
+        body.extend(v);
+    }
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11]); // v2 PROXY, TCP over IPv4
+    h.extend((body.len() as u16).to_be_bytes());
+    h.extend(body);
+    h
+}
+
+/// TLS terminated by a proxy (`enable_proxy_protocol 2`, `require_certificate true`,
+/// `use_identity_as_username true`, no `certfile`): the client certificate CN of the
+/// header's SSL TLV is the username (no password needed, anonymous clients refused), also
+/// after the connection moved to its home shard; a
+/// header whose certificate the proxy did not verify, or without one, is refused before
+/// any MQTT is answered.
+#[test]
+fn proxy_v2_client_certificate_cn_names_the_user() {
+    let d = Dir::new("proxycn");
+    let conf = d.write(
+        "m.conf",
+        "allow_anonymous false\nlistener 0 127.0.0.1\nenable_proxy_protocol 2\nrequire_certificate true\nuse_identity_as_username true\n",
+    );
+    let b = Proc::start(&["-c", &conf, "--shards", "2", "--admin", "127.0.0.1:0"], 1);
+    let admin = b.admin.expect("admin address");
+    let clients = [(id_on("pcn", 0, 2), "dev-a"), (id_on("pcn", 1, 2), "dev-b")];
+    let mut held = Vec::new();
+    for (id, cn) in &clients {
+        let mut c = RawClient::connect(b.addrs[0]);
+        // SSL, certificate in this connection, verified (0).
+        let mut bytes = proxy_v2(Some((0x01 | 0x02, 0, cn)));
+        bytes.extend(connect_v311_bytes(id));
+        c.send_bytes(&bytes);
+        // Accepted without a password although anonymous clients are not allowed.
+        let g = c.expect_packet(WAIT);
+        assert!(matches!(g, Got::ConnAck { code: 0, .. }), "{cn}: {g:?}");
+        held.push(c);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = admin_get(admin, "/api/v1/clients");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let rows = v["clients"].as_array().cloned().unwrap_or_default();
+        let named = |id: &str, user: &str| {
+            rows.iter()
+                .any(|r| r["client_id"] == id && r["username"] == user)
+        };
+        if clients.iter().all(|(id, cn)| named(id, cn)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "usernames never matched: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = [
+        Some((0x03, 1, "unverified")), // the proxy's verification failed
+        Some((0x01, 0, "nocert")),     // TLS, but no client certificate
+        None,                          // no SSL TLV at all
+    ];
+    for ssl in refused {
+        let mut s = TcpStream::connect(b.addrs[0]).expect("connect");
+        let mut bytes = proxy_v2(ssl);
+        bytes.extend(connect_v311_bytes("refused"));
+        s.write_all(&bytes).expect("send");
+        s.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
+        let closed = r.is_ok() || r.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+        assert!(closed, "{ssl:?}: not closed within {WAIT:?}");
+        assert!(got.is_empty(), "{ssl:?}: answered {got:?}");
+    }
+    drop(held);
+}
+
 /// SIGHUP reloads certificate files: new handshakes use the new ones, a connection made
 /// before stays, and a bad file keeps the previous configuration.
 #[test]

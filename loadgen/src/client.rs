@@ -21,6 +21,7 @@ use crate::proto::{
     ReasonCode, Subscribe, Subscription, SubscriptionList, SubscriptionOptions, Version,
 };
 use crate::stats::{MsgHeader, SeqTrack, Shared, HEADER_LEN};
+use crate::ws::{upgrade_request, WsClient};
 
 /// The largest packet accepted from a broker.
 const MAX_PACKET: usize = 1 << 20;
@@ -92,6 +93,8 @@ pub struct Params {
     pub persistent: bool,
     /// `--tls`: the client configuration (the CA from `--cafile`); `None` for plain TCP.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `--ws`: MQTT over WebSocket, upgrading on this path (over TLS too with `tls`).
+    pub ws_path: Option<String>,
 }
 
 /// Where a connection is in its life.
@@ -99,6 +102,8 @@ pub struct Params {
 pub enum State {
     /// TCP connect in progress.
     Connecting,
+    /// WebSocket upgrade request sent.
+    AwaitUpgrade,
     /// CONNECT sent.
     AwaitConnAck,
     /// SUBSCRIBE sent.
@@ -194,6 +199,32 @@ pub struct Conn {
     pub tracks: Vec<SeqTrack>,
     /// The TLS session (`--tls`): `wbuf` is its plaintext, `rbuf` gets its plaintext.
     tls: Option<Box<rustls::ClientConnection>>,
+    /// The WebSocket layer (`--ws`): `wbuf` is framed in place before each flush; `rbuf`
+    /// gets deframed payload.
+    ws: Option<Box<WsClient>>,
+}
+
+/// Reads wire bytes (plaintext, or decrypted by `tls`) from `sock` into `buf`.
+fn read_wire(
+    sock: &mut TcpStream,
+    tls: &mut Option<Box<rustls::ClientConnection>>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let Some(tls) = tls.as_mut() else {
+        return sock.read(buf);
+    };
+    loop {
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if tls.read_tls(sock)? == 0 {
+            return Ok(0);
+        }
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
 }
 
 /// A PUBLISH of `p.payload` zero bytes to `topic` encoded by the project's codec, with
@@ -282,6 +313,7 @@ impl Conn {
             template: Vec::new(),
             tracks: Vec::new(),
             tls,
+            ws: params.ws_path.as_ref().map(|_| Box::default()),
         })
     }
 
@@ -302,9 +334,24 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
                 Err(e) => return Err(format!("connect: {e}")),
             }
-            self.queue_connect(params);
+            match (&mut self.ws, &params.ws_path) {
+                (Some(ws), Some(path)) => {
+                    let host = params.broker.to_string();
+                    self.wbuf.extend_from_slice(&upgrade_request(&host, path));
+                    ws.framed = self.wbuf.len();
+                    self.state = State::AwaitUpgrade;
+                }
+                _ => self.queue_connect(params),
+            }
         }
         Ok(self.wants_write())
+    }
+
+    /// After the broker's 101 answer: CONNECT, in a frame.
+    fn after_upgrade(&mut self, params: &Params) {
+        if self.state == State::AwaitUpgrade && self.ws.as_ref().is_some_and(|w| w.upgraded) {
+            self.queue_connect(params);
+        }
     }
 
     fn queue_connect(&mut self, params: &Params) {
@@ -334,6 +381,21 @@ impl Conn {
         if self.state == State::Connecting {
             return Ok(false);
         }
+        let Some(ws) = self.ws.as_mut() else {
+            return self.flush_wire();
+        };
+        ws.frame_pending(&mut self.wbuf);
+        let before = self.wbuf.len();
+        let r = self.flush_wire();
+        // `flush_wire` clears or drains the written front of `wbuf`.
+        if let Some(ws) = self.ws.as_mut() {
+            ws.consumed(before - self.wbuf.len());
+        }
+        r
+    }
+
+    /// `flush` of wire-ready bytes (plain, or the plaintext of TLS).
+    fn flush_wire(&mut self) -> Result<bool, String> {
         if self.tls.is_some() {
             return self.flush_tls();
         }
@@ -394,22 +456,23 @@ impl Conn {
         Ok(false)
     }
 
-    /// Application bytes into `rbuf[rend..]`: from the socket, or decrypted by the session.
+    /// Application bytes into `rbuf[rend..]`: from the socket, or decrypted by the session,
+    /// or deframed by the WebSocket layer.
     fn read_app(&mut self) -> io::Result<usize> {
-        let buf = &mut self.rbuf[self.rend..];
-        let Some(tls) = self.tls.as_mut() else {
-            return self.sock.read(buf);
+        let Some(ws) = self.ws.as_mut() else {
+            return read_wire(&mut self.sock, &mut self.tls, &mut self.rbuf[self.rend..]);
         };
+        let mut raw = [0u8; 16 * 1024];
         loop {
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            let n = ws.take(&mut self.rbuf[self.rend..]);
+            if n > 0 {
+                return Ok(n);
             }
-            if tls.read_tls(&mut self.sock)? == 0 {
+            let k = read_wire(&mut self.sock, &mut self.tls, &mut raw)?;
+            if k == 0 {
                 return Ok(0);
             }
-            tls.process_new_packets()
+            ws.feed(&raw[..k])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
     }
@@ -429,10 +492,14 @@ impl Conn {
                 Ok(n) => {
                     self.rend += n;
                     ctx.now_ns = ctx.shared.now_ns();
-                    // TLS may hold records still undecrypted: read on to WouldBlock.
-                    n < space && self.tls.is_none()
+                    // TLS and WebSocket may hold bytes still undecoded: read on to
+                    // WouldBlock.
+                    n < space && self.tls.is_none() && self.ws.is_none()
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.after_upgrade(ctx.params);
+                    return Ok(out);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("read: {e}")),
             };
@@ -672,7 +739,7 @@ impl Conn {
 
     /// Queues a DISCONNECT and tries once to write everything out.
     pub fn disconnect(&mut self, version: Version) {
-        if self.state == State::Connecting {
+        if matches!(self.state, State::Connecting | State::AwaitUpgrade) {
             return;
         }
         let d = Disconnect {
@@ -698,6 +765,7 @@ mod tests {
             fanout: 1,
             rate_per_pub: None,
             tls: None,
+            ws_path: None,
             keep_alive: 60,
             persistent: false,
         }

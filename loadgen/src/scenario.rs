@@ -149,6 +149,7 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
         keep_alive: KEEP_ALIVE,
         persistent: args.persistent,
         tls: None,
+        ws_path: args.ws.then(|| args.ws_path.clone()),
     }
 }
 
@@ -200,10 +201,10 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     let shared = Arc::new(Shared::new(plan.publishers));
     let threads = args.threads.clamp(1, plan.specs.len().max(1));
     let storm = args.scenario == Scenario::Storm;
-    let concurrency = if storm {
-        usize::MAX
-    } else {
-        args.connect_concurrency
+    let concurrency = match (args.connect_concurrency, storm) {
+        (Some(n), _) => n,
+        (None, true) => usize::MAX,
+        (None, false) => 512,
     };
     let mut buckets: Vec<Vec<ConnSpec>> = vec![Vec::new(); threads];
     for (i, spec) in plan.specs.iter().cloned().enumerate() {

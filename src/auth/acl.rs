@@ -3,8 +3,9 @@
 //! `can_subscribe`, with a per-link decision cache.
 //!
 //! Owns: the rules of one loaded file, indexed for matching (one [`FilterTrie`] per user and
-//! one for anonymous clients; patterns in a short list, deny first), and a generation
-//! number unique to this load. Format (Mosquitto's `aclfile__parse`):
+//! one for anonymous clients; patterns in a short list, deny first, bucketed by a literal
+//! first level so a decision substitutes only the patterns that could match), and a
+//! generation number unique to this load. Format (Mosquitto's `aclfile__parse`):
 //!
 //! ```text
 //! # lines before the first `user` apply to anonymous clients (no username)
@@ -41,7 +42,7 @@ mod filters;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{AclCache, ACL_CACHE_SLOTS, ACL_CACHE_TOPIC_BYTES_MAX};
+pub use cache::{AclCache, ACL_CACHE_PTR_SLOTS, ACL_CACHE_SLOTS};
 pub use filters::{covers, overlaps};
 
 /// Largest ACL file accepted.
@@ -92,6 +93,12 @@ pub struct Acl {
     users: HashMap<String, FilterTrie<u8>>,
     /// Deny patterns first, then the others, each in file order.
     patterns: Vec<Pattern>,
+    /// Indexes into `patterns` (in its order) of the patterns whose first level is a
+    /// literal (no `+`, `#`, `%`), by that level: only topics with that first level can
+    /// match them.
+    patterns_by_first: HashMap<String, Vec<usize>>,
+    /// Indexes of the other patterns (wildcard or substitution in the first level).
+    patterns_general: Vec<usize>,
     /// The same rules as flat lists, for `can_subscribe` (filter-to-filter reasoning).
     anonymous_rules: Vec<(String, u8)>,
     user_rules: HashMap<String, Vec<(String, u8)>>,
@@ -117,19 +124,26 @@ impl Acl {
         Acl::parse(&text, &path.display().to_string())
     }
 
+    /// An ACL without rules: it denies everything (like an empty file).
+    pub fn deny_all() -> Acl {
+        Acl {
+            generation: next_generation(),
+            anonymous: FilterTrie::new(),
+            users: HashMap::new(),
+            patterns: Vec::new(),
+            patterns_by_first: HashMap::new(),
+            patterns_general: Vec::new(),
+            anonymous_rules: Vec::new(),
+            user_rules: HashMap::new(),
+        }
+    }
+
     /// Parse file text; `name` is used in errors.
     pub fn parse(text: &str, name: &str) -> Result<Acl, AuthFileError> {
         if text.len() > ACL_FILE_BYTES_MAX {
             return Err(at(name, 0, "file larger than 16 MiB"));
         }
-        let mut acl = Acl {
-            generation: next_generation(),
-            anonymous: FilterTrie::new(),
-            users: HashMap::new(),
-            patterns: Vec::new(),
-            anonymous_rules: Vec::new(),
-            user_rules: HashMap::new(),
-        };
+        let mut acl = Acl::deny_all();
         let mut current_user: Option<String> = None;
         let mut rules = 0usize;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -161,7 +175,24 @@ impl Acl {
         }
         // Stable: deny patterns first, each group in file order.
         acl.patterns.sort_by_key(|p| p.bits & DENY == 0);
+        acl.index_patterns();
         Ok(acl)
+    }
+
+    /// Bucket the patterns by literal first level (the decision is a union of bits with
+    /// any deny winning, so visiting a subset of candidates in any order is exact).
+    fn index_patterns(&mut self) {
+        for (i, p) in self.patterns.iter().enumerate() {
+            let first = p.filter.split('/').next().unwrap_or("");
+            if first.contains(['+', '#', '%']) {
+                self.patterns_general.push(i);
+            } else {
+                self.patterns_by_first
+                    .entry(first.to_string())
+                    .or_default()
+                    .push(i);
+            }
+        }
     }
 
     fn add_topic(&mut self, user: Option<&str>, filter: String, bits: u8) {
@@ -195,8 +226,16 @@ impl Acl {
         if bits & DENY != 0 {
             return DENY;
         }
+        if self.patterns.is_empty() {
+            return bits;
+        }
+        let first = topic.split('/').next().unwrap_or("");
+        let literal = self.patterns_by_first.get(first).map_or(&[][..], |v| v);
         let mut buf = String::new();
-        for p in &self.patterns {
+        for &i in literal.iter().chain(&self.patterns_general) {
+            let Some(p) = self.patterns.get(i) else {
+                continue;
+            };
             if substitute_into(&mut buf, &p.filter, client) && topic::matches(&buf, topic) {
                 if p.bits & DENY != 0 {
                     return DENY;

@@ -2,12 +2,14 @@
 //! files of each listener (Mosquitto's `password_file`, `acl_file`, `allow_anonymous`,
 //! `per_listener_settings`), in force for one shard turn at a time.
 //!
-//! Owns: [`AuthState`] (the files and flags in force, per listener) and the read decisions
-//! on the delivery path ([`may_read`], [`may_read_link`]). Invariants: one turn sees one
-//! `AuthState` (it is swapped whole, between turns, by [`super::Broker::set_auth`]); with
-//! no ACL file anywhere a decision is a single branch on [`AuthState::any_acl`]; a
-//! connected link decides through its own `AclCache` (identity fixed per link), an offline
-//! session uncached. A reload never needs a flush: every loaded file has a new generation,
+//! Owns: [`AuthState`] (the files and flags in force, per listener id: stable across
+//! reloads, so reordering `listener` blocks moves no client to another's settings) and the
+//! read decisions on the delivery path ([`may_read`], [`may_read_link`]). Invariants: one
+//! turn sees one `AuthState` (it is swapped whole, between turns, by
+//! [`super::Broker::set_auth`]); with no ACL file anywhere a decision is a single branch on
+//! [`AuthState::any_acl`]; a connected link decides through its own `AclCache` (identity
+//! fixed per link, keyed by the message's shared topic string), an offline session
+//! uncached. A reload never needs a flush: every loaded file has a new generation,
 //! which the caches compare. Must not touch: the hashing (the shard's verifier does it),
 //! the rules themselves (`crate::auth::acl`), sockets.
 
@@ -25,8 +27,13 @@ pub struct AuthState {
     per_listener: bool,
     global: AuthFiles,
     allow_anonymous: bool,
-    /// Indexed by listener (bind index), with per-listener settings.
-    listeners: Vec<(AuthFiles, bool)>,
+    /// Indexed by listener id (`config::listener::Listener::id`, stable across reloads),
+    /// with per-listener settings; `None`: no listener has that id any more.
+    listeners: Vec<Option<(AuthFiles, bool)>>,
+    /// The files of a listener a reload removed, with per-listener settings: no password
+    /// file (nobody new logs in there) and, when ACLs are in use, an ACL that denies
+    /// everything (its clients keep their connections but get no rights).
+    gone: AuthFiles,
     any_acl: bool,
     /// Some password file, ACL file or SCRAM credentials are configured: identities
     /// matter (a client id held by one user is not handed to another).
@@ -36,100 +43,89 @@ pub struct AuthState {
 impl AuthState {
     /// The settings of `cfg` (files already loaded and validated by the configuration).
     pub fn from_config(cfg: &Config) -> AuthState {
-        AuthState::new(
-            cfg,
-            cfg.auth_files.clone(),
-            &cfg.listener_auth,
-            cfg.binds.len(),
-        )
+        AuthState::new(cfg, cfg.auth_files.clone(), &cfg.listener_auth)
     }
 
-    /// The settings of `cfg` with these files in force (a reload re-reads only the files).
-    pub fn new(
-        cfg: &Config,
-        global: AuthFiles,
-        listener_auth: &[ListenerAuth],
-        listeners: usize,
-    ) -> AuthState {
+    /// The settings of `cfg` with these files in force. Per-listener settings are keyed
+    /// by listener id, so a link or session names its listener correctly whatever order
+    /// a reload puts the `listener` blocks in.
+    pub fn new(cfg: &Config, global: AuthFiles, listener_auth: &[ListenerAuth]) -> AuthState {
         let per_listener = cfg.per_listener_settings;
+        let ids = cfg
+            .listeners
+            .iter()
+            .map(|l| l.id + 1)
+            .max()
+            .unwrap_or(0)
+            .max(cfg.listener_ids_next);
         // A listener without a block of its own keeps the settings made before the first
         // `listener` line (Mosquitto's default listener).
-        let mut per = vec![(global.clone(), cfg.allow_anonymous); listeners];
+        let mut per: Vec<Option<(AuthFiles, bool)>> = vec![None; ids];
+        for l in &cfg.listeners {
+            if let Some(slot) = per.get_mut(l.id) {
+                *slot = Some((global.clone(), cfg.allow_anonymous));
+            }
+        }
         if per_listener {
-            for l in listener_auth {
-                if let Some(slot) = per.get_mut(l.bind_index) {
-                    let anon = l.allow_anonymous.unwrap_or(
-                        l.files.password_path.is_none() && cfg.scram_credentials.is_none(),
+            for la in listener_auth {
+                let id = cfg.listeners.get(la.bind_index).map(|l| l.id);
+                if let Some(slot) = id.and_then(|id| per.get_mut(id)) {
+                    let anon = la.allow_anonymous.unwrap_or(
+                        la.files.password_path.is_none() && cfg.scram_credentials.is_none(),
                     );
-                    *slot = (l.files.clone(), anon);
+                    *slot = Some((la.files.clone(), anon));
                 }
             }
         }
+        let present = || per.iter().flatten();
         let any_acl = if per_listener {
-            per.iter().any(|(f, _)| f.acl.is_some())
+            present().any(|(f, _)| f.acl.is_some())
         } else {
             global.acl.is_some()
         };
         let any_password = if per_listener {
-            per.iter().any(|(f, _)| f.password_file.is_some())
+            present().any(|(f, _)| f.password_file.is_some())
         } else {
             global.password_file.is_some()
+        };
+        let gone = AuthFiles {
+            acl: any_acl.then(|| Arc::new(Acl::deny_all())),
+            ..AuthFiles::default()
         };
         AuthState {
             per_listener,
             allow_anonymous: cfg.allow_anonymous,
             global,
             listeners: per,
+            gone,
             any_acl,
             enforcing: any_acl || any_password || cfg.scram_credentials.is_some(),
         }
     }
 
-    /// The same settings with every file re-read from its path (SIGHUP). On error the
-    /// caller keeps `self` and logs the message (file and line).
-    pub fn reloaded(&self, cfg: &Config) -> Result<AuthState, String> {
-        let global = self.global.reload()?;
-        let mut listener_auth = Vec::new();
-        for (i, (files, anon)) in self.listeners.iter().enumerate() {
-            listener_auth.push(ListenerAuth {
-                bind_index: i,
-                files: files.reload()?,
-                allow_anonymous: Some(*anon),
-            });
-        }
-        let mut next = AuthState::new(cfg, global, &listener_auth, self.listeners.len());
-        next.allow_anonymous = self.allow_anonymous;
-        if !self.per_listener {
-            for slot in &mut next.listeners {
-                slot.1 = self.allow_anonymous;
-            }
-        }
-        Ok(next)
-    }
-
     fn files(&self, listener: usize) -> &AuthFiles {
         match (self.per_listener, self.listeners.get(listener)) {
-            (true, Some((f, _))) => f,
-            (true, None) => &EMPTY,
+            (true, Some(Some((f, _)))) => f,
+            (true, _) => &self.gone,
             (false, _) => &self.global,
         }
     }
 
-    /// May a client without a username connect on `listener`?
+    /// May a client without a username connect on `listener` (its id)?
     pub fn allow_anonymous(&self, listener: usize) -> bool {
         match (self.per_listener, self.listeners.get(listener)) {
-            (true, Some((_, a))) => *a,
-            (true, None) => false,
+            (true, Some(Some((_, a)))) => *a,
+            (true, _) => false,
             (false, _) => self.allow_anonymous,
         }
     }
 
-    /// The password file of `listener`, if one is configured.
+    /// The password file of `listener` (its id), if one is configured.
     pub fn password_file(&self, listener: usize) -> Option<&Arc<PasswordFile>> {
         self.files(listener).password_file.as_ref()
     }
 
-    /// The ACL of `listener`, if one is configured. A single branch when none is.
+    /// The ACL of `listener` (its id), if one is configured. A single branch when none is.
     #[inline]
     pub fn acl(&self, listener: usize) -> Option<&Arc<Acl>> {
         if !self.any_acl {
@@ -150,16 +146,9 @@ impl AuthState {
     }
 }
 
-static EMPTY: AuthFiles = AuthFiles {
-    password_path: None,
-    password_file: None,
-    acl_path: None,
-    acl: None,
-};
-
 /// May connected link `key` receive a message on `topic`? Decided through its cache.
 #[inline]
-pub(super) fn may_read_link<X>(sink: &mut Sink<'_, X>, key: usize, topic: &str) -> bool {
+pub(super) fn may_read_link<X>(sink: &mut Sink<'_, X>, key: usize, topic: &Arc<str>) -> bool {
     if !sink.auth.any_acl() {
         return true;
     }
@@ -184,7 +173,7 @@ pub(super) fn may_read<X>(
     sessions: &Sessions,
     sink: &mut Sink<'_, X>,
     s: usize,
-    topic: &str,
+    topic: &Arc<str>,
 ) -> bool {
     if !sink.auth.any_acl() {
         return true;
@@ -208,4 +197,73 @@ pub(super) fn may_read<X>(
         client_id: &sess.client_id,
     };
     acl.can_read(client, topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::reload::reread;
+    use crate::config::Args;
+    use clap::Parser;
+    use std::ffi::OsString;
+
+    fn anon() -> Client<'static> {
+        Client {
+            username: None,
+            client_id: "c",
+        }
+    }
+
+    #[test]
+    fn settings_follow_listener_ids_and_a_removed_listener_gets_nothing() {
+        let dir = std::env::temp_dir().join(format!("shardmq-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let (acl_a, acl_b) = (dir.join("a.acl"), dir.join("b.acl"));
+        std::fs::write(&acl_a, "topic readwrite a/#\n").expect("write");
+        std::fs::write(&acl_b, "topic readwrite b/#\n").expect("write");
+        let block = |ip: &str, acl: &std::path::Path, anon: bool| {
+            format!(
+                "listener 0 {ip}\nacl_file {}\nallow_anonymous {anon}\n",
+                acl.display()
+            )
+        };
+        let a = block("127.0.0.1", &acl_a, true);
+        let b = block("127.0.0.2", &acl_b, false);
+        let conf = dir.join("c.conf");
+        let write = |text: String| {
+            std::fs::write(&conf, format!("per_listener_settings true\n{text}")).expect("write")
+        };
+        write(format!("{a}{b}"));
+        let argv: Vec<OsString> = [
+            "shardmq",
+            "-c",
+            conf.to_str().expect("utf-8"),
+            "--admin",
+            "off",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let running = Config::from_args(Args::parse_from(&argv)).expect("valid");
+        let reads = |st: &AuthState, id: usize, topic: &str| {
+            st.acl(id).is_some_and(|acl| acl.can_read(anon(), topic))
+        };
+        let st = AuthState::from_config(&running);
+        assert!(reads(&st, 0, "a/x") && st.allow_anonymous(0));
+        assert!(reads(&st, 1, "b/x") && !st.allow_anonymous(1));
+        // Swapped blocks: ids 0 and 1 keep their own files.
+        write(format!("{b}{a}"));
+        let swapped = reread(&running, &argv).expect("valid").config;
+        let st = AuthState::from_config(&swapped);
+        assert!(reads(&st, 0, "a/x") && !reads(&st, 0, "b/x") && st.allow_anonymous(0));
+        assert!(reads(&st, 1, "b/x") && !reads(&st, 1, "a/x") && !st.allow_anonymous(1));
+        // Listener 0 removed: its clients and sessions get nothing.
+        write(b.clone());
+        let removed = reread(&swapped, &argv).expect("valid").config;
+        let st = AuthState::from_config(&removed);
+        assert!(!reads(&st, 0, "a/x") && !reads(&st, 0, "b/x"));
+        assert!(!st.allow_anonymous(0) && st.password_file(0).is_none());
+        assert!(reads(&st, 1, "b/x"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -94,8 +94,8 @@ pub struct Link {
     pub auth_final: Option<Box<[u8]>>,
     /// The Will of this connection, published if it ends without a normal DISCONNECT.
     pub will: Option<Box<StoredWill>>,
-    /// Index of the listener (bind) that accepted the connection: its security settings
-    /// apply.
+    /// Id of the listener that accepted the connection (`config::listener::Listener::id`,
+    /// stable across reloads): its security settings apply.
     pub listener: usize,
     /// ACL decisions already made for this connection's identity.
     pub acl_cache: crate::auth::AclCache,

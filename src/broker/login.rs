@@ -56,8 +56,9 @@ impl<X> Broker<X> {
         self.auth = auth;
     }
 
-    /// Link `key` was accepted on listener `listener` (index into the binds): its
-    /// security settings apply.
+    /// Link `key` was accepted on the listener with id `listener`
+    /// (`config::listener::Listener::id`, stable across reloads): its security settings
+    /// apply.
     pub fn set_listener(&mut self, key: usize, listener: usize) {
         if let Some(link) = self.links.get_mut(key) {
             link.listener = listener;

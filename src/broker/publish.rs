@@ -87,7 +87,7 @@ impl<X> Broker<X> {
 
     /// May link `key` publish to `topic` (its listener's ACL, through its cache)? A refusal
     /// is counted, and logged once per connection.
-    fn may_publish(&mut self, key: usize, topic: &str) -> bool {
+    fn may_publish(&mut self, key: usize, topic: &Arc<str>) -> bool {
         let Some(link) = self.links.get_mut(key) else {
             return false;
         };

@@ -294,8 +294,9 @@ impl<X> Broker<X> {
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
         let mut msgs = std::collections::VecDeque::new();
         let auth = &self.auth;
+        let check_source = self.cfg.check_retain_source;
         self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) && publisher_may_still(auth, m) {
+            if !m.expired(now_ms) && (!check_source || publisher_may_still(auth, m)) {
                 msgs.push_back(m.clone());
             }
         });
@@ -350,9 +351,11 @@ impl<X> Broker<X> {
     }
 }
 
-/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 /// May the publisher of retained message `m` still publish it under the ACL in force?
-/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.)
+/// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.) As in
+/// Mosquitto's `check_retain_source`, a message without a recorded publisher (from the
+/// broker, a bridge, or recovered from the store, which does not keep the publisher yet)
+/// passes.
 fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
     let Some(p) = m.publisher.as_deref() else {
         return true;
@@ -367,6 +370,7 @@ fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Mess
     acl.can_publish(who, &m.topic)
 }
 
+/// A SUBACK failure code: 5.0 gets the precise reason, 3.x the one failure code 0x80.
 fn refusal(version: Version, reason: protocol::ReasonCode) -> u8 {
     if version == Version::V5 {
         reason.to_u8()

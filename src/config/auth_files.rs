@@ -114,14 +114,14 @@ mod tests {
         };
         let mut cache = AclCache::new();
         let old_acl = old.acl.clone().expect("acl");
-        assert!(cache.can_read(&old_acl, alice, "a/x"));
+        assert!(cache.can_read(&old_acl, alice, &"a/x".into()));
         std::fs::write(&acl, "user alice\ntopic write a/#\n").expect("write");
         std::fs::write(&pw, "# nobody\n").expect("write");
         let new = old.reload().expect("reloads");
         let new_acl = new.acl.clone().expect("acl");
         assert_ne!(new_acl.generation(), old_acl.generation());
         assert!(
-            !cache.can_read(&new_acl, alice, "a/x"),
+            !cache.can_read(&new_acl, alice, &"a/x".into()),
             "read revoked at the next decision"
         );
         let new_pw = new.password_file.clone().expect("pw");

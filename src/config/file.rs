@@ -85,6 +85,8 @@ pub struct FileSettings {
     pub per_listener_settings: Option<bool>,
     /// With `per_listener_settings true`: the security settings after each `listener`.
     pub listener_security: Vec<ListenerSecurity>,
+    /// `check_retain_source`.
+    pub check_retain_source: Option<bool>,
     // --- end of the password and ACL block ---
     /// `connection` blocks (bridges), validated.
     pub bridges: Vec<super::bridge::BridgeConfig>,
@@ -338,6 +340,7 @@ fn apply(s: &mut FileSettings, key: &str, value: &str) -> Result<(), String> {
         "response_information" => s.response_information = Some(value.to_string()),
         "scram_credentials" => s.scram_credentials = Some(value.into()),
         "sys_interval" => s.sys_interval = Some(number(key, value)?),
+        "check_retain_source" => s.check_retain_source = Some(boolean(key, value)?),
         k if super::limits::FILE_KEYS.contains(&k) => s.limits.apply(k, value)?,
         k if PERSISTENCE_KEYS.contains(&k) => {
             persistence(&mut s.persistence, &mut s.warnings, k, value)?

@@ -128,6 +128,10 @@ pub struct Listener {
     pub bind_interface: Option<String>,
     /// The PROXY header every connection must start with.
     pub proxy: Option<ProxyVersion>,
+    /// A listener that does not terminate TLS itself, behind a proxy that does
+    /// (`enable_proxy_protocol 2` with `require_certificate true`, no `certfile`): every
+    /// PROXY header must carry the CN of a client certificate the proxy verified.
+    pub proxy_requires_cert: bool,
     /// WebSocket limits and path, for `Protocol::WebSockets`.
     pub ws: Option<WsConfig>,
     /// The `listener` line (0: command line or default), for messages.
@@ -135,6 +139,39 @@ pub struct Listener {
     /// The default listener's `::1`: a host without IPv6 cannot bind it, which is logged
     /// and tolerated (for this listener only).
     pub optional: bool,
+    /// The listener's identity, stable across reloads: links and sessions name their
+    /// listener by it (its security settings apply), so reordering `listener` blocks never
+    /// hands one listener's settings to another's clients. The position in the file at
+    /// start; a reload keeps the id of each listener it keeps (same configured address,
+    /// matched in order, as the shards keep its socket) and gives new ones ids never used
+    /// before ([`assign_ids`]).
+    pub id: usize,
+}
+
+/// Give `next` (a reloaded configuration's listeners) the ids of the `running` listeners
+/// they continue, matched as the shards keep sockets: same configured address, in order
+/// (several `listener 0` lines share one). Listeners without a match get fresh ids from
+/// `ids_next`. Returns the new `ids_next` (ids are never reused, so a session of a removed
+/// listener never inherits a new listener's settings).
+pub fn assign_ids(running: &[Listener], next: &mut [Listener], mut ids_next: usize) -> usize {
+    let mut taken = vec![false; running.len()];
+    for l in next.iter_mut() {
+        let same = running
+            .iter()
+            .enumerate()
+            .find(|(i, r)| !taken[*i] && r.addr == l.addr);
+        match same {
+            Some((i, r)) => {
+                taken[i] = true;
+                l.id = r.id;
+            }
+            None => {
+                l.id = ids_next;
+                ids_next += 1;
+            }
+        }
+    }
+    ids_next
 }
 
 /// Whether `key` is a per-listener option.
@@ -360,6 +397,14 @@ impl ListenerSpec {
             (true, false) => CertUsername::Cn,
             (false, true) => CertUsername::Subject,
         };
+        let proxy_requires_cert = tls.is_none() && self.require_certificate;
+        if proxy_requires_cert && cert_username == CertUsername::Subject {
+            return Err(self.at(
+                file,
+                "use_subject_as_username",
+                "use_subject_as_username needs certfile: a PROXY v2 header carries only the CN",
+            ));
+        }
         if cert_username != CertUsername::No && !self.require_certificate {
             let o = if self.use_identity_as_username {
                 "use_identity_as_username"
@@ -387,6 +432,7 @@ impl ListenerSpec {
             mount_point: self.mount_point.clone(),
             bind_interface: self.bind_interface.clone(),
             proxy: self.proxy,
+            proxy_requires_cert,
             ws: (self.protocol == Protocol::WebSockets).then(|| WsConfig {
                 path: self.websockets_path.clone(),
                 frame_bytes_max,
@@ -394,6 +440,8 @@ impl ListenerSpec {
             }),
             line: self.line,
             optional: false,
+            // Set by the caller, which knows the position (and, on reload, the history).
+            id: 0,
         })
     }
 
@@ -406,11 +454,14 @@ impl ListenerSpec {
             (Some(_), None) => return Err(("certfile", "certfile needs keyfile".into())),
             (None, Some(_)) => return Err(("keyfile", "keyfile needs certfile".into())),
             (None, None) => {
+                // Behind a proxy that terminates TLS, the PROXY v2 header says whether the
+                // client presented a verified certificate, and its CN.
+                let proxy_v2 = self.proxy == Some(ProxyVersion::V2);
                 let tls_only = [
                     ("cafile", f.cafile.is_some()),
                     ("capath", f.capath.is_some()),
                     ("crlfile", f.crlfile.is_some()),
-                    ("require_certificate", self.require_certificate),
+                    ("require_certificate", self.require_certificate && !proxy_v2),
                     ("tls_version", self.tls_version.is_some()),
                     ("ciphers", self.ciphers.is_some()),
                     ("ciphers_tls1.3", self.ciphers_tls13.is_some()),

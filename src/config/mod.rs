@@ -315,11 +315,16 @@ pub struct Config {
     pub auth_files: auth_files::AuthFiles,
     /// `per_listener_settings`.
     pub per_listener_settings: bool,
+    /// `check_retain_source` (default true, stricter than Mosquitto's false): a retained
+    /// message is sent to a new subscriber only while its publisher may still publish it.
+    pub check_retain_source: bool,
     /// Each listener's own files and `allow_anonymous`, with per-listener settings.
     pub listener_auth: Vec<auth_files::ListenerAuth>,
     // --- end of the password and ACL block ---
     /// Every listener with its options, validated (`binds` are their addresses).
     pub listeners: Vec<listener::Listener>,
+    /// The next unused listener id (`listener::Listener::id`; kept across reloads).
+    pub listener_ids_next: usize,
     /// The store's settings (parsed only until the broker writes to the store).
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
@@ -382,6 +387,9 @@ fn build_listeners(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::Lis
         for l in &mut listeners {
             l.optional = l.addr.is_ipv6();
         }
+    }
+    for (i, l) in listeners.iter_mut().enumerate() {
+        l.id = i;
     }
     Ok(listeners)
 }
@@ -467,6 +475,7 @@ impl Config {
             f.admin_keyfile.as_ref(),
         )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
+        let listener_ids_next = listeners.len();
         let connect_timeout = pick(
             a.connect_timeout,
             f.connect_timeout,
@@ -537,8 +546,10 @@ impl Config {
             metrics: std::sync::Arc::new(crate::metrics::Metrics::new(shards.min(SHARDS_MAX))),
             auth_files,
             per_listener_settings: f.per_listener_settings.unwrap_or(false),
+            check_retain_source: f.check_retain_source.unwrap_or(true),
             listener_auth,
             listeners,
+            listener_ids_next,
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,
@@ -573,12 +584,18 @@ impl Config {
                 .listener_auth
                 .iter()
                 .any(|l| l.files.password_file.is_some());
+        // Client certificates (or a proxy's verified CN) that name users are credentials too.
+        let certificates_name_users = self
+            .listeners
+            .iter()
+            .any(|l| l.cert_username != listener::CertUsername::No);
         if !self.allow_anonymous
             && self.scram_credentials.is_none()
             && !has_password_file
+            && !certificates_name_users
             && !self.per_listener_settings
         {
-            return Err("allow_anonymous false needs credentials (password_file or --scram-credentials); refusing to start a broker nobody can use".into());
+            return Err("allow_anonymous false needs credentials (password_file, --scram-credentials or use_identity_as_username); refusing to start a broker nobody can use".into());
         }
         Ok(())
     }

@@ -57,6 +57,11 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         new.bridges != running.bridges,
     );
     new.bridges = running.bridges.clone();
+    new.listener_ids_next = super::listener::assign_ids(
+        &running.listeners,
+        &mut new.listeners,
+        running.listener_ids_next,
+    );
     new.shards = running.shards;
     new.persistence = running.persistence.clone();
     new.admin = running.admin;
@@ -110,6 +115,32 @@ mod tests {
         std::fs::write(&path, "max_queued_messages 9\nbogus 1\n").expect("write");
         let e = reread(&running, &argv).expect_err("a bad file is refused whole");
         assert!(e.ends_with("r.conf:2: unknown option 'bogus'"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn listeners_keep_their_ids_when_reordered_and_new_ones_get_fresh_ids() {
+        let dir = std::env::temp_dir().join(format!("shardmq-reload-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("l.conf");
+        let l = |ip: &str| format!("listener 0 {ip}\n");
+        std::fs::write(&path, l("127.0.0.1") + &l("127.0.0.2") + &l("127.0.0.2")).expect("w");
+        let p = path.to_str().expect("utf-8 path");
+        let argv = argv(&["shardmq", "-c", p, "--admin", "off"]);
+        let running = Config::from_args(Args::parse_from(&argv)).expect("valid");
+        let ids = |c: &Config| c.listeners.iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(
+            (ids(&running), running.listener_ids_next),
+            (vec![0, 1, 2], 3)
+        );
+        // Reordered, one of the two 127.0.0.2 dropped, a new one added.
+        std::fs::write(&path, l("127.0.0.3") + &l("127.0.0.2") + &l("127.0.0.1")).expect("w");
+        let r = reread(&running, &argv).expect("valid").config;
+        assert_eq!((ids(&r), r.listener_ids_next), (vec![3, 1, 0], 4));
+        // The dropped listener's id 2 is never given again.
+        std::fs::write(&path, l("127.0.0.2") + &l("127.0.0.2") + &l("127.0.0.1")).expect("w");
+        let r2 = reread(&r, &argv).expect("valid").config;
+        assert_eq!((ids(&r2), r2.listener_ids_next), (vec![1, 4, 0], 5));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

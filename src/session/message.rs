@@ -102,7 +102,7 @@ pub struct Publisher {
     pub username: Option<Box<str>>,
     /// Client id.
     pub client_id: Box<str>,
-    /// Listener (bind index) whose ACL applies.
+    /// Id of the listener whose ACL applies (`config::listener::Listener::id`).
     pub listener: usize,
 }
 

@@ -172,7 +172,8 @@ pub struct Session {
     pub route_slot: u32,
     /// The user of the connection that last attached (`None`: anonymous), for the ACL.
     pub username: Option<Box<str>>,
-    /// The listener that connection came through: its ACL decides deliveries.
+    /// Id of the listener that connection came through (stable across reloads): its ACL
+    /// decides deliveries.
     pub listener: usize,
     /// The session is in the store (persistent, persistence on): its changes are logged.
     pub logged: bool,

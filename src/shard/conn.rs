@@ -70,6 +70,7 @@ pub struct Handoff {
     pub rx: Vec<u8>,
     /// Peer address.
     pub peer: SocketAddr,
-    /// Index of the listener that accepted it (its security settings apply).
+    /// Id of the listener that accepted it (its security settings apply; stable across
+    /// reloads).
     pub listener: usize,
 }

@@ -639,7 +639,8 @@ impl Shard {
                         match self.listeners[i].1.wrap(stream) {
                             Ok(Some(transport)) => {
                                 self.broker.effects().stats.connections_accepted += 1;
-                                self.adopt(transport, peer, Vec::new(), i, now)
+                                let id = self.listeners[i].1.id;
+                                self.adopt(transport, peer, Vec::new(), id, now)
                             }
                             // At the listener's max_connections: dropping the socket closes it.
                             Ok(None) => self.admission.release(),
@@ -888,7 +889,8 @@ impl Shard {
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(());
         };
-        if !c.io.name_pending || c.io.transport.is_handshaking() {
+        let t = &c.io.transport;
+        if !c.io.name_pending || t.is_handshaking() || t.awaits_proxy_header() {
             return Ok(());
         }
         c.io.name_pending = false;

@@ -27,9 +27,11 @@ pub fn kind_of(listener: &Listener) -> ListenerKind {
         naming: listener.cert_username,
         ws: listener.ws.clone(),
         proxy: listener.proxy,
+        proxy_requires_cert: listener.proxy_requires_cert,
         limit: listener
             .max_connections
             .map(|max| (Arc::new(AtomicUsize::new(0)), max)),
         mount: listener.mount_point.as_deref().map(Arc::from),
+        id: listener.id,
     }
 }

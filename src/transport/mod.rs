@@ -94,10 +94,17 @@ pub struct ListenerKind {
     pub ws: Option<WsConfig>,
     /// The PROXY header every connection must start with.
     pub proxy: Option<ProxyVersion>,
+    /// Without `tls`: the PROXY v2 header must carry a client certificate CN the proxy
+    /// verified (TLS terminated by the proxy, `require_certificate true`); `naming` then
+    /// applies to that CN.
+    pub proxy_requires_cert: bool,
     /// `max_connections`: the listener's open connections (all shards) and their limit.
     pub limit: Option<(Arc<AtomicUsize>, usize)>,
     /// `mount_point`, for the links of this listener's connections.
     pub mount: Option<Arc<str>>,
+    /// The listener's id (`config::listener::Listener::id`), stable across reloads: the
+    /// links of its connections name it to find their security settings.
+    pub id: usize,
 }
 
 impl ListenerKind {
@@ -125,7 +132,8 @@ impl ListenerKind {
             }
         }
         if let Some(v) = self.proxy {
-            sock.expect_proxy(v);
+            let cert = (self.tls.is_none() && self.proxy_requires_cert).then_some(self.naming);
+            sock.expect_proxy(v, cert);
         }
         sock.mount = self.mount.clone();
         let tls = match &self.tls {
@@ -269,20 +277,34 @@ impl Transport {
         }
     }
 
+    /// Whether a PROXY header is still expected (nothing after it has been read yet).
+    pub fn awaits_proxy_header(&self) -> bool {
+        self.socket().awaits_proxy_header()
+    }
+
     /// Whether this connection's client certificate names its user
-    /// (`use_identity_as_username`, `use_subject_as_username`).
+    /// (`use_identity_as_username`, `use_subject_as_username`): the certificate of its own
+    /// TLS handshake, or on a plain listener behind a TLS-terminating proxy, the CN the
+    /// proxy passed in its PROXY v2 header.
     pub fn names_user(&self) -> bool {
         match self {
             Transport::Tls(_, t) | Transport::Wss(_, t, _) => t.naming != CertUsername::No,
-            _ => false,
+            Transport::Tcp(s) | Transport::Ws(s, _) => s.proxy_naming() != CertUsername::No,
         }
     }
 
-    /// The username the verified client certificate gives, after the handshake: its CN or
-    /// its subject, as the listener says. `None` when the certificate has no such name.
+    /// The username the verified client certificate gives, after the handshake (or the
+    /// PROXY header): its CN or its subject, as the listener says. `None` when the
+    /// certificate has no such name.
     pub fn cert_username(&self) -> Option<String> {
-        let (Transport::Tls(_, t) | Transport::Wss(_, t, _)) = self else {
-            return None;
+        let t = match self {
+            Transport::Tls(_, t) | Transport::Wss(_, t, _) => t,
+            Transport::Tcp(s) | Transport::Ws(s, _) => {
+                return match s.proxy_naming() {
+                    CertUsername::Cn => s.proxied_cn().map(str::to_string),
+                    CertUsername::No | CertUsername::Subject => None,
+                }
+            }
         };
         let id = t.stream.peer_identity()?;
         match t.naming {

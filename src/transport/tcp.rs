@@ -2,7 +2,9 @@
 //!
 //! Owns: one non-blocking `mio` TCP stream; the PROXY header stage of a listener that
 //! requires one (`enable_proxy_protocol`), the bytes read past that header, the client
-//! address it carried, and the listener's connection slot (released when this is dropped,
+//! address it carried (and, behind a TLS-terminating proxy, the client certificate CN it
+//! vouched for, refusing a header without one when the listener requires it), and the
+//! listener's connection slot (released when this is dropped,
 //! wherever the connection has moved). Invariant: after the PROXY header, bytes pass
 //! through unchanged, the ones read past the header first; nothing else is buffered here,
 //! and nothing is ever written on the socket's behalf. Must not touch: MQTT, TLS, WebSocket
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::proxy::{Pending, ProxyVersion};
+use crate::config::listener::CertUsername;
 
 /// One connection counted against its listener's `max_connections`; the count drops when
 /// the connection's transport is dropped.
@@ -48,6 +51,12 @@ pub struct Tcp {
     prefix: Vec<u8>,
     /// The client address from the PROXY header, until the shard takes it.
     proxied: Option<SocketAddr>,
+    /// The CN of the client certificate a TLS-terminating proxy verified (PROXY v2 TLV);
+    /// kept for the connection's life, so it names the user again on its home shard.
+    proxied_cn: Option<Box<str>>,
+    /// `Some`: the PROXY header must carry such a CN (else the connection is refused),
+    /// and the listener's naming rule applies to it.
+    proxy_cert: Option<CertUsername>,
     /// The listener's connection count, if it has a limit.
     _slot: Option<Slot>,
     /// The listener's `mount_point` (the shard copies it to the link).
@@ -64,14 +73,33 @@ impl Tcp {
             proxy: None,
             prefix: Vec::new(),
             proxied: None,
+            proxied_cn: None,
+            proxy_cert: None,
             _slot: None,
             mount: None,
         }
     }
 
-    /// Expect a PROXY header of `version` before anything else.
-    pub fn expect_proxy(&mut self, version: ProxyVersion) {
+    /// Expect a PROXY header of `version` before anything else. `cert`: the header must
+    /// carry a verified client certificate CN (v2 TLVs), named into a user by this rule.
+    pub fn expect_proxy(&mut self, version: ProxyVersion, cert: Option<CertUsername>) {
         self.proxy = Some(Box::new(Pending::new(version)));
+        self.proxy_cert = cert;
+    }
+
+    /// Whether the PROXY header is still expected.
+    pub(super) fn awaits_proxy_header(&self) -> bool {
+        self.proxy.is_some()
+    }
+
+    /// How a CN from the PROXY header names the user (`No` without such a requirement).
+    pub(super) fn proxy_naming(&self) -> CertUsername {
+        self.proxy_cert.unwrap_or(CertUsername::No)
+    }
+
+    /// The verified client certificate CN the PROXY header carried.
+    pub(super) fn proxied_cn(&self) -> Option<&str> {
+        self.proxied_cn.as_deref()
     }
 
     /// Count this connection against its listener's limit.
@@ -102,8 +130,15 @@ impl Tcp {
             return Ok(());
         };
         let header = pending.read_header(&mut self.stream)?;
+        if self.proxy_cert.is_some() && header.tlv_cn.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "PROXY v2 header carries no client certificate verified by the proxy",
+            ));
+        }
         self.proxy = None;
         self.proxied = header.addr;
+        self.proxied_cn = header.tlv_cn.map(String::into_boxed_str);
         self.prefix = header.rest;
         Ok(())
     }

@@ -1,5 +1,10 @@
 use super::*;
 use proptest::prelude::*;
+use std::sync::Arc;
+
+fn t(topic: &str) -> Arc<str> {
+    topic.into()
+}
 
 fn anon(client_id: &str) -> Client<'_> {
     Client {
@@ -297,8 +302,46 @@ proptest! {
             let write = oracle(&text, c, t, WRITE);
             prop_assert_eq!(a.can_read(c, t), read, "read {} in\n{}", t, text);
             prop_assert_eq!(a.can_publish(c, t), write, "write {} in\n{}", t, text);
-            prop_assert_eq!(cache.can_read(&a, c, t), read);
-            prop_assert_eq!(cache.can_publish(&a, c, t), write);
+            let shared: Arc<str> = t.as_str().into();
+            prop_assert_eq!(cache.can_read(&a, c, &shared), read);
+            prop_assert_eq!(cache.can_publish(&a, c, &shared), write);
+            prop_assert_eq!(cache.can_read(&a, c, &shared), read);
+        }
+    }
+}
+
+proptest! {
+    /// The cache against the oracle over a long random sequence of decisions: topics drawn
+    /// from a pool of shared strings (answered by address) and fresh copies of them
+    /// (answered by contents), with the ACL swapped for another (a reload) on the way.
+    #[test]
+    fn the_cache_agrees_with_the_oracle_across_addresses_copies_and_reloads(
+        first in prop::collection::vec(rule_line(), 0..10),
+        second in prop::collection::vec(rule_line(), 0..10),
+        name in identity(),
+        pool in prop::collection::vec(topic_name(), 1..24),
+        steps in prop::collection::vec((0usize..24, any::<bool>(), any::<bool>(), 0u8..40), 1..120),
+    ) {
+        let texts = [first.join("\n"), second.join("\n")];
+        let acls = [acl(&texts[0]), acl(&texts[1])];
+        let c = Client { username: name.as_deref(), client_id: "c" };
+        let shared: Vec<Arc<str>> = pool.iter().map(|t| t.as_str().into()).collect();
+        let mut cache = AclCache::new();
+        let mut current = 0;
+        for (pick, copy, read, reload) in steps {
+            if reload == 0 {
+                current = 1 - current;
+            }
+            let t = &shared[pick % shared.len()];
+            let topic: Arc<str> = if copy { t.as_ref().into() } else { t.clone() };
+            let need = if read { READ } else { WRITE };
+            let want = oracle(&texts[current], c, &topic, need);
+            let got = if read {
+                cache.can_read(&acls[current], c, &topic)
+            } else {
+                cache.can_publish(&acls[current], c, &topic)
+            };
+            prop_assert_eq!(got, want, "{} {} under\n{}", need, topic, texts[current]);
         }
     }
 }
@@ -308,21 +351,22 @@ fn the_cache_answers_repeats_and_forgets_on_reload() {
     let old = acl("topic readwrite a/#\n");
     let c = anon("c");
     let mut cache = AclCache::new();
-    assert!(cache.can_publish(&old, c, "a/x"));
-    assert!(cache.can_publish(&old, c, "a/x"));
-    assert!(cache.can_read(&old, c, "a/x"));
+    let ax = t("a/x");
+    assert!(cache.can_publish(&old, c, &ax));
+    assert!(cache.can_publish(&old, c, &ax), "by address");
+    assert!(cache.can_read(&old, c, &t("a/x")), "by contents");
     assert_eq!(cache.stats(), (2, 1));
     let new = acl("topic read a/#\n");
     assert!(
-        !cache.can_publish(&new, c, "a/x"),
+        !cache.can_publish(&new, c, &ax),
         "a reload revokes at the next decision"
     );
-    assert!(cache.can_read(&new, c, "a/x"));
-    let long = format!("a/{}", "x".repeat(ACL_CACHE_TOPIC_BYTES_MAX));
+    assert!(cache.can_read(&new, c, &ax));
+    let long: Arc<str> = format!("a/{}", "x".repeat(70_000)).into();
     assert!(cache.can_read(&new, c, &long) && cache.can_read(&new, c, &long));
     // Many distinct topics: colliding slots are replaced, answers stay right.
     for i in 0..100 {
-        assert!(cache.can_read(&new, c, &format!("a/{i}")));
-        assert!(!cache.can_read(&new, c, &format!("b/{i}")));
+        assert!(cache.can_read(&new, c, &t(&format!("a/{i}"))));
+        assert!(!cache.can_read(&new, c, &t(&format!("b/{i}"))));
     }
 }

@@ -78,6 +78,18 @@ fn options_attach_to_the_listener_above_them() {
     assert_eq!(plain.max_connections, Some(10));
 }
 
+/// Behind a TLS-terminating proxy (PROXY v2, no `certfile`), `require_certificate` and
+/// `use_identity_as_username` apply to the certificate the header describes.
+#[test]
+fn proxy_v2_listener_takes_the_client_certificate_from_the_header() {
+    let text = "listener 1\nenable_proxy_protocol 2\nrequire_certificate true\nuse_identity_as_username true\nlistener 2\nenable_proxy_protocol 2\n";
+    let ls = validate_text(text).expect("valid");
+    assert!(ls[0].tls.is_none());
+    assert!(ls[0].proxy_requires_cert);
+    assert_eq!(ls[0].cert_username, CertUsername::Cn);
+    assert!(!ls[1].proxy_requires_cert);
+}
+
 #[test]
 fn problems_name_the_file_and_line_of_the_option() {
     let cases: &[(&str, &str)] = &[
@@ -95,6 +107,8 @@ fn problems_name_the_file_and_line_of_the_option() {
         ("listener 1\nwebsockets_path /mqtt\n", "m.conf:2: websockets_path needs protocol websockets"),
         ("listener 1\nrequire_certificate maybe\n", "m.conf:2: require_certificate: expected true or false, got 'maybe'"),
         ("certfile c.pem\nlistener 1\n", "m.conf:1: 'certfile' must follow a listener line (or port)"),
+        ("listener 1\nenable_proxy_protocol 1\nrequire_certificate true\n", "m.conf:3: require_certificate needs certfile and keyfile (TLS)"),
+        ("listener 1\nenable_proxy_protocol 2\nrequire_certificate true\nuse_subject_as_username true\n", "m.conf:4: use_subject_as_username needs certfile: a PROXY v2 header carries only the CN"),
     ];
     for (text, want) in cases {
         assert_eq!(
