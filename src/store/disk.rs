@@ -127,7 +127,7 @@ impl Disk for OsDisk {
 /// The environment variable naming [`FaultDisk`]'s switch file (a test hook).
 pub const FAULT_FILE_ENV: &str = "SHARDMQ_STORE_FAULT_FILE";
 
-/// The real disk, except that appends and syncs fail with `ENOSPC` while `switch` exists.
+/// The real disk, except that appends and file creation fail with `ENOSPC` while `switch` exists.
 #[derive(Debug, Clone)]
 pub struct FaultDisk {
     switch: Arc<PathBuf>,
@@ -143,17 +143,17 @@ impl FaultDisk {
 
     fn check(switch: &Path) -> io::Result<()> {
         if switch.exists() {
-            Err(io::Error::from_raw_os_error(libc_enospc()))
+            Err(io::Error::from_raw_os_error(ENOSPC))
         } else {
             Ok(())
         }
     }
 }
 
-/// `ENOSPC` on Linux (and every Unix this builds on).
-const fn libc_enospc() -> i32 {
-    28
-}
+/// `ENOSPC` ("No space left on device") on Linux.
+const ENOSPC: i32 = 28;
+/// `EIO` on Linux.
+const EIO: i32 = 5;
 
 struct FaultFile {
     inner: OsFile,
@@ -415,7 +415,7 @@ impl DiskFile for SimFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut t = self.disk.lock();
         if t.full {
-            return Err(io::Error::from_raw_os_error(libc_enospc()));
+            return Err(io::Error::from_raw_os_error(ENOSPC));
         }
         t.file(self.ino)?.0.extend_from_slice(buf);
         Ok(())
@@ -428,7 +428,7 @@ impl DiskFile for SimFile {
     fn sync_data(&mut self) -> io::Result<()> {
         let mut t = self.disk.lock();
         if t.sync_fails {
-            return Err(io::Error::from_raw_os_error(5));
+            return Err(io::Error::from_raw_os_error(EIO));
         }
         let (data, synced) = t.file(self.ino)?;
         synced.clone_from(data);
@@ -449,7 +449,7 @@ impl Disk for SimDisk {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         let mut t = self.lock();
         if t.full {
-            return Err(io::Error::from_raw_os_error(libc_enospc()));
+            return Err(io::Error::from_raw_os_error(ENOSPC));
         }
         let (dir, name) = t.parent(path)?;
         if t.entries(dir)?.contains_key(&name) {
@@ -529,7 +529,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut t = self.lock();
         if t.sync_fails {
-            return Err(io::Error::from_raw_os_error(5));
+            return Err(io::Error::from_raw_os_error(EIO));
         }
         let ino = t.lookup(dir).ok_or_else(not_found)?;
         let entries = match t.nodes.get(&ino) {
