@@ -7,9 +7,9 @@
 //! entries last made durable by `sync_dir`; [`SimDisk::power_cut`] forgets everything
 //! else, as a machine losing power may. Must not touch: records, LSNs, MQTT.
 //!
-//! A third backend, [`FaultDisk`], wraps the real one and fails writes and file creation with
-//! `ENOSPC` while a named file exists: the black-box tests' way to fill the disk without
-//! root (`SHARDMQ_STORE_FAULT_FILE`, see `docs/persistence.md`).
+//! A third backend, [`FaultDisk`], wraps the real one and fails writes and file creation
+//! with `ENOSPC` while a named file exists: the black-box tests' way to fill the disk
+//! without root (`SHARDMQ_STORE_FAULT_FILE`, see `docs/persistence.md`).
 
 use std::collections::BTreeMap;
 use std::fmt;
