@@ -73,7 +73,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = shardmq::shard::run_with_store(config, store);
+    let cluster = config
+        .cluster
+        .clone()
+        .map(|c| shardmq::cluster::node::starter(c, config.metrics.clone()));
+    if let Some(c) = &config.cluster {
+        log(format_args!(
+            "cluster {}: node {} joining through {}",
+            c.name,
+            c.node,
+            c.nats.join(",")
+        ));
+    }
+    let running = shardmq::shard::run_node(config, store, cluster);
     drop(recovering);
     let mut running = match running {
         Ok(r) => r,

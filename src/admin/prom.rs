@@ -160,7 +160,20 @@ pub fn render(m: &Metrics) -> String {
     turn_time(&mut o, shards);
     store(&mut o, shards);
     bridges(&mut o, shards);
+    cluster(&mut o, m);
     o
+}
+
+/// The cluster link's counters, `shardmq_cluster_<name>_total` (a cluster node only).
+fn cluster(o: &mut String, m: &Metrics) {
+    let Some(f) = m.cluster.get() else {
+        return;
+    };
+    for (name, help, value) in (f.0)() {
+        let name = format!("shardmq_cluster_{name}_total");
+        family(o, &name, "counter", help);
+        let _ = writeln!(o, "{name} {value}");
+    }
 }
 
 /// The admin listener's own families (it is not a shard: no `shard` label).

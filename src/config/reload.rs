@@ -56,7 +56,9 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         "bridges (connection blocks)",
         new.bridges != running.bridges,
     );
+    keep("cluster settings", new.cluster != running.cluster);
     new.bridges = running.bridges.clone();
+    new.cluster = running.cluster.clone();
     new.listener_ids_next = super::listener::assign_ids(
         &running.listeners,
         &mut new.listeners,

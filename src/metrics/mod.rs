@@ -270,6 +270,19 @@ impl Drop for ReadyHold {
     }
 }
 
+/// Reads the cluster link's counters: (name, help, value), names in snake case.
+pub type ClusterFiguresFn = dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync;
+
+/// The cluster link's counters, installed once when the node runs in a cluster (the link
+/// writes them; readers only load).
+pub struct ClusterFigures(pub Box<ClusterFiguresFn>);
+
+impl std::fmt::Debug for ClusterFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterFigures")
+    }
+}
+
 /// Every shard's figures, plus what the admin side tells the shards.
 #[derive(Debug)]
 pub struct Metrics {
@@ -286,6 +299,8 @@ pub struct Metrics {
     pub reloads_applied: Figure,
     /// Configuration reloads refused (written by the main thread only).
     pub reloads_refused: Figure,
+    /// The cluster link's counters (a node in a cluster only).
+    pub cluster: std::sync::OnceLock<ClusterFigures>,
 }
 
 impl Metrics {
@@ -299,6 +314,7 @@ impl Metrics {
             stopping: AtomicBool::new(false),
             reloads_applied: Figure::default(),
             reloads_refused: Figure::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

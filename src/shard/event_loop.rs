@@ -24,6 +24,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
+use super::cluster_port::{ClusterPort, ClusterStart};
 use super::conn::ConnIo;
 use super::linger::Lingering;
 use super::memory::MemoryBudget;
@@ -58,6 +59,8 @@ const BUS_STAGED_MAX: usize = 64 * 1024;
 const CONTROL_QUEUE_MAX: usize = 16;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+/// Messages taken from the cluster link per turn (gateway shard).
+const CLUSTER_MESSAGES_PER_TURN_MAX: usize = 1024;
 /// Password-hashing threads shared by every shard.
 const VERIFIER_THREADS: usize = 2;
 /// Password checks queued for those threads; past it a login is refused as busy.
@@ -207,7 +210,17 @@ pub fn run(cfg: Config) -> io::Result<Running> {
 }
 
 /// Bind the listeners and start one thread per shard, each with its log if `store`.
-pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<Running> {
+pub fn run_with_store(cfg: Config, store: Option<StoreStart>) -> io::Result<Running> {
+    run_node(cfg, store, None)
+}
+
+/// As [`run_with_store`], and with `cluster` (when the configuration names a cluster)
+/// each shard gets its port to the cluster link, started here once the wakers exist.
+pub fn run_node(
+    cfg: Config,
+    mut store: Option<StoreStart>,
+    cluster: Option<ClusterStart>,
+) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -230,6 +243,7 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let mut ports = start_cluster(&cfg, cluster, &wakers)?;
     let bridge_tls = super::bridges::tls_configs(&cfg)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -260,6 +274,11 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         shard.admission = Admission::new(open.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
+        if let (Some(port), Some(c)) = (ports.next(), cfg.cluster.as_ref()) {
+            // Before the store is restored: restored subscriptions tell the link too.
+            shard.broker.set_cluster(&c.node);
+            shard.cluster = Some(port);
+        }
         if let Some(st) = store.as_mut() {
             open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
         }
@@ -289,6 +308,28 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         ctl,
         bound,
     })
+}
+
+/// Start the cluster link if the configuration names a cluster: one port per shard.
+fn start_cluster(
+    cfg: &Config,
+    cluster: Option<ClusterStart>,
+    wakers: &Arc<Vec<Arc<Waker>>>,
+) -> io::Result<std::vec::IntoIter<Box<dyn ClusterPort>>> {
+    let (Some(start), Some(_)) = (cluster, cfg.cluster.as_ref()) else {
+        return Ok(Vec::new().into_iter());
+    };
+    let gateway = wakers[crate::broker::cluster::GATEWAY_SHARD].clone();
+    let wake: super::cluster_port::Wake = Arc::new(move || {
+        let _ = gateway.wake();
+    });
+    let ports = start(wake, cfg.shards)?;
+    if ports.len() != cfg.shards {
+        return Err(io::Error::other(
+            "cluster link: one port per shard expected",
+        ));
+    }
+    Ok(ports.into_iter())
 }
 
 /// Open shard `id`'s log and install its part of the recovered store in `broker`.
@@ -425,6 +466,12 @@ struct Shard {
     ctl: Receiver<Control>,
     /// The bridges this shard runs (bridge `i` on shard `i mod N`).
     bridges: super::bridges::Bridges,
+    /// This shard's port to the cluster link (cluster only).
+    cluster: Option<Box<dyn ClusterPort>>,
+    /// Reused buffer of the link's messages (gateway shard).
+    cluster_inbox: Vec<crate::broker::cluster::FromCluster>,
+    /// The link's queue was left non-empty by the turn's budget: poll without sleeping.
+    cluster_again: bool,
 }
 
 impl Shard {
@@ -462,6 +509,9 @@ impl Shard {
             refusal_logged_ms: 0,
             memory: MemoryBudget::new(id, super::memory::board(1), 0),
             ctl: crossbeam_channel::never(),
+            cluster: None,
+            cluster_inbox: Vec::new(),
+            cluster_again: false,
         }
     }
 
@@ -535,6 +585,7 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.cluster_again
             || self.verify_again
             || self.broker.timers_backlog()
             || self.broker.journal_unwritten()
@@ -565,6 +616,8 @@ impl Shard {
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
+        self.drain_cluster(now);
+        self.resume_links(now);
         for ev in events.iter() {
             let Token(t) = ev.token();
             if ev.token() == WAKER {
@@ -610,12 +663,59 @@ impl Shard {
         Ok(())
     }
 
-    /// Move the broker's casts into the bus rings and ring idle peers.
+    /// Move the broker's casts into the bus rings and ring idle peers; hand this turn's
+    /// cluster messages to the link (one wake-up).
     fn push_outbox(&mut self) {
         for (to, cast) in self.broker.effects().outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
         }
         self.bus.flush();
+        let fx = self.broker.effects();
+        if let (Some(port), false) = (self.cluster.as_mut(), fx.cluster.is_empty()) {
+            port.send(&mut fx.cluster);
+        }
+    }
+
+    /// Take the cluster link's news (gateway shard; a bounded number per turn), right after
+    /// the bus and before any socket input, like the bus.
+    fn drain_cluster(&mut self, now: u64) {
+        let Some(port) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut inbox = std::mem::take(&mut self.cluster_inbox);
+        self.cluster_again = port.receive(now, CLUSTER_MESSAGES_PER_TURN_MAX, &mut inbox);
+        for m in inbox.drain(..) {
+            self.broker.on_cluster(m, now);
+        }
+        self.cluster_inbox = inbox;
+    }
+
+    /// Read again the links whose paused CONNECT the broker has completed or refused (the
+    /// cluster registry answered): their input waited in the receive buffer and the socket.
+    fn resume_links(&mut self, now: u64) {
+        let keys = std::mem::take(&mut self.broker.effects().resume);
+        for key in keys {
+            self.resume_input(key, now);
+        }
+    }
+
+    /// Link `key` is no longer paused by the broker: process what it buffered, then read.
+    fn resume_input(&mut self, key: usize, now: u64) {
+        if self.broker.input_paused(key) {
+            return;
+        }
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return;
+        };
+        c.io.paused_on_auth = false;
+        let buffered = !c.io.rx.is_empty();
+        if buffered {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                self.broker.close_link(key);
+                return;
+            }
+        }
+        self.defer_read(key);
     }
 
     /// Accept from every listener until WouldBlock or the budget. A listener left with a
@@ -1120,25 +1220,7 @@ impl Shard {
             self.broker
                 .on_verified(a.token, Some((a.verdict, a.generation)), now);
             let key = (a.token >> 32) as usize;
-            if self.broker.input_paused(key) {
-                continue;
-            }
-            let Some(c) = self.broker.links_mut().conn_mut(key) else {
-                continue;
-            };
-            c.io.paused_on_auth = false;
-            let buffered = self
-                .broker
-                .links()
-                .conn(key)
-                .is_some_and(|c| !c.io.rx.is_empty());
-            if buffered {
-                if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
-                    self.broker.close_link(key);
-                    continue;
-                }
-            }
-            self.defer_read(key);
+            self.resume_input(key, now);
         }
         // Budget spent: answers may wait whose doorbell has rung already.
         self.verify_again = true;
