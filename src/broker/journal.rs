@@ -63,9 +63,10 @@ pub enum HeldAck {
     Incoming(HeldIncoming),
 }
 
-/// An inbound QoS 2 packet id to log as taken once the PUBREC that follows it is
-/// released: only then is the routing of its message durable everywhere, so a resent
-/// PUBLISH recognised by this id after a crash was never lost (see `docs/persistence.md`).
+/// An inbound QoS 2 packet id to log as taken once the routing of its message is durable
+/// everywhere (this epoch's release), with the PUBREC that then waits one more round for
+/// the id's own record: a PUBREC the client saw always means the id is durable, and a
+/// resent PUBLISH recognised by a durable id after a crash was never lost.
 #[derive(Debug)]
 pub struct HeldIncoming {
     /// Session key.
@@ -74,6 +75,12 @@ pub struct HeldIncoming {
     pub uid: u64,
     /// The packet id.
     pub pid: PacketId,
+    /// The link the PUBREC goes to, and its generation.
+    pub link: usize,
+    /// Link generation.
+    pub gen: u32,
+    /// The encoded PUBREC.
+    pub bytes: SmallVec<[u8; 16]>,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -185,6 +192,13 @@ impl Journal {
     /// Hold `ack` until this turn's records (and its publishes to peers) are durable.
     pub fn hold(&mut self, ack: HeldAck) {
         self.turn.push(ack);
+    }
+
+    /// `packet` encoded for `version` (for a held ack built by hand).
+    pub fn encode_held(&mut self, version: Version, packet: &Packet<'_>) -> SmallVec<[u8; 16]> {
+        self.scratch.clear();
+        protocol::encode(packet, version, &mut self.scratch);
+        SmallVec::from_slice(&self.scratch)
     }
 
     /// Hold `packet`, encoded for `version`, for link `link` of generation `gen`.
@@ -306,7 +320,7 @@ impl Journal {
                 link: l, gen: g, ..
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
-            HeldAck::Incoming(_) => false,
+            HeldAck::Incoming(h) => h.link == link && h.gen == gen,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }

@@ -194,6 +194,11 @@ impl<X> Broker<X> {
                 if taken {
                     self.log_incoming(h.session, h.pid, true);
                 }
+                let (link, gen, bytes) = (h.link, h.gen, h.bytes);
+                if let Some(j) = self.journal.as_mut() {
+                    // Out after the id's record is durable (the next round).
+                    j.hold(HeldAck::Bytes { link, gen, bytes });
+                }
             }
             HeldAck::Publish {
                 link,
@@ -476,18 +481,36 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Log session `s`'s inbound QoS 2 id `pid` as taken once this turn's acks are
-    /// released (just before its PUBREC), not now: see [`journal::HeldIncoming`].
-    pub(super) fn hold_incoming(&mut self, s: usize, pid: crate::protocol::PacketId) {
-        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
-            return;
-        };
-        if sess.logged {
-            j.hold(HeldAck::Incoming(journal::HeldIncoming {
-                session: s,
-                uid: sess.uid,
-                pid,
-            }));
+    /// Answer a new QoS 2 PUBLISH of session `s` on link `key` with a PUBREC (`reason`):
+    /// for a logged session its id is logged once the routing is durable and the PUBREC
+    /// follows once the id is ([`journal::HeldIncoming`]); otherwise as any held ack.
+    pub(super) fn pubrec_new(
+        &mut self,
+        s: usize,
+        key: usize,
+        pid: PacketId,
+        reason: protocol::ReasonCode,
+    ) {
+        let logged = self.sessions.get(s).filter(|x| x.logged).map(|x| x.uid);
+        let link = self.links.get(key).map(|l| (l.gen, l.version));
+        let ack = Packet::PubRec(protocol::Ack {
+            packet_id: pid,
+            reason,
+            properties: protocol::Properties::default(),
+        });
+        match (self.journal.as_mut(), logged, link) {
+            (Some(j), Some(uid), Some((gen, version))) => {
+                let bytes = j.encode_held(version, &ack);
+                j.hold(HeldAck::Incoming(journal::HeldIncoming {
+                    session: s,
+                    uid,
+                    pid,
+                    link: key,
+                    gen,
+                    bytes,
+                }));
+            }
+            _ => self.send_durable(key, &ack),
         }
     }
 

@@ -147,8 +147,7 @@ impl<X> Broker<X> {
                 }
                 sess.awaiting_rel.insert(pid.get());
                 let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.hold_incoming(s, pid);
-                self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
+                self.pubrec_new(s, key, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
                 let matched = self.route_new(key, p, topic, now_ms, origin);
