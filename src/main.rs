@@ -14,6 +14,10 @@ use shardmq::store::{self, CheckpointPolicy, StoreLock, SyncMode, WalOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// jemalloc, with background purging: see `shardmq::alloc`.
+#[global_allocator]
+static GLOBAL: shardmq::alloc::Global = shardmq::alloc::Global {};
+
 fn main() -> ExitCode {
     // Kept for SIGHUP, which reads the same command line and file again.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

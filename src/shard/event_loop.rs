@@ -57,6 +57,8 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
 const CONTROL_QUEUE_MAX: usize = 16;
+/// Casts the outbox keeps room for once drained (it grows with a turn's burst).
+const OUTBOX_IDLE_CAPACITY_MAX: usize = 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 /// Messages taken from the cluster link per turn (gateway shard).
@@ -248,9 +250,10 @@ pub fn run_node(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Open connections and accept rates, broker-wide; memory accounted per shard.
+    let admission = super::admission::AdmissionBoard::new(&cfg.limits);
     let memory_board = super::memory::board(cfg.shards);
+    cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
@@ -271,7 +274,7 @@ pub fn run_node(
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
-        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.admission = Admission::new(admission.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
         if let (Some(port), Some(c)) = (ports.next(), cfg.cluster.as_ref()) {
@@ -666,8 +669,13 @@ impl Shard {
     /// Move the broker's casts into the bus rings and ring idle peers; hand this turn's
     /// cluster messages to the link (one wake-up).
     fn push_outbox(&mut self) {
-        for (to, cast) in self.broker.effects().outbox.drain(..) {
+        let outbox = &mut self.broker.effects().outbox;
+        for (to, cast) in outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
+        }
+        // A burst (a SUBSCRIBE of many filters) gives back what it grew the outbox by.
+        if outbox.capacity() > OUTBOX_IDLE_CAPACITY_MAX {
+            outbox.shrink_to(OUTBOX_IDLE_CAPACITY_MAX);
         }
         self.bus.flush();
         let fx = self.broker.effects();
