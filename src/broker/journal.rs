@@ -61,6 +61,12 @@ pub enum HeldAck {
     },
     /// Log an inbound QoS 2 id (the PUBREC behind it follows).
     Incoming(HeldIncoming),
+    /// The acknowledgement to the remote of a QoS 1/2 message a bridge brought in (the
+    /// shard keeps the acks of each bridge in order; this releases the oldest).
+    Bridge {
+        /// The shard's id for the bridge's run.
+        bridge: usize,
+    },
 }
 
 /// An inbound QoS 2 packet id to log as taken once the routing of its message is durable
@@ -216,9 +222,11 @@ impl Journal {
         }
     }
 
-    /// Peer `from` sent barrier `seq`: every publish it sent before is applied here.
+    /// Peer `from` sent barrier `seq`: every publish it sent before is applied here. The
+    /// answer waits for the end of this turn's batch, not only the records so far: what
+    /// those publishes cause later in the turn (a bridge's queue record) counts too.
     pub fn barrier(&mut self, from: usize, seq: u64) {
-        self.notes.push_back((self.wal.last_lsn(), from, seq));
+        self.notes.push_back((Lsn::MAX, from, seq));
     }
 
     /// Peer `from` has made everything before its barrier `seq` durable.
@@ -253,6 +261,13 @@ impl Journal {
             });
         }
         self.last_msg = None;
+        let last = self.wal.last_lsn();
+        for n in self.notes.iter_mut().rev() {
+            if n.0 != Lsn::MAX {
+                break;
+            }
+            n.0 = last;
+        }
         match self.wal.end_turn() {
             Err(e) => self.stall(now_ms, &e),
             Ok(()) => self.unstall(now_ms),
@@ -321,6 +336,7 @@ impl Journal {
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
             HeldAck::Incoming(h) => h.link == link && h.gen == gen,
+            HeldAck::Bridge { .. } => false,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }

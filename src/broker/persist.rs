@@ -200,6 +200,7 @@ impl<X> Broker<X> {
                     j.hold(HeldAck::Bytes { link, gen, bytes });
                 }
             }
+            HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Publish {
                 link,
                 gen,
