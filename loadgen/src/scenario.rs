@@ -17,7 +17,7 @@ use crate::client::{ConnSpec, Params, Role};
 use crate::engine::{self, ThreadOut, KEEP_ALIVE};
 use crate::proto::{QoS, Version};
 use crate::report::{BrokerStats, ConnectStats, Percentiles, Summary};
-use crate::stats::{phase, sample_proc, ProcSample, Shared};
+use crate::stats::{phase, sample_procs, ProcSample, Shared};
 use crate::{Args, Mqtt, Scenario};
 
 /// The connections of a scenario.
@@ -129,7 +129,7 @@ fn fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
+fn params(args: &Args, broker: SocketAddr, sub_broker: SocketAddr, plan: &Plan) -> Params {
     let rate = match (args.rate, args.scenario) {
         (Some(r), _) => Some(r),
         (None, Scenario::Latency) => Some(10_000.0),
@@ -137,6 +137,7 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
     };
     Params {
         broker,
+        sub_broker,
         version: match args.mqtt {
             Mqtt::V311 => Version::V3_1_1,
             Mqtt::V5 => Version::V5,
@@ -178,6 +179,7 @@ fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
 /// Runs the scenario described by `args` and returns its summary.
 pub fn run(args: &Args) -> Result<Summary, String> {
     let broker = resolve(&args.host, args.port)?;
+    let sub_broker = resolve(&args.host, args.sub_port.unwrap_or(args.port))?;
     let limit = fd_limit();
     let n = match args.count {
         Some(0) => max_count(args.scenario, limit),
@@ -193,7 +195,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
             plan.specs.len()
         ));
     }
-    let mut params = params(args, broker, &plan);
+    let mut params = params(args, broker, sub_broker, &plan);
     if args.tls {
         params.tls = Some(tls_config(args.cafile.as_deref())?);
     }
@@ -210,7 +212,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     for (i, spec) in plan.specs.iter().cloned().enumerate() {
         buckets[i % threads].push(spec);
     }
-    let base = args.broker_pid.and_then(sample_proc);
+    let base = sample_procs(&args.broker_pid);
     // A hard stop for the load threads even if this monitor never reached STOP.
     let deadline = Instant::now()
         + Duration::from_secs_f64(args.setup_timeout.max(0.1) + args.duration.max(0.0) + 60.0);
@@ -276,7 +278,7 @@ struct Monitor<'a> {
 
 impl Monitor<'_> {
     fn sample(&mut self) -> Option<ProcSample> {
-        let s = sample_proc(self.args.broker_pid?)?;
+        let s = sample_procs(&self.args.broker_pid)?;
         self.peak_rss = self.peak_rss.max(s.rss_kib).max(s.hwm_kib.min(s.rss_kib));
         Some(s)
     }
