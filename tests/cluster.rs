@@ -303,6 +303,7 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
     await_retained(a, "ret-a2", "r/#", None);
 
     shared_across_nodes(a, b, &mut publ);
+    publish_right_after_suback(&nats, a);
     takeover_across_nodes(a, b, c);
     handover_across_nodes(a, b, &mut publ);
 
@@ -325,6 +326,29 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
         0,
         "B re-published what it received"
     );
+}
+
+/// Rounds of subscribe-then-publish in `publish_right_after_suback`.
+const SUBACK_ROUNDS: usize = 20;
+
+/// A SUBACK on a cluster node is sent once the node's NATS server has the interest: node
+/// D shares A's NATS server, and a QoS 1 message D accepts right after A's SUBACK reaches
+/// the new subscriber, every time, with no probe first (each round a new filter, so each
+/// SUBACK waits for a new NATS subscription).
+fn publish_right_after_suback(nats: &Nats, a: SocketAddr) {
+    let d = nats.node("one", "D", 0);
+    let mut publ = connect(d.addr(), "pub-d");
+    let mut sub = connect(a, "race-a");
+    for i in 0..SUBACK_ROUNDS {
+        let topic = format!("race/{i}/x");
+        sub.subscribe(&format!("race/{i}/+"), 1);
+        publ.publish(&topic, format!("r{i}").as_bytes(), 1, false);
+        assert_eq!(
+            next_payload(&mut sub, WAIT).as_deref(),
+            Some(format!("r{i}").as_str()),
+            "round {i}: the message published on D right after A's SUBACK"
+        );
+    }
 }
 
 /// The body of GET /metrics from an admin listener.
