@@ -72,10 +72,10 @@ pub struct ConnSpec {
 /// Parameters common to every connection of a run.
 #[derive(Debug, Clone)]
 pub struct Params {
-    /// Broker address (of the publishers, and of the subscribers unless `sub_broker`).
+    /// Broker address.
     pub broker: SocketAddr,
-    /// Broker address of the subscribers.
-    pub sub_broker: SocketAddr,
+    /// Where subscribers connect (`--sub-port`: the far side of a bridge); else `broker`.
+    pub sub_broker: Option<SocketAddr>,
     /// Protocol version.
     pub version: Version,
     /// QoS of publishes and subscriptions.
@@ -281,14 +281,14 @@ fn open_socket(broker: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStrea
 impl Conn {
     /// Starts connecting `spec` to the broker.
     pub fn open(spec: ConnSpec, params: &Params) -> io::Result<Conn> {
-        let broker = match spec.role {
-            Role::Subscriber { .. } => params.sub_broker,
+        let to = match (&spec.role, params.sub_broker) {
+            (Role::Subscriber { .. }, Some(sub)) => sub,
             _ => params.broker,
         };
-        let sock = open_socket(broker, spec.src)?;
+        let sock = open_socket(to, spec.src)?;
         let tls = match &params.tls {
             Some(cfg) => {
-                let name = rustls_pki_types::ServerName::from(broker.ip());
+                let name = rustls_pki_types::ServerName::from(to.ip());
                 let c =
                     rustls::ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
                 Some(Box::new(c))
@@ -764,7 +764,7 @@ mod tests {
     fn params(version: Version, qos: QoS) -> Params {
         Params {
             broker: "127.0.0.1:1883".parse().unwrap(),
-            sub_broker: "127.0.0.1:1883".parse().unwrap(),
+            sub_broker: None,
             version,
             qos,
             payload: 64,
@@ -795,7 +795,6 @@ mod tests {
                 let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 let mut p2 = p.clone();
                 p2.broker = sock.local_addr().unwrap();
-                p2.sub_broker = p2.broker;
                 let mut conn = Conn::open(spec, &p2).unwrap();
                 conn.next_pid = 700;
                 let hdr = MsgHeader {

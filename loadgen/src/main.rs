@@ -61,8 +61,8 @@ pub struct Args {
     /// Broker port.
     #[arg(short, long, default_value_t = 1883)]
     pub port: u16,
-    /// Port the subscribers connect to, when not `--port` (publishers stay on `--port`):
-    /// two nodes of a cluster, so every message crosses between them.
+    /// Subscribers connect to this port instead (on `--host`): the far side of a bridge
+    /// from the publishers' broker, to measure forwarding through it.
     #[arg(long)]
     pub sub_port: Option<u16>,
     /// Persistent sessions (Clean Start 0; 5.0 Session Expiry 1 h): with a broker store,

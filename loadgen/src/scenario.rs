@@ -129,7 +129,7 @@ fn fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-fn params(args: &Args, broker: SocketAddr, sub_broker: SocketAddr, plan: &Plan) -> Params {
+fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
     let rate = match (args.rate, args.scenario) {
         (Some(r), _) => Some(r),
         (None, Scenario::Latency) => Some(10_000.0),
@@ -137,7 +137,7 @@ fn params(args: &Args, broker: SocketAddr, sub_broker: SocketAddr, plan: &Plan) 
     };
     Params {
         broker,
-        sub_broker,
+        sub_broker: None,
         version: match args.mqtt {
             Mqtt::V311 => Version::V3_1_1,
             Mqtt::V5 => Version::V5,
@@ -179,7 +179,6 @@ fn tls_config(cafile: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConf
 /// Runs the scenario described by `args` and returns its summary.
 pub fn run(args: &Args) -> Result<Summary, String> {
     let broker = resolve(&args.host, args.port)?;
-    let sub_broker = resolve(&args.host, args.sub_port.unwrap_or(args.port))?;
     let limit = fd_limit();
     let n = match args.count {
         Some(0) => max_count(args.scenario, limit),
@@ -195,7 +194,10 @@ pub fn run(args: &Args) -> Result<Summary, String> {
             plan.specs.len()
         ));
     }
-    let mut params = params(args, broker, sub_broker, &plan);
+    let mut params = params(args, broker, &plan);
+    if let Some(port) = args.sub_port {
+        params.sub_broker = Some(resolve(&args.host, port)?);
+    }
     if args.tls {
         params.tls = Some(tls_config(args.cafile.as_deref())?);
     }

@@ -168,7 +168,7 @@ impl<X> Broker<X> {
         let existed = self
             .sessions
             .get_mut(s)
-            .and_then(|x| x.subs.insert(filter.into(), state))
+            .and_then(|x| x.add_sub(filter, state))
             .is_some();
         self.journal_subscription(s, filter, Some(&state));
         let entry = Subscriber {
@@ -195,7 +195,7 @@ impl<X> Broker<X> {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        let new = sess.subs.insert(full.into(), state).is_none();
+        let new = sess.add_sub(full, state).is_none();
         let uid = sess.uid;
         if new {
             self.tell_interest(filter, Some(group), true);
@@ -337,7 +337,7 @@ impl<X> Broker<X> {
             let had = self
                 .sessions
                 .get_mut(s)
-                .and_then(|x| x.subs.remove(&*filter))
+                .and_then(|x| x.remove_sub(&filter))
                 .is_some();
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);

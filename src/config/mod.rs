@@ -329,7 +329,7 @@ pub struct Config {
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
     pub limits: limits::ResourceLimits,
-    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    /// `connection` blocks: the bridges, in file order (each runs on the shard its name hashes to).
     pub bridges: Vec<bridge::BridgeConfig>,
     /// The `cluster_*` lines: this node's place in a cluster over NATS (`None`: a single
     /// node, no NATS client runs).

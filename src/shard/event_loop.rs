@@ -57,6 +57,8 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
 const CONTROL_QUEUE_MAX: usize = 16;
+/// Casts the outbox keeps room for once drained (it grows with a turn's burst).
+const OUTBOX_IDLE_CAPACITY_MAX: usize = 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
 /// Messages taken from the cluster link per turn (gateway shard).
@@ -77,6 +79,8 @@ pub enum Control {
         cfg: Arc<Config>,
         /// Every listener, with what it speaks.
         listeners: Vec<(TcpListener, ListenerKind)>,
+        /// Every bridge's TLS client settings (bridge `i` at index `i`).
+        bridge_tls: Arc<Vec<super::bridges::TlsConfig>>,
     },
 }
 
@@ -120,6 +124,10 @@ impl Running {
     /// whole and nothing changes; removed ones close once every shard has let go. Returns
     /// the addresses newly opened and those closed.
     pub fn reload(&mut self, cfg: Arc<Config>) -> io::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        // Bridge certificate files are read first: an unusable one rejects the reload whole.
+        let bridge_tls = super::bridges::tls_configs(&cfg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let bridge_tls = Arc::new(bridge_tls);
         let mut next: Vec<Bound> = Vec::new();
         let mut opened = Vec::new();
         let mut kept = vec![false; self.bound.len()];
@@ -172,8 +180,13 @@ impl Running {
         }
         for ((tx, w), listeners) in self.ctl.iter().zip(self.wakers.iter()).zip(per_shard) {
             let cfg = cfg.clone();
+            let bridge_tls = bridge_tls.clone();
             // A shard that has stopped no longer needs it.
-            let _ = tx.send(Control::Reload { cfg, listeners });
+            let _ = tx.send(Control::Reload {
+                cfg,
+                listeners,
+                bridge_tls,
+            });
             let _ = w.wake();
         }
         self.addrs = next.iter().map(|b| b.local).collect();
@@ -248,9 +261,10 @@ pub fn run_node(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Open connections and accept rates, broker-wide; memory accounted per shard.
+    let admission = super::admission::AdmissionBoard::new(&cfg.limits);
     let memory_board = super::memory::board(cfg.shards);
+    cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
@@ -271,7 +285,7 @@ pub fn run_node(
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
-        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.admission = Admission::new(admission.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
         if let (Some(port), Some(c)) = (ports.next(), cfg.cluster.as_ref()) {
@@ -280,7 +294,8 @@ pub fn run_node(
             shard.cluster = Some(port);
         }
         if let Some(st) = store.as_mut() {
-            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            shard.bridges.restore(bridges, 0);
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
@@ -332,15 +347,17 @@ fn start_cluster(
     Ok(ports.into_iter())
 }
 
-/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+/// Open shard `id`'s log and install its part of the recovered store in `broker`; the
+/// bridges' part is returned for the shard's bridges.
 fn open_journal(
     broker: &mut Broker<ConnIo>,
     id: usize,
     st: &mut StoreStart,
     waker: Arc<Waker>,
-) -> io::Result<()> {
+) -> io::Result<std::collections::BTreeMap<String, crate::store::BridgeState>> {
     let dir = crate::store::layout::shard_dir(&st.dir, id);
-    let wal = crate::store::Wal::open(&dir, st.opts, move || {
+    let disk = crate::store::disk::from_env();
+    let wal = crate::store::Wal::open_on(disk, &dir, st.opts, move || {
         let _ = waker.wake();
     })
     .map_err(|e| io::Error::other(e.to_string()))?;
@@ -354,7 +371,7 @@ fn open_journal(
     let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
     broker.attach_journal(journal);
     broker.restore(&part, &st.retained, 0);
-    Ok(())
+    Ok(part.bridges)
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are
@@ -463,7 +480,7 @@ struct Shard {
     memory: MemoryBudget,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
-    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    /// The bridges this shard runs (see `broker::bridges::bridge_owner`).
     bridges: super::bridges::Bridges,
     /// This shard's port to the cluster link (cluster only).
     cluster: Option<Box<dyn ClusterPort>>,
@@ -514,7 +531,7 @@ impl Shard {
         }
     }
 
-    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    /// Run this shard's bridges (see `broker::bridges::bridge_owner`) with their TLS settings.
     fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
         let now = self.now_ms();
         self.bridges =
@@ -526,7 +543,11 @@ impl Shard {
     fn apply_control(&mut self) {
         while let Ok(msg) = self.ctl.try_recv() {
             match msg {
-                Control::Reload { cfg, listeners } => self.apply_config(cfg, listeners),
+                Control::Reload {
+                    cfg,
+                    listeners,
+                    bridge_tls,
+                } => self.apply_config(cfg, listeners, &bridge_tls),
             }
         }
     }
@@ -539,6 +560,7 @@ impl Shard {
         &mut self,
         cfg: Arc<Config>,
         mut listeners: Vec<(TcpListener, ListenerKind)>,
+        bridge_tls: &[super::bridges::TlsConfig],
     ) {
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
@@ -554,6 +576,9 @@ impl Shard {
         // Edge-triggered: a backlog that built up meanwhile would not be reported again.
         self.accept_again = true;
         self.broker.reload(cfg);
+        let now = self.now_ms();
+        self.bridges
+            .reconfigure(&mut self.broker, self.poll.registry(), bridge_tls, now);
     }
 
     fn now_ms(&self) -> u64 {
@@ -665,8 +690,13 @@ impl Shard {
     /// Move the broker's casts into the bus rings and ring idle peers; hand this turn's
     /// cluster messages to the link (one wake-up).
     fn push_outbox(&mut self) {
-        for (to, cast) in self.broker.effects().outbox.drain(..) {
+        let outbox = &mut self.broker.effects().outbox;
+        for (to, cast) in outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
+        }
+        // A burst (a SUBSCRIBE of many filters) gives back what it grew the outbox by.
+        if outbox.capacity() > OUTBOX_IDLE_CAPACITY_MAX {
+            outbox.shrink_to(OUTBOX_IDLE_CAPACITY_MAX);
         }
         self.bus.flush();
         let fx = self.broker.effects();
