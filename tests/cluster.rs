@@ -14,6 +14,7 @@ mod v5;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Broker, Got, RawClient, WaitError, QUIET, WAIT};
@@ -265,8 +266,18 @@ fn await_retained(addr: SocketAddr, id: &str, filter: &str, want: Option<&str>) 
     }
 }
 
+/// The three-node tests run one at a time: each starts three NATS servers with JetStream
+/// and three nodes, and two of those sets at once on a two-core machine slow JetStream's
+/// leader elections past the tests' bounds.
+static THREE_NODES: Mutex<()> = Mutex::new(());
+
+fn three_nodes_lock() -> std::sync::MutexGuard<'static, ()> {
+    THREE_NODES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
+    let _one_at_a_time = three_nodes_lock();
     let Some(nats) = Nats::start() else {
         return;
     };
@@ -523,6 +534,7 @@ fn open5(addr: SocketAddr, o: &Conn5) -> (Client5, v5::ConnAck5) {
 
 #[test]
 fn a_node_killed_mid_traffic_leaves_the_others_serving() {
+    let _one_at_a_time = three_nodes_lock();
     let Some(mut nats) = Nats::start() else {
         return;
     };
