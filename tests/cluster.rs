@@ -13,10 +13,10 @@ mod v5;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::nats::NatsCluster as Nats;
 use common::{Broker, Got, RawClient, WaitError, QUIET, WAIT};
 use v5::{Client5, Conn5};
 
@@ -26,86 +26,18 @@ const FORM_WAIT: Duration = Duration::from_secs(45);
 /// Shards per node: messages from the cluster enter on shard 0 and cross to the other.
 const SHARDS: &str = "2";
 
-/// Three clustered NATS servers with JetStream; killed by PID on drop.
-struct Nats {
-    servers: Vec<Child>,
-    ports: Vec<u16>,
-    dir: tempfile::TempDir,
-}
-
-impl Nats {
-    /// `None` (with the reason printed) when `nats-server` is not installed.
-    fn start() -> Option<Nats> {
-        let Ok(out) = Command::new("nats-server").arg("--version").output() else {
-            eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
-            return None;
-        };
-        let version = String::from_utf8_lossy(&out.stdout).to_string();
-        let dir = tempfile::tempdir().unwrap();
-        // Hold all six listeners at once so the ports differ, then free them.
-        let holders: Vec<_> = (0..6)
-            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
-            .collect();
-        let ports: Vec<u16> = holders
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(holders);
-        // Acknowledged JetStream writes are fsynced at once (Jepsen lost them with the
-        // 2-minute default); 2.9 servers do not know the option and fsync on their own
-        // schedule, which the tests cannot tell apart.
-        let sync = if knows_sync_interval(&version) {
-            ", sync_interval: always"
-        } else {
-            ""
-        };
-        let mut servers = Vec::new();
-        for i in 0..3 {
-            let routes: Vec<String> = (0..3)
-                .filter(|&j| j != i)
-                .map(|j| format!("nats-route://127.0.0.1:{}", ports[3 + j]))
-                .collect();
-            let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\"{sync} }}\ncluster {{ name: smq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                ports[i],
-                dir.path().join(format!("n{i}")).display(),
-                ports[3 + i],
-                routes.join(", ")
-            );
-            let path = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            servers.push(child);
-        }
-        let deadline = Instant::now() + WAIT;
-        for &p in &ports[..3] {
-            while TcpStream::connect((Ipv4Addr::LOCALHOST, p)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not listen on {p}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Some(Nats {
-            servers,
-            ports: ports[..3].to_vec(),
-            dir,
-        })
-    }
-
+/// Starting shardmq nodes attached to the test's NATS servers.
+trait Nodes {
     /// Start shardmq node `name` of cluster `cluster`, attached to NATS server `server`.
     fn node(&self, cluster: &str, name: &str, server: usize) -> Broker {
         self.node_with(cluster, name, server, &[])
     }
 
     /// As `node`, with more command-line arguments.
+    fn node_with(&self, cluster: &str, name: &str, server: usize, extra: &[&str]) -> Broker;
+}
+
+impl Nodes for Nats {
     fn node_with(&self, cluster: &str, name: &str, server: usize, extra: &[&str]) -> Broker {
         let path = self.dir.path().join(format!("{cluster}-{name}.conf"));
         let conf = format!(
@@ -118,32 +50,6 @@ impl Nats {
         args.extend_from_slice(extra);
         Broker::start(&args)
     }
-}
-
-impl Nats {
-    /// Stop server `i` (SIGKILL to its PID) and wait for it.
-    fn kill(&mut self, i: usize) {
-        let c = &mut self.servers[i];
-        c.kill().expect("nats-server still ours to kill");
-        c.wait().expect("nats-server reaped");
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        for c in &mut self.servers {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `nats-server: v2.10.4` and later know `sync_interval`.
-fn knows_sync_interval(version: &str) -> bool {
-    let v = version.trim().rsplit('v').next().unwrap_or("");
-    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 10)
 }
 
 /// A 3.1.1 clean client `id` on `addr`, retried while the node's session registry is not

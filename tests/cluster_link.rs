@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::nats::NatsCluster;
 use shardmq::cluster::{Envelope, FromLink, LinkHandle, LinkStats, Route, ToLink};
 use shardmq::config::cluster::{ClusterConfig, NatsAuth};
 use shardmq::protocol::QoS;
@@ -460,72 +463,6 @@ fn the_link_reconnects_with_its_interest_and_retained_watch() {
     b.expect(retained("keep/2"));
     let c = node(&server, "t5", "C");
     c.expect(retained("keep/1"));
-}
-
-/// Three clustered NATS servers with JetStream; killed by PID on drop.
-struct NatsCluster {
-    servers: Vec<Option<Child>>,
-    ports: Vec<u16>,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsCluster {
-    fn start() -> Option<NatsCluster> {
-        let probe = NatsServer::start()?; // skips (and says so) without nats-server
-        drop(probe);
-        let dir = tempfile::tempdir().unwrap();
-        // Hold all six listeners at once so the ports differ, then free them for the servers.
-        let holders: Vec<_> = (0..6)
-            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
-            .collect();
-        let ports: Vec<u16> = holders
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(holders);
-        let mut servers = Vec::new();
-        for i in 0..3 {
-            let routes: Vec<String> = (0..3)
-                .filter(|&j| j != i)
-                .map(|j| format!("nats-route://127.0.0.1:{}", ports[3 + j]))
-                .collect();
-            let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ncluster {{ name: smq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                ports[i],
-                dir.path().join(format!("n{i}")).display(),
-                ports[3 + i],
-                routes.join(", ")
-            );
-            let path = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            servers.push(Some(child));
-        }
-        Some(NatsCluster {
-            servers,
-            ports: ports[..3].to_vec(),
-            _dir: dir,
-        })
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.servers[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        (0..self.servers.len()).for_each(|i| self.kill(i));
-    }
 }
 
 /// Claim until the registry answers (a bucket may be electing a leader), within

@@ -5,6 +5,8 @@
 //! that nothing arrives during a short window.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
