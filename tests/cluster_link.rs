@@ -165,9 +165,10 @@ impl Node {
         self.send(ToLink::Interest {
             filter: filter.clone(),
             group: group.clone(),
+            ack: None,
         });
         self.expect(|m| {
-            matches!(m, FromLink::InterestReady { filter: f, group: g } if *f == filter && *g == group)
+            matches!(m, FromLink::InterestReady { filter: f, group: g, .. } if *f == filter && *g == group)
         });
     }
 
@@ -272,6 +273,7 @@ fn a_message_crosses_to_the_node_with_interest_once() {
         b.send(ToLink::Interest {
             filter: bad.into(),
             group: None,
+            ack: None,
         });
         b.expect(|m| matches!(m, FromLink::InterestRefused { filter, .. } if filter == bad));
     }

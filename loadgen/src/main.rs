@@ -92,9 +92,10 @@ pub struct Args {
     /// Load threads.
     #[arg(short, long, default_value_t = 1)]
     pub threads: usize,
-    /// Broker PID: report its CPU time and peak RSS from /proc.
-    #[arg(long)]
-    pub broker_pid: Option<u32>,
+    /// Broker PID: report its CPU time and peak RSS from /proc. Several, comma-separated
+    /// (the nodes of a cluster and its NATS servers): their sums.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     /// Source addresses 127.0.0.1..=127.0.0.K used in rotation (more port space).
     #[arg(long, default_value_t = 4)]
     pub src_addrs: u8,

@@ -17,7 +17,7 @@ use crate::client::{ConnSpec, Params, Role};
 use crate::engine::{self, ThreadOut, KEEP_ALIVE};
 use crate::proto::{QoS, Version};
 use crate::report::{BrokerStats, ConnectStats, Percentiles, Summary};
-use crate::stats::{phase, sample_proc, ProcSample, Shared};
+use crate::stats::{phase, sample_procs, ProcSample, Shared};
 use crate::{Args, Mqtt, Scenario};
 
 /// The connections of a scenario.
@@ -214,7 +214,7 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     for (i, spec) in plan.specs.iter().cloned().enumerate() {
         buckets[i % threads].push(spec);
     }
-    let base = args.broker_pid.and_then(sample_proc);
+    let base = sample_procs(&args.broker_pid);
     // A hard stop for the load threads even if this monitor never reached STOP.
     let deadline = Instant::now()
         + Duration::from_secs_f64(args.setup_timeout.max(0.1) + args.duration.max(0.0) + 60.0);
@@ -280,7 +280,7 @@ struct Monitor<'a> {
 
 impl Monitor<'_> {
     fn sample(&mut self) -> Option<ProcSample> {
-        let s = sample_proc(self.args.broker_pid?)?;
+        let s = sample_procs(&self.args.broker_pid)?;
         self.peak_rss = self.peak_rss.max(s.rss_kib).max(s.hwm_kib.min(s.rss_kib));
         Some(s)
     }

@@ -148,6 +148,19 @@ pub struct ProcSample {
     pub hwm_kib: u64,
 }
 
+/// The sums of `sample_proc` over `pids`; `None` if there are none or one is gone.
+pub fn sample_procs(pids: &[u32]) -> Option<ProcSample> {
+    let first = *pids.first()?;
+    let mut sum = sample_proc(first)?;
+    for &pid in &pids[1..] {
+        let s = sample_proc(pid)?;
+        sum.cpu_secs += s.cpu_secs;
+        sum.rss_kib += s.rss_kib;
+        sum.hwm_kib += s.hwm_kib;
+    }
+    Some(sum)
+}
+
 /// Reads CPU time and memory of process `pid`; `None` if it is gone or unreadable.
 pub fn sample_proc(pid: u32) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

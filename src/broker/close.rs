@@ -197,6 +197,7 @@ impl<X> Broker<X> {
                 TIMER_LINK => self.link_timer(index, gen, now_ms),
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
                 super::sys::TIMER_SYS => self.sys_timer(gen, now_ms),
+                super::subscribe::TIMER_SUBACK => self.release_subacks(now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }

@@ -61,6 +61,9 @@ pub enum ToCluster {
         group: Option<Box<str>>,
         /// Gained or lost.
         add: bool,
+        /// For a gain, the shard's cluster sequence (`SubAckGate::next_cluster_seq`): the
+        /// link answers `FromCluster::InterestReady` with it once NATS has the interest.
+        seq: u64,
     },
     /// A message that entered the broker on this node, for the nodes that want it (and
     /// the retained bucket if it is retained). `now_ms` is the shard clock, for expiry.
@@ -139,6 +142,14 @@ pub enum FromCluster {
         /// The node that owns it now.
         by: Box<str>,
     },
+    /// The link's NATS server has every interest of shard `shard` up to `seq` (or the link
+    /// refused it: it stays local). That shard's SUBACKs waiting for it may go.
+    InterestReady {
+        /// The shard that sent the interest.
+        shard: usize,
+        /// Its cluster sequence.
+        seq: u64,
+    },
 }
 
 /// Cluster news the gateway passes to the shard it concerns.
@@ -169,6 +180,11 @@ pub enum ClusterCast {
         /// The node that owns it now.
         by: Box<str>,
     },
+    /// As `FromCluster::InterestReady`, for the shard that sent the interest.
+    InterestReady {
+        /// Its cluster sequence.
+        seq: u64,
+    },
 }
 
 /// The shard that receives from the link.
@@ -197,6 +213,21 @@ impl<X> Broker<X> {
         if self.cluster.is_some() {
             self.fx.cluster.push(m);
         }
+    }
+
+    /// Tell the link about one local subscription more or fewer to (`filter`, `group`). A
+    /// gain is numbered, so the SUBACKs held from now on wait until the link confirms it.
+    pub(super) fn tell_interest(&mut self, filter: &str, group: Option<&str>, add: bool) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let seq = if add { self.gate.next_cluster_seq() } else { 0 };
+        self.fx.cluster.push(ToCluster::Interest {
+            filter: filter.into(),
+            group: group.map(Into::into),
+            add,
+            seq,
+        });
     }
 
     /// Hand a message that entered the broker here to the cluster. Returns whether it was
@@ -259,6 +290,14 @@ impl<X> Broker<X> {
                 };
                 self.send_home(&client_id, c, now_ms)
             }
+            FromCluster::InterestReady { shard, seq } => {
+                let c = ClusterCast::InterestReady { seq };
+                if shard == self.shard_id {
+                    self.on_cluster_cast(c, now_ms);
+                } else if shard < self.shards {
+                    self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
+                }
+            }
         }
     }
 
@@ -285,6 +324,10 @@ impl<X> Broker<X> {
                 self.on_session_state(&client_id, *state, now_ms)
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
+            ClusterCast::InterestReady { seq } => {
+                self.gate.cluster_acked(seq);
+                self.release_subacks(now_ms);
+            }
         }
     }
 

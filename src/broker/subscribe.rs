@@ -1,6 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
-use super::cluster::ToCluster;
+use super::connect::timer_key;
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
@@ -10,6 +10,9 @@ use crate::protocol::{
 };
 use crate::session::{RetainedBacklog, SubState};
 use crate::topic::{self, FilterKind};
+
+/// Timer kind: a SUBACK's deadline for the cluster link's confirmation.
+pub(super) const TIMER_SUBACK: u64 = 5;
 
 /// Filters in one SUBSCRIBE or UNSUBSCRIBE that we act on; the rest are refused.
 pub const FILTERS_PER_PACKET_MAX: usize = 1024;
@@ -99,7 +102,9 @@ impl<X> Broker<X> {
         let mut bytes = Vec::new();
         protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
         let gen = self.links.get(key).map_or(0, |l| l.gen);
-        self.gate.hold(key, gen, bytes, retained);
+        if let Some(at) = self.gate.hold(key, gen, bytes, retained, now_ms) {
+            self.timers.insert(at, timer_key(TIMER_SUBACK, 0, 0));
+        }
         self.release_subacks(now_ms);
         Verdict::Continue
     }
@@ -193,11 +198,7 @@ impl<X> Broker<X> {
         let new = sess.add_sub(full, state).is_none();
         let uid = sess.uid;
         if new {
-            self.tell_cluster(ToCluster::Interest {
-                filter: filter.into(),
-                group: Some(group.into()),
-                add: true,
-            });
+            self.tell_interest(filter, Some(group), true);
         }
         let member = self.member(s, uid, state.options, state.sub_id, true);
         self.share_update(group, filter, member, ShareOp::Join);
@@ -215,11 +216,7 @@ impl<X> Broker<X> {
                     false,
                 );
                 self.share_update(sh.group, sh.filter, member, ShareOp::Leave);
-                self.tell_cluster(ToCluster::Interest {
-                    filter: sh.filter.into(),
-                    group: Some(sh.group.into()),
-                    add: false,
-                });
+                self.tell_interest(sh.filter, Some(sh.group), false);
             }
             _ => {
                 self.remove_from_trie(s, full);
@@ -238,11 +235,7 @@ impl<X> Broker<X> {
 
     fn broadcast_interest(&mut self, filter: &str, add: bool) {
         self.apply_interest(self.shard_id, filter, add);
-        self.tell_cluster(ToCluster::Interest {
-            filter: filter.into(),
-            group: None,
-            add,
-        });
+        self.tell_interest(filter, None, add);
         let from = self.shard_id;
         self.broadcast_acked(|seq| Cast::Interest {
             from,
@@ -271,7 +264,7 @@ impl<X> Broker<X> {
     /// Send every held SUBACK whose interest changes all peers have applied, followed by
     /// the retained messages its filters match.
     pub(super) fn release_subacks(&mut self, now_ms: u64) {
-        while let Some(p) = self.gate.pop_released() {
+        while let Some(p) = self.gate.pop_released(now_ms) {
             if let Err(p) = self.hold_suback(p) {
                 self.send_suback(p, now_ms);
             }

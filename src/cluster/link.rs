@@ -376,7 +376,7 @@ impl State {
 
     async fn handle(&mut self, m: ToLink) {
         match m {
-            ToLink::Interest { filter, group } => self.interest(filter, group).await,
+            ToLink::Interest { filter, group, ack } => self.interest(filter, group, ack).await,
             ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
             ToLink::Publish(e) => self.publish(*e).await,
             ToLink::Claim { client_id, token } => {
@@ -418,13 +418,16 @@ impl State {
         }
     }
 
-    async fn interest(&mut self, filter: String, group: Option<String>) {
+    /// Count one local subscriber of (filter, group); subscribe on NATS for the first and
+    /// flush, so the answer means the server has the interest. Interests are handled one
+    /// after another, so an answer for a later one also covers every earlier one.
+    async fn interest(&mut self, filter: String, group: Option<String>, ack: Option<(usize, u64)>) {
         let key = (filter, group);
         if let Some(i) = self.interests.get_mut(&key) {
             i.count += 1;
             let (filter, group) = key;
             self.out
-                .push_wake(FromLink::InterestReady { filter, group });
+                .push_wake(FromLink::InterestReady { filter, group, ack });
             return;
         }
         let (filter, group) = key;
@@ -439,7 +442,7 @@ impl State {
                 // stays local (counted), and the node is told so.
                 LinkStats::add(&self.out.stats.interest_dropped);
                 self.out
-                    .push_wake(FromLink::InterestRefused { filter, group });
+                    .push_wake(FromLink::InterestRefused { filter, group, ack });
                 return;
             }
         };
@@ -466,7 +469,7 @@ impl State {
             Interest { count: 1, stops },
         );
         self.out
-            .push_wake(FromLink::InterestReady { filter, group });
+            .push_wake(FromLink::InterestReady { filter, group, ack });
     }
 
     /// After the last local subscriber, unsubscribe and wait until each UNSUB is queued

@@ -34,6 +34,8 @@ pub enum ToLink {
         filter: String,
         /// The share group, for `$share/G/filter`.
         group: Option<String>,
+        /// (shard, sequence) to echo in the answer, so that shard's SUBACK can wait for it.
+        ack: Option<(usize, u64)>,
     },
     /// One local subscription fewer; the link unsubscribes on NATS after the last.
     NoInterest {
@@ -99,6 +101,8 @@ pub enum FromLink {
         filter: String,
         /// As sent.
         group: Option<String>,
+        /// As sent.
+        ack: Option<(usize, u64)>,
     },
     /// The interest sent as `ToLink::Interest` was not registered: the filter is invalid,
     /// maps to a subject longer than NATS accepts, or the interest table is full. Local
@@ -108,6 +112,8 @@ pub enum FromLink {
         filter: String,
         /// As sent.
         group: Option<String>,
+        /// As sent.
+        ack: Option<(usize, u64)>,
     },
     /// A message from another node.
     Message {

@@ -46,6 +46,7 @@ pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
             ports.push(Box::new(NodePort {
                 sender: sender.clone(),
                 link,
+                shard: id,
             }));
         }
         if gateway.is_some() {
@@ -59,11 +60,14 @@ pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
 struct NodePort {
     sender: LinkSender,
     link: Option<LinkHandle>,
+    shard: usize,
 }
 
 impl ClusterPort for NodePort {
     fn send(&mut self, out: &mut Vec<ToCluster>) {
-        self.sender.send_all(out.drain(..).map(to_link));
+        let shard = self.shard;
+        self.sender
+            .send_all(out.drain(..).map(|m| to_link(m, shard)));
     }
 
     fn receive(&mut self, now_ms: u64, max: usize, into: &mut Vec<FromCluster>) -> bool {
@@ -82,15 +86,17 @@ impl ClusterPort for NodePort {
     }
 }
 
-fn to_link(m: ToCluster) -> ToLink {
+fn to_link(m: ToCluster, shard: usize) -> ToLink {
     match m {
         ToCluster::Interest {
             filter,
             group,
             add: true,
+            seq,
         } => ToLink::Interest {
             filter: filter.into(),
             group: group.map(Into::into),
+            ack: (seq > 0).then_some((shard, seq)),
         },
         ToCluster::Interest { filter, group, .. } => ToLink::NoInterest {
             filter: filter.into(),
@@ -232,15 +238,18 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
             );
             None
         }
-        FromLink::InterestRefused { filter, .. } => {
+        FromLink::InterestRefused { filter, ack, .. } => {
             log_at!(
                 Level::Warning,
                 "cluster: filter '{}' stays local to this node (not a valid NATS subject, or the interest table is full).",
                 filter.escape_debug()
             );
-            None
+            ack.map(|(shard, seq)| FromCluster::InterestReady { shard, seq })
         }
-        FromLink::InterestReady { .. } | FromLink::Released { .. } => None,
+        FromLink::InterestReady { ack, .. } => {
+            ack.map(|(shard, seq)| FromCluster::InterestReady { shard, seq })
+        }
+        FromLink::Released { .. } => None,
     }
 }
 
