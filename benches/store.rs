@@ -59,6 +59,8 @@ fn store_append(c: &mut Criterion) {
         client_id: Cow::Borrowed("client-0001"),
         msg: MsgId(1),
         qos: 1,
+        retain: false,
+        sub_ids: Cow::Borrowed(&[]),
     };
     let mut group = c.benchmark_group("store_append");
     group.throughput(Throughput::Elements(2));

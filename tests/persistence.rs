@@ -371,6 +371,50 @@ fn message_expiry_counts_wall_clock_time_across_a_restart() {
     s.expect_nothing(QUIET);
 }
 
+/// A queued delivery keeps what its subscription gave it: the Subscription Identifier and,
+/// under Retain As Published, the RETAIN flag (without it RETAIN is 0 on a live delivery).
+#[test]
+fn restored_deliveries_keep_subscription_ids_and_retain_as_published() {
+    let dir = DataDir::new("sub-ids");
+    let mut b = start(&dir, 1);
+    let sub = v5::Conn5::new("ids-sub").clean(false).expiry(3600);
+    let (mut s, _) = v5::Client5::open(b.addr(), &sub);
+    let granted = s.subscribe_opts(&[("r/#", v5::opts(1, false, true, 0))], Some(42));
+    assert_eq!(granted, vec![1]);
+    let granted = s.subscribe_opts(&[("n/#", v5::opts(1, false, false, 0))], Some(7));
+    assert_eq!(granted, vec![1]);
+    s.drop_tcp();
+    let mut p = v5::Client5::clean(b.addr(), "ids-pub");
+    for (topic, retain) in [("r/plain", false), ("r/kept", true), ("n/kept", true)] {
+        assert_eq!(
+            p.publish(topic, topic.as_bytes(), 1, retain),
+            0,
+            "{topic} PUBACK"
+        );
+    }
+    kill9(&mut b);
+    let b = start(&dir, 2);
+    let (mut s, ack) = v5::Client5::open(b.addr(), &sub);
+    assert!(ack.present, "the session survived the restart");
+    let mut got: Vec<(String, bool, Vec<u32>)> = s
+        .collect(3)
+        .into_iter()
+        .map(|m| (m.topic, m.retain, m.props.subscription_identifiers))
+        .collect();
+    got.sort();
+    let want = [
+        ("n/kept", false, vec![7]),
+        ("r/kept", true, vec![42]),
+        ("r/plain", false, vec![42]),
+    ];
+    let want: Vec<(String, bool, Vec<u32>)> = want
+        .into_iter()
+        .map(|(t, r, i)| (t.to_owned(), r, i))
+        .collect();
+    assert_eq!(got, want, "(topic, RETAIN, subscription ids) after kill -9");
+    s.expect_nothing(QUIET);
+}
+
 /// A disk that fills up, black box: the broker's store writes through a test seam that
 /// fails with ENOSPC while a switch file exists (`SHARDMQ_STORE_FAULT_FILE`). While it
 /// does, nothing is acknowledged as a success: a 5.0 publisher gets 0x97 Quota exceeded,

@@ -20,7 +20,7 @@ use super::sessions::Sessions;
 use crate::protocol::{
     self, Packet, PacketId, Properties, Publish, QoS, SubscriptionIds, UserProperties, Version,
 };
-use crate::session::{Limits, Message, Outgoing, Session};
+use crate::session::{Limits, Message, Outgoing, Session, SubIds};
 use crate::store::{DeliveryState, MsgId, Record};
 
 /// Outbound aliases kept per connection whatever the client allows (memory bound).
@@ -130,7 +130,13 @@ pub(super) fn deliver<X>(
 
 /// Queue a delivery (logged when stored), or drop it (counted) when the queue is full.
 fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms: u64) {
-    let (sid, qos) = (out.sid, out.qos);
+    let (sid, qos, retain) = (out.sid, out.qos, out.retain);
+    // Only a stored delivery's ids are logged, so only then are they kept past the move.
+    let sub_ids = if sid != 0 {
+        out.sub_ids.clone()
+    } else {
+        SubIds::new()
+    };
     if !sess.enqueue(out, sink.limits) {
         sink.fx.stats.dropped_queue += 1;
         log_queue_drop(sess, sink.limits, now_ms);
@@ -141,6 +147,8 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
             client_id: (&*sess.client_id).into(),
             msg: MsgId(sid),
             qos: qos as u8,
+            retain,
+            sub_ids: sub_ids.as_slice().into(),
         });
     }
 }
@@ -156,6 +164,8 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, pid: 
             client_id: client_id.into(),
             msg: MsgId(out.sid),
             qos: out.qos as u8,
+            retain: out.retain,
+            sub_ids: out.sub_ids.as_slice().into(),
         }),
         Some(packet_id) => j.log(Record::DeliverySent {
             client_id: client_id.into(),

@@ -15,7 +15,7 @@ use super::gate::PendingSubAck;
 use super::journal::{self, HeldAck, Journal};
 use super::{Broker, Cast};
 use crate::protocol::{self, Packet, PacketId};
-use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubIds, SubState};
+use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubState};
 use crate::store::{
     DeliveryState, LiveState, MsgId, Record, SessionInfo, SessionState, StoredMessage, Will,
 };
@@ -333,8 +333,8 @@ impl<X> Broker<X> {
             let out = Outgoing {
                 msg: msg.clone(),
                 qos: journal::qos(d.qos),
-                retain: false,
-                sub_ids: SubIds::new(),
+                retain: d.retain,
+                sub_ids: d.sub_ids.iter().copied().collect(),
                 share: None,
                 sid: d.msg.0,
             };

@@ -159,6 +159,9 @@ pub enum Record<'a> {
         msg: StoredMessage<'a>,
     },
     /// A reference to `msg` joined the back of the session's queue.
+    ///
+    /// Encoded under two tags: the first version had neither `retain` nor `sub_ids` (it
+    /// decodes with `false` and none), so a delivery with neither keeps that smaller form.
     DeliveryQueued {
         /// Client Identifier.
         client_id: Cow<'a, str>,
@@ -166,6 +169,11 @@ pub enum Record<'a> {
         msg: MsgId,
         /// QoS of this delivery (the granted one).
         qos: u8,
+        /// RETAIN flag this delivery is sent with (retain-as-published), which is not
+        /// the stored message's flag for a subscriber without that option.
+        retain: bool,
+        /// Subscription Identifiers of the matching subscriptions (5.0).
+        sub_ids: Cow<'a, [u32]>,
     },
     /// A delivery got a packet id (`InFlight`, the oldest queued reference to `msg`), or an
     /// in-flight one moved on (`PubrelSent`, found by packet id).
@@ -315,6 +323,8 @@ mod tag {
     pub const RETAINED_SET: u8 = 13;
     pub const RETAINED_CLEARED: u8 = 14;
     pub const BRIDGE: u8 = 15;
+    /// `DELIVERY_QUEUED` with its RETAIN flag and Subscription Identifiers.
+    pub const DELIVERY_QUEUED_FLAGS: u8 = 16;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -378,11 +388,21 @@ impl Record<'_> {
                 client_id,
                 msg,
                 qos,
+                retain,
+                sub_ids,
             } => {
-                e.u8(tag::DELIVERY_QUEUED);
+                let flags = *retain || !sub_ids.is_empty();
+                e.u8(match flags {
+                    true => tag::DELIVERY_QUEUED_FLAGS,
+                    false => tag::DELIVERY_QUEUED,
+                });
                 e.str(client_id);
                 e.u64(msg.0);
                 e.u8(*qos);
+                if flags {
+                    e.bool(*retain);
+                    e.u32s(sub_ids);
+                }
             }
             Record::DeliverySent {
                 client_id,
@@ -525,6 +545,11 @@ impl Enc<'_> {
             }
         }
     }
+    fn u32s(&mut self, v: &[u32]) {
+        // A count beyond u32 cannot occur: ids come from one session's subscriptions.
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        v.iter().for_each(|&x| self.u32(x));
+    }
     fn client_packet(&mut self, t: u8, client_id: &str, packet_id: NonZeroU16) {
         self.u8(t);
         self.str(client_id);
@@ -650,6 +675,15 @@ impl<'a> Dec<'a> {
         // `take` checks `n` against what remains before the copy allocates.
         Ok(Cow::Owned(self.take(n)?.to_vec()))
     }
+    fn u32s(&mut self) -> Result<Cow<'static, [u32]>, DecodeError> {
+        let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
+        // `take` checks the whole list against what remains before anything allocates.
+        let raw = self.take(n.checked_mul(4).ok_or(DecodeError::Truncated)?)?;
+        let ids = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        Ok(Cow::Owned(ids.collect()))
+    }
     fn string(&mut self) -> Result<Cow<'static, str>, DecodeError> {
         let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
         let raw = self.take(n)?;
@@ -753,6 +787,15 @@ impl<'a> Dec<'a> {
                 client_id: self.string()?,
                 msg: MsgId(self.u64()?),
                 qos: self.qos()?,
+                retain: false,
+                sub_ids: Cow::Borrowed(&[]),
+            },
+            tag::DELIVERY_QUEUED_FLAGS => Record::DeliveryQueued {
+                client_id: self.string()?,
+                msg: MsgId(self.u64()?),
+                qos: self.qos()?,
+                retain: self.bool()?,
+                sub_ids: self.u32s()?,
             },
             tag::DELIVERY_SENT => Record::DeliverySent {
                 client_id: self.string()?,

@@ -24,6 +24,10 @@ pub struct Delivery {
     pub msg: MsgId,
     /// QoS of this delivery.
     pub qos: u8,
+    /// RETAIN flag it is sent with.
+    pub retain: bool,
+    /// Subscription Identifiers it carries.
+    pub sub_ids: Vec<u32>,
     /// Packet id once sent.
     pub packet_id: Option<NonZeroU16>,
     /// Where it stands.
@@ -126,11 +130,15 @@ impl LiveState {
                 client_id,
                 msg,
                 qos,
+                retain,
+                sub_ids,
             } => {
                 if let Some(s) = self.session(&client_id) {
                     s.deliveries.push(Delivery {
                         msg,
                         qos,
+                        retain,
+                        sub_ids: sub_ids.into_owned(),
                         packet_id: None,
                         state: DeliveryState::Queued,
                     });
@@ -409,6 +417,8 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             client_id: client(),
             msg: d.msg,
             qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone().into(),
         });
         if let Some(packet_id) = d.packet_id {
             out.push(Record::DeliverySent {

@@ -114,6 +114,22 @@ pub fn samples() -> Vec<Record<'static>> {
             client_id: c(),
             msg: MsgId(7),
             qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+        },
+        Record::DeliveryQueued {
+            client_id: c(),
+            msg: MsgId(7),
+            qos: 2,
+            retain: true,
+            sub_ids: Cow::Borrowed(&[1, 268_435_455]),
+        },
+        Record::DeliveryQueued {
+            client_id: c(),
+            msg: MsgId(8),
+            qos: 0,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[42]),
         },
         Record::DeliverySent {
             client_id: c(),

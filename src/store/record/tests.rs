@@ -1,5 +1,7 @@
 use proptest::prelude::*;
 
+use std::borrow::Cow;
+
 use super::*;
 use crate::store::testutil::{arb_record, samples};
 
@@ -52,6 +54,20 @@ fn malformed_bodies_give_typed_errors() {
             &[7, 1, 0, 0, 0, b'c', 1, 0, 0, 0, 0, 0, 0, 0, 3],
             DecodeError::BadValue("QoS"),
         ),
+        // DeliveryQueued with flags whose identifier count claims 1 Gi entries.
+        (
+            &[
+                16, 1, 0, 0, 0, b'c', 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0x40, 1,
+            ],
+            DecodeError::Truncated,
+        ),
+        // DeliveryQueued with flags and a RETAIN byte of 2.
+        (
+            &[
+                16, 1, 0, 0, 0, b'c', 1, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0,
+            ],
+            DecodeError::BadValue("boolean"),
+        ),
         // SubscriptionRemoved with an option flag of 2.
         (
             &[5, 1, 0, 0, 0, b'c', 2],
@@ -61,6 +77,39 @@ fn malformed_bodies_give_typed_errors() {
     for (bytes, want) in cases {
         assert_eq!(Record::decode(bytes), Err(*want), "{bytes:?}");
     }
+}
+
+#[test]
+fn the_first_delivery_queued_form_still_decodes() {
+    // Tag 7 as the first version wrote it: client "c", message 7, QoS 1, no flags.
+    let old: &[u8] = &[7, 1, 0, 0, 0, b'c', 7, 0, 0, 0, 0, 0, 0, 0, 1];
+    let want = Record::DeliveryQueued {
+        client_id: "c".into(),
+        msg: MsgId(7),
+        qos: 1,
+        retain: false,
+        sub_ids: Cow::Borrowed(&[]),
+    };
+    assert_eq!(Record::decode(old), Ok(want.clone()));
+    // A delivery without flags keeps writing that form, byte for byte.
+    assert_eq!(encoded(&want), old);
+}
+
+#[test]
+fn delivery_queued_with_flags_has_its_own_tag() {
+    let r = Record::DeliveryQueued {
+        client_id: "c".into(),
+        msg: MsgId(7),
+        qos: 1,
+        retain: true,
+        sub_ids: Cow::Borrowed(&[5, 0x0fff_ffff]),
+    };
+    let want: &[u8] = &[
+        16, 1, 0, 0, 0, b'c', 7, 0, 0, 0, 0, 0, 0, 0, 1, // as tag 7
+        1, // retain
+        2, 0, 0, 0, 5, 0, 0, 0, 0xff, 0xff, 0xff, 0x0f, // two identifiers
+    ];
+    assert_eq!(encoded(&r), want);
 }
 
 proptest! {

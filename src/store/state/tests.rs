@@ -70,21 +70,29 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             client_id: c(client),
             msg: m(4),
             qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
         },
         Record::DeliveryQueued {
             client_id: c(client),
             msg: m(1),
             qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
         },
         Record::DeliveryQueued {
             client_id: c(client),
             msg: m(2),
             qos: 2,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
         },
         Record::DeliveryQueued {
             client_id: c(client),
             msg: m(3),
             qos: 1,
+            retain: true,
+            sub_ids: Cow::Borrowed(&[7, 268_435_455]),
         },
         Record::DeliverySent {
             client_id: c(client),
@@ -197,6 +205,8 @@ fn ending_a_session_drops_its_messages_and_counts_orphans() {
         client_id: c("c1"),
         msg: MsgId(1),
         qos: 1,
+        retain: false,
+        sub_ids: Cow::Borrowed(&[]),
     });
     let mut s = replay(recs);
     s.finish();

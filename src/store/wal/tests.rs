@@ -179,6 +179,8 @@ fn checkpoints_delete_covered_segments_and_bound_disk_use() {
                 client_id: client,
                 msg: id,
                 qos: 1,
+                retain: false,
+                sub_ids: Cow::Borrowed(&[]),
             },
         );
         live.finish();
