@@ -5,12 +5,22 @@
 //! from a listener's files (`settings`). The caller owns the socket, the handshake timer and
 //! the buffers; this module never blocks, never spawns, never reads a clock.
 //!
-//! Invariants: ciphertext is taken from the socket only after the plaintext already
-//! decrypted has been handed out, so rustls's receive buffers stay at one record; queued
-//! plaintext is bounded by `PLAINTEXT_QUEUE_BYTES_MAX`; one read call consumes at most
-//! `CIPHERTEXT_BYTES_PER_CALL_MAX`. A TLS error is returned once, with its alert queued for
-//! the socket (`wants_write`). Must not touch: MQTT bytes (it moves them opaquely), sockets
-//! (it takes `Read`/`Write`), shard state.
+//! rustls runs unbuffered (`UnbufferedServerConnection`): it keeps keys and handshake
+//! state, and every byte buffer is this module's. Ciphertext is read into the caller's
+//! buffer and decrypted there, its plaintext moved to the front of that same buffer; only an
+//! unfinished record (or handshake fragments being joined) is copied into the stream's own
+//! `rx`, plaintext that did not fit into `plain`, and ciphertext the socket has not taken
+//! into `tx`.
+//!
+//! Invariants: each of `rx`, `plain` and `tx` gives its allocation back when it empties, so
+//! an idle connection holds no buffer; ciphertext is taken from the socket only after the
+//! plaintext already decrypted has been handed out, and rustls is run over what `rx` holds
+//! until it needs more, so `rx` never holds a whole record between calls; rustls is always
+//! shown the ciphertext it has not discarded (it points into it while joining handshake
+//! messages); one write encrypts at most `PLAINTEXT_QUEUE_BYTES_MAX`; one read call consumes
+//! at most `CIPHERTEXT_BYTES_PER_CALL_MAX`. A TLS error is returned with its alert queued for
+//! the socket (`wants_write`); later reads return it again. Must not touch: MQTT bytes (it
+//! moves them opaquely), sockets (it takes `Read`/`Write`), shard state.
 #![forbid(unsafe_code)]
 
 pub mod settings;
