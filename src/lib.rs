@@ -1,7 +1,7 @@
 //! shardmq: a shard-per-core MQTT 3.1 / 3.1.1 / 5.0 broker.
 //!
 //! Dependency order (a module uses only modules to its left):
-//! `log_sink`, `log`, `protocol`, `topic`, `timer`, `txbuf`, `auth`, `store`, `metrics`,
+//! `alloc`, `log_sink`, `log`, `protocol`, `topic`, `timer`, `txbuf`, `auth`, `store`, `metrics`,
 //! `config` → `session` → `broker` → `bridge` → `transport` → `shard` (conn, event loop,
 //! bus, figures) → `admin` → `main`.
 //!
@@ -17,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod bridge;
 pub mod broker;

@@ -14,6 +14,10 @@ use shardmq::store::{self, CheckpointPolicy, StoreLock, SyncMode, WalOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// jemalloc, with background purging: see `shardmq::alloc`.
+#[global_allocator]
+static GLOBAL: shardmq::alloc::Global = shardmq::alloc::Global {};
+
 fn main() -> ExitCode {
     // Kept for SIGHUP, which reads the same command line and file again.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -73,7 +77,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = shardmq::shard::run_with_store(config, store);
+    let cluster = config
+        .cluster
+        .clone()
+        .map(|c| shardmq::cluster::node::starter(c, config.metrics.clone()));
+    if let Some(c) = &config.cluster {
+        log(format_args!(
+            "cluster {}: node {} joining through {}",
+            c.name,
+            c.node,
+            c.nats.join(",")
+        ));
+    }
+    let running = shardmq::shard::run_node(config, store, cluster);
     drop(recovering);
     let mut running = match running {
         Ok(r) => r,
@@ -252,7 +268,8 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
             cut.reason
         ));
     }
-    let state = rec.state;
+    let mut state = rec.state;
+    let bridges = std::mem::take(&mut state.bridges);
     let retained = state
         .retained
         .iter()
@@ -272,7 +289,22 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
         started.elapsed().as_millis()
     ));
     let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
-    let parts = state.split(n, shard_of, shard_of);
+    let mut parts = state.split(n, shard_of, shard_of);
+    // A bridge's stored state is keyed by its local client id (Mosquitto keeps a bridge's
+    // queue in that client's session): renaming a `connection` keeps its queue.
+    let host = shardmq::shard::bridges::hostname();
+    let owner = |local_id: &str| {
+        let b = config
+            .bridges
+            .iter()
+            .find(|b| b.local_client_id(&host) == local_id)?;
+        Some(shardmq::broker::bridges::bridge_owner(&b.name, n))
+    };
+    for (name, lost) in store::state::place_bridges(&mut parts, bridges, owner) {
+        log(format_args!(
+            "Warning: store: no bridge has local_clientid '{name}' any more; its {lost} stored message(s) are dropped"
+        ));
+    }
     store::install(&dir, &parts).map_err(|e| e.to_string())?;
     let opts = WalOptions {
         sync: if p.sync_always {

@@ -226,6 +226,21 @@ fn status_shows_down_with_queue(addr: SocketAddr, admin: SocketAddr) {
         Some(0),
         "{text}"
     );
+    // The dashboard's JSON: the same figures, by bridge.
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/api/v1/bridges")).expect("JSON");
+    let cloud = &api["bridges"][0];
+    assert_eq!(cloud["name"], "cloud", "{api}");
+    assert_eq!(cloud["up"], false, "{api}");
+    assert!(cloud["queued"].as_u64().is_some_and(|q| q >= 300), "{api}");
+    assert!(cloud["forwarded"].as_u64().is_some_and(|f| f > 0), "{api}");
+    let page = http_get(admin, "/");
+    assert!(
+        page.contains("id=\"bridges\""),
+        "the dashboard has a bridges panel"
+    );
+    let js = http_get(admin, "/dashboard.js");
+    assert!(js.contains("/api/v1/bridges"), "and fills it from the API");
 }
 
 /// Both directions with prefixes against mosquitto, QoS 1 in order; then the remote is
@@ -779,4 +794,304 @@ fn shardmq_to_shardmq_every_qos_both_ways() {
     }
     on_a.expect_nothing(Duration::from_millis(300));
     on_b.expect_nothing(Duration::from_millis(300));
+}
+
+/// SIGKILL, then a bounded wait for the exit.
+fn kill9(b: &mut Broker) {
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "shardmq dies");
+}
+
+/// The central broker of the store-and-forward tests, on a fixed port, with a store.
+enum Remote {
+    Shardmq(Broker),
+    Mosquitto(Mosquitto),
+}
+
+impl Remote {
+    fn start(mosquitto: bool, dir: &Dir, port: u16) -> Remote {
+        if mosquitto {
+            return Remote::Mosquitto(Mosquitto::start(port, dir));
+        }
+        let bind = format!("127.0.0.1:{port}");
+        let data = dir.0.join("remote-data").display().to_string();
+        Remote::Shardmq(Broker::start(&["--bind", &bind, "--data-dir", &data]))
+    }
+
+    /// A clean stop: the remote keeps its sessions.
+    fn stop(self) {
+        match self {
+            Remote::Shardmq(mut b) => {
+                assert!(b.terminate(WAIT).is_some(), "remote shardmq stops");
+            }
+            Remote::Mosquitto(m) => m.stop(),
+        }
+    }
+}
+
+/// Every (publisher letter, number) in `got`, split by publisher, in arrival order.
+fn by_publisher(got: &[common::Msg], letter: char) -> Vec<u32> {
+    got.iter()
+        .filter_map(|m| m.text().strip_prefix(letter)?.parse().ok())
+        .collect()
+}
+
+/// QoS 1 messages queued for an unreachable remote, from publishers on both shards (the
+/// bridge's own and the other one), are acknowledged, survive `kill -9` of shardmq (and a
+/// renamed `connection` with the same `local_clientid`), and reach the remote in order
+/// per publisher once it is up.
+fn queued_messages_survive_kill9(mosquitto: bool) {
+    const N: u32 = 200;
+    let dir = Dir::new(if mosquitto { "sf-mq" } else { "sf-smq" });
+    let port = free_port();
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The remote's subscriber keeps a session, so the restarted remote queues for it.
+    let r = Remote::start(mosquitto, &dir, port);
+    let (mut sink, _) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    sink.subscribe("site/#", 1);
+    sink.disconnect();
+    r.stop();
+
+    let data = dir.0.join("site-data").display().to_string();
+    let conf = format!(
+        "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\n\
+         local_clientid site1-local\ncleansession false\nrestart_timeout 1\n\
+         topic out/# out 1 \"\" site/\n"
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut pa = RawClient::clean(s.addr(), &common::id_on("pa", 0, 2));
+    let mut pb = RawClient::clean(s.addr(), &common::id_on("pb", 1, 2));
+    for i in 0..N {
+        // `publish` returns once shardmq has acknowledged the message.
+        pa.publish("out/a", format!("a{i}").as_bytes(), 1, false);
+        pb.publish("out/b", format!("b{i}").as_bytes(), 1, false);
+    }
+    kill9(&mut s);
+    drop((pa, pb, s));
+
+    // The queue belongs to the local client id (as in Mosquitto): it survives a renamed
+    // `connection` too.
+    let renamed = conf.replace("connection cloud", "connection cloud-renamed");
+    let s = shardmq(&dir, &renamed, 2, &["--data-dir", &data]);
+    let _r = Remote::start(mosquitto, &dir, port);
+    let mut watch = RawClient::clean(s.addr(), "watch");
+    let state = "$SYS/broker/connection/site1/state";
+    watch.subscribe(state, 0);
+    await_state(&mut watch, state, b"1");
+    let (mut sink, present) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let mut got = Vec::new();
+    let done = |got: &[common::Msg]| {
+        by_publisher(got, 'a').last() == Some(&(N - 1))
+            && by_publisher(got, 'b').last() == Some(&(N - 1))
+    };
+    while !done(&got) {
+        got.push(sink.expect_publish_acked(WAIT));
+    }
+    let all: Vec<u32> = (0..N).collect();
+    assert_eq!(
+        by_publisher(&got, 'a'),
+        all,
+        "publisher on the bridge's shard"
+    );
+    assert_eq!(by_publisher(&got, 'b'), all, "publisher on the other shard");
+    assert!(got.iter().all(|m| m.topic.starts_with("site/out/")));
+}
+
+#[test]
+fn queued_messages_survive_kill9_of_shardmq_to_a_shardmq_remote() {
+    queued_messages_survive_kill9(false);
+}
+
+#[test]
+fn queued_messages_survive_kill9_of_shardmq_to_a_mosquitto_remote() {
+    queued_messages_survive_kill9(true);
+}
+
+/// Messages in flight to the remote (sent, never acknowledged) when shardmq is killed
+/// are sent again after the restart, first, in order, with DUP and their packet ids.
+#[test]
+fn in_flight_messages_are_resent_with_dup_after_kill9_of_shardmq() {
+    let dir = Dir::new("sf-dup");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let data = dir.0.join("site-data").display().to_string();
+    let conf = format!(
+        "connection fake\naddress 127.0.0.1:{port}\nremote_clientid fake\ntry_private false\n\
+         notifications_local_only true\nrestart_timeout 1\ntopic t/# out 1\n"
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    let mut p = RawClient::clean(s.addr(), &common::id_on("p", 1, 2));
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let payload = format!("m{i}").into_bytes();
+        p.publish("t/a", &payload, 1, false);
+        match r.next() {
+            Seen::Publish {
+                payload: got,
+                dup: false,
+                pid,
+            } => {
+                assert_eq!(got, payload);
+                sent.push(pid);
+            }
+            other => panic!("expected a PUBLISH, got {other:?}"),
+        }
+    }
+    kill9(&mut s);
+    drop((r, p, s));
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut r = FakeRemote::accept(&l);
+    assert_eq!(r.next(), Seen::Connect);
+    r.connack();
+    for (i, pid) in sent.iter().enumerate() {
+        let want = Seen::Publish {
+            payload: format!("m{i}").into_bytes(),
+            dup: true,
+            pid: *pid,
+        };
+        assert_eq!(r.next(), want, "resent with DUP and its packet id");
+    }
+    let mut p = RawClient::clean(s.addr(), "p2");
+    p.publish("t/a", b"new", 1, false);
+    let Seen::Publish { payload, dup, .. } = r.next() else {
+        panic!("the new message follows");
+    };
+    assert_eq!((payload.as_slice(), dup), (&b"new"[..], false));
+}
+
+/// Wait (bounded) until the log file holds `needle` at least `n` times.
+fn await_log(log: &std::path::Path, needle: &str, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} (x{n}) in: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP adds, changes and removes bridges: an added one connects and forwards, a changed
+/// one reconnects to its new address, a removed one disconnects (its state goes to 0 on
+/// both sides) and forwards nothing more; a bad bridge block keeps the running ones.
+#[test]
+fn bridges_are_added_changed_and_removed_by_sighup() {
+    let dir = Dir::new("hup");
+    // The first remote is mosquitto, which takes the bridge's state topic under `$SYS`.
+    let port = free_port();
+    let _m = Mosquitto::start(port, &dir);
+    let r1_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let r2 = Broker::with_shards(1, &[]);
+    let mut sink1 = RawClient::clean(r1_addr, "sink1");
+    sink1.subscribe("a/#", 1);
+    sink1.subscribe("b/#", 1);
+    let mut sink2 = RawClient::clean(r2.addr(), "sink2");
+    sink2.subscribe("a/#", 1);
+    let mut r1_state = RawClient::clean(r1_addr, "r1-state");
+    r1_state.subscribe("$SYS/broker/connection/two/state", 0);
+    let log = dir.0.join("site.log");
+    let head = format!("log_dest file {}\n", log.display());
+    let one = |to: SocketAddr| {
+        format!("connection one\naddress {to}\nremote_clientid one\nrestart_timeout 1\ntopic a/# out 1\n")
+    };
+    let two = format!(
+        "connection two\naddress {r1_addr}\nremote_clientid two\nrestart_timeout 1\ntopic b/# out 1\n"
+    );
+    let path = dir.0.join("site.conf");
+    std::fs::write(&path, format!("{head}{}", one(r1_addr))).expect("write conf");
+    let path_arg = path.display().to_string();
+    let s = Broker::with_shards(2, &["-c", &path_arg]);
+    let mut w = RawClient::clean(s.addr(), "w");
+    w.subscribe("$SYS/broker/connection/+/state", 0);
+    await_state(&mut w, "$SYS/broker/connection/one/state", b"1");
+    let mut p = RawClient::clean(s.addr(), "p");
+    p.publish("a/1", b"before", 1, false);
+    assert_eq!(sink1.expect_publish_acked(WAIT).text(), "before");
+
+    // Change `one` to the second remote, add `two` to the first.
+    std::fs::write(&path, format!("{head}{}{two}", one(r2.addr()))).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_state(&mut w, "$SYS/broker/connection/two/state", b"1");
+    await_state(&mut r1_state, "$SYS/broker/connection/two/state", b"1");
+    p.publish("b/1", b"added", 1, false);
+    p.publish("a/1", b"changed", 1, false);
+    assert_eq!(sink1.expect_publish_acked(WAIT).text(), "added");
+    // `before` may have been in flight (R1's PUBACK not yet read) when `one` changed: it
+    // is carried over and resent to R2, with DUP. Nothing else comes first.
+    let mut m = sink2.expect_publish_acked(WAIT);
+    if m.text() == "before" {
+        assert!(m.dup, "a carried-over message is resent with DUP");
+        m = sink2.expect_publish_acked(WAIT);
+    }
+    assert_eq!(m.text(), "changed");
+    sink1.expect_nothing(Duration::from_millis(300));
+    await_log(&log, "Bridge one: changed by the reload", 1);
+
+    // Remove `two`: state 0 here and on its remote, nothing forwarded any more.
+    std::fs::write(&path, format!("{head}{}", one(r2.addr()))).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_state(&mut w, "$SYS/broker/connection/two/state", b"0");
+    await_state(&mut r1_state, "$SYS/broker/connection/two/state", b"0");
+    await_log(&log, "Bridge two: removed by the reload", 1);
+    p.publish("b/1", b"removed", 1, false);
+    sink1.expect_nothing(Duration::from_millis(500));
+
+    // A bad block: the reload is refused whole and `one` keeps forwarding.
+    let bad = format!(
+        "{head}{}connection three\ntopic c/# out 1\n",
+        one(r2.addr())
+    );
+    std::fs::write(&path, bad).expect("write conf");
+    common::signal(s.pid(), libc::SIGHUP);
+    await_log(&log, "reload refused", 1);
+    p.publish("a/1", b"kept", 1, false);
+    assert_eq!(sink2.expect_publish_acked(WAIT).text(), "kept");
+}
+
+/// MQTT 5 properties (user properties in order, content type, response topic,
+/// correlation data, message expiry) cross an mqttv50 bridge in both directions, checked
+/// by paho-mqtt clients on each side.
+#[test]
+fn mqtt5_properties_cross_an_mqttv50_bridge_both_ways() {
+    let dir = Dir::new("props");
+    let central = Broker::with_shards(2, &[]);
+    let conf = format!(
+        "connection peer\naddress {}\nremote_clientid props-peer\nbridge_protocol_version mqttv50\n\
+         restart_timeout 1\ntopic p/# out 1\ntopic q/# in 1\n",
+        central.addr()
+    );
+    let site = shardmq(&dir, &conf, 2, &[]);
+    let _w = state_watcher(site.addr(), "w", "$SYS/broker/connection/props-peer/state");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/bridge_props.py");
+    let (site_port, central_port) = (
+        site.addr().port().to_string(),
+        central.addr().port().to_string(),
+    );
+    let mut child = Command::new("python3")
+        .args([script, &site_port, &central_port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 with paho-mqtt");
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = reader.join().unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{text}");
+    assert_eq!(text.trim(), "OK");
 }

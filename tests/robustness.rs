@@ -111,7 +111,10 @@ fn a_packet_over_the_default_maximum_size_is_refused_from_its_header() {
 
 /// Partial packets cost the bytes that arrived, not twice that (the receive buffer used to
 /// grow by doubling and zero-fill its whole capacity): 40 clients each send 1 MiB of a
-/// 1.5 MiB PUBLISH, and the broker's RSS grows by less than 1.4 × the bytes received.
+/// 1.5 MiB PUBLISH, and the broker's RSS settles at less than 1.4 × the bytes received
+/// above its baseline. Settles: a buffer that grows moves to a larger extent, and the
+/// allocator returns the pages of the smaller one within its decay time (10 s), so RSS is
+/// polled for up to 15 s; buffers that really held twice the bytes never get under.
 #[test]
 fn partial_packets_hold_about_the_bytes_received() {
     const CLIENTS: usize = 40;
@@ -131,12 +134,19 @@ fn partial_packets_hold_about_the_bytes_received() {
         c.send_bytes(&body);
     }
     wait_broker_read_all(&b, Duration::from_secs(20));
-    let grown_kib = b.rss_kib().saturating_sub(before);
     let received_kib = (CLIENTS * SENT_BYTES / 1024) as u64;
-    assert!(
-        grown_kib * 10 < received_kib * 14,
-        "RSS grew {grown_kib} KiB holding {received_kib} KiB of partial packets"
-    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let grown_kib = b.rss_kib().saturating_sub(before);
+        if grown_kib * 10 < received_kib * 14 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS grew {grown_kib} KiB holding {received_kib} KiB of partial packets"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     drop(clients);
     canary(&b, "partial");
 }
@@ -456,6 +466,27 @@ fn connection_rate_is_limited_per_source_address() {
     );
 }
 
+/// The rate limit is node-wide: with 4 shards and `--max-connection-rate 1`, a burst of 40
+/// connections from one address gets one per second through in total (each shard used
+/// to allow the full rate itself, about 4 here).
+#[test]
+fn connection_rate_is_limited_across_shards() {
+    let b = Broker::start(&["--shards", "4", "--max-connection-rate", "1"]);
+    let t0 = Instant::now();
+    let accepted: Vec<RawClient> = (0..40)
+        .filter_map(|i| connects(b.addr(), &format!("node-rate-{i}")))
+        .collect();
+    // The burst spans at most this many of the broker's seconds.
+    let seconds = t0.elapsed().as_secs() + 2;
+    assert!(!accepted.is_empty(), "none accepted");
+    assert!(
+        accepted.len() as u64 <= seconds,
+        "{} accepted within {} s over 4 shards",
+        accepted.len(),
+        seconds - 1
+    );
+}
+
 // ---- item 5: slow dribble ----------------------------------------------------------------
 
 /// 2,000 sockets (10,000 with the full counts) each hold a partial CONNECT of a few bytes,
@@ -675,4 +706,209 @@ fn keepalive_deadlines_past_one_turn_all_publish_their_wills() {
         wills.insert(watcher.expect_publish(WAIT).topic);
     }
     drop(silent);
+}
+
+// ---- items 3 and 5: freed memory goes back to the OS ------------------------------------
+
+/// `clients` clients connect, each subscribes to `subs` filters and sends `partial` bytes
+/// of a PUBLISH twice that size; returns them once the broker holds all of it.
+fn load_clients(
+    b: &Broker,
+    tag: &str,
+    clients: usize,
+    subs: usize,
+    partial: usize,
+) -> Vec<RawClient> {
+    let mut open: Vec<RawClient> = (0..clients)
+        .map(|i| {
+            let mut c = RawClient::clean(b.addr(), &format!("{tag}-{i}"));
+            let codes = subscribe_n(&mut c, &format!("{tag}/{i}"), 0..subs);
+            assert!(codes.iter().all(|&c| c == 0), "subscriptions granted");
+            c
+        })
+        .collect();
+    let mut head = vec![0x30];
+    common::varint(2 * partial, &mut head);
+    head.extend_from_slice(&[0x00, 0x01, b't']);
+    let body = vec![0x5a; partial - head.len()];
+    for c in &mut open {
+        c.send_bytes(&head);
+        c.send_bytes(&body);
+    }
+    wait_broker_read_all(b, Duration::from_secs(30));
+    open
+}
+
+/// Freed memory returns to the OS (issue 12 items 3 and 5): after 1,000 clients (2,000
+/// with the full counts), each with 50 subscriptions and a 32 KiB partial packet, have
+/// come and gone, the broker's RSS comes back to within 10 % of the peak's growth (plus
+/// 2 MiB of tables sized for the peak: the slabs' capacity) of its baseline, polled for at
+/// most 30 s. It used to stay about 30 MiB above whatever the allocator: bus staging and
+/// the outbox kept the capacity of the burst of interest casts the subscriptions made.
+#[test]
+fn memory_returns_to_the_os_after_clients_leave() {
+    let clients = count(1_000, 2_000);
+    allow_open_files(2 * clients as u64 + 512);
+    let b = Broker::start(&["--shards", "2", "--max-subscriptions-per-client", "0"]);
+    canary(&b, "rss-warm");
+    let base = b.rss_kib();
+    let open = load_clients(&b, "rss", clients, 50, 32 * 1024);
+    let held = (clients * 32 * 1024) as u64;
+    let peak = b.rss_kib();
+    for c in open {
+        c.drop_tcp();
+    }
+    let grown = peak.saturating_sub(base);
+    assert!(grown * 1024 > held, "peak +{grown} KiB holding {held} B");
+    let bound = base + grown / 10 + 2 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut now = peak;
+    while now > bound {
+        assert!(
+            Instant::now() < deadline,
+            "RSS {now} KiB 30 s after the clients left: baseline {base} KiB, peak {peak} KiB, \
+             bound {bound} KiB"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        now = b.rss_kib();
+    }
+    eprintln!("RSS baseline {base} KiB, peak {peak} KiB, after leaving {now} KiB");
+    canary(&b, "rss-after");
+}
+
+// ---- memory figures in /metrics ----------------------------------------------------------
+
+/// `GET /metrics` from the admin listener at `admin` (bounded by `WAIT`).
+fn scrape(admin: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The sum of the samples of `name` whose label set contains `labels` (`k="v"` pairs).
+fn sample_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, set) = series.split_once('{').unwrap_or((series, ""));
+        if metric == name && labels.iter().all(|l| set.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    found
+}
+
+/// `/metrics` carries the memory figures: the process's RSS, the allocator's allocated
+/// and resident bytes, `memory_limit`, and per shard what the budget accounts, by kind.
+/// A client's partial packet and subscriptions show up under their kinds, and go when it
+/// leaves. The text also passes `prometheus_client`'s parser where Python has it.
+#[test]
+fn memory_figures_are_in_metrics() {
+    let b = Broker::start(&[
+        "--shards",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--memory-limit",
+        "1073741824",
+    ]);
+    let admin = b.admin_addr().expect("admin address printed");
+    let mut c = RawClient::clean(b.addr(), "metrics-mem");
+    assert!(subscribe_n(&mut c, "mm", 0..500).iter().all(|&x| x == 0));
+    let mut head = vec![0x30];
+    common::varint(200_000, &mut head);
+    head.extend_from_slice(&[0x00, 0x01, b't']);
+    c.send_bytes(&head);
+    c.send_bytes(&[0x41; 100_000]);
+    let accounted = |text: &str, kind: &str| {
+        sample_sum(
+            text,
+            "shardmq_memory_accounted_bytes",
+            &[&format!("kind=\"{kind}\"")],
+        )
+        .expect("shardmq_memory_accounted_bytes")
+    };
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = scrape(admin);
+        if accounted(&text, "partial_packets") >= 100_000.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partial packet accounted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 500 two-level filters at their estimated cost each.
+    let subs = accounted(&text, "subscriptions");
+    assert_eq!(subs, 500.0 * 800.0, "subscriptions accounted");
+    let rss = sample_sum(&text, "shardmq_process_resident_memory_bytes", &[]).expect("rss");
+    let allocated = sample_sum(&text, "shardmq_allocator_allocated_bytes", &[]).expect("alloc");
+    let resident = sample_sum(&text, "shardmq_allocator_resident_bytes", &[]).expect("resident");
+    assert!(
+        allocated >= 100_000.0 && resident >= allocated && rss >= resident,
+        "{text}"
+    );
+    let limit = sample_sum(&text, "shardmq_memory_limit_bytes", &[]);
+    assert_eq!(limit, Some(1024.0 * 1024.0 * 1024.0));
+    check_with_prometheus_parser(&text);
+    c.drop_tcp();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = scrape(admin);
+        if accounted(&text, "partial_packets") == 0.0 && accounted(&text, "subscriptions") == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still accounted after leaving:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Parse `text` with Python's `prometheus_client` and check the memory families' types;
+/// skipped (with a note) where Python or the package is missing.
+fn check_with_prometheus_parser(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as p\n\
+        f = {m.name: m.type for m in p(sys.stdin.read())}\n\
+        names = ('shardmq_process_resident_memory_bytes', 'shardmq_allocator_allocated_bytes', \
+        'shardmq_allocator_resident_bytes', 'shardmq_memory_accounted_bytes')\n\
+        bad = [(n, f.get(n)) for n in names if f.get(n) != 'gauge']\n\
+        assert not bad, bad\n";
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("prometheus_client not available: parser check skipped");
+        return;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    let status = common::wait_exit(&mut child, WAIT).expect("parser finished");
+    assert!(status.success(), "prometheus_client rejected /metrics");
 }

@@ -74,6 +74,8 @@ pub struct ConnSpec {
 pub struct Params {
     /// Broker address.
     pub broker: SocketAddr,
+    /// Where subscribers connect (`--sub-port`: the far side of a bridge); else `broker`.
+    pub sub_broker: Option<SocketAddr>,
     /// Protocol version.
     pub version: Version,
     /// QoS of publishes and subscriptions.
@@ -279,10 +281,14 @@ fn open_socket(broker: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStrea
 impl Conn {
     /// Starts connecting `spec` to the broker.
     pub fn open(spec: ConnSpec, params: &Params) -> io::Result<Conn> {
-        let sock = open_socket(params.broker, spec.src)?;
+        let to = match (&spec.role, params.sub_broker) {
+            (Role::Subscriber { .. }, Some(sub)) => sub,
+            _ => params.broker,
+        };
+        let sock = open_socket(to, spec.src)?;
         let tls = match &params.tls {
             Some(cfg) => {
-                let name = rustls_pki_types::ServerName::from(params.broker.ip());
+                let name = rustls_pki_types::ServerName::from(to.ip());
                 let c =
                     rustls::ClientConnection::new(cfg.clone(), name).map_err(io::Error::other)?;
                 Some(Box::new(c))
@@ -758,6 +764,7 @@ mod tests {
     fn params(version: Version, qos: QoS) -> Params {
         Params {
             broker: "127.0.0.1:1883".parse().unwrap(),
+            sub_broker: None,
             version,
             qos,
             payload: 64,

@@ -61,6 +61,10 @@ pub struct Args {
     /// Broker port.
     #[arg(short, long, default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect to this port instead (on `--host`): the far side of a bridge
+    /// from the publishers' broker, to measure forwarding through it.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
     /// Persistent sessions (Clean Start 0; 5.0 Session Expiry 1 h): with a broker store,
     /// QoS 1/2 messages to the subscribers are logged before they are acknowledged.
     #[arg(long)]

@@ -137,6 +137,7 @@ fn params(args: &Args, broker: SocketAddr, plan: &Plan) -> Params {
     };
     Params {
         broker,
+        sub_broker: None,
         version: match args.mqtt {
             Mqtt::V311 => Version::V3_1_1,
             Mqtt::V5 => Version::V5,
@@ -194,6 +195,9 @@ pub fn run(args: &Args) -> Result<Summary, String> {
         ));
     }
     let mut params = params(args, broker, &plan);
+    if let Some(port) = args.sub_port {
+        params.sub_broker = Some(resolve(&args.host, port)?);
+    }
     if args.tls {
         params.tls = Some(tls_config(args.cafile.as_deref())?);
     }

@@ -84,6 +84,32 @@ pub fn stats(m: &Metrics) -> String {
     .to_string()
 }
 
+/// `/api/v1/bridges`: every bridge's state and counters, by name (each bridge's shard
+/// publishes its figures at least once a second, and at once when its state changes).
+pub fn bridges(m: &Metrics) -> String {
+    let mut out = Vec::new();
+    for (shard, s) in m.shards().iter().enumerate() {
+        for b in s.bridges.load().iter() {
+            let [full, offline, too_large] = b.dropped;
+            out.push(json!({
+                "name": &b.name,
+                "shard": shard,
+                "up": b.up,
+                "queued": b.queued,
+                "inflight": b.inflight,
+                "forwarded": b.forwarded,
+                "received": b.received,
+                "dropped": { "queue_full": full, "offline_qos0": offline, "too_large": too_large },
+                "loops_prevented": b.loops_prevented,
+                "connects": b.connects,
+                "failures": b.failures,
+            }));
+        }
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json!({ "bridges": out }).to_string()
+}
+
 /// `/api/v1/clients?limit=N&q=TEXT`: connected clients, optionally those whose client id
 /// or username contains `q`.
 pub fn clients(m: &Metrics, query: &str) -> String {

@@ -155,6 +155,7 @@ fn route(path: &str, query: &str, ctx: &Ctx) -> Reply {
         "/api/v1/clients" => Reply::new(200, api::JSON, api::clients(m, query)),
         "/api/v1/subscriptions" => Reply::new(200, api::JSON, api::subscriptions(m, query)),
         "/api/v1/topics" => Reply::new(200, api::JSON, api::topics(m, query)),
+        "/api/v1/bridges" => Reply::new(200, api::JSON, api::bridges(m)),
         _ => match assets::get(path) {
             Some((content_type, body)) => Reply::new(200, content_type, body),
             None => Reply::text(404, "not found\n"),

@@ -2,13 +2,13 @@
 //!
 //! Owns: metric names, help texts and labels (`docs/operations.md` lists them). Invariants:
 //! names follow `RESEARCH.md` §5.2 (`shardmq_` prefix, `_total` on counters, base units);
-//! labels are only `shard`, `reason`, `result`, `state`, `from_shard`/`to_shard` and
-//! `version`, never a client id or a topic. Must not touch: anything but the board.
+//! labels are only `shard`, `reason`, `result`, `state`, `kind`, `from_shard`/`to_shard`
+//! and `version`, never a client id or a topic. Must not touch: anything but the board.
 
 use std::fmt::Write;
 
 use crate::metrics::{
-    DropReason, Figure, Histogram, Metrics, RefuseReason, ShardMetrics, StoreFigures,
+    DropReason, Figure, Histogram, MemoryKind, Metrics, RefuseReason, ShardMetrics, StoreFigures,
 };
 
 /// The content type of the text format.
@@ -160,7 +160,21 @@ pub fn render(m: &Metrics) -> String {
     turn_time(&mut o, shards);
     store(&mut o, shards);
     bridges(&mut o, shards);
+    cluster(&mut o, m);
+    memory(&mut o, m);
     o
+}
+
+/// The cluster link's counters, `shardmq_cluster_<name>_total` (a cluster node only).
+fn cluster(o: &mut String, m: &Metrics) {
+    let Some(f) = m.cluster.get() else {
+        return;
+    };
+    for (name, help, value) in (f.0)() {
+        let name = format!("shardmq_cluster_{name}_total");
+        family(o, &name, "counter", help);
+        let _ = writeln!(o, "{name} {value}");
+    }
 }
 
 /// The admin listener's own families (it is not a shard: no `shard` label).
@@ -634,6 +648,67 @@ fn store(o: &mut String, shards: &[ShardMetrics]) {
     }
 }
 
+/// The process's memory as the kernel and the allocator see it (read now, once per
+/// scrape), and what each shard accounts against `memory_limit`.
+fn memory(o: &mut String, m: &Metrics) {
+    if let Some(rss) = crate::alloc::process_resident_bytes() {
+        family(
+            o,
+            "shardmq_process_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the broker process.",
+        );
+        let _ = writeln!(o, "shardmq_process_resident_memory_bytes {rss}");
+    }
+    if let Some(a) = crate::alloc::allocator_figures() {
+        let figures = [
+            (
+                "allocated",
+                "Bytes allocated by the broker and not freed.",
+                a.allocated,
+            ),
+            (
+                "resident",
+                "Bytes in pages the allocator holds resident.",
+                a.resident,
+            ),
+            (
+                "retained",
+                "Bytes the allocator keeps mapped but not resident.",
+                a.retained,
+            ),
+        ];
+        for (what, help, v) in figures {
+            let name = format!("shardmq_allocator_{what}_bytes");
+            family(o, &name, "gauge", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
+    family(
+        o,
+        "shardmq_memory_limit_bytes",
+        "gauge",
+        "memory_limit: the bytes the shards may account for clients (0: none).",
+    );
+    let _ = writeln!(o, "shardmq_memory_limit_bytes {}", m.memory_limit.get());
+    family(
+        o,
+        "shardmq_memory_accounted_bytes",
+        "gauge",
+        "Bytes held for clients at the shard's last memory walk, by what holds them.",
+    );
+    for (i, s) in m.shards().iter().enumerate() {
+        for k in MemoryKind::ALL {
+            let v = s.memory_accounted[k as usize].get();
+            let kind = k.label();
+            let _ = writeln!(
+                o,
+                "shardmq_memory_accounted_bytes{{shard=\"{i}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,6 +740,7 @@ mod tests {
         assert!(text.contains("shardmq_messages_received_total{shard=\"1\",qos=\"1\"} 7\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1\n"));
         assert!(text.contains("shardmq_loop_turn_seconds_count{shard=\"0\"} 1\n"));
+        assert!(text.contains("shardmq_memory_accounted_bytes{shard=\"1\",kind=\"queues\"} 0\n"));
         assert!(text.contains("shardmq_persist_batch_records_bucket{shard=\"1\",le=\"4\"} 1\n"));
         assert!(text.contains("shardmq_persist_batch_records_bucket{shard=\"1\",le=\"2\"} 0\n"));
         assert!(text.contains("shardmq_persist_fsync_seconds_sum{shard=\"1\"} 0.002\n"));

@@ -11,6 +11,9 @@
 use std::collections::{HashMap, VecDeque};
 
 mod flows;
+mod retire;
+
+pub use flows::Offered;
 
 use super::backoff::Backoff;
 use super::queue::{ForwardQueue, OutMessage, Queued, Record, Restored};
@@ -20,6 +23,7 @@ use crate::protocol::{
     decode, encode, Ack, ConnAck, Connect, Decoded, Packet, PacketId, Properties, QoS, ReasonCode,
     Version, Will,
 };
+use crate::session::ForwardedProps;
 
 /// How long a TCP (or TLS) connect may take before the next address is tried, ms.
 pub const SOCKET_CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -87,6 +91,10 @@ pub struct LocalPublish {
     pub retain: bool,
     /// For QoS 1/2: hand back to `local_accepted` once the broker has it (durably).
     pub ack: Option<InboundAck>,
+    /// MQTT 5 properties that travel with the message (5.0 remotes).
+    pub props: Option<Box<ForwardedProps>>,
+    /// Message Expiry Interval left, seconds (5.0 remotes).
+    pub expiry_s: Option<u32>,
 }
 
 /// The token of an inbound QoS 1/2 message awaiting local acceptance.
@@ -95,6 +103,18 @@ pub struct InboundAck {
     generation: u64,
     packet_id: PacketId,
     qos: QoS,
+}
+
+impl InboundAck {
+    /// The remote's packet id.
+    pub fn packet_id(&self) -> PacketId {
+        self.packet_id
+    }
+
+    /// The QoS the message came at (1 or 2).
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
 }
 
 /// What `offer` did with a local message.
@@ -131,6 +151,8 @@ pub struct Stats {
     pub connects: u64,
     /// Connection attempts or connections that failed.
     pub failures: u64,
+    /// Dropped: their Message Expiry Interval ran out before they could be sent.
+    pub expired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +530,8 @@ impl Bridge {
                 qos: QoS::AtLeastOnce,
                 retain: true,
                 ack: None,
+                props: None,
+                expiry_s: None,
             }));
         }
         self.actions.push_back(Action::State {

@@ -21,6 +21,6 @@ mod tests;
 mod topics;
 
 pub use backoff::Backoff;
-pub use client::{Action, Bridge, InboundAck, Limits, LocalPublish, Offer, Stats};
-pub use queue::{ForwardQueue, OutMessage, Queued, Record, Restored};
+pub use client::{Action, Bridge, InboundAck, Limits, LocalPublish, Offer, Offered, Stats};
+pub use queue::{Clock, ForwardQueue, OutMessage, Queued, Record, Restored};
 pub use topics::Mapper;

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::protocol::{PacketId, QoS};
+use crate::session::ForwardedProps;
+use crate::store::{BridgeOp, BridgeState, MessageProps, StoredMessage};
 
 /// A message bound for the remote, already renamed for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,11 @@ pub struct OutMessage {
     pub qos: QoS,
     /// RETAIN.
     pub retain: bool,
+    /// MQTT 5 properties that travel with it (sent to a 5.0 remote).
+    pub props: Option<Arc<ForwardedProps>>,
+    /// Message expiry on the shard clock (ms): dropped if still queued then; a 5.0
+    /// remote gets the interval left.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl OutMessage {
@@ -207,6 +214,109 @@ impl Restored {
     }
 }
 
+/// The shard clock and the wall clock at one moment: expiry is stored as wall-clock time
+/// so that it keeps counting across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Shard clock, ms.
+    pub now_ms: u64,
+    /// Unix time, ms.
+    pub unix_ms: u64,
+}
+
+impl Record {
+    /// The store's form of this record.
+    pub fn to_op(&self, clock: Clock) -> BridgeOp<'_> {
+        match self {
+            Record::Enqueued { seq, msg } => BridgeOp::Enqueued {
+                seq: *seq,
+                msg: StoredMessage {
+                    topic: (*msg.topic).into(),
+                    payload: (*msg.payload).into(),
+                    qos: msg.qos as u8,
+                    retain: msg.retain,
+                    expires_at_unix_ms: msg
+                        .expires_at_ms
+                        .map(|t| clock.unix_ms.saturating_add(t.saturating_sub(clock.now_ms))),
+                    props: msg.props.as_deref().map(stored_props).unwrap_or_default(),
+                },
+            },
+            Record::Sent { seq, packet_id } => BridgeOp::Sent {
+                seq: *seq,
+                packet_id: *packet_id,
+            },
+            Record::Received { seq } => BridgeOp::Received { seq: *seq },
+            Record::Done { seq } => BridgeOp::Done { seq: *seq },
+            Record::InboundHeld { packet_id } => BridgeOp::InboundHeld {
+                packet_id: *packet_id,
+            },
+            Record::InboundReleased { packet_id } => BridgeOp::InboundReleased {
+                packet_id: *packet_id,
+            },
+        }
+    }
+}
+
+fn stored_props(f: &ForwardedProps) -> MessageProps<'_> {
+    MessageProps {
+        payload_format_indicator: f.payload_format_indicator,
+        content_type: f.content_type.as_deref().map(Into::into),
+        response_topic: f.response_topic.as_deref().map(Into::into),
+        correlation_data: f.correlation_data.as_deref().map(Into::into),
+        user_properties: (&*f.user_properties).into(),
+    }
+}
+
+fn forwarded_props(p: &MessageProps<'_>) -> Option<Arc<ForwardedProps>> {
+    let any = p.payload_format_indicator.is_some()
+        || p.content_type.is_some()
+        || p.response_topic.is_some()
+        || p.correlation_data.is_some()
+        || !p.user_properties.is_empty();
+    any.then(|| {
+        Arc::new(ForwardedProps {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.as_deref().map(Into::into),
+            response_topic: p.response_topic.as_deref().map(Into::into),
+            correlation_data: p.correlation_data.as_deref().map(Into::into),
+            user_properties: p.user_properties.as_ref().into(),
+        })
+    })
+}
+
+impl Restored {
+    /// What the store recovered for one bridge, with expiry brought to the shard clock
+    /// of `clock`. A stored QoS outside 1..=2 is read as 1 (only QoS 1/2 messages are
+    /// ever recorded).
+    pub fn from_state(st: &BridgeState, clock: Clock) -> Restored {
+        let messages = st
+            .messages
+            .iter()
+            .map(|(&seq, m)| {
+                let msg = OutMessage {
+                    topic: Arc::from(&*m.msg.topic),
+                    payload: Arc::from(&*m.msg.payload),
+                    qos: match m.msg.qos {
+                        2 => QoS::ExactlyOnce,
+                        _ => QoS::AtLeastOnce,
+                    },
+                    retain: m.msg.retain,
+                    props: forwarded_props(&m.msg.props),
+                    expires_at_ms: m
+                        .msg
+                        .expires_at_unix_ms
+                        .map(|t| clock.now_ms.saturating_add(t.saturating_sub(clock.unix_ms))),
+                };
+                (seq, (msg, m.packet_id, m.received))
+            })
+            .collect();
+        Restored {
+            messages,
+            inbound_held: st.inbound_held.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +327,8 @@ mod tests {
             payload: Arc::from(&b"12345"[..]),
             qos,
             retain: false,
+            props: None,
+            expires_at_ms: None,
         }
     }
 
@@ -234,10 +346,50 @@ mod tests {
         assert_eq!(q.bytes(), 0);
     }
 
+    const CLOCK: Clock = Clock {
+        now_ms: 5_000,
+        unix_ms: 1_700_000_000_000,
+    };
+
+    #[test]
+    fn properties_and_expiry_survive_the_store() {
+        let props = ForwardedProps {
+            payload_format_indicator: Some(1),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(Box::from(&b"corr"[..])),
+            user_properties: Box::from(&[0x26, 0, 1, b'k', 0, 1, b'v'][..]),
+        };
+        let mut m = msg("t", QoS::AtLeastOnce);
+        m.props = Some(Arc::new(props));
+        m.expires_at_ms = Some(CLOCK.now_ms + 30_000);
+        let rec = Record::Enqueued { seq: 1, msg: m };
+        let stored = crate::store::Record::Bridge {
+            bridge: "b".into(),
+            op: rec.to_op(CLOCK),
+        };
+        let mut st = BridgeState::default();
+        if let crate::store::Record::Bridge { op, .. } = stored.into_owned() {
+            st.apply(op);
+        }
+        // Restarted 10 s of wall clock later, on a fresh shard clock: 20 s are left.
+        let later = Clock {
+            now_ms: 0,
+            unix_ms: CLOCK.unix_ms + 10_000,
+        };
+        let r = Restored::from_state(&st, later);
+        let (back, _, _) = &r.messages[&1];
+        let Record::Enqueued { msg: m, .. } = &rec else {
+            unreachable!()
+        };
+        assert_eq!(back.props, m.props);
+        assert_eq!(back.expires_at_ms, Some(20_000));
+    }
+
     #[test]
     fn replay_keeps_what_is_not_done_in_order() {
         let id = |n| PacketId::new(n).expect("non-zero");
-        let records = vec![
+        let records = [
             Record::Enqueued {
                 seq: 1,
                 msg: msg("a", QoS::AtLeastOnce),
@@ -265,13 +417,29 @@ mod tests {
             Record::InboundHeld { packet_id: id(8) },
             Record::InboundReleased { packet_id: id(7) },
         ];
-        let r = Restored::replay(records);
+        let r = Restored::replay(records.iter().cloned());
         assert_eq!(
             r.inbound_held.iter().copied().collect::<Vec<_>>(),
             vec![id(8)]
         );
         let got: Vec<_> = r.messages.iter().map(|(s, m)| (*s, m.1, m.2)).collect();
         assert_eq!(got, vec![(2, Some(id(2)), true), (3, None, false)]);
+        let mut st = BridgeState::default();
+        for rec in &records {
+            let op = rec.to_op(CLOCK);
+            let stored = crate::store::Record::Bridge {
+                bridge: "b".into(),
+                op,
+            };
+            if let crate::store::Record::Bridge { op, .. } = stored.into_owned() {
+                st.apply(op);
+            }
+        }
+        assert_eq!(
+            Restored::from_state(&st, CLOCK),
+            r,
+            "the store's fold is the same"
+        );
         let mut q = ForwardQueue::new(10, 1000);
         q.restore(vec![Queued {
             seq: Some(3),

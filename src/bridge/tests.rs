@@ -453,6 +453,8 @@ fn restored_records_resend_what_was_in_flight_under_the_same_id() {
         payload: payload(b"p"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        props: None,
+        expires_at_ms: None,
     };
     let records = vec![
         Record::Enqueued {
@@ -498,4 +500,67 @@ fn up_raw(b: &mut Bridge) {
     let _ = written(b, 0);
     b.receive(0, &CONNACK_OK);
     let _ = actions(b);
+}
+
+#[test]
+fn retire_hands_back_what_it_held_in_order_and_disconnects() {
+    let out_only = "connection c\naddress 127.0.0.1:1883\ntopic a/# out 2\nremote_clientid br\nnotifications false";
+    let mut b = bridge(out_only);
+    up(&mut b, 0);
+    // One in flight (sent, unacknowledged), then the window is shrunk by going down…
+    let o = b.offer(1, "a/1", &payload(b"one"), QoS::AtLeastOnce, false, false);
+    assert_eq!(o, Offer::Accepted(Some(1)));
+    let sent = written(&mut b, 1);
+    assert_eq!(sent[0] & 0xf0, 0x30, "the first goes out at once");
+    b.socket_closed(2, "gone");
+    let _ = actions(&mut b);
+    // …and the next two wait in the queue, with a QoS 0 one (dropped while down).
+    b.offer(3, "a/2", &payload(b"two"), QoS::AtLeastOnce, false, false);
+    b.offer(3, "a/3", &payload(b"three"), QoS::ExactlyOnce, false, false);
+    let held = b.retire(4);
+    let got: Vec<(u64, &[u8], bool)> = held
+        .messages
+        .iter()
+        .map(|(s, (m, id, _))| (*s, &m.payload[..], id.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, &b"one"[..], true),
+            (2, b"two", false),
+            (3, b"three", false)
+        ]
+    );
+    assert!(b.retired());
+    assert_eq!(b.depth(), (0, 0), "nothing is left behind");
+    b.tick(u64::MAX - 1);
+    assert!(
+        !actions(&mut b)
+            .iter()
+            .any(|a| matches!(a, Action::Connect(_))),
+        "a retired bridge never connects again"
+    );
+    // A replacement picks up exactly there: the in-flight one is resent first with DUP.
+    let mut next = bridge(out_only);
+    next.restore(held);
+    next.tick(10);
+    let _ = actions(&mut next);
+    next.socket_connected(10);
+    assert_eq!(written(&mut next, 10)[0], 0x10, "CONNECT");
+    next.receive(10, &CONNACK_SESSION);
+    let out = written(&mut next, 10);
+    assert_eq!(out[0], 0x3a, "PUBLISH QoS 1 with DUP first: {out:02x?}");
+}
+
+#[test]
+fn retire_while_connected_says_goodbye() {
+    let mut b = bridge(BASIC);
+    up(&mut b, 0);
+    let _ = b.retire(1);
+    let out = written(&mut b, 1);
+    assert_eq!(
+        out,
+        [0xe0, 0x00],
+        "a DISCONNECT, nothing else (no notifications)"
+    );
 }

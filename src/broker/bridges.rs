@@ -2,8 +2,8 @@
 //!
 //! Owns: the bridges' local filters (`out`/`both` rules) as two tries built once from the
 //! configuration (the same on every shard, so nothing is replicated at run time): every
-//! filter → the shards owning a bridge that wants it (bridge `i` lives on shard
-//! `i mod N`), and this shard's own bridges' filters → the bridges that want them. A
+//! filter → the shards owning a bridge that wants it (a bridge lives on the shard its
+//! name hashes to, [`bridge_owner`]), and this shard's own bridges' filters → the bridges that want them. A
 //! message that matches a bridge is cast to its owner shard like one for a subscriber; on
 //! the owner, `route_local` adds it to `Effects::bridge_offers` for the shard to offer.
 //!
@@ -15,11 +15,13 @@
 
 use std::sync::Arc;
 
+use super::journal::HeldAck;
 use super::{Broker, Effects};
 use crate::bridge::Mapper;
 use crate::config::bridge::BridgeConfig;
 use crate::protocol::QoS;
-use crate::session::Message;
+use crate::session::{ForwardedProps, Message};
+use crate::store::{BridgeOp, Record};
 use crate::topic::trie::FilterTrie;
 
 /// Origins at and above this value name bridges (session uids stay below 2^62).
@@ -35,9 +37,11 @@ pub fn origin_bridge(origin: u64) -> Option<usize> {
     (origin >= BRIDGE_ORIGIN_BASE).then(|| (origin - BRIDGE_ORIGIN_BASE) as usize)
 }
 
-/// The shard that runs bridge `i` of a broker with `shards` shards.
-pub fn bridge_owner(i: usize, shards: usize) -> usize {
-    i % shards.max(1)
+/// The shard that runs the bridge named `name` in a broker with `shards` shards: a hash
+/// of the name, so that adding or removing other bridges by a reload never moves it (its
+/// socket and queue stay where they are).
+pub fn bridge_owner(name: &str, shards: usize) -> usize {
+    super::home_shard(name, shards)
 }
 
 /// The bridges' local filters, as seen from one shard.
@@ -54,7 +58,7 @@ impl BridgeRoutes {
     pub fn new(bridges: &[BridgeConfig], me: usize, shards: usize) -> BridgeRoutes {
         let mut r = BridgeRoutes::default();
         for (i, b) in bridges.iter().enumerate().take(64) {
-            let owner = bridge_owner(i, shards);
+            let owner = bridge_owner(&b.name, shards);
             for (filter, _qos) in Mapper::new(b.topics.clone()).local_filters() {
                 *r.owners.entry_or_insert_with(&filter, || 0) |= 1u64 << owner;
                 if owner == me {
@@ -106,20 +110,83 @@ pub struct Inbound<'a> {
     pub qos: QoS,
     /// RETAIN as received.
     pub retain: bool,
+    /// MQTT 5 properties from the remote.
+    pub props: Option<Box<ForwardedProps>>,
+    /// Message Expiry Interval left, seconds.
+    pub expiry_s: Option<u32>,
+}
+
+/// Why a message a bridge brought in was not published locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a valid topic name.
+    InvalidTopic,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refused::InvalidTopic => "not a valid topic name",
+        })
+    }
 }
 
 impl<X> Broker<X> {
-    /// Messages routed to this shard's bridges that the shard has not offered yet.
+    /// Messages routed to this shard's bridges that the shard has not offered yet, or
+    /// released inbound acknowledgements it has not passed on.
     pub fn pending_bridge_offers(&self) -> bool {
-        !self.fx.bridge_offers.is_empty()
+        !self.fx.bridge_offers.is_empty() || !self.fx.bridge_acks.is_empty()
+    }
+
+    /// Whether bridge records go to a log (persistence on).
+    pub fn logs_bridges(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Append a change to bridge `name`'s forwarding state to this turn's batch. A local
+    /// publisher's acknowledgement held this turn (or a peer's barrier answered after it)
+    /// then covers it.
+    pub fn log_bridge(&mut self, name: &str, op: BridgeOp<'_>) {
+        if let Some(j) = self.journal.as_mut() {
+            j.log(Record::Bridge {
+                bridge: name.into(),
+                op,
+            });
+        }
+    }
+
+    /// Hold the acknowledgement of a message the bridge run `uid` (the shard's id for it)
+    /// just brought in until this turn's records (and the peers it was published to) are
+    /// durable; `uid` comes back in `Effects::bridge_acks`. False with persistence off:
+    /// acknowledge at once.
+    pub fn hold_bridge_ack(&mut self, uid: usize) -> bool {
+        match self.journal.as_mut() {
+            Some(j) => {
+                j.hold(HeldAck::Bridge { bridge: uid });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take the released inbound acknowledgements (bridge indices, oldest first).
+    pub fn take_bridge_acks(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.fx.bridge_acks)
     }
 
     /// Publish a message brought in by bridge `i` (or its state notification) as if a
-    /// local client had sent it, tagged with the bridge's origin. Returns false (and
-    /// routes nothing) when the topic is not a valid topic name.
-    pub fn publish_from_bridge(&mut self, i: usize, m: &Inbound<'_>, now_ms: u64) -> bool {
+    /// local client had sent it, tagged with the bridge's origin. Like Mosquitto's
+    /// bridges, it is not checked against the ACL (the remote decided who may publish
+    /// it); local subscribers still read only what their rights allow. Nothing is routed
+    /// when the topic is not a valid topic name.
+    pub fn publish_from_bridge(
+        &mut self,
+        i: usize,
+        m: Inbound<'_>,
+        now_ms: u64,
+    ) -> Result<(), Refused> {
         if !crate::topic::valid_topic_name(m.topic) {
-            return false;
+            return Err(Refused::InvalidTopic);
         }
         self.fx.stats.publish_in += 1;
         let msg = Message {
@@ -127,14 +194,16 @@ impl<X> Broker<X> {
             payload: m.payload.into(),
             qos: m.qos,
             retain: m.retain,
-            props: None,
-            expires_at_ms: None,
+            props: m.props,
+            expires_at_ms: m
+                .expiry_s
+                .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
             origin: bridge_origin(i),
             retain_stamp: 0,
             publisher: None,
         };
         self.publish_message(msg, now_ms);
-        true
+        Ok(())
     }
 }
 

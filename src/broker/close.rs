@@ -101,6 +101,7 @@ impl<X> Broker<X> {
         let (expiry_s, uid) = (sess.expiry_s, sess.uid);
         let will_delay = sess.will.as_ref().map(|w| w.delay_s);
         if expiry_s == 0 {
+            self.release_claim(s);
             self.end_session(s);
             return;
         }
@@ -220,7 +221,9 @@ impl<X> Broker<X> {
         link.timer = None;
         let (state, keepalive_ms, last_rx_ms) = (link.state, link.keepalive_ms, link.last_rx_ms);
         match state {
-            LinkState::ExpectConnect | LinkState::AwaitAuth if !self.delayed_refusal(key) => {
+            LinkState::ExpectConnect | LinkState::AwaitAuth
+                if !self.claim_expired(key, now_ms) && !self.delayed_refusal(key) =>
+            {
                 self.close(key, None, "no CONNECT in time");
             }
             LinkState::Connected if keepalive_ms > 0 => {
@@ -293,6 +296,7 @@ impl<X> Broker<X> {
                 x.expiry_timer = None;
             }
             self.fx.stats.sessions_expired += 1;
+            self.release_claim(s);
             self.end_session(s);
         }
     }

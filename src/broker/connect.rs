@@ -105,8 +105,13 @@ impl<X> Broker<X> {
     fn assign_id(&mut self) -> Box<str> {
         loop {
             let nonce = self.sessions.next_nonce();
+            // In a cluster the node's name keeps ids apart across nodes.
+            let node = self
+                .cluster
+                .as_deref()
+                .map_or(String::new(), |n| format!("{n}-"));
             let id = format!(
-                "shardmq-{:x}-{:x}",
+                "shardmq-{node}{:x}-{:x}",
                 self.shard_id,
                 nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15)
             );
@@ -152,13 +157,21 @@ impl<X> Broker<X> {
         if let Some(why) = self.identity_refusal(key, c, &id) {
             return self.refuse_login(key, c, super::login::Refusal::NotAuthorized, why);
         }
+        if self.needs_claim(key, c) {
+            return self.claim(key, c, &id);
+        }
         let assigned = c.client_id.is_empty();
         let expiry_s = match c.version {
             Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
             _ if c.clean_start => 0,
             _ => u32::MAX,
         };
-        let (s, present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        let (s, mut present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        if let Some(h) = self.handover_in.take() {
+            // The session came from another node (cluster): it is present.
+            present = h.exists;
+            self.install_handover(s, *h);
+        }
         let keep_alive = granted_keepalive(c.version, c.keep_alive, self.cfg.max_keepalive);
         let mount = self.links.get(key).and_then(|l| l.mount.clone());
         let will = c.will.as_ref().map(|w| {

@@ -23,8 +23,15 @@ pub struct Effects {
     pub stats: Stats,
     /// Messages for this shard's bridges: (bridge index, message), in routing order.
     pub bridge_offers: Vec<(usize, std::sync::Arc<crate::session::Message>)>,
+    /// Bridges whose oldest held inbound acknowledgement is durable now, one entry per ack.
+    pub bridge_acks: Vec<usize>,
     /// Password checks for the shard's verifier (answers go to `Broker::on_verified`).
     pub verify: Vec<VerifyRequest>,
+    /// Messages for the cluster link, in the order made (only while a cluster runs).
+    pub cluster: Vec<super::cluster::ToCluster>,
+    /// Links whose input was paused for an answer that has come (the cluster registry):
+    /// the shard reads them again.
+    pub resume: Vec<usize>,
 }
 
 /// One password to check off the shard loop.

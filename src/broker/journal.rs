@@ -59,6 +59,12 @@ pub enum HeldAck {
         /// Its packet id.
         pid: PacketId,
     },
+    /// The acknowledgement to the remote of a QoS 1/2 message a bridge brought in (the
+    /// shard keeps the acks of each bridge in order; this releases the oldest).
+    Bridge {
+        /// The shard's id for the bridge's run.
+        bridge: usize,
+    },
 }
 
 /// The acks of one turn, with what they wait for.
@@ -175,9 +181,11 @@ impl Journal {
         }
     }
 
-    /// Peer `from` sent barrier `seq`: every publish it sent before is applied here.
+    /// Peer `from` sent barrier `seq`: every publish it sent before is applied here. The
+    /// answer waits for the end of this turn's batch, not only the records so far: what
+    /// those publishes cause later in the turn (a bridge's queue record) counts too.
     pub fn barrier(&mut self, from: usize, seq: u64) {
-        self.notes.push_back((self.wal.last_lsn(), from, seq));
+        self.notes.push_back((Lsn::MAX, from, seq));
     }
 
     /// Peer `from` has made everything before its barrier `seq` durable.
@@ -207,6 +215,13 @@ impl Journal {
             });
         }
         self.last_msg = None;
+        let last = self.wal.last_lsn();
+        for n in self.notes.iter_mut().rev() {
+            if n.0 != Lsn::MAX {
+                break;
+            }
+            n.0 = last;
+        }
         if let Err(e) = self.wal.end_turn() {
             self.report(&e);
         }

@@ -110,6 +110,9 @@ pub struct Link {
     /// The listener's `mount_point`: topics of this client live under it (prefixed on the
     /// way in, stripped on the way out).
     pub mount: Option<Arc<str>>,
+    /// The cluster's session registry names this node for the client id (cluster only):
+    /// the CONNECT may complete.
+    pub claimed: bool,
 }
 
 /// A CONNECT kept while the verifier checks its password, then until its refusal is due.
@@ -119,6 +122,10 @@ pub struct PendingConnect {
     pub connect: Vec<u8>,
     /// Set once the check failed: the CONNACK to send when the throttle delay runs out.
     pub refusal: Option<ReasonCode>,
+    /// Waiting for the cluster's session registry rather than the password check.
+    pub claim: bool,
+    /// Claimed; waiting for the session's state from its old node (cluster).
+    pub handover: bool,
 }
 
 impl Link {
@@ -154,6 +161,7 @@ impl Link {
             drop_logged_ms: 0,
             published: false,
             mount: None,
+            claimed: false,
         }
     }
 

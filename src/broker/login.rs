@@ -116,6 +116,8 @@ impl<X> Broker<X> {
             link.pending_connect = Some(Box::new(PendingConnect {
                 connect,
                 refusal: None,
+                claim: false,
+                handover: false,
             }));
         }
         self.fx.verify.push(VerifyRequest {
@@ -138,7 +140,7 @@ impl<X> Broker<X> {
         let waiting = link
             .pending_connect
             .as_ref()
-            .is_some_and(|p| p.refusal.is_none());
+            .is_some_and(|p| p.refusal.is_none() && !p.claim);
         if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
             return;
         }
@@ -187,6 +189,8 @@ impl<X> Broker<X> {
                 link.pending_connect = Some(Box::new(PendingConnect {
                     connect: connect.to_vec(),
                     refusal: None,
+                    claim: false,
+                    handover: false,
                 }));
                 self.fx.verify.push(VerifyRequest {
                     token,
@@ -231,6 +235,8 @@ impl<X> Broker<X> {
         link.pending_connect = Some(Box::new(PendingConnect {
             connect: Vec::new(),
             refusal: Some(refusal_code(Refusal::BadCredentials, c.version)),
+            claim: false,
+            handover: false,
         }));
         let gen = link.gen;
         let old = link.timer.take();

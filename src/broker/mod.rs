@@ -28,6 +28,7 @@ pub mod access;
 mod auth;
 pub mod bridges;
 mod close;
+pub mod cluster;
 mod connect;
 mod deliver;
 pub mod effects;
@@ -123,6 +124,8 @@ pub enum Cast {
         /// The barrier answered.
         seq: u64,
     },
+    /// Cluster news the gateway shard passes on (`cluster::ClusterCast`).
+    Cluster(Box<cluster::ClusterCast>),
     /// Shard `from` has applied every interest change up to `seq` of the receiver.
     InterestAck {
         /// The acknowledging shard.
@@ -282,6 +285,12 @@ pub struct Broker<X> {
     journal: Option<journal::Journal>,
     /// Message allocations kept for reuse.
     msg_pool: MessagePool,
+    /// This node's name when it runs in a cluster whose link the shard carries.
+    cluster: Option<Box<str>>,
+    /// Links waiting for a session's state from its old node: client id → link token.
+    awaiting_state: std::collections::HashMap<Box<str>, u64>,
+    /// The state to install in the session `complete_connect` is making (a handover).
+    handover_in: Option<Box<cluster::SessionHandover>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -333,6 +342,9 @@ impl<X> Broker<X> {
             bridges,
             journal: None,
             msg_pool: MessagePool::default(),
+            cluster: None,
+            awaiting_state: std::collections::HashMap::new(),
+            handover_in: None,
         };
         b.arm_sys_timer(now_ms);
         b

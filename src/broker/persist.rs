@@ -118,6 +118,7 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::SubAck(p) => self.send_suback(p, now_ms),
+            HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Publish {
                 link,
                 gen,

@@ -307,10 +307,13 @@ impl<X> Broker<X> {
                 self.fx.outbox.push((to, Cast::Publish(msg.clone())));
             }
         }
-        let shared = self.dispatch_shared(&msg, now_ms);
+        // In a cluster, NATS queue groups choose the one member of a share group (on any
+        // node, this one included), so the shard does not choose one itself.
+        let clustered = self.forward_to_cluster(&msg, now_ms);
+        let shared = !clustered && self.dispatch_shared(&msg, now_ms);
         let local = self.route_local(&msg, now_ms);
         self.msg_pool.put(msg);
-        local || remote || shared
+        local || remote || shared || clustered
     }
 
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
@@ -417,7 +420,9 @@ impl<X> Broker<X> {
     pub fn on_cast(&mut self, cast: Cast, now_ms: u64) {
         match cast {
             Cast::Publish(msg) => {
-                if msg.retain {
+                // Stamp 0: a message from another node, whose retained part comes from
+                // the cluster's bucket instead (`cluster`).
+                if msg.retain && msg.retain_stamp != 0 {
                     self.retained.store(&msg);
                 }
                 self.route_local(&msg, now_ms);
@@ -455,6 +460,7 @@ impl<X> Broker<X> {
                 ));
             }
             Cast::ShareDeliver(d) => self.on_share_delivery(*d, now_ms),
+            Cast::Cluster(c) => self.on_cluster_cast(*c, now_ms),
             Cast::Sys { from, report } => self.on_sys_report(from, *report),
             Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
             Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),

@@ -23,6 +23,10 @@ impl<X> Broker<X> {
     /// now), and every other setting the broker reads from its configuration per packet.
     pub fn reload(&mut self, cfg: Arc<Config>) {
         let sys_changed = cfg.sys_interval_s != self.cfg.sys_interval_s;
+        if cfg.bridges != self.cfg.bridges {
+            self.bridges =
+                super::bridges::BridgeRoutes::new(&cfg.bridges, self.shard_id, self.shards);
+        }
         self.limits = session_limits(&cfg);
         self.cfg = cfg;
         if sys_changed {

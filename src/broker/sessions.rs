@@ -86,7 +86,7 @@ impl Sessions {
                 self.retiring.pop_front();
                 continue;
             };
-            if let Some((filter, _)) = sess.subs.pop_first() {
+            if let Some((filter, _)) = sess.pop_sub() {
                 return Some((s, sess.uid, filter));
             }
             self.slab.remove(s);

@@ -199,6 +199,21 @@ impl<X> Broker<X> {
         deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
     }
 
+    /// A message from the cluster for one member of share group `group` on `filter`:
+    /// NATS chose this node; choose one online member here (counted as dropped if none).
+    pub(super) fn deliver_cluster_shared(
+        &mut self,
+        msg: Arc<Message>,
+        group: &str,
+        filter: &str,
+        now_ms: u64,
+    ) {
+        let key: Arc<str> = format!("$share/{group}/{filter}").into();
+        if !self.redispatch(msg, &key, 0, now_ms) {
+            self.fx.stats.dropped_queue += 1;
+        }
+    }
+
     /// Send a shared message to another online member of its group than `exclude`.
     /// Returns false when there is none (the caller keeps or drops it).
     fn redispatch(&mut self, msg: Arc<Message>, key: &Arc<str>, exclude: u64, now_ms: u64) -> bool {

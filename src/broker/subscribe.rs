@@ -1,5 +1,6 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
+use super::cluster::ToCluster;
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
@@ -162,7 +163,7 @@ impl<X> Broker<X> {
         let existed = self
             .sessions
             .get_mut(s)
-            .and_then(|x| x.subs.insert(filter.into(), state))
+            .and_then(|x| x.add_sub(filter, state))
             .is_some();
         self.journal_subscription(s, filter, Some(&state));
         let entry = Subscriber {
@@ -189,8 +190,15 @@ impl<X> Broker<X> {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        sess.subs.insert(full.into(), state);
+        let new = sess.add_sub(full, state).is_none();
         let uid = sess.uid;
+        if new {
+            self.tell_cluster(ToCluster::Interest {
+                filter: filter.into(),
+                group: Some(group.into()),
+                add: true,
+            });
+        }
         let member = self.member(s, uid, state.options, state.sub_id, true);
         self.share_update(group, filter, member, ShareOp::Join);
     }
@@ -207,6 +215,11 @@ impl<X> Broker<X> {
                     false,
                 );
                 self.share_update(sh.group, sh.filter, member, ShareOp::Leave);
+                self.tell_cluster(ToCluster::Interest {
+                    filter: sh.filter.into(),
+                    group: Some(sh.group.into()),
+                    add: false,
+                });
             }
             _ => {
                 self.remove_from_trie(s, full);
@@ -225,6 +238,11 @@ impl<X> Broker<X> {
 
     fn broadcast_interest(&mut self, filter: &str, add: bool) {
         self.apply_interest(self.shard_id, filter, add);
+        self.tell_cluster(ToCluster::Interest {
+            filter: filter.into(),
+            group: None,
+            add,
+        });
         let from = self.shard_id;
         self.broadcast_acked(|seq| Cast::Interest {
             from,
@@ -326,7 +344,7 @@ impl<X> Broker<X> {
             let had = self
                 .sessions
                 .get_mut(s)
-                .and_then(|x| x.subs.remove(&*filter))
+                .and_then(|x| x.remove_sub(&filter))
                 .is_some();
             if had {
                 let uid = self.sessions.get(s).map_or(0, |x| x.uid);

@@ -234,6 +234,7 @@ impl<X> Broker<X> {
         let pub_bytes_out: u64 = s.publish_out_bytes_qos.iter().sum();
         let stored = t.stored + retained;
         let stored_bytes = t.stored_bytes + self.retained.bytes() as u64;
+        let cluster = self.cfg.metrics.cluster.get().map(|f| (f.0)());
         let mut v: Vec<(String, String)> = [
             (
                 "version",
@@ -280,6 +281,9 @@ impl<X> Broker<X> {
             for (avg, window) in load.avg.iter().zip(LOAD_WINDOW_NAMES) {
                 v.push((format!("load/{name}/{window}"), format!("{avg:.2}")));
             }
+        }
+        for (name, _, value) in cluster.into_iter().flatten() {
+            v.push((format!("cluster/{name}"), value.to_string()));
         }
         v
     }

@@ -69,6 +69,28 @@ pub struct LinkSender {
 }
 
 impl LinkSender {
+    /// Queue every message of `batch` for the link and wake it once; those that do not
+    /// fit are dropped and counted. Returns how many were queued.
+    pub fn send_all(&self, batch: impl IntoIterator<Item = ToLink>) -> usize {
+        let mut queued = 0;
+        for m in batch {
+            if self.tx.try_send(m).is_ok() {
+                queued += 1;
+            } else {
+                LinkStats::add(&self.stats.to_link_dropped);
+            }
+        }
+        if queued > 0 {
+            self.notify.notify_one();
+        }
+        queued
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &Arc<LinkStats> {
+        &self.stats
+    }
+
     /// Queue `m` for the link and wake it; `false` (counted) when the queue is full.
     pub fn send(&self, m: ToLink) -> bool {
         match self.tx.try_send(m) {
@@ -196,6 +218,7 @@ impl Out {
 enum Tag {
     Deliver(Route),
     Takeover,
+    State,
 }
 
 type Inbound = (Arc<Tag>, async_nats::Message);
@@ -269,6 +292,8 @@ async fn run(
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
     // Held for the link's life: dropping it would end the subscription.
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
+    let state = st.prefix.control(&format!("state.{}", st.node));
+    let _state = st.subscribe(&state, None, Arc::new(Tag::State)).await;
     while !stop.load(Ordering::Acquire) {
         tokio::select! {
             _ = notify.notified() => st.drain(&inbox, &notify).await,
@@ -355,9 +380,22 @@ impl State {
             ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
             ToLink::Publish(e) => self.publish(*e).await,
             ToLink::Claim { client_id, token } => {
+                if self.client.connection_state() != async_nats::connection::State::Connected {
+                    // The registry cannot be reached now: refuse at once rather than
+                    // let the client wait out the node's deadline.
+                    LinkStats::add(&self.out.stats.nats_errors);
+                    self.out
+                        .push_wake(FromLink::ClaimFailed { token, client_id });
+                    return;
+                }
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Claim { client_id, token })
             }
+            ToLink::Handover {
+                to,
+                client_id,
+                state,
+            } => self.handover(&to, &client_id, state).await,
             ToLink::Release { client_id } => {
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Release { client_id })
@@ -513,6 +551,7 @@ impl State {
         let stats = &self.out.stats;
         let route = match &*tag {
             Tag::Takeover => return self.takeover(&m.payload),
+            Tag::State => return self.session_state(&m.payload),
             Tag::Deliver(r) => r,
         };
         let Ok(e) = envelope::decode(&m.payload) else {
@@ -534,6 +573,49 @@ impl State {
             route: route.clone(),
             envelope: Box::new(e),
         });
+    }
+
+    /// Send a session's state to node `to`: `u16 id length | client id | state`.
+    async fn handover(&mut self, to: &str, client_id: &str, state: Vec<u8>) {
+        let stats = &self.out.stats;
+        let Ok(id_len) = u16::try_from(client_id.len()) else {
+            LinkStats::add(&stats.too_large);
+            return;
+        };
+        if !subject::valid_cluster_name(to) {
+            LinkStats::add(&stats.malformed);
+            return;
+        }
+        let mut payload = Vec::with_capacity(2 + client_id.len() + state.len());
+        payload.extend_from_slice(&id_len.to_be_bytes());
+        payload.extend_from_slice(client_id.as_bytes());
+        payload.extend_from_slice(&state);
+        let subject = self.prefix.control(&format!("state.{to}"));
+        if !within(
+            PUBLISH_WAIT_MS,
+            self.client.publish(subject, payload.into()),
+        )
+        .await
+        {
+            LinkStats::add(&stats.nats_errors);
+        }
+    }
+
+    fn session_state(&self, payload: &[u8]) {
+        let parsed = payload
+            .get(..2)
+            .map(|n| usize::from(u16::from_be_bytes([n[0], n[1]])))
+            .and_then(|n| Some((payload.get(2..2 + n)?, payload.get(2 + n..)?)))
+            .and_then(|(id, rest)| Some((std::str::from_utf8(id).ok()?, rest)));
+        match parsed {
+            Some((client_id, state)) => {
+                self.out.push(FromLink::SessionState {
+                    client_id: client_id.to_string(),
+                    state: state.to_vec(),
+                });
+            }
+            None => LinkStats::add(&self.out.stats.malformed),
+        }
     }
 
     fn takeover(&self, payload: &[u8]) {

@@ -12,8 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod handover;
 pub mod kv;
 pub mod link;
+pub mod node;
 pub mod subject;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,16 @@ pub enum ToLink {
         client_id: String,
         /// Echoed in the answer.
         token: u64,
+    },
+    /// Another node took `client_id` over: send it the session's state (its encoding,
+    /// `handover`) on `smq.<cluster>.c.state.<to>`.
+    Handover {
+        /// The new owner (a node name).
+        to: String,
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state.
+        state: Vec<u8>,
     },
     /// A session owned here ended: remove the registry entry if it still names this node.
     Release {
@@ -120,6 +132,13 @@ pub enum FromLink {
         /// MQTT client id.
         client_id: String,
     },
+    /// The state of a session this node took over, from its old node.
+    SessionState {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state (`handover`).
+        state: Vec<u8>,
+    },
     /// The answer to `ToLink::Release`.
     Released {
         /// MQTT client id.
@@ -179,5 +198,62 @@ impl LinkStats {
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter as (name, help, value), for `$SYS` and `/metrics`.
+    pub fn figures(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let g = Self::get;
+        vec![
+            (
+                "published",
+                "Messages this node sent to other nodes through NATS.",
+                g(&self.published),
+            ),
+            (
+                "received",
+                "Messages from other nodes passed to the shards.",
+                g(&self.received),
+            ),
+            (
+                "duplicates",
+                "Inbound copies dropped: this node's own, or already passed on.",
+                g(&self.duplicates),
+            ),
+            (
+                "down_dropped",
+                "Messages not sent while NATS was unreachable.",
+                g(&self.down_dropped),
+            ),
+            (
+                "too_large",
+                "Messages kept local: envelope or subject too large for NATS.",
+                g(&self.too_large),
+            ),
+            (
+                "malformed",
+                "Inbound bytes that were not a valid envelope, subject or topic.",
+                g(&self.malformed),
+            ),
+            (
+                "nats_errors",
+                "NATS publish, subscribe and JetStream operations that failed.",
+                g(&self.nats_errors),
+            ),
+            (
+                "interest_dropped",
+                "Filters kept local: invalid subject, too long, or table full.",
+                g(&self.interest_dropped),
+            ),
+            (
+                "to_link_dropped",
+                "Messages dropped because the link's queue was full.",
+                g(&self.to_link_dropped),
+            ),
+            (
+                "from_link_dropped",
+                "Messages dropped because the node's queue was full.",
+                g(&self.from_link_dropped),
+            ),
+        ]
     }
 }

@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_with_cluster_options_refuses_to_start_until_the_link_is_wired() {
+    fn a_node_with_cluster_options_gets_them_in_its_configuration() {
         use clap::Parser;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.conf");
@@ -282,15 +282,14 @@ mod tests {
             "cluster_name c\ncluster_node n\ncluster_nats nats://127.0.0.1\n",
         )
         .unwrap();
-        let e = super::super::Config::from_args(args()).unwrap_err();
-        assert!(e.contains("refusing to start"), "{e}");
+        let c = super::super::Config::from_args(args()).unwrap();
+        let cl = c.cluster.expect("cluster settings");
+        assert_eq!((cl.name.as_str(), cl.node.as_str()), ("c", "n"));
         std::fs::write(&path, "cluster_name c\n").unwrap();
         let e = super::super::Config::from_args(args()).unwrap_err();
         assert!(e.contains("cluster_node is required"), "{e}");
         std::fs::write(&path, "listener 1999 127.0.0.1\n").unwrap();
-        assert!(
-            super::super::Config::from_args(args()).is_ok(),
-            "no cluster: as before"
-        );
+        let c = super::super::Config::from_args(args()).unwrap();
+        assert!(c.cluster.is_none(), "no cluster: as before");
     }
 }

@@ -329,8 +329,11 @@ pub struct Config {
     pub persistence: Persistence,
     /// Subscription, filter and connection limits (issue 12).
     pub limits: limits::ResourceLimits,
-    /// `connection` blocks: the bridges, in file order (bridge `i` runs on shard `i mod N`).
+    /// `connection` blocks: the bridges, in file order (each runs on the shard its name hashes to).
     pub bridges: Vec<bridge::BridgeConfig>,
+    /// The `cluster_*` lines: this node's place in a cluster over NATS (`None`: a single
+    /// node, no NATS client runs).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// The command line's value, else the file's, else the default.
@@ -456,9 +459,7 @@ impl Config {
         };
         let log = log_settings(&f, a.verbose);
         let persistence = Persistence::resolve(&a, &f.persistence)?;
-        if cluster::ClusterConfig::from_keys(&f.cluster)?.is_some() {
-            return Err("cluster options are valid, but this build does not run the cluster link yet (it is not wired into the shards); refusing to start a node that would silently stay single".into());
-        }
+        let cluster = cluster::ClusterConfig::from_keys(&f.cluster)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials
@@ -553,6 +554,7 @@ impl Config {
             persistence,
             limits: limits::ResourceLimits::resolve(&a.limits, &f.limits)?,
             bridges: f.bridges,
+            cluster,
         };
         c.validate()?;
         Ok(c)

@@ -50,13 +50,10 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         new.admin_tls != running.admin_tls,
     );
     keep("core pinning", new.pin != running.pin);
-    // Bridges are built once per shard at start-up (their owner shards, sockets and
-    // queues); until a reload moves them, a changed `connection` block waits for a restart.
-    keep(
-        "bridges (connection blocks)",
-        new.bridges != running.bridges,
-    );
-    new.bridges = running.bridges.clone();
+    // Bridges (`connection` blocks) change live: `Shard::apply_config` adds, replaces and
+    // removes them (docs/bridges.md, *SIGHUP*).
+    keep("cluster settings", new.cluster != running.cluster);
+    new.cluster = running.cluster.clone();
     new.listener_ids_next = super::listener::assign_ids(
         &running.listeners,
         &mut new.listeners,
@@ -106,12 +103,8 @@ mod tests {
         let bridge = "connection b\naddress 127.0.0.1:1\ntopic t/# out 1\n";
         std::fs::write(&path, format!("shards 2\n{bridge}")).expect("write");
         let r = reread(&running, &argv).expect("valid");
-        assert!(r.config.bridges.is_empty(), "bridges are kept as they run");
-        assert!(
-            r.needs_restart[0].starts_with("bridges"),
-            "{:?}",
-            r.needs_restart
-        );
+        assert_eq!(r.config.bridges.len(), 1, "bridges change live");
+        assert!(r.needs_restart.is_empty(), "{:?}", r.needs_restart);
         std::fs::write(&path, "max_queued_messages 9\nbogus 1\n").expect("write");
         let e = reread(&running, &argv).expect_err("a bad file is refused whole");
         assert!(e.ends_with("r.conf:2: unknown option 'bogus'"), "{e}");

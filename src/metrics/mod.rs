@@ -65,6 +65,47 @@ impl DropReason {
     }
 }
 
+/// What the bytes accounted against `memory_limit` are held for (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// The fixed part of each connection and session.
+    Connections = 0,
+    /// Encoded packets waiting to be written (write buffers' capacity).
+    WriteBuffers = 1,
+    /// Partial packets (receive buffers' capacity).
+    PartialPackets = 2,
+    /// Session queues, in-flight records and retained backlogs.
+    Queues = 3,
+    /// Subscriptions.
+    Subscriptions = 4,
+    /// Retained messages (shared payloads on shard 0, each shard's index).
+    Retained = 5,
+}
+
+impl MemoryKind {
+    /// Every kind, in label order.
+    pub const ALL: [MemoryKind; 6] = [
+        MemoryKind::Connections,
+        MemoryKind::WriteBuffers,
+        MemoryKind::PartialPackets,
+        MemoryKind::Queues,
+        MemoryKind::Subscriptions,
+        MemoryKind::Retained,
+    ];
+
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            MemoryKind::Connections => "connections",
+            MemoryKind::WriteBuffers => "write_buffers",
+            MemoryKind::PartialPackets => "partial_packets",
+            MemoryKind::Queues => "queues",
+            MemoryKind::Subscriptions => "subscriptions",
+            MemoryKind::Retained => "retained",
+        }
+    }
+}
+
 /// Why a connection was refused (the `reason` label of `connections_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseReason {
@@ -169,6 +210,8 @@ pub struct ShardMetrics {
     pub bytes_sent: Figure,
     /// Deliveries dropped, by `DropReason`.
     pub dropped: [Figure; 3],
+    /// Bytes accounted for clients at the last memory walk, by `MemoryKind`.
+    pub memory_accounted: [Figure; 6],
     /// Failed authentications.
     pub auth_failures: Figure,
     /// TLS handshakes completed (counted when the first application bytes arrive).
@@ -265,6 +308,19 @@ impl Drop for ReadyHold {
     }
 }
 
+/// Reads the cluster link's counters: (name, help, value), names in snake case.
+pub type ClusterFiguresFn = dyn Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync;
+
+/// The cluster link's counters, installed once when the node runs in a cluster (the link
+/// writes them; readers only load).
+pub struct ClusterFigures(pub Box<ClusterFiguresFn>);
+
+impl std::fmt::Debug for ClusterFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterFigures")
+    }
+}
+
 /// Every shard's figures, plus what the admin side tells the shards.
 #[derive(Debug)]
 pub struct Metrics {
@@ -281,6 +337,10 @@ pub struct Metrics {
     pub reloads_applied: Figure,
     /// Configuration reloads refused (written by the main thread only).
     pub reloads_refused: Figure,
+    /// `memory_limit` in bytes, 0 for none (written at start-up only).
+    pub memory_limit: Figure,
+    /// The cluster link's counters (a node in a cluster only).
+    pub cluster: std::sync::OnceLock<ClusterFigures>,
 }
 
 impl Metrics {
@@ -294,6 +354,8 @@ impl Metrics {
             stopping: AtomicBool::new(false),
             reloads_applied: Figure::default(),
             reloads_refused: Figure::default(),
+            memory_limit: Figure::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

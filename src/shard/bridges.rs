@@ -1,6 +1,6 @@
 //! The bridges a shard runs: their sockets, timers and actions.
 //!
-//! Owns: for each bridge `i` with `i mod N` = this shard, the sans-IO client
+//! Owns: for each bridge whose name hashes to this shard (`bridge_owner`), the sans-IO client
 //! (`bridge::Bridge`), its outgoing TCP stream (registered with the shard's poll under
 //! `token_base + 2 × slot`) and its probe stream (`+ 1`). Each turn, [`Bridges::step`]
 //! offers the messages the broker routed to these bridges, reads and writes their
@@ -14,6 +14,7 @@
 //! broker (it calls `Broker::publish_from_bridge`), client connections, other shards.
 #![forbid(unsafe_code)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -23,14 +24,15 @@ use mio::{Interest, Registry, Token};
 
 use super::bridge_tls::{self, Stream};
 use super::conn::ConnIo;
-use crate::bridge::{Action, Bridge, Limits, LocalPublish};
+use crate::bridge::{Action, Bridge, Clock, InboundAck, Limits, LocalPublish, Offered, Restored};
 use crate::broker::bridges::{bridge_owner, origin_bridge, Inbound};
 use crate::broker::Broker;
-use crate::config::bridge::Address;
+use crate::config::bridge::{Address, BridgeConfig};
 use crate::config::Config;
 use crate::log::log;
 use crate::metrics::{BridgeFigures, LISTS_INTERVAL_MS};
 use crate::protocol::QoS;
+use crate::store::{BridgeOp, BridgeState};
 
 /// Bytes read from one bridge socket per turn.
 const READ_BYTES_PER_TURN_MAX: usize = 256 * 1024;
@@ -46,9 +48,18 @@ pub const TOKENS_PER_BRIDGE: usize = 2;
 
 /// One running bridge.
 struct Run {
-    /// Its index in the configuration (origin tag, owner shard).
+    /// Its index in the configuration (origin tag).
     index: usize,
+    /// Its id on this shard (held inbound acknowledgements name it).
+    uid: usize,
     name: String,
+    /// Its block, to tell a changed one at a reload.
+    cfg: BridgeConfig,
+    /// Its client id on the local broker (`local_clientid`): the key of its stored
+    /// forwarding state, as Mosquitto keeps a bridge's queue in that client's session.
+    local_id: String,
+    /// A refused local publish was logged (once per run).
+    refusal_logged: bool,
     bridge: Bridge,
     /// TLS client settings, when the bridge has `bridge_cafile`.
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -61,6 +72,9 @@ struct Run {
     probe_ready: bool,
     /// The read budget ran out: read again next turn.
     read_again: bool,
+    /// Inbound acknowledgements the log holds until the local publish is durable, oldest
+    /// first (released one per `Effects::bridge_acks` entry).
+    held_acks: VecDeque<InboundAck>,
 }
 
 /// This shard's bridges.
@@ -76,6 +90,15 @@ pub struct Bridges {
     sys_at_ms: u64,
     /// `$SYS` interval, ms (0: off).
     sys_interval_ms: u64,
+    /// This shard's index.
+    shard: usize,
+    /// This machine's host name (default client ids).
+    host: String,
+    /// Back-off jitter seed.
+    seed: u64,
+    /// The last run id given (ids are never reused, so a released ack never reaches a
+    /// bridge that replaced the one it was held for).
+    next_uid: usize,
 }
 
 impl Bridges {
@@ -88,41 +111,145 @@ impl Bridges {
         token_base: usize,
         now_ms: u64,
     ) -> Bridges {
-        let host = hostname();
-        let limits = Limits {
-            max_inflight: cfg.max_inflight,
-            packet_in_bytes_max: cfg.max_packet_size,
-            out_bytes_max: OUT_BYTES_MAX,
-        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let runs = cfg
-            .bridges
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| bridge_owner(*i, cfg.shards) == shard)
-            .map(|(index, b)| Run {
-                index,
-                name: b.name.clone(),
-                bridge: Bridge::new(b, &host, limits, seed ^ index as u64, now_ms),
-                tls: tls.get(index).cloned().flatten(),
-                sock: None,
-                connecting: false,
-                probe: None,
-                sock_ready: false,
-                probe_ready: false,
-                read_again: false,
-            })
-            .collect();
-        Bridges {
-            runs,
+        let mut b = Bridges {
+            runs: Vec::new(),
             token_base,
             scratch: vec![0; 64 * 1024],
             figures_at_ms: 0,
             figures_up: Vec::new(),
             sys_at_ms: now_ms,
             sys_interval_ms: u64::from(cfg.sys_interval_s) * 1000,
+            shard,
+            host: hostname(),
+            seed,
+            next_uid: 0,
+        };
+        for (index, c) in mine(cfg, shard) {
+            let run = b.build(cfg, index, c, tls, now_ms);
+            b.runs.push(run);
+        }
+        b
+    }
+
+    /// A new run for bridge `index` of `cfg`.
+    fn build(
+        &mut self,
+        cfg: &Config,
+        index: usize,
+        c: &BridgeConfig,
+        tls: &[TlsConfig],
+        now_ms: u64,
+    ) -> Run {
+        let limits = Limits {
+            max_inflight: cfg.max_inflight,
+            packet_in_bytes_max: cfg.max_packet_size,
+            out_bytes_max: OUT_BYTES_MAX,
+        };
+        self.next_uid += 1;
+        let seed = self.seed ^ self.next_uid as u64;
+        Run {
+            index,
+            uid: self.next_uid,
+            name: c.name.clone(),
+            cfg: c.clone(),
+            local_id: c.local_client_id(&self.host),
+            refusal_logged: false,
+            bridge: Bridge::new(c, &self.host, limits, seed, now_ms),
+            tls: tls.get(index).cloned().flatten(),
+            sock: None,
+            connecting: false,
+            probe: None,
+            sock_ready: false,
+            probe_ready: false,
+            read_again: false,
+            held_acks: VecDeque::new(),
+        }
+    }
+
+    /// A reload, between turns: keep each bridge whose block is unchanged; replace a
+    /// changed one (same name, or renamed with the same `local_clientid`) by a new bridge
+    /// with the new settings that carries the old one's queue and in-flight messages over
+    /// (it disconnects and connects again); add new ones;
+    /// retire removed ones (DISCONNECT, state topic 0) and drop their queues, logged.
+    pub fn reconfigure(
+        &mut self,
+        broker: &mut Broker<ConnIo>,
+        registry: &Registry,
+        tls: &[TlsConfig],
+        now: u64,
+    ) {
+        let cfg = broker.config().clone();
+        self.sys_interval_ms = u64::from(cfg.sys_interval_s) * 1000;
+        let mut old = std::mem::take(&mut self.runs);
+        for (index, c) in mine(&cfg, self.shard) {
+            // Same name, or a renamed block with the same local client id (its queue).
+            let local_id = c.local_client_id(&self.host);
+            let at = old.iter().position(|r| r.name == c.name);
+            let at = at.or_else(|| old.iter().position(|r| r.local_id == local_id));
+            let Some(at) = at else {
+                log(format_args!("Bridge {}: added by the reload", c.name));
+                let run = self.build(&cfg, index, c, tls, now);
+                self.runs.push(run);
+                continue;
+            };
+            let mut run = old.swap_remove(at);
+            let tls_now = tls.get(index).cloned().flatten();
+            if run.cfg == *c {
+                run.index = index;
+                run.tls = tls_now;
+                self.runs.push(run);
+                continue;
+            }
+            let held = run.retire(broker, registry, now);
+            let n = held.messages.len();
+            let mut fresh = self.build(&cfg, index, c, tls, now);
+            if fresh.local_id != run.local_id {
+                // The stored state is keyed by local client id: move it to the new one.
+                rekey(broker, &run.local_id, &fresh.local_id, &held, now);
+            }
+            fresh.bridge.restore(held);
+            log(format_args!(
+                "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
+                c.name
+            ));
+            self.runs.push(fresh);
+        }
+        for mut run in old {
+            let held = run.retire(broker, registry, now);
+            for &seq in held.messages.keys() {
+                broker.log_bridge(&run.local_id, BridgeOp::Done { seq });
+            }
+            for &packet_id in &held.inbound_held {
+                broker.log_bridge(&run.local_id, BridgeOp::InboundReleased { packet_id });
+            }
+            log(format_args!(
+                "Bridge {}: removed by the reload; {} queued message(s) dropped",
+                run.name,
+                held.messages.len()
+            ));
+        }
+        self.retoken(registry);
+        // Figures are published again at the next step (the list changed).
+        self.figures_up.clear();
+    }
+
+    /// Register every kept socket under its (possibly new) slot's tokens.
+    fn retoken(&mut self, registry: &Registry) {
+        for (slot, run) in self.runs.iter_mut().enumerate() {
+            let token = self.token_base + slot * TOKENS_PER_BRIDGE;
+            let both = Interest::READABLE | Interest::WRITABLE;
+            if let Some(s) = run.sock.as_mut() {
+                let _ = registry.reregister(&mut s.tcp, Token(token), both);
+            }
+            if let Some(p) = run.probe.as_mut() {
+                let _ = registry.reregister(p, Token(token + 1), both);
+            }
+            // Look at both again next step: an event may have come under the old token.
+            run.sock_ready = run.sock.is_some();
+            run.probe_ready = run.probe.is_some();
         }
     }
 
@@ -136,6 +263,28 @@ impl Bridges {
             figures_up: Vec::new(),
             sys_at_ms: 0,
             sys_interval_ms: 0,
+            shard: 0,
+            host: String::new(),
+            seed: 0,
+            next_uid: 0,
+        }
+    }
+
+    /// Give each bridge its forwarding state recovered from the store (before the first
+    /// turn): queued messages wait in order, sent ones are resent with DUP.
+    pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>, now_ms: u64) {
+        for run in &mut self.runs {
+            let Some(st) = stored.remove(&run.local_id) else {
+                continue;
+            };
+            let n = st.messages.len();
+            run.bridge.restore(Restored::from_state(&st, clock(now_ms)));
+            if n > 0 {
+                log(format_args!(
+                    "Bridge {}: {n} message(s) restored from the store",
+                    run.name
+                ));
+            }
         }
     }
 
@@ -175,6 +324,7 @@ impl Bridges {
         if self.runs.is_empty() {
             return;
         }
+        self.release_acks(broker, now);
         self.offer(broker, now);
         for slot in 0..self.runs.len() {
             let token = self.token_base + slot * TOKENS_PER_BRIDGE;
@@ -196,6 +346,36 @@ impl Bridges {
             run.perform(broker, registry, token, now);
         }
         self.report(broker, now);
+        self.log_records(broker, now);
+    }
+
+    /// Append every bridge's new forwarding records to this turn's batch (dropped with
+    /// persistence off). Runs before the journal's end of turn, so the acknowledgement of
+    /// a local publish queued here waits for its record.
+    fn log_records(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
+        let logs = broker.logs_bridges();
+        let mut at = None;
+        for run in &mut self.runs {
+            for r in run.bridge.take_records() {
+                if logs {
+                    let c = *at.get_or_insert_with(|| clock(now));
+                    broker.log_bridge(&run.local_id, r.to_op(c));
+                }
+            }
+        }
+    }
+
+    /// Pass on the inbound acknowledgements the log released (each is the oldest held one
+    /// of its bridge).
+    fn release_acks(&mut self, broker: &mut Broker<ConnIo>, now: u64) {
+        for i in broker.take_bridge_acks() {
+            let Some(run) = self.runs.iter_mut().find(|r| r.uid == i) else {
+                continue;
+            };
+            if let Some(ack) = run.held_acks.pop_front() {
+                run.bridge.local_accepted(now, ack);
+            }
+        }
     }
 
     /// Publish the figures to the metrics board (every `LISTS_INTERVAL_MS`, and at once on
@@ -232,8 +412,11 @@ impl Bridges {
                     payload: payload.as_bytes(),
                     qos: QoS::AtMostOnce,
                     retain: true,
+                    props: None,
+                    expiry_s: None,
                 };
-                broker.publish_from_bridge(run.index, &m, now);
+                // The bridge's own figures: always a valid topic.
+                let _ = broker.publish_from_bridge(run.index, m, now);
             }
         }
     }
@@ -247,8 +430,15 @@ impl Bridges {
             };
             let payload: Arc<[u8]> = Arc::from(&msg.payload[..]);
             let looped = origin_bridge(msg.origin) == Some(*i);
-            run.bridge
-                .offer(now, &msg.topic, &payload, msg.qos, msg.retain, looped);
+            let m = Offered {
+                topic: &msg.topic,
+                payload: &payload,
+                qos: msg.qos,
+                retain: msg.retain,
+                props: msg.props.as_deref(),
+                expires_at_ms: msg.expires_at_ms,
+            };
+            run.bridge.offer_message(now, &m, looped);
         }
         let mut offers = offers;
         offers.clear();
@@ -256,7 +446,52 @@ impl Bridges {
     }
 }
 
+/// Move a bridge's stored forwarding state from key `from` to key `to` in the log.
+fn rekey(broker: &mut Broker<ConnIo>, from: &str, to: &str, held: &Restored, now: u64) {
+    let c = clock(now);
+    for (&seq, (msg, packet_id, received)) in &held.messages {
+        broker.log_bridge(from, BridgeOp::Done { seq });
+        let enq = crate::bridge::Record::Enqueued {
+            seq,
+            msg: msg.clone(),
+        };
+        broker.log_bridge(to, enq.to_op(c));
+        if let Some(packet_id) = *packet_id {
+            broker.log_bridge(to, BridgeOp::Sent { seq, packet_id });
+        }
+        if *received {
+            broker.log_bridge(to, BridgeOp::Received { seq });
+        }
+    }
+    for &packet_id in &held.inbound_held {
+        broker.log_bridge(from, BridgeOp::InboundReleased { packet_id });
+        broker.log_bridge(to, BridgeOp::InboundHeld { packet_id });
+    }
+}
+
+/// The bridges of `cfg` that shard `shard` runs, with their configuration index.
+fn mine(cfg: &Config, shard: usize) -> impl Iterator<Item = (usize, &BridgeConfig)> + '_ {
+    cfg.bridges
+        .iter()
+        .enumerate()
+        .filter(move |(_, b)| bridge_owner(&b.name, cfg.shards) == shard)
+}
+
 impl Run {
+    /// Stop this bridge for good: its last words to the remote are written (best effort),
+    /// its sockets closed, and what it held is returned.
+    fn retire(&mut self, broker: &mut Broker<ConnIo>, registry: &Registry, now: u64) -> Restored {
+        let held = self.bridge.retire(now);
+        // Only local publishes and logs are left to perform; no connect follows a retire.
+        self.perform(broker, registry, Token(usize::MAX), now);
+        self.flush(registry, now);
+        self.drop_sock(registry);
+        if let Some(mut p) = self.probe.take() {
+            let _ = registry.deregister(&mut p);
+        }
+        held
+    }
+
     fn figures(&self) -> BridgeFigures {
         let (queued, inflight) = self.bridge.depth();
         let st = self.bridge.stats();
@@ -419,14 +654,29 @@ impl Run {
             payload: &p.payload,
             qos: p.qos,
             retain: p.retain,
+            props: p.props,
+            expiry_s: p.expiry_s,
         };
-        if !broker.publish_from_bridge(self.index, &m, now) {
-            log(format_args!(
-                "Bridge {}: dropped a message for the invalid local topic '{}'",
-                self.name, p.topic
-            ));
+        if let Err(why) = broker.publish_from_bridge(self.index, m, now) {
+            if !std::mem::replace(&mut self.refusal_logged, true) {
+                log(format_args!(
+                    "Bridge {}: dropped a message for '{}' ({why}; further ones are not logged)",
+                    self.name, p.topic
+                ));
+            }
         }
-        if let Some(ack) = p.ack {
+        let Some(ack) = p.ack else {
+            return;
+        };
+        if ack.qos() == QoS::ExactlyOnce {
+            // In the same batch as the local publish: after a crash a resend is answered,
+            // never brought in twice (the bridge's own later record repeats it harmlessly).
+            let packet_id = ack.packet_id();
+            broker.log_bridge(&self.local_id, BridgeOp::InboundHeld { packet_id });
+        }
+        if broker.hold_bridge_ack(self.uid) {
+            self.held_acks.push_back(ack);
+        } else {
             self.bridge.local_accepted(now, ack);
         }
     }
@@ -501,8 +751,16 @@ fn connect_outcome(s: &TcpStream) -> Option<io::Result<()>> {
     }
 }
 
+/// The shard clock `now_ms` with the wall clock now.
+fn clock(now_ms: u64) -> Clock {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Clock { now_ms, unix_ms }
+}
+
 /// This machine's host name (for the default client ids), or `localhost`.
-fn hostname() -> String {
+pub fn hostname() -> String {
     // std has no gethostname: the kernel's view, as `hostname` prints it.
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

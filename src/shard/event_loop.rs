@@ -24,6 +24,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{Admission, Refused};
 use super::bus::{self, Bus};
+use super::cluster_port::{ClusterPort, ClusterStart};
 use super::conn::ConnIo;
 use super::linger::Lingering;
 use super::memory::MemoryBudget;
@@ -56,8 +57,12 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
 const CONTROL_QUEUE_MAX: usize = 16;
+/// Casts the outbox keeps room for once drained (it grows with a turn's burst).
+const OUTBOX_IDLE_CAPACITY_MAX: usize = 1024;
 /// Longest poll sleep: the clock must advance for timers even when idle.
 const POLL_TIMEOUT_MAX_MS: u64 = 1000;
+/// Messages taken from the cluster link per turn (gateway shard).
+const CLUSTER_MESSAGES_PER_TURN_MAX: usize = 1024;
 /// Password-hashing threads shared by every shard.
 const VERIFIER_THREADS: usize = 2;
 /// Password checks queued for those threads; past it a login is refused as busy.
@@ -74,6 +79,8 @@ pub enum Control {
         cfg: Arc<Config>,
         /// Every listener, with what it speaks.
         listeners: Vec<(TcpListener, ListenerKind)>,
+        /// Every bridge's TLS client settings (bridge `i` at index `i`).
+        bridge_tls: Arc<Vec<super::bridges::TlsConfig>>,
     },
 }
 
@@ -117,6 +124,10 @@ impl Running {
     /// whole and nothing changes; removed ones close once every shard has let go. Returns
     /// the addresses newly opened and those closed.
     pub fn reload(&mut self, cfg: Arc<Config>) -> io::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        // Bridge certificate files are read first: an unusable one rejects the reload whole.
+        let bridge_tls = super::bridges::tls_configs(&cfg)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let bridge_tls = Arc::new(bridge_tls);
         let mut next: Vec<Bound> = Vec::new();
         let mut opened = Vec::new();
         let mut kept = vec![false; self.bound.len()];
@@ -169,8 +180,13 @@ impl Running {
         }
         for ((tx, w), listeners) in self.ctl.iter().zip(self.wakers.iter()).zip(per_shard) {
             let cfg = cfg.clone();
+            let bridge_tls = bridge_tls.clone();
             // A shard that has stopped no longer needs it.
-            let _ = tx.send(Control::Reload { cfg, listeners });
+            let _ = tx.send(Control::Reload {
+                cfg,
+                listeners,
+                bridge_tls,
+            });
             let _ = w.wake();
         }
         self.addrs = next.iter().map(|b| b.local).collect();
@@ -207,7 +223,17 @@ pub fn run(cfg: Config) -> io::Result<Running> {
 }
 
 /// Bind the listeners and start one thread per shard, each with its log if `store`.
-pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<Running> {
+pub fn run_with_store(cfg: Config, store: Option<StoreStart>) -> io::Result<Running> {
+    run_node(cfg, store, None)
+}
+
+/// As [`run_with_store`], and with `cluster` (when the configuration names a cluster)
+/// each shard gets its port to the cluster link, started here once the wakers exist.
+pub fn run_node(
+    cfg: Config,
+    mut store: Option<StoreStart>,
+    cluster: Option<ClusterStart>,
+) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -230,13 +256,15 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         polls.push(poll);
     }
     let wakers = Arc::new(wakers);
+    let mut ports = start_cluster(&cfg, cluster, &wakers)?;
     let bridge_tls = super::bridges::tls_configs(&cfg)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
-    // Connections open broker-wide, for `max_connections`; memory accounted per shard.
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Open connections and accept rates, broker-wide; memory accounted per shard.
+    let admission = super::admission::AdmissionBoard::new(&cfg.limits);
     let memory_board = super::memory::board(cfg.shards);
+    cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
     let cpus = allowed_cpus();
     let mut threads = Vec::new();
     let mut ctl = Vec::new();
@@ -257,11 +285,17 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
         let mut shard = Shard::new(id, poll, mine, bus, cfg.clone(), stop.clone(), epoch);
         shard.ctl = rx;
         shard.verifier = Some(client);
-        shard.admission = Admission::new(open.clone(), &cfg.limits);
+        shard.admission = Admission::new(admission.clone(), &cfg.limits);
         shard.memory = MemoryBudget::new(id, memory_board.clone(), cfg.limits.memory_limit);
         let mut shard = shard.with_bridges(&bridge_tls);
+        if let (Some(port), Some(c)) = (ports.next(), cfg.cluster.as_ref()) {
+            // Before the store is restored: restored subscriptions tell the link too.
+            shard.broker.set_cluster(&c.node);
+            shard.cluster = Some(port);
+        }
         if let Some(st) = store.as_mut() {
-            open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
+            shard.bridges.restore(bridges, 0);
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
@@ -291,13 +325,36 @@ pub fn run_with_store(cfg: Config, mut store: Option<StoreStart>) -> io::Result<
     })
 }
 
-/// Open shard `id`'s log and install its part of the recovered store in `broker`.
+/// Start the cluster link if the configuration names a cluster: one port per shard.
+fn start_cluster(
+    cfg: &Config,
+    cluster: Option<ClusterStart>,
+    wakers: &Arc<Vec<Arc<Waker>>>,
+) -> io::Result<std::vec::IntoIter<Box<dyn ClusterPort>>> {
+    let (Some(start), Some(_)) = (cluster, cfg.cluster.as_ref()) else {
+        return Ok(Vec::new().into_iter());
+    };
+    let gateway = wakers[crate::broker::cluster::GATEWAY_SHARD].clone();
+    let wake: super::cluster_port::Wake = Arc::new(move || {
+        let _ = gateway.wake();
+    });
+    let ports = start(wake, cfg.shards)?;
+    if ports.len() != cfg.shards {
+        return Err(io::Error::other(
+            "cluster link: one port per shard expected",
+        ));
+    }
+    Ok(ports.into_iter())
+}
+
+/// Open shard `id`'s log and install its part of the recovered store in `broker`; the
+/// bridges' part is returned for the shard's bridges.
 fn open_journal(
     broker: &mut Broker<ConnIo>,
     id: usize,
     st: &mut StoreStart,
     waker: Arc<Waker>,
-) -> io::Result<()> {
+) -> io::Result<std::collections::BTreeMap<String, crate::store::BridgeState>> {
     let dir = crate::store::layout::shard_dir(&st.dir, id);
     let wal = crate::store::Wal::open(&dir, st.opts, move || {
         let _ = waker.wake();
@@ -313,7 +370,7 @@ fn open_journal(
     let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
     broker.attach_journal(journal);
     broker.restore(&part, &st.retained, 0);
-    Ok(())
+    Ok(part.bridges)
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are
@@ -422,8 +479,14 @@ struct Shard {
     memory: MemoryBudget,
     /// Control messages from the main thread (reload).
     ctl: Receiver<Control>,
-    /// The bridges this shard runs (bridge `i` on shard `i mod N`).
+    /// The bridges this shard runs (see `broker::bridges::bridge_owner`).
     bridges: super::bridges::Bridges,
+    /// This shard's port to the cluster link (cluster only).
+    cluster: Option<Box<dyn ClusterPort>>,
+    /// Reused buffer of the link's messages (gateway shard).
+    cluster_inbox: Vec<crate::broker::cluster::FromCluster>,
+    /// The link's queue was left non-empty by the turn's budget: poll without sleeping.
+    cluster_again: bool,
 }
 
 impl Shard {
@@ -461,10 +524,13 @@ impl Shard {
             refusal_logged_ms: 0,
             memory: MemoryBudget::new(id, super::memory::board(1), 0),
             ctl: crossbeam_channel::never(),
+            cluster: None,
+            cluster_inbox: Vec::new(),
+            cluster_again: false,
         }
     }
 
-    /// Run this shard's bridges (bridge `i` on shard `i mod N`) with their TLS settings.
+    /// Run this shard's bridges (see `broker::bridges::bridge_owner`) with their TLS settings.
     fn with_bridges(mut self, tls: &[super::bridges::TlsConfig]) -> Shard {
         let now = self.now_ms();
         self.bridges =
@@ -476,7 +542,11 @@ impl Shard {
     fn apply_control(&mut self) {
         while let Ok(msg) = self.ctl.try_recv() {
             match msg {
-                Control::Reload { cfg, listeners } => self.apply_config(cfg, listeners),
+                Control::Reload {
+                    cfg,
+                    listeners,
+                    bridge_tls,
+                } => self.apply_config(cfg, listeners, &bridge_tls),
             }
         }
     }
@@ -489,6 +559,7 @@ impl Shard {
         &mut self,
         cfg: Arc<Config>,
         mut listeners: Vec<(TcpListener, ListenerKind)>,
+        bridge_tls: &[super::bridges::TlsConfig],
     ) {
         for (l, _) in &mut self.listeners {
             let _ = self.poll.registry().deregister(l);
@@ -504,6 +575,9 @@ impl Shard {
         // Edge-triggered: a backlog that built up meanwhile would not be reported again.
         self.accept_again = true;
         self.broker.reload(cfg);
+        let now = self.now_ms();
+        self.bridges
+            .reconfigure(&mut self.broker, self.poll.registry(), bridge_tls, now);
     }
 
     fn now_ms(&self) -> u64 {
@@ -534,6 +608,7 @@ impl Shard {
         if !self.read_again.is_empty()
             || self.accept_again
             || self.inbox_again
+            || self.cluster_again
             || self.verify_again
             || self.broker.timers_backlog()
             || self.broker.journal_unwritten()
@@ -564,6 +639,8 @@ impl Shard {
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
+        self.drain_cluster(now);
+        self.resume_links(now);
         for ev in events.iter() {
             let Token(t) = ev.token();
             if ev.token() == WAKER {
@@ -609,12 +686,64 @@ impl Shard {
         Ok(())
     }
 
-    /// Move the broker's casts into the bus rings and ring idle peers.
+    /// Move the broker's casts into the bus rings and ring idle peers; hand this turn's
+    /// cluster messages to the link (one wake-up).
     fn push_outbox(&mut self) {
-        for (to, cast) in self.broker.effects().outbox.drain(..) {
+        let outbox = &mut self.broker.effects().outbox;
+        for (to, cast) in outbox.drain(..) {
             self.bus.send(to, BusMsg::Cast(cast));
         }
+        // A burst (a SUBSCRIBE of many filters) gives back what it grew the outbox by.
+        if outbox.capacity() > OUTBOX_IDLE_CAPACITY_MAX {
+            outbox.shrink_to(OUTBOX_IDLE_CAPACITY_MAX);
+        }
         self.bus.flush();
+        let fx = self.broker.effects();
+        if let (Some(port), false) = (self.cluster.as_mut(), fx.cluster.is_empty()) {
+            port.send(&mut fx.cluster);
+        }
+    }
+
+    /// Take the cluster link's news (gateway shard; a bounded number per turn), right after
+    /// the bus and before any socket input, like the bus.
+    fn drain_cluster(&mut self, now: u64) {
+        let Some(port) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut inbox = std::mem::take(&mut self.cluster_inbox);
+        self.cluster_again = port.receive(now, CLUSTER_MESSAGES_PER_TURN_MAX, &mut inbox);
+        for m in inbox.drain(..) {
+            self.broker.on_cluster(m, now);
+        }
+        self.cluster_inbox = inbox;
+    }
+
+    /// Read again the links whose paused CONNECT the broker has completed or refused (the
+    /// cluster registry answered): their input waited in the receive buffer and the socket.
+    fn resume_links(&mut self, now: u64) {
+        let keys = std::mem::take(&mut self.broker.effects().resume);
+        for key in keys {
+            self.resume_input(key, now);
+        }
+    }
+
+    /// Link `key` is no longer paused by the broker: process what it buffered, then read.
+    fn resume_input(&mut self, key: usize, now: u64) {
+        if self.broker.input_paused(key) {
+            return;
+        }
+        let Some(c) = self.broker.links_mut().conn_mut(key) else {
+            return;
+        };
+        c.io.paused_on_auth = false;
+        let buffered = !c.io.rx.is_empty();
+        if buffered {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+                self.broker.close_link(key);
+                return;
+            }
+        }
+        self.defer_read(key);
     }
 
     /// Accept from every listener until WouldBlock or the budget. A listener left with a
@@ -1119,25 +1248,7 @@ impl Shard {
             self.broker
                 .on_verified(a.token, Some((a.verdict, a.generation)), now);
             let key = (a.token >> 32) as usize;
-            if self.broker.input_paused(key) {
-                continue;
-            }
-            let Some(c) = self.broker.links_mut().conn_mut(key) else {
-                continue;
-            };
-            c.io.paused_on_auth = false;
-            let buffered = self
-                .broker
-                .links()
-                .conn(key)
-                .is_some_and(|c| !c.io.rx.is_empty());
-            if buffered {
-                if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
-                    self.broker.close_link(key);
-                    continue;
-                }
-            }
-            self.defer_read(key);
+            self.resume_input(key, now);
         }
         // Budget spent: answers may wait whose doorbell has rung already.
         self.verify_again = true;

@@ -4,7 +4,7 @@
 //! shard only, read by all) and the list of publishers whose reading is paused for memory.
 //! Every [`ACCOUNT_INTERVAL_MS`] the shard walks its connections and sessions and adds up
 //! what they hold: write buffers and partial packets (their capacity), session queues
-//! (message weights), in-flight windows, subscriptions (a measured size each), retained
+//! (message weights), in-flight windows, subscriptions (a measured size per filter level), retained
 //! backlogs, and the retained store (shard 0 counts the shared payloads; every shard its
 //! own index). The sum over all shards sets the broker's [`MemoryPressure`].
 //!
@@ -25,14 +25,13 @@ use std::sync::Arc;
 use super::conn::ConnIo;
 use crate::broker::memory::MemoryPressure;
 use crate::broker::{Broker, Conn};
+use crate::metrics::MemoryKind;
 use crate::session::Session;
 
 /// How often a shard accounts its memory.
 pub const ACCOUNT_INTERVAL_MS: u64 = 100;
-/// Bytes one subscription costs, filter text included: the session's map entry, the trie
-/// node share and the subscriber entry (measured, see docs/robustness.md). A constant, so
-/// that accounting a session is O(1) whatever its subscriptions.
-pub const SUBSCRIPTION_BYTES: u64 = 1024;
+/// How often a shard without a `memory_limit` accounts its memory, for `/metrics` only.
+pub const ACCOUNT_UNLIMITED_INTERVAL_MS: u64 = 1_000;
 /// Bytes of one in-flight delivery's record (its message is counted by weight).
 pub const INFLIGHT_BYTES: u64 = 64;
 /// Bytes one retained topic costs in a replica's index, beyond its shared message.
@@ -82,14 +81,24 @@ impl MemoryBudget {
     /// Account when due and tell the broker where it stands. True when memory is below
     /// the pause mark again while publishers are paused: the caller resumes them.
     pub fn tick(&mut self, broker: &mut Broker<ConnIo>, now_ms: u64) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
         let read = broker.stats().bytes_in;
         if now_ms >= self.next_ms {
-            self.next_ms = now_ms + ACCOUNT_INTERVAL_MS;
-            self.walked = account(broker, self.id);
+            let every_ms = match self.limit {
+                0 => ACCOUNT_UNLIMITED_INTERVAL_MS,
+                _ => ACCOUNT_INTERVAL_MS,
+            };
+            self.next_ms = now_ms + every_ms;
+            let held = account(broker, self.id);
+            if let Some(m) = broker.config().metrics.shard(self.id) {
+                for (figure, bytes) in m.memory_accounted.iter().zip(held) {
+                    figure.set(bytes);
+                }
+            }
+            self.walked = held.iter().sum();
             self.read_at_walk = read;
+        }
+        if self.limit == 0 {
+            return false;
         }
         let mine = self.walked + READ_GROWTH_FACTOR * read.saturating_sub(self.read_at_walk);
         if let Some(slot) = self.board.get(2 * self.id) {
@@ -108,34 +117,40 @@ impl MemoryBudget {
     }
 }
 
-/// Bytes shard `id` holds on behalf of clients.
-pub fn account(broker: &Broker<ConnIo>, id: usize) -> u64 {
+/// Bytes shard `id` holds on behalf of clients, by [`MemoryKind`] (indexed by it).
+pub fn account(broker: &Broker<ConnIo>, id: usize) -> [u64; 6] {
+    let mut held = [0u64; 6];
     let conn_fixed = std::mem::size_of::<Conn<ConnIo>>() as u64;
-    let links: u64 = broker
-        .links()
-        .conns()
-        .map(|(_, c)| conn_fixed + c.tx.capacity() as u64 + c.io.rx.capacity() as u64)
-        .sum();
-    let sessions: u64 = broker.sessions().map(session_bytes).sum();
-    let retained = broker.retained_count() as u64 * RETAINED_INDEX_BYTES
+    for (_, c) in broker.links().conns() {
+        held[MemoryKind::Connections as usize] += conn_fixed;
+        held[MemoryKind::WriteBuffers as usize] += c.tx.capacity() as u64;
+        held[MemoryKind::PartialPackets as usize] += c.io.rx.capacity() as u64;
+    }
+    for s in broker.sessions() {
+        held[MemoryKind::Connections as usize] += std::mem::size_of::<Session>() as u64;
+        held[MemoryKind::Queues as usize] += queue_bytes(s);
+        held[MemoryKind::Subscriptions as usize] += subscription_bytes(s);
+    }
+    held[MemoryKind::Retained as usize] = broker.retained_count() as u64 * RETAINED_INDEX_BYTES
         + if id == 0 {
             broker.retained_budget_bytes() as u64
         } else {
             0
         };
-    links + sessions + retained
+    held
 }
 
-fn session_bytes(s: &Session) -> u64 {
-    let subs = s.subs.len() as u64 * SUBSCRIPTION_BYTES;
+/// A session's queue, in-flight records and retained backlog.
+fn queue_bytes(s: &Session) -> u64 {
     let backlog: u64 = s
         .retained_backlog
         .iter()
         .map(|b| b.msgs.len() as u64 * 8)
         .sum();
-    std::mem::size_of::<Session>() as u64
-        + s.queued_bytes() as u64
-        + s.inflight.len() as u64 * INFLIGHT_BYTES
-        + subs
-        + backlog
+    s.queued_bytes() as u64 + s.inflight.len() as u64 * INFLIGHT_BYTES + backlog
+}
+
+/// A session's subscriptions: kept with them, so O(1) whatever their number.
+fn subscription_bytes(s: &Session) -> u64 {
+    s.subs_bytes
 }

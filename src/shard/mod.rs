@@ -11,6 +11,7 @@ pub mod bridge_tls;
 pub mod bridges;
 #[allow(unsafe_code)]
 pub mod bus;
+pub mod cluster_port;
 pub mod conn;
 pub mod event_loop;
 pub mod figures;
@@ -20,7 +21,7 @@ pub mod memory;
 #[allow(unsafe_code)]
 pub mod ring;
 
-pub use event_loop::{run, run_with_store, Control, Running, StoreStart};
+pub use event_loop::{run, run_node, run_with_store, Control, Running, StoreStart};
 
 use crate::broker::Cast;
 pub use conn::Handoff;

@@ -38,9 +38,10 @@ pub use hold::AckHold;
 pub use layout::{install, recover_all, CutReport, Recovered};
 pub use lock::StoreLock;
 pub use record::{
-    DeliveryState, MessageProps, MsgId, Record, SessionInfo, StoredMessage, Subscription, Will,
+    BridgeOp, DeliveryState, MessageProps, MsgId, Record, SessionInfo, StoredMessage, Subscription,
+    Will,
 };
-pub use state::{Delivery, LiveState, SessionState};
+pub use state::{BridgeMsg, BridgeState, Delivery, LiveState, SessionState};
 pub use wal::{CheckpointPolicy, SyncMode, Wal, WalOptions};
 
 /// Log sequence number: the position of a record in its shard's log, from 1.

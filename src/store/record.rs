@@ -223,6 +223,53 @@ pub enum Record<'a> {
         /// Lamport stamp of the update.
         stamp: u64,
     },
+    /// A change to the forwarding state of the bridge named `bridge` (its `connection`).
+    Bridge {
+        /// The bridge's name.
+        bridge: Cow<'a, str>,
+        /// What changed.
+        op: BridgeOp<'a>,
+    },
+}
+
+/// One change to a bridge's QoS 1/2 forwarding state (the engine's `bridge::Record`).
+/// Sequence numbers are the bridge's own, in queue order; `Done` is the last op for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BridgeOp<'a> {
+    /// A message (already renamed for the remote) entered the forwarding queue.
+    Enqueued {
+        /// Its sequence number.
+        seq: u64,
+        /// The message.
+        msg: StoredMessage<'a>,
+    },
+    /// It was written to the remote under this packet id.
+    Sent {
+        /// Sequence number.
+        seq: u64,
+        /// Packet id.
+        packet_id: NonZeroU16,
+    },
+    /// QoS 2: the remote answered PUBREC.
+    Received {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Finished (acknowledged, refused or dropped).
+    Done {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// Inbound QoS 2: the remote's message with this id was accepted locally, PUBREC sent.
+    InboundHeld {
+        /// The remote's packet id.
+        packet_id: NonZeroU16,
+    },
+    /// Inbound QoS 2: PUBREL arrived.
+    InboundReleased {
+        /// The remote's packet id.
+        packet_id: NonZeroU16,
+    },
 }
 
 /// Why a record body did not decode.
@@ -267,6 +314,17 @@ mod tag {
     pub const INCOMING_QOS2_CLEARED: u8 = 12;
     pub const RETAINED_SET: u8 = 13;
     pub const RETAINED_CLEARED: u8 = 14;
+    pub const BRIDGE: u8 = 15;
+}
+
+/// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
+mod bridge_tag {
+    pub const ENQUEUED: u8 = 1;
+    pub const SENT: u8 = 2;
+    pub const RECEIVED: u8 = 3;
+    pub const DONE: u8 = 4;
+    pub const INBOUND_HELD: u8 = 5;
+    pub const INBOUND_RELEASED: u8 = 6;
 }
 
 impl Record<'_> {
@@ -365,6 +423,11 @@ impl Record<'_> {
                 e.u8(tag::RETAINED_CLEARED);
                 e.str(topic);
                 e.u64(*stamp);
+            }
+            Record::Bridge { bridge, op } => {
+                e.u8(tag::BRIDGE);
+                e.str(bridge);
+                e.bridge_op(op);
             }
             _ => unreachable!("encode handles the session, subscription and message records"),
         }
@@ -496,6 +559,36 @@ impl Enc<'_> {
             e.props(&w.props);
         });
     }
+    fn bridge_op(&mut self, op: &BridgeOp<'_>) {
+        match op {
+            BridgeOp::Enqueued { seq, msg } => {
+                self.u8(bridge_tag::ENQUEUED);
+                self.u64(*seq);
+                self.message(msg);
+            }
+            BridgeOp::Sent { seq, packet_id } => {
+                self.u8(bridge_tag::SENT);
+                self.u64(*seq);
+                self.u16(packet_id.get());
+            }
+            BridgeOp::Received { seq } => {
+                self.u8(bridge_tag::RECEIVED);
+                self.u64(*seq);
+            }
+            BridgeOp::Done { seq } => {
+                self.u8(bridge_tag::DONE);
+                self.u64(*seq);
+            }
+            BridgeOp::InboundHeld { packet_id } => {
+                self.u8(bridge_tag::INBOUND_HELD);
+                self.u16(packet_id.get());
+            }
+            BridgeOp::InboundReleased { packet_id } => {
+                self.u8(bridge_tag::INBOUND_RELEASED);
+                self.u16(packet_id.get());
+            }
+        }
+    }
     fn subscription(&mut self, s: &Subscription<'_>) {
         self.opt_str(s.share_group.as_deref());
         self.str(&s.filter);
@@ -625,6 +718,27 @@ impl<'a> Dec<'a> {
             identifier: self.opt(Self::u32)?,
         })
     }
+    fn bridge_op(&mut self) -> Result<BridgeOp<'static>, DecodeError> {
+        Ok(match self.u8()? {
+            bridge_tag::ENQUEUED => BridgeOp::Enqueued {
+                seq: self.u64()?,
+                msg: self.message()?,
+            },
+            bridge_tag::SENT => BridgeOp::Sent {
+                seq: self.u64()?,
+                packet_id: self.packet_id()?,
+            },
+            bridge_tag::RECEIVED => BridgeOp::Received { seq: self.u64()? },
+            bridge_tag::DONE => BridgeOp::Done { seq: self.u64()? },
+            bridge_tag::INBOUND_HELD => BridgeOp::InboundHeld {
+                packet_id: self.packet_id()?,
+            },
+            bridge_tag::INBOUND_RELEASED => BridgeOp::InboundReleased {
+                packet_id: self.packet_id()?,
+            },
+            _ => return Err(DecodeError::BadValue("bridge op")),
+        })
+    }
     fn state(&mut self) -> Result<DeliveryState, DecodeError> {
         match self.u8()? {
             0 => Ok(DeliveryState::Queued),
@@ -670,6 +784,10 @@ impl<'a> Dec<'a> {
             tag::RETAINED_CLEARED => Record::RetainedCleared {
                 topic: self.string()?,
                 stamp: self.u64()?,
+            },
+            tag::BRIDGE => Record::Bridge {
+                bridge: self.string()?,
+                op: self.bridge_op()?,
             },
             other => return Err(DecodeError::UnknownTag(other)),
         })

@@ -10,7 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU16;
 
-use super::record::{DeliveryState, MsgId, Record, SessionInfo, StoredMessage, Subscription};
+use super::record::{
+    BridgeOp, DeliveryState, MsgId, Record, SessionInfo, StoredMessage, Subscription,
+};
+
+mod bridges;
+pub use bridges::{place_bridges, BridgeMsg, BridgeState};
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +64,8 @@ pub struct LiveState {
     pub messages: BTreeMap<MsgId, StoredMessage<'static>>,
     /// Retained entries by topic.
     pub retained: BTreeMap<String, Retained>,
+    /// Bridges' forwarding state by bridge name.
+    pub bridges: BTreeMap<String, BridgeState>,
     /// Records that referred to a session or message the state does not have (the engine
     /// logs only persistent sessions' records, so a non-zero count is worth a warning).
     pub orphans: u64,
@@ -108,6 +115,7 @@ impl LiveState {
             Record::RetainedCleared { topic, stamp } => {
                 self.retain(topic.into_owned(), None, stamp)
             }
+            Record::Bridge { bridge, op } => self.apply_bridge(bridge, op),
             other => self.apply_delivery(other),
         }
     }
@@ -192,6 +200,25 @@ impl LiveState {
                 }
             }
             _ => unreachable!("apply handles every other record"),
+        }
+    }
+
+    /// An empty bridge entry is dropped, so a checkpoint holds only bridges with work.
+    fn apply_bridge(&mut self, name: std::borrow::Cow<'static, str>, op: BridgeOp<'static>) {
+        match self.bridges.get_mut(name.as_ref()) {
+            Some(b) => {
+                b.apply(op);
+                if b.is_empty() {
+                    self.bridges.remove(name.as_ref());
+                }
+            }
+            None => {
+                let mut b = BridgeState::default();
+                b.apply(op);
+                if !b.is_empty() {
+                    self.bridges.insert(name.into_owned(), b);
+                }
+            }
         }
     }
 
@@ -287,13 +314,23 @@ impl LiveState {
         for (topic, r) in other.retained {
             self.retain(topic, r.msg.map(map), r.stamp);
         }
+        for (name, b) in other.bridges {
+            // A bridge lives in one shard's log; a second copy is a conflict like a
+            // session's, and the first one is kept.
+            if self.bridges.contains_key(&name) {
+                conflicts += 1;
+                continue;
+            }
+            self.bridges.insert(name, b);
+        }
         self.orphans += other.orphans;
         conflicts
     }
 
     /// Split into `n` states: each session goes to `client_shard(client_id)`, each
     /// retained entry to `retained_shard(topic)` (both taken modulo `n`), and each message
-    /// to every state that refers to it.
+    /// to every state that refers to it. Bridges go to the first state: take them out
+    /// first and [`place_bridges`] them by owner shard.
     pub fn split(
         self,
         n: usize,
@@ -322,6 +359,7 @@ impl LiveState {
             }
             part.retained.insert(topic, r);
         }
+        parts[0].bridges = self.bridges;
         parts
     }
 
@@ -343,7 +381,8 @@ impl LiveState {
                 stamp: r.stamp,
             },
         });
-        messages.chain(sessions).chain(retained)
+        let bridges = self.bridges.iter().flat_map(|(name, b)| b.records(name));
+        messages.chain(sessions).chain(retained).chain(bridges)
     }
 }
 

@@ -153,6 +153,37 @@ pub fn samples() -> Vec<Record<'static>> {
             stamp: 43,
         },
     ]
+    .into_iter()
+    .chain(bridge_samples())
+    .collect()
+}
+
+/// One bridge record of every op.
+pub fn bridge_samples() -> Vec<Record<'static>> {
+    let ops = vec![
+        BridgeOp::Enqueued {
+            seq: 1,
+            msg: message("site1/t", b"v", true),
+        },
+        BridgeOp::Enqueued {
+            seq: u64::MAX,
+            msg: message("t", b"", false),
+        },
+        BridgeOp::Sent {
+            seq: 1,
+            packet_id: pid(65535),
+        },
+        BridgeOp::Received { seq: 1 },
+        BridgeOp::Done { seq: 1 },
+        BridgeOp::InboundHeld { packet_id: pid(4) },
+        BridgeOp::InboundReleased { packet_id: pid(4) },
+    ];
+    ops.into_iter()
+        .map(|op| Record::Bridge {
+            bridge: "cloud".into(),
+            op,
+        })
+        .collect()
 }
 
 /// A strategy for arbitrary records: samples with random strings, ids and payloads.

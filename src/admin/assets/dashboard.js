@@ -168,7 +168,39 @@ async function pollTopics() {
   topicsTimer = setTimeout(pollTopics, CLIENTS_EVERY_MS);
 }
 
+let lastBridges = null; // previous bridges sample: {t, by name}
+function showBridges(b) {
+  $("bridges-section").hidden = b.bridges.length === 0;
+  const body = $("bridges").tBodies[0];
+  body.replaceChildren();
+  const now = performance.now();
+  const seen = {};
+  for (const x of b.bridges) {
+    const prev = lastBridges && lastBridges.by[x.name];
+    const dt = prev ? (now - lastBridges.t) / 1000 : 0;
+    const rate = f => (prev && dt > 0 ? Math.max(0, (x[f] - prev[f]) / dt) : 0);
+    const state = document.createElement("span");
+    state.className = "badge " + (x.up ? "ok" : "bad");
+    state.textContent = x.up ? "up" : "down";
+    const dropped = x.dropped.queue_full + x.dropped.offline_qos0 + x.dropped.too_large;
+    body.appendChild(row([x.name, state, String(x.shard), fmt(x.queued), fmt(x.inflight),
+      fmt(rate("forwarded")), fmt(rate("received")), fmt(dropped), fmt(x.connects), fmt(x.failures)]));
+    seen[x.name] = x;
+  }
+  lastBridges = { t: now, by: seen };
+}
+
+async function pollBridges() {
+  try {
+    showBridges(await getJson("/api/v1/bridges"));
+  } catch (e) {
+    $("bridges").tBodies[0].replaceChildren(row(["bridges unavailable: " + e.message]));
+  }
+  setTimeout(pollBridges, STATS_EVERY_MS);
+}
+
 $("search").addEventListener("input", () => { clearTimeout(clientsTimer); clientsTimer = setTimeout(pollClients, 250); });
 pollStats();
 pollClients();
 pollTopics();
+pollBridges();

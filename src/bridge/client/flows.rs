@@ -10,8 +10,26 @@ use super::{Action, Bridge, InboundAck, Inflight, Link, LocalPublish, Offer, Sta
 use crate::bridge::queue::{OutMessage, Queued, Record};
 use crate::protocol::{
     encode, encoded_len, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, Subscription, SubscriptionList, SubscriptionOptions,
+    Subscribe, Subscription, SubscriptionList, SubscriptionOptions, UserProperties,
 };
+use crate::session::ForwardedProps;
+
+/// A local message offered to a bridge.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
+    /// Local topic.
+    pub topic: &'a str,
+    /// Payload.
+    pub payload: &'a Arc<[u8]>,
+    /// Its QoS.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+    /// MQTT 5 properties.
+    pub props: Option<&'a ForwardedProps>,
+    /// Expiry on the shard clock, ms.
+    pub expires_at_ms: Option<u64>,
+}
 
 impl Bridge {
     /// After a reconnect: every PUBLISH not acknowledged goes again with DUP and its packet
@@ -82,6 +100,8 @@ impl Bridge {
             payload: Arc::from(&b"1"[..]),
             qos: QoS::AtLeastOnce,
             retain: true,
+            props: None,
+            expires_at_ms: None,
         };
         self.write_publish(now_ms, &msg, Some(id), false);
         self.inflight.push_back(Inflight {
@@ -104,6 +124,27 @@ impl Bridge {
         retain: bool,
         from_this_bridge: bool,
     ) -> Offer {
+        let m = Offered {
+            topic,
+            payload,
+            qos,
+            retain,
+            props: None,
+            expires_at_ms: None,
+        };
+        self.offer_message(now_ms, &m, from_this_bridge)
+    }
+
+    /// `offer` with the message's MQTT 5 properties and expiry.
+    pub fn offer_message(&mut self, now_ms: u64, m: &Offered<'_>, from_this_bridge: bool) -> Offer {
+        let Offered {
+            topic,
+            payload,
+            qos,
+            retain,
+            props,
+            expires_at_ms,
+        } = *m;
         if from_this_bridge {
             self.stats.loops_prevented += 1;
             return Offer::Loop;
@@ -120,6 +161,8 @@ impl Bridge {
             payload: Arc::clone(payload),
             qos,
             retain: retain && self.set.outgoing_retain,
+            props: props.cloned().map(Arc::new),
+            expires_at_ms,
         };
         match self.queue.push(msg.clone()) {
             Err(_) => Offer::Dropped,
@@ -167,7 +210,11 @@ impl Bridge {
         } else {
             self.alloc_id()
         };
-        let p = publish(&msg, id, false);
+        if msg.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            self.stats.expired += 1;
+            return self.finish(seq, false);
+        }
+        let p = self.out_publish(&msg, id, false, now_ms);
         if encoded_len(&Packet::Publish(p), self.set.version) > max {
             self.stats.dropped_too_large += 1;
             return self.finish(seq, false);
@@ -204,7 +251,36 @@ impl Bridge {
         id: Option<PacketId>,
         dup: bool,
     ) {
-        self.send(now_ms, &Packet::Publish(publish(msg, id, dup)));
+        let p = self.out_publish(msg, id, dup, now_ms);
+        encode(&Packet::Publish(p), self.set.version, &mut self.out);
+        if let Link::Connected(ref mut c) = self.link {
+            c.last_tx_ms = now_ms;
+        }
+    }
+
+    /// The PUBLISH for `msg`: with its properties and the expiry left for a 5.0 remote.
+    pub(super) fn out_publish<'m>(
+        &self,
+        msg: &'m OutMessage,
+        id: Option<PacketId>,
+        dup: bool,
+        now_ms: u64,
+    ) -> Publish<'m> {
+        let mut p = publish(msg, id, dup);
+        if self.set.version.is_v5() {
+            if let Some(f) = msg.props.as_deref() {
+                p.properties.payload_format_indicator = f.payload_format_indicator;
+                p.properties.content_type = f.content_type.as_deref();
+                p.properties.response_topic = f.response_topic.as_deref();
+                p.properties.correlation_data = f.correlation_data.as_deref();
+                p.properties.user_properties = UserProperties::Wire(&f.user_properties);
+            }
+            p.properties.message_expiry_interval = msg.expires_at_ms.map(|t| {
+                let ms = t.saturating_sub(now_ms);
+                u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+            });
+        }
+        p
     }
 
     pub(super) fn send(&mut self, now_ms: u64, packet: &Packet<'_>) {
@@ -296,6 +372,8 @@ impl Bridge {
             qos: p.qos,
             retain: p.retain,
             ack,
+            props: ForwardedProps::from_publish(&p.properties),
+            expiry_s: p.properties.message_expiry_interval,
         }));
     }
 

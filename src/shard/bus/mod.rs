@@ -18,6 +18,9 @@ use std::sync::Arc;
 pub const RING_SLOTS: usize = 4096;
 /// Messages taken from one inbound ring per turn.
 pub const DRAIN_PER_PEER_MAX: usize = 1024;
+/// Capacity (messages) a staging queue keeps once it has drained: a burst that staged
+/// more (100,000 subscriptions make as many interest casts) gives the rest back.
+pub const STAGING_IDLE_CAPACITY_MAX: usize = 1024;
 
 /// Ring producer toward one peer.
 type Tx<M> = spsc::Producer<M>;
@@ -117,6 +120,10 @@ impl<M: Send> Bus<M> {
                         break;
                     }
                 }
+            }
+            let q = &mut self.staging[to];
+            if q.is_empty() && q.capacity() > STAGING_IDLE_CAPACITY_MAX {
+                q.shrink_to(STAGING_IDLE_CAPACITY_MAX);
             }
             if ring {
                 // A failed wake leaves the peer to its poll timeout; it cannot lose messages.

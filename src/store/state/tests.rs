@@ -276,3 +276,63 @@ fn split_sends_sessions_home_with_their_messages() {
     let total: usize = parts.iter().map(|p| p.sessions.len()).sum();
     assert_eq!(total, 2);
 }
+
+fn bridge_op(name: &str, op: BridgeOp<'static>) -> Record<'static> {
+    Record::Bridge {
+        bridge: c(name),
+        op,
+    }
+}
+
+#[test]
+fn bridge_state_survives_checkpoint_merge_and_placement() {
+    let enq = |seq| BridgeOp::Enqueued {
+        seq,
+        msg: message(&format!("r/{seq}"), b"p", false),
+    };
+    let mut s = replay(vec![
+        bridge_op("cloud", enq(1)),
+        bridge_op("cloud", enq(2)),
+        bridge_op("cloud", enq(3)),
+        bridge_op(
+            "cloud",
+            BridgeOp::Sent {
+                seq: 1,
+                packet_id: pid(7),
+            },
+        ),
+        bridge_op("cloud", BridgeOp::Done { seq: 2 }),
+        bridge_op("cloud", BridgeOp::Done { seq: 99 }),
+        bridge_op("gone", enq(1)),
+        bridge_op("idle", enq(1)),
+        bridge_op("idle", BridgeOp::Done { seq: 1 }),
+    ]);
+    s.finish();
+    let cloud = &s.bridges["cloud"];
+    let kept: Vec<_> = cloud
+        .messages
+        .iter()
+        .map(|(k, m)| (*k, m.packet_id))
+        .collect();
+    assert_eq!(kept, vec![(1, Some(pid(7))), (3, None)]);
+    assert!(
+        !s.bridges.contains_key("idle"),
+        "an empty bridge entry is dropped"
+    );
+    // A checkpoint's records rebuild it.
+    let rebuilt = replay(s.records().map(Record::into_owned).collect());
+    assert_eq!(rebuilt, s);
+    // Merging a second copy of a bridge is a conflict; the first is kept.
+    let mut other = LiveState::default();
+    other.apply(bridge_op("cloud", enq(5)));
+    let mut merged = s.clone();
+    assert_eq!(merged.merge(other), 1);
+    assert_eq!(merged.bridges["cloud"], s.bridges["cloud"]);
+    // Placement by owner; an unconfigured bridge is reported with its messages.
+    let mut parts = vec![LiveState::default(), LiveState::default()];
+    let owner = |n: &str| (n == "cloud").then_some(1);
+    let dropped = place_bridges(&mut parts, s.bridges.clone(), owner);
+    assert_eq!(dropped, vec![("gone".to_string(), 1)]);
+    assert!(parts[0].bridges.is_empty());
+    assert_eq!(parts[1].bridges["cloud"], s.bridges["cloud"]);
+}

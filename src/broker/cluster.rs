@@ -1,0 +1,582 @@
+//! The node's side of a cluster, as the broker sees it (`docs/cluster.md`).
+//!
+//! Owns: the plain values a shard exchanges with the cluster link ([`ToCluster`] out,
+//! [`FromCluster`] in; the broker never sees NATS), the session-registry step of CONNECT
+//! (claim the client id, wait for a moved session's state, then complete), and what news
+//! from the link does here: a message from another node, a retained update from the
+//! bucket, a takeover by another node (which gets the session's [`SessionHandover`]).
+//!
+//! Invariants:
+//! - A message that came from the cluster is never handed back to it: only messages that
+//!   enter the broker on this node (`publish_shared`) produce `ToCluster::Publish`.
+//! - Only the gateway shard (0) receives from the link. It routes a message from another
+//!   node exactly as if a local client had published it on shard 0 (interest trie, casts
+//!   to the other shards), minus the cluster and minus share groups, whose one member per
+//!   message NATS queue groups choose (`Route::Shared` arrives here as `share`).
+//! - The retained bucket is the order of retained updates across nodes: each update the
+//!   watch reports (this node's own included) is stamped again on the gateway and applied
+//!   to every replica, so all nodes converge on the bucket's last value. A message from
+//!   another node never touches the retained replica itself (`retain_stamp` 0).
+//! - A CONNECT completes only after the registry names this node (`Claimed`), and, when it
+//!   displaced another node's persistent session, after that session's state came or
+//!   `HANDOVER_WAIT_MS` passed; meanwhile the link reads no input (`pending_connect` with
+//!   `claim` or `handover`), like a password check. Every wait has a deadline.
+//!
+//! Must not touch: threads, queues or the link itself; the shard carries these values.
+
+use std::sync::Arc;
+
+use super::connect::{timer_key, TIMER_LINK};
+use super::link::PendingConnect;
+use super::{home_shard, Broker, Cast, LinkState, Verdict};
+use crate::log::Level;
+use crate::log_at;
+use crate::protocol::QoS;
+use crate::protocol::{self, Connect, Packet, ReasonCode};
+use crate::session::{FlightState, Message, Outgoing, SubState};
+
+/// A session's state as it moves to another node: its subscriptions (full filters, with
+/// `$share/G/`) and the messages owed to the client (unacknowledged ones first, then the
+/// queue), each with its delivery QoS.
+#[derive(Debug, Default)]
+pub struct SessionHandover {
+    /// The old node had a session for the client id (otherwise the rest is empty and the
+    /// new session is not "present").
+    pub exists: bool,
+    /// Subscriptions.
+    pub subs: Vec<(Box<str>, SubState)>,
+    /// Messages owed.
+    pub queued: Vec<(Arc<Message>, QoS)>,
+}
+
+/// What a shard tells the cluster link.
+#[derive(Debug)]
+pub enum ToCluster {
+    /// One local subscription more (`add`) or fewer to `filter` (the filter after
+    /// `$share/G/` for a shared one, with `group: Some(G)`).
+    Interest {
+        /// MQTT filter.
+        filter: Box<str>,
+        /// Share group.
+        group: Option<Box<str>>,
+        /// Gained or lost.
+        add: bool,
+    },
+    /// A message that entered the broker on this node, for the nodes that want it (and
+    /// the retained bucket if it is retained). `now_ms` is the shard clock, for expiry.
+    Publish {
+        /// The message.
+        msg: Arc<Message>,
+        /// When it was handed over (shard clock).
+        now_ms: u64,
+    },
+    /// The session of `client_id` ended here: drop its registry entry if it still names
+    /// this node (a claim by another node meanwhile is left alone).
+    Release {
+        /// MQTT client id.
+        client_id: Box<str>,
+    },
+    /// Node `to` took `client_id` over: send it the session's state.
+    Handover {
+        /// The new owner.
+        to: Box<str>,
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: SessionHandover,
+        /// When it was taken (shard clock, for the messages' expiry).
+        now_ms: u64,
+    },
+    /// Record this node as the owner of `client_id`; answered with `FromCluster::Claimed`.
+    Claim {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// Names the link (key and generation); echoed in the answer.
+        token: u64,
+    },
+}
+
+/// What the cluster link tells the gateway shard.
+#[derive(Debug)]
+pub enum FromCluster {
+    /// A message from another node; `share`: NATS chose this node for share group
+    /// (group, filter).
+    Message {
+        /// Plain (`None`) or for one member of (group, filter).
+        share: Option<(Box<str>, Box<str>)>,
+        /// The message (origin 0, `retain_stamp` 0).
+        msg: Message,
+    },
+    /// The retained bucket changed: `msg` is the topic's new retained message (an empty
+    /// payload clears it).
+    Retained {
+        /// The update.
+        msg: Message,
+    },
+    /// The answer to `ToCluster::Claim`: `ok` false when the registry could not be
+    /// updated (NATS or JetStream unreachable).
+    Claimed {
+        /// As sent.
+        token: u64,
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// Whether the registry now names this node.
+        ok: bool,
+        /// Another node held it before (it has been told to hand the state over).
+        previous: bool,
+    },
+    /// The state of a session taken over from another node.
+    SessionState {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: SessionHandover,
+    },
+    /// Node `by` took `client_id` over: disconnect it here (0x8E) and end its session.
+    TakenOver {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node that owns it now.
+        by: Box<str>,
+    },
+}
+
+/// Cluster news the gateway passes to the shard it concerns.
+#[derive(Debug)]
+pub enum ClusterCast {
+    /// Apply a retained update (stamped by the gateway) to this shard's replica.
+    Retain(Arc<Message>),
+    /// The registry answer for a CONNECT on this shard.
+    Claimed {
+        /// As in `FromCluster::Claimed`.
+        token: u64,
+        /// As in `FromCluster::Claimed`.
+        ok: bool,
+        /// As in `FromCluster::Claimed`.
+        previous: bool,
+    },
+    /// As `FromCluster::SessionState`, for the client id's home shard.
+    State {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The state.
+        state: Box<SessionHandover>,
+    },
+    /// As `FromCluster::TakenOver`, for the client id's home shard.
+    TakenOver {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node that owns it now.
+        by: Box<str>,
+    },
+}
+
+/// The shard that receives from the link.
+pub const GATEWAY_SHARD: usize = 0;
+/// Longest wait for a session's state from its old node after the claim, before the
+/// CONNECT completes with a new session.
+pub const HANDOVER_WAIT_MS: u64 = 3000;
+/// Longest wait for the session registry at CONNECT before the client is refused with
+/// 0x88 (the registry unreachable: NATS down, or JetStream without quorum).
+pub const CLAIM_WAIT_MS: u64 = 5000;
+
+impl<X> Broker<X> {
+    /// This node is `node` of a cluster whose link the shard carries: from now on interest,
+    /// local publishes and CONNECT claims go out as [`ToCluster`] in `Effects::cluster`.
+    pub fn set_cluster(&mut self, node: &str) {
+        self.cluster = Some(node.into());
+    }
+
+    /// This node's name, when it runs in a cluster.
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// Queue `m` for the link (nothing when no cluster runs).
+    pub(super) fn tell_cluster(&mut self, m: ToCluster) {
+        if self.cluster.is_some() {
+            self.fx.cluster.push(m);
+        }
+    }
+
+    /// Hand a message that entered the broker here to the cluster. Returns whether it was
+    /// (`$SYS` topics stay on their node: each node publishes its own figures).
+    pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
+        if self.cluster.is_none() || super::sys::is_sys_topic(&msg.topic) {
+            return false;
+        }
+        self.fx.cluster.push(ToCluster::Publish {
+            msg: msg.clone(),
+            now_ms,
+        });
+        true
+    }
+
+    /// News from the link (gateway shard only).
+    pub fn on_cluster(&mut self, m: FromCluster, now_ms: u64) {
+        match m {
+            FromCluster::Message { share: None, msg } => {
+                self.publish_from_cluster(Arc::new(msg), now_ms)
+            }
+            FromCluster::Message {
+                share: Some((group, filter)),
+                msg,
+            } => self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms),
+            FromCluster::Retained { mut msg } => {
+                msg.retain = true;
+                msg.retain_stamp = self.retained.next_stamp(self.shard_id);
+                let msg = Arc::new(msg);
+                self.retained.store(&msg);
+                for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+                    let c = ClusterCast::Retain(msg.clone());
+                    self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+                }
+            }
+            FromCluster::Claimed {
+                token,
+                client_id,
+                ok,
+                previous,
+            } => {
+                let c = ClusterCast::Claimed {
+                    token,
+                    ok,
+                    previous,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::SessionState { client_id, state } => {
+                let c = ClusterCast::State {
+                    client_id: client_id.clone(),
+                    state: Box::new(state),
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::TakenOver { client_id, by } => {
+                let c = ClusterCast::TakenOver {
+                    client_id: client_id.clone(),
+                    by,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+        }
+    }
+
+    /// Apply `c` here if `client_id` lives on this shard, otherwise cast it to its home.
+    fn send_home(&mut self, client_id: &str, c: ClusterCast, now_ms: u64) {
+        let home = home_shard(client_id, self.shards);
+        if home == self.shard_id {
+            self.on_cluster_cast(c, now_ms);
+        } else {
+            self.fx.outbox.push((home, Cast::Cluster(Box::new(c))));
+        }
+    }
+
+    /// Cluster news passed on by the gateway.
+    pub(super) fn on_cluster_cast(&mut self, c: ClusterCast, now_ms: u64) {
+        match c {
+            ClusterCast::Retain(msg) => self.retained.store(&msg),
+            ClusterCast::Claimed {
+                token,
+                ok,
+                previous,
+            } => self.on_claim_answer(token, ok, previous, now_ms),
+            ClusterCast::State { client_id, state } => {
+                self.on_session_state(&client_id, *state, now_ms)
+            }
+            ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
+        }
+    }
+
+    /// A message from another node: to this node's plain subscribers, wherever they live.
+    fn publish_from_cluster(&mut self, msg: Arc<Message>, now_ms: u64) {
+        let mut mask = 0u64;
+        if self.shards > 1 {
+            mask = self.routes.remote_mask(&msg.topic, self.shard_id)
+                | self.bridges.remote_mask(&msg.topic, self.shard_id);
+        }
+        for to in (0..self.shards).filter(|&t| mask & (1u64 << t) != 0) {
+            self.fx.outbox.push((to, Cast::Publish(msg.clone())));
+        }
+        self.route_local(&msg, now_ms);
+    }
+
+    /// A CONNECT that passed authentication: ask the registry for its client id first.
+    pub(super) fn claim(&mut self, key: usize, c: &Connect<'_>, id: &str) -> Verdict {
+        let Some(link) = self.links.get_mut(key) else {
+            return Verdict::Close;
+        };
+        let mut connect = Vec::new();
+        protocol::encode(&Packet::Connect(c.clone()), c.version, &mut connect);
+        link.pending_connect = Some(Box::new(PendingConnect {
+            connect,
+            refusal: None,
+            claim: true,
+            handover: false,
+        }));
+        let gen = link.gen;
+        let token = ((key as u64) << 32) | u64::from(gen);
+        // The CONNECT deadline has done its work; the registry gets its own.
+        if let Some(t) = link.timer.take() {
+            self.timers.cancel(t);
+        }
+        let deadline = self.now_ms + CLAIM_WAIT_MS;
+        let t = self
+            .timers
+            .insert(deadline, timer_key(TIMER_LINK, gen, key));
+        if let Some(link) = self.links.get_mut(key) {
+            link.timer = Some(t);
+        }
+        self.tell_cluster(ToCluster::Claim {
+            client_id: id.into(),
+            token,
+        });
+        Verdict::Continue
+    }
+
+    /// The link timer of link `key` fired: if it still waits for the registry, refuse it
+    /// (0x88) and return true.
+    pub(super) fn claim_expired(&mut self, key: usize, now_ms: u64) -> bool {
+        let Some(link) = self.links.get_mut(key) else {
+            return false;
+        };
+        if link.pending_connect.as_ref().is_some_and(|p| p.handover) {
+            // The old node did not send the state in time: a new session.
+            let token = ((key as u64) << 32) | u64::from(link.gen);
+            if let Some(id) = link.client_id.clone() {
+                self.awaiting_state.remove(&id);
+            }
+            self.finish_handover(token, None, now_ms);
+            return true;
+        }
+        if !link.pending_connect.as_ref().is_some_and(|p| p.claim) {
+            return false;
+        }
+        link.pending_connect = None;
+        self.refuse(
+            key,
+            ReasonCode::ServerUnavailable,
+            "cluster session registry did not answer",
+        );
+        true
+    }
+
+    /// Session `s` ends on this node with no connection (clean disconnect, expiry): its
+    /// registry entry goes, so the bucket holds only live sessions.
+    pub(super) fn release_claim(&mut self, s: usize) {
+        if self.cluster.is_none() {
+            return;
+        }
+        if let Some(sess) = self.sessions.get(s) {
+            let client_id = sess.client_id.clone();
+            self.tell_cluster(ToCluster::Release { client_id });
+        }
+    }
+
+    /// Whether CONNECT `c` must wait for the registry before it completes on link `key`.
+    pub(super) fn needs_claim(&self, key: usize, c: &Connect<'_>) -> bool {
+        // An id this node assigned names this node and cannot be in use elsewhere.
+        self.cluster.is_some()
+            && !c.client_id.is_empty()
+            && self.links.get(key).is_some_and(|l| !l.claimed)
+    }
+
+    /// The registry's answer for link `token`: complete its CONNECT, or refuse it (0x88 /
+    /// 3.x "server unavailable") when the registry could not be reached: two nodes must
+    /// never both believe they hold one client id.
+    fn on_claim_answer(&mut self, token: u64, ok: bool, previous: bool, now_ms: u64) {
+        let key = (token >> 32) as usize;
+        let gen = token as u32;
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let waiting = link.pending_connect.as_ref().is_some_and(|p| p.claim);
+        if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
+            return;
+        }
+        let Some(pending) = link.pending_connect.take() else {
+            return;
+        };
+        self.fx.resume.push(key);
+        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
+        let Ok(protocol::Decoded::Packet {
+            packet: Packet::Connect(c),
+            ..
+        }) = decoded
+        else {
+            self.close(key, None, "stored CONNECT unreadable");
+            return;
+        };
+        if !ok {
+            // 0x88 for 5.0; 3.x's "server unavailable" (3).
+            self.refuse(
+                key,
+                ReasonCode::ServerUnavailable,
+                "cluster session registry unreachable",
+            );
+            return;
+        }
+        link.claimed = true;
+        if previous && !c.clean_start {
+            // The old node was told to send the session's state: wait for it (bounded).
+            link.pending_connect = Some(Box::new(PendingConnect {
+                connect: pending.connect,
+                refusal: None,
+                claim: false,
+                handover: true,
+            }));
+            self.fx.resume.retain(|&k| k != key);
+            self.rearm_link_timer(key, now_ms + HANDOVER_WAIT_MS);
+            if let Some(id) = self.links.get(key).and_then(|l| l.client_id.clone()) {
+                self.awaiting_state.insert(id, token);
+            }
+            return;
+        }
+        self.complete_connect(key, &c, now_ms);
+    }
+
+    /// Replace link `key`'s timer with one due at `at`.
+    fn rearm_link_timer(&mut self, key: usize, at: u64) {
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let gen = link.gen;
+        if let Some(t) = link.timer.take() {
+            self.timers.cancel(t);
+        }
+        let t = self.timers.insert(at, timer_key(TIMER_LINK, gen, key));
+        if let Some(link) = self.links.get_mut(key) {
+            link.timer = Some(t);
+        }
+    }
+
+    /// The state of a session this node took over: complete the CONNECT waiting for it
+    /// with the session rebuilt (Session Present 1).
+    fn on_session_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
+        let Some(token) = self.awaiting_state.remove(client_id) else {
+            return;
+        };
+        self.finish_handover(token, Some(state), now_ms);
+    }
+
+    /// Complete the CONNECT of link `token` that waited for a session's state, with it
+    /// (`Some`) or without (it did not come in time).
+    fn finish_handover(&mut self, token: u64, state: Option<SessionHandover>, now_ms: u64) {
+        let key = (token >> 32) as usize;
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        let waiting = link.pending_connect.as_ref().is_some_and(|p| p.handover);
+        if link.gen != token as u32 || link.state != LinkState::ExpectConnect || !waiting {
+            return;
+        }
+        let Some(pending) = link.pending_connect.take() else {
+            return;
+        };
+        self.fx.resume.push(key);
+        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
+        let Ok(protocol::Decoded::Packet {
+            packet: Packet::Connect(c),
+            ..
+        }) = decoded
+        else {
+            self.close(key, None, "stored CONNECT unreadable");
+            return;
+        };
+        self.handover_in = state.map(Box::new);
+        self.complete_connect(key, &c, now_ms);
+        self.handover_in = None;
+    }
+
+    /// Rebuild session `s` from the state its old node sent: its subscriptions join the
+    /// routes (and the cluster's interest), its messages wait in its queue.
+    pub(super) fn install_handover(&mut self, s: usize, h: SessionHandover) {
+        for (full, st) in &h.subs {
+            match crate::topic::parse_filter(full) {
+                Ok(crate::topic::FilterKind::Shared(sh)) => {
+                    self.add_shared(s, full, sh.group, sh.filter, *st)
+                }
+                Ok(_) => {
+                    self.add_subscription(s, full, *st);
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        for (msg, qos) in h.queued {
+            let out = Outgoing {
+                msg,
+                qos,
+                retain: false,
+                sub_ids: Default::default(),
+                share: None,
+                sid: 0,
+            };
+            if !sess.enqueue(out, &self.limits) {
+                self.fx.stats.dropped_queue += 1;
+            }
+        }
+    }
+
+    /// The state of session `s`, for the node taking it over.
+    fn session_state(&self, s: usize) -> SessionHandover {
+        let Some(sess) = self.sessions.get(s) else {
+            return SessionHandover::default();
+        };
+        let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
+        // A QoS 2 delivery awaiting PUBCOMP has reached the client: not owed again.
+        let unacked = sess
+            .inflight
+            .iter()
+            .filter(|f| f.state != FlightState::AwaitComp)
+            .map(|f| &f.out);
+        let queued = unacked
+            .chain(sess.queue.iter())
+            .map(|o| (o.msg.clone(), o.qos))
+            .collect();
+        SessionHandover {
+            exists: true,
+            subs,
+            queued,
+        }
+    }
+
+    /// Node `by` owns `client_id` now: disconnect its connection here with 0x8E (a plain
+    /// close for 3.x), send its state to `by`, and end it here.
+    fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
+        let Some(s) = self.sessions.find(client_id) else {
+            // Nothing to hand over; say so, so the new node need not wait.
+            self.tell_cluster(ToCluster::Handover {
+                to: by.into(),
+                client_id: client_id.into(),
+                state: SessionHandover::default(),
+                now_ms,
+            });
+            return;
+        };
+        let state = self.session_state(s);
+        self.tell_cluster(ToCluster::Handover {
+            to: by.into(),
+            client_id: client_id.into(),
+            state,
+            now_ms,
+        });
+        if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
+            if let Some(l) = self.links.get_mut(old) {
+                l.session = None;
+            }
+            let why = format!("session taken over by cluster node {by}");
+            self.close(old, Some(ReasonCode::SessionTakenOver), &why);
+        }
+        if crate::log_sink::connection_messages() {
+            log_at!(
+                Level::Notice,
+                "Client {} moved to cluster node {by}; its session here ends.",
+                client_id.escape_debug()
+            );
+        }
+        self.end_session(s);
+    }
+}

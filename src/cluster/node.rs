@@ -1,0 +1,299 @@
+//! The cluster link as the shards see it: one [`ClusterPort`] per shard.
+//!
+//! Owns: the conversion between the broker's values (`ToCluster`, `FromCluster`,
+//! `Message`) and the link's (`ToLink`, `FromLink`, `Envelope`), and the link's lifetime
+//! (the gateway shard's port holds the `LinkHandle`: the link stops when that shard ends).
+//! Invariants: a shard's port never blocks (bounded queues, `try_send`/`try_recv`); what
+//! arrives from NATS is checked (valid topic name) before it becomes a `Message`; an
+//! inbound message never carries a retained stamp, so it never updates a replica by
+//! itself (the retained bucket does). Must not touch: shard or broker internals beyond
+//! those values.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::Arc;
+
+use super::envelope::Envelope;
+use super::link::{LinkHandle, LinkSender};
+use super::{FromLink, Route, ToLink};
+use crate::broker::cluster::{FromCluster, ToCluster};
+use crate::config::cluster::ClusterConfig;
+use crate::log::Level;
+use crate::log_at;
+use crate::metrics::{ClusterFigures, Metrics};
+use crate::protocol::QoS;
+use crate::session::Message;
+use crate::shard::cluster_port::{ClusterPort, ClusterStart, Wake};
+
+/// What `ClusterStart` needs: the link's configuration, and the figures board its
+/// counters are shown on (`$SYS/broker/cluster/…`, `shardmq_cluster_…`).
+pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
+    Box::new(move |wake: Wake, shards: usize| {
+        let handle = LinkHandle::start(cfg, wake)?;
+        let stats = handle.sender().stats().clone();
+        let _ = metrics
+            .cluster
+            .set(ClusterFigures(Box::new(move || stats.figures())));
+        let mut ports: Vec<Box<dyn ClusterPort>> = Vec::with_capacity(shards);
+        let sender = handle.sender();
+        let mut gateway = Some(handle);
+        for id in 0..shards {
+            let link = if id == crate::broker::cluster::GATEWAY_SHARD {
+                gateway.take()
+            } else {
+                None
+            };
+            ports.push(Box::new(NodePort {
+                sender: sender.clone(),
+                link,
+            }));
+        }
+        if gateway.is_some() {
+            return Err(io::Error::other("cluster link: no gateway shard"));
+        }
+        Ok(ports)
+    })
+}
+
+/// One shard's port; the gateway's also holds the link and reads from it.
+struct NodePort {
+    sender: LinkSender,
+    link: Option<LinkHandle>,
+}
+
+impl ClusterPort for NodePort {
+    fn send(&mut self, out: &mut Vec<ToCluster>) {
+        self.sender.send_all(out.drain(..).map(to_link));
+    }
+
+    fn receive(&mut self, now_ms: u64, max: usize, into: &mut Vec<FromCluster>) -> bool {
+        let Some(link) = self.link.as_ref() else {
+            return false;
+        };
+        for _ in 0..max {
+            let Ok(m) = link.receiver().try_recv() else {
+                return false;
+            };
+            if let Some(m) = from_link(m, now_ms, link) {
+                into.push(m);
+            }
+        }
+        !link.receiver().is_empty()
+    }
+}
+
+fn to_link(m: ToCluster) -> ToLink {
+    match m {
+        ToCluster::Interest {
+            filter,
+            group,
+            add: true,
+        } => ToLink::Interest {
+            filter: filter.into(),
+            group: group.map(Into::into),
+        },
+        ToCluster::Interest { filter, group, .. } => ToLink::NoInterest {
+            filter: filter.into(),
+            group: group.map(Into::into),
+        },
+        ToCluster::Publish { msg, now_ms } => ToLink::Publish(Box::new(envelope_of(&msg, now_ms))),
+        ToCluster::Handover {
+            to,
+            client_id,
+            state,
+            now_ms,
+        } => ToLink::Handover {
+            to: to.into(),
+            client_id: client_id.into(),
+            state: super::handover::encode(&state, now_ms),
+        },
+        ToCluster::Release { client_id } => ToLink::Release {
+            client_id: client_id.into(),
+        },
+        ToCluster::Claim { client_id, token } => ToLink::Claim {
+            client_id: client_id.into(),
+            token,
+        },
+    }
+}
+
+/// The envelope of a message accepted here (origin and sequence are the link's to set).
+pub fn envelope_of(m: &Message, now_ms: u64) -> Envelope {
+    Envelope {
+        origin: String::new(),
+        seq: 0,
+        topic: m.topic.to_string(),
+        qos: m.qos,
+        retain: m.retain,
+        // What is left of the Message Expiry Interval, rounded up; `u32::MAX` means none
+        // on the wire, so the longest is one second less.
+        expiry_secs: m.expires_at_ms.map(|at| {
+            let left = at.saturating_sub(now_ms).div_ceil(1000);
+            u32::try_from(left)
+                .unwrap_or(u32::MAX - 1)
+                .min(u32::MAX - 1)
+        }),
+        props: m.props.clone(),
+        payload: m.payload.to_vec(),
+    }
+}
+
+/// The message of an envelope from another node, or `None` if its topic is not a valid
+/// topic name (counted as malformed by the caller).
+pub fn message_of(e: Envelope, now_ms: u64) -> Option<Message> {
+    if !crate::topic::valid_topic_name(&e.topic) {
+        return None;
+    }
+    Some(Message {
+        topic: e.topic.into(),
+        payload: e.payload.into_boxed_slice(),
+        qos: e.qos,
+        retain: e.retain,
+        props: e.props,
+        expires_at_ms: e
+            .expiry_secs
+            .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
+        origin: 0,
+        retain_stamp: 0,
+        publisher: None,
+    })
+}
+
+fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster> {
+    let malformed = || {
+        super::LinkStats::add(&link.stats().malformed);
+        None
+    };
+    match m {
+        FromLink::Message { route, envelope } => {
+            let Some(msg) = message_of(*envelope, now_ms) else {
+                return malformed();
+            };
+            let share = match route {
+                Route::Plain => None,
+                Route::Shared { group, filter } => Some((group.into(), filter.into())),
+            };
+            Some(FromCluster::Message { share, msg })
+        }
+        FromLink::Retained { topic, message } => {
+            let cleared = Envelope {
+                origin: String::new(),
+                seq: 0,
+                topic,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                expiry_secs: None,
+                props: None,
+                payload: Vec::new(),
+            };
+            let e = message.map_or(cleared, |b| *b);
+            let Some(msg) = message_of(e, now_ms) else {
+                return malformed();
+            };
+            Some(FromCluster::Retained { msg })
+        }
+        FromLink::Claimed {
+            token,
+            client_id,
+            previous,
+        } => Some(FromCluster::Claimed {
+            token,
+            client_id: client_id.into(),
+            ok: true,
+            previous: previous.is_some(),
+        }),
+        FromLink::ClaimFailed { token, client_id } => Some(FromCluster::Claimed {
+            token,
+            client_id: client_id.into(),
+            ok: false,
+            previous: false,
+        }),
+        FromLink::SessionState { client_id, state } => {
+            let Some(state) = super::handover::decode(&state, now_ms) else {
+                return malformed();
+            };
+            Some(FromCluster::SessionState {
+                client_id: client_id.into(),
+                state,
+            })
+        }
+        FromLink::TakenOver { client_id, by } => Some(FromCluster::TakenOver {
+            client_id: client_id.into(),
+            by: by.into(),
+        }),
+        FromLink::Up => {
+            log_at!(Level::Notice, "cluster: connected to NATS.");
+            None
+        }
+        FromLink::Down => {
+            log_at!(
+                Level::Warning,
+                "cluster: lost the NATS connection; reconnecting (local clients are still served)."
+            );
+            None
+        }
+        FromLink::InterestRefused { filter, .. } => {
+            log_at!(
+                Level::Warning,
+                "cluster: filter '{}' stays local to this node (not a valid NATS subject, or the interest table is full).",
+                filter.escape_debug()
+            );
+            None
+        }
+        FromLink::InterestReady { .. } | FromLink::Released { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_survives_the_trip_through_an_envelope() {
+        let m = Message {
+            topic: "a/b".into(),
+            payload: b"hi".to_vec().into_boxed_slice(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            props: None,
+            expires_at_ms: Some(10_500),
+            origin: 7,
+            retain_stamp: 99,
+            publisher: None,
+        };
+        let e = envelope_of(&m, 10_000);
+        assert_eq!(e.expiry_secs, Some(1), "half a second left rounds up");
+        let back = message_of(e, 50_000).unwrap();
+        assert_eq!((&*back.topic, &*back.payload), ("a/b", &b"hi"[..]));
+        assert_eq!((back.qos, back.retain), (QoS::AtLeastOnce, true));
+        assert_eq!(back.expires_at_ms, Some(51_000), "on the receiver's clock");
+        assert_eq!(
+            (back.origin, back.retain_stamp),
+            (0, 0),
+            "never a replica update"
+        );
+        let _ = Arc::new(back);
+    }
+
+    #[test]
+    fn an_invalid_topic_from_nats_is_refused() {
+        let mut e = envelope_of(
+            &Message {
+                topic: "x".into(),
+                payload: Box::new([]),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                props: None,
+                expires_at_ms: None,
+                origin: 0,
+                retain_stamp: 0,
+                publisher: None,
+            },
+            0,
+        );
+        for bad in ["", "a/+", "a/#", "a\0b"] {
+            e.topic = bad.into();
+            assert!(message_of(e.clone(), 0).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Three shardmq nodes as one broker over three clustered `nats-server`s with JetStream,
+//! all on loopback, driven by real MQTT clients (`docs/cluster.md`).
+//!
+//! Each test starts its own NATS cluster (ports held together then freed, temporary
+//! stores, `sync_interval: always` where the server knows it) and its own nodes, and kills
+//! every process it started by PID. Without `nats-server` on PATH the NATS tests print why
+//! and pass. Every wait is bounded: cross-node interest and the retained watch are
+//! asynchronous, so a test first waits (bounded) until a probe message has crossed.
+
+mod common;
+#[path = "v5/mod.rs"]
+mod v5;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, Got, RawClient, WaitError, QUIET, WAIT};
+use v5::{Client5, Conn5};
+
+/// Bound for what waits on the cluster forming: JetStream electing its meta leader and
+/// creating the R3 buckets, interest crossing between NATS servers.
+const FORM_WAIT: Duration = Duration::from_secs(45);
+/// Shards per node: messages from the cluster enter on shard 0 and cross to the other.
+const SHARDS: &str = "2";
+
+/// Three clustered NATS servers with JetStream; killed by PID on drop.
+struct Nats {
+    servers: Vec<Child>,
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// `None` (with the reason printed) when `nats-server` is not installed.
+    fn start() -> Option<Nats> {
+        let Ok(out) = Command::new("nats-server").arg("--version").output() else {
+            eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        };
+        let version = String::from_utf8_lossy(&out.stdout).to_string();
+        let dir = tempfile::tempdir().unwrap();
+        // Hold all six listeners at once so the ports differ, then free them.
+        let holders: Vec<_> = (0..6)
+            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+            .collect();
+        let ports: Vec<u16> = holders
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        drop(holders);
+        // Acknowledged JetStream writes are fsynced at once (Jepsen lost them with the
+        // 2-minute default); 2.9 servers do not know the option and fsync on their own
+        // schedule, which the tests cannot tell apart.
+        let sync = if knows_sync_interval(&version) {
+            ", sync_interval: always"
+        } else {
+            ""
+        };
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats-route://127.0.0.1:{}", ports[3 + j]))
+                .collect();
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\"{sync} }}\ncluster {{ name: smq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                ports[i],
+                dir.path().join(format!("n{i}")).display(),
+                ports[3 + i],
+                routes.join(", ")
+            );
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let child = Command::new("nats-server")
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            servers.push(child);
+        }
+        let deadline = Instant::now() + WAIT;
+        for &p in &ports[..3] {
+            while TcpStream::connect((Ipv4Addr::LOCALHOST, p)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server did not listen on {p}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Some(Nats {
+            servers,
+            ports: ports[..3].to_vec(),
+            dir,
+        })
+    }
+
+    /// Start shardmq node `name` of cluster `cluster`, attached to NATS server `server`.
+    fn node(&self, cluster: &str, name: &str, server: usize) -> Broker {
+        self.node_with(cluster, name, server, &[])
+    }
+
+    /// As `node`, with more command-line arguments.
+    fn node_with(&self, cluster: &str, name: &str, server: usize, extra: &[&str]) -> Broker {
+        let path = self.dir.path().join(format!("{cluster}-{name}.conf"));
+        let conf = format!(
+            "cluster_name {cluster}\ncluster_node {name}\ncluster_nats nats://127.0.0.1:{}\ncluster_kv_replicas 3\n",
+            self.ports[server]
+        );
+        std::fs::write(&path, conf).unwrap();
+        let p = path.to_str().unwrap();
+        let mut args = vec!["-c", p, "--shards", SHARDS];
+        args.extend_from_slice(extra);
+        Broker::start(&args)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `nats-server: v2.10.4` and later know `sync_interval`.
+fn knows_sync_interval(version: &str) -> bool {
+    let v = version.trim().rsplit('v').next().unwrap_or("");
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+/// A 3.1.1 clean client `id` on `addr`, retried while the node's session registry is not
+/// ready yet (the buckets are being created: CONNACK 3, server unavailable).
+fn connect(addr: SocketAddr, id: &str) -> RawClient {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        let (c, _, code) = RawClient::handshake(addr, &common::ConnectOpts::v311(id));
+        if code == 0 {
+            return c;
+        }
+        assert_eq!(code, 3, "[{id}] refused, but not as 'server unavailable'");
+        assert!(
+            Instant::now() < deadline,
+            "[{id}] the registry never answered"
+        );
+    }
+}
+
+/// The payload of the next PUBLISH (QoS 1 acknowledged), or `None` after `within`.
+fn next_payload(c: &mut RawClient, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.try_packet(left) {
+            Ok(Got::Publish(m)) => {
+                c.ack(&m);
+                return Some(m.text());
+            }
+            Ok(_) => {}
+            Err(WaitError::Timeout) => return None,
+            Err(e) => panic!("[{}] connection lost: {e:?}", c.id),
+        }
+    }
+}
+
+/// Publish probes on `topic` from `from` until each of `to` has one: the interest of
+/// every receiver has crossed the NATS cluster. Then let the probes in flight land and
+/// drop them, so what follows counts only real messages.
+fn await_route(from: &mut RawClient, to: &mut [&mut RawClient], topic: &str) {
+    let deadline = Instant::now() + FORM_WAIT;
+    let mut seen = vec![false; to.len()];
+    while seen.iter().any(|s| !s) {
+        assert!(
+            Instant::now() < deadline,
+            "no route from {} over {topic} to all of them: {seen:?}",
+            from.id
+        );
+        from.publish(topic, b"probe", 0, false);
+        for (i, c) in to.iter_mut().enumerate() {
+            while let Some(p) = next_payload(c, Duration::from_millis(50)) {
+                assert_eq!(p, "probe", "[{}] only probes so far", c.id);
+                seen[i] = true;
+            }
+        }
+    }
+    drain_probes(to);
+}
+
+/// Drop the probes still arriving (the last one sent is FIFO-ordered before anything
+/// published later by the same client).
+fn drain_probes(to: &mut [&mut RawClient]) {
+    for c in to.iter_mut() {
+        while let Some(p) = next_payload(c, QUIET) {
+            assert_eq!(p, "probe", "[{}] only probes so far", c.id);
+        }
+    }
+}
+
+/// Receive until `n` non-probe payloads arrived (bounded), then make sure no more come.
+fn exactly(c: &mut RawClient, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_payload(c, left) {
+            Some(p) if p == "probe" => {}
+            Some(p) => got.push(p),
+            None => panic!("[{}] only {} of {n} arrived: {got:?}", c.id, got.len()),
+        }
+    }
+    if let Some(p) = next_payload(c, QUIET).filter(|p| p != "probe") {
+        panic!("[{}] one more than {n}: {p} after {got:?}", c.id);
+    }
+    got
+}
+
+/// A new subscriber on `addr` to `filter` gets the retained `want` (`None`: nothing)
+/// within the bound: retained updates reach other nodes through the bucket's watch.
+fn await_retained(addr: SocketAddr, id: &str, filter: &str, want: Option<&str>) {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        let mut c = connect(addr, id);
+        c.subscribe(filter, 1);
+        let got = match c.try_packet(QUIET) {
+            Ok(Got::Publish(m)) => {
+                c.ack(&m);
+                assert!(m.retain, "[{id}] a retained message has RETAIN set");
+                Some(m.text())
+            }
+            Ok(other) => panic!("[{id}] unexpected {other:?}"),
+            Err(_) => None,
+        };
+        c.disconnect();
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{id}] retained on {filter}: got {got:?}, want {want:?}"
+        );
+    }
+}
+
+#[test]
+fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    // Each node on its own NATS server: every cross-node message crosses a NATS route.
+    let admin = ["--admin", "127.0.0.1:0"];
+    let nodes: Vec<Broker> = ["A", "B", "C"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| nats.node_with("one", n, i, &admin))
+        .collect();
+    let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+
+    // Subscribe on A, publish on C: each message once, in order, QoS 1 end to end.
+    let mut sub = connect(a, "sub-a");
+    sub.subscribe("plain/t", 1);
+    let mut publ = connect(c, "pub-c");
+    await_route(&mut publ, &mut [&mut sub], "plain/t");
+    for i in 0..20 {
+        publ.publish("plain/t", format!("m{i}").as_bytes(), 1, false);
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        exactly(&mut sub, 20),
+        want,
+        "A gets C's messages once, in order"
+    );
+
+    // Wildcards, overlapping on one node (one copy per node, then one per client).
+    let mut w1 = connect(a, "w1-a");
+    w1.subscribe_many(&[("w/+/x", 1), ("w/#", 1)]);
+    let mut w2 = connect(a, "w2-a");
+    w2.subscribe("+/a/#", 1);
+    let mut w3 = connect(b, "w3-b");
+    w3.subscribe("w/a/x", 1);
+    let mut other = connect(b, "other-b");
+    other.subscribe("w/b/#", 1);
+    await_route(&mut publ, &mut [&mut w1, &mut w2, &mut w3], "w/a/x");
+    publ.publish("w/a/x", b"wild", 1, false);
+    for s in [&mut w1, &mut w2, &mut w3] {
+        assert_eq!(exactly(s, 1), ["wild"], "[{}]", s.id);
+    }
+    other.expect_nothing(QUIET);
+
+    // Retained across nodes: set on A, seen on B and C; cleared on C, gone on A.
+    let mut ra = connect(a, "ret-a");
+    ra.publish("r/door", b"open", 1, true);
+    await_retained(b, "ret-b", "r/#", Some("open"));
+    await_retained(c, "ret-c", "r/door", Some("open"));
+    let mut rc = connect(c, "ret-c2");
+    rc.publish("r/door", b"", 1, true);
+    await_retained(a, "ret-a2", "r/#", None);
+
+    shared_across_nodes(a, b, &mut publ);
+    takeover_across_nodes(a, b, c);
+    handover_across_nodes(a, b, &mut publ);
+
+    // The link's counters on /metrics: C sent, A received.
+    let figure = |node: &Broker, name: &str| -> u64 {
+        let body = metrics(node.admin_addr().expect("admin listener"));
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("shardmq_cluster_{name}_total ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no shardmq_cluster_{name}_total in {body}"))
+    };
+    assert!(figure(&nodes[2], "published") >= 20);
+    assert!(figure(&nodes[0], "received") >= 20);
+    assert_eq!(figure(&nodes[0], "malformed"), 0);
+    // No loops: B's clients published nothing, so B sent nothing to NATS, however much
+    // it received from it.
+    assert!(figure(&nodes[1], "received") > 0);
+    assert_eq!(
+        figure(&nodes[1], "published"),
+        0,
+        "B re-published what it received"
+    );
+}
+
+/// The body of GET /metrics from an admin listener.
+fn metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, WAIT).expect("connect to admin");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// `$share/g/s/#` with members on A and B: each of C's messages reaches exactly one.
+fn shared_across_nodes(a: SocketAddr, b: SocketAddr, publ: &mut RawClient) {
+    let mut m1 = connect(a, "share-a");
+    m1.subscribe("$share/g/s/#", 1);
+    let mut m2 = connect(b, "share-b");
+    m2.subscribe("$share/g/s/#", 1);
+    // Until one member gets a probe; both must be routable before the real ones.
+    let deadline = Instant::now() + FORM_WAIT;
+    let mut seen = [false; 2];
+    while !(seen[0] && seen[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "share group not formed: {seen:?}"
+        );
+        publ.publish("s/k", b"probe", 0, false);
+        for (i, m) in [&mut m1, &mut m2].into_iter().enumerate() {
+            while next_payload(m, Duration::from_millis(30)).is_some() {
+                seen[i] = true;
+            }
+        }
+    }
+    drain_probes(&mut [&mut m1, &mut m2]);
+    let n = 40;
+    for i in 0..n {
+        publ.publish("s/k", format!("s{i}").as_bytes(), 1, false);
+    }
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_member = [0usize; 2];
+    let deadline = Instant::now() + WAIT;
+    while count.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} shared messages arrived",
+            count.len()
+        );
+        for (i, m) in [&mut m1, &mut m2].into_iter().enumerate() {
+            while let Some(p) = next_payload(m, Duration::from_millis(30)) {
+                if p != "probe" {
+                    *count.entry(p).or_default() += 1;
+                    per_member[i] += 1;
+                }
+            }
+        }
+    }
+    drain_probes(&mut [&mut m1, &mut m2]);
+    let twice: Vec<_> = count.iter().filter(|(_, &k)| k > 1).collect();
+    assert!(twice.is_empty(), "delivered to two members: {twice:?}");
+    assert_eq!(per_member.iter().sum::<usize>(), n, "{per_member:?}");
+}
+
+/// The same client id on another node: the old connection is told 0x8E (5.0) or closed
+/// (3.1.1), the new one is accepted.
+fn takeover_across_nodes(a: SocketAddr, b: SocketAddr, c: SocketAddr) {
+    let o = Conn5::new("mover5").clean(false).expiry(60);
+    let (mut old, _) = open5(a, &o);
+    let (mut new, ack) = open5(b, &o);
+    assert_eq!(ack.reason, 0);
+    old.expect_disconnect_reason(0x8E);
+    new.ping();
+
+    let mut old3 = connect(a, "mover3");
+    let mut new3 = connect(c, "mover3");
+    old3.wait_closed(WAIT);
+    new3.ping();
+    // And back: the registry follows the client, whichever node it reaches.
+    let mut back = connect(a, "mover3");
+    new3.wait_closed(WAIT);
+    back.ping();
+}
+
+/// A persistent 5.0 session offline on A with three queued QoS 1 messages reconnects on
+/// B: Session Present, the queued messages, and its subscription, now routed to B.
+fn handover_across_nodes(a: SocketAddr, b: SocketAddr, publ: &mut RawClient) {
+    let o = Conn5::new("hand").clean(false).expiry(300);
+    let (mut first, _) = open5(a, &o);
+    first.subscribe_id("h/#", 1, 9);
+    first.disconnect();
+    // A probe beside the session on A: once it has q2, A has queued q0..q2 for "hand"
+    // (the gateway sends both, and the later takeover notice, in one order).
+    let mut probe = connect(a, "h-probe");
+    probe.subscribe("h/#", 1);
+    await_route(publ, &mut [&mut probe], "h/p");
+    for i in 0..3 {
+        publ.publish("h/x", format!("q{i}").as_bytes(), 1, false);
+    }
+    assert_eq!(exactly(&mut probe, 3), ["q0", "q1", "q2"]);
+    probe.disconnect();
+
+    let (mut moved, ack) = open5(b, &o);
+    assert!(ack.present, "the session came with the client: {ack:?}");
+    let mut queued = Vec::new();
+    while queued.len() < 3 {
+        let m = moved.expect_publish_acked(WAIT);
+        if m.text() != "probe" {
+            queued.push(m.text());
+        }
+    }
+    assert_eq!(queued, ["q0", "q1", "q2"], "the queued messages followed");
+    // Its subscription is B's now: C's messages reach it there, with its identifier.
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the moved subscription never got a message"
+        );
+        publ.publish("h/live", b"live", 1, false);
+        match moved.recv(Duration::from_millis(100)) {
+            Ok(v5::P5::Publish(m)) if m.text() == "live" => {
+                moved.ack(&m);
+                assert_eq!(m.props.subscription_identifiers, [9]);
+                break;
+            }
+            Ok(v5::P5::Publish(m)) => moved.ack(&m),
+            _ => {}
+        }
+    }
+}
+
+/// `Client5::open`, retried while the node's registry is not ready.
+fn open5(addr: SocketAddr, o: &Conn5) -> (Client5, v5::ConnAck5) {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        let (c, ack) = Client5::handshake(addr, o);
+        if ack.reason == 0 {
+            return (c, ack);
+        }
+        assert_eq!(ack.reason, 0x88, "[{}] refused: {ack:?}", o.id);
+        assert!(
+            Instant::now() < deadline,
+            "[{}] registry never answered",
+            o.id
+        );
+    }
+}
+
+#[test]
+fn a_node_killed_mid_traffic_leaves_the_others_serving() {
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let mut nodes: Vec<Broker> = ["A", "B", "C"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| nats.node("two", n, i))
+        .collect();
+    let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    let mut sub = connect(a, "k-sub");
+    sub.subscribe("k/#", 1);
+    let mut on_b = connect(b, "k-mover");
+    on_b.subscribe("k/#", 1);
+    let mut publ = connect(c, "k-pub");
+    await_route(&mut publ, &mut [&mut sub, &mut on_b], "k/x");
+
+    // C publishes 200 QoS 1 messages from its own thread; B dies (SIGKILL) half-way.
+    let n = 200;
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            publ.publish("k/x", format!("k{i}").as_bytes(), 1, false);
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        publ
+    });
+    let first = next_payload(&mut sub, WAIT);
+    assert!(first.is_some(), "traffic flows before the kill");
+    common::signal(nodes[1].pid(), libc::SIGKILL);
+    assert!(nodes[1].wait(WAIT).is_some(), "node B is gone");
+    let mut got = vec![first.unwrap_or_default()];
+    got.extend(exactly(&mut sub, n - 1));
+    let want: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    assert_eq!(got, want, "A gets every message from C, once, while B dies");
+    let mut publ = sender.join().expect("publisher thread");
+
+    // B's client sees its connection die and reconnects to C with the same id: the
+    // registry moves it from the dead node without waiting for it.
+    on_b.wait_closed(WAIT);
+    let mut moved = connect(c, "k-mover");
+    moved.subscribe("k/#", 1);
+    publ.publish("k/x", b"after", 1, false);
+    assert_eq!(exactly(&mut moved, 1), ["after"]);
+    assert_eq!(exactly(&mut sub, 1), ["after"]);
+    // A still accepts new clients and routes to C.
+    let mut late = connect(a, "k-late");
+    late.publish("k/late", b"late", 1, false);
+    assert_eq!(exactly(&mut moved, 1), ["late"]);
+    nodes.truncate(1);
+}
+
+/// Without NATS the session registry cannot be asked: a CONNECT is refused with 0x88
+/// (5.0) / 3 (3.1.1) rather than risk one client id live on two nodes; an assigned id
+/// (empty client id) needs no registry and is served.
+#[test]
+fn without_nats_connects_are_refused_as_server_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let path = dir.path().join("n.conf");
+    std::fs::write(
+        &path,
+        format!("cluster_name solo\ncluster_node n\ncluster_nats nats://127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let node = Broker::start(&["-c", path.to_str().unwrap(), "--shards", SHARDS]);
+    let started = Instant::now();
+    let (mut c5, ack) = Client5::handshake(node.addr(), &Conn5::new("dev5"));
+    assert_eq!(ack.reason, 0x88, "{ack:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused in bounded time"
+    );
+    c5.wait_closed(WAIT);
+    let (mut c3, _, code) = RawClient::handshake(node.addr(), &common::ConnectOpts::v311("dev3"));
+    assert_eq!(code, 3);
+    c3.expect_closed(WAIT);
+    let (c, ack) = Client5::handshake(node.addr(), &Conn5::new(""));
+    assert_eq!(ack.reason, 0, "an assigned id is served alone: {ack:?}");
+    assert!(ack
+        .props
+        .assigned_client_identifier
+        .as_deref()
+        .is_some_and(|id| id.contains("-n-")));
+    drop(c);
+}
