@@ -17,6 +17,24 @@ use common::*;
 const RUNS: u64 = 4;
 /// Messages a publisher sends at most in one run.
 const STREAM_MAX: u32 = 2_000;
+/// `SHARDMQ_CRASH_FULL=1`: the full counts of RELIABILITY.md D1/D2 (20 runs, up to
+/// 10,000 messages each, killed within 50..3,050 ms); a few minutes per QoS level.
+const FULL_RUNS: u64 = 20;
+const FULL_STREAM_MAX: u32 = 10_000;
+const FULL_KILL_SPREAD_MS: u64 = 3_000;
+
+fn full_counts() -> bool {
+    std::env::var_os("SHARDMQ_CRASH_FULL").is_some()
+}
+
+/// (runs, messages at most per run, kill-point spread in ms).
+fn crash_counts() -> (u64, u32, u64) {
+    if full_counts() {
+        (FULL_RUNS, FULL_STREAM_MAX, FULL_KILL_SPREAD_MS)
+    } else {
+        (RUNS, STREAM_MAX, 300)
+    }
+}
 
 /// A fresh store directory, removed when dropped.
 struct DataDir(PathBuf);
@@ -82,7 +100,7 @@ fn stream(b: &Broker, topic: &'static str, q: u8, acked: Arc<Mutex<Vec<u32>>>) {
     let addr = b.addr();
     std::thread::spawn(move || {
         let mut c = RawClient::clean(addr, &format!("pub-{topic}"));
-        for n in 0..STREAM_MAX {
+        for n in 0..crash_counts().1 {
             let p = c.next_pid();
             c.send_publish(topic, n.to_string().as_bytes(), q, false, false, Some(p));
             let ok = match c.try_packet(WAIT) {
@@ -100,17 +118,19 @@ fn stream(b: &Broker, topic: &'static str, q: u8, acked: Arc<Mutex<Vec<u32>>>) {
     });
 }
 
-/// A pseudo-random delay in 50..350 ms for run `run`.
+/// A pseudo-random delay in 50..350 ms (full counts: 50..3,050 ms) for run `run`.
 fn kill_delay(run: u64) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::from(d.subsec_nanos()));
     let x = (nanos ^ run.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0x2545_F491_4F6C_DD1D);
-    Duration::from_millis(50 + (x >> 33) % 300)
+    Duration::from_millis(50 + (x >> 33) % crash_counts().2)
 }
 
 fn acked_messages_survive_kill(q: u8) {
-    for run in 0..RUNS {
+    let (runs, _, _) = crash_counts();
+    let mut acked_total = 0;
+    for run in 0..runs {
         let dir = DataDir::new(&format!("kill-q{q}-{run}"));
         let shards = 1 + (run as usize % 2);
         let mut b = start(&dir, shards);
@@ -138,7 +158,9 @@ fn acked_messages_survive_kill(q: u8) {
         if q == 2 {
             assert_eq!(texts.len(), received.len(), "QoS 2: no duplicates");
         }
+        acked_total += acked.len();
     }
+    eprintln!("kill -9, QoS {q}: {runs} runs, {acked_total} acknowledged messages, none lost");
 }
 
 #[test]
@@ -347,4 +369,88 @@ fn message_expiry_counts_wall_clock_time_across_a_restart() {
         "expiry counted on: {left} s left"
     );
     s.expect_nothing(QUIET);
+}
+
+/// A disk that fills up, black box: the broker's store writes through a test seam that
+/// fails with ENOSPC while a switch file exists (`SHARDMQ_STORE_FAULT_FILE`). While it
+/// does, nothing is acknowledged as a success: a 5.0 publisher gets 0x97 Quota exceeded,
+/// a publish caught by the failing write and a 3.1.1 publish wait for their acks; once
+/// space returns they are acknowledged and, after `kill -9` and a restart, delivered. The
+/// refused one never is.
+#[test]
+fn a_full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
+    let dir = DataDir::new("full");
+    let switch = dir.0.with_extension("full");
+    let switch_s = switch.to_str().expect("utf-8 temp path").to_string();
+    let args = ["--shards", "1", "--data-dir", dir.arg()];
+    let env = [("SHARDMQ_STORE_FAULT_FILE", switch_s.as_str())];
+    let mut b = Broker::start_env(&args, &env);
+    let sub = v5::Conn5::new("full-sub").clean(false).expiry(3600);
+    let (mut s, _) = v5::Client5::open(b.addr(), &sub);
+    s.subscribe("full/#", 1);
+    s.drop_tcp();
+    let mut p1 = v5::Client5::clean(b.addr(), "full-pub1");
+    let mut p2 = v5::Client5::clean(b.addr(), "full-pub2");
+    let (mut p3, _) = RawClient::connect_v311(b.addr(), "full-pub3", true, 60, None);
+    assert_eq!(
+        p1.publish("full/a", b"a", 1, false),
+        0,
+        "before the disk fills"
+    );
+
+    std::fs::write(&switch, b"full").expect("create the fault switch");
+    // The write of this publish's record fails: its PUBACK waits.
+    let held = p1.next_pid();
+    p1.send_publish("full/b", b"b", 1, false, Some(held), Default::default());
+    assert!(
+        p1.recv(QUIET).is_err(),
+        "a publish whose record could not be written was acknowledged"
+    );
+    // The store is known to be full now: a new 5.0 publish is refused at once.
+    assert_eq!(
+        p2.publish("full/c", b"c", 1, false),
+        0x97,
+        "0x97 Quota exceeded"
+    );
+    // 3.1.1 has no refusal: the ack waits (the client's window pauses it).
+    let v3_pid = p3.next_pid();
+    p3.send_publish("full/d", b"d", 1, false, false, Some(v3_pid));
+    assert!(
+        p3.try_packet(QUIET).is_err(),
+        "a 3.1.1 publish was acknowledged while the store could not write"
+    );
+
+    std::fs::remove_file(&switch).expect("remove the fault switch");
+    let ack = p1.expect_where(
+        WAIT,
+        "the held PUBACK",
+        |g| matches!(g, v5::P5::PubAck { pid, .. } if *pid == held),
+    );
+    assert!(
+        matches!(ack, v5::P5::PubAck { reason: 0, .. }),
+        "once space returned the held publish was acknowledged: {ack:?}"
+    );
+    let want = Got::PubAck(v3_pid);
+    p3.expect_where(WAIT, "the held 3.1.1 PUBACK", |g| *g == want);
+    // Writing again: new publishes are accepted.
+    assert_eq!(p2.publish("full/e", b"e", 1, false), 0, "accepted again");
+
+    kill9(&mut b);
+    let b = start(&dir, 1);
+    let (mut s, ack) = v5::Client5::open(b.addr(), &sub);
+    assert!(ack.present, "the session survived");
+    let mut got = BTreeSet::new();
+    while let Ok(v5::P5::Publish(m)) = s.recv(QUIET) {
+        s.ack(&m);
+        got.insert(m.topic.clone());
+    }
+    let want: BTreeSet<String> = ["full/a", "full/b", "full/d", "full/e"]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    assert_eq!(
+        got, want,
+        "every acknowledged message, and not the refused one"
+    );
+    let _ = std::fs::remove_file(&switch);
 }

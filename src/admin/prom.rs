@@ -420,6 +420,32 @@ fn labelled(o: &mut String, shards: &[ShardMetrics]) {
     }
     family(
         o,
+        "shardmq_persist_write_errors_total",
+        "counter",
+        "Store log writes that failed (disk full, I/O error); each retry counts.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "shardmq_persist_write_errors_total{{shard=\"{i}\"}} {}",
+            s.store_write_errors.get()
+        );
+    }
+    family(
+        o,
+        "shardmq_persist_publishes_refused_total",
+        "counter",
+        "QoS 1/2 publishes refused (5.0: 0x97) or 3.x connections closed while the store could not write.",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "shardmq_persist_publishes_refused_total{{shard=\"{i}\"}} {}",
+            s.publishes_refused_store.get()
+        );
+    }
+    family(
+        o,
         "shardmq_tls_handshakes_total",
         "counter",
         "TLS handshakes, by result.",

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use super::connect::{timer_key, TIMER_LINK};
 use super::link::PendingConnect;
-use super::{home_shard, Broker, Cast, LinkState, Verdict};
+use super::{home_shard, Broker, Cast, Verdict};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::QoS;
@@ -385,26 +385,11 @@ impl<X> Broker<X> {
     /// 3.x "server unavailable") when the registry could not be reached: two nodes must
     /// never both believe they hold one client id.
     fn on_claim_answer(&mut self, token: u64, ok: bool, previous: bool, now_ms: u64) {
-        let key = (token >> 32) as usize;
-        let gen = token as u32;
-        let Some(link) = self.links.get_mut(key) else {
-            return;
-        };
-        let waiting = link.pending_connect.as_ref().is_some_and(|p| p.claim);
-        if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
-            return;
-        }
-        let Some(pending) = link.pending_connect.take() else {
+        let Some((key, version, pending)) = self.take_pending_connect(token, |p| p.claim) else {
             return;
         };
         self.fx.resume.push(key);
-        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
-        let Ok(protocol::Decoded::Packet {
-            packet: Packet::Connect(c),
-            ..
-        }) = decoded
-        else {
-            self.close(key, None, "stored CONNECT unreadable");
+        let Some(c) = self.stored_connect(key, &pending.connect, version) else {
             return;
         };
         if !ok {
@@ -416,6 +401,9 @@ impl<X> Broker<X> {
             );
             return;
         }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
         link.claimed = true;
         if previous && !c.clean_start {
             // The old node was told to send the session's state: wait for it (bounded).
@@ -462,25 +450,11 @@ impl<X> Broker<X> {
     /// Complete the CONNECT of link `token` that waited for a session's state, with it
     /// (`Some`) or without (it did not come in time).
     fn finish_handover(&mut self, token: u64, state: Option<SessionHandover>, now_ms: u64) {
-        let key = (token >> 32) as usize;
-        let Some(link) = self.links.get_mut(key) else {
-            return;
-        };
-        let waiting = link.pending_connect.as_ref().is_some_and(|p| p.handover);
-        if link.gen != token as u32 || link.state != LinkState::ExpectConnect || !waiting {
-            return;
-        }
-        let Some(pending) = link.pending_connect.take() else {
+        let Some((key, version, pending)) = self.take_pending_connect(token, |p| p.handover) else {
             return;
         };
         self.fx.resume.push(key);
-        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
-        let Ok(protocol::Decoded::Packet {
-            packet: Packet::Connect(c),
-            ..
-        }) = decoded
-        else {
-            self.close(key, None, "stored CONNECT unreadable");
+        let Some(c) = self.stored_connect(key, &pending.connect, version) else {
             return;
         };
         self.handover_in = state.map(Box::new);

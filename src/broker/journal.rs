@@ -59,12 +59,34 @@ pub enum HeldAck {
         /// Its packet id.
         pid: PacketId,
     },
+    /// Log an inbound QoS 2 id (the PUBREC behind it follows).
+    Incoming(HeldIncoming),
     /// The acknowledgement to the remote of a QoS 1/2 message a bridge brought in (the
     /// shard keeps the acks of each bridge in order; this releases the oldest).
     Bridge {
         /// The shard's id for the bridge's run.
         bridge: usize,
     },
+}
+
+/// An inbound QoS 2 packet id to log as taken once the routing of its message is durable
+/// everywhere (this epoch's release), with the PUBREC that then waits one more round for
+/// the id's own record: a PUBREC the client saw always means the id is durable, and a
+/// resent PUBLISH recognised by a durable id after a crash was never lost.
+#[derive(Debug)]
+pub struct HeldIncoming {
+    /// Session key.
+    pub session: usize,
+    /// The session's uid (a reused key is another session).
+    pub uid: u64,
+    /// The packet id.
+    pub pid: PacketId,
+    /// The link the PUBREC goes to, and its generation.
+    pub link: usize,
+    /// Link generation.
+    pub gen: u32,
+    /// The encoded PUBREC.
+    pub bytes: SmallVec<[u8; 16]>,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -95,6 +117,14 @@ pub struct Journal {
     /// Unix time (ms) at shard clock 0.
     unix_epoch_ms: u64,
     error_logged: bool,
+    /// Since when (shard ms) the log cannot write (a write failed, or an `fdatasync`).
+    stalled_since_ms: Option<u64>,
+    /// Log writes that failed (each retry counts).
+    pub write_errors: u64,
+    /// QoS 1/2 publishes refused, or connections closed, while the log could not write.
+    pub refused: u64,
+    /// `refused` when the stall began, for the log line at its end.
+    refused_at_stall: u64,
     /// Reused encoding buffer for held packets.
     scratch: Vec<u8>,
     /// Shadow message count at which unreferenced messages are dropped next.
@@ -119,6 +149,10 @@ impl Journal {
             notes: VecDeque::new(),
             unix_epoch_ms,
             error_logged: false,
+            stalled_since_ms: None,
+            write_errors: 0,
+            refused: 0,
+            refused_at_stall: 0,
             scratch: Vec::new(),
             gc_at: GC_MESSAGES_MIN,
         }
@@ -166,6 +200,13 @@ impl Journal {
         self.turn.push(ack);
     }
 
+    /// `packet` encoded for `version` (for a held ack built by hand).
+    pub fn encode_held(&mut self, version: Version, packet: &Packet<'_>) -> SmallVec<[u8; 16]> {
+        self.scratch.clear();
+        protocol::encode(packet, version, &mut self.scratch);
+        SmallVec::from_slice(&self.scratch)
+    }
+
     /// Hold `packet`, encoded for `version`, for link `link` of generation `gen`.
     pub fn hold_packet(&mut self, link: usize, gen: u32, version: Version, packet: &Packet<'_>) {
         self.scratch.clear();
@@ -197,7 +238,12 @@ impl Journal {
 
     /// End of a turn: seal its acks, write the batch, and return the barriers to send
     /// (`(peer, seq)`) in `barriers` and the barrier answers in `answers`.
-    pub fn end_turn(&mut self, barriers: &mut Vec<(usize, u64)>, answers: &mut Vec<(usize, u64)>) {
+    pub fn end_turn(
+        &mut self,
+        now_ms: u64,
+        barriers: &mut Vec<(usize, u64)>,
+        answers: &mut Vec<(usize, u64)>,
+    ) {
         if self.sent_to.iter().any(|&s| s) {
             self.barrier_seq += 1;
             for (p, sent) in self.sent_to.iter_mut().enumerate() {
@@ -222,8 +268,9 @@ impl Journal {
             }
             n.0 = last;
         }
-        if let Err(e) = self.wal.end_turn() {
-            self.report(&e);
+        match self.wal.end_turn() {
+            Err(e) => self.stall(now_ms, &e),
+            Ok(()) => self.unstall(now_ms),
         }
         let durable = self.wal.durable_lsn();
         while self.notes.front().is_some_and(|n| n.0 <= durable) {
@@ -250,9 +297,76 @@ impl Journal {
         }
     }
 
-    /// Whether records or acks wait for the next `end_turn`.
+    /// Manual mode ([`crate::store::Background::Manual`]): run one round of the sync
+    /// thread's work (`sync`), or a checkpoint write waiting for it. True if anything ran.
+    pub fn background_step(&mut self, sync: bool) -> bool {
+        if sync {
+            self.wal.sync_step()
+        } else {
+            self.wal.run_background()
+        }
+    }
+
+    /// Whether records or acks wait for the next `end_turn` (not while the log cannot
+    /// write: the shard then retries on its next turn, at least once a second, instead of
+    /// spinning on a full disk).
     pub fn unwritten(&self) -> bool {
-        self.wal.batch_bytes() > 0 || !self.turn.is_empty()
+        self.stalled_since_ms.is_none() && (self.wal.batch_bytes() > 0 || !self.turn.is_empty())
+    }
+
+    /// Whether the log cannot write now: new QoS 1/2 publishes are refused.
+    pub fn stalled(&self) -> bool {
+        self.stalled_since_ms.is_some()
+    }
+
+    /// Bytes appended and not yet written (they grow while the log is stalled).
+    pub fn unwritten_bytes(&self) -> usize {
+        self.wal.batch_bytes()
+    }
+
+    /// Whether link `link` (generation `gen`) has an ack held: a refusal must then wait
+    /// behind it, to keep the acks in the order of the PUBLISHes.
+    pub fn holds_for(&self, link: usize, gen: u32) -> bool {
+        let mine = |a: &HeldAck| match a {
+            HeldAck::Bytes {
+                link: l, gen: g, ..
+            }
+            | HeldAck::Publish {
+                link: l, gen: g, ..
+            } => *l == link && *g == gen,
+            HeldAck::SubAck(p) => p.link == link && p.gen == gen,
+            HeldAck::Incoming(h) => h.link == link && h.gen == gen,
+            HeldAck::Bridge { .. } => false,
+        };
+        self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
+    }
+
+    /// A write failed: from now on QoS 1/2 publishes are refused until one succeeds.
+    fn stall(&mut self, now_ms: u64, e: &crate::store::StoreError) {
+        self.write_errors += 1;
+        if self.stalled_since_ms.is_none() {
+            self.stalled_since_ms = Some(now_ms);
+            self.refused_at_stall = self.refused;
+            let permanent = if self.wal.failed() {
+                " An fdatasync failed: the log stays closed until the broker is restarted."
+            } else {
+                ""
+            };
+            crate::log::log(format_args!(
+                "Error: {e}. Nothing more is acknowledged until the store can write again: new QoS 1/2 publishes are refused (MQTT 5: reason 0x97 Quota exceeded; 3.x: acknowledgements wait).{permanent}"
+            ));
+        }
+    }
+
+    /// A write succeeded: if the log was stalled, say so and accept publishes again.
+    fn unstall(&mut self, now_ms: u64) {
+        if let Some(since) = self.stalled_since_ms.take() {
+            crate::log::log(format_args!(
+                "Notice: store: writing again after {} ms; {} publish(es) refused meanwhile.",
+                now_ms.saturating_sub(since),
+                self.refused - self.refused_at_stall
+            ));
+        }
     }
 
     /// Acks still held (for figures and tests).

@@ -132,28 +132,12 @@ impl<X> Broker<X> {
     /// The answer to a [`VerifyRequest`]: `Some((verdict, generation of the file checked))`,
     /// or `None` when the verifier was too busy to take it.
     pub fn on_verified(&mut self, token: u64, answer: Option<(Check, u64)>, now_ms: u64) {
-        let key = (token >> 32) as usize;
-        let gen = token as u32;
-        let Some(link) = self.links.get_mut(key) else {
-            return;
-        };
-        let waiting = link
-            .pending_connect
-            .as_ref()
-            .is_some_and(|p| p.refusal.is_none() && !p.claim);
-        if link.gen != gen || link.state != LinkState::ExpectConnect || !waiting {
-            return;
-        }
-        let Some(pending) = link.pending_connect.take() else {
-            return;
-        };
-        let decoded = protocol::decode(&pending.connect, link.version, usize::MAX);
-        let Ok(protocol::Decoded::Packet {
-            packet: Packet::Connect(c),
-            ..
-        }) = decoded
+        let Some((key, version, pending)) =
+            self.take_pending_connect(token, |p| p.refusal.is_none() && !p.claim)
         else {
-            self.close(key, None, "stored CONNECT unreadable");
+            return;
+        };
+        let Some(c) = self.stored_connect(key, &pending.connect, version) else {
             return;
         };
         match answer {
@@ -164,6 +148,44 @@ impl<X> Broker<X> {
                 self.passed_login(key, token, &c, &pending.connect, generation, now_ms);
             }
             Some((_, _)) => self.failed_login(key, &c, now_ms),
+        }
+    }
+
+    /// Take the [`PendingConnect`] of the link an asynchronous answer (`token`: key and
+    /// generation) is for, when that link is still the same connection, still before its
+    /// CONNACK, and `waits` says its CONNECT waits for this kind of answer. `None` drops a
+    /// late answer. Returns the link's key and protocol version with it.
+    pub(super) fn take_pending_connect(
+        &mut self,
+        token: u64,
+        waits: impl Fn(&PendingConnect) -> bool,
+    ) -> Option<(usize, Version, Box<PendingConnect>)> {
+        let key = (token >> 32) as usize;
+        let link = self.links.get_mut(key)?;
+        let waiting = link.pending_connect.as_deref().is_some_and(waits);
+        if link.gen != token as u32 || link.state != LinkState::ExpectConnect || !waiting {
+            return None;
+        }
+        let pending = link.pending_connect.take()?;
+        Some((key, link.version, pending))
+    }
+
+    /// A held CONNECT (re-encoded by us) decoded again; the link is closed if it cannot be.
+    pub(super) fn stored_connect<'a>(
+        &mut self,
+        key: usize,
+        bytes: &'a [u8],
+        version: Version,
+    ) -> Option<Connect<'a>> {
+        match protocol::decode(bytes, version, usize::MAX) {
+            Ok(protocol::Decoded::Packet {
+                packet: Packet::Connect(c),
+                ..
+            }) => Some(c),
+            _ => {
+                self.close(key, None, "stored CONNECT unreadable");
+                None
+            }
         }
     }
 

@@ -22,6 +22,10 @@ use crate::store::{
 
 pub use super::journal::RetainedEntry;
 
+/// While the store cannot write, 3.x publishers are paused by their held acks until this
+/// many bytes wait unwritten; past it, a 3.x connection that publishes QoS 1/2 is closed.
+pub const STALL_UNWRITTEN_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 impl<X> Broker<X> {
     /// Use `j` as this shard's log from now on (persistence on).
     pub fn attach_journal(&mut self, j: Journal) {
@@ -32,6 +36,70 @@ impl<X> Broker<X> {
     /// must not sleep before writing them.
     pub fn journal_unwritten(&self) -> bool {
         self.journal.as_ref().is_some_and(Journal::unwritten)
+    }
+
+    /// Manual mode: one round of the log's sync (`sync`) or checkpoint work; see
+    /// [`Journal::background_step`].
+    pub fn journal_background(&mut self, sync: bool) -> bool {
+        self.journal
+            .as_mut()
+            .is_some_and(|j| j.background_step(sync))
+    }
+
+    /// Whether the store cannot write now (new QoS 1/2 publishes are refused).
+    pub fn store_stalled(&self) -> bool {
+        self.journal.as_ref().is_some_and(Journal::stalled)
+    }
+
+    /// (failed log writes, publishes refused while the store could not write).
+    pub fn store_errors(&self) -> (u64, u64) {
+        self.journal
+            .as_ref()
+            .map_or((0, 0), |j| (j.write_errors, j.refused))
+    }
+
+    /// A new QoS 1/2 PUBLISH while the store cannot write: never acknowledged as a
+    /// success. 5.0 gets PUBACK/PUBREC 0x97 Quota exceeded (at once, unless an earlier ack
+    /// of the link is held: then behind it). 3.x has no refusal: the publish is taken and
+    /// its ack held until the store writes again (the client's in-flight window pauses
+    /// it); past [`STALL_UNWRITTEN_BYTES_MAX`] unwritten bytes its connection is closed
+    /// instead (nothing was acknowledged, so it resends after reconnecting).
+    /// Returns `None` when the publish should go ahead.
+    pub(super) fn refuse_while_stalled(
+        &mut self,
+        key: usize,
+        p: &crate::protocol::Publish<'_>,
+    ) -> Option<super::Verdict> {
+        let Some(link) = self.links.get(key) else {
+            return Some(super::Verdict::Close);
+        };
+        let (gen, v5) = (link.gen, link.version == protocol::Version::V5);
+        let j = self.journal.as_mut()?;
+        if !v5 && j.unwritten_bytes() < STALL_UNWRITTEN_BYTES_MAX {
+            return None;
+        }
+        j.refused += 1;
+        if !v5 {
+            return Some(self.close(key, None, "store cannot write"));
+        }
+        let held = j.holds_for(key, gen);
+        let reason = protocol::ReasonCode::QuotaExceeded;
+        let ack = |pid| protocol::Ack {
+            packet_id: pid,
+            reason,
+            properties: protocol::Properties::default(),
+        };
+        let packet = match (p.qos, p.packet_id) {
+            (protocol::QoS::ExactlyOnce, Some(pid)) => Packet::PubRec(ack(pid)),
+            (_, Some(pid)) => Packet::PubAck(ack(pid)),
+            _ => return None,
+        };
+        if held {
+            self.send_durable(key, &packet);
+        } else {
+            self.send(key, &packet);
+        }
+        Some(super::Verdict::Continue)
     }
 
     /// Acks the journal still holds (0 with persistence off).
@@ -74,7 +142,7 @@ impl<X> Broker<X> {
             }
         }
         let (mut barriers, mut answers) = (Vec::new(), Vec::new());
-        j.end_turn(&mut barriers, &mut answers);
+        j.end_turn(now_ms, &mut barriers, &mut answers);
         let from = self.shard_id;
         for (to, seq) in barriers {
             self.fx.outbox.push((to, Cast::Barrier { from, seq }));
@@ -118,6 +186,20 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::SubAck(p) => self.send_suback(p, now_ms),
+            HeldAck::Incoming(h) => {
+                let taken = self
+                    .sessions
+                    .get(h.session)
+                    .is_some_and(|x| x.uid == h.uid && x.awaiting_rel.contains(&h.pid.get()));
+                if taken {
+                    self.log_incoming(h.session, h.pid, true);
+                }
+                let (link, gen, bytes) = (h.link, h.gen, h.bytes);
+                if let Some(j) = self.journal.as_mut() {
+                    // Out after the id's record is durable (the next round).
+                    j.hold(HeldAck::Bytes { link, gen, bytes });
+                }
+            }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Publish {
                 link,
@@ -271,6 +353,11 @@ impl<X> Broker<X> {
                 }
             }
         }
+        // New packet ids start above the restored ones: the allocator's fast path takes
+        // every id above `next_pid` as free (found by the power-cut simulation: a new
+        // delivery reused a restored in-flight id and was never sent).
+        let highest = sess.inflight.iter().map(|f| f.pid.get()).max().unwrap_or(0);
+        sess.ids_used_up_to(highest);
         let offline_ms = st
             .disconnected_at_unix_ms
             .map_or(0, |at| unix.saturating_sub(at));
@@ -392,6 +479,39 @@ impl<X> Broker<X> {
                 msg: id,
                 stamp,
             });
+        }
+    }
+
+    /// Answer a new QoS 2 PUBLISH of session `s` on link `key` with a PUBREC (`reason`):
+    /// for a logged session its id is logged once the routing is durable and the PUBREC
+    /// follows once the id is ([`journal::HeldIncoming`]); otherwise as any held ack.
+    pub(super) fn pubrec_new(
+        &mut self,
+        s: usize,
+        key: usize,
+        pid: PacketId,
+        reason: protocol::ReasonCode,
+    ) {
+        let logged = self.sessions.get(s).filter(|x| x.logged).map(|x| x.uid);
+        let link = self.links.get(key).map(|l| (l.gen, l.version));
+        let ack = Packet::PubRec(protocol::Ack {
+            packet_id: pid,
+            reason,
+            properties: protocol::Properties::default(),
+        });
+        match (self.journal.as_mut(), logged, link) {
+            (Some(j), Some(uid), Some((gen, version))) => {
+                let bytes = j.encode_held(version, &ack);
+                j.hold(HeldAck::Incoming(journal::HeldIncoming {
+                    session: s,
+                    uid,
+                    pid,
+                    link: key,
+                    gen,
+                    bytes,
+                }));
+            }
+            _ => self.send_durable(key, &ack),
         }
     }
 

@@ -68,8 +68,21 @@ impl<X> Broker<X> {
             self.nack_publish(key, p, ReasonCode::NotAuthorized);
             return Verdict::Continue;
         }
+        if p.qos != QoS::AtMostOnce && self.store_stalled() && !self.qos2_resend(s, p) {
+            if let Some(v) = self.refuse_while_stalled(key, p) {
+                return v;
+            }
+        }
         self.hot.observe(&topic, now_ms);
         self.accept_publish(key, s, p, &topic, now_ms)
+    }
+
+    /// Whether `p` resends a QoS 2 message session `s` already took (only acknowledged).
+    fn qos2_resend(&self, s: usize, p: &Publish<'_>) -> bool {
+        match (p.qos, p.packet_id, self.sessions.get(s)) {
+            (QoS::ExactlyOnce, Some(pid), Some(sess)) => sess.awaiting_rel.contains(&pid.get()),
+            _ => false,
+        }
     }
 
     /// May link `key` publish to `topic` (its listener's ACL, through its cache)? A refusal
@@ -133,9 +146,8 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                self.log_incoming(s, pid, true);
                 let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.send_ack_durable(key, Packet::PubRec, pid, matched_code(matched));
+                self.pubrec_new(s, key, pid, matched_code(matched));
             }
             (QoS::AtLeastOnce, Some(pid)) => {
                 let matched = self.route_new(key, p, topic, now_ms, origin);
@@ -369,11 +381,19 @@ impl<X> Broker<X> {
             }
             _ => None,
         };
+        let stored = logged.is_some();
         if let Some(id) = logged {
             self.log_pubrec(true, &id, a.packet_id, failed);
         }
         match found {
             Some(Ok(())) if failed => self.pump(s, now_ms),
+            // A stored delivery's PUBREL waits until "PUBREL sent" is durable: a client
+            // that saw it forgets the packet id, so a crash that restored the delivery as
+            // unacknowledged would resend the PUBLISH as a new message (found by the
+            // power-cut simulation, seed 2003).
+            Some(Ok(())) if stored => {
+                self.send_ack_durable(key, Packet::PubRel, a.packet_id, ReasonCode::Success)
+            }
             Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
             _ => self.send_ack(
                 key,

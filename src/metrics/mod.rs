@@ -214,6 +214,11 @@ pub struct ShardMetrics {
     pub memory_accounted: [Figure; 6],
     /// Failed authentications.
     pub auth_failures: Figure,
+    /// Store log writes that failed (disk full, I/O error; each retry counts).
+    pub store_write_errors: Figure,
+    /// QoS 1/2 publishes refused (or 3.x connections closed) while the store could not
+    /// write.
+    pub publishes_refused_store: Figure,
     /// TLS handshakes completed (counted when the first application bytes arrive).
     pub tls_handshakes: Figure,
     /// TLS handshakes refused (a TLS error before the handshake completed).

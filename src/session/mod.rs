@@ -242,6 +242,11 @@ impl Session {
         }
     }
 
+    /// Packet ids up to `pid` are taken by restored deliveries: allocate above them.
+    pub fn ids_used_up_to(&mut self, pid: u16) {
+        self.next_pid = self.next_pid.max(pid);
+    }
+
     /// The next free packet identifier, or `None` if all 65,535 are in flight. Ids are
     /// handed out in increasing order, skipping those in flight; until they wrap, the next
     /// one up cannot be in flight and is taken without looking at the window.

@@ -356,7 +356,8 @@ fn open_journal(
     waker: Arc<Waker>,
 ) -> io::Result<std::collections::BTreeMap<String, crate::store::BridgeState>> {
     let dir = crate::store::layout::shard_dir(&st.dir, id);
-    let wal = crate::store::Wal::open(&dir, st.opts, move || {
+    let disk = crate::store::disk::from_env();
+    let wal = crate::store::Wal::open_on(disk, &dir, st.opts, move || {
         let _ = waker.wake();
     })
     .map_err(|e| io::Error::other(e.to_string()))?;

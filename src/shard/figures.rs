@@ -64,6 +64,9 @@ fn copy_counters<X>(m: &ShardMetrics, broker: &Broker<X>, bus: &Bus<BusMsg>) {
     }
     m.connections_accepted.set(s.connections_accepted);
     m.auth_failures.set(s.auth_failures);
+    let (write_errors, refused) = broker.store_errors();
+    m.store_write_errors.set(write_errors);
+    m.publishes_refused_store.set(refused);
     m.tls_handshakes.set(s.tls_handshakes);
     m.tls_failures.set(s.tls_handshake_failures);
     m.packets_received.set(s.packets_in);

@@ -112,6 +112,9 @@ pub struct Client {
     ever_connected: bool,
     /// The SUBACK arrived (the subscription is in the session for good).
     pub subscribed: bool,
+    /// An acknowledgement arrived after a CONNACK of this persistent session: its record
+    /// is durable (acks are released only once every earlier record of the shard is).
+    session_durable: bool,
     rx: Vec<u8>,
     next_pid: u16,
     next_seq: u32,
@@ -154,6 +157,7 @@ impl Client {
             connected: false,
             ever_connected: false,
             subscribed: false,
+            session_durable: false,
             rx: Vec::new(),
             next_pid: 0,
             next_seq: 0,
@@ -244,6 +248,16 @@ impl Client {
         payload.extend_from_slice(&seq.to_be_bytes());
         payload.resize(10 + padding, b'.');
         seq
+    }
+
+    /// The broker lost power: the connection is gone, and a persistent session whose
+    /// creation no acknowledgement vouched for may be gone too (CONNACK is not held until
+    /// durable: docs/persistence.md).
+    pub fn power_cut(&mut self) {
+        self.lost();
+        if !self.session_durable {
+            self.ever_connected = false;
+        }
     }
 
     /// The connection ended (closed by the broker, broken, or given up).
@@ -368,6 +382,7 @@ impl Client {
                 if !granted_ok {
                     oracle.violation(format!("{} SUBACK refused: {:?}", self.id, s.codes));
                 }
+                self.session_durable |= !self.clean;
                 if !self.subscribed {
                     self.subscribed = true;
                     oracle.subscribed(self.index, step, self.clean);
@@ -483,6 +498,7 @@ impl Client {
     ) {
         // A PUBCOMP 0x92 answers a PUBREL resent after the broker had already released the
         // id (its first PUBCOMP was lost with the connection): the flow is complete.
+        self.session_durable |= !self.clean;
         if a.reason.is_error() && stage != Stage::Comp {
             oracle.violation(format!(
                 "{} publish {} refused: {:?}",

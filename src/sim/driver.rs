@@ -72,9 +72,21 @@ impl Write for Pipe<'_> {
     }
 }
 
+/// Where the simulated store lives on the simulated disk.
+const SIM_DATA_DIR: &str = "/data";
+/// Wall-clock time (Unix ms) at simulated time 0.
+const SIM_UNIX_EPOCH_MS: u64 = 1_800_000_000_000;
+/// Log bytes between checkpoints in the simulation (small, so runs write several).
+const SIM_CHECKPOINT_BYTES: u64 = 16 * 1024;
+/// Segment size in the simulation (small, so runs roll segments).
+const SIM_SEGMENT_BYTES: u64 = 8 * 1024;
+
 /// The simulated broker: every shard, and the bus between them.
 pub struct Cluster {
     brokers: Vec<Broker<Io>>,
+    /// The simulated disk under every shard's log, when persistence is simulated.
+    disk: Option<crate::store::SimDisk>,
+    cfg: Arc<Config>,
     /// `bus[from * n + to]`, in send order.
     bus: Vec<VecDeque<SimMsg>>,
     /// Scratch list of link keys (dirty or closing).
@@ -92,10 +104,106 @@ impl Cluster {
             .collect();
         Cluster {
             brokers,
+            disk: None,
+            cfg,
             bus: (0..shards * shards).map(|_| VecDeque::new()).collect(),
             keys: Vec::new(),
             chaos: true,
         }
+    }
+
+    /// `shards` brokers with persistence on, each shard's log on `disk` (its background
+    /// work run by hand: [`Cluster::background`]), started from what `disk` holds.
+    pub fn with_store(
+        shards: usize,
+        cfg: Config,
+        now_ms: u64,
+        disk: crate::store::SimDisk,
+    ) -> Result<Cluster, String> {
+        let mut c = Cluster::new(shards, cfg, now_ms);
+        c.disk = Some(disk);
+        c.start_store(now_ms)?;
+        Ok(c)
+    }
+
+    /// Recover the store, lay it out for this shard count, attach each shard's journal
+    /// and restore its part (as `main::open_store` and `event_loop::open_journal` do).
+    fn start_store(&mut self, now_ms: u64) -> Result<(), String> {
+        use crate::store::{self, Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
+        let Some(disk) = self.disk.clone() else {
+            return Ok(());
+        };
+        let data = std::path::Path::new(SIM_DATA_DIR);
+        let rec = store::recover_all_on(Arc::new(disk.clone()), data).map_err(|e| e.to_string())?;
+        let state = rec.state;
+        let retained: Vec<_> = state
+            .retained
+            .iter()
+            .filter_map(|(t, r)| Some((t.clone(), state.messages.get(&r.msg?)?.clone(), r.stamp)))
+            .collect();
+        let n = self.brokers.len();
+        let shard_of = |s: &str| crate::broker::home_shard(s, n);
+        let parts = state.split(n, shard_of, shard_of);
+        store::install_on(&disk, data, &parts).map_err(|e| e.to_string())?;
+        let opts = WalOptions {
+            segment_bytes_max: SIM_SEGMENT_BYTES,
+            sync: SyncMode::Always,
+            checkpoint: CheckpointPolicy {
+                log_bytes_max: SIM_CHECKPOINT_BYTES,
+                interval_s: 0,
+            },
+            background: Background::Manual,
+        };
+        for (id, part) in parts.into_iter().enumerate() {
+            let dir = store::layout::shard_dir(data, id);
+            let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {})
+                .map_err(|e| e.to_string())?;
+            let unix = SIM_UNIX_EPOCH_MS;
+            let j = crate::broker::journal::Journal::new(wal, part.clone(), n, unix);
+            self.brokers[id].attach_journal(j);
+            self.brokers[id].restore(&part, &retained, now_ms);
+        }
+        for i in 0..n {
+            self.push_outbox(i);
+        }
+        Ok(())
+    }
+
+    /// Whether the shards log to a simulated disk.
+    pub fn persistent(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Shard `i`'s log does background work: a sync (`sync`) or a checkpoint write.
+    pub fn background(&mut self, i: usize, sync: bool) -> bool {
+        self.brokers
+            .get_mut(i)
+            .is_some_and(|b| b.journal_background(sync))
+    }
+
+    /// Power fails: every shard dies at once, the disk forgets what was not synced, every
+    /// connection breaks; then the broker starts again from the disk at `now_ms`.
+    pub fn power_cut(&mut self, now_ms: u64, net: &mut Net) -> Result<(), String> {
+        let Some(disk) = self.disk.clone() else {
+            return Ok(());
+        };
+        let n = self.brokers.len();
+        // Dropping a log writes its batch, which the power cut then forgets.
+        self.brokers.clear();
+        disk.power_cut();
+        for q in &mut self.bus {
+            q.clear();
+        }
+        for k in net.conns.iter_mut() {
+            k.broken = true;
+            k.closed = true;
+            k.to_client.clear();
+            k.to_broker.clear();
+        }
+        self.brokers = (0..n)
+            .map(|id| Broker::new(id, n, self.cfg.clone(), now_ms))
+            .collect();
+        self.start_store(now_ms)
     }
 
     /// Number of shards.
@@ -172,6 +280,7 @@ impl Cluster {
             }
         }
         self.brokers[i].on_timers(now_ms);
+        self.brokers[i].journal_end_turn(now_ms);
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);
         self.close_pending(i, now_ms, net);

@@ -56,6 +56,10 @@ pub struct SimConfig {
     pub clients_max: usize,
     /// Print every event to stderr as it happens (for replaying one seed).
     pub verbose: bool,
+    /// Persistence on, each shard's log on a simulated disk, and power cuts in the chaos:
+    /// the whole broker dies, the disk forgets what was not synced, the broker restarts
+    /// from it (see docs/simulation.md).
+    pub power_cuts: bool,
 }
 
 impl Default for SimConfig {
@@ -65,6 +69,7 @@ impl Default for SimConfig {
             shards_max: 4,
             clients_max: 7,
             verbose: false,
+            power_cuts: false,
         }
     }
 }
@@ -84,6 +89,8 @@ pub struct Summary {
     pub connections: usize,
     /// A digest of everything clients saw, in order: equal for equal seeds.
     pub digest: u64,
+    /// Power cuts simulated.
+    pub power_cuts: usize,
 }
 
 /// A run that broke a promise (or got stuck).
@@ -95,6 +102,8 @@ pub struct Failure {
     pub violations: Vec<String>,
     /// The last events before the end.
     pub trace: Vec<String>,
+    /// The run simulated power cuts (its replay needs `SHARDMQ_SIM_POWER=1`).
+    pub power: bool,
 }
 
 impl fmt::Display for Failure {
@@ -111,7 +120,12 @@ impl fmt::Display for Failure {
             writeln!(f, "  {t}")?;
         }
         if let Some(s) = self.seed {
-            writeln!(f, "replay: {}", replay_command(s))?;
+            let power = if self.power {
+                "SHARDMQ_SIM_POWER=1 "
+            } else {
+                ""
+            };
+            writeln!(f, "replay: {power}{}", replay_command(s))?;
         }
         Ok(())
     }
@@ -156,6 +170,8 @@ struct World {
     trace: std::collections::VecDeque<String>,
     digest: u64,
     verbose: bool,
+    /// Power cuts so far.
+    cuts: usize,
 }
 
 /// FNV-1a over `bytes`, continuing from `h`.
@@ -177,9 +193,16 @@ impl World {
             verbose: false,
             ..Config::default()
         };
+        let cluster = if cfg.power_cuts {
+            // An empty simulated disk always starts; anything else is a bug worth a panic.
+            Cluster::with_store(shards, config, 0, crate::store::SimDisk::default())
+                .unwrap_or_else(|e| panic!("simulated store failed to start: {e}"))
+        } else {
+            Cluster::new(shards, config, 0)
+        };
         World {
             rng,
-            cluster: Cluster::new(shards, config, 0),
+            cluster,
             net: Net::default(),
             stale: vec![None; clients.len()],
             clients,
@@ -189,6 +212,7 @@ impl World {
             trace: std::collections::VecDeque::new(),
             digest: 0xcbf2_9ce4_8422_2325,
             verbose: cfg.verbose,
+            cuts: 0,
         }
     }
 
@@ -209,7 +233,11 @@ impl World {
                 break;
             }
             self.step += 1;
-            self.chaos_step();
+            if self.cluster.persistent() {
+                self.store_step()?;
+            } else {
+                self.chaos_step();
+            }
         }
         self.settle()?;
         self.check_retained()?;
@@ -230,6 +258,7 @@ impl World {
             delivered: self.oracle.deliveries.len(),
             connections: self.net.conns.len(),
             digest: self.digest,
+            power_cuts: self.cuts,
         })
     }
 
@@ -240,12 +269,17 @@ impl World {
             seed: None,
             violations,
             trace: self.trace.iter().cloned().collect(),
+            power: self.cluster.persistent(),
         }
     }
 
     /// One choice of the chaotic phase.
     fn chaos_step(&mut self) {
         let pick = self.rng.below(100);
+        self.chaos_pick(pick);
+    }
+
+    fn chaos_pick(&mut self, pick: u64) {
         let c = self.rng.index(self.clients.len());
         match pick {
             0..=29 => {
@@ -262,6 +296,48 @@ impl World {
             85..=89 => self.advance_time(),
             _ => self.drain_abandoned(),
         }
+    }
+
+    /// One choice of the chaotic phase with persistence on: the usual choices, a shard's
+    /// log syncing or writing a checkpoint, or (rarely) a power cut.
+    fn store_step(&mut self) -> Result<(), Failure> {
+        let pick = self.rng.below(130);
+        if pick < 100 {
+            // The same weights as `chaos_step`, from this draw.
+            self.chaos_pick(pick);
+            return Ok(());
+        }
+        let s = self.rng.index(self.cluster.shards());
+        match pick {
+            100..=121 => {
+                if self.cluster.background(s, true) {
+                    self.log(format!("shard {s}'s log syncs"));
+                }
+            }
+            122..=127 => {
+                if self.cluster.background(s, false) {
+                    self.log(format!("shard {s}'s checkpoint is written"));
+                }
+            }
+            _ => self.power_cut()?,
+        }
+        Ok(())
+    }
+
+    /// Power fails and comes back: the broker restarts from what its disk kept.
+    fn power_cut(&mut self) -> Result<(), Failure> {
+        self.cuts += 1;
+        self.log(format!("power cut {}", self.cuts));
+        if let Err(e) = self.cluster.power_cut(self.now_ms, &mut self.net) {
+            return Err(self.failure(vec![format!("restart after a power cut failed: {e}")]));
+        }
+        self.oracle.power_cut();
+        for c in 0..self.clients.len() {
+            self.stale[c] = None;
+            self.clients[c].power_cut();
+            self.disrupted(c);
+        }
+        Ok(())
     }
 
     fn connect(&mut self, c: usize) {
@@ -309,6 +385,10 @@ impl World {
             k.to_client.len()
         };
         let bytes: Vec<u8> = k.to_client.drain(..n).collect();
+        if self.verbose {
+            let what = describe(&bytes);
+            self.log(format!("client {c} reads {what}"));
+        }
         let before = self.oracle.deliveries.len();
         self.digest = fnv(fnv(self.digest, &(c as u64).to_be_bytes()), &bytes);
         self.clients[c].receive(&bytes, self.step, &mut self.net, &mut self.oracle);
@@ -450,6 +530,8 @@ impl World {
             for s in 0..self.cluster.shards() {
                 self.cluster
                     .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+                // The log's threads keep up while the run settles.
+                while self.cluster.background(s, true) || self.cluster.background(s, false) {}
             }
             self.drain_abandoned();
             for c in 0..self.clients.len() {

@@ -14,13 +14,15 @@
 //! recovery. Must not touch: files outside the data directory; the engine's types.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::disk::{Disk, OsDisk};
 use super::frame::{scan, Cut, CutReason, FileHeader, FileKind, FILE_HEADER_BYTES};
 use super::state::LiveState;
 use super::wal::{
     encode_checkpoint, list_segments, segment_name, write_checkpoint, CHECKPOINT_FILE,
 };
-use super::{create_dir_private, io, sync_dir, Lsn, StoreError};
+use super::{io, Lsn, StoreError};
 
 const INCOMING_DIR: &str = "incoming";
 const COMPLETE_FILE: &str = "COMPLETE";
@@ -75,15 +77,21 @@ pub fn shard_dir(data_dir: &Path, k: usize) -> PathBuf {
 /// Recover every `shard-<k>` directory under `data_dir` (finishing or discarding an
 /// interrupted install first) and merge them. A missing `data_dir` recovers as empty.
 pub fn recover_all(data_dir: &Path) -> Result<Recovered, StoreError> {
-    if !data_dir.exists() {
+    recover_all_on(Arc::new(OsDisk), data_dir)
+}
+
+/// [`recover_all`] on `disk`.
+pub fn recover_all_on(disk: Arc<dyn Disk>, data_dir: &Path) -> Result<Recovered, StoreError> {
+    if !disk.exists(data_dir) {
         return Ok(Recovered::default());
     }
-    settle(data_dir)?;
-    let dirs = shard_dirs(data_dir)?;
+    let disk = &*disk;
+    settle(disk, data_dir)?;
+    let dirs = shard_dirs(disk, data_dir)?;
     let results: Vec<Result<ShardRecovery, StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = dirs
             .iter()
-            .map(|d| scope.spawn(move || recover_shard(d)))
+            .map(|d| scope.spawn(move || recover_shard(disk, d)))
             .collect();
         handles
             .into_iter()
@@ -112,12 +120,12 @@ pub fn recover_all(data_dir: &Path) -> Result<Recovered, StoreError> {
 }
 
 /// The `shard-<k>` directories under `data_dir`, by `k`.
-fn shard_dirs(data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+fn shard_dirs(disk: &dyn Disk, data_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut dirs = Vec::new();
-    for entry in std::fs::read_dir(data_dir).map_err(io("list data directory"))? {
-        let entry = entry.map_err(io("list data directory"))?;
-        if let (Some(k), true) = (shard_index(&entry.path()), entry.path().is_dir()) {
-            dirs.push((k, entry.path()));
+    for (name, is_dir) in disk.list(data_dir).map_err(io("list data directory"))? {
+        let path = data_dir.join(name);
+        if let (Some(k), true) = (shard_index(&path), is_dir) {
+            dirs.push((k, path));
         }
     }
     dirs.sort();
@@ -133,25 +141,25 @@ struct ShardRecovery {
 
 /// Replay one shard directory: its checkpoint, then every segment record after the
 /// checkpoint's LSN, stopping at the first damage (everything after it is dropped too).
-fn recover_shard(dir: &Path) -> Result<ShardRecovery, StoreError> {
+fn recover_shard(disk: &dyn Disk, dir: &Path) -> Result<ShardRecovery, StoreError> {
     let mut r = ShardRecovery {
         state: LiveState::default(),
         cuts: Vec::new(),
         records: 0,
     };
-    let upto = read_checkpoint(dir, &mut r)?;
+    let upto = read_checkpoint(disk, dir, &mut r)?;
     let mut expected = upto + 1;
-    let segments = list_segments(dir)?;
+    let segments = list_segments(disk, dir)?;
     for (i, n) in segments.iter().enumerate() {
         let path = dir.join(segment_name(*n));
-        let buf = std::fs::read(&path).map_err(io("read segment"))?;
+        let buf = disk.read(&path).map_err(io("read segment"))?;
         match replay_segment(&buf, expected, &mut r) {
             Ok(next) => expected = next,
             Err(cut) => {
                 r.cuts.push(report(&path, &buf, cut));
                 for later in &segments[i + 1..] {
                     let path = dir.join(segment_name(*later));
-                    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    let len = disk.len(&path).unwrap_or(0);
                     r.cuts.push(CutReport {
                         file: path,
                         offset: 0,
@@ -198,9 +206,9 @@ fn replay_segment(buf: &[u8], expected: Lsn, r: &mut ShardRecovery) -> Result<Ls
 
 /// Apply the checkpoint in `dir`, if any; returns the LSN it covers (0 without one). A
 /// damaged checkpoint keeps its valid prefix and is reported.
-fn read_checkpoint(dir: &Path, r: &mut ShardRecovery) -> Result<Lsn, StoreError> {
+fn read_checkpoint(disk: &dyn Disk, dir: &Path, r: &mut ShardRecovery) -> Result<Lsn, StoreError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let buf = match std::fs::read(&path) {
+    let buf = match disk.read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(StoreError::Io("read checkpoint", e)),
@@ -239,38 +247,51 @@ fn report(path: &Path, buf: &[u8], cut: Cut) -> CutReport {
 /// Replace the shard directories under `data_dir` with one per element of `parts`, each
 /// holding only a checkpoint of that state (LSN 0), all-or-nothing (see the module doc).
 pub fn install(data_dir: &Path, parts: &[LiveState]) -> Result<(), StoreError> {
-    create_dir_private(data_dir)?;
-    let incoming = data_dir.join(INCOMING_DIR);
-    if incoming.exists() {
-        std::fs::remove_dir_all(&incoming).map_err(io("remove stale incoming directory"))?;
+    install_on(&OsDisk, data_dir, parts)
+}
+
+/// [`install`] on `disk`.
+pub fn install_on(disk: &dyn Disk, data_dir: &Path, parts: &[LiveState]) -> Result<(), StoreError> {
+    let mkdir = |d: &Path| disk.create_dir_all(d).map_err(io("create directory"));
+    let sync = |d: &Path| disk.sync_dir(d).map_err(io("fsync directory"));
+    mkdir(data_dir)?;
+    // The data directory's own entry: without this a power cut after the first start
+    // could lose the whole store (found by the power-cut test).
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync(parent)?;
     }
-    create_dir_private(&incoming)?;
+    let incoming = data_dir.join(INCOMING_DIR);
+    if disk.exists(&incoming) {
+        disk.remove_dir_all(&incoming)
+            .map_err(io("remove stale incoming directory"))?;
+    }
+    mkdir(&incoming)?;
     for (k, part) in parts.iter().enumerate() {
         let dir = shard_dir(&incoming, k);
-        create_dir_private(&dir)?;
-        write_checkpoint(&dir, &encode_checkpoint(0, part.records()))?;
+        mkdir(&dir)?;
+        write_checkpoint(disk, &dir, &encode_checkpoint(0, part.records()))?;
     }
-    sync_dir(&incoming)?;
-    super::create_private(&incoming.join(COMPLETE_FILE))
+    sync(&incoming)?;
+    disk.create_new(&incoming.join(COMPLETE_FILE))
         .and_then(|mut f| {
-            use std::io::Write;
-            writeln!(f, "{}", parts.len())?;
+            f.append(format!("{}\n", parts.len()).as_bytes())?;
             f.sync_all()
         })
         .map_err(io("write install marker"))?;
-    sync_dir(&incoming)?;
-    sync_dir(data_dir)?;
-    finish_install(data_dir)
+    sync(&incoming)?;
+    sync(data_dir)?;
+    finish_install(disk, data_dir)
 }
 
 /// Finish an install whose `COMPLETE` marker is durable, or discard one without it.
-fn settle(data_dir: &Path) -> Result<(), StoreError> {
+fn settle(disk: &dyn Disk, data_dir: &Path) -> Result<(), StoreError> {
     let incoming = data_dir.join(INCOMING_DIR);
-    if incoming.join(COMPLETE_FILE).exists() {
-        finish_install(data_dir)
-    } else if incoming.exists() {
-        std::fs::remove_dir_all(&incoming).map_err(io("remove unfinished install"))?;
-        sync_dir(data_dir)
+    if disk.exists(&incoming.join(COMPLETE_FILE)) {
+        finish_install(disk, data_dir)
+    } else if disk.exists(&incoming) {
+        disk.remove_dir_all(&incoming)
+            .map_err(io("remove unfinished install"))?;
+        disk.sync_dir(data_dir).map_err(io("fsync directory"))
     } else {
         Ok(())
     }
@@ -279,35 +300,43 @@ fn settle(data_dir: &Path) -> Result<(), StoreError> {
 /// Swap the old shard directories for the new ones. Idempotent: a crash part-way through
 /// is finished by running it again (the marker, naming the new shard count, stays until
 /// the end; a `shard-<k>` with `k` below it and no `incoming/shard-<k>` was moved already).
-fn finish_install(data_dir: &Path) -> Result<(), StoreError> {
+fn finish_install(disk: &dyn Disk, data_dir: &Path) -> Result<(), StoreError> {
     let incoming = data_dir.join(INCOMING_DIR);
-    let marker =
-        std::fs::read_to_string(incoming.join(COMPLETE_FILE)).map_err(io("read install marker"))?;
-    let n: usize = marker.trim().parse().map_err(|_| {
-        StoreError::Io(
-            "read install marker",
-            std::io::Error::other("not a shard count"),
-        )
-    })?;
-    for old in shard_dirs(data_dir)? {
+    let marker = disk
+        .read(&incoming.join(COMPLETE_FILE))
+        .map_err(io("read install marker"))?;
+    let n: usize = std::str::from_utf8(&marker)
+        .ok()
+        .and_then(|m| m.trim().parse().ok())
+        .ok_or_else(|| {
+            StoreError::Io(
+                "read install marker",
+                std::io::Error::other("not a shard count"),
+            )
+        })?;
+    for old in shard_dirs(disk, data_dir)? {
         let k = shard_index(&old).unwrap_or(usize::MAX);
         if k >= n {
-            std::fs::remove_dir_all(&old).map_err(io("remove old shard directory"))?;
+            disk.remove_dir_all(&old)
+                .map_err(io("remove old shard directory"))?;
         }
     }
     for k in 0..n {
         let new = shard_dir(&incoming, k);
-        if new.exists() {
+        if disk.exists(&new) {
             let target = shard_dir(data_dir, k);
-            if target.exists() {
-                std::fs::remove_dir_all(&target).map_err(io("remove old shard directory"))?;
+            if disk.exists(&target) {
+                disk.remove_dir_all(&target)
+                    .map_err(io("remove old shard directory"))?;
             }
-            std::fs::rename(&new, &target).map_err(io("move shard directory"))?;
+            disk.rename(&new, &target)
+                .map_err(io("move shard directory"))?;
         }
     }
-    sync_dir(data_dir)?;
-    std::fs::remove_dir_all(&incoming).map_err(io("remove incoming directory"))?;
-    sync_dir(data_dir)
+    disk.sync_dir(data_dir).map_err(io("fsync directory"))?;
+    disk.remove_dir_all(&incoming)
+        .map_err(io("remove incoming directory"))?;
+    disk.sync_dir(data_dir).map_err(io("fsync directory"))
 }
 
 fn shard_index(dir: &Path) -> Option<usize> {

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
 
-use super::{create_dir_private, io, StoreError};
+use super::disk::{Disk, OsDisk};
+use super::{io, StoreError};
 
 /// File name of the lock inside the data directory.
 pub const LOCK_FILE: &str = "lock";
@@ -27,7 +28,9 @@ impl StoreLock {
     /// broker holds it. The file records the holder's PID for the operator.
     pub fn acquire(data_dir: &Path) -> Result<StoreLock, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
-        create_dir_private(data_dir)?;
+        OsDisk
+            .create_dir_all(data_dir)
+            .map_err(io("create directory"))?;
         let path = data_dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)

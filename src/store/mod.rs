@@ -22,6 +22,7 @@
 //! Files are created with mode 0600. See `docs/decisions/0010-store.md`.
 #![forbid(unsafe_code)]
 
+pub mod disk;
 pub mod frame;
 pub mod hold;
 pub mod layout;
@@ -33,16 +34,17 @@ pub mod wal;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use disk::{Disk, OsDisk, SimDisk};
 pub use frame::CutReason;
 pub use hold::AckHold;
-pub use layout::{install, recover_all, CutReport, Recovered};
+pub use layout::{install, install_on, recover_all, recover_all_on, CutReport, Recovered};
 pub use lock::StoreLock;
 pub use record::{
     BridgeOp, DeliveryState, MessageProps, MsgId, Record, SessionInfo, StoredMessage, Subscription,
     Will,
 };
 pub use state::{BridgeMsg, BridgeState, Delivery, LiveState, SessionState};
-pub use wal::{CheckpointPolicy, SyncMode, Wal, WalOptions};
+pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 
 /// Log sequence number: the position of a record in its shard's log, from 1.
 pub type Lsn = u64;
@@ -98,21 +100,4 @@ pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs:
         .create_new(true)
         .mode(0o600)
         .open(path)
-}
-
-/// `fsync` a directory, so that entries created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory"))
-}
-
-/// Create a directory (and its parents) with mode 0700.
-pub(crate) fn create_dir_private(dir: &std::path::Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io("create directory"))
 }

@@ -15,17 +15,16 @@
 //! field: the shard thread, or the sync thread for the sync time. Must not touch: anything
 //! outside its shard directory.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{encode_frame, FileHeader, FileKind, FILE_HEADER_BYTES};
 use super::record::Record;
-use super::{create_private, io, sync_dir, Lsn, StoreError};
+use super::{io, Lsn, StoreError};
 use crate::metrics::StoreFigures;
 
 /// Default segment size before rolling to a new file, bytes.
@@ -63,6 +62,17 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// Who runs the log's background work (`fdatasync`, checkpoint writing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Background {
+    /// A sync thread and a checkpoint thread per log (the broker).
+    #[default]
+    Threads,
+    /// The caller, through [`Wal::sync_step`] and [`Wal::run_background`]: the
+    /// deterministic simulation decides when a sync or a checkpoint write happens.
+    Manual,
+}
+
 /// How a log is run.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {
@@ -72,6 +82,8 @@ pub struct WalOptions {
     pub sync: SyncMode,
     /// Checkpoint policy.
     pub checkpoint: CheckpointPolicy,
+    /// Threads, or the caller.
+    pub background: Background,
 }
 
 impl Default for WalOptions {
@@ -80,6 +92,7 @@ impl Default for WalOptions {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
             sync: SyncMode::Always,
             checkpoint: CheckpointPolicy::default(),
+            background: Background::Threads,
         }
     }
 }
@@ -96,7 +109,59 @@ struct Shared {
 
 /// A segment the sync thread must switch to, after syncing the current one.
 struct Roll {
-    file: File,
+    file: Box<dyn DiskFile>,
+}
+
+/// Background work of a checkpoint: write, sync, rename, delete covered segments (returns
+/// the bytes they held).
+type CheckpointWork = Box<dyn FnOnce() -> Result<u64, StoreError> + Send>;
+
+/// A checkpoint being written.
+enum Job {
+    /// On its own thread.
+    Thread(JoinHandle<Result<u64, StoreError>>),
+    /// Waiting for [`Wal::run_background`] (manual mode).
+    Deferred(CheckpointWork),
+    /// Run by [`Wal::run_background`], with its result.
+    Done(Result<u64, StoreError>),
+}
+
+/// What the sync thread does, also run by hand in manual mode.
+struct Syncer {
+    disk: Arc<dyn Disk>,
+    file: Box<dyn DiskFile>,
+    rolls: crossbeam_channel::Receiver<Roll>,
+    dir: PathBuf,
+    synced: Lsn,
+}
+
+/// One round of the syncer.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Idle,
+    Advanced,
+    Failed,
+}
+
+impl Syncer {
+    /// If the written LSN passed the synced one: switch through any new segments (syncing
+    /// each one left), `fdatasync` the current one, publish the LSN.
+    fn step(&mut self, shared: &Shared) -> Progress {
+        let written = shared.written.load(Ordering::Acquire);
+        if written <= self.synced || shared.failed.load(Ordering::Acquire) {
+            return Progress::Idle;
+        }
+        let began = Instant::now();
+        let result = sync_through(&*self.disk, &mut self.file, &self.rolls, &self.dir);
+        shared.figures.sync_time.observe(nanos(began.elapsed()));
+        if result.is_err() {
+            shared.failed.store(true, Ordering::Release);
+            return Progress::Failed;
+        }
+        self.synced = written;
+        shared.durable.store(written, Ordering::Release);
+        Progress::Advanced
+    }
 }
 
 /// The file name of segment number `n`.
@@ -114,11 +179,10 @@ pub fn segment_number(name: &str) -> Option<u64> {
 }
 
 /// The sorted segment numbers in `dir`.
-pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+pub fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>, StoreError> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io("list shard directory"))? {
-        let entry = entry.map_err(io("list shard directory"))?;
-        if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+    for (name, _) in disk.list(dir).map_err(io("list shard directory"))? {
+        if let Some(n) = segment_number(&name) {
             out.push(n);
         }
     }
@@ -128,9 +192,10 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
 
 /// One shard's log, owned by the shard thread.
 pub struct Wal {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     opts: WalOptions,
-    file: File,
+    file: Box<dyn DiskFile>,
     segment_no: u64,
     segment_bytes: u64,
     batch: Vec<u8>,
@@ -138,9 +203,11 @@ pub struct Wal {
     shared: Arc<Shared>,
     rolls: crossbeam_channel::Sender<Roll>,
     sync_thread: Option<JoinHandle<()>>,
+    /// The syncer, in manual mode.
+    manual: Option<Syncer>,
     log_bytes_since_checkpoint: u64,
     last_checkpoint: Instant,
-    checkpoint_job: Option<JoinHandle<Result<u64, StoreError>>>,
+    checkpoint_job: Option<Job>,
     /// When the running checkpoint started, and the size of its file.
     checkpoint_started: (Instant, u64),
     /// Records in `batch`.
@@ -161,13 +228,22 @@ impl Wal {
         opts: WalOptions,
         on_durable: impl Fn() + Send + 'static,
     ) -> Result<Wal, StoreError> {
-        super::create_dir_private(dir)?;
-        if !list_segments(dir)?.is_empty() {
+        Wal::open_on(Arc::new(OsDisk), dir, opts, on_durable)
+    }
+
+    /// [`Wal::open`] on `disk`.
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        opts: WalOptions,
+        on_durable: impl Fn() + Send + 'static,
+    ) -> Result<Wal, StoreError> {
+        disk.create_dir_all(dir).map_err(io("create directory"))?;
+        if !list_segments(&*disk, dir)?.is_empty() {
             return Err(StoreError::NeedsRecovery(dir.to_path_buf()));
         }
-        let start = checkpoint_lsn(dir)?;
-        let checkpoint_file_bytes =
-            std::fs::metadata(dir.join(CHECKPOINT_FILE)).map_or(0, |m| m.len());
+        let start = checkpoint_lsn(&*disk, dir)?;
+        let checkpoint_file_bytes = disk.len(&dir.join(CHECKPOINT_FILE)).unwrap_or(0);
         let shared = Arc::new(Shared {
             written: AtomicU64::new(start),
             durable: AtomicU64::new(start),
@@ -177,22 +253,30 @@ impl Wal {
         });
         shared.figures.checkpoint_bytes.set(checkpoint_file_bytes);
         let segment_no = 1;
-        let file = new_segment(dir, segment_no, start + 1)?;
-        sync_dir(dir)?;
+        let file = new_segment(&*disk, dir, segment_no, start + 1)?;
+        disk.sync_dir(dir).map_err(io("fsync directory"))?;
         let (rolls, roll_rx) = crossbeam_channel::unbounded();
-        let sync_thread = match opts.sync {
-            SyncMode::Always => {
-                let file = file.try_clone().map_err(io("clone segment handle"))?;
-                let (s, d) = (Arc::clone(&shared), dir.to_path_buf());
+        let syncer = Syncer {
+            disk: disk.clone(),
+            file: file.try_clone().map_err(io("clone segment handle"))?,
+            rolls: roll_rx,
+            dir: dir.to_path_buf(),
+            synced: start,
+        };
+        let (sync_thread, manual) = match (opts.sync, opts.background) {
+            (SyncMode::Never, _) => (None, None),
+            (SyncMode::Always, Background::Manual) => (None, Some(syncer)),
+            (SyncMode::Always, Background::Threads) => {
+                let s = Arc::clone(&shared);
                 let t = std::thread::Builder::new()
                     .name("shardmq-sync".into())
-                    .spawn(move || sync_loop(&s, file, &roll_rx, &d, &on_durable))
+                    .spawn(move || sync_loop(&s, syncer, &on_durable))
                     .map_err(io("spawn sync thread"))?;
-                Some(t)
+                (Some(t), None)
             }
-            SyncMode::Never => None,
         };
         Ok(Wal {
+            disk,
             dir: dir.to_path_buf(),
             opts,
             file,
@@ -203,6 +287,7 @@ impl Wal {
             shared,
             rolls,
             sync_thread,
+            manual,
             log_bytes_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             checkpoint_job: None,
@@ -223,6 +308,29 @@ impl Wal {
     /// This log's figures, for the metrics board (read them; only the log writes them).
     pub fn figures(&self) -> Arc<StoreFigures> {
         Arc::clone(&self.shared.figures)
+    }
+
+    /// Manual mode: run one round of the sync thread's work now. True if the durable LSN
+    /// moved (or the sync failed: see [`Wal::failed`]).
+    pub fn sync_step(&mut self) -> bool {
+        match self.manual.as_mut() {
+            Some(s) => s.step(&self.shared) != Progress::Idle,
+            None => false,
+        }
+    }
+
+    /// Manual mode: run a checkpoint write that waits for it, if any. True if one ran.
+    pub fn run_background(&mut self) -> bool {
+        match self.checkpoint_job.take() {
+            Some(Job::Deferred(work)) => {
+                self.checkpoint_job = Some(Job::Done(work()));
+                true
+            }
+            other => {
+                self.checkpoint_job = other;
+                false
+            }
+        }
     }
 
     /// Add `record` to this turn's batch and return its LSN. Encoding only: no I/O.
@@ -261,7 +369,7 @@ impl Wal {
             self.roll()?;
         }
         let began = Instant::now();
-        if let Err(e) = self.file.write_all(&self.batch) {
+        if let Err(e) = self.file.append(&self.batch) {
             // O_APPEND: the next write lands at the end, so a partial frame must go first.
             let _ = self.file.set_len(self.segment_bytes);
             return Err(StoreError::Io("write log batch", e));
@@ -299,7 +407,7 @@ impl Wal {
         // Batches are whole in a segment: the new one starts after the last written LSN.
         let first = self.written_lsn() + 1;
         let n = self.segment_no + 1;
-        let file = new_segment(&self.dir, n, first)?;
+        let file = new_segment(&*self.disk, &self.dir, n, first)?;
         if self.opts.sync == SyncMode::Always {
             let clone = file.try_clone().map_err(io("clone segment handle"))?;
             // The receiver lives as long as the sync thread; if it is gone the log has
@@ -368,14 +476,20 @@ impl Wal {
             self.roll()?;
         }
         let keep_from = self.segment_no;
-        let dir = self.dir.clone();
-        let job = std::thread::Builder::new()
-            .name("shardmq-checkpoint".into())
-            .spawn(move || {
-                write_checkpoint(&dir, &bytes)?;
-                delete_segments_before(&dir, keep_from)
-            })
-            .map_err(io("spawn checkpoint thread"))?;
+        let (dir, disk) = (self.dir.clone(), self.disk.clone());
+        let work: CheckpointWork = Box::new(move || {
+            write_checkpoint(&*disk, &dir, &bytes)?;
+            delete_segments_before(&*disk, &dir, keep_from)
+        });
+        let job = match self.opts.background {
+            Background::Manual => Job::Deferred(work),
+            Background::Threads => Job::Thread(
+                std::thread::Builder::new()
+                    .name("shardmq-checkpoint".into())
+                    .spawn(work)
+                    .map_err(io("spawn checkpoint thread"))?,
+            ),
+        };
         self.checkpoint_job = Some(job);
         self.log_bytes_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -385,7 +499,7 @@ impl Wal {
     /// Whether a checkpoint is running; reaps a finished one and returns its error, if any.
     pub fn poll_checkpoint(&mut self) -> Result<bool, StoreError> {
         match self.checkpoint_job.take() {
-            Some(job) if job.is_finished() => {
+            Some(Job::Thread(job)) if job.is_finished() => {
                 let result = match job.join() {
                     Ok(result) => result,
                     Err(_) => Err(StoreError::Io(
@@ -393,6 +507,10 @@ impl Wal {
                         std::io::Error::other("panicked"),
                     )),
                 };
+                self.record_checkpoint(result.as_ref().ok().copied());
+                result.map(|_| false)
+            }
+            Some(Job::Done(result)) => {
                 self.record_checkpoint(result.as_ref().ok().copied());
                 result.map(|_| false)
             }
@@ -443,48 +561,35 @@ impl Drop for Wal {
             t.thread().unpark();
             let _ = t.join();
         }
-        if let Some(job) = self.checkpoint_job.take() {
+        if let Some(Job::Thread(job)) = self.checkpoint_job.take() {
             let _ = job.join();
         }
     }
 }
 
-/// The sync thread: whenever the written LSN passes the synced one, switch through any
-/// new segments (syncing each one left), `fdatasync` the current one, publish the LSN and
-/// call back. Exits on stop once everything written is synced, or on the first failure.
-fn sync_loop(
-    shared: &Shared,
-    mut file: File,
-    rolls: &crossbeam_channel::Receiver<Roll>,
-    dir: &Path,
-    on_durable: &dyn Fn(),
-) {
-    let mut synced = shared.durable.load(Ordering::Acquire);
+/// The sync thread: run the syncer whenever woken and call back each time the durable LSN
+/// moves. Exits on stop once everything written is synced, or on the first failure.
+fn sync_loop(shared: &Shared, mut syncer: Syncer, on_durable: &dyn Fn()) {
     loop {
-        let written = shared.written.load(Ordering::Acquire);
-        if written > synced {
-            let began = Instant::now();
-            let result = sync_through(&mut file, rolls, dir);
-            shared.figures.sync_time.observe(nanos(began.elapsed()));
-            if result.is_err() {
-                shared.failed.store(true, Ordering::Release);
+        match syncer.step(shared) {
+            Progress::Advanced => on_durable(),
+            Progress::Failed => {
                 on_durable();
                 return;
             }
-            synced = written;
-            shared.durable.store(synced, Ordering::Release);
-            on_durable();
-            continue;
+            Progress::Idle => {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::park_timeout(Duration::from_millis(SYNC_PARK_MS));
+            }
         }
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        std::thread::park_timeout(Duration::from_millis(SYNC_PARK_MS));
     }
 }
 
 fn sync_through(
-    file: &mut File,
+    disk: &dyn Disk,
+    file: &mut Box<dyn DiskFile>,
     rolls: &crossbeam_channel::Receiver<Roll>,
     dir: &Path,
 ) -> Result<(), StoreError> {
@@ -495,36 +600,40 @@ fn sync_through(
         rolled = true;
     }
     if rolled {
-        sync_dir(dir)?;
+        disk.sync_dir(dir).map_err(io("fsync directory"))?;
     }
     file.sync_data().map_err(io("fdatasync segment"))
 }
 
 /// Create segment `n` whose first record will be `first_lsn`, with its header written.
-fn new_segment(dir: &Path, n: u64, first_lsn: Lsn) -> Result<File, StoreError> {
-    let mut f = create_private(&dir.join(segment_name(n))).map_err(io("create segment"))?;
+fn new_segment(
+    disk: &dyn Disk,
+    dir: &Path,
+    n: u64,
+    first_lsn: Lsn,
+) -> Result<Box<dyn DiskFile>, StoreError> {
+    let path = dir.join(segment_name(n));
+    let mut f = disk.create_new(&path).map_err(io("create segment"))?;
     let header = FileHeader {
         kind: FileKind::Segment,
         lsn: first_lsn,
     };
-    f.write_all(&header.encode())
-        .map_err(io("write segment header"))?;
+    if let Err(e) = f.append(&header.encode()) {
+        // A segment without its header would be a cut at recovery: leave none behind.
+        let _ = disk.remove_file(&path);
+        return Err(StoreError::Io("write segment header", e));
+    }
     Ok(f)
 }
 
 /// The LSN the checkpoint in `dir` covers, or 0 without one.
-fn checkpoint_lsn(dir: &Path) -> Result<Lsn, StoreError> {
+fn checkpoint_lsn(disk: &dyn Disk, dir: &Path) -> Result<Lsn, StoreError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let mut head = [0u8; FILE_HEADER_BYTES];
-    match File::open(&path) {
-        Ok(mut f) => {
-            use std::io::Read;
-            f.read_exact(&mut head).map_err(io("read checkpoint"))?;
-            match FileHeader::decode(&head) {
-                Ok(h) if h.kind == FileKind::Checkpoint => Ok(h.lsn),
-                _ => Err(StoreError::NeedsRecovery(dir.to_path_buf())),
-            }
-        }
+    match disk.read(&path) {
+        Ok(head) => match FileHeader::decode(&head) {
+            Ok(h) if h.kind == FileKind::Checkpoint => Ok(h.lsn),
+            _ => Err(StoreError::NeedsRecovery(dir.to_path_buf())),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(StoreError::Io("open checkpoint", e)),
     }
@@ -546,28 +655,29 @@ pub fn encode_checkpoint<'r>(upto: Lsn, live: impl IntoIterator<Item = Record<'r
 
 /// Write a checkpoint: temporary file, `fsync`, rename over the old one, `fsync` the
 /// directory. A crash at any point leaves the old checkpoint or the new one, whole.
-pub fn write_checkpoint(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_checkpoint(disk: &dyn Disk, dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = dir.join(CHECKPOINT_TMP_FILE);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = create_private(&tmp).map_err(io("create checkpoint"))?;
-    f.write_all(bytes).map_err(io("write checkpoint"))?;
+    let _ = disk.remove_file(&tmp);
+    let mut f = disk.create_new(&tmp).map_err(io("create checkpoint"))?;
+    f.append(bytes).map_err(io("write checkpoint"))?;
     f.sync_all().map_err(io("fsync checkpoint"))?;
-    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE)).map_err(io("rename checkpoint"))?;
-    sync_dir(dir)
+    disk.rename(&tmp, &dir.join(CHECKPOINT_FILE))
+        .map_err(io("rename checkpoint"))?;
+    disk.sync_dir(dir).map_err(io("fsync directory"))
 }
 
 /// Delete every segment numbered below `keep_from` (a synced checkpoint covers them);
 /// returns the bytes they held.
-fn delete_segments_before(dir: &Path, keep_from: u64) -> Result<u64, StoreError> {
+fn delete_segments_before(disk: &dyn Disk, dir: &Path, keep_from: u64) -> Result<u64, StoreError> {
     let mut freed = 0;
-    for n in list_segments(dir)? {
+    for n in list_segments(disk, dir)? {
         if n < keep_from {
             let path = dir.join(segment_name(n));
-            freed += std::fs::metadata(&path).map_or(0, |m| m.len());
-            std::fs::remove_file(path).map_err(io("delete segment"))?;
+            freed += disk.len(&path).unwrap_or(0);
+            disk.remove_file(&path).map_err(io("delete segment"))?;
         }
     }
-    sync_dir(dir)?;
+    disk.sync_dir(dir).map_err(io("fsync directory"))?;
     Ok(freed)
 }
 

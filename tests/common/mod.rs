@@ -57,7 +57,13 @@ impl Broker {
 
     /// Start the broker on an ephemeral port with `args` added; wait for `listening ADDR`.
     pub fn start(args: &[&str]) -> Broker {
+        Broker::start_env(args, &[])
+    }
+
+    /// [`Broker::start`] with environment variables `envs` set for the broker only.
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Broker {
         let mut cmd = Command::new(Self::bin());
+        cmd.envs(envs.iter().copied());
         cmd.args(["--bind", "127.0.0.1:0", "--print-bound", "--no-pin"]);
         // Parallel tests must never compete for the admin listener's default port.
         if !args.contains(&"--admin") {

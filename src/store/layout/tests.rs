@@ -32,7 +32,7 @@ fn sessions(prefix: &str, n: usize) -> Vec<Record<'static>> {
 }
 
 fn last_segment(dir: &Path) -> PathBuf {
-    let n = list_segments(dir)
+    let n = list_segments(&crate::store::OsDisk, dir)
         .expect("list")
         .into_iter()
         .last()
@@ -65,7 +65,7 @@ fn a_flipped_bit_drops_the_rest_of_the_log_including_later_segments() {
     let data = Scratch::new("flip");
     write_log(data.path(), 0, &sessions("c", 40), 400);
     let dir = shard_dir(data.path(), 0);
-    let segs = list_segments(&dir).expect("list");
+    let segs = list_segments(&crate::store::OsDisk, &dir).expect("list");
     assert!(segs.len() >= 4, "{segs:?}");
     let victim = dir.join(segment_name(segs[1]));
     let mut bytes = std::fs::read(&victim).expect("read");
@@ -147,6 +147,7 @@ fn an_interrupted_install_is_rolled_back_or_finished() {
         let d = shard_dir(&incoming, k);
         std::fs::create_dir_all(&d).expect("mkdir");
         crate::store::wal::write_checkpoint(
+            &crate::store::OsDisk,
             &d,
             &crate::store::wal::encode_checkpoint(0, p.records()),
         )
