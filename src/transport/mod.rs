@@ -12,9 +12,9 @@
 //! The enum dispatches by `match` (no `dyn`, no allocation per call), so adding a variant
 //! costs one arm per method and never touches the broker or the event loop's logic.
 //!
-//! - **Read** ([`std::io::Read`]): fill `buf` with *application* bytes. A TLS variant first
-//!   pulls ciphertext from the socket (`read_tls`), runs `process_new_packets`, then reads
-//!   plaintext from its `reader()`; a WebSocket variant pulls frames and returns their
+//! - **Read** ([`std::io::Read`]): fill `buf` with *application* bytes. A TLS variant reads
+//!   ciphertext from the socket into `buf` and decrypts it there (rustls's unbuffered API),
+//!   keeping only an unfinished record; a WebSocket variant pulls frames and returns their
 //!   decoded payload (frames may split or join MQTT packets freely). `Ok(0)` means the peer
 //!   closed the stream (TCP FIN, TLS close_notify, WebSocket Close). `WouldBlock` means
 //!   *nothing more is available now, neither in the socket nor buffered inside the
@@ -24,8 +24,8 @@
 //!   create output of the transport's own (a TLS handshake flight, a WebSocket Pong or
 //!   Close); see [`Transport::wants_write`].
 //! - **Write** ([`std::io::Write::write`]): offer application bytes; the return value is
-//!   how many the transport *took responsibility for* (TLS: accepted into the session's
-//!   `writer()`; WebSocket: framed). It then pushes what it can to the socket at once
+//!   how many the transport *took responsibility for* (TLS: encrypted into its own
+//!   output; WebSocket: framed). It then pushes what it can to the socket at once
 //!   (`write_tls`, framed bytes). A variant holding undelivered output of its own takes no
 //!   new bytes and answers `WouldBlock`, so its own buffer stays bounded by one write's
 //!   worth (the event loop's flush budget), and backpressure still shows in the

@@ -5,29 +5,53 @@
 //! from a listener's files (`settings`). The caller owns the socket, the handshake timer and
 //! the buffers; this module never blocks, never spawns, never reads a clock.
 //!
-//! Invariants: ciphertext is taken from the socket only after the plaintext already
-//! decrypted has been handed out, so rustls's receive buffers stay at one record; queued
-//! plaintext is bounded by `PLAINTEXT_QUEUE_BYTES_MAX`; one read call consumes at most
-//! `CIPHERTEXT_BYTES_PER_CALL_MAX`. A TLS error is returned once, with its alert queued for
-//! the socket (`wants_write`). Must not touch: MQTT bytes (it moves them opaquely), sockets
-//! (it takes `Read`/`Write`), shard state.
+//! rustls runs unbuffered (`UnbufferedServerConnection`): it keeps keys and handshake
+//! state, and every byte buffer is this module's. Ciphertext is read into the caller's
+//! buffer and decrypted there, its plaintext moved to the front of that same buffer; only an
+//! unfinished record (or handshake fragments being joined) is copied into the stream's own
+//! `rx`, plaintext that did not fit into `plain`, and ciphertext the socket has not taken
+//! into `tx`.
+//!
+//! Invariants: each of `rx`, `plain` and `tx` gives its allocation back when it empties, so
+//! an idle connection holds no buffer; ciphertext is taken from the socket only after the
+//! plaintext already decrypted has been handed out, and rustls is run over what `rx` holds
+//! until it needs more, so `rx` never holds a whole record between calls; rustls is always
+//! shown the ciphertext it has not discarded (it points into it while joining handshake
+//! messages); one write encrypts at most `PLAINTEXT_QUEUE_BYTES_MAX`; one read call consumes
+//! at most `CIPHERTEXT_BYTES_PER_CALL_MAX`. A TLS error is returned with its alert queued for
+//! the socket (`wants_write`); later reads return it again. Must not touch: MQTT bytes (it
+//! moves them opaquely), sockets (it takes `Read`/`Write`), shard state.
 #![forbid(unsafe_code)]
 
 pub mod settings;
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic};
+use rustls::ServerConfig;
 
 pub use settings::{server_config, TlsOptions, TlsVersion};
 
-/// Plaintext accepted for sending but not yet encrypted and written, per connection. The
-/// shard's write buffer holds the rest (and applies its own limit).
+/// Plaintext encrypted by one `write_plaintext` call. The shard's write buffer holds the
+/// rest (and applies its own limit).
 pub const PLAINTEXT_QUEUE_BYTES_MAX: usize = 64 * 1024;
 /// Ciphertext read in one `read` call that yielded no plaintext before it gives the turn
 /// back (`Interrupted`), so a peer feeding handshake or empty records cannot hold a shard.
 pub const CIPHERTEXT_BYTES_PER_CALL_MAX: usize = 256 * 1024;
+/// Below this much free room in the caller's buffer (after a held partial record),
+/// ciphertext is read into the connection's own buffer instead.
+const IN_PLACE_BYTES_MIN: usize = 1024;
+/// Ciphertext read per call into the connection's own buffer.
+const RX_READ_BYTES: usize = 4096;
+/// rustls states handled by one call that only moves output (bounded; a few suffice).
+const STATES_PER_CALL_MAX: usize = 16;
+/// The largest plaintext in one TLS record.
+const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
+/// Header, explicit nonce, content type and tag of one record, rounded up.
+const RECORD_OVERHEAD_BYTES_MAX: usize = 64;
 
 /// Who the client is, from its verified certificate (mTLS only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,20 +63,62 @@ pub struct PeerIdentity {
     pub subject: String,
 }
 
-/// One server-side TLS connection.
-#[derive(Debug)]
+/// One server-side TLS connection: rustls's unbuffered state machine plus the few bytes
+/// that are between records.
 pub struct TlsStream {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext rustls has not consumed yet: a partial record, or handshake fragments
+    /// being joined. Empty, with no allocation, while the peer is between records.
+    rx: Vec<u8>,
+    /// Decrypted plaintext the caller's buffer had no room for. Empty at rest.
+    plain: Vec<u8>,
+    /// Ciphertext (handshake flights, records, alerts) the socket has not taken yet.
+    /// Empty, with no allocation, once written.
+    tx: Vec<u8>,
     /// The socket reported end of stream.
     eof: bool,
+    /// The peer sent close_notify: no more plaintext comes.
+    peer_closed: bool,
+    /// A TLS error was returned; its alert is in `tx`, nothing else will flow.
+    failed: bool,
+}
+
+impl fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("rx", &self.rx.len())
+            .field("plain", &self.plain.len())
+            .field("tx", &self.tx.len())
+            .field("eof", &self.eof)
+            .field("peer_closed", &self.peer_closed)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// What one pass of rustls over the received ciphertext asks for next.
+enum Step {
+    /// Ask again: rustls produced output or an event and may have more.
+    Again,
+    /// A record was decrypted: take its plaintext.
+    Plaintext,
+    /// Nothing more until more ciphertext arrives.
+    Wait,
 }
 
 impl TlsStream {
     /// A connection that has just been accepted; the caller starts its handshake timer.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        let mut conn = ServerConnection::new(config)?;
-        conn.set_buffer_limit(Some(PLAINTEXT_QUEUE_BYTES_MAX));
-        Ok(TlsStream { conn, eof: false })
+        Ok(TlsStream {
+            conn: UnbufferedServerConnection::new(config)?,
+            rx: Vec::new(),
+            plain: Vec::new(),
+            tx: Vec::new(),
+            eof: false,
+            peer_closed: false,
+            failed: false,
+        })
     }
 
     /// Until the handshake completes, no plaintext flows; the caller's handshake timeout
@@ -64,7 +130,7 @@ impl TlsStream {
     /// Ciphertext (handshake records, alerts, encrypted data) waits for the socket: keep
     /// the socket registered for writability and call `write_tls`.
     pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
+        !self.tx.is_empty()
     }
 
     /// Read plaintext into `out`, pulling ciphertext from `src` (the socket) as needed.
@@ -82,63 +148,217 @@ impl TlsStream {
         }
         let mut ciphertext = 0usize;
         loop {
-            match self.conn.reader().read(out) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // TCP closed without close_notify: a truncation, but the bytes before it
-                // were authenticated; the caller sees an ordinary end of stream.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            if !self.plain.is_empty() {
+                return Ok(self.take_plain(out));
             }
-            if self.eof {
+            if self.failed {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS failed"));
+            }
+            // TCP closed without close_notify is a truncation, but the bytes before it
+            // were authenticated; the caller sees an ordinary end of stream.
+            if self.peer_closed || self.eof {
                 return Ok(0);
             }
             if ciphertext >= CIPHERTEXT_BYTES_PER_CALL_MAX {
                 return Err(io::ErrorKind::Interrupted.into());
             }
-            let n = self.conn.read_tls(src)?;
+            let (n, plaintext) = if self.rx.len() + IN_PLACE_BYTES_MIN <= out.len() {
+                self.read_in_place(src, out)?
+            } else {
+                (self.read_into_rx(src)?, 0)
+            };
             ciphertext += n;
-            self.eof = n == 0;
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if plaintext > 0 {
+                return Ok(plaintext);
+            }
         }
+    }
+
+    /// The common case: ciphertext (after what `rx` held) is read into `out` and decrypted
+    /// there; plaintext is moved to the front of `out`, behind the ciphertext already
+    /// consumed, and only an unfinished record is kept in `rx`. Returns (ciphertext read,
+    /// plaintext at the front of `out`).
+    fn read_in_place(&mut self, src: &mut impl Read, out: &mut [u8]) -> io::Result<(usize, usize)> {
+        let held = self.rx.len();
+        out[..held].copy_from_slice(&self.rx);
+        let n = src.read(&mut out[held..])?;
+        if n == 0 {
+            self.eof = true;
+            return Ok((0, 0));
+        }
+        let (plaintext, consumed) = self.decrypt(out, held + n).map_err(tls_error)?;
+        self.rx.clear();
+        self.rx.extend_from_slice(&out[consumed..held + n]);
+        release_if_empty(&mut self.rx);
+        Ok((n, plaintext))
+    }
+
+    /// When `out` is too small to hold what `rx` keeps (a large handshake flight, or the
+    /// caller asks for a few bytes): read into `rx` itself; plaintext goes to `plain`.
+    fn read_into_rx(&mut self, src: &mut impl Read) -> io::Result<usize> {
+        let held = self.rx.len();
+        self.rx.resize(held + RX_READ_BYTES, 0);
+        let n = match src.read(&mut self.rx[held..]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.rx.truncate(held);
+                release_if_empty(&mut self.rx);
+                return Err(e);
+            }
+        };
+        self.rx.truncate(held + n);
+        if n == 0 {
+            self.eof = true;
+            return Ok(0);
+        }
+        self.decrypt_rx().map_err(tls_error)?;
+        Ok(n)
+    }
+
+    /// Run rustls over what `rx` holds; plaintext goes to `plain`.
+    fn decrypt_rx(&mut self) -> Result<(), rustls::Error> {
+        let mut rx = std::mem::take(&mut self.rx);
+        let filled = rx.len();
+        let result = self.decrypt(&mut rx, filled);
+        if let Ok((plaintext, consumed)) = result {
+            // Plaintext kept in `rx` came before any that overflowed into `plain`.
+            self.plain.splice(0..0, rx[..plaintext].iter().copied());
+            rx.drain(..consumed);
+        }
+        release_if_empty(&mut rx);
+        self.rx = rx;
+        result.map(|_| ())
+    }
+
+    /// Run rustls over the ciphertext `buf[..filled]` until it needs more. Plaintext is
+    /// written to the front of `buf`, never past the ciphertext rustls has consumed (the
+    /// rest overflows into `plain`). Returns (plaintext at the front, ciphertext consumed).
+    fn decrypt(&mut self, buf: &mut [u8], filled: usize) -> Result<(usize, usize), rustls::Error> {
+        let (mut plaintext, mut consumed) = (0, 0);
+        loop {
+            let status = self.conn.process_tls_records(&mut buf[consumed..filled]);
+            let discard = status.discard;
+            let step = match status.state {
+                Err(e) => {
+                    self.failed = true;
+                    drain_output(&mut self.conn, &mut self.tx);
+                    return Err(e);
+                }
+                Ok(state) => step_of(state, &mut self.tx, &mut self.peer_closed)?,
+            };
+            consumed += discard;
+            match step {
+                Step::Again => {}
+                Step::Wait => return Ok((plaintext, consumed)),
+                Step::Plaintext => {
+                    plaintext = self.take_records(buf, plaintext, consumed, filled);
+                }
+            }
+        }
+    }
+
+    /// Move the records rustls has decrypted to `buf[at..room_end]`, the rest to `plain`;
+    /// `buf[room_end..filled]` is ciphertext not consumed yet. Returns the new end of the
+    /// plaintext in `buf`.
+    fn take_records(
+        &mut self,
+        buf: &mut [u8],
+        mut at: usize,
+        room_end: usize,
+        filled: usize,
+    ) -> usize {
+        // rustls must always be shown the ciphertext it has not discarded.
+        let (room, held) = buf.split_at_mut(room_end);
+        let status = self
+            .conn
+            .process_tls_records(&mut held[..filled - room_end]);
+        debug_assert_eq!(status.discard, 0, "decrypted records are handed out first");
+        if let Ok(ConnectionState::ReadTraffic(mut records)) = status.state {
+            while let Some(Ok(record)) = records.next_record() {
+                let free = if self.plain.is_empty() {
+                    room_end - at
+                } else {
+                    0
+                };
+                let k = record.payload.len().min(free);
+                room[at..at + k].copy_from_slice(&record.payload[..k]);
+                at += k;
+                self.plain.extend_from_slice(&record.payload[k..]);
+            }
+        }
+        at
+    }
+
+    fn take_plain(&mut self, out: &mut [u8]) -> usize {
+        let k = out.len().min(self.plain.len());
+        out[..k].copy_from_slice(&self.plain[..k]);
+        self.plain.drain(..k);
+        release_if_empty(&mut self.plain);
+        k
     }
 
     /// Take ciphertext read before this stream existed: the bytes after a PROXY header.
     /// Only before the handshake completes (no plaintext can be pending then), and at most
     /// `CIPHERTEXT_BYTES_PER_CALL_MAX`.
-    pub fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
+    pub fn feed(&mut self, ciphertext: &[u8]) -> io::Result<()> {
         if !self.is_handshaking() || ciphertext.len() > CIPHERTEXT_BYTES_PER_CALL_MAX {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        while !ciphertext.is_empty() {
-            self.conn.read_tls(&mut ciphertext)?;
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        }
-        Ok(())
+        self.rx.extend_from_slice(ciphertext);
+        self.decrypt_rx().map_err(tls_error)
     }
 
-    /// Queue plaintext for sending; returns how much was taken (0 when the queue is full:
-    /// call `write_tls` first). Data queued during the handshake goes out after it.
+    /// Encrypt plaintext for sending; returns how much was taken (0 while the handshake
+    /// is under way: nothing can be encrypted yet). At most `PLAINTEXT_QUEUE_BYTES_MAX`
+    /// is taken per call.
     pub fn write_plaintext(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.conn.writer().write(data)
+        if self.failed {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS failed"));
+        }
+        let data = &data[..data.len().min(PLAINTEXT_QUEUE_BYTES_MAX)];
+        for _ in 0..STATES_PER_CALL_MAX {
+            // `rx` holds no whole record (reads run rustls until it needs more), but rustls
+            // must always be shown what it has not discarded.
+            let status = self.conn.process_tls_records(&mut self.rx);
+            let discard = status.discard;
+            let step = match status.state.map_err(tls_error)? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    encrypt(&mut w, data, &mut self.tx)?;
+                    return Ok(data.len());
+                }
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(Ok(record)) = records.next_record() {
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                    Step::Again
+                }
+                state => step_of(state, &mut self.tx, &mut self.peer_closed).map_err(tls_error)?,
+            };
+            self.rx.drain(..discard);
+            if let Step::Wait = step {
+                return Ok(0);
+            }
+        }
+        Ok(0)
     }
 
     /// Write queued ciphertext to `dst` (the socket) until it would block or nothing is
     /// left. Returns bytes written; `WouldBlock` only if nothing could be written.
     pub fn write_tls(&mut self, dst: &mut impl Write) -> io::Result<usize> {
         let mut written = 0;
-        while self.conn.wants_write() {
-            match self.conn.write_tls(dst) {
+        while written < self.tx.len() {
+            match dst.write(&self.tx[written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && written > 0 => break,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.tx.drain(..written);
+                    return Err(e);
+                }
             }
         }
+        self.tx.drain(..written);
+        release_if_empty(&mut self.tx);
         Ok(written)
     }
 
@@ -152,9 +372,38 @@ impl TlsStream {
         }
     }
 
-    /// Queue a close_notify alert (then `write_tls` and shut the socket).
+    /// Queue a close_notify alert (then `write_tls` and shut the socket). A connection
+    /// still handshaking has no keys to send one with and just closes.
     pub fn close(&mut self) {
-        self.conn.send_close_notify();
+        if self.failed {
+            return;
+        }
+        for _ in 0..STATES_PER_CALL_MAX {
+            let status = self.conn.process_tls_records(&mut self.rx);
+            let discard = status.discard;
+            let step = match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    // Too small on purpose: the alert is queued and comes out below.
+                    let _ = w.queue_close_notify(&mut []);
+                    Step::Wait
+                }
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    while let Some(Ok(record)) = records.next_record() {
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                    Step::Again
+                }
+                Ok(state) => {
+                    step_of(state, &mut self.tx, &mut self.peer_closed).unwrap_or(Step::Wait)
+                }
+                Err(_) => Step::Wait,
+            };
+            self.rx.drain(..discard);
+            if let Step::Wait = step {
+                break;
+            }
+        }
+        drain_output(&mut self.conn, &mut self.tx);
     }
 
     /// The verified client certificate's identity; `None` before the handshake completes
@@ -168,6 +417,102 @@ impl TlsStream {
     /// caller written against a plain socket (`read(&mut scratch)`, `TxBuf::flush_to`).
     pub fn io<'a, S: Read + Write>(&'a mut self, socket: &'a mut S) -> TlsIo<'a, S> {
         TlsIo { tls: self, socket }
+    }
+}
+
+/// Handle a state that carries no plaintext: handshake output goes to `tx` (it is sent
+/// from there, so rustls is told at once that it was transmitted).
+fn step_of(
+    state: ConnectionState<'_, '_, ServerConnectionData>,
+    tx: &mut Vec<u8>,
+    peer_closed: &mut bool,
+) -> Result<Step, rustls::Error> {
+    Ok(match state {
+        ConnectionState::ReadTraffic(_) => Step::Plaintext,
+        ConnectionState::EncodeTlsData(mut d) => {
+            encode(&mut d, tx);
+            Step::Again
+        }
+        ConnectionState::TransmitTlsData(t) => {
+            t.done();
+            Step::Again
+        }
+        ConnectionState::PeerClosed => {
+            *peer_closed = true;
+            Step::Again
+        }
+        // The configuration never accepts early data; rustls would offer it forever.
+        ConnectionState::ReadEarlyData(_) => {
+            return Err(rustls::Error::General("unexpected early data".into()))
+        }
+        _ => Step::Wait,
+    })
+}
+
+/// Move rustls's queued output (handshake flights, alerts) into `tx`. While output is
+/// queued rustls hands it out before it looks at any input, so none is shown: after an
+/// error, input would be parsed again (a second alert), or be missing where rustls still
+/// points into it.
+fn drain_output(conn: &mut UnbufferedServerConnection, tx: &mut Vec<u8>) {
+    for _ in 0..STATES_PER_CALL_MAX {
+        if !conn.wants_write() {
+            return;
+        }
+        match conn.process_tls_records(&mut []).state {
+            Ok(ConnectionState::EncodeTlsData(mut d)) => encode(&mut d, tx),
+            _ => return,
+        }
+    }
+}
+
+fn encode(d: &mut EncodeTlsData<'_, ServerConnectionData>, tx: &mut Vec<u8>) {
+    let need = match d.encode(&mut []) {
+        Err(EncodeError::InsufficientSize(s)) => s.required_size,
+        _ => return,
+    };
+    let at = tx.len();
+    tx.resize(at + need, 0);
+    let n = d.encode(&mut tx[at..]).unwrap_or(0);
+    tx.truncate(at + n);
+}
+
+/// Encrypt `data` into the end of `tx`, sized for it (records of at most 16 KiB, each
+/// with a header, a nonce and a tag) and grown if rustls asks for more (a key update
+/// going out first).
+fn encrypt(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    data: &[u8],
+    tx: &mut Vec<u8>,
+) -> io::Result<()> {
+    let at = tx.len();
+    let mut need =
+        data.len() + (data.len() / RECORD_PAYLOAD_BYTES_MAX + 1) * RECORD_OVERHEAD_BYTES_MAX;
+    for _ in 0..2 {
+        tx.resize(at + need, 0);
+        match w.encrypt(data, &mut tx[at..]) {
+            Ok(n) => {
+                tx.truncate(at + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
+            Err(e) => {
+                tx.truncate(at);
+                return Err(io::Error::other(e));
+            }
+        }
+    }
+    tx.truncate(at);
+    Err(io::ErrorKind::WriteZero.into())
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// An idle connection keeps no buffer: an empty vector gives its allocation back.
+fn release_if_empty(v: &mut Vec<u8>) {
+    if v.is_empty() && v.capacity() > 0 {
+        *v = Vec::new();
     }
 }
 
