@@ -223,15 +223,8 @@ mod tests {
 
     fn msg(topic: &str, origin: u64) -> Arc<Message> {
         Arc::new(Message {
-            topic: topic.into(),
-            payload: Box::new([]),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: None,
-            expires_at_ms: None,
             origin,
-            retain_stamp: 0,
-            publisher: None,
+            ..Message::plain(topic, &[], QoS::AtLeastOnce)
         })
     }
 

@@ -103,17 +103,7 @@ mod tests {
     use crate::session::Message;
 
     fn msg(topic: &str, payload: &[u8]) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: payload.into(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: None,
-            expires_at_ms: None,
-            origin: 0,
-            retain_stamp: 0,
-            publisher: None,
-        })
+        Arc::new(Message::plain(topic, payload, QoS::AtLeastOnce))
     }
 
     #[test]

@@ -107,6 +107,23 @@ pub struct Publisher {
 }
 
 impl Message {
+    /// A message with nothing but a topic, a payload and a QoS (no properties, no RETAIN,
+    /// no origin): the common fixture of unit tests.
+    #[cfg(test)]
+    pub(crate) fn plain(topic: &str, payload: &[u8], qos: QoS) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            props: None,
+            expires_at_ms: None,
+            origin: 0,
+            retain_stamp: 0,
+            publisher: None,
+        }
+    }
+
     /// Build a message from a decoded PUBLISH whose topic alias has been resolved.
     pub fn from_publish(p: &Publish<'_>, topic: Arc<str>, now_ms: u64, origin: u64) -> Message {
         Message::with_payload(p, topic, now_ms, origin, p.payload.into())

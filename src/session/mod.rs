@@ -445,17 +445,7 @@ mod tests {
     use super::*;
 
     fn msg(qos: QoS) -> Arc<Message> {
-        Arc::new(Message {
-            topic: "t".into(),
-            payload: Box::new([1, 2, 3]),
-            qos,
-            retain: false,
-            props: None,
-            expires_at_ms: None,
-            origin: 0,
-            retain_stamp: 0,
-            publisher: None,
-        })
+        Arc::new(Message::plain("t", &[1, 2, 3], qos))
     }
 
     fn out(qos: QoS) -> Outgoing {
