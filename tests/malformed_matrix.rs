@@ -31,11 +31,12 @@ mod wire;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cases::{Case, Expect, Stage};
+use common::canary::Canary;
 use common::*;
 use wire::{hex, valid_connect, Ver};
 
@@ -258,34 +259,6 @@ fn known_open(_case: &Case, _mode: Mode) -> Option<&'static str> {
     None
 }
 
-/// The canary: a QoS 1 publisher and subscriber on different shards, publishing every
-/// 10 ms until `stop`; returns the publish-to-delivery latencies.
-fn canary(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Duration> {
-    let mut sub = RawClient::clean(addr, &id_on("mx-canary-sub", 0, 2));
-    sub.subscribe("mx-canary/#", 1);
-    let mut publ = RawClient::clean(addr, &id_on("mx-canary-pub", 1, 2));
-    let mut lat = Vec::new();
-    let mut n = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let t = Instant::now();
-        publ.publish("mx-canary/t", &n.to_be_bytes(), 1, false);
-        let m = sub.expect_publish(WAIT);
-        assert_eq!(
-            m.payload,
-            n.to_be_bytes(),
-            "canary message {n} out of order or lost"
-        );
-        sub.ack(&m);
-        lat.push(t.elapsed());
-        // Pacing, not waiting for anything: a steady trickle across the whole run.
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    publ.ping();
-    sub.ping();
-    lat
-}
-
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -403,18 +376,11 @@ fn malformed_input_matrix() {
         table.len()
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let canary_thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || canary(addr, stop))
-    };
+    let canary = Canary::start(&broker, "matrix", 2);
     let started = Instant::now();
     let results = run_all(addr, &table, workers);
     let took = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = canary_thread
-        .join()
-        .expect("canary stayed connected and in order");
+    let mut lat = canary.latencies();
 
     let rows = summary(&table, &results);
     print_summary(&rows);

@@ -5,14 +5,12 @@
 //! Counts are small enough for CI; `SHARDMQ_ROBUST_FULL=1` runs the full counts
 //! (see `docs/robustness.md` for their results).
 
-#[path = "robustness/canary.rs"]
-mod canary;
 mod common;
 mod v5;
 
 use std::time::{Duration, Instant};
 
-use canary::Canary;
+use common::canary::Canary;
 use common::{frame, Broker, RawClient, WAIT};
 use v5::{Client5, Conn5};
 
@@ -506,7 +504,8 @@ fn connection_rate_is_limited_across_shards() {
 #[test]
 fn dribbling_sockets_hold_small_buffers() {
     let n = count(2_000, 10_000);
-    let b = Broker::start(&["--shards", "2", "--connect-timeout", "3"]);
+    // The CONNECT deadline leaves time to poll RSS (below) before the sockets are closed.
+    let b = Broker::start(&["--shards", "2", "--connect-timeout", "12"]);
     let canary = Canary::start(&b, "dribble", 2);
     // Warm-up: the first connections allocate the broker's per-shard tables.
     drop(RawClient::clean(b.addr(), "warm-up"));
@@ -522,7 +521,17 @@ fn dribbling_sockets_hold_small_buffers() {
         s.send_bytes(&[0x20, 0x00]);
     }
     wait_broker_read_all(&b, WAIT);
-    let grown = b.rss_kib().saturating_sub(before);
+    let held_at = Instant::now();
+    // Polled for up to 8 s (the sockets are still open: their deadline is 12 s): jemalloc
+    // returns the pages of freed temporaries after its decay time, while buffers that
+    // really held a page per socket never get under the bound.
+    let grown = loop {
+        let grown = b.rss_kib().saturating_sub(before);
+        if grown * 1024 < n as u64 * 1536 || held_at.elapsed() > Duration::from_secs(8) {
+            break grown;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     eprintln!(
         "{n} dribbling sockets: +{grown} KiB ({} B each)",
         grown * 1024 / n as u64
@@ -531,7 +540,7 @@ fn dribbling_sockets_hold_small_buffers() {
         grown * 1024 < n as u64 * 1536,
         "{n} dribbling sockets cost {grown} KiB"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = held_at + Duration::from_secs(20);
     for s in &mut socks {
         s.expect_closed(deadline.saturating_duration_since(Instant::now()));
     }

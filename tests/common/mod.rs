@@ -5,6 +5,7 @@
 //! that nothing arrives during a short window.
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod nats;
 
 use std::collections::VecDeque;

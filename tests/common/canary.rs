@@ -1,15 +1,16 @@
-//! The storm tests' canary: a QoS 1 publisher and subscriber on different shards that
-//! publish one message every 10 ms on a thread of their own while a test runs its storm,
-//! then report the publish-to-delivery p99 and max and hold the p99 to a bound
-//! (`SHARDMQ_ROBUST_CANARY_P99_MS`, 250 ms by default: generous, because the tests run
-//! as debug builds on shared machines).
+//! The canary of the storm tests and the malformed-input matrix: a QoS 1 publisher and
+//! subscriber on different shards that publish one message every 10 ms on a thread of their
+//! own while a test runs its storm, every message delivered in order; then either the raw
+//! latencies ([`Canary::latencies`]) or a printed p99 and max held to a bound
+//! ([`Canary::finish`]: `SHARDMQ_ROBUST_CANARY_P99_MS`, 250 ms by default, generous
+//! because the tests run as debug builds on shared machines).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{id_on, Broker, RawClient, WAIT};
+use super::{id_on, Broker, RawClient, WAIT};
 
 /// Round trips kept at most; past it the canary stops publishing (a test never runs that
 /// long: 100,000 × 10 ms is over 16 minutes).
@@ -70,14 +71,21 @@ impl Canary {
         }
     }
 
-    /// Stop the canary, print its p99 and max, and assert the p99 bound.
-    pub fn finish(self) -> Report {
+    /// Stop the canary and return its round-trip times, shortest first (never empty).
+    pub fn latencies(self) -> Vec<Duration> {
         self.stop.store(true, Ordering::Relaxed);
         let mut lat = match self.thread.join() {
             Ok(lat) => lat,
             Err(e) => std::panic::resume_unwind(e),
         };
         lat.sort_unstable();
+        lat
+    }
+
+    /// Stop the canary, print its p99 and max, and assert the p99 bound.
+    pub fn finish(self) -> Report {
+        let tag = self.tag.clone();
+        let lat = self.latencies();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let idx = (lat.len() * 99).div_ceil(100).saturating_sub(1);
         let report = Report {
@@ -87,7 +95,7 @@ impl Canary {
         };
         eprintln!(
             "canary [{}]: {} QoS 1 round trips, p99 {:.1} ms, max {:.1} ms",
-            self.tag, report.round_trips, report.p99_ms, report.max_ms
+            tag, report.round_trips, report.p99_ms, report.max_ms
         );
         let bound = std::env::var("SHARDMQ_ROBUST_CANARY_P99_MS")
             .ok()
@@ -96,7 +104,7 @@ impl Canary {
         assert!(
             report.p99_ms <= bound,
             "canary [{}] p99 {:.1} ms over {bound} ms",
-            self.tag,
+            tag,
             report.p99_ms
         );
         report
