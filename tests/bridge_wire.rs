@@ -1021,11 +1021,12 @@ fn bridges_are_added_changed_and_removed_by_sighup() {
     p.publish("b/1", b"added", 1, false);
     p.publish("a/1", b"changed", 1, false);
     assert_eq!(sink1.expect_publish_acked(WAIT).text(), "added");
-    // `before` may have been in flight (R1's PUBACK not yet read) when `one` changed: it
-    // is carried over and resent to R2, with DUP. Nothing else comes first.
+    // `before` may have been unacknowledged (R1's PUBACK not yet read) when `one` changed:
+    // it is carried over and sent to R2 (at least once). Its DUP flag is not asserted: R2
+    // never saw it, and whether it was still queued or already in flight at the change is
+    // a race (see docs/bridges.md, "Not done yet"). Nothing else comes first.
     let mut m = sink2.expect_publish_acked(WAIT);
     if m.text() == "before" {
-        assert!(m.dup, "a carried-over message is resent with DUP");
         m = sink2.expect_publish_acked(WAIT);
     }
     assert_eq!(m.text(), "changed");
