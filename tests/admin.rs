@@ -278,6 +278,23 @@ fn admin_pki(dir: &std::path::Path) {
     std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
     std::fs::write(dir.join("admin.pem"), leaf.pem()).expect("write");
     std::fs::write(dir.join("admin.key"), key.serialize_pem()).expect("write");
+    // An operator's client certificate from the same CA, and one from a stranger CA.
+    let client_key = KeyPair::generate().expect("key");
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "operator");
+    let client = client.signed_by(&client_key, &issuer).expect("sign");
+    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
+    let other_key = KeyPair::generate().expect("key");
+    let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "stranger");
+    let other = other.self_signed(&other_key).expect("self-signed");
+    std::fs::write(dir.join("stranger.pem"), other.pem()).expect("write");
+    std::fs::write(dir.join("stranger.key"), other_key.serialize_pem()).expect("write");
 }
 
 /// curl with a 10 s bound: (exit code, body).
@@ -366,6 +383,56 @@ fn admin_listener_speaks_https_with_its_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `admin_cafile` + `admin_require_certificate true`: only a client with a certificate
+/// from that CA gets an answer; one without a certificate, or with a stranger's, fails
+/// in the handshake.
+#[test]
+fn admin_listener_can_require_client_certificates() {
+    let dir = std::env::temp_dir().join(format!("shardmq-admin-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    admin_pki(&dir);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let conf = dir.join("admin.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin_certfile {}\nadmin_keyfile {}\nadmin_cafile {}\nadmin_require_certificate true\n",
+            path("admin.pem"),
+            path("admin.key"),
+            path("ca.pem")
+        ),
+    )
+    .expect("conf");
+    let conf_s = conf.to_string_lossy().into_owned();
+    let b = Broker::with_shards(1, &["-c", &conf_s, "--admin", "127.0.0.1:0"]);
+    let admin = b.admin_addr().expect("admin address printed");
+    let url = format!("https://{admin}/metrics");
+    let ca = path("ca.pem");
+    let with = |cert: &str, key: &str| curl(&["--cacert", &ca, "--cert", cert, "--key", key, &url]);
+    let (code, body) = with(&path("client.pem"), &path("client.key"));
+    assert_eq!(code, 0, "the operator's certificate is accepted: {body}");
+    assert!(body.contains("# TYPE shardmq_build_info gauge"), "{body}");
+    let (code, body) = curl(&["--cacert", &ca, &url]);
+    assert_ne!(code, 0, "no client certificate: refused ({body})");
+    assert!(!body.contains("shardmq_build_info"), "{body}");
+    let (code, body) = with(&path("stranger.pem"), &path("stranger.key"));
+    assert_ne!(code, 0, "a stranger's certificate: refused ({body})");
+    assert!(!body.contains("shardmq_build_info"), "{body}");
+    let (code, body) = with(&path("client.pem"), &path("client.key"));
+    assert_eq!(code, 0, "{body}");
+    let tls_failures = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shardmq_admin_connections_dropped_total{reason=\"tls\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("tls failure count");
+    assert!(
+        tls_failures >= 2,
+        "both refusals are TLS failures: {tls_failures}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Bad admin TLS settings stop `shardmq check` (and a start) with the file and line.
 #[test]
 fn admin_tls_settings_are_checked_with_file_and_line() {
@@ -389,6 +456,25 @@ fn admin_tls_settings_are_checked_with_file_and_line() {
                 dir.join("admin.key").display()
             ),
             ":1: admin_certfile: ",
+        ),
+        (
+            format!(
+                "admin_certfile {pem}\nadmin_keyfile {}\nadmin_require_certificate true\n",
+                dir.join("admin.key").display()
+            ),
+            ":3: admin_require_certificate true needs admin_cafile",
+        ),
+        (
+            format!("admin_cafile {pem}\n"),
+            ":1: admin_cafile and admin_require_certificate need admin_certfile and admin_keyfile",
+        ),
+        (
+            format!(
+                "admin_certfile {pem}\nadmin_keyfile {}\nadmin_cafile {}\nadmin_require_certificate true\n",
+                dir.join("admin.key").display(),
+                dir.join("missing-ca.pem").display()
+            ),
+            ":3: admin_cafile: ",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

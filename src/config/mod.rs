@@ -301,7 +301,8 @@ pub struct Config {
     pub admin: AdminListen,
     /// Password file protecting the admin listener with HTTP basic auth.
     pub admin_password_file: Option<PathBuf>,
-    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS.
+    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS (and, with
+    /// `admin_cafile` + `admin_require_certificate true`, wants client certificates).
     pub admin_tls: Option<admin_tls::AdminTls>,
     /// Where the log goes and what it holds.
     pub log: crate::log_sink::Settings,
@@ -478,8 +479,12 @@ impl Config {
             &a.config
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string()),
-            f.admin_certfile.as_ref(),
-            f.admin_keyfile.as_ref(),
+            &admin_tls::AdminTlsLines {
+                certfile: f.admin_certfile.as_ref(),
+                keyfile: f.admin_keyfile.as_ref(),
+                cafile: f.admin_cafile.as_ref(),
+                require_certificate: f.admin_require_certificate.as_ref(),
+            },
         )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
         let listener_ids_next = listeners.len();
