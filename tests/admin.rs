@@ -260,41 +260,25 @@ fn admin_password_file_guards_the_running_admin_listener() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost signed by it, written to
-/// `dir` as `ca.pem`, `admin.pem` and `admin.key`.
+/// `dir` as `ca.pem`, `admin.pem` and `admin.key`; an operator's client certificate from
+/// the same CA (`client.pem`/`.key`) and a stranger's, self-signed (`stranger.pem`/`.key`).
 fn admin_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Admin test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("sign");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-    std::fs::write(dir.join("admin.pem"), leaf.pem()).expect("write");
-    std::fs::write(dir.join("admin.key"), key.serialize_pem()).expect("write");
-    // An operator's client certificate from the same CA, and one from a stranger CA.
-    let client_key = KeyPair::generate().expect("key");
-    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "operator");
-    let client = client.signed_by(&client_key, &issuer).expect("sign");
-    std::fs::write(dir.join("client.pem"), client.pem()).expect("write");
-    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).expect("write");
-    let other_key = KeyPair::generate().expect("key");
-    let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
-    other
-        .distinguished_name
-        .push(DnType::CommonName, "stranger");
-    let other = other.self_signed(&other_key).expect("self-signed");
-    std::fs::write(dir.join("stranger.pem"), other.pem()).expect("write");
-    std::fs::write(dir.join("stranger.key"), other_key.serialize_pem()).expect("write");
+    use common::pki::{ca, leaf, LeafSpec};
+    let ca = ca("Admin test CA");
+    let server = LeafSpec {
+        san: &["127.0.0.1", "localhost"],
+        ..LeafSpec::cn("localhost")
+    };
+    let files = [
+        ("admin", leaf(Some(&ca), &server)),
+        ("client", leaf(Some(&ca), &LeafSpec::cn("operator"))),
+        ("stranger", leaf(None, &LeafSpec::cn("stranger"))),
+    ];
+    std::fs::write(dir.join("ca.pem"), &ca.pem).expect("write");
+    for (name, l) in files {
+        std::fs::write(dir.join(format!("{name}.pem")), &l.pem).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), &l.key).expect("write");
+    }
 }
 
 /// curl with a 10 s bound: (exit code, body).

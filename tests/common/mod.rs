@@ -7,6 +7,7 @@
 
 pub mod canary;
 pub mod nats;
+pub mod pki;
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
