@@ -5,9 +5,10 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::mosquitto::Mosquitto;
 use common::{Broker, Got, RawClient};
 
 /// Bound on every wait in this file.
@@ -24,9 +25,7 @@ impl Dir {
             free_port()
         ));
         std::fs::create_dir_all(&d).expect("temp dir");
-        // Started as root, mosquitto drops to its own user, which must write its database.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        common::mosquitto::world_writable(&d);
         Dir(d)
     }
 }
@@ -46,59 +45,11 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A mosquitto process on `port` with its database in `dir`; killed on drop.
-struct Mosquitto {
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(port: u16, dir: &Dir) -> Mosquitto {
-        let conf = dir.0.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 3600\nmax_queued_messages 100000\nlog_dest file {}/log\nlog_type all\n",
-            dir.0.display(),
-            dir.0.display()
-        );
-        std::fs::write(&conf, text).expect("write conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (.ci/run installs it)");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto { child }
-    }
-
-    /// SIGTERM (mosquitto saves its sessions), bounded wait.
-    fn stop(mut self) {
-        common::signal(self.child.id(), libc::SIGTERM);
-        assert!(
-            common::wait_exit(&mut self.child, WAIT).is_some(),
-            "mosquitto stops"
-        );
-    }
-
-    /// SIGKILL: nothing saved since the last save.
-    fn kill9(mut self) {
-        common::signal(self.child.id(), libc::SIGKILL);
-        assert!(
-            common::wait_exit(&mut self.child, WAIT).is_some(),
-            "mosquitto dies"
-        );
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A mosquitto on `port` with its database (and log) in `dir`, ready for the
+/// store-and-forward tests' volumes; killed on drop.
+fn start_mosquitto(port: u16, dir: &Dir) -> Mosquitto {
+    let extra = "autosave_interval 3600\nmax_queued_messages 100000\n";
+    Mosquitto::persistent(port, &dir.0, extra, WAIT)
 }
 
 /// Start shardmq with `conf` (bridge blocks) written into `dir`, plus `args`.
@@ -252,13 +203,13 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let port = free_port();
     // The remote's subscriber keeps a session that mosquitto has saved (SIGTERM), so the
     // restarted remote queues for it whatever the bridge delivers before it reconnects.
-    let m = Mosquitto::start(port, &dir);
+    let m = start_mosquitto(port, &dir);
     let maddr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (mut sink, _) = RawClient::connect_v311(maddr, "sink", false, 60, None);
     sink.subscribe("site/#", 1);
     sink.disconnect();
-    m.stop();
-    let m = Mosquitto::start(port, &dir);
+    m.stop(WAIT);
+    let m = start_mosquitto(port, &dir);
 
     let conf = format!(
         "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\ncleansession false\n\
@@ -279,11 +230,11 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let mut publisher = RawClient::clean(s.addr(), &pub_id);
     publish_numbered(&mut publisher, 0..300);
     drop(remote_pub);
-    m.kill9();
+    m.kill9(WAIT);
     await_state(&mut watch, state, b"0");
     publish_numbered(&mut publisher, 300..600);
     status_shows_down_with_queue(s.addr(), admin);
-    let _m = Mosquitto::start(port, &dir);
+    let _m = start_mosquitto(port, &dir);
     await_state(&mut watch, state, b"1");
 
     let (mut sink, present) = RawClient::connect_v311(maddr, "sink", false, 60, None);
@@ -622,7 +573,7 @@ fn make_ca(dir: &Dir, name: &str) {
 
 /// A TLS mosquitto: `tls_port` (certificate for 127.0.0.1 signed by `ca`) and a plain
 /// `port` for the test's own clients.
-fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
+fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Mosquitto {
     make_ca(dir, "ca");
     openssl(
         dir,
@@ -678,19 +629,7 @@ fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
     );
     let conf = dir.0.join("tls.conf");
     std::fs::write(&conf, text).expect("write conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    Mosquitto::spawn(&conf, tls_port, WAIT)
 }
 
 /// Over TLS: with the remote's CA the bridge comes up and forwards; with another CA it
@@ -699,8 +638,7 @@ fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
 fn tls_bridge_and_a_bad_certificate() {
     let dir = Dir::new("tls");
     let (tls_port, port) = (free_port(), free_port());
-    let remote = tls_mosquitto(&dir, tls_port, port);
-    let _remote = Mosquitto { child: remote };
+    let _remote = tls_mosquitto(&dir, tls_port, port);
     make_ca(&dir, "other");
     let d = dir.0.display();
     let good = format!(
@@ -770,19 +708,7 @@ fn wrong_credentials_are_reported() {
         pw.display()
     );
     std::fs::write(&conf, text).expect("write conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    let _m = Mosquitto { child };
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _m = Mosquitto::spawn(&conf, port, WAIT);
     let log = dir.0.join("shardmq.log");
     let bridge = format!(
         "log_dest file {}\nconnection cloud\naddress 127.0.0.1:{port}\nremote_clientid site\n\
@@ -987,7 +913,7 @@ enum Remote {
 impl Remote {
     fn start(mosquitto: bool, dir: &Dir, port: u16) -> Remote {
         if mosquitto {
-            return Remote::Mosquitto(Mosquitto::start(port, dir));
+            return Remote::Mosquitto(start_mosquitto(port, dir));
         }
         let bind = format!("127.0.0.1:{port}");
         let data = dir.0.join("remote-data").display().to_string();
@@ -1000,7 +926,7 @@ impl Remote {
             Remote::Shardmq(mut b) => {
                 assert!(b.terminate(WAIT).is_some(), "remote shardmq stops");
             }
-            Remote::Mosquitto(m) => m.stop(),
+            Remote::Mosquitto(m) => m.stop(WAIT),
         }
     }
 }
@@ -1160,7 +1086,7 @@ fn bridges_are_added_changed_and_removed_by_sighup() {
     let dir = Dir::new("hup");
     // The first remote is mosquitto, which takes the bridge's state topic under `$SYS`.
     let port = free_port();
-    let _m = Mosquitto::start(port, &dir);
+    let _m = start_mosquitto(port, &dir);
     let r1_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let r2 = Broker::with_shards(1, &[]);
     let mut sink1 = RawClient::clean(r1_addr, "sink1");

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod canary;
+pub mod mosquitto;
 pub mod nats;
 pub mod pki;
 
