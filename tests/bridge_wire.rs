@@ -530,6 +530,60 @@ fn a_clean_local_session_queues_nothing_for_an_unreachable_remote() {
     sink.expect_nothing(Duration::from_millis(500));
 }
 
+/// Messages an earlier run stored for a bridge (no `local_cleansession`) are dropped,
+/// logged and forgotten when it restarts with `local_cleansession true`: they never reach
+/// the remote, and a third run (without it again) finds nothing stored.
+#[test]
+fn stored_messages_are_dropped_by_a_restart_with_local_cleansession() {
+    let dir = Dir::new("localclean-restart");
+    let port = free_port();
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let r = Remote::start(false, &dir, port);
+    let (mut sink, _) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    sink.subscribe("site/#", 1);
+    sink.disconnect();
+    r.stop();
+    let data = dir.0.join("site-data").display().to_string();
+    let log = dir.0.join("site.log");
+    let conf = format!(
+        "log_dest file {}\nconnection cloud\naddress {raddr}\nremote_clientid site1\n\
+         restart_timeout 1\ntopic out/# out 1 \"\" site/\n",
+        log.display()
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut p = RawClient::clean(s.addr(), "p");
+    for i in 0..5 {
+        p.publish("out/x", format!("old-{i}").as_bytes(), 1, false);
+    }
+    kill9(&mut s);
+    drop((p, s));
+    let clean = conf.replace(
+        "restart_timeout 1\n",
+        "restart_timeout 1\nlocal_cleansession true\n",
+    );
+    let mut s = shardmq(&dir, &clean, 2, &["--data-dir", &data]);
+    await_log(
+        &log,
+        "Bridge cloud: 5 message(s) dropped (local_cleansession true)",
+        1,
+    );
+    // A clean stop: the records of the drop are written before it exits.
+    assert!(s.terminate(WAIT).is_some(), "shardmq stops");
+    drop(s);
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let _r = Remote::start(false, &dir, port);
+    let _up = state_watcher(s.addr(), "w", "$SYS/broker/connection/site1/state");
+    let mut p = RawClient::clean(s.addr(), "p2");
+    p.publish("out/x", b"new", 1, false);
+    let (mut sink, present) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let m = sink.expect_publish_acked(WAIT);
+    assert_eq!((m.topic.as_str(), m.text().as_str()), ("site/out/x", "new"));
+    sink.expect_nothing(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("restored from the store"), "{text}");
+}
+
 /// Run `openssl` with `args` in `dir`; it must succeed.
 fn openssl(dir: &Dir, args: &[&str]) {
     let st = Command::new("openssl")
