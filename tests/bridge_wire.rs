@@ -584,93 +584,24 @@ fn stored_messages_are_dropped_by_a_restart_with_local_cleansession() {
     assert!(!text.contains("restored from the store"), "{text}");
 }
 
-/// Run `openssl` with `args` in `dir`; it must succeed.
-fn openssl(dir: &Dir, args: &[&str]) {
-    let st = Command::new("openssl")
-        .args(args)
-        .current_dir(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(st.success(), "openssl {args:?}");
-}
-
-/// A CA `NAME.pem` (key `NAME.key`) in `dir`.
-fn make_ca(dir: &Dir, name: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={name}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-        ],
-    );
+/// A CA `NAME.pem` in `dir`, from the test PKI; returned to sign with.
+fn make_ca(dir: &Dir, name: &str) -> common::pki::Ca {
+    let ca = common::pki::ca(name);
+    std::fs::write(dir.0.join(format!("{name}.pem")), &ca.pem).expect("write CA");
+    ca
 }
 
 /// A TLS mosquitto: `tls_port` (certificate for 127.0.0.1 signed by `ca`) and a plain
 /// `port` for the test's own clients.
 fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Mosquitto {
-    make_ca(dir, "ca");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.0.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
+    let ca = make_ca(dir, "ca");
+    let spec = common::pki::LeafSpec {
+        san: &["127.0.0.1", "localhost"],
+        ..common::pki::LeafSpec::cn("localhost")
+    };
+    let srv = common::pki::leaf(Some(&ca), &spec);
+    std::fs::write(dir.0.join("srv.pem"), &srv.pem).expect("write certificate");
+    std::fs::write(dir.0.join("srv.key"), &srv.key).expect("write key");
     use std::os::unix::fs::PermissionsExt;
     for f in ["ca.pem", "srv.pem", "srv.key"] {
         let mode = std::fs::Permissions::from_mode(0o644);
