@@ -72,6 +72,15 @@ pub enum ToCluster {
         msg: Arc<Message>,
         /// When it was handed over (shard clock).
         now_ms: u64,
+        /// Non-zero: the shard's cluster-ack sequence of a QoS ≥ 1 publish whose
+        /// acknowledgement waits (`ClusterAckGate`); answered by `FromCluster::Published`.
+        ack: u64,
+    },
+    /// A message from this node's queue (`FromCluster::Message` with a token, or
+    /// `FromCluster::Settle`) is safe here: the link acknowledges it to JetStream.
+    Settle {
+        /// As received.
+        token: u64,
     },
     /// The session of `client_id` ended here: drop its registry entry if it still names
     /// this node (a claim by another node meanwhile is left alone).
@@ -109,6 +118,24 @@ pub enum FromCluster {
         share: Option<(Box<str>, Box<str>)>,
         /// The message (origin 0, `retain_stamp` 0).
         msg: Message,
+        /// From this node's queue: settle it (`ToCluster::Settle`) once it is routed and,
+        /// with persistence on, durable here.
+        token: Option<u64>,
+    },
+    /// A copy from this node's queue of a message already routed: settle it once what
+    /// was routed before is durable.
+    Settle {
+        /// As in `Message`.
+        token: u64,
+    },
+    /// The message of shard `shard`'s publish numbered `seq` is in the queue of every
+    /// other node that wants it (or that failed, or was not needed): its acknowledgement
+    /// may go.
+    Published {
+        /// The publishing shard.
+        shard: usize,
+        /// Its cluster-ack sequence.
+        seq: u64,
     },
     /// The retained bucket changed: `msg` is the topic's new retained message (an empty
     /// payload clears it).
@@ -185,6 +212,11 @@ pub enum ClusterCast {
         /// Its cluster sequence.
         seq: u64,
     },
+    /// As `FromCluster::Published`, for the shard that published.
+    Published {
+        /// Its cluster-ack sequence.
+        seq: u64,
+    },
 }
 
 /// The shard that receives from the link.
@@ -231,14 +263,24 @@ impl<X> Broker<X> {
     }
 
     /// Hand a message that entered the broker here to the cluster. Returns whether it was
-    /// (`$SYS` topics stay on their node: each node publishes its own figures).
+    /// (`$SYS` topics stay on their node: each node publishes its own figures). A QoS ≥ 1
+    /// message from a client's PUBLISH (`acks.wanted`) is numbered: its acknowledgement
+    /// waits for the link (`cluster_ack`).
     pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
         if self.cluster.is_none() || super::sys::is_sys_topic(&msg.topic) {
             return false;
         }
+        let ack = if self.acks.wanted && msg.qos != QoS::AtMostOnce {
+            let seq = self.acks.next_seq();
+            self.acks.numbered = Some(seq);
+            seq
+        } else {
+            0
+        };
         self.fx.cluster.push(ToCluster::Publish {
             msg: msg.clone(),
             now_ms,
+            ack,
         });
         true
     }
@@ -246,13 +288,35 @@ impl<X> Broker<X> {
     /// News from the link (gateway shard only).
     pub fn on_cluster(&mut self, m: FromCluster, now_ms: u64) {
         match m {
-            FromCluster::Message { share: None, msg } => {
-                self.publish_from_cluster(Arc::new(msg), now_ms)
+            FromCluster::Message {
+                share: None,
+                msg,
+                token,
+            } => {
+                self.publish_from_cluster(Arc::new(msg), now_ms);
+                if let Some(token) = token {
+                    self.settle_when_durable(token);
+                }
             }
             FromCluster::Message {
                 share: Some((group, filter)),
                 msg,
-            } => self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms),
+                token,
+            } => {
+                self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms);
+                if let Some(token) = token {
+                    self.settle_when_durable(token);
+                }
+            }
+            FromCluster::Settle { token } => self.settle_when_durable(token),
+            FromCluster::Published { shard, seq } => {
+                let c = ClusterCast::Published { seq };
+                if shard == self.shard_id {
+                    self.on_cluster_cast(c, now_ms);
+                } else if shard < self.shards {
+                    self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
+                }
+            }
             FromCluster::Retained { mut msg } => {
                 msg.retain = true;
                 msg.retain_stamp = self.retained.next_stamp(self.shard_id);
@@ -327,6 +391,10 @@ impl<X> Broker<X> {
             ClusterCast::InterestReady { seq } => {
                 self.gate.cluster_acked(seq);
                 self.release_subacks(now_ms);
+            }
+            ClusterCast::Published { seq } => {
+                self.acks.answered(seq);
+                self.release_cluster_acks(now_ms);
             }
         }
     }

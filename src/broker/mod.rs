@@ -29,6 +29,7 @@ mod auth;
 pub mod bridges;
 mod close;
 pub mod cluster;
+pub mod cluster_ack;
 mod connect;
 mod deliver;
 pub mod effects;
@@ -257,6 +258,8 @@ pub struct Broker<X> {
     retained: RetainedReplica,
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
+    /// Publishers' acknowledgements waiting for the cluster link's queue stores.
+    acks: cluster_ack::ClusterAckGate,
     /// Timers of this shard.
     timers: TimerWheel,
     /// What this turn asks of the shard: casts, flushes, closes, counters.
@@ -327,6 +330,7 @@ impl<X> Broker<X> {
             routes: Routes::default(),
             retained: RetainedReplica::default(),
             gate: SubAckGate::new(shard_id, shards),
+            acks: cluster_ack::ClusterAckGate::default(),
             timers: TimerWheel::new(now_ms),
             fx: Effects::default(),
             next_gen: 0,

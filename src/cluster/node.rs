@@ -102,7 +102,11 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             filter: filter.into(),
             group: group.map(Into::into),
         },
-        ToCluster::Publish { msg, now_ms } => ToLink::Publish(Box::new(envelope_of(&msg, now_ms))),
+        ToCluster::Publish { msg, now_ms, ack } => ToLink::Publish {
+            envelope: Box::new(envelope_of(&msg, now_ms)),
+            ack: (ack > 0).then_some((shard, ack)),
+        },
+        ToCluster::Settle { token } => ToLink::Settle { token },
         ToCluster::Handover {
             to,
             client_id,
@@ -171,16 +175,24 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
         None
     };
     match m {
-        FromLink::Message { route, envelope } => {
+        FromLink::Message {
+            route,
+            envelope,
+            token,
+        } => {
             let Some(msg) = message_of(*envelope, now_ms) else {
-                return malformed();
+                // A queue message is settled all the same, or it would come forever.
+                let _ = malformed();
+                return token.map(|token| FromCluster::Settle { token });
             };
             let share = match route {
                 Route::Plain => None,
                 Route::Shared { group, filter } => Some((group.into(), filter.into())),
             };
-            Some(FromCluster::Message { share, msg })
+            Some(FromCluster::Message { share, msg, token })
         }
+        FromLink::Settle { token } => Some(FromCluster::Settle { token }),
+        FromLink::Published { ack: (shard, seq) } => Some(FromCluster::Published { shard, seq }),
         FromLink::Retained { topic, message } => {
             let cleared = Envelope {
                 origin: String::new(),

@@ -1,5 +1,5 @@
 //! The link's JetStream tasks: the bucket opener, the registry workers, the retained
-//! writer and the retained watcher.
+//! writer and watcher, the interest writer and watcher, and the queue consumer.
 //!
 //! Owns: those tasks and their queues. Invariant: registry operations for one client id,
 //! and retained writes, are applied in the order the node sent them; every wait on NATS is
@@ -7,9 +7,11 @@
 //! only through `Out`).
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,9 +19,10 @@ use tokio::sync::{mpsc, Notify};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
+use super::super::queue::{self, InterestView};
 use super::super::subject::Prefix;
 use super::super::{FromLink, LinkStats};
-use super::{within, Out, FLUSH_WAIT_MS, PUBLISH_WAIT_MS};
+use super::{within, Inbound, Out, Tag, FLUSH_WAIT_MS, PUBLISH_WAIT_MS};
 use crate::config::cluster::ClusterConfig;
 
 /// Registry workers: claims for different client ids run in parallel, claims for one
@@ -31,6 +34,34 @@ const KV_QUEUE_MAX: usize = 4096;
 const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
+/// After the buckets open, how long this node's interest entries of an earlier run may
+/// wait to be written again (restored sessions) before the ones not written are deleted.
+const INTEREST_GRACE_MS: u64 = 10_000;
+/// Pause between rounds of retrying interest writes that failed.
+const INTEREST_RETRY_MS: u64 = 1000;
+/// Pause before the queue consumer is set up again after its stream of messages ended.
+const QUEUE_RESTART_MS: u64 = 500;
+/// Messages the queue consumer asks for at a time.
+const QUEUE_BATCH_MESSAGES: usize = 512;
+
+/// An interest bucket operation, in the order the link made them.
+pub(super) enum InterestOp {
+    /// Write this node's interest `key` (if any), then send `answer`.
+    Put {
+        key: Option<String>,
+        node: String,
+        answer: FromLink,
+    },
+    /// Delete this node's interest `key`.
+    Delete { key: String },
+}
+
+/// The queues of the KV tasks, which fill (bounded) until the buckets are open.
+pub(super) struct KvQueues {
+    pub(super) registry: Vec<mpsc::Sender<RegistryOp>>,
+    pub(super) retained: mpsc::Sender<Bytes>,
+    pub(super) interest: mpsc::Sender<InterestOp>,
+}
 
 /// A registry operation, queued to the worker of its client id.
 pub(super) enum RegistryOp {
@@ -46,16 +77,19 @@ pub(super) fn worker(client_id: &str) -> usize {
     usize::try_from(h % REGISTRY_WORKERS as u64).unwrap_or(0)
 }
 
-/// Start the task that opens the buckets (retrying until JetStream answers) and then runs
-/// the registry workers, the retained writer and the retained watcher. Returns their
-/// queues, which fill (bounded) until the buckets are open.
+/// Start the task that opens the buckets and the queue stream (retrying until JetStream
+/// answers) and then runs the registry workers, the retained writer and watcher, the
+/// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
+/// feeds `inbound`). Returns their queues.
 pub(super) fn start_kv(
     cfg: &ClusterConfig,
     prefix: &Prefix,
     client: &Client,
     out: &Out,
     reconnected: Arc<Notify>,
-) -> (Vec<mpsc::Sender<RegistryOp>>, mpsc::Sender<Bytes>) {
+    view: Arc<Mutex<InterestView>>,
+    inbound: mpsc::Sender<Inbound>,
+) -> KvQueues {
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -64,6 +98,7 @@ pub(super) fn start_kv(
         receivers.push(rx);
     }
     let (retained_tx, retained_rx) = mpsc::channel(KV_QUEUE_MAX);
+    let (interest_tx, interest_rx) = mpsc::channel(KV_QUEUE_MAX);
     let ctx = KvCtx {
         node: cfg.node.clone(),
         prefix: prefix.clone(),
@@ -87,13 +122,39 @@ pub(super) fn start_kv(
                 }
             }
         };
+        let config = queue::stream_config(&name, &ctx.prefix, replicas);
+        let stream = loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if !reported {
+                        eprintln!("cluster link: cannot open the queue stream yet: {e}");
+                        reported = true;
+                    }
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+                }
+            }
+        };
         for rx in receivers {
             tokio::spawn(registry_worker(ctx.clone(), buckets.clone(), rx));
         }
         tokio::spawn(retained_writer(ctx.clone(), buckets.clone(), retained_rx));
+        tokio::spawn(interest_writer(ctx.clone(), buckets.clone(), interest_rx));
+        tokio::spawn(interest_watcher(
+            ctx.clone(),
+            buckets.clone(),
+            view,
+            reconnected.clone(),
+        ));
+        tokio::spawn(queue_consumer(ctx.clone(), stream, inbound));
         tokio::spawn(retained_watcher(ctx, buckets, reconnected));
     });
-    (senders, retained_tx)
+    KvQueues {
+        registry: senders,
+        retained: retained_tx,
+        interest: interest_tx,
+    }
 }
 
 /// What the KV tasks share.
@@ -212,4 +273,209 @@ fn report_retained(ctx: &KvCtx, value: &[u8]) {
         topic: e.topic,
         message,
     });
+}
+
+/// Write this node's interest entries in the order they came, answering each interest
+/// after its entry is written (or the write failed: the answer must not wait for NATS).
+/// Failed writes are retried every `INTEREST_RETRY_MS`; this node's entries of an earlier
+/// run that are not written again within `INTEREST_GRACE_MS` are deleted.
+async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<InterestOp>) {
+    let mut live: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    let mine = format!("{}.", ctx.node);
+    let mut earlier: Vec<String> =
+        match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.keys()).await {
+            Ok(Ok(keys)) => {
+                let keys: Vec<Result<String, _>> = keys.collect().await;
+                keys.into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.starts_with(&mine))
+                    .collect()
+            }
+            _ => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                Vec::new()
+            }
+        };
+    let grace = tokio::time::sleep(Duration::from_millis(INTEREST_GRACE_MS));
+    tokio::pin!(grace);
+    let mut retry = tokio::time::interval(Duration::from_millis(INTEREST_RETRY_MS));
+    loop {
+        tokio::select! {
+            op = rx.recv() => {
+                let Some(op) = op else { return };
+                match op {
+                    InterestOp::Put { key, node, answer } => {
+                        if let Some(key) = key {
+                            let value = interest_value_of(&node, &answer);
+                            if !put_interest(&ctx, &b, &key, &value).await {
+                                failed.insert(key.clone());
+                            }
+                            live.insert(key, value);
+                        }
+                        ctx.out.push_wake(answer);
+                    }
+                    InterestOp::Delete { key } => {
+                        live.remove(&key);
+                        if !delete_interest(&ctx, &b, &key).await {
+                            failed.insert(key);
+                        } else {
+                            failed.remove(&key);
+                        }
+                    }
+                }
+            }
+            () = &mut grace, if !earlier.is_empty() => {
+                for key in std::mem::take(&mut earlier) {
+                    if !live.contains_key(&key) && !delete_interest(&ctx, &b, &key).await {
+                        failed.insert(key);
+                    }
+                }
+            }
+            _ = retry.tick(), if !failed.is_empty() => {
+                for key in std::mem::take(&mut failed) {
+                    let ok = match live.get(&key) {
+                        Some(v) => put_interest(&ctx, &b, &key, v).await,
+                        None => delete_interest(&ctx, &b, &key).await,
+                    };
+                    if !ok {
+                        failed.insert(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bucket value of the interest an answer is for.
+fn interest_value_of(node: &str, answer: &FromLink) -> Vec<u8> {
+    match answer {
+        FromLink::InterestReady { filter, .. } | FromLink::InterestRefused { filter, .. } => {
+            queue::interest_value(node, filter)
+        }
+        _ => Vec::new(),
+    }
+}
+
+async fn put_interest(ctx: &KvCtx, b: &Buckets, key: &str, value: &[u8]) -> bool {
+    let put = b.interest.put(key, Bytes::copy_from_slice(value));
+    let ok = within(FLUSH_WAIT_MS, put).await;
+    if !ok {
+        LinkStats::add(&ctx.out.stats.nats_errors);
+    }
+    ok
+}
+
+async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
+    let ok = within(FLUSH_WAIT_MS, b.interest.delete(key)).await;
+    if !ok {
+        LinkStats::add(&ctx.out.stats.nats_errors);
+    }
+    ok
+}
+
+/// Keep `view` equal to the interest bucket: every entry, then each change; resumed after
+/// the last revision seen when the watch ends or NATS reconnects (as the retained watch).
+async fn interest_watcher(
+    ctx: KvCtx,
+    b: Buckets,
+    view: Arc<Mutex<InterestView>>,
+    reconnected: Arc<Notify>,
+) {
+    let mut last_revision = 0u64;
+    loop {
+        let watch = if last_revision == 0 {
+            b.interest.watch_with_history(">").await
+        } else {
+            b.interest.watch_all_from_revision(last_revision + 1).await
+        };
+        match watch {
+            Ok(mut w) => loop {
+                tokio::select! {
+                    entry = w.next() => {
+                        let Some(Ok(entry)) = entry else { break };
+                        last_revision = last_revision.max(entry.revision);
+                        let Ok(mut v) = view.lock() else { return };
+                        match entry.operation {
+                            Operation::Put => match queue::parse_interest(&entry.value) {
+                                Some((node, filter)) => v.insert(&entry.key, node, filter),
+                                None => LinkStats::add(&ctx.out.stats.malformed),
+                            },
+                            Operation::Delete | Operation::Purge => v.remove(&entry.key),
+                        }
+                    }
+                    _ = reconnected.notified() => break,
+                }
+            },
+            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
+        }
+        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+    }
+}
+
+/// Read this node's queue through its durable consumer and pass each message to the link
+/// loop. The consumer is made anew when the link starts, so what an earlier run of this
+/// node took without acknowledging comes again at once rather than after the ack wait.
+async fn queue_consumer(
+    ctx: KvCtx,
+    stream: jetstream::stream::Stream,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let config = queue::consumer_config(&ctx.prefix, &ctx.node);
+    let mut fresh = true;
+    loop {
+        if fresh {
+            // Absent on a node's first start: nothing to do then.
+            let _ = within(FLUSH_WAIT_MS, stream.delete_consumer(&ctx.node)).await;
+        }
+        let consumer = match stream
+            .get_or_create_consumer(&ctx.node, config.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            }
+        };
+        fresh = false;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(QUEUE_BATCH_MESSAGES)
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(_) => {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                    break;
+                }
+            };
+            let (delivered, age_ms) = match m.info() {
+                Ok(i) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i128);
+                    let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
+                    (i.delivered, u64::try_from(age).unwrap_or(0))
+                }
+                Err(_) => (1, 0),
+            };
+            let tag = Arc::new(Tag::Queued { delivered, age_ms });
+            if inbound.send((tag, m.message)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+    }
 }
