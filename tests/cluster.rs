@@ -454,6 +454,10 @@ fn a_node_killed_mid_traffic_leaves_the_others_serving() {
     sub.subscribe("k/#", 1);
     let mut on_b = connect(b, "k-mover");
     on_b.subscribe("k/#", 1);
+    // A persistent session on B, whose subscription must outlive B.
+    let persistent = Conn5::new("p-mover").clean(false).expiry(300);
+    let (mut p_on_b, _) = open5(b, &persistent);
+    p_on_b.subscribe_id("p/#", 1, 5);
     let mut publ = connect(c, "k-pub");
     await_route(&mut publ, &mut [&mut sub, &mut on_b], "k/x");
 
@@ -490,6 +494,30 @@ fn a_node_killed_mid_traffic_leaves_the_others_serving() {
     let mut late = connect(a, "k-late");
     late.publish("k/late", b"late", 1, false);
     assert_eq!(exactly(&mut moved, 1), ["late"]);
+    // The persistent session of dead B reconnects to C: B sends no state, so C takes the
+    // copy of its subscriptions from the bucket: Session Present, and A's messages reach
+    // it under its subscription, identifier included, without a new SUBSCRIBE.
+    drop(p_on_b);
+    let (mut p_on_c, ack) = open5(c, &persistent);
+    assert!(ack.present, "the subscriptions outlived B: {ack:?}");
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription taken from the bucket never got a message"
+        );
+        late.publish("p/x", b"kept", 1, false);
+        match p_on_c.recv(Duration::from_millis(100)) {
+            Ok(v5::P5::Publish(m)) => {
+                p_on_c.ack(&m);
+                assert_eq!(m.props.subscription_identifiers, [5]);
+                break;
+            }
+            Ok(_) | Err(WaitError::Timeout) => {}
+            Err(e) => panic!("p-mover lost its connection: {e:?}"),
+        }
+    }
+    drop(p_on_c);
     drop((moved, publ, late));
     nats_server_lost_mid_traffic(&mut nats, a, c);
     nodes.truncate(1);

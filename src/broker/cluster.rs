@@ -88,6 +88,14 @@ pub enum ToCluster {
         /// MQTT client id.
         client_id: Box<str>,
     },
+    /// The subscriptions of persistent session `client_id` changed: the link keeps a
+    /// copy in the subscriptions bucket, for a new owner when this node is dead.
+    SessionSubs {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// Its subscriptions (full filters).
+        subs: Vec<(Box<str>, SubState)>,
+    },
     /// Node `to` took `client_id` over: send it the session's state.
     Handover {
         /// The new owner.
@@ -169,6 +177,14 @@ pub enum FromCluster {
         /// The node that owns it now.
         by: Box<str>,
     },
+    /// The subscriptions bucket's copy of a session whose id a claim took from another
+    /// node: used if that node sends no state in time (it is dead).
+    SessionBackup {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The subscriptions (no messages).
+        state: SessionHandover,
+    },
     /// The link's NATS server has every interest of shard `shard` up to `seq` (or the link
     /// refused it: it stays local). That shard's SUBACKs waiting for it may go.
     InterestReady {
@@ -192,6 +208,13 @@ pub enum ClusterCast {
         ok: bool,
         /// As in `FromCluster::Claimed`.
         previous: bool,
+    },
+    /// As `FromCluster::SessionBackup`, for the client id's home shard.
+    Backup {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The subscriptions.
+        state: Box<SessionHandover>,
     },
     /// As `FromCluster::SessionState`, for the client id's home shard.
     State {
@@ -221,6 +244,9 @@ pub enum ClusterCast {
 
 /// The shard that receives from the link.
 pub const GATEWAY_SHARD: usize = 0;
+/// Sessions' subscription copies a shard keeps while their CONNECTs wait for the old
+/// node's state.
+const BACKUPS_MAX: usize = 4096;
 /// Longest wait for a session's state from its old node after the claim, before the
 /// CONNECT completes with a new session.
 pub const HANDOVER_WAIT_MS: u64 = 3000;
@@ -347,6 +373,13 @@ impl<X> Broker<X> {
                 };
                 self.send_home(&client_id, c, now_ms)
             }
+            FromCluster::SessionBackup { client_id, state } => {
+                let c = ClusterCast::Backup {
+                    client_id: client_id.clone(),
+                    state: Box::new(state),
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
             FromCluster::TakenOver { client_id, by } => {
                 let c = ClusterCast::TakenOver {
                     client_id: client_id.clone(),
@@ -385,7 +418,13 @@ impl<X> Broker<X> {
                 previous,
             } => self.on_claim_answer(token, ok, previous, now_ms),
             ClusterCast::State { client_id, state } => {
+                self.backups.remove(&client_id);
                 self.on_session_state(&client_id, *state, now_ms)
+            }
+            ClusterCast::Backup { client_id, state } => {
+                if self.backups.len() < BACKUPS_MAX {
+                    self.backups.insert(client_id, state);
+                }
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
             ClusterCast::InterestReady { seq } => {
@@ -452,12 +491,15 @@ impl<X> Broker<X> {
             return false;
         };
         if link.pending_connect.as_ref().is_some_and(|p| p.handover) {
-            // The old node did not send the state in time: a new session.
+            // The old node did not send the state in time (it is dead, say): the copy of
+            // its subscriptions from the bucket if there is one, else a new session.
             let token = ((key as u64) << 32) | u64::from(link.gen);
+            let mut backup = None;
             if let Some(id) = link.client_id.clone() {
                 self.awaiting_state.remove(&id);
+                backup = self.backups.remove(&id);
             }
-            self.finish_handover(token, None, now_ms);
+            self.finish_handover(token, backup.map(|b| *b), now_ms);
             return true;
         }
         if !link.pending_connect.as_ref().is_some_and(|p| p.claim) {
@@ -516,6 +558,15 @@ impl<X> Broker<X> {
             return;
         };
         link.claimed = true;
+        let id = link.client_id.clone();
+        if !previous || c.clean_start {
+            if let Some(id) = id {
+                self.backups.remove(&id);
+            }
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
         if previous && !c.clean_start {
             // The old node was told to send the session's state: wait for it (bounded).
             link.pending_connect = Some(Box::new(PendingConnect {
@@ -603,6 +654,20 @@ impl<X> Broker<X> {
                 self.fx.stats.dropped_queue += 1;
             }
         }
+    }
+
+    /// Keep the cluster's copy of persistent session `s`'s subscriptions up to date (a
+    /// session that ends with its connection has none to keep).
+    pub(super) fn backup_subs(&mut self, s: usize) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(sess) = self.sessions.get(s).filter(|x| x.expiry_s > 0) else {
+            return;
+        };
+        let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
+        let client_id = sess.client_id.clone();
+        self.tell_cluster(ToCluster::SessionSubs { client_id, subs });
     }
 
     /// The state of session `s`, for the node taking it over.

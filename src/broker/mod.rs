@@ -294,6 +294,9 @@ pub struct Broker<X> {
     awaiting_state: std::collections::HashMap<Box<str>, u64>,
     /// The state to install in the session `complete_connect` is making (a handover).
     handover_in: Option<Box<cluster::SessionHandover>>,
+    /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
+    /// waiting for an old node's state that may not come.
+    backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -349,6 +352,7 @@ impl<X> Broker<X> {
             cluster: None,
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
+            backups: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b

@@ -474,6 +474,10 @@ impl State {
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Release { client_id })
             }
+            ToLink::SessionSubs { client_id, state } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Subs { client_id, state })
+            }
         }
     }
 
@@ -667,9 +671,8 @@ impl State {
         }
         let id = self.next_pending;
         self.next_pending += 1;
-        let stored = if targets.is_empty() {
-            Some(Vec::new())
-        } else if self.pending.len() >= QUEUE_PENDING_MAX {
+        // Nobody to store for, or too many stores under way (counted as failed).
+        let stored = if targets.is_empty() || self.pending.len() >= QUEUE_PENDING_MAX {
             Some(Vec::new())
         } else {
             let to: Vec<(Arc<str>, String)> = targets

@@ -80,7 +80,17 @@ pub enum ToLink {
         /// The encoded state.
         state: Vec<u8>,
     },
-    /// A session owned here ended: remove the registry entry if it still names this node.
+    /// The subscriptions of persistent session `client_id` changed: keep them (`handover`
+    /// encoding, no messages) in the subscriptions bucket for a node that takes the
+    /// session over while this one is dead.
+    SessionSubs {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded subscriptions.
+        state: Vec<u8>,
+    },
+    /// A session owned here ended: remove the registry entry if it still names this node
+    /// (and then its subscriptions entry).
     Release {
         /// MQTT client id.
         client_id: String,
@@ -169,6 +179,15 @@ pub enum FromLink {
     },
     /// The state of a session this node took over, from its old node.
     SessionState {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state (`handover`).
+        state: Vec<u8>,
+    },
+    /// The subscriptions bucket's copy of `client_id`'s session, read when a claim took
+    /// the id from another node (sent before `Claimed`): the state to use if that node
+    /// does not send its own.
+    SessionBackup {
         /// MQTT client id.
         client_id: String,
         /// The encoded state (`handover`).

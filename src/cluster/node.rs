@@ -120,6 +120,17 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
         ToCluster::Release { client_id } => ToLink::Release {
             client_id: client_id.into(),
         },
+        ToCluster::SessionSubs { client_id, subs } => ToLink::SessionSubs {
+            client_id: client_id.into(),
+            state: super::handover::encode(
+                &crate::broker::cluster::SessionHandover {
+                    exists: true,
+                    subs,
+                    queued: Vec::new(),
+                },
+                0,
+            ),
+        },
         ToCluster::Claim { client_id, token } => ToLink::Claim {
             client_id: client_id.into(),
             token,
@@ -231,6 +242,15 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
                 return malformed();
             };
             Some(FromCluster::SessionState {
+                client_id: client_id.into(),
+                state,
+            })
+        }
+        FromLink::SessionBackup { client_id, state } => {
+            let Some(state) = super::handover::decode(&state, now_ms) else {
+                return malformed();
+            };
+            Some(FromCluster::SessionBackup {
                 client_id: client_id.into(),
                 state,
             })

@@ -67,6 +67,7 @@ pub(super) struct KvQueues {
 pub(super) enum RegistryOp {
     Claim { client_id: String, token: u64 },
     Release { client_id: String },
+    Subs { client_id: String, state: Vec<u8> },
 }
 
 /// The registry worker for a client id.
@@ -174,6 +175,19 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                     Ok(previous) => {
                         if let Some(old) = &previous {
                             notify_takeover(&ctx, old, &client_id).await;
+                            // The old node's last copy of the subscriptions, in case it
+                            // is dead and sends nothing.
+                            let get = b.subs.get(kv::key(&client_id));
+                            match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get)
+                                .await
+                            {
+                                Ok(Ok(Some(state))) => ctx.out.push_wake(FromLink::SessionBackup {
+                                    client_id: client_id.clone(),
+                                    state: state.to_vec(),
+                                }),
+                                Ok(Ok(None)) => {}
+                                _ => LinkStats::add(&ctx.out.stats.nats_errors),
+                            }
                         }
                         FromLink::Claimed {
                             token,
@@ -188,10 +202,23 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                 };
                 ctx.out.push_wake(reply);
             }
+            RegistryOp::Subs { client_id, state } => {
+                let put = b.subs.put(kv::key(&client_id), Bytes::from(state));
+                if !within(FLUSH_WAIT_MS, put).await {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                }
+            }
             RegistryOp::Release { client_id } => {
                 let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
                 if removed.is_err() {
                     LinkStats::add(&ctx.out.stats.nats_errors);
+                }
+                if matches!(removed, Ok(true)) {
+                    // The session is gone everywhere: so is its copy.
+                    let delete = b.subs.delete(kv::key(&client_id));
+                    if !within(FLUSH_WAIT_MS, delete).await {
+                        LinkStats::add(&ctx.out.stats.nats_errors);
+                    }
                 }
                 ctx.out.push_wake(FromLink::Released {
                     client_id,
