@@ -61,6 +61,9 @@ const CONNECT_POLL_MS: u64 = 20;
 /// Longest the link tries (with retries) to store a QoS ≥ 1 message in another node's
 /// queue; past it the publisher is acknowledged anyway and the failure counted.
 pub(super) const QUEUE_PUBLISH_WAIT_MS: u64 = 2000;
+/// Queue messages handed to the node and not settled yet, at most (the consumer hands out
+/// `queue::QUEUE_ACK_PENDING_MAX` at a time; more means settles were lost).
+const UNSETTLED_MAX: usize = 65_536;
 /// Pause between attempts to store a message in a node's queue.
 const QUEUE_RETRY_MS: u64 = 100;
 /// QoS ≥ 1 messages whose queue stores are under way; past it new ones skip the queue
@@ -803,6 +806,11 @@ impl State {
         LinkStats::add(&stats.queue_received);
         let token = self.next_token;
         self.next_token += 1;
+        if self.unsettled.len() >= UNSETTLED_MAX {
+            // Settles lost on the way (a full queue): those messages come again after the
+            // ack wait, with new tokens.
+            self.unsettled.clear();
+        }
         self.unsettled.insert(token, reply);
         let settle_only = |st: &mut Self| {
             if !st.out.push(FromLink::Settle { token }) {
