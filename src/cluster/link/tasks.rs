@@ -304,11 +304,22 @@ fn report_retained(ctx: &KvCtx, value: &[u8]) {
 
 /// Write this node's interest entries in the order they came, answering each interest
 /// after its entry is written (or the write failed: the answer must not wait for NATS).
-/// Failed writes are retried every `INTEREST_RETRY_MS`; this node's entries of an earlier
-/// run that are not written again within `INTEREST_GRACE_MS` are deleted.
+/// Writes are pipelined: each is sent at once and its acknowledgement awaited, in order,
+/// by `interest_acker`. Failed writes are retried every `INTEREST_RETRY_MS`; this node's
+/// entries of an earlier run that are not written again within `INTEREST_GRACE_MS` are
+/// deleted.
 async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<InterestOp>) {
     let mut live: HashMap<String, Vec<u8>> = HashMap::new();
     let mut failed: HashSet<String> = HashSet::new();
+    let (sent_tx, sent_rx) = mpsc::channel(KV_QUEUE_MAX);
+    let (failed_tx, mut failed_rx) = mpsc::channel(KV_QUEUE_MAX);
+    tokio::spawn(interest_acker(ctx.clone(), sent_rx, failed_tx));
+    let js = jetstream::new(ctx.client.clone());
+    let prefix = b
+        .interest
+        .put_prefix
+        .clone()
+        .unwrap_or_else(|| b.interest.prefix.clone());
     let mine = format!("{}.", ctx.node);
     let mut earlier: Vec<String> =
         match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.keys()).await {
@@ -331,26 +342,40 @@ async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Interest
         tokio::select! {
             op = rx.recv() => {
                 let Some(op) = op else { return };
-                match op {
+                let sent = match op {
                     InterestOp::Put { key, node, answer } => {
-                        if let Some(key) = key {
-                            let value = interest_value_of(&node, &answer);
-                            if !put_interest(&ctx, &b, &key, &value).await {
-                                failed.insert(key.clone());
+                        let write = match key {
+                            Some(key) => {
+                                let value = interest_value_of(&node, &answer);
+                                let p = jetstream::message::PublishMessage::build()
+                                    .payload(Bytes::copy_from_slice(&value));
+                                let ack = send_write(&js, format!("{prefix}{key}"), p).await;
+                                live.insert(key.clone(), value);
+                                Some((key, ack))
                             }
-                            live.insert(key, value);
-                        }
-                        ctx.out.push_wake(answer);
+                            None => None,
+                        };
+                        Sent { write, answer: Some(answer) }
                     }
                     InterestOp::Delete { key } => {
                         live.remove(&key);
-                        if !delete_interest(&ctx, &b, &key).await {
-                            failed.insert(key);
-                        } else {
-                            failed.remove(&key);
-                        }
+                        failed.remove(&key);
+                        let p = jetstream::message::PublishMessage::build()
+                            .payload(Bytes::new())
+                            .header("KV-Operation", "DEL");
+                        let ack = send_write(&js, format!("{prefix}{key}"), p).await;
+                        Sent { write: Some((key, ack)), answer: None }
+                    }
+                };
+                if let Err(e) = sent_tx.send(sent).await {
+                    // The acker is gone: answer here rather than never.
+                    if let Some(answer) = e.0.answer {
+                        ctx.out.push_wake(answer);
                     }
                 }
+            }
+            Some(key) = failed_rx.recv() => {
+                failed.insert(key);
             }
             () = &mut grace, if !earlier.is_empty() => {
                 for key in std::mem::take(&mut earlier) {
@@ -370,6 +395,55 @@ async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Interest
                     }
                 }
             }
+        }
+    }
+}
+
+/// An interest bucket write on its way: (key, its acknowledgement to await, `None` if it
+/// could not even be sent), and the answer to give after it.
+struct Sent {
+    write: Option<(String, Option<jetstream::context::PublishAckFuture>)>,
+    answer: Option<FromLink>,
+}
+
+/// Send one bucket write (bounded); its acknowledgement, if it went.
+async fn send_write(
+    js: &jetstream::Context,
+    subject: String,
+    p: jetstream::message::PublishMessage,
+) -> Option<jetstream::context::PublishAckFuture> {
+    let sent = tokio::time::timeout(
+        Duration::from_millis(FLUSH_WAIT_MS),
+        js.send_publish(subject, p),
+    )
+    .await;
+    sent.ok().and_then(Result::ok)
+}
+
+/// Await the interest writes' acknowledgements in the order they were sent, report the
+/// keys whose write failed, and send each answer after its write.
+async fn interest_acker(ctx: KvCtx, mut rx: mpsc::Receiver<Sent>, failed: mpsc::Sender<String>) {
+    while let Some(sent) = rx.recv().await {
+        if let Some((key, ack)) = sent.write {
+            let ok = match ack {
+                Some(f) => matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(FLUSH_WAIT_MS),
+                        std::future::IntoFuture::into_future(f)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if !ok {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                // Never waits: the writer may itself be waiting to send to this task.
+                let _ = failed.try_send(key);
+            }
+        }
+        if let Some(answer) = sent.answer {
+            ctx.out.push_wake(answer);
         }
     }
 }
