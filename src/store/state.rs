@@ -15,7 +15,9 @@ use super::record::{
 };
 
 mod bridges;
+mod deliveries;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
+pub use deliveries::Deliveries;
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub struct SessionState {
     /// Subscriptions by (share group, filter).
     pub subscriptions: BTreeMap<(Option<String>, String), Subscription<'static>>,
     /// Outbound deliveries, oldest first: in-flight ones carry packet ids.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Deliveries,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: BTreeSet<NonZeroU16>,
 }
@@ -151,19 +153,7 @@ impl LiveState {
                 state,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    let by_id = s
-                        .deliveries
-                        .iter()
-                        .position(|d| d.packet_id == Some(packet_id));
-                    let slot = by_id.or_else(|| {
-                        s.deliveries
-                            .iter()
-                            .position(|d| d.msg == msg && d.packet_id.is_none())
-                    });
-                    if let Some(i) = slot {
-                        s.deliveries[i].packet_id = Some(packet_id);
-                        s.deliveries[i].state = state;
-                    }
+                    s.deliveries.sent(msg, packet_id, state);
                 }
             }
             Record::DeliveryDone {
@@ -171,18 +161,12 @@ impl LiveState {
                 packet_id,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    s.deliveries.retain(|d| d.packet_id != Some(packet_id));
+                    s.deliveries.done(packet_id);
                 }
             }
             Record::DeliveryDropped { client_id, msg } => {
                 if let Some(s) = self.session(&client_id) {
-                    let at = s
-                        .deliveries
-                        .iter()
-                        .position(|d| d.msg == msg && d.packet_id.is_none());
-                    if let Some(i) = at {
-                        s.deliveries.remove(i);
-                    }
+                    s.deliveries.dropped(msg);
                 }
             }
             other => self.apply_incoming(other),
@@ -244,7 +228,7 @@ impl LiveState {
                         info,
                         disconnected_at_unix_ms: None,
                         subscriptions: BTreeMap::new(),
-                        deliveries: Vec::new(),
+                        deliveries: Deliveries::default(),
                         incoming_qos2: BTreeSet::new(),
                     },
                 );
@@ -314,9 +298,7 @@ impl LiveState {
                 conflicts += 1;
                 continue;
             }
-            for d in &mut s.deliveries {
-                d.msg = map(d.msg);
-            }
+            s.deliveries.map_msgs(map);
             self.sessions.insert(client, s);
         }
         for (topic, r) in other.retained {
