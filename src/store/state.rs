@@ -78,10 +78,10 @@ pub struct LiveState {
 }
 
 impl LiveState {
-    /// Apply one record.
-    pub fn apply(&mut self, r: Record<'static>) {
+    /// Apply one record (only what the state keeps is copied from a borrowed one).
+    pub fn apply(&mut self, r: Record<'_>) {
         match r {
-            Record::SessionCreated(info) => self.session_created(info),
+            Record::SessionCreated(info) => self.session_created(info.into_owned()),
             Record::SessionDisconnected {
                 client_id,
                 at_unix_ms,
@@ -99,7 +99,7 @@ impl LiveState {
                         sub.share_group.as_deref().map(str::to_owned),
                         sub.filter.to_string(),
                     );
-                    s.subscriptions.insert(key, sub);
+                    s.subscriptions.insert(key, sub.into_owned());
                 }
             }
             Record::SubscriptionRemoved {
@@ -113,7 +113,7 @@ impl LiveState {
                 }
             }
             Record::MessageStored { id, msg } => {
-                self.messages.insert(id, msg);
+                self.messages.insert(id, msg.into_owned());
             }
             Record::RetainedSet { topic, msg, stamp } => {
                 self.retain(topic.into_owned(), Some(msg), stamp)
@@ -126,7 +126,7 @@ impl LiveState {
         }
     }
 
-    fn apply_delivery(&mut self, r: Record<'static>) {
+    fn apply_delivery(&mut self, r: Record<'_>) {
         match r {
             Record::DeliveryQueued {
                 client_id,
@@ -173,7 +173,7 @@ impl LiveState {
         }
     }
 
-    fn apply_incoming(&mut self, r: Record<'static>) {
+    fn apply_incoming(&mut self, r: Record<'_>) {
         match r {
             Record::IncomingQos2Set {
                 client_id,
@@ -196,7 +196,8 @@ impl LiveState {
     }
 
     /// An empty bridge entry is dropped, so a checkpoint holds only bridges with work.
-    fn apply_bridge(&mut self, name: std::borrow::Cow<'static, str>, op: BridgeOp<'static>) {
+    fn apply_bridge(&mut self, name: std::borrow::Cow<'_, str>, op: BridgeOp<'_>) {
+        let op = op.into_owned();
         match self.bridges.get_mut(name.as_ref()) {
             Some(b) => {
                 b.apply(op);
@@ -285,6 +286,16 @@ impl LiveState {
     /// its messages get fresh ids; a session both hold keeps this state's copy (counted
     /// in the return value); retained entries keep the highest stamp, tombstones included.
     pub fn merge(&mut self, mut other: LiveState) -> u64 {
+        let empty = self.sessions.is_empty()
+            && self.messages.is_empty()
+            && self.retained.is_empty()
+            && self.bridges.is_empty();
+        if empty {
+            // Nothing to renumber against (the first shard read, or the only one).
+            other.orphans += self.orphans;
+            *self = other;
+            return 0;
+        }
         let first = self.next_msg_id().0;
         let mut renumber = BTreeMap::new();
         for (next, (id, m)) in (first..).zip(std::mem::take(&mut other.messages)) {

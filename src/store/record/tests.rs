@@ -112,12 +112,25 @@ fn delivery_queued_with_flags_has_its_own_tag() {
     assert_eq!(encoded(&r), want);
 }
 
+/// An owned copy equals the record, for every kind (borrowed parts included).
+#[test]
+fn owned_copies_are_equal() {
+    for r in samples() {
+        assert_eq!(r.clone().into_owned(), r);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn random_records_round_trip(r in arb_record()) {
         prop_assert_eq!(Record::decode(&encoded(&r)), Ok(r));
+    }
+
+    #[test]
+    fn random_records_owned_copies_are_equal(r in arb_record()) {
+        prop_assert_eq!(r.clone().into_owned(), r);
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! delivery is in `unsent` exactly when it has no packet id, and each `unsent` list is in
 //! queue order. So `sent`, `done` and `dropped` cost O(log n) however long the queue is
 //! (a queue of n deliveries drained record by record costs O(n log n), not O(n²)).
-//! Must not touch: messages, files.
+//! Ordered maps, not hash maps: no hashing per record, and the maps are small (one
+//! session's in-flight window and queue). Must not touch: messages, files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::num::NonZeroU16;
 
 use smallvec::SmallVec;
@@ -24,9 +25,9 @@ pub struct Deliveries {
     items: BTreeMap<u64, Delivery>,
     next_seq: u64,
     /// The delivery holding each packet id.
-    by_pid: HashMap<NonZeroU16, u64>,
+    by_pid: BTreeMap<NonZeroU16, u64>,
     /// Deliveries without a packet id, by message, oldest first.
-    unsent: HashMap<MsgId, SmallVec<[u64; 1]>>,
+    unsent: BTreeMap<MsgId, SmallVec<[u64; 1]>>,
 }
 
 impl Deliveries {
