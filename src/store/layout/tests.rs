@@ -258,7 +258,7 @@ fn a_long_single_session_queue_recovers() {
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
         });
-        if i % 1_000 == 0 {
+        if i.is_multiple_of(1_000) {
             wal.end_turn().expect("write");
         }
     }
@@ -278,7 +278,7 @@ fn a_long_single_session_queue_recovers() {
                 packet_id,
             });
         }
-        if i % 1_000 == 0 {
+        if i.is_multiple_of(1_000) {
             wal.end_turn().expect("write");
         }
     }
