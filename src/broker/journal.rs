@@ -185,7 +185,7 @@ impl Journal {
     /// Append `r` to this turn's batch and apply it to the shadow.
     pub fn log(&mut self, r: Record<'_>) {
         self.wal.append(&r);
-        self.shadow.apply(r.into_owned());
+        self.shadow.apply(r);
         if self.shadow.messages.len() >= self.gc_at {
             // Amortised: the next sweep waits until the live count has doubled.
             drop_unreferenced(&mut self.shadow);
