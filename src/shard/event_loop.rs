@@ -575,6 +575,8 @@ impl Shard {
         self.listeners = listeners;
         // Edge-triggered: a backlog that built up meanwhile would not be reported again.
         self.accept_again = true;
+        // `global_max_connections` and `max_connection_rate`: from the next accept.
+        self.admission.reconfigure(&cfg.limits);
         self.broker.reload(cfg);
         let now = self.now_ms();
         self.bridges
