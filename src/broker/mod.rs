@@ -40,6 +40,7 @@ pub mod journal;
 pub mod link;
 pub mod login;
 pub mod memory;
+mod pacing;
 mod persist;
 mod publish;
 mod reload;
@@ -256,6 +257,8 @@ pub struct Broker<X> {
     routes: Routes,
     /// This shard's replica of the retained store.
     retained: RetainedReplica,
+    /// Retained messages written per session per turn (SUBSCRIBE backlogs).
+    pacing: pacing::RetainedPacing,
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
     /// Publishers' acknowledgements waiting for the cluster link's queue stores.
@@ -332,6 +335,7 @@ impl<X> Broker<X> {
             sessions: Sessions::new(shard_id),
             routes: Routes::default(),
             retained: RetainedReplica::default(),
+            pacing: pacing::RetainedPacing::default(),
             gate: SubAckGate::new(shard_id, shards),
             acks: cluster_ack::ClusterAckGate::default(),
             timers: TimerWheel::new(now_ms),
@@ -361,6 +365,7 @@ impl<X> Broker<X> {
     /// A turn starts at `now_ms` (shard clock; never goes backwards).
     pub fn begin_turn(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.pacing.begin_turn();
     }
 
     /// The shard clock as of the current turn (ms).
@@ -387,6 +392,7 @@ impl<X> Broker<X> {
             max_buf: self.cfg.max_write_buffer,
             auth: &self.auth,
             journal: self.journal.as_mut(),
+            pacing: &mut self.pacing,
         };
         (&mut self.routes, &mut self.sessions, sink)
     }

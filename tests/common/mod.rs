@@ -745,6 +745,11 @@ impl RawClient {
 
     /// SUBSCRIBE to `filters` and return the SUBACK codes (other packets are stashed).
     pub fn subscribe_many(&mut self, filters: &[(&str, u8)]) -> Vec<u8> {
+        self.subscribe_many_within(filters, WAIT)
+    }
+
+    /// [`RawClient::subscribe_many`], waiting up to `wait` for the SUBACK.
+    pub fn subscribe_many_within(&mut self, filters: &[(&str, u8)], wait: Duration) -> Vec<u8> {
         let subs: Vec<Subscription<'_>> = filters
             .iter()
             .map(|&(filter, q)| Subscription {
@@ -761,7 +766,7 @@ impl RawClient {
             properties: Properties::default(),
             filters: SubscriptionList::Slice(&subs),
         }));
-        match self.expect_where(WAIT, "SUBACK", |g| matches!(g, Got::SubAck { .. })) {
+        match self.expect_where(wait, "SUBACK", |g| matches!(g, Got::SubAck { .. })) {
             Got::SubAck { pid: got, codes } => {
                 assert_eq!(got, p, "[{}] SUBACK packet id", self.id);
                 assert_eq!(
