@@ -130,7 +130,10 @@ fn partial_packets_hold_about_the_bytes_received() {
     }
     wait_broker_read_all(&b, Duration::from_secs(20));
     let received_kib = (CLIENTS * SENT_BYTES / 1024) as u64;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Each read into a growing partial packet moves it; the freed copies return to the OS
+    // after the allocator's decay time (10 s, docs/decisions/0012-allocator.md), later on
+    // a loaded machine, so RSS settles a while after the last byte arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let grown_kib = b.rss_kib().saturating_sub(before);
         if grown_kib * 10 < received_kib * 14 {
