@@ -146,15 +146,16 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.pubrec_new(s, key, pid, matched_code(matched));
+                let txn = self.qos2_txn(s, key);
+                let matched = self.route_new(key, p, topic, now_ms, (origin, txn));
+                self.pubrec_new(s, key, pid, matched_code(matched), txn);
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(key, p, topic, now_ms, origin);
+                let matched = self.route_new(key, p, topic, now_ms, (origin, 0));
                 self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
             }
             _ => {
-                self.route_new(key, p, topic, now_ms, origin);
+                self.route_new(key, p, topic, now_ms, (origin, 0));
             }
         }
         Verdict::Continue
@@ -262,19 +263,25 @@ impl<X> Broker<X> {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
+    /// `(origin, txn)`: the publishing session's uid and the message's QoS 2 routing (0:
+    /// none).
     fn route_new(
         &mut self,
         key: usize,
         p: &Publish<'_>,
         topic: &Arc<str>,
         now_ms: u64,
-        origin: u64,
+        (origin, txn): (u64, u64),
     ) -> bool {
         if !p.retain {
-            let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            let mut msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            if let Some(m) = Arc::get_mut(&mut msg) {
+                m.txn = txn;
+            }
             return self.publish_shared(msg, now_ms);
         }
         let mut msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+        msg.txn = txn;
         if self.auth.any_acl() {
             // Kept so the publisher's right is checked again whenever it is delivered.
             msg.publisher = self.links.get(key).map(|l| {
@@ -483,6 +490,7 @@ impl<X> Broker<X> {
             Cast::Cluster(c) => self.on_cluster_cast(*c, now_ms),
             Cast::Sys { from, report } => self.on_sys_report(from, *report),
             Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
+            Cast::Qos2Committed { from, txn } => self.on_qos2_committed(from, txn, now_ms),
             Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),
             Cast::InterestAck { from, seq } => {
                 self.gate.acked(from, seq);
@@ -517,6 +525,7 @@ mod tests {
             origin: 0,
             retain_stamp: stamp,
             publisher: None,
+            txn: 0,
         })
     }
 
