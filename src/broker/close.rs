@@ -198,6 +198,7 @@ impl<X> Broker<X> {
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
                 super::sys::TIMER_SYS => self.sys_timer(gen, now_ms),
                 super::subscribe::TIMER_SUBACK => self.release_subacks(now_ms),
+                super::cluster_ack::TIMER_CLUSTER_ACK => self.cluster_ack_timer(now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }

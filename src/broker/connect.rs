@@ -197,6 +197,7 @@ impl<X> Broker<X> {
             })
         });
         self.log_session(s, c.version.level(), will.as_deref());
+        self.backup_subs(s);
         self.attach(key, s, c, keep_alive, will, &id, now_ms);
         let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);
         let response = match (
@@ -262,6 +263,13 @@ impl<X> Broker<X> {
             if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
                 if let Some(l) = self.links.get_mut(old) {
                     l.session = None;
+                }
+                if crate::log_sink::connection_messages() {
+                    // Mosquitto's words, and its level (error, so the default log shows it).
+                    log_at!(
+                        Level::Error,
+                        "Client {id} already connected, closing old connection."
+                    );
                 }
                 self.close(
                     old,

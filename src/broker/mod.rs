@@ -29,6 +29,7 @@ mod auth;
 pub mod bridges;
 mod close;
 pub mod cluster;
+pub mod cluster_ack;
 mod connect;
 mod deliver;
 pub mod effects;
@@ -265,6 +266,8 @@ pub struct Broker<X> {
     retained: RetainedReplica,
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
+    /// Publishers' acknowledgements waiting for the cluster link's queue stores.
+    acks: cluster_ack::ClusterAckGate,
     /// Timers of this shard.
     timers: TimerWheel,
     /// What this turn asks of the shard: casts, flushes, closes, counters.
@@ -299,6 +302,9 @@ pub struct Broker<X> {
     awaiting_state: std::collections::HashMap<Box<str>, u64>,
     /// The state to install in the session `complete_connect` is making (a handover).
     handover_in: Option<Box<cluster::SessionHandover>>,
+    /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
+    /// waiting for an old node's state that may not come.
+    backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -335,6 +341,7 @@ impl<X> Broker<X> {
             routes: Routes::default(),
             retained: RetainedReplica::default(),
             gate: SubAckGate::new(shard_id, shards),
+            acks: cluster_ack::ClusterAckGate::default(),
             timers: TimerWheel::new(now_ms),
             fx: Effects::default(),
             next_gen: 0,
@@ -353,6 +360,7 @@ impl<X> Broker<X> {
             cluster: None,
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
+            backups: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b

@@ -110,6 +110,10 @@ impl<X> Broker<X> {
     /// Send `packet` to link `key` once this turn's records are durable (at once with
     /// persistence off).
     pub(super) fn send_durable(&mut self, key: usize, packet: &Packet<'_>) {
+        // Behind the link's acknowledgements that wait for the cluster, in order.
+        if self.ride_behind_cluster(key, packet) {
+            return;
+        }
         let Some(link) = self.links.get(key) else {
             return;
         };
@@ -173,7 +177,9 @@ impl<X> Broker<X> {
     /// routed once, never twice (a delivery made before the cut is kept only if the id
     /// that recognises the resend is durable too).
     pub(super) fn qos2_txn(&mut self, s: usize, key: usize) -> u64 {
-        let logged = self.sessions.get(s).is_some_and(|x| x.logged);
+        // In a cluster the PUBREC may wait for other nodes instead (`cluster_ack`), which
+        // does not commit routings: there a power cut may still duplicate one.
+        let logged = self.sessions.get(s).is_some_and(|x| x.logged) && self.cluster.is_none();
         match self.journal.as_mut() {
             Some(j) if logged && self.links.get(key).is_some() => j.next_txn(self.shard_id),
             _ => 0,
@@ -283,6 +289,9 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
+            HeldAck::Cluster { token } => {
+                self.tell_cluster(super::cluster::ToCluster::Settle { token })
+            }
             HeldAck::Publish {
                 session, uid, pid, ..
             } => match self.publish_waits(session, uid, pid) {
@@ -371,9 +380,10 @@ impl<X> Broker<X> {
         for st in part.sessions.values() {
             self.restore_session(st, &msgs, unix, now_ms);
         }
-        for (_, m, stamp) in retained {
-            let msg = Arc::new(journal::from_stored(m, unix, now_ms, *stamp));
-            self.retained.store(&msg);
+        for (_, m, stamp, source) in retained {
+            let mut msg = journal::from_stored(m, unix, now_ms, *stamp);
+            msg.publisher = source.as_ref().map(journal::publisher_of);
+            self.retained.store(&Arc::new(msg));
         }
         self.journal = Some(j);
     }
@@ -563,6 +573,7 @@ impl<X> Broker<X> {
                 topic,
                 msg: id,
                 stamp,
+                source: msg.publisher.as_deref().map(journal::source_of),
             });
         }
     }
@@ -571,6 +582,32 @@ impl<X> Broker<X> {
     /// for a logged session its id is logged once the routing is durable and the PUBREC
     /// follows once the id is ([`journal::HeldIncoming`]); otherwise as any held ack.
     pub(super) fn pubrec_new(
+        &mut self,
+        s: usize,
+        key: usize,
+        pid: PacketId,
+        reason: protocol::ReasonCode,
+        txn: u64,
+    ) {
+        if self.acks.holds(key) {
+            // Behind the link's acknowledgements that wait for the cluster, in order.
+            if let Some(uid) = self.sessions.get(s).map(|x| x.uid) {
+                let what = super::cluster_ack::HeldPubAck::PubRec {
+                    session: s,
+                    uid,
+                    pid,
+                    reason,
+                };
+                self.hold_for_cluster(key, 0, what);
+                return;
+            }
+        }
+        self.pubrec_now(s, key, pid, reason, txn);
+    }
+
+    /// `pubrec_new` without regard to the cluster gate (it released this one; its routing
+    /// is never numbered, `txn` 0).
+    pub(super) fn pubrec_now(
         &mut self,
         s: usize,
         key: usize,

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::cluster_ack::HeldPubAck;
 use super::{deliver, Broker, Cast, Verdict};
 use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 use crate::session::Message;
@@ -146,13 +147,43 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
+                let uid = sess.uid;
                 let txn = self.qos2_txn(s, key);
-                let matched = self.route_new(key, p, topic, now_ms, (origin, txn));
-                self.pubrec_new(s, key, pid, matched_code(matched), txn);
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, (origin, txn));
+                let reason = matched_code(matched);
+                match seq {
+                    // In a cluster: once other nodes' queues hold it (`cluster_ack`).
+                    Some(seq) => {
+                        let what = HeldPubAck::PubRec {
+                            session: s,
+                            uid,
+                            pid,
+                            reason,
+                        };
+                        self.hold_for_cluster(key, seq, what);
+                    }
+                    None => self.pubrec_new(s, key, pid, reason, txn),
+                }
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(key, p, topic, now_ms, (origin, 0));
-                self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, (origin, 0));
+                match seq {
+                    Some(seq) => {
+                        let ack = Ack {
+                            packet_id: pid,
+                            reason: matched_code(matched),
+                            properties: Properties::default(),
+                        };
+                        let mut bytes = Vec::new();
+                        let version = self
+                            .links
+                            .get(key)
+                            .map_or(protocol::Version::V3_1_1, |l| l.version);
+                        protocol::encode(&Packet::PubAck(ack), version, &mut bytes);
+                        self.hold_for_cluster(key, seq, HeldPubAck::Packet(bytes));
+                    }
+                    None => self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched)),
+                }
             }
             _ => {
                 self.route_new(key, p, topic, now_ms, (origin, 0));
@@ -261,6 +292,23 @@ impl<X> Broker<X> {
         self.send_durable(key, &kind(ack));
     }
 
+    /// `route_new` for a QoS ≥ 1 PUBLISH whose acknowledgement waits: also returns the
+    /// cluster-ack sequence when the message went to the cluster link (`cluster_ack`).
+    fn route_acked(
+        &mut self,
+        key: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+        origin: (u64, u64),
+    ) -> (bool, Option<u64>) {
+        self.acks.wanted = true;
+        self.acks.numbered = None;
+        let matched = self.route_new(key, p, topic, now_ms, origin);
+        self.acks.wanted = false;
+        (matched, self.acks.numbered.take())
+    }
+
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
     /// `(origin, txn)`: the publishing session's uid and the message's QoS 2 routing (0:
@@ -338,7 +386,9 @@ impl<X> Broker<X> {
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
     /// This shard's bridges are offered it too (see `bridges::BridgeRoutes`).
     pub(super) fn route_local(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        let bridged = self.bridges.offer(msg, &mut self.fx);
+        let bridged = self
+            .bridges
+            .offer(msg, self.auth.bridge_acl(), &mut self.fx);
         let (routes, sessions, mut sink) = self.parts();
         deliver::route_local(routes, sessions, &mut sink, msg, now_ms) || bridged
     }

@@ -101,6 +101,7 @@ impl<X> Broker<X> {
         };
         let mut bytes = Vec::new();
         protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
+        self.backup_subs(s);
         let gen = self.links.get(key).map_or(0, |l| l.gen);
         if let Some(at) = self.gate.hold(key, gen, bytes, retained, now_ms) {
             self.timers.insert(at, timer_key(TIMER_SUBACK, 0, 0));
@@ -352,6 +353,7 @@ impl<X> Broker<X> {
             };
             codes.push(code.to_u8());
         }
+        self.backup_subs(s);
         let ack = protocol::UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -365,8 +367,8 @@ impl<X> Broker<X> {
 /// May the publisher of retained message `m` still publish it under the ACL in force?
 /// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.) As in
 /// Mosquitto's `check_retain_source`, a message without a recorded publisher (from the
-/// broker, a bridge, or recovered from the store, which does not keep the publisher yet)
-/// passes.
+/// broker, a bridge, published while no ACL was in force, or stored by a version that
+/// did not keep it) passes. The store keeps the publisher, so this holds after a restart.
 fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
     let Some(p) = m.publisher.as_deref() else {
         return true;
