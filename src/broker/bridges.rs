@@ -267,6 +267,7 @@ impl<X> Broker<X> {
             origin: bridge_origin(i),
             retain_stamp: 0,
             publisher: None,
+            txn: 0,
         };
         self.publish_message(msg, now_ms);
         Ok(())

@@ -203,7 +203,7 @@ impl<X> Broker<X> {
                     reason,
                 } => {
                     if self.sessions.get(session).is_some_and(|s| s.uid == uid) {
-                        self.pubrec_now(session, link, pid, reason);
+                        self.pubrec_now(session, link, pid, reason, 0);
                     }
                 }
             }

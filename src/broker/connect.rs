@@ -394,7 +394,9 @@ impl<X> Broker<X> {
             return;
         };
         let Some(key) = sess.link else { return };
-        let flights: Vec<_> = sess.inflight.iter().cloned().collect();
+        // Held deliveries (the newest `held_out`) are sent when released, not here.
+        let sent = sess.inflight.len().saturating_sub(sess.held_out as usize);
+        let flights: Vec<_> = sess.inflight.iter().take(sent).cloned().collect();
         for f in flights {
             match f.state {
                 FlightState::AwaitComp => {

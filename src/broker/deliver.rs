@@ -152,7 +152,18 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
             retain,
             sub_ids: sub_ids.as_slice().into(),
         });
+        if let Some(o) = sess.queue.back().filter(|o| o.msg.txn != 0) {
+            log_txn(j, sess, o.msg.txn);
+        }
     }
+}
+
+/// Log that the delivery just queued belongs to QoS 2 routing `txn`.
+pub(super) fn log_txn(j: &mut Journal, sess: &Session, txn: u64) {
+    j.log(Record::DeliveryTxn {
+        client_id: (&*sess.client_id).into(),
+        txn,
+    });
 }
 
 /// Log a stored delivery's step: queued then sent (`pid`), or only queued (`None`).
@@ -162,13 +173,18 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, pid: 
     };
     let client_id = &*sess.client_id;
     match pid {
-        None => j.log(Record::DeliveryQueued {
-            client_id: client_id.into(),
-            msg: MsgId(out.sid),
-            qos: out.qos as u8,
-            retain: out.retain,
-            sub_ids: out.sub_ids.as_slice().into(),
-        }),
+        None => {
+            j.log(Record::DeliveryQueued {
+                client_id: client_id.into(),
+                msg: MsgId(out.sid),
+                qos: out.qos as u8,
+                retain: out.retain,
+                sub_ids: out.sub_ids.as_slice().into(),
+            });
+            if out.msg.txn != 0 {
+                log_txn(j, sess, out.msg.txn);
+            }
+        }
         Some(packet_id) => j.log(Record::DeliverySent {
             client_id: client_id.into(),
             msg: MsgId(out.sid),
@@ -202,7 +218,15 @@ fn send_tracked<X>(
 ) {
     log_delivery(sink, sess, &out, Some(pid));
     let gen = sink.links.get(key).map_or(0, |l| l.gen);
-    let hold = out.sid != 0 && (out.qos == QoS::ExactlyOnce || sess.held_out > 0);
+    // A QoS 2 PUBLISH also waits for its routing's commit, whatever the session: seen
+    // before it, the message could reach the client again after a power cut.
+    let qos2 = out.qos == QoS::ExactlyOnce;
+    let uncommitted = qos2
+        && sink
+            .journal
+            .as_deref()
+            .is_some_and(|j| !j.is_committed(out.msg.txn));
+    let hold = sess.held_out > 0 || uncommitted || (out.sid != 0 && qos2);
     if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
         sess.track(pid, out);
         sess.held_out += 1;

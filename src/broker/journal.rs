@@ -9,7 +9,10 @@
 //!   follows them on the FIFO ring; the peer answers `BarrierDone` once durable);
 //! * acks leave in the order they were held;
 //! * a message is stored (`MessageStored`) at most once per shard per routing, however
-//!   many of this shard's sessions queue it.
+//!   many of this shard's sessions queue it;
+//! * a QoS 2 PUBLISH of a numbered routing (`Message::txn`) leaves only once its origin
+//!   has committed it (`Record::Qos2Committed` durable); held PUBLISHes waiting for a
+//!   commit are parked in order, and later ones wait behind them.
 //!
 //! Must not touch: sockets, sessions' delivery logic (the broker calls [`Journal::log`]
 //! at the points where state changes), other shards' logs.
@@ -69,6 +72,12 @@ pub enum HeldAck {
     },
     /// Log an inbound QoS 2 id (the PUBREC behind it follows).
     Incoming(HeldIncoming),
+    /// This shard's QoS 2 routing `txn` is committed (its record is durable): tell the
+    /// peers, and send the PUBLISHes that waited for it.
+    Commit {
+        /// The routing.
+        txn: u64,
+    },
     /// The acknowledgement to the remote of a QoS 1/2 message a bridge brought in (the
     /// shard keeps the acks of each bridge in order; this releases the oldest).
     Bridge {
@@ -101,6 +110,8 @@ pub struct HeldIncoming {
     pub gen: u32,
     /// The encoded PUBREC.
     pub bytes: SmallVec<[u8; 16]>,
+    /// The QoS 2 routing of the message (0: none), committed with the id.
+    pub txn: u64,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -141,6 +152,15 @@ pub struct Journal {
     refused_at_stall: u64,
     /// Reused encoding buffer for held packets.
     scratch: Vec<u8>,
+    /// The last QoS 2 routing this shard numbered.
+    txn_last: u64,
+    /// The highest routing committed, by origin shard.
+    committed: Vec<u64>,
+    /// Held PUBLISHes whose records are durable, waiting (in order) for their routing's
+    /// commit, with that routing.
+    parked: VecDeque<(u64, HeldAck)>,
+    /// A commit of this shard's was released since the peers were last told.
+    commit_news: bool,
     /// Shadow message count at which unreferenced messages are dropped next.
     gc_at: usize,
 }
@@ -169,6 +189,10 @@ impl Journal {
             refused_at_stall: 0,
             scratch: Vec::new(),
             gc_at: GC_MESSAGES_MIN,
+            txn_last: 0,
+            committed: vec![0; shards],
+            parked: VecDeque::new(),
+            commit_news: false,
         }
     }
 
@@ -207,6 +231,56 @@ impl Journal {
         self.log(Record::MessageStored { id, msg: stored });
         self.last_msg = Some((msg.clone(), id));
         id
+    }
+
+    /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).
+    pub fn next_txn(&mut self, shard: usize) -> u64 {
+        self.txn_last += 1;
+        (shard as u64 + 1) << 48 | self.txn_last
+    }
+
+    /// Whether routing `txn` is committed (its origin said so).
+    pub fn is_committed(&self, txn: u64) -> bool {
+        let origin = (txn >> 48) as usize;
+        txn == 0
+            || origin
+                .checked_sub(1)
+                .and_then(|o| self.committed.get(o))
+                .is_some_and(|&c| c >= txn)
+    }
+
+    /// Shard `origin` has committed its routings up to `txn`; `mine` when that is us.
+    pub fn committed(&mut self, origin: usize, txn: u64, mine: bool) {
+        if let Some(c) = self.committed.get_mut(origin) {
+            *c = (*c).max(txn);
+        }
+        self.commit_news |= mine;
+    }
+
+    /// This shard's highest commit, if it moved since the last call (to tell the peers).
+    pub fn commit_news(&mut self, shard: usize) -> Option<u64> {
+        std::mem::take(&mut self.commit_news)
+            .then(|| self.committed.get(shard).copied())
+            .flatten()
+    }
+
+    /// Whether held PUBLISHes wait for a commit (a later one then waits behind them).
+    pub fn parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Park a held PUBLISH until routing `txn` is committed.
+    pub fn park(&mut self, txn: u64, ack: HeldAck) {
+        self.parked.push_back((txn, ack));
+    }
+
+    /// The oldest parked PUBLISH, once its routing is committed.
+    pub fn unpark(&mut self) -> Option<HeldAck> {
+        let &(txn, _) = self.parked.front()?;
+        if !self.is_committed(txn) {
+            return None;
+        }
+        self.parked.pop_front().map(|(_, a)| a)
     }
 
     /// Hold `ack` until this turn's records (and its publishes to peers) are durable.
@@ -350,7 +424,7 @@ impl Journal {
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
             HeldAck::Incoming(h) => h.link == link && h.gen == gen,
-            HeldAck::Bridge { .. } | HeldAck::Cluster { .. } => false,
+            HeldAck::Bridge { .. } | HeldAck::Cluster { .. } | HeldAck::Commit { .. } => false,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }
@@ -471,6 +545,7 @@ pub fn from_stored(m: &StoredMessage<'_>, unix_now_ms: u64, now_ms: u64, stamp: 
         retain_stamp: stamp,
         // A retained message's publisher comes from its own record (`publisher_of`).
         publisher: None,
+        txn: 0,
     }
 }
 

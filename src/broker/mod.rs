@@ -126,6 +126,14 @@ pub enum Cast {
         /// The barrier answered.
         seq: u64,
     },
+    /// Shard `from` has committed its QoS 2 routings up to `txn` (persistence only): their
+    /// PUBLISHes may go out (`journal::Journal::committed`).
+    Qos2Committed {
+        /// The committing shard.
+        from: usize,
+        /// Its highest routing committed.
+        txn: u64,
+    },
     /// Cluster news the gateway shard passes on (`cluster::ClusterCast`).
     Cluster(Box<cluster::ClusterCast>),
     /// Shard `from` has applied every interest change up to `seq` of the receiver.

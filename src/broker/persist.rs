@@ -159,6 +159,76 @@ impl<X> Broker<X> {
                 self.send_held(ack, now_ms);
             }
         }
+        let me = self.shard_id;
+        if let Some(txn) = self.journal.as_mut().and_then(|j| j.commit_news(me)) {
+            for to in (0..self.shards).filter(|&p| p != me) {
+                self.fx
+                    .outbox
+                    .push((to, Cast::Qos2Committed { from: me, txn }));
+            }
+            self.release_parked(now_ms);
+        }
+    }
+
+    /// The QoS 2 routing number of a new message from session `s` on link `key`: one when
+    /// its packet id will be logged ([`Broker::pubrec_new`]), else 0. Its PUBLISHes wait
+    /// for the commit that logs the id, and recovery drops its deliveries if that commit
+    /// is not durable: a message the publisher sends again after a power cut is then
+    /// routed once, never twice (a delivery made before the cut is kept only if the id
+    /// that recognises the resend is durable too).
+    pub(super) fn qos2_txn(&mut self, s: usize, key: usize) -> u64 {
+        // In a cluster the PUBREC may wait for other nodes instead (`cluster_ack`), which
+        // does not commit routings: there a power cut may still duplicate one.
+        let logged = self.sessions.get(s).is_some_and(|x| x.logged) && self.cluster.is_none();
+        match self.journal.as_mut() {
+            Some(j) if logged && self.links.get(key).is_some() => j.next_txn(self.shard_id),
+            _ => 0,
+        }
+    }
+
+    /// Shard `from` committed its routings up to `txn`: send what waited for them.
+    pub(super) fn on_qos2_committed(&mut self, from: usize, txn: u64, now_ms: u64) {
+        if let Some(j) = self.journal.as_mut() {
+            j.committed(from, txn, false);
+            self.release_parked(now_ms);
+        }
+    }
+
+    /// Send the parked PUBLISHes whose routings are committed, oldest first.
+    fn release_parked(&mut self, now_ms: u64) {
+        while let Some(ack) = self.journal.as_mut().and_then(Journal::unpark) {
+            if let HeldAck::Publish {
+                session, uid, pid, ..
+            } = ack
+            {
+                self.release_publish(session, uid, pid, now_ms);
+            }
+        }
+    }
+
+    /// The routing a held PUBLISH must still wait for: its message's, if not committed,
+    /// or any (0) while older ones wait.
+    fn publish_waits(&self, session: usize, uid: u64, pid: PacketId) -> Option<u64> {
+        let j = self.journal.as_ref()?;
+        let txn = self
+            .sessions
+            .get(session)
+            .filter(|x| x.uid == uid)
+            .and_then(|x| x.inflight.iter().find(|f| f.pid == pid))
+            .filter(|f| f.out.qos == protocol::QoS::ExactlyOnce)
+            .map_or(0, |f| f.out.msg.txn);
+        if !j.is_committed(txn) {
+            return Some(txn);
+        }
+        j.parked().then_some(0)
+    }
+
+    /// A held PUBLISH may go: to the session's link now, if it has one.
+    fn release_publish(&mut self, session: usize, uid: u64, pid: PacketId, now_ms: u64) {
+        if let Some(sess) = self.sessions.get_mut(session).filter(|x| x.uid == uid) {
+            sess.held_out = sess.held_out.saturating_sub(1);
+            self.send_held_publish(session, pid, now_ms);
+        }
     }
 
     /// A barrier cast from a peer (see [`Journal`]).
@@ -198,10 +268,24 @@ impl<X> Broker<X> {
                 if taken {
                     self.log_incoming(h.session, h.pid, true);
                 }
-                let (link, gen, bytes) = (h.link, h.gen, h.bytes);
+                let (link, gen, bytes, txn) = (h.link, h.gen, h.bytes, h.txn);
                 if let Some(j) = self.journal.as_mut() {
+                    if txn != 0 {
+                        // The commit: the routing is durable everywhere, and so (in this
+                        // batch) is the id that recognises a resend.
+                        j.log(Record::Qos2Committed { txn });
+                    }
                     // Out after the id's record is durable (the next round).
                     j.hold(HeldAck::Bytes { link, gen, bytes });
+                    if txn != 0 {
+                        j.hold(HeldAck::Commit { txn });
+                    }
+                }
+            }
+            HeldAck::Commit { txn } => {
+                let me = self.shard_id;
+                if let Some(j) = self.journal.as_mut() {
+                    j.committed(me, txn, true);
                 }
             }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
@@ -209,27 +293,30 @@ impl<X> Broker<X> {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })
             }
             HeldAck::Publish {
-                link,
-                gen,
-                session,
-                uid,
-                pid,
-            } => {
-                if let Some(sess) = self.sessions.get_mut(session).filter(|x| x.uid == uid) {
-                    sess.held_out = sess.held_out.saturating_sub(1);
-                    self.send_held_publish(link, gen, session, pid, now_ms);
+                session, uid, pid, ..
+            } => match self.publish_waits(session, uid, pid) {
+                Some(txn) => {
+                    if let Some(j) = self.journal.as_mut() {
+                        j.park(txn, ack);
+                    }
                 }
-            }
+                None => self.release_publish(session, uid, pid, now_ms),
+            },
         }
     }
 
-    /// Send a held PUBLISH if its link and its delivery (not yet acknowledged) are there.
-    fn send_held_publish(&mut self, key: usize, gen: u32, s: usize, pid: PacketId, now_ms: u64) {
-        let live = self
-            .links
-            .get(key)
-            .is_some_and(|l| l.gen == gen && l.is_connected() && l.session == Some(s));
-        let Some(sess) = self.sessions.get(s).filter(|_| live) else {
+    /// Send a held PUBLISH if its session is connected and its delivery (not yet
+    /// acknowledged) is there. A session that reconnected since it was held gets it on its
+    /// new link (`resend_inflight` leaves held deliveries to this).
+    fn send_held_publish(&mut self, s: usize, pid: PacketId, now_ms: u64) {
+        let Some(sess) = self.sessions.get(s) else {
+            return;
+        };
+        let Some(key) = sess.link.filter(|&k| {
+            self.links
+                .get(k)
+                .is_some_and(|l| l.is_connected() && l.session == Some(s))
+        }) else {
             return;
         };
         let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
@@ -500,6 +587,7 @@ impl<X> Broker<X> {
         key: usize,
         pid: PacketId,
         reason: protocol::ReasonCode,
+        txn: u64,
     ) {
         if self.acks.holds(key) {
             // Behind the link's acknowledgements that wait for the cluster, in order.
@@ -514,16 +602,18 @@ impl<X> Broker<X> {
                 return;
             }
         }
-        self.pubrec_now(s, key, pid, reason);
+        self.pubrec_now(s, key, pid, reason, txn);
     }
 
-    /// `pubrec_new` without regard to the cluster gate (it released this one).
+    /// `pubrec_new` without regard to the cluster gate (it released this one; its routing
+    /// is never numbered, `txn` 0).
     pub(super) fn pubrec_now(
         &mut self,
         s: usize,
         key: usize,
         pid: PacketId,
         reason: protocol::ReasonCode,
+        txn: u64,
     ) {
         let logged = self.sessions.get(s).filter(|x| x.logged).map(|x| x.uid);
         let link = self.links.get(key).map(|l| (l.gen, l.version));
@@ -542,6 +632,7 @@ impl<X> Broker<X> {
                     link: key,
                     gen,
                     bytes,
+                    txn,
                 }));
             }
             _ => self.send_durable(key, &ack),

@@ -148,7 +148,8 @@ impl<X> Broker<X> {
                 }
                 sess.awaiting_rel.insert(pid.get());
                 let uid = sess.uid;
-                let (matched, seq) = self.route_acked(key, p, topic, now_ms, origin);
+                let txn = self.qos2_txn(s, key);
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, (origin, txn));
                 let reason = matched_code(matched);
                 match seq {
                     // In a cluster: once other nodes' queues hold it (`cluster_ack`).
@@ -161,11 +162,11 @@ impl<X> Broker<X> {
                         };
                         self.hold_for_cluster(key, seq, what);
                     }
-                    None => self.pubrec_new(s, key, pid, reason),
+                    None => self.pubrec_new(s, key, pid, reason, txn),
                 }
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let (matched, seq) = self.route_acked(key, p, topic, now_ms, origin);
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, (origin, 0));
                 match seq {
                     Some(seq) => {
                         let ack = Ack {
@@ -185,7 +186,7 @@ impl<X> Broker<X> {
                 }
             }
             _ => {
-                self.route_new(key, p, topic, now_ms, origin);
+                self.route_new(key, p, topic, now_ms, (origin, 0));
             }
         }
         Verdict::Continue
@@ -299,7 +300,7 @@ impl<X> Broker<X> {
         p: &Publish<'_>,
         topic: &Arc<str>,
         now_ms: u64,
-        origin: u64,
+        origin: (u64, u64),
     ) -> (bool, Option<u64>) {
         self.acks.wanted = true;
         self.acks.numbered = None;
@@ -310,19 +311,25 @@ impl<X> Broker<X> {
 
     /// Accept a message from a client: retain it, route it here and to interested shards.
     /// Returns whether any subscriber anywhere may match (for 5.0's 0x10 reason code).
+    /// `(origin, txn)`: the publishing session's uid and the message's QoS 2 routing (0:
+    /// none).
     fn route_new(
         &mut self,
         key: usize,
         p: &Publish<'_>,
         topic: &Arc<str>,
         now_ms: u64,
-        origin: u64,
+        (origin, txn): (u64, u64),
     ) -> bool {
         if !p.retain {
-            let msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            let mut msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
+            if let Some(m) = Arc::get_mut(&mut msg) {
+                m.txn = txn;
+            }
             return self.publish_shared(msg, now_ms);
         }
         let mut msg = Message::from_publish(p, topic.clone(), now_ms, origin);
+        msg.txn = txn;
         if self.auth.any_acl() {
             // Kept so the publisher's right is checked again whenever it is delivered.
             msg.publisher = self.links.get(key).map(|l| {
@@ -533,6 +540,7 @@ impl<X> Broker<X> {
             Cast::Cluster(c) => self.on_cluster_cast(*c, now_ms),
             Cast::Sys { from, report } => self.on_sys_report(from, *report),
             Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
+            Cast::Qos2Committed { from, txn } => self.on_qos2_committed(from, txn, now_ms),
             Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),
             Cast::InterestAck { from, seq } => {
                 self.gate.acked(from, seq);
@@ -567,6 +575,7 @@ mod tests {
             origin: 0,
             retain_stamp: stamp,
             publisher: None,
+            txn: 0,
         })
     }
 

@@ -300,6 +300,7 @@ impl<X> Broker<X> {
                 origin: 0,
                 retain_stamp: 0,
                 publisher: None,
+                txn: 0,
             };
             self.publish_message(msg, now_ms);
         }

@@ -177,6 +177,7 @@ pub fn message_of(e: Envelope, now_ms: u64) -> Option<Message> {
         origin: 0,
         retain_stamp: 0,
         publisher: None,
+        txn: 0,
     })
 }
 
@@ -301,6 +302,7 @@ mod tests {
             origin: 7,
             retain_stamp: 99,
             publisher: None,
+            txn: 0,
         };
         let e = envelope_of(&m, 10_000);
         assert_eq!(e.expiry_secs, Some(1), "half a second left rounds up");

@@ -93,6 +93,10 @@ pub struct Message {
     /// retained message is delivered only while its publisher may still publish it
     /// (Mosquitto CVE-2018-12546).
     pub publisher: Option<Arc<Publisher>>,
+    /// The QoS 2 routing this message is part of (origin shard in the high 16 bits, its
+    /// sequence below; 0: none): its QoS 2 PUBLISHes wait until the origin has committed
+    /// it (`broker::journal`), and a delivery of it is logged with it.
+    pub txn: u64,
 }
 
 /// The identity a message was published under, as the ACL sees it.
@@ -121,6 +125,7 @@ impl Message {
             origin: 0,
             retain_stamp: 0,
             publisher: None,
+            txn: 0,
         }
     }
 
@@ -150,6 +155,7 @@ impl Message {
             origin,
             retain_stamp: 0,
             publisher: None,
+            txn: 0,
         }
     }
 

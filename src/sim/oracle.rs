@@ -56,9 +56,7 @@ pub struct MsgRec {
     pub will: bool,
     /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published.
     pub due: bool,
-    /// A QoS 2 message not yet acknowledged (PUBREC) when the power was cut: routed to
-    /// another shard before the cut and again when resent, it may reach a subscriber
-    /// twice (docs/persistence.md, "Not done yet"); exactly-once is not checked for it.
+    /// A Will that became due before a power cut: it may be lost with the cut.
     pub in_doubt: bool,
 }
 
@@ -173,18 +171,12 @@ impl Oracle {
         }
     }
 
-    /// The power was cut: unacknowledged QoS 2 messages are in doubt (see `MsgRec`).
+    /// The power was cut: Wills due are in doubt (see `MsgRec`).
     pub fn power_cut(&mut self) {
         for m in self.msgs.values_mut() {
-            m.in_doubt |= m.qos == QoS::ExactlyOnce && !m.acked && !m.will;
             // A Will due before the cut may be lost with it (docs/persistence.md).
             m.in_doubt |= m.will && m.due;
         }
-    }
-
-    /// Whether `key` was in doubt at a power cut.
-    fn in_doubt(&self, key: (usize, u32)) -> bool {
-        self.msgs.get(&key).is_some_and(|m| m.in_doubt)
     }
 
     /// The broker acknowledged a message.
@@ -306,7 +298,7 @@ impl Oracle {
                     ));
                 }
             }
-            if d.qos == QoS::ExactlyOnce && e.1 > 1 && !self.in_doubt((d.publisher, d.seq)) {
+            if d.qos == QoS::ExactlyOnce && e.1 > 1 {
                 errors.push(format!(
                     "client {} handed QoS 2 message {}:{} to its application twice",
                     s.client, d.publisher, d.seq
@@ -343,7 +335,7 @@ impl Oracle {
                 .insert(d.client);
             let n = apps.entry((d.client, d.publisher, d.seq)).or_insert(0);
             *n += usize::from(d.app);
-            if d.qos == QoS::ExactlyOnce && *n > 1 && !self.in_doubt((d.publisher, d.seq)) {
+            if d.qos == QoS::ExactlyOnce && *n > 1 {
                 errors.push(format!(
                     "member {} handed QoS 2 message {}:{} to its application twice",
                     d.client, d.publisher, d.seq

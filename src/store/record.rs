@@ -260,6 +260,22 @@ pub enum Record<'a> {
         /// Lamport stamp of the update.
         stamp: u64,
     },
+    /// The delivery `DeliveryQueued` just added to the session's queue belongs to the
+    /// QoS 2 routing `txn` (see [`Record::Qos2Committed`]).
+    DeliveryTxn {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The routing: origin shard in the high 16 bits, its sequence below.
+        txn: u64,
+    },
+    /// The QoS 2 routings of origin `txn >> 48` up to `txn` are committed: their
+    /// publishers' packet ids are logged, so their deliveries are kept by recovery. A
+    /// delivery of a routing not committed is dropped by recovery (its publisher, which
+    /// saw no PUBREC, sends it again; its subscriber never saw it).
+    Qos2Committed {
+        /// The highest routing committed.
+        txn: u64,
+    },
     /// A change to the forwarding state of the bridge named `bridge` (its `connection`).
     Bridge {
         /// The bridge's name.
@@ -356,6 +372,8 @@ mod tag {
     pub const DELIVERY_QUEUED_FLAGS: u8 = 16;
     /// `RETAINED_SET` with its publisher.
     pub const RETAINED_SET_SOURCE: u8 = 17;
+    pub const DELIVERY_TXN: u8 = 18;
+    pub const QOS2_COMMITTED: u8 = 19;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -487,6 +505,15 @@ impl Record<'_> {
                 e.u8(tag::RETAINED_CLEARED);
                 e.str(topic);
                 e.u64(*stamp);
+            }
+            Record::DeliveryTxn { client_id, txn } => {
+                e.u8(tag::DELIVERY_TXN);
+                e.str(client_id);
+                e.u64(*txn);
+            }
+            Record::Qos2Committed { txn } => {
+                e.u8(tag::QOS2_COMMITTED);
+                e.u64(*txn);
             }
             Record::Bridge { bridge, op } => {
                 e.u8(tag::BRIDGE);
@@ -1067,6 +1094,11 @@ impl<'a> Dec<'a> {
                 bridge: self.string()?,
                 op: self.bridge_op()?,
             },
+            tag::DELIVERY_TXN => Record::DeliveryTxn {
+                client_id: self.string()?,
+                txn: self.u64()?,
+            },
+            tag::QOS2_COMMITTED => Record::Qos2Committed { txn: self.u64()? },
             other => return Err(DecodeError::UnknownTag(other)),
         })
     }

@@ -34,6 +34,8 @@ pub struct Delivery {
     pub packet_id: Option<NonZeroU16>,
     /// Where it stands.
     pub state: DeliveryState,
+    /// The QoS 2 routing it belongs to, until recovery settles it (0: none).
+    pub txn: u64,
 }
 
 /// A persistent session as recovered.
@@ -77,6 +79,11 @@ pub struct LiveState {
     /// Records that referred to a session or message the state does not have (the engine
     /// logs only persistent sessions' records, so a non-zero count is worth a warning).
     pub orphans: u64,
+    /// The highest QoS 2 routing committed, by origin (`txn >> 48`); see
+    /// [`Record::Qos2Committed`]. Empty after [`LiveState::finish`].
+    pub qos2_committed: BTreeMap<u64, u64>,
+    /// Deliveries of QoS 2 routings never committed that [`LiveState::finish`] dropped.
+    pub qos2_dropped: u64,
 }
 
 impl LiveState {
@@ -160,6 +167,7 @@ impl LiveState {
                         sub_ids: sub_ids.into_owned(),
                         packet_id: None,
                         state: DeliveryState::Queued,
+                        txn: 0,
                     });
                 }
             }
@@ -207,6 +215,15 @@ impl LiveState {
                 if let Some(s) = self.session(&client_id) {
                     s.incoming_qos2.remove(&packet_id);
                 }
+            }
+            Record::DeliveryTxn { client_id, txn } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries.set_last_txn(txn);
+                }
+            }
+            Record::Qos2Committed { txn } => {
+                let at = self.qos2_committed.entry(txn >> 48).or_insert(0);
+                *at = (*at).max(txn);
             }
             _ => unreachable!("apply handles every other record"),
         }
@@ -275,8 +292,10 @@ impl LiveState {
         }
     }
 
-    /// Drop tombstones, deliveries of messages the state lacks, and unreferenced messages.
+    /// Drop tombstones, deliveries of messages the state lacks, deliveries of QoS 2
+    /// routings never committed, and unreferenced messages.
     pub fn finish(&mut self) {
+        self.settle_qos2();
         self.retained.retain(|_, r| r.msg.is_some());
         let mut missing = 0u64;
         for s in self.sessions.values_mut() {
@@ -295,6 +314,23 @@ impl LiveState {
         }
         used.extend(self.retained.values().filter_map(|r| r.msg));
         self.messages.retain(|id, _| used.contains(id));
+    }
+
+    /// Settle the QoS 2 routings: a delivery of one never committed is dropped (nobody
+    /// saw it: its PUBLISH waits for the commit, and so does its publisher's PUBREC, so the
+    /// publisher sends it again), the others are kept. What remains is plain deliveries,
+    /// so a new run numbers its routings afresh.
+    fn settle_qos2(&mut self) {
+        let committed = std::mem::take(&mut self.qos2_committed);
+        let done = |txn: u64| committed.get(&(txn >> 48)).is_some_and(|&c| c >= txn);
+        let mut dropped = 0;
+        for s in self.sessions.values_mut() {
+            let before = s.deliveries.len();
+            s.deliveries.retain(|d| d.txn == 0 || done(d.txn));
+            dropped += before - s.deliveries.len();
+            s.deliveries.clear_txns();
+        }
+        self.qos2_dropped += dropped as u64;
     }
 
     /// The next message id free in this state.
@@ -346,6 +382,10 @@ impl LiveState {
             self.bridges.insert(name, b);
         }
         self.orphans += other.orphans;
+        for (origin, txn) in other.qos2_committed {
+            let at = self.qos2_committed.entry(origin).or_insert(0);
+            *at = (*at).max(txn);
+        }
         conflicts
     }
 
@@ -405,7 +445,15 @@ impl LiveState {
             },
         });
         let bridges = self.bridges.iter().flat_map(|(name, b)| b.records(name));
-        messages.chain(sessions).chain(retained).chain(bridges)
+        let committed = self
+            .qos2_committed
+            .values()
+            .map(|&txn| Record::Qos2Committed { txn });
+        messages
+            .chain(sessions)
+            .chain(retained)
+            .chain(bridges)
+            .chain(committed)
     }
 }
 
@@ -435,6 +483,12 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             retain: d.retain,
             sub_ids: d.sub_ids.clone().into(),
         });
+        if d.txn != 0 {
+            out.push(Record::DeliveryTxn {
+                client_id: client(),
+                txn: d.txn,
+            });
+        }
         if let Some(packet_id) = d.packet_id {
             out.push(Record::DeliverySent {
                 client_id: client(),

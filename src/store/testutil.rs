@@ -179,6 +179,11 @@ pub fn samples() -> Vec<Record<'static>> {
             topic: "a/b".into(),
             stamp: 43,
         },
+        Record::DeliveryTxn {
+            client_id: c(),
+            txn: 2 << 48 | 9,
+        },
+        Record::Qos2Committed { txn: 2 << 48 | 9 },
     ]
     .into_iter()
     .chain(bridge_samples())

@@ -116,6 +116,21 @@ impl Deliveries {
         }
     }
 
+    /// A `DeliveryTxn` record: the newest delivery belongs to QoS 2 routing `txn` (the
+    /// routing number is not indexed, so it may be changed in place).
+    pub fn set_last_txn(&mut self, txn: u64) {
+        if let Some(d) = self.items.values_mut().next_back() {
+            d.txn = txn;
+        }
+    }
+
+    /// Forget every delivery's QoS 2 routing number (once the routings are settled).
+    pub fn clear_txns(&mut self) {
+        for d in self.items.values_mut() {
+            d.txn = 0;
+        }
+    }
+
     /// Rename every delivery's message through `map` (merging another shard's state).
     pub fn map_msgs(&mut self, mut map: impl FnMut(MsgId) -> MsgId) {
         for d in self.items.values_mut() {

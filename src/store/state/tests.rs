@@ -363,6 +363,7 @@ fn deliveries_are_found_by_packet_id_and_by_oldest_unsent_message() {
         sub_ids: Vec::new(),
         packet_id: None,
         state: DeliveryState::Queued,
+        txn: 0,
     };
     let mut q: Deliveries = [d(1), d(2), d(1), d(3)].into_iter().collect();
     q.sent(MsgId(1), pid(7), DeliveryState::InFlight);
@@ -398,4 +399,54 @@ fn deliveries_are_found_by_packet_id_and_by_oldest_unsent_message() {
     q.done(pid(8));
     q.done(pid(7));
     assert!(q.is_empty());
+}
+
+/// Recovery keeps a QoS 2 routing's deliveries only if its origin's commit is in some
+/// shard's log (merged from another shard's state here, as recovery merges them), drops
+/// the others, and leaves plain deliveries: a checkpoint of the result has no routings.
+#[test]
+fn uncommitted_qos2_routings_are_dropped_at_recovery() {
+    let queued = |id: u64, txn: u64| {
+        vec![
+            Record::MessageStored {
+                id: MsgId(id),
+                msg: message("a/1", b"x", false),
+            },
+            Record::DeliveryQueued {
+                client_id: c("sub"),
+                msg: MsgId(id),
+                qos: 2,
+                retain: false,
+                sub_ids: Cow::Borrowed(&[]),
+            },
+            Record::DeliveryTxn {
+                client_id: c("sub"),
+                txn,
+            },
+        ]
+    };
+    let origin = |k: u64| 2 << 48 | k;
+    let mut records = vec![session("sub", true)];
+    records.extend(queued(1, origin(1)));
+    records.extend(queued(2, origin(2)));
+    records.extend(queued(3, 3 << 48 | 1));
+    let mut s = replay(records);
+    let again = replay(s.records().map(Record::into_owned).collect());
+    assert_eq!(again, s, "a checkpoint keeps the routings");
+    let mut origin_log = LiveState::default();
+    origin_log.apply(Record::Qos2Committed { txn: origin(1) });
+    s.merge(origin_log);
+    s.finish();
+    let kept: Vec<(u64, u64)> = s.sessions["sub"]
+        .deliveries
+        .iter()
+        .map(|d| (d.msg.0, d.txn))
+        .collect();
+    assert_eq!(kept.len(), 1, "only the committed routing stays: {kept:?}");
+    assert_eq!(kept[0].1, 0, "and it is a plain delivery now");
+    assert_eq!(s.qos2_dropped, 2);
+    assert!(s.qos2_committed.is_empty());
+    assert!(s
+        .records()
+        .all(|r| !matches!(r, Record::Qos2Committed { .. })));
 }
