@@ -665,6 +665,11 @@ impl Record<'_> {
                 client_id: own(client_id),
                 packet_id,
             },
+            Record::DeliveryTxn { client_id, txn } => Record::DeliveryTxn {
+                client_id: own(client_id),
+                txn,
+            },
+            Record::Qos2Committed { txn } => Record::Qos2Committed { txn },
             _ => unreachable!("into_owned handles every other record"),
         }
     }
