@@ -85,7 +85,7 @@ fn trie_match(c: &mut Criterion) {
     } = trie_workload();
     let mut total = 0usize;
     for t in &topics {
-        trie.for_each_match(t, |_, _| total += 1);
+        trie.for_each_match(t, |_| total += 1);
     }
     eprintln!(
         "trie_match: {FILTERS} filters, {:.2} matches per topic",
@@ -99,7 +99,7 @@ fn trie_match(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % topics.len();
             let mut n = 0usize;
-            trie.for_each_match(black_box(&topics[i]), |_, v| n += v);
+            trie.for_each_match(black_box(&topics[i]), |v| n += v);
             n
         })
     });
@@ -198,7 +198,7 @@ fn icount(spec: &str) {
             let w = trie_workload();
             for i in 0..iters {
                 let t = black_box(&w.topics[i % w.topics.len()]);
-                w.trie.for_each_match(t, |_, v| sink += v);
+                w.trie.for_each_match(t, |v| sink += v);
             }
         }
         "retained_match" => {

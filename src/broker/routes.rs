@@ -77,7 +77,7 @@ impl Routes {
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;
         if !self.interest.is_empty() {
-            self.interest.for_each_match(topic, |_, m| mask |= *m);
+            self.interest.for_each_match(topic, |m| mask |= *m);
         }
         mask & !(1u64 << me)
     }
@@ -101,7 +101,7 @@ impl Routes {
         let seq = self.route_seq;
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.subs.for_each_match(&msg.topic, |_, list| {
+        self.subs.for_each_match(&msg.topic, |list| {
             for sub in list {
                 let Some(sess) = sessions.get_mut(sub.session) else {
                     continue;
