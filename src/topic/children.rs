@@ -2,29 +2,29 @@
 //!
 //! Owns: the choice of layout per node. Few children (the common case below the first
 //! couple of levels) live in a small unsorted `Vec` scanned linearly: one cache line per
-//! entry, no hashing. Past [`SMALL_CHILDREN_MAX`] the node switches to a `HashMap` with a
-//! fast seeded hasher, and drops back to the `Vec` at [`SMALL_CHILDREN_MIN`] (hysteresis, so
-//! sub/unsub churn at the boundary does not rebuild the map each time).
+//! entry, no hashing. Past [`SMALL_CHILDREN_MAX`] the node switches to a hash map with a
+//! fast seeded hasher ([`Wide`], which grows in bounded steps), and drops back to the `Vec`
+//! at [`SMALL_CHILDREN_MIN`] (hysteresis, so sub/unsub churn at the boundary does not
+//! rebuild the map each time).
 //! Invariant: each level appears at most once. Must not touch: wildcard children (`+`, `#`
 //! have their own slots in the nodes that use them) and the nodes' own contents.
 //! Why these numbers: docs/decisions/0002-topic-trie.md.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+
+use super::wide::{Wide, WideIter};
 
 /// Above this many children a node switches from the linear `Vec` to a `HashMap`.
 pub(crate) const SMALL_CHILDREN_MAX: usize = 8;
 /// At or below this many children a map-backed node switches back to the `Vec`.
 pub(crate) const SMALL_CHILDREN_MIN: usize = 4;
 
-type Map<N> = HashMap<Box<str>, N, LevelHash>;
-
 /// Level → child, as a small `Vec` or a boxed map (boxed: keeps the node 48 bytes).
 #[derive(Debug)]
 pub(crate) enum Children<N> {
     Small(Vec<(Box<str>, N)>),
-    Map(Box<Map<N>>),
+    Map(Box<Wide<N>>),
 }
 
 impl<N> Children<N> {
@@ -82,7 +82,7 @@ impl<N> Children<N> {
             }
             // The owned key is allocated even when the child exists; this runs at
             // subscribe time only, and avoids a second lookup.
-            Children::Map(m) => m.entry(level.into()).or_insert_with(make),
+            Children::Map(m) => m.get_or_insert_with(level, make),
         }
     }
 
@@ -112,8 +112,10 @@ impl<N> Children<N> {
 
     fn grow(&mut self) {
         if let Children::Small(v) = self {
-            let mut m = Map::with_capacity_and_hasher(v.len() * 2, LevelHash::new());
-            m.extend(v.drain(..));
+            let mut m = Wide::with_capacity(v.len() * 2);
+            for (k, n) in v.drain(..) {
+                m.get_or_insert_with(&k, move || n);
+            }
             *self = Children::Map(Box::new(m));
         }
     }
@@ -129,7 +131,7 @@ impl<N> Children<N> {
 /// Iterator over `(level, child)` pairs, in no particular order.
 pub(crate) enum ChildIter<'a, N> {
     Small(std::slice::Iter<'a, (Box<str>, N)>),
-    Map(std::collections::hash_map::Iter<'a, Box<str>, N>),
+    Map(WideIter<'a, N>),
 }
 
 impl<'a, N> Iterator for ChildIter<'a, N> {
@@ -138,7 +140,7 @@ impl<'a, N> Iterator for ChildIter<'a, N> {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             ChildIter::Small(it) => it.next().map(|(k, n)| (&**k, n)),
-            ChildIter::Map(it) => it.next().map(|(k, n)| (&**k, n)),
+            ChildIter::Map(it) => it.next(),
         }
     }
 }
@@ -151,7 +153,7 @@ pub(crate) struct LevelHash {
 }
 
 impl LevelHash {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // std's RandomState draws its keys from the OS once per thread, then increments.
         LevelHash {
             seed: RandomState::new().hash_one(0x5eed_u64),

@@ -407,6 +407,31 @@ mod tests {
         assert_eq!(matched(&trie, &max_topic).len(), 3);
     }
 
+    /// A node wide enough to split its children map several times still matches as the
+    /// linear scan does, and prunes back to the root.
+    #[test]
+    fn wide_node_matches_linear_scan() {
+        let n = super::super::wide::SEGMENT_MAX * 3;
+        let mut filters: Vec<String> = (0..n).map(|i| format!("big/{i}")).collect();
+        filters.extend((0..n).step_by(97).map(|i| format!("big/{i}/#")));
+        filters.extend(["big/+", "+/7", "#"].map(String::from));
+        let mut trie = FilterTrie::new();
+        for f in &filters {
+            trie.entry_or_insert_with(f, || f.clone());
+        }
+        let topics: Vec<String> = (0..n + 10)
+            .step_by(401)
+            .flat_map(|i| [format!("big/{i}"), format!("big/{i}/x")])
+            .chain(["big/7".to_string(), "big".to_string()])
+            .collect();
+        check_all(&trie, &filters, &topics);
+        for f in &filters {
+            assert_eq!(trie.remove(f).as_ref(), Some(f));
+        }
+        assert!(trie.is_empty());
+        assert_eq!(trie.node_count(), 1);
+    }
+
     const FILTER_LEVELS: [&str; 7] = ["a", "b", "", "$sys", "+", "#", "a"];
     const TOPIC_LEVELS: [&str; 4] = ["a", "b", "", "$sys"];
 
