@@ -275,7 +275,7 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
         .iter()
         .filter_map(|(t, r)| {
             let m = state.messages.get(&r.msg?)?;
-            Some((t.clone(), m.clone(), r.stamp))
+            Some((t.clone(), m.clone(), r.stamp, r.source.clone()))
         })
         .collect();
     let n = config.shards;

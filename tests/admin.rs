@@ -260,24 +260,25 @@ fn admin_password_file_guards_the_running_admin_listener() {
 }
 
 /// A CA and a server certificate for 127.0.0.1 and localhost signed by it, written to
-/// `dir` as `ca.pem`, `admin.pem` and `admin.key`.
+/// `dir` as `ca.pem`, `admin.pem` and `admin.key`; an operator's client certificate from
+/// the same CA (`client.pem`/`.key`) and a stranger's, self-signed (`stranger.pem`/`.key`).
 fn admin_pki(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Admin test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("sign");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-    std::fs::write(dir.join("admin.pem"), leaf.pem()).expect("write");
-    std::fs::write(dir.join("admin.key"), key.serialize_pem()).expect("write");
+    use common::pki::{ca, leaf, LeafSpec};
+    let ca = ca("Admin test CA");
+    let server = LeafSpec {
+        san: &["127.0.0.1", "localhost"],
+        ..LeafSpec::cn("localhost")
+    };
+    let files = [
+        ("admin", leaf(Some(&ca), &server)),
+        ("client", leaf(Some(&ca), &LeafSpec::cn("operator"))),
+        ("stranger", leaf(None, &LeafSpec::cn("stranger"))),
+    ];
+    std::fs::write(dir.join("ca.pem"), &ca.pem).expect("write");
+    for (name, l) in files {
+        std::fs::write(dir.join(format!("{name}.pem")), &l.pem).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), &l.key).expect("write");
+    }
 }
 
 /// curl with a 10 s bound: (exit code, body).
@@ -366,6 +367,56 @@ fn admin_listener_speaks_https_with_its_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `admin_cafile` + `admin_require_certificate true`: only a client with a certificate
+/// from that CA gets an answer; one without a certificate, or with a stranger's, fails
+/// in the handshake.
+#[test]
+fn admin_listener_can_require_client_certificates() {
+    let dir = std::env::temp_dir().join(format!("shardmq-admin-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    admin_pki(&dir);
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let conf = dir.join("admin.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "admin_certfile {}\nadmin_keyfile {}\nadmin_cafile {}\nadmin_require_certificate true\n",
+            path("admin.pem"),
+            path("admin.key"),
+            path("ca.pem")
+        ),
+    )
+    .expect("conf");
+    let conf_s = conf.to_string_lossy().into_owned();
+    let b = Broker::with_shards(1, &["-c", &conf_s, "--admin", "127.0.0.1:0"]);
+    let admin = b.admin_addr().expect("admin address printed");
+    let url = format!("https://{admin}/metrics");
+    let ca = path("ca.pem");
+    let with = |cert: &str, key: &str| curl(&["--cacert", &ca, "--cert", cert, "--key", key, &url]);
+    let (code, body) = with(&path("client.pem"), &path("client.key"));
+    assert_eq!(code, 0, "the operator's certificate is accepted: {body}");
+    assert!(body.contains("# TYPE shardmq_build_info gauge"), "{body}");
+    let (code, body) = curl(&["--cacert", &ca, &url]);
+    assert_ne!(code, 0, "no client certificate: refused ({body})");
+    assert!(!body.contains("shardmq_build_info"), "{body}");
+    let (code, body) = with(&path("stranger.pem"), &path("stranger.key"));
+    assert_ne!(code, 0, "a stranger's certificate: refused ({body})");
+    assert!(!body.contains("shardmq_build_info"), "{body}");
+    let (code, body) = with(&path("client.pem"), &path("client.key"));
+    assert_eq!(code, 0, "{body}");
+    let tls_failures = body
+        .lines()
+        .find_map(|l| l.strip_prefix("shardmq_admin_connections_dropped_total{reason=\"tls\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("tls failure count");
+    assert!(
+        tls_failures >= 2,
+        "both refusals are TLS failures: {tls_failures}"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Bad admin TLS settings stop `shardmq check` (and a start) with the file and line.
 #[test]
 fn admin_tls_settings_are_checked_with_file_and_line() {
@@ -389,6 +440,25 @@ fn admin_tls_settings_are_checked_with_file_and_line() {
                 dir.join("admin.key").display()
             ),
             ":1: admin_certfile: ",
+        ),
+        (
+            format!(
+                "admin_certfile {pem}\nadmin_keyfile {}\nadmin_require_certificate true\n",
+                dir.join("admin.key").display()
+            ),
+            ":3: admin_require_certificate true needs admin_cafile",
+        ),
+        (
+            format!("admin_cafile {pem}\n"),
+            ":1: admin_cafile and admin_require_certificate need admin_certfile and admin_keyfile",
+        ),
+        (
+            format!(
+                "admin_certfile {pem}\nadmin_keyfile {}\nadmin_cafile {}\nadmin_require_certificate true\n",
+                dir.join("admin.key").display(),
+                dir.join("missing-ca.pem").display()
+            ),
+            ":3: admin_cafile: ",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -329,6 +329,49 @@ fn a4_retained_messages_follow_the_readers_rights() {
     alice.expect_nothing(common::QUIET);
 }
 
+/// A4 across a restart: a retained message's publisher is kept in the store, so after a
+/// `kill -9` and a restart under an ACL that revoked bob's right, bob's retained message is
+/// no longer given out, while eve's (still allowed) is.
+#[test]
+fn a4_the_retained_publisher_check_survives_a_restart() {
+    let dir = scratch("a4-restart");
+    let pw = password_file(&dir, USERS);
+    let acl = write(
+        &dir.join("acl"),
+        "user alice\ntopic read r/#\nuser bob\ntopic write r/#\nuser eve\ntopic write r/#\n",
+    );
+    let data = dir.join("data");
+    let args = [
+        "--password-file",
+        s(&pw),
+        "--acl-file",
+        s(&acl),
+        "--allow-anonymous",
+        "false",
+        "--data-dir",
+        s(&data),
+    ];
+    let mut b = Broker::with_shards(2, &args);
+    let mut bob = login5(b.addr(), "bob-ar", "bob", "builder", 0);
+    // 0x10 (no subscribers) is a success: the message is acknowledged, so durable.
+    assert!(bob.publish("r/bob", b"b", 1, true) < 0x80);
+    let mut eve = login5(b.addr(), "eve-ar", "eve", "spy", 0);
+    assert!(eve.publish("r/eve", b"e", 1, true) < 0x80);
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "shardmq dies");
+    drop((bob, eve, b));
+    write(
+        &acl,
+        "user alice\ntopic read r/#\nuser bob\ntopic write q/#\nuser eve\ntopic write r/#\n",
+    );
+    let b = Broker::with_shards(2, &args);
+    let mut alice = login5(b.addr(), "alice-ar", "alice", "wonder", 0);
+    alice.subscribe("r/#", 1);
+    let m = alice.expect_publish_acked(WAIT);
+    assert_eq!((m.topic.as_str(), m.retain), ("r/eve", true));
+    alice.expect_nothing(common::QUIET);
+}
+
 /// `check_retain_source false` (Mosquitto's default): a retained message stays available
 /// to readers after its publisher lost the right to publish it.
 #[test]

@@ -4,14 +4,17 @@
 //! Two bridges play the two ends: `site` forwards `out/#` (as `site/out/#`) and brings
 //! `cmd/#` in (as `local/cmd/#`); `cloud` is the far side's client, subscribed to `site/#`
 //! and sending `cmd/#`. Each is driven by the tiny loop below, as a shard loop will drive
-//! it in phase 2. The broker is started here and stopped by its PID.
+//! it in phase 2. The broker is started (`common::mosquitto`) and stopped by its PID.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::mosquitto::Mosquitto;
 use shardmq::bridge::{Action, Bridge, Limits, LocalPublish, Offer};
 use shardmq::config::bridge::{BridgeConfig, BridgeParser};
 use shardmq::protocol::QoS;
@@ -21,15 +24,16 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How long one loop turn may block on nothing (the sockets are non-blocking).
 const TURN: Duration = Duration::from_millis(2);
 
-/// The broker process; killed (by its PID, through `Child`) when dropped.
-struct Mosquitto {
-    child: Child,
+/// The broker process (killed by its PID when dropped) and its directory (removed then,
+/// unless `stop` handed it back for a restart).
+struct Remote {
+    broker: Option<Mosquitto>,
     port: u16,
     dir: std::path::PathBuf,
 }
 
-impl Mosquitto {
-    fn start() -> Mosquitto {
+impl Remote {
+    fn start() -> Remote {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -37,66 +41,33 @@ impl Mosquitto {
         let dir =
             std::env::temp_dir().join(format!("shardmq-bridge-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        // Started as root, mosquitto drops to its own user, which must write its database.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        Mosquitto::start_in(port, dir)
+        common::mosquitto::world_writable(&dir);
+        Remote::start_in(port, dir)
     }
 
     /// Start on `port` with its configuration and persistence in `dir` (kept across a
     /// restart, so sessions survive a clean stop).
-    fn start_in(port: u16, dir: std::path::PathBuf) -> Mosquitto {
-        let conf = dir.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/log\nlog_type all\n",
-            dir.display(),
-            dir.display()
-        );
-        std::fs::write(&conf, text).expect("write conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (Debian package mosquitto; .ci/run installs it)");
-        let m = Mosquitto { child, port, dir };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    fn start_in(port: u16, dir: std::path::PathBuf) -> Remote {
+        let broker = Mosquitto::persistent(port, &dir, "", WAIT);
+        Remote {
+            broker: Some(broker),
+            port,
+            dir,
         }
-        m
     }
-}
 
-impl Mosquitto {
     /// Stop with SIGTERM (Mosquitto saves its sessions), by PID, and wait, bounded.
     fn stop(mut self) -> (u16, std::path::PathBuf) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "mosquitto {pid} did not stop");
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(b) = self.broker.take() {
+            b.stop(WAIT);
         }
-        let kept = (self.port, std::mem::take(&mut self.dir));
-        drop(self);
-        kept
+        (self.port, std::mem::take(&mut self.dir))
     }
 }
 
-impl Drop for Mosquitto {
+impl Drop for Remote {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.broker.take());
         if !self.dir.as_os_str().is_empty() && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -231,7 +202,7 @@ fn run_within(
 
 #[test]
 fn connect_subscribe_and_qos1_round_trips_through_mosquitto() {
-    let broker = Mosquitto::start();
+    let broker = Remote::start();
     let port = broker.port;
     let mut site = Driver::new(&format!(
         "connection site\naddress 127.0.0.1:{port}\ntopic out/# out 1 \"\" site/\ntopic cmd/# in 1 local/ \"\"\nremote_clientid site-bridge\nkeepalive_interval 5"
@@ -331,7 +302,7 @@ fn arrivals(cloud: &Driver) -> Vec<u32> {
 fn queued_and_in_flight_qos1_messages_survive_a_remote_restart_in_order() {
     const BEFORE: u32 = 100;
     const WHILE_DOWN: u32 = 100;
-    let broker = Mosquitto::start();
+    let broker = Remote::start();
     let port = broker.port;
     let mut site = Driver::new(&format!(
         "connection site\naddress 127.0.0.1:{port}\ntopic out/# out 1 \"\" site/\nremote_clientid site-r\nrestart_timeout 1\nnotifications false"
@@ -372,7 +343,7 @@ fn queued_and_in_flight_qos1_messages_survive_a_remote_restart_in_order() {
     for n in BEFORE..BEFORE + WHILE_DOWN {
         offer(&mut site, n);
     }
-    let broker = Mosquitto::start_in(port, dir);
+    let broker = Remote::start_in(port, dir);
     let total = BEFORE + WHILE_DOWN;
     run_within(
         WAIT * 3,
@@ -402,7 +373,7 @@ fn queued_and_in_flight_qos1_messages_survive_a_remote_restart_in_order() {
 /// message on that topic still comes in.
 #[test]
 fn both_directions_do_not_echo_through_mosquitto() {
-    let broker = Mosquitto::start();
+    let broker = Remote::start();
     let port = broker.port;
     for version in ["mqttv311", "mqttv50"] {
         let mut site = Driver::new(&format!(

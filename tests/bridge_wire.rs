@@ -5,9 +5,10 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::mosquitto::Mosquitto;
 use common::{Broker, Got, RawClient};
 
 /// Bound on every wait in this file.
@@ -24,9 +25,7 @@ impl Dir {
             free_port()
         ));
         std::fs::create_dir_all(&d).expect("temp dir");
-        // Started as root, mosquitto drops to its own user, which must write its database.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        common::mosquitto::world_writable(&d);
         Dir(d)
     }
 }
@@ -46,59 +45,11 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A mosquitto process on `port` with its database in `dir`; killed on drop.
-struct Mosquitto {
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(port: u16, dir: &Dir) -> Mosquitto {
-        let conf = dir.0.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 3600\nmax_queued_messages 100000\nlog_dest file {}/log\nlog_type all\n",
-            dir.0.display(),
-            dir.0.display()
-        );
-        std::fs::write(&conf, text).expect("write conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (.ci/run installs it)");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto { child }
-    }
-
-    /// SIGTERM (mosquitto saves its sessions), bounded wait.
-    fn stop(mut self) {
-        common::signal(self.child.id(), libc::SIGTERM);
-        assert!(
-            common::wait_exit(&mut self.child, WAIT).is_some(),
-            "mosquitto stops"
-        );
-    }
-
-    /// SIGKILL: nothing saved since the last save.
-    fn kill9(mut self) {
-        common::signal(self.child.id(), libc::SIGKILL);
-        assert!(
-            common::wait_exit(&mut self.child, WAIT).is_some(),
-            "mosquitto dies"
-        );
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A mosquitto on `port` with its database (and log) in `dir`, ready for the
+/// store-and-forward tests' volumes; killed on drop.
+fn start_mosquitto(port: u16, dir: &Dir) -> Mosquitto {
+    let extra = "autosave_interval 3600\nmax_queued_messages 100000\n";
+    Mosquitto::persistent(port, &dir.0, extra, WAIT)
 }
 
 /// Start shardmq with `conf` (bridge blocks) written into `dir`, plus `args`.
@@ -252,13 +203,13 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let port = free_port();
     // The remote's subscriber keeps a session that mosquitto has saved (SIGTERM), so the
     // restarted remote queues for it whatever the bridge delivers before it reconnects.
-    let m = Mosquitto::start(port, &dir);
+    let m = start_mosquitto(port, &dir);
     let maddr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (mut sink, _) = RawClient::connect_v311(maddr, "sink", false, 60, None);
     sink.subscribe("site/#", 1);
     sink.disconnect();
-    m.stop();
-    let m = Mosquitto::start(port, &dir);
+    m.stop(WAIT);
+    let m = start_mosquitto(port, &dir);
 
     let conf = format!(
         "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid site1\ncleansession false\n\
@@ -279,11 +230,11 @@ fn shardmq_to_mosquitto_and_back_survives_a_remote_kill() {
     let mut publisher = RawClient::clean(s.addr(), &pub_id);
     publish_numbered(&mut publisher, 0..300);
     drop(remote_pub);
-    m.kill9();
+    m.kill9(WAIT);
     await_state(&mut watch, state, b"0");
     publish_numbered(&mut publisher, 300..600);
     status_shows_down_with_queue(s.addr(), admin);
-    let _m = Mosquitto::start(port, &dir);
+    let _m = start_mosquitto(port, &dir);
     await_state(&mut watch, state, b"1");
 
     let (mut sink, present) = RawClient::connect_v311(maddr, "sink", false, 60, None);
@@ -403,93 +354,254 @@ fn bridged_in_messages_skip_the_write_check_but_not_the_readers() {
     on_a.expect_nothing(Duration::from_millis(500));
 }
 
-/// Run `openssl` with `args` in `dir`; it must succeed.
-fn openssl(dir: &Dir, args: &[&str]) {
-    let st = Command::new("openssl")
-        .args(args)
-        .current_dir(&dir.0)
+/// A password file with one user, made by `shardmq passwd -c -b`.
+fn passwd_file(dir: &Dir, user: &str, password: &str) -> std::path::PathBuf {
+    let file = dir.0.join("passwd");
+    let st = Command::new(Broker::bin())
+        .args(["passwd", "-c", "-b"])
+        .arg(&file)
+        .args([user, password])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .expect("openssl is installed");
-    assert!(st.success(), "openssl {args:?}");
+        .expect("shardmq passwd runs");
+    assert!(st.success(), "shardmq passwd");
+    file
 }
 
-/// A CA `NAME.pem` (key `NAME.key`) in `dir`.
-fn make_ca(dir: &Dir, name: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={name}"),
+/// `local_username` puts a bridge under the ACL as that user (Mosquitto passes it to its
+/// ACL plugins; shardmq's ACL file is where it applies): what the bridge brings in is
+/// write-checked, what it sends out read-checked, and `%c` is its `local_clientid`. A
+/// second bridge without one, on the same topics, is checked against nothing. A wrong
+/// `local_password` stops the start, naming the `connection` line.
+#[test]
+fn a_local_username_puts_the_bridge_under_the_acl() {
+    let dir = Dir::new("localuser");
+    let remote = Broker::with_shards(1, &[]);
+    let pw = passwd_file(&dir, "site", "s3cret");
+    let acl = dir.0.join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite in/#\ntopic readwrite out/#\ntopic read $SYS/#\n\
+         user site\ntopic write in/ok/#\ntopic read out/ok/#\npattern read out/%c/#\n",
+    )
+    .expect("write acl");
+    let log = dir.0.join("site.log");
+    let conf = |password: &str| {
+        format!(
+            "log_dest file {}\nacl_file {}\npassword_file {}\nallow_anonymous true\n\
+             connection checked\naddress {}\nremote_clientid checked\nrestart_timeout 1\n\
+             local_username site\nlocal_password {password}\nlocal_clientid site-local\n\
+             topic in/# in 1\ntopic out/# out 1\n\
+             connection open\naddress {}\nremote_clientid open\nrestart_timeout 1\n\
+             topic out/# out 1 \"\" open/\n",
+            log.display(),
+            acl.display(),
+            pw.display(),
+            remote.addr(),
+            remote.addr()
+        )
+    };
+    let path = dir.0.join("wrong.conf");
+    std::fs::write(&path, conf("wrong")).expect("write conf");
+    let mut child = Command::new(Broker::bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--no-persistence",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shardmq");
+    let status = common::wait_exit(&mut child, WAIT).expect("a refused start exits");
+    assert!(!status.success());
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().expect("piped").read_to_string(&mut err);
+    assert!(
+        err.contains("wrong.conf:5: connection 'checked': local_username 'site' is refused"),
+        "{err}"
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-        ],
+
+    let a = shardmq(&dir, &conf("s3cret"), 2, &[]);
+    let mut on_a = RawClient::clean(a.addr(), "on-a");
+    on_a.subscribe("in/#", 1);
+    let mut on_b = RawClient::clean(remote.addr(), "on-b");
+    on_b.subscribe("out/#", 1);
+    on_b.subscribe("open/#", 1);
+    let mut pub_b = RawClient::clean(remote.addr(), "pub-b");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        pub_b.publish("in/ok/probe", b"probe", 1, false);
+        if let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+            assert_eq!(m.topic, "in/ok/probe");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing came in over the bridge");
+    }
+    while let Ok(Got::Publish(m)) = on_a.try_packet(Duration::from_millis(300)) {
+        assert_eq!(m.topic, "in/ok/probe", "only probes so far");
+    }
+    // In: the bridge may write in/ok/# only. The refused message is still acknowledged
+    // to the remote (the next one comes through) and logged once.
+    pub_b.publish("in/secret", b"refused", 1, false);
+    pub_b.publish("in/ok/after", b"allowed", 1, false);
+    let m = on_a.expect_publish_acked(WAIT);
+    assert_eq!(
+        (m.topic.as_str(), m.text().as_str()),
+        ("in/ok/after", "allowed")
     );
+    await_log(&log, "Bridge checked: dropped a message for 'in/secret'", 1);
+    // Out: the bridge may read out/ok/# and out/site-local/# only; the open bridge
+    // forwards everything.
+    let mut pub_a = RawClient::clean(a.addr(), "pub-a");
+    for topic in ["out/secret", "out/ok/1", "out/site-local/2"] {
+        pub_a.publish(topic, topic.as_bytes(), 1, false);
+    }
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.push(on_b.expect_publish_acked(WAIT).topic);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "open/out/ok/1",
+            "open/out/secret",
+            "open/out/site-local/2",
+            "out/ok/1",
+            "out/site-local/2"
+        ]
+    );
+    on_b.expect_nothing(Duration::from_millis(500));
+    on_a.expect_nothing(Duration::from_millis(200));
+}
+
+/// `local_cleansession true` (Mosquitto's meaning: the bridge's local session is clean)
+/// keeps no queue while the remote is unreachable; the default keeps it, even with
+/// `cleansession true` (shardmq does not tie the two as Mosquitto does: see
+/// docs/bridges.md).
+#[test]
+fn a_clean_local_session_queues_nothing_for_an_unreachable_remote() {
+    let dir = Dir::new("localclean");
+    let port = free_port();
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The remote's subscriber keeps a session, so the restarted remote queues for it.
+    let r = Remote::start(false, &dir, port);
+    let (mut sink, _) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    sink.subscribe("clean/#", 1);
+    sink.subscribe("kept/#", 1);
+    sink.disconnect();
+    r.stop();
+    let conf = format!(
+        "connection clean\naddress {raddr}\nremote_clientid clean\nrestart_timeout 1\n\
+         local_cleansession true\ntopic q/# out 1 \"\" clean/\n\
+         connection kept\naddress {raddr}\nremote_clientid kept\nrestart_timeout 1\n\
+         cleansession true\ntopic q/# out 1 \"\" kept/\n"
+    );
+    let s = shardmq(&dir, &conf, 2, &[]);
+    let mut p = RawClient::clean(s.addr(), "p");
+    for i in 0..3 {
+        p.publish("q/x", format!("down-{i}").as_bytes(), 1, false);
+    }
+    let _r = Remote::start(false, &dir, port);
+    let _clean = state_watcher(s.addr(), "w-clean", "$SYS/broker/connection/clean/state");
+    let _kept = state_watcher(s.addr(), "w-kept", "$SYS/broker/connection/kept/state");
+    p.publish("q/x", b"up", 1, false);
+    let (mut sink, present) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let m = sink.expect_publish_acked(WAIT);
+        got.push(format!("{} {}", m.topic, m.text()));
+    }
+    let of = |prefix: &str| -> Vec<&str> {
+        got.iter()
+            .filter_map(|g| g.strip_prefix(prefix))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("kept/q/x "), ["down-0", "down-1", "down-2", "up"]);
+    assert_eq!(of("clean/q/x "), ["up"]);
+    sink.expect_nothing(Duration::from_millis(500));
+}
+
+/// Messages an earlier run stored for a bridge (no `local_cleansession`) are dropped,
+/// logged and forgotten when it restarts with `local_cleansession true`: they never reach
+/// the remote, and a third run (without it again) finds nothing stored.
+#[test]
+fn stored_messages_are_dropped_by_a_restart_with_local_cleansession() {
+    let dir = Dir::new("localclean-restart");
+    let port = free_port();
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let r = Remote::start(false, &dir, port);
+    let (mut sink, _) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    sink.subscribe("site/#", 1);
+    sink.disconnect();
+    r.stop();
+    let data = dir.0.join("site-data").display().to_string();
+    let log = dir.0.join("site.log");
+    let conf = format!(
+        "log_dest file {}\nconnection cloud\naddress {raddr}\nremote_clientid site1\n\
+         restart_timeout 1\ntopic out/# out 1 \"\" site/\n",
+        log.display()
+    );
+    let mut s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let mut p = RawClient::clean(s.addr(), "p");
+    for i in 0..5 {
+        p.publish("out/x", format!("old-{i}").as_bytes(), 1, false);
+    }
+    kill9(&mut s);
+    drop((p, s));
+    let clean = conf.replace(
+        "restart_timeout 1\n",
+        "restart_timeout 1\nlocal_cleansession true\n",
+    );
+    let mut s = shardmq(&dir, &clean, 2, &["--data-dir", &data]);
+    await_log(
+        &log,
+        "Bridge cloud: 5 message(s) dropped (local_cleansession true)",
+        1,
+    );
+    // A clean stop: the records of the drop are written before it exits.
+    assert!(s.terminate(WAIT).is_some(), "shardmq stops");
+    drop(s);
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let _r = Remote::start(false, &dir, port);
+    let _up = state_watcher(s.addr(), "w", "$SYS/broker/connection/site1/state");
+    let mut p = RawClient::clean(s.addr(), "p2");
+    p.publish("out/x", b"new", 1, false);
+    let (mut sink, present) = RawClient::connect_v311(raddr, "sink", false, 60, None);
+    assert!(present, "the remote kept the sink's session");
+    let m = sink.expect_publish_acked(WAIT);
+    assert_eq!((m.topic.as_str(), m.text().as_str()), ("site/out/x", "new"));
+    sink.expect_nothing(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("restored from the store"), "{text}");
+}
+
+/// A CA `NAME.pem` in `dir`, from the test PKI; returned to sign with.
+fn make_ca(dir: &Dir, name: &str) -> common::pki::Ca {
+    let ca = common::pki::ca(name);
+    std::fs::write(dir.0.join(format!("{name}.pem")), &ca.pem).expect("write CA");
+    ca
 }
 
 /// A TLS mosquitto: `tls_port` (certificate for 127.0.0.1 signed by `ca`) and a plain
 /// `port` for the test's own clients.
-fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
-    make_ca(dir, "ca");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.0.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
+fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Mosquitto {
+    let ca = make_ca(dir, "ca");
+    let spec = common::pki::LeafSpec {
+        san: &["127.0.0.1", "localhost"],
+        ..common::pki::LeafSpec::cn("localhost")
+    };
+    let srv = common::pki::leaf(Some(&ca), &spec);
+    std::fs::write(dir.0.join("srv.pem"), &srv.pem).expect("write certificate");
+    std::fs::write(dir.0.join("srv.key"), &srv.key).expect("write key");
     use std::os::unix::fs::PermissionsExt;
     for f in ["ca.pem", "srv.pem", "srv.key"] {
         let mode = std::fs::Permissions::from_mode(0o644);
@@ -502,19 +614,7 @@ fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
     );
     let conf = dir.0.join("tls.conf");
     std::fs::write(&conf, text).expect("write conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    Mosquitto::spawn(&conf, tls_port, WAIT)
 }
 
 /// Over TLS: with the remote's CA the bridge comes up and forwards; with another CA it
@@ -523,8 +623,7 @@ fn tls_mosquitto(dir: &Dir, tls_port: u16, port: u16) -> Child {
 fn tls_bridge_and_a_bad_certificate() {
     let dir = Dir::new("tls");
     let (tls_port, port) = (free_port(), free_port());
-    let remote = tls_mosquitto(&dir, tls_port, port);
-    let _remote = Mosquitto { child: remote };
+    let _remote = tls_mosquitto(&dir, tls_port, port);
     make_ca(&dir, "other");
     let d = dir.0.display();
     let good = format!(
@@ -594,19 +693,7 @@ fn wrong_credentials_are_reported() {
         pw.display()
     );
     std::fs::write(&conf, text).expect("write conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    let _m = Mosquitto { child };
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _m = Mosquitto::spawn(&conf, port, WAIT);
     let log = dir.0.join("shardmq.log");
     let bridge = format!(
         "log_dest file {}\nconnection cloud\naddress 127.0.0.1:{port}\nremote_clientid site\n\
@@ -811,7 +898,7 @@ enum Remote {
 impl Remote {
     fn start(mosquitto: bool, dir: &Dir, port: u16) -> Remote {
         if mosquitto {
-            return Remote::Mosquitto(Mosquitto::start(port, dir));
+            return Remote::Mosquitto(start_mosquitto(port, dir));
         }
         let bind = format!("127.0.0.1:{port}");
         let data = dir.0.join("remote-data").display().to_string();
@@ -824,7 +911,7 @@ impl Remote {
             Remote::Shardmq(mut b) => {
                 assert!(b.terminate(WAIT).is_some(), "remote shardmq stops");
             }
-            Remote::Mosquitto(m) => m.stop(),
+            Remote::Mosquitto(m) => m.stop(WAIT),
         }
     }
 }
@@ -984,7 +1071,7 @@ fn bridges_are_added_changed_and_removed_by_sighup() {
     let dir = Dir::new("hup");
     // The first remote is mosquitto, which takes the bridge's state topic under `$SYS`.
     let port = free_port();
-    let _m = Mosquitto::start(port, &dir);
+    let _m = start_mosquitto(port, &dir);
     let r1_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let r2 = Broker::with_shards(1, &[]);
     let mut sink1 = RawClient::clean(r1_addr, "sink1");

@@ -1,7 +1,8 @@
 //! Listeners served by the shard loops, black box: TLS and mutual TLS with the mosquitto
 //! clients and rumqttc, WebSocket and secure WebSocket with paho-mqtt, PROXY headers,
 //! `max_connections`, IPv6 loopbacks, refusals of the wrong protocol, the handshake
-//! timeout, and certificate reload on SIGHUP. Certificates are made here with rcgen.
+//! timeout, and certificate reload on SIGHUP. Certificates come from the test PKI
+//! (`common::pki`, rcgen).
 
 mod common;
 
@@ -13,10 +14,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -52,50 +49,26 @@ impl Drop for Dir {
     }
 }
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
+use common::pki::{ca, Ca};
 
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = p.self_signed(&key).expect("ca cert");
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// (certificate PEM, key PEM) signed by `ca` (or self-signed with `None`).
+/// (certificate PEM, key PEM) signed by `ca` (or self-signed with `None`): a server
+/// certificate for the loopbacks, or a client one.
 fn leaf(ca: Option<&Ca>, cn: &str, server: bool, expired: bool) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let names = if server {
-        vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()]
+    let san: &[&str] = if server {
+        &["localhost", "127.0.0.1", "::1"]
     } else {
-        Vec::new()
+        &[]
     };
-    let mut p = CertificateParams::new(names).expect("params");
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::OrganizationName, "Acme");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2001, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2002, 1, 1);
-    }
-    let cert = match ca {
-        Some(ca) => p.signed_by(&key, &ca.issuer).expect("sign"),
-        None => p.self_signed(&key).expect("self-sign"),
+    let spec = common::pki::LeafSpec {
+        cn,
+        org: Some("Acme"),
+        san,
+        serial: None,
+        expired,
+        server: Some(server),
     };
-    (cert.pem(), key.serialize_pem())
+    let l = common::pki::leaf(ca, &spec);
+    (l.pem, l.key)
 }
 
 /// A CA, a server certificate for the loopbacks, and client certificates good and bad,

@@ -163,3 +163,42 @@ fn connection_messages_false_and_default_levels_leave_out_what_is_off() {
     assert!(text.contains("New client connected from"), "{text}");
     assert!(!text.contains("Sending"), "{text}");
 }
+
+/// A second connection with a client id already connected takes the session over, and
+/// the log says so in Mosquitto's words (at its level, error; not with
+/// `connection_messages false`).
+#[test]
+fn a_takeover_is_logged_as_mosquitto_does() {
+    let takeover_log = |name: &str, conf_text: &str| -> String {
+        let dir = temp_dir(name);
+        let log = dir.join("b.log");
+        let conf = dir.join("b.conf");
+        std::fs::write(
+            &conf,
+            format!("log_dest file {}\n{conf_text}", log.display()),
+        )
+        .expect("write conf");
+        let mut b = Broker::start(&["--shards", "2", "-c", conf.to_str().expect("utf-8")]);
+        let mut old = RawClient::clean(b.addr(), "twin");
+        old.ping();
+        let mut new = RawClient::clean(b.addr(), "twin");
+        new.ping();
+        old.expect_closed(WAIT);
+        let st = b.terminate(Duration::from_secs(5)).expect("exits");
+        assert!(st.success(), "{st:?}");
+        let text = std::fs::read_to_string(&log).expect("log file written");
+        let _ = std::fs::remove_dir_all(&dir);
+        text
+    };
+    let text = takeover_log("takeover", "log_type all\nlog_format json\n");
+    let line = "Client twin already connected, closing old connection.";
+    let levels: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter(|v| v["msg"].as_str() == Some(line))
+        .map(|v| v["level"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(levels, ["error"], "{text}");
+    let text = takeover_log("takeover-quiet", "connection_messages false\n");
+    assert!(!text.contains("already connected"), "{text}");
+}

@@ -95,6 +95,8 @@ pub struct LocalPublish {
     pub props: Option<Box<ForwardedProps>>,
     /// Message Expiry Interval left, seconds (5.0 remotes).
     pub expiry_s: Option<u32>,
+    /// From the remote; false for the bridge's own state notification.
+    pub from_remote: bool,
 }
 
 /// The token of an inbound QoS 1/2 message awaiting local acceptance.
@@ -126,7 +128,8 @@ pub enum Offer {
     Loop,
     /// Queued or sent; for QoS 1/2 its `Enqueued` record has this sequence number.
     Accepted(Option<u64>),
-    /// Dropped: queue full, or QoS 0 while the remote is unreachable (counted).
+    /// Dropped: queue full, or QoS 0 (any QoS with `local_cleansession`) while the remote
+    /// is unreachable (counted).
     Dropped,
 }
 
@@ -139,7 +142,8 @@ pub struct Stats {
     pub received: u64,
     /// Dropped: queue full.
     pub dropped_full: u64,
-    /// Dropped: QoS 0 offered while not connected.
+    /// Dropped: QoS 0 offered while not connected; with `local_cleansession`, any QoS
+    /// offered while not connected, or queued or in flight when a connection ended.
     pub dropped_offline: u64,
     /// Dropped: larger than the remote's or our maximum packet size.
     pub dropped_too_large: u64,
@@ -200,6 +204,9 @@ struct Settings {
     password: Option<String>,
     version: Version,
     clean: bool,
+    /// `local_cleansession`: no queue while the remote is unreachable, none kept across
+    /// a reconnect, no outbound records.
+    local_clean: bool,
     keepalive_s: u16,
     notification_topic: Option<String>,
     notify_remote: bool,
@@ -250,6 +257,7 @@ impl Bridge {
                 password: cfg.remote_password.clone(),
                 version: cfg.protocol,
                 clean: cfg.cleansession,
+                local_clean: cfg.local_cleansession,
                 keepalive_s: cfg.keepalive_s,
                 notification_topic,
                 notify_remote: !cfg.notifications_local_only,
@@ -346,8 +354,18 @@ impl Bridge {
         self.actions.pop_front()
     }
 
-    /// Records to append to the store (phase 2), oldest first.
+    /// Records to append to the store (phase 2), oldest first. With `local_cleansession`
+    /// the forwarding queue is not durable: only the inbound QoS 2 ids (the remote
+    /// session's state) are recorded.
     pub fn take_records(&mut self) -> Vec<Record> {
+        if self.set.local_clean {
+            self.records.retain(|r| {
+                matches!(
+                    r,
+                    Record::InboundHeld { .. } | Record::InboundReleased { .. }
+                )
+            });
+        }
         std::mem::take(&mut self.records)
     }
 
@@ -488,13 +506,21 @@ impl Bridge {
         }
     }
 
-    /// End the current connection: what is in flight stays for the next one.
+    /// End the current connection: what is in flight stays for the next one, unless the
+    /// local session is clean (`local_cleansession`, as Mosquitto deletes a clean bridge's
+    /// outgoing messages at each connect): then the queue and the in-flight messages go
+    /// (counted as dropped offline).
     fn end_connection(&mut self, _now_ms: u64, why: &str) {
         self.actions.push_back(Action::Close);
         self.rx.clear();
         self.out.clear();
         self.subscribing.clear();
         self.generation += 1;
+        if self.set.local_clean {
+            let queued = std::iter::from_fn(|| self.queue.pop()).count();
+            let sent = self.inflight.drain(..).filter(|f| f.seq.is_some()).count();
+            self.stats.dropped_offline += (queued + sent) as u64;
+        }
         self.set_up(false, why);
     }
 
@@ -532,6 +558,7 @@ impl Bridge {
                 ack: None,
                 props: None,
                 expiry_s: None,
+                from_remote: false,
             }));
         }
         self.actions.push_back(Action::State {

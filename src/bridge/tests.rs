@@ -564,3 +564,54 @@ fn retire_while_connected_says_goodbye() {
         "a DISCONNECT, nothing else (no notifications)"
     );
 }
+
+/// `local_cleansession true`: nothing waits for an unreachable remote, nothing in flight
+/// survives the connection, and the forwarding queue leaves no record (the inbound QoS 2
+/// ids, the remote session's state, still do).
+#[test]
+fn a_clean_local_session_keeps_no_queue() {
+    let mut b = bridge(&format!("{BASIC}\nlocal_cleansession true"));
+    let p = payload(b"x");
+    assert_eq!(
+        b.offer(0, "a/x", &p, QoS::AtLeastOnce, false, false),
+        Offer::Dropped,
+        "not queued while the remote is unreachable"
+    );
+    assert_eq!(b.stats().dropped_offline, 1);
+    up(&mut b, 0);
+    assert!(matches!(
+        b.offer(1, "a/x", &p, QoS::AtLeastOnce, false, false),
+        Offer::Accepted(Some(_))
+    ));
+    assert_eq!(written(&mut b, 1)[0], 0x32, "sent while up");
+    assert_eq!(b.depth(), (0, 1));
+    // QoS 2 from the remote, accepted locally: its id is still recorded.
+    b.receive(2, &[0x34, 8, 0, 3, b'a', b'/', b'i', 0, 9, b'v']);
+    let acts = actions(&mut b);
+    let Some(Action::Local(inbound)) = acts.first() else {
+        panic!("{acts:?}")
+    };
+    b.local_accepted(2, inbound.ack.expect("QoS 2 has a token"));
+    b.socket_closed(3, "gone");
+    assert_eq!(
+        b.depth(),
+        (0, 0),
+        "the in-flight message went with the connection"
+    );
+    assert_eq!(b.stats().dropped_offline, 2);
+    let id9 = PacketId::new(9).expect("9");
+    assert_eq!(
+        b.take_records(),
+        vec![Record::InboundHeld { packet_id: id9 }]
+    );
+    // The default keeps the queue (and records it), whatever `cleansession` says.
+    let mut kept = bridge(&format!("{BASIC}\ncleansession true"));
+    assert!(matches!(
+        kept.offer(0, "a/x", &p, QoS::AtLeastOnce, false, false),
+        Offer::Accepted(Some(1))
+    ));
+    assert!(matches!(
+        kept.take_records().as_slice(),
+        [Record::Enqueued { seq: 1, .. }]
+    ));
+}

@@ -134,6 +134,13 @@ impl AuthState {
         self.files(listener).acl.as_ref()
     }
 
+    /// The ACL a bridge's `local_username` is under: the one given outside any
+    /// `listener` block (a bridge comes in through no listener).
+    #[inline]
+    pub fn bridge_acl(&self) -> Option<&Acl> {
+        self.global.acl.as_deref()
+    }
+
     /// True when some listener has an ACL file.
     #[inline]
     pub fn any_acl(&self) -> bool {

@@ -10,13 +10,18 @@
 //! Invariants: a message reaches each bridge's offer list at most once (on the owner shard
 //! only, whether it entered there or came over the bus); a message a bridge brought in
 //! carries that bridge's origin (`bridge_origin`), which no session uid ever equals, so
-//! the bridge recognises it and does not send it back. Must not touch: bridge clients
-//! or sockets (the shard owns them), sessions, the subscription trie.
+//! the bridge recognises it and does not send it back. A bridge with `local_username`
+//! (its `LocalLogin`) is under the ACL like a client of that name: a message is offered
+//! to it only if it may read the topic, and a message it brings in from the remote is
+//! published only if it may write it; a bridge without one is checked against nothing
+//! (Mosquitto's rule). Must not touch: bridge clients or sockets (the shard owns them),
+//! sessions, the subscription trie.
 
 use std::sync::Arc;
 
 use super::journal::HeldAck;
 use super::{Broker, Effects};
+use crate::auth::{Acl, AclCache, Client};
 use crate::bridge::Mapper;
 use crate::config::bridge::BridgeConfig;
 use crate::protocol::QoS;
@@ -44,6 +49,14 @@ pub fn bridge_owner(name: &str, shards: usize) -> usize {
     super::home_shard(name, shards)
 }
 
+/// A bridge's identity on the local broker (`local_username`, `local_clientid`), with
+/// the cache of its ACL decisions.
+struct LocalLogin {
+    username: String,
+    client_id: String,
+    cache: AclCache,
+}
+
 /// The bridges' local filters, as seen from one shard.
 #[derive(Default)]
 pub struct BridgeRoutes {
@@ -51,13 +64,25 @@ pub struct BridgeRoutes {
     owners: FilterTrie<u64>,
     /// Filter → bitmask of this shard's bridges that offer it.
     mine: FilterTrie<u64>,
+    /// By bridge index: its local login, when it has a `local_username`.
+    logins: Vec<Option<LocalLogin>>,
 }
 
 impl BridgeRoutes {
     /// The filters of `bridges` for shard `me` of `shards`.
     pub fn new(bridges: &[BridgeConfig], me: usize, shards: usize) -> BridgeRoutes {
         let mut r = BridgeRoutes::default();
+        let host = bridges
+            .iter()
+            .any(|b| b.local_username.is_some())
+            .then(crate::config::bridge::hostname)
+            .unwrap_or_default();
         for (i, b) in bridges.iter().enumerate().take(64) {
+            r.logins.push(b.local_username.as_ref().map(|u| LocalLogin {
+                username: u.clone(),
+                client_id: b.local_client_id(&host),
+                cache: AclCache::new(),
+            }));
             let owner = bridge_owner(&b.name, shards);
             for (filter, _qos) in Mapper::new(b.topics.clone()).local_filters() {
                 *r.owners.entry_or_insert_with(&filter, || 0) |= 1u64 << owner;
@@ -78,24 +103,54 @@ impl BridgeRoutes {
         mask & !(1u64 << me)
     }
 
-    /// Add `msg` to the offer list of each of this shard's bridges that wants it. Returns
+    /// Add `msg` to the offer list of each of this shard's bridges that wants it and,
+    /// under `acl` (the ACL of the settings outside any listener), may read it. Returns
     /// whether any does.
-    pub fn offer(&self, msg: &Arc<Message>, fx: &mut Effects) -> bool {
+    pub fn offer(&mut self, msg: &Arc<Message>, acl: Option<&Acl>, fx: &mut Effects) -> bool {
         if self.mine.is_empty() {
             return false;
         }
         let mut bridges = 0u64;
         self.mine.for_each_match(&msg.topic, |m| bridges |= *m);
-        let any = bridges != 0;
+        let mut any = false;
         let mut i = 0;
         while bridges != 0 {
-            if bridges & 1 != 0 {
+            if bridges & 1 != 0 && self.may(i, acl, |c, acl, who| c.can_read(acl, who, &msg.topic))
+            {
                 fx.bridge_offers.push((i, msg.clone()));
+                any = true;
             }
             bridges >>= 1;
             i += 1;
         }
         any
+    }
+
+    /// May bridge `i` publish `topic` locally (a message from its remote) under `acl`?
+    pub fn may_publish(&mut self, i: usize, acl: Option<&Acl>, topic: &Arc<str>) -> bool {
+        self.may(i, acl, |c, acl, who| c.can_publish(acl, who, topic))
+    }
+
+    /// `decide` for bridge `i`'s login, or true when it has none or there is no ACL.
+    fn may(
+        &mut self,
+        i: usize,
+        acl: Option<&Acl>,
+        decide: impl FnOnce(&mut AclCache, &Acl, Client<'_>) -> bool,
+    ) -> bool {
+        let (Some(acl), Some(Some(login))) = (acl, self.logins.get_mut(i)) else {
+            return true;
+        };
+        let LocalLogin {
+            username,
+            client_id,
+            cache,
+        } = login;
+        let who = Client {
+            username: Some(username),
+            client_id,
+        };
+        decide(cache, acl, who)
     }
 }
 
@@ -114,6 +169,9 @@ pub struct Inbound<'a> {
     pub props: Option<Box<ForwardedProps>>,
     /// Message Expiry Interval left, seconds.
     pub expiry_s: Option<u32>,
+    /// It came from the remote (write-checked against the bridge's `local_username`);
+    /// false for the bridge's own state and figures.
+    pub from_remote: bool,
 }
 
 /// Why a message a bridge brought in was not published locally.
@@ -121,12 +179,15 @@ pub struct Inbound<'a> {
 pub enum Refused {
     /// Not a valid topic name.
     InvalidTopic,
+    /// The ACL does not let the bridge's `local_username` publish it.
+    Denied,
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Refused::InvalidTopic => "not a valid topic name",
+            Refused::Denied => "its local_username may not publish it under the ACL",
         })
     }
 }
@@ -176,9 +237,10 @@ impl<X> Broker<X> {
 
     /// Publish a message brought in by bridge `i` (or its state notification) as if a
     /// local client had sent it, tagged with the bridge's origin. Like Mosquitto's
-    /// bridges, it is not checked against the ACL (the remote decided who may publish
-    /// it); local subscribers still read only what their rights allow. Nothing is routed
-    /// when the topic is not a valid topic name.
+    /// bridges, a bridge without `local_username` is not checked against the ACL (the
+    /// remote decided who may publish it); with one, a message from the remote is
+    /// write-checked as that user's. Local subscribers still read only what their rights
+    /// allow. Nothing is routed when the topic is not a valid topic name or is refused.
     pub fn publish_from_bridge(
         &mut self,
         i: usize,
@@ -188,9 +250,13 @@ impl<X> Broker<X> {
         if !crate::topic::valid_topic_name(m.topic) {
             return Err(Refused::InvalidTopic);
         }
+        let topic: Arc<str> = Arc::from(m.topic);
+        if m.from_remote && !self.bridges.may_publish(i, self.auth.bridge_acl(), &topic) {
+            return Err(Refused::Denied);
+        }
         self.fx.stats.publish_in += 1;
         let msg = Message {
-            topic: Arc::from(m.topic),
+            topic,
             payload: m.payload.into(),
             qos: m.qos,
             retain: m.retain,
@@ -234,8 +300,8 @@ mod tests {
             "connection a\naddress 127.0.0.1\ntopic s/# out 1 site/\n\
              connection b\naddress 127.0.0.1\ntopic s/x both 1\ntopic cmd/# in 1",
         );
-        let on0 = BridgeRoutes::new(&b, 0, 2);
-        let on1 = BridgeRoutes::new(&b, 1, 2);
+        let mut on0 = BridgeRoutes::new(&b, 0, 2);
+        let mut on1 = BridgeRoutes::new(&b, 1, 2);
         assert_eq!(on0.remote_mask("site/s/x", 0), 0, "bridge a is on shard 0");
         assert_eq!(
             on1.remote_mask("site/s/x", 1),
@@ -245,11 +311,46 @@ mod tests {
         assert_eq!(on0.remote_mask("s/x", 0), 2, "bridge b is on shard 1");
         assert_eq!(on0.remote_mask("cmd/go", 0), 0, "`in` rules offer nothing");
         let mut fx = Effects::default();
-        assert!(on1.offer(&msg("s/x", 0), &mut fx));
-        assert!(!on1.offer(&msg("site/s/x", 0), &mut fx));
-        assert!(on0.offer(&msg("site/s/x", 0), &mut fx));
+        assert!(on1.offer(&msg("s/x", 0), None, &mut fx));
+        assert!(!on1.offer(&msg("site/s/x", 0), None, &mut fx));
+        assert!(on0.offer(&msg("site/s/x", 0), None, &mut fx));
         let got: Vec<usize> = fx.bridge_offers.iter().map(|(i, _)| *i).collect();
         assert_eq!(got, vec![1, 0]);
+    }
+
+    #[test]
+    fn a_local_username_puts_the_bridge_under_the_acl() {
+        let b = bridges(
+            "connection a\naddress 127.0.0.1\ntopic # both 1\nlocal_username site\n\
+             local_clientid lc\n\
+             connection b\naddress 127.0.0.1\ntopic # both 1",
+        );
+        let acl = Acl::parse(
+            "user site\ntopic read out/ok/#\ntopic write in/ok/#\npattern read %c/#\n",
+            "acl",
+        )
+        .expect("valid ACL");
+        let mut r = BridgeRoutes::new(&b, 0, 1);
+        let offered = |r: &mut BridgeRoutes, topic: &str| {
+            let mut fx = Effects::default();
+            r.offer(&msg(topic, 0), Some(&acl), &mut fx);
+            fx.bridge_offers.iter().map(|(i, _)| *i).collect::<Vec<_>>()
+        };
+        assert_eq!(offered(&mut r, "out/ok/1"), vec![0, 1]);
+        assert_eq!(offered(&mut r, "out/secret"), vec![1], "a may not read it");
+        assert_eq!(offered(&mut r, "lc/x"), vec![0, 1], "%c is local_clientid");
+        let t = |s: &str| -> Arc<str> { Arc::from(s) };
+        assert!(r.may_publish(0, Some(&acl), &t("in/ok/1")));
+        assert!(!r.may_publish(0, Some(&acl), &t("in/secret")));
+        assert!(
+            !r.may_publish(0, Some(&acl), &t("out/ok/1")),
+            "read is not write"
+        );
+        assert!(
+            r.may_publish(1, Some(&acl), &t("in/secret")),
+            "b has no login"
+        );
+        assert!(r.may_publish(0, None, &t("in/secret")), "no ACL file");
     }
 
     #[test]

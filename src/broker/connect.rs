@@ -263,6 +263,13 @@ impl<X> Broker<X> {
                 if let Some(l) = self.links.get_mut(old) {
                     l.session = None;
                 }
+                if crate::log_sink::connection_messages() {
+                    // Mosquitto's words, and its level (error, so the default log shows it).
+                    log_at!(
+                        Level::Error,
+                        "Client {id} already connected, closing old connection."
+                    );
+                }
                 self.close(
                     old,
                     Some(ReasonCode::SessionTakenOver),

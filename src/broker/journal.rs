@@ -22,11 +22,19 @@ use smallvec::SmallVec;
 
 use super::gate::PendingSubAck;
 use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionOptions, Version};
+use crate::session::message::Publisher;
 use crate::session::{ForwardedProps, Message, SubState};
-use crate::store::{LiveState, Lsn, MessageProps, MsgId, Record, StoredMessage, Subscription, Wal};
+use crate::store::{
+    LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, StoredMessage, Subscription, Wal,
+};
 
-/// A retained message of the recovered store: topic, message, stamp.
-pub type RetainedEntry = (String, StoredMessage<'static>, u64);
+/// A retained message of the recovered store: topic, message, stamp, publisher.
+pub type RetainedEntry = (
+    String,
+    StoredMessage<'static>,
+    u64,
+    Option<RetainSource<'static>>,
+);
 
 /// Shadow messages below which unreferenced ones are not swept (they are at checkpoints).
 const GC_MESSAGES_MIN: usize = 4096;
@@ -455,10 +463,27 @@ pub fn from_stored(m: &StoredMessage<'_>, unix_now_ms: u64, now_ms: u64, stamp: 
             .map(|t| now_ms.saturating_add(t.saturating_sub(unix_now_ms))),
         origin: 0,
         retain_stamp: stamp,
-        // Not stored: after a restart a retained message is checked against its readers'
-        // rights only (docs/security.md).
+        // A retained message's publisher comes from its own record (`publisher_of`).
         publisher: None,
     }
+}
+
+/// The stored form of a retained message's publisher.
+pub fn source_of(p: &Publisher) -> RetainSource<'_> {
+    RetainSource {
+        username: p.username.as_deref().map(Into::into),
+        client_id: (&*p.client_id).into(),
+        listener: u32::try_from(p.listener).unwrap_or(u32::MAX),
+    }
+}
+
+/// The publisher of a stored retained message.
+pub fn publisher_of(s: &RetainSource<'_>) -> Arc<Publisher> {
+    Arc::new(Publisher {
+        username: s.username.as_deref().map(Into::into),
+        client_id: (*s.client_id).into(),
+        listener: usize::try_from(s.listener).unwrap_or(usize::MAX),
+    })
 }
 
 /// QoS of a stored byte (anything unknown is treated as 2, the safest).

@@ -286,9 +286,10 @@ impl<X> Broker<X> {
         for st in part.sessions.values() {
             self.restore_session(st, &msgs, unix, now_ms);
         }
-        for (_, m, stamp) in retained {
-            let msg = Arc::new(journal::from_stored(m, unix, now_ms, *stamp));
-            self.retained.store(&msg);
+        for (_, m, stamp, source) in retained {
+            let mut msg = journal::from_stored(m, unix, now_ms, *stamp);
+            msg.publisher = source.as_ref().map(journal::publisher_of);
+            self.retained.store(&Arc::new(msg));
         }
         self.journal = Some(j);
     }
@@ -478,6 +479,7 @@ impl<X> Broker<X> {
                 topic,
                 msg: id,
                 stamp,
+                source: msg.publisher.as_deref().map(journal::source_of),
             });
         }
     }

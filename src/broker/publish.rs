@@ -331,7 +331,9 @@ impl<X> Broker<X> {
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
     /// This shard's bridges are offered it too (see `bridges::BridgeRoutes`).
     pub(super) fn route_local(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        let bridged = self.bridges.offer(msg, &mut self.fx);
+        let bridged = self
+            .bridges
+            .offer(msg, self.auth.bridge_acl(), &mut self.fx);
         let (routes, sessions, mut sink) = self.parts();
         deliver::route_local(routes, sessions, &mut sink, msg, now_ms) || bridged
     }

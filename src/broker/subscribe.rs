@@ -361,8 +361,8 @@ impl<X> Broker<X> {
 /// May the publisher of retained message `m` still publish it under the ACL in force?
 /// (A retained message outlives its publisher's rights otherwise: CVE-2018-12546.) As in
 /// Mosquitto's `check_retain_source`, a message without a recorded publisher (from the
-/// broker, a bridge, or recovered from the store, which does not keep the publisher yet)
-/// passes.
+/// broker, a bridge, published while no ACL was in force, or stored by a version that
+/// did not keep it) passes. The store keeps the publisher, so this holds after a restart.
 fn publisher_may_still(auth: &super::access::AuthState, m: &crate::session::Message) -> bool {
     let Some(p) = m.publisher.as_deref() else {
         return true;

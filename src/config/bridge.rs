@@ -134,8 +134,18 @@ pub struct BridgeConfig {
     pub remote_username: Option<String>,
     /// `remote_password` (`password`).
     pub remote_password: Option<String>,
+    /// `local_username`: the bridge's user name on the local broker. When set, the ACL
+    /// file applies to the bridge as to a client of that name (messages brought in are
+    /// write-checked, messages sent out read-checked); unset, no ACL applies (Mosquitto).
+    pub local_username: Option<String>,
+    /// `local_password`: checked against the `password_file` with `local_username`.
+    pub local_password: Option<String>,
     /// `cleansession` (default false).
     pub cleansession: bool,
+    /// `local_cleansession` (default false, whatever `cleansession` says; Mosquitto
+    /// defaults it to `cleansession`): true keeps no forwarding queue while the remote
+    /// is unreachable, none across a reconnect and nothing in the store.
+    pub local_cleansession: bool,
     /// `bridge_protocol_version` (default mqttv311).
     pub protocol: Version,
     /// `keepalive_interval`, seconds (default 60, at least 5).
@@ -201,7 +211,10 @@ impl BridgeConfig {
             local_clientid: None,
             remote_username: None,
             remote_password: None,
+            local_username: None,
+            local_password: None,
             cleansession: false,
+            local_cleansession: false,
             protocol: Version::V3_1_1,
             keepalive_s: defaults::KEEPALIVE_S,
             restart: Restart::Jitter {
@@ -248,6 +261,45 @@ impl BridgeConfig {
     }
 }
 
+/// The local logins of `bridges` against `password_file` (the one outside any `listener`
+/// block): a bridge with `local_username` must name a user of that file with its
+/// `local_password`, as a local client would have to. Without a password file nothing is
+/// checked. An error names the line of the faulty `connection` (never the password).
+pub fn check_local_logins(
+    bridges: &[BridgeConfig],
+    password_file: Option<&crate::auth::PasswordFile>,
+) -> Result<(), (usize, String)> {
+    let Some(pw) = password_file else {
+        return Ok(());
+    };
+    for b in bridges {
+        let Some(user) = b.local_username.as_deref() else {
+            continue;
+        };
+        let password = b.local_password.as_deref().unwrap_or("").as_bytes();
+        if pw.verify(user, password) != crate::auth::Verdict::Ok {
+            return Err((
+                b.line,
+                format!(
+                    "connection '{}': local_username '{user}' is refused by the password_file (unknown user or wrong local_password)",
+                    b.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// This machine's host name (for the default client ids), or `localhost`.
+pub fn hostname() -> String {
+    // std has no gethostname: the kernel's view, as `hostname` prints it.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// Whether `key` is a bridge option (handled by `BridgeParser`).
 pub fn is_bridge_key(key: &str) -> bool {
     KEYS.contains(&key) || UNSUPPORTED.contains(&key)
@@ -267,6 +319,9 @@ const KEYS: &[&str] = &[
     "remote_password",
     "password",
     "cleansession",
+    "local_username",
+    "local_password",
+    "local_cleansession",
     "bridge_protocol_version",
     "keepalive_interval",
     "restart_timeout",
@@ -295,9 +350,6 @@ const UNSUPPORTED: &[&str] = &[
     "bridge_psk",
     "bridge_require_ocsp",
     "bridge_tls_version",
-    "local_cleansession",
-    "local_username",
-    "local_password",
     "idle_timeout",
     "threshold",
 ];
@@ -358,6 +410,11 @@ fn check_block(b: &BridgeConfig) -> Result<(), String> {
             "connection '{name}': remote_password needs remote_username"
         ));
     }
+    if b.local_password.is_some() && b.local_username.is_none() {
+        return Err(format!(
+            "connection '{name}': local_password needs local_username"
+        ));
+    }
     let t = &b.tls;
     if t.certfile.is_some() != t.keyfile.is_some() {
         return Err(format!(
@@ -387,6 +444,9 @@ fn apply(b: &mut BridgeConfig, key: &str, value: &str) -> Result<(), String> {
         "remote_username" | "username" => b.remote_username = Some(string(key, value)?),
         "remote_password" | "password" => b.remote_password = Some(string(key, value)?),
         "cleansession" => b.cleansession = boolean(key, value)?,
+        "local_username" => b.local_username = Some(string(key, value)?),
+        "local_password" => b.local_password = Some(string(key, value)?),
+        "local_cleansession" => b.local_cleansession = boolean(key, value)?,
         "bridge_protocol_version" => b.protocol = protocol(value)?,
         "keepalive_interval" => b.keepalive_s = keepalive(value)?,
         "restart_timeout" => b.restart = restart(value)?,
@@ -669,6 +729,7 @@ mod tests {
         assert_eq!(b.keepalive_s, 60);
         assert_eq!(b.restart, Restart::Jitter { base: 5, cap: 30 });
         assert!(b.try_private && b.notifications && !b.cleansession && !b.round_robin);
+        assert!(b.local_username.is_none() && !b.local_cleansession);
         assert_eq!(b.remote_client_id("host"), "cloud.host");
         assert_eq!(b.local_client_id("host"), "local.cloud.host");
         assert_eq!(
@@ -679,7 +740,7 @@ mod tests {
 
     #[test]
     fn every_option_is_read() {
-        let text = "connection a\naddresses [::1]:1999 h\nround_robin true\ntopic # both 2\nremote_clientid rc\nlocal_clientid lc\nremote_username u\nremote_password p w\ncleansession true\nbridge_protocol_version mqttv50\nkeepalive_interval 5\nrestart_timeout 20\ntry_private false\nnotifications false\nnotification_topic n/s\nbridge_cafile ca.pem\nbridge_certfile c.pem\nbridge_keyfile k.pem\nbridge_insecure true\nbridge_max_packet_size 1000\nbridge_max_queued_messages 7\nbridge_max_queued_bytes 9\nstart_type automatic\n";
+        let text = "connection a\naddresses [::1]:1999 h\nround_robin true\ntopic # both 2\nremote_clientid rc\nlocal_clientid lc\nremote_username u\nremote_password p w\nlocal_username lu\nlocal_password l p\nlocal_cleansession true\ncleansession true\nbridge_protocol_version mqttv50\nkeepalive_interval 5\nrestart_timeout 20\ntry_private false\nnotifications false\nnotification_topic n/s\nbridge_cafile ca.pem\nbridge_certfile c.pem\nbridge_keyfile k.pem\nbridge_insecure true\nbridge_max_packet_size 1000\nbridge_max_queued_messages 7\nbridge_max_queued_bytes 9\nstart_type automatic\n";
         let b = parse(text).expect("valid").remove(0);
         assert_eq!(
             b.addresses[0],
@@ -690,6 +751,9 @@ mod tests {
         );
         assert!(b.round_robin && b.cleansession && !b.try_private && !b.notifications);
         assert_eq!(b.remote_password.as_deref(), Some("p w"));
+        assert_eq!(b.local_username.as_deref(), Some("lu"));
+        assert_eq!(b.local_password.as_deref(), Some("l p"));
+        assert!(b.local_cleansession);
         assert_eq!(b.protocol, Version::V5);
         assert_eq!((b.keepalive_s, b.max_packet_size), (5, 1000));
         assert_eq!(b.restart, Restart::Constant { secs: 20 });
@@ -813,6 +877,11 @@ mod tests {
                 "connection a\naddress h\ntopic #\nremote_password p\n",
                 1,
                 "connection 'a': remote_password needs remote_username",
+            ),
+            (
+                "connection a\naddress h\ntopic #\nlocal_password p\n",
+                1,
+                "connection 'a': local_password needs local_username",
             ),
             (
                 "connection a\naddress h\ntopic #\nbridge_certfile c\n",

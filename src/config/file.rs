@@ -54,6 +54,11 @@ pub struct FileSettings {
     pub admin_certfile: Option<(std::path::PathBuf, usize)>,
     /// `admin_keyfile` (shardmq), with its line.
     pub admin_keyfile: Option<(std::path::PathBuf, usize)>,
+    /// `admin_cafile` (shardmq), with its line: CA certificates for client certificates.
+    pub admin_cafile: Option<(std::path::PathBuf, usize)>,
+    /// `admin_require_certificate` (shardmq), with its line: clients must present a
+    /// certificate from `admin_cafile`.
+    pub admin_require_certificate: Option<(bool, usize)>,
     /// `log_dest` lines (`None`: not given; the default applies).
     pub log_dests: Option<Vec<crate::log_sink::Dest>>,
     /// `log_type` lines (`None`: not given).
@@ -200,6 +205,10 @@ pub fn parse(text: &str, name: &str) -> Result<FileSettings, FileError> {
             "admin_password_file" => s.admin_password_file = Some(value.into()),
             "admin_certfile" => s.admin_certfile = Some((value.into(), i + 1)),
             "admin_keyfile" => s.admin_keyfile = Some((value.into(), i + 1)),
+            "admin_cafile" => s.admin_cafile = Some((value.into(), i + 1)),
+            "admin_require_certificate" => {
+                s.admin_require_certificate = Some((boolean(key, value).map_err(err)?, i + 1))
+            }
             "listener" => {
                 let addr = listener(value).map_err(err)?;
                 s.binds.push(addr);

@@ -301,7 +301,8 @@ pub struct Config {
     pub admin: AdminListen,
     /// Password file protecting the admin listener with HTTP basic auth.
     pub admin_password_file: Option<PathBuf>,
-    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS.
+    /// `admin_certfile` + `admin_keyfile`: the admin listener speaks HTTPS (and, with
+    /// `admin_cafile` + `admin_require_certificate true`, wants client certificates).
     pub admin_tls: Option<admin_tls::AdminTls>,
     /// Where the log goes and what it holds.
     pub log: crate::log_sink::Settings,
@@ -467,13 +468,23 @@ impl Config {
                 .or(f.scram_credentials.as_ref()),
         )?;
         let (auth_files, listener_auth) = auth_files::load(&a, &f)?;
+        bridge::check_local_logins(&f.bridges, auth_files.password_file.as_deref()).map_err(
+            |(line, problem)| {
+                let file = a.config.as_ref().map(|p| p.display().to_string());
+                format!("{}:{line}: {problem}", file.unwrap_or_default())
+            },
+        )?;
         let listeners = build_listeners(&a, &f)?;
         let admin_tls = admin_tls::load(
             &a.config
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string()),
-            f.admin_certfile.as_ref(),
-            f.admin_keyfile.as_ref(),
+            &admin_tls::AdminTlsLines {
+                certfile: f.admin_certfile.as_ref(),
+                keyfile: f.admin_keyfile.as_ref(),
+                cafile: f.admin_cafile.as_ref(),
+                require_certificate: f.admin_require_certificate.as_ref(),
+            },
         )?;
         let binds = listeners.iter().map(|l| l.addr).collect();
         let listener_ids_next = listeners.len();
@@ -706,6 +717,47 @@ mod tests {
         std::fs::write(&conf, format!("acl_file {acl_s}\nallow_anonymous false\n")).expect("write");
         let e = run(&["-c", conf.to_str().expect("utf-8")]);
         assert!(e.contains("allow_anonymous false needs credentials"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bridge_local_login_is_checked_against_the_password_file() {
+        let dir = std::env::temp_dir().join(format!("shardmq-cfg-bridge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let pw = dir.join("pw");
+        let params = crate::auth::passwd_edit::HashParams {
+            salt_bytes: 12,
+            iterations: 2,
+        };
+        let line = crate::auth::passwd_edit::new_line("site", b"s3cret", params).expect("line");
+        std::fs::write(&pw, format!("{line}\n")).expect("write");
+        let conf = dir.join("b.conf");
+        let with = |login: &str| {
+            let text = format!(
+                "password_file {}\nconnection up\naddress 127.0.0.1:1\ntopic t/# out 1\n{login}",
+                pw.display()
+            );
+            std::fs::write(&conf, text).expect("write");
+            let c = conf.to_str().expect("utf-8 path");
+            Config::from_args(Args::parse_from(["shardmq", "-c", c, "--admin", "off"]))
+        };
+        with("local_username site\nlocal_password s3cret\n").expect("the right password");
+        with("").expect("no local_username: nothing to check (Mosquitto)");
+        for bad in [
+            "local_username site\nlocal_password not-it\n",
+            "local_username site\n",
+            "local_username nobody\nlocal_password s3cret\n",
+        ] {
+            let e = with(bad).expect_err(bad);
+            assert!(
+                e.contains("b.conf:2: connection 'up': local_username"),
+                "{e}"
+            );
+            assert!(
+                !e.contains("s3cret") && !e.contains("not-it"),
+                "no password in {e}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

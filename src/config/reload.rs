@@ -46,7 +46,7 @@ pub fn reread(running: &Config, argv: &[OsString]) -> Result<Reloaded, String> {
         new.admin_password_file != running.admin_password_file,
     );
     keep(
-        "admin_certfile/admin_keyfile",
+        "admin_certfile/admin_keyfile/admin_cafile/admin_require_certificate",
         new.admin_tls != running.admin_tls,
     );
     keep("core pinning", new.pin != running.pin);

@@ -203,13 +203,10 @@ impl Bridges {
                 self.runs.push(run);
                 continue;
             }
-            let held = run.retire(broker, registry, now);
-            let n = held.messages.len();
+            let mut held = run.retire(broker, registry, now);
             let mut fresh = self.build(&cfg, index, c, tls, now);
-            if fresh.local_id != run.local_id {
-                // The stored state is keyed by local client id: move it to the new one.
-                rekey(broker, &run.local_id, &fresh.local_id, &held, now);
-            }
+            hand_over(broker, &run, &fresh, &mut held, now);
+            let n = held.messages.len();
             fresh.bridge.restore(held);
             log(format_args!(
                 "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
@@ -272,18 +269,34 @@ impl Bridges {
 
     /// Give each bridge its forwarding state recovered from the store (before the first
     /// turn): queued messages wait in order, sent ones are resent with DUP.
-    pub fn restore(&mut self, mut stored: BTreeMap<String, BridgeState>, now_ms: u64) {
+    /// A bridge with `local_cleansession true` keeps none of its stored messages (left by
+    /// an earlier run without it): they are dropped, logged, and forgotten by the log.
+    pub fn restore(
+        &mut self,
+        broker: &mut Broker<ConnIo>,
+        mut stored: BTreeMap<String, BridgeState>,
+        now_ms: u64,
+    ) {
         for run in &mut self.runs {
             let Some(st) = stored.remove(&run.local_id) else {
                 continue;
             };
-            let n = st.messages.len();
-            run.bridge.restore(Restored::from_state(&st, clock(now_ms)));
+            let mut held = Restored::from_state(&st, clock(now_ms));
+            let n = held.messages.len();
+            if run.cfg.local_cleansession {
+                for &seq in held.messages.keys() {
+                    broker.log_bridge(&run.local_id, BridgeOp::Done { seq });
+                }
+                held.messages.clear();
+            }
+            run.bridge.restore(held);
             if n > 0 {
-                log(format_args!(
-                    "Bridge {}: {n} message(s) restored from the store",
-                    run.name
-                ));
+                let what = if run.cfg.local_cleansession {
+                    "dropped (local_cleansession true)"
+                } else {
+                    "restored from the store"
+                };
+                log(format_args!("Bridge {}: {n} message(s) {what}", run.name));
             }
         }
     }
@@ -414,6 +427,7 @@ impl Bridges {
                     retain: true,
                     props: None,
                     expiry_s: None,
+                    from_remote: false,
                 };
                 // The bridge's own figures: always a valid topic.
                 let _ = broker.publish_from_bridge(run.index, m, now);
@@ -446,26 +460,43 @@ impl Bridges {
     }
 }
 
-/// Move a bridge's stored forwarding state from key `from` to key `to` in the log.
-fn rekey(broker: &mut Broker<ConnIo>, from: &str, to: &str, held: &Restored, now: u64) {
-    let c = clock(now);
-    for (&seq, (msg, packet_id, received)) in &held.messages {
-        broker.log_bridge(from, BridgeOp::Done { seq });
-        let enq = crate::bridge::Record::Enqueued {
-            seq,
-            msg: msg.clone(),
-        };
-        broker.log_bridge(to, enq.to_op(c));
-        if let Some(packet_id) = *packet_id {
-            broker.log_bridge(to, BridgeOp::Sent { seq, packet_id });
-        }
-        if *received {
-            broker.log_bridge(to, BridgeOp::Received { seq });
+/// What a changed bridge (`old` → `new`) carries over, in the log. The stored state is
+/// keyed by local client id: a new id moves it. A queue is in the log only without
+/// `local_cleansession`: one that becomes clean is dropped (and forgotten), one that stops
+/// being clean is written under the new key. Inbound QoS 2 ids (the remote session's
+/// state) are always logged.
+fn hand_over(broker: &mut Broker<ConnIo>, old: &Run, new: &Run, held: &mut Restored, now: u64) {
+    let (from, to) = (old.local_id.as_str(), new.local_id.as_str());
+    let moved = from != to;
+    let (was_logged, to_log) = (!old.cfg.local_cleansession, !new.cfg.local_cleansession);
+    if was_logged && (moved || !to_log) {
+        for &seq in held.messages.keys() {
+            broker.log_bridge(from, BridgeOp::Done { seq });
         }
     }
-    for &packet_id in &held.inbound_held {
-        broker.log_bridge(from, BridgeOp::InboundReleased { packet_id });
-        broker.log_bridge(to, BridgeOp::InboundHeld { packet_id });
+    if !to_log {
+        held.messages.clear();
+    } else if moved || !was_logged {
+        let c = clock(now);
+        for (&seq, (msg, packet_id, received)) in &held.messages {
+            let enq = crate::bridge::Record::Enqueued {
+                seq,
+                msg: msg.clone(),
+            };
+            broker.log_bridge(to, enq.to_op(c));
+            if let Some(packet_id) = *packet_id {
+                broker.log_bridge(to, BridgeOp::Sent { seq, packet_id });
+            }
+            if *received {
+                broker.log_bridge(to, BridgeOp::Received { seq });
+            }
+        }
+    }
+    if moved {
+        for &packet_id in &held.inbound_held {
+            broker.log_bridge(from, BridgeOp::InboundReleased { packet_id });
+            broker.log_bridge(to, BridgeOp::InboundHeld { packet_id });
+        }
     }
 }
 
@@ -656,6 +687,7 @@ impl Run {
             retain: p.retain,
             props: p.props,
             expiry_s: p.expiry_s,
+            from_remote: p.from_remote,
         };
         if let Err(why) = broker.publish_from_bridge(self.index, m, now) {
             if !std::mem::replace(&mut self.refusal_logged, true) {
@@ -761,10 +793,5 @@ fn clock(now_ms: u64) -> Clock {
 
 /// This machine's host name (for the default client ids), or `localhost`.
 pub fn hostname() -> String {
-    // std has no gethostname: the kernel's view, as `hostname` prints it.
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
+    crate::config::bridge::hostname()
 }

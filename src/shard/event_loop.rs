@@ -295,7 +295,7 @@ pub fn run_node(
         }
         if let Some(st) = store.as_mut() {
             let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
-            shard.bridges.restore(bridges, 0);
+            shard.bridges.restore(&mut shard.broker, bridges, 0);
         }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));

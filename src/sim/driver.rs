@@ -139,7 +139,10 @@ impl Cluster {
         let retained: Vec<_> = state
             .retained
             .iter()
-            .filter_map(|(t, r)| Some((t.clone(), state.messages.get(&r.msg?)?.clone(), r.stamp)))
+            .filter_map(|(t, r)| {
+                let m = state.messages.get(&r.msg?)?.clone();
+                Some((t.clone(), m, r.stamp, r.source.clone()))
+            })
             .collect();
         let n = self.brokers.len();
         let shard_of = |s: &str| crate::broker::home_shard(s, n);

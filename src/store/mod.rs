@@ -40,8 +40,8 @@ pub use hold::AckHold;
 pub use layout::{install, install_on, recover_all, recover_all_on, CutReport, Recovered};
 pub use lock::StoreLock;
 pub use record::{
-    BridgeOp, DeliveryState, MessageProps, MsgId, Record, SessionInfo, StoredMessage, Subscription,
-    Will,
+    BridgeOp, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo, StoredMessage,
+    Subscription, Will,
 };
 pub use state::{BridgeMsg, BridgeState, Delivery, LiveState, SessionState};
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};

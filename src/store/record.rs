@@ -54,6 +54,30 @@ pub struct StoredMessage<'a> {
     pub props: MessageProps<'a>,
 }
 
+/// Who published a retained message, as the ACL sees it: kept so that
+/// `check_retain_source` still applies after a restart (Mosquitto keeps the same in its
+/// database: `source_id`, `source_username` and the listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainSource<'a> {
+    /// Username (`None`: anonymous).
+    pub username: Option<Cow<'a, str>>,
+    /// Client Identifier.
+    pub client_id: Cow<'a, str>,
+    /// Id of the listener whose ACL applied (the engine's listener id).
+    pub listener: u32,
+}
+
+impl RetainSource<'_> {
+    /// The same, owning its strings.
+    pub fn into_owned(self) -> RetainSource<'static> {
+        RetainSource {
+            username: self.username.map(|u| Cow::Owned(u.into_owned())),
+            client_id: Cow::Owned(self.client_id.into_owned()),
+            listener: self.listener,
+        }
+    }
+}
+
 /// A session's Will.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will<'a> {
@@ -216,6 +240,9 @@ pub enum Record<'a> {
         packet_id: NonZeroU16,
     },
     /// The retained message of `topic` is now `msg` (stored before in this log).
+    ///
+    /// Encoded under two tags: the first version had no `source` (it decodes with none),
+    /// so an entry without one keeps that form.
     RetainedSet {
         /// Topic name.
         topic: Cow<'a, str>,
@@ -223,6 +250,8 @@ pub enum Record<'a> {
         msg: MsgId,
         /// Lamport stamp of the update: the highest stamp wins when logs merge.
         stamp: u64,
+        /// Its publisher, when an ACL was in force (`check_retain_source`).
+        source: Option<RetainSource<'a>>,
     },
     /// The retained message of `topic` was cleared.
     RetainedCleared {
@@ -325,6 +354,8 @@ mod tag {
     pub const BRIDGE: u8 = 15;
     /// `DELIVERY_QUEUED` with its RETAIN flag and Subscription Identifiers.
     pub const DELIVERY_QUEUED_FLAGS: u8 = 16;
+    /// `RETAINED_SET` with its publisher.
+    pub const RETAINED_SET_SOURCE: u8 = 17;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -433,11 +464,24 @@ impl Record<'_> {
                 client_id,
                 packet_id,
             } => e.client_packet(tag::INCOMING_QOS2_CLEARED, client_id, *packet_id),
-            Record::RetainedSet { topic, msg, stamp } => {
-                e.u8(tag::RETAINED_SET);
+            Record::RetainedSet {
+                topic,
+                msg,
+                stamp,
+                source,
+            } => {
+                e.u8(match source {
+                    Some(_) => tag::RETAINED_SET_SOURCE,
+                    None => tag::RETAINED_SET,
+                });
                 e.str(topic);
                 e.u64(msg.0);
                 e.u64(*stamp);
+                if let Some(src) = source {
+                    e.opt_str(src.username.as_deref());
+                    e.str(&src.client_id);
+                    e.u32(src.listener);
+                }
             }
             Record::RetainedCleared { topic, stamp } => {
                 e.u8(tag::RETAINED_CLEARED);
@@ -823,6 +867,17 @@ impl<'a> Dec<'a> {
                 topic: self.string()?,
                 msg: MsgId(self.u64()?),
                 stamp: self.u64()?,
+                source: None,
+            },
+            tag::RETAINED_SET_SOURCE => Record::RetainedSet {
+                topic: self.string()?,
+                msg: MsgId(self.u64()?),
+                stamp: self.u64()?,
+                source: Some(RetainSource {
+                    username: self.opt_string()?,
+                    client_id: self.string()?,
+                    listener: self.u32()?,
+                }),
             },
             tag::RETAINED_CLEARED => Record::RetainedCleared {
                 topic: self.string()?,

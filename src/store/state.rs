@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU16;
 
 use super::record::{
-    BridgeOp, DeliveryState, MsgId, Record, SessionInfo, StoredMessage, Subscription,
+    BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
 };
 
 mod bridges;
@@ -51,12 +51,14 @@ pub struct SessionState {
 }
 
 /// A retained entry: a message, or a tombstone kept while merging (highest stamp wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retained {
     /// The message, or `None` for a clear.
     pub msg: Option<MsgId>,
     /// Lamport stamp.
     pub stamp: u64,
+    /// Its publisher, when one was recorded (`check_retain_source`).
+    pub source: Option<RetainSource<'static>>,
 }
 
 /// Everything a log (or several merged) says is alive.
@@ -113,11 +115,26 @@ impl LiveState {
             Record::MessageStored { id, msg } => {
                 self.messages.insert(id, msg);
             }
-            Record::RetainedSet { topic, msg, stamp } => {
-                self.retain(topic.into_owned(), Some(msg), stamp)
+            Record::RetainedSet {
+                topic,
+                msg,
+                stamp,
+                source,
+            } => {
+                let r = Retained {
+                    msg: Some(msg),
+                    stamp,
+                    source: source.map(RetainSource::into_owned),
+                };
+                self.retain(topic.into_owned(), r)
             }
             Record::RetainedCleared { topic, stamp } => {
-                self.retain(topic.into_owned(), None, stamp)
+                let r = Retained {
+                    msg: None,
+                    stamp,
+                    source: None,
+                };
+                self.retain(topic.into_owned(), r)
             }
             Record::Bridge { bridge, op } => self.apply_bridge(bridge, op),
             other => self.apply_delivery(other),
@@ -260,13 +277,16 @@ impl LiveState {
         s
     }
 
-    fn retain(&mut self, topic: String, msg: Option<MsgId>, stamp: u64) {
-        let entry = self
-            .retained
-            .entry(topic)
-            .or_insert(Retained { msg, stamp });
-        if stamp >= entry.stamp {
-            *entry = Retained { msg, stamp };
+    fn retain(&mut self, topic: String, r: Retained) {
+        match self.retained.entry(topic) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(r);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if r.stamp >= o.get().stamp {
+                    o.insert(r);
+                }
+            }
         }
     }
 
@@ -320,7 +340,8 @@ impl LiveState {
             self.sessions.insert(client, s);
         }
         for (topic, r) in other.retained {
-            self.retain(topic, r.msg.map(map), r.stamp);
+            let msg = r.msg.map(map);
+            self.retain(topic, Retained { msg, ..r });
         }
         for (name, b) in other.bridges {
             // A bridge lives in one shard's log; a second copy is a conflict like a
@@ -383,6 +404,7 @@ impl LiveState {
                 topic: topic.as_str().into(),
                 msg,
                 stamp: r.stamp,
+                source: r.source.clone(),
             },
             None => Record::RetainedCleared {
                 topic: topic.as_str().into(),

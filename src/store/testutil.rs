@@ -163,6 +163,17 @@ pub fn samples() -> Vec<Record<'static>> {
             topic: "a/b".into(),
             msg: MsgId(7),
             stamp: 42,
+            source: None,
+        },
+        Record::RetainedSet {
+            topic: "a/b".into(),
+            msg: MsgId(7),
+            stamp: 44,
+            source: Some(crate::store::RetainSource {
+                username: Some("alice".into()),
+                client_id: c(),
+                listener: 3,
+            }),
         },
         Record::RetainedCleared {
             topic: "a/b".into(),

@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 pub mod canary;
+pub mod mosquitto;
 pub mod nats;
+pub mod pki;
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -152,7 +152,7 @@ impl Bridge {
         let Some((remote, qos)) = self.mapper.outgoing(topic, qos) else {
             return Offer::NotMatched;
         };
-        if qos == QoS::AtMostOnce && !self.is_up() {
+        if (qos == QoS::AtMostOnce || self.set.local_clean) && !self.is_up() {
             self.stats.dropped_offline += 1;
             return Offer::Dropped;
         }
@@ -374,6 +374,7 @@ impl Bridge {
             ack,
             props: ForwardedProps::from_publish(&p.properties),
             expiry_s: p.properties.message_expiry_interval,
+            from_remote: true,
         }));
     }
 

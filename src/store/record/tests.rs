@@ -112,6 +112,38 @@ fn delivery_queued_with_flags_has_its_own_tag() {
     assert_eq!(encoded(&r), want);
 }
 
+#[test]
+fn retained_set_keeps_its_first_form_and_adds_its_publisher_under_tag_17() {
+    // Tag 13 as the first version wrote it: topic "t", message 7, stamp 9, no publisher.
+    let old: &[u8] = &[
+        13, 1, 0, 0, 0, b't', 7, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut want = Record::RetainedSet {
+        topic: "t".into(),
+        msg: MsgId(7),
+        stamp: 9,
+        source: None,
+    };
+    assert_eq!(Record::decode(old), Ok(want.clone()));
+    assert_eq!(
+        encoded(&want),
+        old,
+        "without a publisher, byte for byte the old form"
+    );
+    if let Record::RetainedSet { source, .. } = &mut want {
+        *source = Some(RetainSource {
+            username: None,
+            client_id: "c".into(),
+            listener: 2,
+        });
+    }
+    let mut with: Vec<u8> = vec![17];
+    with.extend_from_slice(&old[1..]);
+    with.extend_from_slice(&[0, 1, 0, 0, 0, b'c', 2, 0, 0, 0]); // anonymous, "c", listener 2
+    assert_eq!(encoded(&want), with);
+    assert_eq!(Record::decode(&with), Ok(want));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

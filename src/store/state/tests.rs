@@ -138,6 +138,7 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             topic: c("a/3"),
             msg: m(3),
             stamp: base + 10,
+            source: None,
         },
         Record::SessionDisconnected {
             client_id: c(client),
@@ -228,6 +229,7 @@ fn merge_renumbers_messages_and_keeps_the_newest_retained() {
         topic: c("x"),
         msg: MsgId(1),
         stamp: 50,
+        source: None,
     });
     b.apply(Record::MessageStored {
         id: MsgId(9),
@@ -237,6 +239,7 @@ fn merge_renumbers_messages_and_keeps_the_newest_retained() {
         topic: c("x"),
         msg: MsgId(9),
         stamp: 51,
+        source: None,
     });
     let conflicts = a.merge(b.clone());
     assert_eq!(conflicts, 0);

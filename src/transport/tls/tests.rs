@@ -1,14 +1,12 @@
-//! `TlsStream` against a rustls client in memory, with certificates made here by rcgen.
+//! `TlsStream` against a rustls client in memory, with certificates from the test PKI
+//! (`tests/common/pki.rs`, rcgen).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateRevocationListParams, RevokedCertParams, SerialNumber};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::CipherSuite;
@@ -39,63 +37,27 @@ impl Write for Wire {
     }
 }
 
-/// A CA that can sign.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
+/// The test PKI shared with the black-box tests (one way to make certificates).
+#[path = "../../../tests/common/pki.rs"]
+mod pki;
 
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = p.self_signed(&key).expect("ca cert");
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
+use pki::{ca, Ca, Leaf};
 
-/// A leaf: (certificate PEM, key PEM, DER).
-struct Leaf {
-    pem: String,
-    key: String,
-    der: CertificateDer<'static>,
-}
-
+/// A leaf of `ca` with these SANs and serial (O = "Acme, Inc", for the escaping test).
 fn leaf(ca: &Ca, cn: &str, san: &[&str], serial: u8, expired: bool) -> Leaf {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(san.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::OrganizationName, "Acme, Inc");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.serial_number = Some(SerialNumber::from(vec![serial]));
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2001, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2002, 1, 1);
-    }
-    let cert = p.signed_by(&key, &ca.issuer).expect("sign");
-    Leaf {
-        pem: cert.pem(),
-        key: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
+    let spec = pki::LeafSpec {
+        cn,
+        org: Some("Acme, Inc"),
+        san,
+        serial: Some(serial),
+        expired,
+        server: None,
+    };
+    pki::leaf(Some(ca), &spec)
 }
 
 fn self_signed(cn: &str) -> Leaf {
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let cert = p.self_signed(&key).expect("self-signed");
-    Leaf {
-        pem: cert.pem(),
-        key: key.serialize_pem(),
-        der: cert.der().clone(),
-    }
+    pki::leaf(None, &pki::LeafSpec::cn(cn))
 }
 
 /// A directory for one test's files, removed at the end.
