@@ -230,7 +230,46 @@ fn icount(spec: &str) {
 
 criterion_group!(benches, trie_match, retained_match, validation);
 
+/// `TOPIC_BENCH_WORST_INSERT=N`: subscribes `big/0` .. `big/N-1` (one node with N children)
+/// and prints the slowest single insertion, the slowest 1,024 in a row (one SUBSCRIBE's
+/// worth) and the total: what a SUBSCRIBE can cost its shard in one turn as the node's
+/// children map grows.
+fn worst_insert(n: usize) {
+    use std::time::{Duration, Instant};
+    let mut trie = FilterTrie::new();
+    let (mut worst, mut worst_at) = (Duration::ZERO, 0);
+    let (mut packet, mut worst_packet) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    for i in 0..n {
+        let f = format!("big/{i}");
+        let t = Instant::now();
+        trie.entry_or_insert_with(&f, || i);
+        let d = t.elapsed();
+        if d > worst {
+            (worst, worst_at) = (d, i);
+        }
+        packet += d;
+        if i % 1024 == 1023 {
+            worst_packet = worst_packet.max(packet);
+            packet = Duration::ZERO;
+        }
+    }
+    eprintln!(
+        "worst_insert: {n} children, slowest insertion {worst:?} (the {worst_at}th), \
+         slowest 1,024 in a row {worst_packet:?}, total {:?}",
+        start.elapsed()
+    );
+    black_box(trie.len());
+}
+
 fn main() {
+    if let Some(n) = std::env::var("TOPIC_BENCH_WORST_INSERT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        worst_insert(n);
+        return;
+    }
     if let Ok(spec) = std::env::var("TOPIC_BENCH_ICOUNT") {
         icount(&spec);
         return;

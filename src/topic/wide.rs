@@ -15,10 +15,9 @@
 //! `d` bits; `len` is the sum of the segments' lengths. Must not touch: the nodes.
 //! Why: docs/decisions/0002-topic-trie.md ("Wide nodes").
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 
-use super::children::LevelHash;
+use super::children::{LevelHash, LevelMap};
 
 /// Entries of one segment at most (while it can split): 7/8 of 4,096 buckets, the load at
 /// which its table would double.
@@ -31,7 +30,7 @@ const DEPTH_MAX: u32 = 24;
 /// buckets (the low ones) and below the 7 it uses as tags (the top ones).
 const DIR_SHIFT: u32 = 24;
 
-type Map<N> = HashMap<Box<str>, N, LevelHash>;
+type Map<N> = LevelMap<N>;
 
 #[derive(Debug)]
 struct Segment<N> {
@@ -54,20 +53,19 @@ pub(crate) struct Wide<N> {
 }
 
 impl<N> Wide<N> {
-    /// An empty map sized for `capacity` entries (at most one segment's worth).
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        let hasher = LevelHash::new();
-        let map = Map::with_capacity_and_hasher(capacity.min(SEGMENT_MAX), hasher.clone());
+    /// A map of one segment, `map` (its hasher is the map's from now on).
+    pub(crate) fn from_map(map: Map<N>) -> Self {
+        let hasher = map.hasher().clone();
         Wide {
             hasher,
             depth: 0,
+            len: map.len(),
             dir: vec![0],
             segs: vec![Segment {
                 depth: 0,
                 bits: 0,
                 map,
             }],
-            len: 0,
         }
     }
 
@@ -75,8 +73,7 @@ impl<N> Wide<N> {
         self.len
     }
 
-    /// The segment holding `level`. A single-segment map (fewer than [`SEGMENT_MAX`]
-    /// children so far) needs no hash for it.
+    /// The segment holding `level`. A single-segment map needs no hash for it.
     #[inline]
     fn segment_of(&self, level: &str) -> usize {
         if self.depth == 0 {
@@ -213,7 +210,7 @@ mod tests {
     /// Against a `BTreeMap`, across several splits and back down.
     #[test]
     fn wide_map_matches_btreemap_through_splits() {
-        let mut w: Wide<u32> = Wide::with_capacity(0);
+        let mut w: Wide<u32> = Wide::from_map(Map::with_hasher(LevelHash::new()));
         let mut oracle = BTreeMap::new();
         let n = SEGMENT_MAX as u32 * 9;
         for i in 0..n {
