@@ -83,7 +83,9 @@ impl<N> Wide<N> {
         self.dir[slot] as usize
     }
 
-    #[inline]
+    /// Not inlined, so that [`super::children::Children::get`], which walks inline on
+    /// every publish, stays as small as before this variant existed.
+    #[inline(never)]
     pub(crate) fn get(&self, level: &str) -> Option<&N> {
         self.segs[self.segment_of(level)].map.get(level)
     }
