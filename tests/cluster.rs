@@ -454,6 +454,10 @@ fn a_node_killed_mid_traffic_leaves_the_others_serving() {
     sub.subscribe("k/#", 1);
     let mut on_b = connect(b, "k-mover");
     on_b.subscribe("k/#", 1);
+    // A persistent session on B, whose subscription must outlive B.
+    let persistent = Conn5::new("p-mover").clean(false).expiry(300);
+    let (mut p_on_b, _) = open5(b, &persistent);
+    p_on_b.subscribe_id("p/#", 1, 5);
     let mut publ = connect(c, "k-pub");
     await_route(&mut publ, &mut [&mut sub, &mut on_b], "k/x");
 
@@ -490,6 +494,30 @@ fn a_node_killed_mid_traffic_leaves_the_others_serving() {
     let mut late = connect(a, "k-late");
     late.publish("k/late", b"late", 1, false);
     assert_eq!(exactly(&mut moved, 1), ["late"]);
+    // The persistent session of dead B reconnects to C: B sends no state, so C takes the
+    // copy of its subscriptions from the bucket: Session Present, and A's messages reach
+    // it under its subscription, identifier included, without a new SUBSCRIBE.
+    drop(p_on_b);
+    let (mut p_on_c, ack) = open5(c, &persistent);
+    assert!(ack.present, "the subscriptions outlived B: {ack:?}");
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription taken from the bucket never got a message"
+        );
+        late.publish("p/x", b"kept", 1, false);
+        match p_on_c.recv(Duration::from_millis(100)) {
+            Ok(v5::P5::Publish(m)) => {
+                p_on_c.ack(&m);
+                assert_eq!(m.props.subscription_identifiers, [5]);
+                break;
+            }
+            Ok(_) | Err(WaitError::Timeout) => {}
+            Err(e) => panic!("p-mover lost its connection: {e:?}"),
+        }
+    }
+    drop(p_on_c);
     drop((moved, publ, late));
     nats_server_lost_mid_traffic(&mut nats, a, c);
     nodes.truncate(1);
@@ -583,5 +611,125 @@ fn without_nats_connects_are_refused_as_server_unavailable() {
         .assigned_client_identifier
         .as_deref()
         .is_some_and(|id| id.contains("-n-")));
+    drop(c);
+}
+
+/// A cluster figure from a node's `/metrics`.
+fn figure(node: &Broker, name: &str) -> u64 {
+    let body = metrics(node.admin_addr().expect("admin listener"));
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("shardmq_cluster_{name}_total ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shardmq_cluster_{name}_total in {body}"))
+}
+
+/// Receive QoS 1 PUBLISHes on `sub` (acknowledging each) into `got` (payload → copies)
+/// until `done` says so or `within` passes; false if the connection closed.
+fn gather(
+    sub: &mut Client5,
+    got: &mut BTreeMap<String, usize>,
+    within: Duration,
+    done: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    while !done(got) && Instant::now() < deadline {
+        match sub.recv(Duration::from_millis(100)) {
+            Ok(v5::P5::Publish(m)) => {
+                sub.ack(&m);
+                if m.text() != "probe" {
+                    *got.entry(m.text()).or_default() += 1;
+                }
+            }
+            Ok(_) | Err(WaitError::Timeout) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// QoS 1 between nodes survives the receiving node: a persistent subscriber on A (its
+/// own store), a publisher on C. A is killed (SIGKILL) while C's messages flow to it,
+/// more are published while A is down, then A restarts on its store and the subscriber
+/// comes back: every message whose PUBACK C sent arrives (duplicates allowed: those A had
+/// taken from its queue without settling them come again).
+#[test]
+fn acknowledged_qos1_survives_the_receiving_node() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let a_args = ["--data-dir", path.as_str()];
+    let mut a = nats.node_with("dur", "A", 0, &a_args);
+    let c = nats.node_with("dur", "C", 2, &["--admin", "127.0.0.1:0"]);
+    let o = Conn5::new("dur-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(a.addr(), &o);
+    sub.subscribe("d/#", 1);
+    let mut publ = connect(c.addr(), "dur-pub");
+    // Until a probe arrives and C has stored one in A's queue: C knows A's interest.
+    let deadline = Instant::now() + FORM_WAIT;
+    let mut got = BTreeMap::new();
+    loop {
+        assert!(Instant::now() < deadline, "C never stored for A");
+        publ.publish("d/probe", b"probe", 1, false);
+        let mut arrived = false;
+        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
+            sub.ack(&m);
+            arrived = true;
+        }
+        if arrived && figure(&c, "queued") > 0 {
+            break;
+        }
+    }
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+
+    // 200 while A is killed half-way (each PUBACKed: `publish` waits for it), then 100
+    // more once A is surely down.
+    let sender = std::thread::spawn(move || {
+        for i in 0..200 {
+            publ.publish("d/x", format!("{i}").as_bytes(), 1, false);
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        publ
+    });
+    assert!(
+        gather(&mut sub, &mut got, WAIT, |g| g.len() >= 40),
+        "A serves before the kill"
+    );
+    assert!(!got.is_empty(), "traffic flows before the kill");
+    common::signal(a.pid(), libc::SIGKILL);
+    assert!(a.wait(WAIT).is_some(), "node A is gone");
+    let mut publ = sender
+        .join()
+        .expect("every message of the first 200 PUBACKed");
+    for i in 200..300 {
+        publ.publish("d/x", format!("{i}").as_bytes(), 1, false);
+    }
+    drop(sub);
+
+    // A again, on its store; the subscriber returns.
+    let a = nats.node_with("dur", "A", 0, &a_args);
+    let (mut sub, ack) = open5(a.addr(), &o);
+    assert!(ack.present, "A restored the session: {ack:?}");
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.len() >= 300);
+    let missing: Vec<usize> = (0..300)
+        .filter(|i| !got.contains_key(&i.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "PUBACKed but never delivered: {missing:?}"
+    );
+    // At most: the first delivery, its resend with DUP from A's store (the subscriber's
+    // PUBACK died with A), and the queue's copy A had not settled when it died.
+    let extra: Vec<_> = got.iter().filter(|(_, &n)| n > 3).collect();
+    assert!(extra.is_empty(), "more than three copies: {extra:?}");
+    let twice = got.values().filter(|&&n| n > 1).count();
+    eprintln!("{twice} of 300 messages arrived more than once");
+    assert_eq!(got.len(), 300, "only what was published");
     drop(c);
 }

@@ -176,16 +176,19 @@ impl Node {
     }
 
     fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
-        self.send(ToLink::Publish(Box::new(Envelope {
-            origin: String::new(),
-            seq: 0,
-            topic: topic.into(),
-            qos: QoS::AtLeastOnce,
-            retain,
-            expiry_secs: None,
-            props: None,
-            payload: payload.to_vec(),
-        })));
+        self.send(ToLink::Publish {
+            envelope: Box::new(Envelope {
+                origin: String::new(),
+                seq: 0,
+                topic: topic.into(),
+                qos: QoS::AtLeastOnce,
+                retain,
+                expiry_secs: None,
+                props: None,
+                payload: payload.to_vec(),
+            }),
+            ack: None,
+        });
     }
 
     #[track_caller]
@@ -219,7 +222,9 @@ impl Node {
 
 fn message(m: &FromLink) -> Option<(&Route, &Envelope)> {
     match m {
-        FromLink::Message { route, envelope } => Some((route, envelope)),
+        FromLink::Message {
+            route, envelope, ..
+        } => Some((route, envelope)),
         _ => None,
     }
 }

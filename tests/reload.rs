@@ -239,3 +239,66 @@ fn a_second_sigterm_exits_at_once() {
     assert!(st.code().is_some(), "{st:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The client if a 3.1.1 CONNECT on `addr` gets CONNACK 0; None if it is closed at accept.
+fn admitted(addr: SocketAddr, id: &str) -> Option<RawClient> {
+    let mut c = RawClient::connect(addr);
+    c.send_connect(&ConnectOpts::v311(id));
+    match c.try_packet(WAIT) {
+        Ok(Got::ConnAck { code: 0, .. }) => Some(c),
+        Err(common::WaitError::Closed) => None,
+        other => panic!("[{id}] neither CONNACK nor close: {other:?}"),
+    }
+}
+
+/// Connections admitted out of a burst of `n` from this address, and how many of the
+/// broker's seconds the burst may have spanned.
+fn burst(addr: SocketAddr, tag: &str, n: usize) -> (usize, u64) {
+    let t0 = Instant::now();
+    let ok = (0..n)
+        .filter(|i| admitted(addr, &format!("{tag}-{i}")).is_some())
+        .count();
+    (ok, t0.elapsed().as_secs() + 1)
+}
+
+/// `max_connection_rate` (and `global_max_connections`, the same admission check) change
+/// on SIGHUP: set, the excess of a burst from one address is closed at accept; lifted, a
+/// burst all gets through. Connections already open stay.
+#[test]
+fn connection_rate_and_max_connections_change_live() {
+    let (dir, conf) = temp_conf("rate");
+    let base = "shards 2\nlistener 0 127.0.0.1\nsys_interval 0\n";
+    std::fs::write(&conf, base).expect("write");
+    let (mut b, addr) = Proc::start(&conf);
+    let mut keeper = RawClient::clean(addr, "reload-rate-keeper");
+    assert_eq!(burst(addr, "before", 20).0, 20, "no rate limit yet");
+
+    std::fs::write(&conf, format!("{base}max_connection_rate 2\n")).expect("write");
+    b.hup();
+    let (ok, seconds) = burst(addr, "limited", 20);
+    assert!(ok >= 1, "none admitted under the rate");
+    assert!(ok as u64 <= 2 * seconds, "{ok} admitted within {seconds} s");
+
+    std::fs::write(&conf, base).expect("write");
+    b.hup();
+    assert_eq!(burst(addr, "lifted", 20).0, 20, "the rate lifted");
+
+    std::fs::write(&conf, format!("{base}global_max_connections 2\n")).expect("write");
+    b.hup();
+    // The bursts' clients are gone once the broker has read their EOFs (bounded wait).
+    let deadline = Instant::now() + WAIT;
+    let mut second = loop {
+        if let Some(c) = admitted(addr, "reload-rate-second") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no room for a second connection");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        admitted(addr, "reload-rate-third").is_none(),
+        "a third connection past global_max_connections 2"
+    );
+    second.ping();
+    keeper.ping();
+    let _ = std::fs::remove_dir_all(&dir);
+}

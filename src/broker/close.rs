@@ -198,18 +198,30 @@ impl<X> Broker<X> {
                 TIMER_WILL => self.will_timer(index, gen, now_ms),
                 super::sys::TIMER_SYS => self.sys_timer(gen, now_ms),
                 super::subscribe::TIMER_SUBACK => self.release_subacks(now_ms),
+                super::cluster_ack::TIMER_CLUSTER_ACK => self.cluster_ack_timer(now_ms),
                 TIMER_SESSION_EXPIRY => self.expiry_timer(index, gen),
                 _ => {}
             }
         }
         self.fired = fired;
         self.unroute_retiring();
+        self.resume_retained(now_ms);
     }
 
-    /// True when timers fired but did not fit this turn's budget, or retiring sessions
-    /// still hold subscriptions: poll without sleeping.
+    /// Write on to the sessions whose retained backlog stopped at last turn's budget.
+    fn resume_retained(&mut self, now_ms: u64) {
+        let due = self.pacing.take_resume();
+        for &s in &due {
+            self.pump(s, now_ms);
+        }
+        self.pacing.recycle(due);
+    }
+
+    /// True when timers fired but did not fit this turn's budget, retiring sessions
+    /// still hold subscriptions, or retained backlogs wait for the next turn's budget:
+    /// poll without sleeping.
     pub fn timers_backlog(&self) -> bool {
-        !self.fired.is_empty() || self.sessions.has_retiring()
+        !self.fired.is_empty() || self.sessions.has_retiring() || self.pacing.has_waiting()
     }
 
     fn link_timer(&mut self, key: usize, gen: u32, now_ms: u64) {

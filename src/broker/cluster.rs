@@ -72,12 +72,29 @@ pub enum ToCluster {
         msg: Arc<Message>,
         /// When it was handed over (shard clock).
         now_ms: u64,
+        /// Non-zero: the shard's cluster-ack sequence of a QoS ≥ 1 publish whose
+        /// acknowledgement waits (`ClusterAckGate`); answered by `FromCluster::Published`.
+        ack: u64,
+    },
+    /// A message from this node's queue (`FromCluster::Message` with a token, or
+    /// `FromCluster::Settle`) is safe here: the link acknowledges it to JetStream.
+    Settle {
+        /// As received.
+        token: u64,
     },
     /// The session of `client_id` ended here: drop its registry entry if it still names
     /// this node (a claim by another node meanwhile is left alone).
     Release {
         /// MQTT client id.
         client_id: Box<str>,
+    },
+    /// The subscriptions of persistent session `client_id` changed: the link keeps a
+    /// copy in the subscriptions bucket, for a new owner when this node is dead.
+    SessionSubs {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// Its subscriptions (full filters).
+        subs: Vec<(Box<str>, SubState)>,
     },
     /// Node `to` took `client_id` over: send it the session's state.
     Handover {
@@ -109,6 +126,24 @@ pub enum FromCluster {
         share: Option<(Box<str>, Box<str>)>,
         /// The message (origin 0, `retain_stamp` 0).
         msg: Message,
+        /// From this node's queue: settle it (`ToCluster::Settle`) once it is routed and,
+        /// with persistence on, durable here.
+        token: Option<u64>,
+    },
+    /// A copy from this node's queue of a message already routed: settle it once what
+    /// was routed before is durable.
+    Settle {
+        /// As in `Message`.
+        token: u64,
+    },
+    /// The message of shard `shard`'s publish numbered `seq` is in the queue of every
+    /// other node that wants it (or that failed, or was not needed): its acknowledgement
+    /// may go.
+    Published {
+        /// The publishing shard.
+        shard: usize,
+        /// Its cluster-ack sequence.
+        seq: u64,
     },
     /// The retained bucket changed: `msg` is the topic's new retained message (an empty
     /// payload clears it).
@@ -142,6 +177,14 @@ pub enum FromCluster {
         /// The node that owns it now.
         by: Box<str>,
     },
+    /// The subscriptions bucket's copy of a session whose id a claim took from another
+    /// node: used if that node sends no state in time (it is dead).
+    SessionBackup {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The subscriptions (no messages).
+        state: SessionHandover,
+    },
     /// The link's NATS server has every interest of shard `shard` up to `seq` (or the link
     /// refused it: it stays local). That shard's SUBACKs waiting for it may go.
     InterestReady {
@@ -166,6 +209,13 @@ pub enum ClusterCast {
         /// As in `FromCluster::Claimed`.
         previous: bool,
     },
+    /// As `FromCluster::SessionBackup`, for the client id's home shard.
+    Backup {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The subscriptions.
+        state: Box<SessionHandover>,
+    },
     /// As `FromCluster::SessionState`, for the client id's home shard.
     State {
         /// MQTT client id.
@@ -185,10 +235,18 @@ pub enum ClusterCast {
         /// Its cluster sequence.
         seq: u64,
     },
+    /// As `FromCluster::Published`, for the shard that published.
+    Published {
+        /// Its cluster-ack sequence.
+        seq: u64,
+    },
 }
 
 /// The shard that receives from the link.
 pub const GATEWAY_SHARD: usize = 0;
+/// Sessions' subscription copies a shard keeps while their CONNECTs wait for the old
+/// node's state.
+const BACKUPS_MAX: usize = 4096;
 /// Longest wait for a session's state from its old node after the claim, before the
 /// CONNECT completes with a new session.
 pub const HANDOVER_WAIT_MS: u64 = 3000;
@@ -231,14 +289,24 @@ impl<X> Broker<X> {
     }
 
     /// Hand a message that entered the broker here to the cluster. Returns whether it was
-    /// (`$SYS` topics stay on their node: each node publishes its own figures).
+    /// (`$SYS` topics stay on their node: each node publishes its own figures). A QoS ≥ 1
+    /// message from a client's PUBLISH (`acks.wanted`) is numbered: its acknowledgement
+    /// waits for the link (`cluster_ack`).
     pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
         if self.cluster.is_none() || super::sys::is_sys_topic(&msg.topic) {
             return false;
         }
+        let ack = if self.acks.wanted && msg.qos != QoS::AtMostOnce {
+            let seq = self.acks.next_seq();
+            self.acks.numbered = Some(seq);
+            seq
+        } else {
+            0
+        };
         self.fx.cluster.push(ToCluster::Publish {
             msg: msg.clone(),
             now_ms,
+            ack,
         });
         true
     }
@@ -246,13 +314,35 @@ impl<X> Broker<X> {
     /// News from the link (gateway shard only).
     pub fn on_cluster(&mut self, m: FromCluster, now_ms: u64) {
         match m {
-            FromCluster::Message { share: None, msg } => {
-                self.publish_from_cluster(Arc::new(msg), now_ms)
+            FromCluster::Message {
+                share: None,
+                msg,
+                token,
+            } => {
+                self.publish_from_cluster(Arc::new(msg), now_ms);
+                if let Some(token) = token {
+                    self.settle_when_durable(token);
+                }
             }
             FromCluster::Message {
                 share: Some((group, filter)),
                 msg,
-            } => self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms),
+                token,
+            } => {
+                self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms);
+                if let Some(token) = token {
+                    self.settle_when_durable(token);
+                }
+            }
+            FromCluster::Settle { token } => self.settle_when_durable(token),
+            FromCluster::Published { shard, seq } => {
+                let c = ClusterCast::Published { seq };
+                if shard == self.shard_id {
+                    self.on_cluster_cast(c, now_ms);
+                } else if shard < self.shards {
+                    self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
+                }
+            }
             FromCluster::Retained { mut msg } => {
                 msg.retain = true;
                 msg.retain_stamp = self.retained.next_stamp(self.shard_id);
@@ -278,6 +368,13 @@ impl<X> Broker<X> {
             }
             FromCluster::SessionState { client_id, state } => {
                 let c = ClusterCast::State {
+                    client_id: client_id.clone(),
+                    state: Box::new(state),
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::SessionBackup { client_id, state } => {
+                let c = ClusterCast::Backup {
                     client_id: client_id.clone(),
                     state: Box::new(state),
                 };
@@ -321,12 +418,22 @@ impl<X> Broker<X> {
                 previous,
             } => self.on_claim_answer(token, ok, previous, now_ms),
             ClusterCast::State { client_id, state } => {
+                self.backups.remove(&client_id);
                 self.on_session_state(&client_id, *state, now_ms)
+            }
+            ClusterCast::Backup { client_id, state } => {
+                if self.backups.len() < BACKUPS_MAX {
+                    self.backups.insert(client_id, state);
+                }
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
             ClusterCast::InterestReady { seq } => {
                 self.gate.cluster_acked(seq);
                 self.release_subacks(now_ms);
+            }
+            ClusterCast::Published { seq } => {
+                self.acks.answered(seq);
+                self.release_cluster_acks(now_ms);
             }
         }
     }
@@ -384,12 +491,15 @@ impl<X> Broker<X> {
             return false;
         };
         if link.pending_connect.as_ref().is_some_and(|p| p.handover) {
-            // The old node did not send the state in time: a new session.
+            // The old node did not send the state in time (it is dead, say): the copy of
+            // its subscriptions from the bucket if there is one, else a new session.
             let token = ((key as u64) << 32) | u64::from(link.gen);
+            let mut backup = None;
             if let Some(id) = link.client_id.clone() {
                 self.awaiting_state.remove(&id);
+                backup = self.backups.remove(&id);
             }
-            self.finish_handover(token, None, now_ms);
+            self.finish_handover(token, backup.map(|b| *b), now_ms);
             return true;
         }
         if !link.pending_connect.as_ref().is_some_and(|p| p.claim) {
@@ -448,6 +558,15 @@ impl<X> Broker<X> {
             return;
         };
         link.claimed = true;
+        let id = link.client_id.clone();
+        if !previous || c.clean_start {
+            if let Some(id) = id {
+                self.backups.remove(&id);
+            }
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
         if previous && !c.clean_start {
             // The old node was told to send the session's state: wait for it (bounded).
             link.pending_connect = Some(Box::new(PendingConnect {
@@ -535,6 +654,20 @@ impl<X> Broker<X> {
                 self.fx.stats.dropped_queue += 1;
             }
         }
+    }
+
+    /// Keep the cluster's copy of persistent session `s`'s subscriptions up to date (a
+    /// session that ends with its connection has none to keep).
+    pub(super) fn backup_subs(&mut self, s: usize) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(sess) = self.sessions.get(s).filter(|x| x.expiry_s > 0) else {
+            return;
+        };
+        let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
+        let client_id = sess.client_id.clone();
+        self.tell_cluster(ToCluster::SessionSubs { client_id, subs });
     }
 
     /// The state of session `s`, for the node taking it over.

@@ -197,6 +197,7 @@ impl<X> Broker<X> {
             })
         });
         self.log_session(s, c.version.level(), will.as_deref());
+        self.backup_subs(s);
         self.attach(key, s, c, keep_alive, will, &id, now_ms);
         let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);
         let response = match (

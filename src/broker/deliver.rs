@@ -40,6 +40,8 @@ pub(super) struct Sink<'a, X> {
     pub auth: &'a super::access::AuthState,
     /// The store's log, when persistence is on.
     pub journal: Option<&'a mut Journal>,
+    /// Retained messages written this turn, per session (a budget per turn).
+    pub pacing: &'a mut super::pacing::RetainedPacing,
 }
 
 /// Deliver `msg` to this shard's matching sessions. Returns whether any matched.
@@ -311,7 +313,9 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
 
 /// Write session `s`'s owed retained messages while its link has room: QoS 0 ones while
 /// the buffer is under its limit, QoS 1/2 ones only into an open window with nothing
-/// queued ahead, so none is ever dropped; the rest waits for the next drain or ack.
+/// queued ahead, so none is ever dropped; the rest waits for the next drain or ack. At most
+/// the turn's budget per session (`pacing`): past it the rest waits for the next turn,
+/// so the shard's other clients are served between slices.
 pub(super) fn pump_retained<X>(
     sessions: &mut Sessions,
     sink: &mut Sink<'_, X>,
@@ -327,7 +331,7 @@ pub(super) fn pump_retained<X>(
             .links
             .conn(key)
             .is_some_and(|c| c.link.is_connected() && c.tx.pending() < sink.max_buf);
-        if !room {
+        if !room || !sink.pacing.may_write(s) {
             return;
         }
         let window = sess.queue.is_empty() && sess.window_open(sink.limits);
@@ -351,7 +355,11 @@ pub(super) fn pump_retained<X>(
             sid: 0,
             msg,
         };
+        let pending = |sink: &Sink<'_, X>| sink.links.conn(key).map_or(0, |c| c.tx.pending());
+        let before = pending(sink);
         deliver(sessions, sink, s, out, now_ms);
+        let written = pending(sink).saturating_sub(before);
+        sink.pacing.wrote(s, written);
     }
 }
 

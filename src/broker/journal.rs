@@ -75,6 +75,12 @@ pub enum HeldAck {
         /// The shard's id for the bridge's run.
         bridge: usize,
     },
+    /// The JetStream acknowledgement of a message from this node's cluster queue
+    /// (`ToCluster::Settle`).
+    Cluster {
+        /// The link's token for it.
+        token: u64,
+    },
 }
 
 /// An inbound QoS 2 packet id to log as taken once the routing of its message is durable
@@ -179,7 +185,7 @@ impl Journal {
     /// Append `r` to this turn's batch and apply it to the shadow.
     pub fn log(&mut self, r: Record<'_>) {
         self.wal.append(&r);
-        self.shadow.apply(r.into_owned());
+        self.shadow.apply(r);
         if self.shadow.messages.len() >= self.gc_at {
             // Amortised: the next sweep waits until the live count has doubled.
             drop_unreferenced(&mut self.shadow);
@@ -344,7 +350,7 @@ impl Journal {
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
             HeldAck::Incoming(h) => h.link == link && h.gen == gen,
-            HeldAck::Bridge { .. } => false,
+            HeldAck::Bridge { .. } | HeldAck::Cluster { .. } => false,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }

@@ -29,6 +29,7 @@ mod auth;
 pub mod bridges;
 mod close;
 pub mod cluster;
+pub mod cluster_ack;
 mod connect;
 mod deliver;
 pub mod effects;
@@ -39,6 +40,7 @@ pub mod journal;
 pub mod link;
 pub mod login;
 pub mod memory;
+mod pacing;
 mod persist;
 mod publish;
 mod reload;
@@ -287,8 +289,12 @@ pub struct Broker<X> {
     routes: Routes,
     /// This shard's replica of the retained store.
     retained: RetainedReplica,
+    /// Retained messages written per session per turn (SUBSCRIBE backlogs).
+    pacing: pacing::RetainedPacing,
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
+    /// Publishers' acknowledgements waiting for the cluster link's queue stores.
+    acks: cluster_ack::ClusterAckGate,
     /// Timers of this shard.
     timers: TimerWheel,
     /// What this turn asks of the shard: casts, flushes, closes, counters.
@@ -323,6 +329,9 @@ pub struct Broker<X> {
     awaiting_state: std::collections::HashMap<Box<str>, u64>,
     /// The state to install in the session `complete_connect` is making (a handover).
     handover_in: Option<Box<cluster::SessionHandover>>,
+    /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
+    /// waiting for an old node's state that may not come.
+    backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -358,7 +367,9 @@ impl<X> Broker<X> {
             sessions: Sessions::new(shard_id),
             routes: Routes::default(),
             retained: RetainedReplica::default(),
+            pacing: pacing::RetainedPacing::default(),
             gate: SubAckGate::new(shard_id, shards),
+            acks: cluster_ack::ClusterAckGate::default(),
             timers: TimerWheel::new(now_ms),
             fx: Effects::default(),
             next_gen: 0,
@@ -377,6 +388,7 @@ impl<X> Broker<X> {
             cluster: None,
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
+            backups: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b
@@ -385,6 +397,7 @@ impl<X> Broker<X> {
     /// A turn starts at `now_ms` (shard clock; never goes backwards).
     pub fn begin_turn(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.pacing.begin_turn();
     }
 
     /// The shard clock as of the current turn (ms).
@@ -411,6 +424,7 @@ impl<X> Broker<X> {
             max_buf: self.cfg.max_write_buffer,
             auth: &self.auth,
             journal: self.journal.as_mut(),
+            pacing: &mut self.pacing,
         };
         (&mut self.routes, &mut self.sessions, sink)
     }

@@ -110,6 +110,10 @@ impl<X> Broker<X> {
     /// Send `packet` to link `key` once this turn's records are durable (at once with
     /// persistence off).
     pub(super) fn send_durable(&mut self, key: usize, packet: &Packet<'_>) {
+        // Behind the link's acknowledgements that wait for the cluster, in order.
+        if self.ride_behind_cluster(key, packet) {
+            return;
+        }
         let Some(link) = self.links.get(key) else {
             return;
         };
@@ -201,6 +205,9 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
+            HeldAck::Cluster { token } => {
+                self.tell_cluster(super::cluster::ToCluster::Settle { token })
+            }
             HeldAck::Publish {
                 link,
                 gen,
@@ -488,6 +495,30 @@ impl<X> Broker<X> {
     /// for a logged session its id is logged once the routing is durable and the PUBREC
     /// follows once the id is ([`journal::HeldIncoming`]); otherwise as any held ack.
     pub(super) fn pubrec_new(
+        &mut self,
+        s: usize,
+        key: usize,
+        pid: PacketId,
+        reason: protocol::ReasonCode,
+    ) {
+        if self.acks.holds(key) {
+            // Behind the link's acknowledgements that wait for the cluster, in order.
+            if let Some(uid) = self.sessions.get(s).map(|x| x.uid) {
+                let what = super::cluster_ack::HeldPubAck::PubRec {
+                    session: s,
+                    uid,
+                    pid,
+                    reason,
+                };
+                self.hold_for_cluster(key, 0, what);
+                return;
+            }
+        }
+        self.pubrec_now(s, key, pid, reason);
+    }
+
+    /// `pubrec_new` without regard to the cluster gate (it released this one).
+    pub(super) fn pubrec_now(
         &mut self,
         s: usize,
         key: usize,

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::cluster_ack::HeldPubAck;
 use super::{deliver, Broker, Cast, Verdict};
 use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 use crate::session::Message;
@@ -146,12 +147,42 @@ impl<X> Broker<X> {
                     );
                 }
                 sess.awaiting_rel.insert(pid.get());
-                let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.pubrec_new(s, key, pid, matched_code(matched));
+                let uid = sess.uid;
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, origin);
+                let reason = matched_code(matched);
+                match seq {
+                    // In a cluster: once other nodes' queues hold it (`cluster_ack`).
+                    Some(seq) => {
+                        let what = HeldPubAck::PubRec {
+                            session: s,
+                            uid,
+                            pid,
+                            reason,
+                        };
+                        self.hold_for_cluster(key, seq, what);
+                    }
+                    None => self.pubrec_new(s, key, pid, reason),
+                }
             }
             (QoS::AtLeastOnce, Some(pid)) => {
-                let matched = self.route_new(key, p, topic, now_ms, origin);
-                self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched));
+                let (matched, seq) = self.route_acked(key, p, topic, now_ms, origin);
+                match seq {
+                    Some(seq) => {
+                        let ack = Ack {
+                            packet_id: pid,
+                            reason: matched_code(matched),
+                            properties: Properties::default(),
+                        };
+                        let mut bytes = Vec::new();
+                        let version = self
+                            .links
+                            .get(key)
+                            .map_or(protocol::Version::V3_1_1, |l| l.version);
+                        protocol::encode(&Packet::PubAck(ack), version, &mut bytes);
+                        self.hold_for_cluster(key, seq, HeldPubAck::Packet(bytes));
+                    }
+                    None => self.send_ack_durable(key, Packet::PubAck, pid, matched_code(matched)),
+                }
             }
             _ => {
                 self.route_new(key, p, topic, now_ms, origin);
@@ -258,6 +289,23 @@ impl<X> Broker<X> {
             properties: Properties::default(),
         };
         self.send_durable(key, &kind(ack));
+    }
+
+    /// `route_new` for a QoS ≥ 1 PUBLISH whose acknowledgement waits: also returns the
+    /// cluster-ack sequence when the message went to the cluster link (`cluster_ack`).
+    fn route_acked(
+        &mut self,
+        key: usize,
+        p: &Publish<'_>,
+        topic: &Arc<str>,
+        now_ms: u64,
+        origin: u64,
+    ) -> (bool, Option<u64>) {
+        self.acks.wanted = true;
+        self.acks.numbered = None;
+        let matched = self.route_new(key, p, topic, now_ms, origin);
+        self.acks.wanted = false;
+        (matched, self.acks.numbered.take())
     }
 
     /// Accept a message from a client: retain it, route it here and to interested shards.

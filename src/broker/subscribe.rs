@@ -101,6 +101,7 @@ impl<X> Broker<X> {
         };
         let mut bytes = Vec::new();
         protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
+        self.backup_subs(s);
         let gen = self.links.get(key).map_or(0, |l| l.gen);
         if let Some(at) = self.gate.hold(key, gen, bytes, retained, now_ms) {
             self.timers.insert(at, timer_key(TIMER_SUBACK, 0, 0));
@@ -348,6 +349,7 @@ impl<X> Broker<X> {
             };
             codes.push(code.to_u8());
         }
+        self.backup_subs(s);
         let ack = protocol::UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),

@@ -27,13 +27,23 @@ pub struct Buckets {
     pub sessions: kv::Store,
     /// topic → retained envelope.
     pub retained: kv::Store,
+    /// `<node>.<hash of filter>` → node and filter: every node's plain interest, for the
+    /// durable hop of QoS 1/2 messages (`queue`).
+    pub interest: kv::Store,
+    /// client id → the subscriptions of its persistent session (`handover` encoding),
+    /// written by the owning node on each change: what a new owner takes when the old
+    /// node does not answer the handover.
+    pub subs: kv::Store,
 }
 
-/// The bucket names of cluster `name`: `smq_<name>_sessions`, `smq_<name>_retained`.
-pub fn bucket_names(name: &str) -> [String; 2] {
+/// The bucket names of cluster `name`: `smq_<name>_sessions`, `smq_<name>_retained`,
+/// `smq_<name>_interest`, `smq_<name>_subs`.
+pub fn bucket_names(name: &str) -> [String; 4] {
     [
         format!("smq_{name}_sessions"),
         format!("smq_{name}_retained"),
+        format!("smq_{name}_interest"),
+        format!("smq_{name}_subs"),
     ]
 }
 
@@ -43,10 +53,12 @@ pub async fn open(
     name: &str,
     replicas: usize,
 ) -> Result<Buckets, async_nats::Error> {
-    let [sessions, retained] = bucket_names(name);
+    let [sessions, retained, interest, subs] = bucket_names(name);
     Ok(Buckets {
         sessions: open_one(js, sessions, replicas).await?,
         retained: open_one(js, retained, replicas).await?,
+        interest: open_one(js, interest, replicas).await?,
+        subs: open_one(js, subs, replicas).await?,
     })
 }
 

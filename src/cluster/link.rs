@@ -10,22 +10,25 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
+use async_nats::jetstream;
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr, Subject, Subscriber};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
+use super::queue::{self, InterestView};
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, RegistryOp};
+use tasks::{start_kv, worker, InterestOp, KvQueues, RegistryOp};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -55,6 +58,17 @@ pub(super) const PUBLISH_WAIT_MS: u64 = 1000;
 pub(super) const FLUSH_WAIT_MS: u64 = 5000;
 /// Pause between checks for the first connection to NATS.
 const CONNECT_POLL_MS: u64 = 20;
+/// Longest the link tries (with retries) to store a QoS ≥ 1 message in another node's
+/// queue; past it the publisher is acknowledged anyway and the failure counted.
+pub(super) const QUEUE_PUBLISH_WAIT_MS: u64 = 2000;
+/// Queue messages handed to the node and not settled yet, at most (the consumer hands out
+/// `queue::QUEUE_ACK_PENDING_MAX` at a time; more means settles were lost).
+const UNSETTLED_MAX: usize = 65_536;
+/// Pause between attempts to store a message in a node's queue.
+const QUEUE_RETRY_MS: u64 = 100;
+/// QoS ≥ 1 messages whose queue stores are under way; past it new ones skip the queue
+/// (counted in `queue_failed`).
+const QUEUE_PENDING_MAX: usize = 16_384;
 
 mod tasks;
 
@@ -219,6 +233,12 @@ enum Tag {
     Deliver(Route),
     Takeover,
     State,
+    /// A message from this node's queue: how often it was handed out, and how long ago it
+    /// was stored (ms).
+    Queued {
+        delivered: i64,
+        age_ms: u64,
+    },
 }
 
 type Inbound = (Arc<Tag>, async_nats::Message);
@@ -235,6 +255,31 @@ struct State {
     seen: HashMap<String, Window>,
     registry: Vec<mpsc::Sender<RegistryOp>>,
     retained: mpsc::Sender<Bytes>,
+    /// Interest bucket writes and the answers that must follow them.
+    interest_ops: mpsc::Sender<InterestOp>,
+    /// Which other nodes want which filters (the interest bucket, kept by its watcher).
+    view: Arc<Mutex<InterestView>>,
+    js: jetstream::Context,
+    /// QoS ≥ 1 messages in publish order, each waiting for its queue stores; the core NATS
+    /// copy of each goes once it and every earlier one are done.
+    pending: VecDeque<Pending>,
+    /// Number of the next pending publish (`pending` holds consecutive numbers).
+    next_pending: u64,
+    stored_tx: mpsc::Sender<(u64, Vec<Arc<str>>)>,
+    /// Queue messages handed to the node: token → the reply subject that acknowledges it.
+    unsettled: HashMap<u64, Subject>,
+    next_token: u64,
+}
+
+/// A QoS ≥ 1 message whose stores in other nodes' queues are under way.
+struct Pending {
+    subject: String,
+    bytes: Bytes,
+    ack: Option<(usize, u64)>,
+    /// The nodes it was meant for.
+    targets: usize,
+    /// Once done: the nodes whose queue holds it.
+    stored: Option<Vec<Arc<str>>>,
 }
 
 struct Interest {
@@ -276,7 +321,23 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(CONNECT_POLL_MS)).await;
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
-    let (registry, retained) = start_kv(&cfg, &prefix, &client, &out, reconnected);
+    let view = Arc::new(Mutex::new(InterestView::new(&cfg.node)));
+    let KvQueues {
+        registry,
+        retained,
+        interest: interest_ops,
+    } = start_kv(
+        &cfg,
+        &prefix,
+        &client,
+        &out,
+        reconnected,
+        view.clone(),
+        inbound_tx.clone(),
+    );
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_millis(QUEUE_PUBLISH_WAIT_MS));
+    let (stored_tx, mut stored_rx) = mpsc::channel(QUEUE_PENDING_MAX);
     let mut st = State {
         node: cfg.node.clone(),
         prefix,
@@ -288,6 +349,14 @@ async fn run(
         seen: HashMap::new(),
         registry,
         retained,
+        interest_ops,
+        view,
+        js,
+        pending: VecDeque::new(),
+        next_pending: 0,
+        stored_tx,
+        unsettled: HashMap::new(),
+        next_token: 1,
     };
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
     // Held for the link's life: dropping it would end the subscription.
@@ -304,6 +373,13 @@ async fn run(
                         Ok(m) => st.inbound(m),
                         Err(_) => break,
                     }
+                }
+                (st.out.wake)();
+            }
+            Some((id, stored)) = stored_rx.recv() => {
+                st.stored(id, stored).await;
+                while let Ok((id, stored)) = stored_rx.try_recv() {
+                    st.stored(id, stored).await;
                 }
                 (st.out.wake)();
             }
@@ -378,7 +454,8 @@ impl State {
         match m {
             ToLink::Interest { filter, group, ack } => self.interest(filter, group, ack).await,
             ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
-            ToLink::Publish(e) => self.publish(*e).await,
+            ToLink::Publish { envelope, ack } => self.publish(*envelope, ack).await,
+            ToLink::Settle { token } => self.settle(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
                     // The registry cannot be reached now: refuse at once rather than
@@ -399,6 +476,10 @@ impl State {
             ToLink::Release { client_id } => {
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Release { client_id })
+            }
+            ToLink::SessionSubs { client_id, state } => {
+                let i = worker(&client_id);
+                self.registry_op(i, RegistryOp::Subs { client_id, state })
             }
         }
     }
@@ -426,8 +507,7 @@ impl State {
         if let Some(i) = self.interests.get_mut(&key) {
             i.count += 1;
             let (filter, group) = key;
-            self.out
-                .push_wake(FromLink::InterestReady { filter, group, ack });
+            self.answer_interest(FromLink::InterestReady { filter, group, ack }, None);
             return;
         }
         let (filter, group) = key;
@@ -441,8 +521,7 @@ impl State {
                 // Invalid, too long for a subject, or the table is full: this subscription
                 // stays local (counted), and the node is told so.
                 LinkStats::add(&self.out.stats.interest_dropped);
-                self.out
-                    .push_wake(FromLink::InterestRefused { filter, group, ack });
+                self.answer_interest(FromLink::InterestRefused { filter, group, ack }, None);
                 return;
             }
         };
@@ -468,8 +547,28 @@ impl State {
             (filter.clone(), group.clone()),
             Interest { count: 1, stops },
         );
-        self.out
-            .push_wake(FromLink::InterestReady { filter, group, ack });
+        // A plain interest goes into the interest bucket, so that other nodes store QoS ≥ 1
+        // messages for it in this node's queue even while this node is down.
+        let put = group
+            .is_none()
+            .then(|| queue::interest_key(&self.node, &filter));
+        self.answer_interest(FromLink::InterestReady { filter, group, ack }, put);
+    }
+
+    /// Send `answer` once the interest bucket holds `put` (a key of this node's), in the
+    /// order the interests came: a later answer never overtakes an earlier one.
+    fn answer_interest(&self, answer: FromLink, put: Option<String>) {
+        let op = InterestOp::Put {
+            key: put,
+            node: self.node.clone(),
+            answer,
+        };
+        if let Err(e) = self.interest_ops.try_send(op) {
+            LinkStats::add(&self.out.stats.nats_errors);
+            if let InterestOp::Put { answer, .. } = e.into_inner() {
+                self.out.push_wake(answer);
+            }
+        }
     }
 
     /// After the last local subscriber, unsubscribe and wait until each UNSUB is queued
@@ -486,6 +585,14 @@ impl State {
         let Some(i) = self.interests.remove(&key) else {
             return;
         };
+        if key.1.is_none() {
+            let op = InterestOp::Delete {
+                key: queue::interest_key(&self.node, &key.0),
+            };
+            if self.interest_ops.try_send(op).is_err() {
+                LinkStats::add(&self.out.stats.nats_errors);
+            }
+        }
         for stop in i.stops {
             let (ack_tx, ack_rx) = oneshot::channel();
             if stop.send(ack_tx).is_ok() {
@@ -521,7 +628,12 @@ impl State {
         Some(stop_tx)
     }
 
-    async fn publish(&mut self, mut e: Envelope) {
+    /// Send a message that entered here to the nodes that want it. QoS 0 goes on core NATS
+    /// at once. A QoS ≥ 1 message is first stored in the queue of every other node the
+    /// interest bucket names, then sent on core NATS (for nodes whose interest the bucket
+    /// does not show yet) with a header naming the nodes whose queue has it; messages
+    /// leave in the order they came, and `ack` is answered when the message leaves.
+    async fn publish(&mut self, mut e: Envelope, ack: Option<(usize, u64)>) {
         e.origin.clone_from(&self.node);
         e.seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -531,6 +643,7 @@ impl State {
             envelope::encode(&e),
         ) else {
             LinkStats::add(&stats.too_large);
+            self.answer_published(ack);
             return;
         };
         let bytes = Bytes::from(bytes);
@@ -541,12 +654,196 @@ impl State {
         // loop; the message is lost for remote subscribers either way (docs/cluster.md).
         if self.client.connection_state() != async_nats::connection::State::Connected {
             LinkStats::add(&stats.down_dropped);
+            self.answer_published(ack);
             return;
         }
-        if within(PUBLISH_WAIT_MS, self.client.publish(subject, bytes)).await {
+        let targets = if e.qos == crate::protocol::QoS::AtMostOnce {
+            Vec::new()
+        } else {
+            self.view
+                .lock()
+                .map(|v| v.nodes(&e.topic))
+                .unwrap_or_default()
+        };
+        if targets.is_empty()
+            && (self.pending.is_empty() || e.qos == crate::protocol::QoS::AtMostOnce)
+        {
+            self.core_publish(subject, None, bytes).await;
+            self.answer_published(ack);
+            return;
+        }
+        let id = self.next_pending;
+        self.next_pending += 1;
+        // Nobody to store for, or too many stores under way (counted as failed).
+        let stored = if targets.is_empty() || self.pending.len() >= QUEUE_PENDING_MAX {
+            Some(Vec::new())
+        } else {
+            let to: Vec<(Arc<str>, String)> = targets
+                .iter()
+                .map(|n| (n.clone(), self.prefix.queue(n)))
+                .collect();
+            let msg_id = format!("{}.{}", e.origin, e.seq);
+            tokio::spawn(store(
+                self.js.clone(),
+                to,
+                bytes.clone(),
+                msg_id,
+                self.stored_tx.clone(),
+                id,
+            ));
+            None
+        };
+        let done = stored.is_some();
+        self.pending.push_back(Pending {
+            subject,
+            bytes,
+            ack,
+            targets: targets.len(),
+            stored,
+        });
+        if done {
+            self.release_pending().await;
+        }
+    }
+
+    /// The queue stores of pending publish `id` are done: `stored` names the nodes whose
+    /// queue holds it.
+    async fn stored(&mut self, id: u64, stored: Vec<Arc<str>>) {
+        let first = self.next_pending - self.pending.len() as u64;
+        let Some(i) = id.checked_sub(first).and_then(|i| usize::try_from(i).ok()) else {
+            return;
+        };
+        if let Some(p) = self.pending.get_mut(i) {
+            p.stored = Some(stored);
+        }
+        self.release_pending().await;
+    }
+
+    /// Send, in order, the pending publishes whose queue stores are done.
+    async fn release_pending(&mut self) {
+        while self.pending.front().is_some_and(|p| p.stored.is_some()) {
+            let Some(p) = self.pending.pop_front() else {
+                return;
+            };
+            let stored = p.stored.unwrap_or_default();
+            let stats = &self.out.stats;
+            stats
+                .queued
+                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+            stats.queue_failed.fetch_add(
+                p.targets.saturating_sub(stored.len()) as u64,
+                Ordering::Relaxed,
+            );
+            let headers = (!stored.is_empty()).then(|| {
+                let names: Vec<&str> = stored.iter().map(|n| &**n).collect();
+                let mut h = HeaderMap::new();
+                h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                h
+            });
+            self.core_publish(p.subject, headers, p.bytes).await;
+            self.answer_published(p.ack);
+        }
+    }
+
+    /// Publish on core NATS (bounded), counting the outcome.
+    async fn core_publish(&mut self, subject: String, headers: Option<HeaderMap>, bytes: Bytes) {
+        let stats = &self.out.stats;
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            LinkStats::add(&stats.down_dropped);
+            return;
+        }
+        let sent = match headers {
+            None => within(PUBLISH_WAIT_MS, self.client.publish(subject, bytes)).await,
+            Some(h) => {
+                let p = self.client.publish_with_headers(subject, h, bytes);
+                within(PUBLISH_WAIT_MS, p).await
+            }
+        };
+        if sent {
             LinkStats::add(&stats.published);
         } else {
             LinkStats::add(&stats.nats_errors);
+        }
+    }
+
+    /// Tell the node that the message with `ack` left (the shard wakes with the batch).
+    fn answer_published(&self, ack: Option<(usize, u64)>) {
+        if let Some(ack) = ack {
+            self.out.push_wake(FromLink::Published { ack });
+        }
+    }
+
+    /// Acknowledge a queue message to JetStream: the node has it safe.
+    async fn settle(&mut self, token: u64) {
+        let Some(reply) = self.unsettled.remove(&token) else {
+            return;
+        };
+        let stats = &self.out.stats;
+        let sent = self.client.connection_state() == async_nats::connection::State::Connected
+            && within(
+                PUBLISH_WAIT_MS,
+                self.client.publish(reply, Bytes::from_static(b"+ACK")),
+            )
+            .await;
+        // An acknowledgement lost here brings the message again after the ack wait; the
+        // duplicate filter then settles it without passing it on again.
+        LinkStats::add(if sent {
+            &stats.queue_settled
+        } else {
+            &stats.nats_errors
+        });
+    }
+
+    /// A message from this node's queue: passed on with a token to settle it by, or, if
+    /// it is a copy of one already passed on (or expired meanwhile), settled through the
+    /// node all the same, so the acknowledgement follows what came before.
+    fn queued(&mut self, m: async_nats::Message, delivered: i64, age_ms: u64) {
+        let stats = &self.out.stats;
+        let Some(reply) = m.reply.clone() else {
+            LinkStats::add(&stats.malformed);
+            return;
+        };
+        LinkStats::add(&stats.queue_received);
+        let token = self.next_token;
+        self.next_token += 1;
+        if self.unsettled.len() >= UNSETTLED_MAX {
+            // Settles lost on the way (a full queue): those messages come again after the
+            // ack wait, with new tokens.
+            self.unsettled.clear();
+        }
+        self.unsettled.insert(token, reply);
+        let settle_only = |st: &mut Self| {
+            if !st.out.push(FromLink::Settle { token }) {
+                st.unsettled.remove(&token);
+            }
+        };
+        let Ok(mut e) = envelope::decode(&m.payload) else {
+            LinkStats::add(&stats.malformed);
+            return settle_only(self);
+        };
+        if let Some(left) = e.expiry_secs {
+            let age_s = u32::try_from(age_ms / 1000).unwrap_or(u32::MAX);
+            if age_s >= left {
+                return settle_only(self);
+            }
+            e.expiry_secs = Some(left - age_s);
+        }
+        if delivered > 1 {
+            LinkStats::add(&stats.queue_redelivered);
+        }
+        if e.origin == self.node || !first_copy(&mut self.seen, &e) {
+            LinkStats::add(&self.out.stats.duplicates);
+            return settle_only(self);
+        }
+        LinkStats::add(&self.out.stats.received);
+        let pushed = self.out.push(FromLink::Message {
+            route: Route::Plain,
+            envelope: Box::new(e),
+            token: Some(token),
+        });
+        if !pushed {
+            // Comes again after the ack wait.
+            self.unsettled.remove(&token);
         }
     }
 
@@ -555,8 +852,17 @@ impl State {
         let route = match &*tag {
             Tag::Takeover => return self.takeover(&m.payload),
             Tag::State => return self.session_state(&m.payload),
+            Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
             Tag::Deliver(r) => r,
         };
+        if matches!(route, Route::Plain) {
+            // The nodes named here get this message from their queue.
+            let queued = m.headers.as_ref().and_then(|h| h.get(queue::QUEUED_HEADER));
+            if queued.is_some_and(|v| queue::names(v.as_str(), &self.node)) {
+                LinkStats::add(&stats.duplicates);
+                return;
+            }
+        }
         let Ok(e) = envelope::decode(&m.payload) else {
             LinkStats::add(&stats.malformed);
             return;
@@ -575,6 +881,7 @@ impl State {
         self.out.push(FromLink::Message {
             route: route.clone(),
             envelope: Box::new(e),
+            token: None,
         });
     }
 
@@ -646,6 +953,53 @@ pub(super) async fn within<T, E>(
         tokio::time::timeout(Duration::from_millis(ms), op).await,
         Ok(Ok(_))
     )
+}
+
+/// Store `bytes` in the queue of each node of `to` (node, subject), retrying failures
+/// until `QUEUE_PUBLISH_WAIT_MS` has passed, and report the nodes whose queue has it as
+/// pending publish `id`. The stores are pipelined; `msg_id` (with the node's name) makes
+/// a retry harmless.
+async fn store(
+    js: jetstream::Context,
+    mut to: Vec<(Arc<str>, String)>,
+    bytes: Bytes,
+    msg_id: String,
+    done: mpsc::Sender<(u64, Vec<Arc<str>>)>,
+    id: u64,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(QUEUE_PUBLISH_WAIT_MS);
+    let mut ok = Vec::with_capacity(to.len());
+    loop {
+        let mut acks = Vec::with_capacity(to.len());
+        for (node, subject) in to.drain(..) {
+            // One id per (message, node): the copies for two nodes are two messages.
+            let p = jetstream::message::PublishMessage::build()
+                .payload(bytes.clone())
+                .message_id(format!("{msg_id}.{node}"));
+            let sent = tokio::time::timeout_at(deadline, js.send_publish(subject.clone(), p)).await;
+            acks.push((node, subject, sent.ok().and_then(Result::ok)));
+        }
+        for (node, subject, ack) in acks {
+            let stored = match ack {
+                Some(f) => matches!(
+                    tokio::time::timeout_at(deadline, f.into_future()).await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if stored {
+                ok.push(node);
+            } else {
+                to.push((node, subject));
+            }
+        }
+        let retry_at = tokio::time::Instant::now() + Duration::from_millis(QUEUE_RETRY_MS);
+        if to.is_empty() || retry_at >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(retry_at).await;
+    }
+    let _ = done.send((id, ok)).await;
 }
 
 /// Pass a subscription's messages to the link loop until told to unsubscribe.

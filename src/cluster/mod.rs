@@ -16,6 +16,7 @@ pub mod handover;
 pub mod kv;
 pub mod link;
 pub mod node;
+pub mod queue;
 pub mod subject;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +47,21 @@ pub enum ToLink {
     },
     /// A message accepted on this node: sent to the nodes that want it; if it is retained,
     /// also written to the retained bucket (an empty payload deletes). The link sets
-    /// `origin` and `seq`.
-    Publish(Box<Envelope>),
+    /// `origin` and `seq`. A QoS ≥ 1 message that other nodes want (by the interest
+    /// bucket) is first stored in their queues (`queue`); with `ack`, the link answers
+    /// `FromLink::Published` once that is done, failed, or was not needed.
+    Publish {
+        /// The message.
+        envelope: Box<Envelope>,
+        /// (shard, sequence) to echo in `FromLink::Published`.
+        ack: Option<(usize, u64)>,
+    },
+    /// A message this node's queue consumer handed over (`FromLink::Message` with a
+    /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
+    Settle {
+        /// As received.
+        token: u64,
+    },
     /// A client connected here: record this node as its owner (compare-and-set). Answered
     /// by `FromLink::Claimed` or `FromLink::ClaimFailed` with the same `token`.
     Claim {
@@ -66,7 +80,17 @@ pub enum ToLink {
         /// The encoded state.
         state: Vec<u8>,
     },
-    /// A session owned here ended: remove the registry entry if it still names this node.
+    /// The subscriptions of persistent session `client_id` changed: keep them (`handover`
+    /// encoding, no messages) in the subscriptions bucket for a node that takes the
+    /// session over while this one is dead.
+    SessionSubs {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded subscriptions.
+        state: Vec<u8>,
+    },
+    /// A session owned here ended: remove the registry entry if it still names this node
+    /// (and then its subscriptions entry).
     Release {
         /// MQTT client id.
         client_id: String,
@@ -121,6 +145,21 @@ pub enum FromLink {
         route: Route,
         /// The message.
         envelope: Box<Envelope>,
+        /// For a message from this node's queue: answer `ToLink::Settle` with it once the
+        /// message is handed to the shards (and durable, with persistence on).
+        token: Option<u64>,
+    },
+    /// A copy from this node's queue of a message already passed on: settle it like the
+    /// first (`ToLink::Settle`), once what came before is durable.
+    Settle {
+        /// As in `Message`.
+        token: u64,
+    },
+    /// The answer to a `ToLink::Publish` with `ack`: the message is in the queue of every
+    /// other node that wants it, or that failed (counted), or nobody else wanted it.
+    Published {
+        /// As sent.
+        ack: (usize, u64),
     },
     /// The registry now names this node for `client_id`.
     Claimed {
@@ -140,6 +179,15 @@ pub enum FromLink {
     },
     /// The state of a session this node took over, from its old node.
     SessionState {
+        /// MQTT client id.
+        client_id: String,
+        /// The encoded state (`handover`).
+        state: Vec<u8>,
+    },
+    /// The subscriptions bucket's copy of `client_id`'s session, read when a claim took
+    /// the id from another node (sent before `Claimed`): the state to use if that node
+    /// does not send its own.
+    SessionBackup {
         /// MQTT client id.
         client_id: String,
         /// The encoded state (`handover`).
@@ -194,6 +242,17 @@ pub struct LinkStats {
     pub nats_errors: AtomicU64,
     /// Interests refused: invalid filter, subject too long, or the table full.
     pub interest_dropped: AtomicU64,
+    /// QoS ≥ 1 messages stored in another node's queue (one per node).
+    pub queued: AtomicU64,
+    /// Stores in another node's queue that failed or timed out (the publisher was
+    /// acknowledged all the same; the message went by core NATS only).
+    pub queue_failed: AtomicU64,
+    /// Messages taken from this node's queue.
+    pub queue_received: AtomicU64,
+    /// Of those, copies that came again (redelivered, or already passed on by core NATS).
+    pub queue_redelivered: AtomicU64,
+    /// Messages of this node's queue acknowledged to JetStream.
+    pub queue_settled: AtomicU64,
 }
 
 impl LinkStats {
@@ -249,6 +308,31 @@ impl LinkStats {
                 "interest_dropped",
                 "Filters kept local: invalid subject, too long, or table full.",
                 g(&self.interest_dropped),
+            ),
+            (
+                "queued",
+                "QoS 1/2 messages stored in another node's JetStream queue.",
+                g(&self.queued),
+            ),
+            (
+                "queue_failed",
+                "Stores in another node's queue that failed or timed out.",
+                g(&self.queue_failed),
+            ),
+            (
+                "queue_received",
+                "Messages taken from this node's JetStream queue.",
+                g(&self.queue_received),
+            ),
+            (
+                "queue_redelivered",
+                "Queue messages that came again (redelivered or already passed on).",
+                g(&self.queue_redelivered),
+            ),
+            (
+                "queue_settled",
+                "Queue messages acknowledged once safe on this node.",
+                g(&self.queue_settled),
             ),
             (
                 "to_link_dropped",

@@ -102,7 +102,11 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             filter: filter.into(),
             group: group.map(Into::into),
         },
-        ToCluster::Publish { msg, now_ms } => ToLink::Publish(Box::new(envelope_of(&msg, now_ms))),
+        ToCluster::Publish { msg, now_ms, ack } => ToLink::Publish {
+            envelope: Box::new(envelope_of(&msg, now_ms)),
+            ack: (ack > 0).then_some((shard, ack)),
+        },
+        ToCluster::Settle { token } => ToLink::Settle { token },
         ToCluster::Handover {
             to,
             client_id,
@@ -115,6 +119,17 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
         },
         ToCluster::Release { client_id } => ToLink::Release {
             client_id: client_id.into(),
+        },
+        ToCluster::SessionSubs { client_id, subs } => ToLink::SessionSubs {
+            client_id: client_id.into(),
+            state: super::handover::encode(
+                &crate::broker::cluster::SessionHandover {
+                    exists: true,
+                    subs,
+                    queued: Vec::new(),
+                },
+                0,
+            ),
         },
         ToCluster::Claim { client_id, token } => ToLink::Claim {
             client_id: client_id.into(),
@@ -171,16 +186,24 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
         None
     };
     match m {
-        FromLink::Message { route, envelope } => {
+        FromLink::Message {
+            route,
+            envelope,
+            token,
+        } => {
             let Some(msg) = message_of(*envelope, now_ms) else {
-                return malformed();
+                // A queue message is settled all the same, or it would come forever.
+                let _ = malformed();
+                return token.map(|token| FromCluster::Settle { token });
             };
             let share = match route {
                 Route::Plain => None,
                 Route::Shared { group, filter } => Some((group.into(), filter.into())),
             };
-            Some(FromCluster::Message { share, msg })
+            Some(FromCluster::Message { share, msg, token })
         }
+        FromLink::Settle { token } => Some(FromCluster::Settle { token }),
+        FromLink::Published { ack: (shard, seq) } => Some(FromCluster::Published { shard, seq }),
         FromLink::Retained { topic, message } => {
             let cleared = Envelope {
                 origin: String::new(),
@@ -219,6 +242,15 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
                 return malformed();
             };
             Some(FromCluster::SessionState {
+                client_id: client_id.into(),
+                state,
+            })
+        }
+        FromLink::SessionBackup { client_id, state } => {
+            let Some(state) = super::handover::decode(&state, now_ms) else {
+                return malformed();
+            };
+            Some(FromCluster::SessionBackup {
                 client_id: client_id.into(),
                 state,
             })

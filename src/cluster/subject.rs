@@ -65,6 +65,11 @@ impl Prefix {
     pub fn control(&self, what: &str) -> String {
         format!("{}c.{what}", self.text)
     }
+
+    /// The queue subject of node `node` (`*` for every node's): `smq.<cluster>.q.<node>`.
+    pub fn queue(&self, node: &str) -> String {
+        format!("{}q.{node}", self.text)
+    }
 }
 
 /// Whether `name` can be a cluster or node name: 1..=32 bytes of `[A-Za-z0-9_-]`.

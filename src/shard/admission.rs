@@ -18,13 +18,13 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::limits::ResourceLimits;
 
 /// Slots per row of the rate table (two rows): 2 × 32,768 × 8 bytes = 512 KiB, allocated
-/// only when `max_connection_rate` is set. Up to 65,536 addresses are limited in one
-/// second; past that, new ones are not (see [`RateTable`]).
+/// only once `max_connection_rate` is set (at start or by a reload). Up to 65,536
+/// addresses are limited in one second; past that, new ones are not (see [`RateTable`]).
 pub const RATE_SLOTS_PER_ROW: usize = 32_768;
 
 /// What every shard's admission shares: made once at start-up, read and written by the
@@ -57,9 +57,13 @@ impl AdmissionBoard {
 /// 1 in 65,536 among colliding addresses), never for a flooder's, and the table never
 /// grows whatever the number of addresses (the old per-shard map needed a cap and
 /// stopped limiting new addresses when full, the same failure mode).
+///
+/// The slots are made the first time a limit is set (at start, or by the first reload that
+/// sets one): a `OnceLock`, so every shard sees the same table and a read after that is
+/// one atomic load.
 #[derive(Debug, Default)]
 struct RateTable {
-    slots: Box<[AtomicU64]>,
+    slots: OnceLock<Box<[AtomicU64]>>,
     keys: [std::collections::hash_map::RandomState; 2],
 }
 
@@ -69,16 +73,26 @@ const RATE_TAG_BITS: u32 = 16;
 
 impl RateTable {
     fn new(enabled: bool) -> RateTable {
-        let len = if enabled { 2 * RATE_SLOTS_PER_ROW } else { 0 };
-        RateTable {
-            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
-            keys: Default::default(),
+        let table = RateTable::default();
+        if enabled {
+            table.slots();
         }
+        table
+    }
+
+    /// The slots, made on first use.
+    fn slots(&self) -> &[AtomicU64] {
+        self.slots.get_or_init(|| {
+            (0..2 * RATE_SLOTS_PER_ROW)
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        })
     }
 
     /// Count an accept from `peer` in second `sec`: its accepts this second, this one
     /// included, or None when it could not be counted (both its slots taken).
     fn count(&self, peer: IpAddr, sec: u64) -> Option<u32> {
+        let slots = self.slots();
         let count_mask = (1u64 << RATE_COUNT_BITS) - 1;
         let sec = sec & ((1 << (64 - RATE_COUNT_BITS - RATE_TAG_BITS)) - 1);
         for (row, key) in self.keys.iter().enumerate() {
@@ -86,7 +100,7 @@ impl RateTable {
             let tag = hash >> (64 - RATE_TAG_BITS);
             let stamp = (sec << RATE_TAG_BITS | tag) << RATE_COUNT_BITS;
             let i = row * RATE_SLOTS_PER_ROW + (hash as usize % RATE_SLOTS_PER_ROW);
-            let slot = self.slots.get(i)?;
+            let slot = slots.get(i)?;
             let bump = |v: u64| match v & !count_mask == stamp {
                 true => Some(stamp | ((v & count_mask) + 1).min(count_mask)),
                 // Never used (count 0), or counting a past second: take it over.
@@ -152,6 +166,14 @@ impl Admission {
             return Err(Refused::MaxConnections);
         }
         Ok(())
+    }
+
+    /// Take `limits`' `max_connections` and `max_connection_rate` (a reload). Connections
+    /// open stay open and stay counted; a new limit applies from the next accept. Each
+    /// shard is told, at its own turn boundary, so for one turn shards may differ.
+    pub fn reconfigure(&mut self, limits: &ResourceLimits) {
+        self.max_open = limits.max_connections;
+        self.rate_per_s = limits.max_connection_rate;
     }
 
     /// An admitted connection has ended.
@@ -220,6 +242,31 @@ mod tests {
         assert_eq!(shards[0].admit(x, 0, 5_200), Err(Refused::RateLimited));
         assert_eq!(shards[1].admit(x, 0, 5_300), Err(Refused::RateLimited));
         assert!(shards[1].admit(x, 0, 6_000).is_ok(), "the next second");
+    }
+
+    /// A reload sets, changes and lifts the rate; the table is made when first needed and
+    /// a reload never resets what was counted (the second goes on).
+    #[test]
+    fn a_reload_sets_changes_and_lifts_the_rate() {
+        let none = limits(usize::MAX, 0);
+        let board = AdmissionBoard::new(&none);
+        let mut a = Admission::new(board.clone(), &none);
+        let x = IpAddr::from([10, 0, 0, 9]);
+        assert!((0..10).all(|_| a.admit(x, 0, 1_000).is_ok()), "no limit");
+        a.reconfigure(&limits(usize::MAX, 2));
+        assert!(a.admit(x, 0, 2_000).is_ok());
+        assert!(a.admit(x, 0, 2_100).is_ok());
+        assert_eq!(a.admit(x, 0, 2_200), Err(Refused::RateLimited));
+        // A refused accept counts too (the table counts attempts): 4 so far with this one.
+        a.reconfigure(&limits(usize::MAX, 4));
+        assert!(a.admit(x, 0, 2_300).is_ok(), "a higher rate, same second");
+        assert_eq!(a.admit(x, 0, 2_400), Err(Refused::RateLimited));
+        a.reconfigure(&limits(1, 0));
+        assert!(
+            a.admit(x, 0, 2_500).is_err(),
+            "max_connections reloaded too"
+        );
+        assert_eq!(a.open(), 10 + 3, "refusals are not counted");
     }
 
     /// Many addresses each within the rate are never refused, though they share the

@@ -45,8 +45,14 @@ const LISTENER_BASE: usize = usize::MAX - 1024;
 const BRIDGE_BASE: usize = LISTENER_BASE - 1024;
 /// Events taken from one poll call.
 const EVENTS_PER_TURN_MAX: usize = 1024;
-/// Bytes read from one socket per turn before others get their go.
-const READ_BYTES_PER_TURN_MAX: usize = 256 * 1024;
+/// Bytes read from one socket per turn before others get their go: one scratch buffer.
+/// A busy publisher's 64 KiB of small packets is about 300 retained PUBLISHes of 200 bytes,
+/// tens of milliseconds in a debug build on a loaded machine; at 256 KiB (read twice per
+/// turn, before the retry list was split by turn) a retained storm held its shard's turns
+/// at 50-150 ms and a canary on it at 100-300 ms (docs/robustness.md). The budget binds
+/// only when more than 64 KiB wait on one socket, so a pipelined publisher pays one more
+/// turn (a poll without sleeping) per 64 KiB.
+const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// Bytes written to one socket per flush.
 const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
 /// Connections accepted per listener per turn.
@@ -459,6 +465,9 @@ struct Shard {
     epoch: Instant,
     inbox: Vec<BusMsg>,
     read_again: Vec<usize>,
+    /// Connections that spent this turn's read budget: read again next turn (moved to
+    /// `read_again` when it starts), never twice in one turn.
+    read_next: Vec<usize>,
     /// Reused lists of keys taken from the broker's effects.
     keys: Vec<usize>,
     accept_again: bool,
@@ -514,6 +523,7 @@ impl Shard {
             epoch,
             inbox: Vec::new(),
             read_again: Vec::new(),
+            read_next: Vec::new(),
             keys: Vec::new(),
             accept_again: false,
             inbox_again: false,
@@ -575,6 +585,8 @@ impl Shard {
         self.listeners = listeners;
         // Edge-triggered: a backlog that built up meanwhile would not be reported again.
         self.accept_again = true;
+        // `global_max_connections` and `max_connection_rate`: from the next accept.
+        self.admission.reconfigure(&cfg.limits);
         self.broker.reload(cfg);
         let now = self.now_ms();
         self.bridges
@@ -607,6 +619,7 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Duration {
         if !self.read_again.is_empty()
+            || !self.read_next.is_empty()
             || self.accept_again
             || self.inbox_again
             || self.cluster_again
@@ -636,6 +649,7 @@ impl Shard {
         let busy_from = Instant::now();
         let now = self.now_ms();
         self.broker.begin_turn(now);
+        self.read_again.append(&mut self.read_next);
         self.apply_control();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
@@ -658,7 +672,7 @@ impl Shard {
                 self.broker.writable(t);
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                self.read_or_defer(t, now);
+                self.read_event(t, now);
             }
         }
         if std::mem::take(&mut self.accept_again) {
@@ -863,12 +877,37 @@ impl Shard {
         self.defer_read(key);
     }
 
+    /// Read `key` later in this turn (`retry_reads`).
     fn defer_read(&mut self, key: usize) {
         if let Some(c) = self.broker.links_mut().conn_mut(key) {
             if !c.io.pending_read {
                 c.io.pending_read = true;
                 self.read_again.push(key);
             }
+        }
+    }
+
+    /// Read `key` next turn: it spent this turn's budget, or must wait for the bus.
+    fn defer_read_next(&mut self, key: usize) {
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            if !c.io.pending_read {
+                c.io.pending_read = true;
+                self.read_next.push(key);
+            }
+        }
+    }
+
+    /// A readiness event: read now, unless the connection is already listed to be read
+    /// (`retry_reads` reads it this turn; reading it here too would give one busy client
+    /// two budgets in one turn).
+    fn read_event(&mut self, key: usize, now: u64) {
+        let listed = self
+            .broker
+            .links()
+            .conn(key)
+            .is_some_and(|c| c.io.pending_read);
+        if !listed {
+            self.read_or_defer(key, now);
         }
     }
 
@@ -917,7 +956,7 @@ impl Shard {
                 c.io.paused_on_output = true;
             }
         } else if self.bus.staged() > BUS_STAGED_MAX {
-            self.defer_read(key);
+            self.defer_read_next(key);
         } else if let ReadEnd::Closed = self.read_conn(key, now) {
             self.broker.close_link(key);
         }
@@ -939,7 +978,7 @@ impl Shard {
         loop {
             if budget == 0 || self.broker.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
                 // Back through `read_or_defer` next turn, which sorts out why.
-                self.defer_read(key);
+                self.defer_read_next(key);
                 return ReadEnd::Open;
             }
             let step = match self.broker.links().conn(key) {

@@ -531,14 +531,194 @@ impl Record<'_> {
         Ok(r)
     }
 
-    /// Make an owned copy.
+    /// Make an owned copy (a move for the parts already owned, as decoded ones are).
     pub fn into_owned(self) -> Record<'static> {
-        // Encoding is total and decoding inverts it, so a failure here is a bug in this
-        // file that the round-trip tests catch; an owned copy through the codec keeps one
-        // definition of every field instead of a second hand-written clone.
-        let mut buf = Vec::new();
-        self.encode(&mut buf);
-        Record::decode(&buf).unwrap_or_else(|e| unreachable!("record codec round trip: {e}"))
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        match self {
+            Record::SessionCreated(info) => Record::SessionCreated(info.into_owned()),
+            Record::SessionDisconnected {
+                client_id,
+                at_unix_ms,
+            } => Record::SessionDisconnected {
+                client_id: own(client_id),
+                at_unix_ms,
+            },
+            Record::SessionEnded { client_id } => Record::SessionEnded {
+                client_id: own(client_id),
+            },
+            Record::SubscriptionAdded { client_id, sub } => Record::SubscriptionAdded {
+                client_id: own(client_id),
+                sub: sub.into_owned(),
+            },
+            Record::SubscriptionRemoved {
+                client_id,
+                share_group,
+                filter,
+            } => Record::SubscriptionRemoved {
+                client_id: own(client_id),
+                share_group: share_group.map(own),
+                filter: own(filter),
+            },
+            Record::MessageStored { id, msg } => Record::MessageStored {
+                id,
+                msg: msg.into_owned(),
+            },
+            Record::RetainedSet {
+                topic,
+                msg,
+                stamp,
+                source,
+            } => Record::RetainedSet {
+                topic: own(topic),
+                msg,
+                stamp,
+                source: source.map(RetainSource::into_owned),
+            },
+            Record::RetainedCleared { topic, stamp } => Record::RetainedCleared {
+                topic: own(topic),
+                stamp,
+            },
+            Record::Bridge { bridge, op } => Record::Bridge {
+                bridge: own(bridge),
+                op: op.into_owned(),
+            },
+            other => other.delivery_into_owned(),
+        }
+    }
+
+    fn delivery_into_owned(self) -> Record<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        match self {
+            Record::DeliveryQueued {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+            } => Record::DeliveryQueued {
+                client_id: own(client_id),
+                msg,
+                qos,
+                retain,
+                sub_ids: Cow::Owned(sub_ids.into_owned()),
+            },
+            Record::DeliverySent {
+                client_id,
+                msg,
+                packet_id,
+                state,
+            } => Record::DeliverySent {
+                client_id: own(client_id),
+                msg,
+                packet_id,
+                state,
+            },
+            Record::DeliveryDone {
+                client_id,
+                packet_id,
+            } => Record::DeliveryDone {
+                client_id: own(client_id),
+                packet_id,
+            },
+            Record::DeliveryDropped { client_id, msg } => Record::DeliveryDropped {
+                client_id: own(client_id),
+                msg,
+            },
+            Record::IncomingQos2Set {
+                client_id,
+                packet_id,
+            } => Record::IncomingQos2Set {
+                client_id: own(client_id),
+                packet_id,
+            },
+            Record::IncomingQos2Cleared {
+                client_id,
+                packet_id,
+            } => Record::IncomingQos2Cleared {
+                client_id: own(client_id),
+                packet_id,
+            },
+            _ => unreachable!("into_owned handles every other record"),
+        }
+    }
+}
+
+impl MessageProps<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> MessageProps<'static> {
+        MessageProps {
+            payload_format_indicator: self.payload_format_indicator,
+            content_type: self.content_type.map(|c| Cow::Owned(c.into_owned())),
+            response_topic: self.response_topic.map(|c| Cow::Owned(c.into_owned())),
+            correlation_data: self.correlation_data.map(|c| Cow::Owned(c.into_owned())),
+            user_properties: Cow::Owned(self.user_properties.into_owned()),
+        }
+    }
+}
+
+impl StoredMessage<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> StoredMessage<'static> {
+        StoredMessage {
+            topic: Cow::Owned(self.topic.into_owned()),
+            payload: Cow::Owned(self.payload.into_owned()),
+            qos: self.qos,
+            retain: self.retain,
+            expires_at_unix_ms: self.expires_at_unix_ms,
+            props: self.props.into_owned(),
+        }
+    }
+}
+
+impl SessionInfo<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> SessionInfo<'static> {
+        SessionInfo {
+            client_id: Cow::Owned(self.client_id.into_owned()),
+            protocol: self.protocol,
+            expiry_interval_s: self.expiry_interval_s,
+            will: self.will.map(|w| Will {
+                topic: Cow::Owned(w.topic.into_owned()),
+                payload: Cow::Owned(w.payload.into_owned()),
+                qos: w.qos,
+                retain: w.retain,
+                delay_s: w.delay_s,
+                expiry_interval_s: w.expiry_interval_s,
+                props: w.props.into_owned(),
+            }),
+        }
+    }
+}
+
+impl Subscription<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> Subscription<'static> {
+        Subscription {
+            share_group: self.share_group.map(|g| Cow::Owned(g.into_owned())),
+            filter: Cow::Owned(self.filter.into_owned()),
+            qos: self.qos,
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            retain_handling: self.retain_handling,
+            identifier: self.identifier,
+        }
+    }
+}
+
+impl BridgeOp<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> BridgeOp<'static> {
+        match self {
+            BridgeOp::Enqueued { seq, msg } => BridgeOp::Enqueued {
+                seq,
+                msg: msg.into_owned(),
+            },
+            BridgeOp::Sent { seq, packet_id } => BridgeOp::Sent { seq, packet_id },
+            BridgeOp::Received { seq } => BridgeOp::Received { seq },
+            BridgeOp::Done { seq } => BridgeOp::Done { seq },
+            BridgeOp::InboundHeld { packet_id } => BridgeOp::InboundHeld { packet_id },
+            BridgeOp::InboundReleased { packet_id } => BridgeOp::InboundReleased { packet_id },
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use super::record::{
 };
 
 mod bridges;
+mod deliveries;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
+pub use deliveries::Deliveries;
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub struct SessionState {
     /// Subscriptions by (share group, filter).
     pub subscriptions: BTreeMap<(Option<String>, String), Subscription<'static>>,
     /// Outbound deliveries, oldest first: in-flight ones carry packet ids.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Deliveries,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: BTreeSet<NonZeroU16>,
 }
@@ -78,10 +80,10 @@ pub struct LiveState {
 }
 
 impl LiveState {
-    /// Apply one record.
-    pub fn apply(&mut self, r: Record<'static>) {
+    /// Apply one record (only what the state keeps is copied from a borrowed one).
+    pub fn apply(&mut self, r: Record<'_>) {
         match r {
-            Record::SessionCreated(info) => self.session_created(info),
+            Record::SessionCreated(info) => self.session_created(info.into_owned()),
             Record::SessionDisconnected {
                 client_id,
                 at_unix_ms,
@@ -99,7 +101,7 @@ impl LiveState {
                         sub.share_group.as_deref().map(str::to_owned),
                         sub.filter.to_string(),
                     );
-                    s.subscriptions.insert(key, sub);
+                    s.subscriptions.insert(key, sub.into_owned());
                 }
             }
             Record::SubscriptionRemoved {
@@ -113,7 +115,7 @@ impl LiveState {
                 }
             }
             Record::MessageStored { id, msg } => {
-                self.messages.insert(id, msg);
+                self.messages.insert(id, msg.into_owned());
             }
             Record::RetainedSet {
                 topic,
@@ -141,7 +143,7 @@ impl LiveState {
         }
     }
 
-    fn apply_delivery(&mut self, r: Record<'static>) {
+    fn apply_delivery(&mut self, r: Record<'_>) {
         match r {
             Record::DeliveryQueued {
                 client_id,
@@ -168,19 +170,7 @@ impl LiveState {
                 state,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    let by_id = s
-                        .deliveries
-                        .iter()
-                        .position(|d| d.packet_id == Some(packet_id));
-                    let slot = by_id.or_else(|| {
-                        s.deliveries
-                            .iter()
-                            .position(|d| d.msg == msg && d.packet_id.is_none())
-                    });
-                    if let Some(i) = slot {
-                        s.deliveries[i].packet_id = Some(packet_id);
-                        s.deliveries[i].state = state;
-                    }
+                    s.deliveries.sent(msg, packet_id, state);
                 }
             }
             Record::DeliveryDone {
@@ -188,25 +178,19 @@ impl LiveState {
                 packet_id,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    s.deliveries.retain(|d| d.packet_id != Some(packet_id));
+                    s.deliveries.done(packet_id);
                 }
             }
             Record::DeliveryDropped { client_id, msg } => {
                 if let Some(s) = self.session(&client_id) {
-                    let at = s
-                        .deliveries
-                        .iter()
-                        .position(|d| d.msg == msg && d.packet_id.is_none());
-                    if let Some(i) = at {
-                        s.deliveries.remove(i);
-                    }
+                    s.deliveries.dropped(msg);
                 }
             }
             other => self.apply_incoming(other),
         }
     }
 
-    fn apply_incoming(&mut self, r: Record<'static>) {
+    fn apply_incoming(&mut self, r: Record<'_>) {
         match r {
             Record::IncomingQos2Set {
                 client_id,
@@ -229,7 +213,8 @@ impl LiveState {
     }
 
     /// An empty bridge entry is dropped, so a checkpoint holds only bridges with work.
-    fn apply_bridge(&mut self, name: std::borrow::Cow<'static, str>, op: BridgeOp<'static>) {
+    fn apply_bridge(&mut self, name: std::borrow::Cow<'_, str>, op: BridgeOp<'_>) {
+        let op = op.into_owned();
         match self.bridges.get_mut(name.as_ref()) {
             Some(b) => {
                 b.apply(op);
@@ -261,7 +246,7 @@ impl LiveState {
                         info,
                         disconnected_at_unix_ms: None,
                         subscriptions: BTreeMap::new(),
-                        deliveries: Vec::new(),
+                        deliveries: Deliveries::default(),
                         incoming_qos2: BTreeSet::new(),
                     },
                 );
@@ -321,6 +306,16 @@ impl LiveState {
     /// its messages get fresh ids; a session both hold keeps this state's copy (counted
     /// in the return value); retained entries keep the highest stamp, tombstones included.
     pub fn merge(&mut self, mut other: LiveState) -> u64 {
+        let empty = self.sessions.is_empty()
+            && self.messages.is_empty()
+            && self.retained.is_empty()
+            && self.bridges.is_empty();
+        if empty {
+            // Nothing to renumber against (the first shard read, or the only one).
+            other.orphans += self.orphans;
+            *self = other;
+            return 0;
+        }
         let first = self.next_msg_id().0;
         let mut renumber = BTreeMap::new();
         for (next, (id, m)) in (first..).zip(std::mem::take(&mut other.messages)) {
@@ -334,9 +329,7 @@ impl LiveState {
                 conflicts += 1;
                 continue;
             }
-            for d in &mut s.deliveries {
-                d.msg = map(d.msg);
-            }
+            s.deliveries.map_msgs(map);
             self.sessions.insert(client, s);
         }
         for (topic, r) in other.retained {

@@ -1,5 +1,5 @@
 //! The link's JetStream tasks: the bucket opener, the registry workers, the retained
-//! writer and the retained watcher.
+//! writer and watcher, the interest writer and watcher, and the queue consumer.
 //!
 //! Owns: those tasks and their queues. Invariant: registry operations for one client id,
 //! and retained writes, are applied in the order the node sent them; every wait on NATS is
@@ -7,9 +7,11 @@
 //! only through `Out`).
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,9 +19,10 @@ use tokio::sync::{mpsc, Notify};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
+use super::super::queue::{self, InterestView};
 use super::super::subject::Prefix;
 use super::super::{FromLink, LinkStats};
-use super::{within, Out, FLUSH_WAIT_MS, PUBLISH_WAIT_MS};
+use super::{within, Inbound, Out, Tag, FLUSH_WAIT_MS, PUBLISH_WAIT_MS};
 use crate::config::cluster::ClusterConfig;
 
 /// Registry workers: claims for different client ids run in parallel, claims for one
@@ -31,11 +34,40 @@ const KV_QUEUE_MAX: usize = 4096;
 const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
+/// After the buckets open, how long this node's interest entries of an earlier run may
+/// wait to be written again (restored sessions) before the ones not written are deleted.
+const INTEREST_GRACE_MS: u64 = 10_000;
+/// Pause between rounds of retrying interest writes that failed.
+const INTEREST_RETRY_MS: u64 = 1000;
+/// Pause before the queue consumer is set up again after its stream of messages ended.
+const QUEUE_RESTART_MS: u64 = 500;
+/// Messages the queue consumer asks for at a time.
+const QUEUE_BATCH_MESSAGES: usize = 512;
+
+/// An interest bucket operation, in the order the link made them.
+pub(super) enum InterestOp {
+    /// Write this node's interest `key` (if any), then send `answer`.
+    Put {
+        key: Option<String>,
+        node: String,
+        answer: FromLink,
+    },
+    /// Delete this node's interest `key`.
+    Delete { key: String },
+}
+
+/// The queues of the KV tasks, which fill (bounded) until the buckets are open.
+pub(super) struct KvQueues {
+    pub(super) registry: Vec<mpsc::Sender<RegistryOp>>,
+    pub(super) retained: mpsc::Sender<Bytes>,
+    pub(super) interest: mpsc::Sender<InterestOp>,
+}
 
 /// A registry operation, queued to the worker of its client id.
 pub(super) enum RegistryOp {
     Claim { client_id: String, token: u64 },
     Release { client_id: String },
+    Subs { client_id: String, state: Vec<u8> },
 }
 
 /// The registry worker for a client id.
@@ -46,16 +78,19 @@ pub(super) fn worker(client_id: &str) -> usize {
     usize::try_from(h % REGISTRY_WORKERS as u64).unwrap_or(0)
 }
 
-/// Start the task that opens the buckets (retrying until JetStream answers) and then runs
-/// the registry workers, the retained writer and the retained watcher. Returns their
-/// queues, which fill (bounded) until the buckets are open.
+/// Start the task that opens the buckets and the queue stream (retrying until JetStream
+/// answers) and then runs the registry workers, the retained writer and watcher, the
+/// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
+/// feeds `inbound`). Returns their queues.
 pub(super) fn start_kv(
     cfg: &ClusterConfig,
     prefix: &Prefix,
     client: &Client,
     out: &Out,
     reconnected: Arc<Notify>,
-) -> (Vec<mpsc::Sender<RegistryOp>>, mpsc::Sender<Bytes>) {
+    view: Arc<Mutex<InterestView>>,
+    inbound: mpsc::Sender<Inbound>,
+) -> KvQueues {
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -64,6 +99,7 @@ pub(super) fn start_kv(
         receivers.push(rx);
     }
     let (retained_tx, retained_rx) = mpsc::channel(KV_QUEUE_MAX);
+    let (interest_tx, interest_rx) = mpsc::channel(KV_QUEUE_MAX);
     let ctx = KvCtx {
         node: cfg.node.clone(),
         prefix: prefix.clone(),
@@ -87,13 +123,39 @@ pub(super) fn start_kv(
                 }
             }
         };
+        let config = queue::stream_config(&name, &ctx.prefix, replicas);
+        let stream = loop {
+            match js.get_or_create_stream(config.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    if !reported {
+                        eprintln!("cluster link: cannot open the queue stream yet: {e}");
+                        reported = true;
+                    }
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+                }
+            }
+        };
         for rx in receivers {
             tokio::spawn(registry_worker(ctx.clone(), buckets.clone(), rx));
         }
         tokio::spawn(retained_writer(ctx.clone(), buckets.clone(), retained_rx));
+        tokio::spawn(interest_writer(ctx.clone(), buckets.clone(), interest_rx));
+        tokio::spawn(interest_watcher(
+            ctx.clone(),
+            buckets.clone(),
+            view,
+            reconnected.clone(),
+        ));
+        tokio::spawn(queue_consumer(ctx.clone(), stream, inbound));
         tokio::spawn(retained_watcher(ctx, buckets, reconnected));
     });
-    (senders, retained_tx)
+    KvQueues {
+        registry: senders,
+        retained: retained_tx,
+        interest: interest_tx,
+    }
 }
 
 /// What the KV tasks share.
@@ -113,6 +175,19 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                     Ok(previous) => {
                         if let Some(old) = &previous {
                             notify_takeover(&ctx, old, &client_id).await;
+                            // The old node's last copy of the subscriptions, in case it
+                            // is dead and sends nothing.
+                            let get = b.subs.get(kv::key(&client_id));
+                            match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get)
+                                .await
+                            {
+                                Ok(Ok(Some(state))) => ctx.out.push_wake(FromLink::SessionBackup {
+                                    client_id: client_id.clone(),
+                                    state: state.to_vec(),
+                                }),
+                                Ok(Ok(None)) => {}
+                                _ => LinkStats::add(&ctx.out.stats.nats_errors),
+                            }
                         }
                         FromLink::Claimed {
                             token,
@@ -127,10 +202,23 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                 };
                 ctx.out.push_wake(reply);
             }
+            RegistryOp::Subs { client_id, state } => {
+                let put = b.subs.put(kv::key(&client_id), Bytes::from(state));
+                if !within(FLUSH_WAIT_MS, put).await {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                }
+            }
             RegistryOp::Release { client_id } => {
                 let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
                 if removed.is_err() {
                     LinkStats::add(&ctx.out.stats.nats_errors);
+                }
+                if matches!(removed, Ok(true)) {
+                    // The session is gone everywhere: so is its copy.
+                    let delete = b.subs.delete(kv::key(&client_id));
+                    if !within(FLUSH_WAIT_MS, delete).await {
+                        LinkStats::add(&ctx.out.stats.nats_errors);
+                    }
                 }
                 ctx.out.push_wake(FromLink::Released {
                     client_id,
@@ -212,4 +300,283 @@ fn report_retained(ctx: &KvCtx, value: &[u8]) {
         topic: e.topic,
         message,
     });
+}
+
+/// Write this node's interest entries in the order they came, answering each interest
+/// after its entry is written (or the write failed: the answer must not wait for NATS).
+/// Writes are pipelined: each is sent at once and its acknowledgement awaited, in order,
+/// by `interest_acker`. Failed writes are retried every `INTEREST_RETRY_MS`; this node's
+/// entries of an earlier run that are not written again within `INTEREST_GRACE_MS` are
+/// deleted.
+async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<InterestOp>) {
+    let mut live: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut failed: HashSet<String> = HashSet::new();
+    let (sent_tx, sent_rx) = mpsc::channel(KV_QUEUE_MAX);
+    let (failed_tx, mut failed_rx) = mpsc::channel(KV_QUEUE_MAX);
+    tokio::spawn(interest_acker(ctx.clone(), sent_rx, failed_tx));
+    let js = jetstream::new(ctx.client.clone());
+    let prefix = b
+        .interest
+        .put_prefix
+        .clone()
+        .unwrap_or_else(|| b.interest.prefix.clone());
+    let mine = format!("{}.", ctx.node);
+    let mut earlier: Vec<String> =
+        match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.keys()).await {
+            Ok(Ok(keys)) => {
+                let keys: Vec<Result<String, _>> = keys.collect().await;
+                keys.into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.starts_with(&mine))
+                    .collect()
+            }
+            _ => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                Vec::new()
+            }
+        };
+    let grace = tokio::time::sleep(Duration::from_millis(INTEREST_GRACE_MS));
+    tokio::pin!(grace);
+    let mut retry = tokio::time::interval(Duration::from_millis(INTEREST_RETRY_MS));
+    loop {
+        tokio::select! {
+            op = rx.recv() => {
+                let Some(op) = op else { return };
+                let sent = match op {
+                    InterestOp::Put { key, node, answer } => {
+                        let write = match key {
+                            Some(key) => {
+                                let value = interest_value_of(&node, &answer);
+                                let p = jetstream::message::PublishMessage::build()
+                                    .payload(Bytes::copy_from_slice(&value));
+                                let ack = send_write(&js, format!("{prefix}{key}"), p).await;
+                                live.insert(key.clone(), value);
+                                Some((key, ack))
+                            }
+                            None => None,
+                        };
+                        Sent { write, answer: Some(answer) }
+                    }
+                    InterestOp::Delete { key } => {
+                        live.remove(&key);
+                        failed.remove(&key);
+                        let p = jetstream::message::PublishMessage::build()
+                            .payload(Bytes::new())
+                            .header("KV-Operation", "DEL");
+                        let ack = send_write(&js, format!("{prefix}{key}"), p).await;
+                        Sent { write: Some((key, ack)), answer: None }
+                    }
+                };
+                if let Err(e) = sent_tx.send(sent).await {
+                    // The acker is gone: answer here rather than never.
+                    if let Some(answer) = e.0.answer {
+                        ctx.out.push_wake(answer);
+                    }
+                }
+            }
+            Some(key) = failed_rx.recv() => {
+                failed.insert(key);
+            }
+            () = &mut grace, if !earlier.is_empty() => {
+                for key in std::mem::take(&mut earlier) {
+                    if !live.contains_key(&key) && !delete_interest(&ctx, &b, &key).await {
+                        failed.insert(key);
+                    }
+                }
+            }
+            _ = retry.tick(), if !failed.is_empty() => {
+                for key in std::mem::take(&mut failed) {
+                    let ok = match live.get(&key) {
+                        Some(v) => put_interest(&ctx, &b, &key, v).await,
+                        None => delete_interest(&ctx, &b, &key).await,
+                    };
+                    if !ok {
+                        failed.insert(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An interest bucket write on its way: (key, its acknowledgement to await, `None` if it
+/// could not even be sent), and the answer to give after it.
+struct Sent {
+    write: Option<(String, Option<jetstream::context::PublishAckFuture>)>,
+    answer: Option<FromLink>,
+}
+
+/// Send one bucket write (bounded); its acknowledgement, if it went.
+async fn send_write(
+    js: &jetstream::Context,
+    subject: String,
+    p: jetstream::message::PublishMessage,
+) -> Option<jetstream::context::PublishAckFuture> {
+    let sent = tokio::time::timeout(
+        Duration::from_millis(FLUSH_WAIT_MS),
+        js.send_publish(subject, p),
+    )
+    .await;
+    sent.ok().and_then(Result::ok)
+}
+
+/// Await the interest writes' acknowledgements in the order they were sent, report the
+/// keys whose write failed, and send each answer after its write.
+async fn interest_acker(ctx: KvCtx, mut rx: mpsc::Receiver<Sent>, failed: mpsc::Sender<String>) {
+    while let Some(sent) = rx.recv().await {
+        if let Some((key, ack)) = sent.write {
+            let ok = match ack {
+                Some(f) => matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(FLUSH_WAIT_MS),
+                        std::future::IntoFuture::into_future(f)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ),
+                None => false,
+            };
+            if !ok {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                // Never waits: the writer may itself be waiting to send to this task.
+                let _ = failed.try_send(key);
+            }
+        }
+        if let Some(answer) = sent.answer {
+            ctx.out.push_wake(answer);
+        }
+    }
+}
+
+/// The bucket value of the interest an answer is for.
+fn interest_value_of(node: &str, answer: &FromLink) -> Vec<u8> {
+    match answer {
+        FromLink::InterestReady { filter, .. } | FromLink::InterestRefused { filter, .. } => {
+            queue::interest_value(node, filter)
+        }
+        _ => Vec::new(),
+    }
+}
+
+async fn put_interest(ctx: &KvCtx, b: &Buckets, key: &str, value: &[u8]) -> bool {
+    let put = b.interest.put(key, Bytes::copy_from_slice(value));
+    let ok = within(FLUSH_WAIT_MS, put).await;
+    if !ok {
+        LinkStats::add(&ctx.out.stats.nats_errors);
+    }
+    ok
+}
+
+async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
+    let ok = within(FLUSH_WAIT_MS, b.interest.delete(key)).await;
+    if !ok {
+        LinkStats::add(&ctx.out.stats.nats_errors);
+    }
+    ok
+}
+
+/// Keep `view` equal to the interest bucket: every entry, then each change; resumed after
+/// the last revision seen when the watch ends or NATS reconnects (as the retained watch).
+async fn interest_watcher(
+    ctx: KvCtx,
+    b: Buckets,
+    view: Arc<Mutex<InterestView>>,
+    reconnected: Arc<Notify>,
+) {
+    let mut last_revision = 0u64;
+    loop {
+        let watch = if last_revision == 0 {
+            b.interest.watch_with_history(">").await
+        } else {
+            b.interest.watch_all_from_revision(last_revision + 1).await
+        };
+        match watch {
+            Ok(mut w) => loop {
+                tokio::select! {
+                    entry = w.next() => {
+                        let Some(Ok(entry)) = entry else { break };
+                        last_revision = last_revision.max(entry.revision);
+                        let Ok(mut v) = view.lock() else { return };
+                        match entry.operation {
+                            Operation::Put => match queue::parse_interest(&entry.value) {
+                                Some((node, filter)) => v.insert(&entry.key, node, filter),
+                                None => LinkStats::add(&ctx.out.stats.malformed),
+                            },
+                            Operation::Delete | Operation::Purge => v.remove(&entry.key),
+                        }
+                    }
+                    _ = reconnected.notified() => break,
+                }
+            },
+            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
+        }
+        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+    }
+}
+
+/// Read this node's queue through its durable consumer and pass each message to the link
+/// loop. The consumer is made anew when the link starts, so what an earlier run of this
+/// node took without acknowledging comes again at once rather than after the ack wait.
+async fn queue_consumer(
+    ctx: KvCtx,
+    stream: jetstream::stream::Stream,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let config = queue::consumer_config(&ctx.prefix, &ctx.node);
+    let mut fresh = true;
+    loop {
+        if fresh {
+            // Absent on a node's first start: nothing to do then.
+            let _ = within(FLUSH_WAIT_MS, stream.delete_consumer(&ctx.node)).await;
+        }
+        let consumer = match stream
+            .get_or_create_consumer(&ctx.node, config.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            }
+        };
+        fresh = false;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(QUEUE_BATCH_MESSAGES)
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(_) => {
+                    LinkStats::add(&ctx.out.stats.nats_errors);
+                    break;
+                }
+            };
+            let (delivered, age_ms) = match m.info() {
+                Ok(i) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i128);
+                    let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
+                    (i.delivered, u64::try_from(age).unwrap_or(0))
+                }
+                Err(_) => (1, 0),
+            };
+            let tag = Arc::new(Tag::Queued { delivered, age_ms });
+            if inbound.send((tag, m.message)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+    }
 }

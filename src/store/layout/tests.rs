@@ -230,3 +230,89 @@ proptest! {
         prop_assert_eq!(r.cuts.len(), usize::from(damaged.len() > kept_end));
     }
 }
+
+/// A single session with a 100,000-message queue, drained through a window of 1,000 with
+/// packet ids reused as they come free: recovery applies every `DeliverySent`/`Done` by
+/// index, not by scanning the queue (a scan made this O(n²)), and gets the same queue.
+#[test]
+fn a_long_single_session_queue_recovers() {
+    use crate::store::record::{DeliveryState, MsgId};
+    use crate::store::testutil::{message, pid};
+    use std::borrow::Cow;
+    const N: u64 = 100_000;
+    const SENT: u64 = 60_000;
+    const WINDOW: u64 = 1_000;
+    const DROPPED: u64 = 10;
+    let c = || Cow::Borrowed("long");
+    let packet = |i: u64| pid((i % 65_535) as u16 + 1);
+    let data = Scratch::new("long-queue");
+    let mut wal = Wal::open(&shard_dir(data.path(), 0), never(64 << 20), || {}).expect("open");
+    wal.append(&session("long", false));
+    for i in 1..=N {
+        let msg = message("t", &i.to_le_bytes(), false);
+        wal.append(&Record::MessageStored { id: MsgId(i), msg });
+        wal.append(&Record::DeliveryQueued {
+            client_id: c(),
+            msg: MsgId(i),
+            qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+        });
+        if i.is_multiple_of(1_000) {
+            wal.end_turn().expect("write");
+        }
+    }
+    for i in 1..=SENT {
+        let (msg, packet_id, state) = (MsgId(i), packet(i), DeliveryState::InFlight);
+        let client_id = c();
+        wal.append(&Record::DeliverySent {
+            client_id,
+            msg,
+            packet_id,
+            state,
+        });
+        if i > WINDOW {
+            let packet_id = packet(i - WINDOW);
+            wal.append(&Record::DeliveryDone {
+                client_id: c(),
+                packet_id,
+            });
+        }
+        if i.is_multiple_of(1_000) {
+            wal.end_turn().expect("write");
+        }
+    }
+    for i in N - DROPPED + 1..=N {
+        wal.append(&Record::DeliveryDropped {
+            client_id: c(),
+            msg: MsgId(i),
+        });
+    }
+    wal.end_turn().expect("write");
+    drop(wal);
+
+    let r = recover_all(data.path()).expect("recover");
+    assert!(r.cuts.is_empty(), "{:?}", r.cuts);
+    let sess = &r.state.sessions["long"];
+    let payloads: Vec<u64> = sess
+        .deliveries
+        .iter()
+        .map(|d| {
+            let m = &r.state.messages[&d.msg];
+            u64::from_le_bytes(m.payload.as_ref().try_into().expect("8 bytes"))
+        })
+        .collect();
+    let want: Vec<u64> = (SENT - WINDOW + 1..=N - DROPPED).collect();
+    assert_eq!(payloads, want);
+    for (d, i) in sess.deliveries.iter().zip(SENT - WINDOW + 1..) {
+        let expect = (i <= SENT).then(|| packet(i));
+        assert_eq!(d.packet_id, expect, "delivery of message {i}");
+        let state = if i <= SENT {
+            DeliveryState::InFlight
+        } else {
+            DeliveryState::Queued
+        };
+        assert_eq!(d.state, state);
+    }
+    assert_eq!(r.state.messages.len() as u64, N - DROPPED - (SENT - WINDOW));
+}

@@ -112,6 +112,14 @@ fn delivery_queued_with_flags_has_its_own_tag() {
     assert_eq!(encoded(&r), want);
 }
 
+/// An owned copy equals the record, for every kind (borrowed parts included).
+#[test]
+fn owned_copies_are_equal() {
+    for r in samples() {
+        assert_eq!(r.clone().into_owned(), r);
+    }
+}
+
 #[test]
 fn retained_set_keeps_its_first_form_and_adds_its_publisher_under_tag_17() {
     // Tag 13 as the first version wrote it: topic "t", message 7, stamp 9, no publisher.
@@ -150,6 +158,11 @@ proptest! {
     #[test]
     fn random_records_round_trip(r in arb_record()) {
         prop_assert_eq!(Record::decode(&encoded(&r)), Ok(r));
+    }
+
+    #[test]
+    fn random_records_owned_copies_are_equal(r in arb_record()) {
+        prop_assert_eq!(r.clone().into_owned(), r);
     }
 
     #[test]

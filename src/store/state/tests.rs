@@ -349,3 +349,53 @@ fn bridge_state_survives_checkpoint_merge_and_placement() {
     assert!(parts[0].bridges.is_empty());
     assert_eq!(parts[1].bridges["cloud"], s.bridges["cloud"]);
 }
+
+/// The delivery index: a `sent` for a held packet id changes that delivery's state; for a
+/// new id the oldest unsent delivery of the message takes it (a message queued twice to
+/// one session, through two subscriptions, is two deliveries); `done` frees the id for
+/// reuse; `dropped` takes the oldest unsent delivery of the message.
+#[test]
+fn deliveries_are_found_by_packet_id_and_by_oldest_unsent_message() {
+    let d = |msg: u64| Delivery {
+        msg: MsgId(msg),
+        qos: 2,
+        retain: false,
+        sub_ids: Vec::new(),
+        packet_id: None,
+        state: DeliveryState::Queued,
+    };
+    let mut q: Deliveries = [d(1), d(2), d(1), d(3)].into_iter().collect();
+    q.sent(MsgId(1), pid(7), DeliveryState::InFlight);
+    q.sent(MsgId(1), pid(8), DeliveryState::InFlight);
+    q.sent(MsgId(0), pid(7), DeliveryState::PubrelSent);
+    q.sent(MsgId(9), pid(9), DeliveryState::InFlight);
+    let view = |q: &Deliveries| -> Vec<(u64, Option<u16>, DeliveryState)> {
+        q.iter()
+            .map(|x| (x.msg.0, x.packet_id.map(|p| p.get()), x.state))
+            .collect()
+    };
+    assert_eq!(
+        view(&q),
+        vec![
+            (1, Some(7), DeliveryState::PubrelSent),
+            (2, None, DeliveryState::Queued),
+            (1, Some(8), DeliveryState::InFlight),
+            (3, None, DeliveryState::Queued),
+        ]
+    );
+    q.done(pid(7));
+    q.dropped(MsgId(3));
+    q.dropped(MsgId(1));
+    q.sent(MsgId(2), pid(7), DeliveryState::InFlight);
+    assert_eq!(
+        view(&q),
+        vec![
+            (2, Some(7), DeliveryState::InFlight),
+            (1, Some(8), DeliveryState::InFlight),
+        ]
+    );
+    q.retain(|x| x.msg != MsgId(1));
+    q.done(pid(8));
+    q.done(pid(7));
+    assert!(q.is_empty());
+}

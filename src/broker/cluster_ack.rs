@@ -1,0 +1,283 @@
+//! `ClusterAckGate`: a publisher's PUBACK/PUBREC held until the cluster link has stored
+//! the message in the JetStream queue of every other node that wants it (`docs/cluster.md`,
+//! "QoS 1/2 between nodes"), and the settling of messages from this node's own queue.
+//!
+//! Owns: this shard's cluster-ack sequence, the acknowledgements waiting for the link's
+//! answer (and the later acknowledgements of the same links, which ride behind them), and
+//! how many each link has waiting. Invariants: acknowledgements leave in the order they
+//! were held, so a link's acks keep the order of its PUBLISHes [MQTT-4.6.0-2/3]; one
+//! leaves when the link answered its sequence or `CLUSTER_ACK_WAIT_MS` after it was held,
+//! whichever comes first (NATS or JetStream down must not stall publishers); while a link
+//! has one waiting, its other acks wait behind it. The shard loop never blocks: the gate
+//! only holds values and a timer wakes it for the deadline. Must not touch: the link's
+//! queues (answers come as `ClusterCast::Published`), sockets.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::connect::timer_key;
+use super::journal::HeldAck;
+use super::Broker;
+use crate::protocol::{self, Packet, PacketId, ReasonCode};
+
+/// Longest a publisher's acknowledgement waits for the cluster link (which gives up on a
+/// queue store after `cluster::link::QUEUE_PUBLISH_WAIT_MS`, 2 s).
+pub const CLUSTER_ACK_WAIT_MS: u64 = 3000;
+/// Timer kind of the gate's deadline.
+pub(super) const TIMER_CLUSTER_ACK: u64 = 6;
+
+/// What a held acknowledgement sends once released.
+#[derive(Debug)]
+pub enum HeldPubAck {
+    /// An encoded packet (PUBACK, PUBCOMP, a refusal, …), sent once durable.
+    Packet(Vec<u8>),
+    /// The PUBREC of a new inbound QoS 2 message (`Broker::pubrec_new`).
+    PubRec {
+        /// Session key.
+        session: usize,
+        /// The session's uid (a reused key is another session).
+        uid: u64,
+        /// The packet id.
+        pid: PacketId,
+        /// Its reason code.
+        reason: ReasonCode,
+    },
+}
+
+/// One held acknowledgement.
+#[derive(Debug)]
+struct Entry {
+    /// The cluster-ack sequence it waits for; 0: it only rides behind earlier ones.
+    seq: u64,
+    done: bool,
+    held_ms: u64,
+    link: usize,
+    gen: u32,
+    what: HeldPubAck,
+}
+
+/// One shard's acknowledgements waiting for the cluster link.
+#[derive(Debug, Default)]
+pub struct ClusterAckGate {
+    /// Set while a client's QoS ≥ 1 PUBLISH is routed: its forward to the cluster is
+    /// numbered.
+    pub(super) wanted: bool,
+    /// The number given to the publish routed last (taken by the caller).
+    pub(super) numbered: Option<u64>,
+    next: u64,
+    pending: VecDeque<Entry>,
+    per_link: HashMap<usize, u32>,
+    timer_armed: bool,
+}
+
+impl ClusterAckGate {
+    /// Number a publish whose acknowledgement will wait for the link.
+    pub fn next_seq(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Whether link `key` has an acknowledgement waiting (then its next ones ride behind).
+    pub fn holds(&self, key: usize) -> bool {
+        self.per_link.get(&key).is_some_and(|&n| n > 0)
+    }
+
+    fn hold(&mut self, seq: u64, link: usize, gen: u32, what: HeldPubAck, now_ms: u64) {
+        *self.per_link.entry(link).or_default() += 1;
+        self.pending.push_back(Entry {
+            seq,
+            done: false,
+            held_ms: now_ms,
+            link,
+            gen,
+            what,
+        });
+    }
+
+    /// The link answered `seq`.
+    pub fn answered(&mut self, seq: u64) {
+        for e in &mut self.pending {
+            if e.seq == seq {
+                e.done = true;
+                return;
+            }
+            if e.seq > seq {
+                return;
+            }
+        }
+    }
+
+    /// The next acknowledgement that may go at `now_ms`: (link, generation, what).
+    fn pop_released(&mut self, now_ms: u64) -> Option<(usize, u32, HeldPubAck)> {
+        let front = self.pending.front()?;
+        let due = front.held_ms.saturating_add(CLUSTER_ACK_WAIT_MS);
+        if !(front.seq == 0 || front.done || now_ms >= due) {
+            return None;
+        }
+        let e = self.pending.pop_front()?;
+        if let Some(n) = self.per_link.get_mut(&e.link) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_link.remove(&e.link);
+            }
+        }
+        Some((e.link, e.gen, e.what))
+    }
+
+    /// When the oldest acknowledgement gives up waiting.
+    fn deadline(&self) -> Option<u64> {
+        self.pending
+            .front()
+            .map(|e| e.held_ms.saturating_add(CLUSTER_ACK_WAIT_MS))
+    }
+
+    /// Acknowledgements waiting (for figures and tests).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl<X> Broker<X> {
+    /// Hold `what` for link `key` until the link answers `seq` (0: until the link's
+    /// earlier held acknowledgements have gone).
+    pub(super) fn hold_for_cluster(&mut self, key: usize, seq: u64, what: HeldPubAck) {
+        let Some(gen) = self.links.get(key).map(|l| l.gen) else {
+            return;
+        };
+        let now = self.now_ms;
+        self.acks.hold(seq, key, gen, what, now);
+        if !self.acks.timer_armed {
+            self.acks.timer_armed = true;
+            let at = now + CLUSTER_ACK_WAIT_MS;
+            self.timers.insert(at, timer_key(TIMER_CLUSTER_ACK, 0, 0));
+        }
+    }
+
+    /// Hold `packet` for link `key` behind its acknowledgements waiting for the cluster.
+    /// Returns false (nothing held) when it has none waiting.
+    pub(super) fn ride_behind_cluster(&mut self, key: usize, packet: &Packet<'_>) -> bool {
+        if !self.acks.holds(key) {
+            return false;
+        }
+        let Some(version) = self.links.get(key).map(|l| l.version) else {
+            return false;
+        };
+        let mut bytes = Vec::new();
+        protocol::encode(packet, version, &mut bytes);
+        self.hold_for_cluster(key, 0, HeldPubAck::Packet(bytes));
+        true
+    }
+
+    /// The gate's deadline timer fired.
+    pub(super) fn cluster_ack_timer(&mut self, now_ms: u64) {
+        self.acks.timer_armed = false;
+        self.release_cluster_acks(now_ms);
+        if let Some(at) = self.acks.deadline() {
+            self.acks.timer_armed = true;
+            self.timers
+                .insert(at.max(now_ms + 1), timer_key(TIMER_CLUSTER_ACK, 0, 0));
+        }
+    }
+
+    /// Send, in order, the acknowledgements the link has answered (or that waited long
+    /// enough); each still waits for this shard's log, like any acknowledgement.
+    pub(super) fn release_cluster_acks(&mut self, now_ms: u64) {
+        while let Some((link, gen, what)) = self.acks.pop_released(now_ms) {
+            let live = self
+                .links
+                .get(link)
+                .is_some_and(|l| l.gen == gen && l.is_connected());
+            if !live {
+                continue;
+            }
+            match what {
+                HeldPubAck::Packet(bytes) => self.send_bytes_durable(link, gen, &bytes),
+                HeldPubAck::PubRec {
+                    session,
+                    uid,
+                    pid,
+                    reason,
+                } => {
+                    if self.sessions.get(session).is_some_and(|s| s.uid == uid) {
+                        self.pubrec_now(session, link, pid, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write `bytes` to link `key` (generation `gen`) once this turn's records are
+    /// durable (at once with persistence off).
+    fn send_bytes_durable(&mut self, key: usize, gen: u32, bytes: &[u8]) {
+        if let Some(j) = self.journal.as_mut() {
+            j.hold(HeldAck::Bytes {
+                link: key,
+                gen,
+                bytes: bytes.into(),
+            });
+            return;
+        }
+        let Some(c) = self.links.conn_mut(key) else {
+            return;
+        };
+        c.tx.buf().extend_from_slice(bytes);
+        self.fx.stats.packets_out += 1;
+        self.fx.mark_dirty(key, &mut c.link);
+    }
+
+    /// A message from this node's queue was routed: let the link acknowledge it to
+    /// JetStream once this turn's records (and the peers it was cast to) are durable, at
+    /// once with persistence off (it is in the shards' hands).
+    pub(super) fn settle_when_durable(&mut self, token: u64) {
+        match self.journal.as_mut() {
+            Some(j) => j.hold(HeldAck::Cluster { token }),
+            None => self.tell_cluster(super::cluster::ToCluster::Settle { token }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(n: u8) -> HeldPubAck {
+        HeldPubAck::Packet(vec![n])
+    }
+
+    fn byte(w: &HeldPubAck) -> u8 {
+        match w {
+            HeldPubAck::Packet(b) => b[0],
+            HeldPubAck::PubRec { .. } => 0,
+        }
+    }
+
+    /// Answers may come out of order; acknowledgements leave in order, riders behind.
+    #[test]
+    fn released_in_order_when_answered_or_due() {
+        let mut g = ClusterAckGate::default();
+        let (s1, s2) = (g.next_seq(), g.next_seq());
+        g.hold(s1, 7, 0, packet(1), 100);
+        g.hold(s2, 8, 0, packet(2), 100);
+        g.hold(0, 7, 0, packet(3), 100);
+        assert!(g.holds(7) && g.holds(8));
+        g.answered(s2);
+        assert!(g.pop_released(100).is_none(), "the first is not answered");
+        g.answered(s1);
+        let order: Vec<u8> = std::iter::from_fn(|| g.pop_released(100))
+            .map(|(_, _, w)| byte(&w))
+            .collect();
+        assert_eq!(order, [1, 2, 3]);
+        assert!(!g.holds(7) && g.is_empty());
+        let s3 = g.next_seq();
+        g.hold(s3, 7, 0, packet(4), 1000);
+        assert!(g.pop_released(1000 + CLUSTER_ACK_WAIT_MS - 1).is_none());
+        assert_eq!(g.deadline(), Some(1000 + CLUSTER_ACK_WAIT_MS));
+        assert!(g.pop_released(1000 + CLUSTER_ACK_WAIT_MS).is_some(), "due");
+        g.answered(s3);
+        assert_eq!(g.len(), 0, "a late answer finds nothing");
+    }
+}
