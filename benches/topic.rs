@@ -85,7 +85,7 @@ fn trie_match(c: &mut Criterion) {
     } = trie_workload();
     let mut total = 0usize;
     for t in &topics {
-        trie.for_each_match(t, |_, _| total += 1);
+        trie.for_each_match(t, |_| total += 1);
     }
     eprintln!(
         "trie_match: {FILTERS} filters, {:.2} matches per topic",
@@ -99,7 +99,7 @@ fn trie_match(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % topics.len();
             let mut n = 0usize;
-            trie.for_each_match(black_box(&topics[i]), |_, v| n += v);
+            trie.for_each_match(black_box(&topics[i]), |v| n += v);
             n
         })
     });
@@ -198,7 +198,7 @@ fn icount(spec: &str) {
             let w = trie_workload();
             for i in 0..iters {
                 let t = black_box(&w.topics[i % w.topics.len()]);
-                w.trie.for_each_match(t, |_, v| sink += v);
+                w.trie.for_each_match(t, |v| sink += v);
             }
         }
         "retained_match" => {
@@ -230,7 +230,46 @@ fn icount(spec: &str) {
 
 criterion_group!(benches, trie_match, retained_match, validation);
 
+/// `TOPIC_BENCH_WORST_INSERT=N`: subscribes `big/0` .. `big/N-1` (one node with N children)
+/// and prints the slowest single insertion, the slowest 1,024 in a row (one SUBSCRIBE's
+/// worth) and the total: what a SUBSCRIBE can cost its shard in one turn as the node's
+/// children map grows.
+fn worst_insert(n: usize) {
+    use std::time::{Duration, Instant};
+    let mut trie = FilterTrie::new();
+    let (mut worst, mut worst_at) = (Duration::ZERO, 0);
+    let (mut packet, mut worst_packet) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    for i in 0..n {
+        let f = format!("big/{i}");
+        let t = Instant::now();
+        trie.entry_or_insert_with(&f, || i);
+        let d = t.elapsed();
+        if d > worst {
+            (worst, worst_at) = (d, i);
+        }
+        packet += d;
+        if i % 1024 == 1023 {
+            worst_packet = worst_packet.max(packet);
+            packet = Duration::ZERO;
+        }
+    }
+    eprintln!(
+        "worst_insert: {n} children, slowest insertion {worst:?} (the {worst_at}th), \
+         slowest 1,024 in a row {worst_packet:?}, total {:?}",
+        start.elapsed()
+    );
+    black_box(trie.len());
+}
+
 fn main() {
+    if let Some(n) = std::env::var("TOPIC_BENCH_WORST_INSERT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        worst_insert(n);
+        return;
+    }
     if let Ok(spec) = std::env::var("TOPIC_BENCH_ICOUNT") {
         icount(&spec);
         return;

@@ -898,7 +898,8 @@ fn memory_figures_are_in_metrics() {
     };
     // 500 two-level filters at their estimated cost each.
     let subs = accounted(&text, "subscriptions");
-    assert_eq!(subs, 500.0 * 800.0, "subscriptions accounted");
+    let each = shardmq::session::subscription_bytes("mm/0") as f64;
+    assert_eq!(subs, 500.0 * each, "subscriptions accounted");
     let rss = sample_sum(&text, "shardmq_process_resident_memory_bytes", &[]).expect("rss");
     let allocated = sample_sum(&text, "shardmq_allocator_allocated_bytes", &[]).expect("alloc");
     let resident = sample_sum(&text, "shardmq_allocator_resident_bytes", &[]).expect("resident");

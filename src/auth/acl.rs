@@ -221,7 +221,7 @@ impl Acl {
             Some(u) => self.users.get(u),
         };
         if let Some(t) = trie {
-            t.for_each_match(topic, |_, b| bits |= *b);
+            t.for_each_match(topic, |b| bits |= *b);
         }
         if bits & DENY != 0 {
             return DENY;

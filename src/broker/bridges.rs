@@ -98,7 +98,7 @@ impl BridgeRoutes {
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;
         if !self.owners.is_empty() {
-            self.owners.for_each_match(topic, |_, m| mask |= *m);
+            self.owners.for_each_match(topic, |m| mask |= *m);
         }
         mask & !(1u64 << me)
     }
@@ -111,7 +111,7 @@ impl BridgeRoutes {
             return false;
         }
         let mut bridges = 0u64;
-        self.mine.for_each_match(&msg.topic, |_, m| bridges |= *m);
+        self.mine.for_each_match(&msg.topic, |m| bridges |= *m);
         let mut any = false;
         let mut i = 0;
         while bridges != 0 {

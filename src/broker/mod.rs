@@ -159,18 +159,50 @@ pub enum Verdict {
     },
 }
 
-/// One local subscription in the trie.
+/// One local subscription in the trie: 12 bytes (there is one per subscription, so its
+/// size is part of every subscription's cost; docs/robustness.md).
 #[derive(Debug, Clone, Copy)]
 pub struct Subscriber {
-    /// Sessions slab key.
-    pub session: usize,
+    /// Sessions slab key (a slab of more than 2^32 sessions would not fit in memory).
+    session: u32,
     /// Options granted.
     pub options: protocol::SubscriptionOptions,
-    /// Subscription Identifier (5.0).
-    pub sub_id: Option<u32>,
+    /// Subscription Identifier (5.0); never 0, which the protocol forbids.
+    sub_id: Option<std::num::NonZeroU32>,
 }
 
-/// Subscribers of one filter.
+impl Subscriber {
+    /// Session `session`'s subscription with these options and identifier.
+    ///
+    /// # Panics
+    /// If the session key does not fit in 32 bits: every session costs hundreds of bytes,
+    /// so 2^32 of them cannot exist.
+    pub fn new(
+        session: usize,
+        options: protocol::SubscriptionOptions,
+        sub_id: Option<u32>,
+    ) -> Self {
+        Subscriber {
+            session: u32::try_from(session).expect("session slab keys fit in 32 bits"),
+            options,
+            sub_id: sub_id.and_then(std::num::NonZeroU32::new),
+        }
+    }
+
+    /// The session's slab key.
+    pub fn session(&self) -> usize {
+        self.session as usize
+    }
+
+    /// The Subscription Identifier (5.0).
+    pub fn sub_id(&self) -> Option<u32> {
+        self.sub_id.map(std::num::NonZeroU32::get)
+    }
+}
+
+/// Subscribers of one filter. Two fit inline in the same 32 bytes as the heap form's
+/// pointer, length and capacity (one inline would leave 24 bytes, which the allocator
+/// rounds to the same 32-byte class).
 pub type Subscribers = smallvec::SmallVec<[Subscriber; 2]>;
 
 /// Counters of one shard.

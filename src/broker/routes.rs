@@ -25,12 +25,12 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Add or update session `entry.session`'s subscription to `filter`. Returns true if
+    /// Add or update session `entry.session()`'s subscription to `filter`. Returns true if
     /// it is the shard's first subscriber to it (peers must learn of the interest).
     pub fn add_local(&mut self, filter: &str, entry: Subscriber) -> bool {
         match self.subs.get_mut(filter) {
             Some(list) => {
-                match list.iter_mut().find(|x| x.session == entry.session) {
+                match list.iter_mut().find(|x| x.session() == entry.session()) {
                     Some(x) => *x = entry,
                     None => list.push(entry),
                 }
@@ -51,7 +51,7 @@ impl Routes {
             return (false, false);
         };
         let before = list.len();
-        list.retain(|x| x.session != s);
+        list.retain(|x| x.session() != s);
         let removed = list.len() != before;
         if list.is_empty() {
             self.subs.remove(filter);
@@ -77,7 +77,7 @@ impl Routes {
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;
         if !self.interest.is_empty() {
-            self.interest.for_each_match(topic, |_, m| mask |= *m);
+            self.interest.for_each_match(topic, |m| mask |= *m);
         }
         mask & !(1u64 << me)
     }
@@ -101,9 +101,9 @@ impl Routes {
         let seq = self.route_seq;
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.subs.for_each_match(&msg.topic, |_, list| {
+        self.subs.for_each_match(&msg.topic, |list| {
             for sub in list {
-                let Some(sess) = sessions.get_mut(sub.session) else {
+                let Some(sess) = sessions.get_mut(sub.session()) else {
                     continue;
                 };
                 if sub.options.no_local && sess.uid == msg.origin {
@@ -114,18 +114,18 @@ impl Routes {
                     if let Some(h) = hits.get_mut(sess.route_slot as usize) {
                         h.qos = h.qos.max(qos);
                         h.retain_as_published |= sub.options.retain_as_published;
-                        h.sub_ids.extend(sub.sub_id);
+                        h.sub_ids.extend(sub.sub_id());
                     }
                     continue;
                 }
                 sess.route_mark = seq;
                 sess.route_slot = hits.len() as u32;
                 let mut sub_ids = SubIds::new();
-                if let Some(id) = sub.sub_id {
+                if let Some(id) = sub.sub_id() {
                     sub_ids.push(id);
                 }
                 hits.push(Hit {
-                    session: sub.session,
+                    session: sub.session(),
                     link: sess.link,
                     qos,
                     retain_as_published: sub.options.retain_as_published,
@@ -139,5 +139,20 @@ impl Routes {
     /// Give back the list `match_local` lent.
     pub(super) fn recycle(&mut self, hits: Vec<Hit>) {
         self.hits = hits;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_is_twelve_bytes_and_two_fit_inline() {
+        assert_eq!(std::mem::size_of::<Subscriber>(), 12);
+        assert_eq!(std::mem::size_of::<Subscribers>(), 32);
+        let opts = crate::protocol::SubscriptionOptions::default();
+        let s = Subscriber::new(7, opts, Some(268_435_455));
+        assert_eq!((s.session(), s.sub_id()), (7, Some(268_435_455)));
+        assert_eq!(Subscriber::new(7, opts, None).sub_id(), None);
     }
 }

@@ -316,15 +316,13 @@ fn dispatch<X>(
         return false;
     }
     let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
-    routes
-        .share_groups()
-        .for_each_match(&msg.topic, |_, groups| {
-            for g in groups.iter() {
-                if let Some(m) = g.pick(0) {
-                    picks.push((m, g.key.clone()));
-                }
+    routes.share_groups().for_each_match(&msg.topic, |groups| {
+        for g in groups.iter() {
+            if let Some(m) = g.pick(0) {
+                picks.push((m, g.key.clone()));
             }
-        });
+        }
+    });
     let matched = !picks.is_empty();
     for (member, key) in picks {
         let d = ShareDelivery {

@@ -172,11 +172,7 @@ impl<X> Broker<X> {
             .and_then(|x| x.add_sub(filter, state))
             .is_some();
         self.journal_subscription(s, filter, Some(&state));
-        let entry = Subscriber {
-            session: s,
-            options: state.options,
-            sub_id: state.sub_id,
-        };
+        let entry = Subscriber::new(s, state.options, state.sub_id);
         if self.routes.add_local(filter, entry) {
             self.broadcast_interest(filter, true);
         }

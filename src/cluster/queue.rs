@@ -146,7 +146,7 @@ impl InterestView {
     /// The other nodes with a filter matching `topic`, each once.
     pub fn nodes(&self, topic: &str) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::new();
-        self.trie.for_each_match(topic, |_, nodes| {
+        self.trie.for_each_match(topic, |nodes| {
             for n in nodes {
                 if !out.contains(n) {
                     out.push(n.clone());

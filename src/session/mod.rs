@@ -87,12 +87,13 @@ pub struct SubState {
 }
 
 /// Bytes of one subscription that does not depend on its filter: the session's map entry
-/// and the trie entries' fixed parts (measured with jemalloc, docs/robustness.md).
-pub const SUBSCRIPTION_FIXED_BYTES: u64 = 160;
+/// with the filter's text, and the values in the local and interest tries (measured with
+/// jemalloc by `bench/sub-memory`, docs/robustness.md).
+pub const SUBSCRIPTION_FIXED_BYTES: u64 = 288;
 /// Bytes per level of a filter: a node in the local trie and one in the interest trie,
-/// with their level keys and the filter's text copies (measured: `sensors/{i}/temp`
-/// costs 1,062 bytes, `building-a/floor-3/room-{i}/sensor/temperature` 1,672).
-pub const SUBSCRIPTION_LEVEL_BYTES: u64 = 320;
+/// with their level keys (measured: `sensors/{i}/temp` costs 562 bytes,
+/// `building-a/floor-3/room-{i}/sensor/temperature` 753; this counts 576 and 768).
+pub const SUBSCRIPTION_LEVEL_BYTES: u64 = 96;
 
 /// What a subscription to `filter` costs the broker, for the memory budget. Levels shared
 /// with other filters are counted for each, so this errs high where filters share long

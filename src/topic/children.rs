@@ -3,8 +3,9 @@
 //! Owns: the choice of layout per node. Few children (the common case below the first
 //! couple of levels) live in a small unsorted `Vec` scanned linearly: one cache line per
 //! entry, no hashing. Past [`SMALL_CHILDREN_MAX`] the node switches to a `HashMap` with a
-//! fast seeded hasher, and drops back to the `Vec` at [`SMALL_CHILDREN_MIN`] (hysteresis, so
-//! sub/unsub churn at the boundary does not rebuild the map each time).
+//! fast seeded hasher, past [`SEGMENT_MAX`] to [`Wide`] (the same maps in segments, so it
+//! never grows in one big step), and drops back to the `Vec` at [`SMALL_CHILDREN_MIN`]
+//! (hysteresis, so sub/unsub churn at the boundary does not rebuild the map each time).
 //! Invariant: each level appears at most once. Must not touch: wildcard children (`+`, `#`
 //! have their own slots in the nodes that use them) and the nodes' own contents.
 //! Why these numbers: docs/decisions/0002-topic-trie.md.
@@ -13,18 +14,24 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
+use super::wide::{Wide, WideIter, SEGMENT_MAX};
+
 /// Above this many children a node switches from the linear `Vec` to a `HashMap`.
 pub(crate) const SMALL_CHILDREN_MAX: usize = 8;
 /// At or below this many children a map-backed node switches back to the `Vec`.
 pub(crate) const SMALL_CHILDREN_MIN: usize = 4;
 
-type Map<N> = HashMap<Box<str>, N, LevelHash>;
+/// A map of level → child with the per-map seeded hash.
+pub(crate) type LevelMap<N> = HashMap<Box<str>, N, LevelHash>;
 
-/// Level → child, as a small `Vec` or a boxed map (boxed: keeps the node 48 bytes).
+/// Level → child, as a small `Vec`, a boxed map, or boxed segments of maps (boxed: keeps
+/// the node 48 bytes). The plain map stays below [`SEGMENT_MAX`] children, so the nodes
+/// most walks meet cost no more than before `Wide` existed.
 #[derive(Debug)]
 pub(crate) enum Children<N> {
     Small(Vec<(Box<str>, N)>),
-    Map(Box<Map<N>>),
+    Map(Box<LevelMap<N>>),
+    Wide(Box<Wide<N>>),
 }
 
 impl<N> Children<N> {
@@ -36,6 +43,7 @@ impl<N> Children<N> {
         match self {
             Children::Small(v) => v.len(),
             Children::Map(m) => m.len(),
+            Children::Wide(w) => w.len(),
         }
     }
 
@@ -48,6 +56,7 @@ impl<N> Children<N> {
         match self {
             Children::Small(v) => v.iter().find(|(k, _)| same_level(k, level)).map(|(_, n)| n),
             Children::Map(m) => m.get(level),
+            Children::Wide(w) => w.get(level),
         }
     }
 
@@ -55,6 +64,7 @@ impl<N> Children<N> {
         match self {
             Children::Small(v) => v.iter_mut().find(|(k, _)| &**k == level).map(|(_, n)| n),
             Children::Map(m) => m.get_mut(level),
+            Children::Wide(w) => w.get_mut(level),
         }
     }
 
@@ -65,11 +75,20 @@ impl<N> Children<N> {
                 self.grow();
             }
         }
+        if let Children::Map(m) = self {
+            if m.len() >= SEGMENT_MAX && !m.contains_key(level) {
+                self.widen();
+            }
+        }
         match self {
             Children::Small(v) => {
                 let i = match v.iter().position(|(k, _)| &**k == level) {
                     Some(i) => i,
                     None => {
+                        // Exact growth: `push` alone would allocate room for four
+                        // children at the first, and most nodes keep one (a 64-byte
+                        // entry, so three unused cost 192 bytes per node).
+                        v.reserve_exact(1);
                         v.push((level.into(), make()));
                         v.len() - 1
                     }
@@ -79,6 +98,7 @@ impl<N> Children<N> {
             // The owned key is allocated even when the child exists; this runs at
             // subscribe time only, and avoids a second lookup.
             Children::Map(m) => m.entry(level.into()).or_insert_with(make),
+            Children::Wide(w) => w.get_or_insert_with(level, make),
         }
     }
 
@@ -90,11 +110,10 @@ impl<N> Children<N> {
                 Some(v.swap_remove(i).1)
             }
             Children::Map(m) => m.remove(level),
+            Children::Wide(w) => w.remove(level),
         };
-        if let Children::Map(m) = self {
-            if m.len() <= SMALL_CHILDREN_MIN {
-                self.shrink();
-            }
+        if !matches!(self, Children::Small(_)) && self.len() <= SMALL_CHILDREN_MIN {
+            self.shrink();
         }
         removed
     }
@@ -103,22 +122,34 @@ impl<N> Children<N> {
         match self {
             Children::Small(v) => ChildIter::Small(v.iter()),
             Children::Map(m) => ChildIter::Map(m.iter()),
+            Children::Wide(w) => ChildIter::Wide(w.iter()),
         }
     }
 
     fn grow(&mut self) {
         if let Children::Small(v) = self {
-            let mut m = Map::with_capacity_and_hasher(v.len() * 2, LevelHash::new());
+            let mut m = LevelMap::with_capacity_and_hasher(v.len() * 2, LevelHash::new());
             m.extend(v.drain(..));
             *self = Children::Map(Box::new(m));
         }
     }
 
-    fn shrink(&mut self) {
+    /// The full map becomes the first segment of a [`Wide`] (no entry moves here; the
+    /// next insertion splits it).
+    fn widen(&mut self) {
         if let Children::Map(m) = self {
-            let v: Vec<_> = m.drain().collect();
-            *self = Children::Small(v);
+            let map = std::mem::replace(&mut **m, LevelMap::with_hasher(LevelHash::new()));
+            *self = Children::Wide(Box::new(Wide::from_map(map)));
         }
+    }
+
+    fn shrink(&mut self) {
+        let v: Vec<_> = match self {
+            Children::Small(_) => return,
+            Children::Map(m) => m.drain().collect(),
+            Children::Wide(w) => w.drain().collect(),
+        };
+        *self = Children::Small(v);
     }
 }
 
@@ -126,6 +157,7 @@ impl<N> Children<N> {
 pub(crate) enum ChildIter<'a, N> {
     Small(std::slice::Iter<'a, (Box<str>, N)>),
     Map(std::collections::hash_map::Iter<'a, Box<str>, N>),
+    Wide(WideIter<'a, N>),
 }
 
 impl<'a, N> Iterator for ChildIter<'a, N> {
@@ -135,6 +167,7 @@ impl<'a, N> Iterator for ChildIter<'a, N> {
         match self {
             ChildIter::Small(it) => it.next().map(|(k, n)| (&**k, n)),
             ChildIter::Map(it) => it.next().map(|(k, n)| (&**k, n)),
+            ChildIter::Wide(it) => it.next(),
         }
     }
 }
@@ -147,7 +180,7 @@ pub(crate) struct LevelHash {
 }
 
 impl LevelHash {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // std's RandomState draws its keys from the OS once per thread, then increments.
         LevelHash {
             seed: RandomState::new().hash_one(0x5eed_u64),

@@ -20,6 +20,7 @@
 mod children;
 pub mod retained;
 pub mod trie;
+mod wide;
 
 pub use retained::TopicTree;
 pub use trie::FilterTrie;

@@ -2,9 +2,10 @@
 //!
 //! Owns: a trie over filter levels. Each node has its exact-level children
 //! ([`Children`]: small `Vec`, or a seeded `HashMap` when wide), a `+` child slot and a `#`
-//! slot. `#` is always the last level of a valid filter, so the `#` slot holds an entry,
-//! never a node. Every stored value sits in an [`Entry`] next to its full filter string, so
-//! [`FilterTrie::for_each_match`] can hand the filter to the callback without building it.
+//! slot. `#` is always the last level of a valid filter, so the `#` slot holds a value,
+//! never a node. Values are stored without their filter: the filter is the path to them
+//! (no caller of [`FilterTrie::for_each_match`] needs it, and a copy per trie cost a
+//! subscription 32 bytes or more in each); [`FilterTrie::iter`] rebuilds it.
 //!
 //! Invariants:
 //! * Every stored filter is valid ([`valid_filter`]), hence the trie is at most
@@ -22,23 +23,17 @@ use super::children::Children;
 use super::TOPIC_LEVELS_MAX;
 use super::{split_level, valid_filter};
 
-/// A stored filter and its value.
-#[derive(Debug)]
-struct Entry<V> {
-    filter: Box<str>,
-    value: V,
-}
-
 /// One trie node: 48 bytes whatever `V` is, so a small-children `Vec` is one cache line
 /// per child (16-byte key + node).
 #[derive(Debug)]
 struct Node<V> {
     children: Children<Node<V>>,
     plus: Option<Box<Node<V>>>,
-    /// The filter ending at this node.
-    value: Option<Box<Entry<V>>>,
-    /// The filter ending at this node followed by `/#` (or `#` alone at the root).
-    hash: Option<Box<Entry<V>>>,
+    /// The value of the filter ending at this node.
+    value: Option<Box<V>>,
+    /// The value of the filter ending at this node followed by `/#` (or `#` alone at the
+    /// root).
+    hash: Option<Box<V>>,
 }
 
 impl<V> Node<V> {
@@ -102,13 +97,13 @@ impl<V> FilterTrie<V> {
         while let Some(s) = rest {
             let (level, next) = split_level(s);
             match level {
-                "#" if next.is_none() => return node.hash.as_ref().map(|e| &e.value),
+                "#" if next.is_none() => return node.hash.as_deref(),
                 "+" => node = node.plus.as_deref()?,
                 _ => node = node.children.get(level)?,
             }
             rest = next;
         }
-        node.value.as_ref().map(|e| &e.value)
+        node.value.as_deref()
     }
 
     /// The value stored for exactly this filter, mutably.
@@ -118,13 +113,13 @@ impl<V> FilterTrie<V> {
         while let Some(s) = rest {
             let (level, next) = split_level(s);
             match level {
-                "#" if next.is_none() => return node.hash.as_mut().map(|e| &mut e.value),
+                "#" if next.is_none() => return node.hash.as_deref_mut(),
                 "+" => node = node.plus.as_deref_mut()?,
                 _ => node = node.children.get_mut(level)?,
             }
             rest = next;
         }
-        node.value.as_mut().map(|e| &mut e.value)
+        node.value.as_deref_mut()
     }
 
     /// The value for `filter`, inserted with `make` if the filter is not stored yet.
@@ -154,26 +149,20 @@ impl<V> FilterTrie<V> {
         if slot.is_none() {
             self.len += 1;
         }
-        let entry = slot.get_or_insert_with(|| {
-            Box::new(Entry {
-                filter: filter.into(),
-                value: make(),
-            })
-        });
-        &mut entry.value
+        slot.get_or_insert_with(|| Box::new(make()))
     }
 
     /// Removes `filter` and returns its value, pruning every node left empty.
     pub fn remove(&mut self, filter: &str) -> Option<V> {
         let removed = remove_in(&mut self.root, Some(filter))?;
         self.len -= 1;
-        Some(removed.value)
+        Some(removed)
     }
 
-    /// Calls `f(filter, value)` once for every stored filter matching the topic name
-    /// `topic` (per [`super::matches`], including the `$` rule). Allocates nothing; the
-    /// recursion depth is bounded by the trie depth, not by the topic.
-    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&str, &V)) {
+    /// Calls `f(value)` once for every stored filter matching the topic name `topic` (per
+    /// [`super::matches`], including the `$` rule). Allocates nothing; the recursion depth
+    /// is bounded by the trie depth, not by the topic.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&V)) {
         let root = &self.root;
         let (level, next) = split_level(topic);
         if !topic.starts_with('$') {
@@ -187,14 +176,12 @@ impl<V> FilterTrie<V> {
         }
     }
 
-    /// Every `(filter, value)` pair, in no particular order. Allocates each filter string;
-    /// meant for rebuilding and replication, not for the publish path.
+    /// Every `(filter, value)` pair, in no particular order. Rebuilds and allocates each
+    /// filter string; meant for rebuilding and replication, not for the publish path.
     pub fn iter(&self) -> impl Iterator<Item = (String, &V)> {
         let mut entries = Vec::with_capacity(self.len);
-        collect(&self.root, &mut entries);
-        entries
-            .into_iter()
-            .map(|e| (e.filter.to_string(), &e.value))
+        collect(&self.root, &mut String::new(), &mut entries);
+        entries.into_iter()
     }
 
     /// The number of nodes including the root, to check that `remove` prunes.
@@ -205,14 +192,14 @@ impl<V> FilterTrie<V> {
 }
 
 #[inline]
-fn emit<V>(slot: &Option<Box<Entry<V>>>, f: &mut impl FnMut(&str, &V)) {
-    if let Some(e) = slot {
-        f(&e.filter, &e.value);
+fn emit<V>(slot: &Option<Box<V>>, f: &mut impl FnMut(&V)) {
+    if let Some(v) = slot {
+        f(v);
     }
 }
 
 /// `node` has consumed the topic levels before `rest` (`None`: all of them).
-fn match_in<V>(node: &Node<V>, rest: Option<&str>, f: &mut impl FnMut(&str, &V)) {
+fn match_in<V>(node: &Node<V>, rest: Option<&str>, f: &mut impl FnMut(&V)) {
     // `x/#` matches `x` itself as well as everything below it.
     emit(&node.hash, f);
     let Some(s) = rest else {
@@ -229,13 +216,13 @@ fn match_in<V>(node: &Node<V>, rest: Option<&str>, f: &mut impl FnMut(&str, &V))
 }
 
 /// Removes the entry for `rest` below `node`; prunes the child it came through if emptied.
-fn remove_in<V>(node: &mut Node<V>, rest: Option<&str>) -> Option<Entry<V>> {
+fn remove_in<V>(node: &mut Node<V>, rest: Option<&str>) -> Option<V> {
     let Some(s) = rest else {
-        return node.value.take().map(|e| *e);
+        return node.value.take().map(|v| *v);
     };
     let (level, next) = split_level(s);
     match level {
-        "#" if next.is_none() => node.hash.take().map(|e| *e),
+        "#" if next.is_none() => node.hash.take().map(|v| *v),
         "+" => {
             let plus = node.plus.as_deref_mut()?;
             let removed = remove_in(plus, next)?;
@@ -255,14 +242,23 @@ fn remove_in<V>(node: &mut Node<V>, rest: Option<&str>) -> Option<Entry<V>> {
     }
 }
 
-fn collect<'a, V>(node: &'a Node<V>, out: &mut Vec<&'a Entry<V>>) {
-    out.extend(node.value.as_deref());
-    out.extend(node.hash.as_deref());
-    if let Some(plus) = node.plus.as_deref() {
-        collect(plus, out);
+/// Pushes every entry below `node`, whose filter prefix is `path` (empty at the root,
+/// else the levels so far followed by `/`). `path` is restored before returning.
+fn collect<'a, V>(node: &'a Node<V>, path: &mut String, out: &mut Vec<(String, &'a V)>) {
+    if let Some(v) = node.value.as_deref() {
+        // The filter ending here is the path without its trailing `/`.
+        out.push((path[..path.len().saturating_sub(1)].to_string(), v));
     }
-    for (_, child) in node.children.iter() {
-        collect(child, out);
+    if let Some(v) = node.hash.as_deref() {
+        out.push((format!("{path}#"), v));
+    }
+    let len = path.len();
+    let children = node.plus.as_deref().map(|p| ("+", p));
+    for (level, child) in children.into_iter().chain(node.children.iter()) {
+        path.push_str(level);
+        path.push('/');
+        collect(child, path, out);
+        path.truncate(len);
     }
 }
 
@@ -283,11 +279,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn matched(trie: &FilterTrie<usize>, topic: &str) -> Vec<String> {
+    /// The filters matching `topic`, from a trie whose values are their own filters.
+    fn matched(trie: &FilterTrie<String>, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        trie.for_each_match(topic, |filter, &v| {
-            assert_eq!(trie.get(filter), Some(&v));
-            out.push(filter.to_string());
+        trie.for_each_match(topic, |filter| {
+            assert_eq!(trie.get(filter), Some(filter));
+            out.push(filter.clone());
         });
         out.sort();
         out
@@ -311,6 +308,15 @@ mod tests {
         trie
     }
 
+    /// A trie mapping each filter to itself.
+    fn named_trie_of(filters: &[&str]) -> FilterTrie<String> {
+        let mut trie = FilterTrie::new();
+        for f in filters {
+            trie.entry_or_insert_with(f, || f.to_string());
+        }
+        trie
+    }
+
     #[test]
     fn spec_examples_through_the_trie() {
         let filters = [
@@ -323,7 +329,7 @@ mod tests {
             "$SYS/#",
             "+/monitor/Clients",
         ];
-        let trie = trie_of(&filters);
+        let trie = named_trie_of(&filters);
         let owned: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         for topic in [
             "sport",
@@ -379,6 +385,7 @@ mod tests {
     fn node_stays_small_whatever_the_value() {
         // The layout the decision record measured: a small-children entry is one cache line.
         assert_eq!(std::mem::size_of::<Node<[u64; 8]>>(), 48);
+        assert_eq!(std::mem::size_of::<Node<()>>(), 48);
         assert_eq!(std::mem::size_of::<(Box<str>, Node<u8>)>(), 64);
     }
 
@@ -391,13 +398,38 @@ mod tests {
     #[test]
     fn deep_topic_does_not_recurse_past_the_trie() {
         let deep_filter = vec!["+"; TOPIC_LEVELS_MAX].join("/");
-        let trie = trie_of(&["#", "+/#", &deep_filter, "a"]);
+        let trie = named_trie_of(&["#", "+/#", &deep_filter, "a"]);
         let huge = "/".repeat(65_535);
         assert!(!valid_topic_name(&huge));
         assert_eq!(matched(&trie, &huge), ["#", "+/#"]);
         let max_topic = vec!["x"; TOPIC_LEVELS_MAX].join("/");
         assert_eq!(levels(&max_topic).count(), TOPIC_LEVELS_MAX);
         assert_eq!(matched(&trie, &max_topic).len(), 3);
+    }
+
+    /// A node wide enough to split its children map several times still matches as the
+    /// linear scan does, and prunes back to the root.
+    #[test]
+    fn wide_node_matches_linear_scan() {
+        let n = super::super::wide::SEGMENT_MAX * 3;
+        let mut filters: Vec<String> = (0..n).map(|i| format!("big/{i}")).collect();
+        filters.extend((0..n).step_by(97).map(|i| format!("big/{i}/#")));
+        filters.extend(["big/+", "+/7", "#"].map(String::from));
+        let mut trie = FilterTrie::new();
+        for f in &filters {
+            trie.entry_or_insert_with(f, || f.clone());
+        }
+        let topics: Vec<String> = (0..n + 10)
+            .step_by(401)
+            .flat_map(|i| [format!("big/{i}"), format!("big/{i}/x")])
+            .chain(["big/7".to_string(), "big".to_string()])
+            .collect();
+        check_all(&trie, &filters, &topics);
+        for f in &filters {
+            assert_eq!(trie.remove(f).as_ref(), Some(f));
+        }
+        assert!(trie.is_empty());
+        assert_eq!(trie.node_count(), 1);
     }
 
     const FILTER_LEVELS: [&str; 7] = ["a", "b", "", "$sys", "+", "#", "a"];
@@ -415,8 +447,19 @@ mod tests {
         joined(&TOPIC_LEVELS, 5).prop_filter("valid topic", |t| valid_topic_name(t))
     }
 
-    fn check_all(trie: &FilterTrie<usize>, stored: &[String], topics: &[String]) {
+    fn check_all(trie: &FilterTrie<String>, stored: &[String], topics: &[String]) {
         assert_eq!(trie.len(), stored.len());
+        let mut rebuilt: Vec<String> = trie
+            .iter()
+            .map(|(f, v)| {
+                assert_eq!(&f, v, "iter rebuilds the filter");
+                f
+            })
+            .collect();
+        rebuilt.sort();
+        let mut expected = stored.to_vec();
+        expected.sort();
+        assert_eq!(rebuilt, expected);
         for t in topics {
             assert_eq!(matched(trie, t), oracle(stored, t), "topic {t:?}");
         }
@@ -432,8 +475,8 @@ mod tests {
         ) {
             let mut trie = FilterTrie::new();
             let mut stored: Vec<String> = Vec::new();
-            for (i, f) in filters.iter().enumerate() {
-                trie.entry_or_insert_with(f, || i);
+            for f in &filters {
+                trie.entry_or_insert_with(f, || f.clone());
                 if !stored.contains(f) {
                     stored.push(f.clone());
                 }
