@@ -1,5 +1,5 @@
 //! The cluster link: several shardmq nodes as one broker, over NATS (`docs/cluster.md`,
-//! `docs/decisions/0006-cluster.md`).
+//! `docs/decisions/0013-cluster.md`).
 //!
 //! Owns: the node's one NATS connection, run on a dedicated thread with its own
 //! current-thread tokio runtime; the mapping between MQTT topics and NATS subjects

@@ -261,17 +261,31 @@ async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) 
     }
 }
 
-/// Report the retained bucket: every topic's latest envelope, then each change. A watch
-/// that ends, or any reconnection (its consumer may have lived on a server now gone), makes
-/// it resume after the last revision seen, so no change is missed and none is reported
-/// twice.
+/// Report the retained bucket: every topic's latest envelope, then each change.
 async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
+    follow_bucket(&ctx, &b.retained, &reconnected, |entry| {
+        report_retained(&ctx, &entry.value);
+        true
+    })
+    .await;
+}
+
+/// Follow `bucket`: every entry of its history, then each change, each passed to `apply`
+/// (`false` from it ends the watch for good). A watch that ends, or any reconnection (its
+/// consumer may have lived on a server now gone), makes it resume after the last revision
+/// seen, so no change is missed and none is reported twice.
+async fn follow_bucket(
+    ctx: &KvCtx,
+    bucket: &jetstream::kv::Store,
+    reconnected: &Notify,
+    mut apply: impl FnMut(&jetstream::kv::Entry) -> bool,
+) {
     let mut last_revision = 0u64;
     loop {
         let watch = if last_revision == 0 {
-            b.retained.watch_with_history(">").await
+            bucket.watch_with_history(">").await
         } else {
-            b.retained.watch_all_from_revision(last_revision + 1).await
+            bucket.watch_all_from_revision(last_revision + 1).await
         };
         match watch {
             Ok(mut w) => loop {
@@ -279,7 +293,9 @@ async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
                     entry = w.next() => {
                         let Some(Ok(entry)) = entry else { break };
                         last_revision = last_revision.max(entry.revision);
-                        report_retained(&ctx, &entry.value);
+                        if !apply(&entry) {
+                            return;
+                        }
                     }
                     _ = reconnected.notified() => break,
                 }
@@ -475,43 +491,28 @@ async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
     ok
 }
 
-/// Keep `view` equal to the interest bucket: every entry, then each change; resumed after
-/// the last revision seen when the watch ends or NATS reconnects (as the retained watch).
+/// Keep `view` equal to the interest bucket: every entry, then each change (resumed as
+/// the retained watch is).
 async fn interest_watcher(
     ctx: KvCtx,
     b: Buckets,
     view: Arc<Mutex<InterestView>>,
     reconnected: Arc<Notify>,
 ) {
-    let mut last_revision = 0u64;
-    loop {
-        let watch = if last_revision == 0 {
-            b.interest.watch_with_history(">").await
-        } else {
-            b.interest.watch_all_from_revision(last_revision + 1).await
+    follow_bucket(&ctx, &b.interest, &reconnected, |entry| {
+        let Ok(mut v) = view.lock() else {
+            return false;
         };
-        match watch {
-            Ok(mut w) => loop {
-                tokio::select! {
-                    entry = w.next() => {
-                        let Some(Ok(entry)) = entry else { break };
-                        last_revision = last_revision.max(entry.revision);
-                        let Ok(mut v) = view.lock() else { return };
-                        match entry.operation {
-                            Operation::Put => match queue::parse_interest(&entry.value) {
-                                Some((node, filter)) => v.insert(&entry.key, node, filter),
-                                None => LinkStats::add(&ctx.out.stats.malformed),
-                            },
-                            Operation::Delete | Operation::Purge => v.remove(&entry.key),
-                        }
-                    }
-                    _ = reconnected.notified() => break,
-                }
+        match entry.operation {
+            Operation::Put => match queue::parse_interest(&entry.value) {
+                Some((node, filter)) => v.insert(&entry.key, node, filter),
+                None => LinkStats::add(&ctx.out.stats.malformed),
             },
-            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
+            Operation::Delete | Operation::Purge => v.remove(&entry.key),
         }
-        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
-    }
+        true
+    })
+    .await;
 }
 
 /// Read this node's queue through its durable consumer and pass each message to the link
