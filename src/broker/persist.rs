@@ -124,6 +124,52 @@ impl<X> Broker<X> {
         }
     }
 
+    /// The LSN of the last record logged so far (`None` with persistence off): a mark for
+    /// [`Broker::hold_output_if_logged`].
+    pub(super) fn journal_mark(&self) -> Option<crate::store::Lsn> {
+        self.journal.as_ref().map(Journal::last_lsn)
+    }
+
+    /// A CONNECT is accepted on link `key`: if it logged records since `mark` (a stored
+    /// session, or one whose end changed the store), hold the link's output, its CONNACK
+    /// and everything written after it, until they are durable (the journal releases it
+    /// in order with the acks of this turn). Nothing is held in memory mode or for a clean
+    /// session that logged nothing.
+    pub(super) fn hold_output_if_logged(&mut self, key: usize, mark: Option<crate::store::Lsn>) {
+        let (Some(j), Some(mark)) = (self.journal.as_mut(), mark) else {
+            return;
+        };
+        if j.last_lsn() == mark {
+            return;
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.output_held = true;
+        j.hold(HeldAck::Output {
+            link: key,
+            gen: link.gen,
+        });
+    }
+
+    /// The records behind link `key`'s CONNACK are durable: flush its output (in the
+    /// order written), and close it now if it was to close meanwhile.
+    fn release_output(&mut self, key: usize, gen: u32) {
+        let Some(link) = self.links.get_mut(key).filter(|l| l.gen == gen) else {
+            return;
+        };
+        if !std::mem::take(&mut link.output_held) {
+            return;
+        }
+        self.fx.mark_dirty(key, link);
+        if link.close_deferred {
+            if let Some(t) = link.timer.take() {
+                self.timers.cancel(t);
+            }
+            self.fx.requeue_closing(key, link);
+        }
+    }
+
     /// Hold a SUBACK the gate released until durable; `false` with persistence off.
     pub(super) fn hold_suback(&mut self, p: PendingSubAck) -> Result<(), PendingSubAck> {
         match self.journal.as_mut() {
@@ -288,6 +334,7 @@ impl<X> Broker<X> {
                     j.committed(me, txn, true);
                 }
             }
+            HeldAck::Output { link, gen } => self.release_output(link, gen),
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })

@@ -112,9 +112,6 @@ pub struct Client {
     ever_connected: bool,
     /// The SUBACK arrived (the subscription is in the session for good).
     pub subscribed: bool,
-    /// An acknowledgement arrived after a CONNACK of this persistent session: its record
-    /// is durable (acks are released only once every earlier record of the shard is).
-    session_durable: bool,
     rx: Vec<u8>,
     next_pid: u16,
     next_seq: u32,
@@ -157,7 +154,6 @@ impl Client {
             connected: false,
             ever_connected: false,
             subscribed: false,
-            session_durable: false,
             rx: Vec::new(),
             next_pid: 0,
             next_seq: 0,
@@ -250,14 +246,11 @@ impl Client {
         seq
     }
 
-    /// The broker lost power: the connection is gone, and a persistent session whose
-    /// creation no acknowledgement vouched for may be gone too (CONNACK is not held until
-    /// durable: docs/persistence.md).
+    /// The broker lost power: the connection is gone. A persistent session whose CONNACK
+    /// arrived is not: CONNACK leaves only once the session's record is durable
+    /// (docs/persistence.md), so the next CONNACK must say Session Present 1.
     pub fn power_cut(&mut self) {
         self.lost();
-        if !self.session_durable {
-            self.ever_connected = false;
-        }
     }
 
     /// The connection ended (closed by the broker, broken, or given up).
@@ -382,7 +375,6 @@ impl Client {
                 if !granted_ok {
                     oracle.violation(format!("{} SUBACK refused: {:?}", self.id, s.codes));
                 }
-                self.session_durable |= !self.clean;
                 if !self.subscribed {
                     self.subscribed = true;
                     oracle.subscribed(self.index, step, self.clean);
@@ -498,7 +490,6 @@ impl Client {
     ) {
         // A PUBCOMP 0x92 answers a PUBREL resent after the broker had already released the
         // id (its first PUBCOMP was lost with the connection): the flow is complete.
-        self.session_durable |= !self.clean;
         if a.reason.is_error() && stage != Stage::Comp {
             oracle.violation(format!(
                 "{} publish {} refused: {:?}",

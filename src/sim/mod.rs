@@ -284,8 +284,7 @@ impl World {
         match pick {
             0..=29 => {
                 let s = self.rng.index(self.cluster.shards());
-                self.cluster
-                    .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+                self.shard_turn(s);
             }
             30..=54 => self.client_read(c),
             55..=69 => self.publish(c),
@@ -322,6 +321,29 @@ impl World {
             _ => self.power_cut()?,
         }
         Ok(())
+    }
+
+    /// One turn of shard `s`. With persistence, every CONNACK it wrote to a client of a
+    /// stored session must find that session durable already: were the power to fail now,
+    /// the session the client was told exists would be there after the restart.
+    fn shard_turn(&mut self, s: usize) {
+        self.cluster
+            .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+        for id in self.cluster.take_answered() {
+            let stored = self.clients.iter().any(|c| c.id == id && !c.clean);
+            if !stored {
+                continue;
+            }
+            match self.cluster.session_durable(&id) {
+                Ok(true) => {}
+                Ok(false) => self.oracle.violation(format!(
+                    "{id} was sent a CONNACK before its session's record was durable"
+                )),
+                Err(e) => self
+                    .oracle
+                    .violation(format!("recovering the durable store failed: {e}")),
+            }
+        }
     }
 
     /// Power fails and comes back: the broker restarts from what its disk kept.
@@ -528,8 +550,7 @@ impl World {
                 self.connect(c);
             }
             for s in 0..self.cluster.shards() {
-                self.cluster
-                    .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+                self.shard_turn(s);
                 // The log's threads keep up while the run settles.
                 while self.cluster.background(s, true) || self.cluster.background(s, false) {}
             }
