@@ -468,6 +468,7 @@ fn summarize(
         sent_total += o.sent.iter().map(|&(_, n)| n).sum::<u64>();
         s.unique += o.unique;
         s.dups += o.dups;
+        s.late += o.late;
         s.stalls += o.stalls;
         s.failures += o.failures;
         ready_ns = ready_ns.max(o.ready_ns);
