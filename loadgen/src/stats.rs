@@ -93,7 +93,8 @@ impl SeqTrack {
         if seq > self.next {
             self.gaps += 1;
             let room = HOLES_MAX.saturating_sub(self.holes.len()) as u64;
-            self.holes.extend(self.next..seq.min(self.next.saturating_add(room)));
+            self.holes
+                .extend(self.next..seq.min(self.next.saturating_add(room)));
         }
         self.next = seq + 1;
         self.unique += 1;
