@@ -309,8 +309,17 @@ pub fn run_node(
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
     }
+    let stored = store.is_some();
     if let Some(st) = store {
         restore_all(&mut built, st, &wakers)?;
+    }
+    for (shard, _) in &mut built {
+        if shard.cluster.is_some() {
+            // The link checks these sessions' owners before it reads this node's queue.
+            shard.broker.cluster_restored();
+        }
+    }
+    if stored {
         // Every restored subscription's interest is on the rings before any shard runs:
         // a shard's first turn drains its inbox before it accepts or fires a timer.
         for (shard, _) in &mut built {
@@ -629,6 +638,9 @@ impl Shard {
         self.accept_again = true;
         // `global_max_connections` and `max_connection_rate`: from the next accept.
         self.admission.reconfigure(&cfg.limits);
+        // `memory_limit`: accounted against the new figure from the next tick.
+        self.memory.set_limit(cfg.limits.memory_limit);
+        cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
         self.broker.reload(cfg);
         let now = self.now_ms();
         self.bridges

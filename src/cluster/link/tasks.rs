@@ -15,7 +15,7 @@ use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
@@ -32,6 +32,9 @@ const REGISTRY_WORKERS: usize = 4;
 const KV_QUEUE_MAX: usize = 4096;
 /// Attempts to write one retained message (`KV_RETRY_MS` apart) before it is dropped.
 const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
+/// Attempts (`KV_RETRY_MS` apart) to write or read a session's subscriptions copy: a few,
+/// since they hold up the registry worker's other client ids.
+const KV_ATTEMPTS_MAX: usize = 4;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
 /// After the buckets open, how long this node's interest entries of an earlier run may
@@ -43,6 +46,9 @@ const INTEREST_RETRY_MS: u64 = 1000;
 const QUEUE_RESTART_MS: u64 = 500;
 /// Messages the queue consumer asks for at a time.
 const QUEUE_BATCH_MESSAGES: usize = 512;
+/// Longest the queue consumer waits for the shards' lists of restored sessions (they send
+/// them on their first turn) before it starts without the ownership check.
+const RESTORED_WAIT_MS: u64 = 10_000;
 
 /// An interest bucket operation, in the order the link made them.
 pub(super) enum InterestOp {
@@ -56,6 +62,13 @@ pub(super) enum InterestOp {
     Delete { key: String },
 }
 
+/// What this node's queue consumer starts with: where its messages go, and the sessions
+/// restored from the store to check first (`None`: start at once).
+pub(super) struct QueueStart {
+    pub(super) inbound: mpsc::Sender<Inbound>,
+    pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
+}
+
 /// The queues of the KV tasks, which fill (bounded) until the buckets are open.
 pub(super) struct KvQueues {
     pub(super) registry: Vec<mpsc::Sender<RegistryOp>>,
@@ -65,9 +78,18 @@ pub(super) struct KvQueues {
 
 /// A registry operation, queued to the worker of its client id.
 pub(super) enum RegistryOp {
-    Claim { client_id: String, token: u64 },
-    Release { client_id: String },
-    Subs { client_id: String, state: Vec<u8> },
+    Claim {
+        client_id: String,
+        token: u64,
+    },
+    Release {
+        client_id: String,
+    },
+    Subs {
+        client_id: String,
+        state: Vec<u8>,
+        ack: Option<(usize, u64)>,
+    },
 }
 
 /// The registry worker for a client id.
@@ -81,7 +103,8 @@ pub(super) fn worker(client_id: &str) -> usize {
 /// Start the task that opens the buckets and the queue stream (retrying until JetStream
 /// answers) and then runs the registry workers, the retained writer and watcher, the
 /// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
-/// feeds `inbound`). Returns their queues.
+/// feeds `inbound`; with `restored`, only after the sessions restored from the store were
+/// checked against the registry, `reclaim::verify`). Returns their queues.
 pub(super) fn start_kv(
     cfg: &ClusterConfig,
     prefix: &Prefix,
@@ -89,8 +112,9 @@ pub(super) fn start_kv(
     out: &Out,
     reconnected: Arc<Notify>,
     view: Arc<Mutex<InterestView>>,
-    inbound: mpsc::Sender<Inbound>,
+    queue_start: QueueStart,
 ) -> KvQueues {
+    let QueueStart { inbound, restored } = queue_start;
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -148,7 +172,19 @@ pub(super) fn start_kv(
             view,
             reconnected.clone(),
         ));
-        tokio::spawn(queue_consumer(ctx.clone(), stream, inbound));
+        let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
+        tokio::spawn(async move {
+            // Sessions this node restored but another node took over while it was down
+            // are reported before any message of the queue, so none reaches them here.
+            if let Some(rx) = restored {
+                let wait = Duration::from_millis(RESTORED_WAIT_MS);
+                if let Ok(Ok(ids)) = tokio::time::timeout(wait, rx).await {
+                    let (node, out) = (&verify_ctx.node, &verify_ctx.out);
+                    super::reclaim::verify(&sessions, node, ids, out).await;
+                }
+            }
+            queue_consumer(verify_ctx, stream, inbound).await;
+        });
         tokio::spawn(retained_watcher(ctx, buckets, reconnected));
     });
     KvQueues {
@@ -173,26 +209,20 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
             RegistryOp::Claim { client_id, token } => {
                 let reply = match kv::claim(&b.sessions, &ctx.node, &client_id).await {
                     Ok(previous) => {
-                        if let Some(old) = &previous {
+                        if let Some(old) = previous.as_deref().filter(|o| *o != ctx.node) {
                             notify_takeover(&ctx, old, &client_id).await;
-                            // The old node's last copy of the subscriptions, in case it
-                            // is dead and sends nothing.
-                            let get = b.subs.get(kv::key(&client_id));
-                            match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get)
-                                .await
-                            {
-                                Ok(Ok(Some(state))) => ctx.out.push_wake(FromLink::SessionBackup {
-                                    client_id: client_id.clone(),
-                                    state: state.to_vec(),
-                                }),
-                                Ok(Ok(None)) => {}
-                                _ => LinkStats::add(&ctx.out.stats.nats_errors),
-                            }
+                        }
+                        if previous.is_some() {
+                            // The last copy of the subscriptions, in case the old node is
+                            // dead and sends nothing, or the entry names this node from a
+                            // claim whose answer came too late for its CONNECT (the client
+                            // retried) and this node has no such session.
+                            backup(&ctx, &b, &client_id).await;
                         }
                         FromLink::Claimed {
                             token,
                             client_id,
-                            previous,
+                            previous: previous.filter(|p| *p != ctx.node),
                         }
                     }
                     Err(_) => {
@@ -202,11 +232,29 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                 };
                 ctx.out.push_wake(reply);
             }
-            RegistryOp::Subs { client_id, state } => {
-                let put = b.subs.put(kv::key(&client_id), Bytes::from(state));
-                if !within(FLUSH_WAIT_MS, put).await {
+            RegistryOp::Subs {
+                client_id,
+                state,
+                ack,
+            } => {
+                // A bucket electing a new leader refuses writes for a few seconds: retry
+                // within a bound. The answer releases SUBACKs that wait for the copy.
+                let state = Bytes::from(state);
+                let mut attempts = 0;
+                while !within(
+                    FLUSH_WAIT_MS,
+                    b.subs.put(kv::key(&client_id), state.clone()),
+                )
+                .await
+                {
                     LinkStats::add(&ctx.out.stats.nats_errors);
+                    attempts += 1;
+                    if attempts == KV_ATTEMPTS_MAX {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
                 }
+                ctx.out.push_wake(FromLink::SubsSaved { ack });
             }
             RegistryOp::Release { client_id } => {
                 let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
@@ -225,6 +273,28 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                     removed: removed.unwrap_or(false),
                 });
             }
+        }
+    }
+}
+
+/// Read the subscriptions bucket's copy of `client_id`'s session (retrying within a bound)
+/// and pass it to the node ahead of the claim's answer.
+async fn backup(ctx: &KvCtx, b: &Buckets, client_id: &str) {
+    for attempt in 1..=KV_ATTEMPTS_MAX {
+        let get = b.subs.get(kv::key(client_id));
+        match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get).await {
+            Ok(Ok(Some(state))) => {
+                ctx.out.push_wake(FromLink::SessionBackup {
+                    client_id: client_id.to_string(),
+                    state: state.to_vec(),
+                });
+                return;
+            }
+            Ok(Ok(None)) => return,
+            _ => LinkStats::add(&ctx.out.stats.nats_errors),
+        }
+        if attempt < KV_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
         }
     }
 }
