@@ -171,6 +171,26 @@ impl LiveState {
                     });
                 }
             }
+            Record::DeliveryQueuedSent {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                packet_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries.push(Delivery {
+                        msg,
+                        qos,
+                        retain,
+                        sub_ids: sub_ids.into_owned(),
+                        packet_id: Some(packet_id),
+                        state: DeliveryState::InFlight,
+                        txn: 0,
+                    });
+                }
+            }
             Record::DeliverySent {
                 client_id,
                 msg,
@@ -476,12 +496,24 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             }),
     );
     for d in &s.deliveries {
-        out.push(Record::DeliveryQueued {
-            client_id: client(),
-            msg: d.msg,
-            qos: d.qos,
-            retain: d.retain,
-            sub_ids: d.sub_ids.clone().into(),
+        let sub_ids = d.sub_ids.as_slice().into();
+        let in_flight = d.packet_id.filter(|_| d.state == DeliveryState::InFlight);
+        out.push(match in_flight {
+            Some(packet_id) => Record::DeliveryQueuedSent {
+                client_id: client(),
+                msg: d.msg,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids,
+                packet_id,
+            },
+            None => Record::DeliveryQueued {
+                client_id: client(),
+                msg: d.msg,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids,
+            },
         });
         if d.txn != 0 {
             out.push(Record::DeliveryTxn {
@@ -489,7 +521,7 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 txn: d.txn,
             });
         }
-        if let Some(packet_id) = d.packet_id {
+        if let Some(packet_id) = d.packet_id.filter(|_| in_flight.is_none()) {
             out.push(Record::DeliverySent {
                 client_id: client(),
                 msg: d.msg,
