@@ -328,12 +328,29 @@ impl LiveState {
             .retain(|_, r| r.msg.is_some_and(|m| self.messages.contains_key(&m)));
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
-        let mut used = BTreeSet::new();
+        self.drop_unreferenced();
+    }
+
+    /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
+    /// order retained updates across shards' logs).
+    ///
+    /// The ids in use are gathered into a sorted `Vec` and the map is rebuilt from the
+    /// entries kept, in one pass: a journal's shadow sweeps when most of its messages are
+    /// acknowledged ones, and removing those one by one from the ordered map shifted
+    /// every larger entry of their node each time (a fifth of the sweep's instructions).
+    pub fn drop_unreferenced(&mut self) {
+        let mut used: Vec<MsgId> = Vec::new();
         for s in self.sessions.values() {
             used.extend(s.deliveries.iter().map(|d| d.msg));
         }
         used.extend(self.retained.values().filter_map(|r| r.msg));
-        self.messages.retain(|id, _| used.contains(id));
+        used.sort_unstable();
+        used.dedup();
+        let all = std::mem::take(&mut self.messages);
+        self.messages = all
+            .into_iter()
+            .filter(|(id, _)| used.binary_search(id).is_ok())
+            .collect();
     }
 
     /// Settle the QoS 2 routings: a delivery of one never committed is dropped (nobody
