@@ -486,7 +486,7 @@ fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].packet_id, Some(pid(5)));
     assert_eq!(d[0].state, DeliveryState::InFlight);
-    assert_eq!(d[0].sub_ids, vec![3, 9]);
+    assert_eq!(d[0].sub_ids, [3, 9]);
     // A checkpoint writes an in-flight delivery as the one record.
     assert!(one.records().any(|r| r == both));
     // Its PUBACK ends it.
