@@ -126,7 +126,8 @@ pub(super) fn deliver<X>(
         return;
     }
     let Some(pid) = sess.alloc_pid() else { return };
-    log_delivery(sink, sess, &out, None);
+    // Queued and sent in one step: one record (`DeliveryQueuedSent`), not two.
+    log_delivery(sink, sess, &out, Step::QueuedSent(pid));
     send_tracked(sess, s, sink, key, out, pid, now_ms);
 }
 
@@ -166,31 +167,42 @@ pub(super) fn log_txn(j: &mut Journal, sess: &Session, txn: u64) {
     });
 }
 
-/// Log a stored delivery's step: queued then sent (`pid`), or only queued (`None`).
-fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, pid: Option<PacketId>) {
+/// A stored delivery's step, as logged (`enqueue` logs one that only joins the queue).
+#[derive(Clone, Copy)]
+enum Step {
+    /// It left the queue under this packet id.
+    Sent(PacketId),
+    /// It joined the queue and left it at once, under this packet id.
+    QueuedSent(PacketId),
+}
+
+/// Log a stored delivery's step (nothing for a delivery that is not stored).
+fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step: Step) {
     let Some(j) = sink.journal.as_deref_mut().filter(|_| out.sid != 0) else {
         return;
     };
-    let client_id = &*sess.client_id;
-    match pid {
-        None => {
-            j.log(Record::DeliveryQueued {
-                client_id: client_id.into(),
-                msg: MsgId(out.sid),
-                qos: out.qos as u8,
-                retain: out.retain,
-                sub_ids: out.sub_ids.as_slice().into(),
-            });
-            if out.msg.txn != 0 {
-                log_txn(j, sess, out.msg.txn);
-            }
-        }
-        Some(packet_id) => j.log(Record::DeliverySent {
-            client_id: client_id.into(),
-            msg: MsgId(out.sid),
+    let client_id = (&*sess.client_id).into();
+    let (msg, qos, retain) = (MsgId(out.sid), out.qos as u8, out.retain);
+    let sub_ids = out.sub_ids.as_slice().into();
+    match step {
+        Step::QueuedSent(packet_id) => j.log(Record::DeliveryQueuedSent {
+            client_id,
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            packet_id,
+        }),
+        Step::Sent(packet_id) => j.log(Record::DeliverySent {
+            client_id,
+            msg,
             packet_id,
             state: DeliveryState::InFlight,
         }),
+    }
+    // The routing of the delivery just queued (`DeliveryTxn` names the newest one).
+    if out.msg.txn != 0 && !matches!(step, Step::Sent(_)) {
+        log_txn(j, sess, out.msg.txn);
     }
 }
 
@@ -216,7 +228,6 @@ fn send_tracked<X>(
     pid: PacketId,
     now_ms: u64,
 ) {
-    log_delivery(sink, sess, &out, Some(pid));
     let gen = sink.links.get(key).map_or(0, |l| l.gen);
     // A QoS 2 PUBLISH also waits for its routing's commit, whatever the session: seen
     // before it, the message could reach the client again after a power cut.
@@ -331,6 +342,7 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
             sess.requeue_front(out);
             return;
         };
+        log_delivery(sink, sess, &out, Step::Sent(pid));
         send_tracked(sess, s, sink, key, out, pid, now_ms);
     }
 }

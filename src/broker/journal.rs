@@ -228,7 +228,7 @@ impl Journal {
         self.shadow.apply(r);
         if self.shadow.messages.len() >= self.gc_at {
             // Amortised: the next sweep waits until the live count has doubled.
-            drop_unreferenced(&mut self.shadow);
+            self.shadow.drop_unreferenced();
             self.gc_at = (self.shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
         }
     }
@@ -494,7 +494,7 @@ impl Journal {
         if !self.wal.checkpoint_due(Instant::now()) {
             return;
         }
-        drop_unreferenced(&mut self.shadow);
+        self.shadow.drop_unreferenced();
         if let Err(e) = self.wal.checkpoint(self.shadow.records()) {
             self.report(&e);
         }
@@ -507,17 +507,6 @@ impl Journal {
             ));
         }
     }
-}
-
-/// Drop the shadow's messages no delivery or retained entry refers to (tombstones stay:
-/// they order retained updates across shards' logs).
-fn drop_unreferenced(s: &mut LiveState) {
-    let mut used = std::collections::BTreeSet::new();
-    for sess in s.sessions.values() {
-        used.extend(sess.deliveries.iter().map(|d| d.msg));
-    }
-    used.extend(s.retained.values().filter_map(|r| r.msg));
-    s.messages.retain(|id, _| used.contains(id));
 }
 
 /// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).

@@ -200,6 +200,23 @@ pub enum Record<'a> {
         /// Subscription Identifiers of the matching subscriptions (5.0).
         sub_ids: Cow<'a, [u32]>,
     },
+    /// A reference to `msg` joined the back of the session's queue and was sent at once
+    /// under `packet_id` (`InFlight`): a `DeliveryQueued` and its `DeliverySent` in one
+    /// record, for the common case of a delivery written in the turn it is routed.
+    DeliveryQueuedSent {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The message.
+        msg: MsgId,
+        /// QoS of this delivery (the granted one).
+        qos: u8,
+        /// RETAIN flag this delivery is sent with.
+        retain: bool,
+        /// Subscription Identifiers of the matching subscriptions (5.0).
+        sub_ids: Cow<'a, [u32]>,
+        /// Packet id used on the wire.
+        packet_id: NonZeroU16,
+    },
     /// A delivery got a packet id (`InFlight`, the oldest queued reference to `msg`), or an
     /// in-flight one moved on (`PubrelSent`, found by packet id).
     DeliverySent {
@@ -375,6 +392,8 @@ mod tag {
     pub const RETAINED_SET_SOURCE: u8 = 17;
     pub const DELIVERY_TXN: u8 = 18;
     pub const QOS2_COMMITTED: u8 = 19;
+    /// `DELIVERY_QUEUED_FLAGS` and `DELIVERY_SENT` (`InFlight`) of one delivery.
+    pub const DELIVERY_QUEUED_SENT: u8 = 20;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -453,6 +472,22 @@ impl<'a> Record<'a> {
                     e.bool(*retain);
                     e.u32s(sub_ids);
                 }
+            }
+            Record::DeliveryQueuedSent {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                packet_id,
+            } => {
+                e.u8(tag::DELIVERY_QUEUED_SENT);
+                e.str(client_id);
+                e.u64(msg.0);
+                e.u8(*qos);
+                e.bool(*retain);
+                e.u16(packet_id.get());
+                e.u32s(sub_ids);
             }
             Record::DeliverySent {
                 client_id,
@@ -630,6 +665,21 @@ impl<'a> Record<'a> {
                 qos,
                 retain,
                 sub_ids: Cow::Owned(sub_ids.into_owned()),
+            },
+            Record::DeliveryQueuedSent {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                packet_id,
+            } => Record::DeliveryQueuedSent {
+                client_id: own(client_id),
+                msg,
+                qos,
+                retain,
+                sub_ids: Cow::Owned(sub_ids.into_owned()),
+                packet_id,
             },
             Record::DeliverySent {
                 client_id,
@@ -1126,6 +1176,14 @@ impl<'a> Dec<'a> {
                 msg: MsgId(self.u64()?),
                 qos: self.qos()?,
                 retain: self.bool()?,
+                sub_ids: self.u32s()?,
+            },
+            tag::DELIVERY_QUEUED_SENT => Record::DeliveryQueuedSent {
+                client_id: self.string()?,
+                msg: MsgId(self.u64()?),
+                qos: self.qos()?,
+                retain: self.bool()?,
+                packet_id: self.packet_id()?,
                 sub_ids: self.u32s()?,
             },
             tag::DELIVERY_SENT => Record::DeliverySent {

@@ -171,6 +171,26 @@ impl LiveState {
                     });
                 }
             }
+            Record::DeliveryQueuedSent {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                packet_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries.push(Delivery {
+                        msg,
+                        qos,
+                        retain,
+                        sub_ids: sub_ids.into_owned(),
+                        packet_id: Some(packet_id),
+                        state: DeliveryState::InFlight,
+                        txn: 0,
+                    });
+                }
+            }
             Record::DeliverySent {
                 client_id,
                 msg,
@@ -308,6 +328,17 @@ impl LiveState {
             .retain(|_, r| r.msg.is_some_and(|m| self.messages.contains_key(&m)));
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
+        self.drop_unreferenced();
+    }
+
+    /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
+    /// order retained updates across shards' logs).
+    ///
+    /// The ids in use are gathered into a sorted `Vec` and the map is rebuilt from the
+    /// entries kept, in one pass: a journal's shadow sweeps when most of its messages are
+    /// acknowledged ones, and removing those one by one from the ordered map shifted
+    /// every larger entry of their node each time (a fifth of the sweep's instructions).
+    pub fn drop_unreferenced(&mut self) {
         let mut used: Vec<MsgId> = Vec::new();
         for s in self.sessions.values() {
             used.extend(s.deliveries.iter().map(|d| d.msg));
@@ -315,7 +346,11 @@ impl LiveState {
         used.extend(self.retained.values().filter_map(|r| r.msg));
         used.sort_unstable();
         used.dedup();
-        self.messages.retain(|id, _| used.binary_search(id).is_ok());
+        let all = std::mem::take(&mut self.messages);
+        self.messages = all
+            .into_iter()
+            .filter(|(id, _)| used.binary_search(id).is_ok())
+            .collect();
     }
 
     /// Settle the QoS 2 routings: a delivery of one never committed is dropped (nobody
@@ -500,12 +535,24 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             }),
     );
     for d in &s.deliveries {
-        out.push(Record::DeliveryQueued {
-            client_id: client(),
-            msg: d.msg,
-            qos: d.qos,
-            retain: d.retain,
-            sub_ids: d.sub_ids.as_slice().into(),
+        let sub_ids = d.sub_ids.as_slice().into();
+        let in_flight = d.packet_id.filter(|_| d.state == DeliveryState::InFlight);
+        out.push(match in_flight {
+            Some(packet_id) => Record::DeliveryQueuedSent {
+                client_id: client(),
+                msg: d.msg,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids,
+                packet_id,
+            },
+            None => Record::DeliveryQueued {
+                client_id: client(),
+                msg: d.msg,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids,
+            },
         });
         if d.txn != 0 {
             out.push(Record::DeliveryTxn {
@@ -513,7 +560,7 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 txn: d.txn,
             });
         }
-        if let Some(packet_id) = d.packet_id {
+        if let Some(packet_id) = d.packet_id.filter(|_| in_flight.is_none()) {
             out.push(Record::DeliverySent {
                 client_id: client(),
                 msg: d.msg,

@@ -131,6 +131,22 @@ pub fn samples() -> Vec<Record<'static>> {
             retain: false,
             sub_ids: Cow::Borrowed(&[42]),
         },
+        Record::DeliveryQueuedSent {
+            client_id: c(),
+            msg: MsgId(7),
+            qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+            packet_id: pid(1),
+        },
+        Record::DeliveryQueuedSent {
+            client_id: c(),
+            msg: MsgId(9),
+            qos: 2,
+            retain: true,
+            sub_ids: Cow::Borrowed(&[5, 268_435_455]),
+            packet_id: pid(65535),
+        },
         Record::DeliverySent {
             client_id: c(),
             msg: MsgId(7),
@@ -240,6 +256,10 @@ pub fn arb_record() -> impl Strategy<Value = Record<'static>> {
                     *client_id = Cow::Owned(s)
                 }
                 Record::DeliveryDone { packet_id, .. } => *packet_id = pid(p),
+                Record::DeliveryQueuedSent { msg, packet_id, .. } => {
+                    *msg = MsgId(id);
+                    *packet_id = pid(p);
+                }
                 Record::RetainedSet { topic, stamp, .. } => {
                     *topic = Cow::Owned(s);
                     *stamp = id;

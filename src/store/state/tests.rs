@@ -450,3 +450,50 @@ fn uncommitted_qos2_routings_are_dropped_at_recovery() {
         .records()
         .all(|r| !matches!(r, Record::Qos2Committed { .. })));
 }
+
+#[test]
+fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
+    let ids: &[u32] = &[3, 9];
+    let stored = Record::MessageStored {
+        id: MsgId(1),
+        msg: message("t", b"p", false),
+    };
+    let queued = Record::DeliveryQueued {
+        client_id: c("c"),
+        msg: MsgId(1),
+        qos: 1,
+        retain: true,
+        sub_ids: Cow::Borrowed(ids),
+    };
+    let sent = Record::DeliverySent {
+        client_id: c("c"),
+        msg: MsgId(1),
+        packet_id: pid(5),
+        state: DeliveryState::InFlight,
+    };
+    let both = Record::DeliveryQueuedSent {
+        client_id: c("c"),
+        msg: MsgId(1),
+        qos: 1,
+        retain: true,
+        sub_ids: Cow::Borrowed(ids),
+        packet_id: pid(5),
+    };
+    let two = replay(vec![session("c", true), stored.clone(), queued, sent]);
+    let one = replay(vec![session("c", true), stored, both.clone()]);
+    assert_eq!(one, two);
+    let d: Vec<_> = one.sessions["c"].deliveries.iter().cloned().collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].packet_id, Some(pid(5)));
+    assert_eq!(d[0].state, DeliveryState::InFlight);
+    assert_eq!(d[0].sub_ids, [3, 9]);
+    // A checkpoint writes an in-flight delivery as the one record.
+    assert!(one.records().any(|r| r == both));
+    // Its PUBACK ends it.
+    let mut done = one;
+    done.apply(Record::DeliveryDone {
+        client_id: c("c"),
+        packet_id: pid(5),
+    });
+    assert!(done.sessions["c"].deliveries.is_empty());
+}
