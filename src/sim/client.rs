@@ -238,6 +238,19 @@ impl Client {
         }
     }
 
+    /// An acknowledgement arrived on this connection: acknowledgements leave only once
+    /// every earlier record of the shard is durable, so a persistent session's record is,
+    /// with the Will of this connection's CONNECT.
+    fn vouch(&mut self, oracle: &mut Oracle) {
+        if self.clean {
+            return;
+        }
+        self.session_durable = true;
+        if let Some(seq) = self.will_seq {
+            oracle.will_vouched(self.index, seq);
+        }
+    }
+
     /// The next sequence number, and its payload (with `padding` bytes) in `payload`.
     fn next_payload(&mut self, padding: usize, payload: &mut Vec<u8>) -> u32 {
         let seq = self.next_seq;
@@ -382,7 +395,7 @@ impl Client {
                 if !granted_ok {
                     oracle.violation(format!("{} SUBACK refused: {:?}", self.id, s.codes));
                 }
-                self.session_durable |= !self.clean;
+                self.vouch(oracle);
                 if !self.subscribed {
                     self.subscribed = true;
                     oracle.subscribed(self.index, step, self.clean);
@@ -498,7 +511,7 @@ impl Client {
     ) {
         // A PUBCOMP 0x92 answers a PUBREL resent after the broker had already released the
         // id (its first PUBCOMP was lost with the connection): the flow is complete.
-        self.session_durable |= !self.clean;
+        self.vouch(oracle);
         if a.reason.is_error() && stage != Stage::Comp {
             oracle.violation(format!(
                 "{} publish {} refused: {:?}",

@@ -450,3 +450,26 @@ fn uncommitted_qos2_routings_are_dropped_at_recovery() {
         .records()
         .all(|r| !matches!(r, Record::Qos2Committed { .. })));
 }
+
+#[test]
+fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
+    let will = |id: u64, topic: &str| Record::WillPending {
+        id,
+        stamp: 7,
+        msg: message(topic, b"gone", false),
+    };
+    let mut a = replay(vec![will(1, "w/a"), will(2, "w/b"), Record::WillDone { id: 1 }]);
+    a.finish();
+    assert_eq!(a.pending_wills.keys().copied().collect::<Vec<_>>(), vec![2]);
+    let rebuilt = replay(a.records().map(Record::into_owned).collect());
+    assert_eq!(rebuilt, a, "a checkpoint keeps the pending Will");
+    // Another shard's log numbers its Wills from 1 too: merging renumbers them.
+    let b = replay(vec![will(2, "w/c")]);
+    a.merge(b);
+    let topics: Vec<_> = a.pending_wills.values().map(|(_, m)| m.topic.to_string()).collect();
+    assert_eq!(topics, vec!["w/b", "w/c"]);
+    assert_eq!(a.next_will_id(), 4);
+    let parts = a.split(3, |_| 2, |_| 1);
+    assert_eq!(parts[0].pending_wills.len(), 2, "the first shard publishes them again");
+    assert!(parts[1].pending_wills.is_empty() && parts[2].pending_wills.is_empty());
+}
