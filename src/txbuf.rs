@@ -48,6 +48,12 @@ impl TxBuf {
         &mut self.data
     }
 
+    /// Forget everything not yet written (a connection closing without its output).
+    pub fn discard(&mut self) {
+        self.data = Vec::new();
+        self.sent = 0;
+    }
+
     /// Write as much as the socket takes, up to `budget_bytes`.
     pub fn flush_to<W: Write>(&mut self, w: &mut W, budget_bytes: usize) -> io::Result<Flushed> {
         let mut written = 0;

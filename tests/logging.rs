@@ -75,9 +75,9 @@ fn log_type_filters_levels() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Run a broker with `conf_text` (plus `log_dest file`), have one client subscribe,
-/// publish at QoS 1 and unsubscribe; return the log.
-fn traffic_log(name: &str, conf_text: &str) -> String {
+/// Run a broker with `conf_text` (plus `log_dest file`), let `drive` talk to it, stop it
+/// and return its log.
+fn logged_run(name: &str, conf_text: &str, drive: impl FnOnce(&Broker)) -> String {
     let dir = temp_dir(name);
     let log = dir.join("b.log");
     let conf = dir.join("b.conf");
@@ -87,17 +87,25 @@ fn traffic_log(name: &str, conf_text: &str) -> String {
     )
     .expect("write conf");
     let mut b = Broker::start(&["--shards", "2", "-c", conf.to_str().expect("utf-8")]);
-    let mut c = RawClient::clean(b.addr(), "log-sub");
-    c.subscribe("a/b", 1);
-    c.publish("a/b", b"hello", 1, false);
-    c.expect_publish_acked(WAIT);
-    c.unsubscribe(&["a/b"]);
-    c.disconnect();
+    drive(&b);
     let st = b.terminate(Duration::from_secs(5)).expect("exits");
     assert!(st.success(), "{st:?}");
     let text = std::fs::read_to_string(&log).expect("log file written");
     let _ = std::fs::remove_dir_all(&dir);
     text
+}
+
+/// Run a broker with `conf_text` (plus `log_dest file`), have one client subscribe,
+/// publish at QoS 1 and unsubscribe; return the log.
+fn traffic_log(name: &str, conf_text: &str) -> String {
+    logged_run(name, conf_text, |b| {
+        let mut c = RawClient::clean(b.addr(), "log-sub");
+        c.subscribe("a/b", 1);
+        c.publish("a/b", b"hello", 1, false);
+        c.expect_publish_acked(WAIT);
+        c.unsubscribe(&["a/b"]);
+        c.disconnect();
+    })
 }
 
 #[test]
@@ -170,25 +178,13 @@ fn connection_messages_false_and_default_levels_leave_out_what_is_off() {
 #[test]
 fn a_takeover_is_logged_as_mosquitto_does() {
     let takeover_log = |name: &str, conf_text: &str| -> String {
-        let dir = temp_dir(name);
-        let log = dir.join("b.log");
-        let conf = dir.join("b.conf");
-        std::fs::write(
-            &conf,
-            format!("log_dest file {}\n{conf_text}", log.display()),
-        )
-        .expect("write conf");
-        let mut b = Broker::start(&["--shards", "2", "-c", conf.to_str().expect("utf-8")]);
-        let mut old = RawClient::clean(b.addr(), "twin");
-        old.ping();
-        let mut new = RawClient::clean(b.addr(), "twin");
-        new.ping();
-        old.expect_closed(WAIT);
-        let st = b.terminate(Duration::from_secs(5)).expect("exits");
-        assert!(st.success(), "{st:?}");
-        let text = std::fs::read_to_string(&log).expect("log file written");
-        let _ = std::fs::remove_dir_all(&dir);
-        text
+        logged_run(name, conf_text, |b| {
+            let mut old = RawClient::clean(b.addr(), "twin");
+            old.ping();
+            let mut new = RawClient::clean(b.addr(), "twin");
+            new.ping();
+            old.expect_closed(WAIT);
+        })
     };
     let text = takeover_log("takeover", "log_type all\nlog_format json\n");
     let line = "Client twin already connected, closing old connection.";

@@ -20,7 +20,56 @@ const TIMERS_PER_TURN_MAX: usize = 4096;
 /// shard (every other client and timer waits while a turn runs).
 pub const UNROUTES_PER_TURN_MAX: usize = 1024;
 
+/// Longest a closing link waits for its held output (the records behind its CONNACK to be
+/// durable) before it closes without that output.
+pub const CLOSE_HELD_WAIT_MS: u64 = 5_000;
+
 impl<X> Broker<X> {
+    /// The driver is about to close link `key` (taken from the closing list): true when its
+    /// output is held (its CONNACK waits for durable records), so it must be neither
+    /// flushed nor closed now. The broker puts it back on the closing list once the output
+    /// is released (then flushed in order, CONNACK first, before the close), or after
+    /// [`CLOSE_HELD_WAIT_MS`] without it, its output dropped: no CONNACK ever leaves before
+    /// its session is stored.
+    pub fn defer_close(&mut self, key: usize, now_ms: u64) -> bool {
+        let Some(link) = self.links.get_mut(key) else {
+            return false;
+        };
+        if !link.output_held {
+            return false;
+        }
+        if !link.close_deferred {
+            link.close_deferred = true;
+            if let Some(t) = link.timer.take() {
+                self.timers.cancel(t);
+            }
+            let at = now_ms + CLOSE_HELD_WAIT_MS;
+            link.timer = Some(self.timers.insert(at, timer_key(TIMER_LINK, link.gen, key)));
+        }
+        true
+    }
+
+    /// A deferred close waited [`CLOSE_HELD_WAIT_MS`] for its held output: close without it.
+    fn close_without_output(&mut self, key: usize) {
+        let Some(c) = self.links.conn_mut(key) else {
+            return;
+        };
+        if !c.link.close_deferred {
+            return;
+        }
+        c.link.output_held = false;
+        c.tx.discard();
+        if crate::log_sink::connection_messages() {
+            log_at!(
+                Level::Notice,
+                "Client {} ({}) closed without its CONNACK: its session's records were not durable within {CLOSE_HELD_WAIT_MS} ms.",
+                c.link.client_id.as_deref().unwrap_or("<unknown>"),
+                c.link.peer
+            );
+        }
+        self.fx.requeue_closing(key, &mut c.link);
+    }
+
     pub(super) fn on_disconnect(&mut self, key: usize, d: &Disconnect<'_>) -> Verdict {
         let Some(link) = self.links.get_mut(key) else {
             return Verdict::Close;
@@ -320,6 +369,7 @@ impl<X> Broker<X> {
             {
                 self.close(key, None, "no CONNECT in time");
             }
+            LinkState::Closing => self.close_without_output(key),
             LinkState::Connected if keepalive_ms > 0 => {
                 let due = last_rx_ms + keepalive_ms;
                 if now_ms >= due {

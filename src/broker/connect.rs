@@ -161,6 +161,9 @@ impl<X> Broker<X> {
             return self.claim(key, c, &id);
         }
         let assigned = c.client_id.is_empty();
+        // What this CONNECT logs (its session, or the end of the one it replaces) must be
+        // durable before its CONNACK, and all that follows it, leaves.
+        let mark = self.journal_mark();
         let expiry_s = match c.version {
             Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
             _ if c.clean_start => 0,
@@ -207,6 +210,7 @@ impl<X> Broker<X> {
             (Some(prefix), Some(1)) => Some(format!("{prefix}{id}")),
             _ => None,
         };
+        self.hold_output_if_logged(key, mark);
         self.send_connack_ok(
             key,
             present,

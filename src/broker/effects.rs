@@ -4,7 +4,8 @@
 //! flushed), the links to close at the end of the turn, and the shard's counters.
 //! Invariants: a link is on the dirty list at most once (its `dirty` flag says it is), and
 //! on the closing list at most once (its state is `Closing` exactly when it is there, or
-//! has been and is waiting for the shard to close it); *this type is the only place that
+//! has been and is waiting for the shard to close it, or for its held output: see
+//! [`Effects::requeue_closing`]); *this type is the only place that
 //! marks a link dirty or closing*, so "who flushes" and "who closes" have one answer.
 //! Must not touch: sockets. The event loop (or a simulation) takes these lists after each
 //! step and carries them out; a broker function never flushes or closes anything itself.
@@ -71,6 +72,14 @@ impl Effects {
         link.state = LinkState::Closing;
         self.closing.push(key);
         true
+    }
+
+    /// A closing link whose close waited for its held output (`Broker::defer_close`):
+    /// close it now. Only for links taken off the closing list and not closed since.
+    pub fn requeue_closing(&mut self, key: usize, link: &mut Link) {
+        if link.state == LinkState::Closing && std::mem::take(&mut link.close_deferred) {
+            self.closing.push(key);
+        }
     }
 
     /// True when some link waits to be flushed.

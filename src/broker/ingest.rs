@@ -136,11 +136,15 @@ impl<X> Broker<X> {
     /// For drivers without a socket (a simulation, a test): move everything link `key` has
     /// to send to the end of `out`, as a flush that wrote it all would, re-arm its dirty
     /// mark, and let its session queue refill the buffer (which may mark it dirty again).
+    /// Nothing moves while the link's output is held ([`Link::output_held`]).
     pub fn drain_output(&mut self, key: usize, out: &mut Vec<u8>) {
         let Some(c) = self.links.conn_mut(key) else {
             return;
         };
         Effects::flushed(&mut c.link);
+        if c.link.output_held() {
+            return;
+        }
         let before = c.tx.pending();
         // Writing to a Vec cannot fail or block.
         let _ = c.tx.flush_to(out, usize::MAX);

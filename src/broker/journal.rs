@@ -95,6 +95,14 @@ pub enum HeldAck {
         /// The link's token for it.
         token: u64,
     },
+    /// The output of link `link` (generation `gen`), held since its CONNACK, may be
+    /// flushed: the records its CONNECT logged are durable.
+    Output {
+        /// Link key.
+        link: usize,
+        /// Link generation.
+        gen: u32,
+    },
 }
 
 /// An inbound QoS 2 packet id to log as taken once the routing of its message is durable
@@ -260,6 +268,11 @@ impl Journal {
         self.log(Record::MessageStored { id, msg: stored });
         self.last_msg = Some((msg.clone(), id));
         id
+    }
+
+    /// The LSN of the last record appended (to tell whether a step logged anything).
+    pub fn last_lsn(&self) -> Lsn {
+        self.wal.last_lsn()
     }
 
     /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).
@@ -453,7 +466,9 @@ impl Journal {
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
             HeldAck::Incoming(h) => h.link == link && h.gen == gen,
-            HeldAck::Bridge { .. }
+            // Not an ack: whatever is written to the link meanwhile stays behind its CONNACK.
+            HeldAck::Output { .. }
+            | HeldAck::Bridge { .. }
             | HeldAck::Cluster { .. }
             | HeldAck::Commit { .. }
             | HeldAck::WillDone { .. } => false,

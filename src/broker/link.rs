@@ -113,6 +113,14 @@ pub struct Link {
     /// The cluster's session registry names this node for the client id (cluster only):
     /// the CONNECT may complete.
     pub claimed: bool,
+    /// The link's output is not flushed: its CONNACK logged records (a stored session)
+    /// that are not durable yet, and everything written after the CONNACK stays behind it
+    /// (set at CONNACK, cleared when the journal releases it; drivers read it through
+    /// [`Link::output_held`]).
+    pub(super) output_held: bool,
+    /// The link was to close while its output was held: it stays open (input ignored)
+    /// until the output is released, then closes with it flushed.
+    pub(super) close_deferred: bool,
 }
 
 /// A CONNECT kept while the verifier checks its password, then until its refusal is due.
@@ -162,6 +170,8 @@ impl Link {
             published: false,
             mount: None,
             claimed: false,
+            output_held: false,
+            close_deferred: false,
         }
     }
 
@@ -176,6 +186,12 @@ impl Link {
                 (t, true)
             }
         }
+    }
+
+    /// True while the link's output must not be flushed (the CONNACK waits for its
+    /// session's records to be durable): a driver's flush and close paths skip it.
+    pub fn output_held(&self) -> bool {
+        self.output_held
     }
 
     /// True when deliveries may be written to this link.

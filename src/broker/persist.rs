@@ -124,6 +124,52 @@ impl<X> Broker<X> {
         }
     }
 
+    /// The LSN of the last record logged so far (`None` with persistence off): a mark for
+    /// [`Broker::hold_output_if_logged`].
+    pub(super) fn journal_mark(&self) -> Option<crate::store::Lsn> {
+        self.journal.as_ref().map(Journal::last_lsn)
+    }
+
+    /// A CONNECT is accepted on link `key`: if it logged records since `mark` (a stored
+    /// session, or one whose end changed the store), hold the link's output, its CONNACK
+    /// and everything written after it, until they are durable (the journal releases it
+    /// in order with the acks of this turn). Nothing is held in memory mode or for a clean
+    /// session that logged nothing.
+    pub(super) fn hold_output_if_logged(&mut self, key: usize, mark: Option<crate::store::Lsn>) {
+        let (Some(j), Some(mark)) = (self.journal.as_mut(), mark) else {
+            return;
+        };
+        if j.last_lsn() == mark {
+            return;
+        }
+        let Some(link) = self.links.get_mut(key) else {
+            return;
+        };
+        link.output_held = true;
+        j.hold(HeldAck::Output {
+            link: key,
+            gen: link.gen,
+        });
+    }
+
+    /// The records behind link `key`'s CONNACK are durable: flush its output (in the
+    /// order written), and close it now if it was to close meanwhile.
+    fn release_output(&mut self, key: usize, gen: u32) {
+        let Some(link) = self.links.get_mut(key).filter(|l| l.gen == gen) else {
+            return;
+        };
+        if !std::mem::take(&mut link.output_held) {
+            return;
+        }
+        self.fx.mark_dirty(key, link);
+        if link.close_deferred {
+            if let Some(t) = link.timer.take() {
+                self.timers.cancel(t);
+            }
+            self.fx.requeue_closing(key, link);
+        }
+    }
+
     /// Hold a SUBACK the gate released until durable; `false` with persistence off.
     pub(super) fn hold_suback(&mut self, p: PendingSubAck) -> Result<(), PendingSubAck> {
         match self.journal.as_mut() {
@@ -293,6 +339,7 @@ impl<X> Broker<X> {
                     j.log(Record::WillDone { id });
                 }
             }
+            HeldAck::Output { link, gen } => self.release_output(link, gen),
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })
@@ -385,7 +432,9 @@ impl<X> Broker<X> {
         for st in part.sessions.values() {
             self.restore_session(st, &msgs, unix, now_ms);
         }
-        for (_, m, stamp, source) in retained {
+        // A store written before `$SYS` figures were left out may hold some.
+        let kept = retained.iter().filter(|r| !super::sys::is_sys_topic(&r.0));
+        for (_, m, stamp, source) in kept {
             let mut msg = journal::from_stored(m, unix, now_ms, *stamp);
             msg.publisher = source.as_ref().map(journal::publisher_of);
             self.retained.store(&Arc::new(msg));
@@ -583,12 +632,17 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Log a retained update that entered the broker on this shard.
+    /// Log a retained update that entered the broker on this shard. `$SYS` figures are
+    /// not stored: they are rewritten every interval, and old ones must not come back as
+    /// this run's after a restart.
     pub(super) fn log_retained(&mut self, msg: &Arc<Message>) {
         let now = self.now_ms;
         let Some(j) = self.journal.as_mut() else {
             return;
         };
+        if super::sys::is_sys_topic(&msg.topic) {
+            return;
+        }
         let topic = (&*msg.topic).into();
         let stamp = msg.retain_stamp;
         if msg.payload.is_empty() {

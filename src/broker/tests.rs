@@ -210,3 +210,206 @@ fn input_split_anywhere_gives_the_same_output() {
         assert_eq!(run_chunks(&[a, b]), whole, "split at {cut}");
     }
 }
+
+/// The data directory of the stored brokers below, on their simulated disk.
+const STORE_DIR: &str = "/data";
+
+/// A one-shard broker whose log is on `disk` (empty), its sync run by hand
+/// ([`Broker::journal_background`]), as `sim::driver` starts one.
+fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {
+    use crate::store::{self, Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
+    let data = std::path::Path::new(STORE_DIR);
+    store::install_on(disk, data, &[LiveState::default()]).expect("install");
+    let opts = WalOptions {
+        segment_bytes_max: 1 << 20,
+        sync: SyncMode::Always,
+        checkpoint: CheckpointPolicy {
+            log_bytes_max: u64::MAX,
+            interval_s: 0,
+        },
+        background: Background::Manual,
+    };
+    let dir = store::layout::shard_dir(data, 0);
+    let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("open log");
+    let j = super::journal::Journal::new(wal, LiveState::default(), 1, 0);
+    let mut b = Cores::new(1).shards.remove(0);
+    b.attach_journal(j);
+    b
+}
+
+/// Whether client `id` has a session in what `disk` would keep through a power cut now.
+fn stored_after_power_cut(disk: &crate::store::SimDisk, id: &str) -> bool {
+    let copy = Arc::new(disk.durable_copy());
+    let rec = crate::store::recover_all_on(copy, std::path::Path::new(STORE_DIR));
+    rec.expect("recover").state.sessions.contains_key(id)
+}
+
+/// CONNECT, MQTT 3.1.1, Clean Session 0 (a stored session), keepalive 60 s.
+fn stored_connect_packet(id: &str) -> Vec<u8> {
+    let mut p = connect_packet(id);
+    p[9] = 0x00;
+    p
+}
+
+const PINGREQ: [u8; 2] = [0xc0, 0];
+const PINGRESP: [u8; 2] = [0xd0, 0];
+
+/// One turn's end as a driver runs it, then the links it would flush and close.
+fn end_turn(b: &mut Broker<()>, now: u64) -> (Vec<usize>, Vec<usize>) {
+    b.journal_end_turn(now);
+    let (mut dirty, mut closing) = (Vec::new(), Vec::new());
+    b.effects().take_dirty(&mut dirty);
+    b.effects().take_closing(&mut closing);
+    for &k in &dirty {
+        if let Some(c) = b.links_mut().conn_mut(k) {
+            super::Effects::flushed(&mut c.link);
+        }
+    }
+    (dirty, closing)
+}
+
+/// A stored session's CONNACK does not leave before the session's record is durable, and
+/// what the client pipelined behind its CONNECT is answered behind the CONNACK.
+#[test]
+fn connack_of_a_stored_session_waits_until_its_record_is_durable() {
+    let disk = crate::store::SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let id = id_homed(0, 1);
+    let key = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let mut input = stored_connect_packet(&id);
+    input.extend_from_slice(&PINGREQ);
+    assert_eq!(b.ingest(key, &input, NOW_MS), (input.len(), Ingested::More));
+    let held = |b: &Broker<()>| b.links().get(key).is_some_and(|l| l.output_held());
+    assert!(held(&b), "the CONNACK waits for the session's record");
+
+    // Written but not synced: still held, and a power cut now would lose the session.
+    end_turn(&mut b, NOW_MS);
+    assert!(held(&b));
+    assert!(!stored_after_power_cut(&disk, &id));
+
+    assert!(b.journal_background(true), "the log syncs");
+    assert!(stored_after_power_cut(&disk, &id));
+    let (dirty, _) = end_turn(&mut b, NOW_MS);
+    assert!(!held(&b), "durable: released");
+    assert_eq!(dirty, [key], "and flushed this turn");
+    let mut out = Vec::new();
+    b.drain_output(key, &mut out);
+    assert_eq!(out, [&CONNACK_OK[..], &PINGRESP[..]].concat(), "in order");
+}
+
+/// Memory mode, and a clean session that changes nothing stored, answer at once.
+#[test]
+fn clean_sessions_and_memory_mode_do_not_wait() {
+    let disk = crate::store::SimDisk::default();
+    let mut stored = stored_broker(&disk);
+    let mut memory = Cores::new(1).shards.remove(0);
+    let id = id_homed(0, 1);
+    for (b, connect) in [
+        (&mut stored, connect_packet(&id)),
+        (&mut memory, stored_connect_packet(&id)),
+    ] {
+        let key = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+        assert_eq!(b.ingest(key, &connect, NOW_MS).1, Ingested::More);
+        assert!(!b.links().get(key).is_some_and(|l| l.output_held()));
+        let mut out = Vec::new();
+        b.drain_output(key, &mut out);
+        assert_eq!(out, CONNACK_OK);
+    }
+    assert_eq!(stored.held_acks(), 0, "nothing waits in the journal");
+}
+
+/// A clean start that ends a stored session changes the store: its CONNACK waits too.
+#[test]
+fn a_clean_start_over_a_stored_session_waits_for_its_end() {
+    let disk = crate::store::SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let id = id_homed(0, 1);
+    let first = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let connect = stored_connect_packet(&id);
+    assert_eq!(b.ingest(first, &connect, NOW_MS).1, Ingested::More);
+    end_turn(&mut b, NOW_MS);
+    b.journal_background(true);
+    end_turn(&mut b, NOW_MS);
+    assert!(stored_after_power_cut(&disk, &id));
+
+    let second = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+    assert_eq!(
+        b.ingest(second, &connect_packet(&id), NOW_MS).1,
+        Ingested::More
+    );
+    assert!(b.links().get(second).is_some_and(|l| l.output_held()));
+    end_turn(&mut b, NOW_MS);
+    b.journal_background(true);
+    end_turn(&mut b, NOW_MS);
+    assert!(!b.links().get(second).is_some_and(|l| l.output_held()));
+    assert!(
+        !stored_after_power_cut(&disk, &id),
+        "the session's end is durable"
+    );
+}
+
+/// A link that is to close while its output is held stays until the output is released,
+/// then closes with everything written before the close flushed in order (a delivery
+/// behind the CONNACK).
+#[test]
+fn a_close_while_held_waits_for_the_output_and_keeps_its_order() {
+    let disk = crate::store::SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let id = id_homed(0, 1);
+    let key = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let mut input = stored_connect_packet(&id);
+    input.extend(subscribe_packet("me/#"));
+    let mut body = string("me/x");
+    body.extend_from_slice(b"echo");
+    let qos0_publish = with_len(0x30, &body);
+    input.extend_from_slice(&qos0_publish);
+    input.extend_from_slice(&[0xe0, 0]); // DISCONNECT
+    let (_, end) = b.ingest(key, &input, NOW_MS);
+    assert_eq!(end, Ingested::Close);
+    let (_, closing) = end_turn(&mut b, NOW_MS);
+    assert_eq!(closing, [key]);
+    assert!(b.defer_close(key, NOW_MS), "held: not closed now");
+    assert!(b.links().get(key).is_some(), "the link stays");
+    // Later turns: still waiting, and the keepalive does not close it twice.
+    b.on_timers(NOW_MS + 100);
+    assert_eq!(end_turn(&mut b, NOW_MS + 100).1, Vec::<usize>::new());
+
+    b.journal_background(true);
+    let (_, closing) = end_turn(&mut b, NOW_MS + 100);
+    assert_eq!(closing, [key], "released: back on the closing list");
+    assert!(!b.defer_close(key, NOW_MS + 100));
+    let mut out = Vec::new();
+    b.drain_output(key, &mut out);
+    // The SUBACK was held for the log like any ack: a link closing gets no more acks.
+    assert_eq!(out, [&CONNACK_OK[..], &qos0_publish[..]].concat());
+    assert_eq!(b.on_closed(key, NOW_MS + 100), Some(()));
+}
+
+/// A deferred close does not wait for ever (a log that cannot write): after
+/// `CLOSE_HELD_WAIT_MS` the link closes without its output, so no CONNACK leaves early.
+#[test]
+fn a_close_held_too_long_goes_without_its_output() {
+    let disk = crate::store::SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let key = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let input = stored_connect_packet(&id_homed(0, 1));
+    assert_eq!(b.ingest(key, &input, NOW_MS).1, Ingested::More);
+    b.close_link(key);
+    end_turn(&mut b, NOW_MS);
+    assert!(b.defer_close(key, NOW_MS));
+    let due = NOW_MS + super::close::CLOSE_HELD_WAIT_MS;
+    b.on_timers(due - 1);
+    assert_eq!(end_turn(&mut b, due - 1).1, Vec::<usize>::new());
+    b.on_timers(due);
+    let (_, closing) = end_turn(&mut b, due);
+    assert_eq!(closing, [key]);
+    assert!(!b.defer_close(key, due));
+    assert!(
+        b.links().conn(key).is_some_and(|c| c.tx.is_empty()),
+        "output dropped"
+    );
+    // The record becoming durable later changes nothing for the closed link.
+    b.journal_background(true);
+    assert_eq!(b.on_closed(key, due), Some(()));
+    end_turn(&mut b, due);
+}

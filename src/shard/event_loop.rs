@@ -605,6 +605,9 @@ impl Shard {
         self.accept_again = true;
         // `global_max_connections` and `max_connection_rate`: from the next accept.
         self.admission.reconfigure(&cfg.limits);
+        // `memory_limit`: accounted against the new figure from the next tick.
+        self.memory.set_limit(cfg.limits.memory_limit);
+        cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
         self.broker.reload(cfg);
         let now = self.now_ms();
         self.bridges
@@ -1207,6 +1210,15 @@ impl Shard {
             return;
         };
         Effects::flushed(&mut c.link);
+        if c.link.output_held() {
+            // The CONNACK waits for its session's records: only the transport's own bytes
+            // (handshake, control frames) go out; the broker marks the link dirty again
+            // when the output is released.
+            if c.io.transport.send_pending().is_err() {
+                self.broker.close_link(key);
+            }
+            return;
+        }
         let before = c.tx.pending();
         let flushed = match c.io.transport.send_pending() {
             Ok(true) => c.tx.flush_to(&mut c.io.transport, FLUSH_BYTES_PER_TURN_MAX),
@@ -1261,6 +1273,10 @@ impl Shard {
         while self.broker.effects().has_closing() {
             self.broker.effects().take_closing(&mut closing);
             for &key in &closing {
+                if self.broker.defer_close(key, now) {
+                    // Its output is held: closed (output first) once released.
+                    continue;
+                }
                 if let Some(c) = self.broker.links_mut().conn_mut(key) {
                     let t = &mut c.io.transport;
                     if let Ok(true) = t.send_pending() {

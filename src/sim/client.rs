@@ -112,9 +112,6 @@ pub struct Client {
     ever_connected: bool,
     /// The SUBACK arrived (the subscription is in the session for good).
     pub subscribed: bool,
-    /// An acknowledgement arrived after a CONNACK of this persistent session: its record
-    /// is durable (acks are released only once every earlier record of the shard is).
-    session_durable: bool,
     rx: Vec<u8>,
     next_pid: u16,
     next_seq: u32,
@@ -157,7 +154,6 @@ impl Client {
             connected: false,
             ever_connected: false,
             subscribed: false,
-            session_durable: false,
             rx: Vec::new(),
             next_pid: 0,
             next_seq: 0,
@@ -238,14 +234,13 @@ impl Client {
         }
     }
 
-    /// An acknowledgement arrived on this connection: acknowledgements leave only once
-    /// every earlier record of the shard is durable, so a persistent session's record is,
-    /// with the Will of this connection's CONNECT.
+    /// The CONNACK of a persistent session arrived: it leaves only once the records its
+    /// CONNECT logged are durable (docs/persistence.md), the session's record with the
+    /// Will of this connection among them.
     fn vouch(&mut self, oracle: &mut Oracle) {
         if self.clean {
             return;
         }
-        self.session_durable = true;
         if let Some(seq) = self.will_seq {
             oracle.will_vouched(self.index, seq);
         }
@@ -263,14 +258,11 @@ impl Client {
         seq
     }
 
-    /// The broker lost power: the connection is gone, and a persistent session whose
-    /// creation no acknowledgement vouched for may be gone too (CONNACK is not held until
-    /// durable: docs/persistence.md).
+    /// The broker lost power: the connection is gone. A persistent session whose CONNACK
+    /// arrived is not: CONNACK leaves only once the session's record is durable
+    /// (docs/persistence.md), so the next CONNACK must say Session Present 1.
     pub fn power_cut(&mut self) {
         self.lost();
-        if !self.session_durable {
-            self.ever_connected = false;
-        }
     }
 
     /// The connection ended (closed by the broker, broken, or given up).
@@ -395,7 +387,6 @@ impl Client {
                 if !granted_ok {
                     oracle.violation(format!("{} SUBACK refused: {:?}", self.id, s.codes));
                 }
-                self.vouch(oracle);
                 if !self.subscribed {
                     self.subscribed = true;
                     oracle.subscribed(self.index, step, self.clean);
@@ -447,6 +438,7 @@ impl Client {
         }
         self.ever_connected = true;
         self.connected = true;
+        self.vouch(oracle);
         if let (false, Some((filter, qos))) = (self.subscribed, self.role.subscription()) {
             let subs = [Subscription {
                 filter: &filter,
@@ -511,7 +503,6 @@ impl Client {
     ) {
         // A PUBCOMP 0x92 answers a PUBREL resent after the broker had already released the
         // id (its first PUBCOMP was lost with the connection): the flow is complete.
-        self.vouch(oracle);
         if a.reason.is_error() && stage != Stage::Comp {
             oracle.violation(format!(
                 "{} publish {} refused: {:?}",

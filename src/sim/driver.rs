@@ -44,6 +44,8 @@ pub struct Io {
     conn: ConnId,
     /// Read but not yet decoded (a partial packet), like `RxBuf`.
     rx: Vec<u8>,
+    /// The link's first answer to its CONNECT (the CONNACK) has been written.
+    answered: bool,
 }
 
 /// A writer that takes at most `room` bytes, then would block (a full socket buffer).
@@ -93,6 +95,9 @@ pub struct Cluster {
     keys: Vec<usize>,
     /// When false, every read, write and drain takes all it can (settling the run).
     pub chaos: bool,
+    /// Client ids whose CONNACK was written to the network since the last
+    /// [`Cluster::take_answered`], in order.
+    answered: Vec<String>,
 }
 
 impl Cluster {
@@ -109,6 +114,7 @@ impl Cluster {
             bus: (0..shards * shards).map(|_| VecDeque::new()).collect(),
             keys: Vec::new(),
             chaos: true,
+            answered: Vec::new(),
         }
     }
 
@@ -215,6 +221,24 @@ impl Cluster {
             .map(|id| Broker::new(id, n, self.cfg.clone(), now_ms))
             .collect();
         self.start_store(now_ms)
+    }
+
+    /// Client ids whose CONNACK went out (to the network, not yet read) since the last
+    /// call: with persistence, each stored session must be durable by then.
+    pub fn take_answered(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// Whether client `id` has a session in what the disk would keep if the power failed
+    /// now (recovered from a copy of its durable part). True without a simulated disk.
+    pub fn session_durable(&self, id: &str) -> Result<bool, String> {
+        let Some(disk) = &self.disk else {
+            return Ok(true);
+        };
+        let copy = Arc::new(disk.durable_copy());
+        let rec = crate::store::recover_all_on(copy, std::path::Path::new(SIM_DATA_DIR))
+            .map_err(|e| e.to_string())?;
+        Ok(rec.state.sessions.contains_key(id))
     }
 
     /// Number of shards.
@@ -344,7 +368,12 @@ impl Cluster {
     fn adopt(&mut self, i: usize, conn: ConnId, rx: Vec<u8>, now_ms: u64) {
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, (conn % 65_536) as u16));
         let pending = !rx.is_empty();
-        let key = self.brokers[i].accept(peer, Io { conn, rx }, now_ms);
+        let io = Io {
+            conn,
+            rx,
+            answered: false,
+        };
+        let key = self.brokers[i].accept(peer, io, now_ms);
         if pending {
             self.ingest(i, key, now_ms);
         }
@@ -449,6 +478,11 @@ impl Cluster {
             return;
         };
         Effects::flushed(&mut c.link);
+        if c.link.output_held() {
+            // As `event_loop::flush_one`: nothing leaves until the broker releases it.
+            return;
+        }
+        note_answer(c, &mut self.answered);
         let Some(conn) = net.conns.get_mut(c.io.conn) else {
             return;
         };
@@ -471,7 +505,11 @@ impl Cluster {
         while b.effects().has_closing() {
             b.effects().take_closing(&mut keys);
             for &key in &keys {
+                if b.defer_close(key, now_ms) {
+                    continue;
+                }
                 if let Some(c) = b.links_mut().conn_mut(key) {
+                    note_answer(c, &mut self.answered);
                     if let Some(conn) = net.conns.get_mut(c.io.conn) {
                         let mut pipe = Pipe {
                             out: &mut conn.to_client,
@@ -490,5 +528,21 @@ impl Cluster {
         }
         keys.clear();
         self.keys = keys;
+    }
+}
+
+/// Link `c` is about to write: if these are its first bytes after its CONNECT was taken
+/// (the CONNACK), note its client id.
+fn note_answer(c: &mut crate::broker::Conn<Io>, answered: &mut Vec<String>) {
+    let after_connect = !matches!(
+        c.link.state,
+        LinkState::ExpectConnect | LinkState::AwaitAuth
+    );
+    if c.io.answered || c.tx.is_empty() || !after_connect {
+        return;
+    }
+    c.io.answered = true;
+    if let Some(id) = &c.link.client_id {
+        answered.push(id.to_string());
     }
 }

@@ -56,8 +56,8 @@ pub struct MsgRec {
     pub will: bool,
     /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published.
     pub due: bool,
-    /// A Will whose CONNECT record an acknowledgement on its connection vouched for
-    /// (persistent sessions only): the broker's log holds it.
+    /// A Will whose connection got its CONNACK, of a persistent session: the CONNACK
+    /// waited for the CONNECT's record, which holds the Will.
     pub vouched: bool,
     /// A Will that became due before a power cut without being vouched for: it may be
     /// lost with the cut.
@@ -169,8 +169,8 @@ impl Oracle {
         }
     }
 
-    /// An acknowledgement arrived on the connection of Will `seq`, of a persistent
-    /// session: the CONNECT record carrying the Will is durable.
+    /// The CONNACK arrived on the connection of Will `seq`, of a persistent session: the
+    /// CONNECT record carrying the Will is durable.
     pub fn will_vouched(&mut self, publisher: usize, seq: u32) {
         if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
             m.vouched = true;
@@ -187,9 +187,8 @@ impl Oracle {
     /// The power was cut: Wills due but not vouched for are in doubt (see `MsgRec`).
     pub fn power_cut(&mut self) {
         for m in self.msgs.values_mut() {
-            // Nothing durable holds such a Will until its deliveries are: a clean
-            // session's is never logged, and a persistent session's CONNECT record may not
-            // be durable yet (docs/simulation.md, "Power cuts").
+            // A clean session's Will is in no record until it is published, so a cut
+            // before that record's sync loses it (docs/simulation.md, "Power cuts").
             m.in_doubt |= m.will && m.due && !m.vouched;
         }
     }

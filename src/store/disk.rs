@@ -233,7 +233,7 @@ pub fn from_env() -> Arc<dyn Disk> {
 
 type Ino = u64;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Node {
     File {
         /// What a read sees now.
@@ -249,7 +249,7 @@ enum Node {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Tree {
     nodes: BTreeMap<Ino, Node>,
     next: Ino,
@@ -381,6 +381,16 @@ impl SimDisk {
             }
         }
         t.nodes.retain(|i, _| reachable.contains(i));
+    }
+
+    /// A separate disk holding what this one would keep if the power failed now (this one
+    /// is left as it is): to check what is durable at a given moment.
+    pub fn durable_copy(&self) -> SimDisk {
+        let copy = SimDisk {
+            tree: Arc::new(Mutex::new(self.lock().clone())),
+        };
+        copy.power_cut();
+        copy
     }
 
     /// While `full`, appends and file creation fail with `ENOSPC`.
@@ -579,6 +589,23 @@ mod tests {
         f.append(b" world").expect("append");
         d.power_cut();
         assert_eq!(d.read(Path::new("/a/x")).expect("read"), b"hello");
+    }
+
+    #[test]
+    fn a_durable_copy_keeps_what_a_power_cut_would_and_leaves_the_disk_alone() {
+        let d = SimDisk::default();
+        d.create_dir_all(Path::new("/a")).expect("mkdir");
+        d.sync_dir(Path::new("/")).expect("sync root");
+        let mut f = d.create_new(Path::new("/a/x")).expect("create");
+        f.append(b"hello").expect("append");
+        f.sync_data().expect("sync");
+        d.sync_dir(Path::new("/a")).expect("sync dir");
+        f.append(b" world").expect("append");
+        let copy = d.durable_copy();
+        assert_eq!(copy.read(Path::new("/a/x")).expect("read"), b"hello");
+        assert_eq!(d.read(Path::new("/a/x")).expect("read"), b"hello world");
+        f.append(b"!").expect("append");
+        assert_eq!(copy.read(Path::new("/a/x")).expect("read"), b"hello");
     }
 
     #[test]
