@@ -360,7 +360,8 @@ impl LiveState {
             && self.messages.is_empty()
             && self.retained.is_empty()
             && self.bridges.is_empty()
-            && self.pending_wills.is_empty();
+            && self.pending_wills.is_empty()
+            && self.qos2_committed.is_empty();
         if empty {
             // Nothing to renumber against (the first shard read, or the only one).
             other.orphans += self.orphans;
