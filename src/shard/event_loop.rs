@@ -310,6 +310,10 @@ pub fn run_node(
             let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
             shard.bridges.restore(&mut shard.broker, bridges, 0);
         }
+        if shard.cluster.is_some() {
+            // The link checks these sessions' owners before it reads this node's queue.
+            shard.broker.cluster_restored();
+        }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
     }
