@@ -192,6 +192,9 @@ impl Journal {
             .iter()
             .map(|(&id, (stamp, msg))| (id, *stamp, msg.clone()))
             .collect();
+        // A recovered shadow's messages are all referenced (`LiveState::finish`): the
+        // first sweep waits until the count doubles, as after any sweep.
+        let gc_at = (shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
         Journal {
             wal,
             shadow,
@@ -211,7 +214,7 @@ impl Journal {
             refused: 0,
             refused_at_stall: 0,
             scratch: Vec::new(),
-            gc_at: GC_MESSAGES_MIN,
+            gc_at,
             txn_last: 0,
             committed: vec![0; shards],
             parked: VecDeque::new(),
@@ -231,6 +234,11 @@ impl Journal {
     /// The Wills recovery found pending (number, retained stamp, message), once.
     pub fn take_restored_wills(&mut self) -> Vec<(u64, u64, StoredMessage<'static>)> {
         std::mem::take(&mut self.restored_wills)
+    }
+
+    /// The state the log describes (the shadow checkpoints are written from).
+    pub fn shadow(&self) -> &LiveState {
+        &self.shadow
     }
 
     /// Wall-clock time (Unix ms) of shard-clock time `now_ms`.
