@@ -34,6 +34,13 @@ fn config() -> SimConfig {
 /// Seeds run with persistence and power cuts by a plain `cargo test`.
 const POWER_SEEDS_DEFAULT: u64 = 300;
 
+/// Power-cut seeds that once failed, run before the numbered ones: 3990 and 9881
+/// published right after a restart through a connection handed over by a third shard,
+/// which routed it before draining the restored interest of the subscriber's shard (every
+/// shard now learns every restored interest before any runs; since CONNACK is held, 3990
+/// still reproduces that race without the fix, 9881 no longer does).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881];
+
 /// Run one seed; a panic inside the broker is reported with its replay command too.
 fn run(seed: u64, cfg: &SimConfig) -> Result<Summary, String> {
     match panic::catch_unwind(AssertUnwindSafe(|| run_seed(seed, cfg))) {
@@ -133,7 +140,11 @@ fn power_cuts_lose_nothing_acknowledged() {
         None => {
             let n = env_u64("SHARDMQ_SIM_POWER_SEEDS").unwrap_or(POWER_SEEDS_DEFAULT);
             let first = env_u64("SHARDMQ_SIM_FIRST_SEED").unwrap_or(0);
-            (first..first.saturating_add(n)).collect()
+            POWER_REGRESSION_SEEDS
+                .iter()
+                .copied()
+                .chain(first..first.saturating_add(n))
+                .collect()
         }
     };
     let (mut cuts, mut delivered) = (0, 0);

@@ -1,11 +1,15 @@
 //! The end of connections and sessions: DISCONNECT, wills, expiry, timers.
 
+use std::sync::Arc;
+
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::{Broker, Conn, Link, LinkState, Verdict};
+use super::journal::HeldAck;
+use super::{Broker, Cast, Conn, Link, LinkState, Verdict};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Disconnect, ReasonCode, Version};
-use crate::session::StoredWill;
+use crate::session::{Message, StoredWill};
+use crate::store::Record;
 use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
@@ -124,7 +128,7 @@ impl<X> Broker<X> {
             if !self.may_publish_will(link.acl_client(), link.listener, &w) {
                 // Rights revoked since CONNECT: the Will is not published.
             } else if w.delay_s == 0 || (still_ours && session_ends) {
-                self.publish_message(w.into_message(now_ms), now_ms);
+                self.publish_will(w.into_message(now_ms), now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
                 if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
@@ -174,6 +178,82 @@ impl<X> Broker<X> {
         }
     }
 
+    /// The connection `key` was taken over: its Will (without delay) is published now,
+    /// before the new CONNECT's session record is logged. That record drops it from the
+    /// session's parameters, so it must follow the Will's own record in the log
+    /// (`publish_will`). A delayed Will is cancelled by the resumption [MQTT-3.1.3-9].
+    pub(super) fn will_at_takeover(&mut self, key: usize, now_ms: u64) {
+        let Some(link) = self.links.get_mut(key).filter(|l| l.publish_will) else {
+            return;
+        };
+        let Some(w) = link.will.take() else {
+            return;
+        };
+        let Some(link) = self.links.get(key) else {
+            return;
+        };
+        if w.delay_s == 0 && self.may_publish_will(link.acl_client(), link.listener, &w) {
+            self.publish_will(w.into_message(now_ms), now_ms);
+        }
+    }
+
+    /// Publish a Will. With a store it is logged first as pending (`Record::WillPending`:
+    /// before any record that drops it from its session's parameters, which all come
+    /// later), and logged done once its deliveries are durable on every shard it reached
+    /// (a held action, released after this shard's log and the peers' barriers): a power
+    /// cut in between publishes it again at restart, a duplicate and never a loss.
+    pub(super) fn publish_will(&mut self, mut msg: Message, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            self.publish_message(msg, now_ms);
+            return;
+        };
+        if msg.retain {
+            msg.retain_stamp = self.retained.next_stamp(self.shard_id);
+        }
+        let id = j.next_will_id();
+        let unix = j.unix_ms(now_ms);
+        j.log(Record::WillPending {
+            id,
+            stamp: msg.retain_stamp,
+            msg: super::journal::to_stored(&msg, unix, now_ms),
+        });
+        self.route_will(id, Arc::new(msg), now_ms);
+    }
+
+    /// Route Will `id` (stamped) and hold its `WillDone` behind the barriers of every
+    /// peer it went to. Those casts may leave after this turn's `journal_end_turn` (a
+    /// link closed at the end of the turn), so they are counted here.
+    fn route_will(&mut self, id: u64, msg: Arc<Message>, now_ms: u64) {
+        let from = self.fx.outbox.len();
+        self.publish_shared(msg, now_ms);
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        for (to, c) in self.fx.outbox.get(from..).unwrap_or_default() {
+            if matches!(c, Cast::Publish(_) | Cast::ShareDeliver(_)) {
+                j.sent_publish(*to);
+            }
+        }
+        j.hold(HeldAck::WillDone { id });
+    }
+
+    /// Publish again the Wills recovery found pending (on the first turn, once every
+    /// shard knows every restored subscription). Their records are in the checkpoint.
+    fn republish_wills(&mut self, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let wills = j.take_restored_wills();
+        if wills.is_empty() {
+            return;
+        }
+        let unix = j.unix_ms(now_ms);
+        for (id, stamp, m) in wills {
+            let msg = super::journal::from_stored(&m, unix, now_ms, stamp);
+            self.route_will(id, Arc::new(msg), now_ms);
+        }
+    }
+
     /// Cancel a session's expiry and delayed-Will timers (it was resumed).
     pub(super) fn cancel_session_timers(&mut self, s: usize) {
         let Some(sess) = self.sessions.get_mut(s) else {
@@ -204,7 +284,7 @@ impl<X> Broker<X> {
         if let Some(w) = sess.will.take() {
             if self.may_publish_will(sess.acl_client(), sess.listener, &w) {
                 let now = self.now_ms;
-                self.publish_message(w.into_message(now), now);
+                self.publish_will(w.into_message(now), now);
             }
         }
     }
@@ -214,7 +294,7 @@ impl<X> Broker<X> {
     fn retire_session(&mut self, s: usize) {
         if let Some(w) = self.sessions.get_mut(s).and_then(|x| x.will.take()) {
             let now = self.now_ms;
-            self.publish_message(w.into_message(now), now);
+            self.publish_will(w.into_message(now), now);
         }
         self.sessions.retire(s);
     }
@@ -235,6 +315,7 @@ impl<X> Broker<X> {
     /// loop not to sleep meanwhile). None is ever dropped.
     pub fn on_timers(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        self.republish_wills(now_ms);
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.advance(now_ms, &mut fired);
         let n = fired.len().min(TIMERS_PER_TURN_MAX);
@@ -349,7 +430,7 @@ impl<X> Broker<X> {
                 .is_some_and(|x| b.may_publish_will(x.acl_client(), x.listener, w))
         };
         if let Some(w) = will.filter(|w| permitted(self, w)) {
-            self.publish_message(w.into_message(now_ms), now_ms);
+            self.publish_will(w.into_message(now_ms), now_ms);
         }
     }
 

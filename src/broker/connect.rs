@@ -169,7 +169,7 @@ impl<X> Broker<X> {
             _ if c.clean_start => 0,
             _ => u32::MAX,
         };
-        let (s, mut present) = self.take_over_or_create(&id, c.clean_start, expiry_s);
+        let (s, mut present) = self.take_over_or_create(&id, c.clean_start, expiry_s, now_ms);
         if let Some(h) = self.handover_in.take() {
             // The session came from another node (cluster): it is present.
             present = h.exists;
@@ -262,7 +262,13 @@ impl<X> Broker<X> {
 
     /// Find the session for `id` (disconnecting a connection that holds it) or make one.
     /// Returns the session key and whether an existing session was resumed.
-    fn take_over_or_create(&mut self, id: &str, clean: bool, expiry_s: u32) -> (usize, bool) {
+    fn take_over_or_create(
+        &mut self,
+        id: &str,
+        clean: bool,
+        expiry_s: u32,
+        now_ms: u64,
+    ) -> (usize, bool) {
         if let Some(s) = self.sessions.find(id) {
             if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
                 if let Some(l) = self.links.get_mut(old) {
@@ -280,6 +286,7 @@ impl<X> Broker<X> {
                     Some(ReasonCode::SessionTakenOver),
                     "session taken over",
                 );
+                self.will_at_takeover(old, now_ms);
             }
             self.cancel_session_timers(s);
             if !clean {

@@ -84,6 +84,11 @@ pub enum HeldAck {
         /// The shard's id for the bridge's run.
         bridge: usize,
     },
+    /// Will `id` reached every shard it was routed to, and each logged it: log it done.
+    WillDone {
+        /// Its number (`Record::WillPending`).
+        id: u64,
+    },
     /// The JetStream acknowledgement of a message from this node's cluster queue
     /// (`ToCluster::Settle`).
     Cluster {
@@ -171,12 +176,22 @@ pub struct Journal {
     commit_news: bool,
     /// Shadow message count at which unreferenced messages are dropped next.
     gc_at: usize,
+    /// The next Will number (`Record::WillPending`).
+    next_will: u64,
+    /// Wills recovery found pending, to publish again on the first turn.
+    restored_wills: Vec<(u64, u64, StoredMessage<'static>)>,
 }
 
 impl Journal {
     /// A journal over `wal`, whose checkpoint holds `shadow`, for a broker of `shards`.
     pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
         let next_msg = shadow.next_msg_id().0;
+        let next_will = shadow.next_will_id();
+        let restored_wills = shadow
+            .pending_wills
+            .iter()
+            .map(|(&id, (stamp, msg))| (id, *stamp, msg.clone()))
+            .collect();
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
         // first sweep waits until the count doubles, as after any sweep.
         let gc_at = (shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
@@ -204,7 +219,21 @@ impl Journal {
             committed: vec![0; shards],
             parked: VecDeque::new(),
             commit_news: false,
+            next_will,
+            restored_wills,
         }
+    }
+
+    /// Number a Will about to be published (see [`Record::WillPending`]).
+    pub fn next_will_id(&mut self) -> u64 {
+        let id = self.next_will;
+        self.next_will += 1;
+        id
+    }
+
+    /// The Wills recovery found pending (number, retained stamp, message), once.
+    pub fn take_restored_wills(&mut self) -> Vec<(u64, u64, StoredMessage<'static>)> {
+        std::mem::take(&mut self.restored_wills)
     }
 
     /// The state the log describes (the shadow checkpoints are written from).
@@ -449,7 +478,8 @@ impl Journal {
             HeldAck::Output { .. }
             | HeldAck::Bridge { .. }
             | HeldAck::Cluster { .. }
-            | HeldAck::Commit { .. } => false,
+            | HeldAck::Commit { .. }
+            | HeldAck::WillDone { .. } => false,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }

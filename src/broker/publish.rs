@@ -354,7 +354,7 @@ impl<X> Broker<X> {
 
     /// Route a stamped message: retain it, send it to interested shards, deliver it here.
     /// The shard's reference goes back to the pool (kept if no delivery holds it).
-    fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
+    pub(super) fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
         if msg.retain {
             self.retained.store(&msg);
             self.log_retained(&msg);

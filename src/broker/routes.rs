@@ -73,6 +73,12 @@ impl Routes {
         }
     }
 
+    /// Every filter some local session subscribes to (not shared ones): the interest this
+    /// shard has told, or tells, its peers. Allocates; for start-up, not the publish path.
+    pub fn local_filters(&self) -> Vec<String> {
+        self.subs.iter().map(|(f, _)| f).collect()
+    }
+
     /// The shards other than `me` with a subscriber matching `topic`.
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;

@@ -320,8 +320,19 @@ pub fn run_node(
         }
     }
     if stored {
-        // Every restored subscription's interest is on the rings before any shard runs:
-        // a shard's first turn drains its inbox before it accepts or fires a timer.
+        // Every restored subscription's interest is applied on every shard before any
+        // runs: the rings alone do not order it before client input (a connection handed
+        // over by a third shard is read as soon as its handoff is drained; a drain takes
+        // at most 1,024 messages per peer). Its casts follow on the rings, changing nothing.
+        let interest: Vec<Vec<String>> = built
+            .iter()
+            .map(|(shard, _)| shard.broker.restored_interest())
+            .collect();
+        for (shard, _) in &mut built {
+            for (from, filters) in interest.iter().enumerate() {
+                shard.broker.learn_restored_interest(from, filters);
+            }
+        }
         for (shard, _) in &mut built {
             shard.push_outbox();
         }

@@ -173,6 +173,14 @@ impl Cluster {
             self.brokers[id].attach_journal(j);
             self.brokers[id].restore_from_journal(&retained, now_ms);
         }
+        // Every shard knows every restored interest before any runs (as `event_loop`).
+        let interest: Vec<Vec<String>> =
+            self.brokers.iter().map(Broker::restored_interest).collect();
+        for b in &mut self.brokers {
+            for (from, filters) in interest.iter().enumerate() {
+                b.learn_restored_interest(from, filters);
+            }
+        }
         for i in 0..n {
             self.push_outbox(i);
         }

@@ -56,7 +56,11 @@ pub struct MsgRec {
     pub will: bool,
     /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published.
     pub due: bool,
-    /// A Will that became due before a power cut: it may be lost with the cut.
+    /// A Will whose connection got its CONNACK, of a persistent session: the CONNACK
+    /// waited for the CONNECT's record, which holds the Will.
+    pub vouched: bool,
+    /// A Will that became due before a power cut without being vouched for: it may be
+    /// lost with the cut.
     pub in_doubt: bool,
 }
 
@@ -137,6 +141,7 @@ impl Oracle {
                 abandoned: false,
                 will: false,
                 due: false,
+                vouched: false,
                 in_doubt: false,
             },
         );
@@ -164,6 +169,14 @@ impl Oracle {
         }
     }
 
+    /// The CONNACK arrived on the connection of Will `seq`, of a persistent session: the
+    /// CONNECT record carrying the Will is durable.
+    pub fn will_vouched(&mut self, publisher: usize, seq: u32) {
+        if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
+            m.vouched = true;
+        }
+    }
+
     /// A client gave a message up when it started a clean session.
     pub fn abandoned(&mut self, publisher: usize, seq: u32) {
         if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
@@ -171,11 +184,12 @@ impl Oracle {
         }
     }
 
-    /// The power was cut: Wills due are in doubt (see `MsgRec`).
+    /// The power was cut: Wills due but not vouched for are in doubt (see `MsgRec`).
     pub fn power_cut(&mut self) {
         for m in self.msgs.values_mut() {
-            // A Will due before the cut may be lost with it (docs/persistence.md).
-            m.in_doubt |= m.will && m.due;
+            // A clean session's Will is in no record until it is published, so a cut
+            // before that record's sync loses it (docs/simulation.md, "Power cuts").
+            m.in_doubt |= m.will && m.due && !m.vouched;
         }
     }
 

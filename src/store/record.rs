@@ -294,6 +294,24 @@ pub enum Record<'a> {
         /// The highest routing committed.
         txn: u64,
     },
+    /// A Will was published (its connection ended, or its delay ran out). Logged before
+    /// any record that drops it from its session's parameters, and until `WillDone`
+    /// recovery publishes it again: a power cut before its deliveries are durable on every
+    /// shard it reached may duplicate it, never lose it.
+    WillPending {
+        /// Its number in this shard's log (renumbered when logs merge).
+        id: u64,
+        /// The Lamport stamp of a retained Will (0 otherwise), kept so a Will published
+        /// again never replaces a newer retained message.
+        stamp: u64,
+        /// The Will as a message.
+        msg: StoredMessage<'a>,
+    },
+    /// Will `id`'s deliveries are durable on every shard it reached.
+    WillDone {
+        /// Its number.
+        id: u64,
+    },
     /// A change to the forwarding state of the bridge named `bridge` (its `connection`).
     Bridge {
         /// The bridge's name.
@@ -394,6 +412,8 @@ mod tag {
     pub const QOS2_COMMITTED: u8 = 19;
     /// `DELIVERY_QUEUED_FLAGS` and `DELIVERY_SENT` (`InFlight`) of one delivery.
     pub const DELIVERY_QUEUED_SENT: u8 = 20;
+    pub const WILL_PENDING: u8 = 21;
+    pub const WILL_DONE: u8 = 22;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -550,6 +570,16 @@ impl<'a> Record<'a> {
             Record::Qos2Committed { txn } => {
                 e.u8(tag::QOS2_COMMITTED);
                 e.u64(*txn);
+            }
+            Record::WillPending { id, stamp, msg } => {
+                e.u8(tag::WILL_PENDING);
+                e.u64(*id);
+                e.u64(*stamp);
+                e.message(msg);
+            }
+            Record::WillDone { id } => {
+                e.u8(tag::WILL_DONE);
+                e.u64(*id);
             }
             Record::Bridge { bridge, op } => {
                 e.u8(tag::BRIDGE);
@@ -722,6 +752,12 @@ impl<'a> Record<'a> {
                 txn,
             },
             Record::Qos2Committed { txn } => Record::Qos2Committed { txn },
+            Record::WillPending { id, stamp, msg } => Record::WillPending {
+                id,
+                stamp,
+                msg: msg.into_owned(),
+            },
+            Record::WillDone { id } => Record::WillDone { id },
             _ => unreachable!("into_owned handles every other record"),
         }
     }
@@ -1237,6 +1273,12 @@ impl<'a> Dec<'a> {
                 txn: self.u64()?,
             },
             tag::QOS2_COMMITTED => Record::Qos2Committed { txn: self.u64()? },
+            tag::WILL_PENDING => Record::WillPending {
+                id: self.u64()?,
+                stamp: self.u64()?,
+                msg: self.message()?,
+            },
+            tag::WILL_DONE => Record::WillDone { id: self.u64()? },
             other => return Err(DecodeError::UnknownTag(other)),
         })
     }

@@ -84,6 +84,9 @@ pub struct LiveState {
     pub qos2_committed: BTreeMap<u64, u64>,
     /// Deliveries of QoS 2 routings never committed that [`LiveState::finish`] dropped.
     pub qos2_dropped: u64,
+    /// Wills published but not yet durable wherever they went, by number: (retained
+    /// stamp, message). See [`Record::WillPending`].
+    pub pending_wills: BTreeMap<u64, (u64, StoredMessage<'static>)>,
 }
 
 impl LiveState {
@@ -245,6 +248,12 @@ impl LiveState {
                 let at = self.qos2_committed.entry(txn >> 48).or_insert(0);
                 *at = (*at).max(txn);
             }
+            Record::WillPending { id, stamp, msg } => {
+                self.pending_wills.insert(id, (stamp, msg.into_owned()));
+            }
+            Record::WillDone { id } => {
+                self.pending_wills.remove(&id);
+            }
             _ => unreachable!("apply handles every other record"),
         }
     }
@@ -370,6 +379,11 @@ impl LiveState {
         self.qos2_dropped += dropped as u64;
     }
 
+    /// The next Will number free in this state.
+    pub fn next_will_id(&self) -> u64 {
+        self.pending_wills.keys().next_back().map_or(1, |id| id + 1)
+    }
+
     /// The next message id free in this state.
     pub fn next_msg_id(&self) -> MsgId {
         MsgId(self.messages.keys().next_back().map_or(1, |m| m.0 + 1))
@@ -382,7 +396,9 @@ impl LiveState {
         let empty = self.sessions.is_empty()
             && self.messages.is_empty()
             && self.retained.is_empty()
-            && self.bridges.is_empty();
+            && self.bridges.is_empty()
+            && self.pending_wills.is_empty()
+            && self.qos2_committed.is_empty();
         if empty {
             // Nothing to renumber against (the first shard read, or the only one).
             other.orphans += self.orphans;
@@ -423,6 +439,10 @@ impl LiveState {
             let at = self.qos2_committed.entry(origin).or_insert(0);
             *at = (*at).max(txn);
         }
+        let first = self.next_will_id();
+        for (next, (_, w)) in (first..).zip(other.pending_wills) {
+            self.pending_wills.insert(next, w);
+        }
         conflicts
     }
 
@@ -431,7 +451,8 @@ impl LiveState {
     /// to every state that refers to it: moved to one, cloned only for the others (a
     /// message queued for sessions of several shards). Bridges go to the first state:
     /// take them out first and [`place_bridges`] them by owner shard. The counts and QoS 2
-    /// commits are not carried (take them out first too).
+    /// commits are not carried (take them out first too). Pending Wills go to the first
+    /// state (any shard may publish them again).
     pub fn split(
         self,
         n: usize,
@@ -481,6 +502,7 @@ impl LiveState {
             })
             .collect();
         parts[0].bridges = self.bridges;
+        parts[0].pending_wills = self.pending_wills;
         parts
     }
 
@@ -508,11 +530,20 @@ impl LiveState {
             .qos2_committed
             .values()
             .map(|&txn| Record::Qos2Committed { txn });
+        let wills = self
+            .pending_wills
+            .iter()
+            .map(|(&id, (stamp, msg))| Record::WillPending {
+                id,
+                stamp: *stamp,
+                msg: msg.clone(),
+            });
         messages
             .chain(sessions)
             .chain(retained)
             .chain(bridges)
             .chain(committed)
+            .chain(wills)
     }
 }
 

@@ -200,6 +200,12 @@ pub fn samples() -> Vec<Record<'static>> {
             txn: 2 << 48 | 9,
         },
         Record::Qos2Committed { txn: 2 << 48 | 9 },
+        Record::WillPending {
+            id: 3,
+            stamp: 44,
+            msg: message("w/c", b"gone", true),
+        },
+        Record::WillDone { id: 3 },
     ]
     .into_iter()
     .chain(bridge_samples())

@@ -497,3 +497,76 @@ fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
     });
     assert!(done.sessions["c"].deliveries.is_empty());
 }
+
+#[test]
+fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
+    let will = |id: u64, topic: &str| Record::WillPending {
+        id,
+        stamp: 7,
+        msg: message(topic, b"gone", false),
+    };
+    let mut a = replay(vec![
+        will(1, "w/a"),
+        will(2, "w/b"),
+        Record::WillDone { id: 1 },
+    ]);
+    a.finish();
+    assert_eq!(a.pending_wills.keys().copied().collect::<Vec<_>>(), vec![2]);
+    let rebuilt = replay(a.records().map(Record::into_owned).collect());
+    assert_eq!(rebuilt, a, "a checkpoint keeps the pending Will");
+    // Another shard's log numbers its Wills from 1 too: merging renumbers them.
+    let b = replay(vec![will(2, "w/c")]);
+    a.merge(b);
+    let topics: Vec<_> = a
+        .pending_wills
+        .values()
+        .map(|(_, m)| m.topic.to_string())
+        .collect();
+    assert_eq!(topics, vec!["w/b", "w/c"]);
+    assert_eq!(a.next_will_id(), 4);
+    let parts = a.split(3, |_| 2, |_| 1);
+    assert_eq!(
+        parts[0].pending_wills.len(),
+        2,
+        "the first shard publishes them again"
+    );
+    assert!(parts[1].pending_wills.is_empty() && parts[2].pending_wills.is_empty());
+}
+
+/// Recovery merges the shards' states in directory order: a log holding nothing but its
+/// commit marks (a clean-session publisher's shard) may be read first. Merging the
+/// subscriber's state into it must keep those marks, or the committed routing is dropped.
+#[test]
+fn commit_marks_read_first_survive_the_merge() {
+    let txn = 1 << 48 | 1;
+    let mut origin_log = LiveState::default();
+    origin_log.apply(Record::Qos2Committed { txn });
+    let subscriber = replay(vec![
+        session("sub", true),
+        Record::MessageStored {
+            id: MsgId(1),
+            msg: message("a/1", b"x", false),
+        },
+        Record::DeliveryQueued {
+            client_id: c("sub"),
+            msg: MsgId(1),
+            qos: 2,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+        },
+        Record::DeliveryTxn {
+            client_id: c("sub"),
+            txn,
+        },
+    ]);
+    let mut s = LiveState::default();
+    s.merge(origin_log);
+    s.merge(subscriber);
+    s.finish();
+    assert_eq!(
+        s.sessions["sub"].deliveries.len(),
+        1,
+        "the committed routing stays"
+    );
+    assert_eq!(s.qos2_dropped, 0);
+}
