@@ -212,10 +212,31 @@ impl<X> Broker<X> {
     }
 
     /// A shared delivery for a session of this shard (from the bus).
+    /// A stored member that went offline before the delivery came (the sender's replica
+    /// did not know yet) takes it into its queue, logged, and then moves it on as it moved
+    /// its other deliveries when it went offline: so each hop is durable before the one
+    /// before it is logged gone (a plain bounce would be covered by the sender's barrier
+    /// for the first hop only).
     pub(super) fn on_share_delivery(&mut self, d: ShareDelivery, now_ms: u64) {
+        let m = d.member;
+        let stored_offline = self.journal.is_some()
+            && self.sessions.get(m.session).is_some_and(|x| {
+                x.uid == m.uid
+                    && x.logged
+                    && !x
+                        .link
+                        .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
+            });
         let me = self.shard_id;
         let (routes, sessions, mut sink) = self.parts();
-        deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+        // One that may not read the topic is passed over as usual.
+        if !stored_offline || !super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic)
+        {
+            deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+            return;
+        }
+        deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
+        self.move_shared(m.session, now_ms);
     }
 
     /// A message from the cluster for one member of share group `group` on `filter`:
@@ -261,9 +282,14 @@ impl<X> Broker<X> {
     /// shard's records are durable ([`HeldAck::ShareMoved`]). Either way a cut leaves the
     /// delivery with one member or both, never with neither.
     pub(super) fn share_member_offline(&mut self, s: usize, now_ms: u64) {
-        if !self.set_share_online(s, false) {
-            return;
+        if self.set_share_online(s, false) {
+            self.move_shared(s, now_ms);
         }
+    }
+
+    /// Move offline session `s`'s queued shared deliveries, and its QoS 1 ones in flight,
+    /// to other members (see [`Broker::share_member_offline`]).
+    fn move_shared(&mut self, s: usize, now_ms: u64) {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
@@ -515,16 +541,21 @@ fn deliver_shared<X>(
         // Nobody else can take it: it waits in this member's session for its return (as
         // a departing member's deliveries do), rather than being lost.
     }
-    let out = Outgoing {
+    deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
+    Landed::Here
+}
+
+/// The delivery of a shared message to its chosen member, with the member's options.
+fn shared_outgoing(d: ShareDelivery) -> Outgoing {
+    let m = d.member;
+    Outgoing {
         qos: d.msg.qos.min(m.options.qos),
         retain: m.options.retain_as_published && d.msg.retain,
         sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
         share: Some(d.key),
         sid: 0,
         msg: d.msg,
-    };
-    deliver::deliver(sessions, sink, m.session, out, now_ms);
-    Landed::Here
+    }
 }
 
 /// A shared message looking for another member of its group.

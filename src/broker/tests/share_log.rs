@@ -296,3 +296,38 @@ fn a_shared_delivery_for_a_member_gone_offline_meanwhile_waits_for_it() {
     publish(&mut c, 0, 1);
     assert_eq!(durable(&disk)[&ida], [(1, false)], "queued for its return");
 }
+
+/// A move that reaches a stored member gone offline meanwhile is queued there (durable
+/// before the first member's end is logged) and moved on from there the same way: each
+/// hop is durable before the one before it is logged gone.
+#[test]
+fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 3);
+    let (ida, idb, idc) = (homed(0, 3, 0), homed(1, 3, 0), homed(2, 3, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    let b = member(&mut c, &idb, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+    member(&mut c, &idc, &[("$share/g/t", 1)]);
+
+    // B goes offline; shard 0 has not heard when A goes offline too and moves to B.
+    drop_link(&mut c, b);
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    carry(&mut c, 0);
+    assert_eq!(durable(&disk)[&ida], [(1, false)]);
+    // Shard 1: B takes it into its queue and moves it on to C (shard 2).
+    end_turn(&mut c, 1);
+    sync(&mut c, 1);
+    end_turn(&mut c, 1);
+    let now = durable(&disk);
+    assert_eq!(now[&idb], [(1, false)], "durable with B before A's end");
+    assert_eq!(now[&idc], []);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], []);
+    assert_eq!(after[&idb], [], "moved on");
+    assert_eq!(after[&idc], [(1, true)]);
+}
