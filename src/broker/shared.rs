@@ -471,13 +471,18 @@ fn dispatch<X>(
         return false;
     }
     let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
+    let mut unplaced = false;
     routes.share_groups().for_each_match(&msg.topic, |groups| {
         for g in groups.iter() {
-            if let Some(m) = g.pick(0) {
-                picks.push((m, g.key.clone()));
+            match g.pick(0) {
+                Some(m) => picks.push((m, g.key.clone())),
+                None => unplaced = true,
             }
         }
     });
+    if let (true, Some(v)) = (unplaced, sink.fx.share_unplaced.as_mut()) {
+        v.push(msg.clone());
+    }
     let matched = !picks.is_empty();
     for (member, key) in picks {
         let d = ShareDelivery {
@@ -536,6 +541,9 @@ fn deliver_shared<X>(
         };
         let landed = redispatch(routes, sessions, sink, me, bounce, now_ms);
         if landed != Landed::Nowhere || !readable {
+            if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
+                v.push(d.msg);
+            }
             return landed;
         }
         // Nobody else can take it: it waits in this member's session for its return (as
