@@ -170,7 +170,9 @@ impl Node {
             group: group.clone(),
             ack: None,
         });
-        self.expect(|m| {
+        // The answer waits for the interest bucket, which a JetStream cluster just formed
+        // (a meta leader elected, then the bucket's) may take a while to serve.
+        self.expect_within(FAILOVER_WAIT, |m| {
             matches!(m, FromLink::InterestReady { filter: f, group: g, .. } if *f == filter && *g == group)
         });
     }

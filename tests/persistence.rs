@@ -208,6 +208,35 @@ fn sessions_subscriptions_and_retained_survive_a_restart_with_other_shards() {
     k.expect_nothing(QUIET);
 }
 
+/// `$SYS` figures are retained messages, but not stored: after a restart a subscriber
+/// sees this run's figures only, never the last run's.
+#[test]
+fn sys_figures_are_not_stored() {
+    let dir = DataDir::new("sys");
+    std::fs::create_dir_all(&dir.0).expect("store dir");
+    let conf = |name: &str, interval: u32| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, format!("sys_interval {interval}\n")).expect("config");
+        p.to_str().expect("utf-8 temp path").to_string()
+    };
+    let (on, off) = (conf("on.conf", 1), conf("off.conf", 0));
+    let mut b = Broker::with_shards(2, &["-c", &on, "--data-dir", dir.arg()]);
+    let mut s = RawClient::clean(b.addr(), "sys-reader");
+    s.subscribe("$SYS/broker/uptime", 0);
+    let m = s.expect_publish(Duration::from_secs(10));
+    assert_eq!(m.topic, "$SYS/broker/uptime");
+    // A retained message that is stored, to show the store was written and read.
+    let mut p = RawClient::clean(b.addr(), "retainer");
+    p.publish("r/kept", b"kept", 1, true);
+    kill9(&mut b);
+    let b = Broker::with_shards(2, &["-c", &off, "--data-dir", dir.arg()]);
+    let mut r = RawClient::clean(b.addr(), "reader");
+    r.subscribe("r/#", 0);
+    assert_eq!(r.expect_publish(WAIT).text(), "kept");
+    r.subscribe("$SYS/#", 0);
+    r.expect_nothing(QUIET);
+}
+
 #[test]
 fn a_second_broker_on_the_same_store_is_refused() {
     let dir = DataDir::new("lock");

@@ -252,13 +252,13 @@ fn admitted(addr: SocketAddr, id: &str) -> Option<RawClient> {
 }
 
 /// Connections admitted out of a burst of `n` from this address, and how many of the
-/// broker's seconds the burst may have spanned.
+/// broker's one-second windows the burst may have overlapped (floor(d) + 2 for d seconds).
 fn burst(addr: SocketAddr, tag: &str, n: usize) -> (usize, u64) {
     let t0 = Instant::now();
     let ok = (0..n)
         .filter(|i| admitted(addr, &format!("{tag}-{i}")).is_some())
         .count();
-    (ok, t0.elapsed().as_secs() + 1)
+    (ok, t0.elapsed().as_secs() + 2)
 }
 
 /// `max_connection_rate` (and `global_max_connections`, the same admission check) change
@@ -300,5 +300,66 @@ fn connection_rate_and_max_connections_change_live() {
     );
     second.ping();
     keeper.ping();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `memory_limit` changes on SIGHUP: near a small limit new connections are refused;
+/// lifted, they are admitted and the holder's next subscriptions granted; set again, new
+/// connections are refused again. The holder stays connected throughout.
+#[test]
+fn memory_limit_changes_live() {
+    let (dir, conf) = temp_conf("memory");
+    let base = "shards 1\nlistener 0 127.0.0.1\nsys_interval 0\nmax_subscriptions_per_client 0\n";
+    let limited = format!("{base}memory_limit 4194304\n");
+    std::fs::write(&conf, &limited).expect("write");
+    let (mut b, addr) = Proc::start(&conf);
+    let mut big = RawClient::clean(addr, "reload-mem-subs");
+    let subscribe_chunk = |c: &mut RawClient, chunk: usize| -> Vec<u8> {
+        let filters: Vec<String> = (chunk * 1_000..(chunk + 1) * 1_000)
+            .map(|i| format!("m/{i}"))
+            .collect();
+        let list: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 0)).collect();
+        c.subscribe_many_within(&list, WAIT)
+    };
+    let mut chunk = 0;
+    loop {
+        assert!(chunk < 30, "30,000 subscriptions never neared 4 MiB");
+        let codes = subscribe_chunk(&mut big, chunk);
+        chunk += 1;
+        if codes.contains(&0x80) {
+            break;
+        }
+        // The budget accounts every 100 ms: let it see this chunk before the next.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let refused = |id: &str| {
+        let (_c, _, code) = RawClient::handshake(addr, &ConnectOpts::v311(id));
+        code == 3
+    };
+    assert!(refused("reload-mem-early"), "CONNACK 3 near the limit");
+
+    std::fs::write(&conf, format!("{base}memory_limit 0\n")).expect("write");
+    b.hup();
+    let deadline = Instant::now() + WAIT;
+    while refused("reload-mem-lifted") {
+        assert!(Instant::now() < deadline, "still refused with no limit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        subscribe_chunk(&mut big, chunk).iter().all(|&c| c == 0),
+        "subscriptions granted with no limit"
+    );
+
+    std::fs::write(&conf, &limited).expect("write");
+    b.hup();
+    let deadline = Instant::now() + WAIT;
+    while !refused("reload-mem-again") {
+        assert!(
+            Instant::now() < deadline,
+            "admitted past the limit set again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    big.ping();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -489,7 +489,9 @@ fn connection_rate_is_limited_per_source_address() {
     let accepted = (0..30)
         .filter_map(|i| connects(b.addr(), &format!("rate-{i}")))
         .count();
-    let seconds = t0.elapsed().as_secs() + 1;
+    // A burst of d seconds overlaps at most floor(d) + 2 of the broker's one-second
+    // windows (it may start just before a boundary).
+    let seconds = t0.elapsed().as_secs() + 2;
     assert!(accepted >= 5, "only {accepted} accepted");
     assert!(
         accepted as u64 <= 5 * seconds,

@@ -95,6 +95,9 @@ pub enum ToCluster {
         client_id: Box<str>,
         /// Its subscriptions (full filters).
         subs: Vec<(Box<str>, SubState)>,
+        /// The shard's backup sequence: the link answers `FromCluster::SubsSaved` with
+        /// it once the bucket has the copy.
+        seq: u64,
     },
     /// Node `to` took `client_id` over: send it the session's state.
     Handover {
@@ -193,6 +196,14 @@ pub enum FromCluster {
         /// Its cluster sequence.
         seq: u64,
     },
+    /// The subscriptions bucket has the copy numbered `seq` of shard `shard` (or the
+    /// link gave up writing it). That shard's SUBACKs waiting for it may go.
+    SubsSaved {
+        /// The shard that sent the copy.
+        shard: usize,
+        /// Its backup sequence.
+        seq: u64,
+    },
 }
 
 /// Cluster news the gateway passes to the shard it concerns.
@@ -233,6 +244,11 @@ pub enum ClusterCast {
     /// As `FromCluster::InterestReady`, for the shard that sent the interest.
     InterestReady {
         /// Its cluster sequence.
+        seq: u64,
+    },
+    /// As `FromCluster::SubsSaved`, for the shard that sent the copy.
+    SubsSaved {
+        /// Its backup sequence.
         seq: u64,
     },
     /// As `FromCluster::Published`, for the shard that published.
@@ -388,13 +404,20 @@ impl<X> Broker<X> {
                 self.send_home(&client_id, c, now_ms)
             }
             FromCluster::InterestReady { shard, seq } => {
-                let c = ClusterCast::InterestReady { seq };
-                if shard == self.shard_id {
-                    self.on_cluster_cast(c, now_ms);
-                } else if shard < self.shards {
-                    self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
-                }
+                self.send_to_shard(shard, ClusterCast::InterestReady { seq }, now_ms)
             }
+            FromCluster::SubsSaved { shard, seq } => {
+                self.send_to_shard(shard, ClusterCast::SubsSaved { seq }, now_ms)
+            }
+        }
+    }
+
+    /// Apply `c` here if it is for this shard, otherwise cast it to `shard`.
+    fn send_to_shard(&mut self, shard: usize, c: ClusterCast, now_ms: u64) {
+        if shard == self.shard_id {
+            self.on_cluster_cast(c, now_ms);
+        } else if shard < self.shards {
+            self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
         }
     }
 
@@ -429,6 +452,10 @@ impl<X> Broker<X> {
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
             ClusterCast::InterestReady { seq } => {
                 self.gate.cluster_acked(seq);
+                self.release_subacks(now_ms);
+            }
+            ClusterCast::SubsSaved { seq } => {
+                self.gate.backup_saved(seq);
                 self.release_subacks(now_ms);
             }
             ClusterCast::Published { seq } => {
@@ -560,8 +587,19 @@ impl<X> Broker<X> {
         link.claimed = true;
         let id = link.client_id.clone();
         if !previous || c.clean_start {
-            if let Some(id) = id {
-                self.backups.remove(&id);
+            let backup = id.as_deref().and_then(|id| self.backups.remove(id));
+            // The registry named this node already, but no session is here: an earlier
+            // claim whose answer came after its CONNECT gave up (the client retried), so
+            // the entry no longer says who held the session before. The bucket's copy of
+            // its subscriptions is the session, as after a dead node.
+            let lost = id
+                .as_deref()
+                .is_some_and(|id| self.sessions.find(id).is_none());
+            if let Some(b) = backup.filter(|_| !c.clean_start && lost) {
+                self.handover_in = Some(b);
+                self.complete_connect(key, &c, now_ms);
+                self.handover_in = None;
+                return;
             }
         }
         let Some(link) = self.links.get_mut(key) else {
@@ -667,7 +705,14 @@ impl<X> Broker<X> {
         };
         let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
         let client_id = sess.client_id.clone();
-        self.tell_cluster(ToCluster::SessionSubs { client_id, subs });
+        // Numbered, so the SUBACKs held from now on wait until the bucket has the copy:
+        // an acknowledged subscription outlives this node.
+        let seq = self.gate.next_backup_seq();
+        self.tell_cluster(ToCluster::SessionSubs {
+            client_id,
+            subs,
+            seq,
+        });
     }
 
     /// The state of session `s`, for the node taking it over.

@@ -3,16 +3,20 @@
 //!
 //! Owns: the sequence number of this shard's routing changes (interest and share-group
 //! membership), the highest one each peer has acknowledged, the same pair for the
-//! interest this shard handed to the cluster link, and the SUBACKs waiting.
+//! interest this shard handed to the cluster link, the numbers of the persistent
+//! sessions' subscription copies handed to the link for its bucket (answered in any
+//! order: copies of different client ids go to different registry workers) and which of
+//! them the link has confirmed, and the SUBACKs waiting.
 //! Invariant: a SUBACK held under sequence `n` is released only once every peer has
 //! acknowledged `n`, so a publish accepted on any shard after the client saw its SUBACK
 //! reaches the new subscription; SUBACKs are released in the order they were held. A
 //! SUBACK that also waits for the link is released when the link confirmed its cluster
-//! sequence or `CLUSTER_WAIT_MS` after it was held, whichever comes first (NATS down must
+//! sequence and every subscription copy numbered up to its own, or `CLUSTER_WAIT_MS`
+//! after it was held, whichever comes first (NATS down must
 //! not stall subscribers). Must not touch: links (the caller writes what is released),
 //! tries, the timer wheel (the caller arms a timer for the deadline).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::session::SubState;
 
@@ -24,6 +28,7 @@ pub const CLUSTER_WAIT_MS: u64 = 2000;
 pub struct PendingSubAck {
     seq: u64,
     cluster_seq: u64,
+    backup_seq: u64,
     held_ms: u64,
     /// The link it answers.
     pub link: usize,
@@ -43,6 +48,11 @@ pub struct SubAckGate {
     acked: Vec<u64>,
     cluster_seq: u64,
     cluster_acked: u64,
+    backup_seq: u64,
+    /// Every backup up to here is confirmed.
+    backup_floor: u64,
+    /// Backups confirmed above the floor (out of order).
+    backup_above: BTreeSet<u64>,
     shard_id: usize,
 }
 
@@ -55,6 +65,9 @@ impl SubAckGate {
             acked: vec![0; shards],
             cluster_seq: 0,
             cluster_acked: 0,
+            backup_seq: 0,
+            backup_floor: 0,
+            backup_above: BTreeSet::new(),
             shard_id,
         }
     }
@@ -80,6 +93,28 @@ impl SubAckGate {
         self.cluster_acked = self.cluster_acked.max(seq);
     }
 
+    /// Number a persistent session's subscriptions copy handed to the cluster link.
+    pub fn next_backup_seq(&mut self) -> u64 {
+        self.backup_seq += 1;
+        self.backup_seq
+    }
+
+    /// The link has written (or given up writing) the copy numbered `seq`.
+    pub fn backup_saved(&mut self, seq: u64) {
+        if seq <= self.backup_floor || seq > self.backup_seq {
+            return;
+        }
+        self.backup_above.insert(seq);
+        while self.backup_above.remove(&(self.backup_floor + 1)) {
+            self.backup_floor += 1;
+        }
+    }
+
+    /// Whether the cluster link still owes an answer a SUBACK held now would wait for.
+    fn link_owes(&self) -> bool {
+        self.cluster_seq > self.cluster_acked || self.backup_seq > self.backup_floor
+    }
+
     /// Hold a SUBACK until every change numbered so far is acknowledged. Returns the
     /// deadline to arm a timer for when it also waits for the cluster link.
     pub fn hold(
@@ -93,13 +128,14 @@ impl SubAckGate {
         self.pending.push_back(PendingSubAck {
             seq: self.seq,
             cluster_seq: self.cluster_seq,
+            backup_seq: self.backup_seq,
             held_ms: now_ms,
             link,
             gen,
             bytes,
             retained,
         });
-        (self.cluster_seq > self.cluster_acked).then_some(now_ms + CLUSTER_WAIT_MS)
+        self.link_owes().then_some(now_ms + CLUSTER_WAIT_MS)
     }
 
     /// Peer `from` has applied every change of ours up to `seq`.
@@ -118,7 +154,8 @@ impl SubAckGate {
             .min()
             .unwrap_or(u64::MAX);
         let front = self.pending.front()?;
-        let cluster = front.cluster_seq <= self.cluster_acked
+        let cluster = (front.cluster_seq <= self.cluster_acked
+            && front.backup_seq <= self.backup_floor)
             || now_ms >= front.held_ms.saturating_add(CLUSTER_WAIT_MS);
         if front.seq <= applied && cluster {
             return self.pending.pop_front();
@@ -182,6 +219,33 @@ mod tests {
         assert!(g.pop_released(300 + CLUSTER_WAIT_MS - 1).is_none());
         assert_eq!(
             g.pop_released(300 + CLUSTER_WAIT_MS).map(|p| p.link),
+            Some(3)
+        );
+    }
+
+    /// A SUBACK waits for every subscriptions copy numbered up to its own, confirmed in
+    /// any order, or for the deadline.
+    #[test]
+    fn subscription_copies_are_confirmed_in_any_order() {
+        let mut g = SubAckGate::new(0, 1);
+        assert_eq!(g.next_backup_seq(), 1);
+        assert_eq!(g.next_backup_seq(), 2);
+        assert!(g.hold(1, 0, Vec::new(), Vec::new(), 0).is_some());
+        g.backup_saved(2);
+        assert!(g.pop_released(0).is_none(), "copy 1 is not confirmed");
+        g.backup_saved(1);
+        assert_eq!(g.pop_released(0).map(|p| p.link), Some(1));
+        assert_eq!(g.hold(2, 0, Vec::new(), Vec::new(), 10), None);
+        assert_eq!(g.pop_released(10).map(|p| p.link), Some(2));
+        g.backup_saved(7);
+        assert_eq!(g.next_backup_seq(), 3);
+        assert!(g.hold(3, 0, Vec::new(), Vec::new(), 20).is_some());
+        assert!(
+            g.pop_released(20).is_none(),
+            "an unknown number confirms nothing"
+        );
+        assert_eq!(
+            g.pop_released(20 + CLUSTER_WAIT_MS).map(|p| p.link),
             Some(3)
         );
     }

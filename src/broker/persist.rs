@@ -430,7 +430,9 @@ impl<X> Broker<X> {
         for st in part.sessions.values() {
             self.restore_session(st, &msgs, unix, now_ms);
         }
-        for (_, m, stamp, source) in retained {
+        // A store written before `$SYS` figures were left out may hold some.
+        let kept = retained.iter().filter(|r| !super::sys::is_sys_topic(&r.0));
+        for (_, m, stamp, source) in kept {
             let mut msg = journal::from_stored(m, unix, now_ms, *stamp);
             msg.publisher = source.as_ref().map(journal::publisher_of);
             self.retained.store(&Arc::new(msg));
@@ -607,12 +609,17 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Log a retained update that entered the broker on this shard.
+    /// Log a retained update that entered the broker on this shard. `$SYS` figures are
+    /// not stored: they are rewritten every interval, and old ones must not come back as
+    /// this run's after a restart.
     pub(super) fn log_retained(&mut self, msg: &Arc<Message>) {
         let now = self.now_ms;
         let Some(j) = self.journal.as_mut() else {
             return;
         };
+        if super::sys::is_sys_topic(&msg.topic) {
+            return;
+        }
         let topic = (&*msg.topic).into();
         let stamp = msg.retain_stamp;
         if msg.payload.is_empty() {

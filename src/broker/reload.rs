@@ -28,6 +28,10 @@ impl<X> Broker<X> {
                 super::bridges::BridgeRoutes::new(&cfg.bridges, self.shard_id, self.shards);
         }
         self.limits = session_limits(&cfg);
+        if self.pressure == super::memory::MemoryPressure::Full {
+            // Still full until the next accounting says otherwise (`set_memory`).
+            self.limits.queue_max = 0;
+        }
         self.cfg = cfg;
         if sys_changed {
             self.rearm_sys_timer(self.now_ms);

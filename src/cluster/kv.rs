@@ -117,8 +117,8 @@ pub enum ClaimError {
     Contended,
 }
 
-/// Make `node` the owner of `client_id`. Returns the previous owner if it was another
-/// node (`None` if there was none, or it was this node already).
+/// Make `node` the owner of `client_id`. Returns the previous owner (`None` if there was
+/// none; `Some(node)` if it was this node already).
 pub async fn claim(
     sessions: &kv::Store,
     node: &str,
@@ -149,7 +149,7 @@ pub async fn claim(
             }
         };
         if written {
-            return Ok(previous.filter(|p| p != node));
+            return Ok(previous);
         }
     }
     Err(ClaimError::Contended)

@@ -313,10 +313,23 @@ async fn run(
         }
     };
     // Subscriptions made before the first connection are not replayed by async-nats
-    // (those made later are, on every reconnect), so nothing starts before it.
+    // (those made later are, on every reconnect), so nothing starts before it. Meanwhile
+    // a CONNECT that needs the registry is refused at once (its client may try another
+    // node) and everything else waits, in order, as it would in the inbox.
+    let mut early = Vec::new();
     while client.connection_state() != async_nats::connection::State::Connected {
         if stop.load(Ordering::Acquire) {
             return;
+        }
+        while early.len() < TO_LINK_MESSAGES_MAX {
+            match inbox.try_recv() {
+                Ok(ToLink::Claim { client_id, token }) => {
+                    LinkStats::add(&out.stats.nats_errors);
+                    out.push_wake(FromLink::ClaimFailed { token, client_id });
+                }
+                Ok(m) => early.push(m),
+                Err(_) => break,
+            }
         }
         tokio::time::sleep(Duration::from_millis(CONNECT_POLL_MS)).await;
     }
@@ -363,6 +376,9 @@ async fn run(
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
     let state = st.prefix.control(&format!("state.{}", st.node));
     let _state = st.subscribe(&state, None, Arc::new(Tag::State)).await;
+    for m in early {
+        st.handle(m).await;
+    }
     while !stop.load(Ordering::Acquire) {
         tokio::select! {
             _ = notify.notified() => st.drain(&inbox, &notify).await,
@@ -477,9 +493,20 @@ impl State {
                 let i = worker(&client_id);
                 self.registry_op(i, RegistryOp::Release { client_id })
             }
-            ToLink::SessionSubs { client_id, state } => {
+            ToLink::SessionSubs {
+                client_id,
+                state,
+                ack,
+            } => {
                 let i = worker(&client_id);
-                self.registry_op(i, RegistryOp::Subs { client_id, state })
+                self.registry_op(
+                    i,
+                    RegistryOp::Subs {
+                        client_id,
+                        state,
+                        ack,
+                    },
+                )
             }
         }
     }
@@ -492,9 +519,12 @@ impl State {
             tx.try_send(op)
         {
             LinkStats::add(&self.out.stats.nats_errors);
-            if let RegistryOp::Claim { client_id, token } = op {
-                self.out
-                    .push_wake(FromLink::ClaimFailed { token, client_id });
+            match op {
+                RegistryOp::Claim { client_id, token } => self
+                    .out
+                    .push_wake(FromLink::ClaimFailed { token, client_id }),
+                RegistryOp::Subs { ack, .. } => self.out.push_wake(FromLink::SubsSaved { ack }),
+                RegistryOp::Release { .. } => {}
             }
         }
     }

@@ -88,6 +88,9 @@ pub enum ToLink {
         client_id: String,
         /// The encoded subscriptions.
         state: Vec<u8>,
+        /// (shard, sequence) to echo in `FromLink::SubsSaved` once the bucket has the copy
+        /// (or the writes gave up), so that shard's SUBACKs can wait for it.
+        ack: Option<(usize, u64)>,
     },
     /// A session owned here ended: remove the registry entry if it still names this node
     /// (and then its subscriptions entry).
@@ -192,6 +195,12 @@ pub enum FromLink {
         client_id: String,
         /// The encoded state (`handover`).
         state: Vec<u8>,
+    },
+    /// The answer to `ToLink::SessionSubs`: the bucket holds the copy, or the bounded
+    /// retries gave up (counted as a NATS error).
+    SubsSaved {
+        /// As sent.
+        ack: Option<(usize, u64)>,
     },
     /// The answer to `ToLink::Release`.
     Released {

@@ -120,7 +120,11 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
         ToCluster::Release { client_id } => ToLink::Release {
             client_id: client_id.into(),
         },
-        ToCluster::SessionSubs { client_id, subs } => ToLink::SessionSubs {
+        ToCluster::SessionSubs {
+            client_id,
+            subs,
+            seq,
+        } => ToLink::SessionSubs {
             client_id: client_id.into(),
             state: super::handover::encode(
                 &crate::broker::cluster::SessionHandover {
@@ -130,6 +134,7 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
                 },
                 0,
             ),
+            ack: (seq > 0).then_some((shard, seq)),
         },
         ToCluster::Claim { client_id, token } => ToLink::Claim {
             client_id: client_id.into(),
@@ -281,6 +286,9 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
         }
         FromLink::InterestReady { ack, .. } => {
             ack.map(|(shard, seq)| FromCluster::InterestReady { shard, seq })
+        }
+        FromLink::SubsSaved { ack } => {
+            ack.map(|(shard, seq)| FromCluster::SubsSaved { shard, seq })
         }
         FromLink::Released { .. } => None,
     }

@@ -342,7 +342,7 @@ pub struct Metrics {
     pub reloads_applied: Figure,
     /// Configuration reloads refused (written by the main thread only).
     pub reloads_refused: Figure,
-    /// `memory_limit` in bytes, 0 for none (written at start-up only).
+    /// `memory_limit` in bytes, 0 for none (written at start-up and by each reload).
     pub memory_limit: Figure,
     /// The cluster link's counters (a node in a cluster only).
     pub cluster: std::sync::OnceLock<ClusterFigures>,

@@ -594,6 +594,9 @@ impl Shard {
         self.accept_again = true;
         // `global_max_connections` and `max_connection_rate`: from the next accept.
         self.admission.reconfigure(&cfg.limits);
+        // `memory_limit`: accounted against the new figure from the next tick.
+        self.memory.set_limit(cfg.limits.memory_limit);
+        cfg.metrics.memory_limit.set(cfg.limits.memory_limit);
         self.broker.reload(cfg);
         let now = self.now_ms();
         self.bridges

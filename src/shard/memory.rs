@@ -78,6 +78,14 @@ impl MemoryBudget {
         }
     }
 
+    /// A reload changed `memory_limit` to `limit` (0: none): account at the next tick.
+    pub fn set_limit(&mut self, limit: u64) {
+        if limit != self.limit {
+            self.limit = limit;
+            self.next_ms = 0;
+        }
+    }
+
     /// Account when due and tell the broker where it stands. True when memory is below
     /// the pause mark again while publishers are paused: the caller resumes them.
     pub fn tick(&mut self, broker: &mut Broker<ConnIo>, now_ms: u64) -> bool {
@@ -98,7 +106,11 @@ impl MemoryBudget {
             self.read_at_walk = read;
         }
         if self.limit == 0 {
-            return false;
+            // No limit (perhaps lifted by a reload): no pressure, nobody paused.
+            if broker.memory_pressure() != MemoryPressure::Normal {
+                broker.set_memory(self.walked, MemoryPressure::Normal);
+            }
+            return !self.paused.is_empty();
         }
         let mine = self.walked + READ_GROWTH_FACTOR * read.saturating_sub(self.read_at_walk);
         if let Some(slot) = self.board.get(2 * self.id) {

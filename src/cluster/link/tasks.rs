@@ -32,6 +32,9 @@ const REGISTRY_WORKERS: usize = 4;
 const KV_QUEUE_MAX: usize = 4096;
 /// Attempts to write one retained message (`KV_RETRY_MS` apart) before it is dropped.
 const RETAINED_PUT_ATTEMPTS_MAX: usize = 20;
+/// Attempts (`KV_RETRY_MS` apart) to write or read a session's subscriptions copy: a few,
+/// since they hold up the registry worker's other client ids.
+const KV_ATTEMPTS_MAX: usize = 4;
 /// Pause between attempts to open the buckets while JetStream is unreachable.
 const KV_RETRY_MS: u64 = 500;
 /// After the buckets open, how long this node's interest entries of an earlier run may
@@ -65,9 +68,18 @@ pub(super) struct KvQueues {
 
 /// A registry operation, queued to the worker of its client id.
 pub(super) enum RegistryOp {
-    Claim { client_id: String, token: u64 },
-    Release { client_id: String },
-    Subs { client_id: String, state: Vec<u8> },
+    Claim {
+        client_id: String,
+        token: u64,
+    },
+    Release {
+        client_id: String,
+    },
+    Subs {
+        client_id: String,
+        state: Vec<u8>,
+        ack: Option<(usize, u64)>,
+    },
 }
 
 /// The registry worker for a client id.
@@ -173,26 +185,20 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
             RegistryOp::Claim { client_id, token } => {
                 let reply = match kv::claim(&b.sessions, &ctx.node, &client_id).await {
                     Ok(previous) => {
-                        if let Some(old) = &previous {
+                        if let Some(old) = previous.as_deref().filter(|o| *o != ctx.node) {
                             notify_takeover(&ctx, old, &client_id).await;
-                            // The old node's last copy of the subscriptions, in case it
-                            // is dead and sends nothing.
-                            let get = b.subs.get(kv::key(&client_id));
-                            match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get)
-                                .await
-                            {
-                                Ok(Ok(Some(state))) => ctx.out.push_wake(FromLink::SessionBackup {
-                                    client_id: client_id.clone(),
-                                    state: state.to_vec(),
-                                }),
-                                Ok(Ok(None)) => {}
-                                _ => LinkStats::add(&ctx.out.stats.nats_errors),
-                            }
+                        }
+                        if previous.is_some() {
+                            // The last copy of the subscriptions, in case the old node is
+                            // dead and sends nothing, or the entry names this node from a
+                            // claim whose answer came too late for its CONNECT (the client
+                            // retried) and this node has no such session.
+                            backup(&ctx, &b, &client_id).await;
                         }
                         FromLink::Claimed {
                             token,
                             client_id,
-                            previous,
+                            previous: previous.filter(|p| *p != ctx.node),
                         }
                     }
                     Err(_) => {
@@ -202,11 +208,29 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                 };
                 ctx.out.push_wake(reply);
             }
-            RegistryOp::Subs { client_id, state } => {
-                let put = b.subs.put(kv::key(&client_id), Bytes::from(state));
-                if !within(FLUSH_WAIT_MS, put).await {
+            RegistryOp::Subs {
+                client_id,
+                state,
+                ack,
+            } => {
+                // A bucket electing a new leader refuses writes for a few seconds: retry
+                // within a bound. The answer releases SUBACKs that wait for the copy.
+                let state = Bytes::from(state);
+                let mut attempts = 0;
+                while !within(
+                    FLUSH_WAIT_MS,
+                    b.subs.put(kv::key(&client_id), state.clone()),
+                )
+                .await
+                {
                     LinkStats::add(&ctx.out.stats.nats_errors);
+                    attempts += 1;
+                    if attempts == KV_ATTEMPTS_MAX {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
                 }
+                ctx.out.push_wake(FromLink::SubsSaved { ack });
             }
             RegistryOp::Release { client_id } => {
                 let removed = kv::release(&b.sessions, &ctx.node, &client_id).await;
@@ -225,6 +249,28 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                     removed: removed.unwrap_or(false),
                 });
             }
+        }
+    }
+}
+
+/// Read the subscriptions bucket's copy of `client_id`'s session (retrying within a bound)
+/// and pass it to the node ahead of the claim's answer.
+async fn backup(ctx: &KvCtx, b: &Buckets, client_id: &str) {
+    for attempt in 1..=KV_ATTEMPTS_MAX {
+        let get = b.subs.get(kv::key(client_id));
+        match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), get).await {
+            Ok(Ok(Some(state))) => {
+                ctx.out.push_wake(FromLink::SessionBackup {
+                    client_id: client_id.to_string(),
+                    state: state.to_vec(),
+                });
+                return;
+            }
+            Ok(Ok(None)) => return,
+            _ => LinkStats::add(&ctx.out.stats.nats_errors),
+        }
+        if attempt < KV_ATTEMPTS_MAX {
+            tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
         }
     }
 }
