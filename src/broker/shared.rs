@@ -212,6 +212,7 @@ impl<X> Broker<X> {
     }
 
     /// A shared delivery for a session of this shard (from the bus).
+    ///
     /// A stored member that went offline before the delivery came (the sender's replica
     /// did not know yet) takes it into its queue, logged, and then moves it on as it moved
     /// its other deliveries when it went offline: so each hop is durable before the one
