@@ -258,7 +258,9 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
     let dir = p.location.clone();
     let lock = StoreLock::acquire(&dir).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    let rec = store::recover_all(&dir).map_err(|e| e.to_string())?;
+    let n = config.shards;
+    let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
+    let rec = store::recover_parts(&dir, n, shard_of, shard_of).map_err(|e| e.to_string())?;
     for cut in &rec.cuts {
         log(format_args!(
             "Warning: store: {} cut at byte {} ({} bytes dropped): {:?}",
@@ -268,28 +270,30 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
             cut.reason
         ));
     }
-    let mut state = rec.state;
-    let bridges = std::mem::take(&mut state.bridges);
-    let retained = state
-        .retained
+    let mut parts = rec.parts;
+    let bridges = parts
+        .first_mut()
+        .map(|p| std::mem::take(&mut p.bridges))
+        .unwrap_or_default();
+    let retained: Vec<_> = parts
         .iter()
-        .filter_map(|(t, r)| {
-            let m = state.messages.get(&r.msg?)?;
-            Some((t.clone(), m.clone(), r.stamp, r.source.clone()))
+        .flat_map(|p| {
+            p.retained.iter().filter_map(|(t, r)| {
+                let m = p.messages.get(&r.msg?)?;
+                Some((t.clone(), m.clone(), r.stamp, r.source.clone()))
+            })
         })
         .collect();
-    let n = config.shards;
+    let count = |f: fn(&store::LiveState) -> usize| parts.iter().map(f).sum::<usize>();
     log(format_args!(
         "Store {}: {} session(s), {} message(s), {} retained, {} record(s) read in {} ms",
         dir.display(),
-        state.sessions.len(),
-        state.messages.len(),
-        state.retained.len(),
+        count(|p| p.sessions.len()),
+        count(|p| p.messages.len()),
+        retained.len(),
         rec.records,
         started.elapsed().as_millis()
     ));
-    let shard_of = |s: &str| shardmq::broker::home_shard(s, n);
-    let mut parts = state.split(n, shard_of, shard_of);
     // A bridge's stored state is keyed by its local client id (Mosquitto keeps a bridge's
     // queue in that client's session): renaming a `connection` keeps its queue.
     let host = shardmq::shard::bridges::hostname();
@@ -306,6 +310,11 @@ fn open_store(config: &Config) -> Result<(Option<StoreStart>, Option<StoreLock>)
         ));
     }
     store::install(&dir, &parts).map_err(|e| e.to_string())?;
+    log(format_args!(
+        "Store {}: laid out for {n} shard(s) after {} ms",
+        dir.display(),
+        started.elapsed().as_millis()
+    ));
     let opts = WalOptions {
         sync: if p.sync_always {
             SyncMode::Always

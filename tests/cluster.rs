@@ -733,3 +733,119 @@ fn acknowledged_qos1_survives_the_receiving_node() {
     assert_eq!(got.len(), 300, "only what was published");
     drop(c);
 }
+
+/// Wait (bounded by `FORM_WAIT`) until `node`'s figure `name` reaches `at_least`.
+fn await_figure(node: &Broker, name: &str, at_least: u64) {
+    let deadline = Instant::now() + FORM_WAIT;
+    while figure(node, name) < at_least {
+        assert!(Instant::now() < deadline, "{name} never reached {at_least}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A persistent session of a node that dies gets its owed messages where it reconnects.
+/// Session `owed` on B (its own store) with `o/#` at QoS 1; five messages queued for it
+/// while it is offline (in B's log); B killed (SIGKILL); 50 messages published on A while
+/// B is dead (each PUBACKed: stored in B's JetStream queue). The client reconnects to C:
+/// present, and C copies the 50 from B's queue. B restarts on its store: the registry
+/// names C, so B hands C the five from its log and ends its copy, and does not deliver
+/// the 50 again. A last message after that arrives once.
+#[test]
+fn a_dead_nodes_session_gets_its_owed_messages_where_it_reconnects() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let b_args = ["--data-dir", path.as_str(), "--admin", "127.0.0.1:0"];
+    let a = nats.node_with("owe", "A", 0, &["--admin", "127.0.0.1:0"]);
+    let mut b = nats.node_with("owe", "B", 1, &b_args);
+    let c = nats.node_with("owe", "C", 2, &["--admin", "127.0.0.1:0"]);
+    let o = Conn5::new("owed").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe_id("o/#", 1, 7);
+    let mut publ = connect(a.addr(), "owed-pub");
+    // Until a probe arrives and A has stored one in B's queue: A knows B's interest.
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B");
+        publ.publish("o/probe", b"probe", 1, false);
+        let mut arrived = false;
+        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
+            sub.ack(&m);
+            arrived = true;
+        }
+        if arrived && figure(&a, "queued") > 0 {
+            break;
+        }
+    }
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+    sub.disconnect();
+
+    // Five for the offline session, settled by B (so in its log, gone from its queue).
+    let settled = figure(&b, "queue_settled");
+    for i in 0..5 {
+        publ.publish("o/x", format!("pre{i}").as_bytes(), 1, false);
+    }
+    await_figure(&b, "queue_settled", settled + 5);
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "node B is gone");
+    for i in 0..50 {
+        publ.publish("o/x", format!("d{i}").as_bytes(), 1, false);
+    }
+
+    // To C: B sends no state; the subscriptions come from the bucket, the 50 from B's queue.
+    let (mut sub, ack) = open5(c.addr(), &o);
+    assert!(ack.present, "the session outlived B: {ack:?}");
+    let mut got = BTreeMap::new();
+    let dead: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| {
+        dead.iter().all(|d| g.contains_key(d))
+    });
+    let missing: Vec<&String> = dead.iter().filter(|d| !got.contains_key(*d)).collect();
+    assert!(
+        missing.is_empty(),
+        "PUBACKed while B was dead, never delivered: {missing:?}"
+    );
+    assert!(
+        !got.keys().any(|k| k.starts_with("pre")),
+        "B's log is out of reach while B is down: {got:?}"
+    );
+
+    // B again, on its store: it hands the five over and keeps nothing for `owed`.
+    let b = nats.node_with("owe", "B", 1, &b_args);
+    let pre: Vec<String> = (0..5).map(|i| format!("pre{i}")).collect();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| {
+        pre.iter().all(|p| g.contains_key(p))
+    });
+    let missing: Vec<&String> = pre.iter().filter(|p| !got.contains_key(*p)).collect();
+    assert!(missing.is_empty(), "B's log never reached C: {missing:?}");
+    assert_eq!(
+        figure(&b, "disowned"),
+        1,
+        "B gave up its copy of the session"
+    );
+    // B has read its queue (the 50 among it) before a new message reaches C.
+    await_figure(&b, "queue_settled", 50);
+    publ.publish("o/x", b"after", 1, false);
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("after"));
+    // Anything more (a copy from B's queue) would arrive within this bound.
+    gather(&mut sub, &mut got, QUIET * 4, |_| false);
+    for d in dead.iter().chain(["after".to_string()].iter()) {
+        assert_eq!(
+            got.get(d),
+            Some(&1),
+            "{d}: once, not again from restarted B"
+        );
+    }
+    // MQTT allows a duplicate QoS 1 here: a message B settled whose acknowledgement died
+    // with B is in both its log and its queue.
+    for p in &pre {
+        assert!(got.get(p).is_some_and(|&n| n <= 2), "{p}: {got:?}");
+    }
+    assert_eq!(got.len(), 56, "only what was published: {got:?}");
+    drop((a, c));
+}

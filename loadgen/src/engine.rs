@@ -37,6 +37,8 @@ pub struct ThreadOut {
     pub dups: u64,
     /// Sequence gaps seen by its subscribers.
     pub gaps: u64,
+    /// Messages its subscribers received out of order (filling a gap).
+    pub late: u64,
     /// (publisher id, messages sent) of its publishers.
     pub sent: Vec<(u32, u64)>,
     /// Windows forgiven after stalls.
@@ -85,6 +87,7 @@ pub fn run(
         unique: 0,
         dups: 0,
         gaps: 0,
+        late: 0,
         sent: Vec::new(),
         stalls: 0,
         failures: 0,
@@ -356,6 +359,7 @@ impl Engine {
             self.out.unique += t.unique;
             self.out.dups += t.dups;
             self.out.gaps += t.gaps;
+            self.out.late += t.late;
         }
         if let Role::Publisher { id, .. } = conn.spec.role {
             self.out.sent.push((id, conn.sent));

@@ -110,6 +110,10 @@ pub struct Args {
     /// After the run, wait for messages in flight until deliveries stall this many seconds.
     #[arg(long, default_value_t = 2.0)]
     pub drain: f64,
+    /// The drain ends after this many seconds whatever happens (a cluster's JetStream
+    /// queue redelivers a message its node lost 30 s after it handed it out).
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_max: f64,
     /// No per-second progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,

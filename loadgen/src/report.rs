@@ -100,6 +100,8 @@ pub struct Summary {
     pub unique: u64,
     /// Duplicates.
     pub dups: u64,
+    /// Delivered out of order (counted in `unique`).
+    pub late: u64,
     /// End-to-end latency.
     pub latency: Option<Percentiles>,
     /// Broker process figures, when its PID was given.
@@ -173,6 +175,7 @@ impl Summary {
         kv("lost", self.lost().to_string());
         kv("loss_pct", opt(loss_pct, 4));
         kv("dups", self.dups.to_string());
+        kv("out_of_order", self.late.to_string());
         kv("p50_us", lat(|p| p.p50));
         kv("p90_us", lat(|p| p.p90));
         kv("p99_us", lat(|p| p.p99));
@@ -294,6 +297,7 @@ mod tests {
             expected: 1000,
             unique: 990,
             dups: 3,
+            late: 0,
             broker: Some(BrokerStats {
                 cpu_s: 0.5,
                 peak_rss_kib: 2048,

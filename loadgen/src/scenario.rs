@@ -406,7 +406,8 @@ impl Monitor<'_> {
     }
 
     /// Stops publishing and waits until every message published so far has reached all of
-    /// its subscribers, or deliveries stop progressing for `--drain` seconds (at most 30 s).
+    /// its subscribers, or deliveries stop progressing for `--drain` seconds (at most
+    /// `--drain-max`, 30 s unless given).
     fn drain(&mut self, fanout: u64) {
         if fanout == 0 {
             return;
@@ -415,7 +416,8 @@ impl Monitor<'_> {
         let start = Instant::now();
         let idle_limit = Duration::from_secs_f64(self.args.drain.max(0.0));
         let (mut last, mut last_change) = (0, Instant::now());
-        while start.elapsed() < Duration::from_secs(30) {
+        let max = Duration::from_secs_f64(self.args.drain_max.clamp(0.0, 3600.0));
+        while start.elapsed() < max {
             thread::sleep(Duration::from_millis(5));
             self.sample();
             let expected = self.shared.published.load(Ordering::Relaxed) * fanout;
@@ -466,6 +468,7 @@ fn summarize(
         sent_total += o.sent.iter().map(|&(_, n)| n).sum::<u64>();
         s.unique += o.unique;
         s.dups += o.dups;
+        s.late += o.late;
         s.stalls += o.stalls;
         s.failures += o.failures;
         ready_ns = ready_ns.max(o.ready_ns);

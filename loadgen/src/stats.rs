@@ -54,10 +54,15 @@ impl MsgHeader {
     }
 }
 
+/// Holes remembered per (publisher, subscriber) pair; past it a hole's late arrival counts
+/// as a duplicate and the hole as lost.
+const HOLES_MAX: usize = 65_536;
+
 /// Sequence accounting for one (publisher, subscriber) pair. MQTT keeps the order of one
-/// publisher's messages on one topic, so anything at or below the last sequence seen is a
-/// duplicate and a jump forward leaves a hole that may only be filled by reordering.
-#[derive(Debug, Default, Clone, Copy)]
+/// publisher's messages on one topic, so a jump forward leaves a hole; a message that
+/// fills a remembered hole later arrived out of order (`late`, counted as delivered), and
+/// anything else at or below the last sequence seen is a duplicate.
+#[derive(Debug, Default, Clone)]
 pub struct SeqTrack {
     /// Next sequence number expected.
     pub next: u64,
@@ -67,17 +72,29 @@ pub struct SeqTrack {
     pub dups: u64,
     /// Messages that skipped ahead of `next` (a gap was seen).
     pub gaps: u64,
+    /// Messages that filled a hole: delivered, but out of order.
+    pub late: u64,
+    /// Sequence numbers skipped and not yet seen (at most `HOLES_MAX`).
+    holes: std::collections::BTreeSet<u64>,
 }
 
 impl SeqTrack {
     /// Accounts one received sequence number; true if it is new.
     pub fn record(&mut self, seq: u64) -> bool {
         if seq < self.next {
+            if self.holes.remove(&seq) {
+                self.late += 1;
+                self.unique += 1;
+                return true;
+            }
             self.dups += 1;
             return false;
         }
         if seq > self.next {
             self.gaps += 1;
+            let room = HOLES_MAX.saturating_sub(self.holes.len()) as u64;
+            self.holes
+                .extend(self.next..seq.min(self.next.saturating_add(room)));
         }
         self.next = seq + 1;
         self.unique += 1;
@@ -215,6 +232,13 @@ mod tests {
         assert_eq!(t.dups, 2); // second 2, late 1
         assert_eq!(t.gaps, 1); // 3..=4 skipped
         assert_eq!(t.next, 8);
+        assert_eq!(t.late, 0);
+        // 3 and 4 fill their holes late: delivered out of order, not duplicates; a
+        // second 4 is one.
+        for s in [4, 3, 4] {
+            t.record(s);
+        }
+        assert_eq!((t.unique, t.late, t.dups), (8, 2, 3));
     }
 
     #[test]

@@ -117,6 +117,22 @@ pub enum ToCluster {
         /// Names the link (key and generation); echoed in the answer.
         token: u64,
     },
+    /// Session `client_id` was taken over here from node `from`, which sent no state (it
+    /// is dead): copy the messages waiting for it in `from`'s queue (`FromCluster::Owed`).
+    Reclaim {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The old owner.
+        from: Box<str>,
+        /// The session's plain filters.
+        filters: Vec<Box<str>>,
+    },
+    /// This shard's persistent sessions restored from the store, once at start: the link
+    /// checks their owners before it reads this node's queue (`FromCluster::Disowned`).
+    Restored {
+        /// Their client ids.
+        client_ids: Vec<Box<str>>,
+    },
 }
 
 /// What the cluster link tells the gateway shard.
@@ -163,8 +179,26 @@ pub enum FromCluster {
         client_id: Box<str>,
         /// Whether the registry now names this node.
         ok: bool,
-        /// Another node held it before (it has been told to hand the state over).
-        previous: bool,
+        /// The node that held it before (it has been told to hand the state over).
+        previous: Option<Box<str>>,
+    },
+    /// Messages owed to session `client_id` copied from its dead old node's queue
+    /// (`ToCluster::Reclaim`); `last` on the final batch.
+    Owed {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The messages (origin 0, `retain_stamp` 0).
+        msgs: Vec<Message>,
+        /// No more batches follow.
+        last: bool,
+    },
+    /// Session `client_id`, restored from this node's store, belongs to `owner` now (or
+    /// to nobody): hand it its owed messages and end it here.
+    Disowned {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
     },
     /// The state of a session taken over from another node.
     SessionState {
@@ -218,7 +252,21 @@ pub enum ClusterCast {
         /// As in `FromCluster::Claimed`.
         ok: bool,
         /// As in `FromCluster::Claimed`.
-        previous: bool,
+        previous: Option<Box<str>>,
+    },
+    /// As `FromCluster::Owed`, for the client id's home shard.
+    Owed {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The messages.
+        msgs: Vec<Arc<Message>>,
+    },
+    /// As `FromCluster::Disowned`, for the client id's home shard.
+    Disowned {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
     },
     /// As `FromCluster::SessionBackup`, for the client id's home shard.
     Backup {
@@ -396,6 +444,23 @@ impl<X> Broker<X> {
                 };
                 self.send_home(&client_id, c, now_ms)
             }
+            FromCluster::Owed {
+                client_id, msgs, ..
+            } => {
+                let msgs = msgs.into_iter().map(Arc::new).collect();
+                let c = ClusterCast::Owed {
+                    client_id: client_id.clone(),
+                    msgs,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::Disowned { client_id, owner } => {
+                let c = ClusterCast::Disowned {
+                    client_id: client_id.clone(),
+                    owner,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
             FromCluster::TakenOver { client_id, by } => {
                 let c = ClusterCast::TakenOver {
                     client_id: client_id.clone(),
@@ -450,6 +515,10 @@ impl<X> Broker<X> {
                 }
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
+            ClusterCast::Owed { client_id, msgs } => self.deliver_owed(&client_id, msgs, now_ms),
+            ClusterCast::Disowned { client_id, owner } => {
+                self.on_disowned(&client_id, owner.as_deref(), now_ms)
+            }
             ClusterCast::InterestReady { seq } => {
                 self.gate.cluster_acked(seq);
                 self.release_subacks(now_ms);
@@ -521,12 +590,17 @@ impl<X> Broker<X> {
             // The old node did not send the state in time (it is dead, say): the copy of
             // its subscriptions from the bucket if there is one, else a new session.
             let token = ((key as u64) << 32) | u64::from(link.gen);
-            let mut backup = None;
-            if let Some(id) = link.client_id.clone() {
-                self.awaiting_state.remove(&id);
-                backup = self.backups.remove(&id);
+            let (mut backup, mut from) = (None, None);
+            let id = link.client_id.clone();
+            if let Some(id) = &id {
+                from = self.awaiting_state.remove(id).map(|(_, from)| from);
+                backup = self.backups.remove(id);
             }
+            let subs_known = backup.is_some();
             self.finish_handover(token, backup.map(|b| *b), now_ms);
+            if let (Some(id), Some(from), true) = (id, from, subs_known) {
+                self.reclaim_owed(&id, &from);
+            }
             return true;
         }
         if !link.pending_connect.as_ref().is_some_and(|p| p.claim) {
@@ -564,7 +638,7 @@ impl<X> Broker<X> {
     /// The registry's answer for link `token`: complete its CONNECT, or refuse it (0x88 /
     /// 3.x "server unavailable") when the registry could not be reached: two nodes must
     /// never both believe they hold one client id.
-    fn on_claim_answer(&mut self, token: u64, ok: bool, previous: bool, now_ms: u64) {
+    fn on_claim_answer(&mut self, token: u64, ok: bool, previous: Option<Box<str>>, now_ms: u64) {
         let Some((key, version, pending)) = self.take_pending_connect(token, |p| p.claim) else {
             return;
         };
@@ -586,7 +660,7 @@ impl<X> Broker<X> {
         };
         link.claimed = true;
         let id = link.client_id.clone();
-        if !previous || c.clean_start {
+        if previous.is_none() || c.clean_start {
             let backup = id.as_deref().and_then(|id| self.backups.remove(id));
             // The registry named this node already, but no session is here: an earlier
             // claim whose answer came after its CONNECT gave up (the client retried), so
@@ -605,7 +679,7 @@ impl<X> Broker<X> {
         let Some(link) = self.links.get_mut(key) else {
             return;
         };
-        if previous && !c.clean_start {
+        if let (Some(from), false) = (previous, c.clean_start) {
             // The old node was told to send the session's state: wait for it (bounded).
             link.pending_connect = Some(Box::new(PendingConnect {
                 connect: pending.connect,
@@ -616,7 +690,7 @@ impl<X> Broker<X> {
             self.fx.resume.retain(|&k| k != key);
             self.rearm_link_timer(key, now_ms + HANDOVER_WAIT_MS);
             if let Some(id) = self.links.get(key).and_then(|l| l.client_id.clone()) {
-                self.awaiting_state.insert(id, token);
+                self.awaiting_state.insert(id, (token, from));
             }
             return;
         }
@@ -640,8 +714,13 @@ impl<X> Broker<X> {
 
     /// The state of a session this node took over: complete the CONNECT waiting for it
     /// with the session rebuilt (Session Present 1).
+    /// A state that comes when no CONNECT waits for it (its old node was slow, or it is
+    /// the store of a restarted node handing over what it owed, `on_disowned`) brings only
+    /// messages: they go to the session if it lives here.
     fn on_session_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
-        let Some(token) = self.awaiting_state.remove(client_id) else {
+        let Some((token, _)) = self.awaiting_state.remove(client_id) else {
+            let msgs = state.queued.into_iter().map(|(m, _)| m).collect();
+            self.deliver_owed(client_id, msgs, now_ms);
             return;
         };
         self.finish_handover(token, Some(state), now_ms);
@@ -716,7 +795,7 @@ impl<X> Broker<X> {
     }
 
     /// The state of session `s`, for the node taking it over.
-    fn session_state(&self, s: usize) -> SessionHandover {
+    pub(super) fn session_state(&self, s: usize) -> SessionHandover {
         let Some(sess) = self.sessions.get(s) else {
             return SessionHandover::default();
         };

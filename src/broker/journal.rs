@@ -191,6 +191,9 @@ impl Journal {
     /// A journal over `wal`, whose checkpoint holds `shadow`, for a broker of `shards`.
     pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
         let next_msg = shadow.next_msg_id().0;
+        // A recovered shadow's messages are all referenced (`LiveState::finish`): the
+        // first sweep waits until the count doubles, as after any sweep.
+        let gc_at = (shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
         Journal {
             wal,
             shadow,
@@ -211,12 +214,17 @@ impl Journal {
             refused: 0,
             refused_at_stall: 0,
             scratch: Vec::new(),
-            gc_at: GC_MESSAGES_MIN,
+            gc_at,
             txn_last: 0,
             committed: vec![0; shards],
             parked: VecDeque::new(),
             commit_news: false,
         }
+    }
+
+    /// The state the log describes (the shadow checkpoints are written from).
+    pub fn shadow(&self) -> &LiveState {
+        &self.shadow
     }
 
     /// Wall-clock time (Unix ms) of shard-clock time `now_ms`.
@@ -293,12 +301,6 @@ impl Journal {
     /// Forget an adopted id the move did not use (it went to another shard, or nowhere).
     pub fn forget_adopted(&mut self) {
         self.adopted = None;
-    }
-
-    /// The state the log describes so far (for tests).
-    #[cfg(test)]
-    pub fn shadow(&self) -> &LiveState {
-        &self.shadow
     }
 
     /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).

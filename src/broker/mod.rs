@@ -30,6 +30,7 @@ pub mod bridges;
 mod close;
 pub mod cluster;
 pub mod cluster_ack;
+mod cluster_owed;
 mod connect;
 mod deliver;
 pub mod effects;
@@ -333,8 +334,9 @@ pub struct Broker<X> {
     msg_pool: MessagePool,
     /// This node's name when it runs in a cluster whose link the shard carries.
     cluster: Option<Box<str>>,
-    /// Links waiting for a session's state from its old node: client id → link token.
-    awaiting_state: std::collections::HashMap<Box<str>, u64>,
+    /// Links waiting for a session's state from its old node: client id → (link token,
+    /// that node).
+    awaiting_state: std::collections::HashMap<Box<str>, (u64, Box<str>)>,
     /// The state to install in the session `complete_connect` is making (a handover).
     handover_in: Option<Box<cluster::SessionHandover>>,
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs

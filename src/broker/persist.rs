@@ -422,8 +422,28 @@ impl<X> Broker<X> {
         let Some(j) = self.journal.take() else {
             return;
         };
-        let unix = j.unix_ms(now_ms);
-        let mut msgs: HashMap<MsgId, Arc<Message>> = HashMap::new();
+        self.restore_part(part, retained, j.unix_ms(now_ms), now_ms);
+        self.journal = Some(j);
+    }
+
+    /// [`Broker::restore`] of the part the attached journal's shadow holds (the journal
+    /// was created over it), without a copy of it.
+    pub fn restore_from_journal(&mut self, retained: &[RetainedEntry], now_ms: u64) {
+        let Some(j) = self.journal.take() else {
+            return;
+        };
+        self.restore_part(j.shadow(), retained, j.unix_ms(now_ms), now_ms);
+        self.journal = Some(j);
+    }
+
+    fn restore_part(
+        &mut self,
+        part: &LiveState,
+        retained: &[RetainedEntry],
+        unix: u64,
+        now_ms: u64,
+    ) {
+        let mut msgs: HashMap<MsgId, Arc<Message>> = HashMap::with_capacity(part.messages.len());
         for (id, m) in &part.messages {
             msgs.insert(*id, Arc::new(journal::from_stored(m, unix, now_ms, 0)));
         }
@@ -437,7 +457,6 @@ impl<X> Broker<X> {
             msg.publisher = source.as_ref().map(journal::publisher_of);
             self.retained.store(&Arc::new(msg));
         }
-        self.journal = Some(j);
     }
 
     fn restore_session(

@@ -28,7 +28,7 @@ use super::queue::{self, InterestView};
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, InterestOp, KvQueues, RegistryOp};
+use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -70,6 +70,7 @@ const QUEUE_RETRY_MS: u64 = 100;
 /// (counted in `queue_failed`).
 const QUEUE_PENDING_MAX: usize = 16_384;
 
+mod reclaim;
 mod tasks;
 
 type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -130,8 +131,16 @@ pub struct LinkHandle {
 
 impl LinkHandle {
     /// Start the link thread for `cfg`. `wake` is called (from the link thread) after
-    /// messages were queued for the node.
+    /// messages were queued for the node. The queue consumer starts at once: no sessions
+    /// restored from a store are checked (`start_for`).
     pub fn start(cfg: ClusterConfig, wake: Wake) -> std::io::Result<LinkHandle> {
+        Self::start_for(cfg, wake, 0)
+    }
+
+    /// As `start`, for a node of `shards` shards: this node's queue consumer waits until
+    /// each shard has sent `ToLink::Restored` and the sessions it names were checked
+    /// against the registry (bounded: `reclaim::VERIFY_WAIT_MS` and the bucket opening).
+    pub fn start_for(cfg: ClusterConfig, wake: Wake, shards: usize) -> std::io::Result<LinkHandle> {
         let prefix = Prefix::new(&cfg.name)
             .map_err(|_| std::io::Error::other("cluster name is not a valid subject token"))?;
         let (to_tx, to_rx) = bounded(TO_LINK_MESSAGES_MAX);
@@ -152,7 +161,7 @@ impl LinkHandle {
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => rt.block_on(run(cfg, prefix, to_rx, n, s, out)),
+                    Ok(rt) => rt.block_on(run(cfg, prefix, to_rx, n, s, out, shards)),
                     Err(e) => eprintln!("cluster link: cannot build its runtime: {e}"),
                 }
             })?;
@@ -269,6 +278,15 @@ struct State {
     /// Queue messages handed to the node: token → the reply subject that acknowledges it.
     unsettled: HashMap<u64, Subject>,
     next_token: u64,
+    /// The queue stream's name (for reclaim scans).
+    stream: String,
+    /// Sessions restored from the store, gathered from the shards' `Restored`.
+    restored: Vec<String>,
+    /// Shards whose `Restored` is still to come.
+    restored_left: usize,
+    /// Where the restored sessions go once every shard sent its own (the ownership check
+    /// that precedes the queue consumer).
+    restored_tx: Option<oneshot::Sender<Vec<String>>>,
 }
 
 /// A QoS ≥ 1 message whose stores in other nodes' queues are under way.
@@ -303,6 +321,7 @@ async fn run(
     notify: Arc<Notify>,
     stop: Arc<AtomicBool>,
     out: Out,
+    shards: usize,
 ) {
     let reconnected = Arc::new(Notify::new());
     let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
@@ -335,6 +354,8 @@ async fn run(
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
     let view = Arc::new(Mutex::new(InterestView::new(&cfg.node)));
+    let (restored_tx, restored_rx) = oneshot::channel();
+    let restored_rx = (shards > 0).then_some(restored_rx);
     let KvQueues {
         registry,
         retained,
@@ -346,7 +367,10 @@ async fn run(
         &out,
         reconnected,
         view.clone(),
-        inbound_tx.clone(),
+        QueueStart {
+            inbound: inbound_tx.clone(),
+            restored: restored_rx,
+        },
     );
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_millis(QUEUE_PUBLISH_WAIT_MS));
@@ -370,6 +394,10 @@ async fn run(
         stored_tx,
         unsettled: HashMap::new(),
         next_token: 1,
+        stream: queue::stream_name(&cfg.name),
+        restored: Vec::new(),
+        restored_left: shards,
+        restored_tx: (shards > 0).then_some(restored_tx),
     };
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
     // Held for the link's life: dropping it would end the subscription.
@@ -507,6 +535,33 @@ impl State {
                         ack,
                     },
                 )
+            }
+            ToLink::Reclaim {
+                client_id,
+                from,
+                filters,
+            } => {
+                if !subject::valid_cluster_name(&from) || from == self.node {
+                    LinkStats::add(&self.out.stats.malformed);
+                    return;
+                }
+                tokio::spawn(reclaim::scan(
+                    self.js.clone(),
+                    self.stream.clone(),
+                    self.prefix.queue(&from),
+                    client_id,
+                    filters,
+                    self.out.clone(),
+                ));
+            }
+            ToLink::Restored { client_ids } => {
+                self.restored.extend(client_ids);
+                self.restored_left = self.restored_left.saturating_sub(1);
+                if self.restored_left == 0 {
+                    if let Some(tx) = self.restored_tx.take() {
+                        let _ = tx.send(std::mem::take(&mut self.restored));
+                    }
+                }
             }
         }
     }

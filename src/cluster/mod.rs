@@ -98,6 +98,26 @@ pub enum ToLink {
         /// MQTT client id.
         client_id: String,
     },
+    /// This node took persistent session `client_id` over from node `from`, which sent no
+    /// state (it is dead): copy the messages waiting in `from`'s queue whose topic matches
+    /// one of `filters` (the session's plain filters) to this node, as `FromLink::Owed`.
+    /// They are not acknowledged (other sessions of `from` may want them).
+    Reclaim {
+        /// MQTT client id.
+        client_id: String,
+        /// The old owner.
+        from: String,
+        /// The session's plain filters.
+        filters: Vec<String>,
+    },
+    /// One shard's persistent sessions restored from its store (sent once per shard at
+    /// start, before anything else it sends). When every shard has sent it, the link asks
+    /// the registry who owns each, reports those owned elsewhere (`FromLink::Disowned`),
+    /// and only then starts reading this node's queue.
+    Restored {
+        /// Their client ids.
+        client_ids: Vec<String>,
+    },
 }
 
 /// Where an inbound message goes on this node.
@@ -210,6 +230,25 @@ pub enum FromLink {
         /// NATS failed, which `nats_errors` counts).
         removed: bool,
     },
+    /// Messages from a dead node's queue owed to session `client_id` (`ToLink::Reclaim`),
+    /// in the queue's order; `last` on the final batch.
+    Owed {
+        /// MQTT client id.
+        client_id: String,
+        /// The messages.
+        envelopes: Vec<Envelope>,
+        /// No more batches follow.
+        last: bool,
+    },
+    /// A session restored from this node's store is no longer this node's (the registry
+    /// names `owner`, or nobody): hand its owed messages to `owner` and end it here. Sent
+    /// before this node's queue is read, so nothing from it reaches that session here.
+    Disowned {
+        /// MQTT client id.
+        client_id: String,
+        /// The node the registry names, if any.
+        owner: Option<String>,
+    },
     /// Another node took `client_id` over: disconnect it here with 0x8E.
     TakenOver {
         /// MQTT client id.
@@ -262,6 +301,11 @@ pub struct LinkStats {
     pub queue_redelivered: AtomicU64,
     /// Messages of this node's queue acknowledged to JetStream.
     pub queue_settled: AtomicU64,
+    /// Messages copied from a dead node's queue for a session taken over here.
+    pub reclaimed: AtomicU64,
+    /// Sessions restored from this node's store that the registry gave to another node
+    /// meanwhile (handed over and ended here).
+    pub disowned: AtomicU64,
 }
 
 impl LinkStats {
@@ -342,6 +386,16 @@ impl LinkStats {
                 "queue_settled",
                 "Queue messages acknowledged once safe on this node.",
                 g(&self.queue_settled),
+            ),
+            (
+                "reclaimed",
+                "Messages copied from a dead node's queue for a session taken over here.",
+                g(&self.reclaimed),
+            ),
+            (
+                "disowned",
+                "Restored sessions owned by another node meanwhile, handed over at start.",
+                g(&self.disowned),
             ),
             (
                 "to_link_dropped",

@@ -29,7 +29,7 @@ use crate::shard::cluster_port::{ClusterPort, ClusterStart, Wake};
 /// counters are shown on (`$SYS/broker/cluster/…`, `shardmq_cluster_…`).
 pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
     Box::new(move |wake: Wake, shards: usize| {
-        let handle = LinkHandle::start(cfg, wake)?;
+        let handle = LinkHandle::start_for(cfg, wake, shards)?;
         let stats = handle.sender().stats().clone();
         let _ = metrics
             .cluster
@@ -140,6 +140,18 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             client_id: client_id.into(),
             token,
         },
+        ToCluster::Reclaim {
+            client_id,
+            from,
+            filters,
+        } => ToLink::Reclaim {
+            client_id: client_id.into(),
+            from: from.into(),
+            filters: filters.into_iter().map(Into::into).collect(),
+        },
+        ToCluster::Restored { client_ids } => ToLink::Restored {
+            client_ids: client_ids.into_iter().map(Into::into).collect(),
+        },
     }
 }
 
@@ -235,13 +247,13 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
             token,
             client_id: client_id.into(),
             ok: true,
-            previous: previous.is_some(),
+            previous: previous.map(Into::into),
         }),
         FromLink::ClaimFailed { token, client_id } => Some(FromCluster::Claimed {
             token,
             client_id: client_id.into(),
             ok: false,
-            previous: false,
+            previous: None,
         }),
         FromLink::SessionState { client_id, state } => {
             let Some(state) = super::handover::decode(&state, now_ms) else {
@@ -261,6 +273,30 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
                 state,
             })
         }
+        FromLink::Owed {
+            client_id,
+            envelopes,
+            last,
+        } => {
+            let mut msgs = Vec::with_capacity(envelopes.len());
+            for e in envelopes {
+                match message_of(e, now_ms) {
+                    Some(m) => msgs.push(m),
+                    None => {
+                        let _ = malformed();
+                    }
+                }
+            }
+            Some(FromCluster::Owed {
+                client_id: client_id.into(),
+                msgs,
+                last,
+            })
+        }
+        FromLink::Disowned { client_id, owner } => Some(FromCluster::Disowned {
+            client_id: client_id.into(),
+            owner: owner.map(Into::into),
+        }),
         FromLink::TakenOver { client_id, by } => Some(FromCluster::TakenOver {
             client_id: client_id.into(),
             by: by.into(),

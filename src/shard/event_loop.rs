@@ -244,7 +244,7 @@ pub fn run_with_store(cfg: Config, store: Option<StoreStart>) -> io::Result<Runn
 /// each shard gets its port to the cluster link, started here once the wakers exist.
 pub fn run_node(
     cfg: Config,
-    mut store: Option<StoreStart>,
+    store: Option<StoreStart>,
     cluster: Option<ClusterStart>,
 ) -> io::Result<Running> {
     let cfg = Arc::new(cfg);
@@ -306,14 +306,20 @@ pub fn run_node(
             shard.broker.set_cluster(&c.node);
             shard.cluster = Some(port);
         }
-        if let Some(st) = store.as_mut() {
-            let bridges = open_journal(&mut shard.broker, id, st, wakers[id].clone())?;
-            shard.bridges.restore(&mut shard.broker, bridges, 0);
-        }
         let cpu = (cfg.pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         built.push((shard, cpu));
     }
-    if store.is_some() {
+    let stored = store.is_some();
+    if let Some(st) = store {
+        restore_all(&mut built, st, &wakers)?;
+    }
+    for (shard, _) in &mut built {
+        if shard.cluster.is_some() {
+            // The link checks these sessions' owners before it reads this node's queue.
+            shard.broker.cluster_restored();
+        }
+    }
+    if stored {
         // Every restored subscription's interest is on the rings before any shard runs:
         // a shard's first turn drains its inbox before it accepts or fires a timer.
         for (shard, _) in &mut built {
@@ -360,12 +366,47 @@ fn start_cluster(
     Ok(ports.into_iter())
 }
 
-/// Open shard `id`'s log and install its part of the recovered store in `broker`; the
-/// bridges' part is returned for the shard's bridges.
+/// Open every shard's log and restore its part of the recovered store, each shard in its
+/// own thread (the parts are independent: a shard's restore touches only its own broker
+/// and the outbox its first turn sends).
+fn restore_all(
+    built: &mut [(Shard, Option<core_affinity::CoreId>)],
+    mut st: StoreStart,
+    wakers: &Arc<Vec<Arc<Waker>>>,
+) -> io::Result<()> {
+    let mut parts = std::mem::take(&mut st.parts).into_iter();
+    let st = &st;
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = built
+            .iter_mut()
+            .enumerate()
+            .map(|(id, (shard, _))| {
+                let part = parts.next().unwrap_or_default();
+                let waker = wakers[id].clone();
+                std::thread::Builder::new()
+                    .name(format!("restore-{id}"))
+                    .spawn_scoped(scope, move || {
+                        let bridges = open_journal(&mut shard.broker, id, st, part, waker)?;
+                        shard.bridges.restore(&mut shard.broker, bridges, 0);
+                        Ok(())
+                    })
+            })
+            .collect();
+        for job in jobs {
+            job?.join()
+                .unwrap_or_else(|_| Err(io::Error::other("restore panicked")))?;
+        }
+        Ok(())
+    })
+}
+
+/// Open shard `id`'s log and install `part`, its part of the recovered store, in
+/// `broker`; the bridges' part is returned for the shard's bridges.
 fn open_journal(
     broker: &mut Broker<ConnIo>,
     id: usize,
-    st: &mut StoreStart,
+    st: &StoreStart,
+    part: crate::store::LiveState,
     waker: Arc<Waker>,
 ) -> io::Result<std::collections::BTreeMap<String, crate::store::BridgeState>> {
     let dir = crate::store::layout::shard_dir(&st.dir, id);
@@ -377,14 +418,17 @@ fn open_journal(
     if let Some(m) = broker.config().metrics.shard(id) {
         m.store.store(Some(wal.figures()));
     }
-    let part = st.parts.get_mut(id).map(std::mem::take).unwrap_or_default();
+    // The shadow keeps the bridges' state too (the bridges log against it).
+    let bridges = part.bridges.clone();
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let journal = crate::broker::journal::Journal::new(wal, part.clone(), st.parts.len(), unix_ms);
+    // The part moves into the journal as its shadow, and the broker restores from there.
+    let shards = broker.config().shards;
+    let journal = crate::broker::journal::Journal::new(wal, part, shards, unix_ms);
     broker.attach_journal(journal);
-    broker.restore(&part, &st.retained, 0);
-    Ok(part.bridges)
+    broker.restore_from_journal(&st.retained, 0);
+    Ok(bridges)
 }
 
 /// One shard's handles to the listening sockets, each with what it speaks. The kinds are

@@ -152,19 +152,20 @@ impl Cluster {
             return Ok(());
         };
         let data = std::path::Path::new(SIM_DATA_DIR);
-        let rec = store::recover_all_on(Arc::new(disk.clone()), data).map_err(|e| e.to_string())?;
-        let state = rec.state;
-        let retained: Vec<_> = state
-            .retained
-            .iter()
-            .filter_map(|(t, r)| {
-                let m = state.messages.get(&r.msg?)?.clone();
-                Some((t.clone(), m, r.stamp, r.source.clone()))
-            })
-            .collect();
         let n = self.brokers.len();
         let shard_of = |s: &str| crate::broker::home_shard(s, n);
-        let parts = state.split(n, shard_of, shard_of);
+        let rec = store::recover_parts_on(&disk, data, n, shard_of, shard_of)
+            .map_err(|e| e.to_string())?;
+        let parts = rec.parts;
+        let retained: Vec<_> = parts
+            .iter()
+            .flat_map(|p| {
+                p.retained.iter().filter_map(|(t, r)| {
+                    let m = p.messages.get(&r.msg?)?.clone();
+                    Some((t.clone(), m, r.stamp, r.source.clone()))
+                })
+            })
+            .collect();
         store::install_on(&disk, data, &parts).map_err(|e| e.to_string())?;
         let opts = WalOptions {
             segment_bytes_max: SIM_SEGMENT_BYTES,
@@ -180,9 +181,9 @@ impl Cluster {
             let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {})
                 .map_err(|e| e.to_string())?;
             let unix = SIM_UNIX_EPOCH_MS;
-            let j = crate::broker::journal::Journal::new(wal, part.clone(), n, unix);
+            let j = crate::broker::journal::Journal::new(wal, part, n, unix);
             self.brokers[id].attach_journal(j);
-            self.brokers[id].restore(&part, &retained, now_ms);
+            self.brokers[id].restore_from_journal(&retained, now_ms);
         }
         for i in 0..n {
             self.push_outbox(i);

@@ -143,12 +143,13 @@ pub struct Cut {
 }
 
 /// Read frames from `buf[pos..]`, expecting LSNs `first_lsn, first_lsn + 1, …`, handing
-/// each to `f`. Returns the LSN after the last frame kept, and the cut if it stopped early.
+/// each to `f` (borrowing from `buf`). Returns the LSN after the last frame kept, and the
+/// cut if it stopped early.
 pub fn scan(
     buf: &[u8],
     mut pos: usize,
     first_lsn: Lsn,
-    mut f: impl FnMut(Lsn, Record<'static>),
+    mut f: impl FnMut(Lsn, Record<'_>),
 ) -> (Lsn, Option<Cut>) {
     let mut next = first_lsn;
     while pos < buf.len() {
@@ -173,7 +174,7 @@ pub fn scan(
 }
 
 /// The frame at `buf[pos..]`, and its size, if it is valid and carries `want_lsn`.
-fn frame_at(buf: &[u8], pos: usize, want_lsn: Lsn) -> Result<(Record<'static>, usize), CutReason> {
+fn frame_at(buf: &[u8], pos: usize, want_lsn: Lsn) -> Result<(Record<'_>, usize), CutReason> {
     let rest = &buf[pos..];
     let head = rest.get(..FRAME_HEADER_BYTES).ok_or(CutReason::Torn)?;
     let len = usize::try_from(le_u32(&head[..4])).map_err(|_| CutReason::Oversized)?;
@@ -228,7 +229,7 @@ mod tests {
 
     fn read(buf: &[u8], first: Lsn) -> (Vec<Record<'static>>, Option<Cut>) {
         let mut got = Vec::new();
-        let (_, cut) = scan(buf, 0, first, |_, r| got.push(r));
+        let (_, cut) = scan(buf, 0, first, |_, r| got.push(r.into_owned()));
         (got, cut)
     }
 

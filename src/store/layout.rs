@@ -3,9 +3,10 @@
 //!
 //! Owns: `<data_dir>/shard-<k>/` as a set, and `<data_dir>/incoming/` (a layout being
 //! installed). Recovery reads **all** shard directories, whatever their number, each in
-//! its own thread, and merges what they hold; the engine splits the result by home shard
-//! ([`LiveState::split`]) and [`install`]s it as fresh per-shard checkpoints, after which
-//! each shard opens an empty log ([`super::Wal::open`]).
+//! its own thread, splits what each holds by home shard ([`LiveState::split`]) and merges
+//! the pieces of each shard ([`recover_parts`]); the engine [`install`]s the parts as
+//! fresh per-shard checkpoints (each written in its own thread), after which each shard
+//! opens an empty log ([`super::Wal::open`]).
 //!
 //! Invariant: the install is all-or-nothing across shards. New checkpoints are written and
 //! synced under `incoming/`, then `incoming/COMPLETE` is written and synced; only then are
@@ -13,15 +14,14 @@
 //! the next recovery deletes `incoming/`); a crash after it is finished by the next
 //! recovery. Must not touch: files outside the data directory; the engine's types.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::{Disk, OsDisk};
-use super::frame::{scan, Cut, CutReason, FileHeader, FileKind, FILE_HEADER_BYTES};
+use super::frame::{encode_frame, scan, Cut, CutReason, FileHeader, FileKind, FILE_HEADER_BYTES};
 use super::state::LiveState;
-use super::wal::{
-    encode_checkpoint, list_segments, segment_name, write_checkpoint, CHECKPOINT_FILE,
-};
+use super::wal::{list_segments, segment_name, CHECKPOINT_FILE};
 use super::{io, Lsn, StoreError};
 
 const INCOMING_DIR: &str = "incoming";
@@ -82,17 +82,116 @@ pub fn recover_all(data_dir: &Path) -> Result<Recovered, StoreError> {
 
 /// [`recover_all`] on `disk`.
 pub fn recover_all_on(disk: Arc<dyn Disk>, data_dir: &Path) -> Result<Recovered, StoreError> {
+    let r = recover_parts_on(&*disk, data_dir, 1, |_| 0, |_| 0)?;
+    Ok(Recovered {
+        state: r.parts.into_iter().next().unwrap_or_default(),
+        cuts: r.cuts,
+        shards_read: r.shards_read,
+        records: r.records,
+        conflicts: r.conflicts,
+    })
+}
+
+/// [`recover_parts_on`] on the real file system.
+pub fn recover_parts(
+    data_dir: &Path,
+    n: usize,
+    client_shard: impl Fn(&str) -> usize,
+    retained_shard: impl Fn(&str) -> usize,
+) -> Result<RecoveredParts, StoreError> {
+    recover_parts_on(&OsDisk, data_dir, n, client_shard, retained_shard)
+}
+
+/// Every shard directory's state, already split into the parts of a broker of `n` shards
+/// (each finished: message ids unique within it, tombstones and dead messages dropped).
+#[derive(Debug, Default)]
+pub struct RecoveredParts {
+    /// Part `k` belongs to shard `k`; bridges are all in part 0 (see
+    /// [`super::state::place_bridges`]).
+    pub parts: Vec<LiveState>,
+    /// Every cut, in shard directory order.
+    pub cuts: Vec<CutReport>,
+    /// Shard directories read.
+    pub shards_read: usize,
+    /// Records applied (checkpoints and logs).
+    pub records: u64,
+    /// Sessions found in more than one shard directory (the first one is kept).
+    pub conflicts: u64,
+}
+
+/// Recover every `shard-<k>` directory under `data_dir` for a broker of `n` shards:
+/// each directory is read in its own thread, its state split by home shard
+/// (`client_shard`, `retained_shard`, as [`LiveState::split`]), and each part finished in
+/// its own thread. When the shard count is unchanged every directory's state moves whole
+/// to its own part: no message is renumbered or copied. A missing `data_dir` recovers as
+/// `n` empty parts.
+pub fn recover_parts_on(
+    disk: &dyn Disk,
+    data_dir: &Path,
+    n: usize,
+    client_shard: impl Fn(&str) -> usize,
+    retained_shard: impl Fn(&str) -> usize,
+) -> Result<RecoveredParts, StoreError> {
+    let n = n.max(1);
+    let mut out = RecoveredParts {
+        parts: vec![LiveState::default(); n],
+        ..RecoveredParts::default()
+    };
     if !disk.exists(data_dir) {
-        return Ok(Recovered::default());
+        return Ok(out);
     }
-    let disk = &*disk;
     settle(disk, data_dir)?;
     let dirs = shard_dirs(disk, data_dir)?;
-    let results: Vec<Result<ShardRecovery, StoreError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = dirs
-            .iter()
-            .map(|d| scope.spawn(move || recover_shard(disk, d)))
-            .collect();
+    out.shards_read = dirs.len();
+    let read = in_parallel(
+        dirs.iter()
+            .map(|d| move || recover_shard(disk, d))
+            .collect(),
+    );
+    // QoS 2 routings are committed in their origin shard's log and delivered in others':
+    // every part settles against the commits of all of them.
+    let mut committed = BTreeMap::new();
+    let (mut orphans, mut dropped) = (0, 0);
+    for r in read {
+        let mut r = r?;
+        out.records += r.records;
+        out.cuts.append(&mut r.cuts);
+        orphans += r.state.orphans;
+        dropped += r.state.qos2_dropped;
+        for (origin, txn) in std::mem::take(&mut r.state.qos2_committed) {
+            let at = committed.entry(origin).or_insert(0);
+            *at = u64::max(*at, txn);
+        }
+        let pieces = r.state.split(n, &client_shard, &retained_shard);
+        for (part, piece) in out.parts.iter_mut().zip(pieces) {
+            out.conflicts += part.merge(piece);
+        }
+    }
+    let finishing = std::mem::take(&mut out.parts)
+        .into_iter()
+        .map(|mut part| {
+            part.qos2_committed = committed.clone();
+            move || {
+                part.finish();
+                Ok(part)
+            }
+        })
+        .collect();
+    out.parts = in_parallel(finishing)
+        .into_iter()
+        .collect::<Result<_, StoreError>>()?;
+    out.parts[0].orphans += orphans;
+    out.parts[0].qos2_dropped += dropped;
+    Ok(out)
+}
+
+/// Run each job in its own thread (all at once) and return their results in order; a
+/// job that panicked is an error.
+fn in_parallel<T: Send>(
+    jobs: Vec<impl FnOnce() -> Result<T, StoreError> + Send>,
+) -> Vec<Result<T, StoreError>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.into_iter().map(|j| scope.spawn(j)).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -104,19 +203,7 @@ pub fn recover_all_on(disk: Arc<dyn Disk>, data_dir: &Path) -> Result<Recovered,
                 })
             })
             .collect()
-    });
-    let mut out = Recovered {
-        shards_read: dirs.len(),
-        ..Recovered::default()
-    };
-    for r in results {
-        let r = r?;
-        out.records += r.records;
-        out.cuts.extend(r.cuts);
-        out.conflicts += out.state.merge(r.state);
-    }
-    out.state.finish();
-    Ok(out)
+    })
 }
 
 /// The `shard-<k>` directories under `data_dir`, by `k`.
@@ -266,11 +353,18 @@ pub fn install_on(disk: &dyn Disk, data_dir: &Path, parts: &[LiveState]) -> Resu
             .map_err(io("remove stale incoming directory"))?;
     }
     mkdir(&incoming)?;
-    for (k, part) in parts.iter().enumerate() {
-        let dir = shard_dir(&incoming, k);
-        mkdir(&dir)?;
-        write_checkpoint(disk, &dir, &encode_checkpoint(0, part.records()))?;
-    }
+    let writes = parts
+        .iter()
+        .enumerate()
+        .map(|(k, part)| {
+            let dir = shard_dir(&incoming, k);
+            move || {
+                mkdir(&dir)?;
+                write_fresh_checkpoint(disk, &dir, part)
+            }
+        })
+        .collect();
+    in_parallel(writes).into_iter().collect::<Result<(), _>>()?;
     sync(&incoming)?;
     disk.create_new(&incoming.join(COMPLETE_FILE))
         .and_then(|mut f| {
@@ -281,6 +375,36 @@ pub fn install_on(disk: &dyn Disk, data_dir: &Path, parts: &[LiveState]) -> Resu
     sync(&incoming)?;
     sync(data_dir)?;
     finish_install(disk, data_dir)
+}
+
+/// Bytes of frames encoded before each write of [`write_fresh_checkpoint`].
+const CHECKPOINT_WRITE_BYTES: usize = 4 << 20;
+
+/// Write `part` as the checkpoint (LSN 0) of the new directory `dir`, encoding it in
+/// pieces of about [`CHECKPOINT_WRITE_BYTES`] (no copy of the whole file in memory), then
+/// `fsync` it and `dir`. No temporary file: nothing reads `dir` before the install's
+/// marker says every checkpoint is whole. The bytes are those of
+/// [`super::wal::encode_checkpoint`].
+fn write_fresh_checkpoint(disk: &dyn Disk, dir: &Path, part: &LiveState) -> Result<(), StoreError> {
+    let mut f = disk
+        .create_new(&dir.join(CHECKPOINT_FILE))
+        .map_err(io("create checkpoint"))?;
+    let header = FileHeader {
+        kind: FileKind::Checkpoint,
+        lsn: 0,
+    };
+    let mut buf = Vec::with_capacity(CHECKPOINT_WRITE_BYTES);
+    buf.extend_from_slice(&header.encode());
+    for (lsn, r) in (1..).zip(part.records()) {
+        encode_frame(&mut buf, lsn, &r);
+        if buf.len() >= CHECKPOINT_WRITE_BYTES {
+            f.append(&buf).map_err(io("write checkpoint"))?;
+            buf.clear();
+        }
+    }
+    f.append(&buf).map_err(io("write checkpoint"))?;
+    f.sync_all().map_err(io("fsync checkpoint"))?;
+    disk.sync_dir(dir).map_err(io("fsync directory"))
 }
 
 /// Finish an install whose `COMPLETE` marker is durable, or discard one without it.

@@ -37,7 +37,10 @@ pub(crate) mod testutil;
 pub use disk::{Disk, OsDisk, SimDisk};
 pub use frame::CutReason;
 pub use hold::AckHold;
-pub use layout::{install, install_on, recover_all, recover_all_on, CutReport, Recovered};
+pub use layout::{
+    install, install_on, recover_all, recover_all_on, recover_parts, recover_parts_on, CutReport,
+    Recovered, RecoveredParts,
+};
 pub use lock::StoreLock;
 pub use record::{
     BridgeOp, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo, StoredMessage,

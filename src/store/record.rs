@@ -3,8 +3,9 @@
 //! Owns: the [`Record`] enum (everything issue 11 persists) and its body encoding, which
 //! [`super::frame`] wraps in a length + CRC32C frame. Invariants: `decode(encode(r)) == r`
 //! for every record; decoding any byte string returns a record or a typed [`DecodeError`],
-//! never panics and never allocates more than the input's length (every length prefix is
-//! checked against the bytes that remain before anything is allocated). Must not touch:
+//! never panics, and borrows its strings and byte strings from the input (it allocates
+//! only a Subscription Identifier list, and only after checking its length against the
+//! bytes that remain). Must not touch:
 //! files, MQTT packets, the engine's types (the engine converts to and from these).
 //!
 //! Layout: one tag byte, then fields in declaration order. Integers are little-endian;
@@ -142,7 +143,7 @@ pub enum DeliveryState {
     PubrelSent,
 }
 
-/// One log record. `Record<'static>` is the owned form that decoding returns.
+/// One log record. `Record<'static>` is the owned form; decoding borrows from its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
     /// A persistent session was created, or its parameters replaced (reconnect).
@@ -386,7 +387,7 @@ mod bridge_tag {
     pub const INBOUND_RELEASED: u8 = 6;
 }
 
-impl Record<'_> {
+impl<'a> Record<'a> {
     /// Append this record's body to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut e = Enc(out);
@@ -524,8 +525,9 @@ impl Record<'_> {
         }
     }
 
-    /// Decode one record body (the whole of `buf`).
-    pub fn decode(buf: &[u8]) -> Result<Record<'static>, DecodeError> {
+    /// Decode one record body (the whole of `buf`). Strings and byte strings borrow from
+    /// `buf` (recovery copies only what its state keeps); [`Record::into_owned`] detaches.
+    pub fn decode(buf: &'a [u8]) -> Result<Record<'a>, DecodeError> {
         let mut d = Dec { buf, pos: 0 };
         let t = d.u8()?;
         let r = match t {
@@ -754,6 +756,79 @@ impl BridgeOp<'_> {
     }
 }
 
+impl MessageProps<'_> {
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> MessageProps<'_> {
+        MessageProps {
+            payload_format_indicator: self.payload_format_indicator,
+            content_type: self.content_type.as_deref().map(Cow::Borrowed),
+            response_topic: self.response_topic.as_deref().map(Cow::Borrowed),
+            correlation_data: self.correlation_data.as_deref().map(Cow::Borrowed),
+            user_properties: Cow::Borrowed(&*self.user_properties),
+        }
+    }
+}
+
+impl StoredMessage<'_> {
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> StoredMessage<'_> {
+        StoredMessage {
+            topic: Cow::Borrowed(&*self.topic),
+            payload: Cow::Borrowed(&*self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            expires_at_unix_ms: self.expires_at_unix_ms,
+            props: self.props.borrowed(),
+        }
+    }
+}
+
+impl SessionInfo<'_> {
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> SessionInfo<'_> {
+        SessionInfo {
+            client_id: Cow::Borrowed(&*self.client_id),
+            protocol: self.protocol,
+            expiry_interval_s: self.expiry_interval_s,
+            will: self.will.as_ref().map(|w| Will {
+                topic: Cow::Borrowed(&*w.topic),
+                payload: Cow::Borrowed(&*w.payload),
+                qos: w.qos,
+                retain: w.retain,
+                delay_s: w.delay_s,
+                expiry_interval_s: w.expiry_interval_s,
+                props: w.props.borrowed(),
+            }),
+        }
+    }
+}
+
+impl Subscription<'_> {
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> Subscription<'_> {
+        Subscription {
+            share_group: self.share_group.as_deref().map(Cow::Borrowed),
+            filter: Cow::Borrowed(&*self.filter),
+            qos: self.qos,
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            retain_handling: self.retain_handling,
+            identifier: self.identifier,
+        }
+    }
+}
+
+impl RetainSource<'_> {
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> RetainSource<'_> {
+        RetainSource {
+            username: self.username.as_deref().map(Cow::Borrowed),
+            client_id: Cow::Borrowed(&*self.client_id),
+            listener: self.listener,
+        }
+    }
+}
+
 fn state_byte(s: DeliveryState) -> u8 {
     match s {
         DeliveryState::Queued => 0,
@@ -926,12 +1001,11 @@ impl<'a> Dec<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
-    fn bytes(&mut self) -> Result<Cow<'static, [u8]>, DecodeError> {
+    fn bytes(&mut self) -> Result<Cow<'a, [u8]>, DecodeError> {
         let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
-        // `take` checks `n` against what remains before the copy allocates.
-        Ok(Cow::Owned(self.take(n)?.to_vec()))
+        Ok(Cow::Borrowed(self.take(n)?))
     }
-    fn u32s(&mut self) -> Result<Cow<'static, [u32]>, DecodeError> {
+    fn u32s(&mut self) -> Result<Cow<'a, [u32]>, DecodeError> {
         let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
         // `take` checks the whole list against what remains before anything allocates.
         let raw = self.take(n.checked_mul(4).ok_or(DecodeError::Truncated)?)?;
@@ -940,11 +1014,12 @@ impl<'a> Dec<'a> {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
         Ok(Cow::Owned(ids.collect()))
     }
-    fn string(&mut self) -> Result<Cow<'static, str>, DecodeError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, DecodeError> {
         let n = usize::try_from(self.u32()?).map_err(|_| DecodeError::Truncated)?;
         let raw = self.take(n)?;
-        let s = std::str::from_utf8(raw).map_err(|_| DecodeError::BadUtf8)?;
-        Ok(Cow::Owned(s.to_owned()))
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| DecodeError::BadUtf8)
     }
     fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, DecodeError>) -> OptResult<T> {
         match self.u8()? {
@@ -953,10 +1028,10 @@ impl<'a> Dec<'a> {
             _ => Err(DecodeError::BadValue("option flag")),
         }
     }
-    fn opt_string(&mut self) -> OptResult<Cow<'static, str>> {
+    fn opt_string(&mut self) -> OptResult<Cow<'a, str>> {
         self.opt(Self::string)
     }
-    fn props(&mut self) -> Result<MessageProps<'static>, DecodeError> {
+    fn props(&mut self) -> Result<MessageProps<'a>, DecodeError> {
         Ok(MessageProps {
             payload_format_indicator: self.opt(Self::u8)?,
             content_type: self.opt_string()?,
@@ -965,7 +1040,7 @@ impl<'a> Dec<'a> {
             user_properties: self.bytes()?,
         })
     }
-    fn message(&mut self) -> Result<StoredMessage<'static>, DecodeError> {
+    fn message(&mut self) -> Result<StoredMessage<'a>, DecodeError> {
         Ok(StoredMessage {
             topic: self.string()?,
             payload: self.bytes()?,
@@ -975,7 +1050,7 @@ impl<'a> Dec<'a> {
             props: self.props()?,
         })
     }
-    fn will(&mut self) -> Result<Will<'static>, DecodeError> {
+    fn will(&mut self) -> Result<Will<'a>, DecodeError> {
         Ok(Will {
             topic: self.string()?,
             payload: self.bytes()?,
@@ -986,7 +1061,7 @@ impl<'a> Dec<'a> {
             props: self.props()?,
         })
     }
-    fn session(&mut self) -> Result<SessionInfo<'static>, DecodeError> {
+    fn session(&mut self) -> Result<SessionInfo<'a>, DecodeError> {
         Ok(SessionInfo {
             client_id: self.string()?,
             protocol: self.u8()?,
@@ -994,7 +1069,7 @@ impl<'a> Dec<'a> {
             will: self.opt(Self::will)?,
         })
     }
-    fn subscription(&mut self) -> Result<Subscription<'static>, DecodeError> {
+    fn subscription(&mut self) -> Result<Subscription<'a>, DecodeError> {
         Ok(Subscription {
             share_group: self.opt_string()?,
             filter: self.string()?,
@@ -1008,7 +1083,7 @@ impl<'a> Dec<'a> {
             identifier: self.opt(Self::u32)?,
         })
     }
-    fn bridge_op(&mut self) -> Result<BridgeOp<'static>, DecodeError> {
+    fn bridge_op(&mut self) -> Result<BridgeOp<'a>, DecodeError> {
         Ok(match self.u8()? {
             bridge_tag::ENQUEUED => BridgeOp::Enqueued {
                 seq: self.u64()?,
@@ -1037,7 +1112,7 @@ impl<'a> Dec<'a> {
             _ => Err(DecodeError::BadValue("delivery state")),
         }
     }
-    fn references(&mut self, t: u8) -> Result<Record<'static>, DecodeError> {
+    fn references(&mut self, t: u8) -> Result<Record<'a>, DecodeError> {
         Ok(match t {
             tag::DELIVERY_QUEUED => Record::DeliveryQueued {
                 client_id: self.string()?,

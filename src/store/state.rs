@@ -308,12 +308,14 @@ impl LiveState {
             .retain(|_, r| r.msg.is_some_and(|m| self.messages.contains_key(&m)));
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
-        let mut used = BTreeSet::new();
+        let mut used: Vec<MsgId> = Vec::new();
         for s in self.sessions.values() {
             used.extend(s.deliveries.iter().map(|d| d.msg));
         }
         used.extend(self.retained.values().filter_map(|r| r.msg));
-        self.messages.retain(|id, _| used.contains(id));
+        used.sort_unstable();
+        used.dedup();
+        self.messages.retain(|id, _| used.binary_search(id).is_ok());
     }
 
     /// Settle the QoS 2 routings: a delivery of one never committed is dropped (nobody
@@ -391,8 +393,10 @@ impl LiveState {
 
     /// Split into `n` states: each session goes to `client_shard(client_id)`, each
     /// retained entry to `retained_shard(topic)` (both taken modulo `n`), and each message
-    /// to every state that refers to it. Bridges go to the first state: take them out
-    /// first and [`place_bridges`] them by owner shard.
+    /// to every state that refers to it: moved to one, cloned only for the others (a
+    /// message queued for sessions of several shards). Bridges go to the first state:
+    /// take them out first and [`place_bridges`] them by owner shard. The counts and QoS 2
+    /// commits are not carried (take them out first too).
     pub fn split(
         self,
         n: usize,
@@ -400,27 +404,47 @@ impl LiveState {
         retained_shard: impl Fn(&str) -> usize,
     ) -> Vec<LiveState> {
         let n = n.max(1);
-        let mut parts = vec![LiveState::default(); n];
-        let messages = self.messages;
-        let give = |part: &mut LiveState, id: MsgId| {
-            if let Some(m) = messages.get(&id) {
-                part.messages.entry(id).or_insert_with(|| m.clone());
-            }
-        };
+        let mut sessions: Vec<Vec<(String, SessionState)>> = vec![Vec::new(); n];
+        let mut retained: Vec<Vec<(String, Retained)>> = vec![Vec::new(); n];
+        // (message, part) for every reference, so that each message can be moved to the
+        // last part that wants it after a sort, instead of cloned into each.
+        let mut wants: Vec<(MsgId, usize)> = Vec::new();
         for (client, s) in self.sessions {
-            let part = &mut parts[client_shard(&client) % n];
-            for d in &s.deliveries {
-                give(part, d.msg);
-            }
-            part.sessions.insert(client, s);
+            let k = client_shard(&client) % n;
+            wants.extend(s.deliveries.iter().map(|d| (d.msg, k)));
+            sessions[k].push((client, s));
         }
         for (topic, r) in self.retained {
-            let part = &mut parts[retained_shard(&topic) % n];
-            if let Some(id) = r.msg {
-                give(part, id);
-            }
-            part.retained.insert(topic, r);
+            let k = retained_shard(&topic) % n;
+            wants.extend(r.msg.map(|id| (id, k)));
+            retained[k].push((topic, r));
         }
+        wants.sort_unstable();
+        wants.dedup();
+        let mut messages: Vec<Vec<(MsgId, StoredMessage<'static>)>> = vec![Vec::new(); n];
+        let mut wants = wants.into_iter().peekable();
+        for (id, m) in self.messages {
+            let mut last = None;
+            while let Some((w, k)) = wants.next_if(|&(w, _)| w <= id) {
+                if w == id {
+                    if let Some(prev) = last.replace(k) {
+                        messages[prev].push((id, m.clone()));
+                    }
+                }
+            }
+            if let Some(k) = last {
+                messages[k].push((id, m));
+            }
+        }
+        // Each list is in key order, so the maps are built in bulk.
+        let mut parts: Vec<LiveState> = (sessions.into_iter().zip(retained).zip(messages))
+            .map(|((s, r), m)| LiveState {
+                sessions: s.into_iter().collect(),
+                retained: r.into_iter().collect(),
+                messages: m.into_iter().collect(),
+                ..LiveState::default()
+            })
+            .collect();
         parts[0].bridges = self.bridges;
         parts
     }
@@ -429,7 +453,7 @@ impl LiveState {
     pub fn records(&self) -> impl Iterator<Item = Record<'_>> + '_ {
         let messages = self.messages.iter().map(|(id, m)| Record::MessageStored {
             id: *id,
-            msg: m.clone(),
+            msg: m.borrowed(),
         });
         let sessions = self.sessions.values().flat_map(session_records);
         let retained = self.retained.iter().map(|(topic, r)| match r.msg {
@@ -437,7 +461,7 @@ impl LiveState {
                 topic: topic.as_str().into(),
                 msg,
                 stamp: r.stamp,
-                source: r.source.clone(),
+                source: r.source.as_ref().map(RetainSource::borrowed),
             },
             None => Record::RetainedCleared {
                 topic: topic.as_str().into(),
@@ -460,7 +484,7 @@ impl LiveState {
 /// The records of one session: created, disconnected, subscriptions, deliveries, QoS 2 ids.
 fn session_records(s: &SessionState) -> Vec<Record<'_>> {
     let client = || std::borrow::Cow::Borrowed(s.info.client_id.as_ref());
-    let mut out = vec![Record::SessionCreated(s.info.clone())];
+    let mut out = vec![Record::SessionCreated(s.info.borrowed())];
     if let Some(at) = s.disconnected_at_unix_ms {
         out.push(Record::SessionDisconnected {
             client_id: client(),
@@ -472,7 +496,7 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             .values()
             .map(|sub| Record::SubscriptionAdded {
                 client_id: client(),
-                sub: sub.clone(),
+                sub: sub.borrowed(),
             }),
     );
     for d in &s.deliveries {
@@ -481,7 +505,7 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             msg: d.msg,
             qos: d.qos,
             retain: d.retain,
-            sub_ids: d.sub_ids.clone().into(),
+            sub_ids: d.sub_ids.as_slice().into(),
         });
         if d.txn != 0 {
             out.push(Record::DeliveryTxn {

@@ -15,7 +15,7 @@ use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
@@ -46,6 +46,9 @@ const INTEREST_RETRY_MS: u64 = 1000;
 const QUEUE_RESTART_MS: u64 = 500;
 /// Messages the queue consumer asks for at a time.
 const QUEUE_BATCH_MESSAGES: usize = 512;
+/// Longest the queue consumer waits for the shards' lists of restored sessions (they send
+/// them on their first turn) before it starts without the ownership check.
+const RESTORED_WAIT_MS: u64 = 10_000;
 
 /// An interest bucket operation, in the order the link made them.
 pub(super) enum InterestOp {
@@ -57,6 +60,13 @@ pub(super) enum InterestOp {
     },
     /// Delete this node's interest `key`.
     Delete { key: String },
+}
+
+/// What this node's queue consumer starts with: where its messages go, and the sessions
+/// restored from the store to check first (`None`: start at once).
+pub(super) struct QueueStart {
+    pub(super) inbound: mpsc::Sender<Inbound>,
+    pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
 }
 
 /// The queues of the KV tasks, which fill (bounded) until the buckets are open.
@@ -93,7 +103,8 @@ pub(super) fn worker(client_id: &str) -> usize {
 /// Start the task that opens the buckets and the queue stream (retrying until JetStream
 /// answers) and then runs the registry workers, the retained writer and watcher, the
 /// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
-/// feeds `inbound`). Returns their queues.
+/// feeds `inbound`; with `restored`, only after the sessions restored from the store were
+/// checked against the registry, `reclaim::verify`). Returns their queues.
 pub(super) fn start_kv(
     cfg: &ClusterConfig,
     prefix: &Prefix,
@@ -101,8 +112,9 @@ pub(super) fn start_kv(
     out: &Out,
     reconnected: Arc<Notify>,
     view: Arc<Mutex<InterestView>>,
-    inbound: mpsc::Sender<Inbound>,
+    queue_start: QueueStart,
 ) -> KvQueues {
+    let QueueStart { inbound, restored } = queue_start;
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -160,7 +172,19 @@ pub(super) fn start_kv(
             view,
             reconnected.clone(),
         ));
-        tokio::spawn(queue_consumer(ctx.clone(), stream, inbound));
+        let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
+        tokio::spawn(async move {
+            // Sessions this node restored but another node took over while it was down
+            // are reported before any message of the queue, so none reaches them here.
+            if let Some(rx) = restored {
+                let wait = Duration::from_millis(RESTORED_WAIT_MS);
+                if let Ok(Ok(ids)) = tokio::time::timeout(wait, rx).await {
+                    let (node, out) = (&verify_ctx.node, &verify_ctx.out);
+                    super::reclaim::verify(&sessions, node, ids, out).await;
+                }
+            }
+            queue_consumer(verify_ctx, stream, inbound).await;
+        });
         tokio::spawn(retained_watcher(ctx, buckets, reconnected));
     });
     KvQueues {

@@ -157,7 +157,8 @@ proptest! {
 
     #[test]
     fn random_records_round_trip(r in arb_record()) {
-        prop_assert_eq!(Record::decode(&encoded(&r)), Ok(r));
+        let bytes = encoded(&r);
+        prop_assert_eq!(Record::decode(&bytes), Ok(r));
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! The messages owed to a persistent session whose node died (`docs/cluster.md`, "A
+//! session whose node died"; `docs/decisions/0013-cluster.md`, choice 10).
+//!
+//! Owns: three steps. The node that takes such a session over from a dead node asks the
+//! link for the messages waiting in the dead node's queue that match the session's plain
+//! filters (`reclaim_owed`) and delivers them to the session (`deliver_owed`). A node
+//! that restarts on its store reports its restored persistent sessions (`cluster_restored`)
+//! and, for each that the registry gave to another node meanwhile, sends the new owner
+//! what the session still owed here and ends it (`on_disowned`).
+//!
+//! Invariants: an owed message reaches a session only through its *current*
+//! subscriptions (matched again here, highest QoS and every identifier, as the routes
+//! would); a disowned session is ended before this node reads its queue (the link sends
+//! `Disowned` first), and never if a client claimed it here since the start. Must not
+//! touch: NATS or the link (only `ToCluster` values).
+
+use std::sync::Arc;
+
+use super::deliver;
+use super::Broker;
+use crate::log::Level;
+use crate::log_at;
+use crate::protocol::QoS;
+use crate::session::{Message, Outgoing, SubIds};
+
+use super::cluster::ToCluster;
+
+impl<X> Broker<X> {
+    /// Once at start (cluster on): tell the link which persistent sessions this shard
+    /// restored from its store, so that it can check their owners before reading the
+    /// queue. Sent even when there are none: the link waits for every shard's list.
+    pub fn cluster_restored(&mut self) {
+        let client_ids = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expiry_s > 0)
+            .map(|(_, s)| s.client_id.clone())
+            .collect();
+        self.tell_cluster(ToCluster::Restored { client_ids });
+    }
+
+    /// Session `client_id` was completed here from the subscriptions bucket because its
+    /// old node `from` sent no state: ask for the messages waiting for it in `from`'s
+    /// queue (shared subscriptions are left out: NATS picks their members).
+    pub(super) fn reclaim_owed(&mut self, client_id: &str, from: &str) {
+        let Some(sess) = self
+            .sessions
+            .find(client_id)
+            .and_then(|s| self.sessions.get(s))
+        else {
+            return;
+        };
+        let filters: Vec<Box<str>> = sess
+            .subs
+            .keys()
+            .filter(|f| !f.starts_with("$share/"))
+            .cloned()
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        self.tell_cluster(ToCluster::Reclaim {
+            client_id: client_id.into(),
+            from: from.into(),
+            filters,
+        });
+    }
+
+    /// Messages owed to session `client_id` from elsewhere (a dead node's queue, or a
+    /// state that came when no CONNECT waited for it): each is delivered as the session's
+    /// current subscriptions want it (written, queued and logged like any delivery), or
+    /// dropped if none matches any more or the session is not here.
+    pub(super) fn deliver_owed(&mut self, client_id: &str, msgs: Vec<Arc<Message>>, now_ms: u64) {
+        let Some(s) = self.sessions.find(client_id) else {
+            self.fx.stats.dropped_queue += msgs.len() as u64;
+            return;
+        };
+        for msg in msgs {
+            let Some(out) = self
+                .sessions
+                .get(s)
+                .and_then(|sess| owed_delivery(sess, msg))
+            else {
+                continue;
+            };
+            let (_, sessions, mut sink) = self.parts();
+            deliver::deliver(sessions, &mut sink, s, out, now_ms);
+        }
+    }
+
+    /// Session `client_id`, restored from this node's store, is `owner`'s now (or
+    /// nobody's: it ended there): unless a client claimed it here since the start, send
+    /// `owner` what it still owed here (unacknowledged deliveries, then the queue; not
+    /// its subscriptions, which the owner has) and end it here, Will dropped (the owner
+    /// has the client now).
+    pub(super) fn on_disowned(&mut self, client_id: &str, owner: Option<&str>, now_ms: u64) {
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let claimed_here = self.awaiting_state.contains_key(client_id)
+            || self.sessions.get(s).is_some_and(|x| x.link.is_some());
+        if claimed_here {
+            return;
+        }
+        let mut state = self.session_state(s);
+        state.subs.clear();
+        let owed = state.queued.len();
+        if let (Some(to), false) = (owner, state.queued.is_empty()) {
+            self.tell_cluster(ToCluster::Handover {
+                to: to.into(),
+                client_id: client_id.into(),
+                state,
+                now_ms,
+            });
+        }
+        if let Some(sess) = self.sessions.get_mut(s) {
+            sess.will = None;
+        }
+        log_at!(
+            Level::Notice,
+            "Client {}: its session restored here belongs to cluster node {} now; {owed} owed message(s) handed over, the session ends here.",
+            client_id.escape_debug(),
+            owner.unwrap_or("(none: it ended)")
+        );
+        self.end_session(s);
+    }
+}
+
+/// How session `sess` wants `msg` now: through every current plain subscription that
+/// matches (highest QoS, every identifier), or `None` if none does.
+fn owed_delivery(sess: &crate::session::Session, msg: Arc<Message>) -> Option<Outgoing> {
+    let mut hit: Option<(QoS, bool, SubIds)> = None;
+    for (filter, st) in &sess.subs {
+        if filter.starts_with("$share/") || !crate::topic::matches(filter, &msg.topic) {
+            continue;
+        }
+        let qos = msg.qos.min(st.options.qos);
+        let (q, rap, ids) = hit.get_or_insert((qos, false, SubIds::new()));
+        *q = (*q).max(qos);
+        *rap |= st.options.retain_as_published;
+        if let Some(id) = st.sub_id {
+            ids.push(id);
+        }
+    }
+    let (qos, retain_as_published, sub_ids) = hit?;
+    Some(Outgoing {
+        retain: retain_as_published && msg.retain,
+        msg,
+        qos,
+        sub_ids,
+        share: None,
+        sid: 0,
+    })
+}
