@@ -95,7 +95,11 @@ pub(super) fn deliver<X>(
     };
     if sess.logged && out.qos != QoS::AtMostOnce {
         if let Some(j) = sink.journal.as_deref_mut() {
-            out.sid = j.store_msg(&out.msg, now_ms).0;
+            // A shared delivery's id is its own, so that its move can end it exactly.
+            out.sid = match out.share {
+                Some(_) => j.store_shared_msg(&out.msg, now_ms).0,
+                None => j.store_msg(&out.msg, now_ms).0,
+            };
         }
     }
     let link = sess.link.and_then(|k| {

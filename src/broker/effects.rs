@@ -33,6 +33,9 @@ pub struct Effects {
     /// Links whose input was paused for an answer that has come (the cluster registry):
     /// the shard reads them again.
     pub resume: Vec<usize>,
+    /// Shared messages that no member of a matching group could take (no member online):
+    /// recorded only when `Some` (the simulation's oracle owes them to nobody).
+    pub share_unplaced: Option<Vec<std::sync::Arc<crate::session::Message>>>,
 }
 
 /// One password to check off the shard loop.

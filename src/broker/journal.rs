@@ -89,6 +89,18 @@ pub enum HeldAck {
         /// Its number (`Record::WillPending`).
         id: u64,
     },
+    /// Log the queued deliveries `msgs` of session `session` dropped: a share group moved
+    /// them to a member on another shard, whose records are durable now (the epoch's
+    /// barrier). A cut before this leaves them with both members (a duplicate), never with
+    /// neither.
+    ShareMoved {
+        /// Session key.
+        session: usize,
+        /// The session's uid (a reused key is another session).
+        uid: u64,
+        /// The messages of the deliveries, in this log.
+        msgs: Vec<MsgId>,
+    },
     /// The JetStream acknowledgement of a message from this node's cluster queue
     /// (`ToCluster::Settle`).
     Cluster {
@@ -142,6 +154,8 @@ pub struct Journal {
     next_msg: u64,
     /// The message stored last, so that its other local deliveries refer to it.
     last_msg: Option<(Arc<Message>, MsgId)>,
+    /// A shared delivery's message id that its move to another session takes over.
+    adopted: Option<(Arc<Message>, MsgId)>,
     /// Acks held during the current turn.
     turn: Vec<HeldAck>,
     epochs: VecDeque<Epoch>,
@@ -200,6 +214,7 @@ impl Journal {
             shadow,
             next_msg,
             last_msg: None,
+            adopted: None,
             turn: Vec::new(),
             epochs: VecDeque::new(),
             sent_to: vec![false; shards],
@@ -281,6 +296,40 @@ impl Journal {
     /// The LSN of the last record appended (to tell whether a step logged anything).
     pub fn last_lsn(&self) -> Lsn {
         self.wal.last_lsn()
+    }
+
+    /// The id of `msg` for a delivery through a shared subscription: always a record of
+    /// its own (never the message stored last, nor made the one later deliveries reuse),
+    /// so that no other delivery of the session refers to the same id and a record about
+    /// it by message id ([`Record::DeliveryDropped`], [`Record::DeliverySent`]) finds
+    /// exactly this delivery, also when the session has a normal subscription that matched
+    /// the same message. The exception is an id adopted for a move ([`Journal::adopt_msg`]).
+    pub fn store_shared_msg(&mut self, msg: &Arc<Message>, now_ms: u64) -> MsgId {
+        if let Some((m, id)) = self.adopted.take() {
+            if Arc::ptr_eq(&m, msg) {
+                return id;
+            }
+        }
+        let id = MsgId(self.next_msg);
+        self.next_msg += 1;
+        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
+        self.log(Record::MessageStored { id, msg: stored });
+        id
+    }
+
+    /// Let the next [`Journal::store_shared_msg`] of `msg` refer to its record `id` instead
+    /// of storing it again, if the shadow still holds it: a shared delivery moving from one
+    /// of this shard's sessions to another, whose old delivery (the only other reference)
+    /// the caller ends after the new one is logged. Undo with [`Journal::forget_adopted`].
+    pub fn adopt_msg(&mut self, msg: &Arc<Message>, id: MsgId) {
+        if self.shadow.messages.contains_key(&id) {
+            self.adopted = Some((msg.clone(), id));
+        }
+    }
+
+    /// Forget an adopted id the move did not use (it went to another shard, or nowhere).
+    pub fn forget_adopted(&mut self) {
+        self.adopted = None;
     }
 
     /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).
@@ -399,6 +448,7 @@ impl Journal {
             });
         }
         self.last_msg = None;
+        self.adopted = None;
         let last = self.wal.last_lsn();
         for n in self.notes.iter_mut().rev() {
             if n.0 != Lsn::MAX {
@@ -479,7 +529,8 @@ impl Journal {
             | HeldAck::Bridge { .. }
             | HeldAck::Cluster { .. }
             | HeldAck::Commit { .. }
-            | HeldAck::WillDone { .. } => false,
+            | HeldAck::WillDone { .. }
+            | HeldAck::ShareMoved { .. } => false,
         };
         self.turn.iter().any(mine) || self.epochs.iter().any(|e| e.acks.iter().any(mine))
     }

@@ -340,6 +340,9 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Output { link, gen } => self.release_output(link, gen),
+            HeldAck::ShareMoved { session, uid, msgs } => {
+                self.share_moved_durable(session, uid, msgs)
+            }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })

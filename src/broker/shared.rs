@@ -8,7 +8,12 @@
 //! - Only the shard where a message enters the broker picks a member, so each message reaches
 //!   one member of each matching group.
 //! - Offline members get no new messages; when a member disconnects, its unacknowledged
-//!   shared deliveries go to another online member when there is one.
+//!   shared deliveries go to another online member when there is one, else stay with it
+//!   (so does a delivery that reaches a member gone offline meanwhile).
+//! - A stored session's log follows a move: the new member's records before the old
+//!   member's end (after the peer's barrier when the new member lives on another shard),
+//!   so a power cut leaves a delivery with one member or both, never with neither. A
+//!   shared delivery's message id is its own in the log, so that end names it exactly.
 //!
 //! The per-message part (choosing a member, delivering, bouncing) is free functions over
 //! exactly what it touches: the routes (read only: the round-robin cursor is a `Cell`),
@@ -19,11 +24,13 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::deliver::{self, Sink};
+use super::journal::HeldAck;
 use super::routes::Routes;
 use super::sessions::Sessions;
 use super::{Broker, Cast};
-use crate::protocol::{QoS, SubscriptionOptions};
+use crate::protocol::{PacketId, QoS, SubscriptionOptions};
 use crate::session::{Message, Outgoing, SubIds};
+use crate::store::{MsgId, Record};
 
 /// How often a shared delivery may bounce to another member before it is kept or dropped.
 const REDISPATCH_MAX: u8 = 4;
@@ -71,6 +78,18 @@ pub struct ShareGroup {
 
 /// The groups of one filter.
 pub type ShareGroups = SmallVec<[ShareGroup; 1]>;
+
+/// Where a shared delivery went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    /// A session of this shard took it (delivered, queued, or dropped and counted): its
+    /// records, if any, are in this shard's log.
+    Here,
+    /// Cast to a member on another shard.
+    Away,
+    /// No member took it: dropped, unless the caller keeps it.
+    Nowhere,
+}
 
 /// A shared delivery sent to the member's shard.
 #[derive(Debug)]
@@ -193,10 +212,32 @@ impl<X> Broker<X> {
     }
 
     /// A shared delivery for a session of this shard (from the bus).
+    ///
+    /// A stored member that went offline before the delivery came (the sender's replica
+    /// did not know yet) takes it into its queue, logged, and then moves it on as it moved
+    /// its other deliveries when it went offline: so each hop is durable before the one
+    /// before it is logged gone (a plain bounce would be covered by the sender's barrier
+    /// for the first hop only).
     pub(super) fn on_share_delivery(&mut self, d: ShareDelivery, now_ms: u64) {
+        let m = d.member;
+        let stored_offline = self.journal.is_some()
+            && self.sessions.get(m.session).is_some_and(|x| {
+                x.uid == m.uid
+                    && x.logged
+                    && !x
+                        .link
+                        .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
+            });
         let me = self.shard_id;
         let (routes, sessions, mut sink) = self.parts();
-        deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+        // One that may not read the topic is passed over as usual.
+        if !stored_offline || !super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic)
+        {
+            deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+            return;
+        }
+        deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
+        self.move_shared(m.session, now_ms);
     }
 
     /// A message from the cluster for one member of share group `group` on `filter`:
@@ -209,14 +250,20 @@ impl<X> Broker<X> {
         now_ms: u64,
     ) {
         let key: Arc<str> = format!("$share/{group}/{filter}").into();
-        if !self.redispatch(msg, &key, 0, now_ms) {
+        if self.redispatch(msg, &key, 0, now_ms) == Landed::Nowhere {
             self.fx.stats.dropped_queue += 1;
         }
     }
 
     /// Send a shared message to another online member of its group than `exclude`.
-    /// Returns false when there is none (the caller keeps or drops it).
-    fn redispatch(&mut self, msg: Arc<Message>, key: &Arc<str>, exclude: u64, now_ms: u64) -> bool {
+    /// [`Landed::Nowhere`] when there is none (the caller keeps or drops it).
+    fn redispatch(
+        &mut self,
+        msg: Arc<Message>,
+        key: &Arc<str>,
+        exclude: u64,
+        now_ms: u64,
+    ) -> Landed {
         let me = self.shard_id;
         let (routes, sessions, mut sink) = self.parts();
         let bounce = Bounce {
@@ -229,30 +276,139 @@ impl<X> Broker<X> {
     }
 
     /// A session lost its connection: it goes offline in its groups, and its unacknowledged
-    /// or queued shared deliveries move to other members [MQTT-4.8.2-5 ff.].
+    /// or queued shared deliveries move to other members [MQTT-4.8.2-5 ff.]. A stored
+    /// session's log follows each move: the new member's records (if it is stored) come
+    /// first, then the end of the old one's, in this turn's batch when the new member lives
+    /// here; when it lives on another shard, the old one's end is logged only once that
+    /// shard's records are durable ([`HeldAck::ShareMoved`]). Either way a cut leaves the
+    /// delivery with one member or both, never with neither.
     pub(super) fn share_member_offline(&mut self, s: usize, now_ms: u64) {
-        if !self.set_share_online(s, false) {
-            return;
+        if self.set_share_online(s, false) {
+            self.move_shared(s, now_ms);
         }
+    }
+
+    /// Move offline session `s`'s queued shared deliveries, and its QoS 1 ones in flight,
+    /// to other members (see [`Broker::share_member_offline`]).
+    fn move_shared(&mut self, s: usize, now_ms: u64) {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        let uid = sess.uid;
-        for out in sess.take_shared() {
+        let (uid, logged) = (sess.uid, sess.logged && self.journal.is_some());
+        let mut away = Vec::new();
+        for (out, pid) in sess.take_shared() {
             let Some(key) = out.share.clone() else {
                 continue;
             };
-            if self.redispatch(out.msg.clone(), &key, uid, now_ms) {
-                continue;
+            let stored = logged && out.sid != 0;
+            if let (Some(j), true) = (self.journal.as_mut(), stored) {
+                // A member here takes the message's id over (its only other reference).
+                j.adopt_msg(&out.msg, MsgId(out.sid));
             }
-            // Nobody else can take it: it stays with this session for its return.
-            let Some(sess) = self.sessions.get_mut(s) else {
-                return;
-            };
-            if out.qos != QoS::AtMostOnce && !sess.enqueue(out, &self.limits) {
-                self.fx.stats.dropped_queue += 1;
+            let landed = self.redispatch(out.msg.clone(), &key, uid, now_ms);
+            if let Some(j) = self.journal.as_mut() {
+                j.forget_adopted();
+            }
+            match landed {
+                Landed::Here if stored => self.log_delivery_gone(s, out.sid, pid),
+                Landed::Away if stored => {
+                    // Queued in this log until the peer's records are durable: a held
+                    // `DeliveryDone` could meet the packet id reused by then.
+                    if pid.is_some() {
+                        self.log_requeued(s, &out, pid);
+                    }
+                    away.push(MsgId(out.sid));
+                }
+                Landed::Here | Landed::Away => {}
+                Landed::Nowhere => self.keep_shared(s, out, pid, stored),
             }
         }
+        if let (Some(j), false) = (self.journal.as_mut(), away.is_empty()) {
+            j.hold(HeldAck::ShareMoved {
+                session: s,
+                uid,
+                msgs: away,
+            });
+        }
+    }
+
+    /// Nobody else can take a shared delivery of session `s` (in flight under `pid`, or
+    /// queued): it goes to the back of the queue for the session's return, or is dropped
+    /// (counted) when the queue is full; `stored`: its log follows, in the same order.
+    fn keep_shared(&mut self, s: usize, out: Outgoing, pid: Option<PacketId>, stored: bool) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        if out.qos == QoS::AtMostOnce {
+            return;
+        }
+        let kept = out.clone();
+        if !sess.enqueue(out, &self.limits) {
+            self.fx.stats.dropped_queue += 1;
+            if stored {
+                self.log_delivery_gone(s, kept.sid, pid);
+            }
+            return;
+        }
+        if stored {
+            self.log_requeued(s, &kept, pid);
+        }
+    }
+
+    /// The peers that took session `s`'s shared deliveries `msgs` (in this log) have made
+    /// their records durable (the epoch's barrier): log the deliveries gone from `s`.
+    pub(super) fn share_moved_durable(&mut self, s: usize, uid: u64, msgs: Vec<MsgId>) {
+        let sess = self.sessions.get(s).filter(|x| x.uid == uid && x.logged);
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), sess) else {
+            return;
+        };
+        for msg in msgs {
+            j.log(Record::DeliveryDropped {
+                client_id: (&*sess.client_id).into(),
+                msg,
+            });
+        }
+    }
+
+    /// Session `s`'s stored delivery of message `sid` left it (moved to another member
+    /// here, or dropped): log its end, in flight under `pid` or queued (the id is the
+    /// delivery's own: [`super::journal::Journal::store_shared_msg`]).
+    fn log_delivery_gone(&mut self, s: usize, sid: u64, pid: Option<PacketId>) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
+            return;
+        };
+        let client_id = (&*sess.client_id).into();
+        j.log(match pid {
+            Some(packet_id) => Record::DeliveryDone {
+                client_id,
+                packet_id,
+            },
+            None => Record::DeliveryDropped {
+                client_id,
+                msg: MsgId(sid),
+            },
+        });
+    }
+
+    /// Session `s`'s stored delivery `out` (in flight under `pid`, or queued) is queued
+    /// again at the back: log it queued, then its old place gone. A cut between the two
+    /// leaves both (a duplicate), never neither.
+    fn log_requeued(&mut self, s: usize, out: &Outgoing, pid: Option<PacketId>) {
+        let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
+            return;
+        };
+        j.log(Record::DeliveryQueued {
+            client_id: (&*sess.client_id).into(),
+            msg: MsgId(out.sid),
+            qos: out.qos as u8,
+            retain: out.retain,
+            sub_ids: out.sub_ids.as_slice().into(),
+        });
+        if out.msg.txn != 0 {
+            deliver::log_txn(j, sess, out.msg.txn);
+        }
+        // The oldest unsent delivery of the id is the old place, not the one just queued.
+        self.log_delivery_gone(s, out.sid, pid);
     }
 
     /// A session (re)connected: it is online again in every group it belongs to.
@@ -316,13 +472,18 @@ fn dispatch<X>(
         return false;
     }
     let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
+    let mut unplaced = false;
     routes.share_groups().for_each_match(&msg.topic, |groups| {
         for g in groups.iter() {
-            if let Some(m) = g.pick(0) {
-                picks.push((m, g.key.clone()));
+            match g.pick(0) {
+                Some(m) => picks.push((m, g.key.clone())),
+                None => unplaced = true,
             }
         }
     });
+    if let (true, Some(v)) = (unplaced, sink.fx.share_unplaced.as_mut()) {
+        v.push(msg.clone());
+    }
     let matched = !picks.is_empty();
     for (member, key) in picks {
         let d = ShareDelivery {
@@ -344,12 +505,13 @@ fn send_share<X>(
     me: usize,
     d: ShareDelivery,
     now_ms: u64,
-) {
+) -> Landed {
     if d.member.shard == me {
-        deliver_shared(routes, sessions, sink, me, d, now_ms);
+        deliver_shared(routes, sessions, sink, me, d, now_ms)
     } else {
         let to = d.member.shard;
         sink.fx.outbox.push((to, Cast::ShareDeliver(Box::new(d))));
+        Landed::Away
     }
 }
 
@@ -361,33 +523,48 @@ fn deliver_shared<X>(
     me: usize,
     d: ShareDelivery,
     now_ms: u64,
-) {
+) -> Landed {
     let m = d.member;
-    let online = sessions.get(m.session).is_some_and(|s| {
-        s.uid == m.uid
-            && s.link
+    let here = sessions.get(m.session).is_some_and(|s| s.uid == m.uid);
+    let online = here
+        && sessions.get(m.session).is_some_and(|s| {
+            s.link
                 .is_some_and(|k| sink.links.get(k).is_some_and(|l| l.is_connected()))
-    });
+        });
     // A member that may not read the topic is passed over like an offline one.
-    if !online || !super::access::may_read(sessions, sink, m.session, &d.msg.topic) {
+    let readable = here && super::access::may_read(sessions, sink, m.session, &d.msg.topic);
+    if !online || !readable {
         let bounce = Bounce {
-            msg: d.msg,
+            msg: d.msg.clone(),
             key: &d.key,
             exclude: m.uid,
             hops: d.hops,
         };
-        redispatch(routes, sessions, sink, me, bounce, now_ms);
-        return;
+        let landed = redispatch(routes, sessions, sink, me, bounce, now_ms);
+        if landed != Landed::Nowhere || !readable {
+            if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
+                v.push(d.msg);
+            }
+            return landed;
+        }
+        // Nobody else can take it: it waits in this member's session for its return (as
+        // a departing member's deliveries do), rather than being lost.
     }
-    let out = Outgoing {
+    deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
+    Landed::Here
+}
+
+/// The delivery of a shared message to its chosen member, with the member's options.
+fn shared_outgoing(d: ShareDelivery) -> Outgoing {
+    let m = d.member;
+    Outgoing {
         qos: d.msg.qos.min(m.options.qos),
         retain: m.options.retain_as_published && d.msg.retain,
         sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
         share: Some(d.key),
         sid: 0,
         msg: d.msg,
-    };
-    deliver::deliver(sessions, sink, m.session, out, now_ms);
+    }
 }
 
 /// A shared message looking for another member of its group.
@@ -400,8 +577,8 @@ struct Bounce<'k> {
     hops: u8,
 }
 
-/// Send a shared message to another online member of its group. Returns false when there
-/// is none, or it has bounced `REDISPATCH_MAX` times (the caller keeps or drops it).
+/// Send a shared message to another online member of its group. [`Landed::Nowhere`] when
+/// there is none, or it has bounced `REDISPATCH_MAX` times (the caller keeps or drops it).
 fn redispatch<X>(
     routes: &Routes,
     sessions: &mut Sessions,
@@ -409,25 +586,26 @@ fn redispatch<X>(
     me: usize,
     b: Bounce<'_>,
     now_ms: u64,
-) -> bool {
+) -> Landed {
     if b.hops >= REDISPATCH_MAX {
-        return false;
+        return Landed::Nowhere;
     }
     let Some((group, filter)) = split_key(b.key) else {
-        return false;
+        return Landed::Nowhere;
     };
     let pick = routes
         .share_groups()
         .get(filter)
         .and_then(|gs| gs.iter().find(|g| &*g.name == group))
         .and_then(|g| g.pick(b.exclude));
-    let Some(member) = pick else { return false };
+    let Some(member) = pick else {
+        return Landed::Nowhere;
+    };
     let d = ShareDelivery {
         msg: b.msg,
         member,
         key: b.key.clone(),
         hops: b.hops + 1,
     };
-    send_share(routes, sessions, sink, me, d, now_ms);
-    true
+    send_share(routes, sessions, sink, me, d, now_ms)
 }

@@ -413,3 +413,5 @@ fn a_close_held_too_long_goes_without_its_output() {
     assert_eq!(b.on_closed(key, due), Some(()));
     end_turn(&mut b, due);
 }
+
+mod share_log;

@@ -383,12 +383,12 @@ impl Session {
     /// it). A QoS 2 delivery already sent stays in flight for the member's return, resent
     /// under the same packet id [MQTT-4.8.2-4]: the client may already hold it under that
     /// id, and sending it elsewhere (or back later under a new id) would deliver it twice.
-    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+    pub fn take_shared(&mut self) -> Vec<(Outgoing, Option<PacketId>)> {
         let mut taken = Vec::new();
         self.inflight.retain(|f| {
             let shared = f.out.share.is_some() && f.state == FlightState::AwaitAck;
             if shared {
-                taken.push(f.out.clone());
+                taken.push((f.out.clone(), Some(f.pid)));
             }
             !shared
         });
@@ -396,7 +396,7 @@ impl Session {
         for out in self.queue.drain(..) {
             if out.share.is_some() {
                 self.queue_bytes -= out.msg.weight();
-                taken.push(out);
+                taken.push((out, None));
             } else {
                 kept.push_back(out);
             }
@@ -523,12 +523,14 @@ mod tests {
         s.track(p2, shared(QoS::ExactlyOnce));
         s.enqueue(shared(QoS::ExactlyOnce), &LIMITS);
         let taken = s.take_shared();
-        let qos: Vec<QoS> = taken.iter().map(|o| o.qos).collect();
+        let qos: Vec<QoS> = taken.iter().map(|(o, _)| o.qos).collect();
         assert_eq!(
             qos,
             vec![QoS::AtLeastOnce, QoS::ExactlyOnce],
             "queued ones move too"
         );
+        assert_eq!(taken[0].1, Some(p1), "an in-flight one keeps its packet id");
+        assert_eq!(taken[1].1, None);
         assert_eq!(s.inflight.len(), 1);
         assert_eq!(s.inflight[0].pid, p2);
         assert!(s.queue.is_empty());

@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use super::client::parse_payload;
 use super::net::{ConnId, Net};
 use super::rng::Source;
 use crate::broker::{Broker, Cast, Effects, Ingested, LinkState};
@@ -98,6 +99,16 @@ pub struct Cluster {
     /// Client ids whose CONNACK was written to the network since the last
     /// [`Cluster::take_answered`], in order.
     answered: Vec<String>,
+    /// Shared messages no member could take, as (publisher, sequence number), since the
+    /// last [`Cluster::take_unplaced`].
+    unplaced: Vec<(usize, u32)>,
+}
+
+/// Shard `id` of `shards`, recording the shared messages no member could take.
+fn new_broker(id: usize, shards: usize, cfg: &Arc<Config>, now_ms: u64) -> Broker<Io> {
+    let mut b = Broker::new(id, shards, cfg.clone(), now_ms);
+    b.effects().share_unplaced = Some(Vec::new());
+    b
 }
 
 impl Cluster {
@@ -105,7 +116,7 @@ impl Cluster {
     pub fn new(shards: usize, cfg: Config, now_ms: u64) -> Cluster {
         let cfg = Arc::new(Config { shards, ..cfg });
         let brokers = (0..shards)
-            .map(|id| Broker::new(id, shards, cfg.clone(), now_ms))
+            .map(|id| new_broker(id, shards, &cfg, now_ms))
             .collect();
         Cluster {
             brokers,
@@ -115,6 +126,7 @@ impl Cluster {
             keys: Vec::new(),
             chaos: true,
             answered: Vec::new(),
+            unplaced: Vec::new(),
         }
     }
 
@@ -219,7 +231,7 @@ impl Cluster {
             k.to_broker.clear();
         }
         self.brokers = (0..n)
-            .map(|id| Broker::new(id, n, self.cfg.clone(), now_ms))
+            .map(|id| new_broker(id, n, &self.cfg, now_ms))
             .collect();
         self.start_store(now_ms)
     }
@@ -228,6 +240,12 @@ impl Cluster {
     /// call: with persistence, each stored session must be durable by then.
     pub fn take_answered(&mut self) -> Vec<String> {
         std::mem::take(&mut self.answered)
+    }
+
+    /// Shared messages (publisher, sequence number) that found no member online since the
+    /// last call: owed to nobody.
+    pub fn take_unplaced(&mut self) -> Vec<(usize, u32)> {
+        std::mem::take(&mut self.unplaced)
     }
 
     /// Whether client `id` has a session in what the disk would keep if the power failed
@@ -317,6 +335,11 @@ impl Cluster {
         }
         self.brokers[i].on_timers(now_ms);
         self.brokers[i].journal_end_turn(now_ms);
+        if let Some(v) = self.brokers[i].effects().share_unplaced.as_mut() {
+            let msgs = std::mem::take(v);
+            let keys = msgs.iter().filter_map(|m| parse_payload(&m.payload));
+            self.unplaced.extend(keys);
+        }
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);
         self.close_pending(i, now_ms, net);

@@ -329,6 +329,8 @@ impl World {
     fn shard_turn(&mut self, s: usize) {
         self.cluster
             .turn(s, self.now_ms, &mut self.net, &mut self.rng);
+        let unplaced = self.cluster.take_unplaced();
+        self.oracle.share_unplaced.extend(unplaced);
         for id in self.cluster.take_answered() {
             let stored = self.clients.iter().any(|c| c.id == id && !c.clean);
             if !stored {

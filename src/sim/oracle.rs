@@ -17,11 +17,14 @@
 //!   reach one subscriber first in the order they were published (redeliveries aside).
 //! - Share groups: while no member loses a connection, a message due to the group reaches
 //!   exactly one member (if the broker saw it once: a publisher's QoS 1 resend is a new
-//!   message to route). Once one has, only "each member hands a QoS 2 message to its
-//!   application once" is checked: a member that goes away has its unacknowledged messages
-//!   given to another member (which may duplicate them), and a message published while no
-//!   member is online goes to nobody (`docs/architecture.md`: offline members get no new
-//!   messages).
+//!   message to route). Once one has, duplicates are allowed (a member that goes away has
+//!   its unacknowledged messages given to another member), but each member hands a QoS 2
+//!   message to its application once, and a message due to the group still reaches at
+//!   least one member, across disconnects and power cuts, unless the broker found no member
+//!   online when it routed it (`docs/architecture.md`: offline members get no new
+//!   messages). That one fact comes from the broker, not the wire: which member is online
+//!   in the routing shard's replica is the broker's to know
+//!   (`Effects::share_unplaced`, recorded by the simulation's driver).
 //! - Retained: every shard's replica ends with each topic's last accepted message.
 //! - Wills: the Will of a connection that ended without DISCONNECT after its CONNACK (its
 //!   network failed, the broker closed it, or its client took the session over) reaches a
@@ -109,6 +112,8 @@ pub struct Oracle {
     pub violations: Vec<String>,
     /// A share-group member lost a connection during the run.
     pub member_disrupted: bool,
+    /// Messages the broker found no share-group member online for (owed to nobody).
+    pub share_unplaced: BTreeSet<(usize, u32)>,
 }
 
 impl Oracle {
@@ -370,6 +375,11 @@ impl Oracle {
                 let n = got.get(&key).map_or(0, BTreeSet::len);
                 if n == 0 && !self.member_disrupted {
                     errors.push(format!("share group never got {}:{}", key.0, key.1));
+                } else if n == 0 && !self.share_unplaced.contains(&key) {
+                    errors.push(format!(
+                        "share group never got {}:{}, routed to a member (acknowledged, lost)",
+                        key.0, key.1
+                    ));
                 } else if n > 1 && !self.member_disrupted && self.routed_once(key) {
                     errors.push(format!(
                         "share group got {}:{} at {n} members, with no member ever disconnected",

@@ -1,0 +1,333 @@
+//! A share-group member going offline hands its deliveries to another member: the log
+//! follows the move (docs/persistence.md, "Share-group moves"). Stored shard cores on one
+//! simulated disk, the bus and the log's sync run by hand; what a power cut would keep is
+//! read back from the disk's durable part.
+
+use std::sync::Arc;
+
+use super::{publish_packet, stored_connect_packet, string, with_len, Cores, NOW_MS, STORE_DIR};
+use crate::broker::{Broker, Ingested};
+use crate::config::Config;
+use crate::store::{self, SimDisk};
+
+/// `n` shard cores whose logs are on `disk` (empty), an in-flight window of one.
+fn stored_cores(disk: &SimDisk, n: usize) -> Cores {
+    use crate::store::{Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
+    let data = std::path::Path::new(STORE_DIR);
+    store::install_on(disk, data, &vec![LiveState::default(); n]).expect("install");
+    let cfg = Arc::new(Config {
+        shards: n,
+        max_inflight: 1,
+        ..Config::default()
+    });
+    let shards = (0..n)
+        .map(|i| {
+            let opts = WalOptions {
+                segment_bytes_max: 1 << 20,
+                sync: SyncMode::Always,
+                checkpoint: CheckpointPolicy {
+                    log_bytes_max: u64::MAX,
+                    interval_s: 0,
+                },
+                background: Background::Manual,
+            };
+            let dir = store::layout::shard_dir(data, i);
+            let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("log");
+            let j = crate::broker::journal::Journal::new(wal, LiveState::default(), n, 0);
+            let mut b = Broker::new(i, n, cfg.clone(), NOW_MS);
+            b.attach_journal(j);
+            b
+        })
+        .collect();
+    Cores { shards }
+}
+
+/// The deliveries of each client in what `disk` would keep through a power cut now, as
+/// (QoS, has a packet id), oldest first; a client without a session is absent.
+fn durable(disk: &SimDisk) -> std::collections::BTreeMap<String, Vec<(u8, bool)>> {
+    let copy = Arc::new(disk.durable_copy());
+    let rec = store::recover_all_on(copy, std::path::Path::new(STORE_DIR)).expect("recover");
+    rec.state
+        .sessions
+        .iter()
+        .map(|(id, s)| {
+            let ds = s.deliveries.iter().map(|d| (d.qos, d.packet_id.is_some()));
+            (id.clone(), ds.collect())
+        })
+        .collect()
+}
+
+/// Shard `i` ends a turn (its batch written, barriers and answers cast).
+fn end_turn(c: &mut Cores, i: usize) {
+    c.shards[i].journal_end_turn(NOW_MS);
+}
+
+/// Shard `i`'s log syncs; whether there was anything to sync.
+fn sync(c: &mut Cores, i: usize) -> bool {
+    let mut any = false;
+    while c.shards[i].journal_background(true) {
+        any = true;
+    }
+    any
+}
+
+/// Carry every cast waiting in shard `from`'s outbox.
+fn carry(c: &mut Cores, from: usize) {
+    let casts = std::mem::take(&mut c.shards[from].effects().outbox);
+    for (to, cast) in casts {
+        c.shards[to].on_cast(cast, NOW_MS);
+    }
+}
+
+/// Turns, syncs and casts until nothing is held or in transit.
+fn settle(c: &mut Cores) {
+    for _ in 0..50 {
+        let mut moved = false;
+        for i in 0..c.shards.len() {
+            end_turn(c, i);
+            moved |= sync(c, i);
+            end_turn(c, i);
+            moved |= sync(c, i);
+        }
+        for i in 0..c.shards.len() {
+            moved |= !c.shards[i].effects().outbox.is_empty();
+            carry(c, i);
+        }
+        let held: usize = c.shards.iter().map(Broker::held_acks).sum();
+        if !moved && held == 0 {
+            return;
+        }
+    }
+    panic!("the stored cores never settle");
+}
+
+/// A stored session `id` connects through its home shard and subscribes to each filter
+/// at its QoS; returns (home shard, key).
+fn member(c: &mut Cores, id: &str, subs: &[(&str, u8)]) -> (usize, usize) {
+    let home = crate::broker::home_shard(id, c.shards.len());
+    let key = c.shards[home].accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let mut input = stored_connect_packet(id);
+    for (i, (filter, qos)) in subs.iter().enumerate() {
+        let mut body = vec![0, i as u8 + 1];
+        body.extend(string(filter));
+        body.push(*qos);
+        input.extend(with_len(0x82, &body));
+    }
+    let used = c.shards[home].ingest(key, &input, NOW_MS);
+    assert_eq!(used, (input.len(), Ingested::More));
+    settle(c);
+    (home, key)
+}
+
+/// The `k`-th client id (from 0) whose home is shard `home` of `shards`.
+fn homed(home: usize, shards: usize, k: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("c{i}"))
+        .filter(|id| crate::broker::home_shard(id, shards) == home)
+        .nth(k)
+        .expect("ids hash to every shard")
+}
+
+/// A clean-session publisher homed on shard `at` connects and sends `t` at QoS `qos`
+/// (1 or 2).
+fn publish(c: &mut Cores, at: usize, qos: u8) {
+    let key = c.shards[at].accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+    let id = format!("pub-{}", homed(at, c.shards.len(), 0));
+    let id = (0..10_000)
+        .map(|i| format!("{id}-{i}"))
+        .find(|id| crate::broker::home_shard(id, c.shards.len()) == at)
+        .expect("ids hash to every shard");
+    let mut input = super::connect_packet(&id);
+    let mut p = publish_packet("t", b"m");
+    p[0] = 0x30 | (qos << 1);
+    input.extend(p);
+    let (used, _) = c.shards[at].ingest(key, &input, NOW_MS);
+    assert_eq!(used, input.len());
+    settle(c);
+}
+
+/// Shard `home` sees the connection `key` of a member end (its network failed).
+fn drop_link(c: &mut Cores, (home, key): (usize, usize)) {
+    assert!(c.shards[home].on_closed(key, NOW_MS).is_some());
+}
+
+/// Both members on one shard: the departing member's in-flight delivery moves to the
+/// other, and the log says so in one batch: after a power cut the first member does not
+/// get it again.
+#[test]
+fn a_move_between_members_of_one_shard_is_logged_with_the_first_ones_end() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    let a = member(&mut c, "a", &[("$share/g/t", 1)]);
+    member(&mut c, "b", &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    let before = durable(&disk);
+    assert_eq!(
+        before["a"],
+        [(1, true)],
+        "the first member has it in flight"
+    );
+    assert_eq!(before["b"], []);
+
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    assert_eq!(durable(&disk), before, "nothing durable yet");
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after["a"], [], "gone from the first member");
+    assert_eq!(after["b"], [(1, true)], "sent to the second");
+}
+
+/// Members on two shards: the departing member's end is logged only once the other
+/// shard's records of the move are durable; until then a power cut leaves the delivery
+/// with the first member (re-logged as queued), never with neither.
+#[test]
+fn a_move_to_another_shard_ends_the_first_delivery_only_once_the_peer_is_durable() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    member(&mut c, &idb, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    let now = durable(&disk);
+    assert_eq!(now[&ida], [(1, false)], "re-logged as queued at once");
+    assert_eq!(now[&idb], [], "the move has not reached the peer");
+
+    carry(&mut c, 0);
+    end_turn(&mut c, 1);
+    carry(&mut c, 1);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    let now = durable(&disk);
+    assert_eq!(
+        now[&ida],
+        [(1, false)],
+        "held: the peer's records are not durable"
+    );
+    assert_eq!(now[&idb], []);
+
+    sync(&mut c, 1);
+    end_turn(&mut c, 1);
+    assert_eq!(
+        durable(&disk)[&idb],
+        [(1, true)],
+        "the peer's records are durable"
+    );
+    assert_eq!(
+        durable(&disk)[&ida],
+        [(1, false)],
+        "both for now: a duplicate at most"
+    );
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "the drop followed the barrier");
+    assert_eq!(after[&idb], [(1, true)]);
+}
+
+/// With no other member online the delivery stays with the departing member: an
+/// in-flight one is logged queued again (its packet id ends).
+#[test]
+fn a_delivery_nobody_else_takes_stays_queued_with_the_member() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    let a = member(&mut c, "a", &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)["a"], [(1, true)]);
+    drop_link(&mut c, a);
+    settle(&mut c);
+    assert_eq!(durable(&disk)["a"], [(1, false)]);
+}
+
+/// A session with a normal subscription and a share-group membership that match the same
+/// message holds two deliveries of it; when the shared ones move, the log ends exactly
+/// those, not the normal deliveries (which have another QoS). The message comes from
+/// another shard, so the normal delivery is made first (its `Publish` cast is ahead of the
+/// `ShareDeliver`): with one message id for both, ending "the oldest unsent delivery of
+/// the message" would end the normal one.
+#[test]
+fn a_moved_shared_delivery_is_told_apart_from_a_normal_one_of_the_same_message() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ids, idb) = (homed(0, 2, 0), homed(0, 2, 1));
+    let s = member(&mut c, &ids, &[("t", 2), ("$share/g/t", 1)]);
+    // Window 1: m1's normal delivery is in flight, its shared one queued; m2's are both
+    // queued, the normal one first.
+    publish(&mut c, 1, 2);
+    publish(&mut c, 1, 2);
+    let before = durable(&disk);
+    assert_eq!(
+        before[&ids],
+        [(2, true), (1, false), (2, false), (1, false)]
+    );
+
+    member(&mut c, &idb, &[("$share/g/t", 1)]);
+    drop_link(&mut c, s);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(
+        after[&ids],
+        [(2, true), (2, false)],
+        "the normal deliveries stay"
+    );
+    assert_eq!(
+        after[&idb],
+        [(1, true), (1, false)],
+        "the shared ones moved"
+    );
+}
+
+/// A message sent to a member that went offline before it arrived, with no other member
+/// online, waits in that member's session rather than being lost.
+#[test]
+fn a_shared_delivery_for_a_member_gone_offline_meanwhile_waits_for_it() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let ida = homed(1, 2, 0);
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    // Shard 0 has not heard yet that the member went offline when the message comes.
+    drop_link(&mut c, a);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, false)], "queued for its return");
+}
+
+/// A move that reaches a stored member gone offline meanwhile is queued there (durable
+/// before the first member's end is logged) and moved on from there the same way: each
+/// hop is durable before the one before it is logged gone.
+#[test]
+fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 3);
+    let (ida, idb, idc) = (homed(0, 3, 0), homed(1, 3, 0), homed(2, 3, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    let b = member(&mut c, &idb, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+    member(&mut c, &idc, &[("$share/g/t", 1)]);
+
+    // B goes offline; shard 0 has not heard when A goes offline too and moves to B.
+    drop_link(&mut c, b);
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    carry(&mut c, 0);
+    assert_eq!(durable(&disk)[&ida], [(1, false)]);
+    // Shard 1: B takes it into its queue and moves it on to C (shard 2).
+    end_turn(&mut c, 1);
+    sync(&mut c, 1);
+    end_turn(&mut c, 1);
+    let now = durable(&disk);
+    assert_eq!(now[&idb], [(1, false)], "durable with B before A's end");
+    assert_eq!(now[&idc], []);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], []);
+    assert_eq!(after[&idb], [], "moved on");
+    assert_eq!(after[&idc], [(1, true)]);
+}
