@@ -800,15 +800,12 @@ mod tests {
         w.oracle.violations.clone()
     }
 
-    /// A persistent session's client takes its session over: the old connection's Will
-    /// is due. Its CONNECT record was durable (its CONNACK arrived), so a power cut right
-    /// after the takeover's records are durable must not lose that Will.
-    #[test]
-    fn a_will_due_at_a_takeover_survives_a_power_cut() {
-        let watcher = Client::new(0, "c0".into(), Version::V3_1_1, Role::Watcher, 0);
-        let mut dying = Client::new(1, "c1".into(), Version::V3_1_1, Role::Publisher, 0);
+    /// A world of `shards` shards where `watcher` (client 0) has subscribed, then `dying`
+    /// (client 1, with a Will owed to the watcher) has connected and had a publish
+    /// acknowledged; the next step is the caller's.
+    fn a_watched_will(shards: usize, watcher: Client, mut dying: Client) -> World {
         dying.has_will = true;
-        let mut w = scripted(1, vec![watcher, dying]);
+        let mut w = scripted(shards, vec![watcher, dying]);
         w.connect(0);
         rounds(&mut w);
         assert!(w.clients[0].subscribed, "the watcher's SUBACK");
@@ -824,6 +821,17 @@ mod tests {
             "the publisher is connected and acknowledged"
         );
         w.step += 1;
+        w
+    }
+
+    /// A persistent session's client takes its session over: the old connection's Will
+    /// is due. Its CONNECT record was durable (its CONNACK arrived), so a power cut right
+    /// after the takeover's records are durable must not lose that Will.
+    #[test]
+    fn a_will_due_at_a_takeover_survives_a_power_cut() {
+        let watcher = Client::new(0, "c0".into(), Version::V3_1_1, Role::Watcher, 0);
+        let dying = Client::new(1, "c1".into(), Version::V3_1_1, Role::Publisher, 0);
+        let mut w = a_watched_will(1, watcher, dying);
         w.take_over(1);
         // The new CONNECT is read and its session record written; the old connection's
         // Will must be logged before that record (it was once published only when the old
@@ -881,23 +889,8 @@ mod tests {
     #[test]
     fn a_will_sent_to_another_shard_survives_a_power_cut() {
         let watcher = Client::new(0, id_on(0, 2), Version::V5, Role::Watcher, 0);
-        let mut dying = Client::new(1, id_on(1, 2), Version::V3_1_1, Role::Publisher, 0);
-        dying.has_will = true;
-        let mut w = scripted(2, vec![watcher, dying]);
-        w.connect(0);
-        rounds(&mut w);
-        assert!(w.clients[0].subscribed, "the watcher's SUBACK");
-        w.step += 1;
-        w.connect(1);
-        rounds(&mut w);
-        w.publish(1);
-        rounds(&mut w);
-        assert_eq!(
-            w.clients[1].outstanding(),
-            0,
-            "the publisher is connected and acknowledged"
-        );
-        w.step += 1;
+        let dying = Client::new(1, id_on(1, 2), Version::V3_1_1, Role::Publisher, 0);
+        let mut w = a_watched_will(2, watcher, dying);
         w.break_conn(1);
         // Shard 1 sees the broken connection and closes it: the Will is cast to shard 0
         // and the session's record appended; its next turn writes them, then they sync.
