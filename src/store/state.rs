@@ -38,6 +38,32 @@ pub struct Delivery {
     pub txn: u64,
 }
 
+impl Delivery {
+    /// A delivery as its first record leaves it: queued, or in flight under `packet_id`
+    /// when it was queued and sent at once.
+    fn new(
+        msg: MsgId,
+        qos: u8,
+        retain: bool,
+        sub_ids: Vec<u32>,
+        packet_id: Option<NonZeroU16>,
+    ) -> Delivery {
+        let state = match packet_id {
+            Some(_) => DeliveryState::InFlight,
+            None => DeliveryState::Queued,
+        };
+        Delivery {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            packet_id,
+            state,
+            txn: 0,
+        }
+    }
+}
+
 /// A persistent session as recovered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionState {
@@ -163,15 +189,8 @@ impl LiveState {
                 sub_ids,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    s.deliveries.push(Delivery {
-                        msg,
-                        qos,
-                        retain,
-                        sub_ids: sub_ids.into_owned(),
-                        packet_id: None,
-                        state: DeliveryState::Queued,
-                        txn: 0,
-                    });
+                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), None);
+                    s.deliveries.push(d);
                 }
             }
             Record::DeliveryQueuedSent {
@@ -183,15 +202,8 @@ impl LiveState {
                 packet_id,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    s.deliveries.push(Delivery {
-                        msg,
-                        qos,
-                        retain,
-                        sub_ids: sub_ids.into_owned(),
-                        packet_id: Some(packet_id),
-                        state: DeliveryState::InFlight,
-                        txn: 0,
-                    });
+                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), Some(packet_id));
+                    s.deliveries.push(d);
                 }
             }
             Record::DeliverySent {
