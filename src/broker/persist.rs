@@ -333,6 +333,7 @@ impl<X> Broker<X> {
                 if let Some(j) = self.journal.as_mut() {
                     j.committed(me, txn, true);
                 }
+                self.fx.bridge_commits_moved = true;
             }
             HeldAck::WillDone { id } => {
                 if let Some(j) = self.journal.as_mut() {
@@ -344,6 +345,9 @@ impl<X> Broker<X> {
                 self.share_moved_durable(session, uid, msgs)
             }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
+            HeldAck::BridgeRecords { bridge, batch } => {
+                self.fx.bridge_durable.push((bridge, batch))
+            }
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })
             }
