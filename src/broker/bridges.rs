@@ -94,6 +94,11 @@ impl BridgeRoutes {
         r
     }
 
+    /// Whether this shard runs a bridge with an `out`/`both` rule.
+    pub fn any_here(&self) -> bool {
+        !self.mine.is_empty()
+    }
+
     /// The shards (other than `me`) that run a bridge wanting `topic`.
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;

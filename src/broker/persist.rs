@@ -333,7 +333,8 @@ impl<X> Broker<X> {
                 if let Some(j) = self.journal.as_mut() {
                     j.committed(me, txn, true);
                 }
-                self.fx.bridge_commits_moved = true;
+                // Only a shard that runs a bridge needs another turn for it.
+                self.fx.bridge_commits_moved |= self.bridges.any_here();
             }
             HeldAck::WillDone { id } => {
                 if let Some(j) = self.journal.as_mut() {
