@@ -542,3 +542,55 @@ fn the_retained_walk_is_sliced_and_changes_meanwhile_are_sane() {
         assert_eq!(live, Some(&b"new"[..]), "{t} live");
     }
 }
+
+/// 100 clients with 50 subscriptions each close in one turn (as after a network cut):
+/// their client ids are free at once, and their 5,000 filters leave the routes at most
+/// `UNROUTES_PER_TURN_MAX` per turn, over the following turns, all of them.
+#[test]
+fn sessions_closing_together_leave_the_routes_within_the_turn_budget() {
+    use super::close::UNROUTES_PER_TURN_MAX;
+    const CLIENTS: usize = 100;
+    const SUBS: usize = 50;
+    let mut net = Cores::new(1);
+    let mut keys = Vec::new();
+    for i in 0..CLIENTS {
+        let c = net.connect(0, &format!("closer-{i}"));
+        let filters: Vec<String> = (0..SUBS).map(|j| format!("c/{i}/{j}")).collect();
+        net.send(c, &subscribe_qos0_packet(&filters));
+        keys.push(c.1);
+    }
+    let b = &mut net.shards[0];
+    assert_eq!(b.routes.local_filters().len(), CLIENTS * SUBS);
+    let mut now = NOW_MS + 1;
+    b.begin_turn(now);
+    for &k in &keys {
+        assert!(b.on_closed(k, now).is_some());
+    }
+    assert!((0..CLIENTS).all(|i| b.sessions.find(&format!("closer-{i}")).is_none()));
+    let mut left = b.routes.local_filters().len();
+    assert!(
+        CLIENTS * SUBS - left <= UNROUTES_PER_TURN_MAX,
+        "{left} left"
+    );
+    let mut turns = 0;
+    while b.timers_backlog() {
+        turns += 1;
+        assert!(turns < 100, "never done");
+        now += 1;
+        b.begin_turn(now);
+        b.on_timers(now);
+        let l = b.routes.local_filters().len();
+        assert!(
+            left - l <= UNROUTES_PER_TURN_MAX,
+            "{} in one turn",
+            left - l
+        );
+        left = l;
+    }
+    assert_eq!(left, 0);
+    assert_eq!(b.sessions().count(), 0);
+    assert!(
+        turns >= CLIENTS * SUBS / UNROUTES_PER_TURN_MAX,
+        "{turns} turns"
+    );
+}
