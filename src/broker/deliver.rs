@@ -157,9 +157,27 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
             retain,
             sub_ids: sub_ids.as_slice().into(),
         });
-        if let Some(o) = sess.queue.back().filter(|o| o.msg.txn != 0) {
-            log_txn(j, sess, o.msg.txn);
+        if let Some(o) = sess.queue.back() {
+            if o.msg.txn != 0 {
+                log_txn(j, sess, o.msg.txn);
+            }
+            log_share(j, sess, o.share.as_deref());
         }
+    }
+}
+
+/// Log that the delivery just queued came through share group `key` (`$share/g/f`), if
+/// any: after a restart it still moves to another member when its session goes offline.
+pub(super) fn log_share(j: &mut Journal, sess: &Session, key: Option<&str>) {
+    let split = key
+        .and_then(|k| k.strip_prefix("$share/"))
+        .and_then(|r| r.split_once('/'));
+    if let Some((group, filter)) = split {
+        j.log(Record::DeliveryShare {
+            client_id: (&*sess.client_id).into(),
+            group: group.into(),
+            filter: filter.into(),
+        });
     }
 }
 
@@ -205,8 +223,11 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
         }),
     }
     // The routing of the delivery just queued (`DeliveryTxn` names the newest one).
-    if out.msg.txn != 0 && !matches!(step, Step::Sent(_)) {
-        log_txn(j, sess, out.msg.txn);
+    if !matches!(step, Step::Sent(_)) {
+        if out.msg.txn != 0 {
+            log_txn(j, sess, out.msg.txn);
+        }
+        log_share(j, sess, out.share.as_deref());
     }
 }
 

@@ -407,6 +407,7 @@ impl<X> Broker<X> {
         if out.msg.txn != 0 {
             deliver::log_txn(j, sess, out.msg.txn);
         }
+        deliver::log_share(j, sess, out.share.as_deref());
         // The oldest unsent delivery of the id is the old place, not the one just queued.
         self.log_delivery_gone(s, out.sid, pid);
     }

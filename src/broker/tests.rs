@@ -415,3 +415,4 @@ fn a_close_held_too_long_goes_without_its_output() {
 }
 
 mod share_log;
+mod will_log;
