@@ -414,5 +414,6 @@ fn a_close_held_too_long_goes_without_its_output() {
     end_turn(&mut b, due);
 }
 
+mod qos2_log;
 mod share_log;
 mod will_log;
