@@ -115,11 +115,7 @@ impl<X> Broker<X> {
                     .map_or(String::new(), |r| format!(" (reason 0x{:02x})", r.to_u8()))
             );
         }
-        let will = if link.publish_will {
-            link.will.take()
-        } else {
-            None
-        };
+        let will = link.will.take();
         let s = link.session;
         let still_ours =
             s.is_some_and(|s| self.sessions.get(s).is_some_and(|x| x.link == Some(key)));
@@ -127,18 +123,24 @@ impl<X> Broker<X> {
             let session_ends = s
                 .and_then(|s| self.sessions.get(s))
                 .is_none_or(|x| x.expiry_s == 0);
-            if !self.may_publish_will(link.acl_client(), link.listener, &w) {
+            if !link.publish_will {
+                // A DISCONNECT with 0x00, or a shutdown: the Will is discarded.
+                self.will_dropped(&w);
+            } else if !self.may_publish_will(link.acl_client(), link.listener, &w) {
                 // Rights revoked since CONNECT: the Will is not published.
+                self.will_dropped(&w);
             } else if w.delay_s == 0 || (still_ours && session_ends) {
-                self.publish_will(w.into_message(now_ms), now_ms);
+                self.publish_stored_will(*w, now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
                 if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
                     sess.will = Some(w);
                 }
+            } else {
+                // The session was taken over and lives on: a delayed Will is cancelled by
+                // that resumption [MQTT-3.1.3-9].
+                self.will_dropped(&w);
             }
-            // Otherwise the session was taken over and lives on: a delayed Will is cancelled
-            // by that resumption [MQTT-3.1.3-9].
         }
         let (Some(s), true) = (s, still_ours) else {
             return;
@@ -195,16 +197,33 @@ impl<X> Broker<X> {
             return;
         };
         if w.delay_s == 0 && self.may_publish_will(link.acl_client(), link.listener, &w) {
-            self.publish_will(w.into_message(now_ms), now_ms);
+            self.publish_stored_will(*w, now_ms);
+        } else {
+            self.will_dropped(&w);
         }
     }
 
-    /// Publish a Will. With a store it is logged first as pending (`Record::WillPending`:
-    /// before any record that drops it from its session's parameters, which all come
-    /// later), and logged done once its deliveries are durable on every shard it reached
-    /// (a held action, released after this shard's log and the peers' barriers): a power
-    /// cut in between publishes it again at restart, a duplicate and never a loss.
-    pub(super) fn publish_will(&mut self, mut msg: Message, now_ms: u64) {
+    /// A Will its connection ended without publishing: if it was logged at CONNECT (a
+    /// clean session's, `Record::WillArmed`), log it done so recovery does not publish it.
+    fn will_dropped(&mut self, w: &StoredWill) {
+        if let (Some(j), true) = (self.journal.as_mut(), w.log_id != 0) {
+            j.log(Record::WillDone { id: w.log_id });
+        }
+    }
+
+    /// Publish Will `w` now, under the number it was logged with at CONNECT, if any.
+    fn publish_stored_will(&mut self, w: StoredWill, now_ms: u64) {
+        let id = w.log_id;
+        self.publish_will(id, w.into_message(now_ms), now_ms);
+    }
+
+    /// Publish a Will (`log_id`: its number if it was logged at CONNECT, else 0). With a
+    /// store it is logged first as pending (`Record::WillPending`: before any record that
+    /// drops it from its session's parameters, which all come later), and logged done once
+    /// its deliveries are durable on every shard it reached (a held action, released after
+    /// this shard's log and the peers' barriers): a power cut in between publishes it again
+    /// at restart, a duplicate and never a loss.
+    pub(super) fn publish_will(&mut self, log_id: u64, mut msg: Message, now_ms: u64) {
         let Some(j) = self.journal.as_mut() else {
             self.publish_message(msg, now_ms);
             return;
@@ -212,7 +231,10 @@ impl<X> Broker<X> {
         if msg.retain {
             msg.retain_stamp = self.retained.next_stamp(self.shard_id);
         }
-        let id = j.next_will_id();
+        let id = match log_id {
+            0 => j.next_will_id(),
+            id => id,
+        };
         let unix = j.unix_ms(now_ms);
         j.log(Record::WillPending {
             id,
@@ -246,13 +268,40 @@ impl<X> Broker<X> {
             return;
         };
         let wills = j.take_restored_wills();
-        if wills.is_empty() {
-            return;
-        }
         let unix = j.unix_ms(now_ms);
+        self.publish_armed_wills(now_ms);
         for (id, stamp, m) in wills {
             let msg = super::journal::from_stored(&m, unix, now_ms, stamp);
             self.route_will(id, Arc::new(msg), now_ms);
+        }
+    }
+
+    /// Publish the clean sessions' Wills recovery found armed: their connections were open
+    /// when the broker stopped, and a crash counts as a connection's end (on the first
+    /// turn, as `republish_wills`). Each is logged pending under its number, as at a close.
+    fn publish_armed_wills(&mut self, now_ms: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        let armed = j.take_restored_armed();
+        if armed.is_empty() {
+            return;
+        }
+        let unix = j.unix_ms(now_ms);
+        for (id, w) in armed {
+            let stored = crate::store::StoredMessage {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                expires_at_unix_ms: None,
+                props: w.props,
+            };
+            let mut msg = super::journal::from_stored(&stored, unix, now_ms, 0);
+            msg.expires_at_ms = w
+                .expiry_interval_s
+                .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
+            self.publish_will(id, msg, now_ms);
         }
     }
 
@@ -283,18 +332,19 @@ impl<X> Broker<X> {
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
-        self.log_session_ended(&sess);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.
             self.unroute(s, sess.uid, &f);
         }
+        // The Will is logged pending before the record that drops it with its session.
         if let Some(w) = sess.will.take() {
             if self.may_publish_will(sess.acl_client(), sess.listener, &w) {
                 let now = self.now_ms;
-                self.publish_will(w.into_message(now), now);
+                self.publish_stored_will(*w, now);
             }
         }
+        self.log_session_ended(&sess);
     }
 
     /// End a session over several turns: its pending Will goes now (if its publisher may
@@ -308,7 +358,7 @@ impl<X> Broker<X> {
                 .is_some_and(|x| self.may_publish_will(x.acl_client(), x.listener, &w));
             if permitted {
                 let now = self.now_ms;
-                self.publish_will(w.into_message(now), now);
+                self.publish_stored_will(*w, now);
             }
         }
         if let Some(sess) = self.sessions.get(s) {
@@ -453,8 +503,17 @@ impl<X> Broker<X> {
                 .get(s)
                 .is_some_and(|x| b.may_publish_will(x.acl_client(), x.listener, w))
         };
-        if let Some(w) = will.filter(|w| permitted(self, w)) {
-            self.publish_will(w.into_message(now_ms), now_ms);
+        let Some(w) = will else {
+            return;
+        };
+        if permitted(self, &w) {
+            self.publish_stored_will(*w, now_ms);
+        }
+        // The session's record still holds the Will: log it without, after the Will's
+        // own record, or a restart would publish it again after its delay.
+        let logged = self.sessions.get(s).filter(|x| x.logged);
+        if let (Some(j), Some(sess)) = (self.journal.as_mut(), logged) {
+            j.drop_session_will(&sess.client_id);
         }
     }
 

@@ -197,9 +197,12 @@ impl<X> Broker<X> {
                 ),
                 delay_s: w.properties.will_delay_interval.unwrap_or(0),
                 expiry_s: w.properties.message_expiry_interval,
+                log_id: 0,
             })
         });
+        let mut will = will;
         self.log_session(s, c.version.level(), will.as_deref());
+        self.arm_will(s, will.as_deref_mut());
         self.backup_subs(s);
         self.attach(key, s, c, keep_alive, will, &id, now_ms);
         let ka_override = (keep_alive != c.keep_alive).then_some(keep_alive);

@@ -158,6 +158,24 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
             sub_ids: sub_ids.as_slice().into(),
             txn,
         });
+        if let Some(o) = sess.queue.back() {
+            log_share(j, sess, o.share.as_deref());
+        }
+    }
+}
+
+/// Log that the delivery just queued came through share group `key` (`$share/g/f`), if
+/// any: after a restart it still moves to another member when its session goes offline.
+pub(super) fn log_share(j: &mut Journal, sess: &Session, key: Option<&str>) {
+    let split = key
+        .and_then(|k| k.strip_prefix("$share/"))
+        .and_then(|r| r.split_once('/'));
+    if let Some((group, filter)) = split {
+        j.log(Record::DeliveryShare {
+            client_id: (&*sess.client_id).into(),
+            group: group.into(),
+            filter: filter.into(),
+        });
     }
 }
 
@@ -196,6 +214,10 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
             packet_id,
             state: DeliveryState::InFlight,
         }),
+    }
+    // The share group of the delivery just queued (`DeliveryShare` names the newest one).
+    if !matches!(step, Step::Sent(_)) {
+        log_share(j, sess, out.share.as_deref());
     }
 }
 

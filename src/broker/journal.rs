@@ -29,6 +29,7 @@ use crate::session::message::Publisher;
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
     LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, StoredMessage, Subscription, Wal,
+    Will,
 };
 
 /// A retained message of the recovered store: topic, message, stamp, publisher.
@@ -203,6 +204,9 @@ pub struct Journal {
     next_will: u64,
     /// Wills recovery found pending, to publish again on the first turn.
     restored_wills: Vec<(u64, u64, StoredMessage<'static>)>,
+    /// Clean sessions' Wills recovery found armed (their connections ended with the
+    /// crash), to publish on the first turn.
+    restored_armed: Vec<(u64, Will<'static>)>,
 }
 
 impl Journal {
@@ -214,6 +218,11 @@ impl Journal {
             .pending_wills
             .iter()
             .map(|(&id, (stamp, msg))| (id, *stamp, msg.clone()))
+            .collect();
+        let restored_armed = shadow
+            .armed_wills
+            .iter()
+            .map(|(&id, w)| (id, w.clone()))
             .collect();
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
         // first sweep waits until the count doubles, as after any sweep.
@@ -245,6 +254,7 @@ impl Journal {
             commit_news: false,
             next_will,
             restored_wills,
+            restored_armed,
         }
     }
 
@@ -258,6 +268,33 @@ impl Journal {
     /// The Wills recovery found pending (number, retained stamp, message), once.
     pub fn take_restored_wills(&mut self) -> Vec<(u64, u64, StoredMessage<'static>)> {
         std::mem::take(&mut self.restored_wills)
+    }
+
+    /// The clean sessions' Wills recovery found armed (number, Will), once.
+    pub fn take_restored_armed(&mut self) -> Vec<(u64, Will<'static>)> {
+        std::mem::take(&mut self.restored_armed)
+    }
+
+    /// A stored session's Will was published by its timer: log its parameters without it
+    /// (as they were logged, disconnect time included), after the Will's `WillPending`, so
+    /// that once its `WillDone` is durable a restart does not publish it again.
+    pub fn drop_session_will(&mut self, client_id: &str) {
+        let Some(s) = self.shadow.sessions.get(client_id) else {
+            return;
+        };
+        if s.info.will.is_none() {
+            return;
+        }
+        let at = s.disconnected_at_unix_ms;
+        let mut info = s.info.clone();
+        info.will = None;
+        self.log(Record::SessionCreated(info));
+        if let Some(at_unix_ms) = at {
+            self.log(Record::SessionDisconnected {
+                client_id: client_id.into(),
+                at_unix_ms,
+            });
+        }
     }
 
     /// The state the log describes (the shadow checkpoints are written from).

@@ -405,24 +405,35 @@ impl<X> Broker<X> {
         }
         sess.logged = true;
         let unix = j.unix_ms(self.now_ms);
-        let will = will.map(|w| {
-            let m = journal::to_stored(&w.msg, unix, self.now_ms);
-            Will {
-                topic: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                retain: m.retain,
-                delay_s: w.delay_s,
-                expiry_interval_s: w.expiry_s,
-                props: m.props,
-            }
-        });
+        let will = will.map(|w| stored_will(w, unix, self.now_ms));
         j.log(Record::SessionCreated(SessionInfo {
             client_id: (&*sess.client_id).into(),
             protocol,
             expiry_interval_s: sess.expiry_s,
             will,
         }));
+    }
+
+    /// A session that is not stored (a clean session) connected with Will `will`: log the
+    /// Will (`Record::WillArmed`), so the CONNACK, held until the record is durable, vouches
+    /// for it across a power cut; its number goes with it, for the record that ends it
+    /// (`WillPending` when published, `WillDone` when not). Nothing for a session without
+    /// a Will, a stored one (its session record holds the Will), or memory mode.
+    pub(super) fn arm_will(&mut self, s: usize, will: Option<&mut StoredWill>) {
+        let (Some(j), Some(w)) = (self.journal.as_mut(), will) else {
+            return;
+        };
+        // A session with an expiry is stored: `log_session` put the Will in its record.
+        if self.sessions.get(s).is_none_or(|x| x.expiry_s != 0) {
+            return;
+        }
+        let id = j.next_will_id();
+        let unix = j.unix_ms(self.now_ms);
+        j.log(Record::WillArmed {
+            id,
+            will: stored_will(w, unix, self.now_ms),
+        });
+        w.log_id = id;
     }
 
     /// Install this shard's part of the recovered store: its sessions (offline, their
@@ -522,6 +533,9 @@ impl<X> Broker<X> {
             return;
         };
         sess.logged = true;
+        // A shared delivery is tagged with its group again, so it moves on when its
+        // member goes offline, as before the restart.
+        let routes = &self.routes;
         sess.awaiting_rel = st.incoming_qos2.iter().map(|p| p.get()).collect();
         for d in &st.deliveries {
             let Some(msg) = msgs.get(&d.msg) else {
@@ -532,7 +546,7 @@ impl<X> Broker<X> {
                 qos: journal::qos(d.qos),
                 retain: d.retain,
                 sub_ids: d.sub_ids.iter().copied().collect(),
-                share: None,
+                share: d.share.as_ref().map(|(g, f)| routes.share_key(g, f)),
                 sid: d.msg.0,
             };
             match d.packet_id {
@@ -596,10 +610,25 @@ impl<X> Broker<X> {
                 msg: journal::from_stored(&stored, unix, now_ms, 0),
                 delay_s: w.delay_s,
                 expiry_s: w.expiry_interval_s,
+                log_id: 0,
             }));
             let at = due(w.delay_s.min(info.expiry_interval_s));
             sess.will_timer = Some(self.timers.insert(at, timer_key(TIMER_WILL, gen, s)));
         }
+    }
+}
+
+/// The stored form of Will `w` (shard time `now_ms`, wall clock `unix`).
+fn stored_will(w: &StoredWill, unix: u64, now_ms: u64) -> Will<'_> {
+    let m = journal::to_stored(&w.msg, unix, now_ms);
+    Will {
+        topic: m.topic,
+        payload: m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        delay_s: w.delay_s,
+        expiry_interval_s: w.expiry_s,
+        props: m.props,
     }
 }
 

@@ -93,6 +93,19 @@ impl Routes {
         &self.shared
     }
 
+    /// The key `$share/{group}/{filter}` of a group: the group's own (shared, not copied)
+    /// when this shard knows it, else a new one.
+    pub fn share_key(&self, group: &str, filter: &str) -> std::sync::Arc<str> {
+        let known = self
+            .shared
+            .get(filter)
+            .and_then(|gs| gs.iter().find(|g| &*g.name == group));
+        match known {
+            Some(g) => g.key.clone(),
+            None => format!("$share/{group}/{filter}").into(),
+        }
+    }
+
     /// The share groups, by filter, mutably (membership changes).
     pub fn share_groups_mut(&mut self) -> &mut FilterTrie<ShareGroups> {
         &mut self.shared

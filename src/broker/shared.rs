@@ -405,6 +405,7 @@ impl<X> Broker<X> {
             sub_ids: out.sub_ids.as_slice().into(),
             txn: out.msg.txn,
         });
+        deliver::log_share(j, sess, out.share.as_deref());
         // The oldest unsent delivery of the id is the old place, not the one just queued.
         self.log_delivery_gone(s, out.sid, pid);
     }

@@ -416,6 +416,7 @@ fn a_close_held_too_long_goes_without_its_output() {
 
 mod qos2_log;
 mod share_log;
+mod will_log;
 
 /// A packet of type `first` with any remaining length.
 fn with_varint_len(first: u8, body: &[u8]) -> Vec<u8> {

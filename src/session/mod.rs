@@ -119,6 +119,9 @@ pub struct StoredWill {
     pub delay_s: u32,
     /// The Will's Message Expiry Interval (5.0), seconds; it runs from publication.
     pub expiry_s: Option<u32>,
+    /// Its number in the shard's log when it was logged at CONNECT (a clean session's
+    /// Will, `Record::WillArmed`); 0 otherwise.
+    pub log_id: u64,
 }
 
 impl StoredWill {

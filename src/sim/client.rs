@@ -234,18 +234,6 @@ impl Client {
         }
     }
 
-    /// The CONNACK of a persistent session arrived: it leaves only once the records its
-    /// CONNECT logged are durable (docs/persistence.md), the session's record with the
-    /// Will of this connection among them.
-    fn vouch(&mut self, oracle: &mut Oracle) {
-        if self.clean {
-            return;
-        }
-        if let Some(seq) = self.will_seq {
-            oracle.will_vouched(self.index, seq);
-        }
-    }
-
     /// The next sequence number, and its payload (with `padding` bytes) in `payload`.
     fn next_payload(&mut self, padding: usize, payload: &mut Vec<u8>) -> u32 {
         let seq = self.next_seq;
@@ -437,8 +425,9 @@ impl Client {
             ));
         }
         self.ever_connected = true;
+        // Were the Will of this connection due later, it is owed across power cuts: this
+        // CONNACK waited for the records of its CONNECT, the Will among them.
         self.connected = true;
-        self.vouch(oracle);
         if let (false, Some((filter, qos))) = (self.subscribed, self.role.subscription()) {
             let subs = [Subscription {
                 filter: &filter,

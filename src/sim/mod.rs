@@ -355,7 +355,6 @@ impl World {
         if let Err(e) = self.cluster.power_cut(self.now_ms, &mut self.net) {
             return Err(self.failure(vec![format!("restart after a power cut failed: {e}")]));
         }
-        self.oracle.power_cut();
         for c in 0..self.clients.len() {
             self.stale[c] = None;
             self.clients[c].power_cut();
@@ -900,5 +899,79 @@ mod tests {
         w.power_cut().unwrap_or_else(|f| panic!("{f}"));
         let violations = finish(w);
         assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    /// A clean session's (3.1.1, Clean Session 1) Will, due when its network fails: the
+    /// broker publishes it to a watcher on another shard, and the power is cut before any
+    /// of that is durable. Its CONNACK waited for the Will's own record (`WillArmed`), so
+    /// it is owed across the cut: recovery publishes it.
+    #[test]
+    fn a_clean_sessions_will_due_before_a_power_cut_survives_it() {
+        let watcher = Client::new(0, id_on(0, 2), Version::V5, Role::Watcher, 0);
+        let mut dying = Client::new(1, id_on(1, 2), Version::V3_1_1, Role::Publisher, 0);
+        dying.clean = true;
+        let mut w = a_watched_will(2, watcher, dying);
+        w.break_conn(1);
+        turn(&mut w, 1);
+        turn(&mut w, 1);
+        w.power_cut().unwrap_or_else(|f| panic!("{f}"));
+        let violations = finish(w);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    /// The Will of client 1's current connection.
+    fn last_will(w: &World) -> u32 {
+        w.oracle
+            .msgs
+            .iter()
+            .filter(|((p, _), m)| *p == 1 && m.will)
+            .map(|((_, seq), _)| *seq)
+            .next_back()
+            .expect("client 1 connected with a Will")
+    }
+
+    /// Whether watcher 0 got client 1's Will `seq`.
+    fn watcher_got(w: &World, seq: u32) -> bool {
+        w.oracle
+            .deliveries
+            .iter()
+            .any(|d| d.client == 0 && d.publisher == 1 && d.seq == seq)
+    }
+
+    /// A clean session's connection is open when the power fails: the crash counts as its
+    /// end, so recovery publishes its Will (logged at CONNECT).
+    #[test]
+    fn a_clean_sessions_will_is_published_after_a_crash_while_connected() {
+        let watcher = Client::new(0, id_on(0, 2), Version::V5, Role::Watcher, 0);
+        let mut dying = Client::new(1, id_on(1, 2), Version::V5, Role::Publisher, 0);
+        dying.clean = true;
+        let mut w = a_watched_will(2, watcher, dying);
+        let seq = last_will(&w);
+        assert!(!watcher_got(&w, seq), "not yet: the connection is open");
+        w.power_cut().unwrap_or_else(|f| panic!("{f}"));
+        w.settle().unwrap_or_else(|f| panic!("{f}"));
+        assert!(
+            watcher_got(&w, seq),
+            "Will 1:{seq} published after the restart"
+        );
+    }
+
+    /// A clean session ends with DISCONNECT: its Will is discarded, and a power cut after
+    /// that is durable does not bring it back.
+    #[test]
+    fn a_clean_will_discarded_by_disconnect_stays_discarded_after_a_power_cut() {
+        let watcher = Client::new(0, id_on(0, 2), Version::V5, Role::Watcher, 0);
+        let mut dying = Client::new(1, id_on(1, 2), Version::V3_1_1, Role::Publisher, 0);
+        dying.clean = true;
+        let mut w = a_watched_will(2, watcher, dying);
+        let seq = last_will(&w);
+        w.disconnect(1);
+        rounds(&mut w);
+        w.power_cut().unwrap_or_else(|f| panic!("{f}"));
+        w.settle().unwrap_or_else(|f| panic!("{f}"));
+        assert!(
+            !watcher_got(&w, seq),
+            "Will 1:{seq} was discarded by the DISCONNECT"
+        );
     }
 }

@@ -28,7 +28,9 @@
 //! - Retained: every shard's replica ends with each topic's last accepted message.
 //! - Wills: the Will of a connection that ended without DISCONNECT after its CONNACK (its
 //!   network failed, the broker closed it, or its client took the session over) reaches a
-//!   `w/#` subscriber that saw its SUBACK before that CONNECT was sent.
+//!   `w/#` subscriber that saw its SUBACK before that CONNECT was sent, across power cuts
+//!   too, for clean and persistent sessions alike (the CONNACK waited for the Will's
+//!   record).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,14 +59,10 @@ pub struct MsgRec {
     pub abandoned: bool,
     /// A Will: the broker publishes it only if its connection ends without DISCONNECT.
     pub will: bool,
-    /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published.
+    /// A Will whose connection ended without DISCONNECT after CONNACK: it must be published,
+    /// also across power cuts (that CONNACK waited for the record holding the Will: the
+    /// session's record, or a clean session's `WillArmed`).
     pub due: bool,
-    /// A Will whose connection got its CONNACK, of a persistent session: the CONNACK
-    /// waited for the CONNECT's record, which holds the Will.
-    pub vouched: bool,
-    /// A Will that became due before a power cut without being vouched for: it may be
-    /// lost with the cut.
-    pub in_doubt: bool,
 }
 
 /// One PUBLISH a client received.
@@ -146,8 +144,6 @@ impl Oracle {
                 abandoned: false,
                 will: false,
                 due: false,
-                vouched: false,
-                in_doubt: false,
             },
         );
     }
@@ -174,27 +170,10 @@ impl Oracle {
         }
     }
 
-    /// The CONNACK arrived on the connection of Will `seq`, of a persistent session: the
-    /// CONNECT record carrying the Will is durable.
-    pub fn will_vouched(&mut self, publisher: usize, seq: u32) {
-        if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
-            m.vouched = true;
-        }
-    }
-
     /// A client gave a message up when it started a clean session.
     pub fn abandoned(&mut self, publisher: usize, seq: u32) {
         if let Some(m) = self.msgs.get_mut(&(publisher, seq)) {
             m.abandoned = true;
-        }
-    }
-
-    /// The power was cut: Wills due but not vouched for are in doubt (see `MsgRec`).
-    pub fn power_cut(&mut self) {
-        for m in self.msgs.values_mut() {
-            // A clean session's Will is in no record until it is published, so a cut
-            // before that record's sync loses it (docs/simulation.md, "Power cuts").
-            m.in_doubt |= m.will && m.due && !m.vouched;
         }
     }
 
@@ -262,7 +241,7 @@ impl Oracle {
             .filter(|(_, m)| {
                 m.first_sent > since
                     && !m.abandoned
-                    && (!m.will || (m.due && !m.in_doubt))
+                    && (!m.will || m.due)
                     && topic::matches(filter, &m.topic)
             })
             .map(|(k, m)| (*k, m.qos.min(qos)))

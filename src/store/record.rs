@@ -249,6 +249,17 @@ pub enum Record<'a> {
         /// The message.
         msg: MsgId,
     },
+    /// The delivery just added to the session's queue (`DeliveryQueued`,
+    /// `DeliveryQueuedSent`) came through share group `group` on `filter`: after a restart
+    /// it still moves to another member when its session goes offline. Tag 26.
+    DeliveryShare {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Share group name.
+        group: Cow<'a, str>,
+        /// Topic filter (without the `$share/group/` prefix).
+        filter: Cow<'a, str>,
+    },
     /// Inbound QoS 2: PUBREC sent for `packet_id`, PUBREL awaited.
     IncomingQos2Set {
         /// Client Identifier.
@@ -315,10 +326,23 @@ pub enum Record<'a> {
         /// The Will as a message.
         msg: StoredMessage<'a>,
     },
-    /// Will `id`'s deliveries are durable on every shard it reached.
+    /// Will `id`'s deliveries are durable on every shard it reached; or, for a Will
+    /// logged by [`Record::WillArmed`], its connection ended without publishing it (a
+    /// DISCONNECT, a refusal by the ACL, a delayed Will cancelled by a takeover).
     WillDone {
         /// Its number.
         id: u64,
+    },
+    /// The Will of a connection of a session that is not stored (a clean session), logged
+    /// at its CONNECT (whose CONNACK waits for it) under number `id`, in the same number
+    /// space as [`Record::WillPending`]. When the Will is published it is logged pending
+    /// under the same number (which replaces this); a crash counts as its connection
+    /// ending, so recovery publishes a Will still armed. Tag 23.
+    WillArmed {
+        /// Its number in this shard's log (renumbered when logs merge).
+        id: u64,
+        /// The Will (its expiry relative: it starts at publication).
+        will: Will<'a>,
     },
     /// A change to the forwarding state of the bridge named `bridge` (its `connection`).
     Bridge {
@@ -425,12 +449,13 @@ mod tag {
     pub const DELIVERY_QUEUED_SENT: u8 = 20;
     pub const WILL_PENDING: u8 = 21;
     pub const WILL_DONE: u8 = 22;
-    // 23 is left to another change under way; these two follow it.
+    pub const WILL_ARMED: u8 = 23;
     /// `DELIVERY_QUEUED_FLAGS` with its QoS 2 routing (replaces the pair
     /// `DELIVERY_QUEUED*` + `DELIVERY_TXN`, which a torn batch could split).
     pub const DELIVERY_QUEUED_TXN: u8 = 24;
     /// `DELIVERY_QUEUED_SENT` with its QoS 2 routing.
     pub const DELIVERY_QUEUED_SENT_TXN: u8 = 25;
+    pub const DELIVERY_SHARE: u8 = 26;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -611,6 +636,21 @@ impl<'a> Record<'a> {
             Record::WillDone { id } => {
                 e.u8(tag::WILL_DONE);
                 e.u64(*id);
+            }
+            Record::WillArmed { id, will } => {
+                e.u8(tag::WILL_ARMED);
+                e.u64(*id);
+                e.will(will);
+            }
+            Record::DeliveryShare {
+                client_id,
+                group,
+                filter,
+            } => {
+                e.u8(tag::DELIVERY_SHARE);
+                e.str(client_id);
+                e.str(group);
+                e.str(filter);
             }
             Record::Bridge { bridge, op } => {
                 e.u8(tag::BRIDGE);
@@ -793,6 +833,19 @@ impl<'a> Record<'a> {
                 msg: msg.into_owned(),
             },
             Record::WillDone { id } => Record::WillDone { id },
+            Record::WillArmed { id, will } => Record::WillArmed {
+                id,
+                will: will.into_owned(),
+            },
+            Record::DeliveryShare {
+                client_id,
+                group,
+                filter,
+            } => Record::DeliveryShare {
+                client_id: own(client_id),
+                group: own(group),
+                filter: own(filter),
+            },
             _ => unreachable!("into_owned handles every other record"),
         }
     }
@@ -832,15 +885,35 @@ impl SessionInfo<'_> {
             client_id: Cow::Owned(self.client_id.into_owned()),
             protocol: self.protocol,
             expiry_interval_s: self.expiry_interval_s,
-            will: self.will.map(|w| Will {
-                topic: Cow::Owned(w.topic.into_owned()),
-                payload: Cow::Owned(w.payload.into_owned()),
-                qos: w.qos,
-                retain: w.retain,
-                delay_s: w.delay_s,
-                expiry_interval_s: w.expiry_interval_s,
-                props: w.props.into_owned(),
-            }),
+            will: self.will.map(Will::into_owned),
+        }
+    }
+}
+
+impl Will<'_> {
+    /// Make an owned copy (a move for the parts already owned).
+    pub fn into_owned(self) -> Will<'static> {
+        Will {
+            topic: Cow::Owned(self.topic.into_owned()),
+            payload: Cow::Owned(self.payload.into_owned()),
+            qos: self.qos,
+            retain: self.retain,
+            delay_s: self.delay_s,
+            expiry_interval_s: self.expiry_interval_s,
+            props: self.props.into_owned(),
+        }
+    }
+
+    /// A view borrowing from `self`, for encoding without a copy.
+    pub fn borrowed(&self) -> Will<'_> {
+        Will {
+            topic: Cow::Borrowed(&*self.topic),
+            payload: Cow::Borrowed(&*self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            delay_s: self.delay_s,
+            expiry_interval_s: self.expiry_interval_s,
+            props: self.props.borrowed(),
         }
     }
 }
@@ -912,15 +985,7 @@ impl SessionInfo<'_> {
             client_id: Cow::Borrowed(&*self.client_id),
             protocol: self.protocol,
             expiry_interval_s: self.expiry_interval_s,
-            will: self.will.as_ref().map(|w| Will {
-                topic: Cow::Borrowed(&*w.topic),
-                payload: Cow::Borrowed(&*w.payload),
-                qos: w.qos,
-                retain: w.retain,
-                delay_s: w.delay_s,
-                expiry_interval_s: w.expiry_interval_s,
-                props: w.props.borrowed(),
-            }),
+            will: self.will.as_ref().map(Will::borrowed),
         }
     }
 }
@@ -1027,15 +1092,16 @@ impl Enc<'_> {
         self.str(&s.client_id);
         self.u8(s.protocol);
         self.u32(s.expiry_interval_s);
-        self.opt(s.will.as_ref(), |e, w| {
-            e.str(&w.topic);
-            e.bytes(&w.payload);
-            e.u8(w.qos);
-            e.bool(w.retain);
-            e.u32(w.delay_s);
-            e.opt(w.expiry_interval_s, |e, v| e.u32(v));
-            e.props(&w.props);
-        });
+        self.opt(s.will.as_ref(), |e, w| e.will(w));
+    }
+    fn will(&mut self, w: &Will<'_>) {
+        self.str(&w.topic);
+        self.bytes(&w.payload);
+        self.u8(w.qos);
+        self.bool(w.retain);
+        self.u32(w.delay_s);
+        self.opt(w.expiry_interval_s, |e, v| e.u32(v));
+        self.props(&w.props);
     }
     fn bridge_op(&mut self, op: &BridgeOp<'_>) {
         match op {
@@ -1337,6 +1403,15 @@ impl<'a> Dec<'a> {
                 msg: self.message()?,
             },
             tag::WILL_DONE => Record::WillDone { id: self.u64()? },
+            tag::WILL_ARMED => Record::WillArmed {
+                id: self.u64()?,
+                will: self.will()?,
+            },
+            tag::DELIVERY_SHARE => Record::DeliveryShare {
+                client_id: self.string()?,
+                group: self.string()?,
+                filter: self.string()?,
+            },
             other => return Err(DecodeError::UnknownTag(other)),
         })
     }

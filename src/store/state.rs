@@ -12,6 +12,7 @@ use std::num::NonZeroU16;
 
 use super::record::{
     BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
+    Will,
 };
 
 mod bridges;
@@ -36,6 +37,8 @@ pub struct Delivery {
     pub state: DeliveryState,
     /// The QoS 2 routing it belongs to, until recovery settles it (0: none).
     pub txn: u64,
+    /// The share group (name, filter) it came through, if any.
+    pub share: Option<(String, String)>,
 }
 
 impl Delivery {
@@ -61,6 +64,7 @@ impl Delivery {
             packet_id,
             state,
             txn,
+            share: None,
         }
     }
 }
@@ -114,6 +118,9 @@ pub struct LiveState {
     /// Wills published but not yet durable wherever they went, by number: (retained
     /// stamp, message). See [`Record::WillPending`].
     pub pending_wills: BTreeMap<u64, (u64, StoredMessage<'static>)>,
+    /// Wills of clean sessions logged at CONNECT and neither published nor ended, by
+    /// number (the same numbers as `pending_wills`). See [`Record::WillArmed`].
+    pub armed_wills: BTreeMap<u64, Will<'static>>,
 }
 
 impl LiveState {
@@ -265,10 +272,25 @@ impl LiveState {
                 *at = (*at).max(txn);
             }
             Record::WillPending { id, stamp, msg } => {
+                self.armed_wills.remove(&id);
                 self.pending_wills.insert(id, (stamp, msg.into_owned()));
             }
             Record::WillDone { id } => {
+                self.armed_wills.remove(&id);
                 self.pending_wills.remove(&id);
+            }
+            Record::WillArmed { id, will } => {
+                self.armed_wills.insert(id, will.into_owned());
+            }
+            Record::DeliveryShare {
+                client_id,
+                group,
+                filter,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.deliveries
+                        .set_last_share(group.into_owned(), filter.into_owned());
+                }
             }
             _ => unreachable!("apply handles every other record"),
         }
@@ -402,7 +424,9 @@ impl LiveState {
 
     /// The next Will number free in this state.
     pub fn next_will_id(&self) -> u64 {
-        self.pending_wills.keys().next_back().map_or(1, |id| id + 1)
+        let pending = self.pending_wills.keys().next_back().map_or(1, |id| id + 1);
+        let armed = self.armed_wills.keys().next_back().map_or(1, |id| id + 1);
+        pending.max(armed)
     }
 
     /// The next message id free in this state.
@@ -419,6 +443,7 @@ impl LiveState {
             && self.retained.is_empty()
             && self.bridges.is_empty()
             && self.pending_wills.is_empty()
+            && self.armed_wills.is_empty()
             && self.qos2_committed.is_empty();
         if empty {
             // Nothing to renumber against (the first shard read, or the only one).
@@ -461,8 +486,12 @@ impl LiveState {
             *at = (*at).max(txn);
         }
         let first = self.next_will_id();
-        for (next, (_, w)) in (first..).zip(other.pending_wills) {
-            self.pending_wills.insert(next, w);
+        let mut next = first..;
+        for ((_, w), id) in other.pending_wills.into_iter().zip(&mut next) {
+            self.pending_wills.insert(id, w);
+        }
+        for ((_, w), id) in other.armed_wills.into_iter().zip(&mut next) {
+            self.armed_wills.insert(id, w);
         }
         conflicts
     }
@@ -472,8 +501,8 @@ impl LiveState {
     /// to every state that refers to it: moved to one, cloned only for the others (a
     /// message queued for sessions of several shards). Bridges go to the first state:
     /// take them out first and [`place_bridges`] them by owner shard. The counts and QoS 2
-    /// commits are not carried (take them out first too). Pending Wills go to the first
-    /// state (any shard may publish them again).
+    /// commits are not carried (take them out first too). Pending and armed Wills go to
+    /// the first state (any shard may publish them).
     pub fn split(
         self,
         n: usize,
@@ -524,6 +553,7 @@ impl LiveState {
             .collect();
         parts[0].bridges = self.bridges;
         parts[0].pending_wills = self.pending_wills;
+        parts[0].armed_wills = self.armed_wills;
         parts
     }
 
@@ -559,12 +589,20 @@ impl LiveState {
                 stamp: *stamp,
                 msg: msg.clone(),
             });
+        let armed = self
+            .armed_wills
+            .iter()
+            .map(|(&id, will)| Record::WillArmed {
+                id,
+                will: will.borrowed(),
+            });
         messages
             .chain(sessions)
             .chain(retained)
             .chain(bridges)
             .chain(committed)
             .chain(wills)
+            .chain(armed)
     }
 }
 
@@ -608,6 +646,13 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 txn: d.txn,
             },
         });
+        if let Some((group, filter)) = &d.share {
+            out.push(Record::DeliveryShare {
+                client_id: client(),
+                group: group.as_str().into(),
+                filter: filter.as_str().into(),
+            });
+        }
         if let Some(packet_id) = d.packet_id.filter(|_| in_flight.is_none()) {
             out.push(Record::DeliverySent {
                 client_id: client(),

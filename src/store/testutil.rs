@@ -228,6 +228,23 @@ pub fn samples() -> Vec<Record<'static>> {
             msg: message("w/c", b"gone", true),
         },
         Record::WillDone { id: 3 },
+        Record::WillArmed {
+            id: 4,
+            will: crate::store::Will {
+                topic: "w/c".into(),
+                payload: Cow::Borrowed(b"gone"),
+                qos: 1,
+                retain: true,
+                delay_s: 0,
+                expiry_interval_s: Some(60),
+                props: MessageProps::default(),
+            },
+        },
+        Record::DeliveryShare {
+            client_id: c(),
+            group: "g".into(),
+            filter: "a/+".into(),
+        },
     ]
     .into_iter()
     .chain(bridge_samples())

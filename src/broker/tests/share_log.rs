@@ -338,3 +338,64 @@ fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
     assert_eq!(after[&idb], [], "moved on");
     assert_eq!(after[&idc], [(1, true)]);
 }
+
+/// One shard core restarted from what `disk` would keep through a power cut now (its
+/// durable part, recovered and installed), as `main` starts one.
+fn restarted(disk: &SimDisk) -> (SimDisk, Cores) {
+    use crate::store::{Background, CheckpointPolicy, SyncMode, WalOptions};
+    let disk = disk.durable_copy();
+    let data = std::path::Path::new(STORE_DIR);
+    let rec = store::recover_parts_on(&disk, data, 1, |_| 0, |_| 0).expect("recover");
+    store::install_on(&disk, data, &rec.parts).expect("install");
+    let part = rec.parts.into_iter().next().expect("one part");
+    let opts = WalOptions {
+        segment_bytes_max: 1 << 20,
+        sync: SyncMode::Always,
+        checkpoint: CheckpointPolicy {
+            log_bytes_max: u64::MAX,
+            interval_s: 0,
+        },
+        background: Background::Manual,
+    };
+    let dir = store::layout::shard_dir(data, 0);
+    let wal = store::Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("log");
+    let j = crate::broker::journal::Journal::new(wal, part, 1, 0);
+    let cfg = Arc::new(Config {
+        shards: 1,
+        max_inflight: 1,
+        ..Config::default()
+    });
+    let mut b = Broker::new(0, 1, cfg, NOW_MS);
+    b.attach_journal(j);
+    b.restore_from_journal(&[], NOW_MS);
+    (disk, Cores { shards: vec![b] })
+}
+
+/// A shared delivery is logged with its group (`DeliveryShare`), so after a restart it is
+/// still the group's: when its member, back online, goes offline again, it moves to
+/// another member instead of staying.
+#[test]
+fn a_restored_shared_delivery_still_moves_when_its_member_goes_offline() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    member(&mut c, "a", &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    let copy = Arc::new(disk.durable_copy());
+    let rec = store::recover_all_on(copy, std::path::Path::new(STORE_DIR)).expect("recover");
+    let shares: Vec<_> = rec.state.sessions["a"]
+        .deliveries
+        .iter()
+        .map(|d| d.share.clone())
+        .collect();
+    assert_eq!(shares, [Some(("g".to_string(), "t".to_string()))]);
+
+    let (disk, mut c) = restarted(&disk);
+    let a = member(&mut c, "a", &[]);
+    member(&mut c, "b", &[("$share/g/t", 1)]);
+    assert_eq!(durable(&disk)["a"], [(1, true)], "resent to the member");
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after["a"], [], "moved, not kept");
+    assert_eq!(after["b"], [(1, true)]);
+}

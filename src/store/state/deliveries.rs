@@ -124,6 +124,14 @@ impl Deliveries {
         }
     }
 
+    /// A `DeliveryShare` record: the newest delivery came through share group `group` on
+    /// `filter` (not indexed, so it may be changed in place).
+    pub fn set_last_share(&mut self, group: String, filter: String) {
+        if let Some(d) = self.items.values_mut().next_back() {
+            d.share = Some((group, filter));
+        }
+    }
+
     /// Forget every delivery's QoS 2 routing number (once the routings are settled).
     pub fn clear_txns(&mut self) {
         for d in self.items.values_mut() {

@@ -370,6 +370,7 @@ fn deliveries_are_found_by_packet_id_and_by_oldest_unsent_message() {
         packet_id: None,
         state: DeliveryState::Queued,
         txn: 0,
+        share: None,
     };
     let mut q: Deliveries = [d(1), d(2), d(1), d(3)].into_iter().collect();
     q.sent(MsgId(1), pid(7), DeliveryState::InFlight);
