@@ -61,6 +61,7 @@ fn store_append(c: &mut Criterion) {
         qos: 1,
         retain: false,
         sub_ids: Cow::Borrowed(&[]),
+        txn: 0,
     };
     let mut group = c.benchmark_group("store_append");
     group.throughput(Throughput::Elements(2));

@@ -125,6 +125,7 @@ fn fill(dir: &std::path::Path, sessions: u64, per: u64, payload: usize) -> Resul
                 qos: 1,
                 retain: false,
                 sub_ids: Cow::Borrowed(&[]),
+                txn: 0,
             })?;
         }
     }

@@ -1183,3 +1183,44 @@ fn mqtt5_properties_cross_an_mqttv50_bridge_both_ways() {
     assert!(status.is_some_and(|s| s.success()), "{text}");
     assert_eq!(text.trim(), "OK");
 }
+
+/// QoS 2 over a bridge with persistence on flows exactly once. The publishers have stored
+/// sessions on both shards (the bridge's own and the other), so each message is a
+/// numbered QoS 2 routing that the bridge may send only once its commit is durable
+/// (`docs/persistence.md`); the remote is Debian's mosquitto with a QoS 2 subscriber:
+/// every message arrives at QoS 2, once, in order per publisher, and nothing more.
+#[test]
+fn qos2_over_a_bridge_with_persistence_arrives_exactly_once() {
+    const N: u32 = 40;
+    let dir = Dir::new("q2");
+    let port = free_port();
+    let _m = start_mosquitto(port, &dir);
+    let raddr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut sink = RawClient::clean(raddr, "q2-sink");
+    sink.subscribe("site/#", 2);
+    let data = dir.0.join("site-data").display().to_string();
+    let conf = format!(
+        "connection cloud\naddress 127.0.0.1:{port}\nremote_clientid q2site\n\
+         cleansession false\nrestart_timeout 1\ntopic q2/# out 2 \"\" site/\n"
+    );
+    let s = shardmq(&dir, &conf, 2, &["--data-dir", &data]);
+    let _w = state_watcher(s.addr(), "w", "$SYS/broker/connection/q2site/state");
+    let stored = |id: String| RawClient::connect_v311(s.addr(), &id, false, 60, None).0;
+    let mut pa = stored(common::id_on("q2a", 0, 2));
+    let mut pb = stored(common::id_on("q2b", 1, 2));
+    for i in 0..N {
+        // `publish` returns after PUBREC, PUBREL and PUBCOMP.
+        pa.publish("q2/a", format!("a{i}").as_bytes(), 2, false);
+        pb.publish("q2/b", format!("b{i}").as_bytes(), 2, false);
+    }
+    let got = sink.collect_acked(2 * N as usize, WAIT);
+    sink.expect_nothing(Duration::from_millis(500));
+    let all: Vec<u32> = (0..N).collect();
+    assert_eq!(
+        by_publisher(&got, 'a'),
+        all,
+        "the bridge's shard, once each"
+    );
+    assert_eq!(by_publisher(&got, 'b'), all, "the other shard, once each");
+    assert!(got.iter().all(|m| m.qos == 2 && !m.dup), "{got:?}");
+}

@@ -173,6 +173,10 @@ struct Inflight {
     id: PacketId,
     msg: OutMessage,
     stage: Stage,
+    /// A stored QoS 2 message's packet (its PUBLISH in `Rec`, its PUBREL in `Comp`) is
+    /// not written before its record (`Sent`, `Received`) is durable: the number of the
+    /// record batch that must be (see `Bridge::records_durable`).
+    held: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -239,6 +243,15 @@ pub struct Bridge {
     actions: VecDeque<Action>,
     records: Vec<Record>,
     stats: Stats,
+    /// The highest QoS 2 routing committed, by origin shard (the shard's journal, as
+    /// last learnt through `learn_commits`).
+    commits: Vec<u64>,
+    /// Whether its outbound records go to a log (`set_logged`): then a QoS 2 packet waits
+    /// for its record (`Inflight::held`).
+    logged: bool,
+    /// Record batches taken so far (`take_records`), and the highest one durable.
+    batches: u64,
+    durable_batch: u64,
 }
 
 impl Bridge {
@@ -287,6 +300,10 @@ impl Bridge {
             actions: VecDeque::new(),
             records: Vec::new(),
             stats: Stats::default(),
+            commits: Vec::new(),
+            logged: false,
+            batches: 0,
+            durable_batch: 0,
         }
     }
 
@@ -310,6 +327,7 @@ impl Bridge {
                         id,
                         msg,
                         stage,
+                        held: None,
                     });
                 }
                 _ => queued.push(Queued {
@@ -366,7 +384,13 @@ impl Bridge {
                 )
             });
         }
+        self.batches += 1;
         std::mem::take(&mut self.records)
+    }
+
+    /// How many record batches `take_records` has handed out (the last one's number).
+    pub fn record_batches(&self) -> u64 {
+        self.batches
     }
 
     /// Bytes to write to the current connection.

@@ -32,6 +32,10 @@ pub struct OutMessage {
     /// Message expiry on the shard clock (ms): dropped if still queued then; a 5.0
     /// remote gets the interval left.
     pub expires_at_ms: Option<u64>,
+    /// The QoS 2 routing of a message going out at QoS 2 (0: none, or committed before a
+    /// restart): it is not sent before that routing's commit is durable (see
+    /// `Bridge::learn_commits`), and recovery drops it if the commit never was.
+    pub txn: u64,
 }
 
 impl OutMessage {
@@ -230,6 +234,7 @@ impl Record {
         match self {
             Record::Enqueued { seq, msg } => BridgeOp::Enqueued {
                 seq: *seq,
+                txn: msg.txn,
                 msg: StoredMessage {
                     topic: (*msg.topic).into(),
                     payload: (*msg.payload).into(),
@@ -306,6 +311,9 @@ impl Restored {
                         .msg
                         .expires_at_unix_ms
                         .map(|t| clock.now_ms.saturating_add(t.saturating_sub(clock.unix_ms))),
+                    // Recovery kept only committed routings, and a new run numbers its
+                    // own afresh.
+                    txn: 0,
                 };
                 (seq, (msg, m.packet_id, m.received))
             })
@@ -329,6 +337,7 @@ mod tests {
             retain: false,
             props: None,
             expires_at_ms: None,
+            txn: 0,
         }
     }
 

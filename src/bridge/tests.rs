@@ -455,6 +455,7 @@ fn restored_records_resend_what_was_in_flight_under_the_same_id() {
         retain: false,
         props: None,
         expires_at_ms: None,
+        txn: 0,
     };
     let records = vec![
         Record::Enqueued {
@@ -614,4 +615,64 @@ fn a_clean_local_session_keeps_no_queue() {
         kept.take_records().as_slice(),
         [Record::Enqueued { seq: 1, .. }]
     ));
+}
+
+/// A message going out at QoS 2 that belongs to a QoS 2 routing waits in the queue, and
+/// the messages behind it too, until the shard learns that routing's commit; its
+/// `Enqueued` record carries the routing (recovery drops it if the commit never was). A
+/// QoS 1 forward of such a message does not wait.
+#[test]
+fn a_qos2_message_leaves_only_once_its_routing_is_committed() {
+    let mut b = bridge(&BASIC.replace("both 1", "both 2"));
+    up(&mut b, 0);
+    b.receive(1, &[0x90, 3, 0, 1, 2]);
+    let txn = 2 << 48 | 7;
+    let p = payload(b"m");
+    let offered = |topic: &'static str, qos: QoS, txn: u64| Offered {
+        topic,
+        payload: &p,
+        qos,
+        retain: false,
+        props: None,
+        expires_at_ms: None,
+        txn,
+    };
+    b.learn_commits(1, &[0, txn - 1]);
+    let first = b.offer_message(2, &offered("a/1", QoS::ExactlyOnce, txn), false);
+    assert_eq!(first, Offer::Accepted(Some(1)));
+    let second = b.offer_message(2, &offered("a/2", QoS::AtLeastOnce, 0), false);
+    assert_eq!(second, Offer::Accepted(Some(2)));
+    assert_eq!(
+        written(&mut b, 2),
+        Vec::<u8>::new(),
+        "nothing before the commit"
+    );
+    assert_eq!(b.depth(), (2, 0));
+    let records = b.take_records();
+    assert!(
+        matches!(
+            records.as_slice(),
+            [
+                Record::Enqueued { seq: 1, msg: OutMessage { txn: t, .. } },
+                Record::Enqueued { seq: 2, msg: OutMessage { txn: 0, .. } },
+            ] if *t == txn
+        ),
+        "{records:?}"
+    );
+    b.learn_commits(3, &[0, txn]);
+    let out = written(&mut b, 3);
+    assert_eq!(out[0], 0x34, "the QoS 2 PUBLISH, first: {out:02x?}");
+    assert!(
+        out.windows(3).any(|w| w == b"a/2"),
+        "then the one behind it"
+    );
+    assert_eq!(b.depth(), (0, 2));
+
+    // Forwarded at QoS 1 (a QoS 1 rule), the same routing does not wait.
+    let mut b = bridge(BASIC);
+    up(&mut b, 0);
+    b.receive(1, &[0x90, 3, 0, 1, 1]);
+    let m = offered("a/3", QoS::ExactlyOnce, 3 << 48 | 1);
+    assert_eq!(b.offer_message(2, &m, false), Offer::Accepted(Some(1)));
+    assert_eq!(written(&mut b, 2)[0], 0x32);
 }

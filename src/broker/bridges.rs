@@ -94,6 +94,11 @@ impl BridgeRoutes {
         r
     }
 
+    /// Whether this shard runs a bridge with an `out`/`both` rule.
+    pub fn any_here(&self) -> bool {
+        !self.mine.is_empty()
+    }
+
     /// The shards (other than `me`) that run a bridge wanting `topic`.
     pub fn remote_mask(&self, topic: &str, me: usize) -> u64 {
         let mut mask = 0u64;
@@ -196,7 +201,36 @@ impl<X> Broker<X> {
     /// Messages routed to this shard's bridges that the shard has not offered yet, or
     /// released inbound acknowledgements it has not passed on.
     pub fn pending_bridge_offers(&self) -> bool {
-        !self.fx.bridge_offers.is_empty() || !self.fx.bridge_acks.is_empty()
+        !self.fx.bridge_offers.is_empty()
+            || !self.fx.bridge_acks.is_empty()
+            || self.fx.bridge_commits_moved
+            || !self.fx.bridge_durable.is_empty()
+    }
+
+    /// Hold a notice that bridge run `uid`'s outbound records up to its batch `batch`
+    /// (appended this turn) are durable; it comes back in `Effects::bridge_durable`.
+    /// False with persistence off: they are as durable as they will be.
+    pub fn hold_bridge_records(&mut self, uid: usize, batch: u64) -> bool {
+        match self.journal.as_mut() {
+            Some(j) => {
+                j.hold(HeldAck::BridgeRecords { bridge: uid, batch });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Take the released record notices (see `hold_bridge_records`), oldest first.
+    pub fn take_bridge_durable(&mut self) -> Vec<(usize, u64)> {
+        std::mem::take(&mut self.fx.bridge_durable)
+    }
+
+    /// The highest QoS 2 routing committed, by origin shard (empty without a log, where
+    /// no routing is numbered): what a bridge's queued QoS 2 messages wait for
+    /// (`Bridge::learn_commits`). Clears `Effects::bridge_commits_moved`.
+    pub fn qos2_commits(&mut self) -> &[u64] {
+        self.fx.bridge_commits_moved = false;
+        self.journal.as_ref().map_or(&[], |j| j.commits())
     }
 
     /// Whether bridge records go to a log (persistence on).

@@ -137,7 +137,7 @@ pub(super) fn deliver<X>(
 
 /// Queue a delivery (logged when stored), or drop it (counted) when the queue is full.
 fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms: u64) {
-    let (sid, qos, retain) = (out.sid, out.qos, out.retain);
+    let (sid, qos, retain, txn) = (out.sid, out.qos, out.retain, out.msg.txn);
     // Only a stored delivery's ids are logged, so only then are they kept past the move.
     let sub_ids = if sid != 0 {
         out.sub_ids.clone()
@@ -156,19 +156,9 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
             qos: qos as u8,
             retain,
             sub_ids: sub_ids.as_slice().into(),
+            txn,
         });
-        if let Some(o) = sess.queue.back().filter(|o| o.msg.txn != 0) {
-            log_txn(j, sess, o.msg.txn);
-        }
     }
-}
-
-/// Log that the delivery just queued belongs to QoS 2 routing `txn`.
-pub(super) fn log_txn(j: &mut Journal, sess: &Session, txn: u64) {
-    j.log(Record::DeliveryTxn {
-        client_id: (&*sess.client_id).into(),
-        txn,
-    });
 }
 
 /// A stored delivery's step, as logged (`enqueue` logs one that only joins the queue).
@@ -189,6 +179,8 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
     let (msg, qos, retain) = (MsgId(out.sid), out.qos as u8, out.retain);
     let sub_ids = out.sub_ids.as_slice().into();
     match step {
+        // The routing travels in the delivery's own record: a torn batch keeps both or
+        // neither.
         Step::QueuedSent(packet_id) => j.log(Record::DeliveryQueuedSent {
             client_id,
             msg,
@@ -196,6 +188,7 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
             retain,
             sub_ids,
             packet_id,
+            txn: out.msg.txn,
         }),
         Step::Sent(packet_id) => j.log(Record::DeliverySent {
             client_id,
@@ -203,10 +196,6 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
             packet_id,
             state: DeliveryState::InFlight,
         }),
-    }
-    // The routing of the delivery just queued (`DeliveryTxn` names the newest one).
-    if out.msg.txn != 0 && !matches!(step, Step::Sent(_)) {
-        log_txn(j, sess, out.msg.txn);
     }
 }
 

@@ -26,6 +26,12 @@ pub struct Effects {
     pub bridge_offers: Vec<(usize, std::sync::Arc<crate::session::Message>)>,
     /// Bridges whose oldest held inbound acknowledgement is durable now, one entry per ack.
     pub bridge_acks: Vec<usize>,
+    /// This shard committed a QoS 2 routing since the bridges last looked: a bridge's
+    /// queued QoS 2 message may now go (`Broker::qos2_commits`).
+    pub bridge_commits_moved: bool,
+    /// Bridges whose outbound records are durable now: (the shard's id for the bridge's
+    /// run, its record batch).
+    pub bridge_durable: Vec<(usize, u64)>,
     /// Password checks for the shard's verifier (answers go to `Broker::on_verified`).
     pub verify: Vec<VerifyRequest>,
     /// Messages for the cluster link, in the order made (only while a cluster runs).

@@ -86,6 +86,15 @@ pub enum HeldAck {
         /// The shard's id for the bridge's run.
         bridge: usize,
     },
+    /// The outbound records of the bridge whose run has id `bridge` on this shard, up to
+    /// its record batch `batch`, are durable: its QoS 2 packets that waited for them may
+    /// go (`Bridge::records_durable`).
+    BridgeRecords {
+        /// The shard's id for the bridge's run.
+        bridge: usize,
+        /// The bridge's record batch.
+        batch: u64,
+    },
     /// Will `id` reached every shard it was routed to, and each logged it: log it done.
     WillDone {
         /// Its number (`Record::WillPending`).
@@ -359,6 +368,11 @@ impl Journal {
                 .is_some_and(|&c| c >= txn)
     }
 
+    /// The highest routing committed, by origin shard.
+    pub fn commits(&self) -> &[u64] {
+        &self.committed
+    }
+
     /// Shard `origin` has committed its routings up to `txn`; `mine` when that is us.
     pub fn committed(&mut self, origin: usize, txn: u64, mine: bool) {
         if let Some(c) = self.committed.get_mut(origin) {
@@ -551,6 +565,7 @@ impl Journal {
             // Not an ack: whatever is written to the link meanwhile stays behind its CONNACK.
             HeldAck::Output { .. }
             | HeldAck::Bridge { .. }
+            | HeldAck::BridgeRecords { .. }
             | HeldAck::Cluster { .. }
             | HeldAck::Commit { .. }
             | HeldAck::WillDone { .. }

@@ -333,6 +333,8 @@ impl<X> Broker<X> {
                 if let Some(j) = self.journal.as_mut() {
                     j.committed(me, txn, true);
                 }
+                // Only a shard that runs a bridge needs another turn for it.
+                self.fx.bridge_commits_moved |= self.bridges.any_here();
             }
             HeldAck::WillDone { id } => {
                 if let Some(j) = self.journal.as_mut() {
@@ -344,6 +346,9 @@ impl<X> Broker<X> {
                 self.share_moved_durable(session, uid, msgs)
             }
             HeldAck::Bridge { bridge } => self.fx.bridge_acks.push(bridge),
+            HeldAck::BridgeRecords { bridge, batch } => {
+                self.fx.bridge_durable.push((bridge, batch))
+            }
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })
             }

@@ -403,10 +403,8 @@ impl<X> Broker<X> {
             qos: out.qos as u8,
             retain: out.retain,
             sub_ids: out.sub_ids.as_slice().into(),
+            txn: out.msg.txn,
         });
-        if out.msg.txn != 0 {
-            deliver::log_txn(j, sess, out.msg.txn);
-        }
         // The oldest unsent delivery of the id is the old place, not the one just queued.
         self.log_delivery_gone(s, out.sid, pid);
     }

@@ -421,4 +421,5 @@ fn a_close_held_too_long_goes_without_its_output() {
 }
 
 mod elide;
+mod qos2_log;
 mod share_log;

@@ -334,8 +334,22 @@ impl Bridges {
 
     /// One turn of every bridge: offers, input, timers, actions, output.
     pub fn step(&mut self, broker: &mut Broker<ConnIo>, registry: &Registry, now: u64) {
+        let commits = broker.qos2_commits();
         if self.runs.is_empty() {
             return;
+        }
+        // Before the offers: a QoS 2 message already committed is sent at once.
+        for run in &mut self.runs {
+            run.bridge.learn_commits(now, commits);
+        }
+        for (uid, batch) in broker.take_bridge_durable() {
+            if let Some(run) = self.runs.iter_mut().find(|r| r.uid == uid) {
+                run.bridge.records_durable(now, batch);
+            }
+        }
+        let logs = broker.logs_bridges();
+        for run in &mut self.runs {
+            run.bridge.set_logged(logs && !run.cfg.local_cleansession);
         }
         self.release_acks(broker, now);
         self.offer(broker, now);
@@ -369,11 +383,18 @@ impl Bridges {
         let logs = broker.logs_bridges();
         let mut at = None;
         for run in &mut self.runs {
-            for r in run.bridge.take_records() {
+            let records = run.bridge.take_records();
+            let batch = run.bridge.record_batches();
+            let any = !records.is_empty();
+            for r in records {
                 if logs {
                     let c = *at.get_or_insert_with(|| clock(now));
                     broker.log_bridge(&run.local_id, r.to_op(c));
                 }
+            }
+            // The QoS 2 packets waiting for these records go once they are durable.
+            if any && !broker.hold_bridge_records(run.uid, batch) {
+                run.bridge.records_durable(now, batch);
             }
         }
     }
@@ -451,6 +472,7 @@ impl Bridges {
                 retain: msg.retain,
                 props: msg.props.as_deref(),
                 expires_at_ms: msg.expires_at_ms,
+                txn: msg.txn,
             };
             run.bridge.offer_message(now, &m, looped);
         }

@@ -393,6 +393,23 @@ impl SimDisk {
         copy
     }
 
+    /// A separate disk holding what this one would keep if the power failed now while the
+    /// kernel was writing file `path` back: like [`SimDisk::durable_copy`], except that
+    /// `path` keeps the first `keep` bytes of its current content (at least its synced
+    /// ones), so a batch written but not synced may survive torn at any byte.
+    pub fn torn_copy(&self, path: &Path, keep: usize) -> io::Result<SimDisk> {
+        let mut tree = self.lock().clone();
+        let ino = tree.lookup(path).ok_or_else(not_found)?;
+        let (data, synced) = tree.file(ino)?;
+        let keep = keep.clamp(synced.len(), data.len());
+        synced.clone_from(&data[..keep].to_vec());
+        let copy = SimDisk {
+            tree: Arc::new(Mutex::new(tree)),
+        };
+        copy.power_cut();
+        Ok(copy)
+    }
+
     /// While `full`, appends and file creation fail with `ENOSPC`.
     pub fn set_full(&self, full: bool) {
         self.lock().full = full;

@@ -199,6 +199,10 @@ pub enum Record<'a> {
         retain: bool,
         /// Subscription Identifiers of the matching subscriptions (5.0).
         sub_ids: Cow<'a, [u32]>,
+        /// The QoS 2 routing the delivery belongs to (0: none; see
+        /// [`Record::Qos2Committed`]). Carried in the delivery's own record (tag 24), so
+        /// no torn batch can keep the delivery without it.
+        txn: u64,
     },
     /// A reference to `msg` joined the back of the session's queue and was sent at once
     /// under `packet_id` (`InFlight`): a `DeliveryQueued` and its `DeliverySent` in one
@@ -216,6 +220,8 @@ pub enum Record<'a> {
         sub_ids: Cow<'a, [u32]>,
         /// Packet id used on the wire.
         packet_id: NonZeroU16,
+        /// The QoS 2 routing the delivery belongs to (0: none; tag 25 when set).
+        txn: u64,
     },
     /// A delivery got a packet id (`InFlight`, the oldest queued reference to `msg`), or an
     /// in-flight one moved on (`PubrelSent`, found by packet id).
@@ -279,7 +285,9 @@ pub enum Record<'a> {
         stamp: u64,
     },
     /// The delivery `DeliveryQueued` just added to the session's queue belongs to the
-    /// QoS 2 routing `txn` (see [`Record::Qos2Committed`]).
+    /// QoS 2 routing `txn` (see [`Record::Qos2Committed`]). Written by older versions
+    /// only (still read): a torn batch could keep the delivery without this record, so
+    /// the routing now travels in the delivery's own record (`DeliveryQueued::txn`).
     DeliveryTxn {
         /// Client Identifier.
         client_id: Cow<'a, str>,
@@ -331,6 +339,9 @@ pub enum BridgeOp<'a> {
         seq: u64,
         /// The message.
         msg: StoredMessage<'a>,
+        /// The QoS 2 routing it belongs to (0: none; see [`Record::Qos2Committed`]):
+        /// recovery drops it if that routing was never committed. Sub-tag 7 when set.
+        txn: u64,
     },
     /// It was written to the remote under this packet id.
     Sent {
@@ -414,6 +425,12 @@ mod tag {
     pub const DELIVERY_QUEUED_SENT: u8 = 20;
     pub const WILL_PENDING: u8 = 21;
     pub const WILL_DONE: u8 = 22;
+    // 23 is left to another change under way; these two follow it.
+    /// `DELIVERY_QUEUED_FLAGS` with its QoS 2 routing (replaces the pair
+    /// `DELIVERY_QUEUED*` + `DELIVERY_TXN`, which a torn batch could split).
+    pub const DELIVERY_QUEUED_TXN: u8 = 24;
+    /// `DELIVERY_QUEUED_SENT` with its QoS 2 routing.
+    pub const DELIVERY_QUEUED_SENT_TXN: u8 = 25;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -424,6 +441,8 @@ mod bridge_tag {
     pub const DONE: u8 = 4;
     pub const INBOUND_HELD: u8 = 5;
     pub const INBOUND_RELEASED: u8 = 6;
+    /// `ENQUEUED` with the message's QoS 2 routing.
+    pub const ENQUEUED_TXN: u8 = 7;
 }
 
 impl<'a> Record<'a> {
@@ -479,11 +498,13 @@ impl<'a> Record<'a> {
                 qos,
                 retain,
                 sub_ids,
+                txn,
             } => {
-                let flags = *retain || !sub_ids.is_empty();
-                e.u8(match flags {
-                    true => tag::DELIVERY_QUEUED_FLAGS,
-                    false => tag::DELIVERY_QUEUED,
+                let flags = *retain || !sub_ids.is_empty() || *txn != 0;
+                e.u8(match (flags, *txn != 0) {
+                    (_, true) => tag::DELIVERY_QUEUED_TXN,
+                    (true, false) => tag::DELIVERY_QUEUED_FLAGS,
+                    (false, false) => tag::DELIVERY_QUEUED,
                 });
                 e.str(client_id);
                 e.u64(msg.0);
@@ -491,6 +512,9 @@ impl<'a> Record<'a> {
                 if flags {
                     e.bool(*retain);
                     e.u32s(sub_ids);
+                }
+                if *txn != 0 {
+                    e.u64(*txn);
                 }
             }
             Record::DeliveryQueuedSent {
@@ -500,14 +524,21 @@ impl<'a> Record<'a> {
                 retain,
                 sub_ids,
                 packet_id,
+                txn,
             } => {
-                e.u8(tag::DELIVERY_QUEUED_SENT);
+                e.u8(match *txn {
+                    0 => tag::DELIVERY_QUEUED_SENT,
+                    _ => tag::DELIVERY_QUEUED_SENT_TXN,
+                });
                 e.str(client_id);
                 e.u64(msg.0);
                 e.u8(*qos);
                 e.bool(*retain);
                 e.u16(packet_id.get());
                 e.u32s(sub_ids);
+                if *txn != 0 {
+                    e.u64(*txn);
+                }
             }
             Record::DeliverySent {
                 client_id,
@@ -689,12 +720,14 @@ impl<'a> Record<'a> {
                 qos,
                 retain,
                 sub_ids,
+                txn,
             } => Record::DeliveryQueued {
                 client_id: own(client_id),
                 msg,
                 qos,
                 retain,
                 sub_ids: Cow::Owned(sub_ids.into_owned()),
+                txn,
             },
             Record::DeliveryQueuedSent {
                 client_id,
@@ -703,6 +736,7 @@ impl<'a> Record<'a> {
                 retain,
                 sub_ids,
                 packet_id,
+                txn,
             } => Record::DeliveryQueuedSent {
                 client_id: own(client_id),
                 msg,
@@ -710,6 +744,7 @@ impl<'a> Record<'a> {
                 retain,
                 sub_ids: Cow::Owned(sub_ids.into_owned()),
                 packet_id,
+                txn,
             },
             Record::DeliverySent {
                 client_id,
@@ -829,7 +864,8 @@ impl BridgeOp<'_> {
     /// Make an owned copy (a move for the parts already owned).
     pub fn into_owned(self) -> BridgeOp<'static> {
         match self {
-            BridgeOp::Enqueued { seq, msg } => BridgeOp::Enqueued {
+            BridgeOp::Enqueued { seq, msg, txn } => BridgeOp::Enqueued {
+                txn,
                 seq,
                 msg: msg.into_owned(),
             },
@@ -1003,10 +1039,16 @@ impl Enc<'_> {
     }
     fn bridge_op(&mut self, op: &BridgeOp<'_>) {
         match op {
-            BridgeOp::Enqueued { seq, msg } => {
-                self.u8(bridge_tag::ENQUEUED);
+            BridgeOp::Enqueued { seq, msg, txn } => {
+                self.u8(match *txn {
+                    0 => bridge_tag::ENQUEUED,
+                    _ => bridge_tag::ENQUEUED_TXN,
+                });
                 self.u64(*seq);
                 self.message(msg);
+                if *txn != 0 {
+                    self.u64(*txn);
+                }
             }
             BridgeOp::Sent { seq, packet_id } => {
                 self.u8(bridge_tag::SENT);
@@ -1171,9 +1213,10 @@ impl<'a> Dec<'a> {
     }
     fn bridge_op(&mut self) -> Result<BridgeOp<'a>, DecodeError> {
         Ok(match self.u8()? {
-            bridge_tag::ENQUEUED => BridgeOp::Enqueued {
+            t @ (bridge_tag::ENQUEUED | bridge_tag::ENQUEUED_TXN) => BridgeOp::Enqueued {
                 seq: self.u64()?,
                 msg: self.message()?,
+                txn: self.txn(t == bridge_tag::ENQUEUED_TXN)?,
             },
             bridge_tag::SENT => BridgeOp::Sent {
                 seq: self.u64()?,
@@ -1189,6 +1232,16 @@ impl<'a> Dec<'a> {
             },
             _ => return Err(DecodeError::BadValue("bridge op")),
         })
+    }
+    /// A delivery's QoS 2 routing: present (and not 0) under the `_TXN` tags only.
+    fn txn(&mut self, present: bool) -> Result<u64, DecodeError> {
+        match present {
+            false => Ok(0),
+            true => match self.u64()? {
+                0 => Err(DecodeError::BadValue("QoS 2 routing 0")),
+                txn => Ok(txn),
+            },
+        }
     }
     fn state(&mut self) -> Result<DeliveryState, DecodeError> {
         match self.u8()? {
@@ -1206,22 +1259,27 @@ impl<'a> Dec<'a> {
                 qos: self.qos()?,
                 retain: false,
                 sub_ids: Cow::Borrowed(&[]),
+                txn: 0,
             },
-            tag::DELIVERY_QUEUED_FLAGS => Record::DeliveryQueued {
+            tag::DELIVERY_QUEUED_FLAGS | tag::DELIVERY_QUEUED_TXN => Record::DeliveryQueued {
                 client_id: self.string()?,
                 msg: MsgId(self.u64()?),
                 qos: self.qos()?,
                 retain: self.bool()?,
                 sub_ids: self.u32s()?,
+                txn: self.txn(t == tag::DELIVERY_QUEUED_TXN)?,
             },
-            tag::DELIVERY_QUEUED_SENT => Record::DeliveryQueuedSent {
-                client_id: self.string()?,
-                msg: MsgId(self.u64()?),
-                qos: self.qos()?,
-                retain: self.bool()?,
-                packet_id: self.packet_id()?,
-                sub_ids: self.u32s()?,
-            },
+            tag::DELIVERY_QUEUED_SENT | tag::DELIVERY_QUEUED_SENT_TXN => {
+                Record::DeliveryQueuedSent {
+                    client_id: self.string()?,
+                    msg: MsgId(self.u64()?),
+                    qos: self.qos()?,
+                    retain: self.bool()?,
+                    packet_id: self.packet_id()?,
+                    sub_ids: self.u32s()?,
+                    txn: self.txn(t == tag::DELIVERY_QUEUED_SENT_TXN)?,
+                }
+            }
             tag::DELIVERY_SENT => Record::DeliverySent {
                 client_id: self.string()?,
                 msg: MsgId(self.u64()?),

@@ -47,6 +47,7 @@ impl Delivery {
         retain: bool,
         sub_ids: Vec<u32>,
         packet_id: Option<NonZeroU16>,
+        txn: u64,
     ) -> Delivery {
         let state = match packet_id {
             Some(_) => DeliveryState::InFlight,
@@ -59,7 +60,7 @@ impl Delivery {
             sub_ids,
             packet_id,
             state,
-            txn: 0,
+            txn,
         }
     }
 }
@@ -187,9 +188,10 @@ impl LiveState {
                 qos,
                 retain,
                 sub_ids,
+                txn,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), None);
+                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), None, txn);
                     s.deliveries.push(d);
                 }
             }
@@ -200,9 +202,11 @@ impl LiveState {
                 retain,
                 sub_ids,
                 packet_id,
+                txn,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), Some(packet_id));
+                    let ids = sub_ids.into_owned();
+                    let d = Delivery::new(msg, qos, retain, ids, Some(packet_id), txn);
                     s.deliveries.push(d);
                 }
             }
@@ -374,9 +378,9 @@ impl LiveState {
             .collect();
     }
 
-    /// Settle the QoS 2 routings: a delivery of one never committed is dropped (nobody
-    /// saw it: its PUBLISH waits for the commit, and so does its publisher's PUBREC, so the
-    /// publisher sends it again), the others are kept. What remains is plain deliveries,
+    /// Settle the QoS 2 routings: a delivery (or a bridge's queued message) of one never
+    /// committed is dropped (nobody saw it: its PUBLISH waits for the commit, and so does
+    /// its publisher's PUBREC, so the publisher sends it again), the others are kept. What remains is plain deliveries,
     /// so a new run numbers its routings afresh.
     fn settle_qos2(&mut self) {
         let committed = std::mem::take(&mut self.qos2_committed);
@@ -388,7 +392,12 @@ impl LiveState {
             dropped += before - s.deliveries.len();
             s.deliveries.clear_txns();
         }
-        self.qos2_dropped += dropped as u64;
+        let mut dropped = dropped as u64;
+        for b in self.bridges.values_mut() {
+            dropped += b.settle_qos2(done);
+        }
+        self.bridges.retain(|_, b| !b.is_empty());
+        self.qos2_dropped += dropped;
     }
 
     /// The next Will number free in this state.
@@ -588,6 +597,7 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 retain: d.retain,
                 sub_ids,
                 packet_id,
+                txn: d.txn,
             },
             None => Record::DeliveryQueued {
                 client_id: client(),
@@ -595,14 +605,9 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 qos: d.qos,
                 retain: d.retain,
                 sub_ids,
+                txn: d.txn,
             },
         });
-        if d.txn != 0 {
-            out.push(Record::DeliveryTxn {
-                client_id: client(),
-                txn: d.txn,
-            });
-        }
         if let Some(packet_id) = d.packet_id.filter(|_| in_flight.is_none()) {
             out.push(Record::DeliverySent {
                 client_id: client(),

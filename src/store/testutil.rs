@@ -116,6 +116,7 @@ pub fn samples() -> Vec<Record<'static>> {
             qos: 1,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         },
         Record::DeliveryQueued {
             client_id: c(),
@@ -123,6 +124,7 @@ pub fn samples() -> Vec<Record<'static>> {
             qos: 2,
             retain: true,
             sub_ids: Cow::Borrowed(&[1, 268_435_455]),
+            txn: 0,
         },
         Record::DeliveryQueued {
             client_id: c(),
@@ -130,6 +132,15 @@ pub fn samples() -> Vec<Record<'static>> {
             qos: 0,
             retain: false,
             sub_ids: Cow::Borrowed(&[42]),
+            txn: 0,
+        },
+        Record::DeliveryQueued {
+            client_id: c(),
+            msg: MsgId(9),
+            qos: 2,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+            txn: 2 << 48 | 9,
         },
         Record::DeliveryQueuedSent {
             client_id: c(),
@@ -138,6 +149,7 @@ pub fn samples() -> Vec<Record<'static>> {
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
             packet_id: pid(1),
+            txn: 0,
         },
         Record::DeliveryQueuedSent {
             client_id: c(),
@@ -146,6 +158,16 @@ pub fn samples() -> Vec<Record<'static>> {
             retain: true,
             sub_ids: Cow::Borrowed(&[5, 268_435_455]),
             packet_id: pid(65535),
+            txn: 0,
+        },
+        Record::DeliveryQueuedSent {
+            client_id: c(),
+            msg: MsgId(9),
+            qos: 2,
+            retain: true,
+            sub_ids: Cow::Borrowed(&[5]),
+            packet_id: pid(2),
+            txn: 1 << 48 | 1,
         },
         Record::DeliverySent {
             client_id: c(),
@@ -218,10 +240,17 @@ pub fn bridge_samples() -> Vec<Record<'static>> {
         BridgeOp::Enqueued {
             seq: 1,
             msg: message("site1/t", b"v", true),
+            txn: 0,
         },
         BridgeOp::Enqueued {
             seq: u64::MAX,
             msg: message("t", b"", false),
+            txn: 0,
+        },
+        BridgeOp::Enqueued {
+            seq: 2,
+            msg: message("t2", b"x", false),
+            txn: 1 << 48 | 3,
         },
         BridgeOp::Sent {
             seq: 1,

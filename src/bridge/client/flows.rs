@@ -29,6 +29,8 @@ pub struct Offered<'a> {
     pub props: Option<&'a ForwardedProps>,
     /// Expiry on the shard clock, ms.
     pub expires_at_ms: Option<u64>,
+    /// Its QoS 2 routing (0: none): see [`Bridge::learn_commits`].
+    pub txn: u64,
 }
 
 impl Bridge {
@@ -38,6 +40,11 @@ impl Bridge {
     pub(super) fn resend_inflight(&mut self, now_ms: u64, session_present: bool) {
         let items: Vec<Inflight> = self.inflight.drain(..).collect();
         for item in items {
+            if item.held.is_some() {
+                // Its record is not durable yet: `records_durable` writes it.
+                self.inflight.push_back(item);
+                continue;
+            }
             if item.stage == Stage::Comp {
                 if session_present {
                     self.send(now_ms, &Packet::PubRel(Ack::new(item.id)));
@@ -102,6 +109,7 @@ impl Bridge {
             retain: true,
             props: None,
             expires_at_ms: None,
+            txn: 0,
         };
         self.write_publish(now_ms, &msg, Some(id), false);
         self.inflight.push_back(Inflight {
@@ -109,6 +117,7 @@ impl Bridge {
             id,
             msg,
             stage: Stage::Ack,
+            held: None,
         });
     }
 
@@ -131,6 +140,7 @@ impl Bridge {
             retain,
             props: None,
             expires_at_ms: None,
+            txn: 0,
         };
         self.offer_message(now_ms, &m, from_this_bridge)
     }
@@ -144,6 +154,7 @@ impl Bridge {
             retain,
             props,
             expires_at_ms,
+            txn,
         } = *m;
         if from_this_bridge {
             self.stats.loops_prevented += 1;
@@ -163,6 +174,9 @@ impl Bridge {
             retain: retain && self.set.outgoing_retain,
             props: props.cloned().map(Arc::new),
             expires_at_ms,
+            // Only a message that leaves at QoS 2 waits for its commit (at QoS 1 a
+            // duplicate after a power cut is allowed).
+            txn: if qos == QoS::ExactlyOnce { txn } else { 0 },
         };
         match self.queue.push(msg.clone()) {
             Err(_) => Offer::Dropped,
@@ -176,6 +190,29 @@ impl Bridge {
         }
     }
 
+    /// The shard's commits of QoS 2 routings moved: `commits[k]` is the highest routing
+    /// of origin shard `k` committed (its `Qos2Committed` record durable). A queued
+    /// message of a routing not committed yet is not sent (nor anything behind it):
+    /// sent before its commit, it could reach the remote once before a power cut and
+    /// again when its publisher, which saw no PUBREC, sends it again.
+    pub fn learn_commits(&mut self, now_ms: u64, commits: &[u64]) {
+        if self.commits != commits {
+            self.commits.clear();
+            self.commits.extend_from_slice(commits);
+            self.pump(now_ms);
+        }
+    }
+
+    /// Whether routing `txn` (0: none) may be forwarded.
+    fn is_committed(&self, txn: u64) -> bool {
+        let origin = (txn >> 48) as usize;
+        txn == 0
+            || origin
+                .checked_sub(1)
+                .and_then(|o| self.commits.get(o))
+                .is_some_and(|&c| c >= txn)
+    }
+
     /// Move queued messages to the wire while the window and the output bound allow.
     pub(super) fn pump(&mut self, now_ms: u64) {
         let Link::Connected(c) = self.link else {
@@ -187,6 +224,10 @@ impl Bridge {
             };
             let qos = front.msg.qos.min(c.max_qos);
             if qos != QoS::AtMostOnce && self.inflight.len() >= c.window {
+                break;
+            }
+            if !self.is_committed(front.msg.txn) {
+                // Later messages wait behind it, keeping the order.
                 break;
             }
             let Some(Queued { seq, mut msg }) = self.queue.pop() else {
@@ -219,7 +260,13 @@ impl Bridge {
             self.stats.dropped_too_large += 1;
             return self.finish(seq, false);
         }
-        self.write_publish(now_ms, &msg, id, false);
+        // A stored QoS 2 PUBLISH waits until its packet id is durable: sent before, a
+        // power cut would send it again under another id, which the remote takes for a
+        // new message.
+        let held = self.hold_for_record(seq, msg.qos);
+        if held.is_none() {
+            self.write_publish(now_ms, &msg, id, false);
+        }
         match id {
             None => {
                 self.stats.forwarded += 1;
@@ -239,6 +286,7 @@ impl Bridge {
                     id,
                     msg,
                     stage,
+                    held,
                 });
             }
         }
@@ -319,10 +367,54 @@ impl Bridge {
             return self.acked(a.packet_id, Stage::Rec, a.reason);
         }
         item.stage = Stage::Comp;
-        if let Some(seq) = item.seq {
+        let seq = item.seq;
+        if let Some(seq) = seq {
             self.records.push(Record::Received { seq });
         }
-        self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
+        // PUBREL waits until "PUBREC received" is durable: sent before, a power cut
+        // would send the PUBLISH again after the remote had released its id.
+        let held = self.hold_for_record(seq, QoS::ExactlyOnce);
+        if let Some(item) = self.inflight.iter_mut().find(|f| f.id == a.packet_id) {
+            item.held = held;
+        }
+        if held.is_none() {
+            self.send(now_ms, &Packet::PubRel(Ack::new(a.packet_id)));
+        }
+    }
+
+    /// The record batch a stored QoS 2 packet must wait for (the one now being filled),
+    /// or `None` to write it at once.
+    fn hold_for_record(&self, seq: Option<u64>, qos: QoS) -> Option<u64> {
+        (self.logged && seq.is_some() && qos == QoS::ExactlyOnce).then_some(self.batches + 1)
+    }
+
+    /// Whether this bridge's outbound records go to a log (persistence on, and not
+    /// `local_cleansession`). Set by the shard before the bridge's first offer.
+    pub fn set_logged(&mut self, logged: bool) {
+        self.logged = logged;
+    }
+
+    /// The record batches up to `batch` (counted by `take_records`) are durable: write the
+    /// QoS 2 packets that waited for them, in order (a PUBLISH, or a PUBREL). Without a
+    /// connection they go at the next one, as any in flight.
+    pub fn records_durable(&mut self, now_ms: u64, batch: u64) {
+        self.durable_batch = self.durable_batch.max(batch);
+        let connected = matches!(self.link, Link::Connected(_));
+        let mut due = Vec::new();
+        for item in self.inflight.iter_mut() {
+            if item.held.is_some_and(|b| b <= self.durable_batch) {
+                item.held = None;
+                if connected {
+                    due.push((item.id, item.stage, item.msg.clone()));
+                }
+            }
+        }
+        for (id, stage, msg) in due {
+            match stage {
+                Stage::Comp => self.send(now_ms, &Packet::PubRel(Ack::new(id))),
+                _ => self.write_publish(now_ms, &msg, Some(id), false),
+            }
+        }
     }
 
     pub(super) fn finish(&mut self, seq: Option<u64>, delivered: bool) {

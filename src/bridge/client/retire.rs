@@ -27,6 +27,7 @@ impl Bridge {
                         retain: true,
                         props: None,
                         expires_at_ms: None,
+                        txn: 0,
                     };
                     self.write_publish(now_ms, &msg, None, false);
                 }

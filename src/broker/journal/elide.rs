@@ -8,7 +8,7 @@
 //! back only when its net effect on the recovered state is nothing, so every prefix of
 //! the log recovers what it would have recovered with them, less a delivery its
 //! subscriber had already acknowledged:
-//! * a `DeliveryDone` that ends a QoS 1 delivery whose `DeliveryQueuedSent` (or
+//! * a `DeliveryDone` that ends a QoS 1 delivery (of no QoS 2 routing) whose `DeliveryQueuedSent` (or
 //!   `DeliveryQueued` and `DeliverySent`) is still unwritten cancels with it (the
 //!   subscriber has acknowledged the message: nothing is owed to it; see
 //!   `docs/persistence.md`, "Records that cancel"). A `DeliverySent` names "the oldest
@@ -21,8 +21,8 @@
 //!   the turn).
 //!
 //! Anything that could make a match wrong (a session created or ended, a QoS 2 routing
-//! named, a delivery moved on by packet id) forgets the pending deliveries: a delivery
-//! not found is simply written, as before. Must not touch: the log's bytes (it keeps
+//! named by an older `DeliveryTxn`, a delivery moved on by packet id) forgets the
+//! pending deliveries: a delivery not found is simply written, as before. Must not touch: the log's bytes (it keeps
 //! tickets), the shadow state.
 
 use std::collections::HashMap;
@@ -91,10 +91,11 @@ impl Elision {
                 msg,
                 qos,
                 packet_id,
+                txn,
                 ..
             } => {
                 self.named(*msg);
-                if *qos == 1 {
+                if *qos == 1 && *txn == 0 {
                     let name = self.name(client_id);
                     self.follow(client_id, *packet_id, *msg, [ticket, 0], name);
                 }
@@ -103,10 +104,11 @@ impl Elision {
                 client_id,
                 msg,
                 qos,
+                txn,
                 ..
             } => {
                 let stored = self.named(*msg);
-                if *qos == 1 && stored {
+                if *qos == 1 && *txn == 0 && stored {
                     self.queued_one(client_id, *msg, ticket);
                 }
             }

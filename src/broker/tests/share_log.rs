@@ -11,15 +11,22 @@ use crate::config::Config;
 use crate::store::{self, SimDisk};
 
 /// `n` shard cores whose logs are on `disk` (empty), an in-flight window of one.
-fn stored_cores(disk: &SimDisk, n: usize) -> Cores {
-    use crate::store::{Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
-    let data = std::path::Path::new(STORE_DIR);
-    store::install_on(disk, data, &vec![LiveState::default(); n]).expect("install");
-    let cfg = Arc::new(Config {
+pub(super) fn stored_cores(disk: &SimDisk, n: usize) -> Cores {
+    let cfg = Config {
         shards: n,
         max_inflight: 1,
         ..Config::default()
-    });
+    };
+    stored_cores_with(disk, cfg)
+}
+
+/// `stored_cores` with this configuration (`cfg.shards` of them).
+pub(super) fn stored_cores_with(disk: &SimDisk, cfg: Config) -> Cores {
+    use crate::store::{Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
+    let n = cfg.shards;
+    let data = std::path::Path::new(STORE_DIR);
+    store::install_on(disk, data, &vec![LiveState::default(); n]).expect("install");
+    let cfg = Arc::new(cfg);
     let shards = (0..n)
         .map(|i| {
             let opts = WalOptions {
@@ -58,12 +65,12 @@ fn durable(disk: &SimDisk) -> std::collections::BTreeMap<String, Vec<(u8, bool)>
 }
 
 /// Shard `i` ends a turn (its batch written, barriers and answers cast).
-fn end_turn(c: &mut Cores, i: usize) {
+pub(super) fn end_turn(c: &mut Cores, i: usize) {
     c.shards[i].journal_end_turn(NOW_MS);
 }
 
 /// Shard `i`'s log syncs; whether there was anything to sync.
-fn sync(c: &mut Cores, i: usize) -> bool {
+pub(super) fn sync(c: &mut Cores, i: usize) -> bool {
     let mut any = false;
     while c.shards[i].journal_background(true) {
         any = true;
@@ -72,7 +79,7 @@ fn sync(c: &mut Cores, i: usize) -> bool {
 }
 
 /// Carry every cast waiting in shard `from`'s outbox.
-fn carry(c: &mut Cores, from: usize) {
+pub(super) fn carry(c: &mut Cores, from: usize) {
     let casts = std::mem::take(&mut c.shards[from].effects().outbox);
     for (to, cast) in casts {
         c.shards[to].on_cast(cast, NOW_MS);
@@ -80,7 +87,7 @@ fn carry(c: &mut Cores, from: usize) {
 }
 
 /// Turns, syncs and casts until nothing is held or in transit.
-fn settle(c: &mut Cores) {
+pub(super) fn settle(c: &mut Cores) {
     for _ in 0..50 {
         let mut moved = false;
         for i in 0..c.shards.len() {
@@ -103,7 +110,7 @@ fn settle(c: &mut Cores) {
 
 /// A stored session `id` connects through its home shard and subscribes to each filter
 /// at its QoS; returns (home shard, key).
-fn member(c: &mut Cores, id: &str, subs: &[(&str, u8)]) -> (usize, usize) {
+pub(super) fn member(c: &mut Cores, id: &str, subs: &[(&str, u8)]) -> (usize, usize) {
     let home = crate::broker::home_shard(id, c.shards.len());
     let key = c.shards[home].accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
     let mut input = stored_connect_packet(id);

@@ -318,6 +318,7 @@ fn an_unchanged_shard_count_keeps_every_message_id() {
                 qos: 1,
                 retain: false,
                 sub_ids: Vec::new().into(),
+                txn: 0,
             });
         }
         write_log(data.path(), k, &records, 1 << 20);
@@ -357,6 +358,7 @@ fn a_long_single_session_queue_recovers() {
             qos: 1,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         });
         if i.is_multiple_of(1_000) {
             wal.end_turn().expect("write");

@@ -89,6 +89,7 @@ fn the_first_delivery_queued_form_still_decodes() {
         qos: 1,
         retain: false,
         sub_ids: Cow::Borrowed(&[]),
+        txn: 0,
     };
     assert_eq!(Record::decode(old), Ok(want.clone()));
     // A delivery without flags keeps writing that form, byte for byte.
@@ -103,6 +104,7 @@ fn delivery_queued_with_flags_has_its_own_tag() {
         qos: 1,
         retain: true,
         sub_ids: Cow::Borrowed(&[5, 0x0fff_ffff]),
+        txn: 0,
     };
     let want: &[u8] = &[
         16, 1, 0, 0, 0, b'c', 7, 0, 0, 0, 0, 0, 0, 0, 1, // as tag 7

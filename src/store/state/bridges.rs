@@ -22,6 +22,8 @@ pub struct BridgeMsg {
     pub packet_id: Option<NonZeroU16>,
     /// QoS 2: PUBREC received (PUBREL is resent, never the PUBLISH).
     pub received: bool,
+    /// The QoS 2 routing it belongs to, until recovery settles it (0: none).
+    pub txn: u64,
 }
 
 /// A bridge's durable forwarding state.
@@ -37,11 +39,12 @@ impl BridgeState {
     /// Apply one op.
     pub fn apply(&mut self, op: BridgeOp<'static>) {
         match op {
-            BridgeOp::Enqueued { seq, msg } => {
+            BridgeOp::Enqueued { seq, msg, txn } => {
                 let m = BridgeMsg {
                     msg,
                     packet_id: None,
                     received: false,
+                    txn,
                 };
                 self.messages.insert(seq, m);
             }
@@ -67,6 +70,18 @@ impl BridgeState {
         }
     }
 
+    /// Drop the messages of QoS 2 routings for which `done` is false (never committed:
+    /// the bridge never sent them, and their publisher sends them again), forget the
+    /// routings of the others; how many were dropped.
+    pub fn settle_qos2(&mut self, done: impl Fn(u64) -> bool) -> u64 {
+        let before = self.messages.len();
+        self.messages.retain(|_, m| m.txn == 0 || done(m.txn));
+        for m in self.messages.values_mut() {
+            m.txn = 0;
+        }
+        (before - self.messages.len()) as u64
+    }
+
     /// Nothing held: the entry can go.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.inbound_held.is_empty()
@@ -82,6 +97,7 @@ impl BridgeState {
             let mut ops = vec![rec(BridgeOp::Enqueued {
                 seq,
                 msg: m.msg.clone(),
+                txn: m.txn,
             })];
             if let Some(packet_id) = m.packet_id {
                 ops.push(rec(BridgeOp::Sent { seq, packet_id }));

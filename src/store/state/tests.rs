@@ -72,6 +72,7 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             qos: 1,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         },
         Record::DeliveryQueued {
             client_id: c(client),
@@ -79,6 +80,7 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             qos: 1,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         },
         Record::DeliveryQueued {
             client_id: c(client),
@@ -86,6 +88,7 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             qos: 2,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         },
         Record::DeliveryQueued {
             client_id: c(client),
@@ -93,6 +96,7 @@ fn busy(client: &str, base: u64) -> Vec<Record<'static>> {
             qos: 1,
             retain: true,
             sub_ids: Cow::Borrowed(&[7, 268_435_455]),
+            txn: 0,
         },
         Record::DeliverySent {
             client_id: c(client),
@@ -208,6 +212,7 @@ fn ending_a_session_drops_its_messages_and_counts_orphans() {
         qos: 1,
         retain: false,
         sub_ids: Cow::Borrowed(&[]),
+        txn: 0,
     });
     let mut s = replay(recs);
     s.finish();
@@ -302,6 +307,7 @@ fn bridge_state_survives_checkpoint_merge_and_placement() {
     let enq = |seq| BridgeOp::Enqueued {
         seq,
         msg: message(&format!("r/{seq}"), b"p", false),
+        txn: 0,
     };
     let mut s = replay(vec![
         bridge_op("cloud", enq(1)),
@@ -418,6 +424,7 @@ fn uncommitted_qos2_routings_are_dropped_at_recovery() {
                 qos: 2,
                 retain: false,
                 sub_ids: Cow::Borrowed(&[]),
+                txn: 0,
             },
             Record::DeliveryTxn {
                 client_id: c("sub"),
@@ -464,6 +471,7 @@ fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
         qos: 1,
         retain: true,
         sub_ids: Cow::Borrowed(ids),
+        txn: 0,
     };
     let sent = Record::DeliverySent {
         client_id: c("c"),
@@ -478,6 +486,7 @@ fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
         retain: true,
         sub_ids: Cow::Borrowed(ids),
         packet_id: pid(5),
+        txn: 0,
     };
     let two = replay(vec![session("c", true), stored.clone(), queued, sent]);
     let one = replay(vec![session("c", true), stored, both.clone()]);
@@ -553,6 +562,7 @@ fn commit_marks_read_first_survive_the_merge() {
             qos: 2,
             retain: false,
             sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
         },
         Record::DeliveryTxn {
             client_id: c("sub"),
@@ -569,4 +579,73 @@ fn commit_marks_read_first_survive_the_merge() {
         "the committed routing stays"
     );
     assert_eq!(s.qos2_dropped, 0);
+}
+
+/// A delivery's QoS 2 routing in its own record (tags 24/25) is what the older pair
+/// (`DeliveryQueued*` then `DeliveryTxn`, still read from old logs) meant; a checkpoint
+/// writes the one record, never the pair (a torn batch cannot split one record).
+#[test]
+fn a_routing_in_the_delivery_record_is_the_old_pair() {
+    let txn = 3 << 48 | 4;
+    let stored = Record::MessageStored {
+        id: MsgId(1),
+        msg: message("t", b"p", false),
+    };
+    let queued = |txn| Record::DeliveryQueued {
+        client_id: c("c"),
+        msg: MsgId(1),
+        qos: 2,
+        retain: false,
+        sub_ids: Cow::Borrowed(&[]),
+        txn,
+    };
+    let pair = vec![
+        session("c", false),
+        stored.clone(),
+        queued(0),
+        Record::DeliveryTxn {
+            client_id: c("c"),
+            txn,
+        },
+    ];
+    let one = replay(vec![session("c", false), stored, queued(txn)]);
+    assert_eq!(one, replay(pair));
+    assert_eq!(
+        one.sessions["c"].deliveries.iter().next().map(|d| d.txn),
+        Some(txn)
+    );
+    assert!(one.records().any(|r| r == queued(txn)));
+    assert!(!one
+        .records()
+        .any(|r| matches!(r, Record::DeliveryTxn { .. })));
+}
+
+/// A bridge's queued message of a QoS 2 routing is kept by recovery only if the routing's
+/// commit is in some log; the one kept is plain afterwards (a new run numbers afresh).
+#[test]
+fn a_bridge_message_of_an_uncommitted_routing_is_dropped_at_recovery() {
+    let enq = |seq, txn| BridgeOp::Enqueued {
+        seq,
+        msg: message(&format!("r/{seq}"), b"p", false),
+        txn,
+    };
+    let origin = |k: u64| 1 << 48 | k;
+    let mut s = replay(vec![
+        bridge_op("cloud", enq(1, origin(1))),
+        bridge_op("cloud", enq(2, 0)),
+        bridge_op("cloud", enq(3, origin(2))),
+        bridge_op("other", enq(1, origin(3))),
+    ]);
+    let again = replay(s.records().map(Record::into_owned).collect());
+    assert_eq!(again, s, "a checkpoint keeps the routings");
+    s.apply(Record::Qos2Committed { txn: origin(1) });
+    s.finish();
+    let kept: Vec<(u64, u64)> = s.bridges["cloud"]
+        .messages
+        .iter()
+        .map(|(&seq, m)| (seq, m.txn))
+        .collect();
+    assert_eq!(kept, [(1, 0), (2, 0)]);
+    assert!(!s.bridges.contains_key("other"), "left empty, so gone");
+    assert_eq!(s.qos2_dropped, 2);
 }

@@ -181,6 +181,7 @@ fn checkpoints_delete_covered_segments_and_bound_disk_use() {
                 qos: 1,
                 retain: false,
                 sub_ids: Cow::Borrowed(&[]),
+                txn: 0,
             },
         );
         live.finish();
