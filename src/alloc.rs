@@ -4,13 +4,20 @@
 //! background purging on, so that memory freed when clients leave goes back to the OS
 //! within its decay time (10 s) even on an idle broker; docs/decisions/0012-allocator.md
 //! has the measurements against glibc and mimalloc), and the process-wide memory figures
-//! read on demand for `/metrics`. Invariant: nothing here runs on a shard's per-message
+//! read on demand for `/metrics`. Without the `jemalloc` feature (a sanitizer build,
+//! `scripts/asan`) [`Global`] is the system allocator and the allocator has no figures. Invariant: nothing here runs on a shard's per-message
 //! path; reading the figures costs a few syscalls or allocator calls, once per scrape.
 //! Must not touch: broker state.
 #![forbid(unsafe_code)]
 
 /// The global allocator `main` installs (`#[global_allocator]`).
+#[cfg(feature = "jemalloc")]
 pub type Global = tikv_jemallocator::Jemalloc;
+
+/// The global allocator `main` installs (`#[global_allocator]`): the system's, whose
+/// allocations AddressSanitizer intercepts (the `jemalloc` feature is off).
+#[cfg(not(feature = "jemalloc"))]
+pub type Global = std::alloc::System;
 
 /// What the allocator reports, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +31,10 @@ pub struct AllocatorFigures {
     pub retained: u64,
 }
 
-/// The allocator's current figures, or None if it cannot say (jemalloc is linked but
-/// another allocator is the global one: then they describe jemalloc's own small use).
+/// The allocator's current figures, or None if it cannot say (built without jemalloc). If
+/// jemalloc is linked but another allocator is the global one, they describe jemalloc's
+/// own small use.
+#[cfg(feature = "jemalloc")]
 pub fn allocator_figures() -> Option<AllocatorFigures> {
     use tikv_jemalloc_ctl::{epoch, stats};
     // The statistics are a snapshot refreshed by advancing the epoch.
@@ -37,9 +46,23 @@ pub fn allocator_figures() -> Option<AllocatorFigures> {
     })
 }
 
+/// The allocator's current figures: None, the system allocator reports none.
+#[cfg(not(feature = "jemalloc"))]
+pub fn allocator_figures() -> Option<AllocatorFigures> {
+    None
+}
+
 /// Whether the allocator purges freed memory from background threads.
+#[cfg(feature = "jemalloc")]
 pub fn background_purge() -> bool {
     tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)
+}
+
+/// Whether the allocator purges freed memory from background threads: the system
+/// allocator has no such threads.
+#[cfg(not(feature = "jemalloc"))]
+pub fn background_purge() -> bool {
+    false
 }
 
 /// This process's resident set size in bytes (`VmRSS` of `/proc/self/status`), or None

@@ -14,7 +14,8 @@ use shardmq::store::{self, CheckpointPolicy, StoreLock, SyncMode, WalOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// jemalloc, with background purging: see `shardmq::alloc`.
+/// jemalloc, with background purging (the system allocator without the `jemalloc`
+/// feature): see `shardmq::alloc`.
 #[global_allocator]
 static GLOBAL: shardmq::alloc::Global = shardmq::alloc::Global {};
 

@@ -13,7 +13,8 @@ mod v5;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::nats::NatsCluster as Nats;
@@ -528,8 +529,6 @@ fn a_node_killed_mid_traffic_leaves_the_others_serving() {
 /// messages reach a subscriber on C again (C's NATS subscriptions are replayed). Messages
 /// in the gap may be lost (core NATS); the test claims only that traffic resumes.
 fn nats_server_lost_mid_traffic(nats: &mut Nats, a: SocketAddr, c: SocketAddr) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
     let mut sub = connect(a, "n-sub");
     sub.subscribe("n/#", 1);
     let mut publ = connect(c, "n-pub");
@@ -848,4 +847,182 @@ fn a_dead_nodes_session_gets_its_owed_messages_where_it_reconnects() {
     }
     assert_eq!(got.len(), 56, "only what was published: {got:?}");
     drop((a, c));
+}
+
+/// Topics of the order test, each subscribed to on A while C publishes to it.
+const ORDER_TOPICS: usize = 6;
+/// Messages of a topic that must arrive before the next topic's subscriber starts.
+const ORDER_SEEN: usize = 50;
+/// QoS 1 PUBLISHes the order test's publisher has unacknowledged at once.
+const ORDER_WINDOW: usize = 256;
+/// Bounds on the order test's publisher.
+const ORDER_MESSAGES_MAX: usize = 60_000;
+const ORDER_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// Publish on C until `stop` (bounded), keeping `ORDER_WINDOW` QoS 1 PUBLISHes
+/// unacknowledged (a new one for each PUBACK, so C's link always has earlier messages
+/// waiting): every second one on `bg/x` (stored in A's queue: stores always under way),
+/// the others on `ord/<k>` in turn, numbered per topic. Returns how many went to each
+/// `ord/<k>`, every one PUBACKed.
+fn publish_ordered(mut publ: RawClient, stop: Arc<AtomicBool>) -> Vec<u32> {
+    let mut sent = vec![0u32; ORDER_TOPICS];
+    let started = Instant::now();
+    let (mut total, mut unacked) = (0usize, 0usize);
+    loop {
+        while unacked < ORDER_WINDOW && !stop.load(Ordering::Acquire) {
+            assert!(
+                total < ORDER_MESSAGES_MAX && started.elapsed() < ORDER_TIME_MAX,
+                "the subscribers never got their messages ({total} published)"
+            );
+            let pid = publ.next_pid();
+            if total % 2 == 0 {
+                publ.send_publish("bg/x", b"bg", 1, false, false, Some(pid));
+            } else {
+                let k = total / 2 % ORDER_TOPICS;
+                let payload = format!("{k}:{}", sent[k]);
+                sent[k] += 1;
+                let topic = format!("ord/{k}");
+                publ.send_publish(&topic, payload.as_bytes(), 1, false, false, Some(pid));
+            }
+            total += 1;
+            unacked += 1;
+        }
+        if unacked == 0 {
+            return sent;
+        }
+        publ.expect_where(WAIT, "PUBACK", |g| matches!(g, Got::PubAck(_)));
+        unacked -= 1;
+    }
+}
+
+/// Subscribe a new client on `addr` to `ord/<k>` and gather the numbers that arrive, in
+/// order; `seen` counts them as they come. Once `count` is known (not `u32::MAX`), stop
+/// when that many were published and the last one arrived (then nothing more may come),
+/// or `WAIT` after the last arrival.
+fn gather_ordered(
+    addr: SocketAddr,
+    k: usize,
+    seen: Arc<AtomicUsize>,
+    count: Arc<AtomicU32>,
+) -> Vec<u32> {
+    let mut c = connect(addr, &format!("ord-sub-{k}"));
+    c.subscribe(&format!("ord/{k}"), 1);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + ORDER_TIME_MAX + FORM_WAIT;
+    let mut last_at = Instant::now();
+    loop {
+        assert!(Instant::now() < deadline, "[ord/{k}] never done");
+        let count = count.load(Ordering::Acquire);
+        let known = count != u32::MAX;
+        if known && (got.last() == Some(&count.wrapping_sub(1)) || last_at.elapsed() > WAIT) {
+            if let Some(p) = next_payload(&mut c, QUIET) {
+                panic!("[ord/{k}] {p} after the last one: {got:?}");
+            }
+            return got;
+        }
+        if let Some(p) = next_payload(&mut c, QUIET) {
+            let n = p
+                .strip_prefix(&format!("{k}:"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("[ord/{k}] not one of its messages: {p}"));
+            got.push(n);
+            seen.fetch_add(1, Ordering::Release);
+            last_at = Instant::now();
+        }
+    }
+}
+
+/// Order at the switch to the durable path (`docs/cluster.md`, "QoS 1/2 between nodes",
+/// *Order*). C publishes numbered QoS 1 messages on six topics, pipelined and interleaved
+/// with messages another subscriber on A already takes from A's JetStream queue (so C
+/// always has stores under way). Subscribers on A join the topics one after another
+/// mid-stream: each topic's first messages reach A by core NATS (C's interest view does
+/// not show A's new filter yet), the later ones through A's queue. Each subscriber must
+/// get an unbroken, strictly increasing run of its topic's numbers up to the last one.
+#[test]
+fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    // Both nodes on one NATS server: an interest is on it once the SUBACK came, so each
+    // subscriber gets every message from its first one on.
+    let a = nats.node("ord", "A", 0);
+    let c = nats.node_with("ord", "C", 0, &["--admin", "127.0.0.1:0"]);
+    let mut bg = connect(a.addr(), "ord-bg");
+    bg.subscribe("bg/#", 1);
+    let mut publ = connect(c.addr(), "ord-pub");
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "C never stored for A");
+        publ.publish("bg/probe", b"probe", 1, false);
+        let arrived = next_payload(&mut bg, Duration::from_millis(50)).is_some();
+        if arrived && figure(&c, "queued") > 0 {
+            break;
+        }
+    }
+    let stop_pub = Arc::new(AtomicBool::new(false));
+    let stop_bg = Arc::new(AtomicBool::new(false));
+    let bg_reader = {
+        let stop = stop_bg.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + ORDER_TIME_MAX + FORM_WAIT;
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                next_payload(&mut bg, Duration::from_millis(20));
+            }
+        })
+    };
+    let queued_before = figure(&c, "queued");
+    let sender = {
+        let stop = stop_pub.clone();
+        std::thread::spawn(move || publish_ordered(publ, stop))
+    };
+    let mut readers = Vec::new();
+    for k in 0..ORDER_TOPICS {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = Arc::new(AtomicU32::new(u32::MAX));
+        let (addr, s, n) = (a.addr(), seen.clone(), count.clone());
+        readers.push((
+            count,
+            std::thread::spawn(move || gather_ordered(addr, k, s, n)),
+        ));
+        let deadline = Instant::now() + FORM_WAIT;
+        while seen.load(Ordering::Acquire) < ORDER_SEEN {
+            assert!(
+                Instant::now() < deadline,
+                "ord/{k}: its messages never came"
+            );
+            assert!(!sender.is_finished(), "the publisher stopped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    stop_pub.store(true, Ordering::Release);
+    let sent = sender.join().expect("every message PUBACKed");
+    for ((count, _), &n) in readers.iter().zip(&sent) {
+        count.store(n, Ordering::Release);
+    }
+    for (k, (_, r)) in readers.into_iter().enumerate() {
+        let got = r.join().expect("the subscriber kept its connection");
+        let first = got.first().copied().expect("some arrived");
+        let want: Vec<u32> = (first..sent[k]).collect();
+        if got != want {
+            let late: Vec<_> = got.windows(2).filter(|w| w[1] <= w[0]).collect();
+            panic!(
+                "ord/{k}: {} arrived, {} wanted from {first}; out of order: {late:?}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+    stop_bg.store(true, Ordering::Release);
+    bg_reader
+        .join()
+        .expect("the background subscriber kept its connection");
+    // Every `bg/x` message was stored for A: as many as the `ord` ones, or one more.
+    let bg_sent: u64 = sent.iter().map(|&n| u64::from(n)).sum::<u64>() + 1;
+    let stored = figure(&c, "queued") - queued_before;
+    assert!(
+        stored > bg_sent,
+        "{stored} stored: the ord topics never went durable"
+    );
 }

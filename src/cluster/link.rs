@@ -10,7 +10,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
 use super::queue::{self, InterestView};
+use super::release::ReleaseList;
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
@@ -71,6 +71,7 @@ const QUEUE_RETRY_MS: u64 = 100;
 const QUEUE_PENDING_MAX: usize = 16_384;
 
 mod reclaim;
+mod store;
 mod tasks;
 
 type Wake = Arc<dyn Fn() + Send + Sync>;
@@ -270,11 +271,11 @@ struct State {
     view: Arc<Mutex<InterestView>>,
     js: jetstream::Context,
     /// QoS ≥ 1 messages in publish order, each waiting for its queue stores; the core NATS
-    /// copy of each goes once it and every earlier one are done.
-    pending: VecDeque<Pending>,
-    /// Number of the next pending publish (`pending` holds consecutive numbers).
-    next_pending: u64,
-    stored_tx: mpsc::Sender<(u64, Vec<Arc<str>>)>,
+    /// copy of each goes once it and every earlier one are done, and a store waits while
+    /// an earlier message of its topic goes another way (`release`).
+    pending: ReleaseList<Pending>,
+    /// Stores for the storer task, in the order they may start.
+    store_tx: mpsc::Sender<store::StoreJob>,
     /// Queue messages handed to the node: token → the reply subject that acknowledges it.
     unsettled: HashMap<u64, Subject>,
     next_token: u64,
@@ -289,15 +290,13 @@ struct State {
     restored_tx: Option<oneshot::Sender<Vec<String>>>,
 }
 
-/// A QoS ≥ 1 message whose stores in other nodes' queues are under way.
+/// A QoS ≥ 1 message waiting in the release list: its core NATS copy and its answer.
 struct Pending {
     subject: String,
     bytes: Bytes,
     ack: Option<(usize, u64)>,
-    /// The nodes it was meant for.
-    targets: usize,
-    /// Once done: the nodes whose queue holds it.
-    stored: Option<Vec<Arc<str>>>,
+    /// Its sequence number (with this node's name, the stores' message id).
+    seq: u64,
 }
 
 struct Interest {
@@ -375,6 +374,8 @@ async fn run(
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_millis(QUEUE_PUBLISH_WAIT_MS));
     let (stored_tx, mut stored_rx) = mpsc::channel(QUEUE_PENDING_MAX);
+    let (store_tx, store_rx) = mpsc::channel(QUEUE_PENDING_MAX);
+    tokio::spawn(store::storer(js.clone(), store_rx, stored_tx));
     let mut st = State {
         node: cfg.node.clone(),
         prefix,
@@ -389,9 +390,8 @@ async fn run(
         interest_ops,
         view,
         js,
-        pending: VecDeque::new(),
-        next_pending: 0,
-        stored_tx,
+        pending: ReleaseList::default(),
+        store_tx,
         unsettled: HashMap::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
@@ -717,7 +717,9 @@ impl State {
     /// at once. A QoS ≥ 1 message is first stored in the queue of every other node the
     /// interest bucket names, then sent on core NATS (for nodes whose interest the bucket
     /// does not show yet) with a header naming the nodes whose queue has it; messages
-    /// leave in the order they came, and `ack` is answered when the message leaves.
+    /// leave in the order they came, and `ack` is answered when the message leaves. A
+    /// store waits while an earlier message of its topic is meant for other nodes and has
+    /// not left (`release`), and the storer keeps the stores in order (`store`).
     async fn publish(&mut self, mut e: Envelope, ack: Option<(usize, u64)>) {
         e.origin.clone_from(&self.node);
         e.seq = self.seq;
@@ -757,74 +759,81 @@ impl State {
             self.answer_published(ack);
             return;
         }
-        let id = self.next_pending;
-        self.next_pending += 1;
-        // Nobody to store for, or too many stores under way (counted as failed).
-        let stored = if targets.is_empty() || self.pending.len() >= QUEUE_PENDING_MAX {
-            Some(Vec::new())
-        } else {
-            let to: Vec<(Arc<str>, String)> = targets
-                .iter()
-                .map(|n| (n.clone(), self.prefix.queue(n)))
-                .collect();
-            let msg_id = format!("{}.{}", e.origin, e.seq);
-            tokio::spawn(store(
-                self.js.clone(),
-                to,
-                bytes.clone(),
-                msg_id,
-                self.stored_tx.clone(),
-                id,
-            ));
-            None
-        };
-        let done = stored.is_some();
-        self.pending.push_back(Pending {
+        // Too many stores under way: this one skips them (counted as failed).
+        let store = self.pending.len() < QUEUE_PENDING_MAX;
+        let seq = e.seq;
+        let p = Pending {
             subject,
             bytes,
             ack,
-            targets: targets.len(),
-            stored,
-        });
-        if done {
-            self.release_pending().await;
+            seq,
+        };
+        self.pending.push(&e.topic, targets, store, p);
+        self.release_pending().await;
+    }
+
+    /// Hand the storer the queue stores the release list allows now, in order; false
+    /// when some could not be handed over (the storer is gone or full: done, none stored).
+    fn start_stores(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(QUEUE_PUBLISH_WAIT_MS);
+        let mut all = true;
+        for id in self.pending.take_starts() {
+            let Some((targets, p)) = self.pending.get(id) else {
+                continue;
+            };
+            let job = store::StoreJob {
+                id,
+                to: targets
+                    .iter()
+                    .map(|n| (n.clone(), self.prefix.queue(n)))
+                    .collect(),
+                bytes: p.bytes.clone(),
+                msg_id: format!("{}.{}", self.node, p.seq),
+                deadline,
+            };
+            if self.store_tx.try_send(job).is_err() {
+                self.pending.stored(id, Vec::new());
+                all = false;
+            }
         }
+        all
     }
 
     /// The queue stores of pending publish `id` are done: `stored` names the nodes whose
     /// queue holds it.
     async fn stored(&mut self, id: u64, stored: Vec<Arc<str>>) {
-        let first = self.next_pending - self.pending.len() as u64;
-        let Some(i) = id.checked_sub(first).and_then(|i| usize::try_from(i).ok()) else {
-            return;
-        };
-        if let Some(p) = self.pending.get_mut(i) {
-            p.stored = Some(stored);
-        }
+        self.pending.stored(id, stored);
         self.release_pending().await;
     }
 
-    /// Send, in order, the pending publishes whose queue stores are done.
+    /// Send, in order, the pending publishes whose queue stores are done, and start the
+    /// stores that may start.
     async fn release_pending(&mut self) {
-        while self.pending.front().is_some_and(|p| p.stored.is_some()) {
-            let Some(p) = self.pending.pop_front() else {
+        loop {
+            self.release_done().await;
+            if self.start_stores() {
                 return;
-            };
-            let stored = p.stored.unwrap_or_default();
+            }
+        }
+    }
+
+    async fn release_done(&mut self) {
+        while let Some(r) = self.pending.next_release() {
             let stats = &self.out.stats;
             stats
                 .queued
-                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+                .fetch_add(r.stored.len() as u64, Ordering::Relaxed);
             stats.queue_failed.fetch_add(
-                p.targets.saturating_sub(stored.len()) as u64,
+                r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
-            let headers = (!stored.is_empty()).then(|| {
-                let names: Vec<&str> = stored.iter().map(|n| &**n).collect();
+            let headers = (!r.stored.is_empty()).then(|| {
+                let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
                 let mut h = HeaderMap::new();
                 h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
                 h
             });
+            let p = r.item;
             self.core_publish(p.subject, headers, p.bytes).await;
             self.answer_published(p.ack);
         }
@@ -1038,53 +1047,6 @@ pub(super) async fn within<T, E>(
         tokio::time::timeout(Duration::from_millis(ms), op).await,
         Ok(Ok(_))
     )
-}
-
-/// Store `bytes` in the queue of each node of `to` (node, subject), retrying failures
-/// until `QUEUE_PUBLISH_WAIT_MS` has passed, and report the nodes whose queue has it as
-/// pending publish `id`. The stores are pipelined; `msg_id` (with the node's name) makes
-/// a retry harmless.
-async fn store(
-    js: jetstream::Context,
-    mut to: Vec<(Arc<str>, String)>,
-    bytes: Bytes,
-    msg_id: String,
-    done: mpsc::Sender<(u64, Vec<Arc<str>>)>,
-    id: u64,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(QUEUE_PUBLISH_WAIT_MS);
-    let mut ok = Vec::with_capacity(to.len());
-    loop {
-        let mut acks = Vec::with_capacity(to.len());
-        for (node, subject) in to.drain(..) {
-            // One id per (message, node): the copies for two nodes are two messages.
-            let p = jetstream::message::PublishMessage::build()
-                .payload(bytes.clone())
-                .message_id(format!("{msg_id}.{node}"));
-            let sent = tokio::time::timeout_at(deadline, js.send_publish(subject.clone(), p)).await;
-            acks.push((node, subject, sent.ok().and_then(Result::ok)));
-        }
-        for (node, subject, ack) in acks {
-            let stored = match ack {
-                Some(f) => matches!(
-                    tokio::time::timeout_at(deadline, f.into_future()).await,
-                    Ok(Ok(_))
-                ),
-                None => false,
-            };
-            if stored {
-                ok.push(node);
-            } else {
-                to.push((node, subject));
-            }
-        }
-        let retry_at = tokio::time::Instant::now() + Duration::from_millis(QUEUE_RETRY_MS);
-        if to.is_empty() || retry_at >= deadline {
-            break;
-        }
-        tokio::time::sleep_until(retry_at).await;
-    }
-    let _ = done.send((id, ok)).await;
 }
 
 /// Pass a subscription's messages to the link loop until told to unsubscribe.

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod link;
 pub mod node;
 pub mod queue;
+pub mod release;
 pub mod subject;
 
 use std::sync::atomic::{AtomicU64, Ordering};

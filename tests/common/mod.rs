@@ -192,9 +192,26 @@ impl Broker {
     }
 }
 
+/// How long a broker stopped with SIGTERM on drop (`SHARDMQ_TEST_STOP_TERM`) may take to
+/// exit before it is killed: generous for a sanitizer build on a loaded machine.
+const TERM_EXIT_MAX: Duration = Duration::from_secs(20);
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SHARDMQ_TEST_STOP_TERM=1 (set by scripts/asan) stops the broker as an operator
+            // would, so that it exits through `main` and LeakSanitizer checks it at exit; a
+            // SIGKILL leaves nothing to check. A broker that does not exit in time is killed.
+            // `try_wait` first: a child already reaped (by `terminate`) may have had its pid
+            // reused, and must not be signalled.
+            let running = matches!(c.try_wait(), Ok(None));
+            if running && std::env::var_os("SHARDMQ_TEST_STOP_TERM").is_some() {
+                if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+                    // SAFETY: kill(2) with a pid we spawned and have not reaped (checked above).
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    let _ = wait_exit(&mut c, TERM_EXIT_MAX);
+                }
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

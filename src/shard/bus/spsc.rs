@@ -182,13 +182,18 @@ impl<T: Send> Producer<T> {
         // Release publishes the slot write to the consumer's Acquire load of `tail`.
         shared.producer.tail.store(new_tail, Ordering::Release);
         // Dekker fence, producer half: orders the `tail` store above before the `head` load
-        // below. Paired with the fence in `Consumer::observe_tail_before_sleep`. In the single
+        // below. Paired with the fence in `Consumer::observe_tail`. In the single
         // total order of SeqCst fences either ours comes first, and the consumer's later load
         // of `tail` sees `new_tail` (it will not sleep), or the consumer's comes first, and our
         // load of `head` sees the consumer's final `head` store before it sleeps. In the second
         // case the first push the consumer missed finds `head == its old tail` and rings.
         fence(Ordering::SeqCst);
-        let head = shared.consumer.head.load(Ordering::Relaxed);
+        // Acquire, not Relaxed: this `head` becomes `head_cached`, which later pushes trust
+        // to overwrite the slots below it without reading `head` again, so the consumer's
+        // reads of those slots must happen-before those writes (the same pairing as the
+        // full path above). Relaxed was a data race on the slot that Miri found
+        // (`consumer_woken_only_on_was_empty_never_hangs`); an ordinary load on x86.
+        let head = shared.consumer.head.load(Ordering::Acquire);
         self.head_cached = head;
         // `head == tail` means the consumer had taken everything before our value: it may have
         // checked "empty" and gone to sleep. Stale reads can only make `head` look smaller, which
@@ -471,6 +476,14 @@ mod tests {
     }
 
     proptest! {
+        // Miri interprets proptest's machinery too: a few cases still reach every path. Its
+        // isolation has no file system, so no failure file is read or written there.
+        #![proptest_config(if cfg!(miri) {
+            ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() }
+        } else {
+            ProptestConfig::default()
+        })]
+
         /// Single-threaded differential test against `VecDeque` with the same capacity.
         #[test]
         fn matches_vecdeque(capacity in 0usize..20, ops in prop::collection::vec(op_strategy(), 0..300)) {
@@ -505,13 +518,25 @@ mod tests {
         }
     }
 
-    /// A hang detector, not a performance bound: generous for loaded CI machines.
+    /// A hang detector, not a performance bound: generous for loaded CI machines (and for
+    /// Miri, whose clock is virtual but counts its slow steps).
     const STRESS_TIME_MAX: Duration = Duration::from_secs(60);
+
+    /// Scale a thread test's count down under Miri (`cargo +nightly miri test --lib spsc`),
+    /// which interprets every step: thousands of values still interleave the two threads
+    /// many times under its preemptive scheduler.
+    const fn scaled(native: u64, miri: u64) -> u64 {
+        if cfg!(miri) {
+            miri
+        } else {
+            native
+        }
+    }
 
     /// Two threads, about a million values through a small ring: FIFO and exactly-once.
     #[test]
     fn cross_thread_stress_is_fifo_and_exactly_once() {
-        const ITEMS: u64 = 1 << 20;
+        const ITEMS: u64 = scaled(1 << 20, 2_000);
         let (mut producer, mut consumer) = channel::<u64>(64);
         let started = Instant::now();
         let sender = std::thread::spawn(move || {
@@ -559,6 +584,67 @@ mod tests {
         assert_eq!(consumer.pop(), None);
     }
 
+    /// Owned, heap-allocated values cross the ring while both ends run, and the consumer
+    /// goes away mid-stream while the producer is still pushing: every value is dropped
+    /// exactly once (popped, handed back by a full ring, or left in the ring) and the
+    /// popped ones arrive in order. Under Miri and AddressSanitizer (`scripts/asan`) a slot
+    /// read twice, read before its write, or freed while in use is reported as an error.
+    #[test]
+    fn owned_values_cross_threads_and_a_mid_stream_consumer_drop_drops_each_once() {
+        const ITEMS: u64 = scaled(100_000, 600);
+        const TAKEN: u64 = ITEMS / 2;
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (mut producer, mut consumer) = channel::<Box<(u64, DropCounter)>>(8);
+        let started = Instant::now();
+        let producer_drops = Arc::clone(&drops);
+        let sender = std::thread::spawn(move || {
+            // How many values were made; each is pushed, or dropped here once refused.
+            let mut made = 0;
+            'values: while made < ITEMS {
+                let mut value = Box::new((made, DropCounter(Arc::clone(&producer_drops))));
+                made += 1;
+                loop {
+                    match producer.push(value) {
+                        Ok(_) => continue 'values,
+                        // Full, and nobody will ever pop again: stop making values.
+                        Err(back) if !producer.is_consumer_alive() => {
+                            drop(back);
+                            break 'values;
+                        }
+                        Err(back) => value = back,
+                    }
+                    assert!(started.elapsed() < STRESS_TIME_MAX, "producer stuck");
+                    std::thread::yield_now();
+                }
+            }
+            made
+        });
+        let mut expected = 0;
+        let mut batch = Vec::with_capacity(4);
+        while expected < TAKEN {
+            batch.clear();
+            if expected % 2 == 0 {
+                batch.extend(consumer.pop());
+            } else {
+                consumer.pop_batch(&mut batch, (TAKEN - expected).min(4) as usize);
+            }
+            for value in batch.drain(..) {
+                assert_eq!(value.0, expected);
+                expected += 1;
+            }
+            assert!(
+                started.elapsed() < STRESS_TIME_MAX,
+                "consumer stuck at {expected}"
+            );
+            std::thread::yield_now();
+        }
+        drop(consumer);
+        let made = sender.join().expect("producer thread");
+        assert!(made > TAKEN && made <= ITEMS, "made {made}");
+        // The producer (and with it the ring and what it still held) is gone now.
+        assert_eq!(drops.load(Ordering::SeqCst) as u64, made);
+    }
+
     /// A level-triggered doorbell, like an eventfd behind a `mio::Waker`.
     #[derive(Default)]
     struct Doorbell {
@@ -587,8 +673,8 @@ mod tests {
     /// when `push` returns `Ok(true)` must never hang.
     #[test]
     fn consumer_woken_only_on_was_empty_never_hangs() {
-        const ROUNDS: usize = 40;
-        const ITEMS: u32 = 4000;
+        const ROUNDS: usize = scaled(40, 4) as usize;
+        const ITEMS: u32 = scaled(4000, 300) as u32;
         // Generous: a lost wake-up hangs forever, so this only bounds how long failing takes.
         let wait_max = Duration::from_secs(10);
         for round in 0..ROUNDS {
