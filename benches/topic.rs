@@ -1,10 +1,12 @@
 //! Criterion benches for `src/topic`, one group per hot function:
 //! `trie_match` (FilterTrie::for_each_match, per publish), `retained_match`
-//! (TopicTree::for_each_matching, per subscribe), `valid_filter` and friends (per SUBSCRIBE /
+//! (TopicTree::for_each_matching, and the paced walk SUBSCRIBE uses,
+//! TopicTree::walk_matching in slices of 1,024 steps), `valid_filter` and friends (per SUBSCRIBE /
 //! PUBLISH / ACL check). Each structure is also timed against a linear scan with `matches`,
 //! the oracle, so the numbers in docs/decisions/0002-topic-trie.md have a baseline.
 
 use criterion::{black_box, criterion_group, Criterion, Throughput};
+use shardmq::topic::retained::MatchCursor;
 use shardmq::topic::{
     matches, parse_filter, valid_filter, valid_topic_name, FilterTrie, TopicTree,
 };
@@ -142,6 +144,9 @@ fn retained_match(c: &mut Criterion) {
             n
         })
     });
+    g.bench_function("a_plus_c_100k_topics_paced_walk", |b| {
+        b.iter(|| paced_walk(&tree, black_box("a/+/c")))
+    });
     g.bench_function("exact_100k_topics", |b| {
         b.iter(|| {
             let mut n = 0usize;
@@ -158,6 +163,15 @@ fn retained_match(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// What SUBSCRIBE does: the walk in slices of 1,024 steps, each slice resumed from its
+/// cursor (as it would be next turn), values only.
+fn paced_walk(tree: &TopicTree<usize>, filter: &str) -> usize {
+    let mut cursor = MatchCursor::new(filter);
+    let mut n = 0usize;
+    while !tree.walk_matching(&mut cursor, 1024, |v| n += v) {}
+    n
 }
 
 fn validation(c: &mut Criterion) {
@@ -205,6 +219,12 @@ fn icount(spec: &str) {
             let (tree, _) = retained_workload();
             for _ in 0..iters {
                 tree.for_each_matching(black_box("a/+/c"), |t, _| sink += t.len());
+            }
+        }
+        "retained_walk" => {
+            let (tree, _) = retained_workload();
+            for _ in 0..iters {
+                sink += paced_walk(&tree, black_box("a/+/c"));
             }
         }
         "valid_topic_name" => {

@@ -15,9 +15,11 @@ use crate::timer::TimerId;
 /// Timers handled per turn; the rest wait for the next turn.
 const TIMERS_PER_TURN_MAX: usize = 4096;
 
-/// Subscriptions of ended sessions removed per turn: a session with more is retired and
-/// taken apart over several turns, so one client's 2,000,000 filters cannot freeze the
-/// shard (every other client and timer waits while a turn runs).
+/// Subscriptions of ended sessions removed per turn, over all of them: a session whose
+/// filters do not fit what is left of the turn's budget is retired and taken apart over the
+/// next turns, so neither one client's 2,000,000 filters nor 1,000 clients with 50 each
+/// closing at once can freeze the shard (every other client and timer waits while a turn
+/// runs).
 pub const UNROUTES_PER_TURN_MAX: usize = 1024;
 
 /// Longest a closing link waits for its held output (the records behind its CONNACK to be
@@ -266,12 +268,18 @@ impl<X> Broker<X> {
     }
 
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
+    /// When its subscriptions do not fit what is left of this turn's
+    /// [`UNROUTES_PER_TURN_MAX`], it is retired instead: the same at once for clients
+    /// (its id is free, its Will sent, nothing reaches it), its filters removed in the
+    /// next turns.
     pub(super) fn end_session(&mut self, s: usize) {
         self.cancel_session_timers(s);
-        if self.sessions.get(s).map_or(0, |x| x.subs.len()) > UNROUTES_PER_TURN_MAX {
+        let subs = self.sessions.get(s).map_or(0, |x| x.subs.len());
+        if subs > UNROUTES_PER_TURN_MAX.saturating_sub(self.unrouted) {
             self.retire_session(s);
             return;
         }
+        self.unrouted += subs;
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
@@ -289,22 +297,38 @@ impl<X> Broker<X> {
         }
     }
 
-    /// End a session with many subscriptions over several turns: its pending Will goes
-    /// now, its filters leave the routes [`UNROUTES_PER_TURN_MAX`] at a time.
+    /// End a session over several turns: its pending Will goes now (if its publisher may
+    /// still publish it), its end is logged as `end_session` logs it, and its filters leave
+    /// the routes within each turn's [`UNROUTES_PER_TURN_MAX`].
     fn retire_session(&mut self, s: usize) {
         if let Some(w) = self.sessions.get_mut(s).and_then(|x| x.will.take()) {
-            let now = self.now_ms;
-            self.publish_will(w.into_message(now), now);
+            let permitted = self
+                .sessions
+                .get(s)
+                .is_some_and(|x| self.may_publish_will(x.acl_client(), x.listener, &w));
+            if permitted {
+                let now = self.now_ms;
+                self.publish_will(w.into_message(now), now);
+            }
+        }
+        if let Some(sess) = self.sessions.get(s) {
+            if let (Some(j), true) = (self.journal.as_mut(), sess.logged) {
+                j.log(Record::SessionEnded {
+                    client_id: (&*sess.client_id).into(),
+                });
+            }
         }
         self.sessions.retire(s);
     }
 
-    /// Remove up to [`UNROUTES_PER_TURN_MAX`] subscriptions of retiring sessions.
+    /// Remove subscriptions of retiring sessions, up to what is left of this turn's
+    /// [`UNROUTES_PER_TURN_MAX`].
     fn unroute_retiring(&mut self) {
-        for _ in 0..UNROUTES_PER_TURN_MAX {
+        while self.unrouted < UNROUTES_PER_TURN_MAX {
             let Some((s, uid, filter)) = self.sessions.next_retiring_filter() else {
                 return;
             };
+            self.unrouted += 1;
             self.unroute(s, uid, &filter);
         }
     }

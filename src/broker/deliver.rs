@@ -368,6 +368,10 @@ pub(super) fn pump_retained<X>(
             return;
         };
         let Some(msg) = batch.msgs.pop_front() else {
+            if !batch.walk.is_done() {
+                // The walk refills it (`Broker::walk_retained`).
+                return;
+            }
             sess.retained_backlog.pop_front();
             continue;
         };

@@ -38,6 +38,8 @@ pub struct PendingSubAck {
     pub bytes: Vec<u8>,
     /// Retained messages to send after it: (filter, subscription).
     pub retained: Vec<(Box<str>, SubState)>,
+    /// The retained replica's clock when the SUBSCRIBE was handled.
+    pub retained_since: u64,
 }
 
 /// One shard's SUBACK gate.
@@ -122,9 +124,10 @@ impl SubAckGate {
         link: usize,
         gen: u32,
         bytes: Vec<u8>,
-        retained: Vec<(Box<str>, SubState)>,
+        retained: (Vec<(Box<str>, SubState)>, u64),
         now_ms: u64,
     ) -> Option<u64> {
+        let (retained, retained_since) = retained;
         self.pending.push_back(PendingSubAck {
             seq: self.seq,
             cluster_seq: self.cluster_seq,
@@ -134,6 +137,7 @@ impl SubAckGate {
             gen,
             bytes,
             retained,
+            retained_since,
         });
         self.link_owes().then_some(now_ms + CLUSTER_WAIT_MS)
     }
@@ -173,9 +177,9 @@ mod tests {
     fn released_in_order_once_every_peer_has_acked() {
         let mut g = SubAckGate::new(0, 3);
         assert_eq!(g.next_seq(), Some(1));
-        g.hold(10, 0, vec![1], Vec::new(), 0);
+        g.hold(10, 0, vec![1], (Vec::new(), 0), 0);
         assert_eq!(g.next_seq(), Some(2));
-        g.hold(11, 0, vec![2], Vec::new(), 0);
+        g.hold(11, 0, vec![2], (Vec::new(), 0), 0);
         assert!(g.pop_released(0).is_none(), "nobody acked yet");
         g.acked(1, 2);
         assert!(g.pop_released(0).is_none(), "shard 2 has not acked");
@@ -195,7 +199,7 @@ mod tests {
     fn single_shard_releases_at_once() {
         let mut g = SubAckGate::new(0, 1);
         assert_eq!(g.next_seq(), None);
-        g.hold(3, 0, Vec::new(), Vec::new(), 0);
+        g.hold(3, 0, Vec::new(), (Vec::new(), 0), 0);
         assert_eq!(g.pop_released(0).map(|p| p.link), Some(3));
     }
 
@@ -206,16 +210,16 @@ mod tests {
         let mut g = SubAckGate::new(0, 1);
         assert_eq!(g.next_cluster_seq(), 1);
         assert_eq!(
-            g.hold(1, 0, Vec::new(), Vec::new(), 100),
+            g.hold(1, 0, Vec::new(), (Vec::new(), 0), 100),
             Some(100 + CLUSTER_WAIT_MS)
         );
         assert!(g.pop_released(100).is_none(), "the link has not confirmed");
         g.cluster_acked(1);
         assert_eq!(g.pop_released(100).map(|p| p.link), Some(1));
-        assert_eq!(g.hold(2, 0, Vec::new(), Vec::new(), 200), None);
+        assert_eq!(g.hold(2, 0, Vec::new(), (Vec::new(), 0), 200), None);
         assert_eq!(g.pop_released(200).map(|p| p.link), Some(2));
         assert_eq!(g.next_cluster_seq(), 2);
-        assert!(g.hold(3, 0, Vec::new(), Vec::new(), 300).is_some());
+        assert!(g.hold(3, 0, Vec::new(), (Vec::new(), 0), 300).is_some());
         assert!(g.pop_released(300 + CLUSTER_WAIT_MS - 1).is_none());
         assert_eq!(
             g.pop_released(300 + CLUSTER_WAIT_MS).map(|p| p.link),
@@ -230,16 +234,16 @@ mod tests {
         let mut g = SubAckGate::new(0, 1);
         assert_eq!(g.next_backup_seq(), 1);
         assert_eq!(g.next_backup_seq(), 2);
-        assert!(g.hold(1, 0, Vec::new(), Vec::new(), 0).is_some());
+        assert!(g.hold(1, 0, Vec::new(), (Vec::new(), 0), 0).is_some());
         g.backup_saved(2);
         assert!(g.pop_released(0).is_none(), "copy 1 is not confirmed");
         g.backup_saved(1);
         assert_eq!(g.pop_released(0).map(|p| p.link), Some(1));
-        assert_eq!(g.hold(2, 0, Vec::new(), Vec::new(), 10), None);
+        assert_eq!(g.hold(2, 0, Vec::new(), (Vec::new(), 0), 10), None);
         assert_eq!(g.pop_released(10).map(|p| p.link), Some(2));
         g.backup_saved(7);
         assert_eq!(g.next_backup_seq(), 3);
-        assert!(g.hold(3, 0, Vec::new(), Vec::new(), 20).is_some());
+        assert!(g.hold(3, 0, Vec::new(), (Vec::new(), 0), 20).is_some());
         assert!(
             g.pop_released(20).is_none(),
             "an unknown number confirms nothing"

@@ -300,6 +300,9 @@ pub struct Broker<X> {
     retained: RetainedReplica,
     /// Retained messages written per session per turn (SUBSCRIBE backlogs).
     pacing: pacing::RetainedPacing,
+    /// Subscriptions of ended sessions removed from the routes this turn
+    /// (`close::UNROUTES_PER_TURN_MAX` bounds it).
+    unrouted: usize,
     /// SUBACKs waiting for peers to apply routing changes.
     gate: SubAckGate,
     /// Publishers' acknowledgements waiting for the cluster link's queue stores.
@@ -378,6 +381,7 @@ impl<X> Broker<X> {
             routes: Routes::default(),
             retained: RetainedReplica::default(),
             pacing: pacing::RetainedPacing::default(),
+            unrouted: 0,
             gate: SubAckGate::new(shard_id, shards),
             acks: cluster_ack::ClusterAckGate::default(),
             timers: TimerWheel::new(now_ms),
@@ -408,6 +412,7 @@ impl<X> Broker<X> {
     pub fn begin_turn(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.pacing.begin_turn();
+        self.unrouted = 0;
     }
 
     /// The shard clock as of the current turn (ms).

@@ -1,14 +1,16 @@
 //! Retained delivery at SUBSCRIBE, paced per turn.
 //!
 //! Owns: how many retained messages each session (and the shard as a whole) has been
-//! written this turn, and which sessions stopped at that budget and wait for the next
-//! turn. Invariant: in one turn a session is written at most
-//! [`RETAINED_MESSAGES_PER_TURN_MAX`] retained messages or about
+//! written this turn, how many slices of the retained tree's walk were taken for it, and
+//! which sessions stopped at a budget and wait for the next turn. Invariant: in one turn a
+//! session is written at most [`RETAINED_MESSAGES_PER_TURN_MAX`] retained messages or about
 //! [`RETAINED_BYTES_PER_TURN_MAX`] bytes of them (one message may pass the byte budget),
-//! and the shard at most [`RETAINED_SHARD_MESSAGES_PER_TURN_MAX`]; a session stopped by the
-//! budget is listed once, and resumed next turn whatever else happens (no drain or
-//! acknowledgement is needed to resume it). Must not touch: the backlogs themselves, links,
-//! the write buffers (the caller writes and reports what it wrote).
+//! and the shard at most [`RETAINED_SHARD_MESSAGES_PER_TURN_MAX`]; a session's walk takes
+//! at most one slice of [`RETAINED_WALK_STEPS_MAX`] steps per turn, and the shard's walks
+//! at most [`RETAINED_SHARD_WALKS_PER_TURN_MAX`] slices; a session stopped by a budget is
+//! listed once, and resumed next turn whatever else happens (no drain or acknowledgement is
+//! needed to resume it). Must not touch: the backlogs themselves, links, the write buffers,
+//! the retained tree (the caller writes or walks and reports what it did).
 //!
 //! Why: a wildcard SUBSCRIBE over 20,000 retained topics used to write 1 MiB (about 5,000
 //! messages) into the subscriber's buffer per drain, and a drain in the same turn could
@@ -23,14 +25,32 @@ pub const RETAINED_BYTES_PER_TURN_MAX: usize = 64 * 1024;
 /// Retained messages written per turn over all the shard's sessions.
 pub const RETAINED_SHARD_MESSAGES_PER_TURN_MAX: usize = 4 * RETAINED_MESSAGES_PER_TURN_MAX;
 
-/// This turn's retained writing, per session.
+/// Steps of one slice of a SUBSCRIBE's walk of the retained tree (a step enters one node;
+/// a slice yields at most this many matches). The walk refills a session's backlog only
+/// when it ran dry, so the backlog holds at most this many messages (8 bytes each).
+pub const RETAINED_WALK_STEPS_MAX: usize = 1024;
+/// Walk slices per turn over all the shard's sessions.
+pub const RETAINED_SHARD_WALKS_PER_TURN_MAX: usize = 4;
+
+/// What one session was given this turn.
+#[derive(Debug, Clone, Copy)]
+struct Spent {
+    session: usize,
+    messages: usize,
+    bytes: usize,
+    walks: usize,
+}
+
+/// This turn's retained writing and walking, per session.
 #[derive(Debug, Default)]
 pub(super) struct RetainedPacing {
-    /// Sessions written retained messages this turn: (session, messages, bytes). Few per
-    /// turn (those whose subscriber drained or acknowledged), so a list.
-    spent: Vec<(usize, usize, usize)>,
+    /// Sessions written retained messages or walked for this turn. Few per turn (those
+    /// whose subscriber drained or acknowledged), so a list.
+    spent: Vec<Spent>,
     /// Messages written this turn over every session.
     total: usize,
+    /// Walk slices taken this turn over every session.
+    walks: usize,
     /// Sessions stopped by the budget this turn, to resume next turn, oldest first.
     waiting: Vec<usize>,
     /// Those stopped last turn, to resume in this one.
@@ -43,6 +63,7 @@ impl RetainedPacing {
     pub(super) fn begin_turn(&mut self) {
         self.spent.clear();
         self.total = 0;
+        self.walks = 0;
         self.resume.append(&mut self.waiting);
     }
 
@@ -63,30 +84,65 @@ impl RetainedPacing {
     /// May session `s` be written one more retained message this turn? If not, it is
     /// listed to resume next turn.
     pub(super) fn may_write(&mut self, s: usize) -> bool {
-        let (messages, bytes) = self
-            .spent
-            .iter()
-            .find(|e| e.0 == s)
-            .map_or((0, 0), |e| (e.1, e.2));
-        let room = messages < RETAINED_MESSAGES_PER_TURN_MAX
-            && bytes < RETAINED_BYTES_PER_TURN_MAX
+        let e = self.spent_by(s);
+        let room = e.messages < RETAINED_MESSAGES_PER_TURN_MAX
+            && e.bytes < RETAINED_BYTES_PER_TURN_MAX
             && self.total < RETAINED_SHARD_MESSAGES_PER_TURN_MAX;
-        if !room && !self.waiting.contains(&s) {
-            self.waiting.push(s);
-        }
-        room
+        self.wait_unless(s, room)
     }
 
     /// Session `s` was written one retained message of `bytes` bytes.
     pub(super) fn wrote(&mut self, s: usize, bytes: usize) {
         self.total += 1;
-        match self.spent.iter_mut().find(|e| e.0 == s) {
-            Some(e) => {
-                e.1 += 1;
-                e.2 += bytes;
+        let e = self.entry(s);
+        e.messages += 1;
+        e.bytes += bytes;
+    }
+
+    /// May session `s` take one more slice of its retained walk this turn? If not, it is
+    /// listed to resume next turn.
+    pub(super) fn may_walk(&mut self, s: usize) -> bool {
+        let room = self.spent_by(s).walks == 0 && self.walks < RETAINED_SHARD_WALKS_PER_TURN_MAX;
+        self.wait_unless(s, room)
+    }
+
+    /// Session `s` took one slice of its retained walk.
+    pub(super) fn walked(&mut self, s: usize) {
+        self.walks += 1;
+        self.entry(s).walks += 1;
+    }
+
+    fn spent_by(&self, s: usize) -> Spent {
+        let none = Spent {
+            session: s,
+            messages: 0,
+            bytes: 0,
+            walks: 0,
+        };
+        self.spent
+            .iter()
+            .find(|e| e.session == s)
+            .copied()
+            .unwrap_or(none)
+    }
+
+    fn entry(&mut self, s: usize) -> &mut Spent {
+        let i = match self.spent.iter().position(|e| e.session == s) {
+            Some(i) => i,
+            None => {
+                self.spent.push(self.spent_by(s));
+                self.spent.len() - 1
             }
-            None => self.spent.push((s, 1, bytes)),
+        };
+        &mut self.spent[i]
+    }
+
+    /// `room`, listing `s` to resume next turn when there is none.
+    fn wait_unless(&mut self, s: usize, room: bool) -> bool {
+        if !room && !self.waiting.contains(&s) {
+            self.waiting.push(s);
         }
+        room
     }
 
     /// True while some session waits for the next turn: the loop must not sleep.
@@ -117,6 +173,23 @@ mod tests {
         p.recycle(resume);
         assert!(!p.has_waiting());
         assert!(p.may_write(7), "a new turn");
+    }
+
+    #[test]
+    fn one_walk_slice_per_session_and_a_few_per_shard_per_turn() {
+        let mut p = RetainedPacing::default();
+        assert!(p.may_walk(1));
+        p.walked(1);
+        assert!(!p.may_walk(1), "one slice per session per turn");
+        for s in 2..=RETAINED_SHARD_WALKS_PER_TURN_MAX {
+            assert!(p.may_walk(s));
+            p.walked(s);
+        }
+        assert!(!p.may_walk(99), "the shard's slices are spent");
+        assert!(p.may_write(99), "writing has its own budget");
+        p.begin_turn();
+        assert_eq!(p.take_resume(), vec![1, 99]);
+        assert!(p.may_walk(1), "a new turn");
     }
 
     #[test]

@@ -397,11 +397,18 @@ impl<X> Broker<X> {
     pub(super) fn pump(&mut self, s: usize, now_ms: u64) {
         let (_, sessions, mut sink) = self.parts();
         deliver::pump(sessions, &mut sink, s, now_ms);
-        if sessions
+        // Write what the walk found; when it ran dry, walk a slice more (at most one per
+        // session per turn: `pacing`) and write on.
+        while self
+            .sessions
             .get(s)
             .is_some_and(|x| !x.retained_backlog.is_empty())
         {
+            let (_, sessions, mut sink) = self.parts();
             deliver::pump_retained(sessions, &mut sink, s, now_ms);
+            if !self.walk_retained(s, now_ms) {
+                return;
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::session::Message;
-use crate::topic::retained::TopicTree;
+use crate::topic::retained::{MatchCursor, TopicTree};
 
 /// Low bits of a retained stamp that hold the shard id (shards ≤ 64).
 const STAMP_SHARD_BITS: u32 = 6;
@@ -72,9 +72,26 @@ impl RetainedReplica {
         self.tree.get(topic)
     }
 
-    /// Every retained message whose topic matches `filter`.
-    pub fn for_each_matching(&self, filter: &str, f: impl FnMut(&str, &Arc<Message>)) {
-        self.tree.for_each_matching(filter, f);
+    /// The next at most `budget` steps of a paced walk over the retained messages
+    /// matching a filter (`TopicTree::walk_matching`); true when it is done.
+    pub fn walk_matching(
+        &self,
+        cursor: &mut MatchCursor,
+        budget: usize,
+        f: impl FnMut(&Arc<Message>),
+    ) -> bool {
+        self.tree.walk_matching(cursor, budget, f)
+    }
+
+    /// The clock: every message this replica has stored so far is stamped at or below it.
+    pub fn clock(&self) -> u64 {
+        self.lamport
+    }
+
+    /// Was `msg` stamped after the replica's clock read `clock`? Then it was stored here
+    /// after that moment (every stored stamp is at or below the clock when stored).
+    pub fn stamped_after(msg: &Message, clock: u64) -> bool {
+        msg.retain_stamp >> STAMP_SHARD_BITS > clock
     }
 
     /// Retained messages held.

@@ -75,6 +75,9 @@ impl Sessions {
         sess.expiry_s = 0;
         sess.will = None;
         sess.clear_queues();
+        // Its end is logged when it retires: a delivery that still matches one of its
+        // filters is neither queued nor stored.
+        sess.logged = false;
         self.retiring.push_back(s);
     }
 

@@ -1,6 +1,8 @@
 //! SUBSCRIBE and UNSUBSCRIBE: the local trie, interest replication, retained delivery.
 
 use super::connect::timer_key;
+use super::pacing::RETAINED_WALK_STEPS_MAX;
+use super::retained::RetainedReplica;
 use super::shared::ShareOp;
 use super::{Broker, Cast, Subscriber, Verdict};
 use crate::log::Level;
@@ -9,6 +11,7 @@ use crate::protocol::{
     self, Packet, Properties, ReasonCode, RetainHandling, Subscribe, Unsubscribe, Version,
 };
 use crate::session::{RetainedBacklog, SubState};
+use crate::topic::retained::MatchCursor;
 use crate::topic::{self, FilterKind};
 
 /// Timer kind: a SUBACK's deadline for the cluster link's confirmation.
@@ -103,7 +106,8 @@ impl<X> Broker<X> {
         protocol::encode(&Packet::SubAck(ack), version, &mut bytes);
         self.backup_subs(s);
         let gen = self.links.get(key).map_or(0, |l| l.gen);
-        if let Some(at) = self.gate.hold(key, gen, bytes, retained, now_ms) {
+        let since = self.retained.clock();
+        if let Some(at) = self.gate.hold(key, gen, bytes, (retained, since), now_ms) {
             self.timers.insert(at, timer_key(TIMER_SUBACK, 0, 0));
         }
         self.release_subacks(now_ms);
@@ -292,34 +296,60 @@ impl<X> Broker<X> {
                 return;
             };
             for (filter, state) in &p.retained {
-                self.send_retained(s, filter, state, now_ms);
+                self.send_retained(s, filter, state, p.retained_since, now_ms);
             }
         }
     }
 
     /// Owe session `s` the retained messages matching `filter` (RETAIN set) and send what
-    /// its link takes now; the rest follows as the buffer drains (`pump_retained`).
-    fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, now_ms: u64) {
-        let mut msgs = std::collections::VecDeque::new();
-        let auth = &self.auth;
-        let check_source = self.cfg.check_retain_source;
-        self.retained.for_each_matching(filter, |_, m| {
-            if !m.expired(now_ms) && (!check_source || publisher_may_still(auth, m)) {
-                msgs.push_back(m.clone());
-            }
-        });
-        if msgs.is_empty() {
-            return;
-        }
+    /// its link takes now; the walk of the retained tree goes on a slice per turn
+    /// (`walk_retained`) and the writing as the buffer drains (`pump_retained`). `since`:
+    /// the replica's clock when the subscription was made.
+    fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, since: u64, now_ms: u64) {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
         sess.retained_backlog.push_back(RetainedBacklog {
-            msgs,
+            msgs: std::collections::VecDeque::new(),
+            walk: MatchCursor::new(filter),
+            since,
             qos: state.options.qos,
             sub_id: state.sub_id,
         });
         self.pump(s, now_ms);
+    }
+
+    /// Refill session `s`'s first retained backlog from its walk when it ran dry: one
+    /// slice of at most `RETAINED_WALK_STEPS_MAX` steps, if this turn's pacing allows
+    /// (else the session resumes next turn). Returns whether it walked.
+    ///
+    /// Skipped: expired messages, those whose publisher lost the right to publish them
+    /// (`check_retain_source`), and those stamped after the subscription was made, which
+    /// were stored after it and so reached the subscriber as live publishes.
+    pub(super) fn walk_retained(&mut self, s: usize, now_ms: u64) -> bool {
+        let Some(batch) = self
+            .sessions
+            .get_mut(s)
+            .and_then(|x| x.retained_backlog.front_mut())
+        else {
+            return false;
+        };
+        if !batch.msgs.is_empty() || batch.walk.is_done() || !self.pacing.may_walk(s) {
+            return false;
+        }
+        self.pacing.walked(s);
+        let auth = &self.auth;
+        let check_source = self.cfg.check_retain_source;
+        let since = batch.since;
+        let msgs = &mut batch.msgs;
+        self.retained
+            .walk_matching(&mut batch.walk, RETAINED_WALK_STEPS_MAX, |m| {
+                let live = RetainedReplica::stamped_after(m, since);
+                if !live && !m.expired(now_ms) && (!check_source || publisher_may_still(auth, m)) {
+                    msgs.push_back(m.clone());
+                }
+            });
+        true
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, u: &Unsubscribe<'_>) -> Verdict {

@@ -423,3 +423,182 @@ fn a_close_held_too_long_goes_without_its_output() {
 mod elide;
 mod qos2_log;
 mod share_log;
+
+/// A packet of type `first` with any remaining length.
+fn with_varint_len(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    let mut n = body.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        v.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// SUBSCRIBE packet id 1 to each of `filters` at QoS 0.
+fn subscribe_qos0_packet(filters: &[String]) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    for f in filters {
+        body.extend(string(f));
+        body.push(0);
+    }
+    with_varint_len(0x82, &body)
+}
+
+/// PUBLISH QoS 0 with RETAIN set.
+fn retained_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = string(topic);
+    body.extend_from_slice(payload);
+    with_len(0x31, &body)
+}
+
+/// The QoS 0 PUBLISHes in `out` as (topic, RETAIN, payload); other packets are skipped.
+fn publishes(out: &[u8]) -> Vec<(String, bool, Vec<u8>)> {
+    let mut got = Vec::new();
+    let mut rest = out;
+    while let Some(&first) = rest.first() {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let b = rest[i];
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = &rest[i..i + len];
+        if first & 0xf6 == 0x30 {
+            let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let topic = String::from_utf8(body[2..2 + tlen].to_vec()).expect("utf-8 topic");
+            got.push((topic, first & 1 == 1, body[2 + tlen..].to_vec()));
+        }
+        rest = &rest[i + len..];
+    }
+    got
+}
+
+/// The walk of the retained tree at SUBSCRIBE goes a slice per turn (3,000 matches over
+/// several turns), and retained messages set or cleared meanwhile behave as
+/// `topic::retained::cursor` documents: every message untouched during the walk arrives
+/// once with RETAIN; a topic set or replaced after the SUBSCRIBE arrives once, as a live
+/// publish, never again from the walk; a topic cleared ahead of the walk is not sent.
+#[test]
+fn the_retained_walk_is_sliced_and_changes_meanwhile_are_sane() {
+    const N: usize = 3_000;
+    let mut net = Cores::new(1);
+    let publ = net.connect(0, "walk-pub");
+    for i in 0..N {
+        net.send(publ, &retained_packet(&format!("r/{i}"), b"old"));
+    }
+    let sub = net.connect(0, "walk-sub");
+    assert_eq!(net.output(sub), CONNACK_OK);
+    let mut now = NOW_MS;
+    net.shards[0].begin_turn(now);
+    net.send(sub, &subscribe_qos0_packet(&["r/#".to_string()]));
+    let mut got = publishes(&net.output(sub));
+    assert!(
+        !got.is_empty() && got.len() < N / 2,
+        "the first turn writes one slice's worth: {}",
+        got.len()
+    );
+    assert!(got.iter().any(|(t, ..)| t == "r/0"), "r/0 comes first");
+    // Ahead of the walk (children come in level order; "2999" and "998" come late).
+    net.send(publ, &retained_packet("r/2999", b""));
+    net.send(publ, &retained_packet("r/998", b"new"));
+    net.send(publ, &retained_packet("r/9999", b"new"));
+    // Behind it.
+    net.send(publ, &retained_packet("r/0", b""));
+    let mut turns = 0;
+    while net.shards[0].timers_backlog() {
+        turns += 1;
+        assert!(turns < 1_000, "the walk never ends");
+        now += 1;
+        net.shards[0].begin_turn(now);
+        net.shards[0].on_timers(now);
+        got.extend(publishes(&net.output(sub)));
+    }
+    assert!(turns >= 5, "{N} matches over {turns} turns");
+    let mut seen = std::collections::HashMap::new();
+    for (topic, retain, payload) in &got {
+        let was = seen.insert((topic.clone(), *retain), payload.clone());
+        assert!(was.is_none(), "{topic} (retain {retain}) twice");
+    }
+    for i in (0..N).filter(|&i| i != 998 && i != 2999) {
+        let t = format!("r/{i}");
+        assert_eq!(
+            seen.get(&(t, true)).map(Vec::as_slice),
+            Some(&b"old"[..]),
+            "r/{i}"
+        );
+    }
+    assert!(
+        !seen.contains_key(&("r/2999".into(), true)),
+        "cleared ahead"
+    );
+    assert!(
+        !seen.contains_key(&("r/998".into(), true)),
+        "newer: sent live"
+    );
+    for t in ["r/998", "r/9999"] {
+        let live = seen.get(&(t.into(), false)).map(Vec::as_slice);
+        assert_eq!(live, Some(&b"new"[..]), "{t} live");
+    }
+}
+
+/// 100 clients with 50 subscriptions each close in one turn (as after a network cut):
+/// their client ids are free at once, and their 5,000 filters leave the routes at most
+/// `UNROUTES_PER_TURN_MAX` per turn, over the following turns, all of them.
+#[test]
+fn sessions_closing_together_leave_the_routes_within_the_turn_budget() {
+    use super::close::UNROUTES_PER_TURN_MAX;
+    const CLIENTS: usize = 100;
+    const SUBS: usize = 50;
+    let mut net = Cores::new(1);
+    let mut keys = Vec::new();
+    for i in 0..CLIENTS {
+        let c = net.connect(0, &format!("closer-{i}"));
+        let filters: Vec<String> = (0..SUBS).map(|j| format!("c/{i}/{j}")).collect();
+        net.send(c, &subscribe_qos0_packet(&filters));
+        keys.push(c.1);
+    }
+    let b = &mut net.shards[0];
+    assert_eq!(b.routes.local_filters().len(), CLIENTS * SUBS);
+    let mut now = NOW_MS + 1;
+    b.begin_turn(now);
+    for &k in &keys {
+        assert!(b.on_closed(k, now).is_some());
+    }
+    assert!((0..CLIENTS).all(|i| b.sessions.find(&format!("closer-{i}")).is_none()));
+    let mut left = b.routes.local_filters().len();
+    assert!(
+        CLIENTS * SUBS - left <= UNROUTES_PER_TURN_MAX,
+        "{left} left"
+    );
+    let mut turns = 0;
+    while b.timers_backlog() {
+        turns += 1;
+        assert!(turns < 100, "never done");
+        now += 1;
+        b.begin_turn(now);
+        b.on_timers(now);
+        let l = b.routes.local_filters().len();
+        assert!(
+            left - l <= UNROUTES_PER_TURN_MAX,
+            "{} in one turn",
+            left - l
+        );
+        left = l;
+    }
+    assert_eq!(left, 0);
+    assert_eq!(b.sessions().count(), 0);
+    assert!(
+        turns >= CLIENTS * SUBS / UNROUTES_PER_TURN_MAX,
+        "{turns} turns"
+    );
+}

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
+use crate::topic::retained::MatchCursor;
 pub use message::{ForwardedProps, Message, MessagePool};
 
 /// Subscription identifiers attached to one delivery (usually none or one).
@@ -41,13 +42,19 @@ pub struct Outgoing {
     pub sid: u64,
 }
 
-/// Retained messages matched by one SUBSCRIBE and not yet written: a snapshot taken at
-/// subscribe time (8 bytes per message, the payloads are shared), written as the link's
-/// buffer drains and the window opens, never dropped for lack of room.
+/// Retained messages matched by one SUBSCRIBE and not yet written: the walk of the
+/// retained tree for its filter, paused between slices, and the matches of its last slice
+/// (8 bytes per message, the payloads are shared), written as the link's buffer drains and
+/// the window opens, never dropped for lack of room.
 #[derive(Debug)]
 pub struct RetainedBacklog {
-    /// The messages still to send, in the order found.
+    /// The messages found and still to send, in the order found.
     pub msgs: VecDeque<Arc<Message>>,
+    /// The walk that finds them, a slice at a time (refilling `msgs` when it runs dry).
+    pub walk: MatchCursor,
+    /// The retained replica's clock when the subscription was made: a message stamped
+    /// above it was stored after, and so delivered as a live publish; the walk skips it.
+    pub since: u64,
     /// The granted QoS of the subscription (each delivery takes the lower of this and
     /// the message's).
     pub qos: QoS,

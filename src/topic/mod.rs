@@ -18,6 +18,7 @@
 //! each shard owns its own instances (`!Sync` is fine).
 
 mod children;
+mod ordered;
 pub mod retained;
 pub mod trie;
 mod wide;

@@ -1,10 +1,12 @@
 //! The retained-message index of one shard: concrete topic name → one value, queried with a
 //! filter at subscribe time.
 //!
-//! Owns: a tree over topic levels ([`Children`] per node: small `Vec`, or a seeded `HashMap`
-//! when wide). A filter walk descends only into matching branches: `a/+/c` visits the
-//! children of `a` and one exact lookup below each, never the whole tree. Topic strings are
-//! not stored; the walk rebuilds each matching topic in one reused `String`.
+//! Owns: a tree over topic levels ([`Ordered`] per node: a sorted `Vec`, or a `BTreeMap`
+//! when wide, so children come in level order). A filter walk descends only into matching
+//! branches: `a/+/c` visits the children of `a` and one exact lookup below each, never the
+//! whole tree. Topic strings are not stored: [`TopicTree::for_each_matching`] rebuilds each
+//! matching topic in one reused `String`, and the paced walk of SUBSCRIBE
+//! ([`TopicTree::walk_matching`], [`MatchCursor`]) builds none.
 //!
 //! Invariants:
 //! * Every stored topic is a valid topic name ([`valid_topic_name`]), so the tree is at most
@@ -14,21 +16,24 @@
 //! Must not touch: message contents or expiry (the value type is the caller's), sessions,
 //! the bus. Single-threaded; not `Sync` by intent.
 
-use super::children::Children;
+use super::ordered::Ordered;
 #[cfg(doc)]
 use super::TOPIC_LEVELS_MAX;
 use super::{split_level, valid_topic_name};
 
+mod cursor;
+pub use cursor::MatchCursor;
+
 #[derive(Debug)]
 struct Node<V> {
-    children: Children<Node<V>>,
+    children: Ordered<Node<V>>,
     value: Option<V>,
 }
 
 impl<V> Node<V> {
     fn new() -> Self {
         Node {
-            children: Children::new(),
+            children: Ordered::new(),
             value: None,
         }
     }
