@@ -17,6 +17,8 @@
 //! Must not touch: sockets, sessions' delivery logic (the broker calls [`Journal::log`]
 //! at the points where state changes), other shards' logs.
 
+mod elide;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -207,6 +209,8 @@ pub struct Journal {
     /// Clean sessions' Wills recovery found armed (their connections ended with the
     /// crash), to publish on the first turn.
     restored_armed: Vec<(u64, Will<'static>)>,
+    /// Records of the unwritten batch that may still cancel out.
+    elision: elide::Elision,
 }
 
 impl Journal {
@@ -255,6 +259,7 @@ impl Journal {
             next_will,
             restored_wills,
             restored_armed,
+            elision: elide::Elision::default(),
         }
     }
 
@@ -312,9 +317,15 @@ impl Journal {
         unix_ms.saturating_sub(self.unix_epoch_ms)
     }
 
-    /// Append `r` to this turn's batch and apply it to the shadow.
+    /// Append `r` to this turn's batch and apply it to the shadow. A `DeliveryDone` whose
+    /// QoS 1 delivery is still in the unwritten batch takes that delivery's record back
+    /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
-        self.wal.append(&r);
+        let wal = &mut self.wal;
+        if !self.elision.cancels(&r, |t| wal.cancel(t)) {
+            let ticket = self.wal.append(&r);
+            self.elision.appended(&r, ticket);
+        }
         self.shadow.apply(r);
         if self.shadow.messages.len() >= self.gc_at {
             // Amortised: the next sweep waits until the live count has doubled.
@@ -507,9 +518,16 @@ impl Journal {
             }
             n.0 = last;
         }
-        match self.wal.end_turn() {
-            Err(e) => self.stall(now_ms, &e),
-            Ok(()) => self.unstall(now_ms),
+        if !self.wal.will_defer() {
+            let wal = &mut self.wal;
+            self.elision.unreferenced(|t| wal.cancel(t));
+            match self.wal.end_turn() {
+                Err(e) => self.stall(now_ms, &e),
+                Ok(()) => {
+                    self.elision.written();
+                    self.unstall(now_ms);
+                }
+            }
         }
         let durable = self.wal.durable_lsn();
         while self.notes.front().is_some_and(|n| n.0 <= durable) {
@@ -550,7 +568,13 @@ impl Journal {
     /// write: the shard then retries on its next turn, at least once a second, instead of
     /// spinning on a full disk).
     pub fn unwritten(&self) -> bool {
-        self.stalled_since_ms.is_none() && (self.wal.batch_bytes() > 0 || !self.turn.is_empty())
+        self.stalled_since_ms.is_none()
+            && ((self.wal.batch_bytes() > 0 && !self.wal.will_defer()) || !self.turn.is_empty())
+    }
+
+    /// Records taken back before they were written (they cancelled out).
+    pub fn cancelled_records(&self) -> u64 {
+        self.elision.cancelled
     }
 
     /// Whether the log cannot write now: new QoS 1/2 publishes are refused.

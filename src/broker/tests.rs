@@ -217,6 +217,11 @@ const STORE_DIR: &str = "/data";
 /// A one-shard broker whose log is on `disk` (empty), its sync run by hand
 /// ([`Broker::journal_background`]), as `sim::driver` starts one.
 fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {
+    stored_broker_with(disk, Config::default())
+}
+
+/// [`stored_broker`] with `cfg` (one shard).
+fn stored_broker_with(disk: &crate::store::SimDisk, cfg: Config) -> Broker<()> {
     use crate::store::{self, Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
     let data = std::path::Path::new(STORE_DIR);
     store::install_on(disk, data, &[LiveState::default()]).expect("install");
@@ -232,7 +237,8 @@ fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {
     let dir = store::layout::shard_dir(data, 0);
     let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("open log");
     let j = super::journal::Journal::new(wal, LiveState::default(), 1, 0);
-    let mut b = Cores::new(1).shards.remove(0);
+    let cfg = Arc::new(Config { shards: 1, ..cfg });
+    let mut b = Broker::new(0, 1, cfg, NOW_MS);
     b.attach_journal(j);
     b
 }
@@ -414,6 +420,7 @@ fn a_close_held_too_long_goes_without_its_output() {
     end_turn(&mut b, due);
 }
 
+mod elide;
 mod qos2_log;
 mod share_log;
 mod will_log;

@@ -118,15 +118,29 @@ impl std::fmt::Display for CutReason {
 /// Append one frame holding `record` at `lsn` to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, record: &Record<'_>) {
     let start = out.len();
+    encode_unsealed(out, record);
+    seal_frame(&mut out[start..], lsn);
+}
+
+/// Append one frame holding `record` to `out` without its LSN and checksum: the log
+/// seals it ([`seal_frame`]) when it writes the batch, so a frame cancelled before then
+/// costs no checksum and takes no LSN.
+pub fn encode_unsealed(out: &mut Vec<u8>, record: &Record<'_>) {
+    let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     record.encode(out);
     let body_len = out.len() - start - FRAME_HEADER_BYTES;
     // A record body is bounded by one MQTT packet (< 256 MiB), so it fits in u32.
     let len = u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes();
     out[start..start + 4].copy_from_slice(&len);
-    out[start + 8..start + 16].copy_from_slice(&lsn.to_le_bytes());
-    let crc = frame_crc(&out[start..start + 4], &out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Give the unsealed frame `frame` (exactly one, from [`encode_unsealed`]) its LSN and
+/// checksum.
+pub fn seal_frame(frame: &mut [u8], lsn: Lsn) {
+    frame[8..16].copy_from_slice(&lsn.to_le_bytes());
+    let crc = frame_crc(&frame[..4], &frame[8..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn frame_crc(len: &[u8], lsn_and_body: &[u8]) -> u32 {

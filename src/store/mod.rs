@@ -6,9 +6,11 @@
 //! ([`Record`]), the store makes it durable and hands it back after a crash.
 //!
 //! **Invariants kept:**
-//! * Every record gets an LSN, strictly increasing by one within a shard's log, and
-//!   [`Wal::durable_lsn`] only ever reports an LSN whose record, and every record before
-//!   it, has been `fdatasync`ed (or is covered by a synced checkpoint).
+//! * Every record written gets an LSN, strictly increasing by one within a shard's log.
+//!   Every record appended gets a ticket, strictly increasing by one; a record cancelled
+//!   before its batch is written ([`Wal::cancel`]) takes no LSN. [`Wal::durable_lsn`] only
+//!   ever reports a ticket whose record, and every record appended before it, has been
+//!   `fdatasync`ed (or is covered by a synced checkpoint) or cancelled.
 //! * The caller never waits on `fdatasync`: it runs on the log's sync thread, which
 //!   reports through an atomic and a callback.
 //! * Recovery returns the longest valid prefix of each log and reports every cut; it never

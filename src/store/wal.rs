@@ -22,7 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::disk::{Disk, DiskFile, OsDisk};
-use super::frame::{encode_frame, FileHeader, FileKind, FILE_HEADER_BYTES};
+use super::frame::{
+    encode_frame, encode_unsealed, seal_frame, FileHeader, FileKind, FILE_HEADER_BYTES,
+};
 use super::record::Record;
 use super::{io, Lsn, StoreError};
 use crate::metrics::StoreFigures;
@@ -31,6 +33,10 @@ use crate::metrics::StoreFigures;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// The sync thread rechecks for work at least this often, even without a wake-up.
 const SYNC_PARK_MS: u64 = 100;
+/// [`Wal::end_turn_unless_syncing`] writes a batch this large even while a sync runs.
+const DEFER_BYTES_MAX: usize = 1024 * 1024;
+/// The checksum field of an unsealed frame taken back by [`Wal::cancel`] (0 otherwise).
+const CANCELLED: [u8; 4] = 1u32.to_le_bytes();
 /// File name of a shard's checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
@@ -198,8 +204,22 @@ pub struct Wal {
     file: Box<dyn DiskFile>,
     segment_no: u64,
     segment_bytes: u64,
+    /// This turn's (or these turns') frames, unsealed: no LSN or checksum yet.
     batch: Vec<u8>,
+    /// Where each frame of `batch` starts; frame `i` is ticket `next_ticket - len + i`.
+    frames: Vec<usize>,
+    /// Frames of `batch` taken back ([`Wal::cancel`]).
+    cancelled: usize,
+    /// Frames of `batch` sealed in place by a write that failed: no longer cancellable.
+    sealed: usize,
+    /// The live frames of `batch`, sealed, when some were cancelled.
+    out: Vec<u8>,
+    /// The ticket the next [`Wal::append`] returns.
+    next_ticket: Lsn,
+    /// The LSN the next frame written gets in the file.
     next_lsn: Lsn,
+    /// The LSN of the last frame written to the file.
+    written_file_lsn: Lsn,
     shared: Arc<Shared>,
     rolls: crossbeam_channel::Sender<Roll>,
     sync_thread: Option<JoinHandle<()>>,
@@ -210,8 +230,6 @@ pub struct Wal {
     checkpoint_job: Option<Job>,
     /// When the running checkpoint started, and the size of its file.
     checkpoint_started: (Instant, u64),
-    /// Records in `batch`.
-    batch_records: u64,
     /// Bytes of the segments and the checkpoint file in `dir`.
     disk_bytes: u64,
     /// Bytes of the checkpoint file in `dir`.
@@ -283,7 +301,13 @@ impl Wal {
             segment_no,
             segment_bytes: FILE_HEADER_BYTES as u64,
             batch: Vec::new(),
+            frames: Vec::new(),
+            cancelled: 0,
+            sealed: 0,
+            out: Vec::new(),
+            next_ticket: start + 1,
             next_lsn: start + 1,
+            written_file_lsn: start,
             shared,
             rolls,
             sync_thread,
@@ -292,7 +316,6 @@ impl Wal {
             last_checkpoint: Instant::now(),
             checkpoint_job: None,
             checkpoint_started: (Instant::now(), 0),
-            batch_records: 0,
             disk_bytes: checkpoint_file_bytes + FILE_HEADER_BYTES as u64,
             checkpoint_file_bytes,
         }
@@ -333,23 +356,80 @@ impl Wal {
         }
     }
 
-    /// Add `record` to this turn's batch and return its LSN. Encoding only: no I/O.
+    /// Add `record` to this turn's batch and return its ticket. Encoding only: no I/O and
+    /// no checksum (the frame is sealed when written). Tickets count appends, from the
+    /// checkpoint's LSN on; [`Wal::durable_lsn`] and [`Wal::last_lsn`] are in tickets. They
+    /// are the frames' LSNs in the file as long as nothing is cancelled; a cancelled frame
+    /// takes no LSN, so the file's LSNs stay consecutive.
     pub fn append(&mut self, record: &Record<'_>) -> Lsn {
-        let lsn = self.next_lsn;
-        encode_frame(&mut self.batch, lsn, record);
-        self.next_lsn += 1;
-        self.batch_records += 1;
-        lsn
+        let ticket = self.next_ticket;
+        self.frames.push(self.batch.len());
+        encode_unsealed(&mut self.batch, record);
+        self.next_ticket += 1;
+        ticket
     }
 
-    /// The LSN of the last record appended (0 before any).
+    /// Take back record `ticket` if it is still unwritten: it is never written, and its
+    /// ticket counts as durable with the batch around it. The caller must only cancel a
+    /// set of records whose net effect on recovery is nothing (see
+    /// `docs/persistence.md`, "Records that cancel"). False if it was written already.
+    pub fn cancel(&mut self, ticket: Lsn) -> bool {
+        let first = self.next_ticket - self.frames.len() as u64;
+        let Some(i) = ticket
+            .checked_sub(first)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i >= self.sealed && i < self.frames.len())
+        else {
+            return false;
+        };
+        let at = self.frames[i] + 4;
+        if self.batch[at..at + 4] == CANCELLED {
+            return false;
+        }
+        self.batch[at..at + 4].copy_from_slice(&CANCELLED);
+        self.cancelled += 1;
+        true
+    }
+
+    /// The ticket of the last record appended (0 before any).
     pub fn last_lsn(&self) -> Lsn {
-        self.next_lsn - 1
+        self.next_ticket - 1
     }
 
-    /// Bytes appended this turn and not yet written.
+    /// The file LSN of the last record written (what a checkpoint taken now covers).
+    pub fn written_file_lsn(&self) -> Lsn {
+        self.written_file_lsn
+    }
+
+    /// Bytes appended and not yet written.
     pub fn batch_bytes(&self) -> usize {
         self.batch.len()
+    }
+
+    /// Whether a batch written earlier still waits for its `fdatasync`.
+    pub fn syncing(&self) -> bool {
+        self.opts.sync == SyncMode::Always
+            && !self.failed()
+            && self.shared.durable.load(Ordering::Acquire)
+                < self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Wal::end_turn_unless_syncing`] would keep the batch in memory now: a
+    /// batch written before still waits for its `fdatasync` and this one is under
+    /// [`DEFER_BYTES_MAX`]. Written now, it would not be durable sooner (the sync thread
+    /// syncs one batch after the other), and kept, its records can still be cancelled;
+    /// the sync thread's callback wakes the shard, whose next turn writes it.
+    pub fn will_defer(&self) -> bool {
+        self.syncing() && self.batch.len() < DEFER_BYTES_MAX
+    }
+
+    /// [`Wal::end_turn`], unless [`Wal::will_defer`]. True if it wrote (or had nothing
+    /// to write).
+    pub fn end_turn_unless_syncing(&mut self) -> Result<bool, StoreError> {
+        if self.will_defer() {
+            return Ok(false);
+        }
+        self.end_turn().map(|()| true)
     }
 
     /// End of a loop turn: write the batch with one `write` (rolling the segment first if
@@ -360,24 +440,44 @@ impl Wal {
         if self.failed() {
             return Err(StoreError::SyncFailed);
         }
-        if self.batch.is_empty() {
+        if self.frames.is_empty() {
             return Ok(());
         }
+        let (live, end_lsn) = self.seal();
+        let len = if self.cancelled > 0 {
+            self.out.len()
+        } else {
+            self.batch.len()
+        } as u64;
         let header = FILE_HEADER_BYTES as u64;
-        let len = self.batch.len() as u64;
-        if self.segment_bytes > header && self.segment_bytes + len > self.opts.segment_bytes_max {
+        if len > 0
+            && self.segment_bytes > header
+            && self.segment_bytes + len > self.opts.segment_bytes_max
+        {
             self.roll()?;
         }
         let began = Instant::now();
-        if let Err(e) = self.file.append(&self.batch) {
-            // O_APPEND: the next write lands at the end, so a partial frame must go first.
-            let _ = self.file.set_len(self.segment_bytes);
-            return Err(StoreError::Io("write log batch", e));
+        let bytes = if self.cancelled > 0 {
+            &self.out
+        } else {
+            &self.batch
+        };
+        if len > 0 {
+            if let Err(e) = self.file.append(bytes) {
+                // O_APPEND: the next write lands at the end, so a partial frame must go first.
+                let _ = self.file.set_len(self.segment_bytes);
+                return Err(StoreError::Io("write log batch", e));
+            }
         }
         self.segment_bytes += len;
         self.log_bytes_since_checkpoint += len;
+        self.next_lsn = end_lsn;
+        self.written_file_lsn = end_lsn - 1;
         self.batch.clear();
-        self.record_batch(began, len);
+        self.frames.clear();
+        self.out.clear();
+        (self.cancelled, self.sealed) = (0, 0);
+        self.record_batch(began, len, live);
         let written = self.last_lsn();
         match self.opts.sync {
             SyncMode::Always => {
@@ -391,12 +491,43 @@ impl Wal {
         Ok(())
     }
 
+    /// Give the batch's live frames their LSNs and checksums: in place when none was
+    /// cancelled, else copied into `out`. Returns (live frames, the LSN after them). The
+    /// batch stays as it is until written, so a write that fails is retried with the
+    /// same LSNs.
+    fn seal(&mut self) -> (u64, Lsn) {
+        let mut lsn = self.next_lsn;
+        let n = self.frames.len();
+        let end =
+            |i: usize, frames: &[usize], total: usize| frames.get(i + 1).map_or(total, |&e| e);
+        if self.cancelled == 0 {
+            for i in 0..n {
+                let (a, b) = (self.frames[i], end(i, &self.frames, self.batch.len()));
+                seal_frame(&mut self.batch[a..b], lsn);
+                lsn += 1;
+            }
+            self.sealed = n;
+        } else {
+            self.out.clear();
+            for i in 0..n {
+                let (a, b) = (self.frames[i], end(i, &self.frames, self.batch.len()));
+                if i >= self.sealed && self.batch[a + 4..a + 8] == CANCELLED {
+                    continue;
+                }
+                let at = self.out.len();
+                self.out.extend_from_slice(&self.batch[a..b]);
+                seal_frame(&mut self.out[at..], lsn);
+                lsn += 1;
+            }
+        }
+        (lsn - self.next_lsn, lsn)
+    }
+
     /// Publish the figures of a batch written with one `write` that began at `began`.
-    fn record_batch(&mut self, began: Instant, len: u64) {
+    fn record_batch(&mut self, began: Instant, len: u64, records: u64) {
         let f = &self.shared.figures;
         f.write_time.observe(nanos(began.elapsed()));
-        f.batch_records
-            .observe(std::mem::take(&mut self.batch_records));
+        f.batch_records.observe(records);
         f.batch_bytes.observe(len);
         self.disk_bytes += len;
         f.disk_bytes.set(self.disk_bytes);
@@ -405,7 +536,7 @@ impl Wal {
     /// Start segment `segment_no + 1` at the next LSN to be written.
     fn roll(&mut self) -> Result<(), StoreError> {
         // Batches are whole in a segment: the new one starts after the last written LSN.
-        let first = self.written_lsn() + 1;
+        let first = self.written_file_lsn + 1;
         let n = self.segment_no + 1;
         let file = new_segment(&*self.disk, &self.dir, n, first)?;
         if self.opts.sync == SyncMode::Always {
@@ -422,14 +553,8 @@ impl Wal {
         Ok(())
     }
 
-    fn written_lsn(&self) -> Lsn {
-        match self.opts.sync {
-            SyncMode::Always => self.shared.written.load(Ordering::Acquire),
-            SyncMode::Never => self.shared.durable.load(Ordering::Acquire),
-        }
-    }
-
-    /// Every record with an LSN ≤ this is durable. Read it when the callback fires.
+    /// Every record with a ticket ≤ this is durable (or was cancelled). Read it when the
+    /// callback fires.
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.durable.load(Ordering::Acquire)
     }
@@ -464,11 +589,11 @@ impl Wal {
         live: impl IntoIterator<Item = Record<'r>>,
     ) -> Result<bool, StoreError> {
         self.poll_checkpoint()?;
-        if self.checkpoint_job.is_some() || !self.batch.is_empty() {
+        if self.checkpoint_job.is_some() || !self.frames.is_empty() {
             return Ok(false);
         }
         let began = Instant::now();
-        let upto = self.last_lsn();
+        let upto = self.written_file_lsn;
         let bytes = encode_checkpoint(upto, live);
         self.checkpoint_started = (began, bytes.len() as u64);
         // Segments below the one the next write goes to hold only LSNs ≤ upto.

@@ -386,3 +386,72 @@ fn power_cuts_never_lose_what_was_reported_durable() {
         }
     }
 }
+
+/// The sessions of what `disk` would keep through a power cut now.
+fn sessions_after_cut(disk: &crate::store::SimDisk) -> Vec<String> {
+    let copy = Arc::new(disk.durable_copy());
+    let r = crate::store::recover_all_on(copy, Path::new(POWER_DATA)).expect("recover");
+    // Before the first sync the segment's header is not durable either (a torn file).
+    let gap =
+        |c: &&crate::store::CutReport| matches!(c.reason, crate::store::CutReason::LsnGap { .. });
+    assert!(!r.cuts.iter().any(|c| gap(&c)), "no LSN gap: {:?}", r.cuts);
+    r.state.sessions.keys().cloned().collect()
+}
+
+/// A record cancelled before its batch is written is never written and takes no LSN: the
+/// file's LSNs stay consecutive (recovery cuts at a gap), its ticket counts as durable
+/// with the batch around it, and a power cut before or after the batch's sync recovers as
+/// if it had never been logged. A written record cannot be cancelled.
+#[test]
+fn cancelled_records_are_never_written_and_take_no_lsn() {
+    let disk = crate::store::SimDisk::default();
+    let (mut run, _) = PowerRun::start(disk.clone());
+    let t: Vec<Lsn> = (1..=3)
+        .map(|i| run.wal.append(&client_session(i)))
+        .collect();
+    assert_eq!(t, [1, 2, 3]);
+    assert!(run.wal.cancel(2), "unwritten: taken back");
+    assert!(!run.wal.cancel(2), "once");
+    assert!(!run.wal.cancel(4), "no such record");
+    run.wal.end_turn().expect("write");
+    assert!(!run.wal.cancel(1), "written: too late");
+    assert_eq!(run.wal.written_file_lsn(), 2, "two frames written");
+    assert!(
+        sessions_after_cut(&disk).is_empty(),
+        "a cut before the sync"
+    );
+    assert!(run.wal.syncing() && run.wal.will_defer());
+    assert!(run.wal.sync_step());
+    assert_eq!(
+        run.wal.durable_lsn(),
+        3,
+        "the cancelled ticket counts as durable"
+    );
+    assert!(!run.wal.syncing());
+    assert_eq!(sessions_after_cut(&disk), ["c1", "c3"], "a cut after it");
+
+    // A batch whose every record was cancelled writes nothing and is durable once synced.
+    let t5 = run.wal.append(&client_session(5));
+    assert!(run.wal.cancel(t5));
+    assert!(run.wal.end_turn_unless_syncing().expect("write"));
+    assert!(run.wal.sync_step());
+    assert_eq!(run.wal.durable_lsn(), t5);
+    // The next frames follow on in the file: LSN 3, 4.
+    run.wal.append(&client_session(6));
+    run.wal.append(&client_session(7));
+    assert!(run.wal.end_turn_unless_syncing().expect("write"));
+    assert_eq!(run.wal.written_file_lsn(), 4);
+    // Another batch while that one waits for its sync stays in memory.
+    let t8 = run.wal.append(&client_session(8));
+    assert!(!run.wal.end_turn_unless_syncing().expect("kept"));
+    assert!(run.wal.cancel(t8), "still cancellable");
+    assert!(run.wal.sync_step());
+    assert_eq!(sessions_after_cut(&disk), ["c1", "c3", "c6", "c7"]);
+    let f = run.wal.figures();
+    assert_eq!(f.batch_records.sum(), 4, "live records only: 2, 0 and 2");
+    drop(run);
+    disk.power_cut();
+    let (_again, state) = PowerRun::start(disk.clone());
+    let got: Vec<&String> = state.sessions.keys().collect();
+    assert_eq!(got, ["c1", "c3", "c6", "c7"]);
+}
