@@ -214,6 +214,21 @@ fn input_split_anywhere_gives_the_same_output() {
 /// The data directory of the stored brokers below, on their simulated disk.
 const STORE_DIR: &str = "/data";
 
+/// The log options of the brokers these tests run by hand: 1 MiB segments, every batch
+/// synced, no checkpoint, the sync run by the test ([`Broker::journal_background`]).
+fn manual_wal_options() -> crate::store::WalOptions {
+    use crate::store::{Background, CheckpointPolicy, SyncMode, WalOptions};
+    WalOptions {
+        segment_bytes_max: 1 << 20,
+        sync: SyncMode::Always,
+        checkpoint: CheckpointPolicy {
+            log_bytes_max: u64::MAX,
+            interval_s: 0,
+        },
+        background: Background::Manual,
+    }
+}
+
 /// A one-shard broker whose log is on `disk` (empty), its sync run by hand
 /// ([`Broker::journal_background`]), as `sim::driver` starts one.
 fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {
@@ -222,18 +237,10 @@ fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {
 
 /// [`stored_broker`] with `cfg` (one shard).
 fn stored_broker_with(disk: &crate::store::SimDisk, cfg: Config) -> Broker<()> {
-    use crate::store::{self, Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
+    use crate::store::{self, LiveState, Wal};
     let data = std::path::Path::new(STORE_DIR);
     store::install_on(disk, data, &[LiveState::default()]).expect("install");
-    let opts = WalOptions {
-        segment_bytes_max: 1 << 20,
-        sync: SyncMode::Always,
-        checkpoint: CheckpointPolicy {
-            log_bytes_max: u64::MAX,
-            interval_s: 0,
-        },
-        background: Background::Manual,
-    };
+    let opts = manual_wal_options();
     let dir = store::layout::shard_dir(data, 0);
     let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("open log");
     let j = super::journal::Journal::new(wal, LiveState::default(), 1, 0);

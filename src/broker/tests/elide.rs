@@ -24,6 +24,17 @@ fn puback(pid: u8) -> [u8; 4] {
     [0x40, 2, 0, pid]
 }
 
+/// A stored session homed on shard 0, subscribed to `t`, its CONNACK and SUBACK durable
+/// (not yet read).
+fn stored_subscriber(b: &mut Broker<()>) -> usize {
+    let sub = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    send(b, sub, &stored_connect_packet(&id_homed(0, 1)));
+    send(b, sub, &subscribe_packet("t"));
+    end_turn(b, NOW_MS);
+    sync_and_turn(b);
+    sub
+}
+
 fn send(b: &mut Broker<()>, key: usize, bytes: &[u8]) {
     assert_eq!(b.ingest(key, bytes, NOW_MS), (bytes.len(), Ingested::More));
 }
@@ -62,11 +73,7 @@ fn a_delivery_acknowledged_before_its_batch_is_written_writes_nothing() {
     let disk = SimDisk::default();
     let mut b = stored_broker(&disk);
     let sub_id = id_homed(0, 1);
-    let sub = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
-    send(&mut b, sub, &stored_connect_packet(&sub_id));
-    send(&mut b, sub, &subscribe_packet("t"));
-    end_turn(&mut b, NOW_MS);
-    sync_and_turn(&mut b);
+    let sub = stored_subscriber(&mut b);
     assert_eq!(output(&mut b, sub).len(), 4 + 5, "CONNACK and SUBACK");
     let publ = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
     send(&mut b, publ, &connect_packet("publisher"));
@@ -138,11 +145,7 @@ fn a_queued_then_sent_delivery_acknowledged_before_its_batch_writes_nothing() {
     };
     let mut b = super::stored_broker_with(&disk, cfg);
     let sub_id = id_homed(0, 1);
-    let sub = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
-    send(&mut b, sub, &stored_connect_packet(&sub_id));
-    send(&mut b, sub, &subscribe_packet("t"));
-    end_turn(&mut b, NOW_MS);
-    sync_and_turn(&mut b);
+    let sub = stored_subscriber(&mut b);
     output(&mut b, sub);
     // A stored publisher: its session's record is written, and waits for its sync.
     let publ = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);

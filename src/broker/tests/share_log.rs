@@ -22,22 +22,14 @@ pub(super) fn stored_cores(disk: &SimDisk, n: usize) -> Cores {
 
 /// `stored_cores` with this configuration (`cfg.shards` of them).
 pub(super) fn stored_cores_with(disk: &SimDisk, cfg: Config) -> Cores {
-    use crate::store::{Background, CheckpointPolicy, LiveState, SyncMode, Wal, WalOptions};
+    use crate::store::{LiveState, Wal};
     let n = cfg.shards;
     let data = std::path::Path::new(STORE_DIR);
     store::install_on(disk, data, &vec![LiveState::default(); n]).expect("install");
     let cfg = Arc::new(cfg);
     let shards = (0..n)
         .map(|i| {
-            let opts = WalOptions {
-                segment_bytes_max: 1 << 20,
-                sync: SyncMode::Always,
-                checkpoint: CheckpointPolicy {
-                    log_bytes_max: u64::MAX,
-                    interval_s: 0,
-                },
-                background: Background::Manual,
-            };
+            let opts = super::manual_wal_options();
             let dir = store::layout::shard_dir(data, i);
             let wal = Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("log");
             let j = crate::broker::journal::Journal::new(wal, LiveState::default(), n, 0);
@@ -342,21 +334,12 @@ fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
 /// One shard core restarted from what `disk` would keep through a power cut now (its
 /// durable part, recovered and installed), as `main` starts one.
 fn restarted(disk: &SimDisk) -> (SimDisk, Cores) {
-    use crate::store::{Background, CheckpointPolicy, SyncMode, WalOptions};
     let disk = disk.durable_copy();
     let data = std::path::Path::new(STORE_DIR);
     let rec = store::recover_parts_on(&disk, data, 1, |_| 0, |_| 0).expect("recover");
     store::install_on(&disk, data, &rec.parts).expect("install");
     let part = rec.parts.into_iter().next().expect("one part");
-    let opts = WalOptions {
-        segment_bytes_max: 1 << 20,
-        sync: SyncMode::Always,
-        checkpoint: CheckpointPolicy {
-            log_bytes_max: u64::MAX,
-            interval_s: 0,
-        },
-        background: Background::Manual,
-    };
+    let opts = super::manual_wal_options();
     let dir = store::layout::shard_dir(data, 0);
     let wal = store::Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("log");
     let j = crate::broker::journal::Journal::new(wal, part, 1, 0);
