@@ -177,7 +177,7 @@ impl<X> Broker<X> {
             let at = now_ms + u64::from(delay.min(expiry_s)) * 1000;
             let t = self.timers.insert(at, timer_key(TIMER_WILL, gen, s));
             if let Some(sess) = self.sessions.get_mut(s) {
-                sess.will_timer = Some(t);
+                sess.will_timer = Some((t, at));
             }
         }
     }
@@ -305,12 +305,33 @@ impl<X> Broker<X> {
         }
     }
 
+    /// A session about to be resumed whose delayed Will is already due, its timer not yet
+    /// run (a Will restored with delay 0, or one whose delay ran out during a restart, is
+    /// due at the first turn; a CONNECT read before that turn's timers must not cancel it):
+    /// publish it now, as its timer would have.
+    pub(super) fn publish_due_will(&mut self, s: usize, now_ms: u64) {
+        let Some(sess) = self.sessions.get(s) else {
+            return;
+        };
+        let Some((t, at)) = sess.will_timer else {
+            return;
+        };
+        if at <= now_ms {
+            let gen = (sess.uid & 0x00ff_ffff) as u32;
+            self.timers.cancel(t);
+            self.will_timer(s, gen, now_ms);
+        }
+    }
+
     /// Cancel a session's expiry and delayed-Will timers (it was resumed).
     pub(super) fn cancel_session_timers(&mut self, s: usize) {
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };
-        let timers: [Option<TimerId>; 2] = [sess.expiry_timer.take(), sess.will_timer.take()];
+        let timers: [Option<TimerId>; 2] = [
+            sess.expiry_timer.take(),
+            sess.will_timer.take().map(|(t, _)| t),
+        ];
         for t in timers.into_iter().flatten() {
             self.timers.cancel(t);
         }
@@ -490,7 +511,7 @@ impl<X> Broker<X> {
             .is_some_and(|x| (x.uid & 0x00ff_ffff) as u32 == gen && x.link.is_none())
     }
 
-    fn will_timer(&mut self, s: usize, gen: u32, now_ms: u64) {
+    pub(super) fn will_timer(&mut self, s: usize, gen: u32, now_ms: u64) {
         if !self.session_matches(s, gen) {
             return;
         }

@@ -291,6 +291,7 @@ impl<X> Broker<X> {
                 );
                 self.will_at_takeover(old, now_ms);
             }
+            self.publish_due_will(s, now_ms);
             self.cancel_session_timers(s);
             if !clean {
                 if let Some(sess) = self.sessions.get_mut(s) {

@@ -613,7 +613,7 @@ impl<X> Broker<X> {
                 log_id: 0,
             }));
             let at = due(w.delay_s.min(info.expiry_interval_s));
-            sess.will_timer = Some(self.timers.insert(at, timer_key(TIMER_WILL, gen, s)));
+            sess.will_timer = Some((self.timers.insert(at, timer_key(TIMER_WILL, gen, s)), at));
         }
     }
 }

@@ -229,6 +229,28 @@ fn manual_wal_options() -> crate::store::WalOptions {
     }
 }
 
+/// A one-shard broker (`cfg`) restarted from what `disk` would keep through a power cut
+/// now (its durable part, recovered and installed), as `main` starts one; and its disk.
+fn restarted_broker(
+    disk: &crate::store::SimDisk,
+    cfg: Config,
+) -> (crate::store::SimDisk, Broker<()>) {
+    use crate::store;
+    let disk = disk.durable_copy();
+    let data = std::path::Path::new(STORE_DIR);
+    let rec = store::recover_parts_on(&disk, data, 1, |_| 0, |_| 0).expect("recover");
+    store::install_on(&disk, data, &rec.parts).expect("install");
+    let part = rec.parts.into_iter().next().expect("one part");
+    let dir = store::layout::shard_dir(data, 0);
+    let wal = store::Wal::open_on(Arc::new(disk.clone()), &dir, manual_wal_options(), || {})
+        .expect("log");
+    let j = super::journal::Journal::new(wal, part, 1, 0);
+    let mut b = Broker::new(0, 1, Arc::new(Config { shards: 1, ..cfg }), NOW_MS);
+    b.attach_journal(j);
+    b.restore_from_journal(&[], NOW_MS);
+    (disk, b)
+}
+
 /// A one-shard broker whose log is on `disk` (empty), its sync run by hand
 /// ([`Broker::journal_background`]), as `sim::driver` starts one.
 fn stored_broker(disk: &crate::store::SimDisk) -> Broker<()> {

@@ -187,8 +187,8 @@ pub struct Session {
     pid_wrapped: bool,
     /// A Will waiting out its Will Delay Interval after the connection ended.
     pub will: Option<Box<StoredWill>>,
-    /// Timer publishing `will` (shard timer wheel).
-    pub will_timer: Option<crate::timer::TimerId>,
+    /// Timer publishing `will` (shard timer wheel), and when it is due (shard time, ms).
+    pub will_timer: Option<(crate::timer::TimerId, u64)>,
     /// Timer ending the session after its expiry interval.
     pub expiry_timer: Option<crate::timer::TimerId>,
     /// Messages dropped because the queue was full.

@@ -334,23 +334,12 @@ fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
 /// One shard core restarted from what `disk` would keep through a power cut now (its
 /// durable part, recovered and installed), as `main` starts one.
 fn restarted(disk: &SimDisk) -> (SimDisk, Cores) {
-    let disk = disk.durable_copy();
-    let data = std::path::Path::new(STORE_DIR);
-    let rec = store::recover_parts_on(&disk, data, 1, |_| 0, |_| 0).expect("recover");
-    store::install_on(&disk, data, &rec.parts).expect("install");
-    let part = rec.parts.into_iter().next().expect("one part");
-    let opts = super::manual_wal_options();
-    let dir = store::layout::shard_dir(data, 0);
-    let wal = store::Wal::open_on(Arc::new(disk.clone()), &dir, opts, || {}).expect("log");
-    let j = crate::broker::journal::Journal::new(wal, part, 1, 0);
-    let cfg = Arc::new(Config {
+    let cfg = Config {
         shards: 1,
         max_inflight: 1,
         ..Config::default()
-    });
-    let mut b = Broker::new(0, 1, cfg, NOW_MS);
-    b.attach_journal(j);
-    b.restore_from_journal(&[], NOW_MS);
+    };
+    let (disk, b) = super::restarted_broker(disk, cfg);
     (disk, Cores { shards: vec![b] })
 }
 

@@ -4,7 +4,10 @@
 //! a restart would do is read back from what the simulated disk would keep through a power
 //! cut now.
 
-use super::{end_turn, id_homed, stored_broker, string, with_len, NOW_MS, STORE_DIR};
+use super::{
+    end_turn, id_homed, restarted_broker, stored_broker, stored_connect_packet, string,
+    subscribe_packet, with_len, NOW_MS, STORE_DIR,
+};
 use crate::broker::{Broker, Ingested};
 use crate::store::{LiveState, SimDisk};
 
@@ -146,4 +149,48 @@ fn a_delayed_will_published_by_its_timer_is_not_published_again_after_a_restart(
     );
     assert_eq!(sess.info.expiry_interval_s, 100);
     assert_eq!(owed_wills(&disk), 0, "and done");
+}
+
+/// A stored session connected when the broker stopped: its Will (no delay) is due at the
+/// restart's first turn. A CONNECT of that client read before the turn's timers resumes
+/// the session, and must publish the Will rather than cancel it (a reconnect cancels
+/// only a Will still waiting out its delay [MQTT-3.1.3-9]).
+#[test]
+fn a_restored_will_due_at_restart_is_published_when_its_client_reconnects_first() {
+    let disk = SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let watcher = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    b.ingest(watcher, &stored_connect_packet("watcher"), NOW_MS);
+    b.ingest(watcher, &subscribe_packet("w/#"), NOW_MS);
+    sync_rounds(&mut b, NOW_MS);
+    b.close_link(watcher);
+    assert_eq!(b.on_closed(watcher, NOW_MS), Some(()));
+    let dying = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+    let connect = will_connect("dying", Some(100), None);
+    assert_eq!(b.ingest(dying, &connect, NOW_MS).1, Ingested::More);
+    sync_rounds(&mut b, NOW_MS);
+    let s = durable(&disk);
+    assert!(
+        s.sessions["dying"].info.will.is_some(),
+        "the Will is stored"
+    );
+    assert!(s.sessions["watcher"].deliveries.is_empty());
+
+    // The power fails while "dying" is connected; it reconnects first thing.
+    let (disk, mut b) = restarted_broker(&disk, crate::config::Config::default());
+    let again = b.accept(([127, 0, 0, 1], 3).into(), (), NOW_MS);
+    assert_eq!(b.ingest(again, &connect, NOW_MS).1, Ingested::More);
+    sync_rounds(&mut b, NOW_MS);
+    b.on_timers(NOW_MS + 1_000);
+    sync_rounds(&mut b, NOW_MS + 1_000);
+    let s = durable(&disk);
+    assert_eq!(
+        s.sessions["watcher"].deliveries.len(),
+        1,
+        "the Will reached the offline subscriber"
+    );
+    assert!(
+        s.sessions["dying"].info.will.is_some(),
+        "the new CONNECT's Will"
+    );
 }
