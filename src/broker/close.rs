@@ -289,19 +289,8 @@ impl<X> Broker<X> {
         }
         let unix = j.unix_ms(now_ms);
         for (id, w) in armed {
-            let stored = crate::store::StoredMessage {
-                topic: w.topic,
-                payload: w.payload,
-                qos: w.qos,
-                retain: w.retain,
-                expires_at_unix_ms: None,
-                props: w.props,
-            };
-            let mut msg = super::journal::from_stored(&stored, unix, now_ms, 0);
-            msg.expires_at_ms = w
-                .expiry_interval_s
-                .map(|s| now_ms.saturating_add(u64::from(s) * 1000));
-            self.publish_will(id, msg, now_ms);
+            let w = super::persist::restored_will(w, id, unix, now_ms);
+            self.publish_stored_will(w, now_ms);
         }
     }
 

@@ -598,23 +598,29 @@ impl<X> Broker<X> {
             sess.expiry_timer = Some(t);
         }
         if let Some(w) = &info.will {
-            let stored = StoredMessage {
-                topic: w.topic.clone(),
-                payload: w.payload.clone(),
-                qos: w.qos,
-                retain: w.retain,
-                expires_at_unix_ms: None,
-                props: w.props.clone(),
-            };
-            sess.will = Some(Box::new(StoredWill {
-                msg: journal::from_stored(&stored, unix, now_ms, 0),
-                delay_s: w.delay_s,
-                expiry_s: w.expiry_interval_s,
-                log_id: 0,
-            }));
+            sess.will = Some(Box::new(restored_will(w.clone(), 0, unix, now_ms)));
             let at = due(w.delay_s.min(info.expiry_interval_s));
             sess.will_timer = Some((self.timers.insert(at, timer_key(TIMER_WILL, gen, s)), at));
         }
+    }
+}
+
+/// Will `w` as recovery read it, back in the engine's form (`log_id`: its number if it was
+/// logged at CONNECT, else 0; shard time `now_ms`, wall clock `unix`).
+pub(super) fn restored_will(w: Will<'_>, log_id: u64, unix: u64, now_ms: u64) -> StoredWill {
+    let stored = StoredMessage {
+        topic: w.topic,
+        payload: w.payload,
+        qos: w.qos,
+        retain: w.retain,
+        expires_at_unix_ms: None,
+        props: w.props,
+    };
+    StoredWill {
+        msg: journal::from_stored(&stored, unix, now_ms, 0),
+        delay_s: w.delay_s,
+        expiry_s: w.expiry_interval_s,
+        log_id,
     }
 }
 
