@@ -2,8 +2,8 @@
 //!
 //! Owns: the poll, this shard's listener handles, the scratch read buffer and this shard's
 //! bus ends; through the broker's connection table, each connection's transport and
-//! receive buffer (`conn::ConnIo`). One turn is: poll → bus inbox → read and decode in
-//! place → accept → timers → bus outbox → flush → close; every step has a budget so one
+//! receive buffer (`conn::ConnIo`). One turn is: poll → due timers → bus inbox → read and
+//! decode in place → accept → bus outbox → flush → close; every step has a budget so one
 //! busy client or peer cannot starve the rest. A SIGHUP reload arrives as a `Control` on
 //! the shard's own channel and is applied at the start of a turn, between polls
 //! (`Shard::apply_config`), never in the middle of a packet. Invariant: the poll token of
@@ -713,6 +713,7 @@ impl Shard {
         }
         let busy_from = Instant::now();
         let now = self.now_ms();
+        // What was due by now runs before any of this turn's input (`Broker::begin_turn`).
         self.broker.begin_turn(now);
         self.read_again.append(&mut self.read_next);
         self.apply_control();
@@ -745,7 +746,6 @@ impl Shard {
         }
         self.retry_reads(now);
         self.verify_answers(now);
-        self.broker.on_timers(now);
         self.submit_checks(now);
         self.bridges
             .step(&mut self.broker, self.poll.registry(), now);
