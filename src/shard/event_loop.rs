@@ -59,13 +59,6 @@ const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
 const ACCEPTS_PER_TURN_MAX: usize = 512;
 /// The shard's scratch read buffer.
 const SCRATCH_BYTES: usize = 64 * 1024;
-/// Bytes one read may add to a partial packet held in its connection's buffer. Larger
-/// than the turn's budget (that read spends the rest of it): such a read decodes nothing
-/// until the packet is whole, so it costs only its copy, and every read into a growing
-/// buffer moves it (the buffer grows by exactly what arrives, never by the declared
-/// length): 64 KiB steps moved a 1 MiB packet 16 times and left the freed copies to the
-/// allocator's decay, which held RSS at 1.5 times the bytes received for seconds.
-const PARTIAL_READ_BYTES_MAX: usize = 256 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
@@ -1143,29 +1136,31 @@ impl Shard {
         }
     }
 
-    /// A partial packet is held: read what it still needs into its own buffer.
+    /// A partial packet is held: read into the scratch buffer and append to it. A large
+    /// packet still arriving is only appended (its pieces never move, `ring`); the rest is
+    /// decoded once whole.
     fn read_partial(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
-        let want = self
-            .broker
-            .links()
-            .conn(key)
-            .map_or(0, |c| self.broker.bytes_needed(key, c.io.rx.readable()))
-            .min(PARTIAL_READ_BYTES_MAX);
+        let total = self.broker.links().conn(key).and_then(|c| {
+            let held = c.io.rx.length_unknown()?;
+            Some(held.len() + self.broker.bytes_needed(key, held))
+        });
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(ReadEnd::Closed);
         };
-        let io = &mut c.io;
-        let spare = io.rx.spare(want);
-        let n = match io.transport.read(spare) {
+        let n = match c.io.transport.read(&mut self.scratch) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
-            Err(e) => {
-                io.rx.filled(0);
-                return Err(self.read_failed(key, e));
-            }
+            Err(e) => return Err(self.read_failed(key, e)),
         };
-        io.rx.filled(n);
+        if let Some(total) = total {
+            c.io.rx.expect(total);
+        }
+        c.io.rx.extend(&self.scratch[..n]);
+        let whole = c.io.rx.complete();
         self.broker.effects().stats.bytes_in += n as u64;
+        if !whole {
+            return Ok(n);
+        }
         match self.process_rx(key, now) {
             Some(end) => Err(end),
             None => Ok(n),
