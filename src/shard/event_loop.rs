@@ -13,6 +13,7 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -811,7 +812,7 @@ impl Shard {
         c.io.paused_on_auth = false;
         let buffered = !c.io.rx.is_empty();
         if buffered {
-            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, 0..0, now) {
                 self.broker.close_link(key);
                 return;
             }
@@ -927,7 +928,7 @@ impl Shard {
             .conn(key)
             .is_some_and(|c| !c.io.rx.is_empty());
         if partial {
-            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, 0..0, now) {
                 self.broker.close_link(key);
                 return;
             }
@@ -1066,7 +1067,7 @@ impl Shard {
         if self.first_bytes(key).is_err() {
             return Err(ReadEnd::Closed);
         }
-        match self.process_scratch(key, n, now) {
+        match self.process_scratch(key, 0, n, now) {
             Some(end) => Err(end),
             None => Ok(n),
         }
@@ -1136,13 +1137,16 @@ impl Shard {
         }
     }
 
-    /// A partial packet is held: read into the scratch buffer and append to it. A large
-    /// packet still arriving is only appended (its pieces never move, `ring`); the rest is
+    /// A partial packet is held: read into the scratch buffer. A small packet takes from
+    /// the read only the bytes that complete it and is decoded from its own buffer; the
+    /// rest of the read is then decoded in place from the scratch buffer, as usual, so a
+    /// busy publisher's buffer holds one partial packet, not a read. A large packet still
+    /// arriving takes the whole read, appended in pieces that never move (`ring`), and is
     /// decoded once whole.
     fn read_partial(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
-        let total = self.broker.links().conn(key).and_then(|c| {
-            let held = c.io.rx.length_unknown()?;
-            Some(held.len() + self.broker.bytes_needed(key, held))
+        let needed = self.broker.links().conn(key).and_then(|c| {
+            let held = c.io.rx.contiguous()?;
+            Some((held.len(), self.broker.bytes_needed(key, held)))
         });
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(ReadEnd::Closed);
@@ -1152,24 +1156,46 @@ impl Shard {
             Ok(n) => n,
             Err(e) => return Err(self.read_failed(key, e)),
         };
-        if let Some(total) = total {
-            c.io.rx.expect(total);
-        }
-        c.io.rx.extend(&self.scratch[..n]);
+        // `need` is 0 while the fixed header itself is incomplete: take the whole read.
+        let take = match needed {
+            Some((held, need)) if need > 0 => {
+                c.io.rx.expect(held + need);
+                need.min(n)
+            }
+            _ => n,
+        };
+        c.io.rx.extend(&self.scratch[..take]);
         let whole = c.io.rx.complete();
         self.broker.effects().stats.bytes_in += n as u64;
         if !whole {
             return Ok(n);
         }
-        match self.process_rx(key, now) {
+        if let Some(end) = self.process_rx(key, take..n, now) {
+            return Err(end);
+        }
+        if take == n {
+            return Ok(n);
+        }
+        let end = match self.broker.links_mut().conn_mut(key) {
+            None => Some(ReadEnd::Closed),
+            Some(c) if c.io.rx.is_empty() => self.process_scratch(key, take, n, now),
+            // Still held (only its fixed header's next byte was known to be needed, or its
+            // input is paused): the rest joins it and is decoded from there.
+            Some(c) => {
+                c.io.rx.extend(&self.scratch[take..n]);
+                self.process_rx(key, 0..0, now)
+            }
+        };
+        match end {
             Some(end) => Err(end),
             None => Ok(n),
         }
     }
 
-    /// Decode from the scratch buffer; keep a trailing partial packet in the link's RxBuf.
-    fn process_scratch(&mut self, key: usize, n: usize, now: u64) -> Option<ReadEnd> {
-        let (used, outcome) = self.broker.ingest(key, &self.scratch[..n], now);
+    /// Decode `scratch[from..n]`; keep a trailing partial packet in the link's RxBuf.
+    fn process_scratch(&mut self, key: usize, from: usize, n: usize, now: u64) -> Option<ReadEnd> {
+        let (used, outcome) = self.broker.ingest(key, &self.scratch[from..n], now);
+        let used = from + used;
         match outcome {
             Ingested::More => {
                 if let Some(c) = self.broker.links_mut().conn_mut(key) {
@@ -1187,8 +1213,10 @@ impl Shard {
     }
 
     /// Decode what the link's RxBuf holds. The buffer is taken out while the broker
-    /// handles its packets (they borrow from it) and put back after.
-    fn process_rx(&mut self, key: usize, now: u64) -> Option<ReadEnd> {
+    /// handles its packets (they borrow from it) and put back after. `tail`: bytes of the
+    /// scratch buffer read after it and not yet handled, which go with the connection if
+    /// it is handed to another shard.
+    fn process_rx(&mut self, key: usize, tail: Range<usize>, now: u64) -> Option<ReadEnd> {
         let mut rx = std::mem::take(&mut self.broker.links_mut().conn_mut(key)?.io.rx);
         let (used, outcome) = self.broker.ingest(key, rx.readable(), now);
         rx.consume(used);
@@ -1201,7 +1229,8 @@ impl Shard {
             }
             Ingested::Close => Some(ReadEnd::Closed),
             Ingested::Handoff(home) => {
-                let rest = rx.take_unread();
+                let mut rest = rx.take_unread();
+                rest.extend_from_slice(&self.scratch[tail]);
                 self.handoff(key, home, rest);
                 Some(ReadEnd::Open)
             }

@@ -102,11 +102,10 @@ impl RxBuf {
         self.packet = if total > CHUNK_BYTES { total } else { 0 };
     }
 
-    /// The held bytes, when they are [`CHUNK_BYTES`] or more of a packet whose length has
-    /// not been given ([`RxBuf::expect`]): the caller reads it from their fixed header.
-    pub fn length_unknown(&self) -> Option<&[u8]> {
-        let held = &self.data[self.start..];
-        (self.packet == 0 && self.chunks.is_empty() && held.len() >= CHUNK_BYTES).then_some(held)
+    /// The held bytes while they are in one piece (None once a large packet is held in
+    /// pieces): the caller reads the packet's length from their fixed header.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        self.chunks.is_empty().then(|| &self.data[self.start..])
     }
 
     /// False while a large packet is still arriving (decoding would only ask for more);
