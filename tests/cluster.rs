@@ -1100,7 +1100,8 @@ fn reported(out: &str, what: &str) -> u64 {
 /// `shardmq cluster-forget`: refused while the node lives; once it is dead (SIGKILL, with
 /// QoS 1 messages stored in its queue since), it deletes the node's interest entry, its
 /// consumer and its queue, A stops storing for it and keeps serving, and a second run
-/// finds nothing more than what A stored before it learnt of the deletion.
+/// finds nothing more than what A stored before it learnt of the deletion; B restarted
+/// on its store is a member again.
 #[test]
 fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
     let _one_at_a_time = three_nodes_lock();
@@ -1108,8 +1109,11 @@ fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
         return;
     };
     let admin = ["--admin", "127.0.0.1:0"];
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let b_args = ["--data-dir", path.as_str(), "--admin", "127.0.0.1:0"];
     let a = nats.node_with("fgt", "A", 0, &admin);
-    let mut b = nats.node_with("fgt", "B", 1, &admin);
+    let mut b = nats.node_with("fgt", "B", 1, &b_args);
     let conf = nats.dir.path().join("fgt-A.conf");
     let o = Conn5::new("fgt-sub").clean(false).expiry(600);
     let (mut sub, _) = open5(b.addr(), &o);
@@ -1195,4 +1199,26 @@ fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
     local.subscribe("f/#", 1);
     publ.publish("f/x", b"still", 1, false);
     assert_eq!(exactly(&mut local, 1), ["still"]);
+
+    // Not a ban: B restarted on its store writes its restored interest again, A stores
+    // for it again, and its client gets what is published from then on.
+    let b = nats.node_with("fgt", "B", 1, &b_args);
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B again");
+        let before = figure(&a, "queued");
+        publ.publish("f/x", b"back", 1, false);
+        if figure(&a, "queued") > before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut sub, ack) = open5(b.addr(), &o);
+    assert!(ack.present, "B restored the session: {ack:?}");
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("back"));
+    assert!(
+        got.contains_key("back"),
+        "B serves its client again: {got:?}"
+    );
 }
