@@ -394,12 +394,22 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Log a persistent session's parameters (CONNECT of a session with an expiry).
+    /// Log a persistent session's parameters (CONNECT of a session with an expiry). A
+    /// stored session resumed with Session Expiry 0 ends in the log instead: it now ends
+    /// with its connection, and a crash ends that connection too, so recovery must not
+    /// bring it back (before, its record kept the old expiry and the old Will, which the
+    /// reconnect had cancelled, and a restart published that Will after its delay). From
+    /// here on it is a clean session: its records stop, its new Will is armed (`arm_will`).
     pub(super) fn log_session(&mut self, s: usize, protocol: u8, will: Option<&StoredWill>) {
         let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get_mut(s)) else {
             return;
         };
         if sess.expiry_s == 0 {
+            if std::mem::take(&mut sess.logged) {
+                j.log(Record::SessionEnded {
+                    client_id: (&*sess.client_id).into(),
+                });
+            }
             return;
         }
         sess.logged = true;
