@@ -20,7 +20,7 @@ const TIMERS_PER_TURN_MAX: usize = 4096;
 /// next turns, so neither one client's 2,000,000 filters nor 1,000 clients with 50 each
 /// closing at once can freeze the shard (every other client and timer waits while a turn
 /// runs).
-pub const UNROUTES_PER_TURN_MAX: usize = 1024;
+pub const UNROUTES_PER_TURN_MAX: usize = 256;
 
 /// Longest a closing link waits for its held output (the records behind its CONNACK to be
 /// durable) before it closes without that output.

@@ -458,8 +458,8 @@ async fn connect(
     out: Out,
     reconnected: Arc<Notify>,
 ) -> Result<Client, async_nats::Error> {
-    let mut o = ConnectOptions::new()
-        .name(format!("shardmq {}", cfg.node))
+    let (o, addrs) = connect_options(cfg, &format!("shardmq {}", cfg.node)).await?;
+    let o = o
         .retry_on_initial_connect()
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
@@ -478,6 +478,17 @@ async fn connect(
                 }
             }
         });
+    Ok(o.connect(addrs).await?)
+}
+
+/// What every NATS connection of a node's configuration shares — the client name, TLS
+/// (`cluster_nats_cafile`), credentials and the servers' addresses — for the link and for
+/// `shardmq cluster-forget` (`forget`), which must reach NATS exactly as the broker does.
+pub(super) async fn connect_options(
+    cfg: &ClusterConfig,
+    name: &str,
+) -> Result<(ConnectOptions, Vec<ServerAddr>), async_nats::Error> {
+    let mut o = ConnectOptions::new().name(name);
     if let Some(ca) = &cfg.cafile {
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
@@ -491,7 +502,7 @@ async fn connect(
         .iter()
         .map(|u| u.parse::<ServerAddr>())
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(o.connect(addrs).await?)
+    Ok((o, addrs))
 }
 
 impl State {
@@ -1014,6 +1025,7 @@ impl State {
     fn inbound(&mut self, (tag, m): Inbound) {
         let stats = &self.out.stats;
         let route = match &*tag {
+            Tag::Takeover | Tag::State if m.payload.is_empty() => return self.alive(m.reply),
             Tag::Takeover => return self.takeover(&m.payload),
             Tag::State => return self.session_state(&m.payload),
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
@@ -1090,6 +1102,16 @@ impl State {
             }
             None => LinkStats::add(&self.out.stats.malformed),
         }
+    }
+
+    /// An empty message on a control subject is a liveness probe (`shardmq cluster-forget`
+    /// sends one before it removes a node): answer it with this node's name, off the loop.
+    fn alive(&self, reply: Option<Subject>) {
+        let Some(reply) = reply else {
+            return;
+        };
+        let (client, name) = (self.client.clone(), Bytes::from(self.node.clone()));
+        tokio::spawn(async move { within(PUBLISH_WAIT_MS, client.publish(reply, name)).await });
     }
 
     fn takeover(&self, payload: &[u8]) {
