@@ -339,6 +339,33 @@ impl Bridge {
         self.queue.restore(queued);
     }
 
+    /// Take over what a bridge replaced by a reload held (`retire`), as `restore` does,
+    /// except that with a log (`set_logged` first) every stored QoS 2 message in flight
+    /// waits for this bridge's first record batch to be durable before its PUBLISH or
+    /// PUBREL is written again. The old bridge may have held it for a record (`Sent`,
+    /// `Received`) not durable yet, and the reload may have logged its records anew (a
+    /// new local client id); the new batch comes after both in the log, so once it is
+    /// durable they are. Without this the new bridge wrote it at its first connect, and a
+    /// power cut could bring it back without its packet id (sent again under another).
+    pub fn carry_over(&mut self, restored: Restored) {
+        self.restore(restored);
+        if !self.logged {
+            return;
+        }
+        let batch = self.batches + 1;
+        for f in self.inflight.iter_mut() {
+            if f.seq.is_some() && f.msg.qos == QoS::ExactlyOnce {
+                f.held = Some(batch);
+            }
+        }
+    }
+
+    /// Whether record batch `batch` (the one `take_records` just handed out) must be
+    /// held until durable even if it holds no record: a packet waits for it.
+    pub fn waits_for_batch(&self, batch: u64) -> bool {
+        batch > self.durable_batch && self.inflight.iter().any(|f| f.held == Some(batch))
+    }
+
     /// The local filters whose messages the broker must `offer`, with their QoS.
     pub fn local_filters(&self) -> Vec<(String, QoS)> {
         self.mapper.local_filters()

@@ -207,7 +207,11 @@ impl Bridges {
             let mut fresh = self.build(&cfg, index, c, tls, now);
             hand_over(broker, &run, &fresh, &mut held, now);
             let n = held.messages.len();
-            fresh.bridge.restore(held);
+            // Logged before the carry-over: its QoS 2 packets keep waiting for their records.
+            fresh
+                .bridge
+                .set_logged(broker.logs_bridges() && !c.local_cleansession);
+            fresh.bridge.carry_over(held);
             log(format_args!(
                 "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
                 c.name
@@ -392,8 +396,10 @@ impl Bridges {
                     broker.log_bridge(&run.local_id, r.to_op(c));
                 }
             }
-            // The QoS 2 packets waiting for these records go once they are durable.
-            if any && !broker.hold_bridge_records(run.uid, batch) {
+            // The QoS 2 packets waiting for these records go once they are durable (and
+            // those a reload carried over, for this batch even if it is empty).
+            let wait = any || run.bridge.waits_for_batch(batch);
+            if wait && !broker.hold_bridge_records(run.uid, batch) {
                 run.bridge.records_durable(now, batch);
             }
         }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::{Disk, OsDisk};
-use super::frame::{encode_frame, scan, Cut, CutReason, FileHeader, FileKind, FILE_HEADER_BYTES};
+use super::frame::{encode_frame, CutReason, FileHeader, FileKind};
+use super::reader::{FileScan, PieceReader};
+use super::record::Record;
 use super::state::LiveState;
 use super::wal::{list_segments, segment_name, CHECKPOINT_FILE};
 use super::{io, Lsn, StoreError};
@@ -228,106 +230,113 @@ struct ShardRecovery {
 
 /// Replay one shard directory: its checkpoint, then every segment record after the
 /// checkpoint's LSN, stopping at the first damage (everything after it is dropped too).
+/// Files are read in pieces through one buffer ([`PieceReader`]).
 fn recover_shard(disk: &dyn Disk, dir: &Path) -> Result<ShardRecovery, StoreError> {
     let mut r = ShardRecovery {
         state: LiveState::default(),
         cuts: Vec::new(),
         records: 0,
     };
-    let upto = read_checkpoint(disk, dir, &mut r)?;
+    let mut reader = PieceReader::default();
+    let upto = read_checkpoint(disk, dir, &mut reader, &mut r)?;
     let mut expected = upto + 1;
     let segments = list_segments(disk, dir)?;
     for (i, n) in segments.iter().enumerate() {
         let path = dir.join(segment_name(*n));
-        let buf = disk.read(&path).map_err(io("read segment"))?;
-        match replay_segment(&buf, expected, &mut r) {
-            Ok(next) => expected = next,
-            Err(cut) => {
-                r.cuts.push(report(&path, &buf, cut));
-                for later in &segments[i + 1..] {
-                    let path = dir.join(segment_name(*later));
-                    let len = disk.len(&path).unwrap_or(0);
-                    r.cuts.push(CutReport {
-                        file: path,
-                        offset: 0,
-                        bytes_dropped: len,
-                        reason: CutReason::LsnGap { expected, found: 0 },
-                    });
-                }
-                break;
-            }
+        let scanned = replay_segment(disk, &path, &mut reader, expected, &mut r)?;
+        if scanned.cut.is_none() {
+            expected = scanned.next.max(expected);
+            continue;
         }
+        r.cuts.push(report(&path, &scanned));
+        for later in &segments[i + 1..] {
+            let path = dir.join(segment_name(*later));
+            let len = disk.len(&path).unwrap_or(0);
+            r.cuts.push(CutReport {
+                file: path,
+                offset: 0,
+                bytes_dropped: len,
+                reason: CutReason::LsnGap { expected, found: 0 },
+            });
+        }
+        break;
     }
     Ok(r)
 }
 
-/// Apply the records of one segment with LSN ≥ `expected`; returns the next LSN expected.
-fn replay_segment(buf: &[u8], expected: Lsn, r: &mut ShardRecovery) -> Result<Lsn, Cut> {
-    let header = FileHeader::decode(buf).map_err(|reason| Cut { offset: 0, reason })?;
-    if header.kind != FileKind::Segment {
-        return Err(Cut {
-            offset: 0,
-            reason: CutReason::BadHeader("not a segment"),
-        });
-    }
-    if header.lsn > expected {
-        return Err(Cut {
-            offset: 0,
-            reason: CutReason::LsnGap {
+/// Apply the records of segment `path` with LSN ≥ `expected`.
+fn replay_segment(
+    disk: &dyn Disk,
+    path: &Path,
+    reader: &mut PieceReader,
+    expected: Lsn,
+    r: &mut ShardRecovery,
+) -> Result<FileScan, StoreError> {
+    let head = |header: FileHeader| {
+        if header.kind != FileKind::Segment {
+            return Err(CutReason::BadHeader("not a segment"));
+        }
+        if header.lsn > expected {
+            return Err(CutReason::LsnGap {
                 expected,
                 found: header.lsn,
-            },
-        });
-    }
-    let (next, cut) = scan(buf, FILE_HEADER_BYTES, header.lsn, |lsn, rec| {
+            });
+        }
+        Ok(header.lsn)
+    };
+    let apply = |lsn: Lsn, rec: Record<'_>| {
         if lsn >= expected {
             r.state.apply(rec);
             r.records += 1;
         }
-    });
-    match cut {
-        Some(c) => Err(c),
-        None => Ok(next.max(expected)),
-    }
+    };
+    reader
+        .scan(disk, path, head, apply)
+        .map_err(io("read segment"))
 }
 
 /// Apply the checkpoint in `dir`, if any; returns the LSN it covers (0 without one). A
 /// damaged checkpoint keeps its valid prefix and is reported.
-fn read_checkpoint(disk: &dyn Disk, dir: &Path, r: &mut ShardRecovery) -> Result<Lsn, StoreError> {
+fn read_checkpoint(
+    disk: &dyn Disk,
+    dir: &Path,
+    reader: &mut PieceReader,
+    r: &mut ShardRecovery,
+) -> Result<Lsn, StoreError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let buf = match disk.read(&path) {
-        Ok(b) => b,
+    let mut upto = 0;
+    let head = |header: FileHeader| match header.kind {
+        FileKind::Checkpoint => {
+            upto = header.lsn;
+            Ok(1)
+        }
+        FileKind::Segment => Err(CutReason::BadHeader("not a checkpoint")),
+    };
+    let apply = |_: Lsn, rec: Record<'_>| {
+        r.state.apply(rec);
+        r.records += 1;
+    };
+    let scanned = match reader.scan(disk, &path, head, apply) {
+        Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(StoreError::Io("read checkpoint", e)),
     };
-    let header = match FileHeader::decode(&buf) {
-        Ok(h) if h.kind == FileKind::Checkpoint => h,
-        Ok(_) => {
-            let reason = CutReason::BadHeader("not a checkpoint");
-            r.cuts.push(report(&path, &buf, Cut { offset: 0, reason }));
-            return Ok(0);
-        }
-        Err(reason) => {
-            r.cuts.push(report(&path, &buf, Cut { offset: 0, reason }));
-            return Ok(0);
-        }
-    };
-    let (_, cut) = scan(&buf, FILE_HEADER_BYTES, 1, |_, rec| {
-        r.state.apply(rec);
-        r.records += 1;
-    });
-    if let Some(c) = cut {
-        r.cuts.push(report(&path, &buf, c));
+    if scanned.cut.is_some() {
+        r.cuts.push(report(&path, &scanned));
     }
-    Ok(header.lsn)
+    Ok(upto)
 }
 
-fn report(path: &Path, buf: &[u8], cut: Cut) -> CutReport {
+/// The cut of `scanned` (which has one) as a report.
+fn report(path: &Path, scanned: &FileScan) -> CutReport {
+    let (offset, reason) = scanned.cut.map_or((scanned.len, CutReason::Torn), |c| {
+        (c.offset as u64, c.reason)
+    });
     CutReport {
         file: path.to_path_buf(),
-        offset: cut.offset as u64,
-        bytes_dropped: (buf.len() - cut.offset) as u64,
-        reason: cut.reason,
+        offset,
+        bytes_dropped: scanned.bytes_dropped(),
+        reason,
     }
 }
 

@@ -29,6 +29,7 @@ pub mod frame;
 pub mod hold;
 pub mod layout;
 pub mod lock;
+pub mod reader;
 pub mod record;
 pub mod state;
 pub mod wal;

@@ -754,8 +754,10 @@ fn new_segment(
 /// The LSN the checkpoint in `dir` covers, or 0 without one.
 fn checkpoint_lsn(disk: &dyn Disk, dir: &Path) -> Result<Lsn, StoreError> {
     let path = dir.join(CHECKPOINT_FILE);
-    match disk.read(&path) {
-        Ok(head) => match FileHeader::decode(&head) {
+    // Only its header: the checkpoint may be as big as the whole state.
+    let mut head = [0u8; FILE_HEADER_BYTES];
+    match disk.read_at(&path, 0, &mut head) {
+        Ok(n) => match FileHeader::decode(&head[..n]) {
             Ok(h) if h.kind == FileKind::Checkpoint => Ok(h.lsn),
             _ => Err(StoreError::NeedsRecovery(dir.to_path_buf())),
         },

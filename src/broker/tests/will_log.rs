@@ -195,3 +195,56 @@ fn a_restored_will_due_at_restart_is_published_when_its_client_reconnects_first(
         "the new CONNECT's Will"
     );
 }
+
+/// A stored session resumed (no Clean Start) with Session Expiry 0: the session now ends
+/// with its connection, a crash included, so the log ends it at that CONNECT (before, its
+/// record kept the old expiry and the old delayed Will, which the reconnect had cancelled:
+/// a crash while connected brought the session back and published that stale Will after
+/// its delay). Its new Will is armed like any clean session's, and the CONNACK waits for
+/// both records.
+#[test]
+fn a_stored_session_resumed_with_expiry_0_is_not_restored_with_its_old_parameters() {
+    let disk = SimDisk::default();
+    let mut b = stored_broker(&disk);
+    let id = id_homed(0, 3);
+    let key = b.accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
+    let input = will_connect(&id, Some(100), Some(30));
+    assert_eq!(b.ingest(key, &input, NOW_MS).1, Ingested::More);
+    sync_rounds(&mut b, NOW_MS);
+    b.close_link(key);
+    assert_eq!(b.on_closed(key, NOW_MS), Some(()));
+    sync_rounds(&mut b, NOW_MS);
+    let s = durable(&disk);
+    assert!(
+        s.sessions[&id].info.will.is_some(),
+        "the delayed Will waits"
+    );
+
+    let key = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+    let input = will_connect(&id, Some(0), None);
+    assert_eq!(b.ingest(key, &input, NOW_MS).1, Ingested::More);
+    let held = |b: &Broker<()>| b.links().get(key).is_some_and(|l| l.output_held());
+    assert!(held(&b), "the CONNACK waits for the records");
+    sync_rounds(&mut b, NOW_MS);
+    assert!(!held(&b));
+    let s = durable(&disk);
+    assert!(
+        !s.sessions.contains_key(&id),
+        "a crash now must not restore the session (expiry {:?}, Will {:?})",
+        s.sessions.get(&id).map(|x| x.info.expiry_interval_s),
+        s.sessions.get(&id).map(|x| x.info.will.is_some())
+    );
+    assert_eq!(s.armed_wills.len(), 1, "the new Will, armed");
+
+    let (_, end) = b.ingest(key, &[0xe0, 0], NOW_MS);
+    assert_eq!(end, Ingested::Close);
+    assert_eq!(b.on_closed(key, NOW_MS), Some(()));
+    sync_rounds(&mut b, NOW_MS);
+    let s = durable(&disk);
+    assert!(!s.sessions.contains_key(&id));
+    assert_eq!(
+        owed_wills(&disk),
+        0,
+        "the DISCONNECT discarded the new Will"
+    );
+}

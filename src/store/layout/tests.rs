@@ -3,7 +3,7 @@ use std::io::Write;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::frame::encode_frame;
+use crate::store::frame::{encode_frame, FILE_HEADER_BYTES};
 use crate::store::record::Record;
 use crate::store::testutil::{arb_record, session, Scratch};
 use crate::store::wal::{SyncMode, Wal, WalOptions};

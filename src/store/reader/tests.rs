@@ -1,0 +1,186 @@
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::disk::{Disk, SimDisk};
+use crate::store::frame::{encode_frame, FileKind};
+use crate::store::testutil::{arb_record, message, samples};
+
+/// What a scan saw: each frame's LSN and record bytes, the next LSN and the cut.
+type Seen = (Vec<(Lsn, Vec<u8>)>, Lsn, Option<Cut>);
+
+fn encoded(r: &Record<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    r.encode(&mut out);
+    out
+}
+
+/// A segment starting at LSN `first` holding `records`.
+fn segment(first: Lsn, records: &[Record<'_>]) -> Vec<u8> {
+    let header = FileHeader {
+        kind: FileKind::Segment,
+        lsn: first,
+    };
+    let mut bytes = header.encode().to_vec();
+    for (lsn, r) in (first..).zip(records) {
+        encode_frame(&mut bytes, lsn, r);
+    }
+    bytes
+}
+
+/// The naive oracle: the whole file in one buffer through [`scan`].
+fn whole(bytes: &[u8]) -> Seen {
+    let mut seen = Vec::new();
+    let header = match FileHeader::decode(bytes) {
+        Ok(h) => h,
+        Err(reason) => return (seen, 0, Some(Cut { offset: 0, reason })),
+    };
+    let (next, cut) = scan(bytes, FILE_HEADER_BYTES, header.lsn, |lsn, r| {
+        seen.push((lsn, encoded(&r)));
+    });
+    (seen, next, cut)
+}
+
+fn in_pieces(disk: &SimDisk, path: &Path, piece_bytes: usize) -> (Seen, FileScan) {
+    let mut seen = Vec::new();
+    let mut reader = PieceReader::with_piece_bytes(piece_bytes);
+    let scanned = reader
+        .scan(
+            disk,
+            path,
+            |h| Ok(h.lsn),
+            |lsn, r| seen.push((lsn, encoded(&r))),
+        )
+        .expect("scan");
+    ((seen, scanned.next, scanned.cut), scanned)
+}
+
+fn on_disk(bytes: &[u8]) -> SimDisk {
+    let disk = SimDisk::default();
+    let mut f = disk.create_new(Path::new("/f")).expect("create");
+    f.append(bytes).expect("write");
+    disk
+}
+
+/// Piece sizes that put piece boundaries inside headers, bodies and between frames.
+const PIECES: [usize; 6] = [1, 25, 31, 64, 1000, READ_PIECE_BYTES];
+
+#[test]
+fn every_truncation_is_cut_where_a_whole_read_cuts_it() {
+    let bytes = segment(7, &samples());
+    for keep in 0..=bytes.len() {
+        let disk = on_disk(&bytes[..keep]);
+        let oracle = whole(&bytes[..keep]);
+        for piece in PIECES {
+            let (seen, scanned) = in_pieces(&disk, Path::new("/f"), piece);
+            assert_eq!(seen, oracle, "kept {keep} bytes, pieces of {piece}");
+            assert_eq!(scanned.len, keep as u64);
+            let dropped = oracle.2.map_or(0, |c| keep - c.offset) as u64;
+            assert_eq!(scanned.bytes_dropped(), dropped);
+        }
+    }
+}
+
+#[test]
+fn a_frame_longer_than_a_piece_is_read_whole() {
+    let big = message("t", &vec![7u8; 5000], true);
+    let records = [
+        Record::MessageStored {
+            id: crate::store::MsgId(1),
+            msg: big.clone(),
+        },
+        samples()[0].clone(),
+        Record::MessageStored {
+            id: crate::store::MsgId(2),
+            msg: big,
+        },
+    ];
+    let bytes = segment(1, &records);
+    let disk = on_disk(&bytes);
+    let (seen, scanned) = in_pieces(&disk, Path::new("/f"), 64);
+    assert_eq!(seen, whole(&bytes));
+    assert_eq!((seen.0.len(), scanned.cut), (3, None));
+}
+
+#[test]
+fn a_garbage_length_allocates_nothing_and_is_cut() {
+    let mut bytes = segment(1, &samples()[..3]);
+    let at = bytes.len();
+    bytes.extend_from_slice(&segment(4, &samples()[3..4])[FILE_HEADER_BYTES..]);
+    // A length that the file cannot hold (but under the frame limit): torn.
+    bytes[at..at + 4].copy_from_slice(&200_000_000u32.to_le_bytes());
+    let disk = on_disk(&bytes);
+    let mut reader = PieceReader::with_piece_bytes(64);
+    let scanned = reader
+        .scan(&disk, Path::new("/f"), |h| Ok(h.lsn), |_, _| {})
+        .expect("scan");
+    assert_eq!(
+        scanned.cut,
+        Some(Cut {
+            offset: at,
+            reason: CutReason::Torn
+        })
+    );
+    assert!(reader.buf.len() < 4096, "grew to {}", reader.buf.len());
+    assert_eq!(scanned.cut, whole(&bytes).2);
+}
+
+#[test]
+fn a_header_refused_by_the_caller_cuts_the_whole_file() {
+    let bytes = segment(9, &samples()[..2]);
+    let disk = on_disk(&bytes);
+    let mut reader = PieceReader::default();
+    let gap = CutReason::LsnGap {
+        expected: 3,
+        found: 9,
+    };
+    let mut applied = 0;
+    let scanned = reader
+        .scan(&disk, Path::new("/f"), |_| Err(gap), |_, _| applied += 1)
+        .expect("scan");
+    assert_eq!(
+        scanned.cut,
+        Some(Cut {
+            offset: 0,
+            reason: gap
+        })
+    );
+    assert_eq!((applied, scanned.bytes_dropped()), (0, bytes.len() as u64));
+    let e = reader
+        .scan(&disk, Path::new("/missing"), |h| Ok(h.lsn), |_, _| {})
+        .expect_err("no file");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random records, the file cut and a bit flipped or a run zeroed at random: every
+    /// piece size sees exactly what one read of the whole file sees.
+    #[test]
+    fn pieces_see_what_a_whole_read_sees(
+        records in proptest::collection::vec(arb_record(), 0..30),
+        cut_at in any::<prop::sample::Index>(),
+        flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
+        zero in proptest::option::of((any::<prop::sample::Index>(), 1usize..40)),
+        piece in 1usize..300,
+    ) {
+        let mut bytes = segment(1, &records);
+        let keep = cut_at.index(bytes.len() + 1);
+        bytes.truncate(keep);
+        if let (Some((at, bit)), false) = (flip, bytes.is_empty()) {
+            let at = at.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+        }
+        if let (Some((at, n)), false) = (zero, bytes.is_empty()) {
+            let at = at.index(bytes.len());
+            let end = (at + n).min(bytes.len());
+            bytes[at..end].fill(0);
+        }
+        let disk = on_disk(&bytes);
+        let (seen, scanned) = in_pieces(&disk, Path::new("/f"), piece);
+        prop_assert_eq!(&seen, &whole(&bytes));
+        prop_assert_eq!(scanned.len, bytes.len() as u64);
+    }
+}
