@@ -147,18 +147,21 @@ fn power_cuts_lose_nothing_acknowledged() {
                 .collect()
         }
     };
-    let (mut cuts, mut delivered) = (0, 0);
+    let (mut cuts, mut delivered, mut tokens, mut reached) = (0, 0, 0, 0);
     for &seed in &seeds {
         match run(seed, &cfg) {
             Ok(s) => {
                 cuts += s.power_cuts;
                 delivered += s.delivered;
+                tokens += s.settle_tokens;
+                reached += usize::from(s.settle_tokens > 0);
             }
             Err(report) => panic!("{report}"),
         }
     }
     eprintln!(
-        "simulation with power cuts: {} seeds, {cuts} power cuts, {delivered} deliveries",
+        "simulation with power cuts: {} seeds, {cuts} power cuts, {delivered} deliveries, \
+         {tokens} shared deliveries forwarded with a settle token (in {reached} seeds)",
         seeds.len()
     );
     assert!(

@@ -337,6 +337,7 @@ impl<X> Broker<X> {
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
+        super::shared::lost_with(&mut self.fx.share_unplaced, &sess);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.
@@ -372,6 +373,9 @@ impl<X> Broker<X> {
                     client_id: (&*sess.client_id).into(),
                 });
             }
+        }
+        if let Some(sess) = self.sessions.get(s) {
+            super::shared::lost_with(&mut self.fx.share_unplaced, sess);
         }
         self.sessions.retire(s);
     }

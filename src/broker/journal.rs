@@ -525,6 +525,11 @@ impl Journal {
         self.settles.pending()
     }
 
+    /// Settle tokens this journal issued (forwards of shared deliveries).
+    pub fn settles_issued(&self) -> u64 {
+        self.settles.mark()
+    }
+
     /// Peer `from` has made everything before its barrier `seq` durable.
     pub fn barrier_done(&mut self, from: usize, seq: u64) {
         if let Some(d) = self.peer_done.get_mut(from) {

@@ -102,6 +102,12 @@ impl<X> Broker<X> {
         Some(super::Verdict::Continue)
     }
 
+    /// Shared deliveries this shard forwarded on with a settle token since its log was
+    /// attached (0 with persistence off): a figure for the simulation.
+    pub fn settle_tokens_issued(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Journal::settles_issued)
+    }
+
     /// Acks the journal still holds (0 with persistence off).
     pub fn held_acks(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::held)

@@ -626,8 +626,31 @@ fn deliver_shared<X>(
         // Nobody else can take it: it waits in this member's session for its return (as
         // a departing member's deliveries do), rather than being lost.
     }
+    if let Some(v) = sink.fx.share_clean.as_mut() {
+        if sessions.get(m.session).is_some_and(|s| !s.logged) {
+            v.push(d.msg.clone());
+        }
+    }
     deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
     Landed::Here
+}
+
+/// Session `sess` ends (removed or retiring) holding shared deliveries that no move took
+/// (a QoS 2 one already sent, or one no other member was online for): they end with it.
+/// Recorded in `unplaced` when `Some` (the simulation's oracle owes them to nobody:
+/// [`super::Effects::share_unplaced`]).
+pub(super) fn lost_with(unplaced: &mut Option<Vec<Arc<Message>>>, sess: &crate::session::Session) {
+    let Some(v) = unplaced.as_mut() else {
+        return;
+    };
+    let held = sess
+        .inflight
+        .iter()
+        .map(|f| &f.out)
+        .chain(sess.queue.iter());
+    for out in held.filter(|o| o.share.is_some() && o.qos != QoS::AtMostOnce) {
+        v.push(out.msg.clone());
+    }
 }
 
 /// The delivery of a shared message to its chosen member, with the member's options.
