@@ -32,6 +32,9 @@ fn main() -> ExitCode {
     if let Some(Command::Check { config }) = &args.command {
         return check(config);
     }
+    if let Some(Command::ClusterForget { config, node }) = &args.command {
+        return cluster_forget(config, node);
+    }
     let config_file = args.config.clone();
     let config = match Config::from_args(args) {
         Ok(c) => c,
@@ -355,6 +358,43 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!("shardmq: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `shardmq cluster-forget -c FILE NODE`: remove a dead node from the cluster FILE's
+/// `cluster_*` lines name (`shardmq::cluster::forget`).
+fn cluster_forget(path: &std::path::Path, node: &str) -> ExitCode {
+    let args = Args::parse_from([
+        std::ffi::OsStr::new("shardmq"),
+        "-c".as_ref(),
+        path.as_os_str(),
+    ]);
+    let cluster = match Config::from_args(args) {
+        Ok(c) => c.cluster,
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(cluster) = cluster else {
+        eprintln!("shardmq: {} has no cluster_* lines", path.display());
+        return ExitCode::from(2);
+    };
+    match shardmq::cluster::forget::forget(&cluster, node) {
+        Ok(f) => {
+            println!(
+                "cluster {}: node {node} forgotten: {} interest entries deleted, consumer {}, {} queued messages purged",
+                cluster.name,
+                f.interest_entries,
+                if f.consumer_deleted { "deleted" } else { "absent" },
+                f.messages_purged
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardmq: cluster {}: node {node}: {e}", cluster.name);
+            ExitCode::FAILURE
         }
     }
 }

@@ -145,3 +145,37 @@ fn bind_to_an_address_in_use_fails_clearly() {
     // The first broker is unaffected.
     RawClient::clean(b.addr(), "still-there").ping();
 }
+
+/// `cluster-forget` refuses a file without `cluster_*` lines (2) and a node name that is
+/// not one (1, before any NATS connection), and fails (1) within its bound when no NATS
+/// server answers; it removes nothing in each case.
+#[test]
+fn cluster_forget_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.conf");
+    std::fs::write(&plain, "listener 1883\n").unwrap();
+    let out = run(&["cluster-forget", "-c", plain.to_str().unwrap(), "B"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cluster_* lines"));
+    // A port nothing listens on: bound, then freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(
+        &conf,
+        format!("cluster_name c\ncluster_node A\ncluster_nats nats://127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    let out = run(&["cluster-forget", "-c", conf, "B.>"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a node name"));
+    let out = run(&["cluster-forget", "-c", conf, "B"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing reported done");
+}

@@ -1053,3 +1053,172 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
         "{stored} stored: the ord topics never went durable"
     );
 }
+
+/// Run `shardmq cluster-forget -c conf node` (bounded: killed after `FORM_WAIT`): whether
+/// it exited 0, its standard output and standard error.
+fn cluster_forget(conf: &std::path::Path, node: &str) -> (bool, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(Broker::bin())
+        .arg("cluster-forget")
+        .arg("-c")
+        .arg(conf)
+        .arg(node)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shardmq cluster-forget");
+    let status = common::wait_exit(&mut child, FORM_WAIT);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let status = status.unwrap_or_else(|| panic!("cluster-forget {node} hung: {out} {err}"));
+    (status.success(), out, err)
+}
+
+/// The number before `what` in a `cluster-forget` report.
+fn reported(out: &str, what: &str) -> u64 {
+    let before = out
+        .split(what)
+        .next()
+        .filter(|b| b.len() < out.len())
+        .unwrap_or_else(|| panic!("no '{what}' in {out:?}"));
+    before
+        .rsplit(' ')
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count before '{what}' in {out:?}"))
+}
+
+/// `shardmq cluster-forget`: refused while the node lives; once it is dead (SIGKILL, with
+/// QoS 1 messages stored in its queue since), it deletes the node's interest entry, its
+/// consumer and its queue, A stops storing for it and keeps serving, and a second run
+/// finds nothing more than what A stored before it learnt of the deletion; B restarted
+/// on its store is a member again.
+#[test]
+fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let admin = ["--admin", "127.0.0.1:0"];
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let b_args = ["--data-dir", path.as_str(), "--admin", "127.0.0.1:0"];
+    let a = nats.node_with("fgt", "A", 0, &admin);
+    let mut b = nats.node_with("fgt", "B", 1, &b_args);
+    let conf = nats.dir.path().join("fgt-A.conf");
+    let o = Conn5::new("fgt-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe("f/#", 1);
+    let mut publ = connect(a.addr(), "fgt-pub");
+    // Until a probe arrives and A has stored one in B's queue: A knows B's interest.
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B");
+        publ.publish("f/probe", b"probe", 1, false);
+        let mut arrived = false;
+        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
+            sub.ack(&m);
+            arrived = true;
+        }
+        if arrived && figure(&a, "queued") > 0 {
+            break;
+        }
+    }
+
+    // B is alive: refused, nothing removed, B still served through its queue.
+    let (ok, out, err) = cluster_forget(&conf, "B");
+    assert!(!ok, "a live node must not be forgotten: {out} {err}");
+    assert!(err.contains("is alive"), "says why: {err}");
+    let queued = figure(&a, "queued");
+    publ.publish("f/live", b"live", 1, false);
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, WAIT, |g| g.contains_key("live"));
+    assert!(got.contains_key("live"), "B still served: {got:?}");
+    assert_eq!(
+        figure(&a, "queued"),
+        queued + 1,
+        "B's interest is still there"
+    );
+    drop(sub);
+
+    // B dies; A stores what it accepts for B.
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "node B is gone");
+    let queued = figure(&a, "queued");
+    for i in 0..10 {
+        publ.publish("f/x", format!("{i}").as_bytes(), 1, false);
+    }
+    let stored = figure(&a, "queued") - queued;
+    assert!(stored > 0, "A stored nothing for dead B");
+
+    let (ok, out, err) = cluster_forget(&conf, "B");
+    assert!(ok, "forgetting dead B: {out} {err}");
+    assert_eq!(reported(&out, "interest entries deleted"), 1, "{out}");
+    assert!(out.contains("consumer deleted"), "{out}");
+    let purged = reported(&out, "queued messages purged");
+    assert!(purged >= stored, "{stored} stored, {purged} purged: {out}");
+    let after_forget = figure(&a, "queued");
+
+    // A's watcher drops B's entry: from then on nothing is stored for B.
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A still stores for forgotten B");
+        let before = figure(&a, "queued");
+        publ.publish("f/x", b"late", 1, false);
+        if figure(&a, "queued") == before {
+            break;
+        }
+    }
+    let since = figure(&a, "queued") - after_forget;
+    for _ in 0..5 {
+        publ.publish("f/x", b"later", 1, false);
+    }
+    assert_eq!(
+        figure(&a, "queued") - after_forget,
+        since,
+        "nothing stored for B"
+    );
+    // Again: no entry, no consumer; only what A stored before its watcher saw the deletion.
+    let (ok, out, err) = cluster_forget(&conf, "B");
+    assert!(ok, "a second run is fine: {out} {err}");
+    assert_eq!(reported(&out, "interest entries deleted"), 0, "{out}");
+    assert!(out.contains("consumer absent"), "{out}");
+    assert_eq!(reported(&out, "queued messages purged"), since, "{out}");
+
+    // A keeps serving.
+    let mut local = connect(a.addr(), "fgt-local");
+    local.subscribe("f/#", 1);
+    publ.publish("f/x", b"still", 1, false);
+    assert_eq!(exactly(&mut local, 1), ["still"]);
+
+    // Not a ban: B restarted on its store writes its restored interest again, A stores
+    // for it again, and its client gets what is published from then on.
+    let b = nats.node_with("fgt", "B", 1, &b_args);
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B again");
+        let before = figure(&a, "queued");
+        publ.publish("f/x", b"back", 1, false);
+        if figure(&a, "queued") > before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut sub, ack) = open5(b.addr(), &o);
+    assert!(ack.present, "B restored the session: {ack:?}");
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("back"));
+    assert!(
+        got.contains_key("back"),
+        "B serves its client again: {got:?}"
+    );
+}

@@ -445,6 +445,71 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
     );
 }
 
+/// A TCP proxy in front of the NATS server that delays what the client sends by `delay`
+/// (in order) and passes the server's answers at once. Its threads end when either side
+/// closes; the listener thread ends with the test process.
+fn delaying_proxy(server_port: u16, delay: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)) else {
+                return;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c_read.read(&mut buf) {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                while let Ok((due, bytes)) = rx.recv() {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    if s_write.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+            });
+        }
+    });
+    port
+}
+
+/// An interest's answer means the server has the SUB: a node whose link to NATS is slow
+/// (its bytes reach the server 150 ms late) still gets a message published elsewhere the
+/// moment its `InterestReady` came. A shared interest has no bucket write to wait for, so
+/// only the link's own round trip through the server covers it (async-nats' `flush`
+/// returns once the SUB is written to the socket).
+#[test]
+fn an_interest_is_ready_only_once_the_server_has_it() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let slow_port = delaying_proxy(server.port, Duration::from_millis(150));
+    let a = node(&server, "t9", "A");
+    let b = node_on(&[slow_port], 1, "t9", "B");
+    // A first interest waits for its bucket write, so the link's workers are all up
+    // before the one that counts.
+    b.interest("warm/#", None);
+    b.interest("slow/+", Some("g"));
+    a.publish("slow/x", b"first", false);
+    b.expect(|m| matches!(message(m), Some((Route::Shared { .. }, e)) if e.payload == b"first"));
+}
+
 #[test]
 fn the_link_reconnects_with_its_interest_and_retained_watch() {
     let Some(mut server) = NatsServer::start() else {

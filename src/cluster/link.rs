@@ -54,7 +54,7 @@ const ORIGINS_MAX: usize = 256;
 const UNSUBSCRIBE_WAIT_MS: u64 = 5000;
 /// Longest wait for a publish to be queued on the connection.
 pub(super) const PUBLISH_WAIT_MS: u64 = 1000;
-/// Longest wait for a PING/PONG round trip (or a SUB to be queued).
+/// Longest wait for a round trip through the server (or a SUB to be queued).
 pub(super) const FLUSH_WAIT_MS: u64 = 5000;
 /// Pause between checks for the first connection to NATS.
 const CONNECT_POLL_MS: u64 = 20;
@@ -288,6 +288,16 @@ struct State {
     /// Where the restored sessions go once every shard sent its own (the ownership check
     /// that precedes the queue consumer).
     restored_tx: Option<oneshot::Sender<Vec<String>>>,
+    /// A private inbox the link publishes to and reads back: the round trip that proves
+    /// the server has processed every SUB sent before it (`server_caught_up`).
+    echo: Option<Echo>,
+}
+
+/// The echo subscription and the number of its last probe.
+struct Echo {
+    subject: Subject,
+    sub: Subscriber,
+    seq: u64,
 }
 
 /// A QoS ≥ 1 message waiting in the release list: its core NATS copy and its answer.
@@ -398,7 +408,9 @@ async fn run(
         restored: Vec::new(),
         restored_left: shards,
         restored_tx: (shards > 0).then_some(restored_tx),
+        echo: None,
     };
+    st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
     // Held for the link's life: dropping it would end the subscription.
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
@@ -446,8 +458,8 @@ async fn connect(
     out: Out,
     reconnected: Arc<Notify>,
 ) -> Result<Client, async_nats::Error> {
-    let mut o = ConnectOptions::new()
-        .name(format!("shardmq {}", cfg.node))
+    let (o, addrs) = connect_options(cfg, &format!("shardmq {}", cfg.node)).await?;
+    let o = o
         .retry_on_initial_connect()
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
@@ -466,6 +478,17 @@ async fn connect(
                 }
             }
         });
+    Ok(o.connect(addrs).await?)
+}
+
+/// What every NATS connection of a node's configuration shares — the client name, TLS
+/// (`cluster_nats_cafile`), credentials and the servers' addresses — for the link and for
+/// `shardmq cluster-forget` (`forget`), which must reach NATS exactly as the broker does.
+pub(super) async fn connect_options(
+    cfg: &ClusterConfig,
+    name: &str,
+) -> Result<(ConnectOptions, Vec<ServerAddr>), async_nats::Error> {
+    let mut o = ConnectOptions::new().name(name);
     if let Some(ca) = &cfg.cafile {
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
@@ -479,7 +502,7 @@ async fn connect(
         .iter()
         .map(|u| u.parse::<ServerAddr>())
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(o.connect(addrs).await?)
+    Ok((o, addrs))
 }
 
 impl State {
@@ -624,8 +647,9 @@ impl State {
                 stops.push(t);
             }
         }
-        // A PING/PONG round trip: the server has processed the SUBs before it answers.
-        if !within(FLUSH_WAIT_MS, self.client.flush()).await {
+        // A round trip through the server: it has processed the SUBs before the echo
+        // comes back (async-nats' `flush` only writes them to the socket).
+        if !self.server_caught_up().await {
             LinkStats::add(&self.out.stats.nats_errors);
         }
         self.interests.insert(
@@ -638,6 +662,62 @@ impl State {
             .is_none()
             .then(|| queue::interest_key(&self.node, &filter));
         self.answer_interest(FromLink::InterestReady { filter, group, ack }, put);
+    }
+
+    /// Subscribe to a private inbox for `server_caught_up`.
+    async fn start_echo(&self) -> Option<Echo> {
+        let subject = Subject::from(self.client.new_inbox());
+        let wait = Duration::from_millis(FLUSH_WAIT_MS);
+        match tokio::time::timeout(wait, self.client.subscribe(subject.clone())).await {
+            Ok(Ok(sub)) => Some(Echo {
+                subject,
+                sub,
+                seq: 0,
+            }),
+            _ => {
+                LinkStats::add(&self.out.stats.nats_errors);
+                None
+            }
+        }
+    }
+
+    /// Publish a probe to the echo inbox and wait (bounded) until it comes back. The server
+    /// reads a connection's operations in order, so when the probe is delivered every SUB
+    /// and UNSUB this connection sent before it is in effect on that server.
+    async fn server_caught_up(&mut self) -> bool {
+        if self.echo.is_none() {
+            self.echo = self.start_echo().await;
+        }
+        let Some(echo) = self.echo.as_mut() else {
+            return false;
+        };
+        echo.seq += 1;
+        let probe = echo.seq.to_string();
+        let sent = self
+            .client
+            .publish(echo.subject.clone(), Bytes::from(probe.clone()));
+        if !within(FLUSH_WAIT_MS, sent).await {
+            return false;
+        }
+        let back = async {
+            // Probes that timed out earlier may still arrive; skip them.
+            while let Some(m) = echo.sub.next().await {
+                if m.payload.as_ref() == probe.as_bytes() {
+                    return true;
+                }
+            }
+            false
+        };
+        let wait = Duration::from_millis(FLUSH_WAIT_MS);
+        match tokio::time::timeout(wait, back).await {
+            Ok(true) => true,
+            Ok(false) => {
+                // The subscription ended: make a new one next time.
+                self.echo = None;
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Send `answer` once the interest bucket holds `put` (a key of this node's), in the
@@ -657,7 +737,8 @@ impl State {
     }
 
     /// After the last local subscriber, unsubscribe and wait until each UNSUB is queued
-    /// on the connection, so a later flush proves the server has dropped the interest.
+    /// on the connection, so a later round trip (`server_caught_up`) proves the server has
+    /// dropped the interest.
     async fn no_interest(&mut self, filter: String, group: Option<String>) {
         let key = (filter, group);
         let Some(i) = self.interests.get_mut(&key) else {
@@ -944,6 +1025,7 @@ impl State {
     fn inbound(&mut self, (tag, m): Inbound) {
         let stats = &self.out.stats;
         let route = match &*tag {
+            Tag::Takeover | Tag::State if m.payload.is_empty() => return self.alive(m.reply),
             Tag::Takeover => return self.takeover(&m.payload),
             Tag::State => return self.session_state(&m.payload),
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
@@ -1020,6 +1102,16 @@ impl State {
             }
             None => LinkStats::add(&self.out.stats.malformed),
         }
+    }
+
+    /// An empty message on a control subject is a liveness probe (`shardmq cluster-forget`
+    /// sends one before it removes a node): answer it with this node's name, off the loop.
+    fn alive(&self, reply: Option<Subject>) {
+        let Some(reply) = reply else {
+            return;
+        };
+        let (client, name) = (self.client.clone(), Bytes::from(self.node.clone()));
+        tokio::spawn(async move { within(PUBLISH_WAIT_MS, client.publish(reply, name)).await });
     }
 
     fn takeover(&self, payload: &[u8]) {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod forget;
 pub mod handover;
 pub mod kv;
 pub mod link;

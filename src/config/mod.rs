@@ -95,6 +95,16 @@ pub enum Command {
     },
     /// Manage a Mosquitto-compatible password file (mosquitto_passwd's flags).
     Passwd(PasswdArgs),
+    /// Remove a cluster node that will never return: its interest entries, its queue
+    /// consumer and its queued messages (refused while the node answers on NATS). Exit 0
+    /// when done, 1 if refused or NATS failed, 2 for a bad file.
+    ClusterForget {
+        /// The configuration file whose `cluster_*` lines say how to reach NATS.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+        /// The node to remove (its `cluster_node` name).
+        node: String,
+    },
 }
 
 /// Command-line arguments of `shardmq`.

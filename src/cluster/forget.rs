@@ -1,0 +1,277 @@
+//! `shardmq cluster-forget -c FILE NODE`: remove a node that will never return from the
+//! cluster's NATS state (`docs/cluster.md`, "Removing a node for good").
+//!
+//! Owns: the liveness probe of a node, and the removal of the node's interest entries,
+//! durable queue consumer and queue subject. Invariant: nothing is removed unless the probe
+//! got NATS's "no responders" on both of the node's control subjects (no connection is
+//! subscribed to them, so no link of that name is attached to NATS); every NATS wait is
+//! bounded; running it again removes what is left and reports zeros otherwise. Must not
+//! touch: the session registry and the subscriptions bucket (left on purpose: a client
+//! of the node reconnecting elsewhere finds its subscriptions through them), the retained
+//! bucket, the other nodes' entries; it never creates a bucket or the stream.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream::Stream};
+use async_nats::{Client, RequestErrorKind};
+use futures_util::StreamExt;
+
+use super::link::connect_options;
+use super::subject::{valid_cluster_name, Prefix};
+use super::{kv as buckets, queue};
+use crate::config::cluster::ClusterConfig;
+
+/// Longest wait for a connection to NATS.
+const CONNECT_WAIT_MS: u64 = 10_000;
+/// Longest wait for an answer to a liveness probe. A live node answers at once; a request
+/// nobody is subscribed to is answered "no responders" by the server at once. Silence
+/// means something is subscribed but did not answer (a node of an older version, a stuck
+/// link): treated as alive.
+const PROBE_WAIT_MS: u64 = 2000;
+/// Longest wait for one JetStream request (stream or bucket lookup, delete, purge).
+const JETSTREAM_WAIT_MS: u64 = 10_000;
+/// Longest time spent listing the interest bucket's keys.
+const KEYS_WAIT_MS: u64 = 60_000;
+/// Keys of the interest bucket looked at, at most (every node's interests: 100,000 per
+/// node at most, `link::INTERESTS_MAX`).
+const KEYS_MAX: usize = 10_000_000;
+
+/// What a run removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The node's entries deleted from the interest bucket.
+    pub interest_entries: usize,
+    /// Whether the node's durable consumer existed and was deleted.
+    pub consumer_deleted: bool,
+    /// Messages purged from the node's queue subject.
+    pub messages_purged: u64,
+}
+
+/// Why nothing (or not everything) was done.
+#[derive(Debug)]
+pub enum ForgetError {
+    /// `NODE` is not a node name (1 to 32 of `A-Z a-z 0-9 _ -`).
+    BadName(String),
+    /// The node answered, or something is subscribed to its control subjects.
+    Alive(String),
+    /// NATS or JetStream failed; `done` is what had been removed before.
+    Nats {
+        /// What failed.
+        what: String,
+        /// What had been removed already.
+        done: Forgotten,
+    },
+}
+
+impl std::fmt::Display for ForgetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForgetError::BadName(n) => {
+                write!(f, "'{n}' is not a node name (1 to 32 of A-Z a-z 0-9 _ -)")
+            }
+            ForgetError::Alive(why) => write!(f, "{why}; nothing was removed"),
+            ForgetError::Nats { what, done } => write!(
+                f,
+                "{what} (removed before that: {} interest entries, consumer {}, {} messages)",
+                done.interest_entries,
+                if done.consumer_deleted {
+                    "deleted"
+                } else {
+                    "not deleted"
+                },
+                done.messages_purged
+            ),
+        }
+    }
+}
+
+/// Remove node `node` of the cluster `cfg` names, connecting as that configuration does
+/// (same URLs, TLS and credentials). Runs its own current-thread runtime.
+pub fn forget(cfg: &ClusterConfig, node: &str) -> Result<Forgotten, ForgetError> {
+    if !valid_cluster_name(node) {
+        return Err(ForgetError::BadName(node.to_string()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| nats_error(format!("cannot build a runtime: {e}"), Forgotten::default()))?;
+    rt.block_on(run(cfg, node))
+}
+
+fn nats_error(what: String, done: Forgotten) -> ForgetError {
+    ForgetError::Nats { what, done }
+}
+
+async fn run(cfg: &ClusterConfig, node: &str) -> Result<Forgotten, ForgetError> {
+    let prefix = Prefix::new(&cfg.name).map_err(|_| ForgetError::BadName(cfg.name.clone()))?;
+    let client = connect(cfg).await?;
+    for what in ["takeover", "state"] {
+        probe(&client, &prefix.control(&format!("{what}.{node}")), node).await?;
+    }
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_millis(JETSTREAM_WAIT_MS));
+    let mut done = Forgotten::default();
+    // First the interest: once the other nodes' watchers drop it they stop storing for
+    // the node; then its consumer and what its subject holds.
+    done.interest_entries = delete_interest(&js, &cfg.name, node, &done).await?;
+    let queue_stream = lookup_stream(&js, &queue::stream_name(&cfg.name), &done).await?;
+    if let Some(stream) = queue_stream {
+        done.consumer_deleted = delete_consumer(&stream, node, &done).await?;
+        done.messages_purged = purge(&stream, &prefix.queue(node), &done).await?;
+    }
+    // Best effort: everything above was acknowledged by JetStream already.
+    let _ = tokio::time::timeout(Duration::from_millis(PROBE_WAIT_MS), client.drain()).await;
+    Ok(done)
+}
+
+async fn connect(cfg: &ClusterConfig) -> Result<Client, ForgetError> {
+    let fail = |e: String| nats_error(e, Forgotten::default());
+    let (o, addrs) = connect_options(cfg, "shardmq cluster-forget")
+        .await
+        .map_err(|e| fail(format!("cannot configure the NATS client: {e}")))?;
+    let o = o.max_reconnects(Some(3));
+    match tokio::time::timeout(Duration::from_millis(CONNECT_WAIT_MS), o.connect(addrs)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(fail(format!("cannot connect to NATS: {e}"))),
+        Err(_) => Err(fail(format!(
+            "cannot connect to NATS within {CONNECT_WAIT_MS} ms"
+        ))),
+    }
+}
+
+/// Refuse unless NATS says nobody is subscribed to `subject` (a node's control subject).
+async fn probe(client: &Client, subject: &str, node: &str) -> Result<(), ForgetError> {
+    let request = async_nats::Request::new()
+        .payload(bytes::Bytes::new())
+        .timeout(Some(Duration::from_millis(PROBE_WAIT_MS)));
+    match client.send_request(subject.to_string(), request).await {
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(reply) => Err(ForgetError::Alive(format!(
+            "node {node} is alive: it answered on {subject} ('{}'); stop it first",
+            String::from_utf8_lossy(&reply.payload)
+        ))),
+        Err(e) if e.kind() == RequestErrorKind::TimedOut => Err(ForgetError::Alive(format!(
+            "something is subscribed to {subject} but did not answer within {PROBE_WAIT_MS} \
+             ms: node {node} may be alive; stop it first"
+        ))),
+        Err(e) => Err(ForgetError::Alive(format!(
+            "cannot tell whether node {node} is alive ({subject}: {e})"
+        ))),
+    }
+}
+
+/// The stream `name`, or `None` if it does not exist (the cluster never made it).
+async fn lookup_stream(
+    js: &jetstream::Context,
+    name: &str,
+    done: &Forgotten,
+) -> Result<Option<Stream>, ForgetError> {
+    match js.get_stream(name).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            _ => Err(nats_error(
+                format!("cannot read stream {name}: {e}"),
+                done.clone(),
+            )),
+        },
+    }
+}
+
+/// Delete every key `<node>.…` of the interest bucket; how many there were.
+async fn delete_interest(
+    js: &jetstream::Context,
+    cluster: &str,
+    node: &str,
+    done: &Forgotten,
+) -> Result<usize, ForgetError> {
+    let [_, _, bucket, _] = buckets::bucket_names(cluster);
+    if lookup_stream(js, &format!("KV_{bucket}"), done)
+        .await?
+        .is_none()
+    {
+        return Ok(0);
+    }
+    let fail = |e: String| nats_error(e, done.clone());
+    let store: kv::Store = js
+        .get_key_value(bucket.as_str())
+        .await
+        .map_err(|e| fail(format!("cannot open bucket {bucket}: {e}")))?;
+    let mine = format!("{node}.");
+    let listed = async {
+        let mut keys = store.keys().await?.take(KEYS_MAX);
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k?;
+            if k.starts_with(&mine) {
+                out.push(k);
+            }
+        }
+        Ok::<_, async_nats::Error>(out)
+    };
+    let keys = match tokio::time::timeout(Duration::from_millis(KEYS_WAIT_MS), listed).await {
+        Ok(Ok(k)) => k,
+        Ok(Err(e)) => return Err(fail(format!("cannot list bucket {bucket}: {e}"))),
+        Err(_) => {
+            return Err(fail(format!(
+                "listing bucket {bucket} took more than {KEYS_WAIT_MS} ms"
+            )))
+        }
+    };
+    for (i, key) in keys.iter().enumerate() {
+        let deleted = tokio::time::timeout(
+            Duration::from_millis(JETSTREAM_WAIT_MS),
+            store.delete(key.as_str()),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            let done = Forgotten {
+                interest_entries: i,
+                ..done.clone()
+            };
+            return Err(nats_error(
+                format!("cannot delete {key} from bucket {bucket}"),
+                done,
+            ));
+        }
+    }
+    Ok(keys.len())
+}
+
+/// Delete the node's durable consumer; `false` if there was none.
+async fn delete_consumer(
+    stream: &Stream,
+    node: &str,
+    done: &Forgotten,
+) -> Result<bool, ForgetError> {
+    match stream.delete_consumer(node).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            jetstream::stream::ConsumerErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(nats_error(
+                format!("cannot delete consumer {node}: {e}"),
+                done.clone(),
+            )),
+        },
+    }
+}
+
+/// Purge `subject` (the node's queue) from the stream; how many messages went.
+async fn purge(stream: &Stream, subject: &str, done: &Forgotten) -> Result<u64, ForgetError> {
+    match stream.purge().filter(subject).await {
+        Ok(r) => Ok(r.purged),
+        Err(e) => Err(nats_error(
+            format!("cannot purge {subject}: {e}"),
+            done.clone(),
+        )),
+    }
+}
