@@ -13,14 +13,14 @@ use crate::store::Record;
 use crate::timer::TimerId;
 
 /// Timers handled per turn; the rest wait for the next turn.
-const TIMERS_PER_TURN_MAX: usize = 4096;
+pub(super) const TIMERS_PER_TURN_MAX: usize = 4096;
 
 /// Subscriptions of ended sessions removed per turn, over all of them: a session whose
 /// filters do not fit what is left of the turn's budget is retired and taken apart over the
 /// next turns, so neither one client's 2,000,000 filters nor 1,000 clients with 50 each
 /// closing at once can freeze the shard (every other client and timer waits while a turn
 /// runs).
-pub const UNROUTES_PER_TURN_MAX: usize = 1024;
+pub const UNROUTES_PER_TURN_MAX: usize = 256;
 
 /// Longest a closing link waits for its held output (the records behind its CONNACK to be
 /// durable) before it closes without that output.
@@ -170,7 +170,7 @@ impl<X> Broker<X> {
                 .timers
                 .insert(at, timer_key(TIMER_SESSION_EXPIRY, gen, s));
             if let Some(sess) = self.sessions.get_mut(s) {
-                sess.expiry_timer = Some(t);
+                sess.expiry_timer = Some((t, at));
             }
         }
         if let Some(delay) = will_delay {
@@ -289,22 +289,37 @@ impl<X> Broker<X> {
         }
     }
 
-    /// A session about to be resumed whose delayed Will is already due, its timer not yet
-    /// run (a Will restored with delay 0, or one whose delay ran out during a restart, is
-    /// due at the first turn; a CONNECT read before that turn's timers must not cancel it):
-    /// publish it now, as its timer would have.
-    pub(super) fn publish_due_will(&mut self, s: usize, now_ms: u64) {
+    /// Session `s` is about to be resumed by a CONNECT: its delayed-Will and expiry timers
+    /// that are due but have not run yet run now, so the CONNECT finds the session as they
+    /// would have left it (the Will published, or the session gone). [`Broker::begin_turn`]
+    /// runs what is due before a turn's input, but at most `TIMERS_PER_TURN_MAX` a turn;
+    /// the rest wait in the fired backlog behind that turn's input (a restart with more
+    /// than 4,096 stored sessions connected at the stop has that many Wills due at its
+    /// first turn, and their clients reconnect at once). The backlog's own entries then
+    /// find the session resumed or gone, and do nothing (generation-checked).
+    fn run_due_session_timers(&mut self, s: usize, now_ms: u64) {
         let Some(sess) = self.sessions.get(s) else {
             return;
         };
-        let Some((t, at)) = sess.will_timer else {
-            return;
-        };
-        if at <= now_ms {
-            let gen = (sess.uid & 0x00ff_ffff) as u32;
+        let gen = (sess.uid & 0x00ff_ffff) as u32;
+        let due = |t: Option<(TimerId, u64)>| t.filter(|&(_, at)| at <= now_ms);
+        let (will, expiry) = (due(sess.will_timer), due(sess.expiry_timer));
+        if let Some((t, _)) = will {
             self.timers.cancel(t);
             self.will_timer(s, gen, now_ms);
         }
+        if let Some((t, _)) = expiry {
+            self.timers.cancel(t);
+            self.expiry_timer(s, gen);
+        }
+    }
+
+    /// The session of client `id`, if any, after its due timers ran
+    /// ([`Broker::run_due_session_timers`]): `None` when it had expired.
+    pub(super) fn settled_session(&mut self, id: &str, now_ms: u64) -> Option<usize> {
+        let s = self.sessions.find(id)?;
+        self.run_due_session_timers(s, now_ms);
+        self.sessions.find(id)
     }
 
     /// Cancel a session's expiry and delayed-Will timers (it was resumed).
@@ -313,7 +328,7 @@ impl<X> Broker<X> {
             return;
         };
         let timers: [Option<TimerId>; 2] = [
-            sess.expiry_timer.take(),
+            sess.expiry_timer.take().map(|(t, _)| t),
             sess.will_timer.take().map(|(t, _)| t),
         ];
         for t in timers.into_iter().flatten() {

@@ -272,7 +272,7 @@ impl<X> Broker<X> {
         expiry_s: u32,
         now_ms: u64,
     ) -> (usize, bool) {
-        if let Some(s) = self.sessions.find(id) {
+        if let Some(s) = self.settled_session(id, now_ms) {
             if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
                 if let Some(l) = self.links.get_mut(old) {
                     l.session = None;
@@ -291,7 +291,6 @@ impl<X> Broker<X> {
                 );
                 self.will_at_takeover(old, now_ms);
             }
-            self.publish_due_will(s, now_ms);
             self.cancel_session_timers(s);
             if !clean {
                 if let Some(sess) = self.sessions.get_mut(s) {

@@ -416,11 +416,19 @@ impl<X> Broker<X> {
         b
     }
 
-    /// A turn starts at `now_ms` (shard clock; never goes backwards).
+    /// A turn starts at `now_ms` (shard clock; never goes backwards), and what was due by
+    /// then runs first ([`Broker::on_timers`]), before any input of the turn: bytes read,
+    /// a bus message or a handed-over CONNECT. A timer's effect must not depend on whether
+    /// its deadline fell just before the poll returned or just after: a keepalive that ran
+    /// out closes the link even with a PINGREQ in its socket [MQTT-3.1.2-22], a session
+    /// that expired is not resumed by a CONNECT that arrived later, and a Will already due
+    /// is published, not cancelled by its client's reconnect [MQTT-3.1.3-9]. Every driver
+    /// (`shard::event_loop`, `sim::driver`, the unit tests) starts its turns here.
     pub fn begin_turn(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.pacing.begin_turn();
         self.unrouted = 0;
+        self.on_timers(self.now_ms);
     }
 
     /// The shard clock as of the current turn (ms).

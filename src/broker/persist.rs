@@ -619,7 +619,7 @@ impl<X> Broker<X> {
             let t = self
                 .timers
                 .insert(at, timer_key(TIMER_SESSION_EXPIRY, gen, s));
-            sess.expiry_timer = Some(t);
+            sess.expiry_timer = Some((t, at));
         }
         if let Some(w) = &info.will {
             sess.will = Some(Box::new(restored_will(w.clone(), 0, unix, now_ms)));

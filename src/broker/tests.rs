@@ -449,6 +449,7 @@ fn a_close_held_too_long_goes_without_its_output() {
     end_turn(&mut b, due);
 }
 
+mod due_timers;
 mod elide;
 mod qos2_log;
 mod share_log;
@@ -550,7 +551,6 @@ fn the_retained_walk_is_sliced_and_changes_meanwhile_are_sane() {
         assert!(turns < 1_000, "the walk never ends");
         now += 1;
         net.shards[0].begin_turn(now);
-        net.shards[0].on_timers(now);
         got.extend(publishes(&net.output(sub)));
     }
     assert!(turns >= 5, "{N} matches over {turns} turns");
@@ -616,7 +616,6 @@ fn sessions_closing_together_leave_the_routes_within_the_turn_budget() {
         assert!(turns < 100, "never done");
         now += 1;
         b.begin_turn(now);
-        b.on_timers(now);
         let l = b.routes.local_filters().len();
         assert!(
             left - l <= UNROUTES_PER_TURN_MAX,

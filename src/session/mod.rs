@@ -189,8 +189,9 @@ pub struct Session {
     pub will: Option<Box<StoredWill>>,
     /// Timer publishing `will` (shard timer wheel), and when it is due (shard time, ms).
     pub will_timer: Option<(crate::timer::TimerId, u64)>,
-    /// Timer ending the session after its expiry interval.
-    pub expiry_timer: Option<crate::timer::TimerId>,
+    /// Timer ending the session after its expiry interval, and when it is due (shard
+    /// time, ms).
+    pub expiry_timer: Option<(crate::timer::TimerId, u64)>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
     /// When a queue drop was last logged (ms; 0: never).

@@ -2,8 +2,8 @@
 //!
 //! Owns: the poll, this shard's listener handles, the scratch read buffer and this shard's
 //! bus ends; through the broker's connection table, each connection's transport and
-//! receive buffer (`conn::ConnIo`). One turn is: poll → bus inbox → read and decode in
-//! place → accept → timers → bus outbox → flush → close; every step has a budget so one
+//! receive buffer (`conn::ConnIo`). One turn is: poll → due timers → bus inbox → read and
+//! decode in place → accept → bus outbox → flush → close; every step has a budget so one
 //! busy client or peer cannot starve the rest. A SIGHUP reload arrives as a `Control` on
 //! the shard's own channel and is applied at the start of a turn, between polls
 //! (`Shard::apply_config`), never in the middle of a packet. Invariant: the poll token of
@@ -13,6 +13,7 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -59,13 +60,6 @@ const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
 const ACCEPTS_PER_TURN_MAX: usize = 512;
 /// The shard's scratch read buffer.
 const SCRATCH_BYTES: usize = 64 * 1024;
-/// Bytes one read may add to a partial packet held in its connection's buffer. Larger
-/// than the turn's budget (that read spends the rest of it): such a read decodes nothing
-/// until the packet is whole, so it costs only its copy, and every read into a growing
-/// buffer moves it (the buffer grows by exactly what arrives, never by the declared
-/// length): 64 KiB steps moved a 1 MiB packet 16 times and left the freed copies to the
-/// allocator's decay, which held RSS at 1.5 times the bytes received for seconds.
-const PARTIAL_READ_BYTES_MAX: usize = 256 * 1024;
 /// Staged bus messages past which the shard stops reading client sockets.
 const BUS_STAGED_MAX: usize = 64 * 1024;
 /// Control messages waiting per shard (reloads; a sender past it waits for the shard).
@@ -713,6 +707,7 @@ impl Shard {
         }
         let busy_from = Instant::now();
         let now = self.now_ms();
+        // What was due by now runs before any of this turn's input (`Broker::begin_turn`).
         self.broker.begin_turn(now);
         self.read_again.append(&mut self.read_next);
         self.apply_control();
@@ -745,7 +740,6 @@ impl Shard {
         }
         self.retry_reads(now);
         self.verify_answers(now);
-        self.broker.on_timers(now);
         self.submit_checks(now);
         self.bridges
             .step(&mut self.broker, self.poll.registry(), now);
@@ -818,7 +812,7 @@ impl Shard {
         c.io.paused_on_auth = false;
         let buffered = !c.io.rx.is_empty();
         if buffered {
-            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, 0..0, now) {
                 self.broker.close_link(key);
                 return;
             }
@@ -934,7 +928,7 @@ impl Shard {
             .conn(key)
             .is_some_and(|c| !c.io.rx.is_empty());
         if partial {
-            if let Some(ReadEnd::Closed) = self.process_rx(key, now) {
+            if let Some(ReadEnd::Closed) = self.process_rx(key, 0..0, now) {
                 self.broker.close_link(key);
                 return;
             }
@@ -1073,7 +1067,7 @@ impl Shard {
         if self.first_bytes(key).is_err() {
             return Err(ReadEnd::Closed);
         }
-        match self.process_scratch(key, n, now) {
+        match self.process_scratch(key, 0, n, now) {
             Some(end) => Err(end),
             None => Ok(n),
         }
@@ -1143,38 +1137,65 @@ impl Shard {
         }
     }
 
-    /// A partial packet is held: read what it still needs into its own buffer.
+    /// A partial packet is held: read into the scratch buffer. A small packet takes from
+    /// the read only the bytes that complete it and is decoded from its own buffer; the
+    /// rest of the read is then decoded in place from the scratch buffer, as usual, so a
+    /// busy publisher's buffer holds one partial packet, not a read. A large packet still
+    /// arriving takes the whole read, appended in pieces that never move (`ring`), and is
+    /// decoded once whole.
     fn read_partial(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
-        let want = self
-            .broker
-            .links()
-            .conn(key)
-            .map_or(0, |c| self.broker.bytes_needed(key, c.io.rx.readable()))
-            .min(PARTIAL_READ_BYTES_MAX);
+        let needed = self.broker.links().conn(key).and_then(|c| {
+            let held = c.io.rx.contiguous()?;
+            Some((held.len(), self.broker.bytes_needed(key, held)))
+        });
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(ReadEnd::Closed);
         };
-        let io = &mut c.io;
-        let spare = io.rx.spare(want);
-        let n = match io.transport.read(spare) {
+        let n = match c.io.transport.read(&mut self.scratch) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
-            Err(e) => {
-                io.rx.filled(0);
-                return Err(self.read_failed(key, e));
+            Err(e) => return Err(self.read_failed(key, e)),
+        };
+        // `need` is 0 while the fixed header itself is incomplete: take the whole read.
+        let take = match needed {
+            Some((held, need)) if need > 0 => {
+                c.io.rx.expect(held + need);
+                need.min(n)
+            }
+            _ => n,
+        };
+        c.io.rx.extend(&self.scratch[..take]);
+        let whole = c.io.rx.complete();
+        self.broker.effects().stats.bytes_in += n as u64;
+        if !whole {
+            return Ok(n);
+        }
+        if let Some(end) = self.process_rx(key, take..n, now) {
+            return Err(end);
+        }
+        if take == n {
+            return Ok(n);
+        }
+        let end = match self.broker.links_mut().conn_mut(key) {
+            None => Some(ReadEnd::Closed),
+            Some(c) if c.io.rx.is_empty() => self.process_scratch(key, take, n, now),
+            // Still held (only its fixed header's next byte was known to be needed, or its
+            // input is paused): the rest joins it and is decoded from there.
+            Some(c) => {
+                c.io.rx.extend(&self.scratch[take..n]);
+                self.process_rx(key, 0..0, now)
             }
         };
-        io.rx.filled(n);
-        self.broker.effects().stats.bytes_in += n as u64;
-        match self.process_rx(key, now) {
+        match end {
             Some(end) => Err(end),
             None => Ok(n),
         }
     }
 
-    /// Decode from the scratch buffer; keep a trailing partial packet in the link's RxBuf.
-    fn process_scratch(&mut self, key: usize, n: usize, now: u64) -> Option<ReadEnd> {
-        let (used, outcome) = self.broker.ingest(key, &self.scratch[..n], now);
+    /// Decode `scratch[from..n]`; keep a trailing partial packet in the link's RxBuf.
+    fn process_scratch(&mut self, key: usize, from: usize, n: usize, now: u64) -> Option<ReadEnd> {
+        let (used, outcome) = self.broker.ingest(key, &self.scratch[from..n], now);
+        let used = from + used;
         match outcome {
             Ingested::More => {
                 if let Some(c) = self.broker.links_mut().conn_mut(key) {
@@ -1192,8 +1213,10 @@ impl Shard {
     }
 
     /// Decode what the link's RxBuf holds. The buffer is taken out while the broker
-    /// handles its packets (they borrow from it) and put back after.
-    fn process_rx(&mut self, key: usize, now: u64) -> Option<ReadEnd> {
+    /// handles its packets (they borrow from it) and put back after. `tail`: bytes of the
+    /// scratch buffer read after it and not yet handled, which go with the connection if
+    /// it is handed to another shard.
+    fn process_rx(&mut self, key: usize, tail: Range<usize>, now: u64) -> Option<ReadEnd> {
         let mut rx = std::mem::take(&mut self.broker.links_mut().conn_mut(key)?.io.rx);
         let (used, outcome) = self.broker.ingest(key, rx.readable(), now);
         rx.consume(used);
@@ -1206,7 +1229,8 @@ impl Shard {
             }
             Ingested::Close => Some(ReadEnd::Closed),
             Ingested::Handoff(home) => {
-                let rest = rx.take_unread();
+                let mut rest = rx.take_unread();
+                rest.extend_from_slice(&self.scratch[tail]);
                 self.handoff(key, home, rest);
                 Some(ReadEnd::Open)
             }

@@ -1,65 +1,130 @@
 //! `RxBuf`: the per-connection receive buffer that packets are decoded from in place.
 //!
 //! Owns: the bytes read from one socket that do not yet form a whole packet. Invariant:
-//! `data[start..end]` is the unread part and is always contiguous, so the codec can borrow a
-//! whole packet as one slice. Instead of a wrapping ring (which would split packets at the
-//! wrap point and force a copy to parse them), the buffer compacts: the unread tail moves
-//! to the front when the space after it runs short. Every complete packet is consumed
-//! before the next read, so what is moved is at most one partial packet.
+//! whenever a whole packet is held, `readable` gives it as one contiguous slice, so the
+//! codec can borrow it. Two forms:
 //!
-//! Memory: an idle connection holds no buffer at all. The shard reads first into its own
-//! scratch buffer and only a partial packet is copied here, so thousands of idle
-//! connections cost no receive memory. Must not touch: sockets (the caller reads), MQTT.
+//! - **Small** (the common case): `data[start..]` is the unread part, contiguous. Instead
+//!   of a wrapping ring (which would split packets at the wrap point and force a copy to
+//!   parse them), the buffer compacts: the unread tail moves to the front before it grows.
+//!   Every complete packet is consumed before the next read, so what is moved is at most
+//!   one partial packet, and it grows by exactly the bytes appended (no doubling, no
+//!   zero-fill).
+//! - **Chunked**: once a packet is known to be longer than [`CHUNK_BYTES`] (its fixed
+//!   header says so, [`RxBuf::expect`]) and [`CHUNK_BYTES`] of it are held, further bytes go
+//!   into a list of chunks of at most [`CHUNK_BYTES`] each, never past the packet's end, so
+//!   the buffer grows without moving what it holds and holds about the bytes received
+//!   (the last chunk's spare room is at most what is still to come, and never more than
+//!   one chunk). The pieces are joined into one allocation of exactly the held bytes only
+//!   when the packet is whole ([`RxBuf::complete`]), to decode it.
+//!
+//! A buffer that grew by moving (`Vec::reserve`) left a freed copy behind at each step,
+//! which the allocator returns to the OS only after its decay time: 40 partial packets of
+//! 1 MiB held RSS at 1.5 times the bytes received for seconds (docs/robustness.md).
+//!
+//! Memory: an idle connection holds no buffer at all. The shard reads into its own scratch
+//! buffer and only a partial packet is copied here, so thousands of idle connections cost
+//! no receive memory. Must not touch: sockets (the caller reads), MQTT (the caller tells
+//! it a packet's length).
 
 /// Capacity kept across reads; a larger buffer (a big packet) is released once drained.
 const RETAIN_CAPACITY_MAX: usize = 16 * 1024;
 
-/// Smallest region `spare` offers when the caller does not know how much is coming (the
-/// fixed header is still incomplete): a connection dribbling a byte at a time holds a few
-/// dozen bytes, not a page.
-const SPARE_BYTES_MIN: usize = 64;
+/// Largest piece of a chunked partial packet, and the held bytes past which a packet
+/// known to be longer is kept in pieces rather than grown in place.
+pub const CHUNK_BYTES: usize = 64 * 1024;
 
-/// A compacting receive buffer.
+/// A receive buffer: contiguous for small packets, chunked for large partial ones.
 #[derive(Debug, Default)]
 pub struct RxBuf {
+    /// The unread bytes from `start` (all of them in the small form; the first piece in
+    /// the chunked form).
     data: Vec<u8>,
     start: usize,
-    /// Where the region handed out by `spare` begins.
-    spare_at: usize,
+    /// The pieces after `data`, in order (chunked form only).
+    chunks: Vec<Vec<u8>>,
+    /// Bytes held in `chunks`.
+    chunked: usize,
+    /// Total length of the packet at the front, when it is longer than [`CHUNK_BYTES`]
+    /// (0: not known, or small).
+    packet: usize,
 }
 
 impl RxBuf {
     /// True when no unread bytes are held.
     pub fn is_empty(&self) -> bool {
-        self.start == self.data.len()
+        self.len() == 0
     }
 
     /// Unread bytes.
     pub fn len(&self) -> usize {
-        self.data.len() - self.start
+        self.data.len() - self.start + self.chunked
     }
 
-    /// The unread bytes, contiguous.
-    pub fn readable(&self) -> &[u8] {
+    /// The unread bytes, contiguous (joined first if they are held in pieces: call it
+    /// when [`RxBuf::complete`] says a whole packet is there, or to hand the bytes over).
+    pub fn readable(&mut self) -> &[u8] {
+        self.join();
         &self.data[self.start..]
     }
 
-    /// Append bytes (a partial packet left over in the shard's scratch buffer).
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.data.reserve_exact(bytes.len());
-        self.data.extend_from_slice(bytes);
+    /// Append bytes (read into the shard's scratch buffer): in place when small, as
+    /// pieces once a large packet's first [`CHUNK_BYTES`] are held.
+    pub fn extend(&mut self, mut bytes: &[u8]) {
+        if self.packet == 0 || (self.chunks.is_empty() && self.len() < CHUNK_BYTES) {
+            self.compact();
+            self.data.reserve_exact(bytes.len());
+            self.data.extend_from_slice(bytes);
+            return;
+        }
+        while !bytes.is_empty() {
+            let room = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+            if room == 0 {
+                // At most one chunk, and never past the packet's end (a read may run past
+                // it: the next packet's first bytes get a piece of their own size).
+                let to_come = self.packet.saturating_sub(self.len());
+                let size = to_come.clamp(bytes.len().min(CHUNK_BYTES), CHUNK_BYTES);
+                self.chunks.push(Vec::with_capacity(size));
+                continue;
+            }
+            let n = room.min(bytes.len());
+            if let Some(last) = self.chunks.last_mut() {
+                last.extend_from_slice(&bytes[..n]);
+            }
+            self.chunked += n;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The packet at the front is `total` bytes long (from its fixed header) and not yet
+    /// whole: if it is longer than [`CHUNK_BYTES`], the rest of it is kept in pieces.
+    pub fn expect(&mut self, total: usize) {
+        self.packet = if total > CHUNK_BYTES { total } else { 0 };
+    }
+
+    /// The held bytes while they are in one piece (None once a large packet is held in
+    /// pieces): the caller reads the packet's length from their fixed header.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        self.chunks.is_empty().then(|| &self.data[self.start..])
+    }
+
+    /// False while a large packet is still arriving (decoding would only ask for more);
+    /// true otherwise.
+    pub fn complete(&self) -> bool {
+        self.packet == 0 || self.len() >= self.packet
     }
 
     /// Bytes of memory this buffer holds (its capacity), for the memory accounting.
     pub fn capacity(&self) -> usize {
-        self.data.capacity()
+        self.data.capacity() + self.chunks.iter().map(Vec::capacity).sum::<usize>()
     }
 
-    /// Mark `n` unread bytes as consumed.
+    /// Mark `n` unread bytes as consumed (they were decoded from [`RxBuf::readable`]).
     pub fn consume(&mut self, n: usize) {
+        self.join();
         debug_assert!(n <= self.len());
         self.start += n.min(self.len());
+        self.packet = 0;
         if self.is_empty() {
             self.data.clear();
             self.start = 0;
@@ -69,26 +134,19 @@ impl RxBuf {
         }
     }
 
-    /// A writable region of at least `min` bytes after the unread data; call `filled`
-    /// with the number of bytes written into it. The buffer grows by exactly what is asked
-    /// (no doubling), so it never holds much more than the bytes that actually arrived.
-    pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        self.compact();
-        let len = self.data.len();
-        self.spare_at = len;
-        let want = len + min.max(SPARE_BYTES_MIN);
-        if self.data.capacity() < want {
-            self.data.reserve_exact(want - len);
+    /// Join the pieces into one allocation of exactly the held bytes.
+    fn join(&mut self) {
+        if self.chunks.is_empty() {
+            return;
         }
-        let cap = self.data.capacity();
-        self.data.resize(cap, 0);
-        &mut self.data[len..]
-    }
-
-    /// After `spare`: keep `n` of the spare bytes as received data and drop the rest.
-    pub fn filled(&mut self, n: usize) {
-        let end = (self.spare_at + n).min(self.data.len());
-        self.data.truncate(end);
+        let mut whole = Vec::with_capacity(self.len());
+        whole.extend_from_slice(&self.data[self.start..]);
+        for c in self.chunks.drain(..) {
+            whole.extend_from_slice(&c);
+        }
+        self.data = whole;
+        self.start = 0;
+        self.chunked = 0;
     }
 
     fn compact(&mut self) {
@@ -100,7 +158,9 @@ impl RxBuf {
 
     /// Take everything unread (for handing a connection to another shard).
     pub fn take_unread(&mut self) -> Vec<u8> {
+        self.join();
         self.compact();
+        self.packet = 0;
         std::mem::take(&mut self.data)
     }
 
@@ -108,8 +168,7 @@ impl RxBuf {
     pub fn from_vec(bytes: Vec<u8>) -> RxBuf {
         RxBuf {
             data: bytes,
-            start: 0,
-            spare_at: 0,
+            ..RxBuf::default()
         }
     }
 }
@@ -119,6 +178,8 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
+    /// A random sequence of appends, declared packet lengths and consumes gives the same
+    /// bytes as a `VecDeque`, in both forms.
     #[test]
     fn matches_a_vecdeque_oracle() {
         let mut buf = RxBuf::default();
@@ -131,46 +192,101 @@ mod tests {
             seed
         };
         for round in 0..5_000u32 {
-            let op = next() % 3;
+            let op = next() % 4;
             if op == 0 {
                 let n = (next() % 300) as usize;
                 let bytes: Vec<u8> = (0..n).map(|i| (round as usize + i) as u8).collect();
                 buf.extend(&bytes);
                 oracle.extend(bytes);
             } else if op == 1 {
-                let n = (next() % 200) as usize;
-                let spare = buf.spare(n);
-                let k = n.min(spare.len());
-                for (i, b) in spare[..k].iter_mut().enumerate() {
-                    *b = (i * 7) as u8;
-                }
-                buf.filled(k);
-                oracle.extend((0..k).map(|i| (i * 7) as u8));
+                let n = (next() % 40_000) as usize;
+                let bytes: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
+                buf.extend(&bytes);
+                oracle.extend(bytes);
+            } else if op == 2 {
+                buf.expect(buf.len() + (next() % 300_000) as usize);
+                assert!(buf.complete() || buf.len() < buf.packet);
             } else {
                 let n = (next() as usize) % (buf.len() + 1);
+                assert_eq!(buf.readable(), oracle.iter().copied().collect::<Vec<_>>());
                 buf.consume(n);
                 oracle.drain(..n);
             }
-            assert_eq!(buf.readable(), oracle.iter().copied().collect::<Vec<_>>());
+            assert_eq!(buf.len(), oracle.len());
         }
+        assert_eq!(buf.readable(), oracle.iter().copied().collect::<Vec<_>>());
     }
 
     #[test]
-    fn grows_with_the_bytes_that_arrive_not_by_doubling() {
+    fn small_packets_grow_in_place_by_the_bytes_that_arrive() {
         let mut buf = RxBuf::default();
         buf.extend(&[0x30]);
-        assert!(buf.capacity() < SPARE_BYTES_MIN, "{}", buf.capacity());
-        let spare = buf.spare(0);
-        assert!(spare.len() <= 2 * SPARE_BYTES_MIN, "{}", spare.len());
-        buf.filled(1);
+        assert!(buf.capacity() < 64, "{}", buf.capacity());
+        buf.expect(10_001);
         let mut held = buf.len();
         for _ in 0..100 {
-            let s = buf.spare(10_000);
-            s[..10_000].fill(7);
-            buf.filled(10_000);
-            held += 10_000;
-            assert!(buf.capacity() <= held + 10_000 + SPARE_BYTES_MIN);
+            buf.extend(&[7; 100]);
+            held += 100;
+            assert_eq!(buf.chunks.len(), 0);
+            assert!(buf.capacity() <= held + 64, "{} for {held}", buf.capacity());
         }
+        assert!(buf.complete());
+    }
+
+    /// A 1 MiB packet arriving in reads of 10,000 bytes: past the first chunk's worth, the
+    /// held pieces never move (the first piece keeps its address) and the buffer's
+    /// capacity stays within one chunk of what arrived; it is joined, exactly, when whole.
+    #[test]
+    fn a_large_packet_is_held_in_pieces_that_never_move() {
+        const TOTAL: usize = 1024 * 1024;
+        let mut buf = RxBuf::default();
+        let mut sent = 0;
+        let mut first_piece = None;
+        while sent < TOTAL {
+            let n = 10_000.min(TOTAL - sent);
+            let bytes: Vec<u8> = (sent..sent + n).map(|i| i as u8).collect();
+            buf.extend(&bytes);
+            sent += n;
+            buf.expect(TOTAL);
+            assert_eq!(buf.complete(), sent == TOTAL);
+            assert!(
+                buf.capacity() <= sent + CHUNK_BYTES,
+                "{} for {sent}",
+                buf.capacity()
+            );
+            if let Some(c) = buf.chunks.first() {
+                let at = c.as_ptr();
+                assert_eq!(*first_piece.get_or_insert(at), at, "a piece moved");
+                assert!(buf.chunks.iter().all(|c| c.capacity() <= CHUNK_BYTES));
+            }
+        }
+        assert!(buf.chunks.len() >= (TOTAL - 2 * CHUNK_BYTES) / CHUNK_BYTES);
+        let whole = buf.readable().to_vec();
+        assert_eq!(whole.len(), TOTAL);
+        assert!(whole.iter().enumerate().all(|(i, &b)| b == i as u8));
+        assert_eq!(buf.capacity(), TOTAL);
+        buf.consume(TOTAL);
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    /// A read that runs past the large packet's end: the next packet's first bytes are
+    /// kept after it, in a piece of their own size.
+    #[test]
+    fn bytes_past_a_large_packet_follow_it() {
+        let total = 3 * CHUNK_BYTES + 5;
+        let mut buf = RxBuf::default();
+        buf.extend(&vec![1; CHUNK_BYTES]);
+        buf.expect(total);
+        buf.extend(&vec![1; 2 * CHUNK_BYTES]);
+        let mut tail = vec![1; 5];
+        tail.extend_from_slice(&[0xc0, 0x00, 0x30]);
+        buf.extend(&tail);
+        assert!(buf.complete());
+        assert_eq!(buf.capacity(), total + 3);
+        assert_eq!(&buf.readable()[total..], &[0xc0, 0x00, 0x30]);
+        buf.consume(total);
+        assert_eq!(buf.readable(), &[0xc0, 0x00, 0x30]);
+        assert!(buf.complete());
     }
 
     #[test]

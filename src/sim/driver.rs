@@ -3,7 +3,7 @@
 //! Owns: one `Broker` per shard, the simulated bus between them (one FIFO per ordered pair,
 //! as the SPSC rings are), and each link's shard part (`Io`: which simulated connection it
 //! is, and its undecoded input). A shard's `turn` follows `shard::event_loop`'s turn step
-//! by step (bus inbox, reads, timers, outbox, flush, close, outbox, flush) through the
+//! by step (due timers, bus inbox, reads, outbox, flush, close, outbox, flush) through the
 //! interface the broker offers any driver (`docs/architecture.md`, "Driving a shard core
 //! without mio"), with the simulation choosing what the kernel would: how many bytes a read
 //! returns, how many a write takes, how many bus messages a drain takes. Invariant: the
@@ -362,6 +362,7 @@ impl Cluster {
         if i >= self.brokers.len() {
             return;
         }
+        // Due timers run first, before the bus and the reads (`Broker::begin_turn`).
         self.brokers[i].begin_turn(now_ms);
         self.drain_bus(i, now_ms, net, rng);
         self.writable_edges(i, rng);
@@ -371,7 +372,6 @@ impl Cluster {
                 self.read(i, key, now_ms, net, rng);
             }
         }
-        self.brokers[i].on_timers(now_ms);
         self.brokers[i].journal_end_turn(now_ms);
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);

@@ -17,8 +17,10 @@ use super::record::{
 
 mod bridges;
 mod deliveries;
+mod messages;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
 pub use deliveries::Deliveries;
+pub use messages::Messages;
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +104,7 @@ pub struct LiveState {
     /// Sessions by client id.
     pub sessions: BTreeMap<String, SessionState>,
     /// Stored messages by id.
-    pub messages: BTreeMap<MsgId, StoredMessage<'static>>,
+    pub messages: Messages,
     /// Retained entries by topic.
     pub retained: BTreeMap<String, Retained>,
     /// Bridges' forwarding state by bridge name.
@@ -381,10 +383,9 @@ impl LiveState {
     /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
     /// order retained updates across shards' logs).
     ///
-    /// The ids in use are gathered into a sorted `Vec` and the map is rebuilt from the
-    /// entries kept, in one pass: a journal's shadow sweeps when most of its messages are
-    /// acknowledged ones, and removing those one by one from the ordered map shifted
-    /// every larger entry of their node each time (a fifth of the sweep's instructions).
+    /// The ids in use are gathered into a sorted `Vec` and the messages kept in one pass
+    /// beside it, in place: a journal's shadow sweeps when most of its messages are
+    /// acknowledged ones.
     pub fn drop_unreferenced(&mut self) {
         let mut used: Vec<MsgId> = Vec::new();
         for s in self.sessions.values() {
@@ -393,11 +394,12 @@ impl LiveState {
         used.extend(self.retained.values().filter_map(|r| r.msg));
         used.sort_unstable();
         used.dedup();
-        let all = std::mem::take(&mut self.messages);
-        self.messages = all
-            .into_iter()
-            .filter(|(id, _)| used.binary_search(id).is_ok())
-            .collect();
+        // Both in id order: walk `used` beside the messages.
+        let mut next = used.iter().peekable();
+        self.messages.retain(|id, _| {
+            while next.next_if(|&&u| u < *id).is_some() {}
+            next.peek().is_some_and(|&&u| u == *id)
+        });
     }
 
     /// Settle the QoS 2 routings: a delivery (or a bridge's queued message) of one never

@@ -1,7 +1,7 @@
 //! The children of one retained-tree node, kept in level order: level string → child.
 //!
-//! Owns: the layout per node. Few children live in a small `Vec` sorted by level (binary
-//! search, no hashing); past [`ORDERED_SMALL_MAX`] the node switches to a `BTreeMap`, and
+//! Owns: the layout per node. Few children live in a small `Vec` sorted by level (a
+//! lookup scans it, an insertion point is a binary search; no hashing); past [`ORDERED_SMALL_MAX`] the node switches to a `BTreeMap`, and
 //! drops back to the `Vec` at [`ORDERED_SMALL_MIN`] (hysteresis, as in `Children`).
 //! Invariant: each level appears at most once, and iteration is in ascending byte order of
 //! the levels whatever inserts and removes came before. That order is what lets a paced
@@ -50,7 +50,7 @@ impl<N> Ordered<N> {
     #[inline]
     pub(crate) fn get(&self, level: &str) -> Option<&N> {
         match self {
-            Ordered::Small(v) => find(v, level).ok().map(|i| &v[i].1),
+            Ordered::Small(v) => position(v, level).map(|i| &v[i].1),
             Ordered::Big(m) => m.get(level),
         }
     }
@@ -58,14 +58,14 @@ impl<N> Ordered<N> {
     /// The child for `level` with the level as stored (it outlives the argument).
     pub(crate) fn get_key_value(&self, level: &str) -> Option<(&str, &N)> {
         match self {
-            Ordered::Small(v) => find(v, level).ok().map(|i| (&*v[i].0, &v[i].1)),
+            Ordered::Small(v) => position(v, level).map(|i| (&*v[i].0, &v[i].1)),
             Ordered::Big(m) => m.get_key_value(level).map(|(k, n)| (&**k, n)),
         }
     }
 
     pub(crate) fn get_mut(&mut self, level: &str) -> Option<&mut N> {
         match self {
-            Ordered::Small(v) => find(v, level).ok().map(|i| &mut v[i].1),
+            Ordered::Small(v) => position(v, level).map(|i| &mut v[i].1),
             Ordered::Big(m) => m.get_mut(level),
         }
     }
@@ -102,7 +102,7 @@ impl<N> Ordered<N> {
     pub(crate) fn remove(&mut self, level: &str) -> Option<N> {
         let removed = match self {
             Ordered::Small(v) => {
-                let i = find(v, level).ok()?;
+                let i = position(v, level)?;
                 Some(v.remove(i).1)
             }
             Ordered::Big(m) => m.remove(level),
@@ -140,7 +140,30 @@ impl<N> Ordered<N> {
     }
 }
 
-/// Binary search of a sorted small list by level.
+/// The index of `level` in a sorted small list (at most [`ORDERED_SMALL_MAX`] entries):
+/// a scan that compares first bytes inline and stops at the first greater one, so a miss
+/// or a passed entry costs no `memcmp` call; only an entry with the same first byte is
+/// compared whole. The binary search it replaced called `memcmp` at every probe; the
+/// retained walk's exact levels are such lookups (figures in
+/// docs/decisions/0002-topic-trie.md).
+#[inline]
+fn position<N>(v: &[(Box<str>, N)], level: &str) -> Option<usize> {
+    let want = level.as_bytes();
+    // `None` (the empty level) sorts before every byte, as "" before every other level.
+    let first = want.first();
+    for (i, (k, _)) in v.iter().enumerate() {
+        let k = k.as_bytes();
+        match k.first().cmp(&first) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Greater => return None,
+            std::cmp::Ordering::Equal if k == want => return Some(i),
+            std::cmp::Ordering::Equal => {}
+        }
+    }
+    None
+}
+
+/// Binary search of a sorted small list by level: where `level` is or would go.
 #[inline]
 fn find<N>(v: &[(Box<str>, N)], level: &str) -> Result<usize, usize> {
     v.binary_search_by(|(k, _)| (**k).cmp(level))
@@ -175,6 +198,34 @@ mod tests {
             std::mem::size_of::<Ordered<[u64; 4]>>(),
             std::mem::size_of::<Vec<u8>>()
         );
+    }
+
+    /// The scan finds exactly what the binary search finds, in every small list of levels
+    /// drawn from short levels sharing first bytes, the empty level and non-ASCII ones.
+    #[test]
+    fn the_scan_agrees_with_the_binary_search() {
+        let alphabet = [
+            "", "a", "ab", "aa", "b", "ba", "\u{e9}", "\u{e9}t", "z", "0", "~",
+        ];
+        // Every subset of up to ORDERED_SMALL_MAX levels is too many; every 3rd mask of
+        // 11 bits, sorted as the `Vec` keeps them, is 683 lists.
+        for mask in (0u32..1 << alphabet.len()).step_by(3) {
+            let mut v: Vec<(Box<str>, usize)> = alphabet
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(i, l)| (Box::from(*l), i))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            assert!(v.len() <= ORDERED_SMALL_MAX);
+            for probe in alphabet.iter().chain(&["aaa", "c", "\u{e8}"]) {
+                assert_eq!(
+                    position(&v, probe),
+                    find(&v, probe).ok(),
+                    "{probe:?} in {v:?}"
+                );
+            }
+        }
     }
 
     #[test]

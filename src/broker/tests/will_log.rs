@@ -22,7 +22,7 @@ fn durable(disk: &SimDisk) -> LiveState {
 
 /// CONNECT, MQTT 5, with a QoS 1 Will on `w/<id>`: a clean session (`expiry_s` `None`) or
 /// a stored one, and a Will Delay Interval if `delay_s`.
-fn will_connect(id: &str, expiry_s: Option<u32>, delay_s: Option<u32>) -> Vec<u8> {
+pub(super) fn will_connect(id: &str, expiry_s: Option<u32>, delay_s: Option<u32>) -> Vec<u8> {
     let flags = match expiry_s {
         None => 0x0e,
         Some(_) => 0x0c,
@@ -152,9 +152,9 @@ fn a_delayed_will_published_by_its_timer_is_not_published_again_after_a_restart(
 }
 
 /// A stored session connected when the broker stopped: its Will (no delay) is due at the
-/// restart's first turn. A CONNECT of that client read before the turn's timers resumes
-/// the session, and must publish the Will rather than cancel it (a reconnect cancels
-/// only a Will still waiting out its delay [MQTT-3.1.3-9]).
+/// restart's first turn. That turn runs it before reading the CONNECT with which its
+/// client comes back first thing, so the Will is published rather than cancelled (a
+/// reconnect cancels only a Will still waiting out its delay [MQTT-3.1.3-9]).
 #[test]
 fn a_restored_will_due_at_restart_is_published_when_its_client_reconnects_first() {
     let disk = SimDisk::default();
@@ -178,6 +178,7 @@ fn a_restored_will_due_at_restart_is_published_when_its_client_reconnects_first(
 
     // The power fails while "dying" is connected; it reconnects first thing.
     let (disk, mut b) = restarted_broker(&disk, crate::config::Config::default());
+    b.begin_turn(NOW_MS);
     let again = b.accept(([127, 0, 0, 1], 3).into(), (), NOW_MS);
     assert_eq!(b.ingest(again, &connect, NOW_MS).1, Ingested::More);
     sync_rounds(&mut b, NOW_MS);

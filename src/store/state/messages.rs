@@ -1,0 +1,182 @@
+//! [`Messages`]: a state's stored messages by id, in a `Vec` sorted by id.
+//!
+//! Owns: the messages. Invariant: `items` is sorted by id with no id twice. Ids are taken
+//! in increasing order (a journal numbers each message it stores after the last, a merge
+//! renumbers past the highest), so an insert is a push at the end; one below the highest
+//! is placed by a binary search (recovery only). A sweep ([`Messages::retain`]) keeps the
+//! entries in place in one pass.
+//!
+//! Why not an ordered map: a journal's shadow state inserts every durable message and
+//! sweeps most of them out again; the map's node inserts, and its rebuild at each sweep,
+//! were ≈ 9% of the broker's instructions per durable QoS 1 message (`docs/benchmarks.md`,
+//! "fourth round"). Must not touch: deliveries, files.
+
+use std::ops::Index;
+
+use crate::store::record::{MsgId, StoredMessage};
+
+/// An entry: the id and its message.
+type Entry = (MsgId, StoredMessage<'static>);
+
+/// Stored messages by id, in id order.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Messages {
+    items: Vec<Entry>,
+}
+
+impl Messages {
+    /// Store `m` as `id`, returning the message it replaces.
+    pub fn insert(
+        &mut self,
+        id: MsgId,
+        m: StoredMessage<'static>,
+    ) -> Option<StoredMessage<'static>> {
+        if self.items.last().is_none_or(|(last, _)| *last < id) {
+            self.items.push((id, m));
+            return None;
+        }
+        match self.items.binary_search_by_key(&id, |e| e.0) {
+            Ok(i) => Some(std::mem::replace(&mut self.items[i].1, m)),
+            Err(i) => {
+                self.items.insert(i, (id, m));
+                None
+            }
+        }
+    }
+
+    /// Message `id`.
+    pub fn get(&self, id: &MsgId) -> Option<&StoredMessage<'static>> {
+        let i = self.items.binary_search_by_key(id, |e| e.0).ok()?;
+        self.items.get(i).map(|e| &e.1)
+    }
+
+    /// Whether message `id` is stored.
+    pub fn contains_key(&self, id: &MsgId) -> bool {
+        self.items.binary_search_by_key(id, |e| e.0).is_ok()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The entries in id order.
+    pub fn iter(&self) -> Iter<'_> {
+        self.items.iter().map(as_pair)
+    }
+
+    /// The ids in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &MsgId> + '_ {
+        self.items.iter().map(|e| &e.0)
+    }
+
+    /// The messages in id order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &StoredMessage<'static>> + '_ {
+        self.items.iter().map(|e| &e.1)
+    }
+
+    /// Keep the entries for which `keep` is true, visited in id order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&MsgId, &StoredMessage<'static>) -> bool) {
+        self.items.retain(|(id, m)| keep(id, m));
+    }
+}
+
+/// The entries of a [`Messages`] by reference, in id order.
+pub type Iter<'a> =
+    std::iter::Map<std::slice::Iter<'a, Entry>, fn(&Entry) -> (&MsgId, &StoredMessage<'static>)>;
+
+fn as_pair(e: &Entry) -> (&MsgId, &StoredMessage<'static>) {
+    (&e.0, &e.1)
+}
+
+impl<'a> IntoIterator for &'a Messages {
+    type Item = (&'a MsgId, &'a StoredMessage<'static>);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Messages {
+    type Item = Entry;
+    type IntoIter = std::vec::IntoIter<Entry>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
+
+/// Collected as an ordered map would be: sorted by id, the last entry of an id kept.
+impl FromIterator<Entry> for Messages {
+    fn from_iter<I: IntoIterator<Item = Entry>>(iter: I) -> Self {
+        let mut items: Vec<Entry> = iter.into_iter().collect();
+        if !items.windows(2).all(|w| w[0].0 < w[1].0) {
+            // Stable: of equal ids the last collected ends last, and is the one kept.
+            items.sort_by_key(|e| e.0);
+            let mut kept: Vec<Entry> = Vec::with_capacity(items.len());
+            for e in items {
+                match kept.last_mut() {
+                    Some(last) if last.0 == e.0 => *last = e,
+                    _ => kept.push(e),
+                }
+            }
+            items = kept;
+        }
+        Messages { items }
+    }
+}
+
+impl Index<&MsgId> for Messages {
+    type Output = StoredMessage<'static>;
+
+    fn index(&self, id: &MsgId) -> &StoredMessage<'static> {
+        match self.get(id) {
+            Some(m) => m,
+            None => panic!("no message {id:?}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::testutil::message;
+
+    /// Inserts in and out of order, replacements, sweeps and collects: the same as an
+    /// ordered map after every step.
+    #[test]
+    fn messages_match_an_ordered_map() {
+        let (mut v, mut m) = (Messages::default(), BTreeMap::new());
+        let ids = [5u64, 6, 9, 3, 9, 12, 1, 13, 14, 7, 14, 20];
+        for (n, &id) in ids.iter().enumerate() {
+            let msg = message(&format!("t/{n}"), b"x", false);
+            assert_eq!(v.insert(MsgId(id), msg.clone()), m.insert(MsgId(id), msg));
+            assert!(v.iter().eq(m.iter()));
+            assert_eq!((v.len(), v.is_empty()), (m.len(), m.is_empty()));
+            assert_eq!(v.get(&MsgId(id)), m.get(&MsgId(id)));
+            assert!(!v.contains_key(&MsgId(id + 100)));
+        }
+        v.retain(|id, _| id.0 % 3 != 0);
+        m.retain(|id, _| id.0 % 3 != 0);
+        assert!(v.iter().eq(m.iter()));
+        assert_eq!(v.keys().next_back(), m.keys().next_back());
+        let shuffled: Vec<_> = m.clone().into_iter().rev().chain(m.clone()).collect();
+        let back: Messages = shuffled.clone().into_iter().collect();
+        let map: BTreeMap<_, _> = shuffled.into_iter().collect();
+        assert!(back.iter().eq(map.iter()));
+    }
+}
