@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
 use super::journal::HeldAck;
-use super::{Broker, Cast, Conn, Link, LinkState, Verdict};
+use super::{Broker, Conn, Link, LinkState, Verdict};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Disconnect, ReasonCode, Version};
@@ -250,15 +250,10 @@ impl<X> Broker<X> {
     fn route_will(&mut self, id: u64, msg: Arc<Message>, now_ms: u64) {
         let from = self.fx.outbox.len();
         self.publish_shared(msg, now_ms);
-        let Some(j) = self.journal.as_mut() else {
-            return;
-        };
-        for (to, c) in self.fx.outbox.get(from..).unwrap_or_default() {
-            if matches!(c, Cast::Publish(_) | Cast::ShareDeliver(_)) {
-                j.sent_publish(*to);
-            }
+        self.count_sent(from);
+        if let Some(j) = self.journal.as_mut() {
+            j.hold(HeldAck::WillDone { id });
         }
-        j.hold(HeldAck::WillDone { id });
     }
 
     /// Publish again the Wills recovery found pending (on the first turn, once every
@@ -357,6 +352,7 @@ impl<X> Broker<X> {
         let Some(mut sess) = self.sessions.remove(s) else {
             return;
         };
+        super::shared::lost_with(&mut self.fx.share_unplaced, &sess);
         let filters: Vec<Box<str>> = sess.subs.keys().cloned().collect();
         for f in filters {
             // Normal filters leave the trie; shared ones leave their group on every shard.
@@ -392,6 +388,9 @@ impl<X> Broker<X> {
                     client_id: (&*sess.client_id).into(),
                 });
             }
+        }
+        if let Some(sess) = self.sessions.get(s) {
+            super::shared::lost_with(&mut self.fx.share_unplaced, sess);
         }
         self.sessions.retire(s);
     }

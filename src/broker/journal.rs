@@ -6,7 +6,9 @@
 //! * an ack held in turn T is released only when this shard's log is durable up to the
 //!   last record of turn T **and** every peer shard this shard sent a publish to by the end
 //!   of turn T has reported its own log durable past those publishes (a `Barrier` cast
-//!   follows them on the FIFO ring; the peer answers `BarrierDone` once durable);
+//!   follows them on the FIFO ring; the peer answers `BarrierDone` once durable, and
+//!   once every shared delivery it forwarded on before then is durable where it landed:
+//!   its settle tokens, `settle`);
 //! * acks leave in the order they were held;
 //! * a message is stored (`MessageStored`) at most once per shard per routing, however
 //!   many of this shard's sessions queue it;
@@ -18,6 +20,7 @@
 //! at the points where state changes), other shards' logs.
 
 mod elide;
+mod settle;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -159,6 +162,17 @@ struct Epoch {
     acks: Vec<HeldAck>,
 }
 
+/// A barrier received from peer `to` (its sequence `seq`): answered once the log is
+/// durable up to `lsn` and every settle token up to `mark` is answered (`Lsn::MAX` and
+/// `u64::MAX` until the end of the turn it arrived in).
+#[derive(Debug)]
+struct Note {
+    lsn: Lsn,
+    to: usize,
+    seq: u64,
+    mark: u64,
+}
+
 /// This shard's log, shadow state, held acks and barriers.
 pub struct Journal {
     wal: Wal,
@@ -176,8 +190,12 @@ pub struct Journal {
     barrier_seq: u64,
     required: Vec<u64>,
     peer_done: Vec<u64>,
-    /// Barriers received: answer `(to, seq)` once `lsn` is durable.
-    notes: VecDeque<(Lsn, usize, u64)>,
+    /// Barriers received: answer `(to, seq)` once `lsn` is durable and every settle
+    /// token up to the mark (the last one issued by the end of the turn) is answered.
+    notes: VecDeque<Note>,
+    /// Settle tokens of the shared deliveries this shard forwarded on, and the answers it
+    /// owes for those it received.
+    settles: settle::Settles,
     /// Unix time (ms) at shard clock 0.
     unix_epoch_ms: u64,
     error_logged: bool,
@@ -244,6 +262,7 @@ impl Journal {
             required: vec![0; shards],
             peer_done: vec![0; shards],
             notes: VecDeque::new(),
+            settles: settle::Settles::default(),
             unix_epoch_ms,
             error_logged: false,
             stalled_since_ms: None,
@@ -475,7 +494,40 @@ impl Journal {
     /// answer waits for the end of this turn's batch, not only the records so far: what
     /// those publishes cause later in the turn (a bridge's queue record) counts too.
     pub fn barrier(&mut self, from: usize, seq: u64) {
-        self.notes.push_back((Lsn::MAX, from, seq));
+        self.notes.push_back(Note {
+            lsn: Lsn::MAX,
+            to: from,
+            seq,
+            mark: u64::MAX,
+        });
+    }
+
+    /// A settle token for a shared delivery this shard forwards on to another shard
+    /// (`Cast::ShareDeliver`): barrier answers sealed from now on wait for its answer.
+    pub fn issue_settle(&mut self) -> u64 {
+        self.settles.issue()
+    }
+
+    /// Peer answered settle token `token`: the delivery is durable where it landed.
+    pub fn settled(&mut self, token: u64) {
+        self.settles.settled(token);
+    }
+
+    /// A forwarded shared delivery of shard `to` (its token `token`) was handled here:
+    /// answer once this turn's records are durable and `child` (the token issued
+    /// forwarding it on, if it was) is answered.
+    pub fn owe_settle(&mut self, to: usize, token: u64, child: Option<u64>) {
+        self.settles.owe(to, token, child);
+    }
+
+    /// Settle tokens open and answers owed.
+    pub fn settles_pending(&self) -> usize {
+        self.settles.pending()
+    }
+
+    /// Settle tokens this journal issued (forwards of shared deliveries).
+    pub fn settles_issued(&self) -> u64 {
+        self.settles.mark()
     }
 
     /// Peer `from` has made everything before its barrier `seq` durable.
@@ -486,12 +538,14 @@ impl Journal {
     }
 
     /// End of a turn: seal its acks, write the batch, and return the barriers to send
-    /// (`(peer, seq)`) in `barriers` and the barrier answers in `answers`.
+    /// (`(peer, seq)`) in `barriers`, the barrier answers in `answers` and the settle
+    /// answers (`(peer, token)`) in `settled`.
     pub fn end_turn(
         &mut self,
         now_ms: u64,
         barriers: &mut Vec<(usize, u64)>,
         answers: &mut Vec<(usize, u64)>,
+        settled: &mut Vec<(usize, u64)>,
     ) {
         if self.sent_to.iter().any(|&s| s) {
             self.barrier_seq += 1;
@@ -512,12 +566,15 @@ impl Journal {
         self.last_msg = None;
         self.adopted = None;
         let last = self.wal.last_lsn();
+        let mark = self.settles.mark();
         for n in self.notes.iter_mut().rev() {
-            if n.0 != Lsn::MAX {
+            if n.lsn != Lsn::MAX {
                 break;
             }
-            n.0 = last;
+            n.lsn = last;
+            n.mark = mark;
         }
+        self.settles.seal(last);
         if !self.wal.will_defer() {
             let wal = &mut self.wal;
             self.elision.unreferenced(|t| wal.cancel(t));
@@ -530,11 +587,17 @@ impl Journal {
             }
         }
         let durable = self.wal.durable_lsn();
-        while self.notes.front().is_some_and(|n| n.0 <= durable) {
-            if let Some((_, to, seq)) = self.notes.pop_front() {
-                answers.push((to, seq));
+        let settles = &self.settles;
+        while self
+            .notes
+            .front()
+            .is_some_and(|n| n.lsn <= durable && settles.clear_up_to(n.mark))
+        {
+            if let Some(n) = self.notes.pop_front() {
+                answers.push((n.to, n.seq));
             }
         }
+        self.settles.answers(durable, settled);
         self.checkpoint_if_due();
     }
 

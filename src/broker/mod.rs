@@ -127,6 +127,14 @@ pub enum Cast {
         /// The barrier answered.
         seq: u64,
     },
+    /// The shared delivery the receiver forwarded to shard `from` under settle token
+    /// `token` is durable wherever it landed (persistence only; `shared::SettleToken`).
+    Settled {
+        /// The answering shard.
+        from: usize,
+        /// The receiver's token.
+        token: u64,
+    },
     /// Shard `from` has committed its QoS 2 routings up to `txn` (persistence only): their
     /// PUBLISHes may go out (`journal::Journal::committed`).
     Qos2Committed {

@@ -101,6 +101,12 @@ impl<X> Broker<X> {
         Some(super::Verdict::Continue)
     }
 
+    /// Shared deliveries this shard forwarded on with a settle token since its log was
+    /// attached (0 with persistence off): a figure for the simulation.
+    pub fn settle_tokens_issued(&self) -> u64 {
+        self.journal.as_ref().map_or(0, Journal::settles_issued)
+    }
+
     /// Acks the journal still holds (0 with persistence off).
     pub fn held_acks(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::held)
@@ -190,14 +196,17 @@ impl<X> Broker<X> {
                 j.sent_publish(*to);
             }
         }
-        let (mut barriers, mut answers) = (Vec::new(), Vec::new());
-        j.end_turn(now_ms, &mut barriers, &mut answers);
+        let (mut barriers, mut answers, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+        j.end_turn(now_ms, &mut barriers, &mut answers, &mut settled);
         let from = self.shard_id;
         for (to, seq) in barriers {
             self.fx.outbox.push((to, Cast::Barrier { from, seq }));
         }
         for (to, seq) in answers {
             self.fx.outbox.push((to, Cast::BarrierDone { from, seq }));
+        }
+        for (to, token) in settled {
+            self.fx.outbox.push((to, Cast::Settled { from, token }));
         }
         while let Some(acks) = self.journal.as_mut().and_then(Journal::released) {
             for ack in acks {
@@ -212,6 +221,21 @@ impl<X> Broker<X> {
                     .push((to, Cast::Qos2Committed { from: me, txn }));
             }
             self.release_parked(now_ms);
+        }
+    }
+
+    /// The publishes cast from outbox index `from` on count for this turn's barriers, also
+    /// when they were made after its `journal_end_turn` (a link closed at the end of the
+    /// turn): an ack held behind them then waits for the next barrier, which follows them
+    /// on the rings.
+    pub(super) fn count_sent(&mut self, from: usize) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        for (to, c) in self.fx.outbox.get(from..).unwrap_or_default() {
+            if matches!(c, Cast::Publish(_) | Cast::ShareDeliver(_)) {
+                j.sent_publish(*to);
+            }
         }
     }
 

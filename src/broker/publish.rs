@@ -549,6 +549,7 @@ impl<X> Broker<X> {
             Cast::Barrier { from, seq } => self.on_barrier(from, seq, false),
             Cast::Qos2Committed { from, txn } => self.on_qos2_committed(from, txn, now_ms),
             Cast::BarrierDone { from, seq } => self.on_barrier(from, seq, true),
+            Cast::Settled { token, .. } => self.on_settled(token),
             Cast::InterestAck { from, seq } => {
                 self.gate.acked(from, seq);
                 self.release_subacks(now_ms);

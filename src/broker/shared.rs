@@ -102,6 +102,20 @@ pub struct ShareDelivery {
     pub key: Arc<str>,
     /// Bounces so far.
     pub hops: u8,
+    /// Set when the delivery came over the bus for a member gone from its shard and that
+    /// shard forwarded it on: the receiver answers `Cast::Settled` once it is durable
+    /// wherever it landed (`None` for the first hop, which the sender's barrier covers).
+    pub settle: Option<SettleToken>,
+}
+
+/// The token of a shared delivery forwarded on by shard `shard` (its number `token`
+/// there): answered with `Cast::Settled` to `shard` (see `journal::settle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleToken {
+    /// The forwarding shard, which the answer goes to.
+    pub shard: usize,
+    /// Its number for the delivery.
+    pub token: u64,
 }
 
 impl ShareGroup {
@@ -218,7 +232,14 @@ impl<X> Broker<X> {
     /// its other deliveries when it went offline: so each hop is durable before the one
     /// before it is logged gone (a plain bounce would be covered by the sender's barrier
     /// for the first hop only).
-    pub(super) fn on_share_delivery(&mut self, d: ShareDelivery, now_ms: u64) {
+    ///
+    /// Any other delivery for a member gone from here is forwarded on to another member
+    /// with a settle token: this shard's barrier answers wait for its answer, so the
+    /// sender's barrier covers the hop after this one too (a clean member's shard logs
+    /// nothing of its own). One that came forwarded is answered once it is durable here,
+    /// and beyond (`journal::settle`).
+    pub(super) fn on_share_delivery(&mut self, mut d: ShareDelivery, now_ms: u64) {
+        let parent = d.settle.take();
         let m = d.member;
         let stored_offline = self.journal.is_some()
             && self.sessions.get(m.session).is_some_and(|x| {
@@ -229,15 +250,66 @@ impl<X> Broker<X> {
                         .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
             });
         let me = self.shard_id;
+        let from = self.fx.outbox.len();
         let (routes, sessions, mut sink) = self.parts();
         // One that may not read the topic is passed over as usual.
         if !stored_offline || !super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic)
         {
             deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+            let child = self.settle_forwarded(from);
+            self.owe_settle(parent, child);
             return;
         }
         deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
         self.move_shared(m.session, now_ms);
+        // Logged here (this turn): what `move_shared` sends on waits for this shard's own
+        // barriers (`HeldAck::ShareMoved`).
+        self.owe_settle(parent, None);
+    }
+
+    /// The delivery handled from outbox index `from` on was forwarded to another shard
+    /// (`deliver_shared` forwards one at most once): give that `ShareDeliver` a settle
+    /// token, if it carries a QoS 1/2 message and this shard logs. Returns the token.
+    fn settle_forwarded(&mut self, from: usize) -> Option<u64> {
+        let j = self.journal.as_mut()?;
+        let me = self.shard_id;
+        let mut child = None;
+        for (_, c) in self.fx.outbox.get_mut(from..).unwrap_or_default() {
+            if let Cast::ShareDeliver(d) = c {
+                if d.msg.qos != QoS::AtMostOnce && d.settle.is_none() {
+                    let token = j.issue_settle();
+                    d.settle = Some(SettleToken { shard: me, token });
+                    child = Some(token);
+                }
+            }
+        }
+        child
+    }
+
+    /// A forwarded delivery (`parent`, if it came with a token) was handled: answer it once
+    /// this turn's records are durable and `child` (its token forwarding it on) is
+    /// answered; at once without a log.
+    fn owe_settle(&mut self, parent: Option<SettleToken>, child: Option<u64>) {
+        let Some(p) = parent else {
+            return;
+        };
+        match self.journal.as_mut() {
+            Some(j) => j.owe_settle(p.shard, p.token, child),
+            None => {
+                let from = self.shard_id;
+                let token = p.token;
+                self.fx
+                    .outbox
+                    .push((p.shard, Cast::Settled { from, token }));
+            }
+        }
+    }
+
+    /// A peer answered settle token `token` (see [`Broker::on_share_delivery`]).
+    pub(super) fn on_settled(&mut self, token: u64) {
+        if let Some(j) = self.journal.as_mut() {
+            j.settled(token);
+        }
     }
 
     /// A message from the cluster for one member of share group `group` on `filter`:
@@ -295,6 +367,7 @@ impl<X> Broker<X> {
             return;
         };
         let (uid, logged) = (sess.uid, sess.logged && self.journal.is_some());
+        let from = self.fx.outbox.len();
         let mut away = Vec::new();
         for (out, pid) in sess.take_shared() {
             let Some(key) = out.share.clone() else {
@@ -323,6 +396,9 @@ impl<X> Broker<X> {
                 Landed::Nowhere => self.keep_shared(s, out, pid, stored),
             }
         }
+        // A link closed at the end of a turn moves after that turn's `journal_end_turn`:
+        // its casts count for the next barrier, which `ShareMoved` then waits for.
+        self.count_sent(from);
         if let (Some(j), false) = (self.journal.as_mut(), away.is_empty()) {
             j.hold(HeldAck::ShareMoved {
                 session: s,
@@ -490,6 +566,7 @@ fn dispatch<X>(
             member,
             key,
             hops: 0,
+            settle: None,
         };
         send_share(routes, sessions, sink, me, d, now_ms);
     }
@@ -549,8 +626,31 @@ fn deliver_shared<X>(
         // Nobody else can take it: it waits in this member's session for its return (as
         // a departing member's deliveries do), rather than being lost.
     }
+    if let Some(v) = sink.fx.share_clean.as_mut() {
+        if sessions.get(m.session).is_some_and(|s| !s.logged) {
+            v.push(d.msg.clone());
+        }
+    }
     deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
     Landed::Here
+}
+
+/// Session `sess` ends (removed or retiring) holding shared deliveries that no move took
+/// (a QoS 2 one already sent, or one no other member was online for): they end with it.
+/// Recorded in `unplaced` when `Some` (the simulation's oracle owes them to nobody:
+/// [`super::Effects::share_unplaced`]).
+pub(super) fn lost_with(unplaced: &mut Option<Vec<Arc<Message>>>, sess: &crate::session::Session) {
+    let Some(v) = unplaced.as_mut() else {
+        return;
+    };
+    let held = sess
+        .inflight
+        .iter()
+        .map(|f| &f.out)
+        .chain(sess.queue.iter());
+    for out in held.filter(|o| o.share.is_some() && o.qos != QoS::AtMostOnce) {
+        v.push(out.msg.clone());
+    }
 }
 
 /// The delivery of a shared message to its chosen member, with the member's options.
@@ -605,6 +705,7 @@ fn redispatch<X>(
         member,
         key: b.key.clone(),
         hops: b.hops + 1,
+        settle: None,
     };
     send_share(routes, sessions, sink, me, d, now_ms)
 }

@@ -99,15 +99,21 @@ pub struct Cluster {
     /// Client ids whose CONNACK was written to the network since the last
     /// [`Cluster::take_answered`], in order.
     answered: Vec<String>,
-    /// Shared messages no member could take, as (publisher, sequence number), since the
-    /// last [`Cluster::take_unplaced`].
+    /// Shared messages no member could take, or that a session held when it ended, as
+    /// (publisher, sequence number), since the last [`Cluster::take_unplaced`].
     unplaced: Vec<(usize, u32)>,
+    /// Shared messages placed with a session that is not stored, since the last
+    /// [`Cluster::take_placed_clean`].
+    placed_clean: Vec<(usize, u32)>,
+    /// Settle tokens the shards issued before the last power cut.
+    settle_tokens: u64,
 }
 
 /// Shard `id` of `shards`, recording the shared messages no member could take.
 fn new_broker(id: usize, shards: usize, cfg: &Arc<Config>, now_ms: u64) -> Broker<Io> {
     let mut b = Broker::new(id, shards, cfg.clone(), now_ms);
     b.effects().share_unplaced = Some(Vec::new());
+    b.effects().share_clean = Some(Vec::new());
     b
 }
 
@@ -127,6 +133,8 @@ impl Cluster {
             chaos: true,
             answered: Vec::new(),
             unplaced: Vec::new(),
+            placed_clean: Vec::new(),
+            settle_tokens: 0,
         }
     }
 
@@ -218,6 +226,10 @@ impl Cluster {
             return Ok(());
         };
         let n = self.brokers.len();
+        for i in 0..n {
+            self.collect_shared(i);
+        }
+        self.settle_tokens = self.settle_tokens();
         // Dropping a log writes its batch, which the power cut then forgets.
         self.brokers.clear();
         disk.power_cut();
@@ -242,10 +254,36 @@ impl Cluster {
         std::mem::take(&mut self.answered)
     }
 
-    /// Shared messages (publisher, sequence number) that found no member online since the
-    /// last call: owed to nobody.
+    /// Shared messages (publisher, sequence number) that found no member online, or that
+    /// a session held when it ended, since the last call: owed to nobody.
     pub fn take_unplaced(&mut self) -> Vec<(usize, u32)> {
         std::mem::take(&mut self.unplaced)
+    }
+
+    /// Shared messages (publisher, sequence number) placed with a session that is not
+    /// stored since the last call: a power cut after this loses them with the session.
+    pub fn take_placed_clean(&mut self) -> Vec<(usize, u32)> {
+        std::mem::take(&mut self.placed_clean)
+    }
+
+    /// Shared deliveries the shards forwarded on with a settle token, over the run.
+    pub fn settle_tokens(&self) -> u64 {
+        let now: u64 = self.brokers.iter().map(Broker::settle_tokens_issued).sum();
+        self.settle_tokens + now
+    }
+
+    /// Move shard `i`'s records of shared messages (unplaced, placed with a clean
+    /// session) into the cluster's lists.
+    fn collect_shared(&mut self, i: usize) {
+        let fx = self.brokers[i].effects();
+        let key = |m: &Arc<crate::session::Message>| parse_payload(&m.payload);
+        if let Some(v) = fx.share_unplaced.as_mut() {
+            self.unplaced.extend(v.drain(..).filter_map(|m| key(&m)));
+        }
+        if let Some(v) = fx.share_clean.as_mut() {
+            self.placed_clean
+                .extend(v.drain(..).filter_map(|m| key(&m)));
+        }
     }
 
     /// Whether client `id` has a session in what the disk would keep if the power failed
@@ -335,16 +373,13 @@ impl Cluster {
             }
         }
         self.brokers[i].journal_end_turn(now_ms);
-        if let Some(v) = self.brokers[i].effects().share_unplaced.as_mut() {
-            let msgs = std::mem::take(v);
-            let keys = msgs.iter().filter_map(|m| parse_payload(&m.payload));
-            self.unplaced.extend(keys);
-        }
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);
         self.close_pending(i, now_ms, net);
         self.push_outbox(i);
         self.flush_dirty(i, now_ms, net, rng);
+        // After the closes too: a session ending there may take shared messages with it.
+        self.collect_shared(i);
     }
 
     fn drain_bus(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {

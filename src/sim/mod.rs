@@ -91,6 +91,8 @@ pub struct Summary {
     pub digest: u64,
     /// Power cuts simulated.
     pub power_cuts: usize,
+    /// Shared deliveries forwarded on with a settle token (persistence only).
+    pub settle_tokens: u64,
 }
 
 /// A run that broke a promise (or got stuck).
@@ -259,6 +261,7 @@ impl World {
             connections: self.net.conns.len(),
             digest: self.digest,
             power_cuts: self.cuts,
+            settle_tokens: self.cluster.settle_tokens(),
         })
     }
 
@@ -329,8 +332,7 @@ impl World {
     fn shard_turn(&mut self, s: usize) {
         self.cluster
             .turn(s, self.now_ms, &mut self.net, &mut self.rng);
-        let unplaced = self.cluster.take_unplaced();
-        self.oracle.share_unplaced.extend(unplaced);
+        self.take_shared_records();
         for id in self.cluster.take_answered() {
             let stored = self.clients.iter().any(|c| c.id == id && !c.clean);
             if !stored {
@@ -348,6 +350,15 @@ impl World {
         }
     }
 
+    /// The broker's records of shared messages owed to nobody, and of those placed with
+    /// clean sessions (owed to nobody once a power cut follows).
+    fn take_shared_records(&mut self) {
+        let unplaced = self.cluster.take_unplaced();
+        self.oracle.share_unplaced.extend(unplaced);
+        let clean = self.cluster.take_placed_clean();
+        self.oracle.share_clean.extend(clean);
+    }
+
     /// Power fails and comes back: the broker restarts from what its disk kept.
     fn power_cut(&mut self) -> Result<(), Failure> {
         self.cuts += 1;
@@ -355,6 +366,8 @@ impl World {
         if let Err(e) = self.cluster.power_cut(self.now_ms, &mut self.net) {
             return Err(self.failure(vec![format!("restart after a power cut failed: {e}")]));
         }
+        self.take_shared_records();
+        self.oracle.power_cut();
         for c in 0..self.clients.len() {
             self.stale[c] = None;
             self.clients[c].power_cut();
@@ -621,18 +634,21 @@ impl World {
                     filter: filter.clone(),
                     qos: *qos,
                     shared: false,
+                    clean: cl.clean,
                 }),
                 Role::Watcher => Some(Sub {
                     client: cl.index,
                     filter: "w/#".to_string(),
                     qos: QoS::AtLeastOnce,
                     shared: false,
+                    clean: cl.clean,
                 }),
                 Role::Member { qos } => Some(Sub {
                     client: cl.index,
                     filter: "t/#".to_string(),
                     qos: *qos,
                     shared: true,
+                    clean: cl.clean,
                 }),
                 _ => None,
             })
@@ -687,7 +703,10 @@ impl World {
     }
 }
 
-/// Client `i` of `n`: the first two are share-group members when `share`.
+/// Client `i` of `n`: the first two are share-group members when `share`; with
+/// `SHARDMQ_SIM_CLEAN_MEMBERS` set, the second of them is a clean session in 40% of those
+/// runs and the first in 15% (a clean member's session ends with each connection: moves
+/// and bounces then meet a member that is gone).
 fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
     let version = match rng.below(3) {
         0 => Version::V3_1,
@@ -716,7 +735,17 @@ fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
         Role::Subscriber { filter, qos }
     };
     let keep_alive = if rng.chance(200) { 5 } else { 0 };
-    let clean = !matches!(role, Role::Member { .. }) && rng.chance(300);
+    // Members stay stored sessions: with clean members (the second in 40% of share runs,
+    // the first in 15%) plain seed 1240 loses a QoS 2 message due to the group, not yet
+    // explained (docs/persistence.md, "Not done yet"). `SHARDMQ_SIM_CLEAN_MEMBERS=1`
+    // turns them on.
+    let clean_members = std::env::var_os("SHARDMQ_SIM_CLEAN_MEMBERS").is_some();
+    let clean = match (&role, i) {
+        (Role::Member { .. }, _) if !clean_members => false,
+        (Role::Member { .. }, 0) => rng.chance(150),
+        (Role::Member { .. }, _) => rng.chance(400),
+        _ => rng.chance(300),
+    };
     let mut c = Client::new(i, format!("c{i}"), version, role, keep_alive);
     c.clean = clean;
     c.has_will = rng.chance(300);

@@ -22,9 +22,14 @@
 //!   message to its application once, and a message due to the group still reaches at
 //!   least one member, across disconnects and power cuts, unless the broker found no member
 //!   online when it routed it (`docs/architecture.md`: offline members get no new
-//!   messages). That one fact comes from the broker, not the wire: which member is online
-//!   in the routing shard's replica is the broker's to know
-//!   (`Effects::share_unplaced`, recorded by the simulation's driver).
+//!   messages), or it was held by a session that ended (a clean member's, whose
+//!   deliveries no other member was online to take), or a power cut came after it was
+//!   placed with a clean member (nothing of a clean session is logged). Those facts come
+//!   from the broker, not the wire: which member is online in the routing shard's replica,
+//!   and which session took a message, are the broker's to know (`Effects::share_unplaced`
+//!   and `Effects::share_clean`, recorded by the simulation's driver). What is owed to the
+//!   group counts from the first SUBACK of a stored member (one is a member for good), or,
+//!   when every member is clean, from the last SUBACK of every member.
 //! - Retained: every shard's replica ends with each topic's last accepted message.
 //! - Wills: the Will of a connection that ended without DISCONNECT after its CONNACK (its
 //!   network failed, the broker closed it, or its client took the session over) reaches a
@@ -95,6 +100,8 @@ pub struct Sub {
     pub qos: QoS,
     /// Member of the share group.
     pub shared: bool,
+    /// A clean session (it starts afresh with every connection).
+    pub clean: bool,
 }
 
 /// Everything observed in one run.
@@ -110,8 +117,12 @@ pub struct Oracle {
     pub violations: Vec<String>,
     /// A share-group member lost a connection during the run.
     pub member_disrupted: bool,
-    /// Messages the broker found no share-group member online for (owed to nobody).
+    /// Messages the broker found no share-group member online for, or that a session
+    /// held when it ended (owed to nobody).
     pub share_unplaced: BTreeSet<(usize, u32)>,
+    /// Messages the broker placed with a clean member since the last power cut: nothing
+    /// of them was logged, so the next cut may lose them (they are then owed to nobody).
+    pub share_clean: BTreeSet<(usize, u32)>,
 }
 
 impl Oracle {
@@ -146,6 +157,12 @@ impl Oracle {
                 due: false,
             },
         );
+    }
+
+    /// The power failed: what clean members held is gone with them.
+    pub fn power_cut(&mut self) {
+        let clean = std::mem::take(&mut self.share_clean);
+        self.share_unplaced.extend(clean);
     }
 
     /// A client sent a message again (DUP) on a new connection.
@@ -340,10 +357,21 @@ impl Oracle {
                 ));
             }
         }
-        let since = members
+        // A stored member is in the group from its first SUBACK on, for good: what is
+        // published after the first such SUBACK is owed to the group. Clean members come
+        // and go with their connections: without a stored one, only what follows every
+        // member's last SUBACK is.
+        let stored_since = members
             .iter()
-            .map(|m| self.suback_step.get(&m.client).copied())
-            .try_fold(0u64, |acc, s| s.map(|s| acc.max(s)));
+            .filter(|m| !m.clean)
+            .filter_map(|m| self.suback_step.get(&m.client).copied())
+            .min();
+        let since = stored_since.or_else(|| {
+            members
+                .iter()
+                .map(|m| self.suback_step.get(&m.client).copied())
+                .try_fold(0u64, |acc, s| s.map(|s| acc.max(s)))
+        });
         let qos = members
             .iter()
             .map(|m| m.qos)

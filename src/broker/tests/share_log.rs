@@ -103,9 +103,22 @@ pub(super) fn settle(c: &mut Cores) {
 /// A stored session `id` connects through its home shard and subscribes to each filter
 /// at its QoS; returns (home shard, key).
 pub(super) fn member(c: &mut Cores, id: &str, subs: &[(&str, u8)]) -> (usize, usize) {
+    join(c, id, subs, true)
+}
+
+/// [`member`] for a clean session (3.1.1 Clean Session 1: nothing of it is logged).
+fn clean_member(c: &mut Cores, id: &str, subs: &[(&str, u8)]) -> (usize, usize) {
+    join(c, id, subs, false)
+}
+
+fn join(c: &mut Cores, id: &str, subs: &[(&str, u8)], stored: bool) -> (usize, usize) {
     let home = crate::broker::home_shard(id, c.shards.len());
     let key = c.shards[home].accept(([127, 0, 0, 1], 1).into(), (), NOW_MS);
-    let mut input = stored_connect_packet(id);
+    let mut input = if stored {
+        stored_connect_packet(id)
+    } else {
+        super::connect_packet(id)
+    };
     for (i, (filter, qos)) in subs.iter().enumerate() {
         let mut body = vec![0, i as u8 + 1];
         body.extend(string(filter));
@@ -130,6 +143,12 @@ fn homed(home: usize, shards: usize, k: usize) -> String {
 /// A clean-session publisher homed on shard `at` connects and sends `t` at QoS `qos`
 /// (1 or 2).
 fn publish(c: &mut Cores, at: usize, qos: u8) {
+    publish_unsettled(c, at, qos);
+    settle(c);
+}
+
+/// [`publish`] without the turns after it; returns the publisher's link.
+fn publish_unsettled(c: &mut Cores, at: usize, qos: u8) -> (usize, usize) {
     let key = c.shards[at].accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
     let id = format!("pub-{}", homed(at, c.shards.len(), 0));
     let id = (0..10_000)
@@ -142,7 +161,12 @@ fn publish(c: &mut Cores, at: usize, qos: u8) {
     input.extend(p);
     let (used, _) = c.shards[at].ingest(key, &input, NOW_MS);
     assert_eq!(used, input.len());
-    settle(c);
+    (at, key)
+}
+
+/// Whether the publisher's link has been written its PUBACK (packet id 2) by now.
+fn acked(c: &mut Cores, link: (usize, usize)) -> bool {
+    c.output(link).windows(4).any(|w| w == [0x40, 2, 0, 2])
 }
 
 /// Shard `home` sees the connection `key` of a member end (its network failed).
@@ -370,4 +394,118 @@ fn a_restored_shared_delivery_still_moves_when_its_member_goes_offline() {
     let after = durable(&disk);
     assert_eq!(after["a"], [], "moved, not kept");
     assert_eq!(after["b"], [(1, true)]);
+}
+
+/// A move sent to a clean member whose session ended before the move reached its shard
+/// (shard 1) is bounced on to a stored member on a third shard (shard 2). Shard 1 logs
+/// nothing of its own, so its barrier answer must wait for shard 2's records (its settle
+/// token): before, the first member's end was durable while the third shard's records
+/// were not, and a power cut lost the delivery.
+#[test]
+fn a_move_bounced_on_by_a_clean_members_shard_waits_for_the_third_shard() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 3);
+    let (ida, idb, idc) = (homed(0, 3, 0), homed(1, 3, 0), homed(2, 3, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+    let b = clean_member(&mut c, &idb, &[("$share/g/t", 1)]);
+    member(&mut c, &idc, &[("$share/g/t", 1)]);
+
+    // B's session ends; shard 0 has not heard when A goes offline and moves to B.
+    drop_link(&mut c, b);
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    assert_eq!(durable(&disk)[&ida], [(1, false)], "re-logged as queued");
+    // Shard 1 bounces it on to C; shard 2 logs it but does not sync.
+    for _ in 0..4 {
+        for i in 0..3 {
+            end_turn(&mut c, i);
+            if i != 2 {
+                sync(&mut c, i);
+            }
+            end_turn(&mut c, i);
+            carry(&mut c, i);
+        }
+    }
+    let now = durable(&disk);
+    assert_eq!(now[&idc], [], "the third shard's records are not durable");
+    assert_eq!(
+        now[&ida],
+        [(1, false)],
+        "so the first member's end waits: a cut leaves it there"
+    );
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "gone once the third shard is durable");
+    assert_eq!(after[&idc], [(1, true)]);
+    assert!(!after.contains_key(&idb), "a clean session is never logged");
+}
+
+/// A publish routed to a clean member whose session ended meanwhile (shard 1) is bounced
+/// back to a stored member on the publisher's own shard. Its records there come after the
+/// turn the PUBACK was held in, so that turn's sync does not cover them: the PUBACK waits
+/// for shard 1's barrier answer, which waits for the bounce's settle token.
+#[test]
+fn a_publish_bounced_back_to_its_own_shard_is_acknowledged_once_durable_there() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    // B first: shard 0's round robin picks it.
+    let b = clean_member(&mut c, &idb, &[("$share/g/t", 1)]);
+    member(&mut c, &ida, &[("$share/g/t", 1)]);
+    drop_link(&mut c, b);
+    let p = publish_unsettled(&mut c, 0, 1);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    carry(&mut c, 0);
+    end_turn(&mut c, 1);
+    carry(&mut c, 1);
+    // Shard 0 takes the bounce into A's session (written, not synced) and hears from 1.
+    end_turn(&mut c, 0);
+    carry(&mut c, 0);
+    end_turn(&mut c, 1);
+    carry(&mut c, 1);
+    end_turn(&mut c, 0);
+    assert_eq!(durable(&disk)[&ida], [], "A's records are not durable yet");
+    assert!(!acked(&mut c, p), "so the PUBACK waits");
+    settle(&mut c);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+    assert!(acked(&mut c, p), "acknowledged once durable");
+}
+
+/// A member whose link closes at the end of a turn (after that turn's records and
+/// barriers) moves its delivery to another shard then: the cast must still count for a
+/// barrier, or the first member's end would wait only for barriers sent before the move.
+#[test]
+fn a_move_made_after_the_turns_end_still_waits_for_the_peer() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    member(&mut c, &idb, &[("$share/g/t", 1)]);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+
+    end_turn(&mut c, 0);
+    drop_link(&mut c, a);
+    carry(&mut c, 0);
+    for _ in 0..4 {
+        end_turn(&mut c, 0);
+        sync(&mut c, 0);
+        end_turn(&mut c, 0);
+        carry(&mut c, 0);
+        end_turn(&mut c, 1);
+        carry(&mut c, 1);
+    }
+    let now = durable(&disk);
+    assert_eq!(now[&idb], [], "the peer has not synced");
+    assert_eq!(now[&ida], [(1, false)], "so the first member keeps it");
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], []);
+    assert_eq!(after[&idb], [(1, true)]);
 }
