@@ -49,6 +49,49 @@ pub struct SessionHandover {
     pub queued: Vec<(Arc<Message>, QoS)>,
 }
 
+/// The id of a stored publisher's new QoS 2 message that its node's power cut does not
+/// change: the publisher's resend of a message whose commit was not durable gets the same
+/// one. The link stores the message in other nodes' queues under it (`Nats-Msg-Id`
+/// `<node>.<stem>.<target>`), so JetStream's duplicate window drops the resend's second
+/// store (`docs/cluster.md`, "QoS 1/2 between nodes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qos2Id {
+    /// A hash of the publisher's client id (FNV-1a).
+    pub client: u64,
+    /// The message's number in its session (`Record::Qos2Numbering`: a random start per
+    /// session, one more per new QoS 2 message, logged with each commit).
+    pub number: u64,
+    /// Its packet id.
+    pub pid: u16,
+    /// CRC-32C of its topic and payload: a client that forgot an unacknowledged message
+    /// and sends another under the same packet id at the same place gets another id.
+    pub crc: u32,
+}
+
+impl Qos2Id {
+    /// The id of the `number`-th QoS 2 message of client `client_id`, packet id `pid`.
+    pub fn new(client_id: &str, number: u64, pid: u16, topic: &str, payload: &[u8]) -> Qos2Id {
+        let client = client_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let crc = crc32c::crc32c_append(crc32c::crc32c(topic.as_bytes()), payload);
+        Qos2Id {
+            client,
+            number,
+            pid,
+            crc,
+        }
+    }
+
+    /// Its text in the message id (after the node's name; NATS header-safe).
+    pub fn stem(&self) -> String {
+        format!(
+            "q2.{:016x}.{:x}.{}.{:08x}",
+            self.client, self.number, self.pid, self.crc
+        )
+    }
+}
+
 /// What a shard tells the cluster link.
 #[derive(Debug)]
 pub enum ToCluster {
@@ -75,6 +118,8 @@ pub enum ToCluster {
         /// Non-zero: the shard's cluster-ack sequence of a QoS ≥ 1 publish whose
         /// acknowledgement waits (`ClusterAckGate`); answered by `FromCluster::Published`.
         ack: u64,
+        /// A stored publisher's QoS 2 message: its id across a power cut of this node.
+        qos2_id: Option<Qos2Id>,
     },
     /// A message from this node's queue (`FromCluster::Message` with a token, or
     /// `FromCluster::Settle`) is safe here: the link acknowledges it to JetStream.
@@ -148,12 +193,19 @@ pub enum FromCluster {
         /// From this node's queue: settle it (`ToCluster::Settle`) once it is routed and,
         /// with persistence on, durable here.
         token: Option<u64>,
+        /// A QoS 2 message from this node's queue: its id (a hash of its `Nats-Msg-Id`).
+        /// With persistence on, its routing is committed with the id logged before it is
+        /// settled, and a copy under an id logged already is settled without routing.
+        dedupe: Option<u128>,
     },
     /// A copy from this node's queue of a message already routed: settle it once what
-    /// was routed before is durable.
+    /// was routed before is durable (a QoS 2 copy whose first is under way: once that
+    /// one's commit is).
     Settle {
         /// As in `Message`.
         token: u64,
+        /// As in `Message`.
+        dedupe: Option<u128>,
     },
     /// The message of shard `shard`'s publish numbered `seq` is in the queue of every
     /// other node that wants it (or that failed, or was not needed): its acknowledgement
@@ -367,10 +419,12 @@ impl<X> Broker<X> {
         } else {
             0
         };
+        let qos2_id = self.acks.qos2_id.take();
         self.fx.cluster.push(ToCluster::Publish {
             msg: msg.clone(),
             now_ms,
             ack,
+            qos2_id,
         });
         true
     }
@@ -381,7 +435,14 @@ impl<X> Broker<X> {
             FromCluster::Message {
                 share: None,
                 msg,
+                token: Some(token),
+                dedupe: Some(id),
+            } if self.journal.is_some() => self.receive_qos2(msg, token, id, now_ms),
+            FromCluster::Message {
+                share: None,
+                msg,
                 token,
+                ..
             } => {
                 self.publish_from_cluster(Arc::new(msg), now_ms);
                 if let Some(token) = token {
@@ -392,13 +453,23 @@ impl<X> Broker<X> {
                 share: Some((group, filter)),
                 msg,
                 token,
+                ..
             } => {
                 self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms);
                 if let Some(token) = token {
                     self.settle_when_durable(token);
                 }
             }
-            FromCluster::Settle { token } => self.settle_when_durable(token),
+            FromCluster::Settle { token, dedupe } => {
+                let waits = dedupe.is_some_and(|id| {
+                    self.journal
+                        .as_mut()
+                        .is_some_and(|j| j.settle_with(id, token))
+                });
+                if !waits {
+                    self.settle_when_durable(token);
+                }
+            }
             FromCluster::Published { shard, seq } => {
                 let c = ClusterCast::Published { seq };
                 if shard == self.shard_id {
@@ -531,6 +602,36 @@ impl<X> Broker<X> {
                 self.acks.answered(seq);
                 self.release_cluster_acks(now_ms);
             }
+        }
+    }
+
+    /// A QoS 2 message from this node's queue (token `token`, id `id`), with a log: routed
+    /// as a numbered routing of the gateway's own (`Journal::next_received_txn`), whose
+    /// deliveries recovery drops unless it is committed; the commit logs `id`
+    /// (`HeldAck::ClusterIn`) once the routing is durable everywhere here, and the
+    /// message is settled once the commit is durable. A copy whose id is logged or under
+    /// way (JetStream handed it out again: this node crashed before its acknowledgement
+    /// arrived, or its publisher's resend was stored again) is settled without routing:
+    /// delivered once across a crash or power cut of this node.
+    fn receive_qos2(&mut self, mut msg: Message, token: u64, id: u128, now_ms: u64) {
+        let me = self.shard_id;
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if j.settle_with(id, token) {
+            // The first copy is being routed: this one is settled with its commit.
+            return;
+        }
+        if j.was_received(id) {
+            self.settle_when_durable(token);
+            return;
+        }
+        j.receiving(id);
+        msg.txn = j.next_received_txn(me);
+        let txn = msg.txn;
+        self.publish_from_cluster(Arc::new(msg), now_ms);
+        if let Some(j) = self.journal.as_mut() {
+            j.hold(super::journal::HeldAck::ClusterIn { token, txn, id });
         }
     }
 

@@ -40,6 +40,11 @@ pub enum HeldPubAck {
         pid: PacketId,
         /// Its reason code.
         reason: ReasonCode,
+        /// Its QoS 2 routing (0: none), committed with the packet id once the link has
+        /// answered (or the wait ran out) and the routing is durable here.
+        txn: u64,
+        /// The session's next QoS 2 number to log with the commit (0: not numbered).
+        next: u64,
     },
 }
 
@@ -63,6 +68,9 @@ pub struct ClusterAckGate {
     pub(super) wanted: bool,
     /// The number given to the publish routed last (taken by the caller).
     pub(super) numbered: Option<u64>,
+    /// The id across a power cut of the QoS 2 publish being routed, for its forward to
+    /// the cluster (`forward_to_cluster` takes it).
+    pub(super) qos2_id: Option<super::cluster::Qos2Id>,
     next: u64,
     pending: VecDeque<Entry>,
     per_link: HashMap<usize, u32>,
@@ -184,26 +192,37 @@ impl<X> Broker<X> {
     }
 
     /// Send, in order, the acknowledgements the link has answered (or that waited long
-    /// enough); each still waits for this shard's log, like any acknowledgement.
+    /// enough); each still waits for this shard's log, like any acknowledgement. A PUBREC
+    /// whose connection has gone still commits its routing (its packet id is logged if
+    /// its session lives): the commits of a shard follow their routings' order, and
+    /// deliveries parked for this one must not wait for ever.
     pub(super) fn release_cluster_acks(&mut self, now_ms: u64) {
         while let Some((link, gen, what)) = self.acks.pop_released(now_ms) {
             let live = self
                 .links
                 .get(link)
                 .is_some_and(|l| l.gen == gen && l.is_connected());
-            if !live {
-                continue;
-            }
             match what {
-                HeldPubAck::Packet(bytes) => self.send_bytes_durable(link, gen, &bytes),
+                HeldPubAck::Packet(bytes) if live => self.send_bytes_durable(link, gen, &bytes),
+                HeldPubAck::Packet(_) => {}
                 HeldPubAck::PubRec {
                     session,
                     uid,
                     pid,
                     reason,
+                    txn,
+                    next,
                 } => {
-                    if self.sessions.get(session).is_some_and(|s| s.uid == uid) {
-                        self.pubrec_now(session, link, pid, reason, 0);
+                    let ours = self.sessions.get(session).is_some_and(|s| s.uid == uid);
+                    if ours || txn != 0 {
+                        let to = super::persist::PubRecTo {
+                            session,
+                            uid,
+                            link,
+                            gen,
+                            live,
+                        };
+                        self.pubrec_commit(to, pid, reason, txn, next);
                     }
                 }
             }

@@ -122,6 +122,17 @@ pub enum HeldAck {
         /// The link's token for it.
         token: u64,
     },
+    /// A QoS 2 message from this node's cluster queue was routed here as routing `txn`
+    /// and that routing is durable everywhere: log its id taken (`ClusterReceived`) with
+    /// the commit, then let the link acknowledge it to JetStream once those are durable.
+    ClusterIn {
+        /// The link's token for it.
+        token: u64,
+        /// Its routing (the gateway's received routings, `Journal::next_received_txn`).
+        txn: u64,
+        /// Its id (`Record::ClusterReceived`).
+        id: u128,
+    },
     /// The output of link `link` (generation `gen`), held since its CONNACK, may be
     /// flushed: the records its CONNECT logged are durable.
     Output {
@@ -152,6 +163,9 @@ pub struct HeldIncoming {
     pub bytes: SmallVec<[u8; 16]>,
     /// The QoS 2 routing of the message (0: none), committed with the id.
     pub txn: u64,
+    /// The number the session's next new QoS 2 message gets, logged with the id (0: the
+    /// message is not numbered; see `Record::Qos2Numbering`).
+    pub next: u64,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -211,13 +225,20 @@ pub struct Journal {
     scratch: Vec<u8>,
     /// The last QoS 2 routing this shard numbered.
     txn_last: u64,
-    /// The highest routing committed, by origin shard.
+    /// The last routing of a message from the cluster queue this shard numbered (its own
+    /// origin, `shards + shard`: committed in its own order, apart from client routings).
+    txn_in_last: u64,
+    /// The highest routing committed, by origin: shard `k`'s client routings at `k`,
+    /// its routings of messages from the cluster queue at `shards + k`.
     committed: Vec<u64>,
+    /// Ids of messages from the cluster queue routed and not yet committed, with the
+    /// tokens of copies that came meanwhile (settled with the commit).
+    receiving: std::collections::HashMap<u128, Vec<u64>>,
     /// Held PUBLISHes whose records are durable, waiting (in order) for their routing's
     /// commit, with that routing.
     parked: VecDeque<(u64, HeldAck)>,
-    /// A commit of this shard's was released since the peers were last told.
-    commit_news: bool,
+    /// Origins of this shard's whose commits moved since the peers were last told.
+    commit_news: Vec<usize>,
     /// Shadow message count at which unreferenced messages are dropped next.
     gc_at: usize,
     /// The next Will number (`Record::WillPending`).
@@ -272,9 +293,11 @@ impl Journal {
             scratch: Vec::new(),
             gc_at,
             txn_last: 0,
-            committed: vec![0; shards],
+            txn_in_last: 0,
+            committed: vec![0; 2 * shards],
+            receiving: std::collections::HashMap::new(),
             parked: VecDeque::new(),
-            commit_news: false,
+            commit_news: Vec::new(),
             next_will,
             restored_wills,
             restored_armed,
@@ -414,6 +437,49 @@ impl Journal {
         (shard as u64 + 1) << 48 | self.txn_last
     }
 
+    /// Number the routing of a message from the cluster queue, on shard `shard` (see
+    /// [`HeldAck::ClusterIn`]).
+    pub fn next_received_txn(&mut self, shard: usize) -> u64 {
+        self.txn_in_last += 1;
+        (self.sent_to.len() as u64 + shard as u64 + 1) << 48 | self.txn_in_last
+    }
+
+    /// Whether a message from the cluster queue with id `id` was routed here and its
+    /// commit logged (durable once the records logged so far are).
+    pub fn was_received(&self, id: u128) -> bool {
+        self.shadow.cluster_received.contains(id)
+    }
+
+    /// A copy (token `token`) of a message from the cluster queue with id `id`: if the
+    /// first is being routed, keep the token to settle with that one's commit and return
+    /// true. (Settled sooner, a power cut before the commit is durable would lose the
+    /// message: its deliveries dropped by recovery, JetStream holding it acknowledged.)
+    pub fn settle_with(&mut self, id: u128, token: u64) -> bool {
+        match self.receiving.get_mut(&id) {
+            Some(tokens) => {
+                tokens.push(token);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A message from the cluster queue with id `id` is being routed.
+    pub fn receiving(&mut self, id: u128) {
+        self.receiving.entry(id).or_default();
+    }
+
+    /// Its routing is committed (its `ClusterReceived` logged): the tokens of the copies
+    /// that came meanwhile.
+    pub fn received(&mut self, id: u128) -> Vec<u64> {
+        self.receiving.remove(&id).unwrap_or_default()
+    }
+
+    /// The origin index of routing `txn` (see `committed`).
+    pub fn origin_of(txn: u64) -> Option<usize> {
+        ((txn >> 48) as usize).checked_sub(1)
+    }
+
     /// Whether routing `txn` is committed (its origin said so).
     pub fn is_committed(&self, txn: u64) -> bool {
         let origin = (txn >> 48) as usize;
@@ -429,19 +495,24 @@ impl Journal {
         &self.committed
     }
 
-    /// Shard `origin` has committed its routings up to `txn`; `mine` when that is us.
+    /// Origin `origin` has committed its routings up to `txn`; `mine` when that is one of
+    /// this shard's.
     pub fn committed(&mut self, origin: usize, txn: u64, mine: bool) {
         if let Some(c) = self.committed.get_mut(origin) {
             *c = (*c).max(txn);
         }
-        self.commit_news |= mine;
+        if mine && !self.commit_news.contains(&origin) {
+            self.commit_news.push(origin);
+        }
     }
 
-    /// This shard's highest commit, if it moved since the last call (to tell the peers).
-    pub fn commit_news(&mut self, shard: usize) -> Option<u64> {
-        std::mem::take(&mut self.commit_news)
-            .then(|| self.committed.get(shard).copied())
-            .flatten()
+    /// This shard's origins whose commits moved since the last call, with their highest
+    /// commit (to tell the peers).
+    pub fn commit_news(&mut self) -> Vec<(usize, u64)> {
+        let news = std::mem::take(&mut self.commit_news);
+        news.into_iter()
+            .filter_map(|o| Some((o, *self.committed.get(o)?)))
+            .collect()
     }
 
     /// Whether held PUBLISHes wait for a commit (a later one then waits behind them).
@@ -667,6 +738,7 @@ impl Journal {
             | HeldAck::Bridge { .. }
             | HeldAck::BridgeRecords { .. }
             | HeldAck::Cluster { .. }
+            | HeldAck::ClusterIn { .. }
             | HeldAck::Commit { .. }
             | HeldAck::WillDone { .. }
             | HeldAck::ShareMoved { .. } => false,

@@ -135,10 +135,12 @@ pub enum Cast {
         /// The receiver's token.
         token: u64,
     },
-    /// Shard `from` has committed its QoS 2 routings up to `txn` (persistence only): their
-    /// PUBLISHes may go out (`journal::Journal::committed`).
+    /// Origin `from` has committed its QoS 2 routings up to `txn` (persistence only):
+    /// their PUBLISHes may go out (`journal::Journal::committed`). An origin is a shard's
+    /// client routings (`from` = the shard) or, for the gateway, its routings of messages
+    /// from the cluster queue (`from` = shards + the shard).
     Qos2Committed {
-        /// The committing shard.
+        /// The committing origin.
         from: usize,
         /// Its highest routing committed.
         txn: u64,

@@ -25,6 +25,21 @@ pub use super::journal::RetainedEntry;
 /// many bytes wait unwritten; past it, a 3.x connection that publishes QoS 1/2 is closed.
 pub const STALL_UNWRITTEN_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Where the PUBREC of a new QoS 2 message goes ([`Broker::pubrec_commit`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PubRecTo {
+    /// Session key.
+    pub session: usize,
+    /// The session's uid (a reused key is another session).
+    pub uid: u64,
+    /// Link key.
+    pub link: usize,
+    /// Link generation.
+    pub gen: u32,
+    /// Whether that link is still connected (otherwise only the commit is made).
+    pub live: bool,
+}
+
 impl<X> Broker<X> {
     /// Use `j` as this shard's log from now on (persistence on).
     pub fn attach_journal(&mut self, j: Journal) {
@@ -214,11 +229,12 @@ impl<X> Broker<X> {
             }
         }
         let me = self.shard_id;
-        if let Some(txn) = self.journal.as_mut().and_then(|j| j.commit_news(me)) {
-            for to in (0..self.shards).filter(|&p| p != me) {
-                self.fx
-                    .outbox
-                    .push((to, Cast::Qos2Committed { from: me, txn }));
+        let news = self.journal.as_mut().map(Journal::commit_news);
+        if let Some(news) = news.filter(|n| !n.is_empty()) {
+            for (from, txn) in news {
+                for to in (0..self.shards).filter(|&p| p != me) {
+                    self.fx.outbox.push((to, Cast::Qos2Committed { from, txn }));
+                }
             }
             self.release_parked(now_ms);
         }
@@ -245,10 +261,12 @@ impl<X> Broker<X> {
     /// is not durable: a message the publisher sends again after a power cut is then
     /// routed once, never twice (a delivery made before the cut is kept only if the id
     /// that recognises the resend is durable too).
+    ///
+    /// In a cluster the PUBREC also waits for the link's answer (`cluster_ack`): the
+    /// commit comes once both are in, and the link's store in other nodes' queues, which
+    /// does not wait for it, carries the message's [`Qos2Id`](super::cluster::Qos2Id).
     pub(super) fn qos2_txn(&mut self, s: usize, key: usize) -> u64 {
-        // In a cluster the PUBREC may wait for other nodes instead (`cluster_ack`), which
-        // does not commit routings: there a power cut may still duplicate one.
-        let logged = self.sessions.get(s).is_some_and(|x| x.logged) && self.cluster.is_none();
+        let logged = self.sessions.get(s).is_some_and(|x| x.logged);
         match self.journal.as_mut() {
             Some(j) if logged && self.links.get(key).is_some() => j.next_txn(self.shard_id),
             _ => 0,
@@ -334,16 +352,24 @@ impl<X> Broker<X> {
                     .sessions
                     .get(h.session)
                     .is_some_and(|x| x.uid == h.uid && x.awaiting_rel.contains(&h.pid.get()));
-                if taken {
+                let txn = h.txn;
+                // The commit: the routing is durable everywhere, and so (in the same
+                // record) is the id that recognises a resend, and the session's next
+                // QoS 2 number.
+                let committed = taken && txn != 0 && self.log_qos2_commit(&h);
+                if taken && !committed {
                     self.log_incoming(h.session, h.pid, true);
                 }
-                let (link, gen, bytes, txn) = (h.link, h.gen, h.bytes, h.txn);
-                if let Some(j) = self.journal.as_mut() {
-                    if txn != 0 {
-                        // The commit: the routing is durable everywhere, and so (in this
-                        // batch) is the id that recognises a resend.
+                if txn != 0 && !committed {
+                    if let Some(j) = self.journal.as_mut() {
                         j.log(Record::Qos2Committed { txn });
                     }
+                    // Its packet id was released early (a PUBREL before the PUBREC), or
+                    // its session ended: a number taken is logged all the same.
+                    self.log_qos2_next(&h);
+                }
+                let (link, gen, bytes) = (h.link, h.gen, h.bytes);
+                if let Some(j) = self.journal.as_mut() {
                     // Out after the id's record is durable (the next round).
                     j.hold(HeldAck::Bytes { link, gen, bytes });
                     if txn != 0 {
@@ -352,9 +378,9 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Commit { txn } => {
-                let me = self.shard_id;
+                let origin = Journal::origin_of(txn).unwrap_or(self.shard_id);
                 if let Some(j) = self.journal.as_mut() {
-                    j.committed(me, txn, true);
+                    j.committed(origin, txn, true);
                 }
                 // Only a shard that runs a bridge needs another turn for it.
                 self.fx.bridge_commits_moved |= self.bridges.any_here();
@@ -374,6 +400,17 @@ impl<X> Broker<X> {
             }
             HeldAck::Cluster { token } => {
                 self.tell_cluster(super::cluster::ToCluster::Settle { token })
+            }
+            HeldAck::ClusterIn { token, txn, id } => {
+                if let Some(j) = self.journal.as_mut() {
+                    // The commit, with the id that recognises the message if it comes
+                    // again (one record); JetStream hears of it once that is durable.
+                    j.log(Record::ClusterReceived { id, txn });
+                    for token in std::iter::once(token).chain(j.received(id)) {
+                        j.hold(HeldAck::Cluster { token });
+                    }
+                    j.hold(HeldAck::Commit { txn });
+                }
             }
             HeldAck::Publish {
                 session, uid, pid, ..
@@ -445,6 +482,16 @@ impl<X> Broker<X> {
             expiry_interval_s: sess.expiry_s,
             will,
         }));
+        if self.cluster.is_some() && sess.qos2_next == 0 {
+            // Its QoS 2 numbering starts here, durable with the CONNACK, before any
+            // PUBLISH: at a random place, so a session that replaces one lost in a power
+            // cut never takes the lost one's numbers (`Qos2Id`).
+            sess.qos2_next = qos2_start();
+            j.log(Record::Qos2Numbering {
+                client_id: (&*sess.client_id).into(),
+                next: sess.qos2_next,
+            });
+        }
     }
 
     /// A session that is not stored (a clean session) connected with Will `will`: log the
@@ -563,6 +610,7 @@ impl<X> Broker<X> {
             return;
         };
         sess.logged = true;
+        sess.qos2_next = st.qos2_next;
         // A shared delivery is tagged with its group again, so it moves on when its
         // member goes offline, as before the restart.
         let routes = &self.routes;
@@ -709,6 +757,19 @@ impl RestoredMessages {
     }
 }
 
+/// A random first QoS 2 number for a new session (non-zero, far from wrapping).
+fn qos2_start() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No entropy: the clock, which a replacement session does not repeat either.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        b = t.to_le_bytes();
+    }
+    (u64::from_le_bytes(b) >> 2).max(1)
+}
+
 /// Will `w` as recovery read it, back in the engine's form (`log_id`: its number if it was
 /// logged at CONNECT, else 0; shard time `now_ms`, wall clock `unix`).
 pub(super) fn restored_will(w: Will<'_>, log_id: u64, unix: u64, now_ms: u64) -> StoredWill {
@@ -833,7 +894,7 @@ impl<X> Broker<X> {
         key: usize,
         pid: PacketId,
         reason: protocol::ReasonCode,
-        txn: u64,
+        (txn, next): (u64, u64),
     ) {
         if self.acks.holds(key) {
             // Behind the link's acknowledgements that wait for the cluster, in order.
@@ -843,46 +904,155 @@ impl<X> Broker<X> {
                     uid,
                     pid,
                     reason,
+                    txn,
+                    next,
                 };
                 self.hold_for_cluster(key, 0, what);
                 return;
             }
         }
-        self.pubrec_now(s, key, pid, reason, txn);
+        self.pubrec_now(s, key, pid, reason, (txn, next));
     }
 
-    /// `pubrec_new` without regard to the cluster gate (it released this one; its routing
-    /// is never numbered, `txn` 0).
-    pub(super) fn pubrec_now(
+    /// `pubrec_new` without regard to the cluster gate (not holding one of the link's
+    /// acknowledgements).
+    fn pubrec_now(
         &mut self,
         s: usize,
         key: usize,
         pid: PacketId,
         reason: protocol::ReasonCode,
-        txn: u64,
+        (txn, next): (u64, u64),
     ) {
-        let logged = self.sessions.get(s).filter(|x| x.logged).map(|x| x.uid);
-        let link = self.links.get(key).map(|l| (l.gen, l.version));
+        let (Some(gen), Some(uid)) = (
+            self.links.get(key).map(|l| l.gen),
+            self.sessions.get(s).map(|x| x.uid),
+        ) else {
+            return;
+        };
+        let to = PubRecTo {
+            session: s,
+            uid,
+            link: key,
+            gen,
+            live: true,
+        };
+        self.pubrec_commit(to, pid, reason, txn, next);
+    }
+
+    /// The PUBREC of a new QoS 2 message for `to`: for a logged session (or a numbered
+    /// routing, whose session may have ended since) its id is logged with the routing's
+    /// commit once the routing is durable, and the PUBREC follows once the id is
+    /// ([`journal::HeldIncoming`]); otherwise as any held ack. The commit happens also
+    /// when the connection has gone (`live` false: nothing is sent).
+    pub(super) fn pubrec_commit(
+        &mut self,
+        to: PubRecTo,
+        pid: PacketId,
+        reason: protocol::ReasonCode,
+        txn: u64,
+        next: u64,
+    ) {
+        let logged = self
+            .sessions
+            .get(to.session)
+            .is_some_and(|x| x.uid == to.uid && x.logged);
+        let version = self
+            .links
+            .get(to.link)
+            .filter(|l| l.gen == to.gen)
+            .map_or(protocol::Version::V3_1_1, |l| l.version);
         let ack = Packet::PubRec(protocol::Ack {
             packet_id: pid,
             reason,
             properties: protocol::Properties::default(),
         });
-        match (self.journal.as_mut(), logged, link) {
-            (Some(j), Some(uid), Some((gen, version))) => {
+        match self.journal.as_mut() {
+            Some(j) if logged || txn != 0 => {
                 let bytes = j.encode_held(version, &ack);
                 j.hold(HeldAck::Incoming(journal::HeldIncoming {
-                    session: s,
-                    uid,
+                    session: to.session,
+                    uid: to.uid,
                     pid,
-                    link: key,
-                    gen,
+                    link: to.link,
+                    gen: to.gen,
                     bytes,
                     txn,
+                    next,
                 }));
             }
-            _ => self.send_durable(key, &ack),
+            _ if to.live => self.send_durable(to.link, &ack),
+            _ => {}
         }
+    }
+
+    /// The number the next QoS 2 message of `h`'s session gets, if `h` was numbered and
+    /// the session is still the logged one.
+    fn log_qos2_next(&mut self, h: &journal::HeldIncoming) {
+        let Some(sess) = self
+            .sessions
+            .get(h.session)
+            .filter(|x| h.next != 0 && x.uid == h.uid && x.logged)
+        else {
+            return;
+        };
+        if let Some(j) = self.journal.as_mut() {
+            j.log(Record::Qos2Numbering {
+                client_id: (&*sess.client_id).into(),
+                next: h.next,
+            });
+        }
+    }
+
+    /// The commit of a logged session's new QoS 2 message `h`, in one record: its packet
+    /// id, its routing and (in a cluster) the number the session's next one gets, so a
+    /// restart recognises its resend, keeps its deliveries, and numbers the resends of
+    /// the later ones as before. False (nothing logged) for a session not logged.
+    fn log_qos2_commit(&mut self, h: &journal::HeldIncoming) -> bool {
+        let Some(sess) = self
+            .sessions
+            .get(h.session)
+            .filter(|x| x.uid == h.uid && x.logged)
+        else {
+            return false;
+        };
+        let Some(j) = self.journal.as_mut() else {
+            return false;
+        };
+        j.log(Record::IncomingQos2Commit {
+            client_id: (&*sess.client_id).into(),
+            packet_id: h.pid,
+            txn: h.txn,
+            next: h.next,
+        });
+        true
+    }
+
+    /// The number and [`Qos2Id`](super::cluster::Qos2Id) of a new QoS 2 message of
+    /// session `s` with packet id `pid`: only for a stored session in a cluster (whose
+    /// numbering started at its CONNECT, `log_session`); `(0, None)` otherwise. The
+    /// number after it is logged with the message's commit.
+    pub(super) fn qos2_number(
+        &mut self,
+        s: usize,
+        pid: PacketId,
+        topic: &str,
+        payload: &[u8],
+    ) -> (u64, Option<super::cluster::Qos2Id>) {
+        if self.cluster.is_none() || self.journal.is_none() {
+            return (0, None);
+        }
+        let Some(sess) = self
+            .sessions
+            .get_mut(s)
+            .filter(|x| x.logged && x.qos2_next != 0)
+        else {
+            return (0, None);
+        };
+        let n = sess.qos2_next;
+        sess.qos2_next = n.wrapping_add(1).max(1);
+        let id = super::cluster::Qos2Id::new(&sess.client_id, n, pid.get(), topic, payload);
+        (sess.qos2_next, Some(id))
     }
 
     /// Log a logged session's inbound QoS 2 id set (PUBREC) or cleared (PUBREL).

@@ -149,20 +149,26 @@ impl<X> Broker<X> {
                 sess.awaiting_rel.insert(pid.get());
                 let uid = sess.uid;
                 let txn = self.qos2_txn(s, key);
+                let (next, qos2_id) = self.qos2_number(s, pid, topic, p.payload);
+                self.acks.qos2_id = qos2_id;
                 let (matched, seq) = self.route_acked(key, p, topic, now_ms, (origin, txn));
+                self.acks.qos2_id = None;
                 let reason = matched_code(matched);
                 match seq {
-                    // In a cluster: once other nodes' queues hold it (`cluster_ack`).
+                    // In a cluster: once other nodes' queues hold it (`cluster_ack`); the
+                    // routing is committed then.
                     Some(seq) => {
                         let what = HeldPubAck::PubRec {
                             session: s,
                             uid,
                             pid,
                             reason,
+                            txn,
+                            next,
                         };
                         self.hold_for_cluster(key, seq, what);
                     }
-                    None => self.pubrec_new(s, key, pid, reason, txn),
+                    None => self.pubrec_new(s, key, pid, reason, (txn, next)),
                 }
             }
             (QoS::AtLeastOnce, Some(pid)) => {

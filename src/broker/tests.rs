@@ -449,6 +449,7 @@ fn a_close_held_too_long_goes_without_its_output() {
     end_turn(&mut b, due);
 }
 
+mod cluster_qos2;
 mod due_timers;
 mod elide;
 mod qos2_log;

@@ -305,8 +305,21 @@ struct Pending {
     subject: String,
     bytes: Bytes,
     ack: Option<(usize, u64)>,
-    /// Its sequence number (with this node's name, the stores' message id).
-    seq: u64,
+    /// Its stores' message id, before the target node's name (`store_msg_id`).
+    msg_id: String,
+}
+
+/// The message id (`Nats-Msg-Id`, before `.<target node>`) of the stores of node `node`'s
+/// message numbered `seq` by its link: `<node>.<seq>`, or `<node>.<stem>` for a message
+/// whose id must survive a power cut of the node (`ToLink::Publish::msg_id`). Within the
+/// stream's duplicate window (`queue::QUEUE_DUPLICATE_WINDOW`) JetStream stores one message
+/// per id: a retry of a store, or the publisher's resend of a stored QoS 2 message after
+/// the cut, is stored once.
+pub fn store_msg_id(node: &str, seq: u64, stem: Option<&str>) -> String {
+    match stem {
+        Some(stem) => format!("{node}.{stem}"),
+        None => format!("{node}.{seq}"),
+    }
 }
 
 struct Interest {
@@ -521,7 +534,11 @@ impl State {
         match m {
             ToLink::Interest { filter, group, ack } => self.interest(filter, group, ack).await,
             ToLink::NoInterest { filter, group } => self.no_interest(filter, group).await,
-            ToLink::Publish { envelope, ack } => self.publish(*envelope, ack).await,
+            ToLink::Publish {
+                envelope,
+                ack,
+                msg_id,
+            } => self.publish(*envelope, ack, msg_id).await,
             ToLink::Settle { token } => self.settle(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -801,7 +818,12 @@ impl State {
     /// leave in the order they came, and `ack` is answered when the message leaves. A
     /// store waits while an earlier message of its topic is meant for other nodes and has
     /// not left (`release`), and the storer keeps the stores in order (`store`).
-    async fn publish(&mut self, mut e: Envelope, ack: Option<(usize, u64)>) {
+    async fn publish(
+        &mut self,
+        mut e: Envelope,
+        ack: Option<(usize, u64)>,
+        msg_id: Option<String>,
+    ) {
         e.origin.clone_from(&self.node);
         e.seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
@@ -842,12 +864,11 @@ impl State {
         }
         // Too many stores under way: this one skips them (counted as failed).
         let store = self.pending.len() < QUEUE_PENDING_MAX;
-        let seq = e.seq;
         let p = Pending {
             subject,
             bytes,
             ack,
-            seq,
+            msg_id: store_msg_id(&self.node, e.seq, msg_id.as_deref()),
         };
         self.pending.push(&e.topic, targets, store, p);
         self.release_pending().await;
@@ -869,7 +890,7 @@ impl State {
                     .map(|n| (n.clone(), self.prefix.queue(n)))
                     .collect(),
                 bytes: p.bytes.clone(),
-                msg_id: format!("{}.{}", self.node, p.seq),
+                msg_id: p.msg_id.clone(),
                 deadline,
             };
             if self.store_tx.try_send(job).is_err() {
@@ -987,34 +1008,41 @@ impl State {
             self.unsettled.clear();
         }
         self.unsettled.insert(token, reply);
-        let settle_only = |st: &mut Self| {
-            if !st.out.push(FromLink::Settle { token }) {
+        let settle_only = |st: &mut Self, dedupe: Option<u128>| {
+            if !st.out.push(FromLink::Settle { token, dedupe }) {
                 st.unsettled.remove(&token);
             }
         };
         let Ok(mut e) = envelope::decode(&m.payload) else {
             LinkStats::add(&stats.malformed);
-            return settle_only(self);
+            return settle_only(self, None);
         };
         if let Some(left) = e.expiry_secs {
             let age_s = u32::try_from(age_ms / 1000).unwrap_or(u32::MAX);
             if age_s >= left {
-                return settle_only(self);
+                return settle_only(self, None);
             }
             e.expiry_secs = Some(left - age_s);
         }
         if delivered > 1 {
             LinkStats::add(&stats.queue_redelivered);
         }
+        // A QoS 2 message is known to the node by its message id, which every copy of it
+        // carries (a redelivery, or a resend stored again under its stable id).
+        let dedupe = (e.qos == crate::protocol::QoS::ExactlyOnce)
+            .then(|| m.headers.as_ref()?.get(async_nats::header::NATS_MESSAGE_ID))
+            .flatten()
+            .map(|v| queue::received_id(v.as_str().as_bytes()));
         if e.origin == self.node || !first_copy(&mut self.seen, &e) {
             LinkStats::add(&self.out.stats.duplicates);
-            return settle_only(self);
+            return settle_only(self, dedupe);
         }
         LinkStats::add(&self.out.stats.received);
         let pushed = self.out.push(FromLink::Message {
             route: Route::Plain,
             envelope: Box::new(e),
             token: Some(token),
+            dedupe,
         });
         if !pushed {
             // Comes again after the ack wait.
@@ -1058,6 +1086,7 @@ impl State {
             route: route.clone(),
             envelope: Box::new(e),
             token: None,
+            dedupe: None,
         });
     }
 

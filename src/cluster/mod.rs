@@ -57,6 +57,11 @@ pub enum ToLink {
         envelope: Box<Envelope>,
         /// (shard, sequence) to echo in `FromLink::Published`.
         ack: Option<(usize, u64)>,
+        /// The stem of its stores' message id (`<node>.<stem>.<target>`) when it must not
+        /// depend on this run of the link: a stored publisher's QoS 2 message, whose
+        /// resend after a power cut of this node gets the same stem, so JetStream stores it
+        /// once (`broker::cluster::Qos2Id`). `None`: `<seq>`, the link's own number.
+        msg_id: Option<String>,
     },
     /// A message this node's queue consumer handed over (`FromLink::Message` with a
     /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
@@ -173,12 +178,19 @@ pub enum FromLink {
         /// For a message from this node's queue: answer `ToLink::Settle` with it once the
         /// message is handed to the shards (and durable, with persistence on).
         token: Option<u64>,
+        /// For a QoS 2 message from this node's queue: a 128-bit hash of its JetStream
+        /// message id (`queue::received_id`), the same for every copy JetStream hands out
+        /// and for a resend its publisher's node stored again under the same id.
+        dedupe: Option<u128>,
     },
     /// A copy from this node's queue of a message already passed on: settle it like the
     /// first (`ToLink::Settle`), once what came before is durable.
     Settle {
         /// As in `Message`.
         token: u64,
+        /// As in `Message`: a QoS 2 copy's id, so that its settle waits for the first
+        /// copy's commit.
+        dedupe: Option<u128>,
     },
     /// The answer to a `ToLink::Publish` with `ack`: the message is in the queue of every
     /// other node that wants it, or that failed (counted), or nobody else wanted it.

@@ -102,9 +102,15 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             filter: filter.into(),
             group: group.map(Into::into),
         },
-        ToCluster::Publish { msg, now_ms, ack } => ToLink::Publish {
+        ToCluster::Publish {
+            msg,
+            now_ms,
+            ack,
+            qos2_id,
+        } => ToLink::Publish {
             envelope: Box::new(envelope_of(&msg, now_ms)),
             ack: (ack > 0).then_some((shard, ack)),
+            msg_id: qos2_id.map(|k| k.stem()),
         },
         ToCluster::Settle { token } => ToLink::Settle { token },
         ToCluster::Handover {
@@ -208,19 +214,28 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
             route,
             envelope,
             token,
+            dedupe,
         } => {
             let Some(msg) = message_of(*envelope, now_ms) else {
                 // A queue message is settled all the same, or it would come forever.
                 let _ = malformed();
-                return token.map(|token| FromCluster::Settle { token });
+                return token.map(|token| FromCluster::Settle {
+                    token,
+                    dedupe: None,
+                });
             };
             let share = match route {
                 Route::Plain => None,
                 Route::Shared { group, filter } => Some((group.into(), filter.into())),
             };
-            Some(FromCluster::Message { share, msg, token })
+            Some(FromCluster::Message {
+                share,
+                msg,
+                token,
+                dedupe,
+            })
         }
-        FromLink::Settle { token } => Some(FromCluster::Settle { token }),
+        FromLink::Settle { token, dedupe } => Some(FromCluster::Settle { token, dedupe }),
         FromLink::Published { ack: (shard, seq) } => Some(FromCluster::Published { shard, seq }),
         FromLink::Retained { topic, message } => {
             let cleared = Envelope {

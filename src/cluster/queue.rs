@@ -36,7 +36,7 @@ pub const QUEUE_ACK_PENDING_MAX: i64 = 4096;
 /// How long a handed-out message waits for its acknowledgement before it comes again.
 pub const QUEUE_ACK_WAIT: Duration = Duration::from_secs(30);
 /// JetStream's duplicate window (a publish retried with the same id is stored once).
-const QUEUE_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub const QUEUE_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The stream of cluster `name`: `SMQ_<name>_QUEUE`.
 pub fn stream_name(name: &str) -> String {
@@ -89,6 +89,16 @@ pub fn parse_interest(value: &[u8]) -> Option<(&str, &str)> {
     let (node, filter) = text.split_once('\n')?;
     (super::subject::valid_cluster_name(node) && crate::topic::valid_filter(filter))
         .then_some((node, filter))
+}
+
+/// The id a receiving node logs for a QoS 2 message of its queue whose JetStream message
+/// id is `msg_id` (`Nats-Msg-Id`): the first 128 bits of its SHA-256.
+pub fn received_id(msg_id: &[u8]) -> u128 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(msg_id);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
 }
 
 /// Whether the header value `list` (of [`QUEUED_HEADER`]) names `node`.

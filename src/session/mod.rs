@@ -212,6 +212,9 @@ pub struct Session {
     /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
     /// wait behind them, so the session's order holds.
     pub held_out: u32,
+    /// The number of the next new inbound QoS 2 message (a stored session in a cluster;
+    /// 0: not numbered). See `Record::Qos2Numbering`.
+    pub qos2_next: u64,
 }
 
 impl Session {
@@ -251,6 +254,7 @@ impl Session {
             listener: 0,
             logged: false,
             held_out: 0,
+            qos2_next: 0,
         }
     }
 

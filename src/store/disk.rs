@@ -414,6 +414,14 @@ impl SimDisk {
         copy
     }
 
+    /// A separate disk holding everything this one holds now, synced or not: what a
+    /// restart after the process died (`kill -9`) with the machine up finds.
+    pub fn crash_copy(&self) -> SimDisk {
+        SimDisk {
+            tree: Arc::new(Mutex::new(self.lock().clone())),
+        }
+    }
+
     /// A separate disk holding what this one would keep if the power failed now while the
     /// kernel was writing file `path` back: like [`SimDisk::durable_copy`], except that
     /// `path` keeps the first `keep` bytes of its current content (at least its synced

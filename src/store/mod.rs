@@ -49,7 +49,10 @@ pub use record::{
     BridgeOp, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo, StoredMessage,
     Subscription, Will,
 };
-pub use state::{BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, SessionState};
+pub use state::{
+    BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState,
+    CLUSTER_RECEIVED_MAX,
+};
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 
 /// Log sequence number: the position of a record in its shard's log, from 1.

@@ -344,6 +344,50 @@ pub enum Record<'a> {
         /// The Will (its expiry relative: it starts at publication).
         will: Will<'a>,
     },
+    /// The next new inbound QoS 2 message of session `client_id` gets number `next`
+    /// (a cluster node only; tag 27). Logged when the session is created, with a random
+    /// start, and with each message's commit (its number + 1), so after a power cut the
+    /// publisher's resends of messages never committed get the numbers they had before:
+    /// the cluster link's store of such a message carries a message id made from it, and
+    /// JetStream drops a second store under one id (`docs/cluster.md`, "QoS 1/2 between
+    /// nodes").
+    Qos2Numbering {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The next number.
+        next: u64,
+    },
+    /// Inbound QoS 2, the commit of a stored publisher's new message in one record (tag 29):
+    /// its packet id taken (as [`Record::IncomingQos2Set`]), its routing `txn` committed (as
+    /// [`Record::Qos2Committed`]) and, when `next` is not 0 (a cluster node), the number of
+    /// the session's next QoS 2 message (as [`Record::Qos2Numbering`]). As three records a
+    /// torn batch could keep the id without the commit (the resend would be acknowledged
+    /// and never delivered) or the number without the commit (the resend would get another
+    /// number, so another id in the cluster's queues).
+    IncomingQos2Commit {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// Packet id.
+        packet_id: NonZeroU16,
+        /// The routing committed.
+        txn: u64,
+        /// The session's next QoS 2 number (0: not numbered).
+        next: u64,
+    },
+    /// A QoS 2 message this node took from its cluster queue was routed here as routing
+    /// `txn`, which is committed (as [`Record::Qos2Committed`], in the same record so that
+    /// no torn batch keeps the id without the commit; a cluster's gateway shard only; tag
+    /// 28): `id` is a 128-bit hash of its JetStream message id (`Nats-Msg-Id`). A copy that
+    /// comes again under the same id (redelivered after a crash before JetStream had the
+    /// acknowledgement, or the publisher's resend stored again past JetStream's duplicate
+    /// window) is acknowledged without being routed again. The last
+    /// `state::CLUSTER_RECEIVED_MAX` ids are kept (in a checkpoint with `txn` 0).
+    ClusterReceived {
+        /// The message id's hash.
+        id: u128,
+        /// Its routing (0: settled, as in a checkpoint).
+        txn: u64,
+    },
     /// A change to the forwarding state of the bridge named `bridge` (its `connection`).
     Bridge {
         /// The bridge's name.
@@ -456,6 +500,9 @@ mod tag {
     /// `DELIVERY_QUEUED_SENT` with its QoS 2 routing.
     pub const DELIVERY_QUEUED_SENT_TXN: u8 = 25;
     pub const DELIVERY_SHARE: u8 = 26;
+    pub const QOS2_NUMBERING: u8 = 27;
+    pub const CLUSTER_RECEIVED: u8 = 28;
+    pub const INCOMING_QOS2_COMMIT: u8 = 29;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -652,6 +699,27 @@ impl<'a> Record<'a> {
                 e.str(group);
                 e.str(filter);
             }
+            Record::IncomingQos2Commit {
+                client_id,
+                packet_id,
+                txn,
+                next,
+            } => {
+                e.client_packet(tag::INCOMING_QOS2_COMMIT, client_id, *packet_id);
+                e.u64(*txn);
+                e.u64(*next);
+            }
+            Record::ClusterReceived { id, txn } => {
+                e.u8(tag::CLUSTER_RECEIVED);
+                e.u64((*id >> 64) as u64);
+                e.u64(*id as u64);
+                e.u64(*txn);
+            }
+            Record::Qos2Numbering { client_id, next } => {
+                e.u8(tag::QOS2_NUMBERING);
+                e.str(client_id);
+                e.u64(*next);
+            }
             Record::Bridge { bridge, op } => {
                 e.u8(tag::BRIDGE);
                 e.str(bridge);
@@ -845,6 +913,22 @@ impl<'a> Record<'a> {
                 client_id: own(client_id),
                 group: own(group),
                 filter: own(filter),
+            },
+            Record::Qos2Numbering { client_id, next } => Record::Qos2Numbering {
+                client_id: own(client_id),
+                next,
+            },
+            Record::ClusterReceived { id, txn } => Record::ClusterReceived { id, txn },
+            Record::IncomingQos2Commit {
+                client_id,
+                packet_id,
+                txn,
+                next,
+            } => Record::IncomingQos2Commit {
+                client_id: own(client_id),
+                packet_id,
+                txn,
+                next,
             },
             _ => unreachable!("into_owned handles every other record"),
         }
@@ -1406,6 +1490,24 @@ impl<'a> Dec<'a> {
             tag::WILL_ARMED => Record::WillArmed {
                 id: self.u64()?,
                 will: self.will()?,
+            },
+            tag::INCOMING_QOS2_COMMIT => Record::IncomingQos2Commit {
+                client_id: self.string()?,
+                packet_id: self.packet_id()?,
+                txn: self.u64()?,
+                next: self.u64()?,
+            },
+            tag::CLUSTER_RECEIVED => {
+                let high = self.u64()?;
+                let low = self.u64()?;
+                Record::ClusterReceived {
+                    id: u128::from(high) << 64 | u128::from(low),
+                    txn: self.u64()?,
+                }
+            }
+            tag::QOS2_NUMBERING => Record::Qos2Numbering {
+                client_id: self.string()?,
+                next: self.u64()?,
             },
             tag::DELIVERY_SHARE => Record::DeliveryShare {
                 client_id: self.string()?,

@@ -7,7 +7,7 @@
 //! and every stored message is referred to (unreferenced ones are dropped). Message ids
 //! are unique within one state. Must not touch: files, the engine's own session types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
 
 use super::record::{
@@ -85,6 +85,57 @@ pub struct SessionState {
     pub deliveries: Deliveries,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: BTreeSet<NonZeroU16>,
+    /// The number the next new inbound QoS 2 message gets (0: none logged; see
+    /// [`Record::Qos2Numbering`]).
+    pub qos2_next: u64,
+}
+
+/// The most ids of QoS 2 messages taken from the cluster queue a state keeps
+/// ([`Record::ClusterReceived`]): a copy that comes again after more than this many later
+/// ones is routed again (a duplicate).
+pub const CLUSTER_RECEIVED_MAX: usize = 65_536;
+
+/// The ids of the last QoS 2 messages this node took from its cluster queue and committed
+/// ([`Record::ClusterReceived`]), oldest first, at most [`CLUSTER_RECEIVED_MAX`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceivedIds {
+    order: VecDeque<u128>,
+    set: BTreeSet<u128>,
+}
+
+impl ReceivedIds {
+    /// Add `id` (once); past the bound the oldest goes.
+    pub fn insert(&mut self, id: u128) {
+        if !self.set.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        if self.order.len() > CLUSTER_RECEIVED_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `id` is kept.
+    pub fn contains(&self, id: u128) -> bool {
+        self.set.contains(&id)
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
+        self.order.iter().copied()
+    }
 }
 
 /// A retained entry: a message, or a tombstone kept while merging (highest stamp wins).
@@ -123,6 +174,9 @@ pub struct LiveState {
     /// Wills of clean sessions logged at CONNECT and neither published nor ended, by
     /// number (the same numbers as `pending_wills`). See [`Record::WillArmed`].
     pub armed_wills: BTreeMap<u64, Will<'static>>,
+    /// QoS 2 messages taken from this node's cluster queue and committed (the gateway
+    /// shard's log; see [`Record::ClusterReceived`]).
+    pub cluster_received: ReceivedIds,
 }
 
 impl LiveState {
@@ -294,6 +348,33 @@ impl LiveState {
                         .set_last_share(group.into_owned(), filter.into_owned());
                 }
             }
+            Record::Qos2Numbering { client_id, next } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.qos2_next = next;
+                }
+            }
+            Record::ClusterReceived { id, txn } => {
+                if txn != 0 {
+                    let at = self.qos2_committed.entry(txn >> 48).or_insert(0);
+                    *at = (*at).max(txn);
+                }
+                self.cluster_received.insert(id);
+            }
+            Record::IncomingQos2Commit {
+                client_id,
+                packet_id,
+                txn,
+                next,
+            } => {
+                let at = self.qos2_committed.entry(txn >> 48).or_insert(0);
+                *at = (*at).max(txn);
+                if let Some(s) = self.session(&client_id) {
+                    s.incoming_qos2.insert(packet_id);
+                    if next != 0 {
+                        s.qos2_next = next;
+                    }
+                }
+            }
             _ => unreachable!("apply handles every other record"),
         }
     }
@@ -334,6 +415,7 @@ impl LiveState {
                         subscriptions: BTreeMap::new(),
                         deliveries: Deliveries::default(),
                         incoming_qos2: BTreeSet::new(),
+                        qos2_next: 0,
                     },
                 );
             }
@@ -446,7 +528,8 @@ impl LiveState {
             && self.bridges.is_empty()
             && self.pending_wills.is_empty()
             && self.armed_wills.is_empty()
-            && self.qos2_committed.is_empty();
+            && self.qos2_committed.is_empty()
+            && self.cluster_received.is_empty();
         if empty {
             // Nothing to renumber against (the first shard read, or the only one).
             other.orphans += self.orphans;
@@ -495,6 +578,9 @@ impl LiveState {
         for ((_, w), id) in other.armed_wills.into_iter().zip(&mut next) {
             self.armed_wills.insert(id, w);
         }
+        for id in other.cluster_received.iter() {
+            self.cluster_received.insert(id);
+        }
         conflicts
     }
 
@@ -504,7 +590,8 @@ impl LiveState {
     /// message queued for sessions of several shards). Bridges go to the first state:
     /// take them out first and [`place_bridges`] them by owner shard. The counts and QoS 2
     /// commits are not carried (take them out first too). Pending and armed Wills go to
-    /// the first state (any shard may publish them).
+    /// the first state (any shard may publish them), and so do the ids of messages taken
+    /// from the cluster queue (the gateway's).
     pub fn split(
         self,
         n: usize,
@@ -556,6 +643,8 @@ impl LiveState {
         parts[0].bridges = self.bridges;
         parts[0].pending_wills = self.pending_wills;
         parts[0].armed_wills = self.armed_wills;
+        // The cluster's gateway is shard 0 (`broker::cluster::GATEWAY_SHARD`).
+        parts[0].cluster_received = self.cluster_received;
         parts
     }
 
@@ -598,6 +687,10 @@ impl LiveState {
                 id,
                 will: will.borrowed(),
             });
+        let received = self
+            .cluster_received
+            .iter()
+            .map(|id| Record::ClusterReceived { id, txn: 0 });
         messages
             .chain(sessions)
             .chain(retained)
@@ -605,6 +698,7 @@ impl LiveState {
             .chain(committed)
             .chain(wills)
             .chain(armed)
+            .chain(received)
     }
 }
 
@@ -672,6 +766,12 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
                 packet_id,
             }),
     );
+    if s.qos2_next != 0 {
+        out.push(Record::Qos2Numbering {
+            client_id: client(),
+            next: s.qos2_next,
+        });
+    }
     out
 }
 

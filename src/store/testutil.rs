@@ -245,6 +245,20 @@ pub fn samples() -> Vec<Record<'static>> {
             group: "g".into(),
             filter: "a/+".into(),
         },
+        Record::Qos2Numbering {
+            client_id: c(),
+            next: 0xfeed_0000_0000_0003,
+        },
+        Record::ClusterReceived {
+            id: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            txn: 3 << 48 | 5,
+        },
+        Record::IncomingQos2Commit {
+            client_id: c(),
+            packet_id: NonZeroU16::new(9).expect("non-zero"),
+            txn: 1 << 48 | 4,
+            next: 0xfeed_0000_0000_0004,
+        },
     ]
     .into_iter()
     .chain(bridge_samples())

@@ -234,3 +234,43 @@ fn a_bridge_forwards_a_qos2_message_only_once_its_commit_is_durable() {
     assert_eq!(b.depth(), (0, 0));
     assert_eq!(bridge_topics(disk.durable_copy(), "lb"), NONE, "done");
 }
+
+/// The commit of a stored publisher's QoS 2 message logs its packet id and the routing's
+/// commit. Torn at any byte, the batch that holds them must keep both or neither: the id
+/// without the commit would make the publisher's resend look routed (acknowledged) while
+/// recovery dropped the routing's deliveries — the message lost; the commit without the
+/// id would deliver the resend a second time.
+#[test]
+fn a_torn_commit_keeps_the_packet_id_and_the_commit_together() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    member(&mut c, "sub", &[("t", 2)]);
+    let (_, key) = member(&mut c, "pub", &[]);
+    let mut p = publish_packet("t", b"m");
+    p[0] = 0x34;
+    assert_eq!(
+        c.shards[0].ingest(key, &p, NOW_MS),
+        (p.len(), Ingested::More)
+    );
+    end_turn(&mut c, 0);
+    super::share_log::sync(&mut c, 0);
+    // The routing is durable: this turn logs the commit, the next writes it.
+    end_turn(&mut c, 0);
+    let seg = last_segment(&disk);
+    let before = disk.len(&seg).expect("segment") as usize;
+    end_turn(&mut c, 0);
+    let after = disk.len(&seg).expect("segment") as usize;
+    assert!(after > before, "the commit's batch is written");
+    for keep in before..=after {
+        let torn = disk.torn_copy(&seg, keep).expect("torn copy");
+        let rec = store::recover_all_on(Arc::new(torn), Path::new(STORE_DIR)).expect("recover");
+        let id_kept = !rec.state.sessions["pub"].incoming_qos2.is_empty();
+        let delivered = rec.state.sessions["sub"].deliveries.len();
+        assert_eq!(
+            (id_kept, delivered),
+            if id_kept { (true, 1) } else { (false, 0) },
+            "torn at {keep} of {before}..{after}"
+        );
+    }
+    settle(&mut c);
+}
