@@ -622,6 +622,24 @@ fn without_nats_connects_are_refused_as_server_unavailable() {
 }
 
 /// A cluster figure from a node's `/metrics`.
+/// Publish `probe` from `publ` (on node `a`) until `sub` (on another node) gets one and `a`
+/// has stored one in a queue: `a` knows the subscriber's node's interest.
+fn await_stored_for(a: &Broker, publ: &mut RawClient, sub: &mut Client5, probe: &str) {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B");
+        publ.publish(probe, b"probe", 1, false);
+        let mut arrived = false;
+        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
+            sub.ack(&m);
+            arrived = true;
+        }
+        if arrived && figure(a, "queued") > 0 {
+            return;
+        }
+    }
+}
+
 fn figure(node: &Broker, name: &str) -> u64 {
     let body = metrics(node.admin_addr().expect("admin listener"));
     body.lines()
@@ -773,20 +791,7 @@ fn a_dead_nodes_session_gets_its_owed_messages_where_it_reconnects() {
     let (mut sub, _) = open5(b.addr(), &o);
     sub.subscribe_id("o/#", 1, 7);
     let mut publ = connect(a.addr(), "owed-pub");
-    // Until a probe arrives and A has stored one in B's queue: A knows B's interest.
-    let deadline = Instant::now() + FORM_WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "A never stored for B");
-        publ.publish("o/probe", b"probe", 1, false);
-        let mut arrived = false;
-        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
-            sub.ack(&m);
-            arrived = true;
-        }
-        if arrived && figure(&a, "queued") > 0 {
-            break;
-        }
-    }
+    await_stored_for(&a, &mut publ, &mut sub, "o/probe");
     while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
         sub.ack(&m);
     }
@@ -1119,20 +1124,7 @@ fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
     let (mut sub, _) = open5(b.addr(), &o);
     sub.subscribe("f/#", 1);
     let mut publ = connect(a.addr(), "fgt-pub");
-    // Until a probe arrives and A has stored one in B's queue: A knows B's interest.
-    let deadline = Instant::now() + FORM_WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "A never stored for B");
-        publ.publish("f/probe", b"probe", 1, false);
-        let mut arrived = false;
-        while let Ok(v5::P5::Publish(m)) = sub.recv(Duration::from_millis(50)) {
-            sub.ack(&m);
-            arrived = true;
-        }
-        if arrived && figure(&a, "queued") > 0 {
-            break;
-        }
-    }
+    await_stored_for(&a, &mut publ, &mut sub, "f/probe");
 
     // B is alive: refused, nothing removed, B still served through its queue.
     let (ok, out, err) = cluster_forget(&conf, "B");
