@@ -832,13 +832,21 @@ impl<X> Broker<X> {
     /// the store of a restarted node handing over what it owed, `on_disowned`) brings only
     /// messages: they go to the session if it lives here.
     ///
-    /// A state for a client id with no session here yet is kept for a while instead: the
+    /// A state for a client id with no session here yet, whose CONNECT waits for the
+    /// registry's answer, is kept for a while instead: the
     /// old node may answer the takeover notice before this node's link has passed the
     /// registry's answer to the CONNECT (the link fetches the bucket's copy in between),
     /// and the CONNECT then takes it (`on_claim_answer`). Dropping it lost the messages.
     fn on_session_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
         let Some((token, _)) = self.awaiting_state.remove(client_id) else {
-            if state.exists && self.sessions.find(client_id).is_none() {
+            let claiming = || {
+                self.links.iter().any(|(_, l)| {
+                    l.client_id.as_deref() == Some(client_id)
+                        && l.pending_connect.as_ref().is_some_and(|p| p.claim)
+                })
+            };
+            // Rare (a state no CONNECT awaits), so the scan of the links is fine.
+            if state.exists && self.sessions.find(client_id).is_none() && claiming() {
                 self.keep_early_state(client_id, state, now_ms);
                 return;
             }
