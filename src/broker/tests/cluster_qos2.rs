@@ -380,21 +380,6 @@ fn restarted_cores(disk: &SimDisk, n: usize) -> super::Cores {
     super::Cores { shards }
 }
 
-/// The gateway's (shard 0's) newest log segment on `disk`.
-fn gateway_segment(disk: &SimDisk) -> std::path::PathBuf {
-    use crate::store::Disk;
-    let dir = crate::store::layout::shard_dir(std::path::Path::new(STORE_DIR), 0);
-    let mut names: Vec<String> = disk
-        .list(&dir)
-        .expect("the shard's directory")
-        .into_iter()
-        .filter(|(n, is_dir)| !is_dir && n.ends_with(".wal"))
-        .map(|(n, _)| n)
-        .collect();
-    names.sort();
-    dir.join(names.last().expect("a segment"))
-}
-
 /// JetStream hands node `r`'s gateway the QoS 2 message `m` from `r`'s queue under token
 /// `token`; its id is that of its `Nats-Msg-Id`.
 fn from_queue(c: &mut super::Cores, token: u64) {
@@ -466,7 +451,7 @@ fn a_queue_message_reaches_each_subscriber_once_across_a_crash_of_the_receiving_
         // And the gateway's unsynced tail torn at every byte (a power cut while the
         // kernel wrote it back).
         use crate::store::Disk;
-        let seg = gateway_segment(&disk);
+        let seg = super::qos2_log::last_segment(&disk);
         let synced = disk.durable_copy().len(&seg).unwrap_or(0) as usize;
         let written = disk.len(&seg).expect("segment") as usize;
         for keep in synced + 1..written {

@@ -11,7 +11,7 @@ use crate::broker::Ingested;
 use crate::store::{self, Disk, SimDisk};
 
 /// Shard 0's newest log segment on `disk`.
-fn last_segment(disk: &SimDisk) -> PathBuf {
+pub(super) fn last_segment(disk: &SimDisk) -> PathBuf {
     let dir = store::layout::shard_dir(Path::new(STORE_DIR), 0);
     let mut names: Vec<String> = disk
         .list(&dir)
