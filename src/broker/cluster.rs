@@ -363,9 +363,6 @@ pub const GATEWAY_SHARD: usize = 0;
 /// Sessions' subscription copies a shard keeps while their CONNECTs wait for the old
 /// node's state.
 const BACKUPS_MAX: usize = 4096;
-/// How long a session's state that came before its CONNECT's claim was answered is kept
-/// for that CONNECT: the claim's own bound plus the handover's.
-const EARLY_STATE_MS: u64 = CLAIM_WAIT_MS + HANDOVER_WAIT_MS;
 /// Longest wait for a session's state from its old node after the claim, before the
 /// CONNECT completes with a new session.
 pub const HANDOVER_WAIT_MS: u64 = 3000;
@@ -780,16 +777,6 @@ impl<X> Broker<X> {
                 return;
             }
         }
-        if let (Some(_), false, Some(id)) = (&previous, c.clean_start, id.as_deref()) {
-            if let Some(state) = self.take_early_state(id, now_ms) {
-                // The old node's state came before the registry's answer.
-                self.backups.remove(id);
-                self.handover_in = Some(state);
-                self.complete_connect(key, &c, now_ms);
-                self.handover_in = None;
-                return;
-            }
-        }
         let Some(link) = self.links.get_mut(key) else {
             return;
         };
@@ -831,60 +818,13 @@ impl<X> Broker<X> {
     /// A state that comes when no CONNECT waits for it (its old node was slow, or it is
     /// the store of a restarted node handing over what it owed, `on_disowned`) brings only
     /// messages: they go to the session if it lives here.
-    ///
-    /// A state for a client id with no session here yet, whose CONNECT waits for the
-    /// registry's answer, is kept for a while instead: the
-    /// old node may answer the takeover notice before this node's link has passed the
-    /// registry's answer to the CONNECT (the link fetches the bucket's copy in between),
-    /// and the CONNECT then takes it (`on_claim_answer`). Dropping it lost the messages.
     fn on_session_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
         let Some((token, _)) = self.awaiting_state.remove(client_id) else {
-            let claiming = || {
-                self.links.iter().any(|(_, l)| {
-                    l.client_id.as_deref() == Some(client_id)
-                        && l.pending_connect.as_ref().is_some_and(|p| p.claim)
-                })
-            };
-            // Rare (a state no CONNECT awaits), so the scan of the links is fine.
-            if state.exists && self.sessions.find(client_id).is_none() && claiming() {
-                self.keep_early_state(client_id, state, now_ms);
-                return;
-            }
             let msgs = state.queued.into_iter().map(|(m, _)| m).collect();
             self.deliver_owed(client_id, msgs, now_ms);
             return;
         };
         self.finish_handover(token, Some(state), now_ms);
-    }
-
-    /// Keep a state that came before its CONNECT's claim was answered, for at most
-    /// [`EARLY_STATE_MS`]; older ones are dropped (their messages counted as dropped).
-    fn keep_early_state(&mut self, client_id: &str, state: SessionHandover, now_ms: u64) {
-        let mut dropped = 0;
-        self.early_states.retain(|_, (st, at)| {
-            let keep = now_ms.saturating_sub(*at) <= EARLY_STATE_MS;
-            if !keep {
-                dropped += st.queued.len() as u64;
-            }
-            keep
-        });
-        if self.early_states.len() >= BACKUPS_MAX {
-            dropped += state.queued.len() as u64;
-        } else {
-            self.early_states
-                .insert(client_id.into(), (Box::new(state), now_ms));
-        }
-        self.fx.stats.dropped_queue += dropped;
-    }
-
-    /// The state kept for `client_id` by [`Broker::keep_early_state`], if still fresh.
-    fn take_early_state(&mut self, client_id: &str, now_ms: u64) -> Option<Box<SessionHandover>> {
-        let (state, at) = self.early_states.remove(client_id)?;
-        if now_ms.saturating_sub(at) > EARLY_STATE_MS {
-            self.fx.stats.dropped_queue += state.queued.len() as u64;
-            return None;
-        }
-        Some(state)
     }
 
     /// Complete the CONNECT of link `token` that waited for a session's state, with it

@@ -355,10 +355,6 @@ pub struct Broker<X> {
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
     /// waiting for an old node's state that may not come.
     backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
-    /// Sessions' states that came before the registry's answer to their CONNECT's claim
-    /// (the old node answered the takeover notice faster than this node's link passed
-    /// the claim on), by client id, with the shard time they came (`cluster::EarlyStates`).
-    early_states: std::collections::HashMap<Box<str>, (Box<cluster::SessionHandover>, u64)>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -417,7 +413,6 @@ impl<X> Broker<X> {
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
             backups: std::collections::HashMap::new(),
-            early_states: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b

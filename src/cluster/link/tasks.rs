@@ -207,11 +207,8 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
     while let Some(op) = rx.recv().await {
         match op {
             RegistryOp::Claim { client_id, token } => {
-                let reply = match kv::claim(&b.sessions, &ctx.node, &client_id).await {
+                match kv::claim(&b.sessions, &ctx.node, &client_id).await {
                     Ok(previous) => {
-                        if let Some(old) = previous.as_deref().filter(|o| *o != ctx.node) {
-                            notify_takeover(&ctx, old, &client_id).await;
-                        }
                         if previous.is_some() {
                             // The last copy of the subscriptions, in case the old node is
                             // dead and sends nothing, or the entry names this node from a
@@ -219,18 +216,25 @@ async fn registry_worker(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Registry
                             // retried) and this node has no such session.
                             backup(&ctx, &b, &client_id).await;
                         }
-                        FromLink::Claimed {
+                        let old = previous.filter(|p| *p != ctx.node);
+                        // The answer goes to the node before the old node is told: its
+                        // state, which the notice triggers, then always comes after it,
+                        // when the CONNECT already waits for it (the same queue).
+                        ctx.out.push_wake(FromLink::Claimed {
                             token,
-                            client_id,
-                            previous: previous.filter(|p| *p != ctx.node),
+                            client_id: client_id.clone(),
+                            previous: old.clone(),
+                        });
+                        if let Some(old) = old.as_deref() {
+                            notify_takeover(&ctx, old, &client_id).await;
                         }
                     }
                     Err(_) => {
                         LinkStats::add(&ctx.out.stats.nats_errors);
-                        FromLink::ClaimFailed { token, client_id }
+                        ctx.out
+                            .push_wake(FromLink::ClaimFailed { token, client_id });
                     }
-                };
-                ctx.out.push_wake(reply);
+                }
             }
             RegistryOp::Subs {
                 client_id,
