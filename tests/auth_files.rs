@@ -640,7 +640,17 @@ fn start_conf_lines(
     std::sync::mpsc::Receiver<String>,
 ) {
     let mut child = Command::new(SHARDMQ)
-        .args(["-c", s(conf), "--print-bound", "--no-pin", "--admin", "off"])
+        // No store: brokers of parallel tests would otherwise share the default data
+        // directory, and the second one exits on its lock.
+        .args([
+            "-c",
+            s(conf),
+            "--print-bound",
+            "--no-pin",
+            "--admin",
+            "off",
+            "--no-persistence",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
