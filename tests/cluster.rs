@@ -26,6 +26,11 @@ use v5::{Client5, Conn5};
 const FORM_WAIT: Duration = Duration::from_secs(45);
 /// Shards per node: messages from the cluster enter on shard 0 and cross to the other.
 const SHARDS: &str = "2";
+/// A node answers a CONNECT when its registry does, or refuses it (0x88) at its own claim
+/// deadline: the client waits past that deadline, so a slow registry is a refusal to
+/// retry, never a client timeout racing the node's.
+const CONNACK_WAIT: Duration =
+    Duration::from_millis(shardmq::broker::cluster::CLAIM_WAIT_MS + 5_000);
 
 /// Starting shardmq nodes attached to the test's NATS servers.
 trait Nodes {
@@ -58,7 +63,8 @@ impl Nodes for Nats {
 fn connect(addr: SocketAddr, id: &str) -> RawClient {
     let deadline = Instant::now() + FORM_WAIT;
     loop {
-        let (c, _, code) = RawClient::handshake(addr, &common::ConnectOpts::v311(id));
+        let (c, _, code) =
+            RawClient::handshake_within(addr, &common::ConnectOpts::v311(id), CONNACK_WAIT);
         if code == 0 {
             return c;
         }
@@ -433,7 +439,7 @@ fn handover_across_nodes(a: SocketAddr, b: SocketAddr, publ: &mut RawClient) {
 fn open5(addr: SocketAddr, o: &Conn5) -> (Client5, v5::ConnAck5) {
     let deadline = Instant::now() + FORM_WAIT;
     loop {
-        let (c, ack) = Client5::handshake(addr, o);
+        let (c, ack) = Client5::handshake_within(addr, o, CONNACK_WAIT);
         if ack.reason == 0 {
             return (c, ack);
         }
@@ -603,14 +609,18 @@ fn without_nats_connects_are_refused_as_server_unavailable() {
     .unwrap();
     let node = Broker::start(&["-c", path.to_str().unwrap(), "--shards", SHARDS]);
     let started = Instant::now();
-    let (mut c5, ack) = Client5::handshake(node.addr(), &Conn5::new("dev5"));
+    let (mut c5, ack) = Client5::handshake_within(node.addr(), &Conn5::new("dev5"), CONNACK_WAIT);
     assert_eq!(ack.reason, 0x88, "{ack:?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "refused in bounded time"
     );
     c5.wait_closed(WAIT);
-    let (mut c3, _, code) = RawClient::handshake(node.addr(), &common::ConnectOpts::v311("dev3"));
+    let (mut c3, _, code) = RawClient::handshake_within(
+        node.addr(),
+        &common::ConnectOpts::v311("dev3"),
+        CONNACK_WAIT,
+    );
     assert_eq!(code, 3);
     c3.expect_closed(WAIT);
     let (c, ack) = Client5::handshake(node.addr(), &Conn5::new(""));

@@ -718,9 +718,19 @@ impl RawClient {
 
     /// Connect and wait for CONNACK; returns (session present, return code).
     pub fn handshake(addr: SocketAddr, o: &ConnectOpts<'_>) -> (RawClient, bool, u8) {
+        RawClient::handshake_within(addr, o, WAIT)
+    }
+
+    /// `handshake`, waiting up to `wait` for the CONNACK (a clustered node answers only
+    /// when its registry does, or refuses after its own claim deadline).
+    pub fn handshake_within(
+        addr: SocketAddr,
+        o: &ConnectOpts<'_>,
+        wait: Duration,
+    ) -> (RawClient, bool, u8) {
         let mut c = RawClient::connect(addr);
         c.send_connect(o);
-        match c.expect_packet(WAIT) {
+        match c.expect_packet(wait) {
             Got::ConnAck { present, code } => (c, present, code),
             other => panic!("[{}] expected CONNACK, got {other:?}", o.id),
         }

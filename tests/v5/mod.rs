@@ -375,6 +375,11 @@ impl Client5 {
 
     /// CONNECT as described and return the CONNACK (any reason).
     pub fn handshake(addr: SocketAddr, o: &Conn5) -> (Client5, ConnAck5) {
+        Client5::handshake_within(addr, o, WAIT)
+    }
+
+    /// `handshake`, waiting up to `wait` for the CONNACK.
+    pub fn handshake_within(addr: SocketAddr, o: &Conn5, wait: Duration) -> (Client5, ConnAck5) {
         let mut c = Client5::tcp(addr);
         c.id = o.id.clone();
         let users: Vec<(&str, &str)> = o
@@ -422,7 +427,7 @@ impl Client5 {
             },
         };
         c.send(&Packet::Connect(connect));
-        match c.expect(WAIT) {
+        match c.expect(wait) {
             P5::ConnAck {
                 present,
                 reason,
