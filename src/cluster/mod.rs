@@ -69,6 +69,13 @@ pub enum ToLink {
         /// As received.
         token: u64,
     },
+    /// A message of a share group's queue (`FromLink::Message` with `Route::Shared` and a
+    /// `token`) found no online member here: give it back to JetStream, which hands it to
+    /// a node of the group again after `queue::SHARED_RETURN_DELAY`.
+    Return {
+        /// As received.
+        token: u64,
+    },
     /// A client connected here: record this node as its owner (compare-and-set). Answered
     /// by `FromLink::Claimed` or `FromLink::ClaimFailed` with the same `token`.
     Claim {
@@ -315,6 +322,12 @@ pub struct LinkStats {
     pub queue_redelivered: AtomicU64,
     /// Messages of this node's queue acknowledged to JetStream.
     pub queue_settled: AtomicU64,
+    /// QoS ≥ 1 messages stored in a share group's queue (one per group).
+    pub shared_queued: AtomicU64,
+    /// Messages taken from a share group's queue.
+    pub shared_received: AtomicU64,
+    /// Share group messages given back: no online member here.
+    pub shared_returned: AtomicU64,
     /// Messages copied from a dead node's queue for a session taken over here.
     pub reclaimed: AtomicU64,
     /// Sessions restored from this node's store that the registry gave to another node
@@ -400,6 +413,21 @@ impl LinkStats {
                 "queue_settled",
                 "Queue messages acknowledged once safe on this node.",
                 g(&self.queue_settled),
+            ),
+            (
+                "shared_queued",
+                "QoS 1/2 messages stored in a share group's JetStream queue.",
+                g(&self.shared_queued),
+            ),
+            (
+                "shared_received",
+                "Messages taken from a share group's JetStream queue.",
+                g(&self.shared_received),
+            ),
+            (
+                "shared_returned",
+                "Share group messages given back: no online member on this node.",
+                g(&self.shared_returned),
             ),
             (
                 "reclaimed",
