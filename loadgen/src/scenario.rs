@@ -541,6 +541,21 @@ mod tests {
     }
 
     #[test]
+    fn share_makes_every_subscriber_a_group_member() {
+        let mut p = plan(Scenario::Pairs, 2, "t", 0);
+        share_filters(&mut p, "g");
+        let filters: Vec<&str> = p
+            .specs
+            .iter()
+            .filter_map(|s| match &s.role {
+                Role::Subscriber { filter, .. } => Some(filter.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(filters, ["$share/g/t/p/0", "$share/g/t/p/1"]);
+    }
+
+    #[test]
     fn refuses_non_loopback() {
         assert!(resolve("127.0.0.1", 1883).is_ok());
         assert!(resolve("192.0.2.1", 1883).is_err());
