@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
+use super::order::Reorder;
 use super::queue::{self, InterestView};
 use super::release::ReleaseList;
 use super::subject::{self, Prefix};
@@ -291,6 +292,10 @@ struct State {
     /// A private inbox the link publishes to and reads back: the round trip that proves
     /// the server has processed every SUB sent before it (`server_caught_up`).
     echo: Option<Echo>,
+    /// Inbound QoS ≥ 1 messages waiting for the one before them on their topic (`order`).
+    order: Reorder<FromLink>,
+    /// The start of `order`'s clock.
+    clock: tokio::time::Instant,
 }
 
 /// The echo subscription and the number of its last probe.
@@ -422,6 +427,8 @@ async fn run(
         restored_left: shards,
         restored_tx: (shards > 0).then_some(restored_tx),
         echo: None,
+        order: Reorder::default(),
+        clock: tokio::time::Instant::now(),
     };
     st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
@@ -433,7 +440,17 @@ async fn run(
         st.handle(m).await;
     }
     while !stop.load(Ordering::Acquire) {
+        let due = st
+            .order
+            .next_due()
+            .map(|ms| st.clock + Duration::from_millis(ms));
         tokio::select! {
+            () = tokio::time::sleep_until(due.unwrap_or(st.clock)), if due.is_some() => {
+                let mut out = Vec::new();
+                st.order.expire(st.now_ms(), &mut out);
+                st.pass_on(out);
+                (st.out.wake)();
+            }
             _ = notify.notified() => st.drain(&inbox, &notify).await,
             Some(first) = inbound_rx.recv() => {
                 st.inbound(first);
@@ -870,7 +887,7 @@ impl State {
             ack,
             msg_id: store_msg_id(&self.node, e.seq, msg_id.as_deref()),
         };
-        self.pending.push(&e.topic, targets, store, p);
+        self.pending.push(&e.topic, targets, store, e.seq, p);
         self.release_pending().await;
     }
 
@@ -883,11 +900,17 @@ impl State {
             let Some((targets, p)) = self.pending.get(id) else {
                 continue;
             };
+            let prevs = self.pending.store_prevs(id);
             let job = store::StoreJob {
                 id,
                 to: targets
                     .iter()
-                    .map(|n| (n.clone(), self.prefix.queue(n)))
+                    .zip(prevs.into_iter().chain(std::iter::repeat(None)))
+                    .map(|(n, prev)| store::Target {
+                        node: n.clone(),
+                        subject: self.prefix.queue(n),
+                        prev,
+                    })
                     .collect(),
                 bytes: p.bytes.clone(),
                 msg_id: p.msg_id.clone(),
@@ -929,10 +952,16 @@ impl State {
                 r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
-            let headers = (!r.stored.is_empty()).then(|| {
-                let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
+            let headers = (!r.stored.is_empty() || !r.missed.is_empty()).then(|| {
                 let mut h = HeaderMap::new();
-                h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                if !r.stored.is_empty() {
+                    let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
+                    h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                }
+                if !r.missed.is_empty() {
+                    // The nodes whose store it missed take this copy in their chain.
+                    h.insert(queue::PREV_HEADER, queue::prev_list(&r.missed).as_str());
+                }
                 h
             });
             let p = r.item;
@@ -1038,16 +1067,56 @@ impl State {
             return settle_only(self, dedupe);
         }
         LinkStats::add(&self.out.stats.received);
-        let pushed = self.out.push(FromLink::Message {
+        // Every message of the queue is part of its topic's chain for this node.
+        let prev = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(queue::PREV_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let (origin, seq) = (e.origin.clone(), e.seq);
+        let m = FromLink::Message {
             route: Route::Plain,
             envelope: Box::new(e),
             token: Some(token),
             dedupe,
-        });
-        if !pushed {
-            // Comes again after the ack wait.
-            self.unsettled.remove(&token);
+        };
+        self.in_order(&origin, seq, prev, m);
+    }
+
+    /// Pass chained message `m` (`seq` from `origin`, naming `prev`) on once the one it
+    /// names was passed on, with whatever waited for it (`order`).
+    fn in_order(&mut self, origin: &str, seq: u64, prev: Option<u64>, m: FromLink) {
+        let mut out = Vec::new();
+        let now = self.now_ms();
+        if self.order.offer(origin, seq, prev, now, m, &mut out) {
+            LinkStats::add(&self.out.stats.order_held);
         }
+        self.pass_on(out);
+    }
+
+    /// Push inbound messages to the node (the caller wakes it); a queue message that does
+    /// not fit comes again after the ack wait.
+    fn pass_on(&mut self, out: Vec<FromLink>) {
+        for m in out {
+            let token = match &m {
+                FromLink::Message { token, .. } => *token,
+                _ => None,
+            };
+            if !self.out.push(m) {
+                if let Some(token) = token {
+                    self.unsettled.remove(&token);
+                }
+            }
+        }
+        let expired = self.order.expired();
+        self.out
+            .stats
+            .order_expired
+            .store(expired, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn inbound(&mut self, (tag, m): Inbound) {
@@ -1059,6 +1128,7 @@ impl State {
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
             Tag::Deliver(r) => r,
         };
+        let mut chained = None;
         if matches!(route, Route::Plain) {
             // The nodes named here get this message from their queue.
             let queued = m.headers.as_ref().and_then(|h| h.get(queue::QUEUED_HEADER));
@@ -1066,6 +1136,9 @@ impl State {
                 LinkStats::add(&stats.duplicates);
                 return;
             }
+            // Its store for this node failed: this copy takes its place in the chain.
+            let prevs = m.headers.as_ref().and_then(|h| h.get(queue::PREV_HEADER));
+            chained = prevs.and_then(|v| queue::prev_in_list(v.as_str(), &self.node));
         }
         let Ok(e) = envelope::decode(&m.payload) else {
             LinkStats::add(&stats.malformed);
@@ -1082,12 +1155,19 @@ impl State {
             return;
         }
         LinkStats::add(&stats.received);
-        self.out.push(FromLink::Message {
+        let (origin, seq) = (e.origin.clone(), e.seq);
+        let m = FromLink::Message {
             route: route.clone(),
             envelope: Box::new(e),
             token: None,
             dedupe: None,
-        });
+        };
+        match chained {
+            Some(prev) => self.in_order(&origin, seq, prev, m),
+            None => {
+                self.out.push(m);
+            }
+        }
     }
 
     /// Send a session's state to node `to`: `u16 id length | client id | state`.
