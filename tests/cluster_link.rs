@@ -115,6 +115,19 @@ fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node
 /// A node of `shards` shards: its queue consumer waits until each has sent
 /// `ToLink::Restored` (0: it starts at once).
 fn node_with(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str, shards: usize) -> Node {
+    let n = node_starting(ports, kv_replicas, cluster, name, shards);
+    n.expect(|m| matches!(m, FromLink::Up));
+    n
+}
+
+/// A node whose link is starting: it may not be connected yet.
+fn node_starting(
+    ports: &[u16],
+    kv_replicas: usize,
+    cluster: &str,
+    name: &str,
+    shards: usize,
+) -> Node {
     let cfg = ClusterConfig {
         name: cluster.into(),
         node: name.into(),
@@ -136,9 +149,7 @@ fn node_with(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str, shard
         shards,
     )
     .unwrap();
-    let n = Node { link, wakes };
-    n.expect(|m| matches!(m, FromLink::Up));
-    n
+    Node { link, wakes }
 }
 
 impl Node {
@@ -981,4 +992,29 @@ fn a_failed_store_waits_for_the_earlier_messages_in_the_queue() {
         "in publish order, once each"
     );
     assert_eq!(LinkStats::get(&b.link.stats().order_expired), 0);
+}
+
+/// A restarted node's QoS 1/2 messages wait for its interest view's first load: the
+/// message P sends as its link starts goes into R's queue, as every message after it
+/// would. Before, it was routed with an empty view, by core NATS only (so a publisher's
+/// resend after P's power cut reached R again although R had it from its queue).
+#[test]
+fn qos1_messages_wait_for_the_interest_view_to_load() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let r = node(&server, "t12", "R");
+    r.interest("v/#", None);
+    let p = node(&server, "t12", "P");
+    queue_eventually_on(&p, &r, "v/probe");
+    drop(p);
+    let p = node_starting(&[server.port], 1, "t12", "P", 0);
+    p.send(qos1("v/x", b"x".to_vec(), Some((0, 1))));
+    p.expect(|m| matches!(m, FromLink::Published { ack: (0, 1) }));
+    assert_eq!(
+        take_on(&r, "v/x", 1),
+        [(b'x', true)],
+        "from R's queue, once"
+    );
+    assert_eq!(LinkStats::get(&p.link.stats().queued), 1);
 }

@@ -29,7 +29,7 @@ use super::release::ReleaseList;
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp};
+use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp, ViewFeed};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -70,6 +70,11 @@ const QUEUE_RETRY_MS: u64 = 100;
 /// QoS ≥ 1 messages whose queue stores are under way; past it new ones skip the queue
 /// (counted in `queue_failed`).
 const QUEUE_PENDING_MAX: usize = 16_384;
+/// Longest QoS ≥ 1 messages wait, after the link's first connection, for the interest view
+/// to load the whole bucket once; then they are routed with the view as it is.
+const VIEW_LOAD_WAIT_MS: u64 = 5000;
+/// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
+const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
 mod reclaim;
 mod store;
@@ -296,7 +301,16 @@ struct State {
     order: Reorder<FromLink>,
     /// The start of `order`'s clock.
     clock: tokio::time::Instant,
+    /// The interest view has loaded the whole bucket once (or the wait for it ended).
+    view_loaded: bool,
+    /// QoS ≥ 1 messages that came before that, in order: routed with an empty view they
+    /// would go by core NATS only, also to nodes whose queue holds them already (a
+    /// publisher's resend after this node restarted).
+    unviewed: VecDeque<Unviewed>,
 }
+
+/// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
+type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>);
 
 /// The echo subscription and the number of its last probe.
 struct Echo {
@@ -381,6 +395,7 @@ async fn run(
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
     let view = Arc::new(Mutex::new(InterestView::new(&cfg.node)));
+    let (loaded_tx, loaded_rx) = oneshot::channel();
     let (restored_tx, restored_rx) = oneshot::channel();
     let restored_rx = (shards > 0).then_some(restored_rx);
     let KvQueues {
@@ -393,7 +408,10 @@ async fn run(
         &client,
         &out,
         reconnected,
-        view.clone(),
+        ViewFeed {
+            view: view.clone(),
+            loaded: loaded_tx,
+        },
         QueueStart {
             inbound: inbound_tx.clone(),
             restored: restored_rx,
@@ -429,6 +447,8 @@ async fn run(
         echo: None,
         order: Reorder::default(),
         clock: tokio::time::Instant::now(),
+        view_loaded: false,
+        unviewed: VecDeque::new(),
     };
     st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
@@ -436,6 +456,8 @@ async fn run(
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
     let state = st.prefix.control(&format!("state.{}", st.node));
     let _state = st.subscribe(&state, None, Arc::new(Tag::State)).await;
+    let view_wait = tokio::time::timeout(Duration::from_millis(VIEW_LOAD_WAIT_MS), loaded_rx);
+    tokio::pin!(view_wait);
     for m in early {
         st.handle(m).await;
     }
@@ -445,6 +467,10 @@ async fn run(
             .next_due()
             .map(|ms| st.clock + Duration::from_millis(ms));
         tokio::select! {
+            loaded = &mut view_wait, if !st.view_loaded => {
+                st.view_ready(matches!(loaded, Ok(Ok(())))).await;
+                (st.out.wake)();
+            }
             () = tokio::time::sleep_until(due.unwrap_or(st.clock)), if due.is_some() => {
                 let mut out = Vec::new();
                 st.order.expire(st.now_ms(), &mut out);
@@ -555,7 +581,16 @@ impl State {
                 envelope,
                 ack,
                 msg_id,
-            } => self.publish(*envelope, ack, msg_id).await,
+            } => {
+                if !self.view_loaded && envelope.qos != crate::protocol::QoS::AtMostOnce {
+                    if self.unviewed.len() < UNVIEWED_MAX {
+                        self.unviewed.push_back((*envelope, ack, msg_id));
+                        return;
+                    }
+                    self.view_ready(false).await;
+                }
+                self.publish(*envelope, ack, msg_id).await
+            }
             ToLink::Settle { token } => self.settle(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -889,6 +924,21 @@ impl State {
         };
         self.pending.push(&e.topic, targets, store, e.seq, p);
         self.release_pending().await;
+    }
+
+    /// The interest view loaded the whole bucket once (`loaded`), or the wait for it ended:
+    /// route the QoS ≥ 1 messages that waited, in order, with the view as it is.
+    async fn view_ready(&mut self, loaded: bool) {
+        if !loaded {
+            eprintln!(
+                "cluster link: the interest view did not load within {VIEW_LOAD_WAIT_MS} ms; \
+                 routing QoS 1/2 messages with what it holds"
+            );
+        }
+        self.view_loaded = true;
+        while let Some((e, ack, msg_id)) = self.unviewed.pop_front() {
+            self.publish(e, ack, msg_id).await;
+        }
     }
 
     /// Hand the storer the queue stores the release list allows now, in order; false
