@@ -138,6 +138,9 @@ impl<T> Reorder<T> {
     fn pass(&mut self, origin: &str, seq: u64, item: T, out: &mut Vec<T>) {
         out.push(item);
         self.remember(origin, seq);
+        if self.held.is_empty() {
+            return;
+        }
         let mut last = seq;
         while let Some(h) = self.held.remove(&(origin.to_string(), last)) {
             out.push(h.item);
@@ -153,10 +156,15 @@ impl<T> Reorder<T> {
     }
 
     fn remember(&mut self, origin: &str, seq: u64) {
-        if !self.delivered.contains_key(origin) && self.delivered.len() >= ORIGINS_MAX {
-            self.delivered.clear();
-        }
-        let w = self.delivered.entry(origin.to_string()).or_default();
+        let w = match self.delivered.get_mut(origin) {
+            Some(w) => w,
+            None => {
+                if self.delivered.len() >= ORIGINS_MAX {
+                    self.delivered.clear();
+                }
+                self.delivered.entry(origin.to_string()).or_default()
+            }
+        };
         if !w.set.insert(seq) {
             return;
         }
