@@ -1123,22 +1123,27 @@ impl State {
             .as_ref()
             .and_then(|h| h.get(queue::PREV_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok());
-        let (origin, seq) = (e.origin.clone(), e.seq);
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
         let m = FromLink::Message {
             route: Route::Plain,
             envelope: Box::new(e),
             token: Some(token),
             dedupe,
         };
-        self.in_order(&origin, seq, prev, m);
+        self.in_order((&origin, &topic, seq), prev, m);
     }
 
-    /// Pass chained message `m` (`seq` from `origin`, naming `prev`) on once the one it
-    /// names was passed on, with whatever waited for it (`order`).
-    fn in_order(&mut self, origin: &str, seq: u64, prev: Option<u64>, m: FromLink) {
+    /// Pass chained message `m` (`seq` from `origin` on `topic`, naming `prev`) on once
+    /// the one it names was passed on, with whatever waited for it (`order`).
+    fn in_order(
+        &mut self,
+        (origin, topic, seq): (&str, &str, u64),
+        prev: Option<u64>,
+        m: FromLink,
+    ) {
         let mut out = Vec::new();
         let now = self.now_ms();
-        if self.order.offer(origin, seq, prev, now, m, &mut out) {
+        if self.order.offer(origin, topic, seq, prev, now, m, &mut out) {
             LinkStats::add(&self.out.stats.order_held);
         }
         self.pass_on(out);
@@ -1205,7 +1210,7 @@ impl State {
             return;
         }
         LinkStats::add(&stats.received);
-        let (origin, seq) = (e.origin.clone(), e.seq);
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
         let m = FromLink::Message {
             route: route.clone(),
             envelope: Box::new(e),
@@ -1213,7 +1218,7 @@ impl State {
             dedupe: None,
         };
         match chained {
-            Some(prev) => self.in_order(&origin, seq, prev, m),
+            Some(prev) => self.in_order((&origin, &topic, seq), prev, m),
             None => {
                 self.out.push(m);
             }
