@@ -119,6 +119,7 @@ fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node
         cafile: None,
         auth: NatsAuth::None,
         kv_replicas,
+        forget_after: None,
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
