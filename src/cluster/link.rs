@@ -70,6 +70,7 @@ const QUEUE_RETRY_MS: u64 = 100;
 /// (counted in `queue_failed`).
 const QUEUE_PENDING_MAX: usize = 16_384;
 
+mod alive;
 mod reclaim;
 mod store;
 mod tasks;
@@ -482,10 +483,14 @@ async fn connect(
             async move {
                 match e {
                     Event::Connected => {
+                        LinkStats::add(&out.stats.connection_changes);
                         reconnected.notify_one();
                         out.push_wake(FromLink::Up);
                     }
-                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::Disconnected => {
+                        LinkStats::add(&out.stats.connection_changes);
+                        out.push_wake(FromLink::Down);
+                    }
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
                 }

@@ -320,6 +320,26 @@ pub struct LinkStats {
     /// Sessions restored from this node's store that the registry gave to another node
     /// meanwhile (handed over and ended here).
     pub disowned: AtomicU64,
+    /// Other nodes this node removed for their silence (`cluster_forget_after`).
+    pub forgot: AtomicU64,
+    /// Times this node found itself removed by another and joined again.
+    pub rejoined: AtomicU64,
+    /// Connections to NATS made or lost (not a figure: the heartbeat reads it to restart
+    /// its judgement after a gap).
+    pub connection_changes: AtomicU64,
+    /// Every node's heartbeat as this node last saw it change (the heartbeat task writes
+    /// it about once a period; `/metrics` reads it).
+    pub nodes: std::sync::Mutex<std::collections::BTreeMap<String, NodeSeen>>,
+}
+
+/// A node's heartbeat key as this node saw it: when it last changed (this node's clock)
+/// and what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSeen {
+    /// When the key last changed, or when this node's watch (re)started.
+    pub at: std::time::Instant,
+    /// `alive`, `forgetting` (a removal runs) or `forgotten`.
+    pub state: &'static str,
 }
 
 impl LinkStats {
@@ -330,6 +350,19 @@ impl LinkStats {
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every known node as (name, seconds since its heartbeat key last changed, state),
+    /// for `/metrics`.
+    pub fn node_ages(&self) -> Vec<(String, f64, &'static str)> {
+        let Ok(nodes) = self.nodes.lock() else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        nodes
+            .iter()
+            .map(|(n, s)| (n.clone(), now.duration_since(s.at).as_secs_f64(), s.state))
+            .collect()
     }
 
     /// Every counter as (name, help, value), for `$SYS` and `/metrics`.
@@ -410,6 +443,16 @@ impl LinkStats {
                 "disowned",
                 "Restored sessions owned by another node meanwhile, handed over at start.",
                 g(&self.disowned),
+            ),
+            (
+                "forgot",
+                "Other nodes this node removed after cluster_forget_after of silence.",
+                g(&self.forgot),
+            ),
+            (
+                "rejoined",
+                "Times this node found itself removed by another node and joined again.",
+                g(&self.rejoined),
             ),
             (
                 "to_link_dropped",
