@@ -1412,3 +1412,63 @@ fn a_live_node_is_never_forgotten() {
         "each was stored for B"
     );
 }
+
+/// A node cut off from NATS past the limit is removed, and joins again when it is back.
+/// Node B (a persistent subscriber on it) is frozen with SIGSTOP and its NATS server is
+/// killed, so B neither beats nor is subscribed anywhere: A (2 s limit) finds nobody on
+/// B's control subjects and removes it. B resumed (SIGCONT) reconnects to another server,
+/// finds its key `forgotten`, counts `rejoined` and writes its interest again: A stores
+/// for it again and its subscriber gets a message published after.
+#[test]
+fn a_node_cut_off_past_the_limit_is_forgotten_and_joins_again() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let auto = [
+        "--admin",
+        "127.0.0.1:0",
+        "--cluster-forget-after",
+        FORGET_AFTER,
+    ];
+    let a = nats.node_with("cut", "A", 0, &auto);
+    let b = nats.node_with("cut", "B", 1, &auto);
+    let o = Conn5::new("cut-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe("ct/#", 1);
+    let mut publ = connect(a.addr(), "cut-pub");
+    await_stored_for(&a, &mut publ, &mut sub, "ct/probe");
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+    await_heartbeat(&a, "B", "alive");
+
+    common::signal(b.pid(), libc::SIGSTOP);
+    nats.kill(1);
+    let deadline = Instant::now() + FORM_WAIT;
+    while figure(&a, "forgot") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::signal(b.pid(), libc::SIGCONT);
+    assert_eq!(figure(&a, "forgot"), 1, "A never removed cut-off B");
+
+    await_figure(&b, "rejoined", 1);
+    await_heartbeat(&a, "B", "alive");
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B again");
+        let before = figure(&a, "queued");
+        publ.publish("ct/x", b"back", 1, false);
+        if figure(&a, "queued") > before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("back"));
+    assert!(
+        got.contains_key("back"),
+        "B serves its subscriber again: {got:?}"
+    );
+    assert_eq!(figure(&a, "forgot"), 1, "removed once");
+}

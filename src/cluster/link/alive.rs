@@ -44,10 +44,15 @@ const MISSED_BEATS_MIN: u32 = 3;
 /// A `forgetting` value older than the limit plus this is taken up again by any observer,
 /// and the node itself stops waiting for it and joins again.
 pub(super) const REMOVAL_WAIT_MS: u64 = 120_000;
+/// Pause between attempts of a removal whose step failed.
+const REMOVAL_RETRY_MS: u64 = 1000;
 /// Attempts (one beat period apart) to mark a removed node `forgotten`.
 const MARK_ATTEMPTS_MAX: usize = 8;
 /// Nodes tracked, at most; keys past it are ignored.
 const NODES_MAX: usize = 4096;
+/// Beat periods the watch may lag behind this node's own beats before it is made anew:
+/// two limits' worth (a loaded machine delays deliveries by seconds).
+const WATCH_LAG_TICKS_MAX: u32 = 2 * BEATS_PER_LIMIT;
 /// Removals running at once, at most.
 const REMOVALS_MAX: usize = 4;
 
@@ -176,6 +181,7 @@ pub(super) async fn heartbeat(h: Heart) {
     let mut changes = LinkStats::get(&h.out.stats.connection_changes);
     let mut watch: Option<kv::Watch> = None;
     let mut removing: HashSet<String> = HashSet::new();
+    let mut lagging = 0u32;
     let (done_tx, mut done_rx) = mpsc::channel::<(String, bool)>(REMOVALS_MAX);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,6 +198,12 @@ pub(super) async fn heartbeat(h: Heart) {
                     changes = now_changes;
                     watch = None;
                     continue;
+                }
+                if watch_lags(&seen, &h.node, &mine, &mut lagging) {
+                    // The watch does not show this node's own beat of a period ago: its
+                    // consumer is stuck (it lived on a server now gone), so it shows
+                    // nobody's. Made anew at the next turn; the beat goes on.
+                    watch = None;
                 }
                 beat(&h, &mut mine, period).await;
                 if mine.last_ok.is_none_or(|t| t.elapsed() > period * 2) {
@@ -222,6 +234,23 @@ pub(super) async fn heartbeat(h: Heart) {
             }
         }
     }
+}
+
+/// Whether the watch has not shown this node's own beat for `WATCH_LAG_TICKS_MAX` ticks
+/// in a row (counted in `lagging`).
+fn watch_lags(seen: &BTreeMap<String, Seen>, me: &str, mine: &Mine, lagging: &mut u32) -> bool {
+    let shown = seen.get(me).map_or(0, |s| s.revision);
+    if mine.revision.is_some_and(|r| r > shown) {
+        *lagging += 1;
+    } else {
+        *lagging = 0;
+    }
+    if *lagging > WATCH_LAG_TICKS_MAX {
+        *lagging = 0;
+        eprintln!("cluster: the heartbeat watch has not shown this node's own beats for {WATCH_LAG_TICKS_MAX} periods: made anew");
+        return true;
+    }
+    false
 }
 
 /// Start judging afresh: every node counts as just seen.
@@ -418,21 +447,8 @@ async fn remove_node(h: &Heart, node: &str, revision: u64) -> bool {
         // Another node won, the node beat again, or NATS failed: not ours to do.
         return false;
     };
-    let mut js = jetstream::new(h.client.clone());
-    js.set_timeout(Duration::from_millis(FLUSH_WAIT_MS));
-    let removal = forget::remove(&js, &h.cluster, &h.prefix, node, Queued::Keep);
-    let done = match tokio::time::timeout(Duration::from_millis(REMOVAL_WAIT_MS), removal).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
-            eprintln!("cluster: removing silent node {node} failed: {e}; another node will retry");
-            LinkStats::add(&h.out.stats.nats_errors);
-            return false;
-        }
-        Err(_) => {
-            eprintln!("cluster: removing silent node {node} took over {REMOVAL_WAIT_MS} ms");
-            LinkStats::add(&h.out.stats.nats_errors);
-            return false;
-        }
+    let Some(done) = remove_marked(h, node).await else {
+        return false;
     };
     mark_forgotten(h, node, marked).await;
     LinkStats::add(&h.out.stats.forgot);
@@ -448,6 +464,32 @@ async fn remove_node(h: &Heart, node: &str, revision: u64) -> bool {
         }
     );
     true
+}
+
+/// Remove `node`'s NATS state (its key marked `forgetting` by this node), retrying a
+/// failed step (JetStream electing a leader) every `REMOVAL_RETRY_MS` for at most
+/// `REMOVAL_WAIT_MS`; past that the mark is left for another observer to take up.
+async fn remove_marked(h: &Heart, node: &str) -> Option<forget::Forgotten> {
+    let mut js = jetstream::new(h.client.clone());
+    js.set_timeout(Duration::from_millis(FLUSH_WAIT_MS));
+    let deadline = Instant::now() + Duration::from_millis(REMOVAL_WAIT_MS);
+    loop {
+        let removal = forget::remove(&js, &h.cluster, &h.prefix, node, Queued::Keep);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let why = match tokio::time::timeout(left, removal).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not done within {REMOVAL_WAIT_MS} ms"),
+        };
+        LinkStats::add(&h.out.stats.nats_errors);
+        if Instant::now() + Duration::from_millis(REMOVAL_RETRY_MS) >= deadline {
+            eprintln!(
+                "cluster: removing silent node {node} failed: {why}; another node will retry"
+            );
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(REMOVAL_RETRY_MS)).await;
+    }
 }
 
 /// Move `node`'s key from `forgetting` (at `revision`) to `forgotten`, retrying a few
