@@ -543,6 +543,36 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_that_stops_showing_this_nodes_beats_is_remade_after_a_while() {
+        let t0 = Instant::now();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "me".to_string(),
+            seen(Beat::Alive { period_ms: 500 }, 7, t0),
+        );
+        let mine = |r| Mine {
+            revision: Some(r),
+            ..Mine::default()
+        };
+        let mut lagging = 0;
+        assert!(!watch_lags(&m, "me", &mine(7), &mut lagging), "shown");
+        for _ in 0..WATCH_LAG_TICKS_MAX {
+            assert!(
+                !watch_lags(&m, "me", &mine(8), &mut lagging),
+                "late, not yet stuck"
+            );
+        }
+        assert!(watch_lags(&m, "me", &mine(9), &mut lagging), "stuck");
+        assert_eq!(lagging, 0, "counted afresh for the new watch");
+        assert!(!watch_lags(
+            &BTreeMap::new(),
+            "me",
+            &Mine::default(),
+            &mut lagging
+        ));
+    }
+
+    #[test]
     fn the_period_is_a_quarter_of_the_limit_within_bounds() {
         let p = |s: Option<u64>| beat_period(s.map(Duration::from_secs)).as_millis();
         assert_eq!(p(Some(2)), 500);
