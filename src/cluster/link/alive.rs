@@ -327,21 +327,21 @@ fn show(h: &Heart, seen: &BTreeMap<String, Seen>) {
 }
 
 /// One beat: compare-and-set this node's key on its last revision. A refusal means the
-/// key changed under it: see why (`self_check`).
+/// key changed under it: see why (`self_check`). The first beat (no revision yet: this
+/// run's start) reads the key first, so a restart never overwrites a removal under way.
 async fn beat(h: &Heart, mine: &mut Mine, period: Duration) {
+    let Some(rev) = mine.revision else {
+        self_check(h, mine).await;
+        return;
+    };
     let value = Beat::Alive {
         period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
     }
     .encode();
     let wait = Duration::from_millis(FLUSH_WAIT_MS);
-    let written = match mine.revision {
-        None => tokio::time::timeout(wait, h.bucket.put(&h.node, value))
-            .await
-            .map(|r| r.map_err(|_| false)),
-        Some(rev) => tokio::time::timeout(wait, h.bucket.update(&h.node, value, rev))
-            .await
-            .map(|r| r.map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision)),
-    };
+    let written = tokio::time::timeout(wait, h.bucket.update(&h.node, value, rev))
+        .await
+        .map(|r| r.map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision));
     match written {
         Ok(Ok(rev)) => {
             mine.revision = Some(rev);
@@ -369,7 +369,7 @@ async fn self_check(h: &Heart, mine: &mut Mine) {
         }
     };
     let Some(e) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-        mine.revision = None;
+        beat_anew(h, mine).await;
         return;
     };
     match Beat::parse(&e.value) {
@@ -388,7 +388,29 @@ async fn self_check(h: &Heart, mine: &mut Mine) {
             }
         }
         Some(Beat::Forgotten { by }) => rejoin(h, mine, &by).await,
-        None => mine.revision = None,
+        None => {
+            beat_anew(h, mine).await;
+        }
+    }
+}
+
+/// Write this node's key whatever it holds; whether it was written.
+async fn beat_anew(h: &Heart, mine: &mut Mine) -> bool {
+    let value = Beat::Alive {
+        period_ms: u64::try_from(beat_period(h.forget_after).as_millis()).unwrap_or(u64::MAX),
+    };
+    let put = h.bucket.put(&h.node, value.encode());
+    match tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), put).await {
+        Ok(Ok(rev)) => {
+            mine.revision = Some(rev);
+            mine.last_ok = Some(Instant::now());
+            mine.forgetting_since = None;
+            true
+        }
+        _ => {
+            LinkStats::add(&h.out.stats.nats_errors);
+            false
+        }
     }
 }
 
@@ -396,31 +418,17 @@ async fn self_check(h: &Heart, mine: &mut Mine) {
 /// interest entry (the queue consumer makes its deleted consumer again by itself).
 async fn rejoin(h: &Heart, mine: &mut Mine, by: &str) {
     eprintln!(
-        "cluster: node {} was removed by node {by} while silent (cut off from NATS); \
-         joining again: heartbeat, interest entries written again, queue consumer made \
-         again. Messages published meanwhile for its subscribers came by core NATS only \
-         (at most once); sessions stay as the registry has them",
+        "cluster: node {} was removed by node {by} while silent (stopped, or cut off from \
+         NATS); joining again: heartbeat, interest entries written again, queue consumer \
+         made again. Messages published meanwhile for its subscribers came by core NATS \
+         only (at most once); sessions stay as the registry has them",
         h.node
     );
-    let value = Beat::Alive {
-        period_ms: u64::try_from(beat_period(h.forget_after).as_millis()).unwrap_or(u64::MAX),
-    };
-    match tokio::time::timeout(
-        Duration::from_millis(FLUSH_WAIT_MS),
-        h.bucket.put(&h.node, value.encode()),
-    )
-    .await
-    {
-        Ok(Ok(rev)) => {
-            mine.revision = Some(rev);
-            mine.last_ok = Some(Instant::now());
-            mine.forgetting_since = None;
-            if h.interest.send(InterestOp::Rewrite).await.is_err() {
-                LinkStats::add(&h.out.stats.nats_errors);
-            }
-            LinkStats::add(&h.out.stats.rejoined);
+    if beat_anew(h, mine).await {
+        if h.interest.send(InterestOp::Rewrite).await.is_err() {
+            LinkStats::add(&h.out.stats.nats_errors);
         }
-        _ => LinkStats::add(&h.out.stats.nats_errors),
+        LinkStats::add(&h.out.stats.rejoined);
     }
 }
 
