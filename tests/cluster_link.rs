@@ -138,6 +138,7 @@ fn node_starting(
         cafile: None,
         auth: NatsAuth::None,
         kv_replicas,
+        forget_after: None,
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();

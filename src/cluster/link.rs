@@ -79,6 +79,7 @@ const VIEW_LOAD_WAIT_MS: u64 = 5000;
 /// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
 const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
+mod alive;
 mod reclaim;
 mod store;
 mod tasks;
@@ -540,10 +541,14 @@ async fn connect(
             async move {
                 match e {
                     Event::Connected => {
+                        LinkStats::add(&out.stats.connection_changes);
                         reconnected.notify_one();
                         out.push_wake(FromLink::Up);
                     }
-                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::Disconnected => {
+                        LinkStats::add(&out.stats.connection_changes);
+                        out.push_wake(FromLink::Down);
+                    }
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
                 }

@@ -60,6 +60,8 @@ pub(super) enum InterestOp {
     },
     /// Delete this node's interest `key`.
     Delete { key: String },
+    /// Write every entry of this node's again (another node removed them: `alive`).
+    Rewrite,
 }
 
 /// What this node's queue consumer starts with: where its messages go, and the sessions
@@ -138,6 +140,7 @@ pub(super) fn start_kv(
         out: out.clone(),
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
+    let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -179,6 +182,9 @@ pub(super) fn start_kv(
             view,
             reconnected.clone(),
         ));
+        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
+            tokio::spawn(super::alive::heartbeat(h));
+        }
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -199,6 +205,40 @@ pub(super) fn start_kv(
         retained: retained_tx,
         interest: interest_tx,
     }
+}
+
+/// The heartbeat task's needs, once its bucket is open (retried like the others; `None`
+/// only if the runtime is going away).
+async fn heart(
+    ctx: &KvCtx,
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    forget_after: Option<Duration>,
+    interest: mpsc::Sender<InterestOp>,
+) -> Option<super::alive::Heart> {
+    let bucket = loop {
+        match kv::open_nodes(js, name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                if interest.is_closed() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    Some(super::alive::Heart {
+        node: ctx.node.clone(),
+        cluster: name.to_string(),
+        prefix: ctx.prefix.clone(),
+        client: ctx.client.clone(),
+        out: ctx.out.clone(),
+        bucket,
+        forget_after,
+        interest,
+    })
 }
 
 /// What the KV tasks share.
@@ -440,6 +480,11 @@ async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Interest
             op = rx.recv() => {
                 let Some(op) = op else { return };
                 let sent = match op {
+                    InterestOp::Rewrite => {
+                        // The retry round writes them (within `INTEREST_RETRY_MS`).
+                        failed.extend(live.keys().cloned());
+                        continue;
+                    }
                     InterestOp::Put { key, node, answer } => {
                         let write = match key {
                             Some(key) => {
