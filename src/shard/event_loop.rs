@@ -535,8 +535,8 @@ struct Shard {
     /// in this order, before its events.
     read_first: Vec<usize>,
     /// Connections that spent their own read budget this turn (or were cut short by the
-    /// shard's, or wait for the bus or their output): read next turn, after `read_first`,
-    /// never twice in one turn.
+    /// shard's, or wait for the bus or their output): read next turn after its events
+    /// (moved to `read_again` when it starts), never twice in one turn.
     read_next: Vec<usize>,
     /// Bytes this turn may still read, over all connections
     /// ([`SHARD_READ_BYTES_PER_TURN_MAX`] at its start).
@@ -737,12 +737,13 @@ impl Shard {
         self.read_left = SHARD_READ_BYTES_PER_TURN_MAX;
         #[cfg(test)]
         self.read_log.clear();
+        self.read_again.append(&mut self.read_next);
         self.apply_control();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
         self.drain_cluster(now);
-        // Connections left over by the last turn's budgets come before this turn's events.
+        // Connections the last turn's budget left unread come before this turn's events.
         self.read_carried(now);
         self.resume_links(now);
         for ev in events.iter() {
@@ -995,12 +996,14 @@ impl Shard {
         }
     }
 
-    /// Read the connections the last turn's budgets left over: first those it did not
-    /// read at all, then those it cut short, each in the order deferred. Those this turn's
-    /// budget leaves unread again go back to the front of the next turn's list, in order.
+    /// Read the connections the last turn's shard budget left unread, in the order
+    /// deferred, before this turn's events; those this turn's budget leaves unread again go
+    /// back to the front of the next turn's list, in order. (Those already read last turn
+    /// and cut short wait in `read_again` until after the events, so a small fresh packet,
+    /// a canary's, is not queued behind a busy publisher's next 64 KiB; if the budget is
+    /// spent before their turn comes, they join this list for the next turn.)
     fn read_carried(&mut self, now: u64) {
         let mut carried = std::mem::take(&mut self.read_first);
-        carried.append(&mut self.read_next);
         for &key in &carried {
             if let Some(c) = self.broker.links_mut().conn_mut(key) {
                 c.io.pending_read = false;
