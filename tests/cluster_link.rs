@@ -676,6 +676,10 @@ fn the_link_reconnects_with_its_interest_and_retained_watch() {
     b.expect(retained("keep/2"));
     let c = node(&server, "t5", "C");
     c.expect(retained("keep/1"));
+    // The interest watch resumed too (each watcher follows every reconnection): an
+    // interest B writes after the restart reaches A's view, so A stores for B.
+    b.interest("q2/#", None);
+    queue_eventually_on(&a, &b, "q2/probe");
 }
 
 /// Claim until the registry answers (a bucket may be electing a leader), within
