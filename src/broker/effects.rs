@@ -39,9 +39,11 @@ pub struct Effects {
     /// Links whose input was paused for an answer that has come (the cluster registry):
     /// the shard reads them again.
     pub resume: Vec<usize>,
-    /// Shared messages that no member of a matching group could take (no member online),
-    /// or that a session held when it ended: recorded only when `Some` (the simulation's
-    /// oracle owes them to nobody).
+    /// Shared messages that no member of a matching group could take (no member online
+    /// where a message routed fresh was placed: at its routing shard, or at the shard of
+    /// the member picked there), or that a session held when it ended: recorded only when
+    /// `Some` (the simulation's oracle owes them to nobody). A moved delivery is never
+    /// recorded here: where nobody takes it, it goes back to the member it came from.
     pub share_unplaced: Option<Vec<std::sync::Arc<crate::session::Message>>>,
     /// Shared messages placed with a session that is not stored (a clean session's, or
     /// any in memory mode): nothing of them is logged, so a power cut loses them with the

@@ -9,7 +9,9 @@
 //!   one member of each matching group.
 //! - Offline members get no new messages; when a member disconnects, its unacknowledged
 //!   shared deliveries go to another online member when there is one, else stay with it
-//!   (so does a delivery that reaches a member gone offline meanwhile).
+//!   (so does a delivery that reaches a stored member gone offline meanwhile). A moved
+//!   delivery that finds no member where it lands goes back to the member it came from
+//!   (`ShareDelivery::from`), so a move never loses what staying would have kept.
 //! - A stored session's log follows a move: the new member's records before the old
 //!   member's end (after the peer's barrier when the new member lives on another shard),
 //!   so a power cut leaves a delivery with one member or both, never with neither. A
@@ -87,7 +89,8 @@ enum Landed {
     Here,
     /// Cast to a member on another shard.
     Away,
-    /// No member took it: dropped, unless the caller keeps it.
+    /// No member took it: the caller keeps it (a move), returns it to the member it came
+    /// from, or drops it (a message no member was online for).
     Nowhere,
 }
 
@@ -106,6 +109,10 @@ pub struct ShareDelivery {
     /// shard forwarded it on: the receiver answers `Cast::Settled` once it is durable
     /// wherever it landed (`None` for the first hop, which the sender's barrier covers).
     pub settle: Option<SettleToken>,
+    /// The member whose session gave it up (a move, [`Broker::move_shared`]): where no
+    /// other member takes it, it goes back there, as it would have stayed had the move
+    /// found no member. `None` for a message routed fresh (no member online: nobody's).
+    pub from: Option<ShareMember>,
 }
 
 /// The token of a shared delivery forwarded on by shard `shard` (its number `token`
@@ -236,35 +243,74 @@ impl<X> Broker<X> {
     /// Any other delivery for a member gone from here is forwarded on to another member
     /// with a settle token: this shard's barrier answers wait for its answer, so the
     /// sender's barrier covers the hop after this one too (a clean member's shard logs
-    /// nothing of its own). One that came forwarded is answered once it is durable here,
-    /// and beyond (`journal::settle`).
+    /// nothing of its own). A moved delivery that finds no other member goes back to the
+    /// member it came from ([`ShareDelivery::from`]), forwarded the same way; one routed
+    /// fresh is dropped (no member online). One that came forwarded is answered once it is
+    /// durable here, and beyond (`journal::settle`).
     pub(super) fn on_share_delivery(&mut self, mut d: ShareDelivery, now_ms: u64) {
         let parent = d.settle.take();
-        let m = d.member;
-        let stored_offline = self.journal.is_some()
+        let me = self.shard_id;
+        let from = self.fx.outbox.len();
+        // At most twice: for its member, then for the member it came from if that one
+        // lives here (then `back` is the member tried, and it goes no further).
+        loop {
+            let m = d.member;
+            if self.stored_offline(m) {
+                let (_, sessions, mut sink) = self.parts();
+                if super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic) {
+                    let hops = d.hops;
+                    deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
+                    // One that bounced as often as allowed stays (chains end).
+                    if hops < REDISPATCH_MAX {
+                        self.move_shared(m.session, now_ms);
+                    }
+                    // Logged here (this turn): what `move_shared` sends on waits for this
+                    // shard's own barriers (`HeldAck::ShareMoved`).
+                    self.owe_settle(parent, None);
+                    return;
+                }
+            }
+            let (msg, key, hops, origin) = (d.msg.clone(), d.key.clone(), d.hops, d.from);
+            let (routes, sessions, mut sink) = self.parts();
+            let landed = deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
+            let back = origin.filter(|o| landed == Landed::Nowhere && !same_member(o, &m));
+            let Some(o) = back else {
+                if let (Landed::Nowhere, Some(v)) = (landed, self.fx.share_unplaced.as_mut()) {
+                    // Routed fresh while no member was online, or its session ended.
+                    v.push(msg);
+                }
+                break;
+            };
+            d = ShareDelivery {
+                msg,
+                member: o,
+                key,
+                hops: hops.saturating_add(1),
+                settle: None,
+                from: origin,
+            };
+            if o.shard != me {
+                self.fx
+                    .outbox
+                    .push((o.shard, Cast::ShareDeliver(Box::new(d))));
+                break;
+            }
+        }
+        let child = self.settle_forwarded(from);
+        self.owe_settle(parent, child);
+    }
+
+    /// Whether member `m` is a stored session of this shard that is offline now (with a
+    /// store: it takes a delivery into its logged queue and moves it on from there).
+    fn stored_offline(&self, m: ShareMember) -> bool {
+        self.journal.is_some()
             && self.sessions.get(m.session).is_some_and(|x| {
                 x.uid == m.uid
                     && x.logged
                     && !x
                         .link
                         .is_some_and(|k| self.links.get(k).is_some_and(|l| l.is_connected()))
-            });
-        let me = self.shard_id;
-        let from = self.fx.outbox.len();
-        let (routes, sessions, mut sink) = self.parts();
-        // One that may not read the topic is passed over as usual.
-        if !stored_offline || !super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic)
-        {
-            deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
-            let child = self.settle_forwarded(from);
-            self.owe_settle(parent, child);
-            return;
-        }
-        deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
-        self.move_shared(m.session, now_ms);
-        // Logged here (this turn): what `move_shared` sends on waits for this shard's own
-        // barriers (`HeldAck::ShareMoved`).
-        self.owe_settle(parent, None);
+            })
     }
 
     /// The delivery handled from outbox index `from` on was forwarded to another shard
@@ -323,20 +369,22 @@ impl<X> Broker<X> {
         now_ms: u64,
     ) -> bool {
         let key: Arc<str> = format!("$share/{group}/{filter}").into();
-        if self.redispatch(msg, &key, 0, now_ms) == Landed::Nowhere {
+        if self.redispatch(msg, &key, 0, None, now_ms) == Landed::Nowhere {
             self.fx.stats.dropped_queue += 1;
             return false;
         }
         true
     }
 
-    /// Send a shared message to another online member of its group than `exclude`.
-    /// [`Landed::Nowhere`] when there is none (the caller keeps or drops it).
+    /// Send a shared message to another online member of its group than `exclude`
+    /// (moved from member `from`, if it was). [`Landed::Nowhere`] when there is none (the
+    /// caller keeps or drops it).
     fn redispatch(
         &mut self,
         msg: Arc<Message>,
         key: &Arc<str>,
         exclude: u64,
+        from: Option<ShareMember>,
         now_ms: u64,
     ) -> Landed {
         let me = self.shard_id;
@@ -346,6 +394,7 @@ impl<X> Broker<X> {
             key,
             exclude,
             hops: 0,
+            from,
         };
         redispatch(routes, sessions, &mut sink, me, bounce, now_ms)
     }
@@ -370,6 +419,7 @@ impl<X> Broker<X> {
             return;
         };
         let (uid, logged) = (sess.uid, sess.logged && self.journal.is_some());
+        let expiry_s = sess.expiry_s;
         let from = self.fx.outbox.len();
         let mut away = Vec::new();
         for (out, pid) in sess.take_shared() {
@@ -381,7 +431,10 @@ impl<X> Broker<X> {
                 // A member here takes the message's id over (its only other reference).
                 j.adopt_msg(&out.msg, MsgId(out.sid));
             }
-            let landed = self.redispatch(out.msg.clone(), &key, uid, now_ms);
+            // Where nobody takes it, it comes back here (a session that outlives its
+            // connection keeps it, as `keep_shared` does when nobody is online here).
+            let back = self.member_of(s, &key).filter(|_| expiry_s > 0);
+            let landed = self.redispatch(out.msg.clone(), &key, uid, back, now_ms);
             if let Some(j) = self.journal.as_mut() {
                 j.forget_adopted();
             }
@@ -516,6 +569,13 @@ impl<X> Broker<X> {
         !shared.is_empty()
     }
 
+    /// Session `s`'s member record (offline) in the group of shared subscription `key`.
+    fn member_of(&self, s: usize, key: &str) -> Option<ShareMember> {
+        let sess = self.sessions.get(s)?;
+        let st = sess.subs.get(key)?;
+        Some(self.member(s, sess.uid, st.options, st.sub_id, false))
+    }
+
     /// This shard's member record for session `s`.
     pub(super) fn member(
         &self,
@@ -570,8 +630,13 @@ fn dispatch<X>(
             key,
             hops: 0,
             settle: None,
+            from: None,
         };
-        send_share(routes, sessions, sink, me, d, now_ms);
+        let landed = send_share(routes, sessions, sink, me, d, now_ms);
+        if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
+            // The member picked here is gone or offline, and no other is online.
+            v.push(msg.clone());
+        }
     }
     matched
 }
@@ -595,6 +660,7 @@ fn send_share<X>(
 }
 
 /// A shared delivery for a session of this shard: deliver, or bounce to another member.
+/// [`Landed::Nowhere`] when nobody takes it (the caller keeps, returns or drops it).
 fn deliver_shared<X>(
     routes: &Routes,
     sessions: &mut Sessions,
@@ -618,12 +684,13 @@ fn deliver_shared<X>(
             key: &d.key,
             exclude: m.uid,
             hops: d.hops,
+            from: d.from,
         };
         let landed = redispatch(routes, sessions, sink, me, bounce, now_ms);
-        if landed != Landed::Nowhere || !readable {
-            if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
-                v.push(d.msg);
-            }
+        // Only a session that outlives its connection keeps a delivery for its return: a
+        // clean one whose link is closing ends with it (`deliver` would drop it unseen).
+        let keeps = readable && sessions.get(m.session).is_some_and(|s| s.expiry_s > 0);
+        if landed != Landed::Nowhere || !keeps {
             return landed;
         }
         // Nobody else can take it: it waits in this member's session for its return (as
@@ -636,6 +703,11 @@ fn deliver_shared<X>(
     }
     deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
     Landed::Here
+}
+
+/// Whether two member records are the same session.
+fn same_member(a: &ShareMember, b: &ShareMember) -> bool {
+    a.shard == b.shard && a.uid == b.uid
 }
 
 /// Session `sess` ends (removed or retiring) holding shared deliveries that no move took
@@ -677,6 +749,8 @@ struct Bounce<'k> {
     exclude: u64,
     /// Bounces so far.
     hops: u8,
+    /// The member it was moved from, if it was ([`ShareDelivery::from`]).
+    from: Option<ShareMember>,
 }
 
 /// Send a shared message to another online member of its group. [`Landed::Nowhere`] when
@@ -709,6 +783,7 @@ fn redispatch<X>(
         key: b.key.clone(),
         hops: b.hops + 1,
         settle: None,
+        from: b.from,
     };
     send_share(routes, sessions, sink, me, d, now_ms)
 }

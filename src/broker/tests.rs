@@ -454,6 +454,7 @@ mod due_timers;
 mod elide;
 mod qos2_log;
 mod share_log;
+mod share_moves;
 mod will_log;
 
 /// A packet of type `first` with any remaining length.

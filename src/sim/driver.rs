@@ -96,6 +96,9 @@ pub struct Cluster {
     keys: Vec<usize>,
     /// When false, every read, write and drain takes all it can (settling the run).
     pub chaos: bool,
+    /// A drain cut short may take nothing from a peer: what it sent comes after this
+    /// turn's reads (so a shard routes and moves on an older view of the share groups).
+    pub late_bus: bool,
     /// Client ids whose CONNACK was written to the network since the last
     /// [`Cluster::take_answered`], in order.
     answered: Vec<String>,
@@ -131,6 +134,7 @@ impl Cluster {
             bus: (0..shards * shards).map(|_| VecDeque::new()).collect(),
             keys: Vec::new(),
             chaos: true,
+            late_bus: false,
             answered: Vec::new(),
             unplaced: Vec::new(),
             placed_clean: Vec::new(),
@@ -387,7 +391,7 @@ impl Cluster {
         for from in (0..n).filter(|&f| f != i) {
             // Sometimes a short budget, so a turn reads sockets with messages still queued.
             let budget = if self.chaos && rng.chance(125) {
-                rng.range(1, 4) as usize
+                rng.range(u64::from(!self.late_bus), 4) as usize
             } else {
                 DRAIN_PER_PEER_MAX
             };

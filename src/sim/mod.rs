@@ -60,6 +60,9 @@ pub struct SimConfig {
     /// the whole broker dies, the disk forgets what was not synced, the broker restarts
     /// from it (see docs/simulation.md).
     pub power_cuts: bool,
+    /// Share-group members may be clean sessions (the second in 40% of the share-group
+    /// runs, the first in 15%): moves and forwards then meet a member that is gone.
+    pub clean_members: bool,
 }
 
 impl Default for SimConfig {
@@ -70,6 +73,7 @@ impl Default for SimConfig {
             clients_max: 7,
             verbose: false,
             power_cuts: false,
+            clean_members: false,
         }
     }
 }
@@ -190,18 +194,27 @@ impl World {
         let shards = rng.range(1, cfg.shards_max.max(1) as u64) as usize;
         let n = rng.range(3, cfg.clients_max.max(3) as u64) as usize;
         let share = rng.chance(500);
-        let clients: Vec<Client> = (0..n).map(|i| make_client(i, n, share, &mut rng)).collect();
+        // With power cuts and clean members: three members and a bus that is sometimes
+        // late, so moves and publishes meet members gone on another shard (the forwards
+        // with settle tokens of docs/persistence.md, "Share-group moves").
+        let share_reach = cfg.power_cuts && cfg.clean_members;
+        let members = if share_reach { 3 } else { 2 };
+        let clean_members = cfg.clean_members;
+        let clients: Vec<Client> = (0..n)
+            .map(|i| make_client(i, n, (share, members), clean_members, &mut rng))
+            .collect();
         let config = Config {
             verbose: false,
             ..Config::default()
         };
-        let cluster = if cfg.power_cuts {
+        let mut cluster = if cfg.power_cuts {
             // An empty simulated disk always starts; anything else is a bug worth a panic.
             Cluster::with_store(shards, config, 0, crate::store::SimDisk::default())
                 .unwrap_or_else(|e| panic!("simulated store failed to start: {e}"))
         } else {
             Cluster::new(shards, config, 0)
         };
+        cluster.late_bus = share_reach;
         World {
             rng,
             cluster,
@@ -703,11 +716,17 @@ impl World {
     }
 }
 
-/// Client `i` of `n`: the first two are share-group members when `share`; with
-/// `SHARDMQ_SIM_CLEAN_MEMBERS` set, the second of them is a clean session in 40% of those
-/// runs and the first in 15% (a clean member's session ends with each connection: moves
-/// and bounces then meet a member that is gone).
-fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
+/// Client `i` of `n`: the first `members` are share-group members when `share`; with
+/// `clean_members`, each after the first is a clean session in 40% of those runs and the
+/// first in 15% (a clean member's session ends with each connection: moves and bounces
+/// then meet a member that is gone).
+fn make_client(
+    i: usize,
+    n: usize,
+    (share, members): (bool, usize),
+    clean_members: bool,
+    rng: &mut Source,
+) -> Client {
     let version = match rng.below(3) {
         0 => Version::V3_1,
         1 => Version::V3_1_1,
@@ -720,7 +739,7 @@ fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
     } else {
         QoS::ExactlyOnce
     };
-    let role = if share && i < 2 {
+    let role = if share && i < members {
         Role::Member { qos }
     } else if rng.chance(120) {
         Role::Watcher
@@ -735,11 +754,6 @@ fn make_client(i: usize, n: usize, share: bool, rng: &mut Source) -> Client {
         Role::Subscriber { filter, qos }
     };
     let keep_alive = if rng.chance(200) { 5 } else { 0 };
-    // Members stay stored sessions: with clean members (the second in 40% of share runs,
-    // the first in 15%) plain seed 1240 loses a QoS 2 message due to the group, not yet
-    // explained (docs/persistence.md, "Not done yet"). `SHARDMQ_SIM_CLEAN_MEMBERS=1`
-    // turns them on.
-    let clean_members = std::env::var_os("SHARDMQ_SIM_CLEAN_MEMBERS").is_some();
     let clean = match (&role, i) {
         (Role::Member { .. }, _) if !clean_members => false,
         (Role::Member { .. }, 0) => rng.chance(150),

@@ -22,7 +22,8 @@
 //!   message to its application once, and a message due to the group still reaches at
 //!   least one member, across disconnects and power cuts, unless the broker found no member
 //!   online when it routed it (`docs/architecture.md`: offline members get no new
-//!   messages), or it was held by a session that ended (a clean member's, whose
+//!   messages; a moved delivery never counts as such: where nobody takes it, it goes
+//!   back to the member it came from), or it was held by a session that ended (a clean member's, whose
 //!   deliveries no other member was online to take), or a power cut came after it was
 //!   placed with a clean member (nothing of a clean session is logged). Those facts come
 //!   from the broker, not the wire: which member is online in the routing shard's replica,

@@ -509,3 +509,41 @@ fn a_move_made_after_the_turns_end_still_waits_for_the_peer() {
     assert_eq!(after[&ida], []);
     assert_eq!(after[&idb], [(1, true)]);
 }
+
+/// A move from stored member A (shard 0) to clean member B (shard 1), whose session
+/// ended before the move arrived, with nobody else online: shard 1 sends it back to A
+/// (with a settle token), and A keeps it, logged queued. Never with neither across the
+/// way: A's old delivery is logged gone only after its new record is durable. Before,
+/// shard 1 dropped it and A's end was logged after the barrier: lost, cut or not.
+#[test]
+fn a_move_that_finds_nobody_comes_back_to_the_first_member_durably() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    publish(&mut c, 0, 1);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+    let b = clean_member(&mut c, &idb, &[("$share/g/t", 1)]);
+
+    // B's session ends; shard 0 has not heard when A goes offline and moves to B.
+    drop_link(&mut c, b);
+    drop_link(&mut c, a);
+    for _ in 0..6 {
+        for i in 0..2 {
+            end_turn(&mut c, i);
+            sync(&mut c, i);
+            end_turn(&mut c, i);
+            assert!(
+                !durable(&disk)[&ida].is_empty(),
+                "a cut now would leave the delivery with nobody"
+            );
+            carry(&mut c, i);
+        }
+    }
+    settle(&mut c);
+    assert_eq!(durable(&disk)[&ida], [(1, false)], "queued with A again");
+    assert!(
+        c.shards[1].settle_tokens_issued() > 0,
+        "the return had a token"
+    );
+}
