@@ -982,7 +982,7 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
     };
     // Both nodes on one NATS server: an interest is on it once the SUBACK came, so each
     // subscriber gets every message from its first one on.
-    let a = nats.node("ord", "A", 0);
+    let a = nats.node_with("ord", "A", 0, &["--admin", "127.0.0.1:0"]);
     let c = nats.node_with("ord", "C", 0, &["--admin", "127.0.0.1:0"]);
     let mut bg = connect(a.addr(), "ord-bg");
     bg.subscribe("bg/#", 1);
@@ -1009,6 +1009,7 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
     };
     let queued_before = figure(&c, "queued");
     let failed_before = figure(&c, "queue_failed");
+    let expired_before = figure(&a, "order_expired");
     let sender = {
         let stop = stop_pub.clone();
         std::thread::spawn(move || publish_ordered(publ, stop))
@@ -1038,8 +1039,13 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
         count.store(n, Ordering::Release);
     }
     let failed = figure(&c, "queue_failed") - failed_before;
+    // A failed store keeps its place (A holds what follows it, `order`) unless its core
+    // copy never came within the hold's bound: then only arrival is checked.
+    let expired = figure(&a, "order_expired") - expired_before;
+    eprintln!("{failed} stores failed, {expired} held messages went at the bound");
+    let failed = expired;
     if failed > 0 {
-        eprintln!("{failed} stores failed: checking that every message arrived, not the order");
+        eprintln!("checking that every message arrived, not the order");
     }
     for (k, (_, r)) in readers.into_iter().enumerate() {
         let mut got = r.join().expect("the subscriber kept its connection");

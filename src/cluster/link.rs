@@ -23,12 +23,13 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
+use super::order::Reorder;
 use super::queue::{self, InterestView};
 use super::release::ReleaseList;
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp};
+use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp, ViewFeed};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -69,6 +70,11 @@ const QUEUE_RETRY_MS: u64 = 100;
 /// QoS ≥ 1 messages whose queue stores are under way; past it new ones skip the queue
 /// (counted in `queue_failed`).
 const QUEUE_PENDING_MAX: usize = 16_384;
+/// Longest QoS ≥ 1 messages wait, after the link's first connection, for the interest view
+/// to load the whole bucket once; then they are routed with the view as it is.
+const VIEW_LOAD_WAIT_MS: u64 = 5000;
+/// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
+const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
 mod reclaim;
 mod store;
@@ -291,7 +297,20 @@ struct State {
     /// A private inbox the link publishes to and reads back: the round trip that proves
     /// the server has processed every SUB sent before it (`server_caught_up`).
     echo: Option<Echo>,
+    /// Inbound QoS ≥ 1 messages waiting for the one before them on their topic (`order`).
+    order: Reorder<FromLink>,
+    /// The start of `order`'s clock.
+    clock: tokio::time::Instant,
+    /// The interest view has loaded the whole bucket once (or the wait for it ended).
+    view_loaded: bool,
+    /// QoS ≥ 1 messages that came before that, in order: routed with an empty view they
+    /// would go by core NATS only, also to nodes whose queue holds them already (a
+    /// publisher's resend after this node restarted).
+    unviewed: VecDeque<Unviewed>,
 }
+
+/// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
+type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>);
 
 /// The echo subscription and the number of its last probe.
 struct Echo {
@@ -376,6 +395,7 @@ async fn run(
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
     let view = Arc::new(Mutex::new(InterestView::new(&cfg.node)));
+    let (loaded_tx, loaded_rx) = oneshot::channel();
     let (restored_tx, restored_rx) = oneshot::channel();
     let restored_rx = (shards > 0).then_some(restored_rx);
     let KvQueues {
@@ -388,7 +408,10 @@ async fn run(
         &client,
         &out,
         reconnected,
-        view.clone(),
+        ViewFeed {
+            view: view.clone(),
+            loaded: loaded_tx,
+        },
         QueueStart {
             inbound: inbound_tx.clone(),
             restored: restored_rx,
@@ -422,6 +445,10 @@ async fn run(
         restored_left: shards,
         restored_tx: (shards > 0).then_some(restored_tx),
         echo: None,
+        order: Reorder::default(),
+        clock: tokio::time::Instant::now(),
+        view_loaded: false,
+        unviewed: VecDeque::new(),
     };
     st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
@@ -429,11 +456,27 @@ async fn run(
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
     let state = st.prefix.control(&format!("state.{}", st.node));
     let _state = st.subscribe(&state, None, Arc::new(Tag::State)).await;
+    let view_wait = tokio::time::timeout(Duration::from_millis(VIEW_LOAD_WAIT_MS), loaded_rx);
+    tokio::pin!(view_wait);
     for m in early {
         st.handle(m).await;
     }
     while !stop.load(Ordering::Acquire) {
+        let due = st
+            .order
+            .next_due()
+            .map(|ms| st.clock + Duration::from_millis(ms));
         tokio::select! {
+            loaded = &mut view_wait, if !st.view_loaded => {
+                st.view_ready(matches!(loaded, Ok(Ok(())))).await;
+                (st.out.wake)();
+            }
+            () = tokio::time::sleep_until(due.unwrap_or(st.clock)), if due.is_some() => {
+                let mut out = Vec::new();
+                st.order.expire(st.now_ms(), &mut out);
+                st.pass_on(out);
+                (st.out.wake)();
+            }
             _ = notify.notified() => st.drain(&inbox, &notify).await,
             Some(first) = inbound_rx.recv() => {
                 st.inbound(first);
@@ -538,7 +581,16 @@ impl State {
                 envelope,
                 ack,
                 msg_id,
-            } => self.publish(*envelope, ack, msg_id).await,
+            } => {
+                if !self.view_loaded && envelope.qos != crate::protocol::QoS::AtMostOnce {
+                    if self.unviewed.len() < UNVIEWED_MAX {
+                        self.unviewed.push_back((*envelope, ack, msg_id));
+                        return;
+                    }
+                    self.view_ready(false).await;
+                }
+                self.publish(*envelope, ack, msg_id).await
+            }
             ToLink::Settle { token } => self.settle(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -870,8 +922,23 @@ impl State {
             ack,
             msg_id: store_msg_id(&self.node, e.seq, msg_id.as_deref()),
         };
-        self.pending.push(&e.topic, targets, store, p);
+        self.pending.push(&e.topic, targets, store, e.seq, p);
         self.release_pending().await;
+    }
+
+    /// The interest view loaded the whole bucket once (`loaded`), or the wait for it ended:
+    /// route the QoS ≥ 1 messages that waited, in order, with the view as it is.
+    async fn view_ready(&mut self, loaded: bool) {
+        if !loaded {
+            eprintln!(
+                "cluster link: the interest view did not load within {VIEW_LOAD_WAIT_MS} ms; \
+                 routing QoS 1/2 messages with what it holds"
+            );
+        }
+        self.view_loaded = true;
+        while let Some((e, ack, msg_id)) = self.unviewed.pop_front() {
+            self.publish(e, ack, msg_id).await;
+        }
     }
 
     /// Hand the storer the queue stores the release list allows now, in order; false
@@ -883,11 +950,17 @@ impl State {
             let Some((targets, p)) = self.pending.get(id) else {
                 continue;
             };
+            let prevs = self.pending.store_prevs(id);
             let job = store::StoreJob {
                 id,
                 to: targets
                     .iter()
-                    .map(|n| (n.clone(), self.prefix.queue(n)))
+                    .zip(prevs.into_iter().chain(std::iter::repeat(None)))
+                    .map(|(n, prev)| store::Target {
+                        node: n.clone(),
+                        subject: self.prefix.queue(n),
+                        prev,
+                    })
                     .collect(),
                 bytes: p.bytes.clone(),
                 msg_id: p.msg_id.clone(),
@@ -929,10 +1002,16 @@ impl State {
                 r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
-            let headers = (!r.stored.is_empty()).then(|| {
-                let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
+            let headers = (!r.stored.is_empty() || !r.missed.is_empty()).then(|| {
                 let mut h = HeaderMap::new();
-                h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                if !r.stored.is_empty() {
+                    let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
+                    h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                }
+                if !r.missed.is_empty() {
+                    // The nodes whose store it missed take this copy in their chain.
+                    h.insert(queue::PREV_HEADER, queue::prev_list(&r.missed).as_str());
+                }
                 h
             });
             let p = r.item;
@@ -1038,16 +1117,61 @@ impl State {
             return settle_only(self, dedupe);
         }
         LinkStats::add(&self.out.stats.received);
-        let pushed = self.out.push(FromLink::Message {
+        // Every message of the queue is part of its topic's chain for this node.
+        let prev = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(queue::PREV_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
+        let m = FromLink::Message {
             route: Route::Plain,
             envelope: Box::new(e),
             token: Some(token),
             dedupe,
-        });
-        if !pushed {
-            // Comes again after the ack wait.
-            self.unsettled.remove(&token);
+        };
+        self.in_order((&origin, &topic, seq), prev, m);
+    }
+
+    /// Pass chained message `m` (`seq` from `origin` on `topic`, naming `prev`) on once
+    /// the one it names was passed on, with whatever waited for it (`order`).
+    fn in_order(
+        &mut self,
+        (origin, topic, seq): (&str, &str, u64),
+        prev: Option<u64>,
+        m: FromLink,
+    ) {
+        let mut out = Vec::new();
+        let now = self.now_ms();
+        if self.order.offer(origin, topic, seq, prev, now, m, &mut out) {
+            LinkStats::add(&self.out.stats.order_held);
         }
+        self.pass_on(out);
+    }
+
+    /// Push inbound messages to the node (the caller wakes it); a queue message that does
+    /// not fit comes again after the ack wait.
+    fn pass_on(&mut self, out: Vec<FromLink>) {
+        for m in out {
+            let token = match &m {
+                FromLink::Message { token, .. } => *token,
+                _ => None,
+            };
+            if !self.out.push(m) {
+                if let Some(token) = token {
+                    self.unsettled.remove(&token);
+                }
+            }
+        }
+        let expired = self.order.expired();
+        self.out
+            .stats
+            .order_expired
+            .store(expired, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn inbound(&mut self, (tag, m): Inbound) {
@@ -1059,6 +1183,7 @@ impl State {
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
             Tag::Deliver(r) => r,
         };
+        let mut chained = None;
         if matches!(route, Route::Plain) {
             // The nodes named here get this message from their queue.
             let queued = m.headers.as_ref().and_then(|h| h.get(queue::QUEUED_HEADER));
@@ -1066,6 +1191,9 @@ impl State {
                 LinkStats::add(&stats.duplicates);
                 return;
             }
+            // Its store for this node failed: this copy takes its place in the chain.
+            let prevs = m.headers.as_ref().and_then(|h| h.get(queue::PREV_HEADER));
+            chained = prevs.and_then(|v| queue::prev_in_list(v.as_str(), &self.node));
         }
         let Ok(e) = envelope::decode(&m.payload) else {
             LinkStats::add(&stats.malformed);
@@ -1082,12 +1210,19 @@ impl State {
             return;
         }
         LinkStats::add(&stats.received);
-        self.out.push(FromLink::Message {
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
+        let m = FromLink::Message {
             route: route.clone(),
             envelope: Box::new(e),
             token: None,
             dedupe: None,
-        });
+        };
+        match chained {
+            Some(prev) => self.in_order((&origin, &topic, seq), prev, m),
+            None => {
+                self.out.push(m);
+            }
+        }
     }
 
     /// Send a session's state to node `to`: `u16 id length | client id | state`.

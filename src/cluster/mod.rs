@@ -17,6 +17,7 @@ pub mod handover;
 pub mod kv;
 pub mod link;
 pub mod node;
+pub mod order;
 pub mod queue;
 pub mod release;
 pub mod subject;
@@ -320,6 +321,10 @@ pub struct LinkStats {
     /// Sessions restored from this node's store that the registry gave to another node
     /// meanwhile (handed over and ended here).
     pub disowned: AtomicU64,
+    /// Inbound QoS ≥ 1 messages held until the one before them on their topic arrived.
+    pub order_held: AtomicU64,
+    /// Of those, passed on at the bound without it (`order::ORDER_HOLD_MS`).
+    pub order_expired: AtomicU64,
 }
 
 impl LinkStats {
@@ -410,6 +415,16 @@ impl LinkStats {
                 "disowned",
                 "Restored sessions owned by another node meanwhile, handed over at start.",
                 g(&self.disowned),
+            ),
+            (
+                "order_held",
+                "Inbound QoS 1/2 messages held until the one before them arrived.",
+                g(&self.order_held),
+            ),
+            (
+                "order_expired",
+                "Held messages passed on at the bound without the one before them.",
+                g(&self.order_expired),
             ),
             (
                 "to_link_dropped",

@@ -25,6 +25,11 @@ use crate::topic::trie::FilterTrie;
 /// Header of a core NATS copy of a QoS ≥ 1 message: the nodes that got it from the stream
 /// (comma-separated); they ignore the core copy.
 pub const QUEUED_HEADER: &str = "Smq-Queued";
+/// Header naming the message before this one on its topic meant for the receiving node
+/// (`docs/cluster.md`, *Order*). On a store: that message's sequence number (its origin's
+/// envelope numbering). On a core NATS copy: `<node>=<seq>` for each node whose store it
+/// missed (comma-separated; seq 0: none), which take that copy as part of their chain.
+pub const PREV_HEADER: &str = "Smq-Prev";
 /// Messages kept per node subject while the node does not read them (a node down for
 /// good); past it the oldest go (`docs/cluster.md`).
 pub const QUEUE_MESSAGES_PER_NODE_MAX: i64 = 1_000_000;
@@ -99,6 +104,23 @@ pub fn received_id(msg_id: &[u8]) -> u128 {
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
     u128::from_be_bytes(b)
+}
+
+/// The value of [`PREV_HEADER`] on a core copy: `node=seq` per missed node.
+pub fn prev_list(missed: &[(Arc<str>, u64)]) -> String {
+    let parts: Vec<String> = missed.iter().map(|(n, s)| format!("{n}={s}")).collect();
+    parts.join(",")
+}
+
+/// What the [`PREV_HEADER`] value `list` of a core copy says to `node`: `None` when it does
+/// not name it (the copy is not part of its chain), else the predecessor to wait for
+/// (`Some(None)`: none). A malformed number counts as none.
+pub fn prev_in_list(list: &str, node: &str) -> Option<Option<u64>> {
+    let (_, seq) = list
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .find(|(n, _)| *n == node)?;
+    Some(seq.parse::<u64>().ok().filter(|&s| s != 0))
 }
 
 /// Whether the header value `list` (of [`QUEUED_HEADER`]) names `node`.
@@ -212,5 +234,11 @@ mod tests {
         assert!(names("a,bb,c", "bb"));
         assert!(!names("a,bb,c", "b"));
         assert!(interest_key("n", "f").starts_with("n."));
+        let list = prev_list(&[("b".into(), 12), ("cc".into(), 0)]);
+        assert_eq!(list, "b=12,cc=0");
+        assert_eq!(prev_in_list(&list, "b"), Some(Some(12)));
+        assert_eq!(prev_in_list(&list, "cc"), Some(None), "first of its chain");
+        assert_eq!(prev_in_list(&list, "c"), None, "not named");
+        assert_eq!(prev_in_list("b=x", "b"), Some(None));
     }
 }

@@ -69,6 +69,13 @@ pub(super) struct QueueStart {
     pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
 }
 
+/// The interest view the watcher keeps, and where it says that it has loaded the whole
+/// bucket once (dropped unsaid if it never does).
+pub(super) struct ViewFeed {
+    pub(super) view: Arc<Mutex<InterestView>>,
+    pub(super) loaded: oneshot::Sender<()>,
+}
+
 /// The queues of the KV tasks, which fill (bounded) until the buckets are open.
 pub(super) struct KvQueues {
     pub(super) registry: Vec<mpsc::Sender<RegistryOp>>,
@@ -102,7 +109,7 @@ pub(super) fn worker(client_id: &str) -> usize {
 
 /// Start the task that opens the buckets and the queue stream (retrying until JetStream
 /// answers) and then runs the registry workers, the retained writer and watcher, the
-/// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
+/// interest writer and watcher (which keeps the view) and this node's queue consumer (which
 /// feeds `inbound`; with `restored`, only after the sessions restored from the store were
 /// checked against the registry, `reclaim::verify`). Returns their queues.
 pub(super) fn start_kv(
@@ -111,7 +118,7 @@ pub(super) fn start_kv(
     client: &Client,
     out: &Out,
     reconnected: Arc<Notify>,
-    view: Arc<Mutex<InterestView>>,
+    view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
     let QueueStart { inbound, restored } = queue_start;
@@ -565,14 +572,22 @@ async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
     ok
 }
 
-/// Keep `view` equal to the interest bucket: every entry, then each change (resumed as
-/// the retained watch is).
-async fn interest_watcher(
-    ctx: KvCtx,
-    b: Buckets,
-    view: Arc<Mutex<InterestView>>,
-    reconnected: Arc<Notify>,
-) {
+/// Keep the view equal to the interest bucket: every entry, then each change (resumed as
+/// the retained watch is). Says `loaded` once the view holds the whole bucket: at once if
+/// the bucket is empty, else with the entry after which nothing older is pending.
+async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: Arc<Notify>) {
+    let ViewFeed { view, loaded } = feed;
+    let mut loaded = Some(loaded);
+    let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
+    match status.await {
+        Ok(Ok(s)) if s.values() == 0 => {
+            if let Some(tx) = loaded.take() {
+                let _ = tx.send(());
+            }
+        }
+        Ok(Ok(_)) => {}
+        _ => LinkStats::add(&ctx.out.stats.nats_errors),
+    }
     follow_bucket(&ctx, &b.interest, &reconnected, |entry| {
         let Ok(mut v) = view.lock() else {
             return false;
@@ -583,6 +598,11 @@ async fn interest_watcher(
                 None => LinkStats::add(&ctx.out.stats.malformed),
             },
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
+        }
+        if entry.seen_current {
+            if let Some(tx) = loaded.take() {
+                let _ = tx.send(());
+            }
         }
         true
     })
