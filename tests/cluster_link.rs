@@ -138,6 +138,7 @@ fn node_starting(
         cafile: None,
         auth: NatsAuth::None,
         kv_replicas,
+        forget_after: None,
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
@@ -432,6 +433,13 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
         );
         for (i, n) in nodes.iter().enumerate() {
             while let Ok(m) = n.link.receiver().recv_timeout(Duration::from_millis(5)) {
+                // From the group's queue: settled, or it would come again.
+                if let FromLink::Message {
+                    token: Some(token), ..
+                } = m
+                {
+                    n.send(ToLink::Settle { token });
+                }
                 seen.push((i, m));
             }
         }
@@ -462,6 +470,120 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
         members.len() >= 2,
         "NATS spreads a queue group over its members"
     );
+}
+
+/// A QoS 1 publish from `from` on `topic` whose answer (`Published`) is awaited: the
+/// message is in every queue that wants it when this returns.
+fn publish_acked(from: &Node, topic: &str, payload: &[u8], seq: u64) {
+    from.send(ToLink::Publish {
+        envelope: Box::new(Envelope {
+            origin: String::new(),
+            seq: 0,
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            expiry_secs: None,
+            props: None,
+            payload: payload.to_vec(),
+        }),
+        ack: Some((0, seq)),
+        msg_id: None,
+    });
+    from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
+}
+
+/// (payload, token) of the shared messages `n` got from its group's queue within `wait`.
+fn shared_from_queue(n: &Node, wait: Duration) -> Vec<(Vec<u8>, u64)> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Ok(m) = n
+        .link
+        .receiver()
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        if let FromLink::Message {
+            route: Route::Shared { .. },
+            envelope,
+            token: Some(token),
+            ..
+        } = m
+        {
+            got.push((envelope.payload, token));
+        }
+    }
+    got
+}
+
+/// A share group's QoS 1 messages are in the group's JetStream queue before the publisher
+/// is answered, and one that a member node took is not lost with it: B gives one back
+/// (no online member) and dies holding the others unsettled; A, the other member node,
+/// gets every one of them (the given-back one after its delay, the others after the ack
+/// wait). Before, NATS queue groups handed B its share at most once.
+#[test]
+fn a_shared_message_a_member_node_took_goes_to_another_when_it_dies() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server, "t9", "A");
+    let b = node(&server, "t9", "B");
+    let c = node(&server, "t9", "C");
+    a.interest("w/#", Some("g"));
+    b.interest("w/#", Some("g"));
+    // Until C's probes come from the group's queue to both A and B.
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    let mut seq = 0;
+    let mut took = [false; 2];
+    while !(took[0] && took[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "the group's queue never opened: {took:?}"
+        );
+        seq += 1;
+        publish_acked(&c, "w/probe", b"probe", seq);
+        for (i, n) in [&a, &b].into_iter().enumerate() {
+            for (_, token) in shared_from_queue(n, Duration::from_millis(100)) {
+                n.send(ToLink::Settle { token });
+                took[i] = true;
+            }
+        }
+    }
+    shared_from_queue(&a, QUIET)
+        .into_iter()
+        .for_each(|(_, token)| a.send(ToLink::Settle { token }));
+    shared_from_queue(&b, QUIET)
+        .into_iter()
+        .for_each(|(_, token)| b.send(ToLink::Settle { token }));
+
+    const N: usize = 40;
+    for i in 0..N {
+        seq += 1;
+        publish_acked(&c, "w/x", format!("{i}").as_bytes(), seq);
+    }
+    let mut at_a: Vec<Vec<u8>> = Vec::new();
+    for (payload, token) in shared_from_queue(&a, Duration::from_millis(500)) {
+        a.send(ToLink::Settle { token });
+        at_a.push(payload);
+    }
+    let at_b = shared_from_queue(&b, QUIET);
+    assert!(at_b.len() >= 2, "B took some of them: {}", at_b.len());
+    assert_eq!(at_a.len() + at_b.len(), N, "each handed to one node");
+    b.send(ToLink::Return { token: at_b[0].1 });
+    std::thread::sleep(QUIET);
+    b.link.stop();
+    // The given-back one after 1 s, B's others after the ack wait (10 s).
+    let deadline = Instant::now() + WAIT + Duration::from_secs(10);
+    let mut again = Vec::new();
+    while again.len() < at_b.len() && Instant::now() < deadline {
+        for (payload, token) in shared_from_queue(&a, Duration::from_millis(200)) {
+            a.send(ToLink::Settle { token });
+            again.push(payload);
+        }
+    }
+    let mut want: Vec<Vec<u8>> = at_b.iter().map(|(p, _)| p.clone()).collect();
+    want.sort();
+    again.sort();
+    assert_eq!(again, want, "A got what B had taken, once each");
+    assert!(LinkStats::get(&c.link.stats().shared_queued) >= N as u64);
 }
 
 /// A TCP proxy in front of the NATS server that delays what the client sends by `delay`
@@ -554,6 +676,10 @@ fn the_link_reconnects_with_its_interest_and_retained_watch() {
     b.expect(retained("keep/2"));
     let c = node(&server, "t5", "C");
     c.expect(retained("keep/1"));
+    // The interest watch resumed too (each watcher follows every reconnection): an
+    // interest B writes after the restart reaches A's view, so A stores for B.
+    b.interest("q2/#", None);
+    queue_eventually_on(&a, &b, "q2/probe");
 }
 
 /// Claim until the registry answers (a bucket may be electing a leader), within

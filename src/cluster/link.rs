@@ -20,7 +20,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr, Subject, 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::envelope::{self, Envelope};
 use super::order::Reorder;
@@ -29,7 +29,10 @@ use super::release::ReleaseList;
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp, ViewFeed};
+use tasks::{
+    interest_filter, start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp, ShareConsumer,
+    ViewFeed,
+};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -76,6 +79,7 @@ const VIEW_LOAD_WAIT_MS: u64 = 5000;
 /// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
 const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
+mod alive;
 mod reclaim;
 mod store;
 mod tasks;
@@ -255,6 +259,14 @@ enum Tag {
         delivered: i64,
         age_ms: u64,
     },
+    /// A message from share group (group, filter)'s queue, which this node's members
+    /// share with other nodes' (`queue::shared_consumer_config`).
+    SharedQueued {
+        group: String,
+        filter: String,
+        delivered: i64,
+        age_ms: u64,
+    },
 }
 
 type Inbound = (Arc<Tag>, async_nats::Message);
@@ -287,6 +299,8 @@ struct State {
     next_token: u64,
     /// The queue stream's name (for reclaim scans).
     stream: String,
+    /// The share groups' stream (each group's consumer task makes sure it exists).
+    shared_stream: jetstream::stream::Config,
     /// Sessions restored from the store, gathered from the shards' `Restored`.
     restored: Vec<String>,
     /// Shards whose `Restored` is still to come.
@@ -364,7 +378,7 @@ async fn run(
     out: Out,
     shards: usize,
 ) {
-    let reconnected = Arc::new(Notify::new());
+    let reconnected = Arc::new(watch::Sender::new(0u64));
     let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
         Ok(c) => c,
         Err(e) => {
@@ -422,6 +436,7 @@ async fn run(
     let (stored_tx, mut stored_rx) = mpsc::channel(QUEUE_PENDING_MAX);
     let (store_tx, store_rx) = mpsc::channel(QUEUE_PENDING_MAX);
     tokio::spawn(store::storer(js.clone(), store_rx, stored_tx));
+    let shared_stream = queue::shared_stream_config(&cfg.name, &prefix, cfg.kv_replicas);
     let mut st = State {
         node: cfg.node.clone(),
         prefix,
@@ -441,6 +456,7 @@ async fn run(
         unsettled: HashMap::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
+        shared_stream,
         restored: Vec::new(),
         restored_left: shards,
         restored_tx: (shards > 0).then_some(restored_tx),
@@ -507,12 +523,13 @@ fn start_seq() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
-/// A client that reports its connection state to the node, and each (re)connection to the
-/// retained watcher through `reconnected`.
+/// A client that reports its connection state to the node, and each (re)connection to
+/// every bucket watcher through `reconnected` (a count each watcher follows on its own
+/// receiver, so none misses one that another saw).
 async fn connect(
     cfg: &ClusterConfig,
     out: Out,
-    reconnected: Arc<Notify>,
+    reconnected: Arc<watch::Sender<u64>>,
 ) -> Result<Client, async_nats::Error> {
     let (o, addrs) = connect_options(cfg, &format!("shardmq {}", cfg.node)).await?;
     let o = o
@@ -525,10 +542,14 @@ async fn connect(
             async move {
                 match e {
                     Event::Connected => {
-                        reconnected.notify_one();
+                        LinkStats::add(&out.stats.connection_changes);
+                        reconnected.send_modify(|n| *n = n.wrapping_add(1));
                         out.push_wake(FromLink::Up);
                     }
-                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::Disconnected => {
+                        LinkStats::add(&out.stats.connection_changes);
+                        out.push_wake(FromLink::Down);
+                    }
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
                 }
@@ -592,6 +613,7 @@ impl State {
                 self.publish(*envelope, ack, msg_id).await
             }
             ToLink::Settle { token } => self.settle(token).await,
+            ToLink::Return { token } => self.give_back(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
                     // The registry cannot be reached now: refuse at once rather than
@@ -710,11 +732,14 @@ impl State {
                 filter: filter.clone(),
             },
         }));
-        let mut stops = Vec::with_capacity(subjects.len());
+        let mut stops = Vec::with_capacity(subjects.len() + 1);
         for s in &subjects {
             if let Some(t) = self.subscribe(s, queue.clone(), tag.clone()).await {
                 stops.push(t);
             }
+        }
+        if let (Some(g), Some(q)) = (&group, &queue) {
+            stops.push(self.read_share_queue(g, &filter, q));
         }
         // A round trip through the server: it has processed the SUBs before the echo
         // comes back (async-nats' `flush` only writes them to the socket).
@@ -725,11 +750,13 @@ impl State {
             (filter.clone(), group.clone()),
             Interest { count: 1, stops },
         );
-        // A plain interest goes into the interest bucket, so that other nodes store QoS ≥ 1
-        // messages for it in this node's queue even while this node is down.
-        let put = group
-            .is_none()
-            .then(|| queue::interest_key(&self.node, &filter));
+        // The interest goes into the interest bucket, so that other nodes store QoS ≥ 1
+        // messages for it in this node's queue (a share group's: in the group's queue)
+        // even while this node is down.
+        let put = Some(queue::interest_key(
+            &self.node,
+            &interest_filter(&filter, group.as_deref()),
+        ));
         self.answer_interest(FromLink::InterestReady { filter, group, ack }, put);
     }
 
@@ -820,13 +847,11 @@ impl State {
         let Some(i) = self.interests.remove(&key) else {
             return;
         };
-        if key.1.is_none() {
-            let op = InterestOp::Delete {
-                key: queue::interest_key(&self.node, &key.0),
-            };
-            if self.interest_ops.try_send(op).is_err() {
-                LinkStats::add(&self.out.stats.nats_errors);
-            }
+        let op = InterestOp::Delete {
+            key: queue::interest_key(&self.node, &interest_filter(&key.0, key.1.as_deref())),
+        };
+        if self.interest_ops.try_send(op).is_err() {
+            LinkStats::add(&self.out.stats.nats_errors);
         }
         for stop in i.stops {
             let (ack_tx, ack_rx) = oneshot::channel();
@@ -837,6 +862,23 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Start reading share group (group, filter)'s queue (queue name `qname`) with the
+    /// group's durable consumer, which the other nodes with members read too.
+    fn read_share_queue(&self, group: &str, filter: &str, qname: &str) -> Stop {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let s = ShareConsumer {
+            js: self.js.clone(),
+            stream: self.shared_stream.clone(),
+            consumer: queue::shared_consumer_config(&self.prefix, qname),
+            group: group.to_string(),
+            filter: filter.to_string(),
+            inbound: self.inbound_tx.clone(),
+            stats: self.out.stats.clone(),
+        };
+        tokio::spawn(tasks::share_consumer(s, stop_rx));
+        stop_tx
     }
 
     /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
@@ -899,12 +941,18 @@ impl State {
             self.answer_published(ack);
             return;
         }
+        // QoS ≥ 1: the other nodes wanting it, and the share groups with members anywhere
+        // (one store per group, which one node takes).
         let targets = if e.qos == crate::protocol::QoS::AtMostOnce {
             Vec::new()
         } else {
             self.view
                 .lock()
-                .map(|v| v.nodes(&e.topic))
+                .map(|v| {
+                    let mut t = v.nodes(&e.topic);
+                    t.extend(v.groups(&e.topic));
+                    t
+                })
                 .unwrap_or_default()
         };
         if targets.is_empty()
@@ -958,7 +1006,12 @@ impl State {
                     .zip(prevs.into_iter().chain(std::iter::repeat(None)))
                     .map(|(n, prev)| store::Target {
                         node: n.clone(),
-                        subject: self.prefix.queue(n),
+                        // A share group's queue, or a node's.
+                        subject: if queue::is_group(n) {
+                            self.prefix.shared(n)
+                        } else {
+                            self.prefix.queue(n)
+                        },
                         prev,
                     })
                     .collect(),
@@ -995,18 +1048,28 @@ impl State {
     async fn release_done(&mut self) {
         while let Some(r) = self.pending.next_release() {
             let stats = &self.out.stats;
+            let (groups, nodes): (Vec<&str>, Vec<&str>) = r
+                .stored
+                .iter()
+                .map(|n| &**n)
+                .partition(|n| queue::is_group(n));
             stats
                 .queued
-                .fetch_add(r.stored.len() as u64, Ordering::Relaxed);
+                .fetch_add(nodes.len() as u64, Ordering::Relaxed);
+            stats
+                .shared_queued
+                .fetch_add(groups.len() as u64, Ordering::Relaxed);
             stats.queue_failed.fetch_add(
                 r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
             let headers = (!r.stored.is_empty() || !r.missed.is_empty()).then(|| {
                 let mut h = HeaderMap::new();
-                if !r.stored.is_empty() {
-                    let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
-                    h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                if !nodes.is_empty() {
+                    h.insert(queue::QUEUED_HEADER, nodes.join(",").as_str());
+                }
+                if !groups.is_empty() {
+                    h.insert(queue::SHARED_HEADER, groups.join(",").as_str());
                 }
                 if !r.missed.is_empty() {
                     // The nodes whose store it missed take this copy in their chain.
@@ -1067,6 +1130,88 @@ impl State {
         } else {
             &stats.nats_errors
         });
+    }
+
+    /// Give a share group's message back to JetStream (no online member here): it comes
+    /// again, to any node of the group, after `queue::SHARED_RETURN_DELAY`.
+    async fn give_back(&mut self, token: u64) {
+        let Some(reply) = self.unsettled.remove(&token) else {
+            return;
+        };
+        let stats = &self.out.stats;
+        let nak = format!(
+            "-NAK {{\"delay\":{}}}",
+            queue::SHARED_RETURN_DELAY.as_nanos()
+        );
+        let sent = self.client.connection_state() == async_nats::connection::State::Connected
+            && within(
+                PUBLISH_WAIT_MS,
+                self.client.publish(reply, Bytes::from(nak)),
+            )
+            .await;
+        // A lost NAK: the message comes again after the ack wait instead.
+        LinkStats::add(if sent {
+            &stats.shared_returned
+        } else {
+            &stats.nats_errors
+        });
+    }
+
+    /// A message from a share group's queue, which JetStream handed to this node rather
+    /// than to another node with members: passed on for one member here (with a token to
+    /// settle it by, or to give it back with when no member is online). Not filtered for
+    /// copies: the plain paths' copies are other deliveries, and a redelivery is a
+    /// duplicate QoS 1 allows (QoS 2: `docs/cluster.md`, "Not done yet").
+    fn shared_queued(&mut self, m: async_nats::Message, route: Route, delivered: i64, age_ms: u64) {
+        let stats = &self.out.stats;
+        let Some(reply) = m.reply.clone() else {
+            LinkStats::add(&stats.malformed);
+            return;
+        };
+        LinkStats::add(&stats.shared_received);
+        if delivered > 1 {
+            LinkStats::add(&stats.queue_redelivered);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        if self.unsettled.len() >= UNSETTLED_MAX {
+            self.unsettled.clear();
+        }
+        self.unsettled.insert(token, reply);
+        let expired = |e: &mut Envelope| match e.expiry_secs {
+            Some(left) => {
+                let age_s = u32::try_from(age_ms / 1000).unwrap_or(u32::MAX);
+                e.expiry_secs = Some(left.saturating_sub(age_s));
+                age_s >= left
+            }
+            None => false,
+        };
+        let decoded = envelope::decode(&m.payload).map(|mut e| (expired(&mut e), e));
+        let e = match decoded {
+            Ok((false, e)) => e,
+            decoded => {
+                if decoded.is_err() {
+                    LinkStats::add(&stats.malformed);
+                }
+                if !self.out.push(FromLink::Settle {
+                    token,
+                    dedupe: None,
+                }) {
+                    self.unsettled.remove(&token);
+                }
+                return;
+            }
+        };
+        LinkStats::add(&stats.received);
+        let pushed = self.out.push(FromLink::Message {
+            route,
+            envelope: Box::new(e),
+            token: Some(token),
+            dedupe: None,
+        });
+        if !pushed {
+            self.unsettled.remove(&token);
+        }
     }
 
     /// A message from this node's queue: passed on with a token to settle it by, or, if
@@ -1181,16 +1326,40 @@ impl State {
             Tag::Takeover => return self.takeover(&m.payload),
             Tag::State => return self.session_state(&m.payload),
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
+            Tag::SharedQueued {
+                group,
+                filter,
+                delivered,
+                age_ms,
+            } => {
+                let route = Route::Shared {
+                    group: group.clone(),
+                    filter: filter.clone(),
+                };
+                return self.shared_queued(m, route, *delivered, *age_ms);
+            }
             Tag::Deliver(r) => r,
         };
         let mut chained = None;
-        if matches!(route, Route::Plain) {
+        let from_queue = match route {
             // The nodes named here get this message from their queue.
-            let queued = m.headers.as_ref().and_then(|h| h.get(queue::QUEUED_HEADER));
-            if queued.is_some_and(|v| queue::names(v.as_str(), &self.node)) {
-                LinkStats::add(&stats.duplicates);
-                return;
-            }
+            Route::Plain => m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(queue::QUEUED_HEADER))
+                .is_some_and(|v| queue::names(v.as_str(), &self.node)),
+            // The groups named here get it from their group's queue.
+            Route::Shared { group, filter } => m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(queue::SHARED_HEADER))
+                .is_some_and(|v| queue::names(v.as_str(), &subject::queue_group(group, filter))),
+        };
+        if from_queue {
+            LinkStats::add(&stats.duplicates);
+            return;
+        }
+        if matches!(route, Route::Plain) {
             // Its store for this node failed: this copy takes its place in the chain.
             let prevs = m.headers.as_ref().and_then(|h| h.get(queue::PREV_HEADER));
             chained = prevs.and_then(|v| queue::prev_in_list(v.as_str(), &self.node));

@@ -15,7 +15,7 @@ use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
@@ -60,6 +60,8 @@ pub(super) enum InterestOp {
     },
     /// Delete this node's interest `key`.
     Delete { key: String },
+    /// Write every entry of this node's again (another node removed them: `alive`).
+    Rewrite,
 }
 
 /// What this node's queue consumer starts with: where its messages go, and the sessions
@@ -117,7 +119,7 @@ pub(super) fn start_kv(
     prefix: &Prefix,
     client: &Client,
     out: &Out,
-    reconnected: Arc<Notify>,
+    reconnected: Arc<watch::Sender<u64>>,
     view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
@@ -138,6 +140,7 @@ pub(super) fn start_kv(
         out: out.clone(),
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
+    let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -177,8 +180,11 @@ pub(super) fn start_kv(
             ctx.clone(),
             buckets.clone(),
             view,
-            reconnected.clone(),
+            reconnected.subscribe(),
         ));
+        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
+            tokio::spawn(super::alive::heartbeat(h));
+        }
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -192,13 +198,47 @@ pub(super) fn start_kv(
             }
             queue_consumer(verify_ctx, stream, inbound).await;
         });
-        tokio::spawn(retained_watcher(ctx, buckets, reconnected));
+        tokio::spawn(retained_watcher(ctx, buckets, reconnected.subscribe()));
     });
     KvQueues {
         registry: senders,
         retained: retained_tx,
         interest: interest_tx,
     }
+}
+
+/// The heartbeat task's needs, once its bucket is open (retried like the others; `None`
+/// only if the runtime is going away).
+async fn heart(
+    ctx: &KvCtx,
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    forget_after: Option<Duration>,
+    interest: mpsc::Sender<InterestOp>,
+) -> Option<super::alive::Heart> {
+    let bucket = loop {
+        match kv::open_nodes(js, name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                if interest.is_closed() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    Some(super::alive::Heart {
+        node: ctx.node.clone(),
+        cluster: name.to_string(),
+        prefix: ctx.prefix.clone(),
+        client: ctx.client.clone(),
+        out: ctx.out.clone(),
+        bucket,
+        forget_after,
+        interest,
+    })
 }
 
 /// What the KV tasks share.
@@ -343,8 +383,8 @@ async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) 
 }
 
 /// Report the retained bucket: every topic's latest envelope, then each change.
-async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
-    follow_bucket(&ctx, &b.retained, &reconnected, |entry| {
+async fn retained_watcher(ctx: KvCtx, b: Buckets, mut reconnected: watch::Receiver<u64>) {
+    follow_bucket(&ctx, &b.retained, &mut reconnected, |entry| {
         report_retained(&ctx, &entry.value);
         true
     })
@@ -358,7 +398,7 @@ async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
 async fn follow_bucket(
     ctx: &KvCtx,
     bucket: &jetstream::kv::Store,
-    reconnected: &Notify,
+    reconnected: &mut watch::Receiver<u64>,
     mut apply: impl FnMut(&jetstream::kv::Entry) -> bool,
 ) {
     let mut last_revision = 0u64;
@@ -378,7 +418,12 @@ async fn follow_bucket(
                             return;
                         }
                     }
-                    _ = reconnected.notified() => break,
+                    changed = reconnected.changed() => {
+                        if changed.is_err() {
+                            return; // The client is gone: the link is ending.
+                        }
+                        break;
+                    }
                 }
             },
             Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
@@ -440,6 +485,11 @@ async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Interest
             op = rx.recv() => {
                 let Some(op) = op else { return };
                 let sent = match op {
+                    InterestOp::Rewrite => {
+                        // The retry round writes them (within `INTEREST_RETRY_MS`).
+                        failed.extend(live.keys().cloned());
+                        continue;
+                    }
                     InterestOp::Put { key, node, answer } => {
                         let write = match key {
                             Some(key) => {
@@ -548,10 +598,20 @@ async fn interest_acker(ctx: KvCtx, mut rx: mpsc::Receiver<Sent>, failed: mpsc::
 /// The bucket value of the interest an answer is for.
 fn interest_value_of(node: &str, answer: &FromLink) -> Vec<u8> {
     match answer {
-        FromLink::InterestReady { filter, .. } | FromLink::InterestRefused { filter, .. } => {
-            queue::interest_value(node, filter)
+        FromLink::InterestReady { filter, group, .. }
+        | FromLink::InterestRefused { filter, group, .. } => {
+            queue::interest_value(node, &interest_filter(filter, group.as_deref()))
         }
         _ => Vec::new(),
+    }
+}
+
+/// What the interest bucket holds for a filter: the filter, or `$share/G/F` for members
+/// of share group G.
+pub(super) fn interest_filter(filter: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter.to_string(),
     }
 }
 
@@ -575,7 +635,12 @@ async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
 /// Keep the view equal to the interest bucket: every entry, then each change (resumed as
 /// the retained watch is). Says `loaded` once the view holds the whole bucket: at once if
 /// the bucket is empty, else with the entry after which nothing older is pending.
-async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: Arc<Notify>) {
+async fn interest_watcher(
+    ctx: KvCtx,
+    b: Buckets,
+    feed: ViewFeed,
+    mut reconnected: watch::Receiver<u64>,
+) {
     let ViewFeed { view, loaded } = feed;
     let mut loaded = Some(loaded);
     let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
@@ -588,7 +653,7 @@ async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: A
         Ok(Ok(_)) => {}
         _ => LinkStats::add(&ctx.out.stats.nats_errors),
     }
-    follow_bucket(&ctx, &b.interest, &reconnected, |entry| {
+    follow_bucket(&ctx, &b.interest, &mut reconnected, |entry| {
         let Ok(mut v) = view.lock() else {
             return false;
         };
@@ -657,21 +722,109 @@ async fn queue_consumer(
                     break;
                 }
             };
-            let (delivered, age_ms) = match m.info() {
-                Ok(i) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i128);
-                    let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
-                    (i.delivered, u64::try_from(age).unwrap_or(0))
-                }
-                Err(_) => (1, 0),
-            };
+            let (delivered, age_ms) = delivery_info(&m);
             let tag = Arc::new(Tag::Queued { delivered, age_ms });
             if inbound.send((tag, m.message)).await.is_err() {
                 return;
             }
         }
         tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+    }
+}
+
+/// What a share group's consumer task reads and where it sends it.
+pub(super) struct ShareConsumer {
+    pub(super) js: jetstream::Context,
+    /// The share groups' stream, created here if missing.
+    pub(super) stream: jetstream::stream::Config,
+    /// The group's consumer (`queue::shared_consumer_config`).
+    pub(super) consumer: jetstream::consumer::pull::Config,
+    pub(super) group: String,
+    pub(super) filter: String,
+    pub(super) inbound: mpsc::Sender<Inbound>,
+    pub(super) stats: Arc<LinkStats>,
+}
+
+/// Read share group (group, filter)'s queue through its durable consumer, which every node
+/// with members of the group reads too (JetStream hands each message to one of them),
+/// and pass each message to the link loop, until told to stop (this node's last member
+/// left). Unlike this node's own consumer it is never deleted here: other nodes use it,
+/// and what a dead node took comes to the others after `queue::SHARED_ACK_WAIT`.
+pub(super) async fn share_consumer(
+    s: ShareConsumer,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
+    let read = async {
+        loop {
+            let stream = match s.js.get_or_create_stream(s.stream.clone()).await {
+                Ok(stream) => stream,
+                Err(_) => {
+                    LinkStats::add(&s.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                    continue;
+                }
+            };
+            let name = s.consumer.durable_name.clone().unwrap_or_default();
+            let consumer = match stream
+                .get_or_create_consumer(&name, s.consumer.clone())
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    LinkStats::add(&s.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                    continue;
+                }
+            };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(QUEUE_BATCH_MESSAGES)
+                .messages()
+                .await;
+            let Ok(mut messages) = messages else {
+                LinkStats::add(&s.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            };
+            while let Some(m) = messages.next().await {
+                let Ok(m) = m else {
+                    LinkStats::add(&s.stats.nats_errors);
+                    break;
+                };
+                let (delivered, age_ms) = delivery_info(&m);
+                let tag = Arc::new(Tag::SharedQueued {
+                    group: s.group.clone(),
+                    filter: s.filter.clone(),
+                    delivered,
+                    age_ms,
+                });
+                if s.inbound.send((tag, m.message)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        ack = &mut stop => {
+            if let Ok(ack) = ack {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+/// How often a queue message was handed out, and how long ago it was stored (ms).
+fn delivery_info(m: &jetstream::Message) -> (i64, u64) {
+    match m.info() {
+        Ok(i) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
+            (i.delivered, u64::try_from(age).unwrap_or(0))
+        }
+        Err(_) => (1, 0),
     }
 }
