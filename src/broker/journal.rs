@@ -1,8 +1,10 @@
 //! `Journal`: this shard's write-ahead log as the broker uses it (issue 11, phase 2).
 //!
 //! Owns: the shard's [`Wal`], a shadow [`LiveState`] (every record appended is applied to
-//! it, so a checkpoint is the shadow's records), the per-shard message ids, the acks held
-//! until durable, and the cross-shard durability barriers. Invariants:
+//! it, so a checkpoint is the shadow's records; the messages it logs are kept by reference
+//! to the broker's own immutable `Arc<Message>`, rendered in their logged form only at a
+//! checkpoint), the per-shard message ids, the acks held until durable, and the
+//! cross-shard durability barriers. Invariants:
 //! * an ack held in turn T is released only when this shard's log is durable up to the
 //!   last record of turn T **and** every peer shard this shard sent a publish to by the end
 //!   of turn T has reported its own log durable past those publishes (a `Barrier` cast
@@ -33,8 +35,8 @@ use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionO
 use crate::session::message::Publisher;
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
-    LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, StoredMessage, Subscription, Wal,
-    Will,
+    LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, SharedMessage, StoredMessage,
+    Subscription, Wal, Will,
 };
 
 /// A retained message of the recovered store: topic, message, stamp, publisher.
@@ -269,7 +271,7 @@ impl Journal {
             .collect();
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
         // first sweep waits until the count doubles, as after any sweep.
-        let gc_at = (shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
+        let gc_at = (shadow.message_count() * 2).max(GC_MESSAGES_MIN);
         Journal {
             wal,
             shadow,
@@ -363,16 +365,38 @@ impl Journal {
     /// QoS 1 delivery is still in the unwritten batch takes that delivery's record back
     /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
-        let wal = &mut self.wal;
-        if !self.elision.cancels(&r, |t| wal.cancel(t)) {
-            let ticket = self.wal.append(&r);
-            self.elision.appended(&r, ticket);
-        }
+        self.append(&r);
         self.shadow.apply(r);
-        if self.shadow.messages.len() >= self.gc_at {
-            // Amortised: the next sweep waits until the live count has doubled.
+        self.sweep_if_due();
+    }
+
+    /// Append `r` to the batch, or take back the records it cancels.
+    fn append(&mut self, r: &Record<'_>) {
+        let wal = &mut self.wal;
+        if !self.elision.cancels(r, |t| wal.cancel(t)) {
+            let ticket = self.wal.append(r);
+            self.elision.appended(r, ticket);
+        }
+    }
+
+    /// Log `msg` as message `id` (`MessageStored`); the shadow keeps a reference to it, not
+    /// a copy: the record and the shadow's rendering at a checkpoint are the same
+    /// [`stored_form`] of the same immutable message, with the expiry fixed here.
+    fn log_message(&mut self, id: MsgId, msg: &Arc<Message>, now_ms: u64) {
+        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
+        let expires = stored.expires_at_unix_ms;
+        self.append(&Record::MessageStored { id, msg: stored });
+        let shared: Arc<dyn SharedMessage> = Arc::clone(msg) as Arc<dyn SharedMessage>;
+        self.shadow.store_shared(id, shared, expires);
+        self.sweep_if_due();
+    }
+
+    /// Drop the shadow's unreferenced messages once their count has doubled since the
+    /// last sweep (amortised).
+    fn sweep_if_due(&mut self) {
+        if self.shadow.message_count() >= self.gc_at {
             self.shadow.drop_unreferenced();
-            self.gc_at = (self.shadow.messages.len() * 2).max(GC_MESSAGES_MIN);
+            self.gc_at = (self.shadow.message_count() * 2).max(GC_MESSAGES_MIN);
         }
     }
 
@@ -386,8 +410,7 @@ impl Journal {
         }
         let id = MsgId(self.next_msg);
         self.next_msg += 1;
-        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
-        self.log(Record::MessageStored { id, msg: stored });
+        self.log_message(id, msg, now_ms);
         self.last_msg = Some((msg.clone(), id));
         id
     }
@@ -411,8 +434,7 @@ impl Journal {
         }
         let id = MsgId(self.next_msg);
         self.next_msg += 1;
-        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
-        self.log(Record::MessageStored { id, msg: stored });
+        self.log_message(id, msg, now_ms);
         id
     }
 
@@ -421,7 +443,7 @@ impl Journal {
     /// of this shard's sessions to another, whose old delivery (the only other reference)
     /// the caller ends after the new one is logged. Undo with [`Journal::forget_adopted`].
     pub fn adopt_msg(&mut self, msg: &Arc<Message>, id: MsgId) {
-        if self.shadow.messages.contains_key(&id) {
+        if self.shadow.has_message(&id) {
             self.adopted = Some((msg.clone(), id));
         }
     }
@@ -803,6 +825,22 @@ impl Journal {
 
 /// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).
 pub fn to_stored(msg: &Message, unix_now_ms: u64, now_ms: u64) -> StoredMessage<'_> {
+    let expires = msg
+        .expires_at_ms
+        .map(|t| unix_now_ms.saturating_add(t.saturating_sub(now_ms)));
+    stored_form(msg, expires)
+}
+
+/// A journal's shadow keeps the messages it logs by reference (`LiveState::store_shared`).
+impl SharedMessage for Message {
+    fn stored(&self, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_> {
+        stored_form(self, expires_at_unix_ms)
+    }
+}
+
+/// The stored form of `msg` with its expiry already in wall-clock time: what
+/// `MessageStored` logs and what the shadow renders at a checkpoint.
+pub fn stored_form(msg: &Message, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_> {
     let props = msg.props.as_deref().map(|p| MessageProps {
         payload_format_indicator: p.payload_format_indicator,
         content_type: p.content_type.as_deref().map(Into::into),
@@ -815,9 +853,7 @@ pub fn to_stored(msg: &Message, unix_now_ms: u64, now_ms: u64) -> StoredMessage<
         payload: (&*msg.payload).into(),
         qos: msg.qos as u8,
         retain: msg.retain,
-        expires_at_unix_ms: msg
-            .expires_at_ms
-            .map(|t| unix_now_ms.saturating_add(t.saturating_sub(now_ms))),
+        expires_at_unix_ms,
         props: props.unwrap_or_default(),
     }
 }

@@ -528,11 +528,13 @@ impl<X> Broker<X> {
     }
 
     /// [`Broker::restore`] of the part the attached journal's shadow holds (the journal
-    /// was created over it), without a copy of it.
+    /// was created over it and has logged nothing yet: its messages are all owned, none
+    /// shared), without a copy of it.
     pub fn restore_from_journal(&mut self, retained: &[RetainedEntry], now_ms: u64) {
         let Some(j) = self.journal.take() else {
             return;
         };
+        debug_assert!(j.shadow().shared.is_empty(), "restored after logging");
         self.restore_part(j.shadow(), retained, j.unix_ms(now_ms), now_ms);
         self.journal = Some(j);
     }

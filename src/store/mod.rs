@@ -51,7 +51,7 @@ pub use record::{
 };
 pub use state::{
     BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState,
-    CLUSTER_RECEIVED_MAX,
+    SharedMessage, CLUSTER_RECEIVED_MAX,
 };
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 
 use super::record::{
     BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
@@ -20,7 +21,7 @@ mod deliveries;
 mod messages;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
 pub use deliveries::Deliveries;
-pub use messages::Messages;
+pub use messages::{Messages, SharedMessage, SharedMessages};
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +157,9 @@ pub struct LiveState {
     pub sessions: BTreeMap<String, SessionState>,
     /// Stored messages by id.
     pub messages: Messages,
+    /// Messages a journal's shadow refers to instead of copying (none in a recovered
+    /// state); ids above every id in `messages`.
+    pub shared: SharedMessages,
     /// Retained entries by topic.
     pub retained: BTreeMap<String, Retained>,
     /// Bridges' forwarding state by bridge name.
@@ -215,6 +219,10 @@ impl LiveState {
                 }
             }
             Record::MessageStored { id, msg } => {
+                if !self.shared.is_empty() {
+                    // One id, one place: a copy replaces a shared message of the same id.
+                    self.shared.retain(|&s| s != id);
+                }
                 self.messages.insert(id, msg.into_owned());
             }
             Record::RetainedSet {
@@ -240,6 +248,46 @@ impl LiveState {
             }
             Record::Bridge { bridge, op } => self.apply_bridge(bridge, op),
             other => self.apply_delivery(other),
+        }
+    }
+
+    /// The `MessageStored` record of message `id`, applied by reference: `m` renders the
+    /// very form that was logged (with `expires`). Copied as `apply` would when `id` is not
+    /// above every id held (never, for a journal's increasing ids).
+    pub fn store_shared(&mut self, id: MsgId, m: Arc<dyn SharedMessage>, expires: Option<u64>) {
+        let above = self
+            .messages
+            .keys()
+            .next_back()
+            .is_none_or(|last| *last < id);
+        let refused = if above {
+            self.shared.push(id, m, expires).err()
+        } else {
+            Some(m)
+        };
+        if let Some(m) = refused {
+            self.messages.insert(id, m.stored(expires).into_owned());
+        }
+    }
+
+    /// Whether message `id` is stored (owned or shared).
+    pub fn has_message(&self, id: &MsgId) -> bool {
+        self.messages.contains_key(id) || self.shared.contains_key(id)
+    }
+
+    /// How many messages are stored (owned and shared).
+    pub fn message_count(&self) -> usize {
+        self.messages.len() + self.shared.len()
+    }
+
+    /// Copy the shared messages into `messages` (recovery's merges, splits and `finish`
+    /// work on owned ones only).
+    pub fn own_shared(&mut self) {
+        if self.shared.is_empty() {
+            return;
+        }
+        for (id, m) in self.shared.take_owned() {
+            self.messages.insert(id, m);
         }
     }
 
@@ -446,6 +494,7 @@ impl LiveState {
     /// Drop tombstones, deliveries of messages the state lacks, deliveries of QoS 2
     /// routings never committed, and unreferenced messages.
     pub fn finish(&mut self) {
+        self.own_shared();
         self.settle_qos2();
         self.retained.retain(|_, r| r.msg.is_some());
         let mut missing = 0u64;
@@ -476,9 +525,14 @@ impl LiveState {
         used.extend(self.retained.values().filter_map(|r| r.msg));
         used.sort_unstable();
         used.dedup();
-        // Both in id order: walk `used` beside the messages.
+        // Both in id order: walk `used` beside the messages, then beside the shared ones.
         let mut next = used.iter().peekable();
         self.messages.retain(|id, _| {
+            while next.next_if(|&&u| u < *id).is_some() {}
+            next.peek().is_some_and(|&&u| u == *id)
+        });
+        let mut next = used.iter().peekable();
+        self.shared.retain(|id| {
             while next.next_if(|&&u| u < *id).is_some() {}
             next.peek().is_some_and(|&&u| u == *id)
         });
@@ -515,13 +569,16 @@ impl LiveState {
 
     /// The next message id free in this state.
     pub fn next_msg_id(&self) -> MsgId {
-        MsgId(self.messages.keys().next_back().map_or(1, |m| m.0 + 1))
+        let owned = self.messages.keys().next_back().copied();
+        MsgId(self.shared.last_id().max(owned).map_or(1, |m| m.0 + 1))
     }
 
     /// Fold `other` (another shard's state, with its own message ids) into this one:
     /// its messages get fresh ids; a session both hold keeps this state's copy (counted
     /// in the return value); retained entries keep the highest stamp, tombstones included.
     pub fn merge(&mut self, mut other: LiveState) -> u64 {
+        self.own_shared();
+        other.own_shared();
         let empty = self.sessions.is_empty()
             && self.messages.is_empty()
             && self.retained.is_empty()
@@ -593,11 +650,12 @@ impl LiveState {
     /// the first state (any shard may publish them), and so do the ids of messages taken
     /// from the cluster queue (the gateway's).
     pub fn split(
-        self,
+        mut self,
         n: usize,
         client_shard: impl Fn(&str) -> usize,
         retained_shard: impl Fn(&str) -> usize,
     ) -> Vec<LiveState> {
+        self.own_shared();
         let n = n.max(1);
         let mut sessions: Vec<Vec<(String, SessionState)>> = vec![Vec::new(); n];
         let mut retained: Vec<Vec<(String, Retained)>> = vec![Vec::new(); n];
@@ -654,6 +712,10 @@ impl LiveState {
             id: *id,
             msg: m.borrowed(),
         });
+        let shared = self
+            .shared
+            .iter()
+            .map(|(id, msg)| Record::MessageStored { id, msg });
         let sessions = self.sessions.values().flat_map(session_records);
         let retained = self.retained.iter().map(|(topic, r)| match r.msg {
             Some(msg) => Record::RetainedSet {
@@ -692,6 +754,7 @@ impl LiveState {
             .iter()
             .map(|id| Record::ClusterReceived { id, txn: 0 });
         messages
+            .chain(shared)
             .chain(sessions)
             .chain(retained)
             .chain(bridges)

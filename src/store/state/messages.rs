@@ -9,9 +9,16 @@
 //! Why not an ordered map: a journal's shadow state inserts every durable message and
 //! sweeps most of them out again; the map's node inserts, and its rebuild at each sweep,
 //! were ≈ 9% of the broker's instructions per durable QoS 1 message (`docs/benchmarks.md`,
-//! "fourth round"). Must not touch: deliveries, files.
+//! "fourth round").
+//!
+//! [`SharedMessages`] beside it: the messages a journal's shadow refers to instead of
+//! copying them (the engine's own `Arc` messages, rendered at a checkpoint): the copy into
+//! the shadow and its freeing at the sweep were ≈ 6.6% of the broker's instructions per
+//! durable QoS 1 message ("fifth round"), and the shadow held every message a second time.
+//! Must not touch: deliveries, files.
 
 use std::ops::Index;
+use std::sync::Arc;
 
 use crate::store::record::{MsgId, StoredMessage};
 
@@ -144,6 +151,99 @@ impl Index<&MsgId> for Messages {
 }
 
 impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A message a state refers to instead of holding a copy of it: a journal's shadow keeps
+/// the engine's own message (immutable and reference counted) and renders its stored form
+/// only when a checkpoint is written. The rendering must be the very form that was logged
+/// (the journal encodes the `MessageStored` record from the same function).
+pub trait SharedMessage: Send + Sync {
+    /// The stored form, with the expiry fixed when it was logged.
+    fn stored(&self, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_>;
+}
+
+/// A shared message: its id, the message, the expiry it was logged with.
+type SharedEntry = (MsgId, Arc<dyn SharedMessage>, Option<u64>);
+
+/// Messages kept by reference ([`SharedMessage`]), in increasing id order.
+///
+/// Owns: the references. Invariant: ids strictly increase and none is also in the state's
+/// [`Messages`] (a state keeps each id in one of the two). Only a journal's shadow holds
+/// any: every state recovery builds, merges or splits holds its messages owned
+/// ([`super::LiveState::own_shared`]).
+#[derive(Clone, Default)]
+pub struct SharedMessages {
+    items: Vec<SharedEntry>,
+}
+
+impl SharedMessages {
+    /// Keep `m` as `id`, unless `id` is not above every id held: then `m` comes back.
+    pub fn push(
+        &mut self,
+        id: MsgId,
+        m: Arc<dyn SharedMessage>,
+        expires: Option<u64>,
+    ) -> Result<(), Arc<dyn SharedMessage>> {
+        if self.items.last().is_some_and(|(last, _, _)| *last >= id) {
+            return Err(m);
+        }
+        self.items.push((id, m, expires));
+        Ok(())
+    }
+
+    /// Whether message `id` is held.
+    pub fn contains_key(&self, id: &MsgId) -> bool {
+        self.items.binary_search_by_key(id, |e| e.0).is_ok()
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The highest id held.
+    pub fn last_id(&self) -> Option<MsgId> {
+        self.items.last().map(|e| e.0)
+    }
+
+    /// The messages in id order, in their stored form (borrowing from the references).
+    pub fn iter(&self) -> impl Iterator<Item = (MsgId, StoredMessage<'_>)> + '_ {
+        self.items.iter().map(|(id, m, exp)| (*id, m.stored(*exp)))
+    }
+
+    /// Keep the entries for which `keep` is true, visited in id order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&MsgId) -> bool) {
+        self.items.retain(|(id, _, _)| keep(id));
+    }
+
+    /// Take every message out as an owned copy, in id order.
+    pub fn take_owned(&mut self) -> Vec<Entry> {
+        let items = std::mem::take(&mut self.items);
+        items
+            .into_iter()
+            .map(|(id, m, exp)| (id, m.stored(exp).into_owned()))
+            .collect()
+    }
+}
+
+/// Equal when they hold the same ids with the same stored forms.
+impl PartialEq for SharedMessages {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for SharedMessages {}
+
+impl std::fmt::Debug for SharedMessages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map().entries(self.iter()).finish()
     }

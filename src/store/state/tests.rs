@@ -650,3 +650,77 @@ fn a_bridge_message_of_an_uncommitted_routing_is_dropped_at_recovery() {
     assert!(!s.bridges.contains_key("other"), "left empty, so gone");
     assert_eq!(s.qos2_dropped, 2);
 }
+
+/// A shared message for the tests: a stored form held by the test, rendered on demand.
+struct Held(StoredMessage<'static>);
+
+impl SharedMessage for Held {
+    fn stored(&self, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_> {
+        StoredMessage {
+            expires_at_unix_ms,
+            ..self.0.borrowed()
+        }
+    }
+}
+
+/// Replay `records`, keeping each `MessageStored` by reference (as a journal's shadow
+/// does) instead of copying it.
+fn replay_shared(records: Vec<Record<'static>>) -> LiveState {
+    let mut s = LiveState::default();
+    for r in records {
+        match r {
+            Record::MessageStored { id, msg } => {
+                let expires = msg.expires_at_unix_ms;
+                s.store_shared(id, Arc::new(Held(msg)), expires);
+            }
+            other => s.apply(other),
+        }
+    }
+    s
+}
+
+/// A state holding its messages by reference writes the same checkpoint records, sweeps
+/// the same messages and recovers (`finish`, `merge`, `split`) the same state as one that
+/// copied them.
+#[test]
+fn shared_messages_are_the_same_state_as_copied_ones() {
+    let mut records = busy("c1", 0);
+    records.extend(busy("c2", 100));
+    records.push(Record::MessageStored {
+        id: MsgId(500),
+        msg: message("late", b"full", true),
+    });
+    let copied = replay(records.clone());
+    let shared = replay_shared(records.clone());
+    assert!(copied.shared.is_empty() && !shared.shared.is_empty());
+    assert_eq!(shared.message_count(), copied.messages.len());
+    assert_eq!(shared.next_msg_id(), copied.next_msg_id());
+    for id in [MsgId(1), MsgId(102), MsgId(500), MsgId(7)] {
+        assert_eq!(shared.has_message(&id), copied.messages.contains_key(&id));
+    }
+    let owned = |s: &LiveState| s.records().map(Record::into_owned).collect::<Vec<_>>();
+    assert_eq!(owned(&shared), owned(&copied));
+    // The sweep drops the same unreferenced ones (message 500 is referred to by nothing).
+    let (mut a, mut b) = (copied.clone(), shared.clone());
+    a.drop_unreferenced();
+    b.drop_unreferenced();
+    assert!(!b.has_message(&MsgId(500)) && b.message_count() == a.messages.len());
+    assert_eq!(owned(&a), owned(&b));
+    // What recovery does with a state turns the shared messages into owned ones.
+    let (mut fa, mut fb) = (copied.clone(), shared.clone());
+    fa.finish();
+    fb.finish();
+    assert!(fb.shared.is_empty());
+    assert_eq!(fa, fb);
+    let (mut ma, mut mb) = (replay(busy("c3", 0)), replay_shared(busy("c3", 0)));
+    assert_eq!(ma.merge(copied.clone()), mb.merge(shared.clone()));
+    assert_eq!(ma, mb);
+    let home = |c: &str| usize::from(c == "c2");
+    let sa = copied.split(2, home, |_| 0);
+    let sb = shared.split(2, home, |_| 0);
+    assert_eq!(sa, sb);
+    // A message logged below an id held is copied, never lost.
+    let mut low = replay_shared(busy("c4", 10));
+    low.store_shared(MsgId(3), Arc::new(Held(message("x", b"y", false))), None);
+    assert!(low.messages.contains_key(&MsgId(3)) && low.has_message(&MsgId(3)));
+}
