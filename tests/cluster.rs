@@ -771,6 +771,128 @@ fn acknowledged_qos1_survives_the_receiving_node() {
     drop(c);
 }
 
+/// Receive on both members at once (acknowledging each) into `got` until `done` or
+/// `within`; a member whose connection closed is left alone from then on.
+fn gather_members(
+    members: &mut [&mut Client5],
+    got: &mut BTreeMap<String, usize>,
+    within: Duration,
+    done: impl Fn(&BTreeMap<String, usize>) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    let mut open = vec![true; members.len()];
+    while !done(got) && Instant::now() < deadline && open.iter().any(|o| *o) {
+        for (i, m) in members.iter_mut().enumerate() {
+            if open[i] {
+                open[i] = gather(m, got, Duration::from_millis(30), |_| false);
+            }
+        }
+    }
+}
+
+/// Shared subscriptions across nodes at QoS 1 go through the group's JetStream queue.
+/// `$share/sg/sh/#` with one member on A and a persistent one on B (its own store), a
+/// publisher on C. No failure: 100 messages, each to exactly one member, all stored in
+/// the group's queue by C. Then B hangs (SIGSTOP) mid-stream while C publishes, and is
+/// killed (SIGKILL): every message C acknowledged reaches a member — what B had taken
+/// and not settled goes to A after the ack wait, what B had settled reaches its member
+/// when B restarts on its store (duplicates allowed). Before, NATS queue groups handed a
+/// hung member node its share of the messages and they died with it.
+#[test]
+fn shared_qos1_reaches_a_member_when_a_member_node_dies() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let b_args = ["--data-dir", path.as_str()];
+    let a = nats.node("shq", "A", 0);
+    let mut b = nats.node_with("shq", "B", 1, &b_args);
+    let c = nats.node_with("shq", "C", 2, &["--admin", "127.0.0.1:0"]);
+    let filter = "$share/sg/sh/#";
+    let (mut m1, _) = open5(a.addr(), &Conn5::new("shq-a"));
+    m1.subscribe(filter, 1);
+    let o2 = Conn5::new("shq-b").clean(false).expiry(600);
+    let (mut m2, _) = open5(b.addr(), &o2);
+    m2.subscribe(filter, 1);
+    let mut publ = connect(c.addr(), "shq-pub");
+    // Until both members had a QoS 1 probe: both nodes take from the group.
+    let deadline = Instant::now() + FORM_WAIT;
+    let mut seen = [false; 2];
+    while !(seen[0] && seen[1]) || figure(&c, "shared_queued") == 0 {
+        assert!(Instant::now() < deadline, "group not formed: {seen:?}");
+        publ.publish("sh/k", b"probe", 1, false);
+        for (i, m) in [&mut m1, &mut m2].into_iter().enumerate() {
+            while let Ok(v5::P5::Publish(p)) = m.recv(Duration::from_millis(30)) {
+                m.ack(&p);
+                seen[i] = true;
+            }
+        }
+    }
+    let mut probes = BTreeMap::new();
+    gather_members(&mut [&mut m1, &mut m2], &mut probes, QUIET, |_| false);
+
+    // No failure: each message once, cluster-wide, through the group's queue.
+    let stored_before = figure(&c, "shared_queued");
+    let n = 100;
+    for i in 0..n {
+        publ.publish("sh/k", format!("n{i}").as_bytes(), 1, false);
+    }
+    let mut got = BTreeMap::new();
+    gather_members(&mut [&mut m1, &mut m2], &mut got, WAIT, |g| g.len() >= n);
+    gather_members(&mut [&mut m1, &mut m2], &mut got, QUIET, |_| false);
+    assert_eq!(got.len(), n, "all arrived, nothing else: {got:?}");
+    let twice: Vec<_> = got.iter().filter(|(_, &k)| k > 1).collect();
+    assert!(twice.is_empty(), "delivered to two members: {twice:?}");
+    assert!(
+        figure(&c, "shared_queued") >= stored_before + n as u64,
+        "C stored each message in the group's queue"
+    );
+
+    // B hangs mid-stream, then dies.
+    let mut got = BTreeMap::new();
+    for i in 0..40 {
+        publ.publish("sh/k", format!("f{i}").as_bytes(), 1, false);
+    }
+    gather_members(
+        &mut [&mut m1, &mut m2],
+        &mut got,
+        Duration::from_millis(300),
+        |_| false,
+    );
+    common::signal(b.pid(), libc::SIGSTOP);
+    for i in 40..140 {
+        publ.publish("sh/k", format!("f{i}").as_bytes(), 1, false);
+    }
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "node B is gone");
+    for i in 140..180 {
+        publ.publish("sh/k", format!("f{i}").as_bytes(), 1, false);
+    }
+    // What reached m2 before B died counts; then its connection is closed.
+    gather(&mut m2, &mut got, QUIET, |_| false);
+    drop(m2);
+    let b = nats.node_with("shq", "B", 1, &b_args);
+    let (mut m2, ack) = open5(b.addr(), &o2);
+    assert!(ack.present, "B restored the member's session: {ack:?}");
+    let all = 180;
+    gather_members(&mut [&mut m1, &mut m2], &mut got, FORM_WAIT, |g| {
+        g.len() >= all
+    });
+    let missing: Vec<usize> = (0..all)
+        .filter(|i| !got.contains_key(&format!("f{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "PUBACKed but delivered to no member: {missing:?}"
+    );
+    assert_eq!(got.len(), all, "only what was published: {got:?}");
+    let twice = got.values().filter(|&&k| k > 1).count();
+    eprintln!("{twice} of {all} shared messages arrived more than once");
+    drop((a, c));
+}
+
 /// Wait (bounded by `FORM_WAIT`) until `node`'s figure `name` reaches `at_least`.
 fn await_figure(node: &Broker, name: &str, at_least: u64) {
     let deadline = Instant::now() + FORM_WAIT;
@@ -982,7 +1104,7 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
     };
     // Both nodes on one NATS server: an interest is on it once the SUBACK came, so each
     // subscriber gets every message from its first one on.
-    let a = nats.node("ord", "A", 0);
+    let a = nats.node_with("ord", "A", 0, &["--admin", "127.0.0.1:0"]);
     let c = nats.node_with("ord", "C", 0, &["--admin", "127.0.0.1:0"]);
     let mut bg = connect(a.addr(), "ord-bg");
     bg.subscribe("bg/#", 1);
@@ -1009,6 +1131,7 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
     };
     let queued_before = figure(&c, "queued");
     let failed_before = figure(&c, "queue_failed");
+    let expired_before = figure(&a, "order_expired");
     let sender = {
         let stop = stop_pub.clone();
         std::thread::spawn(move || publish_ordered(publ, stop))
@@ -1038,8 +1161,13 @@ fn qos1_order_holds_when_a_subscription_turns_durable_mid_stream() {
         count.store(n, Ordering::Release);
     }
     let failed = figure(&c, "queue_failed") - failed_before;
+    // A failed store keeps its place (A holds what follows it, `order`) unless its core
+    // copy never came within the hold's bound: then only arrival is checked.
+    let expired = figure(&a, "order_expired") - expired_before;
+    eprintln!("{failed} stores failed, {expired} held messages went at the bound");
+    let failed = expired;
     if failed > 0 {
-        eprintln!("{failed} stores failed: checking that every message arrived, not the order");
+        eprintln!("checking that every message arrived, not the order");
     }
     for (k, (_, r)) in readers.into_iter().enumerate() {
         let mut got = r.join().expect("the subscriber kept its connection");

@@ -109,6 +109,25 @@ fn node(server: &NatsServer, cluster: &str, name: &str) -> Node {
 }
 
 fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node {
+    node_with(ports, kv_replicas, cluster, name, 0)
+}
+
+/// A node of `shards` shards: its queue consumer waits until each has sent
+/// `ToLink::Restored` (0: it starts at once).
+fn node_with(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str, shards: usize) -> Node {
+    let n = node_starting(ports, kv_replicas, cluster, name, shards);
+    n.expect(|m| matches!(m, FromLink::Up));
+    n
+}
+
+/// A node whose link is starting: it may not be connected yet.
+fn node_starting(
+    ports: &[u16],
+    kv_replicas: usize,
+    cluster: &str,
+    name: &str,
+    shards: usize,
+) -> Node {
     let cfg = ClusterConfig {
         name: cluster.into(),
         node: name.into(),
@@ -122,16 +141,15 @@ fn node_on(ports: &[u16], kv_replicas: usize, cluster: &str, name: &str) -> Node
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
-    let link = LinkHandle::start(
+    let link = LinkHandle::start_for(
         cfg,
         Arc::new(move || {
             w.fetch_add(1, Ordering::Relaxed);
         }),
+        shards,
     )
     .unwrap();
-    let n = Node { link, wakes };
-    n.expect(|m| matches!(m, FromLink::Up));
-    n
+    Node { link, wakes }
 }
 
 impl Node {
@@ -414,6 +432,13 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
         );
         for (i, n) in nodes.iter().enumerate() {
             while let Ok(m) = n.link.receiver().recv_timeout(Duration::from_millis(5)) {
+                // From the group's queue: settled, or it would come again.
+                if let FromLink::Message {
+                    token: Some(token), ..
+                } = m
+                {
+                    n.send(ToLink::Settle { token });
+                }
                 seen.push((i, m));
             }
         }
@@ -444,6 +469,120 @@ fn a_shared_subscription_gets_each_message_once_across_nodes() {
         members.len() >= 2,
         "NATS spreads a queue group over its members"
     );
+}
+
+/// A QoS 1 publish from `from` on `topic` whose answer (`Published`) is awaited: the
+/// message is in every queue that wants it when this returns.
+fn publish_acked(from: &Node, topic: &str, payload: &[u8], seq: u64) {
+    from.send(ToLink::Publish {
+        envelope: Box::new(Envelope {
+            origin: String::new(),
+            seq: 0,
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            expiry_secs: None,
+            props: None,
+            payload: payload.to_vec(),
+        }),
+        ack: Some((0, seq)),
+        msg_id: None,
+    });
+    from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
+}
+
+/// (payload, token) of the shared messages `n` got from its group's queue within `wait`.
+fn shared_from_queue(n: &Node, wait: Duration) -> Vec<(Vec<u8>, u64)> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Ok(m) = n
+        .link
+        .receiver()
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        if let FromLink::Message {
+            route: Route::Shared { .. },
+            envelope,
+            token: Some(token),
+            ..
+        } = m
+        {
+            got.push((envelope.payload, token));
+        }
+    }
+    got
+}
+
+/// A share group's QoS 1 messages are in the group's JetStream queue before the publisher
+/// is answered, and one that a member node took is not lost with it: B gives one back
+/// (no online member) and dies holding the others unsettled; A, the other member node,
+/// gets every one of them (the given-back one after its delay, the others after the ack
+/// wait). Before, NATS queue groups handed B its share at most once.
+#[test]
+fn a_shared_message_a_member_node_took_goes_to_another_when_it_dies() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server, "t9", "A");
+    let b = node(&server, "t9", "B");
+    let c = node(&server, "t9", "C");
+    a.interest("w/#", Some("g"));
+    b.interest("w/#", Some("g"));
+    // Until C's probes come from the group's queue to both A and B.
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    let mut seq = 0;
+    let mut took = [false; 2];
+    while !(took[0] && took[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "the group's queue never opened: {took:?}"
+        );
+        seq += 1;
+        publish_acked(&c, "w/probe", b"probe", seq);
+        for (i, n) in [&a, &b].into_iter().enumerate() {
+            for (_, token) in shared_from_queue(n, Duration::from_millis(100)) {
+                n.send(ToLink::Settle { token });
+                took[i] = true;
+            }
+        }
+    }
+    shared_from_queue(&a, QUIET)
+        .into_iter()
+        .for_each(|(_, token)| a.send(ToLink::Settle { token }));
+    shared_from_queue(&b, QUIET)
+        .into_iter()
+        .for_each(|(_, token)| b.send(ToLink::Settle { token }));
+
+    const N: usize = 40;
+    for i in 0..N {
+        seq += 1;
+        publish_acked(&c, "w/x", format!("{i}").as_bytes(), seq);
+    }
+    let mut at_a: Vec<Vec<u8>> = Vec::new();
+    for (payload, token) in shared_from_queue(&a, Duration::from_millis(500)) {
+        a.send(ToLink::Settle { token });
+        at_a.push(payload);
+    }
+    let at_b = shared_from_queue(&b, QUIET);
+    assert!(at_b.len() >= 2, "B took some of them: {}", at_b.len());
+    assert_eq!(at_a.len() + at_b.len(), N, "each handed to one node");
+    b.send(ToLink::Return { token: at_b[0].1 });
+    std::thread::sleep(QUIET);
+    b.link.stop();
+    // The given-back one after 1 s, B's others after the ack wait (10 s).
+    let deadline = Instant::now() + WAIT + Duration::from_secs(10);
+    let mut again = Vec::new();
+    while again.len() < at_b.len() && Instant::now() < deadline {
+        for (payload, token) in shared_from_queue(&a, Duration::from_millis(200)) {
+            a.send(ToLink::Settle { token });
+            again.push(payload);
+        }
+    }
+    let mut want: Vec<Vec<u8>> = at_b.iter().map(|(p, _)| p.clone()).collect();
+    want.sort();
+    again.sort();
+    assert_eq!(again, want, "A got what B had taken, once each");
+    assert!(LinkStats::get(&c.link.stats().shared_queued) >= N as u64);
 }
 
 /// A TCP proxy in front of the NATS server that delays what the client sends by `delay`
@@ -597,13 +736,18 @@ fn publish_qos2(from: &Node, payload: &[u8], msg_id: Option<&str>, seq: u64) {
 /// interest view names `to`); each is settled.
 #[track_caller]
 fn queue_eventually(from: &Node, to: &Node) {
+    queue_eventually_on(from, to, "q/probe");
+}
+
+#[track_caller]
+fn queue_eventually_on(from: &Node, to: &Node, topic: &str) {
     let deadline = Instant::now() + FAILOVER_WAIT;
     loop {
         from.send(ToLink::Publish {
             envelope: Box::new(Envelope {
                 origin: String::new(),
                 seq: 0,
-                topic: "q/probe".into(),
+                topic: topic.into(),
                 qos: QoS::AtLeastOnce,
                 retain: false,
                 expiry_secs: None,
@@ -750,4 +894,248 @@ fn a_three_server_nats_cluster_survives_the_loss_of_one_server() {
         FAILOVER_WAIT,
         |m| matches!(m, FromLink::Retained { topic, message: Some(_) } if topic == "keep"),
     );
+}
+
+/// A QoS 1 publish of `payload` on `topic`, answered with `ack` if given.
+fn qos1(topic: &str, payload: Vec<u8>, ack: Option<(usize, u64)>) -> ToLink {
+    ToLink::Publish {
+        envelope: Box::new(Envelope {
+            origin: String::new(),
+            seq: 0,
+            topic: topic.into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            expiry_secs: None,
+            props: None,
+            payload,
+        }),
+        ack,
+        msg_id: None,
+    }
+}
+
+/// The queue stream of cluster `cluster` on the server at `port`, for `op` (bounded).
+fn on_queue_stream<R>(
+    port: u16,
+    cluster: &str,
+    op: impl AsyncFnOnce(&async_nats::jetstream::Context, &str) -> R,
+) -> R {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = shardmq::cluster::queue::stream_name(cluster);
+    rt.block_on(async {
+        let client = tokio::time::timeout(WAIT, async_nats::connect(format!("127.0.0.1:{port}")))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        tokio::time::timeout(WAIT, op(&js, &name))
+            .await
+            .expect("JetStream answered in time")
+    })
+}
+
+/// Make the queue stream refuse messages over `bytes` (-1: no limit): a store failure that
+/// JetStream answers at once, for a big message only.
+fn limit_queue_messages(port: u16, cluster: &str, bytes: i32) {
+    on_queue_stream(port, cluster, async |js, name| {
+        let mut stream = js.get_stream(name).await.expect("the queue stream");
+        let mut config = stream.info().await.expect("stream info").config.clone();
+        config.max_message_size = bytes;
+        js.update_stream(config).await.expect("stream updated");
+    });
+}
+
+/// The sequence number of the queue stream's last stored message.
+fn queue_last_seq(port: u16, cluster: &str) -> u64 {
+    on_queue_stream(port, cluster, async |js, name| {
+        let mut stream = js.get_stream(name).await.expect("the queue stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence
+    })
+}
+
+/// The first `n` messages on `topic` that reach `to` within `WAIT` (each settled), as
+/// (payload's first byte, from the queue), then none more on it until `QUIET`.
+#[track_caller]
+fn take_on(to: &Node, topic: &str, n: usize) -> Vec<(u8, bool)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let note = |m: FromLink, got: &mut Vec<(u8, bool)>| {
+        if let FromLink::Message {
+            envelope, token, ..
+        } = m
+        {
+            if let Some(token) = token {
+                to.send(ToLink::Settle { token });
+            }
+            if envelope.topic == topic {
+                got.push((
+                    envelope.payload.first().copied().unwrap_or(0),
+                    token.is_some(),
+                ));
+            }
+        }
+    };
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match to.link.receiver().recv_timeout(left) {
+            Ok(m) => note(m, &mut got),
+            Err(_) => panic!("only {got:?} of {n} arrived on {topic}"),
+        }
+    }
+    for m in to.rest() {
+        note(m, &mut got);
+    }
+    got
+}
+
+/// Order after a failed store (`docs/cluster.md`, *Order*): (1) a store JetStream refuses
+/// once, while the two later messages of its topic are already in flight and land, is
+/// retried and lands behind them in B's queue; (2) a store that fails for good (2 s) goes
+/// by core NATS, after two later ones stored in flight. B must pass each topic's messages
+/// on in publish order all the same. Before the fix B got 2, 3, 1 and 5, 6, 4.
+#[test]
+fn a_store_retried_or_failed_for_good_keeps_its_place_on_its_topic() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t10", "A"), node(&server, "t10", "B"));
+    b.interest("o/#", None);
+    queue_eventually_on(&a, &b, "o/probe");
+    a.send(qos1("o/t", b"0".to_vec(), None));
+    assert_eq!(take_on(&b, "o/t", 1), [(b'0', true)]);
+
+    let big = |c: u8| {
+        let mut p = vec![b'.'; 4000];
+        p[0] = c;
+        p
+    };
+    // (1) 1 is refused (too big), 2 and 3 are stored meanwhile; then 1's retry lands.
+    let before = queue_last_seq(server.port, "t10");
+    limit_queue_messages(server.port, "t10", 1024);
+    let sent = a.link.sender().send_all([
+        qos1("o/t", big(b'1'), None),
+        qos1("o/t", b"2".to_vec(), None),
+        qos1("o/t", b"3".to_vec(), None),
+    ]);
+    assert_eq!(sent, 3);
+    let deadline = Instant::now() + WAIT;
+    while queue_last_seq(server.port, "t10") < before + 2 {
+        assert!(Instant::now() < deadline, "2 and 3 were never stored");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    limit_queue_messages(server.port, "t10", -1);
+    let got = take_on(&b, "o/t", 3);
+    let order: Vec<u8> = got.iter().map(|m| m.0).collect();
+    assert_eq!(order, b"123", "in publish order, once each: {got:?}");
+
+    // (2) 4 is refused for good: its core copy comes after 5 and 6 are in B's queue.
+    limit_queue_messages(server.port, "t10", 1024);
+    a.link.sender().send_all([
+        qos1("o/t", big(b'4'), None),
+        qos1("o/t", b"5".to_vec(), None),
+        qos1("o/t", b"6".to_vec(), None),
+    ]);
+    let got = take_on(&b, "o/t", 3);
+    limit_queue_messages(server.port, "t10", -1);
+    assert_eq!(
+        got,
+        [(b'4', false), (b'5', true), (b'6', true)],
+        "4 by core NATS, then 5 and 6 from the queue"
+    );
+    assert_eq!(LinkStats::get(&a.link.stats().queue_failed), 1);
+    assert!(LinkStats::get(&b.link.stats().order_held) >= 4);
+    assert_eq!(LinkStats::get(&b.link.stats().order_expired), 0);
+}
+
+/// A store that fails for good sends its message by core NATS, which must not overtake
+/// the earlier messages of its topic still waiting in B's queue (B's consumer is held
+/// back: it waits for its shard's `Restored`), nor be overtaken by the later ones stored
+/// in flight. Before the fix B got 1 first (by core NATS), then 0, 2, 3 from its queue.
+#[test]
+fn a_failed_store_waits_for_the_earlier_messages_in_the_queue() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server, "t11", "A");
+    let b = node_with(&[server.port], 1, "t11", "B", 1);
+    b.interest("o/#", None);
+    // Until A's view names B, QoS 1 messages go by core NATS only.
+    let (mut ack, deadline) = (0, Instant::now() + FAILOVER_WAIT);
+    while LinkStats::get(&a.link.stats().queued) == 0 {
+        assert!(Instant::now() < deadline, "A never stored for B");
+        ack += 1;
+        a.send(qos1("o/probe", b"p".to_vec(), Some((0, ack))));
+        a.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == ack));
+    }
+    ack += 1;
+    a.send(qos1("o/t", b"0".to_vec(), Some((0, ack))));
+    a.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == ack));
+    let queued = LinkStats::get(&a.link.stats().queued);
+    assert!(queued >= 2, "0 is in B's queue");
+    // B has seen the core copy of every stored message (it ignores them): whatever it
+    // receives from now on is new.
+    let deadline = Instant::now() + WAIT;
+    while LinkStats::get(&b.link.stats().duplicates) < queued {
+        assert!(Instant::now() < deadline, "B never saw the core copies");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let received = LinkStats::get(&b.link.stats().received);
+
+    limit_queue_messages(server.port, "t11", 1024);
+    let mut big = vec![b'.'; 4000];
+    big[0] = b'1';
+    a.link.sender().send_all([
+        qos1("o/t", big, None),
+        qos1("o/t", b"2".to_vec(), None),
+        qos1("o/t", b"3".to_vec(), None),
+    ]);
+    let deadline = Instant::now() + WAIT;
+    while LinkStats::get(&b.link.stats().received) == received {
+        assert!(Instant::now() < deadline, "1's core copy never reached B");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    limit_queue_messages(server.port, "t11", -1);
+    b.send(ToLink::Restored {
+        client_ids: Vec::new(),
+    });
+    let got = take_on(&b, "o/t", 4);
+    assert_eq!(
+        got,
+        [(b'0', true), (b'1', false), (b'2', true), (b'3', true)],
+        "in publish order, once each"
+    );
+    assert_eq!(LinkStats::get(&b.link.stats().order_expired), 0);
+}
+
+/// A restarted node's QoS 1/2 messages wait for its interest view's first load: the
+/// message P sends as its link starts goes into R's queue, as every message after it
+/// would. Before, it was routed with an empty view, by core NATS only (so a publisher's
+/// resend after P's power cut reached R again although R had it from its queue).
+#[test]
+fn qos1_messages_wait_for_the_interest_view_to_load() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let r = node(&server, "t12", "R");
+    r.interest("v/#", None);
+    let p = node(&server, "t12", "P");
+    queue_eventually_on(&p, &r, "v/probe");
+    drop(p);
+    let p = node_starting(&[server.port], 1, "t12", "P", 0);
+    p.send(qos1("v/x", b"x".to_vec(), Some((0, 1))));
+    p.expect(|m| matches!(m, FromLink::Published { ack: (0, 1) }));
+    assert_eq!(
+        take_on(&r, "v/x", 1),
+        [(b'x', true)],
+        "from R's queue, once"
+    );
+    assert_eq!(LinkStats::get(&p.link.stats().queued), 1);
 }

@@ -65,6 +65,10 @@ pub struct Args {
     /// from the publishers' broker, to measure forwarding through it.
     #[arg(long)]
     pub sub_port: Option<u16>,
+    /// Subscribe as members of this share group (`$share/<GROUP>/<filter>`), each
+    /// subscriber the only member of its group: the shared subscriptions' path.
+    #[arg(long, value_name = "GROUP")]
+    pub share: Option<String>,
     /// Persistent sessions (Clean Start 0; 5.0 Session Expiry 1 h): with a broker store,
     /// QoS 1/2 messages to the subscribers are logged before they are acknowledged.
     #[arg(long)]

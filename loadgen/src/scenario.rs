@@ -105,6 +105,16 @@ pub fn plan(s: Scenario, n: usize, tag: &str, src_addrs: u8) -> Plan {
     }
 }
 
+/// Every subscriber becomes a member of share group `group` on its filter
+/// (`$share/<group>/<filter>`), the only member of its group.
+fn share_filters(plan: &mut Plan, group: &str) {
+    for spec in &mut plan.specs {
+        if let Role::Subscriber { filter, .. } = &mut spec.role {
+            *filter = format!("$share/{group}/{filter}");
+        }
+    }
+}
+
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     let addrs = (host, port)
         .to_socket_addrs()
@@ -187,7 +197,10 @@ pub fn run(args: &Args) -> Result<Summary, String> {
     }
     .max(1);
     let tag = format!("lg{}", std::process::id());
-    let plan = plan(args.scenario, n, &tag, args.src_addrs);
+    let mut plan = plan(args.scenario, n, &tag, args.src_addrs);
+    if let Some(group) = &args.share {
+        share_filters(&mut plan, group);
+    }
     if plan.specs.len() as u64 + 64 > limit {
         return Err(format!(
             "{} connections need more descriptors than the limit of {limit} (keep 64 spare)",
@@ -525,6 +538,21 @@ mod tests {
         assert_eq!(max_count(Scenario::Pairs, 20_000), 9_968);
         let c = plan(Scenario::Storm, 7, "t", 1);
         assert_eq!((c.specs.len(), c.publishers), (7, 0));
+    }
+
+    #[test]
+    fn share_makes_every_subscriber_a_group_member() {
+        let mut p = plan(Scenario::Pairs, 2, "t", 0);
+        share_filters(&mut p, "g");
+        let filters: Vec<&str> = p
+            .specs
+            .iter()
+            .filter_map(|s| match &s.role {
+                Role::Subscriber { filter, .. } => Some(filter.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(filters, ["$share/g/t/p/0", "$share/g/t/p/1"]);
     }
 
     #[test]

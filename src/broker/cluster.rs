@@ -127,6 +127,12 @@ pub enum ToCluster {
         /// As received.
         token: u64,
     },
+    /// A share group's queue message (`FromCluster::Message` with `share` and a token)
+    /// found no online member here: the link gives it back to the group's queue.
+    Return {
+        /// As received.
+        token: u64,
+    },
     /// The session of `client_id` ended here: drop its registry entry if it still names
     /// this node (a claim by another node meanwhile is left alone).
     Release {
@@ -455,9 +461,12 @@ impl<X> Broker<X> {
                 token,
                 ..
             } => {
-                self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms);
-                if let Some(token) = token {
-                    self.settle_when_durable(token);
+                let landed = self.deliver_cluster_shared(Arc::new(msg), &group, &filter, now_ms);
+                match token {
+                    Some(token) if landed => self.settle_when_durable(token),
+                    // No online member here: another node of the group may have one.
+                    Some(token) => self.tell_cluster(ToCluster::Return { token }),
+                    None => {}
                 }
             }
             FromCluster::Settle { token, dedupe } => {

@@ -313,18 +313,21 @@ impl<X> Broker<X> {
     }
 
     /// A message from the cluster for one member of share group `group` on `filter`:
-    /// NATS chose this node; choose one online member here (counted as dropped if none).
+    /// NATS (or the group's JetStream queue) chose this node; choose one online member
+    /// here. False when there is none (counted as dropped; a queue message is given back).
     pub(super) fn deliver_cluster_shared(
         &mut self,
         msg: Arc<Message>,
         group: &str,
         filter: &str,
         now_ms: u64,
-    ) {
+    ) -> bool {
         let key: Arc<str> = format!("$share/{group}/{filter}").into();
         if self.redispatch(msg, &key, 0, now_ms) == Landed::Nowhere {
             self.fx.stats.dropped_queue += 1;
+            return false;
         }
+        true
     }
 
     /// Send a shared message to another online member of its group than `exclude`.

@@ -23,12 +23,16 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::envelope::{self, Envelope};
+use super::order::Reorder;
 use super::queue::{self, InterestView};
 use super::release::ReleaseList;
 use super::subject::{self, Prefix};
 use super::{FromLink, LinkStats, Route, ToLink};
 use crate::config::cluster::{ClusterConfig, NatsAuth};
-use tasks::{start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp};
+use tasks::{
+    interest_filter, start_kv, worker, InterestOp, KvQueues, QueueStart, RegistryOp, ShareConsumer,
+    ViewFeed,
+};
 
 /// Capacity of the node → link queue.
 pub const TO_LINK_MESSAGES_MAX: usize = 65_536;
@@ -69,6 +73,11 @@ const QUEUE_RETRY_MS: u64 = 100;
 /// QoS ≥ 1 messages whose queue stores are under way; past it new ones skip the queue
 /// (counted in `queue_failed`).
 const QUEUE_PENDING_MAX: usize = 16_384;
+/// Longest QoS ≥ 1 messages wait, after the link's first connection, for the interest view
+/// to load the whole bucket once; then they are routed with the view as it is.
+const VIEW_LOAD_WAIT_MS: u64 = 5000;
+/// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
+const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
 mod reclaim;
 mod store;
@@ -249,6 +258,14 @@ enum Tag {
         delivered: i64,
         age_ms: u64,
     },
+    /// A message from share group (group, filter)'s queue, which this node's members
+    /// share with other nodes' (`queue::shared_consumer_config`).
+    SharedQueued {
+        group: String,
+        filter: String,
+        delivered: i64,
+        age_ms: u64,
+    },
 }
 
 type Inbound = (Arc<Tag>, async_nats::Message);
@@ -281,6 +298,8 @@ struct State {
     next_token: u64,
     /// The queue stream's name (for reclaim scans).
     stream: String,
+    /// The share groups' stream (each group's consumer task makes sure it exists).
+    shared_stream: jetstream::stream::Config,
     /// Sessions restored from the store, gathered from the shards' `Restored`.
     restored: Vec<String>,
     /// Shards whose `Restored` is still to come.
@@ -291,7 +310,20 @@ struct State {
     /// A private inbox the link publishes to and reads back: the round trip that proves
     /// the server has processed every SUB sent before it (`server_caught_up`).
     echo: Option<Echo>,
+    /// Inbound QoS ≥ 1 messages waiting for the one before them on their topic (`order`).
+    order: Reorder<FromLink>,
+    /// The start of `order`'s clock.
+    clock: tokio::time::Instant,
+    /// The interest view has loaded the whole bucket once (or the wait for it ended).
+    view_loaded: bool,
+    /// QoS ≥ 1 messages that came before that, in order: routed with an empty view they
+    /// would go by core NATS only, also to nodes whose queue holds them already (a
+    /// publisher's resend after this node restarted).
+    unviewed: VecDeque<Unviewed>,
 }
+
+/// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
+type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>);
 
 /// The echo subscription and the number of its last probe.
 struct Echo {
@@ -376,6 +408,7 @@ async fn run(
     }
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_MESSAGES_MAX);
     let view = Arc::new(Mutex::new(InterestView::new(&cfg.node)));
+    let (loaded_tx, loaded_rx) = oneshot::channel();
     let (restored_tx, restored_rx) = oneshot::channel();
     let restored_rx = (shards > 0).then_some(restored_rx);
     let KvQueues {
@@ -388,7 +421,10 @@ async fn run(
         &client,
         &out,
         reconnected,
-        view.clone(),
+        ViewFeed {
+            view: view.clone(),
+            loaded: loaded_tx,
+        },
         QueueStart {
             inbound: inbound_tx.clone(),
             restored: restored_rx,
@@ -399,6 +435,7 @@ async fn run(
     let (stored_tx, mut stored_rx) = mpsc::channel(QUEUE_PENDING_MAX);
     let (store_tx, store_rx) = mpsc::channel(QUEUE_PENDING_MAX);
     tokio::spawn(store::storer(js.clone(), store_rx, stored_tx));
+    let shared_stream = queue::shared_stream_config(&cfg.name, &prefix, cfg.kv_replicas);
     let mut st = State {
         node: cfg.node.clone(),
         prefix,
@@ -418,10 +455,15 @@ async fn run(
         unsettled: HashMap::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
+        shared_stream,
         restored: Vec::new(),
         restored_left: shards,
         restored_tx: (shards > 0).then_some(restored_tx),
         echo: None,
+        order: Reorder::default(),
+        clock: tokio::time::Instant::now(),
+        view_loaded: false,
+        unviewed: VecDeque::new(),
     };
     st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
@@ -429,11 +471,27 @@ async fn run(
     let _takeover = st.subscribe(&takeover, None, Arc::new(Tag::Takeover)).await;
     let state = st.prefix.control(&format!("state.{}", st.node));
     let _state = st.subscribe(&state, None, Arc::new(Tag::State)).await;
+    let view_wait = tokio::time::timeout(Duration::from_millis(VIEW_LOAD_WAIT_MS), loaded_rx);
+    tokio::pin!(view_wait);
     for m in early {
         st.handle(m).await;
     }
     while !stop.load(Ordering::Acquire) {
+        let due = st
+            .order
+            .next_due()
+            .map(|ms| st.clock + Duration::from_millis(ms));
         tokio::select! {
+            loaded = &mut view_wait, if !st.view_loaded => {
+                st.view_ready(matches!(loaded, Ok(Ok(())))).await;
+                (st.out.wake)();
+            }
+            () = tokio::time::sleep_until(due.unwrap_or(st.clock)), if due.is_some() => {
+                let mut out = Vec::new();
+                st.order.expire(st.now_ms(), &mut out);
+                st.pass_on(out);
+                (st.out.wake)();
+            }
             _ = notify.notified() => st.drain(&inbox, &notify).await,
             Some(first) = inbound_rx.recv() => {
                 st.inbound(first);
@@ -538,8 +596,18 @@ impl State {
                 envelope,
                 ack,
                 msg_id,
-            } => self.publish(*envelope, ack, msg_id).await,
+            } => {
+                if !self.view_loaded && envelope.qos != crate::protocol::QoS::AtMostOnce {
+                    if self.unviewed.len() < UNVIEWED_MAX {
+                        self.unviewed.push_back((*envelope, ack, msg_id));
+                        return;
+                    }
+                    self.view_ready(false).await;
+                }
+                self.publish(*envelope, ack, msg_id).await
+            }
             ToLink::Settle { token } => self.settle(token).await,
+            ToLink::Return { token } => self.give_back(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
                     // The registry cannot be reached now: refuse at once rather than
@@ -658,11 +726,14 @@ impl State {
                 filter: filter.clone(),
             },
         }));
-        let mut stops = Vec::with_capacity(subjects.len());
+        let mut stops = Vec::with_capacity(subjects.len() + 1);
         for s in &subjects {
             if let Some(t) = self.subscribe(s, queue.clone(), tag.clone()).await {
                 stops.push(t);
             }
+        }
+        if let (Some(g), Some(q)) = (&group, &queue) {
+            stops.push(self.read_share_queue(g, &filter, q));
         }
         // A round trip through the server: it has processed the SUBs before the echo
         // comes back (async-nats' `flush` only writes them to the socket).
@@ -673,11 +744,13 @@ impl State {
             (filter.clone(), group.clone()),
             Interest { count: 1, stops },
         );
-        // A plain interest goes into the interest bucket, so that other nodes store QoS ≥ 1
-        // messages for it in this node's queue even while this node is down.
-        let put = group
-            .is_none()
-            .then(|| queue::interest_key(&self.node, &filter));
+        // The interest goes into the interest bucket, so that other nodes store QoS ≥ 1
+        // messages for it in this node's queue (a share group's: in the group's queue)
+        // even while this node is down.
+        let put = Some(queue::interest_key(
+            &self.node,
+            &interest_filter(&filter, group.as_deref()),
+        ));
         self.answer_interest(FromLink::InterestReady { filter, group, ack }, put);
     }
 
@@ -768,13 +841,11 @@ impl State {
         let Some(i) = self.interests.remove(&key) else {
             return;
         };
-        if key.1.is_none() {
-            let op = InterestOp::Delete {
-                key: queue::interest_key(&self.node, &key.0),
-            };
-            if self.interest_ops.try_send(op).is_err() {
-                LinkStats::add(&self.out.stats.nats_errors);
-            }
+        let op = InterestOp::Delete {
+            key: queue::interest_key(&self.node, &interest_filter(&key.0, key.1.as_deref())),
+        };
+        if self.interest_ops.try_send(op).is_err() {
+            LinkStats::add(&self.out.stats.nats_errors);
         }
         for stop in i.stops {
             let (ack_tx, ack_rx) = oneshot::channel();
@@ -785,6 +856,23 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Start reading share group (group, filter)'s queue (queue name `qname`) with the
+    /// group's durable consumer, which the other nodes with members read too.
+    fn read_share_queue(&self, group: &str, filter: &str, qname: &str) -> Stop {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let s = ShareConsumer {
+            js: self.js.clone(),
+            stream: self.shared_stream.clone(),
+            consumer: queue::shared_consumer_config(&self.prefix, qname),
+            group: group.to_string(),
+            filter: filter.to_string(),
+            inbound: self.inbound_tx.clone(),
+            stats: self.out.stats.clone(),
+        };
+        tokio::spawn(tasks::share_consumer(s, stop_rx));
+        stop_tx
     }
 
     /// Subscribe (in queue group `queue` if given) and forward what arrives to the loop.
@@ -847,12 +935,18 @@ impl State {
             self.answer_published(ack);
             return;
         }
+        // QoS ≥ 1: the other nodes wanting it, and the share groups with members anywhere
+        // (one store per group, which one node takes).
         let targets = if e.qos == crate::protocol::QoS::AtMostOnce {
             Vec::new()
         } else {
             self.view
                 .lock()
-                .map(|v| v.nodes(&e.topic))
+                .map(|v| {
+                    let mut t = v.nodes(&e.topic);
+                    t.extend(v.groups(&e.topic));
+                    t
+                })
                 .unwrap_or_default()
         };
         if targets.is_empty()
@@ -870,8 +964,23 @@ impl State {
             ack,
             msg_id: store_msg_id(&self.node, e.seq, msg_id.as_deref()),
         };
-        self.pending.push(&e.topic, targets, store, p);
+        self.pending.push(&e.topic, targets, store, e.seq, p);
         self.release_pending().await;
+    }
+
+    /// The interest view loaded the whole bucket once (`loaded`), or the wait for it ended:
+    /// route the QoS ≥ 1 messages that waited, in order, with the view as it is.
+    async fn view_ready(&mut self, loaded: bool) {
+        if !loaded {
+            eprintln!(
+                "cluster link: the interest view did not load within {VIEW_LOAD_WAIT_MS} ms; \
+                 routing QoS 1/2 messages with what it holds"
+            );
+        }
+        self.view_loaded = true;
+        while let Some((e, ack, msg_id)) = self.unviewed.pop_front() {
+            self.publish(e, ack, msg_id).await;
+        }
     }
 
     /// Hand the storer the queue stores the release list allows now, in order; false
@@ -883,11 +992,22 @@ impl State {
             let Some((targets, p)) = self.pending.get(id) else {
                 continue;
             };
+            let prevs = self.pending.store_prevs(id);
             let job = store::StoreJob {
                 id,
                 to: targets
                     .iter()
-                    .map(|n| (n.clone(), self.prefix.queue(n)))
+                    .zip(prevs.into_iter().chain(std::iter::repeat(None)))
+                    .map(|(n, prev)| store::Target {
+                        node: n.clone(),
+                        // A share group's queue, or a node's.
+                        subject: if queue::is_group(n) {
+                            self.prefix.shared(n)
+                        } else {
+                            self.prefix.queue(n)
+                        },
+                        prev,
+                    })
                     .collect(),
                 bytes: p.bytes.clone(),
                 msg_id: p.msg_id.clone(),
@@ -922,17 +1042,33 @@ impl State {
     async fn release_done(&mut self) {
         while let Some(r) = self.pending.next_release() {
             let stats = &self.out.stats;
+            let (groups, nodes): (Vec<&str>, Vec<&str>) = r
+                .stored
+                .iter()
+                .map(|n| &**n)
+                .partition(|n| queue::is_group(n));
             stats
                 .queued
-                .fetch_add(r.stored.len() as u64, Ordering::Relaxed);
+                .fetch_add(nodes.len() as u64, Ordering::Relaxed);
+            stats
+                .shared_queued
+                .fetch_add(groups.len() as u64, Ordering::Relaxed);
             stats.queue_failed.fetch_add(
                 r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
-            let headers = (!r.stored.is_empty()).then(|| {
-                let names: Vec<&str> = r.stored.iter().map(|n| &**n).collect();
+            let headers = (!r.stored.is_empty() || !r.missed.is_empty()).then(|| {
                 let mut h = HeaderMap::new();
-                h.insert(queue::QUEUED_HEADER, names.join(",").as_str());
+                if !nodes.is_empty() {
+                    h.insert(queue::QUEUED_HEADER, nodes.join(",").as_str());
+                }
+                if !groups.is_empty() {
+                    h.insert(queue::SHARED_HEADER, groups.join(",").as_str());
+                }
+                if !r.missed.is_empty() {
+                    // The nodes whose store it missed take this copy in their chain.
+                    h.insert(queue::PREV_HEADER, queue::prev_list(&r.missed).as_str());
+                }
                 h
             });
             let p = r.item;
@@ -990,6 +1126,88 @@ impl State {
         });
     }
 
+    /// Give a share group's message back to JetStream (no online member here): it comes
+    /// again, to any node of the group, after `queue::SHARED_RETURN_DELAY`.
+    async fn give_back(&mut self, token: u64) {
+        let Some(reply) = self.unsettled.remove(&token) else {
+            return;
+        };
+        let stats = &self.out.stats;
+        let nak = format!(
+            "-NAK {{\"delay\":{}}}",
+            queue::SHARED_RETURN_DELAY.as_nanos()
+        );
+        let sent = self.client.connection_state() == async_nats::connection::State::Connected
+            && within(
+                PUBLISH_WAIT_MS,
+                self.client.publish(reply, Bytes::from(nak)),
+            )
+            .await;
+        // A lost NAK: the message comes again after the ack wait instead.
+        LinkStats::add(if sent {
+            &stats.shared_returned
+        } else {
+            &stats.nats_errors
+        });
+    }
+
+    /// A message from a share group's queue, which JetStream handed to this node rather
+    /// than to another node with members: passed on for one member here (with a token to
+    /// settle it by, or to give it back with when no member is online). Not filtered for
+    /// copies: the plain paths' copies are other deliveries, and a redelivery is a
+    /// duplicate QoS 1 allows (QoS 2: `docs/cluster.md`, "Not done yet").
+    fn shared_queued(&mut self, m: async_nats::Message, route: Route, delivered: i64, age_ms: u64) {
+        let stats = &self.out.stats;
+        let Some(reply) = m.reply.clone() else {
+            LinkStats::add(&stats.malformed);
+            return;
+        };
+        LinkStats::add(&stats.shared_received);
+        if delivered > 1 {
+            LinkStats::add(&stats.queue_redelivered);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        if self.unsettled.len() >= UNSETTLED_MAX {
+            self.unsettled.clear();
+        }
+        self.unsettled.insert(token, reply);
+        let expired = |e: &mut Envelope| match e.expiry_secs {
+            Some(left) => {
+                let age_s = u32::try_from(age_ms / 1000).unwrap_or(u32::MAX);
+                e.expiry_secs = Some(left.saturating_sub(age_s));
+                age_s >= left
+            }
+            None => false,
+        };
+        let decoded = envelope::decode(&m.payload).map(|mut e| (expired(&mut e), e));
+        let e = match decoded {
+            Ok((false, e)) => e,
+            decoded => {
+                if decoded.is_err() {
+                    LinkStats::add(&stats.malformed);
+                }
+                if !self.out.push(FromLink::Settle {
+                    token,
+                    dedupe: None,
+                }) {
+                    self.unsettled.remove(&token);
+                }
+                return;
+            }
+        };
+        LinkStats::add(&stats.received);
+        let pushed = self.out.push(FromLink::Message {
+            route,
+            envelope: Box::new(e),
+            token: Some(token),
+            dedupe: None,
+        });
+        if !pushed {
+            self.unsettled.remove(&token);
+        }
+    }
+
     /// A message from this node's queue: passed on with a token to settle it by, or, if
     /// it is a copy of one already passed on (or expired meanwhile), settled through the
     /// node all the same, so the acknowledgement follows what came before.
@@ -1038,16 +1256,61 @@ impl State {
             return settle_only(self, dedupe);
         }
         LinkStats::add(&self.out.stats.received);
-        let pushed = self.out.push(FromLink::Message {
+        // Every message of the queue is part of its topic's chain for this node.
+        let prev = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(queue::PREV_HEADER))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
+        let m = FromLink::Message {
             route: Route::Plain,
             envelope: Box::new(e),
             token: Some(token),
             dedupe,
-        });
-        if !pushed {
-            // Comes again after the ack wait.
-            self.unsettled.remove(&token);
+        };
+        self.in_order((&origin, &topic, seq), prev, m);
+    }
+
+    /// Pass chained message `m` (`seq` from `origin` on `topic`, naming `prev`) on once
+    /// the one it names was passed on, with whatever waited for it (`order`).
+    fn in_order(
+        &mut self,
+        (origin, topic, seq): (&str, &str, u64),
+        prev: Option<u64>,
+        m: FromLink,
+    ) {
+        let mut out = Vec::new();
+        let now = self.now_ms();
+        if self.order.offer(origin, topic, seq, prev, now, m, &mut out) {
+            LinkStats::add(&self.out.stats.order_held);
         }
+        self.pass_on(out);
+    }
+
+    /// Push inbound messages to the node (the caller wakes it); a queue message that does
+    /// not fit comes again after the ack wait.
+    fn pass_on(&mut self, out: Vec<FromLink>) {
+        for m in out {
+            let token = match &m {
+                FromLink::Message { token, .. } => *token,
+                _ => None,
+            };
+            if !self.out.push(m) {
+                if let Some(token) = token {
+                    self.unsettled.remove(&token);
+                }
+            }
+        }
+        let expired = self.order.expired();
+        self.out
+            .stats
+            .order_expired
+            .store(expired, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn inbound(&mut self, (tag, m): Inbound) {
@@ -1057,15 +1320,43 @@ impl State {
             Tag::Takeover => return self.takeover(&m.payload),
             Tag::State => return self.session_state(&m.payload),
             Tag::Queued { delivered, age_ms } => return self.queued(m, *delivered, *age_ms),
+            Tag::SharedQueued {
+                group,
+                filter,
+                delivered,
+                age_ms,
+            } => {
+                let route = Route::Shared {
+                    group: group.clone(),
+                    filter: filter.clone(),
+                };
+                return self.shared_queued(m, route, *delivered, *age_ms);
+            }
             Tag::Deliver(r) => r,
         };
-        if matches!(route, Route::Plain) {
+        let mut chained = None;
+        let from_queue = match route {
             // The nodes named here get this message from their queue.
-            let queued = m.headers.as_ref().and_then(|h| h.get(queue::QUEUED_HEADER));
-            if queued.is_some_and(|v| queue::names(v.as_str(), &self.node)) {
-                LinkStats::add(&stats.duplicates);
-                return;
-            }
+            Route::Plain => m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(queue::QUEUED_HEADER))
+                .is_some_and(|v| queue::names(v.as_str(), &self.node)),
+            // The groups named here get it from their group's queue.
+            Route::Shared { group, filter } => m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(queue::SHARED_HEADER))
+                .is_some_and(|v| queue::names(v.as_str(), &subject::queue_group(group, filter))),
+        };
+        if from_queue {
+            LinkStats::add(&stats.duplicates);
+            return;
+        }
+        if matches!(route, Route::Plain) {
+            // Its store for this node failed: this copy takes its place in the chain.
+            let prevs = m.headers.as_ref().and_then(|h| h.get(queue::PREV_HEADER));
+            chained = prevs.and_then(|v| queue::prev_in_list(v.as_str(), &self.node));
         }
         let Ok(e) = envelope::decode(&m.payload) else {
             LinkStats::add(&stats.malformed);
@@ -1082,12 +1373,19 @@ impl State {
             return;
         }
         LinkStats::add(&stats.received);
-        self.out.push(FromLink::Message {
+        let (origin, topic, seq) = (e.origin.clone(), e.topic.clone(), e.seq);
+        let m = FromLink::Message {
             route: route.clone(),
             envelope: Box::new(e),
             token: None,
             dedupe: None,
-        });
+        };
+        match chained {
+            Some(prev) => self.in_order((&origin, &topic, seq), prev, m),
+            None => {
+                self.out.push(m);
+            }
+        }
     }
 
     /// Send a session's state to node `to`: `u16 id length | client id | state`.

@@ -17,6 +17,7 @@ pub mod handover;
 pub mod kv;
 pub mod link;
 pub mod node;
+pub mod order;
 pub mod queue;
 pub mod release;
 pub mod subject;
@@ -66,6 +67,13 @@ pub enum ToLink {
     /// A message this node's queue consumer handed over (`FromLink::Message` with a
     /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
     Settle {
+        /// As received.
+        token: u64,
+    },
+    /// A message of a share group's queue (`FromLink::Message` with `Route::Shared` and a
+    /// `token`) found no online member here: give it back to JetStream, which hands it to
+    /// a node of the group again after `queue::SHARED_RETURN_DELAY`.
+    Return {
         /// As received.
         token: u64,
     },
@@ -315,11 +323,21 @@ pub struct LinkStats {
     pub queue_redelivered: AtomicU64,
     /// Messages of this node's queue acknowledged to JetStream.
     pub queue_settled: AtomicU64,
+    /// QoS ≥ 1 messages stored in a share group's queue (one per group).
+    pub shared_queued: AtomicU64,
+    /// Messages taken from a share group's queue.
+    pub shared_received: AtomicU64,
+    /// Share group messages given back: no online member here.
+    pub shared_returned: AtomicU64,
     /// Messages copied from a dead node's queue for a session taken over here.
     pub reclaimed: AtomicU64,
     /// Sessions restored from this node's store that the registry gave to another node
     /// meanwhile (handed over and ended here).
     pub disowned: AtomicU64,
+    /// Inbound QoS ≥ 1 messages held until the one before them on their topic arrived.
+    pub order_held: AtomicU64,
+    /// Of those, passed on at the bound without it (`order::ORDER_HOLD_MS`).
+    pub order_expired: AtomicU64,
 }
 
 impl LinkStats {
@@ -402,6 +420,21 @@ impl LinkStats {
                 g(&self.queue_settled),
             ),
             (
+                "shared_queued",
+                "QoS 1/2 messages stored in a share group's JetStream queue.",
+                g(&self.shared_queued),
+            ),
+            (
+                "shared_received",
+                "Messages taken from a share group's JetStream queue.",
+                g(&self.shared_received),
+            ),
+            (
+                "shared_returned",
+                "Share group messages given back: no online member on this node.",
+                g(&self.shared_returned),
+            ),
+            (
                 "reclaimed",
                 "Messages copied from a dead node's queue for a session taken over here.",
                 g(&self.reclaimed),
@@ -410,6 +443,16 @@ impl LinkStats {
                 "disowned",
                 "Restored sessions owned by another node meanwhile, handed over at start.",
                 g(&self.disowned),
+            ),
+            (
+                "order_held",
+                "Inbound QoS 1/2 messages held until the one before them arrived.",
+                g(&self.order_held),
+            ),
+            (
+                "order_expired",
+                "Held messages passed on at the bound without the one before them.",
+                g(&self.order_expired),
             ),
             (
                 "to_link_dropped",

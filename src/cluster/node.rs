@@ -113,6 +113,7 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             msg_id: qos2_id.map(|k| k.stem()),
         },
         ToCluster::Settle { token } => ToLink::Settle { token },
+        ToCluster::Return { token } => ToLink::Return { token },
         ToCluster::Handover {
             to,
             client_id,

@@ -5,12 +5,22 @@
 //! reads its subject through one durable consumer and acknowledges a message only once it
 //! is handed to its shards (and durable in its own log, with persistence on).
 //!
-//! Owns: the names (stream, consumer, interest keys), the stream and consumer
-//! configuration, the interest view (which other nodes want a topic) and the header that
-//! tells a node to ignore the core NATS copy of a message it gets from the stream.
-//! Invariant: the view names only *other* nodes, each at most once per topic; it changes
-//! only through `insert`/`remove` of bucket entries, so it converges on the bucket. Must
-//! not touch: the NATS client (the link's tasks drive it), the node's queues.
+//! Shared subscriptions take the same path through a second stream (`docs/cluster.md`,
+//! "Shared subscriptions at QoS 1/2"; `docs/decisions/0015-cluster-shared-durable.md`):
+//! a node with members of `$share/G/F` writes `$share/G/F` to the interest bucket, a QoS ≥
+//! 1 message matching `F` is stored once per such group under the group's subject
+//! `smq.<cluster>.g.<qname>`, and every node with members pulls from the group's one
+//! durable consumer, so JetStream hands each message to one node and, if that node dies
+//! before it acknowledged it, to another after the ack wait.
+//!
+//! Owns: the names (streams, consumers, interest keys), the streams' and consumers'
+//! configuration, the interest view (which other nodes want a topic, which share groups
+//! have members anywhere) and the headers that tell a node to ignore the core NATS copy
+//! of a message it gets from a stream. Invariant: the view names only *other* nodes for
+//! plain filters, each at most once per topic, and each share group (this node's
+//! included) at most once per topic; it changes only through `insert`/`remove` of bucket
+//! entries, so it converges on the bucket. Must not touch: the NATS client (the link's
+//! tasks drive it), the node's queues.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -25,6 +35,26 @@ use crate::topic::trie::FilterTrie;
 /// Header of a core NATS copy of a QoS ≥ 1 message: the nodes that got it from the stream
 /// (comma-separated); they ignore the core copy.
 pub const QUEUED_HEADER: &str = "Smq-Queued";
+/// Header of a core NATS copy of a QoS ≥ 1 message: the share groups (`queue_group`
+/// names, comma-separated) whose group queue got it; the node NATS picks for such a group
+/// ignores the core copy.
+pub const SHARED_HEADER: &str = "Smq-Shared";
+/// How long a share group's handed-out message waits for its acknowledgement before
+/// JetStream hands it to a node again (possibly another): the time a message of a member
+/// node that died stays with it. Shorter than a node's own queue (`QUEUE_ACK_WAIT`),
+/// whose messages have nowhere else to go.
+pub const SHARED_ACK_WAIT: Duration = Duration::from_secs(10);
+/// Messages of one share group a node may hold unacknowledged: what it can take before
+/// dying, to be handed to another node after `SHARED_ACK_WAIT`.
+pub const SHARED_ACK_PENDING_MAX: i64 = 1024;
+/// A message returned by a node with no online member of its group comes again after
+/// this long (to any node of the group), so a node without members does not spin on it.
+pub const SHARED_RETURN_DELAY: Duration = Duration::from_secs(1);
+/// Header naming the message before this one on its topic meant for the receiving node
+/// (`docs/cluster.md`, *Order*). On a store: that message's sequence number (its origin's
+/// envelope numbering). On a core NATS copy: `<node>=<seq>` for each node whose store it
+/// missed (comma-separated; seq 0: none), which take that copy as part of their chain.
+pub const PREV_HEADER: &str = "Smq-Prev";
 /// Messages kept per node subject while the node does not read them (a node down for
 /// good); past it the oldest go (`docs/cluster.md`).
 pub const QUEUE_MESSAGES_PER_NODE_MAX: i64 = 1_000_000;
@@ -58,6 +88,42 @@ pub fn stream_config(name: &str, prefix: &Prefix, replicas: usize) -> stream::Co
         duplicate_window: QUEUE_DUPLICATE_WINDOW,
         ..Default::default()
     }
+}
+
+/// The stream of the share groups of cluster `name`: `SMQ_<name>_SHARED`.
+pub fn shared_stream_name(name: &str) -> String {
+    format!("SMQ_{name}_SHARED")
+}
+
+/// The configuration of the share groups' stream: one subject per group, otherwise as
+/// the node queues' stream (work-queue retention: a message goes once one node
+/// acknowledged it).
+pub fn shared_stream_config(name: &str, prefix: &Prefix, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: shared_stream_name(name),
+        subjects: vec![prefix.shared("*")],
+        ..stream_config(name, prefix, replicas)
+    }
+}
+
+/// The durable consumer of share group queue `qname` (`subject::queue_group`), shared by
+/// every node with members: its subject only, explicit acknowledgements.
+pub fn shared_consumer_config(prefix: &Prefix, qname: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(qname.to_string()),
+        filter_subject: prefix.shared(qname),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: SHARED_ACK_WAIT,
+        max_ack_pending: SHARED_ACK_PENDING_MAX,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// Whether a release-list target is a share group's queue name (`q` and 32 hex digits,
+/// longer than any node name) rather than a node.
+pub fn is_group(target: &str) -> bool {
+    target.len() == 33 && target.starts_with('q')
 }
 
 /// The durable consumer of node `node`: its subject only, explicit acknowledgements.
@@ -101,21 +167,55 @@ pub fn received_id(msg_id: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
+/// The value of [`PREV_HEADER`] on a core copy: `node=seq` per missed node.
+pub fn prev_list(missed: &[(Arc<str>, u64)]) -> String {
+    let parts: Vec<String> = missed.iter().map(|(n, s)| format!("{n}={s}")).collect();
+    parts.join(",")
+}
+
+/// What the [`PREV_HEADER`] value `list` of a core copy says to `node`: `None` when it does
+/// not name it (the copy is not part of its chain), else the predecessor to wait for
+/// (`Some(None)`: none). A malformed number counts as none.
+pub fn prev_in_list(list: &str, node: &str) -> Option<Option<u64>> {
+    let (_, seq) = list
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .find(|(n, _)| *n == node)?;
+    Some(seq.parse::<u64>().ok().filter(|&s| s != 0))
+}
+
 /// Whether the header value `list` (of [`QUEUED_HEADER`]) names `node`.
 pub fn names(list: &str, node: &str) -> bool {
     list.split(',').any(|n| n == node)
 }
 
-/// Which other nodes want which filters, as the interest bucket says.
+/// One share group's entry in the view: its queue name and the nodes with members.
+struct GroupNodes {
+    qname: Arc<str>,
+    nodes: Vec<Arc<str>>,
+}
+
+/// What one bucket entry put in the view.
+enum Held {
+    /// A plain filter of another node.
+    Plain(Arc<str>, Box<str>),
+    /// Members of a share group (queue name) on a node, for a filter.
+    Shared(Arc<str>, Box<str>, Arc<str>),
+}
+
+/// Which other nodes want which filters, and which share groups have members on some
+/// node, as the interest bucket says.
 #[derive(Default)]
 pub struct InterestView {
     me: Arc<str>,
-    by_key: HashMap<String, (Arc<str>, Box<str>)>,
+    by_key: HashMap<String, Held>,
     trie: FilterTrie<Vec<Arc<str>>>,
+    /// Inner filter → its groups with members somewhere (this node included).
+    shared: FilterTrie<Vec<GroupNodes>>,
 }
 
 impl InterestView {
-    /// An empty view for node `me` (whose own entries are left out).
+    /// An empty view for node `me` (whose own plain entries are left out).
     pub fn new(me: &str) -> InterestView {
         InterestView {
             me: me.into(),
@@ -123,9 +223,15 @@ impl InterestView {
         }
     }
 
-    /// Bucket entry `key` says `node` wants `filter`.
+    /// Bucket entry `key` says `node` wants `filter` (`$share/G/F`: has members of G on F).
     pub fn insert(&mut self, key: &str, node: &str, filter: &str) {
-        if node == &*self.me || self.by_key.contains_key(key) {
+        if self.by_key.contains_key(key) {
+            return;
+        }
+        if let Ok(crate::topic::FilterKind::Shared(sh)) = crate::topic::parse_filter(filter) {
+            return self.insert_shared(key, node, sh.group, sh.filter);
+        }
+        if node == &*self.me {
             return;
         }
         let node: Arc<str> = node.into();
@@ -133,23 +239,51 @@ impl InterestView {
         if !nodes.contains(&node) {
             nodes.push(node.clone());
         }
-        self.by_key.insert(key.to_string(), (node, filter.into()));
+        self.by_key
+            .insert(key.to_string(), Held::Plain(node, filter.into()));
+    }
+
+    fn insert_shared(&mut self, key: &str, node: &str, group: &str, filter: &str) {
+        let node: Arc<str> = node.into();
+        let qname: Arc<str> = super::subject::queue_group(group, filter).into();
+        let groups = self.shared.entry_or_insert_with(filter, Vec::new);
+        match groups.iter_mut().find(|g| g.qname == qname) {
+            Some(g) if !g.nodes.contains(&node) => g.nodes.push(node.clone()),
+            Some(_) => {}
+            None => groups.push(GroupNodes {
+                qname: qname.clone(),
+                nodes: vec![node.clone()],
+            }),
+        }
+        self.by_key
+            .insert(key.to_string(), Held::Shared(node, filter.into(), qname));
     }
 
     /// Bucket entry `key` was deleted.
     pub fn remove(&mut self, key: &str) {
-        let Some((node, filter)) = self.by_key.remove(key) else {
-            return;
-        };
-        let empty = match self.trie.get_mut(&filter) {
-            Some(nodes) => {
-                nodes.retain(|n| *n != node);
-                nodes.is_empty()
+        match self.by_key.remove(key) {
+            Some(Held::Plain(node, filter)) => {
+                let empty = self.trie.get_mut(&filter).is_some_and(|nodes| {
+                    nodes.retain(|n| *n != node);
+                    nodes.is_empty()
+                });
+                if empty {
+                    self.trie.remove(&filter);
+                }
             }
-            None => false,
-        };
-        if empty {
-            self.trie.remove(&filter);
+            Some(Held::Shared(node, filter, qname)) => {
+                let empty = self.shared.get_mut(&filter).is_some_and(|groups| {
+                    for g in groups.iter_mut().filter(|g| g.qname == qname) {
+                        g.nodes.retain(|n| *n != node);
+                    }
+                    groups.retain(|g| !g.nodes.is_empty());
+                    groups.is_empty()
+                });
+                if empty {
+                    self.shared.remove(&filter);
+                }
+            }
+            None => {}
         }
     }
 
@@ -166,12 +300,26 @@ impl InterestView {
         out
     }
 
+    /// The share groups (queue names) with members on some node, this one included, whose
+    /// filter matches `topic`, each once.
+    pub fn groups(&self, topic: &str) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = Vec::new();
+        self.shared.for_each_match(topic, |groups| {
+            for g in groups {
+                if !out.contains(&g.qname) {
+                    out.push(g.qname.clone());
+                }
+            }
+        });
+        out
+    }
+
     /// Entries held (for tests and figures).
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
 
-    /// Whether no other node wants anything.
+    /// Whether nothing is wanted anywhere.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
@@ -212,5 +360,45 @@ mod tests {
         assert!(names("a,bb,c", "bb"));
         assert!(!names("a,bb,c", "b"));
         assert!(interest_key("n", "f").starts_with("n."));
+        let val = interest_value("n-1", "$share/g/a/#");
+        assert_eq!(parse_interest(&val), Some(("n-1", "$share/g/a/#")));
+        let list = prev_list(&[("b".into(), 12), ("cc".into(), 0)]);
+        assert_eq!(list, "b=12,cc=0");
+        assert_eq!(prev_in_list(&list, "b"), Some(Some(12)));
+        assert_eq!(prev_in_list(&list, "cc"), Some(None), "first of its chain");
+        assert_eq!(prev_in_list(&list, "c"), None, "not named");
+        assert_eq!(prev_in_list("b=x", "b"), Some(None));
+    }
+
+    #[test]
+    fn the_view_names_each_share_group_once_with_this_nodes_own() {
+        let mut v = InterestView::new("a");
+        for (node, filter) in [
+            ("a", "$share/g/x/#"),
+            ("b", "$share/g/x/#"),
+            ("b", "$share/h/x/+"),
+            ("c", "x/y"),
+        ] {
+            v.insert(&interest_key(node, filter), node, filter);
+        }
+        let g = crate::cluster::subject::queue_group("g", "x/#");
+        let h = crate::cluster::subject::queue_group("h", "x/+");
+        let mut got: Vec<String> = v.groups("x/y").iter().map(|q| q.to_string()).collect();
+        got.sort();
+        let mut want = vec![g.clone(), h.clone()];
+        want.sort();
+        assert_eq!(got, want, "g once for two nodes, a's own members count");
+        assert!(is_group(&g) && !is_group("a"));
+        assert_eq!(
+            v.nodes("x/y").len(),
+            1,
+            "share entries are no plain interest"
+        );
+        v.remove(&interest_key("b", "$share/g/x/#"));
+        assert_eq!(v.groups("x/z/w").len(), 1, "g still has a's members");
+        v.remove(&interest_key("a", "$share/g/x/#"));
+        assert!(v.groups("x/z/w").is_empty());
+        v.remove(&interest_key("b", "$share/h/x/+"));
+        assert!(v.groups("x/y").is_empty());
     }
 }

@@ -3,8 +3,11 @@
 //! JetStream queues, and its core NATS copy leaves once it and every earlier message are
 //! done.
 //!
-//! Owns: the messages in publish order, the stage of each (held, storing, done), and per
-//! topic the counts that decide when a message's store may start. Invariant: a message's
+//! Owns: the messages in publish order, the stage of each (held, storing, done), per
+//! topic the counts that decide when a message's store may start, and per (topic, node)
+//! the last message meant for that node (the *chain*: each message names the one before
+//! it, `Smq-Prev`, so the receiver can put a store that a failure reordered back in
+//! order, `order`). Invariant: a message's
 //! store starts only when every earlier unreleased message on its topic is itself started
 //! (not held), was meant for exactly the same nodes, and none of them missed a node
 //! (a failed store). So on one topic a receiving node never has a later message in its
@@ -29,10 +32,23 @@ enum Stage {
     Done(Vec<Arc<str>>),
 }
 
+/// The message before one on its topic that was meant for the same node.
+#[derive(Clone, Copy)]
+struct Prev {
+    /// Its number in the list.
+    id: u64,
+    /// The link's sequence number of it (the envelope's).
+    seq: u64,
+    /// It missed that node (its store failed or was skipped): its core copy goes there.
+    missed: bool,
+}
+
 struct Entry<T> {
     topic: Arc<str>,
     /// The nodes it is meant for (the interest view when it came).
     targets: Vec<Arc<str>>,
+    /// Per target, the message before it on its topic meant for that node.
+    prevs: Vec<Option<Prev>>,
     /// `false`: skip the stores (too many under way; counted failed by the caller).
     store: bool,
     stage: Stage,
@@ -67,7 +83,15 @@ pub struct Released<T> {
     pub stored: Vec<Arc<str>>,
     /// How many nodes it was meant for.
     pub targets: usize,
+    /// The nodes it was meant for whose store it missed, each with the sequence number of
+    /// the message before it on its topic meant for that node (0: none): the core copy
+    /// goes there and must not be passed on before that one (`Smq-Prev`).
+    pub missed: Vec<(Arc<str>, u64)>,
 }
+
+/// Topics whose chains are kept; past it they start afresh (a message then names no
+/// predecessor until its topic has one again).
+pub const CHAIN_TOPICS_MAX: usize = 65_536;
 
 /// QoS ≥ 1 messages in publish order, numbered consecutively from 0.
 pub struct ReleaseList<T> {
@@ -77,6 +101,8 @@ pub struct ReleaseList<T> {
     topics: HashMap<Arc<str>, Topic>,
     /// Messages whose stores the caller must start (`take_starts`).
     starts: Vec<u64>,
+    /// Per topic, per node: the last message meant for it.
+    chain: HashMap<Arc<str>, Vec<(Arc<str>, Prev)>>,
 }
 
 impl<T> Default for ReleaseList<T> {
@@ -86,6 +112,7 @@ impl<T> Default for ReleaseList<T> {
             first: 0,
             topics: HashMap::new(),
             starts: Vec::new(),
+            chain: HashMap::new(),
         }
     }
 }
@@ -101,18 +128,30 @@ impl<T> ReleaseList<T> {
         self.entries.is_empty()
     }
 
-    /// Add a message on `topic` meant for `targets` (`store`: whether to store it for
-    /// them at all). Its store starts now or later (`take_starts`); with no targets or
-    /// no store it is done as soon as it is not held.
-    pub fn push(&mut self, topic: &str, targets: Vec<Arc<str>>, store: bool, item: T) -> u64 {
+    /// Add message `seq` (the link's number) on `topic` meant for `targets` (`store`:
+    /// whether to store it for them at all). Its store starts now or later
+    /// (`take_starts`); with no targets or no store it is done as soon as it is not held.
+    pub fn push(
+        &mut self,
+        topic: &str,
+        targets: Vec<Arc<str>>,
+        store: bool,
+        seq: u64,
+        item: T,
+    ) -> u64 {
         let id = self.first + self.entries.len() as u64;
         let topic: Arc<str> = match self.topics.get_key_value(topic) {
             Some((k, _)) => k.clone(),
-            None => topic.into(),
+            None => match self.chain.get_key_value(topic) {
+                Some((k, _)) => k.clone(),
+                None => topic.into(),
+            },
         };
+        let prevs = self.link(&topic, &targets, id, seq);
         self.entries.push_back(Entry {
             topic: topic.clone(),
             targets,
+            prevs,
             store,
             stage: Stage::Held,
             item,
@@ -135,6 +174,82 @@ impl<T> ReleaseList<T> {
     pub fn get(&self, id: u64) -> Option<(&[Arc<str>], &T)> {
         let e = self.entry(id)?;
         Some((&e.targets, &e.item))
+    }
+
+    /// Per target of message `id` (in `get`'s order), the sequence number its store must
+    /// name as its predecessor (`Smq-Prev`): the message before it on its topic meant for
+    /// that node, if that one could still be behind it there — not released yet (its
+    /// store may be retried after this one lands), or released with that node missed
+    /// (its core copy may wait at the receiver). `None`: nothing to wait for. Call when
+    /// its store starts.
+    pub fn store_prevs(&self, id: u64) -> Vec<Option<u64>> {
+        let Some(e) = self.entry(id) else {
+            return Vec::new();
+        };
+        e.prevs
+            .iter()
+            .map(|p| p.filter(|p| p.missed || p.id >= self.first).map(|p| p.seq))
+            .collect()
+    }
+
+    /// Chain message `id` (number `seq`) on `topic` to each of `targets`: the previous
+    /// last message meant for each.
+    fn link(
+        &mut self,
+        topic: &Arc<str>,
+        targets: &[Arc<str>],
+        id: u64,
+        seq: u64,
+    ) -> Vec<Option<Prev>> {
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        if !self.chain.contains_key(topic) && self.chain.len() >= CHAIN_TOPICS_MAX {
+            self.chain.clear();
+        }
+        let links = self.chain.entry(topic.clone()).or_default();
+        let now = Prev {
+            id,
+            seq,
+            missed: false,
+        };
+        targets
+            .iter()
+            .map(|n| match links.iter_mut().find(|(m, _)| m == n) {
+                Some((_, last)) => Some(std::mem::replace(last, now)),
+                None => {
+                    links.push((n.clone(), now));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Message `id` on `topic` left having missed `node`: the chain's last message, or the
+    /// next message meant for `node` on the topic (which names it), must say so.
+    fn note_missed(&mut self, topic: &Arc<str>, node: &Arc<str>, id: u64) {
+        let Some(links) = self.chain.get_mut(topic) else {
+            return;
+        };
+        let Some((_, last)) = links.iter_mut().find(|(n, _)| n == node) else {
+            return;
+        };
+        if last.id == id {
+            last.missed = true;
+            return;
+        }
+        // A later message meant for `node` on the topic names it: the first such one.
+        let next = self
+            .entries
+            .iter_mut()
+            .filter(|e| e.topic == *topic)
+            .find_map(|e| {
+                let i = e.targets.iter().position(|n| n == node)?;
+                e.prevs.get_mut(i)?.as_mut()
+            });
+        if let Some(p) = next.filter(|p| p.id == id) {
+            p.missed = true;
+        }
     }
 
     /// The stores of message `id` are over: `stored` names the nodes whose queue holds it.
@@ -164,11 +279,23 @@ impl<T> ReleaseList<T> {
             return None;
         }
         let e = self.entries.pop_front()?;
+        let id = self.first;
         self.first += 1;
-        let missed = e.missed();
+        let Stage::Done(stored) = e.stage else {
+            return None;
+        };
+        let mut gone = Vec::new();
+        for (n, p) in e.targets.iter().zip(&e.prevs) {
+            if !stored.contains(n) {
+                gone.push((n.clone(), p.map_or(0, |p| p.seq)));
+            }
+        }
+        for (n, _) in &gone {
+            self.note_missed(&e.topic, n, id);
+        }
         if let Some(t) = self.topics.get_mut(&e.topic) {
             t.started = t.started.saturating_sub(1);
-            if missed {
+            if !gone.is_empty() {
                 t.missed = t.missed.saturating_sub(1);
             }
             if t.started == 0 && t.held.is_empty() {
@@ -177,13 +304,11 @@ impl<T> ReleaseList<T> {
                 self.start_held(&e.topic);
             }
         }
-        let Stage::Done(stored) = e.stage else {
-            return None;
-        };
         Some(Released {
             item: e.item,
             stored,
             targets: e.targets.len(),
+            missed: gone,
         })
     }
 
@@ -258,10 +383,10 @@ mod tests {
     #[test]
     fn a_store_waits_for_an_earlier_core_only_message_of_its_topic() {
         let mut l = ReleaseList::default();
-        let x = l.push("o", nodes(&["b"]), true, 0);
+        let x = l.push("o", nodes(&["b"]), true, 0, 0);
         assert_eq!(l.take_starts(), [x], "nothing before it on its topic");
-        l.push("t", nodes(&[]), true, 1);
-        let m2 = l.push("t", nodes(&["b"]), true, 2);
+        l.push("t", nodes(&[]), true, 1, 1);
+        let m2 = l.push("t", nodes(&["b"]), true, 2, 2);
         assert!(
             l.take_starts().is_empty(),
             "m2's store would reach B's queue before m1's core copy left"
@@ -278,10 +403,10 @@ mod tests {
     #[test]
     fn stores_for_the_same_nodes_pipeline_and_other_topics_do_not_wait() {
         let mut l = ReleaseList::default();
-        let a = l.push("t", nodes(&["b"]), true, 0);
-        let b = l.push("t", nodes(&["b"]), true, 1);
-        l.push("u", nodes(&[]), true, 2);
-        let d = l.push("u", nodes(&["c"]), true, 3);
+        let a = l.push("t", nodes(&["b"]), true, 0, 0);
+        let b = l.push("t", nodes(&["b"]), true, 1, 1);
+        l.push("u", nodes(&[]), true, 2, 2);
+        let d = l.push("u", nodes(&["c"]), true, 3, 3);
         assert_eq!(
             l.take_starts(),
             [a, b],
@@ -292,7 +417,7 @@ mod tests {
         l.stored(a, nodes(&["b"]));
         assert_eq!(release_all(&mut l), [0, 1, 2]);
         assert_eq!(l.take_starts(), [d]);
-        let e = l.push("v", nodes(&["c"]), true, 4);
+        let e = l.push("v", nodes(&["c"]), true, 4, 4);
         assert_eq!(l.take_starts(), [e], "another topic never waits for t or u");
         assert_eq!(l.get(d).map(|(n, &i)| (n.len(), i)), Some((1, 3)));
     }
@@ -300,12 +425,12 @@ mod tests {
     #[test]
     fn new_targets_and_missed_stores_hold_later_stores_until_released() {
         let mut l = ReleaseList::default();
-        let a = l.push("t", nodes(&["b"]), true, 0);
-        let b = l.push("t", nodes(&["b", "c"]), true, 1);
+        let a = l.push("t", nodes(&["b"]), true, 0, 0);
+        let b = l.push("t", nodes(&["b", "c"]), true, 1, 1);
         assert_eq!(l.take_starts(), [a], "c is new: b waits for a");
         // a's store failed: its core copy must reach B before anything later is stored.
         l.stored(a, nodes(&[]));
-        let c = l.push("t", nodes(&["b", "c"]), true, 2);
+        let c = l.push("t", nodes(&["b", "c"]), true, 2, 2);
         assert!(l.take_starts().is_empty(), "held behind b, in order");
         let r = l.next_release().expect("a is done");
         assert_eq!((r.item, r.stored.len(), r.targets), (0, 0, 1));
@@ -313,8 +438,8 @@ mod tests {
         // Skipped stores count as missed and hold what follows.
         l.stored(b, nodes(&["b", "c"]));
         l.stored(c, nodes(&["b", "c"]));
-        let skip = l.push("t", nodes(&["b"]), false, 3);
-        let after = l.push("t", nodes(&["b"]), true, 4);
+        let skip = l.push("t", nodes(&["b"]), false, 3, 3);
+        let after = l.push("t", nodes(&["b"]), true, 4, 4);
         assert!(l.take_starts().is_empty());
         assert_eq!(
             release_all(&mut l),
@@ -327,6 +452,55 @@ mod tests {
             release_all(&mut l).is_empty(),
             "a stale answer changes nothing"
         );
+    }
+
+    /// The chain: a store names the message before it on its topic for that node while
+    /// that one is unreleased, or after it missed the node; a core copy that missed a node
+    /// always names it (the receiver may still have it in its queue).
+    #[test]
+    fn stores_and_missed_copies_name_their_predecessor() {
+        let mut l = ReleaseList::default();
+        let a = l.push("t", nodes(&["b"]), true, 10, 0);
+        let b = l.push("t", nodes(&["b"]), true, 11, 1);
+        assert_eq!(l.take_starts(), [a, b]);
+        assert_eq!(l.store_prevs(a), [None], "first of its chain");
+        assert_eq!(
+            l.store_prevs(b),
+            [Some(10)],
+            "a may be retried after b lands"
+        );
+        l.stored(a, nodes(&["b"]));
+        l.stored(b, nodes(&["b"]));
+        let r: Vec<_> = std::iter::from_fn(|| l.next_release()).collect();
+        assert!(r.iter().all(|r| r.missed.is_empty()));
+        let c = l.push("t", nodes(&["b"]), true, 12, 2);
+        assert_eq!(
+            l.store_prevs(c),
+            [None],
+            "b left stored: it is ahead in the queue"
+        );
+        // c misses b; d started in flight before that was known, e pushed after.
+        let d = l.push("t", nodes(&["b"]), true, 13, 3);
+        l.take_starts();
+        l.stored(c, nodes(&[]));
+        let e = l.push("t", nodes(&["b"]), true, 14, 4);
+        assert!(l.take_starts().is_empty(), "held behind the missed c");
+        let r = l.next_release().expect("c is done");
+        assert_eq!(r.missed, [("b".into(), 11)], "c's core copy names b's 11");
+        assert_eq!(l.store_prevs(d), [Some(12)]);
+        l.stored(d, nodes(&["b"]));
+        assert_eq!(release_all(&mut l), [3]);
+        assert_eq!(l.take_starts(), [e]);
+        assert_eq!(l.store_prevs(e), [None], "d left stored before e started");
+        l.stored(e, nodes(&["b"]));
+        assert_eq!(release_all(&mut l), [4]);
+        // A message after a released missed one names it; a new node starts its chain.
+        let f = l.push("t", nodes(&["b"]), false, 15, 5);
+        assert_eq!(release_all(&mut l), [5]);
+        let g = l.push("t", nodes(&["b", "c"]), true, 16, 6);
+        assert_eq!(l.take_starts(), [g]);
+        assert_eq!(l.store_prevs(g), [Some(15), None], "f missed b; c is new");
+        let _ = f;
     }
 
     /// A small deterministic generator (xorshift), so failures repeat.
@@ -372,7 +546,7 @@ mod tests {
                     } else {
                         Vec::new()
                     };
-                    l.push(&names[k], targets, true, (k, per_topic[k]));
+                    l.push(&names[k], targets, true, u64::from(sent), (k, per_topic[k]));
                     per_topic[k] += 1;
                     sent += 1;
                 }

@@ -70,6 +70,12 @@ impl Prefix {
     pub fn queue(&self, node: &str) -> String {
         format!("{}q.{node}", self.text)
     }
+
+    /// The queue subject of share group queue `qname` (`queue_group`; `*` for every
+    /// group's): `smq.<cluster>.g.<qname>`.
+    pub fn shared(&self, qname: &str) -> String {
+        format!("{}g.{qname}", self.text)
+    }
 }
 
 /// Whether `name` can be a cluster or node name: 1..=32 bytes of `[A-Za-z0-9_-]`.

@@ -29,12 +29,21 @@ use super::QUEUE_RETRY_MS;
 /// context's own limit (5,000 unanswered publishes, past which a publish waits).
 const FLIGHTS_MAX: usize = 2048;
 
+/// One store of a message: the node, its queue subject, and the sequence number of the
+/// message before it on its topic that the receiver must have passed on first
+/// (`queue::PREV_HEADER`; `None`: nothing to wait for).
+pub(super) struct Target {
+    pub node: Arc<str>,
+    pub subject: String,
+    pub prev: Option<u64>,
+}
+
 /// One message's stores.
 pub(super) struct StoreJob {
     /// The release list's number of the message.
     pub id: u64,
-    /// (node, its queue subject) to store it for.
-    pub to: Vec<(Arc<str>, String)>,
+    /// The nodes to store it for.
+    pub to: Vec<Target>,
     pub bytes: Bytes,
     /// `<origin>.<seq>`; the node's name is appended per copy, so a retry is stored once.
     pub msg_id: String,
@@ -58,8 +67,7 @@ struct Job {
 /// stored it (answered within the job's deadline).
 struct Flight {
     slot: u64,
-    node: Arc<str>,
-    subject: String,
+    to: Target,
     stored: Pin<Box<dyn Future<Output = bool> + Send>>,
 }
 
@@ -149,16 +157,19 @@ async fn take(
 async fn send(
     js: &jetstream::Context,
     job: &mut Job,
-    to: Vec<(Arc<str>, String)>,
+    to: Vec<Target>,
     flights: &mut VecDeque<Flight>,
 ) {
     let (slot, deadline) = (job.slot, job.job.deadline);
-    for (node, subject) in to {
+    for to in to {
         // One id per (message, node): the copies for two nodes are two messages.
-        let p = jetstream::message::PublishMessage::build()
+        let mut p = jetstream::message::PublishMessage::build()
             .payload(job.job.bytes.clone())
-            .message_id(format!("{}.{node}", job.job.msg_id));
-        let sent = tokio::time::timeout_at(deadline, js.send_publish(subject.clone(), p)).await;
+            .message_id(format!("{}.{}", job.job.msg_id, to.node));
+        if let Some(prev) = to.prev {
+            p = p.header(super::super::queue::PREV_HEADER, prev.to_string().as_str());
+        }
+        let sent = tokio::time::timeout_at(deadline, js.send_publish(to.subject.clone(), p)).await;
         let ack = sent.ok().and_then(Result::ok);
         let stored = Box::pin(async move {
             match ack {
@@ -169,12 +180,7 @@ async fn send(
                 None => false,
             }
         });
-        flights.push_back(Flight {
-            slot,
-            node,
-            subject,
-            stored,
-        });
+        flights.push_back(Flight { slot, to, stored });
         job.waiting += 1;
     }
 }
@@ -194,14 +200,14 @@ fn answer(f: Flight, ok: bool, taken: &mut VecDeque<Job>) -> bool {
     };
     job.waiting -= 1;
     if ok {
-        job.stored.push(f.node);
+        job.stored.push(f.to.node);
         return false;
     }
     let retry_at = Instant::now() + std::time::Duration::from_millis(QUEUE_RETRY_MS);
     if retry_at >= job.job.deadline {
         return false;
     }
-    job.job.to.push((f.node, f.subject));
+    job.job.to.push(f.to);
     true
 }
 

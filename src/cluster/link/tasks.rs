@@ -69,6 +69,13 @@ pub(super) struct QueueStart {
     pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
 }
 
+/// The interest view the watcher keeps, and where it says that it has loaded the whole
+/// bucket once (dropped unsaid if it never does).
+pub(super) struct ViewFeed {
+    pub(super) view: Arc<Mutex<InterestView>>,
+    pub(super) loaded: oneshot::Sender<()>,
+}
+
 /// The queues of the KV tasks, which fill (bounded) until the buckets are open.
 pub(super) struct KvQueues {
     pub(super) registry: Vec<mpsc::Sender<RegistryOp>>,
@@ -102,7 +109,7 @@ pub(super) fn worker(client_id: &str) -> usize {
 
 /// Start the task that opens the buckets and the queue stream (retrying until JetStream
 /// answers) and then runs the registry workers, the retained writer and watcher, the
-/// interest writer and watcher (which keeps `view`) and this node's queue consumer (which
+/// interest writer and watcher (which keeps the view) and this node's queue consumer (which
 /// feeds `inbound`; with `restored`, only after the sessions restored from the store were
 /// checked against the registry, `reclaim::verify`). Returns their queues.
 pub(super) fn start_kv(
@@ -111,7 +118,7 @@ pub(super) fn start_kv(
     client: &Client,
     out: &Out,
     reconnected: Arc<Notify>,
-    view: Arc<Mutex<InterestView>>,
+    view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
     let QueueStart { inbound, restored } = queue_start;
@@ -541,10 +548,20 @@ async fn interest_acker(ctx: KvCtx, mut rx: mpsc::Receiver<Sent>, failed: mpsc::
 /// The bucket value of the interest an answer is for.
 fn interest_value_of(node: &str, answer: &FromLink) -> Vec<u8> {
     match answer {
-        FromLink::InterestReady { filter, .. } | FromLink::InterestRefused { filter, .. } => {
-            queue::interest_value(node, filter)
+        FromLink::InterestReady { filter, group, .. }
+        | FromLink::InterestRefused { filter, group, .. } => {
+            queue::interest_value(node, &interest_filter(filter, group.as_deref()))
         }
         _ => Vec::new(),
+    }
+}
+
+/// What the interest bucket holds for a filter: the filter, or `$share/G/F` for members
+/// of share group G.
+pub(super) fn interest_filter(filter: &str, group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter.to_string(),
     }
 }
 
@@ -565,14 +582,22 @@ async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
     ok
 }
 
-/// Keep `view` equal to the interest bucket: every entry, then each change (resumed as
-/// the retained watch is).
-async fn interest_watcher(
-    ctx: KvCtx,
-    b: Buckets,
-    view: Arc<Mutex<InterestView>>,
-    reconnected: Arc<Notify>,
-) {
+/// Keep the view equal to the interest bucket: every entry, then each change (resumed as
+/// the retained watch is). Says `loaded` once the view holds the whole bucket: at once if
+/// the bucket is empty, else with the entry after which nothing older is pending.
+async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: Arc<Notify>) {
+    let ViewFeed { view, loaded } = feed;
+    let mut loaded = Some(loaded);
+    let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
+    match status.await {
+        Ok(Ok(s)) if s.values() == 0 => {
+            if let Some(tx) = loaded.take() {
+                let _ = tx.send(());
+            }
+        }
+        Ok(Ok(_)) => {}
+        _ => LinkStats::add(&ctx.out.stats.nats_errors),
+    }
     follow_bucket(&ctx, &b.interest, &reconnected, |entry| {
         let Ok(mut v) = view.lock() else {
             return false;
@@ -583,6 +608,11 @@ async fn interest_watcher(
                 None => LinkStats::add(&ctx.out.stats.malformed),
             },
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
+        }
+        if entry.seen_current {
+            if let Some(tx) = loaded.take() {
+                let _ = tx.send(());
+            }
         }
         true
     })
@@ -637,21 +667,109 @@ async fn queue_consumer(
                     break;
                 }
             };
-            let (delivered, age_ms) = match m.info() {
-                Ok(i) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i128);
-                    let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
-                    (i.delivered, u64::try_from(age).unwrap_or(0))
-                }
-                Err(_) => (1, 0),
-            };
+            let (delivered, age_ms) = delivery_info(&m);
             let tag = Arc::new(Tag::Queued { delivered, age_ms });
             if inbound.send((tag, m.message)).await.is_err() {
                 return;
             }
         }
         tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+    }
+}
+
+/// What a share group's consumer task reads and where it sends it.
+pub(super) struct ShareConsumer {
+    pub(super) js: jetstream::Context,
+    /// The share groups' stream, created here if missing.
+    pub(super) stream: jetstream::stream::Config,
+    /// The group's consumer (`queue::shared_consumer_config`).
+    pub(super) consumer: jetstream::consumer::pull::Config,
+    pub(super) group: String,
+    pub(super) filter: String,
+    pub(super) inbound: mpsc::Sender<Inbound>,
+    pub(super) stats: Arc<LinkStats>,
+}
+
+/// Read share group (group, filter)'s queue through its durable consumer, which every node
+/// with members of the group reads too (JetStream hands each message to one of them),
+/// and pass each message to the link loop, until told to stop (this node's last member
+/// left). Unlike this node's own consumer it is never deleted here: other nodes use it,
+/// and what a dead node took comes to the others after `queue::SHARED_ACK_WAIT`.
+pub(super) async fn share_consumer(
+    s: ShareConsumer,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+) {
+    let read = async {
+        loop {
+            let stream = match s.js.get_or_create_stream(s.stream.clone()).await {
+                Ok(stream) => stream,
+                Err(_) => {
+                    LinkStats::add(&s.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                    continue;
+                }
+            };
+            let name = s.consumer.durable_name.clone().unwrap_or_default();
+            let consumer = match stream
+                .get_or_create_consumer(&name, s.consumer.clone())
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    LinkStats::add(&s.stats.nats_errors);
+                    tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                    continue;
+                }
+            };
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(QUEUE_BATCH_MESSAGES)
+                .messages()
+                .await;
+            let Ok(mut messages) = messages else {
+                LinkStats::add(&s.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+                continue;
+            };
+            while let Some(m) = messages.next().await {
+                let Ok(m) = m else {
+                    LinkStats::add(&s.stats.nats_errors);
+                    break;
+                };
+                let (delivered, age_ms) = delivery_info(&m);
+                let tag = Arc::new(Tag::SharedQueued {
+                    group: s.group.clone(),
+                    filter: s.filter.clone(),
+                    delivered,
+                    age_ms,
+                });
+                if s.inbound.send((tag, m.message)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(QUEUE_RESTART_MS)).await;
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        ack = &mut stop => {
+            if let Ok(ack) = ack {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+/// How often a queue message was handed out, and how long ago it was stored (ms).
+fn delivery_info(m: &jetstream::Message) -> (i64, u64) {
+    match m.info() {
+        Ok(i) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            let age = (now - i.published.unix_timestamp_nanos()) / 1_000_000;
+            (i.delivered, u64::try_from(age).unwrap_or(0))
+        }
+        Err(_) => (1, 0),
     }
 }
