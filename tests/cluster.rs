@@ -1354,3 +1354,249 @@ fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
         "B serves its client again: {got:?}"
     );
 }
+
+/// `--cluster-forget-after` of the automatic removal tests: short, so a test waits
+/// seconds, not minutes.
+const FORGET_AFTER: &str = "2";
+
+/// Node `name`'s heartbeat as `node` shows it on `/metrics`: (state, age in seconds).
+fn heartbeat(node: &Broker, name: &str) -> Option<(String, f64)> {
+    let body = metrics(node.admin_addr().expect("admin listener"));
+    let prefix = format!("shardmq_cluster_node_heartbeat_age_seconds{{node=\"{name}\",state=\"");
+    body.lines().find_map(|l| {
+        let (state, age) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+        Some((state.to_string(), age.trim().parse().ok()?))
+    })
+}
+
+/// Wait (bounded by `FORM_WAIT`) until `node` shows `name`'s heartbeat in `state`.
+fn await_heartbeat(node: &Broker, name: &str, state: &str) {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        match heartbeat(node, name) {
+            Some((s, _)) if s == state => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "{name} never {state} on this node: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait (bounded by `FORM_WAIT`) until `publ`'s QoS 1 publishes on `topic` are no longer
+/// stored for another node by `a` (figure `queued` stays put over one publish).
+fn await_not_stored(a: &Broker, publ: &mut RawClient, topic: &str) {
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "A still stores for the forgotten node"
+        );
+        let before = figure(a, "queued");
+        publ.publish(topic, b"late", 1, false);
+        if figure(a, "queued") == before {
+            return;
+        }
+    }
+}
+
+/// `cluster_forget_after`: node B (a persistent subscriber offline on it, its own store)
+/// is killed with SIGKILL while A and C, both with a 2 s limit, live on. QoS 1 messages
+/// published on A right after are stored in B's queue. Exactly one of A and C removes B
+/// (figure `forgot` summed is 1, and stays 1), both show B `forgotten`; A stops storing
+/// for B. B's client reconnects to C: Session Present 1 and every message stored for it
+/// (the automatic removal keeps B's queue). Afterwards `shardmq cluster-forget` finds no
+/// interest entry and no consumer of B left.
+#[test]
+fn a_killed_node_is_forgotten_by_exactly_one_survivor_and_its_sessions_resume_elsewhere() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let path = store.path().to_str().unwrap().to_string();
+    let auto = [
+        "--admin",
+        "127.0.0.1:0",
+        "--cluster-forget-after",
+        FORGET_AFTER,
+    ];
+    let mut b_args = vec!["--data-dir", path.as_str()];
+    b_args.extend_from_slice(&auto);
+    let a = nats.node_with("auto", "A", 0, &auto);
+    let mut b = nats.node_with("auto", "B", 1, &b_args);
+    let c = nats.node_with("auto", "C", 2, &auto);
+    let o = Conn5::new("auto-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe("fa/#", 1);
+    let mut publ = connect(a.addr(), "auto-pub");
+    await_stored_for(&a, &mut publ, &mut sub, "fa/probe");
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+    sub.disconnect();
+    for n in [&a, &c] {
+        await_heartbeat(n, "B", "alive");
+    }
+
+    common::signal(b.pid(), libc::SIGKILL);
+    assert!(b.wait(WAIT).is_some(), "node B is gone");
+    let queued = figure(&a, "queued");
+    let owed: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    for d in &owed {
+        publ.publish("fa/x", d.as_bytes(), 1, false);
+    }
+    assert!(figure(&a, "queued") > queued, "A stored nothing for dead B");
+
+    let deadline = Instant::now() + FORM_WAIT;
+    while figure(&a, "forgot") + figure(&c, "forgot") == 0 {
+        assert!(Instant::now() < deadline, "nobody forgot B");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in [&a, &c] {
+        await_heartbeat(n, "B", "forgotten");
+    }
+    await_not_stored(&a, &mut publ, "fa/x");
+    // Both see B forgotten: a removal the other had under way lost its compare-and-set.
+    assert_eq!(
+        figure(&a, "forgot") + figure(&c, "forgot"),
+        1,
+        "exactly one survivor removed B"
+    );
+
+    // B's session moves to C with what was stored for it before the removal.
+    let (mut sub, ack) = open5(c.addr(), &o);
+    assert!(ack.present, "B's session outlived its removal: {ack:?}");
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| {
+        owed.iter().all(|d| g.contains_key(d))
+    });
+    let missing: Vec<&String> = owed.iter().filter(|d| !got.contains_key(*d)).collect();
+    assert!(
+        missing.is_empty(),
+        "stored for B, never delivered on C: {missing:?}"
+    );
+    assert!(figure(&c, "reclaimed") >= 10, "copied from B's kept queue");
+    publ.publish("fa/x", b"after", 1, false);
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("after"));
+    assert!(got.contains_key("after"), "served on C: {got:?}");
+
+    // Nothing of B left for the operator's command but its queue.
+    let conf = nats.dir.path().join("auto-A.conf");
+    let (ok, out, err) = cluster_forget(&conf, "B");
+    assert!(ok, "{out} {err}");
+    assert_eq!(reported(&out, "interest entries deleted"), 0, "{out}");
+    assert!(out.contains("consumer absent"), "{out}");
+    drop((a, c));
+}
+
+/// `cluster_forget_after` never removes a node that lives: A, B and C with a 2 s limit,
+/// a persistent subscriber on B, messages from A every 100 ms for four limits. Nobody
+/// removes anybody, A and C see B's heartbeat `alive`, and every message is stored for B
+/// and delivered.
+#[test]
+fn a_live_node_is_never_forgotten() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let auto = [
+        "--admin",
+        "127.0.0.1:0",
+        "--cluster-forget-after",
+        FORGET_AFTER,
+    ];
+    let a = nats.node_with("live", "A", 0, &auto);
+    let b = nats.node_with("live", "B", 1, &auto);
+    let c = nats.node_with("live", "C", 2, &auto);
+    let o = Conn5::new("live-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe("lv/#", 1);
+    let mut publ = connect(a.addr(), "live-pub");
+    await_stored_for(&a, &mut publ, &mut sub, "lv/probe");
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+    let queued = figure(&a, "queued");
+    let mut got = BTreeMap::new();
+    let rounds = 80;
+    for i in 0..rounds {
+        publ.publish("lv/x", format!("m{i}").as_bytes(), 1, false);
+        gather(&mut sub, &mut got, Duration::from_millis(100), |_| false);
+    }
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.len() == rounds);
+    for n in [&a, &b, &c] {
+        assert_eq!(figure(n, "forgot"), 0, "a live node was removed");
+        assert_eq!(figure(n, "rejoined"), 0, "a live node was removed");
+    }
+    for n in [&a, &c] {
+        await_heartbeat(n, "B", "alive");
+    }
+    assert_eq!(got.len(), rounds, "every message reached B: {got:?}");
+    assert_eq!(
+        figure(&a, "queued") - queued,
+        rounds as u64,
+        "each was stored for B"
+    );
+}
+
+/// A node cut off from NATS past the limit is removed, and joins again when it is back.
+/// Node B (a persistent subscriber on it) is frozen with SIGSTOP and its NATS server is
+/// killed, so B neither beats nor is subscribed anywhere: A (2 s limit) finds nobody on
+/// B's control subjects and removes it. B resumed (SIGCONT) reconnects to another server,
+/// finds its key `forgotten`, counts `rejoined` and writes its interest again: A stores
+/// for it again and its subscriber gets a message published after.
+#[test]
+fn a_node_cut_off_past_the_limit_is_forgotten_and_joins_again() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let auto = [
+        "--admin",
+        "127.0.0.1:0",
+        "--cluster-forget-after",
+        FORGET_AFTER,
+    ];
+    let a = nats.node_with("cut", "A", 0, &auto);
+    let b = nats.node_with("cut", "B", 1, &auto);
+    let o = Conn5::new("cut-sub").clean(false).expiry(600);
+    let (mut sub, _) = open5(b.addr(), &o);
+    sub.subscribe("ct/#", 1);
+    let mut publ = connect(a.addr(), "cut-pub");
+    await_stored_for(&a, &mut publ, &mut sub, "ct/probe");
+    while let Ok(v5::P5::Publish(m)) = sub.recv(QUIET) {
+        sub.ack(&m);
+    }
+    await_heartbeat(&a, "B", "alive");
+
+    common::signal(b.pid(), libc::SIGSTOP);
+    nats.kill(1);
+    let deadline = Instant::now() + FORM_WAIT;
+    while figure(&a, "forgot") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::signal(b.pid(), libc::SIGCONT);
+    assert_eq!(figure(&a, "forgot"), 1, "A never removed cut-off B");
+
+    await_figure(&b, "rejoined", 1);
+    await_heartbeat(&a, "B", "alive");
+    let deadline = Instant::now() + FORM_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "A never stored for B again");
+        let before = figure(&a, "queued");
+        publ.publish("ct/x", b"back", 1, false);
+        if figure(&a, "queued") > before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut got = BTreeMap::new();
+    gather(&mut sub, &mut got, FORM_WAIT, |g| g.contains_key("back"));
+    assert!(
+        got.contains_key("back"),
+        "B serves its subscriber again: {got:?}"
+    );
+    assert_eq!(figure(&a, "forgot"), 1, "removed once");
+}

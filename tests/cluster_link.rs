@@ -138,6 +138,7 @@ fn node_starting(
         cafile: None,
         auth: NatsAuth::None,
         kv_replicas,
+        forget_after: None,
     };
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = wakes.clone();
@@ -675,6 +676,10 @@ fn the_link_reconnects_with_its_interest_and_retained_watch() {
     b.expect(retained("keep/2"));
     let c = node(&server, "t5", "C");
     c.expect(retained("keep/1"));
+    // The interest watch resumed too (each watcher follows every reconnection): an
+    // interest B writes after the restart reaches A's view, so A stores for B.
+    b.interest("q2/#", None);
+    queue_eventually_on(&a, &b, "q2/probe");
 }
 
 /// Claim until the registry answers (a bucket may be electing a leader), within

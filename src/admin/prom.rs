@@ -175,6 +175,19 @@ fn cluster(o: &mut String, m: &Metrics) {
         family(o, &name, "counter", help);
         let _ = writeln!(o, "{name} {value}");
     }
+    let Some(nodes) = m.cluster_nodes.get() else {
+        return;
+    };
+    let name = "shardmq_cluster_node_heartbeat_age_seconds";
+    family(
+        o,
+        name,
+        "gauge",
+        "Seconds since each node's heartbeat key last changed, as this node saw it, by node and state (alive, forgetting, forgotten).",
+    );
+    for (node, age, state) in (nodes.0)() {
+        let _ = writeln!(o, "{name}{{node=\"{node}\",state=\"{state}\"}} {age:.3}");
+    }
 }
 
 /// The admin listener's own families (it is not a shard: no `shard` label).

@@ -106,20 +106,10 @@ fn nats_error(what: String, done: Forgotten) -> ForgetError {
 async fn run(cfg: &ClusterConfig, node: &str) -> Result<Forgotten, ForgetError> {
     let prefix = Prefix::new(&cfg.name).map_err(|_| ForgetError::BadName(cfg.name.clone()))?;
     let client = connect(cfg).await?;
-    for what in ["takeover", "state"] {
-        probe(&client, &prefix.control(&format!("{what}.{node}")), node).await?;
-    }
+    probe_node(&client, &prefix, node).await?;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_millis(JETSTREAM_WAIT_MS));
-    let mut done = Forgotten::default();
-    // First the interest: once the other nodes' watchers drop it they stop storing for
-    // the node; then its consumer and what its subject holds.
-    done.interest_entries = delete_interest(&js, &cfg.name, node, &done).await?;
-    let queue_stream = lookup_stream(&js, &queue::stream_name(&cfg.name), &done).await?;
-    if let Some(stream) = queue_stream {
-        done.consumer_deleted = delete_consumer(&stream, node, &done).await?;
-        done.messages_purged = purge(&stream, &prefix.queue(node), &done).await?;
-    }
+    let done = remove(&js, &cfg.name, &prefix, node, Queued::Purge).await?;
     // Best effort: everything above was acknowledged by JetStream already.
     let _ = tokio::time::timeout(Duration::from_millis(PROBE_WAIT_MS), client.drain()).await;
     Ok(done)
@@ -138,6 +128,51 @@ async fn connect(cfg: &ClusterConfig) -> Result<Client, ForgetError> {
             "cannot connect to NATS within {CONNECT_WAIT_MS} ms"
         ))),
     }
+}
+
+/// What happens to the messages waiting in a removed node's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Purged (the operator's command: the node will not return).
+    Purge,
+    /// Kept until the stream's limits drop them (the automatic removal: a session of the
+    /// node that reconnects elsewhere still copies its messages from there, and the node,
+    /// if it was only cut off, gets them when it is back).
+    Keep,
+}
+
+/// Remove `node`'s NATS state, the caller having checked that it is dead: first its
+/// interest entries (once the other nodes' watchers drop them they stop storing for it),
+/// then its durable consumer and, with `Queued::Purge`, what its queue subject holds.
+pub(super) async fn remove(
+    js: &jetstream::Context,
+    cluster: &str,
+    prefix: &Prefix,
+    node: &str,
+    queued: Queued,
+) -> Result<Forgotten, ForgetError> {
+    let mut done = Forgotten::default();
+    done.interest_entries = delete_interest(js, cluster, node, &done).await?;
+    let queue_stream = lookup_stream(js, &queue::stream_name(cluster), &done).await?;
+    if let Some(stream) = queue_stream {
+        done.consumer_deleted = delete_consumer(&stream, node, &done).await?;
+        if queued == Queued::Purge {
+            done.messages_purged = purge(&stream, &prefix.queue(node), &done).await?;
+        }
+    }
+    Ok(done)
+}
+
+/// Both control subjects of `node` probed: `Ok` only if nobody is subscribed to either.
+pub(super) async fn probe_node(
+    client: &Client,
+    prefix: &Prefix,
+    node: &str,
+) -> Result<(), ForgetError> {
+    for what in ["takeover", "state"] {
+        probe(client, &prefix.control(&format!("{what}.{node}")), node).await?;
+    }
+    Ok(())
 }
 
 /// Refuse unless NATS says nobody is subscribed to `subject` (a node's control subject).

@@ -47,6 +47,21 @@ pub fn bucket_names(name: &str) -> [String; 4] {
     ]
 }
 
+/// The heartbeat bucket of cluster `name`: `smq_<name>_nodes` (node name → its heartbeat,
+/// `link::alive`).
+pub fn nodes_bucket_name(name: &str) -> String {
+    format!("smq_{name}_nodes")
+}
+
+/// Open the heartbeat bucket, creating it as the others if absent.
+pub async fn open_nodes(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
+    open_one(js, nodes_bucket_name(name), replicas).await
+}
+
 /// Open the buckets, creating them (history 1, file storage, `replicas`) if absent.
 pub async fn open(
     js: &jetstream::Context,

@@ -20,7 +20,7 @@ use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr, Subject, 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::envelope::{self, Envelope};
 use super::order::Reorder;
@@ -79,6 +79,7 @@ const VIEW_LOAD_WAIT_MS: u64 = 5000;
 /// QoS ≥ 1 messages held for the view's first load at most; past it the wait ends.
 const UNVIEWED_MAX: usize = QUEUE_PENDING_MAX;
 
+mod alive;
 mod reclaim;
 mod store;
 mod tasks;
@@ -377,7 +378,7 @@ async fn run(
     out: Out,
     shards: usize,
 ) {
-    let reconnected = Arc::new(Notify::new());
+    let reconnected = Arc::new(watch::Sender::new(0u64));
     let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
         Ok(c) => c,
         Err(e) => {
@@ -522,12 +523,13 @@ fn start_seq() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
-/// A client that reports its connection state to the node, and each (re)connection to the
-/// retained watcher through `reconnected`.
+/// A client that reports its connection state to the node, and each (re)connection to
+/// every bucket watcher through `reconnected` (a count each watcher follows on its own
+/// receiver, so none misses one that another saw).
 async fn connect(
     cfg: &ClusterConfig,
     out: Out,
-    reconnected: Arc<Notify>,
+    reconnected: Arc<watch::Sender<u64>>,
 ) -> Result<Client, async_nats::Error> {
     let (o, addrs) = connect_options(cfg, &format!("shardmq {}", cfg.node)).await?;
     let o = o
@@ -540,10 +542,14 @@ async fn connect(
             async move {
                 match e {
                     Event::Connected => {
-                        reconnected.notify_one();
+                        LinkStats::add(&out.stats.connection_changes);
+                        reconnected.send_modify(|n| *n = n.wrapping_add(1));
                         out.push_wake(FromLink::Up);
                     }
-                    Event::Disconnected => out.push_wake(FromLink::Down),
+                    Event::Disconnected => {
+                        LinkStats::add(&out.stats.connection_changes);
+                        out.push_wake(FromLink::Down);
+                    }
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
                     _ => {}
                 }

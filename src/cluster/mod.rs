@@ -338,6 +338,26 @@ pub struct LinkStats {
     pub order_held: AtomicU64,
     /// Of those, passed on at the bound without it (`order::ORDER_HOLD_MS`).
     pub order_expired: AtomicU64,
+    /// Other nodes this node removed for their silence (`cluster_forget_after`).
+    pub forgot: AtomicU64,
+    /// Times this node found itself removed by another and joined again.
+    pub rejoined: AtomicU64,
+    /// Connections to NATS made or lost (not a figure: the heartbeat reads it to restart
+    /// its judgement after a gap).
+    pub connection_changes: AtomicU64,
+    /// Every node's heartbeat as this node last saw it change (the heartbeat task writes
+    /// it about once a period; `/metrics` reads it).
+    pub nodes: std::sync::Mutex<std::collections::BTreeMap<String, NodeSeen>>,
+}
+
+/// A node's heartbeat key as this node saw it: when it last changed (this node's clock)
+/// and what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSeen {
+    /// When the key last changed, or when this node's watch (re)started.
+    pub at: std::time::Instant,
+    /// `alive`, `forgetting` (a removal runs) or `forgotten`.
+    pub state: &'static str,
 }
 
 impl LinkStats {
@@ -348,6 +368,19 @@ impl LinkStats {
     /// A counter's value.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every known node as (name, seconds since its heartbeat key last changed, state),
+    /// for `/metrics`.
+    pub fn node_ages(&self) -> Vec<(String, f64, &'static str)> {
+        let Ok(nodes) = self.nodes.lock() else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        nodes
+            .iter()
+            .map(|(n, s)| (n.clone(), now.duration_since(s.at).as_secs_f64(), s.state))
+            .collect()
     }
 
     /// Every counter as (name, help, value), for `$SYS` and `/metrics`.
@@ -453,6 +486,16 @@ impl LinkStats {
                 "order_expired",
                 "Held messages passed on at the bound without the one before them.",
                 g(&self.order_expired),
+            ),
+            (
+                "forgot",
+                "Other nodes this node removed after cluster_forget_after of silence.",
+                g(&self.forgot),
+            ),
+            (
+                "rejoined",
+                "Times this node found itself removed by another node and joined again.",
+                g(&self.rejoined),
             ),
             (
                 "to_link_dropped",

@@ -20,7 +20,7 @@ use crate::broker::cluster::{FromCluster, ToCluster};
 use crate::config::cluster::ClusterConfig;
 use crate::log::Level;
 use crate::log_at;
-use crate::metrics::{ClusterFigures, Metrics};
+use crate::metrics::{ClusterFigures, ClusterNodes, Metrics};
 use crate::protocol::QoS;
 use crate::session::Message;
 use crate::shard::cluster_port::{ClusterPort, ClusterStart, Wake};
@@ -31,9 +31,13 @@ pub fn starter(cfg: ClusterConfig, metrics: Arc<Metrics>) -> ClusterStart {
     Box::new(move |wake: Wake, shards: usize| {
         let handle = LinkHandle::start_for(cfg, wake, shards)?;
         let stats = handle.sender().stats().clone();
+        let (s, nodes) = (stats.clone(), stats);
         let _ = metrics
             .cluster
-            .set(ClusterFigures(Box::new(move || stats.figures())));
+            .set(ClusterFigures(Box::new(move || s.figures())));
+        let _ = metrics
+            .cluster_nodes
+            .set(ClusterNodes(Box::new(move || nodes.node_ages())));
         let mut ports: Vec<Box<dyn ClusterPort>> = Vec::with_capacity(shards);
         let sender = handle.sender();
         let mut gateway = Some(handle);

@@ -18,6 +18,9 @@ pub const NATS_URLS_MAX: usize = 16;
 pub const KV_REPLICAS_DEFAULT: usize = 3;
 /// JetStream allows at most 5 replicas.
 const KV_REPLICAS_MAX: usize = 5;
+/// Longest `cluster_forget_after`: the queue stream keeps a node's messages 7 days, so a
+/// node silent longer has nothing left to wait for.
+pub const FORGET_AFTER_S_MAX: u64 = 7 * 24 * 3600;
 
 /// The `cluster_*` lines as read; `None` means "not set".
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub struct ClusterKeys {
     pub password: Option<String>,
     /// `cluster_kv_replicas N`.
     pub kv_replicas: Option<usize>,
+    /// `cluster_forget_after SECONDS` (also `--cluster-forget-after`).
+    pub forget_after_s: Option<u64>,
 }
 
 impl ClusterKeys {
@@ -67,6 +72,7 @@ impl ClusterKeys {
                 }
                 self.kv_replicas = Some(n);
             }
+            "cluster_forget_after" => self.forget_after_s = Some(forget_after(value)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -76,6 +82,19 @@ impl ClusterKeys {
     pub fn any(&self) -> bool {
         *self != ClusterKeys::default()
     }
+}
+
+/// `cluster_forget_after`'s value: whole seconds, 1 to `FORGET_AFTER_S_MAX`.
+pub fn forget_after(value: &str) -> Result<u64, String> {
+    let s: u64 = value
+        .parse()
+        .map_err(|_| format!("cluster_forget_after: '{value}' is not a number of seconds"))?;
+    if s == 0 || s > FORGET_AFTER_S_MAX {
+        return Err(format!(
+            "cluster_forget_after: {s} is not in 1..={FORGET_AFTER_S_MAX} seconds"
+        ));
+    }
+    Ok(s)
 }
 
 /// How the node authenticates to NATS.
@@ -114,6 +133,8 @@ pub struct ClusterConfig {
     pub auth: NatsAuth,
     /// Replicas of the JetStream buckets.
     pub kv_replicas: usize,
+    /// Remove another node silent this long (`None`: never; the default).
+    pub forget_after: Option<std::time::Duration>,
 }
 
 impl ClusterConfig {
@@ -158,6 +179,7 @@ impl ClusterConfig {
             cafile: k.cafile.clone(),
             auth,
             kv_replicas: k.kv_replicas.unwrap_or(KV_REPLICAS_DEFAULT),
+            forget_after: k.forget_after_s.map(std::time::Duration::from_secs),
         }))
     }
 }
@@ -207,9 +229,11 @@ mod tests {
             ("cluster_nats_user", "u"),
             ("cluster_nats_password", "p"),
             ("cluster_kv_replicas", "1"),
+            ("cluster_forget_after", "300"),
         ])
         .unwrap()
         .unwrap();
+        assert_eq!(c.forget_after, Some(std::time::Duration::from_secs(300)));
         assert_eq!(c.nats, ["nats://127.0.0.1:4222", "tls://n2:4222"]);
         assert_eq!(c.auth, NatsAuth::UserPassword("u".into(), "p".into()));
         assert_eq!(c.kv_replicas, 1);
@@ -268,6 +292,18 @@ mod tests {
         );
         let e = super::super::file::parse("cluster_kv_replicas 0\n", "c.conf").unwrap_err();
         assert!(e.problem.contains("1..=5"), "{}", e.problem);
+        for bad in ["0", "-1", "2.5", "604801", "soon"] {
+            let text = format!("listener 1883\ncluster_forget_after {bad}\n");
+            let e = super::super::file::parse(&text, "c.conf").unwrap_err();
+            assert_eq!(e.line, 2, "{bad}");
+            assert!(
+                e.problem.starts_with("cluster_forget_after:"),
+                "{}",
+                e.problem
+            );
+        }
+        let s = super::super::file::parse("cluster_forget_after 604800\n", "c.conf").unwrap();
+        assert_eq!(s.cluster.forget_after_s, Some(604_800));
     }
 
     #[test]
@@ -291,5 +327,43 @@ mod tests {
         std::fs::write(&path, "listener 1999 127.0.0.1\n").unwrap();
         let c = super::super::Config::from_args(args()).unwrap();
         assert!(c.cluster.is_none(), "no cluster: as before");
+    }
+
+    #[test]
+    fn the_forget_after_flag_overrides_the_file_and_needs_a_cluster() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.conf");
+        let p = path.to_str().unwrap();
+        let with = |flag: &[&str]| {
+            let mut v = vec!["shardmq", "-c", p];
+            v.extend_from_slice(flag);
+            super::super::Config::from_args(super::super::Args::parse_from(v))
+        };
+        std::fs::write(
+            &path,
+            "cluster_name c\ncluster_node n\ncluster_nats nats://127.0.0.1\ncluster_forget_after 600\n",
+        )
+        .unwrap();
+        let from_file = with(&[]).unwrap().cluster.unwrap().forget_after;
+        assert_eq!(from_file, Some(std::time::Duration::from_secs(600)));
+        let flagged = with(&["--cluster-forget-after", "2"]).unwrap();
+        let flagged = flagged.cluster.unwrap().forget_after;
+        assert_eq!(flagged, Some(std::time::Duration::from_secs(2)));
+        std::fs::write(
+            &path,
+            "cluster_name c\ncluster_node n\ncluster_nats nats://h\n",
+        )
+        .unwrap();
+        assert_eq!(
+            with(&[]).unwrap().cluster.unwrap().forget_after,
+            None,
+            "off by default"
+        );
+        let bad = super::super::Args::try_parse_from(["shardmq", "--cluster-forget-after", "0"]);
+        assert!(bad.is_err(), "0 is refused");
+        std::fs::write(&path, "listener 1999 127.0.0.1\n").unwrap();
+        let e = with(&["--cluster-forget-after", "2"]).unwrap_err();
+        assert!(e.contains("cluster_* lines"), "{e}");
     }
 }

@@ -185,6 +185,11 @@ pub struct Args {
     /// [default: 127.0.0.1:18083, skipped with a warning if that port is taken].
     #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_admin)]
     pub admin: Option<AdminListen>,
+    /// Cluster: remove another node that has been silent (no heartbeat) this long, as
+    /// `shardmq cluster-forget` does, but keeping its queued messages; overrides the
+    /// file's `cluster_forget_after` and needs its `cluster_*` lines [default: never].
+    #[arg(long, value_name = "SECONDS", value_parser = cluster::forget_after)]
+    pub cluster_forget_after: Option<u64>,
     /// A subcommand instead of running the broker.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -451,6 +456,26 @@ fn listener_specs(a: &Args, f: &file::FileSettings) -> Result<Vec<listener::List
     Ok(specs)
 }
 
+/// The `cluster_*` lines with the command line's `--cluster-forget-after` over them.
+fn cluster_config(
+    a: &Args,
+    keys: &cluster::ClusterKeys,
+) -> Result<Option<cluster::ClusterConfig>, String> {
+    let Some(s) = a.cluster_forget_after else {
+        return cluster::ClusterConfig::from_keys(keys);
+    };
+    if !keys.any() {
+        return Err(
+            "--cluster-forget-after needs the cluster_* lines of a configuration file".into(),
+        );
+    }
+    let keys = cluster::ClusterKeys {
+        forget_after_s: Some(s),
+        ..keys.clone()
+    };
+    cluster::ClusterConfig::from_keys(&keys)
+}
+
 /// The largest shard count: shard sets are 64-bit masks.
 pub const SHARDS_MAX: usize = 64;
 
@@ -470,7 +495,7 @@ impl Config {
         };
         let log = log_settings(&f, a.verbose);
         let persistence = Persistence::resolve(&a, &f.persistence)?;
-        let cluster = cluster::ClusterConfig::from_keys(&f.cluster)?;
+        let cluster = cluster_config(&a, &f.cluster)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let scram_credentials = load_credentials(
             a.scram_credentials

@@ -326,6 +326,18 @@ impl std::fmt::Debug for ClusterFigures {
     }
 }
 
+/// Reads the cluster's heartbeats: (node, seconds since its heartbeat last changed, state).
+pub type ClusterNodesFn = dyn Fn() -> Vec<(String, f64, &'static str)> + Send + Sync;
+
+/// The cluster's heartbeats as this node sees them, installed with `ClusterFigures`.
+pub struct ClusterNodes(pub Box<ClusterNodesFn>);
+
+impl std::fmt::Debug for ClusterNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterNodes")
+    }
+}
+
 /// Every shard's figures, plus what the admin side tells the shards.
 #[derive(Debug)]
 pub struct Metrics {
@@ -346,6 +358,8 @@ pub struct Metrics {
     pub memory_limit: Figure,
     /// The cluster link's counters (a node in a cluster only).
     pub cluster: std::sync::OnceLock<ClusterFigures>,
+    /// The cluster's heartbeats (a node in a cluster only).
+    pub cluster_nodes: std::sync::OnceLock<ClusterNodes>,
 }
 
 impl Metrics {
@@ -361,6 +375,7 @@ impl Metrics {
             reloads_refused: Figure::default(),
             memory_limit: Figure::default(),
             cluster: std::sync::OnceLock::new(),
+            cluster_nodes: std::sync::OnceLock::new(),
         }
     }
 

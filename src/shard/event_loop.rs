@@ -2,9 +2,10 @@
 //!
 //! Owns: the poll, this shard's listener handles, the scratch read buffer and this shard's
 //! bus ends; through the broker's connection table, each connection's transport and
-//! receive buffer (`conn::ConnIo`). One turn is: poll → due timers → bus inbox → read and
-//! decode in place → accept → bus outbox → flush → close; every step has a budget so one
-//! busy client or peer cannot starve the rest. A SIGHUP reload arrives as a `Control` on
+//! receive buffer (`conn::ConnIo`). One turn is: poll → due timers → bus inbox → the reads
+//! the last turn's budgets deferred → read and decode in place → accept → bus outbox →
+//! flush → close; every step has a budget so one busy client or peer cannot starve the
+//! rest, and reads have two (per connection, per shard). A SIGHUP reload arrives as a `Control` on
 //! the shard's own channel and is applied at the start of a turn, between polls
 //! (`Shard::apply_config`), never in the middle of a packet. Invariant: the poll token of
 //! a transport is its key in the connection table. Must not touch: MQTT semantics (it calls the broker),
@@ -54,6 +55,15 @@ const EVENTS_PER_TURN_MAX: usize = 1024;
 /// only when more than 64 KiB wait on one socket, so a pipelined publisher pays one more
 /// turn (a poll without sleeping) per 64 KiB.
 const READ_BYTES_PER_TURN_MAX: usize = 64 * 1024;
+/// Bytes read from all of a shard's connections in one turn: 16 connections' worth of
+/// [`READ_BYTES_PER_TURN_MAX`]. Without it a turn could read 64 KiB from each of the
+/// 1,024 connections one poll reports (64 MiB) before any timer, bus message or flush of
+/// the next turn. A connection the budget leaves unread is remembered (the poll is
+/// edge-triggered and will not report it again) and read first in the next turn, before
+/// that turn's events, in the order it was deferred; one whose read the budget cut short
+/// follows those. So each waits at most as many turns as it has such connections ahead
+/// of it, divided by 16.
+const SHARD_READ_BYTES_PER_TURN_MAX: usize = 1024 * 1024;
 /// Bytes written to one socket per flush.
 const FLUSH_BYTES_PER_TURN_MAX: usize = 4 * 1024 * 1024;
 /// Connections accepted per listener per turn.
@@ -521,9 +531,19 @@ struct Shard {
     epoch: Instant,
     inbox: Vec<BusMsg>,
     read_again: Vec<usize>,
-    /// Connections that spent this turn's read budget: read again next turn (moved to
-    /// `read_again` when it starts), never twice in one turn.
+    /// Connections the shard's read budget left unread this turn: read first next turn,
+    /// in this order, before its events.
+    read_first: Vec<usize>,
+    /// Connections that spent their own read budget this turn (or were cut short by the
+    /// shard's, or wait for the bus or their output): read next turn after its events
+    /// (moved to `read_again` when it starts), never twice in one turn.
     read_next: Vec<usize>,
+    /// Bytes this turn may still read, over all connections
+    /// ([`SHARD_READ_BYTES_PER_TURN_MAX`] at its start).
+    read_left: usize,
+    /// Each read of this turn: (connection, bytes), in order (unit tests only).
+    #[cfg(test)]
+    read_log: Vec<(usize, usize)>,
     /// Reused lists of keys taken from the broker's effects.
     keys: Vec<usize>,
     accept_again: bool,
@@ -579,7 +599,11 @@ impl Shard {
             epoch,
             inbox: Vec::new(),
             read_again: Vec::new(),
+            read_first: Vec::new(),
             read_next: Vec::new(),
+            read_left: SHARD_READ_BYTES_PER_TURN_MAX,
+            #[cfg(test)]
+            read_log: Vec::new(),
             keys: Vec::new(),
             accept_again: false,
             inbox_again: false,
@@ -678,6 +702,7 @@ impl Shard {
 
     fn poll_timeout(&self, now: u64) -> Duration {
         if !self.read_again.is_empty()
+            || !self.read_first.is_empty()
             || !self.read_next.is_empty()
             || self.accept_again
             || self.inbox_again
@@ -709,12 +734,17 @@ impl Shard {
         let now = self.now_ms();
         // What was due by now runs before any of this turn's input (`Broker::begin_turn`).
         self.broker.begin_turn(now);
+        self.read_left = SHARD_READ_BYTES_PER_TURN_MAX;
+        #[cfg(test)]
+        self.read_log.clear();
         self.read_again.append(&mut self.read_next);
         self.apply_control();
         // Causality: whatever peers pushed before this poll returned (a retained message
         // whose PUBACK a client has already seen, say) is applied before any socket input.
         self.drain_bus(now);
         self.drain_cluster(now);
+        // Connections the last turn's budget left unread come before this turn's events.
+        self.read_carried(now);
         self.resume_links(now);
         for ev in events.iter() {
             let Token(t) = ev.token();
@@ -956,6 +986,37 @@ impl Shard {
         }
     }
 
+    /// Read `key` first next turn: the shard's read budget for this turn is spent.
+    fn defer_read_first(&mut self, key: usize) {
+        if let Some(c) = self.broker.links_mut().conn_mut(key) {
+            if !c.io.pending_read {
+                c.io.pending_read = true;
+                self.read_first.push(key);
+            }
+        }
+    }
+
+    /// Read the connections the last turn's shard budget left unread, in the order
+    /// deferred, before this turn's events; those this turn's budget leaves unread again go
+    /// back to the front of the next turn's list, in order. (Those already read last turn
+    /// and cut short wait in `read_again` until after the events, so a small fresh packet,
+    /// a canary's, is not queued behind a busy publisher's next 64 KiB; if the budget is
+    /// spent before their turn comes, they join this list for the next turn.)
+    fn read_carried(&mut self, now: u64) {
+        let mut carried = std::mem::take(&mut self.read_first);
+        for &key in &carried {
+            if let Some(c) = self.broker.links_mut().conn_mut(key) {
+                c.io.pending_read = false;
+                self.read_or_defer(key, now);
+            }
+        }
+        // The list's allocation is reused for the next turn's.
+        carried.clear();
+        if self.read_first.is_empty() {
+            self.read_first = carried;
+        }
+    }
+
     /// A readiness event: read now, unless the connection is already listed to be read
     /// (`retry_reads` reads it this turn; reading it here too would give one busy client
     /// two budgets in one turn).
@@ -1016,6 +1077,8 @@ impl Shard {
             }
         } else if self.bus.staged() > BUS_STAGED_MAX {
             self.defer_read_next(key);
+        } else if self.read_left == 0 {
+            self.defer_read_first(key);
         } else if let ReadEnd::Closed = self.read_conn(key, now) {
             self.broker.close_link(key);
         }
@@ -1031,34 +1094,42 @@ impl Shard {
         }
     }
 
-    /// Read until WouldBlock or the turn's budget, decoding packets in place.
+    /// Read until WouldBlock or a budget (the connection's, the shard's), decoding
+    /// packets in place. No read asks for more than either budget has left, so the
+    /// shard's bound is exact.
     fn read_conn(&mut self, key: usize, now: u64) -> ReadEnd {
         let mut budget = READ_BYTES_PER_TURN_MAX;
         loop {
-            if budget == 0 || self.broker.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
+            let cap = budget.min(self.read_left).min(self.scratch.len());
+            if cap == 0 || self.broker.output_full(key) || self.bus.staged() > BUS_STAGED_MAX {
                 // Back through `read_or_defer` next turn, which sorts out why.
                 self.defer_read_next(key);
                 return ReadEnd::Open;
             }
             let step = match self.broker.links().conn(key) {
                 None => return ReadEnd::Closed,
-                Some(c) if c.io.rx.is_empty() => self.read_scratch(key, now),
-                Some(_) => self.read_partial(key, now),
+                Some(c) if c.io.rx.is_empty() => self.read_scratch(key, cap, now),
+                Some(_) => self.read_partial(key, cap, now),
             };
             match step {
-                Ok(n) => budget = budget.saturating_sub(n),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.read_left = self.read_left.saturating_sub(n);
+                    #[cfg(test)]
+                    self.read_log.push((key, n));
+                }
                 Err(end) => return end,
             }
         }
     }
 
-    /// No partial packet held: read into the shared scratch buffer and decode from there.
-    /// `Ok(bytes read)` to go on, `Err(end)` to stop.
-    fn read_scratch(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
+    /// No partial packet held: read at most `cap` bytes into the shared scratch buffer and
+    /// decode from there. `Ok(bytes read)` to go on, `Err(end)` to stop.
+    fn read_scratch(&mut self, key: usize, cap: usize, now: u64) -> Result<usize, ReadEnd> {
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(ReadEnd::Closed);
         };
-        let n = match c.io.transport.read(&mut self.scratch) {
+        let n = match c.io.transport.read(&mut self.scratch[..cap]) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
             Err(e) => return Err(self.read_failed(key, e)),
@@ -1143,7 +1214,7 @@ impl Shard {
     /// busy publisher's buffer holds one partial packet, not a read. A large packet still
     /// arriving takes the whole read, appended in pieces that never move (`ring`), and is
     /// decoded once whole.
-    fn read_partial(&mut self, key: usize, now: u64) -> Result<usize, ReadEnd> {
+    fn read_partial(&mut self, key: usize, cap: usize, now: u64) -> Result<usize, ReadEnd> {
         let needed = self.broker.links().conn(key).and_then(|c| {
             let held = c.io.rx.contiguous()?;
             Some((held.len(), self.broker.bytes_needed(key, held)))
@@ -1151,7 +1222,7 @@ impl Shard {
         let Some(c) = self.broker.links_mut().conn_mut(key) else {
             return Err(ReadEnd::Closed);
         };
-        let n = match c.io.transport.read(&mut self.scratch) {
+        let n = match c.io.transport.read(&mut self.scratch[..cap]) {
             Ok(0) => return Err(ReadEnd::Closed),
             Ok(n) => n,
             Err(e) => return Err(self.read_failed(key, e)),
@@ -1403,3 +1474,6 @@ fn would_block_or_closed(e: io::Error) -> ReadEnd {
         _ => ReadEnd::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests;

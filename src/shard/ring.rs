@@ -35,19 +35,29 @@ const RETAIN_CAPACITY_MAX: usize = 16 * 1024;
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// A receive buffer: contiguous for small packets, chunked for large partial ones.
+///
+/// 40 bytes: the chunked form's state is boxed, since every connection holds an `RxBuf`
+/// and few ever hold a packet over [`CHUNK_BYTES`] (inline, it made every connection 32
+/// bytes larger; `the_buffer_itself_stays_small`).
 #[derive(Debug, Default)]
 pub struct RxBuf {
     /// The unread bytes from `start` (all of them in the small form; the first piece in
     /// the chunked form).
     data: Vec<u8>,
     start: usize,
-    /// The pieces after `data`, in order (chunked form only).
+    /// The packet at the front when it is longer than [`CHUNK_BYTES`], and its pieces.
+    large: Option<Box<Large>>,
+}
+
+/// A large packet at the front of an [`RxBuf`].
+#[derive(Debug, Default)]
+struct Large {
+    /// Its total length (from its fixed header); 0 once it is no longer expected.
+    packet: usize,
+    /// The pieces after `data`, in order.
     chunks: Vec<Vec<u8>>,
     /// Bytes held in `chunks`.
     chunked: usize,
-    /// Total length of the packet at the front, when it is longer than [`CHUNK_BYTES`]
-    /// (0: not known, or small).
-    packet: usize,
 }
 
 impl RxBuf {
@@ -58,7 +68,17 @@ impl RxBuf {
 
     /// Unread bytes.
     pub fn len(&self) -> usize {
-        self.data.len() - self.start + self.chunked
+        self.data.len() - self.start + self.large.as_ref().map_or(0, |l| l.chunked)
+    }
+
+    /// Length of the large packet expected at the front (0: none).
+    fn packet(&self) -> usize {
+        self.large.as_ref().map_or(0, |l| l.packet)
+    }
+
+    /// True while no piece is held past `data`.
+    fn unchunked(&self) -> bool {
+        self.large.as_ref().is_none_or(|l| l.chunks.is_empty())
     }
 
     /// The unread bytes, contiguous (joined first if they are held in pieces: call it
@@ -71,27 +91,34 @@ impl RxBuf {
     /// Append bytes (read into the shard's scratch buffer): in place when small, as
     /// pieces once a large packet's first [`CHUNK_BYTES`] are held.
     pub fn extend(&mut self, mut bytes: &[u8]) {
-        if self.packet == 0 || (self.chunks.is_empty() && self.len() < CHUNK_BYTES) {
+        let held = self.len();
+        let Some(large) = self
+            .large
+            .as_mut()
+            .filter(|l| l.packet != 0 && !(l.chunks.is_empty() && held < CHUNK_BYTES))
+        else {
             self.compact();
             self.data.reserve_exact(bytes.len());
             self.data.extend_from_slice(bytes);
             return;
-        }
+        };
+        let mut held = held;
         while !bytes.is_empty() {
-            let room = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+            let room = large.chunks.last().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
                 // At most one chunk, and never past the packet's end (a read may run past
                 // it: the next packet's first bytes get a piece of their own size).
-                let to_come = self.packet.saturating_sub(self.len());
+                let to_come = large.packet.saturating_sub(held);
                 let size = to_come.clamp(bytes.len().min(CHUNK_BYTES), CHUNK_BYTES);
-                self.chunks.push(Vec::with_capacity(size));
+                large.chunks.push(Vec::with_capacity(size));
                 continue;
             }
             let n = room.min(bytes.len());
-            if let Some(last) = self.chunks.last_mut() {
+            if let Some(last) = large.chunks.last_mut() {
                 last.extend_from_slice(&bytes[..n]);
             }
-            self.chunked += n;
+            large.chunked += n;
+            held += n;
             bytes = &bytes[n..];
         }
     }
@@ -99,24 +126,35 @@ impl RxBuf {
     /// The packet at the front is `total` bytes long (from its fixed header) and not yet
     /// whole: if it is longer than [`CHUNK_BYTES`], the rest of it is kept in pieces.
     pub fn expect(&mut self, total: usize) {
-        self.packet = if total > CHUNK_BYTES { total } else { 0 };
+        if total > CHUNK_BYTES {
+            self.large.get_or_insert_with(Box::default).packet = total;
+        } else if self.unchunked() {
+            self.large = None;
+        } else if let Some(l) = self.large.as_mut() {
+            l.packet = 0;
+        }
     }
 
     /// The held bytes while they are in one piece (None once a large packet is held in
     /// pieces): the caller reads the packet's length from their fixed header.
     pub fn contiguous(&self) -> Option<&[u8]> {
-        self.chunks.is_empty().then(|| &self.data[self.start..])
+        self.unchunked().then(|| &self.data[self.start..])
     }
 
     /// False while a large packet is still arriving (decoding would only ask for more);
     /// true otherwise.
     pub fn complete(&self) -> bool {
-        self.packet == 0 || self.len() >= self.packet
+        let packet = self.packet();
+        packet == 0 || self.len() >= packet
     }
 
     /// Bytes of memory this buffer holds (its capacity), for the memory accounting.
     pub fn capacity(&self) -> usize {
-        self.data.capacity() + self.chunks.iter().map(Vec::capacity).sum::<usize>()
+        let chunks = self
+            .large
+            .as_ref()
+            .map_or(0, |l| l.chunks.iter().map(Vec::capacity).sum::<usize>());
+        self.data.capacity() + chunks
     }
 
     /// Mark `n` unread bytes as consumed (they were decoded from [`RxBuf::readable`]).
@@ -124,7 +162,7 @@ impl RxBuf {
         self.join();
         debug_assert!(n <= self.len());
         self.start += n.min(self.len());
-        self.packet = 0;
+        self.large = None;
         if self.is_empty() {
             self.data.clear();
             self.start = 0;
@@ -136,17 +174,20 @@ impl RxBuf {
 
     /// Join the pieces into one allocation of exactly the held bytes.
     fn join(&mut self) {
-        if self.chunks.is_empty() {
+        if self.unchunked() {
             return;
         }
         let mut whole = Vec::with_capacity(self.len());
         whole.extend_from_slice(&self.data[self.start..]);
-        for c in self.chunks.drain(..) {
-            whole.extend_from_slice(&c);
+        if let Some(l) = self.large.as_mut() {
+            for c in l.chunks.drain(..) {
+                whole.extend_from_slice(&c);
+            }
+            l.chunks = Vec::new();
+            l.chunked = 0;
         }
         self.data = whole;
         self.start = 0;
-        self.chunked = 0;
     }
 
     fn compact(&mut self) {
@@ -160,7 +201,7 @@ impl RxBuf {
     pub fn take_unread(&mut self) -> Vec<u8> {
         self.join();
         self.compact();
-        self.packet = 0;
+        self.large = None;
         std::mem::take(&mut self.data)
     }
 
@@ -205,7 +246,7 @@ mod tests {
                 oracle.extend(bytes);
             } else if op == 2 {
                 buf.expect(buf.len() + (next() % 300_000) as usize);
-                assert!(buf.complete() || buf.len() < buf.packet);
+                assert!(buf.complete() || buf.len() < buf.packet());
             } else {
                 let n = (next() as usize) % (buf.len() + 1);
                 assert_eq!(buf.readable(), oracle.iter().copied().collect::<Vec<_>>());
@@ -227,7 +268,7 @@ mod tests {
         for _ in 0..100 {
             buf.extend(&[7; 100]);
             held += 100;
-            assert_eq!(buf.chunks.len(), 0);
+            assert!(buf.unchunked());
             assert!(buf.capacity() <= held + 64, "{} for {held}", buf.capacity());
         }
         assert!(buf.complete());
@@ -254,13 +295,15 @@ mod tests {
                 "{} for {sent}",
                 buf.capacity()
             );
-            if let Some(c) = buf.chunks.first() {
+            let chunks = buf.large.as_ref().map_or(&[][..], |l| &l.chunks[..]);
+            if let Some(c) = chunks.first() {
                 let at = c.as_ptr();
                 assert_eq!(*first_piece.get_or_insert(at), at, "a piece moved");
-                assert!(buf.chunks.iter().all(|c| c.capacity() <= CHUNK_BYTES));
+                assert!(chunks.iter().all(|c| c.capacity() <= CHUNK_BYTES));
             }
         }
-        assert!(buf.chunks.len() >= (TOTAL - 2 * CHUNK_BYTES) / CHUNK_BYTES);
+        let pieces = buf.large.as_ref().map_or(0, |l| l.chunks.len());
+        assert!(pieces >= (TOTAL - 2 * CHUNK_BYTES) / CHUNK_BYTES);
         let whole = buf.readable().to_vec();
         assert_eq!(whole.len(), TOTAL);
         assert!(whole.iter().enumerate().all(|(i, &b)| b == i as u8));
@@ -287,6 +330,18 @@ mod tests {
         buf.consume(total);
         assert_eq!(buf.readable(), &[0xc0, 0x00, 0x30]);
         assert!(buf.complete());
+    }
+
+    /// Every connection holds one: the chunked form's state must stay out of line.
+    #[test]
+    fn the_buffer_itself_stays_small() {
+        assert!(std::mem::size_of::<RxBuf>() <= 40);
+        let mut buf = RxBuf::default();
+        buf.extend(&[0x10]);
+        buf.expect(CHUNK_BYTES + 1);
+        assert!(buf.large.is_some());
+        buf.consume(1);
+        assert!(buf.large.is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use async_nats::jetstream::kv::Operation;
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::super::envelope;
 use super::super::kv::{self, Buckets};
@@ -60,6 +60,8 @@ pub(super) enum InterestOp {
     },
     /// Delete this node's interest `key`.
     Delete { key: String },
+    /// Write every entry of this node's again (another node removed them: `alive`).
+    Rewrite,
 }
 
 /// What this node's queue consumer starts with: where its messages go, and the sessions
@@ -117,7 +119,7 @@ pub(super) fn start_kv(
     prefix: &Prefix,
     client: &Client,
     out: &Out,
-    reconnected: Arc<Notify>,
+    reconnected: Arc<watch::Sender<u64>>,
     view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
@@ -138,6 +140,7 @@ pub(super) fn start_kv(
         out: out.clone(),
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
+    let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -177,8 +180,11 @@ pub(super) fn start_kv(
             ctx.clone(),
             buckets.clone(),
             view,
-            reconnected.clone(),
+            reconnected.subscribe(),
         ));
+        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
+            tokio::spawn(super::alive::heartbeat(h));
+        }
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -192,13 +198,47 @@ pub(super) fn start_kv(
             }
             queue_consumer(verify_ctx, stream, inbound).await;
         });
-        tokio::spawn(retained_watcher(ctx, buckets, reconnected));
+        tokio::spawn(retained_watcher(ctx, buckets, reconnected.subscribe()));
     });
     KvQueues {
         registry: senders,
         retained: retained_tx,
         interest: interest_tx,
     }
+}
+
+/// The heartbeat task's needs, once its bucket is open (retried like the others; `None`
+/// only if the runtime is going away).
+async fn heart(
+    ctx: &KvCtx,
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+    forget_after: Option<Duration>,
+    interest: mpsc::Sender<InterestOp>,
+) -> Option<super::alive::Heart> {
+    let bucket = loop {
+        match kv::open_nodes(js, name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                if interest.is_closed() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    Some(super::alive::Heart {
+        node: ctx.node.clone(),
+        cluster: name.to_string(),
+        prefix: ctx.prefix.clone(),
+        client: ctx.client.clone(),
+        out: ctx.out.clone(),
+        bucket,
+        forget_after,
+        interest,
+    })
 }
 
 /// What the KV tasks share.
@@ -343,8 +383,8 @@ async fn retained_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Bytes>) 
 }
 
 /// Report the retained bucket: every topic's latest envelope, then each change.
-async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
-    follow_bucket(&ctx, &b.retained, &reconnected, |entry| {
+async fn retained_watcher(ctx: KvCtx, b: Buckets, mut reconnected: watch::Receiver<u64>) {
+    follow_bucket(&ctx, &b.retained, &mut reconnected, |entry| {
         report_retained(&ctx, &entry.value);
         true
     })
@@ -358,7 +398,7 @@ async fn retained_watcher(ctx: KvCtx, b: Buckets, reconnected: Arc<Notify>) {
 async fn follow_bucket(
     ctx: &KvCtx,
     bucket: &jetstream::kv::Store,
-    reconnected: &Notify,
+    reconnected: &mut watch::Receiver<u64>,
     mut apply: impl FnMut(&jetstream::kv::Entry) -> bool,
 ) {
     let mut last_revision = 0u64;
@@ -378,7 +418,12 @@ async fn follow_bucket(
                             return;
                         }
                     }
-                    _ = reconnected.notified() => break,
+                    changed = reconnected.changed() => {
+                        if changed.is_err() {
+                            return; // The client is gone: the link is ending.
+                        }
+                        break;
+                    }
                 }
             },
             Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
@@ -440,6 +485,11 @@ async fn interest_writer(ctx: KvCtx, b: Buckets, mut rx: mpsc::Receiver<Interest
             op = rx.recv() => {
                 let Some(op) = op else { return };
                 let sent = match op {
+                    InterestOp::Rewrite => {
+                        // The retry round writes them (within `INTEREST_RETRY_MS`).
+                        failed.extend(live.keys().cloned());
+                        continue;
+                    }
                     InterestOp::Put { key, node, answer } => {
                         let write = match key {
                             Some(key) => {
@@ -585,7 +635,12 @@ async fn delete_interest(ctx: &KvCtx, b: &Buckets, key: &str) -> bool {
 /// Keep the view equal to the interest bucket: every entry, then each change (resumed as
 /// the retained watch is). Says `loaded` once the view holds the whole bucket: at once if
 /// the bucket is empty, else with the entry after which nothing older is pending.
-async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: Arc<Notify>) {
+async fn interest_watcher(
+    ctx: KvCtx,
+    b: Buckets,
+    feed: ViewFeed,
+    mut reconnected: watch::Receiver<u64>,
+) {
     let ViewFeed { view, loaded } = feed;
     let mut loaded = Some(loaded);
     let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
@@ -598,7 +653,7 @@ async fn interest_watcher(ctx: KvCtx, b: Buckets, feed: ViewFeed, reconnected: A
         Ok(Ok(_)) => {}
         _ => LinkStats::add(&ctx.out.stats.nats_errors),
     }
-    follow_bucket(&ctx, &b.interest, &reconnected, |entry| {
+    follow_bucket(&ctx, &b.interest, &mut reconnected, |entry| {
         let Ok(mut v) = view.lock() else {
             return false;
         };
