@@ -134,12 +134,15 @@ impl<N> Wide<N> {
             self.depth += 1;
         }
         let bit = 1usize << depth;
-        let half = SEGMENT_MAX / 2;
+        // Room for a whole segment in each half: each gets about half the entries, and a
+        // table sized for that half is full at once, so both would soon double again,
+        // rehashing another 3,584 entries in all. The tables end up this size either
+        // way (docs/decisions/0002-topic-trie.md, "the split wave").
         let old = std::mem::replace(
             &mut self.segs[s].map,
-            Map::with_capacity_and_hasher(half, self.hasher.clone()),
+            Map::with_capacity_and_hasher(SEGMENT_MAX, self.hasher.clone()),
         );
-        let mut moved = Map::with_capacity_and_hasher(half, self.hasher.clone());
+        let mut moved = Map::with_capacity_and_hasher(SEGMENT_MAX, self.hasher.clone());
         for (k, v) in old {
             if (self.hasher.hash_one(&*k) >> DIR_SHIFT) as usize & bit == 0 {
                 self.segs[s].map.insert(k, v);
@@ -224,6 +227,8 @@ mod tests {
         let (segs, depth) = w.shape();
         assert!(segs >= 4 && depth >= 2, "{segs} segments, depth {depth}");
         assert!(w.segs.iter().all(|s| s.map.len() <= SEGMENT_MAX));
+        // A split's halves have room for a whole segment: none doubles before it splits.
+        assert!(w.segs.iter().all(|s| s.map.capacity() >= SEGMENT_MAX));
         for (k, v) in &oracle {
             assert_eq!(w.get(k), Some(v));
         }
