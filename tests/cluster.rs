@@ -1360,6 +1360,14 @@ fn cluster_forget_removes_a_dead_node_and_refuses_a_live_one() {
 /// `--cluster-forget-after` of the automatic removal tests: short, so a test waits
 /// seconds, not minutes.
 const FORGET_AFTER: &str = "2";
+/// The arguments of a node in the automatic-removal tests: an admin listener for the
+/// figures and the short limit.
+const AUTO_FORGET: [&str; 4] = [
+    "--admin",
+    "127.0.0.1:0",
+    "--cluster-forget-after",
+    FORGET_AFTER,
+];
 
 /// Node `name`'s heartbeat as `node` shows it on `/metrics`: (state, age in seconds).
 fn heartbeat(node: &Broker, name: &str) -> Option<(String, f64)> {
@@ -1418,12 +1426,7 @@ fn a_killed_node_is_forgotten_by_exactly_one_survivor_and_its_sessions_resume_el
     };
     let store = tempfile::tempdir().unwrap();
     let path = store.path().to_str().unwrap().to_string();
-    let auto = [
-        "--admin",
-        "127.0.0.1:0",
-        "--cluster-forget-after",
-        FORGET_AFTER,
-    ];
+    let auto = AUTO_FORGET;
     let mut b_args = vec!["--data-dir", path.as_str()];
     b_args.extend_from_slice(&auto);
     let a = nats.node_with("auto", "A", 0, &auto);
@@ -1500,12 +1503,7 @@ fn a_live_node_is_never_forgotten() {
     let Some(nats) = Nats::start() else {
         return;
     };
-    let auto = [
-        "--admin",
-        "127.0.0.1:0",
-        "--cluster-forget-after",
-        FORGET_AFTER,
-    ];
+    let auto = AUTO_FORGET;
     let a = nats.node_with("live", "A", 0, &auto);
     let b = nats.node_with("live", "B", 1, &auto);
     let c = nats.node_with("live", "C", 2, &auto);
@@ -1549,12 +1547,7 @@ fn a_node_cut_off_past_the_limit_is_forgotten_and_joins_again() {
     let Some(mut nats) = Nats::start() else {
         return;
     };
-    let auto = [
-        "--admin",
-        "127.0.0.1:0",
-        "--cluster-forget-after",
-        FORGET_AFTER,
-    ];
+    let auto = AUTO_FORGET;
     let a = nats.node_with("cut", "A", 0, &auto);
     let b = nats.node_with("cut", "B", 1, &auto);
     let o = Conn5::new("cut-sub").clean(false).expiry(600);
