@@ -86,6 +86,7 @@ mod interest;
 mod outbound;
 mod reclaim;
 mod store;
+mod sweep;
 mod tasks;
 
 type Wake = Arc<dyn Fn() + Send + Sync>;

@@ -13,6 +13,7 @@
 
 pub mod envelope;
 pub mod forget;
+pub mod groups;
 pub mod handover;
 pub mod kv;
 pub mod link;
@@ -329,6 +330,8 @@ pub struct LinkStats {
     pub shared_received: AtomicU64,
     /// Share group messages given back: no online member here.
     pub shared_returned: AtomicU64,
+    /// Share group queues this node removed: no member on any node (`groups`).
+    pub shared_removed: AtomicU64,
     /// Messages copied from a dead node's queue for a session taken over here.
     pub reclaimed: AtomicU64,
     /// Sessions restored from this node's store that the registry gave to another node
@@ -466,6 +469,11 @@ impl LinkStats {
                 "shared_returned",
                 "Share group messages given back: no online member on this node.",
                 g(&self.shared_returned),
+            ),
+            (
+                "shared_removed",
+                "Share group queues this node removed: no member left on any node.",
+                g(&self.shared_removed),
             ),
             (
                 "reclaimed",

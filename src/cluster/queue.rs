@@ -107,10 +107,13 @@ pub fn shared_stream_config(name: &str, prefix: &Prefix, replicas: usize) -> str
 }
 
 /// The durable consumer of share group queue `qname` (`subject::queue_group`), shared by
-/// every node with members: its subject only, explicit acknowledgements.
-pub fn shared_consumer_config(prefix: &Prefix, qname: &str) -> consumer::pull::Config {
+/// every node with members: its subject only, explicit acknowledgements. Its description is
+/// the group's filter `share` (`$share/G/F`), by which a node that finds no member of the
+/// group anywhere checks the interest bucket before removing it (`groups`).
+pub fn shared_consumer_config(prefix: &Prefix, qname: &str, share: &str) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(qname.to_string()),
+        description: Some(share.to_string()),
         filter_subject: prefix.shared(qname),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: SHARED_ACK_WAIT,
@@ -212,6 +215,10 @@ pub struct InterestView {
     trie: FilterTrie<Vec<Arc<str>>>,
     /// Inner filter → its groups with members somewhere (this node included).
     shared: FilterTrie<Vec<GroupNodes>>,
+    /// Queue name → entries of members of that group (any node).
+    members: HashMap<Arc<str>, usize>,
+    /// The whole bucket was loaded once (`set_loaded`).
+    loaded: bool,
 }
 
 impl InterestView {
@@ -255,6 +262,7 @@ impl InterestView {
                 nodes: vec![node.clone()],
             }),
         }
+        *self.members.entry(qname.clone()).or_insert(0) += 1;
         self.by_key
             .insert(key.to_string(), Held::Shared(node, filter.into(), qname));
     }
@@ -272,6 +280,12 @@ impl InterestView {
                 }
             }
             Some(Held::Shared(node, filter, qname)) => {
+                if let Some(n) = self.members.get_mut(&qname) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.members.remove(&qname);
+                    }
+                }
                 let empty = self.shared.get_mut(&filter).is_some_and(|groups| {
                     for g in groups.iter_mut().filter(|g| g.qname == qname) {
                         g.nodes.retain(|n| *n != node);
@@ -312,6 +326,21 @@ impl InterestView {
             }
         });
         out
+    }
+
+    /// Whether some node has members of share group queue `qname`.
+    pub fn has_group(&self, qname: &str) -> bool {
+        self.members.contains_key(qname)
+    }
+
+    /// The view holds the whole bucket (its watcher caught up once).
+    pub fn set_loaded(&mut self) {
+        self.loaded = true;
+    }
+
+    /// Whether the view held the whole bucket once.
+    pub fn loaded(&self) -> bool {
+        self.loaded
     }
 
     /// Entries held (for tests and figures).
@@ -396,8 +425,13 @@ mod tests {
         );
         v.remove(&interest_key("b", "$share/g/x/#"));
         assert_eq!(v.groups("x/z/w").len(), 1, "g still has a's members");
+        assert!(v.has_group(&g));
         v.remove(&interest_key("a", "$share/g/x/#"));
         assert!(v.groups("x/z/w").is_empty());
+        assert!(
+            !v.has_group(&g) && v.has_group(&h),
+            "no member of g anywhere"
+        );
         v.remove(&interest_key("b", "$share/h/x/+"));
         assert!(v.groups("x/y").is_empty());
     }

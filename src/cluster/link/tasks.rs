@@ -141,6 +141,7 @@ pub(super) fn start_kv(
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
     let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
+    let view_for_sweep = view.view.clone();
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -185,6 +186,13 @@ pub(super) fn start_kv(
         if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
             tokio::spawn(super::alive::heartbeat(h));
         }
+        tokio::spawn(sweep_groups(
+            ctx.clone(),
+            js.clone(),
+            name.clone(),
+            replicas,
+            view_for_sweep,
+        ));
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -239,6 +247,38 @@ async fn heart(
         forget_after,
         interest,
     })
+}
+
+/// Open the share-group claim bucket (retried like the others) and run the sweep that
+/// removes the queues of groups left without members (`sweep`).
+async fn sweep_groups(
+    ctx: KvCtx,
+    js: jetstream::Context,
+    name: String,
+    replicas: usize,
+    view: Arc<Mutex<InterestView>>,
+) {
+    let claims = loop {
+        match kv::open_groups(&js, &name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    let mut js = js;
+    js.set_timeout(Duration::from_millis(FLUSH_WAIT_MS));
+    super::sweep::sweeper(super::sweep::Sweep {
+        js,
+        cluster: name,
+        prefix: ctx.prefix.clone(),
+        node: ctx.node.clone(),
+        view,
+        claims,
+        stats: ctx.out.stats.clone(),
+    })
+    .await;
 }
 
 /// What the KV tasks share.
@@ -646,6 +686,9 @@ async fn interest_watcher(
     let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
     match status.await {
         Ok(Ok(s)) if s.values() == 0 => {
+            if let Ok(mut v) = view.lock() {
+                v.set_loaded();
+            }
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }
@@ -665,6 +708,7 @@ async fn interest_watcher(
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
         }
         if entry.seen_current {
+            v.set_loaded();
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }
