@@ -210,6 +210,7 @@ impl Node {
             }),
             ack: None,
             msg_id: None,
+            served: Vec::new(),
         });
     }
 
@@ -491,6 +492,7 @@ fn publish_acked(from: &Node, topic: &str, payload: &[u8], seq: u64) {
         }),
         ack: Some((0, seq)),
         msg_id: None,
+        served: Vec::new(),
     });
     from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
 }
@@ -736,6 +738,7 @@ fn publish_qos2(from: &Node, payload: &[u8], msg_id: Option<&str>, seq: u64) {
         }),
         ack: Some((0, seq)),
         msg_id: msg_id.map(str::to_string),
+        served: Vec::new(),
     });
     from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
 }
@@ -764,6 +767,7 @@ fn queue_eventually_on(from: &Node, to: &Node, topic: &str) {
             }),
             ack: None,
             msg_id: None,
+            served: Vec::new(),
         });
         let mut queued = false;
         while let Ok(m) = to.link.receiver().recv_timeout(Duration::from_millis(200)) {
@@ -919,6 +923,7 @@ fn qos1(topic: &str, payload: Vec<u8>, ack: Option<(usize, u64)>) -> ToLink {
         }),
         ack,
         msg_id: None,
+        served: Vec::new(),
     }
 }
 

@@ -355,6 +355,10 @@ pub struct Broker<X> {
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
     /// waiting for an old node's state that may not come.
     backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
+    /// Share groups (`$share/G/F`) with members on other nodes, as the link's interest
+    /// view last said (`FromCluster::ShareRemote`); the others' messages are delivered to
+    /// a member here without the cluster (`Broker::dispatch_local_shared`).
+    remote_shares: std::collections::HashSet<Box<str>>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -413,6 +417,7 @@ impl<X> Broker<X> {
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
             backups: std::collections::HashMap::new(),
+            remote_shares: std::collections::HashSet::new(),
         };
         b.arm_sys_timer(now_ms);
         b

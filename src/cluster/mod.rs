@@ -64,6 +64,10 @@ pub enum ToLink {
         /// resend after a power cut of this node gets the same stem, so JetStream stores it
         /// once (`broker::cluster::Qos2Id`). `None`: `<seq>`, the link's own number.
         msg_id: Option<String>,
+        /// Share groups (queue names) whose members are all on this node as its shard
+        /// saw them, and which it delivered to here: neither stored in their group queue
+        /// nor taken from the core copy by the node NATS picks.
+        served: Vec<String>,
     },
     /// A message this node's queue consumer handed over (`FromLink::Message` with a
     /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
@@ -200,6 +204,15 @@ pub enum FromLink {
         /// As in `Message`: a QoS 2 copy's id, so that its settle waits for the first
         /// copy's commit.
         dedupe: Option<u128>,
+    },
+    /// Share group `share` (`$share/G/F`) has members on another node than this one
+    /// (`remote`), or no longer has (the view changed): this node's shards deliver its
+    /// messages to local members themselves only while it has none elsewhere.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: String,
+        /// Members on another node.
+        remote: bool,
     },
     /// The answer to a `ToLink::Publish` with `ack`: the message is in the queue of every
     /// other node that wants it, or that failed (counted), or nobody else wanted it.

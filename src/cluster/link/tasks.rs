@@ -707,6 +707,9 @@ async fn interest_watcher(
             },
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
         }
+        for (share, remote) in v.take_remote_changes() {
+            ctx.out.push_wake(FromLink::ShareRemote { share, remote });
+        }
         if entry.seen_current {
             v.set_loaded();
             if let Some(tx) = loaded.take() {
