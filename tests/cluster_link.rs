@@ -1249,6 +1249,18 @@ fn a_share_groups_queue_goes_with_its_last_member_and_comes_back_with_a_new_one(
     a.rest();
     b.rest();
     assert!(group_queue(server.port, "t20", &qname).0, "the consumer");
+    let members = |share: &'static str| {
+        on_jetstream(server.port, async |js| {
+            shardmq::cluster::groups::members_anywhere(js, "t20", share)
+                .await
+                .expect("the interest bucket read")
+        })
+    };
+    assert!(
+        members("$share/g/z/#"),
+        "the check sees A's and B's entries"
+    );
+    assert!(!members("$share/h/z/#"), "and no member of another group");
 
     for n in [&a, &b] {
         n.send(ToLink::NoInterest {
@@ -1258,6 +1270,11 @@ fn a_share_groups_queue_goes_with_its_last_member_and_comes_back_with_a_new_one(
     }
     store_for_group(server.port, "t20", &qname, 5);
     assert_eq!(group_queue(server.port, "t20", &qname), (true, 5));
+    let deadline = Instant::now() + WAIT;
+    while members("$share/g/z/#") {
+        assert!(Instant::now() < deadline, "the entries were never deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let removed = || {
         [&a, &b, &c]
             .iter()

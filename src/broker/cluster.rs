@@ -468,6 +468,18 @@ impl<X> Broker<X> {
         true
     }
 
+    /// A share group's members on other nodes came or went: every shard is told.
+    fn share_remote(&mut self, share: Box<str>, remote: bool, now_ms: u64) {
+        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+            let c = ClusterCast::ShareRemote {
+                share: share.clone(),
+                remote,
+            };
+            self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+        }
+        self.on_cluster_cast(ClusterCast::ShareRemote { share, remote }, now_ms);
+    }
+
     /// News from the link (gateway shard only).
     pub fn on_cluster(&mut self, m: FromCluster, now_ms: u64) {
         match m {
@@ -520,16 +532,7 @@ impl<X> Broker<X> {
                     self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
                 }
             }
-            FromCluster::ShareRemote { share, remote } => {
-                for to in (0..self.shards).filter(|&t| t != self.shard_id) {
-                    let c = ClusterCast::ShareRemote {
-                        share: share.clone(),
-                        remote,
-                    };
-                    self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
-                }
-                self.on_cluster_cast(ClusterCast::ShareRemote { share, remote }, now_ms);
-            }
+            FromCluster::ShareRemote { share, remote } => self.share_remote(share, remote, now_ms),
             FromCluster::Retained { mut msg } => {
                 msg.retain = true;
                 msg.retain_stamp = self.retained.next_stamp(self.shard_id);

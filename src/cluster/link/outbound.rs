@@ -15,6 +15,15 @@ use super::{
 use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::{queue, subject, FromLink, LinkStats};
 
+/// The header naming the share groups `served` on this node, if any (`queue::SHARED_HEADER`).
+fn served_header(served: &[String]) -> Option<HeaderMap> {
+    (!served.is_empty()).then(|| {
+        let mut h = HeaderMap::new();
+        h.insert(queue::SHARED_HEADER, served.join(",").as_str());
+        h
+    })
+}
+
 impl State {
     /// Send a message that entered here to the nodes that want it. QoS 0 goes on core NATS
     /// at once. A QoS ≥ 1 message is first stored in the queue of every other node the
@@ -74,12 +83,8 @@ impl State {
         if targets.is_empty()
             && (self.pending.is_empty() || e.qos == crate::protocol::QoS::AtMostOnce)
         {
-            let headers = (!served.is_empty()).then(|| {
-                let mut h = HeaderMap::new();
-                h.insert(queue::SHARED_HEADER, served.join(",").as_str());
-                h
-            });
-            self.core_publish(subject, headers, bytes).await;
+            self.core_publish(subject, served_header(&served), bytes)
+                .await;
             self.answer_published(ack);
             return;
         }
