@@ -359,6 +359,10 @@ pub struct Broker<X> {
     /// view last said (`FromCluster::ShareRemote`); the others' messages are delivered to
     /// a member here without the cluster (`Broker::dispatch_local_shared`).
     remote_shares: std::collections::HashSet<Box<str>>,
+    /// Sessions listed for the link's check after a cut-off from NATS, by client id (the
+    /// incarnation listed); an id leaves it when a claim for it is made here
+    /// (`cluster_owed::on_superseded`).
+    listed: std::collections::HashMap<Box<str>, u64>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -418,6 +422,7 @@ impl<X> Broker<X> {
             handover_in: None,
             backups: std::collections::HashMap::new(),
             remote_shares: std::collections::HashSet::new(),
+            listed: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b
