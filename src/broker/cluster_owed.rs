@@ -117,16 +117,13 @@ impl<X> Broker<X> {
                 now_ms,
             });
         }
-        if let Some(sess) = self.sessions.get_mut(s) {
-            sess.will = None;
-        }
         log_at!(
             Level::Notice,
             "Client {}: its session restored here belongs to cluster node {} now; {owed} owed message(s) handed over, the session ends here.",
             client_id.escape_debug(),
             owner.unwrap_or("(none: it ended)")
         );
-        self.end_session(s);
+        self.end_session_reconnected(s);
     }
 }
 
@@ -169,9 +166,6 @@ impl<X> Broker<X> {
             client_id.escape_debug(),
             owner.unwrap_or("(none: it ended there)")
         );
-        if let Some(sess) = self.sessions.get_mut(s) {
-            sess.will = None;
-        }
         if let Some(by) = owner {
             self.on_taken_over(client_id, by, now_ms);
             return;
@@ -183,7 +177,7 @@ impl<X> Broker<X> {
             let why = "session taken over by another cluster node";
             self.close(old, Some(ReasonCode::SessionTakenOver), why);
         }
-        self.end_session(s);
+        self.end_session_reconnected(s);
     }
 }
 
