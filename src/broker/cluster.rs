@@ -1060,6 +1060,6 @@ impl<X> Broker<X> {
                 client_id.escape_debug()
             );
         }
-        self.end_session(s);
+        self.end_session_reconnected(s);
     }
 }

@@ -304,6 +304,8 @@ struct State {
     store_tx: mpsc::Sender<store::StoreJob>,
     /// Queue messages handed to the node: token → the reply subject that acknowledges it.
     unsettled: HashMap<u64, Subject>,
+    /// Acknowledgements of settled queue messages, sent together at the end of the turn.
+    settles: Vec<Subject>,
     next_token: u64,
     /// The queue stream's name (for reclaim scans).
     stream: String,
@@ -481,6 +483,7 @@ async fn run(
         pending: ReleaseList::default(),
         store_tx,
         unsettled: HashMap::new(),
+        settles: Vec::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
         shared_stream,
@@ -507,6 +510,7 @@ async fn run(
     for m in early {
         st.handle(m).await;
     }
+    st.flush_settles().await;
     while !stop.load(Ordering::Acquire) {
         let due = st
             .order
@@ -640,9 +644,12 @@ impl State {
         for _ in 0..TO_LINK_BATCH_MAX {
             match inbox.try_recv() {
                 Ok(m) => self.handle(m).await,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    return self.flush_settles().await;
+                }
             }
         }
+        self.flush_settles().await;
         // Budget spent with work left: come back after the inbound side had a turn.
         notify.notify_one();
     }
@@ -666,7 +673,7 @@ impl State {
                 }
                 self.publish(*envelope, ack, msg_id, served).await
             }
-            ToLink::Settle { token } => self.settle(token).await,
+            ToLink::Settle { token } => self.settle(token),
             ToLink::Return { token } => self.give_back(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
