@@ -372,10 +372,9 @@ impl Journal {
 
     /// Append `r` to the batch, or take back the records it cancels.
     fn append(&mut self, r: &Record<'_>) {
-        let wal = &mut self.wal;
-        if !self.elision.cancels(r, |t| wal.cancel(t)) {
+        if !self.elision.cancels(r, &mut self.wal) {
             let ticket = self.wal.append(r);
-            self.elision.appended(r, ticket);
+            self.elision.appended(r, ticket, &self.wal);
         }
     }
 
@@ -669,8 +668,7 @@ impl Journal {
         }
         self.settles.seal(last);
         if !self.wal.will_defer() {
-            let wal = &mut self.wal;
-            self.elision.unreferenced(|t| wal.cancel(t));
+            self.elision.unreferenced(&mut self.wal);
             match self.wal.end_turn() {
                 Err(e) => self.stall(now_ms, &e),
                 Ok(()) => {
