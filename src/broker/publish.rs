@@ -328,6 +328,9 @@ impl<X> Broker<X> {
         (origin, txn): (u64, u64),
     ) -> bool {
         if !p.retain {
+            if let Some(j) = self.journal.as_mut().filter(|_| self.msg_pool.is_empty()) {
+                j.recycle(&mut self.msg_pool);
+            }
             let mut msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
             if let Some(m) = Arc::get_mut(&mut msg) {
                 m.txn = txn;
