@@ -365,6 +365,46 @@ fn the_session_registry_moves_a_client_id_by_compare_and_set() {
     );
 }
 
+/// The registry's answer to a claim reaches the node before the old node's state can:
+/// the link passes `Claimed` on before it sends the takeover notice that makes the old
+/// node send the state (`docs/cluster.md`, "Session registry"), so the state always finds
+/// the CONNECT waiting. Node A holds each client id; B claims it; A's side answers the
+/// notice at once with a state: B's node gets `Claimed` (previous A) first, then the
+/// state, in every round. The order is the link's by construction (one queue, the answer
+/// pushed before the notice is published), so the test cannot pass by luck with the fix
+/// and fails whenever the old order lets a quick state overtake the answer.
+#[test]
+fn a_claims_answer_comes_before_the_old_nodes_state() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t9", "A"), node(&server, "t9", "B"));
+    for round in 0..20u64 {
+        let id = format!("hx{round}");
+        assert_eq!(a.claim(&id, 100 + round), None);
+        b.send(ToLink::Claim {
+            client_id: id.clone(),
+            token: 200 + round,
+        });
+        a.expect(|m| matches!(m, FromLink::TakenOver { client_id, .. } if *client_id == id));
+        a.send(ToLink::Handover {
+            to: "B".into(),
+            client_id: id.clone(),
+            state: vec![1, 2, 3],
+        });
+        let first = b.expect(|m| {
+            matches!(m, FromLink::Claimed { client_id, .. } | FromLink::SessionState { client_id, .. } if *client_id == id)
+        });
+        assert!(
+            matches!(&first, FromLink::Claimed { previous: Some(p), .. } if p == "A"),
+            "round {round}: the state overtook the answer: {first:?}"
+        );
+        b.expect(|m| {
+            matches!(m, FromLink::SessionState { client_id, state } if *client_id == id && state.as_slice() == [1, 2, 3])
+        });
+    }
+}
+
 #[test]
 fn retained_messages_are_in_the_bucket_for_every_node() {
     let Some(server) = NatsServer::start() else {

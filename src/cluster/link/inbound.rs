@@ -230,7 +230,11 @@ impl State {
         u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub(super) fn inbound(&mut self, (tag, m): Inbound) {
+    pub(super) fn inbound(&mut self, m: Inbound) {
+        // Held while a check after a cut-off runs (`recheck`).
+        let Some((tag, m)) = self.hold(m) else {
+            return;
+        };
         let stats = &self.out.stats;
         let route = match &*tag {
             Tag::Takeover | Tag::State if m.payload.is_empty() => return self.alive(m.reply),
