@@ -33,11 +33,14 @@ impl<X> Broker<X> {
     /// Once at start (cluster on): tell the link which persistent sessions this shard
     /// restored from its store, so that it can check their owners before reading the
     /// queue. Sent even when there are none: the link waits for every shard's list.
+    /// Ids this node assigned (`shardmq-<node>-…`) are left out: they skip the registry,
+    /// which therefore never names their owner.
     pub fn cluster_restored(&mut self) {
+        let assigned = self.assigned_prefix();
         let client_ids = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.expiry_s > 0)
+            .filter(|(_, s)| s.expiry_s > 0 && !s.client_id.starts_with(&assigned))
             .map(|(_, s)| s.client_id.clone())
             .collect();
         self.tell_cluster(ToCluster::Restored { client_ids });
@@ -128,11 +131,17 @@ impl<X> Broker<X> {
 }
 
 impl<X> Broker<X> {
+    /// The prefix of the client ids this node assigns (`Broker::assign_id`): they name
+    /// this node, so no other can hold them, and CONNECT does not claim them.
+    fn assigned_prefix(&self) -> String {
+        format!("shardmq-{}-", self.cluster.as_deref().unwrap_or(""))
+    }
+
     /// The link is back from a cut-off: list this shard's sessions for its check against
     /// the registry (`ToCluster::Live`), remembering which incarnation was listed. Ids
     /// this node assigned (`shardmq-<node>-…`) are left out: they skip the registry.
     pub(super) fn list_live(&mut self) {
-        let assigned = format!("shardmq-{}-", self.cluster.as_deref().unwrap_or(""));
+        let assigned = self.assigned_prefix();
         self.listed.clear();
         let mut client_ids = Vec::new();
         for (_, sess) in self.sessions.iter() {

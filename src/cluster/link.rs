@@ -87,6 +87,7 @@ mod outbound;
 mod recheck;
 mod reclaim;
 mod store;
+mod sweep;
 mod tasks;
 
 pub(crate) use alive::{Beat, REMOVAL_WAIT_MS};
@@ -303,6 +304,8 @@ struct State {
     store_tx: mpsc::Sender<store::StoreJob>,
     /// Queue messages handed to the node: token → the reply subject that acknowledges it.
     unsettled: HashMap<u64, Subject>,
+    /// Acknowledgements of settled queue messages, sent together at the end of the turn.
+    settles: Vec<Subject>,
     next_token: u64,
     /// The queue stream's name (for reclaim scans).
     stream: String,
@@ -337,7 +340,7 @@ struct State {
 }
 
 /// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
-type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>);
+type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>, Vec<String>);
 
 /// The echo subscription and the number of its last probe.
 struct Echo {
@@ -353,6 +356,8 @@ struct Pending {
     ack: Option<(usize, u64)>,
     /// Its stores' message id, before the target node's name (`store_msg_id`).
     msg_id: String,
+    /// Share groups the publishing node delivered it to itself (`ToLink::Publish`).
+    served: Vec<String>,
 }
 
 /// The message id (`Nats-Msg-Id`, before `.<target node>`) of the stores of node `node`'s
@@ -478,6 +483,7 @@ async fn run(
         pending: ReleaseList::default(),
         store_tx,
         unsettled: HashMap::new(),
+        settles: Vec::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
         shared_stream,
@@ -504,6 +510,7 @@ async fn run(
     for m in early {
         st.handle(m).await;
     }
+    st.flush_settles().await;
     while !stop.load(Ordering::Acquire) {
         let due = st
             .order
@@ -637,9 +644,12 @@ impl State {
         for _ in 0..TO_LINK_BATCH_MAX {
             match inbox.try_recv() {
                 Ok(m) => self.handle(m).await,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    return self.flush_settles().await;
+                }
             }
         }
+        self.flush_settles().await;
         // Budget spent with work left: come back after the inbound side had a turn.
         notify.notify_one();
     }
@@ -652,17 +662,18 @@ impl State {
                 envelope,
                 ack,
                 msg_id,
+                served,
             } => {
                 if !self.view_loaded && envelope.qos != crate::protocol::QoS::AtMostOnce {
                     if self.unviewed.len() < UNVIEWED_MAX {
-                        self.unviewed.push_back((*envelope, ack, msg_id));
+                        self.unviewed.push_back((*envelope, ack, msg_id, served));
                         return;
                     }
                     self.view_ready(false).await;
                 }
-                self.publish(*envelope, ack, msg_id).await
+                self.publish(*envelope, ack, msg_id, served).await
             }
-            ToLink::Settle { token } => self.settle(token).await,
+            ToLink::Settle { token } => self.settle(token),
             ToLink::Return { token } => self.give_back(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {

@@ -106,3 +106,50 @@ fn a_listed_session_given_away_ends_here_unless_claimed_since_the_list() {
     b.on_cluster(again, NOW_MS);
     assert!(told(b).is_empty(), "nothing handed over twice");
 }
+
+/// A 5.0 CONNECT with an empty client id and a session that outlives it: the shard
+/// assigns the id, which names this node, so the registry never holds it.
+fn connected_assigned(b: &mut Broker<()>) {
+    let key = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[5, 0x00, 0, 60]);
+    // Properties: Session Expiry Interval (0x11) of 300 s.
+    body.extend_from_slice(&[5, 0x11, 0, 0, 1, 44]);
+    body.extend(string(""));
+    let c = with_len(0x10, &body);
+    assert_eq!(b.ingest(key, &c, NOW_MS), (c.len(), Ingested::More));
+    told(b);
+    end_turn(b, NOW_MS);
+}
+
+#[test]
+fn sessions_with_ids_this_node_assigned_are_not_checked_against_the_registry() {
+    let mut net = Cores::new(1);
+    let b = &mut net.shards[0];
+    b.set_cluster("a");
+    connected(b, "p");
+    connected_assigned(b);
+    let ids: Vec<Box<str>> = b
+        .sessions
+        .iter()
+        .map(|(_, s)| s.client_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "both sessions live: {ids:?}");
+    assert!(
+        ids.iter().any(|id| id.starts_with("shardmq-a-")),
+        "an id assigned by node a: {ids:?}"
+    );
+    // At start (sessions restored from the store) and after a cut-off alike, only the
+    // client's own id is sent to the registry: an assigned one has no entry there and
+    // would be taken for a session another node owns.
+    b.cluster_restored();
+    b.on_cluster(FromCluster::ListSessions, NOW_MS);
+    let lists: Vec<Vec<Box<str>>> = told(b)
+        .into_iter()
+        .filter_map(|m| match m {
+            ToCluster::Restored { client_ids } | ToCluster::Live { client_ids } => Some(client_ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lists, [vec![Box::from("p")], vec![Box::from("p")]]);
+}
