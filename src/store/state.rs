@@ -497,15 +497,16 @@ impl LiveState {
         self.own_shared();
         self.settle_qos2();
         self.retained.retain(|_, r| r.msg.is_some());
+        let stored = StoredIds::of(&self.messages);
+        let has = |id: &MsgId| stored.has(id, &self.messages);
         let mut missing = 0u64;
         for s in self.sessions.values_mut() {
             let before = s.deliveries.len();
-            s.deliveries.retain(|d| self.messages.contains_key(&d.msg));
+            s.deliveries.retain(|d| has(&d.msg));
             missing += (before - s.deliveries.len()) as u64;
         }
         let before = self.retained.len();
-        self.retained
-            .retain(|_, r| r.msg.is_some_and(|m| self.messages.contains_key(&m)));
+        self.retained.retain(|_, r| r.msg.as_ref().is_some_and(has));
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
         self.drop_unreferenced();
@@ -658,6 +659,12 @@ impl LiveState {
     /// commits are not carried (take them out first too). Pending and armed Wills go to
     /// the first state (any shard may publish them), and so do the ids of messages taken
     /// from the cluster queue (the gateway's).
+    ///
+    /// A state whose sessions and retained entries all go to one part (a shard directory
+    /// read by a broker with the same shard count, the usual start) moves there whole:
+    /// the same part, built without taking the state apart and putting it together again
+    /// (that rebuild was ≈ 16% of a 1M-message recovery's CPU: `docs/benchmarks.md`,
+    /// "Recovery without the rebuild").
     pub fn split(
         mut self,
         n: usize,
@@ -666,6 +673,60 @@ impl LiveState {
     ) -> Vec<LiveState> {
         self.own_shared();
         let n = n.max(1);
+        match self.sole_part(n, &client_shard, &retained_shard) {
+            Some(k) => self.move_whole(n, k),
+            None => self.split_by_shard(n, client_shard, retained_shard),
+        }
+    }
+
+    /// The one part of `n` that every session and retained entry goes to, if there is
+    /// one (part 0 for a state with neither).
+    fn sole_part(
+        &self,
+        n: usize,
+        client_shard: &impl Fn(&str) -> usize,
+        retained_shard: &impl Fn(&str) -> usize,
+    ) -> Option<usize> {
+        let homes = (self.sessions.keys().map(|c| client_shard(c) % n))
+            .chain(self.retained.keys().map(|t| retained_shard(t) % n));
+        let mut sole = None;
+        for k in homes {
+            if *sole.get_or_insert(k) != k {
+                return None;
+            }
+        }
+        Some(sole.unwrap_or(0))
+    }
+
+    /// [`LiveState::split`] of a state that goes whole to part `k`: what
+    /// [`LiveState::split_by_shard`] builds (messages nothing refers to left out, the
+    /// counts and commits not carried, the first part's extras in part 0), moved.
+    fn move_whole(mut self, n: usize, k: usize) -> Vec<LiveState> {
+        let bridges = std::mem::take(&mut self.bridges);
+        let pending_wills = std::mem::take(&mut self.pending_wills);
+        let armed_wills = std::mem::take(&mut self.armed_wills);
+        let cluster_received = std::mem::take(&mut self.cluster_received);
+        self.orphans = 0;
+        self.qos2_dropped = 0;
+        self.qos2_committed.clear();
+        self.drop_unreferenced();
+        let mut parts = vec![LiveState::default(); n];
+        parts[k] = self;
+        parts[0].bridges = bridges;
+        parts[0].pending_wills = pending_wills;
+        parts[0].armed_wills = armed_wills;
+        parts[0].cluster_received = cluster_received;
+        parts
+    }
+
+    /// [`LiveState::split`] taking the state apart: each session, retained entry and
+    /// message placed on its own.
+    pub(crate) fn split_by_shard(
+        self,
+        n: usize,
+        client_shard: impl Fn(&str) -> usize,
+        retained_shard: impl Fn(&str) -> usize,
+    ) -> Vec<LiveState> {
         let mut sessions: Vec<Vec<(String, SessionState)>> = vec![Vec::new(); n];
         let mut retained: Vec<Vec<(String, Retained)>> = vec![Vec::new(); n];
         // (message, part) for every reference, so that each message can be moved to the
@@ -771,6 +832,65 @@ impl LiveState {
             .chain(wills)
             .chain(armed)
             .chain(received)
+    }
+}
+
+/// Which message ids a state holds, answered without a binary search of its messages for
+/// every delivery (1M searches of a 1M-entry `Vec`, each a few cache misses, were most
+/// of [`LiveState::finish`]'s time in a 1M-message recovery).
+///
+/// A bit per id from the lowest to the highest when they span at most
+/// [`ID_SPAN_BITS_PER_MESSAGE_MAX`] times their number (a log's ids: dense, or spread by the
+/// acknowledged messages dropped between them); else the binary search.
+enum StoredIds {
+    /// Bit `id - first` of the words is set when message `id` is stored.
+    Bits { first: u64, words: Vec<u64> },
+    /// Ask the messages.
+    Search,
+}
+
+/// The largest id span per message for which [`StoredIds::Bits`] is built (8 bytes per
+/// message at most).
+const ID_SPAN_BITS_PER_MESSAGE_MAX: u64 = 64;
+
+impl StoredIds {
+    fn of(messages: &Messages) -> StoredIds {
+        let (Some(first), Some(last)) = (messages.keys().next(), messages.keys().next_back())
+        else {
+            return StoredIds::Search;
+        };
+        let span = last.0 - first.0 + 1;
+        let per = ID_SPAN_BITS_PER_MESSAGE_MAX.saturating_mul(messages.len() as u64);
+        let Some(words) = usize::try_from(span.div_ceil(64))
+            .ok()
+            .filter(|_| span <= per)
+        else {
+            return StoredIds::Search;
+        };
+        let mut bits = vec![0u64; words];
+        for id in messages.keys() {
+            let at = id.0 - first.0;
+            if let Some(w) = bits.get_mut((at / 64) as usize) {
+                *w |= 1 << (at % 64);
+            }
+        }
+        StoredIds::Bits {
+            first: first.0,
+            words: bits,
+        }
+    }
+
+    /// Whether `id` is one of `messages` (the ones this was made of).
+    fn has(&self, id: &MsgId, messages: &Messages) -> bool {
+        match self {
+            StoredIds::Bits { first, words } => id.0.checked_sub(*first).is_some_and(|at| {
+                usize::try_from(at / 64)
+                    .ok()
+                    .and_then(|w| words.get(w))
+                    .is_some_and(|w| w & (1 << (at % 64)) != 0)
+            }),
+            StoredIds::Search => messages.contains_key(id),
+        }
     }
 }
 

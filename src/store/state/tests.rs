@@ -735,3 +735,98 @@ fn shared_messages_are_the_same_state_as_copied_ones() {
     low.store_shared(MsgId(3), Arc::new(Held(message("x", b"y", false))), None);
     assert!(low.messages.contains_key(&MsgId(3)) && low.has_message(&MsgId(3)));
 }
+
+/// `r` with every message id it names moved into `base .. base + 300`, so that a log of
+/// arbitrary records has ids close together (the bit table of [`StoredIds`]) or, with a
+/// big `base` step between them, far apart (its binary search).
+fn ids_near(mut r: Record<'static>, base: u64) -> Record<'static> {
+    let near = |m: &mut MsgId| *m = MsgId(base + m.0 % 300);
+    match &mut r {
+        Record::MessageStored { id, .. } => near(id),
+        Record::DeliveryQueued { msg, .. }
+        | Record::DeliveryQueuedSent { msg, .. }
+        | Record::DeliverySent { msg, .. }
+        | Record::DeliveryDropped { msg, .. }
+        | Record::RetainedSet { msg, .. } => near(msg),
+        _ => {}
+    }
+    r
+}
+
+/// [`LiveState::finish`] as it was before [`StoredIds`]: a binary search of the messages
+/// for every delivery and retained entry (the naive oracle).
+fn finish_by_search(s: &mut LiveState) {
+    s.own_shared();
+    s.settle_qos2();
+    s.retained.retain(|_, r| r.msg.is_some());
+    let mut missing = 0u64;
+    for x in s.sessions.values_mut() {
+        let before = x.deliveries.len();
+        x.deliveries.retain(|d| s.messages.contains_key(&d.msg));
+        missing += (before - x.deliveries.len()) as u64;
+    }
+    let before = s.retained.len();
+    s.retained
+        .retain(|_, r| r.msg.is_some_and(|m| s.messages.contains_key(&m)));
+    missing += (before - s.retained.len()) as u64;
+    s.orphans += missing;
+    s.drop_unreferenced();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// `finish` keeps exactly what the binary search keeps, for ids close together (the
+    /// bit table: dense, or sparse as a long-lived log's) and far apart (the search).
+    #[test]
+    fn finish_with_the_id_table_matches_the_search(
+        records in proptest::collection::vec(crate::store::testutil::arb_record(), 0..60),
+        spread in proptest::prelude::any::<bool>(),
+    ) {
+        let mut s = LiveState::default();
+        for (i, r) in records.into_iter().enumerate() {
+            let base = if spread { (i as u64 % 3) << 40 } else { 1_000 };
+            s.apply(ids_near(r, base));
+        }
+        let mut want = s.clone();
+        finish_by_search(&mut want);
+        s.finish();
+        proptest::prop_assert_eq!(s, want);
+    }
+
+    /// A state that goes whole to one part (every session and retained entry has the same
+    /// home) is split into the very parts that taking it apart gives.
+    #[test]
+    fn a_state_moved_whole_is_the_split_taken_apart(
+        records in proptest::collection::vec(crate::store::testutil::arb_record(), 0..60),
+        n in 1usize..4,
+        k in 0usize..4,
+    ) {
+        let mut s = LiveState::default();
+        for r in records {
+            s.apply(ids_near(r, 7));
+        }
+        s.orphans += 1;
+        let home = |_: &str| k;
+        let taken_apart = s.clone().split_by_shard(n, home, home);
+        let moved = s.split(n, home, home);
+        proptest::prop_assert_eq!(moved, taken_apart);
+    }
+}
+
+/// Sessions of one home but a retained entry of another: taken apart, as before.
+#[test]
+fn a_state_with_two_homes_is_taken_apart() {
+    let mut s = replay(busy("c1", 0));
+    s.finish();
+    assert_eq!(s.sole_part(2, &|_: &str| 1, &|_: &str| 0), None);
+    assert_eq!(s.sole_part(2, &|_: &str| 1, &|_: &str| 3), Some(1));
+    assert_eq!(
+        LiveState::default().sole_part(3, &|_: &str| 2, &|_: &str| 2),
+        Some(0)
+    );
+    let parts = s.clone().split(2, |_| 1, |_| 0);
+    assert!(parts[1].sessions.contains_key("c1"));
+    assert_eq!(parts[0].retained.len(), 1);
+    assert_eq!(parts, s.split_by_shard(2, |_| 1, |_| 0));
+}
