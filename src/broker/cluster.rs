@@ -120,6 +120,9 @@ pub enum ToCluster {
         ack: u64,
         /// A stored publisher's QoS 2 message: its id across a power cut of this node.
         qos2_id: Option<Qos2Id>,
+        /// The share groups (`$share/G/F`) delivered to here because this node has all of
+        /// their members (`Broker::remote_shares`): the cluster leaves them out.
+        served: Vec<Arc<str>>,
     },
     /// A message from this node's queue (`FromCluster::Message` with a token, or
     /// `FromCluster::Settle`) is safe here: the link acknowledges it to JetStream.
@@ -184,6 +187,12 @@ pub enum ToCluster {
         /// Their client ids.
         client_ids: Vec<Box<str>>,
     },
+    /// This shard's live sessions, listed because the link came back from a cut-off
+    /// (`FromCluster::ListSessions`): the link checks their owners (`FromCluster::Superseded`).
+    Live {
+        /// Their client ids.
+        client_ids: Vec<Box<str>>,
+    },
 }
 
 /// What the cluster link tells the gateway shard.
@@ -221,6 +230,13 @@ pub enum FromCluster {
         shard: usize,
         /// Its cluster-ack sequence.
         seq: u64,
+    },
+    /// Share group `share` has members on another node (`remote`), or no longer has.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: Box<str>,
+        /// Members on another node.
+        remote: bool,
     },
     /// The retained bucket changed: `msg` is the topic's new retained message (an empty
     /// payload clears it).
@@ -264,6 +280,17 @@ pub enum FromCluster {
         client_id: Box<str>,
         /// The state.
         state: SessionHandover,
+    },
+    /// The link is back from a cut-off from NATS: every shard lists its live sessions
+    /// (`ToCluster::Live`).
+    ListSessions,
+    /// Session `client_id`, listed after a cut-off, belongs to `owner` now (or to nobody):
+    /// unless claimed here since the list, disconnect it (0x8E), hand it over and end it.
+    Superseded {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
     },
     /// Node `by` took `client_id` over: disconnect it here (0x8E) and end its session.
     TakenOver {
@@ -340,6 +367,15 @@ pub enum ClusterCast {
         /// The state.
         state: Box<SessionHandover>,
     },
+    /// As `FromCluster::ListSessions`, for every shard.
+    ListSessions,
+    /// As `FromCluster::Superseded`, for the client id's home shard.
+    Superseded {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
+    },
     /// As `FromCluster::TakenOver`, for the client id's home shard.
     TakenOver {
         /// MQTT client id.
@@ -362,10 +398,20 @@ pub enum ClusterCast {
         /// Its cluster-ack sequence.
         seq: u64,
     },
+    /// As `FromCluster::ShareRemote`, for every shard.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: Box<str>,
+        /// Members on another node.
+        remote: bool,
+    },
 }
 
 /// The shard that receives from the link.
 pub const GATEWAY_SHARD: usize = 0;
+/// Share groups with members on other nodes a shard keeps track of; past it a group is
+/// taken as local-only (its messages reach a member here, never none).
+const REMOTE_SHARES_MAX: usize = 100_000;
 /// Sessions' subscription copies a shard keeps while their CONNECTs wait for the old
 /// node's state.
 const BACKUPS_MAX: usize = 4096;
@@ -414,8 +460,20 @@ impl<X> Broker<X> {
     /// (`$SYS` topics stay on their node: each node publishes its own figures). A QoS ≥ 1
     /// message from a client's PUBLISH (`acks.wanted`) is numbered: its acknowledgement
     /// waits for the link (`cluster_ack`).
-    pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        if self.cluster.is_none() || super::sys::is_sys_topic(&msg.topic) {
+    /// Whether a message on `topic` goes to the cluster (`forward_to_cluster`).
+    pub(super) fn clustered(&self, topic: &str) -> bool {
+        self.cluster.is_some() && !super::sys::is_sys_topic(topic)
+    }
+
+    /// Hand a message that entered here to the link; `served`: the share groups it was
+    /// delivered to here (`Broker::dispatch_local_shared`).
+    pub(super) fn forward_to_cluster(
+        &mut self,
+        msg: &Arc<Message>,
+        now_ms: u64,
+        served: Vec<Arc<str>>,
+    ) -> bool {
+        if !self.clustered(&msg.topic) {
             return false;
         }
         let ack = if self.acks.wanted && msg.qos != QoS::AtMostOnce {
@@ -431,8 +489,21 @@ impl<X> Broker<X> {
             now_ms,
             ack,
             qos2_id,
+            served,
         });
         true
+    }
+
+    /// A share group's members on other nodes came or went: every shard is told.
+    fn share_remote(&mut self, share: Box<str>, remote: bool, now_ms: u64) {
+        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+            let c = ClusterCast::ShareRemote {
+                share: share.clone(),
+                remote,
+            };
+            self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+        }
+        self.on_cluster_cast(ClusterCast::ShareRemote { share, remote }, now_ms);
     }
 
     /// News from the link (gateway shard only).
@@ -487,6 +558,7 @@ impl<X> Broker<X> {
                     self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
                 }
             }
+            FromCluster::ShareRemote { share, remote } => self.share_remote(share, remote, now_ms),
             FromCluster::Retained { mut msg } => {
                 msg.retain = true;
                 msg.retain_stamp = self.retained.next_stamp(self.shard_id);
@@ -536,6 +608,20 @@ impl<X> Broker<X> {
             }
             FromCluster::Disowned { client_id, owner } => {
                 let c = ClusterCast::Disowned {
+                    client_id: client_id.clone(),
+                    owner,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
+            FromCluster::ListSessions => {
+                for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+                    let c = ClusterCast::ListSessions;
+                    self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+                }
+                self.list_live();
+            }
+            FromCluster::Superseded { client_id, owner } => {
+                let c = ClusterCast::Superseded {
                     client_id: client_id.clone(),
                     owner,
                 };
@@ -595,6 +681,10 @@ impl<X> Broker<X> {
                 }
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
+            ClusterCast::ListSessions => self.list_live(),
+            ClusterCast::Superseded { client_id, owner } => {
+                self.on_superseded(&client_id, owner.as_deref(), now_ms)
+            }
             ClusterCast::Owed { client_id, msgs } => self.deliver_owed(&client_id, msgs, now_ms),
             ClusterCast::Disowned { client_id, owner } => {
                 self.on_disowned(&client_id, owner.as_deref(), now_ms)
@@ -610,6 +700,13 @@ impl<X> Broker<X> {
             ClusterCast::Published { seq } => {
                 self.acks.answered(seq);
                 self.release_cluster_acks(now_ms);
+            }
+            ClusterCast::ShareRemote { share, remote } => {
+                if !remote {
+                    self.remote_shares.remove(&share);
+                } else if self.remote_shares.len() < REMOTE_SHARES_MAX {
+                    self.remote_shares.insert(share);
+                }
             }
         }
     }
@@ -683,6 +780,8 @@ impl<X> Broker<X> {
         if let Some(link) = self.links.get_mut(key) {
             link.timer = Some(t);
         }
+        // Claimed here from now on: a check of the sessions listed before must not end it.
+        self.listed.remove(id);
         self.tell_cluster(ToCluster::Claim {
             client_id: id.into(),
             token,
@@ -929,7 +1028,7 @@ impl<X> Broker<X> {
 
     /// Node `by` owns `client_id` now: disconnect its connection here with 0x8E (a plain
     /// close for 3.x), send its state to `by`, and end it here.
-    fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
+    pub(super) fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
         let Some(s) = self.sessions.find(client_id) else {
             // Nothing to hand over; say so, so the new node need not wait.
             self.tell_cluster(ToCluster::Handover {
@@ -961,6 +1060,6 @@ impl<X> Broker<X> {
                 client_id.escape_debug()
             );
         }
-        self.end_session(s);
+        self.end_session_reconnected(s);
     }
 }

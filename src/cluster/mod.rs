@@ -13,6 +13,7 @@
 
 pub mod envelope;
 pub mod forget;
+pub mod groups;
 pub mod handover;
 pub mod kv;
 pub mod link;
@@ -63,6 +64,10 @@ pub enum ToLink {
         /// resend after a power cut of this node gets the same stem, so JetStream stores it
         /// once (`broker::cluster::Qos2Id`). `None`: `<seq>`, the link's own number.
         msg_id: Option<String>,
+        /// Share groups (queue names) whose members are all on this node as its shard
+        /// saw them, and which it delivered to here: neither stored in their group queue
+        /// nor taken from the core copy by the node NATS picks.
+        served: Vec<String>,
     },
     /// A message this node's queue consumer handed over (`FromLink::Message` with a
     /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
@@ -133,6 +138,14 @@ pub enum ToLink {
         /// Their client ids.
         client_ids: Vec<String>,
     },
+    /// One shard's live sessions (client ids that went through the registry), listed
+    /// because the link asked (`FromLink::ListSessions`). When every shard has sent its
+    /// own, the link asks the registry who owns each and reports those owned elsewhere
+    /// (`FromLink::Superseded`) before it passes on any message of this node's queue.
+    Live {
+        /// Their client ids.
+        client_ids: Vec<String>,
+    },
 }
 
 /// Where an inbound message goes on this node.
@@ -199,6 +212,15 @@ pub enum FromLink {
         /// As in `Message`: a QoS 2 copy's id, so that its settle waits for the first
         /// copy's commit.
         dedupe: Option<u128>,
+    },
+    /// Share group `share` (`$share/G/F`) has members on another node than this one
+    /// (`remote`), or no longer has (the view changed): this node's shards deliver its
+    /// messages to local members themselves only while it has none elsewhere.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: String,
+        /// Members on another node.
+        remote: bool,
     },
     /// The answer to a `ToLink::Publish` with `ack`: the message is in the queue of every
     /// other node that wants it, or that failed (counted), or nobody else wanted it.
@@ -271,6 +293,19 @@ pub enum FromLink {
         /// The node the registry names, if any.
         owner: Option<String>,
     },
+    /// The link is back from a cut-off from NATS (or found this node removed and joined
+    /// again): every shard lists its live sessions (`ToLink::Live`) so that they can be
+    /// checked against the registry — takeover notices sent meanwhile were lost.
+    ListSessions,
+    /// A session listed after a cut-off (`ListSessions`) is owned by `owner` now (or by
+    /// nobody): unless claimed here since the list was made, disconnect its client with
+    /// 0x8E, send `owner` its state and end it here.
+    Superseded {
+        /// MQTT client id.
+        client_id: String,
+        /// The node the registry names, if any.
+        owner: Option<String>,
+    },
     /// Another node took `client_id` over: disconnect it here with 0x8E.
     TakenOver {
         /// MQTT client id.
@@ -329,11 +364,16 @@ pub struct LinkStats {
     pub shared_received: AtomicU64,
     /// Share group messages given back: no online member here.
     pub shared_returned: AtomicU64,
+    /// Share group queues this node removed: no member on any node (`groups`).
+    pub shared_removed: AtomicU64,
     /// Messages copied from a dead node's queue for a session taken over here.
     pub reclaimed: AtomicU64,
     /// Sessions restored from this node's store that the registry gave to another node
     /// meanwhile (handed over and ended here).
     pub disowned: AtomicU64,
+    /// Live sessions found owned by another node (or nobody) when this node came back from
+    /// a cut-off from NATS, and ended here (`FromLink::Superseded`).
+    pub superseded: AtomicU64,
     /// Inbound QoS ≥ 1 messages held until the one before them on their topic arrived.
     pub order_held: AtomicU64,
     /// Of those, passed on at the bound without it (`order::ORDER_HOLD_MS`).
@@ -468,6 +508,11 @@ impl LinkStats {
                 g(&self.shared_returned),
             ),
             (
+                "shared_removed",
+                "Share group queues this node removed: no member left on any node.",
+                g(&self.shared_removed),
+            ),
+            (
                 "reclaimed",
                 "Messages copied from a dead node's queue for a session taken over here.",
                 g(&self.reclaimed),
@@ -476,6 +521,11 @@ impl LinkStats {
                 "disowned",
                 "Restored sessions owned by another node meanwhile, handed over at start.",
                 g(&self.disowned),
+            ),
+            (
+                "superseded",
+                "Live sessions the registry gave to another node while this one was cut off.",
+                g(&self.superseded),
             ),
             (
                 "order_held",

@@ -66,9 +66,13 @@ pub(super) enum InterestOp {
 
 /// What this node's queue consumer starts with: where its messages go, and the sessions
 /// restored from the store to check first (`None`: start at once).
+/// `rejoined` tells the link loop that this node found itself removed and joined again:
+/// its live sessions are checked against the registry before more of the queue passes
+/// (`recheck`).
 pub(super) struct QueueStart {
     pub(super) inbound: mpsc::Sender<Inbound>,
     pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
+    pub(super) rejoined: mpsc::Sender<()>,
 }
 
 /// The interest view the watcher keeps, and where it says that it has loaded the whole
@@ -123,7 +127,11 @@ pub(super) fn start_kv(
     view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
-    let QueueStart { inbound, restored } = queue_start;
+    let QueueStart {
+        inbound,
+        restored,
+        rejoined,
+    } = queue_start;
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -141,6 +149,11 @@ pub(super) fn start_kv(
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
     let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
+    let view_for_sweep = view.view.clone();
+    let joined = Joined {
+        interest: alive_interest,
+        rejoined,
+    };
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -182,9 +195,16 @@ pub(super) fn start_kv(
             view,
             reconnected.subscribe(),
         ));
-        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
+        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, joined).await {
             tokio::spawn(super::alive::heartbeat(h));
         }
+        tokio::spawn(sweep_groups(
+            ctx.clone(),
+            js.clone(),
+            name.clone(),
+            replicas,
+            view_for_sweep,
+        ));
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -207,6 +227,13 @@ pub(super) fn start_kv(
     }
 }
 
+/// Where the heartbeat says that this node joined again after its removal: the interest
+/// writer (write every entry again) and the link loop (check the live sessions).
+struct Joined {
+    interest: mpsc::Sender<InterestOp>,
+    rejoined: mpsc::Sender<()>,
+}
+
 /// The heartbeat task's needs, once its bucket is open (retried like the others; `None`
 /// only if the runtime is going away).
 async fn heart(
@@ -215,8 +242,9 @@ async fn heart(
     name: &str,
     replicas: usize,
     forget_after: Option<Duration>,
-    interest: mpsc::Sender<InterestOp>,
+    joined: Joined,
 ) -> Option<super::alive::Heart> {
+    let Joined { interest, rejoined } = joined;
     let bucket = loop {
         match kv::open_nodes(js, name, replicas).await {
             Ok(b) => break b,
@@ -238,7 +266,40 @@ async fn heart(
         bucket,
         forget_after,
         interest,
+        rejoined,
     })
+}
+
+/// Open the share-group claim bucket (retried like the others) and run the sweep that
+/// removes the queues of groups left without members (`sweep`).
+async fn sweep_groups(
+    ctx: KvCtx,
+    js: jetstream::Context,
+    name: String,
+    replicas: usize,
+    view: Arc<Mutex<InterestView>>,
+) {
+    let claims = loop {
+        match kv::open_groups(&js, &name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    let mut js = js;
+    js.set_timeout(Duration::from_millis(FLUSH_WAIT_MS));
+    super::sweep::sweeper(super::sweep::Sweep {
+        js,
+        cluster: name,
+        prefix: ctx.prefix.clone(),
+        node: ctx.node.clone(),
+        view,
+        claims,
+        stats: ctx.out.stats.clone(),
+    })
+    .await;
 }
 
 /// What the KV tasks share.
@@ -646,6 +707,9 @@ async fn interest_watcher(
     let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
     match status.await {
         Ok(Ok(s)) if s.values() == 0 => {
+            if let Ok(mut v) = view.lock() {
+                v.set_loaded();
+            }
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }
@@ -664,7 +728,11 @@ async fn interest_watcher(
             },
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
         }
+        for (share, remote) in v.take_remote_changes() {
+            ctx.out.push_wake(FromLink::ShareRemote { share, remote });
+        }
         if entry.seen_current {
+            v.set_loaded();
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }
