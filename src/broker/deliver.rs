@@ -100,6 +100,13 @@ pub(super) fn deliver<X>(
                 Some(_) => j.store_shared_msg(&out.msg, now_ms).0,
                 None => j.store_msg(&out.msg, now_ms).0,
             };
+            if let (Some(_), Some(v)) = (&out.share, sink.fx.share_log.as_mut()) {
+                v.push(super::effects::ShareLogNote::Placed {
+                    client: sess.client_id.clone(),
+                    id: crate::store::MsgId(out.sid),
+                    msg: out.msg.clone(),
+                });
+            }
         }
     }
     let link = sess.link.and_then(|k| {

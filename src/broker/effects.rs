@@ -50,6 +50,38 @@ pub struct Effects {
     /// session. Recorded only when `Some` (the simulation's oracle owes such a message to
     /// nobody across a later cut).
     pub share_clean: Option<Vec<std::sync::Arc<crate::session::Message>>>,
+    /// What the log did with stored sessions' shared deliveries: each one logged for a
+    /// session, and each one logged gone from its session because it moved to another
+    /// member, with that record's ticket. Recorded only when `Some` (the simulation's
+    /// oracle: a message whose move was durable before a power cut must not reach its
+    /// first member again after it).
+    pub share_log: Option<Vec<ShareLogNote>>,
+}
+
+/// One entry of [`Effects::share_log`].
+#[derive(Debug, Clone)]
+pub enum ShareLogNote {
+    /// A QoS 1/2 delivery of `msg` was logged for stored session `client`, under message
+    /// id `id` in this shard's log.
+    Placed {
+        /// The session's client id.
+        client: Box<str>,
+        /// The delivery's message id.
+        id: crate::store::MsgId,
+        /// The message.
+        msg: std::sync::Arc<crate::session::Message>,
+    },
+    /// The delivery `id` of stored session `client` was logged gone because another
+    /// member took it (a move); `lsn` is the ticket of that record, or of the last record
+    /// before it if the end cancelled the delivery's unwritten record instead.
+    MovedOff {
+        /// The session's client id.
+        client: Box<str>,
+        /// The delivery's message id.
+        id: crate::store::MsgId,
+        /// Durable once the shard's log is durable up to this ticket.
+        lsn: crate::store::Lsn,
+    },
 }
 
 /// One password to check off the shard loop.

@@ -434,6 +434,11 @@ impl Journal {
         id
     }
 
+    /// The LSN up to which the log is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.wal.durable_lsn()
+    }
+
     /// The LSN of the last record appended (to tell whether a step logged anything).
     pub fn last_lsn(&self) -> Lsn {
         self.wal.last_lsn()

@@ -122,6 +122,12 @@ impl<X> Broker<X> {
         self.journal.as_ref().map_or(0, Journal::settles_issued)
     }
 
+    /// The ticket up to which this shard's log is durable (`None` with persistence off):
+    /// for the simulation, which compares it with [`super::Effects::share_log`].
+    pub fn journal_durable_lsn(&self) -> Option<crate::store::Lsn> {
+        self.journal.as_ref().map(Journal::durable_lsn)
+    }
+
     /// Acks the journal still holds (0 with persistence off).
     pub fn held_acks(&self) -> usize {
         self.journal.as_ref().map_or(0, Journal::held)

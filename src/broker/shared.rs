@@ -26,6 +26,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::deliver::{self, Sink};
+use super::effects::ShareLogNote;
 use super::journal::HeldAck;
 use super::routes::Routes;
 use super::sessions::Sessions;
@@ -458,7 +459,10 @@ impl<X> Broker<X> {
                 j.forget_adopted();
             }
             match landed {
-                Landed::Here if stored => self.log_delivery_gone(s, out.sid, pid),
+                Landed::Here if stored => {
+                    self.log_delivery_gone(s, out.sid, pid);
+                    self.note_moved_off(s, MsgId(out.sid));
+                }
                 Landed::Away if stored => {
                     // Queued in this log until the peer's records are durable: a held
                     // `DeliveryDone` could meet the packet id reused by then.
@@ -518,7 +522,31 @@ impl<X> Broker<X> {
                 client_id: (&*sess.client_id).into(),
                 msg,
             });
+            if let Some(v) = self.fx.share_log.as_mut() {
+                v.push(ShareLogNote::MovedOff {
+                    client: sess.client_id.clone(),
+                    id: msg,
+                    lsn: j.last_lsn(),
+                });
+            }
         }
+    }
+
+    /// Session `s`'s stored delivery `id` was just logged gone for a move: note it for
+    /// the simulation ([`super::Effects::share_log`]).
+    fn note_moved_off(&mut self, s: usize, id: MsgId) {
+        let (Some(v), Some(j), Some(sess)) = (
+            self.fx.share_log.as_mut(),
+            self.journal.as_ref(),
+            self.sessions.get(s),
+        ) else {
+            return;
+        };
+        v.push(ShareLogNote::MovedOff {
+            client: sess.client_id.clone(),
+            id,
+            lsn: j.last_lsn(),
+        });
     }
 
     /// Session `s`'s stored delivery of message `sid` left it (moved to another member

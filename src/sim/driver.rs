@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::client::parse_payload;
 use super::net::{ConnId, Net};
 use super::rng::Source;
+use crate::broker::effects::ShareLogNote;
 use crate::broker::{Broker, Cast, Effects, Ingested, LinkState};
 use crate::config::Config;
 use crate::txbuf::Flushed;
@@ -84,6 +85,50 @@ const SIM_CHECKPOINT_BYTES: u64 = 16 * 1024;
 /// Segment size in the simulation (small, so runs roll segments).
 const SIM_SEGMENT_BYTES: u64 = 8 * 1024;
 
+/// A simulated message: (publisher, sequence number).
+pub type MsgKey = (usize, u32);
+
+/// One shard's stored sessions' shared deliveries as its log holds them, since the shard
+/// last started: the ones it restored, then [`Effects::share_log`].
+#[derive(Debug, Default)]
+struct ShareLedger {
+    /// (client id, message id) → the message.
+    ids: BTreeMap<(Box<str>, u64), MsgKey>,
+    /// (client id, message) → (deliveries logged or restored, how many of them were
+    /// logged gone for a move, the highest ticket of those ends).
+    held: BTreeMap<(Box<str>, MsgKey), (u32, u32, crate::store::Lsn)>,
+}
+
+impl ShareLedger {
+    /// A delivery of `key` held by `client` under message id `id`.
+    fn placed(&mut self, client: &str, id: u64, key: MsgKey) {
+        self.ids.insert((client.into(), id), key);
+        self.held.entry((client.into(), key)).or_default().0 += 1;
+    }
+
+    /// The delivery `id` of `client` was logged gone for a move, by ticket `lsn`.
+    fn moved_off(&mut self, client: &str, id: u64, lsn: crate::store::Lsn) {
+        let Some(&key) = self.ids.get(&(client.into(), id)) else {
+            return;
+        };
+        let e = self.held.entry((client.into(), key)).or_default();
+        e.1 += 1;
+        e.2 = e.2.max(lsn);
+    }
+
+    /// (client id, message) whose every logged delivery moved off, with every end durable
+    /// when the log is durable up to `durable`.
+    fn gone_durably(
+        &self,
+        durable: crate::store::Lsn,
+    ) -> impl Iterator<Item = (String, MsgKey)> + '_ {
+        self.held
+            .iter()
+            .filter(move |(_, &(n, moved, lsn))| n > 0 && moved >= n && lsn <= durable)
+            .map(|((c, key), _)| (c.to_string(), *key))
+    }
+}
+
 /// The simulated broker: every shard, and the bus between them.
 pub struct Cluster {
     brokers: Vec<Broker<Io>>,
@@ -99,6 +144,8 @@ pub struct Cluster {
     /// A drain cut short may take nothing from a peer: what it sent comes after this
     /// turn's reads (so a shard routes and moves on an older view of the share groups).
     pub late_bus: bool,
+    /// A turn takes nothing from this shard's ring: what it sent is not visible yet.
+    pub hold_from: Option<usize>,
     /// Client ids whose CONNACK was written to the network since the last
     /// [`Cluster::take_answered`], in order.
     answered: Vec<String>,
@@ -110,6 +157,17 @@ pub struct Cluster {
     placed_clean: Vec<(usize, u32)>,
     /// Settle tokens the shards issued before the last power cut.
     settle_tokens: u64,
+    /// Per shard, its stored sessions' shared deliveries in its log (persistence only).
+    ledgers: Vec<ShareLedger>,
+    /// Shared messages (client id, message) logged for a stored session since the last
+    /// [`Cluster::take_share_placed`].
+    share_placed: Vec<(String, MsgKey)>,
+    /// At the last power cut: (client id, message) whose every delivery to that stored
+    /// member had moved to another member, the move durable (see
+    /// [`Cluster::take_moved_off_durably`]).
+    moved_off_durably: Vec<(String, MsgKey)>,
+    /// At the last restart: (client id, message) of every shared delivery restored.
+    share_restored: Vec<(String, MsgKey)>,
 }
 
 /// Shard `id` of `shards`, recording the shared messages no member could take.
@@ -117,6 +175,7 @@ fn new_broker(id: usize, shards: usize, cfg: &Arc<Config>, now_ms: u64) -> Broke
     let mut b = Broker::new(id, shards, cfg.clone(), now_ms);
     b.effects().share_unplaced = Some(Vec::new());
     b.effects().share_clean = Some(Vec::new());
+    b.effects().share_log = Some(Vec::new());
     b
 }
 
@@ -135,10 +194,15 @@ impl Cluster {
             keys: Vec::new(),
             chaos: true,
             late_bus: false,
+            hold_from: None,
             answered: Vec::new(),
             unplaced: Vec::new(),
             placed_clean: Vec::new(),
             settle_tokens: 0,
+            ledgers: (0..shards).map(|_| ShareLedger::default()).collect(),
+            share_placed: Vec::new(),
+            moved_off_durably: Vec::new(),
+            share_restored: Vec::new(),
         }
     }
 
@@ -208,7 +272,32 @@ impl Cluster {
         for i in 0..n {
             self.push_outbox(i);
         }
+        self.ledgers_from_restore();
         Ok(())
+    }
+
+    /// Start every shard's ledger from the shared deliveries its sessions restored.
+    fn ledgers_from_restore(&mut self) {
+        self.share_restored.clear();
+        for (i, b) in self.brokers.iter().enumerate() {
+            let mut ledger = ShareLedger::default();
+            for sess in b.sessions().filter(|x| x.logged) {
+                let held = sess
+                    .inflight
+                    .iter()
+                    .map(|f| &f.out)
+                    .chain(sess.queue.iter());
+                for out in held.filter(|o| o.share.is_some() && o.sid != 0) {
+                    if let Some(key) = parse_payload(&out.msg.payload) {
+                        ledger.placed(&sess.client_id, out.sid, key);
+                        self.share_restored.push((sess.client_id.to_string(), key));
+                    }
+                }
+            }
+            if let Some(l) = self.ledgers.get_mut(i) {
+                *l = ledger;
+            }
+        }
     }
 
     /// Whether the shards log to a simulated disk.
@@ -232,6 +321,11 @@ impl Cluster {
         let n = self.brokers.len();
         for i in 0..n {
             self.collect_shared(i);
+        }
+        self.moved_off_durably.clear();
+        for (b, ledger) in self.brokers.iter().zip(&self.ledgers) {
+            let durable = b.journal_durable_lsn().unwrap_or(0);
+            self.moved_off_durably.extend(ledger.gone_durably(durable));
         }
         self.settle_tokens = self.settle_tokens();
         // Dropping a log writes its batch, which the power cut then forgets.
@@ -270,6 +364,24 @@ impl Cluster {
         std::mem::take(&mut self.placed_clean)
     }
 
+    /// Shared messages (client id, message) logged for a stored session since the last
+    /// call: placed with that member (again).
+    pub fn take_share_placed(&mut self) -> Vec<(String, MsgKey)> {
+        std::mem::take(&mut self.share_placed)
+    }
+
+    /// (client id, message) that, at the last power cut, the log said had left that
+    /// stored member for good: every delivery of it logged for the member was logged gone
+    /// for a move to another member, and the shard's log was durable past those ends.
+    pub fn take_moved_off_durably(&mut self) -> Vec<(String, MsgKey)> {
+        std::mem::take(&mut self.moved_off_durably)
+    }
+
+    /// (client id, message) of every shared delivery the last restart restored.
+    pub fn take_share_restored(&mut self) -> Vec<(String, MsgKey)> {
+        std::mem::take(&mut self.share_restored)
+    }
+
     /// Shared deliveries the shards forwarded on with a settle token, over the run.
     pub fn settle_tokens(&self) -> u64 {
         let now: u64 = self.brokers.iter().map(Broker::settle_tokens_issued).sum();
@@ -287,6 +399,25 @@ impl Cluster {
         if let Some(v) = fx.share_clean.as_mut() {
             self.placed_clean
                 .extend(v.drain(..).filter_map(|m| key(&m)));
+        }
+        let notes: Vec<ShareLogNote> = fx
+            .share_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let Some(ledger) = self.ledgers.get_mut(i) else {
+            return;
+        };
+        for note in notes {
+            match note {
+                ShareLogNote::Placed { client, id, msg } => {
+                    if let Some(k) = key(&msg) {
+                        ledger.placed(&client, id.0, k);
+                        self.share_placed.push((client.to_string(), k));
+                    }
+                }
+                ShareLogNote::MovedOff { client, id, lsn } => ledger.moved_off(&client, id.0, lsn),
+            }
         }
     }
 
@@ -388,7 +519,8 @@ impl Cluster {
 
     fn drain_bus(&mut self, i: usize, now_ms: u64, net: &mut Net, rng: &mut Source) {
         let n = self.brokers.len();
-        for from in (0..n).filter(|&f| f != i) {
+        let held = self.hold_from;
+        for from in (0..n).filter(|&f| f != i && Some(f) != held) {
             // Sometimes a short budget, so a turn reads sockets with messages still queued.
             let budget = if self.chaos && rng.chance(125) {
                 rng.range(u64::from(!self.late_bus), 4) as usize

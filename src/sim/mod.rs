@@ -44,6 +44,14 @@ const TIME_STEP_MS_MAX: u64 = 3000;
 const CHECKER_ID_TRIES_MAX: usize = 100_000;
 /// Most recent events kept for a failure report.
 const TRACE_EVENTS_MAX: usize = 40;
+/// In a run with `share_reach`, one choice in this many is a share race
+/// ([`World::share_race`]).
+const SHARE_RACE_ONE_IN: u64 = 10;
+/// Rounds (every shard turns and syncs, every client reads), at most, for a clean member
+/// to connect and subscribe before a share race.
+const SHARE_RACE_BACK_ROUNDS_MAX: usize = 6;
+/// Turns of a clean member's shard, at most, to see its connection end in a share race.
+const SHARE_RACE_CLOSE_TURNS_MAX: usize = 3;
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +105,9 @@ pub struct Summary {
     pub power_cuts: usize,
     /// Shared deliveries forwarded on with a settle token (persistence only).
     pub settle_tokens: u64,
+    /// (member, message) pairs a power cut found moved away from that stored member for
+    /// good, durably: each must not reach the member again (the oracle's `moved_off`).
+    pub moved_off_bans: usize,
 }
 
 /// A run that broke a promise (or got stuck).
@@ -178,6 +189,9 @@ struct World {
     verbose: bool,
     /// Power cuts so far.
     cuts: usize,
+    /// Power cuts with clean share-group members: three members spread over at least two
+    /// shards, a late bus, and share races in the schedule (docs/simulation.md).
+    share_reach: bool,
 }
 
 /// FNV-1a over `bytes`, continuing from `h`.
@@ -191,18 +205,27 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
 
 impl World {
     fn new(mut rng: Source, cfg: &SimConfig) -> World {
-        let shards = rng.range(1, cfg.shards_max.max(1) as u64) as usize;
-        let n = rng.range(3, cfg.clients_max.max(3) as u64) as usize;
-        let share = rng.chance(500);
-        // With power cuts and clean members: three members and a bus that is sometimes
-        // late, so moves and publishes meet members gone on another shard (the forwards
-        // with settle tokens of docs/persistence.md, "Share-group moves").
+        // With power cuts and clean members: a share group always, three members homed
+        // on different shards (at least two), members at QoS 1 or 2, a bus that is
+        // sometimes late, and share races, so moves and publishes meet members gone on
+        // another shard (the forwards with settle tokens of docs/persistence.md,
+        // "Share-group moves").
         let share_reach = cfg.power_cuts && cfg.clean_members;
+        let shards_min = if share_reach { 2 } else { 1 };
+        let shards_max = cfg.shards_max.max(shards_min);
+        let shards = rng.range(shards_min as u64, shards_max as u64) as usize;
+        let n = rng.range(3, cfg.clients_max.max(3) as u64) as usize;
+        let share = rng.chance(500) || share_reach;
         let members = if share_reach { 3 } else { 2 };
         let clean_members = cfg.clean_members;
-        let clients: Vec<Client> = (0..n)
-            .map(|i| make_client(i, n, (share, members), clean_members, &mut rng))
+        let mut clients: Vec<Client> = (0..n)
+            .map(|i| make_client(i, n, (share, members), clean_members, share_reach, &mut rng))
             .collect();
+        if share_reach {
+            for (i, c) in clients.iter_mut().take(members).enumerate() {
+                c.id = id_homed(&c.id, i % shards, shards);
+            }
+        }
         let config = Config {
             verbose: false,
             ..Config::default()
@@ -228,6 +251,7 @@ impl World {
             digest: 0xcbf2_9ce4_8422_2325,
             verbose: cfg.verbose,
             cuts: 0,
+            share_reach,
         }
     }
 
@@ -275,6 +299,7 @@ impl World {
             digest: self.digest,
             power_cuts: self.cuts,
             settle_tokens: self.cluster.settle_tokens(),
+            moved_off_bans: self.oracle.moved_off_bans,
         })
     }
 
@@ -316,6 +341,10 @@ impl World {
     /// One choice of the chaotic phase with persistence on: the usual choices, a shard's
     /// log syncing or writing a checkpoint, or (rarely) a power cut.
     fn store_step(&mut self) -> Result<(), Failure> {
+        if self.share_reach && self.rng.below(SHARE_RACE_ONE_IN) == 0 {
+            self.share_race();
+            return Ok(());
+        }
         let pick = self.rng.below(130);
         if pick < 100 {
             // The same weights as `chaos_step`, from this draw.
@@ -333,6 +362,11 @@ impl World {
                 if self.cluster.background(s, false) {
                     self.log(format!("shard {s}'s checkpoint is written"));
                 }
+            }
+            // With `share_reach`, half as many cuts: the races need connected members.
+            128 if self.share_reach => {
+                let c = self.rng.index(self.clients.len());
+                self.publish(c);
             }
             _ => self.power_cut()?,
         }
@@ -370,6 +404,16 @@ impl World {
         self.oracle.share_unplaced.extend(unplaced);
         let clean = self.cluster.take_placed_clean();
         self.oracle.share_clean.extend(clean);
+        for (id, key) in self.cluster.take_share_placed() {
+            if let Some(c) = self.client_of(&id) {
+                self.oracle.share_placed(c, key);
+            }
+        }
+    }
+
+    /// The index of the client with id `id`.
+    fn client_of(&self, id: &str) -> Option<usize> {
+        self.clients.iter().position(|c| c.id == id)
     }
 
     /// Power fails and comes back: the broker restarts from what its disk kept.
@@ -381,6 +425,18 @@ impl World {
         }
         self.take_shared_records();
         self.oracle.power_cut();
+        // What the log had moved away from a stored member for good before the cut must
+        // not come back to it: not restored, not delivered.
+        for (id, key) in self.cluster.take_moved_off_durably() {
+            if let Some(c) = self.client_of(&id) {
+                self.oracle.moved_off_durably(c, key);
+            }
+        }
+        for (id, key) in self.cluster.take_share_restored() {
+            if let Some(c) = self.client_of(&id) {
+                self.oracle.share_restored(c, key);
+            }
+        }
         for c in 0..self.clients.len() {
             self.stale[c] = None;
             self.clients[c].power_cut();
@@ -476,6 +532,11 @@ impl World {
             };
             (format!("t/{c}"), qos, false)
         };
+        self.publish_on(c, topic, qos, retain);
+    }
+
+    /// Client `c` (connected) publishes its next message on `topic`.
+    fn publish_on(&mut self, c: usize, topic: String, qos: QoS, retain: bool) {
         let padding = self.rng.below(PADDING_BYTES_MAX + 1) as usize;
         self.log(format!("client {c} publishes on {topic} at {qos:?}"));
         let cl = &mut self.clients[c];
@@ -538,6 +599,108 @@ impl World {
     fn disrupted(&mut self, c: usize) {
         if matches!(self.clients[c].role, Role::Member { .. }) {
             self.oracle.member_disrupted = true;
+        }
+    }
+
+    /// A share race (runs with `share_reach`): a clean member's connection ends while
+    /// messages for the group are on their way to it. Its shard closes it (the session
+    /// ends) and tells the others; but before that news drains, shards of other clients
+    /// route their QoS 1/2 publishes to the group, or move a stored member's deliveries
+    /// as it goes offline, on their older view, where the clean member is still online.
+    /// What they send it reaches its shard after its session ended, which forwards it on
+    /// to another member, or back to the member it was moved from: the settle tokens of
+    /// `docs/persistence.md`. Every step is one the schedule could take on its own (the
+    /// bus being late is a drain that finds the ring from that shard empty); the race
+    /// only takes them in this order. With no clean member online, one connects.
+    fn share_race(&mut self) {
+        let shards = self.cluster.shards();
+        let home = |w: &World, c: usize| crate::broker::home_shard(&w.clients[c].id, shards);
+        let live: Vec<usize> = (0..self.clients.len())
+            .filter(|&c| {
+                let cl = &self.clients[c];
+                matches!(cl.role, Role::Member { .. }) && cl.clean && cl.connected && cl.subscribed
+            })
+            .collect();
+        if live.is_empty() {
+            self.share_race_member_back();
+            return;
+        }
+        let c = live[self.rng.index(live.len())];
+        let y = home(self, c);
+        let others: Vec<usize> = (0..self.clients.len())
+            .filter(|&a| a != c && self.clients[a].connected && home(self, a) != y)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        self.log(format!("share race: clean member {c} on shard {y} leaves"));
+        let mut routing = Vec::new();
+        for _ in 0..self.rng.range(1, 3) {
+            let a = others[self.rng.index(others.len())];
+            let cl = &self.clients[a];
+            let stored_member = matches!(cl.role, Role::Member { .. }) && !cl.clean;
+            if cl.conn.is_none() {
+                continue;
+            }
+            if stored_member && self.rng.chance(300) {
+                self.break_conn(a);
+            } else if cl.outstanding() < OUTSTANDING_MAX {
+                let qos = if self.rng.chance(500) {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
+                self.publish_on(a, format!("t/{a}"), qos, false);
+            }
+            routing.push(home(self, a));
+        }
+        routing.dedup();
+        let old = self.clients[c].conn;
+        if self.rng.chance(500) {
+            self.break_conn(c);
+        } else {
+            self.disconnect(c);
+        }
+        for _ in 0..SHARE_RACE_CLOSE_TURNS_MAX {
+            self.shard_turn(y);
+            if old.is_none_or(|k| self.net.conns.get(k).is_none_or(|k| k.closed)) {
+                break;
+            }
+        }
+        for x in routing {
+            self.cluster.hold_from = Some(y);
+            self.shard_turn(x);
+            self.shard_turn(x);
+            self.cluster.hold_from = None;
+        }
+        self.shard_turn(y);
+    }
+
+    /// No clean member is online for a share race: one connects (if it has no
+    /// connection), and the shards turn, syncing, and the clients read, until it has its
+    /// SUBACK ([`SHARE_RACE_BACK_ROUNDS_MAX`] rounds at most).
+    fn share_race_member_back(&mut self) {
+        let clean: Vec<usize> = (0..self.clients.len())
+            .filter(|&c| matches!(self.clients[c].role, Role::Member { .. }))
+            .filter(|&c| self.clients[c].clean)
+            .collect();
+        if clean.is_empty() {
+            return;
+        }
+        let c = clean[self.rng.index(clean.len())];
+        self.connect(c);
+        for _ in 0..SHARE_RACE_BACK_ROUNDS_MAX {
+            for s in 0..self.cluster.shards() {
+                self.shard_turn(s);
+                self.cluster.background(s, true);
+            }
+            for k in 0..self.clients.len() {
+                self.client_read(k);
+            }
+            let cl = &self.clients[c];
+            if cl.conn.is_none() || (cl.connected && cl.subscribed) {
+                return;
+            }
         }
     }
 
@@ -725,6 +888,7 @@ fn make_client(
     n: usize,
     (share, members): (bool, usize),
     clean_members: bool,
+    reach: bool,
     rng: &mut Source,
 ) -> Client {
     let version = match rng.below(3) {
@@ -740,6 +904,12 @@ fn make_client(
         QoS::ExactlyOnce
     };
     let role = if share && i < members {
+        // With `reach`, never QoS 0: a QoS 0 delivery is neither logged nor moved.
+        let qos = if reach && qos == QoS::AtMostOnce {
+            QoS::AtLeastOnce
+        } else {
+            qos
+        };
         Role::Member { qos }
     } else if rng.chance(120) {
         Role::Watcher
@@ -756,6 +926,8 @@ fn make_client(
     let keep_alive = if rng.chance(200) { 5 } else { 0 };
     let clean = match (&role, i) {
         (Role::Member { .. }, _) if !clean_members => false,
+        // With `reach`, the second member is always clean: the races need one.
+        (Role::Member { .. }, 1) if reach => true,
         (Role::Member { .. }, 0) => rng.chance(150),
         (Role::Member { .. }, _) => rng.chance(400),
         _ => rng.chance(300),
@@ -764,6 +936,18 @@ fn make_client(
     c.clean = clean;
     c.has_will = rng.chance(300);
     c
+}
+
+/// A client id for `base` homed on `shard` of `shards`: `base` itself if it is, else the
+/// first `base-k` that is.
+fn id_homed(base: &str, shard: usize, shards: usize) -> String {
+    (0..CHECKER_ID_TRIES_MAX)
+        .map(|k| match k {
+            0 => base.to_string(),
+            k => format!("{base}-{k}"),
+        })
+        .find(|id| crate::broker::home_shard(id, shards) == shard)
+        .unwrap_or_else(|| base.to_string())
 }
 
 /// The packets in `bytes` as far as they decode whole (for verbose traces).

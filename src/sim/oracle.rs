@@ -124,6 +124,13 @@ pub struct Oracle {
     /// Messages the broker placed with a clean member since the last power cut: nothing
     /// of them was logged, so the next cut may lose them (they are then owed to nobody).
     pub share_clean: BTreeSet<(usize, u32)>,
+    /// (member, message): at a power cut, the log said every delivery of the message to
+    /// that stored member had moved to another member, durably. It must not reach that
+    /// member again unless the broker places it there again (`Effects::share_log`).
+    pub moved_off: BTreeSet<(usize, (usize, u32))>,
+    /// Times a power cut put a (member, message) into `moved_off` (a figure: how often
+    /// the check had something to check).
+    pub moved_off_bans: usize,
 }
 
 impl Oracle {
@@ -164,6 +171,29 @@ impl Oracle {
     pub fn power_cut(&mut self) {
         let clean = std::mem::take(&mut self.share_clean);
         self.share_unplaced.extend(clean);
+    }
+
+    /// At a power cut, the log had moved message `key` away from stored member `client`
+    /// for good (every delivery of it to that member, each move durable).
+    pub fn moved_off_durably(&mut self, client: usize, key: (usize, u32)) {
+        self.moved_off.insert((client, key));
+        self.moved_off_bans += 1;
+    }
+
+    /// The broker placed message `key` with `client` (logged): it may reach it again.
+    pub fn share_placed(&mut self, client: usize, key: (usize, u32)) {
+        self.moved_off.remove(&(client, key));
+    }
+
+    /// A restart restored a delivery of `key` to stored member `client`.
+    pub fn share_restored(&mut self, client: usize, key: (usize, u32)) {
+        if self.moved_off.contains(&(client, key)) {
+            self.violation(format!(
+                "member {client} was given {}:{} back by a restart, although before the power \
+                 cut its every delivery of it had moved to another member, durably",
+                key.0, key.1
+            ));
+        }
     }
 
     /// A client sent a message again (DUP) on a new connection.
@@ -224,6 +254,13 @@ impl Oracle {
                 d.client, d.publisher, d.seq, d.qos, m.qos
             )),
             Some(_) => {}
+        }
+        if self.moved_off.contains(&(d.client, (d.publisher, d.seq))) {
+            self.violation(format!(
+                "member {} got {}:{} again after a power cut, although before the cut its every \
+                 delivery of it had moved to another member, durably",
+                d.client, d.publisher, d.seq
+            ));
         }
         self.deliveries.push(d);
     }
