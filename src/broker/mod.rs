@@ -68,6 +68,7 @@ pub use effects::Effects;
 use gate::SubAckGate;
 pub use ingest::Ingested;
 pub use link::{Conn, Link, LinkState, Links};
+pub use persist::RestoredInterest;
 use retained::RetainedReplica;
 use routes::Routes;
 use sessions::Sessions;

@@ -12,6 +12,7 @@ use super::connect::{timer_key, TIMER_SESSION_EXPIRY, TIMER_WILL};
 use super::deliver;
 use super::gate::PendingSubAck;
 use super::journal::{self, HeldAck, Journal};
+use super::shared::{ShareMember, ShareOp};
 use super::{Broker, Cast};
 use crate::protocol::{self, Packet, PacketId};
 use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubState};
@@ -20,6 +21,17 @@ use crate::store::{
 };
 
 pub use super::journal::RetainedEntry;
+
+/// What one shard's restored sessions subscribe to, for every other shard to apply before
+/// any shard runs ([`Broker::restored_interest`], [`Broker::learn_restored_interest`]).
+#[derive(Debug, Default, Clone)]
+pub struct RestoredInterest {
+    /// The filters of normal subscriptions.
+    filters: Vec<String>,
+    /// Share-group memberships (group, filter, member), every member offline: a restored
+    /// session has no connection.
+    shares: Vec<(Box<str>, Box<str>, ShareMember)>,
+}
 
 /// While the store cannot write, 3.x publishers are paused by their held acks until this
 /// many bytes wait unwritten; past it, a 3.x connection that publishes QoS 1/2 is closed.
@@ -565,24 +577,50 @@ impl<X> Broker<X> {
         }
     }
 
-    /// The filters this shard's restored sessions subscribe to (not shared ones), for
+    /// What this shard's restored sessions subscribe to (the filters of their normal
+    /// subscriptions, and their share-group memberships, offline), for
     /// [`Broker::learn_restored_interest`] on every other shard.
-    pub fn restored_interest(&self) -> Vec<String> {
-        self.routes.local_filters()
+    pub fn restored_interest(&self) -> RestoredInterest {
+        let me = self.shard_id;
+        let mut shares = Vec::new();
+        for (filter, groups) in self.routes.share_groups().iter() {
+            for g in groups.iter() {
+                let mine = g.members.iter().filter(|m| m.shard == me);
+                shares.extend(mine.map(|m| {
+                    let member = ShareMember {
+                        online: false,
+                        ..*m
+                    };
+                    (g.name.clone(), Box::from(filter.as_str()), member)
+                }));
+            }
+        }
+        RestoredInterest {
+            filters: self.routes.local_filters(),
+            shares,
+        }
     }
 
     /// Shard `from`'s restored interest, applied before any shard runs. Its `Interest`
-    /// casts are on the rings too, but a shard may route client input before it drains
-    /// them: a connection handed over by a third shard is read as soon as the handoff is
-    /// drained, and a ring drain takes at most 1,024 messages a turn. A message published
-    /// after the restart would then miss a restored subscriber on `from` (found by the
-    /// power-cut simulation, seed 9881). The casts, applied later, change nothing.
-    pub fn learn_restored_interest(&mut self, from: usize, filters: &[String]) {
+    /// and `Share` casts are on the rings too, but a shard may route client input before
+    /// it drains them: a connection handed over by a third shard is read as soon as the
+    /// handoff is drained, and a ring drain takes at most 1,024 messages a turn. A message
+    /// published after the restart would then miss a restored subscriber on `from` (found
+    /// by the power-cut simulation, seed 9881), or be routed by a replica that does not
+    /// know a restored share group at all (power seed 775: no member was online, so the
+    /// message went to nobody either way, but the shard's replica broke the invariant that
+    /// every shard holds the same membership, and the simulation's report of a message no
+    /// member was online for, `Effects::share_unplaced`, was missing). The casts, applied
+    /// later, change nothing.
+    pub fn learn_restored_interest(&mut self, from: usize, restored: &RestoredInterest) {
         if from == self.shard_id {
             return;
         }
-        for f in filters {
+        for f in &restored.filters {
             self.routes.apply_interest(from, f, true);
+        }
+        for (group, filter, member) in &restored.shares {
+            self.apply_share(group, filter, *member, ShareOp::Join);
         }
     }
 

@@ -324,11 +324,12 @@ pub fn run_node(
         }
     }
     if stored {
-        // Every restored subscription's interest is applied on every shard before any
-        // runs: the rings alone do not order it before client input (a connection handed
-        // over by a third shard is read as soon as its handoff is drained; a drain takes
-        // at most 1,024 messages per peer). Its casts follow on the rings, changing nothing.
-        let interest: Vec<Vec<String>> = built
+        // Every restored subscription's interest, and every restored share-group
+        // membership, is applied on every shard before any runs: the rings alone do not
+        // order it before client input (a connection handed over by a third shard is read
+        // as soon as its handoff is drained; a drain takes at most 1,024 messages per
+        // peer). Its casts follow on the rings, changing nothing.
+        let interest: Vec<crate::broker::RestoredInterest> = built
             .iter()
             .map(|(shard, _)| shard.broker.restored_interest())
             .collect();

@@ -261,8 +261,9 @@ impl Cluster {
             self.brokers[id].attach_journal(j);
             self.brokers[id].restore_from_journal(&retained, now_ms);
         }
-        // Every shard knows every restored interest before any runs (as `event_loop`).
-        let interest: Vec<Vec<String>> =
+        // Every shard knows every restored interest and share-group membership before
+        // any runs (as `event_loop`).
+        let interest: Vec<crate::broker::RestoredInterest> =
             self.brokers.iter().map(Broker::restored_interest).collect();
         for b in &mut self.brokers {
             for (from, filters) in interest.iter().enumerate() {

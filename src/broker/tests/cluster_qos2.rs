@@ -371,7 +371,8 @@ fn restarted_cores(disk: &SimDisk, n: usize) -> super::Cores {
         b.set_cluster("r");
         shards.push(b);
     }
-    let interest: Vec<Vec<String>> = shards.iter().map(Broker::restored_interest).collect();
+    let interest: Vec<crate::broker::RestoredInterest> =
+        shards.iter().map(Broker::restored_interest).collect();
     for b in &mut shards {
         for (from, filters) in interest.iter().enumerate() {
             b.learn_restored_interest(from, filters);
