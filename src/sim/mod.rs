@@ -24,7 +24,7 @@ pub mod rng;
 use std::fmt;
 
 use client::{Client, Role};
-use driver::Cluster;
+use driver::{Cluster, MsgKey};
 use net::Net;
 use oracle::{Oracle, Sub};
 use rng::Source;
@@ -401,13 +401,42 @@ impl World {
     /// clean sessions (owed to nobody once a power cut follows).
     fn take_shared_records(&mut self) {
         let unplaced = self.cluster.take_unplaced();
-        self.oracle.share_unplaced.extend(unplaced);
         let clean = self.cluster.take_placed_clean();
+        let placed = self.cluster.take_share_placed();
+        if self.verbose {
+            self.log_shared_records(&unplaced, &clean, &placed);
+        }
+        self.oracle.share_unplaced.extend(unplaced);
         self.oracle.share_clean.extend(clean);
-        for (id, key) in self.cluster.take_share_placed() {
+        for (id, key) in placed {
             if let Some(c) = self.client_of(&id) {
                 self.oracle.share_placed(c, key);
             }
+        }
+    }
+
+    /// With `SHARDMQ_SIM_VERBOSE`: the broker's records of shared messages, as events (what
+    /// the oracle's share-group exemptions and bans are made of).
+    fn log_shared_records(
+        &mut self,
+        unplaced: &[MsgKey],
+        clean: &[MsgKey],
+        placed: &[(String, MsgKey)],
+    ) {
+        for k in unplaced {
+            self.log(format!("broker: {}:{} routed with no member online, or ended with a session (owed to nobody)", k.0, k.1));
+        }
+        for k in clean {
+            self.log(format!(
+                "broker: {}:{} placed with a clean member",
+                k.0, k.1
+            ));
+        }
+        for (id, k) in placed {
+            self.log(format!(
+                "broker: {}:{} logged for stored member {id}",
+                k.0, k.1
+            ));
         }
     }
 
