@@ -83,9 +83,9 @@ impl<N> Wide<N> {
         self.dir[slot] as usize
     }
 
-    /// Not inlined, so that [`super::children::Children::get`], which walks inline on
-    /// every publish, stays as small as before this variant existed.
-    #[inline(never)]
+    /// Inlined into [`super::children::Big::get`], which is the out-of-line call, so that
+    /// [`super::children::Children::get`] (on every publish) stays a scan and one call.
+    #[inline]
     pub(crate) fn get(&self, level: &str) -> Option<&N> {
         self.segs[self.segment_of(level)].map.get(level)
     }
