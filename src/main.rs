@@ -384,11 +384,16 @@ fn cluster_forget(path: &std::path::Path, node: &str) -> ExitCode {
     match shardmq::cluster::forget::forget(&cluster, node) {
         Ok(f) => {
             println!(
-                "cluster {}: node {node} forgotten: {} interest entries deleted, consumer {}, {} queued messages purged",
+                "cluster {}: node {node} forgotten: {} interest entries deleted, consumer {}, {} queued messages purged, heartbeat key {}",
                 cluster.name,
                 f.interest_entries,
                 if f.consumer_deleted { "deleted" } else { "absent" },
-                f.messages_purged
+                f.messages_purged,
+                if f.heartbeat_marked {
+                    "marked forgotten"
+                } else {
+                    "absent or forgotten already"
+                }
             );
             ExitCode::SUCCESS
         }

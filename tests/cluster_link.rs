@@ -365,6 +365,46 @@ fn the_session_registry_moves_a_client_id_by_compare_and_set() {
     );
 }
 
+/// The registry's answer to a claim reaches the node before the old node's state can:
+/// the link passes `Claimed` on before it sends the takeover notice that makes the old
+/// node send the state (`docs/cluster.md`, "Session registry"), so the state always finds
+/// the CONNECT waiting. Node A holds each client id; B claims it; A's side answers the
+/// notice at once with a state: B's node gets `Claimed` (previous A) first, then the
+/// state, in every round. The order is the link's by construction (one queue, the answer
+/// pushed before the notice is published), so the test cannot pass by luck with the fix
+/// and fails whenever the old order lets a quick state overtake the answer.
+#[test]
+fn a_claims_answer_comes_before_the_old_nodes_state() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (node(&server, "t9", "A"), node(&server, "t9", "B"));
+    for round in 0..20u64 {
+        let id = format!("hx{round}");
+        assert_eq!(a.claim(&id, 100 + round), None);
+        b.send(ToLink::Claim {
+            client_id: id.clone(),
+            token: 200 + round,
+        });
+        a.expect(|m| matches!(m, FromLink::TakenOver { client_id, .. } if *client_id == id));
+        a.send(ToLink::Handover {
+            to: "B".into(),
+            client_id: id.clone(),
+            state: vec![1, 2, 3],
+        });
+        let first = b.expect(|m| {
+            matches!(m, FromLink::Claimed { client_id, .. } | FromLink::SessionState { client_id, .. } if *client_id == id)
+        });
+        assert!(
+            matches!(&first, FromLink::Claimed { previous: Some(p), .. } if p == "A"),
+            "round {round}: the state overtook the answer: {first:?}"
+        );
+        b.expect(|m| {
+            matches!(m, FromLink::SessionState { client_id, state } if *client_id == id && state.as_slice() == [1, 2, 3])
+        });
+    }
+}
+
 #[test]
 fn retained_messages_are_in_the_bucket_for_every_node() {
     let Some(server) = NatsServer::start() else {
@@ -1146,4 +1186,104 @@ fn qos1_messages_wait_for_the_interest_view_to_load() {
         "from R's queue, once"
     );
     assert_eq!(LinkStats::get(&p.link.stats().queued), 1);
+}
+
+/// The number of messages the queue stream of cluster `cluster` holds.
+fn queue_messages(port: u16, cluster: &str) -> u64 {
+    on_queue_stream(port, cluster, async |js, name| {
+        let mut stream = js.get_stream(name).await.expect("the queue stream");
+        stream.info().await.expect("stream info").state.messages
+    })
+}
+
+/// Settles sent in one batch (one turn of the link) acknowledge exactly the messages the
+/// node settled, each once: of 40 queued messages R settles the even ones together, and
+/// the stream (work-queue retention: an acknowledged message is deleted) keeps the 20 odd
+/// ones, which R's next run is handed again — not one of the even ones.
+#[test]
+fn settles_in_one_batch_acknowledge_exactly_the_settled_messages() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let r = node(&server, "t12", "R");
+    r.interest("s/#", None);
+    let p = node(&server, "t12", "P");
+    queue_eventually_on(&p, &r, "s/probe");
+    let deadline = Instant::now() + WAIT;
+    while queue_messages(server.port, "t12") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the probes were never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..40u8 {
+        p.send(qos1("s/t", vec![i], None));
+    }
+    let mut tokens = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while tokens.len() < 40 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match r.link.receiver().recv_timeout(left) {
+            Ok(FromLink::Message {
+                envelope,
+                token: Some(token),
+                ..
+            }) if envelope.topic == "s/t" => tokens.push((envelope.payload[0], token)),
+            Ok(_) => {}
+            Err(e) => panic!("{} of 40 came from R's queue: {e}", tokens.len()),
+        }
+    }
+    let settled_before = LinkStats::get(&r.link.stats().queue_settled);
+    let evens = tokens.iter().filter(|(i, _)| i % 2 == 0);
+    let queued = r
+        .link
+        .sender()
+        .send_all(evens.map(|&(_, token)| ToLink::Settle { token }));
+    assert_eq!(queued, 20);
+    let deadline = Instant::now() + WAIT;
+    while queue_messages(server.port, "t12") > 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the settles never reached JetStream"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        queue_messages(server.port, "t12"),
+        20,
+        "only the settled ones left"
+    );
+    assert_eq!(
+        LinkStats::get(&r.link.stats().queue_settled) - settled_before,
+        20
+    );
+    drop(r);
+    // R's next run re-creates its consumer: what was not settled comes at once.
+    let r = node(&server, "t12", "R");
+    let mut again: Vec<u8> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while again.len() < 20 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match r.link.receiver().recv_timeout(left) {
+            Ok(FromLink::Message {
+                envelope,
+                token: Some(_),
+                ..
+            }) if envelope.topic == "s/t" => again.push(envelope.payload[0]),
+            Ok(_) => {}
+            Err(e) => panic!("{} of 20 came again: {again:?}: {e}", again.len()),
+        }
+    }
+    again.extend(r.rest().iter().filter_map(|m| match m {
+        FromLink::Message { envelope, .. } if envelope.topic == "s/t" => Some(envelope.payload[0]),
+        _ => None,
+    }));
+    again.sort_unstable();
+    let odds: Vec<u8> = (0..40).filter(|i| i % 2 == 1).collect();
+    assert_eq!(
+        again, odds,
+        "the unsettled ones, each once, and no settled one"
+    );
 }

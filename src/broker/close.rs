@@ -336,6 +336,16 @@ impl<X> Broker<X> {
         }
     }
 
+    /// End session `s` because its client opened a new connection (here with Clean
+    /// Start, or on another cluster node): a Will still waiting out its delay is cancelled
+    /// by that connection, not published [MQTT-3.1.3-9], before the session ends.
+    pub(super) fn end_session_reconnected(&mut self, s: usize) {
+        if let Some(sess) = self.sessions.get_mut(s) {
+            sess.will = None;
+        }
+        self.end_session(s);
+    }
+
     /// Remove a session entirely: its subscriptions leave the trie; a pending Will is sent.
     /// When its subscriptions do not fit what is left of this turn's
     /// [`UNROUTES_PER_TURN_MAX`], it is retired instead: the same at once for clients

@@ -184,6 +184,12 @@ pub enum ToCluster {
         /// Their client ids.
         client_ids: Vec<Box<str>>,
     },
+    /// This shard's live sessions, listed because the link came back from a cut-off
+    /// (`FromCluster::ListSessions`): the link checks their owners (`FromCluster::Superseded`).
+    Live {
+        /// Their client ids.
+        client_ids: Vec<Box<str>>,
+    },
 }
 
 /// What the cluster link tells the gateway shard.
@@ -265,6 +271,17 @@ pub enum FromCluster {
         /// The state.
         state: SessionHandover,
     },
+    /// The link is back from a cut-off from NATS: every shard lists its live sessions
+    /// (`ToCluster::Live`).
+    ListSessions,
+    /// Session `client_id`, listed after a cut-off, belongs to `owner` now (or to nobody):
+    /// unless claimed here since the list, disconnect it (0x8E), hand it over and end it.
+    Superseded {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
+    },
     /// Node `by` took `client_id` over: disconnect it here (0x8E) and end its session.
     TakenOver {
         /// MQTT client id.
@@ -339,6 +356,15 @@ pub enum ClusterCast {
         client_id: Box<str>,
         /// The state.
         state: Box<SessionHandover>,
+    },
+    /// As `FromCluster::ListSessions`, for every shard.
+    ListSessions,
+    /// As `FromCluster::Superseded`, for the client id's home shard.
+    Superseded {
+        /// MQTT client id.
+        client_id: Box<str>,
+        /// The node the registry names.
+        owner: Option<Box<str>>,
     },
     /// As `FromCluster::TakenOver`, for the client id's home shard.
     TakenOver {
@@ -541,6 +567,20 @@ impl<X> Broker<X> {
                 };
                 self.send_home(&client_id, c, now_ms)
             }
+            FromCluster::ListSessions => {
+                for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+                    let c = ClusterCast::ListSessions;
+                    self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+                }
+                self.list_live();
+            }
+            FromCluster::Superseded { client_id, owner } => {
+                let c = ClusterCast::Superseded {
+                    client_id: client_id.clone(),
+                    owner,
+                };
+                self.send_home(&client_id, c, now_ms)
+            }
             FromCluster::TakenOver { client_id, by } => {
                 let c = ClusterCast::TakenOver {
                     client_id: client_id.clone(),
@@ -595,6 +635,10 @@ impl<X> Broker<X> {
                 }
             }
             ClusterCast::TakenOver { client_id, by } => self.on_taken_over(&client_id, &by, now_ms),
+            ClusterCast::ListSessions => self.list_live(),
+            ClusterCast::Superseded { client_id, owner } => {
+                self.on_superseded(&client_id, owner.as_deref(), now_ms)
+            }
             ClusterCast::Owed { client_id, msgs } => self.deliver_owed(&client_id, msgs, now_ms),
             ClusterCast::Disowned { client_id, owner } => {
                 self.on_disowned(&client_id, owner.as_deref(), now_ms)
@@ -683,6 +727,8 @@ impl<X> Broker<X> {
         if let Some(link) = self.links.get_mut(key) {
             link.timer = Some(t);
         }
+        // Claimed here from now on: a check of the sessions listed before must not end it.
+        self.listed.remove(id);
         self.tell_cluster(ToCluster::Claim {
             client_id: id.into(),
             token,
@@ -929,7 +975,7 @@ impl<X> Broker<X> {
 
     /// Node `by` owns `client_id` now: disconnect its connection here with 0x8E (a plain
     /// close for 3.x), send its state to `by`, and end it here.
-    fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
+    pub(super) fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
         let Some(s) = self.sessions.find(client_id) else {
             // Nothing to hand over; say so, so the new node need not wait.
             self.tell_cluster(ToCluster::Handover {
@@ -961,6 +1007,6 @@ impl<X> Broker<X> {
                 client_id.escape_debug()
             );
         }
-        self.end_session(s);
+        self.end_session_reconnected(s);
     }
 }

@@ -1,18 +1,22 @@
 //! The messages owed to a persistent session whose node died (`docs/cluster.md`, "A
 //! session whose node died"; `docs/decisions/0013-cluster.md`, choice 10).
 //!
-//! Owns: three steps. The node that takes such a session over from a dead node asks the
+//! Owns: four steps. The node that takes such a session over from a dead node asks the
 //! link for the messages waiting in the dead node's queue that match the session's plain
 //! filters (`reclaim_owed`) and delivers them to the session (`deliver_owed`). A node
 //! that restarts on its store reports its restored persistent sessions (`cluster_restored`)
 //! and, for each that the registry gave to another node meanwhile, sends the new owner
-//! what the session still owed here and ends it (`on_disowned`).
+//! what the session still owed here and ends it (`on_disowned`). A node back from a
+//! cut-off from NATS lists its live sessions (`list_live`) and, for each the registry gave
+//! to another node meanwhile, disconnects its client (0x8E), hands it over and ends it
+//! (`on_superseded`): the takeover notice it missed.
 //!
 //! Invariants: an owed message reaches a session only through its *current*
 //! subscriptions (matched again here, highest QoS and every identifier, as the routes
 //! would); a disowned session is ended before this node reads its queue (the link sends
-//! `Disowned` first), and never if a client claimed it here since the start. Must not
-//! touch: NATS or the link (only `ToCluster` values).
+//! `Disowned` first), and never if a client claimed it here since the start; a superseded
+//! session is ended only if it is the incarnation listed and no claim for its id was made
+//! here since the list. Must not touch: NATS or the link (only `ToCluster` values).
 
 use std::sync::Arc;
 
@@ -20,7 +24,7 @@ use super::deliver;
 use super::Broker;
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::QoS;
+use crate::protocol::{QoS, ReasonCode};
 use crate::session::{Message, Outgoing, SubIds};
 
 use super::cluster::ToCluster;
@@ -29,11 +33,14 @@ impl<X> Broker<X> {
     /// Once at start (cluster on): tell the link which persistent sessions this shard
     /// restored from its store, so that it can check their owners before reading the
     /// queue. Sent even when there are none: the link waits for every shard's list.
+    /// Ids this node assigned (`shardmq-<node>-…`) are left out: they skip the registry,
+    /// which therefore never names their owner.
     pub fn cluster_restored(&mut self) {
+        let assigned = self.assigned_prefix();
         let client_ids = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.expiry_s > 0)
+            .filter(|(_, s)| s.expiry_s > 0 && !s.client_id.starts_with(&assigned))
             .map(|(_, s)| s.client_id.clone())
             .collect();
         self.tell_cluster(ToCluster::Restored { client_ids });
@@ -113,16 +120,73 @@ impl<X> Broker<X> {
                 now_ms,
             });
         }
-        if let Some(sess) = self.sessions.get_mut(s) {
-            sess.will = None;
-        }
         log_at!(
             Level::Notice,
             "Client {}: its session restored here belongs to cluster node {} now; {owed} owed message(s) handed over, the session ends here.",
             client_id.escape_debug(),
             owner.unwrap_or("(none: it ended)")
         );
-        self.end_session(s);
+        self.end_session_reconnected(s);
+    }
+}
+
+impl<X> Broker<X> {
+    /// The prefix of the client ids this node assigns (`Broker::assign_id`): they name
+    /// this node, so no other can hold them, and CONNECT does not claim them.
+    fn assigned_prefix(&self) -> String {
+        format!("shardmq-{}-", self.cluster.as_deref().unwrap_or(""))
+    }
+
+    /// The link is back from a cut-off: list this shard's sessions for its check against
+    /// the registry (`ToCluster::Live`), remembering which incarnation was listed. Ids
+    /// this node assigned (`shardmq-<node>-…`) are left out: they skip the registry.
+    pub(super) fn list_live(&mut self) {
+        let assigned = self.assigned_prefix();
+        self.listed.clear();
+        let mut client_ids = Vec::new();
+        for (_, sess) in self.sessions.iter() {
+            if sess.client_id.starts_with(&assigned) {
+                continue;
+            }
+            self.listed.insert(sess.client_id.clone(), sess.uid);
+            client_ids.push(sess.client_id.clone());
+        }
+        self.tell_cluster(ToCluster::Live { client_ids });
+    }
+
+    /// Session `client_id`, listed after a cut-off, is `owner`'s now (or nobody's): the
+    /// takeover notice sent to this node while it was cut off was lost. Unless its id was
+    /// claimed here since the list (or it is another incarnation), do what that notice
+    /// would have done: disconnect its client with 0x8E (3.x: close), send `owner` its
+    /// state and end it here. A delayed Will of an offline session is dropped: the
+    /// session resumed on `owner` [MQTT-3.1.3-9].
+    pub(super) fn on_superseded(&mut self, client_id: &str, owner: Option<&str>, now_ms: u64) {
+        let listed = self.listed.remove(client_id);
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let same = self.sessions.get(s).map(|x| x.uid) == listed;
+        if !same || self.awaiting_state.contains_key(client_id) {
+            return;
+        }
+        log_at!(
+            Level::Notice,
+            "Client {}: cluster node {} took its session over while this node was cut off from NATS; it ends here.",
+            client_id.escape_debug(),
+            owner.unwrap_or("(none: it ended there)")
+        );
+        if let Some(by) = owner {
+            self.on_taken_over(client_id, by, now_ms);
+            return;
+        }
+        if let Some(old) = self.sessions.get_mut(s).and_then(|x| x.link.take()) {
+            if let Some(l) = self.links.get_mut(old) {
+                l.session = None;
+            }
+            let why = "session taken over by another cluster node";
+            self.close(old, Some(ReasonCode::SessionTakenOver), why);
+        }
+        self.end_session_reconnected(s);
     }
 }
 

@@ -298,7 +298,7 @@ impl<X> Broker<X> {
                 }
                 return (s, true);
             }
-            self.end_session(s);
+            self.end_session_reconnected(s);
         }
         (self.sessions.create(id, expiry_s), false)
     }

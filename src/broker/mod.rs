@@ -355,6 +355,10 @@ pub struct Broker<X> {
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
     /// waiting for an old node's state that may not come.
     backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
+    /// Sessions listed for the link's check after a cut-off from NATS, by client id (the
+    /// incarnation listed); an id leaves it when a claim for it is made here
+    /// (`cluster_owed::on_superseded`).
+    listed: std::collections::HashMap<Box<str>, u64>,
 }
 
 /// The session limits derived from the configuration (config knows no sessions).
@@ -413,6 +417,7 @@ impl<X> Broker<X> {
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
             backups: std::collections::HashMap::new(),
+            listed: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);
         b

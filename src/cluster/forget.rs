@@ -2,13 +2,18 @@
 //! cluster's NATS state (`docs/cluster.md`, "Removing a node for good").
 //!
 //! Owns: the liveness probe of a node, and the removal of the node's interest entries,
-//! durable queue consumer and queue subject. Invariant: nothing is removed unless the probe
-//! got NATS's "no responders" on both of the node's control subjects (no connection is
-//! subscribed to them, so no link of that name is attached to NATS); every NATS wait is
-//! bounded; running it again removes what is left and reports zeros otherwise. Must not
-//! touch: the session registry and the subscriptions bucket (left on purpose: a client
-//! of the node reconnecting elsewhere finds its subscriptions through them), the retained
-//! bucket, the other nodes' entries; it never creates a bucket or the stream.
+//! durable queue consumer and queue subject; for the command, the marks on the node's
+//! heartbeat key (`forgetting`, then `forgotten`, as the automatic removal writes them,
+//! `link::alive`), so that the node, if it was only cut off from NATS, learns it was
+//! removed and joins again. Invariant: nothing is removed unless the probe got NATS's "no
+//! responders" on both of the node's control subjects (no connection is subscribed to
+//! them, so no link of that name is attached to NATS) and, when the node has a heartbeat
+//! key, the key was marked `forgetting` on the revision read before the probe (a beat
+//! since refuses); every NATS wait is bounded; running it again removes what is left and
+//! reports zeros otherwise. Must not touch: the session registry and the subscriptions
+//! bucket (left on purpose: a client of the node reconnecting elsewhere finds its
+//! subscriptions through them), the retained bucket, the other nodes' entries; it never
+//! creates a bucket or the stream.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -17,7 +22,7 @@ use async_nats::jetstream::{self, kv, stream::Stream};
 use async_nats::{Client, RequestErrorKind};
 use futures_util::StreamExt;
 
-use super::link::connect_options;
+use super::link::{connect_options, Beat};
 use super::subject::{valid_cluster_name, Prefix};
 use super::{kv as buckets, queue};
 use crate::config::cluster::ClusterConfig;
@@ -37,9 +42,16 @@ const KEYS_WAIT_MS: u64 = 60_000;
 /// node at most, `link::INTERESTS_MAX`).
 const KEYS_MAX: usize = 10_000_000;
 
+/// The remover a node's heartbeat key names when this command removed the node
+/// (`forgetting cluster-forget`, `forgotten cluster-forget`).
+pub const COMMAND_REMOVER: &str = "cluster-forget";
+
 /// What a run removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Forgotten {
+    /// Whether the node's heartbeat key was marked `forgotten` (false: it had none, or it
+    /// said so already).
+    pub heartbeat_marked: bool,
     /// The node's entries deleted from the interest bucket.
     pub interest_entries: usize,
     /// Whether the node's durable consumer existed and was deleted.
@@ -106,10 +118,20 @@ fn nats_error(what: String, done: Forgotten) -> ForgetError {
 async fn run(cfg: &ClusterConfig, node: &str) -> Result<Forgotten, ForgetError> {
     let prefix = Prefix::new(&cfg.name).map_err(|_| ForgetError::BadName(cfg.name.clone()))?;
     let client = connect(cfg).await?;
-    probe_node(&client, &prefix, node).await?;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_millis(JETSTREAM_WAIT_MS));
-    let done = remove(&js, &cfg.name, &prefix, node, Queued::Purge).await?;
+    // Read before the probe: a beat after it makes the mark below fail.
+    let key = heartbeat_key(&js, &cfg.name, node).await?;
+    probe_node(&client, &prefix, node).await?;
+    let marked = match &key {
+        Some((store, revision)) => Some(mark_forgetting(store, node, *revision).await?),
+        None => None,
+    };
+    let mut done = remove(&js, &cfg.name, &prefix, node, Queued::Purge).await?;
+    if let (Some((store, _)), Some(revision)) = (&key, marked) {
+        mark_forgotten(store, node, revision, &done).await?;
+        done.heartbeat_marked = true;
+    }
     // Best effort: everything above was acknowledged by JetStream already.
     let _ = tokio::time::timeout(Duration::from_millis(PROBE_WAIT_MS), client.drain()).await;
     Ok(done)
@@ -161,6 +183,92 @@ pub(super) async fn remove(
         }
     }
     Ok(done)
+}
+
+/// `node`'s heartbeat key to mark: the bucket and the revision read, or `None` when there
+/// is nothing to mark (no bucket, no key: the node never beat; or it says `forgotten`).
+async fn heartbeat_key(
+    js: &jetstream::Context,
+    cluster: &str,
+    node: &str,
+) -> Result<Option<(kv::Store, u64)>, ForgetError> {
+    let none = Forgotten::default();
+    let bucket = buckets::nodes_bucket_name(cluster);
+    if lookup_stream(js, &format!("KV_{bucket}"), &none)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let fail = |e: String| nats_error(e, Forgotten::default());
+    let store: kv::Store = js
+        .get_key_value(bucket.as_str())
+        .await
+        .map_err(|e| fail(format!("cannot open bucket {bucket}: {e}")))?;
+    let wait = Duration::from_millis(JETSTREAM_WAIT_MS);
+    let entry = match tokio::time::timeout(wait, store.entry(node)).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return Err(fail(format!("cannot read {node} in bucket {bucket}: {e}"))),
+        Err(_) => return Err(fail(format!("reading {node} in bucket {bucket} timed out"))),
+    };
+    let Some(e) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        return Ok(None);
+    };
+    if matches!(Beat::parse(&e.value), Some(Beat::Forgotten { .. })) {
+        return Ok(None);
+    }
+    Ok(Some((store, e.revision)))
+}
+
+/// Mark `node`'s heartbeat key `forgetting` on `revision`, the one read before the probe;
+/// the new revision. A change since (the node beat: it is back) refuses the removal.
+async fn mark_forgetting(store: &kv::Store, node: &str, revision: u64) -> Result<u64, ForgetError> {
+    let mark = Beat::Forgetting {
+        by: COMMAND_REMOVER.to_string(),
+    };
+    let wait = Duration::from_millis(JETSTREAM_WAIT_MS);
+    match tokio::time::timeout(wait, store.update(node, mark.encode(), revision)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(ForgetError::Alive(format!(
+                "node {node}'s heartbeat key changed while it was being checked (the node beat, \
+                 or another node is removing it); run the command again"
+            )))
+        }
+        Ok(Err(e)) => Err(nats_error(
+            format!("cannot mark the heartbeat key of {node}: {e}"),
+            Forgotten::default(),
+        )),
+        Err(_) => Err(nats_error(
+            format!("marking the heartbeat key of {node} timed out"),
+            Forgotten::default(),
+        )),
+    }
+}
+
+/// Mark `node`'s heartbeat key `forgotten` (from `forgetting`, at `revision`): the node,
+/// if it is only cut off, joins again when it is back (`link::alive`).
+async fn mark_forgotten(
+    store: &kv::Store,
+    node: &str,
+    revision: u64,
+    done: &Forgotten,
+) -> Result<(), ForgetError> {
+    let mark = Beat::Forgotten {
+        by: COMMAND_REMOVER.to_string(),
+    };
+    let wait = Duration::from_millis(JETSTREAM_WAIT_MS);
+    match tokio::time::timeout(wait, store.update(node, mark.encode(), revision)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(nats_error(
+            format!(
+                "cannot mark the heartbeat key of {node} forgotten (it stays 'forgetting': \
+                 the node, if it comes back, joins again after {} s)",
+                super::link::REMOVAL_WAIT_MS / 1000
+            ),
+            done.clone(),
+        )),
+    }
 }
 
 /// Both control subjects of `node` probed: `Ok` only if nobody is subscribed to either.

@@ -84,9 +84,12 @@ mod alive;
 mod inbound;
 mod interest;
 mod outbound;
+mod recheck;
 mod reclaim;
 mod store;
 mod tasks;
+
+pub(crate) use alive::{Beat, REMOVAL_WAIT_MS};
 
 type Wake = Arc<dyn Fn() + Send + Sync>;
 
@@ -300,6 +303,8 @@ struct State {
     store_tx: mpsc::Sender<store::StoreJob>,
     /// Queue messages handed to the node: token → the reply subject that acknowledges it.
     unsettled: HashMap<u64, Subject>,
+    /// Acknowledgements of settled queue messages, sent together at the end of the turn.
+    settles: Vec<Subject>,
     next_token: u64,
     /// The queue stream's name (for reclaim scans).
     stream: String,
@@ -325,6 +330,12 @@ struct State {
     /// would go by core NATS only, also to nodes whose queue holds them already (a
     /// publisher's resend after this node restarted).
     unviewed: VecDeque<Unviewed>,
+    /// The cluster's name (its buckets' names derive from it).
+    cluster: String,
+    /// Shards of the node (0: a link without shards, which lists no sessions).
+    shards: usize,
+    /// The check of the live sessions after a cut-off, and the queue messages it holds.
+    recheck: recheck::Recheck,
 }
 
 /// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
@@ -383,7 +394,12 @@ async fn run(
     shards: usize,
 ) {
     let reconnected = Arc::new(watch::Sender::new(0u64));
-    let client = match connect(&cfg, out.clone(), reconnected.clone()).await {
+    let cutoffs = Arc::new(watch::Sender::new(0u64));
+    let conn = Connections {
+        reconnected: reconnected.clone(),
+        cutoffs: cutoffs.clone(),
+    };
+    let client = match connect(&cfg, out.clone(), conn).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cluster link: cannot configure the NATS client: {e}");
@@ -416,6 +432,11 @@ async fn run(
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let (restored_tx, restored_rx) = oneshot::channel();
     let restored_rx = (shards > 0).then_some(restored_rx);
+    let (rejoined_tx, mut rejoined_rx) = mpsc::channel(1);
+    let (checked_tx, mut checked_rx) = mpsc::channel(1);
+    let mut reconnected_rx = reconnected.subscribe();
+    let mut cutoffs_rx = cutoffs.subscribe();
+    let cut_before = *cutoffs_rx.borrow_and_update();
     let KvQueues {
         registry,
         retained,
@@ -433,6 +454,7 @@ async fn run(
         QueueStart {
             inbound: inbound_tx.clone(),
             restored: restored_rx,
+            rejoined: rejoined_tx,
         },
     );
     let mut js = jetstream::new(client.clone());
@@ -458,6 +480,7 @@ async fn run(
         pending: ReleaseList::default(),
         store_tx,
         unsettled: HashMap::new(),
+        settles: Vec::new(),
         next_token: 1,
         stream: queue::stream_name(&cfg.name),
         shared_stream,
@@ -469,6 +492,9 @@ async fn run(
         clock: tokio::time::Instant::now(),
         view_loaded: false,
         unviewed: VecDeque::new(),
+        cluster: cfg.name.clone(),
+        shards,
+        recheck: recheck::Recheck::new(checked_tx, cut_before),
     };
     st.echo = st.start_echo().await;
     let takeover = st.prefix.control(&format!("takeover.{}", st.node));
@@ -481,16 +507,31 @@ async fn run(
     for m in early {
         st.handle(m).await;
     }
+    st.flush_settles().await;
     while !stop.load(Ordering::Acquire) {
         let due = st
             .order
             .next_due()
             .map(|ms| st.clock + Duration::from_millis(ms));
+        let lists_due = st.recheck.lists_due();
         tokio::select! {
             loaded = &mut view_wait, if !st.view_loaded => {
                 st.view_ready(matches!(loaded, Ok(Ok(())))).await;
                 (st.out.wake)();
             }
+            Ok(()) = cutoffs_rx.changed() => {
+                let n = *cutoffs_rx.borrow_and_update();
+                st.cut_off(Some(n));
+            }
+            Ok(()) = reconnected_rx.changed() => {
+                reconnected_rx.borrow_and_update();
+                st.start_check();
+            }
+            Some(()) = rejoined_rx.recv() => st.cut_off(None),
+            () = tokio::time::sleep_until(lists_due.unwrap_or(st.clock)), if lists_due.is_some() => {
+                st.lists_done();
+            }
+            Some(generation) = checked_rx.recv() => st.check_done(generation),
             () = tokio::time::sleep_until(due.unwrap_or(st.clock)), if due.is_some() => {
                 let mut out = Vec::new();
                 st.order.expire(st.now_ms(), &mut out);
@@ -527,13 +568,21 @@ fn start_seq() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
-/// A client that reports its connection state to the node, and each (re)connection to
-/// every bucket watcher through `reconnected` (a count each watcher follows on its own
-/// receiver, so none misses one that another saw).
+/// Where the NATS client's connection events are counted.
+struct Connections {
+    /// Each (re)connection, for every bucket watcher (a count each watcher follows on its
+    /// own receiver, so none misses one that another saw) and the link loop.
+    reconnected: Arc<watch::Sender<u64>>,
+    /// Each lost connection, for the link loop (`recheck`).
+    cutoffs: Arc<watch::Sender<u64>>,
+}
+
+/// A client that reports its connection state to the node, and its connection events
+/// through `conn`.
 async fn connect(
     cfg: &ClusterConfig,
     out: Out,
-    reconnected: Arc<watch::Sender<u64>>,
+    conn: Connections,
 ) -> Result<Client, async_nats::Error> {
     let (o, addrs) = connect_options(cfg, &format!("shardmq {}", cfg.node)).await?;
     let o = o
@@ -542,7 +591,7 @@ async fn connect(
         .subscription_capacity(SUBSCRIPTION_MESSAGES_MAX)
         .event_callback(move |e| {
             let out = out.clone();
-            let reconnected = reconnected.clone();
+            let (reconnected, cutoffs) = (conn.reconnected.clone(), conn.cutoffs.clone());
             async move {
                 match e {
                     Event::Connected => {
@@ -552,6 +601,7 @@ async fn connect(
                     }
                     Event::Disconnected => {
                         LinkStats::add(&out.stats.connection_changes);
+                        cutoffs.send_modify(|n| *n = n.wrapping_add(1));
                         out.push_wake(FromLink::Down);
                     }
                     Event::SlowConsumer(_) => LinkStats::add(&out.stats.from_link_dropped),
@@ -591,9 +641,12 @@ impl State {
         for _ in 0..TO_LINK_BATCH_MAX {
             match inbox.try_recv() {
                 Ok(m) => self.handle(m).await,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    return self.flush_settles().await;
+                }
             }
         }
+        self.flush_settles().await;
         // Budget spent with work left: come back after the inbound side had a turn.
         notify.notify_one();
     }
@@ -616,7 +669,7 @@ impl State {
                 }
                 self.publish(*envelope, ack, msg_id).await
             }
-            ToLink::Settle { token } => self.settle(token).await,
+            ToLink::Settle { token } => self.settle(token),
             ToLink::Return { token } => self.give_back(token).await,
             ToLink::Claim { client_id, token } => {
                 if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -672,6 +725,7 @@ impl State {
                     self.out.clone(),
                 ));
             }
+            ToLink::Live { client_ids } => self.live_listed(client_ids),
             ToLink::Restored { client_ids } => {
                 self.restored.extend(client_ids);
                 self.restored_left = self.restored_left.saturating_sub(1);

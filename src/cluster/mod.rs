@@ -133,6 +133,14 @@ pub enum ToLink {
         /// Their client ids.
         client_ids: Vec<String>,
     },
+    /// One shard's live sessions (client ids that went through the registry), listed
+    /// because the link asked (`FromLink::ListSessions`). When every shard has sent its
+    /// own, the link asks the registry who owns each and reports those owned elsewhere
+    /// (`FromLink::Superseded`) before it passes on any message of this node's queue.
+    Live {
+        /// Their client ids.
+        client_ids: Vec<String>,
+    },
 }
 
 /// Where an inbound message goes on this node.
@@ -271,6 +279,19 @@ pub enum FromLink {
         /// The node the registry names, if any.
         owner: Option<String>,
     },
+    /// The link is back from a cut-off from NATS (or found this node removed and joined
+    /// again): every shard lists its live sessions (`ToLink::Live`) so that they can be
+    /// checked against the registry — takeover notices sent meanwhile were lost.
+    ListSessions,
+    /// A session listed after a cut-off (`ListSessions`) is owned by `owner` now (or by
+    /// nobody): unless claimed here since the list was made, disconnect its client with
+    /// 0x8E, send `owner` its state and end it here.
+    Superseded {
+        /// MQTT client id.
+        client_id: String,
+        /// The node the registry names, if any.
+        owner: Option<String>,
+    },
     /// Another node took `client_id` over: disconnect it here with 0x8E.
     TakenOver {
         /// MQTT client id.
@@ -334,6 +355,9 @@ pub struct LinkStats {
     /// Sessions restored from this node's store that the registry gave to another node
     /// meanwhile (handed over and ended here).
     pub disowned: AtomicU64,
+    /// Live sessions found owned by another node (or nobody) when this node came back from
+    /// a cut-off from NATS, and ended here (`FromLink::Superseded`).
+    pub superseded: AtomicU64,
     /// Inbound QoS ≥ 1 messages held until the one before them on their topic arrived.
     pub order_held: AtomicU64,
     /// Of those, passed on at the bound without it (`order::ORDER_HOLD_MS`).
@@ -476,6 +500,11 @@ impl LinkStats {
                 "disowned",
                 "Restored sessions owned by another node meanwhile, handed over at start.",
                 g(&self.disowned),
+            ),
+            (
+                "superseded",
+                "Live sessions the registry gave to another node while this one was cut off.",
+                g(&self.superseded),
             ),
             (
                 "order_held",

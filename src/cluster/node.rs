@@ -163,6 +163,9 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
         ToCluster::Restored { client_ids } => ToLink::Restored {
             client_ids: client_ids.into_iter().map(Into::into).collect(),
         },
+        ToCluster::Live { client_ids } => ToLink::Live {
+            client_ids: client_ids.into_iter().map(Into::into).collect(),
+        },
     }
 }
 
@@ -314,6 +317,11 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
             })
         }
         FromLink::Disowned { client_id, owner } => Some(FromCluster::Disowned {
+            client_id: client_id.into(),
+            owner: owner.map(Into::into),
+        }),
+        FromLink::ListSessions => Some(FromCluster::ListSessions),
+        FromLink::Superseded { client_id, owner } => Some(FromCluster::Superseded {
             client_id: client_id.into(),
             owner: owner.map(Into::into),
         }),

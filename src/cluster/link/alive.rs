@@ -43,7 +43,7 @@ const MISSED_BEATS_MIN: u32 = 3;
 /// Longest a removal may take (the liveness probe, listing the interest bucket, deletes).
 /// A `forgetting` value older than the limit plus this is taken up again by any observer,
 /// and the node itself stops waiting for it and joins again.
-pub(super) const REMOVAL_WAIT_MS: u64 = 120_000;
+pub(crate) const REMOVAL_WAIT_MS: u64 = 120_000;
 /// Pause between attempts of a removal whose step failed.
 const REMOVAL_RETRY_MS: u64 = 1000;
 /// Attempts (one beat period apart) to mark a removed node `forgotten`.
@@ -159,6 +159,8 @@ pub(super) struct Heart {
     pub(super) bucket: kv::Store,
     pub(super) forget_after: Option<Duration>,
     pub(super) interest: mpsc::Sender<InterestOp>,
+    /// The link loop, told when this node joins again (it checks the live sessions).
+    pub(super) rejoined: mpsc::Sender<()>,
 }
 
 /// This node's own key: the revision of its last beat, when a beat last succeeded, and
@@ -377,9 +379,10 @@ async fn self_check(h: &Heart, mine: &mut Mine) {
         Some(Beat::Forgetting { by }) => {
             let since = *mine.forgetting_since.get_or_insert_with(|| {
                 eprintln!(
-                    "cluster: node {} is being removed by node {by}, which found it silent \
+                    "cluster: node {} is being removed by {}, which found it silent \
                      (cut off from NATS?); waiting for that to finish before joining again",
-                    h.node
+                    h.node,
+                    remover(&by)
                 );
                 Instant::now()
             });
@@ -414,20 +417,34 @@ async fn beat_anew(h: &Heart, mine: &mut Mine) -> bool {
     }
 }
 
+/// Who a heartbeat mark names as its remover, for the log: a node, or the operator's
+/// command.
+fn remover(by: &str) -> String {
+    if by == forget::COMMAND_REMOVER {
+        "the operator (shardmq cluster-forget)".to_string()
+    } else {
+        format!("node {by}")
+    }
+}
+
 /// Join again after a removal: beat anew (a plain write over the mark), rewrite every
-/// interest entry (the queue consumer makes its deleted consumer again by itself).
+/// interest entry (the queue consumer makes its deleted consumer again by itself), and
+/// have the link loop check the live sessions against the registry (`recheck`).
 async fn rejoin(h: &Heart, mine: &mut Mine, by: &str) {
     eprintln!(
-        "cluster: node {} was removed by node {by} while silent (stopped, or cut off from \
+        "cluster: node {} was removed by {} while silent (stopped, or cut off from \
          NATS); joining again: heartbeat, interest entries written again, queue consumer \
-         made again. Messages published meanwhile for its subscribers came by core NATS \
-         only (at most once); sessions stay as the registry has them",
-        h.node
+         made again, live sessions checked against the registry. Messages published \
+         meanwhile for its subscribers came by core NATS only (at most once)",
+        h.node,
+        remover(by)
     );
     if beat_anew(h, mine).await {
         if h.interest.send(InterestOp::Rewrite).await.is_err() {
             LinkStats::add(&h.out.stats.nats_errors);
         }
+        // A check already asked for is enough (a full queue of one).
+        let _ = h.rejoined.try_send(());
         LinkStats::add(&h.out.stats.rejoined);
     }
 }

@@ -16,25 +16,48 @@ use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::{queue, subject, FromLink, LinkStats, Route};
 
 impl State {
-    /// Acknowledge a queue message to JetStream: the node has it safe.
-    pub(super) async fn settle(&mut self, token: u64) {
-        let Some(reply) = self.unsettled.remove(&token) else {
+    /// The node has queue message `token` safe: its acknowledgement goes to JetStream
+    /// with the others of this turn (`flush_settles`).
+    pub(super) fn settle(&mut self, token: u64) {
+        if let Some(reply) = self.unsettled.remove(&token) {
+            self.settles.push(reply);
+        }
+    }
+
+    /// Send the acknowledgements gathered this turn, one `+ACK` per message (explicit
+    /// acks: each names exactly one message the node settled), queued on the connection
+    /// one after another under one time bound instead of one bound each.
+    pub(super) async fn flush_settles(&mut self) {
+        if self.settles.is_empty() {
             return;
-        };
-        let stats = &self.out.stats;
-        let sent = self.client.connection_state() == async_nats::connection::State::Connected
-            && within(
-                PUBLISH_WAIT_MS,
-                self.client.publish(reply, Bytes::from_static(b"+ACK")),
-            )
-            .await;
+        }
+        let mut acks = std::mem::take(&mut self.settles);
+        let total = acks.len();
+        let mut sent = 0usize;
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            let client = &self.client;
+            let sent = &mut sent;
+            let all = async {
+                for reply in acks.drain(..) {
+                    client.publish(reply, Bytes::from_static(b"+ACK")).await?;
+                    *sent += 1;
+                }
+                Ok::<(), async_nats::PublishError>(())
+            };
+            within(PUBLISH_WAIT_MS, all).await;
+        }
         // An acknowledgement lost here brings the message again after the ack wait; the
         // duplicate filter then settles it without passing it on again.
-        LinkStats::add(if sent {
-            &stats.queue_settled
-        } else {
-            &stats.nats_errors
-        });
+        let stats = &self.out.stats;
+        stats
+            .queue_settled
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        stats
+            .nats_errors
+            .fetch_add((total - sent) as u64, Ordering::Relaxed);
+        // Keep the allocation for the next turn.
+        acks.clear();
+        self.settles = acks;
     }
 
     /// Give a share group's message back to JetStream (no online member here): it comes
@@ -230,7 +253,11 @@ impl State {
         u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub(super) fn inbound(&mut self, (tag, m): Inbound) {
+    pub(super) fn inbound(&mut self, m: Inbound) {
+        // Held while a check after a cut-off runs (`recheck`).
+        let Some((tag, m)) = self.hold(m) else {
+            return;
+        };
         let stats = &self.out.stats;
         let route = match &*tag {
             Tag::Takeover | Tag::State if m.payload.is_empty() => return self.alive(m.reply),

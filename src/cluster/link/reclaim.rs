@@ -5,7 +5,8 @@
 //! waiting in that node's queue whose topic matches the session's filters, and reports
 //! them to the node (`FromLink::Owed`). `verify` runs once at start, before this node's
 //! queue consumer: it asks the registry who owns each session restored from the store and
-//! reports the ones owned elsewhere (`FromLink::Disowned`). Invariants: a scan never
+//! reports the ones owned elsewhere (`FromLink::Disowned`); `owned_elsewhere` is that
+//! lookup, which the check after a cut-off shares (`recheck`). Invariants: a scan never
 //! acknowledges or deletes anything in the dead node's queue (one copy there serves every
 //! session of that node whose filters match; the dead node settles it when it returns); a
 //! `Disowned` is queued to the node before any message of this node's queue, so a
@@ -122,6 +123,34 @@ pub(super) async fn verify(
     out: &Out,
 ) {
     let deadline = Instant::now() + Duration::from_millis(VERIFY_WAIT_MS);
+    let report = |client_id, owner| FromLink::Disowned { client_id, owner };
+    let seen = Seen {
+        report,
+        counter: &out.stats.disowned,
+    };
+    owned_elsewhere(sessions, node, client_ids, out, seen, deadline).await;
+}
+
+/// What to report for a session the registry gives to another node (or nobody), and the
+/// figure that counts them.
+pub(super) struct Seen<'a, F> {
+    pub(super) report: F,
+    pub(super) counter: &'a std::sync::atomic::AtomicU64,
+}
+
+/// Look up each of `client_ids` in the registry until `deadline` and report, through
+/// `seen`, those it does not give to `node`. A lookup that fails or is not made in time
+/// keeps the session as it is (failures counted).
+pub(super) async fn owned_elsewhere<F>(
+    sessions: &jetstream::kv::Store,
+    node: &str,
+    client_ids: Vec<String>,
+    out: &Out,
+    seen: Seen<'_, F>,
+    deadline: Instant,
+) where
+    F: Fn(String, Option<String>) -> FromLink,
+{
     for client_id in client_ids {
         let per_get = Instant::now() + Duration::from_millis(FLUSH_WAIT_MS);
         let owner =
@@ -135,8 +164,8 @@ pub(super) async fn verify(
         if owner.as_deref() == Some(node) {
             continue;
         }
-        LinkStats::add(&out.stats.disowned);
-        out.push_wake(FromLink::Disowned { client_id, owner });
+        LinkStats::add(seen.counter);
+        out.push_wake((seen.report)(client_id, owner));
     }
 }
 

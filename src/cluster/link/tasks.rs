@@ -66,9 +66,13 @@ pub(super) enum InterestOp {
 
 /// What this node's queue consumer starts with: where its messages go, and the sessions
 /// restored from the store to check first (`None`: start at once).
+/// `rejoined` tells the link loop that this node found itself removed and joined again:
+/// its live sessions are checked against the registry before more of the queue passes
+/// (`recheck`).
 pub(super) struct QueueStart {
     pub(super) inbound: mpsc::Sender<Inbound>,
     pub(super) restored: Option<oneshot::Receiver<Vec<String>>>,
+    pub(super) rejoined: mpsc::Sender<()>,
 }
 
 /// The interest view the watcher keeps, and where it says that it has loaded the whole
@@ -123,7 +127,11 @@ pub(super) fn start_kv(
     view: ViewFeed,
     queue_start: QueueStart,
 ) -> KvQueues {
-    let QueueStart { inbound, restored } = queue_start;
+    let QueueStart {
+        inbound,
+        restored,
+        rejoined,
+    } = queue_start;
     let mut senders = Vec::with_capacity(REGISTRY_WORKERS);
     let mut receivers = Vec::with_capacity(REGISTRY_WORKERS);
     for _ in 0..REGISTRY_WORKERS {
@@ -141,6 +149,10 @@ pub(super) fn start_kv(
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
     let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
+    let joined = Joined {
+        interest: alive_interest,
+        rejoined,
+    };
     tokio::spawn(async move {
         let js = jetstream::new(ctx.client.clone());
         let mut reported = false;
@@ -182,7 +194,7 @@ pub(super) fn start_kv(
             view,
             reconnected.subscribe(),
         ));
-        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, alive_interest).await {
+        if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, joined).await {
             tokio::spawn(super::alive::heartbeat(h));
         }
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
@@ -207,6 +219,13 @@ pub(super) fn start_kv(
     }
 }
 
+/// Where the heartbeat says that this node joined again after its removal: the interest
+/// writer (write every entry again) and the link loop (check the live sessions).
+struct Joined {
+    interest: mpsc::Sender<InterestOp>,
+    rejoined: mpsc::Sender<()>,
+}
+
 /// The heartbeat task's needs, once its bucket is open (retried like the others; `None`
 /// only if the runtime is going away).
 async fn heart(
@@ -215,8 +234,9 @@ async fn heart(
     name: &str,
     replicas: usize,
     forget_after: Option<Duration>,
-    interest: mpsc::Sender<InterestOp>,
+    joined: Joined,
 ) -> Option<super::alive::Heart> {
+    let Joined { interest, rejoined } = joined;
     let bucket = loop {
         match kv::open_nodes(js, name, replicas).await {
             Ok(b) => break b,
@@ -238,6 +258,7 @@ async fn heart(
         bucket,
         forget_after,
         interest,
+        rejoined,
     })
 }
 
