@@ -384,7 +384,7 @@ fn cluster_forget(path: &std::path::Path, node: &str) -> ExitCode {
     match shardmq::cluster::forget::forget(&cluster, node) {
         Ok(f) => {
             println!(
-                "cluster {}: node {node} forgotten: {} interest entries deleted, consumer {}, {} queued messages purged, heartbeat key {}",
+                "cluster {}: node {node} forgotten: {} interest entries deleted, consumer {}, {} queued messages purged, heartbeat key {}, {} share group queues removed",
                 cluster.name,
                 f.interest_entries,
                 if f.consumer_deleted { "deleted" } else { "absent" },
@@ -393,7 +393,8 @@ fn cluster_forget(path: &std::path::Path, node: &str) -> ExitCode {
                     "marked forgotten"
                 } else {
                     "absent or forgotten already"
-                }
+                },
+                f.groups_removed
             );
             ExitCode::SUCCESS
         }

@@ -1587,6 +1587,72 @@ fn a_node_cut_off_past_the_limit_is_forgotten_and_joins_again() {
     assert_eq!(figure(&a, "forgot"), 1, "removed once");
 }
 
+/// A share group whose members are all on the publishing node is served there, without
+/// its JetStream queue: `$share/lg/lo/#` with a member on A only, 50 QoS 1 messages
+/// published on A reach it once each and A stores none (`shared_queued` 0; before, each
+/// was stored and read back). Once a member on B exists and A's view shows it, A's
+/// messages go through the group's queue again, each to exactly one of the two members.
+#[test]
+fn a_share_group_with_members_only_on_the_publishing_node_skips_its_queue() {
+    let _one_at_a_time = three_nodes_lock();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let admin = ["--admin", "127.0.0.1:0"];
+    let a = nats.node_with("loc", "A", 0, &admin);
+    let b = nats.node("loc", "B", 1);
+    let filter = "$share/lg/lo/#";
+    let (mut m1, _) = open5(a.addr(), &Conn5::new("loc-a"));
+    m1.subscribe(filter, 1);
+    let mut publ = connect(a.addr(), "loc-pub");
+    let n = 50;
+    for i in 0..n {
+        publ.publish("lo/k", format!("l{i}").as_bytes(), 1, false);
+    }
+    let mut got = BTreeMap::new();
+    gather_members(&mut [&mut m1], &mut got, WAIT, |g| g.len() >= n);
+    gather_members(&mut [&mut m1], &mut got, QUIET, |_| false);
+    assert_eq!(got.len(), n, "all arrived, nothing else: {got:?}");
+    assert!(got.values().all(|&k| k == 1), "once each: {got:?}");
+    assert_eq!(
+        figure(&a, "shared_queued"),
+        0,
+        "none stored in the group's queue"
+    );
+
+    // A member on B: once A's view shows it, A stores in the group's queue again.
+    let (mut m2, _) = open5(b.addr(), &Conn5::new("loc-b"));
+    m2.subscribe(filter, 1);
+    let deadline = Instant::now() + FORM_WAIT;
+    let mut probes = BTreeMap::new();
+    let mut i = 0;
+    while figure(&a, "shared_queued") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "A never stored for the group again"
+        );
+        i += 1;
+        publ.publish("lo/k", format!("p{i}").as_bytes(), 1, false);
+        gather_members(&mut [&mut m1, &mut m2], &mut probes, QUIET, |_| false);
+    }
+    gather_members(&mut [&mut m1, &mut m2], &mut probes, WAIT, |g| g.len() >= i);
+    assert_eq!(probes.len(), i, "every probe reached a member: {probes:?}");
+    let stored = figure(&a, "shared_queued");
+    let mut got = BTreeMap::new();
+    for i in 0..n {
+        publ.publish("lo/k", format!("r{i}").as_bytes(), 1, false);
+    }
+    gather_members(&mut [&mut m1, &mut m2], &mut got, WAIT, |g| g.len() >= n);
+    gather_members(&mut [&mut m1, &mut m2], &mut got, QUIET, |_| false);
+    assert_eq!(got.len(), n, "all arrived, nothing else: {got:?}");
+    assert!(got.values().all(|&k| k == 1), "each to one member: {got:?}");
+    assert_eq!(
+        figure(&a, "shared_queued"),
+        stored + n as u64,
+        "each stored in the group's queue"
+    );
+}
+
 /// A node back from a cut-off checks its live sessions against the registry. Client X
 /// (5.0, persistent, `rj/#` at QoS 1) is on A; A is frozen (SIGSTOP) and its NATS server
 /// killed, so A is attached nowhere and the takeover notice sent to it is lost. A QoS 1

@@ -210,6 +210,7 @@ impl Node {
             }),
             ack: None,
             msg_id: None,
+            served: Vec::new(),
         });
     }
 
@@ -531,6 +532,7 @@ fn publish_acked(from: &Node, topic: &str, payload: &[u8], seq: u64) {
         }),
         ack: Some((0, seq)),
         msg_id: None,
+        served: Vec::new(),
     });
     from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
 }
@@ -776,6 +778,7 @@ fn publish_qos2(from: &Node, payload: &[u8], msg_id: Option<&str>, seq: u64) {
         }),
         ack: Some((0, seq)),
         msg_id: msg_id.map(str::to_string),
+        served: Vec::new(),
     });
     from.expect(|m| matches!(m, FromLink::Published { ack: (0, s) } if *s == seq));
 }
@@ -804,6 +807,7 @@ fn queue_eventually_on(from: &Node, to: &Node, topic: &str) {
             }),
             ack: None,
             msg_id: None,
+            served: Vec::new(),
         });
         let mut queued = false;
         while let Ok(m) = to.link.receiver().recv_timeout(Duration::from_millis(200)) {
@@ -959,6 +963,7 @@ fn qos1(topic: &str, payload: Vec<u8>, ack: Option<(usize, u64)>) -> ToLink {
         }),
         ack,
         msg_id: None,
+        served: Vec::new(),
     }
 }
 
@@ -1186,6 +1191,208 @@ fn qos1_messages_wait_for_the_interest_view_to_load() {
         "from R's queue, once"
     );
     assert_eq!(LinkStats::get(&p.link.stats().queued), 1);
+}
+
+/// `op` on a JetStream context of the server at `port` (bounded).
+fn on_jetstream<R>(port: u16, op: impl AsyncFnOnce(&async_nats::jetstream::Context) -> R) -> R {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = tokio::time::timeout(WAIT, async_nats::connect(format!("127.0.0.1:{port}")))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        tokio::time::timeout(WAIT, op(&js))
+            .await
+            .expect("JetStream answered in time")
+    })
+}
+
+/// Whether share group `qname`'s durable consumer exists, and how many messages its subject
+/// holds, in cluster `cluster`'s share groups' stream.
+fn group_queue(port: u16, cluster: &str, qname: &str) -> (bool, u64) {
+    let stream = shardmq::cluster::queue::shared_stream_name(cluster);
+    let subject = format!("smq.{cluster}.g.{qname}");
+    on_jetstream(port, async |js| {
+        let stream = js
+            .get_stream(&stream)
+            .await
+            .expect("the share groups' stream");
+        let exists = stream.consumer_info(qname).await.is_ok();
+        let mut counts = stream
+            .info_with_subjects(&subject)
+            .await
+            .expect("stream info");
+        let mut held = 0;
+        while let Some(c) = futures_util::StreamExt::next(&mut counts).await {
+            held += c.expect("subject count").1 as u64;
+        }
+        (exists, held)
+    })
+}
+
+/// Store `n` messages in share group `qname`'s subject directly: what publishing nodes
+/// stored for the group before they saw its last member leave.
+fn store_for_group(port: u16, cluster: &str, qname: &str, n: usize) {
+    let subject = format!("smq.{cluster}.g.{qname}");
+    on_jetstream(port, async |js| {
+        for i in 0..n {
+            let ack = js
+                .publish(subject.clone(), format!("left {i}").into())
+                .await
+                .expect("sent");
+            ack.await.expect("stored");
+        }
+    });
+}
+
+/// Until `n`'s share group messages arrive from the queue (each settled), probing from
+/// `from`; bounded.
+fn share_queue_eventually(from: &Node, n: &Node, topic: &str, seq: &mut u64) {
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the group's queue never served");
+        *seq += 1;
+        publish_acked(from, topic, b"probe", *seq);
+        let got = shared_from_queue(n, Duration::from_millis(200));
+        got.iter()
+            .for_each(|(_, token)| n.send(ToLink::Settle { token: *token }));
+        if !got.is_empty() {
+            return;
+        }
+    }
+}
+
+/// When the last member of a share group leaves everywhere, exactly one node removes the
+/// group's durable consumer and purges what its subject got meanwhile (after the grace);
+/// a member subscribing later gets the group's messages again (the consumer made anew).
+/// Before, the consumer and the messages stayed up to the stream's limits.
+#[test]
+fn a_share_groups_queue_goes_with_its_last_member_and_comes_back_with_a_new_one() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server, "t20", "A"),
+        node(&server, "t20", "B"),
+        node(&server, "t20", "C"),
+    );
+    let qname = shardmq::cluster::subject::queue_group("g", "z/#");
+    a.interest("z/#", Some("g"));
+    b.interest("z/#", Some("g"));
+    let mut seq = 0;
+    share_queue_eventually(&c, &a, "z/probe", &mut seq);
+    share_queue_eventually(&c, &b, "z/probe", &mut seq);
+    a.rest();
+    b.rest();
+    assert!(group_queue(server.port, "t20", &qname).0, "the consumer");
+    let members = |share: &'static str| {
+        on_jetstream(server.port, async |js| {
+            shardmq::cluster::groups::members_anywhere(js, "t20", share)
+                .await
+                .expect("the interest bucket read")
+        })
+    };
+    assert!(
+        members("$share/g/z/#"),
+        "the check sees A's and B's entries"
+    );
+    assert!(!members("$share/h/z/#"), "and no member of another group");
+
+    for n in [&a, &b] {
+        n.send(ToLink::NoInterest {
+            filter: "z/#".into(),
+            group: Some("g".into()),
+        });
+    }
+    store_for_group(server.port, "t20", &qname, 5);
+    assert_eq!(group_queue(server.port, "t20", &qname), (true, 5));
+    let deadline = Instant::now() + WAIT;
+    while members("$share/g/z/#") {
+        assert!(Instant::now() < deadline, "the entries were never deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let removed = || {
+        [&a, &b, &c]
+            .iter()
+            .map(|n| LinkStats::get(&n.link.stats().shared_removed))
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    while removed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nobody removed the group's queue"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        group_queue(server.port, "t20", &qname),
+        (false, 0),
+        "consumer deleted, the 5 purged"
+    );
+    // The other nodes' sweeps find no consumer left to remove.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(removed(), 1, "exactly one node removed it");
+
+    b.interest("z/#", Some("g"));
+    share_queue_eventually(&c, &b, "z/again", &mut seq);
+    assert!(group_queue(server.port, "t20", &qname).0, "made anew");
+}
+
+/// `shardmq cluster-forget` of a node that had the last members of a share group removes
+/// the group's queue too: B's member outlives A's (B stopped with it), so no sweep may
+/// remove the group; the command removes B's entry and then the group's consumer and
+/// messages. Run again, it finds nothing.
+#[test]
+fn forgetting_the_last_members_node_removes_the_groups_queue() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server, "t21", "A"),
+        node(&server, "t21", "B"),
+        node(&server, "t21", "C"),
+    );
+    let qname = shardmq::cluster::subject::queue_group("g", "y/#");
+    a.interest("y/#", Some("g"));
+    b.interest("y/#", Some("g"));
+    let mut seq = 0;
+    share_queue_eventually(&c, &a, "y/probe", &mut seq);
+    a.send(ToLink::NoInterest {
+        filter: "y/#".into(),
+        group: Some("g".into()),
+    });
+    b.link.stop();
+    store_for_group(server.port, "t21", &qname, 3);
+    // Past a sweep's grace: B's entry keeps the group.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(LinkStats::get(&a.link.stats().shared_removed), 0);
+    assert_eq!(LinkStats::get(&c.link.stats().shared_removed), 0);
+    assert!(
+        group_queue(server.port, "t21", &qname).0,
+        "kept for B's member"
+    );
+    drop((a, c));
+
+    let cfg = ClusterConfig {
+        name: "t21".into(),
+        node: "A".into(),
+        nats: vec![format!("nats://127.0.0.1:{}", server.port)],
+        cafile: None,
+        auth: NatsAuth::None,
+        kv_replicas: 1,
+        forget_after: None,
+    };
+    let done = shardmq::cluster::forget::forget(&cfg, "B").expect("B forgotten");
+    assert_eq!(done.interest_entries, 1);
+    assert_eq!(done.groups_removed, 1);
+    assert_eq!(group_queue(server.port, "t21", &qname), (false, 0));
+    let again = shardmq::cluster::forget::forget(&cfg, "B").expect("again");
+    assert_eq!((again.interest_entries, again.groups_removed), (0, 0));
 }
 
 /// The number of messages the queue stream of cluster `cluster` holds.

@@ -120,6 +120,9 @@ pub enum ToCluster {
         ack: u64,
         /// A stored publisher's QoS 2 message: its id across a power cut of this node.
         qos2_id: Option<Qos2Id>,
+        /// The share groups (`$share/G/F`) delivered to here because this node has all of
+        /// their members (`Broker::remote_shares`): the cluster leaves them out.
+        served: Vec<Arc<str>>,
     },
     /// A message from this node's queue (`FromCluster::Message` with a token, or
     /// `FromCluster::Settle`) is safe here: the link acknowledges it to JetStream.
@@ -227,6 +230,13 @@ pub enum FromCluster {
         shard: usize,
         /// Its cluster-ack sequence.
         seq: u64,
+    },
+    /// Share group `share` has members on another node (`remote`), or no longer has.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: Box<str>,
+        /// Members on another node.
+        remote: bool,
     },
     /// The retained bucket changed: `msg` is the topic's new retained message (an empty
     /// payload clears it).
@@ -388,10 +398,20 @@ pub enum ClusterCast {
         /// Its cluster-ack sequence.
         seq: u64,
     },
+    /// As `FromCluster::ShareRemote`, for every shard.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: Box<str>,
+        /// Members on another node.
+        remote: bool,
+    },
 }
 
 /// The shard that receives from the link.
 pub const GATEWAY_SHARD: usize = 0;
+/// Share groups with members on other nodes a shard keeps track of; past it a group is
+/// taken as local-only (its messages reach a member here, never none).
+const REMOTE_SHARES_MAX: usize = 100_000;
 /// Sessions' subscription copies a shard keeps while their CONNECTs wait for the old
 /// node's state.
 const BACKUPS_MAX: usize = 4096;
@@ -440,8 +460,20 @@ impl<X> Broker<X> {
     /// (`$SYS` topics stay on their node: each node publishes its own figures). A QoS ≥ 1
     /// message from a client's PUBLISH (`acks.wanted`) is numbered: its acknowledgement
     /// waits for the link (`cluster_ack`).
-    pub(super) fn forward_to_cluster(&mut self, msg: &Arc<Message>, now_ms: u64) -> bool {
-        if self.cluster.is_none() || super::sys::is_sys_topic(&msg.topic) {
+    /// Whether a message on `topic` goes to the cluster (`forward_to_cluster`).
+    pub(super) fn clustered(&self, topic: &str) -> bool {
+        self.cluster.is_some() && !super::sys::is_sys_topic(topic)
+    }
+
+    /// Hand a message that entered here to the link; `served`: the share groups it was
+    /// delivered to here (`Broker::dispatch_local_shared`).
+    pub(super) fn forward_to_cluster(
+        &mut self,
+        msg: &Arc<Message>,
+        now_ms: u64,
+        served: Vec<Arc<str>>,
+    ) -> bool {
+        if !self.clustered(&msg.topic) {
             return false;
         }
         let ack = if self.acks.wanted && msg.qos != QoS::AtMostOnce {
@@ -457,8 +489,21 @@ impl<X> Broker<X> {
             now_ms,
             ack,
             qos2_id,
+            served,
         });
         true
+    }
+
+    /// A share group's members on other nodes came or went: every shard is told.
+    fn share_remote(&mut self, share: Box<str>, remote: bool, now_ms: u64) {
+        for to in (0..self.shards).filter(|&t| t != self.shard_id) {
+            let c = ClusterCast::ShareRemote {
+                share: share.clone(),
+                remote,
+            };
+            self.fx.outbox.push((to, Cast::Cluster(Box::new(c))));
+        }
+        self.on_cluster_cast(ClusterCast::ShareRemote { share, remote }, now_ms);
     }
 
     /// News from the link (gateway shard only).
@@ -513,6 +558,7 @@ impl<X> Broker<X> {
                     self.fx.outbox.push((shard, Cast::Cluster(Box::new(c))));
                 }
             }
+            FromCluster::ShareRemote { share, remote } => self.share_remote(share, remote, now_ms),
             FromCluster::Retained { mut msg } => {
                 msg.retain = true;
                 msg.retain_stamp = self.retained.next_stamp(self.shard_id);
@@ -654,6 +700,13 @@ impl<X> Broker<X> {
             ClusterCast::Published { seq } => {
                 self.acks.answered(seq);
                 self.release_cluster_acks(now_ms);
+            }
+            ClusterCast::ShareRemote { share, remote } => {
+                if !remote {
+                    self.remote_shares.remove(&share);
+                } else if self.remote_shares.len() < REMOTE_SHARES_MAX {
+                    self.remote_shares.insert(share);
+                }
             }
         }
     }

@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 
 use super::gate::PendingSubAck;
 use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionOptions, Version};
-use crate::session::message::Publisher;
+use crate::session::message::{MessagePool, Publisher};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
     LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, SharedMessage, StoredMessage,
@@ -252,6 +252,10 @@ pub struct Journal {
     restored_armed: Vec<(u64, Will<'static>)>,
     /// Records of the unwritten batch that may still cancel out.
     elision: elide::Elision,
+    /// The shared messages the last sweep dropped, for the message pool to reuse
+    /// ([`Journal::recycle`]); what is left is freed at the next sweep, so this holds no
+    /// more than the shadow held before that sweep.
+    swept: Vec<Arc<dyn SharedMessage>>,
 }
 
 impl Journal {
@@ -304,6 +308,7 @@ impl Journal {
             restored_wills,
             restored_armed,
             elision: elide::Elision::default(),
+            swept: Vec::new(),
         }
     }
 
@@ -372,10 +377,9 @@ impl Journal {
 
     /// Append `r` to the batch, or take back the records it cancels.
     fn append(&mut self, r: &Record<'_>) {
-        let wal = &mut self.wal;
-        if !self.elision.cancels(r, |t| wal.cancel(t)) {
+        if !self.elision.cancels(r, &mut self.wal) {
             let ticket = self.wal.append(r);
-            self.elision.appended(r, ticket);
+            self.elision.appended(r, ticket, &self.wal);
         }
     }
 
@@ -395,8 +399,23 @@ impl Journal {
     /// last sweep (amortised).
     fn sweep_if_due(&mut self) {
         if self.shadow.message_count() >= self.gc_at {
-            self.shadow.drop_unreferenced();
+            self.swept.clear();
+            self.shadow.drop_unreferenced_into(&mut self.swept);
             self.gc_at = (self.shadow.message_count() * 2).max(GC_MESSAGES_MIN);
+        }
+    }
+
+    /// Hand messages the last sweep dropped to `pool` until it is full (those still held
+    /// elsewhere, or too large, are freed): the shadow held each past its
+    /// acknowledgement, when the broker's own `MessagePool::put` found it shared.
+    pub fn recycle(&mut self, pool: &mut MessagePool) {
+        while pool.wants_more() {
+            let Some(m) = self.swept.pop() else {
+                return;
+            };
+            if let Ok(m) = m.into_any().downcast::<Message>() {
+                pool.put(m);
+            }
         }
     }
 
@@ -669,8 +688,7 @@ impl Journal {
         }
         self.settles.seal(last);
         if !self.wal.will_defer() {
-            let wal = &mut self.wal;
-            self.elision.unreferenced(|t| wal.cancel(t));
+            self.elision.unreferenced(&mut self.wal);
             match self.wal.end_turn() {
                 Err(e) => self.stall(now_ms, &e),
                 Ok(()) => {
@@ -835,6 +853,10 @@ pub fn to_stored(msg: &Message, unix_now_ms: u64, now_ms: u64) -> StoredMessage<
 impl SharedMessage for Message {
     fn stored(&self, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_> {
         stored_form(self, expires_at_unix_ms)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

@@ -355,6 +355,10 @@ pub struct Broker<X> {
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
     /// waiting for an old node's state that may not come.
     backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
+    /// Share groups (`$share/G/F`) with members on other nodes, as the link's interest
+    /// view last said (`FromCluster::ShareRemote`); the others' messages are delivered to
+    /// a member here without the cluster (`Broker::dispatch_local_shared`).
+    remote_shares: std::collections::HashSet<Box<str>>,
     /// Sessions listed for the link's check after a cut-off from NATS, by client id (the
     /// incarnation listed); an id leaves it when a claim for it is made here
     /// (`cluster_owed::on_superseded`).
@@ -417,6 +421,7 @@ impl<X> Broker<X> {
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
             backups: std::collections::HashMap::new(),
+            remote_shares: std::collections::HashSet::new(),
             listed: std::collections::HashMap::new(),
         };
         b.arm_sys_timer(now_ms);

@@ -328,6 +328,9 @@ impl<X> Broker<X> {
         (origin, txn): (u64, u64),
     ) -> bool {
         if !p.retain {
+            if let Some(j) = self.journal.as_mut().filter(|_| self.msg_pool.is_empty()) {
+                j.recycle(&mut self.msg_pool);
+            }
             let mut msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
             if let Some(m) = Arc::get_mut(&mut msg) {
                 m.txn = txn;
@@ -380,10 +383,18 @@ impl<X> Broker<X> {
                 self.fx.outbox.push((to, Cast::Publish(msg.clone())));
             }
         }
-        // In a cluster, NATS queue groups choose the one member of a share group (on any
-        // node, this one included), so the shard does not choose one itself.
-        let clustered = self.forward_to_cluster(&msg, now_ms);
-        let shared = !clustered && self.dispatch_shared(&msg, now_ms);
+        // In a cluster, the group's queue or NATS queue groups choose the one member of a
+        // share group (on any node, this one included), so the shard does not choose one
+        // itself — except for groups whose members are all here as far as the link's
+        // view says: those it serves itself, and the cluster leaves them out.
+        let served = if self.clustered(&msg.topic) {
+            self.dispatch_local_shared(&msg, now_ms)
+        } else {
+            Vec::new()
+        };
+        let served_here = !served.is_empty();
+        let clustered = self.forward_to_cluster(&msg, now_ms, served);
+        let shared = served_here || (!clustered && self.dispatch_shared(&msg, now_ms));
         let local = self.route_local(&msg, now_ms);
         self.msg_pool.put(msg);
         local || remote || shared || clustered

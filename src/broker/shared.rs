@@ -232,6 +232,25 @@ impl<X> Broker<X> {
         dispatch(routes, sessions, &mut sink, me, msg, now_ms)
     }
 
+    /// In a cluster: deliver `msg` to one online member of each matching group that has no
+    /// member on another node (`remote_shares`); the groups served. A group with no online
+    /// member here is left to the cluster (its queue keeps the message for a member).
+    pub(super) fn dispatch_local_shared(
+        &mut self,
+        msg: &Arc<Message>,
+        now_ms: u64,
+    ) -> Vec<Arc<str>> {
+        if self.routes.share_groups().is_empty() {
+            return Vec::new();
+        }
+        let remote = std::mem::take(&mut self.remote_shares);
+        let me = self.shard_id;
+        let (routes, sessions, mut sink) = self.parts();
+        let served = dispatch_local(routes, sessions, &mut sink, me, msg, &remote, now_ms);
+        self.remote_shares = remote;
+        served
+    }
+
     /// A shared delivery for a session of this shard (from the bus).
     ///
     /// A stored member that went offline before the delivery came (the sender's replica
@@ -639,6 +658,44 @@ fn dispatch<X>(
         }
     }
     matched
+}
+
+/// `dispatch` for the groups not in `remote` that have an online member: the groups served.
+fn dispatch_local<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    msg: &Arc<Message>,
+    remote: &std::collections::HashSet<Box<str>>,
+    now_ms: u64,
+) -> Vec<Arc<str>> {
+    let mut picks: SmallVec<[(ShareMember, Arc<str>); 4]> = SmallVec::new();
+    routes.share_groups().for_each_match(&msg.topic, |groups| {
+        for g in groups.iter().filter(|g| !remote.contains(&*g.key)) {
+            if let Some(m) = g.pick(0) {
+                picks.push((m, g.key.clone()));
+            }
+        }
+    });
+    let mut served = Vec::with_capacity(picks.len());
+    for (member, key) in picks {
+        let d = ShareDelivery {
+            msg: msg.clone(),
+            member,
+            key: key.clone(),
+            hops: 0,
+            settle: None,
+            from: None,
+        };
+        let landed = send_share(routes, sessions, sink, me, d, now_ms);
+        if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
+            // The member picked is gone or offline, and no other is online.
+            v.push(msg.clone());
+        }
+        served.push(key);
+    }
+    served
 }
 
 /// Deliver here if the member lives on this shard, otherwise cast it to its shard.

@@ -451,6 +451,7 @@ fn a_close_held_too_long_goes_without_its_output() {
 
 mod cluster_qos2;
 mod cluster_recheck;
+mod cluster_share;
 mod due_timers;
 mod elide;
 mod qos2_log;

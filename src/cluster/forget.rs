@@ -2,7 +2,8 @@
 //! cluster's NATS state (`docs/cluster.md`, "Removing a node for good").
 //!
 //! Owns: the liveness probe of a node, and the removal of the node's interest entries,
-//! durable queue consumer and queue subject; for the command, the marks on the node's
+//! durable queue consumer and queue subject, and of the queues of share groups it had the
+//! last members of (`groups`); for the command, the marks on the node's
 //! heartbeat key (`forgetting`, then `forgotten`, as the automatic removal writes them,
 //! `link::alive`), so that the node, if it was only cut off from NATS, learns it was
 //! removed and joins again. Invariant: nothing is removed unless the probe got NATS's "no
@@ -58,6 +59,9 @@ pub struct Forgotten {
     pub consumer_deleted: bool,
     /// Messages purged from the node's queue subject.
     pub messages_purged: u64,
+    /// Share group queues removed because the node had the last members of their group
+    /// (`groups`; the command only).
+    pub groups_removed: usize,
 }
 
 /// Why nothing (or not everything) was done.
@@ -85,14 +89,15 @@ impl std::fmt::Display for ForgetError {
             ForgetError::Alive(why) => write!(f, "{why}; nothing was removed"),
             ForgetError::Nats { what, done } => write!(
                 f,
-                "{what} (removed before that: {} interest entries, consumer {}, {} messages)",
+                "{what} (removed before that: {} interest entries, consumer {}, {} messages, {} share group queues)",
                 done.interest_entries,
                 if done.consumer_deleted {
                     "deleted"
                 } else {
                     "not deleted"
                 },
-                done.messages_purged
+                done.messages_purged,
+                done.groups_removed
             ),
         }
     }
@@ -174,7 +179,8 @@ pub(super) async fn remove(
     queued: Queued,
 ) -> Result<Forgotten, ForgetError> {
     let mut done = Forgotten::default();
-    done.interest_entries = delete_interest(js, cluster, node, &done).await?;
+    let (entries, shares) = delete_interest(js, cluster, node, &done).await?;
+    done.interest_entries = entries;
     let queue_stream = lookup_stream(js, &queue::stream_name(cluster), &done).await?;
     if let Some(stream) = queue_stream {
         done.consumer_deleted = delete_consumer(&stream, node, &done).await?;
@@ -182,7 +188,45 @@ pub(super) async fn remove(
             done.messages_purged = purge(&stream, &prefix.queue(node), &done).await?;
         }
     }
+    if queued == Queued::Purge {
+        // The running nodes' sweeps would remove them too, after their grace; the command
+        // does it at once, also with no node running.
+        done.groups_removed = remove_groups(js, cluster, prefix, node, &shares, &done).await?;
+    }
     Ok(done)
+}
+
+/// Remove the queues of the share groups among `shares` (`$share/G/F` filters the node had
+/// members on) that no node has members of any more; how many were removed.
+async fn remove_groups(
+    js: &jetstream::Context,
+    cluster: &str,
+    prefix: &Prefix,
+    node: &str,
+    shares: &[String],
+    done: &Forgotten,
+) -> Result<usize, ForgetError> {
+    let claims = super::groups::claims(js, cluster).await;
+    let me = format!("cluster-forget of {node}");
+    let mut removed = 0;
+    for share in shares {
+        let Some(qname) = super::groups::group_of(share) else {
+            continue;
+        };
+        let removal = super::groups::remove(js, cluster, prefix, &qname, claims.as_ref(), &me);
+        match removal.await {
+            Ok(super::groups::Outcome::Removed { .. }) => removed += 1,
+            Ok(_) => {}
+            Err(what) => {
+                let done = Forgotten {
+                    groups_removed: removed,
+                    ..done.clone()
+                };
+                return Err(nats_error(what, done));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// `node`'s heartbeat key to mark: the bucket and the revision read, or `None` when there
@@ -326,19 +370,20 @@ async fn lookup_stream(
     }
 }
 
-/// Delete every key `<node>.…` of the interest bucket; how many there were.
+/// Delete every key `<node>.…` of the interest bucket; how many there were, and the share
+/// filters (`$share/G/F`) among their values.
 async fn delete_interest(
     js: &jetstream::Context,
     cluster: &str,
     node: &str,
     done: &Forgotten,
-) -> Result<usize, ForgetError> {
+) -> Result<(usize, Vec<String>), ForgetError> {
     let [_, _, bucket, _] = buckets::bucket_names(cluster);
     if lookup_stream(js, &format!("KV_{bucket}"), done)
         .await?
         .is_none()
     {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let fail = |e: String| nats_error(e, done.clone());
     let store: kv::Store = js
@@ -366,7 +411,20 @@ async fn delete_interest(
             )))
         }
     };
+    let mut shares = Vec::new();
     for (i, key) in keys.iter().enumerate() {
+        let value = tokio::time::timeout(
+            Duration::from_millis(JETSTREAM_WAIT_MS),
+            store.get(key.as_str()),
+        )
+        .await;
+        if let Ok(Ok(Some(v))) = value {
+            if let Some((_, filter)) = queue::parse_interest(&v) {
+                if filter.starts_with("$share/") {
+                    shares.push(filter.to_string());
+                }
+            }
+        }
         let deleted = tokio::time::timeout(
             Duration::from_millis(JETSTREAM_WAIT_MS),
             store.delete(key.as_str()),
@@ -383,7 +441,7 @@ async fn delete_interest(
             ));
         }
     }
-    Ok(keys.len())
+    Ok((keys.len(), shares))
 }
 
 /// Delete the node's durable consumer; `false` if there was none.

@@ -53,6 +53,27 @@ pub fn nodes_bucket_name(name: &str) -> String {
     format!("smq_{name}_nodes")
 }
 
+/// The share-group removal bucket of cluster `name`: `smq_<name>_groups` (a group's queue
+/// name → `removing <node>` while that node removes the group's queue, `groups`).
+pub fn groups_bucket_name(name: &str) -> String {
+    format!("smq_{name}_groups")
+}
+
+/// How long a key of the share-group removal bucket lives at most (a claim left by a
+/// node that died while removing goes with it; `groups::CLAIM_STALE` takes it over
+/// sooner).
+const GROUPS_KEY_AGE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Open the share-group removal bucket, creating it as the others (its keys expire after
+/// `GROUPS_KEY_AGE_MAX`) if absent.
+pub async fn open_groups(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
+    open_with(js, groups_bucket_name(name), replicas, GROUPS_KEY_AGE_MAX).await
+}
+
 /// Open the heartbeat bucket, creating it as the others if absent.
 pub async fn open_nodes(
     js: &jetstream::Context,
@@ -82,6 +103,16 @@ async fn open_one(
     bucket: String,
     replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
+    open_with(js, bucket, replicas, std::time::Duration::ZERO).await
+}
+
+/// `open_one` with keys that expire after `max_age` (zero: never).
+async fn open_with(
+    js: &jetstream::Context,
+    bucket: String,
+    replicas: usize,
+    max_age: std::time::Duration,
+) -> Result<kv::Store, async_nats::Error> {
     if let Ok(store) = js.get_key_value(bucket.as_str()).await {
         return Ok(store);
     }
@@ -98,6 +129,7 @@ async fn open_one(
         num_replicas: replicas,
         storage: jetstream::stream::StorageType::File,
         duplicate_window: std::time::Duration::from_secs(KV_DUPLICATE_WINDOW_S),
+        max_age,
         ..Default::default()
     };
     js.get_or_create_stream(config).await?;

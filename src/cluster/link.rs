@@ -87,6 +87,7 @@ mod outbound;
 mod recheck;
 mod reclaim;
 mod store;
+mod sweep;
 mod tasks;
 
 pub(crate) use alive::{Beat, REMOVAL_WAIT_MS};
@@ -339,7 +340,7 @@ struct State {
 }
 
 /// A QoS ≥ 1 message waiting for the view's first load: as in `ToLink::Publish`.
-type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>);
+type Unviewed = (Envelope, Option<(usize, u64)>, Option<String>, Vec<String>);
 
 /// The echo subscription and the number of its last probe.
 struct Echo {
@@ -355,6 +356,8 @@ struct Pending {
     ack: Option<(usize, u64)>,
     /// Its stores' message id, before the target node's name (`store_msg_id`).
     msg_id: String,
+    /// Share groups the publishing node delivered it to itself (`ToLink::Publish`).
+    served: Vec<String>,
 }
 
 /// The message id (`Nats-Msg-Id`, before `.<target node>`) of the stores of node `node`'s
@@ -659,15 +662,16 @@ impl State {
                 envelope,
                 ack,
                 msg_id,
+                served,
             } => {
                 if !self.view_loaded && envelope.qos != crate::protocol::QoS::AtMostOnce {
                     if self.unviewed.len() < UNVIEWED_MAX {
-                        self.unviewed.push_back((*envelope, ack, msg_id));
+                        self.unviewed.push_back((*envelope, ack, msg_id, served));
                         return;
                     }
                     self.view_ready(false).await;
                 }
-                self.publish(*envelope, ack, msg_id).await
+                self.publish(*envelope, ack, msg_id, served).await
             }
             ToLink::Settle { token } => self.settle(token),
             ToLink::Return { token } => self.give_back(token).await,

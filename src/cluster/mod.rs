@@ -13,6 +13,7 @@
 
 pub mod envelope;
 pub mod forget;
+pub mod groups;
 pub mod handover;
 pub mod kv;
 pub mod link;
@@ -63,6 +64,10 @@ pub enum ToLink {
         /// resend after a power cut of this node gets the same stem, so JetStream stores it
         /// once (`broker::cluster::Qos2Id`). `None`: `<seq>`, the link's own number.
         msg_id: Option<String>,
+        /// Share groups (queue names) whose members are all on this node as its shard
+        /// saw them, and which it delivered to here: neither stored in their group queue
+        /// nor taken from the core copy by the node NATS picks.
+        served: Vec<String>,
     },
     /// A message this node's queue consumer handed over (`FromLink::Message` with a
     /// `token`, or `FromLink::Settle`) is safe here: acknowledge it to JetStream.
@@ -208,6 +213,15 @@ pub enum FromLink {
         /// copy's commit.
         dedupe: Option<u128>,
     },
+    /// Share group `share` (`$share/G/F`) has members on another node than this one
+    /// (`remote`), or no longer has (the view changed): this node's shards deliver its
+    /// messages to local members themselves only while it has none elsewhere.
+    ShareRemote {
+        /// `$share/G/F`.
+        share: String,
+        /// Members on another node.
+        remote: bool,
+    },
     /// The answer to a `ToLink::Publish` with `ack`: the message is in the queue of every
     /// other node that wants it, or that failed (counted), or nobody else wanted it.
     Published {
@@ -350,6 +364,8 @@ pub struct LinkStats {
     pub shared_received: AtomicU64,
     /// Share group messages given back: no online member here.
     pub shared_returned: AtomicU64,
+    /// Share group queues this node removed: no member on any node (`groups`).
+    pub shared_removed: AtomicU64,
     /// Messages copied from a dead node's queue for a session taken over here.
     pub reclaimed: AtomicU64,
     /// Sessions restored from this node's store that the registry gave to another node
@@ -490,6 +506,11 @@ impl LinkStats {
                 "shared_returned",
                 "Share group messages given back: no online member on this node.",
                 g(&self.shared_returned),
+            ),
+            (
+                "shared_removed",
+                "Share group queues this node removed: no member left on any node.",
+                g(&self.shared_removed),
             ),
             (
                 "reclaimed",

@@ -111,10 +111,15 @@ fn to_link(m: ToCluster, shard: usize) -> ToLink {
             now_ms,
             ack,
             qos2_id,
+            served,
         } => ToLink::Publish {
             envelope: Box::new(envelope_of(&msg, now_ms)),
             ack: (ack > 0).then_some((shard, ack)),
             msg_id: qos2_id.map(|k| k.stem()),
+            served: served
+                .iter()
+                .filter_map(|share| super::groups::group_of(share))
+                .collect(),
         },
         ToCluster::Settle { token } => ToLink::Settle { token },
         ToCluster::Return { token } => ToLink::Return { token },
@@ -245,6 +250,10 @@ fn from_link(m: FromLink, now_ms: u64, link: &LinkHandle) -> Option<FromCluster>
         }
         FromLink::Settle { token, dedupe } => Some(FromCluster::Settle { token, dedupe }),
         FromLink::Published { ack: (shard, seq) } => Some(FromCluster::Published { shard, seq }),
+        FromLink::ShareRemote { share, remote } => Some(FromCluster::ShareRemote {
+            share: share.into(),
+            remote,
+        }),
         FromLink::Retained { topic, message } => {
             let cleared = Envelope {
                 origin: String::new(),

@@ -107,10 +107,13 @@ pub fn shared_stream_config(name: &str, prefix: &Prefix, replicas: usize) -> str
 }
 
 /// The durable consumer of share group queue `qname` (`subject::queue_group`), shared by
-/// every node with members: its subject only, explicit acknowledgements.
-pub fn shared_consumer_config(prefix: &Prefix, qname: &str) -> consumer::pull::Config {
+/// every node with members: its subject only, explicit acknowledgements. Its description is
+/// the group's filter `share` (`$share/G/F`), by which a node that finds no member of the
+/// group anywhere checks the interest bucket before removing it (`groups`).
+pub fn shared_consumer_config(prefix: &Prefix, qname: &str, share: &str) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(qname.to_string()),
+        description: Some(share.to_string()),
         filter_subject: prefix.shared(qname),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: SHARED_ACK_WAIT,
@@ -192,6 +195,8 @@ pub fn names(list: &str, node: &str) -> bool {
 /// One share group's entry in the view: its queue name and the nodes with members.
 struct GroupNodes {
     qname: Arc<str>,
+    /// `$share/G/F`.
+    share: Box<str>,
     nodes: Vec<Arc<str>>,
 }
 
@@ -212,6 +217,13 @@ pub struct InterestView {
     trie: FilterTrie<Vec<Arc<str>>>,
     /// Inner filter → its groups with members somewhere (this node included).
     shared: FilterTrie<Vec<GroupNodes>>,
+    /// Queue name → entries of members of that group (any node).
+    members: HashMap<Arc<str>, usize>,
+    /// The whole bucket was loaded once (`set_loaded`).
+    loaded: bool,
+    /// Share groups whose members on other nodes than this one came or went, in order
+    /// (`take_remote_changes`): (`$share/G/F`, has some now).
+    remote_changes: Vec<(String, bool)>,
 }
 
 impl InterestView {
@@ -229,7 +241,7 @@ impl InterestView {
             return;
         }
         if let Ok(crate::topic::FilterKind::Shared(sh)) = crate::topic::parse_filter(filter) {
-            return self.insert_shared(key, node, sh.group, sh.filter);
+            return self.insert_shared(key, node, filter, sh.group, sh.filter);
         }
         if node == &*self.me {
             return;
@@ -243,18 +255,32 @@ impl InterestView {
             .insert(key.to_string(), Held::Plain(node, filter.into()));
     }
 
-    fn insert_shared(&mut self, key: &str, node: &str, group: &str, filter: &str) {
+    fn insert_shared(&mut self, key: &str, node: &str, share: &str, group: &str, filter: &str) {
         let node: Arc<str> = node.into();
         let qname: Arc<str> = super::subject::queue_group(group, filter).into();
+        let me = self.me.clone();
         let groups = self.shared.entry_or_insert_with(filter, Vec::new);
-        match groups.iter_mut().find(|g| g.qname == qname) {
-            Some(g) if !g.nodes.contains(&node) => g.nodes.push(node.clone()),
-            Some(_) => {}
-            None => groups.push(GroupNodes {
-                qname: qname.clone(),
-                nodes: vec![node.clone()],
-            }),
+        let remote_before = match groups.iter_mut().find(|g| g.qname == qname) {
+            Some(g) => {
+                let before = g.nodes.iter().any(|n| *n != me);
+                if !g.nodes.contains(&node) {
+                    g.nodes.push(node.clone());
+                }
+                before
+            }
+            None => {
+                groups.push(GroupNodes {
+                    qname: qname.clone(),
+                    share: share.into(),
+                    nodes: vec![node.clone()],
+                });
+                false
+            }
+        };
+        if !remote_before && node != me {
+            self.remote_changes.push((share.to_string(), true));
         }
+        *self.members.entry(qname.clone()).or_insert(0) += 1;
         self.by_key
             .insert(key.to_string(), Held::Shared(node, filter.into(), qname));
     }
@@ -272,9 +298,21 @@ impl InterestView {
                 }
             }
             Some(Held::Shared(node, filter, qname)) => {
+                if let Some(n) = self.members.get_mut(&qname) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.members.remove(&qname);
+                    }
+                }
+                let me = self.me.clone();
+                let changes = &mut self.remote_changes;
                 let empty = self.shared.get_mut(&filter).is_some_and(|groups| {
                     for g in groups.iter_mut().filter(|g| g.qname == qname) {
+                        let before = g.nodes.iter().any(|n| *n != me);
                         g.nodes.retain(|n| *n != node);
+                        if before && !g.nodes.iter().any(|n| *n != me) {
+                            changes.push((g.share.to_string(), false));
+                        }
                     }
                     groups.retain(|g| !g.nodes.is_empty());
                     groups.is_empty()
@@ -312,6 +350,27 @@ impl InterestView {
             }
         });
         out
+    }
+
+    /// The share groups whose members on other nodes came (true) or all went (false)
+    /// since the last call, in order.
+    pub fn take_remote_changes(&mut self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.remote_changes)
+    }
+
+    /// Whether some node has members of share group queue `qname`.
+    pub fn has_group(&self, qname: &str) -> bool {
+        self.members.contains_key(qname)
+    }
+
+    /// The view holds the whole bucket (its watcher caught up once).
+    pub fn set_loaded(&mut self) {
+        self.loaded = true;
+    }
+
+    /// Whether the view held the whole bucket once.
+    pub fn loaded(&self) -> bool {
+        self.loaded
     }
 
     /// Entries held (for tests and figures).
@@ -396,9 +455,22 @@ mod tests {
         );
         v.remove(&interest_key("b", "$share/g/x/#"));
         assert_eq!(v.groups("x/z/w").len(), 1, "g still has a's members");
+        assert!(v.has_group(&g));
         v.remove(&interest_key("a", "$share/g/x/#"));
         assert!(v.groups("x/z/w").is_empty());
+        assert!(
+            !v.has_group(&g) && v.has_group(&h),
+            "no member of g anywhere"
+        );
         v.remove(&interest_key("b", "$share/h/x/+"));
         assert!(v.groups("x/y").is_empty());
+        let changes = v.take_remote_changes();
+        let want = [("$share/g/x/#", true), ("$share/h/x/+", true)]
+            .into_iter()
+            .chain([("$share/g/x/#", false), ("$share/h/x/+", false)]);
+        assert!(
+            changes.iter().map(|(s, r)| (s.as_str(), *r)).eq(want),
+            "b's members came and went, a's own never count: {changes:?}"
+        );
     }
 }

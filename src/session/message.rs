@@ -214,6 +214,16 @@ impl MessagePool {
         Arc::new(Message::from_publish(p, topic, now_ms, origin))
     }
 
+    /// Whether no message is free for reuse.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// Whether a message given back now could be kept (the pool is not full).
+    pub fn wants_more(&self) -> bool {
+        self.free.len() < POOL_MESSAGES_MAX
+    }
+
     /// Give back a message this shard is done with; kept only when nobody else holds it.
     pub fn put(&mut self, mut msg: Arc<Message>) {
         if self.free.len() >= POOL_MESSAGES_MAX || msg.payload.len() > POOL_PAYLOAD_BYTES_MAX {

@@ -46,8 +46,8 @@ pub use layout::{
 };
 pub use lock::StoreLock;
 pub use record::{
-    BridgeOp, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo, StoredMessage,
-    Subscription, Will,
+    BridgeOp, DecodeError, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo,
+    StoredMessage, Subscription, Will,
 };
 pub use state::{
     BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState,

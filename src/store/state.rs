@@ -221,7 +221,7 @@ impl LiveState {
             Record::MessageStored { id, msg } => {
                 if !self.shared.is_empty() {
                     // One id, one place: a copy replaces a shared message of the same id.
-                    self.shared.retain(|&s| s != id);
+                    self.shared.retain(|&s| s != id, &mut Vec::new());
                 }
                 self.messages.insert(id, msg.into_owned());
             }
@@ -518,6 +518,12 @@ impl LiveState {
     /// beside it, in place: a journal's shadow sweeps when most of its messages are
     /// acknowledged ones.
     pub fn drop_unreferenced(&mut self) {
+        self.drop_unreferenced_into(&mut Vec::new());
+    }
+
+    /// [`LiveState::drop_unreferenced`], handing the shared messages dropped to `dropped`
+    /// (a journal gives them back to the engine's message pool).
+    pub fn drop_unreferenced_into(&mut self, dropped: &mut Vec<Arc<dyn SharedMessage>>) {
         let mut used: Vec<MsgId> = Vec::new();
         for s in self.sessions.values() {
             used.extend(s.deliveries.iter().map(|d| d.msg));
@@ -532,10 +538,13 @@ impl LiveState {
             next.peek().is_some_and(|&&u| u == *id)
         });
         let mut next = used.iter().peekable();
-        self.shared.retain(|id| {
-            while next.next_if(|&&u| u < *id).is_some() {}
-            next.peek().is_some_and(|&&u| u == *id)
-        });
+        self.shared.retain(
+            |id| {
+                while next.next_if(|&&u| u < *id).is_some() {}
+                next.peek().is_some_and(|&&u| u == *id)
+            },
+            dropped,
+        );
     }
 
     /// Settle the QoS 2 routings: a delivery (or a bridge's queued message) of one never

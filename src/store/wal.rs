@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{
     encode_frame, encode_unsealed, seal_frame, FileHeader, FileKind, FILE_HEADER_BYTES,
+    FRAME_HEADER_BYTES,
 };
-use super::record::Record;
+use super::record::{DecodeError, Record};
 use super::{io, Lsn, StoreError};
 use crate::metrics::StoreFigures;
 
@@ -389,6 +390,24 @@ impl Wal {
         self.batch[at..at + 4].copy_from_slice(&CANCELLED);
         self.cancelled += 1;
         true
+    }
+
+    /// The tickets of the records appended and not yet written (cancelled ones included).
+    pub fn unwritten_tickets(&self) -> std::ops::Range<Lsn> {
+        self.next_ticket - self.frames.len() as u64..self.next_ticket
+    }
+
+    /// Record `ticket` read back from the unwritten batch (borrowed, no copy); `None` if
+    /// it was written already, cancelled, or never appended. For the journal's records
+    /// that cancel, which look at the batch only once one might (`broker::journal::elide`).
+    pub fn unwritten(&self, ticket: Lsn) -> Option<Result<Record<'_>, DecodeError>> {
+        let i = usize::try_from(ticket.checked_sub(self.unwritten_tickets().start)?).ok()?;
+        let a = *self.frames.get(i)?;
+        let b = self.frames.get(i + 1).map_or(self.batch.len(), |&e| e);
+        if i >= self.sealed && self.batch.get(a + 4..a + 8) == Some(&CANCELLED[..]) {
+            return None;
+        }
+        Some(Record::decode(self.batch.get(a + FRAME_HEADER_BYTES..b)?))
     }
 
     /// The ticket of the last record appended (0 before any).

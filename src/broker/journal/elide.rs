@@ -22,30 +22,53 @@
 //!
 //! Anything that could make a match wrong (a session created or ended, a QoS 2 routing
 //! named by an older `DeliveryTxn`, a delivery moved on by packet id) forgets the
-//! pending deliveries: a delivery not found is simply written, as before. Must not touch: the log's bytes (it keeps
-//! tickets), the shadow state.
+//! pending deliveries: a delivery not found is simply written, as before.
+//!
+//! Cost (paid for every delivery, cancelled or not, so kept small): the deliveries in
+//! flight are noted in a direct-mapped table of [`SENT_SLOTS`] slots indexed by a hash
+//! of (client id, packet id), cleared in O(1) by a generation number; a delivery whose
+//! slot another takes is simply not followed (written, as before). Nothing is copied per
+//! record: a slot keeps tickets, and a match is confirmed before it cancels by reading
+//! the delivery's record back from the batch ([`Wal::unwritten`]: its client id, packet
+//! id and message), so a hash collision never cancels a wrong record. Must not touch:
+//! the log's bytes but through [`Wal::cancel`] (it keeps tickets), the shadow state.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU16;
 
-use crate::store::{DeliveryState, Lsn, MsgId, Record};
+use crate::store::{DeliveryState, Lsn, MsgId, Record, Wal};
 
-/// Pending QoS 1 deliveries above which no more are tracked (a bound on memory; the rest
-/// are written as before).
+/// Pending queued QoS 1 deliveries above which no more are tracked (a bound on memory;
+/// the rest are written as before).
 const PENDING_DELIVERIES_MAX: usize = 1 << 16;
 
+/// Slots of the table of deliveries in flight (a power of two; 4096 × 48 bytes). A batch
+/// holding more deliveries than this still cancels most of them; one whose slot another
+/// delivery took is written, as before.
+pub const SENT_SLOTS: usize = 4096;
+
 /// A QoS 1 delivery logged queued-and-sent (one record) or queued then sent (two) in the
-/// unwritten batch.
+/// unwritten batch: a slot of the table.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
+    /// The generation it was noted in ([`Elision::epoch`]); any other: an empty slot.
+    epoch: u32,
+    /// [`key`] of its client id and packet id.
+    key: u64,
     /// Its records' tickets, oldest first (`tickets[1]` is 0 for one record).
     tickets: [Lsn; 2],
     msg: MsgId,
-    pid: NonZeroU16,
-    /// Its client id: `names[name.0..name.1]`.
-    name: (usize, usize),
+    pid: u16,
 }
+
+const EMPTY: Sent = Sent {
+    epoch: 0,
+    key: 0,
+    tickets: [0; 2],
+    msg: MsgId(0),
+    pid: 0,
+};
 
 /// A QoS 1 delivery of a message stored in the batch, logged queued (`DeliveryQueued`).
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +77,6 @@ struct Queued {
     /// The session's queued deliveries of the message logged in the batch (past one,
     /// none is followed: which one a `DeliverySent` names is then not certain).
     count: u32,
-    name: (usize, usize),
 }
 
 /// A message stored in the unwritten batch.
@@ -69,21 +91,39 @@ struct Stored {
 }
 
 /// What may still cancel in the unwritten batch.
-#[derive(Default)]
 pub struct Elision {
-    sent: HashMap<u64, Sent, BuildHasherDefault<MixHasher>>,
+    /// Deliveries in flight by slot (allocated at the first one).
+    sent: Vec<Sent>,
+    /// The current generation of `sent` (never 0).
+    epoch: u32,
+    /// Deliveries noted in `sent` in this generation (none: a `DeliveryDone` looks
+    /// nothing up).
+    followed: usize,
     /// By (client, message).
     queued: HashMap<u64, Queued, BuildHasherDefault<MixHasher>>,
-    names: Vec<u8>,
     /// By increasing id (ids only grow).
     stored: Vec<Stored>,
     /// Records cancelled (for figures and tests).
     pub cancelled: u64,
 }
 
+impl Default for Elision {
+    fn default() -> Self {
+        Elision {
+            sent: Vec::new(),
+            epoch: 1,
+            followed: 0,
+            queued: HashMap::default(),
+            stored: Vec::new(),
+            cancelled: 0,
+        }
+    }
+}
+
 impl Elision {
-    /// Record `r` was appended under `ticket`: note what it may later cancel with.
-    pub fn appended(&mut self, r: &Record<'_>, ticket: Lsn) {
+    /// Record `r` was appended to `wal` under `ticket`: note what it may later cancel
+    /// with.
+    pub fn appended(&mut self, r: &Record<'_>, ticket: Lsn, wal: &Wal) {
         match r {
             Record::MessageStored { id, .. } => self.stored_msg(*id, ticket),
             Record::DeliveryQueuedSent {
@@ -96,8 +136,7 @@ impl Elision {
             } => {
                 self.named(*msg);
                 if *qos == 1 && *txn == 0 {
-                    let name = self.name(client_id);
-                    self.follow(client_id, *packet_id, *msg, [ticket, 0], name);
+                    self.follow(client_id, *packet_id, *msg, [ticket, 0]);
                 }
             }
             Record::DeliveryQueued {
@@ -126,8 +165,8 @@ impl Elision {
                 state,
             } => {
                 self.named(*msg);
-                self.sent.remove(&key(client_id, *packet_id));
-                self.sent_from_queue(client_id, *msg, *packet_id, *state, ticket);
+                self.unfollow(client_id, *packet_id);
+                self.sent_from_queue(client_id, *msg, *packet_id, *state, ticket, wal);
             }
             // `DeliveryShare` tags the delivery its session logged last: that delivery
             // must stay, or the tag would fall on an earlier one at recovery.
@@ -136,7 +175,7 @@ impl Elision {
             | Record::SessionDisconnected { .. }
             | Record::DeliveryTxn { .. }
             | Record::DeliveryShare { .. } => {
-                self.sent.clear();
+                self.forget_sent();
                 self.queued.clear();
             }
             _ => {}
@@ -152,14 +191,23 @@ impl Elision {
         pid: NonZeroU16,
         state: DeliveryState,
         ticket: Lsn,
+        wal: &Wal,
     ) {
         let k = msg_key(client_id, msg);
         let Some(q) = self.queued.remove(&k) else {
             return;
         };
-        let same = self.names.get(q.name.0..q.name.1) == Some(client_id.as_bytes());
-        if q.count == 1 && same && state == DeliveryState::InFlight {
-            self.follow(client_id, pid, msg, [q.ticket, ticket], q.name);
+        // The queued record read back: the same client's delivery of the same message
+        // (not another that shares the key's hash).
+        let certain = q.count == 1
+            && state == DeliveryState::InFlight
+            && matches!(
+                wal.unwritten(q.ticket),
+                Some(Ok(Record::DeliveryQueued { client_id: c, msg: m, .. }))
+                    if c == client_id && m == msg
+            );
+        if certain {
+            self.follow(client_id, pid, msg, [q.ticket, ticket]);
         } else {
             // Which queued delivery this names is not certain: follow none of them.
             self.poison(client_id, msg);
@@ -178,33 +226,52 @@ impl Elision {
         }
     }
 
-    /// Client `client_id`'s name in `names`.
-    fn name(&mut self, client_id: &str) -> (usize, usize) {
-        let at = self.names.len();
-        self.names.extend_from_slice(client_id.as_bytes());
-        (at, self.names.len())
+    /// Follow a QoS 1 delivery in flight whose records are `tickets`. A delivery in its
+    /// slot already is no longer followed: it is written.
+    fn follow(&mut self, client_id: &str, pid: NonZeroU16, msg: MsgId, tickets: [Lsn; 2]) {
+        if self.sent.is_empty() {
+            self.sent = vec![EMPTY; SENT_SLOTS];
+        }
+        let k = key(client_id, pid);
+        if let Some(slot) = self.sent.get_mut(slot_of(k)) {
+            *slot = Sent {
+                epoch: self.epoch,
+                key: k,
+                tickets,
+                msg,
+                pid: pid.get(),
+            };
+            self.followed += 1;
+        }
     }
 
-    /// Follow a QoS 1 delivery in flight whose records are `tickets`.
-    fn follow(
-        &mut self,
-        client_id: &str,
-        pid: NonZeroU16,
-        msg: MsgId,
-        tickets: [Lsn; 2],
-        name: (usize, usize),
-    ) {
-        if self.sent.len() >= PENDING_DELIVERIES_MAX {
+    /// Stop following client `client_id`'s delivery `pid` (and whatever shares its slot
+    /// and key), returning it.
+    fn unfollow(&mut self, client_id: &str, pid: NonZeroU16) -> Option<Sent> {
+        if self.followed == 0 {
+            return None;
+        }
+        let k = key(client_id, pid);
+        let epoch = self.epoch;
+        let slot = self.sent.get_mut(slot_of(k))?;
+        if slot.epoch != epoch || slot.key != k {
+            return None;
+        }
+        Some(std::mem::replace(slot, EMPTY))
+    }
+
+    /// Forget every delivery followed (a new generation: O(1)).
+    fn forget_sent(&mut self) {
+        if self.followed == 0 {
             return;
         }
-        let s = Sent {
-            tickets,
-            msg,
-            pid,
-            name,
-        };
-        // A key already present (a hash collision) loses its entry: it is written.
-        self.sent.insert(key(client_id, pid), s);
+        self.followed = 0;
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Generations wrapped: empty the slots for real once.
+            self.sent.fill(EMPTY);
+            self.epoch = 1;
+        }
     }
 
     /// A QoS 1 delivery of stored message `msg` joined `client_id`'s queue as `ticket`.
@@ -217,13 +284,7 @@ impl Elision {
         if self.queued.len() >= PENDING_DELIVERIES_MAX {
             return;
         }
-        let name = self.name(client_id);
-        let q = Queued {
-            ticket,
-            count: 1,
-            name,
-        };
-        self.queued.insert(k, q);
+        self.queued.insert(k, Queued { ticket, count: 1 });
     }
 
     /// For the rest of this batch, follow no queued delivery of `msg` for `client_id` (a
@@ -232,14 +293,14 @@ impl Elision {
         let q = Queued {
             ticket: 0,
             count: u32::MAX,
-            name: (0, 0),
         };
         self.queued.insert(msg_key(client_id, msg), q);
     }
 
-    /// `r` is about to be logged: if it is the `DeliveryDone` of a pending QoS 1 delivery
-    /// and `cancel` takes that delivery's record back, it cancels (true: do not log it).
-    pub fn cancels(&mut self, r: &Record<'_>, mut cancel: impl FnMut(Lsn) -> bool) -> bool {
+    /// `r` is about to be logged to `wal`: if it is the `DeliveryDone` of a QoS 1 delivery
+    /// still in the unwritten batch, that delivery's records are taken back and `r`
+    /// cancels (true: do not log it).
+    pub fn cancels(&mut self, r: &Record<'_>, wal: &mut Wal) -> bool {
         let Record::DeliveryDone {
             client_id,
             packet_id,
@@ -247,17 +308,18 @@ impl Elision {
         else {
             return false;
         };
-        let Some(s) = self.sent.remove(&key(client_id, *packet_id)) else {
+        let Some(s) = self.unfollow(client_id, *packet_id) else {
             return false;
         };
-        let same =
-            s.pid == *packet_id && self.names.get(s.name.0..s.name.1) == Some(client_id.as_bytes());
         // Oldest first: when the first is unwritten, so is the second (same batch, later).
-        if !same || !cancel(s.tickets[0]) {
+        if s.pid != packet_id.get() || !same_delivery(&s, client_id, wal) {
+            return false;
+        }
+        if !wal.cancel(s.tickets[0]) {
             return false;
         }
         let mut n = 1;
-        if s.tickets[1] != 0 && cancel(s.tickets[1]) {
+        if s.tickets[1] != 0 && wal.cancel(s.tickets[1]) {
             n += 1;
         }
         if let Ok(i) = self.stored.binary_search_by_key(&s.msg, |m| m.id) {
@@ -267,11 +329,11 @@ impl Elision {
         true
     }
 
-    /// Just before the batch is written: the tickets of the stored messages every naming
-    /// record of which was cancelled (to cancel them too).
-    pub fn unreferenced(&mut self, mut cancel: impl FnMut(Lsn) -> bool) {
+    /// Just before `wal`'s batch is written: cancel the stored messages every naming
+    /// record of which was cancelled.
+    pub fn unreferenced(&mut self, wal: &mut Wal) {
         for m in &self.stored {
-            if m.cancelled > 0 && m.cancelled == m.refs && cancel(m.ticket) {
+            if m.cancelled > 0 && m.cancelled == m.refs && wal.cancel(m.ticket) {
                 self.cancelled += 1;
             }
         }
@@ -279,9 +341,8 @@ impl Elision {
 
     /// The batch was written: nothing in it can cancel any more.
     pub fn written(&mut self) {
-        self.sent.clear();
+        self.forget_sent();
         self.queued.clear();
-        self.names.clear();
         self.stored.clear();
     }
 
@@ -297,22 +358,62 @@ impl Elision {
     }
 }
 
-/// The map key of client `client_id`'s delivery `pid`: FNV-1a of the id, mixed with it.
-fn key(client_id: &str, pid: NonZeroU16) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in client_id.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+/// Whether the delivery `s` followed is client `client_id`'s: its last record (the one
+/// holding the packet id), read back from the batch, names this client, packet id and
+/// message. A record already written or cancelled reads back as nothing: no match.
+fn same_delivery(s: &Sent, client_id: &str, wal: &Wal) -> bool {
+    let (last, one) = match s.tickets {
+        [t, 0] => (t, true),
+        [_, t] => (t, false),
+    };
+    match wal.unwritten(last) {
+        Some(Ok(Record::DeliveryQueuedSent {
+            client_id: c,
+            msg,
+            packet_id,
+            ..
+        })) => one && c == client_id && msg == s.msg && packet_id.get() == s.pid,
+        Some(Ok(Record::DeliverySent {
+            client_id: c,
+            msg,
+            packet_id,
+            ..
+        })) => !one && c == client_id && msg == s.msg && packet_id.get() == s.pid,
+        _ => false,
     }
-    h ^ u64::from(pid.get()) << 48
+}
+
+/// The slot of key `k` in the table of deliveries in flight.
+fn slot_of(k: u64) -> usize {
+    (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SENT_SLOTS.trailing_zeros())) as usize
+}
+
+/// A hash of `s`, eight bytes at a time (seeded with `seed`).
+fn hash_str(s: &str, seed: u64) -> u64 {
+    let bytes = s.as_bytes();
+    let mut h = seed ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(31);
+    }
+    let mut w = [0u8; 8];
+    let rest = chunks.remainder();
+    w[..rest.len()].copy_from_slice(rest);
+    (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The key of client `client_id`'s delivery `pid`.
+fn key(client_id: &str, pid: NonZeroU16) -> u64 {
+    hash_str(client_id, 0xcbf2_9ce4_8422_2325) ^ u64::from(pid.get()) << 48
 }
 
 /// The map key of client `client_id`'s queued delivery of `msg`.
 fn msg_key(client_id: &str, msg: MsgId) -> u64 {
-    let mut h: u64 = 0x8422_2325_cbf2_9ce4;
-    for &b in client_id.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^ msg.0.rotate_left(29)
+    hash_str(client_id, 0x8422_2325_cbf2_9ce4) ^ msg.0.rotate_left(29)
 }
 
 /// A hasher for keys that are already hashes: one multiply.
@@ -332,5 +433,179 @@ impl Hasher for MixHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::testutil::message;
+    use crate::store::{Background, SimDisk, WalOptions};
+
+    fn wal() -> Wal {
+        let opts = WalOptions {
+            background: Background::Manual,
+            ..WalOptions::default()
+        };
+        Wal::open_on(
+            Arc::new(SimDisk::default()),
+            Path::new("elide"),
+            opts,
+            || {},
+        )
+        .expect("open")
+    }
+
+    fn stored(id: u64) -> Record<'static> {
+        Record::MessageStored {
+            id: MsgId(id),
+            msg: message("t", b"m", false),
+        }
+    }
+
+    fn queued_sent(client: &str, msg: u64, pid: u16) -> Record<'static> {
+        Record::DeliveryQueuedSent {
+            client_id: Cow::Owned(client.into()),
+            msg: MsgId(msg),
+            qos: 1,
+            retain: false,
+            sub_ids: Cow::Owned(Vec::new()),
+            packet_id: NonZeroU16::new(pid).expect("non-zero"),
+            txn: 0,
+        }
+    }
+
+    fn done(client: &str, pid: u16) -> Record<'static> {
+        Record::DeliveryDone {
+            client_id: Cow::Owned(client.into()),
+            packet_id: NonZeroU16::new(pid).expect("non-zero"),
+        }
+    }
+
+    /// Append `r` unless it cancels, as the journal does; true if it cancelled.
+    fn log(e: &mut Elision, w: &mut Wal, r: &Record<'_>) -> bool {
+        if e.cancels(r, w) {
+            return true;
+        }
+        let ticket = w.append(r);
+        e.appended(r, ticket, w);
+        false
+    }
+
+    /// The records of the unwritten batch still live.
+    fn live(w: &Wal) -> Vec<Record<'_>> {
+        w.unwritten_tickets()
+            .filter_map(|t| w.unwritten(t))
+            .map(|r| r.expect("decodes"))
+            .collect()
+    }
+
+    /// A delivery acknowledged before its batch is written cancels with its message's
+    /// record, unless another record of the batch still names the message.
+    #[test]
+    fn a_message_still_named_keeps_its_record() {
+        for named_after in [false, true] {
+            let (mut e, mut w) = (Elision::default(), wal());
+            assert!(!log(&mut e, &mut w, &stored(1)));
+            assert!(!log(&mut e, &mut w, &queued_sent("a", 1, 1)));
+            assert!(log(&mut e, &mut w, &done("a", 1)), "cancels");
+            if named_after {
+                assert!(!log(&mut e, &mut w, &queued_sent("b", 1, 1)));
+            }
+            e.unreferenced(&mut w);
+            if named_after {
+                assert_eq!(live(&w), [stored(1), queued_sent("b", 1, 1)]);
+                assert_eq!(e.cancelled, 2);
+            } else {
+                assert!(live(&w).is_empty(), "{:?}", live(&w));
+                assert_eq!(e.cancelled, 3);
+            }
+            w.end_turn().expect("write");
+            e.written();
+            // Written: a done of a delivery of the written batch is logged as before.
+            assert!(!log(&mut e, &mut w, &done("b", 1)));
+        }
+    }
+
+    /// A done whose delivery was logged for another client, or under another packet id,
+    /// does not cancel; nor one after the batch was written, or after a session record.
+    #[test]
+    fn only_the_same_unwritten_delivery_cancels() {
+        let (mut e, mut w) = (Elision::default(), wal());
+        log(&mut e, &mut w, &stored(1));
+        log(&mut e, &mut w, &queued_sent("a", 1, 1));
+        assert!(!log(&mut e, &mut w, &done("b", 1)));
+        assert!(!log(&mut e, &mut w, &done("a", 2)));
+        assert!(log(&mut e, &mut w, &done("a", 1)));
+        assert_eq!(e.cancelled, 2);
+        log(&mut e, &mut w, &queued_sent("a", 1, 3));
+        log(&mut e, &mut w, &crate::store::testutil::session("c", false));
+        assert!(
+            !log(&mut e, &mut w, &done("a", 3)),
+            "forgotten at a session record"
+        );
+        log(&mut e, &mut w, &queued_sent("a", 1, 4));
+        w.end_turn().expect("write");
+        e.written();
+        assert!(!log(&mut e, &mut w, &done("a", 4)), "written");
+        assert_eq!(e.cancelled, 2);
+    }
+
+    /// More deliveries in one batch than the table has slots, each acknowledged: every
+    /// delivery either cancels whole (its record, its done and its message's record) or
+    /// is written whole, and most cancel (against a naive model of the batch).
+    #[test]
+    fn a_batch_past_the_table_cancels_only_whole_deliveries() {
+        let (mut e, mut w) = (Elision::default(), wal());
+        let n = SENT_SLOTS as u64;
+        let client = |i: u64| format!("client-{}", i % 1000);
+        let pid = |i: u64| u16::try_from(i / 1000 + 1).expect("small");
+        for i in 1..=n {
+            log(&mut e, &mut w, &stored(i));
+            log(&mut e, &mut w, &queued_sent(&client(i), i, pid(i)));
+        }
+        let mut cancelled = 0;
+        for i in 1..=n {
+            if log(&mut e, &mut w, &done(&client(i), pid(i))) {
+                cancelled += 1;
+            }
+        }
+        e.unreferenced(&mut w);
+        let (mut msgs, mut sent, mut dones) = (Vec::new(), Vec::new(), Vec::new());
+        for r in live(&w) {
+            match r {
+                Record::MessageStored { id, .. } => msgs.push(id.0),
+                Record::DeliveryQueuedSent {
+                    client_id,
+                    msg,
+                    packet_id,
+                    ..
+                } => {
+                    assert_eq!(
+                        (&*client_id, packet_id.get()),
+                        (&*client(msg.0), pid(msg.0))
+                    );
+                    sent.push(msg.0);
+                }
+                Record::DeliveryDone {
+                    client_id,
+                    packet_id,
+                } => {
+                    let i = (1..=n).find(|&i| client(i) == client_id && pid(i) == packet_id.get());
+                    dones.push(i.expect("a done of a delivery logged"));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(msgs, sent, "a message's record stays with its delivery");
+        dones.sort_unstable();
+        assert_eq!(dones, sent, "a done stays with its delivery");
+        assert_eq!(e.cancelled, 3 * cancelled);
+        assert!(cancelled > n / 2, "most cancel: {cancelled} of {n}");
+        assert!(cancelled < n, "some slots were taken");
     }
 }

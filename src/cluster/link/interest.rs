@@ -195,7 +195,11 @@ impl State {
         let s = ShareConsumer {
             js: self.js.clone(),
             stream: self.shared_stream.clone(),
-            consumer: queue::shared_consumer_config(&self.prefix, qname),
+            consumer: queue::shared_consumer_config(
+                &self.prefix,
+                qname,
+                &interest_filter(filter, Some(group)),
+            ),
             group: group.to_string(),
             filter: filter.to_string(),
             inbound: self.inbound_tx.clone(),

@@ -15,6 +15,15 @@ use super::{
 use crate::cluster::envelope::{self, Envelope};
 use crate::cluster::{queue, subject, FromLink, LinkStats};
 
+/// The header naming the share groups `served` on this node, if any (`queue::SHARED_HEADER`).
+fn served_header(served: &[String]) -> Option<HeaderMap> {
+    (!served.is_empty()).then(|| {
+        let mut h = HeaderMap::new();
+        h.insert(queue::SHARED_HEADER, served.join(",").as_str());
+        h
+    })
+}
+
 impl State {
     /// Send a message that entered here to the nodes that want it. QoS 0 goes on core NATS
     /// at once. A QoS ≥ 1 message is first stored in the queue of every other node the
@@ -28,6 +37,7 @@ impl State {
         mut e: Envelope,
         ack: Option<(usize, u64)>,
         msg_id: Option<String>,
+        served: Vec<String>,
     ) {
         e.origin.clone_from(&self.node);
         e.seq = self.seq;
@@ -54,7 +64,7 @@ impl State {
         }
         // QoS ≥ 1: the other nodes wanting it, and the share groups with members anywhere
         // (one store per group, which one node takes).
-        let targets = if e.qos == crate::protocol::QoS::AtMostOnce {
+        let mut targets = if e.qos == crate::protocol::QoS::AtMostOnce {
             Vec::new()
         } else {
             self.view
@@ -66,10 +76,15 @@ impl State {
                 })
                 .unwrap_or_default()
         };
+        // Groups served on this node: no store, and the node NATS picks for them (this
+        // one, or another whose first member this node's shard did not know of yet)
+        // ignores the core copy for them.
+        targets.retain(|t| !served.iter().any(|s| **s == **t));
         if targets.is_empty()
             && (self.pending.is_empty() || e.qos == crate::protocol::QoS::AtMostOnce)
         {
-            self.core_publish(subject, None, bytes).await;
+            self.core_publish(subject, served_header(&served), bytes)
+                .await;
             self.answer_published(ack);
             return;
         }
@@ -80,6 +95,7 @@ impl State {
             bytes,
             ack,
             msg_id: store_msg_id(&self.node, e.seq, msg_id.as_deref()),
+            served,
         };
         self.pending.push(&e.topic, targets, store, e.seq, p);
         self.release_pending().await;
@@ -95,8 +111,8 @@ impl State {
             );
         }
         self.view_loaded = true;
-        while let Some((e, ack, msg_id)) = self.unviewed.pop_front() {
-            self.publish(e, ack, msg_id).await;
+        while let Some((e, ack, msg_id, served)) = self.unviewed.pop_front() {
+            self.publish(e, ack, msg_id, served).await;
         }
     }
 
@@ -159,35 +175,38 @@ impl State {
     pub(super) async fn release_done(&mut self) {
         while let Some(r) = self.pending.next_release() {
             let stats = &self.out.stats;
-            let (groups, nodes): (Vec<&str>, Vec<&str>) = r
+            let (mut groups, nodes): (Vec<&str>, Vec<&str>) = r
                 .stored
                 .iter()
                 .map(|n| &**n)
                 .partition(|n| queue::is_group(n));
+            let stored_groups = groups.len();
+            groups.extend(r.item.served.iter().map(String::as_str));
             stats
                 .queued
                 .fetch_add(nodes.len() as u64, Ordering::Relaxed);
             stats
                 .shared_queued
-                .fetch_add(groups.len() as u64, Ordering::Relaxed);
+                .fetch_add(stored_groups as u64, Ordering::Relaxed);
             stats.queue_failed.fetch_add(
                 r.targets.saturating_sub(r.stored.len()) as u64,
                 Ordering::Relaxed,
             );
-            let headers = (!r.stored.is_empty() || !r.missed.is_empty()).then(|| {
-                let mut h = HeaderMap::new();
-                if !nodes.is_empty() {
-                    h.insert(queue::QUEUED_HEADER, nodes.join(",").as_str());
-                }
-                if !groups.is_empty() {
-                    h.insert(queue::SHARED_HEADER, groups.join(",").as_str());
-                }
-                if !r.missed.is_empty() {
-                    // The nodes whose store it missed take this copy in their chain.
-                    h.insert(queue::PREV_HEADER, queue::prev_list(&r.missed).as_str());
-                }
-                h
-            });
+            let headers = (!r.stored.is_empty() || !r.missed.is_empty() || !groups.is_empty())
+                .then(|| {
+                    let mut h = HeaderMap::new();
+                    if !nodes.is_empty() {
+                        h.insert(queue::QUEUED_HEADER, nodes.join(",").as_str());
+                    }
+                    if !groups.is_empty() {
+                        h.insert(queue::SHARED_HEADER, groups.join(",").as_str());
+                    }
+                    if !r.missed.is_empty() {
+                        // The nodes whose store it missed take this copy in their chain.
+                        h.insert(queue::PREV_HEADER, queue::prev_list(&r.missed).as_str());
+                    }
+                    h
+                });
             let p = r.item;
             self.core_publish(p.subject, headers, p.bytes).await;
             self.answer_published(p.ack);

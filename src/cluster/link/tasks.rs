@@ -149,6 +149,7 @@ pub(super) fn start_kv(
     };
     let (name, replicas) = (cfg.name.clone(), cfg.kv_replicas);
     let (forget_after, alive_interest) = (cfg.forget_after, interest_tx.clone());
+    let view_for_sweep = view.view.clone();
     let joined = Joined {
         interest: alive_interest,
         rejoined,
@@ -197,6 +198,13 @@ pub(super) fn start_kv(
         if let Some(h) = heart(&ctx, &js, &name, replicas, forget_after, joined).await {
             tokio::spawn(super::alive::heartbeat(h));
         }
+        tokio::spawn(sweep_groups(
+            ctx.clone(),
+            js.clone(),
+            name.clone(),
+            replicas,
+            view_for_sweep,
+        ));
         let (verify_ctx, sessions) = (ctx.clone(), buckets.sessions.clone());
         tokio::spawn(async move {
             // Sessions this node restored but another node took over while it was down
@@ -260,6 +268,38 @@ async fn heart(
         interest,
         rejoined,
     })
+}
+
+/// Open the share-group claim bucket (retried like the others) and run the sweep that
+/// removes the queues of groups left without members (`sweep`).
+async fn sweep_groups(
+    ctx: KvCtx,
+    js: jetstream::Context,
+    name: String,
+    replicas: usize,
+    view: Arc<Mutex<InterestView>>,
+) {
+    let claims = loop {
+        match kv::open_groups(&js, &name, replicas).await {
+            Ok(b) => break b,
+            Err(_) => {
+                LinkStats::add(&ctx.out.stats.nats_errors);
+                tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+            }
+        }
+    };
+    let mut js = js;
+    js.set_timeout(Duration::from_millis(FLUSH_WAIT_MS));
+    super::sweep::sweeper(super::sweep::Sweep {
+        js,
+        cluster: name,
+        prefix: ctx.prefix.clone(),
+        node: ctx.node.clone(),
+        view,
+        claims,
+        stats: ctx.out.stats.clone(),
+    })
+    .await;
 }
 
 /// What the KV tasks share.
@@ -667,6 +707,9 @@ async fn interest_watcher(
     let status = tokio::time::timeout(Duration::from_millis(FLUSH_WAIT_MS), b.interest.status());
     match status.await {
         Ok(Ok(s)) if s.values() == 0 => {
+            if let Ok(mut v) = view.lock() {
+                v.set_loaded();
+            }
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }
@@ -685,7 +728,11 @@ async fn interest_watcher(
             },
             Operation::Delete | Operation::Purge => v.remove(&entry.key),
         }
+        for (share, remote) in v.take_remote_changes() {
+            ctx.out.push_wake(FromLink::ShareRemote { share, remote });
+        }
         if entry.seen_current {
+            v.set_loaded();
             if let Some(tx) = loaded.take() {
                 let _ = tx.send(());
             }

@@ -163,6 +163,10 @@ impl std::fmt::Debug for Messages {
 pub trait SharedMessage: Send + Sync {
     /// The stored form, with the expiry fixed when it was logged.
     fn stored(&self, expires_at_unix_ms: Option<u64>) -> StoredMessage<'_>;
+
+    /// The reference as `Any`, so that its owner can take back a message a sweep dropped
+    /// (the engine's message pool reuses its allocation).
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// A shared message: its id, the message, the expiry it was logged with.
@@ -219,9 +223,22 @@ impl SharedMessages {
         self.items.iter().map(|(id, m, exp)| (*id, m.stored(*exp)))
     }
 
-    /// Keep the entries for which `keep` is true, visited in id order.
-    pub fn retain(&mut self, mut keep: impl FnMut(&MsgId) -> bool) {
-        self.items.retain(|(id, _, _)| keep(id));
+    /// Keep the entries for which `keep` is true, visited in id order; the references
+    /// of the others go to `dropped`.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&MsgId) -> bool,
+        dropped: &mut Vec<Arc<dyn SharedMessage>>,
+    ) {
+        let items = std::mem::take(&mut self.items);
+        self.items.reserve(items.len());
+        for (id, m, exp) in items {
+            if keep(&id) {
+                self.items.push((id, m, exp));
+            } else {
+                dropped.push(m);
+            }
+        }
     }
 
     /// Take every message out as an owned copy, in id order.

@@ -661,6 +661,10 @@ impl SharedMessage for Held {
             ..self.0.borrowed()
         }
     }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }
 
 /// Replay `records`, keeping each `MessageStored` by reference (as a journal's shadow
@@ -703,8 +707,15 @@ fn shared_messages_are_the_same_state_as_copied_ones() {
     // The sweep drops the same unreferenced ones (message 500 is referred to by nothing).
     let (mut a, mut b) = (copied.clone(), shared.clone());
     a.drop_unreferenced();
-    b.drop_unreferenced();
+    let mut dropped = Vec::new();
+    let before = b.message_count();
+    b.drop_unreferenced_into(&mut dropped);
     assert!(!b.has_message(&MsgId(500)) && b.message_count() == a.messages.len());
+    // Every shared message dropped comes back to the caller (for the engine's pool).
+    assert_eq!(dropped.len(), before - b.message_count());
+    assert!(dropped.iter().any(|m| m.stored(None).topic == "late"));
+    let held = dropped.pop().map(|m| m.into_any());
+    assert!(held.is_some_and(|m| m.downcast::<Held>().is_ok()));
     assert_eq!(owned(&a), owned(&b));
     // What recovery does with a state turns the shared messages into owned ones.
     let (mut fa, mut fb) = (copied.clone(), shared.clone());

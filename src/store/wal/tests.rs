@@ -455,3 +455,35 @@ fn cancelled_records_are_never_written_and_take_no_lsn() {
     let got: Vec<&String> = state.sessions.keys().collect();
     assert_eq!(got, ["c1", "c3", "c6", "c7"]);
 }
+
+/// The unwritten batch reads back exactly the records appended, under their tickets;
+/// a cancelled or written one reads back as nothing.
+#[test]
+fn unwritten_records_read_back_as_appended() {
+    let disk = crate::store::SimDisk::default();
+    let (mut run, _) = PowerRun::start(disk.clone());
+    assert!(run.wal.unwritten_tickets().is_empty());
+    let records: Vec<Record<'static>> = (1..=3).map(client_session).collect();
+    let t: Vec<Lsn> = records.iter().map(|r| run.wal.append(r)).collect();
+    assert_eq!(run.wal.unwritten_tickets(), t[0]..t[2] + 1);
+    for (r, &ticket) in records.iter().zip(&t) {
+        let back = run
+            .wal
+            .unwritten(ticket)
+            .expect("unwritten")
+            .expect("decodes");
+        assert_eq!(&back, r);
+    }
+    assert!(run.wal.cancel(t[1]));
+    assert!(run.wal.unwritten(t[1]).is_none(), "cancelled");
+    assert!(run.wal.unwritten(t[2] + 1).is_none(), "not appended");
+    run.wal.end_turn().expect("write");
+    assert!(run.wal.unwritten_tickets().is_empty());
+    assert!(run.wal.unwritten(t[0]).is_none(), "written");
+    let t4 = run.wal.append(&client_session(4));
+    assert_eq!(run.wal.unwritten_tickets(), t4..t4 + 1);
+    assert_eq!(
+        run.wal.unwritten(t4).expect("unwritten").expect("decodes"),
+        client_session(4)
+    );
+}
