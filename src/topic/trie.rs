@@ -1,7 +1,7 @@
 //! The subscription index of one shard: topic filter → one value, matched once per publish.
 //!
 //! Owns: a trie over filter levels. Each node has its exact-level children
-//! ([`Children`]: small `Vec`, or a seeded `HashMap` when wide), a `+` child slot and a `#`
+//! ([`Children`]: a small boxed slice, or a seeded `HashMap` when wide), a `+` child slot and a `#`
 //! slot. `#` is always the last level of a valid filter, so the `#` slot holds a value,
 //! never a node. Values are stored without their filter: the filter is the path to them
 //! (no caller of [`FilterTrie::for_each_match`] needs it, and a copy per trie cost a
@@ -23,8 +23,8 @@ use super::children::Children;
 use super::TOPIC_LEVELS_MAX;
 use super::{split_level, valid_filter};
 
-/// One trie node: 48 bytes whatever `V` is, so a small-children `Vec` is one cache line
-/// per child (16-byte key + node).
+/// One trie node: 40 bytes whatever `V` is, so a small-children entry is 56 (16-byte key +
+/// node), under one cache line.
 #[derive(Debug)]
 struct Node<V> {
     children: Children<Node<V>>,
@@ -383,10 +383,12 @@ mod tests {
 
     #[test]
     fn node_stays_small_whatever_the_value() {
-        // The layout the decision record measured: a small-children entry is one cache line.
-        assert_eq!(std::mem::size_of::<Node<[u64; 8]>>(), 48);
-        assert_eq!(std::mem::size_of::<Node<()>>(), 48);
-        assert_eq!(std::mem::size_of::<(Box<str>, Node<u8>)>(), 64);
+        // The layout the decision record measured: the child list is 16 bytes (the enum's
+        // tag in the slice pointer's niche), a node 40, a small-children entry 56.
+        assert_eq!(std::mem::size_of::<Children<Node<u8>>>(), 16);
+        assert_eq!(std::mem::size_of::<Node<[u64; 8]>>(), 40);
+        assert_eq!(std::mem::size_of::<Node<()>>(), 40);
+        assert_eq!(std::mem::size_of::<(Box<str>, Node<u8>)>(), 56);
     }
 
     #[test]
