@@ -671,21 +671,36 @@ fn dispatch<X>(
     }
     let matched = !picks.is_empty();
     for (member, key) in picks {
-        let d = ShareDelivery {
-            msg: msg.clone(),
-            member,
-            key,
-            hops: 0,
-            settle: None,
-            from: None,
-        };
-        let landed = send_share(routes, sessions, sink, me, d, now_ms);
-        if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
-            // The member picked here is gone or offline, and no other is online.
-            v.push(msg.clone());
-        }
+        send_pick(routes, sessions, sink, me, msg, member, key, now_ms);
     }
     matched
+}
+
+/// Send `msg` to the `member` picked in group `key`, a first hop; a message that lands
+/// nowhere (the member gone or offline, and no other online) is reported unplaced.
+#[allow(clippy::too_many_arguments)]
+fn send_pick<X>(
+    routes: &Routes,
+    sessions: &mut Sessions,
+    sink: &mut Sink<'_, X>,
+    me: usize,
+    msg: &Arc<Message>,
+    member: ShareMember,
+    key: Arc<str>,
+    now_ms: u64,
+) {
+    let d = ShareDelivery {
+        msg: msg.clone(),
+        member,
+        key,
+        hops: 0,
+        settle: None,
+        from: None,
+    };
+    let landed = send_share(routes, sessions, sink, me, d, now_ms);
+    if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
+        v.push(msg.clone());
+    }
 }
 
 /// `dispatch` for the groups not in `remote` that have an online member: the groups served.
@@ -708,19 +723,7 @@ fn dispatch_local<X>(
     });
     let mut served = Vec::with_capacity(picks.len());
     for (member, key) in picks {
-        let d = ShareDelivery {
-            msg: msg.clone(),
-            member,
-            key: key.clone(),
-            hops: 0,
-            settle: None,
-            from: None,
-        };
-        let landed = send_share(routes, sessions, sink, me, d, now_ms);
-        if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
-            // The member picked is gone or offline, and no other is online.
-            v.push(msg.clone());
-        }
+        send_pick(routes, sessions, sink, me, msg, member, key.clone(), now_ms);
         served.push(key);
     }
     served

@@ -354,20 +354,9 @@ async fn lookup_stream(
     name: &str,
     done: &Forgotten,
 ) -> Result<Option<Stream>, ForgetError> {
-    match js.get_stream(name).await {
-        Ok(s) => Ok(Some(s)),
-        Err(e) => match e.kind() {
-            jetstream::context::GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                Ok(None)
-            }
-            _ => Err(nats_error(
-                format!("cannot read stream {name}: {e}"),
-                done.clone(),
-            )),
-        },
-    }
+    super::groups::lookup(js, name)
+        .await
+        .map_err(|what| nats_error(what, done.clone()))
 }
 
 /// Delete every key `<node>.…` of the interest bucket; how many there were, and the share

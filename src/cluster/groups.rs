@@ -214,7 +214,7 @@ pub async fn members_anywhere(
 }
 
 /// Stream `name`, or `None` if it does not exist.
-async fn lookup(js: &jetstream::Context, name: &str) -> Result<Option<Stream>, String> {
+pub(super) async fn lookup(js: &jetstream::Context, name: &str) -> Result<Option<Stream>, String> {
     match js.get_stream(name).await {
         Ok(s) => Ok(Some(s)),
         Err(e) => match e.kind() {
