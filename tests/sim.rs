@@ -44,8 +44,11 @@ const POWER_SEEDS_DEFAULT: u64 = 300;
 /// members and share races) routed a clean member's QoS 1 publish, right after a cut, on a
 /// shard that did not know the restored share group yet, so the broker did not report it
 /// as routed with no member online (every shard now learns every restored membership
-/// before any runs; docs/simulation.md, "Bugs it found").
-const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775];
+/// before any runs; docs/simulation.md, "Bugs it found"). 5353: a held shared delivery
+/// moved off its offline member left the session's count of held deliveries one too
+/// high, so the next resumption did not resend the newest in-flight one (a QoS 2
+/// delivery, then never sent).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353];
 
 /// Regression seeds found before clean share-group members existed: they keep the
 /// schedules they had then (clean members would change them).

@@ -408,9 +408,8 @@ impl<X> Broker<X> {
             return;
         };
         let Some(key) = sess.link else { return };
-        // Held deliveries (the newest `held_out`) are sent when released, not here.
-        let sent = sess.inflight.len().saturating_sub(sess.held_out as usize);
-        let flights: Vec<_> = sess.inflight.iter().take(sent).cloned().collect();
+        // Held deliveries are sent when released, not here.
+        let flights: Vec<_> = sess.inflight.iter().filter(|f| !f.held).cloned().collect();
         for f in flights {
             match f.state {
                 FlightState::AwaitComp => {

@@ -262,7 +262,7 @@ fn send_tracked<X>(
     let hold = sess.held_out > 0 || uncommitted || (out.sid != 0 && qos2);
     if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
         sess.track(pid, out);
-        sess.held_out += 1;
+        sess.hold_last();
         j.hold(super::journal::HeldAck::Publish {
             link: key,
             gen,

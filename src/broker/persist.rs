@@ -330,8 +330,12 @@ impl<X> Broker<X> {
 
     /// A held PUBLISH may go: to the session's link now, if it has one.
     fn release_publish(&mut self, session: usize, uid: u64, pid: PacketId, now_ms: u64) {
-        if let Some(sess) = self.sessions.get_mut(session).filter(|x| x.uid == uid) {
-            sess.held_out = sess.held_out.saturating_sub(1);
+        let released = self
+            .sessions
+            .get_mut(session)
+            .filter(|x| x.uid == uid)
+            .is_some_and(|x| x.release_held(pid));
+        if released {
             self.send_held_publish(session, pid, now_ms);
         }
     }
@@ -676,6 +680,7 @@ impl<X> Broker<X> {
             match d.packet_id {
                 Some(pid) => sess.inflight.push_back(InFlight {
                     pid,
+                    held: false,
                     state: match (d.state, out.qos) {
                         (DeliveryState::PubrelSent, _) => FlightState::AwaitComp,
                         (_, protocol::QoS::ExactlyOnce) => FlightState::AwaitRec,

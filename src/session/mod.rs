@@ -82,6 +82,9 @@ pub struct InFlight {
     pub out: Outgoing,
     /// The step awaited.
     pub state: FlightState,
+    /// Held: its PUBLISH waits for its record to be durable and is not written yet
+    /// (counted in [`Session::held_out`]; sent when released, not by a resumption).
+    pub held: bool,
 }
 
 /// A subscription as the session remembers it.
@@ -309,8 +312,41 @@ impl Session {
         if pid.get() > self.next_pid {
             self.pid_wrapped = true;
         }
-        self.inflight.push_back(InFlight { pid, out, state });
+        self.inflight.push_back(InFlight {
+            pid,
+            out,
+            state,
+            held: false,
+        });
         &self.inflight[self.inflight.len() - 1].out
+    }
+
+    /// Hold the delivery just tracked: its PUBLISH waits for its record to be durable.
+    pub fn hold_last(&mut self) {
+        if let Some(f) = self.inflight.back_mut() {
+            f.held = true;
+            self.held_out += 1;
+        }
+    }
+
+    /// Release held delivery `pid`; false if it is no longer in flight and held (moved
+    /// to another member, or acknowledged meanwhile): then there is nothing to send.
+    pub fn release_held(&mut self, pid: PacketId) -> bool {
+        let Some(f) = self.inflight.iter_mut().find(|f| f.pid == pid && f.held) else {
+            return false;
+        };
+        f.held = false;
+        self.held_out = self.held_out.saturating_sub(1);
+        true
+    }
+
+    /// Remove in-flight entry `i`, keeping the count of held ones true.
+    fn remove_flight(&mut self, i: usize) -> Option<InFlight> {
+        let f = self.inflight.remove(i)?;
+        if f.held {
+            self.held_out = self.held_out.saturating_sub(1);
+        }
+        Some(f)
     }
 
     /// Queue a delivery; false (and counted) when the queue is full.
@@ -343,6 +379,7 @@ impl Session {
         self.queue = VecDeque::new();
         self.queue_bytes = 0;
         self.inflight = VecDeque::new();
+        self.held_out = 0;
         self.awaiting_rel = BTreeSet::new();
         self.retained_backlog = VecDeque::new();
     }
@@ -367,7 +404,7 @@ impl Session {
     /// As [`Session::on_puback`], returning the delivered message (for reuse).
     pub fn take_puback(&mut self, pid: PacketId) -> Result<Arc<Message>, AckError> {
         let i = self.position(pid, FlightState::AwaitAck)?;
-        let f = self.inflight.remove(i).ok_or(AckError::NotFound)?;
+        let f = self.remove_flight(i).ok_or(AckError::NotFound)?;
         Ok(f.out.msg)
     }
 
@@ -379,7 +416,7 @@ impl Session {
             Err(_) => return self.position(pid, FlightState::AwaitComp).map(|_| ()),
         };
         if failed {
-            self.inflight.remove(i);
+            self.remove_flight(i);
         } else if let Some(f) = self.inflight.get_mut(i) {
             f.state = FlightState::AwaitComp;
         }
@@ -389,7 +426,7 @@ impl Session {
     /// PUBCOMP received: the QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, pid: PacketId) -> Result<(), AckError> {
         let i = self.position(pid, FlightState::AwaitComp)?;
-        self.inflight.remove(i);
+        self.remove_flight(i);
         Ok(())
     }
 
@@ -400,13 +437,18 @@ impl Session {
     /// id, and sending it elsewhere (or back later under a new id) would deliver it twice.
     pub fn take_shared(&mut self) -> Vec<(Outgoing, Option<PacketId>)> {
         let mut taken = Vec::new();
+        let mut held = 0;
         self.inflight.retain(|f| {
             let shared = f.out.share.is_some() && f.state == FlightState::AwaitAck;
             if shared {
+                // A held one leaves unwritten: it no longer counts as held (else the
+                // next resumption would leave an older delivery unsent).
+                held += u32::from(f.held);
                 taken.push((f.out.clone(), Some(f.pid)));
             }
             !shared
         });
+        self.held_out = self.held_out.saturating_sub(held);
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for out in self.queue.drain(..) {
             if out.share.is_some() {
@@ -450,6 +492,7 @@ impl Session {
         self.subs.clear();
         self.subs_bytes = 0;
         self.inflight.clear();
+        self.held_out = 0;
         self.queue.clear();
         self.queue_bytes = 0;
         self.awaiting_rel.clear();
@@ -525,6 +568,59 @@ mod tests {
 
     /// A departing member's QoS 1 deliveries may move to another member, but a QoS 2 one
     /// already sent stays in flight under its packet id (the client may hold it already).
+    #[test]
+    fn a_held_shared_delivery_moved_away_is_no_longer_counted_as_held() {
+        // Power seed 5,353: a QoS 2 delivery in flight, then a QoS 1 shared one held
+        // (its record not yet durable). The member goes offline: the held one moves to
+        // another member. The QoS 2 one stays and must be resent at the next resumption,
+        // not taken for a held one (the count used to stay at 1).
+        let mut s = Session::new("c", 1, u32::MAX);
+        let shared = |qos| Outgoing {
+            share: Some("$share/g/t".into()),
+            ..out(qos)
+        };
+        let p1 = s.alloc_pid().expect("pid");
+        s.track(p1, shared(QoS::ExactlyOnce));
+        let p2 = s.alloc_pid().expect("pid");
+        s.track(p2, shared(QoS::AtLeastOnce));
+        s.hold_last();
+        assert_eq!(s.held_out, 1);
+        let taken = s.take_shared();
+        assert_eq!(taken.len(), 1, "the held QoS 1 delivery moves");
+        assert_eq!(s.held_out, 0, "nothing held is left");
+        let resent: Vec<_> = s
+            .inflight
+            .iter()
+            .filter(|f| !f.held)
+            .map(|f| f.pid)
+            .collect();
+        assert_eq!(resent, vec![p1], "the QoS 2 delivery is resent");
+        assert!(!s.release_held(p2), "its release finds nothing to send");
+        assert_eq!(s.held_out, 0);
+    }
+
+    #[test]
+    fn an_acknowledged_or_released_held_delivery_leaves_the_count() {
+        let mut s = Session::new("c", 1, u32::MAX);
+        let p1 = s.alloc_pid().expect("pid");
+        s.track(p1, out(QoS::AtLeastOnce));
+        s.hold_last();
+        let p2 = s.alloc_pid().expect("pid");
+        s.track(p2, out(QoS::AtLeastOnce));
+        s.hold_last();
+        assert_eq!(s.held_out, 2);
+        assert!(s.release_held(p1));
+        assert!(!s.release_held(p1), "released once");
+        assert_eq!(s.held_out, 1);
+        // A stray PUBACK for the unsent, held one still keeps the count true.
+        s.on_puback(p2).expect("in flight");
+        assert_eq!(s.held_out, 0);
+        s.track(p2, out(QoS::AtLeastOnce));
+        s.hold_last();
+        s.clear_state();
+        assert_eq!(s.held_out, 0, "cleared with the state");
+    }
+
     #[test]
     fn take_shared_leaves_sent_qos2_in_flight() {
         let mut s = Session::new("c", 1, u32::MAX);
