@@ -510,6 +510,8 @@ impl LiveState {
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
         self.drop_unreferenced();
+        // Recovery reserved room for the most messages its files could hold.
+        self.messages.shrink_to_fit();
     }
 
     /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
