@@ -384,7 +384,9 @@ impl Journal {
     /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
         self.append(&r);
-        self.shadow.apply(r);
+        if !self.shadow.apply_delivery(&r) {
+            self.shadow.apply(r);
+        }
         self.sweep_if_due();
     }
 
