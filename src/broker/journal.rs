@@ -257,11 +257,9 @@ pub struct Journal {
     gc_at: usize,
     /// The next Will number (`Record::WillPending`).
     next_will: u64,
-    /// Wills recovery found pending, to publish again on the first turn.
-    restored_wills: Vec<(u64, u64, StoredMessage<'static>)>,
-    /// Clean sessions' Wills recovery found armed (their connections ended with the
-    /// crash), to publish on the first turn.
-    restored_armed: Vec<(u64, Will<'static>)>,
+    /// Wills recovery found pending (to publish again) or armed (clean sessions' Wills
+    /// whose connections ended with the crash, to publish), by number, for the first turn.
+    restored_wills: Vec<(u64, RestoredWill)>,
     /// Records of the unwritten batch that may still cancel out.
     elision: elide::Elision,
     /// The shared messages the last sweep dropped, for the message pool to reuse
@@ -275,16 +273,7 @@ impl Journal {
     pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
         let next_msg = shadow.next_msg_id().0;
         let next_will = shadow.next_will_id();
-        let restored_wills = shadow
-            .pending_wills
-            .iter()
-            .map(|(&id, (stamp, msg))| (id, *stamp, msg.clone()))
-            .collect();
-        let restored_armed = shadow
-            .armed_wills
-            .iter()
-            .map(|(&id, w)| (id, w.clone()))
-            .collect();
+        let restored_wills = restored_wills(&shadow);
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
         // first sweep waits until the count doubles, as after any sweep.
         let gc_at = (shadow.message_count() * 2).max(GC_MESSAGES_MIN);
@@ -319,7 +308,6 @@ impl Journal {
             commit_news: Vec::new(),
             next_will,
             restored_wills,
-            restored_armed,
             elision: elide::Elision::default(),
             swept: Vec::new(),
         }
@@ -332,14 +320,10 @@ impl Journal {
         id
     }
 
-    /// The Wills recovery found pending (number, retained stamp, message), once.
-    pub fn take_restored_wills(&mut self) -> Vec<(u64, u64, StoredMessage<'static>)> {
+    /// The Wills recovery found pending or armed, by number (the order they were
+    /// published or armed in), once.
+    pub fn take_restored_wills(&mut self) -> Vec<(u64, RestoredWill)> {
         std::mem::take(&mut self.restored_wills)
-    }
-
-    /// The clean sessions' Wills recovery found armed (number, Will), once.
-    pub fn take_restored_armed(&mut self) -> Vec<(u64, Will<'static>)> {
-        std::mem::take(&mut self.restored_armed)
     }
 
     /// A stored session's Will was published by its timer: log its parameters without it
@@ -873,6 +857,40 @@ impl Journal {
             ));
         }
     }
+}
+
+/// A Will recovery found still to publish.
+#[derive(Debug, Clone)]
+pub enum RestoredWill {
+    /// Published before the stop, not yet durable everywhere it went (`WillPending`):
+    /// published again, with its retained stamp.
+    Pending(u64, StoredMessage<'static>),
+    /// A clean session's, armed at its CONNECT (`WillArmed`): its connection ended with
+    /// the stop, which counts as its end.
+    Armed(Will<'static>),
+}
+
+/// The Wills of recovered `state` to publish, pending and armed together in the order of
+/// their numbers. Both kinds share one number space, given in order: an armed Will's at
+/// its CONNECT, a stored session's at publication (and a merge of shards' states keeps
+/// the order within each shard, `LiveState::merge`). So a client's older connection's
+/// Will, published and still pending, comes before the Will its newer connection armed:
+/// publishing every armed Will first reversed the two (power seed 3,563: a watcher got
+/// a clean client's two Wills in the wrong order).
+fn restored_wills(state: &LiveState) -> Vec<(u64, RestoredWill)> {
+    let pending = state
+        .pending_wills
+        .iter()
+        .map(|(&id, (stamp, msg))| (id, RestoredWill::Pending(*stamp, msg.clone())));
+    let armed = state
+        .armed_wills
+        .iter()
+        .map(|(&id, w)| (id, RestoredWill::Armed(w.clone())));
+    let mut wills: Vec<(u64, RestoredWill)> = pending.chain(armed).collect();
+    // Numbers are unique across the two maps (a Will is armed, then pending, then done,
+    // under one number); a stable sort keeps a pending one first were they not.
+    wills.sort_by_key(|(id, _)| *id);
+    wills
 }
 
 /// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).

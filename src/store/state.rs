@@ -648,18 +648,42 @@ impl LiveState {
             let at = self.qos2_committed.entry(origin).or_insert(0);
             *at = (*at).max(txn);
         }
-        let first = self.next_will_id();
-        let mut next = first..;
-        for ((_, w), id) in other.pending_wills.into_iter().zip(&mut next) {
-            self.pending_wills.insert(id, w);
-        }
-        for ((_, w), id) in other.armed_wills.into_iter().zip(&mut next) {
-            self.armed_wills.insert(id, w);
-        }
+        self.merge_wills(other.pending_wills, other.armed_wills);
         for id in other.cluster_received.iter() {
             self.cluster_received.insert(id);
         }
         conflicts
+    }
+
+    /// Take another shard's pending and armed Wills, renumbered above this state's in
+    /// their own order: the two kinds share one number space, in the order the Wills were
+    /// armed or published, and recovery publishes them in that order
+    /// (`broker::journal::restored_wills`), so a client's older Will stays first.
+    fn merge_wills(
+        &mut self,
+        pending: BTreeMap<u64, (u64, StoredMessage<'static>)>,
+        armed: BTreeMap<u64, Will<'static>>,
+    ) {
+        let mut next = self.next_will_id()..;
+        let mut pending = pending.into_iter().peekable();
+        let mut armed = armed.into_iter().peekable();
+        loop {
+            let pending_first = match (pending.peek(), armed.peek()) {
+                (None, None) => return,
+                (Some((p, _)), Some((a, _))) => p <= a,
+                (p, _) => p.is_some(),
+            };
+            let Some(id) = next.next() else {
+                return;
+            };
+            if pending_first {
+                if let Some((_, w)) = pending.next() {
+                    self.pending_wills.insert(id, w);
+                }
+            } else if let Some((_, w)) = armed.next() {
+                self.armed_wills.insert(id, w);
+            }
+        }
     }
 
     /// Split into `n` states: each session goes to `client_shard(client_id)`, each
