@@ -572,7 +572,9 @@ impl<X> Broker<X> {
         now_ms: u64,
     ) {
         let msgs = RestoredMessages::new(part, unix, now_ms);
-        for st in part.sessions.values() {
+        // In client id order, as when the shadow's map was ordered: the broker's session
+        // keys and timers are handed out in this order.
+        for st in part.sessions_by_id() {
             self.restore_session(st, &msgs, unix, now_ms);
         }
         // A store written before `$SYS` figures were left out may hold some.

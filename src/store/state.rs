@@ -7,7 +7,7 @@
 //! and every stored message is referred to (unreferenced ones are dropped). Message ids
 //! are unique within one state. Must not touch: files, the engine's own session types.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 
@@ -150,11 +150,18 @@ pub struct Retained {
     pub source: Option<RetainSource<'static>>,
 }
 
+/// Sessions by client id, hashed: every delivery record's apply finds its session here,
+/// and an ordered map's search was 8–14 string comparisons a record (`docs/benchmarks.md`,
+/// "the shadow's session map"). The hasher is fixed (no random seed), so a run's
+/// iteration order is the same each time, but no code may rely on it: what needs an order
+/// (the restore, a checkpoint's records) sorts by client id ([`LiveState::sessions_by_id`]).
+pub type Sessions = HashMap<String, SessionState, rustc_hash::FxBuildHasher>;
+
 /// Everything a log (or several merged) says is alive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveState {
-    /// Sessions by client id.
-    pub sessions: BTreeMap<String, SessionState>,
+    /// Sessions by client id (in no order: [`LiveState::sessions_by_id`] sorts them).
+    pub sessions: Sessions,
     /// Stored messages by id.
     pub messages: Messages,
     /// Messages a journal's shadow refers to instead of copying (none in a recovered
@@ -479,6 +486,14 @@ impl LiveState {
         }
     }
 
+    /// The sessions in client id order (the order of the ordered map this was, which the
+    /// restore and a checkpoint's records keep).
+    pub fn sessions_by_id(&self) -> Vec<&SessionState> {
+        let mut by_id: Vec<(&String, &SessionState)> = self.sessions.iter().collect();
+        by_id.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        by_id.into_iter().map(|(_, s)| s).collect()
+    }
+
     fn session(&mut self, client_id: &str) -> Option<&mut SessionState> {
         let s = self.sessions.get_mut(client_id);
         if s.is_none() {
@@ -794,7 +809,7 @@ impl LiveState {
                 messages[k].push((id, m));
             }
         }
-        // Each list is in key order, so the maps are built in bulk.
+        // Each list is in key order, so the ordered maps are built in bulk.
         let mut parts: Vec<LiveState> = (sessions.into_iter().zip(retained).zip(messages))
             .map(|((s, r), m)| LiveState {
                 sessions: s.into_iter().collect(),
@@ -821,7 +836,7 @@ impl LiveState {
             .shared
             .iter()
             .map(|(id, msg)| Record::MessageStored { id, msg });
-        let sessions = self.sessions.values().flat_map(session_records);
+        let sessions = self.sessions_by_id().into_iter().flat_map(session_records);
         let retained = self.retained.iter().map(|(topic, r)| match r.msg {
             Some(msg) => Record::RetainedSet {
                 topic: topic.as_str().into(),

@@ -312,7 +312,8 @@ impl PowerRun {
         match rng.below(20) {
             0..=7 => {
                 for _ in 0..=rng.below(4) {
-                    let live: Vec<String> = self.shadow.sessions.keys().cloned().collect();
+                    let mut live: Vec<String> = self.shadow.sessions.keys().cloned().collect();
+                    live.sort_unstable();
                     if !live.is_empty() && rng.below(3) == 0 {
                         let c = live[rng.below(live.len() as u64) as usize].clone();
                         self.log(Record::SessionEnded {
@@ -395,7 +396,9 @@ fn sessions_after_cut(disk: &crate::store::SimDisk) -> Vec<String> {
     let gap =
         |c: &&crate::store::CutReport| matches!(c.reason, crate::store::CutReason::LsnGap { .. });
     assert!(!r.cuts.iter().any(|c| gap(&c)), "no LSN gap: {:?}", r.cuts);
-    r.state.sessions.keys().cloned().collect()
+    let mut ids: Vec<String> = r.state.sessions.keys().cloned().collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// A record cancelled before its batch is written is never written and takes no LSN: the
@@ -452,7 +455,8 @@ fn cancelled_records_are_never_written_and_take_no_lsn() {
     drop(run);
     disk.power_cut();
     let (_again, state) = PowerRun::start(disk.clone());
-    let got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&String> = state.sessions.keys().collect();
+    got.sort_unstable();
     assert_eq!(got, ["c1", "c3", "c6", "c7"]);
 }
 
