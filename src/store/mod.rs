@@ -50,7 +50,7 @@ pub use record::{
     StoredMessage, Subscription, Will,
 };
 pub use state::{
-    BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState,
+    BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState, Sessions,
     SharedMessage, CLUSTER_RECEIVED_MAX,
 };
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};

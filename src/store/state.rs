@@ -152,7 +152,7 @@ pub struct Retained {
 
 /// Sessions by client id, hashed: every delivery record's apply finds its session here,
 /// and an ordered map's search was 8–14 string comparisons a record (`docs/benchmarks.md`,
-/// "the shadow's session map"). The hasher is fixed (no random seed), so a run's
+/// "eighth round: the shadow's session map"). The hasher is fixed (no random seed), so a run's
 /// iteration order is the same each time, but no code may rely on it: what needs an order
 /// (the restore, a checkpoint's records) sorts by client id ([`LiveState::sessions_by_id`]).
 pub type Sessions = HashMap<String, SessionState, rustc_hash::FxBuildHasher>;
