@@ -395,8 +395,12 @@ impl<X> Broker<X> {
                 }
                 let (link, gen, bytes) = (h.link, h.gen, h.bytes);
                 if let Some(j) = self.journal.as_mut() {
-                    // Out after the id's record is durable (the next round).
+                    // Out after the id's record is durable (the next round), the
+                    // resends' PUBRECs with it.
                     j.hold(HeldAck::Bytes { link, gen, bytes });
+                    for (link, gen, bytes) in h.resends {
+                        j.hold(HeldAck::Bytes { link, gen, bytes });
+                    }
                     if txn != 0 {
                         j.hold(HeldAck::Commit { txn });
                     }
@@ -1033,11 +1037,32 @@ impl<X> Broker<X> {
                     bytes,
                     txn,
                     next,
+                    resends: Vec::new(),
                 }));
             }
             _ if to.live => self.send_durable(to.link, &ack),
             _ => {}
         }
+    }
+
+    /// Answer a resend of session `s`'s QoS 2 message `pid` (its id is taken) on link
+    /// `key` with a PUBREC: behind the first copy's commit while that is not logged
+    /// (`HeldIncoming::resends`), else once this turn's records are durable. A PUBREC
+    /// that left before the commit was durable would let a cut drop the routing while the
+    /// client, holding a PUBREC, only sends PUBREL (power seed 9,423).
+    pub(super) fn pubrec_resend(&mut self, s: usize, key: usize, pid: PacketId) {
+        let uid = self.sessions.get(s).map(|x| x.uid);
+        let link = self.links.get(key).map(|l| (l.gen, l.version));
+        if let (Some(uid), Some((gen, version)), Some(j)) = (uid, link, self.journal.as_mut()) {
+            let ack = Packet::PubRec(protocol::Ack::new(pid));
+            let bytes = j.encode_held(version, &ack);
+            if let Some(h) = j.incoming_held(uid, pid) {
+                h.resends.push((key, gen, bytes));
+                return;
+            }
+        }
+        let ack = Packet::PubRec(protocol::Ack::new(pid));
+        self.send_durable(key, &ack);
     }
 
     /// The number the next QoS 2 message of `h`'s session gets, if `h` was numbered and
