@@ -3,7 +3,7 @@ use std::io::Write;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::frame::{encode_frame, FILE_HEADER_BYTES};
+use crate::store::frame::{encode_group, FILE_HEADER_BYTES};
 use crate::store::record::Record;
 use crate::store::testutil::{arb_record, session, Scratch};
 use crate::store::wal::{SyncMode, Wal, WalOptions};
@@ -204,7 +204,8 @@ proptest! {
         let mut ends = Vec::new();
         let mut framed = bytes[..FILE_HEADER_BYTES].to_vec();
         for (i, r) in records.iter().enumerate() {
-            encode_frame(&mut framed, i as u64 + 1, r);
+            // One record per turn: a group of one each.
+            encode_group(&mut framed, i as u64 + 1, std::slice::from_ref(r));
             ends.push(framed.len());
         }
         prop_assert_eq!(&framed, &bytes);
