@@ -5,7 +5,9 @@
 //! awaiting PUBREL) plus the Will of the current connection. Invariants: at most `window`
 //! messages are in flight; the queue never holds more than `queue_max` messages or
 //! `queue_bytes_max` bytes (the overflow is dropped and counted); packet ids in flight are
-//! unique. Must not touch: sockets, the bus, encoding: the broker decides what to send and
+//! unique; held deliveries (PUBLISH not written until its record is durable) are the
+//! newest in flight and are released oldest first, each by its own hold number
+//! ([`Session::holding`]). Must not touch: sockets, the bus, encoding: the broker decides what to send and
 //! this module only keeps the books.
 #![forbid(unsafe_code)]
 
