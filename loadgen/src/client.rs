@@ -778,6 +778,52 @@ mod tests {
         }
     }
 
+    /// `--persistent` connects with Clean Start 0 (5.0: Session Expiry 1 h) whatever the
+    /// role, so a fan-out's subscribers are stored sessions too; without it, Clean Start 1
+    /// and no expiry.
+    #[test]
+    fn persistent_sessions_connect_without_clean_start() {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let roles = [
+            Role::Subscriber {
+                filter: "t/f".into(),
+                first: 0,
+                count: 1,
+            },
+            Role::Publisher {
+                id: 0,
+                topic: "t/f".into(),
+            },
+        ];
+        for version in [Version::V3_1_1, Version::V5] {
+            for persistent in [false, true] {
+                for role in roles.clone() {
+                    let mut p = params(version, QoS::AtLeastOnce);
+                    p.broker = sock.local_addr().unwrap();
+                    p.persistent = persistent;
+                    let spec = ConnSpec {
+                        role,
+                        client_id: "c".into(),
+                        src: None,
+                    };
+                    let mut conn = Conn::open(spec, &p).unwrap();
+                    conn.queue_connect(&p);
+                    let Ok(Decoded::Packet {
+                        packet: Packet::Connect(c),
+                        ..
+                    }) = decode(&conn.wbuf, version, MAX_PACKET)
+                    else {
+                        panic!("{version:?}: not a CONNECT");
+                    };
+                    assert_eq!(c.clean_start, !persistent, "{version:?} {persistent}");
+                    let expiry = c.properties.session_expiry_interval;
+                    let want = (persistent && version.is_v5()).then_some(3600);
+                    assert_eq!(expiry, want, "{version:?} {persistent}");
+                }
+            }
+        }
+    }
+
     /// The patched template decodes, through the codec, to the intended packet.
     #[test]
     fn patched_template_decodes() {

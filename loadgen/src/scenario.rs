@@ -556,6 +556,20 @@ mod tests {
     }
 
     #[test]
+    fn persistent_reaches_every_connection_of_a_fanout() {
+        use clap::Parser;
+        let broker: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        for (extra, want) in [(None, false), (Some("--persistent"), true)] {
+            let argv = ["shardmq-loadgen", "fanout", "-n", "3", "-q", "1"];
+            let args = Args::parse_from(argv.into_iter().chain(extra));
+            let p = plan(args.scenario, 3, "t", 0);
+            let params = params(&args, broker, &p);
+            assert_eq!(params.persistent, want);
+            assert_eq!((params.fanout, params.qos), (3, QoS::AtLeastOnce));
+        }
+    }
+
+    #[test]
     fn refuses_non_loopback() {
         assert!(resolve("127.0.0.1", 1883).is_ok());
         assert!(resolve("192.0.2.1", 1883).is_err());

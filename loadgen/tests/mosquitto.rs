@@ -128,6 +128,12 @@ fn runs_against_mosquitto() {
     assert_eq!(get(&r, "lost"), "0", "{r:?}");
     let r = loadgen(&broker, &["fanout", "-n", "20", "-d", "0.3"]);
     assert_eq!(get(&r, "expected"), get(&r, "delivered"), "{r:?}");
+    // Stored sessions (Clean Start 0) for the publisher and every subscriber.
+    let args = ["fanout", "-n", "20", "-q", "1", "--persistent", "-d", "0.3"];
+    let r = loadgen(&broker, &args);
+    assert_eq!(get(&r, "expected"), get(&r, "delivered"), "{r:?}");
+    assert_eq!(get(&r, "lost"), "0", "{r:?}");
+    assert!(get(&r, "delivered").parse::<u64>().unwrap() > 0);
     let r = loadgen(&broker, &["latency", "-r", "2000", "-d", "0.3"]);
     assert_ne!(get(&r, "p99_us"), "na");
     let r = loadgen(&broker, &["storm", "-n", "50"]);

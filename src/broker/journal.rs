@@ -50,6 +50,13 @@ pub type RetainedEntry = (
 /// Shadow messages below which unreferenced ones are not swept (they are at checkpoints).
 const GC_MESSAGES_MIN: usize = 4096;
 
+/// Emptied ack lists kept for the next turns ([`Journal::reuse_acks`]).
+const SPARE_ACK_LISTS_MAX: usize = 4;
+
+/// Capacity (acks) past which an emptied ack list is freed rather than kept, so that one
+/// burst does not pin its memory.
+const SPARE_ACKS_CAPACITY_MAX: usize = 1 << 16;
+
 /// An acknowledgement held until the records it vouches for are durable.
 #[derive(Debug)]
 pub enum HeldAck {
@@ -201,6 +208,11 @@ pub struct Journal {
     adopted: Option<(Arc<Message>, MsgId)>,
     /// Acks held during the current turn.
     turn: Vec<HeldAck>,
+    /// Emptied ack lists of released epochs, for the next turns' `turn` (a list grown
+    /// afresh every turn was ≈ 2% of the broker's instructions per durable QoS 1
+    /// message: `docs/benchmarks.md`, "seventh round"); at most
+    /// [`SPARE_ACK_LISTS_MAX`].
+    spare_acks: Vec<Vec<HeldAck>>,
     epochs: VecDeque<Epoch>,
     /// Peers that were sent a publish this turn.
     sent_to: Vec<bool>,
@@ -284,6 +296,7 @@ impl Journal {
             last_msg: None,
             adopted: None,
             turn: Vec::new(),
+            spare_acks: Vec::new(),
             epochs: VecDeque::new(),
             sent_to: vec![false; shards],
             barrier_seq: 0,
@@ -372,7 +385,9 @@ impl Journal {
     /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
         self.append(&r);
-        self.shadow.apply(r);
+        if !self.shadow.apply_delivery(&r) {
+            self.shadow.apply(r);
+        }
         self.sweep_if_due();
     }
 
@@ -675,10 +690,11 @@ impl Journal {
             }
         }
         if !self.turn.is_empty() {
+            let next = self.spare_acks.pop().unwrap_or_default();
             self.epochs.push_back(Epoch {
                 lsn: self.wal.last_lsn(),
                 required: self.required.clone(),
-                acks: std::mem::take(&mut self.turn),
+                acks: std::mem::replace(&mut self.turn, next),
             });
         }
         self.last_msg = None;
@@ -718,7 +734,8 @@ impl Journal {
         self.checkpoint_if_due();
     }
 
-    /// The next batch of acks that may go out now, if any.
+    /// The next batch of acks that may go out now, if any (in the order held; give the
+    /// emptied list back with [`Journal::reuse_acks`]).
     pub fn released(&mut self) -> Option<Vec<HeldAck>> {
         let durable = self.wal.durable_lsn();
         let e = self.epochs.front()?;
@@ -731,6 +748,18 @@ impl Journal {
             self.epochs.pop_front().map(|e| e.acks)
         } else {
             None
+        }
+    }
+
+    /// Give back a list [`Journal::released`] returned, once its acks are taken out: a
+    /// later turn holds its acks in it instead of growing a new list.
+    pub fn reuse_acks(&mut self, mut acks: Vec<HeldAck>) {
+        acks.clear();
+        if self.spare_acks.len() < SPARE_ACK_LISTS_MAX
+            && acks.capacity() > 0
+            && acks.capacity() <= SPARE_ACKS_CAPACITY_MAX
+        {
+            self.spare_acks.push(acks);
         }
     }
 

@@ -53,6 +53,11 @@ pub(super) struct RetainedPacing {
     walks: usize,
     /// Sessions stopped by the budget this turn, to resume next turn, oldest first.
     waiting: Vec<usize>,
+    /// One bit per session key: set while the session is in `waiting`, so listing it once
+    /// costs O(1). A scan of `waiting` made a subscription storm quadratic per turn: 1,000
+    /// subscribers waiting for the shard's 4 walk slices each asked again every turn
+    /// (`docs/benchmarks.md`, "QoS 1 fan-out with the store on").
+    listed: Vec<u64>,
     /// Those stopped last turn, to resume in this one.
     resume: Vec<usize>,
 }
@@ -64,6 +69,11 @@ impl RetainedPacing {
         self.spent.clear();
         self.total = 0;
         self.walks = 0;
+        for &s in &self.waiting {
+            if let Some(w) = self.listed.get_mut(s / 64) {
+                *w &= !(1 << (s % 64));
+            }
+        }
         self.resume.append(&mut self.waiting);
     }
 
@@ -139,8 +149,16 @@ impl RetainedPacing {
 
     /// `room`, listing `s` to resume next turn when there is none.
     fn wait_unless(&mut self, s: usize, room: bool) -> bool {
-        if !room && !self.waiting.contains(&s) {
-            self.waiting.push(s);
+        if !room {
+            let (word, bit) = (s / 64, 1u64 << (s % 64));
+            if self.listed.len() <= word {
+                // Session keys are slab indexes: the bits grow with the sessions held.
+                self.listed.resize(word + 1, 0);
+            }
+            if let Some(w) = self.listed.get_mut(word).filter(|w| **w & bit == 0) {
+                *w |= bit;
+                self.waiting.push(s);
+            }
         }
         room
     }
@@ -190,6 +208,38 @@ mod tests {
         p.begin_turn();
         assert_eq!(p.take_resume(), vec![1, 99]);
         assert!(p.may_walk(1), "a new turn");
+    }
+
+    /// The waiting list against a naive one (listed once, oldest first, a new list each
+    /// turn), over sessions stopped by both budgets, with keys across several bit words.
+    #[test]
+    fn sessions_are_listed_once_in_order_as_a_naive_list_would() {
+        let mut p = RetainedPacing::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _turn in 0..50 {
+            let mut naive: Vec<usize> = Vec::new();
+            for _ in 0..400 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let s = (seed % 150) as usize;
+                let walk = seed & (1 << 40) != 0;
+                let room = if walk { p.may_walk(s) } else { p.may_write(s) };
+                if room && walk {
+                    p.walked(s);
+                } else if room {
+                    // One message spends the session's byte budget: the next is refused.
+                    p.wrote(s, RETAINED_BYTES_PER_TURN_MAX);
+                } else if !naive.contains(&s) {
+                    naive.push(s);
+                }
+            }
+            assert!(naive.len() > 64, "both budgets refuse, across bit words");
+            p.begin_turn();
+            let resume = p.take_resume();
+            assert_eq!(resume, naive);
+            p.recycle(resume);
+        }
     }
 
     #[test]

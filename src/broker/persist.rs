@@ -241,9 +241,12 @@ impl<X> Broker<X> {
         for (to, token) in settled {
             self.fx.outbox.push((to, Cast::Settled { from, token }));
         }
-        while let Some(acks) = self.journal.as_mut().and_then(Journal::released) {
-            for ack in acks {
+        while let Some(mut acks) = self.journal.as_mut().and_then(Journal::released) {
+            for ack in acks.drain(..) {
                 self.send_held(ack, now_ms);
+            }
+            if let Some(j) = self.journal.as_mut() {
+                j.reuse_acks(acks);
             }
         }
         let me = self.shard_id;
