@@ -47,8 +47,11 @@ const POWER_SEEDS_DEFAULT: u64 = 300;
 /// before any runs; docs/simulation.md, "Bugs it found"). 5353: a held shared delivery
 /// moved off its offline member left the session's count of held deliveries one too
 /// high, so the next resumption did not resend the newest in-flight one (a QoS 2
-/// delivery, then never sent).
-const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353];
+/// delivery, then never sent). 3563: recovery published a clean client's armed Will (its
+/// connection open at the cut) before the pending Will of its older connection (taken
+/// over just before), so a watcher got the two out of order (restored Wills are now
+/// published in the order of their numbers).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563];
 
 /// Regression seeds found before clean share-group members existed: they keep the
 /// schedules they had then (clean members would change them).

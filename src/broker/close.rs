@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::connect::{timer_key, TIMER_LINK, TIMER_SESSION_EXPIRY, TIMER_WILL};
-use super::journal::HeldAck;
+use super::journal::{HeldAck, RestoredWill};
 use super::{Broker, Conn, Link, LinkState, Verdict};
 use crate::log::Level;
 use crate::log_at;
@@ -256,36 +256,31 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Publish again the Wills recovery found pending (on the first turn, once every
-    /// shard knows every restored subscription). Their records are in the checkpoint.
+    /// Publish the Wills recovery found (on the first turn, once every shard knows every
+    /// restored subscription), in the order of their numbers: pending ones again, and
+    /// the clean sessions' armed ones, whose connections were open when the broker
+    /// stopped (a crash counts as a connection's end), logged pending under their numbers
+    /// as at a close. Their records are in the checkpoint.
     fn republish_wills(&mut self, now_ms: u64) {
         let Some(j) = self.journal.as_mut() else {
             return;
         };
         let wills = j.take_restored_wills();
-        let unix = j.unix_ms(now_ms);
-        self.publish_armed_wills(now_ms);
-        for (id, stamp, m) in wills {
-            let msg = super::journal::from_stored(&m, unix, now_ms, stamp);
-            self.route_will(id, Arc::new(msg), now_ms);
-        }
-    }
-
-    /// Publish the clean sessions' Wills recovery found armed: their connections were open
-    /// when the broker stopped, and a crash counts as a connection's end (on the first
-    /// turn, as `republish_wills`). Each is logged pending under its number, as at a close.
-    fn publish_armed_wills(&mut self, now_ms: u64) {
-        let Some(j) = self.journal.as_mut() else {
-            return;
-        };
-        let armed = j.take_restored_armed();
-        if armed.is_empty() {
+        if wills.is_empty() {
             return;
         }
         let unix = j.unix_ms(now_ms);
-        for (id, w) in armed {
-            let w = super::persist::restored_will(w, id, unix, now_ms);
-            self.publish_stored_will(w, now_ms);
+        for (id, w) in wills {
+            match w {
+                RestoredWill::Pending(stamp, m) => {
+                    let msg = super::journal::from_stored(&m, unix, now_ms, stamp);
+                    self.route_will(id, Arc::new(msg), now_ms);
+                }
+                RestoredWill::Armed(w) => {
+                    let w = super::persist::restored_will(w, id, unix, now_ms);
+                    self.publish_stored_will(w, now_ms);
+                }
+            }
         }
     }
 

@@ -50,6 +50,13 @@ pub type RetainedEntry = (
 /// Shadow messages below which unreferenced ones are not swept (they are at checkpoints).
 const GC_MESSAGES_MIN: usize = 4096;
 
+/// Emptied ack lists kept for the next turns ([`Journal::reuse_acks`]).
+const SPARE_ACK_LISTS_MAX: usize = 4;
+
+/// Capacity (acks) past which an emptied ack list is freed rather than kept, so that one
+/// burst does not pin its memory.
+const SPARE_ACKS_CAPACITY_MAX: usize = 1 << 16;
+
 /// An acknowledgement held until the records it vouches for are durable.
 #[derive(Debug)]
 pub enum HeldAck {
@@ -75,8 +82,9 @@ pub enum HeldAck {
         session: usize,
         /// The session's uid (a reused key is another session).
         uid: u64,
-        /// Its packet id.
-        pid: PacketId,
+        /// Its hold's number in the session (`Session::track_held`), never its packet id:
+        /// that may be freed and given to another delivery before the release.
+        hold: u64,
     },
     /// Log an inbound QoS 2 id (the PUBREC behind it follows).
     Incoming(HeldIncoming),
@@ -200,6 +208,11 @@ pub struct Journal {
     adopted: Option<(Arc<Message>, MsgId)>,
     /// Acks held during the current turn.
     turn: Vec<HeldAck>,
+    /// Emptied ack lists of released epochs, for the next turns' `turn` (a list grown
+    /// afresh every turn was ≈ 2% of the broker's instructions per durable QoS 1
+    /// message: `docs/benchmarks.md`, "seventh round"); at most
+    /// [`SPARE_ACK_LISTS_MAX`].
+    spare_acks: Vec<Vec<HeldAck>>,
     epochs: VecDeque<Epoch>,
     /// Peers that were sent a publish this turn.
     sent_to: Vec<bool>,
@@ -245,11 +258,9 @@ pub struct Journal {
     gc_at: usize,
     /// The next Will number (`Record::WillPending`).
     next_will: u64,
-    /// Wills recovery found pending, to publish again on the first turn.
-    restored_wills: Vec<(u64, u64, StoredMessage<'static>)>,
-    /// Clean sessions' Wills recovery found armed (their connections ended with the
-    /// crash), to publish on the first turn.
-    restored_armed: Vec<(u64, Will<'static>)>,
+    /// Wills recovery found pending (to publish again) or armed (clean sessions' Wills
+    /// whose connections ended with the crash, to publish), by number, for the first turn.
+    restored_wills: Vec<(u64, RestoredWill)>,
     /// Records of the unwritten batch that may still cancel out.
     elision: elide::Elision,
     /// The shared messages the last sweep dropped, for the message pool to reuse
@@ -263,16 +274,7 @@ impl Journal {
     pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
         let next_msg = shadow.next_msg_id().0;
         let next_will = shadow.next_will_id();
-        let restored_wills = shadow
-            .pending_wills
-            .iter()
-            .map(|(&id, (stamp, msg))| (id, *stamp, msg.clone()))
-            .collect();
-        let restored_armed = shadow
-            .armed_wills
-            .iter()
-            .map(|(&id, w)| (id, w.clone()))
-            .collect();
+        let restored_wills = restored_wills(&shadow);
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
         // first sweep waits until the count doubles, as after any sweep.
         let gc_at = (shadow.message_count() * 2).max(GC_MESSAGES_MIN);
@@ -283,6 +285,7 @@ impl Journal {
             last_msg: None,
             adopted: None,
             turn: Vec::new(),
+            spare_acks: Vec::new(),
             epochs: VecDeque::new(),
             sent_to: vec![false; shards],
             barrier_seq: 0,
@@ -306,7 +309,6 @@ impl Journal {
             commit_news: Vec::new(),
             next_will,
             restored_wills,
-            restored_armed,
             elision: elide::Elision::default(),
             swept: Vec::new(),
         }
@@ -319,14 +321,10 @@ impl Journal {
         id
     }
 
-    /// The Wills recovery found pending (number, retained stamp, message), once.
-    pub fn take_restored_wills(&mut self) -> Vec<(u64, u64, StoredMessage<'static>)> {
+    /// The Wills recovery found pending or armed, by number (the order they were
+    /// published or armed in), once.
+    pub fn take_restored_wills(&mut self) -> Vec<(u64, RestoredWill)> {
         std::mem::take(&mut self.restored_wills)
-    }
-
-    /// The clean sessions' Wills recovery found armed (number, Will), once.
-    pub fn take_restored_armed(&mut self) -> Vec<(u64, Will<'static>)> {
-        std::mem::take(&mut self.restored_armed)
     }
 
     /// A stored session's Will was published by its timer: log its parameters without it
@@ -371,7 +369,9 @@ impl Journal {
     /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
         self.append(&r);
-        self.shadow.apply(r);
+        if !self.shadow.apply_delivery(&r) {
+            self.shadow.apply(r);
+        }
         self.sweep_if_due();
     }
 
@@ -674,10 +674,11 @@ impl Journal {
             }
         }
         if !self.turn.is_empty() {
+            let next = self.spare_acks.pop().unwrap_or_default();
             self.epochs.push_back(Epoch {
                 lsn: self.wal.last_lsn(),
                 required: self.required.clone(),
-                acks: std::mem::take(&mut self.turn),
+                acks: std::mem::replace(&mut self.turn, next),
             });
         }
         self.last_msg = None;
@@ -717,7 +718,8 @@ impl Journal {
         self.checkpoint_if_due();
     }
 
-    /// The next batch of acks that may go out now, if any.
+    /// The next batch of acks that may go out now, if any (in the order held; give the
+    /// emptied list back with [`Journal::reuse_acks`]).
     pub fn released(&mut self) -> Option<Vec<HeldAck>> {
         let durable = self.wal.durable_lsn();
         let e = self.epochs.front()?;
@@ -730,6 +732,18 @@ impl Journal {
             self.epochs.pop_front().map(|e| e.acks)
         } else {
             None
+        }
+    }
+
+    /// Give back a list [`Journal::released`] returned, once its acks are taken out: a
+    /// later turn holds its acks in it instead of growing a new list.
+    pub fn reuse_acks(&mut self, mut acks: Vec<HeldAck>) {
+        acks.clear();
+        if self.spare_acks.len() < SPARE_ACK_LISTS_MAX
+            && acks.capacity() > 0
+            && acks.capacity() <= SPARE_ACKS_CAPACITY_MAX
+        {
+            self.spare_acks.push(acks);
         }
     }
 
@@ -844,6 +858,40 @@ impl Journal {
             ));
         }
     }
+}
+
+/// A Will recovery found still to publish.
+#[derive(Debug, Clone)]
+pub enum RestoredWill {
+    /// Published before the stop, not yet durable everywhere it went (`WillPending`):
+    /// published again, with its retained stamp.
+    Pending(u64, StoredMessage<'static>),
+    /// A clean session's, armed at its CONNECT (`WillArmed`): its connection ended with
+    /// the stop, which counts as its end.
+    Armed(Will<'static>),
+}
+
+/// The Wills of recovered `state` to publish, pending and armed together in the order of
+/// their numbers. Both kinds share one number space, given in order: an armed Will's at
+/// its CONNECT, a stored session's at publication (and a merge of shards' states keeps
+/// the order within each shard, `LiveState::merge`). So a client's older connection's
+/// Will, published and still pending, comes before the Will its newer connection armed:
+/// publishing every armed Will first reversed the two (power seed 3,563: a watcher got
+/// a clean client's two Wills in the wrong order).
+fn restored_wills(state: &LiveState) -> Vec<(u64, RestoredWill)> {
+    let pending = state
+        .pending_wills
+        .iter()
+        .map(|(&id, (stamp, msg))| (id, RestoredWill::Pending(*stamp, msg.clone())));
+    let armed = state
+        .armed_wills
+        .iter()
+        .map(|(&id, w)| (id, RestoredWill::Armed(w.clone())));
+    let mut wills: Vec<(u64, RestoredWill)> = pending.chain(armed).collect();
+    // Numbers are unique across the two maps (a Will is armed, then pending, then done,
+    // under one number); a stable sort keeps a pending one first were they not.
+    wills.sort_by_key(|(id, _)| *id);
+    wills
 }
 
 /// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).

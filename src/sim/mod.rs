@@ -1212,6 +1212,48 @@ mod tests {
         );
     }
 
+    /// Where watcher 0 first got client 1's Will `seq`, among its deliveries.
+    fn watcher_got_at(w: &World, seq: u32) -> Option<usize> {
+        w.oracle
+            .deliveries
+            .iter()
+            .filter(|d| d.client == 0)
+            .position(|d| d.publisher == 1 && d.seq == seq)
+    }
+
+    /// A clean client takes its session over: its old connection's Will is published
+    /// (pending) and its new connection's Will armed, both durable on the client's shard,
+    /// and the power fails before the watcher's shard has logged the first Will's
+    /// delivery. Recovery publishes both, the older first: it once published every armed
+    /// Will before every pending one, and the watcher got the newer Will first (power
+    /// seed 3,563, "client 6 got 1:4 after 1:7: publisher order broken").
+    #[test]
+    fn a_clean_clients_two_wills_published_by_recovery_keep_their_order() {
+        let watcher = Client::new(0, id_on(0, 2), Version::V5, Role::Watcher, 0);
+        let mut dying = Client::new(1, id_on(1, 2), Version::V3_1_1, Role::Publisher, 0);
+        dying.clean = true;
+        let mut w = a_watched_will(2, watcher, dying);
+        let old = last_will(&w);
+        w.take_over(1);
+        let new = last_will(&w);
+        assert!(new > old, "the new connection has its own Will");
+        // Shard 0 hands the new CONNECT over if it came in there; shard 1 takes the
+        // session over, publishes the old Will to shard 0 and arms the new one, and only
+        // its log syncs.
+        turn(&mut w, 0);
+        turn(&mut w, 1);
+        turn(&mut w, 1);
+        while w.cluster.background(1, true) {}
+        w.power_cut().unwrap_or_else(|f| panic!("{f}"));
+        w.settle().unwrap_or_else(|f| panic!("{f}"));
+        let (at_old, at_new) = (watcher_got_at(&w, old), watcher_got_at(&w, new));
+        assert!(at_old.is_some() && at_new.is_some(), "both Wills published");
+        assert!(at_old < at_new, "Will 1:{old} first, then 1:{new}");
+        let subs = w.subscriptions();
+        w.oracle.check_end(&subs);
+        assert!(w.oracle.violations.is_empty(), "{:?}", w.oracle.violations);
+    }
+
     /// A clean session ends with DISCONNECT: its Will is discarded, and a power cut after
     /// that is durable does not bring it back.
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::disk::{Disk, OsDisk};
 use super::frame::{encode_frame, CutReason, FileHeader, FileKind};
 use super::reader::{FileScan, PieceReader};
-use super::record::Record;
+use super::record::{MessageProps, MsgId, Record, StoredMessage};
 use super::state::LiveState;
 use super::wal::{list_segments, segment_name, CHECKPOINT_FILE};
 use super::{io, Lsn, StoreError};
@@ -237,10 +237,11 @@ fn recover_shard(disk: &dyn Disk, dir: &Path) -> Result<ShardRecovery, StoreErro
         cuts: Vec::new(),
         records: 0,
     };
+    let segments = list_segments(disk, dir)?;
+    reserve_messages(disk, dir, &segments, &mut r.state);
     let mut reader = PieceReader::default();
     let upto = read_checkpoint(disk, dir, &mut reader, &mut r)?;
     let mut expected = upto + 1;
-    let segments = list_segments(disk, dir)?;
     for (i, n) in segments.iter().enumerate() {
         let path = dir.join(segment_name(*n));
         let scanned = replay_segment(disk, &path, &mut reader, expected, &mut r)?;
@@ -262,6 +263,38 @@ fn recover_shard(disk: &dyn Disk, dir: &Path) -> Result<ShardRecovery, StoreErro
         break;
     }
     Ok(r)
+}
+
+/// Reserve room in `state` for as many messages as the checkpoint and `segments` of
+/// `dir` can hold at most (each message takes at least its own frame), so that the
+/// message `Vec` is never grown, and copied, while they are read. The room a smaller
+/// count leaves unused is address space, never touched; [`LiveState::finish`] gives it
+/// back. A size that cannot be read, or room the allocator refuses, reserves nothing.
+fn reserve_messages(disk: &dyn Disk, dir: &Path, segments: &[u64], state: &mut LiveState) {
+    let files = std::iter::once(dir.join(CHECKPOINT_FILE))
+        .chain(segments.iter().map(|n| dir.join(segment_name(*n))));
+    let bytes: u64 = files.map(|f| disk.len(&f).unwrap_or(0)).sum();
+    let most = bytes / message_frame_bytes_min();
+    if let Ok(n) = usize::try_from(most) {
+        state.messages.try_reserve(n);
+    }
+}
+
+/// The fewest bytes a stored message's frame takes: a `MessageStored` record with an
+/// empty topic, payload and properties (measured by encoding one, so it follows the
+/// format).
+fn message_frame_bytes_min() -> u64 {
+    let msg = StoredMessage {
+        topic: "".into(),
+        payload: (&[][..]).into(),
+        qos: 0,
+        retain: false,
+        expires_at_unix_ms: None,
+        props: MessageProps::default(),
+    };
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, 1, &Record::MessageStored { id: MsgId(1), msg });
+    (buf.len() as u64).max(1)
 }
 
 /// Apply the records of segment `path` with LSN ≥ `expected`.

@@ -186,6 +186,9 @@ pub struct LiveState {
 impl LiveState {
     /// Apply one record (only what the state keeps is copied from a borrowed one).
     pub fn apply(&mut self, r: Record<'_>) {
+        if self.apply_delivery(&r) {
+            return;
+        }
         match r {
             Record::SessionCreated(info) => self.session_created(info.into_owned()),
             Record::SessionDisconnected {
@@ -247,7 +250,7 @@ impl LiveState {
                 self.retain(topic.into_owned(), r)
             }
             Record::Bridge { bridge, op } => self.apply_bridge(bridge, op),
-            other => self.apply_delivery(other),
+            other => self.apply_incoming(other),
         }
     }
 
@@ -291,7 +294,12 @@ impl LiveState {
         }
     }
 
-    fn apply_delivery(&mut self, r: Record<'_>) {
+    /// Apply `r` if it is one of a delivery's own records (queued, sent, done, dropped),
+    /// by reference; false for any other record (apply it with [`LiveState::apply`]).
+    /// A journal's shadow applies two of these per durable QoS 1 message: taken by
+    /// reference, the record is not moved through the dispatch (two copies of it per
+    /// record before: `docs/benchmarks.md`, "seventh round").
+    pub fn apply_delivery(&mut self, r: &Record<'_>) -> bool {
         match r {
             Record::DeliveryQueued {
                 client_id,
@@ -301,8 +309,8 @@ impl LiveState {
                 sub_ids,
                 txn,
             } => {
-                if let Some(s) = self.session(&client_id) {
-                    let d = Delivery::new(msg, qos, retain, sub_ids.into_owned(), None, txn);
+                if let Some(s) = self.session(client_id) {
+                    let d = Delivery::new(*msg, *qos, *retain, sub_ids.to_vec(), None, *txn);
                     s.deliveries.push(d);
                 }
             }
@@ -315,9 +323,9 @@ impl LiveState {
                 packet_id,
                 txn,
             } => {
-                if let Some(s) = self.session(&client_id) {
-                    let ids = sub_ids.into_owned();
-                    let d = Delivery::new(msg, qos, retain, ids, Some(packet_id), txn);
+                if let Some(s) = self.session(client_id) {
+                    let ids = sub_ids.to_vec();
+                    let d = Delivery::new(*msg, *qos, *retain, ids, Some(*packet_id), *txn);
                     s.deliveries.push(d);
                 }
             }
@@ -327,25 +335,26 @@ impl LiveState {
                 packet_id,
                 state,
             } => {
-                if let Some(s) = self.session(&client_id) {
-                    s.deliveries.sent(msg, packet_id, state);
+                if let Some(s) = self.session(client_id) {
+                    s.deliveries.sent(*msg, *packet_id, *state);
                 }
             }
             Record::DeliveryDone {
                 client_id,
                 packet_id,
             } => {
-                if let Some(s) = self.session(&client_id) {
-                    s.deliveries.done(packet_id);
+                if let Some(s) = self.session(client_id) {
+                    s.deliveries.done(*packet_id);
                 }
             }
             Record::DeliveryDropped { client_id, msg } => {
-                if let Some(s) = self.session(&client_id) {
-                    s.deliveries.dropped(msg);
+                if let Some(s) = self.session(client_id) {
+                    s.deliveries.dropped(*msg);
                 }
             }
-            other => self.apply_incoming(other),
+            _ => return false,
         }
+        true
     }
 
     fn apply_incoming(&mut self, r: Record<'_>) {
@@ -510,6 +519,8 @@ impl LiveState {
         missing += (before - self.retained.len()) as u64;
         self.orphans += missing;
         self.drop_unreferenced();
+        // Recovery reserved room for the most messages its files could hold.
+        self.messages.shrink_to_fit();
     }
 
     /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
@@ -637,18 +648,42 @@ impl LiveState {
             let at = self.qos2_committed.entry(origin).or_insert(0);
             *at = (*at).max(txn);
         }
-        let first = self.next_will_id();
-        let mut next = first..;
-        for ((_, w), id) in other.pending_wills.into_iter().zip(&mut next) {
-            self.pending_wills.insert(id, w);
-        }
-        for ((_, w), id) in other.armed_wills.into_iter().zip(&mut next) {
-            self.armed_wills.insert(id, w);
-        }
+        self.merge_wills(other.pending_wills, other.armed_wills);
         for id in other.cluster_received.iter() {
             self.cluster_received.insert(id);
         }
         conflicts
+    }
+
+    /// Take another shard's pending and armed Wills, renumbered above this state's in
+    /// their own order: the two kinds share one number space, in the order the Wills were
+    /// armed or published, and recovery publishes them in that order
+    /// (`broker::journal::restored_wills`), so a client's older Will stays first.
+    fn merge_wills(
+        &mut self,
+        pending: BTreeMap<u64, (u64, StoredMessage<'static>)>,
+        armed: BTreeMap<u64, Will<'static>>,
+    ) {
+        let mut next = self.next_will_id()..;
+        let mut pending = pending.into_iter().peekable();
+        let mut armed = armed.into_iter().peekable();
+        loop {
+            let pending_first = match (pending.peek(), armed.peek()) {
+                (None, None) => return,
+                (Some((p, _)), Some((a, _))) => p <= a,
+                (p, _) => p.is_some(),
+            };
+            let Some(id) = next.next() else {
+                return;
+            };
+            if pending_first {
+                if let Some((_, w)) = pending.next() {
+                    self.pending_wills.insert(id, w);
+                }
+            } else if let Some((_, w)) = armed.next() {
+                self.armed_wills.insert(id, w);
+            }
+        }
     }
 
     /// Split into `n` states: each session goes to `client_shard(client_id)`, each

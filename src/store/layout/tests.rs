@@ -419,3 +419,80 @@ fn a_long_single_session_queue_recovers() {
     }
     assert_eq!(r.state.messages.len() as u64, N - DROPPED - (SENT - WINDOW));
 }
+
+/// Recovery reserves the message `Vec` once, from the files' sizes, and never grows it
+/// while reading (its capacity is still the reservation: a growth would have raised it);
+/// `finish` gives the unused room back. The state is the one an unreserved replay of the
+/// same records builds (the oracle: `LiveState::apply` on an empty state).
+#[test]
+fn recovery_reserves_the_messages_once_and_finish_gives_the_rest_back() {
+    use crate::store::record::MsgId;
+    use crate::store::testutil::message;
+    use std::borrow::Cow;
+    let data = Scratch::new("reserve");
+    let dir = shard_dir(data.path(), 0);
+    let mut records = vec![session("c", false)];
+    for i in 1..=3_000u64 {
+        let msg = message(&format!("t/{i}"), &i.to_le_bytes(), i % 3 == 0);
+        records.push(Record::MessageStored { id: MsgId(i), msg });
+        records.push(Record::DeliveryQueued {
+            client_id: Cow::Borrowed("c"),
+            msg: MsgId(i),
+            qos: 1,
+            retain: false,
+            sub_ids: Cow::Borrowed(&[]),
+            txn: 0,
+        });
+    }
+    let mut wal = Wal::open(&dir, never(64 << 10), || {}).expect("open");
+    for (i, r) in records.iter().enumerate() {
+        wal.append(r);
+        if i % 500 == 499 {
+            wal.end_turn().expect("write");
+        }
+    }
+    wal.end_turn().expect("write");
+    drop(wal);
+    let segments = list_segments(&OsDisk, &dir).expect("list");
+    assert!(segments.len() > 1, "several segments: {segments:?}");
+
+    let mut reserved = LiveState::default();
+    reserve_messages(&OsDisk, &dir, &segments, &mut reserved);
+    let room = reserved.messages.capacity();
+    assert!(room >= 3_000, "room for every message: {room}");
+    let mut r = recover_shard(&OsDisk, &dir).expect("recover");
+    assert_eq!(r.state.messages.len(), 3_000);
+    assert_eq!(r.state.messages.capacity(), room, "grown while reading");
+
+    let mut oracle = LiveState::default();
+    for rec in records {
+        oracle.apply(rec);
+    }
+    assert_eq!(r.state, oracle);
+    r.state.finish();
+    oracle.finish();
+    assert_eq!(r.state, oracle);
+    assert_eq!(r.state.messages.capacity(), r.state.messages.len());
+}
+
+/// The bound the reservation divides by is a true minimum: no message's frame is
+/// shorter, whatever it holds.
+#[test]
+fn no_message_frame_is_shorter_than_the_minimum() {
+    use crate::store::record::MsgId;
+    use crate::store::testutil::message;
+    let min = message_frame_bytes_min();
+    for (topic, payload, full) in [("", &b""[..], false), ("a", b"", false), ("t", b"x", true)] {
+        for id in [0, 1, u64::MAX] {
+            let msg = message(topic, payload, full);
+            let mut buf = Vec::new();
+            encode_frame(&mut buf, 7, &Record::MessageStored { id: MsgId(id), msg });
+            assert!(
+                buf.len() as u64 >= min,
+                "{topic:?} {payload:?}: {}",
+                buf.len()
+            );
+        }
+    }
+    assert!(min > crate::store::frame::FRAME_HEADER_BYTES as u64);
+}

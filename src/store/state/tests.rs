@@ -543,6 +543,58 @@ fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
     assert!(parts[1].pending_wills.is_empty() && parts[2].pending_wills.is_empty());
 }
 
+/// Pending and armed Wills share one number space, in the order they were armed or
+/// published, and recovery publishes them in that order. Merging another shard's Wills
+/// renumbers them but keeps that order across the two kinds (it once renumbered every
+/// pending one before every armed one: a clean client's newer connection's armed Will
+/// could then come before its older connection's pending one).
+#[test]
+fn merged_wills_keep_their_order_across_pending_and_armed() {
+    let pending = |id: u64, topic: &str| Record::WillPending {
+        id,
+        stamp: 0,
+        msg: message(topic, b"gone", false),
+    };
+    let armed = |id: u64, topic: &str| Record::WillArmed {
+        id,
+        will: crate::store::Will {
+            topic: c(topic),
+            payload: Cow::Borrowed(b"gone"),
+            qos: 1,
+            retain: false,
+            delay_s: 0,
+            expiry_interval_s: None,
+            props: crate::store::MessageProps::default(),
+        },
+    };
+    let mut a = replay(vec![pending(1, "w/a")]);
+    let b = replay(vec![
+        armed(1, "w/old"),
+        armed(2, "w/new"),
+        pending(1, "w/old"),
+        armed(3, "w/newest"),
+        pending(4, "w/stored"),
+    ]);
+    a.merge(b);
+    let mut order: Vec<(u64, String)> = a
+        .pending_wills
+        .iter()
+        .map(|(&id, (_, m))| (id, m.topic.to_string()))
+        .chain(
+            a.armed_wills
+                .iter()
+                .map(|(&id, w)| (id, w.topic.to_string())),
+        )
+        .collect();
+    order.sort();
+    let topics: Vec<&str> = order.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        vec!["w/a", "w/old", "w/new", "w/newest", "w/stored"]
+    );
+    assert_eq!(a.next_will_id(), 6);
+}
+
 /// Recovery merges the shards' states in directory order: a log holding nothing but its
 /// commit marks (a clean-session publisher's shard) may be read first. Merging the
 /// subscriber's state into it must keep those marks, or the committed routing is dropped.
