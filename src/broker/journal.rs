@@ -82,8 +82,9 @@ pub enum HeldAck {
         session: usize,
         /// The session's uid (a reused key is another session).
         uid: u64,
-        /// Its packet id.
-        pid: PacketId,
+        /// Its hold's number in the session (`Session::track_held`), never its packet id:
+        /// that may be freed and given to another delivery before the release.
+        hold: u64,
     },
     /// Log an inbound QoS 2 id (the PUBREC behind it follows).
     Incoming(HeldIncoming),

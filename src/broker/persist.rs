@@ -15,7 +15,7 @@ use super::journal::{self, HeldAck, Journal};
 use super::shared::{ShareMember, ShareOp};
 use super::{Broker, Cast};
 use crate::protocol::{self, Packet, PacketId};
-use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubState};
+use crate::session::{FlightState, Message, Outgoing, StoredWill, SubState};
 use crate::store::{
     DeliveryState, LiveState, MsgId, Record, SessionInfo, SessionState, StoredMessage, Will,
 };
@@ -306,23 +306,23 @@ impl<X> Broker<X> {
     fn release_parked(&mut self, now_ms: u64) {
         while let Some(ack) = self.journal.as_mut().and_then(Journal::unpark) {
             if let HeldAck::Publish {
-                session, uid, pid, ..
+                session, uid, hold, ..
             } = ack
             {
-                self.release_publish(session, uid, pid, now_ms);
+                self.release_publish(session, uid, hold, now_ms);
             }
         }
     }
 
     /// The routing a held PUBLISH must still wait for: its message's, if not committed,
     /// or any (0) while older ones wait.
-    fn publish_waits(&self, session: usize, uid: u64, pid: PacketId) -> Option<u64> {
+    fn publish_waits(&self, session: usize, uid: u64, hold: u64) -> Option<u64> {
         let j = self.journal.as_ref()?;
         let txn = self
             .sessions
             .get(session)
             .filter(|x| x.uid == uid)
-            .and_then(|x| x.inflight.iter().find(|f| f.pid == pid))
+            .and_then(|x| x.held(hold))
             .filter(|f| f.out.qos == protocol::QoS::ExactlyOnce)
             .map_or(0, |f| f.out.msg.txn);
         if !j.is_committed(txn) {
@@ -331,15 +331,16 @@ impl<X> Broker<X> {
         j.parked().then_some(0)
     }
 
-    /// A held PUBLISH may go: to the session's link now, if it has one.
-    fn release_publish(&mut self, session: usize, uid: u64, pid: PacketId, now_ms: u64) {
+    /// Hold `hold` of session `session` (incarnation `uid`) is released: its PUBLISH may
+    /// go, to the session's link now if it has one.
+    fn release_publish(&mut self, session: usize, uid: u64, hold: u64, now_ms: u64) {
         let released = self
             .sessions
             .get_mut(session)
             .filter(|x| x.uid == uid)
-            .is_some_and(|x| x.release_held(pid));
-        if released {
-            self.send_held_publish(session, pid, now_ms);
+            .and_then(|x| x.release_held(hold));
+        if let Some(i) = released {
+            self.send_held_publish(session, i, now_ms);
         }
     }
 
@@ -442,22 +443,22 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Publish {
-                session, uid, pid, ..
-            } => match self.publish_waits(session, uid, pid) {
+                session, uid, hold, ..
+            } => match self.publish_waits(session, uid, hold) {
                 Some(txn) => {
                     if let Some(j) = self.journal.as_mut() {
                         j.park(txn, ack);
                     }
                 }
-                None => self.release_publish(session, uid, pid, now_ms),
+                None => self.release_publish(session, uid, hold, now_ms),
             },
         }
     }
 
-    /// Send a held PUBLISH if its session is connected and its delivery (not yet
-    /// acknowledged) is there. A session that reconnected since it was held gets it on its
+    /// Send the PUBLISH of session `s`'s in-flight entry `i`, just released, if the
+    /// session is connected. A session that reconnected since it was held gets it on its
     /// new link (`resend_inflight` leaves held deliveries to this).
-    fn send_held_publish(&mut self, s: usize, pid: PacketId, now_ms: u64) {
+    fn send_held_publish(&mut self, s: usize, i: usize, now_ms: u64) {
         let Some(sess) = self.sessions.get(s) else {
             return;
         };
@@ -468,17 +469,17 @@ impl<X> Broker<X> {
         }) else {
             return;
         };
-        let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
+        let Some(f) = sess.inflight().get(i) else {
             return;
         };
         if f.state == FlightState::AwaitComp {
             return;
         }
-        let out = f.out.clone();
+        let (pid, out) = (f.pid, f.out.clone());
         let (_, sessions, mut sink) = self.parts();
         if !deliver::write_publish(&mut sink, key, &out, Some(pid), false, now_ms) {
             if let Some(sess) = sessions.get_mut(s) {
-                sess.inflight.retain(|x| x.pid != pid);
+                sess.drop_flight(i);
                 deliver::log_done(sink.journal.as_deref_mut(), sess, pid);
             }
         }
@@ -685,16 +686,14 @@ impl<X> Broker<X> {
                 sid: d.msg.0,
             };
             match d.packet_id {
-                Some(pid) => sess.inflight.push_back(InFlight {
-                    pid,
-                    held: false,
-                    state: match (d.state, out.qos) {
+                Some(pid) => {
+                    let state = match (d.state, out.qos) {
                         (DeliveryState::PubrelSent, _) => FlightState::AwaitComp,
                         (_, protocol::QoS::ExactlyOnce) => FlightState::AwaitRec,
                         _ => FlightState::AwaitAck,
-                    },
-                    out,
-                }),
+                    };
+                    sess.restore_flight(pid, out, state);
+                }
                 None => {
                     sess.enqueue(out, &limits);
                 }
@@ -703,7 +702,12 @@ impl<X> Broker<X> {
         // New packet ids start above the restored ones: the allocator's fast path takes
         // every id above `next_pid` as free (found by the power-cut simulation: a new
         // delivery reused a restored in-flight id and was never sent).
-        let highest = sess.inflight.iter().map(|f| f.pid.get()).max().unwrap_or(0);
+        let highest = sess
+            .inflight()
+            .iter()
+            .map(|f| f.pid.get())
+            .max()
+            .unwrap_or(0);
         sess.ids_used_up_to(highest);
         let offline_ms = st
             .disconnected_at_unix_ms
