@@ -50,8 +50,11 @@ const POWER_SEEDS_DEFAULT: u64 = 300;
 /// delivery, then never sent). 3563: recovery published a clean client's armed Will (its
 /// connection open at the cut) before the pending Will of its older connection (taken
 /// over just before), so a watcher got the two out of order (restored Wills are now
-/// published in the order of their numbers).
-const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563];
+/// published in the order of their numbers). 9423: a QoS 2 resend after a takeover was
+/// answered (PUBREC) before the first copy's commit was durable; the cut dropped the
+/// routing and the client sent only PUBREL (the resend's PUBREC now waits behind the
+/// commit).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563, 9423];
 
 /// Regression seeds found before clean share-group members existed: they keep the
 /// schedules they had then (clean members would change them).

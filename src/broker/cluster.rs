@@ -1011,7 +1011,7 @@ impl<X> Broker<X> {
         let subs = sess.subs.iter().map(|(f, st)| (f.clone(), *st)).collect();
         // A QoS 2 delivery awaiting PUBCOMP has reached the client: not owed again.
         let unacked = sess
-            .inflight
+            .inflight()
             .iter()
             .filter(|f| f.state != FlightState::AwaitComp)
             .map(|f| &f.out);

@@ -409,7 +409,12 @@ impl<X> Broker<X> {
         };
         let Some(key) = sess.link else { return };
         // Held deliveries are sent when released, not here.
-        let flights: Vec<_> = sess.inflight.iter().filter(|f| !f.held).cloned().collect();
+        let flights: Vec<_> = sess
+            .inflight()
+            .iter()
+            .filter(|f| f.held.is_none())
+            .cloned()
+            .collect();
         for f in flights {
             match f.state {
                 FlightState::AwaitComp => {
@@ -419,7 +424,7 @@ impl<X> Broker<X> {
                     let (_, sessions, mut sink) = self.parts();
                     if !deliver::write_publish(&mut sink, key, &f.out, Some(f.pid), true, now_ms) {
                         if let Some(sess) = sessions.get_mut(s) {
-                            sess.inflight.retain(|x| x.pid != f.pid);
+                            sess.drop_pid(f.pid);
                         }
                     }
                 }

@@ -259,22 +259,21 @@ fn send_tracked<X>(
             .journal
             .as_deref()
             .is_some_and(|j| !j.is_committed(out.msg.txn));
-    let hold = sess.held_out > 0 || uncommitted || (out.sid != 0 && qos2);
+    let hold = sess.holding() || uncommitted || (out.sid != 0 && qos2);
     if let (Some(j), true) = (sink.journal.as_deref_mut(), hold) {
-        sess.track(pid, out);
-        sess.hold_last();
+        let hold = sess.track_held(pid, out);
         j.hold(super::journal::HeldAck::Publish {
             link: key,
             gen,
             session: s,
             uid: sess.uid,
-            pid,
+            hold,
         });
         return;
     }
     let out = sess.track(pid, out);
     if !write_publish(sink, key, out, Some(pid), false, now_ms) {
-        sess.inflight.pop_back();
+        sess.drop_pid(pid);
         log_done(sink.journal.as_deref_mut(), sess, pid);
     }
 }

@@ -82,8 +82,9 @@ pub enum HeldAck {
         session: usize,
         /// The session's uid (a reused key is another session).
         uid: u64,
-        /// Its packet id.
-        pid: PacketId,
+        /// Its hold's number in the session (`Session::track_held`), never its packet id:
+        /// that may be freed and given to another delivery before the release.
+        hold: u64,
     },
     /// Log an inbound QoS 2 id (the PUBREC behind it follows).
     Incoming(HeldIncoming),
@@ -175,6 +176,9 @@ pub struct HeldIncoming {
     /// The number the session's next new QoS 2 message gets, logged with the id (0: the
     /// message is not numbered; see `Record::Qos2Numbering`).
     pub next: u64,
+    /// The PUBRECs of resends of the message that came meanwhile (link, generation,
+    /// encoded PUBREC): they follow the commit as this one does, never before it.
+    pub resends: Vec<(usize, u32, SmallVec<[u8; 16]>)>,
 }
 
 /// The acks of one turn, with what they wait for.
@@ -779,6 +783,16 @@ impl Journal {
         self.wal.batch_bytes()
     }
 
+    /// The held inbound QoS 2 id `pid` of session `uid` whose commit is not logged yet,
+    /// if any: a resend of its message must be answered behind it.
+    pub fn incoming_held(&mut self, uid: u64, pid: PacketId) -> Option<&mut HeldIncoming> {
+        let epochs = self.epochs.iter_mut().flat_map(|e| e.acks.iter_mut());
+        epochs.chain(self.turn.iter_mut()).find_map(|a| match a {
+            HeldAck::Incoming(h) if h.uid == uid && h.pid == pid => Some(h),
+            _ => None,
+        })
+    }
+
     /// Whether link `link` (generation `gen`) has an ack held: a refusal must then wait
     /// behind it, to keep the acks in the order of the PUBLISHes.
     pub fn holds_for(&self, link: usize, gen: u32) -> bool {
@@ -790,7 +804,10 @@ impl Journal {
                 link: l, gen: g, ..
             } => *l == link && *g == gen,
             HeldAck::SubAck(p) => p.link == link && p.gen == gen,
-            HeldAck::Incoming(h) => h.link == link && h.gen == gen,
+            HeldAck::Incoming(h) => {
+                (h.link == link && h.gen == gen)
+                    || h.resends.iter().any(|r| r.0 == link && r.1 == gen)
+            }
             // Not an ack: whatever is written to the link meanwhile stays behind its CONNACK.
             HeldAck::Output { .. }
             | HeldAck::Bridge { .. }

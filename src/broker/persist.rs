@@ -15,7 +15,7 @@ use super::journal::{self, HeldAck, Journal};
 use super::shared::{ShareMember, ShareOp};
 use super::{Broker, Cast};
 use crate::protocol::{self, Packet, PacketId};
-use crate::session::{FlightState, InFlight, Message, Outgoing, StoredWill, SubState};
+use crate::session::{FlightState, Message, Outgoing, StoredWill, SubState};
 use crate::store::{
     DeliveryState, LiveState, MsgId, Record, SessionInfo, SessionState, StoredMessage, Will,
 };
@@ -306,23 +306,23 @@ impl<X> Broker<X> {
     fn release_parked(&mut self, now_ms: u64) {
         while let Some(ack) = self.journal.as_mut().and_then(Journal::unpark) {
             if let HeldAck::Publish {
-                session, uid, pid, ..
+                session, uid, hold, ..
             } = ack
             {
-                self.release_publish(session, uid, pid, now_ms);
+                self.release_publish(session, uid, hold, now_ms);
             }
         }
     }
 
     /// The routing a held PUBLISH must still wait for: its message's, if not committed,
     /// or any (0) while older ones wait.
-    fn publish_waits(&self, session: usize, uid: u64, pid: PacketId) -> Option<u64> {
+    fn publish_waits(&self, session: usize, uid: u64, hold: u64) -> Option<u64> {
         let j = self.journal.as_ref()?;
         let txn = self
             .sessions
             .get(session)
             .filter(|x| x.uid == uid)
-            .and_then(|x| x.inflight.iter().find(|f| f.pid == pid))
+            .and_then(|x| x.held(hold))
             .filter(|f| f.out.qos == protocol::QoS::ExactlyOnce)
             .map_or(0, |f| f.out.msg.txn);
         if !j.is_committed(txn) {
@@ -331,15 +331,16 @@ impl<X> Broker<X> {
         j.parked().then_some(0)
     }
 
-    /// A held PUBLISH may go: to the session's link now, if it has one.
-    fn release_publish(&mut self, session: usize, uid: u64, pid: PacketId, now_ms: u64) {
+    /// Hold `hold` of session `session` (incarnation `uid`) is released: its PUBLISH may
+    /// go, to the session's link now if it has one.
+    fn release_publish(&mut self, session: usize, uid: u64, hold: u64, now_ms: u64) {
         let released = self
             .sessions
             .get_mut(session)
             .filter(|x| x.uid == uid)
-            .is_some_and(|x| x.release_held(pid));
-        if released {
-            self.send_held_publish(session, pid, now_ms);
+            .and_then(|x| x.release_held(hold));
+        if let Some(i) = released {
+            self.send_held_publish(session, i, now_ms);
         }
     }
 
@@ -395,8 +396,12 @@ impl<X> Broker<X> {
                 }
                 let (link, gen, bytes) = (h.link, h.gen, h.bytes);
                 if let Some(j) = self.journal.as_mut() {
-                    // Out after the id's record is durable (the next round).
+                    // Out after the id's record is durable (the next round), the
+                    // resends' PUBRECs with it.
                     j.hold(HeldAck::Bytes { link, gen, bytes });
+                    for (link, gen, bytes) in h.resends {
+                        j.hold(HeldAck::Bytes { link, gen, bytes });
+                    }
                     if txn != 0 {
                         j.hold(HeldAck::Commit { txn });
                     }
@@ -438,22 +443,22 @@ impl<X> Broker<X> {
                 }
             }
             HeldAck::Publish {
-                session, uid, pid, ..
-            } => match self.publish_waits(session, uid, pid) {
+                session, uid, hold, ..
+            } => match self.publish_waits(session, uid, hold) {
                 Some(txn) => {
                     if let Some(j) = self.journal.as_mut() {
                         j.park(txn, ack);
                     }
                 }
-                None => self.release_publish(session, uid, pid, now_ms),
+                None => self.release_publish(session, uid, hold, now_ms),
             },
         }
     }
 
-    /// Send a held PUBLISH if its session is connected and its delivery (not yet
-    /// acknowledged) is there. A session that reconnected since it was held gets it on its
+    /// Send the PUBLISH of session `s`'s in-flight entry `i`, just released, if the
+    /// session is connected. A session that reconnected since it was held gets it on its
     /// new link (`resend_inflight` leaves held deliveries to this).
-    fn send_held_publish(&mut self, s: usize, pid: PacketId, now_ms: u64) {
+    fn send_held_publish(&mut self, s: usize, i: usize, now_ms: u64) {
         let Some(sess) = self.sessions.get(s) else {
             return;
         };
@@ -464,17 +469,17 @@ impl<X> Broker<X> {
         }) else {
             return;
         };
-        let Some(f) = sess.inflight.iter().find(|f| f.pid == pid) else {
+        let Some(f) = sess.inflight().get(i) else {
             return;
         };
         if f.state == FlightState::AwaitComp {
             return;
         }
-        let out = f.out.clone();
+        let (pid, out) = (f.pid, f.out.clone());
         let (_, sessions, mut sink) = self.parts();
         if !deliver::write_publish(&mut sink, key, &out, Some(pid), false, now_ms) {
             if let Some(sess) = sessions.get_mut(s) {
-                sess.inflight.retain(|x| x.pid != pid);
+                sess.drop_flight(i);
                 deliver::log_done(sink.journal.as_deref_mut(), sess, pid);
             }
         }
@@ -683,16 +688,14 @@ impl<X> Broker<X> {
                 sid: d.msg.0,
             };
             match d.packet_id {
-                Some(pid) => sess.inflight.push_back(InFlight {
-                    pid,
-                    held: false,
-                    state: match (d.state, out.qos) {
+                Some(pid) => {
+                    let state = match (d.state, out.qos) {
                         (DeliveryState::PubrelSent, _) => FlightState::AwaitComp,
                         (_, protocol::QoS::ExactlyOnce) => FlightState::AwaitRec,
                         _ => FlightState::AwaitAck,
-                    },
-                    out,
-                }),
+                    };
+                    sess.restore_flight(pid, out, state);
+                }
                 None => {
                     sess.enqueue(out, &limits);
                 }
@@ -701,7 +704,12 @@ impl<X> Broker<X> {
         // New packet ids start above the restored ones: the allocator's fast path takes
         // every id above `next_pid` as free (found by the power-cut simulation: a new
         // delivery reused a restored in-flight id and was never sent).
-        let highest = sess.inflight.iter().map(|f| f.pid.get()).max().unwrap_or(0);
+        let highest = sess
+            .inflight()
+            .iter()
+            .map(|f| f.pid.get())
+            .max()
+            .unwrap_or(0);
         sess.ids_used_up_to(highest);
         let offline_ms = st
             .disconnected_at_unix_ms
@@ -1035,11 +1043,32 @@ impl<X> Broker<X> {
                     bytes,
                     txn,
                     next,
+                    resends: Vec::new(),
                 }));
             }
             _ if to.live => self.send_durable(to.link, &ack),
             _ => {}
         }
+    }
+
+    /// Answer a resend of session `s`'s QoS 2 message `pid` (its id is taken) on link
+    /// `key` with a PUBREC: behind the first copy's commit while that is not logged
+    /// (`HeldIncoming::resends`), else once this turn's records are durable. A PUBREC
+    /// that left before the commit was durable would let a cut drop the routing while the
+    /// client, holding a PUBREC, only sends PUBREL (power seed 9,423).
+    pub(super) fn pubrec_resend(&mut self, s: usize, key: usize, pid: PacketId) {
+        let uid = self.sessions.get(s).map(|x| x.uid);
+        let link = self.links.get(key).map(|l| (l.gen, l.version));
+        if let (Some(uid), Some((gen, version)), Some(j)) = (uid, link, self.journal.as_mut()) {
+            let ack = Packet::PubRec(protocol::Ack::new(pid));
+            let bytes = j.encode_held(version, &ack);
+            if let Some(h) = j.incoming_held(uid, pid) {
+                h.resends.push((key, gen, bytes));
+                return;
+            }
+        }
+        let ack = Packet::PubRec(protocol::Ack::new(pid));
+        self.send_durable(key, &ack);
     }
 
     /// The number the next QoS 2 message of `h`'s session gets, if `h` was numbered and

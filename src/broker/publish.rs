@@ -134,7 +134,7 @@ impl<X> Broker<X> {
                 };
                 if sess.awaiting_rel.contains(&pid.get()) {
                     // A resend of a message already routed: acknowledge, never route twice.
-                    self.send_ack_durable(key, Packet::PubRec, pid, ReasonCode::Success);
+                    self.pubrec_resend(s, key, pid);
                     return Verdict::Continue;
                 }
                 if sess.awaiting_rel.len()

@@ -807,7 +807,7 @@ pub(super) fn lost_with(unplaced: &mut Option<Vec<Arc<Message>>>, sess: &crate::
         return;
     };
     let held = sess
-        .inflight
+        .inflight()
         .iter()
         .map(|f| &f.out)
         .chain(sess.queue.iter());

@@ -184,7 +184,7 @@ impl<X> Broker<X> {
         let (mut subscriptions, mut stored, mut stored_bytes) = (0, 0, 0);
         for (_, s) in self.sessions.iter() {
             subscriptions += s.subs.len() as u64;
-            stored += (s.queue.len() + s.inflight.len()) as u64;
+            stored += (s.queue.len() + s.inflight().len()) as u64;
             stored_bytes += s.queued_bytes() as u64;
         }
         SysReport {

@@ -455,6 +455,7 @@ mod cluster_share;
 mod due_timers;
 mod elide;
 mod held_acks;
+mod held_release;
 mod qos2_log;
 mod share_log;
 mod share_moves;

@@ -5,7 +5,9 @@
 //! awaiting PUBREL) plus the Will of the current connection. Invariants: at most `window`
 //! messages are in flight; the queue never holds more than `queue_max` messages or
 //! `queue_bytes_max` bytes (the overflow is dropped and counted); packet ids in flight are
-//! unique. Must not touch: sockets, the bus, encoding: the broker decides what to send and
+//! unique; held deliveries (PUBLISH not written until its record is durable) are the
+//! newest in flight and are released oldest first, each by its own hold number
+//! ([`Session::holding`]). Must not touch: sockets, the bus, encoding: the broker decides what to send and
 //! this module only keeps the books.
 #![forbid(unsafe_code)]
 
@@ -82,9 +84,11 @@ pub struct InFlight {
     pub out: Outgoing,
     /// The step awaited.
     pub state: FlightState,
-    /// Held: its PUBLISH waits for its record to be durable and is not written yet
-    /// (counted in [`Session::held_out`]; sent when released, not by a resumption).
-    pub held: bool,
+    /// `Some(n)`: held by hold `n` of its session ([`Session::track_held`]): its PUBLISH
+    /// waits for its record to be durable and is not written yet; it is sent when that
+    /// hold is released ([`Session::release_held`]), not by a resumption. `None`: written
+    /// (or to be written again by a resumption).
+    pub held: Option<u64>,
 }
 
 /// A subscription as the session remembers it.
@@ -173,9 +177,11 @@ pub struct Session {
     pub subs: BTreeMap<Box<str>, SubState>,
     /// What `subs` costs the broker, estimated by [`subscription_bytes`] per filter.
     pub subs_bytes: u64,
-    /// Unacknowledged outbound QoS 1/2 deliveries, oldest first. Add to it only through
-    /// [`Session::track`], which keeps the packet id allocator's books.
-    pub inflight: VecDeque<InFlight>,
+    /// Unacknowledged outbound QoS 1/2 deliveries, oldest first (read it with
+    /// [`Session::inflight`]). Private, so that every change goes through a method that
+    /// keeps the packet id allocator's books and the held entries a suffix (see
+    /// [`Session::holding`]).
+    inflight: VecDeque<InFlight>,
     /// Deliveries waiting for the window or for the client to reconnect.
     pub queue: VecDeque<Outgoing>,
     /// Retained messages owed to subscriptions, oldest SUBSCRIBE first.
@@ -212,9 +218,10 @@ pub struct Session {
     pub listener: usize,
     /// The session is in the store (persistent, persistence on): its changes are logged.
     pub logged: bool,
-    /// Stored deliveries whose PUBLISH waits for its record to be durable; later ones
-    /// wait behind them, so the session's order holds.
-    pub held_out: u32,
+    /// Holds given so far ([`Session::track_held`]): the next one is numbered one more.
+    /// Never reused in a session, so a release meets only its own delivery, even once
+    /// that delivery's packet id has gone to another.
+    holds: u64,
     /// The number of the next new inbound QoS 2 message (a stored session in a cluster;
     /// 0: not numbered). See `Record::Qos2Numbering`.
     pub qos2_next: u64,
@@ -256,7 +263,7 @@ impl Session {
             username: None,
             listener: 0,
             logged: false,
-            held_out: 0,
+            holds: 0,
             qos2_next: 0,
         }
     }
@@ -303,8 +310,46 @@ impl Session {
         self.inflight.len() < self.window(limits)
     }
 
-    /// Record a QoS 1/2 delivery about to be sent; returns it, for writing.
+    /// The unacknowledged outbound deliveries, oldest first; the held ones (if any) are
+    /// the newest.
+    pub fn inflight(&self) -> &VecDeque<InFlight> {
+        &self.inflight
+    }
+
+    /// Whether a delivery is held (its PUBLISH waits for its record): a new one must then
+    /// wait behind it, so the session's order holds.
+    ///
+    /// Invariant: the held entries of `inflight` are a suffix of it, their holds
+    /// increasing, and they are released oldest first; so the newest entry says. Every
+    /// change keeps it: an entry is added only at the back, held only if
+    /// [`Session::track_held`] adds it (with the next number), unheld by
+    /// [`Session::track`] only while nothing is held; a release takes the oldest held
+    /// one (the journal returns holds in the order they were made: its epochs, and the
+    /// PUBLISHes parked behind a commit, are first in first out); removing any entry,
+    /// a state change (PUBREC), a move (`take_shared`) or clearing keep a suffix a
+    /// suffix; nothing reorders the entries.
+    pub fn holding(&self) -> bool {
+        self.inflight.back().is_some_and(|f| f.held.is_some())
+    }
+
+    /// Record a QoS 1/2 delivery about to be written (nothing may be held: it would
+    /// overtake it); returns it, for writing.
     pub fn track(&mut self, pid: PacketId, out: Outgoing) -> &Outgoing {
+        debug_assert!(!self.holding(), "a delivery overtakes a held one");
+        self.push_flight(pid, out, None);
+        &self.inflight[self.inflight.len() - 1].out
+    }
+
+    /// Record a QoS 1/2 delivery whose PUBLISH waits for its record to be durable
+    /// (held); returns the number of its hold, by which [`Session::release_held`] finds
+    /// it.
+    pub fn track_held(&mut self, pid: PacketId, out: Outgoing) -> u64 {
+        self.holds += 1;
+        self.push_flight(pid, out, Some(self.holds));
+        self.holds
+    }
+
+    fn push_flight(&mut self, pid: PacketId, out: Outgoing, held: Option<u64>) {
         let state = match out.qos {
             QoS::ExactlyOnce => FlightState::AwaitRec,
             _ => FlightState::AwaitAck,
@@ -316,37 +361,57 @@ impl Session {
             pid,
             out,
             state,
-            held: false,
+            held,
         });
-        &self.inflight[self.inflight.len() - 1].out
     }
 
-    /// Hold the delivery just tracked: its PUBLISH waits for its record to be durable.
-    pub fn hold_last(&mut self) {
+    /// A delivery restored from the store, in flight under `pid` in `state` (the newest
+    /// so far; nothing restored is held).
+    pub fn restore_flight(&mut self, pid: PacketId, out: Outgoing, state: FlightState) {
+        debug_assert!(!self.holding());
+        self.push_flight(pid, out, None);
         if let Some(f) = self.inflight.back_mut() {
-            f.held = true;
-            self.held_out += 1;
+            f.state = state;
         }
     }
 
-    /// Release held delivery `pid`; false if it is no longer in flight and held (moved
-    /// to another member, or acknowledged meanwhile): then there is nothing to send.
-    pub fn release_held(&mut self, pid: PacketId) -> bool {
-        let Some(f) = self.inflight.iter_mut().find(|f| f.pid == pid && f.held) else {
-            return false;
-        };
-        f.held = false;
-        self.held_out = self.held_out.saturating_sub(1);
-        true
+    /// The held entry of hold `hold`, if it is still in flight and held (a scan of the
+    /// held suffix only).
+    fn held_index(&self, hold: u64) -> Option<usize> {
+        let mut held = self.inflight.iter().rev().take_while(|f| f.held.is_some());
+        let from_back = held.position(|f| f.held == Some(hold))?;
+        Some(self.inflight.len() - 1 - from_back)
     }
 
-    /// Remove in-flight entry `i`, keeping the count of held ones true.
-    fn remove_flight(&mut self, i: usize) -> Option<InFlight> {
-        let f = self.inflight.remove(i)?;
-        if f.held {
-            self.held_out = self.held_out.saturating_sub(1);
-        }
-        Some(f)
+    /// The delivery of hold `hold`, if it is still in flight and held.
+    pub fn held(&self, hold: u64) -> Option<&InFlight> {
+        self.held_index(hold).and_then(|i| self.inflight.get(i))
+    }
+
+    /// Release hold `hold`: its delivery may be written now. Returns the delivery's index
+    /// in [`Session::inflight`], or `None` if it is no longer in flight (moved to another
+    /// member, acknowledged meanwhile by a stray ack, or the state cleared): then there is
+    /// nothing to send, whatever has the packet id it had.
+    pub fn release_held(&mut self, hold: u64) -> Option<usize> {
+        let i = self.held_index(hold)?;
+        debug_assert!(
+            i == 0 || self.inflight[i - 1].held.is_none(),
+            "holds are released oldest first"
+        );
+        self.inflight.get_mut(i)?.held = None;
+        Some(i)
+    }
+
+    /// Remove in-flight entry `i` (acknowledged, or its PUBLISH could not be written).
+    /// Removing any entry keeps the held ones a suffix.
+    pub fn drop_flight(&mut self, i: usize) -> Option<InFlight> {
+        self.inflight.remove(i)
+    }
+
+    /// Remove the in-flight entry of packet id `pid`, if any.
+    pub fn drop_pid(&mut self, pid: PacketId) -> Option<InFlight> {
+        let i = self.inflight.iter().position(|f| f.pid == pid)?;
+        self.drop_flight(i)
     }
 
     /// Queue a delivery; false (and counted) when the queue is full.
@@ -379,7 +444,6 @@ impl Session {
         self.queue = VecDeque::new();
         self.queue_bytes = 0;
         self.inflight = VecDeque::new();
-        self.held_out = 0;
         self.awaiting_rel = BTreeSet::new();
         self.retained_backlog = VecDeque::new();
     }
@@ -404,7 +468,7 @@ impl Session {
     /// As [`Session::on_puback`], returning the delivered message (for reuse).
     pub fn take_puback(&mut self, pid: PacketId) -> Result<Arc<Message>, AckError> {
         let i = self.position(pid, FlightState::AwaitAck)?;
-        let f = self.remove_flight(i).ok_or(AckError::NotFound)?;
+        let f = self.drop_flight(i).ok_or(AckError::NotFound)?;
         Ok(f.out.msg)
     }
 
@@ -416,7 +480,7 @@ impl Session {
             Err(_) => return self.position(pid, FlightState::AwaitComp).map(|_| ()),
         };
         if failed {
-            self.remove_flight(i);
+            self.drop_flight(i);
         } else if let Some(f) = self.inflight.get_mut(i) {
             f.state = FlightState::AwaitComp;
         }
@@ -426,7 +490,7 @@ impl Session {
     /// PUBCOMP received: the QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, pid: PacketId) -> Result<(), AckError> {
         let i = self.position(pid, FlightState::AwaitComp)?;
-        self.remove_flight(i);
+        self.drop_flight(i);
         Ok(())
     }
 
@@ -437,18 +501,14 @@ impl Session {
     /// id, and sending it elsewhere (or back later under a new id) would deliver it twice.
     pub fn take_shared(&mut self) -> Vec<(Outgoing, Option<PacketId>)> {
         let mut taken = Vec::new();
-        let mut held = 0;
+        // A held one leaves unwritten; its release then finds nothing (`release_held`).
         self.inflight.retain(|f| {
             let shared = f.out.share.is_some() && f.state == FlightState::AwaitAck;
             if shared {
-                // A held one leaves unwritten: it no longer counts as held (else the
-                // next resumption would leave an older delivery unsent).
-                held += u32::from(f.held);
                 taken.push((f.out.clone(), Some(f.pid)));
             }
             !shared
         });
-        self.held_out = self.held_out.saturating_sub(held);
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for out in self.queue.drain(..) {
             if out.share.is_some() {
@@ -492,7 +552,6 @@ impl Session {
         self.subs.clear();
         self.subs_bytes = 0;
         self.inflight.clear();
-        self.held_out = 0;
         self.queue.clear();
         self.queue_bytes = 0;
         self.awaiting_rel.clear();
@@ -551,7 +610,7 @@ mod tests {
             "a repeated PUBREC is answered again"
         );
         assert_eq!(s.on_pubcomp(pid), Ok(()));
-        assert!(s.inflight.is_empty());
+        assert!(s.inflight().is_empty());
     }
 
     #[test]
@@ -566,14 +625,30 @@ mod tests {
         assert_eq!(s.queued_bytes(), 2 * first.msg.weight());
     }
 
+    /// Whether the held entries are a suffix of `inflight`, their holds increasing (the
+    /// invariant [`Session::holding`] rests on), checked in full.
+    fn held_suffix(s: &Session) -> bool {
+        let mut last = None;
+        for f in &s.inflight {
+            match (f.held, last) {
+                (None, Some(_)) => return false,
+                (Some(n), Some(l)) if n <= l => return false,
+                (Some(n), _) => last = Some(n),
+                (None, None) => {}
+            }
+        }
+        true
+    }
+
     /// A departing member's QoS 1 deliveries may move to another member, but a QoS 2 one
     /// already sent stays in flight under its packet id (the client may hold it already).
     #[test]
-    fn a_held_shared_delivery_moved_away_is_no_longer_counted_as_held() {
+    fn a_held_shared_delivery_moved_away_leaves_nothing_held() {
         // Power seed 5,353: a QoS 2 delivery in flight, then a QoS 1 shared one held
         // (its record not yet durable). The member goes offline: the held one moves to
         // another member. The QoS 2 one stays and must be resent at the next resumption,
-        // not taken for a held one (the count used to stay at 1).
+        // not taken for a held one (a count of held entries kept beside them used to
+        // stay at 1).
         let mut s = Session::new("c", 1, u32::MAX);
         let shared = |qos| Outgoing {
             share: Some("$share/g/t".into()),
@@ -582,43 +657,133 @@ mod tests {
         let p1 = s.alloc_pid().expect("pid");
         s.track(p1, shared(QoS::ExactlyOnce));
         let p2 = s.alloc_pid().expect("pid");
-        s.track(p2, shared(QoS::AtLeastOnce));
-        s.hold_last();
-        assert_eq!(s.held_out, 1);
+        let h2 = s.track_held(p2, shared(QoS::AtLeastOnce));
+        assert!(s.holding());
         let taken = s.take_shared();
         assert_eq!(taken.len(), 1, "the held QoS 1 delivery moves");
-        assert_eq!(s.held_out, 0, "nothing held is left");
+        assert!(!s.holding(), "nothing held is left");
         let resent: Vec<_> = s
-            .inflight
+            .inflight()
             .iter()
-            .filter(|f| !f.held)
+            .filter(|f| f.held.is_none())
             .map(|f| f.pid)
             .collect();
         assert_eq!(resent, vec![p1], "the QoS 2 delivery is resent");
-        assert!(!s.release_held(p2), "its release finds nothing to send");
-        assert_eq!(s.held_out, 0);
+        assert_eq!(
+            s.release_held(h2),
+            None,
+            "its release finds nothing to send"
+        );
     }
 
     #[test]
-    fn an_acknowledged_or_released_held_delivery_leaves_the_count() {
+    fn an_acknowledged_or_released_held_delivery_is_no_longer_held() {
         let mut s = Session::new("c", 1, u32::MAX);
         let p1 = s.alloc_pid().expect("pid");
-        s.track(p1, out(QoS::AtLeastOnce));
-        s.hold_last();
+        let h1 = s.track_held(p1, out(QoS::AtLeastOnce));
         let p2 = s.alloc_pid().expect("pid");
-        s.track(p2, out(QoS::AtLeastOnce));
-        s.hold_last();
-        assert_eq!(s.held_out, 2);
-        assert!(s.release_held(p1));
-        assert!(!s.release_held(p1), "released once");
-        assert_eq!(s.held_out, 1);
-        // A stray PUBACK for the unsent, held one still keeps the count true.
+        let h2 = s.track_held(p2, out(QoS::AtLeastOnce));
+        assert!(h2 > h1);
+        assert_eq!(s.release_held(h1), Some(0), "the oldest, where it is");
+        assert_eq!(s.release_held(h1), None, "released once");
+        assert!(s.holding());
+        // A stray PUBACK for the unsent, held one leaves nothing held.
         s.on_puback(p2).expect("in flight");
-        assert_eq!(s.held_out, 0);
-        s.track(p2, out(QoS::AtLeastOnce));
-        s.hold_last();
+        assert!(!s.holding());
+        assert_eq!(s.release_held(h2), None);
+        let h3 = s.track_held(p2, out(QoS::AtLeastOnce));
+        assert!(h3 > h2, "a hold number is never given twice");
         s.clear_state();
-        assert_eq!(s.held_out, 0, "cleared with the state");
+        assert!(!s.holding(), "cleared with the state");
+        assert_eq!(s.release_held(h3), None);
+    }
+
+    /// A held delivery freed by a stray acknowledgement (the client acknowledges a
+    /// PUBLISH it never got), then the session's packet ids go round while its release
+    /// waits: a new held delivery gets the same packet id. The old release must not send
+    /// the new one before its own record is durable (it used to: it looked the delivery
+    /// up by packet id). `broker::tests::held_release` drives the same through packets.
+    #[test]
+    fn a_release_meets_only_its_own_delivery_not_one_that_reused_its_packet_id() {
+        let mut s = Session::new("c", 1, u32::MAX);
+        let old_pid = s.alloc_pid().expect("pid");
+        let old = s.track_held(old_pid, out(QoS::ExactlyOnce));
+        s.on_pubrec(old_pid, true)
+            .expect("a stray failed PUBREC frees it");
+        for _ in 1..u16::MAX {
+            let pid = s.alloc_pid().expect("pid");
+            assert_ne!(pid, old_pid);
+            s.track(pid, out(QoS::AtLeastOnce));
+            s.on_puback(pid).expect("in flight");
+        }
+        let pid = s.alloc_pid().expect("pid");
+        assert_eq!(pid, old_pid, "the ids went round");
+        let new = s.track_held(pid, out(QoS::ExactlyOnce));
+        assert_eq!(s.release_held(old), None, "the old release sends nothing");
+        assert!(s.holding(), "the new delivery still waits for its record");
+        assert_eq!(s.release_held(new), Some(0));
+        assert!(!s.holding());
+    }
+
+    /// Random in-flight traffic as the broker makes it (a delivery is held whenever one
+    /// is, and sometimes by itself; the journal releases holds first in, first out), with
+    /// stray and real acknowledgements, failed PUBRECs, moves of shared deliveries and
+    /// failed writes: the held entries stay a suffix, so `holding` (the newest entry)
+    /// says whether any is held, and every release meets its own delivery or none.
+    #[test]
+    fn held_entries_stay_the_newest_and_are_released_oldest_first() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut s = Session::new("c", 1, u32::MAX);
+        // The journal's queue of holds, oldest first, and what each was for.
+        let mut pending: VecDeque<(u64, PacketId)> = VecDeque::new();
+        for step in 0..20_000 {
+            let any = |s: &Session| s.inflight.iter().any(|f| f.held.is_some());
+            match next(8) {
+                0 | 1 if s.inflight.len() < 8 => {
+                    let Some(pid) = s.alloc_pid() else { continue };
+                    let qos = [QoS::AtLeastOnce, QoS::ExactlyOnce][next(2) as usize];
+                    let share = (next(2) == 0).then(|| "$share/g/t".into());
+                    let o = Outgoing { share, ..out(qos) };
+                    if s.holding() || next(3) == 0 {
+                        pending.push_back((s.track_held(pid, o), pid));
+                    } else {
+                        s.track(pid, o);
+                    }
+                }
+                2 | 3 => {
+                    if let Some((hold, pid)) = pending.pop_front() {
+                        if let Some(i) = s.release_held(hold) {
+                            assert_eq!(s.inflight[i].pid, pid, "step {step}: its own");
+                        }
+                    }
+                }
+                4 | 5 if !s.inflight.is_empty() => {
+                    // An acknowledgement of any entry, held (a stray one) or not.
+                    let pid = s.inflight[next(s.inflight.len() as u64) as usize].pid;
+                    let _ = s.on_puback(pid);
+                    let _ = s.on_pubrec(pid, next(2) == 0);
+                    if next(2) == 0 {
+                        let _ = s.on_pubcomp(pid);
+                    }
+                }
+                6 if next(4) == 0 => drop(s.take_shared()),
+                7 if !s.inflight.is_empty() && next(4) == 0 => {
+                    let i = next(s.inflight.len() as u64) as usize;
+                    if s.inflight[i].held.is_none() {
+                        s.drop_flight(i);
+                    }
+                }
+                _ => {}
+            }
+            assert!(held_suffix(&s), "step {step}: {:?}", s.inflight);
+            assert_eq!(s.holding(), any(&s), "step {step}");
+        }
     }
 
     #[test]

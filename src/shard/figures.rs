@@ -103,7 +103,7 @@ fn copy_costly<X>(m: &ShardMetrics, broker: &Broker<X>) {
         subs += s.subs.len();
         queued += s.queue.len();
         queued_bytes += s.queued_bytes();
-        inflight += s.inflight.len();
+        inflight += s.inflight().len();
     }
     m.clients_connected.set(connected as u64);
     m.subscriptions.set(subs as u64);
@@ -140,7 +140,7 @@ fn lists<X>(broker: &Broker<X>, now_ns: u64) -> ShardLists {
             shard,
             subscriptions: session.map_or(0, |s| s.subs.len()),
             queued: session.map_or(0, |s| s.queue.len()),
-            inflight: session.map_or(0, |s| s.inflight.len()),
+            inflight: session.map_or(0, |s| s.inflight().len()),
             pending_bytes: conn.tx.pending(),
         });
     }

@@ -159,7 +159,7 @@ fn queue_bytes(s: &Session) -> u64 {
         .iter()
         .map(|b| b.msgs.len() as u64 * 8)
         .sum();
-    s.queued_bytes() as u64 + s.inflight.len() as u64 * INFLIGHT_BYTES + backlog
+    s.queued_bytes() as u64 + s.inflight().len() as u64 * INFLIGHT_BYTES + backlog
 }
 
 /// A session's subscriptions: kept with them, so O(1) whatever their number.

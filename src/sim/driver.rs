@@ -284,7 +284,7 @@ impl Cluster {
             let mut ledger = ShareLedger::default();
             for sess in b.sessions().filter(|x| x.logged) {
                 let held = sess
-                    .inflight
+                    .inflight()
                     .iter()
                     .map(|f| &f.out)
                     .chain(sess.queue.iter());

@@ -1,21 +1,47 @@
-//! Framing: file headers, and the length + CRC32C frame around every record.
+//! Framing: file headers, and the length + CRC32C frames that carry records.
 //!
 //! Owns: the byte layout of segment and checkpoint files. A file is a [`FileHeader`]
-//! followed by frames; a frame is `len: u32, crc: u32, lsn: u64, body: [u8; len]` (little
-//! endian), where `crc` is CRC32C over `len`, `lsn` and `body`, and `body` is one
-//! [`Record`] encoding. Invariant: [`scan`] yields a frame only if its checksum matches,
-//! its LSN is the one expected next and its body decodes; at the first frame that fails
-//! any of these it stops and says where and why, so a torn or bit-flipped tail is cut and
-//! the longest valid prefix kept, never garbage. Must not touch: files (it reads and writes
-//! byte slices), the engine.
+//! followed by frames. Every frame starts `len: u32, crc: u32, lsn: u64` (little endian)
+//! and then holds `body: [u8; len]`, where `crc` is CRC32C over `len`, `lsn` and `body`.
+//! The header's format version says what a body is ([`FrameFormat`]):
+//!
+//! * version 1 ([`FrameFormat::Single`]): one [`Record`] encoding; `lsn` is its LSN.
+//!   Checkpoints are written so, and segments were until version 2 (still read).
+//! * version 2 ([`FrameFormat::Grouped`], segments): one or more *members*, each
+//!   `rlen: varint, record: [u8; rlen]` (LEB128, at most 5 bytes); `lsn` is the first
+//!   member's LSN and the others follow it by one. The log puts a batch's records into
+//!   groups of up to [`GROUP_BODY_BYTES_MAX`] (a larger record is a group alone), so a
+//!   batch of small records pays one checksum and one 16-byte header per group, not per
+//!   record (`docs/decisions/0020-grouped-frames.md`).
+//!
+//! Invariant: [`scan`] yields a record only if its frame's checksum matches, the frame's
+//! LSN is the one expected next and the record decodes; at the first frame that fails any
+//! of these it stops and says where (the frame's start) and why, so a torn or bit-flipped
+//! tail is cut and the longest valid prefix kept, never garbage. A group is checked whole
+//! before any member is handed out; only a member that does not decode in a group whose
+//! checksum matches (a newer writer's record) stops inside it, after the members before
+//! it. Must not touch: files (it reads and writes byte slices), the engine.
 
 use super::record::{DecodeError, Record};
 use super::{Lsn, FORMAT_VERSION};
 
+/// The format version of files whose frames hold one record each (checkpoints, and
+/// segments written before version 2).
+pub const FORMAT_SINGLE: u16 = 1;
+/// The format version of segments whose frames hold groups of records.
+pub const FORMAT_GROUPED: u16 = 2;
+/// A group's body grows to at most this many bytes before the log starts another; a
+/// record larger than this is a group alone. Far below the reader's piece
+/// (`reader::READ_PIECE_BYTES`), so groups never make it grow.
+pub const GROUP_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of a member's length at most (a LEB128 `u32`).
+const MEMBER_LEN_BYTES_MAX: usize = 5;
+
 /// Bytes before a frame's body: length, checksum, LSN.
 pub const FRAME_HEADER_BYTES: usize = 16;
 /// Largest frame body accepted when reading: an MQTT packet's limit plus room for the
-/// record's other fields. A length above it is corruption, refused before allocating.
+/// record's other fields (and, in a group, its member length). A length above it is
+/// corruption, refused before allocating.
 pub const FRAME_BODY_BYTES_MAX: usize = 268_435_455 + 2 * 65_536 + 4096;
 /// Bytes of a [`FileHeader`].
 pub const FILE_HEADER_BYTES: usize = 24;
@@ -32,6 +58,26 @@ pub enum FileKind {
     Checkpoint,
 }
 
+/// What a file's frames hold, as its header's format version says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// One record per frame (version 1).
+    Single,
+    /// A group of records per frame (version 2).
+    Grouped,
+}
+
+impl FrameFormat {
+    /// The format of files of version `version`, if this build reads it.
+    pub fn of_version(version: u16) -> Option<FrameFormat> {
+        match version {
+            FORMAT_SINGLE => Some(FrameFormat::Single),
+            FORMAT_GROUPED => Some(FrameFormat::Grouped),
+            _ => None,
+        }
+    }
+}
+
 /// The header every store file starts with: magic, version, an LSN, and a CRC32C of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileHeader {
@@ -42,14 +88,23 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
-    /// The header's bytes.
+    /// The header's bytes, with the version this build writes for its kind: grouped
+    /// frames ([`FORMAT_VERSION`]) for a segment, single ones for a checkpoint.
     pub fn encode(&self) -> [u8; FILE_HEADER_BYTES] {
+        self.encode_as(match self.kind {
+            FileKind::Segment => FORMAT_VERSION,
+            FileKind::Checkpoint => FORMAT_SINGLE,
+        })
+    }
+
+    /// The header's bytes with format version `version` (tests write old files so).
+    pub fn encode_as(&self, version: u16) -> [u8; FILE_HEADER_BYTES] {
         let mut b = [0u8; FILE_HEADER_BYTES];
         b[..8].copy_from_slice(match self.kind {
             FileKind::Segment => &SEGMENT_MAGIC,
             FileKind::Checkpoint => &CHECKPOINT_MAGIC,
         });
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&version.to_le_bytes());
         b[12..20].copy_from_slice(&self.lsn.to_le_bytes());
         let crc = crc32c::crc32c(&b[..20]);
         b[20..24].copy_from_slice(&crc.to_le_bytes());
@@ -58,6 +113,11 @@ impl FileHeader {
 
     /// Read a header from the start of `buf`.
     pub fn decode(buf: &[u8]) -> Result<FileHeader, CutReason> {
+        FileHeader::decode_format(buf).map(|(h, _)| h)
+    }
+
+    /// Read a header from the start of `buf`, with the format of the frames after it.
+    pub fn decode_format(buf: &[u8]) -> Result<(FileHeader, FrameFormat), CutReason> {
         let b = buf.get(..FILE_HEADER_BYTES).ok_or(CutReason::Torn)?;
         if crc32c::crc32c(&b[..20]) != le_u32(&b[20..24]) {
             return Err(CutReason::Checksum);
@@ -68,13 +128,13 @@ impl FileHeader {
             _ => return Err(CutReason::BadHeader("magic")),
         };
         let version = u16::from_le_bytes([b[8], b[9]]);
-        if version != FORMAT_VERSION {
-            return Err(CutReason::BadHeader("format version"));
-        }
-        Ok(FileHeader {
+        let format =
+            FrameFormat::of_version(version).ok_or(CutReason::BadHeader("format version"))?;
+        let header = FileHeader {
             kind,
             lsn: le_u64(&b[12..20]),
-        })
+        };
+        Ok((header, format))
     }
 }
 
@@ -115,29 +175,72 @@ impl std::fmt::Display for CutReason {
     }
 }
 
-/// Append one frame holding `record` at `lsn` to `out`.
+/// Append one single-record frame (version 1) holding `record` at `lsn` to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, record: &Record<'_>) {
-    let start = out.len();
-    encode_unsealed(out, record);
-    seal_frame(&mut out[start..], lsn);
-}
-
-/// Append one frame holding `record` to `out` without its LSN and checksum: the log
-/// seals it ([`seal_frame`]) when it writes the batch, so a frame cancelled before then
-/// costs no checksum and takes no LSN.
-pub fn encode_unsealed(out: &mut Vec<u8>, record: &Record<'_>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     record.encode(out);
-    let body_len = out.len() - start - FRAME_HEADER_BYTES;
-    // A record body is bounded by one MQTT packet (< 256 MiB), so it fits in u32.
-    let len = u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes();
-    out[start..start + 4].copy_from_slice(&len);
+    seal_at(&mut out[start..], lsn);
 }
 
-/// Give the unsealed frame `frame` (exactly one, from [`encode_unsealed`]) its LSN and
-/// checksum.
-pub fn seal_frame(frame: &mut [u8], lsn: Lsn) {
+/// Start a group frame (version 2) at the end of `out`; returns where it starts, for
+/// [`seal_group`] once its members are pushed ([`push_member`]).
+pub fn begin_group(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    start
+}
+
+/// Bytes a member holding a record encoding of `len` bytes takes in a group's body.
+pub fn member_bytes(len: usize) -> usize {
+    let mut n = 1;
+    let mut v = len >> 7;
+    while v > 0 {
+        n += 1;
+        v >>= 7;
+    }
+    n + len
+}
+
+/// Append a member holding the record encoding `body` to the group being built at the
+/// end of `out`.
+pub fn push_member(out: &mut Vec<u8>, body: &[u8]) {
+    // A record is bounded by one MQTT packet (< 256 MiB), so its length fits in u32.
+    let mut v = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out.extend_from_slice(body);
+}
+
+/// Give the group frame `frame` (from [`begin_group`] to the end of its last member) its
+/// length, its first member's LSN and its checksum.
+pub fn seal_group(frame: &mut [u8], first_lsn: Lsn) {
+    seal_at(frame, first_lsn);
+}
+
+/// Append one group frame holding `records`, the first at `first_lsn` (the log builds its
+/// groups from encodings it already holds; this is for tests and tools).
+pub fn encode_group(out: &mut Vec<u8>, first_lsn: Lsn, records: &[Record<'_>]) {
+    let start = begin_group(out);
+    let mut body = Vec::new();
+    for r in records {
+        body.clear();
+        r.encode(&mut body);
+        push_member(out, &body);
+    }
+    seal_group(&mut out[start..], first_lsn);
+}
+
+/// Write the length (from the frame's size), `lsn` and the checksum into the header of
+/// `frame`, which is exactly one frame.
+fn seal_at(frame: &mut [u8], lsn: Lsn) {
+    let body_len = frame.len() - FRAME_HEADER_BYTES;
+    // A body is bounded by one MQTT packet or one group (< 256 MiB), so it fits in u32.
+    let len = u32::try_from(body_len).unwrap_or(u32::MAX).to_le_bytes();
+    frame[..4].copy_from_slice(&len);
     frame[8..16].copy_from_slice(&lsn.to_le_bytes());
     let crc = frame_crc(&frame[..4], &frame[8..]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -191,60 +294,147 @@ pub struct Cut {
     pub reason: CutReason,
 }
 
-/// Read frames from `buf[pos..]`, expecting LSNs `first_lsn, first_lsn + 1, …`, handing
-/// each to `f` (borrowing from `buf`). Returns the LSN after the last frame kept, and the
-/// cut if it stopped early.
+/// Read frames of `format` from `buf[pos..]`, expecting LSNs `first_lsn, first_lsn + 1,
+/// …`, handing each record to `f` (borrowing from `buf`). Returns the LSN after the last
+/// record kept, and the cut if it stopped early (at the start of the frame that failed).
 pub fn scan(
     buf: &[u8],
     mut pos: usize,
     first_lsn: Lsn,
+    format: FrameFormat,
     mut f: impl FnMut(Lsn, Record<'_>),
 ) -> (Lsn, Option<Cut>) {
     let mut next = first_lsn;
     while pos < buf.len() {
-        match frame_at(buf, pos, next) {
-            Ok((record, frame_bytes)) => {
-                f(next, record);
-                next += 1;
+        let read = frame_at(buf, pos, next).and_then(|(body, frame_bytes)| {
+            let after = match format {
+                FrameFormat::Single => single(body, next, &mut f),
+                FrameFormat::Grouped => group(body, next, &mut f),
+            };
+            after.map(|a| (a, frame_bytes))
+        });
+        match read {
+            Ok((after, frame_bytes)) => {
+                next = after;
                 pos += frame_bytes;
             }
-            Err(reason) => {
+            Err(Stop { reason, after }) => {
+                let after = after.unwrap_or(next);
                 return (
-                    next,
+                    after,
                     Some(Cut {
                         offset: pos,
                         reason,
                     }),
-                )
+                );
             }
         }
     }
     (next, None)
 }
 
-/// The frame at `buf[pos..]`, and its size, if it is valid and carries `want_lsn`.
-fn frame_at(buf: &[u8], pos: usize, want_lsn: Lsn) -> Result<(Record<'_>, usize), CutReason> {
+/// Why a frame was not (wholly) kept, and the LSN after the last record of it handed out
+/// if some were (a group with a member that does not decode).
+struct Stop {
+    reason: CutReason,
+    after: Option<Lsn>,
+}
+
+impl From<CutReason> for Stop {
+    fn from(reason: CutReason) -> Stop {
+        Stop {
+            reason,
+            after: None,
+        }
+    }
+}
+
+/// The body of the frame at `buf[pos..]`, and the frame's size, if it is whole, its
+/// checksum matches and it carries `want_lsn`.
+fn frame_at(buf: &[u8], pos: usize, want_lsn: Lsn) -> Result<(&[u8], usize), Stop> {
     let rest = &buf[pos..];
     let head = rest.get(..FRAME_HEADER_BYTES).ok_or(CutReason::Torn)?;
     let len = usize::try_from(le_u32(&head[..4])).map_err(|_| CutReason::Oversized)?;
     if len > FRAME_BODY_BYTES_MAX {
-        return Err(CutReason::Oversized);
+        return Err(CutReason::Oversized.into());
     }
     let frame = rest
         .get(..FRAME_HEADER_BYTES + len)
         .ok_or(CutReason::Torn)?;
     if frame_crc(&frame[..4], &frame[8..]) != le_u32(&frame[4..8]) {
-        return Err(CutReason::Checksum);
+        return Err(CutReason::Checksum.into());
     }
     let lsn = le_u64(&frame[8..16]);
     if lsn != want_lsn {
         return Err(CutReason::LsnGap {
             expected: want_lsn,
             found: lsn,
-        });
+        }
+        .into());
     }
-    let record = Record::decode(&frame[FRAME_HEADER_BYTES..]).map_err(CutReason::Body)?;
-    Ok((record, frame.len()))
+    Ok((&frame[FRAME_HEADER_BYTES..], frame.len()))
+}
+
+/// Hand out the one record of a version 1 frame's `body`, at `lsn`.
+fn single<'b>(body: &'b [u8], lsn: Lsn, f: &mut impl FnMut(Lsn, Record<'b>)) -> Result<Lsn, Stop> {
+    let record = Record::decode(body).map_err(CutReason::Body)?;
+    f(lsn, record);
+    Ok(lsn + 1)
+}
+
+/// Hand out the members of a group's `body`, the first at `first`. The members' lengths
+/// are checked to tile the body first, so a group cut for its layout hands out nothing.
+fn group<'b>(body: &'b [u8], first: Lsn, f: &mut impl FnMut(Lsn, Record<'b>)) -> Result<Lsn, Stop> {
+    let bad = |what| Stop::from(CutReason::Body(DecodeError::BadValue(what)));
+    let mut at = 0;
+    while at < body.len() {
+        let (len, used) = member_len(&body[at..]).ok_or(bad("group member length"))?;
+        at = (at + used)
+            .checked_add(len)
+            .filter(|&end| end <= body.len())
+            .ok_or(bad("group member length"))?;
+    }
+    if body.is_empty() {
+        return Err(bad("empty group"));
+    }
+    let mut lsn = first;
+    let mut rest = body;
+    while let Some((len, used)) = member_len(rest) {
+        // The tiling was checked above; `get` keeps a mistake from panicking.
+        let member = rest
+            .get(used..used + len)
+            .ok_or(bad("group member length"))?;
+        let after = &rest[used + len..];
+        match Record::decode(member) {
+            Ok(record) => f(lsn, record),
+            Err(e) => {
+                let after = (lsn > first).then_some(lsn);
+                return Err(Stop {
+                    reason: CutReason::Body(e),
+                    after,
+                });
+            }
+        }
+        lsn += 1;
+        rest = after;
+    }
+    Ok(lsn)
+}
+
+/// A member's length and the bytes it takes, from the start of `b` (a LEB128 `u32`);
+/// `None` if `b` is empty, or the length is unterminated or too large.
+fn member_len(b: &[u8]) -> Option<(usize, usize)> {
+    let mut v = 0u32;
+    for (i, &byte) in b.iter().take(MEMBER_LEN_BYTES_MAX).enumerate() {
+        if i == MEMBER_LEN_BYTES_MAX - 1 && byte > 0x0f {
+            return None;
+        }
+        v |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((usize::try_from(v).ok()?, i + 1));
+        }
+    }
+    None
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -277,9 +467,61 @@ mod tests {
     }
 
     fn read(buf: &[u8], first: Lsn) -> (Vec<Record<'static>>, Option<Cut>) {
+        read_as(FrameFormat::Single, buf, first)
+    }
+
+    /// Every record `scan` hands out (checking their LSNs follow on from `first`).
+    fn read_as(format: FrameFormat, buf: &[u8], first: Lsn) -> (Vec<Record<'static>>, Option<Cut>) {
         let mut got = Vec::new();
-        let (_, cut) = scan(buf, 0, first, |_, r| got.push(r.into_owned()));
+        let (next, cut) = scan(buf, 0, first, format, |lsn, r| {
+            assert_eq!(lsn, first + got.len() as u64);
+            got.push(r.into_owned());
+        });
+        assert_eq!(next, first + got.len() as u64);
         (got, cut)
+    }
+
+    /// `records` in groups of the sizes `sizes` (cycled; the last group takes the rest),
+    /// the first record at `first`; with the end of each group.
+    fn groups(records: &[Record<'static>], sizes: &[usize], first: Lsn) -> (Vec<u8>, Vec<Ends>) {
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        let mut at = 0;
+        for &n in sizes.iter().cycle() {
+            if at == records.len() {
+                break;
+            }
+            let n = n.clamp(1, records.len() - at);
+            encode_group(&mut buf, first + at as u64, &records[at..at + n]);
+            at += n;
+            ends.push(Ends {
+                byte: buf.len(),
+                records: at,
+            });
+        }
+        (buf, ends)
+    }
+
+    /// Where a group ends: its last byte's offset + 1, and the records up to it.
+    #[derive(Debug, Clone, Copy)]
+    struct Ends {
+        byte: usize,
+        records: usize,
+    }
+
+    /// A group frame at `lsn` whose body is `body` as given (any bytes), checksum valid.
+    fn raw_group(lsn: Lsn, body: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let at = begin_group(&mut buf);
+        buf.extend_from_slice(body);
+        seal_group(&mut buf[at..], lsn);
+        buf
+    }
+
+    fn encoding(r: &Record<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        out
     }
 
     #[test]
@@ -304,6 +546,128 @@ mod tests {
         let (got, cut) = read(&buf, 5);
         assert_eq!(cut, None);
         assert_eq!(got, rs);
+        for sizes in [&[1][..], &[2, 5], &[rs.len()]] {
+            let (buf, ends) = groups(&rs, sizes, 5);
+            assert_eq!(
+                ends.last().map(|e| (e.byte, e.records)),
+                Some((buf.len(), rs.len()))
+            );
+            let (got, cut) = read_as(FrameFormat::Grouped, &buf, 5);
+            assert_eq!((cut, &got), (None, &rs), "groups of {sizes:?}");
+        }
+    }
+
+    /// A group saves 15 of a frame's 16 header bytes per small record it carries.
+    #[test]
+    fn a_group_of_small_records_is_smaller_than_their_frames() {
+        let rs = samples();
+        let (single, _) = frames(&rs, 1);
+        let (grouped, _) = groups(&rs, &[rs.len()], 1);
+        let bodies: usize = rs.iter().map(|r| encoding(r).len()).sum();
+        assert_eq!(single.len(), FRAME_HEADER_BYTES * rs.len() + bodies);
+        let lens: usize = rs.iter().map(|r| member_bytes(encoding(r).len())).sum();
+        assert_eq!(grouped.len(), FRAME_HEADER_BYTES + lens);
+        assert!(lens - bodies <= 2 * rs.len(), "a length byte or two each");
+    }
+
+    #[test]
+    fn member_lengths_round_trip_at_every_width() {
+        for len in [
+            0usize,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            1 << 28,
+        ] {
+            let mut out = Vec::new();
+            let body = vec![0u8; len];
+            push_member(&mut out, &body);
+            assert_eq!(out.len(), member_bytes(len), "{len}");
+            assert_eq!(member_len(&out), Some((len, out.len() - len)), "{len}");
+        }
+        // Unterminated, or past a u32: refused, never wrapped.
+        assert_eq!(member_len(&[0x80, 0x80]), None);
+        assert_eq!(member_len(&[0xff, 0xff, 0xff, 0xff, 0x10]), None);
+        assert_eq!(
+            member_len(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Some((u32::MAX as usize, 5))
+        );
+        assert_eq!(member_len(&[]), None);
+    }
+
+    /// A group whose checksum matches but whose layout is wrong hands out nothing; one
+    /// with a member that does not decode hands out the members before it. Either way the
+    /// cut is at the group's start and nothing after it is read.
+    #[test]
+    fn a_group_checked_by_its_checksum_is_still_checked_inside() {
+        let rs = samples();
+        let (mut buf, ends) = groups(&rs[..2], &[2], 1);
+        let whole = buf.clone();
+        let cut_at = |reason| {
+            Some(Cut {
+                offset: ends[0].byte,
+                reason,
+            })
+        };
+        let bad_len = CutReason::Body(DecodeError::BadValue("group member length"));
+        let mut member = Vec::new();
+        push_member(&mut member, &encoding(&rs[2]));
+        // A member length past the body: nothing of the group.
+        let mut past = member.clone();
+        past[0] += 1;
+        buf.extend_from_slice(&raw_group(3, &past));
+        buf.extend_from_slice(&groups(&rs[3..4], &[1], 4).0);
+        assert_eq!(
+            read_as(FrameFormat::Grouped, &buf, 1),
+            (rs[..2].to_vec(), cut_at(bad_len))
+        );
+        // An empty group.
+        let mut empty = whole.clone();
+        empty.extend_from_slice(&raw_group(3, &[]));
+        let (got, cut) = read_as(FrameFormat::Grouped, &empty, 1);
+        let empty_group = CutReason::Body(DecodeError::BadValue("empty group"));
+        assert_eq!((got.len(), cut), (2, cut_at(empty_group)));
+        // A member with an unknown tag after a good one: the good one is kept.
+        let mut unknown = member.clone();
+        push_member(&mut unknown, &[0xfe]);
+        push_member(&mut unknown, &encoding(&rs[3]));
+        let mut tail = whole;
+        tail.extend_from_slice(&raw_group(3, &unknown));
+        let (got, cut) = read_as(FrameFormat::Grouped, &tail, 1);
+        let unknown_tag = CutReason::Body(DecodeError::UnknownTag(0xfe));
+        assert_eq!((got, cut), (rs[..3].to_vec(), cut_at(unknown_tag)));
+    }
+
+    #[test]
+    fn groups_zero_fill_and_lsn_gaps_are_cut() {
+        let rs = samples();
+        let (mut buf, ends) = groups(&rs[..5], &[3], 1);
+        buf.extend_from_slice(&[0u8; 64]);
+        let (got, cut) = read_as(FrameFormat::Grouped, &buf, 1);
+        assert_eq!(got, rs[..5]);
+        let last = ends[ends.len() - 1].byte;
+        assert_eq!(
+            cut,
+            Some(Cut {
+                offset: last,
+                reason: CutReason::Checksum
+            })
+        );
+        // A group whose first LSN is not the next one: a gap, its members not kept.
+        let mut gap = buf[..last].to_vec();
+        gap.extend_from_slice(&groups(&rs[5..7], &[2], 7).0);
+        let (got, cut) = read_as(FrameFormat::Grouped, &gap, 1);
+        assert_eq!(got.len(), 5);
+        let reason = cut.map(|c| c.reason);
+        let found = CutReason::LsnGap {
+            expected: 6,
+            found: 7,
+        };
+        assert_eq!(reason, Some(found));
     }
 
     #[test]
@@ -354,6 +718,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Records in groups of random sizes, the tail cut anywhere and a bit flipped
+        /// anywhere at or after a point: the scan keeps exactly the records of the groups
+        /// that end before the damage (a torn group loses all its records), each equal to
+        /// what was written, and cuts where the first damaged group starts.
+        #[test]
+        fn damaged_group_tails_keep_the_longest_valid_prefix_of_groups(
+            rs in proptest::collection::vec(arb_record(), 1..24),
+            sizes in proptest::collection::vec(1usize..6, 1..5),
+            cut_at in any::<prop::sample::Index>(),
+            flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
+        ) {
+            let (buf, ends) = groups(&rs, &sizes, 1);
+            let mut damaged = buf[..cut_at.index(buf.len() + 1)].to_vec();
+            let mut first_bad = damaged.len();
+            if let (Some((at, bit)), false) = (flip, damaged.is_empty()) {
+                let i = at.index(damaged.len());
+                damaged[i] ^= 1 << bit;
+                first_bad = i;
+            }
+            let intact: Vec<&Ends> = ends.iter().take_while(|e| e.byte <= first_bad).collect();
+            let (records, kept) = intact.last().map_or((0, 0), |e| (e.records, e.byte));
+            let (got, cut) = read_as(FrameFormat::Grouped, &damaged, 1);
+            prop_assert_eq!(&got[..], &rs[..records]);
+            prop_assert_eq!(cut.map(|c| c.offset), (kept < damaged.len()).then_some(kept));
+        }
 
         /// Cut the tail anywhere and flip a bit anywhere at or after a point: the scan keeps
         /// exactly the frames that end before the damage, each equal to what was written.

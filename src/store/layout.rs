@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::{Disk, OsDisk};
-use super::frame::{encode_frame, CutReason, FileHeader, FileKind};
+use super::frame::{encode_frame, member_bytes, CutReason, FileHeader, FileKind};
 use super::reader::{FileScan, PieceReader};
 use super::record::{MessageProps, MsgId, Record, StoredMessage};
 use super::state::LiveState;
@@ -280,9 +280,10 @@ fn reserve_messages(disk: &dyn Disk, dir: &Path, segments: &[u64], state: &mut L
     }
 }
 
-/// The fewest bytes a stored message's frame takes: a `MessageStored` record with an
+/// The fewest bytes a stored message takes in a file: a `MessageStored` record with an
 /// empty topic, payload and properties (measured by encoding one, so it follows the
-/// format).
+/// format), as a member of a group (format 2: its length and itself; a frame of its own,
+/// format 1, takes 16 bytes more).
 fn message_frame_bytes_min() -> u64 {
     let msg = StoredMessage {
         topic: "".into(),
@@ -292,9 +293,9 @@ fn message_frame_bytes_min() -> u64 {
         expires_at_unix_ms: None,
         props: MessageProps::default(),
     };
-    let mut buf = Vec::new();
-    encode_frame(&mut buf, 1, &Record::MessageStored { id: MsgId(1), msg });
-    (buf.len() as u64).max(1)
+    let mut body = Vec::new();
+    Record::MessageStored { id: MsgId(1), msg }.encode(&mut body);
+    (member_bytes(body.len()) as u64).max(1)
 }
 
 /// Apply the records of segment `path` with LSN ≥ `expected`.

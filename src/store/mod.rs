@@ -58,8 +58,10 @@ pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 /// Log sequence number: the position of a record in its shard's log, from 1.
 pub type Lsn = u64;
 
-/// Version of the file format, written in every file header.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest file format version, written in every segment header: frames carry groups
+/// of records (`frame::FORMAT_GROUPED`). Checkpoints are still written in version 1 (one
+/// record per frame), and segments of version 1 are still read (`frame::FrameFormat`).
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A store operation that failed.
 #[derive(Debug)]

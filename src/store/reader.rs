@@ -1,9 +1,11 @@
 //! Reading a store file's frames in pieces, through one buffer reused across files.
 //!
 //! Owns: nothing but the read buffer ([`PieceReader`]). Invariant: [`PieceReader::scan`]
-//! hands out exactly the frames [`super::frame::scan`] would over the whole file read at
-//! once, and reports the same cut (offset and reason, as offsets in the file): a torn or
-//! bit-flipped tail is cut and the longest valid prefix kept, whatever the piece size.
+//! hands out exactly the records [`super::frame::scan`] would over the whole file read at
+//! once, in the frame format the file's header names (one record per frame, or groups:
+//! [`super::frame::FrameFormat`]), and reports the same cut (offset and reason, as
+//! offsets in the file): a torn or bit-flipped tail is cut and the longest valid prefix
+//! kept, whatever the piece size.
 //! Only a frame longer than the buffer grows it (to that frame, never past what the file
 //! holds), so a damaged length cannot make it allocate. Must not touch: what the records
 //! mean (the caller applies them), or any file but the one it is given.
@@ -66,9 +68,10 @@ impl PieceReader {
     }
 
     /// Read `path`'s header and hand it to `head`, which returns the LSN of the first
-    /// frame to expect (or why the file is cut at its start); then hand every valid frame
-    /// to `f`, in order, borrowing from the buffer. Stops at the first frame that is torn,
-    /// fails its checksum, has another LSN or does not decode, as [`scan`] does.
+    /// record to expect (or why the file is cut at its start); then hand every record of
+    /// every valid frame to `f`, in order, borrowing from the buffer. Stops at the first
+    /// frame that is torn, fails its checksum, has another LSN or does not decode, as
+    /// [`scan`] does. Old files (one record per frame) and new ones (groups) alike.
     pub fn scan(
         &mut self,
         disk: &dyn Disk,
@@ -88,7 +91,7 @@ impl PieceReader {
             next: 0,
             cut: Some(Cut { offset: 0, reason }),
         };
-        let header = match FileHeader::decode(&self.buf[..end]) {
+        let (header, format) = match FileHeader::decode_format(&self.buf[..end]) {
             Ok(h) => h,
             Err(reason) => return Ok(at_start(reason)),
         };
@@ -99,7 +102,7 @@ impl PieceReader {
         let mut pos = FILE_HEADER_BYTES;
         let mut len = len;
         loop {
-            let (after, cut) = scan(&self.buf[..end], pos, next, &mut f);
+            let (after, cut) = scan(&self.buf[..end], pos, next, format, &mut f);
             next = after;
             let more = base + (end as u64) < len;
             let stop = match cut {

@@ -2,8 +2,9 @@
 //!
 //! Owns: the shard directory's segment files while the broker runs, the in-memory batch of
 //! the current loop turn, and the sync thread. The shard calls [`Wal::append`] during a
-//! turn (encoding only), [`Wal::end_turn`] once at its end (one `write` of the whole batch),
-//! and reads [`Wal::durable_lsn`] when the sync thread's callback wakes it.
+//! turn (encoding only), [`Wal::end_turn`] once at its end (the batch framed in groups of
+//! records, one checksum per group, and one `write` of the whole batch), and reads
+//! [`Wal::durable_lsn`] when the sync thread's callback wakes it.
 //!
 //! Invariants: segments hold whole batches, so a segment's header names its first LSN and
 //! the segment before it holds every LSN below that. The sync thread learns of new
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{
-    encode_frame, encode_unsealed, seal_frame, FileHeader, FileKind, FILE_HEADER_BYTES,
-    FRAME_HEADER_BYTES,
+    begin_group, encode_frame, member_bytes, push_member, seal_group, FileHeader, FileKind,
+    FILE_HEADER_BYTES, GROUP_BODY_BYTES_MAX,
 };
 use super::record::{DecodeError, Record};
 use super::{io, Lsn, StoreError};
@@ -36,8 +37,6 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 const SYNC_PARK_MS: u64 = 100;
 /// [`Wal::end_turn_unless_syncing`] writes a batch this large even while a sync runs.
 const DEFER_BYTES_MAX: usize = 1024 * 1024;
-/// The checksum field of an unsealed frame taken back by [`Wal::cancel`] (0 otherwise).
-const CANCELLED: [u8; 4] = 1u32.to_le_bytes();
 /// File name of a shard's checkpoint.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
@@ -197,6 +196,15 @@ pub fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>, StoreError
     Ok(out)
 }
 
+/// One record of the unwritten batch.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Where its encoding starts in the batch (it ends where the next one starts).
+    start: usize,
+    /// Not taken back by [`Wal::cancel`].
+    live: bool,
+}
+
 /// One shard's log, owned by the shard thread.
 pub struct Wal {
     disk: Arc<dyn Disk>,
@@ -205,15 +213,14 @@ pub struct Wal {
     file: Box<dyn DiskFile>,
     segment_no: u64,
     segment_bytes: u64,
-    /// This turn's (or these turns') frames, unsealed: no LSN or checksum yet.
+    /// This turn's (or these turns') record encodings, back to back, not yet framed.
     batch: Vec<u8>,
-    /// Where each frame of `batch` starts; frame `i` is ticket `next_ticket - len + i`.
-    frames: Vec<usize>,
-    /// Frames of `batch` taken back ([`Wal::cancel`]).
+    /// Where each record of `batch` starts, and whether it is still live; record `i` is
+    /// ticket `next_ticket - len + i`.
+    slots: Vec<Slot>,
+    /// Records of `batch` taken back ([`Wal::cancel`]).
     cancelled: usize,
-    /// Frames of `batch` sealed in place by a write that failed: no longer cancellable.
-    sealed: usize,
-    /// The live frames of `batch`, sealed, when some were cancelled.
+    /// The live records of `batch` framed in groups and sealed: what a write writes.
     out: Vec<u8>,
     /// The ticket the next [`Wal::append`] returns.
     next_ticket: Lsn,
@@ -302,9 +309,8 @@ impl Wal {
             segment_no,
             segment_bytes: FILE_HEADER_BYTES as u64,
             batch: Vec::new(),
-            frames: Vec::new(),
+            slots: Vec::new(),
             cancelled: 0,
-            sealed: 0,
             out: Vec::new(),
             next_ticket: start + 1,
             next_lsn: start + 1,
@@ -357,15 +363,18 @@ impl Wal {
         }
     }
 
-    /// Add `record` to this turn's batch and return its ticket. Encoding only: no I/O and
-    /// no checksum (the frame is sealed when written). Tickets count appends, from the
-    /// checkpoint's LSN on; [`Wal::durable_lsn`] and [`Wal::last_lsn`] are in tickets. They
-    /// are the frames' LSNs in the file as long as nothing is cancelled; a cancelled frame
-    /// takes no LSN, so the file's LSNs stay consecutive.
+    /// Add `record` to this turn's batch and return its ticket. Encoding only: no I/O, no
+    /// frame and no checksum (the batch is framed in groups when written). Tickets count
+    /// appends, from the checkpoint's LSN on; [`Wal::durable_lsn`] and [`Wal::last_lsn`]
+    /// are in tickets. They are the records' LSNs in the file as long as nothing is
+    /// cancelled; a cancelled record takes no LSN, so the file's LSNs stay consecutive.
     pub fn append(&mut self, record: &Record<'_>) -> Lsn {
         let ticket = self.next_ticket;
-        self.frames.push(self.batch.len());
-        encode_unsealed(&mut self.batch, record);
+        self.slots.push(Slot {
+            start: self.batch.len(),
+            live: true,
+        });
+        record.encode(&mut self.batch);
         self.next_ticket += 1;
         ticket
     }
@@ -375,39 +384,37 @@ impl Wal {
     /// set of records whose net effect on recovery is nothing (see
     /// `docs/persistence.md`, "Records that cancel"). False if it was written already.
     pub fn cancel(&mut self, ticket: Lsn) -> bool {
-        let first = self.next_ticket - self.frames.len() as u64;
-        let Some(i) = ticket
-            .checked_sub(first)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|&i| i >= self.sealed && i < self.frames.len())
-        else {
+        let Some(slot) = self.slot(ticket).filter(|&i| self.slots[i].live) else {
             return false;
         };
-        let at = self.frames[i] + 4;
-        if self.batch[at..at + 4] == CANCELLED {
-            return false;
-        }
-        self.batch[at..at + 4].copy_from_slice(&CANCELLED);
+        self.slots[slot].live = false;
         self.cancelled += 1;
         true
     }
 
+    /// The index in `slots` of unwritten record `ticket`.
+    fn slot(&self, ticket: Lsn) -> Option<usize> {
+        let i = usize::try_from(ticket.checked_sub(self.unwritten_tickets().start)?).ok()?;
+        (i < self.slots.len()).then_some(i)
+    }
+
     /// The tickets of the records appended and not yet written (cancelled ones included).
     pub fn unwritten_tickets(&self) -> std::ops::Range<Lsn> {
-        self.next_ticket - self.frames.len() as u64..self.next_ticket
+        self.next_ticket - self.slots.len() as u64..self.next_ticket
     }
 
     /// Record `ticket` read back from the unwritten batch (borrowed, no copy); `None` if
     /// it was written already, cancelled, or never appended. For the journal's records
     /// that cancel, which look at the batch only once one might (`broker::journal::elide`).
     pub fn unwritten(&self, ticket: Lsn) -> Option<Result<Record<'_>, DecodeError>> {
-        let i = usize::try_from(ticket.checked_sub(self.unwritten_tickets().start)?).ok()?;
-        let a = *self.frames.get(i)?;
-        let b = self.frames.get(i + 1).map_or(self.batch.len(), |&e| e);
-        if i >= self.sealed && self.batch.get(a + 4..a + 8) == Some(&CANCELLED[..]) {
-            return None;
-        }
-        Some(Record::decode(self.batch.get(a + FRAME_HEADER_BYTES..b)?))
+        let i = self.slot(ticket).filter(|&i| self.slots[i].live)?;
+        Some(Record::decode(self.batch.get(self.encoding(i))?))
+    }
+
+    /// Where record `i` of the batch lies in `batch`.
+    fn encoding(&self, i: usize) -> std::ops::Range<usize> {
+        let end = self.slots.get(i + 1).map_or(self.batch.len(), |s| s.start);
+        self.slots[i].start..end
     }
 
     /// The ticket of the last record appended (0 before any).
@@ -459,15 +466,11 @@ impl Wal {
         if self.failed() {
             return Err(StoreError::SyncFailed);
         }
-        if self.frames.is_empty() {
+        if self.slots.is_empty() {
             return Ok(());
         }
         let (live, end_lsn) = self.seal();
-        let len = if self.cancelled > 0 {
-            self.out.len()
-        } else {
-            self.batch.len()
-        } as u64;
+        let len = self.out.len() as u64;
         let header = FILE_HEADER_BYTES as u64;
         if len > 0
             && self.segment_bytes > header
@@ -476,13 +479,8 @@ impl Wal {
             self.roll()?;
         }
         let began = Instant::now();
-        let bytes = if self.cancelled > 0 {
-            &self.out
-        } else {
-            &self.batch
-        };
         if len > 0 {
-            if let Err(e) = self.file.append(bytes) {
+            if let Err(e) = self.file.append(&self.out) {
                 // O_APPEND: the next write lands at the end, so a partial frame must go first.
                 let _ = self.file.set_len(self.segment_bytes);
                 return Err(StoreError::Io("write log batch", e));
@@ -493,9 +491,9 @@ impl Wal {
         self.next_lsn = end_lsn;
         self.written_file_lsn = end_lsn - 1;
         self.batch.clear();
-        self.frames.clear();
+        self.slots.clear();
         self.out.clear();
-        (self.cancelled, self.sealed) = (0, 0);
+        self.cancelled = 0;
         self.record_batch(began, len, live);
         let written = self.last_lsn();
         match self.opts.sync {
@@ -510,34 +508,38 @@ impl Wal {
         Ok(())
     }
 
-    /// Give the batch's live frames their LSNs and checksums: in place when none was
-    /// cancelled, else copied into `out`. Returns (live frames, the LSN after them). The
-    /// batch stays as it is until written, so a write that fails is retried with the
-    /// same LSNs.
+    /// Frame the batch's live records into `out`: groups of up to
+    /// [`GROUP_BODY_BYTES_MAX`] bytes (a larger record alone), each sealed with its first
+    /// record's LSN and its checksum. Returns (live records, the LSN after them). The
+    /// batch stays as it is until written, so a write that fails is framed again (with
+    /// the same LSNs, unless records were cancelled meanwhile) and retried.
     fn seal(&mut self) -> (u64, Lsn) {
+        self.out.clear();
         let mut lsn = self.next_lsn;
-        let n = self.frames.len();
-        let end =
-            |i: usize, frames: &[usize], total: usize| frames.get(i + 1).map_or(total, |&e| e);
-        if self.cancelled == 0 {
-            for i in 0..n {
-                let (a, b) = (self.frames[i], end(i, &self.frames, self.batch.len()));
-                seal_frame(&mut self.batch[a..b], lsn);
-                lsn += 1;
+        // The open group: where it starts in `out`, its first LSN, its body's bytes.
+        let mut open: Option<(usize, Lsn, usize)> = None;
+        for i in 0..self.slots.len() {
+            if !self.slots[i].live {
+                continue;
             }
-            self.sealed = n;
-        } else {
-            self.out.clear();
-            for i in 0..n {
-                let (a, b) = (self.frames[i], end(i, &self.frames, self.batch.len()));
-                if i >= self.sealed && self.batch[a + 4..a + 8] == CANCELLED {
-                    continue;
+            let body = self.encoding(i);
+            let need = member_bytes(body.len());
+            if let Some((at, first, used)) = open {
+                if used + need <= GROUP_BODY_BYTES_MAX {
+                    open = Some((at, first, used + need));
+                } else {
+                    seal_group(&mut self.out[at..], first);
+                    open = None;
                 }
-                let at = self.out.len();
-                self.out.extend_from_slice(&self.batch[a..b]);
-                seal_frame(&mut self.out[at..], lsn);
-                lsn += 1;
             }
+            if open.is_none() {
+                open = Some((begin_group(&mut self.out), lsn, need));
+            }
+            push_member(&mut self.out, &self.batch[body]);
+            lsn += 1;
+        }
+        if let Some((at, first, _)) = open {
+            seal_group(&mut self.out[at..], first);
         }
         (lsn - self.next_lsn, lsn)
     }
@@ -608,7 +610,7 @@ impl Wal {
         live: impl IntoIterator<Item = Record<'r>>,
     ) -> Result<bool, StoreError> {
         self.poll_checkpoint()?;
-        if self.checkpoint_job.is_some() || !self.frames.is_empty() {
+        if self.checkpoint_job.is_some() || !self.slots.is_empty() {
             return Ok(false);
         }
         let began = Instant::now();

@@ -274,3 +274,56 @@ fn a_torn_commit_keeps_the_packet_id_and_the_commit_together() {
     }
     settle(&mut c);
 }
+
+/// Power seed 9,423: a stored publisher's QoS 2 message is routed (not yet committed),
+/// the publisher takes its session over and resends it (DUP, same packet id) on the new
+/// connection. The resend is recognised by the id kept in memory, and answered: that
+/// PUBREC must not leave before the first copy's commit (id and routing) is durable, or a
+/// cut drops the routing while the client, holding a PUBREC, sends only PUBREL. At every
+/// step, a PUBREC on either connection means a power cut keeps the id and the delivery.
+#[test]
+fn a_resend_after_a_takeover_is_answered_only_once_the_first_copys_commit_is_durable() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    member(&mut c, "sub", &[("t", 2)]);
+    let first = member(&mut c, "pub", &[]);
+    c.output(first);
+    let mut p = publish_packet("t", b"m");
+    p[0] = 0x34;
+    assert_eq!(
+        c.shards[0].ingest(first.1, &p, NOW_MS),
+        (p.len(), Ingested::More)
+    );
+    end_turn(&mut c, 0);
+    // The takeover and the resend, before the routing's batch is synced.
+    let key = c.shards[0].accept(([127, 0, 0, 1], 3).into(), (), NOW_MS);
+    let mut input = super::stored_connect_packet("pub");
+    p[0] = 0x3c;
+    input.extend_from_slice(&p);
+    assert_eq!(
+        c.shards[0].ingest(key, &input, NOW_MS),
+        (input.len(), Ingested::More)
+    );
+    let second = (0, key);
+    let pubrec = [0x50, 2, 0, 2];
+    let mut seen = false;
+    for step in 0..20 {
+        end_turn(&mut c, 0);
+        let out = c.output(second);
+        seen |= out.windows(4).any(|w| w == pubrec);
+        let rec = store::recover_all_on(Arc::new(disk.durable_copy()), Path::new(STORE_DIR))
+            .expect("recover");
+        let id_kept = !rec.state.sessions["pub"].incoming_qos2.is_empty();
+        let delivered = rec.state.sessions["sub"].deliveries.len();
+        if seen {
+            assert_eq!(
+                (id_kept, delivered),
+                (true, 1),
+                "step {step}: PUBREC sent, so a cut must keep the id and the delivery"
+            );
+        }
+        super::share_log::sync(&mut c, 0);
+    }
+    assert!(seen, "the resend is answered once the commit is durable");
+    settle(&mut c);
+}

@@ -3,7 +3,7 @@ use std::io::Write;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::frame::{encode_frame, FILE_HEADER_BYTES};
+use crate::store::frame::{encode_frame, encode_group, FILE_HEADER_BYTES};
 use crate::store::record::Record;
 use crate::store::testutil::{arb_record, session, Scratch};
 use crate::store::wal::{SyncMode, Wal, WalOptions};
@@ -203,7 +203,8 @@ proptest! {
         let mut ends = Vec::new();
         let mut framed = bytes[..FILE_HEADER_BYTES].to_vec();
         for (i, r) in records.iter().enumerate() {
-            encode_frame(&mut framed, i as u64 + 1, r);
+            // One record per turn: a group of one each.
+            encode_group(&mut framed, i as u64 + 1, std::slice::from_ref(r));
             ends.push(framed.len());
         }
         prop_assert_eq!(&framed, &bytes);
@@ -473,8 +474,8 @@ fn recovery_reserves_the_messages_once_and_finish_gives_the_rest_back() {
     assert_eq!(r.state.messages.capacity(), r.state.messages.len());
 }
 
-/// The bound the reservation divides by is a true minimum: no message's frame is
-/// shorter, whatever it holds.
+/// The bound the reservation divides by is a true minimum: no message's frame (format
+/// 1) or group member (format 2) is shorter, whatever it holds.
 #[test]
 fn no_message_frame_is_shorter_than_the_minimum() {
     use crate::store::record::MsgId;
@@ -483,14 +484,18 @@ fn no_message_frame_is_shorter_than_the_minimum() {
     for (topic, payload, full) in [("", &b""[..], false), ("a", b"", false), ("t", b"x", true)] {
         for id in [0, 1, u64::MAX] {
             let msg = message(topic, payload, full);
+            let rec = Record::MessageStored { id: MsgId(id), msg };
             let mut buf = Vec::new();
-            encode_frame(&mut buf, 7, &Record::MessageStored { id: MsgId(id), msg });
+            encode_frame(&mut buf, 7, &rec);
+            let mut group = Vec::new();
+            encode_group(&mut group, 7, std::slice::from_ref(&rec));
+            let member = group.len() - crate::store::frame::FRAME_HEADER_BYTES;
             assert!(
-                buf.len() as u64 >= min,
-                "{topic:?} {payload:?}: {}",
+                buf.len() as u64 >= min && member as u64 >= min,
+                "{topic:?} {payload:?}: {} {member}",
                 buf.len()
             );
         }
     }
-    assert!(min > crate::store::frame::FRAME_HEADER_BYTES as u64);
+    assert!(min > 1);
 }

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::store::disk::{Disk, SimDisk};
-use crate::store::frame::{encode_frame, FileKind};
+use crate::store::frame::{encode_frame, encode_group, FileKind, FrameFormat, FORMAT_SINGLE};
 use crate::store::testutil::{arb_record, message, samples};
 
 /// What a scan saw: each frame's LSN and record bytes, the next LSN and the cut.
@@ -16,27 +16,52 @@ fn encoded(r: &Record<'_>) -> Vec<u8> {
     out
 }
 
-/// A segment starting at LSN `first` holding `records`.
+/// A segment of the old format (version 1, one record per frame) starting at LSN
+/// `first` holding `records`.
 fn segment(first: Lsn, records: &[Record<'_>]) -> Vec<u8> {
     let header = FileHeader {
         kind: FileKind::Segment,
         lsn: first,
     };
-    let mut bytes = header.encode().to_vec();
+    let mut bytes = header.encode_as(FORMAT_SINGLE).to_vec();
     for (lsn, r) in (first..).zip(records) {
         encode_frame(&mut bytes, lsn, r);
     }
     bytes
 }
 
+/// A segment of the current format (groups) starting at LSN `first` holding `records`
+/// in groups of `size` records (the last one takes what is left).
+fn grouped(first: Lsn, records: &[Record<'_>], size: usize) -> Vec<u8> {
+    let header = FileHeader {
+        kind: FileKind::Segment,
+        lsn: first,
+    };
+    let mut bytes = header.encode().to_vec();
+    for (i, chunk) in records.chunks(size.max(1)).enumerate() {
+        encode_group(&mut bytes, first + (i * size.max(1)) as u64, chunk);
+    }
+    bytes
+}
+
+/// The same records as an old segment and as segments in groups of several sizes.
+fn both_formats(first: Lsn, records: &[Record<'_>]) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("format 1", segment(first, records)),
+        ("groups of 1", grouped(first, records, 1)),
+        ("groups of 3", grouped(first, records, 3)),
+        ("one group", grouped(first, records, records.len())),
+    ]
+}
+
 /// The naive oracle: the whole file in one buffer through [`scan`].
 fn whole(bytes: &[u8]) -> Seen {
     let mut seen = Vec::new();
-    let header = match FileHeader::decode(bytes) {
+    let (header, format) = match FileHeader::decode_format(bytes) {
         Ok(h) => h,
         Err(reason) => return (seen, 0, Some(Cut { offset: 0, reason })),
     };
-    let (next, cut) = scan(bytes, FILE_HEADER_BYTES, header.lsn, |lsn, r| {
+    let (next, cut) = scan(bytes, FILE_HEADER_BYTES, header.lsn, format, |lsn, r| {
         seen.push((lsn, encoded(&r)));
     });
     (seen, next, cut)
@@ -68,17 +93,37 @@ const PIECES: [usize; 6] = [1, 25, 31, 64, 1000, READ_PIECE_BYTES];
 
 #[test]
 fn every_truncation_is_cut_where_a_whole_read_cuts_it() {
-    let bytes = segment(7, &samples());
-    for keep in 0..=bytes.len() {
-        let disk = on_disk(&bytes[..keep]);
-        let oracle = whole(&bytes[..keep]);
-        for piece in PIECES {
-            let (seen, scanned) = in_pieces(&disk, Path::new("/f"), piece);
-            assert_eq!(seen, oracle, "kept {keep} bytes, pieces of {piece}");
-            assert_eq!(scanned.len, keep as u64);
-            let dropped = oracle.2.map_or(0, |c| keep - c.offset) as u64;
-            assert_eq!(scanned.bytes_dropped(), dropped);
+    for (what, bytes) in both_formats(7, &samples()) {
+        for keep in 0..=bytes.len() {
+            let disk = on_disk(&bytes[..keep]);
+            let oracle = whole(&bytes[..keep]);
+            for piece in PIECES {
+                let (seen, scanned) = in_pieces(&disk, Path::new("/f"), piece);
+                assert_eq!(seen, oracle, "{what}: kept {keep} bytes, pieces of {piece}");
+                assert_eq!(scanned.len, keep as u64);
+                let dropped = oracle.2.map_or(0, |c| keep - c.offset) as u64;
+                assert_eq!(scanned.bytes_dropped(), dropped);
+            }
         }
+    }
+}
+
+/// A segment written before groups (format 1) is read record by record as before, and
+/// holds the same records as the same log in groups.
+#[test]
+fn an_old_format_segment_reads_as_before() {
+    let records = samples();
+    let old = segment(7, &records);
+    let (header, format) = FileHeader::decode_format(&old).expect("header");
+    assert_eq!((header.lsn, format), (7, FrameFormat::Single));
+    let disk = on_disk(&old);
+    for piece in PIECES {
+        let (seen, scanned) = in_pieces(&disk, Path::new("/f"), piece);
+        assert_eq!(scanned.cut, None);
+        let want: Vec<(Lsn, Vec<u8>)> = (7..).zip(records.iter().map(encoded)).collect();
+        assert_eq!(seen.0, want, "pieces of {piece}");
+        let new = on_disk(&grouped(7, &records, 4));
+        assert_eq!(in_pieces(&new, Path::new("/f"), piece).0, seen);
     }
 }
 
@@ -96,11 +141,12 @@ fn a_frame_longer_than_a_piece_is_read_whole() {
             msg: big,
         },
     ];
-    let bytes = segment(1, &records);
-    let disk = on_disk(&bytes);
-    let (seen, scanned) = in_pieces(&disk, Path::new("/f"), 64);
-    assert_eq!(seen, whole(&bytes));
-    assert_eq!((seen.0.len(), scanned.cut), (3, None));
+    for (what, bytes) in both_formats(1, &records) {
+        let disk = on_disk(&bytes);
+        let (seen, scanned) = in_pieces(&disk, Path::new("/f"), 64);
+        assert_eq!(seen, whole(&bytes), "{what}");
+        assert_eq!((seen.0.len(), scanned.cut), (3, None), "{what}");
+    }
 }
 
 #[test]
@@ -165,8 +211,13 @@ proptest! {
         flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
         zero in proptest::option::of((any::<prop::sample::Index>(), 1usize..40)),
         piece in 1usize..300,
+        group in 0usize..6,
     ) {
-        let mut bytes = segment(1, &records);
+        // Group size 0: the old format, one record per frame.
+        let mut bytes = match group {
+            0 => segment(1, &records),
+            n => grouped(1, &records, n),
+        };
         let keep = cut_at.index(bytes.len() + 1);
         bytes.truncate(keep);
         if let (Some((at, bit)), false) = (flip, bytes.is_empty()) {
