@@ -602,7 +602,8 @@ fn an_old_format_segment_recovers_and_the_log_goes_on_in_groups() {
     let mut f = disk.create_new(&dir.join(segment_name(1))).expect("create");
     f.append(&old).expect("write");
     let (mut run, state) = PowerRun::start(disk.clone());
-    let got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&String> = state.sessions.keys().collect();
+    got.sort_unstable();
     assert_eq!(got, ["c1", "c2", "c3"]);
     run.wal.append(&client_session(4));
     run.wal.append(&client_session(5));
@@ -616,6 +617,7 @@ fn an_old_format_segment_recovers_and_the_log_goes_on_in_groups() {
     drop(run);
     disk.power_cut();
     let (_again, state) = PowerRun::start(disk.clone());
-    let got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&String> = state.sessions.keys().collect();
+    got.sort_unstable();
     assert_eq!(got, ["c1", "c2", "c3", "c4", "c5"]);
 }
