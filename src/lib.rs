@@ -23,6 +23,7 @@ pub mod bridge;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod hash;
 pub mod log;
 pub mod log_sink;
 pub mod metrics;

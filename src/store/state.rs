@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 
+use crate::hash::SeededHash;
+
 use super::record::{
     BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
     Will,
@@ -152,10 +154,11 @@ pub struct Retained {
 
 /// Sessions by client id, hashed: every delivery record's apply finds its session here,
 /// and an ordered map's search was 8–14 string comparisons a record (`docs/benchmarks.md`,
-/// "eighth round: the shadow's session map"). The hasher is fixed (no random seed), so a run's
-/// iteration order is the same each time, but no code may rely on it: what needs an order
-/// (the restore, a checkpoint's records) sorts by client id ([`LiveState::sessions_by_id`]).
-pub type Sessions = HashMap<String, SessionState, rustc_hash::FxBuildHasher>;
+/// "eighth round: the shadow's session map"). Client ids come from the network, so the hash
+/// is seeded per map ([`SeededHash`]: a fixed seed would let a client craft colliding ids
+/// offline); the iteration order differs per map and per run, so what needs an order (the
+/// restore, a checkpoint's records) sorts by client id ([`LiveState::sessions_by_id`]).
+pub type Sessions = HashMap<String, SessionState, SeededHash>;
 
 /// Everything a log (or several merged) says is alive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

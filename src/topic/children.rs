@@ -11,9 +11,9 @@
 //! have their own slots in the nodes that use them) and the nodes' own contents.
 //! Why these numbers: docs/decisions/0002-topic-trie.md.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+
+use crate::hash::SeededHash;
 
 use super::wide::{Wide, WideIter, SEGMENT_MAX};
 
@@ -23,7 +23,7 @@ pub(crate) const SMALL_CHILDREN_MAX: usize = 8;
 pub(crate) const SMALL_CHILDREN_MIN: usize = 4;
 
 /// A map of level → child with the per-map seeded hash.
-pub(crate) type LevelMap<N> = HashMap<Box<str>, N, LevelHash>;
+pub(crate) type LevelMap<N> = HashMap<Box<str>, N, SeededHash>;
 
 /// Level → child, as a small boxed slice or a boxed map. Two variants, both a non-null
 /// pointer first, so the enum is 16 bytes (the tag is the slice pointer's null niche) and
@@ -106,7 +106,7 @@ impl<N> Children<N> {
         if let Children::Big(b) = self {
             if let Big::Map(m) = &mut **b {
                 if m.len() >= SEGMENT_MAX && !m.contains_key(level) {
-                    let map = std::mem::replace(m, LevelMap::with_hasher(LevelHash::new()));
+                    let map = std::mem::replace(m, LevelMap::with_hasher(SeededHash::new()));
                     // The full map becomes the first segment (no entry moves here; the
                     // next insertion splits it).
                     **b = Big::Wide(Wide::from_map(map));
@@ -175,7 +175,7 @@ impl<N> Children<N> {
 
     fn grow(&mut self) {
         if let Children::Small(v) = self {
-            let mut m = LevelMap::with_capacity_and_hasher(v.len() * 2, LevelHash::new());
+            let mut m = LevelMap::with_capacity_and_hasher(v.len() * 2, SeededHash::new());
             m.extend(std::mem::take(v).into_vec());
             *self = Children::Big(Box::new(Big::Map(m)));
         }
@@ -209,73 +209,6 @@ impl<'a, N> Iterator for ChildIter<'a, N> {
             ChildIter::Map(it) => it.next().map(|(k, n)| (&**k, n)),
             ChildIter::Wide(it) => it.next(),
         }
-    }
-}
-
-/// A per-map random seed for [`LevelHasher`]. Levels are attacker-chosen (any client can
-/// subscribe), so a fixed-seed hash would let one client craft colliding levels offline.
-#[derive(Debug, Clone)]
-pub(crate) struct LevelHash {
-    seed: u64,
-}
-
-impl LevelHash {
-    pub(crate) fn new() -> Self {
-        // std's RandomState draws its keys from the OS once per thread, then increments.
-        LevelHash {
-            seed: RandomState::new().hash_one(0x5eed_u64),
-        }
-    }
-}
-
-impl BuildHasher for LevelHash {
-    type Hasher = LevelHasher;
-
-    fn build_hasher(&self) -> LevelHasher {
-        LevelHasher { h: self.seed }
-    }
-}
-
-/// A small word-at-a-time hasher (folded 64×64→128 multiply, as in wyhash/foldhash):
-/// a few ns for a typical 4–16 byte level, where SipHash-1-3 takes ~15–20 ns.
-#[derive(Debug)]
-pub(crate) struct LevelHasher {
-    h: u64,
-}
-
-const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-const MUL2: u64 = 0xa076_1d64_78bd_642f;
-
-#[inline]
-fn fold_mul(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl Hasher for LevelHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.h = fold_mul(self.h ^ u64::from_le_bytes(w), MUL);
-        }
-        let tail = chunks.remainder();
-        let mut w = [0u8; 8];
-        w[..tail.len()].copy_from_slice(tail);
-        let len_tag = (bytes.len() as u64).rotate_left(56);
-        self.h = fold_mul(self.h ^ u64::from_le_bytes(w), MUL2 ^ len_tag);
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.h = fold_mul(self.h ^ u64::from(i), MUL);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.h
     }
 }
 

@@ -20,7 +20,8 @@
 
 use std::hash::BuildHasher;
 
-use super::children::{LevelHash, LevelMap};
+use super::children::LevelMap;
+use crate::hash::SeededHash;
 
 /// Entries of one segment at most (while it can split): 7/8 of 4,096 buckets, the load at
 /// which its table would double.
@@ -52,7 +53,7 @@ struct Segment<N> {
 /// A map of level → child that grows in steps of at most one segment.
 #[derive(Debug)]
 pub(crate) struct Wide<N> {
-    hasher: LevelHash,
+    hasher: SeededHash,
     /// Global depth: the directory has `2^depth` slots.
     depth: u32,
     dir: Vec<u32>,
@@ -208,7 +209,7 @@ impl<N> Wide<N> {
 /// depth spread over a quarter of the node's growth, and further over the next depths.
 /// The cost: segments split a little emptier (at 7/8 of [`SEGMENT_MAX`] on average), in
 /// tables of the same size.
-fn limit(hasher: &LevelHash, depth: u32, bits: usize) -> u32 {
+fn limit(hasher: &SeededHash, depth: u32, bits: usize) -> u32 {
     let h = hasher.hash_one((depth, bits));
     // The high bits: the folded multiply mixes them best.
     let spread = ((h >> 32) as usize) % (LIMIT_SPREAD + 1);
@@ -246,7 +247,7 @@ mod tests {
     /// 30 in 4,096 insertions when tried.
     #[test]
     fn splits_spread_out() {
-        let mut w: Wide<u32> = Wide::from_map(Map::with_hasher(LevelHash::new()));
+        let mut w: Wide<u32> = Wide::from_map(Map::with_hasher(SeededHash::new()));
         let n = SEGMENT_MAX * 64;
         let mut splits_at = Vec::new();
         for i in 0..n {
@@ -273,7 +274,7 @@ mod tests {
     /// Against a `BTreeMap`, across several splits and back down.
     #[test]
     fn wide_map_matches_btreemap_through_splits() {
-        let mut w: Wide<u32> = Wide::from_map(Map::with_hasher(LevelHash::new()));
+        let mut w: Wide<u32> = Wide::from_map(Map::with_hasher(SeededHash::new()));
         let mut oracle = BTreeMap::new();
         let n = SEGMENT_MAX as u32 * 9;
         for i in 0..n {
