@@ -303,6 +303,18 @@ fn end_turn(b: &mut Broker<()>, now: u64) -> (Vec<usize>, Vec<usize>) {
     (dirty, closing)
 }
 
+/// Feed `bytes` to connection `key` at [`NOW_MS`]: all taken, the connection kept.
+fn send(b: &mut Broker<()>, key: usize, bytes: &[u8]) {
+    assert_eq!(b.ingest(key, bytes, NOW_MS), (bytes.len(), Ingested::More));
+}
+
+/// What connection `key` has to write.
+fn output(b: &mut Broker<()>, key: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    b.drain_output(key, &mut out);
+    out
+}
+
 /// A stored session's CONNACK does not leave before the session's record is durable, and
 /// what the client pipelined behind its CONNECT is answered behind the CONNACK.
 #[test]

@@ -5,10 +5,10 @@
 //! for the batch.
 
 use super::{
-    connect_packet, end_turn, id_homed, stored_broker, stored_connect_packet, string,
+    connect_packet, end_turn, id_homed, output, send, stored_broker, stored_connect_packet, string,
     subscribe_packet, with_len, NOW_MS, STORE_DIR,
 };
-use crate::broker::{Broker, Ingested};
+use crate::broker::Broker;
 use crate::store::SimDisk;
 use std::sync::Arc;
 
@@ -33,16 +33,6 @@ fn stored_subscriber(b: &mut Broker<()>) -> usize {
     end_turn(b, NOW_MS);
     sync_and_turn(b);
     sub
-}
-
-fn send(b: &mut Broker<()>, key: usize, bytes: &[u8]) {
-    assert_eq!(b.ingest(key, bytes, NOW_MS), (bytes.len(), Ingested::More));
-}
-
-fn output(b: &mut Broker<()>, key: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    b.drain_output(key, &mut out);
-    out
 }
 
 /// Sync the log until it has nothing left to sync, then end a turn.

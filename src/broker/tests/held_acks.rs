@@ -3,10 +3,10 @@
 //! releases (`Journal::reuse_acks`).
 
 use super::{
-    connect_packet, end_turn, id_homed, stored_broker, stored_connect_packet, string,
+    connect_packet, end_turn, id_homed, output, send, stored_broker, stored_connect_packet, string,
     subscribe_packet, with_len, NOW_MS,
 };
-use crate::broker::{Broker, Ingested};
+use crate::broker::Broker;
 use crate::store::SimDisk;
 
 /// PUBLISH QoS 1 to `t` with packet id `pid`.
@@ -14,16 +14,6 @@ fn publish(pid: u8) -> Vec<u8> {
     let mut body = string("t");
     body.extend_from_slice(&[0, pid, b'x']);
     with_len(0x32, &body)
-}
-
-fn send(b: &mut Broker<()>, key: usize, bytes: &[u8]) {
-    assert_eq!(b.ingest(key, bytes, NOW_MS), (bytes.len(), Ingested::More));
-}
-
-fn output(b: &mut Broker<()>, key: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    b.drain_output(key, &mut out);
-    out
 }
 
 fn pubacks(pids: impl IntoIterator<Item = u8>) -> Vec<u8> {
