@@ -1309,7 +1309,13 @@ fn a_share_groups_queue_goes_with_its_last_member_and_comes_back_with_a_new_one(
         });
     }
     store_for_group(server.port, "t20", &qname, 5);
-    assert_eq!(group_queue(server.port, "t20", &qname), (true, 5));
+    // At least the 5: a probe that went to the member not read by its loop, unsettled, may
+    // still be held too (the purge below takes it as well).
+    let (exists, held) = group_queue(server.port, "t20", &qname);
+    assert!(
+        exists && held >= 5,
+        "the consumer and the 5: {exists} {held}"
+    );
     let deadline = Instant::now() + WAIT;
     while members("$share/g/z/#") {
         assert!(Instant::now() < deadline, "the entries were never deleted");
