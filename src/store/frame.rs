@@ -716,6 +716,23 @@ mod tests {
         );
     }
 
+    /// `buf` cut at `cut_at`, with one bit flipped if `flip` says where; and the first byte
+    /// that is not as written (the cut's end if nothing was flipped).
+    fn damage(
+        buf: &[u8],
+        cut_at: prop::sample::Index,
+        flip: Option<(prop::sample::Index, u8)>,
+    ) -> (Vec<u8>, usize) {
+        let mut damaged = buf[..cut_at.index(buf.len() + 1)].to_vec();
+        let mut first_bad = damaged.len();
+        if let (Some((at, bit)), false) = (flip, damaged.is_empty()) {
+            let i = at.index(damaged.len());
+            damaged[i] ^= 1 << bit;
+            first_bad = i;
+        }
+        (damaged, first_bad)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -731,13 +748,7 @@ mod tests {
             flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
         ) {
             let (buf, ends) = groups(&rs, &sizes, 1);
-            let mut damaged = buf[..cut_at.index(buf.len() + 1)].to_vec();
-            let mut first_bad = damaged.len();
-            if let (Some((at, bit)), false) = (flip, damaged.is_empty()) {
-                let i = at.index(damaged.len());
-                damaged[i] ^= 1 << bit;
-                first_bad = i;
-            }
+            let (damaged, first_bad) = damage(&buf, cut_at, flip);
             let intact: Vec<&Ends> = ends.iter().take_while(|e| e.byte <= first_bad).collect();
             let (records, kept) = intact.last().map_or((0, 0), |e| (e.records, e.byte));
             let (got, cut) = read_as(FrameFormat::Grouped, &damaged, 1);
@@ -754,13 +765,7 @@ mod tests {
             flip in proptest::option::of((any::<prop::sample::Index>(), 0u8..8)),
         ) {
             let (buf, ends) = frames(&rs, 1);
-            let mut damaged = buf[..cut_at.index(buf.len() + 1)].to_vec();
-            let mut first_bad = damaged.len();
-            if let (Some((at, bit)), false) = (flip, damaged.is_empty()) {
-                let i = at.index(damaged.len());
-                damaged[i] ^= 1 << bit;
-                first_bad = i;
-            }
+            let (damaged, first_bad) = damage(&buf, cut_at, flip);
             let intact = ends.iter().take_while(|&&e| e <= first_bad).count();
             let (got, cut) = read(&damaged, 1);
             prop_assert_eq!(&got[..], &rs[..intact]);
