@@ -423,8 +423,12 @@ impl<X> Broker<X> {
                 _ => {
                     let (_, sessions, mut sink) = self.parts();
                     if !deliver::write_publish(&mut sink, key, &f.out, Some(f.pid), true, now_ms) {
+                        // Over the client's Maximum Packet Size: dropped, and logged done
+                        // as every other dropped delivery is, or a restart would bring it
+                        // back.
                         if let Some(sess) = sessions.get_mut(s) {
                             sess.drop_pid(f.pid);
+                            deliver::log_done(sink.journal.as_deref_mut(), sess, f.pid);
                         }
                     }
                 }

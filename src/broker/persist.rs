@@ -472,6 +472,9 @@ impl<X> Broker<X> {
         let Some(f) = sess.inflight().get(i) else {
             return;
         };
+        // A held entry is never acknowledged (`Session::on_pubrec` skips it), so it
+        // still awaits its first acknowledgement.
+        debug_assert_ne!(f.state, FlightState::AwaitComp, "a held entry moved on");
         if f.state == FlightState::AwaitComp {
             return;
         }

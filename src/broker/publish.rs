@@ -436,7 +436,8 @@ impl<X> Broker<X> {
         let Some(sess) = self.sessions.get_mut(s) else {
             return Verdict::Continue;
         };
-        // An unknown id is tolerated: it may be a late ack of a resent message.
+        // An unknown id is tolerated: it may be a late ack of a resent message. So is the
+        // id of a held delivery, never sent: it stays, and is sent on its release.
         if let Ok(msg) = sess.take_puback(pid) {
             deliver::log_done(self.journal.as_mut(), sess, pid);
             self.msg_pool.put(msg);
@@ -476,6 +477,8 @@ impl<X> Broker<X> {
                 self.send_ack_durable(key, Packet::PubRel, a.packet_id, ReasonCode::Success)
             }
             Some(Ok(())) => self.send_ack(key, Packet::PubRel, a.packet_id, ReasonCode::Success),
+            // An unknown id, or a held delivery's (never sent, so not acknowledged: it
+            // keeps its state and is sent on its release).
             _ => self.send_ack(
                 key,
                 Packet::PubRel,

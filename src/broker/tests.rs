@@ -469,6 +469,7 @@ mod elide;
 mod held_acks;
 mod held_release;
 mod qos2_log;
+mod resend_drop;
 mod share_log;
 mod share_moves;
 mod will_log;

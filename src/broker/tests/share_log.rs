@@ -43,7 +43,7 @@ pub(super) fn stored_cores_with(disk: &SimDisk, cfg: Config) -> Cores {
 
 /// The deliveries of each client in what `disk` would keep through a power cut now, as
 /// (QoS, has a packet id), oldest first; a client without a session is absent.
-fn durable(disk: &SimDisk) -> std::collections::BTreeMap<String, Vec<(u8, bool)>> {
+pub(super) fn durable(disk: &SimDisk) -> std::collections::BTreeMap<String, Vec<(u8, bool)>> {
     let copy = Arc::new(disk.durable_copy());
     let rec = store::recover_all_on(copy, std::path::Path::new(STORE_DIR)).expect("recover");
     rec.state
@@ -170,7 +170,7 @@ fn acked(c: &mut Cores, link: (usize, usize)) -> bool {
 }
 
 /// Shard `home` sees the connection `key` of a member end (its network failed).
-fn drop_link(c: &mut Cores, (home, key): (usize, usize)) {
+pub(super) fn drop_link(c: &mut Cores, (home, key): (usize, usize)) {
     assert!(c.shards[home].on_closed(key, NOW_MS).is_some());
 }
 
