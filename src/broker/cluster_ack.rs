@@ -3,19 +3,22 @@
 //! "QoS 1/2 between nodes"), and the settling of messages from this node's own queue.
 //!
 //! Owns: this shard's cluster-ack sequence, the acknowledgements waiting for the link's
-//! answer (and the later acknowledgements of the same links, which ride behind them), and
-//! how many each link has waiting. Invariants: acknowledgements leave in the order they
-//! were held, so a link's acks keep the order of its PUBLISHes [MQTT-4.6.0-2/3]; one
-//! leaves when the link answered its sequence or `CLUSTER_ACK_WAIT_MS` after it was held,
-//! whichever comes first (NATS or JetStream down must not stall publishers); while a link
-//! has one waiting, its other acks wait behind it. The shard loop never blocks: the gate
-//! only holds values and a timer wakes it for the deadline. Must not touch: the link's
-//! queues (answers come as `ClusterCast::Published`), sockets.
+//! answer (and the later acknowledgements of the same links, which ride behind them; and
+//! the PUBRECs of resends of a QoS 2 message whose first copy's PUBREC waits here, which
+//! leave with it), and how many each link has waiting. Invariants: acknowledgements leave
+//! in the order they were held, so a link's acks keep the order of its PUBLISHes
+//! [MQTT-4.6.0-2/3]; one leaves when the link answered its sequence or
+//! `CLUSTER_ACK_WAIT_MS` after it was held, whichever comes first (NATS or JetStream down
+//! must not stall publishers); while a link has one waiting (a resend's PUBREC counts for
+//! the resend's link), its other acks wait behind it. A resend's PUBREC never leaves
+//! before its first copy's commit is durable (`Broker::pubrec_resend`). The shard loop
+//! never blocks: the gate only holds values and a timer wakes it for the deadline. Must
+//! not touch: the link's queues (answers come as `ClusterCast::Published`), sockets.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::connect::timer_key;
-use super::journal::HeldAck;
+use super::journal::{HeldAck, HeldResend};
 use super::Broker;
 use crate::protocol::{self, Packet, PacketId, ReasonCode};
 
@@ -45,6 +48,9 @@ pub enum HeldPubAck {
         txn: u64,
         /// The session's next QoS 2 number to log with the commit (0: not numbered).
         next: u64,
+        /// The PUBRECs of resends of the message that came while this one waited here:
+        /// they go on to wait for the commit with it (`HeldIncoming::resends`).
+        resends: Vec<HeldResend>,
     },
 }
 
@@ -101,6 +107,46 @@ impl ClusterAckGate {
         });
     }
 
+    /// Hold `resend`, the PUBREC of a resend of session `uid`'s QoS 2 message `pid`, with
+    /// the first copy's PUBREC if that waits here (the newest such): it leaves with it,
+    /// and its link's later acks wait behind it. Gives `resend` back if none waits.
+    pub fn hold_resend(
+        &mut self,
+        uid: u64,
+        pid: PacketId,
+        resend: HeldResend,
+    ) -> Option<HeldResend> {
+        let first = self
+            .pending
+            .iter_mut()
+            .rev()
+            .find_map(|e| match &mut e.what {
+                HeldPubAck::PubRec {
+                    uid: u,
+                    pid: p,
+                    resends,
+                    ..
+                } if *u == uid && *p == pid => Some(resends),
+                _ => None,
+            });
+        let Some(resends) = first else {
+            return Some(resend);
+        };
+        *self.per_link.entry(resend.0).or_default() += 1;
+        resends.push(resend);
+        None
+    }
+
+    /// One acknowledgement of link `link` left.
+    fn unhold(&mut self, link: usize) {
+        if let Some(n) = self.per_link.get_mut(&link) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_link.remove(&link);
+            }
+        }
+    }
+
     /// The link answered `seq`.
     pub fn answered(&mut self, seq: u64) {
         for e in &mut self.pending {
@@ -122,10 +168,10 @@ impl ClusterAckGate {
             return None;
         }
         let e = self.pending.pop_front()?;
-        if let Some(n) = self.per_link.get_mut(&e.link) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_link.remove(&e.link);
+        self.unhold(e.link);
+        if let HeldPubAck::PubRec { resends, .. } = &e.what {
+            for &(link, ..) in resends {
+                self.unhold(link);
             }
         }
         Some((e.link, e.gen, e.what))
@@ -195,7 +241,8 @@ impl<X> Broker<X> {
     /// enough); each still waits for this shard's log, like any acknowledgement. A PUBREC
     /// whose connection has gone still commits its routing (its packet id is logged if
     /// its session lives): the commits of a shard follow their routings' order, and
-    /// deliveries parked for this one must not wait for ever.
+    /// deliveries parked for this one must not wait for ever. The PUBRECs of its resends
+    /// go on to wait for that commit with it.
     pub(super) fn release_cluster_acks(&mut self, now_ms: u64) {
         while let Some((link, gen, what)) = self.acks.pop_released(now_ms) {
             let live = self
@@ -212,6 +259,7 @@ impl<X> Broker<X> {
                     reason,
                     txn,
                     next,
+                    resends,
                 } => {
                     let ours = self.sessions.get(session).is_some_and(|s| s.uid == uid);
                     if ours || txn != 0 {
@@ -224,7 +272,25 @@ impl<X> Broker<X> {
                         };
                         self.pubrec_commit(to, pid, reason, txn, next);
                     }
+                    self.pubrec_resends_follow(uid, pid, resends);
                 }
+            }
+        }
+    }
+
+    /// The PUBRECs of resends of session `uid`'s QoS 2 message `pid`, whose first copy's
+    /// PUBREC the gate has just let go: behind its commit if one is held
+    /// (`HeldIncoming::resends`), else (nothing to commit: a session not logged, or gone)
+    /// once this turn's records are durable.
+    fn pubrec_resends_follow(&mut self, uid: u64, pid: PacketId, resends: Vec<HeldResend>) {
+        for (link, gen, bytes) in resends {
+            match self
+                .journal
+                .as_mut()
+                .and_then(|j| j.incoming_held(uid, pid))
+            {
+                Some(h) => h.resends.push((link, gen, bytes)),
+                None => self.send_bytes_durable(link, gen, &bytes),
             }
         }
     }
@@ -272,6 +338,53 @@ mod tests {
             HeldPubAck::Packet(b) => b[0],
             HeldPubAck::PubRec { .. } => 0,
         }
+    }
+
+    /// A resend's PUBREC held with its first copy's counts for the resend's link until it
+    /// leaves with it; none held when no first copy waits.
+    #[test]
+    fn a_resends_pubrec_leaves_with_its_first_copys() {
+        let mut g = ClusterAckGate::default();
+        let pid = PacketId::new(7).expect("non-zero");
+        let other = PacketId::new(8).expect("non-zero");
+        let pubrec = |uid| HeldPubAck::PubRec {
+            session: 0,
+            uid,
+            pid,
+            reason: ReasonCode::Success,
+            txn: 1,
+            next: 0,
+            resends: Vec::new(),
+        };
+        let s1 = g.next_seq();
+        g.hold(s1, 7, 0, pubrec(5), 100);
+        let resend = (9, 3, smallvec::smallvec![1]);
+        assert!(
+            g.hold_resend(5, other, resend.clone()).is_some(),
+            "another id"
+        );
+        assert!(
+            g.hold_resend(6, pid, resend.clone()).is_some(),
+            "another session"
+        );
+        assert!(!g.holds(9));
+        assert!(
+            g.hold_resend(5, pid, resend).is_none(),
+            "held with the first"
+        );
+        assert!(g.holds(9), "the resend's link waits behind it");
+        assert_eq!(g.len(), 1);
+        g.answered(s1);
+        let (link, _, what) = g.pop_released(100).expect("answered");
+        assert_eq!(link, 7);
+        let HeldPubAck::PubRec { resends, .. } = what else {
+            panic!("a PUBREC");
+        };
+        assert_eq!(
+            resends.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+            [(9, 3)]
+        );
+        assert!(!g.holds(7) && !g.holds(9) && g.is_empty());
     }
 
     /// Answers may come out of order; acknowledgements leave in order, riders behind.

@@ -176,10 +176,14 @@ pub struct HeldIncoming {
     /// The number the session's next new QoS 2 message gets, logged with the id (0: the
     /// message is not numbered; see `Record::Qos2Numbering`).
     pub next: u64,
-    /// The PUBRECs of resends of the message that came meanwhile (link, generation,
-    /// encoded PUBREC): they follow the commit as this one does, never before it.
-    pub resends: Vec<(usize, u32, SmallVec<[u8; 16]>)>,
+    /// The PUBRECs of resends of the message that came meanwhile: they follow the commit
+    /// as this one does, never before it.
+    pub resends: Vec<HeldResend>,
 }
+
+/// The PUBREC of a resent QoS 2 PUBLISH that waits for its first copy's commit: (link,
+/// generation, encoded PUBREC).
+pub type HeldResend = (usize, u32, SmallVec<[u8; 16]>);
 
 /// The acks of one turn, with what they wait for.
 struct Epoch {
@@ -784,13 +788,22 @@ impl Journal {
     }
 
     /// The held inbound QoS 2 id `pid` of session `uid` whose commit is not logged yet,
-    /// if any: a resend of its message must be answered behind it.
+    /// if any (the newest: an older one's id was released early, by a PUBREL before its
+    /// PUBREC): a resend of its message must be answered behind it.
     pub fn incoming_held(&mut self, uid: u64, pid: PacketId) -> Option<&mut HeldIncoming> {
-        let epochs = self.epochs.iter_mut().flat_map(|e| e.acks.iter_mut());
-        epochs.chain(self.turn.iter_mut()).find_map(|a| match a {
-            HeldAck::Incoming(h) if h.uid == uid && h.pid == pid => Some(h),
-            _ => None,
-        })
+        let epochs = self
+            .epochs
+            .iter_mut()
+            .rev()
+            .flat_map(|e| e.acks.iter_mut().rev());
+        self.turn
+            .iter_mut()
+            .rev()
+            .chain(epochs)
+            .find_map(|a| match a {
+                HeldAck::Incoming(h) if h.uid == uid && h.pid == pid => Some(h),
+                _ => None,
+            })
     }
 
     /// Whether link `link` (generation `gen`) has an ack held: a refusal must then wait

@@ -973,6 +973,7 @@ impl<X> Broker<X> {
                     reason,
                     txn,
                     next,
+                    resends: Vec::new(),
                 };
                 self.hold_for_cluster(key, 0, what);
                 return;
@@ -1055,18 +1056,25 @@ impl<X> Broker<X> {
     }
 
     /// Answer a resend of session `s`'s QoS 2 message `pid` (its id is taken) on link
-    /// `key` with a PUBREC: behind the first copy's commit while that is not logged
-    /// (`HeldIncoming::resends`), else once this turn's records are durable. A PUBREC
-    /// that left before the commit was durable would let a cut drop the routing while the
-    /// client, holding a PUBREC, only sends PUBREL (power seed 9,423).
+    /// `key` with a PUBREC: behind the first copy's commit while that is not logged —
+    /// with the first copy's PUBREC while it waits for the cluster link
+    /// (`HeldPubAck::PubRec`, whose commit comes after the link's answer), then in its
+    /// `HeldIncoming::resends` — else once this turn's records are durable (after the
+    /// commit's record, logged already). A PUBREC that left before the commit was durable
+    /// would let a cut drop the routing while the client, holding a PUBREC, only sends
+    /// PUBREL (power seed 9,423; in a cluster, found by reading).
     pub(super) fn pubrec_resend(&mut self, s: usize, key: usize, pid: PacketId) {
         let uid = self.sessions.get(s).map(|x| x.uid);
         let link = self.links.get(key).map(|l| (l.gen, l.version));
         if let (Some(uid), Some((gen, version)), Some(j)) = (uid, link, self.journal.as_mut()) {
             let ack = Packet::PubRec(protocol::Ack::new(pid));
             let bytes = j.encode_held(version, &ack);
+            // The gate first: a copy there is newer than any whose commit the journal holds.
+            let Some(resend) = self.acks.hold_resend(uid, pid, (key, gen, bytes)) else {
+                return;
+            };
             if let Some(h) = j.incoming_held(uid, pid) {
-                h.resends.push((key, gen, bytes));
+                h.resends.push(resend);
                 return;
             }
         }

@@ -165,6 +165,7 @@ impl<X> Broker<X> {
                             reason,
                             txn,
                             next,
+                            resends: Vec::new(),
                         };
                         self.hold_for_cluster(key, seq, what);
                     }

@@ -530,3 +530,132 @@ fn a_copy_that_comes_while_the_first_is_routed_is_settled_with_its_commit() {
     assert_eq!(tokens, [1, 2, 3], "each copy settled");
     assert_eq!(owed(&disk, "sub"), 1, "routed once");
 }
+
+/// Where a resend of a message comes from (`a_resend_while_…`).
+#[derive(Debug, Clone, Copy)]
+enum Resender {
+    /// The first copy's own connection.
+    SameLink,
+    /// A new connection of the same stored client, which took the session over.
+    Takeover,
+}
+
+/// When a resend comes, against the first copy's PUBREC.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// The first copy's PUBREC waits in the cluster ack gate (the link has not answered).
+    Gate,
+    /// The link answered, so the gate let the PUBREC go to the journal, but the commit is
+    /// not logged yet (the routing's batch is not durable).
+    Answered,
+}
+
+/// A stored publisher's QoS 2 message comes again (same packet id: DUP on its own
+/// connection, or after a takeover) while the first copy's PUBREC still waits for the
+/// cluster link (`HeldPubAck::PubRec`), or after the link answered but before the commit
+/// is logged. The resend's PUBREC must not leave before the first copy's commit (packet id
+/// and routing, `IncomingQos2Commit`) is durable — a cut would drop the routing while the
+/// client, holding a PUBREC, only sends PUBREL — and each PUBLISH is answered exactly
+/// once. Before the fix, a resend while the first copy was in the gate was answered once
+/// its own turn was durable (after a takeover), or with the first copy's commit logged but
+/// not durable (on the same connection, riding behind it in the gate).
+#[test]
+fn a_resend_while_the_first_copys_pubrec_waits_for_the_cluster_is_answered_once_its_commit_is_durable(
+) {
+    use Resender::{SameLink, Takeover};
+    for (resender, stage) in [
+        (SameLink, Stage::Gate),
+        (Takeover, Stage::Gate),
+        (SameLink, Stage::Answered),
+        (Takeover, Stage::Answered),
+    ] {
+        let case = format!("{resender:?}, {stage:?}");
+        let disk = SimDisk::default();
+        let mut b = stored_broker_with(&disk, cfg());
+        b.set_cluster("p");
+        let mut m = Model::new(1, Vec::new());
+        let sub = client(&mut b, &mut m, "sub", true);
+        assert!(
+            b.on_closed(sub, NOW_MS).is_some(),
+            "the subscriber goes offline"
+        );
+        let first = client(&mut b, &mut m, "pub", false);
+        b.drain_output(first, &mut Vec::new());
+
+        let p = publish2(7, b"m", false);
+        assert_eq!(b.ingest(first, &p, NOW_MS), (p.len(), Ingested::More));
+        m.take(&mut b);
+        assert_eq!(m.copies(b"m"), 1, "{case}: stored in r's queue");
+        // The link's answer, held back for now.
+        let mut held = std::mem::take(&mut m.answers);
+        end_turn(&mut b, NOW_MS);
+        let key = match resender {
+            SameLink => first,
+            Takeover => {
+                let key = b.accept(([127, 0, 0, 1], 2).into(), (), NOW_MS);
+                let c = stored_connect("pub");
+                assert_eq!(b.ingest(key, &c, NOW_MS), (c.len(), Ingested::More));
+                // The registry's answer, and the CONNACK's records durable.
+                for _ in 0..3 {
+                    m.take(&mut b);
+                    m.answer(&mut b);
+                    end_turn(&mut b, NOW_MS);
+                    while b.journal_background(true) {}
+                }
+                let mut out = Vec::new();
+                b.drain_output(key, &mut out);
+                assert_eq!(out.first(), Some(&0x20), "{case}: CONNACK");
+                key
+            }
+        };
+        let answer_at = match stage {
+            Stage::Gate => 4,
+            Stage::Answered => {
+                m.answers.append(&mut held);
+                m.answer(&mut b);
+                0
+            }
+        };
+        let p = publish2(7, b"m", true);
+        assert_eq!(b.ingest(key, &p, NOW_MS), (p.len(), Ingested::More));
+
+        let pubrec = [0x50, 2, 0, 7];
+        let mut seen = 0;
+        for step in 0..24 {
+            if step == answer_at {
+                m.answers.append(&mut held);
+            }
+            m.take(&mut b);
+            m.answer(&mut b);
+            if step % 2 == 0 {
+                end_turn(&mut b, NOW_MS);
+            } else {
+                while b.journal_background(true) {}
+            }
+            let mut out = Vec::new();
+            b.drain_output(key, &mut out);
+            seen += out.windows(4).filter(|w| *w == pubrec).count();
+            if seen > 0 {
+                let state = durable(&disk);
+                let ids: Vec<u16> = state.sessions["pub"]
+                    .incoming_qos2
+                    .iter()
+                    .map(|p| p.get())
+                    .collect();
+                assert_eq!(
+                    (ids, owed(&disk, "sub")),
+                    (vec![7], 1),
+                    "{case}, step {step}: a PUBREC was sent, so a cut must keep the id and \
+                     the delivery"
+                );
+            }
+        }
+        let expected = match resender {
+            SameLink => 2,
+            Takeover => 1,
+        };
+        assert_eq!(seen, expected, "{case}: each PUBLISH answered once");
+        assert_eq!(owed(&disk, "sub"), 1, "{case}: routed once");
+        assert_eq!(m.copies(b"m"), 1, "{case}: stored once");
+    }
+}
