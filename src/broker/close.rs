@@ -130,7 +130,7 @@ impl<X> Broker<X> {
                 // Rights revoked since CONNECT: the Will is not published.
                 self.will_dropped(&w);
             } else if w.delay_s == 0 || (still_ours && session_ends) {
-                self.publish_stored_will(*w, now_ms);
+                self.publish_stored_will(*w, link.client_id.as_deref(), now_ms);
             } else if still_ours {
                 // Published when the delay runs out, unless the session resumes first.
                 if let Some(sess) = s.and_then(|s| self.sessions.get_mut(s)) {
@@ -197,7 +197,8 @@ impl<X> Broker<X> {
             return;
         };
         if w.delay_s == 0 && self.may_publish_will(link.acl_client(), link.listener, &w) {
-            self.publish_stored_will(*w, now_ms);
+            let client = link.client_id.clone();
+            self.publish_stored_will(*w, client.as_deref(), now_ms);
         } else {
             self.will_dropped(&w);
         }
@@ -211,19 +212,27 @@ impl<X> Broker<X> {
         }
     }
 
-    /// Publish Will `w` now, under the number it was logged with at CONNECT, if any.
-    fn publish_stored_will(&mut self, w: StoredWill, now_ms: u64) {
+    /// Publish client `client_id`'s Will `w` now, under the number it was logged with at
+    /// CONNECT, if any.
+    fn publish_stored_will(&mut self, w: StoredWill, client_id: Option<&str>, now_ms: u64) {
         let id = w.log_id;
-        self.publish_will(id, w.into_message(now_ms), now_ms);
+        self.publish_will(id, client_id, w.into_message(now_ms), now_ms);
     }
 
-    /// Publish a Will (`log_id`: its number if it was logged at CONNECT, else 0). With a
-    /// store it is logged first as pending (`Record::WillPending`: before any record that
-    /// drops it from its session's parameters, which all come later), and logged done once
-    /// its deliveries are durable on every shard it reached (a held action, released after
-    /// this shard's log and the peers' barriers): a power cut in between publishes it again
-    /// at restart, a duplicate and never a loss.
-    pub(super) fn publish_will(&mut self, log_id: u64, mut msg: Message, now_ms: u64) {
+    /// Publish client `client_id`'s Will (`log_id`: its number if it was logged at
+    /// CONNECT, else 0). With a store it is logged first as pending (`Record::WillPending`:
+    /// before any record that drops it from its session's parameters, which all come
+    /// later; with its client, whose home shard publishes it again after a restart), and
+    /// logged done once its deliveries are durable on every shard it reached (a held
+    /// action, released after this shard's log and the peers' barriers): a power cut in
+    /// between publishes it again at restart, a duplicate and never a loss.
+    pub(super) fn publish_will(
+        &mut self,
+        log_id: u64,
+        client_id: Option<&str>,
+        mut msg: Message,
+        now_ms: u64,
+    ) {
         let Some(j) = self.journal.as_mut() else {
             self.publish_message(msg, now_ms);
             return;
@@ -238,6 +247,7 @@ impl<X> Broker<X> {
         let unix = j.unix_ms(now_ms);
         j.log(Record::WillPending {
             id,
+            client_id: client_id.map(Into::into),
             stamp: msg.retain_stamp,
             msg: super::journal::to_stored(&msg, unix, now_ms),
         });
@@ -260,7 +270,10 @@ impl<X> Broker<X> {
     /// restored subscription), in the order of their numbers: pending ones again, and
     /// the clean sessions' armed ones, whose connections were open when the broker
     /// stopped (a crash counts as a connection's end), logged pending under their numbers
-    /// as at a close. Their records are in the checkpoint.
+    /// as at a close. Their records are in the checkpoint. Each shard publishes its own
+    /// clients' Wills (recovery put each in its client's home part), before its timers
+    /// run ([`Broker::on_timers`]): a stored session's own Will, due at the restart, comes
+    /// after its client's older Will still pending.
     fn republish_wills(&mut self, now_ms: u64) {
         let Some(j) = self.journal.as_mut() else {
             return;
@@ -272,13 +285,13 @@ impl<X> Broker<X> {
         let unix = j.unix_ms(now_ms);
         for (id, w) in wills {
             match w {
-                RestoredWill::Pending(stamp, m) => {
-                    let msg = super::journal::from_stored(&m, unix, now_ms, stamp);
+                RestoredWill::Pending(p) => {
+                    let msg = super::journal::from_stored(&p.msg, unix, now_ms, p.stamp);
                     self.route_will(id, Arc::new(msg), now_ms);
                 }
-                RestoredWill::Armed(w) => {
-                    let w = super::persist::restored_will(w, id, unix, now_ms);
-                    self.publish_stored_will(w, now_ms);
+                RestoredWill::Armed(a) => {
+                    let w = super::persist::restored_will(a.will, id, unix, now_ms);
+                    self.publish_stored_will(w, a.client_id.as_deref(), now_ms);
                 }
             }
         }
@@ -367,7 +380,7 @@ impl<X> Broker<X> {
         if let Some(w) = sess.will.take() {
             if self.may_publish_will(sess.acl_client(), sess.listener, &w) {
                 let now = self.now_ms;
-                self.publish_stored_will(*w, now);
+                self.publish_stored_will(*w, Some(&sess.client_id), now);
             }
         }
         self.log_session_ended(&sess);
@@ -381,10 +394,11 @@ impl<X> Broker<X> {
             let permitted = self
                 .sessions
                 .get(s)
-                .is_some_and(|x| self.may_publish_will(x.acl_client(), x.listener, &w));
-            if permitted {
+                .filter(|x| self.may_publish_will(x.acl_client(), x.listener, &w))
+                .map(|x| x.client_id.clone());
+            if let Some(client) = permitted {
                 let now = self.now_ms;
-                self.publish_stored_will(*w, now);
+                self.publish_stored_will(*w, Some(&client), now);
             }
         }
         if let Some(sess) = self.sessions.get(s) {
@@ -536,7 +550,8 @@ impl<X> Broker<X> {
             return;
         };
         if permitted(self, &w) {
-            self.publish_stored_will(*w, now_ms);
+            let client = self.sessions.get(s).map(|x| x.client_id.clone());
+            self.publish_stored_will(*w, client.as_deref(), now_ms);
         }
         // The session's record still holds the Will: log it without, after the Will's
         // own record, or a restart would publish it again after its delay.

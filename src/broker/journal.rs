@@ -35,8 +35,8 @@ use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionO
 use crate::session::message::{MessagePool, Publisher};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
-    LiveState, Lsn, MessageProps, MsgId, Record, RetainSource, SharedMessage, StoredMessage,
-    Subscription, Wal, Will,
+    ArmedWill, LiveState, Lsn, MessageProps, MsgId, PendingWill, Record, RetainSource,
+    SharedMessage, StoredMessage, Subscription, Wal,
 };
 
 /// A retained message of the recovered store: topic, message, stamp, publisher.
@@ -894,10 +894,10 @@ impl Journal {
 pub enum RestoredWill {
     /// Published before the stop, not yet durable everywhere it went (`WillPending`):
     /// published again, with its retained stamp.
-    Pending(u64, StoredMessage<'static>),
+    Pending(PendingWill),
     /// A clean session's, armed at its CONNECT (`WillArmed`): its connection ended with
     /// the stop, which counts as its end.
-    Armed(Will<'static>),
+    Armed(ArmedWill),
 }
 
 /// The Wills of recovered `state` to publish, pending and armed together in the order of
@@ -906,12 +906,15 @@ pub enum RestoredWill {
 /// the order within each shard, `LiveState::merge`). So a client's older connection's
 /// Will, published and still pending, comes before the Will its newer connection armed:
 /// publishing every armed Will first reversed the two (power seed 3,563: a watcher got
-/// a clean client's two Wills in the wrong order).
+/// a clean client's two Wills in the wrong order). Each Will is in the part of its
+/// client's home shard (`LiveState::split`), which publishes them on its first turn
+/// before its session timers run (`Broker::on_timers`): so a client's pending Will goes
+/// out before its stored session's own Will, due at the restart too.
 fn restored_wills(state: &LiveState) -> Vec<(u64, RestoredWill)> {
     let pending = state
         .pending_wills
         .iter()
-        .map(|(&id, (stamp, msg))| (id, RestoredWill::Pending(*stamp, msg.clone())));
+        .map(|(&id, w)| (id, RestoredWill::Pending(w.clone())));
     let armed = state
         .armed_wills
         .iter()

@@ -542,8 +542,11 @@ impl<X> Broker<X> {
         }
         let id = j.next_will_id();
         let unix = j.unix_ms(self.now_ms);
+        // Named with its client, whose home shard publishes it after a crash.
+        let client_id = self.sessions.get(s).map(|x| (&*x.client_id).into());
         j.log(Record::WillArmed {
             id,
+            client_id,
             will: stored_will(w, unix, self.now_ms),
         });
         w.log_id = id;

@@ -1254,6 +1254,47 @@ mod tests {
         assert!(w.oracle.violations.is_empty(), "{:?}", w.oracle.violations);
     }
 
+    /// A stored session's client takes its session over: its old connection's Will is
+    /// published (pending) and the new connection's Will goes into the session's record,
+    /// both durable on the client's shard (1 of 3), and the power fails before the
+    /// watcher's shard (2) has logged the first Will's delivery. At the restart both are
+    /// due: the old one pending, the new one from the session record (the crash ended its
+    /// connection). Recovery once put every pending Will in shard 0's part, so shard 0
+    /// published the old Will while shard 1's timer published the new one: the client's
+    /// shard turning first, and the watcher's shard draining its ring first, the watcher
+    /// got the newer Will first [MQTT-4.6.0-5]. The pending Will names its client now, and
+    /// its home shard publishes it before its session timers run.
+    #[test]
+    fn a_stored_clients_pending_will_goes_out_before_its_session_will_after_a_restart() {
+        let watcher = Client::new(0, id_on(2, 3), Version::V5, Role::Watcher, 0);
+        let dying = Client::new(1, id_on(1, 3), Version::V3_1_1, Role::Publisher, 0);
+        let mut w = a_watched_will(3, watcher, dying);
+        let old = last_will(&w);
+        w.take_over(1);
+        let new = last_will(&w);
+        assert!(new > old, "the new connection has its own Will");
+        // Shard 0 or 2 hands the new CONNECT over if it came in there; shard 1 takes the
+        // session over, publishes the old Will to shard 2 and logs the session with the
+        // new one, and only its log syncs.
+        turn(&mut w, 0);
+        turn(&mut w, 2);
+        turn(&mut w, 1);
+        turn(&mut w, 1);
+        while w.cluster.background(1, true) {}
+        w.power_cut().unwrap_or_else(|f| panic!("{f}"));
+        // The client's shard turns first (its timer publishes the session's Will), then
+        // the watcher's shard, which drains what shard 1 sent before shard 0 has turned.
+        turn(&mut w, 1);
+        turn(&mut w, 2);
+        w.settle().unwrap_or_else(|f| panic!("{f}"));
+        let (at_old, at_new) = (watcher_got_at(&w, old), watcher_got_at(&w, new));
+        assert!(at_old.is_some() && at_new.is_some(), "both Wills published");
+        assert!(at_old < at_new, "Will 1:{old} first, then 1:{new}");
+        let subs = w.subscriptions();
+        w.oracle.check_end(&subs);
+        assert!(w.oracle.violations.is_empty(), "{:?}", w.oracle.violations);
+    }
+
     /// A clean session ends with DISCONNECT: its Will is discarded, and a power cut after
     /// that is durable does not bring it back.
     #[test]

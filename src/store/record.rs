@@ -320,6 +320,11 @@ pub enum Record<'a> {
     WillPending {
         /// Its number in this shard's log (renumbered when logs merge).
         id: u64,
+        /// Its client's Client Identifier: recovery publishes it again on that client's
+        /// home shard, before that shard's session timers publish the client's session
+        /// Will (tag 30). `None` in a record written before the client was named (tag 21,
+        /// still read): published again by shard 0, as then.
+        client_id: Option<Cow<'a, str>>,
         /// The Lamport stamp of a retained Will (0 otherwise), kept so a Will published
         /// again never replaces a newer retained message.
         stamp: u64,
@@ -341,6 +346,9 @@ pub enum Record<'a> {
     WillArmed {
         /// Its number in this shard's log (renumbered when logs merge).
         id: u64,
+        /// Its client's Client Identifier, as in [`Record::WillPending`] (tag 31; `None`:
+        /// tag 23, written before the client was named).
+        client_id: Option<Cow<'a, str>>,
         /// The Will (its expiry relative: it starts at publication).
         will: Will<'a>,
     },
@@ -503,6 +511,10 @@ mod tag {
     pub const QOS2_NUMBERING: u8 = 27;
     pub const CLUSTER_RECEIVED: u8 = 28;
     pub const INCOMING_QOS2_COMMIT: u8 = 29;
+    /// `WILL_PENDING` with its client id.
+    pub const WILL_PENDING_CLIENT: u8 = 30;
+    /// `WILL_ARMED` with its client id.
+    pub const WILL_ARMED_CLIENT: u8 = 31;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -674,9 +686,20 @@ impl<'a> Record<'a> {
                 e.u8(tag::QOS2_COMMITTED);
                 e.u64(*txn);
             }
-            Record::WillPending { id, stamp, msg } => {
-                e.u8(tag::WILL_PENDING);
+            Record::WillPending {
+                id,
+                client_id,
+                stamp,
+                msg,
+            } => {
+                e.u8(match client_id {
+                    Some(_) => tag::WILL_PENDING_CLIENT,
+                    None => tag::WILL_PENDING,
+                });
                 e.u64(*id);
+                if let Some(c) = client_id {
+                    e.str(c);
+                }
                 e.u64(*stamp);
                 e.message(msg);
             }
@@ -684,9 +707,19 @@ impl<'a> Record<'a> {
                 e.u8(tag::WILL_DONE);
                 e.u64(*id);
             }
-            Record::WillArmed { id, will } => {
-                e.u8(tag::WILL_ARMED);
+            Record::WillArmed {
+                id,
+                client_id,
+                will,
+            } => {
+                e.u8(match client_id {
+                    Some(_) => tag::WILL_ARMED_CLIENT,
+                    None => tag::WILL_ARMED,
+                });
                 e.u64(*id);
+                if let Some(c) = client_id {
+                    e.str(c);
+                }
                 e.will(will);
             }
             Record::DeliveryShare {
@@ -895,14 +928,25 @@ impl<'a> Record<'a> {
                 txn,
             },
             Record::Qos2Committed { txn } => Record::Qos2Committed { txn },
-            Record::WillPending { id, stamp, msg } => Record::WillPending {
+            Record::WillPending {
                 id,
+                client_id,
+                stamp,
+                msg,
+            } => Record::WillPending {
+                id,
+                client_id: client_id.map(own),
                 stamp,
                 msg: msg.into_owned(),
             },
             Record::WillDone { id } => Record::WillDone { id },
-            Record::WillArmed { id, will } => Record::WillArmed {
+            Record::WillArmed {
                 id,
+                client_id,
+                will,
+            } => Record::WillArmed {
+                id,
+                client_id: client_id.map(own),
                 will: will.into_owned(),
             },
             Record::DeliveryShare {
@@ -1383,6 +1427,13 @@ impl<'a> Dec<'a> {
             _ => return Err(DecodeError::BadValue("bridge op")),
         })
     }
+    /// A Will's client id: present under the `_CLIENT` tags only.
+    fn client_named(&mut self, present: bool) -> OptResult<Cow<'a, str>> {
+        match present {
+            false => Ok(None),
+            true => self.string().map(Some),
+        }
+    }
     /// A delivery's QoS 2 routing: present (and not 0) under the `_TXN` tags only.
     fn txn(&mut self, present: bool) -> Result<u64, DecodeError> {
         match present {
@@ -1481,14 +1532,16 @@ impl<'a> Dec<'a> {
                 txn: self.u64()?,
             },
             tag::QOS2_COMMITTED => Record::Qos2Committed { txn: self.u64()? },
-            tag::WILL_PENDING => Record::WillPending {
+            tag::WILL_PENDING | tag::WILL_PENDING_CLIENT => Record::WillPending {
                 id: self.u64()?,
+                client_id: self.client_named(t == tag::WILL_PENDING_CLIENT)?,
                 stamp: self.u64()?,
                 msg: self.message()?,
             },
             tag::WILL_DONE => Record::WillDone { id: self.u64()? },
-            tag::WILL_ARMED => Record::WillArmed {
+            tag::WILL_ARMED | tag::WILL_ARMED_CLIENT => Record::WillArmed {
                 id: self.u64()?,
+                client_id: self.client_named(t == tag::WILL_ARMED_CLIENT)?,
                 will: self.will()?,
             },
             tag::INCOMING_QOS2_COMMIT => Record::IncomingQos2Commit {

@@ -141,6 +141,28 @@ impl ReceivedIds {
     }
 }
 
+/// A Will published but not yet durable wherever it went ([`Record::WillPending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingWill {
+    /// Its client, whose home shard publishes it again (`None`: its record did not name
+    /// it, as before tag 30; shard 0 publishes it again).
+    pub client_id: Option<String>,
+    /// The Lamport stamp of a retained Will (0 otherwise).
+    pub stamp: u64,
+    /// The Will as a message.
+    pub msg: StoredMessage<'static>,
+}
+
+/// A clean session's Will logged at its CONNECT and neither published nor ended
+/// ([`Record::WillArmed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmedWill {
+    /// Its client, as [`PendingWill::client_id`] (`None`: before tag 31).
+    pub client_id: Option<String>,
+    /// The Will (its expiry relative: it starts at publication).
+    pub will: Will<'static>,
+}
+
 /// A retained entry: a message, or a tombstone kept while merging (highest stamp wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retained {
@@ -182,12 +204,12 @@ pub struct LiveState {
     pub qos2_committed: BTreeMap<u64, u64>,
     /// Deliveries of QoS 2 routings never committed that [`LiveState::finish`] dropped.
     pub qos2_dropped: u64,
-    /// Wills published but not yet durable wherever they went, by number: (retained
-    /// stamp, message). See [`Record::WillPending`].
-    pub pending_wills: BTreeMap<u64, (u64, StoredMessage<'static>)>,
+    /// Wills published but not yet durable wherever they went, by number. See
+    /// [`Record::WillPending`].
+    pub pending_wills: BTreeMap<u64, PendingWill>,
     /// Wills of clean sessions logged at CONNECT and neither published nor ended, by
     /// number (the same numbers as `pending_wills`). See [`Record::WillArmed`].
-    pub armed_wills: BTreeMap<u64, Will<'static>>,
+    pub armed_wills: BTreeMap<u64, ArmedWill>,
     /// QoS 2 messages taken from this node's cluster queue and committed (the gateway
     /// shard's log; see [`Record::ClusterReceived`]).
     pub cluster_received: ReceivedIds,
@@ -394,16 +416,34 @@ impl LiveState {
                 let at = self.qos2_committed.entry(txn >> 48).or_insert(0);
                 *at = (*at).max(txn);
             }
-            Record::WillPending { id, stamp, msg } => {
+            Record::WillPending {
+                id,
+                client_id,
+                stamp,
+                msg,
+            } => {
                 self.armed_wills.remove(&id);
-                self.pending_wills.insert(id, (stamp, msg.into_owned()));
+                let w = PendingWill {
+                    client_id: client_id.map(|c| c.into_owned()),
+                    stamp,
+                    msg: msg.into_owned(),
+                };
+                self.pending_wills.insert(id, w);
             }
             Record::WillDone { id } => {
                 self.armed_wills.remove(&id);
                 self.pending_wills.remove(&id);
             }
-            Record::WillArmed { id, will } => {
-                self.armed_wills.insert(id, will.into_owned());
+            Record::WillArmed {
+                id,
+                client_id,
+                will,
+            } => {
+                let w = ArmedWill {
+                    client_id: client_id.map(|c| c.into_owned()),
+                    will: will.into_owned(),
+                };
+                self.armed_wills.insert(id, w);
             }
             Record::DeliveryShare {
                 client_id,
@@ -679,8 +719,8 @@ impl LiveState {
     /// (`broker::journal::restored_wills`), so a client's older Will stays first.
     fn merge_wills(
         &mut self,
-        pending: BTreeMap<u64, (u64, StoredMessage<'static>)>,
-        armed: BTreeMap<u64, Will<'static>>,
+        pending: BTreeMap<u64, PendingWill>,
+        armed: BTreeMap<u64, ArmedWill>,
     ) {
         let mut next = self.next_will_id()..;
         let mut pending = pending.into_iter().peekable();
@@ -709,9 +749,12 @@ impl LiveState {
     /// to every state that refers to it: moved to one, cloned only for the others (a
     /// message queued for sessions of several shards). Bridges go to the first state:
     /// take them out first and [`place_bridges`] them by owner shard. The counts and QoS 2
-    /// commits are not carried (take them out first too). Pending and armed Wills go to
-    /// the first state (any shard may publish them), and so do the ids of messages taken
-    /// from the cluster queue (the gateway's).
+    /// commits are not carried (take them out first too). Each pending and armed Will goes
+    /// to its client's home part (`client_shard`), under its own number, so that shard
+    /// publishes it again before its session timers publish the client's session Will
+    /// (both in the client's order: [MQTT-4.6.0-5]); a Will whose records do not name its
+    /// client (written before tags 30 and 31) goes to the first state. The ids of
+    /// messages taken from the cluster queue go to the first state too (the gateway's).
     ///
     /// A state whose sessions and retained entries all go to one part (a shard directory
     /// read by a broker with the same shard count, the usual start) moves there whole:
@@ -727,7 +770,7 @@ impl LiveState {
         self.own_shared();
         let n = n.max(1);
         match self.sole_part(n, &client_shard, &retained_shard) {
-            Some(k) => self.move_whole(n, k),
+            Some(k) => self.move_whole(n, k, client_shard),
             None => self.split_by_shard(n, client_shard, retained_shard),
         }
     }
@@ -753,8 +796,14 @@ impl LiveState {
 
     /// [`LiveState::split`] of a state that goes whole to part `k`: what
     /// [`LiveState::split_by_shard`] builds (messages nothing refers to left out, the
-    /// counts and commits not carried, the first part's extras in part 0), moved.
-    fn move_whole(mut self, n: usize, k: usize) -> Vec<LiveState> {
+    /// counts and commits not carried, the first part's extras in part 0, each Will in its
+    /// client's part), moved.
+    fn move_whole(
+        mut self,
+        n: usize,
+        k: usize,
+        client_shard: impl Fn(&str) -> usize,
+    ) -> Vec<LiveState> {
         let bridges = std::mem::take(&mut self.bridges);
         let pending_wills = std::mem::take(&mut self.pending_wills);
         let armed_wills = std::mem::take(&mut self.armed_wills);
@@ -766,8 +815,7 @@ impl LiveState {
         let mut parts = vec![LiveState::default(); n];
         parts[k] = self;
         parts[0].bridges = bridges;
-        parts[0].pending_wills = pending_wills;
-        parts[0].armed_wills = armed_wills;
+        place_wills(&mut parts, pending_wills, armed_wills, client_shard);
         parts[0].cluster_received = cluster_received;
         parts
     }
@@ -822,8 +870,12 @@ impl LiveState {
             })
             .collect();
         parts[0].bridges = self.bridges;
-        parts[0].pending_wills = self.pending_wills;
-        parts[0].armed_wills = self.armed_wills;
+        place_wills(
+            &mut parts,
+            self.pending_wills,
+            self.armed_wills,
+            client_shard,
+        );
         // The cluster's gateway is shard 0 (`broker::cluster::GATEWAY_SHARD`).
         parts[0].cluster_received = self.cluster_received;
         parts
@@ -860,18 +912,17 @@ impl LiveState {
         let wills = self
             .pending_wills
             .iter()
-            .map(|(&id, (stamp, msg))| Record::WillPending {
+            .map(|(&id, w)| Record::WillPending {
                 id,
-                stamp: *stamp,
-                msg: msg.clone(),
+                client_id: w.client_id.as_deref().map(std::borrow::Cow::Borrowed),
+                stamp: w.stamp,
+                msg: w.msg.borrowed(),
             });
-        let armed = self
-            .armed_wills
-            .iter()
-            .map(|(&id, will)| Record::WillArmed {
-                id,
-                will: will.borrowed(),
-            });
+        let armed = self.armed_wills.iter().map(|(&id, w)| Record::WillArmed {
+            id,
+            client_id: w.client_id.as_deref().map(std::borrow::Cow::Borrowed),
+            will: w.will.borrowed(),
+        });
         let received = self
             .cluster_received
             .iter()
@@ -885,6 +936,30 @@ impl LiveState {
             .chain(wills)
             .chain(armed)
             .chain(received)
+    }
+}
+
+/// Put each pending and armed Will into the part of its client's home shard
+/// (`client_shard` modulo the part count), or into part 0 when its records do not name its
+/// client. Each keeps its number: a part's Wills are in their order, and the merge into
+/// the broker's part renumbers them in that order ([`LiveState::merge`]).
+fn place_wills(
+    parts: &mut [LiveState],
+    pending: BTreeMap<u64, PendingWill>,
+    armed: BTreeMap<u64, ArmedWill>,
+    client_shard: impl Fn(&str) -> usize,
+) {
+    let n = parts.len().max(1);
+    let home = |c: Option<&str>| c.map_or(0, |c| client_shard(c) % n);
+    for (id, w) in pending {
+        if let Some(p) = parts.get_mut(home(w.client_id.as_deref())) {
+            p.pending_wills.insert(id, w);
+        }
+    }
+    for (id, w) in armed {
+        if let Some(p) = parts.get_mut(home(w.client_id.as_deref())) {
+            p.armed_wills.insert(id, w);
+        }
     }
 }
 

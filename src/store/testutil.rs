@@ -57,6 +57,19 @@ pub fn session(client: &str, with_will: bool) -> Record<'static> {
     })
 }
 
+/// The Will of a clean session's `WillArmed` samples.
+fn will() -> Will<'static> {
+    Will {
+        topic: "w/c".into(),
+        payload: Cow::Borrowed(b"gone"),
+        qos: 1,
+        retain: true,
+        delay_s: 0,
+        expiry_interval_s: Some(60),
+        props: MessageProps::default(),
+    }
+}
+
 /// One record of every kind (and both shapes of the optional parts).
 pub fn samples() -> Vec<Record<'static>> {
     let c = || Cow::Borrowed("client-1");
@@ -222,23 +235,29 @@ pub fn samples() -> Vec<Record<'static>> {
             txn: 2 << 48 | 9,
         },
         Record::Qos2Committed { txn: 2 << 48 | 9 },
+        // The first forms (tags 21 and 23), without their client, and the named ones.
         Record::WillPending {
             id: 3,
+            client_id: None,
             stamp: 44,
+            msg: message("w/c", b"gone", true),
+        },
+        Record::WillPending {
+            id: 5,
+            client_id: Some(c()),
+            stamp: 45,
             msg: message("w/c", b"gone", true),
         },
         Record::WillDone { id: 3 },
         Record::WillArmed {
             id: 4,
-            will: crate::store::Will {
-                topic: "w/c".into(),
-                payload: Cow::Borrowed(b"gone"),
-                qos: 1,
-                retain: true,
-                delay_s: 0,
-                expiry_interval_s: Some(60),
-                props: MessageProps::default(),
-            },
+            client_id: None,
+            will: will(),
+        },
+        Record::WillArmed {
+            id: 6,
+            client_id: Some(c()),
+            will: will(),
         },
         Record::DeliveryShare {
             client_id: c(),
@@ -330,6 +349,12 @@ pub fn arb_record() -> impl Strategy<Value = Record<'static>> {
                     *topic = Cow::Owned(s);
                     *stamp = id;
                 }
+                Record::WillPending {
+                    client_id: Some(c), ..
+                }
+                | Record::WillArmed {
+                    client_id: Some(c), ..
+                } => *c = Cow::Owned(s),
                 _ => {}
             }
             r

@@ -99,8 +99,12 @@ fn a_clean_sessions_will_published_at_a_close_is_logged_pending_then_done() {
     let input = will_connect("dying", None, None);
     assert_eq!(b.ingest(key, &input, NOW_MS).1, Ingested::More);
     sync_rounds(&mut b, NOW_MS);
-    let armed: Vec<u64> = durable(&disk).armed_wills.keys().copied().collect();
+    let s = durable(&disk);
+    let armed: Vec<u64> = s.armed_wills.keys().copied().collect();
     assert_eq!(armed.len(), 1);
+    // Named with its client, whose home shard publishes it after a crash.
+    let armed_by = s.armed_wills.values().next().map(|w| w.client_id.clone());
+    assert_eq!(armed_by, Some(Some("dying".to_owned())));
 
     b.close_link(key);
     assert_eq!(b.on_closed(key, NOW_MS), Some(()));
@@ -113,6 +117,8 @@ fn a_clean_sessions_will_published_at_a_close_is_logged_pending_then_done() {
         armed,
         "pending under its number"
     );
+    let pending_by = s.pending_wills.values().next().map(|w| w.client_id.clone());
+    assert_eq!(pending_by, Some(Some("dying".to_owned())), "and its client");
     sync_rounds(&mut b, NOW_MS);
     assert_eq!(owed_wills(&disk), 0, "done");
 }

@@ -154,6 +154,85 @@ fn retained_set_keeps_its_first_form_and_adds_its_publisher_under_tag_17() {
     assert_eq!(Record::decode(&with), Ok(want));
 }
 
+/// A Will's records written before they named its client (tags 21 and 23) still decode,
+/// with no client (recovery leaves such a Will to shard 0, as then); a record without a
+/// client keeps that form byte for byte, and one with its client has tags 30 and 31: the
+/// old fields with the client id after the number.
+#[test]
+fn will_records_keep_their_first_form_and_name_their_client_under_tags_30_and_31() {
+    // Tag 21 as the first version wrote it: Will 3, stamp 9, message "t"/"x" QoS 1, not
+    // retained, no expiry, no properties.
+    let pending: &[u8] = &[
+        21, 3, 0, 0, 0, 0, 0, 0, 0, // number
+        9, 0, 0, 0, 0, 0, 0, 0, // stamp
+        1, 0, 0, 0, b't', 1, 0, 0, 0, b'x', 1, 0, // topic, payload, QoS, retain
+        0, // no expiry
+        0, 0, 0, 0, 0, 0, 0, 0, // props: none, no user properties
+    ];
+    let msg = StoredMessage {
+        topic: "t".into(),
+        payload: Cow::Borrowed(b"x"),
+        qos: 1,
+        retain: false,
+        expires_at_unix_ms: None,
+        props: MessageProps::default(),
+    };
+    let mut want = Record::WillPending {
+        id: 3,
+        client_id: None,
+        stamp: 9,
+        msg,
+    };
+    assert_eq!(Record::decode(pending), Ok(want.clone()));
+    assert_eq!(encoded(&want), pending, "without a client, the old form");
+    if let Record::WillPending { client_id, .. } = &mut want {
+        *client_id = Some("c".into());
+    }
+    let mut named: Vec<u8> = vec![30];
+    named.extend_from_slice(&pending[1..9]);
+    named.extend_from_slice(&[1, 0, 0, 0, b'c']);
+    named.extend_from_slice(&pending[9..]);
+    assert_eq!(encoded(&want), named);
+    assert_eq!(Record::decode(&named), Ok(want));
+
+    // Tag 23 as the first version wrote it: Will 4, "t"/"x" QoS 1, not retained, no
+    // delay, no expiry, no properties.
+    let armed: &[u8] = &[
+        23, 4, 0, 0, 0, 0, 0, 0, 0, // number
+        1, 0, 0, 0, b't', 1, 0, 0, 0, b'x', 1, 0, // topic, payload, QoS, retain
+        0, 0, 0, 0, 0, // delay, no expiry
+        0, 0, 0, 0, 0, 0, 0, 0, // props: none, no user properties
+    ];
+    let will = Will {
+        topic: "t".into(),
+        payload: Cow::Borrowed(b"x"),
+        qos: 1,
+        retain: false,
+        delay_s: 0,
+        expiry_interval_s: None,
+        props: MessageProps::default(),
+    };
+    let mut want = Record::WillArmed {
+        id: 4,
+        client_id: None,
+        will,
+    };
+    assert_eq!(Record::decode(armed), Ok(want.clone()));
+    assert_eq!(encoded(&want), armed, "without a client, the old form");
+    if let Record::WillArmed { client_id, .. } = &mut want {
+        *client_id = Some("c".into());
+    }
+    let mut named: Vec<u8> = vec![31];
+    named.extend_from_slice(&armed[1..9]);
+    named.extend_from_slice(&[1, 0, 0, 0, b'c']);
+    named.extend_from_slice(&armed[9..]);
+    assert_eq!(encoded(&want), named);
+    assert_eq!(Record::decode(&named), Ok(want));
+    // A named record whose client id is not UTF-8 is refused.
+    named[13] = 0xff;
+    assert_eq!(Record::decode(&named), Err(DecodeError::BadUtf8));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -508,10 +508,13 @@ fn a_queued_sent_record_is_a_queued_and_a_sent_record() {
     assert!(done.sessions["c"].deliveries.is_empty());
 }
 
+/// Wills whose records do not name their client (as written before tags 30 and 31) go
+/// to the first part, as they all did then.
 #[test]
 fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
     let will = |id: u64, topic: &str| Record::WillPending {
         id,
+        client_id: None,
         stamp: 7,
         msg: message(topic, b"gone", false),
     };
@@ -530,7 +533,7 @@ fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
     let topics: Vec<_> = a
         .pending_wills
         .values()
-        .map(|(_, m)| m.topic.to_string())
+        .map(|w| w.msg.topic.to_string())
         .collect();
     assert_eq!(topics, vec!["w/b", "w/c"]);
     assert_eq!(a.next_will_id(), 4);
@@ -550,23 +553,8 @@ fn pending_wills_survive_checkpoints_merges_and_splits_until_done() {
 /// could then come before its older connection's pending one).
 #[test]
 fn merged_wills_keep_their_order_across_pending_and_armed() {
-    let pending = |id: u64, topic: &str| Record::WillPending {
-        id,
-        stamp: 0,
-        msg: message(topic, b"gone", false),
-    };
-    let armed = |id: u64, topic: &str| Record::WillArmed {
-        id,
-        will: crate::store::Will {
-            topic: c(topic),
-            payload: Cow::Borrowed(b"gone"),
-            qos: 1,
-            retain: false,
-            delay_s: 0,
-            expiry_interval_s: None,
-            props: crate::store::MessageProps::default(),
-        },
-    };
+    let pending = |id: u64, topic: &str| named_pending(id, None, topic);
+    let armed = |id: u64, topic: &str| named_armed(id, None, topic);
     let mut a = replay(vec![pending(1, "w/a")]);
     let b = replay(vec![
         armed(1, "w/old"),
@@ -579,11 +567,11 @@ fn merged_wills_keep_their_order_across_pending_and_armed() {
     let mut order: Vec<(u64, String)> = a
         .pending_wills
         .iter()
-        .map(|(&id, (_, m))| (id, m.topic.to_string()))
+        .map(|(&id, w)| (id, w.msg.topic.to_string()))
         .chain(
             a.armed_wills
                 .iter()
-                .map(|(&id, w)| (id, w.topic.to_string())),
+                .map(|(&id, w)| (id, w.will.topic.to_string())),
         )
         .collect();
     order.sort();
@@ -593,6 +581,112 @@ fn merged_wills_keep_their_order_across_pending_and_armed() {
         vec!["w/a", "w/old", "w/new", "w/newest", "w/stored"]
     );
     assert_eq!(a.next_will_id(), 6);
+}
+
+/// Will `id` published by `client` (`None`: a record that does not name it).
+fn named_pending(id: u64, client: Option<&str>, topic: &str) -> Record<'static> {
+    Record::WillPending {
+        id,
+        client_id: client.map(c),
+        stamp: 0,
+        msg: message(topic, b"gone", false),
+    }
+}
+
+/// Will `id` armed by clean client `client` at its CONNECT.
+fn named_armed(id: u64, client: Option<&str>, topic: &str) -> Record<'static> {
+    Record::WillArmed {
+        id,
+        client_id: client.map(c),
+        will: crate::store::Will {
+            topic: c(topic),
+            payload: Cow::Borrowed(b"gone"),
+            qos: 1,
+            retain: false,
+            delay_s: 0,
+            expiry_interval_s: None,
+            props: crate::store::MessageProps::default(),
+        },
+    }
+}
+
+/// The topics of a part's pending and armed Wills, in the order of their numbers (the
+/// order recovery publishes them in).
+fn will_topics(s: &LiveState) -> Vec<String> {
+    let mut order: Vec<(u64, String)> = (s.pending_wills.iter())
+        .map(|(&id, w)| (id, w.msg.topic.to_string()))
+        .chain((s.armed_wills.iter()).map(|(&id, w)| (id, w.will.topic.to_string())))
+        .collect();
+    order.sort();
+    order.into_iter().map(|(_, t)| t).collect()
+}
+
+/// A Will's records name its client, and a split puts each pending or armed Will in its
+/// client's home part, so that shard publishes it again before its session timers
+/// publish that client's stored session's own Will, which is due at the restart too. It
+/// once put them all in the first part: shard 0 republished a client's older pending
+/// Will while the client's home shard published its newer session Will, and a watcher
+/// could get the newer one first [MQTT-4.6.0-5]. A Will whose records do not name its
+/// client stays in the first part. The order of the numbers holds within each part,
+/// whether the state is taken apart or moved whole, with any shard count.
+#[test]
+fn a_split_puts_each_will_in_its_clients_home_part() {
+    let home = |c: &str| match c {
+        "c1" => 1,
+        "c2" => 2,
+        _ => 0,
+    };
+    let mut s = replay(vec![
+        named_armed(1, Some("c1"), "c1/old"),
+        named_pending(2, None, "unnamed"),
+        named_pending(1, Some("c1"), "c1/old"),
+        named_armed(3, Some("c2"), "c2/armed"),
+        named_pending(4, Some("c1"), "c1/newer"),
+        named_armed(5, Some("c1"), "c1/newest"),
+        named_pending(6, Some("c2"), "c2/pending"),
+    ]);
+    // A checkpoint keeps each Will's client.
+    let rebuilt = replay(s.records().map(Record::into_owned).collect());
+    assert_eq!(rebuilt, s, "a checkpoint keeps the Wills' clients");
+    assert_eq!(s.pending_wills[&1].client_id.as_deref(), Some("c1"));
+    // Taken apart (sessions of two homes) and moved whole (no session): the same Wills.
+    let mut apart = s.clone();
+    apart.apply(session("c1", true));
+    apart.apply(session("c2", true));
+    for (state, how) in [(apart, "taken apart"), (s.clone(), "moved whole")] {
+        let parts = state.split(3, home, |_| 0);
+        assert_eq!(will_topics(&parts[0]), vec!["unnamed"], "{how}");
+        assert_eq!(
+            will_topics(&parts[1]),
+            vec!["c1/old", "c1/newer", "c1/newest"],
+            "{how}: client c1's Wills on its home shard, in order"
+        );
+        assert_eq!(
+            will_topics(&parts[2]),
+            vec!["c2/armed", "c2/pending"],
+            "{how}"
+        );
+    }
+    // Another shard count: the homes are taken modulo it.
+    let parts = s.clone().split(2, home, |_| 0);
+    assert_eq!(
+        will_topics(&parts[0]),
+        vec!["unnamed", "c2/armed", "c2/pending"]
+    );
+    assert_eq!(
+        will_topics(&parts[1]),
+        vec!["c1/old", "c1/newer", "c1/newest"]
+    );
+    // Merged into a part that holds Wills already, they keep their order after those.
+    let mut part = replay(vec![named_pending(1, Some("c3"), "c3/first")]);
+    s.finish();
+    let pieces = s.split(3, home, |_| 0);
+    part.merge(pieces[1].clone());
+    assert_eq!(
+        will_topics(&part),
+        vec!["c3/first", "c1/old", "c1/newer", "c1/newest"]
+    );
+    assert!(part.pending_wills.values().all(|w| w.client_id.is_some()));
 }
 
 /// Recovery merges the shards' states in directory order: a log holding nothing but its
