@@ -50,8 +50,8 @@ pub use record::{
     StoredMessage, Subscription, Will,
 };
 pub use state::{
-    BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionState, Sessions,
-    SharedMessage, CLUSTER_RECEIVED_MAX,
+    BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, ReceivedIds, SessionSlot,
+    SessionState, Sessions, SharedMessage, CLUSTER_RECEIVED_MAX,
 };
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 
