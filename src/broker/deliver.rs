@@ -157,14 +157,17 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
         return;
     }
     if let (Some(j), true) = (sink.journal.as_deref_mut(), sid != 0) {
-        j.log(Record::DeliveryQueued {
-            client_id: (&*sess.client_id).into(),
-            msg: MsgId(sid),
-            qos: qos as u8,
-            retain,
-            sub_ids: sub_ids.as_slice().into(),
-            txn,
-        });
+        j.log_for(
+            &sess.shadow_slot,
+            Record::DeliveryQueued {
+                client_id: (&*sess.client_id).into(),
+                msg: MsgId(sid),
+                qos: qos as u8,
+                retain,
+                sub_ids: sub_ids.as_slice().into(),
+                txn,
+            },
+        );
         if let Some(o) = sess.queue.back() {
             log_share(j, sess, o.share.as_deref());
         }
@@ -203,24 +206,31 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
     let client_id = (&*sess.client_id).into();
     let (msg, qos, retain) = (MsgId(out.sid), out.qos as u8, out.retain);
     let sub_ids = out.sub_ids.as_slice().into();
+    let slot = &sess.shadow_slot;
     match step {
         // The routing travels in the delivery's own record: a torn batch keeps both or
         // neither.
-        Step::QueuedSent(packet_id) => j.log(Record::DeliveryQueuedSent {
-            client_id,
-            msg,
-            qos,
-            retain,
-            sub_ids,
-            packet_id,
-            txn: out.msg.txn,
-        }),
-        Step::Sent(packet_id) => j.log(Record::DeliverySent {
-            client_id,
-            msg,
-            packet_id,
-            state: DeliveryState::InFlight,
-        }),
+        Step::QueuedSent(packet_id) => j.log_for(
+            slot,
+            Record::DeliveryQueuedSent {
+                client_id,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                packet_id,
+                txn: out.msg.txn,
+            },
+        ),
+        Step::Sent(packet_id) => j.log_for(
+            slot,
+            Record::DeliverySent {
+                client_id,
+                msg,
+                packet_id,
+                state: DeliveryState::InFlight,
+            },
+        ),
     }
     // The share group of the delivery just queued (`DeliveryShare` names the newest one).
     if !matches!(step, Step::Sent(_)) {
@@ -231,10 +241,13 @@ fn log_delivery<X>(sink: &mut Sink<'_, X>, sess: &Session, out: &Outgoing, step:
 /// Log that session `client_id`'s delivery `pid` is over (acknowledged, or never sendable).
 pub(super) fn log_done(journal: Option<&mut Journal>, sess: &Session, pid: PacketId) {
     if let (Some(j), true) = (journal, sess.logged) {
-        j.log(Record::DeliveryDone {
-            client_id: (&*sess.client_id).into(),
-            packet_id: pid,
-        });
+        j.log_for(
+            &sess.shadow_slot,
+            Record::DeliveryDone {
+                client_id: (&*sess.client_id).into(),
+                packet_id: pid,
+            },
+        );
     }
 }
 
@@ -352,10 +365,13 @@ pub(super) fn pump<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, s: usize,
         if out.msg.expired(now_ms) || !access::may_read_link(sink, key, &out.msg.topic) {
             // Expired, or the read right was revoked (reload) since it was queued.
             if let (Some(j), true) = (sink.journal.as_deref_mut(), out.sid != 0) {
-                j.log(Record::DeliveryDropped {
-                    client_id: (&*sess.client_id).into(),
-                    msg: MsgId(out.sid),
-                });
+                j.log_for(
+                    &sess.shadow_slot,
+                    Record::DeliveryDropped {
+                        client_id: (&*sess.client_id).into(),
+                        msg: MsgId(out.sid),
+                    },
+                );
             }
             continue;
         }

@@ -24,6 +24,7 @@
 mod elide;
 mod settle;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +36,7 @@ use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionO
 use crate::session::message::{MessagePool, Publisher};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
-    ArmedWill, LiveState, Lsn, MessageProps, MsgId, PendingWill, Record, RetainSource,
+    ArmedWill, LiveState, Lsn, MessageProps, MsgId, PendingWill, Record, RetainSource, SessionSlot,
     SharedMessage, StoredMessage, Subscription, Wal,
 };
 
@@ -377,6 +378,18 @@ impl Journal {
     pub fn log(&mut self, r: Record<'_>) {
         self.append(&r);
         if !self.shadow.apply_delivery(&r) {
+            self.shadow.apply(r);
+        }
+        self.sweep_if_due();
+    }
+
+    /// [`Journal::log`] a session's record, its shadow session looked for first in `slot`
+    /// (the slot it was found in last, kept by the broker's session: a delivery record's
+    /// apply then hashes no client id; `docs/benchmarks.md`, "ninth round"). A stale or
+    /// unset slot costs a lookup, and is set to where the session was found.
+    pub fn log_for(&mut self, slot: &Cell<SessionSlot>, r: Record<'_>) {
+        self.append(&r);
+        if !self.shadow.apply_delivery_at(slot, &r) {
             self.shadow.apply(r);
         }
         self.sweep_if_due();

@@ -13,6 +13,7 @@
 
 pub mod message;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
+use crate::store::SessionSlot;
 use crate::topic::retained::MatchCursor;
 pub use message::{ForwardedProps, Message, MessagePool};
 
@@ -226,6 +228,10 @@ pub struct Session {
     /// The number of the next new inbound QoS 2 message (a stored session in a cluster;
     /// 0: not numbered). See `Record::Qos2Numbering`.
     pub qos2_next: u64,
+    /// Where the journal's shadow keeps this session (a hint it checks and updates when
+    /// a delivery record is logged: `Journal::log_for`). A `Cell`, so that logging needs
+    /// only a shared borrow of the session.
+    pub shadow_slot: Cell<SessionSlot>,
 }
 
 impl Session {
@@ -266,6 +272,7 @@ impl Session {
             logged: false,
             holds: 0,
             qos2_next: 0,
+            shadow_slot: Cell::new(SessionSlot::NONE),
         }
     }
 

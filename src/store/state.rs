@@ -7,11 +7,10 @@
 //! and every stored message is referred to (unreferenced ones are dropped). Message ids
 //! are unique within one state. Must not touch: files, the engine's own session types.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
-
-use crate::hash::SeededHash;
 
 use super::record::{
     BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
@@ -21,9 +20,11 @@ use super::record::{
 mod bridges;
 mod deliveries;
 mod messages;
+mod sessions;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
 pub use deliveries::Deliveries;
 pub use messages::{Messages, SharedMessage, SharedMessages};
+pub use sessions::{SessionSlot, Sessions};
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,18 +175,14 @@ pub struct Retained {
     pub source: Option<RetainSource<'static>>,
 }
 
-/// Sessions by client id, hashed: every delivery record's apply finds its session here,
-/// and an ordered map's search was 8–14 string comparisons a record (`docs/benchmarks.md`,
-/// "eighth round: the shadow's session map"). Client ids come from the network, so the hash
-/// is seeded per map ([`SeededHash`]: a fixed seed would let a client craft colliding ids
-/// offline); the iteration order differs per map and per run, so what needs an order (the
-/// restore, a checkpoint's records) sorts by client id ([`LiveState::sessions_by_id`]).
-pub type Sessions = HashMap<String, SessionState, SeededHash>;
-
 /// Everything a log (or several merged) says is alive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveState {
-    /// Sessions by client id (in no order: [`LiveState::sessions_by_id`] sorts them).
+    /// Sessions by client id, in slots (in no order: [`LiveState::sessions_by_id`] sorts
+    /// them). A delivery record's apply finds its session by the slot its caller names
+    /// ([`LiveState::apply_delivery_at`]); client ids come from the network, so the index
+    /// is hashed with a per-map seed, and an ordered map's search was 8–14 string
+    /// comparisons a record (`docs/benchmarks.md`, "eighth round").
     pub sessions: Sessions,
     /// Stored messages by id.
     pub messages: Messages,
@@ -332,59 +329,19 @@ impl LiveState {
     /// reference, the record is not moved through the dispatch (two copies of it per
     /// record before: `docs/benchmarks.md`, "seventh round").
     pub fn apply_delivery(&mut self, r: &Record<'_>) -> bool {
-        match r {
-            Record::DeliveryQueued {
-                client_id,
-                msg,
-                qos,
-                retain,
-                sub_ids,
-                txn,
-            } => {
-                if let Some(s) = self.session(client_id) {
-                    let d = Delivery::new(*msg, *qos, *retain, sub_ids.to_vec(), None, *txn);
-                    s.deliveries.push(d);
-                }
-            }
-            Record::DeliveryQueuedSent {
-                client_id,
-                msg,
-                qos,
-                retain,
-                sub_ids,
-                packet_id,
-                txn,
-            } => {
-                if let Some(s) = self.session(client_id) {
-                    let ids = sub_ids.to_vec();
-                    let d = Delivery::new(*msg, *qos, *retain, ids, Some(*packet_id), *txn);
-                    s.deliveries.push(d);
-                }
-            }
-            Record::DeliverySent {
-                client_id,
-                msg,
-                packet_id,
-                state,
-            } => {
-                if let Some(s) = self.session(client_id) {
-                    s.deliveries.sent(*msg, *packet_id, *state);
-                }
-            }
-            Record::DeliveryDone {
-                client_id,
-                packet_id,
-            } => {
-                if let Some(s) = self.session(client_id) {
-                    s.deliveries.done(*packet_id);
-                }
-            }
-            Record::DeliveryDropped { client_id, msg } => {
-                if let Some(s) = self.session(client_id) {
-                    s.deliveries.dropped(*msg);
-                }
-            }
-            _ => return false,
+        self.apply_delivery_at(&Cell::new(SessionSlot::NONE), r)
+    }
+
+    /// [`LiveState::apply_delivery`], finding the session in `slot` when it is there (no
+    /// hash of the client id: `docs/benchmarks.md`, "ninth round"); `slot` is set to where
+    /// it was found, for the caller's next record of the same session.
+    pub fn apply_delivery_at(&mut self, slot: &Cell<SessionSlot>, r: &Record<'_>) -> bool {
+        let Some(client_id) = delivery_client(r) else {
+            return false;
+        };
+        match self.sessions.at_mut(slot, client_id) {
+            Some(s) => apply_to_session(s, r),
+            None => self.orphans += 1,
         }
         true
     }
@@ -1095,5 +1052,56 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
     out
 }
 
+/// The client id of a delivery's own record (queued, sent, done, dropped); `None` for any
+/// other record.
+fn delivery_client<'r>(r: &'r Record<'_>) -> Option<&'r str> {
+    match r {
+        Record::DeliveryQueued { client_id, .. }
+        | Record::DeliveryQueuedSent { client_id, .. }
+        | Record::DeliverySent { client_id, .. }
+        | Record::DeliveryDone { client_id, .. }
+        | Record::DeliveryDropped { client_id, .. } => Some(client_id),
+        _ => None,
+    }
+}
+
+/// Apply a delivery's own record `r` to its session `s` (others: nothing).
+fn apply_to_session(s: &mut SessionState, r: &Record<'_>) {
+    match r {
+        Record::DeliveryQueued {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            txn,
+            ..
+        } => {
+            let d = Delivery::new(*msg, *qos, *retain, sub_ids.to_vec(), None, *txn);
+            s.deliveries.push(d);
+        }
+        Record::DeliveryQueuedSent {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            packet_id,
+            txn,
+            ..
+        } => {
+            let ids = sub_ids.to_vec();
+            let d = Delivery::new(*msg, *qos, *retain, ids, Some(*packet_id), *txn);
+            s.deliveries.push(d);
+        }
+        Record::DeliverySent {
+            msg,
+            packet_id,
+            state,
+            ..
+        } => s.deliveries.sent(*msg, *packet_id, *state),
+        Record::DeliveryDone { packet_id, .. } => s.deliveries.done(*packet_id),
+        Record::DeliveryDropped { msg, .. } => s.deliveries.dropped(*msg),
+        _ => {}
+    }
+}
 #[cfg(test)]
 mod tests;

@@ -958,6 +958,29 @@ proptest::proptest! {
         let moved = s.split(n, home, home);
         proptest::prop_assert_eq!(moved, taken_apart);
     }
+
+    /// Delivery records applied through slots (one kept per client, as the broker's
+    /// sessions keep theirs, or one for all, so that most are stale) leave the state that
+    /// finding each session by its client id leaves.
+    #[test]
+    fn records_applied_through_slots_are_records_applied_by_lookup(
+        records in proptest::collection::vec(crate::store::testutil::arb_record(), 0..80),
+        one_slot in proptest::prelude::any::<bool>(),
+    ) {
+        let records: Vec<Record<'static>> =
+            records.into_iter().map(|r| ids_near(r, 3)).collect();
+        let want = replay(records.clone());
+        let mut got = LiveState::default();
+        let mut slots: BTreeMap<String, std::cell::Cell<SessionSlot>> = BTreeMap::new();
+        for r in records {
+            let key = if one_slot { "" } else { delivery_client(&r).unwrap_or("") };
+            let slot = slots.entry(key.to_owned()).or_default();
+            if !got.apply_delivery_at(slot, &r) {
+                got.apply(r);
+            }
+        }
+        proptest::prop_assert_eq!(got, want);
+    }
 }
 
 /// Sessions of one home but a retained entry of another: taken apart, as before.
