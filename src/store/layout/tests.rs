@@ -92,6 +92,33 @@ fn a_flipped_bit_drops_the_rest_of_the_log_including_later_segments() {
     }
 }
 
+/// Today a zero-filled tail (what a power cut leaves of unsynced bytes) is a checksum cut,
+/// and the segments after it are dropped: right while only the last segment written can
+/// hold unsynced bytes, and what decision 0021 (preallocated segments) must change first.
+#[test]
+fn a_zero_filled_tail_is_a_cut_that_drops_later_segments() {
+    let data = Scratch::new("zerotail");
+    write_log(data.path(), 0, &sessions("c", 40), 400);
+    let dir = shard_dir(data.path(), 0);
+    let segs = list_segments(&crate::store::OsDisk, &dir).expect("list");
+    assert!(segs.len() >= 3, "{segs:?}");
+    let first = dir.join(segment_name(segs[0]));
+    let len = std::fs::metadata(&first).expect("stat").len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&first)
+        .expect("open");
+    f.write_all(&[0u8; 256]).expect("zero fill");
+    let r = recover_all(data.path()).expect("recover");
+    let cut = &r.cuts[0];
+    assert_eq!((&cut.file, cut.reason), (&first, CutReason::Checksum));
+    assert_eq!((cut.offset, cut.bytes_dropped), (len, 256));
+    assert_eq!(r.cuts.len(), segs.len(), "every later segment is dropped");
+    assert!(r.cuts[1..]
+        .iter()
+        .all(|c| matches!(c.reason, CutReason::LsnGap { found: 0, .. })));
+}
+
 #[test]
 fn recovery_merges_any_number_of_shards_and_install_redistributes() {
     let data = Scratch::new("reshard");
