@@ -283,15 +283,19 @@ impl<X> Broker<X> {
     /// (`HeldIncoming::resends`), else (nothing to commit: a session not logged, or gone)
     /// once this turn's records are durable.
     fn pubrec_resends_follow(&mut self, uid: u64, pid: PacketId, resends: Vec<HeldResend>) {
+        if resends.is_empty() {
+            return;
+        }
+        if let Some(h) = self
+            .journal
+            .as_mut()
+            .and_then(|j| j.incoming_held(uid, pid))
+        {
+            h.resends.extend(resends);
+            return;
+        }
         for (link, gen, bytes) in resends {
-            match self
-                .journal
-                .as_mut()
-                .and_then(|j| j.incoming_held(uid, pid))
-            {
-                Some(h) => h.resends.push((link, gen, bytes)),
-                None => self.send_bytes_durable(link, gen, &bytes),
-            }
+            self.send_bytes_durable(link, gen, &bytes);
         }
     }
 

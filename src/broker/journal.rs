@@ -376,11 +376,7 @@ impl Journal {
     /// QoS 1 delivery is still in the unwritten batch takes that delivery's record back
     /// instead of being appended (`elide`).
     pub fn log(&mut self, r: Record<'_>) {
-        self.append(&r);
-        if !self.shadow.apply_delivery(&r) {
-            self.shadow.apply(r);
-        }
-        self.sweep_if_due();
+        self.log_for(&Cell::new(SessionSlot::NONE), r);
     }
 
     /// [`Journal::log`] a session's record, its shadow session looked for first in `slot`
