@@ -1244,6 +1244,35 @@ fn reported(out: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count before '{what}' in {out:?}"))
 }
 
+/// The interest entries a failed `cluster-forget` run had deleted before it failed (it
+/// says so after a NATS failure: "removed before that: N interest entries, …"; 0 for a
+/// refusal, which removes nothing).
+fn deleted_before_failing(err: &str) -> u64 {
+    if err.contains("removed before that:") {
+        reported(err, "interest entries,")
+    } else {
+        0
+    }
+}
+
+/// The count is read from the command's own error text, so the forget test's sum cannot
+/// silently turn to 0 if that text changes.
+#[test]
+fn deleted_before_failing_reads_what_a_failed_run_removed() {
+    use shardmq::cluster::forget::{ForgetError, Forgotten};
+    let failed = ForgetError::Nats {
+        what: "cannot delete consumer B: timed out".into(),
+        done: Forgotten {
+            interest_entries: 3,
+            ..Forgotten::default()
+        },
+    };
+    let err = format!("shardmq: cluster fgc: node B: {failed}\n");
+    assert_eq!(deleted_before_failing(&err), 3, "{err}");
+    let refused = ForgetError::Alive("node B is alive".into());
+    assert_eq!(deleted_before_failing(&format!("{refused}")), 0);
+}
+
 /// `shardmq cluster-forget`: refused while the node lives; once it is dead (SIGKILL, with
 /// QoS 1 messages stored in its queue since), it deletes the node's interest entry, its
 /// consumer and its queue, A stops storing for it and keeps serving, and a second run
@@ -1776,20 +1805,30 @@ fn cluster_forget_marks_a_cut_off_node_which_joins_again() {
     nats.kill(1);
     // Until NATS has dropped B's subscriptions with its server, B still looks alive, and
     // JetStream elects new leaders for what B's server led (requests time out): again.
+    // A run that fails after deleting B's entries (a later request timed out) says how
+    // many it deleted, and the next run finds none left: B's entries are what all runs
+    // deleted together.
     let deadline = Instant::now() + FORM_WAIT;
+    let (mut deleted, mut runs) = (0, Vec::new());
     let out = loop {
         let (ok, out, err) = cluster_forget(&conf, "B");
         if ok {
+            deleted += reported(&out, "interest entries deleted");
             break out;
         }
+        deleted += deleted_before_failing(&err);
+        runs.push(err);
         assert!(
             Instant::now() < deadline,
-            "cut-off B never forgotten: {err}"
+            "cut-off B never forgotten: {runs:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(out.contains("heartbeat key marked forgotten"), "{out}");
-    assert!(reported(&out, "interest entries deleted") >= 1, "{out}");
+    assert!(
+        deleted >= 1,
+        "B's interest entries deleted: {out} after {runs:?}"
+    );
     await_heartbeat(&a, "B", "forgotten");
     await_not_stored(&a, &mut publ, "fc/x");
 
