@@ -4,18 +4,35 @@
 //! the peer has not been sent yet, in order. Deliveries append; the event loop writes what
 //! it can at the end of the turn and keeps the rest for the next writable event. Must not
 //! touch: sockets (the caller passes a writer), MQTT semantics.
+//!
+//! Memory: an emptied buffer keeps up to [`RETAIN_CAPACITY_MAX`] for the next turn, so
+//! that idle connections stay small. A larger one is kept only while its connection needs
+//! it: freeing it after every full flush made a busy connection grow it again every turn
+//! (`docs/benchmarks.md`, "tenth round"). It goes after [`SMALL_FLUSHES_MAX`] full
+//! flushes in a row that each needed no more than the retained size, or at the second
+//! [`TxBuf::trim_idle`] (the shard's memory walk) that finds it empty with no large flush
+//! in between: an idle connection holds a large buffer for at most two walks.
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
 
-/// Capacity kept after a full flush; more is released so idle connections stay small.
+/// Capacity an emptied buffer always keeps; more is kept only while it is needed.
 const RETAIN_CAPACITY_MAX: usize = 16 * 1024;
+
+/// Full flushes in a row that needed no more than [`RETAIN_CAPACITY_MAX`] after which a
+/// larger buffer is released.
+const SMALL_FLUSHES_MAX: u8 = 8;
 
 /// An append-only output buffer with a flush cursor.
 #[derive(Debug, Default)]
 pub struct TxBuf {
     data: Vec<u8>,
     sent: usize,
+    /// Full flushes in a row that needed no more than [`RETAIN_CAPACITY_MAX`].
+    small_flushes: u8,
+    /// A full flush needed more than [`RETAIN_CAPACITY_MAX`] since the last
+    /// [`TxBuf::trim_idle`].
+    large_since_trim: bool,
 }
 
 /// What a flush achieved.
@@ -54,6 +71,19 @@ impl TxBuf {
         self.sent = 0;
     }
 
+    /// Release an empty buffer larger than [`RETAIN_CAPACITY_MAX`] that no full flush
+    /// needed since the last call (called at every memory walk: an idle connection's
+    /// large buffer is gone by the second).
+    pub fn trim_idle(&mut self) {
+        if !std::mem::take(&mut self.large_since_trim)
+            && self.is_empty()
+            && self.data.capacity() > RETAIN_CAPACITY_MAX
+        {
+            self.data = Vec::new();
+            self.sent = 0;
+        }
+    }
+
     /// Write as much as the socket takes, up to `budget_bytes`.
     pub fn flush_to<W: Write>(&mut self, w: &mut W, budget_bytes: usize) -> io::Result<Flushed> {
         let mut written = 0;
@@ -73,12 +103,24 @@ impl TxBuf {
         if self.sent < self.data.len() {
             return Ok(Flushed::Partial);
         }
+        self.drained();
+        Ok(Flushed::All)
+    }
+
+    /// Everything was written: empty the buffer, keeping a large one while it is needed.
+    fn drained(&mut self) {
+        if self.data.len() > RETAIN_CAPACITY_MAX {
+            self.small_flushes = 0;
+            self.large_since_trim = true;
+        } else if self.data.capacity() > RETAIN_CAPACITY_MAX {
+            self.small_flushes += 1;
+            if self.small_flushes >= SMALL_FLUSHES_MAX {
+                self.small_flushes = 0;
+                self.data = Vec::new();
+            }
+        }
         self.data.clear();
         self.sent = 0;
-        if self.data.capacity() > RETAIN_CAPACITY_MAX {
-            self.data = Vec::new();
-        }
-        Ok(Flushed::All)
     }
 }
 
@@ -144,5 +186,60 @@ mod tests {
         assert_eq!(tx.flush_to(&mut out, 40).expect("flush"), Flushed::Partial);
         assert_eq!(out.len(), 40);
         assert_eq!(tx.pending(), 60);
+    }
+
+    /// Fill `tx` with `n` bytes and flush them all; whether the buffer used the same
+    /// memory throughout (no allocation to fill it, none released by the flush).
+    fn turn(tx: &mut TxBuf, n: usize) -> bool {
+        let before = tx.buf().as_ptr();
+        tx.buf().extend(std::iter::repeat_n(7, n));
+        let mut out = Vec::new();
+        assert_eq!(
+            tx.flush_to(&mut out, usize::MAX).expect("flush"),
+            Flushed::All
+        );
+        assert_eq!(out.len(), n);
+        tx.capacity() > 0 && std::ptr::eq(before, tx.buf().as_ptr())
+    }
+
+    /// A connection that writes more than the retained size every turn keeps its buffer
+    /// (no reallocation per flush, also across memory walks); one whose turns get small
+    /// releases it after a few flushes, and an idle one at the second walk.
+    #[test]
+    fn a_busy_buffer_is_kept_and_an_idle_one_released() {
+        let large = 3 * RETAIN_CAPACITY_MAX;
+        let mut tx = TxBuf::default();
+        turn(&mut tx, large);
+        for i in 0..100 {
+            assert!(turn(&mut tx, large), "reallocated at flush {i}");
+            if i % 10 == 0 {
+                tx.trim_idle();
+            }
+        }
+        assert!(tx.capacity() >= large);
+
+        // Small turns: kept for a few flushes (a burst may come back), then released.
+        for _ in 1..SMALL_FLUSHES_MAX {
+            assert!(turn(&mut tx, 100));
+        }
+        turn(&mut tx, 100);
+        assert!(tx.capacity() <= RETAIN_CAPACITY_MAX, "{}", tx.capacity());
+
+        // Idle after a large turn: the first walk notes it, the second releases it.
+        turn(&mut tx, large);
+        tx.trim_idle();
+        assert!(tx.capacity() >= large, "kept at the first walk");
+        tx.trim_idle();
+        assert_eq!(tx.capacity(), 0, "released at the second");
+
+        // A small buffer is never released by a walk; one holding bytes is not either.
+        turn(&mut tx, 100);
+        tx.trim_idle();
+        tx.trim_idle();
+        assert!(tx.capacity() >= 100);
+        tx.buf().extend(std::iter::repeat_n(7, large));
+        tx.trim_idle();
+        tx.trim_idle();
+        assert_eq!(tx.pending(), large);
     }
 }

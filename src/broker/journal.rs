@@ -36,8 +36,8 @@ use crate::protocol::{self, Packet, PacketId, QoS, RetainHandling, SubscriptionO
 use crate::session::message::{MessagePool, Publisher};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
-    ArmedWill, LiveState, Lsn, MessageProps, MsgId, PendingWill, Record, RetainSource, SessionSlot,
-    SharedMessage, StoredMessage, Subscription, Wal,
+    ArmedWill, LiveState, Lsn, MessageProps, MessageWriter, MsgId, PendingWill, Record,
+    RetainSource, SessionSlot, SharedMessage, StoredMessage, Subscription, Wal,
 };
 
 /// A retained message of the recovered store: topic, message, stamp, publisher.
@@ -402,10 +402,14 @@ impl Journal {
     /// Log `msg` as message `id` (`MessageStored`); the shadow keeps a reference to it, not
     /// a copy: the record and the shadow's rendering at a checkpoint are the same
     /// [`stored_form`] of the same immutable message, with the expiry fixed here.
+    /// The record is written straight from the message ([`encode_stored`]: the same bytes
+    /// as encoding `Record::MessageStored` of [`stored_form`], without building it).
     fn log_message(&mut self, id: MsgId, msg: &Arc<Message>, now_ms: u64) {
-        let stored = to_stored(msg, self.unix_ms(now_ms), now_ms);
-        let expires = stored.expires_at_unix_ms;
-        self.append(&Record::MessageStored { id, msg: stored });
+        let expires = unix_expiry(msg, self.unix_ms(now_ms), now_ms);
+        let ticket = self
+            .wal
+            .append_with(|out| encode_stored(out, id, msg, expires));
+        self.elision.stored_msg(id, ticket);
         let shared: Arc<dyn SharedMessage> = Arc::clone(msg) as Arc<dyn SharedMessage>;
         self.shadow.store_shared(id, shared, expires);
         self.sweep_if_due();
@@ -937,10 +941,31 @@ fn restored_wills(state: &LiveState) -> Vec<(u64, RestoredWill)> {
 
 /// The stored form of `msg` at shard time `now_ms` (wall clock `unix_now_ms`).
 pub fn to_stored(msg: &Message, unix_now_ms: u64, now_ms: u64) -> StoredMessage<'_> {
-    let expires = msg
-        .expires_at_ms
-        .map(|t| unix_now_ms.saturating_add(t.saturating_sub(now_ms)));
-    stored_form(msg, expires)
+    stored_form(msg, unix_expiry(msg, unix_now_ms, now_ms))
+}
+
+/// `msg`'s expiry in wall-clock time, at shard time `now_ms` (wall clock `unix_now_ms`).
+fn unix_expiry(msg: &Message, unix_now_ms: u64, now_ms: u64) -> Option<u64> {
+    msg.expires_at_ms
+        .map(|t| unix_now_ms.saturating_add(t.saturating_sub(now_ms)))
+}
+
+/// Append the body of `Record::MessageStored { id, msg: stored_form(msg, expires) }` to
+/// `out`, byte for byte, straight from the message (no [`StoredMessage`] built; the
+/// journal logs every message it stores so).
+pub fn encode_stored(out: &mut Vec<u8>, id: MsgId, msg: &Message, expires: Option<u64>) {
+    let mut w = MessageWriter::stored(out, id);
+    w.message(&msg.topic, &msg.payload, msg.qos as u8, msg.retain, expires);
+    match msg.props.as_deref() {
+        Some(p) => w.props(
+            p.payload_format_indicator,
+            p.content_type.as_deref(),
+            p.response_topic.as_deref(),
+            p.correlation_data.as_deref(),
+            &p.user_properties,
+        ),
+        None => w.no_props(),
+    }
 }
 
 /// A journal's shadow keeps the messages it logs by reference (`LiveState::store_shared`).

@@ -287,4 +287,9 @@ impl<X> Links<X> {
     pub fn conns(&self) -> impl Iterator<Item = (usize, &Conn<X>)> {
         self.slab.iter().map(|(k, c)| (k, c.as_ref()))
     }
+
+    /// Every connection's write buffer (the memory walk trims idle ones).
+    pub fn write_buffers_mut(&mut self) -> impl Iterator<Item = &mut TxBuf> {
+        self.slab.iter_mut().map(|(_, c)| &mut c.tx)
+    }
 }

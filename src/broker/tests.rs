@@ -468,6 +468,7 @@ mod due_timers;
 mod elide;
 mod held_acks;
 mod held_release;
+mod message_record;
 mod qos2_log;
 mod resend_drop;
 mod share_log;

@@ -6,7 +6,8 @@
 //! what they hold: write buffers and partial packets (their capacity), session queues
 //! (message weights), in-flight windows, subscriptions (a measured size per filter level), retained
 //! backlogs, and the retained store (shard 0 counts the shared payloads; every shard its
-//! own index). The sum over all shards sets the broker's [`MemoryPressure`].
+//! own index). The sum over all shards sets the broker's [`MemoryPressure`]. The walk
+//! first releases the large write buffers of idle connections ([`TxBuf::trim_idle`]).
 //!
 //! Between two walks, twice every byte read from a client since the last walk is added to
 //! the figure (a conservative guess: a message read is held once as the message and once
@@ -27,6 +28,7 @@ use crate::broker::memory::MemoryPressure;
 use crate::broker::{Broker, Conn};
 use crate::metrics::MemoryKind;
 use crate::session::Session;
+use crate::txbuf::TxBuf;
 
 /// How often a shard accounts its memory.
 pub const ACCOUNT_INTERVAL_MS: u64 = 100;
@@ -96,6 +98,10 @@ impl MemoryBudget {
                 _ => ACCOUNT_INTERVAL_MS,
             };
             self.next_ms = now_ms + every_ms;
+            broker
+                .links_mut()
+                .write_buffers_mut()
+                .for_each(TxBuf::trim_idle);
             let held = account(broker, self.id);
             if let Some(m) = broker.config().metrics.shard(self.id) {
                 for (figure, bytes) in m.memory_accounted.iter().zip(held) {

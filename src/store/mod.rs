@@ -46,8 +46,8 @@ pub use layout::{
 };
 pub use lock::StoreLock;
 pub use record::{
-    BridgeOp, DecodeError, DeliveryState, MessageProps, MsgId, Record, RetainSource, SessionInfo,
-    StoredMessage, Subscription, Will,
+    BridgeOp, DecodeError, DeliveryHead, DeliveryKind, DeliveryState, MessageProps, MessageWriter,
+    MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription, Will,
 };
 pub use state::{
     ArmedWill, BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, PendingWill, ReceivedIds,

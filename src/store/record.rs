@@ -1144,6 +1144,121 @@ impl RetainSource<'_> {
     }
 }
 
+/// Which delivery record a [`DeliveryHead`] was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// `DeliveryQueued` (any of its tags).
+    Queued,
+    /// `DeliveryQueuedSent` (with or without a QoS 2 routing).
+    QueuedSent,
+    /// `DeliverySent`.
+    Sent,
+}
+
+/// The fields of a delivery record that the journal's records that cancel confirm a match
+/// with (`broker::journal::elide`), read at their offsets without decoding the rest: a
+/// confirmation is paid for every cancel, and the whole record is not needed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryHead<'a> {
+    /// The record it was read from.
+    pub kind: DeliveryKind,
+    /// Client Identifier, as bytes (compared, never shown: not checked for UTF-8).
+    pub client_id: &'a [u8],
+    /// The message.
+    pub msg: MsgId,
+    /// Packet id (`QueuedSent`, `Sent`); 0 for `Queued`.
+    pub packet_id: u16,
+}
+
+impl<'a> DeliveryHead<'a> {
+    /// The head of the delivery record encoded in `buf`; `None` for any other record, or
+    /// bytes too short to hold the fields (never a panic). It reads what
+    /// [`Record::decode`] would decode for these fields from a valid record, nothing more.
+    pub fn read(buf: &'a [u8]) -> Option<DeliveryHead<'a>> {
+        let mut d = Dec { buf, pos: 0 };
+        let kind = match d.u8().ok()? {
+            tag::DELIVERY_QUEUED | tag::DELIVERY_QUEUED_FLAGS | tag::DELIVERY_QUEUED_TXN => {
+                DeliveryKind::Queued
+            }
+            tag::DELIVERY_QUEUED_SENT | tag::DELIVERY_QUEUED_SENT_TXN => DeliveryKind::QueuedSent,
+            tag::DELIVERY_SENT => DeliveryKind::Sent,
+            _ => return None,
+        };
+        let len = usize::try_from(d.u32().ok()?).ok()?;
+        let client_id = d.take(len).ok()?;
+        let msg = MsgId(d.u64().ok()?);
+        let packet_id = match kind {
+            DeliveryKind::Queued => 0,
+            // After the delivery's QoS and RETAIN flag.
+            DeliveryKind::QueuedSent => d.take(2).and_then(|_| d.u16()).ok()?,
+            DeliveryKind::Sent => d.u16().ok()?,
+        };
+        Some(DeliveryHead {
+            kind,
+            client_id,
+            msg,
+            packet_id,
+        })
+    }
+}
+
+/// Writes a `MessageStored` record straight from the caller's fields, for a caller that
+/// holds the message in its own type (the broker's `Message`): the bytes are exactly
+/// [`Record::encode`]'s of the same `MessageStored`, without building the record first.
+/// Call [`MessageWriter::message`], then [`MessageWriter::props`] or
+/// [`MessageWriter::no_props`] once each.
+pub struct MessageWriter<'b>(Enc<'b>);
+
+impl<'b> MessageWriter<'b> {
+    /// Start message `id`'s record at the end of `out`.
+    pub fn stored(out: &'b mut Vec<u8>, id: MsgId) -> MessageWriter<'b> {
+        let mut e = Enc(out);
+        e.u8(tag::MESSAGE_STORED);
+        e.u64(id.0);
+        MessageWriter(e)
+    }
+
+    /// The message's own fields ([`StoredMessage`], but its properties).
+    pub fn message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        expires_at_unix_ms: Option<u64>,
+    ) -> &mut Self {
+        let e = &mut self.0;
+        e.str(topic);
+        e.bytes(payload);
+        e.u8(qos);
+        e.bool(retain);
+        e.opt(expires_at_unix_ms, |e, v| e.u64(v));
+        self
+    }
+
+    /// Its forwarded properties ([`MessageProps`]).
+    pub fn props(
+        &mut self,
+        payload_format_indicator: Option<u8>,
+        content_type: Option<&str>,
+        response_topic: Option<&str>,
+        correlation_data: Option<&[u8]>,
+        user_properties: &[u8],
+    ) {
+        let e = &mut self.0;
+        e.opt(payload_format_indicator, |e, v| e.u8(v));
+        e.opt_str(content_type);
+        e.opt_str(response_topic);
+        e.opt(correlation_data, |e, v| e.bytes(v));
+        e.bytes(user_properties);
+    }
+
+    /// No forwarded properties (what [`MessageProps::default`] encodes to).
+    pub fn no_props(&mut self) {
+        self.0 .0.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+}
+
 fn state_byte(s: DeliveryState) -> u8 {
     match s {
         DeliveryState::Queued => 0,

@@ -27,7 +27,7 @@ use super::frame::{
     begin_group, encode_frame, member_bytes, push_member, seal_group, FileHeader, FileKind,
     FILE_HEADER_BYTES, GROUP_BODY_BYTES_MAX,
 };
-use super::record::{DecodeError, Record};
+use super::record::{DecodeError, DeliveryHead, Record};
 use super::{io, Lsn, StoreError};
 use crate::metrics::StoreFigures;
 
@@ -369,12 +369,19 @@ impl Wal {
     /// are in tickets. They are the records' LSNs in the file as long as nothing is
     /// cancelled; a cancelled record takes no LSN, so the file's LSNs stay consecutive.
     pub fn append(&mut self, record: &Record<'_>) -> Lsn {
+        self.append_with(|out| record.encode(out))
+    }
+
+    /// [`Wal::append`] a record that `encode` appends to the batch itself (exactly one
+    /// record body: a [`MessageWriter`](super::MessageWriter) writing from the caller's
+    /// own types, with no [`Record`] built first).
+    pub fn append_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Lsn {
         let ticket = self.next_ticket;
         self.slots.push(Slot {
             start: self.batch.len(),
             live: true,
         });
-        record.encode(&mut self.batch);
+        encode(&mut self.batch);
         self.next_ticket += 1;
         ticket
     }
@@ -409,6 +416,14 @@ impl Wal {
     pub fn unwritten(&self, ticket: Lsn) -> Option<Result<Record<'_>, DecodeError>> {
         let i = self.slot(ticket).filter(|&i| self.slots[i].live)?;
         Some(Record::decode(self.batch.get(self.encoding(i))?))
+    }
+
+    /// The delivery fields of unwritten record `ticket` ([`DeliveryHead`]), read without
+    /// decoding the rest; `None` as [`Wal::unwritten`], or for a record that is no
+    /// delivery.
+    pub fn unwritten_head(&self, ticket: Lsn) -> Option<DeliveryHead<'_>> {
+        let i = self.slot(ticket).filter(|&i| self.slots[i].live)?;
+        DeliveryHead::read(self.batch.get(self.encoding(i))?)
     }
 
     /// Where record `i` of the batch lies in `batch`.

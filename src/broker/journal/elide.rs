@@ -29,15 +29,16 @@
 //! of (client id, packet id), cleared in O(1) by a generation number; a delivery whose
 //! slot another takes is simply not followed (written, as before). Nothing is copied per
 //! record: a slot keeps tickets, and a match is confirmed before it cancels by reading
-//! the delivery's record back from the batch ([`Wal::unwritten`]: its client id, packet
-//! id and message), so a hash collision never cancels a wrong record. Must not touch:
+//! the delivery's record back from the batch ([`Wal::unwritten_head`]: its client id,
+//! packet id and message, at their offsets, the rest not decoded), so a hash collision
+//! never cancels a wrong record. Must not touch:
 //! the log's bytes but through [`Wal::cancel`] (it keeps tickets), the shadow state.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU16;
 
-use crate::store::{DeliveryState, Lsn, MsgId, Record, Wal};
+use crate::store::{DeliveryKind, DeliveryState, Lsn, MsgId, Record, Wal};
 
 /// Pending queued QoS 1 deliveries above which no more are tracked (a bound on memory;
 /// the rest are written as before).
@@ -201,11 +202,11 @@ impl Elision {
         // (not another that shares the key's hash).
         let certain = q.count == 1
             && state == DeliveryState::InFlight
-            && matches!(
-                wal.unwritten(q.ticket),
-                Some(Ok(Record::DeliveryQueued { client_id: c, msg: m, .. }))
-                    if c == client_id && m == msg
-            );
+            && wal.unwritten_head(q.ticket).is_some_and(|h| {
+                h.kind == DeliveryKind::Queued
+                    && h.client_id == client_id.as_bytes()
+                    && h.msg == msg
+            });
         if certain {
             self.follow(client_id, pid, msg, [q.ticket, ticket]);
         } else {
@@ -214,8 +215,10 @@ impl Elision {
         }
     }
 
-    /// Message `id` was stored as `ticket` (followed only while ids grow).
-    fn stored_msg(&mut self, id: MsgId, ticket: Lsn) {
+    /// Message `id` was stored as `ticket` (followed only while ids grow): what
+    /// [`Elision::appended`] notes for a `MessageStored`, for one written without a
+    /// [`Record`] ([`Wal::append_with`]).
+    pub fn stored_msg(&mut self, id: MsgId, ticket: Lsn) {
         if self.stored.last().is_none_or(|s| s.id < id) {
             self.stored.push(Stored {
                 id,
@@ -360,27 +363,21 @@ impl Elision {
 
 /// Whether the delivery `s` followed is client `client_id`'s: its last record (the one
 /// holding the packet id), read back from the batch, names this client, packet id and
-/// message. A record already written or cancelled reads back as nothing: no match.
+/// message (only those fields are read: [`crate::store::DeliveryHead`]). A record already
+/// written or cancelled reads back as nothing: no match.
 fn same_delivery(s: &Sent, client_id: &str, wal: &Wal) -> bool {
     let (last, one) = match s.tickets {
         [t, 0] => (t, true),
         [_, t] => (t, false),
     };
-    match wal.unwritten(last) {
-        Some(Ok(Record::DeliveryQueuedSent {
-            client_id: c,
-            msg,
-            packet_id,
-            ..
-        })) => one && c == client_id && msg == s.msg && packet_id.get() == s.pid,
-        Some(Ok(Record::DeliverySent {
-            client_id: c,
-            msg,
-            packet_id,
-            ..
-        })) => !one && c == client_id && msg == s.msg && packet_id.get() == s.pid,
-        _ => false,
-    }
+    let Some(h) = wal.unwritten_head(last) else {
+        return false;
+    };
+    let kind = match one {
+        true => DeliveryKind::QueuedSent,
+        false => DeliveryKind::Sent,
+    };
+    h.kind == kind && h.client_id == client_id.as_bytes() && h.msg == s.msg && h.packet_id == s.pid
 }
 
 /// The slot of key `k` in the table of deliveries in flight.
@@ -553,6 +550,95 @@ mod tests {
         e.written();
         assert!(!log(&mut e, &mut w, &done("a", 4)), "written");
         assert_eq!(e.cancelled, 2);
+    }
+
+    /// Make the slot of client `client`'s delivery `pid` claim the records `tickets` for
+    /// message `msg`: what a collision of two deliveries' keys leaves.
+    fn forge(e: &mut Elision, client: &str, pid: u16, tickets: [Lsn; 2], msg: u64) {
+        let pid = NonZeroU16::new(pid).expect("non-zero");
+        let k = key(client, pid);
+        e.sent[slot_of(k)] = Sent {
+            epoch: e.epoch,
+            key: k,
+            tickets,
+            msg: MsgId(msg),
+            pid: pid.get(),
+        };
+        e.followed += 1;
+    }
+
+    fn sent(client: &str, msg: u64, pid: u16) -> Record<'static> {
+        Record::DeliverySent {
+            client_id: Cow::Owned(client.into()),
+            msg: MsgId(msg),
+            packet_id: NonZeroU16::new(pid).expect("non-zero"),
+            state: DeliveryState::InFlight,
+        }
+    }
+
+    fn queued(client: &str, msg: u64) -> Record<'static> {
+        Record::DeliveryQueued {
+            client_id: Cow::Owned(client.into()),
+            msg: MsgId(msg),
+            qos: 1,
+            retain: false,
+            sub_ids: Cow::Owned(Vec::new()),
+            txn: 0,
+        }
+    }
+
+    /// A slot (or a queued entry) whose key another delivery's collides with points at
+    /// records that are not that delivery's: the read-back (client id, message, packet id
+    /// and record kind) rejects it, and nothing is taken back.
+    #[test]
+    fn the_read_back_rejects_a_colliding_slot() {
+        let (mut e, mut w) = (Elision::default(), wal());
+        log(&mut e, &mut w, &stored(1));
+        log(&mut e, &mut w, &stored(2));
+        let a = w.last_lsn() + 1;
+        log(&mut e, &mut w, &queued_sent("a", 1, 1));
+        // Another client, another message, another packet id, and two records where the
+        // batch holds one: each claims a's record, none matches it.
+        let forged = [
+            ("b", 1, [a, 0], 1),
+            ("a", 1, [a, 0], 2),
+            ("a", 2, [a, 0], 1),
+            ("a", 1, [a - 1, a], 1),
+        ];
+        for (client, pid, tickets, msg) in forged {
+            forge(&mut e, client, pid, tickets, msg);
+            assert!(
+                !log(&mut e, &mut w, &done(client, pid)),
+                "{client} {pid} {msg}"
+            );
+        }
+        // a's own entry (the second forgery took its slot) still confirms and cancels.
+        forge(&mut e, "a", 1, [a, 0], 1);
+        assert!(
+            log(&mut e, &mut w, &done("a", 1)),
+            "its own done still cancels"
+        );
+        // A queued delivery whose map entry another client's collides with.
+        let q = w.last_lsn() + 1;
+        log(&mut e, &mut w, &queued("a", 2));
+        e.queued.insert(
+            msg_key("b", MsgId(2)),
+            Queued {
+                ticket: q,
+                count: 1,
+            },
+        );
+        log(&mut e, &mut w, &sent("b", 2, 5));
+        assert!(
+            !log(&mut e, &mut w, &done("b", 5)),
+            "b's delivery was not followed"
+        );
+        log(&mut e, &mut w, &sent("a", 2, 6));
+        assert!(
+            log(&mut e, &mut w, &done("a", 6)),
+            "a's queued then sent cancels"
+        );
+        assert_eq!(e.cancelled, 2 + 3);
     }
 
     /// More deliveries in one batch than the table has slots, each acknowledged: every

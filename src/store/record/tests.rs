@@ -233,8 +233,138 @@ fn will_records_keep_their_first_form_and_name_their_client_under_tags_30_and_31
     assert_eq!(Record::decode(&named), Err(DecodeError::BadUtf8));
 }
 
+/// The head of a delivery record as the full decode reads it (the oracle of
+/// [`DeliveryHead::read`]).
+fn head_by_decode(r: &Record<'_>) -> Option<(DeliveryKind, Vec<u8>, MsgId, u16)> {
+    Some(match r {
+        Record::DeliveryQueued { client_id, msg, .. } => {
+            (DeliveryKind::Queued, client_id.as_bytes().to_vec(), *msg, 0)
+        }
+        Record::DeliveryQueuedSent {
+            client_id,
+            msg,
+            packet_id,
+            ..
+        } => (
+            DeliveryKind::QueuedSent,
+            client_id.as_bytes().to_vec(),
+            *msg,
+            packet_id.get(),
+        ),
+        Record::DeliverySent {
+            client_id,
+            msg,
+            packet_id,
+            ..
+        } => (
+            DeliveryKind::Sent,
+            client_id.as_bytes().to_vec(),
+            *msg,
+            packet_id.get(),
+        ),
+        _ => return None,
+    })
+}
+
+fn head_of(bytes: &[u8]) -> Option<(DeliveryKind, Vec<u8>, MsgId, u16)> {
+    DeliveryHead::read(bytes).map(|h| (h.kind, h.client_id.to_vec(), h.msg, h.packet_id))
+}
+
+/// Every delivery record's head reads as its full decode does (each of its tags: with and
+/// without flags, with and without a QoS 2 routing), and no other record has one.
+#[test]
+fn delivery_heads_read_what_decode_reads() {
+    let mut records = samples();
+    for r in samples() {
+        if let Record::DeliveryQueued {
+            client_id,
+            msg,
+            qos,
+            ..
+        } = r
+        {
+            for (retain, txn) in [(false, 0), (true, 0), (false, 7)] {
+                records.push(Record::DeliveryQueued {
+                    client_id: client_id.clone(),
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids: Cow::Borrowed(&[]),
+                    txn,
+                });
+            }
+        }
+    }
+    let mut kinds = Vec::new();
+    for r in &records {
+        let bytes = encoded(r);
+        assert_eq!(head_of(&bytes), head_by_decode(r), "{r:?}");
+        kinds.extend(head_of(&bytes).map(|h| (h.0, bytes[0])));
+        for cut in 0..bytes.len() {
+            // A prefix either lacks the fields or holds all of them: never a wrong head.
+            let got = head_of(&bytes[..cut]);
+            assert!(got.is_none() || got == head_by_decode(r), "{cut} of {r:?}");
+        }
+    }
+    kinds.sort_unstable_by_key(|k| k.1);
+    kinds.dedup();
+    assert_eq!(kinds.len(), 6, "every delivery tag covered: {kinds:?}");
+}
+
+/// The bytes of a message record written field by field.
+fn written(id: MsgId, m: &StoredMessage<'_>) -> Vec<u8> {
+    let mut out = vec![0xaa];
+    let mut w = MessageWriter::stored(&mut out, id);
+    w.message(&m.topic, &m.payload, m.qos, m.retain, m.expires_at_unix_ms);
+    let p = &m.props;
+    if *p == MessageProps::default() {
+        w.no_props();
+    } else {
+        w.props(
+            p.payload_format_indicator,
+            p.content_type.as_deref(),
+            p.response_topic.as_deref(),
+            p.correlation_data.as_deref(),
+            &p.user_properties,
+        );
+    }
+    out.remove(0);
+    out
+}
+
+/// `MessageWriter` writes exactly what `Record::encode` does, with and without properties.
+#[test]
+fn a_message_written_field_by_field_is_its_record() {
+    for full in [false, true] {
+        let m = crate::store::testutil::message("a/b", b"payload", full);
+        let r = Record::MessageStored {
+            id: MsgId(9),
+            msg: m.clone(),
+        };
+        assert_eq!(written(MsgId(9), &m), encoded(&r));
+        let mut empty = m;
+        empty.props = MessageProps::default();
+        let r = Record::MessageStored {
+            id: MsgId(9),
+            msg: empty.clone(),
+        };
+        assert_eq!(written(MsgId(9), &empty), encoded(&r));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_delivery_heads_read_what_decode_reads(r in arb_record()) {
+        let bytes = encoded(&r);
+        prop_assert_eq!(head_of(&bytes), head_by_decode(&r));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_a_head(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let _ = DeliveryHead::read(&bytes);
+    }
 
     #[test]
     fn random_records_round_trip(r in arb_record()) {
