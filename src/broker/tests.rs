@@ -470,6 +470,7 @@ mod held_acks;
 mod held_release;
 mod qos2_log;
 mod resend_drop;
+mod restore;
 mod share_log;
 mod share_moves;
 mod will_log;
