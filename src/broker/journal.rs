@@ -362,6 +362,19 @@ impl Journal {
         &self.shadow
     }
 
+    /// The restore's messages, one copy for the broker and the shadow: each message the
+    /// shadow holds owned (every one, for a journal that has logged nothing) goes to
+    /// `restored`, which makes the engine's message of it, and the shadow keeps that
+    /// message by reference (`LiveState::share_owned`). False, and nothing moved, once the
+    /// journal has logged a message.
+    pub fn share_restored(
+        &mut self,
+        mut restored: impl FnMut(MsgId, StoredMessage<'static>) -> Arc<Message>,
+    ) -> bool {
+        self.shadow
+            .share_owned(|id, m| restored(id, m) as Arc<dyn SharedMessage>)
+    }
+
     /// Wall-clock time (Unix ms) of shard-clock time `now_ms`.
     pub fn unix_ms(&self, now_ms: u64) -> u64 {
         self.unix_epoch_ms.saturating_add(now_ms)

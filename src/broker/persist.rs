@@ -559,34 +559,52 @@ impl<X> Broker<X> {
         let Some(j) = self.journal.take() else {
             return;
         };
-        self.restore_part(part, retained, j.unix_ms(now_ms), now_ms);
+        let unix = j.unix_ms(now_ms);
+        let msgs = RestoredMessages::new(part, unix, now_ms);
+        self.restore_part(part, &msgs, retained, unix, now_ms);
         self.journal = Some(j);
     }
 
     /// [`Broker::restore`] of the part the attached journal's shadow holds (the journal
     /// was created over it and has logged nothing yet: its messages are all owned, none
-    /// shared), without a copy of it.
+    /// shared), without a copy of it: each message is built once, in the engine's form,
+    /// and the shadow refers to it (`Journal::share_restored`) instead of keeping its own
+    /// copy beside it (the memory of the messages twice, and their page faults).
     pub fn restore_from_journal(&mut self, retained: &[RetainedEntry], now_ms: u64) {
-        let Some(j) = self.journal.take() else {
+        let Some(mut j) = self.journal.take() else {
             return;
         };
-        debug_assert!(j.shadow().shared.is_empty(), "restored after logging");
-        self.restore_part(j.shadow(), retained, j.unix_ms(now_ms), now_ms);
+        let unix = j.unix_ms(now_ms);
+        let n = j.shadow().messages.len();
+        let (mut ids, mut built) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let shared = j.share_restored(|id, m| {
+            let msg = Arc::new(restored_message(m, unix, now_ms));
+            ids.push(id);
+            built.push(Arc::clone(&msg));
+            msg
+        });
+        debug_assert!(shared, "restored after logging");
+        let msgs = if shared {
+            RestoredMessages::indexed(ids, built)
+        } else {
+            RestoredMessages::new(j.shadow(), unix, now_ms)
+        };
+        self.restore_part(j.shadow(), &msgs, retained, unix, now_ms);
         self.journal = Some(j);
     }
 
     fn restore_part(
         &mut self,
         part: &LiveState,
+        msgs: &RestoredMessages,
         retained: &[RetainedEntry],
         unix: u64,
         now_ms: u64,
     ) {
-        let msgs = RestoredMessages::new(part, unix, now_ms);
         // In client id order, as when the shadow's map was ordered: the broker's session
         // keys and timers are handed out in this order.
         for st in part.sessions_by_id() {
-            self.restore_session(st, &msgs, unix, now_ms);
+            self.restore_session(st, msgs, unix, now_ms);
         }
         // A store written before `$SYS` figures were left out may hold some.
         let kept = retained.iter().filter(|r| !super::sys::is_sys_topic(&r.0));
@@ -784,6 +802,7 @@ enum Place {
 const SLOTS_PER_MESSAGE_MAX: u64 = 8;
 
 impl RestoredMessages {
+    /// The engine's messages of `part`'s owned ones (copied: `part` keeps its own).
     fn new(part: &LiveState, unix: u64, now_ms: u64) -> RestoredMessages {
         let n = part.messages.len();
         let (mut ids, mut msgs) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -791,6 +810,12 @@ impl RestoredMessages {
             ids.push(*id);
             msgs.push(Arc::new(journal::from_stored(m, unix, now_ms, 0)));
         }
+        RestoredMessages::indexed(ids, msgs)
+    }
+
+    /// Messages `msgs` under ids `ids` (increasing; one id a message).
+    fn indexed(ids: Vec<MsgId>, msgs: Vec<Arc<Message>>) -> RestoredMessages {
+        let n = ids.len();
         let first = ids.first().map_or(0, |i| i.0);
         let span = ids.last().map_or(0, |i| i.0 - first + 1);
         let place = if span == n as u64 {
@@ -825,6 +850,16 @@ impl RestoredMessages {
         };
         self.msgs.get(at)
     }
+}
+
+/// The engine's message of restored message `m` (shard time `now_ms`, wall clock `unix`),
+/// taking over its payload's allocation instead of copying it (the topic is copied into
+/// the engine's shared `Arc<str>`).
+fn restored_message(mut m: StoredMessage<'static>, unix: u64, now_ms: u64) -> Message {
+    let payload = std::mem::take(&mut m.payload);
+    let mut msg = journal::from_stored(&m, unix, now_ms, 0);
+    msg.payload = payload.into_owned().into_boxed_slice();
+    msg
 }
 
 /// A random first QoS 2 number for a new session (non-zero, far from wrapping).

@@ -471,6 +471,7 @@ mod held_release;
 mod message_record;
 mod qos2_log;
 mod resend_drop;
+mod restore;
 mod share_log;
 mod share_moves;
 mod will_log;

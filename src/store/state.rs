@@ -323,6 +323,33 @@ impl LiveState {
         }
     }
 
+    /// Refer to every owned message instead of holding it: each goes, in id order, to
+    /// `share`, which makes the reference kept in its place (and may keep the owned
+    /// copy's allocations). A restore builds the engine's message of each restored one and
+    /// the shadow refers to it, as decision 0017 has it refer to logged ones: before, the
+    /// shadow kept its owned copy beside the engine's for as long as the message lived.
+    /// The state is the same state ([`LiveState::own_shared`] gives the owned form back)
+    /// as long as `share` renders what it was given. Nothing moves, and false comes back,
+    /// when the state already refers to messages (it has logged since it was recovered).
+    pub fn share_owned(
+        &mut self,
+        mut share: impl FnMut(MsgId, StoredMessage<'static>) -> Arc<dyn SharedMessage>,
+    ) -> bool {
+        if !self.shared.is_empty() {
+            return false;
+        }
+        let owned = std::mem::take(&mut self.messages);
+        self.shared.reserve(owned.len());
+        for (id, m) in owned {
+            let expires = m.expires_at_unix_ms;
+            // Ids strictly increase in `Messages`: the push takes every one.
+            if let Err(m) = self.shared.push(id, share(id, m), expires) {
+                self.messages.insert(id, m.stored(expires).into_owned());
+            }
+        }
+        true
+    }
+
     /// Apply `r` if it is one of a delivery's own records (queued, sent, done, dropped),
     /// by reference; false for any other record (apply it with [`LiveState::apply`]).
     /// A journal's shadow applies two of these per durable QoS 1 message: taken by

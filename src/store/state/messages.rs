@@ -218,9 +218,20 @@ impl SharedMessages {
         Ok(())
     }
 
+    /// Make room for `additional` more references.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve_exact(additional);
+    }
+
     /// Whether message `id` is held.
     pub fn contains_key(&self, id: &MsgId) -> bool {
         self.items.binary_search_by_key(id, |e| e.0).is_ok()
+    }
+
+    /// Message `id`'s reference.
+    pub fn get(&self, id: &MsgId) -> Option<&Arc<dyn SharedMessage>> {
+        let i = self.items.binary_search_by_key(id, |e| e.0).ok()?;
+        self.items.get(i).map(|e| &e.1)
     }
 
     /// How many.
