@@ -472,6 +472,7 @@ mod qos2_log;
 mod resend_drop;
 mod share_log;
 mod share_moves;
+mod storm;
 mod will_log;
 
 /// A packet of type `first` with any remaining length.
