@@ -455,13 +455,23 @@ impl<X> Broker<X> {
         self.resume_retained(now_ms);
     }
 
-    /// Write on to the sessions whose retained backlog stopped at last turn's budget.
+    /// Write on to the sessions whose retained backlog stopped at last turn's budget, then
+    /// hand the walk slices left to the sessions queued to begin a walk, oldest first; the
+    /// rest of that queue is not visited (`pacing`).
     fn resume_retained(&mut self, now_ms: u64) {
         let due = self.pacing.take_resume();
         for &s in &due {
             self.pump(s, now_ms);
         }
         self.pacing.recycle(due);
+        // At most one visit per session queued at this point: a slice a visit did not
+        // take goes to the next one, and none is queued again by its own visit.
+        for _ in 0..self.pacing.walkers_queued() {
+            let Some(s) = self.pacing.next_walker() else {
+                break;
+            };
+            self.pump(s, now_ms);
+        }
     }
 
     /// True when timers fired but did not fit this turn's budget, retiring sessions

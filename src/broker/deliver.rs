@@ -404,7 +404,7 @@ pub(super) fn pump_retained<X>(
             .links
             .conn(key)
             .is_some_and(|c| c.link.is_connected() && c.tx.pending() < sink.max_buf);
-        if !room || !sink.pacing.may_write(s) {
+        if !room {
             return;
         }
         let window = sess.queue.is_empty() && sess.window_open(sink.limits);
@@ -419,8 +419,10 @@ pub(super) fn pump_retained<X>(
             sess.retained_backlog.pop_front();
             continue;
         };
+        // The budget is asked only with a message in hand: a session whose walk has not
+        // found one yet waits for a walk slice, not for the write budget (`pacing`).
         let qos = msg.qos.min(batch.qos);
-        if qos != QoS::AtMostOnce && !window {
+        if !sink.pacing.may_write(s) || (qos != QoS::AtMostOnce && !window) {
             batch.msgs.push_front(msg);
             return;
         }

@@ -474,6 +474,7 @@ mod resend_drop;
 mod restore;
 mod share_log;
 mod share_moves;
+mod storm;
 mod will_log;
 
 /// A packet of type `first` with any remaining length.
