@@ -53,8 +53,11 @@ const POWER_SEEDS_DEFAULT: u64 = 300;
 /// published in the order of their numbers). 9423: a QoS 2 resend after a takeover was
 /// answered (PUBREC) before the first copy's commit was durable; the cut dropped the
 /// routing and the client sent only PUBREL (the resend's PUBREC now waits behind the
-/// commit).
-const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563, 9423];
+/// commit). 60111: a shared delivery moved off a stored member whose network failed came
+/// back to it (the clean member it went to was gone) and was logged a second time while
+/// the first record's end was held; the cut restored both, and the member got a QoS 2
+/// message twice (the return now takes the old record over).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563, 9423, 60111];
 
 /// Regression seeds found before clean share-group members existed: they keep the
 /// schedules they had then (clean members would change them).

@@ -832,6 +832,31 @@ impl Journal {
             })
     }
 
+    /// Take delivery `msg` of session `session` (uid `uid`) out of the held end of its
+    /// move (`HeldAck::ShareMoved`), if it is still held: the delivery came back to that
+    /// session, which takes its record over. Whether it was held.
+    pub fn reclaim_moved(&mut self, session: usize, uid: u64, msg: MsgId) -> bool {
+        let epochs = self.epochs.iter_mut().flat_map(|e| e.acks.iter_mut());
+        for a in self.turn.iter_mut().chain(epochs) {
+            let HeldAck::ShareMoved {
+                session: s,
+                uid: u,
+                msgs,
+            } = a
+            else {
+                continue;
+            };
+            if *s != session || *u != uid {
+                continue;
+            }
+            if let Some(i) = msgs.iter().position(|m| *m == msg) {
+                msgs.remove(i);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Whether link `link` (generation `gen`) has an ack held: a refusal must then wait
     /// behind it, to keep the acks in the order of the PUBLISHes.
     pub fn holds_for(&self, link: usize, gen: u32) -> bool {

@@ -114,6 +114,10 @@ pub struct ShareDelivery {
     /// other member takes it, it goes back there, as it would have stayed had the move
     /// found no member. `None` for a message routed fresh (no member online: nobody's).
     pub from: Option<ShareMember>,
+    /// With `from`, when its session is stored: that delivery's message id in the log of
+    /// `from`'s shard, whose end waits there for this move (`HeldAck::ShareMoved`). Back
+    /// with that member, the delivery takes the record over ([`place`]).
+    pub from_msg: Option<MsgId>,
 }
 
 /// The token of a shared delivery forwarded on by shard `shard` (its number `token`
@@ -279,7 +283,7 @@ impl<X> Broker<X> {
                 let (_, sessions, mut sink) = self.parts();
                 if super::access::may_read(sessions, &mut sink, m.session, &d.msg.topic) {
                     let hops = d.hops;
-                    deliver::deliver(sessions, &mut sink, m.session, shared_outgoing(d), now_ms);
+                    place(sessions, &mut sink, d, now_ms);
                     // One that bounced as often as allowed stays (chains end).
                     if hops < REDISPATCH_MAX {
                         self.move_shared(m.session, now_ms);
@@ -290,7 +294,8 @@ impl<X> Broker<X> {
                     return;
                 }
             }
-            let (msg, key, hops, origin) = (d.msg.clone(), d.key.clone(), d.hops, d.from);
+            let (msg, key, hops) = (d.msg.clone(), d.key.clone(), d.hops);
+            let (origin, origin_msg) = (d.from, d.from_msg);
             let (routes, sessions, mut sink) = self.parts();
             let landed = deliver_shared(routes, sessions, &mut sink, me, d, now_ms);
             let back = origin.filter(|o| landed == Landed::Nowhere && !same_member(o, &m));
@@ -308,6 +313,7 @@ impl<X> Broker<X> {
                 hops: hops.saturating_add(1),
                 settle: None,
                 from: origin,
+                from_msg: origin_msg,
             };
             if o.shard != me {
                 self.fx
@@ -389,7 +395,7 @@ impl<X> Broker<X> {
         now_ms: u64,
     ) -> bool {
         let key: Arc<str> = format!("$share/{group}/{filter}").into();
-        if self.redispatch(msg, &key, 0, None, now_ms) == Landed::Nowhere {
+        if self.redispatch(msg, &key, 0, (None, None), now_ms) == Landed::Nowhere {
             self.fx.stats.dropped_queue += 1;
             return false;
         }
@@ -397,14 +403,14 @@ impl<X> Broker<X> {
     }
 
     /// Send a shared message to another online member of its group than `exclude`
-    /// (moved from member `from`, if it was). [`Landed::Nowhere`] when there is none (the
-    /// caller keeps or drops it).
+    /// (moved from member `from.0`, if it was, whose delivery in this log is `from.1`).
+    /// [`Landed::Nowhere`] when there is none (the caller keeps or drops it).
     fn redispatch(
         &mut self,
         msg: Arc<Message>,
         key: &Arc<str>,
         exclude: u64,
-        from: Option<ShareMember>,
+        from: (Option<ShareMember>, Option<MsgId>),
         now_ms: u64,
     ) -> Landed {
         let me = self.shard_id;
@@ -414,7 +420,8 @@ impl<X> Broker<X> {
             key,
             exclude,
             hops: 0,
-            from,
+            from: from.0,
+            from_msg: from.1,
         };
         redispatch(routes, sessions, &mut sink, me, bounce, now_ms)
     }
@@ -454,7 +461,8 @@ impl<X> Broker<X> {
             // Where nobody takes it, it comes back here (a session that outlives its
             // connection keeps it, as `keep_shared` does when nobody is online here).
             let back = self.member_of(s, &key).filter(|_| expiry_s > 0);
-            let landed = self.redispatch(out.msg.clone(), &key, uid, back, now_ms);
+            let back_msg = back.filter(|_| stored).map(|_| MsgId(out.sid));
+            let landed = self.redispatch(out.msg.clone(), &key, uid, (back, back_msg), now_ms);
             if let Some(j) = self.journal.as_mut() {
                 j.forget_adopted();
             }
@@ -696,6 +704,7 @@ fn send_pick<X>(
         hops: 0,
         settle: None,
         from: None,
+        from_msg: None,
     };
     let landed = send_share(routes, sessions, sink, me, d, now_ms);
     if let (Landed::Nowhere, Some(v)) = (landed, sink.fx.share_unplaced.as_mut()) {
@@ -773,6 +782,7 @@ fn deliver_shared<X>(
             exclude: m.uid,
             hops: d.hops,
             from: d.from,
+            from_msg: d.from_msg,
         };
         let landed = redispatch(routes, sessions, sink, me, bounce, now_ms);
         // Only a session that outlives its connection keeps a delivery for its return: a
@@ -789,8 +799,44 @@ fn deliver_shared<X>(
             v.push(d.msg.clone());
         }
     }
-    deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
+    place(sessions, sink, d, now_ms);
     Landed::Here
+}
+
+/// Hand shared delivery `d` to its member's session. One that comes back to the member it
+/// was moved from while the end of that member's old record is still held
+/// ([`HeldAck::ShareMoved`]: the move's barrier waits for this landing's settle token)
+/// takes that record over: the held end is cancelled, the delivery is logged queued again
+/// under the old id, and its old place is logged gone in the same batch, as `keep_shared`
+/// does. So the log holds it once, as memory does. Before, it got a second record, and a
+/// power cut before the held end left the member two deliveries of one message: a QoS 2
+/// one handed to it twice (power seed 60,111 of the simulation).
+fn place<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, d: ShareDelivery, now_ms: u64) {
+    let m = d.member;
+    let back = d.from.filter(|o| same_member(o, &m)).and(d.from_msg);
+    let mut reclaimed = None;
+    if let (Some(id), Some(j)) = (back, sink.journal.as_deref_mut()) {
+        if j.reclaim_moved(m.session, m.uid, id) {
+            // The new delivery refers to the old one's message record, not a new copy.
+            j.adopt_msg(&d.msg, id);
+            reclaimed = Some(id);
+        }
+    }
+    deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
+    let (Some(id), Some(j), Some(sess)) = (
+        reclaimed,
+        sink.journal.as_deref_mut(),
+        sessions.get(m.session),
+    ) else {
+        return;
+    };
+    j.forget_adopted();
+    // The oldest unsent delivery of the id: the old place (or the only one, if `deliver`
+    // did not take it).
+    j.log(Record::DeliveryDropped {
+        client_id: (&*sess.client_id).into(),
+        msg: id,
+    });
 }
 
 /// Whether two member records are the same session.
@@ -839,6 +885,8 @@ struct Bounce<'k> {
     hops: u8,
     /// The member it was moved from, if it was ([`ShareDelivery::from`]).
     from: Option<ShareMember>,
+    /// That member's delivery in its log ([`ShareDelivery::from_msg`]).
+    from_msg: Option<MsgId>,
 }
 
 /// Send a shared message to another online member of its group. [`Landed::Nowhere`] when
@@ -872,6 +920,7 @@ fn redispatch<X>(
         hops: b.hops + 1,
         settle: None,
         from: b.from,
+        from_msg: b.from_msg,
     };
     send_share(routes, sessions, sink, me, d, now_ms)
 }

@@ -635,3 +635,42 @@ fn a_restored_share_group_member_is_known_to_every_shard_before_any_runs() {
     settle(&mut c);
     assert_eq!(replica(&c, 0), [(1, false)], "the casts change nothing");
 }
+
+/// Power seed 60,111 of the simulation: a queued QoS 2 delivery of stored member A
+/// (shard 0) moves to clean member B (shard 1), whose session ended before the move
+/// arrived; nobody else is online, so it comes back to A. A's old record's end is held
+/// until the move is durable, and that waits for the return's records: the return must
+/// take the old record over, not add a second one, or a cut in between leaves A two
+/// deliveries of the message (handed to its application twice). Fails without the fix.
+#[test]
+fn a_move_that_comes_back_to_its_member_is_logged_once() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 2)]);
+    publish(&mut c, 0, 2);
+    publish(&mut c, 0, 2);
+    let both = [(2, true), (2, false)];
+    assert_eq!(durable(&disk)[&ida], both, "one in flight, one queued");
+    let b = clean_member(&mut c, &idb, &[("$share/g/t", 2)]);
+
+    // B's session ends; shard 0 has not heard when A goes offline and moves to B.
+    drop_link(&mut c, b);
+    drop_link(&mut c, a);
+    for _ in 0..6 {
+        for i in 0..2 {
+            end_turn(&mut c, i);
+            sync(&mut c, i);
+            end_turn(&mut c, i);
+            assert_eq!(
+                durable(&disk)[&ida],
+                both,
+                "a cut now leaves A each message once"
+            );
+            carry(&mut c, i);
+        }
+    }
+    settle(&mut c);
+    assert_eq!(durable(&disk)[&ida], both, "the queued one is A's again");
+    assert!(c.shards[1].settle_tokens_issued() > 0, "it came back");
+}
