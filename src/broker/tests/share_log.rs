@@ -525,27 +525,36 @@ fn a_move_that_finds_nobody_comes_back_to_the_first_member_durably() {
     assert_eq!(durable(&disk)[&ida], [(1, true)]);
     let b = clean_member(&mut c, &idb, &[("$share/g/t", 1)]);
 
-    // B's session ends; shard 0 has not heard when A goes offline and moves to B.
-    drop_link(&mut c, b);
-    drop_link(&mut c, a);
-    for _ in 0..6 {
-        for i in 0..2 {
-            end_turn(&mut c, i);
-            sync(&mut c, i);
-            end_turn(&mut c, i);
-            assert!(
-                !durable(&disk)[&ida].is_empty(),
-                "a cut now would leave the delivery with nobody"
-            );
-            carry(&mut c, i);
-        }
-    }
-    settle(&mut c);
+    drop_both_and_run(&mut c, b, a, || {
+        assert!(
+            !durable(&disk)[&ida].is_empty(),
+            "a cut now would leave the delivery with nobody"
+        );
+    });
     assert_eq!(durable(&disk)[&ida], [(1, false)], "queued with A again");
     assert!(
         c.shards[1].settle_tokens_issued() > 0,
         "the return had a token"
     );
+}
+
+/// B's session ends, then A's network fails, and shard 0 has not heard of B's end when A
+/// goes offline, so A's deliveries move to B. Six rounds of both shards' turns, each
+/// written and synced, with `check` after every turn (what a power cut there would
+/// keep), then everything settles.
+fn drop_both_and_run(c: &mut Cores, b: (usize, usize), a: (usize, usize), mut check: impl FnMut()) {
+    drop_link(c, b);
+    drop_link(c, a);
+    for _ in 0..6 {
+        for i in 0..2 {
+            end_turn(c, i);
+            sync(c, i);
+            end_turn(c, i);
+            check();
+            carry(c, i);
+        }
+    }
+    settle(c);
 }
 
 /// `n` shard cores restarted from what `disk` would keep through a power cut now, as
@@ -654,23 +663,13 @@ fn a_move_that_comes_back_to_its_member_is_logged_once() {
     assert_eq!(durable(&disk)[&ida], both, "one in flight, one queued");
     let b = clean_member(&mut c, &idb, &[("$share/g/t", 2)]);
 
-    // B's session ends; shard 0 has not heard when A goes offline and moves to B.
-    drop_link(&mut c, b);
-    drop_link(&mut c, a);
-    for _ in 0..6 {
-        for i in 0..2 {
-            end_turn(&mut c, i);
-            sync(&mut c, i);
-            end_turn(&mut c, i);
-            assert_eq!(
-                durable(&disk)[&ida],
-                both,
-                "a cut now leaves A each message once"
-            );
-            carry(&mut c, i);
-        }
-    }
-    settle(&mut c);
+    drop_both_and_run(&mut c, b, a, || {
+        assert_eq!(
+            durable(&disk)[&ida],
+            both,
+            "a cut now leaves A each message once"
+        );
+    });
     assert_eq!(durable(&disk)[&ida], both, "the queued one is A's again");
     assert!(c.shards[1].settle_tokens_issued() > 0, "it came back");
 }
