@@ -520,7 +520,14 @@ fn admin_listener_bounds_threads_and_request_size_under_a_slowloris() {
     // The admin listener's threads: its acceptor ("admin") and its pool ("admin-N").
     // (The process's whole count also has threads started lazily, such as jemalloc's
     // background purgers, which made a before/after figure flaky.)
-    let before = threads_named(b.pid(), "admin");
+    // A spawned thread names itself once it runs, so a pool thread still starting shows
+    // under the process's name for a moment: wait (bounded) for all of them.
+    let named_by = Instant::now() + WAIT;
+    let mut before = threads_named(b.pid(), "admin");
+    while before < WORKERS + 1 && Instant::now() < named_by {
+        std::thread::sleep(Duration::from_millis(20));
+        before = threads_named(b.pid(), "admin");
+    }
     assert_eq!(before, WORKERS + 1, "the acceptor and the pool");
     let slow_n = WORKERS + QUEUED_MAX + 20;
     let started = Instant::now();
