@@ -404,6 +404,18 @@ impl Journal {
         self.sweep_if_due();
     }
 
+    /// Where a run of records that must reach the disk together begins: give it to
+    /// [`Journal::end_run`] after logging them.
+    pub fn begin_run(&self) -> Lsn {
+        self.wal.next_ticket()
+    }
+
+    /// The records logged since [`Journal::begin_run`] gave `first` are framed in one
+    /// group ([`Wal::join_from`]): a torn write keeps all of them or none.
+    pub fn end_run(&mut self, first: Lsn) {
+        self.wal.join_from(first);
+    }
+
     /// Append `r` to the batch, or take back the records it cancels.
     fn append(&mut self, r: &Record<'_>) {
         if !self.elision.cancels(r, &mut self.wal) {

@@ -584,6 +584,9 @@ impl<X> Broker<X> {
         let (Some(j), Some(sess)) = (self.journal.as_mut(), self.sessions.get(s)) else {
             return;
         };
+        // Queued again and the old place gone reach the disk together: a torn batch
+        // keeping the first alone would leave the session the delivery twice.
+        let run = j.begin_run();
         j.log(Record::DeliveryQueued {
             client_id: (&*sess.client_id).into(),
             msg: MsgId(out.sid),
@@ -595,6 +598,9 @@ impl<X> Broker<X> {
         deliver::log_share(j, sess, out.share.as_deref());
         // The oldest unsent delivery of the id is the old place, not the one just queued.
         self.log_delivery_gone(s, out.sid, pid);
+        if let Some(j) = self.journal.as_mut() {
+            j.end_run(run);
+        }
     }
 
     /// A session (re)connected: it is online again in every group it belongs to.
@@ -817,26 +823,27 @@ fn place<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, d: ShareDelivery, n
     let mut reclaimed = None;
     if let (Some(id), Some(j)) = (back, sink.journal.as_deref_mut()) {
         if j.reclaim_moved(m.session, m.uid, id) {
+            // Its records and the old place's end reach the disk together (one group):
+            // a torn batch keeps both or neither, never the member two deliveries.
+            reclaimed = Some((id, j.begin_run()));
             // The new delivery refers to the old one's message record, not a new copy.
             j.adopt_msg(&d.msg, id);
-            reclaimed = Some(id);
         }
     }
     deliver::deliver(sessions, sink, m.session, shared_outgoing(d), now_ms);
-    let (Some(id), Some(j), Some(sess)) = (
-        reclaimed,
-        sink.journal.as_deref_mut(),
-        sessions.get(m.session),
-    ) else {
+    let (Some((id, run)), Some(j)) = (reclaimed, sink.journal.as_deref_mut()) else {
         return;
     };
     j.forget_adopted();
-    // The oldest unsent delivery of the id: the old place (or the only one, if `deliver`
-    // did not take it).
-    j.log(Record::DeliveryDropped {
-        client_id: (&*sess.client_id).into(),
-        msg: id,
-    });
+    if let Some(sess) = sessions.get(m.session) {
+        // The oldest unsent delivery of the id: the old place (or the only one, if
+        // `deliver` did not take it).
+        j.log(Record::DeliveryDropped {
+            client_id: (&*sess.client_id).into(),
+            msg: id,
+        });
+    }
+    j.end_run(run);
 }
 
 /// Whether two member records are the same session.

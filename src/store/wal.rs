@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{
     begin_group, encode_frame, member_bytes, push_member, seal_group, FileHeader, FileKind,
-    FILE_HEADER_BYTES, GROUP_BODY_BYTES_MAX,
+    FILE_HEADER_BYTES, FRAME_BODY_BYTES_MAX, GROUP_BODY_BYTES_MAX,
 };
 use super::record::{DecodeError, DeliveryHead, Record};
 use super::{io, Lsn, StoreError};
@@ -203,6 +203,9 @@ struct Slot {
     start: usize,
     /// Not taken back by [`Wal::cancel`].
     live: bool,
+    /// Framed in the same group as the live record before it ([`Wal::join_from`]): a
+    /// torn write keeps both or neither.
+    joined: bool,
 }
 
 /// One shard's log, owned by the shard thread.
@@ -380,10 +383,32 @@ impl Wal {
         self.slots.push(Slot {
             start: self.batch.len(),
             live: true,
+            joined: false,
         });
         encode(&mut self.batch);
         self.next_ticket += 1;
         ticket
+    }
+
+    /// Bind the unwritten records appended since ticket `first` (the ticket
+    /// [`Wal::next_ticket`] gave before them) into one group with `first`, so no torn
+    /// write of their batch keeps some of them without the others: for a run of records
+    /// whose prefix alone would mean something else at recovery (a delivery queued again
+    /// and its old place dropped: both, or the old place alone). The group may then pass
+    /// [`GROUP_BODY_BYTES_MAX`]; such runs are a few delivery records.
+    pub fn join_from(&mut self, first: Lsn) {
+        // Slots are tickets `next_ticket - len ..`; one written already starts the run at
+        // the batch's first record.
+        let oldest = self.next_ticket - self.slots.len() as u64;
+        let from = usize::try_from(first.saturating_sub(oldest)).unwrap_or(usize::MAX);
+        for slot in self.slots.iter_mut().skip(from.saturating_add(1)) {
+            slot.joined = true;
+        }
+    }
+
+    /// The ticket the next appended record gets.
+    pub fn next_ticket(&self) -> Lsn {
+        self.next_ticket
     }
 
     /// Take back record `ticket` if it is still unwritten: it is never written, and its
@@ -540,7 +565,8 @@ impl Wal {
             let body = self.encoding(i);
             let need = member_bytes(body.len());
             if let Some((at, first, used)) = open {
-                if used + need <= GROUP_BODY_BYTES_MAX {
+                let joined = self.slots[i].joined && used + need <= FRAME_BODY_BYTES_MAX / 2;
+                if used + need <= GROUP_BODY_BYTES_MAX || joined {
                     open = Some((at, first, used + need));
                 } else {
                     seal_group(&mut self.out[at..], first);
