@@ -1227,12 +1227,8 @@ impl<'b> MessageWriter<'b> {
         retain: bool,
         expires_at_unix_ms: Option<u64>,
     ) -> &mut Self {
-        let e = &mut self.0;
-        e.str(topic);
-        e.bytes(payload);
-        e.u8(qos);
-        e.bool(retain);
-        e.opt(expires_at_unix_ms, |e, v| e.u64(v));
+        self.0
+            .message_fields(topic, payload, qos, retain, expires_at_unix_ms);
         self
     }
 
@@ -1245,17 +1241,18 @@ impl<'b> MessageWriter<'b> {
         correlation_data: Option<&[u8]>,
         user_properties: &[u8],
     ) {
-        let e = &mut self.0;
-        e.opt(payload_format_indicator, |e, v| e.u8(v));
-        e.opt_str(content_type);
-        e.opt_str(response_topic);
-        e.opt(correlation_data, |e, v| e.bytes(v));
-        e.bytes(user_properties);
+        self.0.props_fields(
+            payload_format_indicator,
+            content_type,
+            response_topic,
+            correlation_data,
+            user_properties,
+        );
     }
 
     /// No forwarded properties (what [`MessageProps::default`] encodes to).
     pub fn no_props(&mut self) {
-        self.0 .0.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        self.0.props_fields(None, None, None, None, &[]);
     }
 }
 
@@ -1317,19 +1314,48 @@ impl Enc<'_> {
         self.u16(packet_id.get());
     }
     fn props(&mut self, p: &MessageProps<'_>) {
-        self.opt(p.payload_format_indicator, |e, v| e.u8(v));
-        self.opt_str(p.content_type.as_deref());
-        self.opt_str(p.response_topic.as_deref());
-        self.opt(p.correlation_data.as_deref(), |e, v| e.bytes(v));
-        self.bytes(&p.user_properties);
+        self.props_fields(
+            p.payload_format_indicator,
+            p.content_type.as_deref(),
+            p.response_topic.as_deref(),
+            p.correlation_data.as_deref(),
+            &p.user_properties,
+        );
+    }
+    /// [`MessageProps`]' fields in their order (also [`MessageWriter::props`]).
+    fn props_fields(
+        &mut self,
+        payload_format_indicator: Option<u8>,
+        content_type: Option<&str>,
+        response_topic: Option<&str>,
+        correlation_data: Option<&[u8]>,
+        user_properties: &[u8],
+    ) {
+        self.opt(payload_format_indicator, |e, v| e.u8(v));
+        self.opt_str(content_type);
+        self.opt_str(response_topic);
+        self.opt(correlation_data, |e, v| e.bytes(v));
+        self.bytes(user_properties);
     }
     fn message(&mut self, m: &StoredMessage<'_>) {
-        self.str(&m.topic);
-        self.bytes(&m.payload);
-        self.u8(m.qos);
-        self.bool(m.retain);
-        self.opt(m.expires_at_unix_ms, |e, v| e.u64(v));
+        self.message_fields(&m.topic, &m.payload, m.qos, m.retain, m.expires_at_unix_ms);
         self.props(&m.props);
+    }
+    /// [`StoredMessage`]'s fields but its properties, in their order (also
+    /// [`MessageWriter::message`]).
+    fn message_fields(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+        retain: bool,
+        expires_at_unix_ms: Option<u64>,
+    ) {
+        self.str(topic);
+        self.bytes(payload);
+        self.u8(qos);
+        self.bool(retain);
+        self.opt(expires_at_unix_ms, |e, v| e.u64(v));
     }
     fn session(&mut self, s: &SessionInfo<'_>) {
         self.str(&s.client_id);
