@@ -86,7 +86,7 @@ impl Reply {
 /// `fetch_add`: they are not on any shard's path).
 #[derive(Debug, Default)]
 pub struct ServerFigures {
-    /// Requests answered.
+    /// Requests answered (counted just before the answer is written).
     pub requests: AtomicU64,
     /// Connections closed at accept: every worker busy and the queue full.
     pub turned_away: AtomicU64,
@@ -245,8 +245,14 @@ fn work(
         // A client that misbehaves or goes away is its own problem; the worker counts it
         // and moves on.
         let cfg = tls.map(|t| t.load_full());
-        match serve(sock, at + CONNECTION_DEADLINE, cfg.as_ref(), handler) {
-            Ok(()) => bump(&figures.requests),
+        match serve(
+            sock,
+            at + CONNECTION_DEADLINE,
+            cfg.as_ref(),
+            handler,
+            figures,
+        ) {
+            Ok(()) => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -270,32 +276,31 @@ fn serve(
     deadline: Instant,
     tls: Option<&Arc<ServerConfig>>,
     handler: &Handler,
+    figures: &ServerFigures,
 ) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
     let stream = Deadline { sock, at: deadline };
     match tls {
-        None => exchange(stream, handler),
+        None => exchange(stream, handler, &figures.requests),
         Some(cfg) => {
             let conn = ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
             let mut s = StreamOwned::new(conn, stream);
-            exchange(&mut s, handler)?;
+            exchange(&mut s, handler, &figures.requests)?;
             s.conn.send_close_notify();
             s.flush()
         }
     }
 }
 
-/// Read the request head, answer it, flush.
-fn exchange<S: Read + Write>(mut s: S, handler: &Handler) -> io::Result<()> {
-    let reply = match read_head(&mut s)? {
-        Ok(head) => {
-            let bodyless = head.method == "HEAD";
-            let reply = handler(&head);
-            return write_reply(&mut s, &reply, bodyless);
-        }
-        Err(refusal) => refusal,
+/// Read the request head, answer it, flush. The request is counted in `answered` before
+/// its answer goes out, so a client holding an answer finds it in the next `/metrics`.
+fn exchange<S: Read + Write>(mut s: S, handler: &Handler, answered: &AtomicU64) -> io::Result<()> {
+    let (reply, bodyless) = match read_head(&mut s)? {
+        Ok(head) => (handler(&head), head.method == "HEAD"),
+        Err(refusal) => (refusal, false),
     };
-    write_reply(&mut s, &reply, false)
+    bump(answered);
+    write_reply(&mut s, &reply, bodyless)
 }
 
 /// The request head, or the reply refusing it (too large, malformed). An I/O error (the
@@ -445,6 +450,52 @@ mod tests {
             cut.is_err(),
             "a head cut short is an I/O error, not a request"
         );
+    }
+
+    /// A stream that notes what the answered count was when the first answer byte left.
+    struct Noting<'a> {
+        input: &'a [u8],
+        answered: &'a AtomicU64,
+        seen: Option<u64>,
+    }
+
+    impl Read for Noting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Noting<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.seen
+                .get_or_insert(self.answered.load(Ordering::Relaxed));
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_request_is_counted_before_its_answer_leaves() {
+        let answered = AtomicU64::new(0);
+        let handler: &Handler = &|_| Reply::text(200, "ok\n");
+        for (i, input) in [
+            &b"GET /healthz HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n\x01\r\n\r\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut s = Noting {
+                input,
+                answered: &answered,
+                seen: None,
+            };
+            exchange(&mut s, handler, &answered).expect("exchange");
+            assert_eq!(s.seen, Some(i as u64 + 1), "answer {i} went out uncounted");
+        }
     }
 
     #[test]
