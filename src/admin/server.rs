@@ -245,51 +245,63 @@ fn work(
         // A client that misbehaves or goes away is its own problem; the worker counts it
         // and moves on.
         let cfg = tls.map(|t| t.load_full());
-        match serve(
+        serve(
             sock,
             at + CONNECTION_DEADLINE,
             cfg.as_ref(),
             handler,
             figures,
-        ) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                bump(&figures.timed_out)
-            }
-            // rustls reports a failed handshake or a bad record as InvalidData.
-            Err(e) if tls.is_some() && e.kind() == io::ErrorKind::InvalidData => {
-                bump(&figures.tls_failures)
-            }
-            Err(_) => {}
-        }
+        );
     }
 }
 
-/// One connection: optional TLS, one request, one answer, close; all by `deadline`.
+/// One connection: optional TLS, one request, one answer, close; all by `deadline`. How it
+/// ended is counted before the socket closes, so a client that sees the close finds it
+/// counted in the next `/metrics`.
 fn serve(
     sock: TcpStream,
     deadline: Instant,
     tls: Option<&Arc<ServerConfig>>,
     handler: &Handler,
     figures: &ServerFigures,
-) -> io::Result<()> {
+) {
     let _ = sock.set_nodelay(true);
-    let stream = Deadline { sock, at: deadline };
-    match tls {
-        None => exchange(stream, handler, &figures.requests),
-        Some(cfg) => {
-            let conn = ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
-            let mut s = StreamOwned::new(conn, stream);
-            exchange(&mut s, handler, &figures.requests)?;
-            s.conn.send_close_notify();
-            s.flush()
+    let mut stream = Deadline { sock, at: deadline };
+    let ended = match tls {
+        None => exchange(&mut stream, handler, &figures.requests),
+        Some(cfg) => exchange_tls(&mut stream, cfg, handler, &figures.requests),
+    };
+    match ended {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            bump(&figures.timed_out)
         }
+        // rustls reports a failed handshake or a bad record as InvalidData.
+        Err(e) if tls.is_some() && e.kind() == io::ErrorKind::InvalidData => {
+            bump(&figures.tls_failures)
+        }
+        Err(_) => {}
     }
+    drop(stream);
+}
+
+/// `exchange` inside a TLS session, closed with a close_notify.
+fn exchange_tls(
+    stream: &mut Deadline,
+    cfg: &Arc<ServerConfig>,
+    handler: &Handler,
+    answered: &AtomicU64,
+) -> io::Result<()> {
+    let conn = ServerConnection::new(cfg.clone()).map_err(io::Error::other)?;
+    let mut s = StreamOwned::new(conn, stream);
+    exchange(&mut s, handler, answered)?;
+    s.conn.send_close_notify();
+    s.flush()
 }
 
 /// Read the request head, answer it, flush. The request is counted in `answered` before
@@ -496,6 +508,52 @@ mod tests {
             exchange(&mut s, handler, &answered).expect("exchange");
             assert_eq!(s.seen, Some(i as u64 + 1), "answer {i} went out uncounted");
         }
+    }
+
+    /// A connection's end is counted before its socket closes: by the time a client sees
+    /// the close, the figure is there (the slowloris test compared them and once lost).
+    #[test]
+    fn a_connection_is_counted_before_it_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let figures = ServerFigures::default();
+        let handler: &Handler = &|_| Reply::text(200, "ok\n");
+        std::thread::scope(|sc| {
+            let client = sc.spawn(|| {
+                let mut idle = TcpStream::connect(addr).expect("connect");
+                let mut got = Vec::new();
+                let _ = idle.read_to_end(&mut got);
+                // The server closed this one at its deadline: it is counted already.
+                let timed_out = figures.timed_out.load(Ordering::SeqCst);
+                let mut asked = TcpStream::connect(addr).expect("connect");
+                asked
+                    .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+                    .expect("ask");
+                got.clear();
+                let _ = asked.read_to_end(&mut got);
+                (timed_out, figures.requests.load(Ordering::SeqCst), got)
+            });
+            let (idle, _) = listener.accept().expect("accept");
+            serve(
+                idle,
+                Instant::now() + Duration::from_millis(50),
+                None,
+                handler,
+                &figures,
+            );
+            let (asked, _) = listener.accept().expect("accept");
+            serve(
+                asked,
+                Instant::now() + Duration::from_secs(10),
+                None,
+                handler,
+                &figures,
+            );
+            let (timed_out, requests, got) = client.join().expect("client");
+            assert_eq!(timed_out, 1, "the idle connection's deadline was counted");
+            assert_eq!(requests, 1);
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        });
     }
 
     #[test]
