@@ -1040,7 +1040,16 @@ fn take_on(to: &Node, topic: &str, n: usize) -> Vec<(u8, bool)> {
         let left = deadline.saturating_duration_since(Instant::now());
         match to.link.receiver().recv_timeout(left) {
             Ok(m) => note(m, &mut got),
-            Err(_) => panic!("only {got:?} of {n} arrived on {topic}"),
+            Err(_) => panic!(
+                "only {got:?} of {n} arrived on {topic}; its link's figures: {:?}",
+                to.link
+                    .stats()
+                    .figures()
+                    .into_iter()
+                    .filter(|f| f.2 != 0)
+                    .map(|f| (f.0, f.2))
+                    .collect::<Vec<_>>()
+            ),
         }
     }
     for m in to.rest() {
