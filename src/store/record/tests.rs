@@ -382,3 +382,13 @@ proptest! {
         let _ = Record::decode(&bytes);
     }
 }
+
+#[test]
+fn no_props_is_the_empty_fields() {
+    let mut fields = Vec::new();
+    Enc(&mut fields).props_fields(None, None, None, None, &[]);
+    assert_eq!(fields, NO_PROPS);
+    let mut default = Vec::new();
+    Enc(&mut default).props(&MessageProps::default());
+    assert_eq!(default, NO_PROPS);
+}
