@@ -25,6 +25,7 @@ fn message(id: u64) -> Record<'static> {
             retain: false,
             expires_at_unix_ms: None,
             props: MessageProps::default(),
+            share_id: 0,
         },
     }
 }

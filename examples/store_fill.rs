@@ -117,6 +117,7 @@ fn fill(dir: &std::path::Path, sessions: u64, per: u64, payload: usize) -> Resul
                 retain: false,
                 expires_at_unix_ms: None,
                 props: MessageProps::default(),
+                share_id: 0,
             };
             log.add(&Record::MessageStored { id: MsgId(id), msg })?;
             log.add(&Record::DeliveryQueued {

@@ -92,6 +92,7 @@ fn run(per_turn: u64, period: Duration, length: Duration) {
             retain: false,
             expires_at_unix_ms: None,
             props: MessageProps::default(),
+            share_id: 0,
         },
     };
     let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();

@@ -56,8 +56,12 @@ const POWER_SEEDS_DEFAULT: u64 = 300;
 /// commit). 60111: a shared delivery moved off a stored member whose network failed came
 /// back to it (the clean member it went to was gone) and was logged a second time while
 /// the first record's end was held; the cut restored both, and the member got a QoS 2
-/// message twice (the return now takes the old record over).
-const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563, 9423, 60111];
+/// message twice (the return now takes the old record over). 80663: a cut during a move
+/// between two stored members left the delivery with both; after the restart the first
+/// one's copy moved on to the second, which took the QoS 2 message a second time (a move
+/// onto a member holding a restored delivery of the same message, told by its share
+/// identity, is now dropped: decision 0022).
+const POWER_REGRESSION_SEEDS: &[u64] = &[3990, 9881, 775, 5353, 3563, 9423, 60111, 80663];
 
 /// Regression seeds found before clean share-group members existed: they keep the
 /// schedules they had then (clean members would change them).

@@ -244,6 +244,7 @@ impl Record {
                         .expires_at_ms
                         .map(|t| clock.unix_ms.saturating_add(t.saturating_sub(clock.now_ms))),
                     props: msg.props.as_deref().map(stored_props).unwrap_or_default(),
+                    share_id: 0,
                 },
             },
             Record::Sent { seq, packet_id } => BridgeOp::Sent {

@@ -302,6 +302,7 @@ impl<X> Broker<X> {
             retain_stamp: 0,
             publisher: None,
             txn: 0,
+            share_id: 0,
         };
         self.publish_message(msg, now_ms);
         Ok(())

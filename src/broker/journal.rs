@@ -37,7 +37,7 @@ use crate::session::message::{MessagePool, Publisher};
 use crate::session::{ForwardedProps, Message, SubState};
 use crate::store::{
     ArmedWill, LiveState, Lsn, MessageProps, MessageWriter, MsgId, PendingWill, Record,
-    RetainSource, SessionSlot, SharedMessage, StoredMessage, Subscription, Wal,
+    RetainSource, SessionSlot, SharedMessage, StoredMessage, Subscription, Wal, SHARE_SEQ_MASK,
 };
 
 /// A retained message of the recovered store: topic, message, stamp, publisher.
@@ -248,6 +248,13 @@ pub struct Journal {
     scratch: Vec<u8>,
     /// The last QoS 2 routing this shard numbered.
     txn_last: u64,
+    /// The last share identity this shard numbered (`Message::share_id`, the low bits):
+    /// it starts past every one recovery found in any shard's log, so none is reused.
+    share_last: u64,
+    /// The highest share identity number recovery found (the same on every shard): a
+    /// message numbered above it was numbered since the start, and is held by one
+    /// share-group member at a time ([`Journal::restored_share_id`]).
+    share_seq_restored: u64,
     /// The last routing of a message from the cluster queue this shard numbered (its own
     /// origin, `shards + shard`: committed in its own order, apart from client routings).
     txn_in_last: u64,
@@ -281,6 +288,7 @@ impl Journal {
     /// A journal over `wal`, whose checkpoint holds `shadow`, for a broker of `shards`.
     pub fn new(wal: Wal, shadow: LiveState, shards: usize, unix_epoch_ms: u64) -> Journal {
         let next_msg = shadow.next_msg_id().0;
+        let share_seq = shadow.share_seq;
         let next_will = shadow.next_will_id();
         let restored_wills = restored_wills(&shadow);
         // A recovered shadow's messages are all referenced (`LiveState::finish`): the
@@ -310,6 +318,8 @@ impl Journal {
             scratch: Vec::new(),
             gc_at,
             txn_last: 0,
+            share_last: share_seq,
+            share_seq_restored: share_seq,
             txn_in_last: 0,
             committed: vec![0; 2 * shards],
             receiving: std::collections::HashMap::new(),
@@ -520,6 +530,20 @@ impl Journal {
     /// Forget an adopted id the move did not use (it went to another shard, or nowhere).
     pub fn forget_adopted(&mut self) {
         self.adopted = None;
+    }
+
+    /// A share identity for a message entering the broker on shard `shard`
+    /// ([`Message::share_id`]).
+    pub fn next_share_id(&mut self, shard: usize) -> u64 {
+        self.share_last += 1;
+        (shard as u64 + 1) << 48 | (self.share_last & SHARE_SEQ_MASK)
+    }
+
+    /// Whether share identity `id` was given before this start (recovery restored a
+    /// message with it, so two members' logs may each hold a delivery of it: a move
+    /// between them cut short by a power cut leaves it with both).
+    pub fn restored_share_id(&self, id: u64) -> bool {
+        id != 0 && id & SHARE_SEQ_MASK <= self.share_seq_restored
     }
 
     /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).
@@ -1004,7 +1028,7 @@ fn unix_expiry(msg: &Message, unix_now_ms: u64, now_ms: u64) -> Option<u64> {
 /// `out`, byte for byte, straight from the message (no [`StoredMessage`] built; the
 /// journal logs every message it stores so).
 pub fn encode_stored(out: &mut Vec<u8>, id: MsgId, msg: &Message, expires: Option<u64>) {
-    let mut w = MessageWriter::stored(out, id);
+    let mut w = MessageWriter::stored(out, id, msg.share_id);
     w.message(&msg.topic, &msg.payload, msg.qos as u8, msg.retain, expires);
     match msg.props.as_deref() {
         Some(p) => w.props(
@@ -1046,6 +1070,7 @@ pub fn stored_form(msg: &Message, expires_at_unix_ms: Option<u64>) -> StoredMess
         retain: msg.retain,
         expires_at_unix_ms,
         props: props.unwrap_or_default(),
+        share_id: msg.share_id,
     }
 }
 
@@ -1079,6 +1104,7 @@ pub fn from_stored(m: &StoredMessage<'_>, unix_now_ms: u64, now_ms: u64, stamp: 
         // A retained message's publisher comes from its own record (`publisher_of`).
         publisher: None,
         txn: 0,
+        share_id: m.share_id,
     }
 }
 

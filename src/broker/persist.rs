@@ -885,6 +885,7 @@ pub(super) fn restored_will(w: Will<'_>, log_id: u64, unix: u64, now_ms: u64) ->
         retain: w.retain,
         expires_at_unix_ms: None,
         props: w.props,
+        share_id: 0,
     };
     StoredWill {
         msg: journal::from_stored(&stored, unix, now_ms, 0),

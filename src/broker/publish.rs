@@ -364,7 +364,8 @@ impl<X> Broker<X> {
 
     /// Route a stamped message: retain it, send it to interested shards, deliver it here.
     /// The shard's reference goes back to the pool (kept if no delivery holds it).
-    pub(super) fn publish_shared(&mut self, msg: Arc<Message>, now_ms: u64) -> bool {
+    pub(super) fn publish_shared(&mut self, mut msg: Arc<Message>, now_ms: u64) -> bool {
+        self.number_for_shares(&mut msg);
         if msg.retain {
             self.retained.store(&msg);
             self.log_retained(&msg);
@@ -399,6 +400,23 @@ impl<X> Broker<X> {
         let local = self.route_local(&msg, now_ms);
         self.msg_pool.put(msg);
         local || remote || shared || clustered
+    }
+
+    /// Give a QoS 1/2 message entering here its share identity (`Message::share_id`)
+    /// while it is still this shard's alone, when a store is kept and a share group
+    /// exists (a message no group matches keeps it unused: 8 bytes more in its records).
+    /// Without a store, or without a group, nothing is done.
+    fn number_for_shares(&mut self, msg: &mut Arc<Message>) {
+        let me = self.shard_id;
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if msg.qos == QoS::AtMostOnce || self.routes.share_groups().is_empty() {
+            return;
+        }
+        if let Some(m) = Arc::get_mut(msg) {
+            m.share_id = j.next_share_id(me);
+        }
     }
 
     /// Deliver to this shard's subscribers (see `deliver::route_local`).
@@ -605,6 +623,7 @@ mod tests {
             retain_stamp: stamp,
             publisher: None,
             txn: 0,
+            share_id: 0,
         })
     }
 

@@ -800,11 +800,6 @@ fn deliver_shared<X>(
         // Nobody else can take it: it waits in this member's session for its return (as
         // a departing member's deliveries do), rather than being lost.
     }
-    if let Some(v) = sink.fx.share_clean.as_mut() {
-        if sessions.get(m.session).is_some_and(|s| !s.logged) {
-            v.push(d.msg.clone());
-        }
-    }
     place(sessions, sink, d, now_ms);
     Landed::Here
 }
@@ -817,8 +812,28 @@ fn deliver_shared<X>(
 /// does. So the log holds it once, as memory does. Before, it got a second record, and a
 /// power cut before the held end left the member two deliveries of one message: a QoS 2
 /// one handed to it twice (power seed 60,111 of the simulation).
+///
+/// A move onto a member that holds a delivery of the same message through the same group
+/// already is dropped: the member has it, and the member it came from ends its own as
+/// after any move ([`holds_already`]).
 fn place<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, d: ShareDelivery, now_ms: u64) {
     let m = d.member;
+    if holds_already(sessions, sink, &d) {
+        if let Some(sess) = sessions.get(m.session) {
+            crate::log_at!(
+                crate::log::Level::Information,
+                "Share group {}: a moved delivery of a restored message is one {} holds already: dropped.",
+                d.key.escape_debug(),
+                sess.client_id.escape_debug()
+            );
+        }
+        return;
+    }
+    if let Some(v) = sink.fx.share_clean.as_mut() {
+        if sessions.get(m.session).is_some_and(|s| !s.logged) {
+            v.push(d.msg.clone());
+        }
+    }
     let back = d.from.filter(|o| same_member(o, &m)).and(d.from_msg);
     let mut reclaimed = None;
     if let (Some(id), Some(j)) = (back, sink.journal.as_deref_mut()) {
@@ -844,6 +859,35 @@ fn place<X>(sessions: &mut Sessions, sink: &mut Sink<'_, X>, d: ShareDelivery, n
         });
     }
     j.end_run(run);
+}
+
+/// Whether moved delivery `d` is one its member holds already (queued or in flight),
+/// through the same group. Only a message given its share identity before this start
+/// is looked for: until a restart a delivery is with one member at a time (a move takes
+/// it from the first before it reaches the next), but a power cut during a move between
+/// two stored members may leave it in both their logs (the move's rule: never with
+/// neither), and after the restart each holds a copy restored from its own shard's log.
+/// When the first one's copy moved on to the second, the second took it twice: a QoS 2
+/// message handed to its application twice (power seed 80,663 of the simulation). The
+/// copies are separate messages then, so they are told apart by the share identity both
+/// logs kept (`Message::share_id`, decision 0022).
+fn holds_already<X>(sessions: &Sessions, sink: &Sink<'_, X>, d: &ShareDelivery) -> bool {
+    let id = d.msg.share_id;
+    let restored = sink
+        .journal
+        .as_deref()
+        .is_some_and(|j| j.restored_share_id(id));
+    if d.from.is_none() || !restored {
+        return false;
+    }
+    let Some(sess) = sessions
+        .get(d.member.session)
+        .filter(|s| s.uid == d.member.uid)
+    else {
+        return false;
+    };
+    let same = |o: &Outgoing| o.msg.share_id == id && o.share.as_deref() == Some(&*d.key);
+    sess.inflight().iter().any(|f| same(&f.out)) || sess.queue.iter().any(same)
 }
 
 /// Whether two member records are the same session.

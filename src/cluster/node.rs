@@ -214,6 +214,7 @@ pub fn message_of(e: Envelope, now_ms: u64) -> Option<Message> {
         retain_stamp: 0,
         publisher: None,
         txn: 0,
+        share_id: 0,
     })
 }
 
@@ -384,6 +385,7 @@ mod tests {
             retain_stamp: 99,
             publisher: None,
             txn: 0,
+            share_id: 0,
         };
         let e = envelope_of(&m, 10_000);
         assert_eq!(e.expiry_secs, Some(1), "half a second left rounds up");

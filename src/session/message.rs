@@ -97,6 +97,12 @@ pub struct Message {
     /// sequence below; 0: none): its QoS 2 PUBLISHes wait until the origin has committed
     /// it (`broker::journal`), and a delivery of it is logged with it.
     pub txn: u64,
+    /// Its identity for share groups, the same on every shard and across restarts (origin
+    /// shard + 1 in the high 16 bits, that shard's number below; 0: none): given by the
+    /// shard it enters on when a store is kept and a share group exists, and logged with
+    /// its message records (decision 0022). A share-group move onto a member that holds a
+    /// restored delivery of the same message is dropped (`broker::shared`).
+    pub share_id: u64,
 }
 
 /// The identity a message was published under, as the ACL sees it.
@@ -126,6 +132,7 @@ impl Message {
             retain_stamp: 0,
             publisher: None,
             txn: 0,
+            share_id: 0,
         }
     }
 
@@ -156,6 +163,7 @@ impl Message {
             retain_stamp: 0,
             publisher: None,
             txn: 0,
+            share_id: 0,
         }
     }
 

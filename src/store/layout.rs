@@ -182,6 +182,12 @@ pub fn recover_parts_on(
     out.parts = in_parallel(finishing)
         .into_iter()
         .collect::<Result<_, StoreError>>()?;
+    // Share identities are numbered per origin shard and logged wherever the message
+    // went: every shard numbers on past the highest restored anywhere (decision 0022).
+    let share_seq = out.parts.iter().map(LiveState::share_seq_max).max();
+    for part in &mut out.parts {
+        part.share_seq = share_seq.unwrap_or(0);
+    }
     out.parts[0].orphans += orphans;
     out.parts[0].qos2_dropped += dropped;
     Ok(out)
@@ -292,6 +298,7 @@ fn message_frame_bytes_min() -> u64 {
         retain: false,
         expires_at_unix_ms: None,
         props: MessageProps::default(),
+        share_id: 0,
     };
     let mut body = Vec::new();
     Record::MessageStored { id: MsgId(1), msg }.encode(&mut body);

@@ -47,7 +47,7 @@ pub use layout::{
 pub use lock::StoreLock;
 pub use record::{
     BridgeOp, DecodeError, DeliveryHead, DeliveryKind, DeliveryState, MessageProps, MessageWriter,
-    MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription, Will,
+    MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription, Will, SHARE_SEQ_MASK,
 };
 pub use state::{
     ArmedWill, BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, PendingWill, ReceivedIds,

@@ -53,7 +53,14 @@ pub struct StoredMessage<'a> {
     pub expires_at_unix_ms: Option<u64>,
     /// Forwarded properties.
     pub props: MessageProps<'a>,
+    /// Its identity for share groups, the same in every shard's log (the engine's
+    /// `Message::share_id`; 0: none). Only `MessageStored` keeps it (tag 32 when not 0).
+    pub share_id: u64,
 }
+
+/// The number part of a share identity ([`StoredMessage::share_id`]); its origin shard
+/// (+ 1) is in the 16 bits above.
+pub const SHARE_SEQ_MASK: u64 = (1 << 48) - 1;
 
 /// Who published a retained message, as the ACL sees it: kept so that
 /// `check_retain_source` still applies after a restart (Mosquitto keeps the same in its
@@ -177,6 +184,9 @@ pub enum Record<'a> {
         filter: Cow<'a, str>,
     },
     /// A message was stored under `id` (once per shard log, before any reference to it).
+    ///
+    /// Encoded under two tags: 6 without a share identity, 32 with it after the id
+    /// (`msg.share_id`; tag 6 decodes with 0).
     MessageStored {
         /// Its id in this shard's log.
         id: MsgId,
@@ -515,6 +525,8 @@ mod tag {
     pub const WILL_PENDING_CLIENT: u8 = 30;
     /// `WILL_ARMED` with its client id.
     pub const WILL_ARMED_CLIENT: u8 = 31;
+    /// `MESSAGE_STORED` with the message's share identity after its id.
+    pub const MESSAGE_STORED_SHARED: u8 = 32;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -566,8 +578,7 @@ impl<'a> Record<'a> {
                 e.str(filter);
             }
             Record::MessageStored { id, msg } => {
-                e.u8(tag::MESSAGE_STORED);
-                e.u64(id.0);
+                e.stored_head(*id, msg.share_id);
                 e.message(msg);
             }
             _ => self.encode_references(&mut e),
@@ -789,6 +800,15 @@ impl<'a> Record<'a> {
                 id: MsgId(d.u64()?),
                 msg: d.message()?,
             },
+            tag::MESSAGE_STORED_SHARED => {
+                let id = MsgId(d.u64()?);
+                let share_id = d.u64()?;
+                let msg = StoredMessage {
+                    share_id,
+                    ..d.message()?
+                };
+                Record::MessageStored { id, msg }
+            }
             _ => d.references(t)?,
         };
         if d.pos != buf.len() {
@@ -1002,6 +1022,7 @@ impl StoredMessage<'_> {
             retain: self.retain,
             expires_at_unix_ms: self.expires_at_unix_ms,
             props: self.props.into_owned(),
+            share_id: self.share_id,
         }
     }
 }
@@ -1102,6 +1123,7 @@ impl StoredMessage<'_> {
             retain: self.retain,
             expires_at_unix_ms: self.expires_at_unix_ms,
             props: self.props.borrowed(),
+            share_id: self.share_id,
         }
     }
 }
@@ -1210,11 +1232,11 @@ impl<'a> DeliveryHead<'a> {
 pub struct MessageWriter<'b>(Enc<'b>);
 
 impl<'b> MessageWriter<'b> {
-    /// Start message `id`'s record at the end of `out`.
-    pub fn stored(out: &'b mut Vec<u8>, id: MsgId) -> MessageWriter<'b> {
+    /// Start message `id`'s record at the end of `out`, with its share identity
+    /// (`StoredMessage::share_id`, 0 for none).
+    pub fn stored(out: &'b mut Vec<u8>, id: MsgId, share_id: u64) -> MessageWriter<'b> {
         let mut e = Enc(out);
-        e.u8(tag::MESSAGE_STORED);
-        e.u64(id.0);
+        e.stored_head(id, share_id);
         MessageWriter(e)
     }
 
@@ -1341,6 +1363,17 @@ impl Enc<'_> {
         self.opt_str(response_topic);
         self.opt(correlation_data, |e, v| e.bytes(v));
         self.bytes(user_properties);
+    }
+    /// A `MessageStored` record's tag and id, and its share identity if it has one.
+    fn stored_head(&mut self, id: MsgId, share_id: u64) {
+        if share_id == 0 {
+            self.u8(tag::MESSAGE_STORED);
+            self.u64(id.0);
+        } else {
+            self.u8(tag::MESSAGE_STORED_SHARED);
+            self.u64(id.0);
+            self.u64(share_id);
+        }
     }
     fn message(&mut self, m: &StoredMessage<'_>) {
         self.message_fields(&m.topic, &m.payload, m.qos, m.retain, m.expires_at_unix_ms);
@@ -1516,6 +1549,7 @@ impl<'a> Dec<'a> {
             retain: self.bool()?,
             expires_at_unix_ms: self.opt(Self::u64)?,
             props: self.props()?,
+            share_id: 0,
         })
     }
     fn will(&mut self) -> Result<Will<'a>, DecodeError> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::record::{
     BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
-    Will,
+    Will, SHARE_SEQ_MASK,
 };
 
 mod bridges;
@@ -210,6 +210,10 @@ pub struct LiveState {
     /// QoS 2 messages taken from this node's cluster queue and committed (the gateway
     /// shard's log; see [`Record::ClusterReceived`]).
     pub cluster_received: ReceivedIds,
+    /// The highest share identity number (`StoredMessage::share_id`, without its origin)
+    /// of any message recovery restored, in any part: each shard numbers on from there.
+    /// Set by recovery ([`super::layout::recover_parts_on`]); 0 otherwise.
+    pub share_seq: u64,
 }
 
 impl LiveState {
@@ -563,6 +567,12 @@ impl LiveState {
         self.drop_unreferenced();
         // Recovery reserved room for the most messages its files could hold.
         self.messages.shrink_to_fit();
+    }
+
+    /// The highest share identity number of this state's own messages (0: none).
+    pub fn share_seq_max(&self) -> u64 {
+        let seq = |m: &StoredMessage<'_>| m.share_id & SHARE_SEQ_MASK;
+        self.messages.values().map(seq).max().unwrap_or(0)
     }
 
     /// Drop the messages no delivery or retained entry refers to (tombstones stay: they

@@ -36,6 +36,7 @@ pub fn message(topic: &str, payload: &[u8], full: bool) -> StoredMessage<'static
         retain: full,
         expires_at_unix_ms: full.then_some(1_800_000_000_000),
         props: props(full),
+        share_id: 0,
     }
 }
 
@@ -122,6 +123,13 @@ pub fn samples() -> Vec<Record<'static>> {
         Record::MessageStored {
             id: MsgId(u64::MAX),
             msg: message("x", b"", false),
+        },
+        Record::MessageStored {
+            id: MsgId(8),
+            msg: StoredMessage {
+                share_id: 3 << 48 | 41,
+                ..message("a/b/c", b"shared", true)
+            },
         },
         Record::DeliveryQueued {
             client_id: c(),

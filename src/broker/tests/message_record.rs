@@ -23,6 +23,7 @@ fn message(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Message {
         retain_stamp: 11,
         publisher: None,
         txn: 0,
+        share_id: 0,
     }
 }
 

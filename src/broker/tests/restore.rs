@@ -18,6 +18,7 @@ fn logged_message(id: u64) -> StoredMessage<'static> {
         retain: false,
         expires_at_unix_ms: None,
         props: MessageProps::default(),
+        share_id: 0,
     };
     if id == 1 {
         m.expires_at_unix_ms = Some(4_000_000_000_000);

@@ -673,3 +673,46 @@ fn a_move_that_comes_back_to_its_member_is_logged_once() {
     assert_eq!(durable(&disk)[&ida], both, "the queued one is A's again");
     assert!(c.shards[1].settle_tokens_issued() > 0, "it came back");
 }
+
+/// Power seed 80,663 of the simulation: stored member A (shard 0) has a QoS 2 message in
+/// flight (at its QoS 1); its network fails and the delivery moves to stored member B
+/// (shard 1, QoS 2). A power cut after B's record is durable and before A's end leaves
+/// the delivery with both (a duplicate across members, which the move allows). After the
+/// restart both are back and each is sent its copy; when A's network fails again, its
+/// copy moves to B, which holds the same message already: B must not take it a second
+/// time. Each copy was restored from its own shard's log, so only the share identity the
+/// two logs kept tells them apart. Fails without the fix (B holds it twice: one in
+/// flight, one queued).
+#[test]
+fn a_move_onto_a_member_holding_the_restored_message_is_dropped() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    member(&mut c, &idb, &[("$share/g/t", 2)]);
+    publish(&mut c, 0, 2);
+    assert_eq!(durable(&disk)[&ida], [(1, true)]);
+
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    carry(&mut c, 0);
+    end_turn(&mut c, 1);
+    sync(&mut c, 1);
+    end_turn(&mut c, 1);
+    let cut = durable(&disk);
+    assert_eq!(cut[&ida], [(1, false)], "A's end is not durable yet");
+    assert_eq!(cut[&idb], [(2, true)], "B's record is");
+
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    member(&mut c, &idb, &[]);
+    let a = member(&mut c, &ida, &[]);
+    assert_eq!(durable(&disk)[&ida], [(1, true)], "each is sent its copy");
+    assert_eq!(durable(&disk)[&idb], [(2, true)]);
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "A's copy ended as after any move");
+    assert_eq!(after[&idb], [(2, true)], "B holds the message once");
+}

@@ -176,6 +176,7 @@ fn will_records_keep_their_first_form_and_name_their_client_under_tags_30_and_31
         retain: false,
         expires_at_unix_ms: None,
         props: MessageProps::default(),
+        share_id: 0,
     };
     let mut want = Record::WillPending {
         id: 3,
@@ -314,7 +315,7 @@ fn delivery_heads_read_what_decode_reads() {
 /// The bytes of a message record written field by field.
 fn written(id: MsgId, m: &StoredMessage<'_>) -> Vec<u8> {
     let mut out = vec![0xaa];
-    let mut w = MessageWriter::stored(&mut out, id);
+    let mut w = MessageWriter::stored(&mut out, id, m.share_id);
     w.message(&m.topic, &m.payload, m.qos, m.retain, m.expires_at_unix_ms);
     let p = &m.props;
     if *p == MessageProps::default() {
@@ -350,6 +351,38 @@ fn a_message_written_field_by_field_is_its_record() {
         };
         assert_eq!(written(MsgId(9), &empty), encoded(&r));
     }
+}
+
+/// A message record keeps its first form (tag 6) without a share identity, and carries
+/// one under tag 32, after its id; a tag 6 record decodes with none.
+#[test]
+fn a_message_record_keeps_its_first_form_and_adds_its_share_identity_under_tag_32() {
+    let m = crate::store::testutil::message("t", b"x", false);
+    let plain = encoded(&Record::MessageStored {
+        id: MsgId(5),
+        msg: m.clone(),
+    });
+    assert_eq!(plain[0], 6);
+    let shared = StoredMessage {
+        share_id: 2 << 48 | 7,
+        ..m.clone()
+    };
+    let r = Record::MessageStored {
+        id: MsgId(5),
+        msg: shared.clone(),
+    };
+    let bytes = encoded(&r);
+    let mut want = vec![32];
+    want.extend_from_slice(&plain[1..9]);
+    want.extend_from_slice(&(2u64 << 48 | 7).to_le_bytes());
+    want.extend_from_slice(&plain[9..]);
+    assert_eq!(bytes, want, "8 bytes more than tag 6");
+    assert_eq!(Record::decode(&bytes), Ok(r));
+    assert_eq!(written(MsgId(5), &shared), bytes);
+    let Ok(Record::MessageStored { msg, .. }) = Record::decode(&plain) else {
+        panic!("tag 6 decodes");
+    };
+    assert_eq!(msg.share_id, 0);
 }
 
 proptest! {
