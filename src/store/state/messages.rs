@@ -127,7 +127,7 @@ const DRAIN_SHRINK_BYTES: usize = 1 << 20;
 /// in place: nothing is copied), so the entries already taken stop holding memory.
 ///
 /// Why: a restore turns each of 1M recovered messages into the engine's form; taken in
-/// order through the `Vec`'s own iterator, the whole `Vec` (≈ 176 bytes an entry) stayed
+/// order through the `Vec`'s own iterator, the whole `Vec` (184 bytes an entry) stayed
 /// allocated until the last one, beside every message already built
 /// (`docs/benchmarks.md`, "Recovery, eleventh round"). From the back, the room it gives
 /// back is where the next built messages go.
