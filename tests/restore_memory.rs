@@ -85,7 +85,7 @@ fn message(n: usize) -> StoredMessage<'static> {
         payload: Cow::Owned(vec![7; 64]),
         qos: 1,
         retain: false,
-        expires_at_unix_ms: (n % 3 == 0).then_some(1_000 + n as u64),
+        expires_at_unix_ms: n.is_multiple_of(3).then_some(1_000 + n as u64),
         props: MessageProps::default(),
     }
 }
