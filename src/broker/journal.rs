@@ -373,8 +373,9 @@ impl Journal {
     }
 
     /// The restore's messages, one copy for the broker and the shadow: each message the
-    /// shadow holds owned (every one, for a journal that has logged nothing) goes to
-    /// `restored`, which makes the engine's message of it, and the shadow keeps that
+    /// shadow holds owned (every one, for a journal that has logged nothing), the highest
+    /// id first, goes to `restored`, which makes the engine's message of it, and the
+    /// shadow keeps that
     /// message by reference (`LiveState::share_owned`). False, and nothing moved, once the
     /// journal has logged a message.
     pub fn share_restored(

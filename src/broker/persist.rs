@@ -585,6 +585,9 @@ impl<X> Broker<X> {
         });
         debug_assert!(shared, "restored after logging");
         let msgs = if shared {
+            // Handed over the highest id first.
+            ids.reverse();
+            built.reverse();
             RestoredMessages::indexed(ids, built)
         } else {
             RestoredMessages::new(j.shadow(), unix, now_ms)

@@ -327,14 +327,17 @@ impl LiveState {
         }
     }
 
-    /// Refer to every owned message instead of holding it: each goes, in id order, to
-    /// `share`, which makes the reference kept in its place (and may keep the owned
-    /// copy's allocations). A restore builds the engine's message of each restored one and
-    /// the shadow refers to it, as decision 0017 has it refer to logged ones: before, the
-    /// shadow kept its owned copy beside the engine's for as long as the message lived.
-    /// The state is the same state ([`LiveState::own_shared`] gives the owned form back)
-    /// as long as `share` renders what it was given. Nothing moves, and false comes back,
-    /// when the state already refers to messages (it has logged since it was recovered).
+    /// Refer to every owned message instead of holding it: each goes, the highest id
+    /// first, to `share`, which makes the reference kept in its place (and may keep the
+    /// owned copy's allocations). A restore builds the engine's message of each restored
+    /// one and the shadow refers to it, as decision 0017 has it refer to logged ones:
+    /// before, the shadow kept its owned copy beside the engine's for as long as the
+    /// message lived. The owned messages' `Vec` is given back as it empties
+    /// ([`Messages::drain_from_back`]), so a restore does not hold it whole beside every
+    /// message it has built. The state is the same state ([`LiveState::own_shared`]
+    /// gives the owned form back) as long as `share` renders what it was given. Nothing
+    /// moves, and false comes back, when the state already refers to messages (it has
+    /// logged since it was recovered).
     pub fn share_owned(
         &mut self,
         mut share: impl FnMut(MsgId, StoredMessage<'static>) -> Arc<dyn SharedMessage>,
@@ -342,12 +345,15 @@ impl LiveState {
         if !self.shared.is_empty() {
             return false;
         }
-        let owned = std::mem::take(&mut self.messages);
-        self.shared.reserve(owned.len());
+        let owned = std::mem::take(&mut self.messages).drain_from_back();
+        let mut refs = Vec::with_capacity(owned.size_hint().0);
         for (id, m) in owned {
             let expires = m.expires_at_unix_ms;
-            // Ids strictly increase in `Messages`: the push takes every one.
-            if let Err(m) = self.shared.push(id, share(id, m), expires) {
+            refs.push((id, share(id, m), expires));
+        }
+        // Ids strictly decrease out of `Messages`: every one is taken.
+        if let Err(refs) = self.shared.set_from_back(refs) {
+            for (id, m, expires) in refs {
                 self.messages.insert(id, m.stored(expires).into_owned());
             }
         }

@@ -111,6 +111,57 @@ impl Messages {
     pub fn retain(&mut self, mut keep: impl FnMut(&MsgId, &StoredMessage<'static>) -> bool) {
         self.items.retain(|(id, m)| keep(id, m));
     }
+
+    /// Every entry, taken out the highest id first, the `Vec` given back to the
+    /// allocator as it empties ([`Draining`]).
+    pub fn drain_from_back(self) -> Draining {
+        Draining { items: self.items }
+    }
+}
+
+/// Bytes of emptied room a [`Draining`] lets build up before it gives them back.
+const DRAIN_SHRINK_BYTES: usize = 1 << 20;
+
+/// The entries of a [`Messages`], taken out the highest id first. Every
+/// [`DRAIN_SHRINK_BYTES`] of room emptied at the end goes back to the allocator (a shrink
+/// in place: nothing is copied), so the entries already taken stop holding memory.
+///
+/// Why: a restore turns each of 1M recovered messages into the engine's form; taken in
+/// order through the `Vec`'s own iterator, the whole `Vec` (184 bytes an entry) stayed
+/// allocated until the last one, beside every message already built
+/// (`docs/benchmarks.md`, "Recovery, eleventh round"). From the back, the room it gives
+/// back is where the next built messages go.
+#[derive(Debug)]
+pub struct Draining {
+    items: Vec<Entry>,
+}
+
+impl Draining {
+    /// Entries the buffer has room for now (taken ones included until the next shrink).
+    pub fn capacity(&self) -> usize {
+        self.items.capacity()
+    }
+
+    /// The most emptied entries a [`Draining`] holds room for before it shrinks.
+    pub fn slack_max() -> usize {
+        (DRAIN_SHRINK_BYTES / std::mem::size_of::<Entry>()).max(1)
+    }
+}
+
+impl Iterator for Draining {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        let e = self.items.pop();
+        if self.items.capacity() - self.items.len() >= Draining::slack_max() {
+            self.items.shrink_to_fit();
+        }
+        e
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.items.len(), Some(self.items.len()))
+    }
 }
 
 /// The entries of a [`Messages`] by reference, in id order.
@@ -272,6 +323,18 @@ impl SharedMessages {
         }
     }
 
+    /// Hold `items`, given in decreasing id order (as [`Messages::drain_from_back`]
+    /// hands them out); they come back, none kept, if any is already held or the ids do
+    /// not strictly decrease.
+    pub fn set_from_back(&mut self, mut items: Vec<SharedEntry>) -> Result<(), Vec<SharedEntry>> {
+        if !self.items.is_empty() || !items.windows(2).all(|w| w[0].0 > w[1].0) {
+            return Err(items);
+        }
+        items.reverse();
+        self.items = items;
+        Ok(())
+    }
+
     /// Take every message out as an owned copy, in id order.
     pub fn take_owned(&mut self) -> Vec<Entry> {
         let items = std::mem::take(&mut self.items);
@@ -326,5 +389,31 @@ mod tests {
         let back: Messages = shuffled.clone().into_iter().collect();
         let map: BTreeMap<_, _> = shuffled.into_iter().collect();
         assert!(back.iter().eq(map.iter()));
+    }
+
+    /// Drained from the back: every entry once, the highest id first, and the room of the
+    /// entries taken never more than [`Draining::slack_max`] (a `Vec`'s own iterator
+    /// keeps all of it until the end).
+    #[test]
+    fn draining_gives_the_room_back_as_it_empties() {
+        let mut v = Messages::default();
+        let n = 5 * Draining::slack_max() + 7;
+        for id in 0..n as u64 {
+            v.insert(MsgId(3 * id), message(&format!("t/{id}"), b"x", false));
+        }
+        let expect: Vec<_> = v.clone().into_iter().rev().collect();
+        let mut d = v.drain_from_back();
+        let mut got = Vec::new();
+        while let Some(e) = d.next() {
+            got.push(e);
+            let left = n - got.len();
+            assert_eq!(d.size_hint(), (left, Some(left)));
+            assert!(
+                d.capacity() < left + Draining::slack_max(),
+                "{}",
+                d.capacity()
+            );
+        }
+        assert_eq!(got, expect);
     }
 }
