@@ -87,6 +87,7 @@ fn message(n: usize) -> StoredMessage<'static> {
         retain: false,
         expires_at_unix_ms: n.is_multiple_of(3).then_some(1_000 + n as u64),
         props: MessageProps::default(),
+        share_id: 0,
     }
 }
 
