@@ -59,7 +59,10 @@ impl Routes {
         };
         if list.len() > SCAN_LEN_MAX {
             let positions = index_of(&mut self.positions, filter, list);
-            match positions.get(&entry.session).and_then(|&i| list.get_mut(i as usize)) {
+            match positions
+                .get(&entry.session)
+                .and_then(|&i| list.get_mut(i as usize))
+            {
                 Some(x) => *x = entry,
                 None => {
                     positions.insert(entry.session, list.len() as u32);
@@ -311,7 +314,10 @@ mod tests {
                 let last = was && subs.is_empty();
                 assert_eq!(r.remove_local(s, filter), (was, last), "step {step}");
             } else {
-                let (qos, id) = ((next() % 3) as u8, Some(step + 1).filter(|_| next() % 2 == 0));
+                let (qos, id) = (
+                    (next() % 3) as u8,
+                    Some(step + 1).filter(|_| next() % 2 == 0),
+                );
                 let first = subs.is_empty();
                 subs.insert(s, (qos, id));
                 assert_eq!(r.add_local(filter, sub(s, qos, id)), first, "step {step}");
