@@ -255,8 +255,10 @@ mod tests {
     }
 
     fn sub(session: usize, qos: u8, sub_id: Option<u32>) -> Subscriber {
-        let mut opts = crate::protocol::SubscriptionOptions::default();
-        opts.qos = crate::protocol::QoS::from_bits(qos).expect("0, 1 or 2");
+        let opts = crate::protocol::SubscriptionOptions {
+            qos: crate::protocol::QoS::from_bits(qos).expect("0, 1 or 2"),
+            ..Default::default()
+        };
         Subscriber::new(session, opts, sub_id)
     }
 
