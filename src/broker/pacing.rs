@@ -117,6 +117,9 @@ pub(super) struct RetainedPacing {
     /// Sessions handed out to resume, over the pacing's life (for the storm test).
     #[cfg(test)]
     handed: u64,
+    /// Walk slices taken over the pacing's life (for the storm tests).
+    #[cfg(test)]
+    slices: u64,
 }
 
 impl RetainedPacing {
@@ -201,6 +204,10 @@ impl RetainedPacing {
 
     /// Session `s` took one slice of its retained walk.
     pub(super) fn walked(&mut self, s: usize) {
+        #[cfg(test)]
+        {
+            self.slices += 1;
+        }
         self.walks += 1;
         self.entry(s).walks += 1;
     }
@@ -245,6 +252,12 @@ impl RetainedPacing {
     #[cfg(test)]
     pub(super) fn handed(&self) -> u64 {
         self.handed
+    }
+
+    /// Walk slices taken so far ([`RetainedPacing::walked`]).
+    #[cfg(test)]
+    pub(super) fn slices(&self) -> u64 {
+        self.slices
     }
 }
 

@@ -72,6 +72,12 @@ impl RetainedReplica {
         self.tree.get(topic)
     }
 
+    /// Might `filter` match a retained message? False only when it surely matches none
+    /// (`TopicTree::may_match`): then a SUBSCRIBE need not walk the tree at all.
+    pub fn may_match(&self, filter: &str) -> bool {
+        self.tree.may_match(filter)
+    }
+
     /// The next at most `budget` steps of a paced walk over the retained messages
     /// matching a filter (`TopicTree::walk_matching`); true when it is done.
     pub fn walk_matching(

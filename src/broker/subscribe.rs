@@ -304,8 +304,13 @@ impl<X> Broker<X> {
     /// Owe session `s` the retained messages matching `filter` (RETAIN set) and send what
     /// its link takes now; the walk of the retained tree goes on a slice per turn
     /// (`walk_retained`) and the writing as the buffer drains (`pump_retained`). `since`:
-    /// the replica's clock when the subscription was made.
+    /// the replica's clock when the subscription was made. When no retained message can
+    /// match, there is no walk: no slice of the shard's, no place in its queue of walks
+    /// (a storm of subscribers over an empty tree waited n/4 turns for nothing).
     fn send_retained(&mut self, s: usize, filter: &str, state: &SubState, since: u64, now_ms: u64) {
+        if !self.retained.may_match(filter) {
+            return;
+        }
         let Some(sess) = self.sessions.get_mut(s) else {
             return;
         };

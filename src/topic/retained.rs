@@ -116,6 +116,30 @@ impl<V> TopicTree<V> {
         Some(removed)
     }
 
+    /// Might `filter` match a stored topic? False only when that is certain from the
+    /// filter's leading literal levels (the tree is empty, or has no node for them, or no
+    /// value at a filter without wildcards); true otherwise, even when a walk would find
+    /// nothing. At most one lookup per level before the first wildcard.
+    pub fn may_match(&self, filter: &str) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let mut node = &self.root;
+        let mut rest = Some(filter);
+        while let Some(s) = rest {
+            let (level, next) = split_level(s);
+            if level == "+" || level == "#" {
+                return true;
+            }
+            let Some(child) = node.children.get(level) else {
+                return false;
+            };
+            node = child;
+            rest = next;
+        }
+        node.value.is_some()
+    }
+
     /// Calls `f(topic, value)` for every stored topic matched by `filter` (per
     /// [`super::matches`], including the `$` rule). `filter` should be valid; an invalid one
     /// gives unspecified matches but never panics. Allocates one `String` per call.
@@ -397,7 +421,23 @@ mod tests {
     fn check_all(tree: &TopicTree<usize>, stored: &[String], filters: &[String]) {
         assert_eq!(tree.len(), stored.len());
         for f in filters {
-            assert_eq!(matching(tree, f), oracle(stored, f), "filter {f:?}");
+            let want = oracle(stored, f);
+            assert_eq!(matching(tree, f), want, "filter {f:?}");
+            // `may_match` may say yes for nothing, never no for something.
+            assert!(tree.may_match(f) || want.is_empty(), "filter {f:?}");
+        }
+    }
+
+    #[test]
+    fn may_match_says_no_only_from_the_literal_levels() {
+        assert!(!TopicTree::<usize>::new().may_match("#"), "empty");
+        let tree = tree_of(&["a/b/c", "$SYS/x"]);
+        for f in ["x/#", "a/x/+", "a/b", "a/b/c/d", "b/+/c"] {
+            assert!(!tree.may_match(f), "{f}");
+        }
+        // A wildcard stops the proof: `+/x` matches nothing here but may.
+        for f in ["#", "+/x", "a/#", "a/b/+", "a/b/c", "a/b/c/#", "$SYS/x"] {
+            assert!(tree.may_match(f), "{f}");
         }
     }
 

@@ -103,3 +103,51 @@ fn a_subscription_storm_hands_out_slices_oldest_first_without_resuming_everyone(
     assert!(got_once(&g, "storm/old", true, b"old"), "{g:?}");
     assert!(got_once(&g, "storm/new", true, b"new"), "{g:?}");
 }
+
+/// A storm over a retained tree with nothing a filter can match (empty, or no node for
+/// the filter's first level): no walk at all, so no session takes a slice or waits in
+/// the queue of walks (before, all but 4 waited, n/4 turns in all, for an empty walk),
+/// and a publish right after reaches every subscriber.
+#[test]
+fn a_storm_over_nothing_retained_takes_no_walk_slices() {
+    for retained in [None, Some("other/old")] {
+        let mut net = Cores::new(1);
+        let publ = net.connect(0, "storm-pub");
+        if let Some(topic) = retained {
+            net.send(publ, &retained_packet(topic, b"old"));
+        }
+        let subs: Vec<(usize, usize)> = (0..100)
+            .map(|i| net.connect(0, &format!("storm-{i}")))
+            .collect();
+        for &c in &subs {
+            assert_eq!(net.output(c), CONNACK_OK);
+        }
+        net.shards[0].begin_turn(NOW_MS + 1);
+        let (handed, slices) = (net.shards[0].pacing.handed(), net.shards[0].pacing.slices());
+        for &c in &subs {
+            net.send(c, &subscribe_qos0_packet(&["storm/#".to_string()]));
+        }
+        let pacing = &net.shards[0].pacing;
+        assert_eq!(
+            pacing.slices() - slices,
+            0,
+            "{retained:?}: walk slices taken"
+        );
+        assert_eq!(
+            pacing.walkers_queued(),
+            0,
+            "{retained:?}: queued for a slice"
+        );
+        assert!(!pacing.has_waiting(), "{retained:?}");
+        net.shards[0].begin_turn(NOW_MS + 2);
+        assert_eq!(net.shards[0].pacing.handed(), handed, "{retained:?}");
+        net.send(publ, &retained_packet("storm/new", b"new"));
+        for &c in &subs {
+            let got = publishes(&net.output(c));
+            assert!(
+                got_once(&got, "storm/new", false, b"new"),
+                "{retained:?}: {got:?}"
+            );
+        }
+    }
+}
