@@ -124,6 +124,31 @@ fn await_route(from: &mut RawClient, to: &mut [&mut RawClient], topic: &str) {
     drain_probes(to);
 }
 
+/// Publish QoS 1 probes on `topic` from `from` until `to`, a client of `node`, has one and
+/// `node` has taken a message from its JetStream queue: the publishing node's view shows
+/// the interest and `node`'s queue consumer runs, so QoS 1 messages that follow take the
+/// queue path, not core NATS only (a QoS 0 probe proves the latter alone). Then drop the
+/// probes in flight.
+fn await_queue_route(from: &mut RawClient, to: &mut RawClient, node: &Broker, topic: &str) {
+    let deadline = Instant::now() + FORM_WAIT;
+    let before = figure(node, "queue_received");
+    let mut seen = false;
+    while !(seen && figure(node, "queue_received") > before) {
+        assert!(
+            Instant::now() < deadline,
+            "no QoS 1 route from {} over {topic} through the queue of {}'s node (probe seen: {seen})",
+            from.id,
+            to.id
+        );
+        from.publish(topic, b"probe", 1, false);
+        while let Some(p) = next_payload(to, Duration::from_millis(50)) {
+            assert_eq!(p, "probe", "[{}] only probes so far", to.id);
+            seen = true;
+        }
+    }
+    drain_probes(&mut [to]);
+}
+
 /// Drop the probes still arriving (the last one sent is FIFO-ordered before anything
 /// published later by the same client).
 fn drain_probes(to: &mut [&mut RawClient]) {
@@ -212,7 +237,9 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
     let mut sub = connect(a, "sub-a");
     sub.subscribe("plain/t", 1);
     let mut publ = connect(c, "pub-c");
-    await_route(&mut publ, &mut [&mut sub], "plain/t");
+    // The 20 messages go through A's queue (C's view shows A's interest): the probes must
+    // prove that path, not only core NATS.
+    await_queue_route(&mut publ, &mut sub, &nodes[0], "plain/t");
     for i in 0..20 {
         publ.publish("plain/t", format!("m{i}").as_bytes(), 1, false);
     }
@@ -254,13 +281,6 @@ fn three_nodes_route_retain_share_and_take_over_as_one_broker() {
     handover_across_nodes(a, b, &mut publ);
 
     // The link's counters on /metrics: C sent, A received.
-    let figure = |node: &Broker, name: &str| -> u64 {
-        let body = metrics(node.admin_addr().expect("admin listener"));
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("shardmq_cluster_{name}_total ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no shardmq_cluster_{name}_total in {body}"))
-    };
     assert!(figure(&nodes[2], "published") >= 20);
     assert!(figure(&nodes[0], "received") >= 20);
     assert_eq!(figure(&nodes[0], "malformed"), 0);

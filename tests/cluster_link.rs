@@ -1509,3 +1509,138 @@ fn settles_in_one_batch_acknowledge_exactly_the_settled_messages() {
         "the unsettled ones, each once, and no settled one"
     );
 }
+
+/// Write node `node`'s interest entry for `filter` straight into cluster `cluster`'s
+/// interest bucket through the server at `port`, retried while the bucket elects a leader.
+fn put_interest_entry(port: u16, cluster: &str, node: &str, filter: &str) {
+    let key = shardmq::cluster::queue::interest_key(node, filter);
+    let value = shardmq::cluster::queue::interest_value(node, filter);
+    let bucket = format!("smq_{cluster}_interest");
+    let deadline = Instant::now() + FAILOVER_WAIT;
+    on_jetstream(port, async |js| loop {
+        let put = async {
+            let kv = js.get_key_value(bucket.as_str()).await.ok()?;
+            kv.put(key.as_str(), value.clone().into()).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), put)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interest bucket never took the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+}
+
+/// The server holding the interest bucket's watch consumer in cluster `cluster` (there is
+/// one watch of that bucket per link: a test with one live link finds that link's).
+fn interest_watch_host(port: u16, cluster: &str) -> Option<String> {
+    let stream = format!("KV_smq_{cluster}_interest");
+    on_jetstream(port, async |js| {
+        let stream = js.get_stream(&stream).await.ok()?;
+        let mut infos = stream.consumers();
+        while let Some(i) = futures_util::StreamExt::next(&mut infos).await {
+            let i = i.ok()?;
+            // A stopped link's consumer lingers a while, no longer bound to a subscriber.
+            if i.config.description.as_deref() == Some("kv watch consumer") && i.push_bound {
+                return i.cluster.and_then(|c| c.leader);
+            }
+        }
+        None
+    })
+}
+
+/// Publish QoS 1 messages on `topic` from `from` until one is meant for another node's
+/// queue (stored, or failed while the queue elects a leader): `from`'s interest view shows
+/// a filter matching `topic`. How long that took; panics past `wait`.
+#[track_caller]
+fn view_shows(from: &Node, topic: &str, seq: &mut u64, wait: Duration) -> Duration {
+    let start = Instant::now();
+    let stats = from.link.stats();
+    let meant = || LinkStats::get(&stats.queued) + LinkStats::get(&stats.queue_failed);
+    let before = meant();
+    loop {
+        *seq += 1;
+        publish_acked(from, topic, b"probe", *seq);
+        if meant() > before {
+            return start.elapsed();
+        }
+        let waited = start.elapsed();
+        assert!(waited < wait, "{topic}: not in the view after {waited:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The interest bucket's stream leader in cluster `cluster`.
+fn interest_leader(port: u16, cluster: &str) -> Option<String> {
+    let stream = format!("KV_smq_{cluster}_interest");
+    on_jetstream(port, async |js| {
+        let info = js.get_stream(&stream).await.ok()?.get_info().await.ok()?;
+        info.cluster.and_then(|c| c.leader)
+    })
+}
+
+/// How soon after a change of the interest bucket, written once the server holding node
+/// A's interest watch died, that change must be in A's view. async-nats reports the dead
+/// watch only after two idle heartbeats (10 s after the last delivery, which came just
+/// before the kill); A's own check (`WATCH_STALL_MS`, then a read from the stream's
+/// leader) is well inside this bound, the library's alone is not.
+const WATCH_BACK_WAIT: Duration = Duration::from_secs(7);
+
+/// Server number `i` of a NATS server name `n<i>`.
+fn server_index(name: Option<String>) -> Option<usize> {
+    name?.strip_prefix('n')?.parse().ok()
+}
+
+/// The server holding node A's interest watch (an ephemeral consumer, on one server)
+/// dies while A stays connected to another: a change written afterwards reaches A's view
+/// within `WATCH_BACK_WAIT`. A is started again until its watch is on another server than
+/// its connection (so it is the watch that dies, not the connection: the path that has no
+/// reconnection to announce it) and from the bucket's leader (so the write after the kill
+/// does not wait for an election).
+#[test]
+fn the_interest_watch_comes_back_soon_after_the_server_holding_it_dies() {
+    let Some(mut nats) = NatsCluster::start() else {
+        return;
+    };
+    let p = nats.ports.clone();
+    let mut seq = 0;
+    let mut found = None;
+    for round in 0..12 {
+        let n = node_on(&p[..1], 3, "tw", "A");
+        put_interest_entry(p[1], "tw", "Z", &format!("w{round}/#"));
+        view_shows(&n, &format!("w{round}/x"), &mut seq, FAILOVER_WAIT);
+        let leader = server_index(interest_leader(p[1], "tw"));
+        match server_index(interest_watch_host(p[1], "tw")) {
+            Some(host) if host != 0 && Some(host) != leader => {
+                found = Some((host, n));
+                break;
+            }
+            _ => n.link.stop(),
+        }
+    }
+    let Some((host, a)) = found else {
+        panic!("A's interest watch stayed on A's own server or the bucket's leader");
+    };
+    let alive = p[3 - host];
+    // A delivery just before the kill: the library's heartbeat clock starts afresh.
+    put_interest_entry(alive, "tw", "Z", "before/#");
+    view_shows(&a, "before/x", &mut seq, FAILOVER_WAIT);
+    nats.kill(host);
+    let killed = Instant::now();
+    put_interest_entry(alive, "tw", "Z", "after/#");
+    let written = killed.elapsed();
+    let seen = view_shows(&a, "after/x", &mut seq, FAILOVER_WAIT);
+    eprintln!("written {written:?} after the kill, in A's view {seen:?} later");
+    assert!(
+        seen < WATCH_BACK_WAIT,
+        "written {written:?} after the kill, in A's view only {seen:?} later"
+    );
+    assert!(LinkStats::get(&a.link.stats().watch_reopened) >= 1);
+}

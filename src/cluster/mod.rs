@@ -345,6 +345,8 @@ pub struct LinkStats {
     pub malformed: AtomicU64,
     /// NATS publish/subscribe/KV operations that failed.
     pub nats_errors: AtomicU64,
+    /// Bucket watches (interest, retained) found stalled behind their bucket and made anew.
+    pub watch_reopened: AtomicU64,
     /// Interests refused: invalid filter, subject too long, or the table full.
     pub interest_dropped: AtomicU64,
     /// QoS ≥ 1 messages stored in another node's queue (one per node).
@@ -461,6 +463,11 @@ impl LinkStats {
                 "nats_errors",
                 "NATS publish, subscribe and JetStream operations that failed.",
                 g(&self.nats_errors),
+            ),
+            (
+                "watch_reopened",
+                "Bucket watches found stalled behind their bucket and made anew.",
+                g(&self.watch_reopened),
             ),
             (
                 "interest_dropped",

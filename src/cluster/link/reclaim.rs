@@ -49,9 +49,14 @@ pub(super) async fn scan(
     let deadline = Instant::now() + Duration::from_millis(RECLAIM_SCAN_WAIT_MS);
     let stats = out.stats.clone();
     let mut batch = Vec::new();
+    // Why the scan ended, logged with what it copied: a scan cut short by a failed read
+    // (a leader election, a timed-out request) copies nothing after it, and the log is
+    // what tells that apart from a queue that held nothing for the session.
+    let mut ended = String::from("end of the queue");
+    let mut copied = 0usize;
+    let mut seq = 1u64;
     match timeout_at(deadline, js.get_stream_no_info(&stream)).await {
         Ok(Ok(stream)) => {
-            let mut seq = 1u64;
             for _ in 0..RECLAIM_SCAN_MESSAGES_MAX {
                 let get = stream
                     .raw_message_builder()
@@ -61,8 +66,14 @@ pub(super) async fn scan(
                 let m = match timeout_at(deadline, get).await {
                     Ok(Ok(m)) => m,
                     Ok(Err(e)) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break,
-                    _ => {
+                    Ok(Err(e)) => {
                         LinkStats::add(&stats.nats_errors);
+                        ended = format!("a failed read at sequence {seq}: {e}");
+                        break;
+                    }
+                    Err(_) => {
+                        LinkStats::add(&stats.nats_errors);
+                        ended = format!("its {RECLAIM_SCAN_WAIT_MS} ms at sequence {seq}");
                         break;
                     }
                 };
@@ -72,6 +83,7 @@ pub(super) async fn scan(
                     continue;
                 };
                 LinkStats::add(&stats.reclaimed);
+                copied += 1;
                 batch.push(e);
                 if batch.len() == OWED_BATCH_MAX {
                     out.push_wake(FromLink::Owed {
@@ -82,8 +94,18 @@ pub(super) async fn scan(
                 }
             }
         }
-        _ => LinkStats::add(&stats.nats_errors),
+        Ok(Err(e)) => {
+            LinkStats::add(&stats.nats_errors);
+            ended = format!("the stream not opened: {e}");
+        }
+        Err(_) => {
+            LinkStats::add(&stats.nats_errors);
+            ended = String::from("the stream not opened in time");
+        }
     }
+    eprintln!(
+        "cluster: {copied} messages copied from {subject} for {client_id} (scan ended by {ended}, next sequence {seq})"
+    );
     out.push_wake(FromLink::Owed {
         client_id,
         envelopes: batch,

@@ -44,6 +44,16 @@ const INTEREST_GRACE_MS: u64 = 10_000;
 const INTEREST_RETRY_MS: u64 = 1000;
 /// Pause before the queue consumer is set up again after its stream of messages ended.
 const QUEUE_RESTART_MS: u64 = 500;
+/// How often a bucket watch is checked against the bucket's newest revision.
+const WATCH_CHECK_MS: u64 = 500;
+/// A watch behind the bucket that shows nothing new for this long is made anew.
+const WATCH_STALL_MS: u64 = 1500;
+/// Longest wait for a bucket watch to open (its consumer created); then it is tried again.
+const WATCH_OPEN_MS: u64 = 2000;
+/// Revisions a stalled watch's catch-up reads at most (one request each).
+const CATCH_UP_MAX: u64 = 1024;
+/// Pause before a bucket watch is opened again.
+const WATCH_REOPEN_MS: u64 = 200;
 /// Messages the queue consumer asks for at a time.
 const QUEUE_BATCH_MESSAGES: usize = 512;
 /// Longest the queue consumer waits for the shards' lists of restored sessions (they send
@@ -453,9 +463,14 @@ async fn retained_watcher(ctx: KvCtx, b: Buckets, mut reconnected: watch::Receiv
 }
 
 /// Follow `bucket`: every entry of its history, then each change, each passed to `apply`
-/// (`false` from it ends the watch for good). A watch that ends, or any reconnection (its
-/// consumer may have lived on a server now gone), makes it resume after the last revision
-/// seen, so no change is missed and none is reported twice.
+/// (`false` from it ends the watch for good). A watch that ends, any reconnection (its
+/// consumer may have lived on a server now gone), or a watch found stalled (`Lag`: the
+/// bucket holds a revision it has not shown and it showed nothing for
+/// `WATCH_STALL_MS`: what it missed is first read from the stream, `catch_up`) makes it
+/// resume after the last revision seen, so no change is missed and none is reported
+/// twice. The stall check is this link's own: async-nats' watch
+/// reports missed heartbeats only after 10 s and, while it re-creates its consumer
+/// itself (a sequence gap, a lost connection), reports nothing at all.
 async fn follow_bucket(
     ctx: &KvCtx,
     bucket: &jetstream::kv::Store,
@@ -463,14 +478,25 @@ async fn follow_bucket(
     mut apply: impl FnMut(&jetstream::kv::Entry) -> bool,
 ) {
     let mut last_revision = 0u64;
+    let mut check = tokio::time::interval(Duration::from_millis(WATCH_CHECK_MS));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let watch = if last_revision == 0 {
-            bucket.watch_with_history(">").await
+        let open = if last_revision == 0 {
+            tokio::time::timeout(
+                Duration::from_millis(WATCH_OPEN_MS),
+                bucket.watch_with_history(">"),
+            )
+            .await
         } else {
-            bucket.watch_all_from_revision(last_revision + 1).await
+            tokio::time::timeout(
+                Duration::from_millis(WATCH_OPEN_MS),
+                bucket.watch_all_from_revision(last_revision + 1),
+            )
+            .await
         };
-        match watch {
-            Ok(mut w) => loop {
+        let mut lag = Lag::default();
+        match open {
+            Ok(Ok(mut w)) => loop {
                 tokio::select! {
                     entry = w.next() => {
                         let Some(Ok(entry)) = entry else { break };
@@ -485,11 +511,116 @@ async fn follow_bucket(
                         }
                         break;
                     }
+                    _ = check.tick() => {
+                        let Some(newest) = last_sequence(bucket).await else {
+                            continue; // No answer (a leader election): no verdict.
+                        };
+                        if lag.stalled(newest, last_revision, tokio::time::Instant::now()) {
+                            LinkStats::add(&ctx.out.stats.watch_reopened);
+                            eprintln!(
+                                "cluster: the watch of bucket {} stalled at revision {last_revision} (the bucket is at {newest}): read on from the stream, then made anew",
+                                bucket.name
+                            );
+                            // A new watch's consumer may be placed on the dead server
+                            // (the cluster has not marked it offline yet) and time out:
+                            // what was missed is read from the stream's leader first.
+                            if !catch_up(bucket, &mut last_revision, newest, &mut apply).await {
+                                return;
+                            }
+                            break;
+                        }
+                    }
                 }
             },
-            Err(_) => LinkStats::add(&ctx.out.stats.nats_errors),
+            _ => LinkStats::add(&ctx.out.stats.nats_errors),
         }
-        tokio::time::sleep(Duration::from_millis(KV_RETRY_MS)).await;
+        tokio::time::sleep(Duration::from_millis(WATCH_REOPEN_MS)).await;
+    }
+}
+
+/// Pass to `apply` the revisions of `bucket` after `last_revision` up to `newest` (at
+/// most `CATCH_UP_MAX`), read one by one from its stream's leader, in order; a revision
+/// no longer there (its key written again since) is skipped, and the first read that
+/// fails ends the round (the new watch resumes after the last one passed). `false` if
+/// `apply` ended the watch for good.
+async fn catch_up(
+    bucket: &jetstream::kv::Store,
+    last_revision: &mut u64,
+    newest: u64,
+    apply: &mut impl FnMut(&jetstream::kv::Entry) -> bool,
+) -> bool {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
+    let end = newest.min(last_revision.saturating_add(CATCH_UP_MAX));
+    for seq in *last_revision + 1..=end {
+        let get = bucket.stream.get_raw_message(seq);
+        let m = match tokio::time::timeout(Duration::from_millis(WATCH_CHECK_MS), get).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) if e.kind() == Kind::NoMessageFound => {
+                *last_revision = seq;
+                continue;
+            }
+            _ => return true,
+        };
+        *last_revision = seq;
+        let Some(key) = m.subject.strip_prefix(bucket.prefix.as_str()) else {
+            continue;
+        };
+        let operation = match m.headers.get("KV-Operation").map(|v| v.as_str()) {
+            Some("DEL") => Operation::Delete,
+            Some("PURGE") => Operation::Purge,
+            _ => Operation::Put,
+        };
+        let entry = jetstream::kv::Entry {
+            bucket: bucket.name.clone(),
+            key: key.to_string(),
+            value: m.payload,
+            revision: seq,
+            delta: newest - seq,
+            created: m.time,
+            operation,
+            seen_current: false,
+        };
+        if !apply(&entry) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The newest revision in `bucket` (its stream's last sequence, from the stream's leader),
+/// or `None` without an answer within `WATCH_CHECK_MS`.
+async fn last_sequence(bucket: &jetstream::kv::Store) -> Option<u64> {
+    let info = bucket.stream.get_info();
+    match tokio::time::timeout(Duration::from_millis(WATCH_CHECK_MS), info).await {
+        Ok(Ok(i)) => Some(i.state.last_sequence),
+        _ => None,
+    }
+}
+
+/// Whether a watch is stalled: the bucket holds a revision the watch has not shown, and
+/// the watch has shown nothing new for `WATCH_STALL_MS` since that was first seen. A watch
+/// that is slow but moving (a big bucket loading, a busy machine) is left alone.
+#[derive(Debug, Default)]
+struct Lag {
+    /// When the watch was first seen behind, and the revision it had shown then.
+    behind: Option<(tokio::time::Instant, u64)>,
+}
+
+impl Lag {
+    fn stalled(&mut self, newest: u64, shown: u64, now: tokio::time::Instant) -> bool {
+        if shown >= newest {
+            self.behind = None;
+            return false;
+        }
+        match self.behind {
+            Some((since, at)) if at == shown => {
+                now.duration_since(since) >= Duration::from_millis(WATCH_STALL_MS)
+            }
+            _ => {
+                self.behind = Some((now, shown));
+                false
+            }
+        }
     }
 }
 
@@ -894,5 +1025,39 @@ fn delivery_info(m: &jetstream::Message) -> (i64, u64) {
             (i.delivered, u64::try_from(age).unwrap_or(0))
         }
         Err(_) => (1, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_behind_its_bucket_that_shows_nothing_new_is_stalled() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut lag = Lag::default();
+        assert!(!lag.stalled(5, 5, at(0)), "caught up");
+        assert!(!lag.stalled(7, 5, at(500)), "behind: first seen");
+        assert!(!lag.stalled(7, 5, at(1500)), "not yet for long");
+        assert!(
+            lag.stalled(8, 5, at(500 + WATCH_STALL_MS)),
+            "nothing new since"
+        );
+        // A slow watch that moves is left alone, and judged afresh from its new revision.
+        let mut lag = Lag::default();
+        assert!(!lag.stalled(100, 10, at(0)));
+        assert!(!lag.stalled(100, 40, at(WATCH_STALL_MS)), "moving");
+        assert!(!lag.stalled(100, 80, at(2 * WATCH_STALL_MS)), "moving");
+        assert!(!lag.stalled(100, 100, at(3 * WATCH_STALL_MS)), "caught up");
+        assert!(
+            !lag.stalled(101, 100, at(4 * WATCH_STALL_MS)),
+            "a new write: first seen"
+        );
+        assert!(
+            !lag.stalled(101, 100, at(5 * WATCH_STALL_MS - 1)),
+            "within the bound"
+        );
+        assert!(lag.stalled(101, 100, at(5 * WATCH_STALL_MS)));
     }
 }
