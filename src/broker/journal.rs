@@ -255,6 +255,11 @@ pub struct Journal {
     /// message numbered above it was numbered since the start, and is held by one
     /// share-group member at a time ([`Journal::restored_share_id`]).
     share_seq_restored: u64,
+    /// Shared QoS 2 deliveries of restored messages their member completed since the
+    /// start, as (session uid, share identity, group): a copy of one moved onto that
+    /// member later is one it had ([`Journal::share_done`]). At most one entry per
+    /// restored shared delivery, so bounded by the restore.
+    share_completed: std::collections::HashSet<(u64, u64, Arc<str>)>,
     /// The last routing of a message from the cluster queue this shard numbered (its own
     /// origin, `shards + shard`: committed in its own order, apart from client routings).
     txn_in_last: u64,
@@ -320,6 +325,7 @@ impl Journal {
             txn_last: 0,
             share_last: share_seq,
             share_seq_restored: share_seq,
+            share_completed: std::collections::HashSet::new(),
             txn_in_last: 0,
             committed: vec![0; 2 * shards],
             receiving: std::collections::HashMap::new(),
@@ -545,6 +551,21 @@ impl Journal {
     /// between them cut short by a power cut leaves it with both).
     pub fn restored_share_id(&self, id: u64) -> bool {
         id != 0 && id & SHARE_SEQ_MASK <= self.share_seq_restored
+    }
+
+    /// Session `uid` completed (PUBCOMP) its delivery of share identity `id` through
+    /// group `group`: remembered when the message was restored, since another member's
+    /// copy of it may still move onto this one.
+    pub fn note_share_completed(&mut self, uid: u64, id: u64, group: &Arc<str>) {
+        if self.restored_share_id(id) {
+            self.share_completed.insert((uid, id, group.clone()));
+        }
+    }
+
+    /// Whether session `uid` completed its delivery of restored share identity `id`
+    /// through `group` since the start ([`Journal::note_share_completed`]).
+    pub fn share_done(&self, uid: u64, id: u64, group: &Arc<str>) -> bool {
+        !self.share_completed.is_empty() && self.share_completed.contains(&(uid, id, group.clone()))
     }
 
     /// Number a new QoS 2 routing of shard `shard` (see [`Record::Qos2Committed`]).

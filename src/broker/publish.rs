@@ -531,8 +531,13 @@ impl<X> Broker<X> {
             return Verdict::Close;
         };
         if let Some(sess) = self.sessions.get_mut(s) {
-            if sess.on_pubcomp(pid).is_ok() {
+            if let Ok(out) = sess.take_pubcomp(pid) {
                 deliver::log_done(self.journal.as_mut(), sess, pid);
+                // A restored shared message another member may hold a copy of too
+                // (`shared::holds_already`).
+                if let (Some(j), Some(group)) = (self.journal.as_mut(), &out.share) {
+                    j.note_share_completed(sess.uid, out.msg.share_id, group);
+                }
             }
         }
         self.pump(s, now_ms);

@@ -887,7 +887,12 @@ fn holds_already<X>(sessions: &Sessions, sink: &Sink<'_, X>, d: &ShareDelivery) 
         return false;
     };
     let same = |o: &Outgoing| o.msg.share_id == id && o.share.as_deref() == Some(&*d.key);
-    sess.inflight().iter().any(|f| same(&f.out)) || sess.queue.iter().any(same)
+    sess.inflight().iter().any(|f| same(&f.out))
+        || sess.queue.iter().any(same)
+        || sink
+            .journal
+            .as_deref()
+            .is_some_and(|j| j.share_done(sess.uid, id, &d.key))
 }
 
 /// Whether two member records are the same session.

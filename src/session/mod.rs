@@ -505,9 +505,14 @@ impl Session {
 
     /// PUBCOMP received: the QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, pid: PacketId) -> Result<(), AckError> {
+        self.take_pubcomp(pid).map(drop)
+    }
+
+    /// As [`Session::on_pubcomp`], returning the completed delivery.
+    pub fn take_pubcomp(&mut self, pid: PacketId) -> Result<Outgoing, AckError> {
         let i = self.position(pid, FlightState::AwaitComp)?;
-        self.drop_flight(i);
-        Ok(())
+        let f = self.drop_flight(i).ok_or(AckError::NotFound)?;
+        Ok(f.out)
     }
 
     /// Remove and return every queued delivery, and every QoS 1 one in flight, that came

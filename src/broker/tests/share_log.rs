@@ -716,3 +716,78 @@ fn a_move_onto_a_member_holding_the_restored_message_is_dropped() {
     assert_eq!(after[&ida], [], "A's copy ended as after any move");
     assert_eq!(after[&idb], [(2, true)], "B holds the message once");
 }
+
+/// The packet id of the first QoS 2 PUBLISH in `out` (MQTT 3.1.1 framing).
+fn first_qos2_publish_pid(out: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at < out.len() {
+        let first = out[at];
+        let (mut len, mut shift, mut i) = (0usize, 0, at + 1);
+        loop {
+            let b = *out.get(i)?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = out.get(i..i + len)?;
+        if first >> 4 == 3 && (first >> 1) & 3 == 2 {
+            let topic = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            return Some(u16::from_be_bytes([body[2 + topic], body[3 + topic]]));
+        }
+        at = i + len;
+    }
+    None
+}
+
+/// As power seed 80,663, but the second member completes its restored copy (PUBREC,
+/// PUBREL, PUBCOMP) before the first member's copy moves onto it: holding nothing of the
+/// message any more, it must still not take it a second time. Fails without the
+/// completed shared deliveries the journal remembers (B is sent it again, under a new id).
+#[test]
+fn a_move_onto_a_member_that_completed_the_restored_message_is_dropped() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    member(&mut c, &idb, &[("$share/g/t", 2)]);
+    publish(&mut c, 0, 2);
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    carry(&mut c, 0);
+    end_turn(&mut c, 1);
+    sync(&mut c, 1);
+    end_turn(&mut c, 1);
+    let cut = durable(&disk);
+    assert_eq!(
+        (&cut[&ida], &cut[&idb]),
+        (&vec![(1, false)], &vec![(2, true)])
+    );
+
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    let b = member(&mut c, &idb, &[]);
+    let a = member(&mut c, &ida, &[]);
+    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent its copy");
+    let [hi, lo] = pid.to_be_bytes();
+    c.send(b, &[0x50, 2, hi, lo]);
+    settle(&mut c);
+    c.send(b, &[0x70, 2, hi, lo]);
+    settle(&mut c);
+    assert_eq!(durable(&disk)[&idb], [], "B completed its copy");
+    let _ = c.output(b);
+
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "A's copy ended as after any move");
+    assert_eq!(after[&idb], [], "B is not given the message again");
+    assert_eq!(
+        first_qos2_publish_pid(&c.output(b)),
+        None,
+        "nor sent it again"
+    );
+}
