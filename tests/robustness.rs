@@ -936,14 +936,16 @@ fn memory_figures_are_in_metrics() {
     }
 }
 
-/// jemalloc's figures: at least the partial packet allocated, and allocated ≤ resident ≤
-/// the process's RSS.
+/// jemalloc's figures: at least the partial packet allocated, allocated ≤ resident, and
+/// allocated ≤ the process's RSS. jemalloc's `resident` is an upper bound (its pages may
+/// be demand-zero ones never touched), so it may pass the kernel's RSS: once 12.87 MB
+/// against an RSS of 12.22 MB, which an assertion `rss >= resident` took for a fault.
 #[cfg(feature = "jemalloc")]
 fn allocator_figures_are_sane(text: &str, rss: f64) {
     let allocated = sample_sum(text, "shardmq_allocator_allocated_bytes", &[]).expect("alloc");
     let resident = sample_sum(text, "shardmq_allocator_resident_bytes", &[]).expect("resident");
     assert!(
-        allocated >= 100_000.0 && resident >= allocated && rss >= resident,
+        allocated >= 100_000.0 && resident >= allocated && rss >= allocated,
         "{text}"
     );
 }
