@@ -685,6 +685,24 @@ fn a_move_that_comes_back_to_its_member_is_logged_once() {
 /// flight, one queued).
 #[test]
 fn a_move_onto_a_member_holding_the_restored_message_is_dropped() {
+    let (disk, ida, idb) = cut_during_a_move_between_shards();
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    member(&mut c, &idb, &[]);
+    let a = member(&mut c, &ida, &[]);
+    assert_eq!(durable(&disk)[&ida], [(1, true)], "each is sent its copy");
+    assert_eq!(durable(&disk)[&idb], [(2, true)]);
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "A's copy ended as after any move");
+    assert_eq!(after[&idb], [(2, true)], "B holds the message once");
+}
+
+/// Stored members A (shard 0, QoS 1) and B (shard 1, QoS 2) of group `g`; a QoS 2
+/// message goes to A, A's network fails and the delivery moves to B; the store as a power
+/// cut leaves it after B's record is durable and before A's end is: with both. Returns
+/// that store and the two client ids.
+fn cut_during_a_move_between_shards() -> (SimDisk, String, String) {
     let disk = SimDisk::default();
     let mut c = stored_cores(&disk, 2);
     let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
@@ -704,17 +722,7 @@ fn a_move_onto_a_member_holding_the_restored_message_is_dropped() {
     let cut = durable(&disk);
     assert_eq!(cut[&ida], [(1, false)], "A's end is not durable yet");
     assert_eq!(cut[&idb], [(2, true)], "B's record is");
-
-    let (disk, mut c) = restarted_cores(&disk, 2);
-    member(&mut c, &idb, &[]);
-    let a = member(&mut c, &ida, &[]);
-    assert_eq!(durable(&disk)[&ida], [(1, true)], "each is sent its copy");
-    assert_eq!(durable(&disk)[&idb], [(2, true)]);
-    drop_link(&mut c, a);
-    settle(&mut c);
-    let after = durable(&disk);
-    assert_eq!(after[&ida], [], "A's copy ended as after any move");
-    assert_eq!(after[&idb], [(2, true)], "B holds the message once");
+    (disk, ida, idb)
 }
 
 /// The packet id of the first QoS 2 PUBLISH in `out` (MQTT 3.1.1 framing).
@@ -748,26 +756,7 @@ fn first_qos2_publish_pid(out: &[u8]) -> Option<u16> {
 /// completed shared deliveries the journal remembers (B is sent it again, under a new id).
 #[test]
 fn a_move_onto_a_member_that_completed_the_restored_message_is_dropped() {
-    let disk = SimDisk::default();
-    let mut c = stored_cores(&disk, 2);
-    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
-    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
-    member(&mut c, &idb, &[("$share/g/t", 2)]);
-    publish(&mut c, 0, 2);
-    drop_link(&mut c, a);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
-    carry(&mut c, 0);
-    end_turn(&mut c, 1);
-    sync(&mut c, 1);
-    end_turn(&mut c, 1);
-    let cut = durable(&disk);
-    assert_eq!(
-        (&cut[&ida], &cut[&idb]),
-        (&vec![(1, false)], &vec![(2, true)])
-    );
-
+    let (disk, ida, idb) = cut_during_a_move_between_shards();
     let (disk, mut c) = restarted_cores(&disk, 2);
     let b = member(&mut c, &idb, &[]);
     let a = member(&mut c, &ida, &[]);
