@@ -405,7 +405,10 @@ impl<X> Broker<X> {
     /// Give a QoS 1/2 message entering here its share identity (`Message::share_id`)
     /// while it is still this shard's alone, when a store is kept and a share group
     /// exists (a message no group matches keeps it unused: 8 bytes more in its records).
-    /// Without a store, or without a group, nothing is done.
+    /// Without a store, or without a group, nothing is done. Every caller hands the
+    /// message over unshared; one shared already (a copy cast or stored before this) would
+    /// keep identity 0, and its stored shared deliveries could not be told apart, so a
+    /// debug build stops there (`share_log.rs` tests that it does).
     fn number_for_shares(&mut self, msg: &mut Arc<Message>) {
         let me = self.shard_id;
         let Some(j) = self.journal.as_mut() else {
@@ -414,6 +417,10 @@ impl<X> Broker<X> {
         if msg.qos == QoS::AtMostOnce || self.routes.share_groups().is_empty() {
             return;
         }
+        debug_assert!(
+            Arc::get_mut(msg).is_some(),
+            "a message numbered for shares after it was shared"
+        );
         if let Some(m) = Arc::get_mut(msg) {
             m.share_id = j.next_share_id(me);
         }

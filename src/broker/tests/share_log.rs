@@ -306,6 +306,33 @@ fn a_moved_shared_delivery_is_told_apart_from_a_normal_one_of_the_same_message()
     );
 }
 
+/// A message is numbered for shares (`number_for_shares`) while it is its shard's alone;
+/// one handed over already shared would keep share identity 0, so a debug build stops
+/// there. Without the assertion this message went on unnumbered, silently.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "a message numbered for shares after it was shared")]
+fn a_message_shared_before_it_is_numbered_for_shares_is_caught() {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 1);
+    member(&mut c, "s", &[("$share/g/t", 1)]);
+    let msg = Arc::new(crate::session::Message {
+        topic: Arc::from("t"),
+        payload: b"m".as_slice().into(),
+        qos: crate::protocol::QoS::AtLeastOnce,
+        retain: false,
+        props: None,
+        expires_at_ms: None,
+        origin: 0,
+        retain_stamp: 0,
+        publisher: None,
+        txn: 0,
+        share_id: 0,
+    });
+    let _held = Arc::clone(&msg);
+    c.shards[0].publish_shared(msg, NOW_MS);
+}
+
 /// A message sent to a member that went offline before it arrived, with no other member
 /// online, waits in that member's session rather than being lost.
 #[test]
