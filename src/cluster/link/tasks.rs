@@ -173,6 +173,9 @@ pub(super) fn start_kv(
                 Err(e) => {
                     if !reported {
                         eprintln!("cluster link: cannot open the JetStream buckets yet: {e}");
+                        if let Some(hint) = replicas_hint(&e.to_string(), replicas) {
+                            eprintln!("cluster link: {hint}");
+                        }
                         reported = true;
                     }
                     LinkStats::add(&ctx.out.stats.nats_errors);
@@ -1028,6 +1031,18 @@ fn delivery_info(m: &jetstream::Message) -> (i64, u64) {
     }
 }
 
+/// What to do when NATS refuses the buckets' replica count: a single server (no NATS
+/// cluster) takes only 1 replica, and `cluster_kv_replicas` defaults to 3. The link keeps
+/// retrying either way (the server may be joining a cluster); this names the cure.
+fn replicas_hint(err: &str, replicas: usize) -> Option<String> {
+    (replicas > 1 && err.contains("replicas > 1 not supported in non-clustered mode")).then(|| {
+        format!(
+            "the NATS server is not clustered, so it cannot keep {replicas} replicas of the \
+             buckets: set `cluster_kv_replicas 1` for a single NATS server, or cluster three"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,5 +1074,15 @@ mod tests {
             "within the bound"
         );
         assert!(lag.stalled(101, 100, at(5 * WATCH_STALL_MS)));
+    }
+
+    #[test]
+    fn a_single_nats_server_refusing_replicas_is_given_the_cure() {
+        let refused = "JetStream error: replicas > 1 not supported in non-clustered mode";
+        let hint = replicas_hint(refused, 3).expect("a hint for the refused replicas");
+        assert!(hint.contains("cluster_kv_replicas 1"), "{hint}");
+        assert!(hint.contains("3 replicas"), "{hint}");
+        assert_eq!(replicas_hint(refused, 1), None);
+        assert_eq!(replicas_hint("timed out", 3), None);
     }
 }
