@@ -333,8 +333,11 @@ impl<X> Broker<X> {
                 j.recycle(&mut self.msg_pool);
             }
             let mut msg = self.msg_pool.message(p, topic.clone(), now_ms, origin);
-            if let Some(m) = Arc::get_mut(&mut msg) {
-                m.txn = txn;
+            // The pool hands out a message no one else holds; one shared already would
+            // lose its QoS 2 routing here, so a debug build stops (as `number_for_shares`).
+            match Arc::get_mut(&mut msg) {
+                Some(m) => m.txn = txn,
+                None => debug_assert!(txn == 0, "a pooled message shared before its routing"),
             }
             return self.publish_shared(msg, now_ms);
         }
