@@ -975,6 +975,7 @@ impl<X> Broker<X> {
                 sub_ids: Default::default(),
                 share: None,
                 sid: 0,
+                moved: false,
             };
             if !sess.enqueue(out, &self.limits) {
                 self.fx.stats.dropped_queue += 1;

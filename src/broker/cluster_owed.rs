@@ -214,5 +214,6 @@ fn owed_delivery(sess: &crate::session::Session, msg: Arc<Message>) -> Option<Ou
         sub_ids,
         share: None,
         sid: 0,
+        moved: false,
     })
 }

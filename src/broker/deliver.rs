@@ -63,6 +63,7 @@ pub(super) fn route_local<X>(
             sub_ids: h.sub_ids,
             share: None,
             sid: 0,
+            moved: false,
         };
         match (out.qos, h.link) {
             (QoS::AtMostOnce, Some(key)) => {
@@ -432,6 +433,7 @@ pub(super) fn pump_retained<X>(
             sub_ids: batch.sub_id.into_iter().collect(),
             share: None,
             sid: 0,
+            moved: false,
             msg,
         };
         let pending = |sink: &Sink<'_, X>| sink.links.conn(key).map_or(0, |c| c.tx.pending());

@@ -593,7 +593,27 @@ impl<X> Broker<X> {
             RestoredMessages::new(j.shadow(), unix, now_ms)
         };
         self.restore_part(j.shadow(), &msgs, retained, unix, now_ms);
+        self.restore_share_completed(&mut j);
         self.journal = Some(j);
+    }
+
+    /// The shared QoS 2 deliveries the restored sessions completed (`Record::ShareCompleted`)
+    /// that a copy restored elsewhere may still move onto them: such a move is dropped
+    /// (`shared::holds_already`, decision 0023).
+    fn restore_share_completed(&self, j: &mut Journal) {
+        let mut marks = Vec::new();
+        for st in j.shadow().sessions.values() {
+            let sess = self.sessions.find(&st.info.client_id);
+            let Some(uid) = sess.and_then(|s| self.sessions.get(s)).map(|s| s.uid) else {
+                continue;
+            };
+            for (id, group, filter) in &st.share_completed {
+                marks.push((uid, *id, self.routes.share_key(group, filter)));
+            }
+        }
+        for (uid, id, key) in marks {
+            j.note_share_completed(uid, id, &key);
+        }
     }
 
     fn restore_part(
@@ -713,6 +733,7 @@ impl<X> Broker<X> {
                 sub_ids: d.sub_ids.iter().copied().collect(),
                 share: d.share.as_ref().map(|(g, f)| routes.share_key(g, f)),
                 sid: d.msg.0,
+                moved: false,
             };
             match d.packet_id {
                 Some(pid) => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::cluster_ack::HeldPubAck;
-use super::{deliver, Broker, Cast, Verdict};
+use super::{deliver, shared, Broker, Cast, Verdict};
 use crate::protocol::{self, Ack, Packet, PacketId, Properties, Publish, QoS, ReasonCode};
 use crate::session::Message;
 use crate::topic;
@@ -542,12 +542,13 @@ impl<X> Broker<X> {
         };
         if let Some(sess) = self.sessions.get_mut(s) {
             if let Ok(out) = sess.take_pubcomp(pid) {
-                deliver::log_done(self.journal.as_mut(), sess, pid);
-                // A restored shared message another member may hold a copy of too
+                // A shared message another member may hold a copy of too
                 // (`shared::holds_already`).
                 if let (Some(j), Some(group)) = (self.journal.as_mut(), &out.share) {
+                    shared::log_completed(j, sess, &out, group);
                     j.note_share_completed(sess.uid, out.msg.share_id, group);
                 }
+                deliver::log_done(self.journal.as_mut(), sess, pid);
             }
         }
         self.pump(s, now_ms);

@@ -27,12 +27,12 @@ use smallvec::SmallVec;
 
 use super::deliver::{self, Sink};
 use super::effects::ShareLogNote;
-use super::journal::HeldAck;
+use super::journal::{HeldAck, Journal};
 use super::routes::Routes;
 use super::sessions::Sessions;
 use super::{Broker, Cast};
 use crate::protocol::{PacketId, QoS, SubscriptionOptions};
-use crate::session::{Message, Outgoing, SubIds};
+use crate::session::{Message, Outgoing, Session, SubIds};
 use crate::store::{MsgId, Record};
 
 /// How often a shared delivery may bounce to another member before it is kept or dropped.
@@ -895,6 +895,32 @@ fn holds_already<X>(sessions: &Sessions, sink: &Sink<'_, X>, d: &ShareDelivery) 
             .is_some_and(|j| j.share_done(sess.uid, id, &d.key))
 }
 
+/// Log that stored session `sess` completed (PUBCOMP) its shared QoS 2 delivery `out`
+/// through `group`, before the delivery's end, when another member's log may hold a
+/// copy: the delivery was moved here from a stored member, whose end of it may not be
+/// durable yet, or its message was restored (both logs may have kept it). A power cut
+/// before that member's end is durable restores its copy alone, and when that copy
+/// moved onto this member again it was handed over twice; restored, the mark makes
+/// [`holds_already`] drop that move (`Journal::share_done`, decision 0023). A delivery
+/// with one copy only, the usual case, logs nothing more.
+pub(super) fn log_completed(j: &mut Journal, sess: &Session, out: &Outgoing, group: &str) {
+    let id = out.msg.share_id;
+    if !sess.logged || id == 0 || !(out.moved || j.restored_share_id(id)) {
+        return;
+    }
+    let split = group
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'));
+    if let Some((group, filter)) = split {
+        j.log(Record::ShareCompleted {
+            client_id: (&*sess.client_id).into(),
+            share_id: id,
+            group: group.into(),
+            filter: filter.into(),
+        });
+    }
+}
+
 /// Whether two member records are the same session.
 fn same_member(a: &ShareMember, b: &ShareMember) -> bool {
     a.shard == b.shard && a.uid == b.uid
@@ -927,6 +953,7 @@ fn shared_outgoing(d: ShareDelivery) -> Outgoing {
         sub_ids: m.sub_id.into_iter().collect::<SubIds>(),
         share: Some(d.key),
         sid: 0,
+        moved: d.from_msg.is_some(),
         msg: d.msg,
     }
 }

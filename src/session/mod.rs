@@ -44,6 +44,9 @@ pub struct Outgoing {
     pub share: Option<Arc<str>>,
     /// The message's id in this shard's store log (`MsgId`), 0 when it is not stored.
     pub sid: u64,
+    /// A shared delivery moved here from a stored member, whose log may hold a copy until
+    /// that member's end is durable: its completion is logged (decision 0023).
+    pub moved: bool,
 }
 
 /// Retained messages matched by one SUBSCRIBE and not yet written: the walk of the
@@ -595,6 +598,7 @@ mod tests {
             sub_ids: SubIds::new(),
             share: None,
             sid: 0,
+            moved: false,
         }
     }
 

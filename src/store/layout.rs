@@ -188,6 +188,13 @@ pub fn recover_parts_on(
     for part in &mut out.parts {
         part.share_seq = share_seq.unwrap_or(0);
     }
+    // A completed shared delivery's mark matters only while a restored message of that
+    // identity may move onto its member (decision 0023).
+    let held: std::collections::HashSet<u64> =
+        out.parts.iter().flat_map(LiveState::share_ids).collect();
+    for part in &mut out.parts {
+        part.keep_share_completed(&held);
+    }
     out.parts[0].orphans += orphans;
     out.parts[0].qos2_dropped += dropped;
     Ok(out)

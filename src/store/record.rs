@@ -270,6 +270,20 @@ pub enum Record<'a> {
         /// Topic filter (without the `$share/group/` prefix).
         filter: Cow<'a, str>,
     },
+    /// The session completed (PUBCOMP) its QoS 2 delivery of the message of share
+    /// identity `share_id` through share group `group` on `filter`, one that came by a
+    /// move or was restored: a copy another member's log may still hold must not be moved
+    /// onto it after a restart (decision 0023). Tag 33.
+    ShareCompleted {
+        /// Client Identifier.
+        client_id: Cow<'a, str>,
+        /// The message's share identity (`Message::share_id`, not 0).
+        share_id: u64,
+        /// Share group name.
+        group: Cow<'a, str>,
+        /// Topic filter (without the `$share/group/` prefix).
+        filter: Cow<'a, str>,
+    },
     /// Inbound QoS 2: PUBREC sent for `packet_id`, PUBREL awaited.
     IncomingQos2Set {
         /// Client Identifier.
@@ -527,6 +541,7 @@ mod tag {
     pub const WILL_ARMED_CLIENT: u8 = 31;
     /// `MESSAGE_STORED` with the message's share identity after its id.
     pub const MESSAGE_STORED_SHARED: u8 = 32;
+    pub const SHARE_COMPLETED: u8 = 33;
 }
 
 /// Sub-tags of [`BridgeOp`] (the byte after the bridge's name).
@@ -740,6 +755,18 @@ impl<'a> Record<'a> {
             } => {
                 e.u8(tag::DELIVERY_SHARE);
                 e.str(client_id);
+                e.str(group);
+                e.str(filter);
+            }
+            Record::ShareCompleted {
+                client_id,
+                share_id,
+                group,
+                filter,
+            } => {
+                e.u8(tag::SHARE_COMPLETED);
+                e.str(client_id);
+                e.u64(*share_id);
                 e.str(group);
                 e.str(filter);
             }
@@ -975,6 +1002,17 @@ impl<'a> Record<'a> {
                 filter,
             } => Record::DeliveryShare {
                 client_id: own(client_id),
+                group: own(group),
+                filter: own(filter),
+            },
+            Record::ShareCompleted {
+                client_id,
+                share_id,
+                group,
+                filter,
+            } => Record::ShareCompleted {
+                client_id: own(client_id),
+                share_id,
                 group: own(group),
                 filter: own(filter),
             },
@@ -1744,6 +1782,12 @@ impl<'a> Dec<'a> {
             },
             tag::DELIVERY_SHARE => Record::DeliveryShare {
                 client_id: self.string()?,
+                group: self.string()?,
+                filter: self.string()?,
+            },
+            tag::SHARE_COMPLETED => Record::ShareCompleted {
+                client_id: self.string()?,
+                share_id: self.u64()?,
                 group: self.string()?,
                 filter: self.string()?,
             },

@@ -92,6 +92,31 @@ pub struct SessionState {
     /// The number the next new inbound QoS 2 message gets (0: none logged; see
     /// [`Record::Qos2Numbering`]).
     pub qos2_next: u64,
+    /// Shared QoS 2 deliveries it completed that another member's log may still hold a
+    /// copy of ([`Record::ShareCompleted`]), as (share identity, group, filter), oldest
+    /// first, at most [`SHARE_COMPLETED_MAX`].
+    pub share_completed: VecDeque<(u64, String, String)>,
+}
+
+/// The most completed shared deliveries a session's state keeps
+/// ([`Record::ShareCompleted`]): a mark is needed only until the first member's end of
+/// the move is durable (a barrier round and a group commit later) or, for a restored
+/// message, while a copy restored with it may move; the oldest goes first (decision 0023).
+pub const SHARE_COMPLETED_MAX: usize = 1024;
+
+impl SessionState {
+    /// [`Record::ShareCompleted`]: remember the completion, once, dropping the oldest past
+    /// [`SHARE_COMPLETED_MAX`].
+    fn complete_share(&mut self, share_id: u64, group: String, filter: String) {
+        let mark = (share_id, group, filter);
+        if self.share_completed.contains(&mark) {
+            return;
+        }
+        if self.share_completed.len() >= SHARE_COMPLETED_MAX {
+            self.share_completed.pop_front();
+        }
+        self.share_completed.push_back(mark);
+    }
 }
 
 /// The most ids of QoS 2 messages taken from the cluster queue a state keeps
@@ -449,6 +474,16 @@ impl LiveState {
                         .set_last_share(group.into_owned(), filter.into_owned());
                 }
             }
+            Record::ShareCompleted {
+                client_id,
+                share_id,
+                group,
+                filter,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.complete_share(share_id, group.into_owned(), filter.into_owned());
+                }
+            }
             Record::Qos2Numbering { client_id, next } => {
                 if let Some(s) = self.session(&client_id) {
                     s.qos2_next = next;
@@ -517,6 +552,7 @@ impl LiveState {
                         deliveries: Deliveries::default(),
                         incoming_qos2: BTreeSet::new(),
                         qos2_next: 0,
+                        share_completed: VecDeque::new(),
                     },
                 );
             }
@@ -579,6 +615,21 @@ impl LiveState {
     pub fn share_seq_max(&self) -> u64 {
         let seq = |m: &StoredMessage<'_>| m.share_id & SHARE_SEQ_MASK;
         self.messages.values().map(seq).max().unwrap_or(0)
+    }
+
+    /// The share identities of this state's own messages (not 0).
+    pub fn share_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let ids = self.messages.values().map(|m| m.share_id);
+        ids.filter(|&id| id != 0)
+    }
+
+    /// Keep the sessions' completed shared deliveries (`Record::ShareCompleted`) whose
+    /// identity is in `held` (some part's restored messages), and drop the rest: no copy
+    /// of those is left to move onto their member.
+    pub fn keep_share_completed(&mut self, held: &std::collections::HashSet<u64>) {
+        for s in self.sessions.values_mut() {
+            s.share_completed.retain(|(id, ..)| held.contains(id));
+        }
     }
 
     /// Drop the messages no delivery or retained entry refers to (tombstones stay: they
@@ -1092,6 +1143,16 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             next: s.qos2_next,
         });
     }
+    out.extend(
+        s.share_completed
+            .iter()
+            .map(|(share_id, group, filter)| Record::ShareCompleted {
+                client_id: client(),
+                share_id: *share_id,
+                group: group.as_str().into(),
+                filter: filter.as_str().into(),
+            }),
+    );
     out
 }
 

@@ -272,6 +272,12 @@ pub fn samples() -> Vec<Record<'static>> {
             group: "g".into(),
             filter: "a/+".into(),
         },
+        Record::ShareCompleted {
+            client_id: c(),
+            share_id: 2 << 48 | 7,
+            group: "g".into(),
+            filter: "a/+".into(),
+        },
         Record::Qos2Numbering {
             client_id: c(),
             next: 0xfeed_0000_0000_0003,

@@ -807,3 +807,122 @@ fn a_move_onto_a_member_that_completed_the_restored_message_is_dropped() {
         "nor sent it again"
     );
 }
+
+/// As [`cut_during_a_move_between_shards`], but B completes its copy before the cut
+/// (PUBREC, PUBREL, PUBCOMP, its end durable) while A's end still waits for shard 1's
+/// barrier answer, which shard 0 has not received: the store then holds A's copy alone.
+/// Returns that store and the two client ids.
+fn cut_after_the_second_member_completed() -> (SimDisk, String, String) {
+    let disk = SimDisk::default();
+    let mut c = stored_cores(&disk, 2);
+    let (ida, idb) = (homed(0, 2, 0), homed(1, 2, 0));
+    let a = member(&mut c, &ida, &[("$share/g/t", 1)]);
+    let b = member(&mut c, &idb, &[("$share/g/t", 2)]);
+    publish(&mut c, 0, 2);
+    let _ = c.output(b);
+
+    drop_link(&mut c, a);
+    end_turn(&mut c, 0);
+    sync(&mut c, 0);
+    end_turn(&mut c, 0);
+    carry(&mut c, 0);
+    // Shard 1's turns only: its answers to shard 0 stay in its outbox.
+    let turn = |c: &mut Cores| {
+        end_turn(c, 1);
+        sync(c, 1);
+        end_turn(c, 1);
+    };
+    turn(&mut c);
+    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent the moved delivery");
+    let [hi, lo] = pid.to_be_bytes();
+    c.send(b, &[0x50, 2, hi, lo]);
+    turn(&mut c);
+    c.send(b, &[0x70, 2, hi, lo]);
+    turn(&mut c);
+    let cut = durable(&disk);
+    assert_eq!(cut[&ida], [(1, false)], "A's end is not durable yet");
+    assert_eq!(cut[&idb], [], "B's end is");
+    assert_eq!(
+        completed_marks(&disk),
+        1,
+        "B's completion is kept: A's copy is restored"
+    );
+    (disk, ida, idb)
+}
+
+/// The second member completes its copy before the cut, and only the first member's
+/// copy is restored: when it moves onto the second member again, that member must not
+/// take it a second time (a QoS 2 message handed to its application twice). Fails
+/// without the durable mark of the completion (`Record::ShareCompleted`, decision 0023):
+/// B is sent the message again, under a new id.
+#[test]
+fn a_move_onto_a_member_that_completed_its_copy_before_the_cut_is_dropped() {
+    let (disk, ida, idb) = cut_after_the_second_member_completed();
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    let b = member(&mut c, &idb, &[]);
+    let a = member(&mut c, &ida, &[]);
+    assert_eq!(durable(&disk)[&ida], [(1, true)], "A is sent its copy");
+    let _ = c.output(b);
+
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "A's copy ended as after any move");
+    assert_eq!(after[&idb], [], "B is not given the message again");
+    assert_eq!(
+        first_qos2_publish_pid(&c.output(b)),
+        None,
+        "nor sent it again"
+    );
+    assert_eq!(
+        completed_marks(&disk),
+        0,
+        "no copy is left: recovery drops the mark"
+    );
+}
+
+/// The completed shared deliveries (`Record::ShareCompleted`) recovery would restore from
+/// what `disk` keeps through a power cut now, over every session of two shards.
+fn completed_marks(disk: &SimDisk) -> usize {
+    let data = std::path::Path::new(STORE_DIR);
+    let shard_of = |s: &str| crate::broker::home_shard(s, 2);
+    let rec = store::recover_parts_on(&disk.durable_copy(), data, 2, shard_of, shard_of);
+    let parts = rec.expect("recover").parts;
+    let sessions = parts.iter().flat_map(|p| p.sessions.values());
+    sessions.map(|s| s.share_completed.len()).sum()
+}
+
+/// As [`a_move_onto_a_member_that_completed_the_restored_message_is_dropped`], with a
+/// second power cut after B completed its restored copy and before A's copy moves: the
+/// journal's memory of the completion is gone with the restart, and the log's mark of it
+/// (`Record::ShareCompleted`, decision 0023) still drops the move. Fails without the mark.
+#[test]
+fn a_completed_restored_copy_is_remembered_through_another_restart() {
+    let (disk, ida, idb) = cut_during_a_move_between_shards();
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    let b = member(&mut c, &idb, &[]);
+    member(&mut c, &ida, &[]);
+    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent its copy");
+    let [hi, lo] = pid.to_be_bytes();
+    c.send(b, &[0x50, 2, hi, lo]);
+    settle(&mut c);
+    c.send(b, &[0x70, 2, hi, lo]);
+    settle(&mut c);
+    assert_eq!(durable(&disk)[&idb], [], "B completed its copy");
+    assert_eq!(durable(&disk)[&ida], [(1, true)], "A holds its own");
+
+    let (disk, mut c) = restarted_cores(&disk, 2);
+    let b = member(&mut c, &idb, &[]);
+    let a = member(&mut c, &ida, &[]);
+    let _ = c.output(b);
+    drop_link(&mut c, a);
+    settle(&mut c);
+    let after = durable(&disk);
+    assert_eq!(after[&ida], [], "A's copy ended as after any move");
+    assert_eq!(after[&idb], [], "B is not given the message again");
+    assert_eq!(
+        first_qos2_publish_pid(&c.output(b)),
+        None,
+        "nor sent it again"
+    );
+}

@@ -253,6 +253,10 @@ proptest! {
         let mut merged = LiveState::default();
         merged.merge(expect);
         merged.finish();
+        // Recovery keeps a completed shared delivery's mark only while a restored message
+        // holds its identity (decision 0023).
+        let held = merged.share_ids().collect();
+        merged.keep_share_completed(&held);
         prop_assert_eq!(r.records as usize, kept);
         prop_assert_eq!(r.state, merged);
         // A cut is reported when bytes remain after the last frame kept (a truncation
