@@ -34,8 +34,8 @@ pub trait DiskFile: Send {
 /// A file opened for reading. Like an open file on Unix, it keeps reading the file it
 /// opened even if that file is renamed or removed meanwhile.
 pub trait DiskReader: Send {
-    /// The file's length now.
-    fn len(&self) -> io::Result<u64>;
+    /// The file's length now, in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// Up to `buf.len()` bytes of the file from byte `offset` on, into `buf`; returns how
     /// many were read, fewer than asked only at the end of the file (0 at or past it).
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
@@ -101,7 +101,7 @@ impl DiskFile for OsFile {
 struct OsReader(std::fs::File);
 
 impl DiskReader for OsReader {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -541,7 +541,7 @@ struct SimReader {
 }
 
 impl DiskReader for SimReader {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.disk.lock().file(self.ino)?.0.len() as u64)
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -790,7 +790,7 @@ mod tests {
             f.append(b"hello").expect("append");
             let mut r = disk.open_read(&x).expect("open");
             f.append(b" world").expect("append");
-            assert_eq!(r.len().expect("len"), 11);
+            assert_eq!(r.size().expect("size"), 11);
             disk.rename(&x, &y).expect("rename");
             let mut buf = [0u8; 8];
             assert_eq!(r.read_at(3, &mut buf).expect("read"), 8);

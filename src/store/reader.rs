@@ -81,7 +81,7 @@ impl PieceReader {
         mut f: impl FnMut(Lsn, Record<'_>),
     ) -> std::io::Result<FileScan> {
         let mut file = disk.open_read(path)?;
-        let len = file.len()?;
+        let len = file.size()?;
         if self.buf.len() < self.piece_bytes {
             self.buf.resize(self.piece_bytes, 0);
         }
