@@ -31,16 +31,30 @@ pub trait DiskFile: Send {
     fn try_clone(&self) -> io::Result<Box<dyn DiskFile>>;
 }
 
+/// A file opened for reading. Like an open file on Unix, it keeps reading the file it
+/// opened even if that file is renamed or removed meanwhile.
+pub trait DiskReader: Send {
+    /// The file's length now, in bytes.
+    fn size(&self) -> io::Result<u64>;
+    /// Up to `buf.len()` bytes of the file from byte `offset` on, into `buf`; returns how
+    /// many were read, fewer than asked only at the end of the file (0 at or past it).
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
 /// The file-system operations the store uses.
 pub trait Disk: Send + Sync + fmt::Debug {
     /// Create `path` (mode 0600), failing if it exists, open for appending.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
     /// The whole content of `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// Up to `buf.len()` bytes of `path` from byte `offset` on, into `buf`; returns how
-    /// many were read, fewer than asked only at the end of the file (0 at or past it).
-    /// Recovery reads files in pieces with it, into one buffer it reuses.
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Open `path` for reading. Recovery reads each file in pieces through one handle
+    /// (one open a file, and the kernel sees one reader going through it in order).
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskReader>>;
+    /// Up to `buf.len()` bytes of `path` from byte `offset` on, as
+    /// [`DiskReader::read_at`]: one read through a handle of its own (a file's header).
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.open_read(path)?.read_at(offset, buf)
+    }
     /// The entries of `dir`: name and whether it is a directory.
     fn list(&self, dir: &Path) -> io::Result<Vec<(String, bool)>>;
     /// Whether `path` exists.
@@ -84,19 +98,17 @@ impl DiskFile for OsFile {
     }
 }
 
-impl Disk for OsDisk {
-    fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
-        Ok(Box::new(OsFile(super::create_private(path)?)))
+struct OsReader(std::fs::File);
+
+impl DiskReader for OsReader {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
     }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(path)?;
         let mut done = 0;
         while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
+            match self.0.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -104,6 +116,18 @@ impl Disk for OsDisk {
             }
         }
         Ok(done)
+    }
+}
+
+impl Disk for OsDisk {
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(OsFile(super::create_private(path)?)))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskReader>> {
+        Ok(Box::new(OsReader(std::fs::File::open(path)?)))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<(String, bool)>> {
         let mut out = Vec::new();
@@ -211,8 +235,8 @@ impl Disk for FaultDisk {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         OsDisk.read(path)
     }
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        OsDisk.read_at(path, offset, buf)
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskReader>> {
+        OsDisk.open_read(path)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<(String, bool)>> {
         OsDisk.list(dir)
@@ -278,6 +302,8 @@ struct Tree {
     full: bool,
     /// Syncs fail with EIO while true.
     sync_fails: bool,
+    /// Reads reaching this offset or past it fail with EIO.
+    read_fails_from: Option<u64>,
 }
 
 const ROOT: Ino = 0;
@@ -308,6 +334,7 @@ impl Default for SimDisk {
                 next: 1,
                 full: false,
                 sync_fails: false,
+                read_fails_from: None,
             })),
         }
     }
@@ -449,6 +476,12 @@ impl SimDisk {
         self.lock().sync_fails = fail;
     }
 
+    /// Reads through [`Disk::open_read`] handles that reach byte `from` of a file, or
+    /// past it, fail with `EIO` (none with `None`).
+    pub fn set_read_fails_from(&self, from: Option<u64>) {
+        self.lock().read_fails_from = from;
+    }
+
     /// Bytes held by files now (synced or not).
     pub fn bytes(&self) -> u64 {
         self.lock()
@@ -501,6 +534,33 @@ impl DiskFile for SimFile {
     }
 }
 
+/// A file of a [`SimDisk`] open for reading: it holds the inode, as an open file does.
+struct SimReader {
+    disk: SimDisk,
+    ino: Ino,
+}
+
+impl DiskReader for SimReader {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.disk.lock().file(self.ino)?.0.len() as u64)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut t = self.disk.lock();
+        if t.read_fails_from
+            .is_some_and(|f| offset + buf.len() as u64 > f)
+        {
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        let data = &t.file(self.ino)?.0;
+        let from = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - from);
+        buf[..n].copy_from_slice(&data[from..from + n]);
+        Ok(n)
+    }
+}
+
 impl Disk for SimDisk {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         let mut t = self.lock();
@@ -526,16 +586,14 @@ impl Disk for SimDisk {
         let ino = t.lookup(path).ok_or_else(not_found)?;
         Ok(t.file(ino)?.0.clone())
     }
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn DiskReader>> {
         let mut t = self.lock();
         let ino = t.lookup(path).ok_or_else(not_found)?;
-        let data = &t.file(ino)?.0;
-        let from = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let n = buf.len().min(data.len() - from);
-        buf[..n].copy_from_slice(&data[from..from + n]);
-        Ok(n)
+        t.file(ino)?;
+        Ok(Box::new(SimReader {
+            disk: self.clone(),
+            ino,
+        }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<(String, bool)>> {
         let t = self.lock();
@@ -719,6 +777,39 @@ mod tests {
         assert_eq!(&buf, b"worl");
         assert_eq!(OsDisk.read_at(&path, 10, &mut buf).expect("read"), 1);
         assert_eq!(OsDisk.read_at(&path, 11, &mut buf).expect("read"), 0);
+    }
+
+    /// An open handle reads the file it opened, renamed or removed since, on both disks.
+    #[test]
+    fn a_reader_keeps_its_file_through_a_rename_and_a_removal() {
+        let sim = SimDisk::default();
+        let dir = crate::store::testutil::Scratch::new("open-read");
+        for (disk, root) in [(&sim as &dyn Disk, Path::new("/")), (&OsDisk, dir.path())] {
+            let (x, y) = (root.join("x"), root.join("y"));
+            let mut f = disk.create_new(&x).expect("create");
+            f.append(b"hello").expect("append");
+            let mut r = disk.open_read(&x).expect("open");
+            f.append(b" world").expect("append");
+            assert_eq!(r.size().expect("size"), 11);
+            disk.rename(&x, &y).expect("rename");
+            let mut buf = [0u8; 8];
+            assert_eq!(r.read_at(3, &mut buf).expect("read"), 8);
+            assert_eq!(&buf, b"lo world");
+            disk.remove_file(&y).expect("remove");
+            assert_eq!(r.read_at(6, &mut buf).expect("read"), 5);
+            assert_eq!(&buf[..5], b"world");
+            assert_eq!(r.read_at(11, &mut buf).expect("read"), 0);
+            let e = disk.open_read(&x).err().expect("gone");
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        }
+        sim.set_read_fails_from(Some(4));
+        let mut f = sim.create_new(Path::new("/z")).expect("create");
+        f.append(b"hello").expect("append");
+        let mut r = sim.open_read(Path::new("/z")).expect("open");
+        let mut buf = [0u8; 4];
+        assert_eq!(r.read_at(0, &mut buf).expect("before the failing byte"), 4);
+        let e = r.read_at(1, &mut buf).expect_err("reaches it");
+        assert_eq!(e.raw_os_error(), Some(EIO));
     }
 
     #[test]

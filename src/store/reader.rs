@@ -71,7 +71,8 @@ impl PieceReader {
     /// record to expect (or why the file is cut at its start); then hand every record of
     /// every valid frame to `f`, in order, borrowing from the buffer. Stops at the first
     /// frame that is torn, fails its checksum, has another LSN or does not decode, as
-    /// [`scan`] does. Old files (one record per frame) and new ones (groups) alike.
+    /// [`scan`] does. Old files (one record per frame) and new ones (groups) alike. The
+    /// file is opened once.
     pub fn scan(
         &mut self,
         disk: &dyn Disk,
@@ -79,13 +80,14 @@ impl PieceReader {
         head: impl FnOnce(FileHeader) -> Result<Lsn, CutReason>,
         mut f: impl FnMut(Lsn, Record<'_>),
     ) -> std::io::Result<FileScan> {
-        let len = disk.len(path)?;
+        let mut file = disk.open_read(path)?;
+        let len = file.size()?;
         if self.buf.len() < self.piece_bytes {
             self.buf.resize(self.piece_bytes, 0);
         }
         // `buf[..end]` holds the file's bytes from `base`; frames are read from `pos`.
         let mut base = 0u64;
-        let mut end = disk.read_at(path, 0, &mut self.buf[..self.piece_bytes])?;
+        let mut end = file.read_at(0, &mut self.buf[..self.piece_bytes])?;
         let at_start = |reason| FileScan {
             len,
             next: 0,
@@ -133,7 +135,7 @@ impl PieceReader {
             }
             // Progress: a frame torn in the buffer but whole in the file fits in it now.
             let room = self.buf.len().min(end + self.piece_bytes);
-            let got = disk.read_at(path, base + end as u64, &mut self.buf[end..room])?;
+            let got = file.read_at(base + end as u64, &mut self.buf[end..room])?;
             if got < room - end {
                 // The file shrank while being read: what is there is all there is.
                 len = base + (end + got) as u64;

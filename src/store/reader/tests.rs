@@ -199,6 +199,84 @@ fn a_header_refused_by_the_caller_cuts_the_whole_file() {
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
 }
 
+/// Records enough for several pieces of `piece` bytes, in groups of two and three
+/// records (so frames straddle piece boundaries at many points).
+fn several_pieces(first: Lsn) -> Vec<u8> {
+    let records: Vec<Record<'_>> = (0..8).flat_map(|_| samples()).collect();
+    grouped(first, &records, 3)
+}
+
+/// A bit flipped anywhere in the second or third piece: every record of the frames before
+/// the damaged one is applied (the frames across the first boundaries too), and the file
+/// is cut at the damaged frame, as one read of the whole file cuts it.
+#[test]
+fn a_flip_in_a_later_piece_is_cut_where_a_whole_read_cuts_it() {
+    let bytes = several_pieces(1);
+    for piece in [97, 256] {
+        assert!(bytes.len() > 4 * piece, "{} bytes", bytes.len());
+        for at in piece..3 * piece {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            let oracle = whole(&damaged);
+            let cut = oracle.2.expect("the flip is caught");
+            assert!(cut.offset <= at, "flip at {at}");
+            let (seen, scanned) = in_pieces(&on_disk(&damaged), Path::new("/f"), piece);
+            assert_eq!(seen, oracle, "flip at {at}, pieces of {piece}");
+            assert_eq!(scanned.bytes_dropped(), (damaged.len() - cut.offset) as u64);
+        }
+    }
+}
+
+/// A read error is returned once the decoder reaches the piece that hit it, after the
+/// records of the pieces before it were applied; a cut before that piece is reported
+/// as a cut, and the error never seen.
+#[test]
+fn a_read_error_is_returned_when_its_piece_is_reached() {
+    let bytes = several_pieces(1);
+    let piece = 256;
+    let disk = on_disk(&bytes);
+    disk.set_read_fails_from(Some(2 * piece as u64));
+    let mut applied = Vec::new();
+    let mut reader = PieceReader::with_piece_bytes(piece);
+    let e = reader
+        .scan(
+            &disk,
+            Path::new("/f"),
+            |h| Ok(h.lsn),
+            |lsn, _| applied.push(lsn),
+        )
+        .expect_err("the third piece fails");
+    assert_eq!(e.raw_os_error(), Some(5));
+    // What the first two pieces hold, whole: the frames a whole read of them keeps.
+    let (before, _, _) = whole(&bytes[..2 * piece]);
+    let want: Vec<Lsn> = before.iter().map(|(lsn, _)| *lsn).collect();
+    assert_eq!(applied, want);
+    assert!(!want.is_empty());
+
+    // A flip in the frame across the first boundary (whole before the failing piece).
+    let frame = frame_across(&bytes, piece);
+    assert!(frame.end <= 2 * piece, "{frame:?}");
+    let mut damaged = bytes.clone();
+    damaged[frame.end - 1] ^= 1;
+    let disk = on_disk(&damaged);
+    disk.set_read_fails_from(Some(2 * piece as u64));
+    let (seen, _) = in_pieces(&disk, Path::new("/f"), piece);
+    assert_eq!(seen, whole(&damaged));
+}
+
+/// The bytes of the frame of `bytes` (a segment) that holds byte `at`.
+fn frame_across(bytes: &[u8], at: usize) -> std::ops::Range<usize> {
+    let mut pos = FILE_HEADER_BYTES;
+    loop {
+        let body = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+        let end = pos + FRAME_HEADER_BYTES + body as usize;
+        if end > at {
+            return pos..end;
+        }
+        pos = end;
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
