@@ -536,25 +536,22 @@ impl LiveState {
     }
 
     fn session_created(&mut self, info: SessionInfo<'static>) {
-        let key = info.client_id.to_string();
-        match self.sessions.get_mut(&key) {
+        match self.sessions.get_mut(&info.client_id) {
             Some(s) => {
+                // The same client id: the session's key does not change.
                 s.info = info;
                 s.disconnected_at_unix_ms = None;
             }
             None => {
-                self.sessions.insert(
-                    key,
-                    SessionState {
-                        info,
-                        disconnected_at_unix_ms: None,
-                        subscriptions: BTreeMap::new(),
-                        deliveries: Deliveries::default(),
-                        incoming_qos2: BTreeSet::new(),
-                        qos2_next: 0,
-                        share_completed: VecDeque::new(),
-                    },
-                );
+                self.sessions.insert(SessionState {
+                    info,
+                    disconnected_at_unix_ms: None,
+                    subscriptions: BTreeMap::new(),
+                    deliveries: Deliveries::default(),
+                    incoming_qos2: BTreeSet::new(),
+                    qos2_next: 0,
+                    share_completed: VecDeque::new(),
+                });
             }
         }
     }
@@ -562,7 +559,7 @@ impl LiveState {
     /// The sessions in client id order (the order of the ordered map this was, which the
     /// restore and a checkpoint's records keep).
     pub fn sessions_by_id(&self) -> Vec<&SessionState> {
-        let mut by_id: Vec<(&String, &SessionState)> = self.sessions.iter().collect();
+        let mut by_id: Vec<(&str, &SessionState)> = self.sessions.iter().collect();
         by_id.sort_unstable_by(|a, b| a.0.cmp(b.0));
         by_id.into_iter().map(|(_, s)| s).collect()
     }
@@ -731,13 +728,13 @@ impl LiveState {
         }
         let map = |id: MsgId| renumber.get(&id).copied().unwrap_or(MsgId(u64::MAX));
         let mut conflicts = 0;
-        for (client, mut s) in other.sessions {
-            if self.sessions.contains_key(&client) {
+        for mut s in other.sessions {
+            if self.sessions.contains_key(&s.info.client_id) {
                 conflicts += 1;
                 continue;
             }
             s.deliveries.map_msgs(map);
-            self.sessions.insert(client, s);
+            self.sessions.insert(s);
         }
         for (topic, r) in other.retained {
             let msg = r.msg.map(map);
@@ -879,15 +876,15 @@ impl LiveState {
         client_shard: impl Fn(&str) -> usize,
         retained_shard: impl Fn(&str) -> usize,
     ) -> Vec<LiveState> {
-        let mut sessions: Vec<Vec<(String, SessionState)>> = vec![Vec::new(); n];
+        let mut sessions: Vec<Vec<SessionState>> = vec![Vec::new(); n];
         let mut retained: Vec<Vec<(String, Retained)>> = vec![Vec::new(); n];
         // (message, part) for every reference, so that each message can be moved to the
         // last part that wants it after a sort, instead of cloned into each.
         let mut wants: Vec<(MsgId, usize)> = Vec::new();
-        for (client, s) in self.sessions {
-            let k = client_shard(&client) % n;
+        for s in self.sessions {
+            let k = client_shard(&s.info.client_id) % n;
             wants.extend(s.deliveries.iter().map(|d| (d.msg, k)));
-            sessions[k].push((client, s));
+            sessions[k].push(s);
         }
         for (topic, r) in self.retained {
             let k = retained_shard(&topic) % n;

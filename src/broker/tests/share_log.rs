@@ -51,7 +51,7 @@ pub(super) fn durable(disk: &SimDisk) -> std::collections::BTreeMap<String, Vec<
         .iter()
         .map(|(id, s)| {
             let ds = s.deliveries.iter().map(|d| (d.qos, d.packet_id.is_some()));
-            (id.clone(), ds.collect())
+            (id.to_owned(), ds.collect())
         })
         .collect()
 }

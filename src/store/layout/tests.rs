@@ -190,7 +190,7 @@ fn an_interrupted_install_is_rolled_back_or_finished() {
     std::fs::rename(shard_dir(&incoming, 0), shard_dir(data.path(), 0)).expect("mv");
     let r = recover_all(data.path()).expect("recover");
     assert_eq!(r.shards_read, 2);
-    let mut ids: Vec<&String> = r.state.sessions.keys().collect();
+    let mut ids: Vec<&str> = r.state.sessions.keys().collect();
     ids.sort_unstable();
     assert_eq!(ids, vec!["new0", "new1"]);
 }

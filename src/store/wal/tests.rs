@@ -290,7 +290,8 @@ impl PowerRun {
             || {},
         )
         .expect("open");
-        let now: std::collections::BTreeSet<String> = state.sessions.keys().cloned().collect();
+        let now: std::collections::BTreeSet<String> =
+            state.sessions.keys().map(String::from).collect();
         let run = PowerRun {
             disk,
             base: wal.last_lsn(),
@@ -306,14 +307,15 @@ impl PowerRun {
         self.shadow.apply(r);
         assert_eq!(lsn, self.base + self.after.len() as Lsn);
         self.after
-            .push(self.shadow.sessions.keys().cloned().collect());
+            .push(self.shadow.sessions.keys().map(String::from).collect());
     }
 
     fn step(&mut self, rng: &mut Rand, next_client: &mut u64) {
         match rng.below(20) {
             0..=7 => {
                 for _ in 0..=rng.below(4) {
-                    let mut live: Vec<String> = self.shadow.sessions.keys().cloned().collect();
+                    let mut live: Vec<String> =
+                        self.shadow.sessions.keys().map(String::from).collect();
                     live.sort_unstable();
                     if !live.is_empty() && rng.below(3) == 0 {
                         let c = live[rng.below(live.len() as u64) as usize].clone();
@@ -374,7 +376,8 @@ fn power_cuts_never_lose_what_was_reported_durable() {
             disk.set_full(false);
             disk.set_sync_fails(false);
             let (again, state) = PowerRun::start(disk.clone());
-            let got: std::collections::BTreeSet<String> = state.sessions.keys().cloned().collect();
+            let got: std::collections::BTreeSet<String> =
+                state.sessions.keys().map(String::from).collect();
             let first_ok = (durable - base) as usize;
             let matched = after[first_ok..].contains(&got);
             assert!(
@@ -397,7 +400,7 @@ fn sessions_after_cut(disk: &crate::store::SimDisk) -> Vec<String> {
     let gap =
         |c: &&crate::store::CutReport| matches!(c.reason, crate::store::CutReason::LsnGap { .. });
     assert!(!r.cuts.iter().any(|c| gap(&c)), "no LSN gap: {:?}", r.cuts);
-    let mut ids: Vec<String> = r.state.sessions.keys().cloned().collect();
+    let mut ids: Vec<String> = r.state.sessions.keys().map(String::from).collect();
     ids.sort_unstable();
     ids
 }
@@ -456,7 +459,7 @@ fn cancelled_records_are_never_written_and_take_no_lsn() {
     drop(run);
     disk.power_cut();
     let (_again, state) = PowerRun::start(disk.clone());
-    let mut got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&str> = state.sessions.keys().collect();
     got.sort_unstable();
     assert_eq!(got, ["c1", "c3", "c6", "c7"]);
 }
@@ -654,7 +657,7 @@ fn an_old_format_segment_recovers_and_the_log_goes_on_in_groups() {
     let mut f = disk.create_new(&dir.join(segment_name(1))).expect("create");
     f.append(&old).expect("write");
     let (mut run, state) = PowerRun::start(disk.clone());
-    let mut got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&str> = state.sessions.keys().collect();
     got.sort_unstable();
     assert_eq!(got, ["c1", "c2", "c3"]);
     run.wal.append(&client_session(4));
@@ -669,7 +672,7 @@ fn an_old_format_segment_recovers_and_the_log_goes_on_in_groups() {
     drop(run);
     disk.power_cut();
     let (_again, state) = PowerRun::start(disk.clone());
-    let mut got: Vec<&String> = state.sessions.keys().collect();
+    let mut got: Vec<&str> = state.sessions.keys().collect();
     got.sort_unstable();
     assert_eq!(got, ["c1", "c2", "c3", "c4", "c5"]);
 }
