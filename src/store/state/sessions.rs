@@ -115,7 +115,7 @@ impl<S: BuildHasher> Sessions<S> {
         let slots = &self.slots;
         if let Some(&i) = self.index.find(hash, |&i| holds(slots, i, key(&s))) {
             let old = self.slots.get_mut(i as usize)?;
-            return std::mem::replace(old, Some(s));
+            return old.replace(s);
         }
         let i = match self.free.pop() {
             Some(i) => i,
