@@ -3,64 +3,20 @@
 //! `Broker::restore_from_journal` runs) gives the owned messages' `Vec` back as it empties,
 //! so the messages built from it never sit beside the whole of it.
 //!
-//! A counting wrapper around the system allocator keeps the bytes the current thread holds
-//! and their peak, so the test harness's own threads cannot disturb the figures.
+//! The bytes are counted per thread (`thread_bytes`), so the test harness's own threads
+//! cannot disturb the figures.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::sync::Arc;
 
 use shardmq::store::{LiveState, MessageProps, MsgId, SharedMessage, StoredMessage};
 
-struct Counting;
+mod thread_bytes;
 
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is `System`'s; the counters are const-initialised thread-local
-// `Cell`s without destructors, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as isize);
-        // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(-(layout.size() as isize));
-        // SAFETY: `ptr` came from `System` through `alloc`/`realloc` above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size as isize - layout.size() as isize);
-        // SAFETY: `ptr` came from `System`; the caller upholds `realloc`'s contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use thread_bytes::peak_growth_during;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The bytes `f` held at its peak beyond what the thread held before it.
-fn peak_growth_during(f: impl FnOnce()) -> isize {
-    let before = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(before));
-    f();
-    PEAK.with(Cell::get) - before
-}
+static GLOBAL: thread_bytes::Counting = thread_bytes::Counting;
 
 /// A stand-in for the engine's message: the stored form, taken over whole (about the size
 /// of an owned entry, as the engine's message is).
