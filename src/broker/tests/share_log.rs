@@ -71,6 +71,14 @@ pub(super) fn sync(c: &mut Cores, i: usize) -> bool {
 }
 
 /// Carry every cast waiting in shard `from`'s outbox.
+/// One group commit of shard `i`: its turn's records written, synced, and what waited
+/// for them released by the next turn.
+fn commit(c: &mut Cores, i: usize) {
+    end_turn(c, i);
+    sync(c, i);
+    end_turn(c, i);
+}
+
 pub(super) fn carry(c: &mut Cores, from: usize) {
     let casts = std::mem::take(&mut c.shards[from].effects().outbox);
     for (to, cast) in casts {
@@ -215,9 +223,7 @@ fn a_move_to_another_shard_ends_the_first_delivery_only_once_the_peer_is_durable
     assert_eq!(durable(&disk)[&ida], [(1, true)]);
 
     drop_link(&mut c, a);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     let now = durable(&disk);
     assert_eq!(now[&ida], [(1, false)], "re-logged as queued at once");
     assert_eq!(now[&idb], [], "the move has not reached the peer");
@@ -225,9 +231,7 @@ fn a_move_to_another_shard_ends_the_first_delivery_only_once_the_peer_is_durable
     carry(&mut c, 0);
     end_turn(&mut c, 1);
     carry(&mut c, 1);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     let now = durable(&disk);
     assert_eq!(
         now[&ida],
@@ -369,9 +373,7 @@ fn a_move_on_from_a_member_gone_offline_meanwhile_is_durable_hop_by_hop() {
     carry(&mut c, 0);
     assert_eq!(durable(&disk)[&ida], [(1, false)]);
     // Shard 1: B takes it into its queue and moves it on to C (shard 2).
-    end_turn(&mut c, 1);
-    sync(&mut c, 1);
-    end_turn(&mut c, 1);
+    commit(&mut c, 1);
     let now = durable(&disk);
     assert_eq!(now[&idb], [(1, false)], "durable with B before A's end");
     assert_eq!(now[&idc], []);
@@ -442,9 +444,7 @@ fn a_move_bounced_on_by_a_clean_members_shard_waits_for_the_third_shard() {
     // B's session ends; shard 0 has not heard when A goes offline and moves to B.
     drop_link(&mut c, b);
     drop_link(&mut c, a);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     assert_eq!(durable(&disk)[&ida], [(1, false)], "re-logged as queued");
     // Shard 1 bounces it on to C; shard 2 logs it but does not sync.
     for _ in 0..4 {
@@ -485,9 +485,7 @@ fn a_publish_bounced_back_to_its_own_shard_is_acknowledged_once_durable_there() 
     member(&mut c, &ida, &[("$share/g/t", 1)]);
     drop_link(&mut c, b);
     let p = publish_unsettled(&mut c, 0, 1);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     carry(&mut c, 0);
     end_turn(&mut c, 1);
     carry(&mut c, 1);
@@ -521,9 +519,7 @@ fn a_move_made_after_the_turns_end_still_waits_for_the_peer() {
     drop_link(&mut c, a);
     carry(&mut c, 0);
     for _ in 0..4 {
-        end_turn(&mut c, 0);
-        sync(&mut c, 0);
-        end_turn(&mut c, 0);
+        commit(&mut c, 0);
         carry(&mut c, 0);
         end_turn(&mut c, 1);
         carry(&mut c, 1);
@@ -574,9 +570,7 @@ fn drop_both_and_run(c: &mut Cores, b: (usize, usize), a: (usize, usize), mut ch
     drop_link(c, a);
     for _ in 0..6 {
         for i in 0..2 {
-            end_turn(c, i);
-            sync(c, i);
-            end_turn(c, i);
+            commit(c, i);
             check();
             carry(c, i);
         }
@@ -739,13 +733,9 @@ fn cut_during_a_move_between_shards() -> (SimDisk, String, String) {
     assert_eq!(durable(&disk)[&ida], [(1, true)]);
 
     drop_link(&mut c, a);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     carry(&mut c, 0);
-    end_turn(&mut c, 1);
-    sync(&mut c, 1);
-    end_turn(&mut c, 1);
+    commit(&mut c, 1);
     let cut = durable(&disk);
     assert_eq!(cut[&ida], [(1, false)], "A's end is not durable yet");
     assert_eq!(cut[&idb], [(2, true)], "B's record is");
@@ -822,23 +812,16 @@ fn cut_after_the_second_member_completed() -> (SimDisk, String, String) {
     let _ = c.output(b);
 
     drop_link(&mut c, a);
-    end_turn(&mut c, 0);
-    sync(&mut c, 0);
-    end_turn(&mut c, 0);
+    commit(&mut c, 0);
     carry(&mut c, 0);
     // Shard 1's turns only: its answers to shard 0 stay in its outbox.
-    let turn = |c: &mut Cores| {
-        end_turn(c, 1);
-        sync(c, 1);
-        end_turn(c, 1);
-    };
-    turn(&mut c);
+    commit(&mut c, 1);
     let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent the moved delivery");
     let [hi, lo] = pid.to_be_bytes();
     c.send(b, &[0x50, 2, hi, lo]);
-    turn(&mut c);
+    commit(&mut c, 1);
     c.send(b, &[0x70, 2, hi, lo]);
-    turn(&mut c);
+    commit(&mut c, 1);
     let cut = durable(&disk);
     assert_eq!(cut[&ida], [(1, false)], "A's end is not durable yet");
     assert_eq!(cut[&idb], [], "B's end is");
