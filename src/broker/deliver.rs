@@ -178,10 +178,7 @@ fn enqueue<X>(sess: &mut Session, sink: &mut Sink<'_, X>, out: Outgoing, now_ms:
 /// Log that the delivery just queued came through share group `key` (`$share/g/f`), if
 /// any: after a restart it still moves to another member when its session goes offline.
 pub(super) fn log_share(j: &mut Journal, sess: &Session, key: Option<&str>) {
-    let split = key
-        .and_then(|k| k.strip_prefix("$share/"))
-        .and_then(|r| r.split_once('/'));
-    if let Some((group, filter)) = split {
+    if let Some((group, filter)) = key.and_then(super::shared::split_key) {
         j.log(Record::DeliveryShare {
             client_id: (&*sess.client_id).into(),
             group: group.into(),

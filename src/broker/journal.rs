@@ -1159,7 +1159,7 @@ pub fn qos(b: u8) -> QoS {
 
 /// The stored form of a subscription `full` (`$share/g/f` or a filter).
 pub fn to_subscription<'a>(full: &'a str, st: &SubState) -> Subscription<'a> {
-    let (group, filter) = match full.strip_prefix("$share/").and_then(|r| r.split_once('/')) {
+    let (group, filter) = match super::shared::split_key(full) {
         Some((g, f)) => (Some(g.into()), f),
         None => (None, full),
     };

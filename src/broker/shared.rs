@@ -147,7 +147,7 @@ impl ShareGroup {
 }
 
 /// Split `$share/{group}/{filter}` (already validated at subscribe time).
-fn split_key(key: &str) -> Option<(&str, &str)> {
+pub(super) fn split_key(key: &str) -> Option<(&str, &str)> {
     key.strip_prefix("$share/")?.split_once('/')
 }
 
@@ -908,10 +908,7 @@ pub(super) fn log_completed(j: &mut Journal, sess: &Session, out: &Outgoing, gro
     if !sess.logged || id == 0 || !(out.moved || j.restored_share_id(id)) {
         return;
     }
-    let split = group
-        .strip_prefix("$share/")
-        .and_then(|r| r.split_once('/'));
-    if let Some((group, filter)) = split {
+    if let Some((group, filter)) = split_key(group) {
         j.log(Record::ShareCompleted {
             client_id: (&*sess.client_id).into(),
             share_id: id,
