@@ -81,10 +81,7 @@ impl Sessions {
         let Some(sess) = self.slab.get_mut(s) else {
             return;
         };
-        let hash = self.hash.hash_one(&*sess.client_id);
-        if let Ok(e) = self.by_client.find_entry(hash, |&k| k == s) {
-            e.remove();
-        }
+        unindex(&mut self.by_client, &self.hash, s, &sess.client_id);
         sess.link = None;
         sess.expiry_s = 0;
         sess.will = None;
@@ -120,10 +117,7 @@ impl Sessions {
     /// Remove session `s` and its client id.
     pub fn remove(&mut self, s: usize) -> Option<Session> {
         let sess = self.slab.try_remove(s)?;
-        let hash = self.hash.hash_one(&*sess.client_id);
-        if let Ok(e) = self.by_client.find_entry(hash, |&k| k == s) {
-            e.remove();
-        }
+        unindex(&mut self.by_client, &self.hash, s, &sess.client_id);
         Some(sess)
     }
 
@@ -146,6 +140,14 @@ impl Sessions {
     /// Every session with its key.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Session)> {
         self.slab.iter()
+    }
+}
+
+/// Take key `s` of client `id` out of the index, if the index names it: a retired
+/// session's id may name a newer session by now, whose entry stays.
+fn unindex(by_client: &mut HashTable<usize>, hash: &SeededHash, s: usize, id: &str) {
+    if let Ok(e) = by_client.find_entry(hash.hash_one(id), |&k| k == s) {
+        e.remove();
     }
 }
 
