@@ -1040,6 +1040,12 @@ impl<X> Broker<X> {
     /// close for 3.x), send its state to `by`, and end it here.
     pub(super) fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
         let Some(s) = self.sessions.find(client_id) else {
+            if self.late_claims.take(client_id, now_ms).is_some() {
+                // Never here: a claim of this node answered late moved the id here from a
+                // node that may be dead. "No session" would make the new node start a new
+                // one; silence makes it take the bucket's copy, as after a dead node.
+                return;
+            }
             // Nothing to hand over; say so, so the new node need not wait.
             self.tell_cluster(ToCluster::Handover {
                 to: by.into(),

@@ -7,7 +7,10 @@
 //! here, takes the session over from that node exactly as the first CONNECT would have
 //! (the bucket's copy of its subscriptions, then the old node's queue scanned,
 //! `reclaim_owed`). Also the CONNECT whose claim finds the entry naming this node with no
-//! session here and no record (`complete_lost`): the bucket's copy alone.
+//! session here and no record (`complete_lost`): the bucket's copy alone. A node that
+//! takes the id over from this one while a record is held gets no state at all (not an
+//! empty one, which would make it start a new session): it waits out its handover and
+//! takes the bucket's copy (`on_taken_over`; the record is spent).
 //!
 //! Invariants: a record is used at most once — taken by the first CONNECT of its id
 //! whose claim this shard sees answered — so the old node's queue is scanned once for

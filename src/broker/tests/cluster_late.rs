@@ -152,3 +152,40 @@ fn a_late_claims_record_goes_unused_when_another_node_claimed_since_or_clean_sta
         "the record went with the clean start"
     );
 }
+
+#[test]
+fn a_node_that_took_an_id_late_and_never_had_the_session_stays_silent_when_it_moves_on() {
+    let mut net = Cores::new(1);
+    let b = &mut net.shards[0];
+    b.set_cluster("a");
+    let late = NOW_MS + CLAIM_WAIT_MS + 1;
+    let (k1, t1) = claiming(b, "w", false);
+    gives_up(b, k1, late);
+    answer(b, "w", t1, Some("b"), late);
+    // The client retried on node d, which took the id from this node and asks for the
+    // state: an empty one would make d start a new session; none makes it take the
+    // bucket's copy.
+    for id in ["w", "v"] {
+        let moved = FromCluster::TakenOver {
+            client_id: id.into(),
+            by: "d".into(),
+        };
+        b.on_cluster(moved, late);
+    }
+    let handed: Vec<String> = told(b)
+        .into_iter()
+        .filter_map(|m| match m {
+            ToCluster::Handover { client_id, .. } => Some(client_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        handed,
+        ["v"],
+        "only v, never here either, is answered (empty)"
+    );
+    // The record went with it: w back here is not scanned for b.
+    let (_, t2) = claiming(b, "w", false);
+    answer(b, "w", t2, None, late);
+    assert!(scans(&told(b)).is_empty());
+}
