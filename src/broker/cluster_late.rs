@@ -31,11 +31,11 @@ use crate::protocol::Connect;
 
 /// Late claims a shard remembers at once; past it a new one is not kept (logged).
 const LATE_CLAIMS_MAX: usize = 1024;
-/// How long a late claim waits for its client's retry. Until the retry nothing of the
-/// session lives anywhere (no node routes its filters), so the old node's queue keeps
-/// storing for it, and a late scan copies what it would have: this bounds memory, not
-/// correctness.
-pub const LATE_CLAIM_KEEP_MS: u64 = 600_000;
+/// How long a late claim waits for its client's retry. Until the retry no node routes
+/// the session's filters but the old one, whose interest entries stay while it is dead
+/// or cut off, so its queue keeps storing for the session and a later scan copies those
+/// messages too: the bound is for memory, not for what the scan may find.
+const LATE_CLAIM_KEEP_MS: u64 = 600_000;
 
 /// The node a late claim took a client id from, and until when it is kept.
 #[derive(Debug)]
