@@ -335,6 +335,8 @@ pub enum ClusterCast {
         /// As in `FromCluster::Claimed`.
         token: u64,
         /// As in `FromCluster::Claimed`.
+        client_id: Box<str>,
+        /// As in `FromCluster::Claimed`.
         ok: bool,
         /// As in `FromCluster::Claimed`.
         previous: Option<Box<str>>,
@@ -577,6 +579,7 @@ impl<X> Broker<X> {
             } => {
                 let c = ClusterCast::Claimed {
                     token,
+                    client_id: client_id.clone(),
                     ok,
                     previous,
                 };
@@ -668,9 +671,10 @@ impl<X> Broker<X> {
             ClusterCast::Retain(msg) => self.retained.store(&msg),
             ClusterCast::Claimed {
                 token,
+                client_id,
                 ok,
                 previous,
-            } => self.on_claim_answer(token, ok, previous, now_ms),
+            } => self.on_claim_answer(token, &client_id, ok, previous, now_ms),
             ClusterCast::State { client_id, state } => {
                 self.backups.remove(&client_id);
                 self.on_session_state(&client_id, *state, now_ms)
@@ -847,8 +851,18 @@ impl<X> Broker<X> {
     /// The registry's answer for link `token`: complete its CONNECT, or refuse it (0x88 /
     /// 3.x "server unavailable") when the registry could not be reached: two nodes must
     /// never both believe they hold one client id.
-    fn on_claim_answer(&mut self, token: u64, ok: bool, previous: Option<Box<str>>, now_ms: u64) {
+    /// An answer no CONNECT waits for any more is kept for the client's retry
+    /// (`cluster_late`).
+    fn on_claim_answer(
+        &mut self,
+        token: u64,
+        client_id: &str,
+        ok: bool,
+        previous: Option<Box<str>>,
+        now_ms: u64,
+    ) {
         let Some((key, version, pending)) = self.take_pending_connect(token, |p| p.claim) else {
+            self.claim_came_late(client_id, ok, previous.as_deref(), now_ms);
             return;
         };
         self.fx.resume.push(key);
@@ -869,21 +883,16 @@ impl<X> Broker<X> {
         };
         link.claimed = true;
         let id = link.client_id.clone();
-        if previous.is_none() || c.clean_start {
-            let backup = id.as_deref().and_then(|id| self.backups.remove(id));
-            // The registry named this node already, but no session is here: an earlier
-            // claim whose answer came after its CONNECT gave up (the client retried), so
-            // the entry no longer says who held the session before. The bucket's copy of
-            // its subscriptions is the session, as after a dead node.
-            let lost = id
-                .as_deref()
-                .is_some_and(|id| self.sessions.find(id).is_none());
-            if let Some(b) = backup.filter(|_| !c.clean_start && lost) {
-                self.handover_in = Some(b);
-                self.complete_connect(key, &c, now_ms);
-                self.handover_in = None;
-                return;
-            }
+        // An earlier late claim's record is used now or never: another node claimed the
+        // id since, or the client wants a new session, or the session lives here.
+        let late = id
+            .as_deref()
+            .and_then(|id| self.late_claims.take(id, now_ms));
+        let late = late.filter(|_| previous.is_none() && !c.clean_start);
+        if (previous.is_none() || c.clean_start)
+            && self.complete_lost(key, &c, id.as_deref(), late, now_ms)
+        {
+            return;
         }
         let Some(link) = self.links.get_mut(key) else {
             return;
@@ -1031,6 +1040,12 @@ impl<X> Broker<X> {
     /// close for 3.x), send its state to `by`, and end it here.
     pub(super) fn on_taken_over(&mut self, client_id: &str, by: &str, now_ms: u64) {
         let Some(s) = self.sessions.find(client_id) else {
+            if self.late_claims.take(client_id, now_ms).is_some() {
+                // Never here: a claim of this node answered late moved the id here from a
+                // node that may be dead. "No session" would make the new node start a new
+                // one; silence makes it take the bucket's copy, as after a dead node.
+                return;
+            }
             // Nothing to hand over; say so, so the new node need not wait.
             self.tell_cluster(ToCluster::Handover {
                 to: by.into(),

@@ -30,6 +30,7 @@ pub mod bridges;
 mod close;
 pub mod cluster;
 pub mod cluster_ack;
+mod cluster_late;
 mod cluster_owed;
 mod connect;
 mod deliver;
@@ -356,6 +357,9 @@ pub struct Broker<X> {
     /// Copies of sessions' subscriptions from the cluster, by client id, for CONNECTs
     /// waiting for an old node's state that may not come.
     backups: std::collections::HashMap<Box<str>, Box<cluster::SessionHandover>>,
+    /// Claims answered after their CONNECT gave up: the node each took its id from, for
+    /// the client's retry here (`cluster_late`).
+    late_claims: cluster_late::LateClaims,
     /// Share groups (`$share/G/F`) with members on other nodes, as the link's interest
     /// view last said (`FromCluster::ShareRemote`); the others' messages are delivered to
     /// a member here without the cluster (`Broker::dispatch_local_shared`).
@@ -422,6 +426,7 @@ impl<X> Broker<X> {
             awaiting_state: std::collections::HashMap::new(),
             handover_in: None,
             backups: std::collections::HashMap::new(),
+            late_claims: cluster_late::LateClaims::default(),
             remote_shares: std::collections::HashSet::new(),
             listed: std::collections::HashMap::new(),
         };

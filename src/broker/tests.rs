@@ -461,6 +461,7 @@ fn a_close_held_too_long_goes_without_its_output() {
     end_turn(&mut b, due);
 }
 
+mod cluster_late;
 mod cluster_qos2;
 mod cluster_recheck;
 mod cluster_share;
