@@ -10,8 +10,9 @@
 //! subscription took 1,292 B of the shadow where this takes 58 B (`docs/benchmarks.md`,
 //! "Subscriptions in the shadow"). The cost: adding or removing one moves the entries
 //! after it, at most `max_subscriptions_per_client` (10,000 by default) of 40 B, 400 KB,
-//! a few tens of µs (by arithmetic); a restore adds them in order, at the end. The `Vec` grows by half
-//! its length (so one subscription holds one entry) and gives back room as it empties.
+//! a few tens of µs (by arithmetic); a restore adds them in order, at the end. The `Vec`
+//! grows by half its length (so one subscription holds one entry) and gives back room as
+//! it empties.
 
 use std::fmt;
 
