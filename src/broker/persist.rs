@@ -696,8 +696,8 @@ impl<X> Broker<X> {
         let s = self
             .sessions
             .create(&info.client_id, info.expiry_interval_s);
-        for sub in st.subscriptions.values() {
-            let state = journal::from_subscription(sub);
+        for sub in st.subscriptions.iter() {
+            let state = journal::from_subscription(&sub);
             match &sub.share_group {
                 Some(g) => {
                     let full = format!("$share/{g}/{}", sub.filter);
@@ -708,7 +708,7 @@ impl<X> Broker<X> {
                 }
             }
         }
-        if st.subscriptions.values().any(|x| x.share_group.is_some()) {
+        if st.subscriptions.iter().any(|x| x.share_group.is_some()) {
             // Restored sessions are offline: their groups send to other members.
             self.share_member_offline(s, now_ms);
         }

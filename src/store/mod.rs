@@ -51,7 +51,7 @@ pub use record::{
 };
 pub use state::{
     ArmedWill, BridgeMsg, BridgeState, Deliveries, Delivery, LiveState, PendingWill, ReceivedIds,
-    SessionSlot, SessionState, Sessions, SharedMessage, CLUSTER_RECEIVED_MAX,
+    SessionSlot, SessionState, Sessions, SharedMessage, Subscriptions, CLUSTER_RECEIVED_MAX,
 };
 pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 

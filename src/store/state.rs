@@ -13,18 +13,20 @@ use std::num::NonZeroU16;
 use std::sync::Arc;
 
 use super::record::{
-    BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Subscription,
-    Will, SHARE_SEQ_MASK,
+    BridgeOp, DeliveryState, MsgId, Record, RetainSource, SessionInfo, StoredMessage, Will,
+    SHARE_SEQ_MASK,
 };
 
 mod bridges;
 mod deliveries;
 mod messages;
 mod sessions;
+mod subscriptions;
 pub use bridges::{place_bridges, BridgeMsg, BridgeState};
 pub use deliveries::Deliveries;
 pub use messages::{Messages, SharedMessage, SharedMessages};
 pub use sessions::{SessionSlot, Sessions};
+pub use subscriptions::Subscriptions;
 
 /// One outbound delivery of a session, in queue order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +86,7 @@ pub struct SessionState {
     /// engine treats it as disconnected at recovery and runs its Will delay from then).
     pub disconnected_at_unix_ms: Option<u64>,
     /// Subscriptions by (share group, filter).
-    pub subscriptions: BTreeMap<(Option<String>, String), Subscription<'static>>,
+    pub subscriptions: Subscriptions,
     /// Outbound deliveries, oldest first: in-flight ones carry packet ids.
     pub deliveries: Deliveries,
     /// Inbound QoS 2 packet ids awaiting PUBREL.
@@ -262,11 +264,7 @@ impl LiveState {
             }
             Record::SubscriptionAdded { client_id, sub } => {
                 if let Some(s) = self.session(&client_id) {
-                    let key = (
-                        sub.share_group.as_deref().map(str::to_owned),
-                        sub.filter.to_string(),
-                    );
-                    s.subscriptions.insert(key, sub.into_owned());
+                    s.subscriptions.insert(&sub);
                 }
             }
             Record::SubscriptionRemoved {
@@ -275,8 +273,7 @@ impl LiveState {
                 filter,
             } => {
                 if let Some(s) = self.session(&client_id) {
-                    s.subscriptions
-                        .remove(&(share_group.map(|g| g.into_owned()), filter.into_owned()));
+                    s.subscriptions.remove(share_group.as_deref(), &filter);
                 }
             }
             Record::MessageStored { id, msg } => {
@@ -546,7 +543,7 @@ impl LiveState {
                 self.sessions.insert(SessionState {
                     info,
                     disconnected_at_unix_ms: None,
-                    subscriptions: BTreeMap::new(),
+                    subscriptions: Subscriptions::default(),
                     deliveries: Deliveries::default(),
                     incoming_qos2: BTreeSet::new(),
                     qos2_next: 0,
@@ -1080,14 +1077,10 @@ fn session_records(s: &SessionState) -> Vec<Record<'_>> {
             at_unix_ms: at,
         });
     }
-    out.extend(
-        s.subscriptions
-            .values()
-            .map(|sub| Record::SubscriptionAdded {
-                client_id: client(),
-                sub: sub.borrowed(),
-            }),
-    );
+    out.extend(s.subscriptions.iter().map(|sub| Record::SubscriptionAdded {
+        client_id: client(),
+        sub,
+    }));
     for d in &s.deliveries {
         let sub_ids = d.sub_ids.as_slice().into();
         let in_flight = d.packet_id.filter(|_| d.state == DeliveryState::InFlight);

@@ -2,6 +2,7 @@ use std::borrow::Cow;
 
 use super::*;
 use crate::store::testutil::{message, pid, session};
+use crate::store::Subscription;
 
 fn c(s: &str) -> Cow<'static, str> {
     Cow::Owned(s.to_owned())
@@ -157,9 +158,7 @@ fn records_build_the_expected_session() {
     s.finish();
     let sess = &s.sessions["c1"];
     assert_eq!(sess.subscriptions.len(), 2);
-    assert!(sess
-        .subscriptions
-        .contains_key(&(Some("g".into()), "b".into())));
+    assert!(sess.subscriptions.get(Some("g"), "b").is_some());
     let got: Vec<_> = sess
         .deliveries
         .iter()
