@@ -1109,11 +1109,12 @@ fn bridges_are_added_changed_and_removed_by_sighup() {
     p.publish("a/1", b"changed", 1, false);
     assert_eq!(sink1.expect_publish_acked(WAIT).text(), "added");
     // `before` may have been unacknowledged (R1's PUBACK not yet read) when `one` changed:
-    // it is carried over and sent to R2 (at least once). Its DUP flag is not asserted: R2
-    // never saw it, and whether it was still queued or already in flight at the change is
-    // a race (see docs/bridges.md, "Not done yet"). Nothing else comes first.
+    // it is carried over and sent to R2 (at least once), with DUP 0 whether it was still
+    // queued or already in flight at the change: R2 is another remote and never saw it
+    // (docs/bridges.md, "SIGHUP"). Nothing else comes first.
     let mut m = sink2.expect_publish_acked(WAIT);
     if m.text() == "before" {
+        assert!(!m.dup, "carried over to another remote: {m:?}");
         m = sink2.expect_publish_acked(WAIT);
     }
     assert_eq!(m.text(), "changed");

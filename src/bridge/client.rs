@@ -177,6 +177,10 @@ struct Inflight {
     /// not written before its record (`Sent`, `Received`) is durable: the number of the
     /// record batch that must be (see `Bridge::records_durable`).
     held: Option<u64>,
+    /// Its PUBLISH may already have reached the remote this bridge sends to under `id`:
+    /// the next write of it sets DUP. False until first written, and for a message
+    /// carried over by a reload to another remote (`carry_over`).
+    dup: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -328,6 +332,7 @@ impl Bridge {
                         msg,
                         stage,
                         held: None,
+                        dup: true,
                     });
                 }
                 _ => queued.push(Queued {
@@ -339,16 +344,24 @@ impl Bridge {
         self.queue.restore(queued);
     }
 
-    /// Take over what a bridge replaced by a reload held (`retire`), as `restore` does,
-    /// except that with a log (`set_logged` first) every stored QoS 2 message in flight
+    /// Take over what a bridge replaced by a reload held (`retire`), as `restore` does.
+    /// `same_remote` (`BridgeConfig::same_remote`): the new settings send to the same
+    /// remote, so an in-flight PUBLISH is resent with DUP, as after a reconnect; when
+    /// false the new remote never saw it and it goes with DUP 0 (under the same packet
+    /// id, which that remote does not know either).
+    ///
+    /// With a log (`set_logged` first) every stored QoS 2 message in flight
     /// waits for this bridge's first record batch to be durable before its PUBLISH or
     /// PUBREL is written again. The old bridge may have held it for a record (`Sent`,
     /// `Received`) not durable yet, and the reload may have logged its records anew (a
     /// new local client id); the new batch comes after both in the log, so once it is
     /// durable they are. Without this the new bridge wrote it at its first connect, and a
     /// power cut could bring it back without its packet id (sent again under another).
-    pub fn carry_over(&mut self, restored: Restored) {
+    pub fn carry_over(&mut self, restored: Restored, same_remote: bool) {
         self.restore(restored);
+        for f in self.inflight.iter_mut() {
+            f.dup = same_remote;
+        }
         if !self.logged {
             return;
         }

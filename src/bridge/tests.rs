@@ -6,6 +6,8 @@ use super::*;
 use crate::config::bridge::{Address, BridgeConfig, BridgeParser};
 use crate::protocol::{decode, Decoded, Packet, PacketId, QoS, Version};
 
+mod reload;
+
 fn config(text: &str) -> BridgeConfig {
     let mut p = BridgeParser::default();
     for (i, line) in text.lines().enumerate() {
@@ -675,97 +677,4 @@ fn a_qos2_message_leaves_only_once_its_routing_is_committed() {
     let m = offered("a/3", QoS::ExactlyOnce, 3 << 48 | 1);
     assert_eq!(b.offer_message(2, &m, false), Offer::Accepted(Some(1)));
     assert_eq!(written(&mut b, 2)[0], 0x32);
-}
-
-/// A reload that changes a bridge hands its messages to a new bridge (`retire`, then
-/// `carry_over`). A stored QoS 2 message whose PUBLISH, or PUBREL, still waited for its
-/// record keeps waiting in the new bridge: nothing of it is written, even at the new
-/// bridge's first connect, until a record batch of the new bridge is durable (which, in
-/// log order, covers the old bridge's records and the hand-over's). Sent before, a power
-/// cut could bring the message back without its packet id and send it under another.
-#[test]
-fn a_reloaded_bridge_keeps_a_qos2_message_waiting_for_its_record() {
-    let out2 = "connection c\naddress 127.0.0.1:1883\ntopic a/# out 2\nremote_clientid br\nnotifications false";
-    let mut old = bridge(out2);
-    old.set_logged(true);
-    up(&mut old, 0);
-    let p = payload(b"m");
-    assert_eq!(
-        old.offer(1, "a/1", &p, QoS::ExactlyOnce, false, false),
-        Offer::Accepted(Some(1))
-    );
-    assert_eq!(written(&mut old, 1), Vec::<u8>::new(), "waits for `Sent`");
-    let _ = old.take_records();
-    old.records_durable(2, old.record_batches());
-    let out = written(&mut old, 2);
-    assert_eq!(
-        out[0], 0x34,
-        "the PUBLISH once `Sent` is durable: {out:02x?}"
-    );
-    // PUBREC for the first: its PUBREL waits for `Received`; the second's PUBLISH for `Sent`.
-    old.receive(3, &[0x50, 2, 0, 1]);
-    assert_eq!(
-        old.offer(3, "a/2", &p, QoS::ExactlyOnce, false, false),
-        Offer::Accepted(Some(2))
-    );
-    assert_eq!(written(&mut old, 3), Vec::<u8>::new(), "both wait");
-    let records = old.take_records();
-    assert!(
-        matches!(
-            records.as_slice(),
-            [
-                Record::Received { seq: 1 },
-                Record::Enqueued { seq: 2, .. },
-                Record::Sent { seq: 2, .. }
-            ]
-        ),
-        "{records:?}"
-    );
-
-    // The reload, before that batch is durable.
-    let held = old.retire(4);
-    let _ = written(&mut old, 4);
-    let mut new = bridge(out2);
-    new.set_logged(true);
-    new.carry_over(held);
-    new.tick(5);
-    let _ = actions(&mut new);
-    new.socket_connected(5);
-    assert_eq!(written(&mut new, 5)[0], 0x10, "CONNECT");
-    new.receive(5, &CONNACK_SESSION);
-    assert_eq!(
-        written(&mut new, 5),
-        Vec::<u8>::new(),
-        "neither the PUBREL nor the PUBLISH before their records are durable"
-    );
-    assert_eq!(new.depth(), (0, 2));
-    // Its first record batch must be held even with no record in it.
-    assert!(new.take_records().is_empty());
-    let batch = new.record_batches();
-    assert!(new.waits_for_batch(batch));
-    new.records_durable(6, batch);
-    assert!(!new.waits_for_batch(batch));
-    let out = written(&mut new, 6);
-    assert_eq!(out[..4], [0x62, 2, 0, 1], "PUBREL first: {out:02x?}");
-    assert_eq!(out[4] & 0xf6, 0x34, "then the PUBLISH: {out:02x?}");
-    assert!(out.windows(3).any(|w| w == b"a/2"));
-
-    // In memory mode (nothing logged) nothing waits.
-    let mut plain = bridge(out2);
-    up(&mut plain, 0);
-    plain.offer(1, "a/1", &p, QoS::ExactlyOnce, false, false);
-    let _ = written(&mut plain, 1);
-    let held = plain.retire(2);
-    let mut next = bridge(out2);
-    next.carry_over(held);
-    next.tick(3);
-    let _ = actions(&mut next);
-    next.socket_connected(3);
-    let _ = written(&mut next, 3);
-    next.receive(3, &CONNACK_SESSION);
-    assert_eq!(
-        written(&mut next, 3)[0],
-        0x3c,
-        "PUBLISH QoS 2 with DUP at once"
-    );
 }

@@ -241,6 +241,20 @@ impl BridgeConfig {
         }
     }
 
+    /// Whether `other` sends to the same remote as `self`: the same set of addresses (in
+    /// any order; fail-over among them already treats them as one remote) and the same
+    /// remote client id (the remote's key for the session). A message a reload carries over
+    /// in flight is resent with DUP only then (`Bridge::carry_over`), as after a
+    /// reconnect, whatever `cleansession` says: a reconnect with a clean session resends
+    /// with DUP too, since that remote may have had the PUBLISH whose acknowledgement was
+    /// lost.
+    pub fn same_remote(&self, other: &BridgeConfig, hostname: &str) -> bool {
+        let covers = |a: &[Address], b: &[Address]| a.iter().all(|x| b.contains(x));
+        covers(&self.addresses, &other.addresses)
+            && covers(&other.addresses, &self.addresses)
+            && self.remote_client_id(hostname) == other.remote_client_id(hostname)
+    }
+
     /// The client id on the local broker: `local_clientid`, else `local.<remote id>`.
     pub fn local_client_id(&self, hostname: &str) -> String {
         match &self.local_clientid {

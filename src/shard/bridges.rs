@@ -211,7 +211,8 @@ impl Bridges {
             fresh
                 .bridge
                 .set_logged(broker.logs_bridges() && !c.local_cleansession);
-            fresh.bridge.carry_over(held);
+            let same_remote = run.cfg.same_remote(c, &self.host);
+            fresh.bridge.carry_over(held, same_remote);
             log(format_args!(
                 "Bridge {}: changed by the reload; reconnecting with the new settings, {n} message(s) carried over",
                 c.name

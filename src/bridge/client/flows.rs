@@ -34,9 +34,10 @@ pub struct Offered<'a> {
 }
 
 impl Bridge {
-    /// After a reconnect: every PUBLISH not acknowledged goes again with DUP and its packet
-    /// id; a QoS 2 message the remote already has gets its PUBREL again, or, when the remote
-    /// kept no session, counts as delivered (it had the message, resending would repeat it).
+    /// After a reconnect: every PUBLISH not acknowledged goes again with its packet id, with
+    /// DUP unless it never reached this remote (`Inflight::dup`); a QoS 2 message the
+    /// remote already has gets its PUBREL again, or, when the remote kept no session,
+    /// counts as delivered (it had the message, resending would repeat it).
     pub(super) fn resend_inflight(&mut self, now_ms: u64, session_present: bool) {
         let items: Vec<Inflight> = self.inflight.drain(..).collect();
         for item in items {
@@ -54,8 +55,8 @@ impl Bridge {
                 }
                 continue;
             }
-            self.write_publish(now_ms, &item.msg, Some(item.id), true);
-            self.inflight.push_back(item);
+            self.write_publish(now_ms, &item.msg, Some(item.id), item.dup);
+            self.inflight.push_back(Inflight { dup: true, ..item });
         }
     }
 
@@ -118,6 +119,7 @@ impl Bridge {
             msg,
             stage: Stage::Ack,
             held: None,
+            dup: true,
         });
     }
 
@@ -287,6 +289,7 @@ impl Bridge {
                     msg,
                     stage,
                     held,
+                    dup: held.is_none(),
                 });
             }
         }
@@ -405,14 +408,15 @@ impl Bridge {
             if item.held.is_some_and(|b| b <= self.durable_batch) {
                 item.held = None;
                 if connected {
-                    due.push((item.id, item.stage, item.msg.clone()));
+                    due.push((item.id, item.stage, item.msg.clone(), item.dup));
+                    item.dup = true;
                 }
             }
         }
-        for (id, stage, msg) in due {
+        for (id, stage, msg, dup) in due {
             match stage {
                 Stage::Comp => self.send(now_ms, &Packet::PubRel(Ack::new(id))),
-                _ => self.write_publish(now_ms, &msg, Some(id), false),
+                _ => self.write_publish(now_ms, &msg, Some(id), dup),
             }
         }
     }
