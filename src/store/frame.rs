@@ -6,13 +6,15 @@
 //! The header's format version says what a body is ([`FrameFormat`]):
 //!
 //! * version 1 ([`FrameFormat::Single`]): one [`Record`] encoding; `lsn` is its LSN.
-//!   Checkpoints are written so, and segments were until version 2 (still read).
-//! * version 2 ([`FrameFormat::Grouped`], segments): one or more *members*, each
+//!   Segments were written so until version 2, checkpoints until the thirteenth round
+//!   (both still read).
+//! * version 2 ([`FrameFormat::Grouped`], segments and checkpoints): one or more *members*, each
 //!   `rlen: varint, record: [u8; rlen]` (LEB128, at most 5 bytes); `lsn` is the first
 //!   member's LSN and the others follow it by one. The log puts a batch's records into
 //!   groups of up to [`GROUP_BODY_BYTES_MAX`] (a larger record is a group alone), so a
 //!   batch of small records pays one checksum and one 16-byte header per group, not per
-//!   record (`docs/decisions/0020-grouped-frames.md`).
+//!   record (`docs/decisions/0020-grouped-frames.md`). A checkpoint packs its records so
+//!   too ([`GroupPacker`]), numbered 1, 2, … as before.
 //!
 //! Invariant: [`scan`] yields a record only if its frame's checksum matches, the frame's
 //! LSN is the one expected next and the record decodes; at the first frame that fails any
@@ -25,8 +27,8 @@
 use super::record::{DecodeError, Record};
 use super::{Lsn, FORMAT_VERSION};
 
-/// The format version of files whose frames hold one record each (checkpoints, and
-/// segments written before version 2).
+/// The format version of files whose frames hold one record each (segments and
+/// checkpoints written before groups; still read).
 pub const FORMAT_SINGLE: u16 = 1;
 /// The format version of segments whose frames hold groups of records.
 pub const FORMAT_GROUPED: u16 = 2;
@@ -88,13 +90,10 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
-    /// The header's bytes, with the version this build writes for its kind: grouped
-    /// frames ([`FORMAT_VERSION`]) for a segment, single ones for a checkpoint.
+    /// The header's bytes, with the version this build writes ([`FORMAT_VERSION`],
+    /// grouped frames) for either kind.
     pub fn encode(&self) -> [u8; FILE_HEADER_BYTES] {
-        self.encode_as(match self.kind {
-            FileKind::Segment => FORMAT_VERSION,
-            FileKind::Checkpoint => FORMAT_SINGLE,
-        })
+        self.encode_as(FORMAT_VERSION)
     }
 
     /// The header's bytes with format version `version` (tests write old files so).
@@ -232,6 +231,56 @@ pub fn encode_group(out: &mut Vec<u8>, first_lsn: Lsn, records: &[Record<'_>]) {
         push_member(out, &body);
     }
     seal_group(&mut out[start..], first_lsn);
+}
+
+/// Packs records one by one into group frames (version 2) at the end of a buffer, as the
+/// log's batches are: a group grows to at most [`GROUP_BODY_BYTES_MAX`] bytes of body (a
+/// larger record is a group alone) and its members take consecutive LSNs. Checkpoints are
+/// written so: a member costs its length's byte or two where a frame of its own cost a
+/// 16-byte header (a 25-byte queued delivery took 41 bytes).
+pub struct GroupPacker {
+    /// The open group: where its frame starts in the buffer, and its first member's LSN.
+    open: Option<(usize, Lsn)>,
+    /// The LSN of the next record.
+    next: Lsn,
+    /// The record being packed, encoded.
+    scratch: Vec<u8>,
+}
+
+impl GroupPacker {
+    /// A packer whose first record gets LSN `first`.
+    pub fn new(first: Lsn) -> GroupPacker {
+        GroupPacker {
+            open: None,
+            next: first,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Append `record` to the open group at the end of `out`, or to a new one.
+    pub fn push(&mut self, out: &mut Vec<u8>, record: &Record<'_>) {
+        self.scratch.clear();
+        record.encode(&mut self.scratch);
+        let need = member_bytes(self.scratch.len());
+        if let Some((at, _)) = self.open {
+            if out.len() - at - FRAME_HEADER_BYTES + need > GROUP_BODY_BYTES_MAX {
+                self.seal(out);
+            }
+        }
+        if self.open.is_none() {
+            self.open = Some((begin_group(out), self.next));
+        }
+        push_member(out, &self.scratch);
+        self.next += 1;
+    }
+
+    /// Seal the open group, if any, so that `out` ends with whole frames (before it is
+    /// written or cleared, and at the end).
+    pub fn seal(&mut self, out: &mut [u8]) {
+        if let Some((at, first)) = self.open.take() {
+            seal_group(&mut out[at..], first);
+        }
+    }
 }
 
 /// Write the length (from the frame's size), `lsn` and the checksum into the header of

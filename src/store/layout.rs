@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::{Disk, OsDisk};
-use super::frame::{encode_frame, member_bytes, CutReason, FileHeader, FileKind};
+use super::frame::{member_bytes, CutReason, FileHeader, FileKind, GroupPacker};
 use super::reader::{FileScan, PieceReader};
 use super::record::{MessageProps, MsgId, Record, StoredMessage};
 use super::state::LiveState;
@@ -452,13 +452,16 @@ fn write_fresh_checkpoint(disk: &dyn Disk, dir: &Path, part: &LiveState) -> Resu
     };
     let mut buf = Vec::with_capacity(CHECKPOINT_WRITE_BYTES);
     buf.extend_from_slice(&header.encode());
-    for (lsn, r) in (1..).zip(part.records()) {
-        encode_frame(&mut buf, lsn, &r);
+    let mut packer = GroupPacker::new(1);
+    for r in part.records() {
+        packer.push(&mut buf, &r);
         if buf.len() >= CHECKPOINT_WRITE_BYTES {
+            packer.seal(&mut buf);
             f.append(&buf).map_err(io("write checkpoint"))?;
             buf.clear();
         }
     }
+    packer.seal(&mut buf);
     f.append(&buf).map_err(io("write checkpoint"))?;
     f.sync_all().map_err(io("fsync checkpoint"))?;
     disk.sync_dir(dir).map_err(io("fsync directory"))

@@ -58,9 +58,9 @@ pub use wal::{Background, CheckpointPolicy, SyncMode, Wal, WalOptions};
 /// Log sequence number: the position of a record in its shard's log, from 1.
 pub type Lsn = u64;
 
-/// The newest file format version, written in every segment header: frames carry groups
-/// of records (`frame::FORMAT_GROUPED`). Checkpoints are still written in version 1 (one
-/// record per frame), and segments of version 1 are still read (`frame::FrameFormat`).
+/// The newest file format version, written in every segment and checkpoint header: frames
+/// carry groups of records (`frame::FORMAT_GROUPED`). Segments and checkpoints of version 1
+/// (one record per frame) are still read (`frame::FrameFormat`).
 pub const FORMAT_VERSION: u16 = 2;
 
 /// A store operation that failed.

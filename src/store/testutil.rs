@@ -401,3 +401,53 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The records `examples/store_fill.rs` writes for `sessions` offline MQTT 3.1.1 sessions
+/// with one QoS 1 subscription each and `per` queued QoS 1 messages of 64 bytes each
+/// (`bench/recovery`'s store), in its order.
+pub fn fill_records(sessions: u64, per: u64) -> Vec<Record<'static>> {
+    let client = |s: u64| Cow::Owned(format!("fill-{s:06}"));
+    let mut out = Vec::new();
+    for s in 0..sessions {
+        out.push(Record::SessionCreated(SessionInfo {
+            client_id: client(s),
+            protocol: 4,
+            expiry_interval_s: u32::MAX,
+            will: None,
+        }));
+        let sub = Subscription {
+            share_group: None,
+            filter: Cow::Owned(format!("fill/{s:06}/#")),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            identifier: None,
+        };
+        out.push(Record::SubscriptionAdded {
+            client_id: client(s),
+            sub,
+        });
+        out.push(Record::SessionDisconnected {
+            client_id: client(s),
+            at_unix_ms: 1_800_000_000_000,
+        });
+    }
+    let mut id = 0;
+    for k in 0..per {
+        for s in 0..sessions {
+            id += 1;
+            let msg = message(&format!("fill/{s:06}/{k}"), &[b'x'; 64], false);
+            out.push(Record::MessageStored { id: MsgId(id), msg });
+            out.push(Record::DeliveryQueued {
+                client_id: client(s),
+                msg: MsgId(id),
+                qos: 1,
+                retain: false,
+                sub_ids: Cow::Borrowed(&[]),
+                txn: 0,
+            });
+        }
+    }
+    out
+}

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::disk::{Disk, DiskFile, OsDisk};
 use super::frame::{
-    begin_group, encode_frame, member_bytes, push_member, seal_group, FileHeader, FileKind,
+    begin_group, member_bytes, push_member, seal_group, FileHeader, FileKind, GroupPacker,
     FILE_HEADER_BYTES, FRAME_BODY_BYTES_MAX, GROUP_BODY_BYTES_MAX,
 };
 use super::record::{DecodeError, DeliveryHead, Record};
@@ -828,17 +828,20 @@ fn checkpoint_lsn(disk: &dyn Disk, dir: &Path) -> Result<Lsn, StoreError> {
     }
 }
 
-/// A checkpoint file's bytes: a header naming `upto`, then the records framed with LSNs
-/// 1, 2, … (their own sequence, so a torn or flipped checkpoint is caught like a log).
+/// A checkpoint file's bytes: a header naming `upto`, then the records packed in groups
+/// as the log's are, with LSNs 1, 2, … (their own sequence, so a torn or flipped
+/// checkpoint is caught like a log).
 pub fn encode_checkpoint<'r>(upto: Lsn, live: impl IntoIterator<Item = Record<'r>>) -> Vec<u8> {
     let header = FileHeader {
         kind: FileKind::Checkpoint,
         lsn: upto,
     };
     let mut bytes = header.encode().to_vec();
-    for (i, r) in live.into_iter().enumerate() {
-        encode_frame(&mut bytes, i as u64 + 1, &r);
+    let mut packer = GroupPacker::new(1);
+    for r in live {
+        packer.push(&mut bytes, &r);
     }
+    packer.seal(&mut bytes);
     bytes
 }
 
