@@ -127,8 +127,7 @@ impl FileHeader {
             _ => return Err(CutReason::BadHeader("magic")),
         };
         let version = u16::from_le_bytes([b[8], b[9]]);
-        let format =
-            FrameFormat::of_version(version).ok_or(CutReason::BadHeader("format version"))?;
+        let format = FrameFormat::of_version(version).ok_or(CutReason::Format(version))?;
         let header = FileHeader {
             kind,
             lsn: le_u64(&b[12..20]),
@@ -157,6 +156,9 @@ pub enum CutReason {
     Body(DecodeError),
     /// The file header is not one this version writes.
     BadHeader(&'static str),
+    /// An intact header of a format version this build does not read (a newer build's
+    /// file): recovery stops the start instead of cutting it ([`super::StoreError::Format`]).
+    Format(u16),
 }
 
 impl std::fmt::Display for CutReason {
@@ -170,6 +172,7 @@ impl std::fmt::Display for CutReason {
             }
             CutReason::Body(e) => write!(f, "undecodable record ({e})"),
             CutReason::BadHeader(what) => write!(f, "bad file header ({what})"),
+            CutReason::Format(v) => write!(f, "format version {v}, which this build does not read"),
         }
     }
 }

@@ -258,6 +258,7 @@ fn recover_shard(disk: &dyn Disk, dir: &Path) -> Result<ShardRecovery, StoreErro
     for (i, n) in segments.iter().enumerate() {
         let path = dir.join(segment_name(*n));
         let scanned = replay_segment(disk, &path, &mut reader, expected, &mut r)?;
+        refuse_newer(&path, &scanned)?;
         if scanned.cut.is_none() {
             expected = scanned.next.max(expected);
             continue;
@@ -369,10 +370,21 @@ fn read_checkpoint(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(StoreError::Io("read checkpoint", e)),
     };
+    refuse_newer(&path, &scanned)?;
     if scanned.cut.is_some() {
         r.cuts.push(report(&path, &scanned));
     }
     Ok(upto)
+}
+
+/// Stop recovery at a file a newer build wrote (its header intact, its format version
+/// unknown here): cutting it, as damage is cut, would drop it and every later segment,
+/// and the next checkpoint would make that loss final.
+fn refuse_newer(path: &Path, scanned: &FileScan) -> Result<(), StoreError> {
+    match scanned.cut.map(|c| c.reason) {
+        Some(CutReason::Format(v)) => Err(StoreError::Format(path.to_path_buf(), v)),
+        _ => Ok(()),
+    }
 }
 
 /// The cut of `scanned` (which has one) as a report.

@@ -75,6 +75,9 @@ pub enum StoreError {
     /// The sync thread failed an `fdatasync`: nothing after [`Wal::durable_lsn`] is durable
     /// and the log takes no more writes.
     SyncFailed,
+    /// A store file in a format version this build does not read (written by a newer
+    /// build): recovering around it would drop it and everything after it.
+    Format(std::path::PathBuf, u16),
 }
 
 impl std::fmt::Display for StoreError {
@@ -92,6 +95,13 @@ impl std::fmt::Display for StoreError {
                 )
             }
             StoreError::SyncFailed => write!(f, "store: fdatasync failed; the log is closed"),
+            StoreError::Format(p, v) => write!(
+                f,
+                "store: {} is in format version {v}, which this build does not read (it reads \
+                 versions 1 and 2): a newer build wrote it; start that build on this store, or \
+                 move the store aside to start empty",
+                p.display()
+            ),
         }
     }
 }

@@ -119,6 +119,51 @@ fn a_zero_filled_tail_is_a_cut_that_drops_later_segments() {
         .all(|c| matches!(c.reason, CutReason::LsnGap { found: 0, .. })));
 }
 
+/// Give the file at `path` an intact header of format version `version`.
+fn reversion(path: &Path, version: u16) {
+    let mut bytes = std::fs::read(path).expect("read");
+    let header = FileHeader::decode(&bytes).expect("header");
+    bytes[..FILE_HEADER_BYTES].copy_from_slice(&header.encode_as(version));
+    std::fs::write(path, &bytes).expect("write");
+}
+
+/// A segment or a checkpoint a newer build wrote (an intact header, a format version
+/// this build does not read) stops recovery with an error naming the file and the
+/// version; it is not cut as damage, which would drop it and every later segment.
+#[test]
+fn a_file_of_a_newer_format_stops_recovery_instead_of_being_cut() {
+    let data = Scratch::new("newer");
+    write_log(data.path(), 0, &sessions("c", 40), 400);
+    let dir = shard_dir(data.path(), 0);
+    let segs = list_segments(&crate::store::OsDisk, &dir).expect("list");
+    assert!(segs.len() >= 3, "{segs:?}");
+    let victim = dir.join(segment_name(segs[1]));
+    let original = std::fs::read(&victim).expect("read");
+    reversion(&victim, 99);
+    match recover_all(data.path()) {
+        Err(StoreError::Format(file, 99)) => assert_eq!(file, victim),
+        other => panic!("recovery went on past a newer segment: {other:?}"),
+    }
+    let e = recover_all(data.path())
+        .expect_err("still stopped")
+        .to_string();
+    assert!(
+        e.contains("format version 99") && e.contains("newer build"),
+        "{e}"
+    );
+
+    std::fs::write(&victim, &original).expect("write back");
+    let r = recover_all(data.path()).expect("recover");
+    assert!(r.cuts.is_empty(), "{:?}", r.cuts);
+    install(data.path(), std::slice::from_ref(&r.state)).expect("install");
+    let checkpoint = dir.join(CHECKPOINT_FILE);
+    reversion(&checkpoint, 3);
+    match recover_all(data.path()) {
+        Err(StoreError::Format(file, 3)) => assert_eq!(file, checkpoint),
+        other => panic!("recovery went on past a newer checkpoint: {other:?}"),
+    }
+}
+
 #[test]
 fn recovery_merges_any_number_of_shards_and_install_redistributes() {
     let data = Scratch::new("reshard");
