@@ -9,33 +9,19 @@
 
 use std::borrow::Cow;
 
-use shardmq::store::{LiveState, Record, SessionInfo, Subscription};
+use shardmq::store::{LiveState, Record, Subscription};
 
+mod shadow_fill;
 mod thread_bytes;
+
+use shadow_fill::{client_id, create_sessions};
 
 #[global_allocator]
 static GLOBAL: thread_bytes::Counting = thread_bytes::Counting;
 
 const SESSIONS: usize = 100_000;
 
-/// A client id of 20 bytes, as devices name themselves.
-fn client_id(n: usize) -> String {
-    format!("device-{n:08}-home")
-}
-
-/// `SESSIONS` persistent sessions created in a shadow, as their records create them.
-fn create_sessions(state: &mut LiveState) {
-    for n in 0..SESSIONS {
-        state.apply(Record::SessionCreated(SessionInfo {
-            client_id: Cow::Borrowed(&client_id(n)),
-            protocol: 4,
-            expiry_interval_s: u32::MAX,
-            will: None,
-        }));
-    }
-}
-
-/// One subscription for each session of [`create_sessions`].
+/// One subscription for each of the `SESSIONS` sessions.
 fn subscribe_each(state: &mut LiveState) {
     for n in 0..SESSIONS {
         state.apply(Record::SubscriptionAdded {
@@ -61,7 +47,7 @@ fn held_per_session(f: impl FnOnce()) -> isize {
 #[test]
 fn the_shadow_holds_a_session_with_its_client_id_once() {
     let mut state = LiveState::default();
-    let sessions = held_per_session(|| create_sessions(&mut state));
+    let sessions = held_per_session(|| create_sessions(&mut state, SESSIONS));
     assert_eq!(state.sessions.len(), SESSIONS);
     let subscribed = held_per_session(|| subscribe_each(&mut state));
     let slot = std::mem::size_of::<shardmq::store::SessionState>();

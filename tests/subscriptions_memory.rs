@@ -8,31 +8,22 @@
 
 use std::borrow::Cow;
 
-use shardmq::store::{LiveState, Record, SessionInfo, Subscription};
+use shardmq::store::{LiveState, Record, Subscription};
 
+mod shadow_fill;
 mod thread_bytes;
+
+use shadow_fill::{client_id, create_sessions};
 
 #[global_allocator]
 static GLOBAL: thread_bytes::Counting = thread_bytes::Counting;
 
 const SUBSCRIPTIONS: usize = 100_000;
 
-/// A client id of 20 bytes, as devices name themselves.
-fn client_id(n: usize) -> String {
-    format!("device-{n:08}-home")
-}
-
 /// A shadow holding `sessions` persistent sessions, as their records create them.
 fn with_sessions(sessions: usize) -> LiveState {
     let mut state = LiveState::default();
-    for n in 0..sessions {
-        state.apply(Record::SessionCreated(SessionInfo {
-            client_id: Cow::Borrowed(&client_id(n)),
-            protocol: 4,
-            expiry_interval_s: u32::MAX,
-            will: None,
-        }));
-    }
+    create_sessions(&mut state, sessions);
     state
 }
 
