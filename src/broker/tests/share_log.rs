@@ -320,19 +320,11 @@ fn a_message_shared_before_it_is_numbered_for_shares_is_caught() {
     let disk = SimDisk::default();
     let mut c = stored_cores(&disk, 1);
     member(&mut c, "s", &[("$share/g/t", 1)]);
-    let msg = Arc::new(crate::session::Message {
-        topic: Arc::from("t"),
-        payload: b"m".as_slice().into(),
-        qos: crate::protocol::QoS::AtLeastOnce,
-        retain: false,
-        props: None,
-        expires_at_ms: None,
-        origin: 0,
-        retain_stamp: 0,
-        publisher: None,
-        txn: 0,
-        share_id: 0,
-    });
+    let msg = Arc::new(crate::session::Message::plain(
+        "t",
+        b"m",
+        crate::protocol::QoS::AtLeastOnce,
+    ));
     let _held = Arc::clone(&msg);
     c.shards[0].publish_shared(msg, NOW_MS);
 }
@@ -767,6 +759,37 @@ fn first_qos2_publish_pid(out: &[u8]) -> Option<u16> {
     None
 }
 
+/// Member `b` answers its QoS 2 copy's PUBLISH with PUBREC and, after the PUBREL,
+/// PUBCOMP, each followed by every shard's turns.
+fn completes_its_qos2_copy(c: &mut Cores, b: (usize, usize)) {
+    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent its copy");
+    let [hi, lo] = pid.to_be_bytes();
+    c.send(b, &[0x50, 2, hi, lo]);
+    settle(c);
+    c.send(b, &[0x70, 2, hi, lo]);
+    settle(c);
+}
+
+/// Member A (link `a`, client `ida`) leaves, so its copy moves onto member B, which has
+/// had the message already: A's copy ends, and B neither holds it again nor is sent it.
+fn a_leaves_and_b_is_not_given_it_again(
+    c: &mut Cores,
+    disk: &SimDisk,
+    (a, ida): ((usize, usize), &str),
+    (b, idb): ((usize, usize), &str),
+) {
+    drop_link(c, a);
+    settle(c);
+    let after = durable(disk);
+    assert_eq!(after[ida], [], "A's copy ended as after any move");
+    assert_eq!(after[idb], [], "B is not given the message again");
+    assert_eq!(
+        first_qos2_publish_pid(&c.output(b)),
+        None,
+        "nor sent it again"
+    );
+}
+
 /// As power seed 80,663, but the second member completes its restored copy (PUBREC,
 /// PUBREL, PUBCOMP) before the first member's copy moves onto it: holding nothing of the
 /// message any more, it must still not take it a second time. Fails without the
@@ -777,25 +800,11 @@ fn a_move_onto_a_member_that_completed_the_restored_message_is_dropped() {
     let (disk, mut c) = restarted_cores(&disk, 2);
     let b = member(&mut c, &idb, &[]);
     let a = member(&mut c, &ida, &[]);
-    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent its copy");
-    let [hi, lo] = pid.to_be_bytes();
-    c.send(b, &[0x50, 2, hi, lo]);
-    settle(&mut c);
-    c.send(b, &[0x70, 2, hi, lo]);
-    settle(&mut c);
+    completes_its_qos2_copy(&mut c, b);
     assert_eq!(durable(&disk)[&idb], [], "B completed its copy");
     let _ = c.output(b);
 
-    drop_link(&mut c, a);
-    settle(&mut c);
-    let after = durable(&disk);
-    assert_eq!(after[&ida], [], "A's copy ended as after any move");
-    assert_eq!(after[&idb], [], "B is not given the message again");
-    assert_eq!(
-        first_qos2_publish_pid(&c.output(b)),
-        None,
-        "nor sent it again"
-    );
+    a_leaves_and_b_is_not_given_it_again(&mut c, &disk, (a, &ida), (b, &idb));
 }
 
 /// As [`cut_during_a_move_between_shards`], but B completes its copy before the cut
@@ -847,16 +856,7 @@ fn a_move_onto_a_member_that_completed_its_copy_before_the_cut_is_dropped() {
     assert_eq!(durable(&disk)[&ida], [(1, true)], "A is sent its copy");
     let _ = c.output(b);
 
-    drop_link(&mut c, a);
-    settle(&mut c);
-    let after = durable(&disk);
-    assert_eq!(after[&ida], [], "A's copy ended as after any move");
-    assert_eq!(after[&idb], [], "B is not given the message again");
-    assert_eq!(
-        first_qos2_publish_pid(&c.output(b)),
-        None,
-        "nor sent it again"
-    );
+    a_leaves_and_b_is_not_given_it_again(&mut c, &disk, (a, &ida), (b, &idb));
     assert_eq!(
         completed_marks(&disk),
         0,
@@ -885,12 +885,7 @@ fn a_completed_restored_copy_is_remembered_through_another_restart() {
     let (disk, mut c) = restarted_cores(&disk, 2);
     let b = member(&mut c, &idb, &[]);
     member(&mut c, &ida, &[]);
-    let pid = first_qos2_publish_pid(&c.output(b)).expect("B is sent its copy");
-    let [hi, lo] = pid.to_be_bytes();
-    c.send(b, &[0x50, 2, hi, lo]);
-    settle(&mut c);
-    c.send(b, &[0x70, 2, hi, lo]);
-    settle(&mut c);
+    completes_its_qos2_copy(&mut c, b);
     assert_eq!(durable(&disk)[&idb], [], "B completed its copy");
     assert_eq!(durable(&disk)[&ida], [(1, true)], "A holds its own");
 
@@ -898,14 +893,5 @@ fn a_completed_restored_copy_is_remembered_through_another_restart() {
     let b = member(&mut c, &idb, &[]);
     let a = member(&mut c, &ida, &[]);
     let _ = c.output(b);
-    drop_link(&mut c, a);
-    settle(&mut c);
-    let after = durable(&disk);
-    assert_eq!(after[&ida], [], "A's copy ended as after any move");
-    assert_eq!(after[&idb], [], "B is not given the message again");
-    assert_eq!(
-        first_qos2_publish_pid(&c.output(b)),
-        None,
-        "nor sent it again"
-    );
+    a_leaves_and_b_is_not_given_it_again(&mut c, &disk, (a, &ida), (b, &idb));
 }
