@@ -30,7 +30,8 @@ use super::{Lsn, FORMAT_VERSION};
 /// The format version of files whose frames hold one record each (segments and
 /// checkpoints written before groups; still read).
 pub const FORMAT_SINGLE: u16 = 1;
-/// The format version of segments whose frames hold groups of records.
+/// The format version of files whose frames hold groups of records (segments, and
+/// checkpoints since the thirteenth round).
 pub const FORMAT_GROUPED: u16 = 2;
 /// A group's body grows to at most this many bytes before the log starts another; a
 /// record larger than this is a group alone. Far below the reader's piece
